@@ -6,11 +6,12 @@ import org.sparkatron.optim.GradClip;
 import org.sparkatron.optim.LrSchedule;
 
 /**
- * The training loop of one process on one rank: pull a batch, forward and backward (with optional
- * gradient accumulation over micro-batches), clip by global norm, step AdamW on the schedule. Blocking,
- * single-threaded (kernels may use BLAS threads); deterministic given the model, data and options.
+ * The training loop of one rank: pull a batch, forward and backward (with optional gradient accumulation
+ * over micro-batches), synchronise gradients with the other ranks ({@link GradientSync}), clip by global
+ * norm, step AdamW on the schedule. Blocking, single-threaded (kernels may use BLAS threads);
+ * deterministic given the model, data and options.
  */
-public final class LocalTrainer {
+public final class Trainer {
     /** What to train and how. */
     public record Options(int batch, int microBatches, LrSchedule schedule, float beta1, float beta2, float eps,
                           float weightDecay, float gradClip) {
@@ -41,9 +42,16 @@ public final class LocalTrainer {
     private final AdamW adam;
     private final int seqLen;
     private final int[] batchTokens;
+    private final GradientSync sync;
 
-    public LocalTrainer(Transformer model, SampleSource data, Options opt) {
+    /** A rank training alone. */
+    public Trainer(Transformer model, SampleSource data, Options opt) {
+        this(model, data, opt, GradientSync.NONE);
+    }
+
+    public Trainer(Transformer model, SampleSource data, Options opt, GradientSync sync) {
         this.model = model;
+        this.sync = sync;
         this.data = data;
         this.opt = opt;
         this.seqLen = data.sampleLength() - 1;
@@ -68,6 +76,8 @@ public final class LocalTrainer {
             }
             loss += model.forwardBackward(batchTokens, opt.batch(), seqLen, 1f / opt.microBatches()) / opt.microBatches();
         }
+        sync.syncGradients(model.params().grads());
+        loss = sync.averageScalar(loss);
         double norm = Math.sqrt(GradClip.sumOfSquares(model.params().grads()));
         if (!Double.isFinite(loss) || !Double.isFinite(norm)) {
             throw new IllegalStateException("step " + (adam.step() + 1) + ": non-finite loss " + loss + " or gradient norm "
