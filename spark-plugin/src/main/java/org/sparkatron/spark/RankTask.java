@@ -56,7 +56,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             Iterator<Tuple2<Long, int[]>> pieces = JavaConverters.asJava(data);
             SampleStream samples = new SampleStream(pieces, cfg.seqLen + 1, rank, cfg.dp);
             Trainer trainer = new Trainer(model, samples, cfg.trainerOptions(),
-                    new DataParallelSync(comm, (long) cfg.bucketMb << 20));
+                    new DataParallelSync(comm, cfg.bucketBytes));
             List<String> metrics = new ArrayList<>();
             for (int s = 1; s <= cfg.steps; s++) {
                 if (rank == cfg.failRank && s == cfg.failStep && attempt < cfg.failAttempts) {

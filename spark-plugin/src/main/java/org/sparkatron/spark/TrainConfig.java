@@ -53,7 +53,7 @@ public final class TrainConfig implements Serializable {
     public final boolean dropBadRows;
     public final String output;
     public final long commTimeoutMs;
-    public final int bucketMb;
+    public final long bucketBytes;
     public final int threadsPerRank;
     public final String input;
     public final String inputFormat;
@@ -105,7 +105,11 @@ public final class TrainConfig implements Serializable {
         this.dropBadRows = o.path("drop_bad_rows").asBoolean(false);
         this.output = o.hasNonNull("output") ? o.get("output").asText() : null;
         this.commTimeoutMs = 1000L * intKey(o, "comm_timeout_s", 300, 1);
-        this.bucketMb = intKey(o, "bucket_mb", 25, 1);
+        double mb = dblKey(o, "bucket_mb", 25);
+        if (!(mb > 0)) {
+            throw new IllegalArgumentException("config key 'bucket_mb' must be > 0, got " + mb);
+        }
+        this.bucketBytes = Math.max(4, (long) (mb * (1 << 20)));
         this.threadsPerRank = intKey(o, "threads_per_rank", 1, 1);
         this.input = o.hasNonNull("input") ? o.get("input").asText() : null;
         this.inputFormat = o.path("input_format").asText("parquet");
