@@ -136,10 +136,7 @@ public final class DistributedTraining {
      */
     static void checkSparkSettings(SparkContext sc, int world) {
         SparkConf conf = sc.getConf();
-        if (conf.getBoolean("spark.dynamicAllocation.enabled", false)) {
-            throw new IllegalArgumentException("spark.dynamicAllocation.enabled=true: barrier training needs a fixed set of "
-                    + "executors; set spark.dynamicAllocation.enabled=false");
-        }
+        checkDynamicAllocation(conf);
         long waitMs = (long) (conf.getDouble(SLOT_WAIT_CONF, 60) * 1000);
         long deadline = System.currentTimeMillis() + waitMs;
         int slots = sc.maxNumConcurrentTasks(sc.resourceProfileManager().defaultResourceProfile());
@@ -158,6 +155,13 @@ public final class DistributedTraining {
                     + "offers " + slots + " (master " + sc.master() + ", spark.task.cpus=" + conf.get("spark.task.cpus", "1")
                     + (gpu != null ? ", spark.task.resource.gpu.amount=" + gpu : "") + "); use fewer ranks or more executors/cores"
                     + (sc.isLocal() ? " (local[N] gives N slots)" : ""));
+        }
+    }
+
+    static void checkDynamicAllocation(SparkConf conf) {
+        if (conf.getBoolean("spark.dynamicAllocation.enabled", false)) {
+            throw new IllegalArgumentException("spark.dynamicAllocation.enabled=true: barrier training needs a fixed set of "
+                    + "executors; set spark.dynamicAllocation.enabled=false");
         }
     }
 
