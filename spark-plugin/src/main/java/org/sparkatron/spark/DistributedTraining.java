@@ -5,7 +5,6 @@ import java.io.IOException;
 import java.io.OutputStream;
 import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
-import java.nio.file.Files;
 import java.security.SecureRandom;
 import java.util.ArrayList;
 import java.util.Comparator;
@@ -20,7 +19,6 @@ import org.apache.spark.rdd.ShuffledRDD;
 import org.apache.spark.sql.Dataset;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
-import org.sparkatron.checkpoint.ModelStore;
 import org.sparkatron.device.cpu.CpuKernels;
 import org.sparkatron.model.Transformer;
 import scala.Tuple2;
@@ -167,20 +165,9 @@ public final class DistributedTraining {
 
     /** Writes the model (HF layout), metrics.jsonl and ranks.json under {@code output} on its FileSystem. */
     static void save(Result r, String output, SparkContext sc) throws IOException {
+        SparkatronModel.of(r.model()).save(output, sc.hadoopConfiguration());
         org.apache.hadoop.fs.Path out = new org.apache.hadoop.fs.Path(output);
         FileSystem fs = out.getFileSystem(sc.hadoopConfiguration());
-        fs.mkdirs(out);
-        java.nio.file.Path tmp = Files.createTempDirectory("sparkatron-model");
-        try {
-            ModelStore.save(r.model(), tmp);
-            for (String f : new String[] {ModelStore.CONFIG, ModelStore.WEIGHTS}) {
-                fs.copyFromLocalFile(false, true, new org.apache.hadoop.fs.Path(tmp.resolve(f).toUri()), new org.apache.hadoop.fs.Path(out, f));
-            }
-        } finally {
-            try (var s = Files.walk(tmp)) {
-                s.sorted(Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
-            }
-        }
         writeLines(fs, new org.apache.hadoop.fs.Path(out, "metrics.jsonl"), r.metrics());
         List<String> ranks = new ArrayList<>();
         for (RankReport rr : r.ranks()) {
