@@ -43,7 +43,12 @@ public final class DataBench {
         int mb = 300;
         double peerMb = 8;
         String master = null;
-        for (int i = 0; i + 1 < args.length; i += 2) {
+        int first = args.length > 0 && args[0].equals("bench-data") ? 1 : 0; // ./sparkatron passes the subcommand
+        for (int i = first; i < args.length; i += 2) {
+            if (i + 1 >= args.length) {
+                System.err.println("bench-data: option " + args[i] + " needs a value");
+                System.exit(2);
+            }
             switch (args[i]) {
                 case "--mb" -> mb = Integer.parseInt(args[i + 1]);
                 case "--peer-mb" -> peerMb = Double.parseDouble(args[i + 1]);
