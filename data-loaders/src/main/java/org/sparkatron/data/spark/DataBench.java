@@ -36,6 +36,8 @@ import org.sparkatron.data.tokenizer.HfTokenizer;
  * </ol>
  */
 public final class DataBench {
+    private static final int FILES = 8;
+
     private DataBench() {
     }
 
@@ -63,10 +65,19 @@ public final class DataBench {
             return;
         }
         Path dir = Files.createTempDirectory("sparkatron-bench-data");
-        Path text = dir.resolve("corpus.txt");
-        long bytes = generate(text, mb * 1_000_000L);
-        List<String> docs = Files.readAllLines(text);
-        System.out.printf(Locale.ROOT, "bench-data: %d documents, %.1f MB of generated text in %s%n", docs.size(), bytes / 1e6, text);
+        // Several files, so that prepare gets several partitions per core (balance, visible progress).
+        Path text = dir.resolve("corpus");
+        Files.createDirectories(text);
+        Random rng = new Random(42);
+        long bytes = 0;
+        List<String> docs = new ArrayList<>();
+        for (int f = 0; f < FILES; f++) {
+            Path file = text.resolve(String.format("part-%02d.txt", f));
+            bytes += generate(file, mb * 1_000_000L / FILES, rng);
+            docs.addAll(Files.readAllLines(file));
+        }
+        System.out.printf(Locale.ROOT, "bench-data: %d documents, %.1f MB of generated text in %d files under %s%n", docs.size(),
+                bytes / 1e6, FILES, text);
 
         Gpt2Tokenizer jt = new Gpt2Tokenizer();
         long warm = 0;
@@ -135,13 +146,12 @@ public final class DataBench {
     }
 
     /** Seeded English-like documents, one per line, until {@code target} bytes. */
-    static long generate(Path file, long target) throws IOException {
+    static long generate(Path file, long target, Random r) throws IOException {
         String[] words = ("the of and to in a is that for it as was with be by on not he this are or his from at which "
                 + "but have an they you were her she there been one all we their has would when if so no will more other its "
                 + "time about what up some out them only into can could than two new first any these may like then over "
                 + "model training data parallel tensor pipeline gradient optimizer token sequence attention layer spark "
                 + "executor partition shard dataset memory throughput Megatron transformer vocabulary document sample").split(" ");
-        Random r = new Random(42);
         long written = 0;
         try (BufferedWriter w = Files.newBufferedWriter(file)) {
             StringBuilder sb = new StringBuilder();
