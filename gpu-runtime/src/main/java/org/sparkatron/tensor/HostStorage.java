@@ -19,7 +19,9 @@ public final class HostStorage implements Storage {
         if (bytes > Integer.MAX_VALUE - ALIGN) {
             throw new IllegalArgumentException("host block of " + bytes + " bytes exceeds the 2 GiB limit of one buffer");
         }
-        ByteBuffer raw = ByteBuffer.allocateDirect((int) bytes + ALIGN);
+        // alignedSlice rounds capacity down to the alignment: over-allocate by one rounded-up block
+        long rounded = (bytes + ALIGN - 1) / ALIGN * ALIGN;
+        ByteBuffer raw = ByteBuffer.allocateDirect((int) rounded + ALIGN);
         return new HostStorage(raw.alignedSlice(ALIGN).limit((int) bytes).slice().order(ByteOrder.nativeOrder()));
     }
 

@@ -1,0 +1,45 @@
+package org.sparkatron.checkpoint;
+
+import com.fasterxml.jackson.databind.ObjectMapper;
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import org.sparkatron.device.Kernels;
+import org.sparkatron.model.ModelConfig;
+import org.sparkatron.model.Transformer;
+
+/**
+ * A model directory as Hugging Face lays it out: {@code config.json} + {@code model.safetensors}, so the
+ * same folder loads in {@code transformers} and here.
+ */
+public final class ModelStore {
+    public static final String CONFIG = "config.json";
+    public static final String WEIGHTS = "model.safetensors";
+
+    private ModelStore() {
+    }
+
+    public static void save(Transformer model, Path dir) throws IOException {
+        Files.createDirectories(dir);
+        Path tmp = dir.resolve(CONFIG + ".tmp");
+        new ObjectMapper().writerWithDefaultPrettyPrinter().writeValue(tmp.toFile(), model.config().toJson());
+        Files.move(tmp, dir.resolve(CONFIG), StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+        HfCheckpoint.save(dir.resolve(WEIGHTS), model.config(), model.params());
+    }
+
+    /** Reads the config and weights of a model directory onto the given kernels. */
+    public static Transformer load(Path dir, Kernels kernels) throws IOException {
+        Path config = dir.resolve(CONFIG);
+        Path weights = dir.resolve(WEIGHTS);
+        if (!Files.isRegularFile(config)) {
+            throw new IllegalArgumentException(dir + " is not a model directory: " + CONFIG + " is missing");
+        }
+        if (!Files.isRegularFile(weights)) {
+            throw new IllegalArgumentException(dir + " is not a model directory: " + WEIGHTS + " is missing");
+        }
+        Transformer model = new Transformer(ModelConfig.load(config), kernels);
+        HfCheckpoint.load(weights, model.config(), model.params());
+        return model;
+    }
+}

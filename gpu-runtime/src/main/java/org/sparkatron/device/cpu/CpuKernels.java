@@ -1,0 +1,485 @@
+package org.sparkatron.device.cpu;
+
+import java.nio.FloatBuffer;
+import java.nio.IntBuffer;
+import org.sparkatron.device.Kernels;
+import org.sparkatron.tensor.DType;
+import org.sparkatron.tensor.Tensor;
+
+/**
+ * CPU kernels: GEMMs through OpenBLAS on off-heap memory, everything else in plain Java loops over
+ * direct buffers, accumulating reductions in double where a row sum decides accuracy.
+ *
+ * <p>One instance per rank: it owns the attention scratch (two {@code T x T} blocks, one head at a time).
+ */
+public final class CpuKernels implements Kernels {
+    private static final float GELU_SCALE = (float) Math.sqrt(2.0 / Math.PI);
+
+    private Tensor scores;   // [T, T] one head's scores / probabilities
+    private Tensor dscores;  // [T, T] one head's dP / dS
+
+    @Override
+    public void linearForward(Tensor out, Tensor x, Tensor w, Tensor bias, int n, int in, int outF) {
+        float beta = 0f;
+        if (bias != null) {
+            FloatBuffer o = out.floats();
+            FloatBuffer bb = bias.floats();
+            for (int r = 0; r < n; r++) {
+                int base = r * outF;
+                for (int j = 0; j < outF; j++) {
+                    o.put(base + j, bb.get(j));
+                }
+            }
+            beta = 1f;
+        }
+        Blas.sgemm(false, true, n, outF, in, 1f, x, 0, in, w, 0, in, beta, out, 0, outF);
+    }
+
+    @Override
+    public void linearBackward(Tensor dx, boolean accumulateDx, Tensor dw, Tensor dbias, Tensor dout, Tensor x,
+                               Tensor w, int n, int in, int outF) {
+        if (dx != null) {
+            Blas.sgemm(false, false, n, in, outF, 1f, dout, 0, outF, w, 0, in, accumulateDx ? 1f : 0f, dx, 0, in);
+        }
+        Blas.sgemm(true, false, outF, in, n, 1f, dout, 0, outF, x, 0, in, 1f, dw, 0, in);
+        if (dbias != null) {
+            FloatBuffer d = dout.floats();
+            FloatBuffer db = dbias.floats();
+            double[] acc = new double[outF];
+            for (int r = 0; r < n; r++) {
+                int base = r * outF;
+                for (int j = 0; j < outF; j++) {
+                    acc[j] += d.get(base + j);
+                }
+            }
+            for (int j = 0; j < outF; j++) {
+                db.put(j, (float) (db.get(j) + acc[j]));
+            }
+        }
+    }
+
+    @Override
+    public void embeddingForward(Tensor out, Tensor tokens, Tensor wte, Tensor wpe, int n, int t, int c) {
+        FloatBuffer o = out.floats();
+        FloatBuffer e = wte.floats();
+        FloatBuffer p = wpe == null ? null : wpe.floats();
+        IntBuffer tok = tokens.ints();
+        int rowsInTable = wte.dim(0);
+        for (int r = 0; r < n; r++) {
+            int id = tok.get(r);
+            if (id < 0 || id >= rowsInTable) {
+                throw new IllegalArgumentException("token id " + id + " at position " + r + " is outside the embedding table of " + rowsInTable + " rows");
+            }
+            int ob = r * c;
+            int eb = id * c;
+            int pb = (r % t) * c;
+            for (int j = 0; j < c; j++) {
+                o.put(ob + j, p == null ? e.get(eb + j) : e.get(eb + j) + p.get(pb + j));
+            }
+        }
+    }
+
+    @Override
+    public void embeddingBackward(Tensor dwte, Tensor dwpe, Tensor dout, Tensor tokens, int n, int t, int c) {
+        FloatBuffer d = dout.floats();
+        FloatBuffer de = dwte.floats();
+        FloatBuffer dp = dwpe == null ? null : dwpe.floats();
+        IntBuffer tok = tokens.ints();
+        for (int r = 0; r < n; r++) {
+            int db = r * c;
+            int eb = tok.get(r) * c;
+            int pb = (r % t) * c;
+            for (int j = 0; j < c; j++) {
+                float g = d.get(db + j);
+                de.put(eb + j, de.get(eb + j) + g);
+                if (dp != null) {
+                    dp.put(pb + j, dp.get(pb + j) + g);
+                }
+            }
+        }
+    }
+
+    @Override
+    public void layerNormForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor w, Tensor b, int n, int c,
+                                 float eps) {
+        FloatBuffer o = out.floats();
+        FloatBuffer xs = x.floats();
+        FloatBuffer ws = w.floats();
+        FloatBuffer bs = b.floats();
+        FloatBuffer ms = mean.floats();
+        FloatBuffer rs = rstd.floats();
+        for (int r = 0; r < n; r++) {
+            int base = r * c;
+            double sum = 0;
+            for (int j = 0; j < c; j++) {
+                sum += xs.get(base + j);
+            }
+            float m = (float) (sum / c);
+            double var = 0;
+            for (int j = 0; j < c; j++) {
+                float dv = xs.get(base + j) - m;
+                var += dv * dv;
+            }
+            float s = (float) (1.0 / Math.sqrt(var / c + eps));
+            for (int j = 0; j < c; j++) {
+                o.put(base + j, (xs.get(base + j) - m) * s * ws.get(j) + bs.get(j));
+            }
+            ms.put(r, m);
+            rs.put(r, s);
+        }
+    }
+
+    @Override
+    public void layerNormBackward(Tensor dx, Tensor dw, Tensor db, Tensor dout, Tensor x, Tensor w, Tensor mean,
+                                  Tensor rstd, int n, int c) {
+        FloatBuffer dxs = dx.floats();
+        FloatBuffer dws = dw.floats();
+        FloatBuffer dbs = db.floats();
+        FloatBuffer d = dout.floats();
+        FloatBuffer xs = x.floats();
+        FloatBuffer ws = w.floats();
+        FloatBuffer ms = mean.floats();
+        FloatBuffer rs = rstd.floats();
+        double[] dwAcc = new double[c];
+        double[] dbAcc = new double[c];
+        for (int r = 0; r < n; r++) {
+            int base = r * c;
+            float m = ms.get(r);
+            float s = rs.get(r);
+            // dnorm = dout * w; dx = s * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat))
+            double dnormMean = 0;
+            double dnormXhatMean = 0;
+            for (int j = 0; j < c; j++) {
+                float xhat = (xs.get(base + j) - m) * s;
+                float dnorm = d.get(base + j) * ws.get(j);
+                dnormMean += dnorm;
+                dnormXhatMean += dnorm * xhat;
+                dwAcc[j] += d.get(base + j) * xhat;
+                dbAcc[j] += d.get(base + j);
+            }
+            float a = (float) (dnormMean / c);
+            float bcoef = (float) (dnormXhatMean / c);
+            for (int j = 0; j < c; j++) {
+                float xhat = (xs.get(base + j) - m) * s;
+                float dnorm = d.get(base + j) * ws.get(j);
+                dxs.put(base + j, dxs.get(base + j) + s * (dnorm - a - xhat * bcoef));
+            }
+        }
+        for (int j = 0; j < c; j++) {
+            dws.put(j, (float) (dws.get(j) + dwAcc[j]));
+            dbs.put(j, (float) (dbs.get(j) + dbAcc[j]));
+        }
+    }
+
+    @Override
+    public void rmsNormForward(Tensor out, Tensor rstd, Tensor x, Tensor w, int n, int c, float eps) {
+        FloatBuffer o = out.floats();
+        FloatBuffer xs = x.floats();
+        FloatBuffer ws = w.floats();
+        FloatBuffer rs = rstd.floats();
+        for (int r = 0; r < n; r++) {
+            int base = r * c;
+            double ss = 0;
+            for (int j = 0; j < c; j++) {
+                float v = xs.get(base + j);
+                ss += v * v;
+            }
+            float s = (float) (1.0 / Math.sqrt(ss / c + eps));
+            for (int j = 0; j < c; j++) {
+                o.put(base + j, xs.get(base + j) * s * ws.get(j));
+            }
+            rs.put(r, s);
+        }
+    }
+
+    @Override
+    public void rmsNormBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor rstd, int n, int c) {
+        FloatBuffer dxs = dx.floats();
+        FloatBuffer dws = dw.floats();
+        FloatBuffer d = dout.floats();
+        FloatBuffer xs = x.floats();
+        FloatBuffer ws = w.floats();
+        FloatBuffer rs = rstd.floats();
+        double[] dwAcc = new double[c];
+        for (int r = 0; r < n; r++) {
+            int base = r * c;
+            float s = rs.get(r);
+            // y = x * s * w, s = (mean(x^2)+eps)^-1/2: dx = s * (dnorm - xhat * mean(dnorm * xhat))
+            double dot = 0;
+            for (int j = 0; j < c; j++) {
+                float xhat = xs.get(base + j) * s;
+                float dnorm = d.get(base + j) * ws.get(j);
+                dot += dnorm * xhat;
+                dwAcc[j] += d.get(base + j) * xhat;
+            }
+            float k = (float) (dot / c);
+            for (int j = 0; j < c; j++) {
+                float xhat = xs.get(base + j) * s;
+                float dnorm = d.get(base + j) * ws.get(j);
+                dxs.put(base + j, dxs.get(base + j) + s * (dnorm - xhat * k));
+            }
+        }
+        for (int j = 0; j < c; j++) {
+            dws.put(j, (float) (dws.get(j) + dwAcc[j]));
+        }
+    }
+
+    @Override
+    public void geluForward(Tensor out, Tensor x, long count) {
+        FloatBuffer o = out.floats();
+        FloatBuffer xs = x.floats();
+        for (int i = 0; i < count; i++) {
+            float v = xs.get(i);
+            float u = GELU_SCALE * (v + 0.044715f * v * v * v);
+            o.put(i, 0.5f * v * (1f + (float) Math.tanh(u)));
+        }
+    }
+
+    @Override
+    public void geluBackward(Tensor dx, Tensor dout, Tensor x, long count) {
+        FloatBuffer dxs = dx.floats();
+        FloatBuffer d = dout.floats();
+        FloatBuffer xs = x.floats();
+        for (int i = 0; i < count; i++) {
+            float v = xs.get(i);
+            float u = GELU_SCALE * (v + 0.044715f * v * v * v);
+            float th = (float) Math.tanh(u);
+            float sech2 = 1f - th * th;
+            float grad = 0.5f * (1f + th) + 0.5f * v * sech2 * GELU_SCALE * (1f + 3f * 0.044715f * v * v);
+            dxs.put(i, grad * d.get(i));
+        }
+    }
+
+    @Override
+    public void swigluForward(Tensor out, Tensor gateUp, int n, int f) {
+        FloatBuffer o = out.floats();
+        FloatBuffer gu = gateUp.floats();
+        for (int r = 0; r < n; r++) {
+            int ib = r * 2 * f;
+            int ob = r * f;
+            for (int j = 0; j < f; j++) {
+                float g = gu.get(ib + j);
+                float silu = g / (1f + (float) Math.exp(-g));
+                o.put(ob + j, silu * gu.get(ib + f + j));
+            }
+        }
+    }
+
+    @Override
+    public void swigluBackward(Tensor dGateUp, Tensor dout, Tensor gateUp, int n, int f) {
+        FloatBuffer dgu = dGateUp.floats();
+        FloatBuffer d = dout.floats();
+        FloatBuffer gu = gateUp.floats();
+        for (int r = 0; r < n; r++) {
+            int ib = r * 2 * f;
+            int ob = r * f;
+            for (int j = 0; j < f; j++) {
+                float g = gu.get(ib + j);
+                float u = gu.get(ib + f + j);
+                float sig = 1f / (1f + (float) Math.exp(-g));
+                float silu = g * sig;
+                float dy = d.get(ob + j);
+                dgu.put(ib + j, dy * u * sig * (1f + g * (1f - sig)));
+                dgu.put(ib + f + j, dy * silu);
+            }
+        }
+    }
+
+    @Override
+    public void add(Tensor out, Tensor a, Tensor b, long count) {
+        FloatBuffer o = out.floats();
+        FloatBuffer as = a.floats();
+        FloatBuffer bs = b.floats();
+        for (int i = 0; i < count; i++) {
+            o.put(i, as.get(i) + bs.get(i));
+        }
+    }
+
+    @Override
+    public void rope(Tensor qkv, Tensor cos, Tensor sin, int b, int t, int heads, int kvHeads, int hd,
+                     boolean inverse) {
+        FloatBuffer q = qkv.floats();
+        FloatBuffer cs = cos.floats();
+        FloatBuffer sn = sin.floats();
+        int half = hd / 2;
+        int width = (heads + 2 * kvHeads) * hd;
+        float sign = inverse ? -1f : 1f;
+        for (int r = 0; r < b * t; r++) {
+            int pos = r % t;
+            // q heads then k heads are contiguous at the start of the row
+            for (int h = 0; h < heads + kvHeads; h++) {
+                int base = r * width + h * hd;
+                for (int j = 0; j < half; j++) {
+                    float c = cs.get(pos * half + j);
+                    float s = sign * sn.get(pos * half + j);
+                    float x1 = q.get(base + j);
+                    float x2 = q.get(base + half + j);
+                    q.put(base + j, x1 * c - x2 * s);
+                    q.put(base + half + j, x2 * c + x1 * s);
+                }
+            }
+        }
+    }
+
+    private void ensureScratch(int t) {
+        if (scores == null || scores.numel() < (long) t * t) {
+            scores = Tensor.allocateHost(DType.F32, t, t);
+            dscores = Tensor.allocateHost(DType.F32, t, t);
+        }
+    }
+
+    @Override
+    public void attentionForward(Tensor out, Tensor lse, Tensor qkv, int b, int t, int heads, int kvHeads, int hd) {
+        ensureScratch(t);
+        int width = (heads + 2 * kvHeads) * hd;
+        int c = heads * hd;
+        int group = heads / kvHeads;
+        float scale = (float) (1.0 / Math.sqrt(hd));
+        FloatBuffer p = scores.floats();
+        FloatBuffer l = lse.floats();
+        for (int bi = 0; bi < b; bi++) {
+            long row0 = (long) bi * t * width;
+            for (int h = 0; h < heads; h++) {
+                int g = h / group;
+                long q = row0 + (long) h * hd;
+                long k = row0 + (long) (heads + g) * hd;
+                long v = row0 + (long) (heads + kvHeads + g) * hd;
+                Blas.sgemm(false, true, t, t, hd, scale, qkv, q, width, qkv, k, width, 0f, scores, 0, t);
+                int lseBase = (bi * heads + h) * t;
+                for (int i = 0; i < t; i++) {
+                    int rb = i * t;
+                    float max = Float.NEGATIVE_INFINITY;
+                    for (int j = 0; j <= i; j++) {
+                        max = Math.max(max, p.get(rb + j));
+                    }
+                    double sum = 0;
+                    for (int j = 0; j <= i; j++) {
+                        float e = (float) Math.exp(p.get(rb + j) - max);
+                        p.put(rb + j, e);
+                        sum += e;
+                    }
+                    float inv = (float) (1.0 / sum);
+                    for (int j = 0; j <= i; j++) {
+                        p.put(rb + j, p.get(rb + j) * inv);
+                    }
+                    for (int j = i + 1; j < t; j++) {
+                        p.put(rb + j, 0f);
+                    }
+                    l.put(lseBase + i, (float) (max + Math.log(sum)));
+                }
+                Blas.sgemm(false, false, t, hd, t, 1f, scores, 0, t, qkv, v, width, 0f, out,
+                        (long) bi * t * c + (long) h * hd, c);
+            }
+        }
+    }
+
+    @Override
+    public void attentionBackward(Tensor dqkv, Tensor dout, Tensor out, Tensor lse, Tensor qkv, int b, int t,
+                                  int heads, int kvHeads, int hd) {
+        ensureScratch(t);
+        int width = (heads + 2 * kvHeads) * hd;
+        int c = heads * hd;
+        int group = heads / kvHeads;
+        float scale = (float) (1.0 / Math.sqrt(hd));
+        FloatBuffer p = scores.floats();
+        FloatBuffer dp = dscores.floats();
+        FloatBuffer l = lse.floats();
+        FloatBuffer o = out.floats();
+        FloatBuffer d = dout.floats();
+        FloatBuffer dq = dqkv.floats();
+        for (long i = 0, n = (long) b * t * width; i < n; i++) {
+            dq.put((int) i, 0f);
+        }
+        for (int bi = 0; bi < b; bi++) {
+            long row0 = (long) bi * t * width;
+            long orow0 = (long) bi * t * c;
+            for (int h = 0; h < heads; h++) {
+                int g = h / group;
+                long q = row0 + (long) h * hd;
+                long k = row0 + (long) (heads + g) * hd;
+                long v = row0 + (long) (heads + kvHeads + g) * hd;
+                long oh = orow0 + (long) h * hd;
+                // P = exp(scale * Q K^T - lse), causal
+                Blas.sgemm(false, true, t, t, hd, scale, qkv, q, width, qkv, k, width, 0f, scores, 0, t);
+                int lseBase = (bi * heads + h) * t;
+                for (int i = 0; i < t; i++) {
+                    int rb = i * t;
+                    float li = l.get(lseBase + i);
+                    for (int j = 0; j <= i; j++) {
+                        p.put(rb + j, (float) Math.exp(p.get(rb + j) - li));
+                    }
+                    for (int j = i + 1; j < t; j++) {
+                        p.put(rb + j, 0f);
+                    }
+                }
+                // dV += P^T dO ; dP = dO V^T
+                Blas.sgemm(true, false, t, hd, t, 1f, scores, 0, t, dout, oh, c, 1f, dqkv, v, width);
+                Blas.sgemm(false, true, t, t, hd, 1f, dout, oh, c, qkv, v, width, 0f, dscores, 0, t);
+                // dS = P * (dP - rowsum(dO * O))
+                for (int i = 0; i < t; i++) {
+                    double di = 0;
+                    long ob = oh + (long) i * c;
+                    for (int j = 0; j < hd; j++) {
+                        di += d.get((int) (ob + j)) * o.get((int) (ob + j));
+                    }
+                    float dif = (float) di;
+                    int rb = i * t;
+                    for (int j = 0; j <= i; j++) {
+                        dp.put(rb + j, p.get(rb + j) * (dp.get(rb + j) - dif));
+                    }
+                    for (int j = i + 1; j < t; j++) {
+                        dp.put(rb + j, 0f);
+                    }
+                }
+                // dQ = scale * dS K ; dK += scale * dS^T Q
+                Blas.sgemm(false, false, t, hd, t, scale, dscores, 0, t, qkv, k, width, 0f, dqkv, q, width);
+                Blas.sgemm(true, false, t, hd, t, scale, dscores, 0, t, qkv, q, width, 1f, dqkv, k, width);
+            }
+        }
+    }
+
+    @Override
+    public void crossEntropyForwardBackward(Tensor logits, Tensor losses, Tensor targets, int rows, int v,
+                                            int vPadded, float gradScale) {
+        crossEntropy(logits, losses, targets, rows, v, vPadded, gradScale, true);
+    }
+
+    @Override
+    public void crossEntropyForward(Tensor logits, Tensor losses, Tensor targets, int rows, int v, int vPadded) {
+        crossEntropy(logits, losses, targets, rows, v, vPadded, 0f, false);
+    }
+
+    private static void crossEntropy(Tensor logits, Tensor losses, Tensor targets, int rows, int v, int vPadded,
+                                     float gradScale, boolean backward) {
+        FloatBuffer z = logits.floats();
+        FloatBuffer ls = losses.floats();
+        IntBuffer tg = targets.ints();
+        for (int r = 0; r < rows; r++) {
+            int base = r * vPadded;
+            int target = tg.get(r);
+            if (target < 0 || target >= v) {
+                throw new IllegalArgumentException("target id " + target + " at row " + r + " is outside the vocabulary of " + v);
+            }
+            float max = Float.NEGATIVE_INFINITY;
+            for (int j = 0; j < v; j++) {
+                max = Math.max(max, z.get(base + j));
+            }
+            double sum = 0;
+            for (int j = 0; j < v; j++) {
+                sum += Math.exp(z.get(base + j) - max);
+            }
+            double logSum = Math.log(sum);
+            ls.put(r, (float) (max + logSum - z.get(base + target)));
+            if (backward) {
+                float invSum = (float) (1.0 / sum);
+                for (int j = 0; j < v; j++) {
+                    float prob = (float) Math.exp(z.get(base + j) - max) * invSum;
+                    z.put(base + j, gradScale * (j == target ? prob - 1f : prob));
+                }
+                for (int j = v; j < vPadded; j++) {
+                    z.put(base + j, 0f);
+                }
+            }
+        }
+    }
+}

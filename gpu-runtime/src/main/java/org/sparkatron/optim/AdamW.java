@@ -1,0 +1,86 @@
+package org.sparkatron.optim;
+
+import java.nio.FloatBuffer;
+import org.sparkatron.model.ParameterSet;
+import org.sparkatron.tensor.DType;
+import org.sparkatron.tensor.Tensor;
+
+/**
+ * AdamW over a whole {@link ParameterSet} in one pass, with PyTorch's {@code torch.optim.AdamW} semantics:
+ * decoupled weight decay ({@code p *= 1 - lr * wd}, only on parameters marked for decay: matrices and
+ * embeddings, not biases or norm weights), bias-corrected first and second moments, {@code eps} added
+ * after the bias-corrected square root. State (m, v) is fp32, laid out like the parameters.
+ * Not thread-safe; deterministic.
+ */
+public final class AdamW {
+    private final ParameterSet params;
+    private final float beta1;
+    private final float beta2;
+    private final float eps;
+    private final float weightDecay;
+    private final Tensor m;
+    private final Tensor v;
+    private final boolean[] decayOf;
+    private long step;
+
+    public AdamW(ParameterSet params, float beta1, float beta2, float eps, float weightDecay) {
+        this.params = params;
+        this.beta1 = beta1;
+        this.beta2 = beta2;
+        this.eps = eps;
+        this.weightDecay = weightDecay;
+        int n = Math.toIntExact(params.numel());
+        this.m = Tensor.allocateHost(DType.F32, n);
+        this.v = Tensor.allocateHost(DType.F32, n);
+        this.decayOf = new boolean[params.params().size()];
+        for (int i = 0; i < decayOf.length; i++) {
+            decayOf[i] = params.params().get(i).decay();
+        }
+    }
+
+    /** Steps taken so far. */
+    public long step() {
+        return step;
+    }
+
+    public Tensor firstMoment() {
+        return m;
+    }
+
+    public Tensor secondMoment() {
+        return v;
+    }
+
+    /** Restores the step counter (with moments restored through {@link #firstMoment()} / {@link #secondMoment()}). */
+    public void setStep(long step) {
+        this.step = step;
+    }
+
+    /** One update with learning rate {@code lr}; gradients are read as they are (clip them before). */
+    public void update(float lr) {
+        step++;
+        double bc1 = 1 - Math.pow(beta1, step);
+        double bc2 = 1 - Math.pow(beta2, step);
+        float stepSize = (float) (lr / bc1);
+        float invSqrtBc2 = (float) (1 / Math.sqrt(bc2));
+        FloatBuffer p = params.weights().floats();
+        FloatBuffer g = params.grads().floats();
+        FloatBuffer ms = m.floats();
+        FloatBuffer vs = v.floats();
+        for (int pi = 0; pi < decayOf.length; pi++) {
+            ParameterSet.Param par = params.params().get(pi);
+            int from = (int) par.offset();
+            int to = (int) (par.offset() + par.numel());
+            float decay = decayOf[pi] ? 1f - lr * weightDecay : 1f;
+            for (int i = from; i < to; i++) {
+                float gi = g.get(i);
+                float mi = beta1 * ms.get(i) + (1 - beta1) * gi;
+                float vi = beta2 * vs.get(i) + (1 - beta2) * gi * gi;
+                ms.put(i, mi);
+                vs.put(i, vi);
+                float pv = p.get(i) * decay;
+                p.put(i, pv - stepSize * mi / ((float) Math.sqrt(vi) * invSqrtBc2 + eps));
+            }
+        }
+    }
+}

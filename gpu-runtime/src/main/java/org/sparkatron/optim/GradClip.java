@@ -1,0 +1,44 @@
+package org.sparkatron.optim;
+
+import java.nio.FloatBuffer;
+import org.sparkatron.tensor.Tensor;
+
+/** Global gradient-norm computation and clipping over one flat gradient block. */
+public final class GradClip {
+    private GradClip() {
+    }
+
+    /** Sum of squares of all elements, accumulated in double. */
+    public static double sumOfSquares(Tensor grads) {
+        FloatBuffer g = grads.floats();
+        double s = 0;
+        for (int i = 0, n = (int) grads.numel(); i < n; i++) {
+            double x = g.get(i);
+            s += x * x;
+        }
+        return s;
+    }
+
+    /**
+     * Scales the gradients so their global norm is at most {@code maxNorm}, as
+     * {@code torch.nn.utils.clip_grad_norm_} does: coefficient {@code maxNorm / (norm + 1e-6)}, applied only
+     * when below 1. A non-finite norm is returned as is and nothing is scaled (the caller decides).
+     *
+     * @param norm the global norm, computed (and, under model parallelism, reduced) by the caller
+     * @return the coefficient applied (1 when not clipped)
+     */
+    public static float clip(Tensor grads, double norm, double maxNorm) {
+        if (!(maxNorm > 0) || !Double.isFinite(norm)) {
+            return 1f;
+        }
+        float coef = (float) (maxNorm / (norm + 1e-6));
+        if (coef >= 1f) {
+            return 1f;
+        }
+        FloatBuffer g = grads.floats();
+        for (int i = 0, n = (int) grads.numel(); i < n; i++) {
+            g.put(i, g.get(i) * coef);
+        }
+        return coef;
+    }
+}

@@ -1,0 +1,93 @@
+package org.sparkatron.train;
+
+import java.util.List;
+import java.util.SplittableRandom;
+
+/**
+ * Fixed-length training samples cut from a list of token sequences, as Megatron's GPT dataset does:
+ * the sequences are concatenated into one stream and sample {@code i} is tokens
+ * {@code [i*T, i*T + T + 1)}, so consecutive samples share one boundary token and documents flow across
+ * sample boundaries. Samples are visited in a seeded random order, reshuffled each epoch, repeating the
+ * data as many epochs as the caller reads. Deterministic in the seed; {@link #skip} resumes exactly.
+ */
+public final class PackedSamples implements SampleSource {
+    private final int[] stream;
+    private final int seqLen;
+    private final int count;
+    private final long seed;
+    private int[] order;
+    private long consumed;
+    private long epochOfOrder = -1;
+
+    public PackedSamples(List<int[]> sequences, int seqLen, long seed) {
+        if (seqLen < 1) {
+            throw new IllegalArgumentException("sequence length must be >= 1, got " + seqLen);
+        }
+        long total = 0;
+        for (int[] s : sequences) {
+            total += s.length;
+        }
+        if (total < seqLen + 1L) {
+            throw new IllegalArgumentException("the data has " + total + " tokens, fewer than one sample of "
+                    + (seqLen + 1) + " (sequence length + 1)");
+        }
+        this.stream = new int[Math.toIntExact(total)];
+        int at = 0;
+        for (int[] s : sequences) {
+            System.arraycopy(s, 0, stream, at, s.length);
+            at += s.length;
+        }
+        this.seqLen = seqLen;
+        this.count = (int) ((total - 1) / seqLen);
+        this.seed = seed;
+    }
+
+    /** Number of distinct samples in one epoch. */
+    public int samplesPerEpoch() {
+        return count;
+    }
+
+    @Override
+    public int sampleLength() {
+        return seqLen + 1;
+    }
+
+    @Override
+    public boolean next(int[] out, int offset) {
+        long epoch = consumed / count;
+        if (epoch != epochOfOrder) {
+            order = permutation(count, seed + epoch * 0x9E3779B97F4A7C15L);
+            epochOfOrder = epoch;
+        }
+        int sample = order[(int) (consumed % count)];
+        System.arraycopy(stream, sample * seqLen, out, offset, seqLen + 1);
+        consumed++;
+        return true;
+    }
+
+    @Override
+    public long consumed() {
+        return consumed;
+    }
+
+    @Override
+    public void skip(long n) {
+        consumed += n;
+    }
+
+    /** Fisher-Yates shuffle of 0..n-1 with a seeded generator. */
+    static int[] permutation(int n, long seed) {
+        int[] p = new int[n];
+        for (int i = 0; i < n; i++) {
+            p[i] = i;
+        }
+        SplittableRandom rng = new SplittableRandom(seed);
+        for (int i = n - 1; i > 0; i--) {
+            int j = rng.nextInt(i + 1);
+            int tmp = p[i];
+            p[i] = p[j];
+            p[j] = tmp;
+        }
+        return p;
+    }
+}

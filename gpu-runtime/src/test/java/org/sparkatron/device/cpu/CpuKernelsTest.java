@@ -1,0 +1,229 @@
+package org.sparkatron.device.cpu;
+
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.sparkatron.device.cpu.Arrays32.assertClose;
+import static org.sparkatron.device.cpu.Arrays32.f32;
+import static org.sparkatron.device.cpu.Arrays32.i32;
+import static org.sparkatron.device.cpu.Arrays32.random;
+import static org.sparkatron.device.cpu.Arrays32.read;
+
+import java.util.SplittableRandom;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
+import org.junit.jupiter.api.Test;
+import org.sparkatron.tensor.DType;
+import org.sparkatron.tensor.Tensor;
+
+/**
+ * Every CPU kernel against the double-precision {@link Reference}; every backward against central finite
+ * differences of that reference.
+ *
+ * <p>Tolerances: inputs are float-representable values of order 1, so the only error is fp32 arithmetic.
+ * Elementwise kernels are good to a few ulps (atol 1e-6 + rtol 1e-5). Reductions of length K in fp32
+ * (GEMM, attention) accumulate about K * 6e-8 relative error: with K <= 100 here, atol/rtol 2e-5..1e-4.
+ * Finite differences in double (h = 1e-6) are accurate to about 1e-9, far below those.
+ */
+class CpuKernelsTest {
+    private final CpuKernels k = new CpuKernels();
+
+    @ParameterizedTest(name = "linear n={0} in={1} out={2}")
+    @CsvSource({"1,1,1", "3,5,7", "17,33,9", "64,48,96"})
+    void linear(int n, int in, int out) {
+        SplittableRandom rng = new SplittableRandom(n * 31L + in);
+        double[] x = random(rng, n * in, 1), w = random(rng, out * in, 1), b = random(rng, out, 1);
+        double[] dout = random(rng, n * out, 1);
+        Tensor y = Tensor.allocateHost(DType.F32, n, out);
+        Tensor xt = f32(x, n, in), wt = f32(w, out, in), bt = f32(b, out);
+        k.linearForward(y, xt, wt, bt, n, in, out);
+        assertClose("linear forward", Reference.linear(x, w, b, n, in, out), read(y), 1e-5, 1e-5);
+
+        Tensor dx = Tensor.allocateHost(DType.F32, n, in), dw = Tensor.allocateHost(DType.F32, out, in);
+        Tensor db = Tensor.allocateHost(DType.F32, out);
+        k.linearBackward(dx, false, dw, db, f32(dout, n, out), xt, wt, n, in, out);
+        assertClose("linear dx", Reference.gradient(v -> Reference.linear(v, w, b, n, in, out), x.clone(), dout), read(dx), 1e-4, 1e-4);
+        assertClose("linear dw", Reference.gradient(v -> Reference.linear(x, v, b, n, in, out), w.clone(), dout), read(dw), 1e-4, 1e-4);
+        assertClose("linear db", Reference.gradient(v -> Reference.linear(x, w, v, n, in, out), b.clone(), dout), read(db), 1e-4, 1e-4);
+        // gradients accumulate: a second backward doubles dw
+        k.linearBackward(dx, true, dw, db, f32(dout, n, out), xt, wt, n, in, out);
+        double[] twice = Reference.gradient(v -> Reference.linear(x, v, b, n, in, out), w.clone(), dout);
+        for (int i = 0; i < twice.length; i++) {
+            twice[i] *= 2;
+        }
+        assertClose("linear dw accumulated", twice, read(dw), 2e-4, 1e-4);
+    }
+
+    @ParameterizedTest(name = "layerNorm n={0} c={1}")
+    @CsvSource({"1,2", "3,7", "10,64", "5,129"})
+    void layerNorm(int n, int c) {
+        SplittableRandom rng = new SplittableRandom(c);
+        double[] x = random(rng, n * c, 2), w = random(rng, c, 1), b = random(rng, c, 1), dout = random(rng, n * c, 1);
+        Tensor y = Tensor.allocateHost(DType.F32, n, c), mean = Tensor.allocateHost(DType.F32, n), rstd = Tensor.allocateHost(DType.F32, n);
+        Tensor xt = f32(x, n, c), wt = f32(w, c), bt = f32(b, c);
+        k.layerNormForward(y, mean, rstd, xt, wt, bt, n, c, 1e-5f);
+        assertClose("layernorm forward", Reference.layerNorm(x, w, b, n, c, 1e-5), read(y), 2e-6, 2e-5);
+        Tensor dx = Tensor.allocateHost(DType.F32, n, c), dw = Tensor.allocateHost(DType.F32, c), db = Tensor.allocateHost(DType.F32, c);
+        k.layerNormBackward(dx, dw, db, f32(dout, n, c), xt, wt, mean, rstd, n, c);
+        assertClose("layernorm dx", Reference.gradient(v -> Reference.layerNorm(v, w, b, n, c, 1e-5), x.clone(), dout), read(dx), 2e-5, 1e-4);
+        assertClose("layernorm dw", Reference.gradient(v -> Reference.layerNorm(x, v, b, n, c, 1e-5), w.clone(), dout), read(dw), 2e-5, 1e-4);
+        assertClose("layernorm db", Reference.gradient(v -> Reference.layerNorm(x, w, v, n, c, 1e-5), b.clone(), dout), read(db), 2e-5, 1e-4);
+    }
+
+    @ParameterizedTest(name = "rmsNorm n={0} c={1}")
+    @CsvSource({"1,2", "3,7", "10,64", "5,129"})
+    void rmsNorm(int n, int c) {
+        SplittableRandom rng = new SplittableRandom(c + 7);
+        double[] x = random(rng, n * c, 2), w = random(rng, c, 1), dout = random(rng, n * c, 1);
+        Tensor y = Tensor.allocateHost(DType.F32, n, c), rstd = Tensor.allocateHost(DType.F32, n);
+        Tensor xt = f32(x, n, c), wt = f32(w, c);
+        k.rmsNormForward(y, rstd, xt, wt, n, c, 1e-5f);
+        assertClose("rmsnorm forward", Reference.rmsNorm(x, w, n, c, 1e-5), read(y), 2e-6, 2e-5);
+        Tensor dx = Tensor.allocateHost(DType.F32, n, c), dw = Tensor.allocateHost(DType.F32, c);
+        k.rmsNormBackward(dx, dw, f32(dout, n, c), xt, wt, rstd, n, c);
+        assertClose("rmsnorm dx", Reference.gradient(v -> Reference.rmsNorm(v, w, n, c, 1e-5), x.clone(), dout), read(dx), 2e-5, 1e-4);
+        assertClose("rmsnorm dw", Reference.gradient(v -> Reference.rmsNorm(x, v, n, c, 1e-5), w.clone(), dout), read(dw), 2e-5, 1e-4);
+    }
+
+    @ParameterizedTest(name = "gelu n={0}")
+    @CsvSource({"1", "7", "1000"})
+    void gelu(int n) {
+        SplittableRandom rng = new SplittableRandom(n);
+        double[] x = random(rng, n, 5), dout = random(rng, n, 1);
+        Tensor y = Tensor.allocateHost(DType.F32, n), xt = f32(x, n);
+        k.geluForward(y, xt, n);
+        assertClose("gelu forward", Reference.gelu(x), read(y), 1e-6, 1e-5);
+        Tensor dx = Tensor.allocateHost(DType.F32, n);
+        k.geluBackward(dx, f32(dout, n), xt, n);
+        assertClose("gelu backward", Reference.gradient(Reference::gelu, x.clone(), dout), read(dx), 1e-6, 1e-5);
+    }
+
+    @ParameterizedTest(name = "swiglu n={0} f={1}")
+    @CsvSource({"1,1", "3,5", "8,56"})
+    void swiglu(int n, int f) {
+        SplittableRandom rng = new SplittableRandom(f);
+        double[] gu = random(rng, n * 2 * f, 4), dout = random(rng, n * f, 1);
+        Tensor y = Tensor.allocateHost(DType.F32, n, f), gut = f32(gu, n, 2 * f);
+        k.swigluForward(y, gut, n, f);
+        assertClose("swiglu forward", Reference.swiglu(gu, n, f), read(y), 1e-6, 1e-5);
+        Tensor dgu = Tensor.allocateHost(DType.F32, n, 2 * f);
+        k.swigluBackward(dgu, f32(dout, n, f), gut, n, f);
+        assertClose("swiglu backward", Reference.gradient(v -> Reference.swiglu(v, n, f), gu.clone(), dout), read(dgu), 1e-6, 1e-5);
+    }
+
+    @ParameterizedTest(name = "embedding n={0} t={1} c={2} positions={3}")
+    @CsvSource({"6,3,5,true", "6,3,5,false", "16,8,32,true"})
+    void embedding(int n, int t, int c, boolean positions) {
+        SplittableRandom rng = new SplittableRandom(n + c);
+        int v = 11;
+        int[] tok = new int[n];
+        for (int i = 0; i < n; i++) {
+            tok[i] = rng.nextInt(v);
+        }
+        tok[n - 1] = tok[0]; // a repeated id must accumulate both gradients
+        double[] wte = random(rng, v * c, 1), wpe = positions ? random(rng, t * c, 1) : null, dout = random(rng, n * c, 1);
+        Tensor y = Tensor.allocateHost(DType.F32, n, c), tokt = i32(tok, n);
+        Tensor wtet = f32(wte, v, c), wpet = positions ? f32(wpe, t, c) : null;
+        k.embeddingForward(y, tokt, wtet, wpet, n, t, c);
+        assertClose("embedding forward", Reference.embedding(tok, wte, wpe, n, t, c), read(y), 0, 1e-7);
+        Tensor dwte = Tensor.allocateHost(DType.F32, v, c), dwpe = positions ? Tensor.allocateHost(DType.F32, t, c) : null;
+        k.embeddingBackward(dwte, dwpe, f32(dout, n, c), tokt, n, t, c);
+        assertClose("embedding dwte", Reference.gradient(e -> Reference.embedding(tok, e, wpe, n, t, c), wte.clone(), dout), read(dwte), 1e-6, 1e-5);
+        if (positions) {
+            assertClose("embedding dwpe", Reference.gradient(p -> Reference.embedding(tok, wte, p, n, t, c), wpe.clone(), dout), read(dwpe), 1e-6, 1e-5);
+        }
+        tok[2] = v;
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                () -> k.embeddingForward(y, i32(tok, n), wtet, wpet, n, t, c));
+        assertTrue(e.getMessage().contains("token id " + v), e.getMessage());
+    }
+
+    @ParameterizedTest(name = "rope b={0} t={1} heads={2} kv={3} hd={4}")
+    @CsvSource({"1,1,1,1,2", "2,5,4,2,8", "2,7,3,1,6"})
+    void rope(int b, int t, int heads, int kvHeads, int hd) {
+        SplittableRandom rng = new SplittableRandom(t * 13L + hd);
+        int width = (heads + 2 * kvHeads) * hd;
+        double[] qkv = random(rng, b * t * width, 1);
+        double theta = 10000;
+        Tensor cos = Tensor.allocateHost(DType.F32, t, hd / 2), sin = Tensor.allocateHost(DType.F32, t, hd / 2);
+        for (int p = 0; p < t; p++) {
+            for (int j = 0; j < hd / 2; j++) {
+                double ang = p * Math.pow(theta, -2.0 * j / hd);
+                cos.floats().put(p * hd / 2 + j, (float) Math.cos(ang));
+                sin.floats().put(p * hd / 2 + j, (float) Math.sin(ang));
+            }
+        }
+        Tensor x = f32(qkv, b * t, width);
+        k.rope(x, cos, sin, b, t, heads, kvHeads, hd, false);
+        assertClose("rope forward", Reference.rope(qkv, b, t, heads, kvHeads, hd, theta), read(x), 1e-6, 1e-5);
+        // RoPE is linear and orthogonal: the backward (inverse) applied to dout is the FD gradient
+        double[] dout = random(rng, qkv.length, 1);
+        Tensor d = f32(dout, b * t, width);
+        k.rope(d, cos, sin, b, t, heads, kvHeads, hd, true);
+        assertClose("rope backward", Reference.gradient(v -> Reference.rope(v, b, t, heads, kvHeads, hd, theta), qkv.clone(), dout), read(d), 1e-6, 1e-5);
+    }
+
+    @ParameterizedTest(name = "attention b={0} t={1} heads={2} kv={3} hd={4}")
+    @CsvSource({"1,1,1,1,1", "2,5,2,2,4", "1,9,4,2,3", "2,16,6,3,8", "1,33,4,1,16"})
+    void attention(int b, int t, int heads, int kvHeads, int hd) {
+        SplittableRandom rng = new SplittableRandom(t * 7L + heads);
+        int width = (heads + 2 * kvHeads) * hd;
+        int c = heads * hd;
+        double[] qkv = random(rng, b * t * width, 1.5), dout = random(rng, b * t * c, 1);
+        Tensor out = Tensor.allocateHost(DType.F32, b * t, c), lse = Tensor.allocateHost(DType.F32, b, heads, t);
+        Tensor qkvt = f32(qkv, b * t, width);
+        k.attentionForward(out, lse, qkvt, b, t, heads, kvHeads, hd);
+        assertClose("attention forward", Reference.attention(qkv, b, t, heads, kvHeads, hd), read(out), 2e-6, 2e-5);
+        Tensor dqkv = f32(random(rng, qkv.length, 1), b * t, width); // garbage: backward must overwrite
+        k.attentionBackward(dqkv, f32(dout, b * t, c), out, lse, qkvt, b, t, heads, kvHeads, hd);
+        assertClose("attention backward", Reference.gradient(v -> Reference.attention(v, b, t, heads, kvHeads, hd), qkv.clone(), dout),
+                read(dqkv), 2e-5, 1e-4);
+    }
+
+    @ParameterizedTest(name = "crossEntropy rows={0} v={1} padded={2}")
+    @CsvSource({"1,2,2", "5,7,8", "9,67,128"})
+    void crossEntropy(int rows, int v, int vPadded) {
+        SplittableRandom rng = new SplittableRandom(v);
+        double[] z = random(rng, rows * vPadded, 6);
+        int[] tg = new int[rows];
+        for (int r = 0; r < rows; r++) {
+            tg[r] = rng.nextInt(v);
+        }
+        Tensor losses = Tensor.allocateHost(DType.F32, rows);
+        Tensor zt = f32(z, rows, vPadded);
+        k.crossEntropyForward(zt, losses, i32(tg, rows), rows, v, vPadded);
+        double[] ref = Reference.crossEntropy(z, tg, rows, v, vPadded);
+        assertClose("cross-entropy forward", ref, read(losses), 1e-5, 1e-5);
+        assertClose("cross-entropy forward keeps logits", z, read(zt), 0, 0);
+        float scale = 1f / rows;
+        k.crossEntropyForwardBackward(zt, losses, i32(tg, rows), rows, v, vPadded, scale);
+        assertClose("cross-entropy fused loss", ref, read(losses), 1e-5, 1e-5);
+        double[] ones = new double[rows];
+        java.util.Arrays.fill(ones, scale);
+        double[] fd = Reference.gradient(x -> Reference.crossEntropy(x, tg, rows, v, vPadded), z.clone(), ones);
+        assertClose("cross-entropy dlogits (padded columns zero)", fd, read(zt), 1e-6, 1e-5);
+        tg[0] = v; // a padded id is not a valid target
+        assertThrows(IllegalArgumentException.class, () -> k.crossEntropyForward(f32(z, rows, vPadded), losses, i32(tg, rows), rows, v, vPadded));
+    }
+
+    @Test
+    void stridedGemmOnSubMatrices() {
+        // C[2x2] block inside a 3x4 matrix from A rows with stride 5: checks leading-dimension handling
+        SplittableRandom rng = new SplittableRandom(1);
+        double[] a = random(rng, 3 * 5, 1), bm = random(rng, 3 * 4, 1);
+        Tensor c = Tensor.allocateHost(DType.F32, 3, 4);
+        Blas.sgemm(false, false, 2, 2, 3, 1f, f32(a, 3, 5), 1, 5, f32(bm, 3, 4), 1, 4, 0f, c, 5, 4);
+        double[] got = read(c);
+        for (int i = 0; i < 2; i++) {
+            for (int j = 0; j < 2; j++) {
+                double s = 0;
+                for (int p = 0; p < 3; p++) {
+                    s += a[1 + i * 5 + p] * bm[1 + p * 4 + j];
+                }
+                assertClose("C[" + i + "," + j + "]", new double[] {s}, new double[] {got[5 + i * 4 + j]}, 1e-6, 1e-6);
+            }
+        }
+        assertClose("untouched", new double[] {0, 0, 0, 0, 0}, new double[] {got[0], got[1], got[2], got[3], got[4]}, 0, 0);
+        assertThrows(IndexOutOfBoundsException.class,
+                () -> Blas.sgemm(false, false, 3, 2, 3, 1f, f32(a, 3, 5), 1, 5, f32(bm, 3, 4), 1, 4, 0f, c, 5, 4));
+    }
+}
