@@ -117,7 +117,12 @@ final class Handshake {
         out.write(challenge.array());
         out.flush();
         byte[] proof = new byte[32];
-        in.readFully(proof);
+        try {
+            in.readFully(proof);
+        } catch (java.io.EOFException e) {
+            throw new Rejected("rank " + from + " closed the connection instead of proving the job secret"
+                    + " (it holds a different secret, or it is not a rank of this job)");
+        }
         if (!MessageDigest.isEqual(proof, mac(secret, 'C', nonceA, nonceC, world, from, self))) {
             throw new Rejected("rank " + from + " failed to prove the job secret");
         }

@@ -99,7 +99,8 @@ final class TcpTransport {
         }
         Thread t = new Thread(() -> {
             for (Connection c : conns) {
-                if (c != null && c.peer != e.peer()) {
+                // The rank at fault is told too: it may be alive (a stuck rank, a sender of bad frames).
+                if (c != null) {
                     c.sendAbort(e.getMessage(), e.peer());
                 }
             }
@@ -186,8 +187,8 @@ final class TcpTransport {
                 }
             }
             if (!missing.isEmpty()) {
-                throw new CommException("rank " + rank + ": ranks " + missing + " did not connect and authenticate within "
-                        + options.connectTimeoutMs + " ms" + (rejections.isEmpty() ? "" : "; rejected connections: "
+                throw new CommException("rank " + rank + ": rank " + missing.get(0) + " did not connect and authenticate within "
+                        + options.connectTimeoutMs + " ms (missing: " + missing + ")" + (rejections.isEmpty() ? "" : "; rejected connections: "
                         + rejections), missing.get(0));
             }
         } catch (IOException e) {
@@ -289,7 +290,7 @@ final class TcpTransport {
                         }
                     } catch (Handshake.Rejected | IOException e) {
                         t.rejected.incrementAndGet();
-                        rejections.add(from + ": " + e.getMessage());
+                        rejections.add(from + ": " + (e instanceof Handshake.Rejected ? e.getMessage() : e.toString()));
                         LOG.log(System.Logger.Level.WARNING, "rank " + t.rank + " rejected connection from " + from
                                 + ": " + e.getMessage());
                         try {
