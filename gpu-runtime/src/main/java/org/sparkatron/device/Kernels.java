@@ -82,4 +82,23 @@ public interface Kernels {
 
     /** Loss only; logits are left unchanged. */
     void crossEntropyForward(Tensor logits, Tensor losses, Tensor targets, int rows, int v, int vPadded);
+
+    // ---- optimizer and gradient utilities over flat fp32 blocks ----
+
+    /**
+     * AdamW on elements [from, from + count) of the flat parameter block and its gradient and moment blocks:
+     * {@code m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p = p * decay - stepSize * m / (sqrt(v) * invSqrtBc2 + eps)},
+     * with {@code decay = 1 - lr wd} (or 1), {@code stepSize = lr / (1 - b1^t)}, {@code invSqrtBc2 = 1 / sqrt(1 - b2^t)}.
+     */
+    void adamw(Tensor params, Tensor grads, Tensor m, Tensor v, long from, long count, float beta1, float beta2,
+               float eps, float decay, float stepSize, float invSqrtBc2);
+
+    /** Sum of squares of all elements, accumulated in (at least partly) double precision. */
+    double sumOfSquares(Tensor x);
+
+    /** x *= factor. */
+    void scale(Tensor x, float factor);
+
+    /** x = value. */
+    void fill(Tensor x, float value);
 }

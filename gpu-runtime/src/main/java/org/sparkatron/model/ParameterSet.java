@@ -102,8 +102,9 @@ public final class ParameterSet {
 
     public void zeroGrads() {
         java.nio.FloatBuffer g = grads.floats();
-        for (int i = 0, n = (int) grads.numel(); i < n; i++) {
-            g.put(i, 0f);
+        float[] zeros = new float[(int) Math.min(grads.numel(), 1 << 14)];
+        for (long i = 0, n = grads.numel(); i < n; i += zeros.length) {
+            g.put((int) i, zeros, 0, (int) Math.min(zeros.length, n - i));
         }
     }
 

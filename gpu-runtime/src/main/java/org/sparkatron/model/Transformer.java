@@ -98,6 +98,11 @@ public final class Transformer {
         return params;
     }
 
+    /** The kernels this model runs on (one rank's). */
+    public Kernels kernels() {
+        return k;
+    }
+
     /**
      * GPT-2-style initialisation, deterministic in {@code seed}: weights N(0, 0.02), the two residual output
      * projections N(0, 0.02 / sqrt(2 L)), biases 0, norm weights 1, padded vocabulary rows 0.
@@ -229,7 +234,7 @@ public final class Transformer {
                     cfg.vocabSize(), vp, gradScale / n);
             k.linearBackward(dnormF.narrowRows(r0, rows), false, dhead, null, logits, x, head, rows, c, vp);
         }
-        zero(dresid);
+        k.fill(dresid, 0f);
         if (cfg.family() == ModelConfig.Family.LLAMA) {
             k.rmsNormBackward(dresid, params.grad("norm_f.w"), dnormF, last, params.weight("norm_f.w"), rstdF, n, c);
         } else {
@@ -288,12 +293,5 @@ public final class Transformer {
             sum += l.get(i);
         }
         return sum / n;
-    }
-
-    private static void zero(Tensor t) {
-        FloatBuffer f = t.floats();
-        for (int i = 0, n = (int) t.numel(); i < n; i++) {
-            f.put(i, 0f);
-        }
     }
 }

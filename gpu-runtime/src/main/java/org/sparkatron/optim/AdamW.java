@@ -1,6 +1,6 @@
 package org.sparkatron.optim;
 
-import java.nio.FloatBuffer;
+import org.sparkatron.device.Kernels;
 import org.sparkatron.model.ParameterSet;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
@@ -14,6 +14,7 @@ import org.sparkatron.tensor.Tensor;
  */
 public final class AdamW {
     private final ParameterSet params;
+    private final Kernels kernels;
     private final float beta1;
     private final float beta2;
     private final float eps;
@@ -23,8 +24,9 @@ public final class AdamW {
     private final boolean[] decayOf;
     private long step;
 
-    public AdamW(ParameterSet params, float beta1, float beta2, float eps, float weightDecay) {
+    public AdamW(ParameterSet params, Kernels kernels, float beta1, float beta2, float eps, float weightDecay) {
         this.params = params;
+        this.kernels = kernels;
         this.beta1 = beta1;
         this.beta2 = beta2;
         this.eps = eps;
@@ -63,24 +65,11 @@ public final class AdamW {
         double bc2 = 1 - Math.pow(beta2, step);
         float stepSize = (float) (lr / bc1);
         float invSqrtBc2 = (float) (1 / Math.sqrt(bc2));
-        FloatBuffer p = params.weights().floats();
-        FloatBuffer g = params.grads().floats();
-        FloatBuffer ms = m.floats();
-        FloatBuffer vs = v.floats();
         for (int pi = 0; pi < decayOf.length; pi++) {
             ParameterSet.Param par = params.params().get(pi);
-            int from = (int) par.offset();
-            int to = (int) (par.offset() + par.numel());
             float decay = decayOf[pi] ? 1f - lr * weightDecay : 1f;
-            for (int i = from; i < to; i++) {
-                float gi = g.get(i);
-                float mi = beta1 * ms.get(i) + (1 - beta1) * gi;
-                float vi = beta2 * vs.get(i) + (1 - beta2) * gi * gi;
-                ms.put(i, mi);
-                vs.put(i, vi);
-                float pv = p.get(i) * decay;
-                p.put(i, pv - stepSize * mi / ((float) Math.sqrt(vi) * invSqrtBc2 + eps));
-            }
+            kernels.adamw(params.weights(), params.grads(), m, v, par.offset(), par.numel(), beta1, beta2, eps, decay,
+                    stepSize, invSqrtBc2);
         }
     }
 }

@@ -1,22 +1,11 @@
 package org.sparkatron.optim;
 
-import java.nio.FloatBuffer;
+import org.sparkatron.device.Kernels;
 import org.sparkatron.tensor.Tensor;
 
-/** Global gradient-norm computation and clipping over one flat gradient block. */
+/** Global gradient-norm clipping over one flat gradient block. */
 public final class GradClip {
     private GradClip() {
-    }
-
-    /** Sum of squares of all elements, accumulated in double. */
-    public static double sumOfSquares(Tensor grads) {
-        FloatBuffer g = grads.floats();
-        double s = 0;
-        for (int i = 0, n = (int) grads.numel(); i < n; i++) {
-            double x = g.get(i);
-            s += x * x;
-        }
-        return s;
     }
 
     /**
@@ -27,7 +16,7 @@ public final class GradClip {
      * @param norm the global norm, computed (and, under model parallelism, reduced) by the caller
      * @return the coefficient applied (1 when not clipped)
      */
-    public static float clip(Tensor grads, double norm, double maxNorm) {
+    public static float clip(Kernels kernels, Tensor grads, double norm, double maxNorm) {
         if (!(maxNorm > 0) || !Double.isFinite(norm)) {
             return 1f;
         }
@@ -35,10 +24,7 @@ public final class GradClip {
         if (coef >= 1f) {
             return 1f;
         }
-        FloatBuffer g = grads.floats();
-        for (int i = 0, n = (int) grads.numel(); i < n; i++) {
-            g.put(i, g.get(i) * coef);
-        }
+        kernels.scale(grads, coef);
         return coef;
     }
 }

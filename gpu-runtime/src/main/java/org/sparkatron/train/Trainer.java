@@ -55,7 +55,7 @@ public final class Trainer {
         this.data = data;
         this.opt = opt;
         this.seqLen = data.sampleLength() - 1;
-        this.adam = new AdamW(model.params(), opt.beta1(), opt.beta2(), opt.eps(), opt.weightDecay());
+        this.adam = new AdamW(model.params(), model.kernels(), opt.beta1(), opt.beta2(), opt.eps(), opt.weightDecay());
         this.batchTokens = new int[opt.batch() * data.sampleLength()];
     }
 
@@ -78,12 +78,12 @@ public final class Trainer {
         }
         sync.syncGradients(model.params().grads());
         loss = sync.averageScalar(loss);
-        double norm = Math.sqrt(GradClip.sumOfSquares(model.params().grads()));
+        double norm = Math.sqrt(model.kernels().sumOfSquares(model.params().grads()));
         if (!Double.isFinite(loss) || !Double.isFinite(norm)) {
             throw new IllegalStateException("step " + (adam.step() + 1) + ": non-finite loss " + loss + " or gradient norm "
                     + norm + "; the learning rate may be too high");
         }
-        GradClip.clip(model.params().grads(), norm, opt.gradClip());
+        GradClip.clip(model.kernels(), model.params().grads(), norm, opt.gradClip());
         double lr = opt.schedule().at(adam.step());
         adam.update((float) lr);
         double secs = (System.nanoTime() - t0) / 1e9;

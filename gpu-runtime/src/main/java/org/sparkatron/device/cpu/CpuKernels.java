@@ -1,5 +1,6 @@
 package org.sparkatron.device.cpu;
 
+import java.nio.ByteBuffer;
 import java.nio.FloatBuffer;
 import java.nio.IntBuffer;
 import org.sparkatron.device.Kernels;
@@ -15,8 +16,30 @@ import org.sparkatron.tensor.Tensor;
 public final class CpuKernels implements Kernels {
     private static final float GELU_SCALE = (float) Math.sqrt(2.0 / Math.PI);
 
+    private final boolean simd;
     private Tensor scores;   // [T, T] one head's scores / probabilities
     private Tensor dscores;  // [T, T] one head's dP / dS
+
+    /**
+     * Kernels using the Vector API when the JVM has it (and the system property {@code sparkatron.simd}
+     * is not {@code false}), plain loops otherwise.
+     */
+    public CpuKernels() {
+        this(SimdKernels.available() && !"false".equals(System.getProperty("sparkatron.simd")));
+    }
+
+    /** Explicit choice; {@code simd = true} requires the {@code jdk.incubator.vector} module. */
+    public CpuKernels(boolean simd) {
+        if (simd && !SimdKernels.available()) {
+            throw new IllegalStateException("SIMD kernels need the JVM option --add-modules=jdk.incubator.vector");
+        }
+        this.simd = simd;
+    }
+
+    /** Whether the Vector API loops are in use. */
+    public boolean simd() {
+        return simd;
+    }
 
     @Override
     public void linearForward(Tensor out, Tensor x, Tensor w, Tensor bias, int n, int in, int outF) {
@@ -226,6 +249,10 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public void geluForward(Tensor out, Tensor x, long count) {
+        if (simd) {
+            SimdKernels.geluForward(out.hostBuffer(), x.hostBuffer(), Math.toIntExact(count));
+            return;
+        }
         FloatBuffer o = out.floats();
         FloatBuffer xs = x.floats();
         for (int i = 0; i < count; i++) {
@@ -237,6 +264,10 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public void geluBackward(Tensor dx, Tensor dout, Tensor x, long count) {
+        if (simd) {
+            SimdKernels.geluBackward(dx.hostBuffer(), dout.hostBuffer(), x.hostBuffer(), Math.toIntExact(count));
+            return;
+        }
         FloatBuffer dxs = dx.floats();
         FloatBuffer d = dout.floats();
         FloatBuffer xs = x.floats();
@@ -346,21 +377,30 @@ public final class CpuKernels implements Kernels {
                 long v = row0 + (long) (heads + kvHeads + g) * hd;
                 Blas.sgemm(false, true, t, t, hd, scale, qkv, q, width, qkv, k, width, 0f, scores, 0, t);
                 int lseBase = (bi * heads + h) * t;
+                ByteBuffer pb = scores.hostBuffer();
                 for (int i = 0; i < t; i++) {
                     int rb = i * t;
-                    float max = Float.NEGATIVE_INFINITY;
-                    for (int j = 0; j <= i; j++) {
-                        max = Math.max(max, p.get(rb + j));
-                    }
-                    double sum = 0;
-                    for (int j = 0; j <= i; j++) {
-                        float e = (float) Math.exp(p.get(rb + j) - max);
-                        p.put(rb + j, e);
-                        sum += e;
-                    }
-                    float inv = (float) (1.0 / sum);
-                    for (int j = 0; j <= i; j++) {
-                        p.put(rb + j, p.get(rb + j) * inv);
+                    float max;
+                    double sum;
+                    if (simd) {
+                        max = SimdKernels.max(pb, rb, i + 1);
+                        sum = SimdKernels.expShiftSum(pb, rb, i + 1, max, true);
+                        SimdKernels.scale(pb, rb, i + 1, (float) (1.0 / sum));
+                    } else {
+                        max = Float.NEGATIVE_INFINITY;
+                        for (int j = 0; j <= i; j++) {
+                            max = Math.max(max, p.get(rb + j));
+                        }
+                        sum = 0;
+                        for (int j = 0; j <= i; j++) {
+                            float e = (float) Math.exp(p.get(rb + j) - max);
+                            p.put(rb + j, e);
+                            sum += e;
+                        }
+                        float inv = (float) (1.0 / sum);
+                        for (int j = 0; j <= i; j++) {
+                            p.put(rb + j, p.get(rb + j) * inv);
+                        }
                     }
                     for (int j = i + 1; j < t; j++) {
                         p.put(rb + j, 0f);
@@ -386,10 +426,9 @@ public final class CpuKernels implements Kernels {
         FloatBuffer l = lse.floats();
         FloatBuffer o = out.floats();
         FloatBuffer d = dout.floats();
-        FloatBuffer dq = dqkv.floats();
-        for (long i = 0, n = (long) b * t * width; i < n; i++) {
-            dq.put((int) i, 0f);
-        }
+        ByteBuffer doutBuf = dout.hostBuffer();
+        ByteBuffer outBuf = out.hostBuffer();
+        fill(dqkv, 0f);
         for (int bi = 0; bi < b; bi++) {
             long row0 = (long) bi * t * width;
             long orow0 = (long) bi * t * c;
@@ -402,11 +441,16 @@ public final class CpuKernels implements Kernels {
                 // P = exp(scale * Q K^T - lse), causal
                 Blas.sgemm(false, true, t, t, hd, scale, qkv, q, width, qkv, k, width, 0f, scores, 0, t);
                 int lseBase = (bi * heads + h) * t;
+                ByteBuffer pb = scores.hostBuffer();
                 for (int i = 0; i < t; i++) {
                     int rb = i * t;
                     float li = l.get(lseBase + i);
-                    for (int j = 0; j <= i; j++) {
-                        p.put(rb + j, (float) Math.exp(p.get(rb + j) - li));
+                    if (simd) {
+                        SimdKernels.expShift(pb, rb, i + 1, li);
+                    } else {
+                        for (int j = 0; j <= i; j++) {
+                            p.put(rb + j, (float) Math.exp(p.get(rb + j) - li));
+                        }
                     }
                     for (int j = i + 1; j < t; j++) {
                         p.put(rb + j, 0f);
@@ -416,16 +460,22 @@ public final class CpuKernels implements Kernels {
                 Blas.sgemm(true, false, t, hd, t, 1f, scores, 0, t, dout, oh, c, 1f, dqkv, v, width);
                 Blas.sgemm(false, true, t, t, hd, 1f, dout, oh, c, qkv, v, width, 0f, dscores, 0, t);
                 // dS = P * (dP - rowsum(dO * O))
+                ByteBuffer dpb = dscores.hostBuffer();
                 for (int i = 0; i < t; i++) {
-                    double di = 0;
                     long ob = oh + (long) i * c;
-                    for (int j = 0; j < hd; j++) {
-                        di += d.get((int) (ob + j)) * o.get((int) (ob + j));
-                    }
-                    float dif = (float) di;
                     int rb = i * t;
-                    for (int j = 0; j <= i; j++) {
-                        dp.put(rb + j, p.get(rb + j) * (dp.get(rb + j) - dif));
+                    if (simd) {
+                        float dif = (float) SimdKernels.dot(doutBuf, (int) ob, outBuf, (int) ob, hd);
+                        SimdKernels.softmaxGrad(pb, dpb, rb, i + 1, dif);
+                    } else {
+                        double di = 0;
+                        for (int j = 0; j < hd; j++) {
+                            di += d.get((int) (ob + j)) * o.get((int) (ob + j));
+                        }
+                        float dif = (float) di;
+                        for (int j = 0; j <= i; j++) {
+                            dp.put(rb + j, p.get(rb + j) * (dp.get(rb + j) - dif));
+                        }
                     }
                     for (int j = i + 1; j < t; j++) {
                         dp.put(rb + j, 0f);
@@ -449,9 +499,10 @@ public final class CpuKernels implements Kernels {
         crossEntropy(logits, losses, targets, rows, v, vPadded, 0f, false);
     }
 
-    private static void crossEntropy(Tensor logits, Tensor losses, Tensor targets, int rows, int v, int vPadded,
-                                     float gradScale, boolean backward) {
+    private void crossEntropy(Tensor logits, Tensor losses, Tensor targets, int rows, int v, int vPadded,
+                              float gradScale, boolean backward) {
         FloatBuffer z = logits.floats();
+        ByteBuffer zb = simd ? logits.hostBuffer() : null;
         FloatBuffer ls = losses.floats();
         IntBuffer tg = targets.ints();
         for (int r = 0; r < rows; r++) {
@@ -460,26 +511,112 @@ public final class CpuKernels implements Kernels {
             if (target < 0 || target >= v) {
                 throw new IllegalArgumentException("target id " + target + " at row " + r + " is outside the vocabulary of " + v);
             }
-            float max = Float.NEGATIVE_INFINITY;
-            for (int j = 0; j < v; j++) {
-                max = Math.max(max, z.get(base + j));
-            }
-            double sum = 0;
-            for (int j = 0; j < v; j++) {
-                sum += Math.exp(z.get(base + j) - max);
-            }
-            double logSum = Math.log(sum);
-            ls.put(r, (float) (max + logSum - z.get(base + target)));
-            if (backward) {
-                float invSum = (float) (1.0 / sum);
-                for (int j = 0; j < v; j++) {
-                    float prob = (float) Math.exp(z.get(base + j) - max) * invSum;
-                    z.put(base + j, gradScale * (j == target ? prob - 1f : prob));
+            float zTarget = z.get(base + target);
+            if (simd) {
+                // one pass for the max, one exp pass that (when training) leaves exp(z - max) in place
+                float max = SimdKernels.max(zb, base, v);
+                double sum = SimdKernels.expShiftSum(zb, base, v, max, backward);
+                ls.put(r, (float) (max + Math.log(sum) - zTarget));
+                if (backward) {
+                    SimdKernels.scale(zb, base, v, (float) (gradScale / sum));
+                    z.put(base + target, z.get(base + target) - gradScale);
                 }
+            } else {
+                float max = Float.NEGATIVE_INFINITY;
+                for (int j = 0; j < v; j++) {
+                    max = Math.max(max, z.get(base + j));
+                }
+                double sum = 0;
+                for (int j = 0; j < v; j++) {
+                    float e = (float) Math.exp(z.get(base + j) - max);
+                    if (backward) {
+                        z.put(base + j, e);
+                    }
+                    sum += e;
+                }
+                ls.put(r, (float) (max + Math.log(sum) - zTarget));
+                if (backward) {
+                    float s = (float) (gradScale / sum);
+                    for (int j = 0; j < v; j++) {
+                        z.put(base + j, z.get(base + j) * s);
+                    }
+                    z.put(base + target, z.get(base + target) - gradScale);
+                }
+            }
+            if (backward) {
                 for (int j = v; j < vPadded; j++) {
                     z.put(base + j, 0f);
                 }
             }
+        }
+    }
+
+    // ---- optimizer and gradient utilities ----
+
+    @Override
+    public void adamw(Tensor params, Tensor grads, Tensor m, Tensor v, long from, long count, float beta1, float beta2,
+                      float eps, float decay, float stepSize, float invSqrtBc2) {
+        int lo = Math.toIntExact(from);
+        int hi = Math.toIntExact(from + count);
+        ByteBuffer p = params.hostBuffer();
+        ByteBuffer g = grads.hostBuffer();
+        ByteBuffer mb = m.hostBuffer();
+        ByteBuffer vb = v.hostBuffer();
+        if (simd) {
+            SimdKernels.adamw(p, g, mb, vb, lo, hi, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
+        } else {
+            for (int i = lo; i < hi; i++) {
+                adamwScalar(p, g, mb, vb, i, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
+            }
+        }
+    }
+
+    static void adamwScalar(ByteBuffer p, ByteBuffer g, ByteBuffer m, ByteBuffer v, int i, float beta1, float beta2,
+                            float eps, float decay, float stepSize, float invSqrtBc2) {
+        int at = 4 * i;
+        float gi = g.getFloat(at);
+        float mi = beta1 * m.getFloat(at) + (1 - beta1) * gi;
+        float vi = beta2 * v.getFloat(at) + (1 - beta2) * gi * gi;
+        m.putFloat(at, mi);
+        v.putFloat(at, vi);
+        p.putFloat(at, p.getFloat(at) * decay - stepSize * mi / ((float) Math.sqrt(vi) * invSqrtBc2 + eps));
+    }
+
+    @Override
+    public double sumOfSquares(Tensor x) {
+        int n = Math.toIntExact(x.numel());
+        if (simd) {
+            return SimdKernels.sumOfSquares(x.hostBuffer(), n);
+        }
+        FloatBuffer f = x.floats();
+        double s = 0;
+        for (int i = 0; i < n; i++) {
+            double e = f.get(i);
+            s += e * e;
+        }
+        return s;
+    }
+
+    @Override
+    public void scale(Tensor x, float factor) {
+        int n = Math.toIntExact(x.numel());
+        if (simd) {
+            SimdKernels.scale(x.hostBuffer(), 0, n, factor);
+            return;
+        }
+        FloatBuffer f = x.floats();
+        for (int i = 0; i < n; i++) {
+            f.put(i, f.get(i) * factor);
+        }
+    }
+
+    @Override
+    public void fill(Tensor x, float value) {
+        FloatBuffer f = x.floats();
+        float[] chunk = new float[(int) Math.min(x.numel(), 1 << 14)];
+        java.util.Arrays.fill(chunk, value);
+        for (long i = 0, n = x.numel(); i < n; i += chunk.length) {
+            f.put((int) i, chunk, 0, (int) Math.min(chunk.length, n - i));
         }
     }
 }

@@ -25,7 +25,60 @@ import org.sparkatron.tensor.Tensor;
  * Finite differences in double (h = 1e-6) are accurate to about 1e-9, far below those.
  */
 class CpuKernelsTest {
-    private final CpuKernels k = new CpuKernels();
+    final CpuKernels k = create();
+
+    /** The Vector API kernels; {@link ScalarCpuKernelsTest} runs every test again on the scalar loops. */
+    CpuKernels create() {
+        return new CpuKernels(true);
+    }
+
+    @ParameterizedTest(name = "adamw n={0} decay={1}")
+    @CsvSource({"1,true", "37,false", "1000,true"})
+    void adamw(int n, boolean decay) {
+        SplittableRandom rng = new SplittableRandom(n);
+        double[] p = random(rng, n, 1), g = random(rng, n, 1), m = random(rng, n, 0.1), v = random(rng, n, 0.01);
+        for (int i = 0; i < n; i++) {
+            v[i] = Math.abs(v[i]);
+        }
+        double lr = 1e-2, wd = 0.1, b1 = 0.9, b2 = 0.95, eps = 1e-8;
+        int step = 3;
+        double bc1 = 1 - Math.pow(b1, step), bc2 = 1 - Math.pow(b2, step);
+        Tensor pt = f32(p, n), gt = f32(g, n), mt = f32(m, n), vt = f32(v, n);
+        // update the middle of the block only: elements outside [1, n-1) must stay untouched
+        int from = n > 2 ? 1 : 0;
+        int count = n > 2 ? n - 2 : n;
+        k.adamw(pt, gt, mt, vt, from, count, (float) b1, (float) b2, (float) eps, decay ? (float) (1 - lr * wd) : 1f,
+                (float) (lr / bc1), (float) (1 / Math.sqrt(bc2)));
+        double[] ep = p.clone(), em = m.clone(), ev = v.clone();
+        for (int i = from; i < from + count; i++) { // torch.optim.AdamW, in double
+            em[i] = b1 * m[i] + (1 - b1) * g[i];
+            ev[i] = b2 * v[i] + (1 - b2) * g[i] * g[i];
+            ep[i] = p[i] * (decay ? 1 - lr * wd : 1) - lr / bc1 * em[i] / (Math.sqrt(ev[i]) / Math.sqrt(bc2) + eps);
+        }
+        assertClose("adamw m", em, read(mt), 1e-7, 1e-6);
+        assertClose("adamw v", ev, read(vt), 1e-9, 1e-6);
+        assertClose("adamw p", ep, read(pt), 1e-6, 1e-5);
+    }
+
+    @ParameterizedTest(name = "sumOfSquares / scale / fill n={0}")
+    @CsvSource({"0", "1", "17", "100003"})
+    void reductionsAndFills(int n) {
+        SplittableRandom rng = new SplittableRandom(n);
+        double[] x = random(rng, n, 3);
+        Tensor t = f32(x, Math.max(n, 1));
+        Tensor view = t.slice(0, n);
+        assertClose("sum of squares", new double[] {Reference.dot(x, x)}, new double[] {k.sumOfSquares(view)}, 1e-9, 1e-6);
+        k.scale(view, 0.5f);
+        double[] half = x.clone();
+        for (int i = 0; i < n; i++) {
+            half[i] *= 0.5;
+        }
+        assertClose("scale", half, java.util.Arrays.copyOf(read(t), n), 0, 0);
+        k.fill(view, 2f);
+        double[] twos = new double[n];
+        java.util.Arrays.fill(twos, 2);
+        assertClose("fill", twos, java.util.Arrays.copyOf(read(t), n), 0, 0);
+    }
 
     @ParameterizedTest(name = "linear n={0} in={1} out={2}")
     @CsvSource({"1,1,1", "3,5,7", "17,33,9", "64,48,96"})

@@ -1,0 +1,74 @@
+package org.sparkatron.data.spark;
+
+import java.util.ArrayList;
+import java.util.List;
+import org.apache.spark.SparkConf;
+import org.apache.spark.sql.SparkSession;
+
+/**
+ * Starting Spark from a plain {@code java} command line. Spark 4 on Java 17 needs its {@code --add-opens}
+ * list; {@code spark-submit} adds it, a bare {@code java -cp} does not. {@link #relaunchIfNeeded}
+ * restarts the same main class in a child JVM with the options when they are missing (inheriting I/O
+ * and returning its exit status), so {@code ./sparkatron prepare} works without extra flags.
+ */
+public final class SparkJvm {
+    /** Spark's own list (see /work/shared/LIBRARIES.md and Spark's JavaModuleOptions). */
+    static final List<String> OPENS = List.of(
+            "java.base/java.lang", "java.base/java.lang.invoke", "java.base/java.lang.reflect", "java.base/java.io",
+            "java.base/java.net", "java.base/java.nio", "java.base/java.util", "java.base/java.util.concurrent",
+            "java.base/java.util.concurrent.atomic", "java.base/jdk.internal.ref", "java.base/sun.nio.ch",
+            "java.base/sun.nio.cs", "java.base/sun.security.action", "java.base/sun.util.calendar",
+            "java.security.jgss/sun.security.krb5");
+
+    private SparkJvm() {
+    }
+
+    /** Whether this JVM already has the opens Spark needs. */
+    static boolean hasOpens() {
+        return Object.class.getModule().isOpen("sun.nio.ch", SparkJvm.class.getModule());
+    }
+
+    /**
+     * If the opens are missing, runs {@code main} again in a child JVM that has them, waits for it and
+     * exits with its status (never returns then). Returns false when nothing needed doing.
+     */
+    public static boolean relaunchIfNeeded(Class<?> main, String[] args) throws Exception {
+        if (hasOpens()) {
+            return false;
+        }
+        String javaBin = ProcessHandle.current().info().command().orElse("java");
+        List<String> cmd = new ArrayList<>();
+        cmd.add(javaBin);
+        cmd.addAll(java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments());
+        for (String o : OPENS) {
+            cmd.add("--add-opens=" + o + "=ALL-UNNAMED");
+        }
+        cmd.add("-Djdk.reflect.useDirectMethodHandle=false");
+        cmd.add("-Dio.netty.tryReflectionSetAccessible=true");
+        cmd.add("-cp");
+        cmd.add(System.getProperty("java.class.path"));
+        cmd.add(main.getName());
+        cmd.addAll(List.of(args));
+        Process p = new ProcessBuilder(cmd).inheritIO().start();
+        System.exit(p.waitFor());
+        return true;
+    }
+
+    /**
+     * A session for a command-line job: the master given, else the one {@code spark-submit} set, else
+     * {@code local[*]}; the web UI off unless configured (a CLI job needs no port).
+     */
+    public static SparkSession session(String appName, String master) {
+        SparkConf conf = new SparkConf();
+        SparkSession.Builder b = SparkSession.builder().appName(appName);
+        if (master != null) {
+            b.master(master);
+        } else if (!conf.contains("spark.master")) {
+            b.master("local[*]");
+        }
+        if (!conf.contains("spark.ui.enabled")) {
+            b.config("spark.ui.enabled", "false");
+        }
+        return b.getOrCreate();
+    }
+}

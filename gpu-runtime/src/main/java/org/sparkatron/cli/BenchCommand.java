@@ -1,0 +1,167 @@
+package org.sparkatron.cli;
+
+import java.io.BufferedReader;
+import java.io.InputStreamReader;
+import java.io.PrintStream;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Locale;
+import java.util.SplittableRandom;
+import java.util.concurrent.TimeUnit;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import org.sparkatron.device.cpu.Blas;
+import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.model.ModelConfig;
+import org.sparkatron.model.Transformer;
+import org.sparkatron.optim.LrSchedule;
+import org.sparkatron.tensor.DType;
+import org.sparkatron.tensor.Tensor;
+import org.sparkatron.train.PackedSamples;
+import org.sparkatron.train.Trainer;
+
+/**
+ * {@code ./sparkatron bench}: the CPU training-step benchmark of BENCHMARKS.md. Times our fp32 step
+ * (forward, backward, clip at 1.0, AdamW) on a GPT-2-style model, measures this machine's sgemm rate in
+ * the same run, then runs the PyTorch eager peer on the same work (if the system Python has torch) and
+ * prints both, their ratio and MFU. The two run one after the other, never at the same time.
+ *
+ * <p>FLOPs convention (llm.c, as the peer prints): model FLOPs per step = 6 N B T + 6 L C T (B T), N the
+ * parameter count including the embedding used as output layer; no recomputation counted.
+ */
+final class BenchCommand {
+    private BenchCommand() {
+    }
+
+    static void run(Args a, PrintStream out) throws java.io.IOException {
+        int layers = a.integer("layers", 6);
+        int width = a.integer("width", 384);
+        int heads = a.integer("heads", 6);
+        int seq = a.integer("seq", 256);
+        int vocab = a.integer("vocab", 50304);
+        int batch = a.integer("batch", 4);
+        int steps = a.integer("steps", 5);
+        int threads = a.integer("threads", 2);
+        boolean noPeer = a.flag("no-peer");
+        a.rejectUnknown();
+        Blas.setThreads(threads);
+
+        ModelConfig cfg = new ModelConfig(ModelConfig.Family.GPT2, layers, width, heads, heads, 4 * width, vocab, seq,
+                1e-5f, 0, true, ModelConfig.DEFAULT_VOCAB_MULTIPLE);
+        Transformer model = new Transformer(cfg, new CpuKernels());
+        model.initialize(0);
+        SplittableRandom rng = new SplittableRandom(0);
+        List<int[]> rows = new ArrayList<>();
+        for (int b = 0; b < batch; b++) {
+            rows.add(rng.ints(seq + 1, 0, vocab).toArray());
+        }
+        Trainer trainer = new Trainer(model, PackedSamples.perSequence(rows, 0), new Trainer.Options(batch, 1,
+                LrSchedule.constant(3e-4), 0.9f, 0.999f, 1e-8f, 0.1f, 1.0f));
+        double[] times = new double[steps];
+        for (int i = 0; i < steps + 2; i++) {
+            Trainer.StepMetrics m = trainer.step();
+            if (i >= 2) {
+                times[i - 2] = m.seconds();
+            }
+        }
+        Arrays.sort(times);
+        double median = times[steps / 2];
+        long n = Sparkatron.savedParameters(model);
+        double flops = 6.0 * n * batch * seq + 6.0 * layers * width * (double) seq * batch * seq;
+        double ourTokens = batch * seq / median;
+        double ourGflops = flops / median / 1e9;
+        double sgemm = sgemmGflops();
+
+        out.printf(Locale.ROOT, "work: GPT-2-style L=%d C=%d H=%d T=%d V=%d, batch %d x %d, fp32, %d threads, params=%d, median of %d steps%n",
+                layers, width, heads, seq, vocab, batch, seq, threads, n, steps);
+        out.printf(Locale.ROOT, "FLOPs per step (6N*BT + 6*L*C*T*BT): %.1f GFLOP; sgemm 1024^3 on %d threads: %.1f GFLOP/s%n",
+                flops / 1e9, threads, sgemm);
+        out.printf(Locale.ROOT, "sparkatron: step %.4f s, %.1f tokens/s, %.1f GFLOP/s, MFU %.1f%% of measured sgemm%n",
+                median, ourTokens, ourGflops, 100 * ourGflops / sgemm);
+
+        String peerJson = "null";
+        if (noPeer) {
+            out.println("peer: skipped (--no-peer)");
+        } else {
+            double[] peer = runPeer(layers, width, heads, seq, vocab, batch, steps, threads, out);
+            if (peer != null) {
+                out.printf(Locale.ROOT, "pytorch eager: step %.4f s, %.1f tokens/s, %.1f GFLOP/s, MFU %.1f%%%n",
+                        peer[0], peer[1], peer[2], 100 * peer[2] / sgemm);
+                out.printf(Locale.ROOT, "ratio sparkatron / pytorch (tokens/s): %.2fx%n", ourTokens / peer[1]);
+                peerJson = String.format(Locale.ROOT, "%.1f", peer[1]);
+            }
+        }
+        out.printf(Locale.ROOT, "{\"tokens_per_s\": %.1f, \"peer_tokens_per_s\": %s, \"ratio\": %s, \"mfu\": %.4f, \"sgemm_gflops\": %.1f}%n",
+                ourTokens, peerJson, peerJson.equals("null") ? "null" : String.format(Locale.ROOT, "%.3f", ourTokens / Double.parseDouble(peerJson)),
+                ourGflops / sgemm, sgemm);
+    }
+
+    /** Best of several 1024^3 sgemm calls on the current thread count, in GFLOP/s. */
+    static double sgemmGflops() {
+        int n = 1024;
+        Tensor x = Tensor.allocateHost(DType.F32, n, n);
+        Tensor y = Tensor.allocateHost(DType.F32, n, n);
+        Tensor z = Tensor.allocateHost(DType.F32, n, n);
+        SplittableRandom rng = new SplittableRandom(1);
+        for (int i = 0; i < n * n; i++) {
+            x.floats().put(i, (float) rng.nextDouble());
+            y.floats().put(i, (float) rng.nextDouble());
+        }
+        double best = Double.MAX_VALUE;
+        for (int rep = 0; rep < 6; rep++) {
+            long t0 = System.nanoTime();
+            Blas.sgemm(false, false, 1f, x, n, n, y, n, n, 0f, z);
+            best = Math.min(best, (System.nanoTime() - t0) / 1e9);
+        }
+        return 2.0 * n * n * n / best / 1e9;
+    }
+
+    /** Runs the PyTorch peer; returns {step seconds, tokens/s, GFLOP/s} or null (saying why) if unavailable. */
+    private static double[] runPeer(int layers, int width, int heads, int seq, int vocab, int batch, int steps, int threads,
+                                    PrintStream out) throws java.io.IOException {
+        Path script = findPeerScript();
+        Path python = Path.of("/usr/bin/python3");
+        if (!Files.isExecutable(python)) {
+            out.println("peer: skipped (no /usr/bin/python3; install Debian's python3-torch and libopenblas0-pthread)");
+            return null;
+        }
+        ProcessBuilder pb = new ProcessBuilder(python.toString(), script.toString(), "" + layers, "" + width, "" + heads,
+                "" + seq, "" + vocab, "" + batch, "" + steps).redirectErrorStream(true);
+        pb.environment().put("THREADS", "" + threads);
+        out.println("peer: " + String.join(" ", pb.command()) + " (THREADS=" + threads + ")");
+        Process p = pb.start();
+        StringBuilder text = new StringBuilder();
+        try (BufferedReader r = new BufferedReader(new InputStreamReader(p.getInputStream(), StandardCharsets.UTF_8))) {
+            String line;
+            while ((line = r.readLine()) != null) {
+                text.append(line).append('\n');
+            }
+        }
+        try {
+            if (!p.waitFor(30, TimeUnit.MINUTES)) {
+                p.destroyForcibly();
+            }
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            p.destroyForcibly();
+        }
+        Matcher m = Pattern.compile("step_median_s=([0-9.]+) tokens_per_s=([0-9.]+) gflops=([0-9.]+)").matcher(text);
+        if (p.exitValue() != 0 || !m.find()) {
+            out.println("peer: skipped (it did not run: " + text.toString().strip().replace('\n', ' ') + ")");
+            return null;
+        }
+        out.println("peer says: " + text.toString().strip());
+        return new double[] {Double.parseDouble(m.group(1)), Double.parseDouble(m.group(2)), Double.parseDouble(m.group(3))};
+    }
+
+    /** The team's peer in ../shared/peers beside the checkout, else the copy shipped in the repository. */
+    private static Path findPeerScript() {
+        String home = System.getenv().getOrDefault("SPARKATRON_HOME", ".");
+        Path shared = Path.of(home).resolve("../shared/peers/torch_gpt_cpu.py").normalize();
+        return Files.exists(shared) ? shared : Path.of(home, "gpu-runtime/src/bench/python/torch_gpt_cpu.py");
+    }
+}

@@ -1,0 +1,191 @@
+package org.sparkatron.device.cpu;
+
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.VectorOperators;
+import jdk.incubator.vector.VectorSpecies;
+
+/**
+ * The loops that dominate a CPU step after the GEMMs (softmax and cross-entropy exponentials, GELU,
+ * AdamW, norms of the gradient), written with the Vector API ({@code jdk.incubator.vector}) over direct
+ * buffers. Its {@code EXP}/{@code TANH} lanes are intrinsics on x86-64: about 0.6 ns per element here
+ * against 14 ns for {@link Math#exp}.
+ *
+ * <p>Only {@link CpuKernels} touches this class, and only when {@link #available()} says the module is in
+ * the JVM (it needs {@code --add-modules=jdk.incubator.vector}); otherwise the scalar loops run. Offsets
+ * and counts are in float elements. Stateless and thread-safe.
+ */
+final class SimdKernels {
+    private static final VectorSpecies<Float> S = FloatVector.SPECIES_PREFERRED;
+    private static final ByteOrder NATIVE = ByteOrder.nativeOrder();
+    private static final float GELU_SCALE = (float) Math.sqrt(2.0 / Math.PI);
+
+    private SimdKernels() {
+    }
+
+    /** True when the incubator module is present; checked without loading any Vector API class. */
+    static boolean available() {
+        return ModuleLayer.boot().findModule("jdk.incubator.vector").isPresent();
+    }
+
+    private static FloatVector load(ByteBuffer b, int i) {
+        return FloatVector.fromByteBuffer(S, b, 4 * i, NATIVE);
+    }
+
+    static float max(ByteBuffer b, int off, int n) {
+        int i = 0;
+        FloatVector acc = FloatVector.broadcast(S, Float.NEGATIVE_INFINITY);
+        for (int upper = S.loopBound(n); i < upper; i += S.length()) {
+            acc = acc.max(load(b, off + i));
+        }
+        float m = acc.reduceLanes(VectorOperators.MAX);
+        for (; i < n; i++) {
+            m = Math.max(m, b.getFloat(4 * (off + i)));
+        }
+        return m;
+    }
+
+    /**
+     * The sum of {@code exp(x - shift)} (per-lane fp32, then double); with {@code store} the exponentials
+     * replace {@code x} in place.
+     */
+    static double expShiftSum(ByteBuffer b, int off, int n, float shift, boolean store) {
+        int i = 0;
+        double sum = 0;
+        FloatVector acc = FloatVector.zero(S);
+        for (int upper = S.loopBound(n); i < upper; i += S.length()) {
+            FloatVector e = load(b, off + i).sub(shift).lanewise(VectorOperators.EXP);
+            if (store) {
+                e.intoByteBuffer(b, 4 * (off + i), NATIVE);
+            }
+            acc = acc.add(e);
+        }
+        sum += acc.reduceLanes(VectorOperators.ADD);
+        for (; i < n; i++) {
+            float e = (float) Math.exp(b.getFloat(4 * (off + i)) - shift);
+            if (store) {
+                b.putFloat(4 * (off + i), e);
+            }
+            sum += e;
+        }
+        return sum;
+    }
+
+    /** {@code x = exp(x - shift)} in place, no sum (recomputing probabilities from a saved log-sum-exp). */
+    static void expShift(ByteBuffer b, int off, int n, float shift) {
+        int i = 0;
+        for (int upper = S.loopBound(n); i < upper; i += S.length()) {
+            load(b, off + i).sub(shift).lanewise(VectorOperators.EXP).intoByteBuffer(b, 4 * (off + i), NATIVE);
+        }
+        for (; i < n; i++) {
+            b.putFloat(4 * (off + i), (float) Math.exp(b.getFloat(4 * (off + i)) - shift));
+        }
+    }
+
+    static void scale(ByteBuffer b, int off, int n, float s) {
+        int i = 0;
+        for (int upper = S.loopBound(n); i < upper; i += S.length()) {
+            load(b, off + i).mul(s).intoByteBuffer(b, 4 * (off + i), NATIVE);
+        }
+        for (; i < n; i++) {
+            b.putFloat(4 * (off + i), b.getFloat(4 * (off + i)) * s);
+        }
+    }
+
+    /** Softmax backward on one row: {@code dp = p * (dp - d)}. */
+    static void softmaxGrad(ByteBuffer p, ByteBuffer dp, int off, int n, float d) {
+        int i = 0;
+        for (int upper = S.loopBound(n); i < upper; i += S.length()) {
+            load(p, off + i).mul(load(dp, off + i).sub(d)).intoByteBuffer(dp, 4 * (off + i), NATIVE);
+        }
+        for (; i < n; i++) {
+            int at = 4 * (off + i);
+            dp.putFloat(at, p.getFloat(at) * (dp.getFloat(at) - d));
+        }
+    }
+
+    static double dot(ByteBuffer a, int aOff, ByteBuffer b, int bOff, int n) {
+        int i = 0;
+        FloatVector acc = FloatVector.zero(S);
+        for (int upper = S.loopBound(n); i < upper; i += S.length()) {
+            acc = load(a, aOff + i).fma(load(b, bOff + i), acc);
+        }
+        double s = acc.reduceLanes(VectorOperators.ADD);
+        for (; i < n; i++) {
+            s += a.getFloat(4 * (aOff + i)) * b.getFloat(4 * (bOff + i));
+        }
+        return s;
+    }
+
+    static void geluForward(ByteBuffer out, ByteBuffer x, int n) {
+        int i = 0;
+        for (int upper = S.loopBound(n); i < upper; i += S.length()) {
+            FloatVector v = load(x, i);
+            FloatVector u = v.mul(v).mul(v).mul(0.044715f).add(v).mul(GELU_SCALE);
+            v.mul(0.5f).mul(u.lanewise(VectorOperators.TANH).add(1f)).intoByteBuffer(out, 4 * i, NATIVE);
+        }
+        for (; i < n; i++) {
+            float v = x.getFloat(4 * i);
+            float u = GELU_SCALE * (v + 0.044715f * v * v * v);
+            out.putFloat(4 * i, 0.5f * v * (1f + (float) Math.tanh(u)));
+        }
+    }
+
+    static void geluBackward(ByteBuffer dx, ByteBuffer dout, ByteBuffer x, int n) {
+        int i = 0;
+        for (int upper = S.loopBound(n); i < upper; i += S.length()) {
+            FloatVector v = load(x, i);
+            FloatVector v2 = v.mul(v);
+            FloatVector th = v2.mul(v).mul(0.044715f).add(v).mul(GELU_SCALE).lanewise(VectorOperators.TANH);
+            FloatVector sech2 = th.mul(th).neg().add(1f);
+            FloatVector grad = th.add(1f).mul(0.5f)
+                    .add(v.mul(0.5f).mul(sech2).mul(v2.mul(3f * 0.044715f).add(1f).mul(GELU_SCALE)));
+            grad.mul(load(dout, i)).intoByteBuffer(dx, 4 * i, NATIVE);
+        }
+        for (; i < n; i++) {
+            float v = x.getFloat(4 * i);
+            float th = (float) Math.tanh(GELU_SCALE * (v + 0.044715f * v * v * v));
+            float grad = 0.5f * (1f + th) + 0.5f * v * (1f - th * th) * GELU_SCALE * (1f + 3f * 0.044715f * v * v);
+            dx.putFloat(4 * i, grad * dout.getFloat(4 * i));
+        }
+    }
+
+    /** One AdamW update of elements [from, to); see {@link CpuKernels#adamw}. */
+    static void adamw(ByteBuffer p, ByteBuffer g, ByteBuffer m, ByteBuffer v, int from, int to, float beta1, float beta2,
+                      float eps, float decay, float stepSize, float invSqrtBc2) {
+        int i = from;
+        for (int upper = from + S.loopBound(to - from); i < upper; i += S.length()) {
+            FloatVector gi = load(g, i);
+            FloatVector mi = load(m, i).mul(beta1).add(gi.mul(1 - beta1));
+            FloatVector vi = load(v, i).mul(beta2).add(gi.mul(gi).mul(1 - beta2));
+            mi.intoByteBuffer(m, 4 * i, NATIVE);
+            vi.intoByteBuffer(v, 4 * i, NATIVE);
+            FloatVector denom = vi.lanewise(VectorOperators.SQRT).mul(invSqrtBc2).add(eps);
+            load(p, i).mul(decay).sub(mi.mul(stepSize).div(denom)).intoByteBuffer(p, 4 * i, NATIVE);
+        }
+        for (; i < to; i++) {
+            CpuKernels.adamwScalar(p, g, m, v, i, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
+        }
+    }
+
+    static double sumOfSquares(ByteBuffer b, int n) {
+        // per-vector fp32 partial sums flushed into double every 4096 elements to bound rounding error
+        double total = 0;
+        int i = 0;
+        int upper = S.loopBound(n);
+        while (i < upper) {
+            FloatVector acc = FloatVector.zero(S);
+            for (int stop = Math.min(upper, i + 4096); i < stop; i += S.length()) {
+                FloatVector x = load(b, i);
+                acc = x.fma(x, acc);
+            }
+            total += acc.reduceLanes(VectorOperators.ADD);
+        }
+        for (; i < n; i++) {
+            double x = b.getFloat(4 * i);
+            total += x * x;
+        }
+        return total;
+    }
+}
