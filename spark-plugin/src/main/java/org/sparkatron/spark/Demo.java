@@ -11,8 +11,8 @@ import org.apache.spark.sql.functions;
 import org.sparkatron.model.Transformer;
 
 /**
- * The demo job: trains a small GPT-2 with two data-parallel ranks on a generated task (arithmetic
- * progressions modulo 64, {@link SyntheticData}) through the whole Spark path -- DataFrame, validation,
+ * The demo job: trains a small GPT-2 with two data-parallel ranks on a generated task (walks under four
+ * secret permutations, {@link SyntheticData}) through the whole Spark path -- DataFrame, validation,
  * shuffle, barrier stage, DP all-reduce, live progress, HF save -- then scores held-out documents with the
  * model Transformer (loss, perplexity), measures next-token accuracy on them (chance: 1/64), and
  * continues a prompt. Learning is judged on held-out data the model never saw.
@@ -23,7 +23,7 @@ public final class Demo {
                           int[] continuation, DistributedTraining.Result training) {
     }
 
-    public static final int VOCAB = 64;
+    public static final int VOCAB = SyntheticData.VOCAB;
 
     private Demo() {
     }
@@ -49,8 +49,8 @@ public final class Demo {
     }
 
     public static Outcome run(SparkSession spark, TrainConfig cfg, int trainDocs, PrintStream out) {
-        Dataset<Row> train = SyntheticData.frame(spark, SyntheticData.progressions(trainDocs, VOCAB, 1), "tokens", 4);
-        List<int[]> heldOut = SyntheticData.progressions(200, VOCAB, 2);
+        Dataset<Row> train = SyntheticData.frame(spark, SyntheticData.walks(trainDocs, 1), "tokens", 4);
+        List<int[]> heldOut = SyntheticData.walks(200, 2);
         SparkatronEstimator est = new SparkatronEstimator();
         est.setModelConfig(cfg.model().toJson().toString());
         SparkatronModel model = fit(est, cfg, train, out);
@@ -75,7 +75,9 @@ public final class Demo {
                 total++;
             }
         }
-        int[] prompt = {5, 12};
+        // rule 1's marker, then three steps of its walk from token 7
+        int[] prompt = {SyntheticData.VOCAB - SyntheticData.RULES + 1, 7, SyntheticData.next(1, 7),
+                SyntheticData.next(1, SyntheticData.next(1, 7))};
         int[] continuation = SparkatronModel.generate(t, prompt, 8);
         return new Outcome(r.firstLoss(), r.lastLoss(), heldOutLoss, (double) right / total, prompt, continuation, r);
     }
@@ -99,8 +101,14 @@ public final class Demo {
         out.printf(Locale.ROOT, "held-out loss      %.3f nats, perplexity %.2f (model Transformer on unseen documents)%n",
                 o.heldOutLoss(), Math.exp(o.heldOutLoss()));
         out.printf(Locale.ROOT, "held-out accuracy  %.1f%% of next tokens at positions 2+ (chance %.1f%%)%n", 100 * o.heldOutAccuracy(), 100 * chance);
-        out.println("prompt " + java.util.Arrays.toString(o.prompt()) + " -> greedy continuation " + java.util.Arrays.toString(o.continuation())
-                + " (the rule: +7 mod 64 -> [19, 26, 33, 40, 47, 54, 61, 4])");
+        int[] truth = new int[o.continuation().length];
+        int cur = o.prompt()[o.prompt().length - 1];
+        for (int i = 0; i < truth.length; i++) {
+            cur = SyntheticData.next(1, cur);
+            truth[i] = cur;
+        }
+        out.println("prompt " + java.util.Arrays.toString(o.prompt()) + " (rule 1) -> greedy continuation "
+                + java.util.Arrays.toString(o.continuation()) + "; the rule gives " + java.util.Arrays.toString(truth));
         for (RankReport rr : o.training().ranks()) {
             out.println("rank " + rr.rank() + " ran on executor " + rr.executorId() + " (" + rr.device() + "), read " + rr.samplesRead() + " samples");
         }

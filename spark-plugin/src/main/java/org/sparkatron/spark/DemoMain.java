@@ -12,7 +12,9 @@ public final class DemoMain {
     private DemoMain() {
     }
 
-    public static void main(String[] args) {
+    public static void main(String[] args) throws Exception {
+        TrainMain.quietLogging();
+        SparkJvm.relaunchIfNeeded(DemoMain.class, args);
         if (args.length > 0 && args[0].equals("demo")) {
             args = java.util.Arrays.copyOfRange(args, 1, args.length);
         }
@@ -24,7 +26,7 @@ public final class DemoMain {
         boolean learned;
         try {
             System.out.println("[sparkatron] demo: GPT-2 (2 layers, width 64) on " + docs
-                    + " generated documents (arithmetic progressions mod 64), dp=2 on " + spark.sparkContext().master());
+                    + " generated documents (walks under 4 secret permutations), dp=2 on " + spark.sparkContext().master());
             Demo.Outcome o = Demo.run(spark, Demo.config(steps, new java.io.File(out).getAbsolutePath()), docs, System.out);
             learned = Demo.report(o, System.out);
             System.out.println("model, metrics.jsonl and ranks.json saved in " + new java.io.File(out).getAbsolutePath());

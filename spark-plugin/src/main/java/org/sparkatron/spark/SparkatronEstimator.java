@@ -34,24 +34,24 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     private transient PrintStream progress = System.out;
     private transient DistributedTraining.Result lastResult;
 
-    private final Param<String> modelConfig = new Param<>(this, "modelConfig", "Hugging Face config.json (JSON text or a path)");
-    private final IntParam dp = new IntParam(this, "dp", "data-parallel replicas (ranks)");
-    private final IntParam tp = new IntParam(this, "tp", "tensor-parallel size (1 until the engine supports more)");
-    private final IntParam pp = new IntParam(this, "pp", "pipeline-parallel size (1 until the engine supports more)");
-    private final IntParam globalBatch = new IntParam(this, "globalBatch", "samples per optimizer step over all replicas");
-    private final IntParam microBatch = new IntParam(this, "microBatch", "samples per forward/backward on one rank");
-    private final IntParam seqLen = new IntParam(this, "seqLen", "tokens per sample (inputs)");
-    private final IntParam steps = new IntParam(this, "steps", "optimizer steps");
-    private final DoubleParam lr = new DoubleParam(this, "lr", "peak learning rate");
-    private final DoubleParam minLr = new DoubleParam(this, "minLr", "learning rate at the end of the cosine decay");
-    private final IntParam warmupSteps = new IntParam(this, "warmupSteps", "linear warm-up steps");
-    private final IntParam decaySteps = new IntParam(this, "decaySteps", "step at which the cosine decay reaches minLr");
-    private final DoubleParam weightDecay = new DoubleParam(this, "weightDecay", "AdamW weight decay");
-    private final DoubleParam gradClip = new DoubleParam(this, "gradClip", "global gradient-norm clip (0: none)");
-    private final LongParam seed = new LongParam(this, "seed", "seed of initialisation and data order");
-    private final Param<String> inputCol = new Param<>(this, "inputCol", "array<int> column of token ids");
-    private final Param<String> outputPath = new Param<>(this, "outputPath", "where the model and metrics are saved (any Hadoop path)");
-    private final BooleanParam dropBadRows = new BooleanParam(this, "dropBadRows", "drop null/empty/out-of-vocabulary rows instead of refusing");
+    private final Param<String> modelConfig;
+    private final IntParam dp;
+    private final IntParam tp;
+    private final IntParam pp;
+    private final IntParam globalBatch;
+    private final IntParam microBatch;
+    private final IntParam seqLen;
+    private final IntParam steps;
+    private final DoubleParam lr;
+    private final DoubleParam minLr;
+    private final IntParam warmupSteps;
+    private final IntParam decaySteps;
+    private final DoubleParam weightDecay;
+    private final DoubleParam gradClip;
+    private final LongParam seed;
+    private final Param<String> inputCol;
+    private final Param<String> outputPath;
+    private final BooleanParam dropBadRows;
 
     public SparkatronEstimator() {
         this(Identifiable$.MODULE$.randomUID("sparkatron"));
@@ -59,6 +59,25 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
 
     public SparkatronEstimator(String uid) {
         this.uid = uid;
+        // created after uid is set: a Param records its parent's uid
+        modelConfig = new Param<>(this, "modelConfig", "Hugging Face config.json (JSON text or a path)");
+        dp = new IntParam(this, "dp", "data-parallel replicas (ranks)");
+        tp = new IntParam(this, "tp", "tensor-parallel size (1 until the engine supports more)");
+        pp = new IntParam(this, "pp", "pipeline-parallel size (1 until the engine supports more)");
+        globalBatch = new IntParam(this, "globalBatch", "samples per optimizer step over all replicas");
+        microBatch = new IntParam(this, "microBatch", "samples per forward/backward on one rank");
+        seqLen = new IntParam(this, "seqLen", "tokens per sample (inputs)");
+        steps = new IntParam(this, "steps", "optimizer steps");
+        lr = new DoubleParam(this, "lr", "peak learning rate");
+        minLr = new DoubleParam(this, "minLr", "learning rate at the end of the cosine decay");
+        warmupSteps = new IntParam(this, "warmupSteps", "linear warm-up steps");
+        decaySteps = new IntParam(this, "decaySteps", "step at which the cosine decay reaches minLr");
+        weightDecay = new DoubleParam(this, "weightDecay", "AdamW weight decay");
+        gradClip = new DoubleParam(this, "gradClip", "global gradient-norm clip (0: none)");
+        seed = new LongParam(this, "seed", "seed of initialisation and data order");
+        inputCol = new Param<>(this, "inputCol", "array<int> column of token ids");
+        outputPath = new Param<>(this, "outputPath", "where the model and metrics are saved (any Hadoop path)");
+        dropBadRows = new BooleanParam(this, "dropBadRows", "drop null/empty/out-of-vocabulary rows instead of refusing");
         setDefault(inputCol, "tokens");
     }
 

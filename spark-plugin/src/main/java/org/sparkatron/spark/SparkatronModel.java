@@ -46,15 +46,22 @@ public final class SparkatronModel extends Model<SparkatronModel> {
     private String configJson;
     private float[] weights;
 
-    private final Param<String> inputCol = new Param<>(this, "inputCol", "array<int> column to score");
-    private final Param<String> lossCol = new Param<>(this, "lossCol", "output column: mean cross-entropy (nats)");
-    private final Param<String> perplexityCol = new Param<>(this, "perplexityCol", "output column: perplexity");
-    private final Param<String> promptCol = new Param<>(this, "promptCol", "array<int> column of prompts to continue (optional)");
-    private final Param<String> generatedCol = new Param<>(this, "generatedCol", "output column: generated token ids");
-    private final IntParam maxNewTokens = new IntParam(this, "maxNewTokens", "tokens to generate per prompt");
+    private final Param<String> inputCol;
+    private final Param<String> lossCol;
+    private final Param<String> perplexityCol;
+    private final Param<String> promptCol;
+    private final Param<String> generatedCol;
+    private final IntParam maxNewTokens;
 
     public SparkatronModel(String uid) {
         this.uid = uid;
+        // created after uid is set: a Param records its parent's uid
+        inputCol = new Param<>(this, "inputCol", "array<int> column to score");
+        lossCol = new Param<>(this, "lossCol", "output column: mean cross-entropy (nats)");
+        perplexityCol = new Param<>(this, "perplexityCol", "output column: perplexity");
+        promptCol = new Param<>(this, "promptCol", "array<int> column of prompts to continue (optional)");
+        generatedCol = new Param<>(this, "generatedCol", "output column: generated token ids");
+        maxNewTokens = new IntParam(this, "maxNewTokens", "tokens to generate per prompt");
         setDefault(inputCol, "tokens");
         setDefault(lossCol, "loss");
         setDefault(perplexityCol, "perplexity");
@@ -178,10 +185,10 @@ public final class SparkatronModel extends Model<SparkatronModel> {
         return a;
     }
 
-    private static List<Integer> toList(int[] a) {
-        List<Integer> l = new ArrayList<>(a.length);
-        for (int v : a) {
-            l.add(v);
+    private static Integer[] toList(int[] a) {
+        Integer[] l = new Integer[a.length];
+        for (int i = 0; i < a.length; i++) {
+            l[i] = a[i];
         }
         return l;
     }

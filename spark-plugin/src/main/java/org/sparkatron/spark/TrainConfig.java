@@ -28,7 +28,8 @@ import org.sparkatron.train.Trainer;
  * {@code warmup_steps} [0], {@code decay_steps} [steps], {@code weight_decay} [0.1], {@code grad_clip} [1.0],
  * {@code seed} [1234], {@code input_col} ["tokens"], {@code drop_bad_rows} [false], {@code output} [none],
  * {@code comm_timeout_s} [300], {@code bucket_mb} [25], {@code threads_per_rank} [1], and for the command
- * line only {@code input} (a path) and {@code input_format} ["parquet"].
+ * line only {@code input} (a path), {@code input_format} ["parquet"] and {@code input_schema} (a DDL
+ * schema for sources such as json: {@code "tokens array<int>"}).
  */
 public final class TrainConfig implements Serializable {
     private static final long serialVersionUID = 1L;
@@ -37,7 +38,7 @@ public final class TrainConfig implements Serializable {
     /** Every accepted key: anything else is refused so a typo never silently falls back to a default. */
     public static final Set<String> KEYS = Set.of("model", "dp", "tp", "pp", "global_batch", "micro_batch", "seq_len",
             "steps", "lr", "min_lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "seed", "input_col",
-            "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format",
+            "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format", "input_schema",
             "fail_rank", "fail_step", "fail_attempts");
 
     private final String json; // the full, normalised config
@@ -57,6 +58,8 @@ public final class TrainConfig implements Serializable {
     public final int threadsPerRank;
     public final String input;
     public final String inputFormat;
+    /** Optional DDL schema for sources that need one (json, csv): e.g. "tokens array&lt;int&gt;". */
+    public final String inputSchema;
     /** Fault injection for the failure tests: rank {@code failRank} throws at step {@code failStep} on the
      *  first {@code failAttempts} attempts of the stage (-1: never). Documented in docs/spark.md. */
     public final int failRank, failStep, failAttempts;
@@ -113,6 +116,7 @@ public final class TrainConfig implements Serializable {
         this.threadsPerRank = intKey(o, "threads_per_rank", 1, 1);
         this.input = o.hasNonNull("input") ? o.get("input").asText() : null;
         this.inputFormat = o.path("input_format").asText("parquet");
+        this.inputSchema = o.hasNonNull("input_schema") ? o.get("input_schema").asText() : null;
         this.failRank = o.has("fail_rank") ? o.get("fail_rank").asInt() : -1;
         this.failStep = o.has("fail_step") ? o.get("fail_step").asInt() : -1;
         this.failAttempts = o.has("fail_attempts") ? o.get("fail_attempts").asInt() : 0;

@@ -20,6 +20,8 @@ public final class TrainMain {
     }
 
     public static void main(String[] args) throws Exception {
+        quietLogging();
+        SparkJvm.relaunchIfNeeded(TrainMain.class, args);
         if (args.length > 0 && args[0].equals("train")) {
             args = java.util.Arrays.copyOfRange(args, 1, args.length);
         }
@@ -65,8 +67,12 @@ public final class TrainMain {
         }
         Dataset<Row> df;
         try {
-            df = spark.read().format(cfg.inputFormat).load(cfg.input);
-        } catch (RuntimeException e) {
+            var reader = spark.read().format(cfg.inputFormat);
+            if (cfg.inputSchema != null) {
+                reader = reader.schema(cfg.inputSchema);
+            }
+            df = reader.load(cfg.input);
+        } catch (Exception e) { // Spark's AnalysisException (path not found, bad format) is a checked type
             throw new IllegalArgumentException("cannot read input '" + cfg.input + "' as " + cfg.inputFormat + ": " + e.getMessage(), e);
         }
         DistributedTraining.Result r = DistributedTraining.run(df, cfg, out);
@@ -75,6 +81,13 @@ public final class TrainMain {
             out.println("[sparkatron] rank " + rr.describe());
         }
         return r;
+    }
+
+    /** Quiet Spark logging for the command-line tools, unless the user configured log4j2. */
+    static void quietLogging() {
+        if (System.getProperty("log4j2.configurationFile") == null && System.getProperty("log4j.configurationFile") == null) {
+            System.setProperty("log4j2.configurationFile", "org/sparkatron/spark/log4j2-cli.properties");
+        }
     }
 
     /** The session spark-submit configured, or local[slots] when no master was given. */

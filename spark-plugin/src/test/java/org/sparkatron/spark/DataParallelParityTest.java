@@ -24,7 +24,7 @@ class DataParallelParityTest {
     @Test
     @Timeout(180)
     void dpTwoMatchesOneRankOnTheCombinedBatch() {
-        Dataset<Row> df = SyntheticData.frame(SharedSpark.get(), SyntheticData.progressions(200, 64, 5), "tokens", 2);
+        Dataset<Row> df = SyntheticData.frame(SharedSpark.get(), SyntheticData.walks(200, 5), "tokens", 2);
         int steps = 6;
         // buckets of 50 KB: the ~120 KB gradient block goes in 3 all-reduces, so bucketing is exercised
         TrainConfig dp2 = SharedSpark.config(2, 8, steps).with("bucket_mb", "0.05");

@@ -29,7 +29,7 @@ class LocalBarrierTrainingTest {
     @Timeout(180)
     void trainsWithNRanks(int world) throws Exception {
         // uneven input: 3 partitions for any world size, one of them empty-ish after repartition
-        Dataset<Row> df = SyntheticData.frame(SharedSpark.get(), SyntheticData.progressions(300, 64, 11), "tokens", 3);
+        Dataset<Row> df = SyntheticData.frame(SharedSpark.get(), SyntheticData.walks(300, 11), "tokens", 3);
         int steps = 12;
         Path out = tmp.resolve("out" + world);
         TrainConfig cfg = SharedSpark.config(world, 8, steps).with("output", out.toString());

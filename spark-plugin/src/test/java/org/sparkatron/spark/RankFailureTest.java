@@ -16,7 +16,7 @@ import org.junit.jupiter.api.Timeout;
  */
 class RankFailureTest {
     private static Dataset<Row> data() {
-        return SyntheticData.frame(SharedSpark.get(), SyntheticData.progressions(100, 64, 9), "tokens", 2);
+        return SyntheticData.frame(SharedSpark.get(), SyntheticData.walks(100, 9), "tokens", 2);
     }
 
     @Test

@@ -34,7 +34,7 @@ class RefusedInputTest {
         for (Integer[] d : docs) {
             rows.add(RowFactory.create((Object) d));
         }
-        List<int[]> good = SyntheticData.progressions(60, 64, 3);
+        List<int[]> good = SyntheticData.walks(60, 3);
         for (int[] g : good) {
             rows.add(RowFactory.create((Object) Arrays.stream(g).boxed().toArray(Integer[]::new)));
         }
@@ -64,6 +64,14 @@ class RefusedInputTest {
     }
 
     @Test
+    void wrongElementType() {
+        // what JSON sources infer for numbers: array<bigint>
+        Dataset<Row> longs = rows().select(org.apache.spark.sql.functions.col("ids").cast("array<bigint>").as("ids"));
+        String m = refusal(longs, cfg());
+        assertTrue(m.contains("'ids' has type array<bigint>; expected array<int>"), m);
+    }
+
+    @Test
     void nullEmptyAndOutOfVocabRowsAreNamedWithAnExample() {
         String m = refusal(rows(null, new Integer[0], new Integer[] {5, 64, 7}, new Integer[] {-1}), cfg());
         assertTrue(m.contains("input column 'ids' has 4 bad row(s) of 64"), m);
@@ -90,7 +98,7 @@ class RefusedInputTest {
 
     @Test
     void moreRanksThanSlots() {
-        Dataset<Row> df = SyntheticData.frame(SharedSpark.get(), SyntheticData.progressions(50, 64, 1), "tokens", 1);
+        Dataset<Row> df = SyntheticData.frame(SharedSpark.get(), SyntheticData.walks(50, 1), "tokens", 1);
         String m = refusal(df, SharedSpark.config(8, 8, 2));
         assertTrue(m.contains("needs 8 concurrent task slots") && m.contains("offers 4"), m);
     }
@@ -104,7 +112,7 @@ class RefusedInputTest {
 
     @Test
     void badLayoutsAndConfigs() {
-        Dataset<Row> df = SyntheticData.frame(SharedSpark.get(), SyntheticData.progressions(50, 64, 1), "tokens", 1);
+        Dataset<Row> df = SyntheticData.frame(SharedSpark.get(), SyntheticData.walks(50, 1), "tokens", 1);
         assertTrue(refusal(df, SharedSpark.config(1, 4, 2).with("tp", "2")).contains("data parallelism only"));
         assertTrue(refusal(df, SharedSpark.config(1, 4, 2).with("pp", "3")).contains("layers 2 are not divisible by pp 3"));
         IllegalArgumentException e;
