@@ -35,8 +35,12 @@ import org.sparkatron.tensor.Tensor;
  * with the same batch, and a failed peer makes it throw the communicator's exception.
  */
 public final class Transformer {
-    /** Rows of logits computed at once: bounds the logits buffer to about 64 MB. */
-    private static final long LOGITS_CHUNK_FLOATS = 16L << 20;
+    /**
+     * Rows of logits computed at once: bounds the logits buffer to 256 MB. Larger chunks matter: the
+     * output layer's weight gradient is one GEMM per chunk with the chunk's rows as its inner dimension,
+     * and short inner dimensions run that GEMM at a fraction of peak.
+     */
+    private static final long LOGITS_CHUNK_FLOATS = 64L << 20;
 
     private final ModelConfig cfg;
     private final Kernels k;

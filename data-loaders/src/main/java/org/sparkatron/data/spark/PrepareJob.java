@@ -197,6 +197,10 @@ public final class PrepareJob {
 
     private static Thread startProgress(JavaSparkContext jsc, LongAccumulator docs, LongAccumulator tokens,
                                         LongAccumulator bytes, long t0, PrintStream out) {
+        ProgressListener liveDocs = new ProgressListener(docs);
+        ProgressListener liveBytes = new ProgressListener(bytes);
+        jsc.sc().addSparkListener(liveDocs);
+        jsc.sc().addSparkListener(liveBytes);
         Thread th = new Thread(() -> {
             try {
                 while (true) {
@@ -210,11 +214,15 @@ public final class PrepareJob {
                         }
                     }
                     double s = (System.nanoTime() - t0) / 1e9;
-                    out.printf(Locale.ROOT, "prepare: %.0f s, partitions %d/%d done, %d documents, %d tokens, %.1f MB so far%n",
-                            s, done, total, docs.value(), tokens.value(), bytes.value() / 1e6);
+                    long mb = liveBytes.value();
+                    out.printf(Locale.ROOT, "prepare: %.0f s, partitions %d/%d done, %d documents, %.1f MB of text so far (%.1f MB/s)%n",
+                            s, done, total, liveDocs.value(), mb / 1e6, mb / 1e6 / s);
                 }
             } catch (InterruptedException e) {
                 // finished
+            } finally {
+                jsc.sc().removeSparkListener(liveDocs);
+                jsc.sc().removeSparkListener(liveBytes);
             }
         }, "sparkatron-prepare-progress");
         th.setDaemon(true);
