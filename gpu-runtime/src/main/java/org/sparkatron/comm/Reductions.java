@@ -8,6 +8,10 @@ import org.sparkatron.tensor.DType;
  * Stateless and thread-safe. Buffers are addressed by absolute byte offsets; positions are ignored.
  */
 public final class Reductions {
+    /** Vector API present (and not disabled with -Dsparkatron.simd=false); checked without loading it. */
+    private static final boolean SIMD = ModuleLayer.boot().findModule("jdk.incubator.vector").isPresent()
+            && !"false".equals(System.getProperty("sparkatron.simd"));
+
     private Reductions() {
     }
 
@@ -24,6 +28,11 @@ public final class Reductions {
                                   int n) {
         switch (dtype) {
             case F32 -> {
+                if (SIMD) {
+                    SimdReductions.accumulateF32(op == ReduceOp.MAX ? 1 : op == ReduceOp.MIN ? 2 : 0, dst, dstOff, src,
+                            srcOff, n);
+                    return;
+                }
                 for (int i = 0; i < n; i++) {
                     int d = dstOff + 4 * i;
                     dst.putFloat(d, apply(op, dst.getFloat(d), src.getFloat(srcOff + 4 * i)));

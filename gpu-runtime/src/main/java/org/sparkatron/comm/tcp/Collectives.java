@@ -73,10 +73,19 @@ final class Collectives {
         b.put(0, slots, 0, bytes);
     }
 
+    /**
+     * Reduce-scatter then all-gather, in place. The all-gather receives are posted first, straight into
+     * {@code b}: a segment of the final result can only arrive after this rank's own contribution to it
+     * left (it is part of that result), so the receive never overwrites data still to be sent, and no
+     * all-gather byte is copied twice.
+     */
     void ringAllReduce(ByteBuffer b, DType dt, ReduceOp op, int count) {
         int[] off = chunks(count, c.size(), dt.bytes());
-        ringReduceScatter(b, null, off, dt, op, c.nextTag());
-        ringAllGather(b, off, dt.bytes(), c.nextTag());
+        int rsTag = c.nextTag();
+        int agTag = c.nextTag();
+        List<List<Op>> agRecvs = postAgRecvs(b, off, segBytes(dt.bytes()), agTag);
+        ringReduceScatter(b, null, off, dt, op, rsTag);
+        runAg(b, off, segBytes(dt.bytes()), agTag, agRecvs);
     }
 
     // ---- reduce-scatter ----------------------------------------------------------------------------------
@@ -133,16 +142,22 @@ final class Collectives {
             recvs.add(new ArrayList<>());
             sends.add(new ArrayList<>());
         }
+        // Receives are posted before the matching data can arrive, so it lands in place without a copy: in
+        // place, three steps ahead (the buffer of step s is free once step s is reduced); out of place, one
+        // step ahead (the buffer of step s is also read by the sends of step s+1).
+        int ahead = inPlace ? Math.min(3, n - 1) : 1;
+        for (int s = 0; s < ahead; s++) {
+            postRsRecvs(s, n, r, off, seg, bufs, out, left, tag, recvs);
+        }
         // Step 0 sends this rank's own data for chunk r-1.
         int first = mod(r - 1, n);
         for (int o = off[first]; o < off[first + 1]; o += seg) {
             sends.get(0).add(c.sendTo(right, tag, b.slice(o, Math.min(seg, off[first + 1] - o))));
         }
-        postRsRecvs(0, n, r, off, seg, bufs, out, left, tag, recvs);
         for (int s = 0; s < n - 1; s++) {
-            if (s + 1 < n - 1) {
+            if (!inPlace && s + 1 < n - 1) {
                 // The buffer step s+1 receives into was last read by the sends of step s-1.
-                if (s >= 1 && !inPlace) {
+                if (s >= 1) {
                     awaitAll(sends.get(s - 1));
                 }
                 postRsRecvs(s + 1, n, r, off, seg, bufs, out, left, tag, recvs);
@@ -165,6 +180,9 @@ final class Collectives {
                         sends.get(s + 1).add(c.sendTo(right, tag, rb.slice(so, len)));
                     }
                 }
+            }
+            if (inPlace && s + ahead < n - 1) {
+                postRsRecvs(s + ahead, n, r, off, seg, bufs, out, left, tag, recvs);
             }
         }
         for (List<Op> s : sends) {
@@ -202,11 +220,15 @@ final class Collectives {
 
     /** In-place ring all-gather of the blocks {@code off} of {@code b}; all receives are posted up front. */
     void ringAllGather(ByteBuffer b, int[] off, int es, int tag) {
+        List<List<Op>> recvs = postAgRecvs(b, off, segBytes(es), tag);
+        runAg(b, off, segBytes(es), tag, recvs);
+    }
+
+    /** Receives of all-gather step s (chunk r-s-1 from the left), straight into {@code b}. */
+    private List<List<Op>> postAgRecvs(ByteBuffer b, int[] off, int seg, int tag) {
         int n = c.size();
         int r = c.rank();
-        int seg = segBytes(es);
         int left = mod(r - 1, n);
-        int right = mod(r + 1, n);
         List<List<Op>> recvs = new ArrayList<>();
         for (int s = 0; s < n - 1; s++) {
             int ch = mod(r - s - 1, n);
@@ -216,6 +238,14 @@ final class Collectives {
             }
             recvs.add(l);
         }
+        return recvs;
+    }
+
+    /** Sends chunk r, then forwards each received segment of steps 0..n-3 to the right as it lands. */
+    private void runAg(ByteBuffer b, int[] off, int seg, int tag, List<List<Op>> recvs) {
+        int n = c.size();
+        int r = c.rank();
+        int right = mod(r + 1, n);
         List<Op> sends = new ArrayList<>();
         for (int o = off[r]; o < off[r + 1]; o += seg) {
             sends.add(c.sendTo(right, tag, b.slice(o, Math.min(seg, off[r + 1] - o))));

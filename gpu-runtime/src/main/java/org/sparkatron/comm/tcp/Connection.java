@@ -50,6 +50,9 @@ final class Connection {
     private final ByteBuffer writeHeader = ByteBuffer.allocateDirect(HEADER).order(ByteOrder.BIG_ENDIAN);
     private final Thread reader;
     private final Thread writer;
+    /** Recycled buffers for messages that arrive before their receive is posted (avoids allocation churn). */
+    private final ArrayDeque<ByteBuffer> pool = new ArrayDeque<>();
+    private static final int POOL_MAX = 32;
     private volatile boolean peerSaidGoodbye;
     private volatile boolean stopping;
 
@@ -126,6 +129,31 @@ final class Connection {
         }
         op.buf.duplicate().put(data);
         op.complete();
+        recycle(data);
+    }
+
+    private ByteBuffer take(int len) {
+        synchronized (pool) {
+            for (java.util.Iterator<ByteBuffer> it = pool.iterator(); it.hasNext(); ) {
+                ByteBuffer b = it.next();
+                if (b.capacity() >= len && b.capacity() <= 2L * len + 4096) {
+                    it.remove();
+                    return b.clear().limit(len);
+                }
+            }
+        }
+        return ByteBuffer.allocateDirect(len);
+    }
+
+    private void recycle(ByteBuffer b) {
+        if (b.capacity() == 0) {
+            return;
+        }
+        synchronized (pool) {
+            if (pool.size() < POOL_MAX) {
+                pool.add(b);
+            }
+        }
     }
 
     private CommException sizeMismatch(Op op, long got) {
@@ -209,7 +237,7 @@ final class Connection {
             op.complete();
             return;
         }
-        ByteBuffer early = ByteBuffer.allocateDirect(len);
+        ByteBuffer early = take(len);
         readFully(early);
         early.flip();
         synchronized (lock) {

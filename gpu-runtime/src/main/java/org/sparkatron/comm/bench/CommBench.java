@@ -1,0 +1,279 @@
+package org.sparkatron.comm.bench;
+
+import java.io.BufferedReader;
+import java.io.IOException;
+import java.io.InputStreamReader;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.security.SecureRandom;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HexFormat;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import org.sparkatron.comm.FileRendezvous;
+import org.sparkatron.comm.ReduceOp;
+import org.sparkatron.comm.tcp.TcpCommunicator;
+import org.sparkatron.comm.tcp.TcpOptions;
+import org.sparkatron.tensor.DType;
+import org.sparkatron.tensor.Tensor;
+
+/**
+ * {@code ./sparkatron bench-comm}: bus bandwidth of all-reduce, reduce-scatter, all-gather and all-to-all
+ * of the TCP communicator, ranks as separate processes on loopback, and the Gloo peer in the same command.
+ *
+ * <p>Definitions as nccl-tests: size = bytes of the full per-rank buffer (all-reduce: the tensor;
+ * reduce-scatter: the input; all-gather: the output; all-to-all: the input), fp32 elements; time = median
+ * over iterations of rank 0's time for one operation started right after a barrier (as the Gloo peer
+ * measures); algbw = size / time; busbw = algbw x 2(n-1)/n for all-reduce and x (n-1)/n for the others.
+ *
+ * <pre>
+ *   ./sparkatron bench-comm [--ranks 2,4] [--max-size 256M] [--quick] [--iters N] [--no-peer] [--peer FILE]
+ *                           [--segment 512K]
+ * </pre>
+ */
+public final class CommBench {
+    private static final String[] OPS = {"all_reduce", "reduce_scatter", "all_gather", "all_to_all"};
+
+    private CommBench() {
+    }
+
+    public static void main(String[] args) throws Exception {
+        if (args.length > 0 && args[0].equals("--worker")) {
+            worker(args);
+            return;
+        }
+        int[] worlds = {2, 4};
+        long maxSize = 256L << 20;
+        boolean quick = false;
+        boolean peer = true;
+        int iters = 5;
+        String peerPath = null;
+        int segment = TcpOptions.defaults().segmentBytes;
+        for (int i = args.length > 0 && args[0].equals("bench-comm") ? 1 : 0; i < args.length; i++) {
+            switch (args[i]) {
+                case "--ranks" -> worlds = Arrays.stream(args[++i].split(",")).mapToInt(Integer::parseInt).toArray();
+                case "--max-size" -> maxSize = parseSize(args[++i]);
+                case "--quick" -> quick = true;
+                case "--iters" -> iters = Integer.parseInt(args[++i]);
+                case "--no-peer" -> peer = false;
+                case "--peer" -> peerPath = args[++i];
+                case "--segment" -> segment = (int) parseSize(args[++i]);
+                default -> {
+                    System.err.println("bench-comm: unknown option '" + args[i] + "'\nusage: ./sparkatron bench-comm "
+                            + "[--ranks 2,4] [--max-size 256M] [--quick] [--iters N] [--no-peer] [--peer FILE] [--segment 512K]");
+                    System.exit(2);
+                }
+            }
+        }
+        if (maxSize > (1L << 30)) {
+            throw new IllegalArgumentException("--max-size " + maxSize + " exceeds 1 GiB (one buffer per op)");
+        }
+        List<Long> sizes = new ArrayList<>();
+        for (long s = 4096; s <= maxSize; s *= quick ? 16 : 4) {
+            sizes.add(s);
+        }
+        if (quick && !sizes.contains(64L << 20) && maxSize >= (64L << 20)) {
+            sizes.add(64L << 20);
+        }
+        System.out.println("bench-comm: TCP communicator on loopback, ranks as separate JVMs, fp32, segment "
+                + human(segment) + ", " + Runtime.getRuntime().availableProcessors() + " cores on this machine");
+        System.out.printf(Locale.ROOT, "%-15s %5s %10s %11s %11s %11s%n", "op", "ranks", "size", "time_ms", "algbw_GB/s",
+                "busbw_GB/s");
+        Map<Integer, Double> ours64 = new LinkedHashMap<>();
+        for (int n : worlds) {
+            for (String line : runWorld(n, sizes, iters, segment)) {
+                String[] f = line.split(" ");
+                String op = f[1];
+                long size = Long.parseLong(f[2]);
+                double t = Double.parseDouble(f[3]);
+                double algbw = size / t / 1e9;
+                double factor = op.equals("all_reduce") ? 2.0 * (n - 1) / n : (double) (n - 1) / n;
+                System.out.printf(Locale.ROOT, "%-15s %5d %10s %11.3f %11.3f %11.3f%n", op, n, human(size), t * 1e3,
+                        algbw, algbw * factor);
+                if (op.equals("all_reduce") && size == (64L << 20)) {
+                    ours64.put(n, algbw * factor);
+                }
+            }
+        }
+        if (!peer) {
+            return;
+        }
+        Path script = findPeer(peerPath);
+        if (script == null || !torchAvailable()) {
+            System.out.println("Gloo peer skipped: " + (script == null ? "torch_gloo_allreduce.py not found"
+                    : "/usr/bin/python3 cannot import torch"));
+            return;
+        }
+        System.out.println("peer: /usr/bin/python3 " + script + " N 64  (torch.distributed gloo, 64 MiB fp32 all-reduce)");
+        for (int n : worlds) {
+            String out = run(List.of("/usr/bin/python3", script.toString(), String.valueOf(n), "64"), 600);
+            Matcher m = Pattern.compile("busbw_GBps=([0-9.]+)").matcher(out);
+            if (!m.find()) {
+                System.out.println("gloo " + n + " ranks: no result; output:\n" + out);
+                continue;
+            }
+            double gloo = Double.parseDouble(m.group(1));
+            Double ours = ours64.get(n);
+            System.out.printf(Locale.ROOT, "all_reduce 64 MiB, %d ranks: gloo busbw %.3f GB/s, sparkatron %s GB/s, ratio %s%n",
+                    n, gloo, ours == null ? "n/a" : String.format(Locale.ROOT, "%.3f", ours),
+                    ours == null ? "n/a (size not measured)" : String.format(Locale.ROOT, "%.2fx", ours / gloo));
+        }
+    }
+
+    /** Launches n worker JVMs, returns rank 0's RESULT lines. */
+    private static List<String> runWorld(int n, List<Long> sizes, int iters, int segment) throws Exception {
+        Path dir = Files.createTempDirectory("sparkatron-bench-comm");
+        Path secret = dir.resolve("secret");
+        byte[] key = new byte[32];
+        new SecureRandom().nextBytes(key);
+        Files.writeString(secret, HexFormat.of().formatHex(key));
+        Files.setPosixFilePermissions(secret, PosixFilePermissions.fromString("rw-------"));
+        String java = Path.of(System.getProperty("java.home"), "bin", "java").toString();
+        long max = sizes.get(sizes.size() - 1);
+        String direct = "-XX:MaxDirectMemorySize=" + Math.max(1L << 30, 6 * max);
+        List<Process> ps = new ArrayList<>();
+        for (int r = 0; r < n; r++) {
+            List<String> cmd = new ArrayList<>(List.of(java, "-Xmx512m", direct, "-XX:+UseParallelGC", "--add-modules=jdk.incubator.vector", "-cp",
+                    System.getProperty("java.class.path"), CommBench.class.getName(), "--worker", dir.toString(),
+                    String.valueOf(r), String.valueOf(n), String.valueOf(iters), String.valueOf(segment)));
+            sizes.forEach(s -> cmd.add(String.valueOf(s)));
+            ProcessBuilder pb = new ProcessBuilder(cmd).redirectErrorStream(true);
+            if (r > 0) {
+                pb.redirectOutput(ProcessBuilder.Redirect.DISCARD);
+            }
+            ps.add(pb.start());
+        }
+        List<String> results = new ArrayList<>();
+        try (BufferedReader in = new BufferedReader(new InputStreamReader(ps.get(0).getInputStream(),
+                StandardCharsets.UTF_8))) {
+            for (String line; (line = in.readLine()) != null; ) {
+                if (line.startsWith("RESULT ")) {
+                    results.add(line);
+                } else if (!line.isBlank()) {
+                    System.err.println("rank 0: " + line);
+                }
+            }
+        }
+        for (int r = 0; r < n; r++) {
+            if (!ps.get(r).waitFor(600, TimeUnit.SECONDS) || ps.get(r).exitValue() != 0) {
+                ps.forEach(Process::destroyForcibly);
+                throw new IllegalStateException("bench-comm worker " + r + " of " + n + " failed");
+            }
+        }
+        return results;
+    }
+
+    private static void worker(String[] a) throws Exception {
+        Path dir = Path.of(a[1]);
+        int rank = Integer.parseInt(a[2]);
+        int n = Integer.parseInt(a[3]);
+        int iters = Integer.parseInt(a[4]);
+        int segment = Integer.parseInt(a[5]);
+        byte[] secret = HexFormat.of().parseHex(Files.readString(dir.resolve("secret")).trim());
+        TcpOptions opts = TcpOptions.loopback().withTimeouts(60_000, 120_000);
+        opts = opts.withSizes(opts.maxMessageBytes, segment, opts.smallBytes);
+        try (TcpCommunicator c = TcpCommunicator.create(rank, n, new FileRendezvous(dir, rank, n, 60_000), secret, opts)) {
+            for (String op : OPS) {
+                for (int i = 6; i < a.length; i++) {
+                    long size = Long.parseLong(a[i]);
+                    double t = measure(c, op, size, iters);
+                    if (rank == 0) {
+                        System.out.printf(Locale.ROOT, "RESULT %s %d %.9f%n", op, size, t);
+                        System.out.flush();
+                    }
+                }
+            }
+        }
+    }
+
+    private static double measure(TcpCommunicator c, String op, long size, int iters) {
+        int n = c.size();
+        int count = (int) (size / 4 / n * n);
+        Tensor full = Tensor.allocateHost(DType.F32, count);
+        Tensor part = Tensor.allocateHost(DType.F32, count / n);
+        Tensor other = op.equals("all_to_all") ? Tensor.allocateHost(DType.F32, count) : null;
+        int[] counts = new int[n];
+        Arrays.fill(counts, count / n);
+        for (int i = 0; i < count; i++) {
+            full.floats().put(i, 1f);
+        }
+        Runnable once = switch (op) {
+            case "all_reduce" -> () -> c.allReduce(full, ReduceOp.SUM);
+            case "reduce_scatter" -> () -> c.reduceScatter(full, part, ReduceOp.SUM);
+            case "all_gather" -> () -> c.allGather(part, full);
+            case "all_to_all" -> () -> c.allToAll(full, counts, other, counts);
+            default -> throw new IllegalArgumentException(op);
+        };
+        int reps = size >= (64L << 20) ? Math.max(3, iters - 2) : size <= (1 << 20) ? iters * 4 : iters;
+        once.run();
+        once.run();
+        double[] ts = new double[reps];
+        for (int i = 0; i < reps; i++) {
+            c.barrier();
+            long t0 = System.nanoTime();
+            once.run();
+            ts[i] = (System.nanoTime() - t0) / 1e9;
+        }
+        Arrays.sort(ts);
+        return ts[reps / 2];
+    }
+
+    private static long parseSize(String s) {
+        String u = s.toUpperCase(Locale.ROOT).replace("IB", "").replace("B", "");
+        long mult = u.endsWith("K") ? 1L << 10 : u.endsWith("M") ? 1L << 20 : u.endsWith("G") ? 1L << 30 : 1;
+        return Long.parseLong(mult == 1 ? u : u.substring(0, u.length() - 1)) * mult;
+    }
+
+    private static String human(long b) {
+        return b >= (1 << 20) ? (b >> 20) + " MiB" : (b >> 10) + " KiB";
+    }
+
+    /** The peer script: --peer, else ../shared/peers next to the repository, else the repository's copy. */
+    private static Path findPeer(String explicit) {
+        if (explicit != null) {
+            return Files.isRegularFile(Path.of(explicit)) ? Path.of(explicit) : null;
+        }
+        List<Path> roots = new ArrayList<>();
+        roots.add(Path.of("").toAbsolutePath());
+        for (String e : System.getProperty("java.class.path").split(java.io.File.pathSeparator)) {
+            if (e.endsWith("gpu-runtime/target/classes") || e.endsWith("gpu-runtime/target/classes/")) {
+                roots.add(Path.of(e).toAbsolutePath().getParent().getParent().getParent());
+            }
+        }
+        for (Path root : roots) {
+            for (Path p : new Path[] {root.resolve("../shared/peers/torch_gloo_allreduce.py"),
+                    root.resolve("gpu-runtime/src/test/python/torch_gloo_allreduce.py")}) {
+                if (Files.isRegularFile(p)) {
+                    return p.normalize();
+                }
+            }
+        }
+        return null;
+    }
+
+    private static boolean torchAvailable() {
+        try {
+            return run(List.of("/usr/bin/python3", "-c", "import torch.distributed"), 120) != null;
+        } catch (Exception e) {
+            return false;
+        }
+    }
+
+    private static String run(List<String> cmd, int timeoutS) throws IOException, InterruptedException {
+        Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
+        String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        if (!p.waitFor(timeoutS, TimeUnit.SECONDS) || p.exitValue() != 0) {
+            p.destroyForcibly();
+            return cmd.size() > 2 && cmd.get(1).equals("-c") ? null : out;
+        }
+        return out;
+    }
+}
