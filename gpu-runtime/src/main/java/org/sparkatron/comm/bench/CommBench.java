@@ -210,6 +210,11 @@ public final class CommBench {
         TcpOptions opts = TcpOptions.loopback().withTimeouts(60_000, 120_000);
         opts = opts.withSizes(opts.maxMessageBytes, segment, opts.smallBytes);
         try (TcpCommunicator c = TcpCommunicator.create(rank, n, new FileRendezvous(dir, rank, n, 60_000), secret, opts)) {
+            // Warm-up (JIT) on both the direct and the ring paths before anything is timed.
+            for (String op : a[6].split(",")) {
+                measure(c, op, 4096, 40);
+                measure(c, op, 1 << 20, 10);
+            }
             for (String op : a[6].split(",")) {
                 for (int i = 7; i < a.length; i++) {
                     long size = Long.parseLong(a[i]);
