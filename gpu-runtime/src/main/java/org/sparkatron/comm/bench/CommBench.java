@@ -113,13 +113,13 @@ public final class CommBench {
             return;
         }
         // Shared machines drift: the ratio pairs each Gloo run with a fresh 64 MiB all-reduce run of ours
-        // right before it (twice, alternating), and compares the medians of the two kinds.
+        // right before it (three times, alternating), and compares the medians of the two kinds.
         System.out.println("peer: /usr/bin/python3 " + script + " N 64  (torch.distributed gloo, 64 MiB fp32 all-reduce);"
-                + " paired: ours, gloo, ours, gloo");
+                + " paired 3 times: ours, then gloo");
         for (int n : worlds) {
             List<Double> glooBw = new ArrayList<>();
             List<Double> oursBw = new ArrayList<>();
-            for (int k = 0; k < 2; k++) {
+            for (int k = 0; k < 3; k++) {
                 for (String line : runWorld(n, List.of(64L << 20), iters, segment, "all_reduce")) {
                     double t = Double.parseDouble(line.split(" ")[3]);
                     oursBw.add((64L << 20) / t / 1e9 * 2.0 * (n - 1) / n);
@@ -246,7 +246,7 @@ public final class CommBench {
             case "all_to_all" -> () -> c.allToAll(full, counts, other, counts);
             default -> throw new IllegalArgumentException(op);
         };
-        int reps = size >= (64L << 20) ? Math.max(3, iters - 2) : size <= (1 << 20) ? iters * 4 : iters;
+        int reps = size > (64L << 20) ? Math.max(3, iters - 2) : size <= (1 << 20) ? iters * 4 : iters;
         once.run();
         once.run();
         double[] ts = new double[reps];
