@@ -60,7 +60,17 @@ public record ModelConfig(
 
     /** The vocabulary rounded up to a multiple of {@link #vocabMultiple()}. */
     public int paddedVocab() {
-        return (vocabSize + vocabMultiple - 1) / vocabMultiple * vocabMultiple;
+        return paddedVocab(1);
+    }
+
+    /**
+     * The vocabulary padded for a tensor-parallel group of {@code tp} ranks: rounded up to a multiple of
+     * {@code vocabMultiple * tp} (Megatron's rule), so every rank's slice is a multiple of
+     * {@code vocabMultiple}. Equals {@link #paddedVocab()} for tp = 1.
+     */
+    public int paddedVocab(int tp) {
+        long m = (long) vocabMultiple * tp;
+        return Math.toIntExact((vocabSize + m - 1) / m * m);
     }
 
     private static void validate(Family family, int layers, int hidden, int heads, int kvHeads, int ffn, int vocab,

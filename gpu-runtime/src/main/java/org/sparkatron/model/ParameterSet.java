@@ -17,8 +17,28 @@ import org.sparkatron.tensor.Tensor;
  * allocates. Not thread-safe.
  */
 public final class ParameterSet {
-    /** One named parameter: its shape, where it lives in the block, and whether weight decay applies. */
-    public record Param(String name, int[] shape, long offset, long numel, boolean decay) {
+    /**
+     * One named parameter: its shape, where it lives in the block, whether weight decay applies, and its
+     * role under tensor parallelism.
+     */
+    public record Param(String name, int[] shape, long offset, long numel, boolean decay, TpRole tp) {
+    }
+
+    /**
+     * How a parameter is laid out over a tensor-parallel group (Megatron's {@code tensor_model_parallel}
+     * and {@code sequence_parallel} attributes).
+     */
+    public enum TpRole {
+        /** Every rank holds the whole parameter and computes the same gradient (row-parallel biases). */
+        REPLICATED,
+        /** Each rank holds a different slice; the gradient of each slice is complete on its rank. */
+        SPLIT,
+        /**
+         * Replicated, but applied to the residual stream: under sequence parallelism each rank sees only
+         * its rows, so its gradient is partial and must be summed over the TP group (norm weights and
+         * biases, position embeddings). Without sequence parallelism: as {@link #REPLICATED}.
+         */
+        SEQUENCE
     }
 
     private final List<Param> params;
@@ -45,13 +65,18 @@ public final class ParameterSet {
         private final List<Param> list = new ArrayList<>();
         private long next;
 
-        /** Adds a parameter; 1-D parameters (biases, norm weights) are excluded from weight decay. */
+        /** Adds a replicated parameter; 1-D parameters (biases, norm weights) are excluded from weight decay. */
         public Builder add(String name, int... shape) {
+            return add(name, TpRole.REPLICATED, shape);
+        }
+
+        /** Adds a parameter with a tensor-parallel role; 1-D parameters are excluded from weight decay. */
+        public Builder add(String name, TpRole tp, int... shape) {
             long n = 1;
             for (int d : shape) {
                 n *= d;
             }
-            list.add(new Param(name, shape.clone(), next, n, shape.length > 1));
+            list.add(new Param(name, shape.clone(), next, n, shape.length > 1, tp));
             next += n;
             return this;
         }

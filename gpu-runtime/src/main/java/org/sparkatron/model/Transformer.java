@@ -5,49 +5,95 @@ import java.nio.IntBuffer;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.SplittableRandom;
+import org.sparkatron.comm.ReduceOp;
 import org.sparkatron.device.Kernels;
+import org.sparkatron.model.ParameterSet.TpRole;
+import org.sparkatron.parallel.DropoutRng;
+import org.sparkatron.parallel.Mapping;
+import org.sparkatron.parallel.Mappings;
+import org.sparkatron.parallel.TensorParallel;
+import org.sparkatron.parallel.VocabParallelCrossEntropy;
+import org.sparkatron.parallel.VocabParallelEmbedding;
+import org.sparkatron.parallel.Workspace;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
 /**
- * A decoder-only language model (GPT-2 or Llama family) on one rank: embedding, {@code L} blocks, final
- * norm, output projection and cross-entropy, each with an explicit backward.
+ * A decoder-only language model (GPT-2 or Llama family) on one rank of a tensor-parallel group:
+ * vocab-parallel embedding, {@code L} blocks, final norm, vocab-parallel output projection and
+ * cross-entropy, each with an explicit backward. TP = 1 ({@link #Transformer(ModelConfig, Kernels)}) is
+ * the same code with a group of one, where every mapping is the identity.
  *
- * <p>Memory: parameters and gradients are one block each ({@link ParameterSet}); activations are
- * allocated per batch shape and reused across steps. The output layer and loss run in row chunks so the
- * full {@code [B*T, V]} logits never exist at once during training. Not thread-safe: one rank, one thread.
+ * <p>Memory: this rank's parameter shards and gradients are one block each ({@link ParameterSet});
+ * activations are allocated per batch shape and reused across steps. The output layer and loss run in
+ * row chunks so the {@code [B*T, V/tp]} logits never exist at once during training, and no rank ever
+ * holds a full row of logits while training.
+ *
+ * <p>Threading and blocking: one rank, one thread. Under TP every public method that computes
+ * ({@link #forwardBackward}, {@link #loss}, {@link #logits}, {@link #finishGradients},
+ * {@link #gradSquaredNorm}, {@link #initialize}) is a collective of the TP group: all its ranks call it
+ * with the same batch, and a failed peer makes it throw the communicator's exception.
  */
 public final class Transformer {
-    /** Rows of logits computed at once: bounds the logits buffer to about 64 MB. */
-    private static final long LOGITS_CHUNK_FLOATS = 16L << 20;
+    /**
+     * Rows of logits computed at once: bounds the logits buffer to 256 MB. Larger chunks matter: the
+     * output layer's weight gradient is one GEMM per chunk with the chunk's rows as its inner dimension,
+     * and short inner dimensions run that GEMM at a fraction of peak.
+     */
+    private static final long LOGITS_CHUNK_FLOATS = 64L << 20;
 
     private final ModelConfig cfg;
     private final Kernels k;
+    private final TensorParallel tp;
     private final ParameterSet params;
+    private final Workspace ws = new Workspace();
     private final List<TransformerBlock> blocks = new ArrayList<>();
     private final Tensor ropeCos; // [maxPos, hd/2] (Llama only)
     private final Tensor ropeSin;
     private final String headName;
+    private final int vocabLocal;
+    private final VocabParallelEmbedding embedding;
+    private final VocabParallelCrossEntropy crossEntropy;
+    private final Mapping headInput;
+    private final Tensor normSums = Tensor.allocateHost(DType.F32, 1);
+    private DropoutRng dropout;
+    private long dropoutRowOffset;
+    private long trainSteps;
 
     private int b;
     private int t;
     private Tensor inputs;    // [N] I32
     private Tensor targets;   // [N] I32
-    private Tensor embedded;  // [N, C]
-    private Tensor normF;     // [N, C]
-    private Tensor meanF;     // [N]
-    private Tensor rstdF;     // [N]
+    private Tensor embedded;  // [Nl, C]
+    private Tensor normF;     // [Nl, C]
+    private Tensor meanF;     // [Nl]
+    private Tensor rstdF;     // [Nl]
+    private Tensor headX;     // [N, C] the output layer's input (normF itself without SP)
     private Tensor losses;    // [N]
-    private Tensor logits;    // [chunk, Vp]
-    private Tensor dresid;    // [N, C]
-    private Tensor dnormF;    // [N, C]
+    private Tensor logits;    // [chunk, V/tp]
+    private Tensor dresid;    // [Nl, C]
+    private Tensor dnormF;    // [Nl, C]
+    private Tensor dheadX;    // [N, C] partial gradient of headX (dnormF itself without SP)
     private TransformerBlock.BackwardScratch scratch;
 
+    /** A model on one rank alone (TP = 1). */
     public Transformer(ModelConfig cfg, Kernels kernels) {
+        this(cfg, kernels, TensorParallel.none());
+    }
+
+    /**
+     * This rank's part of a model split over {@code tp}'s group. Needs the attention heads, the key/value
+     * heads and the MLP width divisible by the TP size; key/value heads are never replicated, so fewer
+     * key/value heads than TP ranks is refused.
+     */
+    public Transformer(ModelConfig cfg, Kernels kernels, TensorParallel tp) {
+        validate(cfg, tp.size());
         this.cfg = cfg;
         this.k = kernels;
-        this.params = declare(cfg);
+        this.tp = tp;
+        this.params = declare(cfg, tp.size());
         this.headName = cfg.tiedEmbeddings() ? "embed" : "head";
+        this.vocabLocal = cfg.paddedVocab(tp.size()) / tp.size();
         if (cfg.family().usesRope()) {
             int half = cfg.headDim() / 2;
             ropeCos = Tensor.allocateHost(DType.F32, cfg.maxPositions(), half);
@@ -66,26 +112,50 @@ public final class Transformer {
             ropeSin = null;
         }
         for (int i = 0; i < cfg.layers(); i++) {
-            blocks.add(new TransformerBlock(cfg, kernels, params, i, ropeCos, ropeSin));
+            blocks.add(new TransformerBlock(cfg, kernels, params, i, ropeCos, ropeSin, tp, ws));
+        }
+        embedding = new VocabParallelEmbedding(tp, vocabLocal, cfg.hidden(), params.weight("embed"), params.grad("embed"), ws);
+        crossEntropy = new VocabParallelCrossEntropy(tp, vocabLocal, cfg.vocabSize());
+        headInput = tp.sequenceParallel() ? new Mappings.GatherFromSequenceRegion(tp) : new Mappings.CopyToTensorRegion(tp);
+    }
+
+    /** Refuses layouts that do not split evenly, naming the numbers. */
+    static void validate(ModelConfig cfg, int tpSize) {
+        if (cfg.heads() % tpSize != 0) {
+            throw new IllegalArgumentException("attention heads " + cfg.heads() + " not divisible by tensor parallel size " + tpSize);
+        }
+        if (cfg.kvHeads() < tpSize) {
+            throw new IllegalArgumentException("key/value heads " + cfg.kvHeads() + " fewer than tensor parallel size " + tpSize
+                    + ": replicating key/value heads is not supported; use a tensor parallel size that divides " + cfg.kvHeads());
+        }
+        if (cfg.kvHeads() % tpSize != 0) {
+            throw new IllegalArgumentException("key/value heads " + cfg.kvHeads() + " not divisible by tensor parallel size " + tpSize);
+        }
+        if (cfg.ffnHidden() % tpSize != 0) {
+            throw new IllegalArgumentException("MLP hidden size " + cfg.ffnHidden() + " not divisible by tensor parallel size " + tpSize);
         }
     }
 
-    /** The parameter layout: embeddings, blocks in order, final norm, untied head. */
-    static ParameterSet declare(ModelConfig cfg) {
+    /**
+     * The parameter layout of one rank of a TP group of {@code tpSize}: embeddings, blocks in order, final
+     * norm, untied head. For tpSize = 1 these are the full parameters, as saved in checkpoints.
+     */
+    static ParameterSet declare(ModelConfig cfg, int tpSize) {
         ParameterSet.Builder bld = ParameterSet.builder();
-        bld.add("embed", cfg.paddedVocab(), cfg.hidden());
+        int vocabRows = cfg.paddedVocab(tpSize) / tpSize;
+        bld.add("embed", TpRole.SPLIT, vocabRows, cfg.hidden());
         if (cfg.family() == ModelConfig.Family.GPT2) {
-            bld.add("pos", cfg.maxPositions(), cfg.hidden());
+            bld.add("pos", TpRole.SEQUENCE, cfg.maxPositions(), cfg.hidden());
         }
         for (int i = 0; i < cfg.layers(); i++) {
-            TransformerBlock.declare(bld, cfg, i);
+            TransformerBlock.declare(bld, cfg, i, tpSize);
         }
-        bld.add("norm_f.w", cfg.hidden());
+        bld.add("norm_f.w", TpRole.SEQUENCE, cfg.hidden());
         if (cfg.family().hasBiases()) {
-            bld.add("norm_f.b", cfg.hidden());
+            bld.add("norm_f.b", TpRole.SEQUENCE, cfg.hidden());
         }
         if (!cfg.tiedEmbeddings()) {
-            bld.add("head", cfg.paddedVocab(), cfg.hidden());
+            bld.add("head", TpRole.SPLIT, vocabRows, cfg.hidden());
         }
         return bld.build();
     }
@@ -94,6 +164,7 @@ public final class Transformer {
         return cfg;
     }
 
+    /** This rank's parameters: its shards of split parameters, whole replicated ones. */
     public ParameterSet params() {
         return params;
     }
@@ -103,15 +174,48 @@ public final class Transformer {
         return k;
     }
 
+    public TensorParallel tensorParallel() {
+        return tp;
+    }
+
+    /**
+     * Hidden dropout with probability {@code p} on both branch outputs of every block, during
+     * {@link #forwardBackward} only (not {@link #loss} / {@link #logits}); p = 0 turns it off (the default).
+     * Masks are keyed by ({@code seed}, training-step count, layer, global element), so every TP layout
+     * drops the same elements as one rank does ({@link DropoutRng}). {@code rowOffset} is the index of this
+     * data-parallel replica's first token row in the global batch (dp rank x batch x sequence length):
+     * replicas then drop different elements, exactly those a single rank drops over the global batch.
+     */
+    public void setDropout(float p, long seed, long rowOffset) {
+        this.dropout = p > 0 ? new DropoutRng(p, seed) : null;
+        this.dropoutRowOffset = rowOffset;
+    }
+
+    /** {@link #setDropout(float, long, long)} for a model without data parallelism. */
+    public void setDropout(float p, long seed) {
+        setDropout(p, seed, 0);
+    }
+
     /**
      * GPT-2-style initialisation, deterministic in {@code seed}: weights N(0, 0.02), the two residual output
-     * projections N(0, 0.02 / sqrt(2 L)), biases 0, norm weights 1, padded vocabulary rows 0.
+     * projections N(0, 0.02 / sqrt(2 L)), biases 0, norm weights 1, padded vocabulary rows 0. Under TP each
+     * rank initialises the full model and keeps its shard, so a TP run starts exactly where one rank would.
      */
     public void initialize(long seed) {
+        if (tp.size() == 1) {
+            initialize(cfg, params, seed);
+            return;
+        }
+        ParameterSet full = declare(cfg, 1);
+        initialize(cfg, full, seed);
+        TpShards.scatter(cfg, full, params, tp.rank(), tp.size(), false);
+    }
+
+    private static void initialize(ModelConfig cfg, ParameterSet ps, long seed) {
         SplittableRandom rng = new SplittableRandom(seed);
-        FloatBuffer w = params.weights().floats();
+        FloatBuffer w = ps.weights().floats();
         double residualStd = 0.02 / Math.sqrt(2.0 * cfg.layers());
-        for (ParameterSet.Param p : params.params()) {
+        for (ParameterSet.Param p : ps.params()) {
             String n = p.name();
             boolean norm = n.contains("norm");
             boolean bias = n.endsWith(".b");
@@ -141,28 +245,31 @@ public final class Transformer {
         if (this.b == b && this.t == t) {
             return;
         }
+        int n = b * t;
+        int nl = tp.localRows(n); // refuses a token count SP cannot split, before any state changes
         this.b = b;
         this.t = t;
-        int n = b * t;
         int c = cfg.hidden();
         inputs = Tensor.allocateHost(DType.I32, n);
         targets = Tensor.allocateHost(DType.I32, n);
-        embedded = Tensor.allocateHost(DType.F32, n, c);
-        normF = Tensor.allocateHost(DType.F32, n, c);
-        meanF = Tensor.allocateHost(DType.F32, n);
-        rstdF = Tensor.allocateHost(DType.F32, n);
+        embedded = Tensor.allocateHost(DType.F32, nl, c);
+        normF = Tensor.allocateHost(DType.F32, nl, c);
+        meanF = Tensor.allocateHost(DType.F32, nl);
+        rstdF = Tensor.allocateHost(DType.F32, nl);
+        headX = tp.sequenceParallel() ? Tensor.allocateHost(DType.F32, n, c) : normF;
         losses = Tensor.allocateHost(DType.F32, n);
-        logits = Tensor.allocateHost(DType.F32, chunkRows(), cfg.paddedVocab());
-        dresid = Tensor.allocateHost(DType.F32, n, c);
-        dnormF = Tensor.allocateHost(DType.F32, n, c);
-        scratch = new TransformerBlock.BackwardScratch(cfg, n);
+        logits = Tensor.allocateHost(DType.F32, chunkRows(), vocabLocal);
+        dresid = Tensor.allocateHost(DType.F32, nl, c);
+        dnormF = Tensor.allocateHost(DType.F32, nl, c);
+        dheadX = tp.sequenceParallel() ? Tensor.allocateHost(DType.F32, n, c) : dnormF;
+        scratch = new TransformerBlock.BackwardScratch(cfg, tp, n);
         for (TransformerBlock blk : blocks) {
             blk.allocate(b, t);
         }
     }
 
     private int chunkRows() {
-        return (int) Math.max(1, Math.min((long) b * t, LOGITS_CHUNK_FLOATS / cfg.paddedVocab()));
+        return (int) Math.max(1, Math.min((long) b * t, LOGITS_CHUNK_FLOATS / vocabLocal));
     }
 
     /**
@@ -173,9 +280,6 @@ public final class Transformer {
         if (samples.length < b * (t + 1)) {
             throw new IllegalArgumentException("batch needs " + b * (t + 1) + " tokens, got " + samples.length);
         }
-        allocate(b, t);
-        IntBuffer in = inputs.ints();
-        IntBuffer tg = targets.ints();
         for (int s = 0; s < b; s++) {
             for (int i = 0; i <= t; i++) {
                 int id = samples[s * (t + 1) + i];
@@ -183,83 +287,147 @@ public final class Transformer {
                     throw new IllegalArgumentException("token id " + id + " (sample " + s + ", position " + i
                             + ") is outside the vocabulary of " + cfg.vocabSize());
                 }
-                if (i < t) {
-                    in.put(s * t + i, id);
-                }
-                if (i > 0) {
-                    tg.put(s * t + i - 1, id);
-                }
+            }
+        }
+        allocate(b, t);
+        IntBuffer in = inputs.ints();
+        IntBuffer tg = targets.ints();
+        for (int s = 0; s < b; s++) {
+            for (int i = 0; i < t; i++) {
+                in.put(s * t + i, samples[s * (t + 1) + i]);
+                tg.put(s * t + i, samples[s * (t + 1) + i + 1]);
             }
         }
     }
 
-    private Tensor forwardBlocks() {
+    /** Embedding, blocks and final norm over this rank's residual rows; returns the last block's output. */
+    private Tensor forwardBlocks(DropoutRng drop) {
         int n = b * t;
-        k.embeddingForward(embedded, inputs, params.weight("embed"),
-                cfg.family() == ModelConfig.Family.GPT2 ? params.weight("pos") : null, n, t, cfg.hidden());
+        int nl = tp.localRows(n);
+        embedding.forward(inputs, n, embedded);
+        if (cfg.family() == ModelConfig.Family.GPT2) {
+            VocabParallelEmbedding.addPositions(embedded, params.weight("pos"), tp.firstLocalRow(n), nl, t, cfg.hidden());
+        }
         Tensor x = embedded;
         for (TransformerBlock blk : blocks) {
-            blk.forward(x);
+            blk.forward(x, drop, trainSteps, dropoutRowOffset);
             x = blk.output();
         }
         if (cfg.family() == ModelConfig.Family.LLAMA) {
-            k.rmsNormForward(normF, rstdF, x, params.weight("norm_f.w"), n, cfg.hidden(), cfg.normEps());
+            k.rmsNormForward(normF, rstdF, x, params.weight("norm_f.w"), nl, cfg.hidden(), cfg.normEps());
         } else {
-            k.layerNormForward(normF, meanF, rstdF, x, params.weight("norm_f.w"), params.weight("norm_f.b"), n,
+            k.layerNormForward(normF, meanF, rstdF, x, params.weight("norm_f.w"), params.weight("norm_f.b"), nl,
                     cfg.hidden(), cfg.normEps());
         }
+        headInput.forward(normF, headX);
         return x;
     }
 
     /**
      * One forward and backward pass over a batch; gradients are ADDED to {@code params().grads()} scaled
-     * by {@code gradScale} (1 for a single micro-batch; 1/m for m accumulated micro-batches).
+     * by {@code gradScale} (1 for a single micro-batch; 1/m for m accumulated micro-batches). Under
+     * sequence parallelism call {@link #finishGradients()} once after the last micro-batch.
      *
-     * @return the mean cross-entropy of the batch in nats
+     * @return the mean cross-entropy of the batch in nats (the same on every TP rank)
      */
     public double forwardBackward(int[] samples, int b, int t, float gradScale) {
         loadBatch(samples, b, t);
-        Tensor last = forwardBlocks();
+        trainSteps++;
+        Tensor last = forwardBlocks(dropout);
         int n = b * t;
+        int nl = tp.localRows(n);
         int c = cfg.hidden();
-        int vp = cfg.paddedVocab();
         Tensor head = params.weight(headName);
         Tensor dhead = params.grad(headName);
         // output layer + loss + their backward, one chunk of rows at a time
         for (int r0 = 0; r0 < n; r0 += chunkRows()) {
             int rows = Math.min(chunkRows(), n - r0);
-            Tensor x = normF.narrowRows(r0, rows);
-            k.linearForward(logits, x, head, null, rows, c, vp);
-            k.crossEntropyForwardBackward(logits, losses.slice(r0, rows), targets.slice(r0, rows), rows,
-                    cfg.vocabSize(), vp, gradScale / n);
-            k.linearBackward(dnormF.narrowRows(r0, rows), false, dhead, null, logits, x, head, rows, c, vp);
+            Tensor x = headX.narrowRows(r0, rows);
+            k.linearForward(logits, x, head, null, rows, c, vocabLocal);
+            crossEntropy.forward(logits, losses.slice(r0, rows), targets.slice(r0, rows), rows, true, gradScale / n);
+            k.linearBackward(dheadX.narrowRows(r0, rows), false, dhead, null, logits, x, head, rows, c, vocabLocal);
         }
+        headInput.backward(dheadX, dnormF);
         k.fill(dresid, 0f);
         if (cfg.family() == ModelConfig.Family.LLAMA) {
-            k.rmsNormBackward(dresid, params.grad("norm_f.w"), dnormF, last, params.weight("norm_f.w"), rstdF, n, c);
+            k.rmsNormBackward(dresid, params.grad("norm_f.w"), dnormF, last, params.weight("norm_f.w"), rstdF, nl, c);
         } else {
             k.layerNormBackward(dresid, params.grad("norm_f.w"), params.grad("norm_f.b"), dnormF, last,
-                    params.weight("norm_f.w"), meanF, rstdF, n, c);
+                    params.weight("norm_f.w"), meanF, rstdF, nl, c);
         }
         for (int i = blocks.size() - 1; i >= 0; i--) {
             blocks.get(i).backward(dresid, scratch);
         }
-        k.embeddingBackward(params.grad("embed"), cfg.family() == ModelConfig.Family.GPT2 ? params.grad("pos") : null,
-                dresid, inputs, n, t, c);
+        if (cfg.family() == ModelConfig.Family.GPT2) {
+            VocabParallelEmbedding.positionsBackward(params.grad("pos"), dresid, tp.firstLocalRow(n), nl, t, c);
+        }
+        embedding.backward(dresid, inputs, n);
         return meanLoss(n);
+    }
+
+    /**
+     * Completes the gradients after the last micro-batch of a step: under sequence parallelism the
+     * replicated parameters that act on the residual stream (norms, position embeddings) saw only this
+     * rank's rows, so their gradients are summed over the TP group (forgetting this is the classic SP bug).
+     * Without SP (and at TP = 1) it does nothing. Call it exactly once per step, before the data-parallel
+     * reduction and the gradient norm.
+     */
+    public void finishGradients() {
+        if (!tp.sequenceParallel()) {
+            return;
+        }
+        long total = 0;
+        for (ParameterSet.Param p : params.params()) {
+            total += p.tp() == TpRole.SEQUENCE ? p.numel() : 0;
+        }
+        Tensor packed = ws.get("sequence.grads", 1, Math.toIntExact(total));
+        long at = 0;
+        for (ParameterSet.Param p : params.params()) {
+            if (p.tp() == TpRole.SEQUENCE) {
+                packed.hostBuffer().position(Math.toIntExact(4 * at)).put(params.grad(p.name()).hostBuffer());
+                at += p.numel();
+            }
+        }
+        tp.group().allReduce(packed, ReduceOp.SUM);
+        at = 0;
+        for (ParameterSet.Param p : params.params()) {
+            if (p.tp() == TpRole.SEQUENCE) {
+                params.grad(p.name()).hostBuffer().put(packed.slice(at, Math.toIntExact(p.numel())).hostBuffer());
+                at += p.numel();
+            }
+        }
+    }
+
+    /**
+     * The squared L2 norm of the whole model's gradient, the same on every TP rank: split parameters count
+     * on every rank (each holds a different slice), replicated ones only on TP rank 0, so nothing is
+     * counted twice (Megatron's {@code param_is_not_tensor_parallel_duplicate}). At TP = 1 this is the
+     * sum of squares of the gradient block.
+     */
+    public double gradSquaredNorm() {
+        double local;
+        if (tp.rank() == 0) {
+            local = k.sumOfSquares(params.grads());
+        } else {
+            local = 0;
+            for (ParameterSet.Param p : params.params()) {
+                if (p.tp() == TpRole.SPLIT) {
+                    local += k.sumOfSquares(params.grad(p.name()));
+                }
+            }
+        }
+        return tp.sumScalar(local);
     }
 
     /** Forward only: the mean cross-entropy in nats of a batch; {@code lossesOut} (if non-null) gets each token's. */
     public double loss(int[] samples, int b, int t, float[] lossesOut) {
         loadBatch(samples, b, t);
-        forwardBlocks();
+        forwardBlocks(null);
         int n = b * t;
         for (int r0 = 0; r0 < n; r0 += chunkRows()) {
             int rows = Math.min(chunkRows(), n - r0);
-            k.linearForward(logits, normF.narrowRows(r0, rows), params.weight(headName), null, rows, cfg.hidden(),
-                    cfg.paddedVocab());
-            k.crossEntropyForward(logits, losses.slice(r0, rows), targets.slice(r0, rows), rows, cfg.vocabSize(),
-                    cfg.paddedVocab());
+            k.linearForward(logits, headX.narrowRows(r0, rows), params.weight(headName), null, rows, cfg.hidden(), vocabLocal);
+            crossEntropy.forward(logits, losses.slice(r0, rows), targets.slice(r0, rows), rows, false, 0f);
         }
         if (lossesOut != null) {
             losses.floats().get(0, lossesOut, 0, n);
@@ -267,18 +435,23 @@ public final class Transformer {
         return meanLoss(n);
     }
 
-    /** Forward only: logits [b*t, vocabSize] (padding removed) for samples of t+1 tokens. For tests and tools. */
+    /**
+     * Forward only: logits [b*t, vocabSize] (padding removed) for samples of t+1 tokens, gathered from the
+     * vocabulary shards onto every rank. For tests and tools.
+     */
     public float[] logits(int[] samples, int b, int t) {
         loadBatch(samples, b, t);
-        forwardBlocks();
+        forwardBlocks(null);
         int n = b * t;
         int v = cfg.vocabSize();
-        int vp = cfg.paddedVocab();
+        int vp = vocabLocal * tp.size();
         float[] out = new float[n * v];
         for (int r0 = 0; r0 < n; r0 += chunkRows()) {
             int rows = Math.min(chunkRows(), n - r0);
-            k.linearForward(logits, normF.narrowRows(r0, rows), params.weight(headName), null, rows, cfg.hidden(), vp);
-            FloatBuffer z = logits.floats();
+            k.linearForward(logits, headX.narrowRows(r0, rows), params.weight(headName), null, rows, cfg.hidden(), vocabLocal);
+            Tensor full = ws.get("logits.full", rows, vp);
+            new Mappings.GatherFromTensorRegion(tp, rows, vocabLocal).forward(logits.slice(0, rows * vocabLocal), full);
+            FloatBuffer z = full.floats();
             for (int r = 0; r < rows; r++) {
                 z.get(r * vp, out, (r0 + r) * v, v);
             }

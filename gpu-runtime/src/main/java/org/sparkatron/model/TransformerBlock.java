@@ -1,88 +1,134 @@
 package org.sparkatron.model;
 
 import org.sparkatron.device.Kernels;
+import org.sparkatron.model.ParameterSet.TpRole;
+import org.sparkatron.parallel.ColumnParallelLinear;
+import org.sparkatron.parallel.DropoutRng;
+import org.sparkatron.parallel.RowParallelLinear;
+import org.sparkatron.parallel.TensorParallel;
+import org.sparkatron.parallel.Workspace;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
 /**
- * One pre-norm transformer block, llm.c style: it owns views of its parameters and gradients and the
- * activations its backward needs; {@link #forward} and {@link #backward} take the same arguments and the
- * backward runs the forward's steps in reverse.
+ * One pre-norm transformer block, llm.c style, on one tensor-parallel rank (TP = 1 is the same code with
+ * identity mappings): it owns views of its parameters and gradients and the activations its backward
+ * needs; {@link #forward} and {@link #backward} run the same steps in opposite order.
  *
  * <pre>
- *   GPT-2:  x -> LayerNorm -> QKV(+b) -> causal attention -> out(+b) -> +x = r
- *           r -> LayerNorm -> fc(+b) -> GELU(tanh) -> proj(+b) -> +r = y
- *   Llama:  x -> RMSNorm -> QKV -> RoPE(q,k) -> causal GQA attention -> out -> +x = r
- *           r -> RMSNorm -> [gate|up] -> silu(gate)*up -> down -> +r = y
+ *   GPT-2:  x -> LayerNorm -> QKV(+b) -> causal attention -> out(+b) -> dropout -> +x = r
+ *           r -> LayerNorm -> fc(+b) -> GELU(tanh) -> proj(+b) -> dropout -> +r = y
+ *   Llama:  x -> RMSNorm -> QKV -> RoPE(q,k) -> causal GQA attention -> out -> dropout -> +x = r
+ *           r -> RMSNorm -> [gate|up] -> silu(gate)*up -> down -> dropout -> +r = y
  * </pre>
- * Shapes: N = B*T rows, C hidden, H heads, Hkv kv-heads, hd head dim, F MLP hidden.
+ * Megatron's split: QKV and fc / [gate|up] are column-parallel (each rank holds H/tp query heads and
+ * Hkv/tp key/value heads, F/tp MLP columns, and for Llama its slice of gate AND its slice of up);
+ * out and proj / down are row-parallel (bias added once, after the reduction). Norms, dropout and
+ * residuals act on the residual stream: all N = B*T rows, or this rank's N/tp rows under sequence
+ * parallelism. Shapes below: Nl residual rows, Hl = H/tp, Hkvl = Hkv/tp, Fl = F/tp, hd head dim.
  */
 final class TransformerBlock {
     private final ModelConfig cfg;
     private final Kernels k;
     private final ParameterSet ps;
+    private final TensorParallel tp;
     private final String p; // parameter name prefix "layers.{i}."
+    private final int index;
     private final Tensor ropeCos;
     private final Tensor ropeSin;
+    private final int hl;
+    private final int kvl;
+    private final int fl;
+    private final ColumnParallelLinear qkvLayer;
+    private final RowParallelLinear outLayer;
+    private final ColumnParallelLinear upLayer;
+    private final RowParallelLinear downLayer;
 
     // activations for the current (B, T), saved by forward for backward
     private int b;
     private int t;
-    private Tensor input;     // [N, C]  not owned: the previous block's output
-    private Tensor norm1;     // [N, C]
-    private Tensor mean1;     // [N]     (LayerNorm only)
-    private Tensor rstd1;     // [N]
-    private Tensor qkv;       // [N, (H + 2 Hkv) hd], after RoPE
-    private Tensor att;       // [N, H hd]
-    private Tensor lse;       // [B, H, T]
-    private Tensor attProj;   // [N, C]
-    private Tensor resid;     // [N, C]  x + attention branch
-    private Tensor norm2;     // [N, C]
-    private Tensor mean2;     // [N]
-    private Tensor rstd2;     // [N]
-    private Tensor up;        // [N, F] (GPT-2) or [N, 2F] (Llama: gate | up)
-    private Tensor act;       // [N, F]
-    private Tensor down;      // [N, C]
-    private Tensor output;    // [N, C]  resid + MLP branch
+    private int nl;           // residual rows on this rank
+    private Tensor input;     // [Nl, C]  not owned: the previous block's output
+    private Tensor norm1;     // [Nl, C]
+    private Tensor mean1;     // [Nl]     (LayerNorm only)
+    private Tensor rstd1;     // [Nl]
+    private Tensor qkv;       // [N, (Hl + 2 Hkvl) hd], after RoPE
+    private Tensor att;       // [N, Hl hd]
+    private Tensor lse;       // [B, Hl, T]
+    private Tensor attProj;   // [Nl, C]
+    private Tensor resid;     // [Nl, C]  x + attention branch
+    private Tensor norm2;     // [Nl, C]
+    private Tensor mean2;     // [Nl]
+    private Tensor rstd2;     // [Nl]
+    private Tensor up;        // [N, Fl] (GPT-2) or [N, 2 Fl] (Llama: gate | up)
+    private Tensor act;       // [N, Fl]
+    private Tensor down;      // [Nl, C]
+    private Tensor output;    // [Nl, C]  resid + MLP branch
+    private DropoutRng dropout;
+    private long dropoutStep;
+    private long dropoutRowOffset;
 
-    TransformerBlock(ModelConfig cfg, Kernels k, ParameterSet ps, int index, Tensor ropeCos, Tensor ropeSin) {
+    TransformerBlock(ModelConfig cfg, Kernels k, ParameterSet ps, int index, Tensor ropeCos, Tensor ropeSin,
+                     TensorParallel tp, Workspace ws) {
         this.cfg = cfg;
         this.k = k;
         this.ps = ps;
+        this.tp = tp;
+        this.index = index;
         this.p = "layers." + index + ".";
         this.ropeCos = ropeCos;
         this.ropeSin = ropeSin;
+        this.hl = cfg.heads() / tp.size();
+        this.kvl = cfg.kvHeads() / tp.size();
+        this.fl = cfg.ffnHidden() / tp.size();
+        int c = cfg.hidden();
+        int hd = cfg.headDim();
+        qkvLayer = new ColumnParallelLinear(tp, k, c, (hl + 2 * kvl) * hd, w("attn.qkv.w"), w("attn.qkv.b"),
+                g("attn.qkv.w"), g("attn.qkv.b"), false, ws);
+        outLayer = new RowParallelLinear(tp, k, hl * hd, c, w("attn.out.w"), w("attn.out.b"), g("attn.out.w"),
+                g("attn.out.b"), ws);
+        upLayer = new ColumnParallelLinear(tp, k, c, upWidth(), w("mlp.up.w"), w("mlp.up.b"), g("mlp.up.w"),
+                g("mlp.up.b"), false, ws);
+        downLayer = new RowParallelLinear(tp, k, fl, c, w("mlp.down.w"), w("mlp.down.b"), g("mlp.down.w"),
+                g("mlp.down.b"), ws);
     }
 
-    /** Declares this block's parameters in layout order. */
-    static void declare(ParameterSet.Builder bld, ModelConfig cfg, int index) {
+    private int upWidth() {
+        return cfg.family() == ModelConfig.Family.LLAMA ? 2 * fl : fl;
+    }
+
+    /** Declares this block's parameters (this rank's shards for a TP group of {@code tpSize}) in layout order. */
+    static void declare(ParameterSet.Builder bld, ModelConfig cfg, int index, int tpSize) {
         String p = "layers." + index + ".";
         int c = cfg.hidden();
+        int hd = cfg.headDim();
         boolean bias = cfg.family().hasBiases();
-        int upRows = cfg.family() == ModelConfig.Family.LLAMA ? 2 * cfg.ffnHidden() : cfg.ffnHidden();
-        bld.add(p + "norm1.w", c);
+        int fl = cfg.ffnHidden() / tpSize;
+        int upRows = cfg.family() == ModelConfig.Family.LLAMA ? 2 * fl : fl;
+        int qkvRows = (cfg.heads() + 2 * cfg.kvHeads()) / tpSize * hd;
+        bld.add(p + "norm1.w", TpRole.SEQUENCE, c);
         if (bias) {
-            bld.add(p + "norm1.b", c);
+            bld.add(p + "norm1.b", TpRole.SEQUENCE, c);
         }
-        bld.add(p + "attn.qkv.w", cfg.qkvWidth(), c);
+        bld.add(p + "attn.qkv.w", TpRole.SPLIT, qkvRows, c);
         if (bias) {
-            bld.add(p + "attn.qkv.b", cfg.qkvWidth());
+            bld.add(p + "attn.qkv.b", TpRole.SPLIT, qkvRows);
         }
-        bld.add(p + "attn.out.w", c, cfg.heads() * cfg.headDim());
+        bld.add(p + "attn.out.w", TpRole.SPLIT, c, cfg.heads() / tpSize * hd);
         if (bias) {
-            bld.add(p + "attn.out.b", c);
+            bld.add(p + "attn.out.b", TpRole.REPLICATED, c);
         }
-        bld.add(p + "norm2.w", c);
+        bld.add(p + "norm2.w", TpRole.SEQUENCE, c);
         if (bias) {
-            bld.add(p + "norm2.b", c);
+            bld.add(p + "norm2.b", TpRole.SEQUENCE, c);
         }
-        bld.add(p + "mlp.up.w", upRows, c);
+        bld.add(p + "mlp.up.w", TpRole.SPLIT, upRows, c);
         if (bias) {
-            bld.add(p + "mlp.up.b", upRows);
+            bld.add(p + "mlp.up.b", TpRole.SPLIT, upRows);
         }
-        bld.add(p + "mlp.down.w", c, cfg.ffnHidden());
+        bld.add(p + "mlp.down.w", TpRole.SPLIT, c, fl);
         if (bias) {
-            bld.add(p + "mlp.down.b", c);
+            bld.add(p + "mlp.down.b", TpRole.REPLICATED, c);
         }
     }
 
@@ -94,101 +140,119 @@ final class TransformerBlock {
         this.b = b;
         this.t = t;
         int n = b * t;
+        this.nl = tp.localRows(n);
         int c = cfg.hidden();
-        int f = cfg.ffnHidden();
-        boolean llama = cfg.family() == ModelConfig.Family.LLAMA;
-        norm1 = Tensor.allocateHost(DType.F32, n, c);
-        mean1 = Tensor.allocateHost(DType.F32, n);
-        rstd1 = Tensor.allocateHost(DType.F32, n);
-        qkv = Tensor.allocateHost(DType.F32, n, cfg.qkvWidth());
-        att = Tensor.allocateHost(DType.F32, n, cfg.heads() * cfg.headDim());
-        lse = Tensor.allocateHost(DType.F32, b, cfg.heads(), t);
-        attProj = Tensor.allocateHost(DType.F32, n, c);
-        resid = Tensor.allocateHost(DType.F32, n, c);
-        norm2 = Tensor.allocateHost(DType.F32, n, c);
-        mean2 = Tensor.allocateHost(DType.F32, n);
-        rstd2 = Tensor.allocateHost(DType.F32, n);
-        up = Tensor.allocateHost(DType.F32, n, llama ? 2 * f : f);
-        act = Tensor.allocateHost(DType.F32, n, f);
-        down = Tensor.allocateHost(DType.F32, n, c);
-        output = Tensor.allocateHost(DType.F32, n, c);
+        int hd = cfg.headDim();
+        norm1 = Tensor.allocateHost(DType.F32, nl, c);
+        mean1 = Tensor.allocateHost(DType.F32, nl);
+        rstd1 = Tensor.allocateHost(DType.F32, nl);
+        qkv = Tensor.allocateHost(DType.F32, n, (hl + 2 * kvl) * hd);
+        att = Tensor.allocateHost(DType.F32, n, hl * hd);
+        lse = Tensor.allocateHost(DType.F32, b, hl, t);
+        attProj = Tensor.allocateHost(DType.F32, nl, c);
+        resid = Tensor.allocateHost(DType.F32, nl, c);
+        norm2 = Tensor.allocateHost(DType.F32, nl, c);
+        mean2 = Tensor.allocateHost(DType.F32, nl);
+        rstd2 = Tensor.allocateHost(DType.F32, nl);
+        up = Tensor.allocateHost(DType.F32, n, upWidth());
+        act = Tensor.allocateHost(DType.F32, n, fl);
+        down = Tensor.allocateHost(DType.F32, nl, c);
+        output = Tensor.allocateHost(DType.F32, nl, c);
     }
 
     Tensor output() {
         return output;
     }
 
-    /** x [N, C] -> output() [N, C]. */
-    void forward(Tensor x) {
+    /**
+     * x [Nl, C] -> output() [Nl, C]. {@code dropout} (null: none) drops elements of the two branch outputs
+     * before the residual adds, with masks keyed by {@code step}, this layer and the global row (this
+     * rank's first row plus {@code rowOffset}, the replica's first row in the global batch).
+     */
+    void forward(Tensor x, DropoutRng dropout, long step, long rowOffset) {
         int n = b * t;
         int c = cfg.hidden();
-        int f = cfg.ffnHidden();
         int hd = cfg.headDim();
+        this.dropout = dropout;
+        this.dropoutStep = step;
+        this.dropoutRowOffset = rowOffset;
         input = x;
         norm(norm1, mean1, rstd1, x, "norm1");
-        k.linearForward(qkv, norm1, w("attn.qkv.w"), w("attn.qkv.b"), n, c, cfg.qkvWidth());
+        qkvLayer.forward(norm1, n, qkv);
         if (cfg.family().usesRope()) {
-            k.rope(qkv, ropeCos, ropeSin, b, t, cfg.heads(), cfg.kvHeads(), hd, false);
+            k.rope(qkv, ropeCos, ropeSin, b, t, hl, kvl, hd, false);
         }
-        k.attentionForward(att, lse, qkv, b, t, cfg.heads(), cfg.kvHeads(), hd);
-        k.linearForward(attProj, att, w("attn.out.w"), w("attn.out.b"), n, cfg.heads() * hd, c);
-        k.add(resid, x, attProj, (long) n * c);
+        k.attentionForward(att, lse, qkv, b, t, hl, kvl, hd);
+        outLayer.forward(att, n, attProj);
+        drop(attProj, 0);
+        k.add(resid, x, attProj, (long) nl * c);
         norm(norm2, mean2, rstd2, resid, "norm2");
+        upLayer.forward(norm2, n, up);
         if (cfg.family() == ModelConfig.Family.LLAMA) {
-            k.linearForward(up, norm2, w("mlp.up.w"), null, n, c, 2 * f);
-            k.swigluForward(act, up, n, f);
+            k.swigluForward(act, up, n, fl);
         } else {
-            k.linearForward(up, norm2, w("mlp.up.w"), w("mlp.up.b"), n, c, f);
-            k.geluForward(act, up, (long) n * f);
+            k.geluForward(act, up, (long) n * fl);
         }
-        k.linearForward(down, act, w("mlp.down.w"), w("mlp.down.b"), n, f, c);
-        k.add(output, resid, down, (long) n * c);
+        downLayer.forward(act, n, down);
+        drop(down, 1);
+        k.add(output, resid, down, (long) nl * c);
+    }
+
+    private void drop(Tensor x, int site) {
+        if (dropout != null) {
+            dropout.apply(x, dropoutStep, 2 * index + site, dropoutRowOffset + tp.firstLocalRow(b * t), nl, cfg.hidden());
+        }
+    }
+
+    /** The gradient reaching a dropped branch output: a copy of dresid through the mask (or dresid itself). */
+    private Tensor dropBackward(Tensor dresid, BackwardScratch s, int site) {
+        if (dropout == null) {
+            return dresid;
+        }
+        s.drop.hostBuffer().put(dresid.hostBuffer());
+        drop(s.drop, site);
+        return s.drop;
     }
 
     /**
-     * In: {@code dresid} [N, C] holds dLoss/d(output). Out: it holds dLoss/d(input). Parameter gradients
+     * In: {@code dresid} [Nl, C] holds dLoss/d(output). Out: it holds dLoss/d(input). Parameter gradients
      * are accumulated. {@code s} is the model's shared backward scratch.
      */
     void backward(Tensor dresid, BackwardScratch s) {
         int n = b * t;
-        int c = cfg.hidden();
-        int f = cfg.ffnHidden();
         int hd = cfg.headDim();
-        // MLP branch: output = resid + down(act(up(norm2(resid))))
-        k.linearBackward(s.act, false, g("mlp.down.w"), g("mlp.down.b"), dresid, act, w("mlp.down.w"), n, f, c);
+        // MLP branch: output = resid + dropout(down(act(up(norm2(resid)))))
+        downLayer.backward(dropBackward(dresid, s, 1), s.act);
         if (cfg.family() == ModelConfig.Family.LLAMA) {
-            k.swigluBackward(s.up, s.act, up, n, f);
-            k.linearBackward(s.norm, false, g("mlp.up.w"), null, s.up, norm2, w("mlp.up.w"), n, c, 2 * f);
+            k.swigluBackward(s.up, s.act, up, n, fl);
         } else {
-            k.geluBackward(s.up, s.act, up, (long) n * f);
-            k.linearBackward(s.norm, false, g("mlp.up.w"), g("mlp.up.b"), s.up, norm2, w("mlp.up.w"), n, c, f);
+            k.geluBackward(s.up, s.act, up, (long) n * fl);
         }
+        upLayer.backward(s.up, s.norm);
         normBackward(dresid, s.norm, resid, mean2, rstd2, "norm2"); // dresid += d through norm2
-        // attention branch: resid = input + out(attention(qkv(norm1(input))))
-        k.linearBackward(s.att, false, g("attn.out.w"), g("attn.out.b"), dresid, att, w("attn.out.w"), n, cfg.heads() * hd, c);
-        k.attentionBackward(s.qkv, s.att, att, lse, qkv, b, t, cfg.heads(), cfg.kvHeads(), hd);
+        // attention branch: resid = input + dropout(out(attention(qkv(norm1(input)))))
+        outLayer.backward(dropBackward(dresid, s, 0), s.att);
+        k.attentionBackward(s.qkv, s.att, att, lse, qkv, b, t, hl, kvl, hd);
         if (cfg.family().usesRope()) {
-            k.rope(s.qkv, ropeCos, ropeSin, b, t, cfg.heads(), cfg.kvHeads(), hd, true);
+            k.rope(s.qkv, ropeCos, ropeSin, b, t, hl, kvl, hd, true);
         }
-        k.linearBackward(s.norm, false, g("attn.qkv.w"), g("attn.qkv.b"), s.qkv, norm1, w("attn.qkv.w"), n, c, cfg.qkvWidth());
+        qkvLayer.backward(s.qkv, s.norm);
         normBackward(dresid, s.norm, input, mean1, rstd1, "norm1");
     }
 
     private void norm(Tensor out, Tensor mean, Tensor rstd, Tensor x, String name) {
-        int n = b * t;
         if (cfg.family() == ModelConfig.Family.LLAMA) {
-            k.rmsNormForward(out, rstd, x, w(name + ".w"), n, cfg.hidden(), cfg.normEps());
+            k.rmsNormForward(out, rstd, x, w(name + ".w"), nl, cfg.hidden(), cfg.normEps());
         } else {
-            k.layerNormForward(out, mean, rstd, x, w(name + ".w"), w(name + ".b"), n, cfg.hidden(), cfg.normEps());
+            k.layerNormForward(out, mean, rstd, x, w(name + ".w"), w(name + ".b"), nl, cfg.hidden(), cfg.normEps());
         }
     }
 
     private void normBackward(Tensor dx, Tensor dout, Tensor x, Tensor mean, Tensor rstd, String name) {
-        int n = b * t;
         if (cfg.family() == ModelConfig.Family.LLAMA) {
-            k.rmsNormBackward(dx, g(name + ".w"), dout, x, w(name + ".w"), rstd, n, cfg.hidden());
+            k.rmsNormBackward(dx, g(name + ".w"), dout, x, w(name + ".w"), rstd, nl, cfg.hidden());
         } else {
-            k.layerNormBackward(dx, g(name + ".w"), g(name + ".b"), dout, x, w(name + ".w"), mean, rstd, n, cfg.hidden());
+            k.layerNormBackward(dx, g(name + ".w"), g(name + ".b"), dout, x, w(name + ".w"), mean, rstd, nl, cfg.hidden());
         }
     }
 
@@ -204,19 +268,24 @@ final class TransformerBlock {
 
     /** Backward scratch shared by all blocks of a model (only one block runs backward at a time). */
     static final class BackwardScratch {
-        final Tensor norm;  // [N, C]
-        final Tensor qkv;   // [N, (H + 2 Hkv) hd]
-        final Tensor att;   // [N, H hd]
-        final Tensor up;    // [N, F] or [N, 2F]
-        final Tensor act;   // [N, F]
+        final Tensor norm;  // [Nl, C]
+        final Tensor qkv;   // [N, (Hl + 2 Hkvl) hd]
+        final Tensor att;   // [N, Hl hd]
+        final Tensor up;    // [N, Fl] or [N, 2 Fl]
+        final Tensor act;   // [N, Fl]
+        final Tensor drop;  // [Nl, C] gradient through a dropout mask
 
-        BackwardScratch(ModelConfig cfg, int n) {
+        BackwardScratch(ModelConfig cfg, TensorParallel tp, int n) {
             boolean llama = cfg.family() == ModelConfig.Family.LLAMA;
-            norm = Tensor.allocateHost(DType.F32, n, cfg.hidden());
-            qkv = Tensor.allocateHost(DType.F32, n, cfg.qkvWidth());
-            att = Tensor.allocateHost(DType.F32, n, cfg.heads() * cfg.headDim());
-            up = Tensor.allocateHost(DType.F32, n, llama ? 2 * cfg.ffnHidden() : cfg.ffnHidden());
-            act = Tensor.allocateHost(DType.F32, n, cfg.ffnHidden());
+            int nl = tp.localRows(n);
+            int hd = cfg.headDim();
+            int fl = cfg.ffnHidden() / tp.size();
+            norm = Tensor.allocateHost(DType.F32, nl, cfg.hidden());
+            qkv = Tensor.allocateHost(DType.F32, n, (cfg.heads() + 2 * cfg.kvHeads()) / tp.size() * hd);
+            att = Tensor.allocateHost(DType.F32, n, cfg.heads() / tp.size() * hd);
+            up = Tensor.allocateHost(DType.F32, n, llama ? 2 * fl : fl);
+            act = Tensor.allocateHost(DType.F32, n, fl);
+            drop = Tensor.allocateHost(DType.F32, nl, cfg.hidden());
         }
     }
 }

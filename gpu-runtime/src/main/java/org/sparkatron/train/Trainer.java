@@ -7,8 +7,10 @@ import org.sparkatron.optim.LrSchedule;
 
 /**
  * The training loop of one rank: pull a batch, forward and backward (with optional gradient accumulation
- * over micro-batches), synchronise gradients with the other ranks ({@link GradientSync}), clip by global
- * norm, step AdamW on the schedule. Blocking, single-threaded (kernels may use BLAS threads);
+ * over micro-batches), complete the tensor-parallel gradients ({@link Transformer#finishGradients}),
+ * synchronise gradients with the data-parallel replicas ({@link GradientSync}), clip by the global norm
+ * over the whole (tensor-parallel) model, step AdamW on the schedule. Under tensor parallelism every rank
+ * of a TP group must be given the same batches. Blocking, single-threaded (kernels may use BLAS threads);
  * deterministic given the model, data and options.
  */
 public final class Trainer {
@@ -76,9 +78,10 @@ public final class Trainer {
             }
             loss += model.forwardBackward(batchTokens, opt.batch(), seqLen, 1f / opt.microBatches()) / opt.microBatches();
         }
+        model.finishGradients(); // sequence-parallel norm/position gradients summed over the TP group
         sync.syncGradients(model.params().grads());
         loss = sync.averageScalar(loss);
-        double norm = Math.sqrt(model.kernels().sumOfSquares(model.params().grads()));
+        double norm = Math.sqrt(model.gradSquaredNorm()); // TP-replicated parameters counted once
         if (!Double.isFinite(loss) || !Double.isFinite(norm)) {
             throw new IllegalStateException("step " + (adam.step() + 1) + ": non-finite loss " + loss + " or gradient norm "
                     + norm + "; the learning rate may be too high");

@@ -12,8 +12,22 @@ import org.sparkatron.tensor.Tensor;
  * <p>Operands are passed by address: nothing is copied through the Java heap. OpenBLAS's thread count is
  * process-wide ({@link #setThreads}); with several ranks per JVM give each rank one thread. Calls are
  * thread-safe and blocking.
+ *
+ * <p>Small GEMMs (under {@link #SMALL_GEMM_FLOPS}, such as one attention head's score matrix) run on one
+ * thread: OpenBLAS's fork/join per call costs more than it saves there, and on a busy machine its
+ * spinning workers made attention 10-40x slower (measured here: 22 ms per layer on one thread against
+ * 250-860 ms on two, with other processes on the cores). Thread counts never change results: OpenBLAS
+ * splits M and N across threads, never the K reduction.
  */
 public final class Blas {
+    /** GEMMs below this many flops (2 m n k) use one thread. */
+    static final long SMALL_GEMM_FLOPS = 64L << 20;
+
+    // OpenBLAS's own state is process-wide, so these are too: the thread count asked for, and the one
+    // last set. A race between ranks only costs speed (an extra set, or a call at the other count).
+    private static volatile int configured = openblas_nolapack.blas_get_num_threads();
+    private static volatile int current = configured;
+
     private Blas() {
     }
 
@@ -29,11 +43,22 @@ public final class Blas {
         if (threads < 1) {
             throw new IllegalArgumentException("BLAS thread count must be >= 1, got " + threads);
         }
+        configured = threads;
+        current = threads;
         openblas_nolapack.blas_set_num_threads(threads);
     }
 
+    /** The thread count large GEMMs use. */
     public static int threads() {
-        return openblas_nolapack.blas_get_num_threads();
+        return configured;
+    }
+
+    private static void useThreadsFor(long flops) {
+        int want = flops < SMALL_GEMM_FLOPS ? 1 : configured;
+        if (want != current) {
+            current = want;
+            openblas_nolapack.blas_set_num_threads(want);
+        }
     }
 
     /**
@@ -50,6 +75,7 @@ public final class Blas {
         check(a, aOff, transA ? k : m, transA ? m : k, lda, "A");
         check(b, bOff, transB ? n : k, transB ? k : n, ldb, "B");
         check(c, cOff, m, n, ldc, "C");
+        useThreadsFor(2L * m * n * k);
         openblas_nolapack.cblas_sgemm(openblas_nolapack.CblasRowMajor,
                 transA ? openblas_nolapack.CblasTrans : openblas_nolapack.CblasNoTrans,
                 transB ? openblas_nolapack.CblasTrans : openblas_nolapack.CblasNoTrans,

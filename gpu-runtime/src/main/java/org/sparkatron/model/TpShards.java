@@ -1,0 +1,150 @@
+package org.sparkatron.model;
+
+import java.nio.ByteBuffer;
+import java.util.ArrayList;
+import java.util.List;
+import org.sparkatron.model.ParameterSet.TpRole;
+import org.sparkatron.parallel.TensorParallel;
+import org.sparkatron.tensor.DType;
+import org.sparkatron.tensor.Tensor;
+
+/**
+ * Which elements of the full (TP = 1) parameters each tensor-parallel rank holds, and the copies between
+ * the two layouts: {@link #scatter} (a rank takes its shard, e.g. from a Hugging Face checkpoint loaded
+ * in full) and {@link #gather} (every rank rebuilds the full parameters, e.g. to save or compare them).
+ *
+ * <p>Shards, for rank r of tp (Hl = H/tp, Hkvl = Hkv/tp, Fl = F/tp, Vl = padded vocab / tp):
+ * <ul>
+ *   <li>embed, head: vocabulary rows [r Vl, (r+1) Vl) (rows past the full padded vocabulary are zero);
+ *   <li>attn.qkv.w/b: query rows of heads [r Hl, (r+1) Hl), then key rows and value rows of kv-heads
+ *       [r Hkvl, (r+1) Hkvl): the local tensor is again [q | k | v];
+ *   <li>attn.out.w: columns of heads [r Hl, (r+1) Hl);
+ *   <li>mlp.up.w/b: rows [r Fl, (r+1) Fl); for Llama's fused [gate | up] both the gate rows and the up rows
+ *       [F + r Fl, F + (r+1) Fl), so the local tensor is again [gate | up];
+ *   <li>mlp.down.w: columns [r Fl, (r+1) Fl);
+ *   <li>everything else: replicated.
+ * </ul>
+ * Stateless; {@link #gather} is a TP collective.
+ */
+public final class TpShards {
+    private TpShards() {
+    }
+
+    /** A run of {@code length} elements at {@code full} in the full parameter and {@code local} in the shard. */
+    record Segment(long full, long local, long length) {
+    }
+
+    /** The segments of {@code full} that rank {@code rank} of {@code size} holds in {@code local}. */
+    static List<Segment> segments(ModelConfig cfg, ParameterSet.Param full, ParameterSet.Param local, int rank, int size) {
+        List<Segment> out = new ArrayList<>();
+        String n = full.name();
+        if (local.tp() != TpRole.SPLIT) {
+            out.add(new Segment(0, 0, full.numel()));
+            return out;
+        }
+        int c = cfg.hidden();
+        int hd = cfg.headDim();
+        if (n.equals("embed") || n.equals("head")) {
+            long rows = local.shape()[0];
+            long fullRows = full.shape()[0];
+            long first = rank * rows;
+            long count = Math.max(0, Math.min(rows, fullRows - first));
+            out.add(new Segment(first * c, 0, count * c));
+        } else if (n.endsWith("attn.qkv.w") || n.endsWith("attn.qkv.b")) {
+            long rowLen = n.endsWith(".w") ? c : 1;
+            int hl = cfg.heads() / size;
+            int kvl = cfg.kvHeads() / size;
+            long qRows = (long) hl * hd;
+            long kvRows = (long) kvl * hd;
+            out.add(new Segment(rank * qRows * rowLen, 0, qRows * rowLen));
+            out.add(new Segment(((long) cfg.heads() * hd + rank * kvRows) * rowLen, qRows * rowLen, kvRows * rowLen));
+            out.add(new Segment(((long) (cfg.heads() + cfg.kvHeads()) * hd + rank * kvRows) * rowLen,
+                    (qRows + kvRows) * rowLen, kvRows * rowLen));
+        } else if (n.endsWith("mlp.up.w") || n.endsWith("mlp.up.b")) {
+            long rowLen = n.endsWith(".w") ? c : 1;
+            long fl = cfg.ffnHidden() / size;
+            out.add(new Segment(rank * fl * rowLen, 0, fl * rowLen));
+            if (cfg.family() == ModelConfig.Family.LLAMA) {
+                out.add(new Segment(((long) cfg.ffnHidden() + rank * fl) * rowLen, fl * rowLen, fl * rowLen));
+            }
+        } else if (n.endsWith("attn.out.w") || n.endsWith("mlp.down.w")) {
+            long fullCols = full.shape()[1];
+            long cols = local.shape()[1];
+            for (long row = 0; row < c; row++) {
+                out.add(new Segment(row * fullCols + rank * cols, row * cols, cols));
+            }
+        } else {
+            throw new IllegalStateException("no tensor-parallel split is defined for parameter '" + n + "'");
+        }
+        return out;
+    }
+
+    /**
+     * Copies rank {@code rank}'s shard of every parameter (or gradient, with {@code grads}) from a full
+     * TP = 1 set into {@code local}; local elements no full element maps to (vocabulary padding) are zeroed.
+     */
+    public static void scatter(ModelConfig cfg, ParameterSet full, ParameterSet local, int rank, int size, boolean grads) {
+        check(full, local);
+        for (ParameterSet.Param lp : local.params()) {
+            ParameterSet.Param fp = full.param(lp.name());
+            ByteBuffer src = (grads ? full.grad(lp.name()) : full.weight(lp.name())).hostBuffer();
+            Tensor dst = grads ? local.grad(lp.name()) : local.weight(lp.name());
+            if (lp.numel() != sum(segments(cfg, fp, lp, rank, size))) {
+                dst.floats().put(0, new float[Math.toIntExact(lp.numel())]);
+            }
+            ByteBuffer d = dst.hostBuffer();
+            for (Segment s : segments(cfg, fp, lp, rank, size)) {
+                src.limit(Math.toIntExact(4 * (s.full() + s.length()))).position(Math.toIntExact(4 * s.full()));
+                d.position(Math.toIntExact(4 * s.local()));
+                d.put(src);
+                src.clear();
+            }
+        }
+    }
+
+    /**
+     * Every rank of {@code tp} rebuilds the full TP = 1 parameters (or gradients) into {@code full} from the
+     * group's shards. Replicated parameters are taken from this rank's own copy. Collective.
+     */
+    public static void gather(ModelConfig cfg, ParameterSet local, ParameterSet full, TensorParallel tp, boolean grads) {
+        check(full, local);
+        for (ParameterSet.Param lp : local.params()) {
+            ParameterSet.Param fp = full.param(lp.name());
+            Tensor src = grads ? local.grad(lp.name()) : local.weight(lp.name());
+            ByteBuffer d = (grads ? full.grad(lp.name()) : full.weight(lp.name())).hostBuffer();
+            Tensor all = src;
+            int ranks = 1;
+            if (lp.tp() == TpRole.SPLIT && tp.size() > 1) {
+                ranks = tp.size();
+                all = Tensor.allocateHost(DType.F32, Math.toIntExact(lp.numel() * ranks));
+                tp.group().allGather(src.view(Math.toIntExact(lp.numel())), all);
+            }
+            for (int r = 0; r < ranks; r++) {
+                int rank = ranks == 1 ? tp.rank() : r;
+                ByteBuffer s = all.hostBuffer();
+                long base = ranks == 1 ? 0 : r * lp.numel();
+                for (Segment seg : segments(cfg, fp, lp, rank, tp.size())) {
+                    s.limit(Math.toIntExact(4 * (base + seg.local() + seg.length()))).position(Math.toIntExact(4 * (base + seg.local())));
+                    d.position(Math.toIntExact(4 * seg.full()));
+                    d.put(s);
+                    s.clear();
+                }
+            }
+        }
+    }
+
+    private static long sum(List<Segment> segs) {
+        long s = 0;
+        for (Segment g : segs) {
+            s += g.length();
+        }
+        return s;
+    }
+
+    private static void check(ParameterSet full, ParameterSet local) {
+        if (full.params().size() != local.params().size()) {
+            throw new IllegalArgumentException("full parameter set has " + full.params().size() + " parameters, the shard "
+                    + local.params().size() + ": not the same model");
+        }
+    }
+}

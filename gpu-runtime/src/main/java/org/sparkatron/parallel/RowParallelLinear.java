@@ -1,0 +1,72 @@
+package org.sparkatron.parallel;
+
+import org.sparkatron.device.Kernels;
+import org.sparkatron.tensor.Tensor;
+
+/**
+ * {@code Y = X A^T + b} with the input features split over the TP group (Megatron's
+ * {@code RowParallelLinear}, input already parallel): rank r holds columns {@code [r I/tp, (r+1) I/tp)} of
+ * {@code A [O, I]} and the matching columns of X, so its product is a partial sum of Y. The partial sums
+ * are all-reduced ({@link Mappings.ReduceFromTensorRegion}) or, under sequence parallelism,
+ * reduce-scattered into row blocks ({@link Mappings.ReduceScatterToSequenceRegion}); the bias is
+ * replicated and added ONCE, after the reduction.
+ *
+ * <p>The backward gathers dY to all rows where SP split it, so the bias gradient (a sum over all rows) is
+ * complete and identical on every rank: it needs no further reduction.
+ *
+ * <p>Threading and failure: one rank's thread; forward and backward are TP collectives.
+ */
+public final class RowParallelLinear {
+    private final TensorParallel tp;
+    private final Kernels k;
+    private final int inLocal;
+    private final int out;
+    private final Tensor w;
+    private final Tensor b;
+    private final Tensor dw;
+    private final Tensor db;
+    private final Workspace ws;
+    private final Mapping outputMap;
+
+    private int n;
+    private Tensor x;
+
+    /** @param w this rank's weight columns [out, inLocal] (contiguous); {@code b}, {@code db} may be null. */
+    public RowParallelLinear(TensorParallel tp, Kernels k, int inLocal, int out, Tensor w, Tensor b, Tensor dw, Tensor db,
+                             Workspace ws) {
+        this.tp = tp;
+        this.k = k;
+        this.inLocal = inLocal;
+        this.out = out;
+        this.w = w;
+        this.b = b;
+        this.dw = dw;
+        this.db = db;
+        this.ws = ws;
+        this.outputMap = tp.sequenceParallel() ? new Mappings.ReduceScatterToSequenceRegion(tp)
+                : new Mappings.ReduceFromTensorRegion(tp);
+    }
+
+    /**
+     * @param x [n, inLocal] this rank's input features (kept for the backward)
+     * @param y [tp.localRows(n), out]
+     */
+    public void forward(Tensor x, int n, Tensor y) {
+        this.n = n;
+        this.x = x;
+        int rows = tp.localRows(n);
+        Tensor partial = tp.sequenceParallel() ? ws.get("tp.rows", n, out) : y;
+        k.linearForward(partial, x, w, null, n, inLocal, out);
+        outputMap.forward(partial, y);
+        if (b != null) {
+            Rows.addBias(y, b, rows, out);
+        }
+    }
+
+    /** Accumulates dA and db; overwrites {@code dx} [n, inLocal]. {@code dy} is [tp.localRows(n), out]. */
+    public void backward(Tensor dy, Tensor dx) {
+        Tensor dyFull = tp.sequenceParallel() ? ws.get("tp.rows", n, out) : dy;
+        outputMap.backward(dy, dyFull);
+        k.linearBackward(dx, false, dw, db, dyFull, x, w, n, inLocal, out);
+    }
+}

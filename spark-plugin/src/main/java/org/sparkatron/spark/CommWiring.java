@@ -1,0 +1,91 @@
+package org.sparkatron.spark;
+
+import java.nio.charset.StandardCharsets;
+import java.util.Base64;
+import javax.crypto.Mac;
+import javax.crypto.spec.SecretKeySpec;
+import org.apache.spark.BarrierTaskContext;
+import org.sparkatron.comm.CommException;
+import org.sparkatron.comm.Communicator;
+import org.sparkatron.comm.Rendezvous;
+import org.sparkatron.comm.SelfCommunicator;
+import org.sparkatron.comm.tcp.TcpCommunicator;
+import org.sparkatron.comm.tcp.TcpOptions;
+
+/**
+ * Brings up a rank's world communicator inside a barrier task: the ranks publish their TCP endpoints
+ * through {@code BarrierTaskContext.allGather} (the driver's barrier coordinator) and authenticate with a
+ * key derived from the job secret and the stage attempt, so a straggler of a failed attempt can never join
+ * the retry. The only class that knows which communicator implementation Spark jobs use.
+ */
+final class CommWiring {
+    private CommWiring() {
+    }
+
+    /** Ranks meet through the barrier coordinator: one allGather of base64 blobs. Blocks until all arrive. */
+    static final class BarrierRendezvous implements Rendezvous {
+        private final BarrierTaskContext ctx;
+
+        BarrierRendezvous(BarrierTaskContext ctx) {
+            this.ctx = ctx;
+        }
+
+        @Override
+        public int rank() {
+            return ctx.partitionId();
+        }
+
+        @Override
+        public int size() {
+            return ctx.getTaskInfos().length;
+        }
+
+        @Override
+        public byte[][] allGather(byte[] mine) {
+            String[] all;
+            try {
+                all = ctx.allGather(Base64.getEncoder().encodeToString(mine));
+            } catch (RuntimeException e) {
+                throw new CommException("barrier allGather failed on rank " + rank() + ": " + e.getMessage(), -1, e);
+            }
+            byte[][] out = new byte[all.length][];
+            for (int i = 0; i < all.length; i++) {
+                out[i] = Base64.getDecoder().decode(all[i]);
+            }
+            return out;
+        }
+    }
+
+    /** The world communicator of this task's rank; blocks until every rank is connected. */
+    static Communicator connect(BarrierTaskContext ctx, byte[] jobSecret, long timeoutMs) {
+        int world = ctx.getTaskInfos().length;
+        if (world == 1) {
+            return new SelfCommunicator();
+        }
+        // the executor's address as the scheduler knows it: reachable by the other executors
+        String host = ctx.getTaskInfos()[ctx.partitionId()].address();
+        int colon = host.lastIndexOf(':');
+        if (colon > 0) {
+            host = host.substring(0, colon);
+        }
+        TcpOptions opts = TcpOptions.defaults().withHosts(isLoopback(host) ? "127.0.0.1" : "0.0.0.0", host)
+                .withTimeouts(Math.min(timeoutMs, 120_000), timeoutMs);
+        return TcpCommunicator.create(ctx.partitionId(), world, new BarrierRendezvous(ctx),
+                attemptKey(jobSecret, ctx.stageAttemptNumber()), opts);
+    }
+
+    private static boolean isLoopback(String host) {
+        return host.equals("localhost") || host.startsWith("127.");
+    }
+
+    /** HMAC-SHA256(jobSecret, "attempt:" + n): one key per stage attempt. */
+    static byte[] attemptKey(byte[] jobSecret, int attempt) {
+        try {
+            Mac mac = Mac.getInstance("HmacSHA256");
+            mac.init(new SecretKeySpec(jobSecret, "HmacSHA256"));
+            return mac.doFinal(("attempt:" + attempt).getBytes(StandardCharsets.UTF_8));
+        } catch (java.security.GeneralSecurityException e) {
+            throw new IllegalStateException("HmacSHA256 unavailable", e);
+        }
+    }
+}

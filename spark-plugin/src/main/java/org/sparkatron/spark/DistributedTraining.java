@@ -1,0 +1,195 @@
+package org.sparkatron.spark;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import java.io.IOException;
+import java.io.OutputStream;
+import java.io.PrintStream;
+import java.nio.charset.StandardCharsets;
+import java.security.SecureRandom;
+import java.util.ArrayList;
+import java.util.Comparator;
+import java.util.List;
+import org.apache.hadoop.fs.FileSystem;
+import org.apache.spark.HashPartitioner;
+import org.apache.spark.SparkConf;
+import org.apache.spark.SparkContext;
+import org.apache.spark.api.java.JavaRDD;
+import org.apache.spark.rdd.RDD;
+import org.apache.spark.rdd.ShuffledRDD;
+import org.apache.spark.sql.Dataset;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.model.Transformer;
+import scala.Tuple2;
+
+/**
+ * Runs one training job on a Spark session: validates everything on the driver, prepares the data
+ * shuffle, launches one barrier stage of exactly {@code world} tasks ({@link RankTask}) followed by a
+ * shuffle (so Spark retries the whole stage when a rank fails), shows live progress, and returns the
+ * trained model; saves it (HF layout), the per-step metrics ({@code metrics.jsonl}) and where each rank
+ * ran ({@code ranks.json}) to the output path on any Hadoop FileSystem.
+ *
+ * <p>Blocking: {@link #run} returns when the job ends; it throws IllegalArgumentException for a refused
+ * input before anything is launched, and Spark's exception if the stage fails more often than
+ * {@code spark.stage.maxConsecutiveAttempts}. Safe to call from several driver threads (each job has
+ * its own secret and progress endpoint).
+ */
+public final class DistributedTraining {
+    private static final Logger LOG = LoggerFactory.getLogger(DistributedTraining.class);
+
+    /** How long the driver waits for executors to offer enough slots before refusing (s). */
+    public static final String SLOT_WAIT_CONF = "spark.sparkatron.slotWaitSeconds";
+
+    private DistributedTraining() {
+    }
+
+    /** The outcome of a job. {@code metrics} are rank 0's per-step JSON lines of the successful attempt. */
+    public record Result(Transformer model, List<String> metrics, List<RankReport> ranks, long documents, long tokens,
+                         long samplesPerEpoch, long droppedRows, int epochs) {
+        public double firstLoss() {
+            return loss(metrics.get(0));
+        }
+
+        public double lastLoss() {
+            return loss(metrics.get(metrics.size() - 1));
+        }
+
+        public static double loss(String metricsLine) {
+            try {
+                return TrainConfig.JSON.readTree(metricsLine).get("loss").asDouble();
+            } catch (IOException e) {
+                throw new IllegalStateException(e);
+            }
+        }
+    }
+
+    /** Trains on {@code df} (column {@code cfg.inputCol}, array&lt;int&gt;); progress goes to {@code console} (may be null). */
+    public static Result run(Dataset<?> df, TrainConfig cfg, PrintStream console) {
+        SparkContext sc = df.sparkSession().sparkContext();
+        Layout.validate(cfg);
+        checkSparkSettings(sc, cfg.world());
+        TokenData.Prepared data = TokenData.prepare(df, cfg, cfg.model().vocabSize());
+        String summary = String.format(java.util.Locale.ROOT,
+                "%d documents, %d tokens, %d samples of %d tokens per epoch, %d epoch(s) for %d steps x %d samples%s",
+                data.documents(), data.tokens(), data.samplesPerEpoch(), cfg.seqLen + 1, data.epochs(), cfg.steps, cfg.globalBatch,
+                data.droppedRows() > 0 ? "; dropped " + data.droppedRows() + " bad row(s) of column '" + cfg.inputCol + "'" : "");
+        LOG.info("sparkatron: {}", summary);
+        if (console != null) {
+            console.println("[sparkatron] data: " + summary);
+            console.println("[sparkatron] launching " + cfg.world() + " rank(s) (dp=" + cfg.dp + ") in one barrier stage");
+        }
+        byte[] secret = new byte[32];
+        new SecureRandom().nextBytes(secret);
+        SparkConf conf = sc.getConf();
+        String bind = conf.get("spark.driver.bindAddress", conf.get("spark.driver.host", "127.0.0.1"));
+        String advertise = conf.get("spark.driver.host", bind);
+        String previousInterrupt = sc.getLocalProperty("spark.job.interruptOnCancel");
+        String previousDescription = sc.getLocalProperty("spark.job.description");
+        try (ProgressServer progress = new ProgressServer(bind, advertise, secret, cfg.steps, console, null)) {
+            // a failed rank makes Spark kill the others; interrupting them frees their slots at once
+            sc.setLocalProperty("spark.job.interruptOnCancel", "true");
+            sc.setLocalProperty("spark.job.description", "sparkatron training: " + cfg.world() + " ranks, " + cfg.steps + " steps");
+            RDD<Tuple2<Integer, byte[]>> ranks = data.byRank().rdd().barrier()
+                    .mapPartitions(new RankTask(cfg, secret, progress.endpoint()), false, TokenData.tag(Tuple2.class));
+            // the closing shuffle makes the barrier stage a shuffle-map stage, which Spark retries as a whole
+            ShuffledRDD<Integer, byte[], byte[]> closing = new ShuffledRDD<>(ranks, new HashPartitioner(1),
+                    TokenData.tag(Integer.class), TokenData.tag(byte[].class), TokenData.tag(byte[].class));
+            closing.setSerializer(KryoRegistration.serializer(conf));
+            List<byte[]> bytes = JavaRDD.fromRDD(closing, TokenData.tag(Tuple2.class))
+                    .map(t -> ((Tuple2<?, byte[]>) t)._2()).collect();
+            List<RankReport> reports = new ArrayList<>();
+            for (byte[] b : bytes) {
+                reports.add(RankReport.fromBytes(b));
+            }
+            reports.sort(Comparator.comparingInt(RankReport::rank));
+            RankReport first = reports.get(0);
+            Transformer model = new Transformer(cfg.model(), new CpuKernels());
+            model.params().weights().floats().put(0, first.weights());
+            for (RankReport r : reports) {
+                LOG.info("sparkatron: rank {}", r.describe());
+            }
+            Result result = new Result(model, first.metrics(), reports, data.documents(), data.tokens(),
+                    data.samplesPerEpoch(), data.droppedRows(), data.epochs());
+            if (cfg.output != null) {
+                save(result, cfg.output, sc);
+                if (console != null) {
+                    console.println("[sparkatron] saved model, metrics.jsonl and ranks.json to " + cfg.output);
+                }
+            }
+            return result;
+        } catch (IOException e) {
+            throw new IllegalStateException("sparkatron: " + e.getMessage(), e);
+        } finally {
+            sc.setLocalProperty("spark.job.interruptOnCancel", previousInterrupt);
+            sc.setLocalProperty("spark.job.description", previousDescription);
+            data.cached().unpersist(false);
+        }
+    }
+
+    /**
+     * Refuses settings under which a barrier stage cannot start: dynamic allocation, or fewer free task
+     * slots than ranks (waiting up to {@link #SLOT_WAIT_CONF} seconds, default 60, for executors to
+     * register) -- instead of Spark's retries for about 10 minutes.
+     */
+    static void checkSparkSettings(SparkContext sc, int world) {
+        SparkConf conf = sc.getConf();
+        checkDynamicAllocation(conf);
+        long waitMs = (long) (conf.getDouble(SLOT_WAIT_CONF, 60) * 1000);
+        long deadline = System.currentTimeMillis() + waitMs;
+        int slots = sc.maxNumConcurrentTasks(sc.resourceProfileManager().defaultResourceProfile());
+        while (slots < world && System.currentTimeMillis() < deadline && !sc.isLocal()) {
+            try {
+                Thread.sleep(500);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                break;
+            }
+            slots = sc.maxNumConcurrentTasks(sc.resourceProfileManager().defaultResourceProfile());
+        }
+        if (slots < world) {
+            String gpu = conf.get("spark.task.resource.gpu.amount", null);
+            throw new IllegalArgumentException("the job needs " + world + " concurrent task slots (one per rank) but the cluster "
+                    + "offers " + slots + " (master " + sc.master() + ", spark.task.cpus=" + conf.get("spark.task.cpus", "1")
+                    + (gpu != null ? ", spark.task.resource.gpu.amount=" + gpu : "") + "); use fewer ranks or more executors/cores"
+                    + (sc.isLocal() ? " (local[N] gives N slots)" : ""));
+        }
+    }
+
+    static void checkDynamicAllocation(SparkConf conf) {
+        if (conf.getBoolean("spark.dynamicAllocation.enabled", false)) {
+            throw new IllegalArgumentException("spark.dynamicAllocation.enabled=true: barrier training needs a fixed set of "
+                    + "executors; set spark.dynamicAllocation.enabled=false");
+        }
+    }
+
+    /** Writes the model (HF layout), metrics.jsonl and ranks.json under {@code output} on its FileSystem. */
+    static void save(Result r, String output, SparkContext sc) throws IOException {
+        SparkatronModel.of(r.model()).save(output, sc.hadoopConfiguration());
+        org.apache.hadoop.fs.Path out = new org.apache.hadoop.fs.Path(output);
+        FileSystem fs = out.getFileSystem(sc.hadoopConfiguration());
+        writeLines(fs, new org.apache.hadoop.fs.Path(out, "metrics.jsonl"), r.metrics());
+        List<String> ranks = new ArrayList<>();
+        for (RankReport rr : r.ranks()) {
+            ranks.add(rr.describe());
+        }
+        writeLines(fs, new org.apache.hadoop.fs.Path(out, "ranks.json"), List.of("[" + String.join(",\n ", ranks) + "]"));
+    }
+
+    private static void writeLines(FileSystem fs, org.apache.hadoop.fs.Path p, List<String> lines) throws IOException {
+        try (OutputStream o = fs.create(p, true)) {
+            for (String l : lines) {
+                o.write((l + "\n").getBytes(StandardCharsets.UTF_8));
+            }
+        }
+    }
+
+    /** Parses a metrics line (for callers that want fields other than the loss). */
+    public static JsonNode metric(String line) {
+        try {
+            return TrainConfig.JSON.readTree(line);
+        } catch (IOException e) {
+            throw new IllegalArgumentException(e);
+        }
+    }
+}

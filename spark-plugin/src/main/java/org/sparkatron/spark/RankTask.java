@@ -1,0 +1,119 @@
+package org.sparkatron.spark;
+
+import java.io.Serializable;
+import java.util.ArrayList;
+import java.util.Iterator;
+import java.util.List;
+import java.util.Locale;
+import org.apache.spark.BarrierTaskContext;
+import org.apache.spark.SparkEnv;
+import org.apache.spark.resource.ResourceInformation;
+import org.sparkatron.comm.Communicator;
+import org.sparkatron.device.cpu.Blas;
+import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.model.Transformer;
+import org.sparkatron.train.Trainer;
+import scala.Tuple2;
+import scala.collection.JavaConverters;
+import scala.runtime.AbstractFunction1;
+
+/**
+ * The body of one barrier task = one rank. Binds its device (the GPU address Spark assigned, or the CPU),
+ * meets the other ranks ({@link CommWiring}), builds the model from the shipped config and seed (rank 0's
+ * weights are broadcast so every replica starts identical), trains {@code steps} steps on the samples the
+ * data shuffle delivered, reports progress (rank 0), and returns a {@link RankReport}.
+ *
+ * <p>Failure: any exception aborts the communicator, so every peer fails at its next collective instead
+ * of waiting; a watchdog thread does the same when Spark kills the task (another rank failed, or the
+ * job was cancelled). Everything lives in this call: several ranks may run in one JVM.
+ */
+final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<Long, int[]>>,
+        scala.collection.Iterator<Tuple2<Integer, byte[]>>> implements Serializable {
+    private static final long serialVersionUID = 1L;
+    private final TrainConfig cfg;
+    private final byte[] secret;
+    private final String progressEndpoint;
+
+    RankTask(TrainConfig cfg, byte[] secret, String progressEndpoint) {
+        this.cfg = cfg;
+        this.secret = secret;
+        this.progressEndpoint = progressEndpoint;
+    }
+
+    @Override
+    public scala.collection.Iterator<Tuple2<Integer, byte[]>> apply(scala.collection.Iterator<Tuple2<Long, int[]>> data) {
+        BarrierTaskContext ctx = BarrierTaskContext.get();
+        int rank = ctx.partitionId();
+        int attempt = ctx.stageAttemptNumber();
+        String device = boundDevice(ctx);
+        Blas.setThreads(cfg.threadsPerRank); // process-wide; the same value from every rank in the JVM
+        Communicator comm = CommWiring.connect(ctx, secret, cfg.commTimeoutMs);
+        Thread watchdog = watchdog(ctx, comm, rank);
+        try (ProgressReporter progress = new ProgressReporter(rank == 0 ? progressEndpoint : null, secret)) {
+            Transformer model = new Transformer(cfg.model(), new CpuKernels());
+            model.initialize(cfg.seed);
+            comm.broadcast(model.params().weights(), 0);
+            Iterator<Tuple2<Long, int[]>> pieces = JavaConverters.asJava(data);
+            SampleStream samples = new SampleStream(pieces, cfg.seqLen + 1, rank, cfg.dp);
+            Trainer trainer = new Trainer(model, samples, cfg.trainerOptions(),
+                    new DataParallelSync(comm, cfg.bucketBytes));
+            List<String> metrics = new ArrayList<>();
+            for (int s = 1; s <= cfg.steps; s++) {
+                if (rank == cfg.failRank && s == cfg.failStep && attempt < cfg.failAttempts) {
+                    throw new IllegalStateException("injected failure: rank " + rank + " at step " + s + " (attempt " + attempt + ")");
+                }
+                Trainer.StepMetrics m = trainer.step();
+                String line = m.toJson().replaceFirst("}$", String.format(Locale.ROOT, ", \"attempt\": %d}", attempt));
+                if (rank == 0) {
+                    metrics.add(line);
+                    progress.report(line);
+                }
+            }
+            comm.barrier();
+            float[] weights = null;
+            if (rank == 0) {
+                weights = new float[(int) model.params().numel()];
+                model.params().weights().floats().get(0, weights);
+            }
+            String host = ctx.getTaskInfos()[rank].address();
+            RankReport report = new RankReport(rank, attempt, host, SparkEnv.get().executorId(), device,
+                    ProcessHandle.current().pid(), samples.consumed(), metrics, weights);
+            return JavaConverters.asScala(List.of(new Tuple2<>(rank, report.toBytes())).iterator());
+        } catch (Throwable t) {
+            comm.abort("rank " + rank + " failed: " + t);
+            throw t;
+        } finally {
+            watchdog.interrupt();
+            comm.close();
+        }
+    }
+
+    /** The GPU address Spark assigned to this task ("gpu:N"), or "cpu" when the task has no GPU. */
+    static String boundDevice(BarrierTaskContext ctx) {
+        ResourceInformation gpu = ctx.resourcesJMap().get("gpu");
+        if (gpu != null && gpu.addresses().length > 0) {
+            return "gpu:" + gpu.addresses()[0];
+        }
+        return "cpu";
+    }
+
+    /** Aborts the communicator when Spark kills this task, so a rank blocked in a collective returns. */
+    private static Thread watchdog(BarrierTaskContext ctx, Communicator comm, int rank) {
+        Thread w = new Thread(() -> {
+            try {
+                while (!Thread.currentThread().isInterrupted()) {
+                    if (ctx.isInterrupted() || ctx.isFailed()) {
+                        comm.abort("rank " + rank + "'s task was killed by Spark (" + ctx.getKillReason().getOrElse(() -> "failed") + ")");
+                        return;
+                    }
+                    Thread.sleep(200);
+                }
+            } catch (InterruptedException e) {
+                // training finished
+            }
+        }, "sparkatron-watchdog-" + rank);
+        w.setDaemon(true);
+        w.start();
+        return w;
+    }
+}

@@ -1,0 +1,284 @@
+package org.sparkatron.spark;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import java.io.IOException;
+import java.io.Serializable;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Iterator;
+import java.util.LinkedHashMap;
+import java.util.Map;
+import java.util.Set;
+import org.sparkatron.model.ModelConfig;
+import org.sparkatron.optim.LrSchedule;
+import org.sparkatron.train.Trainer;
+
+/**
+ * Everything a distributed training job needs, as one flat JSON object (the {@code ./sparkatron train}
+ * config file, the Estimator's Params, and what the driver ships to every rank). Immutable and
+ * serializable; the model shape is kept as its Hugging Face {@code config.json} text because
+ * {@link ModelConfig} is not serializable.
+ *
+ * <p>Keys (defaults in brackets): {@code model} (an HF config.json object, or a path to one),
+ * {@code dp} [1], {@code tp} [1], {@code pp} [1], {@code global_batch} [8] (samples per optimizer step over
+ * all replicas), {@code micro_batch} [global_batch / dp] (samples per forward/backward on one rank),
+ * {@code seq_len} [128], {@code steps} [100], {@code lr} [3e-4], {@code min_lr} [lr / 10],
+ * {@code warmup_steps} [0], {@code decay_steps} [steps], {@code weight_decay} [0.1], {@code grad_clip} [1.0],
+ * {@code seed} [1234], {@code input_col} ["tokens"], {@code drop_bad_rows} [false], {@code output} [none],
+ * {@code comm_timeout_s} [300], {@code bucket_mb} [25], {@code threads_per_rank} [1], and for the command
+ * line only {@code input} (a path), {@code input_format} ["parquet"] and {@code input_schema} (a DDL
+ * schema for sources such as json: {@code "tokens array<int>"}).
+ */
+public final class TrainConfig implements Serializable {
+    private static final long serialVersionUID = 1L;
+    static final ObjectMapper JSON = new ObjectMapper();
+
+    /** Every accepted key: anything else is refused so a typo never silently falls back to a default. */
+    public static final Set<String> KEYS = Set.of("model", "dp", "tp", "pp", "global_batch", "micro_batch", "seq_len",
+            "steps", "lr", "min_lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "seed", "input_col",
+            "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format", "input_schema",
+            "fail_rank", "fail_step", "fail_attempts");
+
+    private final String json; // the full, normalised config
+
+    public final String modelJson;
+    public final int dp, tp, pp;
+    public final int globalBatch, microBatch, seqLen, steps;
+    public final double lr, minLr;
+    public final long warmupSteps, decaySteps;
+    public final double weightDecay, gradClip;
+    public final long seed;
+    public final String inputCol;
+    public final boolean dropBadRows;
+    public final String output;
+    public final long commTimeoutMs;
+    public final long bucketBytes;
+    public final int threadsPerRank;
+    public final String input;
+    public final String inputFormat;
+    /** Optional DDL schema for sources that need one (json, csv): e.g. "tokens array&lt;int&gt;". */
+    public final String inputSchema;
+    /** Fault injection for the failure tests: rank {@code failRank} throws at step {@code failStep} on the
+     *  first {@code failAttempts} attempts of the stage (-1: never). Documented in docs/spark.md. */
+    public final int failRank, failStep, failAttempts;
+
+    private TrainConfig(ObjectNode o) {
+        for (Iterator<String> it = o.fieldNames(); it.hasNext(); ) {
+            String k = it.next();
+            if (!KEYS.contains(k)) {
+                throw new IllegalArgumentException("unknown config key '" + k + "' (known: " + new java.util.TreeSet<>(KEYS) + ")");
+            }
+        }
+        JsonNode m = o.get("model");
+        if (m == null || m.isNull()) {
+            throw new IllegalArgumentException("config key 'model' is missing: give a Hugging Face config.json object or a path to one");
+        }
+        if (m.isTextual()) {
+            try {
+                m = JSON.readTree(Files.readAllBytes(Path.of(m.asText())));
+            } catch (IOException e) {
+                throw new IllegalArgumentException("cannot read model config '" + o.get("model").asText() + "': " + e.getMessage(), e);
+            }
+            o.set("model", m);
+        }
+        ModelConfig mc;
+        try {
+            mc = ModelConfig.fromJson(m);
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("model config: " + e.getMessage(), e);
+        }
+        this.modelJson = mc.toJson().toString();
+        this.dp = intKey(o, "dp", 1, 1);
+        this.tp = intKey(o, "tp", 1, 1);
+        this.pp = intKey(o, "pp", 1, 1);
+        this.globalBatch = intKey(o, "global_batch", 8, 1);
+        this.microBatch = intKey(o, "micro_batch", Math.max(1, globalBatch / dp), 1);
+        this.seqLen = intKey(o, "seq_len", Math.min(128, mc.maxPositions()), 1);
+        this.steps = intKey(o, "steps", 100, 1);
+        this.lr = dblKey(o, "lr", 3e-4);
+        this.minLr = dblKey(o, "min_lr", lr / 10);
+        this.warmupSteps = intKey(o, "warmup_steps", 0, 0);
+        this.decaySteps = intKey(o, "decay_steps", steps, 0);
+        this.weightDecay = dblKey(o, "weight_decay", 0.1);
+        this.gradClip = dblKey(o, "grad_clip", 1.0);
+        this.seed = o.has("seed") ? requireLong(o, "seed") : 1234L;
+        this.inputCol = o.path("input_col").asText("tokens");
+        this.dropBadRows = o.path("drop_bad_rows").asBoolean(false);
+        this.output = o.hasNonNull("output") ? o.get("output").asText() : null;
+        this.commTimeoutMs = 1000L * intKey(o, "comm_timeout_s", 300, 1);
+        double mb = dblKey(o, "bucket_mb", 25);
+        if (!(mb > 0)) {
+            throw new IllegalArgumentException("config key 'bucket_mb' must be > 0, got " + mb);
+        }
+        this.bucketBytes = Math.max(4, (long) (mb * (1 << 20)));
+        this.threadsPerRank = intKey(o, "threads_per_rank", 1, 1);
+        this.input = o.hasNonNull("input") ? o.get("input").asText() : null;
+        this.inputFormat = o.path("input_format").asText("parquet");
+        this.inputSchema = o.hasNonNull("input_schema") ? o.get("input_schema").asText() : null;
+        this.failRank = o.has("fail_rank") ? o.get("fail_rank").asInt() : -1;
+        this.failStep = o.has("fail_step") ? o.get("fail_step").asInt() : -1;
+        this.failAttempts = o.has("fail_attempts") ? o.get("fail_attempts").asInt() : 0;
+        this.json = o.toString();
+        validate(mc);
+    }
+
+    private void validate(ModelConfig mc) {
+        if (seqLen > mc.maxPositions()) {
+            throw new IllegalArgumentException("seq_len " + seqLen + " exceeds the model's max positions " + mc.maxPositions());
+        }
+        if (globalBatch % dp != 0) {
+            throw new IllegalArgumentException("global_batch " + globalBatch + " is not divisible by dp " + dp);
+        }
+        if ((globalBatch / dp) % microBatch != 0) {
+            throw new IllegalArgumentException("global_batch / dp = " + globalBatch / dp + " samples per replica is not divisible by micro_batch " + microBatch);
+        }
+        if (inputCol.isEmpty()) {
+            throw new IllegalArgumentException("input_col must not be empty");
+        }
+        schedule(); // validates the learning rates
+        if (!(gradClip >= 0) || !(weightDecay >= 0)) {
+            throw new IllegalArgumentException("grad_clip (" + gradClip + ") and weight_decay (" + weightDecay + ") must be >= 0");
+        }
+    }
+
+    /** Parses a config object (a copy is kept; the argument is not modified). */
+    public static TrainConfig fromJson(JsonNode node) {
+        if (node == null || !node.isObject()) {
+            throw new IllegalArgumentException("a training config must be a JSON object");
+        }
+        return new TrainConfig(((ObjectNode) node).deepCopy());
+    }
+
+    public static TrainConfig load(Path file) throws IOException {
+        JsonNode n;
+        try {
+            n = JSON.readTree(Files.readAllBytes(file));
+        } catch (IOException e) {
+            throw new IOException("cannot read training config " + file + ": " + e.getMessage(), e);
+        }
+        try {
+            return fromJson(n);
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException(file + ": " + e.getMessage(), e);
+        }
+    }
+
+    /** This config with {@code key} set to {@code value} (parsed as JSON when it parses, else a string). */
+    public TrainConfig with(String key, String value) {
+        JsonNode v;
+        try {
+            v = JSON.readTree(value);
+            if (v == null || v.isMissingNode()) {
+                v = JSON.getNodeFactory().textNode(value);
+            }
+        } catch (IOException e) {
+            v = JSON.getNodeFactory().textNode(value);
+        }
+        return with(key, v);
+    }
+
+    public TrainConfig with(String key, JsonNode value) {
+        ObjectNode o = toJson();
+        o.set(key, value);
+        return new TrainConfig(o);
+    }
+
+    /** Applies {@code --key value} pairs (dashes in keys may be written as '-' or '_'). */
+    public TrainConfig withOverrides(Map<String, String> overrides) {
+        TrainConfig c = this;
+        for (Map.Entry<String, String> e : overrides.entrySet()) {
+            c = c.with(e.getKey().replace('-', '_'), e.getValue());
+        }
+        return c;
+    }
+
+    public ObjectNode toJson() {
+        try {
+            return (ObjectNode) JSON.readTree(json);
+        } catch (IOException e) {
+            throw new IllegalStateException(e);
+        }
+    }
+
+    public ModelConfig model() {
+        try {
+            return ModelConfig.fromJson(JSON.readTree(modelJson));
+        } catch (IOException e) {
+            throw new IllegalStateException(e);
+        }
+    }
+
+    public int world() {
+        return dp * tp * pp;
+    }
+
+    /** Samples one replica consumes per optimizer step. */
+    public int replicaBatch() {
+        return globalBatch / dp;
+    }
+
+    public LrSchedule schedule() {
+        return new LrSchedule(lr, minLr, warmupSteps, Math.max(decaySteps, warmupSteps));
+    }
+
+    public Trainer.Options trainerOptions() {
+        Trainer.Options d = Trainer.Options.defaults(microBatch, schedule());
+        return new Trainer.Options(microBatch, replicaBatch() / microBatch, schedule(), d.beta1(), d.beta2(), d.eps(),
+                (float) weightDecay, (float) gradClip);
+    }
+
+    @Override
+    public String toString() {
+        return json;
+    }
+
+    /** Parses {@code --key value} pairs from a command line, in order. */
+    public static Map<String, String> parseArgs(String[] args, int from) {
+        Map<String, String> out = new LinkedHashMap<>();
+        for (int i = from; i < args.length; i++) {
+            if (!args[i].startsWith("--")) {
+                throw new IllegalArgumentException("expected --key value, got '" + args[i] + "'");
+            }
+            if (i + 1 >= args.length) {
+                throw new IllegalArgumentException("option " + args[i] + " needs a value");
+            }
+            out.put(args[i].substring(2), args[++i]);
+        }
+        return out;
+    }
+
+    private static int intKey(ObjectNode o, String k, int dflt, int min) {
+        if (!o.hasNonNull(k)) {
+            return dflt;
+        }
+        JsonNode n = o.get(k);
+        if (!n.isIntegralNumber() || !n.canConvertToInt()) {
+            throw new IllegalArgumentException("config key '" + k + "' must be an integer, got " + n);
+        }
+        if (n.asInt() < min) {
+            throw new IllegalArgumentException("config key '" + k + "' must be >= " + min + ", got " + n.asInt());
+        }
+        return n.asInt();
+    }
+
+    private static long requireLong(ObjectNode o, String k) {
+        JsonNode n = o.get(k);
+        if (!n.isIntegralNumber() || !n.canConvertToLong()) {
+            throw new IllegalArgumentException("config key '" + k + "' must be an integer, got " + n);
+        }
+        return n.asLong();
+    }
+
+    private static double dblKey(ObjectNode o, String k, double dflt) {
+        if (!o.hasNonNull(k)) {
+            return dflt;
+        }
+        JsonNode n = o.get(k);
+        if (!n.isNumber()) {
+            throw new IllegalArgumentException("config key '" + k + "' must be a number, got " + n);
+        }
+        return n.asDouble();
+    }
+}
