@@ -4,7 +4,6 @@ import java.nio.ByteBuffer;
 import java.nio.FloatBuffer;
 import java.nio.IntBuffer;
 import org.sparkatron.device.Kernels;
-import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
 /**
