@@ -57,6 +57,7 @@ public final class Transformer {
     private final Mapping headInput;
     private final Tensor normSums = Tensor.allocateHost(DType.F32, 1);
     private DropoutRng dropout;
+    private long dropoutRowOffset;
     private long trainSteps;
 
     private int b;
@@ -181,10 +182,18 @@ public final class Transformer {
      * Hidden dropout with probability {@code p} on both branch outputs of every block, during
      * {@link #forwardBackward} only (not {@link #loss} / {@link #logits}); p = 0 turns it off (the default).
      * Masks are keyed by ({@code seed}, training-step count, layer, global element), so every TP layout
-     * drops the same elements as one rank does ({@link DropoutRng}).
+     * drops the same elements as one rank does ({@link DropoutRng}). {@code rowOffset} is the index of this
+     * data-parallel replica's first token row in the global batch (dp rank x batch x sequence length):
+     * replicas then drop different elements, exactly those a single rank drops over the global batch.
      */
-    public void setDropout(float p, long seed) {
+    public void setDropout(float p, long seed, long rowOffset) {
         this.dropout = p > 0 ? new DropoutRng(p, seed) : null;
+        this.dropoutRowOffset = rowOffset;
+    }
+
+    /** {@link #setDropout(float, long, long)} for a model without data parallelism. */
+    public void setDropout(float p, long seed) {
+        setDropout(p, seed, 0);
     }
 
     /**
@@ -301,7 +310,7 @@ public final class Transformer {
         }
         Tensor x = embedded;
         for (TransformerBlock blk : blocks) {
-            blk.forward(x, drop, trainSteps);
+            blk.forward(x, drop, trainSteps, dropoutRowOffset);
             x = blk.output();
         }
         if (cfg.family() == ModelConfig.Family.LLAMA) {

@@ -66,6 +66,7 @@ final class TransformerBlock {
     private Tensor output;    // [Nl, C]  resid + MLP branch
     private DropoutRng dropout;
     private long dropoutStep;
+    private long dropoutRowOffset;
 
     TransformerBlock(ModelConfig cfg, Kernels k, ParameterSet ps, int index, Tensor ropeCos, Tensor ropeSin,
                      TensorParallel tp, Workspace ws) {
@@ -165,14 +166,16 @@ final class TransformerBlock {
 
     /**
      * x [Nl, C] -> output() [Nl, C]. {@code dropout} (null: none) drops elements of the two branch outputs
-     * before the residual adds, with masks keyed by {@code step}, this layer and the global row.
+     * before the residual adds, with masks keyed by {@code step}, this layer and the global row (this
+     * rank's first row plus {@code rowOffset}, the replica's first row in the global batch).
      */
-    void forward(Tensor x, DropoutRng dropout, long step) {
+    void forward(Tensor x, DropoutRng dropout, long step, long rowOffset) {
         int n = b * t;
         int c = cfg.hidden();
         int hd = cfg.headDim();
         this.dropout = dropout;
         this.dropoutStep = step;
+        this.dropoutRowOffset = rowOffset;
         input = x;
         norm(norm1, mean1, rstd1, x, "norm1");
         qkvLayer.forward(norm1, n, qkv);
@@ -197,7 +200,7 @@ final class TransformerBlock {
 
     private void drop(Tensor x, int site) {
         if (dropout != null) {
-            dropout.apply(x, dropoutStep, 2 * index + site, tp.firstLocalRow(b * t), nl, cfg.hidden());
+            dropout.apply(x, dropoutStep, 2 * index + site, dropoutRowOffset + tp.firstLocalRow(b * t), nl, cfg.hidden());
         }
     }
 

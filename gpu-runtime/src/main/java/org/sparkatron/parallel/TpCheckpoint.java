@@ -1,0 +1,64 @@
+package org.sparkatron.parallel;
+
+import java.io.IOException;
+import java.nio.file.Path;
+import org.sparkatron.checkpoint.ModelStore;
+import org.sparkatron.device.Kernels;
+import org.sparkatron.model.Transformer;
+import org.sparkatron.model.TpShards;
+
+/**
+ * Model directories (Hugging Face {@code config.json} + {@code model.safetensors}, always the full
+ * TP = 1 tensors) for tensor-parallel ranks: {@link #load} has each rank read the full tensors and keep
+ * its shard, {@link #save} gathers the shards and has TP rank 0 write. So a TP run starts from any model
+ * directory and writes one that any layout (or Hugging Face) reads.
+ *
+ * <p>Memory: each rank holds the full model transiently while loading or saving. Blocking; both calls
+ * are TP collectives. Stateless.
+ */
+public final class TpCheckpoint {
+    private TpCheckpoint() {
+    }
+
+    /** This rank's shard of the model in {@code dir}. Every rank of the group calls it. */
+    public static Transformer load(Path dir, Kernels kernels, TensorParallel tp) throws IOException {
+        Transformer full = ModelStore.load(dir, kernels);
+        if (tp.size() == 1) {
+            return full;
+        }
+        Transformer model = new Transformer(full.config(), kernels, tp);
+        TpShards.scatter(full.config(), full.params(), model.params(), tp.rank(), tp.size(), false);
+        return model;
+    }
+
+    /**
+     * The whole model as a TP = 1 {@link Transformer} on every rank: weights, and with {@code grads} the
+     * gradients too (call {@link Transformer#finishGradients()} first under sequence parallelism).
+     */
+    public static Transformer gatherFull(Transformer model, boolean grads) {
+        Transformer full = new Transformer(model.config(), model.kernels());
+        TpShards.gather(model.config(), model.params(), full.params(), model.tensorParallel(), false);
+        if (grads) {
+            TpShards.gather(model.config(), model.params(), full.params(), model.tensorParallel(), true);
+        }
+        return full;
+    }
+
+    /**
+     * Gathers the full weights; TP rank 0 writes them to {@code dir}; all ranks return once the files are
+     * complete. A write failure aborts the group, so the other ranks fail too instead of waiting.
+     */
+    public static void save(Transformer model, Path dir) throws IOException {
+        TensorParallel tp = model.tensorParallel();
+        Transformer full = tp.size() == 1 ? model : gatherFull(model, false);
+        if (tp.rank() == 0) {
+            try {
+                ModelStore.save(full, dir);
+            } catch (IOException | RuntimeException e) {
+                tp.group().abort("TP rank 0 could not save the model to " + dir + ": " + e.getMessage());
+                throw e;
+            }
+        }
+        tp.group().barrier();
+    }
+}

@@ -1,0 +1,157 @@
+package org.sparkatron.parallel;
+
+import com.fasterxml.jackson.databind.ObjectMapper;
+import java.util.ArrayList;
+import java.util.List;
+import org.sparkatron.comm.Communicator;
+import org.sparkatron.comm.ParallelLayout;
+import org.sparkatron.comm.ProcessGroups;
+import org.sparkatron.comm.ReduceOp;
+import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.model.ModelConfig;
+import org.sparkatron.model.Transformer;
+import org.sparkatron.optim.LrSchedule;
+import org.sparkatron.tensor.DType;
+import org.sparkatron.tensor.Tensor;
+import org.sparkatron.train.GradientSync;
+import org.sparkatron.train.SampleSource;
+import org.sparkatron.train.Trainer;
+
+/** Shared pieces of the parity tests: tiny configs, data, a reference run and a TP x DP run. */
+final class ParityRun {
+    static final int STEPS = 5;
+    static final int SEQ = 8;
+    static final long SEED = 7;
+
+    /** What a run saw after each step: loss, gradient norm, full (gathered) gradients and weights. */
+    record Step(double loss, double gradNorm, float[] grads, float[] weights) {
+    }
+
+    private ParityRun() {
+    }
+
+    /**
+     * GPT-2 (tied embeddings, biases, learned positions) and Llama (GQA 8 query / 4 kv heads, untied,
+     * SwiGLU). Vocabulary padding multiple 8, so vocab 67 pads to 72 at TP = 1, 80 at TP = 2 and 96 at
+     * TP = 4: the last TP = 4 rank owns no real token at all, and others own a mix of real and padded ids.
+     */
+    static ModelConfig config(String family) throws Exception {
+        String json = family.equals("gpt2")
+                ? "{\"model_type\":\"gpt2\",\"n_layer\":2,\"n_embd\":32,\"n_head\":4,\"n_positions\":16,\"vocab_size\":67,"
+                        + "\"sparkatron_vocab_multiple\":8}"
+                : "{\"model_type\":\"llama\",\"num_hidden_layers\":2,\"hidden_size\":32,\"intermediate_size\":48,"
+                        + "\"num_attention_heads\":8,\"num_key_value_heads\":4,\"vocab_size\":61,\"max_position_embeddings\":16,"
+                        + "\"tie_word_embeddings\":false,\"sparkatron_vocab_multiple\":8}";
+        return ModelConfig.fromJson(new ObjectMapper().readTree(json));
+    }
+
+    /** Deterministic samples of SEQ + 1 tokens; sample i of the whole run. */
+    static int[] sample(ModelConfig cfg, long i) {
+        int[] s = new int[SEQ + 1];
+        java.util.SplittableRandom r = new java.util.SplittableRandom(1000 + i);
+        for (int j = 0; j < s.length; j++) {
+            s[j] = r.nextInt(cfg.vocabSize());
+        }
+        return s;
+    }
+
+    /** The samples replica {@code dp} of {@code dpSize} trains on, {@code batch} per step. */
+    static SampleSource source(ModelConfig cfg, int dp, int dpSize, int batch) {
+        return new SampleSource() {
+            private long consumed;
+
+            @Override
+            public int sampleLength() {
+                return SEQ + 1;
+            }
+
+            @Override
+            public boolean next(int[] out, int offset) {
+                long step = consumed / batch;
+                long i = step * batch * dpSize + (long) dp * batch + consumed % batch;
+                System.arraycopy(sample(cfg, i), 0, out, offset, SEQ + 1);
+                consumed++;
+                return true;
+            }
+
+            @Override
+            public long consumed() {
+                return consumed;
+            }
+        };
+    }
+
+    /**
+     * Constant lr 1e-2, AdamW defaults, clip at 0.05 so that clipping is active on every step (the norm is
+     * then part of every update, and a miscounted norm would change every weight).
+     */
+    static Trainer.Options options(int batch) {
+        Trainer.Options d = Trainer.Options.defaults(batch, LrSchedule.constant(1e-2));
+        return new Trainer.Options(batch, 1, d.schedule(), d.beta1(), d.beta2(), d.eps(), d.weightDecay(), 0.05f);
+    }
+
+    static float[] arr(Tensor t) {
+        float[] a = new float[(int) t.numel()];
+        t.floats().get(0, a);
+        return a;
+    }
+
+    /** One rank alone, global batch dpSize * batch. */
+    static List<Step> reference(ModelConfig cfg, int globalBatch, float dropout) {
+        Transformer m = new Transformer(cfg, new CpuKernels());
+        m.initialize(SEED);
+        m.setDropout(dropout, 99);
+        Trainer tr = new Trainer(m, source(cfg, 0, 1, globalBatch), options(globalBatch));
+        List<Step> out = new ArrayList<>();
+        for (int s = 0; s < STEPS; s++) {
+            Trainer.StepMetrics sm = tr.step();
+            out.add(new Step(sm.loss(), sm.gradNorm(), arr(m.params().grads()), arr(m.params().weights())));
+        }
+        return out;
+    }
+
+    /** Averages gradients and losses over the data-parallel group (the test's DP sync). */
+    static GradientSync averaging(Communicator dp) {
+        Tensor scalar = Tensor.allocateHost(DType.F32, 1);
+        return new GradientSync() {
+            @Override
+            public void syncGradients(Tensor grads) {
+                if (dp.size() > 1) {
+                    dp.allReduce(grads, ReduceOp.AVG);
+                }
+            }
+
+            @Override
+            public double averageScalar(double value) {
+                if (dp.size() == 1) {
+                    return value;
+                }
+                scalar.floats().put(0, (float) value);
+                dp.allReduce(scalar, ReduceOp.AVG);
+                return scalar.floats().get(0);
+            }
+        };
+    }
+
+    /** Every world rank's steps for a tp x dp run with {@code batch} samples per replica. */
+    static List<List<Step>> parallel(ModelConfig cfg, int tp, int dp, boolean sp, int batch, float dropout) throws Exception {
+        return TpRanks.run(tp * dp, (rank, world) -> {
+            ParallelLayout layout = ParallelLayout.forWorld(tp * dp, tp, 1, 1, 1, 1);
+            try (ProcessGroups pg = ProcessGroups.create(layout, world)) {
+                TensorParallel tpc = new TensorParallel(pg.tp(), sp);
+                Transformer m = new Transformer(cfg, new CpuKernels(), tpc);
+                m.initialize(SEED); // each rank keeps its shard of the full initialisation
+                int dpRank = pg.coords()[3];
+                m.setDropout(dropout, 99, (long) dpRank * batch * SEQ);
+                Trainer tr = new Trainer(m, source(cfg, dpRank, dp, batch), options(batch), averaging(pg.dp()));
+                List<Step> out = new ArrayList<>();
+                for (int s = 0; s < STEPS; s++) {
+                    Trainer.StepMetrics sm = tr.step();
+                    Transformer full = TpCheckpoint.gatherFull(m, true);
+                    out.add(new Step(sm.loss(), sm.gradNorm(), arr(full.params().grads()), arr(full.params().weights())));
+                }
+                return out;
+            }
+        });
+    }
+}
