@@ -1,37 +1,39 @@
 package org.sparkatron.spark;
 
+import org.sparkatron.comm.ParallelLayout;
+
 /**
- * The rank layout of a job, Megatron's order {@code tp-cp-ep-dp-pp} (TP fastest): world = TP x DP x PP.
- * The training engine runs data parallelism today; the driver refuses TP or PP above 1 with a clear
- * message until the parallel layers land. Stateless.
+ * The job's rank layout on the driver: Megatron's order {@code tp-cp-ep-dp-pp} (TP fastest) through the
+ * engine's {@link ParallelLayout}, which validates it against the model and names the numbers. The Spark
+ * path trains data parallelism today: TP or PP above 1 is refused with a clear message until the Spark
+ * ranks drive the parallel layers. Stateless.
  */
 final class Layout {
     private Layout() {
     }
 
-    /**
-     * The rank that receives replica {@code replica}'s data: TP rank 0 on the first pipeline stage. Its TP
-     * peers get the batch from it by broadcast; other pipeline stages need none (see docs/spark.md).
-     */
-    static int dataRank(int replica, int ranksPerReplicaOnStage0) {
-        return replica * ranksPerReplicaOnStage0;
+    static ParallelLayout of(TrainConfig cfg) {
+        return ParallelLayout.of(cfg.world(), cfg.tp, 1, 1, cfg.dp, cfg.pp, 1);
     }
 
-    /** Refuses layouts that are not valid or that the engine cannot train yet, naming the numbers. */
+    /**
+     * The rank that receives replica {@code replica}'s data: TP rank 0 on the first pipeline stage. Its TP
+     * peers would get the batch from it by broadcast; later pipeline stages need none.
+     */
+    static int dataRank(ParallelLayout layout, int replica) {
+        return layout.rankOf(0, 0, 0, replica, 0);
+    }
+
+    /** Refuses layouts that are invalid for the model or that the Spark path cannot train yet. */
     static void validate(TrainConfig cfg) {
-        long world = (long) cfg.dp * cfg.tp * cfg.pp;
-        if (world > 4096) {
-            throw new IllegalArgumentException("world size dp x tp x pp = " + world + " is larger than 4096");
+        if (cfg.world() > 4096) {
+            throw new IllegalArgumentException("world size dp x tp x pp = " + cfg.world() + " is larger than 4096");
         }
         var m = cfg.model();
-        if (m.heads() % cfg.tp != 0) {
-            throw new IllegalArgumentException("attention heads " + m.heads() + " are not divisible by tp " + cfg.tp);
-        }
-        if (m.layers() % cfg.pp != 0) {
-            throw new IllegalArgumentException("layers " + m.layers() + " are not divisible by pp " + cfg.pp);
-        }
+        // context parallelism is 1 here, so no sequence split applies: pass an even length for that check
+        of(cfg).validateModel(m.heads(), m.kvHeads(), m.layers(), 0, 2);
         if (cfg.tp > 1 || cfg.pp > 1) {
-            throw new IllegalArgumentException("tp=" + cfg.tp + ", pp=" + cfg.pp + ": the training engine supports "
+            throw new IllegalArgumentException("tp=" + cfg.tp + ", pp=" + cfg.pp + ": Spark training supports "
                     + "data parallelism only so far (tp=1, pp=1); use dp for more ranks");
         }
     }

@@ -54,7 +54,8 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             model.initialize(cfg.seed);
             comm.broadcast(model.params().weights(), 0);
             Iterator<Tuple2<Long, int[]>> pieces = JavaConverters.asJava(data);
-            SampleStream samples = new SampleStream(pieces, cfg.seqLen + 1, rank, cfg.dp);
+            int replica = Layout.of(cfg).coords(rank)[3]; // (tp, cp, ep, dp, pp)
+            SampleStream samples = new SampleStream(pieces, cfg.seqLen + 1, replica, cfg.dp);
             Trainer trainer = new Trainer(model, samples, cfg.trainerOptions(),
                     new DataParallelSync(comm, cfg.bucketBytes));
             List<String> metrics = new ArrayList<>();

@@ -115,7 +115,7 @@ final class TokenData {
         int epochs = (int) ((needed + n - 1) / n);
         SamplePieces pieces = new SamplePieces(starts, t, (int) n, epochs, needed, cfg.seed);
         JavaPairRDD<Long, int[]> keyed = docs.mapPartitionsWithIndex(pieces, true).mapToPair(x -> x);
-        ShuffledRDD<Long, int[], int[]> shuffled = new ShuffledRDD<>(keyed.rdd(), new RankPartitioner(cfg.world(), cfg.dp, t + 1),
+        ShuffledRDD<Long, int[], int[]> shuffled = new ShuffledRDD<>(keyed.rdd(), new RankPartitioner(cfg, t + 1),
                 tag(Long.class), tag(int[].class), tag(int[].class));
         shuffled.setSerializer(KryoRegistration.serializer(df.sparkSession().sparkContext().getConf()));
         shuffled.setKeyOrdering(scala.math.Ordering$.MODULE$.comparatorToOrdering(java.util.Comparator.<Long>naturalOrder()));
@@ -235,11 +235,17 @@ final class TokenData {
         private final int world;
         private final int dp;
         private final int sampleLength;
+        private final int[] rankOfReplica;
 
-        RankPartitioner(int world, int dp, int sampleLength) {
-            this.world = world;
-            this.dp = dp;
+        RankPartitioner(TrainConfig cfg, int sampleLength) {
+            this.world = cfg.world();
+            this.dp = cfg.dp;
             this.sampleLength = sampleLength;
+            var layout = Layout.of(cfg);
+            this.rankOfReplica = new int[dp];
+            for (int r = 0; r < dp; r++) {
+                rankOfReplica[r] = Layout.dataRank(layout, r);
+            }
         }
 
         @Override
@@ -250,7 +256,7 @@ final class TokenData {
         @Override
         public int getPartition(Object key) {
             long g = (Long) key / sampleLength;
-            return Layout.dataRank((int) (g % dp), 1);
+            return rankOfReplica[(int) (g % dp)];
         }
 
         @Override

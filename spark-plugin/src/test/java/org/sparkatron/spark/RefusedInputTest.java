@@ -114,7 +114,7 @@ class RefusedInputTest {
     void badLayoutsAndConfigs() {
         Dataset<Row> df = SyntheticData.frame(SharedSpark.get(), SyntheticData.walks(50, 1), "tokens", 1);
         assertTrue(refusal(df, SharedSpark.config(1, 4, 2).with("tp", "2")).contains("data parallelism only"));
-        assertTrue(refusal(df, SharedSpark.config(1, 4, 2).with("pp", "3")).contains("layers 2 are not divisible by pp 3"));
+        assertTrue(refusal(df, SharedSpark.config(1, 4, 2).with("pp", "3")).contains("layers 2 not divisible by pipeline parallel size 3"));
         IllegalArgumentException e;
         e = assertThrows(IllegalArgumentException.class, () -> SharedSpark.config(3, 4, 2));
         assertTrue(e.getMessage().contains("global_batch 4 is not divisible by dp 3"), e.getMessage());
