@@ -89,7 +89,7 @@ public final class CommBench {
                 "busbw_GB/s");
         Map<Integer, Double> ours64 = new LinkedHashMap<>();
         for (int n : worlds) {
-            for (String line : runWorld(n, sizes, iters, segment)) {
+            for (String line : runWorld(n, sizes, iters, segment, String.join(",", OPS))) {
                 String[] f = line.split(" ");
                 String op = f[1];
                 long size = Long.parseLong(f[2]);
@@ -112,24 +112,53 @@ public final class CommBench {
                     : "/usr/bin/python3 cannot import torch"));
             return;
         }
-        System.out.println("peer: /usr/bin/python3 " + script + " N 64  (torch.distributed gloo, 64 MiB fp32 all-reduce)");
+        // Shared machines drift: the ratio pairs each Gloo run with a fresh 64 MiB all-reduce run of ours
+        // right before it (three times, alternating), and compares the medians of the two kinds.
+        System.out.println("peer: /usr/bin/python3 " + script + " N 64  (torch.distributed gloo, 64 MiB fp32 all-reduce);"
+                + " paired 3 times: ours, then gloo");
         for (int n : worlds) {
-            String out = run(List.of("/usr/bin/python3", script.toString(), String.valueOf(n), "64"), 600);
-            Matcher m = Pattern.compile("busbw_GBps=([0-9.]+)").matcher(out);
-            if (!m.find()) {
-                System.out.println("gloo " + n + " ranks: no result; output:\n" + out);
+            List<Double> glooBw = new ArrayList<>();
+            List<Double> oursBw = new ArrayList<>();
+            for (int k = 0; k < 3; k++) {
+                for (String line : runWorld(n, List.of(64L << 20), iters, segment, "all_reduce")) {
+                    double t = Double.parseDouble(line.split(" ")[3]);
+                    oursBw.add((64L << 20) / t / 1e9 * 2.0 * (n - 1) / n);
+                }
+                String out = run(List.of("/usr/bin/python3", script.toString(), String.valueOf(n), "64"), 600);
+                Matcher m = Pattern.compile("busbw_GBps=([0-9.]+)").matcher(out);
+                if (!m.find()) {
+                    System.out.println("gloo " + n + " ranks: no result; output:\n" + out);
+                    continue;
+                }
+                glooBw.add(Double.parseDouble(m.group(1)));
+            }
+            if (glooBw.isEmpty() || oursBw.isEmpty()) {
                 continue;
             }
-            double gloo = Double.parseDouble(m.group(1));
-            Double ours = ours64.get(n);
-            System.out.printf(Locale.ROOT, "all_reduce 64 MiB, %d ranks: gloo busbw %.3f GB/s, sparkatron %s GB/s, ratio %s%n",
-                    n, gloo, ours == null ? "n/a" : String.format(Locale.ROOT, "%.3f", ours),
-                    ours == null ? "n/a (size not measured)" : String.format(Locale.ROOT, "%.2fx", ours / gloo));
+            double g = median(glooBw);
+            double o = median(oursBw);
+            System.out.printf(Locale.ROOT, "all_reduce 64 MiB, %d ranks: gloo busbw %s GB/s, sparkatron %s GB/s (sweep above: %s);"
+                            + " ratio of medians %.2fx%n", n, fmt(glooBw), fmt(oursBw),
+                    ours64.containsKey(n) ? String.format(Locale.ROOT, "%.3f", ours64.get(n)) : "n/a", o / g);
         }
     }
 
+    private static double median(List<Double> xs) {
+        double[] a = xs.stream().mapToDouble(Double::doubleValue).sorted().toArray();
+        return a.length % 2 == 1 ? a[a.length / 2] : (a[a.length / 2 - 1] + a[a.length / 2]) / 2;
+    }
+
+    private static String fmt(List<Double> xs) {
+        StringBuilder b = new StringBuilder();
+        for (double x : xs) {
+            b.append(b.length() == 0 ? "" : "/").append(String.format(Locale.ROOT, "%.3f", x));
+        }
+        return b.toString();
+    }
+
     /** Launches n worker JVMs, returns rank 0's RESULT lines. */
-    private static List<String> runWorld(int n, List<Long> sizes, int iters, int segment) throws Exception {
+    private static List<String> runWorld(int n, List<Long> sizes, int iters, int segment, String ops)
+            throws Exception {
         Path dir = Files.createTempDirectory("sparkatron-bench-comm");
         Path secret = dir.resolve("secret");
         byte[] key = new byte[32];
@@ -143,7 +172,7 @@ public final class CommBench {
         for (int r = 0; r < n; r++) {
             List<String> cmd = new ArrayList<>(List.of(java, "-Xmx512m", direct, "-XX:+UseParallelGC", "--add-modules=jdk.incubator.vector", "-cp",
                     System.getProperty("java.class.path"), CommBench.class.getName(), "--worker", dir.toString(),
-                    String.valueOf(r), String.valueOf(n), String.valueOf(iters), String.valueOf(segment)));
+                    String.valueOf(r), String.valueOf(n), String.valueOf(iters), String.valueOf(segment), ops));
             sizes.forEach(s -> cmd.add(String.valueOf(s)));
             ProcessBuilder pb = new ProcessBuilder(cmd).redirectErrorStream(true);
             if (r > 0) {
@@ -181,8 +210,13 @@ public final class CommBench {
         TcpOptions opts = TcpOptions.loopback().withTimeouts(60_000, 120_000);
         opts = opts.withSizes(opts.maxMessageBytes, segment, opts.smallBytes);
         try (TcpCommunicator c = TcpCommunicator.create(rank, n, new FileRendezvous(dir, rank, n, 60_000), secret, opts)) {
-            for (String op : OPS) {
-                for (int i = 6; i < a.length; i++) {
+            // Warm-up (JIT) on both the direct and the ring paths before anything is timed.
+            for (String op : a[6].split(",")) {
+                measure(c, op, 4096, 40);
+                measure(c, op, 1 << 20, 10);
+            }
+            for (String op : a[6].split(",")) {
+                for (int i = 7; i < a.length; i++) {
                     long size = Long.parseLong(a[i]);
                     double t = measure(c, op, size, iters);
                     if (rank == 0) {
@@ -212,7 +246,7 @@ public final class CommBench {
             case "all_to_all" -> () -> c.allToAll(full, counts, other, counts);
             default -> throw new IllegalArgumentException(op);
         };
-        int reps = size >= (64L << 20) ? Math.max(3, iters - 2) : size <= (1 << 20) ? iters * 4 : iters;
+        int reps = size > (64L << 20) ? Math.max(3, iters - 2) : size <= (1 << 20) ? iters * 4 : iters;
         once.run();
         once.run();
         double[] ts = new double[reps];

@@ -57,7 +57,7 @@ public final class TcpOptions {
 
     /** All interfaces, advertised by this host's first non-loopback address; 2 min connect, 5 min op timeout. */
     public static TcpOptions defaults() {
-        return new TcpOptions("0.0.0.0", null, 0, 120_000, 300_000, Integer.MAX_VALUE - 1024, 1 << 19, 32 << 10);
+        return new TcpOptions("0.0.0.0", null, 0, 120_000, 300_000, Integer.MAX_VALUE - 1024, 1 << 20, 32 << 10);
     }
 
     /** Loopback only (tests and single-host benchmarks). */
