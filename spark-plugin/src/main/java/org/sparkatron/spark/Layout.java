@@ -3,10 +3,10 @@ package org.sparkatron.spark;
 import org.sparkatron.comm.ParallelLayout;
 
 /**
- * The job's rank layout on the driver: Megatron's order {@code tp-cp-ep-dp-pp} (TP fastest) through the
- * engine's {@link ParallelLayout}, which validates it against the model and names the numbers. The Spark
- * path trains data parallelism today: TP or PP above 1 is refused with a clear message until the Spark
- * ranks drive the parallel layers. Stateless.
+ * The rank layout of a job, Megatron's order {@code tp-cp-ep-dp-pp} (TP fastest): world = TP x DP x PP,
+ * through the engine's {@link ParallelLayout}. The training engine runs data and tensor (+ sequence)
+ * parallelism; the driver refuses PP above 1 with a clear message until pipeline parallelism lands.
+ * Stateless.
  */
 final class Layout {
     private Layout() {
@@ -30,11 +30,24 @@ final class Layout {
             throw new IllegalArgumentException("world size dp x tp x pp = " + cfg.world() + " is larger than 4096");
         }
         var m = cfg.model();
-        // context parallelism is 1 here, so no sequence split applies: pass an even length for that check
-        of(cfg).validateModel(m.heads(), m.kvHeads(), m.layers(), 0, 2);
-        if (cfg.tp > 1 || cfg.pp > 1) {
-            throw new IllegalArgumentException("tp=" + cfg.tp + ", pp=" + cfg.pp + ": Spark training supports "
-                    + "data parallelism only so far (tp=1, pp=1); use dp for more ranks");
+        if (m.heads() % cfg.tp != 0) {
+            throw new IllegalArgumentException("attention heads " + m.heads() + " are not divisible by tp " + cfg.tp);
+        }
+        try {
+            org.sparkatron.model.Transformer.validate(m, cfg.tp);
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("tp=" + cfg.tp + ": " + e.getMessage(), e);
+        }
+        if (cfg.sequenceParallel && cfg.tp > 1 && ((long) cfg.microBatch * cfg.seqLen) % cfg.tp != 0) {
+            throw new IllegalArgumentException("sequence_parallel: micro_batch x seq_len = " + cfg.microBatch + " x " + cfg.seqLen
+                    + " tokens is not divisible by tp " + cfg.tp);
+        }
+        if (m.layers() % cfg.pp != 0) {
+            throw new IllegalArgumentException("layers " + m.layers() + " are not divisible by pp " + cfg.pp);
+        }
+        if (cfg.pp > 1) {
+            throw new IllegalArgumentException("pp=" + cfg.pp + ": the training engine supports data and tensor "
+                    + "parallelism so far (pp=1); use dp or tp for more ranks");
         }
     }
 }

@@ -261,12 +261,13 @@ final class TokenData {
 
         @Override
         public boolean equals(Object o) {
-            return o instanceof RankPartitioner r && r.world == world && r.dp == dp && r.sampleLength == sampleLength;
+            return o instanceof RankPartitioner r && r.world == world && r.dp == dp && r.sampleLength == sampleLength
+                    && java.util.Arrays.equals(r.rankOfReplica, rankOfReplica);
         }
 
         @Override
         public int hashCode() {
-            return world * 31 + dp * 7 + sampleLength;
+            return world * 31 + dp * 7 + java.util.Arrays.hashCode(rankOfReplica) + sampleLength;
         }
     }
 }

@@ -26,7 +26,7 @@ import java.util.zip.ZipEntry;
  */
 final class StandaloneCluster implements AutoCloseable {
     final Path home;
-    final int masterPort;
+    int masterPort;
     private final Path dir;
     private final List<Process> processes = new ArrayList<>();
     final List<Process> workers = new ArrayList<>();
@@ -34,6 +34,17 @@ final class StandaloneCluster implements AutoCloseable {
     StandaloneCluster(Path dir, String... gpuAddresses) throws Exception {
         this.dir = dir;
         this.home = dir.resolve("spark-home");
+        // processes die with this JVM even if the suite never reaches close()
+        Runtime.getRuntime().addShutdownHook(new Thread(this::close));
+        try {
+            setUp(gpuAddresses);
+        } catch (Exception | Error e) {
+            close();
+            throw e;
+        }
+    }
+
+    private void setUp(String... gpuAddresses) throws Exception {
         Files.createDirectories(home.resolve("jars"));
         int i = 0;
         for (String entry : classpath()) {
@@ -136,8 +147,26 @@ final class StandaloneCluster implements AutoCloseable {
         return out;
     }
 
+    /** The tail of every Worker log and executor stderr, for failure messages. */
+    String diagnostics() {
+        StringBuilder sb = new StringBuilder();
+        try (var files = Files.walk(dir)) {
+            for (Path p : (Iterable<Path>) files::iterator) {
+                String n = p.getFileName().toString();
+                if (Files.isRegularFile(p) && (n.startsWith("worker") && n.endsWith(".log") || n.equals("stderr"))) {
+                    String text = Files.readString(p);
+                    sb.append("\n==== ").append(dir.relativize(p)).append(" ====\n")
+                            .append(text.substring(Math.max(0, text.length() - 3000)));
+                }
+            }
+        } catch (IOException e) {
+            sb.append("(cannot read logs: ").append(e).append(")");
+        }
+        return sb.toString();
+    }
+
     @Override
-    public void close() {
+    public synchronized void close() {
         for (int i = processes.size() - 1; i >= 0; i--) {
             Process p = processes.get(i);
             p.toHandle().descendants().forEach(ProcessHandle::destroyForcibly);

@@ -26,7 +26,7 @@ import org.junit.jupiter.api.io.TempDir;
  * the suite; every driver runs under a timeout.
  */
 @TestInstance(TestInstance.Lifecycle.PER_CLASS)
-@Timeout(value = 420, unit = TimeUnit.SECONDS)
+@Timeout(value = 900, unit = TimeUnit.SECONDS)
 class StandaloneClusterTest {
     @TempDir
     static Path dir;
@@ -69,7 +69,9 @@ class StandaloneClusterTest {
                 "--conf", "spark.ui.enabled=false", "--conf", "spark.executor.memory=512m", "--conf", "spark.executor.cores=1",
                 "--conf", "spark.cores.max=2", "--conf", "spark.executor.resource.gpu.amount=1",
                 "--conf", "spark.task.resource.gpu.amount=1", "--conf", "spark.scheduler.minRegisteredResourcesRatio=1.0",
-                "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=60s",
+                // generous waits: on a loaded 2-core machine executor JVMs can take a minute to register
+                "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=150s",
+                "--conf", DistributedTraining.SLOT_WAIT_CONF + "=150",
                 "--conf", "spark.serializer=org.apache.spark.serializer.KryoSerializer",
                 "--conf", "spark.kryo.registrationRequired=true",
                 "--conf", "spark.executor.extraJavaOptions=--add-modules=jdk.incubator.vector",
@@ -87,9 +89,9 @@ class StandaloneClusterTest {
     @Test
     void sparkSubmitTrainsOnTwoExecutorsEachBindingItsGpu() throws Exception {
         Process driver = submit("train", job("train", 20));
-        assertTrue(driver.waitFor(240, TimeUnit.SECONDS), "driver did not finish");
+        assertTrue(driver.waitFor(400, TimeUnit.SECONDS), "driver did not finish");
         String log = Files.readString(cluster.log("driver-train"));
-        assertEquals(0, driver.exitValue(), log);
+        assertEquals(0, driver.exitValue(), () -> log + cluster.diagnostics());
         assertTrue(log.contains("[sparkatron] step 20/20"), "live progress on the driver: " + log);
         List<JsonNode> ranks = ranks(dir.resolve("train"));
         assertEquals(2, ranks.size());
@@ -113,15 +115,15 @@ class StandaloneClusterTest {
     void anExecutorKilledMidTrainingMakesSparkRetryTheStage() throws Exception {
         Process driver = submit("kill", job("kill", 150));
         Path log = cluster.log("driver-kill");
-        cluster.awaitLog("driver-kill", driver, "[sparkatron] step 5/150", 180);
+        cluster.awaitLog("driver-kill", driver, "[sparkatron] step 5/150", 300);
         List<ProcessHandle> executors = cluster.executors();
         assertEquals(2, executors.size(), "two executor JVMs");
         ProcessHandle victim = executors.get(0);
         assertTrue(victim.destroyForcibly(), "SIGKILL an executor");
         // no hang: the other rank fails fast, Spark retries the whole barrier stage on a replacement executor
-        assertTrue(driver.waitFor(300, TimeUnit.SECONDS), "driver did not finish: " + Files.readString(log));
+        assertTrue(driver.waitFor(400, TimeUnit.SECONDS), "driver did not finish: " + Files.readString(log) + cluster.diagnostics());
         String text = Files.readString(log);
-        assertEquals(0, driver.exitValue(), text);
+        assertEquals(0, driver.exitValue(), () -> text + cluster.diagnostics());
         assertTrue(text.contains("(attempt 1)"), "progress of the retried attempt: " + text);
         for (JsonNode r : ranks(dir.resolve("kill"))) {
             assertTrue(r.get("attempt").asInt() >= 1, "result from a retried attempt: " + r);
