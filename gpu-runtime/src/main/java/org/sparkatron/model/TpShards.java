@@ -49,7 +49,9 @@ public final class TpShards {
             long fullRows = full.shape()[0];
             long first = rank * rows;
             long count = Math.max(0, Math.min(rows, fullRows - first));
-            out.add(new Segment(first * c, 0, count * c));
+            if (count > 0) { // a rank may own only padding (e.g. vocab 64 padded to 512 for TP = 4)
+                out.add(new Segment(first * c, 0, count * c));
+            }
         } else if (n.endsWith("attn.qkv.w") || n.endsWith("attn.qkv.b")) {
             long rowLen = n.endsWith(".w") ? c : 1;
             int hl = cfg.heads() / size;

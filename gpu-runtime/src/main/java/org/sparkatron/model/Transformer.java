@@ -119,8 +119,15 @@ public final class Transformer {
         headInput = tp.sequenceParallel() ? new Mappings.GatherFromSequenceRegion(tp) : new Mappings.CopyToTensorRegion(tp);
     }
 
-    /** Refuses layouts that do not split evenly, naming the numbers. */
-    static void validate(ModelConfig cfg, int tpSize) {
+    /**
+     * Refuses tensor-parallel sizes the model does not split into evenly (attention heads, key/value
+     * heads, MLP width), naming the numbers. Key/value heads are never replicated, so fewer key/value
+     * heads than TP ranks is refused. Drivers call it before launching anything.
+     */
+    public static void validate(ModelConfig cfg, int tpSize) {
+        if (tpSize < 1) {
+            throw new IllegalArgumentException("tensor parallel size must be >= 1, got " + tpSize);
+        }
         if (cfg.heads() % tpSize != 0) {
             throw new IllegalArgumentException("attention heads " + cfg.heads() + " not divisible by tensor parallel size " + tpSize);
         }

@@ -114,6 +114,26 @@ class TensorParallelModelTest {
         });
     }
 
+    /**
+     * Vocab 64 with the default padding multiple of 128 pads to 512 rows at TP = 4: ranks 1 to 3 own only
+     * padding. Initialising by shards and gathering back gives the single-rank initialisation bitwise.
+     */
+    @Test
+    void ranksOwningOnlyPaddingShardAndGather() throws Exception {
+        ModelConfig cfg = ModelConfig.fromJson(new ObjectMapper().readTree("{\"model_type\":\"gpt2\",\"n_layer\":1,"
+                + "\"n_embd\":32,\"n_head\":4,\"n_positions\":16,\"vocab_size\":64}"));
+        assertEquals(512, cfg.paddedVocab(4));
+        float[] want = ParityRun.arr(single(cfg).params().weights());
+        List<float[]> got = TpRanks.run(4, (rank, world) -> {
+            Transformer m = new Transformer(cfg, new CpuKernels(), new TensorParallel(world, false));
+            m.initialize(ParityRun.SEED);
+            return ParityRun.arr(TpCheckpoint.gatherFull(m, false).params().weights());
+        });
+        for (float[] g : got) {
+            org.junit.jupiter.api.Assertions.assertArrayEquals(want, g);
+        }
+    }
+
     /** Logits gathered from the vocab shards, and a model directory loaded at TP = 4 and saved back. */
     @ParameterizedTest
     @ValueSource(strings = {"gpt2", "llama"})

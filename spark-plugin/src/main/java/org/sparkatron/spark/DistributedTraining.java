@@ -77,7 +77,8 @@ public final class DistributedTraining {
         LOG.info("sparkatron: {}", summary);
         if (console != null) {
             console.println("[sparkatron] data: " + summary);
-            console.println("[sparkatron] launching " + cfg.world() + " rank(s) (dp=" + cfg.dp + ") in one barrier stage");
+            console.println("[sparkatron] launching " + cfg.world() + " rank(s) (dp=" + cfg.dp + ", tp=" + cfg.tp
+                    + (cfg.sequenceParallel ? " +sp" : "") + ") in one barrier stage");
         }
         byte[] secret = new byte[32];
         new SecureRandom().nextBytes(secret);

@@ -2,8 +2,8 @@ package org.sparkatron.spark;
 
 /**
  * The rank layout of a job, Megatron's order {@code tp-cp-ep-dp-pp} (TP fastest): world = TP x DP x PP.
- * The training engine runs data parallelism today; the driver refuses TP or PP above 1 with a clear
- * message until the parallel layers land. Stateless.
+ * The training engine runs data and tensor (+ sequence) parallelism; the driver refuses PP above 1 with
+ * a clear message until pipeline parallelism lands. Stateless.
  */
 final class Layout {
     private Layout() {
@@ -27,12 +27,21 @@ final class Layout {
         if (m.heads() % cfg.tp != 0) {
             throw new IllegalArgumentException("attention heads " + m.heads() + " are not divisible by tp " + cfg.tp);
         }
+        try {
+            org.sparkatron.model.Transformer.validate(m, cfg.tp);
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("tp=" + cfg.tp + ": " + e.getMessage(), e);
+        }
+        if (cfg.sequenceParallel && cfg.tp > 1 && ((long) cfg.microBatch * cfg.seqLen) % cfg.tp != 0) {
+            throw new IllegalArgumentException("sequence_parallel: micro_batch x seq_len = " + cfg.microBatch + " x " + cfg.seqLen
+                    + " tokens is not divisible by tp " + cfg.tp);
+        }
         if (m.layers() % cfg.pp != 0) {
             throw new IllegalArgumentException("layers " + m.layers() + " are not divisible by pp " + cfg.pp);
         }
-        if (cfg.tp > 1 || cfg.pp > 1) {
-            throw new IllegalArgumentException("tp=" + cfg.tp + ", pp=" + cfg.pp + ": the training engine supports "
-                    + "data parallelism only so far (tp=1, pp=1); use dp for more ranks");
+        if (cfg.pp > 1) {
+            throw new IllegalArgumentException("pp=" + cfg.pp + ": the training engine supports data and tensor "
+                    + "parallelism so far (pp=1); use dp or tp for more ranks");
         }
     }
 }

@@ -9,9 +9,15 @@ import org.apache.spark.BarrierTaskContext;
 import org.apache.spark.SparkEnv;
 import org.apache.spark.resource.ResourceInformation;
 import org.sparkatron.comm.Communicator;
+import org.sparkatron.comm.ParallelLayout;
+import org.sparkatron.comm.ProcessGroups;
 import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.device.cpu.CpuKernels;
 import org.sparkatron.model.Transformer;
+import org.sparkatron.parallel.TensorParallel;
+import org.sparkatron.parallel.TpBroadcastSource;
+import org.sparkatron.parallel.TpCheckpoint;
+import org.sparkatron.train.SampleSource;
 import org.sparkatron.train.Trainer;
 import scala.Tuple2;
 import scala.collection.JavaConverters;
@@ -19,9 +25,12 @@ import scala.runtime.AbstractFunction1;
 
 /**
  * The body of one barrier task = one rank. Binds its device (the GPU address Spark assigned, or the CPU),
- * meets the other ranks ({@link CommWiring}), builds the model from the shipped config and seed (rank 0's
- * weights are broadcast so every replica starts identical), trains {@code steps} steps on the samples the
- * data shuffle delivered, reports progress (rank 0), and returns a {@link RankReport}.
+ * meets the other ranks ({@link CommWiring}) and carves its TP and DP groups out of the world
+ * ({@link ProcessGroups}, TP fastest), builds its tensor-parallel shard of the model from the shipped
+ * config and seed (each DP group's rank 0 broadcasts its shard so every replica starts identical), trains
+ * {@code steps} steps on the samples the data shuffle delivered to TP rank 0 of its replica (which
+ * broadcasts every sample to its TP group: {@link TpBroadcastSource}), reports progress (rank 0), and
+ * returns a {@link RankReport} (rank 0's carries the full weights, gathered from the TP shards).
  *
  * <p>Failure: any exception aborts the communicator, so every peer fails at its next collective instead
  * of waiting; a watchdog thread does the same when Spark kills the task (another rank failed, or the
@@ -49,14 +58,20 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         Blas.setThreads(cfg.threadsPerRank); // process-wide; the same value from every rank in the JVM
         Communicator comm = CommWiring.connect(ctx, secret, cfg.commTimeoutMs);
         Thread watchdog = watchdog(ctx, comm, rank);
-        try (ProgressReporter progress = new ProgressReporter(rank == 0 ? progressEndpoint : null, secret)) {
-            Transformer model = new Transformer(cfg.model(), new CpuKernels());
+        try (ProgressReporter progress = new ProgressReporter(rank == 0 ? progressEndpoint : null, secret);
+             ProcessGroups groups = ProcessGroups.create(ParallelLayout.forWorld(cfg.world(), cfg.tp, 1, 1, cfg.pp, 1), comm)) {
+            int tpRank = groups.coords()[0];
+            int replica = groups.coords()[3];
+            Transformer model = new Transformer(cfg.model(), new CpuKernels(), new TensorParallel(groups.tp(), cfg.sequenceParallel));
             model.initialize(cfg.seed);
-            comm.broadcast(model.params().weights(), 0);
+            groups.dp().broadcast(model.params().weights(), 0);
             Iterator<Tuple2<Long, int[]>> pieces = JavaConverters.asJava(data);
-            SampleStream samples = new SampleStream(pieces, cfg.seqLen + 1, rank, cfg.dp);
+            SampleSource samples = new SampleStream(pieces, cfg.seqLen + 1, replica, cfg.dp);
+            if (cfg.tp > 1) { // only TP rank 0 of each replica was sent data; it shares every sample
+                samples = new TpBroadcastSource(tpRank == 0 ? samples : null, cfg.seqLen + 1, groups.tp());
+            }
             Trainer trainer = new Trainer(model, samples, cfg.trainerOptions(),
-                    new DataParallelSync(comm, cfg.bucketBytes));
+                    new DataParallelSync(groups.dp(), cfg.bucketBytes));
             List<String> metrics = new ArrayList<>();
             for (int s = 1; s <= cfg.steps; s++) {
                 if (rank == cfg.failRank && s == cfg.failStep && attempt < cfg.failAttempts) {
@@ -70,10 +85,11 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 }
             }
             comm.barrier();
+            Transformer full = cfg.tp > 1 ? TpCheckpoint.gatherFull(model, false) : model; // TP collective
             float[] weights = null;
             if (rank == 0) {
-                weights = new float[(int) model.params().numel()];
-                model.params().weights().floats().get(0, weights);
+                weights = new float[(int) full.params().numel()];
+                full.params().weights().floats().get(0, weights);
             }
             String host = ctx.getTaskInfos()[rank].address();
             RankReport report = new RankReport(rank, attempt, host, SparkEnv.get().executorId(), device,

@@ -38,6 +38,8 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     private final IntParam dp;
     private final IntParam tp;
     private final IntParam pp;
+    private final IntParam tensorParallel;
+    private final BooleanParam sequenceParallel;
     private final IntParam globalBatch;
     private final IntParam microBatch;
     private final IntParam seqLen;
@@ -62,8 +64,10 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
         // created after uid is set: a Param records its parent's uid
         modelConfig = new Param<>(this, "modelConfig", "Hugging Face config.json (JSON text or a path)");
         dp = new IntParam(this, "dp", "data-parallel replicas (ranks)");
-        tp = new IntParam(this, "tp", "tensor-parallel size (1 until the engine supports more)");
+        tp = new IntParam(this, "tp", "tensor-parallel size (ranks per replica)");
         pp = new IntParam(this, "pp", "pipeline-parallel size (1 until the engine supports more)");
+        tensorParallel = new IntParam(this, "tensorParallel", "tensor-parallel size (ranks per replica; alias of tp)");
+        sequenceParallel = new BooleanParam(this, "sequenceParallel", "sequence parallelism inside each tensor-parallel group");
         globalBatch = new IntParam(this, "globalBatch", "samples per optimizer step over all replicas");
         microBatch = new IntParam(this, "microBatch", "samples per forward/backward on one rank");
         seqLen = new IntParam(this, "seqLen", "tokens per sample (inputs)");
@@ -90,6 +94,8 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     public IntParam dp() { return dp; }
     public IntParam tp() { return tp; }
     public IntParam pp() { return pp; }
+    public IntParam tensorParallel() { return tensorParallel; }
+    public BooleanParam sequenceParallel() { return sequenceParallel; }
     public IntParam globalBatch() { return globalBatch; }
     public IntParam microBatch() { return microBatch; }
     public IntParam seqLen() { return seqLen; }
@@ -109,6 +115,8 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     public SparkatronEstimator setDp(int v) { set(dp, (Object) v); return this; }
     public SparkatronEstimator setTp(int v) { set(tp, (Object) v); return this; }
     public SparkatronEstimator setPp(int v) { set(pp, (Object) v); return this; }
+    public SparkatronEstimator setTensorParallel(int v) { set(tensorParallel, (Object) v); return this; }
+    public SparkatronEstimator setSequenceParallel(boolean v) { set(sequenceParallel, (Object) v); return this; }
     public SparkatronEstimator setGlobalBatch(int v) { set(globalBatch, (Object) v); return this; }
     public SparkatronEstimator setMicroBatch(int v) { set(microBatch, (Object) v); return this; }
     public SparkatronEstimator setSeqLen(int v) { set(seqLen, (Object) v); return this; }

@@ -115,7 +115,7 @@ final class TokenData {
         int epochs = (int) ((needed + n - 1) / n);
         SamplePieces pieces = new SamplePieces(starts, t, (int) n, epochs, needed, cfg.seed);
         JavaPairRDD<Long, int[]> keyed = docs.mapPartitionsWithIndex(pieces, true).mapToPair(x -> x);
-        ShuffledRDD<Long, int[], int[]> shuffled = new ShuffledRDD<>(keyed.rdd(), new RankPartitioner(cfg.world(), cfg.dp, t + 1),
+        ShuffledRDD<Long, int[], int[]> shuffled = new ShuffledRDD<>(keyed.rdd(), new RankPartitioner(cfg.world(), cfg.dp, cfg.tp, t + 1),
                 tag(Long.class), tag(int[].class), tag(int[].class));
         shuffled.setSerializer(KryoRegistration.serializer(df.sparkSession().sparkContext().getConf()));
         shuffled.setKeyOrdering(scala.math.Ordering$.MODULE$.comparatorToOrdering(java.util.Comparator.<Long>naturalOrder()));
@@ -234,11 +234,13 @@ final class TokenData {
         private static final long serialVersionUID = 1L;
         private final int world;
         private final int dp;
+        private final int tp;
         private final int sampleLength;
 
-        RankPartitioner(int world, int dp, int sampleLength) {
+        RankPartitioner(int world, int dp, int tp, int sampleLength) {
             this.world = world;
             this.dp = dp;
+            this.tp = tp;
             this.sampleLength = sampleLength;
         }
 
@@ -250,17 +252,18 @@ final class TokenData {
         @Override
         public int getPartition(Object key) {
             long g = (Long) key / sampleLength;
-            return Layout.dataRank((int) (g % dp), 1);
+            return Layout.dataRank((int) (g % dp), tp);
         }
 
         @Override
         public boolean equals(Object o) {
-            return o instanceof RankPartitioner r && r.world == world && r.dp == dp && r.sampleLength == sampleLength;
+            return o instanceof RankPartitioner r && r.world == world && r.dp == dp && r.tp == tp
+                    && r.sampleLength == sampleLength;
         }
 
         @Override
         public int hashCode() {
-            return world * 31 + dp * 7 + sampleLength;
+            return world * 31 + dp * 7 + tp * 13 + sampleLength;
         }
     }
 }

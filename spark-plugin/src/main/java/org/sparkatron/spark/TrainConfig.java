@@ -22,7 +22,7 @@ import org.sparkatron.train.Trainer;
  * {@link ModelConfig} is not serializable.
  *
  * <p>Keys (defaults in brackets): {@code model} (an HF config.json object, or a path to one),
- * {@code dp} [1], {@code tp} [1], {@code pp} [1], {@code global_batch} [8] (samples per optimizer step over
+ * {@code dp} [1], {@code tp} [1] (alias {@code tensor_parallel}), {@code sequence_parallel} [false], {@code pp} [1], {@code global_batch} [8] (samples per optimizer step over
  * all replicas), {@code micro_batch} [global_batch / dp] (samples per forward/backward on one rank),
  * {@code seq_len} [128], {@code steps} [100], {@code lr} [3e-4], {@code min_lr} [lr / 10],
  * {@code warmup_steps} [0], {@code decay_steps} [steps], {@code weight_decay} [0.1], {@code grad_clip} [1.0],
@@ -36,7 +36,7 @@ public final class TrainConfig implements Serializable {
     static final ObjectMapper JSON = new ObjectMapper();
 
     /** Every accepted key: anything else is refused so a typo never silently falls back to a default. */
-    public static final Set<String> KEYS = Set.of("model", "dp", "tp", "pp", "global_batch", "micro_batch", "seq_len",
+    public static final Set<String> KEYS = Set.of("model", "dp", "tp", "tensor_parallel", "sequence_parallel", "pp", "global_batch", "micro_batch", "seq_len",
             "steps", "lr", "min_lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "seed", "input_col",
             "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format", "input_schema",
             "fail_rank", "fail_step", "fail_attempts");
@@ -45,6 +45,8 @@ public final class TrainConfig implements Serializable {
 
     public final String modelJson;
     public final int dp, tp, pp;
+    /** Sequence parallelism inside each TP group (norms, dropout, residuals on token shards). */
+    public final boolean sequenceParallel;
     public final int globalBatch, microBatch, seqLen, steps;
     public final double lr, minLr;
     public final long warmupSteps, decaySteps;
@@ -90,6 +92,19 @@ public final class TrainConfig implements Serializable {
             throw new IllegalArgumentException("model config: " + e.getMessage(), e);
         }
         this.modelJson = mc.toJson().toString();
+        if (o.has("tensor_parallel")) { // the name for "tp": one key in the normalised config
+            JsonNode alias = o.remove("tensor_parallel");
+            if (o.has("tp") && !o.get("tp").equals(alias)) {
+                throw new IllegalArgumentException("config keys 'tp' (" + o.get("tp") + ") and 'tensor_parallel' (" + alias
+                        + ") disagree: give one of them");
+            }
+            o.set("tp", alias);
+        }
+        JsonNode spNode = o.get("sequence_parallel");
+        if (spNode != null && !spNode.isNull() && !spNode.isBoolean()) {
+            throw new IllegalArgumentException("config key 'sequence_parallel' must be true or false, got " + spNode);
+        }
+        this.sequenceParallel = spNode != null && spNode.asBoolean(false);
         this.dp = intKey(o, "dp", 1, 1);
         this.tp = intKey(o, "tp", 1, 1);
         this.pp = intKey(o, "pp", 1, 1);

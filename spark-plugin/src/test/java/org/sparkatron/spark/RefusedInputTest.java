@@ -113,7 +113,17 @@ class RefusedInputTest {
     @Test
     void badLayoutsAndConfigs() {
         Dataset<Row> df = SyntheticData.frame(SharedSpark.get(), SyntheticData.walks(50, 1), "tokens", 1);
-        assertTrue(refusal(df, SharedSpark.config(1, 4, 2).with("tp", "2")).contains("data parallelism only"));
+        assertTrue(refusal(df, SharedSpark.config(1, 4, 2).with("pp", "2")).contains("pp=2: the training engine supports data and tensor"));
+        assertTrue(refusal(df, SharedSpark.config(1, 4, 2).with("tp", "4")).contains("attention heads 2 are not divisible by tp 4"));
+        String sp = refusal(df, SharedSpark.config(1, 4, 2).with("micro_batch", "1").with("seq_len", "15").with("tp", "2")
+                .with("sequence_parallel", "true"));
+        assertTrue(sp.contains("micro_batch x seq_len = 1 x 15 tokens is not divisible by tp 2"), sp);
+        IllegalArgumentException tpKeys = assertThrows(IllegalArgumentException.class,
+                () -> SharedSpark.config(1, 4, 2).with("tp", "2").with("tensor_parallel", "4"));
+        assertTrue(tpKeys.getMessage().contains("'tp' (2) and 'tensor_parallel' (4) disagree"), tpKeys.getMessage());
+        IllegalArgumentException spKey = assertThrows(IllegalArgumentException.class,
+                () -> SharedSpark.config(1, 4, 2).with("sequence_parallel", "\"yes\""));
+        assertTrue(spKey.getMessage().contains("'sequence_parallel' must be true or false"), spKey.getMessage());
         assertTrue(refusal(df, SharedSpark.config(1, 4, 2).with("pp", "3")).contains("layers 2 are not divisible by pp 3"));
         IllegalArgumentException e;
         e = assertThrows(IllegalArgumentException.class, () -> SharedSpark.config(3, 4, 2));

@@ -53,7 +53,11 @@ final class Connection {
     /** Recycled buffers for messages that arrive before their receive is posted (avoids allocation churn). */
     private final ArrayDeque<ByteBuffer> pool = new ArrayDeque<>();
     private static final int POOL_MAX = 32;
+    /** When the write in progress last moved a byte (System.nanoTime), 0 when no write is in progress. */
+    private volatile long writeProgressNs;
     private volatile boolean peerSaidGoodbye;
+    /** Test hook: a frozen reader stops reading, as a SIGSTOPped process would. */
+    volatile boolean frozenForTest;
     private volatile boolean stopping;
 
     Connection(TcpTransport owner, int peer, SocketChannel ch) {
@@ -167,9 +171,20 @@ final class Connection {
     }
 
     private void readLoop() {
+        try {
+            readFrames();
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+    }
+
+    private void readFrames() throws InterruptedException {
         ByteBuffer h = ByteBuffer.allocateDirect(HEADER).order(ByteOrder.BIG_ENDIAN);
         try {
             while (true) {
+                while (frozenForTest && !stopping) {
+                    Thread.sleep(10);
+                }
                 h.clear();
                 readFully(h);
                 h.flip();
@@ -300,9 +315,22 @@ final class Connection {
         writeHeader.clear();
         writeHeader.putInt(MAGIC).putInt(kind).putInt(group).putInt(tag).putLong(payload.remaining()).flip();
         ByteBuffer[] both = {writeHeader, payload};
-        while (writeHeader.hasRemaining() || payload.hasRemaining()) {
-            ch.write(both);
+        writeProgressNs = System.nanoTime();
+        try {
+            while (writeHeader.hasRemaining() || payload.hasRemaining()) {
+                if (ch.write(both) > 0) {
+                    writeProgressNs = System.nanoTime();
+                }
+            }
+        } finally {
+            writeProgressNs = 0;
         }
+    }
+
+    /** Nanoseconds since the write in progress last made progress; 0 if none is in progress. */
+    long writeStalledNs() {
+        long t = writeProgressNs;
+        return t == 0 ? 0 : System.nanoTime() - t;
     }
 
     /** Test hook: raw bytes on the wire, as a broken or hostile peer would send them. */

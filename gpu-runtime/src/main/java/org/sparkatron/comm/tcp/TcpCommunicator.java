@@ -317,6 +317,11 @@ public final class TcpCommunicator implements Communicator {
         }
     }
 
+    /** Test hook: this rank stops reading its sockets, as a frozen (SIGSTOPped) process would. */
+    void freezeForTest() {
+        transport.freezeReaders();
+    }
+
     /** Test hook: drops every connection without a word, as a crashed process would. */
     void crashForTest() {
         transport.crash();

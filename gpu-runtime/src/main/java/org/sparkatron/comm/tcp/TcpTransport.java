@@ -207,7 +207,34 @@ final class TcpTransport {
                 c.start();
             }
         }
+        if (size > 1) {
+            Thread w = new Thread(t::watchdog, "sparkatron-comm-r" + rank + "-watchdog");
+            w.setDaemon(true);
+            w.start();
+        }
         return t;
+    }
+
+    /**
+     * A write blocks outside any timed wait (small sends go out from the caller's thread, and the writer
+     * thread's own writes): if one makes no progress for the operation timeout, the peer is frozen or the
+     * network is gone, and the transport fails naming it, which closes the socket and unblocks the write.
+     */
+    private void watchdog() {
+        long limit = options.opTimeoutMs * 1_000_000L;
+        while (failure.get() == null && !closed) {
+            try {
+                Thread.sleep(Math.min(200, Math.max(10, options.opTimeoutMs / 10)));
+            } catch (InterruptedException e) {
+                return;
+            }
+            for (Connection c : conns) {
+                if (c != null && c.writeStalledNs() > limit) {
+                    fail(new CommException("rank " + rank + ": a write to rank " + c.peer + " made no progress for "
+                            + options.opTimeoutMs + " ms (rank " + c.peer + " is frozen or unreachable)", c.peer));
+                }
+            }
+        }
     }
 
     private void closeAll() {
@@ -326,6 +353,15 @@ final class TcpTransport {
         closed = true;
         failure.compareAndSet(null, new CommException("rank " + rank + " crashed (test)", rank));
         closeAll();
+    }
+
+    /** Test hook: stops reading from every peer (the process looks frozen to them). */
+    void freezeReaders() {
+        for (Connection c : conns) {
+            if (c != null) {
+                c.frozenForTest = true;
+            }
+        }
     }
 
     /** Test hook: raw bytes to a peer. */

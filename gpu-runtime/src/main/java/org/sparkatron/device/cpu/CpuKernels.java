@@ -4,21 +4,20 @@ import java.nio.ByteBuffer;
 import java.nio.FloatBuffer;
 import java.nio.IntBuffer;
 import org.sparkatron.device.Kernels;
-import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
 /**
  * CPU kernels: GEMMs through OpenBLAS on off-heap memory, everything else in plain Java loops over
  * direct buffers, accumulating reductions in double where a row sum decides accuracy.
  *
- * <p>One instance per rank: it owns the attention scratch (two {@code T x T} blocks, one head at a time).
+ * <p>One instance per rank: it owns the attention scratch ({@link CpuAttention}: two {@code T x T} blocks,
+ * one head at a time). Not thread-safe.
  */
 public final class CpuKernels implements Kernels {
     private static final float GELU_SCALE = (float) Math.sqrt(2.0 / Math.PI);
 
     private final boolean simd;
-    private Tensor scores;   // [T, T] one head's scores / probabilities
-    private Tensor dscores;  // [T, T] one head's dP / dS
+    private final CpuAttention attention;
 
     /**
      * Kernels using the Vector API when the JVM has it (and the system property {@code sparkatron.simd}
@@ -34,6 +33,7 @@ public final class CpuKernels implements Kernels {
             throw new IllegalStateException("SIMD kernels need the JVM option --add-modules=jdk.incubator.vector");
         }
         this.simd = simd;
+        this.attention = new CpuAttention(this, simd);
     }
 
     /** Whether the Vector API loops are in use. */
@@ -352,140 +352,15 @@ public final class CpuKernels implements Kernels {
         }
     }
 
-    private void ensureScratch(int t) {
-        if (scores == null || scores.numel() < (long) t * t) {
-            scores = Tensor.allocateHost(DType.F32, t, t);
-            dscores = Tensor.allocateHost(DType.F32, t, t);
-        }
-    }
-
     @Override
     public void attentionForward(Tensor out, Tensor lse, Tensor qkv, int b, int t, int heads, int kvHeads, int hd) {
-        ensureScratch(t);
-        int width = (heads + 2 * kvHeads) * hd;
-        int c = heads * hd;
-        int group = heads / kvHeads;
-        float scale = (float) (1.0 / Math.sqrt(hd));
-        FloatBuffer p = scores.floats();
-        FloatBuffer l = lse.floats();
-        for (int bi = 0; bi < b; bi++) {
-            long row0 = (long) bi * t * width;
-            for (int h = 0; h < heads; h++) {
-                int g = h / group;
-                long q = row0 + (long) h * hd;
-                long k = row0 + (long) (heads + g) * hd;
-                long v = row0 + (long) (heads + kvHeads + g) * hd;
-                Blas.sgemm(false, true, t, t, hd, scale, qkv, q, width, qkv, k, width, 0f, scores, 0, t);
-                int lseBase = (bi * heads + h) * t;
-                ByteBuffer pb = scores.hostBuffer();
-                for (int i = 0; i < t; i++) {
-                    int rb = i * t;
-                    float max;
-                    double sum;
-                    if (simd) {
-                        max = SimdKernels.max(pb, rb, i + 1);
-                        sum = SimdKernels.expShiftSum(pb, rb, i + 1, max, true);
-                        SimdKernels.scale(pb, rb, i + 1, (float) (1.0 / sum));
-                    } else {
-                        max = Float.NEGATIVE_INFINITY;
-                        for (int j = 0; j <= i; j++) {
-                            max = Math.max(max, p.get(rb + j));
-                        }
-                        sum = 0;
-                        for (int j = 0; j <= i; j++) {
-                            float e = (float) Math.exp(p.get(rb + j) - max);
-                            p.put(rb + j, e);
-                            sum += e;
-                        }
-                        float inv = (float) (1.0 / sum);
-                        for (int j = 0; j <= i; j++) {
-                            p.put(rb + j, p.get(rb + j) * inv);
-                        }
-                    }
-                    for (int j = i + 1; j < t; j++) {
-                        p.put(rb + j, 0f);
-                    }
-                    l.put(lseBase + i, (float) (max + Math.log(sum)));
-                }
-                Blas.sgemm(false, false, t, hd, t, 1f, scores, 0, t, qkv, v, width, 0f, out,
-                        (long) bi * t * c + (long) h * hd, c);
-            }
-        }
+        attention.forward(out, lse, qkv, b, t, heads, kvHeads, hd);
     }
 
     @Override
     public void attentionBackward(Tensor dqkv, Tensor dout, Tensor out, Tensor lse, Tensor qkv, int b, int t,
                                   int heads, int kvHeads, int hd) {
-        ensureScratch(t);
-        int width = (heads + 2 * kvHeads) * hd;
-        int c = heads * hd;
-        int group = heads / kvHeads;
-        float scale = (float) (1.0 / Math.sqrt(hd));
-        FloatBuffer p = scores.floats();
-        FloatBuffer dp = dscores.floats();
-        FloatBuffer l = lse.floats();
-        FloatBuffer o = out.floats();
-        FloatBuffer d = dout.floats();
-        ByteBuffer doutBuf = dout.hostBuffer();
-        ByteBuffer outBuf = out.hostBuffer();
-        fill(dqkv, 0f);
-        for (int bi = 0; bi < b; bi++) {
-            long row0 = (long) bi * t * width;
-            long orow0 = (long) bi * t * c;
-            for (int h = 0; h < heads; h++) {
-                int g = h / group;
-                long q = row0 + (long) h * hd;
-                long k = row0 + (long) (heads + g) * hd;
-                long v = row0 + (long) (heads + kvHeads + g) * hd;
-                long oh = orow0 + (long) h * hd;
-                // P = exp(scale * Q K^T - lse), causal
-                Blas.sgemm(false, true, t, t, hd, scale, qkv, q, width, qkv, k, width, 0f, scores, 0, t);
-                int lseBase = (bi * heads + h) * t;
-                ByteBuffer pb = scores.hostBuffer();
-                for (int i = 0; i < t; i++) {
-                    int rb = i * t;
-                    float li = l.get(lseBase + i);
-                    if (simd) {
-                        SimdKernels.expShift(pb, rb, i + 1, li);
-                    } else {
-                        for (int j = 0; j <= i; j++) {
-                            p.put(rb + j, (float) Math.exp(p.get(rb + j) - li));
-                        }
-                    }
-                    for (int j = i + 1; j < t; j++) {
-                        p.put(rb + j, 0f);
-                    }
-                }
-                // dV += P^T dO ; dP = dO V^T
-                Blas.sgemm(true, false, t, hd, t, 1f, scores, 0, t, dout, oh, c, 1f, dqkv, v, width);
-                Blas.sgemm(false, true, t, t, hd, 1f, dout, oh, c, qkv, v, width, 0f, dscores, 0, t);
-                // dS = P * (dP - rowsum(dO * O))
-                ByteBuffer dpb = dscores.hostBuffer();
-                for (int i = 0; i < t; i++) {
-                    long ob = oh + (long) i * c;
-                    int rb = i * t;
-                    if (simd) {
-                        float dif = (float) SimdKernels.dot(doutBuf, (int) ob, outBuf, (int) ob, hd);
-                        SimdKernels.softmaxGrad(pb, dpb, rb, i + 1, dif);
-                    } else {
-                        double di = 0;
-                        for (int j = 0; j < hd; j++) {
-                            di += d.get((int) (ob + j)) * o.get((int) (ob + j));
-                        }
-                        float dif = (float) di;
-                        for (int j = 0; j <= i; j++) {
-                            dp.put(rb + j, p.get(rb + j) * (dp.get(rb + j) - dif));
-                        }
-                    }
-                    for (int j = i + 1; j < t; j++) {
-                        dp.put(rb + j, 0f);
-                    }
-                }
-                // dQ = scale * dS K ; dK += scale * dS^T Q
-                Blas.sgemm(false, false, t, hd, t, scale, dscores, 0, t, qkv, k, width, 0f, dqkv, q, width);
-                Blas.sgemm(true, false, t, hd, t, scale, dscores, 0, t, qkv, q, width, 1f, dqkv, k, width);
-            }
-        }
+        attention.backward(dqkv, dout, out, lse, qkv, b, t, heads, kvHeads, hd);
     }
 
     @Override

@@ -228,7 +228,8 @@ class TcpFailureTest {
                         if (r == 1) {
                             c.writeRawForTest(0, frame.array());
                         }
-                        Tensor t = Tensor.allocateHost(DType.F32, 1 << 16);
+                        // Small: the direct path, where rank 0 must read rank 1's stream (garbage first).
+                        Tensor t = Tensor.allocateHost(DType.F32, 100);
                         for (int i = 0; i < 20; i++) {
                             c.allReduce(t, ReduceOp.SUM);
                         }
@@ -240,5 +241,31 @@ class TcpFailureTest {
                         outs.get(r).error.getMessage());
             }
         }
+    }
+
+    /**
+     * A frozen peer stops reading: the sender's small sends (written from the caller's own thread) block in
+     * the kernel once the socket buffers fill; the watchdog fails the communicator after the op timeout,
+     * which closes the socket and unblocks the write.
+     */
+    @Test
+    @Timeout(60)
+    void frozenPeerUnblocksASenderStuckInAWrite() throws Exception {
+        TcpOptions opts = Ranks.fast().withTimeouts(5000, 1500);
+        List<Ranks.Outcome<Object>> outs = Ranks.runAll(2, opts, Ranks.SECRET, (r, c) -> {
+            if (r == 1) {
+                c.freezeForTest();
+                Thread.sleep(3500); // frozen past the 1.5 s op timeout
+                return null;
+            }
+            Thread.sleep(100);
+            Tensor t = Tensor.allocateHost(DType.F32, 15_000); // 60 KB: below the inline limit
+            for (int i = 0; i < 20_000; i++) { // 1.2 GB: far beyond any socket buffer
+                c.isend(t, 1, 0);
+            }
+            return null;
+        }, 40);
+        assertFailedNaming(outs.get(0), 1, 5000, "sender");
+        assertTrue(outs.get(0).error.getMessage().contains("no progress"), outs.get(0).error.getMessage());
     }
 }

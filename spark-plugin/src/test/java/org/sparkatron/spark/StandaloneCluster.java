@@ -1,0 +1,182 @@
+package org.sparkatron.spark;
+
+import java.io.File;
+import java.io.IOException;
+import java.io.OutputStream;
+import java.net.ServerSocket;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.LinkedHashSet;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+import java.util.jar.Attributes;
+import java.util.jar.JarFile;
+import java.util.jar.JarOutputStream;
+import java.util.jar.Manifest;
+import java.util.zip.ZipEntry;
+
+/**
+ * A real Spark standalone cluster for tests, without a Spark distribution (see /work/shared/SPARK.md):
+ * a SPARK_HOME whose jars/ holds this test's classpath (class folders packed into jars), a Master and
+ * Workers started from the spark-core classes, each Worker with a fake GPU discovery script that reports
+ * its own GPU address. Executors run in their own JVMs, forked by the Workers. Everything binds to
+ * 127.0.0.1. {@link #close} kills every process it started (and their children) by pid.
+ */
+final class StandaloneCluster implements AutoCloseable {
+    final Path home;
+    final int masterPort;
+    private final Path dir;
+    private final List<Process> processes = new ArrayList<>();
+    final List<Process> workers = new ArrayList<>();
+
+    StandaloneCluster(Path dir, String... gpuAddresses) throws Exception {
+        this.dir = dir;
+        this.home = dir.resolve("spark-home");
+        Files.createDirectories(home.resolve("jars"));
+        int i = 0;
+        for (String entry : classpath()) {
+            File f = new File(entry);
+            if (f.getName().equals("test-classes")) {
+                continue; // test classes (and their quiet log4j2-test config) stay out of the cluster
+            }
+            if (f.isDirectory()) {
+                jarUp(f.toPath(), home.resolve("jars/sparkatron-" + (i++) + "-" + f.getParentFile().getParentFile().getName() + ".jar"));
+            } else if (f.getName().endsWith(".jar") && f.isFile()) {
+                Path link = home.resolve("jars/" + f.getName());
+                if (!Files.exists(link)) {
+                    Files.createSymbolicLink(link, f.toPath());
+                }
+            }
+        }
+        try (ServerSocket s = new ServerSocket(0)) {
+            masterPort = s.getLocalPort();
+        }
+        Process master = start("master", List.of("-Dspark.master.rest.enabled=false"), "org.apache.spark.deploy.master.Master",
+                "--host", "127.0.0.1", "--port", String.valueOf(masterPort), "--webui-port", "0");
+        awaitLog("master", master, "I have been elected leader", 60);
+        for (int w = 0; w < gpuAddresses.length; w++) {
+            Path script = dir.resolve("gpu_" + w + ".sh");
+            // single-quoted JSON: unquoted braces would be expanded by bash
+            Files.writeString(script, "#!/usr/bin/env bash\necho '{\"name\":\"gpu\",\"addresses\":[\"" + gpuAddresses[w] + "\"]}'\n");
+            script.toFile().setExecutable(true);
+            Path work = Files.createDirectories(dir.resolve("work_" + w));
+            Process p = start("worker" + w, List.of("-Dspark.worker.resource.gpu.amount=1",
+                            "-Dspark.worker.resource.gpu.discoveryScript=" + script),
+                    "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--port", "0", "--webui-port", "0",
+                    "--cores", "1", "--memory", "1g", "--work-dir", work.toString(), master());
+            workers.add(p);
+        }
+        for (int w = 0; w < gpuAddresses.length; w++) {
+            awaitLog("worker" + w, workers.get(w), "Successfully registered with master", 60);
+        }
+    }
+
+    String master() {
+        return "spark://127.0.0.1:" + masterPort;
+    }
+
+    Path log(String name) {
+        return dir.resolve(name + ".log");
+    }
+
+    /** JVM options for any Spark JVM here: Spark's Java 17 opens plus the Vector API module. */
+    static List<String> jvmOptions() {
+        List<String> o = new ArrayList<>(SparkJvm.OPTIONS);
+        o.add("--add-modules=jdk.incubator.vector");
+        o.add("-Dio.netty.allocator.type=pooled");
+        return o;
+    }
+
+    /** Starts {@code main} with the cluster's classpath and environment; output goes to {@code name}.log. */
+    Process start(String name, List<String> extraJvm, String main, String... args) throws IOException {
+        List<String> cmd = new ArrayList<>();
+        cmd.add(System.getProperty("java.home") + "/bin/java");
+        cmd.add(name.startsWith("driver") ? "-Xmx512m" : "-Xmx128m");
+        cmd.addAll(jvmOptions());
+        cmd.add("-Djava.io.tmpdir=" + Files.createDirectories(dir.resolve("tmp_" + name)));
+        cmd.addAll(extraJvm);
+        cmd.add("-cp");
+        cmd.add(home.resolve("jars") + "/*");
+        cmd.add(main);
+        cmd.addAll(List.of(args));
+        ProcessBuilder pb = new ProcessBuilder(cmd).redirectErrorStream(true).redirectOutput(log(name).toFile());
+        Map<String, String> env = pb.environment();
+        env.put("SPARK_HOME", home.toString());
+        env.put("SPARK_SCALA_VERSION", "2.13");
+        env.put("SPARK_LOCAL_IP", "127.0.0.1");
+        env.put("SPARK_LOCAL_DIRS", Files.createDirectories(dir.resolve("local_" + name)).toString());
+        Process p = pb.start();
+        processes.add(p);
+        return p;
+    }
+
+    void awaitLog(String name, Process p, String marker, int seconds) throws Exception {
+        long deadline = System.currentTimeMillis() + seconds * 1000L;
+        while (System.currentTimeMillis() < deadline) {
+            if (Files.exists(log(name)) && Files.readString(log(name)).contains(marker)) {
+                return;
+            }
+            if (!p.isAlive()) {
+                throw new IllegalStateException(name + " exited (" + p.exitValue() + "): " + Files.readString(log(name)));
+            }
+            Thread.sleep(200);
+        }
+        throw new IllegalStateException(name + " did not log '" + marker + "' within " + seconds + " s: " + Files.readString(log(name)));
+    }
+
+    /** The executor JVMs the Workers forked. */
+    List<ProcessHandle> executors() {
+        List<ProcessHandle> out = new ArrayList<>();
+        for (Process w : workers) {
+            w.toHandle().descendants().filter(h -> h.info().commandLine().orElse("").contains("CoarseGrainedExecutorBackend"))
+                    .forEach(out::add);
+        }
+        return out;
+    }
+
+    @Override
+    public void close() {
+        for (int i = processes.size() - 1; i >= 0; i--) {
+            Process p = processes.get(i);
+            p.toHandle().descendants().forEach(ProcessHandle::destroyForcibly);
+            p.destroyForcibly();
+        }
+    }
+
+    /** This JVM's classpath (expanding Surefire's manifest-only booter jar if that is what it is). */
+    static Set<String> classpath() throws IOException {
+        Set<String> out = new LinkedHashSet<>();
+        for (String e : System.getProperty("java.class.path").split(File.pathSeparator)) {
+            if (new File(e).getName().startsWith("surefirebooter")) {
+                try (JarFile j = new JarFile(e)) {
+                    String cp = j.getManifest().getMainAttributes().getValue(Attributes.Name.CLASS_PATH);
+                    for (String u : cp.split(" ")) {
+                        if (!u.isBlank()) {
+                            out.add(new File(java.net.URI.create(u)).getPath());
+                        }
+                    }
+                }
+            } else {
+                out.add(e);
+            }
+        }
+        return out;
+    }
+
+    private static void jarUp(Path folder, Path jar) throws IOException {
+        Manifest m = new Manifest();
+        m.getMainAttributes().put(Attributes.Name.MANIFEST_VERSION, "1.0");
+        try (OutputStream fo = Files.newOutputStream(jar); JarOutputStream out = new JarOutputStream(fo, m);
+             var walk = Files.walk(folder)) {
+            for (Path p : (Iterable<Path>) walk::iterator) {
+                if (Files.isRegularFile(p)) {
+                    out.putNextEntry(new ZipEntry(folder.relativize(p).toString().replace('\\', '/')));
+                    Files.copy(p, out);
+                    out.closeEntry();
+                }
+            }
+        }
+    }
+}

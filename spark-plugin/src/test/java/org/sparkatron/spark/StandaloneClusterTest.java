@@ -1,0 +1,132 @@
+package org.sparkatron.spark;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Set;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.TestInstance;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * The spark-submit path on a real standalone cluster: a Master and two Workers (1 core, 1 fake GPU each,
+ * addresses "3" and "5"), executors in their own JVMs, Kryo with registration required. One cluster for
+ * the suite; every driver runs under a timeout.
+ */
+@TestInstance(TestInstance.Lifecycle.PER_CLASS)
+@Timeout(value = 420, unit = TimeUnit.SECONDS)
+class StandaloneClusterTest {
+    @TempDir
+    static Path dir;
+    private StandaloneCluster cluster;
+    private Path data;
+
+    @BeforeAll
+    void startCluster() throws Exception {
+        cluster = new StandaloneCluster(dir, "3", "5");
+        data = dir.resolve("data.jsonl");
+        TrainMainTest.writeJsonLines(data, SyntheticData.walks(1500, 21));
+    }
+
+    @AfterAll
+    void stopCluster() {
+        if (cluster != null) {
+            cluster.close();
+        }
+    }
+
+    private Path job(String name, int steps) throws Exception {
+        ObjectNode c = TrainConfig.JSON.createObjectNode();
+        c.set("model", Demo.modelConfig());
+        c.put("dp", 2).put("global_batch", 8).put("seq_len", 32).put("steps", steps).put("lr", 1e-2).put("min_lr", 1e-3)
+                .put("warmup_steps", 5).put("comm_timeout_s", 60)
+                .put("input", data.toString()).put("input_format", "json").put("input_schema", "tokens array<int>")
+                .put("output", dir.resolve(name).toString());
+        Path file = dir.resolve(name + ".json");
+        Files.writeString(file, c.toString());
+        return file;
+    }
+
+    /** Starts spark-submit (client mode) of TrainMain with the config file. */
+    private Process submit(String name, Path config, String... overrides) throws Exception {
+        Path appJar = Files.list(cluster.home.resolve("jars")).filter(p -> p.getFileName().toString().contains("spark-plugin"))
+                .filter(p -> !p.getFileName().toString().contains("test")).findFirst().orElseThrow();
+        List<String> args = new ArrayList<>(List.of("--master", cluster.master(), "--deploy-mode", "client",
+                "--class", TrainMain.class.getName(),
+                "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1",
+                "--conf", "spark.ui.enabled=false", "--conf", "spark.executor.memory=512m", "--conf", "spark.executor.cores=1",
+                "--conf", "spark.cores.max=2", "--conf", "spark.executor.resource.gpu.amount=1",
+                "--conf", "spark.task.resource.gpu.amount=1", "--conf", "spark.scheduler.minRegisteredResourcesRatio=1.0",
+                "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=60s",
+                "--conf", "spark.serializer=org.apache.spark.serializer.KryoSerializer",
+                "--conf", "spark.kryo.registrationRequired=true",
+                "--conf", "spark.executor.extraJavaOptions=--add-modules=jdk.incubator.vector",
+                appJar.toString(), "--config", config.toString()));
+        args.addAll(List.of(overrides));
+        return cluster.start("driver-" + name, List.of(), "org.apache.spark.deploy.SparkSubmit", args.toArray(new String[0]));
+    }
+
+    private static List<JsonNode> ranks(Path out) throws Exception {
+        List<JsonNode> l = new ArrayList<>();
+        TrainConfig.JSON.readTree(Files.readString(out.resolve("ranks.json"))).forEach(l::add);
+        return l;
+    }
+
+    @Test
+    void sparkSubmitTrainsOnTwoExecutorsEachBindingItsGpu() throws Exception {
+        Process driver = submit("train", job("train", 20));
+        assertTrue(driver.waitFor(240, TimeUnit.SECONDS), "driver did not finish");
+        String log = Files.readString(cluster.log("driver-train"));
+        assertEquals(0, driver.exitValue(), log);
+        assertTrue(log.contains("[sparkatron] step 20/20"), "live progress on the driver: " + log);
+        List<JsonNode> ranks = ranks(dir.resolve("train"));
+        assertEquals(2, ranks.size());
+        Set<String> devices = new HashSet<>();
+        Set<String> executors = new HashSet<>();
+        Set<Long> pids = new HashSet<>();
+        for (JsonNode r : ranks) {
+            devices.add(r.get("device").asText());
+            executors.add(r.get("executor").asText());
+            pids.add(r.get("pid").asLong());
+        }
+        // each task bound the GPU its own Worker discovered, in its own executor JVM
+        assertEquals(Set.of("gpu:3", "gpu:5"), devices);
+        assertEquals(2, executors.size());
+        assertEquals(2, pids.size());
+        assertFalse(pids.contains(ProcessHandle.current().pid()));
+        assertEquals(20, Files.readAllLines(dir.resolve("train/metrics.jsonl")).size());
+    }
+
+    @Test
+    void anExecutorKilledMidTrainingMakesSparkRetryTheStage() throws Exception {
+        Process driver = submit("kill", job("kill", 150));
+        Path log = cluster.log("driver-kill");
+        cluster.awaitLog("driver-kill", driver, "[sparkatron] step 5/150", 180);
+        List<ProcessHandle> executors = cluster.executors();
+        assertEquals(2, executors.size(), "two executor JVMs");
+        ProcessHandle victim = executors.get(0);
+        assertTrue(victim.destroyForcibly(), "SIGKILL an executor");
+        // no hang: the other rank fails fast, Spark retries the whole barrier stage on a replacement executor
+        assertTrue(driver.waitFor(300, TimeUnit.SECONDS), "driver did not finish: " + Files.readString(log));
+        String text = Files.readString(log);
+        assertEquals(0, driver.exitValue(), text);
+        assertTrue(text.contains("(attempt 1)"), "progress of the retried attempt: " + text);
+        for (JsonNode r : ranks(dir.resolve("kill"))) {
+            assertTrue(r.get("attempt").asInt() >= 1, "result from a retried attempt: " + r);
+            assertTrue(r.get("pid").asLong() != victim.pid());
+        }
+        assertEquals(150, Files.readAllLines(dir.resolve("kill/metrics.jsonl")).size());
+    }
+}
