@@ -17,11 +17,13 @@ import java.util.Map;
 public final class ProcessGroups implements AutoCloseable {
     private final ParallelLayout layout;
     private final int worldRank;
+    private final Communicator world;
     private final Map<ParallelLayout.Group, Communicator> comms = new EnumMap<>(ParallelLayout.Group.class);
 
-    private ProcessGroups(ParallelLayout layout, int worldRank) {
+    private ProcessGroups(ParallelLayout layout, Communicator world) {
         this.layout = layout;
-        this.worldRank = worldRank;
+        this.worldRank = world.rank();
+        this.world = world;
     }
 
     /** Builds this rank's groups; {@code world} must span exactly the layout's world. Sends nothing. */
@@ -30,7 +32,7 @@ public final class ProcessGroups implements AutoCloseable {
             throw new IllegalArgumentException("world communicator has " + world.size() + " ranks, layout "
                     + layout + " needs " + layout.world());
         }
-        ProcessGroups pg = new ProcessGroups(layout, world.rank());
+        ProcessGroups pg = new ProcessGroups(layout, world);
         for (ParallelLayout.Group kind : ParallelLayout.Group.values()) {
             int[] ranks = layout.group(kind, world.rank());
             if (ranks.length == 0) {
@@ -45,6 +47,11 @@ public final class ProcessGroups implements AutoCloseable {
 
     public ParallelLayout layout() {
         return layout;
+    }
+
+    /** The world communicator the groups were carved from (owned by the caller, not closed here). */
+    public Communicator world() {
+        return world;
     }
 
     public int worldRank() {
