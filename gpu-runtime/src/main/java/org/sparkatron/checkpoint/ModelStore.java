@@ -20,7 +20,12 @@ public final class ModelStore {
     private ModelStore() {
     }
 
+    /** Saves a whole (TP = 1) model; a tensor-parallel shard is refused (use {@code TpCheckpoint.save}). */
     public static void save(Transformer model, Path dir) throws IOException {
+        if (model.tensorParallel().size() > 1) {
+            throw new IllegalArgumentException("this model holds one of " + model.tensorParallel().size()
+                    + " tensor-parallel shards; save it with TpCheckpoint.save, which gathers the full weights");
+        }
         Files.createDirectories(dir);
         Path tmp = dir.resolve(CONFIG + ".tmp");
         new ObjectMapper().writerWithDefaultPrettyPrinter().writeValue(tmp.toFile(), model.config().toJson());

@@ -198,6 +198,19 @@ public final class Transformer {
         this.dropoutRowOffset = rowOffset;
     }
 
+    /**
+     * Forward-backward passes run so far: the step counter of the dropout masks, saved in checkpoints so a
+     * resumed run drops the same elements as an uninterrupted one.
+     */
+    public long trainSteps() {
+        return trainSteps;
+    }
+
+    /** Restores {@link #trainSteps()} (resume from a checkpoint). */
+    public void setTrainSteps(long steps) {
+        this.trainSteps = steps;
+    }
+
     /** {@link #setDropout(float, long, long)} for a model without data parallelism. */
     public void setDropout(float p, long seed) {
         setDropout(p, seed, 0);

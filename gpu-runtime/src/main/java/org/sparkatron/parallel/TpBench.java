@@ -28,7 +28,9 @@ import org.sparkatron.train.Trainer;
  * mean step time of each, their ratio, and the share of the TP step spent inside collectives (wall time
  * in all-reduce / reduce-scatter / all-gather, including waiting for the slower rank). TP = 1 runs twice:
  * with one BLAS thread (the work of one rank) and with {@code --tp} BLAS threads (the same cores as the TP
- * run). The losses of both runs are printed so the figures are known to come from the same computation.
+ * run). The three configurations alternate for {@code --rounds} rounds and each figure is a median, so
+ * that load from other processes on a shared machine falls on all of them alike. The losses are printed
+ * so the figures are known to come from the same computation.
  */
 public final class TpBench {
     private TpBench() {
@@ -37,7 +39,7 @@ public final class TpBench {
     public static void main(String[] args) throws Exception {
         Map<String, String> a = parse(args);
         int tp = Integer.parseInt(a.getOrDefault("tp", "2"));
-        int steps = Integer.parseInt(a.getOrDefault("steps", "5"));
+        int steps = Integer.parseInt(a.getOrDefault("steps", "3"));
         int layers = Integer.parseInt(a.getOrDefault("layers", "4"));
         int width = Integer.parseInt(a.getOrDefault("width", "256"));
         int heads = Integer.parseInt(a.getOrDefault("heads", "8"));
@@ -54,26 +56,51 @@ public final class TpBench {
         System.out.printf(Locale.ROOT, "bench-tp: %s L=%d C=%d H=%d T=%d B=%d V=%d, %d timed steps after 1 warm-up, "
                 + "%d cores available%n", family, layers, width, heads, seq, batch, vocab, steps, Runtime.getRuntime().availableProcessors());
 
-        Blas.setThreads(1);
-        double[] one = single(cfg, batch, seq, steps);
-        Blas.setThreads(tp);
-        double[] oneWide = single(cfg, batch, seq, steps);
-        Blas.setThreads(1);
-        double[][] ranks = parallel(cfg, batch, seq, steps, tp, sp);
-        double tpStep = 0;
-        double comm = 0;
-        for (double[] r : ranks) {
-            tpStep = Math.max(tpStep, r[0]);
-            comm += r[1] / ranks.length;
+        int rounds = Integer.parseInt(a.getOrDefault("rounds", "3"));
+        // The configurations alternate, round after round, so that load from other processes falls on all
+        // of them alike; each figure is the median over rounds of a round's mean step time.
+        double[] one = new double[rounds];
+        double[] wide = new double[rounds];
+        double[] par = new double[rounds];
+        double[] comm = new double[rounds];
+        double[] losses = new double[3];
+        for (int r = 0; r < rounds; r++) {
+            Blas.setThreads(1);
+            double[] o = single(cfg, batch, seq, steps);
+            Blas.setThreads(tp);
+            double[] w = single(cfg, batch, seq, steps);
+            Blas.setThreads(1);
+            double[][] ranks = parallel(cfg, batch, seq, steps, tp, sp);
+            one[r] = o[0];
+            wide[r] = w[0];
+            for (double[] rk : ranks) {
+                par[r] = Math.max(par[r], rk[0]);
+                comm[r] += rk[1] / ranks.length;
+            }
+            comm[r] /= par[r];
+            losses[0] = o[1];
+            losses[1] = w[1];
+            losses[2] = ranks[0][2];
+            System.out.printf(Locale.ROOT, "round %d: TP=1 %.1f ms, TP=1 (%d threads) %.1f ms, TP=%d %.1f ms (%.0f%% in collectives)%n",
+                    r + 1, o[0] * 1e3, tp, w[0] * 1e3, tp, par[r] * 1e3, 100 * comm[r]);
         }
-        System.out.printf(Locale.ROOT, "TP=1, 1 BLAS thread:    %8.1f ms/step  (loss after last step %.6f)%n", one[0] * 1e3, one[1]);
-        System.out.printf(Locale.ROOT, "TP=1, %d BLAS threads:   %8.1f ms/step  (loss %.6f)%n", tp, oneWide[0] * 1e3, oneWide[1]);
-        System.out.printf(Locale.ROOT, "TP=%d%s, 1 thread/rank:  %8.1f ms/step  (loss %.6f)%n", tp, sp ? "+SP" : "", tpStep * 1e3,
-                ranks[0][2]);
-        System.out.printf(Locale.ROOT, "speed-up TP=%d vs TP=1 (1 thread): %.2fx; vs TP=1 (%d threads): %.2fx%n", tp, one[0] / tpStep,
-                tp, oneWide[0] / tpStep);
-        System.out.printf(Locale.ROOT, "communication share of the TP=%d step: %.1f%% (%.1f ms/step in collectives)%n", tp,
-                100 * comm / tpStep, comm * 1e3);
+        double oneMed = median(one);
+        double wideMed = median(wide);
+        double parMed = median(par);
+        System.out.printf(Locale.ROOT, "TP=1, 1 BLAS thread:     %8.1f ms/step (median of %d rounds; loss after the last step %.6f)%n",
+                oneMed * 1e3, rounds, losses[0]);
+        System.out.printf(Locale.ROOT, "TP=1, %d BLAS threads:    %8.1f ms/step (loss %.6f)%n", tp, wideMed * 1e3, losses[1]);
+        System.out.printf(Locale.ROOT, "TP=%d%s, 1 thread/rank: %8.1f ms/step (loss %.6f)%n", tp, sp ? "+SP" : "", parMed * 1e3,
+                losses[2]);
+        System.out.printf(Locale.ROOT, "speed-up TP=%d vs TP=1 (1 thread): %.2fx; vs TP=1 (%d BLAS threads): %.2fx%n", tp,
+                oneMed / parMed, tp, wideMed / parMed);
+        System.out.printf(Locale.ROOT, "communication share of the TP=%d step: %.1f%% (median over rounds)%n", tp, 100 * median(comm));
+    }
+
+    private static double median(double[] v) {
+        double[] s = v.clone();
+        java.util.Arrays.sort(s);
+        return s.length % 2 == 1 ? s[s.length / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
     }
 
     private static Map<String, String> parse(String[] args) {
@@ -96,9 +123,9 @@ public final class TpBench {
             }
         }
         for (String k : m.keySet()) {
-            if (!List.of("tp", "steps", "layers", "width", "heads", "seq", "batch", "vocab", "sp", "family").contains(k)) {
+            if (!List.of("tp", "steps", "rounds", "layers", "width", "heads", "seq", "batch", "vocab", "sp", "family").contains(k)) {
                 throw new IllegalArgumentException("unknown option --" + k
-                        + " (known: --tp --steps --layers --width --heads --seq --batch --vocab --family gpt2|llama --sp)");
+                        + " (known: --tp --steps --rounds --layers --width --heads --seq --batch --vocab --family gpt2|llama --sp)");
             }
         }
         return m;

@@ -61,6 +61,16 @@ public final class Trainer {
         this.batchTokens = new int[opt.batch() * data.sampleLength()];
     }
 
+    /** The model this trainer updates (this rank's shard). */
+    public Transformer model() {
+        return model;
+    }
+
+    /** The source the batches come from; its {@link SampleSource#consumed()} is this rank's data position. */
+    public SampleSource data() {
+        return data;
+    }
+
     public AdamW optimizer() {
         return adam;
     }

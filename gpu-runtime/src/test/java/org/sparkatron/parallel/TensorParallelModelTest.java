@@ -149,6 +149,9 @@ class TensorParallelModelTest {
                 assertEquals(wantLogits[i], logits[i], 2e-5, "logit " + i); // fp32, summation order only
             }
             TpCheckpoint.save(m, tmp.resolve("out"));
+            IllegalArgumentException shard = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+                    () -> ModelStore.save(m, tmp.resolve("shard-" + rank)));
+            org.junit.jupiter.api.Assertions.assertTrue(shard.getMessage().contains("one of 4 tensor-parallel shards"), shard.getMessage());
             return null;
         });
         Transformer back = ModelStore.load(tmp.resolve("out"), new CpuKernels());

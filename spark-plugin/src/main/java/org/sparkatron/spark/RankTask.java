@@ -18,6 +18,9 @@ import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.TpBroadcastSource;
 import org.sparkatron.parallel.TpCheckpoint;
 import org.sparkatron.train.SampleSource;
+import org.sparkatron.checkpoint.DistributedCheckpoint;
+import org.sparkatron.data.io.HadoopCheckpointStorage;
+import org.sparkatron.train.ResumableTraining;
 import org.sparkatron.train.Trainer;
 import scala.Tuple2;
 import scala.collection.JavaConverters;
@@ -73,7 +76,9 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             Trainer trainer = new Trainer(model, samples, cfg.trainerOptions(),
                     new DataParallelSync(groups.dp(), cfg.bucketBytes));
             List<String> metrics = new ArrayList<>();
-            for (int s = 1; s <= cfg.steps; s++) {
+            ResumableTraining ckpt = checkpointing(cfg, trainer, comm, attempt);
+            long first = ckpt == null ? 1 : io(ckpt::resume) + 1; // a retried stage continues from the last checkpoint
+            for (long s = first; s <= cfg.steps; s++) {
                 if (rank == cfg.failRank && s == cfg.failStep && attempt < cfg.failAttempts) {
                     throw new IllegalStateException("injected failure: rank " + rank + " at step " + s + " (attempt " + attempt + ")");
                 }
@@ -82,6 +87,9 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 if (rank == 0) {
                     metrics.add(line);
                     progress.report(line);
+                }
+                if (ckpt != null && (s == cfg.steps || (cfg.checkpointEvery > 0 && s % cfg.checkpointEvery == 0))) {
+                    io(ckpt::save);
                 }
             }
             comm.barrier();
@@ -101,6 +109,34 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         } finally {
             watchdog.interrupt();
             comm.close();
+        }
+    }
+
+    /**
+     * Checkpointing of this rank's training when the config names a checkpoint directory, else null.
+     * {@code start_over} applies to the job's first attempt only: a retried stage always resumes.
+     */
+    private static ResumableTraining checkpointing(TrainConfig cfg, Trainer trainer, Communicator world, int attempt) {
+        if (cfg.checkpointDir == null) {
+            return null;
+        }
+        DistributedCheckpoint dc = new DistributedCheckpoint(HadoopCheckpointStorage.forPath(cfg.checkpointDir, null),
+                cfg.checkpointDir, cfg.keepCheckpoints);
+        return new ResumableTraining(trainer, dc, world, cfg.dp,
+                new ResumableTraining.Options(cfg.checkpointEvery, cfg.startOver && attempt == 0, java.util.Map.of("attempt", "" + attempt)),
+                msg -> System.err.println("[sparkatron] rank " + world.rank() + ": " + msg)); // the executor's log
+    }
+
+    private interface Io<T> {
+        T call() throws java.io.IOException;
+    }
+
+    /** Checkpoint I/O inside the task body: failures propagate unchecked (the task fails, Spark retries). */
+    private static <T> T io(Io<T> c) {
+        try {
+            return c.call();
+        } catch (java.io.IOException e) {
+            throw new java.io.UncheckedIOException(e.getMessage(), e);
         }
     }
 

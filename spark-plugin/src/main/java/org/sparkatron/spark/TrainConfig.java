@@ -39,7 +39,7 @@ public final class TrainConfig implements Serializable {
     public static final Set<String> KEYS = Set.of("model", "dp", "tp", "tensor_parallel", "sequence_parallel", "pp", "global_batch", "micro_batch", "seq_len",
             "steps", "lr", "min_lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "seed", "input_col",
             "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format", "input_schema",
-            "fail_rank", "fail_step", "fail_attempts");
+            "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over");
 
     private final String json; // the full, normalised config
 
@@ -65,6 +65,14 @@ public final class TrainConfig implements Serializable {
     /** Fault injection for the failure tests: rank {@code failRank} throws at step {@code failStep} on the
      *  first {@code failAttempts} attempts of the stage (-1: never). Documented in docs/spark.md. */
     public final int failRank, failStep, failAttempts;
+    /**
+     * Checkpoints (see docs/checkpoints.md): root directory on any Hadoop path [none: no checkpoints],
+     * steps between saves [0: only at the end], how many to keep [2], and whether to delete existing
+     * ones instead of resuming from them on the job's first attempt [false].
+     */
+    public final String checkpointDir;
+    public final int checkpointEvery, keepCheckpoints;
+    public final boolean startOver;
 
     private TrainConfig(ObjectNode o) {
         for (Iterator<String> it = o.fieldNames(); it.hasNext(); ) {
@@ -135,6 +143,10 @@ public final class TrainConfig implements Serializable {
         this.failRank = o.has("fail_rank") ? o.get("fail_rank").asInt() : -1;
         this.failStep = o.has("fail_step") ? o.get("fail_step").asInt() : -1;
         this.failAttempts = o.has("fail_attempts") ? o.get("fail_attempts").asInt() : 0;
+        this.checkpointDir = o.hasNonNull("checkpoint_dir") ? o.get("checkpoint_dir").asText() : null;
+        this.checkpointEvery = intKey(o, "checkpoint_every", 0, 0);
+        this.keepCheckpoints = intKey(o, "keep_checkpoints", 2, 1);
+        this.startOver = o.path("start_over").asBoolean(false);
         this.json = o.toString();
         validate(mc);
     }

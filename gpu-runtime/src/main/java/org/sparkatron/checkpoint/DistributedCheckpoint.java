@@ -1,0 +1,464 @@
+package org.sparkatron.checkpoint;
+
+import java.io.IOException;
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.function.Consumer;
+import org.sparkatron.comm.Communicator;
+import org.sparkatron.model.ParameterSet;
+import org.sparkatron.model.Transformer;
+import org.sparkatron.optim.AdamW;
+import org.sparkatron.tensor.DType;
+import org.sparkatron.tensor.Tensor;
+
+/**
+ * Sharded training checkpoints under one root directory on any {@link CheckpointStorage}: save (every rank
+ * writes only what it owns, in parallel), load under any tensor-parallel layout (each rank reads the global
+ * element runs it needs), automatic resume from the newest usable checkpoint, and keeping the last K.
+ *
+ * <h2>Layout on storage</h2>
+ * <pre>
+ * ROOT/step-00000100/metadata.json               written last (see {@link CheckpointMetadata})
+ * ROOT/step-00000100/model-tp00-of02.safetensors TP rank 0's parameter shards (+ the replicated parameters)
+ * ROOT/step-00000100/optim-tp00-of02.safetensors TP rank 0's AdamW m and v shards
+ * ROOT/.inprogress-step-00000200/...             a save under way (or one that crashed: ignored, cleaned up)
+ * </pre>
+ * With data parallelism, replica {@code t mod dp} writes TP rank t's model file and replica
+ * {@code (t + 1) mod dp} its optimizer file, so the writes spread over the replicas and no shard is
+ * written twice. Parameters replicated over the TP group are written once, by TP rank 0.
+ *
+ * <h2>Atomicity</h2>
+ * A save writes under {@code .inprogress-step-N}; rank 0 writes the metadata (sizes and CRC32C of every
+ * file) after all ranks reported success, then renames the directory to {@code step-N}. A crash at any
+ * point leaves the earlier checkpoints untouched; a directory without metadata, or whose files do not
+ * match their recorded size and checksum, is refused by name, and {@link #resume} falls back to the
+ * previous checkpoint and says so. Only after the commit does rank 0 delete checkpoints beyond the last
+ * {@code keep}.
+ *
+ * <h2>Threading, blocking, failure</h2>
+ * {@link #save} and {@link #resume} are collectives over the world communicator of a TP x DP layout (world
+ * rank = tp + TP x dp; every rank calls them in the same order) and block on I/O and communication. A rank
+ * that fails to write makes every rank's save throw (the ranks agree on the outcome before committing),
+ * instead of hanging. {@link #load} is local to one rank. Instances hold no per-rank state: ranks of one
+ * JVM may share one.
+ */
+public final class DistributedCheckpoint {
+    public static final String PREFIX = "step-";
+    public static final String IN_PROGRESS = ".inprogress-";
+    private static final String REPLACED = ".replaced-";
+    private final CheckpointStorage fs;
+    private final String root;
+    private final int keep;
+
+    /**
+     * @param keep complete checkpoints to keep (older ones are deleted after each save), at least 1
+     */
+    public DistributedCheckpoint(CheckpointStorage fs, String root, int keep) {
+        if (keep < 1) {
+            throw new IllegalArgumentException("keep must be >= 1 checkpoint, got " + keep);
+        }
+        this.fs = fs;
+        this.root = root;
+        this.keep = keep;
+    }
+
+    public CheckpointStorage storage() {
+        return fs;
+    }
+
+    public String root() {
+        return root;
+    }
+
+    /** The directory of step {@code step}'s checkpoint. */
+    public String dir(long step) {
+        return fs.child(root, dirName(step));
+    }
+
+    public static String dirName(long step) {
+        return String.format(Locale.ROOT, PREFIX + "%08d", step);
+    }
+
+    /** Steps of the committed checkpoint directories under the root, newest first (their contents unchecked). */
+    public List<Long> committedSteps() throws IOException {
+        List<Long> out = new ArrayList<>();
+        for (String n : fs.list(root)) {
+            if (n.startsWith(PREFIX) && n.length() > PREFIX.length() && n.substring(PREFIX.length()).chars().allMatch(Character::isDigit)) {
+                out.add(Long.parseLong(n.substring(PREFIX.length())));
+            }
+        }
+        out.sort(Collections.reverseOrder());
+        return out;
+    }
+
+    /**
+     * Saves this rank's part of the training state as step {@code opt.step()}; collective over {@code world}.
+     *
+     * @param consumed this rank's data position (samples its source handed out)
+     * @param extra free-form strings kept in the metadata (e.g. seeds, the job's options); same on every rank
+     * @return the committed checkpoint directory
+     * @throws IOException if any rank failed to write (on every rank), or the commit failed
+     */
+    public String save(Communicator world, int dpSize, Transformer model, AdamW opt, long consumed, Map<String, String> extra)
+            throws IOException {
+        int tpSize = model.tensorParallel().size();
+        int tpRank = model.tensorParallel().rank();
+        if (world.size() != tpSize * dpSize) {
+            throw new IllegalArgumentException("world of " + world.size() + " ranks is not TP " + tpSize + " x DP " + dpSize
+                    + ": checkpoints support tensor x data parallel layouts");
+        }
+        int dpRank = world.rank() / tpSize;
+        long step = opt.step();
+        String tmp = fs.child(root, IN_PROGRESS + dirName(step));
+        String prepError = null;
+        if (world.rank() == 0) {
+            try {
+                fs.mkdirs(root);
+                fs.delete(tmp); // a crashed earlier attempt at the same step
+                fs.mkdirs(tmp);
+            } catch (IOException | RuntimeException e) {
+                prepError = "rank 0 could not create " + tmp + ": " + e;
+            }
+        }
+        agree(world, prepError == null, prepError, "prepare the checkpoint directory " + tmp);
+
+        // This rank's files (0, 1 or 2), then everyone learns everyone's sizes and checksums.
+        long[] mine = new long[8];
+        String error = null;
+        try {
+            ParameterSet ps = model.params();
+            if (dpRank == tpRank % dpSize) {
+                LinkedHashMap<String, Tensor> t = new LinkedHashMap<>();
+                addShards(t, "model/", model, ps.weights(), tpRank, tpSize);
+                ShardFiles.Written w = ShardFiles.write(fs, fs.child(tmp, modelFile(tpRank, tpSize)), t, Map.of("step", "" + step));
+                mine[1] = 1;
+                mine[2] = w.bytes();
+                mine[3] = w.crc();
+            }
+            if (dpRank == (tpRank + 1) % dpSize) {
+                LinkedHashMap<String, Tensor> t = new LinkedHashMap<>();
+                addShards(t, "optim.m/", model, opt.firstMoment(), tpRank, tpSize);
+                addShards(t, "optim.v/", model, opt.secondMoment(), tpRank, tpSize);
+                ShardFiles.Written w = ShardFiles.write(fs, fs.child(tmp, optimFile(tpRank, tpSize)), t, Map.of("step", "" + step));
+                mine[4] = 1;
+                mine[5] = w.bytes();
+                mine[6] = w.crc();
+            }
+        } catch (IOException | RuntimeException e) {
+            error = "rank " + world.rank() + " could not write its shards to " + tmp + ": " + e;
+        }
+        mine[0] = error == null ? 0 : 1;
+        mine[7] = step;
+        long[][] all = gatherRows(world, mine);
+        List<String> failed = new ArrayList<>();
+        for (int r = 0; r < all.length; r++) {
+            if (all[r][0] != 0) {
+                failed.add("" + r);
+            }
+            if (all[r][7] != step) {
+                throw new IllegalStateException("ranks disagree on the step to save: rank " + r + " is at " + all[r][7]
+                        + ", rank " + world.rank() + " at " + step);
+            }
+        }
+        if (!failed.isEmpty()) {
+            throw new IOException(error != null ? error : "checkpoint of step " + step + " not saved: rank(s) " + failed
+                    + " failed to write (see their logs); earlier checkpoints are untouched");
+        }
+        long[] positions = gatherFlat(world, new long[] {consumed});
+        String commitError = null;
+        String fin = dir(step);
+        if (world.rank() == 0) {
+            try {
+                CheckpointMetadata meta = metadata(model, step, tpSize, dpSize, all, positions, extra);
+                ShardFiles.writeSmall(fs, fs.child(tmp, CheckpointMetadata.FILE), meta.toJson());
+                commit(tmp, fin);
+            } catch (IOException | RuntimeException e) {
+                commitError = "rank 0 could not commit " + fin + ": " + e;
+            }
+        }
+        agree(world, commitError == null, commitError, "commit " + fin);
+        if (world.rank() == 0) {
+            prune();
+        }
+        return fin;
+    }
+
+    /**
+     * Reads and validates the metadata of the checkpoint in {@code dir} (no shard is opened).
+     *
+     * @throws CheckpointException if the directory has no metadata (an incomplete save) or it is malformed
+     */
+    public CheckpointMetadata metadata(String dir) throws IOException {
+        String path = fs.child(dir, CheckpointMetadata.FILE);
+        if (!fs.exists(dir)) {
+            throw new CheckpointException(dir + ": no such checkpoint directory", false);
+        }
+        if (!fs.exists(path)) {
+            throw new CheckpointException(path + ": missing: the checkpoint is incomplete (its save never committed)", true);
+        }
+        return CheckpointMetadata.parse(ShardFiles.readSmall(fs, path), path);
+    }
+
+    /**
+     * Loads a checkpoint into this rank's model (and optimizer moments and step, unless {@code opt} is null),
+     * whatever the TP layout it was saved with; also restores the dropout counter. Verifies the size and
+     * CRC32C of every file it reads. Local to this rank (no communication); the data position is the
+     * caller's (see {@link CheckpointMetadata#dataPositions()}).
+     *
+     * @throws CheckpointException naming the file and problem for a damaged or mismatched checkpoint
+     */
+    public CheckpointMetadata load(String dir, Transformer model, AdamW opt) throws IOException {
+        CheckpointMetadata meta = metadata(dir);
+        meta.requireModel(model.config(), dir);
+        ShardReader reader = new ShardReader(dir, meta, model, opt != null);
+        Map<String, ShardFiles.Local> local = fetch(dir, meta, reader);
+        try {
+            apply(meta, reader, local, model, opt);
+        } finally {
+            closeAll(local);
+        }
+        return meta;
+    }
+
+    /**
+     * Automatic resume, collective over {@code world}: every rank checks the newest committed checkpoint
+     * (metadata, model match, size and CRC32C of the files it needs); if every rank finds it usable, all
+     * load it; if any finds it damaged, all fall back to the next older one, and {@code log} says which
+     * and why. A checkpoint for another model is never skipped silently: every rank throws.
+     *
+     * @return the loaded checkpoint's metadata, or empty when the root holds no committed checkpoint
+     * @throws CheckpointException when checkpoints exist but none is usable (naming each problem), or one
+     *     is for another model
+     */
+    public java.util.Optional<CheckpointMetadata> resume(Communicator world, Transformer model, AdamW opt, Consumer<String> log)
+            throws IOException {
+        List<Long> steps = committedSteps();
+        long[] counts = gatherFlat(world, new long[] {steps.size(), steps.isEmpty() ? -1 : steps.get(0)});
+        for (int r = 0; r < world.size(); r++) {
+            if (counts[2 * r] != steps.size() || counts[2 * r + 1] != (steps.isEmpty() ? -1 : steps.get(0))) {
+                throw new IOException("ranks see different checkpoints under " + root + ": rank " + r + " sees " + counts[2 * r]
+                        + " (newest " + counts[2 * r + 1] + "), rank " + world.rank() + " sees " + steps.size()
+                        + "; is the directory shared by all executors?");
+            }
+        }
+        List<String> problems = new ArrayList<>();
+        for (long step : steps) {
+            String dir = dir(step);
+            CheckpointMetadata meta = null;
+            ShardReader reader = null;
+            Map<String, ShardFiles.Local> local = new LinkedHashMap<>();
+            String problem = null;
+            int status = 0;
+            try {
+                meta = metadata(dir);
+                meta.requireModel(model.config(), dir);
+                reader = new ShardReader(dir, meta, model, opt != null);
+                local = fetch(dir, meta, reader);
+            } catch (CheckpointException e) {
+                problem = e.getMessage();
+                status = e.fallbackAllowed() ? 1 : 2;
+            } catch (IOException | RuntimeException e) {
+                problem = dir + ": " + e;
+                status = 1;
+            }
+            long[][] all = gatherRows(world, new long[] {step, status});
+            int worst = 0;
+            int worstRank = -1;
+            for (int r = 0; r < all.length; r++) {
+                if (all[r][0] != step) {
+                    closeAll(local);
+                    throw new IOException("ranks disagree on the checkpoint to try: rank " + r + " tried step " + all[r][0]
+                            + ", rank " + world.rank() + " step " + step);
+                }
+                if (all[r][1] > worst) {
+                    worst = (int) all[r][1];
+                    worstRank = r;
+                }
+            }
+            if (worst == 0) {
+                try {
+                    apply(meta, reader, local, model, opt);
+                } finally {
+                    closeAll(local);
+                }
+                return java.util.Optional.of(meta);
+            }
+            closeAll(local);
+            String why = problem != null ? problem : dir + " unusable on rank " + worstRank + " (see its log)";
+            if (worst == 2) {
+                throw new CheckpointException(why, false);
+            }
+            problems.add(why);
+            log.accept("checkpoint " + dir + " is unusable (" + why + "); falling back to the previous checkpoint");
+        }
+        if (!problems.isEmpty()) {
+            throw new CheckpointException("no usable checkpoint under " + root + ": " + String.join("; ", problems), false);
+        }
+        return java.util.Optional.empty();
+    }
+
+    private Map<String, ShardFiles.Local> fetch(String dir, CheckpointMetadata meta, ShardReader reader) throws IOException {
+        Map<String, ShardFiles.Local> local = new LinkedHashMap<>();
+        try {
+            for (String f : reader.files()) {
+                local.put(f, ShardFiles.fetchVerified(fs, fs.child(dir, f), meta.files().get(f)));
+            }
+        } catch (IOException | RuntimeException e) {
+            closeAll(local);
+            throw e;
+        }
+        return local;
+    }
+
+    private static void apply(CheckpointMetadata meta, ShardReader reader, Map<String, ShardFiles.Local> local,
+                              Transformer model, AdamW opt) throws IOException {
+        reader.copy(local, model, opt);
+        if (opt != null) {
+            opt.setStep(meta.step());
+        }
+        model.setTrainSteps(meta.dropoutSteps());
+    }
+
+    private static void closeAll(Map<String, ShardFiles.Local> local) {
+        for (ShardFiles.Local l : local.values()) {
+            try {
+                l.close();
+            } catch (IOException e) {
+                // a staged temporary copy; nothing else refers to it
+            }
+        }
+    }
+
+    private static String modelFile(int tpRank, int tpSize) {
+        return String.format(Locale.ROOT, "model-tp%02d-of%02d.safetensors", tpRank, tpSize);
+    }
+
+    private static String optimFile(int tpRank, int tpSize) {
+        return String.format(Locale.ROOT, "optim-tp%02d-of%02d.safetensors", tpRank, tpSize);
+    }
+
+    /** Adds this TP rank's part of every parameter of {@code block} (weights, m or v) as 1-D tensors. */
+    private static void addShards(LinkedHashMap<String, Tensor> out, String prefix, Transformer model, Tensor block,
+                                  int tpRank, int tpSize) {
+        for (ParameterSet.Param p : model.params().params()) {
+            if (p.tp() != ParameterSet.TpRole.SPLIT && tpRank != 0) {
+                continue; // replicated over the TP group: TP rank 0 writes it
+            }
+            long[][] segs = ShardMap.segments(model.config(), p, tpRank, tpSize);
+            long n = ShardMap.numel(ShardMap.runs(segs));
+            if (n == 0) {
+                continue;
+            }
+            Tensor t;
+            if (segs.length == 1 && segs[0][1] == 0 && segs[0][2] == p.numel()) {
+                t = block.slice(p.offset(), Math.toIntExact(p.numel())); // the whole local tensor: no copy
+            } else {
+                t = Tensor.allocateHost(DType.F32, Math.toIntExact(n));
+                java.nio.FloatBuffer src = block.floats();
+                java.nio.FloatBuffer dst = t.floats();
+                int at = 0;
+                for (long[] s : segs) {
+                    dst.put(at, src, Math.toIntExact(p.offset() + s[1]), Math.toIntExact(s[2]));
+                    at += (int) s[2];
+                }
+            }
+            out.put(prefix + p.name(), t);
+        }
+    }
+
+    private CheckpointMetadata metadata(Transformer model, long step, int tpSize, int dpSize, long[][] all, long[] positions,
+                                        Map<String, String> extra) {
+        Map<String, CheckpointMetadata.TensorEntry> tensors = new LinkedHashMap<>();
+        for (String group : new String[] {"model/", "optim.m/", "optim.v/"}) {
+            for (ParameterSet.Param p : model.params().params()) {
+                List<CheckpointMetadata.ShardEntry> shards = new ArrayList<>();
+                int owners = p.tp() == ParameterSet.TpRole.SPLIT ? tpSize : 1;
+                for (int t = 0; t < owners; t++) {
+                    List<long[]> runs = ShardMap.runs(ShardMap.segments(model.config(), p, t, tpSize));
+                    if (!runs.isEmpty()) {
+                        String file = group.equals("model/") ? modelFile(t, tpSize) : optimFile(t, tpSize);
+                        shards.add(new CheckpointMetadata.ShardEntry(file, group + p.name(), runs));
+                    }
+                }
+                tensors.put(group + p.name(),
+                        new CheckpointMetadata.TensorEntry(ShardMap.globalShape(model.config(), p, tpSize), shards));
+            }
+        }
+        Map<String, CheckpointMetadata.FileEntry> files = new LinkedHashMap<>();
+        for (int t = 0; t < tpSize; t++) {
+            long[] m = all[t + tpSize * (t % dpSize)];
+            long[] o = all[t + tpSize * ((t + 1) % dpSize)];
+            files.put(modelFile(t, tpSize), new CheckpointMetadata.FileEntry(m[2], ShardFiles.hex(m[3])));
+            files.put(optimFile(t, tpSize), new CheckpointMetadata.FileEntry(o[5], ShardFiles.hex(o[6])));
+        }
+        long[] dataPositions = new long[dpSize];
+        long total = 0;
+        for (int d = 0; d < dpSize; d++) {
+            dataPositions[d] = positions[d * tpSize];
+            total += dataPositions[d];
+        }
+        return new CheckpointMetadata(step, total, model.trainSteps(), dataPositions, tpSize, dpSize, model.config(),
+                extra == null ? Map.of() : extra, tensors, files);
+    }
+
+    /** Renames the finished directory into place; a bad leftover with the same step is moved aside first. */
+    private void commit(String tmp, String fin) throws IOException {
+        String aside = null;
+        if (fs.exists(fin)) {
+            aside = fs.child(root, REPLACED + System.nanoTime() + "-" + fin.substring(fin.lastIndexOf(PREFIX)));
+            fs.rename(fin, aside);
+        }
+        fs.rename(tmp, fin);
+        if (aside != null) {
+            fs.delete(aside);
+        }
+    }
+
+    /** Deletes committed checkpoints beyond the newest {@code keep}, and leftovers of crashed saves. */
+    private void prune() throws IOException {
+        List<Long> steps = committedSteps();
+        for (int i = keep; i < steps.size(); i++) {
+            fs.delete(dir(steps.get(i)));
+        }
+        for (String n : fs.list(root)) {
+            if (n.startsWith(IN_PROGRESS) || n.startsWith(REPLACED)) {
+                fs.delete(fs.child(root, n));
+            }
+        }
+    }
+
+    /** Every rank learns whether every rank succeeded; all throw together if one did not. */
+    static void agree(Communicator world, boolean ok, String error, String what) throws IOException {
+        long[] all = gatherFlat(world, new long[] {ok ? 0 : 1});
+        for (int r = 0; r < all.length; r++) {
+            if (all[r] != 0) {
+                throw new IOException(error != null ? error : "rank " + r + " failed to " + what + " (see its log)");
+            }
+        }
+    }
+
+    /** Every rank's {@code mine}, concatenated in rank order. Collective. */
+    static long[] gatherFlat(Communicator world, long[] mine) {
+        Tensor in = Tensor.allocateHost(DType.I64, mine.length);
+        in.hostBuffer().asLongBuffer().put(mine);
+        Tensor out = Tensor.allocateHost(DType.I64, mine.length * world.size());
+        world.allGather(in, out);
+        long[] r = new long[mine.length * world.size()];
+        out.hostBuffer().asLongBuffer().get(r);
+        return r;
+    }
+
+    /** Every rank's {@code mine}, one row per rank. Collective. */
+    static long[][] gatherRows(Communicator world, long[] mine) {
+        long[] flat = gatherFlat(world, mine);
+        long[][] out = new long[world.size()][];
+        for (int r = 0; r < out.length; r++) {
+            out[r] = java.util.Arrays.copyOfRange(flat, r * mine.length, (r + 1) * mine.length);
+        }
+        return out;
+    }
+}

@@ -1,0 +1,100 @@
+package org.sparkatron.checkpoint;
+
+import java.io.IOException;
+import java.io.PrintStream;
+import java.nio.file.Path;
+import java.nio.file.Paths;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.model.Transformer;
+
+/**
+ * {@code ./sparkatron export --checkpoint DIR --out MODEL_DIR [--step N]}: writes the weights of a
+ * distributed checkpoint (saved under any layout) as a Hugging Face model directory ({@code config.json}
+ * + {@code model.safetensors}, see {@link ModelStore}) that {@code transformers}, {@code --init-from} and
+ * {@code train-local --model} read. {@code DIR} is a checkpoint root (its newest usable checkpoint is
+ * taken, falling back past damaged ones with a message) or one {@code step-N} directory. Local paths.
+ * Prints one JSON line; exit status 2 with the problem on stderr for bad input.
+ */
+public final class ExportCommand {
+    private ExportCommand() {
+    }
+
+    public static void main(String[] argv) {
+        try {
+            run(argv, System.out);
+        } catch (IllegalArgumentException | IOException e) {
+            System.err.println("sparkatron export: " + e.getMessage());
+            System.exit(2);
+        }
+    }
+
+    /** Parses the arguments (after the subcommand) and exports. */
+    public static void run(String[] argv, PrintStream out) throws IOException {
+        Map<String, String> a = new LinkedHashMap<>();
+        int from = argv.length > 0 && argv[0].equals("export") ? 1 : 0;
+        for (int i = from; i < argv.length; i++) {
+            String k = argv[i];
+            if (!k.startsWith("--") || i + 1 >= argv.length) {
+                throw new IllegalArgumentException("usage: export --checkpoint DIR --out MODEL_DIR [--step N]; bad argument '" + k + "'");
+            }
+            if (!List.of("--checkpoint", "--out", "--step").contains(k)) {
+                throw new IllegalArgumentException("unknown option " + k + " (known: --checkpoint, --out, --step)");
+            }
+            a.put(k.substring(2), argv[++i]);
+        }
+        if (!a.containsKey("checkpoint") || !a.containsKey("out")) {
+            throw new IllegalArgumentException("usage: export --checkpoint DIR --out MODEL_DIR [--step N]");
+        }
+        String dir = export(Paths.get(a.get("checkpoint")), Paths.get(a.get("out")),
+                a.containsKey("step") ? Long.parseLong(a.get("step")) : -1, msg -> System.err.println("sparkatron export: " + msg));
+        out.printf(Locale.ROOT, "{\"checkpoint\": \"%s\", \"out\": \"%s\"}%n", dir, a.get("out"));
+    }
+
+    /**
+     * Exports one checkpoint as a model directory; returns the checkpoint directory used.
+     *
+     * @param step the step to export, or -1 for {@code checkpoint} itself when it is a step directory, else the newest usable
+     */
+    public static String export(Path checkpoint, Path out, long step, java.util.function.Consumer<String> log) throws IOException {
+        LocalStorage fs = new LocalStorage();
+        String name = checkpoint.getFileName() == null ? "" : checkpoint.getFileName().toString();
+        boolean stepDir = name.startsWith(DistributedCheckpoint.PREFIX) || fs.exists(checkpoint.resolve(CheckpointMetadata.FILE).toString());
+        DistributedCheckpoint root = new DistributedCheckpoint(fs, stepDir ? String.valueOf(checkpoint.toAbsolutePath().getParent())
+                : checkpoint.toString(), 1);
+        List<String> candidates = new java.util.ArrayList<>();
+        if (step >= 0) {
+            candidates.add(root.dir(step));
+        } else if (stepDir) {
+            candidates.add(checkpoint.toString());
+        } else {
+            for (long s : root.committedSteps()) {
+                candidates.add(root.dir(s));
+            }
+            if (candidates.isEmpty()) {
+                throw new IllegalArgumentException(checkpoint + ": no checkpoint here (no " + DistributedCheckpoint.PREFIX
+                        + "N directory and no " + CheckpointMetadata.FILE + ")");
+            }
+        }
+        CheckpointException last = null;
+        for (String dir : candidates) {
+            try {
+                CheckpointMetadata meta = root.metadata(dir);
+                Transformer model = new Transformer(meta.config(), new CpuKernels());
+                root.load(dir, model, null);
+                ModelStore.save(model, out);
+                return dir;
+            } catch (CheckpointException e) {
+                if (!e.fallbackAllowed() || candidates.size() == 1) {
+                    throw e;
+                }
+                last = e;
+                log.accept(e.getMessage() + "; trying the previous checkpoint");
+            }
+        }
+        throw new CheckpointException(checkpoint + ": no usable checkpoint (last problem: " + last.getMessage() + ")", last, false);
+    }
+}

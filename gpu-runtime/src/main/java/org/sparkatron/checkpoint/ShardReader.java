@@ -1,0 +1,162 @@
+package org.sparkatron.checkpoint;
+
+import java.io.IOException;
+import java.nio.FloatBuffer;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Comparator;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import org.sparkatron.model.ParameterSet;
+import org.sparkatron.model.Transformer;
+import org.sparkatron.optim.AdamW;
+import org.sparkatron.tensor.DType;
+import org.sparkatron.tensor.Tensor;
+
+/**
+ * Reads one rank's part of a checkpoint saved under any TP layout into a model of this rank's layout: for
+ * every local parameter it intersects the rank's global element segments with the saved shards' runs
+ * (from the metadata alone), then copies just those slices out of the memory-mapped shard files. Vocabulary
+ * padding rows that map to no global element are zeroed. Built per load; one rank's thread.
+ */
+final class ShardReader {
+    /** Copy {@code len} floats from shard tensor {@code key} at {@code src} to block {@code block} at {@code dst}. */
+    private record Op(int block, String key, long src, long dst, long len) {
+    }
+
+    /** A saved piece: global offset, offset in its shard tensor, length, file and key. */
+    private record Piece(long global, long local, long len, String file, String key) {
+    }
+
+    private final String dir;
+    private final CheckpointMetadata meta;
+    private final Map<String, List<Op>> opsByFile = new LinkedHashMap<>();
+    private final List<long[]> zeros = new ArrayList<>(); // {block, offset, length}
+    private final Map<String, Long> keyNumel = new LinkedHashMap<>();
+
+    /**
+     * Plans the reads for {@code model} (and the optimizer moments when {@code withOptimizer}).
+     *
+     * @throws CheckpointException when the metadata does not cover a needed tensor or element
+     */
+    ShardReader(String dir, CheckpointMetadata meta, Transformer model, boolean withOptimizer) throws CheckpointException {
+        this.dir = dir;
+        this.meta = meta;
+        int tpRank = model.tensorParallel().rank();
+        int tpSize = model.tensorParallel().size();
+        String[] groups = withOptimizer ? new String[] {"model/", "optim.m/", "optim.v/"} : new String[] {"model/"};
+        for (int b = 0; b < groups.length; b++) {
+            for (ParameterSet.Param p : model.params().params()) {
+                plan(b, groups[b] + p.name(), model, p, tpRank, tpSize);
+            }
+        }
+    }
+
+    private void plan(int block, String name, Transformer model, ParameterSet.Param p, int tpRank, int tpSize)
+            throws CheckpointException {
+        CheckpointMetadata.TensorEntry e = meta.tensors().get(name);
+        if (e == null) {
+            throw new CheckpointException(dir + ": the metadata has no tensor '" + name + "'", true);
+        }
+        int[] shape = ShardMap.globalShape(model.config(), p, tpSize);
+        if (!Arrays.equals(shape, e.shape())) {
+            throw new CheckpointException(dir + ": tensor '" + name + "' has global shape " + Arrays.toString(e.shape())
+                    + ", the model needs " + Arrays.toString(shape), false);
+        }
+        List<Piece> pieces = new ArrayList<>();
+        for (CheckpointMetadata.ShardEntry s : e.shards()) {
+            if (!meta.files().containsKey(s.file())) {
+                throw new CheckpointException(dir + ": tensor '" + name + "' is in file " + s.file()
+                        + ", which the metadata's file list lacks", true);
+            }
+            keyNumel.put(s.file() + "\u0000" + s.key(), ShardMap.numel(s.runs()));
+            for (long[] x : ShardMap.expand(s.runs())) {
+                pieces.add(new Piece(x[0], x[1], x[2], s.file(), s.key()));
+            }
+        }
+        pieces.sort(Comparator.comparingLong(Piece::global));
+        long[] starts = new long[pieces.size()];
+        for (int i = 0; i < starts.length; i++) {
+            starts[i] = pieces.get(i).global();
+        }
+        long[][] segs = ShardMap.segments(model.config(), p, tpRank, tpSize);
+        long covered = 0;
+        for (long[] s : segs) {
+            covered += s[2];
+        }
+        if (covered < p.numel()) {
+            zeros.add(new long[] {block, p.offset(), p.numel()});
+        }
+        for (long[] s : segs) {
+            long g = s[0];
+            long end = s[0] + s[2];
+            while (g < end) {
+                int i = Arrays.binarySearch(starts, g);
+                i = i >= 0 ? i : -i - 2;
+                Piece pc = i >= 0 ? pieces.get(i) : null;
+                if (pc == null || g >= pc.global() + pc.len()) {
+                    throw new CheckpointException(dir + ": tensor '" + name + "': global element " + g
+                            + " is in no saved shard", true);
+                }
+                long n = Math.min(end, pc.global() + pc.len()) - g;
+                opsByFile.computeIfAbsent(pc.file(), k -> new ArrayList<>())
+                        .add(new Op(block, pc.key(), pc.local() + (g - pc.global()), p.offset() + s[1] + (g - s[0]), n));
+                g += n;
+            }
+        }
+    }
+
+    /** The files this rank needs. */
+    List<String> files() {
+        return new ArrayList<>(opsByFile.keySet());
+    }
+
+    /**
+     * Copies the planned slices from the (verified, local) files into the model's weights and the
+     * optimizer's moments.
+     */
+    void copy(Map<String, ShardFiles.Local> local, Transformer model, AdamW opt) throws IOException {
+        Tensor[] blocks = {model.params().weights(), opt == null ? null : opt.firstMoment(), opt == null ? null : opt.secondMoment()};
+        for (long[] z : zeros) {
+            FloatBuffer b = blocks[(int) z[0]].floats();
+            float[] zero = new float[(int) Math.min(z[2], 1 << 16)];
+            for (long i = 0; i < z[2]; i += zero.length) {
+                b.put(Math.toIntExact(z[1] + i), zero, 0, (int) Math.min(zero.length, z[2] - i));
+            }
+        }
+        FloatBuffer[] dst = new FloatBuffer[blocks.length];
+        for (int b = 0; b < blocks.length; b++) {
+            dst[b] = blocks[b] == null ? null : blocks[b].floats();
+        }
+        for (Map.Entry<String, List<Op>> f : opsByFile.entrySet()) {
+            String path = local.get(f.getKey()).path().toString();
+            try (SafeTensorsFile st = SafeTensors.open(local.get(f.getKey()).path())) {
+                Map<String, FloatBuffer> views = new LinkedHashMap<>();
+                for (Op op : f.getValue()) {
+                    FloatBuffer src = views.get(op.key());
+                    if (src == null) {
+                        src = view(st, f.getKey(), op.key(), path);
+                        views.put(op.key(), src);
+                    }
+                    dst[op.block()].put(Math.toIntExact(op.dst()), src, Math.toIntExact(op.src()),
+                            Math.toIntExact(op.len()));
+                }
+            } catch (SafeTensorsFormatException e) {
+                throw new CheckpointException(dir + "/" + f.getKey() + ": not a valid safetensors file: " + e.getMessage(), e, true);
+            }
+        }
+    }
+
+    private FloatBuffer view(SafeTensorsFile st, String file, String key, String path) throws CheckpointException {
+        if (!st.contains(key)) {
+            throw new CheckpointException(dir + "/" + file + ": has no tensor '" + key + "' (the metadata says it does)", true);
+        }
+        long want = keyNumel.get(file + "\u0000" + key);
+        if (st.dtype(key) != DType.F32 || st.numel(key) != want) {
+            throw new CheckpointException(dir + "/" + file + ": tensor '" + key + "' is " + st.dtype(key) + " of "
+                    + st.numel(key) + " elements, the metadata says F32 of " + want, true);
+        }
+        return st.tensor(key).floats();
+    }
+}

@@ -1,0 +1,27 @@
+package org.sparkatron.model;
+
+import java.util.List;
+
+/**
+ * Public view of {@link TpShards}' element mapping for code outside this package (checkpoints): which
+ * runs of a full (TP = 1) parameter tensor rank {@code rank} of a TP group of {@code size} holds, and
+ * where in its local tensor. Stateless.
+ */
+public final class TpSegments {
+    private TpSegments() {
+    }
+
+    /**
+     * Runs {@code {fullOffset, localOffset, length}} (elements, row-major) of {@code full} that the rank's
+     * {@code local} parameter holds, in increasing local order. Local elements no run covers (vocabulary
+     * padding past the full padded vocabulary) correspond to no full element.
+     */
+    public static long[][] of(ModelConfig cfg, ParameterSet.Param full, ParameterSet.Param local, int rank, int size) {
+        List<TpShards.Segment> s = TpShards.segments(cfg, full, local, rank, size);
+        long[][] out = new long[s.size()][];
+        for (int i = 0; i < out.length; i++) {
+            out[i] = new long[] {s.get(i).full(), s.get(i).local(), s.get(i).length()};
+        }
+        return out;
+    }
+}

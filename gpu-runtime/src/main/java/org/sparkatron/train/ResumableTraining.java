@@ -1,0 +1,141 @@
+package org.sparkatron.train;
+
+import java.io.IOException;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.Optional;
+import java.util.function.Consumer;
+import org.sparkatron.checkpoint.CheckpointMetadata;
+import org.sparkatron.checkpoint.DistributedCheckpoint;
+import org.sparkatron.comm.Communicator;
+
+/**
+ * A {@link Trainer} that checkpoints: {@link #resume} restores the newest usable checkpoint under the
+ * checkpoint root (weights, AdamW moments and step, dropout counter, data position), or with
+ * {@code startOver} deletes the root's checkpoints and starts fresh; {@link #run} trains up to a total
+ * step count, saving every {@code saveEvery} steps and after the last one. A run interrupted at any
+ * point and restarted this way computes exactly what the uninterrupted run computes (the model, optimizer
+ * and data are deterministic), losing at most the steps since the last checkpoint.
+ *
+ * <p>Data position on resume: this data-parallel replica's recorded position when the layout's DP size
+ * is unchanged; otherwise the global consumed count divided over the new replicas.
+ *
+ * <p>Threading and blocking: the rank's training thread; {@link #resume}, {@link #run} and {@link #save}
+ * are collectives over {@code world} (all ranks call them together) and block on I/O and communication.
+ */
+public final class ResumableTraining {
+    /**
+     * @param saveEvery steps between checkpoints (0: only at the end)
+     * @param startOver ignore and delete existing checkpoints instead of resuming from them
+     * @param extra strings recorded in each checkpoint's metadata
+     */
+    public record Options(int saveEvery, boolean startOver, Map<String, String> extra) {
+        public Options {
+            if (saveEvery < 0) {
+                throw new IllegalArgumentException("checkpoint interval must be >= 0 steps, got " + saveEvery);
+            }
+            extra = extra == null ? Map.of() : Map.copyOf(extra);
+        }
+    }
+
+    private final Trainer trainer;
+    private final DistributedCheckpoint ckpt;
+    private final Communicator world;
+    private final int dpSize;
+    private final int dpRank;
+    private final Options opt;
+    private final Consumer<String> log;
+
+    /**
+     * @param world all ranks of a TP x DP layout (world rank = tp + TP x dp)
+     * @param log where resume decisions (fresh start, resumed step, fallbacks) are reported
+     */
+    public ResumableTraining(Trainer trainer, DistributedCheckpoint ckpt, Communicator world, int dpSize, Options opt,
+                             Consumer<String> log) {
+        int tp = trainer.model().tensorParallel().size();
+        if (world.size() != tp * dpSize) {
+            throw new IllegalArgumentException("world of " + world.size() + " ranks is not TP " + tp + " x DP " + dpSize);
+        }
+        this.trainer = trainer;
+        this.ckpt = ckpt;
+        this.world = world;
+        this.dpSize = dpSize;
+        this.dpRank = world.rank() / tp;
+        this.opt = opt;
+        this.log = log;
+    }
+
+    /**
+     * Restores the newest usable checkpoint (falling back past damaged ones, saying so), or starts over.
+     *
+     * @return the step training continues after (0 for a fresh start)
+     */
+    public long resume() throws IOException {
+        if (opt.startOver()) {
+            String error = null;
+            if (world.rank() == 0) {
+                try {
+                    for (long s : ckpt.committedSteps()) {
+                        ckpt.storage().delete(ckpt.dir(s));
+                    }
+                } catch (IOException e) {
+                    error = "cannot delete the old checkpoints under " + ckpt.root() + ": " + e;
+                }
+            }
+            world.barrier();
+            if (error != null) {
+                throw new IOException(error);
+            }
+            log.accept("starting over: existing checkpoints under " + ckpt.root() + " deleted");
+            return 0;
+        }
+        Optional<CheckpointMetadata> found = ckpt.resume(world, trainer.model(), trainer.optimizer(), log);
+        if (found.isEmpty()) {
+            log.accept("no checkpoint under " + ckpt.root() + ": starting from step 0");
+            return 0;
+        }
+        CheckpointMetadata m = found.get();
+        long position = m.dp() == dpSize ? m.dataPositions()[dpRank] : m.consumedSamples() / dpSize;
+        long behind = position - trainer.data().consumed();
+        if (behind < 0) {
+            throw new IllegalStateException("the data source has already handed out " + trainer.data().consumed()
+                    + " samples, past the checkpoint's position " + position + ": resume needs a fresh source");
+        }
+        trainer.data().skip(behind);
+        log.accept("resumed from " + ckpt.dir(m.step()) + " (step " + m.step() + ", saved at TP " + m.tp() + " x DP " + m.dp()
+                + ", data position " + position + ")");
+        return m.step();
+    }
+
+    /** Saves a checkpoint of the current step now. */
+    public String save() throws IOException {
+        return ckpt.save(world, dpSize, trainer.model(), trainer.optimizer(), trainer.data().consumed(), opt.extra());
+    }
+
+    /**
+     * Trains from the current step up to {@code totalSteps}, checkpointing every {@code saveEvery} steps and
+     * after the last step (unless that step was just saved), calling {@code onStep} after each step.
+     *
+     * @return the metrics of the steps run here
+     */
+    public List<Trainer.StepMetrics> run(long totalSteps, Consumer<Trainer.StepMetrics> onStep) throws IOException {
+        List<Trainer.StepMetrics> out = new ArrayList<>();
+        long lastSaved = -1;
+        while (trainer.optimizer().step() < totalSteps) {
+            Trainer.StepMetrics m = trainer.step();
+            out.add(m);
+            if (onStep != null) {
+                onStep.accept(m);
+            }
+            if (opt.saveEvery() > 0 && m.step() % opt.saveEvery() == 0) {
+                save();
+                lastSaved = m.step();
+            }
+        }
+        if (lastSaved != trainer.optimizer().step() && !out.isEmpty()) {
+            save();
+        }
+        return out;
+    }
+}

@@ -1,0 +1,77 @@
+package org.sparkatron.checkpoint;
+
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.TimeUnit;
+import org.sparkatron.comm.Communicator;
+import org.sparkatron.comm.InProcessRendezvous;
+import org.sparkatron.comm.SelfCommunicator;
+import org.sparkatron.comm.tcp.TcpCommunicator;
+import org.sparkatron.comm.tcp.TcpOptions;
+
+/**
+ * Runs n ranks as threads of this JVM, each with its own loopback {@link TcpCommunicator} (one rank: a
+ * {@link SelfCommunicator}). A failing rank aborts its world so the others fail fast; results come back
+ * in rank order, and exceptions (the first one) are rethrown as they are, so tests can inspect them.
+ */
+final class Ranks {
+    private static final byte[] SECRET = "ckpt-test-secret-0123456789abcdef".getBytes(StandardCharsets.UTF_8);
+
+    interface Body<T> {
+        T run(int rank, Communicator world) throws Exception;
+    }
+
+    private Ranks() {
+    }
+
+    static <T> List<T> run(int n, Body<T> body) throws Exception {
+        if (n == 1) {
+            try (Communicator c = new SelfCommunicator()) {
+                List<T> one = new ArrayList<>();
+                one.add(body.run(0, c));
+                return one;
+            }
+        }
+        InProcessRendezvous rv = new InProcessRendezvous(n, 20_000);
+        TcpOptions opts = TcpOptions.loopback().withTimeouts(20_000, 30_000);
+        ExecutorService pool = Executors.newFixedThreadPool(n);
+        try {
+            List<Future<T>> fs = new ArrayList<>();
+            for (int r = 0; r < n; r++) {
+                int rank = r;
+                fs.add(pool.submit(() -> {
+                    try (TcpCommunicator c = TcpCommunicator.create(rank, n, rv.forRank(rank), SECRET, opts)) {
+                        try {
+                            return body.run(rank, c);
+                        } catch (Throwable t) {
+                            c.abort("rank " + rank + " failed: " + t);
+                            throw t;
+                        }
+                    }
+                }));
+            }
+            List<T> out = new ArrayList<>();
+            Exception first = null;
+            for (Future<T> f : fs) {
+                try {
+                    out.add(f.get(60, TimeUnit.SECONDS));
+                } catch (ExecutionException e) {
+                    if (first == null) {
+                        first = e.getCause() instanceof Exception x ? x : new RuntimeException(e.getCause());
+                    }
+                }
+            }
+            if (first != null) {
+                throw first;
+            }
+            return out;
+        } finally {
+            pool.shutdownNow();
+        }
+    }
+}

@@ -1,0 +1,112 @@
+package org.sparkatron.checkpoint;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+import org.sparkatron.comm.SelfCommunicator;
+import org.sparkatron.model.ModelConfig;
+import org.sparkatron.model.Transformer;
+import org.sparkatron.parallel.TensorParallel;
+import org.sparkatron.train.ResumableTraining;
+import org.sparkatron.train.Trainer;
+
+/**
+ * A run killed mid-way and restarted from its checkpoint directory reproduces the uninterrupted run
+ * exactly on CPU: the same loss at every step and bitwise the same final weights. Dropout is on and the
+ * learning rate follows a warm-up + cosine schedule, so the dropout counter, the AdamW step and moments,
+ * and the data position must all be restored for the numbers to match.
+ */
+class ResumeTest {
+    private static final int TOTAL = 9;
+
+    @TempDir
+    Path tmp;
+
+    /** Thrown to simulate the process dying between steps. */
+    private static final class Killed extends RuntimeException {
+    }
+
+    private static Trainer trainer(ModelConfig cfg) {
+        Transformer m = new Transformer(cfg, new org.sparkatron.device.cpu.CpuKernels(), TensorParallel.none());
+        m.initialize(5);
+        m.setDropout(0.1f, 3);
+        return new Trainer(m, Fixtures.data(cfg, 21), Fixtures.options(2));
+    }
+
+    private static float[] weights(Trainer t) {
+        float[] w = new float[(int) t.model().params().numel()];
+        t.model().params().weights().floats().get(0, w);
+        return w;
+    }
+
+    @ParameterizedTest
+    @ValueSource(strings = {"gpt2", "llama"})
+    @Timeout(value = 60, unit = TimeUnit.SECONDS)
+    void killedAndResumedRunMatchesTheUninterruptedRun(String family) throws Exception {
+        ModelConfig cfg = Fixtures.config(family);
+        Trainer ref = trainer(cfg);
+        List<Double> refLoss = new ArrayList<>();
+        for (int s = 0; s < TOTAL; s++) {
+            refLoss.add(ref.step().loss());
+        }
+
+        DistributedCheckpoint ckpt = new DistributedCheckpoint(new LocalStorage(), tmp.resolve("ckpt").toString(), 2);
+        List<String> log = new ArrayList<>();
+        ResumableTraining.Options opts = new ResumableTraining.Options(3, false, Map.of("seed", "5"));
+        Trainer first = trainer(cfg);
+        ResumableTraining run1 = new ResumableTraining(first, ckpt, new SelfCommunicator(), 1, opts, log::add);
+        assertEquals(0, run1.resume());
+        List<Double> losses = new ArrayList<>();
+        assertThrows(Killed.class, () -> run1.run(TOTAL, m -> {
+            losses.add(m.loss());
+            if (m.step() == 7) {
+                throw new Killed(); // dies after step 7: steps 7 is lost, step 6 is the last checkpoint
+            }
+        }));
+        assertEquals(List.of(6L, 3L), ckpt.committedSteps(), "checkpoints every 3 steps, keep 2");
+
+        Trainer second = trainer(cfg);
+        ResumableTraining run2 = new ResumableTraining(second, ckpt, new SelfCommunicator(), 1, opts, log::add);
+        assertEquals(6, run2.resume());
+        assertTrue(log.get(log.size() - 1).contains("resumed from") && log.get(log.size() - 1).contains("step 6"), log.toString());
+        List<Double> resumed = new ArrayList<>(losses.subList(0, 6));
+        for (Trainer.StepMetrics m : run2.run(TOTAL, null)) {
+            resumed.add(m.loss());
+        }
+        assertEquals(refLoss, resumed, "loss trajectory of the resumed run");
+        assertEquals(refLoss.subList(0, 7), losses, "the first run's steps before the kill");
+        assertArrayEquals(weights(ref), weights(second), "final weights");
+        assertEquals(List.of(9L, 6L), ckpt.committedSteps(), "final checkpoint at the end of training");
+    }
+
+    @Test
+    @Timeout(value = 60, unit = TimeUnit.SECONDS)
+    void startOverIgnoresAndDeletesExistingCheckpoints() throws Exception {
+        ModelConfig cfg = Fixtures.config("gpt2");
+        DistributedCheckpoint ckpt = new DistributedCheckpoint(new LocalStorage(), tmp.resolve("ckpt").toString(), 3);
+        Trainer a = trainer(cfg);
+        new ResumableTraining(a, ckpt, new SelfCommunicator(), 1, new ResumableTraining.Options(2, false, null), s -> { })
+                .run(4, null);
+        assertEquals(List.of(4L, 2L), ckpt.committedSteps());
+        Trainer b = trainer(cfg);
+        List<String> log = new ArrayList<>();
+        ResumableTraining fresh = new ResumableTraining(b, ckpt, new SelfCommunicator(), 1,
+                new ResumableTraining.Options(2, true, null), log::add);
+        assertEquals(0, fresh.resume());
+        assertEquals(List.of(), ckpt.committedSteps());
+        assertEquals(0, b.optimizer().step());
+        assertTrue(log.get(0).contains("starting over"), log.toString());
+    }
+}

@@ -1,0 +1,62 @@
+package org.sparkatron.spark;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.file.Path;
+import java.util.List;
+import org.apache.spark.sql.Dataset;
+import org.apache.spark.sql.Row;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+import org.sparkatron.checkpoint.DistributedCheckpoint;
+import org.sparkatron.checkpoint.LocalStorage;
+
+/**
+ * A rank fails after the step-3 checkpoint; Spark retries the barrier stage and the new attempt resumes
+ * at step 4 (weights, AdamW state, data position) instead of starting over: its losses and the final
+ * weights equal an undisturbed run's exactly (CPU, deterministic reductions).
+ */
+class CheckpointResumeSparkTest {
+    @TempDir
+    Path tmp;
+
+    private static Dataset<Row> data() {
+        return SyntheticData.frame(SharedSpark.get(), SyntheticData.walks(100, 9), "tokens", 2);
+    }
+
+    private static float[] weights(DistributedTraining.Result r) {
+        float[] w = new float[(int) r.model().params().numel()];
+        r.model().params().weights().floats().get(0, w);
+        return w;
+    }
+
+    @Test
+    @Timeout(150)
+    void aRetriedStageResumesFromTheLastCheckpoint() throws Exception {
+        DistributedTraining.Result clean = DistributedTraining.run(data(), SharedSpark.config(2, 4, 8), null);
+        String root = tmp.resolve("ckpt").toString();
+        TrainConfig cfg = SharedSpark.config(2, 4, 8).with("checkpoint_dir", root).with("checkpoint_every", "3")
+                .with("fail_rank", "1").with("fail_step", "5").with("fail_attempts", "1");
+        DistributedTraining.Result r = DistributedTraining.run(data(), cfg, null);
+        for (RankReport rr : r.ranks()) {
+            assertEquals(1, rr.attempt(), "the result comes from the retried attempt");
+        }
+        List<String> m = r.metrics();
+        assertEquals(5, m.size(), "the retry ran steps 4..8 only: " + m);
+        for (int i = 0; i < 5; i++) {
+            assertEquals(4 + i, DistributedTraining.metric(m.get(i)).path("step").asInt());
+            assertEquals(DistributedTraining.Result.loss(clean.metrics().get(3 + i)), DistributedTraining.Result.loss(m.get(i)),
+                    0.0, "loss of step " + (4 + i));
+        }
+        assertArrayEquals(weights(clean), weights(r), "final weights equal the undisturbed run's");
+        assertEquals(List.of(8L, 6L), new DistributedCheckpoint(new LocalStorage(), root, 2).committedSteps());
+
+        // A new job pointed at the same directory resumes at the end: nothing left to train.
+        DistributedTraining.Result again = DistributedTraining.run(data(), SharedSpark.config(2, 4, 8).with("checkpoint_dir", root), null);
+        assertTrue(again.metrics().isEmpty(), again.metrics().toString());
+        assertArrayEquals(weights(clean), weights(again));
+    }
+}
