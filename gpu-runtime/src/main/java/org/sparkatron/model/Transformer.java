@@ -114,8 +114,8 @@ public final class Transformer {
         for (int i = 0; i < cfg.layers(); i++) {
             blocks.add(new TransformerBlock(cfg, kernels, params, i, ropeCos, ropeSin, tp, ws));
         }
-        embedding = new VocabParallelEmbedding(tp, vocabLocal, cfg.hidden(), params.weight("embed"), params.grad("embed"), ws);
-        crossEntropy = new VocabParallelCrossEntropy(tp, vocabLocal, cfg.vocabSize());
+        embedding = new VocabParallelEmbedding(tp, kernels, vocabLocal, cfg.hidden(), params.weight("embed"), params.grad("embed"), ws);
+        crossEntropy = new VocabParallelCrossEntropy(tp, kernels, vocabLocal, cfg.vocabSize());
         headInput = tp.sequenceParallel() ? new Mappings.GatherFromSequenceRegion(tp) : new Mappings.CopyToTensorRegion(tp);
     }
 
@@ -326,7 +326,7 @@ public final class Transformer {
         int nl = tp.localRows(n);
         embedding.forward(inputs, n, embedded);
         if (cfg.family() == ModelConfig.Family.GPT2) {
-            VocabParallelEmbedding.addPositions(embedded, params.weight("pos"), tp.firstLocalRow(n), nl, t, cfg.hidden());
+            k.addPositions(embedded, params.weight("pos"), tp.firstLocalRow(n), nl, t, cfg.hidden());
         }
         Tensor x = embedded;
         for (TransformerBlock blk : blocks) {
@@ -379,7 +379,7 @@ public final class Transformer {
             blocks.get(i).backward(dresid, scratch);
         }
         if (cfg.family() == ModelConfig.Family.GPT2) {
-            VocabParallelEmbedding.positionsBackward(params.grad("pos"), dresid, tp.firstLocalRow(n), nl, t, c);
+            k.positionsBackward(params.grad("pos"), dresid, tp.firstLocalRow(n), nl, t, c);
         }
         embedding.backward(dresid, inputs, n);
         return meanLoss(n);
