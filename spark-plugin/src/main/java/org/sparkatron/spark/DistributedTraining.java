@@ -27,8 +27,9 @@ import scala.Tuple2;
  * Runs one training job on a Spark session: validates everything on the driver, prepares the data
  * shuffle, launches one barrier stage of exactly {@code world} tasks ({@link RankTask}) followed by a
  * shuffle (so Spark retries the whole stage when a rank fails), shows live progress, and returns the
- * trained model; saves it (HF layout), the per-step metrics ({@code metrics.jsonl}) and where each rank
- * ran ({@code ranks.json}) to the output path on any Hadoop FileSystem.
+ * trained model; saves it (HF layout), the per-step metrics ({@code metrics.jsonl}, appended live as the
+ * steps happen, {@link MetricsLog}) and where each rank ran ({@code ranks.json}) to the output path on
+ * any Hadoop FileSystem.
  *
  * <p>Blocking: {@link #run} returns when the job ends; it throws IllegalArgumentException for a refused
  * input before anything is launched, and Spark's exception if the stage fails more often than
@@ -69,6 +70,7 @@ public final class DistributedTraining {
         SparkContext sc = df.sparkSession().sparkContext();
         Layout.validate(cfg);
         checkSparkSettings(sc, cfg.world());
+        InitFrom.check(cfg, sc.hadoopConfiguration());
         TokenData.Prepared data = TokenData.prepare(df, cfg, cfg.model().vocabSize());
         String summary = String.format(java.util.Locale.ROOT,
                 "%d documents, %d tokens, %d samples of %d tokens per epoch, %d epoch(s) for %d steps x %d samples%s",
@@ -87,7 +89,9 @@ public final class DistributedTraining {
         String advertise = conf.get("spark.driver.host", bind);
         String previousInterrupt = sc.getLocalProperty("spark.job.interruptOnCancel");
         String previousDescription = sc.getLocalProperty("spark.job.description");
-        try (ProgressServer progress = new ProgressServer(bind, advertise, secret, cfg.steps, console, null)) {
+        // metrics.jsonl is written live, step by step, as rank 0's reports reach the driver
+        try (MetricsLog live = cfg.output == null ? null : new MetricsLog(cfg.output, sc.hadoopConfiguration());
+             ProgressServer progress = new ProgressServer(bind, advertise, secret, cfg.steps, console, live)) {
             // a failed rank makes Spark kill the others; interrupting them frees their slots at once
             sc.setLocalProperty("spark.job.interruptOnCancel", "true");
             sc.setLocalProperty("spark.job.description", "sparkatron training: " + cfg.world() + " ranks, " + cfg.steps + " steps");
@@ -113,7 +117,7 @@ public final class DistributedTraining {
             Result result = new Result(model, first.metrics(), reports, data.documents(), data.tokens(),
                     data.samplesPerEpoch(), data.droppedRows(), data.epochs());
             if (cfg.output != null) {
-                save(result, cfg.output, sc);
+                save(result, cfg.output, sc, live);
                 if (console != null) {
                     console.println("[sparkatron] saved model, metrics.jsonl and ranks.json to " + cfg.output);
                 }
@@ -164,12 +168,15 @@ public final class DistributedTraining {
         }
     }
 
-    /** Writes the model (HF layout), metrics.jsonl and ranks.json under {@code output} on its FileSystem. */
-    static void save(Result r, String output, SparkContext sc) throws IOException {
+    /**
+     * Writes the model (HF layout), metrics.jsonl (the whole trajectory: steps before a resume come from
+     * the live reports, see {@link MetricsLog}) and ranks.json under {@code output} on its FileSystem.
+     */
+    static void save(Result r, String output, SparkContext sc, MetricsLog live) throws IOException {
         SparkatronModel.of(r.model()).save(output, sc.hadoopConfiguration());
         org.apache.hadoop.fs.Path out = new org.apache.hadoop.fs.Path(output);
         FileSystem fs = out.getFileSystem(sc.hadoopConfiguration());
-        writeLines(fs, new org.apache.hadoop.fs.Path(out, "metrics.jsonl"), r.metrics());
+        live.finish(r.metrics());
         List<String> ranks = new ArrayList<>();
         for (RankReport rr : r.ranks()) {
             ranks.add(rr.describe());

@@ -20,7 +20,9 @@ import org.slf4j.LoggerFactory;
 /**
  * Live progress on the driver: a small TCP endpoint the job's rank 0 reports each step to (one JSON line
  * per step after a token line derived from the job secret; anything else is dropped). Each report
- * becomes a log line and a console progress line (step, loss, lr, tokens/s, ETA). Works wherever
+ * becomes a log line and a console progress line (step, loss, lr, tokens/s, ETA) and goes to the
+ * listener (the job's live {@code metrics.jsonl}); a report with a {@code message} field (rank 0's
+ * checkpoint events) becomes a log and console line only. Works wherever
  * executors can reach the driver, which Spark needs anyway; no plugin or configuration.
  *
  * <p>Threads: one daemon acceptor plus one daemon reader per connection. Best effort by design: a lost
@@ -109,6 +111,16 @@ final class ProgressServer implements AutoCloseable {
     }
 
     private synchronized void onReport(JsonNode n) {
+        if (n.has("message")) { // an event of rank 0 (resumed, checkpoint saved): a log line, not a step
+            String line = "rank 0" + (n.path("attempt").asInt() > 0 ? " (attempt " + n.path("attempt").asInt() + ")" : "")
+                    + ": " + n.path("message").asText();
+            LOG.info("sparkatron: {}", line);
+            if (console != null) {
+                console.println("[sparkatron] " + line);
+                console.flush();
+            }
+            return;
+        }
         long step = n.path("step").asLong();
         long now = System.nanoTime();
         if (reports.getAndIncrement() == 0 || step <= firstReportStep) {

@@ -30,7 +30,8 @@ import scala.runtime.AbstractFunction1;
  * The body of one barrier task = one rank. Binds its device (the GPU address Spark assigned, or the CPU),
  * meets the other ranks ({@link CommWiring}) and carves its TP and DP groups out of the world
  * ({@link ProcessGroups}, TP fastest), builds its tensor-parallel shard of the model from the shipped
- * config and seed (each DP group's rank 0 broadcasts its shard so every replica starts identical), trains
+ * config and seed, or from the {@code init_from} model directory (each DP group's rank 0 broadcasts its
+ * shard so every replica starts identical), trains
  * {@code steps} steps on the samples the data shuffle delivered to TP rank 0 of its replica (which
  * broadcasts every sample to its TP group: {@link TpBroadcastSource}), reports progress (rank 0), and
  * returns a {@link RankReport} (rank 0's carries the full weights, gathered from the TP shards).
@@ -65,8 +66,14 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
              ProcessGroups groups = ProcessGroups.create(ParallelLayout.forWorld(cfg.world(), cfg.tp, 1, 1, cfg.pp, 1), comm)) {
             int tpRank = groups.coords()[0];
             int replica = groups.coords()[3];
-            Transformer model = new Transformer(cfg.model(), new CpuKernels(), new TensorParallel(groups.tp(), cfg.sequenceParallel));
-            model.initialize(cfg.seed);
+            TensorParallel tensorParallel = new TensorParallel(groups.tp(), cfg.sequenceParallel);
+            Transformer model;
+            if (cfg.initFrom != null) { // each rank reads the model directory and keeps its TP shard
+                model = io(() -> InitFrom.load(cfg, tensorParallel, new org.apache.hadoop.conf.Configuration()));
+            } else {
+                model = new Transformer(cfg.model(), new CpuKernels(), tensorParallel);
+                model.initialize(cfg.seed);
+            }
             groups.dp().broadcast(model.params().weights(), 0);
             Iterator<Tuple2<Long, int[]>> pieces = JavaConverters.asJava(data);
             SampleSource samples = new SampleStream(pieces, cfg.seqLen + 1, replica, cfg.dp);
@@ -76,7 +83,13 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             Trainer trainer = new Trainer(model, samples, cfg.trainerOptions(),
                     new DataParallelSync(groups.dp(), cfg.bucketBytes));
             List<String> metrics = new ArrayList<>();
-            ResumableTraining ckpt = checkpointing(cfg, trainer, comm, attempt);
+            java.util.function.Consumer<String> events = msg -> { // to the executor's log; rank 0's to the driver too
+                System.err.println("[sparkatron] rank " + rank + ": " + msg);
+                if (rank == 0) {
+                    progress.report(TrainConfig.JSON.createObjectNode().put("message", msg).put("attempt", attempt).toString());
+                }
+            };
+            ResumableTraining ckpt = checkpointing(cfg, trainer, comm, attempt, events);
             long first = ckpt == null ? 1 : io(ckpt::resume) + 1; // a retried stage continues from the last checkpoint
             for (long s = first; s <= cfg.steps; s++) {
                 if (rank == cfg.failRank && s == cfg.failStep && attempt < cfg.failAttempts) {
@@ -89,7 +102,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                     progress.report(line);
                 }
                 if (ckpt != null && (s == cfg.steps || (cfg.checkpointEvery > 0 && s % cfg.checkpointEvery == 0))) {
-                    io(ckpt::save);
+                    events.accept("checkpoint saved: " + io(ckpt::save));
                 }
             }
             comm.barrier();
@@ -116,7 +129,8 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
      * Checkpointing of this rank's training when the config names a checkpoint directory, else null.
      * {@code start_over} applies to the job's first attempt only: a retried stage always resumes.
      */
-    private static ResumableTraining checkpointing(TrainConfig cfg, Trainer trainer, Communicator world, int attempt) {
+    private static ResumableTraining checkpointing(TrainConfig cfg, Trainer trainer, Communicator world, int attempt,
+                                                   java.util.function.Consumer<String> log) {
         if (cfg.checkpointDir == null) {
             return null;
         }
@@ -124,7 +138,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 cfg.checkpointDir, cfg.keepCheckpoints);
         return new ResumableTraining(trainer, dc, world, cfg.dp,
                 new ResumableTraining.Options(cfg.checkpointEvery, cfg.startOver && attempt == 0, java.util.Map.of("attempt", "" + attempt)),
-                msg -> System.err.println("[sparkatron] rank " + world.rank() + ": " + msg)); // the executor's log
+                log);
     }
 
     private interface Io<T> {

@@ -54,6 +54,7 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     private final Param<String> inputCol;
     private final Param<String> outputPath;
     private final BooleanParam dropBadRows;
+    private final Param<String> initFrom;
 
     public SparkatronEstimator() {
         this(Identifiable$.MODULE$.randomUID("sparkatron"));
@@ -82,6 +83,7 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
         inputCol = new Param<>(this, "inputCol", "array<int> column of token ids");
         outputPath = new Param<>(this, "outputPath", "where the model and metrics are saved (any Hadoop path)");
         dropBadRows = new BooleanParam(this, "dropBadRows", "drop null/empty/out-of-vocabulary rows instead of refusing");
+        initFrom = new Param<>(this, "initFrom", "Hugging Face model directory (any Hadoop path) to start from instead of the seed");
         setDefault(inputCol, "tokens");
     }
 
@@ -110,6 +112,7 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     public Param<String> inputCol() { return inputCol; }
     public Param<String> outputPath() { return outputPath; }
     public BooleanParam dropBadRows() { return dropBadRows; }
+    public Param<String> initFrom() { return initFrom; }
 
     public SparkatronEstimator setModelConfig(String v) { set(modelConfig, v); return this; }
     public SparkatronEstimator setDp(int v) { set(dp, (Object) v); return this; }
@@ -131,6 +134,8 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     public SparkatronEstimator setInputCol(String v) { set(inputCol, v); return this; }
     public SparkatronEstimator setOutputPath(String v) { set(outputPath, v); return this; }
     public SparkatronEstimator setDropBadRows(boolean v) { set(dropBadRows, (Object) v); return this; }
+    /** Starting weights: a model directory; its config.json is the model config unless modelConfig is set. */
+    public SparkatronEstimator setInitFrom(String v) { set(initFrom, v); return this; }
 
     /** Where progress lines go (null: only the log). */
     public SparkatronEstimator setProgress(PrintStream out) {
@@ -146,11 +151,13 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     /** The training config these Params describe (refuses missing or invalid values). */
     public TrainConfig toConfig() {
         ObjectNode o = TrainConfig.JSON.createObjectNode();
-        if (!isDefined(modelConfig)) {
-            throw new IllegalArgumentException("SparkatronEstimator: set modelConfig (a Hugging Face config.json text or path)");
+        if (!isDefined(modelConfig) && !isDefined(initFrom)) {
+            throw new IllegalArgumentException("SparkatronEstimator: set modelConfig (a Hugging Face config.json text or path) or initFrom");
         }
-        String m = getOrDefault(modelConfig).trim();
-        if (m.startsWith("{")) {
+        String m = isDefined(modelConfig) ? getOrDefault(modelConfig).trim() : null;
+        if (m == null) {
+            // the model config comes from initFrom's config.json (TrainConfig)
+        } else if (m.startsWith("{")) {
             try {
                 o.set("model", TrainConfig.JSON.readTree(m));
             } catch (IOException e) {

@@ -39,7 +39,8 @@ public final class TrainConfig implements Serializable {
     public static final Set<String> KEYS = Set.of("model", "dp", "tp", "tensor_parallel", "sequence_parallel", "pp", "global_batch", "micro_batch", "seq_len",
             "steps", "lr", "min_lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "seed", "input_col",
             "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format", "input_schema",
-            "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over");
+            "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over",
+            "init_from");
 
     private final String json; // the full, normalised config
 
@@ -73,6 +74,9 @@ public final class TrainConfig implements Serializable {
     public final String checkpointDir;
     public final int checkpointEvery, keepCheckpoints;
     public final boolean startOver;
+    /** A Hugging Face model directory (any Hadoop path) whose weights replace the seed initialisation
+     *  [none]; its config.json is the model config when {@code model} is not given ({@link InitFrom}). */
+    public final String initFrom;
 
     private TrainConfig(ObjectNode o) {
         for (Iterator<String> it = o.fieldNames(); it.hasNext(); ) {
@@ -82,6 +86,11 @@ public final class TrainConfig implements Serializable {
             }
         }
         JsonNode m = o.get("model");
+        this.initFrom = o.hasNonNull("init_from") ? o.get("init_from").asText() : null;
+        if ((m == null || m.isNull()) && initFrom != null) { // the model directory's config.json
+            m = InitFrom.config(initFrom, new org.apache.hadoop.conf.Configuration());
+            o.set("model", m);
+        }
         if (m == null || m.isNull()) {
             throw new IllegalArgumentException("config key 'model' is missing: give a Hugging Face config.json object or a path to one");
         }

@@ -1,5 +1,6 @@
 package org.sparkatron.spark;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -19,6 +20,8 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.TestInstance;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
+import org.sparkatron.checkpoint.DistributedCheckpoint;
+import org.sparkatron.checkpoint.LocalStorage;
 
 /**
  * The spark-submit path on a real standalone cluster: a Master and two Workers (1 core, 1 fake GPU each,
@@ -30,8 +33,10 @@ import org.junit.jupiter.api.io.TempDir;
 class StandaloneClusterTest {
     @TempDir
     static Path dir;
+    private static final int STEPS = 20;
     private StandaloneCluster cluster;
     private Path data;
+    private String referenceLog;
 
     @BeforeAll
     void startCluster() throws Exception {
@@ -74,7 +79,12 @@ class StandaloneClusterTest {
                 "--conf", DistributedTraining.SLOT_WAIT_CONF + "=150",
                 "--conf", "spark.serializer=org.apache.spark.serializer.KryoSerializer",
                 "--conf", "spark.kryo.registrationRequired=true",
-                "--conf", "spark.executor.extraJavaOptions=--add-modules=jdk.incubator.vector",
+                // -UseVectorStubs: HotSpot's C2 computes the Vector API's EXP (softmax, GELU) with SVML stubs
+                // whose results differ in the last bits from the interpreter/C1 path, so a kernel's bits depend
+                // on when the JIT compiled it; an executor restarted mid-training would then not reproduce
+                // the uninterrupted run. Without the stubs every tier computes the same bits.
+                "--conf", "spark.executor.extraJavaOptions=--add-modules=jdk.incubator.vector"
+                        + " -XX:+UnlockExperimentalVMOptions -XX:-UseVectorStubs",
                 appJar.toString(), "--config", config.toString()));
         args.addAll(List.of(overrides));
         return cluster.start("driver-" + name, List.of(), "org.apache.spark.deploy.SparkSubmit", args.toArray(new String[0]));
@@ -86,13 +96,25 @@ class StandaloneClusterTest {
         return l;
     }
 
+    /**
+     * The uninterrupted 20-step run (output "train"): run once, by whichever test needs it first, and the
+     * reference of the checkpoint-resume test.
+     */
+    private synchronized String reference() throws Exception {
+        if (referenceLog == null) {
+            Process driver = submit("train", job("train", STEPS));
+            assertTrue(driver.waitFor(400, TimeUnit.SECONDS), "driver did not finish");
+            String log = Files.readString(cluster.log("driver-train"));
+            assertEquals(0, driver.exitValue(), () -> log + cluster.diagnostics());
+            referenceLog = log;
+        }
+        return referenceLog;
+    }
+
     @Test
     void sparkSubmitTrainsOnTwoExecutorsEachBindingItsGpu() throws Exception {
-        Process driver = submit("train", job("train", 20));
-        assertTrue(driver.waitFor(400, TimeUnit.SECONDS), "driver did not finish");
-        String log = Files.readString(cluster.log("driver-train"));
-        assertEquals(0, driver.exitValue(), () -> log + cluster.diagnostics());
-        assertTrue(log.contains("[sparkatron] step 20/20"), "live progress on the driver: " + log);
+        String log = reference();
+        assertTrue(log.contains("[sparkatron] step " + STEPS + "/" + STEPS), "live progress on the driver: " + log);
         List<JsonNode> ranks = ranks(dir.resolve("train"));
         assertEquals(2, ranks.size());
         Set<String> devices = new HashSet<>();
@@ -108,7 +130,7 @@ class StandaloneClusterTest {
         assertEquals(2, executors.size());
         assertEquals(2, pids.size());
         assertFalse(pids.contains(ProcessHandle.current().pid()));
-        assertEquals(20, Files.readAllLines(dir.resolve("train/metrics.jsonl")).size());
+        assertEquals(STEPS, Files.readAllLines(dir.resolve("train/metrics.jsonl")).size());
     }
 
     @Test
@@ -130,5 +152,98 @@ class StandaloneClusterTest {
             assertTrue(r.get("pid").asLong() != victim.pid());
         }
         assertEquals(150, Files.readAllLines(dir.resolve("kill/metrics.jsonl")).size());
+    }
+
+    /**
+     * Fault injection with checkpoints: the same job as {@link #reference} with a checkpoint every 2 steps;
+     * once one is committed, one executor's JVM is SIGKILLed. Spark retries the barrier stage on a
+     * replacement executor, the new attempt resumes from the last committed checkpoint, and the final
+     * model file is byte for byte the uninterrupted run's (CPU, deterministic reductions, data order a
+     * function of seed and position: no tolerance), as is the whole loss trajectory in metrics.jsonl.
+     */
+    @Test
+    void anExecutorKilledAfterACheckpointResumesFromItAndEndsWithTheUninterruptedWeights() throws Exception {
+        reference();
+        Path store = dir.resolve("resume-checkpoints");
+        Process driver = submit("resume", job("resume", STEPS), "--checkpoint_dir", store.toString(),
+                "--checkpoint_every", "2", "--keep_checkpoints", "100");
+        Path log = cluster.log("driver-resume");
+        long deadline = System.currentTimeMillis() + 300_000;
+        while (committed(store).isEmpty()) { // polled fast: the kill must land well before the last step
+            assertTrue(driver.isAlive() && System.currentTimeMillis() < deadline,
+                    () -> "no checkpoint committed: " + read(log) + cluster.diagnostics());
+            Thread.sleep(20);
+        }
+        List<ProcessHandle> executors = cluster.executors();
+        assertEquals(2, executors.size(), "two executor JVMs");
+        ProcessHandle victim = executors.get(0);
+        assertTrue(victim.destroyForcibly(), "SIGKILL an executor");
+        victim.onExit().get(30, TimeUnit.SECONDS);
+        Thread.sleep(1000); // rank 0 may still be renaming a save the victim had finished its part of
+        List<Long> before = committed(store);
+        long last = before.get(before.size() - 1);
+        assertTrue(last < STEPS, "training ended before the kill; the test needs more steps: " + before);
+
+        // metrics.jsonl is live: the killed attempt's steps are on disk before the job ends
+        while (attempt0Steps(dir.resolve("resume/metrics.jsonl")) < last) {
+            assertTrue(System.currentTimeMillis() < deadline && driver.isAlive(), () -> "no live metrics: " + read(log));
+            Thread.sleep(100);
+        }
+
+        assertTrue(driver.waitFor(400, TimeUnit.SECONDS), () -> "driver did not finish: " + read(log) + cluster.diagnostics());
+        String text = read(log);
+        assertEquals(0, driver.exitValue(), () -> text + cluster.diagnostics());
+        int attempt = ranks(dir.resolve("resume")).get(0).get("attempt").asInt();
+        assertTrue(attempt >= 1, "result from a retried attempt");
+        for (JsonNode r : ranks(dir.resolve("resume"))) {
+            assertEquals(attempt, r.get("attempt").asInt());
+            assertTrue(r.get("pid").asLong() != victim.pid());
+        }
+        String resumed = "rank 0 (attempt " + attempt + "): resumed from " + store.resolve(DistributedCheckpoint.dirName(last))
+                + " (step " + last + ",";
+        assertTrue(text.contains(resumed), "the retry resumed from the last committed checkpoint (" + resumed + "): " + text);
+        assertArrayEquals(Files.readAllBytes(dir.resolve("train/model.safetensors")), Files.readAllBytes(dir.resolve("resume/model.safetensors")),
+                "final weights equal the uninterrupted run's, bitwise");
+
+        // the whole trajectory: steps 1..last from the killed attempt's live reports, the rest from the retry
+        List<String> ref = Files.readAllLines(dir.resolve("train/metrics.jsonl"));
+        List<String> got = Files.readAllLines(dir.resolve("resume/metrics.jsonl"));
+        assertEquals(STEPS, got.size(), got::toString);
+        for (int i = 0; i < STEPS; i++) {
+            JsonNode g = DistributedTraining.metric(got.get(i));
+            assertEquals(i + 1, g.get("step").asInt());
+            assertEquals(i + 1 <= last ? 0 : attempt, g.get("attempt").asInt(), got.get(i));
+            assertEquals(DistributedTraining.metric(ref.get(i)).get("loss").asDouble(), g.get("loss").asDouble(), 0.0, "loss of step " + (i + 1));
+        }
+    }
+
+    private static List<Long> committed(Path store) throws Exception {
+        return new DistributedCheckpoint(new LocalStorage(), store.toString(), 100).committedSteps().stream().sorted().toList();
+    }
+
+    private static int attempt0Steps(Path metrics) throws Exception {
+        int n = 0;
+        if (Files.exists(metrics)) {
+            for (String l : Files.readAllLines(metrics)) {
+                JsonNode m;
+                try {
+                    m = DistributedTraining.metric(l);
+                } catch (IllegalArgumentException partial) { // the line being written
+                    continue;
+                }
+                if (m.path("attempt").asInt() == 0) {
+                    n = Math.max(n, m.path("step").asInt());
+                }
+            }
+        }
+        return n;
+    }
+
+    private static String read(Path p) {
+        try {
+            return Files.readString(p);
+        } catch (java.io.IOException e) {
+            return "(cannot read " + p + ": " + e + ")";
+        }
     }
 }
