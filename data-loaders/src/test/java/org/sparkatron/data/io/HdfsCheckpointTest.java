@@ -37,11 +37,14 @@ import org.sparkatron.device.cpu.CpuKernels;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.AdamW;
+import org.sparkatron.optim.LrSchedule;
 import org.sparkatron.parallel.TensorParallel;
+import org.sparkatron.train.PackedSamples;
+import org.sparkatron.train.Trainer;
 
 /**
  * {@link HadoopCheckpointStorage} on a real HDFS (in-process MiniDFSCluster): two tensor-parallel ranks
- * save two checkpoints to hdfs://, the root lists exactly the committed ones, a fresh pair of ranks resumes
+ * train and save two checkpoints to hdfs://, the root lists exactly the committed ones, a fresh pair of ranks resumes
  * the newest bitwise (weights, AdamW moments, step); after the newest one's shard is truncated on HDFS,
  * loading it is refused naming the file, and automatic resume falls back to the previous checkpoint.
  */
@@ -115,15 +118,15 @@ class HdfsCheckpointTest {
         }
     }
 
-    /** AdamW steps on deterministic pseudo-gradients, so weights and both moments are non-trivial. */
-    private static void steps(Transformer m, AdamW adam, int n, int rank) {
-        var g = m.params().grads().floats();
-        for (int s = 0; s < n; s++) {
-            for (int i = 0; i < g.capacity(); i++) {
-                g.put(i, (float) Math.sin(0.37 * i + 1.3 * s + rank));
-            }
-            adam.update(1e-2f);
+    /** A TP rank's trainer on fixed random token rows (every rank of the group sees the same samples). */
+    private static Trainer trainer(Transformer m) {
+        java.util.SplittableRandom rng = new java.util.SplittableRandom(3);
+        List<int[]> rows = new ArrayList<>();
+        for (int i = 0; i < 16; i++) {
+            rows.add(rng.ints(17, 0, 70).toArray());
         }
+        return new Trainer(m, PackedSamples.perSequence(rows, 0),
+                new Trainer.Options(2, 1, LrSchedule.constant(1e-2), 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f));
     }
 
     private static float[] all(org.sparkatron.tensor.Tensor t) {
@@ -141,13 +144,16 @@ class HdfsCheckpointTest {
         List<float[][]> saved = ranks((rank, world) -> {
             Transformer m = new Transformer(cfg, new CpuKernels(), new TensorParallel(world, false));
             m.initialize(5);
-            AdamW adam = new AdamW(m.params(), m.kernels(), 0.9f, 0.95f, 1e-8f, 0.1f);
+            Trainer tr = trainer(m);
+            AdamW adam = tr.optimizer();
             DistributedCheckpoint dc = new DistributedCheckpoint(storage, root, 2);
-            steps(m, adam, 2, rank);
-            dc.save(world, 1, m, adam, 8, Map.of());
+            tr.step();
+            tr.step();
+            dc.save(world, 1, m, adam, tr.data().consumed(), Map.of());
             float[][] at2 = {all(m.params().weights()), all(adam.firstMoment()), all(adam.secondMoment())};
-            steps(m, adam, 2, rank);
-            dc.save(world, 1, m, adam, 16, Map.of());
+            tr.step();
+            tr.step();
+            dc.save(world, 1, m, adam, tr.data().consumed(), Map.of());
             return new float[][] {at2[0], at2[1], at2[2], all(m.params().weights()), all(adam.firstMoment()), all(adam.secondMoment())};
         });
         DistributedCheckpoint dc = new DistributedCheckpoint(storage, root, 2);
@@ -168,7 +174,7 @@ class HdfsCheckpointTest {
             assertArrayEquals(want[3], all(m.params().weights()), "rank " + rank + " weights");
             assertArrayEquals(want[4], all(adam.firstMoment()), "rank " + rank + " m");
             assertArrayEquals(want[5], all(adam.secondMoment()), "rank " + rank + " v");
-            assertEquals(16, meta.consumedSamples());
+            assertEquals(8, meta.consumedSamples(), "4 steps x 2 samples");
             return adam.step();
         });
         assertEquals(List.of(4L, 4L), resumed);
