@@ -39,7 +39,9 @@ final class MetricsLog implements java.util.function.Consumer<JsonNode>, AutoClo
     /** Creates (replaces) {@code output/metrics.jsonl}; throws if the output path cannot be written. */
     MetricsLog(String output, Configuration hadoopConf) throws IOException {
         Path dir = new Path(output);
-        this.fs = dir.getFileSystem(hadoopConf);
+        FileSystem f = dir.getFileSystem(hadoopConf);
+        // the local file system's checksummed streams keep a partial 512-byte chunk on hflush: write raw
+        this.fs = f instanceof org.apache.hadoop.fs.ChecksumFileSystem c ? c.getRawFileSystem() : f;
         this.file = new Path(dir, FILE);
         this.out = fs.create(file, true);
     }
