@@ -28,7 +28,8 @@ import org.sparkatron.train.Trainer;
  * {@code ./sparkatron bench}: the CPU training-step benchmark of BENCHMARKS.md. Times our fp32 step
  * (forward, backward, clip at 1.0, AdamW) on a GPT-2-style model, measures this machine's sgemm rate in
  * the same run, then runs the PyTorch eager peer on the same work (if the system Python has torch) and
- * prints both, their ratio and MFU. The two run one after the other, never at the same time.
+ * prints both, their ratio and MFU. The two run one after the other, never at the same time, alternating
+ * over several rounds so that both see the same machine load; the kept figures are medians over rounds.
  *
  * <p>FLOPs convention (llm.c, as the peer prints): model FLOPs per step = 6 N B T + 6 L C T (B T), N the
  * parameter count including the embedding used as output layer; no recomputation counted.
@@ -46,6 +47,7 @@ final class BenchCommand {
         int batch = a.integer("batch", 4);
         int steps = a.integer("steps", 5);
         int threads = a.integer("threads", 2);
+        int rounds = a.integer("rounds", 3);
         boolean noPeer = a.flag("no-peer");
         a.rejectUnknown();
         Blas.setThreads(threads);
@@ -61,43 +63,67 @@ final class BenchCommand {
         }
         Trainer trainer = new Trainer(model, PackedSamples.perSequence(rows, 0), new Trainer.Options(batch, 1,
                 LrSchedule.constant(3e-4), 0.9f, 0.999f, 1e-8f, 0.1f, 1.0f));
-        double[] times = new double[steps];
-        for (int i = 0; i < steps + 2; i++) {
-            Trainer.StepMetrics m = trainer.step();
-            if (i >= 2) {
-                times[i - 2] = m.seconds();
-            }
-        }
-        Arrays.sort(times);
-        double median = times[steps / 2];
         long n = Sparkatron.savedParameters(model);
         double flops = 6.0 * n * batch * seq + 6.0 * layers * width * (double) seq * batch * seq;
-        double ourTokens = batch * seq / median;
-        double ourGflops = flops / median / 1e9;
-        double sgemm = sgemmGflops();
-
-        out.printf(Locale.ROOT, "work: GPT-2-style L=%d C=%d H=%d T=%d V=%d, batch %d x %d, fp32, %d threads, params=%d, median of %d steps%n",
-                layers, width, heads, seq, vocab, batch, seq, threads, n, steps);
-        out.printf(Locale.ROOT, "FLOPs per step (6N*BT + 6*L*C*T*BT): %.1f GFLOP; sgemm 1024^3 on %d threads: %.1f GFLOP/s%n",
-                flops / 1e9, threads, sgemm);
-        out.printf(Locale.ROOT, "sparkatron: step %.4f s, %.1f tokens/s, %.1f GFLOP/s, MFU %.1f%% of measured sgemm%n",
-                median, ourTokens, ourGflops, 100 * ourGflops / sgemm);
-
-        String peerJson = "null";
-        if (noPeer) {
-            out.println("peer: skipped (--no-peer)");
-        } else {
-            double[] peer = runPeer(layers, width, heads, seq, vocab, batch, steps, threads, out);
-            if (peer != null) {
-                out.printf(Locale.ROOT, "pytorch eager: step %.4f s, %.1f tokens/s, %.1f GFLOP/s, MFU %.1f%%%n",
-                        peer[0], peer[1], peer[2], 100 * peer[2] / sgemm);
-                out.printf(Locale.ROOT, "ratio sparkatron / pytorch (tokens/s): %.2fx%n", ourTokens / peer[1]);
-                peerJson = String.format(Locale.ROOT, "%.1f", peer[1]);
+        out.printf(Locale.ROOT, "work: GPT-2-style L=%d C=%d H=%d T=%d V=%d, batch %d x %d, fp32, %d threads, params=%d%n",
+                layers, width, heads, seq, vocab, batch, seq, threads, n);
+        out.printf(Locale.ROOT, "FLOPs per step (6N*BT + 6*L*C*T*BT): %.1f GFLOP; each round: our median of %d steps "
+                + "(after 2 warm-up steps in round 1), the peer's median of %d, sgemm 1024^3 measured beside each%n",
+                flops / 1e9, steps, steps);
+        for (int i = 0; i < 2; i++) {
+            trainer.step();
+        }
+        // Rounds alternate ours and the peer's so both see the same machine load; the figures kept are
+        // medians over rounds.
+        double[] ours = new double[rounds];
+        double[] peers = new double[rounds];
+        double[] sgemms = new double[rounds];
+        boolean havePeer = !noPeer;
+        for (int r = 0; r < rounds; r++) {
+            double[] times = new double[steps];
+            for (int i = 0; i < steps; i++) {
+                times[i] = trainer.step().seconds();
+            }
+            ours[r] = median(times);
+            sgemms[r] = sgemmGflops();
+            out.printf(Locale.ROOT, "round %d: sparkatron step %.4f s (%.1f tokens/s), sgemm %.1f GFLOP/s%n",
+                    r + 1, ours[r], batch * seq / ours[r], sgemms[r]);
+            if (havePeer) {
+                double[] peer = runPeer(layers, width, heads, seq, vocab, batch, steps, threads, out);
+                if (peer == null) {
+                    havePeer = false;
+                } else {
+                    peers[r] = peer[0];
+                    out.printf(Locale.ROOT, "round %d: pytorch eager step %.4f s (%.1f tokens/s)%n", r + 1, peer[0], peer[1]);
+                }
             }
         }
+        double ourStep = median(ours);
+        double sgemm = median(sgemms);
+        double ourTokens = batch * seq / ourStep;
+        double ourGflops = flops / ourStep / 1e9;
+        out.printf(Locale.ROOT, "sparkatron: step %.4f s, %.1f tokens/s, %.1f GFLOP/s, MFU %.1f%% of measured sgemm (%.1f GFLOP/s)%n",
+                ourStep, ourTokens, ourGflops, 100 * ourGflops / sgemm, sgemm);
+        String peerTokens = "null";
+        String ratio = "null";
+        if (noPeer) {
+            out.println("peer: skipped (--no-peer)");
+        } else if (havePeer) {
+            double peerStep = median(peers);
+            out.printf(Locale.ROOT, "pytorch eager: step %.4f s, %.1f tokens/s, %.1f GFLOP/s, MFU %.1f%%%n",
+                    peerStep, batch * seq / peerStep, flops / peerStep / 1e9, 100 * flops / peerStep / 1e9 / sgemm);
+            out.printf(Locale.ROOT, "ratio sparkatron / pytorch (tokens/s, medians over %d rounds): %.2fx%n", rounds, peerStep / ourStep);
+            peerTokens = String.format(Locale.ROOT, "%.1f", batch * seq / peerStep);
+            ratio = String.format(Locale.ROOT, "%.3f", peerStep / ourStep);
+        }
         out.printf(Locale.ROOT, "{\"tokens_per_s\": %.1f, \"peer_tokens_per_s\": %s, \"ratio\": %s, \"mfu\": %.4f, \"sgemm_gflops\": %.1f}%n",
-                ourTokens, peerJson, peerJson.equals("null") ? "null" : String.format(Locale.ROOT, "%.3f", ourTokens / Double.parseDouble(peerJson)),
-                ourGflops / sgemm, sgemm);
+                ourTokens, peerTokens, ratio, ourGflops / sgemm, sgemm);
+    }
+
+    private static double median(double[] xs) {
+        double[] c = xs.clone();
+        Arrays.sort(c);
+        return c.length % 2 == 1 ? c[c.length / 2] : (c[c.length / 2 - 1] + c[c.length / 2]) / 2;
     }
 
     /** Best of several 1024^3 sgemm calls on the current thread count, in GFLOP/s. */

@@ -34,7 +34,7 @@ public final class Sparkatron {
             "              [--batch 4] [--micro-batches 1] [--seq-len T] [--weight-decay 0.1] [--grad-clip 1.0]",
             "              [--seed 0] [--threads CORES]",
             "  score       --model DIR --tokens FILE [--threads CORES]",
-            "  bench       [--steps 5] [--threads 2] [--no-peer] [--layers 6 --width 384 --heads 6 --seq 256 --vocab 50304 --batch 4]",
+            "  bench       [--steps 5] [--rounds 3] [--threads 2] [--no-peer] [--layers 6 --width 384 --heads 6 --seq 256 --vocab 50304 --batch 4]",
             "  demo-local  [--steps 300] [--threads CORES]   (trains a small GPT-2 on generated data, one process)",
             "Token files: one sequence per line, token ids separated by single spaces.");
 

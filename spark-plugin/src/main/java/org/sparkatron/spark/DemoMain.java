@@ -2,6 +2,7 @@ package org.sparkatron.spark;
 
 import java.util.Map;
 import org.apache.spark.sql.SparkSession;
+import org.sparkatron.data.spark.SparkJvm;
 
 /**
  * {@code ./sparkatron demo [--steps N] [--docs N] [--out DIR]}: the main job on local[2] (unless a master is

@@ -7,6 +7,7 @@ import org.apache.spark.SparkConf;
 import org.apache.spark.sql.Dataset;
 import org.apache.spark.sql.Row;
 import org.apache.spark.sql.SparkSession;
+import org.sparkatron.data.spark.SparkJvm;
 
 /**
  * {@code ./sparkatron train --config job.json [--key value ...]}, and the same class through

@@ -16,6 +16,7 @@ import java.util.jar.JarFile;
 import java.util.jar.JarOutputStream;
 import java.util.jar.Manifest;
 import java.util.zip.ZipEntry;
+import org.sparkatron.data.spark.SparkJvm;
 
 /**
  * A real Spark standalone cluster for tests, without a Spark distribution (see /work/shared/SPARK.md):
@@ -94,7 +95,7 @@ final class StandaloneCluster implements AutoCloseable {
 
     /** JVM options for any Spark JVM here: Spark's Java 17 opens plus the Vector API module. */
     static List<String> jvmOptions() {
-        List<String> o = new ArrayList<>(SparkJvm.OPTIONS);
+        List<String> o = new ArrayList<>(SparkJvm.options());
         o.add("--add-modules=jdk.incubator.vector");
         o.add("-Dio.netty.allocator.type=pooled");
         return o;

@@ -23,6 +23,17 @@ public final class SparkJvm {
     private SparkJvm() {
     }
 
+    /** The JVM options Spark needs on Java 17: the opens above plus Spark's two reflection flags. */
+    public static List<String> options() {
+        List<String> o = new ArrayList<>();
+        for (String open : OPENS) {
+            o.add("--add-opens=" + open + "=ALL-UNNAMED");
+        }
+        o.add("-Djdk.reflect.useDirectMethodHandle=false");
+        o.add("-Dio.netty.tryReflectionSetAccessible=true");
+        return o;
+    }
+
     /** Whether this JVM already has the opens Spark needs. */
     static boolean hasOpens() {
         return Object.class.getModule().isOpen("sun.nio.ch", SparkJvm.class.getModule());
@@ -40,16 +51,13 @@ public final class SparkJvm {
         List<String> cmd = new ArrayList<>();
         cmd.add(javaBin);
         cmd.addAll(java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments());
-        for (String o : OPENS) {
-            cmd.add("--add-opens=" + o + "=ALL-UNNAMED");
-        }
-        cmd.add("-Djdk.reflect.useDirectMethodHandle=false");
-        cmd.add("-Dio.netty.tryReflectionSetAccessible=true");
+        cmd.addAll(options());
         cmd.add("-cp");
         cmd.add(System.getProperty("java.class.path"));
         cmd.add(main.getName());
         cmd.addAll(List.of(args));
         Process p = new ProcessBuilder(cmd).inheritIO().start();
+        Runtime.getRuntime().addShutdownHook(new Thread(p::destroy)); // ^C on the parent stops the child
         System.exit(p.waitFor());
         return true;
     }
