@@ -20,11 +20,19 @@ public interface Kernels {
     void linearBackward(Tensor dx, boolean accumulateDx, Tensor dw, Tensor dbias, Tensor dout, Tensor x, Tensor w,
                         int n, int in, int outF);
 
-    // ---- embeddings: out[n] = wte[tok[n]] (+ wpe[n % T]) ----
+    // ---- embeddings: a table may hold only ids [vocabStart, vocabStart + rows) (vocab-parallel shards) ----
 
-    void embeddingForward(Tensor out, Tensor tokens, Tensor wte, Tensor wpe, int n, int t, int c);
+    /** {@code out[r] = table[tokens[r] - vocabStart]}, or zeros where the id is not in this table. */
+    void embeddingForward(Tensor out, Tensor tokens, Tensor table, int vocabStart, int n, int c);
 
-    void embeddingBackward(Tensor dwte, Tensor dwpe, Tensor dout, Tensor tokens, int n, int t, int c);
+    /** {@code dtable[tokens[r] - vocabStart] += dout[r]} for the ids this table holds. */
+    void embeddingBackward(Tensor dtable, Tensor dout, Tensor tokens, int vocabStart, int n, int c);
+
+    /** Learned positions: {@code x[i] += wpe[(firstRow + i) % t]} for rows i of a block starting at global row firstRow. */
+    void addPositions(Tensor x, Tensor wpe, int firstRow, int rows, int t, int c);
+
+    /** {@code dwpe[(firstRow + i) % t] += dx[i]}: the backward of {@link #addPositions}. */
+    void positionsBackward(Tensor dwpe, Tensor dx, int firstRow, int rows, int t, int c);
 
     // ---- norms: mean/rstd are [N] per-row statistics saved for backward ----
 
@@ -70,18 +78,29 @@ public interface Kernels {
     void attentionBackward(Tensor dqkv, Tensor dout, Tensor out, Tensor lse, Tensor qkv, int b, int t, int heads,
                            int kvHeads, int hd);
 
-    // ---- loss ----
+    // ---- softmax cross-entropy over a vocabulary that may be split across ranks ----
+    // One rank's logits are [rows, ld]; its columns are ids [vocabStart, vocabStart + ld) of which the first
+    // `valid` are real (the rest vocabulary padding). Per row: max (then all-reduce MAX across the split),
+    // sums (then all-reduce SUM), finish. Unsplit: vocabStart 0, and the calls follow one another.
+
+    /** {@code max[r]} = the max of row r's valid columns ({@code -inf} when {@code valid} is 0). */
+    void crossEntropyMax(Tensor logits, Tensor max, int rows, int valid, int ld);
 
     /**
-     * Softmax cross-entropy over rows of {@code logits [rows, vPadded]}, in place: on return the logits hold
-     * {@code gradScale * (softmax - onehot)} (zero in padded columns [v, vPadded)), and {@code losses[r]}
-     * the row's loss in nats. Targets must be in [0, v).
+     * {@code sums[2r] = sum_j exp(z[r, j] - max[r])} over valid columns, {@code sums[2r + 1]} = the target's
+     * logit where this rank holds the target, else 0. With {@code storeExp} the exponentials replace the
+     * logits (the backward's starting point). Targets outside [0, vocab) are refused naming row and id.
      */
-    void crossEntropyForwardBackward(Tensor logits, Tensor losses, Tensor targets, int rows, int v, int vPadded,
-                                     float gradScale);
+    void crossEntropySums(Tensor logits, Tensor max, Tensor sums, Tensor targets, int vocabStart, int vocab, int rows,
+                          int valid, int ld, boolean storeExp);
 
-    /** Loss only; logits are left unchanged. */
-    void crossEntropyForward(Tensor logits, Tensor losses, Tensor targets, int rows, int v, int vPadded);
+    /**
+     * {@code losses[r] = max[r] + log(sums[2r]) - sums[2r + 1]} in nats (max and sums reduced across the
+     * split). With {@code backward} (after {@code crossEntropySums(..., storeExp = true)}) the logits become
+     * {@code gradScale * (softmax - onehot)} on valid columns and 0 on padding.
+     */
+    void crossEntropyFinish(Tensor logits, Tensor max, Tensor sums, Tensor losses, Tensor targets, int vocabStart,
+                            int rows, int valid, int ld, boolean backward, float gradScale);
 
     // ---- optimizer and gradient utilities over flat fp32 blocks ----
 

@@ -136,8 +136,8 @@ public final class Transformer {
         for (int i = 0; i < cfg.layers(); i++) {
             blocks.add(new TransformerBlock(cfg, k, compute, i, ropeCos, ropeSin, tp, ws));
         }
-        embedding = new VocabParallelEmbedding(tp, vocabLocal, cfg.hidden(), compute.weight("embed"), params.grad("embed"), ws);
-        crossEntropy = new VocabParallelCrossEntropy(tp, vocabLocal, cfg.vocabSize());
+        embedding = new VocabParallelEmbedding(tp, k, vocabLocal, cfg.hidden(), compute.weight("embed"), params.grad("embed"), ws);
+        crossEntropy = new VocabParallelCrossEntropy(tp, k, vocabLocal, cfg.vocabSize());
         headInput = tp.sequenceParallel() ? new Mappings.GatherFromSequenceRegion(tp) : new Mappings.CopyToTensorRegion(tp);
     }
 
@@ -373,8 +373,7 @@ public final class Transformer {
         int nl = tp.localRows(n);
         embedding.forward(inputs, n, embedded);
         if (cfg.family() == ModelConfig.Family.GPT2) {
-            VocabParallelEmbedding.addPositions(embedded, compute.weight("pos"), tp.firstLocalRow(n), nl, t, cfg.hidden());
-            precision.round(embedded, (long) nl * cfg.hidden()); // token + position rows, stored in 16 bits
+            k.addPositions(embedded, compute.weight("pos"), tp.firstLocalRow(n), nl, t, cfg.hidden()); // rounded by RoundingKernels
         }
         Tensor x = embedded;
         for (TransformerBlock blk : blocks) {
@@ -427,7 +426,7 @@ public final class Transformer {
             blocks.get(i).backward(dresid, scratch);
         }
         if (cfg.family() == ModelConfig.Family.GPT2) {
-            VocabParallelEmbedding.positionsBackward(params.grad("pos"), dresid, tp.firstLocalRow(n), nl, t, c);
+            k.positionsBackward(params.grad("pos"), dresid, tp.firstLocalRow(n), nl, t, c);
         }
         embedding.backward(dresid, inputs, n);
         return meanLoss(n);

@@ -1,8 +1,7 @@
 package org.sparkatron.parallel;
 
-import java.nio.ByteBuffer;
-import java.nio.FloatBuffer;
-import java.nio.IntBuffer;
+import org.sparkatron.device.Kernels;
+
 import org.sparkatron.comm.ReduceOp;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
@@ -19,6 +18,7 @@ import org.sparkatron.tensor.Tensor;
  */
 public final class VocabParallelCrossEntropy {
     private final TensorParallel tp;
+    private final Kernels kernels;
     private final int vocabLocal;
     private final int vocabStart;
     private final int validLocal;
@@ -27,8 +27,9 @@ public final class VocabParallelCrossEntropy {
     private Tensor sums;    // [2 rows]: (sum of exp, target logit) per row
 
     /** @param vocabLocal columns per rank; {@code vocab} the real (unpadded) vocabulary size */
-    public VocabParallelCrossEntropy(TensorParallel tp, int vocabLocal, int vocab) {
+    public VocabParallelCrossEntropy(TensorParallel tp, Kernels kernels, int vocabLocal, int vocab) {
         this.tp = tp;
+        this.kernels = kernels;
         this.vocabLocal = vocabLocal;
         this.vocabStart = tp.rank() * vocabLocal;
         this.validLocal = Math.max(0, Math.min(vocabLocal, vocab - vocabStart));
@@ -48,46 +49,14 @@ public final class VocabParallelCrossEntropy {
         }
         Tensor mx = maxes.slice(0, rows);
         Tensor sm = sums.slice(0, 2 * rows);
-        ByteBuffer zb = logits.hostBuffer();
-        FloatBuffer z = logits.floats();
-        FloatBuffer m = mx.floats();
-        FloatBuffer s = sm.floats();
-        IntBuffer tg = targets.ints();
-        for (int r = 0; r < rows; r++) {
-            m.put(r, validLocal > 0 ? VectorMath.max(zb, r * vocabLocal, validLocal) : Float.NEGATIVE_INFINITY);
-        }
+        kernels.crossEntropyMax(logits, mx, rows, validLocal, vocabLocal);
         if (tp.size() > 1) {
             tp.group().allReduce(mx, ReduceOp.MAX);
         }
-        for (int r = 0; r < rows; r++) {
-            int target = tg.get(r);
-            if (target < 0 || target >= vocab) {
-                throw new IllegalArgumentException("target id " + target + " at row " + r + " is outside the vocabulary of " + vocab);
-            }
-            int local = target - vocabStart;
-            float zTarget = local >= 0 && local < validLocal ? z.get(r * vocabLocal + local) : 0f;
-            double sum = validLocal > 0 ? VectorMath.expShiftSum(zb, r * vocabLocal, validLocal, m.get(r), backward) : 0;
-            s.put(2 * r, (float) sum).put(2 * r + 1, zTarget);
-        }
+        kernels.crossEntropySums(logits, mx, sm, targets, vocabStart, vocab, rows, validLocal, vocabLocal, backward);
         if (tp.size() > 1) {
-            tp.group().allReduce(sm, ReduceOp.SUM);
+            tp.group().allReduce(sm, ReduceOp.SUM); // sum of exp and the target's logit (only its owner's is non-zero)
         }
-        FloatBuffer ls = losses.floats();
-        for (int r = 0; r < rows; r++) {
-            double sum = s.get(2 * r);
-            ls.put(r, (float) (m.get(r) + Math.log(sum) - s.get(2 * r + 1)));
-            if (!backward) {
-                continue;
-            }
-            int base = r * vocabLocal;
-            VectorMath.scale(zb, base, validLocal, (float) (gradScale / sum));
-            int local = tg.get(r) - vocabStart;
-            if (local >= 0 && local < validLocal) {
-                z.put(base + local, z.get(base + local) - gradScale);
-            }
-            for (int j = validLocal; j < vocabLocal; j++) {
-                z.put(base + j, 0f); // padded columns: no gradient
-            }
-        }
+        kernels.crossEntropyFinish(logits, mx, sm, losses, targets, vocabStart, rows, validLocal, vocabLocal, backward, gradScale);
     }
 }

@@ -1,7 +1,7 @@
 package org.sparkatron.parallel;
 
-import java.nio.FloatBuffer;
-import java.nio.IntBuffer;
+import org.sparkatron.device.Kernels;
+
 import org.sparkatron.tensor.Tensor;
 
 /**
@@ -17,6 +17,7 @@ import org.sparkatron.tensor.Tensor;
  */
 public final class VocabParallelEmbedding {
     private final TensorParallel tp;
+    private final Kernels kernels;
     private final int vocabLocal;
     private final int vocabStart;
     private final int c;
@@ -26,8 +27,10 @@ public final class VocabParallelEmbedding {
     private final Mapping outputMap;
 
     /** @param w this rank's table shard [vocabLocal, c]; {@code dw} its gradient */
-    public VocabParallelEmbedding(TensorParallel tp, int vocabLocal, int c, Tensor w, Tensor dw, Workspace ws) {
+    public VocabParallelEmbedding(TensorParallel tp, Kernels kernels, int vocabLocal, int c, Tensor w, Tensor dw,
+                                  Workspace ws) {
         this.tp = tp;
+        this.kernels = kernels;
         this.vocabLocal = vocabLocal;
         this.vocabStart = tp.rank() * vocabLocal;
         this.c = c;
@@ -46,18 +49,7 @@ public final class VocabParallelEmbedding {
     /** {@code out} [tp.localRows(n), c] = embedding of the n token ids (this rank's row block under SP). */
     public void forward(Tensor tokens, int n, Tensor out) {
         Tensor full = tp.sequenceParallel() ? ws.get("tp.rows", n, c) : out;
-        FloatBuffer o = full.floats();
-        FloatBuffer e = w.floats();
-        IntBuffer tok = tokens.ints();
-        float[] zeros = new float[c];
-        for (int r = 0; r < n; r++) {
-            int id = tok.get(r) - vocabStart;
-            if (id >= 0 && id < vocabLocal) {
-                o.put(r * c, e, id * c, c);
-            } else {
-                o.put(r * c, zeros); // masked: another rank owns this id
-            }
-        }
+        kernels.embeddingForward(full, tokens, w, vocabStart, n, c); // zero rows for ids other ranks own
         outputMap.forward(full, out);
     }
 
@@ -65,45 +57,6 @@ public final class VocabParallelEmbedding {
     public void backward(Tensor dout, Tensor tokens, int n) {
         Tensor full = tp.sequenceParallel() ? ws.get("tp.rows", n, c) : dout;
         outputMap.backward(dout, full);
-        FloatBuffer d = full.floats();
-        FloatBuffer g = dw.floats();
-        IntBuffer tok = tokens.ints();
-        for (int r = 0; r < n; r++) {
-            int id = tok.get(r) - vocabStart;
-            if (id < 0 || id >= vocabLocal) {
-                continue;
-            }
-            int gb = id * c;
-            int db = r * c;
-            for (int j = 0; j < c; j++) {
-                g.put(gb + j, g.get(gb + j) + d.get(db + j));
-            }
-        }
-    }
-
-    /** {@code x[i] += wpe[(firstRow + i) % t]} for the {@code rows} rows of a block starting at global row firstRow. */
-    public static void addPositions(Tensor x, Tensor wpe, int firstRow, int rows, int t, int c) {
-        FloatBuffer o = x.floats();
-        FloatBuffer p = wpe.floats();
-        for (int i = 0; i < rows; i++) {
-            int ob = i * c;
-            int pb = ((firstRow + i) % t) * c;
-            for (int j = 0; j < c; j++) {
-                o.put(ob + j, o.get(ob + j) + p.get(pb + j));
-            }
-        }
-    }
-
-    /** {@code dwpe[(firstRow + i) % t] += dx[i]}: the backward of {@link #addPositions}. */
-    public static void positionsBackward(Tensor dwpe, Tensor dx, int firstRow, int rows, int t, int c) {
-        FloatBuffer d = dx.floats();
-        FloatBuffer g = dwpe.floats();
-        for (int i = 0; i < rows; i++) {
-            int db = i * c;
-            int gb = ((firstRow + i) % t) * c;
-            for (int j = 0; j < c; j++) {
-                g.put(gb + j, g.get(gb + j) + d.get(db + j));
-            }
-        }
+        kernels.embeddingBackward(dw, full, tokens, vocabStart, n, c);
     }
 }

@@ -77,15 +77,27 @@ public final class RoundingKernels implements Kernels {
     }
 
     @Override
-    public void embeddingForward(Tensor out, Tensor tokens, Tensor wte, Tensor wpe, int n, int t, int c) {
-        k.embeddingForward(out, tokens, wte, wpe, n, t, c);
-        round(out, (long) n * c); // token + position: the sum of two 16-bit rows, stored in 16 bits
+    public void embeddingForward(Tensor out, Tensor tokens, Tensor table, int vocabStart, int n, int c) {
+        k.embeddingForward(out, tokens, table, vocabStart, n, c); // copies of 16-bit rows (or zeros): exact
     }
 
     @Override
-    public void embeddingBackward(Tensor dwte, Tensor dwpe, Tensor dout, Tensor tokens, int n, int t, int c) {
+    public void embeddingBackward(Tensor dtable, Tensor dout, Tensor tokens, int vocabStart, int n, int c) {
         round(dout, (long) n * c);
-        k.embeddingBackward(dwte, dwpe, dout, tokens, n, t, c);
+        k.embeddingBackward(dtable, dout, tokens, vocabStart, n, c);
+    }
+
+    @Override
+    public void addPositions(Tensor x, Tensor wpe, int firstRow, int rows, int t, int c) {
+        round(x, (long) rows * c);
+        k.addPositions(x, wpe, firstRow, rows, t, c);
+        round(x, (long) rows * c); // token + position: the sum of two 16-bit rows, stored in 16 bits
+    }
+
+    @Override
+    public void positionsBackward(Tensor dwpe, Tensor dx, int firstRow, int rows, int t, int c) {
+        round(dx, (long) rows * c);
+        k.positionsBackward(dwpe, dx, firstRow, rows, t, c);
     }
 
     @Override
@@ -169,16 +181,27 @@ public final class RoundingKernels implements Kernels {
         round(dqkv, (long) b * t * (heads + 2L * kvHeads) * hd);
     }
 
+    // Cross-entropy reads 16-bit logits (rounded by the head's linearForward) and computes in fp32; the
+    // exponentials it may store in the logits between its calls are fp32 intermediates of one fused kernel.
+
     @Override
-    public void crossEntropyForwardBackward(Tensor logits, Tensor losses, Tensor targets, int rows, int v, int vPadded,
-                                            float gradScale) {
-        k.crossEntropyForwardBackward(logits, losses, targets, rows, v, vPadded, gradScale);
-        round(logits, (long) rows * vPadded); // dlogits, stored in 16 bits for the output layer's backward
+    public void crossEntropyMax(Tensor logits, Tensor max, int rows, int valid, int ld) {
+        k.crossEntropyMax(logits, max, rows, valid, ld);
     }
 
     @Override
-    public void crossEntropyForward(Tensor logits, Tensor losses, Tensor targets, int rows, int v, int vPadded) {
-        k.crossEntropyForward(logits, losses, targets, rows, v, vPadded);
+    public void crossEntropySums(Tensor logits, Tensor max, Tensor sums, Tensor targets, int vocabStart, int vocab, int rows,
+                                 int valid, int ld, boolean storeExp) {
+        k.crossEntropySums(logits, max, sums, targets, vocabStart, vocab, rows, valid, ld, storeExp);
+    }
+
+    @Override
+    public void crossEntropyFinish(Tensor logits, Tensor max, Tensor sums, Tensor losses, Tensor targets, int vocabStart,
+                                   int rows, int valid, int ld, boolean backward, float gradScale) {
+        k.crossEntropyFinish(logits, max, sums, losses, targets, vocabStart, rows, valid, ld, backward, gradScale);
+        if (backward) {
+            round(logits, (long) rows * ld); // dlogits, stored in 16 bits for the output layer's backward
+        }
     }
 
     @Override

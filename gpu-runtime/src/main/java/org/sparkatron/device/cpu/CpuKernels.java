@@ -82,42 +82,63 @@ public final class CpuKernels implements Kernels {
     }
 
     @Override
-    public void embeddingForward(Tensor out, Tensor tokens, Tensor wte, Tensor wpe, int n, int t, int c) {
+    public void embeddingForward(Tensor out, Tensor tokens, Tensor table, int vocabStart, int n, int c) {
         FloatBuffer o = out.floats();
-        FloatBuffer e = wte.floats();
-        FloatBuffer p = wpe == null ? null : wpe.floats();
+        FloatBuffer e = table.floats();
         IntBuffer tok = tokens.ints();
-        int rowsInTable = wte.dim(0);
+        int held = table.dim(0);
+        float[] zeros = new float[c];
         for (int r = 0; r < n; r++) {
-            int id = tok.get(r);
-            if (id < 0 || id >= rowsInTable) {
-                throw new IllegalArgumentException("token id " + id + " at position " + r + " is outside the embedding table of " + rowsInTable + " rows");
-            }
-            int ob = r * c;
-            int eb = id * c;
-            int pb = (r % t) * c;
-            for (int j = 0; j < c; j++) {
-                o.put(ob + j, p == null ? e.get(eb + j) : e.get(eb + j) + p.get(pb + j));
+            int id = tok.get(r) - vocabStart;
+            if (id >= 0 && id < held) {
+                o.put(r * c, e, id * c, c);
+            } else {
+                o.put(r * c, zeros); // another rank's id (vocab-parallel): its rank contributes the row
             }
         }
     }
 
     @Override
-    public void embeddingBackward(Tensor dwte, Tensor dwpe, Tensor dout, Tensor tokens, int n, int t, int c) {
+    public void embeddingBackward(Tensor dtable, Tensor dout, Tensor tokens, int vocabStart, int n, int c) {
         FloatBuffer d = dout.floats();
-        FloatBuffer de = dwte.floats();
-        FloatBuffer dp = dwpe == null ? null : dwpe.floats();
+        FloatBuffer g = dtable.floats();
         IntBuffer tok = tokens.ints();
+        int held = dtable.dim(0);
         for (int r = 0; r < n; r++) {
+            int id = tok.get(r) - vocabStart;
+            if (id < 0 || id >= held) {
+                continue;
+            }
+            int gb = id * c;
             int db = r * c;
-            int eb = tok.get(r) * c;
-            int pb = (r % t) * c;
             for (int j = 0; j < c; j++) {
-                float g = d.get(db + j);
-                de.put(eb + j, de.get(eb + j) + g);
-                if (dp != null) {
-                    dp.put(pb + j, dp.get(pb + j) + g);
-                }
+                g.put(gb + j, g.get(gb + j) + d.get(db + j));
+            }
+        }
+    }
+
+    @Override
+    public void addPositions(Tensor x, Tensor wpe, int firstRow, int rows, int t, int c) {
+        FloatBuffer o = x.floats();
+        FloatBuffer p = wpe.floats();
+        for (int i = 0; i < rows; i++) {
+            int ob = i * c;
+            int pb = ((firstRow + i) % t) * c;
+            for (int j = 0; j < c; j++) {
+                o.put(ob + j, o.get(ob + j) + p.get(pb + j));
+            }
+        }
+    }
+
+    @Override
+    public void positionsBackward(Tensor dwpe, Tensor dx, int firstRow, int rows, int t, int c) {
+        FloatBuffer d = dx.floats();
+        FloatBuffer g = dwpe.floats();
+        for (int i = 0; i < rows; i++) {
+            int db = i * c;
+            int gb = ((firstRow + i) % t) * c;
+            for (int j = 0; j < c; j++) {
+                g.put(gb + j, g.get(gb + j) + d.get(db + j));
             }
         }
     }
@@ -364,64 +385,88 @@ public final class CpuKernels implements Kernels {
     }
 
     @Override
-    public void crossEntropyForwardBackward(Tensor logits, Tensor losses, Tensor targets, int rows, int v,
-                                            int vPadded, float gradScale) {
-        crossEntropy(logits, losses, targets, rows, v, vPadded, gradScale, true);
+    public void crossEntropyMax(Tensor logits, Tensor max, int rows, int valid, int ld) {
+        FloatBuffer z = logits.floats();
+        ByteBuffer zb = simd ? logits.hostBuffer() : null;
+        FloatBuffer m = max.floats();
+        for (int r = 0; r < rows; r++) {
+            int base = r * ld;
+            float mx = Float.NEGATIVE_INFINITY;
+            if (simd && valid > 0) {
+                mx = SimdKernels.max(zb, base, valid);
+            } else {
+                for (int j = 0; j < valid; j++) {
+                    mx = Math.max(mx, z.get(base + j));
+                }
+            }
+            m.put(r, mx);
+        }
     }
 
     @Override
-    public void crossEntropyForward(Tensor logits, Tensor losses, Tensor targets, int rows, int v, int vPadded) {
-        crossEntropy(logits, losses, targets, rows, v, vPadded, 0f, false);
-    }
-
-    private void crossEntropy(Tensor logits, Tensor losses, Tensor targets, int rows, int v, int vPadded,
-                              float gradScale, boolean backward) {
+    public void crossEntropySums(Tensor logits, Tensor max, Tensor sums, Tensor targets, int vocabStart, int vocab,
+                                 int rows, int valid, int ld, boolean storeExp) {
         FloatBuffer z = logits.floats();
         ByteBuffer zb = simd ? logits.hostBuffer() : null;
-        FloatBuffer ls = losses.floats();
+        FloatBuffer m = max.floats();
+        FloatBuffer s = sums.floats();
         IntBuffer tg = targets.ints();
         for (int r = 0; r < rows; r++) {
-            int base = r * vPadded;
             int target = tg.get(r);
-            if (target < 0 || target >= v) {
-                throw new IllegalArgumentException("target id " + target + " at row " + r + " is outside the vocabulary of " + v);
+            if (target < 0 || target >= vocab) {
+                throw new IllegalArgumentException("target id " + target + " at row " + r + " is outside the vocabulary of " + vocab);
             }
-            float zTarget = z.get(base + target);
-            if (simd) {
-                // one pass for the max, one exp pass that (when training) leaves exp(z - max) in place
-                float max = SimdKernels.max(zb, base, v);
-                double sum = SimdKernels.expShiftSum(zb, base, v, max, backward);
-                ls.put(r, (float) (max + Math.log(sum) - zTarget));
-                if (backward) {
-                    SimdKernels.scale(zb, base, v, (float) (gradScale / sum));
-                    z.put(base + target, z.get(base + target) - gradScale);
-                }
+            int base = r * ld;
+            int local = target - vocabStart;
+            float zTarget = local >= 0 && local < valid ? z.get(base + local) : 0f; // read before exp overwrites it
+            float shift = m.get(r);
+            double sum = 0;
+            if (valid > 0 && simd) {
+                sum = SimdKernels.expShiftSum(zb, base, valid, shift, storeExp);
             } else {
-                float max = Float.NEGATIVE_INFINITY;
-                for (int j = 0; j < v; j++) {
-                    max = Math.max(max, z.get(base + j));
-                }
-                double sum = 0;
-                for (int j = 0; j < v; j++) {
-                    float e = (float) Math.exp(z.get(base + j) - max);
-                    if (backward) {
+                for (int j = 0; j < valid; j++) {
+                    float e = (float) Math.exp(z.get(base + j) - shift);
+                    if (storeExp) {
                         z.put(base + j, e);
                     }
                     sum += e;
                 }
-                ls.put(r, (float) (max + Math.log(sum) - zTarget));
-                if (backward) {
-                    float s = (float) (gradScale / sum);
-                    for (int j = 0; j < v; j++) {
-                        z.put(base + j, z.get(base + j) * s);
-                    }
-                    z.put(base + target, z.get(base + target) - gradScale);
+            }
+            s.put(2 * r, (float) sum);
+            s.put(2 * r + 1, zTarget);
+        }
+    }
+
+    @Override
+    public void crossEntropyFinish(Tensor logits, Tensor max, Tensor sums, Tensor losses, Tensor targets, int vocabStart,
+                                   int rows, int valid, int ld, boolean backward, float gradScale) {
+        FloatBuffer z = logits.floats();
+        ByteBuffer zb = simd ? logits.hostBuffer() : null;
+        FloatBuffer m = max.floats();
+        FloatBuffer s = sums.floats();
+        FloatBuffer ls = losses.floats();
+        IntBuffer tg = targets.ints();
+        for (int r = 0; r < rows; r++) {
+            double sum = s.get(2 * r);
+            ls.put(r, (float) (m.get(r) + Math.log(sum) - s.get(2 * r + 1)));
+            if (!backward) {
+                continue;
+            }
+            int base = r * ld;
+            float scale = (float) (gradScale / sum); // the logits hold exp(z - max): scaled, they are gradScale * softmax
+            if (simd && valid > 0) {
+                SimdKernels.scale(zb, base, valid, scale);
+            } else {
+                for (int j = 0; j < valid; j++) {
+                    z.put(base + j, z.get(base + j) * scale);
                 }
             }
-            if (backward) {
-                for (int j = v; j < vPadded; j++) {
-                    z.put(base + j, 0f);
-                }
+            int local = tg.get(r) - vocabStart;
+            if (local >= 0 && local < valid) {
+                z.put(base + local, z.get(base + local) - gradScale);
+            }
+            for (int j = valid; j < ld; j++) {
+                z.put(base + j, 0f); // padding: no gradient
             }
         }
     }

@@ -49,6 +49,12 @@ public final class Arrays32 {
         return a;
     }
 
+    public static double[] concat(double[] a, double[] b) {
+        double[] r = java.util.Arrays.copyOf(a, a.length + b.length);
+        System.arraycopy(b, 0, r, a.length, b.length);
+        return r;
+    }
+
     /** Asserts |actual - expected| <= atol + rtol * |expected| element-wise, naming the worst element. */
     public static void assertClose(String what, double[] expected, double[] actual, double atol, double rtol) {
         if (expected.length != actual.length) {

@@ -163,31 +163,60 @@ class CpuKernelsTest {
         assertClose("swiglu backward", Reference.gradient(v -> Reference.swiglu(v, n, f), gu.clone(), dout), read(dgu), 1e-6, 1e-5);
     }
 
-    @ParameterizedTest(name = "embedding n={0} t={1} c={2} positions={3}")
-    @CsvSource({"6,3,5,true", "6,3,5,false", "16,8,32,true"})
-    void embedding(int n, int t, int c, boolean positions) {
-        SplittableRandom rng = new SplittableRandom(n + c);
+    @ParameterizedTest(name = "embedding n={0} t={1} c={2} split at {3}")
+    @CsvSource({"6,3,5,0", "6,3,5,4", "16,8,32,6", "16,8,32,11"})
+    void embeddingSplitOverTablesAndPositions(int n, int t, int c, int split) {
+        SplittableRandom rng = new SplittableRandom(n + c + split);
         int v = 11;
         int[] tok = new int[n];
         for (int i = 0; i < n; i++) {
             tok[i] = rng.nextInt(v);
         }
         tok[n - 1] = tok[0]; // a repeated id must accumulate both gradients
-        double[] wte = random(rng, v * c, 1), wpe = positions ? random(rng, t * c, 1) : null, dout = random(rng, n * c, 1);
-        Tensor y = Tensor.allocateHost(DType.F32, n, c), tokt = i32(tok, n);
-        Tensor wtet = f32(wte, v, c), wpet = positions ? f32(wpe, t, c) : null;
-        k.embeddingForward(y, tokt, wtet, wpet, n, t, c);
-        assertClose("embedding forward", Reference.embedding(tok, wte, wpe, n, t, c), read(y), 0, 1e-7);
-        Tensor dwte = Tensor.allocateHost(DType.F32, v, c), dwpe = positions ? Tensor.allocateHost(DType.F32, t, c) : null;
-        k.embeddingBackward(dwte, dwpe, f32(dout, n, c), tokt, n, t, c);
-        assertClose("embedding dwte", Reference.gradient(e -> Reference.embedding(tok, e, wpe, n, t, c), wte.clone(), dout), read(dwte), 1e-6, 1e-5);
-        if (positions) {
-            assertClose("embedding dwpe", Reference.gradient(p -> Reference.embedding(tok, wte, p, n, t, c), wpe.clone(), dout), read(dwpe), 1e-6, 1e-5);
+        double[] wte = random(rng, v * c, 1), wpe = random(rng, t * c, 1), dout = random(rng, n * c, 1);
+        Tensor tokt = i32(tok, n);
+        // the table split into ids [0, split) and [split, v), as two vocab-parallel ranks hold it; split 0
+        // means one table holds everything (the second, starting at 0)
+        Tensor low = split == 0 ? null : f32(java.util.Arrays.copyOf(wte, split * c), split, c);
+        Tensor high = f32(java.util.Arrays.copyOfRange(wte, split * c, v * c), v - split, c);
+        Tensor y = Tensor.allocateHost(DType.F32, n, c);
+        Tensor part = Tensor.allocateHost(DType.F32, n, c);
+        k.embeddingForward(y, tokt, high, split, n, c);
+        if (low != null) {
+            k.embeddingForward(part, tokt, low, 0, n, c);
+            k.add(y, y, part, (long) n * c); // the all-reduce across ranks
         }
-        tok[2] = v;
-        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
-                () -> k.embeddingForward(y, i32(tok, n), wtet, wpet, n, t, c));
-        assertTrue(e.getMessage().contains("token id " + v), e.getMessage());
+        k.addPositions(y, f32(wpe, t, c), 0, n, t, c);
+        assertClose("embedding + positions forward", Reference.embedding(tok, wte, wpe, n, t, c), read(y), 0, 1e-7);
+
+        Tensor dlow = split == 0 ? null : Tensor.allocateHost(DType.F32, split, c);
+        Tensor dhigh = Tensor.allocateHost(DType.F32, v - split, c);
+        Tensor dwpe = Tensor.allocateHost(DType.F32, t, c);
+        Tensor d = f32(dout, n, c);
+        k.embeddingBackward(dhigh, d, tokt, split, n, c);
+        if (dlow != null) {
+            k.embeddingBackward(dlow, d, tokt, 0, n, c);
+        }
+        k.positionsBackward(dwpe, d, 0, n, t, c);
+        double[] dwte = dlow == null ? read(dhigh) : Arrays32.concat(read(dlow), read(dhigh));
+        assertClose("embedding dwte", Reference.gradient(e -> Reference.embedding(tok, e, wpe, n, t, c), wte.clone(), dout), dwte, 1e-6, 1e-5);
+        assertClose("embedding dwpe", Reference.gradient(p -> Reference.embedding(tok, wte, p, n, t, c), wpe.clone(), dout), read(dwpe), 1e-6, 1e-5);
+    }
+
+    @ParameterizedTest(name = "positions for a row block starting at {0}")
+    @CsvSource({"0", "5", "13"})
+    void positionsOfARowBlock(int firstRow) {
+        int t = 4, c = 3, rows = 6;
+        double[] wpe = random(new SplittableRandom(firstRow), t * c, 1);
+        Tensor x = Tensor.allocateHost(DType.F32, rows, c);
+        k.addPositions(x, f32(wpe, t, c), firstRow, rows, t, c);
+        double[] want = new double[rows * c];
+        for (int i = 0; i < rows; i++) {
+            for (int j = 0; j < c; j++) {
+                want[i * c + j] = wpe[((firstRow + i) % t) * c + j];
+            }
+        }
+        assertClose("positions of rows " + firstRow + ".." + (firstRow + rows), want, read(x), 0, 0);
     }
 
     @ParameterizedTest(name = "rope b={0} t={1} heads={2} kv={3} hd={4}")
@@ -232,30 +261,105 @@ class CpuKernelsTest {
                 read(dqkv), 2e-5, 1e-4);
     }
 
-    @ParameterizedTest(name = "crossEntropy rows={0} v={1} padded={2}")
-    @CsvSource({"1,2,2", "5,7,8", "9,67,128"})
-    void crossEntropy(int rows, int v, int vPadded) {
-        SplittableRandom rng = new SplittableRandom(v);
+    /**
+     * The three cross-entropy kernels, on one rank holding the whole (padded) vocabulary and on two ranks
+     * splitting it (the all-reduces done by hand): losses against the reference, logits gradients against
+     * finite differences, padded columns zero.
+     */
+    @ParameterizedTest(name = "crossEntropy rows={0} v={1} padded={2} split={3}")
+    @CsvSource({"1,2,2,0", "5,7,8,0", "9,67,128,0", "5,7,8,4", "9,67,128,64", "3,67,128,96"})
+    void crossEntropy(int rows, int v, int vPadded, int split) {
+        SplittableRandom rng = new SplittableRandom(v + split);
         double[] z = random(rng, rows * vPadded, 6);
         int[] tg = new int[rows];
         for (int r = 0; r < rows; r++) {
             tg[r] = rng.nextInt(v);
         }
-        Tensor losses = Tensor.allocateHost(DType.F32, rows);
-        Tensor zt = f32(z, rows, vPadded);
-        k.crossEntropyForward(zt, losses, i32(tg, rows), rows, v, vPadded);
         double[] ref = Reference.crossEntropy(z, tg, rows, v, vPadded);
-        assertClose("cross-entropy forward", ref, read(losses), 1e-5, 1e-5);
-        assertClose("cross-entropy forward keeps logits", z, read(zt), 0, 0);
         float scale = 1f / rows;
-        k.crossEntropyForwardBackward(zt, losses, i32(tg, rows), rows, v, vPadded, scale);
-        assertClose("cross-entropy fused loss", ref, read(losses), 1e-5, 1e-5);
-        double[] ones = new double[rows];
-        java.util.Arrays.fill(ones, scale);
-        double[] fd = Reference.gradient(x -> Reference.crossEntropy(x, tg, rows, v, vPadded), z.clone(), ones);
-        assertClose("cross-entropy dlogits (padded columns zero)", fd, read(zt), 1e-6, 1e-5);
-        tg[0] = v; // a padded id is not a valid target
-        assertThrows(IllegalArgumentException.class, () -> k.crossEntropyForward(f32(z, rows, vPadded), losses, i32(tg, rows), rows, v, vPadded));
+        for (boolean backward : new boolean[] {false, true}) {
+            int[] starts = split == 0 ? new int[] {0} : new int[] {0, split};
+            Tensor[] parts = new Tensor[starts.length];
+            Tensor[] maxes = new Tensor[starts.length];
+            Tensor[] sums = new Tensor[starts.length];
+            Tensor targets = i32(tg, rows);
+            for (int p = 0; p < starts.length; p++) {
+                int from = starts[p];
+                int to = p + 1 < starts.length ? starts[p + 1] : vPadded;
+                parts[p] = f32(columns(z, rows, vPadded, from, to), rows, to - from);
+                maxes[p] = Tensor.allocateHost(DType.F32, rows);
+                sums[p] = Tensor.allocateHost(DType.F32, rows, 2);
+                k.crossEntropyMax(parts[p], maxes[p], rows, valid(v, from, to), to - from);
+            }
+            double[] globalMax = read(maxes[0]);
+            for (int p = 1; p < starts.length; p++) { // all-reduce MAX
+                double[] m = read(maxes[p]);
+                for (int r = 0; r < rows; r++) {
+                    globalMax[r] = Math.max(globalMax[r], m[r]);
+                }
+            }
+            double[] globalSums = new double[2 * rows];
+            for (int p = 0; p < starts.length; p++) {
+                int from = starts[p];
+                int to = p + 1 < starts.length ? starts[p + 1] : vPadded;
+                maxes[p] = f32(globalMax, rows);
+                k.crossEntropySums(parts[p], maxes[p], sums[p], targets, from, v, rows, valid(v, from, to), to - from, backward);
+                double[] s = read(sums[p]);
+                for (int i = 0; i < 2 * rows; i++) { // all-reduce SUM
+                    globalSums[i] += s[i];
+                }
+            }
+            double[] grad = new double[0];
+            for (int p = 0; p < starts.length; p++) {
+                int from = starts[p];
+                int to = p + 1 < starts.length ? starts[p + 1] : vPadded;
+                Tensor losses = Tensor.allocateHost(DType.F32, rows);
+                k.crossEntropyFinish(parts[p], maxes[p], f32(globalSums, rows, 2), losses, targets, from, rows,
+                        valid(v, from, to), to - from, backward, scale);
+                assertClose("cross-entropy loss (rank " + p + ", backward " + backward + ")", ref, read(losses), 1e-5, 1e-5);
+                grad = Arrays32.concat(grad, read(parts[p]));
+            }
+            if (!backward) {
+                assertClose("forward leaves the logits as they were", z, regroup(grad, rows, vPadded, starts), 0, 0);
+            } else {
+                double[] ones = new double[rows];
+                java.util.Arrays.fill(ones, scale);
+                double[] fd = Reference.gradient(x -> Reference.crossEntropy(x, tg, rows, v, vPadded), z.clone(), ones);
+                assertClose("cross-entropy dlogits (padded columns zero)", fd, regroup(grad, rows, vPadded, starts), 1e-6, 1e-5);
+            }
+        }
+        int[] bad = tg.clone();
+        bad[0] = v; // a padded id is not a valid target
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> k.crossEntropySums(f32(z, rows, vPadded),
+                Tensor.allocateHost(DType.F32, rows), Tensor.allocateHost(DType.F32, rows, 2), i32(bad, rows), 0, v, rows, v, vPadded, false));
+        assertTrue(e.getMessage().contains("target id " + v + " at row 0"), e.getMessage());
+    }
+
+    private static int valid(int v, int from, int to) {
+        return Math.max(0, Math.min(to, v) - from);
+    }
+
+    private static double[] columns(double[] z, int rows, int ld, int from, int to) {
+        double[] out = new double[rows * (to - from)];
+        for (int r = 0; r < rows; r++) {
+            System.arraycopy(z, r * ld + from, out, r * (to - from), to - from);
+        }
+        return out;
+    }
+
+    /** Concatenated per-rank blocks [rows, width_p] back into [rows, ld]. */
+    private static double[] regroup(double[] blocks, int rows, int ld, int[] starts) {
+        double[] out = new double[rows * ld];
+        int at = 0;
+        for (int p = 0; p < starts.length; p++) {
+            int from = starts[p];
+            int to = p + 1 < starts.length ? starts[p + 1] : ld;
+            for (int r = 0; r < rows; r++) {
+                System.arraycopy(blocks, at + r * (to - from), out, r * ld + from, to - from);
+            }
+            at += rows * (to - from);
+        }
+        return out;
     }
 
     @Test
