@@ -11,6 +11,7 @@ import org.apache.spark.resource.ResourceInformation;
 import org.sparkatron.comm.Communicator;
 import org.sparkatron.comm.ParallelLayout;
 import org.sparkatron.comm.ProcessGroups;
+import org.sparkatron.device.GpuProbe;
 import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.device.cpu.CpuKernels;
 import org.sparkatron.model.Transformer;
@@ -65,7 +66,8 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
              ProcessGroups groups = ProcessGroups.create(ParallelLayout.forWorld(cfg.world(), cfg.tp, 1, 1, cfg.pp, 1), comm)) {
             int tpRank = groups.coords()[0];
             int replica = groups.coords()[3];
-            Transformer model = new Transformer(cfg.model(), new CpuKernels(), new TensorParallel(groups.tp(), cfg.sequenceParallel));
+            Transformer model = new Transformer(cfg.model(), new CpuKernels(), new TensorParallel(groups.tp(), cfg.sequenceParallel),
+                    cfg.precision);
             model.initialize(cfg.seed);
             groups.dp().broadcast(model.params().weights(), 0);
             Iterator<Tuple2<Long, int[]>> pieces = JavaConverters.asJava(data);
@@ -140,11 +142,16 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         }
     }
 
-    /** The GPU address Spark assigned to this task ("gpu:N"), or "cpu" when the task has no GPU. */
+    /**
+     * "cpu" when the task has no GPU; with a GPU address from Spark, the device the rank actually runs on and
+     * why, from {@link GpuProbe} (which loads nothing): e.g. "cpu (gpu:0 assigned; cuda unavailable: missing
+     * libcuda.so.1 (CUDA driver))".
+     */
     static String boundDevice(BarrierTaskContext ctx) {
         ResourceInformation gpu = ctx.resourcesJMap().get("gpu");
         if (gpu != null && gpu.addresses().length > 0) {
-            return "gpu:" + gpu.addresses()[0];
+            GpuProbe.Report probe = GpuProbe.system().probe();
+            return probe.device() + " (gpu:" + gpu.addresses()[0] + " assigned; " + probe.reason() + ")";
         }
         return "cpu";
     }

@@ -13,6 +13,7 @@ import java.util.Map;
 import java.util.Set;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.optim.LrSchedule;
+import org.sparkatron.precision.Precision;
 import org.sparkatron.train.Trainer;
 
 /**
@@ -39,7 +40,8 @@ public final class TrainConfig implements Serializable {
     public static final Set<String> KEYS = Set.of("model", "dp", "tp", "tensor_parallel", "sequence_parallel", "pp", "global_batch", "micro_batch", "seq_len",
             "steps", "lr", "min_lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "seed", "input_col",
             "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format", "input_schema",
-            "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over");
+            "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over",
+            "precision");
 
     private final String json; // the full, normalised config
 
@@ -73,6 +75,8 @@ public final class TrainConfig implements Serializable {
     public final String checkpointDir;
     public final int checkpointEvery, keepCheckpoints;
     public final boolean startOver;
+    /** Compute precision (docs/precision.md): fp32 [default], bf16, or fp16 with dynamic loss scaling. */
+    public final Precision precision;
 
     private TrainConfig(ObjectNode o) {
         for (Iterator<String> it = o.fieldNames(); it.hasNext(); ) {
@@ -147,6 +151,11 @@ public final class TrainConfig implements Serializable {
         this.checkpointEvery = intKey(o, "checkpoint_every", 0, 0);
         this.keepCheckpoints = intKey(o, "keep_checkpoints", 2, 1);
         this.startOver = o.path("start_over").asBoolean(false);
+        try {
+            this.precision = Precision.parse(o.path("precision").asText("fp32"));
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("config key 'precision': " + e.getMessage(), e);
+        }
         this.json = o.toString();
         validate(mc);
     }
