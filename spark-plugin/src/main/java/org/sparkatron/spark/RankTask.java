@@ -2,15 +2,19 @@ package org.sparkatron.spark;
 
 import java.io.Serializable;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.Iterator;
 import java.util.List;
 import java.util.Locale;
+import java.util.Map;
 import org.apache.spark.BarrierTaskContext;
 import org.apache.spark.SparkEnv;
 import org.apache.spark.resource.ResourceInformation;
+import org.sparkatron.checkpoint.DistributedCheckpoint;
 import org.sparkatron.comm.Communicator;
 import org.sparkatron.comm.ParallelLayout;
 import org.sparkatron.comm.ProcessGroups;
+import org.sparkatron.data.io.HadoopCheckpointStorage;
 import org.sparkatron.device.GpuProbe;
 import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.device.cpu.CpuKernels;
@@ -18,10 +22,8 @@ import org.sparkatron.model.Transformer;
 import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.TpBroadcastSource;
 import org.sparkatron.parallel.TpCheckpoint;
-import org.sparkatron.train.SampleSource;
-import org.sparkatron.checkpoint.DistributedCheckpoint;
-import org.sparkatron.data.io.HadoopCheckpointStorage;
 import org.sparkatron.train.ResumableTraining;
+import org.sparkatron.train.SampleSource;
 import org.sparkatron.train.Trainer;
 import scala.Tuple2;
 import scala.collection.JavaConverters;
@@ -46,11 +48,17 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
     private final TrainConfig cfg;
     private final byte[] secret;
     private final String progressEndpoint;
+    private final Map<String, String> hadoopConf; // for ranks that read their input files themselves
 
     RankTask(TrainConfig cfg, byte[] secret, String progressEndpoint) {
+        this(cfg, secret, progressEndpoint, Map.of());
+    }
+
+    RankTask(TrainConfig cfg, byte[] secret, String progressEndpoint, Map<String, String> hadoopConf) {
         this.cfg = cfg;
         this.secret = secret;
         this.progressEndpoint = progressEndpoint;
+        this.hadoopConf = new HashMap<>(hadoopConf);
     }
 
     @Override
@@ -71,7 +79,14 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             model.initialize(cfg.seed);
             groups.dp().broadcast(model.params().weights(), 0);
             Iterator<Tuple2<Long, int[]>> pieces = JavaConverters.asJava(data);
-            SampleSource samples = new SampleStream(pieces, cfg.seqLen + 1, replica, cfg.dp);
+            SampleSource samples;
+            SampleSource files = null; // a Megatron dataset this rank reads itself (closed at the end)
+            if (MegatronInput.FORMAT.equals(cfg.inputFormat)) { // TP peers get their rank 0's samples below
+                files = tpRank == 0 ? MegatronInput.source(cfg, hadoopConf, replica) : null;
+                samples = files;
+            } else {
+                samples = new SampleStream(pieces, cfg.seqLen + 1, replica, cfg.dp);
+            }
             if (cfg.tp > 1) { // only TP rank 0 of each replica was sent data; it shares every sample
                 samples = new TpBroadcastSource(tpRank == 0 ? samples : null, cfg.seqLen + 1, groups.tp());
             }
@@ -93,6 +108,9 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 if (ckpt != null && (s == cfg.steps || (cfg.checkpointEvery > 0 && s % cfg.checkpointEvery == 0))) {
                     io(ckpt::save);
                 }
+            }
+            if (files != null) {
+                files.close();
             }
             comm.barrier();
             Transformer full = cfg.tp > 1 ? TpCheckpoint.gatherFull(model, false) : model; // TP collective
