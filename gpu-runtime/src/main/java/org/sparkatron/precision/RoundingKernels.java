@@ -16,8 +16,9 @@ import org.sparkatron.tensor.Tensor;
  *   <li><b>Operands rounded on entry</b> (in place): the {@code x} of a linear forward, the incoming
  *       gradient {@code dout} of every backward kernel and both addends of {@link #add}. For values made
  *       by a rounded kernel this changes nothing (rounding is idempotent); it catches the few values made
- *       outside kernels, which a GPU would also store in 16 bits: the softmax cross-entropy gradient
- *       (dlogits), dropout's rescaled outputs, and the sums of tensor-parallel reductions.</li>
+ *       outside kernels, which a GPU would also store in 16 bits: dropout's rescaled outputs, and the sums
+ *       and bias adds of tensor-parallel reductions. The cross-entropy gradient (dlogits) is rounded when
+ *       {@link #crossEntropyFinish} writes it.</li>
  *   <li><b>Kept fp32</b>: weight and bias gradients (accumulated in fp32, as Megatron's gradient
  *       accumulation fusion writes them into {@code main_grad}), norm statistics (mean, rstd), attention's
  *       log-sum-exp, losses, and everything the optimizer touches ({@link #adamw}, {@link #sumOfSquares},
