@@ -21,7 +21,7 @@ public final class TrainMain {
     }
 
     public static void main(String[] args) throws Exception {
-        quietLogging();
+        SparkJvm.quietLogging();
         SparkJvm.relaunchIfNeeded(TrainMain.class, args);
         if (args.length > 0 && args[0].equals("train")) {
             args = java.util.Arrays.copyOfRange(args, 1, args.length);
@@ -87,13 +87,6 @@ public final class TrainMain {
             throw new IllegalArgumentException("cannot read input '" + cfg.input + "' as " + cfg.inputFormat + ": " + e.getMessage(), e);
         }
         return df;
-    }
-
-    /** Quiet Spark logging for the command-line tools, unless the user configured log4j2. */
-    static void quietLogging() {
-        if (System.getProperty("log4j2.configurationFile") == null && System.getProperty("log4j.configurationFile") == null) {
-            System.setProperty("log4j2.configurationFile", "org/sparkatron/spark/log4j2-cli.properties");
-        }
     }
 
     /** The session spark-submit configured, or local[slots] when no master was given. */
