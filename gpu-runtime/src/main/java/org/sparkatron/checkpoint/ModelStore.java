@@ -8,6 +8,8 @@ import java.nio.file.StandardCopyOption;
 import org.sparkatron.device.Kernels;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
+import org.sparkatron.parallel.TensorParallel;
+import org.sparkatron.precision.Precision;
 
 /**
  * A model directory as Hugging Face lays it out: {@code config.json} + {@code model.safetensors}, so the
@@ -35,6 +37,15 @@ public final class ModelStore {
 
     /** Reads the config and weights of a model directory onto the given kernels. */
     public static Transformer load(Path dir, Kernels kernels) throws IOException {
+        return load(dir, kernels, Precision.FP32);
+    }
+
+    /**
+     * Reads a model directory onto the given (fp32) kernels, to compute in {@code precision}: the stored
+     * weights become the fp32 master weights (see {@link Transformer#Transformer(ModelConfig, Kernels,
+     * TensorParallel, Precision)}).
+     */
+    public static Transformer load(Path dir, Kernels kernels, Precision precision) throws IOException {
         Path config = dir.resolve(CONFIG);
         Path weights = dir.resolve(WEIGHTS);
         if (!Files.isRegularFile(config)) {
@@ -43,7 +54,7 @@ public final class ModelStore {
         if (!Files.isRegularFile(weights)) {
             throw new IllegalArgumentException(dir + " is not a model directory: " + WEIGHTS + " is missing");
         }
-        Transformer model = new Transformer(ModelConfig.load(config), kernels);
+        Transformer model = new Transformer(ModelConfig.load(config), kernels, TensorParallel.none(), precision);
         HfCheckpoint.load(weights, model.config(), model.params());
         return model;
     }

@@ -11,6 +11,7 @@ import java.util.Collections;
 import java.util.LinkedHashMap;
 import java.util.Map;
 import java.util.Set;
+import org.sparkatron.precision.HalfFloats;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.HostStorage;
 import org.sparkatron.tensor.Tensor;
@@ -158,12 +159,12 @@ public final class SafeTensorsFile implements AutoCloseable {
             case F32 -> b.asFloatBuffer().get(out);
             case BF16 -> {
                 for (int i = 0; i < out.length; i++) {
-                    out[i] = bf16ToFloat(b.getShort(2 * i));
+                    out[i] = HalfFloats.bf16ToFloat(b.getShort(2 * i));
                 }
             }
             case F16 -> {
                 for (int i = 0; i < out.length; i++) {
-                    out[i] = f16ToFloat(b.getShort(2 * i));
+                    out[i] = HalfFloats.f16ToFloat(b.getShort(2 * i));
                 }
             }
             default -> throw new IllegalArgumentException(path + ": tensor '" + name + "' is " + e.dtype()
@@ -211,27 +212,6 @@ public final class SafeTensorsFile implements AutoCloseable {
                     + entries.size() + " tensors)");
         }
         return e;
-    }
-
-    /** bfloat16 bits to float: the upper half of an IEEE single, so widening is exact. */
-    static float bf16ToFloat(short bits) {
-        return Float.intBitsToFloat((bits & 0xffff) << 16);
-    }
-
-    /** IEEE half bits to float, exactly (subnormals, infinities and NaN payloads included). */
-    static float f16ToFloat(short bits) {
-        int h = bits & 0xffff;
-        int sign = (h >>> 15) << 31;
-        int exp = (h >>> 10) & 0x1f;
-        int mant = h & 0x3ff;
-        if (exp == 0) {
-            float v = mant * 0x1p-24f; // subnormal (or zero): mant * 2^-24, exact in float
-            return sign != 0 ? -v : v;
-        }
-        if (exp == 31) {
-            return Float.intBitsToFloat(sign | 0x7f800000 | (mant << 13));
-        }
-        return Float.intBitsToFloat(sign | ((exp - 15 + 127) << 23) | (mant << 13));
     }
 
     static void requireLittleEndianPlatform() {

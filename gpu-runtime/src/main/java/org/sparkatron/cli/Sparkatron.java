@@ -14,6 +14,7 @@ import org.sparkatron.device.cpu.CpuKernels;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.LrSchedule;
+import org.sparkatron.precision.Precision;
 import org.sparkatron.train.PackedSamples;
 import org.sparkatron.train.TokenFile;
 import org.sparkatron.train.Trainer;
@@ -32,7 +33,7 @@ public final class Sparkatron {
             "  init        --config CONFIG.json --seed N --out DIR",
             "  train-local --model DIR --tokens FILE --steps N --out DIR [--lr 3e-4] [--min-lr LR/10] [--warmup 0]",
             "              [--batch 4] [--micro-batches 1] [--seq-len T] [--weight-decay 0.1] [--grad-clip 1.0]",
-            "              [--seed 0] [--threads CORES]",
+            "              [--seed 0] [--threads CORES] [--precision fp32|bf16|fp16]",
             "  score       --model DIR --tokens FILE [--threads CORES]",
             "  bench       [--steps 5] [--rounds 3] [--threads 2] [--no-peer] [--layers 6 --width 384 --heads 6 --seq 256 --vocab 50304 --batch 4]",
             "  demo-local  [--steps 300] [--threads CORES]   (trains a small GPT-2 on generated data, one process)",
@@ -108,12 +109,13 @@ public final class Sparkatron {
         float wd = (float) a.number("weight-decay", 0.1);
         float clip = (float) a.number("grad-clip", 1.0);
         long seed = a.integer("seed", 0);
+        Precision precision = Precision.parse(a.string("precision", "fp32"));
         setThreads(a);
         a.rejectUnknown();
         if (steps < 1) {
             throw new IllegalArgumentException("--steps must be >= 1, got " + steps);
         }
-        Transformer model = ModelStore.load(modelDir, new CpuKernels());
+        Transformer model = ModelStore.load(modelDir, new CpuKernels(), precision);
         List<int[]> seqs = TokenFile.read(tokens, model.config().vocabSize());
         PackedSamples data = samples(seqs, seqLen, model.config(), seed);
         Trainer.Options opt = new Trainer.Options(batch, micro, new LrSchedule(lr, minLr, warmup, steps), 0.9f, 0.95f,

@@ -1,6 +1,7 @@
 package org.sparkatron.comm;
 
 import java.nio.ByteBuffer;
+import org.sparkatron.precision.HalfFloats;
 import org.sparkatron.tensor.DType;
 
 /**
@@ -104,63 +105,26 @@ public final class Reductions {
         };
     }
 
-    /** bf16 bits (upper half of an fp32) to float: exact. */
+    // The 16-bit conversions live in HalfFloats (one implementation for the whole project); these
+    // delegates keep the communicators' call sites short.
+
+    /** See {@link HalfFloats#bf16ToFloat}. */
     public static float bf16ToFloat(short bits) {
-        return Float.intBitsToFloat((bits & 0xffff) << 16);
+        return HalfFloats.bf16ToFloat(bits);
     }
 
-    /** float to bf16 by round-to-nearest-even; NaN stays a (quiet) NaN. */
+    /** See {@link HalfFloats#floatToBf16}. */
     public static short floatToBf16(float f) {
-        int x = Float.floatToRawIntBits(f);
-        if ((x & 0x7fffffff) > 0x7f800000) {
-            return (short) ((x >>> 16) | 0x40);
-        }
-        int rounding = 0x7fff + ((x >>> 16) & 1);
-        return (short) ((x + rounding) >>> 16);
+        return HalfFloats.floatToBf16(f);
     }
 
-    /** IEEE binary16 bits to float: exact (subnormals, infinities and NaN included). */
+    /** See {@link HalfFloats#f16ToFloat}. */
     public static float f16ToFloat(short h) {
-        int bits = h & 0xffff;
-        int sign = (bits & 0x8000) << 16;
-        int exp = (bits >>> 10) & 0x1f;
-        int mant = bits & 0x3ff;
-        if (exp == 0x1f) {
-            return Float.intBitsToFloat(sign | 0x7f800000 | (mant << 13));
-        }
-        if (exp == 0) {
-            // Subnormal: mant * 2^-24, exact in float.
-            float v = mant * 0x1p-24f;
-            return sign != 0 ? -v : v;
-        }
-        return Float.intBitsToFloat(sign | ((exp + 112) << 23) | (mant << 13));
+        return HalfFloats.f16ToFloat(h);
     }
 
-    /** float to IEEE binary16 by round-to-nearest-even, with overflow to infinity and gradual underflow. */
+    /** See {@link HalfFloats#floatToF16}. */
     public static short floatToF16(float f) {
-        int x = Float.floatToRawIntBits(f);
-        int sign = (x >>> 16) & 0x8000;
-        int abs = x & 0x7fffffff;
-        if (abs >= 0x7f800000) {
-            return (short) (sign | 0x7c00 | (abs > 0x7f800000 ? 0x200 | ((abs >>> 13) & 0x3ff) : 0));
-        }
-        if (abs >= 0x477ff000) {
-            // >= 65520 rounds to infinity under round-to-nearest-even.
-            return (short) (sign | 0x7c00);
-        }
-        if (abs < 0x38800000) {
-            // Result is subnormal (or zero) in f16: scale so that the f16 quantum 2^-24 becomes 1 and round.
-            float a = Float.intBitsToFloat(abs);
-            int m = (int) Math.rint(a * 0x1p24f);
-            return (short) (sign | m);
-        }
-        int e = ((abs >>> 23) - 112) << 10;
-        int mant = abs & 0x7fffff;
-        int h = e | (mant >>> 13);
-        int rest = mant & 0x1fff;
-        if (rest > 0x1000 || (rest == 0x1000 && (h & 1) == 1)) {
-            h++;
-        }
-        return (short) (sign | h);
+        return HalfFloats.floatToF16(f);
     }
 }

@@ -56,6 +56,26 @@ public final class ParameterSet {
         this.grads = Tensor.allocateHost(DType.F32, Math.toIntExact(total));
     }
 
+    private ParameterSet(ParameterSet layout, Tensor weights) {
+        this.params = layout.params;
+        this.byName = layout.byName;
+        this.weights = weights;
+        this.grads = layout.grads;
+    }
+
+    /**
+     * The same layout over another weight block, SHARING this set's gradient block. Mixed precision uses
+     * it: the layers compute from a 16-bit-rounded copy of the fp32 master weights while their gradients
+     * accumulate into the one fp32 gradient block.
+     */
+    public ParameterSet withWeights(Tensor otherWeights) {
+        if (otherWeights.numel() != weights.numel() || otherWeights.dtype() != DType.F32) {
+            throw new IllegalArgumentException("weight block " + otherWeights + " does not match the layout's "
+                    + weights.numel() + " fp32 elements");
+        }
+        return new ParameterSet(this, otherWeights);
+    }
+
     public static Builder builder() {
         return new Builder();
     }

@@ -15,6 +15,8 @@ import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.VocabParallelCrossEntropy;
 import org.sparkatron.parallel.VocabParallelEmbedding;
 import org.sparkatron.parallel.Workspace;
+import org.sparkatron.precision.Precision;
+import org.sparkatron.precision.RoundingKernels;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -28,6 +30,12 @@ import org.sparkatron.tensor.Tensor;
  * activations are allocated per batch shape and reused across steps. The output layer and loss run in
  * row chunks so the {@code [B*T, V/tp]} logits never exist at once during training, and no rank ever
  * holds a full row of logits while training.
+ *
+ * <p>Precision ({@link Precision}, docs/precision.md): {@link #params()} always holds fp32 master weights
+ * and the fp32 gradient block. Under BF16/FP16 the layers compute from a second weight block, the master
+ * weights rounded to 16 bits, refreshed at the start of every forward pass (so any change to the master
+ * weights, by the optimizer, a checkpoint load or {@link #initialize}, is seen by the next pass), and the
+ * kernels are wrapped in {@link RoundingKernels}, which rounds activations and activation gradients.
  *
  * <p>Threading and blocking: one rank, one thread. Under TP every public method that computes
  * ({@link #forwardBackward}, {@link #loss}, {@link #logits}, {@link #finishGradients},
@@ -46,6 +54,8 @@ public final class Transformer {
     private final Kernels k;
     private final TensorParallel tp;
     private final ParameterSet params;
+    private final Precision precision;
+    private final ParameterSet compute; // what the layers read: params itself (fp32) or its rounded twin
     private final Workspace ws = new Workspace();
     private final List<TransformerBlock> blocks = new ArrayList<>();
     private final Tensor ropeCos; // [maxPos, hd/2] (Llama only)
@@ -87,11 +97,23 @@ public final class Transformer {
      * key/value heads than TP ranks is refused.
      */
     public Transformer(ModelConfig cfg, Kernels kernels, TensorParallel tp) {
+        this(cfg, kernels, tp, Precision.FP32);
+    }
+
+    /**
+     * As {@link #Transformer(ModelConfig, Kernels, TensorParallel)}, computing in {@code precision}: for
+     * BF16/FP16 {@code kernels} (fp32 kernels) are wrapped to round to 16 bits, and a 16-bit-rounded copy
+     * of the weights is kept beside the fp32 master weights.
+     */
+    public Transformer(ModelConfig cfg, Kernels kernels, TensorParallel tp, Precision precision) {
         validate(cfg, tp.size());
         this.cfg = cfg;
-        this.k = kernels;
+        this.precision = precision;
+        this.k = RoundingKernels.wrap(kernels, precision);
         this.tp = tp;
         this.params = declare(cfg, tp.size());
+        this.compute = precision.isReduced()
+                ? params.withWeights(Tensor.allocateHost(DType.F32, Math.toIntExact(params.numel()))) : params;
         this.headName = cfg.tiedEmbeddings() ? "embed" : "head";
         this.vocabLocal = cfg.paddedVocab(tp.size()) / tp.size();
         if (cfg.family().usesRope()) {
@@ -112,10 +134,10 @@ public final class Transformer {
             ropeSin = null;
         }
         for (int i = 0; i < cfg.layers(); i++) {
-            blocks.add(new TransformerBlock(cfg, kernels, params, i, ropeCos, ropeSin, tp, ws));
+            blocks.add(new TransformerBlock(cfg, k, compute, i, ropeCos, ropeSin, tp, ws));
         }
-        embedding = new VocabParallelEmbedding(tp, kernels, vocabLocal, cfg.hidden(), params.weight("embed"), params.grad("embed"), ws);
-        crossEntropy = new VocabParallelCrossEntropy(tp, kernels, vocabLocal, cfg.vocabSize());
+        embedding = new VocabParallelEmbedding(tp, k, vocabLocal, cfg.hidden(), compute.weight("embed"), params.grad("embed"), ws);
+        crossEntropy = new VocabParallelCrossEntropy(tp, k, vocabLocal, cfg.vocabSize());
         headInput = tp.sequenceParallel() ? new Mappings.GatherFromSequenceRegion(tp) : new Mappings.CopyToTensorRegion(tp);
     }
 
@@ -176,9 +198,33 @@ public final class Transformer {
         return params;
     }
 
-    /** The kernels this model runs on (one rank's). */
+    /**
+     * The kernels this model runs on (one rank's): under BF16/FP16 the rounding wrapper, whose optimizer
+     * and gradient utilities ({@code adamw}, {@code sumOfSquares}, {@code scale}, {@code fill}) are the
+     * wrapped fp32 kernels'.
+     */
     public Kernels kernels() {
         return k;
+    }
+
+    /** The precision this model computes in. */
+    public Precision precision() {
+        return precision;
+    }
+
+    /**
+     * The weights the layers compute from: {@link #params()}'s weights for FP32, else their 16-bit-rounded
+     * copy as of the last forward pass. For tests and tools.
+     */
+    public Tensor computeWeights() {
+        return compute.weights();
+    }
+
+    /** Brings the 16-bit compute weights up to date with the fp32 master weights (nothing for FP32). */
+    private void refreshComputeWeights() {
+        if (compute != params) {
+            precision.roundInto(compute.weights(), params.weights());
+        }
     }
 
     public TensorParallel tensorParallel() {
@@ -310,6 +356,7 @@ public final class Transformer {
             }
         }
         allocate(b, t);
+        refreshComputeWeights(); // every pass starts here: the optimizer may have moved the master weights
         IntBuffer in = inputs.ints();
         IntBuffer tg = targets.ints();
         for (int s = 0; s < b; s++) {
@@ -326,7 +373,7 @@ public final class Transformer {
         int nl = tp.localRows(n);
         embedding.forward(inputs, n, embedded);
         if (cfg.family() == ModelConfig.Family.GPT2) {
-            k.addPositions(embedded, params.weight("pos"), tp.firstLocalRow(n), nl, t, cfg.hidden());
+            k.addPositions(embedded, compute.weight("pos"), tp.firstLocalRow(n), nl, t, cfg.hidden()); // rounded by RoundingKernels
         }
         Tensor x = embedded;
         for (TransformerBlock blk : blocks) {
@@ -334,9 +381,9 @@ public final class Transformer {
             x = blk.output();
         }
         if (cfg.family() == ModelConfig.Family.LLAMA) {
-            k.rmsNormForward(normF, rstdF, x, params.weight("norm_f.w"), nl, cfg.hidden(), cfg.normEps());
+            k.rmsNormForward(normF, rstdF, x, compute.weight("norm_f.w"), nl, cfg.hidden(), cfg.normEps());
         } else {
-            k.layerNormForward(normF, meanF, rstdF, x, params.weight("norm_f.w"), params.weight("norm_f.b"), nl,
+            k.layerNormForward(normF, meanF, rstdF, x, compute.weight("norm_f.w"), compute.weight("norm_f.b"), nl,
                     cfg.hidden(), cfg.normEps());
         }
         headInput.forward(normF, headX);
@@ -357,7 +404,7 @@ public final class Transformer {
         int n = b * t;
         int nl = tp.localRows(n);
         int c = cfg.hidden();
-        Tensor head = params.weight(headName);
+        Tensor head = compute.weight(headName);
         Tensor dhead = params.grad(headName);
         // output layer + loss + their backward, one chunk of rows at a time
         for (int r0 = 0; r0 < n; r0 += chunkRows()) {
@@ -370,10 +417,10 @@ public final class Transformer {
         headInput.backward(dheadX, dnormF);
         k.fill(dresid, 0f);
         if (cfg.family() == ModelConfig.Family.LLAMA) {
-            k.rmsNormBackward(dresid, params.grad("norm_f.w"), dnormF, last, params.weight("norm_f.w"), rstdF, nl, c);
+            k.rmsNormBackward(dresid, params.grad("norm_f.w"), dnormF, last, compute.weight("norm_f.w"), rstdF, nl, c);
         } else {
             k.layerNormBackward(dresid, params.grad("norm_f.w"), params.grad("norm_f.b"), dnormF, last,
-                    params.weight("norm_f.w"), meanF, rstdF, nl, c);
+                    compute.weight("norm_f.w"), meanF, rstdF, nl, c);
         }
         for (int i = blocks.size() - 1; i >= 0; i--) {
             blocks.get(i).backward(dresid, scratch);
@@ -446,7 +493,7 @@ public final class Transformer {
         int n = b * t;
         for (int r0 = 0; r0 < n; r0 += chunkRows()) {
             int rows = Math.min(chunkRows(), n - r0);
-            k.linearForward(logits, headX.narrowRows(r0, rows), params.weight(headName), null, rows, cfg.hidden(), vocabLocal);
+            k.linearForward(logits, headX.narrowRows(r0, rows), compute.weight(headName), null, rows, cfg.hidden(), vocabLocal);
             crossEntropy.forward(logits, losses.slice(r0, rows), targets.slice(r0, rows), rows, false, 0f);
         }
         if (lossesOut != null) {
@@ -468,7 +515,7 @@ public final class Transformer {
         float[] out = new float[n * v];
         for (int r0 = 0; r0 < n; r0 += chunkRows()) {
             int rows = Math.min(chunkRows(), n - r0);
-            k.linearForward(logits, headX.narrowRows(r0, rows), params.weight(headName), null, rows, cfg.hidden(), vocabLocal);
+            k.linearForward(logits, headX.narrowRows(r0, rows), compute.weight(headName), null, rows, cfg.hidden(), vocabLocal);
             Tensor full = ws.get("logits.full", rows, vp);
             new Mappings.GatherFromTensorRegion(tp, rows, vocabLocal).forward(logits.slice(0, rows * vocabLocal), full);
             FloatBuffer z = full.floats();

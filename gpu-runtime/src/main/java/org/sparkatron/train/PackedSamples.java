@@ -98,8 +98,8 @@ public final class PackedSamples implements SampleSource {
         consumed += n;
     }
 
-    /** Fisher-Yates shuffle of 0..n-1 with a seeded generator. */
-    static int[] permutation(int n, long seed) {
+    /** Fisher-Yates shuffle of 0..n-1 with a seeded generator: the same order on every JVM for a seed. */
+    public static int[] permutation(int n, long seed) {
         int[] p = new int[n];
         for (int i = 0; i < n; i++) {
             p[i] = i;

@@ -4,12 +4,21 @@ import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.AdamW;
 import org.sparkatron.optim.GradClip;
 import org.sparkatron.optim.LrSchedule;
+import org.sparkatron.precision.DynamicGradScaler;
+import org.sparkatron.precision.Precision;
 
 /**
  * The training loop of one rank: pull a batch, forward and backward (with optional gradient accumulation
  * over micro-batches), complete the tensor-parallel gradients ({@link Transformer#finishGradients}),
  * synchronise gradients with the data-parallel replicas ({@link GradientSync}), clip by the global norm
- * over the whole (tensor-parallel) model, step AdamW on the schedule. Under tensor parallelism every rank
+ * over the whole (tensor-parallel) model, step AdamW on the schedule.
+ *
+ * <p>Precision follows the model ({@link Transformer#precision()}): AdamW always updates the fp32 master
+ * weights from the fp32 gradients with fp32 moments. Under FP16 the loss is scaled by a
+ * {@link DynamicGradScaler}; the gradients are unscaled before the norm, and a step whose gradients hold
+ * an infinity or NaN (the global norm is then non-finite, identically on every rank) is skipped: no weight,
+ * moment or step-count change, reported as {@link StepMetrics#skipped()}. An overflow at the minimum
+ * scale throws (the model diverged; skipping forever would never finish). Under tensor parallelism every rank
  * of a TP group must be given the same batches. Blocking, single-threaded (kernels may use BLAS threads);
  * deterministic given the model, data and options.
  */
@@ -29,12 +38,27 @@ public final class Trainer {
         }
     }
 
-    /** One step's figures. {@code gradNorm} is before clipping. */
-    public record StepMetrics(long step, double loss, double lr, double gradNorm, double tokensPerSecond, double seconds) {
+    /**
+     * One step's figures. {@code gradNorm} is before clipping (and after unscaling). {@code step} counts the
+     * optimizer updates applied so far, so a {@code skipped} step (FP16 overflow: nothing was updated)
+     * repeats the previous step's number. {@code lossScale} is the scale this step ran with (1 unless FP16).
+     */
+    public record StepMetrics(long step, double loss, double lr, double gradNorm, double tokensPerSecond, double seconds,
+                              boolean skipped, double lossScale) {
+        /** An applied step without loss scaling. */
+        public StepMetrics(long step, double loss, double lr, double gradNorm, double tokensPerSecond, double seconds) {
+            this(step, loss, lr, gradNorm, tokensPerSecond, seconds, false, 1);
+        }
+
+        /** One JSON object; {@code loss_scale} and {@code skipped} appear only under loss scaling (FP16). */
         public String toJson() {
-            return String.format(java.util.Locale.ROOT,
-                    "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, \"step_s\": %.4f}",
+            String base = String.format(java.util.Locale.ROOT,
+                    "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, \"step_s\": %.4f",
                     step, loss, lr, gradNorm, tokensPerSecond, seconds);
+            if (lossScale == 1 && !skipped) {
+                return base + "}";
+            }
+            return base + String.format(java.util.Locale.ROOT, ", \"loss_scale\": %.6g, \"skipped\": %b}", lossScale, skipped);
         }
     }
 
@@ -45,13 +69,29 @@ public final class Trainer {
     private final int seqLen;
     private final int[] batchTokens;
     private final GradientSync sync;
+    private final DynamicGradScaler scaler; // FP16 only
 
     /** A rank training alone. */
     public Trainer(Transformer model, SampleSource data, Options opt) {
         this(model, data, opt, GradientSync.NONE);
     }
 
+    /** With FP16 models, loss scaling uses {@link DynamicGradScaler.Config#defaults()}. */
     public Trainer(Transformer model, SampleSource data, Options opt, GradientSync sync) {
+        this(model, data, opt, sync, model.precision().needsLossScaling() ? DynamicGradScaler.Config.defaults() : null);
+    }
+
+    /**
+     * @param lossScaling the loss scaler's settings: required for an FP16 model, refused (must be null) for
+     *                    FP32/BF16, whose range needs no scaling
+     */
+    public Trainer(Transformer model, SampleSource data, Options opt, GradientSync sync, DynamicGradScaler.Config lossScaling) {
+        Precision p = model.precision();
+        if (p.needsLossScaling() != (lossScaling != null)) {
+            throw new IllegalArgumentException(p.needsLossScaling() ? "an fp16 model needs loss scaling settings"
+                    : "loss scaling applies to fp16 only; this model computes in " + p.label());
+        }
+        this.scaler = lossScaling == null ? null : new DynamicGradScaler(lossScaling);
         this.model = model;
         this.sync = sync;
         this.data = data;
@@ -75,10 +115,16 @@ public final class Trainer {
         return adam;
     }
 
+    /** The loss scaler (FP16), or null. */
+    public DynamicGradScaler lossScaler() {
+        return scaler;
+    }
+
     /** Runs one optimizer step (step numbers count from 1). */
     public StepMetrics step() {
         long t0 = System.nanoTime();
         model.params().zeroGrads();
+        float lossScale = scaler == null ? 1f : (float) scaler.scale();
         double loss = 0;
         for (int m = 0; m < opt.microBatches(); m++) {
             for (int s = 0; s < opt.batch(); s++) {
@@ -86,12 +132,30 @@ public final class Trainer {
                     throw new IllegalStateException("data source ran out after " + data.consumed() + " samples");
                 }
             }
-            loss += model.forwardBackward(batchTokens, opt.batch(), seqLen, 1f / opt.microBatches()) / opt.microBatches();
+            loss += model.forwardBackward(batchTokens, opt.batch(), seqLen, lossScale / opt.microBatches()) / opt.microBatches();
         }
         model.finishGradients(); // sequence-parallel norm/position gradients summed over the TP group
         sync.syncGradients(model.params().grads());
         loss = sync.averageScalar(loss);
+        if (scaler != null) {
+            model.kernels().scale(model.params().grads(), (float) (1 / lossScale)); // exact for power-of-two scales
+        }
         double norm = Math.sqrt(model.gradSquaredNorm()); // TP-replicated parameters counted once
+        if (scaler != null) {
+            // An inf or NaN in any gradient element on any rank makes the global norm non-finite on all ranks
+            // (TP sums the norm, DP averaged the gradients), so every rank takes the same decision.
+            boolean overflow = !Double.isFinite(norm) || !Double.isFinite(loss);
+            if (overflow && scaler.atMinimum()) {
+                throw new IllegalStateException("step " + (adam.step() + 1) + ": fp16 gradients overflow even at the minimum loss scale "
+                        + scaler.scale() + " (loss " + loss + ", gradient norm " + norm + "); the model diverged or needs bf16/fp32");
+            }
+            scaler.update(overflow);
+            if (overflow) {
+                double secs = (System.nanoTime() - t0) / 1e9;
+                long tokens = (long) opt.batch() * opt.microBatches() * seqLen;
+                return new StepMetrics(adam.step(), loss, opt.schedule().at(adam.step()), norm, tokens / secs, secs, true, lossScale);
+            }
+        }
         if (!Double.isFinite(loss) || !Double.isFinite(norm)) {
             throw new IllegalStateException("step " + (adam.step() + 1) + ": non-finite loss " + loss + " or gradient norm "
                     + norm + "; the learning rate may be too high");
@@ -101,6 +165,6 @@ public final class Trainer {
         adam.update((float) lr);
         double secs = (System.nanoTime() - t0) / 1e9;
         long tokens = (long) opt.batch() * opt.microBatches() * seqLen;
-        return new StepMetrics(adam.step(), loss, lr, norm, tokens / secs, secs);
+        return new StepMetrics(adam.step(), loss, lr, norm, tokens / secs, secs, false, lossScale);
     }
 }

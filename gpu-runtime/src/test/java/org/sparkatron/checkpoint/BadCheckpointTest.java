@@ -19,6 +19,7 @@ import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
+import org.sparkatron.comm.LocalRanks;
 import org.sparkatron.comm.SelfCommunicator;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
@@ -251,7 +252,7 @@ class BadCheckpointTest {
     void failedWriteDuringSaveFailsEveryRankAndKeepsThePreviousCheckpoint() throws Exception {
         String root = tmp.resolve("dp").toString();
         // DP 2: world rank 1 writes the optimizer file of TP rank 0; its write fails part-way.
-        List<String> errors = Ranks.run(2, (rank, world) -> {
+        List<String> errors = LocalRanks.run(2, (rank, world) -> {
             Transformer m = Fixtures.model(cfg, TensorParallel.none());
             Trainer t = new Trainer(m, Fixtures.data(cfg, 1 + rank), Fixtures.options(2));
             t.step();

@@ -19,6 +19,7 @@ import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
+import org.sparkatron.comm.LocalRanks;
 import org.sparkatron.device.cpu.CpuKernels;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
@@ -40,7 +41,7 @@ class ExportTest {
     void exportsTheTrainedWeightsInHuggingFaceLayout(String family) throws Exception {
         ModelConfig cfg = Fixtures.config(family);
         Path root = tmp.resolve("ckpt");
-        List<float[]> trained = Ranks.run(2, (rank, world) -> {
+        List<float[]> trained = LocalRanks.run(2, (rank, world) -> {
             try (Fixtures.Place pl = Fixtures.place(2, 1, world)) {
                 Transformer m = Fixtures.model(cfg, pl.tp());
                 Trainer tr = new Trainer(m, Fixtures.data(cfg, 3), Fixtures.options(2));

@@ -12,6 +12,7 @@ import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
+import org.sparkatron.comm.LocalRanks;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.AdamW;
@@ -35,7 +36,7 @@ class ReshardTest {
         ModelConfig cfg = Fixtures.config(family);
         LocalStorage fs = new LocalStorage();
         // A: train 2 steps at TP 2 x DP 2 (dropout on, so the dropout counter is part of the state), save.
-        List<float[]> trained = Ranks.run(4, (rank, world) -> {
+        List<float[]> trained = LocalRanks.run(4, (rank, world) -> {
             try (Fixtures.Place pl = Fixtures.place(2, 2, world)) {
                 Transformer m = Fixtures.model(cfg, pl.tp());
                 m.setDropout(0.1f, 3, (long) pl.dpRank() * 2 * Fixtures.SEQ);
@@ -90,7 +91,7 @@ class ReshardTest {
 
     /** Loads checkpoint {@code from} at TP {@code tp} x DP {@code dp} and saves it under {@code to}. */
     private void reshard(ModelConfig cfg, LocalStorage fs, String from, String to, int tp, int dp) throws Exception {
-        Ranks.run(tp * dp, (rank, world) -> {
+        LocalRanks.run(tp * dp, (rank, world) -> {
             try (Fixtures.Place pl = Fixtures.place(tp, dp, world)) {
                 Transformer m = Fixtures.model(cfg, pl.tp());
                 Trainer.Options o = Fixtures.options(2);

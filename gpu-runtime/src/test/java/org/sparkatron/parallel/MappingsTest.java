@@ -8,6 +8,7 @@ import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
+import org.sparkatron.comm.LocalRanks;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -51,7 +52,7 @@ class MappingsTest {
     }
 
     private static List<Seen> runMapping(int tpSize, Factory f, int inLen, int outLen) throws Exception {
-        return TpRanks.run(tpSize, (rank, world) -> {
+        return LocalRanks.run(tpSize, (rank, world) -> {
             TensorParallel tp = new TensorParallel(world, false);
             Mapping m = f.make(tp);
             Tensor x = tensor(inLen, rank, 0);

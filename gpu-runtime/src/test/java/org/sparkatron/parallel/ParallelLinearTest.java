@@ -7,6 +7,7 @@ import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
+import org.sparkatron.comm.LocalRanks;
 import org.sparkatron.device.cpu.CpuKernels;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
@@ -86,7 +87,7 @@ class ParallelLinearTest {
         double[] b = random(OUT, 3);
         double[] dy = random(N * OUT, 4);
         Dense ref = Dense.of(x, a, b, dy, N, IN, OUT);
-        TpRanks.run(tpSize, (rank, world) -> {
+        LocalRanks.run(tpSize, (rank, world) -> {
             TensorParallel tp = new TensorParallel(world, sp);
             int ol = OUT / tpSize;
             int rows = tp.localRows(N);
@@ -116,7 +117,7 @@ class ParallelLinearTest {
         double[] b = random(OUT, 7);
         double[] dy = random(N * OUT, 8);
         Dense ref = Dense.of(x, a, b, dy, N, IN, OUT);
-        TpRanks.run(tpSize, (rank, world) -> {
+        LocalRanks.run(tpSize, (rank, world) -> {
             TensorParallel tp = new TensorParallel(world, false);
             int ol = OUT / tpSize;
             Tensor dw = Tensor.allocateHost(DType.F32, ol, IN);
@@ -141,7 +142,7 @@ class ParallelLinearTest {
         double[] b = random(OUT, 13);
         double[] dy = random(N * OUT, 14);
         Dense ref = Dense.of(x, a, b, dy, N, IN, OUT);
-        TpRanks.run(tpSize, (rank, world) -> {
+        LocalRanks.run(tpSize, (rank, world) -> {
             TensorParallel tp = new TensorParallel(world, sp);
             int il = IN / tpSize;
             int rows = tp.localRows(N);
@@ -172,7 +173,7 @@ class ParallelLinearTest {
         for (int i = 0; i < c; i++) {
             eye[i * c + i] = 1;
         }
-        TpRanks.run(tpSize, (rank, world) -> {
+        LocalRanks.run(tpSize, (rank, world) -> {
             TensorParallel tp = new TensorParallel(world, sp);
             int cl = c / tpSize;
             int rows = tp.localRows(N);

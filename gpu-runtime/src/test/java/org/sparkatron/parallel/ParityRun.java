@@ -4,6 +4,7 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import java.util.ArrayList;
 import java.util.List;
 import org.sparkatron.comm.Communicator;
+import org.sparkatron.comm.LocalRanks;
 import org.sparkatron.comm.ParallelLayout;
 import org.sparkatron.comm.ProcessGroups;
 import org.sparkatron.comm.ReduceOp;
@@ -135,7 +136,7 @@ final class ParityRun {
 
     /** Every world rank's steps for a tp x dp run with {@code batch} samples per replica. */
     static List<List<Step>> parallel(ModelConfig cfg, int tp, int dp, boolean sp, int batch, float dropout) throws Exception {
-        return TpRanks.run(tp * dp, (rank, world) -> {
+        return LocalRanks.run(tp * dp, (rank, world) -> {
             ParallelLayout layout = ParallelLayout.forWorld(tp * dp, tp, 1, 1, 1, 1);
             try (ProcessGroups pg = ProcessGroups.create(layout, world)) {
                 TensorParallel tpc = new TensorParallel(pg.tp(), sp);

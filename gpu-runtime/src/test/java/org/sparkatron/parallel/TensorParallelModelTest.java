@@ -14,6 +14,7 @@ import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
 import org.sparkatron.checkpoint.ModelStore;
+import org.sparkatron.comm.LocalRanks;
 import org.sparkatron.comm.SelfCommunicator;
 import org.sparkatron.device.cpu.CpuKernels;
 import org.sparkatron.model.ModelConfig;
@@ -55,7 +56,7 @@ class TensorParallelModelTest {
         Transformer ref = single(cfg);
         ref.forwardBackward(batch(cfg), B, ParityRun.SEQ, 1f);
         float[] want = ParityRun.arr(ref.params().grad("layers.1.norm2.w"));
-        List<float[][]> seen = TpRanks.run(2, (rank, world) -> {
+        List<float[][]> seen = LocalRanks.run(2, (rank, world) -> {
             Transformer m = new Transformer(cfg, new CpuKernels(), new TensorParallel(world, true));
             m.initialize(ParityRun.SEED);
             m.forwardBackward(batch(cfg), B, ParityRun.SEQ, 1f);
@@ -83,7 +84,7 @@ class TensorParallelModelTest {
         Transformer ref = single(cfg);
         double want = ref.forwardBackward(batch(cfg), B, ParityRun.SEQ, 1f);
         float[] wantHeadGrad = ParityRun.arr(ref.params().grad("head"));
-        TpRanks.run(4, (rank, world) -> {
+        LocalRanks.run(4, (rank, world) -> {
             Transformer m = new Transformer(cfg, new CpuKernels(), new TensorParallel(world, false));
             m.initialize(ParityRun.SEED);
             int rows = m.params().param("head").shape()[0];
@@ -124,7 +125,7 @@ class TensorParallelModelTest {
                 + "\"n_embd\":32,\"n_head\":4,\"n_positions\":16,\"vocab_size\":64}"));
         assertEquals(512, cfg.paddedVocab(4));
         float[] want = ParityRun.arr(single(cfg).params().weights());
-        List<float[]> got = TpRanks.run(4, (rank, world) -> {
+        List<float[]> got = LocalRanks.run(4, (rank, world) -> {
             Transformer m = new Transformer(cfg, new CpuKernels(), new TensorParallel(world, false));
             m.initialize(ParityRun.SEED);
             return ParityRun.arr(TpCheckpoint.gatherFull(m, false).params().weights());
@@ -142,7 +143,7 @@ class TensorParallelModelTest {
         Transformer ref = single(cfg);
         ModelStore.save(ref, tmp.resolve("in"));
         float[] wantLogits = ref.logits(batch(cfg), B, ParityRun.SEQ);
-        TpRanks.run(4, (rank, world) -> {
+        LocalRanks.run(4, (rank, world) -> {
             Transformer m = TpCheckpoint.load(tmp.resolve("in"), new CpuKernels(), new TensorParallel(world, true));
             float[] logits = m.logits(batch(cfg), B, ParityRun.SEQ);
             for (int i = 0; i < wantLogits.length; i++) {
@@ -197,13 +198,13 @@ class TensorParallelModelTest {
         ModelConfig llama = ModelConfig.fromJson(new ObjectMapper().readTree("{\"model_type\":\"llama\",\"num_hidden_layers\":1,"
                 + "\"hidden_size\":32,\"intermediate_size\":48,\"num_attention_heads\":4,\"num_key_value_heads\":2,"
                 + "\"vocab_size\":61,\"max_position_embeddings\":16}"));
-        List<String> msgs = TpRanks.run(4, (rank, world) -> {
+        List<String> msgs = LocalRanks.run(4, (rank, world) -> {
             IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
                     () -> new Transformer(llama, new CpuKernels(), new TensorParallel(world, false)));
             return e.getMessage();
         });
         assertTrue(msgs.get(0).contains("key/value heads 2 fewer than tensor parallel size 4"), msgs.get(0));
-        List<String> sp = TpRanks.run(2, (rank, world) -> {
+        List<String> sp = LocalRanks.run(2, (rank, world) -> {
             Transformer m = new Transformer(ParityRun.config("gpt2"), new CpuKernels(), new TensorParallel(world, true));
             int[] odd = new int[3 * 4];
             return assertThrows(IllegalArgumentException.class, () -> m.forwardBackward(odd, 3, 3, 1f)).getMessage();

@@ -8,6 +8,7 @@ import java.util.List;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
+import org.sparkatron.comm.LocalRanks;
 import org.sparkatron.train.SampleSource;
 
 /** Every rank of a TP group gets TP rank 0's samples, and the end of the data at the same sample. */
@@ -43,7 +44,7 @@ class TpBroadcastSourceTest {
 
     @Test
     void everyRankSeesRankZerosSamplesAndTheEnd() throws Exception {
-        List<int[]> seen = TpRanks.run(3, (rank, world) -> {
+        List<int[]> seen = LocalRanks.run(3, (rank, world) -> {
             // only rank 0 has data; the others would produce garbage if they read their own
             SampleSource src = new TpBroadcastSource(rank == 0 ? counting(5, 4) : null, 5, world);
             int[] all = new int[4 * 5 + 2];

@@ -14,7 +14,7 @@ public final class DemoMain {
     }
 
     public static void main(String[] args) throws Exception {
-        TrainMain.quietLogging();
+        SparkJvm.quietLogging();
         SparkJvm.relaunchIfNeeded(DemoMain.class, args);
         if (args.length > 0 && args[0].equals("demo")) {
             args = java.util.Arrays.copyOfRange(args, 1, args.length);

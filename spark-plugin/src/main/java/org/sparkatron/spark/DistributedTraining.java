@@ -8,15 +8,19 @@ import java.nio.charset.StandardCharsets;
 import java.security.SecureRandom;
 import java.util.ArrayList;
 import java.util.Comparator;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 import org.apache.hadoop.fs.FileSystem;
 import org.apache.spark.HashPartitioner;
 import org.apache.spark.SparkConf;
 import org.apache.spark.SparkContext;
 import org.apache.spark.api.java.JavaRDD;
+import org.apache.spark.api.java.JavaSparkContext;
 import org.apache.spark.rdd.RDD;
 import org.apache.spark.rdd.ShuffledRDD;
 import org.apache.spark.sql.Dataset;
+import org.apache.spark.sql.SparkSession;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 import org.sparkatron.device.cpu.CpuKernels;
@@ -79,6 +83,42 @@ public final class DistributedTraining {
         LOG.info("sparkatron: {}", summary);
         if (console != null) {
             console.println("[sparkatron] data: " + summary);
+        }
+        try {
+            return launch(sc, cfg, console, data.byRank().rdd(), Map.of(), new long[] {data.documents(), data.tokens(),
+                data.samplesPerEpoch(), data.droppedRows(), data.epochs()});
+        } finally {
+            data.cached().unpersist(false);
+        }
+    }
+
+    /**
+     * Trains on a Megatron indexed dataset ({@code input_format} "megatron", see {@link MegatronInput}):
+     * the driver checks the files, then each rank that needs data reads them itself.
+     */
+    public static Result runMegatron(SparkSession spark, TrainConfig cfg, PrintStream console) {
+        SparkContext sc = spark.sparkContext();
+        Layout.validate(cfg);
+        checkSparkSettings(sc, cfg.world());
+        InitFrom.check(cfg, sc.hadoopConfiguration());
+        Map<String, String> hadoopConf = new HashMap<>();
+        for (Map.Entry<String, String> e : sc.hadoopConfiguration()) {
+            hadoopConf.put(e.getKey(), e.getValue());
+        }
+        String summary = MegatronInput.validate(cfg, hadoopConf);
+        LOG.info("sparkatron: {}", summary);
+        if (console != null) {
+            console.println("[sparkatron] data: " + summary);
+        }
+        RDD<Tuple2<Long, int[]>> none = JavaSparkContext.fromSparkContext(sc)
+                .<Tuple2<Long, int[]>>parallelize(List.of(), cfg.world()).rdd(); // one empty partition per rank
+        return launch(sc, cfg, console, none, hadoopConf, new long[] {-1, -1, -1, 0, -1});
+    }
+
+    /** The barrier stage, the closing shuffle and the result; {@code stats}: documents, tokens, samples/epoch, dropped, epochs. */
+    private static Result launch(SparkContext sc, TrainConfig cfg, PrintStream console, RDD<Tuple2<Long, int[]>> input,
+                                 Map<String, String> hadoopConf, long[] stats) {
+        if (console != null) {
             console.println("[sparkatron] launching " + cfg.world() + " rank(s) (dp=" + cfg.dp + ", tp=" + cfg.tp
                     + (cfg.sequenceParallel ? " +sp" : "") + ") in one barrier stage");
         }
@@ -95,8 +135,8 @@ public final class DistributedTraining {
             // a failed rank makes Spark kill the others; interrupting them frees their slots at once
             sc.setLocalProperty("spark.job.interruptOnCancel", "true");
             sc.setLocalProperty("spark.job.description", "sparkatron training: " + cfg.world() + " ranks, " + cfg.steps + " steps");
-            RDD<Tuple2<Integer, byte[]>> ranks = data.byRank().rdd().barrier()
-                    .mapPartitions(new RankTask(cfg, secret, progress.endpoint()), false, TokenData.tag(Tuple2.class));
+            RDD<Tuple2<Integer, byte[]>> ranks = input.barrier()
+                    .mapPartitions(new RankTask(cfg, secret, progress.endpoint(), hadoopConf), false, TokenData.tag(Tuple2.class));
             // the closing shuffle makes the barrier stage a shuffle-map stage, which Spark retries as a whole
             ShuffledRDD<Integer, byte[], byte[]> closing = new ShuffledRDD<>(ranks, new HashPartitioner(1),
                     TokenData.tag(Integer.class), TokenData.tag(byte[].class), TokenData.tag(byte[].class));
@@ -114,8 +154,7 @@ public final class DistributedTraining {
             for (RankReport r : reports) {
                 LOG.info("sparkatron: rank {}", r.describe());
             }
-            Result result = new Result(model, first.metrics(), reports, data.documents(), data.tokens(),
-                    data.samplesPerEpoch(), data.droppedRows(), data.epochs());
+            Result result = new Result(model, first.metrics(), reports, stats[0], stats[1], stats[2], stats[3], (int) stats[4]);
             if (cfg.output != null) {
                 save(result, cfg.output, sc, live);
                 if (console != null) {
@@ -128,7 +167,6 @@ public final class DistributedTraining {
         } finally {
             sc.setLocalProperty("spark.job.interruptOnCancel", previousInterrupt);
             sc.setLocalProperty("spark.job.description", previousDescription);
-            data.cached().unpersist(false);
         }
     }
 

@@ -111,7 +111,7 @@ final class InitFrom {
                 throw new IllegalArgumentException("init_from '" + cfg.initFrom + "' holds another model than the job's config: " + diff);
             }
             // the rank's shard (the whole model at TP 1), in a model bound to the rank's TP group
-            Transformer model = new Transformer(full.config(), full.kernels(), tp);
+            Transformer model = new Transformer(full.config(), full.kernels(), tp, cfg.precision);
             TpShards.scatter(full.config(), full.params(), model.params(), tp.rank(), tp.size(), false);
             return model;
         } finally {

@@ -2,25 +2,28 @@ package org.sparkatron.spark;
 
 import java.io.Serializable;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.Iterator;
 import java.util.List;
 import java.util.Locale;
+import java.util.Map;
 import org.apache.spark.BarrierTaskContext;
 import org.apache.spark.SparkEnv;
 import org.apache.spark.resource.ResourceInformation;
+import org.sparkatron.checkpoint.DistributedCheckpoint;
 import org.sparkatron.comm.Communicator;
 import org.sparkatron.comm.ParallelLayout;
 import org.sparkatron.comm.ProcessGroups;
+import org.sparkatron.data.io.HadoopCheckpointStorage;
+import org.sparkatron.device.GpuProbe;
 import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.device.cpu.CpuKernels;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.TpBroadcastSource;
 import org.sparkatron.parallel.TpCheckpoint;
-import org.sparkatron.train.SampleSource;
-import org.sparkatron.checkpoint.DistributedCheckpoint;
-import org.sparkatron.data.io.HadoopCheckpointStorage;
 import org.sparkatron.train.ResumableTraining;
+import org.sparkatron.train.SampleSource;
 import org.sparkatron.train.Trainer;
 import scala.Tuple2;
 import scala.collection.JavaConverters;
@@ -46,11 +49,17 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
     private final TrainConfig cfg;
     private final byte[] secret;
     private final String progressEndpoint;
+    private final Map<String, String> hadoopConf; // for ranks that read their input files themselves
 
     RankTask(TrainConfig cfg, byte[] secret, String progressEndpoint) {
+        this(cfg, secret, progressEndpoint, Map.of());
+    }
+
+    RankTask(TrainConfig cfg, byte[] secret, String progressEndpoint, Map<String, String> hadoopConf) {
         this.cfg = cfg;
         this.secret = secret;
         this.progressEndpoint = progressEndpoint;
+        this.hadoopConf = new HashMap<>(hadoopConf);
     }
 
     @Override
@@ -69,14 +78,23 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             TensorParallel tensorParallel = new TensorParallel(groups.tp(), cfg.sequenceParallel);
             Transformer model;
             if (cfg.initFrom != null) { // each rank reads the model directory and keeps its TP shard
-                model = io(() -> InitFrom.load(cfg, tensorParallel, new org.apache.hadoop.conf.Configuration()));
+                org.apache.hadoop.conf.Configuration conf = new org.apache.hadoop.conf.Configuration();
+                hadoopConf.forEach(conf::set);
+                model = io(() -> InitFrom.load(cfg, tensorParallel, conf));
             } else {
-                model = new Transformer(cfg.model(), new CpuKernels(), tensorParallel);
+                model = new Transformer(cfg.model(), new CpuKernels(), tensorParallel, cfg.precision);
                 model.initialize(cfg.seed);
             }
             groups.dp().broadcast(model.params().weights(), 0);
             Iterator<Tuple2<Long, int[]>> pieces = JavaConverters.asJava(data);
-            SampleSource samples = new SampleStream(pieces, cfg.seqLen + 1, replica, cfg.dp);
+            SampleSource samples;
+            SampleSource files = null; // a Megatron dataset this rank reads itself (closed at the end)
+            if (MegatronInput.FORMAT.equals(cfg.inputFormat)) { // TP peers get their rank 0's samples below
+                files = tpRank == 0 ? MegatronInput.source(cfg, hadoopConf, replica) : null;
+                samples = files;
+            } else {
+                samples = new SampleStream(pieces, cfg.seqLen + 1, replica, cfg.dp);
+            }
             if (cfg.tp > 1) { // only TP rank 0 of each replica was sent data; it shares every sample
                 samples = new TpBroadcastSource(tpRank == 0 ? samples : null, cfg.seqLen + 1, groups.tp());
             }
@@ -104,6 +122,9 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 if (ckpt != null && (s == cfg.steps || (cfg.checkpointEvery > 0 && s % cfg.checkpointEvery == 0))) {
                     events.accept("checkpoint saved: " + io(ckpt::save));
                 }
+            }
+            if (files != null) {
+                files.close();
             }
             comm.barrier();
             Transformer full = cfg.tp > 1 ? TpCheckpoint.gatherFull(model, false) : model; // TP collective
@@ -154,11 +175,16 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         }
     }
 
-    /** The GPU address Spark assigned to this task ("gpu:N"), or "cpu" when the task has no GPU. */
+    /**
+     * "cpu" when the task has no GPU; with a GPU address from Spark, the device the rank actually runs on and
+     * why, from {@link GpuProbe} (which loads nothing): e.g. "cpu (gpu:0 assigned; cuda unavailable: missing
+     * libcuda.so.1 (CUDA driver))".
+     */
     static String boundDevice(BarrierTaskContext ctx) {
         ResourceInformation gpu = ctx.resourcesJMap().get("gpu");
         if (gpu != null && gpu.addresses().length > 0) {
-            return "gpu:" + gpu.addresses()[0];
+            GpuProbe.Report probe = GpuProbe.system().probe();
+            return probe.device() + " (gpu:" + gpu.addresses()[0] + " assigned; " + probe.reason() + ")";
         }
         return "cpu";
     }

@@ -3,7 +3,6 @@ package org.sparkatron.spark;
 import java.util.ArrayList;
 import java.util.Iterator;
 import java.util.List;
-import java.util.SplittableRandom;
 import org.apache.spark.api.java.JavaPairRDD;
 import org.apache.spark.api.java.JavaRDD;
 import org.apache.spark.rdd.ShuffledRDD;
@@ -16,9 +15,10 @@ import org.apache.spark.sql.types.DataType;
 import org.apache.spark.sql.types.DataTypes;
 import org.apache.spark.sql.types.StructField;
 import org.apache.spark.storage.StorageLevel;
+import org.sparkatron.train.PackedSamples;
 import scala.Tuple2;
-import scala.reflect.ClassTag;
 import scala.reflect.ClassTag$;
+import scala.reflect.ClassTag;
 
 /**
  * The driver side of the data path: validates the token column, packs documents into fixed-length
@@ -147,18 +147,7 @@ final class TokenData {
 
     /** The seeded order of epoch {@code e}: Fisher-Yates over [0, n). Same on every JVM. */
     static int[] permutation(int n, long seed, int epoch) {
-        int[] p = new int[n];
-        for (int i = 0; i < n; i++) {
-            p[i] = i;
-        }
-        SplittableRandom rng = new SplittableRandom(seed * 0x9E3779B97F4A7C15L + epoch);
-        for (int i = n - 1; i > 0; i--) {
-            int j = rng.nextInt(i + 1);
-            int tmp = p[i];
-            p[i] = p[j];
-            p[j] = tmp;
-        }
-        return p;
+        return PackedSamples.permutation(n, seed * 0x9E3779B97F4A7C15L + epoch);
     }
 
     /**

@@ -13,6 +13,7 @@ import java.util.Map;
 import java.util.Set;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.optim.LrSchedule;
+import org.sparkatron.precision.Precision;
 import org.sparkatron.train.Trainer;
 
 /**
@@ -29,7 +30,10 @@ import org.sparkatron.train.Trainer;
  * {@code seed} [1234], {@code input_col} ["tokens"], {@code drop_bad_rows} [false], {@code output} [none],
  * {@code comm_timeout_s} [300], {@code bucket_mb} [25], {@code threads_per_rank} [1], and for the command
  * line only {@code input} (a path), {@code input_format} ["parquet"] and {@code input_schema} (a DDL
- * schema for sources such as json: {@code "tokens array<int>"}).
+ * schema for sources such as json: {@code "tokens array<int>"}). With {@code input_format} "megatron" the
+ * input is a Megatron indexed dataset instead ({@link MegatronInput}: a {@code prepare} output directory
+ * or comma-separated {@code .bin}/{@code .idx} prefixes) and {@code data_split} ["100,0,0"] picks the
+ * training part as Megatron's {@code --split} does.
  */
 public final class TrainConfig implements Serializable {
     private static final long serialVersionUID = 1L;
@@ -40,7 +44,7 @@ public final class TrainConfig implements Serializable {
             "steps", "lr", "min_lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "seed", "input_col",
             "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format", "input_schema",
             "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over",
-            "init_from");
+            "data_split", "precision", "init_from");
 
     private final String json; // the full, normalised config
 
@@ -63,6 +67,8 @@ public final class TrainConfig implements Serializable {
     public final String inputFormat;
     /** Optional DDL schema for sources that need one (json, csv): e.g. "tokens array&lt;int&gt;". */
     public final String inputSchema;
+    /** Megatron's --split for indexed-dataset input: train,valid,test weights; training reads the first part. */
+    public final String dataSplit;
     /** Fault injection for the failure tests: rank {@code failRank} throws at step {@code failStep} on the
      *  first {@code failAttempts} attempts of the stage (-1: never). Documented in docs/spark.md. */
     public final int failRank, failStep, failAttempts;
@@ -74,6 +80,8 @@ public final class TrainConfig implements Serializable {
     public final String checkpointDir;
     public final int checkpointEvery, keepCheckpoints;
     public final boolean startOver;
+    /** Compute precision (docs/precision.md): fp32 [default], bf16, or fp16 with dynamic loss scaling. */
+    public final Precision precision;
     /** A Hugging Face model directory (any Hadoop path) whose weights replace the seed initialisation
      *  [none]; its config.json is the model config when {@code model} is not given ({@link InitFrom}). */
     public final String initFrom;
@@ -149,6 +157,7 @@ public final class TrainConfig implements Serializable {
         this.input = o.hasNonNull("input") ? o.get("input").asText() : null;
         this.inputFormat = o.path("input_format").asText("parquet");
         this.inputSchema = o.hasNonNull("input_schema") ? o.get("input_schema").asText() : null;
+        this.dataSplit = o.path("data_split").asText("100,0,0");
         this.failRank = o.has("fail_rank") ? o.get("fail_rank").asInt() : -1;
         this.failStep = o.has("fail_step") ? o.get("fail_step").asInt() : -1;
         this.failAttempts = o.has("fail_attempts") ? o.get("fail_attempts").asInt() : 0;
@@ -156,6 +165,11 @@ public final class TrainConfig implements Serializable {
         this.checkpointEvery = intKey(o, "checkpoint_every", 0, 0);
         this.keepCheckpoints = intKey(o, "keep_checkpoints", 2, 1);
         this.startOver = o.path("start_over").asBoolean(false);
+        try {
+            this.precision = Precision.parse(o.path("precision").asText("fp32"));
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("config key 'precision': " + e.getMessage(), e);
+        }
         this.json = o.toString();
         validate(mc);
     }

@@ -21,7 +21,7 @@ public final class TrainMain {
     }
 
     public static void main(String[] args) throws Exception {
-        quietLogging();
+        SparkJvm.quietLogging();
         SparkJvm.relaunchIfNeeded(TrainMain.class, args);
         if (args.length > 0 && args[0].equals("train")) {
             args = java.util.Arrays.copyOfRange(args, 1, args.length);
@@ -66,6 +66,16 @@ public final class TrainMain {
         if (cfg.output == null) {
             throw new IllegalArgumentException("config key 'output' (where the model is saved) is missing");
         }
+        DistributedTraining.Result r = MegatronInput.FORMAT.equals(cfg.inputFormat)
+                ? DistributedTraining.runMegatron(spark, cfg, out) : DistributedTraining.run(read(spark, cfg), cfg, out);
+        out.printf(java.util.Locale.ROOT, "[sparkatron] done: loss %.4f -> %.4f over %d steps%n", r.firstLoss(), r.lastLoss(), r.metrics().size());
+        for (RankReport rr : r.ranks()) {
+            out.println("[sparkatron] rank " + rr.describe());
+        }
+        return r;
+    }
+
+    private static Dataset<Row> read(SparkSession spark, TrainConfig cfg) {
         Dataset<Row> df;
         try {
             var reader = spark.read().format(cfg.inputFormat);
@@ -76,19 +86,7 @@ public final class TrainMain {
         } catch (Exception e) { // Spark's AnalysisException (path not found, bad format) is a checked type
             throw new IllegalArgumentException("cannot read input '" + cfg.input + "' as " + cfg.inputFormat + ": " + e.getMessage(), e);
         }
-        DistributedTraining.Result r = DistributedTraining.run(df, cfg, out);
-        out.printf(java.util.Locale.ROOT, "[sparkatron] done: loss %.4f -> %.4f over %d steps%n", r.firstLoss(), r.lastLoss(), r.metrics().size());
-        for (RankReport rr : r.ranks()) {
-            out.println("[sparkatron] rank " + rr.describe());
-        }
-        return r;
-    }
-
-    /** Quiet Spark logging for the command-line tools, unless the user configured log4j2. */
-    static void quietLogging() {
-        if (System.getProperty("log4j2.configurationFile") == null && System.getProperty("log4j.configurationFile") == null) {
-            System.setProperty("log4j2.configurationFile", "org/sparkatron/spark/log4j2-cli.properties");
-        }
+        return df;
     }
 
     /** The session spark-submit configured, or local[slots] when no master was given. */

@@ -42,6 +42,7 @@ public final class DataBench {
     }
 
     public static void main(String[] args) throws Exception {
+        SparkJvm.quietLogging();
         int mb = 300;
         double peerMb = 8;
         String master = null;

@@ -102,6 +102,7 @@ public final class PrepareJob {
             + "--tokenizer gpt2|PATH/tokenizer.json [--eod ID] --output PATH [--master local[2]] [--partitions N] [--overwrite]";
 
     public static void main(String[] args) throws Exception {
+        SparkJvm.quietLogging();
         if (args.length == 0 || Arrays.asList(args).contains("--help")) {
             System.out.println(USAGE);
             return;

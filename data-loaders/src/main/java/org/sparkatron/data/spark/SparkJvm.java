@@ -34,6 +34,16 @@ public final class SparkJvm {
         return o;
     }
 
+    /**
+     * Quiet Spark logging for the command-line tools (Spark at WARN, so progress lines are not buried),
+     * unless the user configured log4j2. Call before the first Spark class loads.
+     */
+    public static void quietLogging() {
+        if (System.getProperty("log4j2.configurationFile") == null && System.getProperty("log4j.configurationFile") == null) {
+            System.setProperty("log4j2.configurationFile", "org/sparkatron/data/spark/log4j2-cli.properties");
+        }
+    }
+
     /** Whether this JVM already has the opens Spark needs. */
     static boolean hasOpens() {
         return Object.class.getModule().isOpen("sun.nio.ch", SparkJvm.class.getModule());

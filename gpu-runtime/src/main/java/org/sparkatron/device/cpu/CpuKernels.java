@@ -109,11 +109,7 @@ public final class CpuKernels implements Kernels {
             if (id < 0 || id >= held) {
                 continue;
             }
-            int gb = id * c;
-            int db = r * c;
-            for (int j = 0; j < c; j++) {
-                g.put(gb + j, g.get(gb + j) + d.get(db + j));
-            }
+            addRow(g, id * c, d, r * c, c);
         }
     }
 
@@ -122,11 +118,7 @@ public final class CpuKernels implements Kernels {
         FloatBuffer o = x.floats();
         FloatBuffer p = wpe.floats();
         for (int i = 0; i < rows; i++) {
-            int ob = i * c;
-            int pb = ((firstRow + i) % t) * c;
-            for (int j = 0; j < c; j++) {
-                o.put(ob + j, o.get(ob + j) + p.get(pb + j));
-            }
+            addRow(o, i * c, p, ((firstRow + i) % t) * c, c);
         }
     }
 
@@ -135,11 +127,14 @@ public final class CpuKernels implements Kernels {
         FloatBuffer d = dx.floats();
         FloatBuffer g = dwpe.floats();
         for (int i = 0; i < rows; i++) {
-            int db = i * c;
-            int gb = ((firstRow + i) % t) * c;
-            for (int j = 0; j < c; j++) {
-                g.put(gb + j, g.get(gb + j) + d.get(db + j));
-            }
+            addRow(g, ((firstRow + i) % t) * c, d, i * c, c);
+        }
+    }
+
+    /** {@code dst[dstOff, +c) += src[srcOff, +c)}. */
+    private static void addRow(FloatBuffer dst, int dstOff, FloatBuffer src, int srcOff, int c) {
+        for (int j = 0; j < c; j++) {
+            dst.put(dstOff + j, dst.get(dstOff + j) + src.get(srcOff + j));
         }
     }
 

@@ -1,4 +1,4 @@
-package org.sparkatron.parallel;
+package org.sparkatron.comm;
 
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
@@ -8,27 +8,34 @@ import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
-import org.sparkatron.comm.Communicator;
-import org.sparkatron.comm.InProcessRendezvous;
 import org.sparkatron.comm.tcp.TcpCommunicator;
 import org.sparkatron.comm.tcp.TcpOptions;
 
 /**
- * Runs n ranks as threads of this JVM, each with its own {@link TcpCommunicator} on loopback (the same
- * transport as multi-host runs). A failing rank aborts its world so the others fail fast instead of
- * waiting for a timeout; the first failure is rethrown.
+ * Runs n ranks as threads of this JVM, each with its own loopback {@link TcpCommunicator} (one rank: a
+ * {@link SelfCommunicator}). A failing rank aborts its world so the others fail fast; results come back
+ * in rank order, and exceptions (the first one) are rethrown as they are, so tests can inspect them.
  */
-final class TpRanks {
-    private static final byte[] SECRET = "tp-test-secret-0123456789abcdef!".getBytes(StandardCharsets.UTF_8);
+public final class LocalRanks {
+    private static final byte[] SECRET = "local-ranks-test-secret-0123456789".getBytes(StandardCharsets.UTF_8);
 
-    interface Body<T> {
+    /** One rank's work, given its rank and its world communicator. */
+    public interface Body<T> {
         T run(int rank, Communicator world) throws Exception;
     }
 
-    private TpRanks() {
+    private LocalRanks() {
     }
 
-    static <T> List<T> run(int n, Body<T> body) throws Exception {
+    /** Runs {@code body} on n ranks; returns their results in rank order, or rethrows the first failure. */
+    public static <T> List<T> run(int n, Body<T> body) throws Exception {
+        if (n == 1) {
+            try (Communicator c = new SelfCommunicator()) {
+                List<T> one = new ArrayList<>();
+                one.add(body.run(0, c));
+                return one;
+            }
+        }
         InProcessRendezvous rv = new InProcessRendezvous(n, 20_000);
         TcpOptions opts = TcpOptions.loopback().withTimeouts(20_000, 30_000);
         ExecutorService pool = Executors.newFixedThreadPool(n);
@@ -48,18 +55,18 @@ final class TpRanks {
                 }));
             }
             List<T> out = new ArrayList<>();
-            Throwable first = null;
+            Exception first = null;
             for (Future<T> f : fs) {
                 try {
                     out.add(f.get(120, TimeUnit.SECONDS));
                 } catch (ExecutionException e) {
                     if (first == null) {
-                        first = e.getCause();
+                        first = e.getCause() instanceof Exception x ? x : new RuntimeException(e.getCause());
                     }
                 }
             }
             if (first != null) {
-                throw new AssertionError("a rank failed: " + first, first);
+                throw first;
             }
             return out;
         } finally {

@@ -1,0 +1,93 @@
+package org.sparkatron.precision;
+
+import java.util.Locale;
+import org.sparkatron.tensor.Tensor;
+
+/**
+ * The numeric precision a model computes in (see docs/precision.md for exactly which tensors are
+ * rounded where). Master weights, gradients, optimizer state, the loss and norm statistics are fp32 in
+ * every mode.
+ *
+ * <ul>
+ *   <li>{@link #FP32}: everything fp32 (the default).</li>
+ *   <li>{@link #BF16}: weights and activations (and activation gradients) stored as bfloat16, GEMMs
+ *       accumulating in fp32: Megatron's {@code --bf16}.</li>
+ *   <li>{@link #FP16}: the same with IEEE half precision, whose range ends at 65504, so the loss is scaled
+ *       dynamically ({@link DynamicGradScaler}): Megatron's {@code --fp16}.</li>
+ * </ul>
+ * On the CPU device 16-bit storage is emulated by rounding fp32 values to the nearest 16-bit value
+ * wherever a GPU kernel would store 16 bits, so CPU tests see the numerics a GPU run has.
+ */
+public enum Precision {
+    FP32,
+    BF16,
+    FP16;
+
+    /** Parses {@code fp32 | bf16 | fp16} (case-insensitive); anything else is refused naming the choices. */
+    public static Precision parse(String s) {
+        if (s != null) {
+            switch (s.trim().toLowerCase(Locale.ROOT)) {
+                case "fp32", "float32", "f32" -> {
+                    return FP32;
+                }
+                case "bf16", "bfloat16" -> {
+                    return BF16;
+                }
+                case "fp16", "float16", "f16", "half" -> {
+                    return FP16;
+                }
+                default -> {
+                }
+            }
+        }
+        throw new IllegalArgumentException("precision must be fp32, bf16 or fp16, got '" + s + "'");
+    }
+
+    /** The lower-case name used by the CLI and configs. */
+    public String label() {
+        return name().toLowerCase(Locale.ROOT);
+    }
+
+    /** True for the 16-bit modes, which keep a separate fp32 master copy of the weights. */
+    public boolean isReduced() {
+        return this != FP32;
+    }
+
+    /** True where the loss must be scaled to keep gradients inside the format's range (fp16). */
+    public boolean needsLossScaling() {
+        return this == FP16;
+    }
+
+    /** {@code f} rounded to this precision's storage format (identity for fp32). */
+    public float round(float f) {
+        return switch (this) {
+            case FP32 -> f;
+            case BF16 -> HalfFloats.roundToBf16(f);
+            case FP16 -> HalfFloats.roundToF16(f);
+        };
+    }
+
+    /** Rounds the first {@code count} fp32 elements of {@code t} in place (nothing for fp32). */
+    public void round(Tensor t, long count) {
+        switch (this) {
+            case FP32 -> {
+            }
+            case BF16 -> HalfFloats.roundToBf16(t, count);
+            case FP16 -> HalfFloats.roundToF16(t, count);
+        }
+    }
+
+    /** Rounds all of {@code t} in place (nothing for fp32). */
+    public void round(Tensor t) {
+        round(t, t.numel());
+    }
+
+    /** {@code dst[0, n) = round(src[0, n))} with n = src.numel(); for fp32 a plain copy. */
+    public void roundInto(Tensor dst, Tensor src) {
+        if (dst.numel() < src.numel()) {
+            throw new IllegalArgumentException("cannot round " + src.numel() + " elements into " + dst.numel());
+        }
+        dst.hostBuffer().put(src.hostBuffer());
+        round(dst, src.numel());
+    }
+}

@@ -1,0 +1,228 @@
+package org.sparkatron.precision;
+
+import org.sparkatron.device.Kernels;
+import org.sparkatron.tensor.Tensor;
+
+/**
+ * Emulates 16-bit activation storage on an fp32 device: wraps another {@link Kernels} and rounds, to
+ * {@code precision}'s format, every activation and activation gradient that a GPU kernel would store in
+ * 16 bits, leaving fp32 what a GPU keeps fp32. docs/precision.md has the full table; in short:
+ *
+ * <ul>
+ *   <li><b>Rounded outputs</b>: linear (GEMM + bias epilogue) outputs, norm outputs, GELU/SwiGLU outputs,
+ *       residual adds, RoPE'd q/k, attention outputs; in the backward the activation gradients
+ *       {@code dx} of linear layers, norms, activations, attention and RoPE (accumulated results are
+ *       rounded after the accumulation, as a 16-bit buffer would hold them).</li>
+ *   <li><b>Operands rounded on entry</b> (in place): the {@code x} of a linear forward, the incoming
+ *       gradient {@code dout} of every backward kernel and both addends of {@link #add}. For values made
+ *       by a rounded kernel this changes nothing (rounding is idempotent); it catches the few values made
+ *       outside kernels, which a GPU would also store in 16 bits: dropout's rescaled outputs, and the sums
+ *       and bias adds of tensor-parallel reductions. The cross-entropy gradient (dlogits) is rounded when
+ *       {@link #crossEntropyFinish} writes it.</li>
+ *   <li><b>Kept fp32</b>: weight and bias gradients (accumulated in fp32, as Megatron's gradient
+ *       accumulation fusion writes them into {@code main_grad}), norm statistics (mean, rstd), attention's
+ *       log-sum-exp, losses, and everything the optimizer touches ({@link #adamw}, {@link #sumOfSquares},
+ *       {@link #scale}, {@link #fill} pass through unchanged). Inside a fused kernel intermediates stay
+ *       fp32 (GEMMs accumulate in fp32; softmax statistics are fp32).</li>
+ * </ul>
+ * Weights are not rounded here: the model computes from a rounded copy of its fp32 master weights.
+ *
+ * <p>Threading: as the wrapped kernels (one rank's thread); stateless itself.
+ */
+public final class RoundingKernels implements Kernels {
+    private final Kernels k;
+    private final Precision p;
+
+    /** @param precision BF16 or FP16 (FP32 needs no wrapper and is refused, to catch a wiring mistake) */
+    public RoundingKernels(Kernels delegate, Precision precision) {
+        if (!precision.isReduced()) {
+            throw new IllegalArgumentException("RoundingKernels emulates 16-bit storage; " + precision + " needs no wrapper");
+        }
+        this.k = delegate;
+        this.p = precision;
+    }
+
+    /** Wraps {@code delegate} for {@code precision}, or returns it unchanged for FP32. */
+    public static Kernels wrap(Kernels delegate, Precision precision) {
+        return precision.isReduced() ? new RoundingKernels(delegate, precision) : delegate;
+    }
+
+    public Precision precision() {
+        return p;
+    }
+
+    /** The wrapped fp32 kernels. */
+    public Kernels delegate() {
+        return k;
+    }
+
+    private void round(Tensor t, long count) {
+        if (t != null) {
+            p.round(t, count);
+        }
+    }
+
+    @Override
+    public void linearForward(Tensor out, Tensor x, Tensor w, Tensor bias, int n, int in, int outF) {
+        round(x, (long) n * in);
+        k.linearForward(out, x, w, bias, n, in, outF);
+        round(out, (long) n * outF);
+    }
+
+    @Override
+    public void linearBackward(Tensor dx, boolean accumulateDx, Tensor dw, Tensor dbias, Tensor dout, Tensor x, Tensor w,
+                               int n, int in, int outF) {
+        round(dout, (long) n * outF);
+        k.linearBackward(dx, accumulateDx, dw, dbias, dout, x, w, n, in, outF);
+        round(dx, (long) n * in);
+    }
+
+    @Override
+    public void embeddingForward(Tensor out, Tensor tokens, Tensor table, int vocabStart, int n, int c) {
+        k.embeddingForward(out, tokens, table, vocabStart, n, c); // copies of 16-bit rows (or zeros): exact
+    }
+
+    @Override
+    public void embeddingBackward(Tensor dtable, Tensor dout, Tensor tokens, int vocabStart, int n, int c) {
+        round(dout, (long) n * c);
+        k.embeddingBackward(dtable, dout, tokens, vocabStart, n, c);
+    }
+
+    @Override
+    public void addPositions(Tensor x, Tensor wpe, int firstRow, int rows, int t, int c) {
+        round(x, (long) rows * c);
+        k.addPositions(x, wpe, firstRow, rows, t, c);
+        round(x, (long) rows * c); // token + position: the sum of two 16-bit rows, stored in 16 bits
+    }
+
+    @Override
+    public void positionsBackward(Tensor dwpe, Tensor dx, int firstRow, int rows, int t, int c) {
+        round(dx, (long) rows * c);
+        k.positionsBackward(dwpe, dx, firstRow, rows, t, c);
+    }
+
+    @Override
+    public void layerNormForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor w, Tensor b, int n, int c, float eps) {
+        k.layerNormForward(out, mean, rstd, x, w, b, n, c, eps);
+        round(out, (long) n * c);
+    }
+
+    @Override
+    public void layerNormBackward(Tensor dx, Tensor dw, Tensor db, Tensor dout, Tensor x, Tensor w, Tensor mean, Tensor rstd,
+                                  int n, int c) {
+        round(dout, (long) n * c);
+        k.layerNormBackward(dx, dw, db, dout, x, w, mean, rstd, n, c);
+        round(dx, (long) n * c);
+    }
+
+    @Override
+    public void rmsNormForward(Tensor out, Tensor rstd, Tensor x, Tensor w, int n, int c, float eps) {
+        k.rmsNormForward(out, rstd, x, w, n, c, eps);
+        round(out, (long) n * c);
+    }
+
+    @Override
+    public void rmsNormBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor rstd, int n, int c) {
+        round(dout, (long) n * c);
+        k.rmsNormBackward(dx, dw, dout, x, w, rstd, n, c);
+        round(dx, (long) n * c);
+    }
+
+    @Override
+    public void geluForward(Tensor out, Tensor x, long count) {
+        k.geluForward(out, x, count);
+        round(out, count);
+    }
+
+    @Override
+    public void geluBackward(Tensor dx, Tensor dout, Tensor x, long count) {
+        round(dout, count);
+        k.geluBackward(dx, dout, x, count);
+        round(dx, count);
+    }
+
+    @Override
+    public void swigluForward(Tensor out, Tensor gateUp, int n, int f) {
+        k.swigluForward(out, gateUp, n, f);
+        round(out, (long) n * f);
+    }
+
+    @Override
+    public void swigluBackward(Tensor dGateUp, Tensor dout, Tensor gateUp, int n, int f) {
+        round(dout, (long) n * f);
+        k.swigluBackward(dGateUp, dout, gateUp, n, f);
+        round(dGateUp, 2L * n * f);
+    }
+
+    @Override
+    public void add(Tensor out, Tensor a, Tensor b, long count) {
+        round(a, count);
+        round(b, count);
+        k.add(out, a, b, count);
+        round(out, count);
+    }
+
+    @Override
+    public void rope(Tensor qkv, Tensor cos, Tensor sin, int b, int t, int heads, int kvHeads, int hd, boolean inverse) {
+        k.rope(qkv, cos, sin, b, t, heads, kvHeads, hd, inverse);
+        round(qkv, (long) b * t * (heads + 2L * kvHeads) * hd);
+    }
+
+    @Override
+    public void attentionForward(Tensor out, Tensor lse, Tensor qkv, int b, int t, int heads, int kvHeads, int hd) {
+        k.attentionForward(out, lse, qkv, b, t, heads, kvHeads, hd);
+        round(out, (long) b * t * heads * hd);
+    }
+
+    @Override
+    public void attentionBackward(Tensor dqkv, Tensor dout, Tensor out, Tensor lse, Tensor qkv, int b, int t, int heads,
+                                  int kvHeads, int hd) {
+        round(dout, (long) b * t * heads * hd);
+        k.attentionBackward(dqkv, dout, out, lse, qkv, b, t, heads, kvHeads, hd);
+        round(dqkv, (long) b * t * (heads + 2L * kvHeads) * hd);
+    }
+
+    // Cross-entropy reads 16-bit logits (rounded by the head's linearForward) and computes in fp32; the
+    // exponentials it may store in the logits between its calls are fp32 intermediates of one fused kernel.
+
+    @Override
+    public void crossEntropyMax(Tensor logits, Tensor max, int rows, int valid, int ld) {
+        k.crossEntropyMax(logits, max, rows, valid, ld);
+    }
+
+    @Override
+    public void crossEntropySums(Tensor logits, Tensor max, Tensor sums, Tensor targets, int vocabStart, int vocab, int rows,
+                                 int valid, int ld, boolean storeExp) {
+        k.crossEntropySums(logits, max, sums, targets, vocabStart, vocab, rows, valid, ld, storeExp);
+    }
+
+    @Override
+    public void crossEntropyFinish(Tensor logits, Tensor max, Tensor sums, Tensor losses, Tensor targets, int vocabStart,
+                                   int rows, int valid, int ld, boolean backward, float gradScale) {
+        k.crossEntropyFinish(logits, max, sums, losses, targets, vocabStart, rows, valid, ld, backward, gradScale);
+        if (backward) {
+            round(logits, (long) rows * ld); // dlogits, stored in 16 bits for the output layer's backward
+        }
+    }
+
+    @Override
+    public void adamw(Tensor params, Tensor grads, Tensor m, Tensor v, long from, long count, float beta1, float beta2,
+                      float eps, float decay, float stepSize, float invSqrtBc2) {
+        k.adamw(params, grads, m, v, from, count, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
+    }
+
+    @Override
+    public double sumOfSquares(Tensor x) {
+        return k.sumOfSquares(x);
+    }
+
+    @Override
+    public void scale(Tensor x, float factor) {
+        k.scale(x, factor);
+    }
+
+    @Override
+    public void fill(Tensor x, float value) {
+        k.fill(x, value);
+    }
+}

@@ -1,0 +1,142 @@
+package org.sparkatron.spark;
+
+import java.io.IOException;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import org.sparkatron.data.gpt.DatasetSampleSource;
+import org.sparkatron.data.gpt.GptConfig;
+import org.sparkatron.data.gpt.GptDatasetBuilder;
+import org.sparkatron.data.gpt.SampleDataset;
+import org.sparkatron.data.indexed.IndexedDataset;
+import org.sparkatron.data.io.DataPaths;
+import org.sparkatron.data.spark.PreparedDataset;
+import org.sparkatron.train.SampleSource;
+
+/**
+ * Training input from Megatron indexed datasets ({@code input_format: "megatron"}), the format
+ * {@code ./sparkatron prepare} writes and Megatron-LM users already have: {@code input} is either a
+ * {@code prepare} output directory (its {@code manifest.json} lists the shards, blended by token count),
+ * or comma-separated {@code .bin}/{@code .idx} prefixes on any Hadoop path (several are blended by their
+ * token counts). Samples follow Megatron exactly: document, sample and shuffle indices by seed, the
+ * training part of {@code data_split}, and data-parallel replica {@code r} reading its micro-batches of
+ * each global batch (Megatron's pretraining sampler).
+ *
+ * <p>No data crosses Spark's shuffle: each rank that needs data (TP rank 0 of each replica) opens the
+ * files itself with ranged reads, so only the indices are built per rank. Blocking (file I/O);
+ * thread-confined.
+ */
+final class MegatronInput {
+    static final String FORMAT = "megatron";
+
+    private MegatronInput() {
+    }
+
+    /**
+     * What the driver checks before launch: the files open and validate, a manifest's vocabulary fits the
+     * model, and the split has a training part (too few documents are repeated over epochs, as Megatron does).
+     */
+    static String validate(TrainConfig cfg, Map<String, String> hadoopConf) {
+        if (cfg.input == null) {
+            throw new IllegalArgumentException("config key 'input' (a prepare output directory or Megatron .bin/.idx prefixes) is missing");
+        }
+        Opened o = open(cfg, hadoopConf);
+        try {
+            return String.format(java.util.Locale.ROOT, "Megatron dataset %s: %d file(s), %d tokens, %d training samples of %d tokens (split %s)",
+                    cfg.input, o.datasets.size(), o.tokens, o.train.length(), cfg.seqLen + 1, cfg.dataSplit);
+        } finally {
+            o.close();
+        }
+    }
+
+    /** This replica's samples, or throws naming the file at fault. Closing the source closes the files. */
+    static SampleSource source(TrainConfig cfg, Map<String, String> hadoopConf, int replica) {
+        Opened o = open(cfg, hadoopConf);
+        DatasetSampleSource s = new DatasetSampleSource(o.train, replica, cfg.dp, cfg.microBatch);
+        return new SampleSource() {
+            @Override
+            public int sampleLength() {
+                return s.sampleLength();
+            }
+
+            @Override
+            public boolean next(int[] out, int offset) {
+                return s.next(out, offset);
+            }
+
+            @Override
+            public long consumed() {
+                return s.consumed();
+            }
+
+            @Override
+            public void skip(long n) {
+                s.skip(n);
+            }
+
+            @Override
+            public void close() {
+                o.close();
+            }
+        };
+    }
+
+    private record Opened(List<IndexedDataset> datasets, long tokens, SampleDataset train) {
+        void close() {
+            for (IndexedDataset d : datasets) {
+                try {
+                    d.close();
+                } catch (IOException e) {
+                    // read-only files: nothing to lose
+                }
+            }
+        }
+    }
+
+    private static Opened open(TrainConfig cfg, Map<String, String> conf) {
+        List<IndexedDataset> datasets = new ArrayList<>();
+        try {
+            List<String> prefixes = new ArrayList<>();
+            if (DataPaths.exists(DataPaths.child(cfg.input, PreparedDataset.MANIFEST), conf)) {
+                PreparedDataset prepared = PreparedDataset.read(cfg.input, conf);
+                if (prepared.vocabSize() > cfg.model().vocabSize()) {
+                    throw new IllegalArgumentException("'" + cfg.input + "' was tokenized with a vocabulary of " + prepared.vocabSize()
+                            + " (" + prepared.tokenizer() + "); the model's vocab_size is " + cfg.model().vocabSize());
+                }
+                prefixes.addAll(prepared.shardPrefixes());
+            } else {
+                for (String p : cfg.input.split(",")) {
+                    if (!p.isBlank()) {
+                        prefixes.add(p.strip());
+                    }
+                }
+            }
+            long tokens = 0;
+            for (String p : prefixes) {
+                IndexedDataset d = IndexedDataset.open(p, conf);
+                datasets.add(d);
+                tokens += d.totalTokens();
+            }
+            double[] weights = null;
+            if (datasets.size() > 1) {
+                weights = new double[datasets.size()];
+                for (int i = 0; i < weights.length; i++) {
+                    weights[i] = datasets.get(i).totalTokens();
+                }
+            }
+            long need = (long) cfg.steps * cfg.globalBatch;
+            SampleDataset[] splits = GptDatasetBuilder.build(datasets, weights, cfg.dataSplit, new Long[] {need, null, null},
+                    GptConfig.of(cfg.seqLen, cfg.seed), 1.005, false);
+            if (splits[0] == null) {
+                throw new IllegalArgumentException("data_split '" + cfg.dataSplit + "' leaves no training documents in '" + cfg.input + "'");
+            }
+            return new Opened(datasets, tokens, splits[0]);
+        } catch (IOException e) {
+            new Opened(datasets, 0, null).close();
+            throw new IllegalArgumentException("cannot read Megatron dataset '" + cfg.input + "': " + e.getMessage(), e);
+        } catch (RuntimeException e) {
+            new Opened(datasets, 0, null).close();
+            throw e;
+        }
+    }
+}
