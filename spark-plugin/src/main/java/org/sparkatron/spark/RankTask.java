@@ -176,15 +176,16 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
     }
 
     /**
-     * "cpu" when the task has no GPU; with a GPU address from Spark, the device the rank actually runs on and
-     * why, from {@link GpuProbe} (which loads nothing): e.g. "cpu (gpu:0 assigned; cuda unavailable: missing
-     * libcuda.so.1 (CUDA driver))".
+     * "cpu" when the task has no GPU; with a GPU address from Spark, that address, then the device the rank
+     * actually computes on and why, from {@link GpuProbe} (which loads nothing): e.g. "gpu:0; compute: cpu
+     * (cuda unavailable: missing libcuda.so.1 (CUDA driver))".
      */
     static String boundDevice(BarrierTaskContext ctx) {
         ResourceInformation gpu = ctx.resourcesJMap().get("gpu");
         if (gpu != null && gpu.addresses().length > 0) {
             GpuProbe.Report probe = GpuProbe.system().probe();
-            return probe.device() + " (gpu:" + gpu.addresses()[0] + " assigned; " + probe.reason() + ")";
+            // the address Spark assigned first (what the rank binds), then what it computes on and why
+            return "gpu:" + gpu.addresses()[0] + "; compute: " + probe.device() + " (" + probe.reason() + ")";
         }
         return "cpu";
     }

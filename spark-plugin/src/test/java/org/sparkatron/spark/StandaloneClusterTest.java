@@ -121,7 +121,7 @@ class StandaloneClusterTest {
         Set<String> executors = new HashSet<>();
         Set<Long> pids = new HashSet<>();
         for (JsonNode r : ranks) {
-            devices.add(r.get("device").asText());
+            devices.add(r.get("device").asText().split(";")[0]); // "gpu:N; compute: ..." (no CUDA device yet)
             executors.add(r.get("executor").asText());
             pids.add(r.get("pid").asLong());
         }
