@@ -130,13 +130,15 @@ public final class CheckpointBench {
                 trainer.step();
                 steps[i] = (System.nanoTime() - t0) / 1e9;
             }
-            DistributedCheckpoint dc = new DistributedCheckpoint(new LocalStorage(), root.toString(), 1);
+            // keep every round's checkpoint: the save times measure writing and committing, not deleting the
+            // previous checkpoint (keep-K cleanup), which the peer has no counterpart of
+            DistributedCheckpoint dc = new DistributedCheckpoint(new LocalStorage(), root.toString(), rounds + 1);
             double[] save = new double[rounds];
             double[] load = new double[rounds];
             long bytes = 0;
             long total = 0;
             for (int r = 0; r < rounds; r++) {
-                trainer.optimizer().setStep(100 + r); // a new step directory each round (keep 1 deletes the older)
+                trainer.optimizer().setStep(100 + r); // a new step directory each round
                 world.barrier();
                 long t0 = System.nanoTime();
                 String saved = dc.save(world, 1, m, trainer.optimizer(), trainer.data().consumed(), Map.of());
@@ -154,6 +156,12 @@ public final class CheckpointBench {
                 load[r] = (System.nanoTime() - t0) / 1e9;
                 if (fresh.params().weights().floats().get(17) != m.params().weights().floats().get(17)) {
                     throw new IllegalStateException("loaded weights differ from the saved ones");
+                }
+            }
+            world.barrier();
+            if (rank == 0) {
+                for (long s : dc.committedSteps()) {
+                    dc.storage().delete(dc.dir(s));
                 }
             }
             return new double[] {median(steps), median(save), median(load), bytes, total};
