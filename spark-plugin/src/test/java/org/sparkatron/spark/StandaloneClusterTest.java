@@ -79,12 +79,9 @@ class StandaloneClusterTest {
                 "--conf", DistributedTraining.SLOT_WAIT_CONF + "=150",
                 "--conf", "spark.serializer=org.apache.spark.serializer.KryoSerializer",
                 "--conf", "spark.kryo.registrationRequired=true",
-                // -UseVectorStubs: HotSpot's C2 computes the Vector API's EXP (softmax, GELU) with SVML stubs
-                // whose results differ in the last bits from the interpreter/C1 path, so a kernel's bits depend
-                // on when the JIT compiled it; an executor restarted mid-training would then not reproduce
-                // the uninterrupted run. Without the stubs every tier computes the same bits.
-                "--conf", "spark.executor.extraJavaOptions=--add-modules=jdk.incubator.vector"
-                        + " -XX:+UnlockExperimentalVMOptions -XX:-UseVectorStubs",
+                // the executors' JVM options are what users set: nothing beyond the Vector API module (our
+                // SIMD math gives the same bits in every JIT tier, so a restarted executor reproduces the run)
+                "--conf", "spark.executor.extraJavaOptions=--add-modules=jdk.incubator.vector",
                 appJar.toString(), "--config", config.toString()));
         args.addAll(List.of(overrides));
         return cluster.start("driver-" + name, List.of(), "org.apache.spark.deploy.SparkSubmit", args.toArray(new String[0]));

@@ -3,15 +3,23 @@ package org.sparkatron.device.cpu;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.IntVector;
 import jdk.incubator.vector.VectorOperators;
 import jdk.incubator.vector.VectorSpecies;
 
 /**
  * The loops that dominate a CPU step after the GEMMs (softmax and cross-entropy exponentials, GELU,
  * AdamW, norms of the gradient), written with the Vector API ({@code jdk.incubator.vector}) over direct
- * buffers. Its {@code EXP} lane is an intrinsic on x86-64: about 0.6 ns per element here against 14 ns
- * for {@link Math#exp}. {@code TANH} is not (on JDK 17 it falls back to {@link Math#tanh} lane by lane, seen
- * in profiles), so tanh is computed from exp.
+ * buffers.
+ *
+ * <p>Determinism: results must not depend on whether the JIT has compiled a loop yet (a resumed run must
+ * reproduce an uninterrupted one bit for bit). The Vector API's {@code EXP} lane is an SVML intrinsic once
+ * compiled but {@link Math#exp} lane by lane before that, and its floating-point {@code reduceLanes(ADD)}
+ * order is unspecified: both gave last-bit differences between runs. So {@link #exp} is our own
+ * (Cody-Waite reduction and Cephes' polynomial: only IEEE +, *, fma and bit operations, the same in every tier,
+ * within 2 ulp of exp), and lane sums are added in a fixed order ({@link #sumLanes}). It is also fast:
+ * about as fast as the intrinsic, 20x {@code Math.exp}. tanh comes from exp too (JDK 17's vector
+ * {@code TANH} is no intrinsic).
  *
  * <p>Only {@link CpuKernels} touches this class, and only when {@link #available()} says the module is in
  * the JVM (it needs {@code --add-modules=jdk.incubator.vector}); otherwise the scalar loops run. Offsets
@@ -28,6 +36,62 @@ final class SimdKernels {
     /** True when the incubator module is present; checked without loading any Vector API class. */
     static boolean available() {
         return ModuleLayer.boot().findModule("jdk.incubator.vector").isPresent();
+    }
+
+    private static final float LOG2E = 1.44269504088896341f;
+    private static final float LN2_HI = 0.693359375f;
+    private static final float LN2_LO = -2.12194440e-4f;
+    private static final float ROUNDER = 12582912f; // 1.5 * 2^23: adding it rounds to an integer
+    private static final float EXP_MAX = 88.3762626647949f;
+    private static final float EXP_MIN = -87.3365447505531f;
+
+    /**
+     * e^x lane by lane: x = n ln2 + r with |r| <= ln2/2 (n by round-to-nearest), e^r by Cephes' degree-6
+     * polynomial, 2^n through the exponent bits. Inputs above 88.38 give +inf, below -87.34 give 0.
+     */
+    static FloatVector exp(FloatVector x) {
+        FloatVector xc = x.min(EXP_MAX).max(EXP_MIN);
+        FloatVector n = xc.fma(LOG2E, ROUNDER).sub(ROUNDER);
+        FloatVector r = xc.sub(n.mul(LN2_HI)).sub(n.mul(LN2_LO)); // n * LN2_HI is exact (LN2_HI has 9 bits)
+        FloatVector p = r.mul(1.9875691500e-4f).add(1.3981999507e-3f);
+        p = p.mul(r).add(8.3334519073e-3f);
+        p = p.mul(r).add(4.1665795894e-2f);
+        p = p.mul(r).add(1.6666665459e-1f);
+        p = p.mul(r).add(5.0000001201e-1f);
+        FloatVector er = p.mul(r).mul(r).add(r).add(1f); // 1 + r + r^2 p(r)
+        IntVector bits = ((IntVector) n.convert(VectorOperators.F2I, 0)).add(127).lanewise(VectorOperators.LSHL, 23);
+        FloatVector y = er.mul(bits.reinterpretAsFloats());
+        y = y.blend(0f, x.lt(EXP_MIN));
+        return y.blend(Float.POSITIVE_INFINITY, x.compare(VectorOperators.GT, EXP_MAX));
+    }
+
+    /** The same computation as {@link #exp(FloatVector)} for one value (loop tails), bit for bit. */
+    static float exp(float x) {
+        if (x < EXP_MIN) {
+            return 0f;
+        }
+        if (x > EXP_MAX) {
+            return Float.POSITIVE_INFINITY;
+        }
+        float n = Math.fma(x, LOG2E, ROUNDER) - ROUNDER;
+        float r = x - n * LN2_HI - n * LN2_LO;
+        float p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+        p = p * r + 8.3334519073e-3f;
+        p = p * r + 4.1665795894e-2f;
+        p = p * r + 1.6666665459e-1f;
+        p = p * r + 5.0000001201e-1f;
+        float er = p * r * r + r + 1f;
+        return er * Float.intBitsToFloat(((int) n + 127) << 23);
+    }
+
+    /** The lanes of {@code v} added left to right in double: the same order compiled or not. */
+    private static double sumLanes(FloatVector v) {
+        float[] lanes = v.toArray();
+        double s = 0;
+        for (float f : lanes) {
+            s += f;
+        }
+        return s;
     }
 
     private static FloatVector load(ByteBuffer b, int i) {
@@ -56,15 +120,15 @@ final class SimdKernels {
         double sum = 0;
         FloatVector acc = FloatVector.zero(S);
         for (int upper = S.loopBound(n); i < upper; i += S.length()) {
-            FloatVector e = load(b, off + i).sub(shift).lanewise(VectorOperators.EXP);
+            FloatVector e = exp(load(b, off + i).sub(shift));
             if (store) {
                 e.intoByteBuffer(b, 4 * (off + i), NATIVE);
             }
             acc = acc.add(e);
         }
-        sum += acc.reduceLanes(VectorOperators.ADD);
+        sum += sumLanes(acc);
         for (; i < n; i++) {
-            float e = (float) Math.exp(b.getFloat(4 * (off + i)) - shift);
+            float e = exp(b.getFloat(4 * (off + i)) - shift);
             if (store) {
                 b.putFloat(4 * (off + i), e);
             }
@@ -77,10 +141,10 @@ final class SimdKernels {
     static void expShift(ByteBuffer b, int off, int n, float shift) {
         int i = 0;
         for (int upper = S.loopBound(n); i < upper; i += S.length()) {
-            load(b, off + i).sub(shift).lanewise(VectorOperators.EXP).intoByteBuffer(b, 4 * (off + i), NATIVE);
+            exp(load(b, off + i).sub(shift)).intoByteBuffer(b, 4 * (off + i), NATIVE);
         }
         for (; i < n; i++) {
-            b.putFloat(4 * (off + i), (float) Math.exp(b.getFloat(4 * (off + i)) - shift));
+            b.putFloat(4 * (off + i), exp(b.getFloat(4 * (off + i)) - shift));
         }
     }
 
@@ -112,7 +176,7 @@ final class SimdKernels {
         for (int upper = S.loopBound(n); i < upper; i += S.length()) {
             acc = load(a, aOff + i).fma(load(b, bOff + i), acc);
         }
-        double s = acc.reduceLanes(VectorOperators.ADD);
+        double s = sumLanes(acc);
         for (; i < n; i++) {
             s += a.getFloat(4 * (aOff + i)) * b.getFloat(4 * (bOff + i));
         }
@@ -124,7 +188,7 @@ final class SimdKernels {
      * without the cancellation {@code 1 + tanh u} suffers in the far negative tail.
      */
     private static FloatVector sigmoid2(FloatVector u) {
-        return FloatVector.broadcast(S, 1f).div(u.mul(-2f).lanewise(VectorOperators.EXP).add(1f));
+        return FloatVector.broadcast(S, 1f).div(exp(u.mul(-2f)).add(1f));
     }
 
     static void geluForward(ByteBuffer out, ByteBuffer x, int n) {
@@ -190,7 +254,7 @@ final class SimdKernels {
                 FloatVector x = load(b, i);
                 acc = x.fma(x, acc);
             }
-            total += acc.reduceLanes(VectorOperators.ADD);
+            total += sumLanes(acc);
         }
         for (; i < n; i++) {
             double x = b.getFloat(4 * i);
