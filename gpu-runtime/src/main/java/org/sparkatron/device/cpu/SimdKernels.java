@@ -42,16 +42,22 @@ final class SimdKernels {
     private static final float LN2_HI = 0.693359375f;
     private static final float LN2_LO = -2.12194440e-4f;
     private static final float ROUNDER = 12582912f; // 1.5 * 2^23: adding it rounds to an integer
-    private static final float EXP_MAX = 88.3762626647949f;
-    private static final float EXP_MIN = -87.3365447505531f;
+    private static final int ROUNDER_BITS = Float.floatToRawIntBits(ROUNDER);
+    // Clamping the input here makes 2^n saturate through its exponent bits alone: n = 128 gives the bits of
+    // +inf (x above ~88.376), n = -127 gives 0 (x below ~-87.68; subnormal results flush to 0). No lane
+    // masks: JDK 17's compare/blend on these shapes are not intrinsics and cost 4x the whole exp.
+    private static final float EXP_MAX = 89f;
+    private static final float EXP_MIN = -88f;
 
     /**
      * e^x lane by lane: x = n ln2 + r with |r| <= ln2/2 (n by round-to-nearest), e^r by Cephes' degree-6
-     * polynomial, 2^n through the exponent bits. Inputs above 88.38 give +inf, below -87.34 give 0.
+     * polynomial, 2^n through the exponent bits. Inputs above about 88.376 give +inf, below about -87.68
+     * give 0, NaN gives NaN.
      */
     static FloatVector exp(FloatVector x) {
         FloatVector xc = x.min(EXP_MAX).max(EXP_MIN);
-        FloatVector n = xc.fma(LOG2E, ROUNDER).sub(ROUNDER);
+        FloatVector t = xc.fma(LOG2E, ROUNDER); // n + 1.5 * 2^23: n sits in the low mantissa bits
+        FloatVector n = t.sub(ROUNDER);
         FloatVector r = xc.sub(n.mul(LN2_HI)).sub(n.mul(LN2_LO)); // n * LN2_HI is exact (LN2_HI has 9 bits)
         FloatVector p = r.mul(1.9875691500e-4f).add(1.3981999507e-3f);
         p = p.mul(r).add(8.3334519073e-3f);
@@ -59,29 +65,24 @@ final class SimdKernels {
         p = p.mul(r).add(1.6666665459e-1f);
         p = p.mul(r).add(5.0000001201e-1f);
         FloatVector er = p.mul(r).mul(r).add(r).add(1f); // 1 + r + r^2 p(r)
-        IntVector bits = ((IntVector) n.convert(VectorOperators.F2I, 0)).add(127).lanewise(VectorOperators.LSHL, 23);
-        FloatVector y = er.mul(bits.reinterpretAsFloats());
-        y = y.blend(0f, x.lt(EXP_MIN));
-        return y.blend(Float.POSITIVE_INFINITY, x.compare(VectorOperators.GT, EXP_MAX));
+        // 2^n: (n + 127) << 23 as float bits, with n = bits(t) - bits(ROUNDER)
+        IntVector bits = ((IntVector) t.viewAsIntegralLanes()).sub(ROUNDER_BITS - 127).lanewise(VectorOperators.LSHL, 23);
+        return er.mul(bits.viewAsFloatingLanes());
     }
 
     /** The same computation as {@link #exp(FloatVector)} for one value (loop tails), bit for bit. */
     static float exp(float x) {
-        if (x < EXP_MIN) {
-            return 0f;
-        }
-        if (x > EXP_MAX) {
-            return Float.POSITIVE_INFINITY;
-        }
-        float n = Math.fma(x, LOG2E, ROUNDER) - ROUNDER;
-        float r = x - n * LN2_HI - n * LN2_LO;
+        float xc = Math.max(Math.min(x, EXP_MAX), EXP_MIN);
+        float t = Math.fma(xc, LOG2E, ROUNDER);
+        float n = t - ROUNDER;
+        float r = xc - n * LN2_HI - n * LN2_LO;
         float p = r * 1.9875691500e-4f + 1.3981999507e-3f;
         p = p * r + 8.3334519073e-3f;
         p = p * r + 4.1665795894e-2f;
         p = p * r + 1.6666665459e-1f;
         p = p * r + 5.0000001201e-1f;
         float er = p * r * r + r + 1f;
-        return er * Float.intBitsToFloat(((int) n + 127) << 23);
+        return er * Float.intBitsToFloat((Float.floatToRawIntBits(t) - (ROUNDER_BITS - 127)) << 23);
     }
 
     /** The lanes of {@code v} added left to right in double: the same order compiled or not. */
