@@ -27,4 +27,12 @@ public interface ByteSource extends Closeable {
      * local files, a fresh direct buffer for remote ones.
      */
     ByteBuffer slice(long pos, int len) throws IOException;
+
+    /** Refuses a read of {@code len} bytes at {@code pos} that does not lie inside the file. */
+    default void checkRange(long pos, int len) throws IOException {
+        if (pos < 0 || len < 0 || pos + len > size()) {
+            throw new IOException(name() + ": read of " + len + " bytes at offset " + pos + " is past the end of the file ("
+                    + size() + " bytes)");
+        }
+    }
 }

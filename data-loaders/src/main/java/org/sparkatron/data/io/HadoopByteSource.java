@@ -40,10 +40,7 @@ public final class HadoopByteSource implements ByteSource {
     @Override
     public void read(long pos, ByteBuffer dst) throws IOException {
         int len = dst.remaining();
-        if (pos < 0 || pos + len > size) {
-            throw new IOException(name + ": read of " + len + " bytes at offset " + pos + " is past the end of the file ("
-                    + size + " bytes)");
-        }
+        checkRange(pos, len);
         if (dst.hasArray()) {
             in.readFully(pos, dst.array(), dst.arrayOffset() + dst.position(), len);
             dst.position(dst.position() + len);

@@ -77,13 +77,6 @@ public final class LocalByteSource implements ByteSource {
         return copy;
     }
 
-    private void checkRange(long pos, int len) throws IOException {
-        if (pos < 0 || len < 0 || pos + len > size) {
-            throw new IOException(name + ": read of " + len + " bytes at offset " + pos + " is past the end of the file ("
-                    + size + " bytes)");
-        }
-    }
-
     @Override
     public void close() {
         // Mappings are released by the GC; nothing to close (the channel is closed after mapping).
