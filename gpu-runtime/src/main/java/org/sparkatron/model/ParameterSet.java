@@ -1,5 +1,7 @@
 package org.sparkatron.model;
 
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.LinkedHashMap;
@@ -187,6 +189,25 @@ public final class ParameterSet {
 
     public Tensor grad(String name) {
         return view(grads(), param(name));
+    }
+
+    /** Sets every weight from {@code values} (the whole block, in layout order) through a device upload. */
+    public void uploadWeights(float[] values) {
+        if (values.length != total) {
+            throw new IllegalArgumentException(values.length + " weights for a layout of " + total);
+        }
+        ByteBuffer b = ByteBuffer.allocateDirect(Math.multiplyExact(4, values.length)).order(ByteOrder.nativeOrder());
+        b.asFloatBuffer().put(values);
+        device.upload(weights, b);
+    }
+
+    /** The whole weight block as an array (synchronises; for tools and reports, not training steps). */
+    public float[] downloadWeights() {
+        ByteBuffer b = ByteBuffer.allocateDirect(Math.toIntExact(Math.multiplyExact(4L, total))).order(ByteOrder.nativeOrder());
+        device.download(b, weights);
+        float[] out = new float[(int) total];
+        b.asFloatBuffer().get(out);
+        return out;
     }
 
     /** Zeroes the gradient block (a kernel, stream-ordered). */
