@@ -9,8 +9,9 @@ import com.knuddels.jtokkit.api.IntArrayList;
  * GPT-2's byte-level BPE (vocabulary of 50257, end-of-text 50256) from jtokkit ({@code R50K_BASE}).
  *
  * <p>A literal {@code <|endoftext|>} in the text is, by default, the special token 50256, as in
- * Megatron Core's {@code GPT2BPETokenizer} since its tokenizer system moved to Hugging Face's
- * {@code GPT2Tokenizer} (core 0.15; the only system from 0.17 on): the text is split around each
+ * Megatron Core's {@code GPT2BPETokenizer} since its tokenizer system wraps Hugging Face's
+ * {@code GPT2Tokenizer} (the default from core 0.15; the legacy system is gone from Megatron-LM's main
+ * branch): the text is split around each
  * occurrence and the pieces are encoded as ordinary text, which is what that tokenizer's added-token
  * split does. With {@code specialTokensInText = false} it is ordinary text ({@code <}, {@code |},
  * {@code endoftext}, ...), as in Megatron's older {@code _GPT2BPETokenizer} ({@code --legacy-tokenizer}).
