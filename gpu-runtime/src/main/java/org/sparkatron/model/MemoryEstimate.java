@@ -4,6 +4,8 @@ import java.util.Locale;
 import org.sparkatron.device.MemoryKind;
 import org.sparkatron.device.MemoryStats;
 import org.sparkatron.model.ParameterSet.TpRole;
+import org.sparkatron.precision.Fp8Recipe;
+import org.sparkatron.precision.Fp8State;
 import org.sparkatron.precision.Precision;
 
 /**
@@ -20,6 +22,8 @@ import org.sparkatron.precision.Precision;
  *   <li>activations: what forward saves for backward and backward's scratch, for one micro-batch, with
  *       this rank's TP shapes (sequence parallelism splits the residual stream's rows); exactly the
  *       buffers the model allocates;</li>
+ *   <li>FP8 (precision fp8): each FP8 layer's weight operand (parameters) and saved input operand
+ *       (activations); the recipe state and the shared gradient operand (workspace);</li>
  *   <li>workspace: token ids, per-token losses, a chunk of logits, the cross-entropy statistics, the
  *       sequence-parallel gather buffers, RoPE tables, device scalars, and the CPU attention's two
  *       {@code T x T} scratch blocks (a GPU's kernels have their own scratch; the figure is then an
@@ -51,6 +55,19 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
      */
     public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, int batch, int seqLen, Precision precision,
                                     int halfBytes) {
+        return of(cfg, tp, sp, batch, seqLen, precision, halfBytes,
+                precision == Precision.FP8 ? Fp8Recipe.defaults() : null, halfBytes == 4 ? 4 : 1);
+    }
+
+    /**
+     * With precision FP8, also the FP8 operands of the transformer layers' GEMMs under {@code fp8}: each FP8
+     * layer's weight copy (parameters), its saved input (activations), the shared output-gradient operand and
+     * the recipe state (workspace).
+     *
+     * @param fp8Bytes bytes per FP8 element on the target device (4 on the CPU, which stores FP8 values in fp32; 1 on a GPU)
+     */
+    public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, int batch, int seqLen, Precision precision,
+                                    int halfBytes, Fp8Recipe fp8, int fp8Bytes) {
         Transformer.validate(cfg, tp);
         boolean split = sp && tp > 1;
         long numel = Transformer.layout(cfg, tp).numel();
@@ -87,6 +104,18 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
                 + (cfg.family().usesRope() ? 4L * cfg.maxPositions() * hd : 0) // cos and sin tables
                 + (split ? 4 * (n * c + sequenceGrads) : 0)               // tp.rows, packed SP gradients
                 + 4 * 2L * seqLen * seqLen;                               // CPU attention scratch
+        if (precision == Precision.FP8) {
+            int fp8Blocks = 0;
+            for (int i = 0; i < cfg.layers(); i++) {
+                fp8Blocks += fp8.fp8Layer(i, cfg.layers()) ? 1 : 0;
+            }
+            long weights = qkvWidth * c + c * hl * hd + upWidth * c + c * fl;
+            long inputs = n * (c + hl * hd + c + fl);
+            long widestOut = Math.max(Math.max(qkvWidth, upWidth), c);
+            params += fp8Blocks * fp8Bytes * weights;
+            activations += fp8Blocks * fp8Bytes * inputs;
+            workspace += Fp8State.stateBytes(fp8, 4 * fp8Blocks) + (fp8Blocks > 0 ? fp8Bytes * n * widestOut : 0);
+        }
         return new MemoryEstimate(params, 4 * numel, 8 * numel, activations, workspace);
     }
 

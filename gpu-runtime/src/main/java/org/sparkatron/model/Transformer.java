@@ -21,6 +21,7 @@ import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.VocabParallelCrossEntropy;
 import org.sparkatron.parallel.VocabParallelEmbedding;
 import org.sparkatron.parallel.Workspace;
+import org.sparkatron.precision.Fp8State;
 import org.sparkatron.precision.Precision;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
@@ -81,6 +82,7 @@ public final class Transformer {
     private final Mapping headInput;
     private final Tensor normScratch; // F64 [1]: this rank's part of the squared gradient norm, then the TP sum
     private final Tensor scalars;     // F64 [1] for the synchronising convenience methods
+    private final Fp8State fp8;       // precision fp8: the recipe state of the blocks' FP8 GEMMs; else null
     private final ByteBuffer scalarsHost = ByteBuffer.allocateDirect(8).order(ByteOrder.nativeOrder());
     private DropoutRng dropout;
     private long dropoutRowOffset;
@@ -133,6 +135,14 @@ public final class Transformer {
                     + layout.numel() + " parameters per rank (weights and gradients"
                     + (precision.isReduced() ? ", and a 16-bit compute copy" : "") + ")", weightBytes, device.capacityBytes());
         }
+        if (precision == Precision.FP8) {
+            String why = device.fp8Unsupported();
+            if (why != null) {
+                throw new IllegalArgumentException(why);
+            }
+            ctx.fp8Recipe().validateFor(cfg.layers());
+            TransformerBlock.validateFp8(cfg, tp.size());
+        }
         this.params = layout.build(device);
         this.compute = precision.isReduced()
                 ? params.withWeights(device.zeros(MemoryKind.PARAMETERS, DType.F32, params.numel())) : params;
@@ -162,8 +172,14 @@ public final class Transformer {
             ropeCos = null;
             ropeSin = null;
         }
+        int fp8Blocks = 0;
         for (int i = 0; i < cfg.layers(); i++) {
-            blocks.add(new TransformerBlock(cfg, ctx, compute, i, ropeCos, ropeSin, ws));
+            fp8Blocks += precision == Precision.FP8 && ctx.fp8Recipe().fp8Layer(i, cfg.layers()) ? 1 : 0;
+        }
+        this.fp8 = precision == Precision.FP8 ? new Fp8State(ctx, ctx.fp8Recipe(), 4 * fp8Blocks) : null;
+        for (int i = 0, f = 0; i < cfg.layers(); i++) {
+            boolean inFp8 = fp8 != null && ctx.fp8Recipe().fp8Layer(i, cfg.layers());
+            blocks.add(new TransformerBlock(cfg, ctx, compute, i, ropeCos, ropeSin, ws, fp8, inFp8 ? f++ : -1));
         }
         embedding = new VocabParallelEmbedding(ctx, vocabLocal, cfg.hidden(), compute.weight("embed"), params.grad("embed"), ws);
         crossEntropy = new VocabParallelCrossEntropy(ctx, vocabLocal, cfg.vocabSize());
@@ -250,12 +266,18 @@ public final class Transformer {
      * ({@link MemoryEstimate}), with the 16-bit element size of this device's compute weights.
      */
     public MemoryEstimate memoryEstimate(int b, int t) {
-        return MemoryEstimate.of(cfg, tp.size(), tp.sequenceParallel(), b, t, precision, compute.weights().dtype().bytes());
+        return MemoryEstimate.of(cfg, tp.size(), tp.sequenceParallel(), b, t, precision, compute.weights().dtype().bytes(),
+                ctx.fp8Recipe(), device.storageOf(org.sparkatron.tensor.DType.FP8_E4M3).bytes());
     }
 
     /** The precision this model computes in. */
     public Precision precision() {
         return precision;
+    }
+
+    /** The FP8 recipe state (scales, amax history) under precision fp8, else null. */
+    public Fp8State fp8() {
+        return fp8;
     }
 
     /**
@@ -438,6 +460,9 @@ public final class Transformer {
         if (compute != params) {
             device.release(compute.weights());
         }
+        if (fp8 != null) {
+            fp8.close();
+        }
         params.close();
     }
 
@@ -506,6 +531,9 @@ public final class Transformer {
     public void forwardBackward(int[] samples, int b, int t, float gradScale, Tensor lossAcc, int slot, double lossWeight) {
         loadBatch(samples, b, t);
         trainSteps++;
+        if (fp8 != null) {
+            fp8.beginPass(true);
+        }
         Tensor last = forwardBlocks(dropout);
         int n = b * t;
         int nl = tp.localRows(n);
@@ -530,6 +558,9 @@ public final class Transformer {
         }
         for (int i = blocks.size() - 1; i >= 0; i--) {
             blocks.get(i).backward(dresid, scratch);
+        }
+        if (fp8 != null) {
+            fp8.finishPass(); // delayed scaling: amaxes reduced over TP and the replicas, scales for the next pass
         }
         if (cfg.family() == ModelConfig.Family.GPT2) {
             k.positionsBackward(params.grad("pos"), dresid, tp.firstLocalRow(n), nl, t, c);
@@ -618,6 +649,9 @@ public final class Transformer {
     /** Forward only: the mean cross-entropy in nats of a batch; {@code lossesOut} (if non-null) gets each token's. */
     public double loss(int[] samples, int b, int t, float[] lossesOut) {
         loadBatch(samples, b, t);
+        if (fp8 != null) {
+            fp8.beginPass(false);
+        }
         forwardBlocks(null);
         int n = b * t;
         for (int r0 = 0; r0 < n; r0 += chunkRows()) {
@@ -642,6 +676,9 @@ public final class Transformer {
      */
     public float[] logits(int[] samples, int b, int t) {
         loadBatch(samples, b, t);
+        if (fp8 != null) {
+            fp8.beginPass(false);
+        }
         forwardBlocks(null);
         int n = b * t;
         int v = cfg.vocabSize();

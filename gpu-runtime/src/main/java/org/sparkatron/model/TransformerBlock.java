@@ -10,6 +10,8 @@ import org.sparkatron.parallel.RankContext;
 import org.sparkatron.parallel.RowParallelLinear;
 import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.Workspace;
+import org.sparkatron.precision.Fp8Linear;
+import org.sparkatron.precision.Fp8State;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -50,6 +52,7 @@ final class TransformerBlock {
     private final RowParallelLinear outLayer;
     private final ColumnParallelLinear upLayer;
     private final RowParallelLinear downLayer;
+    private final Fp8Linear[] fp8; // qkv, out, up, down under precision fp8 (empty: bf16 GEMMs)
 
     // activations for the current (B, T), saved by forward for backward
     private int b;
@@ -75,8 +78,13 @@ final class TransformerBlock {
     private long dropoutStep;
     private long dropoutRowOffset;
 
+    /**
+     * @param fp8      the model's FP8 state, or null
+     * @param fp8Index this block's position among the model's FP8 blocks (its GEMMs are FP8 layers
+     *                 {@code 4 fp8Index .. 4 fp8Index + 3}), or -1 for bf16 GEMMs
+     */
     TransformerBlock(ModelConfig cfg, RankContext ctx, ParameterSet ps, int index, Tensor ropeCos, Tensor ropeSin,
-                     Workspace ws) {
+                     Workspace ws, Fp8State fp8State, int fp8Index) {
         TensorParallel tp = ctx.tp();
         this.cfg = cfg;
         this.device = ctx.device();
@@ -100,10 +108,37 @@ final class TransformerBlock {
                 g("mlp.up.b"), false, ws);
         downLayer = new RowParallelLinear(ctx, fl, c, w("mlp.down.w"), w("mlp.down.b"), g("mlp.down.w"),
                 g("mlp.down.b"), ws);
+        if (fp8State != null && fp8Index >= 0) {
+            int j = 4 * fp8Index;
+            fp8 = new Fp8Linear[] {
+                new Fp8Linear(ctx, fp8State, j, p + "attn.qkv", c, (hl + 2 * kvl) * hd),
+                new Fp8Linear(ctx, fp8State, j + 1, p + "attn.out", hl * hd, c),
+                new Fp8Linear(ctx, fp8State, j + 2, p + "mlp.up", c, upWidth()),
+                new Fp8Linear(ctx, fp8State, j + 3, p + "mlp.down", fl, c)};
+            qkvLayer.useFp8(fp8[0]);
+            outLayer.useFp8(fp8[1]);
+            upLayer.useFp8(fp8[2]);
+            downLayer.useFp8(fp8[3]);
+        } else {
+            fp8 = new Fp8Linear[0];
+        }
     }
 
     private int upWidth() {
         return cfg.family() == ModelConfig.Family.LLAMA ? 2 * fl : fl;
+    }
+
+    /** Refuses FP8 GEMMs whose per-rank feature counts are not multiples of 16, before anything is allocated. */
+    static void validateFp8(ModelConfig cfg, int tpSize) {
+        int c = cfg.hidden();
+        int hd = cfg.headDim();
+        int hl = cfg.heads() / tpSize;
+        int kvl = cfg.kvHeads() / tpSize;
+        int fl = cfg.ffnHidden() / tpSize;
+        Fp8Linear.requireFeatures("attn.qkv", c, (hl + 2 * kvl) * hd);
+        Fp8Linear.requireFeatures("attn.out", hl * hd, c);
+        Fp8Linear.requireFeatures("mlp.up", c, cfg.family() == ModelConfig.Family.LLAMA ? 2 * fl : fl);
+        Fp8Linear.requireFeatures("mlp.down", fl, c);
     }
 
     /** Declares this block's parameters (this rank's shards for a TP group of {@code tpSize}) in layout order. */
@@ -170,6 +205,9 @@ final class TransformerBlock {
         output = activation(nl, c);
         qkvLayer.prepare(n);
         upLayer.prepare(n);
+        for (Fp8Linear f : fp8) {
+            f.prepare(n);
+        }
     }
 
     private Tensor activation(int... shape) {
@@ -187,6 +225,9 @@ final class TransformerBlock {
         }
         qkvLayer.close();
         upLayer.close();
+        for (Fp8Linear f : fp8) {
+            f.close();
+        }
         b = 0;
         t = 0;
     }

@@ -2,6 +2,7 @@ package org.sparkatron.parallel;
 
 import org.sparkatron.device.Device;
 import org.sparkatron.device.Kernels;
+import org.sparkatron.precision.Fp8Linear;
 import org.sparkatron.device.MemoryKind;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
@@ -39,6 +40,7 @@ public final class ColumnParallelLinear {
     private Tensor gathered; // [n, in] own buffer (SP)
     private Tensor yLocal;  // [n, outLocal] (gatherOutput only)
     private Mapping outputMap;
+    private Fp8Linear fp8; // null: the GEMMs run in the context's precision
 
     /**
      * @param w  this rank's weight rows [outLocal, in]; {@code b}, {@code db} may be null (no bias)
@@ -67,6 +69,18 @@ public final class ColumnParallelLinear {
 
     public int outLocal() {
         return outLocal;
+    }
+
+    /**
+     * Runs this layer's GEMMs through FP8 operands ({@code precision: fp8}); the caller owns {@code f} (its
+     * buffers and their lifetime). The input mapping and the output gather are unchanged: under sequence
+     * parallelism the bf16 input is gathered, then cast.
+     */
+    public void useFp8(Fp8Linear f) {
+        if (f.in() != in || f.out() != outLocal) {
+            throw new IllegalArgumentException("fp8 GEMM of " + f.in() + " -> " + f.out() + " for a layer of " + in + " -> " + outLocal);
+        }
+        this.fp8 = f;
     }
 
     /** Allocates the buffers for batches of {@code n} token rows now (the first forward would otherwise). */
@@ -100,7 +114,11 @@ public final class ColumnParallelLinear {
             }
             y = yLocal;
         }
-        k.linearForward(y, xFull, w, b, n, in, outLocal);
+        if (fp8 != null) {
+            fp8.forward(y, xFull, w, b, n);
+        } else {
+            k.linearForward(y, xFull, w, b, n, in, outLocal);
+        }
         if (gatherOutput) {
             outputMap.forward(yLocal, out);
         }
@@ -129,7 +147,11 @@ public final class ColumnParallelLinear {
             outputMap.backward(dout, dy);
         }
         Tensor dxFull = tp.sequenceParallel() ? ws.get("tp.rows", n, in) : dx;
-        k.linearBackward(dxFull, false, dw, db, dy, xFull, w, n, in, outLocal);
+        if (fp8 != null) {
+            fp8.backward(dxFull, false, dw, db, dy);
+        } else {
+            k.linearBackward(dxFull, false, dw, db, dy, xFull, w, n, in, outLocal);
+        }
         inputMap.backward(dxFull, dx);
     }
 }

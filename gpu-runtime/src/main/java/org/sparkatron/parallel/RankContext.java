@@ -2,6 +2,7 @@ package org.sparkatron.parallel;
 
 import org.sparkatron.device.Device;
 import org.sparkatron.device.Kernels;
+import org.sparkatron.precision.Fp8Recipe;
 import org.sparkatron.precision.Precision;
 import org.sparkatron.precision.RoundingKernels;
 
@@ -20,15 +21,28 @@ public final class RankContext {
     private final TensorParallel tp;
     private final Precision precision;
     private final Kernels kernels;
+    private final Fp8Recipe fp8;
 
+    /** A rank in {@code precision}; FP8 gets Megatron's default recipe ({@link Fp8Recipe#defaults()}). */
     public RankContext(Device device, TensorParallel tp, Precision precision) {
+        this(device, tp, precision, null);
+    }
+
+    /**
+     * @param fp8 the FP8 recipe when {@code precision} is FP8 (null: the defaults); must be null otherwise
+     */
+    public RankContext(Device device, TensorParallel tp, Precision precision, Fp8Recipe fp8) {
         if (device == null || tp == null || precision == null) {
             throw new IllegalArgumentException("a rank context needs a device, a tensor-parallel group and a precision");
+        }
+        if (fp8 != null && precision != Precision.FP8) {
+            throw new IllegalArgumentException("an fp8 recipe applies to precision fp8, not " + precision.label());
         }
         this.device = device;
         this.tp = tp;
         this.precision = precision;
         this.kernels = RoundingKernels.wrap(device.kernels(), precision);
+        this.fp8 = precision == Precision.FP8 ? (fp8 == null ? Fp8Recipe.defaults() : fp8) : null;
     }
 
     /** One rank alone (TP = 1) in fp32. */
@@ -58,18 +72,23 @@ public final class RankContext {
         return precision;
     }
 
-    /** The same rank with another tensor-parallel group (a TP = 1 copy for checkpoints, say). */
-    public RankContext withTensorParallel(TensorParallel other) {
-        return new RankContext(device, other, precision);
+    /** The FP8 recipe under precision FP8, else null. */
+    public Fp8Recipe fp8Recipe() {
+        return fp8;
     }
 
-    /** The same rank in another precision. */
+    /** The same rank with another tensor-parallel group (a TP = 1 copy for checkpoints, say). */
+    public RankContext withTensorParallel(TensorParallel other) {
+        return new RankContext(device, other, precision, fp8);
+    }
+
+    /** The same rank in another precision (FP8 with this context's recipe, or the defaults). */
     public RankContext withPrecision(Precision other) {
-        return new RankContext(device, tp, other);
+        return new RankContext(device, tp, other, other == Precision.FP8 ? fp8 : null);
     }
 
     @Override
     public String toString() {
-        return device.name() + ", " + tp + ", " + precision.label();
+        return device.name() + ", " + tp + ", " + precision.label() + (fp8 == null ? "" : " " + fp8.asMap());
     }
 }

@@ -1,6 +1,7 @@
 package org.sparkatron.parallel;
 
 import org.sparkatron.device.Kernels;
+import org.sparkatron.precision.Fp8Linear;
 import org.sparkatron.tensor.Tensor;
 
 /**
@@ -30,6 +31,7 @@ public final class RowParallelLinear {
 
     private int n;
     private Tensor x;
+    private Fp8Linear fp8; // null: the GEMMs run in the context's precision
 
     /** @param w this rank's weight columns [out, inLocal] (contiguous); {@code b}, {@code db} may be null. */
     public RowParallelLinear(RankContext ctx, int inLocal, int out, Tensor w, Tensor b, Tensor dw, Tensor db,
@@ -49,6 +51,17 @@ public final class RowParallelLinear {
     }
 
     /**
+     * Runs this layer's GEMMs through FP8 operands ({@code precision: fp8}); the caller owns {@code f}. The
+     * partial sums are reduced in bf16 as before, and the bias is added after the reduction.
+     */
+    public void useFp8(Fp8Linear f) {
+        if (f.in() != inLocal || f.out() != out) {
+            throw new IllegalArgumentException("fp8 GEMM of " + f.in() + " -> " + f.out() + " for a layer of " + inLocal + " -> " + out);
+        }
+        this.fp8 = f;
+    }
+
+    /**
      * @param x [n, inLocal] this rank's input features (kept for the backward)
      * @param y [tp.localRows(n), out]
      */
@@ -57,7 +70,11 @@ public final class RowParallelLinear {
         this.x = x;
         int rows = tp.localRows(n);
         Tensor partial = tp.sequenceParallel() ? ws.get("tp.rows", n, out) : y;
-        k.linearForward(partial, x, w, null, n, inLocal, out);
+        if (fp8 != null) {
+            fp8.forward(partial, x, w, null, n);
+        } else {
+            k.linearForward(partial, x, w, null, n, inLocal, out);
+        }
         outputMap.forward(partial, y);
         if (b != null) {
             k.addBias(y, b, rows, out);
@@ -68,6 +85,10 @@ public final class RowParallelLinear {
     public void backward(Tensor dy, Tensor dx) {
         Tensor dyFull = tp.sequenceParallel() ? ws.get("tp.rows", n, out) : dy;
         outputMap.backward(dy, dyFull);
-        k.linearBackward(dx, false, dw, db, dyFull, x, w, n, inLocal, out);
+        if (fp8 != null) {
+            fp8.backward(dx, false, dw, db, dyFull);
+        } else {
+            k.linearBackward(dx, false, dw, db, dyFull, x, w, n, inLocal, out);
+        }
     }
 }

@@ -34,7 +34,7 @@ public final class RoundingKernels implements Kernels {
     private final Kernels k;
     private final Precision p;
 
-    /** @param precision BF16 or FP16 (FP32 needs no wrapper and is refused, to catch a wiring mistake) */
+    /** @param precision BF16, FP16 or FP8 (bf16 storage) (FP32 needs no wrapper and is refused, to catch a wiring mistake) */
     public RoundingKernels(Kernels delegate, Precision precision) {
         if (!precision.isReduced()) {
             throw new IllegalArgumentException("RoundingKernels emulates 16-bit storage; " + precision + " needs no wrapper");
@@ -252,5 +252,47 @@ public final class RoundingKernels implements Kernels {
     @Override
     public void round(Tensor dst, Tensor src, long count, DType format) {
         k.round(dst, src, count, format);
+    }
+
+    // ---- FP8: casts read bf16 values (rounded on entry, as for any GEMM operand); GEMM outputs are stored in bf16;
+    // amaxes, scales and weight gradients stay fp32 ----
+
+    @Override
+    public void amax(Tensor x, long count, Tensor amax, int slot) {
+        round(x, count);
+        k.amax(x, count, amax, slot);
+    }
+
+    @Override
+    public void castToFp8(Tensor dst, Tensor src, long count, Fp8Format format, Tensor scale, int slot, Tensor amaxOut,
+                          int amaxSlot) {
+        round(src, count);
+        k.castToFp8(dst, src, count, format, scale, slot, amaxOut, amaxSlot);
+    }
+
+    @Override
+    public void fp8ScaleFromAmax(Tensor amax, Tensor scale, Tensor scaleInv, int from, int count, float fp8Max) {
+        k.fp8ScaleFromAmax(amax, scale, scaleInv, from, count, fp8Max);
+    }
+
+    @Override
+    public void fp8DelayedScaling(Tensor history, Tensor scale, Tensor scaleInv, int len, int slots, int from, int count,
+                                  boolean useMax, float scaledMax) {
+        k.fp8DelayedScaling(history, scale, scaleInv, len, slots, from, count, useMax, scaledMax);
+    }
+
+    @Override
+    public void fp8LinearForward(Tensor out, Tensor x8, Tensor w8, Tensor scaleInv, int xSlot, int wSlot, Tensor bias, int n,
+                                 int in, int outF) {
+        k.fp8LinearForward(out, x8, w8, scaleInv, xSlot, wSlot, bias, n, in, outF);
+        round(out, (long) n * outF); // the GEMM's bf16 output
+    }
+
+    @Override
+    public void fp8LinearBackward(Tensor dx, boolean accumulateDx, Tensor dw, Tensor dbias, Tensor dout, Tensor dy8, Tensor x8,
+                                  Tensor w8, Tensor scaleInv, int dySlot, int xSlot, int wSlot, int n, int in, int outF) {
+        round(dout, (long) n * outF);
+        k.fp8LinearBackward(dx, accumulateDx, dw, dbias, dout, dy8, x8, w8, scaleInv, dySlot, xSlot, wSlot, n, in, outF);
+        round(dx, (long) n * in);
     }
 }

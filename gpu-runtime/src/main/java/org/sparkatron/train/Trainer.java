@@ -122,6 +122,9 @@ public final class Trainer {
         this.seqLen = data.sampleLength() - 1;
         this.adam = new AdamW(model.params(), model.kernels(), opt.beta1(), opt.beta2(), opt.eps(), opt.weightDecay());
         this.batchTokens = new int[opt.batch() * data.sampleLength()];
+        if (model.fp8() != null) {
+            model.fp8().setReplicaMax(sync::maxOverReplicas); // delayed scaling's amaxes: MAX over TP (the model) and DP
+        }
         model.prepare(opt.batch(), seqLen);
     }
 

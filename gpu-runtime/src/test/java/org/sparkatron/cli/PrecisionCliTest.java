@@ -71,8 +71,8 @@ class PrecisionCliTest {
     void unknownPrecisionIsRefused(@TempDir Path dir) throws Exception {
         Path tokens = setup(dir);
         SparkatronCliTest.Result r = SparkatronCliTest.run("train-local", "--model", dir.resolve("m0").toString(), "--tokens",
-                tokens.toString(), "--steps", "1", "--precision", "fp8", "--out", dir.resolve("o").toString());
+                tokens.toString(), "--steps", "1", "--precision", "fp4", "--out", dir.resolve("o").toString());
         assertEquals(2, r.status());
-        assertTrue(r.err().contains("precision must be fp32, bf16 or fp16, got 'fp8'"), r.err());
+        assertTrue(r.err().contains("precision must be fp32, bf16, fp16 or fp8, got 'fp4'"), r.err());
     }
 }

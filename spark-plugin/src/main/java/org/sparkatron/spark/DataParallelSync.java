@@ -40,6 +40,13 @@ final class DataParallelSync implements GradientSync {
         }
     }
 
+    @Override
+    public void maxOverReplicas(Tensor amaxes) {
+        if (dp.size() > 1) {
+            dp.allReduce(amaxes, ReduceOp.MAX);
+        }
+    }
+
     /** All-reduce calls made for gradients so far (for tests: buckets, not parameters). */
     long gradientMessages() {
         return messages;

@@ -8,6 +8,7 @@ import org.sparkatron.device.Device;
 import org.sparkatron.device.Kernels;
 import org.sparkatron.device.MemoryKind;
 import org.sparkatron.parallel.DropoutRng;
+import org.sparkatron.precision.Fp8Format;
 import org.sparkatron.precision.HalfFloats;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
@@ -95,18 +96,23 @@ public final class CpuKernels implements Kernels {
         }
         Blas.sgemm(true, false, outF, in, n, 1f, dout, 0, outF, x, 0, in, 1f, dw, 0, in);
         if (dbias != null) {
-            FloatBuffer d = dout.floats();
-            FloatBuffer db = dbias.floats();
-            double[] acc = new double[outF];
-            for (int r = 0; r < n; r++) {
-                int base = r * outF;
-                for (int j = 0; j < outF; j++) {
-                    acc[j] += d.get(base + j);
-                }
-            }
+            biasGradient(dbias, dout, n, outF);
+        }
+    }
+
+    /** {@code db += sum over rows of dout[n, outF]}, accumulated in double. */
+    void biasGradient(Tensor dbias, Tensor dout, int n, int outF) {
+        FloatBuffer d = dout.floats();
+        FloatBuffer db = dbias.floats();
+        double[] acc = new double[outF];
+        for (int r = 0; r < n; r++) {
+            int base = r * outF;
             for (int j = 0; j < outF; j++) {
-                db.put(j, (float) (db.get(j) + acc[j]));
+                acc[j] += d.get(base + j);
             }
+        }
+        for (int j = 0; j < outF; j++) {
+            db.put(j, (float) (db.get(j) + acc[j]));
         }
     }
 
@@ -661,5 +667,41 @@ public final class CpuKernels implements Kernels {
                 }
             }
         }
+    }
+
+    // ---- FP8 (CpuFp8) ----
+
+    @Override
+    public void amax(Tensor x, long count, Tensor amax, int slot) {
+        CpuFp8.amax(x, count, amax, slot);
+    }
+
+    @Override
+    public void castToFp8(Tensor dst, Tensor src, long count, Fp8Format format, Tensor scale, int slot, Tensor amaxOut,
+                          int amaxSlot) {
+        CpuFp8.castToFp8(dst, src, count, format, scale, slot, amaxOut, amaxSlot);
+    }
+
+    @Override
+    public void fp8ScaleFromAmax(Tensor amax, Tensor scale, Tensor scaleInv, int from, int count, float fp8Max) {
+        CpuFp8.scaleFromAmax(amax, scale, scaleInv, from, count, fp8Max);
+    }
+
+    @Override
+    public void fp8DelayedScaling(Tensor history, Tensor scale, Tensor scaleInv, int len, int slots, int from, int count,
+                                  boolean useMax, float scaledMax) {
+        CpuFp8.delayedScaling(history, scale, scaleInv, len, slots, from, count, useMax, scaledMax);
+    }
+
+    @Override
+    public void fp8LinearForward(Tensor out, Tensor x8, Tensor w8, Tensor scaleInv, int xSlot, int wSlot, Tensor bias, int n,
+                                 int in, int outF) {
+        CpuFp8.linearForward(out, x8, w8, scaleInv, xSlot, wSlot, bias, n, in, outF);
+    }
+
+    @Override
+    public void fp8LinearBackward(Tensor dx, boolean accumulateDx, Tensor dw, Tensor dbias, Tensor dout, Tensor dy8, Tensor x8,
+                                  Tensor w8, Tensor scaleInv, int dySlot, int xSlot, int wSlot, int n, int in, int outF) {
+        CpuFp8.linearBackward(this, dx, accumulateDx, dw, dbias, dout, dy8, x8, w8, scaleInv, dySlot, xSlot, wSlot, n, in, outF);
     }
 }
