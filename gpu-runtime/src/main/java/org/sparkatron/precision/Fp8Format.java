@@ -34,6 +34,8 @@ public enum Fp8Format {
     private final float max;
     private final DType dtype;
     private final int maxCode;
+    private final float minNormal;
+    private final int subnormalShift; // scalb exponent that maps the subnormal range onto integers
     private final float[] values = new float[256];
 
     Fp8Format(int exponentBits, int mantissaBits, float max, DType dtype) {
@@ -42,6 +44,8 @@ public enum Fp8Format {
         this.bias = (1 << (exponentBits - 1)) - 1;
         this.max = max;
         this.dtype = dtype;
+        this.minNormal = Math.scalb(1f, 1 - bias);
+        this.subnormalShift = bias - 1 + mantissaBits;
         for (int c = 0; c < 256; c++) {
             values[c] = decodeFields(c);
         }
@@ -66,7 +70,7 @@ public enum Fp8Format {
 
     /** The smallest positive normal value: 2^-6 (E4M3) or 2^-14 (E5M2). */
     public float minNormal() {
-        return Math.scalb(1f, 1 - bias);
+        return minNormal;
     }
 
     /** The smallest positive subnormal value: 2^-9 (E4M3) or 2^-16 (E5M2). */
@@ -135,10 +139,10 @@ public enum Fp8Format {
         if (a >= max) { // saturate (infinity included); everything between max and the next step rounds down anyway
             return sign | maxCode;
         }
-        if (a < minNormal()) {
+        if (a < minNormal) {
             // subnormal range: a / minSubnormal is exact in float (a power-of-two scaling), rint is ties-to-even;
             // a result of 2^m is the smallest normal's code, which is right
-            return sign | (int) Math.rint(Math.scalb(a, bias - 1 + mantissaBits));
+            return sign | (int) Math.rint(Math.scalb(a, subnormalShift));
         }
         int shift = 23 - mantissaBits;
         int rounded = abs + (1 << (shift - 1)) - 1 + ((abs >>> shift) & 1); // round half to even on the dropped bits
