@@ -82,7 +82,8 @@ class StepContractTest {
     }
 
     @ParameterizedTest
-    @CsvSource({"gpt2, fp32, 1, 0", "llama, fp32, 2, 0.1", "gpt2, bf16, 1, 0.1", "llama, fp16, 1, 0"})
+    @CsvSource({"gpt2, fp32, 1, 0", "llama, fp32, 2, 0.1", "gpt2, bf16, 1, 0.1", "llama, fp16, 1, 0", "gpt2, fp8, 2, 0.1",
+        "llama, fp8, 1, 0"})
     void oneRank(String family, String precision, int micro, float dropout) throws Exception {
         ModelConfig cfg = ParityRun.config(family);
         Precision p = Precision.parse(precision);
@@ -98,13 +99,14 @@ class StepContractTest {
     }
 
     @ParameterizedTest
-    @CsvSource({"gpt2, 2, 1, false", "llama, 2, 1, true", "gpt2, 2, 2, true", "llama, 1, 2, false"})
-    void tensorAndDataParallelRanks(String family, int tp, int dp, boolean sp) throws Exception {
+    @CsvSource({"gpt2, 2, 1, false, fp32", "llama, 2, 1, true, fp32", "gpt2, 2, 2, true, fp32", "llama, 1, 2, false, fp32",
+        "gpt2, 2, 2, true, fp8"})
+    void tensorAndDataParallelRanks(String family, int tp, int dp, boolean sp, String precision) throws Exception {
         ModelConfig cfg = ParityRun.config(family);
         List<Seen> seen = LocalRanks.run(tp * dp, (rank, world) -> {
             try (ProcessGroups pg = ProcessGroups.create(ParallelLayout.forWorld(tp * dp, tp, 1, 1, 1, 1), world)) {
                 Transformer m = new Transformer(cfg, new RankContext(TestDevices.create(), new TensorParallel(pg.tp(), sp),
-                        Precision.FP32));
+                        Precision.parse(precision)));
                 m.initialize(ParityRun.SEED);
                 int dpRank = pg.coords()[3];
                 Trainer tr = new Trainer(m, ParityRun.source(cfg, dpRank, dp, BATCH), ParityRun.options(BATCH),
@@ -113,7 +115,7 @@ class StepContractTest {
             }
         });
         for (int r = 0; r < seen.size(); r++) {
-            check(seen.get(r), family + " tp " + tp + " dp " + dp + " sp " + sp + ", rank " + r);
+            check(seen.get(r), family + " tp " + tp + " dp " + dp + " sp " + sp + " " + precision + ", rank " + r);
         }
     }
 
