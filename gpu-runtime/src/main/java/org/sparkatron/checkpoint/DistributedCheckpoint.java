@@ -321,6 +321,10 @@ public final class DistributedCheckpoint {
             opt.setStep(meta.step());
         }
         model.setTrainSteps(meta.dropoutSteps());
+        String fp8 = meta.extra().get(org.sparkatron.precision.Fp8State.CHECKPOINT_KEY);
+        if (model.fp8() != null && fp8 != null) {
+            model.fp8().restoreState(fp8); // another FP8 layer set or history length: fresh recipe state (docs/precision.md)
+        }
     }
 
     private static void closeAll(Map<String, ShardFiles.Local> local) {
@@ -403,8 +407,12 @@ public final class DistributedCheckpoint {
             dataPositions[d] = positions[d * tpSize];
             total += dataPositions[d];
         }
+        Map<String, String> ex = new LinkedHashMap<>(extra == null ? Map.of() : extra);
+        if (model.fp8() != null) { // the FP8 recipe state: the same on every rank under delayed scaling
+            ex.put(org.sparkatron.precision.Fp8State.CHECKPOINT_KEY, model.fp8().saveState());
+        }
         return new CheckpointMetadata(step, total, model.trainSteps(), dataPositions, tpSize, dpSize, model.config(),
-                extra == null ? Map.of() : extra, tensors, files);
+                ex, tensors, files);
     }
 
     /** Renames the finished directory into place; a bad leftover with the same step is moved aside first. */

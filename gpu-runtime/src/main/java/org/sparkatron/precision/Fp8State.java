@@ -183,6 +183,50 @@ public final class Fp8State implements AutoCloseable {
                 recipe.format().backward().max() * pow);
     }
 
+    /** The checkpoint metadata key ({@code extra}) of {@link #saveState()}'s text. */
+    public static final String CHECKPOINT_KEY = "fp8_state";
+
+    /**
+     * The recipe state as one line of text, exact: {@code "v1 <len> <slots> <base64>"} with the history,
+     * scales and inverse scales as little-endian F32 in that order. Synchronises (checkpoints, not steps).
+     * Under delayed scaling every rank of a TP x DP layout holds the same state, so one rank's text restores all.
+     */
+    public String saveState() {
+        java.nio.ByteBuffer b = java.nio.ByteBuffer.allocate(4 * (len * slots + 2 * slots)).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+        for (Tensor t : new Tensor[] {history, scale, scaleInv}) {
+            Tensor h = device.toHost(t);
+            java.nio.FloatBuffer f = h.floats();
+            for (int i = 0; i < f.limit() && i < t.numel(); i++) {
+                b.putFloat(f.get(i));
+            }
+        }
+        return "v1 " + len + " " + slots + " " + java.util.Base64.getEncoder().encodeToString(b.array());
+    }
+
+    /**
+     * Restores {@link #saveState()}'s text. Returns null when restored, else why not (another history length or
+     * FP8 layer set: the state then stays as it is, scales from 1, and training continues).
+     */
+    public String restoreState(String text) {
+        String[] p = text == null ? new String[0] : text.split(" ");
+        if (p.length != 4 || !p[0].equals("v1")) {
+            return "unreadable fp8 state";
+        }
+        if (Integer.parseInt(p[1]) != len || Integer.parseInt(p[2]) != slots) {
+            return "saved fp8 state has history length " + p[1] + " and " + p[2] + " slots, this model " + len + " and " + slots;
+        }
+        java.nio.ByteBuffer b = java.nio.ByteBuffer.wrap(java.util.Base64.getDecoder().decode(p[3])).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+        for (Tensor t : new Tensor[] {history, scale, scaleInv}) {
+            Tensor h = Tensor.allocateHost(DType.F32, t.numel());
+            java.nio.FloatBuffer f = h.floats();
+            for (int i = 0; i < t.numel(); i++) {
+                f.put(i, b.getFloat());
+            }
+            device.fromHost(t, h);
+        }
+        return null;
+    }
+
     @Override
     public void close() {
         device.release(history);
