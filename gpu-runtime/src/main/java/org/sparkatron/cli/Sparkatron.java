@@ -12,10 +12,13 @@ import org.sparkatron.checkpoint.ModelStore;
 import org.sparkatron.device.DeviceMemoryException;
 import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.device.cpu.CpuDevice;
-import org.sparkatron.precision.Precision;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.LrSchedule;
+import org.sparkatron.parallel.RankContext;
+import org.sparkatron.parallel.TensorParallel;
+import org.sparkatron.precision.Fp8Recipe;
+import org.sparkatron.precision.Precision;
 import org.sparkatron.train.PackedSamples;
 import org.sparkatron.train.TokenFile;
 import org.sparkatron.train.Trainer;
@@ -34,7 +37,10 @@ public final class Sparkatron {
             "  init        --config CONFIG.json --seed N --out DIR",
             "  train-local --model DIR --tokens FILE --steps N --out DIR [--lr 3e-4] [--min-lr LR/10] [--warmup 0]",
             "              [--batch 4] [--micro-batches 1] [--seq-len T] [--weight-decay 0.1] [--grad-clip 1.0]",
-            "              [--seed 0] [--threads CORES] [--precision fp32|bf16|fp16]",
+            "              [--seed 0] [--threads CORES] [--precision fp32|bf16|fp16|fp8]",
+            "              fp8: [--fp8-format hybrid|e4m3] [--fp8-recipe delayed|tensorwise] [--fp8-margin 0]",
+            "              [--fp8-amax-history-len 1] [--fp8-amax-compute-algo most_recent|max]",
+            "              [--first-last-layers-bf16 [--num-layers-at-start-in-bf16 1] [--num-layers-at-end-in-bf16 1]]",
             "  score       --model DIR --tokens FILE [--threads CORES]",
             "  bench       [--steps 5] [--rounds 3] [--threads 2] [--no-peer] [--layers 6 --width 384 --heads 6 --seq 256 --vocab 50304 --batch 4]",
             "  demo-local  [--steps 300] [--threads CORES]   (trains a small GPT-2 on generated data, one process)",
@@ -50,7 +56,7 @@ public final class Sparkatron {
         try {
             switch (cmd) {
                 case "init" -> init(new Args(cmd, argv, 1, Set.of()), out);
-                case "train-local" -> trainLocal(new Args(cmd, argv, 1, Set.of()), out);
+                case "train-local" -> trainLocal(new Args(cmd, argv, 1, Set.of("first-last-layers-bf16")), out);
                 case "score" -> score(new Args(cmd, argv, 1, Set.of()), out);
                 case "bench" -> BenchCommand.run(new Args(cmd, argv, 1, Set.of("no-peer")), out);
                 case "demo", "demo-local" -> DemoCommand.run(new Args(cmd, argv, 1, Set.of()), out);
@@ -111,12 +117,13 @@ public final class Sparkatron {
         float clip = (float) a.number("grad-clip", 1.0);
         long seed = a.integer("seed", 0);
         Precision precision = Precision.parse(a.string("precision", "fp32"));
+        Fp8Recipe fp8 = fp8Options(a, precision);
         setThreads(a);
         a.rejectUnknown();
         if (steps < 1) {
             throw new IllegalArgumentException("--steps must be >= 1, got " + steps);
         }
-        Transformer model = ModelStore.load(modelDir, new CpuDevice(), precision);
+        Transformer model = ModelStore.load(modelDir, new RankContext(new CpuDevice(), TensorParallel.none(), precision, fp8));
         List<int[]> seqs = TokenFile.read(tokens, model.config().vocabSize());
         PackedSamples data = samples(seqs, seqLen, model.config(), seed);
         Trainer.Options opt = new Trainer.Options(batch, micro, new LrSchedule(lr, minLr, warmup, steps), 0.9f, 0.95f,
@@ -126,6 +133,36 @@ public final class Sparkatron {
             out.println(trainer.step().toJson());
         }
         ModelStore.save(model, outDir);
+    }
+
+    /**
+     * The FP8 options of {@code train-local} (Megatron's flags: {@code --fp8-format}, {@code --fp8-recipe}, ...),
+     * or null for other precisions, where giving one is refused.
+     */
+    static Fp8Recipe fp8Options(Args a, Precision precision) {
+        Map<String, String> given = new java.util.LinkedHashMap<>();
+        for (String key : Fp8Recipe.KEYS) {
+            String v = a.string(key.replace('_', '-'), null);
+            if (v != null) {
+                given.put(key, v);
+            }
+        }
+        if (precision != Precision.FP8) {
+            if (!given.isEmpty()) {
+                throw new Args.UsageException("train-local: --" + given.keySet().iterator().next().replace('_', '-')
+                        + " applies to --precision fp8, not " + precision.label());
+            }
+            return null;
+        }
+        try {
+            return Fp8Recipe.parse(given::get);
+        } catch (IllegalArgumentException e) {
+            String m = e.getMessage();
+            for (String key : Fp8Recipe.KEYS) {
+                m = m.replace(key, "--" + key.replace('_', '-'));
+            }
+            throw new Args.UsageException("train-local: " + m);
+        }
     }
 
     /**
