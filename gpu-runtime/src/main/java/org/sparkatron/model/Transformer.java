@@ -21,6 +21,7 @@ import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.VocabParallelCrossEntropy;
 import org.sparkatron.parallel.VocabParallelEmbedding;
 import org.sparkatron.parallel.Workspace;
+import org.sparkatron.precision.Fp8Recipe;
 import org.sparkatron.precision.Fp8State;
 import org.sparkatron.precision.Precision;
 import org.sparkatron.tensor.DType;
@@ -140,8 +141,7 @@ public final class Transformer {
             if (why != null) {
                 throw new IllegalArgumentException(why);
             }
-            ctx.fp8Recipe().validateFor(cfg.layers());
-            TransformerBlock.validateFp8(cfg, tp.size());
+            validateFp8(cfg, tp.size(), ctx.fp8Recipe());
         }
         this.params = layout.build(device);
         this.compute = precision.isReduced()
@@ -208,6 +208,17 @@ public final class Transformer {
         if (cfg.ffnHidden() % tpSize != 0) {
             throw new IllegalArgumentException("MLP hidden size " + cfg.ffnHidden() + " not divisible by tensor parallel size " + tpSize);
         }
+    }
+
+    /**
+     * Refuses an FP8 run of this model that cannot work, before anything is allocated: a first/last-layers
+     * split that leaves no FP8 layer, or GEMM feature counts (per rank of a TP group of {@code tpSize}) that are
+     * not multiples of 16. Drivers call it before launching anything.
+     */
+    public static void validateFp8(ModelConfig cfg, int tpSize, Fp8Recipe recipe) {
+        validate(cfg, tpSize);
+        recipe.validateFor(cfg.layers());
+        TransformerBlock.validateFp8(cfg, tpSize);
     }
 
     /**

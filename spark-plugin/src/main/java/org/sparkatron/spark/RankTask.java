@@ -77,7 +77,8 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
              ProcessGroups groups = ProcessGroups.create(ParallelLayout.forWorld(cfg.world(), cfg.tp, 1, 1, cfg.pp, 1), comm)) {
             int tpRank = groups.coords()[0];
             int replica = groups.coords()[3];
-            RankContext rankCtx = new RankContext(cpu, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision);
+            RankContext rankCtx = new RankContext(cpu, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision,
+                    cfg.fp8);
             Transformer model;
             if (cfg.initFrom != null) { // each rank reads the model directory and keeps its TP shard
                 org.apache.hadoop.conf.Configuration conf = new org.apache.hadoop.conf.Configuration();

@@ -55,6 +55,15 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     private final Param<String> outputPath;
     private final BooleanParam dropBadRows;
     private final Param<String> initFrom;
+    private final Param<String> precision;
+    private final Param<String> fp8Format;
+    private final Param<String> fp8Recipe;
+    private final IntParam fp8Margin;
+    private final IntParam fp8AmaxHistoryLen;
+    private final Param<String> fp8AmaxComputeAlgo;
+    private final BooleanParam firstLastLayersBf16;
+    private final IntParam numLayersAtStartInBf16;
+    private final IntParam numLayersAtEndInBf16;
 
     public SparkatronEstimator() {
         this(Identifiable$.MODULE$.randomUID("sparkatron"));
@@ -84,6 +93,15 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
         outputPath = new Param<>(this, "outputPath", "where the model and metrics are saved (any Hadoop path)");
         dropBadRows = new BooleanParam(this, "dropBadRows", "drop null/empty/out-of-vocabulary rows instead of refusing");
         initFrom = new Param<>(this, "initFrom", "Hugging Face model directory (any Hadoop path) to start from instead of the seed");
+        precision = new Param<>(this, "precision", "fp32, bf16, fp16 or fp8 (docs/precision.md)");
+        fp8Format = new Param<>(this, "fp8Format", "fp8: e4m3, or hybrid (E4M3 forward, E5M2 gradients; the default)");
+        fp8Recipe = new Param<>(this, "fp8Recipe", "fp8 scaling: delayed (the default) or tensorwise (current scaling)");
+        fp8Margin = new IntParam(this, "fp8Margin", "fp8 delayed scaling: scale = fp8 max / amax / 2^margin");
+        fp8AmaxHistoryLen = new IntParam(this, "fp8AmaxHistoryLen", "fp8 delayed scaling: passes of amax history");
+        fp8AmaxComputeAlgo = new Param<>(this, "fp8AmaxComputeAlgo", "fp8 delayed scaling: most_recent or max over the history");
+        firstLastLayersBf16 = new BooleanParam(this, "firstLastLayersBf16", "fp8: keep the first and last layers' GEMMs in bf16");
+        numLayersAtStartInBf16 = new IntParam(this, "numLayersAtStartInBf16", "with firstLastLayersBf16: layers at the start in bf16");
+        numLayersAtEndInBf16 = new IntParam(this, "numLayersAtEndInBf16", "with firstLastLayersBf16: layers at the end in bf16");
         setDefault(inputCol, "tokens");
     }
 
@@ -113,6 +131,15 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     public Param<String> outputPath() { return outputPath; }
     public BooleanParam dropBadRows() { return dropBadRows; }
     public Param<String> initFrom() { return initFrom; }
+    public Param<String> precision() { return precision; }
+    public Param<String> fp8Format() { return fp8Format; }
+    public Param<String> fp8Recipe() { return fp8Recipe; }
+    public IntParam fp8Margin() { return fp8Margin; }
+    public IntParam fp8AmaxHistoryLen() { return fp8AmaxHistoryLen; }
+    public Param<String> fp8AmaxComputeAlgo() { return fp8AmaxComputeAlgo; }
+    public BooleanParam firstLastLayersBf16() { return firstLastLayersBf16; }
+    public IntParam numLayersAtStartInBf16() { return numLayersAtStartInBf16; }
+    public IntParam numLayersAtEndInBf16() { return numLayersAtEndInBf16; }
 
     public SparkatronEstimator setModelConfig(String v) { set(modelConfig, v); return this; }
     public SparkatronEstimator setDp(int v) { set(dp, (Object) v); return this; }
@@ -136,6 +163,15 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     public SparkatronEstimator setDropBadRows(boolean v) { set(dropBadRows, (Object) v); return this; }
     /** Starting weights: a model directory; its config.json is the model config unless modelConfig is set. */
     public SparkatronEstimator setInitFrom(String v) { set(initFrom, v); return this; }
+    public SparkatronEstimator setPrecision(String v) { set(precision, v); return this; }
+    public SparkatronEstimator setFp8Format(String v) { set(fp8Format, v); return this; }
+    public SparkatronEstimator setFp8Recipe(String v) { set(fp8Recipe, v); return this; }
+    public SparkatronEstimator setFp8Margin(int v) { set(fp8Margin, (Object) v); return this; }
+    public SparkatronEstimator setFp8AmaxHistoryLen(int v) { set(fp8AmaxHistoryLen, (Object) v); return this; }
+    public SparkatronEstimator setFp8AmaxComputeAlgo(String v) { set(fp8AmaxComputeAlgo, v); return this; }
+    public SparkatronEstimator setFirstLastLayersBf16(boolean v) { set(firstLastLayersBf16, (Object) v); return this; }
+    public SparkatronEstimator setNumLayersAtStartInBf16(int v) { set(numLayersAtStartInBf16, (Object) v); return this; }
+    public SparkatronEstimator setNumLayersAtEndInBf16(int v) { set(numLayersAtEndInBf16, (Object) v); return this; }
 
     /** Where progress lines go (null: only the log). */
     public SparkatronEstimator setProgress(PrintStream out) {

@@ -13,6 +13,7 @@ import java.util.Map;
 import java.util.Set;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.optim.LrSchedule;
+import org.sparkatron.precision.Fp8Recipe;
 import org.sparkatron.precision.Precision;
 import org.sparkatron.train.Trainer;
 
@@ -44,7 +45,8 @@ public final class TrainConfig implements Serializable {
             "steps", "lr", "min_lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "seed", "input_col",
             "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format", "input_schema",
             "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over",
-            "data_split", "precision", "init_from");
+            "data_split", "precision", "init_from", "fp8_format", "fp8_recipe", "fp8_margin", "fp8_amax_history_len",
+            "fp8_amax_compute_algo", "first_last_layers_bf16", "num_layers_at_start_in_bf16", "num_layers_at_end_in_bf16");
 
     private final String json; // the full, normalised config
 
@@ -80,8 +82,15 @@ public final class TrainConfig implements Serializable {
     public final String checkpointDir;
     public final int checkpointEvery, keepCheckpoints;
     public final boolean startOver;
-    /** Compute precision (docs/precision.md): fp32 [default], bf16, or fp16 with dynamic loss scaling. */
+    /** Compute precision (docs/precision.md): fp32 [default], bf16, fp16 with dynamic loss scaling, or fp8. */
     public final Precision precision;
+    /**
+     * Under precision fp8, the recipe from Megatron's keys ({@code fp8_format} [hybrid], {@code fp8_recipe}
+     * [delayed], {@code fp8_margin} [0], {@code fp8_amax_history_len} [1], {@code fp8_amax_compute_algo}
+     * [most_recent], {@code first_last_layers_bf16} [false], {@code num_layers_at_start_in_bf16} [1],
+     * {@code num_layers_at_end_in_bf16} [1]); null otherwise (the keys are then refused).
+     */
+    public final Fp8Recipe fp8;
     /** A Hugging Face model directory (any Hadoop path) whose weights replace the seed initialisation
      *  [none]; its config.json is the model config when {@code model} is not given ({@link InitFrom}). */
     public final String initFrom;
@@ -170,6 +179,21 @@ public final class TrainConfig implements Serializable {
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("config key 'precision': " + e.getMessage(), e);
         }
+        java.util.Map<String, String> fp8Keys = new java.util.LinkedHashMap<>();
+        for (String k : Fp8Recipe.KEYS) {
+            if (o.hasNonNull(k)) {
+                fp8Keys.put(k, o.get(k).asText());
+            }
+        }
+        if (precision != Precision.FP8 && !fp8Keys.isEmpty()) {
+            throw new IllegalArgumentException("config key '" + fp8Keys.keySet().iterator().next() + "' applies to precision fp8, not "
+                    + precision.label());
+        }
+        try {
+            this.fp8 = precision == Precision.FP8 ? Fp8Recipe.parse(fp8Keys::get) : null;
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("config key " + e.getMessage(), e);
+        }
         this.json = o.toString();
         validate(mc);
     }
@@ -183,6 +207,10 @@ public final class TrainConfig implements Serializable {
         }
         if ((globalBatch / dp) % microBatch != 0) {
             throw new IllegalArgumentException("global_batch / dp = " + globalBatch / dp + " samples per replica is not divisible by micro_batch " + microBatch);
+        }
+        if (fp8 != null) { // refused here, on the driver, before any executor starts
+            org.sparkatron.model.Transformer.validateFp8(mc, tp, fp8);
+            org.sparkatron.precision.Fp8Linear.requireRows((long) microBatch * seqLen, "the transformer layers' FP8 GEMMs");
         }
         if (inputCol.isEmpty()) {
             throw new IllegalArgumentException("input_col must not be empty");
