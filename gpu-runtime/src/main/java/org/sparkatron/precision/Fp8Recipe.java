@@ -24,10 +24,11 @@ import java.util.function.Function;
  *   <li>{@code firstLastLayersBf16} (false) with {@code layersAtStartInBf16} (1) and
  *       {@code layersAtEndInBf16} (1): keep those transformer layers' GEMMs in bf16.</li>
  * </ul>
- * Immutable; validated on construction (a bad value names its key).
+ * Immutable and serializable (it travels in Spark's training config); validated on construction (a bad value
+ * names its key).
  */
 public record Fp8Recipe(Format format, Scaling scaling, int margin, int amaxHistoryLen, AmaxAlgo amaxComputeAlgo,
-                        boolean firstLastLayersBf16, int layersAtStartInBf16, int layersAtEndInBf16) {
+                        boolean firstLastLayersBf16, int layersAtStartInBf16, int layersAtEndInBf16) implements java.io.Serializable {
     /** Megatron's {@code --fp8-format}. */
     public enum Format {
         E4M3, HYBRID;

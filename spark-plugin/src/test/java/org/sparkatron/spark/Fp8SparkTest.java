@@ -13,9 +13,10 @@ import org.junit.jupiter.api.io.TempDir;
 /**
  * {@code precision: fp8} through the whole Spark path: a barrier stage of two data-parallel CPU ranks on
  * local[N], delayed scaling with a 4-pass max window (its amaxes reduced over the replicas by
- * {@code DataParallelSync.maxOverReplicas}), from the Estimator. The same job in bf16 is the peer: the fp8
- * losses track it (each of the last 5 within 0.05 nats: 20 steps of a 64-token walk language, where the
- * loss still falls by ~0.05 a step) and fall well below the start.
+ * {@code DataParallelSync.maxOverReplicas}), from the Estimator. The same job in bf16 is the peer: each of the
+ * fp8 run's last 5 losses within 0.05 nats of bf16's (20 steps of a 64-token walk language, where the loss
+ * still moves by ~0.05 a step; measured: at most 0.022), and the fp8 run learns as bf16 does (the mean of
+ * its last 5 losses below that of its first 5 by at least 3/4 of bf16's drop; measured 0.32 vs 0.33 nats).
  */
 class Fp8SparkTest {
     @TempDir
@@ -41,7 +42,13 @@ class Fp8SparkTest {
         }
         System.out.println("Fp8SparkTest bf16 " + java.util.Arrays.toString(losses[0]) + "\nFp8SparkTest fp8  "
                 + java.util.Arrays.toString(losses[1]));
-        assertTrue(losses[1][19] < losses[1][0] - 1, "fp8 learns: " + losses[1][0] + " -> " + losses[1][19]);
+        double[] drop = new double[2];
+        for (int p = 0; p < 2; p++) {
+            drop[p] = java.util.Arrays.stream(losses[p], 0, 5).average().orElseThrow()
+                    - java.util.Arrays.stream(losses[p], 15, 20).average().orElseThrow();
+        }
+        assertTrue(drop[0] > 0.2 && drop[1] >= 0.75 * drop[0], "fp8 learns as bf16 does: first-5 to last-5 mean loss falls by "
+                + drop[1] + " (bf16 " + drop[0] + ")");
         for (int s = 15; s < 20; s++) {
             assertEquals(losses[0][s], losses[1][s], 0.05, "step " + (s + 1) + " fp8 vs bf16");
         }

@@ -56,8 +56,9 @@ class PrecisionConfigTest {
         assertEquals("config key 'fp8_format' applies to precision fp8, not bf16", e.getMessage());
         e = assertThrows(IllegalArgumentException.class, () -> parseFp8(", \"precision\": \"fp8\", \"fp8_recipe\": \"blockwise\""));
         assertEquals("config key fp8_recipe must be one of current, delayed, tensorwise, got 'blockwise'", e.getMessage());
-        e = assertThrows(IllegalArgumentException.class, () -> parse(", \"precision\": \"fp8\"")); // n_embd 16, n_head 2
-        assertTrue(e.getMessage().startsWith("precision fp8: attn.qkv is 16 -> 48 features"), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> TrainConfig.fromJson(new ObjectMapper().readTree("{\"model\": "
+                + FP8_MODEL.replace("\"n_embd\":32", "\"n_embd\":40") + ", \"seq_len\": 16, \"precision\": \"fp8\"}")));
+        assertTrue(e.getMessage().startsWith("precision fp8: attn.qkv is 40 -> 120 features"), e.getMessage());
         e = assertThrows(IllegalArgumentException.class,
                 () -> parseFp8(", \"precision\": \"fp8\", \"seq_len\": 12, \"global_batch\": 2"));
         assertTrue(e.getMessage().contains("a micro-batch of 24 tokens"), e.getMessage());
