@@ -1,11 +1,9 @@
 package org.sparkatron.spark;
 
 import java.io.Serializable;
-import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.Iterator;
 import java.util.List;
-import java.util.Locale;
 import java.util.Map;
 import org.apache.spark.BarrierTaskContext;
 import org.apache.spark.SparkEnv;
@@ -22,6 +20,7 @@ import org.sparkatron.model.Transformer;
 import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.TpBroadcastSource;
 import org.sparkatron.parallel.TpCheckpoint;
+import org.sparkatron.train.Evaluator;
 import org.sparkatron.train.ResumableTraining;
 import org.sparkatron.train.SampleSource;
 import org.sparkatron.train.Trainer;
@@ -46,20 +45,24 @@ import scala.runtime.AbstractFunction1;
 final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<Long, int[]>>,
         scala.collection.Iterator<Tuple2<Integer, byte[]>>> implements Serializable {
     private static final long serialVersionUID = 1L;
+    /** Checkpoint metadata keys: the resolved training config (JSON) and the data description of the job that saved it. */
+    static final String TRAIN_CONFIG = "train_config";
+    static final String DATA = "data";
     private final TrainConfig cfg;
     private final byte[] secret;
     private final String progressEndpoint;
     private final Map<String, String> hadoopConf; // for ranks that read their input files themselves
+    private final boolean validation; // the driver found a validation split: every rank evaluates
+    private final String dataDescription; // recorded with every checkpoint
 
-    RankTask(TrainConfig cfg, byte[] secret, String progressEndpoint) {
-        this(cfg, secret, progressEndpoint, Map.of());
-    }
-
-    RankTask(TrainConfig cfg, byte[] secret, String progressEndpoint, Map<String, String> hadoopConf) {
+    RankTask(TrainConfig cfg, byte[] secret, String progressEndpoint, Map<String, String> hadoopConf, boolean validation,
+             String dataDescription) {
         this.cfg = cfg;
         this.secret = secret;
         this.progressEndpoint = progressEndpoint;
         this.hadoopConf = new HashMap<>(hadoopConf);
+        this.validation = validation;
+        this.dataDescription = dataDescription;
     }
 
     @Override
@@ -89,35 +92,47 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             Iterator<Tuple2<Long, int[]>> pieces = JavaConverters.asJava(data);
             SampleSource samples;
             SampleSource files = null; // a Megatron dataset this rank reads itself (closed at the end)
+            SampleSource valid = null; // this replica's validation samples (TP rank 0; peers get them below)
             if (MegatronInput.FORMAT.equals(cfg.inputFormat)) { // TP peers get their rank 0's samples below
                 files = tpRank == 0 ? MegatronInput.source(cfg, hadoopConf, replica) : null;
                 samples = files;
+                valid = validation && tpRank == 0 ? MegatronInput.validSource(cfg, hadoopConf, replica) : null;
             } else {
                 samples = new SampleStream(pieces, cfg.seqLen + 1, replica, cfg.dp);
             }
             if (cfg.tp > 1) { // only TP rank 0 of each replica was sent data; it shares every sample
                 samples = new TpBroadcastSource(tpRank == 0 ? samples : null, cfg.seqLen + 1, groups.tp());
             }
-            Trainer trainer = new Trainer(model, samples, cfg.trainerOptions(),
-                    new DataParallelSync(groups.dp(), cfg.bucketBytes));
-            List<String> metrics = new ArrayList<>();
+            DataParallelSync dpSync = new DataParallelSync(groups.dp(), cfg.bucketBytes);
+            Trainer trainer = new Trainer(model, samples, cfg.trainerOptions(), dpSync);
             java.util.function.Consumer<String> events = msg -> { // to the executor's log; rank 0's to the driver too
                 System.err.println("[sparkatron] rank " + rank + ": " + msg);
                 if (rank == 0) {
                     progress.report(TrainConfig.JSON.createObjectNode().put("message", msg).put("attempt", attempt).toString());
                 }
             };
-            ResumableTraining ckpt = checkpointing(cfg, trainer, comm, attempt, events);
+            ResumableTraining ckpt = checkpointing(cfg, trainer, comm, attempt, events, dataDescription);
             long first = ckpt == null ? 1 : io(ckpt::resume) + 1; // a retried stage continues from the last checkpoint
+            Evaluator evaluator = null;
+            if (validation) {
+                SampleSource v = valid;
+                if (v != null) { // Megatron's order: earlier evaluations consumed their samples
+                    v.skip(cfg.evaluationsBy(first - 1) * cfg.evalIters * cfg.replicaBatch());
+                }
+                if (cfg.tp > 1) {
+                    v = new TpBroadcastSource(tpRank == 0 ? v : null, cfg.seqLen + 1, groups.tp());
+                }
+                evaluator = new Evaluator(model, v, cfg.microBatch, cfg.replicaBatch() / cfg.microBatch, cfg.dp, dpSync);
+            }
+            RankProgress reports = new RankProgress(cfg, attempt, comm, rank == 0 ? progress::report : null);
+            reports.start(first, device);
             for (long s = first; s <= cfg.steps; s++) {
                 if (rank == cfg.failRank && s == cfg.failStep && attempt < cfg.failAttempts) {
                     throw new IllegalStateException("injected failure: rank " + rank + " at step " + s + " (attempt " + attempt + ")");
                 }
-                Trainer.StepMetrics m = trainer.step();
-                String line = m.toJson().replaceFirst("}$", String.format(Locale.ROOT, ", \"attempt\": %d}", attempt));
-                if (rank == 0) {
-                    metrics.add(line);
-                    progress.report(line);
+                reports.step(s, trainer.step());
+                if (evaluator != null && cfg.evaluatesAt(s)) { // before the checkpoint: a resume never repeats it
+                    reports.eval(evaluator.run(s, cfg.evalIters));
                 }
                 if (ckpt != null && (s == cfg.steps || (cfg.checkpointEvery > 0 && s % cfg.checkpointEvery == 0))) {
                     events.accept("checkpoint saved: " + io(ckpt::save));
@@ -125,6 +140,9 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             }
             if (files != null) {
                 files.close();
+            }
+            if (valid != null) {
+                valid.close();
             }
             comm.barrier();
             Transformer full = cfg.tp > 1 ? TpCheckpoint.gatherFull(model, false) : model; // TP collective
@@ -135,7 +153,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             }
             String host = ctx.getTaskInfos()[rank].address();
             RankReport report = new RankReport(rank, attempt, host, SparkEnv.get().executorId(), device,
-                    ProcessHandle.current().pid(), samples.consumed(), metrics, weights);
+                    ProcessHandle.current().pid(), samples.consumed(), reports.lines(), weights);
             return JavaConverters.asScala(List.of(new Tuple2<>(rank, report.toBytes())).iterator());
         } catch (Throwable t) {
             comm.abort("rank " + rank + " failed: " + t);
@@ -151,14 +169,15 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
      * {@code start_over} applies to the job's first attempt only: a retried stage always resumes.
      */
     private static ResumableTraining checkpointing(TrainConfig cfg, Trainer trainer, Communicator world, int attempt,
-                                                   java.util.function.Consumer<String> log) {
+                                                   java.util.function.Consumer<String> log, String data) {
         if (cfg.checkpointDir == null) {
             return null;
         }
         DistributedCheckpoint dc = new DistributedCheckpoint(HadoopCheckpointStorage.forPath(cfg.checkpointDir, null),
                 cfg.checkpointDir, cfg.keepCheckpoints);
         return new ResumableTraining(trainer, dc, world, cfg.dp,
-                new ResumableTraining.Options(cfg.checkpointEvery, cfg.startOver && attempt == 0, java.util.Map.of("attempt", "" + attempt)),
+                new ResumableTraining.Options(cfg.checkpointEvery, cfg.startOver && attempt == 0, java.util.Map.of("attempt", "" + attempt,
+                        TRAIN_CONFIG, cfg.resolved().toString(), DATA, data == null ? "" : data)),
                 log);
     }
 

@@ -68,7 +68,9 @@ public final class TrainMain {
         }
         DistributedTraining.Result r = MegatronInput.FORMAT.equals(cfg.inputFormat)
                 ? DistributedTraining.runMegatron(spark, cfg, out) : DistributedTraining.run(read(spark, cfg), cfg, out);
-        out.printf(java.util.Locale.ROOT, "[sparkatron] done: loss %.4f -> %.4f over %d steps%n", r.firstLoss(), r.lastLoss(), r.metrics().size());
+        for (String line : r.summary()) {
+            out.println("[sparkatron] " + line);
+        }
         for (RankReport rr : r.ranks()) {
             out.println("[sparkatron] rank " + rr.describe());
         }
