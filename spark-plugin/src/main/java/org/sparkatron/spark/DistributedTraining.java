@@ -151,7 +151,15 @@ public final class DistributedTraining {
         } catch (IOException e) {
             throw new IllegalArgumentException("output '" + cfg.output + "' cannot be written: " + e.getMessage(), e);
         }
-        try (monitor; ProgressServer progress = new ProgressServer(bind, advertise, secret, cfg.steps, null, monitor)) {
+        // with the Sparkatron plugin installed, progress comes over Spark's RPC; else through a small socket
+        SparkatronDriverPlugin plugin = SparkatronDriverPlugin.forContext(sc);
+        String pluginJob = plugin == null ? null : ProgressServer.token(secret);
+        if (plugin != null) {
+            plugin.register(pluginJob, monitor);
+            monitor.say("progress over Spark RPC (Sparkatron plugin); live page: the Spark UI's Sparkatron tab"
+                    + (sc.uiWebUrl().isDefined() ? " at " + sc.uiWebUrl().get() + "/sparkatron/" : ""));
+        }
+        try (monitor; ProgressServer progress = plugin != null ? null : new ProgressServer(bind, advertise, secret, cfg.steps, null, monitor)) {
             if (cfg.output != null) {
                 saveConfig(cfg, dataSummary, cfg.output, sc);
             }
@@ -159,7 +167,8 @@ public final class DistributedTraining {
             sc.setLocalProperty("spark.job.interruptOnCancel", "true");
             sc.setLocalProperty("spark.job.description", "sparkatron training: " + cfg.world() + " ranks, " + cfg.steps + " steps");
             RDD<Tuple2<Integer, byte[]>> ranks = input.barrier()
-                    .mapPartitions(new RankTask(cfg, secret, progress.endpoint(), hadoopConf, validation, dataSummary), false,
+                    .mapPartitions(new RankTask(cfg, secret, progress == null ? null : progress.endpoint(), pluginJob, hadoopConf,
+                            validation, dataSummary), false,
                             TokenData.tag(Tuple2.class));
             // the closing shuffle makes the barrier stage a shuffle-map stage, which Spark retries as a whole
             ShuffledRDD<Integer, byte[], byte[]> closing = new ShuffledRDD<>(ranks, new HashPartitioner(1),
@@ -206,6 +215,9 @@ public final class DistributedTraining {
         } catch (IOException e) {
             throw new IllegalStateException("sparkatron: " + e.getMessage(), e);
         } finally {
+            if (plugin != null) {
+                plugin.unregister(pluginJob);
+            }
             sc.setLocalProperty("spark.job.interruptOnCancel", previousInterrupt);
             sc.setLocalProperty("spark.job.description", previousDescription);
         }

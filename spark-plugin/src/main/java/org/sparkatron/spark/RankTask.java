@@ -52,14 +52,20 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
     private final byte[] secret;
     private final String progressEndpoint;
     private final Map<String, String> hadoopConf; // for ranks that read their input files themselves
+    private final String pluginJob; // progress over Spark RPC under this key (the plugin is installed), else null
     private final boolean validation; // the driver found a validation split: every rank evaluates
     private final String dataDescription; // recorded with every checkpoint
 
-    RankTask(TrainConfig cfg, byte[] secret, String progressEndpoint, Map<String, String> hadoopConf, boolean validation,
-             String dataDescription) {
+    /**
+     * @param progressEndpoint the driver's {@link ProgressServer} (host:port), or null
+     * @param pluginJob        the job's key for progress over Spark RPC ({@link SparkatronPlugin}), or null
+     */
+    RankTask(TrainConfig cfg, byte[] secret, String progressEndpoint, String pluginJob, Map<String, String> hadoopConf,
+             boolean validation, String dataDescription) {
         this.cfg = cfg;
         this.secret = secret;
         this.progressEndpoint = progressEndpoint;
+        this.pluginJob = pluginJob;
         this.hadoopConf = new HashMap<>(hadoopConf);
         this.validation = validation;
         this.dataDescription = dataDescription;
@@ -74,7 +80,8 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         Blas.setThreads(cfg.threadsPerRank); // process-wide; the same value from every rank in the JVM
         Communicator comm = CommWiring.connect(ctx, secret, cfg.commTimeoutMs);
         Thread watchdog = watchdog(ctx, comm, rank);
-        try (ProgressReporter progress = new ProgressReporter(rank == 0 ? progressEndpoint : null, secret);
+        try (ProgressChannel progress = rank == 0 && pluginJob != null ? new SparkatronPlugin.Channel(pluginJob)
+                : new ProgressReporter(rank == 0 ? progressEndpoint : null, secret);
              ProcessGroups groups = ProcessGroups.create(ParallelLayout.forWorld(cfg.world(), cfg.tp, 1, 1, cfg.pp, 1), comm)) {
             int tpRank = groups.coords()[0];
             int replica = groups.coords()[3];
@@ -138,6 +145,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                     events.accept("checkpoint saved: " + io(ckpt::save));
                 }
             }
+            progress.flush(); // the driver has every line before the results arrive
             if (files != null) {
                 files.close();
             }

@@ -96,7 +96,7 @@ public final class TrainMain {
         SparkConf conf = new SparkConf();
         SparkSession.Builder b = SparkSession.builder().appName(name);
         if (!conf.contains("spark.master")) {
-            b.master("local[" + slots + "]").config("spark.ui.enabled", "false")
+            b.master("local[" + slots + "]").config("spark.ui.enabled", conf.get("spark.ui.enabled", "false"))
                     .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
                     .config("spark.sql.shuffle.partitions", String.valueOf(Math.max(2, slots)));
         }
