@@ -87,8 +87,10 @@ public final class DistributedTraining {
         cfg = ResumeCheck.check(cfg, sc.hadoopConfiguration(), say(console));
         TokenData.Prepared data = TokenData.prepare(df, cfg, cfg.model().vocabSize());
         String summary = String.format(java.util.Locale.ROOT,
-                "%d documents, %d tokens, %d samples of %d tokens per epoch, %d epoch(s) for %d steps x %d samples%s",
+                "%d documents, %d tokens, %d samples of %d tokens per epoch, %d epoch(s) for %d steps x %d samples%s%s",
                 data.documents(), data.tokens(), data.samplesPerEpoch(), cfg.seqLen + 1, data.epochs(), cfg.steps, cfg.globalBatch,
+                data.validation() ? String.format(java.util.Locale.ROOT, "; validation: %d documents, %d samples per epoch (split %s)",
+                        data.validDocuments(), data.validSamplesPerEpoch(), cfg.dataSplit) : "",
                 data.droppedRows() > 0 ? "; dropped " + data.droppedRows() + " bad row(s) of column '" + cfg.inputCol + "'" : "");
         LOG.info("sparkatron: {}", summary);
         if (console != null) {
@@ -96,7 +98,7 @@ public final class DistributedTraining {
         }
         try {
             return launch(sc, cfg, console, data.byRank().rdd(), Map.of(), new long[] {data.documents(), data.tokens(),
-                data.samplesPerEpoch(), data.droppedRows(), data.epochs()}, summary, false);
+                data.samplesPerEpoch(), data.droppedRows(), data.epochs()}, summary, data.validation());
         } finally {
             data.cached().unpersist(false);
         }

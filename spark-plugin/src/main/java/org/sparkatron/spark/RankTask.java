@@ -104,8 +104,22 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 files = tpRank == 0 ? MegatronInput.source(cfg, hadoopConf, replica) : null;
                 samples = files;
                 valid = validation && tpRank == 0 ? MegatronInput.validSource(cfg, hadoopConf, replica) : null;
-            } else {
-                samples = new SampleStream(pieces, cfg.seqLen + 1, replica, cfg.dp);
+            } else { // the shuffle sorts validation pieces (negative keys) before the training pieces
+                List<Tuple2<Long, int[]>> validPieces = new java.util.ArrayList<>();
+                Tuple2<Long, int[]> firstTraining = null;
+                while (pieces.hasNext()) {
+                    Tuple2<Long, int[]> p = pieces.next();
+                    if (!TokenData.isValid(p._1())) {
+                        firstTraining = p;
+                        break;
+                    }
+                    validPieces.add(new Tuple2<>(p._1() - TokenData.VALID_BASE, p._2()));
+                }
+                Iterator<Tuple2<Long, int[]>> rest = firstTraining == null ? pieces
+                        : java.util.stream.Stream.concat(java.util.stream.Stream.of(firstTraining),
+                        java.util.stream.StreamSupport.stream(java.util.Spliterators.spliteratorUnknownSize(pieces, 0), false)).iterator();
+                samples = new SampleStream(rest, cfg.seqLen + 1, replica, cfg.dp);
+                valid = validation && tpRank == 0 ? new SampleStream(validPieces.iterator(), cfg.seqLen + 1, replica, cfg.dp) : null;
             }
             if (cfg.tp > 1) { // only TP rank 0 of each replica was sent data; it shares every sample
                 samples = new TpBroadcastSource(tpRank == 0 ? samples : null, cfg.seqLen + 1, groups.tp());

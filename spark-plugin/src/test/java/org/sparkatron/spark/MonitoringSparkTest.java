@@ -122,6 +122,49 @@ class MonitoringSparkTest {
         }
     }
 
+    /** The documents as rows in list order (a local relation keeps it; SyntheticData.frame repartitions). */
+    private static org.apache.spark.sql.Dataset<org.apache.spark.sql.Row> inOrder(List<int[]> docs) {
+        List<org.apache.spark.sql.Row> rows = new ArrayList<>();
+        for (int[] d : docs) {
+            rows.add(org.apache.spark.sql.RowFactory.create((Object) java.util.Arrays.stream(d).boxed().toArray(Integer[]::new)));
+        }
+        return SharedSpark.get().createDataFrame(rows, new org.apache.spark.sql.types.StructType().add("tokens",
+                org.apache.spark.sql.types.DataTypes.createArrayType(org.apache.spark.sql.types.DataTypes.IntegerType)));
+    }
+
+    @Test
+    @Timeout(300)
+    void dataFrameInputIsSplitByDocumentsAndEvaluatedInOrder() throws Exception {
+        List<int[]> docs = SyntheticData.walks(100, 9);
+        TrainConfig base = SharedSpark.config(1, 4, 6).with("data_split", "\"90,10,0\"").with("eval_interval", "3").with("eval_iters", "1");
+        DistributedTraining.Result one = DistributedTraining.run(inOrder(docs), base, null);
+        DistributedTraining.Result two = DistributedTraining.run(inOrder(docs), base.with("dp", "2"), null);
+        assertEquals(2, one.evaluations().size());
+        for (int i = 0; i < 2; i++) {
+            assertEquals(DistributedTraining.metric(one.evaluations().get(i)).path("valid_loss").asDouble(),
+                    DistributedTraining.metric(two.evaluations().get(i)).path("valid_loss").asDouble(), 1e-5, "evaluation " + i);
+        }
+        // validation = documents 90..99 packed into samples of 17 tokens, ordered by the seeded permutation; the
+        // evaluation after step 6 (the second) read positions 4..7 of that order
+        List<Integer> stream = new ArrayList<>();
+        for (int[] d : docs.subList(90, 100)) {
+            for (int x : d) {
+                stream.add(x);
+            }
+        }
+        int n = (stream.size() - 1) / 16;
+        int[] order = TokenData.permutation(n, base.seed + 1, 0);
+        int[] batch = new int[4 * 17];
+        for (int k = 0; k < 4; k++) {
+            int sample = order[4 + k];
+            for (int j = 0; j < 17; j++) {
+                batch[k * 17 + j] = stream.get(sample * 16 + j);
+            }
+        }
+        assertEquals(one.model().loss(batch, 4, 16, null), DistributedTraining.metric(one.evaluations().get(1)).path("valid_loss").asDouble(),
+                1e-6, "the trained model on the same validation samples (metrics print 6 decimals)");
+    }
+
     @Test
     @Timeout(300)
     void evalIntervalWithoutAValidationSplitIsRefused() throws Exception {
@@ -129,5 +172,9 @@ class MonitoringSparkTest {
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> DistributedTraining.runMegatron(SharedSpark.get(),
                 SharedSpark.config(1, 8, 4).with("input_format", "megatron").with("input", input).with("eval_interval", "2"), null));
         assertTrue(e.getMessage().contains("leaves no validation documents"), e.getMessage());
+        IllegalArgumentException df = assertThrows(IllegalArgumentException.class, () -> DistributedTraining.run(
+                SyntheticData.frame(SharedSpark.get(), SyntheticData.walks(20, 1), "tokens", 2), SharedSpark.config(1, 4, 4)
+                        .with("eval_interval", "2"), null));
+        assertTrue(df.getMessage().contains("leaves no validation documents"), df.getMessage());
     }
 }

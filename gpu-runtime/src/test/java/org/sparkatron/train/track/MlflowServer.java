@@ -31,7 +31,7 @@ final class MlflowServer implements AutoCloseable {
                 "--artifacts-destination", dir.resolve("artifacts").toString()))
                 .redirectErrorStream(true).redirectOutput(log.toFile()).start();
         HttpClient http = HttpClient.newHttpClient();
-        long deadline = System.currentTimeMillis() + 120_000;
+        long deadline = System.currentTimeMillis() + 300_000; // importing mlflow and migrating its database: minutes on a loaded 2-core machine
         while (true) {
             try {
                 HttpResponse<String> r = http.send(HttpRequest.newBuilder(URI.create(uri + "/health")).timeout(Duration.ofSeconds(5)).build(),

@@ -28,7 +28,7 @@ class MlflowTrackingTest {
     Path tmp;
 
     @Test
-    @Timeout(240)
+    @Timeout(480)
     void paramsMetricsAndArtifactsReachARealServer() throws Exception {
         String why = PythonTool.missing("mlflow");
         assumeTrue(why == null, why);
