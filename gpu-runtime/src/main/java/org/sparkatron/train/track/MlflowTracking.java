@@ -34,6 +34,7 @@ public final class MlflowTracking implements AutoCloseable {
     static final int MAX_METRICS = 1000;
     static final int MAX_PARAMS = 100;
     static final int MAX_PARAM_VALUE = 6000;
+    private static final String CUT = "...[cut]";
 
     private final String base;
     private final HttpClient http;
@@ -87,7 +88,7 @@ public final class MlflowTracking implements AutoCloseable {
         for (Map.Entry<String, String> e : params.entrySet()) {
             String v = e.getValue();
             if (v.length() > MAX_PARAM_VALUE) {
-                v = v.substring(0, MAX_PARAM_VALUE - 12) + "...[cut]";
+                v = v.substring(0, MAX_PARAM_VALUE - CUT.length()) + CUT;
             }
             ps.addObject().put("key", e.getKey()).put("value", v);
             if (ps.size() == MAX_PARAMS) {
