@@ -19,8 +19,6 @@ import org.sparkatron.device.cpu.CpuKernels;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.LrSchedule;
-import org.sparkatron.tensor.DType;
-import org.sparkatron.tensor.Tensor;
 import org.sparkatron.train.PackedSamples;
 import org.sparkatron.train.Trainer;
 

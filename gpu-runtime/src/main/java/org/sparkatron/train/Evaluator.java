@@ -27,6 +27,18 @@ public final class Evaluator {
             return String.format(Locale.ROOT, "{\"kind\": \"eval\", \"step\": %d, \"valid_loss\": %.6f, \"valid_ppl\": %.6g, "
                     + "\"eval_iters\": %d, \"eval_samples\": %d, \"eval_s\": %.4f}", step, loss, perplexity(), iters, samples, seconds);
         }
+
+        /** The console line. */
+        public String describe() {
+            return String.format(Locale.ROOT, "validation at step %d | loss %.4f | ppl %.3f | %d samples in %.1f s", step, loss, perplexity(),
+                    samples, seconds);
+        }
+
+        /** Parses {@link #toJson}'s object. */
+        public static Evaluation fromJson(com.fasterxml.jackson.databind.JsonNode n) {
+            return new Evaluation(n.path("step").asLong(), n.path("valid_loss").asDouble(), n.path("eval_iters").asInt(),
+                    n.path("eval_samples").asLong(), n.path("eval_s").asDouble());
+        }
     }
 
     private final Transformer model;

@@ -31,6 +31,37 @@ public final class IntervalStats {
                     gradNorm, lr, lossScale, seconds, samples, tokens, tokensPerSecond, samplesPerSecond, tflopsPerRank, mfu,
                     rssBytes, directBytes);
         }
+
+        /** Parses {@link #toJson}'s object (a missing or null loss is NaN). */
+        public static Interval fromJson(com.fasterxml.jackson.databind.JsonNode n) {
+            return new Interval(n.path("first_step").asLong(), n.path("step").asLong(), n.path("steps").asInt(), n.path("skipped").asInt(),
+                    n.path("loss").isNumber() ? n.path("loss").asDouble() : Double.NaN, n.path("grad_norm").asDouble(), n.path("lr").asDouble(),
+                    n.path("loss_scale").asDouble(1), n.path("seconds").asDouble(), n.path("samples").asLong(), n.path("tokens").asLong(),
+                    n.path("tokens_per_s").asDouble(), n.path("samples_per_s").asDouble(), n.path("tflops_per_rank").asDouble(),
+                    n.path("mfu").asDouble(), n.path("rss_bytes").asLong(-1), n.path("direct_bytes").asLong(-1));
+        }
+
+        /**
+         * The console line, Megatron's figures in one row: step, interval-mean loss, gradient norm, LR, loss scale
+         * (when not 1), tokens/s, samples/s, model TFLOP/s per rank, MFU, memory ({@code memoryMb}, or this
+         * process's when NaN), skipped steps and the ETA of the remaining steps at this interval's pace.
+         */
+        public String describe(long totalSteps, double memoryMb) {
+            double mem = Double.isNaN(memoryMb) ? rssBytes / 1048576.0 : memoryMb;
+            int width = String.valueOf(totalSteps).length();
+            return String.format(Locale.ROOT, "step %" + width + "d/%d | loss %s | grad norm %.3f | lr %.3e | %s%,.0f tok/s | "
+                            + "%.2f samples/s | %.3g TFLOP/s/rank | MFU %.2f%% | mem %.2f GB | skipped %d | ETA %s",
+                    lastStep, totalSteps, Double.isNaN(loss) ? "-" : String.format(Locale.ROOT, "%.4f", loss), gradNorm, lr,
+                    lossScale != 1 ? String.format(Locale.ROOT, "loss scale %.0f | ", lossScale) : "", tokensPerSecond, samplesPerSecond,
+                    tflopsPerRank, 100 * mfu, mem / 1024, skipped, eta(seconds / Math.max(1, steps) * Math.max(0, totalSteps - lastStep)));
+        }
+    }
+
+    /** h:mm:ss or m:ss. */
+    public static String eta(double seconds) {
+        long s = Math.round(Math.max(0, seconds));
+        return s >= 3600 ? String.format(Locale.ROOT, "%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60)
+                : String.format(Locale.ROOT, "%d:%02d", s / 60, s % 60);
     }
 
     private final long samplesPerStep;

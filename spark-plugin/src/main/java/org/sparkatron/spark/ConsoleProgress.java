@@ -3,6 +3,8 @@ package org.sparkatron.spark;
 import com.fasterxml.jackson.databind.JsonNode;
 import java.io.PrintStream;
 import java.util.Locale;
+import org.sparkatron.train.Evaluator;
+import org.sparkatron.train.IntervalStats;
 
 /**
  * The console side of live progress: one line per log interval in Megatron's manner (step, interval-mean
@@ -53,29 +55,13 @@ final class ConsoleProgress {
         barShown = true;
     }
 
-    /** The interval line; {@code secondsPerStep} (training time only) gives the ETA. */
+    /** The interval line ({@link IntervalStats.Interval#describe}, memory: the largest process of the job). */
     void interval(JsonNode n) {
-        long step = n.path("step").asLong();
-        double perStep = n.path("seconds").asDouble() / Math.max(1, n.path("steps").asInt());
-        JsonNode loss = n.path("loss");
-        double rssMb = n.has("max_rss_mb") ? n.path("max_rss_mb").asDouble() : n.path("rss_bytes").asDouble() / 1048576;
-        line(String.format(Locale.ROOT, "step %" + digits() + "d/%d | loss %s | grad norm %.3f | lr %.3e | %s%s tok/s | %.2f samples/s | "
-                        + "%.3g TFLOP/s/rank | MFU %.2f%% | mem %.2f GB | skipped %d | ETA %s%s",
-                step, steps, loss.isNumber() ? String.format(Locale.ROOT, "%.4f", loss.asDouble()) : "-", n.path("grad_norm").asDouble(),
-                n.path("lr").asDouble(), n.path("loss_scale").asDouble(1) != 1 ? String.format(Locale.ROOT, "loss scale %.0f | ",
-                        n.path("loss_scale").asDouble()) : "", grouped(n.path("tokens_per_s").asDouble()), n.path("samples_per_s").asDouble(),
-                n.path("tflops_per_rank").asDouble(), 100 * n.path("mfu").asDouble(), rssMb / 1024, n.path("skipped").asInt(),
-                eta(perStep * (steps - step)), attempt(n)));
+        line(IntervalStats.Interval.fromJson(n).describe(steps, n.path("max_rss_mb").asDouble(Double.NaN)) + attempt(n));
     }
 
     void eval(JsonNode n) {
-        line(String.format(Locale.ROOT, "validation at step %d | loss %.4f | ppl %.3f | %d samples in %.1f s%s", n.path("step").asLong(),
-                n.path("valid_loss").asDouble(), n.path("valid_ppl").asDouble(), n.path("eval_samples").asLong(), n.path("eval_s").asDouble(),
-                attempt(n)));
-    }
-
-    private String digits() {
-        return String.valueOf(String.valueOf(steps).length());
+        line(Evaluator.Evaluation.fromJson(n).describe() + attempt(n));
     }
 
     private void clearBar() {
@@ -90,13 +76,7 @@ final class ConsoleProgress {
         return a > 0 ? " | attempt " + a : "";
     }
 
-    static String eta(double seconds) {
-        long s = Math.round(Math.max(0, seconds));
-        return s >= 3600 ? String.format(Locale.ROOT, "%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60)
-                : String.format(Locale.ROOT, "%d:%02d", s / 60, s % 60);
-    }
-
-    private static String grouped(double v) {
-        return String.format(Locale.ROOT, "%,.0f", v);
+    private static String eta(double seconds) {
+        return IntervalStats.eta(seconds);
     }
 }

@@ -187,7 +187,7 @@ final class TrainingMonitor implements java.util.function.Consumer<JsonNode>, Au
     record Snapshot(String title, int steps, long step, NavigableMap<Long, Double> losses, NavigableMap<Long, Double> validLosses,
                     JsonNode lastInterval, JsonNode lastEval, JsonNode start) {
         String svg() {
-            return plotSvg(title, losses, validLosses, 0);
+            return LossPlot.ofHistory(title, losses, validLosses, 0);
         }
     }
 
@@ -296,7 +296,7 @@ final class TrainingMonitor implements java.util.function.Consumer<JsonNode>, Au
             FileSystem fs = out.getFileSystem(hadoopConf);
             Path tmp = new Path(out, "." + PLOT + ".tmp");
             try (OutputStream o = fs.create(tmp, true)) {
-                o.write(plotSvg(title, history.losses(), history.validLosses(), cfg.logInterval).getBytes(StandardCharsets.UTF_8));
+                o.write(LossPlot.ofHistory(title, history.losses(), history.validLosses(), cfg.logInterval).getBytes(StandardCharsets.UTF_8));
             }
             Path target = new Path(out, PLOT);
             fs.delete(target, false);
@@ -307,34 +307,6 @@ final class TrainingMonitor implements java.util.function.Consumer<JsonNode>, Au
             LOG.warn("sparkatron: loss plot: {}", e.toString());
             plotFailed = true;
         }
-    }
-
-    /** The plot of a history: every step, the means over log intervals (windows of {@code logInterval} steps), validation. */
-    static String plotSvg(String title, NavigableMap<Long, Double> losses, NavigableMap<Long, Double> valid, int logInterval) {
-        List<LossPlot.Point> steps = new ArrayList<>();
-        List<LossPlot.Point> means = new ArrayList<>();
-        losses.forEach((s, l) -> steps.add(new LossPlot.Point(s, l)));
-        int window = logInterval > 0 ? logInterval : Math.max(1, losses.size() / 20);
-        long at = -1;
-        double sum = 0;
-        int n = 0;
-        for (Map.Entry<Long, Double> e : losses.entrySet()) {
-            long w = (e.getKey() - 1) / window;
-            if (w != at && n > 0) {
-                means.add(new LossPlot.Point(Math.min((at + 1) * window, losses.lastKey()), sum / n));
-                sum = 0;
-                n = 0;
-            }
-            at = w;
-            sum += e.getValue();
-            n++;
-        }
-        if (n > 0) {
-            means.add(new LossPlot.Point(Math.min((at + 1) * window, losses.lastKey()), sum / n));
-        }
-        List<LossPlot.Point> v = new ArrayList<>();
-        valid.forEach((s, l) -> v.add(new LossPlot.Point(s, l)));
-        return LossPlot.svg(title, steps, means, v);
     }
 
     private static double now() {

@@ -92,6 +92,35 @@ public final class LossPlot {
         return b.toString();
     }
 
+    /** The plot of a history: every step, the means over log intervals (windows of {@code logInterval} steps), validation. */
+    public static String ofHistory(String title, java.util.NavigableMap<Long, Double> losses, java.util.NavigableMap<Long, Double> valid,
+                                   int logInterval) {
+        List<Point> steps = new java.util.ArrayList<>();
+        List<Point> means = new java.util.ArrayList<>();
+        losses.forEach((s, l) -> steps.add(new Point(s, l)));
+        int window = logInterval > 0 ? logInterval : Math.max(1, losses.size() / 20);
+        long at = -1;
+        double sum = 0;
+        int n = 0;
+        for (java.util.Map.Entry<Long, Double> e : losses.entrySet()) {
+            long w = (e.getKey() - 1) / window;
+            if (w != at && n > 0) {
+                means.add(new Point(Math.min((at + 1) * window, losses.lastKey()), sum / n));
+                sum = 0;
+                n = 0;
+            }
+            at = w;
+            sum += e.getValue();
+            n++;
+        }
+        if (n > 0) {
+            means.add(new Point(Math.min((at + 1) * window, losses.lastKey()), sum / n));
+        }
+        List<Point> v = new java.util.ArrayList<>();
+        valid.forEach((s, l) -> v.add(new Point(s, l)));
+        return svg(title, steps, means, v);
+    }
+
     private record Axis(double x0, double x1, double y0, double y1) {
         double x(double v) {
             return LEFT + (v - x0) / (x1 - x0) * (W - LEFT - RIGHT);
