@@ -42,6 +42,9 @@ final class MetricsLog implements java.util.function.Consumer<JsonNode>, AutoClo
     private FSDataOutputStream out;
     private final TreeMap<Long, String> steps = new TreeMap<>();
     private final TreeMap<Long, String> evals = new TreeMap<>();
+    /** The figures of {@code steps} and {@code evals}, parsed once (the plot and the UI read them often). */
+    private final TreeMap<Long, Double> stepLoss = new TreeMap<>();
+    private final TreeMap<Long, Double> validLoss = new TreeMap<>();
     private final long historyLines;
 
     /** Replaces {@code output/metrics.jsonl}; throws if the output path cannot be written. */
@@ -117,6 +120,8 @@ final class MetricsLog implements java.util.function.Consumer<JsonNode>, AutoClo
         int before = steps.size() + evals.size();
         steps.tailMap(lastKept, false).clear();
         evals.tailMap(lastKept, false).clear();
+        stepLoss.tailMap(lastKept, false).clear();
+        validLoss.tailMap(lastKept, false).clear();
         if (steps.size() + evals.size() != before) {
             try {
                 rewrite();
@@ -129,16 +134,12 @@ final class MetricsLog implements java.util.function.Consumer<JsonNode>, AutoClo
 
     /** Step losses so far (step -&gt; loss). */
     synchronized NavigableMap<Long, Double> losses() {
-        TreeMap<Long, Double> m = new TreeMap<>();
-        steps.forEach((k, v) -> m.put(k, DistributedTraining.metric(v).path("loss").asDouble()));
-        return m;
+        return new TreeMap<>(stepLoss);
     }
 
     /** Validation losses so far (step -&gt; loss). */
     synchronized NavigableMap<Long, Double> validLosses() {
-        TreeMap<Long, Double> m = new TreeMap<>();
-        evals.forEach((k, v) -> m.put(k, DistributedTraining.metric(v).path("valid_loss").asDouble()));
-        return m;
+        return new TreeMap<>(validLoss);
     }
 
     /**
@@ -188,7 +189,14 @@ final class MetricsLog implements java.util.function.Consumer<JsonNode>, AutoClo
             if (!n.has("step")) {
                 return false;
             }
-            (n.path("kind").asText("").equals("eval") ? evals : steps).put(n.get("step").asLong(), line);
+            long step = n.get("step").asLong();
+            if (n.path("kind").asText("").equals("eval")) {
+                evals.put(step, line);
+                validLoss.put(step, n.path("valid_loss").asDouble(Double.NaN));
+            } else {
+                steps.put(step, line);
+                stepLoss.put(step, n.path("loss").asDouble(Double.NaN));
+            }
             return true;
         } catch (IllegalArgumentException e) {
             return false;

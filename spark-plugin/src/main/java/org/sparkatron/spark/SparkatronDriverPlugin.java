@@ -56,7 +56,7 @@ public final class SparkatronDriverPlugin implements DriverPlugin {
         MetricRegistry r = ctx.metricRegistry();
         r.register("step", (Gauge<Long>) () -> {
             TrainingMonitor m = current;
-            return m == null ? 0L : m.snapshot().step();
+            return m == null ? 0L : m.step();
         });
         gauge(r, "loss", i -> i.path("loss").asDouble(Double.NaN), false);
         gauge(r, "tokens_per_s", i -> i.path("tokens_per_s").asDouble(), false);
@@ -76,8 +76,7 @@ public final class SparkatronDriverPlugin implements DriverPlugin {
             if (m == null) {
                 return Double.NaN;
             }
-            TrainingMonitor.Snapshot s = m.snapshot();
-            JsonNode n = eval ? s.lastEval() : s.lastInterval();
+            JsonNode n = eval ? m.lastEval() : m.lastInterval();
             return n == null ? Double.NaN : value.applyAsDouble(n);
         });
     }

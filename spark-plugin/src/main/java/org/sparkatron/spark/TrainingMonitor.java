@@ -178,7 +178,22 @@ final class TrainingMonitor implements java.util.function.Consumer<JsonNode>, Au
         console.line(line);
     }
 
-    /** What the live page and the metrics show: a copy of the current figures. */
+    /** The last step reported (0 before the first). */
+    synchronized long step() {
+        return lastStep;
+    }
+
+    /** The last interval report, or null. */
+    synchronized JsonNode lastInterval() {
+        return lastInterval;
+    }
+
+    /** The last evaluation report, or null. */
+    synchronized JsonNode lastEval() {
+        return lastEval;
+    }
+
+    /** What the live page shows: a copy of the current figures. */
     synchronized Snapshot snapshot() {
         return new Snapshot(title, cfg.steps, lastStep, history.losses(), history.validLosses(), lastInterval, lastEval, start);
     }

@@ -17,6 +17,8 @@ public final class LossPlot {
     private static final int RIGHT = 20;
     private static final int TOP = 40;
     private static final int BOTTOM = 48;
+    /** At most this many per-step points are drawn ({@link #ofHistory} thins longer runs evenly). */
+    static final int MAX_POINTS = 2000;
 
     private LossPlot() {
     }
@@ -92,12 +94,21 @@ public final class LossPlot {
         return b.toString();
     }
 
-    /** The plot of a history: every step, the means over log intervals (windows of {@code logInterval} steps), validation. */
+    /**
+     * The plot of a run's history: every step (at most {@link #MAX_POINTS}, thinned evenly beyond), the means over
+     * log intervals (windows of {@code logInterval} steps; 0: about 20 windows) and the validation losses.
+     */
     public static String ofHistory(String title, java.util.NavigableMap<Long, Double> losses, java.util.NavigableMap<Long, Double> valid,
                                    int logInterval) {
         List<Point> steps = new java.util.ArrayList<>();
         List<Point> means = new java.util.ArrayList<>();
-        losses.forEach((s, l) -> steps.add(new Point(s, l)));
+        long stride = Math.max(1, (losses.size() + MAX_POINTS - 1) / MAX_POINTS); // a long run: every stride-th step
+        long i = 0;
+        for (java.util.Map.Entry<Long, Double> e : losses.entrySet()) {
+            if (i++ % stride == 0 || e.getKey().equals(losses.lastKey())) {
+                steps.add(new Point(e.getKey(), e.getValue()));
+            }
+        }
         int window = logInterval > 0 ? logInterval : Math.max(1, losses.size() / 20);
         long at = -1;
         double sum = 0;

@@ -41,6 +41,17 @@ class LossPlotTest {
     }
 
     @Test
+    void aLongHistoryIsThinnedAndAveragedPerInterval() {
+        java.util.TreeMap<Long, Double> losses = new java.util.TreeMap<>();
+        for (long s = 1; s <= 10_000; s++) {
+            losses.put(s, 5.0);
+        }
+        String svg = LossPlot.ofHistory("long", losses, new java.util.TreeMap<>(), 100);
+        assertTrue(svg.contains("data-series=\"train-step\" data-points=\"2001\""), "every 5th step and the last");
+        assertTrue(svg.contains("data-series=\"train-interval\" data-points=\"100\""), "one mean per 100 steps");
+    }
+
+    @Test
     void roundTicks() {
         assertArrayEquals(new double[] {0, 20, 40, 60, 80, 100}, LossPlot.ticks(0, 100), 1e-9);
         assertArrayEquals(new double[] {0.5, 1.0, 1.5, 2.0}, LossPlot.ticks(0.31, 2.2), 1e-9);
