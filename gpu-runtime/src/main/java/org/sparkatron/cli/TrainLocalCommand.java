@@ -75,7 +75,7 @@ final class TrainLocalCommand {
         }
         Trainer trainer = new Trainer(model, data, new Trainer.Options(batch, micro, new LrSchedule(lr, minLr, warmup, steps), 0.9f, 0.95f,
                 1e-8f, wd, clip));
-        double peak = ModelFlops.sgemmGflops(512, 5) * 1e9;
+        double peak = ModelFlops.sgemmPeakGflops() * 1e9;
         IntervalStats interval = new IntervalStats((long) batch * micro, t, ModelFlops.perStep(model.config(), t, (long) batch * micro), 1, peak);
         err.printf(java.util.Locale.ROOT, "[sparkatron] %,d parameters, %.3g GFLOP per step (6N + 6LTC per token), peak %.1f GFLOP/s "
                 + "(measured sgemm); %s%n", ModelFlops.parameters(model.config()), ModelFlops.perStep(model.config(), t, (long) batch * micro) / 1e9,

@@ -55,8 +55,25 @@ public final class ModelFlops {
     /**
      * This process's sgemm rate in GFLOP/s: the best of {@code reps} n x n x n products on the calling
      * thread (OpenBLAS uses the process's thread count). n = 1024 is what {@code ./sparkatron bench}
-     * reports beside every step figure; a rank at start-up uses a smaller n to stay quick.
+     * reports beside every step figure; a rank at start-up uses {@link #sgemmPeakGflops}.
      */
+    /**
+     * A rank's CPU peak for MFU: the best 512^3 sgemm rate over at least 5 products and 0.3 s, so a moment of
+     * contention on a shared machine does not pass for the peak (a peak measured too low would put MFU
+     * above 100% once the machine quietens).
+     */
+    public static double sgemmPeakGflops() {
+        double best = 0;
+        long until = System.nanoTime() + 300_000_000L;
+        for (int round = 0; round < 5 || System.nanoTime() < until; round++) {
+            best = Math.max(best, sgemmGflops(512, 1));
+            if (round > 200) {
+                break;
+            }
+        }
+        return best;
+    }
+
     public static double sgemmGflops(int n, int reps) {
         Tensor x = Tensor.allocateHost(DType.F32, n, n);
         Tensor y = Tensor.allocateHost(DType.F32, n, n);
