@@ -4,6 +4,7 @@ import java.io.IOException;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
+import org.sparkatron.data.gpt.Blending;
 import org.sparkatron.data.gpt.DatasetSampleSource;
 import org.sparkatron.data.gpt.GptConfig;
 import org.sparkatron.data.gpt.GptDatasetBuilder;
@@ -152,7 +153,7 @@ final class MegatronInput {
             long need = (long) cfg.steps * cfg.globalBatch;
             long validNeed = cfg.validSamplesPerReplica() * cfg.dp; // Megatron: eval_iters x evaluations x global batch
             SampleDataset[] splits = GptDatasetBuilder.build(datasets, weights, cfg.dataSplit, new Long[] {need, validNeed, null},
-                    GptConfig.of(cfg.seqLen, cfg.seed), 1.005, true); // no padded partial validation sample: the loss has no mask
+                    GptConfig.of(cfg.seqLen, cfg.seed), Blending.DEFAULT_SURPLUS, true); // no padded partial validation sample: the loss has no mask
             if (splits[0] == null) {
                 throw new IllegalArgumentException("data_split '" + cfg.dataSplit + "' leaves no training documents in '" + cfg.input + "'");
             }
