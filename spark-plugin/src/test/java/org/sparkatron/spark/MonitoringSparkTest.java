@@ -41,15 +41,6 @@ class MonitoringSparkTest {
         return prefix;
     }
 
-    private static List<JsonNode> lines(Path f) throws Exception {
-        List<JsonNode> out = new ArrayList<>();
-        for (String l : Files.readAllLines(f)) {
-            if (!l.isBlank()) {
-                out.add(DistributedTraining.metric(l));
-            }
-        }
-        return out;
-    }
 
     @Test
     @Timeout(300)
@@ -101,7 +92,7 @@ class MonitoringSparkTest {
         assertTrue(two.summary().get(2).startsWith("validation loss: "), two.summary().toString());
 
         // metrics.jsonl: steps 1..12 and evaluations after steps 6 and 12
-        List<JsonNode> m = lines(out.resolve(MetricsLog.FILE));
+        List<JsonNode> m = SharedSpark.jsonLines(out.resolve(MetricsLog.FILE));
         assertEquals(14, m.size());
         assertEquals("eval", m.get(6).path("kind").asText());
         assertEquals(6, m.get(6).path("step").asInt());

@@ -34,15 +34,6 @@ class ResumeHistorySparkTest {
         return SyntheticData.frame(SharedSpark.get(), SyntheticData.walks(100, 9), "tokens", 2);
     }
 
-    private static List<JsonNode> lines(Path f) throws Exception {
-        List<JsonNode> out = new ArrayList<>();
-        for (String l : Files.readAllLines(f)) {
-            if (!l.isBlank()) {
-                out.add(DistributedTraining.metric(l));
-            }
-        }
-        return out;
-    }
 
     @Test
     @Timeout(300)
@@ -52,7 +43,7 @@ class ResumeHistorySparkTest {
         TrainConfig first = SharedSpark.config(2, 4, 6).with("checkpoint_dir", ckpt).with("checkpoint_every", "3")
                 .with("output", out.toString());
         DistributedTraining.run(data(), first, null);
-        assertEquals(6, lines(out.resolve(MetricsLog.FILE)).size());
+        assertEquals(6, SharedSpark.jsonLines(out.resolve(MetricsLog.FILE)).size());
         var meta = new DistributedCheckpoint(new LocalStorage(), ckpt, 2);
         var saved = meta.metadata(meta.dir(6)).extra();
         assertEquals(6, DistributedTraining.metric(saved.get(RankTask.TRAIN_CONFIG)).path("steps").asInt());
@@ -63,12 +54,12 @@ class ResumeHistorySparkTest {
         IllegalArgumentException refused = assertThrows(IllegalArgumentException.class, () -> DistributedTraining.run(data(), longer, null));
         assertTrue(refused.getMessage().startsWith("LR schedule changed on resume") && refused.getMessage().contains("decay_steps follows steps")
                 && refused.getMessage().contains("use_checkpoint_lr_schedule"), refused.getMessage());
-        assertEquals(6, lines(out.resolve(MetricsLog.FILE)).size(), "a refused job leaves the history alone");
+        assertEquals(6, SharedSpark.jsonLines(out.resolve(MetricsLog.FILE)).size(), "a refused job leaves the history alone");
 
         // continue the old schedule; rank 1 fails at step 9 once, the retry resumes from the step-8 checkpoint
         DistributedTraining.Result r = DistributedTraining.run(data(), longer.with("use_checkpoint_lr_schedule", "true")
                 .with("checkpoint_every", "2").with("fail_rank", "1").with("fail_step", "9").with("fail_attempts", "1"), null);
-        List<JsonNode> m = lines(out.resolve(MetricsLog.FILE));
+        List<JsonNode> m = SharedSpark.jsonLines(out.resolve(MetricsLog.FILE));
         assertEquals(10, m.size(), m.toString());
         for (int i = 0; i < 10; i++) {
             assertEquals(i + 1, m.get(i).path("step").asInt(), "each step once, in order: " + m);

@@ -45,6 +45,17 @@ final class SharedSpark {
         });
     }
 
+    /** The JSON objects of a JSON-lines file (blank lines skipped). */
+    static java.util.List<com.fasterxml.jackson.databind.JsonNode> jsonLines(java.nio.file.Path f) throws java.io.IOException {
+        java.util.List<com.fasterxml.jackson.databind.JsonNode> out = new java.util.ArrayList<>();
+        for (String l : java.nio.file.Files.readAllLines(f)) {
+            if (!l.isBlank()) {
+                out.add(TrainConfig.JSON.readTree(l));
+            }
+        }
+        return out;
+    }
+
     /** A tiny GPT-2: 2 layers, width 32, 2 heads, 32 positions, 64-token vocabulary. */
     static ObjectNode tinyModel() {
         ObjectNode m = TrainConfig.JSON.createObjectNode();
