@@ -149,8 +149,9 @@ final class TokenData {
         Stream trainStream = Stream.of(perPartition, 0, t, (long) cfg.steps * cfg.globalBatch);
         if (trainStream.n == 0) {
             docs.unpersist(false);
-            throw new IllegalArgumentException("input column '" + col + "' holds " + trainStream.tokens + " training tokens in "
-                    + (train[1] - train[0]) + " usable row(s): fewer than one sample of seq_len + 1 = " + (t + 1) + " tokens");
+            throw new IllegalArgumentException("input column '" + col + "' holds " + trainStream.tokens + " tokens in "
+                    + (train[1] - train[0]) + " usable row(s)" + (valid != null ? " of the training split" : "")
+                    + ": fewer than one sample of seq_len + 1 = " + (t + 1) + " tokens");
         }
         JavaPairRDD<Long, int[]> keyed = docs.mapPartitionsWithIndex(new SamplePieces(docStarts, train, trainStream.starts, t,
                 (int) trainStream.n, trainStream.epochs, trainStream.needed, cfg.seed, 0), true).mapToPair(x -> x);
