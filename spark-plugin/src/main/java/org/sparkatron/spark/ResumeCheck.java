@@ -58,9 +58,9 @@ final class ResumeCheck {
             return cfg;
         }
         String change = String.format(Locale.ROOT, "the checkpoint of step %d (%s) was trained with %s; this job's schedule is %s%s, "
-                        + "so the LR after step %d would go from %.6g to %.6g", step, dc.dir(step), describe(was), describe(now),
+                        + "so the LR after step %d would go from %s to %s", step, dc.dir(step), describe(was), describe(now),
                 now.decaySteps() != was.decaySteps() && !cfg.toJson().has("decay_steps") ? " (decay_steps follows steps)" : "",
-                step, was.at(step), now.at(step));
+                step, num(was.at(step)), num(now.at(step)));
         if (cfg.useCheckpointLrSchedule) {
             say.accept("LR schedule: continuing the checkpoint's (use_checkpoint_lr_schedule): " + describe(was));
             return cfg.with("lr", String.valueOf(was.maxLr())).with("min_lr", String.valueOf(was.minLr()))
@@ -75,7 +75,12 @@ final class ResumeCheck {
     }
 
     static String describe(LrSchedule s) {
-        return String.format(Locale.ROOT, "lr %.6g, min_lr %.6g, warmup_steps %d, decay_steps %d", s.maxLr(), s.minLr(), s.warmupSteps(),
+        return String.format(Locale.ROOT, "lr %s, min_lr %s, warmup_steps %d, decay_steps %d", num(s.maxLr()), num(s.minLr()), s.warmupSteps(),
                 s.decaySteps());
+    }
+
+    /** Six significant digits without trailing zeros: 0.01, 0.000445681. */
+    private static String num(double v) {
+        return new java.math.BigDecimal(String.format(Locale.ROOT, "%.6g", v)).stripTrailingZeros().toPlainString();
     }
 }
