@@ -49,7 +49,7 @@ final class ConsoleProgress {
         }
         long step = n.path("step").asLong();
         int filled = (int) Math.min(BAR, BAR * step / Math.max(1, steps));
-        out.print(String.format(Locale.ROOT, "\r\033[K[%s%s] %d/%d  loss %.4f  %s", "#".repeat(filled), ".".repeat(BAR - filled), step,
+        out.print(String.format(Locale.ROOT, "\r\033[K[%s%s] %d/%d  loss %.4f  ETA %s", "#".repeat(filled), ".".repeat(BAR - filled), step,
                 steps, n.path("loss").asDouble(), eta(secondsPerStep * (steps - step))));
         out.flush();
         barShown = true;

@@ -206,6 +206,7 @@ public final class DistributedTraining {
                 SparkatronModel.of(model).save(cfg.output, sc.hadoopConfiguration());
                 saveRanks(reports, cfg.output, sc);
             }
+            monitor.catchUp(first.metrics());
             List<String> history = monitor.finish(first.metrics(), cfg.output);
             List<String> summary = RunSummary.lines(history, cfg.logInterval, firstStep, monitor.snapshot().lastInterval());
             Result result = new Result(model, steps, reports, stats[0], stats[1], stats[2], stats[3], (int) stats[4], evals, history, summary);

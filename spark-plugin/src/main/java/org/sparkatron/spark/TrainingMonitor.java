@@ -45,6 +45,7 @@ final class TrainingMonitor implements java.util.function.Consumer<JsonNode>, Au
     private TensorBoardEvents tensorboard;
     private MlflowTracking mlflow;
     private final List<JsonNode> intervals = new ArrayList<>();
+    private final java.util.Set<String> seen = new java.util.HashSet<>();
     private JsonNode start;
     private JsonNode lastInterval;
     private JsonNode lastEval;
@@ -112,6 +113,9 @@ final class TrainingMonitor implements java.util.function.Consumer<JsonNode>, Au
             console.line(line);
             return;
         }
+        if (!seen.add(n.path("attempt").asInt() + "/" + n.path("kind").asText("step") + "/" + n.path("step").asLong(n.path("first_step").asLong()))) {
+            return; // already handled (a late live copy of a line replayed by catchUp)
+        }
         history.accept(n);
         switch (n.path("kind").asText("")) {
             case "start" -> {
@@ -165,6 +169,16 @@ final class TrainingMonitor implements java.util.function.Consumer<JsonNode>, Au
                 }
             }
             default -> LOG.debug("sparkatron: unknown report {}", n);
+        }
+    }
+
+    /**
+     * Handles the lines of the final attempt (from rank 0's result) that have not arrived live yet: the socket
+     * channel cannot flush, so the last interval or evaluation may still be in flight when the results are in.
+     */
+    synchronized void catchUp(List<String> finalLines) {
+        for (String l : finalLines) {
+            accept(DistributedTraining.metric(l));
         }
     }
 
