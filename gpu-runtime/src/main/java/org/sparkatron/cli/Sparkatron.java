@@ -9,8 +9,10 @@ import java.util.Map;
 import java.util.Set;
 import java.util.TreeMap;
 import org.sparkatron.checkpoint.ModelStore;
+import org.sparkatron.device.DeviceMemoryException;
 import org.sparkatron.device.cpu.Blas;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
+import org.sparkatron.precision.Precision;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.train.PackedSamples;
@@ -58,7 +60,7 @@ public final class Sparkatron {
                 }
             }
             return 0;
-        } catch (Args.UsageException | IllegalArgumentException e) {
+        } catch (Args.UsageException | IllegalArgumentException | DeviceMemoryException e) {
             err.println("sparkatron " + cmd + ": " + e.getMessage());
             return 2;
         } catch (java.io.IOException e) {
@@ -76,7 +78,7 @@ public final class Sparkatron {
         long seed = a.requiredInt("seed");
         Path dir = a.path("out");
         a.rejectUnknown();
-        Transformer model = new Transformer(ModelConfig.load(config), new CpuKernels());
+        Transformer model = new Transformer(ModelConfig.load(config), new CpuDevice());
         model.initialize(seed);
         ModelStore.save(model, dir);
         out.printf(Locale.ROOT, "{\"model\": \"%s\", \"family\": \"%s\", \"parameters\": %d, \"seed\": %d}%n",
@@ -120,7 +122,7 @@ public final class Sparkatron {
         Path tokens = a.path("tokens");
         setThreads(a);
         a.rejectUnknown();
-        Transformer model = ModelStore.load(modelDir, new CpuKernels());
+        Transformer model = ModelStore.load(modelDir, new CpuDevice());
         List<int[]> seqs = TokenFile.read(tokens, model.config().vocabSize());
         Map<Integer, List<int[]>> byLength = new TreeMap<>();
         for (int i = 0; i < seqs.size(); i++) {

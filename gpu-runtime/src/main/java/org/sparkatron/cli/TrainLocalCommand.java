@@ -9,7 +9,7 @@ import java.nio.file.Path;
 import java.util.List;
 import java.util.TreeMap;
 import org.sparkatron.checkpoint.ModelStore;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.LrSchedule;
 import org.sparkatron.precision.Precision;
@@ -60,7 +60,7 @@ final class TrainLocalCommand {
         if (steps < 1 || logInterval < 1 || evalInterval < 0 || evalIters < 1) {
             throw new IllegalArgumentException("--steps, --log-interval and --eval-iters must be >= 1 and --eval-interval >= 0");
         }
-        Transformer model = ModelStore.load(modelDir, new CpuKernels(), precision);
+        Transformer model = ModelStore.load(modelDir, new CpuDevice(), precision);
         List<int[]> seqs = TokenFile.read(tokens, model.config().vocabSize());
         PackedSamples data = Sparkatron.samples(seqs, seqLen, model.config(), seed);
         int t = data.sampleLength() - 1;

@@ -1,12 +1,17 @@
 package org.sparkatron.train;
 
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.util.Locale;
+import org.sparkatron.device.MemoryKind;
 import org.sparkatron.model.Transformer;
+import org.sparkatron.tensor.DType;
+import org.sparkatron.tensor.Tensor;
 
 /**
  * Evaluation on the validation split, Megatron's {@code --eval-iters}: {@code iters} global batches,
  * forward only ({@link Transformer#loss}, no dropout), each replica scoring its share of every batch as in
- * training, the mean loss averaged over the data-parallel replicas ({@link GradientSync#averageScalar}),
+ * training, the mean loss averaged over the data-parallel replicas ({@link GradientSync#averageScalars}),
  * reported with its perplexity. Like Megatron, successive evaluations continue through the validation
  * samples (the source is not rewound), so a run's evaluations together see
  * {@code evaluations x iters x global_batch} distinct samples, repeating the split over epochs only when it
@@ -48,6 +53,8 @@ public final class Evaluator {
     private final GradientSync sync;
     private final int replicas;
     private final int[] tokens;
+    private final Tensor mean; // the F64 device scalar averaged over the replicas
+    private final ByteBuffer meanHost = ByteBuffer.allocateDirect(8).order(ByteOrder.nativeOrder());
 
     /**
      * @param microBatch   samples per forward pass on this rank
@@ -65,6 +72,7 @@ public final class Evaluator {
         this.replicas = replicas;
         this.sync = sync;
         this.tokens = new int[microBatch * data.sampleLength()];
+        this.mean = model.device().allocate(MemoryKind.WORKSPACE, DType.F64, 1);
     }
 
     /** Samples this replica reads per evaluation of {@code iters} batches (for positioning on resume). */
@@ -90,7 +98,11 @@ public final class Evaluator {
                 sum += model.loss(tokens, microBatch, t, null);
             }
         }
-        double loss = sync.averageScalar(sum / ((double) iters * microBatches));
+        meanHost.putDouble(0, sum / ((double) iters * microBatches));
+        model.device().upload(mean, meanHost);
+        sync.averageScalars(mean);
+        model.device().download(meanHost, mean);
+        double loss = meanHost.getDouble(0);
         return new Evaluation(step, loss, iters, (long) iters * microBatches * microBatch * replicas, (System.nanoTime() - t0) / 1e9);
     }
 }

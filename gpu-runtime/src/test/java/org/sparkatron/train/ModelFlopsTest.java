@@ -4,7 +4,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 
 import com.fasterxml.jackson.databind.ObjectMapper;
 import org.junit.jupiter.api.Test;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.TestDevices;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.ParameterSet;
 import org.sparkatron.model.Transformer;
@@ -39,7 +39,7 @@ class ModelFlopsTest {
             "{\"model_type\":\"llama\",\"num_hidden_layers\":2,\"hidden_size\":32,\"num_attention_heads\":4,\"num_key_value_heads\":2,"
                 + "\"intermediate_size\":48,\"vocab_size\":70,\"max_position_embeddings\":16,\"tie_word_embeddings\":false}"}) {
             ModelConfig c = config(json);
-            Transformer t = new Transformer(c, new CpuKernels());
+            Transformer t = new Transformer(c, TestDevices.create());
             long declared = 0;
             for (ParameterSet.Param p : t.params().params()) { // vocabulary rows as saved, without padding
                 boolean vocabRows = p.name().equals("embed") || p.name().equals("head");

@@ -55,9 +55,13 @@ final class RankProgress {
                 cfg.logInterval, cfg.evalInterval));
     }
 
-    /** Step {@code s} (the loop's count) finished with {@code m}: its line, and the interval's at a boundary. Collective. */
-    void step(long s, Trainer.StepMetrics m) {
-        emit(m.toJson().replaceFirst("}$", String.format(Locale.ROOT, ", \"attempt\": %d}", attempt)));
+    /**
+     * Step {@code s} (the loop's count) finished with {@code m}: its line (with {@code memory}, a JSON object of the
+     * rank's measured memory, when not null), and the interval's at a boundary. Collective.
+     */
+    void step(long s, Trainer.StepMetrics m, String memory) {
+        emit(m.toJson().replaceFirst("}$", String.format(Locale.ROOT, ", \"attempt\": %d%s}", attempt,
+                memory == null ? "" : ", \"memory\": " + memory)));
         interval.add(m);
         if (s % cfg.logInterval == 0 || s == cfg.steps) {
             IntervalStats.Interval i = interval.finish();
