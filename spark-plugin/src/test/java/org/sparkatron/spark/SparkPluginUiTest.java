@@ -69,7 +69,7 @@ class SparkPluginUiTest {
     }
 
     @Test
-    @Timeout(300)
+    @Timeout(600)
     void progressOverRpcMetricsInSparkAndALiveUiPage() throws Exception {
         SharedSpark.stop();
         SparkSession spark = SparkSession.builder().master("local[2]").appName("sparkatron-plugin-test")
@@ -88,10 +88,11 @@ class SparkPluginUiTest {
                 assertTrue(dumpDom(page).contains("No Sparkatron training has run"), "the tab is there before any job");
             }
             int steps = 60;
-            TrainConfig cfg = Demo.config(steps, tmp.resolve("out").toString()).with("log_interval", "10");
+            TrainConfig cfg = SharedSpark.config(2, 8, steps).with("output", tmp.resolve("out").toString()).with("log_interval", "10")
+                    .with("data_split", "\"90,10,0\"").with("eval_interval", "20").with("eval_iters", "1");
             ByteArrayOutputStream console = new ByteArrayOutputStream();
             CompletableFuture<DistributedTraining.Result> job = CompletableFuture.supplyAsync(() -> DistributedTraining.run(
-                    SyntheticData.frame(spark, SyntheticData.walks(200, 1), "tokens", 2), cfg, new PrintStream(console, true, StandardCharsets.UTF_8)));
+                    SyntheticData.frame(spark, SyntheticData.walks(200, 9), "tokens", 2), cfg, new PrintStream(console, true, StandardCharsets.UTF_8)));
             long deadline = System.currentTimeMillis() + 120_000;
             while (plugin.current() == null || plugin.current().snapshot().step() < 10) {
                 assertTrue(!job.isDone() && System.currentTimeMillis() < deadline, "no progress over RPC: " + console);
