@@ -14,14 +14,10 @@ import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
-import org.sparkatron.optim.LrSchedule;
-import org.sparkatron.parallel.RankContext;
-import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.precision.Fp8Recipe;
 import org.sparkatron.precision.Precision;
 import org.sparkatron.train.PackedSamples;
 import org.sparkatron.train.TokenFile;
-import org.sparkatron.train.Trainer;
 
 /**
  * Entry point of {@code ./sparkatron} for the single-process subcommands: {@code init}, {@code train-local},
@@ -37,7 +33,8 @@ public final class Sparkatron {
             "  init        --config CONFIG.json --seed N --out DIR",
             "  train-local --model DIR --tokens FILE --steps N --out DIR [--lr 3e-4] [--min-lr LR/10] [--warmup 0]",
             "              [--batch 4] [--micro-batches 1] [--seq-len T] [--weight-decay 0.1] [--grad-clip 1.0]",
-            "              [--seed 0] [--threads CORES] [--precision fp32|bf16|fp16|fp8]",
+            "              [--seed 0] [--threads CORES] [--precision fp32|bf16|fp16|fp8] [--log-interval STEPS/20]",
+            "              [--valid-tokens FILE [--eval-interval STEPS/10] [--eval-iters 10]] [--tensorboard-dir DIR]",
             "              fp8: [--fp8-format hybrid|e4m3] [--fp8-recipe delayed|tensorwise] [--fp8-margin 0]",
             "              [--fp8-amax-history-len 1] [--fp8-amax-compute-algo most_recent|max]",
             "              [--first-last-layers-bf16 [--num-layers-at-start-in-bf16 1] [--num-layers-at-end-in-bf16 1]]",
@@ -56,7 +53,7 @@ public final class Sparkatron {
         try {
             switch (cmd) {
                 case "init" -> init(new Args(cmd, argv, 1, Set.of()), out);
-                case "train-local" -> trainLocal(new Args(cmd, argv, 1, Set.of("first-last-layers-bf16")), out);
+                case "train-local" -> TrainLocalCommand.run(new Args(cmd, argv, 1, Set.of("first-last-layers-bf16")), out, err);
                 case "score" -> score(new Args(cmd, argv, 1, Set.of()), out);
                 case "bench" -> BenchCommand.run(new Args(cmd, argv, 1, Set.of("no-peer")), out);
                 case "demo", "demo-local" -> DemoCommand.run(new Args(cmd, argv, 1, Set.of()), out);
@@ -100,39 +97,6 @@ public final class Sparkatron {
             n += vocabRows ? p.numel() / p.shape()[0] * model.config().vocabSize() : p.numel();
         }
         return n;
-    }
-
-    private static void trainLocal(Args a, PrintStream out) throws java.io.IOException {
-        Path modelDir = a.path("model");
-        Path tokens = a.path("tokens");
-        int steps = a.requiredInt("steps");
-        Path outDir = a.path("out");
-        double lr = a.number("lr", 3e-4);
-        double minLr = a.number("min-lr", lr / 10);
-        int warmup = a.integer("warmup", 0);
-        int batch = a.integer("batch", 4);
-        int micro = a.integer("micro-batches", 1);
-        int seqLen = a.integer("seq-len", -1);
-        float wd = (float) a.number("weight-decay", 0.1);
-        float clip = (float) a.number("grad-clip", 1.0);
-        long seed = a.integer("seed", 0);
-        Precision precision = Precision.parse(a.string("precision", "fp32"));
-        Fp8Recipe fp8 = fp8Options(a, precision);
-        setThreads(a);
-        a.rejectUnknown();
-        if (steps < 1) {
-            throw new IllegalArgumentException("--steps must be >= 1, got " + steps);
-        }
-        Transformer model = ModelStore.load(modelDir, new RankContext(new CpuDevice(), TensorParallel.none(), precision, fp8));
-        List<int[]> seqs = TokenFile.read(tokens, model.config().vocabSize());
-        PackedSamples data = samples(seqs, seqLen, model.config(), seed);
-        Trainer.Options opt = new Trainer.Options(batch, micro, new LrSchedule(lr, minLr, warmup, steps), 0.9f, 0.95f,
-                1e-8f, wd, clip);
-        Trainer trainer = new Trainer(model, data, opt);
-        for (int s = 0; s < steps; s++) {
-            out.println(trainer.step().toJson());
-        }
-        ModelStore.save(model, outDir);
     }
 
     /**

@@ -64,6 +64,15 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     private final BooleanParam firstLastLayersBf16;
     private final IntParam numLayersAtStartInBf16;
     private final IntParam numLayersAtEndInBf16;
+    // seeing training (docs/monitoring.md)
+    private final Param<String> dataSplit;
+    private final IntParam logInterval;
+    private final IntParam evalInterval;
+    private final IntParam evalIters;
+    private final Param<String> tensorboardDir;
+    private final Param<String> mlflowTrackingUri;
+    private final Param<String> mlflowExperiment;
+    private final Param<String> mlflowRunName;
 
     public SparkatronEstimator() {
         this(Identifiable$.MODULE$.randomUID("sparkatron"));
@@ -102,6 +111,14 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
         firstLastLayersBf16 = new BooleanParam(this, "firstLastLayersBf16", "fp8: keep the first and last layers' GEMMs in bf16");
         numLayersAtStartInBf16 = new IntParam(this, "numLayersAtStartInBf16", "with firstLastLayersBf16: layers at the start in bf16");
         numLayersAtEndInBf16 = new IntParam(this, "numLayersAtEndInBf16", "with firstLastLayersBf16: layers at the end in bf16");
+        dataSplit = new Param<>(this, "dataSplit", "train,validation,test weights over the documents in row order (Megatron's --split)");
+        logInterval = new IntParam(this, "logInterval", "steps per progress line (interval averages)");
+        evalInterval = new IntParam(this, "evalInterval", "steps between evaluations on the validation split");
+        evalIters = new IntParam(this, "evalIters", "global batches per evaluation");
+        tensorboardDir = new Param<>(this, "tensorboardDir", "TensorBoard log directory (any Hadoop path)");
+        mlflowTrackingUri = new Param<>(this, "mlflowTrackingUri", "MLflow tracking server (http(s)://)");
+        mlflowExperiment = new Param<>(this, "mlflowExperiment", "MLflow experiment name");
+        mlflowRunName = new Param<>(this, "mlflowRunName", "MLflow run name");
         setDefault(inputCol, "tokens");
     }
 
@@ -140,6 +157,14 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     public BooleanParam firstLastLayersBf16() { return firstLastLayersBf16; }
     public IntParam numLayersAtStartInBf16() { return numLayersAtStartInBf16; }
     public IntParam numLayersAtEndInBf16() { return numLayersAtEndInBf16; }
+    public Param<String> dataSplit() { return dataSplit; }
+    public IntParam logInterval() { return logInterval; }
+    public IntParam evalInterval() { return evalInterval; }
+    public IntParam evalIters() { return evalIters; }
+    public Param<String> tensorboardDir() { return tensorboardDir; }
+    public Param<String> mlflowTrackingUri() { return mlflowTrackingUri; }
+    public Param<String> mlflowExperiment() { return mlflowExperiment; }
+    public Param<String> mlflowRunName() { return mlflowRunName; }
 
     public SparkatronEstimator setModelConfig(String v) { set(modelConfig, v); return this; }
     public SparkatronEstimator setDp(int v) { set(dp, (Object) v); return this; }
@@ -172,6 +197,15 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     public SparkatronEstimator setFirstLastLayersBf16(boolean v) { set(firstLastLayersBf16, (Object) v); return this; }
     public SparkatronEstimator setNumLayersAtStartInBf16(int v) { set(numLayersAtStartInBf16, (Object) v); return this; }
     public SparkatronEstimator setNumLayersAtEndInBf16(int v) { set(numLayersAtEndInBf16, (Object) v); return this; }
+
+    public SparkatronEstimator setDataSplit(String v) { set(dataSplit, v); return this; }
+    public SparkatronEstimator setLogInterval(int v) { set(logInterval, (Object) v); return this; }
+    public SparkatronEstimator setEvalInterval(int v) { set(evalInterval, (Object) v); return this; }
+    public SparkatronEstimator setEvalIters(int v) { set(evalIters, (Object) v); return this; }
+    public SparkatronEstimator setTensorboardDir(String v) { set(tensorboardDir, v); return this; }
+    public SparkatronEstimator setMlflowTrackingUri(String v) { set(mlflowTrackingUri, v); return this; }
+    public SparkatronEstimator setMlflowExperiment(String v) { set(mlflowExperiment, v); return this; }
+    public SparkatronEstimator setMlflowRunName(String v) { set(mlflowRunName, v); return this; }
 
     /** Where progress lines go (null: only the log). */
     public SparkatronEstimator setProgress(PrintStream out) {
