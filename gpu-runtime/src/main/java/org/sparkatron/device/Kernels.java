@@ -158,13 +158,26 @@ public interface Kernels {
     void round(Tensor dst, Tensor src, long count, DType format);
 
     // ---- FP8 (docs/precision.md): per-tensor scaled E4M3/E5M2 GEMM operands, Transformer Engine's recipes ----
+    // A device whose kernels lack them says so through supportsFp8(), and a model in precision fp8 is refused on it
+    // before anything is allocated; the defaults below then throw, naming the kernel.
     // Recipe state is F32 device memory: amax [slots] (or the amax history [len, slots], whose row 0 collects the
     // current pass's amaxes), scale [slots] and scaleInv [slots]. An FP8 operand holds codes of dtype FP8_E4M3 /
     // FP8_E5M2, or (the CPU device's emulation, as for 16-bit storage) F32 holding each code's value exactly; its
     // real value is that times scaleInv[slot].
 
+    /** Whether these kernels implement the FP8 kernels below (the CPU kernels do). */
+    default boolean supportsFp8() {
+        return false;
+    }
+
     /** {@code amax[slot] = max(amax[slot], max |x[0, count)|)} (F32; NaN elements are ignored, as fmaxf does). */
-    void amax(Tensor x, long count, Tensor amax, int slot);
+    default void amax(Tensor x, long count, Tensor amax, int slot) {
+        throw noFp8("amax");
+    }
+
+    private UnsupportedOperationException noFp8(String kernel) {
+        return new UnsupportedOperationException(getClass().getSimpleName() + " has no FP8 kernels (" + kernel + ")");
+    }
 
     /**
      * {@code dst[i]} = the FP8 code of {@code src[i] * scale[slot]} (the product in fp32), rounded to nearest even
@@ -172,15 +185,19 @@ public interface Kernels {
      * {@code dst} is of the format's dtype, or F32 receiving the codes' values. With {@code amaxOut} non-null, also
      * {@code amaxOut[amaxSlot] = max(amaxOut[amaxSlot], max |src|)} (the fused amax of delayed scaling).
      */
-    void castToFp8(Tensor dst, Tensor src, long count, Fp8Format format, Tensor scale, int slot,
-                   Tensor amaxOut, int amaxSlot);
+    default void castToFp8(Tensor dst, Tensor src, long count, Fp8Format format, Tensor scale, int slot,
+                   Tensor amaxOut, int amaxSlot) {
+        throw noFp8("castToFp8");
+    }
 
     /**
      * Current (per-tensor) scaling, slots [from, from + count): {@code scale = fp8Max / amax} in fp32 (1 where
      * amax is 0, infinite or NaN; {@code Float.MAX_VALUE} where the quotient overflows), {@code scaleInv = 1/scale}:
      * Transformer Engine's {@code compute_scale_from_amax} without epsilon or power-of-two rounding.
      */
-    void fp8ScaleFromAmax(Tensor amax, Tensor scale, Tensor scaleInv, int from, int count, float fp8Max);
+    default void fp8ScaleFromAmax(Tensor amax, Tensor scale, Tensor scaleInv, int from, int count, float fp8Max) {
+        throw noFp8("fp8ScaleFromAmax");
+    }
 
     /**
      * Delayed scaling, slots [from, from + count) of an amax history {@code [len, slots]} whose row 0 holds this
@@ -191,21 +208,27 @@ public interface Kernels {
      * {@code Float.MAX_VALUE} if the quotient overflows; {@code scaleInv = 1/scale}.
      * {@code scaledMax} is {@code fp8Max * 2^-margin}.
      */
-    void fp8DelayedScaling(Tensor history, Tensor scale, Tensor scaleInv, int len, int slots, int from, int count,
-                           boolean useMax, float scaledMax);
+    default void fp8DelayedScaling(Tensor history, Tensor scale, Tensor scaleInv, int len, int slots, int from, int count,
+                           boolean useMax, float scaledMax) {
+        throw noFp8("fp8DelayedScaling");
+    }
 
     /**
      * FP8 GEMM of a linear layer: {@code out[N,O] = scaleInv[xSlot] * scaleInv[wSlot] * (x8[N,I] w8[O,I]^T) + b[O]},
      * accumulated in fp32 (cuBLASLt FP8 with per-tensor scale pointers and a bias epilogue).
      */
-    void fp8LinearForward(Tensor out, Tensor x8, Tensor w8, Tensor scaleInv, int xSlot, int wSlot, Tensor bias, int n,
-                          int in, int outF);
+    default void fp8LinearForward(Tensor out, Tensor x8, Tensor w8, Tensor scaleInv, int xSlot, int wSlot, Tensor bias, int n,
+                          int in, int outF) {
+        throw noFp8("fp8LinearForward");
+    }
 
     /**
      * The backward of {@link #fp8LinearForward}: {@code dx[N,I] = sInv[dySlot] sInv[wSlot] (dy8 w8)} (overwritten, or
      * accumulated when accumulateDx; dx may be null), {@code dw += sInv[dySlot] sInv[xSlot] (dy8^T x8)} in fp32, and
      * {@code db += sum of dout} over rows from the unquantised gradient {@code dout} (Transformer Engine's bgrad).
      */
-    void fp8LinearBackward(Tensor dx, boolean accumulateDx, Tensor dw, Tensor dbias, Tensor dout, Tensor dy8, Tensor x8,
-                           Tensor w8, Tensor scaleInv, int dySlot, int xSlot, int wSlot, int n, int in, int outF);
+    default void fp8LinearBackward(Tensor dx, boolean accumulateDx, Tensor dw, Tensor dbias, Tensor dout, Tensor dy8, Tensor x8,
+                           Tensor w8, Tensor scaleInv, int dySlot, int xSlot, int wSlot, int n, int in, int outF) {
+        throw noFp8("fp8LinearBackward");
+    }
 }

@@ -141,6 +141,10 @@ public final class Transformer {
             if (why != null) {
                 throw new IllegalArgumentException(why);
             }
+            if (!ctx.kernels().supportsFp8()) {
+                throw new IllegalArgumentException("precision fp8: the kernels of " + device.name() + " do not implement FP8 yet;"
+                        + " use precision bf16");
+            }
             validateFp8(cfg, tp.size(), ctx.fp8Recipe());
         }
         this.params = layout.build(device);

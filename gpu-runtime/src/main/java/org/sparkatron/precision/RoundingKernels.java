@@ -258,6 +258,11 @@ public final class RoundingKernels implements Kernels {
     // amaxes, scales and weight gradients stay fp32 ----
 
     @Override
+    public boolean supportsFp8() {
+        return k.supportsFp8();
+    }
+
+    @Override
     public void amax(Tensor x, long count, Tensor amax, int slot) {
         round(x, count);
         k.amax(x, count, amax, slot);

@@ -672,6 +672,11 @@ public final class CpuKernels implements Kernels {
     // ---- FP8 (CpuFp8) ----
 
     @Override
+    public boolean supportsFp8() {
+        return true;
+    }
+
+    @Override
     public void amax(Tensor x, long count, Tensor amax, int slot) {
         CpuFp8.amax(x, count, amax, slot);
     }
