@@ -73,7 +73,8 @@ public final class DistributedTraining {
     public static Result run(Dataset<?> df, TrainConfig cfg, PrintStream console) {
         SparkContext sc = df.sparkSession().sparkContext();
         Layout.validate(cfg);
-        checkSparkSettings(sc, cfg.world());
+        GpuScheduling.Decision gpus = GpuScheduling.decide(sc.getConf(), sc.master());
+        checkSparkSettings(sc, cfg.world(), gpus.profile());
         InitFrom.check(cfg, sc.hadoopConfiguration());
         TokenData.Prepared data = TokenData.prepare(df, cfg, cfg.model().vocabSize());
         String summary = String.format(java.util.Locale.ROOT,
@@ -85,7 +86,7 @@ public final class DistributedTraining {
             console.println("[sparkatron] data: " + summary);
         }
         try {
-            return launch(sc, cfg, console, data.byRank().rdd(), Map.of(), new long[] {data.documents(), data.tokens(),
+            return launch(sc, cfg, console, gpus, data.byRank().rdd(), Map.of(), new long[] {data.documents(), data.tokens(),
                 data.samplesPerEpoch(), data.droppedRows(), data.epochs()});
         } finally {
             data.cached().unpersist(false);
@@ -99,7 +100,8 @@ public final class DistributedTraining {
     public static Result runMegatron(SparkSession spark, TrainConfig cfg, PrintStream console) {
         SparkContext sc = spark.sparkContext();
         Layout.validate(cfg);
-        checkSparkSettings(sc, cfg.world());
+        GpuScheduling.Decision gpus = GpuScheduling.decide(sc.getConf(), sc.master());
+        checkSparkSettings(sc, cfg.world(), gpus.profile());
         InitFrom.check(cfg, sc.hadoopConfiguration());
         Map<String, String> hadoopConf = new HashMap<>();
         for (Map.Entry<String, String> e : sc.hadoopConfiguration()) {
@@ -112,15 +114,16 @@ public final class DistributedTraining {
         }
         RDD<Tuple2<Long, int[]>> none = JavaSparkContext.fromSparkContext(sc)
                 .<Tuple2<Long, int[]>>parallelize(List.of(), cfg.world()).rdd(); // one empty partition per rank
-        return launch(sc, cfg, console, none, hadoopConf, new long[] {-1, -1, -1, 0, -1});
+        return launch(sc, cfg, console, gpus, none, hadoopConf, new long[] {-1, -1, -1, 0, -1});
     }
 
     /** The barrier stage, the closing shuffle and the result; {@code stats}: documents, tokens, samples/epoch, dropped, epochs. */
-    private static Result launch(SparkContext sc, TrainConfig cfg, PrintStream console, RDD<Tuple2<Long, int[]>> input,
-                                 Map<String, String> hadoopConf, long[] stats) {
+    private static Result launch(SparkContext sc, TrainConfig cfg, PrintStream console, GpuScheduling.Decision gpus,
+                                 RDD<Tuple2<Long, int[]>> input, Map<String, String> hadoopConf, long[] stats) {
+        LOG.info("sparkatron: training stage resources: {}", gpus.reason());
         if (console != null) {
             console.println("[sparkatron] launching " + cfg.world() + " rank(s) (dp=" + cfg.dp + ", tp=" + cfg.tp
-                    + (cfg.sequenceParallel ? " +sp" : "") + ") in one barrier stage");
+                    + (cfg.sequenceParallel ? " +sp" : "") + ") in one barrier stage; " + gpus.reason());
         }
         byte[] secret = new byte[32];
         new SecureRandom().nextBytes(secret);
@@ -137,6 +140,9 @@ public final class DistributedTraining {
             sc.setLocalProperty("spark.job.description", "sparkatron training: " + cfg.world() + " ranks, " + cfg.steps + " steps");
             RDD<Tuple2<Integer, byte[]>> ranks = input.barrier()
                     .mapPartitions(new RankTask(cfg, secret, progress.endpoint(), hadoopConf), false, TokenData.tag(Tuple2.class));
+            if (gpus.profile() != null) {
+                ranks = ranks.withResources(gpus.profile()); // this stage only: one GPU per rank
+            }
             // the closing shuffle makes the barrier stage a shuffle-map stage, which Spark retries as a whole
             ShuffledRDD<Integer, byte[], byte[]> closing = new ShuffledRDD<>(ranks, new HashPartitioner(1),
                     TokenData.tag(Integer.class), TokenData.tag(byte[].class), TokenData.tag(byte[].class));
@@ -172,15 +178,18 @@ public final class DistributedTraining {
 
     /**
      * Refuses settings under which a barrier stage cannot start: dynamic allocation, or fewer free task
-     * slots than ranks (waiting up to {@link #SLOT_WAIT_CONF} seconds, default 60, for executors to
-     * register) -- instead of Spark's retries for about 10 minutes.
+     * slots than ranks for the training stage's resource profile ({@code null}: the default one), waiting
+     * up to {@link #SLOT_WAIT_CONF} seconds, default 60, for executors to register -- instead of Spark's
+     * retries for about 10 minutes.
      */
-    static void checkSparkSettings(SparkContext sc, int world) {
+    static void checkSparkSettings(SparkContext sc, int world, org.apache.spark.resource.ResourceProfile profile) {
         SparkConf conf = sc.getConf();
         checkDynamicAllocation(conf);
+        var rp = profile != null ? profile : sc.resourceProfileManager().defaultResourceProfile();
+        sc.resourceProfileManager().addResourceProfile(rp); // slot counting looks the profile up by id
         long waitMs = (long) (conf.getDouble(SLOT_WAIT_CONF, 60) * 1000);
         long deadline = System.currentTimeMillis() + waitMs;
-        int slots = sc.maxNumConcurrentTasks(sc.resourceProfileManager().defaultResourceProfile());
+        int slots = sc.maxNumConcurrentTasks(rp);
         while (slots < world && System.currentTimeMillis() < deadline && !sc.isLocal()) {
             try {
                 Thread.sleep(500);
@@ -188,10 +197,10 @@ public final class DistributedTraining {
                 Thread.currentThread().interrupt();
                 break;
             }
-            slots = sc.maxNumConcurrentTasks(sc.resourceProfileManager().defaultResourceProfile());
+            slots = sc.maxNumConcurrentTasks(rp);
         }
         if (slots < world) {
-            String gpu = conf.get("spark.task.resource.gpu.amount", null);
+            String gpu = profile != null ? "1 (the training stage's profile)" : conf.get("spark.task.resource.gpu.amount", null);
             throw new IllegalArgumentException("the job needs " + world + " concurrent task slots (one per rank) but the cluster "
                     + "offers " + slots + " (master " + sc.master() + ", spark.task.cpus=" + conf.get("spark.task.cpus", "1")
                     + (gpu != null ? ", spark.task.resource.gpu.amount=" + gpu : "") + "); use fewer ranks or more executors/cores"
