@@ -75,6 +75,7 @@ class SparkSubmitAssemblyIT {
         site.put("spark.ui.enabled", "false");
         site.put("spark.executor.memory", "512m");
         site.put("spark.executor.cores", "1");
+        site.put("spark.driver.defaultJavaOptions", String.join(" ", StandaloneCluster.LIGHT_JVM)); // the driver only coordinates
         site.put("spark.cores.max", "2");
         site.put("spark.executor.resource.gpu.amount", "1"); // executors have GPUs; tasks ask for none
         site.put("spark.scheduler.minRegisteredResourcesRatio", "1.0");

@@ -43,6 +43,7 @@ class CommandLineTest {
         cmd.add(System.getProperty("java.home") + "/bin/java");
         cmd.add("-Xmx512m");
         cmd.addAll(StandaloneCluster.jvmOptions());
+        cmd.addAll(StandaloneCluster.LIGHT_JVM); // short runs: start-up is the cost
         cmd.add("-cp");
         cmd.add(String.join(File.pathSeparator, StandaloneCluster.classpath()));
         cmd.add(Main.class.getName());
@@ -111,6 +112,20 @@ class CommandLineTest {
         Run r = sparkatron(tmp, "prepare", "--input", "nope", "--format", "text", "--tokenizer", "gpt2", "--output", "p");
         assertOneLine(r, "sparkatron prepare: [PATH_NOT_FOUND] Path does not exist: file:" + tmp.resolve("nope") + ". SQLSTATE: 42K03");
         assertFalse(Files.exists(tmp.resolve("p")), "nothing written");
+    }
+
+    /** {@code train} runs on the master it is given, with the Spark settings given: here one too small for dp=2. */
+    @Test
+    void trainTakesAMasterAndSparkSettings() throws Exception {
+        Path data = tmp.resolve("data.jsonl");
+        TrainMainTest.writeJsonLines(data, SyntheticData.walks(20, 3));
+        Path job = tmp.resolve("job.json");
+        Files.writeString(job, "{\"model\": " + SharedSpark.tinyModel() + ", \"dp\": 2, \"global_batch\": 4, \"seq_len\": 16, "
+                + "\"steps\": 2, \"input\": \"" + data + "\", \"input_format\": \"json\", \"input_schema\": \"tokens array<int>\", "
+                + "\"output\": \"" + tmp.resolve("out") + "\"}");
+        Run r = sparkatron(tmp, "train", "--config", job.toString(), "--master", "local[1]", "--conf", "spark.sparkatron.slotWaitSeconds=1",
+                "--spark.ui.enabled", "false");
+        assertOneLine(r, "sparkatron train: the job needs 2 concurrent task slots (one per rank) but the cluster offers 1 (master local[1]");
     }
 
     /** Status 2 and exactly one line on stderr, starting with {@code line}. */

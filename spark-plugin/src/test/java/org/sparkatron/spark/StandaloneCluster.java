@@ -112,7 +112,7 @@ final class StandaloneCluster implements AutoCloseable {
                 "# Spark's bin/spark-submit + bin/spark-class: the launcher prints messages, a line holding NUL, then the",
                 "# driver's command line NUL-separated; the last field is the launcher's exit status.",
                 "build_command() {",
-                "  \"$JAVA_HOME/bin/java\" -Xmx128m -cp \"$SPARK_HOME/jars/*\" org.apache.spark.launcher.Main org.apache.spark.deploy.SparkSubmit \"$@\"",
+                "  \"$JAVA_HOME/bin/java\" -Xmx128m " + String.join(" ", LIGHT_JVM) + " -cp \"$SPARK_HOME/jars/*\" org.apache.spark.launcher.Main org.apache.spark.deploy.SparkSubmit \"$@\"",
                 "  printf '%d\\0' $?",
                 "}",
                 "CMD=(); DELIM=$'\\n'; STARTED=false",
@@ -156,6 +156,13 @@ final class StandaloneCluster implements AutoCloseable {
         return dir.resolve(name + ".log");
     }
 
+    /**
+     * For the JVMs that coordinate rather than compute (Master, Workers, drivers, spark-submit's launcher): the
+     * quick JIT tier only and the serial collector. On a 2-core machine their C2 compilations and GC threads
+     * compete with the executors' training; with these the cluster tests need less CPU time.
+     */
+    static final List<String> LIGHT_JVM = List.of("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC");
+
     /** JVM options for any Spark JVM here: Spark's Java 17 opens plus the Vector API module. */
     static List<String> jvmOptions() {
         List<String> o = new ArrayList<>(SparkJvm.options());
@@ -170,6 +177,7 @@ final class StandaloneCluster implements AutoCloseable {
         cmd.add(System.getProperty("java.home") + "/bin/java");
         cmd.add(name.startsWith("driver") ? "-Xmx512m" : "-Xmx128m");
         cmd.addAll(jvmOptions());
+        cmd.addAll(LIGHT_JVM); // executors, forked by the Workers, keep the default JIT: they train
         cmd.add("-Djava.io.tmpdir=" + Files.createDirectories(dir.resolve("tmp_" + name)));
         cmd.addAll(extraJvm);
         cmd.add("-cp");
