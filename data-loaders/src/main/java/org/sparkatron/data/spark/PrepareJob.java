@@ -28,7 +28,7 @@ import org.sparkatron.data.tokenizer.TokenizerSpec;
  * progress while it runs and documents, tokens and throughput at the end.
  *
  * <pre>
- * prepare --input PATH --format text|jsonl|parquet [--text-column text] --tokenizer gpt2|PATH/tokenizer.json
+ * prepare --input PATH --format text|jsonl|parquet [--text-column text] --tokenizer gpt2|gpt2-legacy|PATH/tokenizer.json
  *         [--eod ID] --output PATH [--partitions N] [--overwrite]
  *         [--master local[*]] [--conf spark.key=value ...]
  * </pre>
@@ -101,7 +101,7 @@ public final class PrepareJob {
 
     static final String USAGE = String.join("\n",
             "usage: ./sparkatron prepare --input PATH --format text|jsonl|parquet [--text-column text]",
-            "         --tokenizer gpt2|PATH/tokenizer.json [--eod ID] --output PATH [--partitions N] [--overwrite]",
+            "         --tokenizer gpt2|gpt2-legacy|PATH/tokenizer.json [--eod ID] --output PATH [--partitions N] [--overwrite]",
             "         [--master local[*]] [--conf spark.key=value ...]",
             "  tokenizes documents (text: one per line) into a Megatron indexed dataset, one shard per partition (docs/data.md)");
 
