@@ -11,6 +11,7 @@ import java.util.ArrayList;
 import java.util.IdentityHashMap;
 import java.util.List;
 import java.util.Map;
+import org.sparkatron.device.DeviceMemoryException;
 
 /**
  * How every {@code ./sparkatron} command starts and ends, in one place: {@code --help} / {@code -h} print
@@ -20,8 +21,9 @@ import java.util.Map;
  *   <li>{@value #OK}: success;</li>
  *   <li>{@value #INPUT}: a usage or input error, something the user can fix (an unknown option, a missing
  *       or unreadable path, a file in the wrong format, a job too large for its cluster): any
- *       {@link IllegalArgumentException} (a {@link UsageException} among them), a missing file, a denied
- *       permission, text that is not UTF-8, or Spark's {@code AnalysisException};</li>
+ *       {@link IllegalArgumentException} (a {@link UsageException} among them), a model too large for its
+ *       device ({@link DeviceMemoryException}), a missing file, a denied permission, text that is not UTF-8,
+ *       or Spark's {@code AnalysisException};</li>
  *   <li>{@value #FAILURE}: anything else (a failed Spark job, an I/O error, a bug, out of memory).</li>
  * </ul>
  * A command's own "did not work" outcome (the demo did not learn) is a {@value #FAILURE} it returns itself.
@@ -125,7 +127,7 @@ public final class Cli {
             if (c instanceof VirtualMachineError) {
                 return null;
             }
-            if (c instanceof IllegalArgumentException || c instanceof FileNotFoundException || c instanceof CharacterCodingException
+            if (c instanceof IllegalArgumentException || c instanceof DeviceMemoryException || c instanceof FileNotFoundException || c instanceof CharacterCodingException
                     || c instanceof NoSuchFileException || c instanceof AccessDeniedException
                     || (c instanceof FileSystemException f && f.getReason() != null)
                     || (c instanceof java.io.IOException && "Is a directory".equals(c.getMessage()))
