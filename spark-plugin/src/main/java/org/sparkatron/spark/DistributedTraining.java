@@ -74,6 +74,7 @@ public final class DistributedTraining {
         SparkContext sc = df.sparkSession().sparkContext();
         Layout.validate(cfg);
         GpuScheduling.Decision gpus = GpuScheduling.decide(sc.getConf(), sc.master());
+        checkMemory(sc, cfg, gpus, console);
         checkSparkSettings(sc, cfg.world(), gpus.profile());
         InitFrom.check(cfg, sc.hadoopConfiguration());
         TokenData.Prepared data = TokenData.prepare(df, cfg, cfg.model().vocabSize());
@@ -101,6 +102,7 @@ public final class DistributedTraining {
         SparkContext sc = spark.sparkContext();
         Layout.validate(cfg);
         GpuScheduling.Decision gpus = GpuScheduling.decide(sc.getConf(), sc.master());
+        checkMemory(sc, cfg, gpus, console);
         checkSparkSettings(sc, cfg.world(), gpus.profile());
         InitFrom.check(cfg, sc.hadoopConfiguration());
         Map<String, String> hadoopConf = new HashMap<>();
@@ -205,6 +207,16 @@ public final class DistributedTraining {
                     + "offers " + slots + " (master " + sc.master() + ", spark.task.cpus=" + conf.get("spark.task.cpus", "1")
                     + (gpu != null ? ", spark.task.resource.gpu.amount=" + gpu : "") + "); use fewer ranks or more executors/cores"
                     + (sc.isLocal() ? " (local[N] gives N slots)" : ""));
+        }
+    }
+
+    /** The memory estimate against where the ranks run ({@link MemoryCheck}): refused before anything starts. */
+    static void checkMemory(SparkContext sc, TrainConfig cfg, GpuScheduling.Decision gpus, PrintStream console) {
+        boolean gpuPerTask = gpus.profile() != null || "1".equals(sc.getConf().get("spark.task.resource.gpu.amount", null));
+        String line = MemoryCheck.check(cfg, new MemoryCheck.Budget(sc.getConf(), sc.isLocal(), gpuPerTask));
+        LOG.info("sparkatron: {}", line);
+        if (console != null) {
+            console.println("[sparkatron] " + line);
         }
     }
 

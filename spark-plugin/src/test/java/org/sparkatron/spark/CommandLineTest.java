@@ -126,6 +126,13 @@ class CommandLineTest {
         Run r = sparkatron(tmp, "train", "--config", job.toString(), "--master", "local[1]", "--conf", "spark.sparkatron.slotWaitSeconds=1",
                 "--spark.ui.enabled", "false");
         assertOneLine(r, "sparkatron train: the job needs 2 concurrent task slots (one per rank) but the cluster offers 1 (master local[1]");
+
+        // a model too large for the JVM the ranks share: refused on the driver with the estimate's numbers
+        Files.writeString(job, Files.readString(job).replace("\"model\": " + SharedSpark.tinyModel(), "\"model\": {\"model_type\": "
+                + "\"gpt2\", \"n_layer\": 48, \"n_embd\": 1600, \"n_head\": 25, \"n_positions\": 1024, \"vocab_size\": 50257}"));
+        r = sparkatron(tmp, "train", "--config", job.toString());
+        assertOneLine(r, "sparkatron train: the job does not fit in memory: each rank needs ");
+        assertTrue(r.errLines().get(0).contains("To fit: "), r.err());
     }
 
     /** Status 2 and exactly one line on stderr, starting with {@code line}. */
