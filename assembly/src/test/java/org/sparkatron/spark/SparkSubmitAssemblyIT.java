@@ -37,7 +37,8 @@ import org.junit.jupiter.api.Timeout;
  * <ul>
  *   <li>the README's spark-submit command, exactly as written there, with MASTER, DATA and OUT set;</li>
  *   <li>{@code --packages} with the jar's Maven coordinates, from a file repository laid out as
- *       {@code mvn deploy} lays one out, the main class coming from the resolved jar.</li>
+ *       {@code mvn deploy} lays one out, the main class coming from the resolved jar;</li>
+ *   <li>{@code prepare} with both tokenizers (relocated jtokkit, DJL's native library) from the jar.</li>
  * </ul>
  */
 @TestInstance(TestInstance.Lifecycle.PER_CLASS)
@@ -156,6 +157,31 @@ class SparkSubmitAssemblyIT {
         assertTrue(log.contains("org.sparkatron#sparkatron-spark4_2.13;" + version + " from"), "resolved by Ivy: " + log);
         assertTrue(log.contains("[sparkatron] step 6/6"), log);
         checkRanks(out, 2);
+    }
+
+    /**
+     * The tokenizers from the jar: GPT-2's (jtokkit, relocated, its vocabulary a resource) and a Hugging Face
+     * tokenizer.json (DJL's native library, extracted from the jar), through {@code prepare} in local mode.
+     */
+    @Test
+    void prepareTokenizesWithBothTokenizersFromTheJar() throws Exception {
+        Path text = dir.resolve("corpus.txt");
+        Files.writeString(text, "Hello world\nhello world again\n");
+        Path tokenizer = root.resolve("data-loaders/src/test/resources/tokenizer/tiny_bpe_tokenizer.json");
+        for (String tok : List.of("gpt2", tokenizer.toString())) {
+            String name = "prepare-" + (tok.equals("gpt2") ? "gpt2" : "hf");
+            Path out = dir.resolve(name + "-out");
+            String command = "spark-submit --master 'local[1]' --class org.sparkatron.data.spark.PrepareJob \"$JAR\" "
+                    + "--input \"$TEXT\" --format text --tokenizer \"$TOK\" --output \"$OUT\"";
+            Process p = cluster.shell(name, root, command, Map.of("JAR", assembly.toString(), "TEXT", text.toString(), "TOK", tok,
+                    "OUT", out.toString()));
+            assertTrue(cluster.await(name, p, 300), () -> "prepare did not finish: " + read(cluster.log(name)));
+            String log = read(cluster.log(name));
+            assertEquals(0, p.exitValue(), log);
+            assertTrue(log.contains("prepare: 2 documents, "), log);
+            JsonNode manifest = TrainConfig.JSON.readTree(out.resolve("manifest.json").toFile());
+            assertEquals(2, manifest.get("documents").asLong(), manifest.toString());
+        }
     }
 
     /** Each rank ran in its own executor JVM and bound the GPU its Worker discovered. */

@@ -148,6 +148,9 @@ public final class Cli {
         if (c instanceof FileSystemException f) {
             return f.getFile() + ": " + f.getReason();
         }
+        if (c instanceof NumberFormatException && c.getMessage() != null && c.getMessage().startsWith("For input string: ")) {
+            return "expected a number, got " + c.getMessage().substring("For input string: ".length());
+        }
         if ("Is a directory".equals(c.getMessage())) {
             return "a directory where a file was expected";
         }
