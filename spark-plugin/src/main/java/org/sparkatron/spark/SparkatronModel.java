@@ -170,17 +170,40 @@ public final class SparkatronModel extends Model<SparkatronModel> {
         return dataset.toDF().mapPartitions(fn, Encoders.row(out));
     }
 
-    private static int[] ids(Row r, int idx) {
+    /**
+     * The ids of an array column, whatever external form Spark hands the Row: a Scala Seq after its own
+     * deserializer, but the producing stage's raw value (an {@code int[]}, a Java list, a boxed array) when
+     * the optimizer removed the serialize/deserialize pair between two Row-to-Row stages. Null for a null
+     * array or a null element; an id outside the int range becomes -1 (outside every vocabulary).
+     */
+    static int[] ids(Row r, int idx) {
         if (r.isNullAt(idx)) {
             return null;
         }
-        List<Integer> l = r.getList(idx);
+        Object v = r.get(idx);
+        if (v instanceof int[] a) {
+            return a.clone();
+        }
+        List<?> l;
+        if (v instanceof scala.collection.Seq<?> s) {
+            l = scala.jdk.javaapi.CollectionConverters.asJava(s);
+        } else if (v instanceof List<?> jl) {
+            l = jl;
+        } else if (v instanceof Object[] oa) {
+            l = java.util.Arrays.asList(oa);
+        } else if (v instanceof long[] la) {
+            l = java.util.Arrays.stream(la).boxed().toList();
+        } else {
+            throw new IllegalArgumentException("unsupported value for an array<int> column: " + v.getClass().getName());
+        }
         int[] a = new int[l.size()];
         for (int i = 0; i < a.length; i++) {
-            if (l.get(i) == null) {
+            Object e = l.get(i);
+            if (e == null) {
                 return null;
             }
-            a[i] = l.get(i);
+            long id = ((Number) e).longValue();
+            a[i] = id < 0 || id > Integer.MAX_VALUE ? -1 : (int) id;
         }
         return a;
     }
