@@ -4,9 +4,10 @@ package org.sparkatron.inference;
  * How the next token is chosen from the model's logits, with Hugging Face {@code generate}'s meaning of each
  * knob: {@code temperature} 0 is greedy (the arg-max; the other knobs are then unused), otherwise logits are
  * divided by it; {@code topK} keeps the k most likely tokens (0: all); {@code topP} keeps the smallest set of
- * most likely tokens whose probabilities sum to at least p (1: all). Immutable.
+ * most likely tokens whose probabilities sum to at least p (1: all). Immutable and serializable (it travels
+ * in Spark task closures).
  */
-public record Sampling(double temperature, int topK, double topP) {
+public record Sampling(double temperature, int topK, double topP) implements java.io.Serializable {
     public Sampling {
         if (!(temperature >= 0) || Double.isInfinite(temperature)) {
             throw new IllegalArgumentException("temperature must be >= 0 (0: greedy), got " + temperature);

@@ -75,6 +75,7 @@ public final class DistributedTraining {
         Layout.validate(cfg);
         checkSparkSettings(sc, cfg.world());
         InitFrom.check(cfg, sc.hadoopConfiguration());
+        checkTokenizer(cfg, sc);
         TokenData.Prepared data = TokenData.prepare(df, cfg, cfg.model().vocabSize());
         String summary = String.format(java.util.Locale.ROOT,
                 "%d documents, %d tokens, %d samples of %d tokens per epoch, %d epoch(s) for %d steps x %d samples%s",
@@ -101,6 +102,7 @@ public final class DistributedTraining {
         Layout.validate(cfg);
         checkSparkSettings(sc, cfg.world());
         InitFrom.check(cfg, sc.hadoopConfiguration());
+        checkTokenizer(cfg, sc);
         Map<String, String> hadoopConf = new HashMap<>();
         for (Map.Entry<String, String> e : sc.hadoopConfiguration()) {
             hadoopConf.put(e.getKey(), e.getValue());
@@ -156,7 +158,7 @@ public final class DistributedTraining {
             }
             Result result = new Result(model, first.metrics(), reports, stats[0], stats[1], stats[2], stats[3], (int) stats[4]);
             if (cfg.output != null) {
-                save(result, cfg.output, sc, live);
+                save(result, cfg.output, cfg.tokenizer, sc, live);
                 if (console != null) {
                     console.println("[sparkatron] saved model, metrics.jsonl and ranks.json to " + cfg.output);
                 }
@@ -206,12 +208,37 @@ public final class DistributedTraining {
         }
     }
 
+    /** Refuses a tokenizer that could not be saved with the model, before training rather than after. */
+    static void checkTokenizer(TrainConfig cfg, SparkContext sc) {
+        if (cfg.tokenizer == null || cfg.tokenizer.equalsIgnoreCase("gpt2")) {
+            return;
+        }
+        Map<String, String> conf = new HashMap<>();
+        for (Map.Entry<String, String> e : sc.hadoopConfiguration()) {
+            conf.put(e.getKey(), e.getValue());
+        }
+        try {
+            if (!org.sparkatron.data.io.DataPaths.exists(cfg.tokenizer, conf)) {
+                throw new IllegalArgumentException("config key 'tokenizer': '" + cfg.tokenizer + "' is neither gpt2 nor an existing tokenizer.json file");
+            }
+        } catch (IOException e) {
+            throw new IllegalArgumentException("config key 'tokenizer': cannot read '" + cfg.tokenizer + "': " + e.getMessage(), e);
+        }
+    }
+
     /**
      * Writes the model (HF layout), metrics.jsonl (the whole trajectory: steps before a resume come from
      * the live reports, see {@link MetricsLog}) and ranks.json under {@code output} on its FileSystem.
      */
-    static void save(Result r, String output, SparkContext sc, MetricsLog live) throws IOException {
+    static void save(Result r, String output, String tokenizer, SparkContext sc, MetricsLog live) throws IOException {
         SparkatronModel.of(r.model()).save(output, sc.hadoopConfiguration());
+        if (tokenizer != null) { // text in and out later without naming it again
+            Map<String, String> conf = new HashMap<>();
+            for (Map.Entry<String, String> e : sc.hadoopConfiguration()) {
+                conf.put(e.getKey(), e.getValue());
+            }
+            org.sparkatron.data.tokenizer.ModelTokenizer.save(tokenizer, output, conf);
+        }
         org.apache.hadoop.fs.Path out = new org.apache.hadoop.fs.Path(output);
         FileSystem fs = out.getFileSystem(sc.hadoopConfiguration());
         live.finish(r.metrics());

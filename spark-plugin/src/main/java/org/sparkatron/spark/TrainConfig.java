@@ -44,7 +44,7 @@ public final class TrainConfig implements Serializable {
             "steps", "lr", "min_lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "seed", "input_col",
             "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format", "input_schema",
             "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over",
-            "data_split", "precision", "init_from");
+            "data_split", "precision", "init_from", "tokenizer");
 
     private final String json; // the full, normalised config
 
@@ -85,6 +85,8 @@ public final class TrainConfig implements Serializable {
     /** A Hugging Face model directory (any Hadoop path) whose weights replace the seed initialisation
      *  [none]; its config.json is the model config when {@code model} is not given ({@link InitFrom}). */
     public final String initFrom;
+    /** The tokenizer of the token ids ("gpt2" or a tokenizer.json path) [none]: saved with the output model. */
+    public final String tokenizer;
 
     private TrainConfig(ObjectNode o) {
         for (Iterator<String> it = o.fieldNames(); it.hasNext(); ) {
@@ -170,6 +172,7 @@ public final class TrainConfig implements Serializable {
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("config key 'precision': " + e.getMessage(), e);
         }
+        this.tokenizer = o.hasNonNull("tokenizer") ? o.get("tokenizer").asText() : null;
         this.json = o.toString();
         validate(mc);
     }

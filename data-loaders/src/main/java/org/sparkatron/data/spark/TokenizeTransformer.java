@@ -139,7 +139,10 @@ public final class TokenizeTransformer extends Transformer implements DefaultPar
         }
         int textIndex = dataset.schema().fieldIndex($(inputCol));
         boolean eod = (Boolean) $(appendEod);
-        return dataset.toDF().mapPartitions(new TokenizeRows(spec, textIndex, eod), Encoders.row(outSchema));
+        String out = $(outputCol);
+        // the Row encoder drops field metadata: put the tokenizer's name back on the output column
+        return dataset.toDF().mapPartitions(new TokenizeRows(spec, textIndex, eod), Encoders.row(outSchema))
+                .withMetadata(out, outSchema.apply(out).metadata());
     }
 
     @Override
