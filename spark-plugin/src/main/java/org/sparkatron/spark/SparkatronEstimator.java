@@ -254,7 +254,7 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
             }
         }
         lastResult = DistributedTraining.run(dataset, cfg, progress);
-        SparkatronModel model = SparkatronModel.of(lastResult.model()).setInputCol(cfg.inputCol);
+        SparkatronModel model = SparkatronModel.of(lastResult.model()).setInputCol(cfg.inputCol).setTrainingMetrics(lastResult.metrics());
         if (cfg.tokenizer != null) {
             model.setTokenizer(cfg.tokenizer);
         }

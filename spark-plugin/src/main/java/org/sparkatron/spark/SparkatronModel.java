@@ -45,7 +45,7 @@ import org.sparkatron.model.Transformer;
  * next-token cross-entropy of the row's token ids, nats) and {@code perplexityCol} (exp of it) for the
  * array&lt;int&gt; {@code inputCol}; when {@code promptCol} is set it also adds {@code generatedCol}: the
  * continuation of up to {@code maxNewTokens} tokens for that prompt (greedy by default; {@code temperature},
- * {@code topK}, {@code topP} sample, seeded by {@code seed} and the prompt, so a row gives the same text on
+ * {@code topK}, {@code topP} sample, seeded by {@code sampleSeed} and the prompt, so a row gives the same text on
  * every run). With a {@code tokenizer} (set by {@code fit} when the input column came from a
  * {@code TokenizeTransformer}) the prompt may be a string column, generation stops at the end-of-document
  * token, and {@code generatedTextCol} holds the decoded text. Rows too short to score (fewer than 2 tokens),
@@ -79,7 +79,8 @@ public final class SparkatronModel extends Model<SparkatronModel> implements Def
     private final DoubleParam temperature;
     private final IntParam topK;
     private final DoubleParam topP;
-    private final LongParam seed;
+    private final LongParam sampleSeed;
+    private transient List<String> trainingMetrics;
 
     public SparkatronModel(String uid) {
         this.uid = uid;
@@ -95,13 +96,13 @@ public final class SparkatronModel extends Model<SparkatronModel> implements Def
         temperature = new DoubleParam(this, "temperature", "sampling temperature (0: greedy)");
         topK = new IntParam(this, "topK", "sample from the k most likely tokens (0: all)");
         topP = new DoubleParam(this, "topP", "sample from the smallest set of tokens whose probability reaches p (1: all)");
-        seed = new LongParam(this, "seed", "sampling seed (combined with each prompt)");
+        sampleSeed = new LongParam(this, "sampleSeed", "sampling seed, combined with each prompt so a row's text does not depend on partitioning");
         setDefault(inputCol, "tokens");
         setDefault(generatedTextCol, "generatedText");
         setDefault(temperature, (Object) 0.0);
         setDefault(topK, (Object) 0);
         setDefault(topP, (Object) 1.0);
-        setDefault(seed, (Object) 0L);
+        setDefault(sampleSeed, (Object) 0L);
         setDefault(lossCol, "loss");
         setDefault(perplexityCol, "perplexity");
         setDefault(generatedCol, "generated");
@@ -140,17 +141,32 @@ public final class SparkatronModel extends Model<SparkatronModel> implements Def
     public DoubleParam temperature() { return temperature; }
     public IntParam topK() { return topK; }
     public DoubleParam topP() { return topP; }
-    public LongParam seed() { return seed; }
+    public LongParam sampleSeed() { return sampleSeed; }
     public SparkatronModel setTokenizer(String v) { set(tokenizer, v); return this; }
     public SparkatronModel setGeneratedTextCol(String v) { set(generatedTextCol, v); return this; }
     public SparkatronModel setTemperature(double v) { set(temperature, (Object) v); return this; }
     public SparkatronModel setTopK(int v) { set(topK, (Object) v); return this; }
     public SparkatronModel setTopP(double v) { set(topP, (Object) v); return this; }
-    public SparkatronModel setSeed(long v) { set(seed, (Object) v); return this; }
+    public SparkatronModel setSampleSeed(long v) { set(sampleSeed, (Object) v); return this; }
+
+    /**
+     * The per-step metrics of the fit that made this model (JSON lines: step, loss, lr, ...), or an empty
+     * list for a loaded model (the training output's {@code metrics.jsonl} keeps them).
+     */
+    public List<String> trainingMetrics() {
+        return trainingMetrics == null ? List.of() : trainingMetrics;
+    }
+
+    SparkatronModel setTrainingMetrics(List<String> metrics) {
+        this.trainingMetrics = List.copyOf(metrics);
+        return this;
+    }
 
     /** The sampling these Params describe (refuses bad values). */
     public Sampling sampling() {
-        return new Sampling((Double) getOrDefault(temperature), (Integer) getOrDefault(topK), (Double) getOrDefault(topP));
+        // Number: values set through Py4J may arrive boxed as another numeric type
+        return new Sampling(((Number) getOrDefault(temperature)).doubleValue(), ((Number) getOrDefault(topK)).intValue(),
+                ((Number) getOrDefault(topP)).doubleValue());
     }
 
     public ModelConfig config() {
@@ -211,9 +227,9 @@ public final class SparkatronModel extends Model<SparkatronModel> implements Def
         int inIdx = in.fieldIndex(getOrDefault(inputCol));
         int promptIdx = isDefined(promptCol) ? in.fieldIndex(getOrDefault(promptCol)) : -1;
         boolean textPrompt = promptIdx >= 0 && in.fields()[promptIdx].dataType() instanceof StringType;
-        int newTokens = (Integer) getOrDefault(maxNewTokens);
+        int newTokens = ((Number) getOrDefault(maxNewTokens)).intValue();
         Sampling sampling = sampling();
-        long baseSeed = (Long) getOrDefault(seed);
+        long baseSeed = ((Number) getOrDefault(sampleSeed)).longValue();
         TokenizerSpec spec = isDefined(tokenizer) ? tokenizerSpec(getOrDefault(tokenizer), dataset.sparkSession()) : null;
         String cfg = configJson;
         float[] w = weights;
@@ -340,6 +356,7 @@ public final class SparkatronModel extends Model<SparkatronModel> implements Def
         SparkatronModel m = new SparkatronModel(uid);
         m.configJson = configJson;
         m.weights = weights;
+        m.trainingMetrics = trainingMetrics;
         return copyValues(m, extra).setParent(parent());
     }
 

@@ -100,7 +100,7 @@ class PersistenceTest {
         assertTrue(loadedTok.getOrDefault(loadedTok.tokenizer()).startsWith(pipePath), "the loaded stage reads its saved copy");
         assertEquals(loadedTok.getOrDefault(loadedTok.tokenizer()), model.getOrDefault(model.tokenizer()),
                 "fit takes the tokenizer from the column metadata");
-        model.setPromptCol("prompt").setMaxNewTokens(5).setTemperature(0.8).setTopK(20).setSeed(9);
+        model.setPromptCol("prompt").setMaxNewTokens(5).setTemperature(0.8).setTopK(20).setSampleSeed(9);
         List<Row> before = fitted.transform(df).orderBy("text").collectAsList();
 
         String modelPath = tmp.resolve("fitted").toString();
