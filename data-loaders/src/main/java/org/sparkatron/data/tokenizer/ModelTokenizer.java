@@ -12,7 +12,8 @@ import org.sparkatron.data.io.DataPaths;
  * The tokenizer saved beside a model's weights, so that text goes in and comes out of a trained model without
  * the user naming the tokenizer again. A Hugging Face tokenizer is saved as {@code tokenizer.json}, as the
  * Hugging Face Hub keeps it (so a model directory from the Hub is read the same way); a named tokenizer
- * ({@code gpt2}, built in through jtokkit) as {@code sparkatron_tokenizer.json} = {@code {"tokenizer": "gpt2"}}.
+ * ({@code gpt2} or {@code gpt2-legacy}, built in through jtokkit) as {@code sparkatron_tokenizer.json} =
+ * {@code {"tokenizer": "gpt2"}}.
  * Works on any local or Hadoop path. Stateless; each call blocks on its file I/O and throws IOException for a
  * file that cannot be read or written.
  */
@@ -26,11 +27,14 @@ public final class ModelTokenizer {
     private ModelTokenizer() {
     }
 
-    /** Saves {@code tokenizer} ("gpt2" or a path to a tokenizer.json) into the model directory {@code dir}. */
+    /** The built-in tokenizers (jtokkit's GPT-2 encoding, see {@link Gpt2Tokenizer}). */
+    static final java.util.List<String> BUILT_IN = java.util.List.of("gpt2", "gpt2-legacy");
+
+    /** Saves {@code tokenizer} (a built-in name or a path to a tokenizer.json) into the model directory {@code dir}. */
     public static void save(String tokenizer, String dir, Map<String, String> hadoopConf) throws IOException {
-        if (tokenizer.equalsIgnoreCase("gpt2")) {
+        if (BUILT_IN.contains(tokenizer.toLowerCase(java.util.Locale.ROOT))) {
             try (OutputStream out = DataPaths.create(DataPaths.child(dir, NAME_FILE), hadoopConf)) {
-                out.write(JSON.writeValueAsBytes(JSON.createObjectNode().put("tokenizer", "gpt2")));
+                out.write(JSON.writeValueAsBytes(JSON.createObjectNode().put("tokenizer", tokenizer.toLowerCase(java.util.Locale.ROOT))));
             }
             return;
         }
@@ -56,8 +60,8 @@ public final class ModelTokenizer {
         if (DataPaths.exists(named, hadoopConf)) {
             JsonNode n = JSON.readTree(new String(DataPaths.readAll(named, hadoopConf), StandardCharsets.UTF_8));
             String name = n.path("tokenizer").asText("");
-            if (!name.equalsIgnoreCase("gpt2")) {
-                throw new IOException(named + ": unknown tokenizer '" + name + "' (known: gpt2)");
+            if (!BUILT_IN.contains(name)) {
+                throw new IOException(named + ": unknown tokenizer '" + name + "' (known: " + BUILT_IN + ")");
             }
             return name;
         }
