@@ -210,7 +210,7 @@ public final class DistributedTraining {
 
     /** Refuses a tokenizer that could not be saved with the model, before training rather than after. */
     static void checkTokenizer(TrainConfig cfg, SparkContext sc) {
-        if (cfg.tokenizer == null || cfg.tokenizer.toLowerCase(java.util.Locale.ROOT).startsWith("gpt2")) {
+        if (cfg.tokenizer == null || cfg.tokenizer.equalsIgnoreCase("gpt2") || cfg.tokenizer.equalsIgnoreCase("gpt2-legacy")) {
             return;
         }
         Map<String, String> conf = new HashMap<>();
