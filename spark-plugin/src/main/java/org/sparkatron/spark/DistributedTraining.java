@@ -102,11 +102,12 @@ public final class DistributedTraining {
         Layout.validate(cfg);
         checkSparkSettings(sc, cfg.world());
         InitFrom.check(cfg, sc.hadoopConfiguration());
-        checkTokenizer(cfg, sc);
         Map<String, String> hadoopConf = new HashMap<>();
         for (Map.Entry<String, String> e : sc.hadoopConfiguration()) {
             hadoopConf.put(e.getKey(), e.getValue());
         }
+        cfg = MegatronInput.withManifestTokenizer(cfg, hadoopConf); // the model keeps prepare's tokenizer
+        checkTokenizer(cfg, sc);
         String summary = MegatronInput.validate(cfg, hadoopConf);
         LOG.info("sparkatron: {}", summary);
         if (console != null) {
