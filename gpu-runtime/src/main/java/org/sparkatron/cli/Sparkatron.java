@@ -9,12 +9,13 @@ import java.util.Map;
 import java.util.Set;
 import java.util.TreeMap;
 import org.sparkatron.checkpoint.ModelStore;
+import org.sparkatron.device.DeviceMemoryException;
 import org.sparkatron.device.cpu.Blas;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
+import org.sparkatron.precision.Precision;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.LrSchedule;
-import org.sparkatron.precision.Precision;
 import org.sparkatron.train.PackedSamples;
 import org.sparkatron.train.Trainer;
 
@@ -63,7 +64,7 @@ public final class Sparkatron {
                 }
             }
             return 0;
-        } catch (Args.UsageException | IllegalArgumentException e) {
+        } catch (Args.UsageException | IllegalArgumentException | DeviceMemoryException e) {
             err.println("sparkatron " + cmd + ": " + e.getMessage());
             return 2;
         } catch (java.io.IOException e) {
@@ -82,7 +83,7 @@ public final class Sparkatron {
         Path dir = a.path("out");
         String tokenizer = a.string("tokenizer", null);
         a.rejectUnknown();
-        Transformer model = new Transformer(ModelConfig.load(config), new CpuKernels());
+        Transformer model = new Transformer(ModelConfig.load(config), new CpuDevice());
         model.initialize(seed);
         ModelStore.save(model, dir);
         if (tokenizer != null) {
@@ -122,7 +123,7 @@ public final class Sparkatron {
         if (steps < 1) {
             throw new IllegalArgumentException("--steps must be >= 1, got " + steps);
         }
-        Transformer model = ModelStore.load(modelDir, new CpuKernels(), precision);
+        Transformer model = ModelStore.load(modelDir, new CpuDevice(), precision);
         var input = inputSpec.read(modelDir, model.config().vocabSize());
         List<int[]> seqs = input.sequences();
         PackedSamples data = samples(seqs, seqLen, model.config(), seed);
@@ -163,7 +164,7 @@ public final class Sparkatron {
         Inputs.Spec inputSpec = Inputs.parse(a);
         setThreads(a);
         a.rejectUnknown();
-        Transformer model = ModelStore.load(modelDir, new CpuKernels());
+        Transformer model = ModelStore.load(modelDir, new CpuDevice());
         List<int[]> seqs = inputSpec.read(modelDir, model.config().vocabSize()).sequences();
         String tokens = inputSpec.tokens() != null ? inputSpec.tokens() : "input sequence";
         Map<Integer, List<int[]>> byLength = new TreeMap<>();

@@ -8,7 +8,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import java.util.SplittableRandom;
 import org.junit.jupiter.api.Test;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 
@@ -82,7 +82,7 @@ class GeneratorTest {
     static Transformer tinyModel() throws Exception {
         ModelConfig c = ModelConfig.fromJson(new ObjectMapper().readTree(
                 "{\"model_type\":\"gpt2\",\"n_layer\":1,\"n_embd\":16,\"n_head\":2,\"n_positions\":8,\"vocab_size\":20}"));
-        Transformer t = new Transformer(c, new CpuKernels());
+        Transformer t = new Transformer(c, new CpuDevice());
         t.initialize(3);
         return t;
     }

@@ -36,7 +36,7 @@ import org.sparkatron.data.tokenizer.TokenizerSpec;
 import org.sparkatron.inference.Generator;
 import org.sparkatron.inference.Sampling;
 import org.sparkatron.device.cpu.Blas;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 
@@ -179,8 +179,8 @@ public final class SparkatronModel extends Model<SparkatronModel> implements Def
 
     /** A fresh CPU model with these weights (one per thread: models are not thread-safe). */
     public Transformer newTransformer() {
-        Transformer t = new Transformer(config(), new CpuKernels());
-        t.params().weights().floats().put(0, weights);
+        Transformer t = new Transformer(config(), new CpuDevice());
+        t.params().uploadWeights(weights);
         return t;
     }
 
@@ -235,8 +235,8 @@ public final class SparkatronModel extends Model<SparkatronModel> implements Def
         float[] w = weights;
         MapPartitionsFunction<Row, Row> fn = rows -> {
             Blas.setThreads(1);
-            Transformer model = new Transformer(ModelConfig.fromJson(TrainConfig.JSON.readTree(cfg)), new CpuKernels());
-            model.params().weights().floats().put(0, w);
+            Transformer model = new Transformer(ModelConfig.fromJson(TrainConfig.JSON.readTree(cfg)), new CpuDevice());
+            model.params().uploadWeights(w);
             List<Row> result = new ArrayList<>();
             try (TextTokenizer tok = spec == null ? null : spec.create()) {
                 while (rows.hasNext()) {
@@ -452,7 +452,7 @@ public final class SparkatronModel extends Model<SparkatronModel> implements Def
                 }
                 fs.copyToLocalFile(false, src, new org.apache.hadoop.fs.Path(tmp.resolve(f).toUri()), true);
             }
-            return of(ModelStore.load(tmp, new CpuKernels()));
+            return of(ModelStore.load(tmp, new CpuDevice()));
         } finally {
             deleteTree(tmp);
         }

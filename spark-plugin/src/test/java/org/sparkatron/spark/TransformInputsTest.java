@@ -20,7 +20,7 @@ import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 import org.sparkatron.data.spark.TokenizeTransformer;
 import org.sparkatron.data.tokenizer.TokenizerSpec;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 
@@ -41,7 +41,7 @@ class TransformInputsTest {
     /** A seeded tiny GPT-2 whose vocabulary holds the tiny BPE tokenizer's 317 ids. */
     static SparkatronModel model() {
         ObjectNode m = SharedSpark.tinyModel().put("vocab_size", 320);
-        Transformer t = new Transformer(ModelConfig.fromJson(m), new CpuKernels());
+        Transformer t = new Transformer(ModelConfig.fromJson(m), new CpuDevice());
         t.initialize(5);
         return SparkatronModel.of(t);
     }

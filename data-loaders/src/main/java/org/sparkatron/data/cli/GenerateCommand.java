@@ -12,7 +12,7 @@ import org.sparkatron.data.tokenizer.ModelTokenizer;
 import org.sparkatron.data.tokenizer.TextTokenizer;
 import org.sparkatron.data.tokenizer.TokenizerSpec;
 import org.sparkatron.device.cpu.Blas;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.inference.Generator;
 import org.sparkatron.inference.Sampling;
 import org.sparkatron.model.Transformer;
@@ -61,7 +61,7 @@ public final class GenerateCommand {
             if (tokenizer == null) {
                 throw new IllegalArgumentException(model + " has no saved tokenizer: give --tokenizer gpt2 or a tokenizer.json path");
             }
-            Transformer t = ModelStore.load(model, new CpuKernels());
+            Transformer t = ModelStore.load(model, new CpuDevice());
             try (TextTokenizer tok = TokenizerSpec.parse(tokenizer, null, Map.of()).create()) {
                 int[] ids = tok.encode(prompt);
                 if (ids.length == 0) {
