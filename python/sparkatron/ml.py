@@ -46,6 +46,14 @@ ESTIMATOR_PARAMS = [
     ("startOver", _BOOL, "delete existing checkpoints instead of resuming from them (first attempt only)"),
     ("precision", _STR, "compute precision: fp32 (default), bf16, or fp16 with dynamic loss scaling"),
     ("tokenizer", _STR, "gpt2 or a tokenizer.json path, saved with the model (default: from the input column's TokenizeTransformer metadata)"),
+    ("dataSplit", _STR, "train,validation,test weights over the documents in row order (Megatron's --split)"),
+    ("logInterval", _INT, "steps per progress line (interval averages)"),
+    ("evalInterval", _INT, "steps between evaluations on the validation split"),
+    ("evalIters", _INT, "global batches per evaluation"),
+    ("tensorboardDir", _STR, "TensorBoard log directory (any Hadoop path)"),
+    ("mlflowTrackingUri", _STR, "MLflow tracking server (http(s)://)"),
+    ("mlflowExperiment", _STR, "MLflow experiment name"),
+    ("mlflowRunName", _STR, "MLflow run name"),
 ]
 
 MODEL_PARAMS = [

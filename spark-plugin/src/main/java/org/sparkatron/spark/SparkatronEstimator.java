@@ -44,10 +44,11 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
             "input", "command line only: fit() takes the DataFrame itself",
             "input_format", "command line only: fit() takes the DataFrame itself",
             "input_schema", "command line only: fit() takes the DataFrame itself",
-            "data_split", "Megatron indexed-dataset input only (./sparkatron train --input_format megatron)",
             "fail_rank", "fault injection for the failure tests",
             "fail_step", "fault injection for the failure tests",
-            "fail_attempts", "fault injection for the failure tests");
+            "fail_attempts", "fault injection for the failure tests",
+            "override_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator",
+            "use_checkpoint_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator");
     private static final long serialVersionUID = 1L;
     private final String uid;
     private transient PrintStream progress = System.out;
@@ -83,6 +84,15 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     private final BooleanParam startOver;
     private final Param<String> precision;
     private final Param<String> tokenizer;
+    // seeing training (docs/monitoring.md)
+    private final Param<String> dataSplit;
+    private final IntParam logInterval;
+    private final IntParam evalInterval;
+    private final IntParam evalIters;
+    private final Param<String> tensorboardDir;
+    private final Param<String> mlflowTrackingUri;
+    private final Param<String> mlflowExperiment;
+    private final Param<String> mlflowRunName;
 
     public SparkatronEstimator() {
         this(Identifiable$.MODULE$.randomUID("sparkatron"));
@@ -121,6 +131,14 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
         startOver = new BooleanParam(this, "startOver", "delete existing checkpoints instead of resuming from them (first attempt only)");
         precision = new Param<>(this, "precision", "compute precision: fp32 (default), bf16, or fp16 with dynamic loss scaling");
         tokenizer = new Param<>(this, "tokenizer", "gpt2 or a tokenizer.json path, saved with the model (default: from the input column's TokenizeTransformer metadata)");
+        dataSplit = new Param<>(this, "dataSplit", "train,validation,test weights over the documents in row order (Megatron's --split)");
+        logInterval = new IntParam(this, "logInterval", "steps per progress line (interval averages)");
+        evalInterval = new IntParam(this, "evalInterval", "steps between evaluations on the validation split");
+        evalIters = new IntParam(this, "evalIters", "global batches per evaluation");
+        tensorboardDir = new Param<>(this, "tensorboardDir", "TensorBoard log directory (any Hadoop path)");
+        mlflowTrackingUri = new Param<>(this, "mlflowTrackingUri", "MLflow tracking server (http(s)://)");
+        mlflowExperiment = new Param<>(this, "mlflowExperiment", "MLflow experiment name");
+        mlflowRunName = new Param<>(this, "mlflowRunName", "MLflow run name");
         setDefault(inputCol, "tokens");
     }
 
@@ -159,6 +177,14 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public BooleanParam startOver() { return startOver; }
     public Param<String> precision() { return precision; }
     public Param<String> tokenizer() { return tokenizer; }
+    public Param<String> dataSplit() { return dataSplit; }
+    public IntParam logInterval() { return logInterval; }
+    public IntParam evalInterval() { return evalInterval; }
+    public IntParam evalIters() { return evalIters; }
+    public Param<String> tensorboardDir() { return tensorboardDir; }
+    public Param<String> mlflowTrackingUri() { return mlflowTrackingUri; }
+    public Param<String> mlflowExperiment() { return mlflowExperiment; }
+    public Param<String> mlflowRunName() { return mlflowRunName; }
 
     public SparkatronEstimator setModelConfig(String v) { set(modelConfig, v); return this; }
     public SparkatronEstimator setDp(int v) { set(dp, (Object) v); return this; }
@@ -191,6 +217,15 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public SparkatronEstimator setStartOver(boolean v) { set(startOver, (Object) v); return this; }
     public SparkatronEstimator setPrecision(String v) { set(precision, v); return this; }
     public SparkatronEstimator setTokenizer(String v) { set(tokenizer, v); return this; }
+
+    public SparkatronEstimator setDataSplit(String v) { set(dataSplit, v); return this; }
+    public SparkatronEstimator setLogInterval(int v) { set(logInterval, (Object) v); return this; }
+    public SparkatronEstimator setEvalInterval(int v) { set(evalInterval, (Object) v); return this; }
+    public SparkatronEstimator setEvalIters(int v) { set(evalIters, (Object) v); return this; }
+    public SparkatronEstimator setTensorboardDir(String v) { set(tensorboardDir, v); return this; }
+    public SparkatronEstimator setMlflowTrackingUri(String v) { set(mlflowTrackingUri, v); return this; }
+    public SparkatronEstimator setMlflowExperiment(String v) { set(mlflowExperiment, v); return this; }
+    public SparkatronEstimator setMlflowRunName(String v) { set(mlflowRunName, v); return this; }
 
     /** Where progress lines go (null: only the log). */
     public SparkatronEstimator setProgress(PrintStream out) {
