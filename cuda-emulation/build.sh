@@ -18,7 +18,7 @@ for tool in g++ nm unzip; do
     exit 0
   fi
 done
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$OUT/tmp"  # tmp: where the test JVM extracts JCuda's native library
 STAMP="$OUT/.built"
 if [ -f "$STAMP" ] && [ -z "$(find "$HERE" "$KDIR" "$@" -newer "$STAMP" -type f 2>/dev/null | head -1)" ]; then
   exit 0  # up to date

@@ -10,7 +10,8 @@
 // device-to-host); kernels are found only if their name is in the loaded image.
 //
 // Environment: SPARKATRON_CUDA_EMU_KERNELS (the CPU-compiled kernel module), SPARKATRON_CUDA_EMU_DEVICES
-// (device count, default 1), SPARKATRON_CUDA_EMU_MEMORY (bytes per device, default 8 GiB).
+// (device count, default 1), SPARKATRON_CUDA_EMU_MEMORY (bytes per device, default 8 GiB),
+// SPARKATRON_CUDA_EMU_LOG (a file that also gets every emulation message).
 #include "emu_runtime.h"
 #include "kernel_entry.h"
 
@@ -311,7 +312,18 @@ void check_device_range(const void* p, size_t bytes, const char* what) {
     }
 }
 
-void report(const std::string& msg) { std::fprintf(stderr, "cuda-emulation: %s\n", msg.c_str()); }
+void report(const std::string& msg) {
+    std::fprintf(stderr, "cuda-emulation: %s\n", msg.c_str());
+    // the test JVM's native stderr may not reach the build log: SPARKATRON_CUDA_EMU_LOG keeps a copy
+    if (const char* path = std::getenv("SPARKATRON_CUDA_EMU_LOG")) {
+        static std::mutex logMu;
+        std::lock_guard<std::mutex> lock(logMu);
+        if (FILE* f = std::fopen(path, "a")) {
+            std::fprintf(f, "cuda-emulation: %s\n", msg.c_str());
+            std::fclose(f);
+        }
+    }
+}
 
 }  // namespace emu
 

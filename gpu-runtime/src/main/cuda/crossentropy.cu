@@ -1,6 +1,6 @@
 // Softmax cross-entropy over a vocabulary that may be split across ranks (Megatron's vocab-parallel loss):
 // per row the max, then the sums, then the finish, each one block per row. A target outside [0, vocab)
-// is recorded in `error` ([flag, row, id], the first one wins) for the device to report at its next
+// is recorded in `error` ([flag, row, id, vocab], the first one wins) for the device to report at its next
 // synchronisation: a kernel cannot throw.
 #include "common.cuh"
 
@@ -31,6 +31,7 @@ __device__ void ceSumsImpl(T* logits, const float* maxIn, float* sums, const int
             if (atomicCAS(error, 0, 1) == 0) {
                 error[1] = (int) r;
                 error[2] = target;
+                error[3] = vocab;
             }
         }
         int local = target - vocabStart;
