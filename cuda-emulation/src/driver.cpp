@@ -55,12 +55,18 @@ struct CUctx_st {
     CUstream_st* defaultStream = nullptr;
 };
 
-struct CUevent_st {
+struct EventState {
     std::mutex mu;
     std::condition_variable cv;
     uint64_t recorded = 0;
     uint64_t completed = 0;
     double millis = 0;
+};
+
+// Queued work holds the state, not the handle: as in CUDA, an event destroyed while a record or wait of it
+// is still queued lives until that work is done.
+struct CUevent_st {
+    std::shared_ptr<EventState> st = std::make_shared<EventState>();
 };
 
 struct CUmod_st {
@@ -631,52 +637,55 @@ CUresult cuEventDestroy_v2(CUevent e) {
 CUresult cuEventRecord(CUevent e, CUstream stream) {
     CUresult r = needContext();
     if (r != CUDA_SUCCESS) return r;
+    std::shared_ptr<EventState> st = e->st;
     uint64_t gen;
     {
-        std::lock_guard<std::mutex> lock(e->mu);
-        gen = ++e->recorded;
+        std::lock_guard<std::mutex> lock(st->mu);
+        gen = ++st->recorded;
     }
-    return emu::enqueue(resolve(stream), [e, gen] {
+    return emu::enqueue(resolve(stream), [st, gen] {
         {
-            std::lock_guard<std::mutex> lock(e->mu);
-            e->completed = std::max(e->completed, gen);
-            e->millis = nowMillis();
+            std::lock_guard<std::mutex> lock(st->mu);
+            st->completed = std::max(st->completed, gen);
+            st->millis = nowMillis();
         }
-        e->cv.notify_all();
+        st->cv.notify_all();
     });
 }
 
 CUresult cuEventRecordWithFlags(CUevent e, CUstream s, unsigned /*flags*/) { return cuEventRecord(e, s); }
 
 CUresult cuEventQuery(CUevent e) {
-    std::lock_guard<std::mutex> lock(e->mu);
-    return e->completed >= e->recorded ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
+    std::lock_guard<std::mutex> lock(e->st->mu);
+    return e->st->completed >= e->st->recorded ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
 }
 
 CUresult cuEventSynchronize(CUevent e) {
-    std::unique_lock<std::mutex> lock(e->mu);
-    uint64_t target = e->recorded;
-    e->cv.wait(lock, [e, target] { return e->completed >= target; });
+    std::shared_ptr<EventState> st = e->st;
+    std::unique_lock<std::mutex> lock(st->mu);
+    uint64_t target = st->recorded;
+    st->cv.wait(lock, [&st, target] { return st->completed >= target; });
     return tlCurrent != nullptr ? tlCurrent->error.load() : CUDA_SUCCESS;
 }
 
 CUresult cuEventElapsedTime(float* ms, CUevent start, CUevent end) {
     if (cuEventQuery(start) != CUDA_SUCCESS || cuEventQuery(end) != CUDA_SUCCESS) return CUDA_ERROR_NOT_READY;
-    *ms = (float) (end->millis - start->millis);
+    *ms = (float) (end->st->millis - start->st->millis);
     return CUDA_SUCCESS;
 }
 
 CUresult cuStreamWaitEvent(CUstream stream, CUevent e, unsigned /*flags*/) {
     CUresult r = needContext();
     if (r != CUDA_SUCCESS) return r;
+    std::shared_ptr<EventState> st = e->st;
     uint64_t target;
     {
-        std::lock_guard<std::mutex> lock(e->mu);
-        target = e->recorded;
+        std::lock_guard<std::mutex> lock(st->mu);
+        target = st->recorded;
     }
-    return emu::enqueue(resolve(stream), [e, target] {
-        std::unique_lock<std::mutex> lock(e->mu);
-        e->cv.wait(lock, [e, target] { return e->completed >= target; });
+    return emu::enqueue(resolve(stream), [st, target] {
+        std::unique_lock<std::mutex> lock(st->mu);
+        st->cv.wait(lock, [&st, target] { return st->completed >= target; });
     });
 }
 

@@ -56,6 +56,7 @@ public final class CudaDevice implements AutoCloseable {
     private final long errorFlag;
     private final ByteBuffer errorHost = ByteBuffer.allocateDirect(16).order(ByteOrder.nativeOrder());
     private final CudaKernels kernels;
+    private final java.util.List<Runnable> syncChecks = new java.util.concurrent.CopyOnWriteArrayList<>();
     private CublasLt cublasLt;
     private long reserved;
     private long inUse;
@@ -100,7 +101,7 @@ public final class CudaDevice implements AutoCloseable {
     }
 
     /** Makes this device's context current on the calling thread (a no-op when it already is). */
-    void makeCurrent() {
+    public void makeCurrent() {
         Integer cur = CURRENT.get();
         if (cur == null || cur != ordinal) {
             CudaDriver.makeCurrent(ordinal);
@@ -318,6 +319,9 @@ public final class CudaDevice implements AutoCloseable {
             throw new IllegalArgumentException("target id " + errorHost.getInt(8) + " at row " + errorHost.getInt(4)
                     + " is outside the vocabulary of " + errorHost.getInt(12));
         }
+        for (Runnable r : syncChecks) {
+            r.run();
+        }
     }
 
     // ---- what kernels, cuBLASLt and communicators use ----
@@ -336,20 +340,33 @@ public final class CudaDevice implements AutoCloseable {
         return compute.address();
     }
 
-    /** The raw communication stream handle. */
-    long communicationStreamAddress() {
+    /** The raw communication stream handle (for NCCL, between begin/endCommunication). */
+    public long communicationStreamAddress() {
         return comm.address();
     }
 
+    /** An event behind everything queued on the communication stream so far. */
+    public CudaEvent recordCommunicationEvent() {
+        return new CudaEvent(this, comm);
+    }
+
+    /**
+     * Runs {@code check} after every {@link #synchronize()} (a communicator reports its failure there, so
+     * results of an aborted operation are never read as valid).
+     */
+    public void addSynchronizeCheck(Runnable check) {
+        syncChecks.add(check);
+    }
+
     /** Orders the communication stream after everything issued on the compute stream so far. */
-    void beginCommunication() {
+    public void beginCommunication() {
         makeCurrent();
         Cu.check(JCudaDriver.cuEventRecord(computeReady, compute), "cuEventRecord(compute ready)");
         Cu.check(JCudaDriver.cuStreamWaitEvent(comm, computeReady, 0), "cuStreamWaitEvent(communication)");
     }
 
     /** Orders the compute stream after everything issued on the communication stream so far. */
-    void endCommunication() {
+    public void endCommunication() {
         Cu.check(JCudaDriver.cuEventRecord(commDone, comm), "cuEventRecord(communication done)");
         Cu.check(JCudaDriver.cuStreamWaitEvent(compute, commDone, 0), "cuStreamWaitEvent(compute)");
     }
