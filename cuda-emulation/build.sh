@@ -69,5 +69,15 @@ lib nccl libnccl.so.2 "$OBJ/nccl.syms" 5 yes "$HERE/src/nccl.cpp"
 "$HERE/tools/gen_kernel_table.sh" "$OBJ/kernel_table.cpp" "$KDIR"/*.cu
 "${CXX[@]}" -x c++ -include "$HERE/include/cuda_emu.h" -I "$KDIR" -shared -o "$OUT/libsparkatron_kernels_emu.so" \
   "$OBJ/kernel_table.cpp" -L"$OUT" -l:libcuda.so.1 -Wl,-rpath,'$ORIGIN'
+
+# the emulation's self-test: planted bugs must be reported, in both thread orders
+"$HERE/tools/gen_kernel_table.sh" "$OBJ/selftest_table.cpp" "$HERE/tests/selftest_kernels.cu"
+"${CXX[@]}" -x c++ -include "$HERE/include/cuda_emu.h" -shared -o "$OBJ/libselftest_kernels.so" "$OBJ/selftest_table.cpp" \
+  -L"$OUT" -l:libcuda.so.1 -Wl,-rpath,"$OUT"
+"${CXX[@]}" -o "$OBJ/selftest" "$HERE/tests/selftest.cpp" -L"$OUT" -l:libcuda.so.1 -Wl,-rpath,"$OUT" -lpthread
+for order in forward reverse; do
+  SPARKATRON_CUDA_EMU_DEVICES=3 SPARKATRON_CUDA_EMU_ORDER=$order SPARKATRON_CUDA_EMU_KERNELS="$OBJ/libselftest_kernels.so" \
+    "$OBJ/selftest" $order 2> "$OBJ/selftest-$order.err" || { cat "$OBJ/selftest-$order.err"; echo "cuda-emulation: self-test failed"; exit 1; }
+done
 touch "$STAMP"
 echo "cuda-emulation: built $(ls "$OUT" | grep -c '\.so') libraries"
