@@ -235,6 +235,11 @@ public final class GpuProbe {
             System.out.println("usage: ./sparkatron gpu-info   (which GPU libraries this machine has, and the device chosen)");
             return;
         }
-        System.out.println(system().probe().describe());
+        Report report = system().probe();
+        System.out.println(report.describe());
+        if (report.cudaStackPresent() || org.sparkatron.device.cuda.CudaRuntime.emulationRequested()) {
+            // the files are there: now load the driver binding (behind CudaRuntime's LinkageError probe)
+            System.out.println(org.sparkatron.device.cuda.CudaRuntime.describe());
+        }
     }
 }

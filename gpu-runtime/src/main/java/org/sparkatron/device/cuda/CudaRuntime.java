@@ -35,6 +35,19 @@ public final class CudaRuntime {
         return cached;
     }
 
+    /** One line per device ("cuda:0 NVIDIA H200 (sm_90, 139.8 GiB)"), or why CUDA is unavailable. */
+    public static String describe() {
+        Availability a = availability();
+        if (!a.available()) {
+            return "cuda runtime: unavailable (" + a.reason() + ")";
+        }
+        StringBuilder sb = new StringBuilder("cuda runtime: " + a.deviceCount() + " device(s)" + (a.emulated() ? ", emulated" : ""));
+        for (int i = 0; i < a.deviceCount(); i++) {
+            sb.append(System.lineSeparator()).append("  cuda:").append(i).append(' ').append(CudaDriver.describe(i));
+        }
+        return sb.toString();
+    }
+
     private static Availability probe(Map<String, String> env) {
         boolean emulated = env.get("SPARKATRON_CUDA_EMU_KERNELS") != null;
         if (emulated && !java.nio.file.Files.exists(java.nio.file.Path.of(env.get("SPARKATRON_CUDA_EMU_KERNELS")))) {
