@@ -11,6 +11,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.Set;
 import java.util.TreeSet;
+import org.sparkatron.device.Device;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.ParameterSet;
 import org.sparkatron.tensor.DType;
@@ -103,6 +104,8 @@ public final class HfCheckpoint {
      * @throws IllegalArgumentException naming the file and tensor when one is missing, unexpected or misshapen
      */
     public static void load(Path file, ModelConfig cfg, ParameterSet ps) throws IOException {
+        Device device = ps.device();
+        Tensor host = device.toHost(ps.weights()); // the block itself on the CPU device
         try (SafeTensorsFile st = SafeTensorsFile.open(file)) {
             String prefix = "";
             if (cfg.family() == ModelConfig.Family.GPT2 && !st.contains("wte.weight") && st.contains("transformer.wte.weight")) {
@@ -120,7 +123,7 @@ public final class HfCheckpoint {
                     throw new IllegalArgumentException(file + ": tensor '" + name + "' has shape " + Arrays.toString(shape)
                             + ", expected " + Arrays.toString(link.hfShape()) + " from the model config");
                 }
-                copyIn(st.readF32(name), link, ps.weight(link.internal()));
+                copyIn(st.readF32(name), link, ParameterSet.view(host, ps.param(link.internal())));
                 unused.remove(name);
             }
             final String pre = prefix;
@@ -130,6 +133,7 @@ public final class HfCheckpoint {
                         + " model of " + cfg.layers() + " layers (is the config right?)");
             }
         }
+        device.fromHost(ps.weights(), host);
     }
 
     /**
@@ -150,9 +154,10 @@ public final class HfCheckpoint {
      */
     public static LinkedHashMap<String, Tensor> toHf(ModelConfig cfg, ParameterSet ps, boolean grads) {
         LinkedHashMap<String, Tensor> out = new LinkedHashMap<>();
+        Tensor host = ps.device().toHost(grads ? ps.grads() : ps.weights());
         for (Link link : links(cfg)) {
             Tensor t = Tensor.allocateHost(DType.F32, link.hfShape());
-            copyOut(link, grads ? ps.grad(link.internal()) : ps.weight(link.internal()), t);
+            copyOut(link, ParameterSet.view(host, ps.param(link.internal())), t);
             out.put(link.hf(), t);
         }
         return out;

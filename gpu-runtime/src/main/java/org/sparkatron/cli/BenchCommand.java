@@ -15,7 +15,9 @@ import java.util.concurrent.TimeUnit;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import org.sparkatron.device.cpu.Blas;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
+import org.sparkatron.parallel.RankContext;
+import org.sparkatron.precision.Precision;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.LrSchedule;
@@ -54,7 +56,7 @@ final class BenchCommand {
 
         ModelConfig cfg = new ModelConfig(ModelConfig.Family.GPT2, layers, width, heads, heads, 4 * width, vocab, seq,
                 1e-5f, 0, true, ModelConfig.DEFAULT_VOCAB_MULTIPLE);
-        Transformer model = new Transformer(cfg, new CpuKernels());
+        Transformer model = new Transformer(cfg, new CpuDevice());
         model.initialize(0);
         SplittableRandom rng = new SplittableRandom(0);
         List<int[]> rows = new ArrayList<>();

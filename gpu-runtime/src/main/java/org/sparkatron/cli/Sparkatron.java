@@ -10,7 +10,9 @@ import java.util.Set;
 import java.util.TreeMap;
 import org.sparkatron.checkpoint.ModelStore;
 import org.sparkatron.device.cpu.Blas;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
+import org.sparkatron.parallel.RankContext;
+import org.sparkatron.precision.Precision;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.LrSchedule;
@@ -78,7 +80,7 @@ public final class Sparkatron {
         long seed = a.requiredInt("seed");
         Path dir = a.path("out");
         a.rejectUnknown();
-        Transformer model = new Transformer(ModelConfig.load(config), new CpuKernels());
+        Transformer model = new Transformer(ModelConfig.load(config), new CpuDevice());
         model.initialize(seed);
         ModelStore.save(model, dir);
         out.printf(Locale.ROOT, "{\"model\": \"%s\", \"family\": \"%s\", \"parameters\": %d, \"seed\": %d}%n",
@@ -115,7 +117,7 @@ public final class Sparkatron {
         if (steps < 1) {
             throw new IllegalArgumentException("--steps must be >= 1, got " + steps);
         }
-        Transformer model = ModelStore.load(modelDir, new CpuKernels(), precision);
+        Transformer model = ModelStore.load(modelDir, new CpuDevice(), precision);
         List<int[]> seqs = TokenFile.read(tokens, model.config().vocabSize());
         PackedSamples data = samples(seqs, seqLen, model.config(), seed);
         Trainer.Options opt = new Trainer.Options(batch, micro, new LrSchedule(lr, minLr, warmup, steps), 0.9f, 0.95f,
@@ -154,7 +156,7 @@ public final class Sparkatron {
         Path tokens = a.path("tokens");
         setThreads(a);
         a.rejectUnknown();
-        Transformer model = ModelStore.load(modelDir, new CpuKernels());
+        Transformer model = ModelStore.load(modelDir, new CpuDevice());
         List<int[]> seqs = TokenFile.read(tokens, model.config().vocabSize());
         Map<Integer, List<int[]>> byLength = new TreeMap<>();
         for (int i = 0; i < seqs.size(); i++) {

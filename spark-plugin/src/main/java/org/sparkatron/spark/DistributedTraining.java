@@ -23,7 +23,7 @@ import org.apache.spark.sql.Dataset;
 import org.apache.spark.sql.SparkSession;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.Transformer;
 import scala.Tuple2;
 
@@ -149,8 +149,8 @@ public final class DistributedTraining {
             }
             reports.sort(Comparator.comparingInt(RankReport::rank));
             RankReport first = reports.get(0);
-            Transformer model = new Transformer(cfg.model(), new CpuKernels());
-            model.params().weights().floats().put(0, first.weights());
+            Transformer model = new Transformer(cfg.model(), new CpuDevice());
+            model.params().uploadWeights(first.weights());
             for (RankReport r : reports) {
                 LOG.info("sparkatron: rank {}", r.describe());
             }

@@ -10,11 +10,11 @@ import org.apache.hadoop.conf.Configuration;
 import org.apache.hadoop.fs.FileSystem;
 import org.apache.hadoop.fs.Path;
 import org.sparkatron.checkpoint.ModelStore;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.TpShards;
 import org.sparkatron.model.Transformer;
-import org.sparkatron.parallel.TensorParallel;
+import org.sparkatron.parallel.RankContext;
 
 /**
  * The {@code init_from} config key: a Hugging Face model directory ({@code config.json} +
@@ -97,7 +97,7 @@ final class InitFrom {
      * Rank side: this rank's shard of the model in {@code cfg.initFrom} (copied to a local temporary
      * directory first, so any Hadoop file system works). Every rank reads the whole model transiently.
      */
-    static Transformer load(TrainConfig cfg, TensorParallel tp, Configuration conf) throws IOException {
+    static Transformer load(TrainConfig cfg, RankContext rank, Configuration conf) throws IOException {
         java.nio.file.Path tmp = java.nio.file.Files.createTempDirectory("sparkatron-init");
         try {
             Path dir = new Path(cfg.initFrom);
@@ -105,15 +105,19 @@ final class InitFrom {
             for (String f : new String[] {ModelStore.CONFIG, ModelStore.WEIGHTS}) {
                 fs.copyToLocalFile(false, new Path(dir, f), new Path(tmp.resolve(f).toUri()), true);
             }
-            Transformer full = ModelStore.load(tmp, new CpuKernels());
-            String diff = differences(full.config(), cfg.model());
-            if (!diff.isEmpty()) { // changed since the driver checked it
-                throw new IllegalArgumentException("init_from '" + cfg.initFrom + "' holds another model than the job's config: " + diff);
+            Transformer full = ModelStore.load(tmp, rank.device()); // fp32, TP = 1, on the rank's device
+            try {
+                String diff = differences(full.config(), cfg.model());
+                if (!diff.isEmpty()) { // changed since the driver checked it
+                    throw new IllegalArgumentException("init_from '" + cfg.initFrom + "' holds another model than the job's config: " + diff);
+                }
+                // the rank's shard (the whole model at TP 1), in a model bound to the rank's TP group
+                Transformer model = new Transformer(full.config(), rank);
+                TpShards.scatter(full.config(), full.params(), model.params(), rank.tp().rank(), rank.tp().size(), false);
+                return model;
+            } finally {
+                full.close();
             }
-            // the rank's shard (the whole model at TP 1), in a model bound to the rank's TP group
-            Transformer model = new Transformer(full.config(), full.kernels(), tp, cfg.precision);
-            TpShards.scatter(full.config(), full.params(), model.params(), tp.rank(), tp.size(), false);
-            return model;
         } finally {
             SparkatronModel.deleteTree(tmp);
         }

@@ -17,8 +17,9 @@ import org.sparkatron.comm.ProcessGroups;
 import org.sparkatron.data.io.HadoopCheckpointStorage;
 import org.sparkatron.device.GpuProbe;
 import org.sparkatron.device.cpu.Blas;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.Transformer;
+import org.sparkatron.parallel.RankContext;
 import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.TpBroadcastSource;
 import org.sparkatron.parallel.TpCheckpoint;
@@ -71,18 +72,19 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         Blas.setThreads(cfg.threadsPerRank); // process-wide; the same value from every rank in the JVM
         Communicator comm = CommWiring.connect(ctx, secret, cfg.commTimeoutMs);
         Thread watchdog = watchdog(ctx, comm, rank);
+        CpuDevice cpu = new CpuDevice(); // this rank's device (one per task: several ranks may share the JVM)
         try (ProgressReporter progress = new ProgressReporter(rank == 0 ? progressEndpoint : null, secret);
              ProcessGroups groups = ProcessGroups.create(ParallelLayout.forWorld(cfg.world(), cfg.tp, 1, 1, cfg.pp, 1), comm)) {
             int tpRank = groups.coords()[0];
             int replica = groups.coords()[3];
-            TensorParallel tensorParallel = new TensorParallel(groups.tp(), cfg.sequenceParallel);
+            RankContext rankCtx = new RankContext(cpu, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision);
             Transformer model;
             if (cfg.initFrom != null) { // each rank reads the model directory and keeps its TP shard
                 org.apache.hadoop.conf.Configuration conf = new org.apache.hadoop.conf.Configuration();
                 hadoopConf.forEach(conf::set);
-                model = io(() -> InitFrom.load(cfg, tensorParallel, conf));
+                model = io(() -> InitFrom.load(cfg, rankCtx, conf));
             } else {
-                model = new Transformer(cfg.model(), new CpuKernels(), tensorParallel, cfg.precision);
+                model = new Transformer(cfg.model(), rankCtx);
                 model.initialize(cfg.seed);
             }
             groups.dp().broadcast(model.params().weights(), 0);
@@ -130,8 +132,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             Transformer full = cfg.tp > 1 ? TpCheckpoint.gatherFull(model, false) : model; // TP collective
             float[] weights = null;
             if (rank == 0) {
-                weights = new float[(int) full.params().numel()];
-                full.params().weights().floats().get(0, weights);
+                weights = full.params().downloadWeights();
             }
             String host = ctx.getTaskInfos()[rank].address();
             RankReport report = new RankReport(rank, attempt, host, SparkEnv.get().executorId(), device,
@@ -143,6 +144,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         } finally {
             watchdog.interrupt();
             comm.close();
+            cpu.close();
         }
     }
 

@@ -1,5 +1,6 @@
 package org.sparkatron.device.cpu;
 
+import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.sparkatron.device.cpu.Arrays32.assertClose;
@@ -67,7 +68,18 @@ class CpuKernelsTest {
         double[] x = random(rng, n, 3);
         Tensor t = f32(x, Math.max(n, 1));
         Tensor view = t.slice(0, n);
-        assertClose("sum of squares", new double[] {Reference.dot(x, x)}, new double[] {k.sumOfSquares(view)}, 1e-9, 1e-6);
+        Tensor acc = Tensor.allocateHost(org.sparkatron.tensor.DType.F64, 2);
+        acc.hostBuffer().putDouble(8, 0.25);
+        k.sumOfSquares(view, acc, 1);
+        assertClose("sum of squares, accumulated", new double[] {Reference.dot(x, x) + 0.25},
+                new double[] {acc.hostBuffer().getDouble(8)}, 1e-9, 1e-6);
+        assertEquals(0.0, acc.hostBuffer().getDouble(0), "the other slot is untouched");
+        k.sum(view, n, acc, 0, 0.5);
+        double sum = 0;
+        for (double v : x) {
+            sum += v;
+        }
+        assertClose("sum, scaled", new double[] {0.5 * sum}, new double[] {acc.hostBuffer().getDouble(0)}, 1e-9, 1e-6);
         k.scale(view, 0.5f);
         double[] half = x.clone();
         for (int i = 0; i < n; i++) {
