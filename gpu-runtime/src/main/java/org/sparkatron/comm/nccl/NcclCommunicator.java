@@ -28,6 +28,7 @@ import org.sparkatron.comm.Communicator;
 import org.sparkatron.comm.ReduceOp;
 import org.sparkatron.comm.Rendezvous;
 import org.sparkatron.comm.Request;
+import org.sparkatron.device.MemoryKind;
 import org.sparkatron.device.cuda.CudaDevice;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
@@ -338,7 +339,7 @@ public final class NcclCommunicator implements Communicator {
     @Override
     public void barrier() {
         if (scratch == null) {
-            scratch = device.allocate(DType.F32, 1);
+            scratch = device.allocate(MemoryKind.WORKSPACE, DType.F32, 1);
             device.kernels().fill(scratch, 0f);
         }
         allReduce(scratch, ReduceOp.SUM);
@@ -361,7 +362,7 @@ public final class NcclCommunicator implements Communicator {
         if (me < 0) {
             throw new IllegalArgumentException("rank " + rank + " is not in sub-group " + Arrays.toString(ranks));
         }
-        Tensor id = device.allocate(DType.I32, 32);
+        Tensor id = device.allocate(MemoryKind.WORKSPACE, DType.I32, 32);
         byte[] bytes = new byte[128];
         if (me == 0) {
             ncclUniqueId uid = new ncclUniqueId();

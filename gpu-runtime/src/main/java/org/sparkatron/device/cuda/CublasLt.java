@@ -76,7 +76,7 @@ final class CublasLt implements AutoCloseable {
         } catch (LinkageError e) {
             throw new CudaException("cuBLASLt (libcublasLt.so.13 through JavaCPP) did not load: " + e, e);
         }
-        this.workspace = device.allocate(DType.I32, (int) (WORKSPACE_BYTES / 4));
+        this.workspace = device.allocate(DType.I32, WORKSPACE_BYTES / 4);
         this.stream = new CUstream_st(at(device.computeStreamAddress()));
     }
 

@@ -2,10 +2,6 @@ package org.sparkatron.device.cuda;
 
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
-import java.util.ArrayDeque;
-import java.util.HashMap;
-import java.util.Map;
-import java.util.TreeMap;
 import jcuda.Pointer;
 import jcuda.driver.CUDA_MEMCPY2D;
 import jcuda.driver.CUevent;
@@ -13,7 +9,12 @@ import jcuda.driver.CUevent_flags;
 import jcuda.driver.CUfunction;
 import jcuda.driver.CUmemorytype;
 import jcuda.driver.JCudaDriver;
+import org.sparkatron.device.CachingAllocator;
+import org.sparkatron.device.Device;
+import org.sparkatron.device.MemoryKind;
+import org.sparkatron.device.MemoryStats;
 import org.sparkatron.tensor.DType;
+import org.sparkatron.tensor.HostStorage;
 import org.sparkatron.tensor.Tensor;
 
 /**
@@ -38,8 +39,7 @@ import org.sparkatron.tensor.Tensor;
  * thread first, so a device may be handed between threads (not used concurrently). Errors are
  * {@link CudaException}s naming the call.
  */
-public final class CudaDevice implements AutoCloseable {
-    private static final long SMALL = 1L << 20;
+public final class CudaDevice implements Device {
     private static final ThreadLocal<Integer> CURRENT = new ThreadLocal<>();
 
     private final int ordinal;
@@ -50,18 +50,13 @@ public final class CudaDevice implements AutoCloseable {
     private final CUevent commDone = new CUevent();
     private final CudaModule module;
     private final PinnedStaging staging;
-    private final TreeMap<Long, ArrayDeque<Long>> cache = new TreeMap<>();
-    private final Map<Long, Long> blockSize = new HashMap<>();
-    private final Map<Long, Boolean> live = new HashMap<>();
+    private final CachingAllocator<CudaStorage> allocator;
+    private final long capacity;
     private final long errorFlag;
     private final ByteBuffer errorHost = ByteBuffer.allocateDirect(16).order(ByteOrder.nativeOrder());
     private final CudaKernels kernels;
     private final java.util.List<Runnable> syncChecks = new java.util.concurrent.CopyOnWriteArrayList<>();
     private CublasLt cublasLt;
-    private long reserved;
-    private long inUse;
-    private long peak;
-    private long systemAllocations;
     private long synchronizations;
     private boolean closed;
 
@@ -75,13 +70,29 @@ public final class CudaDevice implements AutoCloseable {
         Cu.check(JCudaDriver.cuEventCreate(computeReady, CUevent_flags.CU_EVENT_DISABLE_TIMING), "cuEventCreate");
         Cu.check(JCudaDriver.cuEventCreate(commDone, CUevent_flags.CU_EVENT_DISABLE_TIMING), "cuEventCreate");
         this.module = CudaModule.forDevice(ordinal);
+        long[] free = new long[1], total = new long[1];
+        Cu.check(JCudaDriver.cuMemGetInfo(free, total), "cuMemGetInfo");
+        this.capacity = total[0];
+        this.allocator = new CachingAllocator<>(name, capacity, new CachingAllocator.Backend<>() {
+            @Override
+            public CudaStorage allocate(long bytes) {
+                return new CudaStorage(fromDriver(bytes), bytes, name);
+            }
+
+            @Override
+            public void free(CudaStorage block) {
+                makeCurrent();
+                Cu.check(JCudaDriver.cuMemFree(Cu.ptr(block.address())), "cuMemFree");
+            }
+        });
         this.staging = new PinnedStaging(8 << 20);
-        this.errorFlag = allocateBlock(16);
+        this.errorFlag = allocator.allocate(16, MemoryKind.WORKSPACE).address();
         Cu.check(JCudaDriver.cuMemsetD8Async(Cu.ptr(errorFlag), (byte) 0, 16, compute), "cuMemsetD8Async(error flag)");
         this.kernels = new CudaKernels(this);
     }
 
     /** e.g. "cuda:0". */
+    @Override
     public String name() {
         return name;
     }
@@ -96,6 +107,7 @@ public final class CudaDevice implements AutoCloseable {
         return CudaDriver.describe(ordinal);
     }
 
+    @Override
     public CudaKernels kernels() {
         return kernels;
     }
@@ -111,115 +123,81 @@ public final class CudaDevice implements AutoCloseable {
 
     // ---- memory ----
 
-    /** A tensor in device memory (contents undefined). */
-    public Tensor allocate(DType dtype, int... shape) {
-        long n = 1;
-        for (int d : shape) {
-            n = Math.multiplyExact(n, (long) d);
-        }
-        long bytes = Math.multiplyExact(n, (long) dtype.bytes());
-        long addr = allocateBlock(bytes);
-        return new Tensor(new CudaStorage(addr, bytes, name), 0, dtype, shape);
-    }
-
-    /** Returns {@code t}'s block to the cache (null is ignored). */
-    public void release(Tensor t) {
-        if (t == null) {
-            return;
-        }
-        long addr = t.storage().address();
-        if (live.remove(addr) == null) {
-            throw new IllegalArgumentException(name + ": release of a block that is not in use (released twice, or not from this device)");
-        }
-        long size = blockSize.get(addr);
-        inUse -= size;
-        cache.computeIfAbsent(size, s -> new ArrayDeque<>()).push(addr);
-    }
-
-    static long sizeClass(long bytes) {
-        long unit = bytes < SMALL ? 512 : 2L << 20;
-        return Math.max(unit, Math.addExact(bytes, unit - 1) / unit * unit);
-    }
-
-    long allocateBlock(long bytes) {
+    @Override
+    public Tensor allocate(MemoryKind kind, DType dtype, long... shape) {
+        long bytes = Math.multiplyExact(Tensor.numel(shape), (long) dtype.bytes());
         makeCurrent();
-        long want = sizeClass(bytes);
-        Map.Entry<Long, ArrayDeque<Long>> e = cache.ceilingEntry(want);
-        long addr;
-        if (e != null && e.getKey() <= 2 * want) {
-            addr = e.getValue().pop();
-            if (e.getValue().isEmpty()) {
-                cache.remove(e.getKey());
-            }
-        } else {
-            addr = fromDriver(want);
-        }
-        live.put(addr, Boolean.TRUE);
-        inUse += blockSize.get(addr);
-        peak = Math.max(peak, inUse);
-        return addr;
+        return new Tensor(allocator.allocate(bytes, kind), 0, dtype, shape);
     }
 
+    /** A workspace tensor (the kernels' scratch). */
+    Tensor allocate(DType dtype, long... shape) {
+        return allocate(MemoryKind.WORKSPACE, dtype, shape);
+    }
+
+    /**
+     * Returns {@code t}'s block to the cache (null is ignored). Immediately reusable: every later use of
+     * the block is queued behind this point on the compute stream.
+     */
+    @Override
+    public void release(Tensor t) {
+        if (t != null) {
+            if (!(t.storage() instanceof CudaStorage s)) {
+                throw new IllegalArgumentException(name + ": release of " + t + ", which is not this device's memory");
+            }
+            allocator.release(s);
+        }
+    }
+
+    /** cuMemAlloc for the allocator; a refusal is an OutOfMemoryError, which makes it empty its cache and retry. */
     private long fromDriver(long size) {
+        makeCurrent();
         Cu.OutPtr p = new Cu.OutPtr();
         int r = JCudaDriver.cuMemAlloc(p, size);
         if (r == jcuda.driver.CUresult.CUDA_ERROR_OUT_OF_MEMORY) {
-            emptyCache();
-            r = JCudaDriver.cuMemAlloc(p, size);
-        }
-        if (r != jcuda.driver.CUresult.CUDA_SUCCESS) {
             long[] free = new long[1], total = new long[1];
             JCudaDriver.cuMemGetInfo(free, total);
-            throw new CudaException(String.format(java.util.Locale.ROOT,
-                    "cuMemAlloc(%,d bytes) on %s: %s (%,d bytes free of %,d; this rank holds %,d)", size, name,
-                    jcuda.driver.CUresult.stringFor(r), free[0], total[0], reserved));
+            throw new OutOfMemoryError(String.format(java.util.Locale.ROOT, "cuMemAlloc(%,d bytes) on %s: CUDA_ERROR_OUT_OF_MEMORY (%,d bytes free of %,d)",
+                    size, name, free[0], total[0]));
         }
-        blockSize.put(p.address(), size);
-        reserved += size;
-        systemAllocations++;
+        Cu.check(r, "cuMemAlloc(" + size + " bytes) on " + name);
         return p.address();
     }
 
-    /** Returns every cached (not in use) block to the driver. */
-    public void emptyCache() {
-        makeCurrent();
-        for (ArrayDeque<Long> q : cache.values()) {
-            for (long a : q) {
-                reserved -= blockSize.remove(a);
-                Cu.check(JCudaDriver.cuMemFree(Cu.ptr(a)), "cuMemFree");
-            }
-        }
-        cache.clear();
+    @Override
+    public Tensor allocateHostStaging(DType dtype, long... shape) {
+        return new Tensor(HostStorage.allocate(Math.multiplyExact(Tensor.numel(shape), (long) dtype.bytes())), 0, dtype, shape);
     }
 
-    /** Bytes held from the driver (in use plus cached). */
-    public long reservedBytes() {
-        return reserved;
+    @Override
+    public MemoryStats memory() {
+        return allocator.stats();
     }
 
-    /** Bytes in live tensors' blocks. */
-    public long inUseBytes() {
-        return inUse;
+    @Override
+    public void resetPeakMemory() {
+        allocator.resetPeak();
     }
 
-    /** The largest {@link #inUseBytes()} so far. */
-    public long peakInUseBytes() {
-        return peak;
-    }
-
-    /** cuMemAlloc calls so far (cache misses). */
+    @Override
     public long systemAllocations() {
-        return systemAllocations;
+        return allocator.systemAllocations();
     }
 
-    /** Host synchronisations so far. */
+    @Override
     public long synchronizations() {
         return synchronizations;
+    }
+
+    @Override
+    public long capacityBytes() {
+        return capacity;
     }
 
     // ---- copies ----
 
     /** dst = src, device to device (same byte size), stream-ordered. */
+    @Override
     public void copy(Tensor dst, Tensor src) {
         if (dst.byteSize() != src.byteSize()) {
             throw new IllegalArgumentException("copy of " + src.byteSize() + " bytes into " + dst.byteSize());
@@ -232,6 +210,7 @@ public final class CudaDevice implements AutoCloseable {
     }
 
     /** A strided copy (cudaMemcpy2D semantics, offsets and pitches in elements of the common dtype). */
+    @Override
     public void copy2d(Tensor dst, long dstOffset, long dstPitch, Tensor src, long srcOffset, long srcPitch, long rows,
                        long width) {
         if (dst.dtype() != src.dtype()) {
@@ -258,6 +237,7 @@ public final class CudaDevice implements AutoCloseable {
     }
 
     /** Host to device through pinned staging; src may be reused when this returns. */
+    @Override
     public void upload(Tensor dst, ByteBuffer src) {
         if (src.remaining() != dst.byteSize()) {
             throw new IllegalArgumentException("upload of " + src.remaining() + " bytes into a " + dst.byteSize() + "-byte tensor");
@@ -267,6 +247,7 @@ public final class CudaDevice implements AutoCloseable {
     }
 
     /** Device to host: synchronises, then writes src's bytes into dst from its position. */
+    @Override
     public void download(ByteBuffer dst, Tensor src) {
         if (dst.remaining() < src.byteSize()) {
             throw new IllegalArgumentException("download of " + src.byteSize() + " bytes into " + dst.remaining() + " bytes");
@@ -283,14 +264,23 @@ public final class CudaDevice implements AutoCloseable {
     }
 
     /** Synchronises and returns a host copy of {@code t} (same dtype and shape). */
+    @Override
     public Tensor toHost(Tensor t) {
-        Tensor h = Tensor.allocateHost(t.dtype(), t.shape());
+        long[] shape = new long[t.rank()];
+        for (int i = 0; i < shape.length; i++) {
+            shape[i] = t.size(i);
+        }
+        Tensor h = Tensor.allocateHost(t.dtype(), shape);
         download(h.hostBuffer(), t);
         return h;
     }
 
     /** dst = host (same byte size). */
+    @Override
     public void fromHost(Tensor dst, Tensor host) {
+        if (host.storage() == dst.storage() && host.byteOffset() == dst.byteOffset()) {
+            return;
+        }
         upload(dst, host.hostBuffer());
     }
 
@@ -307,6 +297,7 @@ public final class CudaDevice implements AutoCloseable {
      * Waits until all work issued so far is done, then reports errors kernels recorded (a cross-entropy
      * target outside the vocabulary) as an {@link IllegalArgumentException} naming row and id.
      */
+    @Override
     public void synchronize() {
         makeCurrent();
         synchronizations++;
@@ -420,14 +411,7 @@ public final class CudaDevice implements AutoCloseable {
             cublasLt.close();
         }
         staging.close();
-        emptyCache();
-        for (long a : live.keySet()) {
-            JCudaDriver.cuMemFree(Cu.ptr(a));
-        }
-        live.clear();
-        blockSize.clear();
-        reserved = 0;
-        inUse = 0;
+        allocator.freeAll();
         JCudaDriver.cuEventDestroy(computeReady);
         JCudaDriver.cuEventDestroy(commDone);
         JCudaDriver.cuStreamDestroy(compute);

@@ -1,7 +1,5 @@
 package org.sparkatron.device.cuda;
 
-import java.nio.ByteBuffer;
-import java.nio.ByteOrder;
 import org.sparkatron.device.Kernels;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
@@ -28,12 +26,10 @@ public final class CudaKernels implements Kernels {
     private Tensor normScratch;
     private Tensor attnScratch;
     private final Tensor reducePartials;
-    private final Tensor hostScalar;
 
     CudaKernels(CudaDevice dev) {
         this.dev = dev;
-        this.reducePartials = dev.allocate(DType.F64, REDUCE_GRID + 1);
-        this.hostScalar = Tensor.allocateHost(DType.F64, 1);
+        this.reducePartials = dev.allocate(DType.F64, REDUCE_GRID);
     }
 
     private static String sfx(Tensor t) {
@@ -58,7 +54,7 @@ public final class CudaKernels implements Kernels {
             return current;
         }
         dev.release(current);
-        Tensor s = dev.allocate(t, (int) Math.max(elements, 1));
+        Tensor s = dev.allocate(t, Math.max(elements, 1));
         if (norm) {
             normScratch = s;
         } else {
@@ -128,8 +124,8 @@ public final class CudaKernels implements Kernels {
                                   int n, int c) {
         int g = rowGrid(n);
         Tensor s = scratch(normScratch, DType.F32, 2L * g * c, true);
-        Tensor pw = s.slice(0, g * c);
-        Tensor pb = s.slice((long) g * c, g * c);
+        Tensor pw = s.slice(0, (long) g * c);
+        Tensor pb = s.slice((long) g * c, (long) g * c);
         dev.launch("layernorm_backward" + sfx(x), g, BLOCK, 0, dx, pw, pb, dout, x, w, mean, rstd, (long) n, c);
         each("norm_grad_reduce", c, dw, pw, g, c);
         each("norm_grad_reduce", c, db, pb, g, c);
@@ -143,7 +139,7 @@ public final class CudaKernels implements Kernels {
     @Override
     public void rmsNormBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor rstd, int n, int c) {
         int g = rowGrid(n);
-        Tensor pw = scratch(normScratch, DType.F32, (long) g * c, true).slice(0, g * c);
+        Tensor pw = scratch(normScratch, DType.F32, (long) g * c, true).slice(0, (long) g * c);
         dev.launch("rmsnorm_backward" + sfx(x), g, BLOCK, 0, dx, pw, dout, x, w, rstd, (long) n, c);
         each("norm_grad_reduce", c, dw, pw, g, c);
     }
@@ -176,16 +172,19 @@ public final class CudaKernels implements Kernels {
     }
 
     /** {@code out[r, :] += bias} for r in [0, rows). */
+    @Override
     public void addBias(Tensor out, Tensor bias, int rows, int cols) {
         each("add_bias" + sfx(out), (long) rows * cols, out, bias, (long) rows, cols);
     }
 
     /** Dropout in place with {@code org.sparkatron.parallel.DropoutRng}'s counter-based mask (bit-identical). */
+    @Override
     public void dropout(Tensor x, float p, long base, long firstRow, int rows, int cols) {
         each("dropout" + sfx(x), (long) rows * cols, x, p, base, firstRow, (long) rows, cols);
     }
 
     /** {@code dst = round(src)} to BF16/F16: into a 16-bit tensor, or an F32 one holding the rounded values. */
+    @Override
     public void round(Tensor dst, Tensor src, long count, DType format) {
         if (src.dtype() != DType.F32 || (format != DType.BF16 && format != DType.F16)) {
             throw new IllegalArgumentException("round from " + src.dtype() + " to " + format + " (F32 to BF16/F16 only)");
@@ -278,27 +277,15 @@ public final class CudaKernels implements Kernels {
     }
 
     /** {@code acc[slot] += sum of x^2} over all of x (F32), in double. */
+    @Override
     public void sumOfSquares(Tensor x, Tensor acc, int slot) {
         reduce(x, x.numel(), true, acc, slot, 1.0);
     }
 
     /** {@code acc[slot] += scale * sum of x[0, count)} (F32), in double. */
+    @Override
     public void sum(Tensor x, long count, Tensor acc, int slot, double scale) {
         reduce(x, count, false, acc, slot, scale);
-    }
-
-    /** Synchronising form (the engine's current interface): the sum of squares of x, in double. */
-    @Override
-    public double sumOfSquares(Tensor x) {
-        Tensor acc = reducePartials.slice(REDUCE_GRID, 1);
-        dev.zero(acc);
-        if (x.numel() > 0) {
-            // partials live in [0, REDUCE_GRID); the accumulator in the slot after them
-            reduce(x, x.numel(), true, acc, 0, 1.0);
-        }
-        ByteBuffer h = hostScalar.hostBuffer().order(ByteOrder.nativeOrder());
-        dev.download(h, acc);
-        return h.getDouble(0);
     }
 
     @Override
@@ -314,6 +301,7 @@ public final class CudaKernels implements Kernels {
     }
 
     /** All bytes of x = 0 (any dtype). */
+    @Override
     public void zero(Tensor x) {
         dev.zero(x);
     }

@@ -34,7 +34,7 @@ final class CudaStorage implements Storage {
     }
 
     @Override
-    public ByteBuffer hostBuffer() {
+    public ByteBuffer hostBuffer(long offset, int length) {
         throw new IllegalStateException(device + " memory is not host-addressable: copy it with the device's download/toHost");
     }
 

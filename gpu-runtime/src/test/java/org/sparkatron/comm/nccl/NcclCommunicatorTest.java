@@ -20,6 +20,7 @@ import org.junit.jupiter.api.Test;
 import org.sparkatron.comm.CommException;
 import org.sparkatron.comm.InProcessRendezvous;
 import org.sparkatron.comm.ReduceOp;
+import org.sparkatron.device.MemoryKind;
 import org.sparkatron.device.cuda.CudaDevice;
 import org.sparkatron.device.cuda.CudaRuntime;
 import org.sparkatron.tensor.DType;
@@ -73,7 +74,7 @@ class NcclCommunicatorTest {
     }
 
     static Tensor put(CudaDevice dev, float... v) {
-        Tensor t = dev.allocate(DType.F32, v.length);
+        Tensor t = dev.allocate(MemoryKind.WORKSPACE, DType.F32, v.length);
         ByteBuffer b = ByteBuffer.allocateDirect(4 * v.length).order(ByteOrder.nativeOrder());
         b.asFloatBuffer().put(v);
         dev.upload(t, b);
@@ -94,7 +95,7 @@ class NcclCommunicatorTest {
             assertTrue(NcclCommunicator.version() >= NcclCommunicator.MIN_VERSION);
             Tensor t = put(dev, 1, 2, 3);
             c.allReduce(t, ReduceOp.SUM);
-            Tensor out = dev.allocate(DType.F32, 3);
+            Tensor out = dev.allocate(MemoryKind.WORKSPACE, DType.F32, 3);
             c.allGather(t, out);
             c.broadcast(t, 0);
             assertArrayEquals(new float[] {1, 2, 3}, get(dev, out));
@@ -117,17 +118,17 @@ class NcclCommunicatorTest {
             assertArrayEquals(new float[] {1, 4}, get(dev, avg));
 
             Tensor in = put(dev, r, r + 1, r + 2, r + 3);
-            Tensor part = dev.allocate(DType.F32, 2);
+            Tensor part = dev.allocate(MemoryKind.WORKSPACE, DType.F32, 2);
             c.reduceScatter(in, part, ReduceOp.SUM);
             assertArrayEquals(rank == 0 ? new float[] {1, 3} : new float[] {5, 7}, get(dev, part));
 
-            Tensor all = dev.allocate(DType.F32, 4);
+            Tensor all = dev.allocate(MemoryKind.WORKSPACE, DType.F32, 4);
             c.allGather(put(dev, r, r), all);
             assertArrayEquals(new float[] {0, 0, 1, 1}, get(dev, all));
 
             int[] counts = {0, 3};
-            Tensor mine = rank == 0 ? dev.allocate(DType.F32, 0) : put(dev, 7, 8, 9);
-            Tensor gathered = dev.allocate(DType.F32, 3);
+            Tensor mine = rank == 0 ? dev.allocate(MemoryKind.WORKSPACE, DType.F32, 0) : put(dev, 7, 8, 9);
+            Tensor gathered = dev.allocate(MemoryKind.WORKSPACE, DType.F32, 3);
             c.allGatherV(mine, gathered, counts);
             assertArrayEquals(new float[] {7, 8, 9}, get(dev, gathered));
 
@@ -139,24 +140,24 @@ class NcclCommunicatorTest {
             int[] send = rank == 0 ? new int[] {1, 2} : new int[] {3, 0};
             int[] recv = rank == 0 ? new int[] {1, 3} : new int[] {2, 0};
             Tensor a2aIn = rank == 0 ? put(dev, 1, 2, 3) : put(dev, 4, 5, 6);
-            Tensor a2aOut = dev.allocate(DType.F32, rank == 0 ? 4 : 2);
+            Tensor a2aOut = dev.allocate(MemoryKind.WORKSPACE, DType.F32, rank == 0 ? 4 : 2);
             c.allToAll(a2aIn, send, a2aOut, recv);
             assertArrayEquals(rank == 0 ? new float[] {1, 4, 5, 6} : new float[] {2, 3}, get(dev, a2aOut));
 
             // point to point: a grouped exchange, then matched send / receive
-            Tensor mineX = put(dev, 100 + r), theirs = dev.allocate(DType.F32, 1);
+            Tensor mineX = put(dev, 100 + r), theirs = dev.allocate(MemoryKind.WORKSPACE, DType.F32, 1);
             c.sendRecv(mineX, 1 - rank, theirs, 1 - rank).await();
             assertArrayEquals(new float[] {101 - r}, get(dev, theirs));
             if (rank == 0) {
                 c.isend(put(dev, 42), 1, 0).await();
             } else {
-                Tensor got = dev.allocate(DType.F32, 1);
+                Tensor got = dev.allocate(MemoryKind.WORKSPACE, DType.F32, 1);
                 c.irecv(got, 0, 0).await();
                 assertArrayEquals(new float[] {42}, get(dev, got));
             }
 
             // bf16 sums round once, to nearest even
-            Tensor h = dev.allocate(DType.BF16, 2);
+            Tensor h = dev.allocate(MemoryKind.WORKSPACE, DType.BF16, 2);
             ByteBuffer hb = ByteBuffer.allocateDirect(4).order(ByteOrder.nativeOrder());
             hb.putShort(0, (short) (Float.floatToIntBits(1f) >>> 16)).putShort(2, (short) (Float.floatToIntBits(0.5f) >>> 16));
             dev.upload(h, hb);

@@ -243,7 +243,7 @@ class CudaKernelsTest {
         int site = 2;
         float p = 0.3f;
         DropoutRng rng2 = new DropoutRng(p, seed);
-        long base = DropoutRngBase.of(seed, step, site);
+        long base = rng2.base(step, site);
         double[] ones = new double[rows * cols];
         java.util.Arrays.fill(ones, 1.0);
         Tensor x = up(dev, f32(ones, rows, cols));
@@ -348,7 +348,6 @@ class CudaKernelsTest {
             ss += (double) (float) e * (float) e;
             s += (float) e;
         }
-        assertEquals(ss, k.sumOfSquares(dg), 1e-9 * ss);
         Tensor acc = dev.allocate(DType.F64, 2);
         dev.zero(acc);
         k.sumOfSquares(dg, acc, 1);

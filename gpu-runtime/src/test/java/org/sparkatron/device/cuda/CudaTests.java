@@ -5,6 +5,7 @@ import static org.sparkatron.device.cpu.Arrays32.read;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import org.junit.jupiter.api.Assumptions;
+import org.sparkatron.device.MemoryKind;
 import org.sparkatron.precision.HalfFloats;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
@@ -32,7 +33,7 @@ final class CudaTests {
 
     /** A device copy of a host tensor (queued). */
     static Tensor up(CudaDevice dev, Tensor host) {
-        Tensor d = dev.allocate(host.dtype(), host.shape());
+        Tensor d = dev.allocate(MemoryKind.WORKSPACE, host.dtype(), host.shape());
         dev.upload(d, host.hostBuffer());
         return d;
     }
