@@ -81,6 +81,16 @@ TESTS_RC=$?
 { echo '```'; grep -E 'tests (successful|failed|aborted|skipped)|✘|SKIPPED|CudaException|Caused by' "$REPORT_DIR/tests.log" | head -60; echo '```'; } >> "$R"
 note "exit status $TESTS_RC after $(elapsed) s (full log: tests.log)"
 
+section "3b. Engine suites on the CUDA device (golden models, mixed precision, loss scaling)"
+timeout 150 "$JAVA" "${JOPTS[@]}" -Dsparkatron.test.device=cuda -cp "$CP" org.junit.platform.console.ConsoleLauncher \
+  --select-class org.sparkatron.model.GoldenModelTest --select-class org.sparkatron.model.MixedPrecisionModelTest \
+  --select-class org.sparkatron.model.BadModelInputTest --select-class org.sparkatron.precision.LossScalingTest \
+  --details=tree --disable-banner --reports-dir="$REPORT_DIR/junit-engine" > "$REPORT_DIR/engine-tests.log" 2>&1
+ENGINE_RC=$?
+{ echo '```'; grep -E 'tests (successful|failed|aborted|skipped)|✘' "$REPORT_DIR/engine-tests.log" | head -30; echo '```'; } >> "$R"
+note "exit status $ENGINE_RC after $(elapsed) s (full log: engine-tests.log)"
+[ "$TESTS_RC" -eq 0 ] && TESTS_RC=$ENGINE_RC
+
 section "4. GPT-2 124M benchmark (bf16, fp32 master weights, one GPU)"
 MODEL=(12 768 12 1024 50304 16 10)
 if [ -f "$B/classes/main/org/sparkatron/device/cuda/GpuBench.class" ]; then
