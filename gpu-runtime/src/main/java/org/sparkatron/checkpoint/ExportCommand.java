@@ -9,8 +9,6 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import org.sparkatron.device.cpu.CpuDevice;
-import org.sparkatron.parallel.RankContext;
-import org.sparkatron.precision.Precision;
 import org.sparkatron.model.Transformer;
 
 /**

@@ -16,8 +16,6 @@ import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.device.cpu.CpuDevice;
-import org.sparkatron.parallel.RankContext;
-import org.sparkatron.precision.Precision;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.LrSchedule;

@@ -9,14 +9,13 @@ import java.util.Map;
 import java.util.Set;
 import java.util.TreeMap;
 import org.sparkatron.checkpoint.ModelStore;
+import org.sparkatron.device.DeviceMemoryException;
 import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.device.cpu.CpuDevice;
-import org.sparkatron.parallel.RankContext;
 import org.sparkatron.precision.Precision;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.LrSchedule;
-import org.sparkatron.precision.Precision;
 import org.sparkatron.train.PackedSamples;
 import org.sparkatron.train.TokenFile;
 import org.sparkatron.train.Trainer;
@@ -62,7 +61,7 @@ public final class Sparkatron {
                 }
             }
             return 0;
-        } catch (Args.UsageException | IllegalArgumentException e) {
+        } catch (Args.UsageException | IllegalArgumentException | DeviceMemoryException e) {
             err.println("sparkatron " + cmd + ": " + e.getMessage());
             return 2;
         } catch (java.io.IOException e) {

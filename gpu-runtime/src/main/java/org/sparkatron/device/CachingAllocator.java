@@ -35,6 +35,8 @@ public final class CachingAllocator<B> {
     private final TreeMap<Long, ArrayDeque<B>> cached = new TreeMap<>();
     private final Map<B, Long> sizeOf = new IdentityHashMap<>();
     private final Map<B, MemoryKind> live = new IdentityHashMap<>();
+    private final Map<B, Long> requestedOf = new IdentityHashMap<>();
+    private final Map<MemoryKind, Long> requestedByKind = new EnumMap<>(MemoryStats.zeros());
     private final Map<MemoryKind, Long> inUseByKind = new EnumMap<>(MemoryStats.zeros());
     private final Map<MemoryKind, Long> peakByKind = new EnumMap<>(MemoryStats.zeros());
     private long reserved;
@@ -73,6 +75,8 @@ public final class CachingAllocator<B> {
         }
         long size = sizeOf.get(block);
         live.put(block, kind);
+        requestedOf.put(block, bytes);
+        requestedByKind.merge(kind, bytes, Long::sum);
         inUse += size;
         peak = Math.max(peak, inUse);
         long k = inUseByKind.merge(kind, size, Long::sum);
@@ -115,6 +119,7 @@ public final class CachingAllocator<B> {
         long size = sizeOf.get(block);
         inUse -= size;
         inUseByKind.merge(kind, -size, Long::sum);
+        requestedByKind.merge(kind, -requestedOf.remove(block), Long::sum);
         cached.computeIfAbsent(size, s -> new ArrayDeque<>()).push(block);
     }
 
@@ -142,13 +147,15 @@ public final class CachingAllocator<B> {
             sizeOf.remove(b);
         }
         live.clear();
+        requestedOf.clear();
         reserved = 0;
         inUse = 0;
         inUseByKind.replaceAll((k, v) -> 0L);
+        requestedByKind.replaceAll((k, v) -> 0L);
     }
 
     public MemoryStats stats() {
-        return new MemoryStats(reserved, inUse, peak, inUseByKind, peakByKind);
+        return new MemoryStats(reserved, inUse, peak, inUseByKind, peakByKind, requestedByKind);
     }
 
     public void resetPeak() {

@@ -7,14 +7,21 @@ import java.util.Map;
 /**
  * A device's memory figures at one moment. {@code reserved} is what the device holds from the system (in
  * use plus cached free blocks); {@code inUse} what live tensors occupy, in total and by kind;
- * {@code peakInUse} the largest {@code inUse} since the device was made or its peak was reset. Sizes are
- * the rounded block sizes the allocator hands out.
+ * {@code peakInUse} the largest {@code inUse} since the device was made or its peak was reset. These are
+ * the rounded block sizes the allocator hands out; {@code requestedByKind} is what the live tensors asked
+ * for (the figure a model's shape predicts exactly, see {@code MemoryEstimate}).
  */
 public record MemoryStats(long reserved, long inUse, long peakInUse, Map<MemoryKind, Long> inUseByKind,
-                          Map<MemoryKind, Long> peakByKind) {
+                          Map<MemoryKind, Long> peakByKind, Map<MemoryKind, Long> requestedByKind) {
     public MemoryStats {
         inUseByKind = Map.copyOf(inUseByKind);
         peakByKind = Map.copyOf(peakByKind);
+        requestedByKind = Map.copyOf(requestedByKind);
+    }
+
+    /** Bytes the live tensors of one kind asked for (before size-class rounding). */
+    public long requested(MemoryKind kind) {
+        return requestedByKind.getOrDefault(kind, 0L);
     }
 
     /** Bytes in use for one kind. */

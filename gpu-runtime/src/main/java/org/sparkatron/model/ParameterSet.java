@@ -133,6 +133,11 @@ public final class ParameterSet {
             return this;
         }
 
+        /** The parameters declared so far, in layout order. */
+        public List<Param> params() {
+            return Collections.unmodifiableList(list);
+        }
+
         /** Elements declared so far: the size of the blocks {@link #build} allocates. */
         public long numel() {
             return next;

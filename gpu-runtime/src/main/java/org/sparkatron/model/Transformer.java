@@ -60,7 +60,7 @@ public final class Transformer {
      * output layer's weight gradient is one GEMM per chunk with the chunk's rows as its inner dimension,
      * and short inner dimensions run that GEMM at a fraction of peak.
      */
-    private static final long LOGITS_CHUNK_FLOATS = 64L << 20;
+    static final long LOGITS_CHUNK_FLOATS = 64L << 20;
 
     private final ModelConfig cfg;
     private final RankContext ctx;
@@ -245,6 +245,14 @@ public final class Transformer {
         return k;
     }
 
+    /**
+     * What this rank needs for micro-batches of {@code b} x {@code t} tokens, from the model's shape
+     * ({@link MemoryEstimate}), with the 16-bit element size of this device's compute weights.
+     */
+    public MemoryEstimate memoryEstimate(int b, int t) {
+        return MemoryEstimate.of(cfg, tp.size(), tp.sequenceParallel(), b, t, precision, compute.weights().dtype().bytes());
+    }
+
     /** The precision this model computes in. */
     public Precision precision() {
         return precision;
@@ -386,6 +394,7 @@ public final class Transformer {
         dnormF = activation(nl, c);
         dheadX = tp.sequenceParallel() ? activation(n, c) : dnormF;
         scratch = new TransformerBlock.BackwardScratch(cfg, ctx, n);
+        crossEntropy.prepare(chunkRows());
         for (TransformerBlock blk : blocks) {
             blk.allocate(b, t);
         }

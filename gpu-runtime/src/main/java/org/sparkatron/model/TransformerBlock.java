@@ -168,6 +168,8 @@ final class TransformerBlock {
         act = activation(n, fl);
         down = activation(nl, c);
         output = activation(nl, c);
+        qkvLayer.prepare(n);
+        upLayer.prepare(n);
     }
 
     private Tensor activation(int... shape) {

@@ -69,6 +69,14 @@ public final class ColumnParallelLinear {
         return outLocal;
     }
 
+    /** Allocates the buffers for batches of {@code n} token rows now (the first forward would otherwise). */
+    public void prepare(int n) {
+        if (tp.sequenceParallel() && (gathered == null || gathered.dim(0) != n)) {
+            device.release(gathered);
+            gathered = device.allocate(MemoryKind.ACTIVATIONS, DType.F32, n, in);
+        }
+    }
+
     /**
      * @param x   [tp.localRows(n), in]: this rank's rows under SP, else all n rows
      * @param n   the token rows of the whole batch
@@ -77,10 +85,7 @@ public final class ColumnParallelLinear {
     public void forward(Tensor x, int n, Tensor out) {
         this.n = n;
         if (tp.sequenceParallel()) {
-            if (gathered == null || gathered.dim(0) != n) {
-                device.release(gathered);
-                gathered = device.allocate(MemoryKind.ACTIVATIONS, DType.F32, n, in);
-            }
+            prepare(n);
             inputMap.forward(x, gathered);
             xFull = gathered;
         } else {

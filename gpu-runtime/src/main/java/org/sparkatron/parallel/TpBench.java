@@ -15,7 +15,6 @@ import org.sparkatron.comm.tcp.TcpCommunicator;
 import org.sparkatron.comm.tcp.TcpOptions;
 import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.device.cpu.CpuDevice;
-import org.sparkatron.parallel.RankContext;
 import org.sparkatron.precision.Precision;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;

@@ -41,6 +41,16 @@ public final class VocabParallelCrossEntropy {
         this.vocab = vocab;
     }
 
+    /** Allocates the per-row statistics for up to {@code rows} rows now (the first call would otherwise). */
+    public void prepare(int rows) {
+        if (maxes == null || maxes.numel() < rows) {
+            device.release(maxes);
+            device.release(sums);
+            maxes = device.allocate(MemoryKind.WORKSPACE, DType.F32, rows);
+            sums = device.allocate(MemoryKind.WORKSPACE, DType.F32, 2 * rows);
+        }
+    }
+
     /** Returns the per-row statistics buffers to the device. */
     public void close() {
         device.release(maxes);
@@ -56,12 +66,7 @@ public final class VocabParallelCrossEntropy {
      * @param logits [rows, vocabLocal] this rank's logits; targets [rows] ids in [0, vocab)
      */
     public void forward(Tensor logits, Tensor losses, Tensor targets, int rows, boolean backward, float gradScale) {
-        if (maxes == null || maxes.numel() < rows) {
-            device.release(maxes);
-            device.release(sums);
-            maxes = device.allocate(MemoryKind.WORKSPACE, DType.F32, rows);
-            sums = device.allocate(MemoryKind.WORKSPACE, DType.F32, 2 * rows);
-        }
+        prepare(rows);
         Tensor mx = maxes.slice(0, rows);
         Tensor sm = sums.slice(0, 2 * rows);
         kernels.crossEntropyMax(logits, mx, rows, validLocal, vocabLocal);

@@ -4,6 +4,7 @@ import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import org.sparkatron.device.Device;
 import org.sparkatron.device.MemoryKind;
+import org.sparkatron.model.MemoryEstimate;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.AdamW;
 import org.sparkatron.optim.GradClip;
@@ -193,6 +194,15 @@ public final class Trainer {
         double secs = (System.nanoTime() - t0) / 1e9;
         long tokens = (long) opt.batch() * opt.microBatches() * seqLen;
         return new StepMetrics(adam.step(), loss, lr, norm, tokens / secs, secs, false, lossScale);
+    }
+
+    /**
+     * This rank's memory: the device's measured figures (bytes requested, by kind) beside the figures the
+     * model's shape predicts ({@link MemoryEstimate}), as one JSON object. Complete after the first step,
+     * when every lazily sized buffer exists.
+     */
+    public String memoryReport() {
+        return model.memoryEstimate(opt.batch(), seqLen).toJson(device.memory());
     }
 
     /** Returns the trainer's device memory (optimizer state, step scalars); the model stays the caller's. */

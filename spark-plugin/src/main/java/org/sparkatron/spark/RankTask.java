@@ -117,6 +117,15 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 }
                 Trainer.StepMetrics m = trainer.step();
                 String line = m.toJson().replaceFirst("}$", String.format(Locale.ROOT, ", \"attempt\": %d}", attempt));
+                if (s == first) { // every buffer exists now: the memory report, measured beside predicted
+                    String memory = trainer.memoryReport();
+                    System.err.println("[sparkatron] rank " + rank + ": memory " + memory);
+                    if (rank == 0) {
+                        events.accept("memory per rank: " + model.memoryEstimate(cfg.microBatch, cfg.seqLen).summary()
+                                + " (predicted; measured in metrics.jsonl)");
+                        line = line.replaceFirst("}$", ", \"memory\": " + memory + "}");
+                    }
+                }
                 if (rank == 0) {
                     metrics.add(line);
                     progress.report(line);

@@ -40,10 +40,10 @@ public final class CpuDevice implements Device {
     private final Kernels kernels;
     private long syncs;
 
-    private CpuDevice(boolean strict, boolean simd) {
+    private CpuDevice(boolean strict, boolean simd, long capacity) {
         this.strict = strict;
         this.name = strict ? "cpu-strict" : "cpu";
-        this.allocator = new CachingAllocator<>(name, physicalMemory(), new CachingAllocator.Backend<>() {
+        this.allocator = new CachingAllocator<>(name, capacity, new CachingAllocator.Backend<>() {
             @Override
             public Storage allocate(long bytes) {
                 HostStorage h = HostStorage.allocate(bytes);
@@ -61,17 +61,26 @@ public final class CpuDevice implements Device {
 
     /** The CPU device, with SIMD kernels where the JVM has the Vector API (see {@link CpuKernels#CpuKernels()}). */
     public CpuDevice() {
-        this(false, CpuKernels.simdByDefault());
+        this(false, CpuKernels.simdByDefault(), physicalMemory());
     }
 
     /** The CPU device with an explicit kernel choice ({@code simd} needs the Vector API module). */
     public static CpuDevice create(boolean simd) {
-        return new CpuDevice(false, simd);
+        return new CpuDevice(false, simd, physicalMemory());
+    }
+
+    /**
+     * A CPU device that holds at most {@code capacityBytes} (the machine's physical memory by default): for
+     * several ranks sharing one host, give each its part, so a model too large for its share is refused up
+     * front instead of swapping.
+     */
+    public static CpuDevice withCapacity(long capacityBytes) {
+        return new CpuDevice(false, CpuKernels.simdByDefault(), capacityBytes);
     }
 
     /** The strict test device (see the class comment). */
     public static CpuDevice strict() {
-        return new CpuDevice(true, CpuKernels.simdByDefault());
+        return new CpuDevice(true, CpuKernels.simdByDefault(), physicalMemory());
     }
 
     /** Whether this is the strict test device. */
@@ -79,7 +88,8 @@ public final class CpuDevice implements Device {
         return strict;
     }
 
-    private static long physicalMemory() {
+    /** The machine's physical memory in bytes (the default capacity). */
+    public static long physicalMemory() {
         if (ManagementFactory.getOperatingSystemMXBean() instanceof com.sun.management.OperatingSystemMXBean os) {
             return os.getTotalMemorySize();
         }
@@ -115,14 +125,18 @@ public final class CpuDevice implements Device {
         if (strict) {
             Pointer.memset(at(block.address()), 0xFF, block.byteSize()); // NaN in every float format
         }
-        return new Tensor(block, 0, dtype, shape);
+        return new Tensor(new Lease(block, name), 0, dtype, shape);
     }
 
     @Override
     public void release(Tensor t) {
-        if (t != null) {
-            allocator.release(t.storage());
+        if (t == null) {
+            return;
         }
+        if (!(t.storage() instanceof Lease lease) || lease.device != name) {
+            throw new IllegalArgumentException(name + ": release of " + t + ", which this device did not allocate");
+        }
+        allocator.release(lease.release());
     }
 
     @Override

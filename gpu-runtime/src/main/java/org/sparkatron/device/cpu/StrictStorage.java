@@ -52,7 +52,8 @@ final class StrictStorage implements Storage {
     private static String caller() {
         return WALKER.walk(frames -> frames
                 .filter(f -> !f.getClassName().startsWith("org.sparkatron.tensor.")
-                        && !f.getClassName().startsWith("org.sparkatron.device.cpu.StrictStorage"))
+                        && !f.getClassName().startsWith("org.sparkatron.device.cpu.StrictStorage")
+                        && !f.getClassName().startsWith("org.sparkatron.device.cpu.Lease"))
                 .findFirst().map(StackWalker.StackFrame::toString).orElse("?"));
     }
 }
