@@ -22,8 +22,11 @@ note() { echo "$*" | tee -a "$R"; }
 elapsed() { echo $(( $(date +%s) - START )); }
 
 echo "# Sparkatron GPU check ($(date -u +%Y-%m-%dT%H:%M:%SZ))" > "$R"
+if [ ! -d "$B/classes" ] && [ -f "$ROOT/build-out/gpu-check.tar.xz" ]; then
+  tar -C "$ROOT/build-out" -xJf "$ROOT/build-out/gpu-check.tar.xz"
+fi
 if [ ! -d "$B/classes" ]; then
-  note "build-out/gpu-check is missing: run tools/gpu/prepare.sh on the CPU machine and carry build-out/gpu-check."
+  note "build-out/gpu-check is missing: run ./sparkatron gpu-check --prepare on the CPU machine and carry build-out/gpu-check.tar.xz."
   exit 2
 fi
 
