@@ -59,7 +59,8 @@ lib() {
   "${CXX[@]}" -shared -Wl,-soname,"$soname" -o "$OUT/$soname" "${objs[@]}" "$OBJ/$name-stubs.o" "${link[@]}" -lpthread -ldl
 }
 
-lib cuda libcuda.so.1 "$OBJ/cuda.syms" 801 no "$HERE/src/driver.cpp" "$HERE/src/fiber.cpp"
+lib cuda libcuda.so.1 "$OBJ/cuda.syms" 801 no "$HERE/src/driver.cpp" "$HERE/src/memory.cpp" "$HERE/src/modules.cpp" \
+  "$HERE/src/fiber.cpp"
 lib cudart libcudart.so.13 "$OBJ/cudart.syms" 801 yes "$HERE/src/cudart.cpp"
 lib cublas libcublas.so.13 "$OBJ/cublas.syms" 15 no
 lib cublasLt libcublasLt.so.13 "$OBJ/cublasLt.syms" 15 yes "$HERE/src/cublaslt.cpp"

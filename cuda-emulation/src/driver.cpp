@@ -1,8 +1,8 @@
-// The emulated CUDA driver (libcuda.so.1): devices, primary contexts, device and pinned memory, streams
-// (each a thread running its queue in order), events, modules and kernel launches. The functions are the
-// driver API's, with the same names (including CUDA's _v2 versions) and C signatures, so JCuda's and
-// JavaCPP's JNI libraries bind to them unchanged. Functions not implemented here come from generated stubs
-// that return CUDA_ERROR_NOT_SUPPORTED.
+// The emulated CUDA driver (libcuda.so.1): devices, primary contexts, streams (each a thread running its
+// queue in order) and events; memory.cpp has allocations and copies, modules.cpp images and launches. The
+// functions are the driver API's, with the same names (including CUDA's _v2 versions) and C signatures, so
+// JCuda's and JavaCPP's JNI libraries bind to them unchanged. Functions not implemented here come from
+// generated stubs that return CUDA_ERROR_NOT_SUPPORTED.
 //
 // Fidelity checks: fresh device memory is filled with NaN bytes; copies and memsets are checked against
 // the table of live allocations; memory calls need a current context; a failed kernel is a sticky context
@@ -12,80 +12,9 @@
 // Environment: SPARKATRON_CUDA_EMU_KERNELS (the CPU-compiled kernel module), SPARKATRON_CUDA_EMU_DEVICES
 // (device count, default 1), SPARKATRON_CUDA_EMU_MEMORY (bytes per device, default 8 GiB),
 // SPARKATRON_CUDA_EMU_LOG (a file that also gets every emulation message).
-#include "emu_runtime.h"
-#include "kernel_entry.h"
+#include "driver_state.h"
 
-#include <dlfcn.h>
-
-#include <algorithm>
-#include <atomic>
-#include <cctype>
-#include <chrono>
-#include <cstddef>
-#include <condition_variable>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <deque>
-#include <map>
-#include <memory>
-#include <mutex>
-#include <thread>
-#include <vector>
-
-struct CUctx_st;
-
-struct CUstream_st {
-    CUctx_st* ctx = nullptr;
-    std::mutex mu;
-    std::condition_variable cv;
-    std::deque<std::function<void()>> queue;
-    uint64_t enqueued = 0;
-    uint64_t completed = 0;
-    bool stop = false;
-    std::thread worker;
-};
-
-struct CUctx_st {
-    int device = 0;
-    int retained = 0;
-    std::atomic<int> error{CUDA_SUCCESS};
-    std::mutex mu;
-    std::vector<CUstream_st*> streams;
-    CUstream_st* defaultStream = nullptr;
-};
-
-struct EventState {
-    std::mutex mu;
-    std::condition_variable cv;
-    uint64_t recorded = 0;
-    uint64_t completed = 0;
-    double millis = 0;
-};
-
-// Queued work holds the state, not the handle: as in CUDA, an event destroyed while a record or wait of it
-// is still queued lives until that work is done.
-struct CUevent_st {
-    std::shared_ptr<EventState> st = std::make_shared<EventState>();
-};
-
-struct CUmod_st {
-    std::string image;
-    const emu::KernelEntry* table = nullptr;
-    int count = 0;
-};
-
-struct CUfunc_st {
-    const emu::KernelEntry* entry;
-    int maxDynamicSmem = 48 * 1024;
-};
-
-namespace {
-
-struct Allocation {
-    size_t bytes;
-    int device;
-};
+namespace drv {
 
 std::mutex gMu;
 bool gInitialized = false;
@@ -97,7 +26,9 @@ std::map<uintptr_t, Allocation> gDeviceAllocs;
 std::map<uintptr_t, size_t> gPinned;
 void* gKernelModule = nullptr;
 thread_local CUctx_st* tlCurrent = nullptr;
-const auto gStart = std::chrono::steady_clock::now();
+static const auto gStart = std::chrono::steady_clock::now();
+
+static void runStream(CUstream_st* s);
 
 double nowMillis() {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - gStart).count();
@@ -196,93 +127,10 @@ std::string hex(const void* p) {
     return b;
 }
 
-enum Kind { H2D, D2H, D2D };
 
-CUresult copy(void* dst, const void* src, size_t bytes, Kind kind, CUstream stream, bool async) {
-    CUresult r = needContext();
-    if (r != CUDA_SUCCESS) {
-        return r;
-    }
-    if (bytes == 0) {
-        return CUDA_SUCCESS;
-    }
-    if ((kind != H2D && !rangeOk(src, bytes)) || (kind != D2H && !rangeOk(dst, bytes))) {
-        emu::report("memcpy of " + std::to_string(bytes) + " bytes from " + hex(src) + " to " + hex(dst)
-                    + " is outside the live device allocations");
-        return CUDA_ERROR_INVALID_VALUE;
-    }
-    CUstream_st* s = resolve(stream);
-    if (kind == H2D && !(async && isPinned(src, bytes))) {
-        // pageable source (or a synchronous call): CUDA stages it before returning
-        auto staged = std::make_shared<std::vector<unsigned char>>((const unsigned char*) src, (const unsigned char*) src + bytes);
-        r = emu::enqueue(s, [dst, staged] { std::memcpy(dst, staged->data(), staged->size()); });
-    } else {
-        r = emu::enqueue(s, [dst, src, bytes] { std::memcpy(dst, src, bytes); });
-    }
-    if (r != CUDA_SUCCESS) {
-        return r;
-    }
-    bool sync = !async || (kind == D2H && !isPinned(dst, bytes));
-    return sync ? syncStream(s) : CUDA_SUCCESS;
-}
+}  // namespace drv
 
-template <class T>
-CUresult memset(CUdeviceptr dst, T value, size_t n, CUstream stream, bool async) {
-    CUresult r = needContext();
-    if (r != CUDA_SUCCESS) {
-        return r;
-    }
-    void* p = reinterpret_cast<void*>(dst);
-    if (n > 0 && !rangeOk(p, n * sizeof(T))) {
-        emu::report("memset of " + std::to_string(n * sizeof(T)) + " bytes at " + hex(p) + " is outside the live device allocations");
-        return CUDA_ERROR_INVALID_VALUE;
-    }
-    CUstream_st* s = resolve(stream);
-    r = emu::enqueue(s, [p, value, n] {
-        T* t = static_cast<T*>(p);
-        for (size_t i = 0; i < n; i++) {
-            t[i] = value;
-        }
-    });
-    return r != CUDA_SUCCESS || async ? r : syncStream(s);
-}
-
-size_t imageSize(const unsigned char* b) {
-    uint32_t magic;
-    std::memcpy(&magic, b, 4);
-    if (magic == 0xBA55ED50u) {  // fatbin: u32 magic, u16 version, u16 header size, u64 payload size
-        uint16_t header;
-        uint64_t payload;
-        std::memcpy(&header, b + 6, 2);
-        std::memcpy(&payload, b + 8, 8);
-        return header + payload;
-    }
-    if (std::memcmp(b, "\x7f" "ELF", 4) == 0) {  // cubin: section headers end the file
-        uint64_t shoff;
-        uint16_t shentsize, shnum;
-        std::memcpy(&shoff, b + 0x28, 8);
-        std::memcpy(&shentsize, b + 0x3a, 2);
-        std::memcpy(&shnum, b + 0x3c, 2);
-        return shoff + (size_t) shentsize * shnum;
-    }
-    return std::strlen(reinterpret_cast<const char*>(b));  // PTX text
-}
-
-bool imageNames(const std::string& image, const char* name) {
-    size_t len = std::strlen(name);
-    for (size_t at = image.find(name); at != std::string::npos; at = image.find(name, at + 1)) {
-        char next = at + len < image.size() ? image[at + len] : '\0';
-        char prev = at > 0 ? image[at - 1] : '\0';
-        bool ident = std::isalnum((unsigned char) next) || next == '_';
-        bool identPrev = std::isalnum((unsigned char) prev) || prev == '_';
-        if (!ident && !identPrev) {
-            return true;
-        }
-    }
-    return false;
-}
-
-}  // namespace
+using namespace drv;
 
 namespace emu {
 
@@ -454,134 +302,6 @@ CUresult cuCtxSynchronize() {
     return tlCurrent->error.load();
 }
 
-CUresult cuMemGetInfo_v2(size_t* freeBytes, size_t* total) {
-    CUresult r = needContext();
-    if (r != CUDA_SUCCESS) return r;
-    std::lock_guard<std::mutex> lock(gMu);
-    *total = gMemoryPerDevice;
-    *freeBytes = gMemoryPerDevice - gUsed[tlCurrent->device];
-    return CUDA_SUCCESS;
-}
-
-CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
-    CUresult r = needContext();
-    if (r != CUDA_SUCCESS) return r;
-    if (bytes == 0) return CUDA_ERROR_INVALID_VALUE;
-    size_t rounded = (bytes + 255) / 256 * 256;
-    int dev = tlCurrent->device;
-    {
-        std::lock_guard<std::mutex> lock(gMu);
-        if (gUsed[dev] + rounded > gMemoryPerDevice) {
-            return CUDA_ERROR_OUT_OF_MEMORY;
-        }
-        gUsed[dev] += rounded;
-    }
-    void* m = std::aligned_alloc(256, rounded);
-    if (m == nullptr) {
-        std::lock_guard<std::mutex> lock(gMu);
-        gUsed[dev] -= rounded;
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    }
-    std::memset(m, 0xff, rounded);  // NaN in every float format: reads of unwritten memory show
-    std::lock_guard<std::mutex> lock(gMu);
-    gDeviceAllocs[reinterpret_cast<uintptr_t>(m)] = Allocation{bytes, dev};
-    *p = reinterpret_cast<CUdeviceptr>(m);
-    return CUDA_SUCCESS;
-}
-
-CUresult cuMemFree_v2(CUdeviceptr p) {
-    if (!gInitialized) return CUDA_ERROR_NOT_INITIALIZED;
-    if (p == 0) return CUDA_SUCCESS;
-    // cuMemFree synchronises with the device, as the real call does
-    if (tlCurrent != nullptr) cuCtxSynchronize();
-    std::lock_guard<std::mutex> lock(gMu);
-    auto it = gDeviceAllocs.find((uintptr_t) p);
-    if (it == gDeviceAllocs.end()) {
-        emu::report("cuMemFree of " + hex(reinterpret_cast<void*>(p)) + ", which is not the start of a live allocation");
-        return CUDA_ERROR_INVALID_VALUE;
-    }
-    gUsed[it->second.device] -= (it->second.bytes + 255) / 256 * 256;
-    gDeviceAllocs.erase(it);
-    std::free(reinterpret_cast<void*>(p));
-    return CUDA_SUCCESS;
-}
-
-CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned /*flags*/) {
-    CUresult r = needContext();
-    if (r != CUDA_SUCCESS) return r;
-    void* m = std::aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
-    if (m == nullptr) return CUDA_ERROR_OUT_OF_MEMORY;
-    std::lock_guard<std::mutex> lock(gMu);
-    gPinned[reinterpret_cast<uintptr_t>(m)] = bytes;
-    *p = m;
-    return CUDA_SUCCESS;
-}
-
-CUresult cuMemAllocHost_v2(void** p, size_t bytes) { return cuMemHostAlloc(p, bytes, 0); }
-
-CUresult cuMemFreeHost(void* p) {
-    std::lock_guard<std::mutex> lock(gMu);
-    if (gPinned.erase(reinterpret_cast<uintptr_t>(p)) == 0) return CUDA_ERROR_INVALID_VALUE;
-    std::free(p);
-    return CUDA_SUCCESS;
-}
-
-CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void* h, size_t n) { return copy((void*) d, h, n, H2D, nullptr, false); }
-CUresult cuMemcpyDtoH_v2(void* h, CUdeviceptr d, size_t n) { return copy(h, (void*) d, n, D2H, nullptr, false); }
-CUresult cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr s, size_t n) { return copy((void*) d, (void*) s, n, D2D, nullptr, false); }
-CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, CUstream s) { return copy((void*) d, h, n, H2D, s, true); }
-CUresult cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr d, size_t n, CUstream s) { return copy(h, (void*) d, n, D2H, s, true); }
-CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr s2, size_t n, CUstream s) { return copy((void*) d, (void*) s2, n, D2D, s, true); }
-
-struct CUDA_MEMCPY2D {
-    size_t srcXInBytes, srcY;
-    int srcMemoryType;
-    const void* srcHost;
-    CUdeviceptr srcDevice;
-    void* srcArray;
-    size_t srcPitch;
-    size_t dstXInBytes, dstY;
-    int dstMemoryType;
-    void* dstHost;
-    CUdeviceptr dstDevice;
-    void* dstArray;
-    size_t dstPitch;
-    size_t WidthInBytes, Height;
-};
-
-CUresult cuMemcpy2DAsync_v2(const CUDA_MEMCPY2D* c, CUstream stream) {
-    CUresult r = needContext();
-    if (r != CUDA_SUCCESS) return r;
-    if (c->WidthInBytes == 0 || c->Height == 0) return CUDA_SUCCESS;
-    if (c->srcMemoryType != 2 || c->dstMemoryType != 2 || c->WidthInBytes > c->srcPitch || c->WidthInBytes > c->dstPitch) {
-        return CUDA_ERROR_INVALID_VALUE;  // only device-to-device 2D copies are used (and emulated)
-    }
-    const char* src = reinterpret_cast<const char*>(c->srcDevice) + c->srcY * c->srcPitch + c->srcXInBytes;
-    char* dst = reinterpret_cast<char*>(c->dstDevice) + c->dstY * c->dstPitch + c->dstXInBytes;
-    size_t srcSpan = (c->Height - 1) * c->srcPitch + c->WidthInBytes;
-    size_t dstSpan = (c->Height - 1) * c->dstPitch + c->WidthInBytes;
-    if (!rangeOk(src, srcSpan) || !rangeOk(dst, dstSpan)) {
-        emu::report("2D copy outside the live device allocations");
-        return CUDA_ERROR_INVALID_VALUE;
-    }
-    size_t w = c->WidthInBytes, h = c->Height, sp = c->srcPitch, dp = c->dstPitch;
-    return emu::enqueue(resolve(stream), [=] {
-        for (size_t i = 0; i < h; i++) std::memmove(dst + i * dp, src + i * sp, w);
-    });
-}
-
-CUresult cuMemcpy2D_v2(const CUDA_MEMCPY2D* c) {
-    CUresult r = cuMemcpy2DAsync_v2(c, nullptr);
-    return r != CUDA_SUCCESS ? r : syncStream(tlCurrent->defaultStream);
-}
-
-CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) { return memset<unsigned char>(d, v, n, nullptr, false); }
-CUresult cuMemsetD16_v2(CUdeviceptr d, unsigned short v, size_t n) { return memset<unsigned short>(d, v, n, nullptr, false); }
-CUresult cuMemsetD32_v2(CUdeviceptr d, unsigned v, size_t n) { return memset<unsigned>(d, v, n, nullptr, false); }
-CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, CUstream s) { return memset<unsigned char>(d, v, n, s, true); }
-CUresult cuMemsetD16Async(CUdeviceptr d, unsigned short v, size_t n, CUstream s) { return memset<unsigned short>(d, v, n, s, true); }
-CUresult cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, CUstream s) { return memset<unsigned>(d, v, n, s, true); }
-
 CUresult cuStreamCreate(CUstream* s, unsigned /*flags*/) {
     CUresult r = needContext();
     if (r != CUDA_SUCCESS) return r;
@@ -688,122 +408,5 @@ CUresult cuStreamWaitEvent(CUstream stream, CUevent e, unsigned /*flags*/) {
         st->cv.wait(lock, [&st, target] { return st->completed >= target; });
     });
 }
-
-CUresult cuModuleLoadData(CUmodule* m, const void* image) {
-    CUresult r = needContext();
-    if (r != CUDA_SUCCESS) return r;
-    const char* path = std::getenv("SPARKATRON_CUDA_EMU_KERNELS");
-    if (path == nullptr) {
-        emu::report("SPARKATRON_CUDA_EMU_KERNELS is not set: no CPU-compiled kernel module to stand in for the image");
-        return CUDA_ERROR_INVALID_IMAGE;
-    }
-    std::lock_guard<std::mutex> lock(gMu);
-    if (gKernelModule == nullptr) {
-        gKernelModule = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-        if (gKernelModule == nullptr) {
-            emu::report(std::string("cannot load the CPU kernel module: ") + dlerror());
-            return CUDA_ERROR_INVALID_IMAGE;
-        }
-    }
-    auto* table = static_cast<const emu::KernelEntry*>(dlsym(gKernelModule, "sparkatron_emu_kernels"));
-    auto* count = static_cast<const int*>(dlsym(gKernelModule, "sparkatron_emu_kernel_count"));
-    if (table == nullptr || count == nullptr) {
-        emu::report(std::string(path) + " has no sparkatron_emu_kernels table");
-        return CUDA_ERROR_INVALID_IMAGE;
-    }
-    const auto* bytes = static_cast<const unsigned char*>(image);
-    auto* mod = new CUmod_st();
-    mod->image.assign(reinterpret_cast<const char*>(bytes), imageSize(bytes));
-    mod->table = table;
-    mod->count = *count;
-    *m = mod;
-    return CUDA_SUCCESS;
-}
-
-CUresult cuModuleLoadDataEx(CUmodule* m, const void* image, unsigned, void*, void**) { return cuModuleLoadData(m, image); }
-
-CUresult cuModuleUnload(CUmodule m) {
-    delete m;
-    return CUDA_SUCCESS;
-}
-
-CUresult cuModuleGetFunction(CUfunction* f, CUmodule m, const char* name) {
-    if (m == nullptr) return CUDA_ERROR_INVALID_HANDLE;
-    if (!imageNames(m->image, name)) {
-        return CUDA_ERROR_NOT_FOUND;  // as on a GPU: the image lacks the kernel
-    }
-    for (int i = 0; i < m->count; i++) {
-        if (std::strcmp(m->table[i].name, name) == 0) {
-            *f = new CUfunc_st{&m->table[i]};
-            return CUDA_SUCCESS;
-        }
-    }
-    emu::report(std::string("kernel ") + name + " is in the image but not in the CPU kernel module");
-    return CUDA_ERROR_NOT_FOUND;
-}
-
-CUresult cuFuncSetAttribute(CUfunction f, int attrib, int value) {
-    if (attrib == 8) {  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-        if (value < 0 || value > 227 * 1024) return CUDA_ERROR_INVALID_VALUE;
-        f->maxDynamicSmem = value;
-        return CUDA_SUCCESS;
-    }
-    return CUDA_SUCCESS;
-}
-
-CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                        unsigned smem, CUstream stream, void** params, void** extra) {
-    CUresult r = needContext();
-    if (r != CUDA_SUCCESS) return r;
-    if (extra != nullptr || (f->entry->nargs > 0 && params == nullptr)) return CUDA_ERROR_INVALID_VALUE;
-    if (gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0 || gy > 65535 || gz > 65535) {
-        return CUDA_ERROR_INVALID_VALUE;
-    }
-    if ((size_t) bx * by * bz > 1024 || bz > 64) {
-        return CUDA_ERROR_INVALID_VALUE;
-    }
-    if ((int) smem > f->maxDynamicSmem) {
-        return CUDA_ERROR_INVALID_VALUE;
-    }
-    // copy the parameter values now: the caller may reuse its memory as soon as the launch returns
-    const emu::KernelEntry* e = f->entry;
-    auto buf = std::make_shared<std::vector<std::max_align_t>>();
-    std::vector<size_t> offsets;
-    size_t total = 0;
-    for (int i = 0; i < e->nargs; i++) {
-        offsets.push_back(total);
-        total += (e->sizes[i] + 15) / 16 * 16;
-    }
-    buf->resize(total / sizeof(std::max_align_t) + 1);
-    auto* base = reinterpret_cast<unsigned char*>(buf->data());
-    for (int i = 0; i < e->nargs; i++) {
-        std::memcpy(base + offsets[i], params[i], e->sizes[i]);
-    }
-    dim3 grid{gx, gy, gz}, block{bx, by, bz};
-    return emu::enqueue(resolve(stream), [e, buf, offsets, grid, block, smem] {
-        std::vector<void*> args;
-        auto* b = reinterpret_cast<unsigned char*>(buf->data());
-        for (size_t off : offsets) args.push_back(b + off);
-        emu::run_grid(e, grid, block, smem, args.data());
-    });
-}
-
-CUresult cuGetErrorName(CUresult e, const char** s) {
-    switch (e) {
-        case CUDA_SUCCESS: *s = "CUDA_SUCCESS"; break;
-        case CUDA_ERROR_INVALID_VALUE: *s = "CUDA_ERROR_INVALID_VALUE"; break;
-        case CUDA_ERROR_OUT_OF_MEMORY: *s = "CUDA_ERROR_OUT_OF_MEMORY"; break;
-        case CUDA_ERROR_NOT_INITIALIZED: *s = "CUDA_ERROR_NOT_INITIALIZED"; break;
-        case CUDA_ERROR_INVALID_CONTEXT: *s = "CUDA_ERROR_INVALID_CONTEXT"; break;
-        case CUDA_ERROR_INVALID_IMAGE: *s = "CUDA_ERROR_INVALID_IMAGE"; break;
-        case CUDA_ERROR_NOT_FOUND: *s = "CUDA_ERROR_NOT_FOUND"; break;
-        case CUDA_ERROR_LAUNCH_FAILED: *s = "CUDA_ERROR_LAUNCH_FAILED"; break;
-        case CUDA_ERROR_NOT_SUPPORTED: *s = "CUDA_ERROR_NOT_SUPPORTED"; break;
-        default: *s = "CUDA_ERROR_UNKNOWN"; return CUDA_ERROR_INVALID_VALUE;
-    }
-    return CUDA_SUCCESS;
-}
-
-CUresult cuGetErrorString(CUresult e, const char** s) { return cuGetErrorName(e, s); }
 
 }  // extern "C"
