@@ -38,13 +38,18 @@ class NcclCommunicatorTest {
         void run(int rank, CudaDevice dev, NcclCommunicator comm) throws Exception;
     }
 
-    static void ranks(int n, Duration timeout, Body body) throws Exception {
+    /** Skips the test (saying why) unless n CUDA devices are usable. */
+    static void requireDevices(int n) {
         CudaRuntime.Availability a = CudaRuntime.availability();
         if (!a.available()) {
             System.err.println("NCCL tests SKIPPED: " + a.reason());
         }
         Assumptions.assumeTrue(a.available(), () -> "CUDA unavailable: " + a.reason());
         Assumptions.assumeTrue(a.deviceCount() >= n, () -> n + " ranks need " + n + " CUDA devices, found " + a.deviceCount());
+    }
+
+    static void ranks(int n, Duration timeout, Body body) throws Exception {
+        requireDevices(n);
         InProcessRendezvous rv = new InProcessRendezvous(n, 30_000);
         ExecutorService pool = Executors.newFixedThreadPool(n);
         try {
@@ -178,6 +183,7 @@ class NcclCommunicatorTest {
 
     @Test
     void aMissingPeerTimesOutInsteadOfHanging() throws Exception {
+        requireDevices(2);
         long start = System.nanoTime();
         CommException e = assertThrows(CommException.class, () -> ranks(2, Duration.ofMillis(1500), (rank, dev, c) -> {
             if (rank == 1) {
