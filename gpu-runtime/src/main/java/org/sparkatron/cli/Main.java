@@ -19,7 +19,10 @@ public final class Main {
     private Main() {
     }
 
-    /** One command: its name, the class whose {@code main} runs it, and one line for {@code help}. */
+    /**
+     * One command: its name, the class whose {@code main} runs it (null: the {@code ./sparkatron} script runs
+     * it without Java), and one line for {@code help}.
+     */
     public record Command(String name, String mainClass, String summary) {
     }
 
@@ -37,11 +40,15 @@ public final class Main {
             new Command("train-local", "org.sparkatron.cli.Sparkatron",
                     "train a model in this process, without Spark, on a token file"),
             new Command("score", "org.sparkatron.cli.Sparkatron",
-                    "mean next-token loss of a model on a token file"),
+                    "mean next-token loss of a model on token ids, text, or a prepared dataset"),
+            new Command("generate", "org.sparkatron.data.cli.GenerateCommand",
+                    "continue a text prompt with a trained model (greedy, or seeded sampling)"),
             new Command("demo-local", "org.sparkatron.cli.Sparkatron",
                     "the demo without Spark: a small GPT-2 learns a generated language in this process"),
             new Command("gpu-info", "org.sparkatron.device.GpuProbe",
                     "which GPU libraries this machine has and the device a rank would use"),
+            new Command("gpu-check", null,
+                    "on a GPU machine: kernels, CUDA tests and the GPT-2 benchmark in one call (docs/gpu.md; the script runs it)"),
             new Command("bench", "org.sparkatron.cli.Sparkatron",
                     "benchmark: one CPU training step against PyTorch eager"),
             new Command("bench-tp", "org.sparkatron.parallel.TpBench",
@@ -89,6 +96,11 @@ public final class Main {
     }
 
     private static void dispatch(Command c, String[] argv) throws Throwable {
+        if (c.mainClass() == null) {
+            System.err.println("sparkatron " + c.name() + ": run it with the ./sparkatron script (it needs no Java build)");
+            System.exit(Cli.INPUT);
+            return;
+        }
         Method main;
         try {
             main = Class.forName(c.mainClass()).getMethod("main", String[].class);

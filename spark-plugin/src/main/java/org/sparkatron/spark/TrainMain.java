@@ -74,7 +74,9 @@ public final class TrainMain {
         }
         DistributedTraining.Result r = MegatronInput.FORMAT.equals(cfg.inputFormat)
                 ? DistributedTraining.runMegatron(spark, cfg, out) : DistributedTraining.run(read(spark, cfg), cfg, out);
-        out.printf(java.util.Locale.ROOT, "[sparkatron] done: loss %.4f -> %.4f over %d steps%n", r.firstLoss(), r.lastLoss(), r.metrics().size());
+        for (String line : r.summary()) {
+            out.println("[sparkatron] " + line);
+        }
         for (RankReport rr : r.ranks()) {
             out.println("[sparkatron] rank " + rr.describe());
         }
@@ -111,7 +113,8 @@ public final class TrainMain {
         String master = options.master() != null ? options.master() : conf.get("spark.master", null);
         if (master == null) {
             master = "local[" + slots + "]";
-            b.config("spark.ui.enabled", "false").config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+            b.config("spark.ui.enabled", conf.get("spark.ui.enabled", "false"))
+                    .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
                     .config("spark.sql.shuffle.partitions", String.valueOf(Math.max(2, slots)));
         }
         b.master(master);

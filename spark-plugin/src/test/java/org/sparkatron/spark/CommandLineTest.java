@@ -62,7 +62,7 @@ class CommandLineTest {
         for (Main.Command c : Main.COMMANDS) {
             assertTrue(help.out().lines().anyMatch(l -> l.startsWith("  " + c.name() + " ") && l.length() > 20),
                     c.name() + " listed with its line: " + help.out());
-            if (c.name().equals("help")) {
+            if (c.name().equals("help") || c.mainClass() == null) { // the script runs gpu-check without Java
                 continue;
             }
             Run r = sparkatron(tmp, c.name(), "--help");
