@@ -18,7 +18,8 @@ import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
 /**
- * The FP8 kernels of {@link Kernels} on the suite's device (the CPU device, and the strict one): casts
+ * The FP8 kernels of {@link Kernels} on the suite's device (the CPU device, the strict one, and the CUDA device
+ * over the emulated CUDA: there FP8 operands are codes and the GEMMs cuBLASLt's FP8 GEMMs): casts
  * against {@link Fp8Format} (itself checked against ml_dtypes in {@link Fp8FormatTest}), the amax with NaN
  * ignored, both scale computations against Transformer Engine's rules written out here, and the FP8 GEMMs
  * against a double-precision product of the dequantised operands (fp32 accumulation over K <= 64: relative
@@ -148,6 +149,21 @@ class Fp8KernelsTest {
         return out;
     }
 
+    /** The values an FP8 operand holds: F32 values as they are, or the decoded codes of an FP8 tensor. */
+    private float[] operandValues(Tensor t) {
+        if (t.dtype() == DType.F32) {
+            return TestDevices.read(d, t);
+        }
+        Fp8Format f = Fp8Format.of(t.dtype());
+        ByteBuffer b = ByteBuffer.allocateDirect((int) t.numel()).order(ByteOrder.nativeOrder());
+        d.download(b, t);
+        float[] v = new float[(int) t.numel()];
+        for (int i = 0; i < v.length; i++) {
+            v[i] = f.decode(b.get(i));
+        }
+        return v;
+    }
+
     @Test
     void fp8GemmsAreTheDequantisedProducts() {
         int n = 48;
@@ -165,16 +181,16 @@ class Fp8KernelsTest {
         }
         Tensor scale = t(20f, 50f, 3000f);
         Tensor inv = t(1 / 20f, 1 / 50f, 1 / 3000f);
-        Tensor x8 = d.allocate(MemoryKind.WORKSPACE, DType.F32, n, in);
-        Tensor w8 = d.allocate(MemoryKind.WORKSPACE, DType.F32, out, in);
-        Tensor dy8 = d.allocate(MemoryKind.WORKSPACE, DType.F32, n, out);
+        Tensor x8 = d.allocate(MemoryKind.WORKSPACE, d.storageOf(DType.FP8_E4M3), n, in);
+        Tensor w8 = d.allocate(MemoryKind.WORKSPACE, d.storageOf(DType.FP8_E4M3), out, in);
+        Tensor dy8 = d.allocate(MemoryKind.WORKSPACE, d.storageOf(DType.FP8_E5M2), n, out);
         Tensor dyT = TestDevices.tensor(d, dy, n, out);
         k.castToFp8(x8, TestDevices.tensor(d, x, n, in), (long) n * in, Fp8Format.E4M3, scale, 0, null, 0);
         k.castToFp8(w8, TestDevices.tensor(d, w, out, in), (long) out * in, Fp8Format.E4M3, scale, 1, null, 0);
         k.castToFp8(dy8, dyT, (long) n * out, Fp8Format.E5M2, scale, 2, null, 0);
-        double[] xq = dequant(TestDevices.read(d, x8), 1 / 20f);
-        double[] wq = dequant(TestDevices.read(d, w8), 1 / 50f);
-        double[] dq = dequant(TestDevices.read(d, dy8), 1 / 3000f);
+        double[] xq = dequant(operandValues(x8), 1 / 20f);
+        double[] wq = dequant(operandValues(w8), 1 / 50f);
+        double[] dq = dequant(operandValues(dy8), 1 / 3000f);
 
         Tensor y = d.allocate(MemoryKind.WORKSPACE, DType.F32, n, out);
         k.fp8LinearForward(y, x8, w8, inv, 0, 1, t(bias), n, in, out);
@@ -228,10 +244,21 @@ class Fp8KernelsTest {
 
     @Test
     void theCpuGemmRefusesRawCodes() {
+        org.junit.jupiter.api.Assumptions.assumeTrue(d.storageOf(DType.FP8_E4M3) == DType.F32, "the CPU devices' FP8 storage");
         Tensor codes = d.allocate(MemoryKind.WORKSPACE, DType.FP8_E4M3, 16, 16);
         Tensor y = d.allocate(MemoryKind.WORKSPACE, DType.F32, 16, 16);
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
                 () -> k.fp8LinearForward(y, codes, codes, t(1f), 0, 0, null, 16, 16, 16));
         assertTrue(e.getMessage().contains("F32 tensors holding FP8 values"), e.getMessage());
+    }
+
+    @Test
+    void aCodeGemmRefusesF32Operands() {
+        org.junit.jupiter.api.Assumptions.assumeTrue(d.storageOf(DType.FP8_E4M3) != DType.F32, "devices that store FP8 codes");
+        Tensor values = d.allocate(MemoryKind.WORKSPACE, DType.F32, 16, 16);
+        Tensor y = d.allocate(MemoryKind.WORKSPACE, DType.F32, 16, 16);
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                () -> k.fp8LinearForward(y, values, values, t(1f), 0, 0, null, 16, 16, 16));
+        assertTrue(e.getMessage().contains("FP8 codes"), e.getMessage());
     }
 }

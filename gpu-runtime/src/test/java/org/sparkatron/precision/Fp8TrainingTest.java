@@ -37,16 +37,17 @@ import org.sparkatron.train.Trainer;
  * with a 16-pass max window and margin 1, tensorwise E4M3, and tensorwise with the first and last layers in
  * bf16 (Llama).
  *
- * <p>The 200-step runs take about a minute on two cores and run on the plain CPU device only; the strict
+ * <p>The 200-step runs take about a minute on two cores and run on the plain CPU device, and on a real GPU in
+ * {@code ./sparkatron gpu-check} (too slow on the emulated CUDA: {@code CudaFp8Test} checks FP8 steps there); the strict
  * device's host-access checks of the FP8 path run in {@link Fp8RecipeTest}, the refusal tests here and the
  * FP8 cases of {@code StepContractTest}.
  */
-class Fp8TrainingTest {
+public class Fp8TrainingTest {
     static final int STEPS = 200;
     static final int BATCH = 8;
     static final int T = 32;
 
-    static ModelConfig tiny(String family) throws Exception {
+    public static ModelConfig tiny(String family) throws Exception {
         String json = family.equals("gpt2")
                 ? "{\"model_type\":\"gpt2\",\"n_layer\":3,\"n_embd\":64,\"n_head\":4,\"n_positions\":32,\"vocab_size\":128}"
                 : "{\"model_type\":\"llama\",\"num_hidden_layers\":3,\"hidden_size\":64,\"intermediate_size\":128,"
@@ -54,7 +55,7 @@ class Fp8TrainingTest {
         return ModelConfig.fromJson(new ObjectMapper().readTree(json));
     }
 
-    static Fp8Recipe recipe(String spec) {
+    public static Fp8Recipe recipe(String spec) {
         Map<String, String> o = new java.util.HashMap<>();
         for (String kv : spec.split(" ")) {
             if (!kv.isBlank()) {
@@ -98,7 +99,8 @@ class Fp8TrainingTest {
     @CsvSource({"gpt2, ''", "gpt2, fp8_amax_history_len=16 fp8_amax_compute_algo=max fp8_margin=1",
         "gpt2, fp8_format=e4m3 fp8_recipe=tensorwise", "llama, ''", "llama, fp8_recipe=tensorwise first_last_layers_bf16=true"})
     void fp8LossesTrackBf16Over200Steps(String family, String spec) throws Exception {
-        assumeTrue(TestDevices.kind().equals("cpu"), "200-step runs on the plain CPU device only");
+        assumeTrue(TestDevices.kind().equals("cpu") || Boolean.getBoolean("sparkatron.test.fp8.parity"),
+                "200-step runs on the plain CPU device, and on a GPU (gpu-check sets sparkatron.test.fp8.parity)");
         ModelConfig cfg = tiny(family);
         double[] bf16 = BF16.computeIfAbsent(family, f -> train(cfg, Precision.BF16, null, STEPS));
         double[] fp8 = train(cfg, Precision.FP8, recipe(spec), STEPS);
