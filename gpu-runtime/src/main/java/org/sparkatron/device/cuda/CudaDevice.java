@@ -114,8 +114,8 @@ public final class CudaDevice implements Device {
     @Override
     public String fp8Unsupported() {
         int cc = CudaDriver.computeCapability(ordinal);
-        return cc >= 89 ? null : "precision fp8: " + describe() + " has no FP8 tensor cores (compute capability 8.9 or newer"
-                + " needed: Ada, Hopper, Blackwell); use precision bf16";
+        return cc >= 89 ? null : "precision fp8 needs a GPU of compute capability 8.9 or newer (Ada, Hopper); " + name + " is "
+                + describe() + ": use precision bf16";
     }
 
     @Override
