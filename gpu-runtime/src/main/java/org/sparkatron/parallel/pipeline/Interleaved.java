@@ -6,10 +6,11 @@ import java.util.List;
 /**
  * Interleaved 1F1B with {@code v} model chunks per stage (Megatron's
  * {@code forward_backward_pipelining_with_interleaving}, Narayanan et al. 2021). Forward step k of a stage
- * works on chunk {@code (k mod p v) / p} and micro-batch {@code (k / p v) p + k mod p}; backward steps visit
- * the chunks in reverse. Warm-up is {@code 2 (p - s - 1) + (v - 1) p} steps (all {@code m v} when m = p), then
- * one forward and one backward alternate. The bubble shrinks to {@code (p - 1) / (v m + p - 1)}.
- * As in Megatron, the micro-batch count must be a multiple of the pipeline size.
+ * works on chunk {@code (k mod p v) / p} and micro-batch {@code (k / p v) p + k mod p} (Megatron's schedule
+ * table with its default group of p micro-batches); backward steps visit the chunks in reverse. Warm-up is
+ * {@code min(m v, 2 (p - s - 1) + (v - 1) p)} steps, then one forward and one backward alternate. The bubble
+ * shrinks to {@code (p - 1) / (v m + p - 1)}. As in Megatron, the micro-batch count must be a multiple of
+ * the pipeline size. {@code ScheduleTest} checks the orders against Megatron Core's own functions.
  */
 public record Interleaved(int stages, int chunks, int microBatches) implements Schedule {
     public Interleaved {
@@ -39,7 +40,7 @@ public record Interleaved(int stages, int chunks, int microBatches) implements S
             throw new IllegalArgumentException("stage " + stage + " of " + stages);
         }
         int total = microBatches * chunks;
-        int warmup = microBatches == stages ? total : Math.min(total, 2 * (stages - stage - 1) + (chunks - 1) * stages);
+        int warmup = Math.min(total, 2 * (stages - stage - 1) + (chunks - 1) * stages);
         List<PipelineOp> out = new ArrayList<>();
         for (int k = 0; k < warmup; k++) {
             Schedule.step(out, true, microBatchOf(k), chunkOf(k, true), stage, stages, chunks);
