@@ -232,6 +232,14 @@ public final class Transformer {
         return bld;
     }
 
+    /**
+     * The parameters pipeline stage {@code stage} of {@code pl} holds on one rank of a TP group of
+     * {@code tpSize}, in layout order (for checkpoints, which describe every stage's shards).
+     */
+    public static List<ParameterSet.Param> stageParameters(ModelConfig cfg, int tpSize, PipelineLayout pl, int stage) {
+        return layout(cfg, tpSize, pl, stage).params();
+    }
+
     public ModelConfig config() {
         return cfg;
     }
