@@ -314,6 +314,14 @@ public final class Transformer {
         return pp.holdsFirst() || pp.holdsLast();
     }
 
+    /**
+     * Times every pipeline operation of the following steps (null stops it): for benchmarks and profiles.
+     * Called on the training thread after each operation.
+     */
+    public void setOpListener(StepRunner.OpListener listener) {
+        runner.setListener(listener);
+    }
+
     /** What each layer keeps for its backward; takes effect from the next pass. Never changes a result. */
     public void setRecompute(Recompute mode) {
         this.recompute = mode;
