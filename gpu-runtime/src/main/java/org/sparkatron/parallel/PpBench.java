@@ -79,7 +79,7 @@ public final class PpBench {
         int p = pps[0];
         System.out.printf(Locale.ROOT, "%nactivations on stage 0 of PP %d (1F1B, %d micro-batches in flight there; bytes the device holds)%n",
                 p, Math.min(p, micro));
-        System.out.println("recompute   measured      predicted     per layer (Korthikanti, ours)");
+        System.out.println("recompute   measured      predicted     per layer (= Korthikanti's formula with our differences)");
         for (Recompute mode : Recompute.values()) {
             Result r = run(cfg, p, 1, micro, batch, seq, 1, mode);
             System.out.printf(Locale.ROOT, "%-9s %12d %12d   %d%n", mode.label(), r.activations, r.predicted, r.perLayer);
@@ -148,12 +148,19 @@ public final class PpBench {
             }
             double replayed = 1 - busy / (double) (p * replay(ops, p, v));
             double wallBubble = 1 - busy / (double) (p * wall);
-            long perLayer = Math.round(org.sparkatron.model.MemoryEstimate.of(cfg, 1, false, PipelineLayout.single(cfg.layers()), 0,
-                    1, batch, seq, Precision.FP32, mode, 4).activations() / (double) cfg.layers());
+            long perLayer = activations(cfg, 2, batch, seq, mode) - activations(cfg, 1, batch, seq, mode);
             return new Result(replayed, wallBubble, (Long) first[2], (Long) first[3], perLayer);
         } finally {
             pool.shutdownNow();
         }
+    }
+
+    /** Predicted activation bytes of the model with {@code layers} layers, one rank, one micro-batch. */
+    private static long activations(ModelConfig cfg, int layers, int batch, int seq, Recompute mode) {
+        ModelConfig c = new ModelConfig(cfg.family(), layers, cfg.hidden(), cfg.heads(), cfg.kvHeads(), cfg.ffnHidden(),
+                cfg.vocabSize(), cfg.maxPositions(), cfg.normEps(), cfg.ropeTheta(), cfg.tiedEmbeddings(), cfg.vocabMultiple());
+        return org.sparkatron.model.MemoryEstimate.of(c, 1, false, PipelineLayout.single(layers), 0, 1, batch, seq,
+                Precision.FP32, mode, 4).activations();
     }
 
     /**
