@@ -33,6 +33,10 @@ final class Args {
         }
     }
 
+    String command() {
+        return command;
+    }
+
     String string(String key, String dflt) {
         used.add(key);
         return values.getOrDefault(key, dflt);

@@ -16,7 +16,6 @@ import org.sparkatron.precision.Precision;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.train.PackedSamples;
-import org.sparkatron.train.TokenFile;
 
 /**
  * Entry point of {@code ./sparkatron} for the single-process subcommands: {@code init}, {@code train-local},
@@ -29,15 +28,19 @@ public final class Sparkatron {
 
     static final String USAGE = String.join("\n",
             "usage: ./sparkatron <command> [options]",
-            "  init        --config CONFIG.json --seed N --out DIR",
-            "  train-local --model DIR --tokens FILE --steps N --out DIR [--lr 3e-4] [--min-lr LR/10] [--warmup 0]",
+            "  init        --config CONFIG.json --seed N --out DIR [--tokenizer gpt2|tokenizer.json]",
+            "  train-local --model DIR (--tokens FILE | --text FILE [--tokenizer T] | --prepared PATH) --steps N --out DIR",
+            "              [--lr 3e-4] [--min-lr LR/10] [--warmup 0]",
             "              [--batch 4] [--micro-batches 1] [--seq-len T] [--weight-decay 0.1] [--grad-clip 1.0]",
             "              [--seed 0] [--threads CORES] [--precision fp32|bf16|fp16] [--log-interval STEPS/20]",
             "              [--valid-tokens FILE [--eval-interval STEPS/10] [--eval-iters 10]] [--tensorboard-dir DIR]",
-            "  score       --model DIR --tokens FILE [--threads CORES]",
+            "  score       --model DIR (--tokens FILE | --text FILE [--tokenizer T] | --prepared PATH) [--threads CORES]",
+            "  generate    --model DIR --prompt TEXT [--max-tokens 64] [--temperature 0] [--top-k 0] [--top-p 1] [--seed 0]",
             "  bench       [--steps 5] [--rounds 3] [--threads 2] [--no-peer] [--layers 6 --width 384 --heads 6 --seq 256 --vocab 50304 --batch 4]",
             "  demo-local  [--steps 300] [--threads CORES]   (trains a small GPT-2 on generated data, one process)",
-            "Token files: one sequence per line, token ids separated by single spaces.");
+            "Token files: one sequence per line, token ids separated by single spaces. Text files: one document per line,",
+            "tokenized with --tokenizer or the model's saved tokenizer; prepared: a prepare output directory or a Megatron",
+            "prefix. Trained models keep their tokenizer (tokenizer.json or sparkatron_tokenizer.json).");
 
     public static void main(String[] argv) {
         System.exit(run(argv, System.out, System.err));
@@ -77,10 +80,14 @@ public final class Sparkatron {
         Path config = a.path("config");
         long seed = a.requiredInt("seed");
         Path dir = a.path("out");
+        String tokenizer = a.string("tokenizer", null);
         a.rejectUnknown();
         Transformer model = new Transformer(ModelConfig.load(config), new CpuDevice());
         model.initialize(seed);
         ModelStore.save(model, dir);
+        if (tokenizer != null) {
+            Inputs.keepTokenizer(new org.sparkatron.train.SequenceReader.Sequences(List.of(), tokenizer), dir, dir);
+        }
         out.printf(Locale.ROOT, "{\"model\": \"%s\", \"family\": \"%s\", \"parameters\": %d, \"seed\": %d}%n",
                 dir, model.config().family().name().toLowerCase(Locale.ROOT), savedParameters(model), seed);
     }
@@ -119,11 +126,12 @@ public final class Sparkatron {
     /** Mean next-token cross-entropy over every line, each line scored on its own (grouped by length). */
     private static void score(Args a, PrintStream out) throws java.io.IOException {
         Path modelDir = a.path("model");
-        Path tokens = a.path("tokens");
+        Inputs.Spec inputSpec = Inputs.parse(a);
         setThreads(a);
         a.rejectUnknown();
         Transformer model = ModelStore.load(modelDir, new CpuDevice());
-        List<int[]> seqs = TokenFile.read(tokens, model.config().vocabSize());
+        List<int[]> seqs = inputSpec.read(modelDir, model.config().vocabSize()).sequences();
+        String tokens = inputSpec.tokens() != null ? inputSpec.tokens() : "input sequence";
         Map<Integer, List<int[]>> byLength = new TreeMap<>();
         for (int i = 0; i < seqs.size(); i++) {
             int[] s = seqs.get(i);

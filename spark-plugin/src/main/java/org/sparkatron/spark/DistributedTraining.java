@@ -84,6 +84,7 @@ public final class DistributedTraining {
         Layout.validate(cfg);
         checkSparkSettings(sc, cfg.world());
         InitFrom.check(cfg, sc.hadoopConfiguration());
+        checkTokenizer(cfg, sc);
         cfg = ResumeCheck.check(cfg, sc.hadoopConfiguration(), say(console));
         TokenData.Prepared data = TokenData.prepare(df, cfg, cfg.model().vocabSize());
         String summary = String.format(java.util.Locale.ROOT,
@@ -118,6 +119,8 @@ public final class DistributedTraining {
         for (Map.Entry<String, String> e : sc.hadoopConfiguration()) {
             hadoopConf.put(e.getKey(), e.getValue());
         }
+        cfg = MegatronInput.withManifestTokenizer(cfg, hadoopConf); // the model keeps prepare's tokenizer
+        checkTokenizer(cfg, sc);
         MegatronInput.Checked checked = MegatronInput.validate(cfg, hadoopConf);
         String summary = checked.summary();
         LOG.info("sparkatron: {}", summary);
@@ -204,6 +207,7 @@ public final class DistributedTraining {
             }
             if (cfg.output != null) {
                 SparkatronModel.of(model).save(cfg.output, sc.hadoopConfiguration());
+                saveTokenizer(cfg.tokenizer, cfg.output, sc);
                 saveRanks(reports, cfg.output, sc);
             }
             monitor.catchUp(first.metrics());
@@ -260,6 +264,36 @@ public final class DistributedTraining {
             throw new IllegalArgumentException("spark.dynamicAllocation.enabled=true: barrier training needs a fixed set of "
                     + "executors; set spark.dynamicAllocation.enabled=false");
         }
+    }
+
+    /** Refuses a tokenizer that could not be saved with the model, before training rather than after. */
+    static void checkTokenizer(TrainConfig cfg, SparkContext sc) {
+        if (cfg.tokenizer == null || cfg.tokenizer.equalsIgnoreCase("gpt2") || cfg.tokenizer.equalsIgnoreCase("gpt2-legacy")) {
+            return;
+        }
+        Map<String, String> conf = new HashMap<>();
+        for (Map.Entry<String, String> e : sc.hadoopConfiguration()) {
+            conf.put(e.getKey(), e.getValue());
+        }
+        try {
+            if (!org.sparkatron.data.io.DataPaths.exists(cfg.tokenizer, conf)) {
+                throw new IllegalArgumentException("config key 'tokenizer': '" + cfg.tokenizer + "' is neither gpt2 nor an existing tokenizer.json file");
+            }
+        } catch (IOException e) {
+            throw new IllegalArgumentException("config key 'tokenizer': cannot read '" + cfg.tokenizer + "': " + e.getMessage(), e);
+        }
+    }
+
+    /** Saves the job's tokenizer (if any) beside the model in {@code output}: text in and out without naming it again. */
+    static void saveTokenizer(String tokenizer, String output, SparkContext sc) throws IOException {
+        if (tokenizer == null) {
+            return;
+        }
+        Map<String, String> conf = new HashMap<>();
+        for (Map.Entry<String, String> e : sc.hadoopConfiguration()) {
+            conf.put(e.getKey(), e.getValue());
+        }
+        org.sparkatron.data.tokenizer.ModelTokenizer.save(tokenizer, output, conf);
     }
 
     /** Writes ranks.json (where each rank ran) under {@code output}. */
