@@ -30,7 +30,7 @@ final class Inputs {
                 return new SequenceReader.Sequences(TokenFile.read(Path.of(tokens), vocabSize), null);
             }
             if (reader == null) {
-                throw new Args.UsageException(command + ": --text and --prepared need the data-loaders module on the classpath (./sparkatron has it)");
+                throw new Args.UsageException("--text and --prepared need the data-loaders module on the classpath (./sparkatron has it)");
             }
             return reader.read(textOptions, modelDir, vocabSize);
         }
@@ -49,11 +49,11 @@ final class Inputs {
         }
         boolean text = textOptions.containsKey("text") || textOptions.containsKey("prepared");
         if ((tokens != null) == text || (textOptions.containsKey("text") && textOptions.containsKey("prepared"))) {
-            throw new Args.UsageException(a.command() + ": give exactly one input: --tokens FILE (token ids), --text FILE "
+            throw new Args.UsageException("give exactly one input: --tokens FILE (token ids), --text FILE "
                     + "(one document per line) or --prepared PATH (prepare output)");
         }
         if (tokens != null && textOptions.containsKey("tokenizer")) {
-            throw new Args.UsageException(a.command() + ": --tokenizer goes with --text, not with --tokens");
+            throw new Args.UsageException("--tokenizer goes with --text, not with --tokens");
         }
         return new Spec(a.command(), tokens, textOptions, reader);
     }

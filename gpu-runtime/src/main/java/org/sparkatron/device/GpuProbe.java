@@ -229,20 +229,19 @@ public final class GpuProbe {
     }
 
     /** {@code ./sparkatron gpu-info}: prints the report; exit status 0 (a machine without a GPU is not an error). */
-    public static void main(String[] args) {
-        if (args.length > 0 && !args[0].equals("--help")) {
-            System.err.println("gpu-info takes no options, got " + String.join(" ", args));
-            System.exit(2);
-        }
-        if (args.length > 0) {
-            System.out.println("usage: ./sparkatron gpu-info   (which GPU libraries this machine has, and the device chosen)");
-            return;
-        }
-        Report report = system().probe();
-        System.out.println(report.describe());
-        if (report.cudaStackPresent() || org.sparkatron.device.cuda.CudaRuntime.emulationRequested()) {
-            // the files are there: now load the driver binding (behind CudaRuntime's LinkageError probe)
-            System.out.println(org.sparkatron.device.cuda.CudaRuntime.describe());
-        }
+    public static void main(String[] argv) {
+        org.sparkatron.cli.Cli.main("gpu-info", "usage: ./sparkatron gpu-info\n"
+                + "  which GPU libraries this machine has, and the device a rank would use", argv, args -> {
+                    if (args.length > 0) {
+                        throw new org.sparkatron.cli.Cli.UsageException("gpu-info takes no options, got " + String.join(" ", args));
+                    }
+                    Report report = system().probe();
+                    System.out.println(report.describe());
+                    if (report.cudaStackPresent() || org.sparkatron.device.cuda.CudaRuntime.emulationRequested()) {
+                        // the files are there: now load the driver binding (behind CudaRuntime's LinkageError probe)
+                        System.out.println(org.sparkatron.device.cuda.CudaRuntime.describe());
+                    }
+                    return org.sparkatron.cli.Cli.OK;
+                });
     }
 }

@@ -8,6 +8,7 @@ import java.util.LinkedHashMap;
 import java.util.Map;
 import java.util.Set;
 import org.sparkatron.checkpoint.ModelStore;
+import org.sparkatron.cli.Cli;
 import org.sparkatron.data.tokenizer.ModelTokenizer;
 import org.sparkatron.data.tokenizer.TextTokenizer;
 import org.sparkatron.data.tokenizer.TokenizerSpec;
@@ -22,7 +23,7 @@ import org.sparkatron.model.Transformer;
  * (Hugging Face layout) and the tokenizer saved with it (or {@code --tokenizer}). Prints the continuation.
  * Greedy by default; {@code --temperature}, {@code --top-k}, {@code --top-p} sample, seeded by {@code --seed},
  * so the same command prints the same text. Stops at {@code --max-tokens} or the end-of-document token.
- * User errors print one line and exit 2.
+ * User errors print one line and exit 2 ({@link Cli}).
  */
 public final class GenerateCommand {
     static final String USAGE = "usage: ./sparkatron generate --model DIR --prompt TEXT [--max-tokens 64] [--temperature 0] "
@@ -37,44 +38,36 @@ public final class GenerateCommand {
         System.exit(run(argv, System.out, System.err));
     }
 
-    /** Runs the command; returns the exit status. */
+    /** Runs the command; returns the exit status ({@link Cli}'s: 2 for the user's errors). */
     public static int run(String[] argv, PrintStream out, PrintStream err) {
-        try {
-            if (argv.length > 0 && (argv[0].equals("generate"))) {
-                argv = java.util.Arrays.copyOfRange(argv, 1, argv.length);
-            }
-            if (argv.length == 0 || java.util.Arrays.asList(argv).contains("--help")) {
-                out.println(USAGE);
-                return argv.length == 0 ? 2 : 0;
-            }
-            Map<String, String> o = parse(argv);
-            Path model = Path.of(required(o, "model"));
-            String prompt = required(o, "prompt");
-            int maxTokens = integer(o, "max-tokens", 64);
-            Sampling sampling = new Sampling(number(o, "temperature", 0), integer(o, "top-k", 0), number(o, "top-p", 1));
-            long seed = integer(o, "seed", 0);
-            Blas.setThreads(integer(o, "threads", Runtime.getRuntime().availableProcessors()));
-            if (!Files.isRegularFile(model.resolve(ModelStore.CONFIG))) {
-                throw new IllegalArgumentException(model + " is not a model directory (no " + ModelStore.CONFIG + ")");
-            }
-            String tokenizer = o.containsKey("tokenizer") ? o.get("tokenizer") : ModelTokenizer.find(model.toString(), Map.of());
-            if (tokenizer == null) {
-                throw new IllegalArgumentException(model + " has no saved tokenizer: give --tokenizer gpt2 or a tokenizer.json path");
-            }
-            Transformer t = ModelStore.load(model, new CpuDevice());
-            try (TextTokenizer tok = TokenizerSpec.parse(tokenizer, null, Map.of()).create()) {
-                int[] ids = tok.encode(prompt);
-                if (ids.length == 0) {
-                    throw new IllegalArgumentException("--prompt is empty");
-                }
-                int[] gen = Generator.generate(t, ids, maxTokens, sampling, seed, tok.eodId());
-                out.println(tok.decode(gen));
-            }
-            return 0;
-        } catch (IllegalArgumentException | IOException e) {
-            err.println("sparkatron generate: " + e.getMessage());
-            return 2;
+        return Cli.run("generate", USAGE, argv, out, err, args -> generate(args, out));
+    }
+
+    private static int generate(String[] argv, PrintStream out) throws IOException {
+        Map<String, String> o = parse(argv);
+        Path model = Path.of(required(o, "model"));
+        String prompt = required(o, "prompt");
+        int maxTokens = integer(o, "max-tokens", 64);
+        Sampling sampling = new Sampling(number(o, "temperature", 0), integer(o, "top-k", 0), number(o, "top-p", 1));
+        long seed = integer(o, "seed", 0);
+        Blas.setThreads(integer(o, "threads", Runtime.getRuntime().availableProcessors()));
+        if (!Files.isRegularFile(model.resolve(ModelStore.CONFIG))) {
+            throw new IllegalArgumentException(model + " is not a model directory (no " + ModelStore.CONFIG + ")");
         }
+        String tokenizer = o.containsKey("tokenizer") ? o.get("tokenizer") : ModelTokenizer.find(model.toString(), Map.of());
+        if (tokenizer == null) {
+            throw new IllegalArgumentException(model + " has no saved tokenizer: give --tokenizer gpt2 or a tokenizer.json path");
+        }
+        Transformer t = ModelStore.load(model, new CpuDevice());
+        try (TextTokenizer tok = TokenizerSpec.parse(tokenizer, null, Map.of()).create()) {
+            int[] ids = tok.encode(prompt);
+            if (ids.length == 0) {
+                throw new IllegalArgumentException("--prompt is empty");
+            }
+            int[] gen = Generator.generate(t, ids, maxTokens, sampling, seed, tok.eodId());
+            out.println(tok.decode(gen));
+        }
+        return Cli.OK;
     }
 
     private static Map<String, String> parse(String[] argv) {
