@@ -48,7 +48,9 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
             "fail_step", "fault injection for the failure tests",
             "fail_attempts", "fault injection for the failure tests",
             "override_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator",
-            "use_checkpoint_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator");
+            "use_checkpoint_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator",
+            "num_layers_per_virtual_pipeline_stage", "Megatron's other way of saying virtualPp, which is the Param",
+            "recompute_granularity", "Megatron's name of recompute, which is the Param");
     private static final long serialVersionUID = 1L;
     private final String uid;
     private transient PrintStream progress = System.out;
@@ -60,6 +62,10 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     private final IntParam pp;
     private final IntParam tensorParallel;
     private final BooleanParam sequenceParallel;
+    private final IntParam virtualPp;
+    private final IntParam decoderFirstPipelineNumLayers;
+    private final IntParam decoderLastPipelineNumLayers;
+    private final Param<String> recompute;
     private final IntParam globalBatch;
     private final IntParam microBatch;
     private final IntParam seqLen;
@@ -104,7 +110,11 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
         modelConfig = new Param<>(this, "modelConfig", "Hugging Face config.json (JSON text or a path)");
         dp = new IntParam(this, "dp", "data-parallel replicas (ranks)");
         tp = new IntParam(this, "tp", "tensor-parallel size (ranks per replica)");
-        pp = new IntParam(this, "pp", "pipeline-parallel size (1 until the engine supports more)");
+        pp = new IntParam(this, "pp", "pipeline-parallel size (stages of layers per replica)");
+        virtualPp = new IntParam(this, "virtualPp", "model chunks per pipeline rank: the interleaved 1F1B schedule when > 1 (default 1)");
+        decoderFirstPipelineNumLayers = new IntParam(this, "decoderFirstPipelineNumLayers", "layers on the first pipeline stage (default: an even split)");
+        decoderLastPipelineNumLayers = new IntParam(this, "decoderLastPipelineNumLayers", "layers on the last pipeline stage (default: an even split)");
+        recompute = new Param<>(this, "recompute", "activation recomputation: none (default), selective (the attention core) or full (each layer)");
         tensorParallel = new IntParam(this, "tensorParallel", "tensor-parallel size (ranks per replica; alias of tp)");
         sequenceParallel = new BooleanParam(this, "sequenceParallel", "sequence parallelism inside each tensor-parallel group");
         globalBatch = new IntParam(this, "globalBatch", "samples per optimizer step over all replicas");
@@ -151,6 +161,10 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public IntParam dp() { return dp; }
     public IntParam tp() { return tp; }
     public IntParam pp() { return pp; }
+    public IntParam virtualPp() { return virtualPp; }
+    public IntParam decoderFirstPipelineNumLayers() { return decoderFirstPipelineNumLayers; }
+    public IntParam decoderLastPipelineNumLayers() { return decoderLastPipelineNumLayers; }
+    public Param<String> recompute() { return recompute; }
     public IntParam tensorParallel() { return tensorParallel; }
     public BooleanParam sequenceParallel() { return sequenceParallel; }
     public IntParam globalBatch() { return globalBatch; }
@@ -190,6 +204,10 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public SparkatronEstimator setDp(int v) { set(dp, (Object) v); return this; }
     public SparkatronEstimator setTp(int v) { set(tp, (Object) v); return this; }
     public SparkatronEstimator setPp(int v) { set(pp, (Object) v); return this; }
+    public SparkatronEstimator setVirtualPp(int v) { set(virtualPp, (Object) v); return this; }
+    public SparkatronEstimator setDecoderFirstPipelineNumLayers(int v) { set(decoderFirstPipelineNumLayers, (Object) v); return this; }
+    public SparkatronEstimator setDecoderLastPipelineNumLayers(int v) { set(decoderLastPipelineNumLayers, (Object) v); return this; }
+    public SparkatronEstimator setRecompute(String v) { set(recompute, v); return this; }
     public SparkatronEstimator setTensorParallel(int v) { set(tensorParallel, (Object) v); return this; }
     public SparkatronEstimator setSequenceParallel(boolean v) { set(sequenceParallel, (Object) v); return this; }
     public SparkatronEstimator setGlobalBatch(int v) { set(globalBatch, (Object) v); return this; }
