@@ -25,14 +25,28 @@ import org.sparkatron.tensor.Tensor;
  * world's sub-groups.
  */
 final class HostMap {
+    /** Identity of this JVM (ranks with equal ids are threads of one process and can read each other's memory). */
+    private static final long JVM_ID = new SecureRandom().nextLong();
     /** Job-unique prefix of this world's file names (from rank 0). */
     final String prefix;
     /** Per world rank: the lowest world rank of its verified host group, or -1 (no shared memory). */
     private final int[] host;
+    private final long[] jvm;
 
-    private HostMap(String prefix, int[] host) {
+    private HostMap(String prefix, int[] host, long[] jvm) {
         this.prefix = prefix;
         this.host = host;
+        this.jvm = jvm;
+    }
+
+    /** Whether the ranks are threads of one JVM (then they may read and write each other's tensors). */
+    boolean sameJvm(int[] worldRanks) {
+        for (int r : worldRanks) {
+            if (jvm[r] != jvm[worldRanks[0]]) {
+                return false;
+            }
+        }
+        return true;
     }
 
     /** Whether every rank of {@code worldRanks} is in one verified host group (and there are at least two). */
@@ -53,14 +67,15 @@ final class HostMap {
         int me = world.rank();
         SecureRandom random = new SecureRandom();
         boolean usable = opts.usable();
-        long[] first = allGather(world, new long[] {usable ? hostKey(opts.dir) : 0, random.nextLong() & Long.MAX_VALUE});
+        long[] first = allGather(world, new long[] {usable ? hostKey(opts.dir) : 0, random.nextLong() & Long.MAX_VALUE,
+            JVM_ID});
         String prefix = "sparkatron-" + Long.toHexString(first[1]) + "-";
         int[] leader = new int[n];
         for (int r = 0; r < n; r++) {
             leader[r] = -1;
-            if (first[2 * r] != 0) {
+            if (first[3 * r] != 0) {
                 for (int l = 0; l <= r; l++) {
-                    if (first[2 * l] == first[2 * r]) {
+                    if (first[3 * l] == first[3 * r]) {
                         leader[r] = l;
                         break;
                     }
@@ -100,10 +115,12 @@ final class HostMap {
             }
         }
         int[] host = new int[n];
+        long[] jvm = new long[n];
         for (int r = 0; r < n; r++) {
             host[r] = oks[r] == 1 && oks[leader[r]] == 1 ? leader[r] : -1;
+            jvm[r] = first[3 * r + 2];
         }
-        return new HostMap(prefix, host);
+        return new HostMap(prefix, host, jvm);
     }
 
     /** 63 bits of SHA-256 of host name, boot id and the shared-memory directory; never 0. */

@@ -25,47 +25,14 @@ import org.sparkatron.tensor.DType;
  * Small (at most smallBytes): one round in which every rank reduces everything in rank order.
  */
 final class ShmCollectives {
-    private static final int OP_ALL_REDUCE = 1;
-    private static final int OP_REDUCE_SCATTER = 2;
-    private static final int OP_ALL_GATHER = 3;
-    private static final int OP_BROADCAST = 4;
-    private static final int OP_ALL_TO_ALL = 5;
-    private static final int OP_BARRIER = 6;
-    private static final String[] NAMES = {"?", "allReduce", "reduceScatter", "allGather", "broadcast", "allToAll",
-        "barrier"};
-
     private final ShmGroup g;
-    /** Collectives begun on this group: the parity of the description area in use. */
-    private long ops;
 
     ShmCollectives(ShmGroup g) {
         this.g = g;
     }
 
-    /**
-     * Descriptions alternate between two areas: a rank that finished collective j may write its description
-     * of j+1 while a slower one still reads those of j, but it cannot begin j+2 before the slower one
-     * published in j+1, after its reads.
-     */
-    private int mp() {
-        return (int) (ops & 1);
-    }
-
-    /** Ends a collective (also one that failed its checks, identically on every rank). */
-    void finish() {
-        ops++;
-    }
-
-    private long meta(int q, int i) {
-        return g.seg().meta(mp(), q, i);
-    }
-
-    private void setMeta(int i, long v) {
-        g.seg().setMeta(mp(), g.rank, i, v);
-    }
-
     /** Byte offsets of n nearly equal parts of {@code count} elements (n+1 entries, relative). */
-    private static int[] parts(int count, int n, int es) {
+    static int[] parts(int count, int n, int es) {
         int[] off = new int[n + 1];
         for (int i = 0; i < n; i++) {
             off[i + 1] = off[i] + (count / n + (i < count % n ? 1 : 0)) * es;
@@ -73,46 +40,11 @@ final class ShmCollectives {
         return off;
     }
 
-    private void describe(int op, DType dt, ReduceOp rop, long count, long extra) {
-        setMeta(0, op);
-        setMeta(1, ((long) dt.ordinal() << 8) | (rop == null ? 0xff : rop.ordinal()));
-        setMeta(2, count);
-        setMeta(3, extra);
-    }
-
-    /** After the first round's wait: every rank compares every rank's description with its own. */
-    private void checkDescriptions(boolean countsToo) {
-        for (int q = 0; q < g.n; q++) {
-            boolean same = true;
-            for (int i = 0; i < 4; i++) {
-                same &= meta(q, i) == meta(0, i);
-            }
-            for (int i = 0; countsToo && i < g.n; i++) {
-                same &= meta(q, 4 + i) == meta(0, 4 + i);
-            }
-            if (!same) {
-                g.nextRound();
-                throw new IllegalArgumentException("ranks called mismatched collectives: rank 0 " + describeOf(0)
-                        + ", rank " + q + " " + describeOf(q));
-            }
-        }
-    }
-
-    private String describeOf(int q) {
-        int op = (int) meta(q, 0);
-        long t = meta(q, 1);
-        String name = op > 0 && op < NAMES.length ? NAMES[op] : "op " + op;
-        DType dt = DType.values()[(int) (t >> 8) % DType.values().length];
-        String rop = (t & 0xff) == 0xff ? "" : " " + ReduceOp.values()[(int) (t & 0xff) % ReduceOp.values().length];
-        return name + rop + " of " + meta(q, 2) + " " + dt + " elements" + (op == OP_BROADCAST ? " from root "
-                + meta(q, 3) : "");
-    }
-
     // ---- all-reduce --------------------------------------------------------------------------------------
 
     void allReduce(ByteBuffer b, DType dt, ReduceOp op, int count) {
         int es = dt.bytes();
-        describe(OP_ALL_REDUCE, dt, op, count, 0);
+        g.describe(ShmGroup.OP_ALL_REDUCE, dt, op, count, 0);
         if ((long) count * es <= g.smallBytes()) {
             smallAllReduce(b, dt, op, count);
             return;
@@ -135,7 +67,7 @@ final class ShmCollectives {
             g.publish();
             g.awaitAll();
             if (k == 0) {
-                checkDescriptions(false);
+                g.checkDescriptions(false);
             }
             int len = off[r + 1] - off[r];
             for (int i = 1; i < n; i++) {
@@ -159,7 +91,7 @@ final class ShmCollectives {
         s.slot(p, g.rank).put(0, b, 0, bytes);
         g.publish();
         g.awaitAll();
-        checkDescriptions(false);
+        g.checkDescriptions(false);
         b.put(0, s.slot(p, 0), 0, bytes);
         for (int q = 1; q < g.n; q++) {
             Reductions.accumulate(dt, op, b, 0, s.slot(p, q), 0, count);
@@ -175,7 +107,7 @@ final class ShmCollectives {
         int r = g.rank;
         int es = dt.bytes();
         ShmSegment s = g.seg();
-        describe(OP_REDUCE_SCATTER, dt, op, m, 0);
+        g.describe(ShmGroup.OP_REDUCE_SCATTER, dt, op, m, 0);
         int perRound = Math.max(1, g.slotBytes() / (n * es));
         for (int lo = 0, k = 0; lo < m; lo += perRound, k++) {
             int cnt = Math.min(perRound, m - lo);
@@ -190,7 +122,7 @@ final class ShmCollectives {
             g.publish();
             g.awaitAll();
             if (k == 0) {
-                checkDescriptions(false);
+                g.checkDescriptions(false);
             }
             out.put(lo * es, in, (r * m + lo) * es, len);
             for (int i = 1; i < n; i++) {
@@ -208,9 +140,9 @@ final class ShmCollectives {
         int r = g.rank;
         int es = dt.bytes();
         ShmSegment s = g.seg();
-        describe(OP_ALL_GATHER, dt, null, off[n] / es, Arrays.hashCode(counts));
+        g.describe(ShmGroup.OP_ALL_GATHER, dt, null, off[n] / es, Arrays.hashCode(counts));
         for (int q = 0; q < n; q++) {
-            setMeta(4 + q, counts[q]);
+            g.setMeta(ShmGroup.COUNTS + q, counts[q]);
         }
         int max = Arrays.stream(counts).max().orElse(0);
         int perRound = g.slotBytes() / es;
@@ -225,7 +157,7 @@ final class ShmCollectives {
             g.publish();
             g.awaitAll();
             if (k == 0) {
-                checkDescriptions(true);
+                g.checkDescriptions(true);
             }
             for (int i = 1; i < n; i++) {
                 int q = (r + i) % n;
@@ -245,7 +177,7 @@ final class ShmCollectives {
         int r = g.rank;
         int es = dt.bytes();
         ShmSegment s = g.seg();
-        describe(OP_BROADCAST, dt, null, count, root);
+        g.describe(ShmGroup.OP_BROADCAST, dt, null, count, root);
         int perRound = g.slotBytes() / es;
         for (int lo = 0, k = 0; lo < count; lo += perRound, k++) {
             int len = Math.min(perRound, count - lo) * es;
@@ -260,7 +192,7 @@ final class ShmCollectives {
                 g.await(root);
             }
             if (k == 0) {
-                checkDescriptions(false);
+                g.checkDescriptions(false);
             }
             if (r != root) {
                 b.put(lo * es, s.slot(p, root), 0, len);
@@ -277,32 +209,17 @@ final class ShmCollectives {
         int n = g.n;
         int r = g.rank;
         ShmSegment s = g.seg();
-        describe(OP_ALL_TO_ALL, dt, null, 0, 0);
+        g.describe(ShmGroup.OP_ALL_TO_ALL, dt, null, 0, 0);
         int maxSend = 0;
         for (int q = 0; q < n; q++) {
-            setMeta(4 + q, sendCounts[q]);
-            setMeta(4 + n + q, recvCounts[q]);
+            g.setMeta(ShmGroup.COUNTS + q, sendCounts[q]);
+            g.setMeta(ShmGroup.COUNTS + n + q, recvCounts[q]);
             maxSend = Math.max(maxSend, sendCounts[q]);
         }
-        setMeta(2, maxSend);
+        g.setMeta(ShmGroup.AUX, maxSend);
         g.publish();
         g.awaitAll();
-        long max = 0;
-        for (int q = 0; q < n; q++) {
-            if (meta(q, 0) != meta(0, 0) || meta(q, 1) != meta(0, 1)) {
-                g.nextRound();
-                throw new IllegalArgumentException("ranks called mismatched collectives: rank 0 " + describeOf(0)
-                        + ", rank " + q + " " + describeOf(q));
-            }
-            max = Math.max(max, meta(q, 2));
-            for (int p = 0; p < n; p++) {
-                if (meta(p, 4 + n + q) != meta(q, 4 + p)) {
-                    g.nextRound();
-                    throw new IllegalArgumentException("allToAll counts disagree: rank " + p + " expects "
-                            + meta(p, 4 + n + q) + " elements from rank " + q + ", which sends it " + meta(q, 4 + p));
-                }
-            }
-        }
+        long max = g.checkAllToAll();
         g.nextRound();
         int[] so = new int[n + 1];
         int[] ro = new int[n + 1];
@@ -335,11 +252,4 @@ final class ShmCollectives {
         }
     }
 
-    void barrier() {
-        describe(OP_BARRIER, DType.I32, null, 0, 0);
-        g.publish();
-        g.awaitAll();
-        checkDescriptions(false);
-        g.nextRound();
-    }
 }

@@ -32,6 +32,8 @@ public final class ShmCommunicator implements Communicator {
     private final ShmOptions opts;
     private final ShmGroup group;
     private final ShmCollectives coll;
+    /** Non-null when the group's ranks are threads of this JVM: collectives without staging. */
+    private final DirectCollectives direct;
 
     ShmCommunicator(TcpCommunicator tcp, HostMap hosts, ShmOptions opts, int groupId) {
         this.tcp = tcp;
@@ -42,9 +44,11 @@ public final class ShmCommunicator implements Communicator {
         if (hosts.sameHost(world)) {
             group = new ShmGroup(tcp, opts.dir.resolve(hosts.prefix + "g" + groupId), opts);
             coll = new ShmCollectives(group);
+            direct = opts.direct && hosts.sameJvm(world) ? new DirectCollectives(group) : null;
         } else {
             group = null;
             coll = null;
+            direct = null;
         }
     }
 
@@ -88,12 +92,16 @@ public final class ShmCommunicator implements Communicator {
             try {
                 ByteBuffer b = t.hostBuffer();
                 int n = Math.toIntExact(t.numel());
-                coll.allReduce(b, t.dtype(), op, n);
+                if (direct != null && t.byteSize() > opts.smallBytes) {
+                    direct.allReduce(b, t.address(), t.dtype(), op, n);
+                } else {
+                    coll.allReduce(b, t.dtype(), op, n);
+                }
                 if (op == ReduceOp.AVG) {
                     Reductions.finishAverage(t.dtype(), b, 0, n, size());
                 }
             } finally {
-                coll.finish();
+                group.finish();
                 group.exit();
             }
         }
@@ -118,12 +126,16 @@ public final class ShmCommunicator implements Communicator {
             try {
                 int m = Math.toIntExact(out.numel());
                 ByteBuffer o = out.hostBuffer();
-                coll.reduceScatter(in.hostBuffer(), o, in.dtype(), op, m);
+                if (direct != null && out.byteSize() > opts.smallBytes) {
+                    direct.reduceScatter(in.hostBuffer(), in.address(), o, in.dtype(), op, m);
+                } else {
+                    coll.reduceScatter(in.hostBuffer(), o, in.dtype(), op, m);
+                }
                 if (op == ReduceOp.AVG) {
                     Reductions.finishAverage(out.dtype(), o, 0, m, size());
                 }
             } finally {
-                coll.finish();
+                group.finish();
                 group.exit();
             }
         }
@@ -160,9 +172,13 @@ public final class ShmCommunicator implements Communicator {
                 }
                 ByteBuffer o = out.hostBuffer();
                 o.put(off[rank()], in.hostBuffer(), 0, counts[rank()] * es);
-                coll.allGatherV(o, off, counts, in.dtype());
+                if (direct != null && out.byteSize() > opts.smallBytes) {
+                    direct.allGatherV(o, out.address(), off, counts, in.dtype());
+                } else {
+                    coll.allGatherV(o, off, counts, in.dtype());
+                }
             } finally {
-                coll.finish();
+                group.finish();
                 group.exit();
             }
         }
@@ -177,9 +193,13 @@ public final class ShmCommunicator implements Communicator {
         try (HostAccess.Scope access = HostAccess.enter()) {
             group.enter();
             try {
-                coll.broadcast(t.hostBuffer(), t.dtype(), Math.toIntExact(t.numel()), root);
+                if (direct != null && t.byteSize() > opts.smallBytes) {
+                    direct.broadcast(t.hostBuffer(), t.address(), t.dtype(), Math.toIntExact(t.numel()), root);
+                } else {
+                    coll.broadcast(t.hostBuffer(), t.dtype(), Math.toIntExact(t.numel()), root);
+                }
             } finally {
-                coll.finish();
+                group.finish();
                 group.exit();
             }
         }
@@ -202,9 +222,14 @@ public final class ShmCommunicator implements Communicator {
         try (HostAccess.Scope access = HostAccess.enter()) {
             group.enter();
             try {
-                coll.allToAll(in.hostBuffer(), sendCounts, out.hostBuffer(), recvCounts, in.dtype().bytes(), in.dtype());
+                // Every rank must take the same path whatever its own sizes: in one JVM always the direct one.
+                if (direct != null) {
+                    direct.allToAll(in.hostBuffer(), sendCounts, out.hostBuffer(), out.address(), recvCounts, in.dtype());
+                } else {
+                    coll.allToAll(in.hostBuffer(), sendCounts, out.hostBuffer(), recvCounts, in.dtype().bytes(), in.dtype());
+                }
             } finally {
-                coll.finish();
+                group.finish();
                 group.exit();
             }
         }
@@ -228,9 +253,9 @@ public final class ShmCommunicator implements Communicator {
         }
         group.enter();
         try {
-            coll.barrier();
+            group.barrier();
         } finally {
-            coll.finish();
+            group.finish();
             group.exit();
         }
     }

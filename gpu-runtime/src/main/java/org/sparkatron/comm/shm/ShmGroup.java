@@ -5,6 +5,8 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.concurrent.locks.LockSupport;
 import org.sparkatron.comm.CommException;
+import org.sparkatron.comm.ReduceOp;
+import org.sparkatron.tensor.DType;
 import org.sparkatron.comm.tcp.TcpCommunicator;
 
 /**
@@ -24,6 +26,17 @@ import org.sparkatron.comm.tcp.TcpCommunicator;
  * <p>Not thread-safe: one group's collectives come from one thread at a time.
  */
 final class ShmGroup implements AutoCloseable {
+    static final int OP_ALL_REDUCE = 1;
+    static final int OP_REDUCE_SCATTER = 2;
+    static final int OP_ALL_GATHER = 3;
+    static final int OP_BROADCAST = 4;
+    static final int OP_ALL_TO_ALL = 5;
+    static final int OP_BARRIER = 6;
+    private static final String[] NAMES = {"?", "allReduce", "reduceScatter", "allGather", "broadcast", "allToAll",
+        "barrier"};
+    /** Meta words: 0-3 the description, AUX.. 4 words of addresses or sizes, COUNTS.. 2n words of counts. */
+    static final int AUX = 4;
+    static final int COUNTS = 8;
     private static final int SPINS = 200;
     private static final int YIELDS = 2000;
 
@@ -36,6 +49,8 @@ final class ShmGroup implements AutoCloseable {
     private boolean fallback;
     private long seq;
     private int round;
+    /** Collectives begun on this group: the parity of the description area in use. */
+    private long ops;
     private volatile boolean inOp;
     private boolean closed;
 
@@ -135,6 +150,107 @@ final class ShmGroup implements AutoCloseable {
     void exit() {
         inOp = false;
     }
+
+    // ---- descriptions -------------------------------------------------------------------------------------
+
+    /**
+     * Descriptions alternate between two areas: a rank that finished collective j may write its description
+     * of j+1 while a slower one still reads those of j, but it cannot begin j+2 before the slower one
+     * published in j+1, after its reads.
+     */
+    private int mp() {
+        return (int) (ops & 1);
+    }
+
+    /** Ends a collective (also one that failed its checks, identically on every rank). */
+    void finish() {
+        ops++;
+    }
+
+    long meta(int q, int i) {
+        return seg.meta(mp(), q, i);
+    }
+
+    void setMeta(int i, long v) {
+        seg.setMeta(mp(), rank, i, v);
+    }
+
+    /** Writes this rank's description of the collective it begins (read by the others after the first wait). */
+    void describe(int op, DType dt, ReduceOp rop, long count, long extra) {
+        setMeta(0, op);
+        setMeta(1, ((long) dt.ordinal() << 8) | (rop == null ? 0xff : rop.ordinal()));
+        setMeta(2, count);
+        setMeta(3, extra);
+    }
+
+    /**
+     * After the first wait of a collective: every rank compares every description (and with {@code countsToo}
+     * the n counts) with rank 0's, in the same order, so all ranks throw the same error or none does.
+     */
+    void checkDescriptions(boolean countsToo) {
+        for (int q = 0; q < n; q++) {
+            boolean same = true;
+            for (int i = 0; i < 4; i++) {
+                same &= meta(q, i) == meta(0, i);
+            }
+            for (int i = 0; countsToo && i < n; i++) {
+                same &= meta(q, COUNTS + i) == meta(0, COUNTS + i);
+            }
+            if (!same) {
+                nextRound();
+                throw new IllegalArgumentException("ranks called mismatched collectives: rank 0 " + describeOf(0)
+                        + ", rank " + q + " " + describeOf(q));
+            }
+        }
+    }
+
+    /**
+     * All-to-all's check: same op and dtype everywhere (word 2 is each rank's largest send count and may
+     * differ), and rank p's receive count from q equals q's send count to p, for every pair.
+     *
+     * @return the largest send count of any rank
+     */
+    long checkAllToAll() {
+        long max = 0;
+        for (int q = 0; q < n; q++) {
+            if (meta(q, 0) != meta(0, 0) || meta(q, 1) != meta(0, 1)) {
+                nextRound();
+                throw new IllegalArgumentException("ranks called mismatched collectives: rank 0 " + describeOf(0)
+                        + ", rank " + q + " " + describeOf(q));
+            }
+            max = Math.max(max, meta(q, AUX));
+            for (int p = 0; p < n; p++) {
+                if (meta(p, COUNTS + n + q) != meta(q, COUNTS + p)) {
+                    nextRound();
+                    throw new IllegalArgumentException("allToAll counts disagree: rank " + p + " expects "
+                            + meta(p, COUNTS + n + q) + " elements from rank " + q + ", which sends it "
+                            + meta(q, COUNTS + p));
+                }
+            }
+        }
+        return max;
+    }
+
+    private String describeOf(int q) {
+        int op = (int) meta(q, 0);
+        long t = meta(q, 1);
+        String name = op > 0 && op < NAMES.length ? NAMES[op] : "op " + op;
+        DType dt = DType.values()[(int) (t >> 8) % DType.values().length];
+        String rop = (t & 0xff) == 0xff ? "" : " " + ReduceOp.values()[(int) (t & 0xff) % ReduceOp.values().length];
+        return name + rop + " of " + meta(q, 2) + " " + dt + " elements" + (op == OP_BROADCAST ? " from root "
+                + meta(q, 3) : "");
+    }
+
+    /** Barrier: one publish and wait. */
+    void barrier() {
+        describe(OP_BARRIER, DType.I32, null, 0, 0);
+        publish();
+        awaitAll();
+        checkDescriptions(false);
+        nextRound();
+    }
+
+    // ---- progress ----------------------------------------------------------------------------------------
 
     /** Parity of the current round (which of the two slots each rank uses). */
     int parity() {

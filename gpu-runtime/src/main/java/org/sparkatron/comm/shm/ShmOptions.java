@@ -18,6 +18,8 @@ import java.nio.file.Path;
  *       round's working set stays in the last-level cache.</li>
  *   <li>{@code smallBytes}: at or below this many bytes an all-reduce is one round in which every rank
  *       reduces the whole buffer (latency-optimal) instead of each reducing its share (bandwidth-optimal).</li>
+ *   <li>{@code direct}: ranks that are threads of one JVM read and write each other's tensors instead of
+ *       staging through the segment (above smallBytes); false stages always (tests of the process path).</li>
  * </ul>
  */
 public final class ShmOptions {
@@ -25,8 +27,9 @@ public final class ShmOptions {
     public final Path dir;
     public final int slotBytes;
     public final int smallBytes;
+    public final boolean direct;
 
-    private ShmOptions(boolean enabled, Path dir, int slotBytes, int smallBytes) {
+    private ShmOptions(boolean enabled, Path dir, int slotBytes, int smallBytes, boolean direct) {
         if (slotBytes < 4096 || slotBytes % 64 != 0) {
             throw new IllegalArgumentException("shared-memory slot must be >= 4096 bytes and a multiple of 64, got "
                     + slotBytes);
@@ -39,6 +42,7 @@ public final class ShmOptions {
         this.dir = dir;
         this.slotBytes = slotBytes;
         this.smallBytes = smallBytes;
+        this.direct = direct;
     }
 
     /** On (unless switched off by property or environment), in {@code /dev/shm}, 1 MiB slots, 16 KiB small. */
@@ -47,7 +51,7 @@ public final class ShmOptions {
         boolean on = p == null || !p.trim().equalsIgnoreCase("false");
         Path shm = Path.of("/dev/shm");
         Path dir = Files.isDirectory(shm) && Files.isWritable(shm) ? shm : null;
-        return new ShmOptions(on, dir, 1 << 20, 16 << 10);
+        return new ShmOptions(on, dir, 1 << 20, 16 << 10, true);
     }
 
     /** TCP only. */
@@ -56,15 +60,19 @@ public final class ShmOptions {
     }
 
     public ShmOptions withEnabled(boolean on) {
-        return new ShmOptions(on, dir, slotBytes, smallBytes);
+        return new ShmOptions(on, dir, slotBytes, smallBytes, direct);
     }
 
     public ShmOptions withDir(Path d) {
-        return new ShmOptions(enabled, d, slotBytes, smallBytes);
+        return new ShmOptions(enabled, d, slotBytes, smallBytes, direct);
     }
 
     public ShmOptions withSizes(int slot, int small) {
-        return new ShmOptions(enabled, dir, slot, small);
+        return new ShmOptions(enabled, dir, slot, small, direct);
+    }
+
+    public ShmOptions withDirect(boolean d) {
+        return new ShmOptions(enabled, dir, slotBytes, smallBytes, d);
     }
 
     /** Whether the transport can be used at all here (on, with a directory). */

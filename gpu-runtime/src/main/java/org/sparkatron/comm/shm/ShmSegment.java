@@ -17,7 +17,8 @@ import java.nio.file.attribute.PosixFilePermissions;
  * One memory-mapped file shared by the n ranks of a group on one host. Layout (all offsets aligned):
  * <pre>
  *   n flag lines of 128 bytes   rank q's progress counter (a long), written only by q, with release/acquire
- *   2 x n meta areas            rank q's description of its collectives (op, sizes, counts), alternating
+ *   2 x n meta areas            rank q's description of its collectives, alternating: 4 words op, dtype and
+ *                               sizes, 4 words of addresses, 2 x n words of counts
  *   2 x n slots                 rank q's staging buffer for even and odd rounds, slotBytes each
  * </pre>
  * Each rank writes only its own line, meta area and slots; everyone reads everyone's. The flag lines are 128
@@ -45,7 +46,7 @@ final class ShmSegment implements AutoCloseable {
         this.map = map;
         this.n = n;
         this.slotBytes = slotBytes;
-        this.metaLongs = 4 + 2 * n;
+        this.metaLongs = 8 + 2 * n;
         this.metaStride = align(metaLongs * 8, LINE);
         this.metaOff = n * LINE;
         int slotsOff = slotsOffset(n);
@@ -62,7 +63,7 @@ final class ShmSegment implements AutoCloseable {
     }
 
     private static int slotsOffset(int n) {
-        return align(n * LINE + 2 * n * align((4 + 2 * n) * 8, LINE), 4096);
+        return align(n * LINE + 2 * n * align((8 + 2 * n) * 8, LINE), 4096);
     }
 
     /** Bytes of the file for n ranks and this slot size; throws if it does not fit one mapping. */

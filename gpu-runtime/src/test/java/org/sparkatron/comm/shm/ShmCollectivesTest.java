@@ -106,6 +106,23 @@ class ShmCollectivesTest {
         });
     }
 
+    /** The path of ranks in separate processes (staging through the segment), here with threads. */
+    @ParameterizedTest(name = "group of {0}")
+    @ValueSource(ints = {2, 3, 5})
+    @Timeout(120)
+    void everyOpStagedThroughTheSegment(int n) throws Exception {
+        run(n, small().withDirect(false), 30_000, (r, c) -> {
+            assertTrue(((ShmCommunicator) c).sharedMemory(), "ranks of one JVM share a host");
+            int seed = 0;
+            for (DType dt : DTYPES) {
+                for (int count : COUNTS) {
+                    TcpCollectivesTest.exerciseAll(c, dt, count, ++seed);
+                }
+            }
+            return null;
+        });
+    }
+
     @ParameterizedTest(name = "group of {0}")
     @ValueSource(ints = {2, 3, 4})
     @Timeout(120)
@@ -113,6 +130,10 @@ class ShmCollectivesTest {
         run(n, ShmOptions.defaults().withEnabled(true), 30_000, (r, c) -> {
             TcpCollectivesTest.exerciseAll(c, DType.F32, 786_433, 101);
             TcpCollectivesTest.exerciseAll(c, DType.BF16, 786_433, 102);
+            return null;
+        });
+        run(n, ShmOptions.defaults().withEnabled(true).withDirect(false), 30_000, (r, c) -> {
+            TcpCollectivesTest.exerciseAll(c, DType.F32, 786_433, 103);
             return null;
         });
     }
