@@ -21,6 +21,8 @@ import org.sparkatron.tensor.DType;
  * about as much, the least any all-reduce can. Not thread-safe (one collective at a time per group).
  */
 final class DirectCollectives {
+    /** Bytes reduced and then pushed while they are in the cache (L2-sized with room for the inputs). */
+    private static final int BLOCK = 64 << 10;
     private final ShmGroup g;
 
     DirectCollectives(ShmGroup g) {
@@ -78,11 +80,16 @@ final class DirectCollectives {
         ByteBuffer[] peer = exchange(0, count * es, false);
         int[] off = ShmCollectives.parts(count, n, es);
         int len = off[r + 1] - off[r];
-        for (int i = 1; i < n; i++) {
-            Reductions.accumulate(dt, op, b, off[r], peer[(r + i) % n], off[r], len / es);
-        }
-        for (int i = 1; i < n; i++) {
-            peer[(r + i) % n].put(off[r], b, off[r], len);
+        // Block by block, so that what is pushed to the peers is still in this core's cache.
+        int block = Math.max(es, BLOCK / es * es);
+        for (int lo = off[r]; lo < off[r + 1]; lo += block) {
+            int bl = Math.min(block, off[r + 1] - lo);
+            for (int i = 1; i < n; i++) {
+                Reductions.accumulate(dt, op, b, lo, peer[(r + i) % n], lo, bl / es);
+            }
+            for (int i = 1; i < n; i++) {
+                peer[(r + i) % n].put(lo, b, lo, bl);
+            }
         }
         done();
     }

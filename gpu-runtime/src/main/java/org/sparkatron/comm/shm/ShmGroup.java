@@ -37,14 +37,16 @@ final class ShmGroup implements AutoCloseable {
     /** Meta words: 0-3 the description, AUX.. 4 words of addresses or sizes, COUNTS.. 2n words of counts. */
     static final int AUX = 4;
     static final int COUNTS = 8;
-    private static final int SPINS = 200;
-    private static final int YIELDS = 2000;
+    private static final int CORES = Runtime.getRuntime().availableProcessors();
 
     final TcpCommunicator tcp;
     final int rank;
     final int n;
     private final Path file;
     private final ShmOptions opts;
+    /** Busy-wait budget: spinning only helps when every rank can have a core; otherwise yield soon, then park. */
+    private final int spins;
+    private final int yields;
     private ShmSegment seg;
     private boolean fallback;
     private long seq;
@@ -60,6 +62,8 @@ final class ShmGroup implements AutoCloseable {
         this.n = tcp.size();
         this.file = file;
         this.opts = opts;
+        this.spins = n <= CORES ? 200 : 0;
+        this.yields = n <= CORES ? 2000 : 50;
     }
 
     int slotBytes() {
@@ -280,13 +284,13 @@ final class ShmGroup implements AutoCloseable {
         if (seg.flag(q) >= v) {
             return;
         }
-        int spins = 0;
+        int tries = 0;
         long start = 0;
         long nextCheck = 0;
         long park = 2_000;
         while (seg.flag(q) < v) {
-            spins++;
-            if (spins < SPINS) {
+            tries++;
+            if (tries < spins) {
                 Thread.onSpinWait();
                 continue;
             }
@@ -310,7 +314,7 @@ final class ShmGroup implements AutoCloseable {
                     throw tcp.failure();
                 }
             }
-            if (spins < SPINS + YIELDS) {
+            if (tries < spins + yields) {
                 Thread.yield();
             } else {
                 LockSupport.parkNanos(park);
