@@ -73,6 +73,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         Communicator comm = CommWiring.connect(ctx, secret, cfg.commTimeoutMs);
         Thread watchdog = watchdog(ctx, comm, rank);
         CpuDevice cpu = new CpuDevice(); // this rank's device (one per task: several ranks may share the JVM)
+        ResumableTraining ckpt = null; // closed in finally: a failed attempt's background save must stop writing
         try (ProgressReporter progress = new ProgressReporter(rank == 0 ? progressEndpoint : null, secret);
              ProcessGroups groups = ProcessGroups.create(ParallelLayout.forWorld(cfg.world(), cfg.tp, 1, 1, cfg.pp, 1), comm)) {
             int tpRank = groups.coords()[0];
@@ -109,8 +110,9 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                     progress.report(TrainConfig.JSON.createObjectNode().put("message", msg).put("attempt", attempt).toString());
                 }
             };
-            ResumableTraining ckpt = checkpointing(cfg, trainer, comm, attempt, events);
-            long first = ckpt == null ? 1 : io(ckpt::resume) + 1; // a retried stage continues from the last checkpoint
+            ckpt = checkpointing(cfg, trainer, comm, attempt, events);
+            ResumableTraining saves = ckpt;
+            long first = saves == null ? 1 : io(saves::resume) + 1; // a retried stage continues from the last checkpoint
             for (long s = first; s <= cfg.steps; s++) {
                 if (rank == cfg.failRank && s == cfg.failStep && attempt < cfg.failAttempts) {
                     throw new IllegalStateException("injected failure: rank " + rank + " at step " + s + " (attempt " + attempt + ")");
@@ -130,8 +132,12 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                     metrics.add(line);
                     progress.report(line);
                 }
-                if (ckpt != null && (s == cfg.steps || (cfg.checkpointEvery > 0 && s % cfg.checkpointEvery == 0))) {
-                    events.accept("checkpoint saved: " + io(ckpt::save));
+                if (saves != null) { // saves every checkpoint_every steps and at the end (async_save: in the background)
+                    long step = s;
+                    io(() -> {
+                        saves.afterStep(step, step == cfg.steps);
+                        return null;
+                    });
                 }
             }
             if (files != null) {
@@ -151,6 +157,9 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             comm.abort("rank " + rank + " failed: " + t);
             throw t;
         } finally {
+            if (ckpt != null) {
+                ckpt.close();
+            }
             watchdog.interrupt();
             comm.close();
             cpu.close();
@@ -169,7 +178,8 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         DistributedCheckpoint dc = new DistributedCheckpoint(HadoopCheckpointStorage.forPath(cfg.checkpointDir, null),
                 cfg.checkpointDir, cfg.keepCheckpoints);
         return new ResumableTraining(trainer, dc, world, cfg.dp,
-                new ResumableTraining.Options(cfg.checkpointEvery, cfg.startOver && attempt == 0, java.util.Map.of("attempt", "" + attempt)),
+                new ResumableTraining.Options(cfg.checkpointEvery, cfg.startOver && attempt == 0, java.util.Map.of("attempt", "" + attempt),
+                        cfg.asyncSave),
                 log);
     }
 
