@@ -55,11 +55,24 @@ public final class CommBench {
     private CommBench() {
     }
 
-    public static void main(String[] args) throws Exception {
-        if (args.length > 0 && args[0].equals("--worker")) {
-            worker(args);
+    static final String USAGE = String.join("\n",
+            "usage: ./sparkatron bench-comm [--ranks 2,4] [--max-size 256M] [--quick] [--iters 5] [--no-peer] [--peer FILE]",
+            "         [--segment 512K] [--transport shm,tcp] [--sweep shm] [--threads] [--slot 1M] [--pairs 3] [--sizes 1M,64M]",
+            "  collectives through shared memory and over TCP (ranks as JVMs on one host; --threads: ranks as threads",
+            "  of one JVM) against PyTorch Gloo, as nccl-tests (docs/comm.md)");
+
+    public static void main(String[] argv) throws Exception {
+        if (argv.length > 0 && argv[0].equals("--worker")) {
+            worker(argv);
             return;
         }
+        org.sparkatron.cli.Cli.main("bench-comm", USAGE, argv, args -> {
+            bench(args);
+            return org.sparkatron.cli.Cli.OK;
+        });
+    }
+
+    private static void bench(String[] args) throws Exception {
         int[] worlds = {2, 4};
         long maxSize = 256L << 20;
         boolean quick = false;
@@ -73,7 +86,10 @@ public final class CommBench {
         boolean threads = false;
         int pairs = 3;
         List<Long> only = null;
-        for (int i = args.length > 0 && args[0].equals("bench-comm") ? 1 : 0; i < args.length; i++) {
+        for (int i = 0; i < args.length; i++) {
+            if (!List.of("--quick", "--no-peer", "--threads").contains(args[i]) && i + 1 >= args.length) {
+                throw new org.sparkatron.cli.Cli.UsageException("option " + args[i] + " needs a value");
+            }
             switch (args[i]) {
                 case "--ranks" -> worlds = Arrays.stream(args[++i].split(",")).mapToInt(Integer::parseInt).toArray();
                 case "--max-size" -> maxSize = parseSize(args[++i]);
@@ -88,17 +104,12 @@ public final class CommBench {
                 case "--threads" -> threads = true;
                 case "--pairs" -> pairs = Integer.parseInt(args[++i]);
                 case "--sizes" -> only = Arrays.stream(args[++i].split(",")).map(CommBench::parseSize).toList();
-                default -> {
-                    System.err.println("bench-comm: unknown option '" + args[i] + "'\nusage: ./sparkatron bench-comm "
-                            + "[--ranks 2,4] [--max-size 256M] [--quick] [--iters N] [--no-peer] [--peer FILE] [--segment 512K]"
-                            + " [--transport shm,tcp] [--sweep shm] [--threads] [--slot 1M] [--pairs 3] [--sizes 1M,64M]");
-                    System.exit(2);
-                }
+                default -> throw new org.sparkatron.cli.Cli.UsageException("unknown option '" + args[i] + "' (./sparkatron bench-comm --help)");
             }
         }
         for (String t : transports) {
             if (!t.equals("shm") && !t.equals("tcp")) {
-                throw new IllegalArgumentException("--transport takes shm and/or tcp, got '" + t + "'");
+                throw new org.sparkatron.cli.Cli.UsageException("--transport takes shm and/or tcp, got '" + t + "'");
             }
         }
         if (sweep == null) {
