@@ -247,12 +247,21 @@ public final class AsyncCheckpointer implements AutoCloseable {
         return ckpt.commitSave(world, p.model(), p.step(), p.dropoutSteps(), p.tmp(), p.tpSize(), p.dpSize(), rows, p.positions(), p.extra());
     }
 
-    /** Stops the writer thread; a save still in flight is abandoned (it never commits; resume ignores it). */
+    /**
+     * Stops the writer thread (interrupting its I/O) and waits up to 30 s for it to end, so that an abandoned
+     * write cannot touch the directory of a later attempt's save of the same step; a save still in flight is
+     * abandoned (it never commits; resume ignores it).
+     */
     @Override
     public void close() {
+        pending = null;
         if (writer != null) {
             writer.shutdownNow();
+            try {
+                writer.awaitTermination(30, TimeUnit.SECONDS);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
         }
-        pending = null;
     }
 }
