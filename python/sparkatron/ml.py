@@ -48,6 +48,7 @@ ESTIMATOR_PARAMS = [
     ("checkpointEvery", _INT, "steps between checkpoints (0: only at the end)"),
     ("keepCheckpoints", _INT, "how many checkpoints to keep, newest first (default 2)"),
     ("startOver", _BOOL, "delete existing checkpoints instead of resuming from them (first attempt only)"),
+    ("asyncSave", _BOOL, "save checkpoints in the background while training goes on (Megatron's --async-save; default false)"),
     ("precision", _STR, "compute precision: fp32 (default), bf16, or fp16 with dynamic loss scaling"),
     ("tokenizer", _STR, "gpt2 or a tokenizer.json path, saved with the model (default: from the input column's TokenizeTransformer metadata)"),
     ("dataSplit", _STR, "train,validation,test weights over the documents in row order (Megatron's --split)"),

@@ -83,6 +83,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         Device dev = rankDevice.device();
         Communicator comm = rankDevice.connect(ctx, secret, cfg.commTimeoutMs);
         Thread watchdog = watchdog(ctx, comm, rank);
+        ResumableTraining ckpt = null; // closed in finally: a failed attempt's background save must stop writing
         try (ProgressChannel progress = rank == 0 && pluginJob != null ? new SparkatronPlugin.Channel(pluginJob)
                 : new ProgressReporter(rank == 0 ? progressEndpoint : null, secret);
              ProcessGroups groups = ProcessGroups.create(Layout.of(cfg), comm)) {
@@ -142,8 +143,9 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                     progress.report(TrainConfig.JSON.createObjectNode().put("message", msg).put("attempt", attempt).toString());
                 }
             };
-            ResumableTraining ckpt = checkpointing(cfg, trainer, comm, attempt, events, dataDescription);
-            long first = ckpt == null ? 1 : io(ckpt::resume) + 1; // a retried stage continues from the last checkpoint
+            ckpt = checkpointing(cfg, trainer, comm, attempt, events, dataDescription);
+            ResumableTraining saves = ckpt;
+            long first = saves == null ? 1 : io(saves::resume) + 1; // a retried stage continues from the last checkpoint
             Evaluator evaluator = null;
             if (validation) {
                 SampleSource v = valid;
@@ -176,8 +178,12 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 if (evaluator != null && cfg.evaluatesAt(s)) { // before the checkpoint: a resume never repeats it
                     reports.eval(evaluator.run(s, cfg.evalIters));
                 }
-                if (ckpt != null && (s == cfg.steps || (cfg.checkpointEvery > 0 && s % cfg.checkpointEvery == 0))) {
-                    events.accept("checkpoint saved: " + io(ckpt::save));
+                if (saves != null) { // saves every checkpoint_every steps and at the end (async_save: in the background)
+                    long step = s;
+                    io(() -> {
+                        saves.afterStep(step, step == cfg.steps);
+                        return null;
+                    });
                 }
             }
             progress.flush(); // the driver has every line before the results arrive
@@ -200,6 +206,9 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             comm.abort("rank " + rank + " failed: " + t);
             throw t;
         } finally {
+            if (ckpt != null) {
+                ckpt.close();
+            }
             watchdog.interrupt();
             comm.close();
             dev.close();
@@ -219,7 +228,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 cfg.checkpointDir, cfg.keepCheckpoints);
         return new ResumableTraining(trainer, dc, world, cfg.dp,
                 new ResumableTraining.Options(cfg.checkpointEvery, cfg.startOver && attempt == 0, java.util.Map.of("attempt", "" + attempt,
-                        TRAIN_CONFIG, cfg.resolved().toString(), DATA, data == null ? "" : data)),
+                        TRAIN_CONFIG, cfg.resolved().toString(), DATA, data == null ? "" : data), cfg.asyncSave),
                 log);
     }
 

@@ -88,6 +88,7 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     private final IntParam checkpointEvery;
     private final IntParam keepCheckpoints;
     private final BooleanParam startOver;
+    private final BooleanParam asyncSave;
     private final Param<String> precision;
     private final Param<String> tokenizer;
     // seeing training (docs/monitoring.md)
@@ -139,6 +140,7 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
         checkpointEvery = new IntParam(this, "checkpointEvery", "steps between checkpoints (0: only at the end)");
         keepCheckpoints = new IntParam(this, "keepCheckpoints", "how many checkpoints to keep, newest first (default 2)");
         startOver = new BooleanParam(this, "startOver", "delete existing checkpoints instead of resuming from them (first attempt only)");
+        asyncSave = new BooleanParam(this, "asyncSave", "save checkpoints in the background while training goes on (Megatron's --async-save; default false)");
         precision = new Param<>(this, "precision", "compute precision: fp32 (default), bf16, or fp16 with dynamic loss scaling");
         tokenizer = new Param<>(this, "tokenizer", "gpt2 or a tokenizer.json path, saved with the model (default: from the input column's TokenizeTransformer metadata)");
         dataSplit = new Param<>(this, "dataSplit", "train,validation,test weights over the documents in row order (Megatron's --split)");
@@ -189,6 +191,7 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public IntParam checkpointEvery() { return checkpointEvery; }
     public IntParam keepCheckpoints() { return keepCheckpoints; }
     public BooleanParam startOver() { return startOver; }
+    public BooleanParam asyncSave() { return asyncSave; }
     public Param<String> precision() { return precision; }
     public Param<String> tokenizer() { return tokenizer; }
     public Param<String> dataSplit() { return dataSplit; }
@@ -233,6 +236,7 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public SparkatronEstimator setCheckpointEvery(int v) { set(checkpointEvery, (Object) v); return this; }
     public SparkatronEstimator setKeepCheckpoints(int v) { set(keepCheckpoints, (Object) v); return this; }
     public SparkatronEstimator setStartOver(boolean v) { set(startOver, (Object) v); return this; }
+    public SparkatronEstimator setAsyncSave(boolean v) { set(asyncSave, (Object) v); return this; }
     public SparkatronEstimator setPrecision(String v) { set(precision, v); return this; }
     public SparkatronEstimator setTokenizer(String v) { set(tokenizer, v); return this; }
 

@@ -45,7 +45,7 @@ public final class TrainConfig implements Serializable {
     public static final Set<String> KEYS = Set.of("model", "dp", "tp", "tensor_parallel", "sequence_parallel", "pp", "global_batch", "micro_batch", "seq_len",
             "steps", "lr", "min_lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "seed", "input_col",
             "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format", "input_schema",
-            "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over",
+            "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over", "async_save",
             "data_split", "precision", "init_from", "log_interval", "eval_interval", "eval_iters", "tensorboard_dir",
             "mlflow_tracking_uri", "mlflow_experiment", "mlflow_run_name", "override_lr_schedule", "use_checkpoint_lr_schedule",
             "tokenizer", "virtual_pp", "num_layers_per_virtual_pipeline_stage", "decoder_first_pipeline_num_layers",
@@ -94,6 +94,8 @@ public final class TrainConfig implements Serializable {
     public final String checkpointDir;
     public final int checkpointEvery, keepCheckpoints;
     public final boolean startOver;
+    /** Checkpoints written in the background while training goes on (Megatron's --async-save). */
+    public final boolean asyncSave;
     /** Compute precision (docs/precision.md): fp32 [default], bf16, or fp16 with dynamic loss scaling. */
     public final Precision precision;
     /** A Hugging Face model directory (any Hadoop path) whose weights replace the seed initialisation
@@ -231,6 +233,7 @@ public final class TrainConfig implements Serializable {
         this.checkpointEvery = intKey(o, "checkpoint_every", 0, 0);
         this.keepCheckpoints = intKey(o, "keep_checkpoints", 2, 1);
         this.startOver = o.path("start_over").asBoolean(false);
+        this.asyncSave = o.path("async_save").asBoolean(false);
         try {
             this.precision = Precision.parse(o.path("precision").asText("fp32"));
         } catch (IllegalArgumentException e) {
