@@ -21,17 +21,29 @@ public final class RankContext {
     private final TensorParallel tp;
     private final Precision precision;
     private final Kernels kernels;
+    private final PipelineParallel pp; // null: no pipelining
     private final Fp8Recipe fp8;
 
     /** A rank in {@code precision}; FP8 gets Megatron's default recipe ({@link Fp8Recipe#defaults()}). */
     public RankContext(Device device, TensorParallel tp, Precision precision) {
-        this(device, tp, precision, null);
+        this(device, tp, precision, (PipelineParallel) null, null);
+    }
+
+    /** @param pp this rank's pipeline stage, or null for no pipelining */
+    public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp) {
+        this(device, tp, precision, pp, null);
+    }
+
+    /** @param fp8 the FP8 recipe when {@code precision} is FP8 (null: the defaults); must be null otherwise */
+    public RankContext(Device device, TensorParallel tp, Precision precision, Fp8Recipe fp8) {
+        this(device, tp, precision, null, fp8);
     }
 
     /**
+     * @param pp  this rank's pipeline stage, or null for no pipelining
      * @param fp8 the FP8 recipe when {@code precision} is FP8 (null: the defaults); must be null otherwise
      */
-    public RankContext(Device device, TensorParallel tp, Precision precision, Fp8Recipe fp8) {
+    public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp, Fp8Recipe fp8) {
         if (device == null || tp == null || precision == null) {
             throw new IllegalArgumentException("a rank context needs a device, a tensor-parallel group and a precision");
         }
@@ -41,6 +53,7 @@ public final class RankContext {
         this.device = device;
         this.tp = tp;
         this.precision = precision;
+        this.pp = pp;
         this.kernels = RoundingKernels.wrap(device.kernels(), precision);
         this.fp8 = precision == Precision.FP8 ? (fp8 == null ? Fp8Recipe.defaults() : fp8) : null;
     }
@@ -77,18 +90,28 @@ public final class RankContext {
         return fp8;
     }
 
-    /** The same rank with another tensor-parallel group (a TP = 1 copy for checkpoints, say). */
+    /** This rank's pipeline stage, or null when the model is not pipelined. */
+    public PipelineParallel pipeline() {
+        return pp;
+    }
+
+    /** The same rank with another tensor-parallel group and no pipelining (a whole TP = 1 copy for checkpoints). */
     public RankContext withTensorParallel(TensorParallel other) {
-        return new RankContext(device, other, precision, fp8);
+        return new RankContext(device, other, precision, null, fp8);
+    }
+
+    /** The same rank as a pipeline stage. */
+    public RankContext withPipeline(PipelineParallel stage) {
+        return new RankContext(device, tp, precision, stage, fp8);
     }
 
     /** The same rank in another precision (FP8 with this context's recipe, or the defaults). */
     public RankContext withPrecision(Precision other) {
-        return new RankContext(device, tp, other, other == Precision.FP8 ? fp8 : null);
+        return new RankContext(device, tp, other, pp, other == Precision.FP8 ? fp8 : null);
     }
 
     @Override
     public String toString() {
-        return device.name() + ", " + tp + ", " + precision.label() + (fp8 == null ? "" : " " + fp8.asMap());
+        return device.name() + ", " + tp + (pp != null ? ", " + pp : "") + ", " + precision.label() + (fp8 == null ? "" : " " + fp8.asMap());
     }
 }

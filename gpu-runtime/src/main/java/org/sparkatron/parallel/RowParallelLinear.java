@@ -15,7 +15,8 @@ import org.sparkatron.tensor.Tensor;
  * <p>The backward gathers dY to all rows where SP split it, so the bias gradient (a sum over all rows) is
  * complete and identical on every rank: it needs no further reduction.
  *
- * <p>Threading and failure: one rank's thread; forward and backward are TP collectives.
+ * <p>Keeps no per-call state (any number of micro-batches may be in flight). Threading and failure: one
+ * rank's thread; forward and backward are TP collectives, ordered with the rank's kernels.
  */
 public final class RowParallelLinear {
     private final TensorParallel tp;
@@ -28,10 +29,8 @@ public final class RowParallelLinear {
     private final Tensor db;
     private final Workspace ws;
     private final Mapping outputMap;
-
-    private int n;
-    private Tensor x;
     private Fp8Linear fp8; // null: the GEMMs run in the context's precision
+
 
     /** @param w this rank's weight columns [out, inLocal] (contiguous); {@code b}, {@code db} may be null. */
     public RowParallelLinear(RankContext ctx, int inLocal, int out, Tensor w, Tensor b, Tensor dw, Tensor db,
@@ -52,7 +51,8 @@ public final class RowParallelLinear {
 
     /**
      * Runs this layer's GEMMs through FP8 operands ({@code precision: fp8}); the caller owns {@code f}. The
-     * partial sums are reduced in bf16 as before, and the bias is added after the reduction.
+     * partial sums are reduced in bf16 as before, and the bias is added after the reduction. As for
+     * {@link ColumnParallelLinear#useFp8}, a micro-batch's backward must follow its forward.
      */
     public void useFp8(Fp8Linear f) {
         if (f.in() != inLocal || f.out() != out) {
@@ -62,12 +62,10 @@ public final class RowParallelLinear {
     }
 
     /**
-     * @param x [n, inLocal] this rank's input features (kept for the backward)
+     * @param x [n, inLocal] this rank's input features (the caller keeps them for {@link #backward})
      * @param y [tp.localRows(n), out]
      */
     public void forward(Tensor x, int n, Tensor y) {
-        this.n = n;
-        this.x = x;
         int rows = tp.localRows(n);
         Tensor partial = tp.sequenceParallel() ? ws.get("tp.rows", n, out) : y;
         if (fp8 != null) {
@@ -81,8 +79,11 @@ public final class RowParallelLinear {
         }
     }
 
-    /** Accumulates dA and db; overwrites {@code dx} [n, inLocal]. {@code dy} is [tp.localRows(n), out]. */
-    public void backward(Tensor dy, Tensor dx) {
+    /**
+     * Accumulates dA and db; overwrites {@code dx} [n, inLocal]. {@code dy} is [tp.localRows(n), out];
+     * {@code x} is the forward's input.
+     */
+    public void backward(Tensor dy, Tensor dx, Tensor x, int n) {
         Tensor dyFull = tp.sequenceParallel() ? ws.get("tp.rows", n, out) : dy;
         outputMap.backward(dy, dyFull);
         if (fp8 != null) {
