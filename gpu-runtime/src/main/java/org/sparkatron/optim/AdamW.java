@@ -107,18 +107,23 @@ public final class AdamW {
      * but belongs to no piece).
      */
     public static List<Piece> pieces(ParameterSet params, List<long[]> ranges) {
+        return piecesOf(params.params(), ranges);
+    }
+
+    /** {@link #pieces(ParameterSet, List)} of a layout's parameter list. */
+    public static List<Piece> piecesOf(List<ParameterSet.Param> layout, List<long[]> ranges) {
         List<Integer> byOffset = new ArrayList<>();
-        for (int i = 0; i < params.params().size(); i++) {
+        for (int i = 0; i < layout.size(); i++) {
             byOffset.add(i);
         }
-        byOffset.sort((a, b) -> Long.compare(params.params().get(a).offset(), params.params().get(b).offset()));
+        byOffset.sort((a, b) -> Long.compare(layout.get(a).offset(), layout.get(b).offset()));
         List<Piece> out = new ArrayList<>();
         long state = 0;
         for (long[] r : ranges) {
             long a = r[0];
             long b = r[0] + r[1];
             for (int i : byOffset) {
-                ParameterSet.Param p = params.params().get(i);
+                ParameterSet.Param p = layout.get(i);
                 long lo = Math.max(a, p.offset());
                 long hi = Math.min(b, p.offset() + p.numel());
                 if (lo < hi) {
