@@ -45,7 +45,8 @@ public final class TrainConfig implements Serializable {
             "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format", "input_schema",
             "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over",
             "data_split", "precision", "init_from", "log_interval", "eval_interval", "eval_iters", "tensorboard_dir",
-            "mlflow_tracking_uri", "mlflow_experiment", "mlflow_run_name", "override_lr_schedule", "use_checkpoint_lr_schedule");
+            "mlflow_tracking_uri", "mlflow_experiment", "mlflow_run_name", "override_lr_schedule", "use_checkpoint_lr_schedule",
+            "tokenizer");
 
     private final String json; // the full, normalised config
 
@@ -86,6 +87,8 @@ public final class TrainConfig implements Serializable {
     /** A Hugging Face model directory (any Hadoop path) whose weights replace the seed initialisation
      *  [none]; its config.json is the model config when {@code model} is not given ({@link InitFrom}). */
     public final String initFrom;
+    /** The tokenizer of the token ids ("gpt2" or a tokenizer.json path) [none]: saved with the output model. */
+    public final String tokenizer;
 
     /**
      * Seeing training (docs/monitoring.md): steps per console/TensorBoard/MLflow interval line
@@ -191,6 +194,7 @@ public final class TrainConfig implements Serializable {
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("config key 'precision': " + e.getMessage(), e);
         }
+        this.tokenizer = o.hasNonNull("tokenizer") ? o.get("tokenizer").asText() : null;
         this.logInterval = intKey(o, "log_interval", Math.max(1, Math.min(100, steps / 20)), 1);
         this.evalIntervalGiven = o.hasNonNull("eval_interval");
         this.evalInterval = intKey(o, "eval_interval", Math.max(1, steps / 10), 0);
