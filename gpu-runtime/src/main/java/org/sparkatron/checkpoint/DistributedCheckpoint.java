@@ -12,7 +12,10 @@ import org.sparkatron.comm.Communicator;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.ParameterSet;
 import org.sparkatron.model.Transformer;
+import org.sparkatron.device.MemoryKind;
 import org.sparkatron.optim.AdamW;
+import org.sparkatron.optim.DistributedOptimizer;
+import org.sparkatron.parallel.DistributedDataParallel;
 import org.sparkatron.parallel.PipelineLayout;
 import org.sparkatron.parallel.PipelineParallel;
 import org.sparkatron.tensor.DType;
@@ -22,6 +25,11 @@ import org.sparkatron.tensor.Tensor;
  * Sharded training checkpoints under one root directory on any {@link CheckpointStorage}: save (every rank
  * writes only what it owns, in parallel), load under any tensor-parallel layout (each rank reads the global
  * element runs it needs), automatic resume from the newest usable checkpoint, and keeping the last K.
+ * With the distributed optimizer (a sharded {@link AdamW}) the fp32 master weights and moments are
+ * all-gathered over the data-parallel group before the write (device memory for one more parameter block,
+ * briefly), so the files are the same as without it and load under any TP, PP and DP layout, with or
+ * without the distributed optimizer; a load stages the whole moments of the rank's parameters in two
+ * temporary blocks and keeps its shard.
  *
  * <h2>Layout on storage</h2>
  * <pre>
@@ -137,11 +145,29 @@ public final class DistributedCheckpoint {
         }
         agree(world, prepError == null, prepError, "prepare the checkpoint directory " + tmp);
 
+        // The distributed optimizer keeps a shard of the state: the whole (fp32 master weights, moments by
+        // parameter) is all-gathered first, so the files are those of plain data parallelism and load at any DP
+        // size. The gradient block (zeroed by the next step) holds m; v takes a temporary block.
+        ParameterSet ps = model.params();
+        Tensor mBlock = opt.firstMoment();
+        Tensor vBlock = opt.secondMoment();
+        Tensor temporary = null;
+        if (opt.sharded()) {
+            DistributedDataParallel ddp = shardedBy(model);
+            if (opt.masterWeights() != null) { // the weight block holds the 16-bit rounding until the next forward
+                opt.writeMasterWeights();
+                ddp.gatherParams(ps.weights());
+            }
+            mBlock = ps.grads();
+            DistributedOptimizer.gatherState(opt, ddp, opt.firstMoment(), mBlock);
+            temporary = model.device().allocate(MemoryKind.OPTIMIZER, DType.F32, ps.numel());
+            vBlock = temporary;
+            DistributedOptimizer.gatherState(opt, ddp, opt.secondMoment(), vBlock);
+        }
         // This rank's files (0, 1 or 2), then everyone learns everyone's sizes and checksums.
         long[] mine = new long[8];
         String error = null;
         try {
-            ParameterSet ps = model.params();
             if (dpRank == tpRank % dpSize) {
                 LinkedHashMap<String, Tensor> t = new LinkedHashMap<>();
                 addShards(t, "model/", model, model.device().toHost(ps.weights()), tpRank, tpSize);
@@ -153,8 +179,8 @@ public final class DistributedCheckpoint {
             }
             if (dpRank == (tpRank + 1) % dpSize) {
                 LinkedHashMap<String, Tensor> t = new LinkedHashMap<>();
-                addShards(t, "optim.m/", model, model.device().toHost(opt.firstMoment()), tpRank, tpSize);
-                addShards(t, "optim.v/", model, model.device().toHost(opt.secondMoment()), tpRank, tpSize);
+                addShards(t, "optim.m/", model, model.device().toHost(mBlock), tpRank, tpSize);
+                addShards(t, "optim.v/", model, model.device().toHost(vBlock), tpRank, tpSize);
                 ShardFiles.Written w = ShardFiles.write(fs, fs.child(tmp, optimFile(stage, ppSize, tpRank, tpSize)), t,
                         Map.of("step", "" + step));
                 mine[4] = 1;
@@ -163,6 +189,10 @@ public final class DistributedCheckpoint {
             }
         } catch (IOException | RuntimeException e) {
             error = "rank " + world.rank() + " could not write its shards to " + tmp + ": " + e;
+        } finally {
+            if (temporary != null) {
+                model.device().release(temporary);
+            }
         }
         mine[0] = error == null ? 0 : 1;
         mine[7] = step;
@@ -329,7 +359,25 @@ public final class DistributedCheckpoint {
 
     private static void apply(CheckpointMetadata meta, ShardReader reader, Map<String, ShardFiles.Local> local,
                               Transformer model, AdamW opt) throws IOException {
-        reader.copy(local, model, opt);
+        if (opt != null && opt.sharded()) {
+            // the distributed optimizer: whole moments into temporary blocks, then this rank's shard of them; the
+            // fp32 master shard from the fp32 weights just loaded
+            DistributedDataParallel ddp = shardedBy(model);
+            Tensor m = model.device().zeros(MemoryKind.OPTIMIZER, DType.F32, model.params().numel());
+            Tensor v = model.device().zeros(MemoryKind.OPTIMIZER, DType.F32, model.params().numel());
+            try {
+                reader.copy(local, model.device(), model.params().weights(), m, v);
+                DistributedOptimizer.scatterState(opt, ddp, m, opt.firstMoment());
+                DistributedOptimizer.scatterState(opt, ddp, v, opt.secondMoment());
+                opt.reloadMasterWeights();
+            } finally {
+                model.device().release(m);
+                model.device().release(v);
+            }
+        } else {
+            reader.copy(local, model.device(), model.params().weights(), opt == null ? null : opt.firstMoment(),
+                    opt == null ? null : opt.secondMoment());
+        }
         if (opt != null) {
             opt.setStep(meta.step());
         }
@@ -358,6 +406,15 @@ public final class DistributedCheckpoint {
     private static String shardName(int stage, int ppSize, int tpRank, int tpSize) {
         return (ppSize > 1 ? String.format(Locale.ROOT, "pp%02dof%02d-", stage, ppSize) : "")
                 + String.format(Locale.ROOT, "tp%02d-of%02d.safetensors", tpRank, tpSize);
+    }
+
+    /** The data parallelism whose shards a sharded optimizer holds (the model's). */
+    private static DistributedDataParallel shardedBy(Transformer model) {
+        DistributedDataParallel ddp = model.dataParallel();
+        if (ddp == null || !ddp.sharded()) {
+            throw new IllegalArgumentException("a sharded optimizer belongs to a model built with the distributed optimizer");
+        }
+        return ddp;
     }
 
     /** Whether {@code p}, held by pipeline stage {@code stage}, is the tied embedding's copy on a later stage. */

@@ -135,6 +135,11 @@ public final class AdamW {
         return out;
     }
 
+    /** The device holding the parameters and this state. */
+    public org.sparkatron.device.Device device() {
+        return params.device();
+    }
+
     /** Steps taken so far. */
     public long step() {
         return step;

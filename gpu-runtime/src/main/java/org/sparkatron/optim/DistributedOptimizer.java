@@ -1,7 +1,10 @@
 package org.sparkatron.optim;
 
+import java.util.List;
+import org.sparkatron.device.Device;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.parallel.DistributedDataParallel;
+import org.sparkatron.tensor.Tensor;
 
 /**
  * ZeRO-1, as Megatron Core's {@code DistributedOptimizer}: each data-parallel rank keeps AdamW's moments (and,
@@ -65,5 +68,40 @@ public final class DistributedOptimizer {
         }
         adam.writeMasterWeights();
         ddp.gatherParams(model.params().weights());
+    }
+
+    /**
+     * Puts the whole of a sharded state tensor ({@code state}: {@code adam}'s m, v or master, in state layout)
+     * into {@code block}, a tensor in the model's parameter-block layout: each rank writes its owned ranges
+     * (padding included), then the buckets are all-gathered over their groups. For checkpoints, which store
+     * state by parameter name and so load under any DP size. Collective over the data-parallel group;
+     * stream-ordered device work.
+     */
+    public static void gatherState(AdamW adam, DistributedDataParallel ddp, Tensor state, Tensor block) {
+        Device device = adam.device();
+        long at = 0;
+        for (long[] r : ddp.ownedRanges()) {
+            if (r[1] > 0) {
+                device.copy(block.slice(r[0], r[1]), state.slice(at, r[1]));
+            }
+            at += r[1];
+        }
+        ddp.gatherParams(block);
+    }
+
+    /**
+     * The inverse of {@link #gatherState}: this rank's owned ranges of {@code block} (a whole state tensor in
+     * parameter-block layout, read from a checkpoint) into its shard {@code state}. Local to the rank.
+     */
+    public static void scatterState(AdamW adam, DistributedDataParallel ddp, Tensor block, Tensor state) {
+        Device device = adam.device();
+        long at = 0;
+        List<long[]> owned = ddp.ownedRanges();
+        for (long[] r : owned) {
+            if (r[1] > 0) {
+                device.copy(state.slice(at, r[1]), block.slice(r[0], r[1]));
+            }
+            at += r[1];
+        }
     }
 }
