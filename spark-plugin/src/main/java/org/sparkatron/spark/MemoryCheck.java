@@ -3,6 +3,8 @@ package org.sparkatron.spark;
 import java.util.Locale;
 import org.apache.spark.SparkConf;
 import org.sparkatron.model.MemoryEstimate;
+import org.sparkatron.model.Recompute;
+import org.sparkatron.parallel.PipelineLayout;
 
 /**
  * The driver's memory check before launch. Each rank's memory by category comes from {@link MemoryEstimate}
@@ -56,7 +58,9 @@ final class MemoryCheck {
 
     /** One rank's estimate for {@code cfg} with TP size {@code tp} and micro-batches of {@code microBatch}. */
     static MemoryEstimate estimate(TrainConfig cfg, int tp, int microBatch) {
-        return MemoryEstimate.of(cfg.model(), tp, cfg.sequenceParallel, microBatch, cfg.seqLen, cfg.precision, CPU_HALF_BYTES);
+        // the engine's gradient-buffer layout, and with the distributed optimizer the optimizer state of a 1/dp shard
+        return MemoryEstimate.of(cfg.model(), tp, cfg.sequenceParallel, PipelineLayout.single(cfg.model().layers()), 0, 1, microBatch,
+                cfg.seqLen, cfg.precision, Recompute.NONE, CPU_HALF_BYTES, cfg.dataParallelConfig(), cfg.dp);
     }
 
     /** The bytes a JVM needs for {@code ranks} ranks of {@code perRank} bytes, with Spark's reserve. */
@@ -73,8 +77,9 @@ final class MemoryCheck {
         int world = cfg.world();
         int ranks = budget.ranksPerJvm(world);
         long need = need(ranks, e.total());
-        String line = String.format(Locale.ROOT, "memory per rank (tp=%d, micro_batch %d x %d tokens, %s): %s; %s rank(s): %s of %s",
-                cfg.tp, cfg.microBatch, cfg.seqLen, cfg.precision.name().toLowerCase(Locale.ROOT), e.summary(), budget.where(world),
+        String line = String.format(Locale.ROOT, "memory per rank (tp=%d, micro_batch %d x %d tokens, %s%s): %s; %s rank(s): %s of %s",
+                cfg.tp, cfg.microBatch, cfg.seqLen, cfg.precision.name().toLowerCase(Locale.ROOT),
+                cfg.useDistributedOptimizer ? ", optimizer state sharded over dp=" + cfg.dp : "", e.summary(), budget.where(world),
                 gib(need), gib(budget.bytesPerJvm()));
         if (need <= budget.bytesPerJvm() || !budget.conf().getBoolean(CONF, true)) {
             return line;

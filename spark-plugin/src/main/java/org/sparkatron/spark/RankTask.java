@@ -15,11 +15,13 @@ import org.sparkatron.data.io.HadoopCheckpointStorage;
 import org.sparkatron.device.Device;
 import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.model.Transformer;
+import org.sparkatron.parallel.DataParallel;
 import org.sparkatron.parallel.RankContext;
 import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.TpBroadcastSource;
 import org.sparkatron.parallel.TpCheckpoint;
 import org.sparkatron.train.Evaluator;
+import org.sparkatron.train.GradientSync;
 import org.sparkatron.train.ResumableTraining;
 import org.sparkatron.train.SampleSource;
 import org.sparkatron.train.Trainer;
@@ -87,7 +89,9 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
              ProcessGroups groups = ProcessGroups.create(ParallelLayout.forWorld(cfg.world(), cfg.tp, 1, 1, cfg.pp, 1), comm)) {
             int tpRank = groups.coords()[0];
             int replica = groups.coords()[3];
-            RankContext rankCtx = new RankContext(dev, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision);
+            // data parallelism inside the engine: gradient buckets reduced during the backward, optionally ZeRO-1
+            RankContext rankCtx = new RankContext(dev, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision, null,
+                    new DataParallel(groups.dp(), cfg.dataParallelConfig()));
             Transformer model;
             if (cfg.initFrom != null) { // each rank reads the model directory and keeps its TP shard
                 org.apache.hadoop.conf.Configuration conf = new org.apache.hadoop.conf.Configuration();
@@ -126,7 +130,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             if (cfg.tp > 1) { // only TP rank 0 of each replica was sent data; it shares every sample
                 samples = new TpBroadcastSource(tpRank == 0 ? samples : null, cfg.seqLen + 1, groups.tp());
             }
-            DataParallelSync dpSync = new DataParallelSync(groups.dp(), cfg.bucketBytes);
+            GradientSync dpSync = model.dataParallel(); // the model's buckets; the loss averaged over the replicas
             Trainer trainer = new Trainer(model, samples, cfg.trainerOptions(), dpSync);
             java.util.function.Consumer<String> events = msg -> { // to the executor's log; rank 0's to the driver too
                 System.err.println("[sparkatron] rank " + rank + ": " + msg);
@@ -179,7 +183,11 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 valid.close();
             }
             comm.barrier();
-            Transformer full = cfg.tp > 1 ? TpCheckpoint.gatherFull(model, false) : model; // TP collective
+            if (trainer.distributedOptimizer() != null) { // the fp32 master weights, not their 16-bit rounding (DP collective)
+                trainer.distributedOptimizer().gatherMasterWeights();
+            }
+            // the whole model in the standard layout (the engine's gradient-buffer order is its own); TP collective
+            Transformer full = TpCheckpoint.gatherFull(model, false);
             float[] weights = null;
             if (rank == 0) {
                 weights = full.params().downloadWeights();
