@@ -53,6 +53,8 @@ public final class DistributedDataParallel implements GradientSync, GradReadyHoo
     private final List<long[]> owned;      // {start, length} per bucket: the state this rank keeps
     private boolean inStep;
     private long reductionsStarted;
+    private long reduceNanos; // time the gradient reductions ran (on the lane), read after their await
+    private long waitNanos;   // time finishGradSync blocked the rank's thread
 
     /**
      * @param groups the reduction groups the plan's buckets name (index 0: the dense data-parallel group)
@@ -135,6 +137,15 @@ public final class DistributedDataParallel implements GradientSync, GradReadyHoo
     }
 
     /**
+     * Nanoseconds the gradient reductions of finished steps ran, and the part of them the rank's thread spent
+     * waiting in {@link #finishGradSync} (the rest overlapped the backward): {@code {reduce, wait}}, for
+     * benchmarks. On the CPU lane; with an inline lane both are the reductions' time.
+     */
+    public long[] reductionNanos() {
+        return new long[] {reduceNanos, waitNanos};
+    }
+
+    /**
      * Starts a step's backward: reports count from zero. Throws if the previous step's reductions were
      * started and never finished ({@link #finishGradSync} not called): the gradients would mix two steps.
      */
@@ -191,13 +202,19 @@ public final class DistributedDataParallel implements GradientSync, GradReadyHoo
             return;
         }
         Tensor data = params.grads().slice(bucket.start(), bucket.numel());
+        Runnable op;
         if (plan.sharded()) {
             long at = bucket.shardStart(g.rank(), g.size()) - bucket.start();
             Tensor shard = data.slice(at, bucket.shardNumel(g.size()));
-            pending[b] = lane.submit(() -> g.reduceScatter(data, shard, ReduceOp.AVG));
+            op = () -> g.reduceScatter(data, shard, ReduceOp.AVG);
         } else {
-            pending[b] = lane.submit(() -> g.allReduce(data, ReduceOp.AVG));
+            op = () -> g.allReduce(data, ReduceOp.AVG);
         }
+        pending[b] = lane.submit(() -> {
+            long t0 = System.nanoTime();
+            op.run();
+            reduceNanos += System.nanoTime() - t0; // one lane thread; read by the rank after the await
+        });
     }
 
     /**
@@ -211,6 +228,7 @@ public final class DistributedDataParallel implements GradientSync, GradReadyHoo
         if (!inStep) {
             throw new IllegalStateException("finishGradSync without a step's forwardBackward");
         }
+        long t0 = System.nanoTime(); // what the rank waits from here on is communication not hidden by the backward
         if (overlap && golden != null) {
             for (int b = 0; b < pending.length; b++) {
                 if (pending[b] == null && missing[b] > 0) {
@@ -229,6 +247,7 @@ public final class DistributedDataParallel implements GradientSync, GradReadyHoo
                 pending[b].await();
             }
         } finally {
+            waitNanos += System.nanoTime() - t0;
             Arrays.fill(pending, null);
             if (golden == null && overlap) {
                 golden = counts.clone();
