@@ -121,102 +121,30 @@ public final class DistributedCheckpoint {
      */
     public String save(Communicator world, int dpSize, Transformer model, AdamW opt, long consumed, Map<String, String> extra)
             throws IOException {
-        int tpSize = model.tensorParallel().size();
-        int tpRank = model.tensorParallel().rank();
-        PipelineParallel pipe = model.pipeline();
-        int ppSize = pipe.size();
-        int stage = pipe.stage();
-        if (world.size() != tpSize * dpSize * ppSize) {
-            throw new IllegalArgumentException("world of " + world.size() + " ranks is not TP " + tpSize + " x DP " + dpSize
-                    + " x PP " + ppSize + ": checkpoints support tensor x data x pipeline parallel layouts");
+        try (AsyncCheckpointer blocking = new AsyncCheckpointer(this, false)) {
+            blocking.start(world, dpSize, model, opt, consumed, extra);
+            return blocking.finish(world);
         }
-        int dpRank = world.rank() / tpSize % dpSize;
-        long step = opt.step();
-        String tmp = fs.child(root, IN_PROGRESS + dirName(step));
-        String prepError = null;
-        if (world.rank() == 0) {
-            try {
-                fs.mkdirs(root);
-                fs.delete(tmp); // a crashed earlier attempt at the same step
-                fs.mkdirs(tmp);
-            } catch (IOException | RuntimeException e) {
-                prepError = "rank 0 could not create " + tmp + ": " + e;
-            }
-        }
-        agree(world, prepError == null, prepError, "prepare the checkpoint directory " + tmp);
+    }
 
-        // The distributed optimizer keeps a shard of the state: the whole (fp32 master weights, moments by
-        // parameter) is all-gathered first, so the files are those of plain data parallelism and load at any DP
-        // size. The gradient block (zeroed by the next step) holds m; v takes a temporary block.
-        ParameterSet ps = model.params();
-        Tensor mBlock = opt.firstMoment();
-        Tensor vBlock = opt.secondMoment();
-        Tensor temporary = null;
-        if (opt.sharded()) {
-            DistributedDataParallel ddp = shardedBy(model);
-            if (opt.masterWeights() != null) { // the weight block holds the 16-bit rounding until the next forward
-                opt.writeMasterWeights();
-                ddp.gatherParams(ps.weights());
-            }
-            mBlock = ps.grads();
-            DistributedOptimizer.gatherState(opt, ddp, opt.firstMoment(), mBlock);
-            temporary = model.device().allocate(MemoryKind.OPTIMIZER, DType.F32, ps.numel());
-            vBlock = temporary;
-            DistributedOptimizer.gatherState(opt, ddp, opt.secondMoment(), vBlock);
-        }
-        // This rank's files (0, 1 or 2), then everyone learns everyone's sizes and checksums.
-        long[] mine = new long[8];
-        String error = null;
-        try {
-            if (dpRank == tpRank % dpSize) {
-                LinkedHashMap<String, Tensor> t = new LinkedHashMap<>();
-                addShards(t, "model/", model, model.device().toHost(ps.weights()), tpRank, tpSize);
-                ShardFiles.Written w = ShardFiles.write(fs, fs.child(tmp, modelFile(stage, ppSize, tpRank, tpSize)), t,
-                        Map.of("step", "" + step));
-                mine[1] = 1;
-                mine[2] = w.bytes();
-                mine[3] = w.crc();
-            }
-            if (dpRank == (tpRank + 1) % dpSize) {
-                LinkedHashMap<String, Tensor> t = new LinkedHashMap<>();
-                addShards(t, "optim.m/", model, model.device().toHost(mBlock), tpRank, tpSize);
-                addShards(t, "optim.v/", model, model.device().toHost(vBlock), tpRank, tpSize);
-                ShardFiles.Written w = ShardFiles.write(fs, fs.child(tmp, optimFile(stage, ppSize, tpRank, tpSize)), t,
-                        Map.of("step", "" + step));
-                mine[4] = 1;
-                mine[5] = w.bytes();
-                mine[6] = w.crc();
-            }
-        } catch (IOException | RuntimeException e) {
-            error = "rank " + world.rank() + " could not write its shards to " + tmp + ": " + e;
-        } finally {
-            if (temporary != null) {
-                model.device().release(temporary);
-            }
-        }
-        mine[0] = error == null ? 0 : 1;
-        mine[7] = step;
-        long[][] all = gatherRows(world, mine);
-        List<String> failed = new ArrayList<>();
-        for (int r = 0; r < all.length; r++) {
-            if (all[r][0] != 0) {
-                failed.add("" + r);
-            }
-            if (all[r][7] != step) {
-                throw new IllegalStateException("ranks disagree on the step to save: rank " + r + " is at " + all[r][7]
+    /**
+     * The commit of a save whose files every rank has written ({@code rows}: per rank {error, has model file,
+     * its bytes, its CRC, has optimizer file, bytes, CRC, step}): rank 0 writes the metadata and renames
+     * the directory into place; every rank learns the outcome; rank 0 then prunes. Collective.
+     */
+    String commitSave(Communicator world, Transformer model, long step, long dropoutSteps, String tmp, int tpSize, int dpSize,
+                      long[][] rows, long[] positions, Map<String, String> extra) throws IOException {
+        for (int r = 0; r < rows.length; r++) {
+            if (rows[r][7] != step) {
+                throw new IllegalStateException("ranks disagree on the step to save: rank " + r + " is at " + rows[r][7]
                         + ", rank " + world.rank() + " at " + step);
             }
         }
-        if (!failed.isEmpty()) {
-            throw new IOException(error != null ? error : "checkpoint of step " + step + " not saved: rank(s) " + failed
-                    + " failed to write (see their logs); earlier checkpoints are untouched");
-        }
-        long[] positions = gatherFlat(world, new long[] {consumed});
         String commitError = null;
         String fin = dir(step);
         if (world.rank() == 0) {
             try {
-                CheckpointMetadata meta = metadata(model, step, tpSize, dpSize, ppSize, all, positions, extra);
+                CheckpointMetadata meta = metadata(model, step, dropoutSteps, tpSize, dpSize, model.pipeline().size(), rows, positions, extra);
                 ShardFiles.writeSmall(fs, fs.child(tmp, CheckpointMetadata.FILE), meta.toJson());
                 commit(tmp, fin);
             } catch (IOException | RuntimeException e) {
@@ -394,11 +322,11 @@ public final class DistributedCheckpoint {
         }
     }
 
-    private static String modelFile(int stage, int ppSize, int tpRank, int tpSize) {
+    static String modelFile(int stage, int ppSize, int tpRank, int tpSize) {
         return "model-" + shardName(stage, ppSize, tpRank, tpSize);
     }
 
-    private static String optimFile(int stage, int ppSize, int tpRank, int tpSize) {
+    static String optimFile(int stage, int ppSize, int tpRank, int tpSize) {
         return "optim-" + shardName(stage, ppSize, tpRank, tpSize);
     }
 
@@ -409,7 +337,7 @@ public final class DistributedCheckpoint {
     }
 
     /** The data parallelism whose shards a sharded optimizer holds (the model's). */
-    private static DistributedDataParallel shardedBy(Transformer model) {
+    static DistributedDataParallel shardedBy(Transformer model) {
         DistributedDataParallel ddp = model.dataParallel();
         if (ddp == null || !ddp.sharded()) {
             throw new IllegalArgumentException("a sharded optimizer belongs to a model built with the distributed optimizer");
@@ -418,45 +346,11 @@ public final class DistributedCheckpoint {
     }
 
     /** Whether {@code p}, held by pipeline stage {@code stage}, is the tied embedding's copy on a later stage. */
-    private static boolean tiedCopy(ModelConfig cfg, ParameterSet.Param p, PipelineLayout pl, int stage) {
+    static boolean tiedCopy(ModelConfig cfg, ParameterSet.Param p, PipelineLayout pl, int stage) {
         return cfg.tiedEmbeddings() && p.name().equals("embed") && !pl.isFirst(stage, 0);
     }
 
-    /**
-     * Adds this TP rank's part of every parameter of the host block {@code block} (weights, m or v; a
-     * {@code Device.toHost} view) as 1-D tensors.
-     */
-    private static void addShards(LinkedHashMap<String, Tensor> out, String prefix, Transformer model, Tensor block,
-                                  int tpRank, int tpSize) {
-        for (ParameterSet.Param p : model.params().params()) {
-            if (p.tp() != ParameterSet.TpRole.SPLIT && tpRank != 0) {
-                continue; // replicated over the TP group: TP rank 0 writes it
-            }
-            if (tiedCopy(model.config(), p, model.pipeline().layout(), model.pipeline().stage())) {
-                continue; // the last stage's copy of a tied embedding: the first stage writes it
-            }
-            long[][] segs = ShardMap.segments(model.config(), p, tpRank, tpSize);
-            long n = ShardMap.numel(ShardMap.runs(segs));
-            if (n == 0) {
-                continue;
-            }
-            Tensor t;
-            if (segs.length == 1 && segs[0][1] == 0 && segs[0][2] == p.numel()) {
-                t = block.slice(p.offset(), p.numel()); // the whole local tensor: no copy
-            } else {
-                t = Tensor.allocateHost(DType.F32, n);
-                java.nio.FloatBuffer dst = t.floats();
-                int at = 0;
-                for (long[] s : segs) {
-                    dst.put(at, block.slice(p.offset() + s[1], s[2]).floats(), 0, Math.toIntExact(s[2]));
-                    at += (int) s[2];
-                }
-            }
-            out.put(prefix + p.name(), t);
-        }
-    }
-
-    private CheckpointMetadata metadata(Transformer model, long step, int tpSize, int dpSize, int ppSize, long[][] all,
+    private CheckpointMetadata metadata(Transformer model, long step, long dropoutSteps, int tpSize, int dpSize, int ppSize, long[][] all,
                                         long[] positions, Map<String, String> extra) {
         ModelConfig cfg = model.config();
         PipelineLayout pl = model.pipeline().layout();
@@ -496,7 +390,7 @@ public final class DistributedCheckpoint {
             dataPositions[d] = positions[d * tpSize]; // TP rank 0 of the first stage of replica d
             total += dataPositions[d];
         }
-        return new CheckpointMetadata(step, total, model.trainSteps(), dataPositions, tpSize, dpSize, ppSize, cfg,
+        return new CheckpointMetadata(step, total, dropoutSteps, dataPositions, tpSize, dpSize, ppSize, cfg,
                 extra == null ? Map.of() : extra, tensors, files);
     }
 

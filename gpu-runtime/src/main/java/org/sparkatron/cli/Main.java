@@ -54,7 +54,7 @@ public final class Main {
             new Command("bench-tp", "org.sparkatron.parallel.TpBench",
                     "benchmark: tensor-parallel step time against one rank"),
             new Command("bench-pp", "org.sparkatron.parallel.PpBench",
-                    "benchmark: pipeline bubble and activation memory per schedule and recompute mode against theory"),
+                    "benchmark: pipeline schedules' bubble and activation memory against theory"),
             new Command("bench-dp", "org.sparkatron.parallel.DpBench",
                     "benchmark: data-parallel step time with gradient reduction overlap on and off, memory per rank against Megatron's accounting"),
             new Command("bench-comm", "org.sparkatron.comm.bench.CommBench",
