@@ -9,9 +9,15 @@ import java.util.Locale;
 import java.util.Map;
 import java.util.function.Consumer;
 import org.sparkatron.comm.Communicator;
+import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.ParameterSet;
 import org.sparkatron.model.Transformer;
+import org.sparkatron.device.MemoryKind;
 import org.sparkatron.optim.AdamW;
+import org.sparkatron.optim.DistributedOptimizer;
+import org.sparkatron.parallel.DistributedDataParallel;
+import org.sparkatron.parallel.PipelineLayout;
+import org.sparkatron.parallel.PipelineParallel;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -19,17 +25,26 @@ import org.sparkatron.tensor.Tensor;
  * Sharded training checkpoints under one root directory on any {@link CheckpointStorage}: save (every rank
  * writes only what it owns, in parallel), load under any tensor-parallel layout (each rank reads the global
  * element runs it needs), automatic resume from the newest usable checkpoint, and keeping the last K.
+ * With the distributed optimizer (a sharded {@link AdamW}) the fp32 master weights and moments are
+ * all-gathered over the data-parallel group before the write (device memory for one more parameter block,
+ * briefly), so the files are the same as without it and load under any TP, PP and DP layout, with or
+ * without the distributed optimizer; a load stages the whole moments of the rank's parameters in two
+ * temporary blocks and keeps its shard.
  *
  * <h2>Layout on storage</h2>
  * <pre>
  * ROOT/step-00000100/metadata.json               written last (see {@link CheckpointMetadata})
  * ROOT/step-00000100/model-tp00-of02.safetensors TP rank 0's parameter shards (+ the replicated parameters)
  * ROOT/step-00000100/optim-tp00-of02.safetensors TP rank 0's AdamW m and v shards
+ * ROOT/step-00000100/model-pp01of04-tp00-of02.safetensors  with pipeline parallelism: per stage and TP rank
  * ROOT/.inprogress-step-00000200/...             a save under way (or one that crashed: ignored, cleaned up)
  * </pre>
  * With data parallelism, replica {@code t mod dp} writes TP rank t's model file and replica
  * {@code (t + 1) mod dp} its optimizer file, so the writes spread over the replicas and no shard is
- * written twice. Parameters replicated over the TP group are written once, by TP rank 0.
+ * written twice. Parameters replicated over the TP group are written once, by TP rank 0. Each pipeline
+ * stage writes its own layers; a tied embedding's copy on the last stage is not written (it equals the
+ * first stage's, and loads from it). Tensors are described in their global (TP = 1) shapes by name, so a
+ * checkpoint loads under any TP, PP and DP layout.
  *
  * <h2>Atomicity</h2>
  * A save writes under {@code .inprogress-step-N}; rank 0 writes the metadata (sizes and CRC32C of every
@@ -40,8 +55,9 @@ import org.sparkatron.tensor.Tensor;
  * {@code keep}.
  *
  * <h2>Threading, blocking, failure</h2>
- * {@link #save} and {@link #resume} are collectives over the world communicator of a TP x DP layout (world
- * rank = tp + TP x dp; every rank calls them in the same order) and block on I/O and communication. A rank
+ * {@link #save} and {@link #resume} are collectives over the world communicator of a TP x DP x PP layout
+ * (world rank = tp + TP x dp + TP x DP x pp, as {@code ParallelLayout} orders them; every rank calls them in
+ * the same order) and block on I/O and communication. A rank
  * that fails to write makes every rank's save throw (the ranks agree on the outcome before committing),
  * instead of hanging. {@link #load} is local to one rank. Instances hold no per-rank state: ranks of one
  * JVM may share one.
@@ -128,7 +144,7 @@ public final class DistributedCheckpoint {
         String fin = dir(step);
         if (world.rank() == 0) {
             try {
-                CheckpointMetadata meta = metadata(model, step, dropoutSteps, tpSize, dpSize, rows, positions, extra);
+                CheckpointMetadata meta = metadata(model, step, dropoutSteps, tpSize, dpSize, model.pipeline().size(), rows, positions, extra);
                 ShardFiles.writeSmall(fs, fs.child(tmp, CheckpointMetadata.FILE), meta.toJson());
                 commit(tmp, fin);
             } catch (IOException | RuntimeException e) {
@@ -271,7 +287,25 @@ public final class DistributedCheckpoint {
 
     private static void apply(CheckpointMetadata meta, ShardReader reader, Map<String, ShardFiles.Local> local,
                               Transformer model, AdamW opt) throws IOException {
-        reader.copy(local, model, opt);
+        if (opt != null && opt.sharded()) {
+            // the distributed optimizer: whole moments into temporary blocks, then this rank's shard of them; the
+            // fp32 master shard from the fp32 weights just loaded
+            DistributedDataParallel ddp = shardedBy(model);
+            Tensor m = model.device().zeros(MemoryKind.OPTIMIZER, DType.F32, model.params().numel());
+            Tensor v = model.device().zeros(MemoryKind.OPTIMIZER, DType.F32, model.params().numel());
+            try {
+                reader.copy(local, model.device(), model.params().weights(), m, v);
+                DistributedOptimizer.scatterState(opt, ddp, m, opt.firstMoment());
+                DistributedOptimizer.scatterState(opt, ddp, v, opt.secondMoment());
+                opt.reloadMasterWeights();
+            } finally {
+                model.device().release(m);
+                model.device().release(v);
+            }
+        } else {
+            reader.copy(local, model.device(), model.params().weights(), opt == null ? null : opt.firstMoment(),
+                    opt == null ? null : opt.secondMoment());
+        }
         if (opt != null) {
             opt.setStep(meta.step());
         }
@@ -288,46 +322,75 @@ public final class DistributedCheckpoint {
         }
     }
 
-    static String modelFile(int tpRank, int tpSize) {
-        return String.format(Locale.ROOT, "model-tp%02d-of%02d.safetensors", tpRank, tpSize);
+    static String modelFile(int stage, int ppSize, int tpRank, int tpSize) {
+        return "model-" + shardName(stage, ppSize, tpRank, tpSize);
     }
 
-    static String optimFile(int tpRank, int tpSize) {
-        return String.format(Locale.ROOT, "optim-tp%02d-of%02d.safetensors", tpRank, tpSize);
+    static String optimFile(int stage, int ppSize, int tpRank, int tpSize) {
+        return "optim-" + shardName(stage, ppSize, tpRank, tpSize);
     }
 
-    private CheckpointMetadata metadata(Transformer model, long step, long dropoutSteps, int tpSize, int dpSize, long[][] all,
+    /** {@code tp00-of02.safetensors}, with {@code pp01of04-} in front under pipeline parallelism. */
+    private static String shardName(int stage, int ppSize, int tpRank, int tpSize) {
+        return (ppSize > 1 ? String.format(Locale.ROOT, "pp%02dof%02d-", stage, ppSize) : "")
+                + String.format(Locale.ROOT, "tp%02d-of%02d.safetensors", tpRank, tpSize);
+    }
+
+    /** The data parallelism whose shards a sharded optimizer holds (the model's). */
+    static DistributedDataParallel shardedBy(Transformer model) {
+        DistributedDataParallel ddp = model.dataParallel();
+        if (ddp == null || !ddp.sharded()) {
+            throw new IllegalArgumentException("a sharded optimizer belongs to a model built with the distributed optimizer");
+        }
+        return ddp;
+    }
+
+    /** Whether {@code p}, held by pipeline stage {@code stage}, is the tied embedding's copy on a later stage. */
+    static boolean tiedCopy(ModelConfig cfg, ParameterSet.Param p, PipelineLayout pl, int stage) {
+        return cfg.tiedEmbeddings() && p.name().equals("embed") && !pl.isFirst(stage, 0);
+    }
+
+    private CheckpointMetadata metadata(Transformer model, long step, long dropoutSteps, int tpSize, int dpSize, int ppSize, long[][] all,
                                         long[] positions, Map<String, String> extra) {
+        ModelConfig cfg = model.config();
+        PipelineLayout pl = model.pipeline().layout();
         Map<String, CheckpointMetadata.TensorEntry> tensors = new LinkedHashMap<>();
         for (String group : new String[] {"model/", "optim.m/", "optim.v/"}) {
-            for (ParameterSet.Param p : model.params().params()) {
-                List<CheckpointMetadata.ShardEntry> shards = new ArrayList<>();
-                int owners = p.tp() == ParameterSet.TpRole.SPLIT ? tpSize : 1;
-                for (int t = 0; t < owners; t++) {
-                    List<long[]> runs = ShardMap.runs(ShardMap.segments(model.config(), p, t, tpSize));
-                    if (!runs.isEmpty()) {
-                        String file = group.equals("model/") ? modelFile(t, tpSize) : optimFile(t, tpSize);
-                        shards.add(new CheckpointMetadata.ShardEntry(file, group + p.name(), runs));
+            for (int stage = 0; stage < ppSize; stage++) {
+                for (ParameterSet.Param p : Transformer.stageParameters(cfg, tpSize, pl, stage)) {
+                    if (tiedCopy(cfg, p, pl, stage)) {
+                        continue;
                     }
+                    List<CheckpointMetadata.ShardEntry> shards = new ArrayList<>();
+                    int owners = p.tp() == ParameterSet.TpRole.SPLIT ? tpSize : 1;
+                    for (int t = 0; t < owners; t++) {
+                        List<long[]> runs = ShardMap.runs(ShardMap.segments(cfg, p, t, tpSize));
+                        if (!runs.isEmpty()) {
+                            String file = group.equals("model/") ? modelFile(stage, ppSize, t, tpSize) : optimFile(stage, ppSize, t, tpSize);
+                            shards.add(new CheckpointMetadata.ShardEntry(file, group + p.name(), runs));
+                        }
+                    }
+                    tensors.put(group + p.name(), new CheckpointMetadata.TensorEntry(ShardMap.globalShape(cfg, p, tpSize), shards));
                 }
-                tensors.put(group + p.name(),
-                        new CheckpointMetadata.TensorEntry(ShardMap.globalShape(model.config(), p, tpSize), shards));
             }
         }
         Map<String, CheckpointMetadata.FileEntry> files = new LinkedHashMap<>();
-        for (int t = 0; t < tpSize; t++) {
-            long[] m = all[t + tpSize * (t % dpSize)];
-            long[] o = all[t + tpSize * ((t + 1) % dpSize)];
-            files.put(modelFile(t, tpSize), new CheckpointMetadata.FileEntry(m[2], ShardFiles.hex(m[3])));
-            files.put(optimFile(t, tpSize), new CheckpointMetadata.FileEntry(o[5], ShardFiles.hex(o[6])));
+        int perStage = tpSize * dpSize;
+        for (int stage = 0; stage < ppSize; stage++) {
+            for (int t = 0; t < tpSize; t++) {
+                long[] m = all[stage * perStage + t + tpSize * (t % dpSize)];
+                long[] o = all[stage * perStage + t + tpSize * ((t + 1) % dpSize)];
+                files.put(modelFile(stage, ppSize, t, tpSize), new CheckpointMetadata.FileEntry(m[2], ShardFiles.hex(m[3])));
+                files.put(optimFile(stage, ppSize, t, tpSize), new CheckpointMetadata.FileEntry(o[5], ShardFiles.hex(o[6])));
+            }
         }
         long[] dataPositions = new long[dpSize];
         long total = 0;
         for (int d = 0; d < dpSize; d++) {
-            dataPositions[d] = positions[d * tpSize];
+            dataPositions[d] = positions[d * tpSize]; // TP rank 0 of the first stage of replica d
             total += dataPositions[d];
         }
-        return new CheckpointMetadata(step, total, dropoutSteps, dataPositions, tpSize, dpSize, model.config(),
+        return new CheckpointMetadata(step, total, dropoutSteps, dataPositions, tpSize, dpSize, ppSize, cfg,
                 extra == null ? Map.of() : extra, tensors, files);
     }
 

@@ -11,7 +11,7 @@ import org.sparkatron.tensor.Tensor;
 
 /**
  * What one rank writes into a shard file: for every parameter its TP rank owns (replicated parameters only on
- * TP rank 0) the element segments of its local tensor, as one 1-D F32 tensor per parameter. Two ways to
+ * TP rank 0; a tied embedding only on the first pipeline stage) the element segments of its local tensor, as one 1-D F32 tensor per parameter. Two ways to
  * produce the tensors: {@link #views} of the live training state (a blocking save: the caller does not train
  * until the file is written), or {@link #copy} into the rank's staging memory (an asynchronous save: training
  * goes on and changes the live state while the copy is written). Stateless.
@@ -30,6 +30,9 @@ final class ShardContent {
         for (ParameterSet.Param p : model.params().params()) {
             if (p.tp() != ParameterSet.TpRole.SPLIT && tpRank != 0) {
                 continue; // replicated over the TP group: TP rank 0 writes it
+            }
+            if (DistributedCheckpoint.tiedCopy(model.config(), p, model.pipeline().layout(), model.pipeline().stage())) {
+                continue; // the last stage's copy of a tied embedding: the first stage writes it
             }
             long[][] segs = ShardMap.segments(model.config(), p, tpRank, tpSize);
             long n = ShardMap.numel(ShardMap.runs(segs));

@@ -20,14 +20,32 @@ public final class RankContext {
     private final TensorParallel tp;
     private final Precision precision;
     private final Kernels kernels;
+    private final PipelineParallel pp; // null: no pipelining
+    private final DataParallel dp;     // null: gradients are the caller's to reduce (GradientSync)
 
     public RankContext(Device device, TensorParallel tp, Precision precision) {
+        this(device, tp, precision, null);
+    }
+
+    /** @param pp this rank's pipeline stage, or null for no pipelining */
+    public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp) {
+        this(device, tp, precision, pp, null);
+    }
+
+    /**
+     * @param pp this rank's pipeline stage, or null for no pipelining
+     * @param dp this rank's data-parallel group and gradient reduction ({@link DistributedDataParallel} in the
+     *           model), or null: the model leaves its gradients to the training loop's {@code GradientSync}
+     */
+    public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp, DataParallel dp) {
         if (device == null || tp == null || precision == null) {
             throw new IllegalArgumentException("a rank context needs a device, a tensor-parallel group and a precision");
         }
         this.device = device;
         this.tp = tp;
         this.precision = precision;
+        this.pp = pp;
+        this.dp = dp;
         this.kernels = RoundingKernels.wrap(device.kernels(), precision);
     }
 
@@ -58,18 +76,41 @@ public final class RankContext {
         return precision;
     }
 
-    /** The same rank with another tensor-parallel group (a TP = 1 copy for checkpoints, say). */
+    /** This rank's pipeline stage, or null when the model is not pipelined. */
+    public PipelineParallel pipeline() {
+        return pp;
+    }
+
+    /** This rank's data-parallel group and how gradients are reduced over it, or null. */
+    public DataParallel dataParallel() {
+        return dp;
+    }
+
+    /**
+     * The same rank with another tensor-parallel group, no pipelining and no data parallelism (a whole TP = 1
+     * copy for checkpoints).
+     */
     public RankContext withTensorParallel(TensorParallel other) {
-        return new RankContext(device, other, precision);
+        return new RankContext(device, other, precision, null, null);
+    }
+
+    /** The same rank as a pipeline stage. */
+    public RankContext withPipeline(PipelineParallel stage) {
+        return new RankContext(device, tp, precision, stage, dp);
+    }
+
+    /** The same rank with data parallelism inside the model (null: none). */
+    public RankContext withDataParallel(DataParallel group) {
+        return new RankContext(device, tp, precision, pp, group);
     }
 
     /** The same rank in another precision. */
     public RankContext withPrecision(Precision other) {
-        return new RankContext(device, tp, other);
+        return new RankContext(device, tp, other, pp, dp);
     }
 
     @Override
     public String toString() {
-        return device.name() + ", " + tp + ", " + precision.label();
+        return device.name() + ", " + tp + (pp != null ? ", " + pp : "") + (dp != null ? ", " + dp : "") + ", " + precision.label();
     }
 }

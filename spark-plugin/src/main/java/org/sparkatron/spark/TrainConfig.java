@@ -13,6 +13,7 @@ import java.util.Map;
 import java.util.Set;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.optim.LrSchedule;
+import org.sparkatron.parallel.DataParallel;
 import org.sparkatron.precision.Precision;
 import org.sparkatron.train.Trainer;
 
@@ -23,12 +24,16 @@ import org.sparkatron.train.Trainer;
  * {@link ModelConfig} is not serializable.
  *
  * <p>Keys (defaults in brackets): {@code model} (an HF config.json object, or a path to one),
- * {@code dp} [1], {@code tp} [1] (alias {@code tensor_parallel}), {@code sequence_parallel} [false], {@code pp} [1], {@code global_batch} [8] (samples per optimizer step over
+ * {@code dp} [1], {@code tp} [1] (alias {@code tensor_parallel}), {@code sequence_parallel} [false], {@code pp} [1]
+ * (with {@code virtual_pp}, {@code decoder_first_pipeline_num_layers}, {@code decoder_last_pipeline_num_layers}),
+ * {@code recompute} ["none"], {@code global_batch} [8] (samples per optimizer step over
  * all replicas), {@code micro_batch} [global_batch / dp] (samples per forward/backward on one rank),
  * {@code seq_len} [128], {@code steps} [100], {@code lr} [3e-4], {@code min_lr} [lr / 10],
  * {@code warmup_steps} [0], {@code decay_steps} [steps], {@code weight_decay} [0.1], {@code grad_clip} [1.0],
  * {@code seed} [1234], {@code input_col} ["tokens"], {@code drop_bad_rows} [false], {@code output} [none],
- * {@code comm_timeout_s} [300], {@code bucket_mb} [25], {@code threads_per_rank} [1], and for the command
+ * {@code comm_timeout_s} [300], {@code bucket_mb} [Megatron's default: max(40M, 1M x dp) fp32 gradient
+ * elements], {@code use_distributed_optimizer} [false], {@code overlap_grad_reduce} [true],
+ * {@code overlap_param_gather} [false; true is refused], {@code threads_per_rank} [1], and for the command
  * line only {@code input} (a path), {@code input_format} ["parquet"] and {@code input_schema} (a DDL
  * schema for sources such as json: {@code "tokens array<int>"}). With {@code input_format} "megatron" the
  * input is a Megatron indexed dataset instead ({@link MegatronInput}: a {@code prepare} output directory
@@ -46,12 +51,23 @@ public final class TrainConfig implements Serializable {
             "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over", "async_save",
             "data_split", "precision", "init_from", "log_interval", "eval_interval", "eval_iters", "tensorboard_dir",
             "mlflow_tracking_uri", "mlflow_experiment", "mlflow_run_name", "override_lr_schedule", "use_checkpoint_lr_schedule",
-            "tokenizer");
+            "tokenizer", "virtual_pp", "num_layers_per_virtual_pipeline_stage", "decoder_first_pipeline_num_layers",
+            "decoder_last_pipeline_num_layers", "recompute", "recompute_granularity",
+            "use_distributed_optimizer", "overlap_grad_reduce", "overlap_param_gather");
 
     private final String json; // the full, normalised config
 
     public final String modelJson;
     public final int dp, tp, pp;
+    /**
+     * Pipeline parallelism (docs/parallel.md): model chunks per pipeline rank [1; {@code virtual_pp} > 1 is
+     * the interleaved schedule; Megatron's {@code num_layers_per_virtual_pipeline_stage} is accepted instead],
+     * and the layers of the first and the last stage [-1: an even split] (Megatron's
+     * {@code decoder_first_pipeline_num_layers} / {@code decoder_last_pipeline_num_layers}).
+     */
+    public final int virtualPp, firstStageLayers, lastStageLayers;
+    /** Activation recomputation ["none"; "selective" or "full"]; Megatron's {@code recompute_granularity} is accepted too. */
+    public final org.sparkatron.model.Recompute recompute;
     /** Sequence parallelism inside each TP group (norms, dropout, residuals on token shards). */
     public final boolean sequenceParallel;
     public final int globalBatch, microBatch, seqLen, steps;
@@ -63,7 +79,14 @@ public final class TrainConfig implements Serializable {
     public final boolean dropBadRows;
     public final String output;
     public final long commTimeoutMs;
+    /** Gradient bucket size in bytes of fp32 gradients (Megatron's {@code bucket_size} x 4). */
     public final long bucketBytes;
+    /**
+     * Data parallelism in the engine (docs/parallel.md): ZeRO-1 (Megatron's {@code use_distributed_optimizer})
+     * and whether each gradient bucket's reduction overlaps the rest of the backward
+     * ({@code overlap_grad_reduce}).
+     */
+    public final boolean useDistributedOptimizer, overlapGradReduce;
     public final int threadsPerRank;
     public final String input;
     public final String inputFormat;
@@ -159,6 +182,36 @@ public final class TrainConfig implements Serializable {
         this.dp = intKey(o, "dp", 1, 1);
         this.tp = intKey(o, "tp", 1, 1);
         this.pp = intKey(o, "pp", 1, 1);
+        if (o.hasNonNull("num_layers_per_virtual_pipeline_stage")) { // Megatron's way of saying virtual_pp
+            int per = intKey(o, "num_layers_per_virtual_pipeline_stage", 1, 1);
+            if (mc.layers() % ((long) pp * per) != 0) {
+                throw new IllegalArgumentException("num_layers_per_virtual_pipeline_stage " + per + ": the " + mc.layers()
+                        + " layers are not divisible by pp " + pp + " x " + per);
+            }
+            int v = mc.layers() / (pp * per);
+            if (o.hasNonNull("virtual_pp") && intKey(o, "virtual_pp", 1, 1) != v) {
+                throw new IllegalArgumentException("config keys 'virtual_pp' (" + o.get("virtual_pp") + ") and "
+                        + "'num_layers_per_virtual_pipeline_stage' (" + per + ", so virtual_pp " + v + ") disagree: give one of them");
+            }
+            o.remove("num_layers_per_virtual_pipeline_stage");
+            o.put("virtual_pp", v);
+        }
+        this.virtualPp = intKey(o, "virtual_pp", 1, 1);
+        this.firstStageLayers = intKey(o, "decoder_first_pipeline_num_layers", -1, 1);
+        this.lastStageLayers = intKey(o, "decoder_last_pipeline_num_layers", -1, 1);
+        if (o.has("recompute_granularity")) { // Megatron's key: selective or full
+            JsonNode g = o.remove("recompute_granularity");
+            if (o.has("recompute") && !o.get("recompute").asText().equalsIgnoreCase(g.asText())) {
+                throw new IllegalArgumentException("config keys 'recompute' (" + o.get("recompute") + ") and 'recompute_granularity' ("
+                        + g + ") disagree: give one of them");
+            }
+            o.set("recompute", g);
+        }
+        try {
+            this.recompute = org.sparkatron.model.Recompute.parse(o.path("recompute").asText("none"));
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("config key 'recompute': " + e.getMessage(), e);
+        }
         this.globalBatch = intKey(o, "global_batch", 8, 1);
         this.microBatch = intKey(o, "micro_batch", Math.max(1, globalBatch / dp), 1);
         this.seqLen = intKey(o, "seq_len", Math.min(128, mc.maxPositions()), 1);
@@ -174,11 +227,17 @@ public final class TrainConfig implements Serializable {
         this.dropBadRows = o.path("drop_bad_rows").asBoolean(false);
         this.output = o.hasNonNull("output") ? o.get("output").asText() : null;
         this.commTimeoutMs = 1000L * intKey(o, "comm_timeout_s", 300, 1);
-        double mb = dblKey(o, "bucket_mb", 25);
+        double mb = dblKey(o, "bucket_mb", 4.0 * DataParallel.defaultBucketElements(dp) / (1 << 20));
         if (!(mb > 0)) {
             throw new IllegalArgumentException("config key 'bucket_mb' must be > 0, got " + mb);
         }
         this.bucketBytes = Math.max(4, (long) (mb * (1 << 20)));
+        this.useDistributedOptimizer = boolKey(o, "use_distributed_optimizer");
+        this.overlapGradReduce = !o.hasNonNull("overlap_grad_reduce") || boolKey(o, "overlap_grad_reduce");
+        if (boolKey(o, "overlap_param_gather")) {
+            throw new IllegalArgumentException("overlap_param_gather is not supported: the distributed optimizer all-gathers the "
+                    + "updated parameters right after its step (set it false or leave it out)");
+        }
         this.threadsPerRank = intKey(o, "threads_per_rank", 1, 1);
         this.input = o.hasNonNull("input") ? o.get("input").asText() : null;
         this.inputFormat = o.path("input_format").asText("parquet");
@@ -307,11 +366,13 @@ public final class TrainConfig implements Serializable {
         } catch (IOException e) {
             throw new IllegalStateException(e);
         }
-        o.put("dp", dp).put("tp", tp).put("pp", pp).put("sequence_parallel", sequenceParallel).put("global_batch", globalBatch)
+        o.put("dp", dp).put("tp", tp).put("pp", pp).put("virtual_pp", virtualPp).put("recompute", recompute.label())
+                .put("sequence_parallel", sequenceParallel).put("global_batch", globalBatch)
                 .put("micro_batch", microBatch).put("seq_len", seqLen).put("steps", steps).put("lr", lr).put("min_lr", minLr)
                 .put("warmup_steps", warmupSteps).put("decay_steps", schedule().decaySteps()).put("weight_decay", weightDecay)
                 .put("grad_clip", gradClip).put("seed", seed).put("precision", precision.label()).put("input_col", inputCol)
                 .put("input_format", inputFormat).put("data_split", dataSplit).put("bucket_mb", bucketBytes / 1048576.0)
+                .put("use_distributed_optimizer", useDistributedOptimizer).put("overlap_grad_reduce", overlapGradReduce)
                 .put("threads_per_rank", threadsPerRank).put("comm_timeout_s", commTimeoutMs / 1000).put("log_interval", logInterval)
                 .put("eval_interval", evalInterval).put("eval_iters", evalIters);
         return o;
@@ -325,8 +386,23 @@ public final class TrainConfig implements Serializable {
         }
     }
 
+    /** How the engine reduces gradients over the data-parallel group (Megatron's DistributedDataParallelConfig). */
+    public DataParallel.Config dataParallelConfig() {
+        return new DataParallel.Config(useDistributedOptimizer, bucketBytes / 4, overlapGradReduce);
+    }
+
     public int world() {
         return dp * tp * pp;
+    }
+
+    /** The layers of each pipeline stage (and virtual chunk); validates the split. */
+    public org.sparkatron.parallel.PipelineLayout pipelineLayout() {
+        return org.sparkatron.parallel.PipelineLayout.of(model().layers(), pp, virtualPp, firstStageLayers, lastStageLayers);
+    }
+
+    /** Micro-batches one replica runs per optimizer step (through the pipeline schedule when pp > 1). */
+    public int microBatches() {
+        return replicaBatch() / microBatch;
     }
 
     /** Samples one replica consumes per optimizer step. */
