@@ -22,21 +22,31 @@ public final class RankContext {
     private final Precision precision;
     private final Kernels kernels;
     private final PipelineParallel pp; // null: no pipelining
+    private final DataParallel dp;     // null: gradients are the caller's to reduce (GradientSync)
     private final Fp8Recipe fp8;
 
     /** A rank in {@code precision}; FP8 gets Megatron's default recipe ({@link Fp8Recipe#defaults()}). */
     public RankContext(Device device, TensorParallel tp, Precision precision) {
-        this(device, tp, precision, (PipelineParallel) null, null);
+        this(device, tp, precision, null, null, null);
     }
 
     /** @param pp this rank's pipeline stage, or null for no pipelining */
     public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp) {
-        this(device, tp, precision, pp, null);
+        this(device, tp, precision, pp, null, null);
     }
 
     /** @param fp8 the FP8 recipe when {@code precision} is FP8 (null: the defaults); must be null otherwise */
     public RankContext(Device device, TensorParallel tp, Precision precision, Fp8Recipe fp8) {
-        this(device, tp, precision, null, fp8);
+        this(device, tp, precision, null, null, fp8);
+    }
+
+    /**
+     * @param pp this rank's pipeline stage, or null for no pipelining
+     * @param dp this rank's data-parallel group and gradient reduction ({@link DistributedDataParallel} in the
+     *           model), or null: the model leaves its gradients to the training loop's {@code GradientSync}
+     */
+    public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp, DataParallel dp) {
+        this(device, tp, precision, pp, dp, null);
     }
 
     /**
@@ -44,6 +54,15 @@ public final class RankContext {
      * @param fp8 the FP8 recipe when {@code precision} is FP8 (null: the defaults); must be null otherwise
      */
     public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp, Fp8Recipe fp8) {
+        this(device, tp, precision, pp, null, fp8);
+    }
+
+    /**
+     * @param pp  this rank's pipeline stage, or null for no pipelining
+     * @param dp  this rank's data-parallel group inside the model, or null (see the constructor above)
+     * @param fp8 the FP8 recipe when {@code precision} is FP8 (null: the defaults); must be null otherwise
+     */
+    public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp, DataParallel dp, Fp8Recipe fp8) {
         if (device == null || tp == null || precision == null) {
             throw new IllegalArgumentException("a rank context needs a device, a tensor-parallel group and a precision");
         }
@@ -54,6 +73,7 @@ public final class RankContext {
         this.tp = tp;
         this.precision = precision;
         this.pp = pp;
+        this.dp = dp;
         this.kernels = RoundingKernels.wrap(device.kernels(), precision);
         this.fp8 = precision == Precision.FP8 ? (fp8 == null ? Fp8Recipe.defaults() : fp8) : null;
     }
@@ -95,23 +115,37 @@ public final class RankContext {
         return pp;
     }
 
-    /** The same rank with another tensor-parallel group and no pipelining (a whole TP = 1 copy for checkpoints). */
+    /** This rank's data-parallel group and how gradients are reduced over it, or null. */
+    public DataParallel dataParallel() {
+        return dp;
+    }
+
+    /**
+     * The same rank with another tensor-parallel group, no pipelining and no data parallelism (a whole TP = 1
+     * copy for checkpoints).
+     */
     public RankContext withTensorParallel(TensorParallel other) {
-        return new RankContext(device, other, precision, null, fp8);
+        return new RankContext(device, other, precision, null, null, fp8);
     }
 
     /** The same rank as a pipeline stage. */
     public RankContext withPipeline(PipelineParallel stage) {
-        return new RankContext(device, tp, precision, stage, fp8);
+        return new RankContext(device, tp, precision, stage, dp, fp8);
+    }
+
+    /** The same rank with data parallelism inside the model (null: none). */
+    public RankContext withDataParallel(DataParallel group) {
+        return new RankContext(device, tp, precision, pp, group, fp8);
     }
 
     /** The same rank in another precision (FP8 with this context's recipe, or the defaults). */
     public RankContext withPrecision(Precision other) {
-        return new RankContext(device, tp, other, pp, other == Precision.FP8 ? fp8 : null);
+        return new RankContext(device, tp, other, pp, dp, other == Precision.FP8 ? fp8 : null);
     }
 
     @Override
     public String toString() {
-        return device.name() + ", " + tp + (pp != null ? ", " + pp : "") + ", " + precision.label() + (fp8 == null ? "" : " " + fp8.asMap());
+        return device.name() + ", " + tp + (pp != null ? ", " + pp : "") + (dp != null ? ", " + dp : "") + ", " + precision.label()
+                + (fp8 == null ? "" : " " + fp8.asMap());
     }
 }

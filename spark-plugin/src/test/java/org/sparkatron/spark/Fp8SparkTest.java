@@ -13,7 +13,7 @@ import org.junit.jupiter.api.io.TempDir;
 /**
  * {@code precision: fp8} through the whole Spark path: a barrier stage of two data-parallel CPU ranks on
  * local[N], delayed scaling with a 4-pass max window (its amaxes reduced over the replicas by
- * {@code DataParallelSync.maxOverReplicas}), from the Estimator. The same job in bf16 is the peer: each of the
+ * {@code DistributedDataParallel.maxOverReplicas}), from the Estimator. The same job in bf16 is the peer: each of the
  * fp8 run's last 5 losses within 0.05 nats of bf16's (20 steps of a 64-token walk language, where the loss
  * still moves by ~0.05 a step; measured: at most 0.022), and the fp8 run learns as bf16 does (the mean of
  * its last 5 losses below that of its first 5 by at least 3/4 of bf16's drop; measured 0.32 vs 0.33 nats).
