@@ -607,9 +607,6 @@ public final class Transformer {
         }
         runner.run(schedule, microBatches, s, recompute, new StepRunner.Pass(true, gradScale, lossAcc, slot, lossWeight,
                 trainSteps, new TransformerBlock.DropKey(dropout, 0, dropoutRowOffset)));
-        if (fp8 != null) {
-            fp8.finishPass(); // delayed scaling: the step's amaxes reduced over TP and the replicas, scales for the next step
-        }
         trainSteps += microBatches.size();
         sumOverPipeline(lossAcc.slice(slot, 1));
     }
@@ -648,8 +645,10 @@ public final class Transformer {
      * replicated parameters that act on the residual stream (norms, position embeddings) saw only this
      * rank's rows, so their gradients are summed over the TP group (forgetting this is the classic SP bug);
      * with a tied embedding split over pipeline stages, the first and the last stage sum their embedding
-     * gradients over the embedding group. Without either it does nothing. Call it exactly once per step,
-     * before the data-parallel reduction and the gradient norm.
+     * gradients over the embedding group. Under precision fp8 it then ends the step's FP8 pass
+     * ({@link Fp8State#finishPass()}: delayed scaling's amax reduction and scale update), after the data-parallel
+     * gradient reduction so its MAX all-reduce never runs beside gradient buckets. Call it exactly once per step,
+     * before the gradient norm.
      */
     public void finishGradients() {
         if (tp.sequenceParallel()) {
@@ -676,6 +675,11 @@ public final class Transformer {
         }
         if (tiedAcrossStages()) {
             pp.embeddingGroup().allReduce(params.grad("embed"), ReduceOp.SUM);
+        }
+        if (fp8 != null) {
+            // delayed scaling: the step's amaxes reduced over TP and the replicas, then the scales for the next step;
+            // here, after the gradient reduction, so no MAX all-reduce runs beside in-flight gradient buckets
+            fp8.finishPass();
         }
     }
 
