@@ -45,7 +45,21 @@ public final class DpBench {
     private DpBench() {
     }
 
-    public static void main(String[] argv) throws Exception {
+    static final String USAGE = String.join("\n",
+            "usage: ./sparkatron bench-dp [--dp 2] [--bucket-mb 1] [--distributed-optimizer] [--rounds 3] [--steps 3]",
+            "         [--family gpt2|llama] [--layers 8] [--width 256] [--heads 4] [--seq 64] [--batch 2] [--micro 2] [--vocab 8192]",
+            "  data parallelism in one JVM: step time with overlap_grad_reduce off and on (alternating rounds, medians),",
+            "  the share of the gradient reduction hidden behind the backward, and memory per rank per parameter against",
+            "  Megatron's accounting (docs/parallel.md)");
+
+    public static void main(String[] argv) {
+        org.sparkatron.cli.Cli.main("bench-dp", USAGE, argv, args -> {
+            bench(args);
+            return org.sparkatron.cli.Cli.OK;
+        });
+    }
+
+    static void bench(String[] argv) throws Exception {
         BenchArgs a = new BenchArgs("bench-dp", argv, Set.of("dp", "layers", "width", "heads", "seq", "batch", "micro", "vocab",
                 "family", "steps", "bucket-mb", "rounds"), Set.of("distributed-optimizer"));
         int dp = a.integer("dp", 2);
@@ -55,10 +69,15 @@ public final class DpBench {
         int micro = a.integer("micro", 2);
         int steps = a.integer("steps", 3);
         int rounds = a.integer("rounds", 3);
-        double bucketMb = Double.parseDouble(a.string("bucket-mb", "1"));
+        double bucketMb;
+        try {
+            bucketMb = Double.parseDouble(a.string("bucket-mb", "1"));
+        } catch (NumberFormatException e) {
+            throw new IllegalArgumentException("--bucket-mb must be a number of MiB, got '" + a.string("bucket-mb", "") + "'");
+        }
         boolean distopt = a.flag("distributed-optimizer");
         if (dp < 2 || steps < 2 || rounds < 1 || !(bucketMb > 0)) {
-            throw new IllegalArgumentException("bench-dp: --dp must be >= 2, --steps >= 2, --rounds >= 1 and --bucket-mb > 0");
+            throw new IllegalArgumentException("--dp must be >= 2, --steps >= 2, --rounds >= 1 and --bucket-mb > 0");
         }
         ModelConfig cfg = BenchArgs.model(a.string("family", "gpt2"), layers, a.integer("width", 256), a.integer("heads", 4), seq,
                 a.integer("vocab", 8192));
