@@ -45,7 +45,20 @@ public final class DpBench {
     private DpBench() {
     }
 
-    public static void main(String[] argv) throws Exception {
+    static final String USAGE = String.join("\n",
+            "usage: ./sparkatron bench-dp [--dp 2] [--distributed-optimizer] [--bucket-mb 1] [--steps 5] [--family gpt2|llama]",
+            "         [--layers 8] [--width 256] [--heads 4] [--seq 64] [--batch 2] [--micro 2] [--vocab 8192]",
+            "  data parallelism in one JVM: step time with overlap_grad_reduce off and on, the gradient reductions'",
+            "  hidden fraction, and memory per parameter beside Megatron's accounting (docs/parallel.md)");
+
+    public static void main(String[] argv) {
+        org.sparkatron.cli.Cli.main("bench-dp", USAGE, argv, args -> {
+            bench(args);
+            return org.sparkatron.cli.Cli.OK;
+        });
+    }
+
+    static void bench(String[] argv) throws Exception {
         BenchArgs a = new BenchArgs("bench-dp", argv, Set.of("dp", "layers", "width", "heads", "seq", "batch", "micro", "vocab",
                 "family", "steps", "bucket-mb"), Set.of("distributed-optimizer"));
         int dp = a.integer("dp", 2);
