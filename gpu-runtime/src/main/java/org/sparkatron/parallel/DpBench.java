@@ -30,8 +30,8 @@ import org.sparkatron.train.Trainer;
  * <p>Overlap. The same training steps at {@code dp} ranks with {@code overlap_grad_reduce} off (one bucket per
  * buffer, reduced after the backward) and on (buckets of {@code --bucket-mb}, each reduced on the
  * communication lane as soon as the backward finished it), alternating the two for {@code --rounds} rounds: the
- * median step time of each (the slowest rank's), their ratio, and per step the time the gradient reductions ran and the part the rank waited for them after
- * its backward; hidden = 1 - waited / ran. On a machine with fewer free cores than ranks plus lanes the
+ * median step time of each (the slowest rank's), their ratio, and per step the time the gradient reductions
+ * ran and the part the rank waited for them after its backward; hidden = 1 - waited / ran. On a machine with fewer free cores than ranks plus lanes the
  * lane competes with the backward for a core, and less is hidden.
  *
  * <p>Memory. Per rank, the bytes the device holds for parameters, gradients and optimizer state, per
