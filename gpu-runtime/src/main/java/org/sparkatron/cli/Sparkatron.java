@@ -63,6 +63,9 @@ public final class Sparkatron {
         } catch (Args.UsageException | IllegalArgumentException e) {
             err.println("sparkatron " + cmd + ": " + e.getMessage());
             return 2;
+        } catch (Failure e) {
+            err.println("sparkatron " + cmd + ": " + e.getMessage());
+            return 1;
         } catch (java.io.IOException e) {
             err.println("sparkatron " + cmd + ": " + e);
             return 2;
@@ -115,6 +118,7 @@ public final class Sparkatron {
         if (steps < 1) {
             throw new IllegalArgumentException("--steps must be >= 1, got " + steps);
         }
+        refuseOverwritingInput(outDir, modelDir, "--model");
         Transformer model = ModelStore.load(modelDir, new CpuKernels(), precision);
         List<int[]> seqs = TokenFile.read(tokens, model.config().vocabSize());
         PackedSamples data = samples(seqs, seqLen, model.config(), seed);
@@ -125,6 +129,26 @@ public final class Sparkatron {
             out.println(trainer.step().toJson());
         }
         ModelStore.save(model, outDir);
+    }
+
+    /**
+     * Refuses an output directory that is the input model's: the input would be replaced by the result
+     * (and lost if the run fails half-way through the save).
+     */
+    static void refuseOverwritingInput(Path out, Path input, String inputOption) throws java.io.IOException {
+        boolean same = out.toAbsolutePath().normalize().equals(input.toAbsolutePath().normalize())
+                || (java.nio.file.Files.exists(out) && java.nio.file.Files.exists(input) && java.nio.file.Files.isSameFile(out, input));
+        if (same) {
+            throw new IllegalArgumentException("--out " + out + " is the " + inputOption + " directory: the input model would be "
+                    + "overwritten; give another --out");
+        }
+    }
+
+    /** A failure that is not the user's input (e.g. a non-finite result): one line, exit status 1. */
+    static final class Failure extends RuntimeException {
+        Failure(String message) {
+            super(message);
+        }
     }
 
     /**
@@ -186,7 +210,11 @@ public final class Sparkatron {
                 count += (long) b * t;
             }
         }
-        out.printf(Locale.ROOT, "{\"loss\": %.6f, \"tokens\": %d}%n", sum / count, count);
+        double loss = sum / count;
+        if (!Double.isFinite(loss)) { // JSON has no NaN: never print it as a result
+            throw new Failure("the loss over " + tokens + " is " + loss + " (not finite): the model overflows on this input");
+        }
+        out.printf(Locale.ROOT, "{\"loss\": %.6f, \"tokens\": %d}%n", loss, count);
     }
 
 }

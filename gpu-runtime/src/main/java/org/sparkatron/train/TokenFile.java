@@ -19,10 +19,16 @@ public final class TokenFile {
 
     /** Reads every sequence, checking ids against {@code vocabSize}. */
     public static List<int[]> read(Path path, int vocabSize) throws IOException {
+        if (Files.isDirectory(path)) {
+            throw new IllegalArgumentException(path + ": is a directory, expected a token file (one sequence of ids per line)");
+        }
+        if (!Files.exists(path)) {
+            throw new IllegalArgumentException(path + ": no such token file");
+        }
         List<int[]> out = new ArrayList<>();
+        int lineNo = 0;
         try (BufferedReader r = Files.newBufferedReader(path, StandardCharsets.UTF_8)) {
             String line;
-            int lineNo = 0;
             while ((line = r.readLine()) != null) {
                 lineNo++;
                 if (line.isBlank()) {
@@ -30,6 +36,11 @@ public final class TokenFile {
                 }
                 out.add(parseLine(path, lineNo, line, vocabSize));
             }
+        } catch (java.nio.charset.CharacterCodingException e) {
+            throw new IllegalArgumentException(path + ":" + (lineNo + 1) + ": not a text token file (bytes that are not UTF-8 text; "
+                    + "a binary file such as a Megatron .bin is read with --input_format megatron by ./sparkatron train)", e);
+        } catch (IOException e) {
+            throw new IOException(path + ": cannot read the token file: " + e, e);
         }
         if (out.isEmpty()) {
             throw new IllegalArgumentException(path + ": no token sequences (the file is empty)");

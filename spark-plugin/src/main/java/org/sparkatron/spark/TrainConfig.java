@@ -11,6 +11,7 @@ import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.Map;
 import java.util.Set;
+import org.sparkatron.model.ConfigJson;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.optim.LrSchedule;
 import org.sparkatron.precision.Precision;
@@ -37,9 +38,12 @@ import org.sparkatron.train.Trainer;
  */
 public final class TrainConfig implements Serializable {
     private static final long serialVersionUID = 1L;
-    static final ObjectMapper JSON = new ObjectMapper();
+    static final ObjectMapper JSON = ConfigJson.MAPPER; // refuses duplicate keys
 
     /** Every accepted key: anything else is refused so a typo never silently falls back to a default. */
+    /** The largest world (dp x tp x pp) a job may ask for. */
+    static final int MAX_WORLD = 4096;
+
     public static final Set<String> KEYS = Set.of("model", "dp", "tp", "tensor_parallel", "sequence_parallel", "pp", "global_batch", "micro_batch", "seq_len",
             "steps", "lr", "min_lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "seed", "input_col",
             "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format", "input_schema",
@@ -94,7 +98,7 @@ public final class TrainConfig implements Serializable {
             }
         }
         JsonNode m = o.get("model");
-        this.initFrom = o.hasNonNull("init_from") ? o.get("init_from").asText() : null;
+        this.initFrom = str(o, "init_from", null);
         if ((m == null || m.isNull()) && initFrom != null) { // the model directory's config.json
             m = InitFrom.config(initFrom, new org.apache.hadoop.conf.Configuration());
             o.set("model", m);
@@ -103,12 +107,16 @@ public final class TrainConfig implements Serializable {
             throw new IllegalArgumentException("config key 'model' is missing: give a Hugging Face config.json object or a path to one");
         }
         if (m.isTextual()) {
+            byte[] bytes;
             try {
-                m = JSON.readTree(Files.readAllBytes(Path.of(m.asText())));
-            } catch (IOException e) {
-                throw new IllegalArgumentException("cannot read model config '" + o.get("model").asText() + "': " + e.getMessage(), e);
+                bytes = Files.readAllBytes(Path.of(m.asText()));
+            } catch (IOException | java.nio.file.InvalidPathException e) {
+                throw new IllegalArgumentException("cannot read model config '" + m.asText() + "': " + e, e);
             }
+            m = ConfigJson.parse(bytes, "model config '" + m.asText() + "'");
             o.set("model", m);
+        } else if (!m.isObject()) {
+            throw new IllegalArgumentException("config key 'model' must be a config.json object or a path to one, got " + m);
         }
         ModelConfig mc;
         try {
@@ -125,11 +133,7 @@ public final class TrainConfig implements Serializable {
             }
             o.set("tp", alias);
         }
-        JsonNode spNode = o.get("sequence_parallel");
-        if (spNode != null && !spNode.isNull() && !spNode.isBoolean()) {
-            throw new IllegalArgumentException("config key 'sequence_parallel' must be true or false, got " + spNode);
-        }
-        this.sequenceParallel = spNode != null && spNode.asBoolean(false);
+        this.sequenceParallel = bool(o, "sequence_parallel", false);
         this.dp = intKey(o, "dp", 1, 1);
         this.tp = intKey(o, "tp", 1, 1);
         this.pp = intKey(o, "pp", 1, 1);
@@ -144,9 +148,9 @@ public final class TrainConfig implements Serializable {
         this.weightDecay = dblKey(o, "weight_decay", 0.1);
         this.gradClip = dblKey(o, "grad_clip", 1.0);
         this.seed = o.has("seed") ? requireLong(o, "seed") : 1234L;
-        this.inputCol = o.path("input_col").asText("tokens");
-        this.dropBadRows = o.path("drop_bad_rows").asBoolean(false);
-        this.output = o.hasNonNull("output") ? o.get("output").asText() : null;
+        this.inputCol = str(o, "input_col", "tokens");
+        this.dropBadRows = bool(o, "drop_bad_rows", false);
+        this.output = str(o, "output", null);
         this.commTimeoutMs = 1000L * intKey(o, "comm_timeout_s", 300, 1);
         double mb = dblKey(o, "bucket_mb", 25);
         if (!(mb > 0)) {
@@ -154,19 +158,19 @@ public final class TrainConfig implements Serializable {
         }
         this.bucketBytes = Math.max(4, (long) (mb * (1 << 20)));
         this.threadsPerRank = intKey(o, "threads_per_rank", 1, 1);
-        this.input = o.hasNonNull("input") ? o.get("input").asText() : null;
-        this.inputFormat = o.path("input_format").asText("parquet");
-        this.inputSchema = o.hasNonNull("input_schema") ? o.get("input_schema").asText() : null;
-        this.dataSplit = o.path("data_split").asText("100,0,0");
-        this.failRank = o.has("fail_rank") ? o.get("fail_rank").asInt() : -1;
-        this.failStep = o.has("fail_step") ? o.get("fail_step").asInt() : -1;
-        this.failAttempts = o.has("fail_attempts") ? o.get("fail_attempts").asInt() : 0;
-        this.checkpointDir = o.hasNonNull("checkpoint_dir") ? o.get("checkpoint_dir").asText() : null;
+        this.input = str(o, "input", null);
+        this.inputFormat = str(o, "input_format", "parquet");
+        this.inputSchema = str(o, "input_schema", null);
+        this.dataSplit = str(o, "data_split", "100,0,0");
+        this.failRank = intKey(o, "fail_rank", -1, -1);
+        this.failStep = intKey(o, "fail_step", -1, -1);
+        this.failAttempts = intKey(o, "fail_attempts", 0, 0);
+        this.checkpointDir = str(o, "checkpoint_dir", null);
         this.checkpointEvery = intKey(o, "checkpoint_every", 0, 0);
         this.keepCheckpoints = intKey(o, "keep_checkpoints", 2, 1);
-        this.startOver = o.path("start_over").asBoolean(false);
+        this.startOver = bool(o, "start_over", false);
         try {
-            this.precision = Precision.parse(o.path("precision").asText("fp32"));
+            this.precision = Precision.parse(str(o, "precision", "fp32"));
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("config key 'precision': " + e.getMessage(), e);
         }
@@ -175,6 +179,11 @@ public final class TrainConfig implements Serializable {
     }
 
     private void validate(ModelConfig mc) {
+        long world = (long) dp * tp * pp; // 64-bit: each factor may be up to 2^31 - 1
+        if (world > MAX_WORLD) {
+            throw new IllegalArgumentException("world size dp x tp x pp = " + dp + " x " + tp + " x " + pp + " = " + world
+                    + " is larger than " + MAX_WORLD);
+        }
         if (seqLen > mc.maxPositions()) {
             throw new IllegalArgumentException("seq_len " + seqLen + " exceeds the model's max positions " + mc.maxPositions());
         }
@@ -202,12 +211,13 @@ public final class TrainConfig implements Serializable {
     }
 
     public static TrainConfig load(Path file) throws IOException {
-        JsonNode n;
+        byte[] bytes;
         try {
-            n = JSON.readTree(Files.readAllBytes(file));
+            bytes = Files.readAllBytes(file);
         } catch (IOException e) {
-            throw new IOException("cannot read training config " + file + ": " + e.getMessage(), e);
+            throw new IOException("cannot read training config " + file + ": " + e, e);
         }
+        JsonNode n = ConfigJson.parse(bytes, file.toString());
         try {
             return fromJson(n);
         } catch (IllegalArgumentException e) {
@@ -215,7 +225,15 @@ public final class TrainConfig implements Serializable {
         }
     }
 
-    /** This config with {@code key} set to {@code value} (parsed as JSON when it parses, else a string). */
+    /** Keys whose values are strings: a command-line value for them is never read as a number or boolean. */
+    static final Set<String> STRING_KEYS = Set.of("input_col", "output", "input", "input_format", "input_schema", "checkpoint_dir",
+            "data_split", "precision", "init_from");
+
+    /**
+     * This config with {@code key} set to {@code value}, parsed as JSON when it parses, else a string (refused
+     * where a number or boolean belongs). For string keys, anything but a JSON string is the text itself
+     * ({@code --output 2024} is a directory name).
+     */
     public TrainConfig with(String key, String value) {
         JsonNode v;
         try {
@@ -224,6 +242,9 @@ public final class TrainConfig implements Serializable {
                 v = JSON.getNodeFactory().textNode(value);
             }
         } catch (IOException e) {
+            v = JSON.getNodeFactory().textNode(value);
+        }
+        if (STRING_KEYS.contains(key) && !v.isTextual()) {
             v = JSON.getNodeFactory().textNode(value);
         }
         return with(key, v);
@@ -294,7 +315,11 @@ public final class TrainConfig implements Serializable {
             if (i + 1 >= args.length) {
                 throw new IllegalArgumentException("option " + args[i] + " needs a value");
             }
-            out.put(args[i].substring(2), args[++i]);
+            String key = args[i].substring(2);
+            if (out.containsKey(key)) {
+                throw new IllegalArgumentException("option " + args[i] + " is given twice ('" + out.get(key) + "' and '" + args[i + 1] + "')");
+            }
+            out.put(key, args[++i]);
         }
         return out;
     }
@@ -313,6 +338,23 @@ public final class TrainConfig implements Serializable {
         return n.asInt();
     }
 
+    private static String str(ObjectNode o, String k, String dflt) {
+        return configValue(() -> ConfigJson.string(o, k, dflt));
+    }
+
+    private static boolean bool(ObjectNode o, String k, boolean dflt) {
+        return configValue(() -> ConfigJson.bool(o, k, dflt));
+    }
+
+    /** ConfigJson's refusals say "key 'x'": here it is a config key. */
+    private static <T> T configValue(java.util.function.Supplier<T> read) {
+        try {
+            return read.get();
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("config " + e.getMessage(), e);
+        }
+    }
+
     private static long requireLong(ObjectNode o, String k) {
         JsonNode n = o.get(k);
         if (!n.isIntegralNumber() || !n.canConvertToLong()) {
@@ -328,6 +370,9 @@ public final class TrainConfig implements Serializable {
         JsonNode n = o.get(k);
         if (!n.isNumber()) {
             throw new IllegalArgumentException("config key '" + k + "' must be a number, got " + n);
+        }
+        if (!Double.isFinite(n.asDouble())) {
+            throw new IllegalArgumentException("config key '" + k + "' must be a finite number, got " + n);
         }
         return n.asDouble();
     }
