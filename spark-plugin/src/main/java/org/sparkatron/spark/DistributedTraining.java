@@ -74,6 +74,7 @@ public final class DistributedTraining {
         SparkContext sc = df.sparkSession().sparkContext();
         Layout.validate(cfg);
         checkSparkSettings(sc, cfg.world());
+        checkWritable("checkpoint_dir", cfg.checkpointDir, sc.hadoopConfiguration());
         InitFrom.check(cfg, sc.hadoopConfiguration());
         TokenData.Prepared data = TokenData.prepare(df, cfg, cfg.model().vocabSize());
         String summary = String.format(java.util.Locale.ROOT,
@@ -100,12 +101,17 @@ public final class DistributedTraining {
         SparkContext sc = spark.sparkContext();
         Layout.validate(cfg);
         checkSparkSettings(sc, cfg.world());
+        checkWritable("checkpoint_dir", cfg.checkpointDir, sc.hadoopConfiguration());
         InitFrom.check(cfg, sc.hadoopConfiguration());
         Map<String, String> hadoopConf = new HashMap<>();
         for (Map.Entry<String, String> e : sc.hadoopConfiguration()) {
             hadoopConf.put(e.getKey(), e.getValue());
         }
         String summary = MegatronInput.validate(cfg, hadoopConf);
+        String scanned = TokenIdScan.check(sc, cfg, hadoopConf);
+        if (!scanned.isEmpty()) {
+            summary += "; " + scanned;
+        }
         LOG.info("sparkatron: {}", summary);
         if (console != null) {
             console.println("[sparkatron] data: " + summary);
@@ -131,7 +137,8 @@ public final class DistributedTraining {
         String previousDescription = sc.getLocalProperty("spark.job.description");
         // metrics.jsonl is written live, step by step, as rank 0's reports reach the driver
         try (MetricsLog live = cfg.output == null ? null : new MetricsLog(cfg.output, sc.hadoopConfiguration());
-             ProgressServer progress = new ProgressServer(bind, advertise, secret, cfg.steps, console, live)) {
+             ProgressServer progress = new ProgressServer(bind, advertise, secret, cfg.steps, console, live);
+             FailFast failFast = new FailFast(sc)) {
             // a failed rank makes Spark kill the others; interrupting them frees their slots at once
             sc.setLocalProperty("spark.job.interruptOnCancel", "true");
             sc.setLocalProperty("spark.job.description", "sparkatron training: " + cfg.world() + " ranks, " + cfg.steps + " steps");
@@ -141,8 +148,12 @@ public final class DistributedTraining {
             ShuffledRDD<Integer, byte[], byte[]> closing = new ShuffledRDD<>(ranks, new HashPartitioner(1),
                     TokenData.tag(Integer.class), TokenData.tag(byte[].class), TokenData.tag(byte[].class));
             closing.setSerializer(KryoRegistration.serializer(conf));
-            List<byte[]> bytes = JavaRDD.fromRDD(closing, TokenData.tag(Tuple2.class))
-                    .map(t -> ((Tuple2<?, byte[]>) t)._2()).collect();
+            List<byte[]> bytes;
+            try {
+                bytes = JavaRDD.fromRDD(closing, TokenData.tag(Tuple2.class)).map(t -> ((Tuple2<?, byte[]>) t)._2()).collect();
+            } catch (Exception e) { // SparkException is checked to javac; a rank's DeterministicFailure: its message, not Spark's
+                throw failFast.outcome(e);
+            }
             List<RankReport> reports = new ArrayList<>();
             for (byte[] b : bytes) {
                 reports.add(RankReport.fromBytes(b));
@@ -196,6 +207,35 @@ public final class DistributedTraining {
                     + "offers " + slots + " (master " + sc.master() + ", spark.task.cpus=" + conf.get("spark.task.cpus", "1")
                     + (gpu != null ? ", spark.task.resource.gpu.amount=" + gpu : "") + "); use fewer ranks or more executors/cores"
                     + (sc.isLocal() ? " (local[N] gives N slots)" : ""));
+        }
+    }
+
+    /**
+     * Refuses a directory the job will write to but cannot ({@code key} names the config key): creates it if
+     * needed, then writes and deletes a probe file -- so a read-only checkpoint directory is found before
+     * training, not at the first save, on every attempt.
+     */
+    static void checkWritable(String key, String dir, org.apache.hadoop.conf.Configuration conf) {
+        if (dir == null) {
+            return;
+        }
+        org.apache.hadoop.fs.Path root = new org.apache.hadoop.fs.Path(dir);
+        org.apache.hadoop.fs.Path probe = new org.apache.hadoop.fs.Path(root, "_sparkatron_write_probe-" + java.util.UUID.randomUUID());
+        try {
+            FileSystem fs = root.getFileSystem(conf);
+            if (fs.exists(root) && !fs.getFileStatus(root).isDirectory()) {
+                throw new IllegalArgumentException(key + " '" + dir + "' is a file, not a directory");
+            }
+            if (!fs.mkdirs(root)) {
+                throw new IOException("cannot create the directory");
+            }
+            fs.create(probe, false).close();
+            fs.delete(probe, false);
+        } catch (IOException | RuntimeException e) {
+            if (e instanceof IllegalArgumentException iae && iae.getMessage().startsWith(key)) {
+                throw iae;
+            }
+            throw new IllegalArgumentException(key + " '" + dir + "' is not writable: " + e.getMessage(), e);
         }
     }
 

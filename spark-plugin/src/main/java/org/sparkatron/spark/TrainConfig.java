@@ -48,7 +48,7 @@ public final class TrainConfig implements Serializable {
             "steps", "lr", "min_lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "seed", "input_col",
             "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format", "input_schema",
             "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over",
-            "data_split", "precision", "init_from");
+            "data_split", "precision", "init_from", "check_token_ids", "fail_mode");
 
     private final String json; // the full, normalised config
 
@@ -76,6 +76,9 @@ public final class TrainConfig implements Serializable {
     /** Fault injection for the failure tests: rank {@code failRank} throws at step {@code failStep} on the
      *  first {@code failAttempts} attempts of the stage (-1: never). Documented in docs/spark.md. */
     public final int failRank, failStep, failAttempts;
+    /** How the injected failure happens: "throw" [default], or "freeze": the task thread blocks and ignores
+     *  interrupts, as a thread stuck in native code or a GPU kernel would (docs/spark.md, frozen ranks). */
+    public final String failMode;
     /**
      * Checkpoints (see docs/checkpoints.md): root directory on any Hadoop path [none: no checkpoints],
      * steps between saves [0: only at the end], how many to keep [2], and whether to delete existing
@@ -89,6 +92,8 @@ public final class TrainConfig implements Serializable {
     /** A Hugging Face model directory (any Hadoop path) whose weights replace the seed initialisation
      *  [none]; its config.json is the model config when {@code model} is not given ({@link InitFrom}). */
     public final String initFrom;
+    /** With Megatron input: scan bare datasets' token ids against the vocabulary before launch [true] ({@link TokenIdScan}). */
+    public final boolean checkTokenIds;
 
     private TrainConfig(ObjectNode o) {
         for (Iterator<String> it = o.fieldNames(); it.hasNext(); ) {
@@ -165,10 +170,15 @@ public final class TrainConfig implements Serializable {
         this.failRank = intKey(o, "fail_rank", -1, -1);
         this.failStep = intKey(o, "fail_step", -1, -1);
         this.failAttempts = intKey(o, "fail_attempts", 0, 0);
+        this.failMode = str(o, "fail_mode", "throw");
+        if (!failMode.equals("throw") && !failMode.equals("freeze")) {
+            throw new IllegalArgumentException("config key 'fail_mode' must be \"throw\" or \"freeze\", got \"" + failMode + "\"");
+        }
         this.checkpointDir = str(o, "checkpoint_dir", null);
         this.checkpointEvery = intKey(o, "checkpoint_every", 0, 0);
         this.keepCheckpoints = intKey(o, "keep_checkpoints", 2, 1);
         this.startOver = bool(o, "start_over", false);
+        this.checkTokenIds = bool(o, "check_token_ids", true);
         try {
             this.precision = Precision.parse(str(o, "precision", "fp32"));
         } catch (IllegalArgumentException e) {

@@ -42,6 +42,9 @@ public final class TrainMain {
         } catch (IllegalArgumentException e) {
             System.err.println("sparkatron train: refused: " + e.getMessage());
             code = 2;
+        } catch (DeterministicFailure e) { // ended at once: a retry would fail the same way
+            System.err.println("sparkatron train: failed: " + e.getMessage());
+            code = 1;
         } finally {
             spark.stop();
         }
