@@ -76,6 +76,7 @@ public final class DistributedTraining {
         checkSparkSettings(sc, cfg.world());
         checkWritable("checkpoint_dir", cfg.checkpointDir, sc.hadoopConfiguration());
         InitFrom.check(cfg, sc.hadoopConfiguration());
+        checkNotAnInput(cfg);
         TokenData.Prepared data = TokenData.prepare(df, cfg, cfg.model().vocabSize());
         String summary = String.format(java.util.Locale.ROOT,
                 "%d documents, %d tokens, %d samples of %d tokens per epoch, %d epoch(s) for %d steps x %d samples%s",
@@ -103,6 +104,7 @@ public final class DistributedTraining {
         checkSparkSettings(sc, cfg.world());
         checkWritable("checkpoint_dir", cfg.checkpointDir, sc.hadoopConfiguration());
         InitFrom.check(cfg, sc.hadoopConfiguration());
+        checkNotAnInput(cfg);
         Map<String, String> hadoopConf = new HashMap<>();
         for (Map.Entry<String, String> e : sc.hadoopConfiguration()) {
             hadoopConf.put(e.getKey(), e.getValue());
@@ -135,6 +137,9 @@ public final class DistributedTraining {
         String advertise = conf.get("spark.driver.host", bind);
         String previousInterrupt = sc.getLocalProperty("spark.job.interruptOnCancel");
         String previousDescription = sc.getLocalProperty("spark.job.description");
+        // results go to a staging directory, moved into place when the job succeeds; it also proves now,
+        // before training, that the output can be written
+        OutputCommit commit = cfg.output == null ? null : OutputCommit.begin(cfg.output, sc.hadoopConfiguration());
         // metrics.jsonl is written live, step by step, as rank 0's reports reach the driver
         try (MetricsLog live = cfg.output == null ? null : new MetricsLog(cfg.output, sc.hadoopConfiguration());
              ProgressServer progress = new ProgressServer(bind, advertise, secret, cfg.steps, console, live);
@@ -167,7 +172,7 @@ public final class DistributedTraining {
             }
             Result result = new Result(model, first.metrics(), reports, stats[0], stats[1], stats[2], stats[3], (int) stats[4]);
             if (cfg.output != null) {
-                save(result, cfg.output, sc, live);
+                save(result, commit, sc, live);
                 if (console != null) {
                     console.println("[sparkatron] saved model, metrics.jsonl and ranks.json to " + cfg.output);
                 }
@@ -176,6 +181,9 @@ public final class DistributedTraining {
         } catch (IOException e) {
             throw new IllegalStateException("sparkatron: " + e.getMessage(), e);
         } finally {
+            if (commit != null) {
+                commit.abort(); // a no-op after a commit; after a failure, the previous results stay as they were
+            }
             sc.setLocalProperty("spark.job.interruptOnCancel", previousInterrupt);
             sc.setLocalProperty("spark.job.description", previousDescription);
         }
@@ -189,6 +197,10 @@ public final class DistributedTraining {
     static void checkSparkSettings(SparkContext sc, int world) {
         SparkConf conf = sc.getConf();
         checkDynamicAllocation(conf);
+        String reaper = frozenRankWarning(conf, sc.isLocal());
+        if (reaper != null) {
+            LOG.warn("sparkatron: {}", reaper);
+        }
         long waitMs = (long) (conf.getDouble(SLOT_WAIT_CONF, 60) * 1000);
         long deadline = System.currentTimeMillis() + waitMs;
         int slots = sc.maxNumConcurrentTasks(sc.resourceProfileManager().defaultResourceProfile());
@@ -239,6 +251,22 @@ public final class DistributedTraining {
         }
     }
 
+    /**
+     * A warning when, on a cluster, a rank frozen in native code would hold its slot until it ends by itself:
+     * Spark's task reaper is off or never kills ({@code spark.task.reaper.killTimeout} -1, the default).
+     * Null when the reaper will end such a rank's executor, or in local mode (where nothing can).
+     */
+    static String frozenRankWarning(SparkConf conf, boolean local) {
+        boolean enabled = conf.getBoolean("spark.task.reaper.enabled", false);
+        long killMs = conf.getTimeAsMs("spark.task.reaper.killTimeout", "-1");
+        if (local || (enabled && killMs >= 0)) {
+            return null;
+        }
+        return "spark.task.reaper is " + (enabled ? "on without a killTimeout" : "off") + ": a rank stuck in native code or a "
+                + "GPU kernel after a failure would keep its slot and the retry would wait for it; set "
+                + "spark.task.reaper.enabled=true and spark.task.reaper.killTimeout=60s (./sparkatron train sets them)";
+    }
+
     static void checkDynamicAllocation(SparkConf conf) {
         if (conf.getBoolean("spark.dynamicAllocation.enabled", false)) {
             throw new IllegalArgumentException("spark.dynamicAllocation.enabled=true: barrier training needs a fixed set of "
@@ -247,19 +275,54 @@ public final class DistributedTraining {
     }
 
     /**
-     * Writes the model (HF layout), metrics.jsonl (the whole trajectory: steps before a resume come from
-     * the live reports, see {@link MetricsLog}) and ranks.json under {@code output} on its FileSystem.
+     * Writes the model (HF layout) and ranks.json into the staging directory and commits them into the
+     * output ({@link OutputCommit}), then metrics.jsonl (the whole trajectory: steps before a resume come
+     * from the live reports, see {@link MetricsLog}).
      */
-    static void save(Result r, String output, SparkContext sc, MetricsLog live) throws IOException {
-        SparkatronModel.of(r.model()).save(output, sc.hadoopConfiguration());
-        org.apache.hadoop.fs.Path out = new org.apache.hadoop.fs.Path(output);
+    static void save(Result r, OutputCommit commit, SparkContext sc, MetricsLog live) throws IOException {
+        SparkatronModel.of(r.model()).writeFiles(commit.staging(), sc.hadoopConfiguration());
+        org.apache.hadoop.fs.Path out = new org.apache.hadoop.fs.Path(commit.staging());
         FileSystem fs = out.getFileSystem(sc.hadoopConfiguration());
-        live.finish(r.metrics());
         List<String> ranks = new ArrayList<>();
         for (RankReport rr : r.ranks()) {
             ranks.add(rr.describe());
         }
         writeLines(fs, new org.apache.hadoop.fs.Path(out, "ranks.json"), List.of("[" + String.join(",\n ", ranks) + "]"));
+        commit.commit();
+        live.finish(r.metrics());
+    }
+
+    /**
+     * Refuses an output that would overwrite an input: the training data ({@code input}, or a path under
+     * it: the model files would join the dataset) or the {@code init_from} model directory. Paths are
+     * compared normalised (local ones made absolute), not resolved through links.
+     */
+    static void checkNotAnInput(TrainConfig cfg) {
+        if (cfg.output == null) {
+            return;
+        }
+        String out = normal(cfg.output);
+        if (cfg.initFrom != null && out.equals(normal(cfg.initFrom))) {
+            throw new IllegalArgumentException("output '" + cfg.output + "' is the init_from model directory: the job would "
+                    + "overwrite its own starting model; give another output");
+        }
+        if (cfg.input != null) {
+            for (String in : cfg.input.split(",")) {
+                String i = normal(in.strip());
+                if (out.equals(i) || out.startsWith(i + "/")) {
+                    throw new IllegalArgumentException("output '" + cfg.output + "' is " + (out.equals(i) ? "" : "inside ")
+                            + "the input '" + in.strip() + "': the model files would be written into the training data; give another output");
+                }
+            }
+        }
+    }
+
+    /** A comparable form of a path: local paths absolute and normalised, others as their normalised URI. */
+    private static String normal(String path) {
+        java.net.URI u = new org.apache.hadoop.fs.Path(path).toUri().normalize();
+        String p = u.getScheme() == null || u.getScheme().equals("file")
+                ? java.nio.file.Path.of(u.getPath()).toAbsolutePath().normalize().toString() : u.toString();
+        return p.endsWith("/") && p.length() > 1 ? p.substring(0, p.length() - 1) : p;
     }
 
     private static void writeLines(FileSystem fs, org.apache.hadoop.fs.Path p, List<String> lines) throws IOException {

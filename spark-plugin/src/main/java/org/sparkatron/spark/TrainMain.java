@@ -69,6 +69,7 @@ public final class TrainMain {
         if (cfg.output == null) {
             throw new IllegalArgumentException("config key 'output' (where the model is saved) is missing");
         }
+        DistributedTraining.checkNotAnInput(cfg);
         DistributedTraining.Result r = MegatronInput.FORMAT.equals(cfg.inputFormat)
                 ? DistributedTraining.runMegatron(spark, cfg, out) : DistributedTraining.run(read(spark, cfg), cfg, out);
         out.printf(java.util.Locale.ROOT, "[sparkatron] done: loss %.4f -> %.4f over %d steps%n", r.firstLoss(), r.lastLoss(), r.metrics().size());
@@ -92,10 +93,25 @@ public final class TrainMain {
         return df;
     }
 
-    /** The session spark-submit configured, or local[slots] when no master was given. */
+    /**
+     * Spark settings the training commands default to unless the user set them: Spark's task reaper, so a
+     * rank whose thread will not end after Spark killed it (stuck in native code or a GPU kernel) takes its
+     * executor JVM down within a minute and the retried stage gets its slot back (docs/spark.md, frozen
+     * ranks). Executors receive them from the driver; they have no effect in local mode.
+     */
+    static final Map<String, String> DEFAULTS = Map.of(
+            "spark.task.reaper.enabled", "true",
+            "spark.task.reaper.killTimeout", "60s");
+
+    /** The session spark-submit configured, or local[slots] when no master was given; {@link #DEFAULTS} added. */
     static SparkSession session(String name, int slots) {
         SparkConf conf = new SparkConf();
         SparkSession.Builder b = SparkSession.builder().appName(name);
+        DEFAULTS.forEach((k, v) -> {
+            if (!conf.contains(k)) {
+                b.config(k, v);
+            }
+        });
         if (!conf.contains("spark.master")) {
             b.master("local[" + slots + "]").config("spark.ui.enabled", "false")
                     .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
