@@ -34,7 +34,12 @@ import org.sparkatron.train.Trainer;
  * schema for sources such as json: {@code "tokens array<int>"}). With {@code input_format} "megatron" the
  * input is a Megatron indexed dataset instead ({@link MegatronInput}: a {@code prepare} output directory
  * or comma-separated {@code .bin}/{@code .idx} prefixes) and {@code data_split} ["100,0,0"] picks the
- * training part as Megatron's {@code --split} does.
+ * training part as Megatron's {@code --split} does, and {@code check_token_ids} [true] scans bare datasets'
+ * ids before launch.
+ *
+ * <p>Every value is type- and range-checked ({@link ConfigJson}): unknown keys, keys given twice, strings
+ * where numbers or booleans belong and non-finite numbers are refused with the key and value, and the
+ * world size is computed in 64 bits.
  */
 public final class TrainConfig implements Serializable {
     private static final long serialVersionUID = 1L;
