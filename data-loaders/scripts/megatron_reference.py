@@ -181,13 +181,17 @@ def fixtures(out):
         ends.append(ends[-1] + x)
     golden["split"] = {"split": "80,15,5",
                        "ranges": [[int(round(ends[i] * 40.0)), int(round(ends[i + 1] * 40.0))] for i in range(3)]}
-    # blending: weights [0.3, 0.7] -> normalized; per-dataset sizes with Megatron's arithmetic
+    # blending: the builder normalizes the weights (per-dataset sizes with Megatron's arithmetic), and
+    # BlendedDataset normalizes them again before build_blending_indices: the last bits of the twice
+    # normalized weights decide ties (0.7, 0.2, 0.1 orders differently with once-normalized weights)
     blends = []
-    for raw, size in [([0.3, 0.7], 1000), ([1, 2, 3], 777), ([5.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.5], 5000)]:
-        wn = (np.array(raw, dtype=np.float64) / np.sum(np.array(raw, dtype=np.float64))).tolist()
+    normalize = lambda w: (np.array(w, dtype=np.float64) / np.sum(np.array(w, dtype=np.float64))).tolist()
+    for raw, size in [([0.3, 0.7], 1000), ([1, 2, 3], 777), ([5.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.5], 5000),
+                      ([0.7, 0.2, 0.1], 3000)]:
+        wn = normalize(raw)
         target = [int(math.ceil(math.ceil(size * x) * (1 + 0.0))) for x in wn]
         buffer = [int(math.ceil(math.ceil(size * x) * (1 + 0.005))) for x in wn]
-        index, counts = blending(wn, sum(target))
+        index, counts = blending(normalize(wn), sum(target))
         blends.append({"weights": raw, "size": size, "normalized": wn, "target": target, "buffer": buffer,
                        "counts": counts, "first_index": index[:200]})
     golden["blending"] = blends

@@ -11,11 +11,13 @@ import java.nio.file.Paths;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
+import org.sparkatron.data.gpt.BlendedDataset;
 import org.sparkatron.data.gpt.Blending;
 import org.sparkatron.data.gpt.GptConfig;
 import org.sparkatron.data.gpt.GptDataset;
 import org.sparkatron.data.gpt.GptIndices;
 import org.sparkatron.data.gpt.NumpyRandomState;
+import org.sparkatron.data.gpt.SampleDataset;
 import org.sparkatron.data.gpt.Splits;
 import org.sparkatron.data.indexed.IndexedDataset;
 
@@ -114,6 +116,24 @@ class MegatronGoldenTest {
         }
     }
 
+    /** A dataset of {@code n} samples whose tokens are its sample number: enough to blend. */
+    record Lengthy(long n) implements SampleDataset {
+        @Override
+        public long length() {
+            return n;
+        }
+
+        @Override
+        public int sampleLength() {
+            return 1;
+        }
+
+        @Override
+        public void sample(long idx, int[] out, int off) {
+            out[off] = (int) idx;
+        }
+    }
+
     @Test
     void blendingCountsEqualMegatrons() {
         for (JsonNode b : golden.get("blending")) {
@@ -136,7 +156,12 @@ class MegatronGoldenTest {
                 assertEquals(b.get("buffer").get(i).asLong(), buffer[i]);
                 total += target[i];
             }
-            Blending.Indices ind = Blending.build(norm, total);
+            // The builder hands BlendedDataset the once-normalized weights; it normalizes them again.
+            SampleDataset[] members = new SampleDataset[w.length];
+            for (int i = 0; i < w.length; i++) {
+                members[i] = new Lengthy(buffer[i]);
+            }
+            Blending.Indices ind = new BlendedDataset(members, norm, total).indices();
             for (int i = 0; i < w.length; i++) {
                 assertEquals(b.get("counts").get(i).asLong(), ind.countsPerDataset()[i], "count of dataset " + i);
             }

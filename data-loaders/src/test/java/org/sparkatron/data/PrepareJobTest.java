@@ -130,6 +130,34 @@ class PrepareJobTest {
         assertEquals(expected, back);
     }
 
+    /**
+     * The same documents (empty ones and literal end-of-text markers among them) as JSON lines and as
+     * text lines give byte for byte the .bin/.idx that Megatron's preprocess_data encoding wrote with its
+     * Hugging Face tokenizer path (fixtures of MegatronCoreGoldenTest), for GPT-2 and a tokenizer.json.
+     */
+    @Test
+    void shardsEqualMegatronsPreprocessData() throws Exception {
+        SparkSession spark = SparkTestSession.get();
+        Path golden = Path.of(getClass().getResource("/megatron_core/golden.json").toURI()).getParent();
+        String tinyJson = Path.of(getClass().getResource("/tokenizer/tiny_bpe_tokenizer.json").toURI()).toString();
+        for (String format : new String[] {"jsonl", "text"}) {
+            for (String tokenizer : new String[] {"gpt2", tinyJson}) {
+                String expected = tokenizer.equals("gpt2") ? "prepare_gpt2" : "prepare_tiny";
+                String out = tmp.resolve(format + "-" + expected).toString();
+                String input = golden.resolve(format.equals("text") ? "prepare_input.txt" : "prepare_input.jsonl").toString();
+                PrepareJob.Report r = PrepareJob.run(spark, PrepareJob.Options.parse(new String[] {"--input", input,
+                    "--format", format, "--tokenizer", tokenizer, "--output", out}), null);
+                assertEquals(1, r.shards(), format + " " + expected);
+                assertEquals(12, r.documents(), format + " " + expected);
+                for (String ext : new String[] {".idx", ".bin"}) {
+                    assertArrayEquals(Files.readAllBytes(golden.resolve(expected + ext)),
+                            Files.readAllBytes(Path.of(out, "shard-00000" + ext)),
+                            format + " with " + expected + ": shard" + ext + " must be byte for byte Megatron's");
+                }
+            }
+        }
+    }
+
     @Test
     void badInputIsRefusedClearly() throws Exception {
         SparkSession spark = SparkTestSession.get();

@@ -28,19 +28,31 @@ class TokenizerTest {
         "text with <|endoftext|> inside", ""};
 
     @Test
-    void gpt2KnownIdsAndRoundTrip() {
+    void gpt2KnownIdsAndRoundTrip() throws Exception {
         TextTokenizer t = TokenizerSpec.gpt2().create();
         // "Hello world" is [15496, 995] in GPT-2's vocabulary (as tiktoken and HF's gpt2 both give).
         assertArrayEquals(new int[] {15496, 995}, t.encode("Hello world"));
         assertArrayEquals(new int[] {15496, 995, 50256}, t.encodeDocument("Hello world"));
         assertEquals(50256, t.eodId());
         assertEquals(50257, t.vocabSize());
+        assertArrayEquals(new int[0], t.encodeDocument(""), "an empty document has no end-of-document (Megatron's preprocess_data)");
+        TextTokenizer legacy = TokenizerSpec.parse("gpt2-legacy", null, Map.of()).create();
         for (String s : TEXTS) {
             int[] ids = t.encode(s);
+            int specials = 0;
             for (int id : ids) {
-                assertTrue(id >= 0 && id < Gpt2Tokenizer.EOD, "ordinary text never yields the end-of-text id: " + id);
+                assertTrue(id >= 0 && id <= Gpt2Tokenizer.EOD, "id " + id);
+                specials += id == Gpt2Tokenizer.EOD ? 1 : 0;
             }
+            // Megatron Core's GPT2BPETokenizer (Hugging Face's GPT2Tokenizer): the literal is the special token.
+            assertEquals(s.split(java.util.regex.Pattern.quote(Gpt2Tokenizer.END_OF_TEXT), -1).length - 1, specials, s);
             assertEquals(s, t.decode(ids));
+            // --legacy-tokenizer: ordinary text, never the end-of-text id.
+            int[] legacyIds = legacy.encode(s);
+            for (int id : legacyIds) {
+                assertTrue(id >= 0 && id < Gpt2Tokenizer.EOD, "legacy: ordinary text never yields the end-of-text id: " + id);
+            }
+            assertEquals(s, legacy.decode(legacyIds));
         }
     }
 

@@ -4,6 +4,7 @@ import java.io.IOException;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
+import org.sparkatron.data.gpt.Blending;
 import org.sparkatron.data.gpt.DatasetSampleSource;
 import org.sparkatron.data.gpt.GptConfig;
 import org.sparkatron.data.gpt.GptDatasetBuilder;
@@ -150,7 +151,7 @@ final class MegatronInput {
             }
             long need = (long) cfg.steps * cfg.globalBatch;
             SampleDataset[] splits = GptDatasetBuilder.build(datasets, weights, cfg.dataSplit, new Long[] {need, null, null},
-                    GptConfig.of(cfg.seqLen, cfg.seed), 1.005, false);
+                    GptConfig.of(cfg.seqLen, cfg.seed), Blending.DEFAULT_SURPLUS, false);
             if (splits[0] == null) {
                 throw new IllegalArgumentException("data_split '" + cfg.dataSplit + "' leaves no training documents in '" + cfg.input + "'");
             }

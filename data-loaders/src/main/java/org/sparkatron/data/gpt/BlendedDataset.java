@@ -5,14 +5,26 @@ import java.io.IOException;
 /**
  * Megatron's {@code BlendedDataset}: several {@link SampleDataset}s mixed by weight. Sample {@code i}
  * is sample {@code datasetSampleIndex[i]} of dataset {@code datasetIndex[i]}, per {@link Blending}.
- * Threading: immutable; concurrent reads are safe.
+ *
+ * <p>As Megatron's constructor does, every weight must be positive; with a size the weights are
+ * normalized here (again, when the builder already normalized them: the twice-normalized values are
+ * the ones Megatron's {@code build_blending_indices} receives, and their last bits decide ties), and
+ * without a size they are whole sample counts, blended exhaustively.
+ *
+ * <p>Threading: immutable; concurrent reads are safe. Failure: bad weights or a blend that draws
+ * more samples from a dataset than it has are refused with {@link IllegalArgumentException}.
  */
 public final class BlendedDataset implements SampleDataset {
     private final SampleDataset[] datasets;
+    private final double[] weights;
     private final Blending.Indices indices;
 
-    /** Blends by normalized weights to {@code size} samples; or exhaustively when weights are null. */
-    public BlendedDataset(SampleDataset[] datasets, double[] normalizedWeights, Long size) {
+    /**
+     * @param weights positive weights (normalized here) when {@code size} is given; otherwise the whole
+     *                number of samples to take from each dataset (Megatron passes their lengths)
+     * @param size    blended samples, or null for the exhaustive blend
+     */
+    public BlendedDataset(SampleDataset[] datasets, double[] weights, Long size) {
         this.datasets = datasets.clone();
         int sampleLength = datasets[0].sampleLength();
         for (SampleDataset d : datasets) {
@@ -21,19 +33,27 @@ public final class BlendedDataset implements SampleDataset {
                         + d.sampleLength());
             }
         }
-        if (normalizedWeights != null) {
-            if (normalizedWeights.length != datasets.length) {
-                throw new IllegalArgumentException(datasets.length + " datasets but " + normalizedWeights.length + " weights");
+        if (weights.length != datasets.length) {
+            throw new IllegalArgumentException(datasets.length + " datasets but " + weights.length + " weights");
+        }
+        for (int d = 0; d < weights.length; d++) {
+            if (!(weights[d] > 0) || Double.isInfinite(weights[d])) {
+                throw new IllegalArgumentException("blend weight of dataset " + d + " is " + weights[d]
+                        + "; Megatron requires every weight of a blend to be positive and finite");
             }
-            if (size == null) {
-                throw new IllegalArgumentException("blending by weights needs a size");
-            }
-            this.indices = Blending.build(normalizedWeights, size);
+        }
+        if (size != null) {
+            this.weights = Blending.normalize(weights);
+            this.indices = Blending.build(this.weights, size);
         } else {
-            long[] sizes = new long[datasets.length];
+            long[] sizes = new long[weights.length];
             for (int i = 0; i < sizes.length; i++) {
-                sizes[i] = datasets[i].length();
+                if (weights[i] != Math.rint(weights[i])) {
+                    throw new IllegalArgumentException("an exhaustive blend (no size) takes whole sample counts, got " + weights[i]);
+                }
+                sizes[i] = (long) weights[i];
             }
+            this.weights = weights.clone();
             this.indices = Blending.buildExhaustive(sizes);
         }
         for (int d = 0; d < datasets.length; d++) {
@@ -46,6 +66,16 @@ public final class BlendedDataset implements SampleDataset {
 
     public Blending.Indices indices() {
         return indices;
+    }
+
+    /** The weights the blending indices were built from (Megatron's {@code BlendedDataset.weights}). */
+    public double[] weights() {
+        return weights.clone();
+    }
+
+    /** The blended datasets, in blend order. */
+    public SampleDataset dataset(int i) {
+        return datasets[i];
     }
 
     @Override

@@ -8,11 +8,17 @@ import org.sparkatron.data.indexed.IndexedDataset;
  * does for a {@code blend} and a {@code split} (one distribution, split by ratio):
  * <ul>
  *   <li>one dataset without weights: a {@link GptDataset} per split with the requested sizes;</li>
- *   <li>with weights: each dataset's split built with {@code ceil(ceil(size * w) * (1 + surplus))}
- *       samples, blended to {@code sum(ceil(size * w))} samples by {@link Blending#build};</li>
- *   <li>several datasets without weights: blended in proportion to their lengths, to
- *       {@code min(size, total)} samples, or exhaustively when the size is null.</li>
+ *   <li>with weights: the weights normalized once; each dataset's split built with
+ *       {@code ceil(ceil(size * w) * (1 + surplus))} samples, and blended to {@code sum(ceil(size * w))}
+ *       samples by a {@link BlendedDataset} given the once-normalized weights (which it normalizes
+ *       again, as Megatron's does);</li>
+ *   <li>several datasets without weights: each split built for one epoch and blended with the
+ *       datasets' lengths as weights, to {@code min(size, total)} samples, or exhaustively when the size
+ *       is null.</li>
  * </ul>
+ * Refused as Megatron refuses them (it asserts every blend weight is positive): a zero weight, and a
+ * blend member that has no sample in a split. Megatron would loop forever building a weighted member
+ * whose split holds no token; that is refused too.
  * Stateless; the returned datasets are immutable.
  */
 public final class GptDatasetBuilder {
@@ -60,7 +66,7 @@ public final class GptDatasetBuilder {
                 target = Blending.sizesPerDataset(w, sizes[s], 0.0);
                 long[] buffer = Blending.sizesPerDataset(w, sizes[s], surplus);
                 for (int d = 0; d < mids.length; d++) {
-                    mids[d] = splitDataset(datasets.get(d), matrix, s, buffer[d], cfg, dropLastValid);
+                    mids[d] = member(datasets.get(d), d, matrix, s, buffer[d], cfg, dropLastValid);
                 }
                 long size = 0;
                 for (long t : target) {
@@ -71,15 +77,34 @@ public final class GptDatasetBuilder {
                 double[] lengths = new double[mids.length];
                 long total = 0;
                 for (int d = 0; d < mids.length; d++) {
-                    mids[d] = splitDataset(datasets.get(d), matrix, s, null, cfg, dropLastValid);
+                    mids[d] = member(datasets.get(d), d, matrix, s, null, cfg, dropLastValid);
                     lengths[d] = mids[d].length();
                     total += mids[d].length();
                 }
-                out[s] = sizes[s] == null ? new BlendedDataset(mids, null, null)
-                        : new BlendedDataset(mids, Blending.normalize(lengths), Math.min(sizes[s], total));
+                out[s] = new BlendedDataset(mids, lengths, sizes[s] == null ? null : Math.min(sizes[s], total));
             }
         }
         return out;
+    }
+
+    private static final String[] SPLIT_NAMES = {"train", "valid", "test"};
+
+    /** One blend member's split; Megatron's BlendedDataset asserts each member has samples. */
+    private static GptDataset member(IndexedDataset data, int d, double[][] matrix, int split, Long size, GptConfig cfg,
+                                     boolean dropLastValid) {
+        int[] docs = Splits.documents(matrix, split, data.sequenceCount());
+        long tokens = 0;
+        for (int doc : docs) {
+            tokens += data.sequenceLength(doc);
+        }
+        GptDataset g = tokens > cfg.addExtraToken() ? splitDataset(data, matrix, split, size, cfg, dropLastValid) : null;
+        if (g == null || g.length() == 0) {
+            throw new IllegalArgumentException("blend member " + d + " (" + data.prefix() + ") has no sample in the "
+                    + SPLIT_NAMES[split] + " split (" + docs.length + " sequences, " + tokens + " tokens; a sample needs "
+                    + cfg.sampleLength() + "); Megatron refuses such a blend (every weight must be positive): "
+                    + "change the split or leave the dataset out of the blend");
+        }
+        return g;
     }
 
     private static GptDataset splitDataset(IndexedDataset data, double[][] matrix, int split, Long size, GptConfig cfg,

@@ -27,7 +27,7 @@ import org.sparkatron.data.tokenizer.TokenizerSpec;
  * progress while it runs and documents, tokens and throughput at the end.
  *
  * <pre>
- * prepare --input PATH --format text|jsonl|parquet [--text-column text] --tokenizer gpt2|PATH/tokenizer.json
+ * prepare --input PATH --format text|jsonl|parquet [--text-column text] --tokenizer gpt2|gpt2-legacy|PATH/tokenizer.json
  *         [--eod ID] --output PATH [--master local[2]] [--partitions N] [--overwrite]
  * </pre>
  * For {@code text}, each line is a document. Failure: bad arguments, a missing input or text column, an
@@ -125,7 +125,7 @@ public final class PrepareJob {
     }
 
     static final String USAGE = "usage: ./sparkatron prepare --input PATH --format text|jsonl|parquet [--text-column text] "
-            + "--tokenizer gpt2|PATH/tokenizer.json [--eod ID] --output PATH [--master local[2]] [--partitions N] [--overwrite] "
+            + "--tokenizer gpt2|gpt2-legacy|PATH/tokenizer.json [--eod ID] --output PATH [--master local[2]] [--partitions N] [--overwrite] "
             + "[--max-bad-lines 0]";
 
     public static void main(String[] args) throws Exception {

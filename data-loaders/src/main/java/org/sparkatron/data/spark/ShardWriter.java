@@ -19,7 +19,8 @@ import org.sparkatron.data.tokenizer.TokenizerSpec;
 /**
  * The task body of {@code prepare}: tokenizes one partition's texts with one tokenizer and streams them
  * into one Megatron shard {@code OUTPUT/shard-NNNNN.{bin,idx}} (one document per row, end-of-document
- * appended). Null texts are skipped; an empty partition writes no shard. A retried task rewrites its
+ * appended). As in Megatron's tools/preprocess_data.py, an empty text is a document without a sequence
+ * (no end-of-document token); null texts are skipped; an empty partition writes no shard. A retried task rewrites its
  * shard from the start, so the result does not depend on retries. Runs on executors.
  */
 final class ShardWriter implements Function2<Integer, Iterator<Row>, Iterator<ShardWriter.Shard>> {
@@ -71,7 +72,12 @@ final class ShardWriter implements Function2<Integer, Iterator<Row>, Iterator<Sh
                 if (w == null) {
                     w = new IndexedDatasetWriter(DataPaths.child(output, name), dtype, hadoopConf);
                 }
-                w.addDocument(tok.encodeDocument(text));
+                int[] ids = tok.encodeDocument(text);
+                if (ids.length == 0) {
+                    w.endDocument(); // Megatron's preprocess_data: an empty text is a document with no sequence
+                } else {
+                    w.addDocument(ids);
+                }
                 long b = text.getBytes(StandardCharsets.UTF_8).length;
                 textBytes += b;
                 docs.add(1);

@@ -20,9 +20,16 @@ public interface TextTokenizer extends AutoCloseable {
     /** Number of token ids (largest id + 1). */
     int vocabSize();
 
-    /** {@link #encode} plus the end-of-document token: one document as it is stored. */
+    /**
+     * {@link #encode} plus the end-of-document token: one document as it is stored. As Megatron's
+     * tools/preprocess_data.py does, a text with no tokens (an empty string) stays empty: the
+     * end-of-document token follows only a non-empty document.
+     */
     default int[] encodeDocument(String text) {
         int[] ids = encode(text);
+        if (ids.length == 0) {
+            return ids;
+        }
         int[] out = java.util.Arrays.copyOf(ids, ids.length + 1);
         out[ids.length] = eodId();
         return out;
