@@ -151,7 +151,6 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             comm.abort("rank " + rank + " failed: " + t);
             DeterministicFailure d = DeterministicFailure.in(t);
             if (d != null && d != t) { // its class, at the top, is what the driver's FailFast recognises
-                d.addSuppressed(t);
                 throw d;
             }
             throw t;
