@@ -129,13 +129,17 @@ public record ModelConfig(
             "repetition_penalty", "length_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids",
             "num_return_sequences", "output_scores", "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id",
             "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
-            "gradient_checkpointing", "sparkatron_vocab_multiple");
+            "gradient_checkpointing", "_num_labels", "sparkatron_vocab_multiple");
     /** GPT-2's keys: read, checked against what is implemented, or (dropout, summary head) ignored. */
     static final Set<String> GPT2_KEYS = Set.of("n_layer", "n_embd", "n_head", "n_positions", "n_ctx", "vocab_size",
             "layer_norm_epsilon", "n_inner", "activation_function", "tie_word_embeddings", "resid_pdrop", "embd_pdrop",
             "attn_pdrop", "summary_type", "summary_use_proj", "summary_activation", "summary_proj_to_labels",
             "summary_first_dropout", "scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
-            "add_cross_attention");
+            "add_cross_attention", "n_special", "predict_special_tokens", "output_past",
+            "hidden_size", "num_attention_heads", "num_hidden_layers", "max_position_embeddings");
+    /** GPT2Config's attribute_map: these names set the GPT-2 keys in transformers too. */
+    private static final String[][] GPT2_ALIASES = {{"hidden_size", "n_embd"}, {"num_attention_heads", "n_head"},
+        {"num_hidden_layers", "n_layer"}, {"max_position_embeddings", "n_positions"}};
     /** Llama's keys: read, checked against what is implemented, or (dropout, pretraining_tp) ignored. */
     static final Set<String> LLAMA_KEYS = Set.of("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
             "intermediate_size", "vocab_size", "max_position_embeddings", "rms_norm_eps", "rope_theta", "tie_word_embeddings",
@@ -169,6 +173,7 @@ public record ModelConfig(
         switch (type) {
             case "gpt2": {
                 ConfigJson.refuseUnknown(root, union(HF_COMMON, GPT2_KEYS), "a gpt2 config");
+                root = resolveAliases(root);
                 int embd = ConfigJson.requiredInt(root, "n_embd");
                 String act = ConfigJson.string(root, "activation_function", "gelu_new");
                 if (!act.equals("gelu_new") && !act.equals("gelu_pytorch_tanh")) {
@@ -225,6 +230,23 @@ public record ModelConfig(
             default:
                 throw new IllegalArgumentException("unsupported model_type '" + type + "' (supported: gpt2, llama)");
         }
+    }
+
+    /** GPT-2's keys set through an alias (as transformers' attribute_map does); an alias that disagrees is refused. */
+    private static JsonNode resolveAliases(JsonNode root) {
+        ObjectNode o = ((ObjectNode) root).deepCopy();
+        for (String[] a : GPT2_ALIASES) {
+            JsonNode alias = o.remove(a[0]);
+            if (alias == null) {
+                continue;
+            }
+            if (o.has(a[1]) && !o.get(a[1]).equals(alias)) {
+                throw new IllegalArgumentException("gpt2 keys '" + a[0] + "' (" + alias + ") and '" + a[1] + "' (" + o.get(a[1])
+                        + ") disagree: give one of them");
+            }
+            o.set(a[1], alias);
+        }
+        return o;
     }
 
     /** A norm epsilon: a finite number that stays > 0 in float. */

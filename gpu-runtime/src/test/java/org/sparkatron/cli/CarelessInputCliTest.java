@@ -56,6 +56,18 @@ class CarelessInputCliTest {
         // 4 x n_embd overflowed 32 bits into "MLP hidden size must be positive, got -4"
         refusedInit(dir, "\"model_type\": \"gpt2\", \"n_layer\": 1, \"n_embd\": 2147483647, \"n_head\": 1, \"n_positions\": 8, "
                 + "\"vocab_size\": 30", "4 x n_embd = 8589934588", "32 bits");
+        // a real GPT-2 medium config.json (transformers 4.12) loads: its extra keys are Hugging Face's own
+        assertEquals(0, init(dir, "\"activation_function\": \"gelu_new\", \"architectures\": [\"GPT2LMHeadModel\"], "
+                + "\"attn_pdrop\": 0.1, \"bos_token_id\": 50256, \"embd_pdrop\": 0.1, \"eos_token_id\": 50256, "
+                + "\"initializer_range\": 0.02, \"layer_norm_epsilon\": 1e-05, \"model_type\": \"gpt2\", \"n_ctx\": 16, "
+                + "\"n_embd\": 16, \"n_head\": 2, \"n_inner\": null, \"n_layer\": 1, \"n_positions\": 16, \"n_special\": 0, "
+                + "\"predict_special_tokens\": true, \"reorder_and_upcast_attn\": false, \"resid_pdrop\": 0.1, "
+                + "\"scale_attn_by_inverse_layer_idx\": false, \"scale_attn_weights\": true, \"summary_activation\": null, "
+                + "\"summary_first_dropout\": 0.1, \"summary_proj_to_labels\": true, \"summary_type\": \"cls_index\", "
+                + "\"summary_use_proj\": true, \"task_specific_params\": {\"text-generation\": {\"do_sample\": true, "
+                + "\"max_length\": 50}}, \"transformers_version\": \"4.12.5\", \"use_cache\": true, \"vocab_size\": 30").status());
+        refusedInit(dir, "\"model_type\": \"gpt2\", \"n_layer\": 1, \"n_embd\": 16, \"hidden_size\": 32, \"n_head\": 2, "
+                + "\"n_positions\": 8, \"vocab_size\": 30", "'hidden_size' (32) and 'n_embd' (16) disagree");
         // Hugging Face's own keys (hub metadata, generation settings, dropout) are not typos
         assertEquals(0, init(dir, TINY + ", \"architectures\": [\"LlamaForCausalLM\"], \"torch_dtype\": \"float32\", "
                 + "\"bos_token_id\": 1, \"attention_dropout\": 0.0, \"transformers_version\": \"4.44.0\"").status());
