@@ -95,6 +95,8 @@ class ProgressServerTest {
                         stillOpen++;
                     }
                 }
+                System.out.printf("progress endpoint, 300 idle connections: JVM threads %d -> %d, %d still open%n",
+                        threadsBefore, threadsAfter, stillOpen);
                 assertTrue(stillOpen <= ProgressServer.MAX_CONNECTIONS,
                         stillOpen + " of 300 idle connections still held (at most " + ProgressServer.MAX_CONNECTIONS + ")");
                 // the real rank arrives while the idle ones are still connected on the client side
@@ -117,6 +119,8 @@ class ProgressServerTest {
             long heapBefore = usedHeapAfterGc();
             try (Socket s = connect(server)) { // no token: the server reads the token's length and stops
                 long through = flood(s, new byte[0], 256L * MiB);
+                System.out.printf("progress endpoint, 256 MiB without a token: cut after %d KiB sent, heap %+d MiB%n",
+                        through / 1024, (usedHeapAfterGc() - heapBefore) / MiB);
                 assertTrue(through < 16L * MiB, "the server accepted " + through / MiB + " MiB without a newline or token");
                 assertTrue(usedHeapAfterGc() - heapBefore < 64L * MiB, "heap grew by "
                         + (usedHeapAfterGc() - heapBefore) / MiB + " MiB");
@@ -124,6 +128,7 @@ class ProgressServerTest {
             try (Socket s = connect(server)) { // a valid token, then no newline: cut at the line limit
                 byte[] token = (ProgressServer.token(SECRET) + "\n").getBytes(StandardCharsets.UTF_8);
                 long through = flood(s, token, 256L * MiB);
+                System.out.printf("progress endpoint, a valid token then 256 MiB without a newline: cut after %d KiB sent%n", through / 1024);
                 assertTrue(through < 16L * MiB, "the server accepted " + through / MiB + " MiB of one line");
             }
             try (ProgressReporter rank0 = new ProgressReporter(server.endpoint(), SECRET)) {
