@@ -228,7 +228,8 @@ class StandaloneClusterTest {
      * The other rank fails at its communicator timeout (10 s), Spark kills the stage's tasks, the frozen one
      * does not end, and Spark's task reaper (on by default for {@code ./sparkatron train}; 10 s here) takes
      * its executor JVM down, the Worker starts a replacement, and the retried stage trains to the end.
-     * Without the reaper the retry never gets the slot (the frozen thread holds it for its hour).
+     * Without the reaper the retry never gets the slot (the frozen thread holds it for its hour). Deadlines
+     * are generous: on a loaded 2-core machine an executor JVM can take a minute to start.
      */
     @Test
     void aFrozenRankIsEndedByTheTaskReaperAndTheRetryFinishesTheJob() throws Exception {
@@ -248,8 +249,11 @@ class StandaloneClusterTest {
             Thread.sleep(200);
         }
         long frozeAt = System.nanoTime();
-        while (!read(log).contains("(attempt 1)")) {
-            assertTrue(driver.isAlive() && System.currentTimeMillis() < deadline, () -> "no retry: " + read(log) + cluster.diagnostics());
+        // the retry may first fail to fetch the data shuffle's blocks that lived on the killed executor; Spark
+        // then recomputes them and runs another attempt (attempt 2): any retried attempt's progress counts
+        long retryDeadline = System.currentTimeMillis() + 400_000;
+        while (!read(log).contains("(attempt ")) {
+            assertTrue(driver.isAlive() && System.currentTimeMillis() < retryDeadline, () -> "no retry: " + read(log) + cluster.diagnostics());
             Thread.sleep(200);
         }
         System.out.printf(java.util.Locale.ROOT, "frozen rank: the retried attempt reported its first step %.1f s after the freeze "
@@ -264,7 +268,7 @@ class StandaloneClusterTest {
         long survivors = before.stream().filter(ProcessHandle::isAlive).count();
         assertTrue(survivors <= 1, "the frozen executor's JVM is gone: " + before);
         for (JsonNode r : ranks(dir.resolve("freeze"))) {
-            assertEquals(1, r.get("attempt").asInt(), "result from the retried attempt: " + r);
+            assertTrue(r.get("attempt").asInt() >= 1, "result from a retried attempt: " + r);
         }
         assertEquals(STEPS, Files.readAllLines(dir.resolve("freeze/metrics.jsonl")).size());
     }
