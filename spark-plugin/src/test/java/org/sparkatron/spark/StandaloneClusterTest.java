@@ -238,7 +238,7 @@ class StandaloneClusterTest {
                 "--fail_rank", "1", "--fail_step", "3", "--fail_attempts", "1", "--fail_mode", "freeze", "--comm_timeout_s", "10");
         Path log = cluster.log("driver-freeze");
         List<ProcessHandle> before = new ArrayList<>();
-        long deadline = System.currentTimeMillis() + 300_000;
+        long deadline = System.currentTimeMillis() + 400_000;
         while (before.size() < 2) { // the executors of the first attempt
             assertTrue(driver.isAlive() && System.currentTimeMillis() < deadline, () -> "no executors: " + read(log) + cluster.diagnostics());
             Thread.sleep(200);
