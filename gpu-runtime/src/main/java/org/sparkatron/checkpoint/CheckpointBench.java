@@ -21,7 +21,9 @@ import org.sparkatron.comm.InProcessRendezvous;
 import org.sparkatron.comm.tcp.TcpCommunicator;
 import org.sparkatron.comm.tcp.TcpOptions;
 import org.sparkatron.device.cpu.Blas;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
+import org.sparkatron.parallel.RankContext;
+import org.sparkatron.precision.Precision;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.AdamW;
@@ -86,7 +88,7 @@ public final class CheckpointBench {
         for (int tp : tps) {
             Figures f = measure(cfg, tp, batch, seq, rounds, dir.resolve("tp" + tp));
             if (tp == tps[0]) {
-                Transformer probe = new Transformer(cfg, new CpuKernels());
+                Transformer probe = new Transformer(cfg, new CpuDevice());
                 for (var p : probe.params().params()) {
                     for (int copy = 0; copy < 3; copy++) { // weights, m, v
                         tensorSizes.add(p.numel());
@@ -114,7 +116,7 @@ public final class CheckpointBench {
 
     private static Figures measure(ModelConfig cfg, int tp, int batch, int seq, int rounds, Path root) throws Exception {
         List<double[]> perRank = ranks(tp, (rank, world) -> {
-            Transformer m = new Transformer(cfg, new CpuKernels(), new TensorParallel(world, false));
+            Transformer m = new Transformer(cfg, new RankContext(new CpuDevice(), new TensorParallel(world, false), Precision.FP32));
             m.initialize(1);
             SplittableRandom rng = new SplittableRandom(7);
             List<int[]> rows = new ArrayList<>();
@@ -148,7 +150,7 @@ public final class CheckpointBench {
                 try (var files = Files.list(Path.of(saved))) {
                     total = files.mapToLong(p -> p.toFile().length()).sum();
                 }
-                Transformer fresh = new Transformer(cfg, new CpuKernels(), new TensorParallel(world, false));
+                Transformer fresh = new Transformer(cfg, new RankContext(new CpuDevice(), new TensorParallel(world, false), Precision.FP32));
                 AdamW adam = new AdamW(fresh.params(), fresh.kernels(), opt.beta1(), opt.beta2(), opt.eps(), opt.weightDecay());
                 world.barrier();
                 t0 = System.nanoTime();

@@ -133,7 +133,7 @@ public final class DistributedCheckpoint {
             ParameterSet ps = model.params();
             if (dpRank == tpRank % dpSize) {
                 LinkedHashMap<String, Tensor> t = new LinkedHashMap<>();
-                addShards(t, "model/", model, ps.weights(), tpRank, tpSize);
+                addShards(t, "model/", model, model.device().toHost(ps.weights()), tpRank, tpSize);
                 ShardFiles.Written w = ShardFiles.write(fs, fs.child(tmp, modelFile(tpRank, tpSize)), t, Map.of("step", "" + step));
                 mine[1] = 1;
                 mine[2] = w.bytes();
@@ -141,8 +141,8 @@ public final class DistributedCheckpoint {
             }
             if (dpRank == (tpRank + 1) % dpSize) {
                 LinkedHashMap<String, Tensor> t = new LinkedHashMap<>();
-                addShards(t, "optim.m/", model, opt.firstMoment(), tpRank, tpSize);
-                addShards(t, "optim.v/", model, opt.secondMoment(), tpRank, tpSize);
+                addShards(t, "optim.m/", model, model.device().toHost(opt.firstMoment()), tpRank, tpSize);
+                addShards(t, "optim.v/", model, model.device().toHost(opt.secondMoment()), tpRank, tpSize);
                 ShardFiles.Written w = ShardFiles.write(fs, fs.child(tmp, optimFile(tpRank, tpSize)), t, Map.of("step", "" + step));
                 mine[4] = 1;
                 mine[5] = w.bytes();
@@ -341,7 +341,10 @@ public final class DistributedCheckpoint {
         return String.format(Locale.ROOT, "optim-tp%02d-of%02d.safetensors", tpRank, tpSize);
     }
 
-    /** Adds this TP rank's part of every parameter of {@code block} (weights, m or v) as 1-D tensors. */
+    /**
+     * Adds this TP rank's part of every parameter of the host block {@code block} (weights, m or v; a
+     * {@code Device.toHost} view) as 1-D tensors.
+     */
     private static void addShards(LinkedHashMap<String, Tensor> out, String prefix, Transformer model, Tensor block,
                                   int tpRank, int tpSize) {
         for (ParameterSet.Param p : model.params().params()) {
@@ -355,14 +358,13 @@ public final class DistributedCheckpoint {
             }
             Tensor t;
             if (segs.length == 1 && segs[0][1] == 0 && segs[0][2] == p.numel()) {
-                t = block.slice(p.offset(), Math.toIntExact(p.numel())); // the whole local tensor: no copy
+                t = block.slice(p.offset(), p.numel()); // the whole local tensor: no copy
             } else {
-                t = Tensor.allocateHost(DType.F32, Math.toIntExact(n));
-                java.nio.FloatBuffer src = block.floats();
+                t = Tensor.allocateHost(DType.F32, n);
                 java.nio.FloatBuffer dst = t.floats();
                 int at = 0;
                 for (long[] s : segs) {
-                    dst.put(at, src, Math.toIntExact(p.offset() + s[1]), Math.toIntExact(s[2]));
+                    dst.put(at, block.slice(p.offset() + s[1], s[2]).floats(), 0, Math.toIntExact(s[2]));
                     at += (int) s[2];
                 }
             }

@@ -8,7 +8,7 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.Transformer;
 
 /**
@@ -101,7 +101,7 @@ public final class ExportCommand {
         for (String dir : candidates) {
             try {
                 CheckpointMetadata meta = root.metadata(dir);
-                Transformer model = new Transformer(meta.config(), new CpuKernels());
+                Transformer model = new Transformer(meta.config(), new CpuDevice());
                 root.load(dir, model, null);
                 ModelStore.save(model, out);
                 return dir;

@@ -11,6 +11,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.Set;
 import java.util.TreeSet;
+import org.sparkatron.device.Device;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.ParameterSet;
 import org.sparkatron.tensor.DType;
@@ -104,6 +105,8 @@ public final class HfCheckpoint {
      *     holds a NaN or an infinity (a damaged or diverged model: nothing can be trained or scored from it)
      */
     public static void load(Path file, ModelConfig cfg, ParameterSet ps) throws IOException {
+        Device device = ps.device();
+        Tensor host = device.toHost(ps.weights()); // the block itself on the CPU device
         try (SafeTensorsFile st = SafeTensorsFile.open(file)) {
             String prefix = "";
             if (cfg.family() == ModelConfig.Family.GPT2 && !st.contains("wte.weight") && st.contains("transformer.wte.weight")) {
@@ -123,7 +126,7 @@ public final class HfCheckpoint {
                 }
                 float[] values = st.readF32(name);
                 refuseNonFinite(file, name, values);
-                copyIn(values, link, ps.weight(link.internal()));
+                copyIn(values, link, ParameterSet.view(host, ps.param(link.internal())));
                 unused.remove(name);
             }
             final String pre = prefix;
@@ -133,6 +136,7 @@ public final class HfCheckpoint {
                         + " model of " + cfg.layers() + " layers (is the config right?)");
             }
         }
+        device.fromHost(ps.weights(), host);
     }
 
     /**
@@ -153,9 +157,10 @@ public final class HfCheckpoint {
      */
     public static LinkedHashMap<String, Tensor> toHf(ModelConfig cfg, ParameterSet ps, boolean grads) {
         LinkedHashMap<String, Tensor> out = new LinkedHashMap<>();
+        Tensor host = ps.device().toHost(grads ? ps.grads() : ps.weights());
         for (Link link : links(cfg)) {
             Tensor t = Tensor.allocateHost(DType.F32, link.hfShape());
-            copyOut(link, grads ? ps.grad(link.internal()) : ps.weight(link.internal()), t);
+            copyOut(link, ParameterSet.view(host, ps.param(link.internal())), t);
             out.put(link.hf(), t);
         }
         return out;

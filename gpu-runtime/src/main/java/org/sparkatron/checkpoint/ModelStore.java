@@ -5,10 +5,10 @@ import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
-import org.sparkatron.device.Kernels;
+import org.sparkatron.device.Device;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
-import org.sparkatron.parallel.TensorParallel;
+import org.sparkatron.parallel.RankContext;
 import org.sparkatron.precision.Precision;
 
 /**
@@ -49,17 +49,24 @@ public final class ModelStore {
         }
     }
 
-    /** Reads the config and weights of a model directory onto the given kernels. */
-    public static Transformer load(Path dir, Kernels kernels) throws IOException {
-        return load(dir, kernels, Precision.FP32);
+    /** Reads the config and weights of a model directory onto {@code device} (TP = 1, fp32). */
+    public static Transformer load(Path dir, Device device) throws IOException {
+        return load(dir, RankContext.single(device));
+    }
+
+    /** Reads a model directory onto {@code device}, to compute in {@code precision} (the stored weights become the fp32 master weights). */
+    public static Transformer load(Path dir, Device device, Precision precision) throws IOException {
+        return load(dir, RankContext.single(device, precision));
     }
 
     /**
-     * Reads a model directory onto the given (fp32) kernels, to compute in {@code precision}: the stored
-     * weights become the fp32 master weights (see {@link Transformer#Transformer(ModelConfig, Kernels,
-     * TensorParallel, Precision)}).
+     * Reads a model directory as a whole (TP = 1) model for the rank {@code ctx} describes; a context with
+     * a TP group larger than one is refused (use {@code TpCheckpoint.load}, which keeps the rank's shard).
      */
-    public static Transformer load(Path dir, Kernels kernels, Precision precision) throws IOException {
+    public static Transformer load(Path dir, RankContext ctx) throws IOException {
+        if (ctx.tp().size() > 1) {
+            throw new IllegalArgumentException("ModelStore.load builds a whole model; use TpCheckpoint.load for a tensor-parallel rank");
+        }
         Path config = dir.resolve(CONFIG);
         Path weights = dir.resolve(WEIGHTS);
         if (!Files.isRegularFile(config)) {
@@ -68,8 +75,13 @@ public final class ModelStore {
         if (!Files.isRegularFile(weights)) {
             throw new IllegalArgumentException(dir + " is not a model directory: " + WEIGHTS + " is missing");
         }
-        Transformer model = new Transformer(ModelConfig.load(config), kernels, TensorParallel.none(), precision);
-        HfCheckpoint.load(weights, model.config(), model.params());
+        Transformer model = new Transformer(ModelConfig.load(config), ctx);
+        try {
+            HfCheckpoint.load(weights, model.config(), model.params());
+        } catch (IOException | RuntimeException e) {
+            model.close();
+            throw e;
+        }
         return model;
     }
 }

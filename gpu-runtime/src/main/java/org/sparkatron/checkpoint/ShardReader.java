@@ -8,6 +8,7 @@ import java.util.Comparator;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import org.sparkatron.device.Device;
 import org.sparkatron.model.ParameterSet;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.AdamW;
@@ -117,17 +118,18 @@ final class ShardReader {
      * optimizer's moments.
      */
     void copy(Map<String, ShardFiles.Local> local, Transformer model, AdamW opt) throws IOException {
-        Tensor[] blocks = {model.params().weights(), opt == null ? null : opt.firstMoment(), opt == null ? null : opt.secondMoment()};
+        Device device = model.device();
+        Tensor[] onDevice = {model.params().weights(), opt == null ? null : opt.firstMoment(), opt == null ? null : opt.secondMoment()};
+        Tensor[] blocks = new Tensor[onDevice.length]; // host views (the blocks themselves on the CPU device)
+        for (int b = 0; b < blocks.length; b++) {
+            blocks[b] = onDevice[b] == null ? null : device.toHost(onDevice[b]);
+        }
         for (long[] z : zeros) {
-            FloatBuffer b = blocks[(int) z[0]].floats();
             float[] zero = new float[(int) Math.min(z[2], 1 << 16)];
             for (long i = 0; i < z[2]; i += zero.length) {
-                b.put(Math.toIntExact(z[1] + i), zero, 0, (int) Math.min(zero.length, z[2] - i));
+                int len = (int) Math.min(zero.length, z[2] - i);
+                blocks[(int) z[0]].slice(z[1] + i, len).floats().put(0, zero, 0, len);
             }
-        }
-        FloatBuffer[] dst = new FloatBuffer[blocks.length];
-        for (int b = 0; b < blocks.length; b++) {
-            dst[b] = blocks[b] == null ? null : blocks[b].floats();
         }
         for (Map.Entry<String, List<Op>> f : opsByFile.entrySet()) {
             String path = local.get(f.getKey()).path().toString();
@@ -139,11 +141,16 @@ final class ShardReader {
                         src = view(st, f.getKey(), op.key(), path);
                         views.put(op.key(), src);
                     }
-                    dst[op.block()].put(Math.toIntExact(op.dst()), src, Math.toIntExact(op.src()),
+                    blocks[op.block()].slice(op.dst(), op.len()).floats().put(0, src, Math.toIntExact(op.src()),
                             Math.toIntExact(op.len()));
                 }
             } catch (SafeTensorsFormatException e) {
                 throw new CheckpointException(dir + "/" + f.getKey() + ": not a valid safetensors file: " + e.getMessage(), e, true);
+            }
+        }
+        for (int b = 0; b < blocks.length; b++) {
+            if (onDevice[b] != null) {
+                device.fromHost(onDevice[b], blocks[b]);
             }
         }
     }

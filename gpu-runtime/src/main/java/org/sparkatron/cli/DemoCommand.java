@@ -3,7 +3,7 @@ package org.sparkatron.cli;
 import java.io.PrintStream;
 import java.util.List;
 import java.util.Locale;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.LrSchedule;
@@ -32,7 +32,7 @@ final class DemoCommand {
         List<int[]> heldOut = lang.generate(64, t + 1, 2);
         ModelConfig cfg = new ModelConfig(ModelConfig.Family.GPT2, 2, 128, 4, 4, 512, vocab, t, 1e-5f, 0, true,
                 ModelConfig.DEFAULT_VOCAB_MULTIPLE);
-        Transformer model = new Transformer(cfg, new CpuKernels());
+        Transformer model = new Transformer(cfg, new CpuDevice());
         model.initialize(0);
         out.printf(Locale.ROOT, "demo-local: GPT-2 %d layers, width %d, %d heads, vocab %d; %d training sequences of %d tokens%n",
                 cfg.layers(), cfg.hidden(), cfg.heads(), vocab, train.size(), t + 1);

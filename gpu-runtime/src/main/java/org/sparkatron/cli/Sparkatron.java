@@ -9,15 +9,14 @@ import java.util.Map;
 import java.util.Set;
 import java.util.TreeMap;
 import org.sparkatron.checkpoint.ModelStore;
+import org.sparkatron.device.DeviceMemoryException;
 import org.sparkatron.device.cpu.Blas;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
+import org.sparkatron.precision.Precision;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
-import org.sparkatron.optim.LrSchedule;
-import org.sparkatron.precision.Precision;
 import org.sparkatron.train.PackedSamples;
 import org.sparkatron.train.TokenFile;
-import org.sparkatron.train.Trainer;
 
 /**
  * Entry point of {@code ./sparkatron} for the single-process subcommands: {@code init}, {@code train-local},
@@ -33,7 +32,8 @@ public final class Sparkatron {
             "  init        --config CONFIG.json --seed N --out DIR",
             "  train-local --model DIR --tokens FILE --steps N --out DIR [--lr 3e-4] [--min-lr LR/10] [--warmup 0]",
             "              [--batch 4] [--micro-batches 1] [--seq-len T] [--weight-decay 0.1] [--grad-clip 1.0]",
-            "              [--seed 0] [--threads CORES] [--precision fp32|bf16|fp16]",
+            "              [--seed 0] [--threads CORES] [--precision fp32|bf16|fp16] [--log-interval STEPS/20]",
+            "              [--valid-tokens FILE [--eval-interval STEPS/10] [--eval-iters 10]] [--tensorboard-dir DIR]",
             "  score       --model DIR --tokens FILE [--threads CORES]",
             "  bench       [--steps 5] [--rounds 3] [--threads 2] [--no-peer] [--layers 6 --width 384 --heads 6 --seq 256 --vocab 50304 --batch 4]",
             "  demo-local  [--steps 300] [--threads CORES]   (trains a small GPT-2 on generated data, one process)",
@@ -49,7 +49,7 @@ public final class Sparkatron {
         try {
             switch (cmd) {
                 case "init" -> init(new Args(cmd, argv, 1, Set.of()), out);
-                case "train-local" -> trainLocal(new Args(cmd, argv, 1, Set.of()), out);
+                case "train-local" -> TrainLocalCommand.run(new Args(cmd, argv, 1, Set.of()), out, err);
                 case "score" -> score(new Args(cmd, argv, 1, Set.of()), out);
                 case "bench" -> BenchCommand.run(new Args(cmd, argv, 1, Set.of("no-peer")), out);
                 case "demo", "demo-local" -> DemoCommand.run(new Args(cmd, argv, 1, Set.of()), out);
@@ -60,7 +60,7 @@ public final class Sparkatron {
                 }
             }
             return 0;
-        } catch (Args.UsageException | IllegalArgumentException e) {
+        } catch (Args.UsageException | IllegalArgumentException | DeviceMemoryException e) {
             err.println("sparkatron " + cmd + ": " + e.getMessage());
             return 2;
         } catch (Failure e) {
@@ -81,7 +81,7 @@ public final class Sparkatron {
         long seed = a.requiredInt("seed");
         Path dir = a.path("out");
         a.rejectUnknown();
-        Transformer model = new Transformer(ModelConfig.load(config), new CpuKernels());
+        Transformer model = new Transformer(ModelConfig.load(config), new CpuDevice());
         model.initialize(seed);
         ModelStore.save(model, dir);
         out.printf(Locale.ROOT, "{\"model\": \"%s\", \"family\": \"%s\", \"parameters\": %d, \"seed\": %d}%n",
@@ -96,39 +96,6 @@ public final class Sparkatron {
             n += vocabRows ? p.numel() / p.shape()[0] * model.config().vocabSize() : p.numel();
         }
         return n;
-    }
-
-    private static void trainLocal(Args a, PrintStream out) throws java.io.IOException {
-        Path modelDir = a.path("model");
-        Path tokens = a.path("tokens");
-        int steps = a.requiredInt("steps");
-        Path outDir = a.path("out");
-        double lr = a.number("lr", 3e-4);
-        double minLr = a.number("min-lr", lr / 10);
-        int warmup = a.integer("warmup", 0);
-        int batch = a.integer("batch", 4);
-        int micro = a.integer("micro-batches", 1);
-        int seqLen = a.integer("seq-len", -1);
-        float wd = (float) a.number("weight-decay", 0.1);
-        float clip = (float) a.number("grad-clip", 1.0);
-        long seed = a.integer("seed", 0);
-        Precision precision = Precision.parse(a.string("precision", "fp32"));
-        setThreads(a);
-        a.rejectUnknown();
-        if (steps < 1) {
-            throw new IllegalArgumentException("--steps must be >= 1, got " + steps);
-        }
-        refuseOverwritingInput(outDir, modelDir, "--model");
-        Transformer model = ModelStore.load(modelDir, new CpuKernels(), precision);
-        List<int[]> seqs = TokenFile.read(tokens, model.config().vocabSize());
-        PackedSamples data = samples(seqs, seqLen, model.config(), seed);
-        Trainer.Options opt = new Trainer.Options(batch, micro, new LrSchedule(lr, minLr, warmup, steps), 0.9f, 0.95f,
-                1e-8f, wd, clip);
-        Trainer trainer = new Trainer(model, data, opt);
-        for (int s = 0; s < steps; s++) {
-            out.println(trainer.step().toJson());
-        }
-        ModelStore.save(model, outDir);
     }
 
     /**
@@ -178,7 +145,7 @@ public final class Sparkatron {
         Path tokens = a.path("tokens");
         setThreads(a);
         a.rejectUnknown();
-        Transformer model = ModelStore.load(modelDir, new CpuKernels());
+        Transformer model = ModelStore.load(modelDir, new CpuDevice());
         List<int[]> seqs = TokenFile.read(tokens, model.config().vocabSize());
         Map<Integer, List<int[]>> byLength = new TreeMap<>();
         for (int i = 0; i < seqs.size(); i++) {

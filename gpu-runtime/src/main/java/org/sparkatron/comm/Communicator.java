@@ -8,18 +8,26 @@ import org.sparkatron.tensor.Tensor;
  * copy), and the NCCL communicator of the GPU runtime.
  *
  * <h2>Data</h2>
- * Tensors are dense host tensors ({@link Tensor#hostBuffer()}) of F32, BF16, F16, I32 or I64; operations
- * read and write that off-heap memory directly. Reductions on BF16/F16 compute each partial result in
- * fp32 and round to nearest-even on store. Every rank of a group passes tensors of the same dtype and
- * element counts (per-rank counts where the operation says so); a mismatch is an error that fails the
- * operation, never silent truncation.
+ * Tensors are dense tensors of F32, F64, BF16, F16, I32 or I64 in the memory this communicator works on:
+ * host memory for the CPU communicators (which is also the CPU device's memory), device memory for NCCL.
+ * Reductions on BF16/F16 compute each partial result in fp32 and round to nearest-even on store. Every
+ * rank of a group passes tensors of the same dtype and element counts (per-rank counts where the
+ * operation says so); a mismatch is an error that fails the operation, never silent truncation.
  *
- * <h2>Blocking and ordering</h2>
- * Collectives (all-reduce, reduce-scatter, all-gather, broadcast, all-to-all, barrier) block the calling
- * thread until this rank's part is done: its output is complete and its input may be reused. Every rank of
- * the group calls the same collectives in the same order (as with NCCL and MPI); a communicator runs one
- * collective at a time, so collectives on one communicator must come from one thread at a time. Results of
- * all-reduce are bitwise identical on all ranks.
+ * <h2>Ordering with the rank's device</h2>
+ * A communicator operation on device tensors is device work: it is ordered with the kernels and copies
+ * the rank issued before it and after it ({@link org.sparkatron.device.Device}), and the host sees its
+ * result only after a synchronisation. The CPU communicators complete the operation before returning,
+ * which satisfies this; NCCL enqueues it on the rank's stream. Code that uses a result on the host must
+ * synchronise first, exactly as for a kernel.
+ *
+ * <h2>Blocking and ordering between ranks</h2>
+ * Collectives (all-reduce, reduce-scatter, all-gather, broadcast, all-to-all, barrier) may block the
+ * calling thread until this rank's part is issued or done; either way, once the rank's stream reaches the
+ * operation its output is complete and its input may be reused. Every rank of the group calls the same
+ * collectives in the same order (as with NCCL and MPI); a communicator runs one collective at a time, so
+ * collectives on one communicator must come from one thread at a time. Results of all-reduce are bitwise
+ * identical on all ranks.
  *
  * <p>Point-to-point messages are matched by (sender, tag) in FIFO order: the k-th {@code recv} from peer p
  * with tag t receives the k-th message p sent to this rank with tag t, whatever else is in flight. Sends

@@ -16,11 +16,11 @@ public final class Reductions {
     private Reductions() {
     }
 
-    /** Throws unless {@code dtype} is one of the communicator dtypes (F32, BF16, F16, I32, I64). */
+    /** Throws unless {@code dtype} is one of the communicator dtypes (F32, F64, BF16, F16, I32, I64). */
     public static void checkSupported(DType dtype) {
-        if (dtype != DType.F32 && dtype != DType.BF16 && dtype != DType.F16 && dtype != DType.I32
+        if (dtype != DType.F32 && dtype != DType.F64 && dtype != DType.BF16 && dtype != DType.F16 && dtype != DType.I32
                 && dtype != DType.I64) {
-            throw new IllegalArgumentException("communicators support F32, BF16, F16, I32, I64; got " + dtype);
+            throw new IllegalArgumentException("communicators support F32, F64, BF16, F16, I32, I64; got " + dtype);
         }
     }
 
@@ -37,6 +37,18 @@ public final class Reductions {
                 for (int i = 0; i < n; i++) {
                     int d = dstOff + 4 * i;
                     dst.putFloat(d, apply(op, dst.getFloat(d), src.getFloat(srcOff + 4 * i)));
+                }
+            }
+            case F64 -> {
+                for (int i = 0; i < n; i++) {
+                    int d = dstOff + 8 * i;
+                    double a = dst.getDouble(d);
+                    double b = src.getDouble(srcOff + 8 * i);
+                    dst.putDouble(d, switch (op) {
+                        case SUM, AVG -> a + b;
+                        case MAX -> Math.max(a, b);
+                        case MIN -> Math.min(a, b);
+                    });
                 }
             }
             case BF16 -> {
@@ -87,6 +99,7 @@ public final class Reductions {
             switch (dtype) {
                 // Division, not multiplication by 1/n, so AVG of equal values is exact for every group size.
                 case F32 -> buf.putFloat(off + 4 * i, buf.getFloat(off + 4 * i) / groupSize);
+                case F64 -> buf.putDouble(off + 8 * i, buf.getDouble(off + 8 * i) / groupSize);
                 case BF16 -> buf.putShort(off + 2 * i, floatToBf16(bf16ToFloat(buf.getShort(off + 2 * i)) / groupSize));
                 case F16 -> buf.putShort(off + 2 * i, floatToF16(f16ToFloat(buf.getShort(off + 2 * i)) / groupSize));
                 case I32 -> buf.putInt(off + 4 * i, buf.getInt(off + 4 * i) / groupSize);

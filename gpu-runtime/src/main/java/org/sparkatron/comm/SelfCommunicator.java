@@ -1,5 +1,6 @@
 package org.sparkatron.comm;
 
+import org.sparkatron.device.HostAccess;
 import org.sparkatron.tensor.Tensor;
 
 /**
@@ -33,12 +34,14 @@ public final class SelfCommunicator implements Communicator {
 
     @Override
     public void reduceScatter(Tensor in, Tensor out, ReduceOp op) {
-        CommArgs.host(in, "reduceScatter input");
-        CommArgs.host(out, "reduceScatter output");
-        CommArgs.sameDType(in, out);
-        CommArgs.numel(in, out.numel(), "reduceScatter input");
-        live();
-        CommArgs.copy(in, out);
+        try (HostAccess.Scope access = HostAccess.enter()) {
+            CommArgs.host(in, "reduceScatter input");
+            CommArgs.host(out, "reduceScatter output");
+            CommArgs.sameDType(in, out);
+            CommArgs.numel(in, out.numel(), "reduceScatter input");
+            live();
+            CommArgs.copy(in, out);
+        }
     }
 
     @Override
@@ -48,14 +51,16 @@ public final class SelfCommunicator implements Communicator {
 
     @Override
     public void allGatherV(Tensor in, Tensor out, int[] counts) {
-        CommArgs.host(in, "allGather input");
-        CommArgs.host(out, "allGather output");
-        CommArgs.sameDType(in, out);
-        long total = CommArgs.counts(counts, 1, "counts");
-        CommArgs.numel(in, counts[0], "allGather input");
-        CommArgs.numel(out, total, "allGather output");
-        live();
-        CommArgs.copy(in, out);
+        try (HostAccess.Scope access = HostAccess.enter()) {
+            CommArgs.host(in, "allGather input");
+            CommArgs.host(out, "allGather output");
+            CommArgs.sameDType(in, out);
+            long total = CommArgs.counts(counts, 1, "counts");
+            CommArgs.numel(in, counts[0], "allGather input");
+            CommArgs.numel(out, total, "allGather output");
+            live();
+            CommArgs.copy(in, out);
+        }
     }
 
     @Override
@@ -69,17 +74,19 @@ public final class SelfCommunicator implements Communicator {
 
     @Override
     public void allToAll(Tensor in, int[] sendCounts, Tensor out, int[] recvCounts) {
-        CommArgs.host(in, "allToAll input");
-        CommArgs.host(out, "allToAll output");
-        CommArgs.sameDType(in, out);
-        CommArgs.numel(in, CommArgs.counts(sendCounts, 1, "sendCounts"), "allToAll input");
-        CommArgs.numel(out, CommArgs.counts(recvCounts, 1, "recvCounts"), "allToAll output");
-        if (sendCounts[0] != recvCounts[0]) {
-            throw new IllegalArgumentException("allToAll with self: sendCounts[0]=" + sendCounts[0]
-                    + " != recvCounts[0]=" + recvCounts[0]);
+        try (HostAccess.Scope access = HostAccess.enter()) {
+            CommArgs.host(in, "allToAll input");
+            CommArgs.host(out, "allToAll output");
+            CommArgs.sameDType(in, out);
+            CommArgs.numel(in, CommArgs.counts(sendCounts, 1, "sendCounts"), "allToAll input");
+            CommArgs.numel(out, CommArgs.counts(recvCounts, 1, "recvCounts"), "allToAll output");
+            if (sendCounts[0] != recvCounts[0]) {
+                throw new IllegalArgumentException("allToAll with self: sendCounts[0]=" + sendCounts[0]
+                        + " != recvCounts[0]=" + recvCounts[0]);
+            }
+            live();
+            CommArgs.copy(in, out);
         }
-        live();
-        CommArgs.copy(in, out);
     }
 
     @Override

@@ -1,5 +1,6 @@
 package org.sparkatron.device;
 
+import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
 /**
@@ -8,8 +9,14 @@ import org.sparkatron.tensor.Tensor;
  *
  * <p>Conventions: backward kernels ACCUMULATE into parameter gradients ({@code dw += ...}, so gradient
  * accumulation over micro-batches is free) and into {@code dx} where the name says {@code Accumulate};
- * otherwise they overwrite. An instance belongs to one rank and owns that rank's scratch memory: it is
- * not thread-safe; all calls block until the result is in memory.
+ * otherwise they overwrite. Tensors are the device's ({@link Device}); counts and offsets are 64-bit
+ * where a flat block may exceed 2^31 elements.
+ *
+ * <p>Stream order: an instance belongs to one rank's {@link Device}. Its calls execute in the order issued,
+ * together with the device's copies and the rank's communicator operations; a call may return before its
+ * result is in memory, and the host sees results only after {@link Device#synchronize()} (or a
+ * synchronising copy). Nothing here returns a value computed from device memory: reductions write device
+ * scalars. Not thread-safe; kernel scratch belongs to the instance.
  */
 public interface Kernels {
     // ---- GEMM-backed linear layer: out[N,O] = x[N,I] * w[O,I]^T + b[O] ----
@@ -108,16 +115,44 @@ public interface Kernels {
      * AdamW on elements [from, from + count) of the flat parameter block and its gradient and moment blocks:
      * {@code m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p = p * decay - stepSize * m / (sqrt(v) * invSqrtBc2 + eps)},
      * with {@code decay = 1 - lr wd} (or 1), {@code stepSize = lr / (1 - b1^t)}, {@code invSqrtBc2 = 1 / sqrt(1 - b2^t)}.
+     * Flat blocks may hold more than 2^31 elements.
      */
     void adamw(Tensor params, Tensor grads, Tensor m, Tensor v, long from, long count, float beta1, float beta2,
                float eps, float decay, float stepSize, float invSqrtBc2);
 
-    /** Sum of squares of all elements, accumulated in (at least partly) double precision. */
-    double sumOfSquares(Tensor x);
+    /** {@code acc[slot] += sum of x^2} over all of {@code x} (F32), accumulated in double; {@code acc} is F64. */
+    void sumOfSquares(Tensor x, Tensor acc, int slot);
 
-    /** x *= factor. */
+    /** {@code acc[slot] += scale * sum of x[0, count)} (F32), accumulated in double; {@code acc} is F64. */
+    void sum(Tensor x, long count, Tensor acc, int slot, double scale);
+
+    /** x *= factor (F32). */
     void scale(Tensor x, float factor);
 
-    /** x = value. */
+    /** x = value (F32). */
     void fill(Tensor x, float value);
+
+    /** All bytes of x = 0 (any dtype). */
+    void zero(Tensor x);
+
+    // ---- elementwise pieces of the layers that used to be host loops ----
+
+    /** {@code out[r, :] += bias} for r in [0, rows) (a row-parallel layer's bias, added after its reduction). */
+    void addBias(Tensor out, Tensor bias, int rows, int cols);
+
+    /**
+     * Dropout in place on a block of {@code rows} rows of a {@code [*, cols]} tensor whose first row is global
+     * row {@code firstRow}: element (i, j) is kept, and scaled by {@code 1/(1-p)} computed in float, when
+     * {@link org.sparkatron.parallel.DropoutRng#keep(long, long, float)} of ({@code base},
+     * {@code (firstRow + i) * cols + j}) says so, else set to 0. The mask is a pure function of its
+     * arguments, so every device drops the same elements, and the backward is the same call on the gradient.
+     */
+    void dropout(Tensor x, float p, long base, long firstRow, int rows, int cols);
+
+    /**
+     * {@code dst[0, count) = src[0, count)} rounded to nearest-even in {@code format} (BF16 or F16), in
+     * place when dst is src. {@code dst} is of dtype {@code format}, or F32 holding the rounded values (how
+     * the CPU device emulates 16-bit storage).
+     */
+    void round(Tensor dst, Tensor src, long count, DType format);
 }

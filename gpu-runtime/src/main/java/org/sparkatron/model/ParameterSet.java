@@ -1,20 +1,26 @@
 package org.sparkatron.model;
 
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import org.sparkatron.device.Device;
+import org.sparkatron.device.MemoryKind;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
 /**
- * All of one rank's parameters in ONE contiguous fp32 block, with the gradients in a second block of the
- * same layout (llm.c style). Each named parameter is a view into both. One block makes the optimizer, the
- * gradient norm and data-parallel all-reduce single passes over memory, with no per-parameter calls.
+ * All of one rank's parameters in ONE contiguous fp32 block on the rank's device, with the gradients in a
+ * second block of the same layout (llm.c style). Each named parameter is a view into both. One block makes
+ * the optimizer, the gradient norm and data-parallel all-reduce single passes over memory, with no
+ * per-parameter calls. Sizes and offsets are 64-bit: a block may hold more than 2^31 elements.
  *
  * <p>Built in two phases: {@link Builder#add} declares parameters in order, {@link Builder#build}
- * allocates. Not thread-safe.
+ * allocates (zero-filled, by a kernel). {@link #close()} returns both blocks to the device. Not
+ * thread-safe.
  */
 public final class ParameterSet {
     /**
@@ -43,24 +49,33 @@ public final class ParameterSet {
 
     private final List<Param> params;
     private final Map<String, Param> byName;
+    private final long total;
+    private final Device device;
     private final Tensor weights;
-    private final Tensor grads;
+    private final Tensor grads; // null for a weights-only set
+    private final boolean ownsWeights;
 
-    private ParameterSet(List<Param> params, long total) {
+    private ParameterSet(List<Param> params, long total, Device device, boolean withGrads) {
         this.params = Collections.unmodifiableList(params);
         this.byName = new LinkedHashMap<>();
         for (Param p : params) {
             byName.put(p.name(), p);
         }
-        this.weights = Tensor.allocateHost(DType.F32, Math.toIntExact(total));
-        this.grads = Tensor.allocateHost(DType.F32, Math.toIntExact(total));
+        this.total = total;
+        this.device = device;
+        this.weights = device.zeros(MemoryKind.PARAMETERS, DType.F32, total);
+        this.grads = withGrads ? device.zeros(MemoryKind.GRADIENTS, DType.F32, total) : null;
+        this.ownsWeights = true;
     }
 
     private ParameterSet(ParameterSet layout, Tensor weights) {
         this.params = layout.params;
         this.byName = layout.byName;
+        this.total = layout.total;
+        this.device = layout.device;
         this.weights = weights;
         this.grads = layout.grads;
+        this.ownsWeights = false;
     }
 
     /**
@@ -74,6 +89,23 @@ public final class ParameterSet {
                     + weights.numel() + " fp32 elements");
         }
         return new ParameterSet(this, otherWeights);
+    }
+
+    /** The device both blocks live on. */
+    public Device device() {
+        return device;
+    }
+
+    /**
+     * Returns the blocks this set allocated to the device; call once, when nothing uses them any more. A
+     * set made by {@link #withWeights} owns nothing: its weights belong to the caller, its gradients to
+     * the original set.
+     */
+    public void close() {
+        if (ownsWeights) {
+            device.release(weights);
+            device.release(grads);
+        }
     }
 
     public static Builder builder() {
@@ -101,8 +133,24 @@ public final class ParameterSet {
             return this;
         }
 
-        public ParameterSet build() {
-            return new ParameterSet(list, next);
+        /** The parameters declared so far, in layout order. */
+        public List<Param> params() {
+            return Collections.unmodifiableList(list);
+        }
+
+        /** Elements declared so far: the size of the blocks {@link #build} allocates. */
+        public long numel() {
+            return next;
+        }
+
+        /** Allocates the weight and gradient blocks on {@code device}, zero-filled. */
+        public ParameterSet build(Device device) {
+            return new ParameterSet(list, next, device, true);
+        }
+
+        /** Allocates only the weight block (a set to load, initialise or gather weights into). */
+        public ParameterSet buildWeightsOnly(Device device) {
+            return new ParameterSet(list, next, device, false);
         }
     }
 
@@ -124,7 +172,7 @@ public final class ParameterSet {
 
     /** Total number of scalar parameters. */
     public long numel() {
-        return weights.numel();
+        return total;
     }
 
     /** The whole weight block (flat). */
@@ -132,8 +180,11 @@ public final class ParameterSet {
         return weights;
     }
 
-    /** The whole gradient block (flat, same layout). */
+    /** The whole gradient block (flat, same layout); throws for a weights-only set. */
     public Tensor grads() {
+        if (grads == null) {
+            throw new IllegalStateException("this parameter set holds weights only");
+        }
         return grads;
     }
 
@@ -142,18 +193,35 @@ public final class ParameterSet {
     }
 
     public Tensor grad(String name) {
-        return view(grads, param(name));
+        return view(grads(), param(name));
     }
 
-    public void zeroGrads() {
-        java.nio.FloatBuffer g = grads.floats();
-        float[] zeros = new float[(int) Math.min(grads.numel(), 1 << 14)];
-        for (long i = 0, n = grads.numel(); i < n; i += zeros.length) {
-            g.put((int) i, zeros, 0, (int) Math.min(zeros.length, n - i));
+    /** Sets every weight from {@code values} (the whole block, in layout order) through a device upload. */
+    public void uploadWeights(float[] values) {
+        if (values.length != total) {
+            throw new IllegalArgumentException(values.length + " weights for a layout of " + total);
         }
+        ByteBuffer b = ByteBuffer.allocateDirect(Math.multiplyExact(4, values.length)).order(ByteOrder.nativeOrder());
+        b.asFloatBuffer().put(values);
+        device.upload(weights, b);
     }
 
-    private static Tensor view(Tensor block, Param p) {
-        return block.slice(p.offset(), Math.toIntExact(p.numel())).view(p.shape());
+    /** The whole weight block as an array (synchronises; for tools and reports, not training steps). */
+    public float[] downloadWeights() {
+        ByteBuffer b = ByteBuffer.allocateDirect(Math.toIntExact(Math.multiplyExact(4L, total))).order(ByteOrder.nativeOrder());
+        device.download(b, weights);
+        float[] out = new float[(int) total];
+        b.asFloatBuffer().get(out);
+        return out;
+    }
+
+    /** Zeroes the gradient block (a kernel, stream-ordered). */
+    public void zeroGrads() {
+        device.kernels().zero(grads());
+    }
+
+    /** The view of {@code p} in a block of this layout (weights, gradients, moments, or a host copy). */
+    public static Tensor view(Tensor block, Param p) {
+        return block.slice(p.offset(), p.numel()).view(p.shape());
     }
 }

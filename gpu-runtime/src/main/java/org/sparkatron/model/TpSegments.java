@@ -1,5 +1,6 @@
 package org.sparkatron.model;
 
+import java.util.ArrayList;
 import java.util.List;
 
 /**
@@ -17,11 +18,12 @@ public final class TpSegments {
      * padding past the full padded vocabulary) correspond to no full element.
      */
     public static long[][] of(ModelConfig cfg, ParameterSet.Param full, ParameterSet.Param local, int rank, int size) {
-        List<TpShards.Segment> s = TpShards.segments(cfg, full, local, rank, size);
-        long[][] out = new long[s.size()][];
-        for (int i = 0; i < out.length; i++) {
-            out[i] = new long[] {s.get(i).full(), s.get(i).local(), s.get(i).length()};
+        List<long[]> out = new ArrayList<>();
+        for (TpShards.Segment g : TpShards.segments(cfg, full, local, rank, size)) {
+            for (long r = 0; r < g.rows(); r++) { // a column split is one segment per row here
+                out.add(new long[] {g.full() + r * g.fullPitch(), g.local() + r * g.localPitch(), g.length()});
+            }
         }
-        return out;
+        return out.toArray(new long[0][]);
     }
 }

@@ -1,8 +1,9 @@
 package org.sparkatron.model;
 
-import java.nio.ByteBuffer;
 import java.util.ArrayList;
 import java.util.List;
+import org.sparkatron.device.Device;
+import org.sparkatron.device.MemoryKind;
 import org.sparkatron.model.ParameterSet.TpRole;
 import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.tensor.DType;
@@ -24,14 +25,35 @@ import org.sparkatron.tensor.Tensor;
  *   <li>mlp.down.w: columns [r Fl, (r+1) Fl);
  *   <li>everything else: replicated.
  * </ul>
+ * Both sets live on the same device; every copy is a device copy (stream-ordered, no host access).
  * Stateless; {@link #gather} is a TP collective.
  */
 public final class TpShards {
     private TpShards() {
     }
 
-    /** A run of {@code length} elements at {@code full} in the full parameter and {@code local} in the shard. */
-    record Segment(long full, long local, long length) {
+    /**
+     * {@code rows} runs of {@code length} elements: run r at {@code full + r * fullPitch} in the full
+     * parameter and {@code local + r * localPitch} in the shard (one run for most splits; one per row for
+     * column splits).
+     */
+    record Segment(long full, long local, long length, long rows, long fullPitch, long localPitch) {
+        Segment(long full, long local, long length) {
+            this(full, local, length, 1, length, length);
+        }
+
+        long total() {
+            return rows * length;
+        }
+
+        /** Copies this run set from {@code src} to {@code dst}, full-to-local or local-to-full. */
+        void copy(Device d, Tensor fullT, Tensor localT, long localBase, boolean toLocal) {
+            if (toLocal) {
+                d.copy2d(localT, localBase + local, localPitch, fullT, full, fullPitch, rows, length);
+            } else {
+                d.copy2d(fullT, full, fullPitch, localT, localBase + local, localPitch, rows, length);
+            }
+        }
     }
 
     /** The segments of {@code full} that rank {@code rank} of {@code size} holds in {@code local}. */
@@ -72,9 +94,7 @@ public final class TpShards {
         } else if (n.endsWith("attn.out.w") || n.endsWith("mlp.down.w")) {
             long fullCols = full.shape()[1];
             long cols = local.shape()[1];
-            for (long row = 0; row < c; row++) {
-                out.add(new Segment(row * fullCols + rank * cols, row * cols, cols));
-            }
+            out.add(new Segment(rank * cols, 0, cols, c, fullCols, cols));
         } else {
             throw new IllegalStateException("no tensor-parallel split is defined for parameter '" + n + "'");
         }
@@ -87,19 +107,17 @@ public final class TpShards {
      */
     public static void scatter(ModelConfig cfg, ParameterSet full, ParameterSet local, int rank, int size, boolean grads) {
         check(full, local);
+        Device d = local.device();
         for (ParameterSet.Param lp : local.params()) {
             ParameterSet.Param fp = full.param(lp.name());
-            ByteBuffer src = (grads ? full.grad(lp.name()) : full.weight(lp.name())).hostBuffer();
+            Tensor src = grads ? full.grad(lp.name()) : full.weight(lp.name());
             Tensor dst = grads ? local.grad(lp.name()) : local.weight(lp.name());
-            if (lp.numel() != sum(segments(cfg, fp, lp, rank, size))) {
-                dst.floats().put(0, new float[Math.toIntExact(lp.numel())]);
+            List<Segment> segs = segments(cfg, fp, lp, rank, size);
+            if (lp.numel() != sum(segs)) {
+                d.kernels().zero(dst);
             }
-            ByteBuffer d = dst.hostBuffer();
-            for (Segment s : segments(cfg, fp, lp, rank, size)) {
-                src.limit(Math.toIntExact(4 * (s.full() + s.length()))).position(Math.toIntExact(4 * s.full()));
-                d.position(Math.toIntExact(4 * s.local()));
-                d.put(src);
-                src.clear();
+            for (Segment seg : segs) {
+                seg.copy(d, src, dst, 0, true);
             }
         }
     }
@@ -110,27 +128,27 @@ public final class TpShards {
      */
     public static void gather(ModelConfig cfg, ParameterSet local, ParameterSet full, TensorParallel tp, boolean grads) {
         check(full, local);
+        Device d = local.device();
         for (ParameterSet.Param lp : local.params()) {
             ParameterSet.Param fp = full.param(lp.name());
             Tensor src = grads ? local.grad(lp.name()) : local.weight(lp.name());
-            ByteBuffer d = (grads ? full.grad(lp.name()) : full.weight(lp.name())).hostBuffer();
+            Tensor dst = grads ? full.grad(lp.name()) : full.weight(lp.name());
             Tensor all = src;
             int ranks = 1;
             if (lp.tp() == TpRole.SPLIT && tp.size() > 1) {
                 ranks = tp.size();
-                all = Tensor.allocateHost(DType.F32, Math.toIntExact(lp.numel() * ranks));
-                tp.group().allGather(src.view(Math.toIntExact(lp.numel())), all);
+                all = d.allocate(MemoryKind.WORKSPACE, DType.F32, lp.numel() * ranks);
+                tp.group().allGather(src.view(lp.numel()), all);
             }
             for (int r = 0; r < ranks; r++) {
                 int rank = ranks == 1 ? tp.rank() : r;
-                ByteBuffer s = all.hostBuffer();
                 long base = ranks == 1 ? 0 : r * lp.numel();
                 for (Segment seg : segments(cfg, fp, lp, rank, tp.size())) {
-                    s.limit(Math.toIntExact(4 * (base + seg.local() + seg.length()))).position(Math.toIntExact(4 * (base + seg.local())));
-                    d.position(Math.toIntExact(4 * seg.full()));
-                    d.put(s);
-                    s.clear();
+                    seg.copy(d, dst, all.view(all.numel()), base, false);
                 }
+            }
+            if (all != src) {
+                d.release(all);
             }
         }
     }
@@ -138,7 +156,7 @@ public final class TpShards {
     private static long sum(List<Segment> segs) {
         long s = 0;
         for (Segment g : segs) {
-            s += g.length();
+            s += g.total();
         }
         return s;
     }

@@ -1,35 +1,47 @@
 package org.sparkatron.model;
 
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.nio.FloatBuffer;
 import java.nio.IntBuffer;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.SplittableRandom;
 import org.sparkatron.comm.ReduceOp;
+import org.sparkatron.device.Device;
+import org.sparkatron.device.DeviceMemoryException;
 import org.sparkatron.device.Kernels;
+import org.sparkatron.device.MemoryKind;
 import org.sparkatron.model.ParameterSet.TpRole;
 import org.sparkatron.parallel.DropoutRng;
 import org.sparkatron.parallel.Mapping;
 import org.sparkatron.parallel.Mappings;
+import org.sparkatron.parallel.RankContext;
 import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.VocabParallelCrossEntropy;
 import org.sparkatron.parallel.VocabParallelEmbedding;
 import org.sparkatron.parallel.Workspace;
 import org.sparkatron.precision.Precision;
-import org.sparkatron.precision.RoundingKernels;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
 /**
  * A decoder-only language model (GPT-2 or Llama family) on one rank of a tensor-parallel group:
  * vocab-parallel embedding, {@code L} blocks, final norm, vocab-parallel output projection and
- * cross-entropy, each with an explicit backward. TP = 1 ({@link #Transformer(ModelConfig, Kernels)}) is
+ * cross-entropy, each with an explicit backward. TP = 1 ({@link #Transformer(ModelConfig, Device)}) is
  * the same code with a group of one, where every mapping is the identity.
  *
- * <p>Memory: this rank's parameter shards and gradients are one block each ({@link ParameterSet});
- * activations are allocated per batch shape and reused across steps. The output layer and loss run in
- * row chunks so the {@code [B*T, V/tp]} logits never exist at once during training, and no rank ever
- * holds a full row of logits while training.
+ * <p>Memory: everything lives on the rank's {@link Device} ({@link RankContext}): this rank's parameter
+ * shards and gradients are one block each ({@link ParameterSet}); activations are allocated per batch
+ * shape ({@link #prepare}) and reused across steps, so a step allocates nothing. The output layer and loss
+ * run in row chunks so the {@code [B*T, V/tp]} logits never exist at once during training, and no rank
+ * ever holds a full row of logits while training. {@link #close()} returns all of it to the device.
+ *
+ * <p>Stream order: a training pass ({@link #forwardBackward(int[], int, int, float, Tensor, int, double)},
+ * {@link #finishGradients}, {@link #gradSquaredNorm(Tensor, int)}) only issues kernels, device copies and
+ * collectives, and leaves its figures in device scalars; it never waits for the device. The convenience
+ * forms that return a {@code double} ({@link #forwardBackward(int[], int, int, float)}, {@link #loss},
+ * {@link #logits}, {@link #gradSquaredNorm()}) synchronise, for tests and tools.
  *
  * <p>Precision ({@link Precision}, docs/precision.md): {@link #params()} always holds fp32 master weights
  * and the fp32 gradient block. Under BF16/FP16 the layers compute from a second weight block, the master
@@ -48,15 +60,17 @@ public final class Transformer {
      * output layer's weight gradient is one GEMM per chunk with the chunk's rows as its inner dimension,
      * and short inner dimensions run that GEMM at a fraction of peak.
      */
-    private static final long LOGITS_CHUNK_FLOATS = 64L << 20;
+    static final long LOGITS_CHUNK_FLOATS = 64L << 20;
 
     private final ModelConfig cfg;
+    private final RankContext ctx;
+    private final Device device;
     private final Kernels k;
     private final TensorParallel tp;
     private final ParameterSet params;
     private final Precision precision;
     private final ParameterSet compute; // what the layers read: params itself (fp32) or its rounded twin
-    private final Workspace ws = new Workspace();
+    private final Workspace ws;
     private final List<TransformerBlock> blocks = new ArrayList<>();
     private final Tensor ropeCos; // [maxPos, hd/2] (Llama only)
     private final Tensor ropeSin;
@@ -65,15 +79,19 @@ public final class Transformer {
     private final VocabParallelEmbedding embedding;
     private final VocabParallelCrossEntropy crossEntropy;
     private final Mapping headInput;
-    private final Tensor normSums = Tensor.allocateHost(DType.F32, 1);
+    private final Tensor normScratch; // F64 [1]: this rank's part of the squared gradient norm, then the TP sum
+    private final Tensor scalars;     // F64 [1] for the synchronising convenience methods
+    private final ByteBuffer scalarsHost = ByteBuffer.allocateDirect(8).order(ByteOrder.nativeOrder());
     private DropoutRng dropout;
     private long dropoutRowOffset;
     private long trainSteps;
 
     private int b;
     private int t;
-    private Tensor inputs;    // [N] I32
-    private Tensor targets;   // [N] I32
+    private Tensor tokens;    // [2N] I32 on the device: inputs then targets
+    private Tensor tokensHost; // [2N] I32 host staging for the upload
+    private Tensor inputs;    // [N] I32 (view of tokens)
+    private Tensor targets;   // [N] I32 (view of tokens)
     private Tensor embedded;  // [Nl, C]
     private Tensor normF;     // [Nl, C]
     private Tensor meanF;     // [Nl]
@@ -86,59 +104,70 @@ public final class Transformer {
     private Tensor dheadX;    // [N, C] partial gradient of headX (dnormF itself without SP)
     private TransformerBlock.BackwardScratch scratch;
 
-    /** A model on one rank alone (TP = 1). */
-    public Transformer(ModelConfig cfg, Kernels kernels) {
-        this(cfg, kernels, TensorParallel.none());
+    /** A model on one rank alone (TP = 1, fp32) on {@code device}. */
+    public Transformer(ModelConfig cfg, Device device) {
+        this(cfg, RankContext.single(device));
     }
 
     /**
-     * This rank's part of a model split over {@code tp}'s group. Needs the attention heads, the key/value
-     * heads and the MLP width divisible by the TP size; key/value heads are never replicated, so fewer
-     * key/value heads than TP ranks is refused.
+     * This rank's part of a model split over the context's TP group, computing in the context's precision
+     * (for BF16/FP16 the kernels round to 16 bits and a 16-bit-rounded copy of the weights is kept beside
+     * the fp32 master weights). Needs the attention heads, the key/value heads and the MLP width divisible
+     * by the TP size; key/value heads are never replicated, so fewer key/value heads than TP ranks is
+     * refused. A model that cannot fit the device is refused before anything is allocated
+     * ({@link DeviceMemoryException}, with the bytes it needs).
      */
-    public Transformer(ModelConfig cfg, Kernels kernels, TensorParallel tp) {
-        this(cfg, kernels, tp, Precision.FP32);
-    }
-
-    /**
-     * As {@link #Transformer(ModelConfig, Kernels, TensorParallel)}, computing in {@code precision}: for
-     * BF16/FP16 {@code kernels} (fp32 kernels) are wrapped to round to 16 bits, and a 16-bit-rounded copy
-     * of the weights is kept beside the fp32 master weights.
-     */
-    public Transformer(ModelConfig cfg, Kernels kernels, TensorParallel tp, Precision precision) {
+    public Transformer(ModelConfig cfg, RankContext ctx) {
+        TensorParallel tp = ctx.tp();
         validate(cfg, tp.size());
         this.cfg = cfg;
-        this.precision = precision;
-        this.k = RoundingKernels.wrap(kernels, precision);
+        this.ctx = ctx;
+        this.device = ctx.device();
+        this.precision = ctx.precision();
+        this.k = ctx.kernels();
         this.tp = tp;
-        this.params = declare(cfg, tp.size());
+        ParameterSet.Builder layout = layout(cfg, tp.size());
+        long weightBytes = Math.multiplyExact(layout.numel(), 4L) * (precision.isReduced() ? 3 : 2);
+        if (weightBytes > device.capacityBytes()) {
+            throw new DeviceMemoryException(device.name(), cfg.family().name().toLowerCase(java.util.Locale.ROOT) + " model of "
+                    + layout.numel() + " parameters per rank (weights and gradients"
+                    + (precision.isReduced() ? ", and a 16-bit compute copy" : "") + ")", weightBytes, device.capacityBytes());
+        }
+        this.params = layout.build(device);
         this.compute = precision.isReduced()
-                ? params.withWeights(Tensor.allocateHost(DType.F32, Math.toIntExact(params.numel()))) : params;
+                ? params.withWeights(device.zeros(MemoryKind.PARAMETERS, DType.F32, params.numel())) : params;
+        this.ws = new Workspace(device);
+        this.normScratch = device.allocate(MemoryKind.WORKSPACE, DType.F64, 1);
+        this.scalars = device.allocate(MemoryKind.WORKSPACE, DType.F64, 1);
         this.headName = cfg.tiedEmbeddings() ? "embed" : "head";
         this.vocabLocal = cfg.paddedVocab(tp.size()) / tp.size();
         if (cfg.family().usesRope()) {
             int half = cfg.headDim() / 2;
-            ropeCos = Tensor.allocateHost(DType.F32, cfg.maxPositions(), half);
-            ropeSin = Tensor.allocateHost(DType.F32, cfg.maxPositions(), half);
-            FloatBuffer cs = ropeCos.floats();
-            FloatBuffer sn = ropeSin.floats();
+            Tensor cs = Tensor.allocateHost(DType.F32, cfg.maxPositions(), half);
+            Tensor sn = Tensor.allocateHost(DType.F32, cfg.maxPositions(), half);
+            FloatBuffer c = cs.floats();
+            FloatBuffer si = sn.floats();
             for (int pos = 0; pos < cfg.maxPositions(); pos++) {
                 for (int j = 0; j < half; j++) {
                     double angle = pos * Math.pow(cfg.ropeTheta(), -2.0 * j / cfg.headDim());
-                    cs.put(pos * half + j, (float) Math.cos(angle));
-                    sn.put(pos * half + j, (float) Math.sin(angle));
+                    c.put(pos * half + j, (float) Math.cos(angle));
+                    si.put(pos * half + j, (float) Math.sin(angle));
                 }
             }
+            ropeCos = device.allocate(MemoryKind.WORKSPACE, DType.F32, cfg.maxPositions(), half);
+            ropeSin = device.allocate(MemoryKind.WORKSPACE, DType.F32, cfg.maxPositions(), half);
+            device.upload(ropeCos, cs.hostBuffer());
+            device.upload(ropeSin, sn.hostBuffer());
         } else {
             ropeCos = null;
             ropeSin = null;
         }
         for (int i = 0; i < cfg.layers(); i++) {
-            blocks.add(new TransformerBlock(cfg, k, compute, i, ropeCos, ropeSin, tp, ws));
+            blocks.add(new TransformerBlock(cfg, ctx, compute, i, ropeCos, ropeSin, ws));
         }
-        embedding = new VocabParallelEmbedding(tp, k, vocabLocal, cfg.hidden(), compute.weight("embed"), params.grad("embed"), ws);
-        crossEntropy = new VocabParallelCrossEntropy(tp, k, vocabLocal, cfg.vocabSize());
-        headInput = tp.sequenceParallel() ? new Mappings.GatherFromSequenceRegion(tp) : new Mappings.CopyToTensorRegion(tp);
+        embedding = new VocabParallelEmbedding(ctx, vocabLocal, cfg.hidden(), compute.weight("embed"), params.grad("embed"), ws);
+        crossEntropy = new VocabParallelCrossEntropy(ctx, vocabLocal, cfg.vocabSize());
+        headInput = tp.sequenceParallel() ? new Mappings.GatherFromSequenceRegion(ctx) : new Mappings.CopyToTensorRegion(ctx);
     }
 
     /**
@@ -169,7 +198,7 @@ public final class Transformer {
      * The parameter layout of one rank of a TP group of {@code tpSize}: embeddings, blocks in order, final
      * norm, untied head. For tpSize = 1 these are the full parameters, as saved in checkpoints.
      */
-    static ParameterSet declare(ModelConfig cfg, int tpSize) {
+    static ParameterSet.Builder layout(ModelConfig cfg, int tpSize) {
         ParameterSet.Builder bld = ParameterSet.builder();
         int vocabRows = cfg.paddedVocab(tpSize) / tpSize;
         bld.add("embed", TpRole.SPLIT, vocabRows, cfg.hidden());
@@ -186,11 +215,20 @@ public final class Transformer {
         if (!cfg.tiedEmbeddings()) {
             bld.add("head", TpRole.SPLIT, vocabRows, cfg.hidden());
         }
-        return bld.build();
+        return bld;
     }
 
     public ModelConfig config() {
         return cfg;
+    }
+
+    /** The rank this model runs on: device, kernels, TP group, precision. */
+    public RankContext context() {
+        return ctx;
+    }
+
+    public Device device() {
+        return device;
     }
 
     /** This rank's parameters: its shards of split parameters, whole replicated ones. */
@@ -200,11 +238,19 @@ public final class Transformer {
 
     /**
      * The kernels this model runs on (one rank's): under BF16/FP16 the rounding wrapper, whose optimizer
-     * and gradient utilities ({@code adamw}, {@code sumOfSquares}, {@code scale}, {@code fill}) are the
-     * wrapped fp32 kernels'.
+     * and gradient utilities ({@code adamw}, {@code sumOfSquares}, {@code sum}, {@code scale}, {@code fill},
+     * {@code zero}) are the wrapped fp32 kernels'.
      */
     public Kernels kernels() {
         return k;
+    }
+
+    /**
+     * What this rank needs for micro-batches of {@code b} x {@code t} tokens, from the model's shape
+     * ({@link MemoryEstimate}), with the 16-bit element size of this device's compute weights.
+     */
+    public MemoryEstimate memoryEstimate(int b, int t) {
+        return MemoryEstimate.of(cfg, tp.size(), tp.sequenceParallel(), b, t, precision, compute.weights().dtype().bytes());
     }
 
     /** The precision this model computes in. */
@@ -223,7 +269,7 @@ public final class Transformer {
     /** Brings the 16-bit compute weights up to date with the fp32 master weights (nothing for FP32). */
     private void refreshComputeWeights() {
         if (compute != params) {
-            precision.roundInto(compute.weights(), params.weights());
+            k.round(compute.weights(), params.weights(), params.numel(), precision.format());
         }
     }
 
@@ -269,26 +315,33 @@ public final class Transformer {
      */
     public void initialize(long seed) {
         if (tp.size() == 1) {
-            initialize(cfg, params, seed);
+            Tensor host = device.toHost(params.weights()); // the block itself on the CPU device: no copy
+            initialize(cfg, params.params(), host, seed);
+            device.fromHost(params.weights(), host);
             return;
         }
-        ParameterSet full = declare(cfg, 1);
-        initialize(cfg, full, seed);
+        ParameterSet.Builder fullLayout = layout(cfg, 1);
+        ParameterSet full = fullLayout.buildWeightsOnly(device);
+        Tensor host = device.toHost(full.weights());
+        initialize(cfg, full.params(), host, seed);
+        device.fromHost(full.weights(), host);
         TpShards.scatter(cfg, full, params, tp.rank(), tp.size(), false);
+        full.close();
     }
 
-    private static void initialize(ModelConfig cfg, ParameterSet ps, long seed) {
+    /** Writes the initial values of {@code layout}'s parameters into the host block {@code w}, in windows. */
+    private static void initialize(ModelConfig cfg, List<ParameterSet.Param> layout, Tensor w, long seed) {
         SplittableRandom rng = new SplittableRandom(seed);
-        FloatBuffer w = ps.weights().floats();
         double residualStd = 0.02 / Math.sqrt(2.0 * cfg.layers());
-        for (ParameterSet.Param p : ps.params()) {
+        for (ParameterSet.Param p : layout) {
             String n = p.name();
             boolean norm = n.contains("norm");
             boolean bias = n.endsWith(".b");
             double std = n.endsWith("attn.out.w") || n.endsWith("mlp.down.w") ? residualStd : 0.02;
             long rows = p.shape()[0];
             long rowLen = p.numel() / Math.max(1, rows);
-            for (long i = 0; i < p.numel(); i++) {
+            FloatBuffer out = w.slice(p.offset(), p.numel()).floats(); // one parameter fits a buffer
+            for (int i = 0; i < p.numel(); i++) {
                 float v;
                 if (norm) {
                     v = bias ? 0f : 1f;
@@ -299,9 +352,18 @@ public final class Transformer {
                 } else {
                     v = (float) (rng.nextGaussian() * std);
                 }
-                w.put((int) (p.offset() + i), v);
+                out.put(i, v);
             }
         }
+    }
+
+    /**
+     * Allocates the activations for batches of {@code b} sequences of {@code t} tokens now (the first pass
+     * would otherwise), so the memory figures are complete before training starts. Buffers of another
+     * shape go back to the device first.
+     */
+    public void prepare(int b, int t) {
+        allocate(b, t);
     }
 
     private void allocate(int b, int t) {
@@ -311,27 +373,72 @@ public final class Transformer {
         if (this.b == b && this.t == t) {
             return;
         }
-        int n = b * t;
+        int n = Math.multiplyExact(b, t);
         int nl = tp.localRows(n); // refuses a token count SP cannot split, before any state changes
+        releaseActivations();
         this.b = b;
         this.t = t;
         int c = cfg.hidden();
-        inputs = Tensor.allocateHost(DType.I32, n);
-        targets = Tensor.allocateHost(DType.I32, n);
-        embedded = Tensor.allocateHost(DType.F32, nl, c);
-        normF = Tensor.allocateHost(DType.F32, nl, c);
-        meanF = Tensor.allocateHost(DType.F32, nl);
-        rstdF = Tensor.allocateHost(DType.F32, nl);
-        headX = tp.sequenceParallel() ? Tensor.allocateHost(DType.F32, n, c) : normF;
-        losses = Tensor.allocateHost(DType.F32, n);
-        logits = Tensor.allocateHost(DType.F32, chunkRows(), vocabLocal);
-        dresid = Tensor.allocateHost(DType.F32, nl, c);
-        dnormF = Tensor.allocateHost(DType.F32, nl, c);
-        dheadX = tp.sequenceParallel() ? Tensor.allocateHost(DType.F32, n, c) : dnormF;
-        scratch = new TransformerBlock.BackwardScratch(cfg, tp, n);
+        tokens = device.allocate(MemoryKind.WORKSPACE, DType.I32, 2L * n);
+        tokensHost = device.allocateHostStaging(DType.I32, 2L * n);
+        inputs = tokens.slice(0, n);
+        targets = tokens.slice(n, n);
+        embedded = activation(nl, c);
+        normF = activation(nl, c);
+        meanF = activation(nl);
+        rstdF = activation(nl);
+        headX = tp.sequenceParallel() ? activation(n, c) : normF;
+        losses = device.allocate(MemoryKind.WORKSPACE, DType.F32, n);
+        logits = device.allocate(MemoryKind.WORKSPACE, DType.F32, chunkRows(), vocabLocal);
+        dresid = activation(nl, c);
+        dnormF = activation(nl, c);
+        dheadX = tp.sequenceParallel() ? activation(n, c) : dnormF;
+        scratch = new TransformerBlock.BackwardScratch(cfg, ctx, n);
+        crossEntropy.prepare(chunkRows());
         for (TransformerBlock blk : blocks) {
             blk.allocate(b, t);
         }
+    }
+
+    private Tensor activation(int... shape) {
+        return device.allocate(MemoryKind.ACTIVATIONS, DType.F32, shape);
+    }
+
+    private void releaseActivations() {
+        if (b == 0) {
+            return;
+        }
+        for (Tensor x : new Tensor[] {tokens, embedded, normF, meanF, rstdF, losses, logits, dresid, dnormF}) {
+            device.release(x);
+        }
+        if (tp.sequenceParallel()) {
+            device.release(headX);
+            device.release(dheadX);
+        }
+        scratch.release();
+        for (TransformerBlock blk : blocks) {
+            blk.release();
+        }
+        b = 0;
+        t = 0;
+    }
+
+    /**
+     * Returns all of this model's device memory (parameters, gradients, activations, workspace) to the
+     * device. The model must not be used afterwards.
+     */
+    public void close() {
+        releaseActivations();
+        ws.close();
+        crossEntropy.close();
+        device.release(normScratch);
+        device.release(scalars);
+        device.release(ropeCos);
+        device.release(ropeSin);
+        if (compute != params) {
+            device.release(compute.weights());
+        }
+        params.close();
     }
 
     private int chunkRows() {
@@ -357,14 +464,13 @@ public final class Transformer {
         }
         allocate(b, t);
         refreshComputeWeights(); // every pass starts here: the optimizer may have moved the master weights
-        IntBuffer in = inputs.ints();
-        IntBuffer tg = targets.ints();
+        int n = b * t;
+        IntBuffer staged = tokensHost.ints();
         for (int s = 0; s < b; s++) {
-            for (int i = 0; i < t; i++) {
-                in.put(s * t + i, samples[s * (t + 1) + i]);
-                tg.put(s * t + i, samples[s * (t + 1) + i + 1]);
-            }
+            staged.put(s * t, samples, s * (t + 1), t);         // inputs: tokens [0, t)
+            staged.put(n + s * t, samples, s * (t + 1) + 1, t); // targets: tokens [1, t + 1)
         }
+        device.upload(tokens, tokensHost.hostBuffer());
     }
 
     /** Embedding, blocks and final norm over this rank's residual rows; returns the last block's output. */
@@ -392,12 +498,12 @@ public final class Transformer {
 
     /**
      * One forward and backward pass over a batch; gradients are ADDED to {@code params().grads()} scaled
-     * by {@code gradScale} (1 for a single micro-batch; 1/m for m accumulated micro-batches). Under
-     * sequence parallelism call {@link #finishGradients()} once after the last micro-batch.
-     *
-     * @return the mean cross-entropy of the batch in nats (the same on every TP rank)
+     * by {@code gradScale} (1 for a single micro-batch; 1/m for m accumulated micro-batches), and the batch's
+     * mean cross-entropy (nats) times {@code lossWeight} is added to {@code lossAcc[slot]} (an F64 device
+     * scalar). Issues device work only: nothing waits for the device. Under sequence parallelism call
+     * {@link #finishGradients()} once after the last micro-batch.
      */
-    public double forwardBackward(int[] samples, int b, int t, float gradScale) {
+    public void forwardBackward(int[] samples, int b, int t, float gradScale, Tensor lossAcc, int slot, double lossWeight) {
         loadBatch(samples, b, t);
         trainSteps++;
         Tensor last = forwardBlocks(dropout);
@@ -429,7 +535,22 @@ public final class Transformer {
             k.positionsBackward(params.grad("pos"), dresid, tp.firstLocalRow(n), nl, t, c);
         }
         embedding.backward(dresid, inputs, n);
-        return meanLoss(n);
+        k.sum(losses, n, lossAcc, slot, lossWeight / n);
+    }
+
+    /**
+     * {@link #forwardBackward(int[], int, int, float, Tensor, int, double)} that synchronises and returns the
+     * batch's mean cross-entropy in nats (the same on every TP rank). For tests and tools.
+     */
+    public double forwardBackward(int[] samples, int b, int t, float gradScale) {
+        k.zero(scalars);
+        forwardBackward(samples, b, t, gradScale, scalars, 0, 1.0);
+        return readScalar();
+    }
+
+    private double readScalar() {
+        device.download(scalarsHost, scalars);
+        return scalarsHost.getDouble(0);
     }
 
     /**
@@ -451,7 +572,7 @@ public final class Transformer {
         long at = 0;
         for (ParameterSet.Param p : params.params()) {
             if (p.tp() == TpRole.SEQUENCE) {
-                packed.hostBuffer().position(Math.toIntExact(4 * at)).put(params.grad(p.name()).hostBuffer());
+                device.copy(packed.slice(at, p.numel()), params.grad(p.name()));
                 at += p.numel();
             }
         }
@@ -459,7 +580,7 @@ public final class Transformer {
         at = 0;
         for (ParameterSet.Param p : params.params()) {
             if (p.tp() == TpRole.SEQUENCE) {
-                params.grad(p.name()).hostBuffer().put(packed.slice(at, Math.toIntExact(p.numel())).hostBuffer());
+                device.copy(params.grad(p.name()), packed.slice(at, p.numel()));
                 at += p.numel();
             }
         }
@@ -471,19 +592,27 @@ public final class Transformer {
      * counted twice (Megatron's {@code param_is_not_tensor_parallel_duplicate}). At TP = 1 this is the
      * sum of squares of the gradient block.
      */
-    public double gradSquaredNorm() {
-        double local;
+    public void gradSquaredNorm(Tensor acc, int slot) {
+        k.zero(normScratch);
         if (tp.rank() == 0) {
-            local = k.sumOfSquares(params.grads());
+            k.sumOfSquares(params.grads(), normScratch, 0);
         } else {
-            local = 0;
             for (ParameterSet.Param p : params.params()) {
                 if (p.tp() == TpRole.SPLIT) {
-                    local += k.sumOfSquares(params.grad(p.name()));
+                    k.sumOfSquares(params.grad(p.name()), normScratch, 0);
                 }
             }
         }
-        return tp.sumScalar(local);
+        if (tp.size() > 1) {
+            tp.group().allReduce(normScratch, ReduceOp.SUM);
+        }
+        device.copy(acc.slice(slot, 1), normScratch);
+    }
+
+    /** {@link #gradSquaredNorm(Tensor, int)}, synchronised and returned. For tests and tools. */
+    public double gradSquaredNorm() {
+        gradSquaredNorm(scalars, 0);
+        return readScalar();
     }
 
     /** Forward only: the mean cross-entropy in nats of a batch; {@code lossesOut} (if non-null) gets each token's. */
@@ -496,10 +625,15 @@ public final class Transformer {
             k.linearForward(logits, headX.narrowRows(r0, rows), compute.weight(headName), null, rows, cfg.hidden(), vocabLocal);
             crossEntropy.forward(logits, losses.slice(r0, rows), targets.slice(r0, rows), rows, false, 0f);
         }
+        k.zero(scalars);
+        k.sum(losses, n, scalars, 0, 1.0 / n);
+        double mean = readScalar();
         if (lossesOut != null) {
-            losses.floats().get(0, lossesOut, 0, n);
+            ByteBuffer host = ByteBuffer.allocateDirect(4 * n).order(ByteOrder.nativeOrder());
+            device.download(host, losses.slice(0, n));
+            host.asFloatBuffer().get(lossesOut, 0, n);
         }
-        return meanLoss(n);
+        return mean;
     }
 
     /**
@@ -517,21 +651,16 @@ public final class Transformer {
             int rows = Math.min(chunkRows(), n - r0);
             k.linearForward(logits, headX.narrowRows(r0, rows), compute.weight(headName), null, rows, cfg.hidden(), vocabLocal);
             Tensor full = ws.get("logits.full", rows, vp);
-            new Mappings.GatherFromTensorRegion(tp, rows, vocabLocal).forward(logits.slice(0, rows * vocabLocal), full);
-            FloatBuffer z = full.floats();
+            Mapping gather = new Mappings.GatherFromTensorRegion(ctx, rows, vocabLocal);
+            gather.forward(logits.slice(0, (long) rows * vocabLocal), full);
+            gather.close();
+            ByteBuffer host = ByteBuffer.allocateDirect(4 * rows * vp).order(ByteOrder.nativeOrder());
+            device.download(host, full);
+            FloatBuffer z = host.asFloatBuffer();
             for (int r = 0; r < rows; r++) {
                 z.get(r * vp, out, (r0 + r) * v, v);
             }
         }
         return out;
-    }
-
-    private double meanLoss(int n) {
-        FloatBuffer l = losses.floats();
-        double sum = 0;
-        for (int i = 0; i < n; i++) {
-            sum += l.get(i);
-        }
-        return sum / n;
     }
 }

@@ -1,9 +1,12 @@
 package org.sparkatron.model;
 
+import org.sparkatron.device.Device;
 import org.sparkatron.device.Kernels;
+import org.sparkatron.device.MemoryKind;
 import org.sparkatron.model.ParameterSet.TpRole;
 import org.sparkatron.parallel.ColumnParallelLinear;
 import org.sparkatron.parallel.DropoutRng;
+import org.sparkatron.parallel.RankContext;
 import org.sparkatron.parallel.RowParallelLinear;
 import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.Workspace;
@@ -26,9 +29,13 @@ import org.sparkatron.tensor.Tensor;
  * out and proj / down are row-parallel (bias added once, after the reduction). Norms, dropout and
  * residuals act on the residual stream: all N = B*T rows, or this rank's N/tp rows under sequence
  * parallelism. Shapes below: Nl residual rows, Hl = H/tp, Hkvl = Hkv/tp, Fl = F/tp, hd head dim.
+ *
+ * <p>Activations live on the rank's device, allocated per batch shape and reused every step; every step
+ * of forward and backward is a kernel, a device copy or a TP collective (stream-ordered, no host access).
  */
 final class TransformerBlock {
     private final ModelConfig cfg;
+    private final Device device;
     private final Kernels k;
     private final ParameterSet ps;
     private final TensorParallel tp;
@@ -68,10 +75,12 @@ final class TransformerBlock {
     private long dropoutStep;
     private long dropoutRowOffset;
 
-    TransformerBlock(ModelConfig cfg, Kernels k, ParameterSet ps, int index, Tensor ropeCos, Tensor ropeSin,
-                     TensorParallel tp, Workspace ws) {
+    TransformerBlock(ModelConfig cfg, RankContext ctx, ParameterSet ps, int index, Tensor ropeCos, Tensor ropeSin,
+                     Workspace ws) {
+        TensorParallel tp = ctx.tp();
         this.cfg = cfg;
-        this.k = k;
+        this.device = ctx.device();
+        this.k = ctx.kernels();
         this.ps = ps;
         this.tp = tp;
         this.index = index;
@@ -83,13 +92,13 @@ final class TransformerBlock {
         this.fl = cfg.ffnHidden() / tp.size();
         int c = cfg.hidden();
         int hd = cfg.headDim();
-        qkvLayer = new ColumnParallelLinear(tp, k, c, (hl + 2 * kvl) * hd, w("attn.qkv.w"), w("attn.qkv.b"),
+        qkvLayer = new ColumnParallelLinear(ctx, c, (hl + 2 * kvl) * hd, w("attn.qkv.w"), w("attn.qkv.b"),
                 g("attn.qkv.w"), g("attn.qkv.b"), false, ws);
-        outLayer = new RowParallelLinear(tp, k, hl * hd, c, w("attn.out.w"), w("attn.out.b"), g("attn.out.w"),
+        outLayer = new RowParallelLinear(ctx, hl * hd, c, w("attn.out.w"), w("attn.out.b"), g("attn.out.w"),
                 g("attn.out.b"), ws);
-        upLayer = new ColumnParallelLinear(tp, k, c, upWidth(), w("mlp.up.w"), w("mlp.up.b"), g("mlp.up.w"),
+        upLayer = new ColumnParallelLinear(ctx, c, upWidth(), w("mlp.up.w"), w("mlp.up.b"), g("mlp.up.w"),
                 g("mlp.up.b"), false, ws);
-        downLayer = new RowParallelLinear(tp, k, fl, c, w("mlp.down.w"), w("mlp.down.b"), g("mlp.down.w"),
+        downLayer = new RowParallelLinear(ctx, fl, c, w("mlp.down.w"), w("mlp.down.b"), g("mlp.down.w"),
                 g("mlp.down.b"), ws);
     }
 
@@ -132,32 +141,54 @@ final class TransformerBlock {
         }
     }
 
-    /** (Re)allocates the activation buffers for a batch of b sequences of t tokens. */
+    /** (Re)allocates the activation buffers for a batch of b sequences of t tokens (the old ones go back). */
     void allocate(int b, int t) {
         if (this.b == b && this.t == t) {
             return;
         }
+        release();
         this.b = b;
         this.t = t;
         int n = b * t;
         this.nl = tp.localRows(n);
         int c = cfg.hidden();
         int hd = cfg.headDim();
-        norm1 = Tensor.allocateHost(DType.F32, nl, c);
-        mean1 = Tensor.allocateHost(DType.F32, nl);
-        rstd1 = Tensor.allocateHost(DType.F32, nl);
-        qkv = Tensor.allocateHost(DType.F32, n, (hl + 2 * kvl) * hd);
-        att = Tensor.allocateHost(DType.F32, n, hl * hd);
-        lse = Tensor.allocateHost(DType.F32, b, hl, t);
-        attProj = Tensor.allocateHost(DType.F32, nl, c);
-        resid = Tensor.allocateHost(DType.F32, nl, c);
-        norm2 = Tensor.allocateHost(DType.F32, nl, c);
-        mean2 = Tensor.allocateHost(DType.F32, nl);
-        rstd2 = Tensor.allocateHost(DType.F32, nl);
-        up = Tensor.allocateHost(DType.F32, n, upWidth());
-        act = Tensor.allocateHost(DType.F32, n, fl);
-        down = Tensor.allocateHost(DType.F32, nl, c);
-        output = Tensor.allocateHost(DType.F32, nl, c);
+        norm1 = activation(nl, c);
+        mean1 = activation(nl);
+        rstd1 = activation(nl);
+        qkv = activation(n, (hl + 2 * kvl) * hd);
+        att = activation(n, hl * hd);
+        lse = activation(b, hl, t);
+        attProj = activation(nl, c);
+        resid = activation(nl, c);
+        norm2 = activation(nl, c);
+        mean2 = activation(nl);
+        rstd2 = activation(nl);
+        up = activation(n, upWidth());
+        act = activation(n, fl);
+        down = activation(nl, c);
+        output = activation(nl, c);
+        qkvLayer.prepare(n);
+        upLayer.prepare(n);
+    }
+
+    private Tensor activation(int... shape) {
+        return device.allocate(MemoryKind.ACTIVATIONS, DType.F32, shape);
+    }
+
+    /** Returns the activation buffers to the device. */
+    void release() {
+        if (b == 0) {
+            return; // nothing allocated (or already released): releasing twice would hand a block out twice
+        }
+        for (Tensor x : new Tensor[] {norm1, mean1, rstd1, qkv, att, lse, attProj, resid, norm2, mean2, rstd2, up, act,
+                down, output}) {
+            device.release(x);
+        }
+        qkvLayer.close();
+        upLayer.close();
+        b = 0;
+        t = 0;
     }
 
     Tensor output() {
@@ -200,7 +231,7 @@ final class TransformerBlock {
 
     private void drop(Tensor x, int site) {
         if (dropout != null) {
-            dropout.apply(x, dropoutStep, 2 * index + site, dropoutRowOffset + tp.firstLocalRow(b * t), nl, cfg.hidden());
+            dropout.apply(k, x, dropoutStep, 2 * index + site, dropoutRowOffset + tp.firstLocalRow(b * t), nl, cfg.hidden());
         }
     }
 
@@ -209,7 +240,7 @@ final class TransformerBlock {
         if (dropout == null) {
             return dresid;
         }
-        s.drop.hostBuffer().put(dresid.hostBuffer());
+        device.copy(s.drop, dresid);
         drop(s.drop, site);
         return s.drop;
     }
@@ -268,6 +299,7 @@ final class TransformerBlock {
 
     /** Backward scratch shared by all blocks of a model (only one block runs backward at a time). */
     static final class BackwardScratch {
+        private final Device device;
         final Tensor norm;  // [Nl, C]
         final Tensor qkv;   // [N, (Hl + 2 Hkvl) hd]
         final Tensor att;   // [N, Hl hd]
@@ -275,17 +307,29 @@ final class TransformerBlock {
         final Tensor act;   // [N, Fl]
         final Tensor drop;  // [Nl, C] gradient through a dropout mask
 
-        BackwardScratch(ModelConfig cfg, TensorParallel tp, int n) {
+        BackwardScratch(ModelConfig cfg, RankContext ctx, int n) {
+            this.device = ctx.device();
+            TensorParallel tp = ctx.tp();
             boolean llama = cfg.family() == ModelConfig.Family.LLAMA;
             int nl = tp.localRows(n);
             int hd = cfg.headDim();
             int fl = cfg.ffnHidden() / tp.size();
-            norm = Tensor.allocateHost(DType.F32, nl, cfg.hidden());
-            qkv = Tensor.allocateHost(DType.F32, n, (cfg.heads() + 2 * cfg.kvHeads()) / tp.size() * hd);
-            att = Tensor.allocateHost(DType.F32, n, cfg.heads() / tp.size() * hd);
-            up = Tensor.allocateHost(DType.F32, n, llama ? 2 * fl : fl);
-            act = Tensor.allocateHost(DType.F32, n, fl);
-            drop = Tensor.allocateHost(DType.F32, nl, cfg.hidden());
+            norm = alloc(nl, cfg.hidden());
+            qkv = alloc(n, (cfg.heads() + 2 * cfg.kvHeads()) / tp.size() * hd);
+            att = alloc(n, cfg.heads() / tp.size() * hd);
+            up = alloc(n, llama ? 2 * fl : fl);
+            act = alloc(n, fl);
+            drop = alloc(nl, cfg.hidden());
+        }
+
+        private Tensor alloc(int... shape) {
+            return device.allocate(MemoryKind.ACTIVATIONS, DType.F32, shape);
+        }
+
+        void release() {
+            for (Tensor x : new Tensor[] {norm, qkv, att, up, act, drop}) {
+                device.release(x);
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 package org.sparkatron.optim;
 
 import org.sparkatron.device.Kernels;
+import org.sparkatron.device.MemoryKind;
 import org.sparkatron.model.ParameterSet;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
@@ -9,8 +10,9 @@ import org.sparkatron.tensor.Tensor;
  * AdamW over a whole {@link ParameterSet} in one pass, with PyTorch's {@code torch.optim.AdamW} semantics:
  * decoupled weight decay ({@code p *= 1 - lr * wd}, only on parameters marked for decay: matrices and
  * embeddings, not biases or norm weights), bias-corrected first and second moments, {@code eps} added
- * after the bias-corrected square root. State (m, v) is fp32, laid out like the parameters.
- * Not thread-safe; deterministic.
+ * after the bias-corrected square root. State (m, v) is fp32 on the parameters' device, laid out like the
+ * parameters. An update issues one kernel per parameter (the decay differs) and never waits for the
+ * device. Not thread-safe; deterministic.
  */
 public final class AdamW {
     private final ParameterSet params;
@@ -31,9 +33,8 @@ public final class AdamW {
         this.beta2 = beta2;
         this.eps = eps;
         this.weightDecay = weightDecay;
-        int n = Math.toIntExact(params.numel());
-        this.m = Tensor.allocateHost(DType.F32, n);
-        this.v = Tensor.allocateHost(DType.F32, n);
+        this.m = params.device().zeros(MemoryKind.OPTIMIZER, DType.F32, params.numel());
+        this.v = params.device().zeros(MemoryKind.OPTIMIZER, DType.F32, params.numel());
         this.decayOf = new boolean[params.params().size()];
         for (int i = 0; i < decayOf.length; i++) {
             decayOf[i] = params.params().get(i).decay();
@@ -51,6 +52,12 @@ public final class AdamW {
 
     public Tensor secondMoment() {
         return v;
+    }
+
+    /** Returns the moments to the device. */
+    public void close() {
+        params.device().release(m);
+        params.device().release(v);
     }
 
     /** Restores the step counter (with moments restored through {@link #firstMoment()} / {@link #secondMoment()}). */

@@ -1,6 +1,8 @@
 package org.sparkatron.parallel;
 
+import org.sparkatron.device.Device;
 import org.sparkatron.device.Kernels;
+import org.sparkatron.device.MemoryKind;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -18,7 +20,9 @@ import org.sparkatron.tensor.Tensor;
  * <p>Threading and failure: one rank's thread; forward and backward are TP collectives.
  */
 public final class ColumnParallelLinear {
+    private final RankContext ctx;
     private final TensorParallel tp;
+    private final Device device;
     private final Kernels k;
     private final int in;
     private final int outLocal;
@@ -40,13 +44,16 @@ public final class ColumnParallelLinear {
      * @param w  this rank's weight rows [outLocal, in]; {@code b}, {@code db} may be null (no bias)
      * @param ws transient buffers shared with the other layers of the rank
      */
-    public ColumnParallelLinear(TensorParallel tp, Kernels k, int in, int outLocal, Tensor w, Tensor b, Tensor dw,
+    public ColumnParallelLinear(RankContext ctx, int in, int outLocal, Tensor w, Tensor b, Tensor dw,
                                 Tensor db, boolean gatherOutput, Workspace ws) {
+        TensorParallel tp = ctx.tp();
         if (gatherOutput && tp.sequenceParallel()) {
             throw new IllegalArgumentException("a column-parallel layer cannot gather its output under sequence parallelism");
         }
+        this.ctx = ctx;
         this.tp = tp;
-        this.k = k;
+        this.device = ctx.device();
+        this.k = ctx.kernels();
         this.in = in;
         this.outLocal = outLocal;
         this.w = w;
@@ -55,11 +62,19 @@ public final class ColumnParallelLinear {
         this.db = db;
         this.gatherOutput = gatherOutput;
         this.ws = ws;
-        this.inputMap = tp.sequenceParallel() ? new Mappings.GatherFromSequenceRegion(tp) : new Mappings.CopyToTensorRegion(tp);
+        this.inputMap = tp.sequenceParallel() ? new Mappings.GatherFromSequenceRegion(ctx) : new Mappings.CopyToTensorRegion(ctx);
     }
 
     public int outLocal() {
         return outLocal;
+    }
+
+    /** Allocates the buffers for batches of {@code n} token rows now (the first forward would otherwise). */
+    public void prepare(int n) {
+        if (tp.sequenceParallel() && (gathered == null || gathered.dim(0) != n)) {
+            device.release(gathered);
+            gathered = device.allocate(MemoryKind.ACTIVATIONS, DType.F32, n, in);
+        }
     }
 
     /**
@@ -70,9 +85,7 @@ public final class ColumnParallelLinear {
     public void forward(Tensor x, int n, Tensor out) {
         this.n = n;
         if (tp.sequenceParallel()) {
-            if (gathered == null || gathered.dim(0) != n) {
-                gathered = Tensor.allocateHost(DType.F32, n, in);
-            }
+            prepare(n);
             inputMap.forward(x, gathered);
             xFull = gathered;
         } else {
@@ -81,14 +94,26 @@ public final class ColumnParallelLinear {
         Tensor y = out;
         if (gatherOutput) {
             if (yLocal == null || yLocal.dim(0) != n) {
-                yLocal = Tensor.allocateHost(DType.F32, n, outLocal);
-                outputMap = new Mappings.GatherFromTensorRegion(tp, n, outLocal);
+                device.release(yLocal);
+                yLocal = device.allocate(MemoryKind.ACTIVATIONS, DType.F32, n, outLocal);
+                outputMap = new Mappings.GatherFromTensorRegion(ctx, n, outLocal);
             }
             y = yLocal;
         }
         k.linearForward(y, xFull, w, b, n, in, outLocal);
         if (gatherOutput) {
             outputMap.forward(yLocal, out);
+        }
+    }
+
+    /** Returns this layer's own buffers (the gathered input under SP, the local output) to the device. */
+    public void close() {
+        device.release(gathered);
+        device.release(yLocal);
+        gathered = null;
+        yLocal = null;
+        if (outputMap != null) {
+            outputMap.close();
         }
     }
 

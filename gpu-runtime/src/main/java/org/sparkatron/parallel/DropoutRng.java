@@ -1,6 +1,7 @@
 package org.sparkatron.parallel;
 
-import java.nio.FloatBuffer;
+import org.sparkatron.device.Kernels;
+import org.sparkatron.tensor.Tensor;
 
 /**
  * Dropout whose mask is a pure function of (seed, step, site, global element index): a counter-based
@@ -17,7 +18,6 @@ public final class DropoutRng {
     private static final long GOLDEN = 0x9E3779B97F4A7C15L;
     private final float p;
     private final long seed;
-    private final float scale;
 
     /** @param p drop probability in [0, 1) */
     public DropoutRng(float p, long seed) {
@@ -26,7 +26,6 @@ public final class DropoutRng {
         }
         this.p = p;
         this.seed = seed;
-        this.scale = 1f / (1f - p);
     }
 
     public float probability() {
@@ -39,36 +38,33 @@ public final class DropoutRng {
         return z ^ (z >>> 31);
     }
 
-    private long base(long step, int site) {
+    /** The stream key of (step, site): the {@code base} argument of {@link Kernels#dropout}. */
+    public long base(long step, int site) {
         return mix(seed ^ mix(step * GOLDEN + site));
     }
 
     /** Whether element {@code index} (global, row-major) of stream (step, site) is kept. */
     public boolean keep(long step, int site, long index) {
-        return keep(base(step, site), index);
+        return keep(base(step, site), index, p);
     }
 
-    private boolean keep(long base, long index) {
+    /**
+     * The mask every device computes: element {@code index} of the stream keyed {@code base} is kept when
+     * the top 24 bits of {@code mix(base + index * GOLDEN)}, as a fraction in [0, 1), are at least {@code p}.
+     */
+    public static boolean keep(long base, long index, float p) {
         long h = mix(base + index * GOLDEN);
         return (h >>> 40) * 0x1.0p-24f >= p;
     }
 
     /**
-     * In place: {@code x[i, j] *= keep ? 1/(1-p) : 0} for the {@code rows} rows of a block whose first row
-     * is global row {@code firstRow} of a [*, cols] tensor. The backward is the same call on the gradient.
+     * In place, as a kernel: {@code x[i, j] *= keep ? 1/(1-p) : 0} for the {@code rows} rows of a block whose
+     * first row is global row {@code firstRow} of a [*, cols] tensor. The backward is the same call on the
+     * gradient.
      */
-    public void apply(org.sparkatron.tensor.Tensor x, long step, int site, long firstRow, int rows, int cols) {
-        if (p == 0f) {
-            return;
-        }
-        long b = base(step, site);
-        FloatBuffer v = x.floats();
-        for (int i = 0; i < rows; i++) {
-            long row = (firstRow + i) * cols;
-            for (int j = 0; j < cols; j++) {
-                int at = i * cols + j;
-                v.put(at, keep(b, row + j) ? v.get(at) * scale : 0f);
-            }
+    public void apply(Kernels k, Tensor x, long step, int site, long firstRow, int rows, int cols) {
+        if (p != 0f) {
+            k.dropout(x, p, base(step, site), firstRow, rows, cols);
         }
     }
 }

@@ -9,9 +9,10 @@ import org.sparkatron.tensor.Tensor;
  * mappings split the columns (the last dimension). For a group of one every mapping is the identity
  * (a copy when {@code in != out}).
  *
- * <p>Blocking and failure: each call is a collective over the TP group (every rank calls the same
- * mapping in the same order) and fails with the communicator's {@code CommException} if a peer does.
- * An instance belongs to one rank's thread (some keep scratch memory).
+ * <p>Stream order, blocking and failure: each call is a collective over the TP group (every rank calls the
+ * same mapping in the same order), ordered with the rank's kernels, and fails with the communicator's
+ * {@code CommException} if a peer does. An instance belongs to one rank's thread (some keep scratch
+ * memory on the rank's device, returned by {@link #close()}).
  */
 public interface Mapping {
     /** Forward: {@code out} from {@code in}; they may be the same tensor where the shapes are equal. */
@@ -19,4 +20,8 @@ public interface Mapping {
 
     /** Backward: {@code gradIn} (shaped like the forward's input) from {@code gradOut} (like its output). */
     void backward(Tensor gradOut, Tensor gradIn);
+
+    /** Returns scratch memory to the device (nothing for most mappings). */
+    default void close() {
+    }
 }

@@ -2,6 +2,8 @@ package org.sparkatron.parallel;
 
 import org.sparkatron.comm.Communicator;
 import org.sparkatron.comm.ReduceOp;
+import org.sparkatron.device.Device;
+import org.sparkatron.device.MemoryKind;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -20,8 +22,9 @@ import org.sparkatron.tensor.Tensor;
  *   ReduceScatterToSequenceRegion   reduce-scatter rows (sum)        all-gather rows
  * </pre>
  * Each backward is the adjoint of its forward: e.g. the input of a column-parallel layer is used by every
- * rank, so its gradient is the sum of every rank's contribution. Instances keep no state but scratch; see
- * {@link Mapping} for blocking and failure.
+ * rank, so its gradient is the sum of every rank's contribution. Copies are device copies and collectives
+ * run on device tensors, all stream-ordered with the rank's kernels. Instances keep no state but scratch;
+ * see {@link Mapping} for blocking and failure.
  */
 public final class Mappings {
     private Mappings() {
@@ -29,13 +32,15 @@ public final class Mappings {
 
     private abstract static class Base implements Mapping {
         final Communicator group;
+        final Device device;
         final int size;
         final int rank;
 
-        Base(TensorParallel tp) {
-            this.group = tp.group();
-            this.size = tp.size();
-            this.rank = tp.rank();
+        Base(RankContext ctx) {
+            this.group = ctx.tp().group();
+            this.device = ctx.device();
+            this.size = ctx.tp().size();
+            this.rank = ctx.tp().rank();
         }
 
         void check(Tensor t, String what) {
@@ -47,7 +52,7 @@ public final class Mappings {
             check(in, "input");
             check(out, "output");
             Rows.requireNumel(in, out.numel() * size, "full tensor");
-            Rows.copy(in, out.numel() * rank, out, 0, out.numel());
+            Rows.copy(device, in, out.numel() * rank, out, 0, out.numel());
         }
 
         void gatherBlocks(Tensor in, Tensor out) {
@@ -62,7 +67,7 @@ public final class Mappings {
             check(out, "output");
             Rows.requireNumel(in, out.numel() * size, "full tensor");
             if (size == 1) {
-                Rows.copyAll(in, out);
+                Rows.copyAll(device, in, out);
             } else {
                 group.reduceScatter(in, out, ReduceOp.SUM);
             }
@@ -71,7 +76,7 @@ public final class Mappings {
         void allReduce(Tensor in, Tensor out) {
             check(in, "input");
             check(out, "output");
-            Rows.copyAll(in, out);
+            Rows.copyAll(device, in, out);
             if (size > 1) {
                 group.allReduce(out, ReduceOp.SUM);
             }
@@ -80,14 +85,14 @@ public final class Mappings {
         void identity(Tensor in, Tensor out) {
             check(in, "input");
             check(out, "output");
-            Rows.copyAll(in, out);
+            Rows.copyAll(device, in, out);
         }
     }
 
     /** Identity forward, all-reduce backward: the input of a column-parallel layer. */
     public static final class CopyToTensorRegion extends Base {
-        public CopyToTensorRegion(TensorParallel tp) {
-            super(tp);
+        public CopyToTensorRegion(RankContext ctx) {
+            super(ctx);
         }
 
         @Override
@@ -103,8 +108,8 @@ public final class Mappings {
 
     /** All-reduce forward, identity backward: the output of a row-parallel layer. */
     public static final class ReduceFromTensorRegion extends Base {
-        public ReduceFromTensorRegion(TensorParallel tp) {
-            super(tp);
+        public ReduceFromTensorRegion(RankContext ctx) {
+            super(ctx);
         }
 
         @Override
@@ -120,8 +125,8 @@ public final class Mappings {
 
     /** Sequence parallelism: full rows in, this rank's row block out; backward all-gathers. */
     public static final class ScatterToSequenceRegion extends Base {
-        public ScatterToSequenceRegion(TensorParallel tp) {
-            super(tp);
+        public ScatterToSequenceRegion(RankContext ctx) {
+            super(ctx);
         }
 
         @Override
@@ -140,8 +145,8 @@ public final class Mappings {
      * backward reduce-scatters, since every rank's full-row gradient is a partial sum.
      */
     public static final class GatherFromSequenceRegion extends Base {
-        public GatherFromSequenceRegion(TensorParallel tp) {
-            super(tp);
+        public GatherFromSequenceRegion(RankContext ctx) {
+            super(ctx);
         }
 
         @Override
@@ -157,8 +162,8 @@ public final class Mappings {
 
     /** Sequence parallelism: partial full rows in, summed row block out (a row-parallel layer's output). */
     public static final class ReduceScatterToSequenceRegion extends Base {
-        public ReduceScatterToSequenceRegion(TensorParallel tp) {
-            super(tp);
+        public ReduceScatterToSequenceRegion(RankContext ctx) {
+            super(ctx);
         }
 
         @Override
@@ -178,8 +183,8 @@ public final class Mappings {
         private final Columns cols;
 
         /** For tensors of {@code rows} rows; the full width is {@code size * localCols}. */
-        public ScatterToTensorRegion(TensorParallel tp, int rows, int localCols) {
-            super(tp);
+        public ScatterToTensorRegion(RankContext ctx, int rows, int localCols) {
+            super(ctx);
             this.rows = rows;
             this.cols = new Columns(this, localCols);
         }
@@ -193,6 +198,11 @@ public final class Mappings {
         public void backward(Tensor gradOut, Tensor gradIn) {
             cols.gather(gradOut, gradIn, rows);
         }
+
+        @Override
+        public void close() {
+            cols.close();
+        }
     }
 
     /** Column gather: this rank's {@code w} columns in, all {@code size * w} columns out. */
@@ -200,8 +210,8 @@ public final class Mappings {
         private final int rows;
         private final Columns cols;
 
-        public GatherFromTensorRegion(TensorParallel tp, int rows, int localCols) {
-            super(tp);
+        public GatherFromTensorRegion(RankContext ctx, int rows, int localCols) {
+            super(ctx);
             this.rows = rows;
             this.cols = new Columns(this, localCols);
         }
@@ -214,6 +224,11 @@ public final class Mappings {
         @Override
         public void backward(Tensor gradOut, Tensor gradIn) {
             cols.split(gradOut, gradIn, rows);
+        }
+
+        @Override
+        public void close() {
+            cols.close();
         }
     }
 
@@ -228,12 +243,17 @@ public final class Mappings {
             this.local = local;
         }
 
+        void close() {
+            m.device.release(scratch);
+            scratch = null;
+        }
+
         void split(Tensor full, Tensor part, int rows) {
             m.check(full, "input");
             m.check(part, "output");
             Rows.requireNumel(full, (long) rows * local * m.size, "full tensor");
             Rows.requireNumel(part, (long) rows * local, "column block");
-            Rows.copyColumns(full, local * m.size, local * m.rank, part, local, 0, rows, local);
+            Rows.copyColumns(m.device, full, local * m.size, local * m.rank, part, local, 0, rows, local);
         }
 
         void gather(Tensor part, Tensor full, int rows) {
@@ -242,16 +262,17 @@ public final class Mappings {
             Rows.requireNumel(part, (long) rows * local, "column block");
             Rows.requireNumel(full, (long) rows * local * m.size, "full tensor");
             if (m.size == 1) {
-                Rows.copyAll(part, full);
+                Rows.copyAll(m.device, part, full);
                 return;
             }
             if (scratch == null || scratch.numel() != full.numel()) {
-                scratch = Tensor.allocateHost(DType.F32, Math.toIntExact(full.numel()));
+                m.device.release(scratch);
+                scratch = m.device.allocate(MemoryKind.WORKSPACE, DType.F32, full.numel());
             }
             m.group.allGather(part, scratch); // [size][rows][local]
             for (int r = 0; r < m.size; r++) {
-                Rows.copyColumns(scratch.slice((long) r * rows * local, rows * local), local, 0, full, local * m.size,
-                        r * local, rows, local);
+                Rows.copyColumns(m.device, scratch.slice((long) r * rows * local, (long) rows * local), local, 0, full,
+                        local * m.size, r * local, rows, local);
             }
         }
     }

@@ -32,10 +32,11 @@ public final class RowParallelLinear {
     private Tensor x;
 
     /** @param w this rank's weight columns [out, inLocal] (contiguous); {@code b}, {@code db} may be null. */
-    public RowParallelLinear(TensorParallel tp, Kernels k, int inLocal, int out, Tensor w, Tensor b, Tensor dw, Tensor db,
+    public RowParallelLinear(RankContext ctx, int inLocal, int out, Tensor w, Tensor b, Tensor dw, Tensor db,
                              Workspace ws) {
+        TensorParallel tp = ctx.tp();
         this.tp = tp;
-        this.k = k;
+        this.k = ctx.kernels();
         this.inLocal = inLocal;
         this.out = out;
         this.w = w;
@@ -43,8 +44,8 @@ public final class RowParallelLinear {
         this.dw = dw;
         this.db = db;
         this.ws = ws;
-        this.outputMap = tp.sequenceParallel() ? new Mappings.ReduceScatterToSequenceRegion(tp)
-                : new Mappings.ReduceFromTensorRegion(tp);
+        this.outputMap = tp.sequenceParallel() ? new Mappings.ReduceScatterToSequenceRegion(ctx)
+                : new Mappings.ReduceFromTensorRegion(ctx);
     }
 
     /**
@@ -59,7 +60,7 @@ public final class RowParallelLinear {
         k.linearForward(partial, x, w, null, n, inLocal, out);
         outputMap.forward(partial, y);
         if (b != null) {
-            Rows.addBias(y, b, rows, out);
+            k.addBias(y, b, rows, out);
         }
     }
 

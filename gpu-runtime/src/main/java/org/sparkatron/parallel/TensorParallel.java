@@ -2,8 +2,6 @@ package org.sparkatron.parallel;
 
 import org.sparkatron.comm.Communicator;
 import org.sparkatron.comm.SelfCommunicator;
-import org.sparkatron.tensor.DType;
-import org.sparkatron.tensor.Tensor;
 
 /**
  * One rank's tensor-parallel context: its TP group (Megatron's {@code tensor_model_parallel_group}) and
@@ -16,13 +14,12 @@ import org.sparkatron.tensor.Tensor;
  * dimension, and for {@code B > 1} it is another partition of the same tokens, which the per-token
  * operations outside the TP regions cannot tell apart.
  *
- * <p>Threading: one rank's training thread; the group's collectives block (see {@link Communicator}).
+ * <p>Threading: one rank's training thread; the group's collectives are ordered with the rank's kernels
+ * (see {@link Communicator}). Immutable.
  */
 public final class TensorParallel {
     private final Communicator group;
     private final boolean sequenceParallel;
-    private final Tensor scalar = Tensor.allocateHost(DType.F32, 2);
-    private Tensor gathered;
 
     /**
      * @param group this rank's TP group (a {@link SelfCommunicator} for TP = 1)
@@ -73,28 +70,6 @@ public final class TensorParallel {
     /** The first global token row of this rank's residual-stream shard. */
     public int firstLocalRow(int n) {
         return sequenceParallel ? rank() * localRows(n) : 0;
-    }
-
-    /**
-     * Sum of a double over the TP group, in the same order on every rank. The transport carries fp32, so
-     * each rank sends its value as a float pair (high part, remainder) and every rank adds the gathered
-     * pairs in double: about 14 significant digits survive instead of 7. Collective: every rank calls it.
-     */
-    public double sumScalar(double v) {
-        if (size() == 1) {
-            return v;
-        }
-        if (gathered == null) {
-            gathered = Tensor.allocateHost(DType.F32, 2 * size());
-        }
-        float hi = (float) v;
-        scalar.floats().put(0, hi).put(1, (float) (v - hi));
-        group.allGather(scalar, gathered);
-        double sum = 0;
-        for (int r = 0; r < size(); r++) {
-            sum += (double) gathered.floats().get(2 * r) + gathered.floats().get(2 * r + 1);
-        }
-        return sum;
     }
 
     /** {@code a} divided by the TP size, with an error naming {@code what} if it does not divide. */

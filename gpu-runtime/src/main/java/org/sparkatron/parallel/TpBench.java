@@ -14,7 +14,8 @@ import org.sparkatron.comm.InProcessRendezvous;
 import org.sparkatron.comm.tcp.TcpCommunicator;
 import org.sparkatron.comm.tcp.TcpOptions;
 import org.sparkatron.device.cpu.Blas;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
+import org.sparkatron.precision.Precision;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.LrSchedule;
@@ -163,7 +164,7 @@ public final class TpBench {
 
     /** {mean seconds per step, last loss}. */
     private static double[] single(ModelConfig cfg, int batch, int seq, int steps) {
-        Transformer m = new Transformer(cfg, new CpuKernels());
+        Transformer m = new Transformer(cfg, new CpuDevice());
         m.initialize(1);
         Trainer tr = new Trainer(m, data(cfg, seq), options(batch));
         tr.step();
@@ -188,7 +189,7 @@ public final class TpBench {
                     try (TcpCommunicator world = TcpCommunicator.create(rank, tp, rv.forRank(rank), secret,
                             TcpOptions.loopback().withTimeouts(60_000, 300_000))) {
                         TimedCommunicator timed = new TimedCommunicator(world);
-                        Transformer m = new Transformer(cfg, new CpuKernels(), new TensorParallel(timed, sp));
+                        Transformer m = new Transformer(cfg, new RankContext(new CpuDevice(), new TensorParallel(timed, sp), Precision.FP32));
                         m.initialize(1);
                         SampleSource src = new TpBroadcastSource(rank == 0 ? data(cfg, seq) : null, seq + 1, timed);
                         Trainer tr = new Trainer(m, src, options(batch));

@@ -3,7 +3,6 @@ package org.sparkatron.parallel;
 import java.io.IOException;
 import java.nio.file.Path;
 import org.sparkatron.checkpoint.ModelStore;
-import org.sparkatron.device.Kernels;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.model.TpShards;
 
@@ -20,23 +19,29 @@ public final class TpCheckpoint {
     private TpCheckpoint() {
     }
 
-    /** This rank's shard of the model in {@code dir}. Every rank of the group calls it. */
-    public static Transformer load(Path dir, Kernels kernels, TensorParallel tp) throws IOException {
-        Transformer full = ModelStore.load(dir, kernels);
+    /** This rank's shard of the model in {@code dir}, for the rank {@code ctx} describes. Every rank of the group calls it. */
+    public static Transformer load(Path dir, RankContext ctx) throws IOException {
+        TensorParallel tp = ctx.tp();
         if (tp.size() == 1) {
-            return full;
+            return ModelStore.load(dir, ctx);
         }
-        Transformer model = new Transformer(full.config(), kernels, tp);
-        TpShards.scatter(full.config(), full.params(), model.params(), tp.rank(), tp.size(), false);
-        return model;
+        Transformer full = ModelStore.load(dir, ctx.device()); // fp32, TP = 1: the weights as stored
+        try {
+            Transformer model = new Transformer(full.config(), ctx);
+            TpShards.scatter(full.config(), full.params(), model.params(), tp.rank(), tp.size(), false);
+            return model;
+        } finally {
+            full.close();
+        }
     }
 
     /**
-     * The whole model as a TP = 1 {@link Transformer} on every rank: weights, and with {@code grads} the
-     * gradients too (call {@link Transformer#finishGradients()} first under sequence parallelism).
+     * The whole model as a TP = 1 {@link Transformer} on every rank, on the same device: weights, and with
+     * {@code grads} the gradients too (call {@link Transformer#finishGradients()} first under sequence
+     * parallelism). The caller closes it.
      */
     public static Transformer gatherFull(Transformer model, boolean grads) {
-        Transformer full = new Transformer(model.config(), model.kernels());
+        Transformer full = new Transformer(model.config(), model.context().withTensorParallel(TensorParallel.none()));
         TpShards.gather(model.config(), model.params(), full.params(), model.tensorParallel(), false);
         if (grads) {
             TpShards.gather(model.config(), model.params(), full.params(), model.tensorParallel(), true);
@@ -51,12 +56,18 @@ public final class TpCheckpoint {
     public static void save(Transformer model, Path dir) throws IOException {
         TensorParallel tp = model.tensorParallel();
         Transformer full = tp.size() == 1 ? model : gatherFull(model, false);
-        if (tp.rank() == 0) {
-            try {
-                ModelStore.save(full, dir);
-            } catch (IOException | RuntimeException e) {
-                tp.group().abort("TP rank 0 could not save the model to " + dir + ": " + e.getMessage());
-                throw e;
+        try {
+            if (tp.rank() == 0) {
+                try {
+                    ModelStore.save(full, dir);
+                } catch (IOException | RuntimeException e) {
+                    tp.group().abort("TP rank 0 could not save the model to " + dir + ": " + e.getMessage());
+                    throw e;
+                }
+            }
+        } finally {
+            if (full != model) {
+                full.close();
             }
         }
         tp.group().barrier();

@@ -1,6 +1,8 @@
 package org.sparkatron.parallel;
 
+import org.sparkatron.device.Device;
 import org.sparkatron.device.Kernels;
+import org.sparkatron.device.MemoryKind;
 
 import org.sparkatron.comm.ReduceOp;
 import org.sparkatron.tensor.DType;
@@ -18,6 +20,7 @@ import org.sparkatron.tensor.Tensor;
  */
 public final class VocabParallelCrossEntropy {
     private final TensorParallel tp;
+    private final Device device;
     private final Kernels kernels;
     private final int vocabLocal;
     private final int vocabStart;
@@ -27,13 +30,33 @@ public final class VocabParallelCrossEntropy {
     private Tensor sums;    // [2 rows]: (sum of exp, target logit) per row
 
     /** @param vocabLocal columns per rank; {@code vocab} the real (unpadded) vocabulary size */
-    public VocabParallelCrossEntropy(TensorParallel tp, Kernels kernels, int vocabLocal, int vocab) {
+    public VocabParallelCrossEntropy(RankContext ctx, int vocabLocal, int vocab) {
+        TensorParallel tp = ctx.tp();
         this.tp = tp;
-        this.kernels = kernels;
+        this.device = ctx.device();
+        this.kernels = ctx.kernels();
         this.vocabLocal = vocabLocal;
         this.vocabStart = tp.rank() * vocabLocal;
         this.validLocal = Math.max(0, Math.min(vocabLocal, vocab - vocabStart));
         this.vocab = vocab;
+    }
+
+    /** Allocates the per-row statistics for up to {@code rows} rows now (the first call would otherwise). */
+    public void prepare(int rows) {
+        if (maxes == null || maxes.numel() < rows) {
+            device.release(maxes);
+            device.release(sums);
+            maxes = device.allocate(MemoryKind.WORKSPACE, DType.F32, rows);
+            sums = device.allocate(MemoryKind.WORKSPACE, DType.F32, 2 * rows);
+        }
+    }
+
+    /** Returns the per-row statistics buffers to the device. */
+    public void close() {
+        device.release(maxes);
+        device.release(sums);
+        maxes = null;
+        sums = null;
     }
 
     /**
@@ -43,10 +66,7 @@ public final class VocabParallelCrossEntropy {
      * @param logits [rows, vocabLocal] this rank's logits; targets [rows] ids in [0, vocab)
      */
     public void forward(Tensor logits, Tensor losses, Tensor targets, int rows, boolean backward, float gradScale) {
-        if (maxes == null || maxes.numel() < rows) {
-            maxes = Tensor.allocateHost(DType.F32, rows);
-            sums = Tensor.allocateHost(DType.F32, 2 * rows);
-        }
+        prepare(rows);
         Tensor mx = maxes.slice(0, rows);
         Tensor sm = sums.slice(0, 2 * rows);
         kernels.crossEntropyMax(logits, mx, rows, validLocal, vocabLocal);

@@ -27,18 +27,18 @@ public final class VocabParallelEmbedding {
     private final Mapping outputMap;
 
     /** @param w this rank's table shard [vocabLocal, c]; {@code dw} its gradient */
-    public VocabParallelEmbedding(TensorParallel tp, Kernels kernels, int vocabLocal, int c, Tensor w, Tensor dw,
-                                  Workspace ws) {
+    public VocabParallelEmbedding(RankContext ctx, int vocabLocal, int c, Tensor w, Tensor dw, Workspace ws) {
+        TensorParallel tp = ctx.tp();
         this.tp = tp;
-        this.kernels = kernels;
+        this.kernels = ctx.kernels();
         this.vocabLocal = vocabLocal;
         this.vocabStart = tp.rank() * vocabLocal;
         this.c = c;
         this.w = w;
         this.dw = dw;
         this.ws = ws;
-        this.outputMap = tp.sequenceParallel() ? new Mappings.ReduceScatterToSequenceRegion(tp)
-                : new Mappings.ReduceFromTensorRegion(tp);
+        this.outputMap = tp.sequenceParallel() ? new Mappings.ReduceScatterToSequenceRegion(ctx)
+                : new Mappings.ReduceFromTensorRegion(ctx);
     }
 
     /** The first vocabulary id this rank owns. */

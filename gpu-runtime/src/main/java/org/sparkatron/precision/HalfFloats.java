@@ -94,7 +94,7 @@ public final class HalfFloats {
      * equals it and the kept part is odd; a carry out of the mantissa bumps the exponent (to infinity at
      * the top), which is the correct rounding.
      */
-    static int roundBf16Bits(int x) {
+    public static int roundBf16Bits(int x) {
         if ((x & 0x7fffffff) > 0x7f800000) {
             return (x | 0x00400000) & 0xffff0000; // NaN: quiet, keep the sign and the top payload bits
         }

@@ -1,6 +1,7 @@
 package org.sparkatron.precision;
 
 import java.util.Locale;
+import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
 /**
@@ -67,7 +68,7 @@ public enum Precision {
         };
     }
 
-    /** Rounds the first {@code count} fp32 elements of {@code t} in place (nothing for fp32). */
+    /** Rounds the first {@code count} fp32 elements of host tensor {@code t} in place (nothing for fp32). */
     public void round(Tensor t, long count) {
         switch (this) {
             case FP32 -> {
@@ -82,12 +83,12 @@ public enum Precision {
         round(t, t.numel());
     }
 
-    /** {@code dst[0, n) = round(src[0, n))} with n = src.numel(); for fp32 a plain copy. */
-    public void roundInto(Tensor dst, Tensor src) {
-        if (dst.numel() < src.numel()) {
-            throw new IllegalArgumentException("cannot round " + src.numel() + " elements into " + dst.numel());
-        }
-        dst.hostBuffer().put(src.hostBuffer());
-        round(dst, src.numel());
+    /** The 16-bit storage format of the reduced modes (BF16, F16); F32 for fp32. */
+    public DType format() {
+        return switch (this) {
+            case FP32 -> DType.F32;
+            case BF16 -> DType.BF16;
+            case FP16 -> DType.F16;
+        };
     }
 }

@@ -1,6 +1,7 @@
 package org.sparkatron.precision;
 
 import org.sparkatron.device.Kernels;
+import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
 /**
@@ -16,13 +17,13 @@ import org.sparkatron.tensor.Tensor;
  *   <li><b>Operands rounded on entry</b> (in place): the {@code x} of a linear forward, the incoming
  *       gradient {@code dout} of every backward kernel and both addends of {@link #add}. For values made
  *       by a rounded kernel this changes nothing (rounding is idempotent); it catches the few values made
- *       outside kernels, which a GPU would also store in 16 bits: dropout's rescaled outputs, and the sums
- *       and bias adds of tensor-parallel reductions. The cross-entropy gradient (dlogits) is rounded when
+ *       outside kernels, which a GPU would also store in 16 bits: the sums of tensor-parallel reductions.
+ *       Dropout and bias adds round their outputs. The cross-entropy gradient (dlogits) is rounded when
  *       {@link #crossEntropyFinish} writes it.</li>
  *   <li><b>Kept fp32</b>: weight and bias gradients (accumulated in fp32, as Megatron's gradient
  *       accumulation fusion writes them into {@code main_grad}), norm statistics (mean, rstd), attention's
  *       log-sum-exp, losses, and everything the optimizer touches ({@link #adamw}, {@link #sumOfSquares},
- *       {@link #scale}, {@link #fill} pass through unchanged). Inside a fused kernel intermediates stay
+ *       {@link #sum}, {@link #scale}, {@link #fill}, {@link #zero}, {@link #round} pass through unchanged). Inside a fused kernel intermediates stay
  *       fp32 (GEMMs accumulate in fp32; softmax statistics are fp32).</li>
  * </ul>
  * Weights are not rounded here: the model computes from a rounded copy of its fp32 master weights.
@@ -58,7 +59,7 @@ public final class RoundingKernels implements Kernels {
 
     private void round(Tensor t, long count) {
         if (t != null) {
-            p.round(t, count);
+            k.round(t, t, count, p.format());
         }
     }
 
@@ -212,8 +213,13 @@ public final class RoundingKernels implements Kernels {
     }
 
     @Override
-    public double sumOfSquares(Tensor x) {
-        return k.sumOfSquares(x);
+    public void sumOfSquares(Tensor x, Tensor acc, int slot) {
+        k.sumOfSquares(x, acc, slot);
+    }
+
+    @Override
+    public void sum(Tensor x, long count, Tensor acc, int slot, double scale) {
+        k.sum(x, count, acc, slot, scale);
     }
 
     @Override
@@ -224,5 +230,27 @@ public final class RoundingKernels implements Kernels {
     @Override
     public void fill(Tensor x, float value) {
         k.fill(x, value);
+    }
+
+    @Override
+    public void zero(Tensor x) {
+        k.zero(x);
+    }
+
+    @Override
+    public void addBias(Tensor out, Tensor bias, int rows, int cols) {
+        k.addBias(out, bias, rows, cols);
+        round(out, (long) rows * cols); // the bias add of a row-parallel output, stored in 16 bits
+    }
+
+    @Override
+    public void dropout(Tensor x, float prob, long base, long firstRow, int rows, int cols) {
+        k.dropout(x, prob, base, firstRow, rows, cols);
+        round(x, (long) rows * cols); // rescaled by 1/(1-p): stored in 16 bits
+    }
+
+    @Override
+    public void round(Tensor dst, Tensor src, long count, DType format) {
+        k.round(dst, src, count, format);
     }
 }

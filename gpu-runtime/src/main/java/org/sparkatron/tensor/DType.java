@@ -6,6 +6,8 @@ package org.sparkatron.tensor;
  */
 public enum DType {
     F32(4, "F32"),
+    /** Device scalars that accumulate a step's loss and squared norms; never model data. */
+    F64(8, "F64"),
     BF16(2, "BF16"),
     F16(2, "F16"),
     FP8_E4M3(1, "F8_E4M3"),
@@ -43,6 +45,6 @@ public enum DType {
             }
         }
         throw new IllegalArgumentException("unsupported safetensors dtype '" + name
-                + "' (supported: F32, BF16, F16, F8_E4M3, F8_E5M2, I32, I64)");
+                + "' (supported: F32, F64, BF16, F16, F8_E4M3, F8_E5M2, I32, I64)");
     }
 }

@@ -4,16 +4,20 @@ import org.sparkatron.tensor.Tensor;
 
 /**
  * What the training loop asks of the ranks it trains with, between backward and the optimizer step.
- * One rank alone needs nothing ({@link #NONE}); data parallelism averages gradients and losses across
- * replicas. Called on the training thread; implementations may block on communication and throw if a
- * peer fails.
+ * One rank alone needs nothing ({@link #NONE}); data parallelism averages gradients and the step's
+ * scalars (the loss) across replicas. Both calls take device tensors and issue communicator operations,
+ * ordered with the rank's kernels: neither reads device memory on the host. Called on the training
+ * thread; implementations may block on communication and throw if a peer fails.
  */
 public interface GradientSync {
     /** Reduces the flat gradient block in place (for data parallelism: the mean over replicas). */
     void syncGradients(Tensor grads);
 
-    /** The mean of a per-rank scalar over the ranks whose batches make up the global batch (the loss). */
-    double averageScalar(double value);
+    /**
+     * In place, the mean over the ranks whose batches make up the global batch of per-rank F64 device
+     * scalars (the loss).
+     */
+    void averageScalars(Tensor scalars);
 
     /** A rank training alone. */
     GradientSync NONE = new GradientSync() {
@@ -22,8 +26,7 @@ public interface GradientSync {
         }
 
         @Override
-        public double averageScalar(double value) {
-            return value;
+        public void averageScalars(Tensor scalars) {
         }
     };
 }

@@ -1,11 +1,18 @@
 package org.sparkatron.train;
 
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import org.sparkatron.device.Device;
+import org.sparkatron.device.MemoryKind;
+import org.sparkatron.model.MemoryEstimate;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.AdamW;
 import org.sparkatron.optim.GradClip;
 import org.sparkatron.optim.LrSchedule;
 import org.sparkatron.precision.DynamicGradScaler;
 import org.sparkatron.precision.Precision;
+import org.sparkatron.tensor.DType;
+import org.sparkatron.tensor.Tensor;
 
 /**
  * The training loop of one rank: pull a batch, forward and backward (with optional gradient accumulation
@@ -19,8 +26,14 @@ import org.sparkatron.precision.Precision;
  * an infinity or NaN (the global norm is then non-finite, identically on every rank) is skipped: no weight,
  * moment or step-count change, reported as {@link StepMetrics#skipped()}. An overflow at the minimum
  * scale throws (the model diverged; skipping forever would never finish). Under tensor parallelism every rank
- * of a TP group must be given the same batches. Blocking, single-threaded (kernels may use BLAS threads);
- * deterministic given the model, data and options.
+ * of a TP group must be given the same batches.
+ *
+ * <p>Synchronisation: a step issues its work to the model's device and waits for it exactly once, when it
+ * reads the loss and the squared gradient norm together (one download of two F64 device scalars); the
+ * overflow flag is the norm's finiteness, and clipping and AdamW are issued after that read with
+ * host-computed factors. {@link #SYNCS_PER_STEP} says so and a test counts it. After the first step a step
+ * allocates no device memory (the trainer prepares the model's activations for its batch shape at once).
+ * Single-threaded (kernels may use BLAS threads); deterministic given the model, data and options.
  */
 public final class Trainer {
     /** What to train and how. */
@@ -62,7 +75,15 @@ public final class Trainer {
         }
     }
 
+    /** Host synchronisations per optimizer step: the one read of loss, gradient norm and overflow. */
+    public static final int SYNCS_PER_STEP = 1;
+    private static final int LOSS = 0;
+    private static final int NORM = 1;
+
     private final Transformer model;
+    private final Device device;
+    private final Tensor stepScalars; // F64 [2] on the device: loss, squared gradient norm
+    private final ByteBuffer stepScalarsHost = ByteBuffer.allocateDirect(16).order(ByteOrder.nativeOrder());
     private final SampleSource data;
     private final Options opt;
     private final AdamW adam;
@@ -93,12 +114,15 @@ public final class Trainer {
         }
         this.scaler = lossScaling == null ? null : new DynamicGradScaler(lossScaling);
         this.model = model;
+        this.device = model.device();
+        this.stepScalars = device.allocate(MemoryKind.WORKSPACE, DType.F64, 2);
         this.sync = sync;
         this.data = data;
         this.opt = opt;
         this.seqLen = data.sampleLength() - 1;
         this.adam = new AdamW(model.params(), model.kernels(), opt.beta1(), opt.beta2(), opt.eps(), opt.weightDecay());
         this.batchTokens = new int[opt.batch() * data.sampleLength()];
+        model.prepare(opt.batch(), seqLen);
     }
 
     /** The model this trainer updates (this rank's shard). */
@@ -124,23 +148,27 @@ public final class Trainer {
     public StepMetrics step() {
         long t0 = System.nanoTime();
         model.params().zeroGrads();
+        model.kernels().zero(stepScalars);
         float lossScale = scaler == null ? 1f : (float) scaler.scale();
-        double loss = 0;
         for (int m = 0; m < opt.microBatches(); m++) {
             for (int s = 0; s < opt.batch(); s++) {
                 if (!data.next(batchTokens, s * data.sampleLength())) {
                     throw new IllegalStateException("data source ran out after " + data.consumed() + " samples");
                 }
             }
-            loss += model.forwardBackward(batchTokens, opt.batch(), seqLen, lossScale / opt.microBatches()) / opt.microBatches();
+            model.forwardBackward(batchTokens, opt.batch(), seqLen, lossScale / opt.microBatches(), stepScalars, LOSS,
+                    1.0 / opt.microBatches());
         }
         model.finishGradients(); // sequence-parallel norm/position gradients summed over the TP group
         sync.syncGradients(model.params().grads());
-        loss = sync.averageScalar(loss);
+        sync.averageScalars(stepScalars.slice(LOSS, 1));
         if (scaler != null) {
             model.kernels().scale(model.params().grads(), (float) (1 / lossScale)); // exact for power-of-two scales
         }
-        double norm = Math.sqrt(model.gradSquaredNorm()); // TP-replicated parameters counted once
+        model.gradSquaredNorm(stepScalars, NORM); // TP-replicated parameters counted once
+        device.download(stepScalarsHost, stepScalars); // the step's one synchronisation
+        double loss = stepScalarsHost.getDouble(8 * LOSS);
+        double norm = Math.sqrt(stepScalarsHost.getDouble(8 * NORM));
         if (scaler != null) {
             // An inf or NaN in any gradient element on any rank makes the global norm non-finite on all ranks
             // (TP sums the norm, DP averaged the gradients), so every rank takes the same decision.
@@ -166,5 +194,20 @@ public final class Trainer {
         double secs = (System.nanoTime() - t0) / 1e9;
         long tokens = (long) opt.batch() * opt.microBatches() * seqLen;
         return new StepMetrics(adam.step(), loss, lr, norm, tokens / secs, secs, false, lossScale);
+    }
+
+    /**
+     * This rank's memory: the device's measured figures (bytes requested, by kind) beside the figures the
+     * model's shape predicts ({@link MemoryEstimate}), as one JSON object. Complete after the first step,
+     * when every lazily sized buffer exists.
+     */
+    public String memoryReport() {
+        return model.memoryEstimate(opt.batch(), seqLen).toJson(device.memory());
+    }
+
+    /** Returns the trainer's device memory (optimizer state, step scalars); the model stays the caller's. */
+    public void close() {
+        adam.close();
+        device.release(stepScalars);
     }
 }

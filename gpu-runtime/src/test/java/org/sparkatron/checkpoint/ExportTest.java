@@ -20,7 +20,7 @@ import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
 import org.sparkatron.comm.LocalRanks;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.TestDevices;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.parallel.TpCheckpoint;
@@ -58,7 +58,7 @@ class ExportTest {
         ExportCommand.run(new String[] {"export", "--checkpoint", root.toString(), "--out", tmp.resolve("hf").toString()},
                 new PrintStream(out, true, StandardCharsets.UTF_8));
         assertTrue(out.toString(StandardCharsets.UTF_8).contains(DistributedCheckpoint.dirName(1)));
-        Transformer back = ModelStore.load(tmp.resolve("hf"), new CpuKernels());
+        Transformer back = ModelStore.load(tmp.resolve("hf"), TestDevices.create());
         assertEquals(cfg, back.config());
         float[] w = new float[(int) back.params().numel()];
         back.params().weights().floats().get(0, w);

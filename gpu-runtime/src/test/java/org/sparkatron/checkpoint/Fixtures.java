@@ -10,7 +10,9 @@ import java.util.Map;
 import java.util.SplittableRandom;
 import org.sparkatron.comm.ParallelLayout;
 import org.sparkatron.comm.ProcessGroups;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.TestDevices;
+import org.sparkatron.precision.Precision;
+import org.sparkatron.parallel.RankContext;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.LrSchedule;
@@ -76,7 +78,7 @@ final class Fixtures {
     }
 
     static Transformer model(ModelConfig cfg, TensorParallel tp) {
-        Transformer m = new Transformer(cfg, new CpuKernels(), tp);
+        Transformer m = new Transformer(cfg, new RankContext(TestDevices.create(), tp, Precision.FP32));
         m.initialize(5);
         return m;
     }

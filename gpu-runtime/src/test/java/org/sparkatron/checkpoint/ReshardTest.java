@@ -48,8 +48,7 @@ class ReshardTest {
                             }
 
                             @Override
-                            public double averageScalar(double v) {
-                                return v;
+                            public void averageScalars(org.sparkatron.tensor.Tensor scalars) {
                             }
                         });
                 tr.step();

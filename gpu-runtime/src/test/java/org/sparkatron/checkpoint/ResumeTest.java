@@ -39,7 +39,7 @@ class ResumeTest {
     }
 
     private static Trainer trainer(ModelConfig cfg) {
-        Transformer m = new Transformer(cfg, new org.sparkatron.device.cpu.CpuKernels(), TensorParallel.none());
+        Transformer m = new Transformer(cfg, org.sparkatron.device.TestDevices.create());
         m.initialize(5);
         m.setDropout(0.1f, 3);
         return new Trainer(m, Fixtures.data(cfg, 21), Fixtures.options(2));

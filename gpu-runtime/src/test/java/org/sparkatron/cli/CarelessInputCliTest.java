@@ -13,7 +13,7 @@ import org.junit.jupiter.api.io.TempDir;
 import org.sparkatron.checkpoint.ExportCommand;
 import org.sparkatron.checkpoint.HfCheckpoint;
 import org.sparkatron.checkpoint.ModelStore;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.Transformer;
 
 /**
@@ -81,8 +81,10 @@ class CarelessInputCliTest {
         assertEquals(0, SparkatronCliTest.run("score", "--model", dir.resolve("m").toString(), "--tokens", tokens.toString(),
                 "--threads", "1").status());
 
-        Transformer m = ModelStore.load(dir.resolve("m"), new CpuKernels());
-        m.params().weights().floats().put(5, Float.NaN);
+        Transformer m = ModelStore.load(dir.resolve("m"), new CpuDevice());
+        float[] weights = m.params().downloadWeights();
+        weights[5] = Float.NaN;
+        m.params().uploadWeights(weights);
         HfCheckpoint.save(dir.resolve("m/" + ModelStore.WEIGHTS), m.config(), m.params());
         SparkatronCliTest.Result nan = SparkatronCliTest.run("score", "--model", dir.resolve("m").toString(), "--tokens",
                 tokens.toString(), "--threads", "1");

@@ -14,7 +14,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 import org.sparkatron.checkpoint.ModelStore;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.TestDevices;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.precision.Precision;
 
@@ -56,12 +56,12 @@ class PrecisionCliTest {
             assertTrue(last.get("loss").asDouble() < first.get("loss").asDouble() - 1, p + ": loss falls: " + first + " -> " + last);
             assertEquals(p.equals("fp16"), last.has("loss_scale"), p + ": loss scale reported only under fp16: " + last);
             // the saved model holds the fp32 master weights, not their 16-bit rounding
-            Transformer saved = ModelStore.load(out, new CpuKernels());
-            java.nio.FloatBuffer w = saved.params().weights().floats();
+            Transformer saved = ModelStore.load(out, TestDevices.create());
+            float[] w = TestDevices.read(saved.device(), saved.params().weights());
             Precision prec = Precision.parse(p);
             boolean beyond16 = false;
-            for (int i = 0; i < w.limit() && !beyond16; i++) {
-                beyond16 = prec.round(w.get(i)) != w.get(i);
+            for (int i = 0; i < w.length && !beyond16; i++) {
+                beyond16 = prec.round(w[i]) != w[i];
             }
             assertTrue(beyond16, p + ": saved weights carry fp32 precision");
         }

@@ -14,7 +14,7 @@ import org.junit.jupiter.api.io.TempDir;
 import org.sparkatron.checkpoint.HfCheckpoint;
 import org.sparkatron.checkpoint.ModelStore;
 import org.sparkatron.checkpoint.SafeTensors;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.TestDevices;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -66,45 +66,45 @@ class BadModelInputTest {
     @Test
     void weightFileWithWrongShapeIsRefusedNamingTheTensor(@TempDir Path dir) throws Exception {
         ModelConfig cfg = ModelConfig.fromJson(llama());
-        Transformer model = new Transformer(cfg, new CpuKernels());
+        Transformer model = new Transformer(cfg, TestDevices.create());
         model.initialize(1);
         ModelStore.save(model, dir);
         // rewrite the file with one tensor of the wrong shape
         LinkedHashMap<String, Tensor> tensors = HfCheckpoint.toHf(cfg, model.params(), false);
         tensors.put("model.layers.0.self_attn.k_proj.weight", Tensor.allocateHost(DType.F32, 16, 16));
         SafeTensors.write(dir.resolve("model.safetensors"), tensors, Map.of());
-        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> ModelStore.load(dir, new CpuKernels()));
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> ModelStore.load(dir, TestDevices.create()));
         assertTrue(e.getMessage().contains("model.layers.0.self_attn.k_proj.weight") && e.getMessage().contains("[16, 16]")
                 && e.getMessage().contains("expected [8, 16]"), e.getMessage());
 
         tensors = HfCheckpoint.toHf(cfg, model.params(), false);
         tensors.remove("model.norm.weight");
         SafeTensors.write(dir.resolve("model.safetensors"), tensors, Map.of());
-        e = assertThrows(IllegalArgumentException.class, () -> ModelStore.load(dir, new CpuKernels()));
+        e = assertThrows(IllegalArgumentException.class, () -> ModelStore.load(dir, TestDevices.create()));
         assertTrue(e.getMessage().contains("missing tensor 'model.norm.weight'"), e.getMessage());
 
         tensors = HfCheckpoint.toHf(cfg, model.params(), false);
         tensors.put("model.layers.1.input_layernorm.weight", Tensor.allocateHost(DType.F32, 16));
         SafeTensors.write(dir.resolve("model.safetensors"), tensors, Map.of());
-        e = assertThrows(IllegalArgumentException.class, () -> ModelStore.load(dir, new CpuKernels()));
+        e = assertThrows(IllegalArgumentException.class, () -> ModelStore.load(dir, TestDevices.create()));
         assertTrue(e.getMessage().contains("unexpected tensors [model.layers.1.input_layernorm.weight]"), e.getMessage());
     }
 
     @Test
     void truncatedWeightFileIsRefusedNamingTheFile(@TempDir Path dir) throws Exception {
-        Transformer model = new Transformer(ModelConfig.fromJson(gpt2()), new CpuKernels());
+        Transformer model = new Transformer(ModelConfig.fromJson(gpt2()), TestDevices.create());
         model.initialize(1);
         ModelStore.save(model, dir);
         Path f = dir.resolve("model.safetensors");
         byte[] all = Files.readAllBytes(f);
         Files.write(f, java.util.Arrays.copyOf(all, all.length - 100));
-        Exception e = assertThrows(Exception.class, () -> ModelStore.load(dir, new CpuKernels()));
+        Exception e = assertThrows(Exception.class, () -> ModelStore.load(dir, TestDevices.create()));
         assertTrue(e.getMessage().contains(f.toString()), e.getMessage());
     }
 
     @Test
     void tokenOutsideTheVocabularyIsRefusedWithItsPosition() {
-        Transformer model = new Transformer(ModelConfig.fromJson(gpt2()), new CpuKernels());
+        Transformer model = new Transformer(ModelConfig.fromJson(gpt2()), TestDevices.create());
         model.initialize(1);
         int[] batch = {1, 2, 3, 4, 5, 2, 50, 7, 1};
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> model.loss(batch, 1, 8, null));
@@ -119,14 +119,14 @@ class BadModelInputTest {
     void paddedVocabularyNeverLeaksIntoSavedFiles(@TempDir Path dir) throws Exception {
         ModelConfig cfg = ModelConfig.fromJson(llama());
         assertTrue(cfg.paddedVocab() == 128 && cfg.vocabSize() == 50);
-        Transformer model = new Transformer(cfg, new CpuKernels());
+        Transformer model = new Transformer(cfg, TestDevices.create());
         model.initialize(3);
         ModelStore.save(model, dir);
         try (var st = SafeTensors.open(dir.resolve("model.safetensors"))) {
             assertTrue(java.util.Arrays.equals(st.shape("model.embed_tokens.weight"), new int[] {50, 16}));
             assertTrue(java.util.Arrays.equals(st.shape("lm_head.weight"), new int[] {50, 16}));
         }
-        Transformer back = ModelStore.load(dir, new CpuKernels());
+        Transformer back = ModelStore.load(dir, TestDevices.create());
         int[] batch = {1, 2, 3, 4, 5, 6, 7, 8, 9};
         assertTrue(model.loss(batch, 1, 8, null) == back.loss(batch, 1, 8, null), "reloaded model gives the identical loss");
     }

@@ -14,7 +14,7 @@ import org.junit.jupiter.params.provider.CsvSource;
 import org.junit.jupiter.params.provider.ValueSource;
 import org.sparkatron.checkpoint.HfCheckpoint;
 import org.sparkatron.checkpoint.ModelStore;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.TestDevices;
 import org.sparkatron.optim.LrSchedule;
 import org.sparkatron.precision.Precision;
 import org.sparkatron.tensor.Tensor;
@@ -75,10 +75,10 @@ class MixedPrecisionModelTest {
     }
 
     /** True when every element of {@code t} is exactly representable in {@code p}. */
-    static boolean representable(Tensor t, Precision p) {
-        java.nio.FloatBuffer b = t.floats();
-        for (int i = 0; i < t.numel(); i++) {
-            float v = b.get(i);
+    static boolean representable(Transformer m, Tensor t, Precision p) {
+        float[] b = TestDevices.read(m.device(), t);
+        for (int i = 0; i < b.length; i++) {
+            float v = b[i];
             if (Float.floatToRawIntBits(p.round(v)) != Float.floatToRawIntBits(v)) {
                 return false;
             }
@@ -93,8 +93,8 @@ class MixedPrecisionModelTest {
         double u = precision == Precision.BF16 ? 0x1p-9 : 0x1p-12;
         float lossScale = precision == Precision.FP16 ? 1024f : 1f;
         try (GoldenFixture fx = GoldenFixture.load(family)) {
-            Transformer f32 = ModelStore.load(fx.dir(), new CpuKernels());
-            Transformer half = ModelStore.load(fx.dir(), new CpuKernels(), precision);
+            Transformer f32 = ModelStore.load(fx.dir(), TestDevices.create());
+            Transformer half = ModelStore.load(fx.dir(), TestDevices.create(), precision);
             assertEquals(precision, half.precision());
             int b = fx.batch();
             int t = fx.seqLen();
@@ -107,8 +107,8 @@ class MixedPrecisionModelTest {
             assertTrue(err > 1e-5 * scale, what + ": logits differ from fp32 by more than fp32 noise (" + err + ")");
             assertTrue(err <= 15 * u * scale, what + ": logits within 15u of the largest logit: " + err + " vs " + scale);
 
-            assertTrue(representable(half.computeWeights(), precision), what + ": compute weights are 16-bit values");
-            assertFalse(representable(half.params().weights(), precision), what + ": master weights stay fp32");
+            assertTrue(representable(half, half.computeWeights(), precision), what + ": compute weights are 16-bit values");
+            assertFalse(representable(half, half.params().weights(), precision), what + ": master weights stay fp32");
 
             f32.params().zeroGrads();
             half.params().zeroGrads();
@@ -117,7 +117,7 @@ class MixedPrecisionModelTest {
             half.kernels().scale(half.params().grads(), 1f / lossScale);
             // the loss is an fp32 reduction of per-token losses computed in fp32 from 16-bit logits
             assertEquals(lossF, lossH, 15 * u * scale, what + " loss");
-            assertFalse(representable(half.params().grads(), precision), what + ": weight gradients accumulate in fp32");
+            assertFalse(representable(half, half.params().grads(), precision), what + ": weight gradients accumulate in fp32");
             LinkedHashMap<String, Tensor> gf = HfCheckpoint.toHf(f32.config(), f32.params(), true);
             LinkedHashMap<String, Tensor> gh = HfCheckpoint.toHf(half.config(), half.params(), true);
             double worst = 0;
@@ -149,7 +149,7 @@ class MixedPrecisionModelTest {
         try (GoldenFixture fx = GoldenFixture.load(family)) {
             List<double[]> curves = new ArrayList<>();
             for (Precision p : new Precision[] {Precision.FP32, Precision.BF16}) {
-                Transformer m = ModelStore.load(fx.dir(), new CpuKernels(), p);
+                Transformer m = ModelStore.load(fx.dir(), TestDevices.create(), p);
                 MarkovCorpus corpus = new MarkovCorpus(m.config().vocabSize(), 4, 5);
                 PackedSamples data = PackedSamples.perSequence(corpus.generate(64, 13, 6), 7);
                 Trainer tr = new Trainer(m, data, Trainer.Options.defaults(8, LrSchedule.constant(1e-2)));

@@ -9,6 +9,10 @@ import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
 import org.sparkatron.comm.LocalRanks;
+import org.sparkatron.device.Device;
+import org.sparkatron.device.MemoryKind;
+import org.sparkatron.device.TestDevices;
+import org.sparkatron.precision.Precision;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -29,18 +33,12 @@ class MappingsTest {
         return (rank + 1) * 0.125f + i / 1024f + tag;
     }
 
-    static Tensor tensor(int n, int rank, int tag) {
-        Tensor t = Tensor.allocateHost(DType.F32, n);
+    static float[] values(int n, int rank, int tag) {
+        float[] v = new float[n];
         for (int i = 0; i < n; i++) {
-            t.floats().put(i, val(rank, i, tag));
+            v[i] = val(rank, i, tag);
         }
-        return t;
-    }
-
-    static float[] arr(Tensor t) {
-        float[] a = new float[(int) t.numel()];
-        t.floats().get(0, a);
-        return a;
+        return v;
     }
 
     /** What one rank observed: forward output, backward output, and the two inner products. */
@@ -48,27 +46,32 @@ class MappingsTest {
     }
 
     interface Factory {
-        Mapping make(TensorParallel tp);
+        Mapping make(RankContext ctx);
     }
 
     private static List<Seen> runMapping(int tpSize, Factory f, int inLen, int outLen) throws Exception {
         return LocalRanks.run(tpSize, (rank, world) -> {
-            TensorParallel tp = new TensorParallel(world, false);
-            Mapping m = f.make(tp);
-            Tensor x = tensor(inLen, rank, 0);
-            Tensor y = Tensor.allocateHost(DType.F32, outLen);
+            Device d = TestDevices.create();
+            RankContext ctx = new RankContext(d, new TensorParallel(world, false), Precision.FP32);
+            Mapping m = f.make(ctx);
+            float[] xv = values(inLen, rank, 0);
+            Tensor x = TestDevices.tensor(d, xv, inLen);
+            Tensor y = d.allocate(MemoryKind.WORKSPACE, DType.F32, outLen);
             m.forward(x, y);
-            Tensor g = tensor(outLen, rank, 1);
-            Tensor dx = Tensor.allocateHost(DType.F32, inLen);
+            float[] gv = values(outLen, rank, 1);
+            Tensor g = TestDevices.tensor(d, gv, outLen);
+            Tensor dx = d.allocate(MemoryKind.WORKSPACE, DType.F32, inLen);
             m.backward(g, dx);
-            return new Seen(arr(y), arr(dx), dot(y, g), dot(x, dx));
+            float[] yv = TestDevices.read(d, y);
+            float[] dxv = TestDevices.read(d, dx);
+            return new Seen(yv, dxv, dot(yv, gv), dot(xv, dxv));
         });
     }
 
-    static double dot(Tensor a, Tensor b) {
+    static double dot(float[] a, float[] b) {
         double s = 0;
-        for (int i = 0; i < a.numel(); i++) {
-            s += (double) a.floats().get(i) * b.floats().get(i);
+        for (int i = 0; i < a.length; i++) {
+            s += (double) a[i] * b[i];
         }
         return s;
     }

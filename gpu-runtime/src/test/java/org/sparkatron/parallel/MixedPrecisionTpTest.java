@@ -10,7 +10,7 @@ import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
 import org.sparkatron.comm.LocalRanks;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.TestDevices;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.ParameterSet;
 import org.sparkatron.model.Transformer;
@@ -43,13 +43,15 @@ class MixedPrecisionTpTest {
     static List<Step> run(ModelConfig cfg, int tp, boolean sp, Precision p) throws Exception {
         List<List<Step>> all = LocalRanks.run(tp, (rank, world) -> {
             TensorParallel tpc = new TensorParallel(world, sp);
-            Transformer m = new Transformer(cfg, new CpuKernels(), tpc, p);
+            Transformer m = new Transformer(cfg, new RankContext(TestDevices.create(), tpc, p));
             m.initialize(ParityRun.SEED);
             Trainer tr = new Trainer(m, ParityRun.source(cfg, 0, 1, 2), ParityRun.options(2), GradientSync.NONE);
             List<Step> out = new ArrayList<>();
             for (int s = 0; s < STEPS; s++) {
                 Trainer.StepMetrics sm = tr.step();
-                out.add(new Step(sm.loss(), ParityRun.arr(TpCheckpoint.gatherFull(m, true).params().grads())));
+                Transformer full = TpCheckpoint.gatherFull(m, true);
+                out.add(new Step(sm.loss(), ParityRun.arr(full, full.params().grads())));
+                full.close();
             }
             return out;
         });
@@ -79,7 +81,7 @@ class MixedPrecisionTpTest {
         List<Step> one = run(cfg, 1, false, Precision.BF16);
         List<Step> two = run(cfg, 2, sp, Precision.BF16);
         List<Step> fp32 = run(cfg, 1, false, Precision.FP32);
-        List<ParameterSet.Param> params = new Transformer(cfg, new CpuKernels()).params().params();
+        List<ParameterSet.Param> params = new Transformer(cfg, TestDevices.create()).params().params();
         double u = 0x1p-9;
         double worst = 0;
         double fromFp32 = 0;

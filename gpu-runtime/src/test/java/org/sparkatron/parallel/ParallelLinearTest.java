@@ -8,7 +8,10 @@ import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
 import org.sparkatron.comm.LocalRanks;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.Device;
+import org.sparkatron.device.MemoryKind;
+import org.sparkatron.device.TestDevices;
+import org.sparkatron.precision.Precision;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -36,24 +39,29 @@ class ParallelLinearTest {
     }
 
     /** A [rows, cols] F32 tensor from the sub-block [r0, r0+rows) x [c0, c0+cols) of a [*, ld] matrix. */
-    static Tensor block(double[] m, int ld, int r0, int rows, int c0, int cols) {
-        Tensor t = Tensor.allocateHost(DType.F32, rows, cols);
+    static Tensor block(Device d, double[] m, int ld, int r0, int rows, int c0, int cols) {
+        float[] v = new float[rows * cols];
         for (int i = 0; i < rows; i++) {
             for (int j = 0; j < cols; j++) {
-                t.floats().put(i * cols + j, (float) m[(r0 + i) * ld + c0 + j]);
+                v[i * cols + j] = (float) m[(r0 + i) * ld + c0 + j];
             }
         }
-        return t;
+        return TestDevices.tensor(d, v, rows, cols);
     }
 
-    static void assertBlock(String what, double[] m, int ld, int r0, int c0, Tensor t, double tol) {
+    static void assertBlock(Device d, String what, double[] m, int ld, int r0, int c0, Tensor t, double tol) {
         int rows = t.dim(0);
         int cols = t.numel() == rows ? 1 : (int) (t.numel() / rows);
+        float[] v = TestDevices.read(d, t);
         for (int i = 0; i < rows; i++) {
             for (int j = 0; j < cols; j++) {
-                assertEquals(m[(r0 + i) * ld + c0 + j], t.floats().get(i * cols + j), tol, what + " at [" + i + "," + j + "]");
+                assertEquals(m[(r0 + i) * ld + c0 + j], v[i * cols + j], tol, what + " at [" + i + "," + j + "]");
             }
         }
+    }
+
+    static Tensor zeros(Device d, int... shape) {
+        return d.zeros(MemoryKind.WORKSPACE, DType.F32, shape);
     }
 
     /** Y = X A^T + b, dX = dY A, dA = dY^T X, db = colsum dY, all in double. */
@@ -88,23 +96,25 @@ class ParallelLinearTest {
         double[] dy = random(N * OUT, 4);
         Dense ref = Dense.of(x, a, b, dy, N, IN, OUT);
         LocalRanks.run(tpSize, (rank, world) -> {
+            Device d = TestDevices.create();
             TensorParallel tp = new TensorParallel(world, sp);
+            RankContext ctx = new RankContext(d, tp, Precision.FP32);
             int ol = OUT / tpSize;
             int rows = tp.localRows(N);
             int r0 = tp.firstLocalRow(N);
-            Tensor w = block(a, IN, rank * ol, ol, 0, IN);
-            Tensor bias = block(b, 1, rank * ol, ol, 0, 1).view(ol);
-            Tensor dw = Tensor.allocateHost(DType.F32, ol, IN);
-            Tensor db = Tensor.allocateHost(DType.F32, ol);
-            ColumnParallelLinear layer = new ColumnParallelLinear(tp, new CpuKernels(), IN, ol, w, bias, dw, db, false, new Workspace());
-            Tensor out = Tensor.allocateHost(DType.F32, N, ol);
-            layer.forward(block(x, IN, r0, rows, 0, IN), N, out);
-            assertBlock("Y columns of rank " + rank, ref.y(), OUT, 0, rank * ol, out, 2e-5);
-            Tensor dx = Tensor.allocateHost(DType.F32, rows, IN);
-            layer.backward(block(dy, OUT, 0, N, rank * ol, ol), dx);
-            assertBlock("dX (reduced over the group)", ref.dx(), IN, r0, 0, dx, 2e-5);
-            assertBlock("dA rows of rank " + rank, ref.dw(), IN, rank * ol, 0, dw, 2e-5);
-            assertBlock("db slice of rank " + rank, ref.db(), 1, rank * ol, 0, db.view(ol, 1), 2e-5);
+            Tensor w = block(d, a, IN, rank * ol, ol, 0, IN);
+            Tensor bias = block(d, b, 1, rank * ol, ol, 0, 1).view(ol);
+            Tensor dw = zeros(d, ol, IN);
+            Tensor db = zeros(d, ol);
+            ColumnParallelLinear layer = new ColumnParallelLinear(ctx, IN, ol, w, bias, dw, db, false, new Workspace(d));
+            Tensor out = zeros(d, N, ol);
+            layer.forward(block(d, x, IN, r0, rows, 0, IN), N, out);
+            assertBlock(d, "Y columns of rank " + rank, ref.y(), OUT, 0, rank * ol, out, 2e-5);
+            Tensor dx = zeros(d, rows, IN);
+            layer.backward(block(d, dy, OUT, 0, N, rank * ol, ol), dx);
+            assertBlock(d, "dX (reduced over the group)", ref.dx(), IN, r0, 0, dx, 2e-5);
+            assertBlock(d, "dA rows of rank " + rank, ref.dw(), IN, rank * ol, 0, dw, 2e-5);
+            assertBlock(d, "db slice of rank " + rank, ref.db(), 1, rank * ol, 0, db.view(ol, 1), 2e-5);
             return null;
         });
     }
@@ -118,18 +128,20 @@ class ParallelLinearTest {
         double[] dy = random(N * OUT, 8);
         Dense ref = Dense.of(x, a, b, dy, N, IN, OUT);
         LocalRanks.run(tpSize, (rank, world) -> {
+            Device d = TestDevices.create();
             TensorParallel tp = new TensorParallel(world, false);
+            RankContext ctx = new RankContext(d, tp, Precision.FP32);
             int ol = OUT / tpSize;
-            Tensor dw = Tensor.allocateHost(DType.F32, ol, IN);
-            ColumnParallelLinear layer = new ColumnParallelLinear(tp, new CpuKernels(), IN, ol, block(a, IN, rank * ol, ol, 0, IN),
-                    block(b, 1, rank * ol, ol, 0, 1).view(ol), dw, Tensor.allocateHost(DType.F32, ol), true, new Workspace());
-            Tensor y = Tensor.allocateHost(DType.F32, N, OUT);
-            layer.forward(block(x, IN, 0, N, 0, IN), N, y);
-            assertBlock("gathered Y", ref.y(), OUT, 0, 0, y, 2e-5);
-            Tensor dx = Tensor.allocateHost(DType.F32, N, IN);
-            layer.backward(block(dy, OUT, 0, N, 0, OUT), dx);
-            assertBlock("dX", ref.dx(), IN, 0, 0, dx, 2e-5);
-            assertBlock("dA rows of rank " + rank, ref.dw(), IN, rank * ol, 0, dw, 2e-5);
+            Tensor dw = zeros(d, ol, IN);
+            ColumnParallelLinear layer = new ColumnParallelLinear(ctx, IN, ol, block(d, a, IN, rank * ol, ol, 0, IN),
+                    block(d, b, 1, rank * ol, ol, 0, 1).view(ol), dw, zeros(d, ol), true, new Workspace(d));
+            Tensor y = zeros(d, N, OUT);
+            layer.forward(block(d, x, IN, 0, N, 0, IN), N, y);
+            assertBlock(d, "gathered Y", ref.y(), OUT, 0, 0, y, 2e-5);
+            Tensor dx = zeros(d, N, IN);
+            layer.backward(block(d, dy, OUT, 0, N, 0, OUT), dx);
+            assertBlock(d, "dX", ref.dx(), IN, 0, 0, dx, 2e-5);
+            assertBlock(d, "dA rows of rank " + rank, ref.dw(), IN, rank * ol, 0, dw, 2e-5);
             return null;
         });
     }
@@ -143,22 +155,24 @@ class ParallelLinearTest {
         double[] dy = random(N * OUT, 14);
         Dense ref = Dense.of(x, a, b, dy, N, IN, OUT);
         LocalRanks.run(tpSize, (rank, world) -> {
+            Device d = TestDevices.create();
             TensorParallel tp = new TensorParallel(world, sp);
+            RankContext ctx = new RankContext(d, tp, Precision.FP32);
             int il = IN / tpSize;
             int rows = tp.localRows(N);
             int r0 = tp.firstLocalRow(N);
-            Tensor dw = Tensor.allocateHost(DType.F32, OUT, il);
-            Tensor db = Tensor.allocateHost(DType.F32, OUT);
-            RowParallelLinear layer = new RowParallelLinear(tp, new CpuKernels(), il, OUT, block(a, IN, 0, OUT, rank * il, il),
-                    block(b, 1, 0, OUT, 0, 1).view(OUT), dw, db, new Workspace());
-            Tensor y = Tensor.allocateHost(DType.F32, rows, OUT);
-            layer.forward(block(x, IN, 0, N, rank * il, il), N, y);
-            assertBlock("Y rows (reduced)", ref.y(), OUT, r0, 0, y, 2e-5);
-            Tensor dx = Tensor.allocateHost(DType.F32, N, il);
-            layer.backward(block(dy, OUT, r0, rows, 0, OUT), dx);
-            assertBlock("dX columns of rank " + rank, ref.dx(), IN, 0, rank * il, dx, 2e-5);
-            assertBlock("dA columns of rank " + rank, ref.dw(), IN, 0, rank * il, dw, 2e-5);
-            assertBlock("db, complete on every rank", ref.db(), 1, 0, 0, db.view(OUT, 1), 2e-5);
+            Tensor dw = zeros(d, OUT, il);
+            Tensor db = zeros(d, OUT);
+            RowParallelLinear layer = new RowParallelLinear(ctx, il, OUT, block(d, a, IN, 0, OUT, rank * il, il),
+                    block(d, b, 1, 0, OUT, 0, 1).view(OUT), dw, db, new Workspace(d));
+            Tensor y = zeros(d, rows, OUT);
+            layer.forward(block(d, x, IN, 0, N, rank * il, il), N, y);
+            assertBlock(d, "Y rows (reduced)", ref.y(), OUT, r0, 0, y, 2e-5);
+            Tensor dx = zeros(d, N, il);
+            layer.backward(block(d, dy, OUT, r0, rows, 0, OUT), dx);
+            assertBlock(d, "dX columns of rank " + rank, ref.dx(), IN, 0, rank * il, dx, 2e-5);
+            assertBlock(d, "dA columns of rank " + rank, ref.dw(), IN, 0, rank * il, dw, 2e-5);
+            assertBlock(d, "db, complete on every rank", ref.db(), 1, 0, 0, db.view(OUT, 1), 2e-5);
             return null;
         });
     }
@@ -174,30 +188,30 @@ class ParallelLinearTest {
             eye[i * c + i] = 1;
         }
         LocalRanks.run(tpSize, (rank, world) -> {
+            Device d = TestDevices.create();
             TensorParallel tp = new TensorParallel(world, sp);
+            RankContext ctx = new RankContext(d, tp, Precision.FP32);
             int cl = c / tpSize;
             int rows = tp.localRows(N);
             int r0 = tp.firstLocalRow(N);
-            Workspace ws = new Workspace();
-            CpuKernels k = new CpuKernels();
-            ColumnParallelLinear col = new ColumnParallelLinear(tp, k, c, cl, block(eye, c, rank * cl, cl, 0, c), null,
-                    Tensor.allocateHost(DType.F32, cl, c), null, false, ws);
-            Tensor mid = Tensor.allocateHost(DType.F32, N, cl);
-            col.forward(block(x, c, r0, rows, 0, c), N, mid);
-            assertBlock("identity column layer: own columns of X", x, c, 0, rank * cl, mid, 0);
-            Tensor ones = Tensor.allocateHost(DType.F32, c);
-            for (int i = 0; i < c; i++) {
-                ones.floats().put(i, 1f);
-            }
-            RowParallelLinear row = new RowParallelLinear(tp, k, cl, c, block(eye, c, 0, c, rank * cl, cl), ones,
-                    Tensor.allocateHost(DType.F32, c, cl), Tensor.allocateHost(DType.F32, c), ws);
-            Tensor y = Tensor.allocateHost(DType.F32, rows, c);
+            Workspace ws = new Workspace(d);
+            ColumnParallelLinear col = new ColumnParallelLinear(ctx, c, cl, block(d, eye, c, rank * cl, cl, 0, c), null,
+                    zeros(d, cl, c), null, false, ws);
+            Tensor mid = zeros(d, N, cl);
+            col.forward(block(d, x, c, r0, rows, 0, c), N, mid);
+            assertBlock(d, "identity column layer: own columns of X", x, c, 0, rank * cl, mid, 0);
+            float[] oneValues = new float[c];
+            java.util.Arrays.fill(oneValues, 1f);
+            Tensor ones = TestDevices.tensor(d, oneValues, c);
+            RowParallelLinear row = new RowParallelLinear(ctx, cl, c, block(d, eye, c, 0, c, rank * cl, cl), ones,
+                    zeros(d, c, cl), zeros(d, c), ws);
+            Tensor y = zeros(d, rows, c);
             row.forward(mid, N, y);
             double[] xPlus1 = x.clone();
             for (int i = 0; i < xPlus1.length; i++) {
                 xPlus1[i] += 1;
             }
-            assertBlock("identity row layer: X + b, bias added once", xPlus1, c, r0, 0, y, 1e-6);
+            assertBlock(d, "identity row layer: X + b, bias added once", xPlus1, c, r0, 0, y, 1e-6);
             return null;
         });
     }

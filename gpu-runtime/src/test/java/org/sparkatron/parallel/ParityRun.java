@@ -8,11 +8,11 @@ import org.sparkatron.comm.LocalRanks;
 import org.sparkatron.comm.ParallelLayout;
 import org.sparkatron.comm.ProcessGroups;
 import org.sparkatron.comm.ReduceOp;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.TestDevices;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.LrSchedule;
-import org.sparkatron.tensor.DType;
+import org.sparkatron.precision.Precision;
 import org.sparkatron.tensor.Tensor;
 import org.sparkatron.train.GradientSync;
 import org.sparkatron.train.SampleSource;
@@ -91,29 +91,27 @@ final class ParityRun {
         return new Trainer.Options(batch, 1, d.schedule(), d.beta1(), d.beta2(), d.eps(), d.weightDecay(), 0.05f);
     }
 
-    static float[] arr(Tensor t) {
-        float[] a = new float[(int) t.numel()];
-        t.floats().get(0, a);
-        return a;
+    /** A tensor of {@code m}'s device as an array (through the device's copies); null: all of m's weights. */
+    static float[] arr(Transformer m, Tensor t) {
+        return TestDevices.read(m.device(), t == null ? m.params().weights() : t);
     }
 
     /** One rank alone, global batch dpSize * batch. */
     static List<Step> reference(ModelConfig cfg, int globalBatch, float dropout) {
-        Transformer m = new Transformer(cfg, new CpuKernels());
+        Transformer m = new Transformer(cfg, TestDevices.create());
         m.initialize(SEED);
         m.setDropout(dropout, 99);
         Trainer tr = new Trainer(m, source(cfg, 0, 1, globalBatch), options(globalBatch));
         List<Step> out = new ArrayList<>();
         for (int s = 0; s < STEPS; s++) {
             Trainer.StepMetrics sm = tr.step();
-            out.add(new Step(sm.loss(), sm.gradNorm(), arr(m.params().grads()), arr(m.params().weights())));
+            out.add(new Step(sm.loss(), sm.gradNorm(), arr(m, m.params().grads()), arr(m, m.params().weights())));
         }
         return out;
     }
 
     /** Averages gradients and losses over the data-parallel group (the test's DP sync). */
     static GradientSync averaging(Communicator dp) {
-        Tensor scalar = Tensor.allocateHost(DType.F32, 1);
         return new GradientSync() {
             @Override
             public void syncGradients(Tensor grads) {
@@ -123,13 +121,10 @@ final class ParityRun {
             }
 
             @Override
-            public double averageScalar(double value) {
-                if (dp.size() == 1) {
-                    return value;
+            public void averageScalars(Tensor scalars) {
+                if (dp.size() > 1) {
+                    dp.allReduce(scalars, ReduceOp.AVG);
                 }
-                scalar.floats().put(0, (float) value);
-                dp.allReduce(scalar, ReduceOp.AVG);
-                return scalar.floats().get(0);
             }
         };
     }
@@ -140,7 +135,7 @@ final class ParityRun {
             ParallelLayout layout = ParallelLayout.forWorld(tp * dp, tp, 1, 1, 1, 1);
             try (ProcessGroups pg = ProcessGroups.create(layout, world)) {
                 TensorParallel tpc = new TensorParallel(pg.tp(), sp);
-                Transformer m = new Transformer(cfg, new CpuKernels(), tpc);
+                Transformer m = new Transformer(cfg, new RankContext(TestDevices.create(), tpc, Precision.FP32));
                 m.initialize(SEED); // each rank keeps its shard of the full initialisation
                 int dpRank = pg.coords()[3];
                 m.setDropout(dropout, 99, (long) dpRank * batch * SEQ);
@@ -149,7 +144,8 @@ final class ParityRun {
                 for (int s = 0; s < STEPS; s++) {
                     Trainer.StepMetrics sm = tr.step();
                     Transformer full = TpCheckpoint.gatherFull(m, true);
-                    out.add(new Step(sm.loss(), sm.gradNorm(), arr(full.params().grads()), arr(full.params().weights())));
+                    out.add(new Step(sm.loss(), sm.gradNorm(), arr(full, full.params().grads()), arr(full, full.params().weights())));
+                    full.close();
                 }
                 return out;
             }

@@ -16,7 +16,9 @@ import org.junit.jupiter.params.provider.ValueSource;
 import org.sparkatron.checkpoint.ModelStore;
 import org.sparkatron.comm.LocalRanks;
 import org.sparkatron.comm.SelfCommunicator;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.TestDevices;
+import org.sparkatron.precision.Precision;
+import org.sparkatron.tensor.Tensor;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.ParameterSet;
 import org.sparkatron.model.Transformer;
@@ -40,7 +42,7 @@ class TensorParallelModelTest {
     }
 
     private static Transformer single(ModelConfig cfg) {
-        Transformer m = new Transformer(cfg, new CpuKernels());
+        Transformer m = new Transformer(cfg, TestDevices.create());
         m.initialize(ParityRun.SEED);
         return m;
     }
@@ -55,14 +57,14 @@ class TensorParallelModelTest {
         ModelConfig cfg = ParityRun.config(family);
         Transformer ref = single(cfg);
         ref.forwardBackward(batch(cfg), B, ParityRun.SEQ, 1f);
-        float[] want = ParityRun.arr(ref.params().grad("layers.1.norm2.w"));
+        float[] want = ParityRun.arr(ref, ref.params().grad("layers.1.norm2.w"));
         List<float[][]> seen = LocalRanks.run(2, (rank, world) -> {
-            Transformer m = new Transformer(cfg, new CpuKernels(), new TensorParallel(world, true));
+            Transformer m = new Transformer(cfg, new RankContext(TestDevices.create(), new TensorParallel(world, true), Precision.FP32));
             m.initialize(ParityRun.SEED);
             m.forwardBackward(batch(cfg), B, ParityRun.SEQ, 1f);
-            float[] before = ParityRun.arr(m.params().grad("layers.1.norm2.w"));
+            float[] before = ParityRun.arr(m, m.params().grad("layers.1.norm2.w"));
             m.finishGradients();
-            return new float[][] {before, ParityRun.arr(m.params().grad("layers.1.norm2.w"))};
+            return new float[][] {before, ParityRun.arr(m, m.params().grad("layers.1.norm2.w"))};
         });
         boolean differ = false;
         for (int i = 0; i < want.length; i++) {
@@ -83,27 +85,31 @@ class TensorParallelModelTest {
         ModelConfig cfg = ParityRun.config("llama"); // untied: embed and head both padded
         Transformer ref = single(cfg);
         double want = ref.forwardBackward(batch(cfg), B, ParityRun.SEQ, 1f);
-        float[] wantHeadGrad = ParityRun.arr(ref.params().grad("head"));
+        float[] wantHeadGrad = ParityRun.arr(ref, ref.params().grad("head"));
         LocalRanks.run(4, (rank, world) -> {
-            Transformer m = new Transformer(cfg, new CpuKernels(), new TensorParallel(world, false));
+            Transformer m = new Transformer(cfg, new RankContext(TestDevices.create(), new TensorParallel(world, false), Precision.FP32));
             m.initialize(ParityRun.SEED);
             int rows = m.params().param("head").shape()[0];
             int c = cfg.hidden();
             for (String name : new String[] {"head", "embed"}) {
+                Tensor w = m.params().weight(name);
+                float[] v = TestDevices.read(m.device(), w);
                 for (int r = 0; r < rows; r++) {
                     if (rank * rows + r >= cfg.vocabSize()) {
                         for (int j = 0; j < c; j++) {
-                            m.params().weight(name).floats().put(r * c + j, 1e3f * (j + 1)); // would dominate any softmax
+                            v[r * c + j] = 1e3f * (j + 1); // would dominate any softmax
                         }
                     }
                 }
+                TestDevices.write(m.device(), w, v);
             }
             double got = m.forwardBackward(batch(cfg), B, ParityRun.SEQ, 1f);
             assertEquals(want, got, 1e-5, "loss with garbage in padded rows");
+            float[] headGrad = TestDevices.read(m.device(), m.params().grad("head"));
             for (int r = 0; r < rows; r++) {
                 int id = rank * rows + r;
                 for (int j = 0; j < c; j++) {
-                    float g = m.params().grad("head").floats().get(r * c + j);
+                    float g = headGrad[r * c + j];
                     if (id >= cfg.vocabSize()) {
                         assertEquals(0f, g, 0f, "padded id " + id + " gets no gradient");
                     } else {
@@ -124,11 +130,12 @@ class TensorParallelModelTest {
         ModelConfig cfg = ModelConfig.fromJson(new ObjectMapper().readTree("{\"model_type\":\"gpt2\",\"n_layer\":1,"
                 + "\"n_embd\":32,\"n_head\":4,\"n_positions\":16,\"vocab_size\":64}"));
         assertEquals(512, cfg.paddedVocab(4));
-        float[] want = ParityRun.arr(single(cfg).params().weights());
+        float[] want = ParityRun.arr(single(cfg), null);
         List<float[]> got = LocalRanks.run(4, (rank, world) -> {
-            Transformer m = new Transformer(cfg, new CpuKernels(), new TensorParallel(world, false));
+            Transformer m = new Transformer(cfg, new RankContext(TestDevices.create(), new TensorParallel(world, false), Precision.FP32));
             m.initialize(ParityRun.SEED);
-            return ParityRun.arr(TpCheckpoint.gatherFull(m, false).params().weights());
+            Transformer full = TpCheckpoint.gatherFull(m, false);
+            return ParityRun.arr(full, full.params().weights());
         });
         for (float[] g : got) {
             org.junit.jupiter.api.Assertions.assertArrayEquals(want, g);
@@ -144,7 +151,7 @@ class TensorParallelModelTest {
         ModelStore.save(ref, tmp.resolve("in"));
         float[] wantLogits = ref.logits(batch(cfg), B, ParityRun.SEQ);
         LocalRanks.run(4, (rank, world) -> {
-            Transformer m = TpCheckpoint.load(tmp.resolve("in"), new CpuKernels(), new TensorParallel(world, true));
+            Transformer m = TpCheckpoint.load(tmp.resolve("in"), new RankContext(TestDevices.create(), new TensorParallel(world, true), Precision.FP32));
             float[] logits = m.logits(batch(cfg), B, ParityRun.SEQ);
             for (int i = 0; i < wantLogits.length; i++) {
                 assertEquals(wantLogits[i], logits[i], 2e-5, "logit " + i); // fp32, summation order only
@@ -155,9 +162,9 @@ class TensorParallelModelTest {
             org.junit.jupiter.api.Assertions.assertTrue(shard.getMessage().contains("one of 4 tensor-parallel shards"), shard.getMessage());
             return null;
         });
-        Transformer back = ModelStore.load(tmp.resolve("out"), new CpuKernels());
-        float[] a = ParityRun.arr(ref.params().weights());
-        float[] b = ParityRun.arr(back.params().weights());
+        Transformer back = ModelStore.load(tmp.resolve("out"), TestDevices.create());
+        float[] a = ParityRun.arr(ref, ref.params().weights());
+        float[] b = ParityRun.arr(back, back.params().weights());
         for (int i = 0; i < a.length; i++) {
             assertEquals(a[i], b[i], 0f, "saved weights equal the loaded ones bitwise (pure copies) at " + i);
         }
@@ -200,12 +207,12 @@ class TensorParallelModelTest {
                 + "\"vocab_size\":61,\"max_position_embeddings\":16}"));
         List<String> msgs = LocalRanks.run(4, (rank, world) -> {
             IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
-                    () -> new Transformer(llama, new CpuKernels(), new TensorParallel(world, false)));
+                    () -> new Transformer(llama, new RankContext(TestDevices.create(), new TensorParallel(world, false), Precision.FP32)));
             return e.getMessage();
         });
         assertTrue(msgs.get(0).contains("key/value heads 2 fewer than tensor parallel size 4"), msgs.get(0));
         List<String> sp = LocalRanks.run(2, (rank, world) -> {
-            Transformer m = new Transformer(ParityRun.config("gpt2"), new CpuKernels(), new TensorParallel(world, true));
+            Transformer m = new Transformer(ParityRun.config("gpt2"), new RankContext(TestDevices.create(), new TensorParallel(world, true), Precision.FP32));
             int[] odd = new int[3 * 4];
             return assertThrows(IllegalArgumentException.class, () -> m.forwardBackward(odd, 3, 3, 1f)).getMessage();
         });
@@ -213,7 +220,7 @@ class TensorParallelModelTest {
         assertThrows(IllegalArgumentException.class, () -> new TensorParallel(null, false));
         assertEquals(1, new TensorParallel(new SelfCommunicator(), true).size());
         assertTrue(!new TensorParallel(new SelfCommunicator(), true).sequenceParallel(), "SP over one rank is plain TP = 1");
-        for (ParameterSet.Param p : new Transformer(ParityRun.config("gpt2"), new CpuKernels()).params().params()) {
+        for (ParameterSet.Param p : new Transformer(ParityRun.config("gpt2"), TestDevices.create()).params().params()) {
             assertTrue(p.tp() != null, p.name());
         }
     }

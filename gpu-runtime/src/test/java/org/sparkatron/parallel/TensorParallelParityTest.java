@@ -50,7 +50,7 @@ class TensorParallelParityTest {
         int batch = 2;
         List<ParityRun.Step> ref = ParityRun.reference(cfg, batch * dp, dropout);
         List<List<ParityRun.Step>> runs = ParityRun.parallel(cfg, tp, dp, sp, batch, dropout);
-        List<ParameterSet.Param> params = new Transformer(cfg, new org.sparkatron.device.cpu.CpuKernels()).params().params();
+        List<ParameterSet.Param> params = new Transformer(cfg, org.sparkatron.device.TestDevices.create()).params().params();
         assertTrue(ref.get(0).gradNorm() > 0.05, "clipping is active (reference norm " + ref.get(0).gradNorm() + ")");
         for (int rank = 0; rank < runs.size(); rank++) {
             for (int s = 0; s < ParityRun.STEPS; s++) {

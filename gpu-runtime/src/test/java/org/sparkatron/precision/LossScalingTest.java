@@ -10,7 +10,8 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.TestDevices;
+import org.sparkatron.parallel.RankContext;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.LrSchedule;
@@ -29,14 +30,12 @@ class LossScalingTest {
                 + "\"n_head\":4,\"n_positions\":16,\"vocab_size\":40,\"sparkatron_vocab_multiple\":8}"));
     }
 
-    static float[] arr(Tensor t) {
-        float[] a = new float[(int) t.numel()];
-        t.floats().get(0, a);
-        return a;
+    static float[] arr(Transformer m, Tensor t) {
+        return TestDevices.read(m.device(), t);
     }
 
     static Trainer trainer(Precision p, DynamicGradScaler.Config scaling) throws Exception {
-        Transformer m = new Transformer(tinyGpt2(), new CpuKernels(), TensorParallel.none(), p);
+        Transformer m = new Transformer(tinyGpt2(), new RankContext(TestDevices.create(), TensorParallel.none(), p));
         m.initialize(3);
         MarkovCorpus corpus = new MarkovCorpus(40, 3, 5);
         PackedSamples data = PackedSamples.perSequence(corpus.generate(64, 13, 6), 7);
@@ -106,9 +105,9 @@ class LossScalingTest {
         double first = Double.NaN;
         double scale = 0x1p40;
         while (true) {
-            float[] w = arr(m.params().weights());
-            float[] mom1 = arr(tr.optimizer().firstMoment());
-            float[] mom2 = arr(tr.optimizer().secondMoment());
+            float[] w = arr(m, m.params().weights());
+            float[] mom1 = arr(m, tr.optimizer().firstMoment());
+            float[] mom2 = arr(m, tr.optimizer().secondMoment());
             Trainer.StepMetrics sm = tr.step();
             skips.add(sm.skipped());
             assertEquals(scale, sm.lossScale(), "the step ran with the scaler's scale");
@@ -123,9 +122,9 @@ class LossScalingTest {
             assertFalse(Double.isFinite(sm.gradNorm()), "a skipped step had non-finite gradients");
             assertEquals(0, sm.step(), "no optimizer step was taken");
             assertEquals(0, tr.optimizer().step());
-            assertArrayEquals(w, arr(m.params().weights()), "weights untouched by a skipped step");
-            assertArrayEquals(mom1, arr(tr.optimizer().firstMoment()), "first moments untouched");
-            assertArrayEquals(mom2, arr(tr.optimizer().secondMoment()), "second moments untouched");
+            assertArrayEquals(w, arr(m, m.params().weights()), "weights untouched by a skipped step");
+            assertArrayEquals(mom1, arr(m, tr.optimizer().firstMoment()), "first moments untouched");
+            assertArrayEquals(mom2, arr(m, tr.optimizer().secondMoment()), "second moments untouched");
             assertTrue(sm.toJson().contains("\"skipped\": true"), sm.toJson());
             scale /= 2;
             assertEquals(scale, tr.lossScaler().scale(), "backed off by half");
@@ -186,7 +185,10 @@ class LossScalingTest {
     void overflowAtTheMinimumScaleStopsTraining() throws Exception {
         Trainer tr = trainer(Precision.FP16, new DynamicGradScaler.Config(1, 1, 2, 0.5, 4, 1));
         // a norm weight of 1e6 makes the first block's normalised activations overflow fp16
-        tr.model().params().weight("layers.0.norm1.w").floats().put(0, 1e6f);
+        Tensor w = tr.model().params().weight("layers.0.norm1.w");
+        float[] v = TestDevices.read(tr.model().device(), w);
+        v[0] = 1e6f;
+        TestDevices.write(tr.model().device(), w, v);
         IllegalStateException e = assertThrows(IllegalStateException.class, tr::step);
         assertTrue(e.getMessage().contains("minimum loss scale"), e.getMessage());
     }

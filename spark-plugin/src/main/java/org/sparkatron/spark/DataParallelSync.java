@@ -2,20 +2,18 @@ package org.sparkatron.spark;
 
 import org.sparkatron.comm.Communicator;
 import org.sparkatron.comm.ReduceOp;
-import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 import org.sparkatron.train.GradientSync;
 
 /**
  * Data-parallel gradient averaging: the flat gradient block is all-reduced (AVG) over the replicas in
  * buckets of {@code bucketBytes} (25 MB by default, as PyTorch DDP), so a model costs a few large
- * messages, not one per parameter. The loss is averaged the same way. Blocking, on the training thread;
- * a failed peer surfaces as the communicator's exception.
+ * messages, not one per parameter. The loss is averaged the same way. Device tensors, ordered with the rank's
+ * kernels; on the training thread; a failed peer surfaces as the communicator's exception.
  */
 final class DataParallelSync implements GradientSync {
     private final Communicator dp;
     private final int bucketFloats;
-    private final Tensor scalar = Tensor.allocateHost(DType.F32, 1);
     private long messages;
 
     DataParallelSync(Communicator dp, long bucketBytes) {
@@ -36,13 +34,10 @@ final class DataParallelSync implements GradientSync {
     }
 
     @Override
-    public double averageScalar(double value) {
-        if (dp.size() == 1) {
-            return value;
+    public void averageScalars(Tensor scalars) {
+        if (dp.size() > 1) {
+            dp.allReduce(scalars, ReduceOp.AVG);
         }
-        scalar.floats().put(0, (float) value);
-        dp.allReduce(scalar, ReduceOp.AVG);
-        return scalar.floats().get(0);
     }
 
     /** All-reduce calls made for gradients so far (for tests: buckets, not parameters). */

@@ -23,7 +23,7 @@ import org.apache.spark.sql.Dataset;
 import org.apache.spark.sql.SparkSession;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.Transformer;
 import scala.Tuple2;
 
@@ -49,9 +49,15 @@ public final class DistributedTraining {
     private DistributedTraining() {
     }
 
-    /** The outcome of a job. {@code metrics} are rank 0's per-step JSON lines of the successful attempt. */
+    /**
+     * The outcome of a job. {@code metrics} are rank 0's per-step JSON lines of the successful attempt,
+     * {@code evaluations} its validation lines ({@code "kind": "eval"}); {@code history} is the whole run's
+     * {@code metrics.jsonl} trajectory (steps and evaluations of earlier jobs of a resumed run included) and
+     * {@code summary} the closing lines comparing its first and last intervals and evaluations.
+     */
     public record Result(Transformer model, List<String> metrics, List<RankReport> ranks, long documents, long tokens,
-                         long samplesPerEpoch, long droppedRows, int epochs) {
+                         long samplesPerEpoch, long droppedRows, int epochs, List<String> evaluations, List<String> history,
+                         List<String> summary) {
         public double firstLoss() {
             return loss(metrics.get(0));
         }
@@ -69,6 +75,9 @@ public final class DistributedTraining {
         }
     }
 
+    /** The resolved config and data description saved beside the model ({@link #saveConfig}). */
+    static final String TRAIN_CONFIG_FILE = "train_config.json";
+
     /** Trains on {@code df} (column {@code cfg.inputCol}, array&lt;int&gt;); progress goes to {@code console} (may be null). */
     public static Result run(Dataset<?> df, TrainConfig cfg, PrintStream console) {
         SparkContext sc = df.sparkSession().sparkContext();
@@ -77,10 +86,13 @@ public final class DistributedTraining {
         checkWritable("checkpoint_dir", cfg.checkpointDir, sc.hadoopConfiguration());
         InitFrom.check(cfg, sc.hadoopConfiguration());
         checkNotAnInput(cfg);
+        cfg = ResumeCheck.check(cfg, sc.hadoopConfiguration(), say(console));
         TokenData.Prepared data = TokenData.prepare(df, cfg, cfg.model().vocabSize());
         String summary = String.format(java.util.Locale.ROOT,
-                "%d documents, %d tokens, %d samples of %d tokens per epoch, %d epoch(s) for %d steps x %d samples%s",
+                "%d documents, %d tokens, %d samples of %d tokens per epoch, %d epoch(s) for %d steps x %d samples%s%s",
                 data.documents(), data.tokens(), data.samplesPerEpoch(), cfg.seqLen + 1, data.epochs(), cfg.steps, cfg.globalBatch,
+                data.validation() ? String.format(java.util.Locale.ROOT, "; validation: %d documents, %d samples per epoch (split %s)",
+                        data.validDocuments(), data.validSamplesPerEpoch(), cfg.dataSplit) : "",
                 data.droppedRows() > 0 ? "; dropped " + data.droppedRows() + " bad row(s) of column '" + cfg.inputCol + "'" : "");
         LOG.info("sparkatron: {}", summary);
         if (console != null) {
@@ -88,7 +100,7 @@ public final class DistributedTraining {
         }
         try {
             return launch(sc, cfg, console, data.byRank().rdd(), Map.of(), new long[] {data.documents(), data.tokens(),
-                data.samplesPerEpoch(), data.droppedRows(), data.epochs()});
+                data.samplesPerEpoch(), data.droppedRows(), data.epochs()}, summary, data.validation());
         } finally {
             data.cached().unpersist(false);
         }
@@ -105,11 +117,13 @@ public final class DistributedTraining {
         checkWritable("checkpoint_dir", cfg.checkpointDir, sc.hadoopConfiguration());
         InitFrom.check(cfg, sc.hadoopConfiguration());
         checkNotAnInput(cfg);
+        cfg = ResumeCheck.check(cfg, sc.hadoopConfiguration(), say(console));
         Map<String, String> hadoopConf = new HashMap<>();
         for (Map.Entry<String, String> e : sc.hadoopConfiguration()) {
             hadoopConf.put(e.getKey(), e.getValue());
         }
-        String summary = MegatronInput.validate(cfg, hadoopConf);
+        MegatronInput.Checked checked = MegatronInput.validate(cfg, hadoopConf);
+        String summary = checked.summary();
         String scanned = TokenIdScan.check(sc, cfg, hadoopConf);
         if (!scanned.isEmpty()) {
             summary += "; " + scanned;
@@ -120,15 +134,17 @@ public final class DistributedTraining {
         }
         RDD<Tuple2<Long, int[]>> none = JavaSparkContext.fromSparkContext(sc)
                 .<Tuple2<Long, int[]>>parallelize(List.of(), cfg.world()).rdd(); // one empty partition per rank
-        return launch(sc, cfg, console, none, hadoopConf, new long[] {-1, -1, -1, 0, -1});
+        return launch(sc, cfg, console, none, hadoopConf, new long[] {-1, -1, -1, 0, -1}, summary, checked.validation());
     }
 
     /** The barrier stage, the closing shuffle and the result; {@code stats}: documents, tokens, samples/epoch, dropped, epochs. */
     private static Result launch(SparkContext sc, TrainConfig cfg, PrintStream console, RDD<Tuple2<Long, int[]>> input,
-                                 Map<String, String> hadoopConf, long[] stats) {
+                                 Map<String, String> hadoopConf, long[] stats, String dataSummary, boolean validation) {
         if (console != null) {
             console.println("[sparkatron] launching " + cfg.world() + " rank(s) (dp=" + cfg.dp + ", tp=" + cfg.tp
-                    + (cfg.sequenceParallel ? " +sp" : "") + ") in one barrier stage");
+                    + (cfg.sequenceParallel ? " +sp" : "") + ") in one barrier stage; " + (validation
+                    ? "validation every " + (cfg.evalInterval == 0 ? cfg.steps : cfg.evalInterval) + " steps (" + cfg.evalIters
+                    + " batches) and at the end" : "no validation split (data_split " + cfg.dataSplit + "): no evaluation"));
         }
         byte[] secret = new byte[32];
         new SecureRandom().nextBytes(secret);
@@ -140,15 +156,34 @@ public final class DistributedTraining {
         // results go to a staging directory, moved into place when the job succeeds; it also proves now,
         // before training, that the output can be written
         OutputCommit commit = cfg.output == null ? null : OutputCommit.begin(cfg.output, sc.hadoopConfiguration());
-        // metrics.jsonl is written live, step by step, as rank 0's reports reach the driver
-        try (MetricsLog live = cfg.output == null ? null : new MetricsLog(cfg.output, sc.hadoopConfiguration());
-             ProgressServer progress = new ProgressServer(bind, advertise, secret, cfg.steps, console, live);
+        // metrics.jsonl, the plot, TensorBoard and MLflow are written live as rank 0's reports reach the driver
+        TrainingMonitor monitor;
+        try {
+            monitor = new TrainingMonitor(cfg, sc.hadoopConfiguration(), console, dataSummary,
+                    cfg.output != null ? new org.apache.hadoop.fs.Path(cfg.output).getName() : sc.appName());
+        } catch (IOException e) {
+            throw new IllegalArgumentException("output '" + cfg.output + "' cannot be written: " + e.getMessage(), e);
+        }
+        // with the Sparkatron plugin installed, progress comes over Spark's RPC; else through a small socket
+        SparkatronDriverPlugin plugin = SparkatronDriverPlugin.forContext(sc);
+        String pluginJob = plugin == null ? null : ProgressServer.token(secret);
+        if (plugin != null) {
+            plugin.register(pluginJob, monitor);
+            monitor.say("progress over Spark RPC (Sparkatron plugin); live page: the Spark UI's Sparkatron tab"
+                    + (sc.uiWebUrl().isDefined() ? " at " + sc.uiWebUrl().get() + "/sparkatron/" : ""));
+        }
+        try (monitor; ProgressServer progress = plugin != null ? null : new ProgressServer(bind, advertise, secret, cfg.steps, null, monitor);
              FailFast failFast = new FailFast(sc)) {
+            if (commit != null) { // committed with the model: a failed job leaves the previous run's config beside its model
+                saveConfig(cfg, dataSummary, commit.staging(), sc);
+            }
             // a failed rank makes Spark kill the others; interrupting them frees their slots at once
             sc.setLocalProperty("spark.job.interruptOnCancel", "true");
             sc.setLocalProperty("spark.job.description", "sparkatron training: " + cfg.world() + " ranks, " + cfg.steps + " steps");
             RDD<Tuple2<Integer, byte[]>> ranks = input.barrier()
-                    .mapPartitions(new RankTask(cfg, secret, progress.endpoint(), hadoopConf), false, TokenData.tag(Tuple2.class));
+                    .mapPartitions(new RankTask(cfg, secret, progress == null ? null : progress.endpoint(), pluginJob, hadoopConf,
+                            validation, dataSummary), false,
+                            TokenData.tag(Tuple2.class));
             // the closing shuffle makes the barrier stage a shuffle-map stage, which Spark retries as a whole
             ShuffledRDD<Integer, byte[], byte[]> closing = new ShuffledRDD<>(ranks, new HashPartitioner(1),
                     TokenData.tag(Integer.class), TokenData.tag(byte[].class), TokenData.tag(byte[].class));
@@ -165,24 +200,46 @@ public final class DistributedTraining {
             }
             reports.sort(Comparator.comparingInt(RankReport::rank));
             RankReport first = reports.get(0);
-            Transformer model = new Transformer(cfg.model(), new CpuKernels());
-            model.params().weights().floats().put(0, first.weights());
+            Transformer model = new Transformer(cfg.model(), new CpuDevice());
+            model.params().uploadWeights(first.weights());
             for (RankReport r : reports) {
                 LOG.info("sparkatron: rank {}", r.describe());
             }
-            Result result = new Result(model, first.metrics(), reports, stats[0], stats[1], stats[2], stats[3], (int) stats[4]);
-            if (cfg.output != null) {
-                save(result, commit, sc, live);
-                if (console != null) {
-                    console.println("[sparkatron] saved model, metrics.jsonl and ranks.json to " + cfg.output);
+            List<String> steps = new ArrayList<>();
+            List<String> evals = new ArrayList<>();
+            long firstStep = cfg.steps + 1;
+            for (String l : first.metrics()) {
+                String kind = metric(l).path("kind").asText("");
+                if (kind.isEmpty()) {
+                    steps.add(l);
+                } else if (kind.equals("eval")) {
+                    evals.add(l);
+                } else if (kind.equals("start")) {
+                    firstStep = metric(l).path("first_step").asLong();
                 }
             }
+            if (commit != null) { // written to the staging directory, then moved into place
+                SparkatronModel.of(model).writeFiles(commit.staging(), sc.hadoopConfiguration());
+                saveRanks(reports, commit.staging(), sc);
+                commit.commit();
+            }
+            monitor.catchUp(first.metrics());
+            List<String> history = monitor.finish(first.metrics(), cfg.output);
+            List<String> summary = RunSummary.lines(history, cfg.logInterval, firstStep, monitor.snapshot().lastInterval());
+            Result result = new Result(model, steps, reports, stats[0], stats[1], stats[2], stats[3], (int) stats[4], evals, history, summary);
+            if (cfg.output != null && console != null) {
+                console.println("[sparkatron] saved model, metrics.jsonl, loss.svg, train_config.json and ranks.json to " + cfg.output);
+            }
+            monitor.end(true);
             return result;
         } catch (IOException e) {
             throw new IllegalStateException("sparkatron: " + e.getMessage(), e);
         } finally {
             if (commit != null) {
                 commit.abort(); // a no-op after a commit; after a failure, the previous results stay as they were
+            }
+            if (plugin != null) {
+                plugin.unregister(pluginJob);
             }
             sc.setLocalProperty("spark.job.interruptOnCancel", previousInterrupt);
             sc.setLocalProperty("spark.job.description", previousDescription);
@@ -274,22 +331,15 @@ public final class DistributedTraining {
         }
     }
 
-    /**
-     * Writes the model (HF layout) and ranks.json into the staging directory and commits them into the
-     * output ({@link OutputCommit}), then metrics.jsonl (the whole trajectory: steps before a resume come
-     * from the live reports, see {@link MetricsLog}).
-     */
-    static void save(Result r, OutputCommit commit, SparkContext sc, MetricsLog live) throws IOException {
-        SparkatronModel.of(r.model()).writeFiles(commit.staging(), sc.hadoopConfiguration());
-        org.apache.hadoop.fs.Path out = new org.apache.hadoop.fs.Path(commit.staging());
+    /** Writes ranks.json (where each rank ran) under {@code output}. */
+    static void saveRanks(List<RankReport> reports, String output, SparkContext sc) throws IOException {
+        org.apache.hadoop.fs.Path out = new org.apache.hadoop.fs.Path(output);
         FileSystem fs = out.getFileSystem(sc.hadoopConfiguration());
         List<String> ranks = new ArrayList<>();
-        for (RankReport rr : r.ranks()) {
+        for (RankReport rr : reports) {
             ranks.add(rr.describe());
         }
         writeLines(fs, new org.apache.hadoop.fs.Path(out, "ranks.json"), List.of("[" + String.join(",\n ", ranks) + "]"));
-        commit.commit();
-        live.finish(r.metrics());
     }
 
     /**
@@ -323,6 +373,25 @@ public final class DistributedTraining {
         String p = u.getScheme() == null || u.getScheme().equals("file")
                 ? java.nio.file.Path.of(u.getPath()).toAbsolutePath().normalize().toString() : u.toString();
         return p.endsWith("/") && p.length() > 1 ? p.substring(0, p.length() - 1) : p;
+    }
+
+    /** Writes {@code train_config.json}: the resolved config this job runs with and its data description. */
+    static void saveConfig(TrainConfig cfg, String data, String output, SparkContext sc) throws IOException {
+        org.apache.hadoop.fs.Path out = new org.apache.hadoop.fs.Path(output);
+        FileSystem fs = out.getFileSystem(sc.hadoopConfiguration());
+        com.fasterxml.jackson.databind.node.ObjectNode o = TrainConfig.JSON.createObjectNode();
+        o.set("config", cfg.resolved());
+        o.put("data", data);
+        writeLines(fs, new org.apache.hadoop.fs.Path(out, TRAIN_CONFIG_FILE), List.of(o.toPrettyString()));
+    }
+
+    private static java.util.function.Consumer<String> say(PrintStream console) {
+        return line -> {
+            LOG.info("sparkatron: {}", line);
+            if (console != null) {
+                console.println("[sparkatron] " + line);
+            }
+        };
     }
 
     private static void writeLines(FileSystem fs, org.apache.hadoop.fs.Path p, List<String> lines) throws IOException {

@@ -10,11 +10,11 @@ import org.apache.hadoop.conf.Configuration;
 import org.apache.hadoop.fs.FileSystem;
 import org.apache.hadoop.fs.Path;
 import org.sparkatron.checkpoint.ModelStore;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.TpShards;
 import org.sparkatron.model.Transformer;
-import org.sparkatron.parallel.TensorParallel;
+import org.sparkatron.parallel.RankContext;
 
 /**
  * The {@code init_from} config key: a Hugging Face model directory ({@code config.json} +
@@ -68,7 +68,7 @@ final class InitFrom {
                 throw new IllegalArgumentException("init_from '" + cfg.initFrom + "' is not a model directory: " + ModelStore.WEIGHTS + " is missing");
             }
             // the whole model once, here: damaged files and NaN weights are refused before launch, not on every attempt
-            load(cfg, null, conf);
+            load(cfg, null, conf).close();
         } catch (IOException e) {
             throw new IllegalArgumentException("init_from '" + cfg.initFrom + "': " + e.getMessage(), e);
         }
@@ -108,10 +108,11 @@ final class InitFrom {
     /**
      * Rank side: this rank's shard of the model in {@code cfg.initFrom} (copied to a local temporary
      * directory first, so any Hadoop file system works). Every rank reads the whole model transiently.
-     * With {@code tp} null (the driver's check), reads and validates the whole model and returns it.
+     * With {@code rank} null (the driver's check), reads and validates the whole model and returns it (the
+     * caller closes it).
      * Errors name the user's directory, never the temporary copy.
      */
-    static Transformer load(TrainConfig cfg, TensorParallel tp, Configuration conf) throws IOException {
+    static Transformer load(TrainConfig cfg, RankContext rank, Configuration conf) throws IOException {
         java.nio.file.Path tmp = java.nio.file.Files.createTempDirectory("sparkatron-init");
         try {
             Path dir = new Path(cfg.initFrom);
@@ -120,24 +121,28 @@ final class InitFrom {
                 fs.copyToLocalFile(false, new Path(dir, f), new Path(tmp.resolve(f).toUri()), true);
             }
             Transformer full;
-            try {
-                full = ModelStore.load(tmp, new CpuKernels());
+            try { // fp32, TP = 1, on the rank's device (the driver's check: a CPU device of its own)
+                full = ModelStore.load(tmp, rank == null ? new CpuDevice() : rank.device());
             } catch (IllegalArgumentException e) {
                 throw new IllegalArgumentException("init_from '" + cfg.initFrom + "': " + userPaths(e.getMessage(), tmp, cfg.initFrom), e);
             } catch (IOException e) {
                 throw new IOException(userPaths(e.getMessage(), tmp, cfg.initFrom), e);
             }
-            if (tp == null) {
+            if (rank == null) {
                 return full;
             }
-            String diff = differences(full.config(), cfg.model());
-            if (!diff.isEmpty()) { // changed since the driver checked it
-                throw new IllegalArgumentException("init_from '" + cfg.initFrom + "' holds another model than the job's config: " + diff);
+            try {
+                String diff = differences(full.config(), cfg.model());
+                if (!diff.isEmpty()) { // changed since the driver checked it
+                    throw new IllegalArgumentException("init_from '" + cfg.initFrom + "' holds another model than the job's config: " + diff);
+                }
+                // the rank's shard (the whole model at TP 1), in a model bound to the rank's TP group
+                Transformer model = new Transformer(full.config(), rank);
+                TpShards.scatter(full.config(), full.params(), model.params(), rank.tp().rank(), rank.tp().size(), false);
+                return model;
+            } finally {
+                full.close();
             }
-            // the rank's shard (the whole model at TP 1), in a model bound to the rank's TP group
-            Transformer model = new Transformer(full.config(), full.kernels(), tp, cfg.precision);
-            TpShards.scatter(full.config(), full.params(), model.params(), tp.rank(), tp.size(), false);
-            return model;
         } finally {
             SparkatronModel.deleteTree(tmp);
         }

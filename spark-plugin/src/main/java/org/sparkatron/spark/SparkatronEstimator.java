@@ -55,6 +55,15 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     private final Param<String> outputPath;
     private final BooleanParam dropBadRows;
     private final Param<String> initFrom;
+    // seeing training (docs/monitoring.md)
+    private final Param<String> dataSplit;
+    private final IntParam logInterval;
+    private final IntParam evalInterval;
+    private final IntParam evalIters;
+    private final Param<String> tensorboardDir;
+    private final Param<String> mlflowTrackingUri;
+    private final Param<String> mlflowExperiment;
+    private final Param<String> mlflowRunName;
 
     public SparkatronEstimator() {
         this(Identifiable$.MODULE$.randomUID("sparkatron"));
@@ -84,6 +93,14 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
         outputPath = new Param<>(this, "outputPath", "where the model and metrics are saved (any Hadoop path)");
         dropBadRows = new BooleanParam(this, "dropBadRows", "drop null/empty/out-of-vocabulary rows instead of refusing");
         initFrom = new Param<>(this, "initFrom", "Hugging Face model directory (any Hadoop path) to start from instead of the seed");
+        dataSplit = new Param<>(this, "dataSplit", "train,validation,test weights over the documents in row order (Megatron's --split)");
+        logInterval = new IntParam(this, "logInterval", "steps per progress line (interval averages)");
+        evalInterval = new IntParam(this, "evalInterval", "steps between evaluations on the validation split");
+        evalIters = new IntParam(this, "evalIters", "global batches per evaluation");
+        tensorboardDir = new Param<>(this, "tensorboardDir", "TensorBoard log directory (any Hadoop path)");
+        mlflowTrackingUri = new Param<>(this, "mlflowTrackingUri", "MLflow tracking server (http(s)://)");
+        mlflowExperiment = new Param<>(this, "mlflowExperiment", "MLflow experiment name");
+        mlflowRunName = new Param<>(this, "mlflowRunName", "MLflow run name");
         setDefault(inputCol, "tokens");
     }
 
@@ -113,6 +130,14 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     public Param<String> outputPath() { return outputPath; }
     public BooleanParam dropBadRows() { return dropBadRows; }
     public Param<String> initFrom() { return initFrom; }
+    public Param<String> dataSplit() { return dataSplit; }
+    public IntParam logInterval() { return logInterval; }
+    public IntParam evalInterval() { return evalInterval; }
+    public IntParam evalIters() { return evalIters; }
+    public Param<String> tensorboardDir() { return tensorboardDir; }
+    public Param<String> mlflowTrackingUri() { return mlflowTrackingUri; }
+    public Param<String> mlflowExperiment() { return mlflowExperiment; }
+    public Param<String> mlflowRunName() { return mlflowRunName; }
 
     public SparkatronEstimator setModelConfig(String v) { set(modelConfig, v); return this; }
     public SparkatronEstimator setDp(int v) { set(dp, (Object) v); return this; }
@@ -136,6 +161,15 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     public SparkatronEstimator setDropBadRows(boolean v) { set(dropBadRows, (Object) v); return this; }
     /** Starting weights: a model directory; its config.json is the model config unless modelConfig is set. */
     public SparkatronEstimator setInitFrom(String v) { set(initFrom, v); return this; }
+
+    public SparkatronEstimator setDataSplit(String v) { set(dataSplit, v); return this; }
+    public SparkatronEstimator setLogInterval(int v) { set(logInterval, (Object) v); return this; }
+    public SparkatronEstimator setEvalInterval(int v) { set(evalInterval, (Object) v); return this; }
+    public SparkatronEstimator setEvalIters(int v) { set(evalIters, (Object) v); return this; }
+    public SparkatronEstimator setTensorboardDir(String v) { set(tensorboardDir, v); return this; }
+    public SparkatronEstimator setMlflowTrackingUri(String v) { set(mlflowTrackingUri, v); return this; }
+    public SparkatronEstimator setMlflowExperiment(String v) { set(mlflowExperiment, v); return this; }
+    public SparkatronEstimator setMlflowRunName(String v) { set(mlflowRunName, v); return this; }
 
     /** Where progress lines go (null: only the log). */
     public SparkatronEstimator setProgress(PrintStream out) {

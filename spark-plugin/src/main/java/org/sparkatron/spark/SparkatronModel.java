@@ -24,7 +24,7 @@ import org.apache.spark.sql.types.StructField;
 import org.apache.spark.sql.types.StructType;
 import org.sparkatron.checkpoint.ModelStore;
 import org.sparkatron.device.cpu.Blas;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 
@@ -107,8 +107,8 @@ public final class SparkatronModel extends Model<SparkatronModel> {
 
     /** A fresh CPU model with these weights (one per thread: models are not thread-safe). */
     public Transformer newTransformer() {
-        Transformer t = new Transformer(config(), new CpuKernels());
-        t.params().weights().floats().put(0, weights);
+        Transformer t = new Transformer(config(), new CpuDevice());
+        t.params().uploadWeights(weights);
         return t;
     }
 
@@ -147,8 +147,8 @@ public final class SparkatronModel extends Model<SparkatronModel> {
         float[] w = weights;
         MapPartitionsFunction<Row, Row> fn = rows -> {
             Blas.setThreads(1);
-            Transformer model = new Transformer(ModelConfig.fromJson(TrainConfig.JSON.readTree(cfg)), new CpuKernels());
-            model.params().weights().floats().put(0, w);
+            Transformer model = new Transformer(ModelConfig.fromJson(TrainConfig.JSON.readTree(cfg)), new CpuDevice());
+            model.params().uploadWeights(w);
             List<Row> result = new ArrayList<>();
             while (rows.hasNext()) {
                 Row r = rows.next();
@@ -296,7 +296,7 @@ public final class SparkatronModel extends Model<SparkatronModel> {
                 }
                 fs.copyToLocalFile(false, src, new org.apache.hadoop.fs.Path(tmp.resolve(f).toUri()), true);
             }
-            return of(ModelStore.load(tmp, new CpuKernels()));
+            return of(ModelStore.load(tmp, new CpuDevice()));
         } finally {
             deleteTree(tmp);
         }

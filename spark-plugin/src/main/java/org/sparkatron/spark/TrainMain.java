@@ -72,7 +72,9 @@ public final class TrainMain {
         DistributedTraining.checkNotAnInput(cfg);
         DistributedTraining.Result r = MegatronInput.FORMAT.equals(cfg.inputFormat)
                 ? DistributedTraining.runMegatron(spark, cfg, out) : DistributedTraining.run(read(spark, cfg), cfg, out);
-        out.printf(java.util.Locale.ROOT, "[sparkatron] done: loss %.4f -> %.4f over %d steps%n", r.firstLoss(), r.lastLoss(), r.metrics().size());
+        for (String line : r.summary()) {
+            out.println("[sparkatron] " + line);
+        }
         for (RankReport rr : r.ranks()) {
             out.println("[sparkatron] rank " + rr.describe());
         }
@@ -113,7 +115,7 @@ public final class TrainMain {
             }
         });
         if (!conf.contains("spark.master")) {
-            b.master("local[" + slots + "]").config("spark.ui.enabled", "false")
+            b.master("local[" + slots + "]").config("spark.ui.enabled", conf.get("spark.ui.enabled", "false"))
                     .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
                     .config("spark.sql.shuffle.partitions", String.valueOf(Math.max(2, slots)));
         }

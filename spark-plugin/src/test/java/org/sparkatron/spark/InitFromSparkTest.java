@@ -14,7 +14,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 import org.sparkatron.checkpoint.ModelStore;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.Transformer;
 
 /**
@@ -33,7 +33,7 @@ class InitFromSparkTest {
 
     private static float[] weights(Transformer m) {
         float[] w = new float[(int) m.params().numel()];
-        m.params().weights().floats().get(0, w);
+        System.arraycopy(m.params().downloadWeights(), 0, w, 0, w.length);
         return w;
     }
 
@@ -48,7 +48,7 @@ class InitFromSparkTest {
         DistributedTraining.Result seeded = DistributedTraining.run(data(), cfg, null);
 
         // the seed-7 initialisation written as a model directory: init_from must reproduce the seeded run
-        Transformer init = new Transformer(cfg.model(), new CpuKernels());
+        Transformer init = new Transformer(cfg.model(), new CpuDevice());
         init.initialize(cfg.seed);
         Path initDir = tmp.resolve("init");
         ModelStore.save(init, initDir);
@@ -73,7 +73,7 @@ class InitFromSparkTest {
     @Timeout(60)
     void refusesAnotherModelOrAMissingDirectory() throws Exception {
         TrainConfig cfg = SharedSpark.config(1, 4, 2);
-        Transformer other = new Transformer(cfg.with("model", SharedSpark.tinyModel().put("n_layer", 3)).model(), new CpuKernels());
+        Transformer other = new Transformer(cfg.with("model", SharedSpark.tinyModel().put("n_layer", 3)).model(), new CpuDevice());
         other.initialize(1);
         Path otherDir = tmp.resolve("other");
         ModelStore.save(other, otherDir);

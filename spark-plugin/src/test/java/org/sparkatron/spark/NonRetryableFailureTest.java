@@ -22,7 +22,7 @@ import org.junit.jupiter.api.io.TempDir;
 import org.sparkatron.checkpoint.ModelStore;
 import org.sparkatron.data.indexed.IndexedDType;
 import org.sparkatron.data.indexed.IndexedDatasetWriter;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.Transformer;
 
 /**
@@ -141,9 +141,11 @@ class NonRetryableFailureTest {
     void aDamagedOrNanInitFromModelIsRefusedBeforeLaunchNamingTheUsersPath() throws Exception {
         TrainConfig cfg = SharedSpark.config(2, 4, 2);
         Path nan = dir.resolve("nan-model");
-        Transformer m = new Transformer(cfg.model(), new CpuKernels());
+        Transformer m = new Transformer(cfg.model(), new CpuDevice());
         m.initialize(3);
-        m.params().weights().floats().put(100, Float.NaN);
+        float[] weights = m.params().downloadWeights();
+        weights[100] = Float.NaN;
+        m.params().uploadWeights(weights);
         ModelStore.save(m, nan);
         Recorder rec = new Recorder();
         IllegalArgumentException e = failsOnce(IllegalArgumentException.class, rec,
@@ -153,7 +155,9 @@ class NonRetryableFailureTest {
         assertTrue(rec.taskFailures.isEmpty(), rec.taskFailures.toString());
 
         Path damaged = dir.resolve("damaged-model");
-        m.params().weights().floats().put(100, 0.5f);
+        weights = m.params().downloadWeights();
+        weights[100] = 0.5f;
+        m.params().uploadWeights(weights);
         ModelStore.save(m, damaged);
         Path w = damaged.resolve(ModelStore.WEIGHTS);
         byte[] bytes = Files.readAllBytes(w);

@@ -54,14 +54,14 @@ class OutputCommitTest {
         DistributedTraining.run(data(), SharedSpark.config(2, 4, 3).with("seed", "8").with("output", out.toString()), null);
         assertFalse(Arrays.equals(weights, Files.readAllBytes(out.resolve(ModelStore.WEIGHTS))), "the new model is in place");
         assertFalse(Files.exists(out.resolve(OutputCommit.TEMPORARY)));
-        ModelStore.load(out, new org.sparkatron.device.cpu.CpuKernels()); // a consistent model directory
+        ModelStore.load(out, new org.sparkatron.device.cpu.CpuDevice()); // a consistent model directory
     }
 
     @Test
     void anOutputThatIsAnInputIsRefusedBeforeAnythingRuns() throws Exception {
         Path model = dir.resolve("start");
         TrainConfig cfg = SharedSpark.config(2, 4, 2);
-        org.sparkatron.model.Transformer m = new org.sparkatron.model.Transformer(cfg.model(), new org.sparkatron.device.cpu.CpuKernels());
+        org.sparkatron.model.Transformer m = new org.sparkatron.model.Transformer(cfg.model(), new org.sparkatron.device.cpu.CpuDevice());
         m.initialize(1);
         ModelStore.save(m, model);
         byte[] before = Files.readAllBytes(model.resolve(ModelStore.WEIGHTS));

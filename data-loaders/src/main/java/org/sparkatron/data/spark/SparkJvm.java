@@ -41,6 +41,29 @@ public final class SparkJvm {
     public static void quietLogging() {
         if (System.getProperty("log4j2.configurationFile") == null && System.getProperty("log4j.configurationFile") == null) {
             System.setProperty("log4j2.configurationFile", "org/sparkatron/data/spark/log4j2-cli.properties");
+            quietSparkDefaults();
+        }
+    }
+
+    /**
+     * Under {@code spark-submit} log4j2 is configured before our main runs: when that configuration is Spark's
+     * built-in default (INFO everywhere, the user named none), Spark, Hadoop and Jetty go to WARN so the
+     * progress lines are not buried under about a thousand INFO lines. A user's own log4j2 configuration is
+     * left alone. Does nothing where log4j2-core is not the logging backend.
+     */
+    private static void quietSparkDefaults() {
+        try {
+            if (!(org.apache.logging.log4j.LogManager.getContext(false) instanceof org.apache.logging.log4j.core.LoggerContext ctx)) {
+                return;
+            }
+            String source = String.valueOf(ctx.getConfiguration().getConfigurationSource().getLocation());
+            if (source.contains("log4j2-defaults.properties")) {
+                for (String name : List.of("org.apache.spark", "org.sparkproject", "org.apache.hadoop", "org.apache.parquet")) {
+                    org.apache.logging.log4j.core.config.Configurator.setLevel(name, org.apache.logging.log4j.Level.WARN);
+                }
+            }
+        } catch (LinkageError | RuntimeException e) {
+            // another logging backend: nothing to quiet here
         }
     }
 

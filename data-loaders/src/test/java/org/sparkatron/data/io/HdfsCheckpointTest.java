@@ -33,7 +33,9 @@ import org.sparkatron.comm.Communicator;
 import org.sparkatron.comm.InProcessRendezvous;
 import org.sparkatron.comm.tcp.TcpCommunicator;
 import org.sparkatron.comm.tcp.TcpOptions;
-import org.sparkatron.device.cpu.CpuKernels;
+import org.sparkatron.device.cpu.CpuDevice;
+import org.sparkatron.parallel.RankContext;
+import org.sparkatron.precision.Precision;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.AdamW;
@@ -142,7 +144,7 @@ class HdfsCheckpointTest {
         assertTrue(storage instanceof HadoopCheckpointStorage, "hdfs:// goes through Hadoop");
         // save at steps 2 and 4 (TP 2: each rank writes its own shard files to HDFS); remember step 2 and 4 state
         List<float[][]> saved = ranks((rank, world) -> {
-            Transformer m = new Transformer(cfg, new CpuKernels(), new TensorParallel(world, false));
+            Transformer m = new Transformer(cfg, new RankContext(new CpuDevice(), new TensorParallel(world, false), Precision.FP32));
             m.initialize(5);
             Trainer tr = trainer(m);
             AdamW adam = tr.optimizer();
@@ -166,7 +168,7 @@ class HdfsCheckpointTest {
 
         // resume: fresh ranks (other seed) restore step 4 exactly
         List<Long> resumed = ranks((rank, world) -> {
-            Transformer m = new Transformer(cfg, new CpuKernels(), new TensorParallel(world, false));
+            Transformer m = new Transformer(cfg, new RankContext(new CpuDevice(), new TensorParallel(world, false), Precision.FP32));
             m.initialize(99);
             AdamW adam = new AdamW(m.params(), m.kernels(), 0.9f, 0.95f, 1e-8f, 0.1f);
             CheckpointMetadata meta = new DistributedCheckpoint(storage, root, 2).resume(world, m, adam, msg -> { }).orElseThrow();
@@ -190,7 +192,7 @@ class HdfsCheckpointTest {
         }
         List<String> logs = java.util.Collections.synchronizedList(new ArrayList<>());
         ranks((rank, world) -> {
-            Transformer m = new Transformer(cfg, new CpuKernels(), new TensorParallel(world, false));
+            Transformer m = new Transformer(cfg, new RankContext(new CpuDevice(), new TensorParallel(world, false), Precision.FP32));
             AdamW adam = new AdamW(m.params(), m.kernels(), 0.9f, 0.95f, 1e-8f, 0.1f);
             DistributedCheckpoint d = new DistributedCheckpoint(storage, root, 2);
             if (rank == 1) { // a direct load of the damaged checkpoint is refused, naming the file

@@ -1,5 +1,6 @@
 package org.sparkatron.comm.tcp;
 
+import org.sparkatron.device.HostAccess;
 import java.io.IOException;
 import java.io.UncheckedIOException;
 import java.nio.ByteBuffer;
@@ -139,46 +140,50 @@ public final class TcpCommunicator implements Communicator {
 
     @Override
     public void allReduce(Tensor t, ReduceOp op) {
-        CommArgs.host(t, "allReduce");
-        live();
-        if (size() == 1 || t.numel() == 0) {
-            return;
-        }
-        ByteBuffer b = t.hostBuffer();
-        int n = Math.toIntExact(t.numel());
-        if (t.byteSize() <= options().smallBytes || n < size()) {
-            coll.directAllReduce(b, t.dtype(), op, n);
-        } else {
-            coll.ringAllReduce(b, t.dtype(), op, n);
-        }
-        if (op == ReduceOp.AVG) {
-            Reductions.finishAverage(t.dtype(), b, 0, n, size());
+        try (HostAccess.Scope access = HostAccess.enter()) {
+            CommArgs.host(t, "allReduce");
+            live();
+            if (size() == 1 || t.numel() == 0) {
+                return;
+            }
+            ByteBuffer b = t.hostBuffer();
+            int n = Math.toIntExact(t.numel());
+            if (t.byteSize() <= options().smallBytes || n < size()) {
+                coll.directAllReduce(b, t.dtype(), op, n);
+            } else {
+                coll.ringAllReduce(b, t.dtype(), op, n);
+            }
+            if (op == ReduceOp.AVG) {
+                Reductions.finishAverage(t.dtype(), b, 0, n, size());
+            }
         }
     }
 
     @Override
     public void reduceScatter(Tensor in, Tensor out, ReduceOp op) {
-        CommArgs.host(in, "reduceScatter input");
-        CommArgs.host(out, "reduceScatter output");
-        CommArgs.sameDType(in, out);
-        CommArgs.numel(in, out.numel() * size(), "reduceScatter input");
-        live();
-        if (size() == 1) {
-            CommArgs.copy(in, out);
-            return;
-        }
-        if (out.numel() == 0) {
-            return;
-        }
-        int m = Math.toIntExact(out.numel());
-        ByteBuffer o = out.hostBuffer();
-        if (out.byteSize() <= options().smallBytes) {
-            coll.directReduceScatter(in.hostBuffer(), o, in.dtype(), op, m);
-        } else {
-            coll.ringReduceScatter(in.hostBuffer(), o, in.dtype(), op, m);
-        }
-        if (op == ReduceOp.AVG) {
-            Reductions.finishAverage(out.dtype(), o, 0, m, size());
+        try (HostAccess.Scope access = HostAccess.enter()) {
+            CommArgs.host(in, "reduceScatter input");
+            CommArgs.host(out, "reduceScatter output");
+            CommArgs.sameDType(in, out);
+            CommArgs.numel(in, out.numel() * size(), "reduceScatter input");
+            live();
+            if (size() == 1) {
+                CommArgs.copy(in, out);
+                return;
+            }
+            if (out.numel() == 0) {
+                return;
+            }
+            int m = Math.toIntExact(out.numel());
+            ByteBuffer o = out.hostBuffer();
+            if (out.byteSize() <= options().smallBytes) {
+                coll.directReduceScatter(in.hostBuffer(), o, in.dtype(), op, m);
+            } else {
+                coll.ringReduceScatter(in.hostBuffer(), o, in.dtype(), op, m);
+            }
+            if (op == ReduceOp.AVG) {
+                Reductions.finishAverage(out.dtype(), o, 0, m, size());
+            }
         }
     }
 
@@ -191,74 +196,84 @@ public final class TcpCommunicator implements Communicator {
 
     @Override
     public void allGatherV(Tensor in, Tensor out, int[] counts) {
-        CommArgs.host(in, "allGather input");
-        CommArgs.host(out, "allGather output");
-        CommArgs.sameDType(in, out);
-        long total = CommArgs.counts(counts, size(), "counts");
-        CommArgs.numel(in, counts[rank], "allGather input of rank " + rank);
-        CommArgs.numel(out, total, "allGather output");
-        live();
-        int es = in.dtype().bytes();
-        int[] off = new int[size() + 1];
-        for (int r = 0; r < size(); r++) {
-            off[r + 1] = off[r] + counts[r] * es;
-        }
-        ByteBuffer o = out.hostBuffer();
-        Tensor mine = new Tensor(out.storage(), out.byteOffset() + off[rank], out.dtype(), counts[rank]);
-        CommArgs.copy(in, mine);
-        if (size() == 1 || total == 0) {
-            return;
-        }
-        int maxCount = Arrays.stream(counts).max().orElse(0);
-        if ((long) maxCount * es <= options().smallBytes) {
-            coll.directAllGather(o, off);
-        } else {
-            coll.ringAllGather(o, off, es, nextTag());
+        try (HostAccess.Scope access = HostAccess.enter()) {
+            CommArgs.host(in, "allGather input");
+            CommArgs.host(out, "allGather output");
+            CommArgs.sameDType(in, out);
+            long total = CommArgs.counts(counts, size(), "counts");
+            CommArgs.numel(in, counts[rank], "allGather input of rank " + rank);
+            CommArgs.numel(out, total, "allGather output");
+            live();
+            int es = in.dtype().bytes();
+            int[] off = new int[size() + 1];
+            for (int r = 0; r < size(); r++) {
+                off[r + 1] = off[r] + counts[r] * es;
+            }
+            ByteBuffer o = out.hostBuffer();
+            Tensor mine = new Tensor(out.storage(), out.byteOffset() + off[rank], out.dtype(), counts[rank]);
+            CommArgs.copy(in, mine);
+            if (size() == 1 || total == 0) {
+                return;
+            }
+            int maxCount = Arrays.stream(counts).max().orElse(0);
+            if ((long) maxCount * es <= options().smallBytes) {
+                coll.directAllGather(o, off);
+            } else {
+                coll.ringAllGather(o, off, es, nextTag());
+            }
         }
     }
 
     @Override
     public void broadcast(Tensor t, int root) {
-        CommArgs.host(t, "broadcast");
-        if (root < 0 || root >= size()) {
-            throw new IllegalArgumentException("broadcast root " + root + " outside group of size " + size());
+        try (HostAccess.Scope access = HostAccess.enter()) {
+            CommArgs.host(t, "broadcast");
+            if (root < 0 || root >= size()) {
+                throw new IllegalArgumentException("broadcast root " + root + " outside group of size " + size());
+            }
+            live();
+            if (size() == 1 || t.numel() == 0) {
+                return;
+            }
+            coll.broadcast(t.hostBuffer(), t.dtype().bytes(), root);
         }
-        live();
-        if (size() == 1 || t.numel() == 0) {
-            return;
-        }
-        coll.broadcast(t.hostBuffer(), t.dtype().bytes(), root);
     }
 
     @Override
     public void allToAll(Tensor in, int[] sendCounts, Tensor out, int[] recvCounts) {
-        CommArgs.host(in, "allToAll input");
-        CommArgs.host(out, "allToAll output");
-        CommArgs.sameDType(in, out);
-        CommArgs.numel(in, CommArgs.counts(sendCounts, size(), "sendCounts"), "allToAll input");
-        CommArgs.numel(out, CommArgs.counts(recvCounts, size(), "recvCounts"), "allToAll output");
-        if (size() == 1 && sendCounts[0] != recvCounts[0]) {
-            throw new IllegalArgumentException("allToAll with self: sendCounts[0]=" + sendCounts[0]
-                    + " != recvCounts[0]=" + recvCounts[0]);
+        try (HostAccess.Scope access = HostAccess.enter()) {
+            CommArgs.host(in, "allToAll input");
+            CommArgs.host(out, "allToAll output");
+            CommArgs.sameDType(in, out);
+            CommArgs.numel(in, CommArgs.counts(sendCounts, size(), "sendCounts"), "allToAll input");
+            CommArgs.numel(out, CommArgs.counts(recvCounts, size(), "recvCounts"), "allToAll output");
+            if (size() == 1 && sendCounts[0] != recvCounts[0]) {
+                throw new IllegalArgumentException("allToAll with self: sendCounts[0]=" + sendCounts[0]
+                        + " != recvCounts[0]=" + recvCounts[0]);
+            }
+            live();
+            coll.allToAll(in.hostBuffer(), sendCounts, out.hostBuffer(), recvCounts, in.dtype().bytes());
         }
-        live();
-        coll.allToAll(in.hostBuffer(), sendCounts, out.hostBuffer(), recvCounts, in.dtype().bytes());
     }
 
     @Override
     public Request isend(Tensor t, int peer, int tag) {
-        CommArgs.host(t, "send");
-        CommArgs.peer(peer, size(), rank);
-        CommArgs.tag(tag);
-        return sendTo(peer, tag, t.hostBuffer());
+        try (HostAccess.Scope access = HostAccess.enter()) {
+            CommArgs.host(t, "send");
+            CommArgs.peer(peer, size(), rank);
+            CommArgs.tag(tag);
+            return sendTo(peer, tag, t.hostBuffer());
+        }
     }
 
     @Override
     public Request irecv(Tensor t, int peer, int tag) {
-        CommArgs.host(t, "recv");
-        CommArgs.peer(peer, size(), rank);
-        CommArgs.tag(tag);
-        return recvFrom(peer, tag, t.hostBuffer());
+        try (HostAccess.Scope access = HostAccess.enter()) {
+            CommArgs.host(t, "recv");
+            CommArgs.peer(peer, size(), rank);
+            CommArgs.tag(tag);
+            return recvFrom(peer, tag, t.hostBuffer());
+        }
     }
 
     @Override

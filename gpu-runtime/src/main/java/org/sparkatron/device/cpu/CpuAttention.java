@@ -27,8 +27,8 @@ final class CpuAttention {
 
     private void ensureScratch(int t) {
         if (scores == null || scores.numel() < (long) t * t) {
-            scores = Tensor.allocateHost(DType.F32, t, t);
-            dscores = Tensor.allocateHost(DType.F32, t, t);
+            scores = kernels.scratch(t, t, scores);
+            dscores = kernels.scratch(t, t, dscores);
         }
     }
 

@@ -3,7 +3,13 @@ package org.sparkatron.device.cpu;
 import java.nio.ByteBuffer;
 import java.nio.FloatBuffer;
 import java.nio.IntBuffer;
+import java.nio.ShortBuffer;
+import org.sparkatron.device.Device;
 import org.sparkatron.device.Kernels;
+import org.sparkatron.device.MemoryKind;
+import org.sparkatron.parallel.DropoutRng;
+import org.sparkatron.precision.HalfFloats;
+import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
 /**
@@ -11,12 +17,16 @@ import org.sparkatron.tensor.Tensor;
  * direct buffers, accumulating reductions in double where a row sum decides accuracy.
  *
  * <p>One instance per rank: it owns the attention scratch ({@link CpuAttention}: two {@code T x T} blocks,
- * one head at a time). Not thread-safe.
+ * one head at a time), taken from its {@link CpuDevice} (or host memory for kernels made on their own, as
+ * kernel tests do). Every call runs to completion before returning. Not thread-safe.
  */
 public final class CpuKernels implements Kernels {
     private static final float GELU_SCALE = (float) Math.sqrt(2.0 / Math.PI);
+    /** Elements per window of flat-block kernels: a window must fit one 2 GiB buffer. */
+    static final long WINDOW = 1L << 28;
 
     private final boolean simd;
+    private final Device device; // scratch comes from here; null: host memory
     private final CpuAttention attention;
 
     /**
@@ -24,16 +34,35 @@ public final class CpuKernels implements Kernels {
      * is not {@code false}), plain loops otherwise.
      */
     public CpuKernels() {
-        this(SimdKernels.available() && !"false".equals(System.getProperty("sparkatron.simd")));
+        this(simdByDefault());
     }
 
     /** Explicit choice; {@code simd = true} requires the {@code jdk.incubator.vector} module. */
     public CpuKernels(boolean simd) {
+        this(simd, null);
+    }
+
+    CpuKernels(boolean simd, Device device) {
         if (simd && !SimdKernels.available()) {
             throw new IllegalStateException("SIMD kernels need the JVM option --add-modules=jdk.incubator.vector");
         }
         this.simd = simd;
+        this.device = device;
         this.attention = new CpuAttention(this, simd);
+    }
+
+    /** The Vector API is present and not turned off with {@code -Dsparkatron.simd=false}. */
+    static boolean simdByDefault() {
+        return SimdKernels.available() && !"false".equals(System.getProperty("sparkatron.simd"));
+    }
+
+    /** Kernel scratch: from the device (a workspace block) or, for stand-alone kernels, host memory. */
+    Tensor scratch(int rows, int cols, Tensor previous) {
+        if (device == null) {
+            return Tensor.allocateHost(DType.F32, rows, cols);
+        }
+        device.release(previous);
+        return device.allocate(MemoryKind.WORKSPACE, DType.F32, rows, cols);
     }
 
     /** Whether the Vector API loops are in use. */
@@ -466,22 +495,23 @@ public final class CpuKernels implements Kernels {
         }
     }
 
-    // ---- optimizer and gradient utilities ----
+    // ---- optimizer and gradient utilities (flat blocks, processed in windows of at most 2^28 elements) ----
 
     @Override
     public void adamw(Tensor params, Tensor grads, Tensor m, Tensor v, long from, long count, float beta1, float beta2,
                       float eps, float decay, float stepSize, float invSqrtBc2) {
-        int lo = Math.toIntExact(from);
-        int hi = Math.toIntExact(from + count);
-        ByteBuffer p = params.hostBuffer();
-        ByteBuffer g = grads.hostBuffer();
-        ByteBuffer mb = m.hostBuffer();
-        ByteBuffer vb = v.hostBuffer();
-        if (simd) {
-            SimdKernels.adamw(p, g, mb, vb, lo, hi, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
-        } else {
-            for (int i = lo; i < hi; i++) {
-                adamwScalar(p, g, mb, vb, i, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
+        for (long at = from, end = from + count; at < end; at += WINDOW) {
+            int len = (int) Math.min(WINDOW, end - at);
+            ByteBuffer p = params.slice(at, len).hostBuffer();
+            ByteBuffer g = grads.slice(at, len).hostBuffer();
+            ByteBuffer mb = m.slice(at, len).hostBuffer();
+            ByteBuffer vb = v.slice(at, len).hostBuffer();
+            if (simd) {
+                SimdKernels.adamw(p, g, mb, vb, 0, len, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
+            } else {
+                for (int i = 0; i < len; i++) {
+                    adamwScalar(p, g, mb, vb, i, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
+                }
             }
         }
     }
@@ -498,40 +528,138 @@ public final class CpuKernels implements Kernels {
     }
 
     @Override
-    public double sumOfSquares(Tensor x) {
-        int n = Math.toIntExact(x.numel());
-        if (simd) {
-            return SimdKernels.sumOfSquares(x.hostBuffer(), n);
-        }
-        FloatBuffer f = x.floats();
+    public void sumOfSquares(Tensor x, Tensor acc, int slot) {
         double s = 0;
-        for (int i = 0; i < n; i++) {
-            double e = f.get(i);
-            s += e * e;
+        for (long at = 0, n = x.numel(); at < n; at += WINDOW) {
+            int len = (int) Math.min(WINDOW, n - at);
+            Tensor w = x.slice(at, len);
+            if (simd) {
+                s += SimdKernels.sumOfSquares(w.hostBuffer(), len);
+            } else {
+                FloatBuffer f = w.floats();
+                for (int i = 0; i < len; i++) {
+                    double e = f.get(i);
+                    s += e * e;
+                }
+            }
         }
-        return s;
+        addScalar(acc, slot, s);
+    }
+
+    @Override
+    public void sum(Tensor x, long count, Tensor acc, int slot, double scale) {
+        double s = 0;
+        for (long at = 0; at < count; at += WINDOW) {
+            int len = (int) Math.min(WINDOW, count - at);
+            FloatBuffer f = x.slice(at, len).floats();
+            for (int i = 0; i < len; i++) {
+                s += f.get(i);
+            }
+        }
+        addScalar(acc, slot, scale * s);
+    }
+
+    private static void addScalar(Tensor acc, int slot, double value) {
+        if (acc.dtype() != DType.F64) {
+            throw new IllegalArgumentException("accumulator must be F64, got " + acc);
+        }
+        ByteBuffer b = acc.hostBuffer();
+        b.putDouble(8 * slot, b.getDouble(8 * slot) + value);
     }
 
     @Override
     public void scale(Tensor x, float factor) {
-        int n = Math.toIntExact(x.numel());
-        if (simd) {
-            SimdKernels.scale(x.hostBuffer(), 0, n, factor);
-            return;
-        }
-        FloatBuffer f = x.floats();
-        for (int i = 0; i < n; i++) {
-            f.put(i, f.get(i) * factor);
+        for (long at = 0, n = x.numel(); at < n; at += WINDOW) {
+            int len = (int) Math.min(WINDOW, n - at);
+            Tensor w = x.slice(at, len);
+            if (simd) {
+                SimdKernels.scale(w.hostBuffer(), 0, len, factor);
+            } else {
+                FloatBuffer f = w.floats();
+                for (int i = 0; i < len; i++) {
+                    f.put(i, f.get(i) * factor);
+                }
+            }
         }
     }
 
     @Override
     public void fill(Tensor x, float value) {
-        FloatBuffer f = x.floats();
         float[] chunk = new float[(int) Math.min(x.numel(), 1 << 14)];
         java.util.Arrays.fill(chunk, value);
-        for (long i = 0, n = x.numel(); i < n; i += chunk.length) {
-            f.put((int) i, chunk, 0, (int) Math.min(chunk.length, n - i));
+        for (long at = 0, n = x.numel(); at < n; at += WINDOW) {
+            int len = (int) Math.min(WINDOW, n - at);
+            FloatBuffer f = x.slice(at, len).floats();
+            for (int i = 0; i < len; i += chunk.length) {
+                f.put(i, chunk, 0, Math.min(chunk.length, len - i));
+            }
+        }
+    }
+
+    @Override
+    public void zero(Tensor x) {
+        if (x.byteSize() > 0) {
+            org.bytedeco.javacpp.Pointer.memset(org.sparkatron.tensor.HostStorage.at(x.address()), 0, x.byteSize());
+        }
+    }
+
+    // ---- elementwise pieces of the layers ----
+
+    @Override
+    public void addBias(Tensor out, Tensor bias, int rows, int cols) {
+        FloatBuffer o = out.floats();
+        float[] b = new float[cols];
+        bias.floats().get(0, b);
+        for (int r = 0; r < rows; r++) {
+            int base = r * cols;
+            for (int j = 0; j < cols; j++) {
+                o.put(base + j, o.get(base + j) + b[j]);
+            }
+        }
+    }
+
+    @Override
+    public void dropout(Tensor x, float p, long base, long firstRow, int rows, int cols) {
+        if (p == 0f) {
+            return;
+        }
+        float scale = 1f / (1f - p);
+        FloatBuffer v = x.floats();
+        for (int i = 0; i < rows; i++) {
+            long row = (firstRow + i) * cols;
+            for (int j = 0; j < cols; j++) {
+                int at = i * cols + j;
+                v.put(at, DropoutRng.keep(base, row + j, p) ? v.get(at) * scale : 0f);
+            }
+        }
+    }
+
+    @Override
+    public void round(Tensor dst, Tensor src, long count, DType format) {
+        if (format != DType.BF16 && format != DType.F16) {
+            throw new IllegalArgumentException("round to BF16 or F16, not " + format);
+        }
+        if (src.dtype() != DType.F32 || (dst.dtype() != DType.F32 && dst.dtype() != format)) {
+            throw new IllegalArgumentException("round from F32 into F32 or " + format + ", got " + src + " -> " + dst);
+        }
+        boolean bf16 = format == DType.BF16;
+        for (long at = 0; at < count; at += WINDOW) {
+            int len = (int) Math.min(WINDOW, count - at);
+            IntBuffer in = src.slice(at, len).hostBuffer().asIntBuffer();
+            if (dst.dtype() == DType.F32) {
+                IntBuffer out = dst.slice(at, len).hostBuffer().asIntBuffer();
+                for (int i = 0; i < len; i++) {
+                    int bits = in.get(i);
+                    out.put(i, bf16 ? HalfFloats.roundBf16Bits(bits)
+                            : Float.floatToRawIntBits(HalfFloats.roundToF16(Float.intBitsToFloat(bits))));
+                }
+            } else {
+                ShortBuffer out = dst.slice(at, len).hostBuffer().asShortBuffer();
+                for (int i = 0; i < len; i++) {
+                    float f = Float.intBitsToFloat(in.get(i));
+                    out.put(i, bf16 ? HalfFloats.floatToBf16(f) : HalfFloats.floatToF16(f));
+                }
+            }
         }
     }
 }

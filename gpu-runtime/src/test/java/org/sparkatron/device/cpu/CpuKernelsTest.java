@@ -1,5 +1,6 @@
 package org.sparkatron.device.cpu;
 
+import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.sparkatron.device.cpu.Arrays32.assertClose;
@@ -67,7 +68,18 @@ class CpuKernelsTest {
         double[] x = random(rng, n, 3);
         Tensor t = f32(x, Math.max(n, 1));
         Tensor view = t.slice(0, n);
-        assertClose("sum of squares", new double[] {Reference.dot(x, x)}, new double[] {k.sumOfSquares(view)}, 1e-9, 1e-6);
+        Tensor acc = Tensor.allocateHost(org.sparkatron.tensor.DType.F64, 2);
+        acc.hostBuffer().putDouble(8, 0.25);
+        k.sumOfSquares(view, acc, 1);
+        assertClose("sum of squares, accumulated", new double[] {Reference.dot(x, x) + 0.25},
+                new double[] {acc.hostBuffer().getDouble(8)}, 1e-9, 1e-6);
+        assertEquals(0.0, acc.hostBuffer().getDouble(0), "the other slot is untouched");
+        k.sum(view, n, acc, 0, 0.5);
+        double sum = 0;
+        for (double v : x) {
+            sum += v;
+        }
+        assertClose("sum, scaled", new double[] {0.5 * sum}, new double[] {acc.hostBuffer().getDouble(0)}, 1e-9, 1e-6);
         k.scale(view, 0.5f);
         double[] half = x.clone();
         for (int i = 0; i < n; i++) {
@@ -382,5 +394,87 @@ class CpuKernelsTest {
         assertClose("untouched", new double[] {0, 0, 0, 0, 0}, new double[] {got[0], got[1], got[2], got[3], got[4]}, 0, 0);
         assertThrows(IndexOutOfBoundsException.class,
                 () -> Blas.sgemm(false, false, 3, 2, 3, 1f, f32(a, 3, 5), 1, 5, f32(bm, 3, 4), 1, 4, 0f, c, 5, 4));
+    }
+
+    @Test
+    void addBiasAddsTheBiasToEveryRow() {
+        SplittableRandom rng = new SplittableRandom(5);
+        int rows = 7;
+        int cols = 13;
+        double[] x = random(rng, rows * cols, 1);
+        double[] b = random(rng, cols, 1);
+        Tensor t = f32(x, rows, cols);
+        k.addBias(t, f32(b, cols), rows, cols);
+        double[] want = x.clone();
+        for (int i = 0; i < want.length; i++) {
+            want[i] += b[i % cols];
+        }
+        assertClose("addBias", want, read(t), 1e-7, 1e-6); // one fp32 addition: half an ulp
+    }
+
+    /** The dropout kernel applies exactly {@link org.sparkatron.parallel.DropoutRng}'s mask and scale. */
+    @Test
+    void dropoutAppliesTheCounterBasedMask() {
+        int rows = 9;
+        int cols = 31;
+        long firstRow = 123;
+        float p = 0.3f;
+        org.sparkatron.parallel.DropoutRng rng = new org.sparkatron.parallel.DropoutRng(p, 77);
+        double[] x = random(new SplittableRandom(2), rows * cols, 1);
+        Tensor t = f32(x, rows, cols);
+        rng.apply(k, t, 4, 1, firstRow, rows, cols);
+        double[] got = read(t);
+        int dropped = 0;
+        for (int i = 0; i < rows; i++) {
+            for (int j = 0; j < cols; j++) {
+                boolean keep = rng.keep(4, 1, (firstRow + i) * cols + j);
+                double want = keep ? (float) x[i * cols + j] * (1f / (1f - p)) : 0;
+                assertEquals(want, got[i * cols + j], 0, "element " + i + "," + j); // the same fp32 product: exact
+                dropped += keep ? 0 : 1;
+            }
+        }
+        assertTrue(dropped > 0 && dropped < rows * cols, "some, not all, dropped: " + dropped);
+    }
+
+    /** Rounding to bf16 / fp16, into fp32 (emulated storage) and into 16-bit tensors, against HalfFloats' scalars. */
+    @Test
+    void roundMatchesTheScalarConversions() {
+        float[] v = {0f, -0f, 1f, 1.00390625f, 1.0078125f, 3.14159265f, 65504f, 65520f, 1e-8f, -2.5e-5f, Float.NaN,
+                Float.POSITIVE_INFINITY, 1.1754942e-38f, 0x1.00c0p0f};
+        double[] d = new double[v.length];
+        for (int i = 0; i < v.length; i++) {
+            d[i] = v[i];
+        }
+        for (DType format : new DType[] {DType.BF16, DType.F16}) {
+            Tensor src = f32(d, v.length);
+            Tensor asF32 = Tensor.allocateHost(DType.F32, v.length);
+            Tensor as16 = Tensor.allocateHost(format, v.length);
+            k.round(asF32, src, v.length, format);
+            k.round(as16, src, v.length, format);
+            for (int i = 0; i < v.length; i++) {
+                float want = format == DType.BF16 ? org.sparkatron.precision.HalfFloats.roundToBf16(v[i])
+                        : org.sparkatron.precision.HalfFloats.roundToF16(v[i]);
+                short bits = as16.hostBuffer().getShort(2 * i);
+                float back = format == DType.BF16 ? org.sparkatron.precision.HalfFloats.bf16ToFloat(bits)
+                        : org.sparkatron.precision.HalfFloats.f16ToFloat(bits);
+                assertTrue(Float.floatToRawIntBits(want) == Float.floatToRawIntBits(asF32.floats().get(i)) || Float.isNaN(want),
+                        format + " into F32, element " + i + " (" + v[i] + ")");
+                assertEquals(Float.isNaN(want) ? Float.NaN : want, back, 0f, format + " into " + format + ", element " + i);
+            }
+            k.round(src, src, v.length, format); // in place
+            assertTrue(Float.floatToRawIntBits(src.floats().get(3)) == Float.floatToRawIntBits(asF32.floats().get(3)));
+        }
+        assertThrows(IllegalArgumentException.class, () -> k.round(Tensor.allocateHost(DType.F32, 1),
+                Tensor.allocateHost(DType.F32, 1), 1, DType.F32));
+    }
+
+    @Test
+    void zeroClearsEveryByteOfAnyDtype() {
+        Tensor t = i32(new int[] {1, -1, 7, 9}, 4);
+        k.zero(t.slice(1, 2));
+        assertEquals(1, t.ints().get(0));
+        assertEquals(0, t.ints().get(1));
+        assertEquals(0, t.ints().get(2));
+        assertEquals(9, t.ints().get(3));
     }
 }

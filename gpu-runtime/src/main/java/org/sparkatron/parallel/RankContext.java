@@ -1,0 +1,75 @@
+package org.sparkatron.parallel;
+
+import org.sparkatron.device.Device;
+import org.sparkatron.device.Kernels;
+import org.sparkatron.precision.Precision;
+import org.sparkatron.precision.RoundingKernels;
+
+/**
+ * Everything one rank computes with, passed explicitly to the model and the training loop (no rank state
+ * in statics: several ranks share a JVM in Spark's local mode): its {@link Device}, the kernels the model
+ * runs (the device's, wrapped to round to 16 bits under mixed precision), its tensor-parallel group and
+ * the precision. Process-wide native settings (OpenBLAS's thread count) are not here: they are set once
+ * per process ({@link org.sparkatron.device.cpu.Blas#setThreads}).
+ *
+ * <p>Immutable. The device belongs to whoever created it and outlives the contexts made from it; several
+ * contexts may share a device (a rank's model and the full TP = 1 copy it gathers to save).
+ */
+public final class RankContext {
+    private final Device device;
+    private final TensorParallel tp;
+    private final Precision precision;
+    private final Kernels kernels;
+
+    public RankContext(Device device, TensorParallel tp, Precision precision) {
+        if (device == null || tp == null || precision == null) {
+            throw new IllegalArgumentException("a rank context needs a device, a tensor-parallel group and a precision");
+        }
+        this.device = device;
+        this.tp = tp;
+        this.precision = precision;
+        this.kernels = RoundingKernels.wrap(device.kernels(), precision);
+    }
+
+    /** One rank alone (TP = 1) in fp32. */
+    public static RankContext single(Device device) {
+        return new RankContext(device, TensorParallel.none(), Precision.FP32);
+    }
+
+    /** One rank alone (TP = 1) in {@code precision}. */
+    public static RankContext single(Device device, Precision precision) {
+        return new RankContext(device, TensorParallel.none(), precision);
+    }
+
+    public Device device() {
+        return device;
+    }
+
+    /** The kernels layers run: the device's, wrapped by {@link RoundingKernels} for BF16/FP16. */
+    public Kernels kernels() {
+        return kernels;
+    }
+
+    public TensorParallel tp() {
+        return tp;
+    }
+
+    public Precision precision() {
+        return precision;
+    }
+
+    /** The same rank with another tensor-parallel group (a TP = 1 copy for checkpoints, say). */
+    public RankContext withTensorParallel(TensorParallel other) {
+        return new RankContext(device, other, precision);
+    }
+
+    /** The same rank in another precision. */
+    public RankContext withPrecision(Precision other) {
+        return new RankContext(device, tp, other);
+    }
+
+    @Override
+    public String toString() {
+        return device.name() + ", " + tp + ", " + precision.label();
+    }
+}

@@ -1,0 +1,71 @@
+package org.sparkatron.device;
+
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import org.sparkatron.device.cpu.CpuDevice;
+import org.sparkatron.tensor.DType;
+import org.sparkatron.tensor.Tensor;
+
+/**
+ * The device the engine's test suites run on: the CPU device, or the strict CPU device when the system
+ * property {@code sparkatron.test.device} is {@code strict} (the build runs the model, parallel,
+ * optimizer, precision and training suites a second time that way; see the gpu-runtime pom). Tests read
+ * and write device tensors only through {@link #read} and {@link #write}, which go through the device's
+ * copies, so they pass on the strict device as on a GPU.
+ */
+public final class TestDevices {
+    private TestDevices() {
+    }
+
+    /** Which device the suite runs on: "cpu" or "strict". */
+    public static String kind() {
+        return System.getProperty("sparkatron.test.device", "cpu");
+    }
+
+    /** A fresh device of the suite's kind; the caller closes it (or leaves it to the test's end). */
+    public static Device create() {
+        return switch (kind()) {
+            case "cpu" -> new CpuDevice();
+            case "strict" -> CpuDevice.strict();
+            default -> throw new IllegalStateException("unknown sparkatron.test.device '" + kind() + "' (cpu or strict)");
+        };
+    }
+
+    /** A device tensor's F32 contents (synchronises). */
+    public static float[] read(Device d, Tensor t) {
+        if (t.dtype() != DType.F32) {
+            throw new IllegalArgumentException("read() takes F32 tensors, got " + t);
+        }
+        ByteBuffer b = ByteBuffer.allocateDirect(Math.toIntExact(t.byteSize())).order(ByteOrder.nativeOrder());
+        d.download(b, t);
+        float[] out = new float[Math.toIntExact(t.numel())];
+        b.asFloatBuffer().get(out);
+        return out;
+    }
+
+    /** A device tensor's F64 contents (synchronises). */
+    public static double[] readDoubles(Device d, Tensor t) {
+        ByteBuffer b = ByteBuffer.allocateDirect(Math.toIntExact(t.byteSize())).order(ByteOrder.nativeOrder());
+        d.download(b, t);
+        double[] out = new double[Math.toIntExact(t.numel())];
+        b.asDoubleBuffer().get(out);
+        return out;
+    }
+
+    /** Uploads {@code values} into an F32 device tensor of the same element count. */
+    public static void write(Device d, Tensor t, float[] values) {
+        if (values.length != t.numel()) {
+            throw new IllegalArgumentException(values.length + " values for " + t);
+        }
+        ByteBuffer b = ByteBuffer.allocateDirect(4 * values.length).order(ByteOrder.nativeOrder());
+        b.asFloatBuffer().put(values);
+        d.upload(t, b);
+    }
+
+    /** A new F32 device tensor holding {@code values}, shaped {@code shape}. */
+    public static Tensor tensor(Device d, float[] values, int... shape) {
+        Tensor t = d.allocate(MemoryKind.WORKSPACE, DType.F32, shape);
+        write(d, t, values);
+        return t;
+    }
+}

@@ -1,0 +1,155 @@
+package org.sparkatron.parallel;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import java.util.List;
+import java.util.Locale;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
+import org.sparkatron.comm.LocalRanks;
+import org.sparkatron.comm.ParallelLayout;
+import org.sparkatron.comm.ProcessGroups;
+import org.sparkatron.device.Device;
+import org.sparkatron.device.DeviceMemoryException;
+import org.sparkatron.device.MemoryKind;
+import org.sparkatron.device.TestDevices;
+import org.sparkatron.device.cpu.CpuDevice;
+import org.sparkatron.model.MemoryEstimate;
+import org.sparkatron.model.ModelConfig;
+import org.sparkatron.model.Transformer;
+import org.sparkatron.precision.DynamicGradScaler;
+import org.sparkatron.precision.Precision;
+import org.sparkatron.train.Trainer;
+
+/**
+ * The training step's device contract, counted rather than claimed: exactly {@link Trainer#SYNCS_PER_STEP}
+ * (one) host synchronisation per optimizer step, no system allocation in any step after the first, device
+ * memory in use unchanged from step to step, and the device's figures equal to what {@link MemoryEstimate}
+ * predicts from the model's shape, for both families, every precision, micro-batches, dropout, TP with and
+ * without sequence parallelism, and DP. Runs on the CPU device and, in the strict-device suite, on the
+ * strict one. Also: a Llama-7B configuration is counted in 64 bits and refused, with the bytes it needs, by
+ * a device that cannot hold it.
+ */
+@Timeout(value = 120, unit = TimeUnit.SECONDS)
+class StepContractTest {
+    private static final int STEPS = 4;
+    private static final int BATCH = 2;
+
+    /** What one rank saw: syncs and system allocations of each step, in-use bytes after it, the memory report. */
+    record Seen(long[] syncs, long[] allocs, long[] inUse, String report) {
+    }
+
+    private static Seen run(Trainer tr) {
+        Device d = tr.model().device();
+        long[] syncs = new long[STEPS];
+        long[] allocs = new long[STEPS];
+        long[] inUse = new long[STEPS];
+        String report = null;
+        for (int s = 0; s < STEPS; s++) {
+            long s0 = d.synchronizations();
+            long a0 = d.systemAllocations();
+            tr.step();
+            syncs[s] = d.synchronizations() - s0;
+            allocs[s] = d.systemAllocations() - a0;
+            inUse[s] = d.memory().inUse();
+            if (s == 0) {
+                report = tr.memoryReport();
+            }
+        }
+        return new Seen(syncs, allocs, inUse, report);
+    }
+
+    private static void check(Seen seen, String what) throws Exception {
+        for (int s = 0; s < STEPS; s++) {
+            assertEquals(Trainer.SYNCS_PER_STEP, seen.syncs()[s], what + ": host synchronisations in step " + (s + 1));
+            if (s > 0) {
+                assertEquals(0, seen.allocs()[s], what + ": system allocations in step " + (s + 1));
+                assertEquals(seen.inUse()[0], seen.inUse()[s], what + ": device memory in use after step " + (s + 1));
+            }
+        }
+        JsonNode r = new ObjectMapper().readTree(seen.report());
+        for (MemoryKind k : MemoryKind.values()) {
+            String n = k.name().toLowerCase(Locale.ROOT);
+            assertEquals(r.get(n + "_predicted").asLong(), r.get(n).asLong(), what + ": " + n + " measured vs predicted: " + r);
+        }
+    }
+
+    @ParameterizedTest
+    @CsvSource({"gpt2, fp32, 1, 0", "llama, fp32, 2, 0.1", "gpt2, bf16, 1, 0.1", "llama, fp16, 1, 0"})
+    void oneRank(String family, String precision, int micro, float dropout) throws Exception {
+        ModelConfig cfg = ParityRun.config(family);
+        Precision p = Precision.parse(precision);
+        Transformer m = new Transformer(cfg, RankContext.single(TestDevices.create(), p));
+        m.initialize(ParityRun.SEED);
+        m.setDropout(dropout, 3);
+        Trainer.Options o = ParityRun.options(BATCH);
+        Trainer.Options opt = new Trainer.Options(BATCH, micro, o.schedule(), o.beta1(), o.beta2(), o.eps(), o.weightDecay(),
+                o.gradClip());
+        Trainer tr = new Trainer(m, ParityRun.source(cfg, 0, 1, BATCH), opt, org.sparkatron.train.GradientSync.NONE,
+                p.needsLossScaling() ? DynamicGradScaler.Config.defaults() : null);
+        check(run(tr), family + " " + precision + " x" + micro + " dropout " + dropout);
+    }
+
+    @ParameterizedTest
+    @CsvSource({"gpt2, 2, 1, false", "llama, 2, 1, true", "gpt2, 2, 2, true", "llama, 1, 2, false"})
+    void tensorAndDataParallelRanks(String family, int tp, int dp, boolean sp) throws Exception {
+        ModelConfig cfg = ParityRun.config(family);
+        List<Seen> seen = LocalRanks.run(tp * dp, (rank, world) -> {
+            try (ProcessGroups pg = ProcessGroups.create(ParallelLayout.forWorld(tp * dp, tp, 1, 1, 1, 1), world)) {
+                Transformer m = new Transformer(cfg, new RankContext(TestDevices.create(), new TensorParallel(pg.tp(), sp),
+                        Precision.FP32));
+                m.initialize(ParityRun.SEED);
+                int dpRank = pg.coords()[3];
+                Trainer tr = new Trainer(m, ParityRun.source(cfg, dpRank, dp, BATCH), ParityRun.options(BATCH),
+                        ParityRun.averaging(pg.dp()));
+                return run(tr);
+            }
+        });
+        for (int r = 0; r < seen.size(); r++) {
+            check(seen.get(r), family + " tp " + tp + " dp " + dp + " sp " + sp + ", rank " + r);
+        }
+    }
+
+    /** Llama-2-7B's shape: 6,738,415,616 parameters (Hugging Face's count), in 64 bits; refused where it cannot fit. */
+    @Test
+    void aSevenBillionParameterModelIsCountedIn64BitsAndRefusedByADeviceTooSmall() throws Exception {
+        ModelConfig cfg = ModelConfig.fromJson(new ObjectMapper().readTree("{\"model_type\":\"llama\",\"num_hidden_layers\":32,"
+                + "\"hidden_size\":4096,\"intermediate_size\":11008,\"num_attention_heads\":32,\"num_key_value_heads\":32,"
+                + "\"vocab_size\":32000,\"max_position_embeddings\":4096,\"tie_word_embeddings\":false}"));
+        MemoryEstimate e = MemoryEstimate.of(cfg, 1, false, 1, 4096, Precision.BF16, 2);
+        assertEquals(4L * 6_738_415_616L, e.gradients(), "fp32 gradients of 6,738,415,616 parameters (32000 is a multiple of 128)");
+        assertEquals(8L * 6_738_415_616L, e.optimizer());
+        assertEquals(6L * 6_738_415_616L, e.parameters(), "fp32 master weights and a bf16 copy");
+        MemoryEstimate tp8 = MemoryEstimate.of(cfg, 8, true, 1, 4096, Precision.BF16, 2);
+        assertTrue(tp8.parameters() < e.parameters() / 7, "TP 8 holds an eighth, plus replicated norms");
+        try (CpuDevice small = CpuDevice.withCapacity(16L << 30)) {
+            DeviceMemoryException ex = assertThrows(DeviceMemoryException.class, () -> new Transformer(cfg, small));
+            assertTrue(ex.getMessage().contains("6738415616 parameters") && ex.getMessage().contains("53,907,324,928 bytes"),
+                    ex.getMessage());
+            assertEquals(0, small.systemAllocations(), "refused before allocating anything");
+        }
+    }
+
+    @Test
+    void aConvenienceReadIsTheOnlyOtherSynchronisation() throws Exception {
+        ModelConfig cfg = ParityRun.config("gpt2");
+        Transformer m = new Transformer(cfg, TestDevices.create());
+        m.initialize(1);
+        Device d = m.device();
+        long s0 = d.synchronizations();
+        int[] batch = new int[BATCH * (ParityRun.SEQ + 1)];
+        m.forwardBackward(batch, BATCH, ParityRun.SEQ, 1f);
+        assertEquals(s0 + 1, d.synchronizations(), "the double-returning form reads its loss: one synchronisation");
+        org.sparkatron.tensor.Tensor acc = d.zeros(MemoryKind.WORKSPACE, org.sparkatron.tensor.DType.F64, 1);
+        m.forwardBackward(batch, BATCH, ParityRun.SEQ, 1f, acc, 0, 1.0);
+        m.gradSquaredNorm(acc, 0);
+        assertEquals(s0 + 1, d.synchronizations(), "the device-scalar forms never wait for the device");
+    }
+}
