@@ -160,9 +160,13 @@ public final class DistributedTraining {
         TrainingMonitor monitor;
         try {
             monitor = new TrainingMonitor(cfg, sc.hadoopConfiguration(), console, dataSummary,
-                    cfg.output != null ? new org.apache.hadoop.fs.Path(cfg.output).getName() : sc.appName());
+                    cfg.output != null ? new org.apache.hadoop.fs.Path(cfg.output).getName() : sc.appName(),
+                    commit == null ? null : commit.staging());
         } catch (IOException e) {
             throw new IllegalArgumentException("output '" + cfg.output + "' cannot be written: " + e.getMessage(), e);
+        }
+        if (commit != null && !TrainingMonitor.mayResume(cfg)) {
+            monitor.say("live metrics.jsonl and loss.svg: " + commit.staging() + " (moved into " + cfg.output + " with the model)");
         }
         // with the Sparkatron plugin installed, progress comes over Spark's RPC; else through a small socket
         SparkatronDriverPlugin plugin = SparkatronDriverPlugin.forContext(sc);
@@ -218,13 +222,14 @@ public final class DistributedTraining {
                     firstStep = metric(l).path("first_step").asLong();
                 }
             }
+            monitor.catchUp(first.metrics());
+            List<String> history = monitor.finish(first.metrics()); // a fresh job's history and plot: into the staging directory
             if (commit != null) { // written to the staging directory, then moved into place
                 SparkatronModel.of(model).writeFiles(commit.staging(), sc.hadoopConfiguration());
                 saveRanks(reports, commit.staging(), sc);
                 commit.commit();
             }
-            monitor.catchUp(first.metrics());
-            List<String> history = monitor.finish(first.metrics(), cfg.output);
+            monitor.uploadArtifacts(cfg.output);
             List<String> summary = RunSummary.lines(history, cfg.logInterval, firstStep, monitor.snapshot().lastInterval());
             Result result = new Result(model, steps, reports, stats[0], stats[1], stats[2], stats[3], (int) stats[4], evals, history, summary);
             if (cfg.output != null && console != null) {

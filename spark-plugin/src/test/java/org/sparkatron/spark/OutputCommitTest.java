@@ -17,9 +17,10 @@ import org.sparkatron.checkpoint.ModelStore;
 
 /**
  * Issue 22, finding 3: nothing the user had is overwritten. A job whose save fails half-way (a full disk,
- * injected by {@link FaultyFileSystem}) leaves the previous model in the output exactly as it was, because
- * results are written under {@code _temporary/} and moved into place only at the end; an output that is
- * the job's own input (the data, or the {@code init_from} model) is refused before anything runs.
+ * injected by {@link FaultyFileSystem}) leaves the previous run in the output exactly as it was -- model,
+ * ranks.json, and (the job not resuming from checkpoints) metrics.jsonl and loss.svg -- because results are
+ * written under {@code _temporary/} and moved into place only at the end; an output that is the job's own
+ * input (the data, or the {@code init_from} model) is refused before anything runs.
  */
 @Timeout(400) // three small jobs; generous for a loaded 2-core machine
 class OutputCommitTest {
@@ -39,6 +40,8 @@ class OutputCommitTest {
         byte[] weights = Files.readAllBytes(out.resolve(ModelStore.WEIGHTS));
         byte[] config = Files.readAllBytes(out.resolve(ModelStore.CONFIG));
         byte[] ranks = Files.readAllBytes(out.resolve("ranks.json"));
+        byte[] metrics = Files.readAllBytes(out.resolve(MetricsLog.FILE));
+        byte[] plot = Files.readAllBytes(out.resolve(TrainingMonitor.PLOT));
         assertFalse(Files.exists(out.resolve(OutputCommit.TEMPORARY)), "nothing left under _temporary after a success");
 
         // the same output through a disk that fills up while the new model.safetensors is written
@@ -48,6 +51,9 @@ class OutputCommitTest {
         assertArrayEquals(weights, Files.readAllBytes(out.resolve(ModelStore.WEIGHTS)), "the previous weights are intact");
         assertArrayEquals(config, Files.readAllBytes(out.resolve(ModelStore.CONFIG)));
         assertArrayEquals(ranks, Files.readAllBytes(out.resolve("ranks.json")));
+        // a fresh job (no checkpoints to resume) keeps its history beside its own model: not replaced at its start
+        assertArrayEquals(metrics, Files.readAllBytes(out.resolve(MetricsLog.FILE)), "the previous run's metrics.jsonl is intact");
+        assertArrayEquals(plot, Files.readAllBytes(out.resolve(TrainingMonitor.PLOT)));
         assertFalse(Files.exists(out.resolve(OutputCommit.TEMPORARY)), "the failed job's staging directory is removed");
 
         // and a job that succeeds replaces them
