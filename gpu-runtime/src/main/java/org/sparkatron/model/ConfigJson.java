@@ -109,14 +109,17 @@ public final class ConfigJson {
         return n.textValue();
     }
 
-    /** Refuses any key of {@code o} not in {@code known}, suggesting the closest known key. */
-    public static void refuseUnknown(JsonNode o, Collection<String> known, String what) {
+    /**
+     * Refuses any key of {@code o} not in {@code known}, suggesting the closest known key, or else listing
+     * {@code listed} (the keys worth showing: a long list of accepted-and-ignored keys is not).
+     */
+    public static void refuseUnknown(JsonNode o, Collection<String> known, Collection<String> listed, String what) {
         for (Iterator<String> it = o.fieldNames(); it.hasNext(); ) {
             String k = it.next();
             if (!known.contains(k)) {
                 String near = closest(k, known);
                 throw new IllegalArgumentException("unknown key '" + k + "' in " + what
-                        + (near != null ? " (did you mean '" + near + "'?)" : "") + "; known keys: " + new java.util.TreeSet<>(known));
+                        + (near != null ? " (did you mean '" + near + "'?)" : "; its keys: " + new java.util.TreeSet<>(listed)));
             }
         }
     }

@@ -172,7 +172,7 @@ public record ModelConfig(
         String type = ConfigJson.string(root, "model_type", "");
         switch (type) {
             case "gpt2": {
-                ConfigJson.refuseUnknown(root, union(HF_COMMON, GPT2_KEYS), "a gpt2 config");
+                ConfigJson.refuseUnknown(root, union(HF_COMMON, GPT2_KEYS), GPT2_KEYS, "a gpt2 config");
                 root = resolveAliases(root);
                 int embd = ConfigJson.requiredInt(root, "n_embd");
                 String act = ConfigJson.string(root, "activation_function", "gelu_new");
@@ -199,7 +199,7 @@ public record ModelConfig(
                         epsilon(root, "layer_norm_epsilon", 1e-5), 0, true, vocabMultiple(root));
             }
             case "llama": {
-                ConfigJson.refuseUnknown(root, union(HF_COMMON, LLAMA_KEYS), "a llama config");
+                ConfigJson.refuseUnknown(root, union(HF_COMMON, LLAMA_KEYS), LLAMA_KEYS, "a llama config");
                 int hiddenSize = ConfigJson.requiredInt(root, "hidden_size");
                 int nHeads = ConfigJson.requiredInt(root, "num_attention_heads");
                 String act = ConfigJson.string(root, "hidden_act", "silu");
