@@ -9,67 +9,77 @@ import java.util.Map;
 import java.util.Set;
 import java.util.TreeMap;
 import org.sparkatron.checkpoint.ModelStore;
-import org.sparkatron.device.DeviceMemoryException;
 import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.precision.Precision;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.train.PackedSamples;
-import org.sparkatron.train.TokenFile;
 
 /**
- * Entry point of {@code ./sparkatron} for the single-process subcommands: {@code init}, {@code train-local},
- * {@code score}, {@code bench} and {@code demo-local}. Errors in what the user gave (options, files, configs)
- * print one line naming the problem and exit with status 2; anything else is a bug and prints a trace.
+ * The single-process subcommands of {@code ./sparkatron} ({@link Main} dispatches here): {@code init},
+ * {@code train-local}, {@code score}, {@code bench} and {@code demo-local}. Errors and exit statuses as
+ * {@link Cli} says: one line naming the problem, 2 for what the user gave (options, files, configs).
  */
 public final class Sparkatron {
     private Sparkatron() {
     }
 
-    static final String USAGE = String.join("\n",
-            "usage: ./sparkatron <command> [options]",
-            "  init        --config CONFIG.json --seed N --out DIR",
-            "  train-local --model DIR --tokens FILE --steps N --out DIR [--lr 3e-4] [--min-lr LR/10] [--warmup 0]",
-            "              [--batch 4] [--micro-batches 1] [--seq-len T] [--weight-decay 0.1] [--grad-clip 1.0]",
-            "              [--seed 0] [--threads CORES] [--precision fp32|bf16|fp16] [--log-interval STEPS/20]",
-            "              [--valid-tokens FILE [--eval-interval STEPS/10] [--eval-iters 10]] [--tensorboard-dir DIR]",
-            "  score       --model DIR --tokens FILE [--threads CORES]",
-            "  bench       [--steps 5] [--rounds 3] [--threads 2] [--no-peer] [--layers 6 --width 384 --heads 6 --seq 256 --vocab 50304 --batch 4]",
-            "  demo-local  [--steps 300] [--threads CORES]   (trains a small GPT-2 on generated data, one process)",
-            "Token files: one sequence per line, token ids separated by single spaces.");
+    private static final String INPUTS = String.join("\n",
+            "Token files: one sequence per line, token ids separated by single spaces. Text files: one document per line,",
+            "tokenized with --tokenizer or the model's saved tokenizer; prepared: a prepare output directory or a Megatron",
+            "prefix. Trained models keep their tokenizer (tokenizer.json or sparkatron_tokenizer.json).");
+
+    /** Each command's usage, printed by {@code --help}. */
+    static final Map<String, String> USAGE = Map.of(
+            "init", String.join("\n",
+                    "usage: ./sparkatron init --config CONFIG.json --seed N --out DIR [--tokenizer gpt2|tokenizer.json]",
+                    "  writes a freshly initialised model (Hugging Face config.json + model.safetensors) to DIR"),
+            "train-local", String.join("\n",
+                    "usage: ./sparkatron train-local --model DIR (--tokens FILE | --text FILE [--tokenizer T] | --prepared PATH)",
+                    "         --steps N --out DIR [--lr 3e-4] [--min-lr LR/10] [--warmup 0]",
+                    "         [--batch 4] [--micro-batches 1] [--seq-len T] [--weight-decay 0.1] [--grad-clip 1.0]",
+                    "         [--seed 0] [--threads CORES] [--precision fp32|bf16|fp16] [--log-interval STEPS/20]",
+                    "         [--valid-tokens FILE [--eval-interval STEPS/10] [--eval-iters 10]] [--tensorboard-dir DIR]",
+                    "  trains the model in DIR in this process (no Spark), prints one JSON line per step, saves to --out", INPUTS),
+            "score", String.join("\n",
+                    "usage: ./sparkatron score --model DIR (--tokens FILE | --text FILE [--tokenizer T] | --prepared PATH) [--threads CORES]",
+                    "  prints the mean next-token loss over every sequence as JSON", INPUTS),
+            "bench", String.join("\n",
+                    "usage: ./sparkatron bench [--steps 5] [--rounds 3] [--threads 2] [--no-peer]",
+                    "         [--layers 6 --width 384 --heads 6 --seq 256 --vocab 50304 --batch 4]",
+                    "  one CPU training step against PyTorch eager on the same model (docs/benchmarks.md)"),
+            "demo-local", String.join("\n",
+                    "usage: ./sparkatron demo-local [--steps 300] [--threads CORES]",
+                    "  trains a small GPT-2 on a generated language in this process, without Spark"));
 
     public static void main(String[] argv) {
-        System.exit(run(argv, System.out, System.err));
+        String cmd = argv.length == 0 ? "" : argv[0];
+        Cli.main(cmd, USAGE.getOrDefault(cmd, ""), argv, args -> dispatch(cmd, args, System.out, System.err));
     }
 
-    /** Runs a subcommand; returns the process exit status. */
+    /** Runs a subcommand ({@code argv[0]}); returns the process exit status ({@link Cli}'s). */
     public static int run(String[] argv, PrintStream out, PrintStream err) {
-        String cmd = argv.length == 0 ? "help" : argv[0];
-        try {
-            switch (cmd) {
-                case "init" -> init(new Args(cmd, argv, 1, Set.of()), out);
-                case "train-local" -> TrainLocalCommand.run(new Args(cmd, argv, 1, Set.of()), out, err);
-                case "score" -> score(new Args(cmd, argv, 1, Set.of()), out);
-                case "bench" -> BenchCommand.run(new Args(cmd, argv, 1, Set.of("no-peer")), out);
-                case "demo", "demo-local" -> DemoCommand.run(new Args(cmd, argv, 1, Set.of()), out);
-                case "help", "--help", "-h" -> out.println(USAGE);
-                default -> {
-                    err.println("sparkatron: unknown command '" + cmd + "'\n" + USAGE);
-                    return 2;
-                }
-            }
-            return 0;
-        } catch (Args.UsageException | IllegalArgumentException | DeviceMemoryException e) {
-            err.println("sparkatron " + cmd + ": " + e.getMessage());
-            return 2;
-        } catch (Failure e) {
-            err.println("sparkatron " + cmd + ": " + e.getMessage());
-            return 1;
-        } catch (java.io.IOException e) {
-            err.println("sparkatron " + cmd + ": " + e);
-            return 2;
+        String cmd = argv.length == 0 ? "" : argv[0];
+        if (!USAGE.containsKey(cmd)) {
+            err.println("sparkatron: unknown command '" + cmd + "' (./sparkatron help lists the commands)");
+            return Cli.INPUT;
         }
+        return Cli.run(cmd, USAGE.get(cmd), argv, out, err, args -> dispatch(cmd, args, out, err));
+    }
+
+    private static int dispatch(String cmd, String[] args, PrintStream out, PrintStream err) throws java.io.IOException {
+        switch (cmd) {
+            case "init" -> init(new Args(cmd, args, 0, Set.of()), out);
+            case "train-local" -> TrainLocalCommand.run(new Args(cmd, args, 0, Set.of()), out, err);
+            case "score" -> {
+                return score(new Args(cmd, args, 0, Set.of()), out, err);
+            }
+            case "bench" -> BenchCommand.run(new Args(cmd, args, 0, Set.of("no-peer")), out);
+            case "demo-local" -> DemoCommand.run(new Args(cmd, args, 0, Set.of()), out);
+            default -> throw new Cli.UsageException("unknown command '" + cmd + "' (./sparkatron help lists the commands)");
+        }
+        return Cli.OK;
     }
 
     static void setThreads(Args a) {
@@ -80,10 +90,14 @@ public final class Sparkatron {
         Path config = a.path("config");
         long seed = a.requiredInt("seed");
         Path dir = a.path("out");
+        String tokenizer = a.string("tokenizer", null);
         a.rejectUnknown();
         Transformer model = new Transformer(ModelConfig.load(config), new CpuDevice());
         model.initialize(seed);
         ModelStore.save(model, dir);
+        if (tokenizer != null) {
+            Inputs.keepTokenizer(new org.sparkatron.train.SequenceReader.Sequences(List.of(), tokenizer), dir, dir);
+        }
         out.printf(Locale.ROOT, "{\"model\": \"%s\", \"family\": \"%s\", \"parameters\": %d, \"seed\": %d}%n",
                 dir, model.config().family().name().toLowerCase(Locale.ROOT), savedParameters(model), seed);
     }
@@ -111,13 +125,6 @@ public final class Sparkatron {
         }
     }
 
-    /** A failure that is not the user's input (e.g. a non-finite result): one line, exit status 1. */
-    static final class Failure extends RuntimeException {
-        Failure(String message) {
-            super(message);
-        }
-    }
-
     /**
      * Lines of equal length are samples as they are (T = length - 1); otherwise (or with --seq-len) all
      * lines are packed Megatron-style into samples of T + 1 tokens, T defaulting to the model's positions.
@@ -140,13 +147,15 @@ public final class Sparkatron {
     }
 
     /** Mean next-token cross-entropy over every line, each line scored on its own (grouped by length). */
-    private static void score(Args a, PrintStream out) throws java.io.IOException {
+    /** Prints the mean loss as JSON; a non-finite loss is printed nowhere and returns {@link Cli#FAILURE}. */
+    private static int score(Args a, PrintStream out, PrintStream err) throws java.io.IOException {
         Path modelDir = a.path("model");
-        Path tokens = a.path("tokens");
+        Inputs.Spec inputSpec = Inputs.parse(a);
         setThreads(a);
         a.rejectUnknown();
         Transformer model = ModelStore.load(modelDir, new CpuDevice());
-        List<int[]> seqs = TokenFile.read(tokens, model.config().vocabSize());
+        List<int[]> seqs = inputSpec.read(modelDir, model.config().vocabSize()).sequences();
+        String tokens = inputSpec.tokens() != null ? inputSpec.tokens() : "input sequence";
         Map<Integer, List<int[]>> byLength = new TreeMap<>();
         for (int i = 0; i < seqs.size(); i++) {
             int[] s = seqs.get(i);
@@ -179,9 +188,11 @@ public final class Sparkatron {
         }
         double loss = sum / count;
         if (!Double.isFinite(loss)) { // JSON has no NaN: never print it as a result
-            throw new Failure("the loss over " + tokens + " is " + loss + " (not finite): the model overflows on this input");
+            err.println("sparkatron score: the loss over " + tokens + " is " + loss + " (not finite): the model overflows on this input");
+            return Cli.FAILURE;
         }
         out.printf(Locale.ROOT, "{\"loss\": %.6f, \"tokens\": %d}%n", loss, count);
+        return Cli.OK;
     }
 
 }

@@ -37,7 +37,7 @@ final class TrainLocalCommand {
 
     static void run(Args a, PrintStream out, PrintStream err) throws IOException {
         Path modelDir = a.path("model");
-        Path tokens = a.path("tokens");
+        Inputs.Spec inputSpec = Inputs.parse(a);
         int steps = a.requiredInt("steps");
         Path outDir = a.path("out");
         double lr = a.number("lr", 3e-4);
@@ -62,7 +62,8 @@ final class TrainLocalCommand {
         }
         Sparkatron.refuseOverwritingInput(outDir, modelDir, "--model");
         Transformer model = ModelStore.load(modelDir, new CpuDevice(), precision);
-        List<int[]> seqs = TokenFile.read(tokens, model.config().vocabSize());
+        var input = inputSpec.read(modelDir, model.config().vocabSize());
+        List<int[]> seqs = input.sequences();
         PackedSamples data = Sparkatron.samples(seqs, seqLen, model.config(), seed);
         int t = data.sampleLength() - 1;
         Evaluator evaluator = null;
@@ -120,6 +121,7 @@ final class TrainLocalCommand {
         Files.writeString(outDir.resolve("loss.svg"), LossPlot.ofHistory("sparkatron train-local: " + modelDir.getFileName(), losses,
                 validLosses, logInterval));
         ModelStore.save(model, outDir);
+        Inputs.keepTokenizer(input, modelDir, outDir);
         err.printf(java.util.Locale.ROOT, "[sparkatron] done: training loss (mean of a log interval) %.4f at steps 1-%d -> %.4f at steps %d-%d%s%n",
                 firstMean, Math.min(logInterval, steps), last.loss(), last.firstStep(), last.lastStep(), validLosses.isEmpty() ? ""
                         : String.format(java.util.Locale.ROOT, "; validation loss %.4f at step %d -> %.4f at step %d", validLosses.firstEntry().getValue(),

@@ -20,10 +20,7 @@ public final class TokenFile {
     /** Reads every sequence, checking ids against {@code vocabSize}. */
     public static List<int[]> read(Path path, int vocabSize) throws IOException {
         if (Files.isDirectory(path)) {
-            throw new IllegalArgumentException(path + ": is a directory, expected a token file (one sequence of ids per line)");
-        }
-        if (!Files.exists(path)) {
-            throw new IllegalArgumentException(path + ": no such token file");
+            throw new IllegalArgumentException(path + " is a directory, not a token file");
         }
         List<int[]> out = new ArrayList<>();
         int lineNo = 0;
@@ -37,8 +34,10 @@ public final class TokenFile {
                 out.add(parseLine(path, lineNo, line, vocabSize));
             }
         } catch (java.nio.charset.CharacterCodingException e) {
-            throw new IllegalArgumentException(path + ":" + (lineNo + 1) + ": not a text token file (bytes that are not UTF-8 text; "
-                    + "a binary file such as a Megatron .bin is read with --input_format megatron by ./sparkatron train)", e);
+            throw new IllegalArgumentException(path + " is not UTF-8 text (a token file is lines of token ids; line " + (lineNo + 1)
+                    + " is not; a binary Megatron .bin is read with --input_format megatron by ./sparkatron train)", e);
+        } catch (java.nio.file.FileSystemException e) {
+            throw e; // names the file already; the CLI reports it as the user's (missing, denied)
         } catch (IOException e) {
             throw new IOException(path + ": cannot read the token file: " + e, e);
         }

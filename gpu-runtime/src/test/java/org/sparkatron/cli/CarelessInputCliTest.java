@@ -102,7 +102,7 @@ class CarelessInputCliTest {
         SparkatronCliTest.Result bin = SparkatronCliTest.run("score", "--model", dir.resolve("m").toString(), "--tokens",
                 binary.toString(), "--threads", "1");
         assertEquals(2, bin.status());
-        assertTrue(bin.err().contains(binary.toString()) && bin.err().contains("not a text token file"), bin.err());
+        assertTrue(bin.err().contains(binary.toString()) && bin.err().contains("is not UTF-8 text"), bin.err());
         SparkatronCliTest.Result folder = SparkatronCliTest.run("score", "--model", dir.resolve("m").toString(), "--tokens",
                 dir.toString(), "--threads", "1");
         assertEquals(2, folder.status());

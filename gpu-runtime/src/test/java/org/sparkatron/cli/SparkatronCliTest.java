@@ -157,7 +157,7 @@ class SparkatronCliTest {
         assertTrue(r.status() == 2 && r.err().contains("bad.txt:2:3: token id 40 is outside the vocabulary of 40"), r.err());
 
         r = run("train-local", "--model", dir.resolve("m").toString(), "--steps", "1", "--out", dir.resolve("o").toString());
-        assertTrue(r.status() == 2 && r.err().contains("missing required option --tokens"), r.err());
+        assertTrue(r.status() == 2 && r.err().contains("give exactly one input: --tokens FILE"), r.err());
 
         r = run("init", "--config", cfg.toString(), "--seed", "1", "--out", dir.resolve("x").toString(), "--sede", "2");
         assertTrue(r.status() == 2 && r.err().contains("unknown option --sede"), r.err());

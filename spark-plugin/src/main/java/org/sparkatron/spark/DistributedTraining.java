@@ -82,10 +82,13 @@ public final class DistributedTraining {
     public static Result run(Dataset<?> df, TrainConfig cfg, PrintStream console) {
         SparkContext sc = df.sparkSession().sparkContext();
         Layout.validate(cfg);
-        checkSparkSettings(sc, cfg.world());
+        GpuScheduling.Decision gpus = GpuScheduling.decide(sc.getConf(), sc.master());
+        checkMemory(sc, cfg, gpus, console);
+        checkSparkSettings(sc, cfg.world(), gpus.profile());
         checkWritable("checkpoint_dir", cfg.checkpointDir, sc.hadoopConfiguration());
         InitFrom.check(cfg, sc.hadoopConfiguration());
         checkNotAnInput(cfg);
+        checkTokenizer(cfg, sc);
         cfg = ResumeCheck.check(cfg, sc.hadoopConfiguration(), say(console));
         TokenData.Prepared data = TokenData.prepare(df, cfg, cfg.model().vocabSize());
         String summary = String.format(java.util.Locale.ROOT,
@@ -99,7 +102,7 @@ public final class DistributedTraining {
             console.println("[sparkatron] data: " + summary);
         }
         try {
-            return launch(sc, cfg, console, data.byRank().rdd(), Map.of(), new long[] {data.documents(), data.tokens(),
+            return launch(sc, cfg, console, gpus, data.byRank().rdd(), Map.of(), new long[] {data.documents(), data.tokens(),
                 data.samplesPerEpoch(), data.droppedRows(), data.epochs()}, summary, data.validation());
         } finally {
             data.cached().unpersist(false);
@@ -113,7 +116,9 @@ public final class DistributedTraining {
     public static Result runMegatron(SparkSession spark, TrainConfig cfg, PrintStream console) {
         SparkContext sc = spark.sparkContext();
         Layout.validate(cfg);
-        checkSparkSettings(sc, cfg.world());
+        GpuScheduling.Decision gpus = GpuScheduling.decide(sc.getConf(), sc.master());
+        checkMemory(sc, cfg, gpus, console);
+        checkSparkSettings(sc, cfg.world(), gpus.profile());
         checkWritable("checkpoint_dir", cfg.checkpointDir, sc.hadoopConfiguration());
         InitFrom.check(cfg, sc.hadoopConfiguration());
         checkNotAnInput(cfg);
@@ -122,6 +127,8 @@ public final class DistributedTraining {
         for (Map.Entry<String, String> e : sc.hadoopConfiguration()) {
             hadoopConf.put(e.getKey(), e.getValue());
         }
+        cfg = MegatronInput.withManifestTokenizer(cfg, hadoopConf); // the model keeps prepare's tokenizer
+        checkTokenizer(cfg, sc);
         MegatronInput.Checked checked = MegatronInput.validate(cfg, hadoopConf);
         String summary = checked.summary();
         String scanned = TokenIdScan.check(sc, cfg, hadoopConf);
@@ -134,15 +141,17 @@ public final class DistributedTraining {
         }
         RDD<Tuple2<Long, int[]>> none = JavaSparkContext.fromSparkContext(sc)
                 .<Tuple2<Long, int[]>>parallelize(List.of(), cfg.world()).rdd(); // one empty partition per rank
-        return launch(sc, cfg, console, none, hadoopConf, new long[] {-1, -1, -1, 0, -1}, summary, checked.validation());
+        return launch(sc, cfg, console, gpus, none, hadoopConf, new long[] {-1, -1, -1, 0, -1}, summary, checked.validation());
     }
 
     /** The barrier stage, the closing shuffle and the result; {@code stats}: documents, tokens, samples/epoch, dropped, epochs. */
-    private static Result launch(SparkContext sc, TrainConfig cfg, PrintStream console, RDD<Tuple2<Long, int[]>> input,
-                                 Map<String, String> hadoopConf, long[] stats, String dataSummary, boolean validation) {
+    private static Result launch(SparkContext sc, TrainConfig cfg, PrintStream console, GpuScheduling.Decision gpus,
+                                 RDD<Tuple2<Long, int[]>> input, Map<String, String> hadoopConf, long[] stats, String dataSummary,
+                                 boolean validation) {
+        LOG.info("sparkatron: training stage resources: {}", gpus.reason());
         if (console != null) {
             console.println("[sparkatron] launching " + cfg.world() + " rank(s) (dp=" + cfg.dp + ", tp=" + cfg.tp
-                    + (cfg.sequenceParallel ? " +sp" : "") + ") in one barrier stage; " + (validation
+                    + (cfg.sequenceParallel ? " +sp" : "") + ") in one barrier stage; " + gpus.reason() + "; " + (validation
                     ? "validation every " + (cfg.evalInterval == 0 ? cfg.steps : cfg.evalInterval) + " steps (" + cfg.evalIters
                     + " batches) and at the end" : "no validation split (data_split " + cfg.dataSplit + "): no evaluation"));
         }
@@ -188,6 +197,9 @@ public final class DistributedTraining {
                     .mapPartitions(new RankTask(cfg, secret, progress == null ? null : progress.endpoint(), pluginJob, hadoopConf,
                             validation, dataSummary), false,
                             TokenData.tag(Tuple2.class));
+            if (gpus.profile() != null) {
+                ranks = ranks.withResources(gpus.profile()); // this stage only: one GPU per rank
+            }
             // the closing shuffle makes the barrier stage a shuffle-map stage, which Spark retries as a whole
             ShuffledRDD<Integer, byte[], byte[]> closing = new ShuffledRDD<>(ranks, new HashPartitioner(1),
                     TokenData.tag(Integer.class), TokenData.tag(byte[].class), TokenData.tag(byte[].class));
@@ -226,6 +238,7 @@ public final class DistributedTraining {
             List<String> history = monitor.finish(first.metrics()); // a fresh job's history and plot: into the staging directory
             if (commit != null) { // written to the staging directory, then moved into place
                 SparkatronModel.of(model).writeFiles(commit.staging(), sc.hadoopConfiguration());
+                saveTokenizer(cfg.tokenizer, commit.staging(), sc);
                 saveRanks(reports, commit.staging(), sc);
                 commit.commit();
             }
@@ -253,19 +266,22 @@ public final class DistributedTraining {
 
     /**
      * Refuses settings under which a barrier stage cannot start: dynamic allocation, or fewer free task
-     * slots than ranks (waiting up to {@link #SLOT_WAIT_CONF} seconds, default 60, for executors to
-     * register) -- instead of Spark's retries for about 10 minutes.
+     * slots than ranks for the training stage's resource profile ({@code null}: the default one), waiting
+     * up to {@link #SLOT_WAIT_CONF} seconds, default 60, for executors to register -- instead of Spark's
+     * retries for about 10 minutes.
      */
-    static void checkSparkSettings(SparkContext sc, int world) {
+    static void checkSparkSettings(SparkContext sc, int world, org.apache.spark.resource.ResourceProfile profile) {
         SparkConf conf = sc.getConf();
         checkDynamicAllocation(conf);
         String reaper = frozenRankWarning(conf, sc.isLocal());
         if (reaper != null) {
             LOG.warn("sparkatron: {}", reaper);
         }
+        var rp = profile != null ? profile : sc.resourceProfileManager().defaultResourceProfile();
+        sc.resourceProfileManager().addResourceProfile(rp); // slot counting looks the profile up by id
         long waitMs = (long) (conf.getDouble(SLOT_WAIT_CONF, 60) * 1000);
         long deadline = System.currentTimeMillis() + waitMs;
-        int slots = sc.maxNumConcurrentTasks(sc.resourceProfileManager().defaultResourceProfile());
+        int slots = sc.maxNumConcurrentTasks(rp);
         while (slots < world && System.currentTimeMillis() < deadline && !sc.isLocal()) {
             try {
                 Thread.sleep(500);
@@ -273,10 +289,10 @@ public final class DistributedTraining {
                 Thread.currentThread().interrupt();
                 break;
             }
-            slots = sc.maxNumConcurrentTasks(sc.resourceProfileManager().defaultResourceProfile());
+            slots = sc.maxNumConcurrentTasks(rp);
         }
         if (slots < world) {
-            String gpu = conf.get("spark.task.resource.gpu.amount", null);
+            String gpu = profile != null ? "1 (the training stage's profile)" : conf.get("spark.task.resource.gpu.amount", null);
             throw new IllegalArgumentException("the job needs " + world + " concurrent task slots (one per rank) but the cluster "
                     + "offers " + slots + " (master " + sc.master() + ", spark.task.cpus=" + conf.get("spark.task.cpus", "1")
                     + (gpu != null ? ", spark.task.resource.gpu.amount=" + gpu : "") + "); use fewer ranks or more executors/cores"
@@ -329,11 +345,51 @@ public final class DistributedTraining {
                 + "spark.task.reaper.enabled=true and spark.task.reaper.killTimeout=60s (./sparkatron train sets them)";
     }
 
+    /** The memory estimate against where the ranks run ({@link MemoryCheck}): refused before anything starts. */
+    static void checkMemory(SparkContext sc, TrainConfig cfg, GpuScheduling.Decision gpus, PrintStream console) {
+        boolean gpuPerTask = gpus.profile() != null || "1".equals(sc.getConf().get("spark.task.resource.gpu.amount", null));
+        String line = MemoryCheck.check(cfg, new MemoryCheck.Budget(sc.getConf(), sc.isLocal(), gpuPerTask));
+        LOG.info("sparkatron: {}", line);
+        if (console != null) {
+            console.println("[sparkatron] " + line);
+        }
+    }
+
     static void checkDynamicAllocation(SparkConf conf) {
         if (conf.getBoolean("spark.dynamicAllocation.enabled", false)) {
             throw new IllegalArgumentException("spark.dynamicAllocation.enabled=true: barrier training needs a fixed set of "
                     + "executors; set spark.dynamicAllocation.enabled=false");
         }
+    }
+
+    /** Refuses a tokenizer that could not be saved with the model, before training rather than after. */
+    static void checkTokenizer(TrainConfig cfg, SparkContext sc) {
+        if (cfg.tokenizer == null || cfg.tokenizer.equalsIgnoreCase("gpt2") || cfg.tokenizer.equalsIgnoreCase("gpt2-legacy")) {
+            return;
+        }
+        Map<String, String> conf = new HashMap<>();
+        for (Map.Entry<String, String> e : sc.hadoopConfiguration()) {
+            conf.put(e.getKey(), e.getValue());
+        }
+        try {
+            if (!org.sparkatron.data.io.DataPaths.exists(cfg.tokenizer, conf)) {
+                throw new IllegalArgumentException("config key 'tokenizer': '" + cfg.tokenizer + "' is neither gpt2 nor an existing tokenizer.json file");
+            }
+        } catch (IOException e) {
+            throw new IllegalArgumentException("config key 'tokenizer': cannot read '" + cfg.tokenizer + "': " + e.getMessage(), e);
+        }
+    }
+
+    /** Saves the job's tokenizer (if any) beside the model in {@code output}: text in and out without naming it again. */
+    static void saveTokenizer(String tokenizer, String output, SparkContext sc) throws IOException {
+        if (tokenizer == null) {
+            return;
+        }
+        Map<String, String> conf = new HashMap<>();
+        for (Map.Entry<String, String> e : sc.hadoopConfiguration()) {
+            conf.put(e.getKey(), e.getValue());
+        }
+        org.sparkatron.data.tokenizer.ModelTokenizer.save(tokenizer, output, conf);
     }
 
     /** Writes ranks.json (where each rank ran) under {@code output}. */

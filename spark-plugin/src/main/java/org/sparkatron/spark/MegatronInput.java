@@ -158,6 +158,26 @@ final class MegatronInput {
         return new Prefixes(prefixes, false);
     }
 
+    /**
+     * {@code cfg} with the tokenizer a {@code prepare} output's manifest names, so the trained model keeps it,
+     * when the config names none and the manifest's tokenizer is built in or still readable; else unchanged.
+     */
+    static TrainConfig withManifestTokenizer(TrainConfig cfg, Map<String, String> conf) {
+        if (cfg.tokenizer != null || cfg.input == null) {
+            return cfg;
+        }
+        try {
+            if (!DataPaths.exists(DataPaths.child(cfg.input, PreparedDataset.MANIFEST), conf)) {
+                return cfg;
+            }
+            String t = PreparedDataset.read(cfg.input, conf).tokenizer();
+            boolean usable = t.equalsIgnoreCase("gpt2") || t.equalsIgnoreCase("gpt2-legacy") || (!t.isEmpty() && DataPaths.exists(t, conf));
+            return usable ? cfg.with("tokenizer", TrainConfig.JSON.getNodeFactory().textNode(t)) : cfg;
+        } catch (java.io.IOException e) {
+            return cfg; // validate() reports an unreadable manifest with its reason
+        }
+    }
+
     private static Opened open(TrainConfig cfg, Map<String, String> conf) {
         List<IndexedDataset> datasets = new ArrayList<>();
         try {

@@ -7,15 +7,13 @@ import java.util.List;
 import java.util.Map;
 import org.apache.spark.BarrierTaskContext;
 import org.apache.spark.SparkEnv;
-import org.apache.spark.resource.ResourceInformation;
 import org.sparkatron.checkpoint.DistributedCheckpoint;
 import org.sparkatron.comm.Communicator;
 import org.sparkatron.comm.ParallelLayout;
 import org.sparkatron.comm.ProcessGroups;
 import org.sparkatron.data.io.HadoopCheckpointStorage;
-import org.sparkatron.device.GpuProbe;
+import org.sparkatron.device.Device;
 import org.sparkatron.device.cpu.Blas;
-import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.parallel.RankContext;
 import org.sparkatron.parallel.TensorParallel;
@@ -79,17 +77,19 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         BarrierTaskContext ctx = BarrierTaskContext.get();
         int rank = ctx.partitionId();
         int attempt = ctx.stageAttemptNumber();
-        String device = boundDevice(ctx);
         Blas.setThreads(cfg.threadsPerRank); // process-wide; the same value from every rank in the JVM
-        Communicator comm = CommWiring.connect(ctx, secret, cfg.commTimeoutMs);
+        // this rank's device (one per task: several ranks may share the JVM): the GPU Spark assigned, else the CPU
+        RankDevice rankDevice = RankDevice.open(ctx);
+        String device = rankDevice.description();
+        Device dev = rankDevice.device();
+        Communicator comm = rankDevice.connect(ctx, secret, cfg.commTimeoutMs);
         Thread watchdog = watchdog(ctx, comm, rank);
-        CpuDevice cpu = new CpuDevice(); // this rank's device (one per task: several ranks may share the JVM)
         try (ProgressChannel progress = rank == 0 && pluginJob != null ? new SparkatronPlugin.Channel(pluginJob)
                 : new ProgressReporter(rank == 0 ? progressEndpoint : null, secret);
              ProcessGroups groups = ProcessGroups.create(ParallelLayout.forWorld(cfg.world(), cfg.tp, 1, 1, cfg.pp, 1), comm)) {
             int tpRank = groups.coords()[0];
             int replica = groups.coords()[3];
-            RankContext rankCtx = new RankContext(cpu, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision);
+            RankContext rankCtx = new RankContext(dev, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision);
             Transformer model;
             if (cfg.initFrom != null) { // each rank reads the model directory and keeps its TP shard
                 org.apache.hadoop.conf.Configuration conf = new org.apache.hadoop.conf.Configuration();
@@ -208,7 +208,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         } finally {
             watchdog.interrupt();
             comm.close();
-            cpu.close();
+            dev.close();
         }
     }
 
@@ -258,21 +258,6 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         } catch (java.io.IOException e) {
             throw new java.io.UncheckedIOException(e.getMessage(), e);
         }
-    }
-
-    /**
-     * "cpu" when the task has no GPU; with a GPU address from Spark, that address, then the device the rank
-     * actually computes on and why, from {@link GpuProbe} (which loads nothing): e.g. "gpu:0; compute: cpu
-     * (cuda unavailable: missing libcuda.so.1 (CUDA driver))".
-     */
-    static String boundDevice(BarrierTaskContext ctx) {
-        ResourceInformation gpu = ctx.resourcesJMap().get("gpu");
-        if (gpu != null && gpu.addresses().length > 0) {
-            GpuProbe.Report probe = GpuProbe.system().probe();
-            // the address Spark assigned first (what the rank binds), then what it computes on and why
-            return "gpu:" + gpu.addresses()[0] + "; compute: " + probe.device() + " (" + probe.reason() + ")";
-        }
-        return "cpu";
     }
 
     /** Aborts the communicator when Spark kills this task, so a rank blocked in a collective returns. */

@@ -207,12 +207,7 @@ final class TokenData {
     }
 
     private static int[] toIds(Row r) {
-        List<Integer> l = r.getList(0);
-        int[] out = new int[l.size()];
-        for (int i = 0; i < out.length; i++) {
-            out[i] = l.get(i);
-        }
-        return out;
+        return SparkatronModel.ids(r, 0); // whatever external form the array has (validated non-null above)
     }
 
     /** The seeded order of epoch {@code e}: Fisher-Yates over [0, n). Same on every JVM. */

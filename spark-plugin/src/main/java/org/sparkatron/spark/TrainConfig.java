@@ -55,7 +55,7 @@ public final class TrainConfig implements Serializable {
             "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over",
             "data_split", "precision", "init_from", "log_interval", "eval_interval", "eval_iters", "tensorboard_dir",
             "mlflow_tracking_uri", "mlflow_experiment", "mlflow_run_name", "override_lr_schedule", "use_checkpoint_lr_schedule",
-            "check_token_ids", "fail_mode");
+            "check_token_ids", "fail_mode", "tokenizer");
 
     private final String json; // the full, normalised config
 
@@ -101,6 +101,8 @@ public final class TrainConfig implements Serializable {
     public final String initFrom;
     /** With Megatron input: scan bare datasets' token ids against the vocabulary before launch [true] ({@link TokenIdScan}). */
     public final boolean checkTokenIds;
+    /** The tokenizer of the token ids ("gpt2" or a tokenizer.json path) [none]: saved with the output model. */
+    public final String tokenizer;
 
     /**
      * Seeing training (docs/monitoring.md): steps per console/TensorBoard/MLflow interval line
@@ -211,6 +213,7 @@ public final class TrainConfig implements Serializable {
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("config key 'precision': " + e.getMessage(), e);
         }
+        this.tokenizer = str(o, "tokenizer", null);
         this.logInterval = intKey(o, "log_interval", Math.max(1, Math.min(100, steps / 20)), 1);
         this.evalIntervalGiven = o.hasNonNull("eval_interval");
         this.evalInterval = intKey(o, "eval_interval", Math.max(1, steps / 10), 0);

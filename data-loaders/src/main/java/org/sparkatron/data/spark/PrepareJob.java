@@ -15,6 +15,7 @@ import org.apache.spark.sql.Row;
 import org.apache.spark.sql.SparkSession;
 import org.apache.spark.sql.types.StringType;
 import org.apache.spark.util.LongAccumulator;
+import org.sparkatron.cli.Cli;
 import org.sparkatron.data.indexed.IndexedDType;
 import org.sparkatron.data.io.DataPaths;
 import org.sparkatron.data.tokenizer.TextTokenizer;
@@ -28,7 +29,8 @@ import org.sparkatron.data.tokenizer.TokenizerSpec;
  *
  * <pre>
  * prepare --input PATH --format text|jsonl|parquet [--text-column text] --tokenizer gpt2|gpt2-legacy|PATH/tokenizer.json
- *         [--eod ID] --output PATH [--master local[2]] [--partitions N] [--overwrite]
+ *         [--eod ID] --output PATH [--partitions N] [--overwrite]
+ *         [--max-bad-lines 0] [--master local[*]] [--conf spark.key=value ...]
  * </pre>
  * For {@code text}, each line is a document. Failure: bad arguments, a missing input or text column, an
  * existing output (without {@code --overwrite}) are refused with a message before any work is done.
@@ -39,14 +41,9 @@ public final class PrepareJob {
 
     /** Parsed command line. */
     public record Options(String input, String format, String textColumn, String tokenizer, Integer eod, String output,
-                          String master, int partitions, boolean overwrite, long maxBadLines) {
-        public Options(String input, String format, String textColumn, String tokenizer, Integer eod, String output,
-                       String master, int partitions, boolean overwrite) {
-            this(input, format, textColumn, tokenizer, eod, output, master, partitions, overwrite, 0);
-        }
-
+                          int partitions, boolean overwrite, long maxBadLines) {
         public static Options parse(String[] args) {
-            String input = null, format = null, col = "text", tok = null, out = null, master = null;
+            String input = null, format = null, col = "text", tok = null, out = null;
             Integer eod = null;
             int parts = 0;
             long maxBad = 0;
@@ -71,7 +68,6 @@ public final class PrepareJob {
                     case "--tokenizer" -> tok = v;
                     case "--eod" -> eod = number(a, v, 0);
                     case "--output" -> out = v;
-                    case "--master" -> master = v;
                     case "--partitions" -> parts = number(a, v, 1);
                     case "--max-bad-lines" -> maxBad = number(a, v, 0);
                     default -> throw new IllegalArgumentException("unknown option " + a);
@@ -83,7 +79,7 @@ public final class PrepareJob {
             if (!List.of("text", "jsonl", "json", "parquet").contains(format)) {
                 throw new IllegalArgumentException("--format must be text, jsonl or parquet, got " + format);
             }
-            return new Options(input, format, col, tok, eod, out, master, parts, overwrite, maxBad);
+            return new Options(input, format, col, tok, eod, out, parts, overwrite, maxBad);
         }
 
         private static int number(String option, String v, int min) {
@@ -124,39 +120,26 @@ public final class PrepareJob {
         }
     }
 
-    static final String USAGE = "usage: ./sparkatron prepare --input PATH --format text|jsonl|parquet [--text-column text] "
-            + "--tokenizer gpt2|gpt2-legacy|PATH/tokenizer.json [--eod ID] --output PATH [--master local[2]] [--partitions N] [--overwrite] "
-            + "[--max-bad-lines 0]";
+    static final String USAGE = String.join("\n",
+            "usage: ./sparkatron prepare --input PATH --format text|jsonl|parquet [--text-column text]",
+            "         --tokenizer gpt2|gpt2-legacy|PATH/tokenizer.json [--eod ID] --output PATH [--partitions N] [--overwrite]",
+            "         [--max-bad-lines 0] [--master local[*]] [--conf spark.key=value ...]",
+            "  tokenizes documents (text: one per line) into a Megatron indexed dataset, one shard per partition (docs/data.md)");
 
-    public static void main(String[] args) throws Exception {
-        SparkJvm.quietLogging();
-        if (args.length == 0 || Arrays.asList(args).contains("--help")) {
-            System.out.println(USAGE);
-            return;
-        }
-        Options opt;
-        try {
-            opt = Options.parse(args);
-        } catch (IllegalArgumentException e) {
-            System.err.println("prepare: " + e.getMessage());
-            System.err.println(USAGE);
-            System.exit(2);
-            return;
-        }
-        if (SparkJvm.relaunchIfNeeded(PrepareJob.class, args)) {
-            return;
-        }
-        SparkSession spark = SparkJvm.session("sparkatron-prepare", opt.master());
-        int rc = 0;
-        try {
-            System.out.println(run(spark, opt, System.out));
-        } catch (IllegalArgumentException | IOException e) {
-            System.err.println("prepare: " + e.getMessage());
-            rc = 1;
-        } finally {
-            spark.stop();
-        }
-        System.exit(rc);
+    public static void main(String[] argv) {
+        SparkJvm.quietLogging(argv);
+        Cli.main("prepare", USAGE, argv.length == 0 ? new String[] {"--help"} : argv, args -> {
+            SparkOptions spark = SparkOptions.extract(args);
+            Options opt = Options.parse(spark.rest());
+            SparkJvm.relaunchIfNeeded(PrepareJob.class, args);
+            SparkSession session = SparkJvm.session("sparkatron-prepare", spark);
+            try {
+                System.out.println(run(session, opt, System.out));
+            } finally {
+                session.stop();
+            }
+            return Cli.OK;
+        });
     }
 
     /** Spark's column for JSON lines that do not parse (PERMISSIVE mode). */
