@@ -34,8 +34,8 @@ public final class TokenFile {
                 out.add(parseLine(path, lineNo, line, vocabSize));
             }
         } catch (java.nio.charset.CharacterCodingException e) {
-            throw new IllegalArgumentException(path + " is not UTF-8 text (a token file is lines of token ids; line " + (lineNo + 1)
-                    + " is not; a binary Megatron .bin is read with --input_format megatron by ./sparkatron train)", e);
+            throw new IllegalArgumentException(path + " is not UTF-8 text (a token file is lines of token ids): line " + (lineNo + 1)
+                    + " is not; a binary Megatron .bin is read by ./sparkatron train with input_format megatron", e);
         } catch (java.nio.file.FileSystemException e) {
             throw e; // names the file already; the CLI reports it as the user's (missing, denied)
         } catch (IOException e) {

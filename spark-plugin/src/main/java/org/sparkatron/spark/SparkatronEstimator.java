@@ -47,6 +47,8 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
             "fail_rank", "fault injection for the failure tests",
             "fail_step", "fault injection for the failure tests",
             "fail_attempts", "fault injection for the failure tests",
+            "fail_mode", "fault injection for the failure tests",
+            "check_token_ids", "command line only: Megatron input (input_format megatron), which fit() does not read",
             "override_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator",
             "use_checkpoint_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator");
     private static final long serialVersionUID = 1L;
