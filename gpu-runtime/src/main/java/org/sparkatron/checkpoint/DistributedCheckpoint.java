@@ -9,9 +9,12 @@ import java.util.Locale;
 import java.util.Map;
 import java.util.function.Consumer;
 import org.sparkatron.comm.Communicator;
+import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.ParameterSet;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.AdamW;
+import org.sparkatron.parallel.PipelineLayout;
+import org.sparkatron.parallel.PipelineParallel;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -25,11 +28,15 @@ import org.sparkatron.tensor.Tensor;
  * ROOT/step-00000100/metadata.json               written last (see {@link CheckpointMetadata})
  * ROOT/step-00000100/model-tp00-of02.safetensors TP rank 0's parameter shards (+ the replicated parameters)
  * ROOT/step-00000100/optim-tp00-of02.safetensors TP rank 0's AdamW m and v shards
+ * ROOT/step-00000100/model-pp01of04-tp00-of02.safetensors  with pipeline parallelism: per stage and TP rank
  * ROOT/.inprogress-step-00000200/...             a save under way (or one that crashed: ignored, cleaned up)
  * </pre>
  * With data parallelism, replica {@code t mod dp} writes TP rank t's model file and replica
  * {@code (t + 1) mod dp} its optimizer file, so the writes spread over the replicas and no shard is
- * written twice. Parameters replicated over the TP group are written once, by TP rank 0.
+ * written twice. Parameters replicated over the TP group are written once, by TP rank 0. Each pipeline
+ * stage writes its own layers; a tied embedding's copy on the last stage is not written (it equals the
+ * first stage's, and loads from it). Tensors are described in their global (TP = 1) shapes by name, so a
+ * checkpoint loads under any TP, PP and DP layout.
  *
  * <h2>Atomicity</h2>
  * A save writes under {@code .inprogress-step-N}; rank 0 writes the metadata (sizes and CRC32C of every
@@ -40,8 +47,9 @@ import org.sparkatron.tensor.Tensor;
  * {@code keep}.
  *
  * <h2>Threading, blocking, failure</h2>
- * {@link #save} and {@link #resume} are collectives over the world communicator of a TP x DP layout (world
- * rank = tp + TP x dp; every rank calls them in the same order) and block on I/O and communication. A rank
+ * {@link #save} and {@link #resume} are collectives over the world communicator of a TP x DP x PP layout
+ * (world rank = tp + TP x dp + TP x DP x pp, as {@code ParallelLayout} orders them; every rank calls them in
+ * the same order) and block on I/O and communication. A rank
  * that fails to write makes every rank's save throw (the ranks agree on the outcome before committing),
  * instead of hanging. {@link #load} is local to one rank. Instances hold no per-rank state: ranks of one
  * JVM may share one.
@@ -105,75 +113,30 @@ public final class DistributedCheckpoint {
      */
     public String save(Communicator world, int dpSize, Transformer model, AdamW opt, long consumed, Map<String, String> extra)
             throws IOException {
-        int tpSize = model.tensorParallel().size();
-        int tpRank = model.tensorParallel().rank();
-        if (world.size() != tpSize * dpSize) {
-            throw new IllegalArgumentException("world of " + world.size() + " ranks is not TP " + tpSize + " x DP " + dpSize
-                    + ": checkpoints support tensor x data parallel layouts");
+        try (AsyncCheckpointer blocking = new AsyncCheckpointer(this, false)) {
+            blocking.start(world, dpSize, model, opt, consumed, extra);
+            return blocking.finish(world);
         }
-        int dpRank = world.rank() / tpSize;
-        long step = opt.step();
-        String tmp = fs.child(root, IN_PROGRESS + dirName(step));
-        String prepError = null;
-        if (world.rank() == 0) {
-            try {
-                fs.mkdirs(root);
-                fs.delete(tmp); // a crashed earlier attempt at the same step
-                fs.mkdirs(tmp);
-            } catch (IOException | RuntimeException e) {
-                prepError = "rank 0 could not create " + tmp + ": " + e;
-            }
-        }
-        agree(world, prepError == null, prepError, "prepare the checkpoint directory " + tmp);
+    }
 
-        // This rank's files (0, 1 or 2), then everyone learns everyone's sizes and checksums.
-        long[] mine = new long[8];
-        String error = null;
-        try {
-            ParameterSet ps = model.params();
-            if (dpRank == tpRank % dpSize) {
-                LinkedHashMap<String, Tensor> t = new LinkedHashMap<>();
-                addShards(t, "model/", model, model.device().toHost(ps.weights()), tpRank, tpSize);
-                ShardFiles.Written w = ShardFiles.write(fs, fs.child(tmp, modelFile(tpRank, tpSize)), t, Map.of("step", "" + step));
-                mine[1] = 1;
-                mine[2] = w.bytes();
-                mine[3] = w.crc();
-            }
-            if (dpRank == (tpRank + 1) % dpSize) {
-                LinkedHashMap<String, Tensor> t = new LinkedHashMap<>();
-                addShards(t, "optim.m/", model, model.device().toHost(opt.firstMoment()), tpRank, tpSize);
-                addShards(t, "optim.v/", model, model.device().toHost(opt.secondMoment()), tpRank, tpSize);
-                ShardFiles.Written w = ShardFiles.write(fs, fs.child(tmp, optimFile(tpRank, tpSize)), t, Map.of("step", "" + step));
-                mine[4] = 1;
-                mine[5] = w.bytes();
-                mine[6] = w.crc();
-            }
-        } catch (IOException | RuntimeException e) {
-            error = "rank " + world.rank() + " could not write its shards to " + tmp + ": " + e;
-        }
-        mine[0] = error == null ? 0 : 1;
-        mine[7] = step;
-        long[][] all = gatherRows(world, mine);
-        List<String> failed = new ArrayList<>();
-        for (int r = 0; r < all.length; r++) {
-            if (all[r][0] != 0) {
-                failed.add("" + r);
-            }
-            if (all[r][7] != step) {
-                throw new IllegalStateException("ranks disagree on the step to save: rank " + r + " is at " + all[r][7]
+    /**
+     * The commit of a save whose files every rank has written ({@code rows}: per rank {error, has model file,
+     * its bytes, its CRC, has optimizer file, bytes, CRC, step}): rank 0 writes the metadata and renames
+     * the directory into place; every rank learns the outcome; rank 0 then prunes. Collective.
+     */
+    String commitSave(Communicator world, Transformer model, long step, long dropoutSteps, String tmp, int tpSize, int dpSize,
+                      long[][] rows, long[] positions, Map<String, String> extra) throws IOException {
+        for (int r = 0; r < rows.length; r++) {
+            if (rows[r][7] != step) {
+                throw new IllegalStateException("ranks disagree on the step to save: rank " + r + " is at " + rows[r][7]
                         + ", rank " + world.rank() + " at " + step);
             }
         }
-        if (!failed.isEmpty()) {
-            throw new IOException(error != null ? error : "checkpoint of step " + step + " not saved: rank(s) " + failed
-                    + " failed to write (see their logs); earlier checkpoints are untouched");
-        }
-        long[] positions = gatherFlat(world, new long[] {consumed});
         String commitError = null;
         String fin = dir(step);
         if (world.rank() == 0) {
             try {
-                CheckpointMetadata meta = metadata(model, step, tpSize, dpSize, all, positions, extra);
+                CheckpointMetadata meta = metadata(model, step, dropoutSteps, tpSize, dpSize, model.pipeline().size(), rows, positions, extra);
                 ShardFiles.writeSmall(fs, fs.child(tmp, CheckpointMetadata.FILE), meta.toJson());
                 commit(tmp, fin);
             } catch (IOException | RuntimeException e) {
@@ -333,77 +296,66 @@ public final class DistributedCheckpoint {
         }
     }
 
-    private static String modelFile(int tpRank, int tpSize) {
-        return String.format(Locale.ROOT, "model-tp%02d-of%02d.safetensors", tpRank, tpSize);
+    static String modelFile(int stage, int ppSize, int tpRank, int tpSize) {
+        return "model-" + shardName(stage, ppSize, tpRank, tpSize);
     }
 
-    private static String optimFile(int tpRank, int tpSize) {
-        return String.format(Locale.ROOT, "optim-tp%02d-of%02d.safetensors", tpRank, tpSize);
+    static String optimFile(int stage, int ppSize, int tpRank, int tpSize) {
+        return "optim-" + shardName(stage, ppSize, tpRank, tpSize);
     }
 
-    /**
-     * Adds this TP rank's part of every parameter of the host block {@code block} (weights, m or v; a
-     * {@code Device.toHost} view) as 1-D tensors.
-     */
-    private static void addShards(LinkedHashMap<String, Tensor> out, String prefix, Transformer model, Tensor block,
-                                  int tpRank, int tpSize) {
-        for (ParameterSet.Param p : model.params().params()) {
-            if (p.tp() != ParameterSet.TpRole.SPLIT && tpRank != 0) {
-                continue; // replicated over the TP group: TP rank 0 writes it
-            }
-            long[][] segs = ShardMap.segments(model.config(), p, tpRank, tpSize);
-            long n = ShardMap.numel(ShardMap.runs(segs));
-            if (n == 0) {
-                continue;
-            }
-            Tensor t;
-            if (segs.length == 1 && segs[0][1] == 0 && segs[0][2] == p.numel()) {
-                t = block.slice(p.offset(), p.numel()); // the whole local tensor: no copy
-            } else {
-                t = Tensor.allocateHost(DType.F32, n);
-                java.nio.FloatBuffer dst = t.floats();
-                int at = 0;
-                for (long[] s : segs) {
-                    dst.put(at, block.slice(p.offset() + s[1], s[2]).floats(), 0, Math.toIntExact(s[2]));
-                    at += (int) s[2];
-                }
-            }
-            out.put(prefix + p.name(), t);
-        }
+    /** {@code tp00-of02.safetensors}, with {@code pp01of04-} in front under pipeline parallelism. */
+    private static String shardName(int stage, int ppSize, int tpRank, int tpSize) {
+        return (ppSize > 1 ? String.format(Locale.ROOT, "pp%02dof%02d-", stage, ppSize) : "")
+                + String.format(Locale.ROOT, "tp%02d-of%02d.safetensors", tpRank, tpSize);
     }
 
-    private CheckpointMetadata metadata(Transformer model, long step, int tpSize, int dpSize, long[][] all, long[] positions,
-                                        Map<String, String> extra) {
+    /** Whether {@code p}, held by pipeline stage {@code stage}, is the tied embedding's copy on a later stage. */
+    static boolean tiedCopy(ModelConfig cfg, ParameterSet.Param p, PipelineLayout pl, int stage) {
+        return cfg.tiedEmbeddings() && p.name().equals("embed") && !pl.isFirst(stage, 0);
+    }
+
+    private CheckpointMetadata metadata(Transformer model, long step, long dropoutSteps, int tpSize, int dpSize, int ppSize, long[][] all,
+                                        long[] positions, Map<String, String> extra) {
+        ModelConfig cfg = model.config();
+        PipelineLayout pl = model.pipeline().layout();
         Map<String, CheckpointMetadata.TensorEntry> tensors = new LinkedHashMap<>();
         for (String group : new String[] {"model/", "optim.m/", "optim.v/"}) {
-            for (ParameterSet.Param p : model.params().params()) {
-                List<CheckpointMetadata.ShardEntry> shards = new ArrayList<>();
-                int owners = p.tp() == ParameterSet.TpRole.SPLIT ? tpSize : 1;
-                for (int t = 0; t < owners; t++) {
-                    List<long[]> runs = ShardMap.runs(ShardMap.segments(model.config(), p, t, tpSize));
-                    if (!runs.isEmpty()) {
-                        String file = group.equals("model/") ? modelFile(t, tpSize) : optimFile(t, tpSize);
-                        shards.add(new CheckpointMetadata.ShardEntry(file, group + p.name(), runs));
+            for (int stage = 0; stage < ppSize; stage++) {
+                for (ParameterSet.Param p : Transformer.stageParameters(cfg, tpSize, pl, stage)) {
+                    if (tiedCopy(cfg, p, pl, stage)) {
+                        continue;
                     }
+                    List<CheckpointMetadata.ShardEntry> shards = new ArrayList<>();
+                    int owners = p.tp() == ParameterSet.TpRole.SPLIT ? tpSize : 1;
+                    for (int t = 0; t < owners; t++) {
+                        List<long[]> runs = ShardMap.runs(ShardMap.segments(cfg, p, t, tpSize));
+                        if (!runs.isEmpty()) {
+                            String file = group.equals("model/") ? modelFile(stage, ppSize, t, tpSize) : optimFile(stage, ppSize, t, tpSize);
+                            shards.add(new CheckpointMetadata.ShardEntry(file, group + p.name(), runs));
+                        }
+                    }
+                    tensors.put(group + p.name(), new CheckpointMetadata.TensorEntry(ShardMap.globalShape(cfg, p, tpSize), shards));
                 }
-                tensors.put(group + p.name(),
-                        new CheckpointMetadata.TensorEntry(ShardMap.globalShape(model.config(), p, tpSize), shards));
             }
         }
         Map<String, CheckpointMetadata.FileEntry> files = new LinkedHashMap<>();
-        for (int t = 0; t < tpSize; t++) {
-            long[] m = all[t + tpSize * (t % dpSize)];
-            long[] o = all[t + tpSize * ((t + 1) % dpSize)];
-            files.put(modelFile(t, tpSize), new CheckpointMetadata.FileEntry(m[2], ShardFiles.hex(m[3])));
-            files.put(optimFile(t, tpSize), new CheckpointMetadata.FileEntry(o[5], ShardFiles.hex(o[6])));
+        int perStage = tpSize * dpSize;
+        for (int stage = 0; stage < ppSize; stage++) {
+            for (int t = 0; t < tpSize; t++) {
+                long[] m = all[stage * perStage + t + tpSize * (t % dpSize)];
+                long[] o = all[stage * perStage + t + tpSize * ((t + 1) % dpSize)];
+                files.put(modelFile(stage, ppSize, t, tpSize), new CheckpointMetadata.FileEntry(m[2], ShardFiles.hex(m[3])));
+                files.put(optimFile(stage, ppSize, t, tpSize), new CheckpointMetadata.FileEntry(o[5], ShardFiles.hex(o[6])));
+            }
         }
         long[] dataPositions = new long[dpSize];
         long total = 0;
         for (int d = 0; d < dpSize; d++) {
-            dataPositions[d] = positions[d * tpSize];
+            dataPositions[d] = positions[d * tpSize]; // TP rank 0 of the first stage of replica d
             total += dataPositions[d];
         }
-        return new CheckpointMetadata(step, total, model.trainSteps(), dataPositions, tpSize, dpSize, model.config(),
+        return new CheckpointMetadata(step, total, dropoutSteps, dataPositions, tpSize, dpSize, ppSize, cfg,
                 extra == null ? Map.of() : extra, tensors, files);
     }
 

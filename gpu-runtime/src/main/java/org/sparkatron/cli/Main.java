@@ -53,6 +53,8 @@ public final class Main {
                     "benchmark: one CPU training step against PyTorch eager"),
             new Command("bench-tp", "org.sparkatron.parallel.TpBench",
                     "benchmark: tensor-parallel step time against one rank"),
+            new Command("bench-pp", "org.sparkatron.parallel.PpBench",
+                    "benchmark: pipeline schedules' bubble and activation memory against theory"),
             new Command("bench-comm", "org.sparkatron.comm.bench.CommBench",
                     "benchmark: collectives' bus bandwidth against PyTorch Gloo"),
             new Command("bench-data", "org.sparkatron.data.spark.DataBench",

@@ -4,6 +4,8 @@ import java.util.Locale;
 import org.sparkatron.device.MemoryKind;
 import org.sparkatron.device.MemoryStats;
 import org.sparkatron.model.ParameterSet.TpRole;
+import org.sparkatron.parallel.PipelineLayout;
+import org.sparkatron.parallel.pipeline.Schedule;
 import org.sparkatron.precision.Precision;
 
 /**
@@ -12,20 +14,21 @@ import org.sparkatron.precision.Precision;
  * All sizes are 64-bit.
  *
  * <ul>
- *   <li>parameters: fp32 master weights, plus under BF16/FP16 the 16-bit compute copy
- *       ({@code halfBytes} per element: 4 on the CPU device, which stores 16-bit values in fp32; 2 on a
- *       GPU);</li>
- *   <li>gradients: fp32, one per parameter;</li>
- *   <li>optimizer: AdamW's two fp32 moments;</li>
- *   <li>activations: what forward saves for backward and backward's scratch, for one micro-batch, with
- *       this rank's TP shapes (sequence parallelism splits the residual stream's rows); exactly the
- *       buffers the model allocates;</li>
- *   <li>workspace: token ids, per-token losses, a chunk of logits, the cross-entropy statistics, the
- *       sequence-parallel gather buffers, RoPE tables, device scalars, and the CPU attention's two
- *       {@code T x T} scratch blocks (a GPU's kernels have their own scratch; the figure is then an
- *       upper bound).</li>
+ *   <li>parameters: fp32 master weights of this rank's stage and TP shard, plus under BF16/FP16 the 16-bit
+ *       compute copy ({@code halfBytes} per element: 4 on the CPU device, which stores 16-bit values in
+ *       fp32; 2 on a GPU);</li>
+ *   <li>gradients: fp32, one per parameter; optimizer: AdamW's two fp32 moments;</li>
+ *   <li>activations: per micro-batch in flight (as many as the pipeline schedule holds at once on each of the
+ *       rank's chunks), what each layer keeps for its backward under the {@link Recompute} mode, plus the
+ *       chunk's input and gradient and, on the last stage, the final norm and output layer's input and its
+ *       gradient; and the rank's backward and recomputation scratch, shared by all micro-batches;</li>
+ *   <li>workspace: token ids, per-token losses, a chunk of logits and the cross-entropy statistics (last
+ *       stage), the sequence-parallel buffers, RoPE tables, device scalars, and the CPU attention's two
+ *       {@code T x T} scratch blocks (a GPU's kernels have their own scratch; the figure is then an upper
+ *       bound).</li>
  * </ul>
- * Immutable.
+ * These are exactly the buffers the model allocates ({@code StepContractTest} checks the device's figures
+ * against them). Immutable.
  */
 public record MemoryEstimate(long parameters, long gradients, long optimizer, long activations, long workspace) {
     public long total() {
@@ -43,17 +46,25 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
         };
     }
 
+    /** One rank without pipelining, one micro-batch at a time, nothing recomputed. */
+    public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, int batch, int seqLen, Precision precision,
+                                    int halfBytes) {
+        return of(cfg, tp, sp, PipelineLayout.single(cfg.layers()), 0, 1, batch, seqLen, precision, Recompute.NONE, halfBytes);
+    }
+
     /**
-     * The estimate for one rank of a TP group of {@code tp} (sequence parallelism {@code sp}) training on
-     * micro-batches of {@code batch} sequences of {@code seqLen} tokens in {@code precision}.
+     * The estimate for pipeline stage {@code stage} of {@code pl}, one rank of a TP group of {@code tp}
+     * (sequence parallelism {@code sp}), training steps of {@code microBatches} micro-batches of {@code batch}
+     * sequences of {@code seqLen} tokens in {@code precision} with {@code recompute}.
      *
      * @param halfBytes bytes per element of 16-bit data on the target device (4 on the CPU, 2 on a GPU)
      */
-    public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, int batch, int seqLen, Precision precision,
-                                    int halfBytes) {
+    public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, PipelineLayout pl, int stage, int microBatches,
+                                    int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes) {
         Transformer.validate(cfg, tp);
         boolean split = sp && tp > 1;
-        long numel = Transformer.layout(cfg, tp).numel();
+        ParameterSet.Builder layout = Transformer.layout(cfg, tp, pl, stage);
+        long numel = layout.numel();
         long params = 4 * numel + (precision.isReduced() ? (long) halfBytes * numel : 0);
         long n = (long) batch * seqLen;
         if (split && n % tp != 0) {
@@ -66,28 +77,45 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
         long hl = cfg.heads() / tp;
         long kvl = cfg.kvHeads() / tp;
         long fl = cfg.ffnHidden() / tp;
-        long upWidth = cfg.family() == ModelConfig.Family.LLAMA ? 2 * fl : fl;
-        long qkvWidth = (hl + 2 * kvl) * hd;
-        long block = 6 * nl * c + 4 * nl  // norm1, attProj, resid, norm2, down, output; mean and rstd of both norms
-                + n * qkvWidth + n * hl * hd + (long) batch * hl * seqLen // qkv, attention output, log-sum-exp
-                + n * upWidth + n * fl           // MLP up (gate|up for Llama) and activation
-                + (split ? 2 * n * c : 0);       // the gathered inputs of the two column-parallel layers
-        long model = 4 * nl * c + 2 * nl  // embedded, normF, dresid, dnormF; meanF, rstdF
-                + (split ? 2 * n * c : 0)  // headX, dheadX
-                + 2 * nl * c + n * qkvWidth + n * hl * hd + n * upWidth + n * fl; // backward scratch
-        long activations = 4 * (cfg.layers() * block + model);
-        long vocabLocal = cfg.paddedVocab(tp) / tp;
-        long chunk = Math.max(1, Math.min(n, Transformer.LOGITS_CHUNK_FLOATS / vocabLocal));
-        long sequenceGrads = 0;
-        for (ParameterSet.Param p : Transformer.layout(cfg, tp).params()) {
-            sequenceGrads += p.tp() == TpRole.SEQUENCE ? p.numel() : 0;
-        }
-        long workspace = 4 * (2 * n + n + chunk * vocabLocal + 3 * chunk) // tokens, losses, logits, CE max/sums
-                + 8 + 8 + 16                                              // model scalars, trainer step scalars
+        boolean layerNorm = cfg.family() != ModelConfig.Family.LLAMA;
+        long upWidth = layerNorm ? fl : 2 * fl;
+        long qkv = n * (hl + 2 * kvl) * hd;
+        long attention = n * hl * hd + (long) batch * hl * seqLen; // output and log-sum-exp
+        long fullLayer = 4 * nl * c + (layerNorm ? 4 : 2) * nl + (split ? 2 * n * c : 0) + qkv + attention + n * upWidth + n * fl;
+        long keptLayer = switch (recompute) {
+            case NONE -> fullLayer;
+            case SELECTIVE -> fullLayer - attention;
+            case FULL -> nl * c; // the output: the next layer's input
+        };
+        Schedule schedule = Schedule.of(pl.stages(), pl.virtualStages(), microBatches);
+        long activations = 3 * nl * c + qkv + n * hl * hd + n * upWidth + n * fl // backward scratch
+                + (recompute == Recompute.SELECTIVE ? attention : 0) + (recompute == Recompute.FULL ? fullLayer : 0);
+        long workspace = 8 + 8 + 16                                          // model scalars, trainer step scalars
                 + (cfg.family().usesRope() ? 4L * cfg.maxPositions() * hd : 0) // cos and sin tables
-                + (split ? 4 * (n * c + sequenceGrads) : 0)               // tp.rows, packed SP gradients
-                + 4 * 2L * seqLen * seqLen;                               // CPU attention scratch
-        return new MemoryEstimate(params, 4 * numel, 8 * numel, activations, workspace);
+                + 4 * 2L * seqLen * seqLen;                                  // CPU attention scratch
+        boolean holdsLast = pl.isLast(stage, pl.virtualStages() - 1);
+        for (int chunk = 0; chunk < pl.virtualStages(); chunk++) {
+            boolean first = pl.isFirst(stage, chunk);
+            boolean last = pl.isLast(stage, chunk);
+            long layers = pl.endLayer(stage, chunk) - pl.firstLayer(stage, chunk);
+            long slot = layers * keptLayer + 2 * nl * c // input, gradient
+                    + (last ? nl * c + (layerNorm ? 2 : 1) * nl + (split ? 2 * n * c : nl * c) : 0); // final norm, head input/grad
+            activations += schedule.maxInFlight(stage, chunk) * slot;
+            workspace += schedule.maxInFlight(stage, chunk) * 4 * ((first || last ? 2 * n : 0) + (last ? n : 0)); // tokens, losses
+        }
+        if (holdsLast) {
+            long vocabLocal = cfg.paddedVocab(tp) / tp;
+            long rows = RankBuffers.logitsRows(n, vocabLocal);
+            workspace += 4 * (rows * vocabLocal + 3 * rows); // logits, cross-entropy max and sums
+        }
+        if (split) {
+            long sequenceGrads = 0;
+            for (ParameterSet.Param p : layout.params()) {
+                sequenceGrads += p.tp() == TpRole.SEQUENCE ? p.numel() : 0;
+            }
+            workspace += 4 * (n * c + sequenceGrads); // tp.rows, packed SP gradients
+        }
+        return new MemoryEstimate(params, 4 * numel, 8 * numel, 4 * activations, workspace);
     }
 
     /** One line: each kind in MiB and the total. */

@@ -161,10 +161,12 @@ public final class TpShards {
         return s;
     }
 
+    /** Every parameter of {@code local} (a TP shard, perhaps of one pipeline stage) must exist in {@code full}. */
     private static void check(ParameterSet full, ParameterSet local) {
-        if (full.params().size() != local.params().size()) {
-            throw new IllegalArgumentException("full parameter set has " + full.params().size() + " parameters, the shard "
-                    + local.params().size() + ": not the same model");
+        for (ParameterSet.Param p : local.params()) {
+            if (!full.has(p.name())) {
+                throw new IllegalArgumentException("the full parameter set has no '" + p.name() + "': not the same model");
+            }
         }
     }
 }

@@ -3,10 +3,9 @@ package org.sparkatron.model;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.FloatBuffer;
-import java.nio.IntBuffer;
 import java.util.ArrayList;
+import java.util.Collections;
 import java.util.List;
-import java.util.SplittableRandom;
 import org.sparkatron.comm.ReduceOp;
 import org.sparkatron.device.Device;
 import org.sparkatron.device.DeviceMemoryException;
@@ -16,26 +15,31 @@ import org.sparkatron.model.ParameterSet.TpRole;
 import org.sparkatron.parallel.DropoutRng;
 import org.sparkatron.parallel.Mapping;
 import org.sparkatron.parallel.Mappings;
+import org.sparkatron.parallel.PipelineLayout;
+import org.sparkatron.parallel.PipelineParallel;
 import org.sparkatron.parallel.RankContext;
 import org.sparkatron.parallel.TensorParallel;
-import org.sparkatron.parallel.VocabParallelCrossEntropy;
-import org.sparkatron.parallel.VocabParallelEmbedding;
 import org.sparkatron.parallel.Workspace;
+import org.sparkatron.parallel.pipeline.ForwardOnly;
+import org.sparkatron.parallel.pipeline.Schedule;
 import org.sparkatron.precision.Precision;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
 /**
- * A decoder-only language model (GPT-2 or Llama family) on one rank of a tensor-parallel group:
- * vocab-parallel embedding, {@code L} blocks, final norm, vocab-parallel output projection and
- * cross-entropy, each with an explicit backward. TP = 1 ({@link #Transformer(ModelConfig, Device)}) is
- * the same code with a group of one, where every mapping is the identity.
+ * A decoder-only language model (GPT-2 or Llama family) on one rank of a tensor- and pipeline-parallel
+ * layout: vocab-parallel embedding, {@code L} blocks, final norm, vocab-parallel output projection and
+ * cross-entropy, each with an explicit backward. The rank holds one or more {@link ModelChunk}s (its
+ * pipeline stage's layers; several under an interleaved schedule); without pipelining that is one chunk
+ * with everything. TP = 1 and PP = 1 ({@link #Transformer(ModelConfig, Device)}) are the same code with
+ * groups of one, where every mapping is the identity.
  *
  * <p>Memory: everything lives on the rank's {@link Device} ({@link RankContext}): this rank's parameter
- * shards and gradients are one block each ({@link ParameterSet}); activations are allocated per batch
- * shape ({@link #prepare}) and reused across steps, so a step allocates nothing. The output layer and loss
- * run in row chunks so the {@code [B*T, V/tp]} logits never exist at once during training, and no rank
- * ever holds a full row of logits while training. {@link #close()} returns all of it to the device.
+ * shards and gradients are one block each ({@link ParameterSet}), over all its chunks; activations belong
+ * to micro-batches ({@link MicroBatch}: one set per micro-batch in flight, what each layer keeps set by the
+ * {@link Recompute} mode), pooled per chunk and reused across steps, so a step allocates nothing after the
+ * first. The output layer and loss run in row chunks so the {@code [B*T, V/tp]} logits never exist at once
+ * during training. {@link #close()} returns all of it to the device.
  *
  * <p>Stream order: a training pass ({@link #forwardBackward(int[], int, int, float, Tensor, int, double)},
  * {@link #finishGradients}, {@link #gradSquaredNorm(Tensor, int)}) only issues kernels, device copies and
@@ -49,72 +53,54 @@ import org.sparkatron.tensor.Tensor;
  * weights, by the optimizer, a checkpoint load or {@link #initialize}, is seen by the next pass), and the
  * kernels are wrapped in {@link RoundingKernels}, which rounds activations and activation gradients.
  *
- * <p>Threading and blocking: one rank, one thread. Under TP every public method that computes
+ * <p>Pipeline parallelism ({@link PipelineParallel} in the context): {@link #forwardBackward(List, int, int,
+ * float, Tensor, int, double)} runs Megatron's schedule for the micro-batches ({@link Schedule#of}: 1F1B, or
+ * interleaved 1F1B with several chunks per stage), passing activations and gradients between stages with
+ * the pipeline group's tagged send and receive. Only the last stage computes the loss; it is summed over
+ * the pipeline group so every stage reports it. Tied input/output embeddings live on the first and the last
+ * stage; {@link #finishGradients} sums their gradients over the embedding group, as Megatron does, so the
+ * two copies stay identical, and {@link #gradSquaredNorm} counts them once.
+ *
+ * <p>Threading and blocking: one rank, one thread. Every public method that computes
  * ({@link #forwardBackward}, {@link #loss}, {@link #logits}, {@link #finishGradients},
- * {@link #gradSquaredNorm}, {@link #initialize}) is a collective of the TP group: all its ranks call it
- * with the same batch, and a failed peer makes it throw the communicator's exception.
+ * {@link #gradSquaredNorm}, {@link #initialize}) is a collective of the rank's TP and PP groups: all their
+ * ranks call it with the same batch, and a failed peer makes it throw the communicator's exception.
  */
 public final class Transformer {
-    /**
-     * Rows of logits computed at once: bounds the logits buffer to 256 MB. Larger chunks matter: the
-     * output layer's weight gradient is one GEMM per chunk with the chunk's rows as its inner dimension,
-     * and short inner dimensions run that GEMM at a fraction of peak.
-     */
-    static final long LOGITS_CHUNK_FLOATS = 64L << 20;
-
     private final ModelConfig cfg;
     private final RankContext ctx;
     private final Device device;
     private final Kernels k;
     private final TensorParallel tp;
+    private final PipelineParallel pp;
     private final ParameterSet params;
     private final Precision precision;
     private final ParameterSet compute; // what the layers read: params itself (fp32) or its rounded twin
     private final Workspace ws;
-    private final List<TransformerBlock> blocks = new ArrayList<>();
     private final Tensor ropeCos; // [maxPos, hd/2] (Llama only)
     private final Tensor ropeSin;
-    private final String headName;
-    private final int vocabLocal;
-    private final VocabParallelEmbedding embedding;
-    private final VocabParallelCrossEntropy crossEntropy;
-    private final Mapping headInput;
-    private final Tensor normScratch; // F64 [1]: this rank's part of the squared gradient norm, then the TP sum
+    private final List<ModelChunk> chunks = new ArrayList<>();
+    private final RankBuffers buffers;
+    private final StepRunner runner;
+    private final Tensor normScratch; // F64 [1]: this rank's part of the squared gradient norm, then the sum
     private final Tensor scalars;     // F64 [1] for the synchronising convenience methods
     private final ByteBuffer scalarsHost = ByteBuffer.allocateDirect(8).order(ByteOrder.nativeOrder());
+    private Recompute recompute = Recompute.NONE;
     private DropoutRng dropout;
     private long dropoutRowOffset;
     private long trainSteps;
 
-    private int b;
-    private int t;
-    private Tensor tokens;    // [2N] I32 on the device: inputs then targets
-    private Tensor tokensHost; // [2N] I32 host staging for the upload
-    private Tensor inputs;    // [N] I32 (view of tokens)
-    private Tensor targets;   // [N] I32 (view of tokens)
-    private Tensor embedded;  // [Nl, C]
-    private Tensor normF;     // [Nl, C]
-    private Tensor meanF;     // [Nl]
-    private Tensor rstdF;     // [Nl]
-    private Tensor headX;     // [N, C] the output layer's input (normF itself without SP)
-    private Tensor losses;    // [N]
-    private Tensor logits;    // [chunk, V/tp]
-    private Tensor dresid;    // [Nl, C]
-    private Tensor dnormF;    // [Nl, C]
-    private Tensor dheadX;    // [N, C] partial gradient of headX (dnormF itself without SP)
-    private TransformerBlock.BackwardScratch scratch;
-
-    /** A model on one rank alone (TP = 1, fp32) on {@code device}. */
+    /** A model on one rank alone (TP = 1, PP = 1, fp32) on {@code device}. */
     public Transformer(ModelConfig cfg, Device device) {
         this(cfg, RankContext.single(device));
     }
 
     /**
-     * This rank's part of a model split over the context's TP group, computing in the context's precision
-     * (for BF16/FP16 the kernels round to 16 bits and a 16-bit-rounded copy of the weights is kept beside
-     * the fp32 master weights). Needs the attention heads, the key/value heads and the MLP width divisible
-     * by the TP size; key/value heads are never replicated, so fewer key/value heads than TP ranks is
-     * refused. A model that cannot fit the device is refused before anything is allocated
+     * This rank's part of a model split over the context's TP and PP groups, computing in the context's
+     * precision (for BF16/FP16 the kernels round to 16 bits and a 16-bit-rounded copy of the weights is kept
+     * beside the fp32 master weights). Needs the attention heads, the key/value heads and the MLP width
+     * divisible by the TP size; key/value heads are never replicated, so fewer key/value heads than TP ranks
+     * is refused. A model that cannot fit the device is refused before anything is allocated
      * ({@link DeviceMemoryException}, with the bytes it needs).
      */
     public Transformer(ModelConfig cfg, RankContext ctx) {
@@ -126,7 +112,12 @@ public final class Transformer {
         this.precision = ctx.precision();
         this.k = ctx.kernels();
         this.tp = tp;
-        ParameterSet.Builder layout = layout(cfg, tp.size());
+        this.pp = ctx.pipeline() != null ? ctx.pipeline() : PipelineParallel.none(cfg.layers());
+        if (pp.layout().layers() != cfg.layers()) {
+            throw new IllegalArgumentException("the pipeline layout is for " + pp.layout().layers() + " layers, the model has "
+                    + cfg.layers());
+        }
+        ParameterSet.Builder layout = layout(cfg, tp.size(), pp.layout(), pp.stage());
         long weightBytes = Math.multiplyExact(layout.numel(), 4L) * (precision.isReduced() ? 3 : 2);
         if (weightBytes > device.capacityBytes()) {
             throw new DeviceMemoryException(device.name(), cfg.family().name().toLowerCase(java.util.Locale.ROOT) + " model of "
@@ -139,35 +130,41 @@ public final class Transformer {
         this.ws = new Workspace(device);
         this.normScratch = device.allocate(MemoryKind.WORKSPACE, DType.F64, 1);
         this.scalars = device.allocate(MemoryKind.WORKSPACE, DType.F64, 1);
-        this.headName = cfg.tiedEmbeddings() ? "embed" : "head";
-        this.vocabLocal = cfg.paddedVocab(tp.size()) / tp.size();
         if (cfg.family().usesRope()) {
-            int half = cfg.headDim() / 2;
-            Tensor cs = Tensor.allocateHost(DType.F32, cfg.maxPositions(), half);
-            Tensor sn = Tensor.allocateHost(DType.F32, cfg.maxPositions(), half);
-            FloatBuffer c = cs.floats();
-            FloatBuffer si = sn.floats();
-            for (int pos = 0; pos < cfg.maxPositions(); pos++) {
-                for (int j = 0; j < half; j++) {
-                    double angle = pos * Math.pow(cfg.ropeTheta(), -2.0 * j / cfg.headDim());
-                    c.put(pos * half + j, (float) Math.cos(angle));
-                    si.put(pos * half + j, (float) Math.sin(angle));
-                }
-            }
-            ropeCos = device.allocate(MemoryKind.WORKSPACE, DType.F32, cfg.maxPositions(), half);
-            ropeSin = device.allocate(MemoryKind.WORKSPACE, DType.F32, cfg.maxPositions(), half);
-            device.upload(ropeCos, cs.hostBuffer());
-            device.upload(ropeSin, sn.hostBuffer());
+            Tensor[] tables = ropeTables(cfg);
+            ropeCos = device.allocate(MemoryKind.WORKSPACE, DType.F32, cfg.maxPositions(), cfg.headDim() / 2);
+            ropeSin = device.allocate(MemoryKind.WORKSPACE, DType.F32, cfg.maxPositions(), cfg.headDim() / 2);
+            device.upload(ropeCos, tables[0].hostBuffer());
+            device.upload(ropeSin, tables[1].hostBuffer());
         } else {
             ropeCos = null;
             ropeSin = null;
         }
-        for (int i = 0; i < cfg.layers(); i++) {
-            blocks.add(new TransformerBlock(cfg, ctx, compute, i, ropeCos, ropeSin, ws));
+        int vocabLocal = cfg.paddedVocab(tp.size()) / tp.size();
+        this.buffers = new RankBuffers(device, vocabLocal, pp.holdsLast());
+        PipelineLayout pl = pp.layout();
+        for (int c = 0; c < pp.chunks(); c++) {
+            chunks.add(new ModelChunk(cfg, ctx, params, compute, pl.firstLayer(pp.stage(), c), pl.endLayer(pp.stage(), c),
+                    pl.isFirst(pp.stage(), c), pl.isLast(pp.stage(), c), ropeCos, ropeSin, ws, buffers));
         }
-        embedding = new VocabParallelEmbedding(ctx, vocabLocal, cfg.hidden(), compute.weight("embed"), params.grad("embed"), ws);
-        crossEntropy = new VocabParallelCrossEntropy(ctx, vocabLocal, cfg.vocabSize());
-        headInput = tp.sequenceParallel() ? new Mappings.GatherFromSequenceRegion(ctx) : new Mappings.CopyToTensorRegion(ctx);
+        this.runner = new StepRunner(device, pp, chunks);
+    }
+
+    /** RoPE's cos and sin tables [maxPos, hd/2] on the host (Hugging Face's rotate-half convention). */
+    private static Tensor[] ropeTables(ModelConfig cfg) {
+        int half = cfg.headDim() / 2;
+        Tensor cs = Tensor.allocateHost(DType.F32, cfg.maxPositions(), half);
+        Tensor sn = Tensor.allocateHost(DType.F32, cfg.maxPositions(), half);
+        FloatBuffer c = cs.floats();
+        FloatBuffer s = sn.floats();
+        for (int pos = 0; pos < cfg.maxPositions(); pos++) {
+            for (int j = 0; j < half; j++) {
+                double angle = pos * Math.pow(cfg.ropeTheta(), -2.0 * j / cfg.headDim());
+                c.put(pos * half + j, (float) Math.cos(angle));
+                s.put(pos * half + j, (float) Math.sin(angle));
+            }
+        }
+        return new Tensor[] {cs, sn};
     }
 
     /**
@@ -194,35 +191,60 @@ public final class Transformer {
         }
     }
 
-    /**
-     * The parameter layout of one rank of a TP group of {@code tpSize}: embeddings, blocks in order, final
-     * norm, untied head. For tpSize = 1 these are the full parameters, as saved in checkpoints.
-     */
+    /** The whole model's parameter layout on one rank of a TP group (no pipelining), as checkpoints store it. */
     static ParameterSet.Builder layout(ModelConfig cfg, int tpSize) {
+        return layout(cfg, tpSize, PipelineLayout.single(cfg.layers()), 0);
+    }
+
+    /**
+     * The parameters pipeline stage {@code stage} holds, for one rank of a TP group of {@code tpSize}: the
+     * embedding (and GPT-2's positions) on the first stage, its chunks' layers in order, the final norm and
+     * the output layer on the last stage; with tied embeddings the last stage holds a copy of the embedding
+     * as its output layer. For one stage these are the whole model's parameters in checkpoint order.
+     */
+    static ParameterSet.Builder layout(ModelConfig cfg, int tpSize, PipelineLayout pl, int stage) {
         ParameterSet.Builder bld = ParameterSet.builder();
         int vocabRows = cfg.paddedVocab(tpSize) / tpSize;
-        bld.add("embed", TpRole.SPLIT, vocabRows, cfg.hidden());
-        if (cfg.family() == ModelConfig.Family.GPT2) {
-            bld.add("pos", TpRole.SEQUENCE, cfg.maxPositions(), cfg.hidden());
+        boolean first = pl.isFirst(stage, 0);
+        boolean last = pl.isLast(stage, pl.virtualStages() - 1);
+        if (first) {
+            bld.add("embed", TpRole.SPLIT, vocabRows, cfg.hidden());
+            if (cfg.family() == ModelConfig.Family.GPT2) {
+                bld.add("pos", TpRole.SEQUENCE, cfg.maxPositions(), cfg.hidden());
+            }
         }
-        for (int i = 0; i < cfg.layers(); i++) {
-            TransformerBlock.declare(bld, cfg, i, tpSize);
+        for (int c = 0; c < pl.virtualStages(); c++) {
+            for (int i = pl.firstLayer(stage, c); i < pl.endLayer(stage, c); i++) {
+                TransformerBlock.declare(bld, cfg, i, tpSize);
+            }
         }
-        bld.add("norm_f.w", TpRole.SEQUENCE, cfg.hidden());
-        if (cfg.family().hasBiases()) {
-            bld.add("norm_f.b", TpRole.SEQUENCE, cfg.hidden());
-        }
-        if (!cfg.tiedEmbeddings()) {
-            bld.add("head", TpRole.SPLIT, vocabRows, cfg.hidden());
+        if (last) {
+            bld.add("norm_f.w", TpRole.SEQUENCE, cfg.hidden());
+            if (cfg.family().hasBiases()) {
+                bld.add("norm_f.b", TpRole.SEQUENCE, cfg.hidden());
+            }
+            if (!cfg.tiedEmbeddings()) {
+                bld.add("head", TpRole.SPLIT, vocabRows, cfg.hidden());
+            } else if (!first) {
+                bld.add("embed", TpRole.SPLIT, vocabRows, cfg.hidden()); // the tied copy, kept equal through its gradients
+            }
         }
         return bld;
+    }
+
+    /**
+     * The parameters pipeline stage {@code stage} of {@code pl} holds on one rank of a TP group of
+     * {@code tpSize}, in layout order (for checkpoints, which describe every stage's shards).
+     */
+    public static List<ParameterSet.Param> stageParameters(ModelConfig cfg, int tpSize, PipelineLayout pl, int stage) {
+        return layout(cfg, tpSize, pl, stage).params();
     }
 
     public ModelConfig config() {
         return cfg;
     }
 
-    /** The rank this model runs on: device, kernels, TP group, precision. */
+    /** The rank this model runs on: device, kernels, TP and PP groups, precision. */
     public RankContext context() {
         return ctx;
     }
@@ -231,7 +253,7 @@ public final class Transformer {
         return device;
     }
 
-    /** This rank's parameters: its shards of split parameters, whole replicated ones. */
+    /** This rank's parameters: its stage's, with its shards of split parameters and whole replicated ones. */
     public ParameterSet params() {
         return params;
     }
@@ -246,11 +268,17 @@ public final class Transformer {
     }
 
     /**
-     * What this rank needs for micro-batches of {@code b} x {@code t} tokens, from the model's shape
-     * ({@link MemoryEstimate}), with the 16-bit element size of this device's compute weights.
+     * What this rank needs for micro-batches of {@code b} x {@code t} tokens, one at a time, from the model's
+     * shape ({@link MemoryEstimate}), with the 16-bit element size of this device's compute weights.
      */
     public MemoryEstimate memoryEstimate(int b, int t) {
-        return MemoryEstimate.of(cfg, tp.size(), tp.sequenceParallel(), b, t, precision, compute.weights().dtype().bytes());
+        return memoryEstimate(b, t, 1);
+    }
+
+    /** {@link #memoryEstimate(int, int)} for steps of {@code microBatches} micro-batches through this rank's schedule. */
+    public MemoryEstimate memoryEstimate(int b, int t, int microBatches) {
+        return MemoryEstimate.of(cfg, tp.size(), tp.sequenceParallel(), pp.layout(), pp.stage(), microBatches, b, t,
+                precision, recompute, compute.weights().dtype().bytes());
     }
 
     /** The precision this model computes in. */
@@ -277,21 +305,52 @@ public final class Transformer {
         return tp;
     }
 
+    public PipelineParallel pipeline() {
+        return pp;
+    }
+
+    /** Whether this rank needs batches: it embeds tokens (first stage) or computes the loss (last stage). */
+    public boolean needsData() {
+        return pp.holdsFirst() || pp.holdsLast();
+    }
+
     /**
-     * Hidden dropout with probability {@code p} on both branch outputs of every block, during
-     * {@link #forwardBackward} only (not {@link #loss} / {@link #logits}); p = 0 turns it off (the default).
-     * Masks are keyed by ({@code seed}, training-step count, layer, global element), so every TP layout
-     * drops the same elements as one rank does ({@link DropoutRng}). {@code rowOffset} is the index of this
-     * data-parallel replica's first token row in the global batch (dp rank x batch x sequence length):
-     * replicas then drop different elements, exactly those a single rank drops over the global batch.
+     * Times every pipeline operation of the following steps (null stops it): for benchmarks and profiles.
+     * Called on the training thread after each operation.
+     */
+    public void setOpListener(StepRunner.OpListener listener) {
+        runner.setListener(listener);
+    }
+
+    /** What each layer keeps for its backward; takes effect from the next pass. Never changes a result. */
+    public void setRecompute(Recompute mode) {
+        this.recompute = mode;
+    }
+
+    public Recompute recompute() {
+        return recompute;
+    }
+
+    /**
+     * Hidden dropout with probability {@code p} on both branch outputs of every block, during training passes
+     * only (not {@link #loss} / {@link #logits}); p = 0 turns it off (the default). Masks are keyed by
+     * ({@code seed}, micro-batch count, layer, global element), so every TP and PP layout drops the same
+     * elements as one rank does ({@link DropoutRng}). {@code rowOffset} is the index of this data-parallel
+     * replica's first token row in the global batch (dp rank x batch x sequence length): replicas then drop
+     * different elements, exactly those a single rank drops over the global batch.
      */
     public void setDropout(float p, long seed, long rowOffset) {
         this.dropout = p > 0 ? new DropoutRng(p, seed) : null;
         this.dropoutRowOffset = rowOffset;
     }
 
+    /** {@link #setDropout(float, long, long)} for a model without data parallelism. */
+    public void setDropout(float p, long seed) {
+        setDropout(p, seed, 0);
+    }
+
     /**
-     * Forward-backward passes run so far: the step counter of the dropout masks, saved in checkpoints so a
+     * Micro-batches trained so far: the counter that keys the dropout masks, saved in checkpoints so a
      * resumed run drops the same elements as an uninterrupted one.
      */
     public long trainSteps() {
@@ -303,124 +362,42 @@ public final class Transformer {
         this.trainSteps = steps;
     }
 
-    /** {@link #setDropout(float, long, long)} for a model without data parallelism. */
-    public void setDropout(float p, long seed) {
-        setDropout(p, seed, 0);
-    }
-
     /**
      * GPT-2-style initialisation, deterministic in {@code seed}: weights N(0, 0.02), the two residual output
-     * projections N(0, 0.02 / sqrt(2 L)), biases 0, norm weights 1, padded vocabulary rows 0. Under TP each
-     * rank initialises the full model and keeps its shard, so a TP run starts exactly where one rank would.
+     * projections N(0, 0.02 / sqrt(2 L)), biases 0, norm weights 1, padded vocabulary rows 0. Every rank
+     * draws the whole model's values and keeps its part (its stage's layers, its TP shards), so any layout
+     * starts exactly where one rank would, and the two copies of a tied embedding start equal.
      */
     public void initialize(long seed) {
-        if (tp.size() == 1) {
+        if (tp.size() == 1 && pp.size() == 1) {
             Tensor host = device.toHost(params.weights()); // the block itself on the CPU device: no copy
-            initialize(cfg, params.params(), host, seed);
+            ModelInit.initialize(cfg, params.params(), host, seed);
             device.fromHost(params.weights(), host);
             return;
         }
-        ParameterSet.Builder fullLayout = layout(cfg, 1);
-        ParameterSet full = fullLayout.buildWeightsOnly(device);
+        ParameterSet full = layout(cfg, 1).buildWeightsOnly(device);
         Tensor host = device.toHost(full.weights());
-        initialize(cfg, full.params(), host, seed);
+        ModelInit.initialize(cfg, full.params(), host, seed);
         device.fromHost(full.weights(), host);
         TpShards.scatter(cfg, full, params, tp.rank(), tp.size(), false);
         full.close();
     }
 
-    /** Writes the initial values of {@code layout}'s parameters into the host block {@code w}, in windows. */
-    private static void initialize(ModelConfig cfg, List<ParameterSet.Param> layout, Tensor w, long seed) {
-        SplittableRandom rng = new SplittableRandom(seed);
-        double residualStd = 0.02 / Math.sqrt(2.0 * cfg.layers());
-        for (ParameterSet.Param p : layout) {
-            String n = p.name();
-            boolean norm = n.contains("norm");
-            boolean bias = n.endsWith(".b");
-            double std = n.endsWith("attn.out.w") || n.endsWith("mlp.down.w") ? residualStd : 0.02;
-            long rows = p.shape()[0];
-            long rowLen = p.numel() / Math.max(1, rows);
-            FloatBuffer out = w.slice(p.offset(), p.numel()).floats(); // one parameter fits a buffer
-            for (int i = 0; i < p.numel(); i++) {
-                float v;
-                if (norm) {
-                    v = bias ? 0f : 1f;
-                } else if (bias) {
-                    v = 0f;
-                } else if ((n.equals("embed") || n.equals("head")) && i / rowLen >= cfg.vocabSize()) {
-                    v = 0f;
-                } else {
-                    v = (float) (rng.nextGaussian() * std);
-                }
-                out.put(i, v);
-            }
-        }
-    }
-
     /**
-     * Allocates the activations for batches of {@code b} sequences of {@code t} tokens now (the first pass
-     * would otherwise), so the memory figures are complete before training starts. Buffers of another
-     * shape go back to the device first.
+     * Allocates the buffers every rank shares for micro-batches of {@code b} sequences of {@code t} tokens
+     * now (the first pass would otherwise); micro-batch slots come as the schedule needs them.
      */
     public void prepare(int b, int t) {
-        allocate(b, t);
+        shape(b, t);
     }
 
-    private void allocate(int b, int t) {
+    private BlockActivations.Shape shape(int b, int t) {
         if (t > cfg.maxPositions()) {
             throw new IllegalArgumentException("sequence length " + t + " exceeds the model's " + cfg.maxPositions() + " positions");
         }
-        if (this.b == b && this.t == t) {
-            return;
-        }
-        int n = Math.multiplyExact(b, t);
-        int nl = tp.localRows(n); // refuses a token count SP cannot split, before any state changes
-        releaseActivations();
-        this.b = b;
-        this.t = t;
-        int c = cfg.hidden();
-        tokens = device.allocate(MemoryKind.WORKSPACE, DType.I32, 2L * n);
-        tokensHost = device.allocateHostStaging(DType.I32, 2L * n);
-        inputs = tokens.slice(0, n);
-        targets = tokens.slice(n, n);
-        embedded = activation(nl, c);
-        normF = activation(nl, c);
-        meanF = activation(nl);
-        rstdF = activation(nl);
-        headX = tp.sequenceParallel() ? activation(n, c) : normF;
-        losses = device.allocate(MemoryKind.WORKSPACE, DType.F32, n);
-        logits = device.allocate(MemoryKind.WORKSPACE, DType.F32, chunkRows(), vocabLocal);
-        dresid = activation(nl, c);
-        dnormF = activation(nl, c);
-        dheadX = tp.sequenceParallel() ? activation(n, c) : dnormF;
-        scratch = new TransformerBlock.BackwardScratch(cfg, ctx, n);
-        crossEntropy.prepare(chunkRows());
-        for (TransformerBlock blk : blocks) {
-            blk.allocate(b, t);
-        }
-    }
-
-    private Tensor activation(int... shape) {
-        return device.allocate(MemoryKind.ACTIVATIONS, DType.F32, shape);
-    }
-
-    private void releaseActivations() {
-        if (b == 0) {
-            return;
-        }
-        for (Tensor x : new Tensor[] {tokens, embedded, normF, meanF, rstdF, losses, logits, dresid, dnormF}) {
-            device.release(x);
-        }
-        if (tp.sequenceParallel()) {
-            device.release(headX);
-            device.release(dheadX);
-        }
-        scratch.release();
-        for (TransformerBlock blk : blocks) {
-            blk.release();
-        }
-        b = 0;
-        t = 0;
+        BlockActivations.Shape s = BlockActivations.Shape.of(cfg, tp, b, t); // refuses a token count SP cannot split
+        buffers.prepare(s, recompute);
+        return s;
     }
 
     /**
@@ -428,9 +405,11 @@ public final class Transformer {
      * device. The model must not be used afterwards.
      */
     public void close() {
-        releaseActivations();
+        for (ModelChunk c : chunks) {
+            c.close();
+        }
+        buffers.release();
         ws.close();
-        crossEntropy.close();
         device.release(normScratch);
         device.release(scalars);
         device.release(ropeCos);
@@ -441,111 +420,65 @@ public final class Transformer {
         params.close();
     }
 
-    private int chunkRows() {
-        return (int) Math.max(1, Math.min((long) b * t, LOGITS_CHUNK_FLOATS / vocabLocal));
-    }
-
-    /**
-     * Loads a batch of {@code b} samples of {@code t + 1} tokens each (row-major in {@code samples}):
-     * inputs are tokens [0, t), targets tokens [1, t + 1). Ids outside the vocabulary are refused.
-     */
-    private void loadBatch(int[] samples, int b, int t) {
+    /** Refuses ids outside the vocabulary, naming the sample and position, before any device work. */
+    private void check(int[] samples, int b, int t) {
+        if (samples == null) {
+            return;
+        }
         if (samples.length < b * (t + 1)) {
             throw new IllegalArgumentException("batch needs " + b * (t + 1) + " tokens, got " + samples.length);
         }
-        for (int s = 0; s < b; s++) {
-            for (int i = 0; i <= t; i++) {
-                int id = samples[s * (t + 1) + i];
-                if (id < 0 || id >= cfg.vocabSize()) {
-                    throw new IllegalArgumentException("token id " + id + " (sample " + s + ", position " + i
-                            + ") is outside the vocabulary of " + cfg.vocabSize());
-                }
+        for (int s = 0; s < b * (t + 1); s++) {
+            int id = samples[s];
+            if (id < 0 || id >= cfg.vocabSize()) {
+                throw new IllegalArgumentException("token id " + id + " (sample " + s / (t + 1) + ", position " + s % (t + 1)
+                        + ") is outside the vocabulary of " + cfg.vocabSize());
             }
         }
-        allocate(b, t);
-        refreshComputeWeights(); // every pass starts here: the optimizer may have moved the master weights
-        int n = b * t;
-        IntBuffer staged = tokensHost.ints();
-        for (int s = 0; s < b; s++) {
-            staged.put(s * t, samples, s * (t + 1), t);         // inputs: tokens [0, t)
-            staged.put(n + s * t, samples, s * (t + 1) + 1, t); // targets: tokens [1, t + 1)
-        }
-        device.upload(tokens, tokensHost.hostBuffer());
-    }
-
-    /** Embedding, blocks and final norm over this rank's residual rows; returns the last block's output. */
-    private Tensor forwardBlocks(DropoutRng drop) {
-        int n = b * t;
-        int nl = tp.localRows(n);
-        embedding.forward(inputs, n, embedded);
-        if (cfg.family() == ModelConfig.Family.GPT2) {
-            k.addPositions(embedded, compute.weight("pos"), tp.firstLocalRow(n), nl, t, cfg.hidden()); // rounded by RoundingKernels
-        }
-        Tensor x = embedded;
-        for (TransformerBlock blk : blocks) {
-            blk.forward(x, drop, trainSteps, dropoutRowOffset);
-            x = blk.output();
-        }
-        if (cfg.family() == ModelConfig.Family.LLAMA) {
-            k.rmsNormForward(normF, rstdF, x, compute.weight("norm_f.w"), nl, cfg.hidden(), cfg.normEps());
-        } else {
-            k.layerNormForward(normF, meanF, rstdF, x, compute.weight("norm_f.w"), compute.weight("norm_f.b"), nl,
-                    cfg.hidden(), cfg.normEps());
-        }
-        headInput.forward(normF, headX);
-        return x;
     }
 
     /**
-     * One forward and backward pass over a batch; gradients are ADDED to {@code params().grads()} scaled
-     * by {@code gradScale} (1 for a single micro-batch; 1/m for m accumulated micro-batches), and the batch's
-     * mean cross-entropy (nats) times {@code lossWeight} is added to {@code lossAcc[slot]} (an F64 device
-     * scalar). Issues device work only: nothing waits for the device. Under sequence parallelism call
-     * {@link #finishGradients()} once after the last micro-batch.
+     * One training step's forward and backward passes over {@code microBatches} (each {@code b} samples of
+     * {@code t + 1} tokens; null on ranks that need no data, see {@link #needsData()}), through this rank's
+     * pipeline schedule. Gradients are ADDED to {@code params().grads()} scaled by {@code gradScale} (1/m for
+     * m micro-batches averages them); the last stage adds each micro-batch's mean cross-entropy (nats) times
+     * {@code lossWeight} to {@code lossAcc[slot]} (an F64 device scalar), which is then summed over the
+     * pipeline group so every stage holds it. Issues device work only. Call {@link #finishGradients()} once
+     * after the step's passes.
      */
+    public void forwardBackward(List<int[]> microBatches, int b, int t, float gradScale, Tensor lossAcc, int slot,
+                                double lossWeight) {
+        for (int[] s : microBatches) {
+            check(s, b, t);
+        }
+        BlockActivations.Shape s = shape(b, t);
+        refreshComputeWeights(); // every step starts here: the optimizer may have moved the master weights
+        Schedule schedule = Schedule.of(pp.size(), pp.chunks(), microBatches.size());
+        runner.run(schedule, microBatches, s, recompute, new StepRunner.Pass(true, gradScale, lossAcc, slot, lossWeight,
+                trainSteps, new TransformerBlock.DropKey(dropout, 0, dropoutRowOffset)));
+        trainSteps += microBatches.size();
+        sumOverPipeline(lossAcc.slice(slot, 1));
+    }
+
+    /** One micro-batch: {@link #forwardBackward(List, int, int, float, Tensor, int, double)} of a list of one. */
     public void forwardBackward(int[] samples, int b, int t, float gradScale, Tensor lossAcc, int slot, double lossWeight) {
-        loadBatch(samples, b, t);
-        trainSteps++;
-        Tensor last = forwardBlocks(dropout);
-        int n = b * t;
-        int nl = tp.localRows(n);
-        int c = cfg.hidden();
-        Tensor head = compute.weight(headName);
-        Tensor dhead = params.grad(headName);
-        // output layer + loss + their backward, one chunk of rows at a time
-        for (int r0 = 0; r0 < n; r0 += chunkRows()) {
-            int rows = Math.min(chunkRows(), n - r0);
-            Tensor x = headX.narrowRows(r0, rows);
-            k.linearForward(logits, x, head, null, rows, c, vocabLocal);
-            crossEntropy.forward(logits, losses.slice(r0, rows), targets.slice(r0, rows), rows, true, gradScale / n);
-            k.linearBackward(dheadX.narrowRows(r0, rows), false, dhead, null, logits, x, head, rows, c, vocabLocal);
-        }
-        headInput.backward(dheadX, dnormF);
-        k.fill(dresid, 0f);
-        if (cfg.family() == ModelConfig.Family.LLAMA) {
-            k.rmsNormBackward(dresid, params.grad("norm_f.w"), dnormF, last, compute.weight("norm_f.w"), rstdF, nl, c);
-        } else {
-            k.layerNormBackward(dresid, params.grad("norm_f.w"), params.grad("norm_f.b"), dnormF, last,
-                    compute.weight("norm_f.w"), meanF, rstdF, nl, c);
-        }
-        for (int i = blocks.size() - 1; i >= 0; i--) {
-            blocks.get(i).backward(dresid, scratch);
-        }
-        if (cfg.family() == ModelConfig.Family.GPT2) {
-            k.positionsBackward(params.grad("pos"), dresid, tp.firstLocalRow(n), nl, t, c);
-        }
-        embedding.backward(dresid, inputs, n);
-        k.sum(losses, n, lossAcc, slot, lossWeight / n);
+        forwardBackward(Collections.singletonList(samples), b, t, gradScale, lossAcc, slot, lossWeight);
     }
 
     /**
      * {@link #forwardBackward(int[], int, int, float, Tensor, int, double)} that synchronises and returns the
-     * batch's mean cross-entropy in nats (the same on every TP rank). For tests and tools.
+     * batch's mean cross-entropy in nats (the same on every rank). For tests and tools.
      */
     public double forwardBackward(int[] samples, int b, int t, float gradScale) {
         k.zero(scalars);
         forwardBackward(samples, b, t, gradScale, scalars, 0, 1.0);
         return readScalar();
+    }
+
+    private void sumOverPipeline(Tensor scalar) {
+        if (pp.size() > 1) {
+            pp.group().allReduce(scalar, ReduceOp.SUM); // only the last stage's is not zero
+        }
     }
 
     private double readScalar() {
@@ -556,49 +489,59 @@ public final class Transformer {
     /**
      * Completes the gradients after the last micro-batch of a step: under sequence parallelism the
      * replicated parameters that act on the residual stream (norms, position embeddings) saw only this
-     * rank's rows, so their gradients are summed over the TP group (forgetting this is the classic SP bug).
-     * Without SP (and at TP = 1) it does nothing. Call it exactly once per step, before the data-parallel
-     * reduction and the gradient norm.
+     * rank's rows, so their gradients are summed over the TP group (forgetting this is the classic SP bug);
+     * with a tied embedding split over pipeline stages, the first and the last stage sum their embedding
+     * gradients over the embedding group. Without either it does nothing. Call it exactly once per step,
+     * before the data-parallel reduction and the gradient norm.
      */
     public void finishGradients() {
-        if (!tp.sequenceParallel()) {
-            return;
-        }
-        long total = 0;
-        for (ParameterSet.Param p : params.params()) {
-            total += p.tp() == TpRole.SEQUENCE ? p.numel() : 0;
-        }
-        Tensor packed = ws.get("sequence.grads", 1, Math.toIntExact(total));
-        long at = 0;
-        for (ParameterSet.Param p : params.params()) {
-            if (p.tp() == TpRole.SEQUENCE) {
-                device.copy(packed.slice(at, p.numel()), params.grad(p.name()));
-                at += p.numel();
+        if (tp.sequenceParallel()) {
+            long total = 0;
+            for (ParameterSet.Param p : params.params()) {
+                total += p.tp() == TpRole.SEQUENCE ? p.numel() : 0;
+            }
+            Tensor packed = ws.get("sequence.grads", 1, Math.toIntExact(total));
+            long at = 0;
+            for (ParameterSet.Param p : params.params()) {
+                if (p.tp() == TpRole.SEQUENCE) {
+                    device.copy(packed.slice(at, p.numel()), params.grad(p.name()));
+                    at += p.numel();
+                }
+            }
+            tp.group().allReduce(packed, ReduceOp.SUM);
+            at = 0;
+            for (ParameterSet.Param p : params.params()) {
+                if (p.tp() == TpRole.SEQUENCE) {
+                    device.copy(params.grad(p.name()), packed.slice(at, p.numel()));
+                    at += p.numel();
+                }
             }
         }
-        tp.group().allReduce(packed, ReduceOp.SUM);
-        at = 0;
-        for (ParameterSet.Param p : params.params()) {
-            if (p.tp() == TpRole.SEQUENCE) {
-                device.copy(params.grad(p.name()), packed.slice(at, p.numel()));
-                at += p.numel();
-            }
+        if (tiedAcrossStages()) {
+            pp.embeddingGroup().allReduce(params.grad("embed"), ReduceOp.SUM);
         }
     }
 
+    /** A tied embedding whose input and output copies are on different pipeline stages. */
+    private boolean tiedAcrossStages() {
+        return cfg.tiedEmbeddings() && pp.size() > 1 && pp.embeddingGroup() != null && pp.embeddingGroup().size() > 1;
+    }
+
     /**
-     * The squared L2 norm of the whole model's gradient, the same on every TP rank: split parameters count
-     * on every rank (each holds a different slice), replicated ones only on TP rank 0, so nothing is
-     * counted twice (Megatron's {@code param_is_not_tensor_parallel_duplicate}). At TP = 1 this is the
-     * sum of squares of the gradient block.
+     * The squared L2 norm of the whole model's gradient into {@code acc[slot]}, the same on every rank: split
+     * parameters count on every TP rank (each holds a different slice), replicated ones only on TP rank 0
+     * (Megatron's {@code param_is_not_tensor_parallel_duplicate}); the last stage's copy of a tied embedding
+     * is not counted (Megatron's {@code param_is_not_shared}); the stages' sums are added over the pipeline
+     * group. At TP = PP = 1 this is the sum of squares of the gradient block.
      */
     public void gradSquaredNorm(Tensor acc, int slot) {
         k.zero(normScratch);
-        if (tp.rank() == 0) {
+        boolean skipEmbed = tiedAcrossStages() && !pp.holdsFirst();
+        if (tp.rank() == 0 && !skipEmbed) {
             k.sumOfSquares(params.grads(), normScratch, 0);
         } else {
             for (ParameterSet.Param p : params.params()) {
-                if (p.tp() == TpRole.SPLIT) {
+                if ((p.tp() == TpRole.SPLIT || tp.rank() == 0) && !(skipEmbed && p.name().equals("embed"))) {
                     k.sumOfSquares(params.grad(p.name()), normScratch, 0);
                 }
             }
@@ -606,6 +549,7 @@ public final class Transformer {
         if (tp.size() > 1) {
             tp.group().allReduce(normScratch, ReduceOp.SUM);
         }
+        sumOverPipeline(normScratch);
         device.copy(acc.slice(slot, 1), normScratch);
     }
 
@@ -615,52 +559,72 @@ public final class Transformer {
         return readScalar();
     }
 
-    /** Forward only: the mean cross-entropy in nats of a batch; {@code lossesOut} (if non-null) gets each token's. */
+    /**
+     * Forward only: the mean cross-entropy in nats of a batch, on every rank; {@code lossesOut} (if non-null)
+     * gets each token's, on the last pipeline stage (it must be null elsewhere).
+     */
     public double loss(int[] samples, int b, int t, float[] lossesOut) {
-        loadBatch(samples, b, t);
-        forwardBlocks(null);
-        int n = b * t;
-        for (int r0 = 0; r0 < n; r0 += chunkRows()) {
-            int rows = Math.min(chunkRows(), n - r0);
-            k.linearForward(logits, headX.narrowRows(r0, rows), compute.weight(headName), null, rows, cfg.hidden(), vocabLocal);
-            crossEntropy.forward(logits, losses.slice(r0, rows), targets.slice(r0, rows), rows, false, 0f);
+        if (lossesOut != null && !pp.holdsLast()) {
+            throw new IllegalArgumentException("per-token losses exist on the last pipeline stage only");
         }
+        check(samples, b, t);
+        BlockActivations.Shape s = shape(b, t);
+        refreshComputeWeights();
         k.zero(scalars);
-        k.sum(losses, n, scalars, 0, 1.0 / n);
-        double mean = readScalar();
+        ModelChunk lastChunk = chunks.get(chunks.size() - 1);
+        runner.run(new ForwardOnly(pp.size(), pp.chunks(), 1), Collections.singletonList(samples), s, recompute,
+                new StepRunner.Pass(false, 0f, scalars, 0, 1.0, 0, TransformerBlock.DropKey.NONE));
         if (lossesOut != null) {
-            ByteBuffer host = ByteBuffer.allocateDirect(4 * n).order(ByteOrder.nativeOrder());
-            device.download(host, losses.slice(0, n));
-            host.asFloatBuffer().get(lossesOut, 0, n);
+            ByteBuffer host = ByteBuffer.allocateDirect(4 * s.n()).order(ByteOrder.nativeOrder());
+            device.download(host, lastChunk.lastForward().losses);
+            host.asFloatBuffer().get(lossesOut, 0, s.n());
         }
-        return mean;
+        sumOverPipeline(scalars);
+        return readScalar();
     }
 
     /**
      * Forward only: logits [b*t, vocabSize] (padding removed) for samples of t+1 tokens, gathered from the
-     * vocabulary shards onto every rank. For tests and tools.
+     * vocabulary shards onto every TP rank. Without pipelining only. For tests and tools.
      */
     public float[] logits(int[] samples, int b, int t) {
-        loadBatch(samples, b, t);
-        forwardBlocks(null);
-        int n = b * t;
-        int v = cfg.vocabSize();
-        int vp = vocabLocal * tp.size();
-        float[] out = new float[n * v];
-        for (int r0 = 0; r0 < n; r0 += chunkRows()) {
-            int rows = Math.min(chunkRows(), n - r0);
-            k.linearForward(logits, headX.narrowRows(r0, rows), compute.weight(headName), null, rows, cfg.hidden(), vocabLocal);
-            Tensor full = ws.get("logits.full", rows, vp);
-            Mapping gather = new Mappings.GatherFromTensorRegion(ctx, rows, vocabLocal);
-            gather.forward(logits.slice(0, (long) rows * vocabLocal), full);
-            gather.close();
-            ByteBuffer host = ByteBuffer.allocateDirect(4 * rows * vp).order(ByteOrder.nativeOrder());
-            device.download(host, full);
-            FloatBuffer z = host.asFloatBuffer();
-            for (int r = 0; r < rows; r++) {
-                z.get(r * vp, out, (r0 + r) * v, v);
-            }
+        if (pp.size() > 1) {
+            throw new UnsupportedOperationException("logits() runs without pipelining; use loss() for evaluation under PP");
         }
-        return out;
+        check(samples, b, t);
+        BlockActivations.Shape s = shape(b, t);
+        refreshComputeWeights();
+        ModelChunk chunk = chunks.get(0);
+        MicroBatch mb = chunk.acquire(s, recompute);
+        try {
+            runner.upload(mb.tokens, samples, s);
+            k.zero(scalars);
+            chunk.forward(mb, false, 0f, scalars, 0, 1.0);
+            int n = s.n();
+            int v = cfg.vocabSize();
+            int vocabLocal = cfg.paddedVocab(tp.size()) / tp.size();
+            int vp = vocabLocal * tp.size();
+            int rows0 = RankBuffers.logitsRows(n, vocabLocal);
+            float[] out = new float[Math.multiplyExact(n, v)];
+            Tensor local = ws.get("logits.local", rows0, vocabLocal);
+            for (int r0 = 0; r0 < n; r0 += rows0) {
+                int rows = Math.min(rows0, n - r0);
+                k.linearForward(local, mb.headX.narrowRows(r0, rows), compute.weight(cfg.tiedEmbeddings() ? "embed" : "head"), null,
+                        rows, cfg.hidden(), vocabLocal);
+                Tensor full = ws.get("logits.full", rows, vp);
+                Mapping gather = new Mappings.GatherFromTensorRegion(ctx, rows, vocabLocal);
+                gather.forward(local.slice(0, (long) rows * vocabLocal), full);
+                gather.close();
+                ByteBuffer host = ByteBuffer.allocateDirect(4 * rows * vp).order(ByteOrder.nativeOrder());
+                device.download(host, full);
+                FloatBuffer z = host.asFloatBuffer();
+                for (int r = 0; r < rows; r++) {
+                    z.get(r * vp, out, (r0 + r) * v, v);
+                }
+            }
+            return out;
+        } finally {
+            chunk.release(mb);
+        }
     }
 }

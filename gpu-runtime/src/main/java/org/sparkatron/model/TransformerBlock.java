@@ -15,8 +15,8 @@ import org.sparkatron.tensor.Tensor;
 
 /**
  * One pre-norm transformer block, llm.c style, on one tensor-parallel rank (TP = 1 is the same code with
- * identity mappings): it owns views of its parameters and gradients and the activations its backward
- * needs; {@link #forward} and {@link #backward} run the same steps in opposite order.
+ * identity mappings): it owns views of its parameters and gradients; {@link #forward} and
+ * {@link #backward} run the same steps in opposite order.
  *
  * <pre>
  *   GPT-2:  x -> LayerNorm -> QKV(+b) -> causal attention -> out(+b) -> dropout -> +x = r
@@ -30,12 +30,14 @@ import org.sparkatron.tensor.Tensor;
  * residuals act on the residual stream: all N = B*T rows, or this rank's N/tp rows under sequence
  * parallelism. Shapes below: Nl residual rows, Hl = H/tp, Hkvl = Hkv/tp, Fl = F/tp, hd head dim.
  *
- * <p>Activations live on the rank's device, allocated per batch shape and reused every step; every step
- * of forward and backward is a kernel, a device copy or a TP collective (stream-ordered, no host access).
+ * <p>The block keeps no activations itself: {@link #forward} writes what the backward needs into a
+ * micro-batch's {@link BlockActivations} (what exactly depends on the {@link Recompute} mode) and
+ * {@link #backward} reads it back, recomputing what was not kept into the chunk's {@link Scratch}. So any
+ * number of micro-batches may be in flight (pipeline schedules), and every step of forward and backward is a
+ * kernel, a device copy or a TP collective on the rank's device (stream-ordered, no host access).
  */
 final class TransformerBlock {
     private final ModelConfig cfg;
-    private final Device device;
     private final Kernels k;
     private final ParameterSet ps;
     private final TensorParallel tp;
@@ -51,35 +53,11 @@ final class TransformerBlock {
     private final ColumnParallelLinear upLayer;
     private final RowParallelLinear downLayer;
 
-    // activations for the current (B, T), saved by forward for backward
-    private int b;
-    private int t;
-    private int nl;           // residual rows on this rank
-    private Tensor input;     // [Nl, C]  not owned: the previous block's output
-    private Tensor norm1;     // [Nl, C]
-    private Tensor mean1;     // [Nl]     (LayerNorm only)
-    private Tensor rstd1;     // [Nl]
-    private Tensor qkv;       // [N, (Hl + 2 Hkvl) hd], after RoPE
-    private Tensor att;       // [N, Hl hd]
-    private Tensor lse;       // [B, Hl, T]
-    private Tensor attProj;   // [Nl, C]
-    private Tensor resid;     // [Nl, C]  x + attention branch
-    private Tensor norm2;     // [Nl, C]
-    private Tensor mean2;     // [Nl]
-    private Tensor rstd2;     // [Nl]
-    private Tensor up;        // [N, Fl] (GPT-2) or [N, 2 Fl] (Llama: gate | up)
-    private Tensor act;       // [N, Fl]
-    private Tensor down;      // [Nl, C]
-    private Tensor output;    // [Nl, C]  resid + MLP branch
-    private DropoutRng dropout;
-    private long dropoutStep;
-    private long dropoutRowOffset;
-
+    /** @param index the layer's global index (its parameter names and dropout sites) */
     TransformerBlock(ModelConfig cfg, RankContext ctx, ParameterSet ps, int index, Tensor ropeCos, Tensor ropeSin,
                      Workspace ws) {
         TensorParallel tp = ctx.tp();
         this.cfg = cfg;
-        this.device = ctx.device();
         this.k = ctx.kernels();
         this.ps = ps;
         this.tp = tp;
@@ -141,137 +119,99 @@ final class TransformerBlock {
         }
     }
 
-    /** (Re)allocates the activation buffers for a batch of b sequences of t tokens (the old ones go back). */
-    void allocate(int b, int t) {
-        if (this.b == b && this.t == t) {
-            return;
-        }
-        release();
-        this.b = b;
-        this.t = t;
-        int n = b * t;
-        this.nl = tp.localRows(n);
-        int c = cfg.hidden();
-        int hd = cfg.headDim();
-        norm1 = activation(nl, c);
-        mean1 = activation(nl);
-        rstd1 = activation(nl);
-        qkv = activation(n, (hl + 2 * kvl) * hd);
-        att = activation(n, hl * hd);
-        lse = activation(b, hl, t);
-        attProj = activation(nl, c);
-        resid = activation(nl, c);
-        norm2 = activation(nl, c);
-        mean2 = activation(nl);
-        rstd2 = activation(nl);
-        up = activation(n, upWidth());
-        act = activation(n, fl);
-        down = activation(nl, c);
-        output = activation(nl, c);
-        qkvLayer.prepare(n);
-        upLayer.prepare(n);
-    }
-
-    private Tensor activation(int... shape) {
-        return device.allocate(MemoryKind.ACTIVATIONS, DType.F32, shape);
-    }
-
-    /** Returns the activation buffers to the device. */
-    void release() {
-        if (b == 0) {
-            return; // nothing allocated (or already released): releasing twice would hand a block out twice
-        }
-        for (Tensor x : new Tensor[] {norm1, mean1, rstd1, qkv, att, lse, attProj, resid, norm2, mean2, rstd2, up, act,
-                down, output}) {
-            device.release(x);
-        }
-        qkvLayer.close();
-        upLayer.close();
-        b = 0;
-        t = 0;
-    }
-
-    Tensor output() {
-        return output;
-    }
-
     /**
-     * x [Nl, C] -> output() [Nl, C]. {@code dropout} (null: none) drops elements of the two branch outputs
-     * before the residual adds, with masks keyed by {@code step}, this layer and the global row (this
-     * rank's first row plus {@code rowOffset}, the replica's first row in the global batch).
+     * x [Nl, C] -> a.output [Nl, C], keeping in {@code a} what its mode keeps. Dropout (when {@code drop} has
+     * a generator) drops elements of the two branch outputs before the residual adds.
      */
-    void forward(Tensor x, DropoutRng dropout, long step, long rowOffset) {
-        int n = b * t;
-        int c = cfg.hidden();
-        int hd = cfg.headDim();
-        this.dropout = dropout;
-        this.dropoutStep = step;
-        this.dropoutRowOffset = rowOffset;
-        input = x;
-        norm(norm1, mean1, rstd1, x, "norm1");
-        qkvLayer.forward(norm1, n, qkv);
-        if (cfg.family().usesRope()) {
-            k.rope(qkv, ropeCos, ropeSin, b, t, hl, kvl, hd, false);
-        }
-        k.attentionForward(att, lse, qkv, b, t, hl, kvl, hd);
-        outLayer.forward(att, n, attProj);
-        drop(attProj, 0);
-        k.add(resid, x, attProj, (long) nl * c);
-        norm(norm2, mean2, rstd2, resid, "norm2");
-        upLayer.forward(norm2, n, up);
-        if (cfg.family() == ModelConfig.Family.LLAMA) {
-            k.swigluForward(act, up, n, fl);
+    void forward(BlockActivations a, Tensor x, BlockActivations.Shape s, Scratch sc, DropKey drop) {
+        if (a.qkv == null) { // FULL: compute in the scratch layer, keep only the output
+            forwardInto(sc.recompute, a.output, x, s, sc, drop, sc.recompute.att, sc.recompute.lse);
         } else {
-            k.geluForward(act, up, (long) n * fl);
+            forwardInto(a, a.output, x, s, sc, drop, a.att != null ? a.att : sc.att, a.lse != null ? a.lse : sc.lse);
         }
-        downLayer.forward(act, n, down);
-        drop(down, 1);
-        k.add(output, resid, down, (long) nl * c);
     }
 
-    private void drop(Tensor x, int site) {
-        if (dropout != null) {
-            dropout.apply(k, x, dropoutStep, 2 * index + site, dropoutRowOffset + tp.firstLocalRow(b * t), nl, cfg.hidden());
+    private void forwardInto(BlockActivations a, Tensor output, Tensor x, BlockActivations.Shape s, Scratch sc, DropKey drop,
+                             Tensor att, Tensor lse) {
+        int n = s.n();
+        int hd = cfg.headDim();
+        norm(a.norm1, a.mean1, a.rstd1, x, "norm1", s.nl());
+        qkvLayer.forward(a.norm1, n, a.qkv, a.gathered1);
+        if (cfg.family().usesRope()) {
+            k.rope(a.qkv, ropeCos, ropeSin, s.b(), s.t(), hl, kvl, hd, false);
+        }
+        k.attentionForward(att, lse, a.qkv, s.b(), s.t(), hl, kvl, hd);
+        outLayer.forward(att, n, sc.branch);
+        drop(sc.branch, 0, s, drop);
+        k.add(a.resid, x, sc.branch, (long) s.nl() * s.c());
+        norm(a.norm2, a.mean2, a.rstd2, a.resid, "norm2", s.nl());
+        upLayer.forward(a.norm2, n, a.up, a.gathered2);
+        if (cfg.family() == ModelConfig.Family.LLAMA) {
+            k.swigluForward(a.act, a.up, n, fl);
+        } else {
+            k.geluForward(a.act, a.up, (long) n * fl);
+        }
+        downLayer.forward(a.act, n, sc.branch);
+        drop(sc.branch, 1, s, drop);
+        k.add(output, a.resid, sc.branch, (long) s.nl() * s.c());
+    }
+
+    private void drop(Tensor x, int site, BlockActivations.Shape s, DropKey d) {
+        if (d.rng() != null) {
+            d.rng().apply(k, x, d.step(), 2 * index + site, d.rowOffset() + tp.firstLocalRow(s.n()), s.nl(), s.c());
         }
     }
 
     /** The gradient reaching a dropped branch output: a copy of dresid through the mask (or dresid itself). */
-    private Tensor dropBackward(Tensor dresid, BackwardScratch s, int site) {
-        if (dropout == null) {
+    private Tensor dropBackward(Tensor dresid, Scratch sc, int site, BlockActivations.Shape s, DropKey d) {
+        if (d.rng() == null) {
             return dresid;
         }
-        device.copy(s.drop, dresid);
-        drop(s.drop, site);
-        return s.drop;
+        sc.device.copy(sc.drop, dresid);
+        drop(sc.drop, site, s, d);
+        return sc.drop;
     }
 
     /**
      * In: {@code dresid} [Nl, C] holds dLoss/d(output). Out: it holds dLoss/d(input). Parameter gradients
-     * are accumulated. {@code s} is the model's shared backward scratch.
+     * are accumulated. {@code x} is the block's input in the forward of this micro-batch; what {@code a}
+     * did not keep is recomputed into {@code sc} first, with the forward's own dropout key, so bitwise the same.
      */
-    void backward(Tensor dresid, BackwardScratch s) {
-        int n = b * t;
+    void backward(BlockActivations a, Tensor x, Tensor dresid, BlockActivations.Shape s, Scratch sc, DropKey drop) {
+        Tensor att = a.att;
+        Tensor lse = a.lse;
+        if (a.qkv == null) { // FULL: run the forward again into the scratch activations
+            a = sc.recompute;
+            att = a.att;
+            lse = a.lse;
+            forwardInto(a, a.output, x, s, sc, drop, att, lse);
+        } else if (att == null) { // SELECTIVE: the attention core again, from the kept q, k, v
+            att = sc.att;
+            lse = sc.lse;
+            k.attentionForward(att, lse, a.qkv, s.b(), s.t(), hl, kvl, cfg.headDim());
+        }
+        int n = s.n();
         int hd = cfg.headDim();
         // MLP branch: output = resid + dropout(down(act(up(norm2(resid)))))
-        downLayer.backward(dropBackward(dresid, s, 1), s.act);
+        downLayer.backward(dropBackward(dresid, sc, 1, s, drop), sc.dact, a.act, n);
         if (cfg.family() == ModelConfig.Family.LLAMA) {
-            k.swigluBackward(s.up, s.act, up, n, fl);
+            k.swigluBackward(sc.dup, sc.dact, a.up, n, fl);
         } else {
-            k.geluBackward(s.up, s.act, up, (long) n * fl);
+            k.geluBackward(sc.dup, sc.dact, a.up, (long) n * fl);
         }
-        upLayer.backward(s.up, s.norm);
-        normBackward(dresid, s.norm, resid, mean2, rstd2, "norm2"); // dresid += d through norm2
+        upLayer.backward(sc.dup, sc.dnorm, a.gathered2 != null ? a.gathered2 : a.norm2, n);
+        normBackward(dresid, sc.dnorm, a.resid, a.mean2, a.rstd2, "norm2", s.nl()); // dresid += d through norm2
         // attention branch: resid = input + dropout(out(attention(qkv(norm1(input)))))
-        outLayer.backward(dropBackward(dresid, s, 0), s.att);
-        k.attentionBackward(s.qkv, s.att, att, lse, qkv, b, t, hl, kvl, hd);
+        outLayer.backward(dropBackward(dresid, sc, 0, s, drop), sc.datt, att, n);
+        k.attentionBackward(sc.dqkv, sc.datt, att, lse, a.qkv, s.b(), s.t(), hl, kvl, hd);
         if (cfg.family().usesRope()) {
-            k.rope(s.qkv, ropeCos, ropeSin, b, t, hl, kvl, hd, true);
+            k.rope(sc.dqkv, ropeCos, ropeSin, s.b(), s.t(), hl, kvl, hd, true);
         }
-        qkvLayer.backward(s.qkv, s.norm);
-        normBackward(dresid, s.norm, input, mean1, rstd1, "norm1");
+        qkvLayer.backward(sc.dqkv, sc.dnorm, a.gathered1 != null ? a.gathered1 : a.norm1, n);
+        normBackward(dresid, sc.dnorm, x, a.mean1, a.rstd1, "norm1", s.nl());
     }
 
-    private void norm(Tensor out, Tensor mean, Tensor rstd, Tensor x, String name) {
+    private void norm(Tensor out, Tensor mean, Tensor rstd, Tensor x, String name, int nl) {
         if (cfg.family() == ModelConfig.Family.LLAMA) {
             k.rmsNormForward(out, rstd, x, w(name + ".w"), nl, cfg.hidden(), cfg.normEps());
         } else {
@@ -279,7 +219,7 @@ final class TransformerBlock {
         }
     }
 
-    private void normBackward(Tensor dx, Tensor dout, Tensor x, Tensor mean, Tensor rstd, String name) {
+    private void normBackward(Tensor dx, Tensor dout, Tensor x, Tensor mean, Tensor rstd, String name, int nl) {
         if (cfg.family() == ModelConfig.Family.LLAMA) {
             k.rmsNormBackward(dx, g(name + ".w"), dout, x, w(name + ".w"), rstd, nl, cfg.hidden());
         } else {
@@ -297,38 +237,59 @@ final class TransformerBlock {
         return ps.has(full) ? ps.grad(full) : null;
     }
 
-    /** Backward scratch shared by all blocks of a model (only one block runs backward at a time). */
-    static final class BackwardScratch {
-        private final Device device;
-        final Tensor norm;  // [Nl, C]
-        final Tensor qkv;   // [N, (Hl + 2 Hkvl) hd]
-        final Tensor att;   // [N, Hl hd]
-        final Tensor up;    // [N, Fl] or [N, 2 Fl]
-        final Tensor act;   // [N, Fl]
-        final Tensor drop;  // [Nl, C] gradient through a dropout mask
+    void close() {
+        qkvLayer.close();
+        upLayer.close();
+    }
 
-        BackwardScratch(ModelConfig cfg, RankContext ctx, int n) {
-            this.device = ctx.device();
-            TensorParallel tp = ctx.tp();
-            boolean llama = cfg.family() == ModelConfig.Family.LLAMA;
-            int nl = tp.localRows(n);
-            int hd = cfg.headDim();
-            int fl = cfg.ffnHidden() / tp.size();
-            norm = alloc(nl, cfg.hidden());
-            qkv = alloc(n, (cfg.heads() + 2 * cfg.kvHeads()) / tp.size() * hd);
-            att = alloc(n, cfg.heads() / tp.size() * hd);
-            up = alloc(n, llama ? 2 * fl : fl);
-            act = alloc(n, fl);
-            drop = alloc(nl, cfg.hidden());
+    /** The dropout of one micro-batch: the generator (null: none), its step key and the replica's first row. */
+    record DropKey(DropoutRng rng, long step, long rowOffset) {
+        static final DropKey NONE = new DropKey(null, 0, 0);
+    }
+
+    /**
+     * Buffers shared by all blocks of a chunk and all its micro-batches (one block runs at a time): the
+     * forward's branch output before its residual add, the backward's gradients, and what recomputation
+     * needs (the attention core under SELECTIVE, a whole layer's activations under FULL).
+     */
+    static final class Scratch {
+        final Device device;
+        final Tensor branch; // [Nl, C] attention or MLP branch output before the residual add
+        final Tensor dnorm;  // [Nl, C]
+        final Tensor dqkv;   // [N, (Hl + 2 Hkvl) hd]
+        final Tensor datt;   // [N, Hl hd]
+        final Tensor dup;    // [N, Fl] or [N, 2 Fl]
+        final Tensor dact;   // [N, Fl]
+        final Tensor drop;   // [Nl, C] gradient through a dropout mask
+        final Tensor att;    // [N, Hl hd] attention output (SELECTIVE; FULL uses recompute's)
+        final Tensor lse;    // [B, Hl, T]
+        final BlockActivations recompute; // one layer's activations (FULL)
+
+        Scratch(Device device, BlockActivations.Shape s, Recompute mode) {
+            this.device = device;
+            branch = f32(s.nl(), s.c());
+            dnorm = f32(s.nl(), s.c());
+            dqkv = f32(s.n(), s.qkvWidth());
+            datt = f32(s.n(), s.attWidth());
+            dup = f32(s.n(), s.upWidth());
+            dact = f32(s.n(), s.fl());
+            drop = f32(s.nl(), s.c());
+            boolean attentionAgain = mode == Recompute.SELECTIVE; // FULL recomputes into its own layer
+            att = attentionAgain ? f32(s.n(), s.attWidth()) : null;
+            lse = attentionAgain ? f32(s.b(), s.hl(), s.t()) : null;
+            recompute = mode == Recompute.FULL ? new BlockActivations(device, s, Recompute.NONE) : null;
         }
 
-        private Tensor alloc(int... shape) {
+        private Tensor f32(int... shape) {
             return device.allocate(MemoryKind.ACTIVATIONS, DType.F32, shape);
         }
 
         void release() {
-            for (Tensor x : new Tensor[] {norm, qkv, att, up, act, drop}) {
+            for (Tensor x : new Tensor[] {branch, dnorm, dqkv, datt, dup, dact, drop, att, lse}) {
                 device.release(x);
+            }
+            if (recompute != null) {
+                recompute.release();
             }
         }
     }

@@ -13,11 +13,14 @@ import org.sparkatron.tensor.Tensor;
  *
  * <p>Input region: without sequence parallelism X is replicated ({@link Mappings.CopyToTensorRegion}:
  * the backward all-reduces dX); with it X arrives as this rank's row block and is all-gathered
- * ({@link Mappings.GatherFromSequenceRegion}: the backward reduce-scatters dX). The gathered input is
- * kept for the backward. With {@code gatherOutput} the output is all-gathered along the features
+ * ({@link Mappings.GatherFromSequenceRegion}: the backward reduce-scatters dX) into a buffer the caller
+ * owns (one per micro-batch in flight, or a recomputation's scratch), which the backward reads again.
+ * With {@code gatherOutput} the output is all-gathered along the features
  * ({@link Mappings.GatherFromTensorRegion}), giving every rank the full Y.
  *
- * <p>Threading and failure: one rank's thread; forward and backward are TP collectives.
+ * <p>The layer keeps no per-call state: {@link #forward} returns the input the GEMM used and
+ * {@link #backward} takes it back, so any number of micro-batches may be in flight. Threading and
+ * failure: one rank's thread; forward and backward are TP collectives, ordered with the rank's kernels.
  */
 public final class ColumnParallelLinear {
     private final RankContext ctx;
@@ -33,11 +36,7 @@ public final class ColumnParallelLinear {
     private final boolean gatherOutput;
     private final Workspace ws;
     private final Mapping inputMap;
-
-    private int n;
-    private Tensor xFull;   // [n, in]: the input every rank uses (own buffer under SP, else the caller's x)
-    private Tensor gathered; // [n, in] own buffer (SP)
-    private Tensor yLocal;  // [n, outLocal] (gatherOutput only)
+    private Tensor yLocal;  // [n, outLocal] (gatherOutput only): a transient of one call
     private Mapping outputMap;
 
     /**
@@ -69,33 +68,32 @@ public final class ColumnParallelLinear {
         return outLocal;
     }
 
-    /** Allocates the buffers for batches of {@code n} token rows now (the first forward would otherwise). */
-    public void prepare(int n) {
-        if (tp.sequenceParallel() && (gathered == null || gathered.dim(0) != n)) {
-            device.release(gathered);
-            gathered = device.allocate(MemoryKind.ACTIVATIONS, DType.F32, n, in);
-        }
+    /** Whether {@link #forward} needs a gather buffer of {@code [n, in]} (sequence parallelism). */
+    public boolean gathersInput() {
+        return tp.sequenceParallel();
     }
 
     /**
-     * @param x   [tp.localRows(n), in]: this rank's rows under SP, else all n rows
-     * @param n   the token rows of the whole batch
-     * @param out [n, outLocal], or [n, outLocal * tp] with gatherOutput
+     * @param x        [tp.localRows(n), in]: this rank's rows under SP, else all n rows
+     * @param n        the token rows of the whole batch
+     * @param out      [n, outLocal], or [n, outLocal * tp] with gatherOutput
+     * @param gathered [n, in] under SP (the all-gathered input is written there), else null
+     * @return the input the GEMM used: {@code gathered} under SP, else {@code x}; hand it to {@link #backward}
      */
-    public void forward(Tensor x, int n, Tensor out) {
-        this.n = n;
+    public Tensor forward(Tensor x, int n, Tensor out, Tensor gathered) {
+        Tensor xFull = x; // CopyToTensorRegion's forward is the identity: no copy
         if (tp.sequenceParallel()) {
-            prepare(n);
             inputMap.forward(x, gathered);
             xFull = gathered;
-        } else {
-            xFull = x; // CopyToTensorRegion's forward is the identity: no copy
         }
         Tensor y = out;
         if (gatherOutput) {
             if (yLocal == null || yLocal.dim(0) != n) {
                 device.release(yLocal);
-                yLocal = device.allocate(MemoryKind.ACTIVATIONS, DType.F32, n, outLocal);
+                yLocal = device.allocate(MemoryKind.WORKSPACE, DType.F32, n, outLocal);
+                if (outputMap != null) {
+                    outputMap.close();
+                }
                 outputMap = new Mappings.GatherFromTensorRegion(ctx, n, outLocal);
             }
             y = yLocal;
@@ -104,25 +102,16 @@ public final class ColumnParallelLinear {
         if (gatherOutput) {
             outputMap.forward(yLocal, out);
         }
-    }
-
-    /** Returns this layer's own buffers (the gathered input under SP, the local output) to the device. */
-    public void close() {
-        device.release(gathered);
-        device.release(yLocal);
-        gathered = null;
-        yLocal = null;
-        if (outputMap != null) {
-            outputMap.close();
-        }
+        return xFull;
     }
 
     /**
      * Accumulates dA and db; overwrites {@code dx} ([tp.localRows(n), in]) with dLoss/dX, reduced over the group.
      *
-     * @param dout [n, outLocal], or [n, outLocal * tp] with gatherOutput
+     * @param dout  [n, outLocal], or [n, outLocal * tp] with gatherOutput
+     * @param xFull what {@link #forward} returned for this micro-batch
      */
-    public void backward(Tensor dout, Tensor dx) {
+    public void backward(Tensor dout, Tensor dx, Tensor xFull, int n) {
         Tensor dy = dout;
         if (gatherOutput) {
             dy = ws.get("column.dy", n, outLocal);
@@ -131,5 +120,15 @@ public final class ColumnParallelLinear {
         Tensor dxFull = tp.sequenceParallel() ? ws.get("tp.rows", n, in) : dx;
         k.linearBackward(dxFull, false, dw, db, dy, xFull, w, n, in, outLocal);
         inputMap.backward(dxFull, dx);
+    }
+
+    /** Returns this layer's transient buffers to the device. */
+    public void close() {
+        device.release(yLocal);
+        yLocal = null;
+        if (outputMap != null) {
+            outputMap.close();
+            outputMap = null;
+        }
     }
 }

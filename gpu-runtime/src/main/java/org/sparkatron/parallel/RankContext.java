@@ -20,14 +20,21 @@ public final class RankContext {
     private final TensorParallel tp;
     private final Precision precision;
     private final Kernels kernels;
+    private final PipelineParallel pp; // null: no pipelining
 
     public RankContext(Device device, TensorParallel tp, Precision precision) {
+        this(device, tp, precision, null);
+    }
+
+    /** @param pp this rank's pipeline stage, or null for no pipelining */
+    public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp) {
         if (device == null || tp == null || precision == null) {
             throw new IllegalArgumentException("a rank context needs a device, a tensor-parallel group and a precision");
         }
         this.device = device;
         this.tp = tp;
         this.precision = precision;
+        this.pp = pp;
         this.kernels = RoundingKernels.wrap(device.kernels(), precision);
     }
 
@@ -58,18 +65,28 @@ public final class RankContext {
         return precision;
     }
 
-    /** The same rank with another tensor-parallel group (a TP = 1 copy for checkpoints, say). */
+    /** This rank's pipeline stage, or null when the model is not pipelined. */
+    public PipelineParallel pipeline() {
+        return pp;
+    }
+
+    /** The same rank with another tensor-parallel group and no pipelining (a whole TP = 1 copy for checkpoints). */
     public RankContext withTensorParallel(TensorParallel other) {
-        return new RankContext(device, other, precision);
+        return new RankContext(device, other, precision, null);
+    }
+
+    /** The same rank as a pipeline stage. */
+    public RankContext withPipeline(PipelineParallel stage) {
+        return new RankContext(device, tp, precision, stage);
     }
 
     /** The same rank in another precision. */
     public RankContext withPrecision(Precision other) {
-        return new RankContext(device, tp, other);
+        return new RankContext(device, tp, other, pp);
     }
 
     @Override
     public String toString() {
-        return device.name() + ", " + tp + ", " + precision.label();
+        return device.name() + ", " + tp + (pp != null ? ", " + pp : "") + ", " + precision.label();
     }
 }

@@ -14,7 +14,8 @@ import org.sparkatron.tensor.Tensor;
  * <p>The backward gathers dY to all rows where SP split it, so the bias gradient (a sum over all rows) is
  * complete and identical on every rank: it needs no further reduction.
  *
- * <p>Threading and failure: one rank's thread; forward and backward are TP collectives.
+ * <p>Keeps no per-call state (any number of micro-batches may be in flight). Threading and failure: one
+ * rank's thread; forward and backward are TP collectives, ordered with the rank's kernels.
  */
 public final class RowParallelLinear {
     private final TensorParallel tp;
@@ -28,8 +29,6 @@ public final class RowParallelLinear {
     private final Workspace ws;
     private final Mapping outputMap;
 
-    private int n;
-    private Tensor x;
 
     /** @param w this rank's weight columns [out, inLocal] (contiguous); {@code b}, {@code db} may be null. */
     public RowParallelLinear(RankContext ctx, int inLocal, int out, Tensor w, Tensor b, Tensor dw, Tensor db,
@@ -49,12 +48,10 @@ public final class RowParallelLinear {
     }
 
     /**
-     * @param x [n, inLocal] this rank's input features (kept for the backward)
+     * @param x [n, inLocal] this rank's input features (the caller keeps them for {@link #backward})
      * @param y [tp.localRows(n), out]
      */
     public void forward(Tensor x, int n, Tensor y) {
-        this.n = n;
-        this.x = x;
         int rows = tp.localRows(n);
         Tensor partial = tp.sequenceParallel() ? ws.get("tp.rows", n, out) : y;
         k.linearForward(partial, x, w, null, n, inLocal, out);
@@ -64,8 +61,11 @@ public final class RowParallelLinear {
         }
     }
 
-    /** Accumulates dA and db; overwrites {@code dx} [n, inLocal]. {@code dy} is [tp.localRows(n), out]. */
-    public void backward(Tensor dy, Tensor dx) {
+    /**
+     * Accumulates dA and db; overwrites {@code dx} [n, inLocal]. {@code dy} is [tp.localRows(n), out];
+     * {@code x} is the forward's input.
+     */
+    public void backward(Tensor dy, Tensor dx, Tensor x, int n) {
         Tensor dyFull = tp.sequenceParallel() ? ws.get("tp.rows", n, out) : dy;
         outputMap.backward(dy, dyFull);
         k.linearBackward(dx, false, dw, db, dyFull, x, w, n, inLocal, out);

@@ -2,6 +2,8 @@ package org.sparkatron.train;
 
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.util.ArrayList;
+import java.util.List;
 import org.sparkatron.device.Device;
 import org.sparkatron.device.MemoryKind;
 import org.sparkatron.model.MemoryEstimate;
@@ -88,7 +90,7 @@ public final class Trainer {
     private final Options opt;
     private final AdamW adam;
     private final int seqLen;
-    private final int[] batchTokens;
+    private final List<int[]> microBatches = new ArrayList<>();
     private final GradientSync sync;
     private final DynamicGradScaler scaler; // FP16 only
 
@@ -121,7 +123,9 @@ public final class Trainer {
         this.opt = opt;
         this.seqLen = data.sampleLength() - 1;
         this.adam = new AdamW(model.params(), model.kernels(), opt.beta1(), opt.beta2(), opt.eps(), opt.weightDecay());
-        this.batchTokens = new int[opt.batch() * data.sampleLength()];
+        for (int m = 0; m < opt.microBatches(); m++) {
+            microBatches.add(model.needsData() ? new int[opt.batch() * data.sampleLength()] : null);
+        }
         model.prepare(opt.batch(), seqLen);
     }
 
@@ -150,16 +154,17 @@ public final class Trainer {
         model.params().zeroGrads();
         model.kernels().zero(stepScalars);
         float lossScale = scaler == null ? 1f : (float) scaler.scale();
-        for (int m = 0; m < opt.microBatches(); m++) {
-            for (int s = 0; s < opt.batch(); s++) {
-                if (!data.next(batchTokens, s * data.sampleLength())) {
+        for (int[] mb : microBatches) {
+            for (int s = 0; mb != null && s < opt.batch(); s++) { // stages between the first and the last need no data
+                if (!data.next(mb, s * data.sampleLength())) {
                     throw new IllegalStateException("data source ran out after " + data.consumed() + " samples");
                 }
             }
-            model.forwardBackward(batchTokens, opt.batch(), seqLen, lossScale / opt.microBatches(), stepScalars, LOSS,
-                    1.0 / opt.microBatches());
         }
-        model.finishGradients(); // sequence-parallel norm/position gradients summed over the TP group
+        // the micro-batches through this rank's pipeline schedule; the loss is summed over the pipeline group
+        model.forwardBackward(microBatches, opt.batch(), seqLen, lossScale / opt.microBatches(), stepScalars, LOSS,
+                1.0 / opt.microBatches());
+        model.finishGradients(); // SP norm/position gradients over the TP group, a tied embedding over its stages
         sync.syncGradients(model.params().grads());
         sync.averageScalars(stepScalars.slice(LOSS, 1));
         if (scaler != null) {
@@ -202,7 +207,7 @@ public final class Trainer {
      * when every lazily sized buffer exists.
      */
     public String memoryReport() {
-        return model.memoryEstimate(opt.batch(), seqLen).toJson(device.memory());
+        return model.memoryEstimate(opt.batch(), seqLen, opt.microBatches()).toJson(device.memory());
     }
 
     /** Returns the trainer's device memory (optimizer state, step scalars); the model stays the caller's. */

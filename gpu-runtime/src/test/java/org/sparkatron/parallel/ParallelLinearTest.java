@@ -108,10 +108,10 @@ class ParallelLinearTest {
             Tensor db = zeros(d, ol);
             ColumnParallelLinear layer = new ColumnParallelLinear(ctx, IN, ol, w, bias, dw, db, false, new Workspace(d));
             Tensor out = zeros(d, N, ol);
-            layer.forward(block(d, x, IN, r0, rows, 0, IN), N, out);
+            Tensor used = layer.forward(block(d, x, IN, r0, rows, 0, IN), N, out, layer.gathersInput() ? zeros(d, N, IN) : null);
             assertBlock(d, "Y columns of rank " + rank, ref.y(), OUT, 0, rank * ol, out, 2e-5);
             Tensor dx = zeros(d, rows, IN);
-            layer.backward(block(d, dy, OUT, 0, N, rank * ol, ol), dx);
+            layer.backward(block(d, dy, OUT, 0, N, rank * ol, ol), dx, used, N);
             assertBlock(d, "dX (reduced over the group)", ref.dx(), IN, r0, 0, dx, 2e-5);
             assertBlock(d, "dA rows of rank " + rank, ref.dw(), IN, rank * ol, 0, dw, 2e-5);
             assertBlock(d, "db slice of rank " + rank, ref.db(), 1, rank * ol, 0, db.view(ol, 1), 2e-5);
@@ -136,10 +136,10 @@ class ParallelLinearTest {
             ColumnParallelLinear layer = new ColumnParallelLinear(ctx, IN, ol, block(d, a, IN, rank * ol, ol, 0, IN),
                     block(d, b, 1, rank * ol, ol, 0, 1).view(ol), dw, zeros(d, ol), true, new Workspace(d));
             Tensor y = zeros(d, N, OUT);
-            layer.forward(block(d, x, IN, 0, N, 0, IN), N, y);
+            Tensor used = layer.forward(block(d, x, IN, 0, N, 0, IN), N, y, null);
             assertBlock(d, "gathered Y", ref.y(), OUT, 0, 0, y, 2e-5);
             Tensor dx = zeros(d, N, IN);
-            layer.backward(block(d, dy, OUT, 0, N, 0, OUT), dx);
+            layer.backward(block(d, dy, OUT, 0, N, 0, OUT), dx, used, N);
             assertBlock(d, "dX", ref.dx(), IN, 0, 0, dx, 2e-5);
             assertBlock(d, "dA rows of rank " + rank, ref.dw(), IN, rank * ol, 0, dw, 2e-5);
             return null;
@@ -166,10 +166,11 @@ class ParallelLinearTest {
             RowParallelLinear layer = new RowParallelLinear(ctx, il, OUT, block(d, a, IN, 0, OUT, rank * il, il),
                     block(d, b, 1, 0, OUT, 0, 1).view(OUT), dw, db, new Workspace(d));
             Tensor y = zeros(d, rows, OUT);
-            layer.forward(block(d, x, IN, 0, N, rank * il, il), N, y);
+            Tensor xs = block(d, x, IN, 0, N, rank * il, il);
+            layer.forward(xs, N, y);
             assertBlock(d, "Y rows (reduced)", ref.y(), OUT, r0, 0, y, 2e-5);
             Tensor dx = zeros(d, N, il);
-            layer.backward(block(d, dy, OUT, r0, rows, 0, OUT), dx);
+            layer.backward(block(d, dy, OUT, r0, rows, 0, OUT), dx, xs, N);
             assertBlock(d, "dX columns of rank " + rank, ref.dx(), IN, 0, rank * il, dx, 2e-5);
             assertBlock(d, "dA columns of rank " + rank, ref.dw(), IN, 0, rank * il, dw, 2e-5);
             assertBlock(d, "db, complete on every rank", ref.db(), 1, 0, 0, db.view(OUT, 1), 2e-5);
@@ -198,7 +199,7 @@ class ParallelLinearTest {
             ColumnParallelLinear col = new ColumnParallelLinear(ctx, c, cl, block(d, eye, c, rank * cl, cl, 0, c), null,
                     zeros(d, cl, c), null, false, ws);
             Tensor mid = zeros(d, N, cl);
-            col.forward(block(d, x, c, r0, rows, 0, c), N, mid);
+            col.forward(block(d, x, c, r0, rows, 0, c), N, mid, col.gathersInput() ? zeros(d, N, c) : null);
             assertBlock(d, "identity column layer: own columns of X", x, c, 0, rank * cl, mid, 0);
             float[] oneValues = new float[c];
             java.util.Arrays.fill(oneValues, 1f);

@@ -37,10 +37,15 @@ final class ParityRun {
      * TP = 4: the last TP = 4 rank owns no real token at all, and others own a mix of real and padded ids.
      */
     static ModelConfig config(String family) throws Exception {
+        return config(family, 2);
+    }
+
+    /** {@link #config(String)} with {@code layers} layers (pipeline tests need at least one per stage). */
+    static ModelConfig config(String family, int layers) throws Exception {
         String json = family.equals("gpt2")
-                ? "{\"model_type\":\"gpt2\",\"n_layer\":2,\"n_embd\":32,\"n_head\":4,\"n_positions\":16,\"vocab_size\":67,"
+                ? "{\"model_type\":\"gpt2\",\"n_layer\":" + layers + ",\"n_embd\":32,\"n_head\":4,\"n_positions\":16,\"vocab_size\":67,"
                         + "\"sparkatron_vocab_multiple\":8}"
-                : "{\"model_type\":\"llama\",\"num_hidden_layers\":2,\"hidden_size\":32,\"intermediate_size\":48,"
+                : "{\"model_type\":\"llama\",\"num_hidden_layers\":" + layers + ",\"hidden_size\":32,\"intermediate_size\":48,"
                         + "\"num_attention_heads\":8,\"num_key_value_heads\":4,\"vocab_size\":61,\"max_position_embeddings\":16,"
                         + "\"tie_word_embeddings\":false,\"sparkatron_vocab_multiple\":8}";
         return ModelConfig.fromJson(new ObjectMapper().readTree(json));
