@@ -1,13 +1,19 @@
 package org.sparkatron.spark;
 
+import java.util.Map;
 import java.util.Set;
 import java.util.UUID;
 import java.util.concurrent.ConcurrentHashMap;
 import org.apache.spark.ExceptionFailure;
 import org.apache.spark.SparkContext;
+import org.apache.spark.TaskFailedReason;
+import org.apache.spark.TaskKilled;
 import org.apache.spark.scheduler.SparkListener;
 import org.apache.spark.scheduler.SparkListenerJobStart;
+import org.apache.spark.scheduler.SparkListenerStageSubmitted;
 import org.apache.spark.scheduler.SparkListenerTaskEnd;
+import org.apache.spark.scheduler.SparkListenerTaskStart;
+import org.apache.spark.storage.RDDInfo;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
@@ -20,6 +26,14 @@ import org.slf4j.LoggerFactory;
  * that Spark may already have submitted is killed at once, and {@link #outcome} turns Spark's "job
  * cancelled" into the rank's own error.
  *
+ * <p>It also ends every rank of a failed attempt. Spark kills the other tasks of a barrier stage when one
+ * fails, except when the failure is a fetch failure (the data shuffle's blocks were on an executor that
+ * died): then the attempt is abandoned but its other tasks keep running, blocked in
+ * {@code BarrierTaskContext.allGather} for good, and the retried attempt can never get their slots (seen
+ * when the task reaper took down a frozen rank's executor). So when a task of one of the job's barrier
+ * stages fails for any reason, this listener kills the attempt's other running tasks
+ * ({@code killTaskAttempt}, with interrupt; their watchdog aborts the communicator).
+ *
  * <p>Threads: created and closed by the driver thread that runs the job; the listener methods run on
  * Spark's listener-bus thread (cancelling only posts an event to the scheduler).
  */
@@ -30,6 +44,9 @@ final class FailFast extends SparkListener implements AutoCloseable {
     private final SparkContext sc;
     private final String tag = "sparkatron-" + UUID.randomUUID();
     private final Set<Integer> stages = ConcurrentHashMap.newKeySet();
+    private final Set<Integer> barrierStages = ConcurrentHashMap.newKeySet();
+    /** Task ids still running per barrier stage attempt ("stage.attempt"). */
+    private final Map<String, Set<Long>> running = new ConcurrentHashMap<>();
     private volatile DeterministicFailure failure;
 
     /** Tags the calling thread's jobs and starts listening; close it when the job ends. */
@@ -48,7 +65,47 @@ final class FailFast extends SparkListener implements AutoCloseable {
     }
 
     @Override
+    public void onStageSubmitted(SparkListenerStageSubmitted submitted) {
+        int id = submitted.stageInfo().stageId();
+        if (stages.contains(id) && submitted.stageInfo().rddInfos().exists(r -> ((RDDInfo) r).isBarrier())) {
+            barrierStages.add(id);
+        }
+    }
+
+    @Override
+    public void onTaskStart(SparkListenerTaskStart start) {
+        if (barrierStages.contains(start.stageId())) {
+            running.computeIfAbsent(start.stageId() + "." + start.stageAttemptId(), k -> ConcurrentHashMap.newKeySet())
+                    .add(start.taskInfo().taskId());
+        }
+    }
+
+    @Override
     public void onTaskEnd(SparkListenerTaskEnd end) {
+        endTheAttemptOf(end);
+        failFast(end);
+    }
+
+    /** When a barrier task failed (not killed), kills the other running tasks of its stage attempt. */
+    private void endTheAttemptOf(SparkListenerTaskEnd end) {
+        Set<Long> attempt = running.get(end.stageId() + "." + end.stageAttemptId());
+        if (attempt == null) {
+            return;
+        }
+        attempt.remove(end.taskInfo().taskId());
+        if (!(end.reason() instanceof TaskFailedReason failed) || end.reason() instanceof TaskKilled || attempt.isEmpty()) {
+            return;
+        }
+        String why = failed.toErrorString().lines().findFirst().orElse("").strip();
+        String reason = "sparkatron: task " + end.taskInfo().taskId() + " of this barrier stage attempt failed (" + why + ")";
+        for (long task : attempt) {
+            if (sc.killTaskAttempt(task, true, reason)) {
+                LOG.warn("sparkatron: ending task {} of stage {} attempt {}: {}", task, end.stageId(), end.stageAttemptId(), reason);
+            }
+        }
+    }
+
+    private void failFast(SparkListenerTaskEnd end) {
         if (failure != null || !stages.contains(end.stageId()) || !(end.reason() instanceof ExceptionFailure ef)
                 || !ef.className().equals(DeterministicFailure.class.getName())) {
             return;
