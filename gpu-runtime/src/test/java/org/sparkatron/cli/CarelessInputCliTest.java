@@ -92,6 +92,17 @@ class CarelessInputCliTest {
         assertTrue(nan.err().contains(ModelStore.WEIGHTS) && nan.err().contains("non-finite") && nan.err().contains("'"), nan.err());
         assertTrue(!nan.out().contains("NaN"), nan.out());
 
+        // finite weights whose activations overflow: the loss is not finite, so nothing is printed and the status is 1
+        for (int i = 0; i < weights.length; i++) {
+            weights[i] = (i % 7 - 3) * 1e18f; // squares still fit a float (norms pass), products of two do not
+        }
+        m.params().uploadWeights(weights);
+        HfCheckpoint.save(dir.resolve("m/" + ModelStore.WEIGHTS), m.config(), m.params());
+        SparkatronCliTest.Result overflow = SparkatronCliTest.run("score", "--model", dir.resolve("m").toString(), "--tokens",
+                tokens.toString(), "--threads", "1");
+        assertEquals(1, overflow.status(), "an overflowing model was scored: " + overflow.out() + overflow.err());
+        assertTrue(overflow.err().contains("not finite") && overflow.out().isBlank(), overflow.out() + overflow.err());
+
         Path binary = dir.resolve("tokens.bin");
         byte[] b = new byte[256];
         for (int i = 0; i < b.length; i++) {

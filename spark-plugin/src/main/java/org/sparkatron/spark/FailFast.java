@@ -99,8 +99,12 @@ final class FailFast extends SparkListener implements AutoCloseable {
         String why = failed.toErrorString().lines().findFirst().orElse("").strip();
         String reason = "sparkatron: task " + end.taskInfo().taskId() + " of this barrier stage attempt failed (" + why + ")";
         for (long task : attempt) {
-            if (sc.killTaskAttempt(task, true, reason)) {
-                LOG.warn("sparkatron: ending task {} of stage {} attempt {}: {}", task, end.stageId(), end.stageAttemptId(), reason);
+            if (sc.killTaskAttempt(task, true, reason)) { // Spark does it too, except after a fetch failure
+                if (failed instanceof org.apache.spark.FetchFailed) {
+                    LOG.warn("sparkatron: ending task {} of stage {} attempt {}: {}", task, end.stageId(), end.stageAttemptId(), reason);
+                } else {
+                    LOG.info("sparkatron: ending task {} of stage {} attempt {}: {}", task, end.stageId(), end.stageAttemptId(), reason);
+                }
             }
         }
     }

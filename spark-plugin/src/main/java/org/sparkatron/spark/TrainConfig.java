@@ -1,5 +1,12 @@
 package org.sparkatron.spark;
 
+import static org.sparkatron.spark.ConfigKeys.bool;
+import static org.sparkatron.spark.ConfigKeys.boolKey;
+import static org.sparkatron.spark.ConfigKeys.dblKey;
+import static org.sparkatron.spark.ConfigKeys.intKey;
+import static org.sparkatron.spark.ConfigKeys.requireLong;
+import static org.sparkatron.spark.ConfigKeys.str;
+
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
@@ -457,48 +464,6 @@ public final class TrainConfig implements Serializable {
         return out;
     }
 
-    private static int intKey(ObjectNode o, String k, int dflt, int min) {
-        if (!o.hasNonNull(k)) {
-            return dflt;
-        }
-        JsonNode n = o.get(k);
-        if (!n.isIntegralNumber() || !n.canConvertToInt()) {
-            throw new IllegalArgumentException("config key '" + k + "' must be an integer, got " + n);
-        }
-        if (n.asInt() < min) {
-            throw new IllegalArgumentException("config key '" + k + "' must be >= " + min + ", got " + n.asInt());
-        }
-        return n.asInt();
-    }
-
-    private static String str(ObjectNode o, String k, String dflt) {
-        return configValue(() -> ConfigJson.string(o, k, dflt));
-    }
-
-    private static boolean bool(ObjectNode o, String k, boolean dflt) {
-        return configValue(() -> ConfigJson.bool(o, k, dflt));
-    }
-
-    /** ConfigJson's refusals say "key 'x'": here it is a config key. */
-    private static <T> T configValue(java.util.function.Supplier<T> read) {
-        try {
-            return read.get();
-        } catch (IllegalArgumentException e) {
-            throw new IllegalArgumentException("config " + e.getMessage(), e);
-        }
-    }
-
-    private static boolean boolKey(ObjectNode o, String k) {
-        JsonNode n = o.get(k);
-        if (n == null || n.isNull()) {
-            return false;
-        }
-        if (!n.isBoolean()) {
-            throw new IllegalArgumentException("config key '" + k + "' must be true or false, got " + n);
-        }
-        return n.asBoolean();
-    }
-
     /** The validation samples one replica reads over the whole job: evaluations x eval_iters x its batch. */
     public long validSamplesPerReplica() {
         return (long) evaluations() * evalIters * replicaBatch();
@@ -523,25 +488,4 @@ public final class TrainConfig implements Serializable {
         return step == steps || (evalInterval > 0 && step % evalInterval == 0);
     }
 
-    private static long requireLong(ObjectNode o, String k) {
-        JsonNode n = o.get(k);
-        if (!n.isIntegralNumber() || !n.canConvertToLong()) {
-            throw new IllegalArgumentException("config key '" + k + "' must be an integer, got " + n);
-        }
-        return n.asLong();
-    }
-
-    private static double dblKey(ObjectNode o, String k, double dflt) {
-        if (!o.hasNonNull(k)) {
-            return dflt;
-        }
-        JsonNode n = o.get(k);
-        if (!n.isNumber()) {
-            throw new IllegalArgumentException("config key '" + k + "' must be a number, got " + n);
-        }
-        if (!Double.isFinite(n.asDouble())) {
-            throw new IllegalArgumentException("config key '" + k + "' must be a finite number, got " + n);
-        }
-        return n.asDouble();
-    }
 }
