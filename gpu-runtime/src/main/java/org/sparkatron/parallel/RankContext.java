@@ -21,6 +21,7 @@ public final class RankContext {
     private final Precision precision;
     private final Kernels kernels;
     private final PipelineParallel pp; // null: no pipelining
+    private final DataParallel dp;     // null: gradients are the caller's to reduce (GradientSync)
 
     public RankContext(Device device, TensorParallel tp, Precision precision) {
         this(device, tp, precision, null);
@@ -28,6 +29,15 @@ public final class RankContext {
 
     /** @param pp this rank's pipeline stage, or null for no pipelining */
     public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp) {
+        this(device, tp, precision, pp, null);
+    }
+
+    /**
+     * @param pp this rank's pipeline stage, or null for no pipelining
+     * @param dp this rank's data-parallel group and gradient reduction ({@link DistributedDataParallel} in the
+     *           model), or null: the model leaves its gradients to the training loop's {@code GradientSync}
+     */
+    public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp, DataParallel dp) {
         if (device == null || tp == null || precision == null) {
             throw new IllegalArgumentException("a rank context needs a device, a tensor-parallel group and a precision");
         }
@@ -35,6 +45,7 @@ public final class RankContext {
         this.tp = tp;
         this.precision = precision;
         this.pp = pp;
+        this.dp = dp;
         this.kernels = RoundingKernels.wrap(device.kernels(), precision);
     }
 
@@ -70,23 +81,36 @@ public final class RankContext {
         return pp;
     }
 
-    /** The same rank with another tensor-parallel group and no pipelining (a whole TP = 1 copy for checkpoints). */
+    /** This rank's data-parallel group and how gradients are reduced over it, or null. */
+    public DataParallel dataParallel() {
+        return dp;
+    }
+
+    /**
+     * The same rank with another tensor-parallel group, no pipelining and no data parallelism (a whole TP = 1
+     * copy for checkpoints).
+     */
     public RankContext withTensorParallel(TensorParallel other) {
-        return new RankContext(device, other, precision, null);
+        return new RankContext(device, other, precision, null, null);
     }
 
     /** The same rank as a pipeline stage. */
     public RankContext withPipeline(PipelineParallel stage) {
-        return new RankContext(device, tp, precision, stage);
+        return new RankContext(device, tp, precision, stage, dp);
+    }
+
+    /** The same rank with data parallelism inside the model (null: none). */
+    public RankContext withDataParallel(DataParallel group) {
+        return new RankContext(device, tp, precision, pp, group);
     }
 
     /** The same rank in another precision. */
     public RankContext withPrecision(Precision other) {
-        return new RankContext(device, tp, other, pp);
+        return new RankContext(device, tp, other, pp, dp);
     }
 
     @Override
     public String toString() {
-        return device.name() + ", " + tp + (pp != null ? ", " + pp : "") + ", " + precision.label();
+        return device.name() + ", " + tp + (pp != null ? ", " + pp : "") + (dp != null ? ", " + dp : "") + ", " + precision.label();
     }
 }

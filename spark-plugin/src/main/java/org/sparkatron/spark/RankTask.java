@@ -15,12 +15,14 @@ import org.sparkatron.data.io.HadoopCheckpointStorage;
 import org.sparkatron.device.Device;
 import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.model.Transformer;
+import org.sparkatron.parallel.DataParallel;
 import org.sparkatron.parallel.RankContext;
 import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.TpBroadcastSource;
 import org.sparkatron.parallel.FullWeights;
 import org.sparkatron.parallel.PipelineParallel;
 import org.sparkatron.train.Evaluator;
+import org.sparkatron.train.GradientSync;
 import org.sparkatron.train.ResumableTraining;
 import org.sparkatron.train.SampleSource;
 import org.sparkatron.train.Trainer;
@@ -78,6 +80,10 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         BarrierTaskContext ctx = BarrierTaskContext.get();
         int rank = ctx.partitionId();
         int attempt = ctx.stageAttemptNumber();
+        if (ctx.getTaskInfos().length != cfg.world()) { // seen when Spark re-ran only the failed tasks of a barrier stage
+            throw new IllegalStateException("attempt " + attempt + " of the training stage runs " + ctx.getTaskInfos().length
+                    + " tasks but the layout needs " + cfg.world() + " ranks (dp x tp x pp): Spark did not restart every rank");
+        }
         Blas.setThreads(cfg.threadsPerRank); // process-wide; the same value from every rank in the JVM
         // this rank's device (one per task: several ranks may share the JVM): the GPU Spark assigned, else the CPU
         RankDevice rankDevice = RankDevice.open(ctx);
@@ -94,7 +100,9 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             boolean reader = tpRank == 0 && groups.coords()[4] == 0; // Layout.dataRank: reads this replica's samples
             PipelineParallel stage = cfg.pp == 1 ? PipelineParallel.none(cfg.model().layers())
                     : new PipelineParallel(groups.pp(), cfg.pipelineLayout(), groups.embedding());
-            RankContext rankCtx = new RankContext(dev, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision, stage);
+            // data parallelism inside the engine: gradient buckets reduced during the backward, optionally ZeRO-1
+            RankContext rankCtx = new RankContext(dev, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision, stage,
+                    new DataParallel(groups.dp(), cfg.dataParallelConfig()));
             Transformer model;
             if (cfg.initFrom != null) { // each rank reads the model directory and keeps its TP shard
                 org.apache.hadoop.conf.Configuration conf = new org.apache.hadoop.conf.Configuration();
@@ -137,7 +145,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             } else if (groups.data().size() > 1) {
                 samples = new TpBroadcastSource(reader ? samples : null, cfg.seqLen + 1, groups.data());
             }
-            DataParallelSync dpSync = new DataParallelSync(groups.dp(), cfg.bucketBytes);
+            GradientSync dpSync = model.dataParallel(); // the model's buckets; the loss averaged over the replicas
             Trainer trainer = new Trainer(model, samples, cfg.trainerOptions(), dpSync);
             java.util.function.Consumer<String> events = msg -> { // to the executor's log; rank 0's to the driver too
                 System.err.println("[sparkatron] rank " + rank + ": " + msg);
@@ -204,6 +212,9 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 valid.close();
             }
             comm.barrier();
+            if (trainer.distributedOptimizer() != null) { // the fp32 master weights, not their 16-bit rounding (DP collective)
+                trainer.distributedOptimizer().gatherMasterWeights();
+            }
             float[] weights = FullWeights.gather(model); // over TP and PP: the whole model on each replica's reader
             if (rank != 0) {
                 weights = null;
