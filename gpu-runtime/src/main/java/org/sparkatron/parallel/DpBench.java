@@ -48,8 +48,8 @@ public final class DpBench {
     static final String USAGE = String.join("\n",
             "usage: ./sparkatron bench-dp [--dp 2] [--distributed-optimizer] [--bucket-mb 1] [--steps 5] [--family gpt2|llama]",
             "         [--layers 8] [--width 256] [--heads 4] [--seq 64] [--batch 2] [--micro 2] [--vocab 8192]",
-            "  data-parallel steps in one JVM with overlap_grad_reduce off and on (ratio, hidden reduction time), and",
-            "  memory per rank per parameter beside Megatron's accounting (docs/parallel.md)");
+            "  data parallelism in one JVM: step time with overlap_grad_reduce off and on, the gradient reductions'",
+            "  hidden fraction, and memory per parameter beside Megatron's accounting (docs/parallel.md)");
 
     public static void main(String[] argv) {
         org.sparkatron.cli.Cli.main("bench-dp", USAGE, argv, args -> {
@@ -70,7 +70,7 @@ public final class DpBench {
         double bucketMb = Double.parseDouble(a.string("bucket-mb", "1"));
         boolean distopt = a.flag("distributed-optimizer");
         if (dp < 2 || steps < 2 || !(bucketMb > 0)) {
-            throw new IllegalArgumentException("--dp must be >= 2, --steps >= 2 and --bucket-mb > 0");
+            throw new IllegalArgumentException("bench-dp: --dp must be >= 2, --steps >= 2 and --bucket-mb > 0");
         }
         ModelConfig cfg = BenchArgs.model(a.string("family", "gpt2"), layers, a.integer("width", 256), a.integer("heads", 4), seq,
                 a.integer("vocab", 8192));
