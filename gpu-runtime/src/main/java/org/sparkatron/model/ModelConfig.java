@@ -10,7 +10,8 @@ import java.nio.file.Path;
 /**
  * A decoder-only transformer's shape, read from a Hugging Face {@code config.json}. Two families:
  * GPT-2 (learned positions, LayerNorm, GELU-tanh, biases, tied output) and Llama (RoPE, RMSNorm, SwiGLU,
- * no biases, grouped-query attention, tied or untied output).
+ * no biases, grouped-query attention, tied or untied output), the latter optionally with mixture-of-experts
+ * MLPs ({@link MoeConfig}; Hugging Face's {@code mixtral} model type).
  *
  * <p>The vocabulary is padded internally to a multiple of {@code vocabMultiple} (Megatron's
  * {@code make-vocab-size-divisible-by}, 128 by default) so GEMMs and vocab-parallel splits are even;
@@ -28,7 +29,8 @@ public record ModelConfig(
         float normEps,
         double ropeTheta,
         boolean tiedEmbeddings,
-        int vocabMultiple) {
+        int vocabMultiple,
+        MoeConfig moe) {
 
     /** Model families; each fixes norm, activation, positions and biases. */
     public enum Family {
@@ -47,6 +49,30 @@ public record ModelConfig(
 
     public ModelConfig {
         validate(family, layers, hidden, heads, kvHeads, ffnHidden, vocabSize, maxPositions, normEps, vocabMultiple);
+        if (moe == null) {
+            moe = MoeConfig.NONE;
+        }
+        if (moe.enabled() && family != Family.LLAMA) {
+            throw new IllegalArgumentException("mixture-of-experts layers are implemented for the Llama family (Mixtral) only");
+        }
+    }
+
+    /** A dense model. */
+    public ModelConfig(Family family, int layers, int hidden, int heads, int kvHeads, int ffnHidden, int vocabSize,
+                       int maxPositions, float normEps, double ropeTheta, boolean tiedEmbeddings, int vocabMultiple) {
+        this(family, layers, hidden, heads, kvHeads, ffnHidden, vocabSize, maxPositions, normEps, ropeTheta, tiedEmbeddings,
+                vocabMultiple, MoeConfig.NONE);
+    }
+
+    /** Whether any layer is a mixture of experts. */
+    public boolean isMoe() {
+        return moe.enabled();
+    }
+
+    /** This config with another MoE part (tests and tools). */
+    public ModelConfig withMoe(MoeConfig other) {
+        return new ModelConfig(family, layers, hidden, heads, kvHeads, other.enabled() ? other.denseFfn() : ffnHidden, vocabSize,
+                maxPositions, normEps, ropeTheta, tiedEmbeddings, vocabMultiple, other);
     }
 
     public int headDim() {
@@ -145,7 +171,8 @@ public record ModelConfig(
                         requireInt(root, "vocab_size"), positions,
                         (float) root.path("layer_norm_epsilon").asDouble(1e-5), 0, true, vocabMultiple(root));
             }
-            case "llama": {
+            case "llama":
+            case "mixtral": {
                 int hiddenSize = requireInt(root, "hidden_size");
                 int nHeads = requireInt(root, "num_attention_heads");
                 String act = root.path("hidden_act").asText("silu");
@@ -162,15 +189,20 @@ public record ModelConfig(
                     throw new IllegalArgumentException("llama head_dim " + root.get("head_dim").asInt()
                             + " x num_attention_heads " + nHeads + " != hidden_size " + hiddenSize + " (not supported)");
                 }
+                if (type.equals("mixtral") && root.hasNonNull("sliding_window")) {
+                    throw new IllegalArgumentException("mixtral sliding_window " + root.get("sliding_window")
+                            + " is not supported (only null: full causal attention)");
+                }
+                MoeConfig moe = type.equals("mixtral") ? MoeConfig.fromJson(root, requireInt(root, "intermediate_size")) : MoeConfig.NONE;
                 return new ModelConfig(Family.LLAMA, requireInt(root, "num_hidden_layers"), hiddenSize, nHeads,
                         root.hasNonNull("num_key_value_heads") ? requireInt(root, "num_key_value_heads") : nHeads,
-                        requireInt(root, "intermediate_size"), requireInt(root, "vocab_size"),
+                        moe.enabled() ? moe.denseFfn() : requireInt(root, "intermediate_size"), requireInt(root, "vocab_size"),
                         requireInt(root, "max_position_embeddings"),
                         (float) root.path("rms_norm_eps").asDouble(1e-6), root.path("rope_theta").asDouble(10000.0),
-                        root.path("tie_word_embeddings").asBoolean(false), vocabMultiple(root));
+                        root.path("tie_word_embeddings").asBoolean(false), vocabMultiple(root), moe);
             }
             default:
-                throw new IllegalArgumentException("unsupported model_type '" + type + "' (supported: gpt2, llama)");
+                throw new IllegalArgumentException("unsupported model_type '" + type + "' (supported: gpt2, llama, mixtral)");
         }
     }
 
@@ -202,12 +234,17 @@ public record ModelConfig(
                 o.put("n_inner", ffnHidden);
             }
         } else {
-            o.put("model_type", "llama");
-            o.putArray("architectures").add("LlamaForCausalLM");
+            o.put("model_type", moe.enabled() ? "mixtral" : "llama");
+            o.putArray("architectures").add(moe.enabled() ? "MixtralForCausalLM" : "LlamaForCausalLM");
             o.put("num_hidden_layers", layers).put("hidden_size", hidden).put("num_attention_heads", heads)
-                    .put("num_key_value_heads", kvHeads).put("intermediate_size", ffnHidden).put("vocab_size", vocabSize)
+                    .put("num_key_value_heads", kvHeads).put("intermediate_size", moe.enabled() ? moe.expertFfn() : ffnHidden)
+                    .put("vocab_size", vocabSize)
                     .put("max_position_embeddings", maxPositions).put("rms_norm_eps", normEps).put("rope_theta", ropeTheta)
                     .put("tie_word_embeddings", tiedEmbeddings).put("hidden_act", "silu");
+        }
+        if (moe.enabled()) {
+            moe.toJson(o);
+            o.putNull("sliding_window");
         }
         if (vocabMultiple != DEFAULT_VOCAB_MULTIPLE) {
             o.put("sparkatron_vocab_multiple", vocabMultiple);
