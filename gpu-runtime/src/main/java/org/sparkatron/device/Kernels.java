@@ -184,17 +184,20 @@ public interface Kernels {
     /**
      * Capacity (Megatron's {@code probs} drop policy): of the assignments to each expert keep the
      * {@code capacity} with the highest weight (ties: the lower token), {@code routed} = {@code experts} with
-     * -1 and {@code probs} = 0 where dropped; the number dropped is added to {@code acc[slot]} (F64).
+     * -1 and {@code probs} = 0 where dropped; the number dropped times {@code reportWeight} is added to
+     * {@code acc[slot]} (F64; acc may be null).
      */
-    void moeCapacity(Tensor routed, Tensor probs, Tensor experts, Tensor acc, int slot, int n, int e, int k, int capacity);
+    void moeCapacity(Tensor routed, Tensor probs, Tensor experts, Tensor acc, int slot, int n, int e, int k, int capacity,
+                     double reportWeight);
 
     /**
      * Dispatch: token rows of {@code x} [n, c] into {@code out}, grouped by expert in token order. Packed
      * ({@code capacity} 0): expert g's rows at {@code [sum_{h<g} counts_h, ...)}; padded: at {@code g * capacity},
-     * rows past its count zero-filled. Writes {@code rowMap} and {@code counts} [e] (assignments kept per expert).
+     * rows past its count zero-filled. Writes {@code rowMap}, {@code counts} [e] (assignments kept per expert)
+     * and, if not null, {@code offsets} [e + 1] (where each expert's block starts; the last: its end).
      */
-    void moePermute(Tensor out, Tensor rowMap, Tensor counts, Tensor x, Tensor routed, int n, int c, int e, int k,
-                    int capacity);
+    void moePermute(Tensor out, Tensor rowMap, Tensor counts, Tensor offsets, Tensor x, Tensor routed, int n, int c, int e,
+                    int k, int capacity);
 
     /** {@code dx[t] += sum_j dperm[rowMap[t, j]]} over kept assignments: the backward of {@link #moePermute}. */
     void moePermuteBackward(Tensor dx, Tensor dperm, Tensor rowMap, int n, int c, int k);

@@ -51,7 +51,7 @@ final class ModelChunk {
     private MicroBatch lastForward;
 
     ModelChunk(ModelConfig cfg, RankContext ctx, ParameterSet params, ParameterSet compute, int layerStart, int layerEnd,
-               boolean first, boolean last, Tensor ropeCos, Tensor ropeSin, Workspace ws, RankBuffers buffers) {
+               boolean first, boolean last, Tensor ropeCos, Tensor ropeSin, Workspace ws, RankBuffers buffers, MoeStep moe) {
         this.cfg = cfg;
         this.device = ctx.device();
         this.k = ctx.kernels();
@@ -63,7 +63,7 @@ final class ModelChunk {
         this.layerStart = layerStart;
         this.buffers = buffers;
         for (int i = layerStart; i < layerEnd; i++) {
-            blocks.add(new TransformerBlock(cfg, ctx, compute, i, ropeCos, ropeSin, ws));
+            blocks.add(new TransformerBlock(cfg, ctx, compute, i, ropeCos, ropeSin, ws, moe));
         }
         this.vocabLocal = cfg.paddedVocab(tp.size()) / tp.size();
         this.headName = cfg.tiedEmbeddings() ? "embed" : "head";
@@ -93,7 +93,7 @@ final class ModelChunk {
             if (mb != null) { // the shape or mode changed: the old slots are of no use any more
                 releaseAll();
             }
-            mb = new MicroBatch(device, s, blocks.size(), first, last, mode);
+            mb = new MicroBatch(device, s, blocks, first, last, mode);
             all.add(mb);
         }
         return mb;

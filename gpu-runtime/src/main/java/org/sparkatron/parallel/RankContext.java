@@ -21,6 +21,7 @@ public final class RankContext {
     private final Precision precision;
     private final Kernels kernels;
     private final PipelineParallel pp; // null: no pipelining
+    private final ExpertParallel ep;
 
     public RankContext(Device device, TensorParallel tp, Precision precision) {
         this(device, tp, precision, null);
@@ -28,6 +29,11 @@ public final class RankContext {
 
     /** @param pp this rank's pipeline stage, or null for no pipelining */
     public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp) {
+        this(device, tp, precision, pp, ExpertParallel.none());
+    }
+
+    /** @param ep this rank's expert-parallel groups ({@link ExpertParallel#none()}: none) */
+    public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp, ExpertParallel ep) {
         if (device == null || tp == null || precision == null) {
             throw new IllegalArgumentException("a rank context needs a device, a tensor-parallel group and a precision");
         }
@@ -35,6 +41,7 @@ public final class RankContext {
         this.tp = tp;
         this.precision = precision;
         this.pp = pp;
+        this.ep = ep == null ? ExpertParallel.none() : ep;
         this.kernels = RoundingKernels.wrap(device.kernels(), precision);
     }
 
@@ -70,23 +77,37 @@ public final class RankContext {
         return pp;
     }
 
-    /** The same rank with another tensor-parallel group and no pipelining (a whole TP = 1 copy for checkpoints). */
+    /** This rank's expert-parallel groups (never null; a group of one without expert parallelism). */
+    public ExpertParallel expertParallel() {
+        return ep;
+    }
+
+    /**
+     * The same rank with another tensor-parallel group, no pipelining and no expert parallelism (a whole
+     * TP = 1 copy for checkpoints).
+     */
     public RankContext withTensorParallel(TensorParallel other) {
-        return new RankContext(device, other, precision, null);
+        return new RankContext(device, other, precision, null, ExpertParallel.none());
     }
 
     /** The same rank as a pipeline stage. */
     public RankContext withPipeline(PipelineParallel stage) {
-        return new RankContext(device, tp, precision, stage);
+        return new RankContext(device, tp, precision, stage, ep);
+    }
+
+    /** The same rank with expert-parallel groups. */
+    public RankContext withExpertParallel(ExpertParallel groups) {
+        return new RankContext(device, tp, precision, pp, groups);
     }
 
     /** The same rank in another precision. */
     public RankContext withPrecision(Precision other) {
-        return new RankContext(device, tp, other, pp);
+        return new RankContext(device, tp, other, pp, ep);
     }
 
     @Override
     public String toString() {
-        return device.name() + ", " + tp + (pp != null ? ", " + pp : "") + ", " + precision.label();
+        return device.name() + ", " + tp + (pp != null ? ", " + pp : "") + (ep.size() > 1 ? ", " + ep : "") + ", "
+                + precision.label();
     }
 }

@@ -276,14 +276,15 @@ public final class RoundingKernels implements Kernels {
     }
 
     @Override
-    public void moeCapacity(Tensor routed, Tensor probs, Tensor experts, Tensor acc, int slot, int n, int e, int kk, int capacity) {
-        k.moeCapacity(routed, probs, experts, acc, slot, n, e, kk, capacity);
+    public void moeCapacity(Tensor routed, Tensor probs, Tensor experts, Tensor acc, int slot, int n, int e, int kk, int capacity,
+                            double reportWeight) {
+        k.moeCapacity(routed, probs, experts, acc, slot, n, e, kk, capacity, reportWeight);
     }
 
     @Override
-    public void moePermute(Tensor out, Tensor rowMap, Tensor counts, Tensor x, Tensor routed, int n, int c, int e, int kk,
+    public void moePermute(Tensor out, Tensor rowMap, Tensor counts, Tensor offsets, Tensor x, Tensor routed, int n, int c, int e, int kk,
                            int capacity) {
-        k.moePermute(out, rowMap, counts, x, routed, n, c, e, kk, capacity);
+        k.moePermute(out, rowMap, counts, offsets, x, routed, n, c, e, kk, capacity);
     }
 
     @Override

@@ -683,14 +683,15 @@ public final class CpuKernels implements Kernels {
     }
 
     @Override
-    public void moeCapacity(Tensor routed, Tensor probs, Tensor experts, Tensor acc, int slot, int n, int e, int k, int capacity) {
-        CpuMoeKernels.capacity(routed, probs, experts, acc, slot, n, e, k, capacity);
+    public void moeCapacity(Tensor routed, Tensor probs, Tensor experts, Tensor acc, int slot, int n, int e, int k, int capacity,
+                            double reportWeight) {
+        CpuMoeKernels.capacity(routed, probs, experts, acc, slot, n, e, k, capacity, reportWeight);
     }
 
     @Override
-    public void moePermute(Tensor out, Tensor rowMap, Tensor counts, Tensor x, Tensor routed, int n, int c, int e, int k,
+    public void moePermute(Tensor out, Tensor rowMap, Tensor counts, Tensor offsets, Tensor x, Tensor routed, int n, int c, int e, int k,
                            int capacity) {
-        CpuMoeKernels.permute(out, rowMap, counts, x, routed, n, c, e, k, capacity);
+        CpuMoeKernels.permute(out, rowMap, counts, offsets, x, routed, n, c, e, k, capacity);
     }
 
     @Override

@@ -140,7 +140,8 @@ final class CpuMoeKernels {
         addScalar(acc, slot, reportWeight * z / n);
     }
 
-    static void capacity(Tensor routed, Tensor probs, Tensor experts, Tensor acc, int slot, int n, int e, int k, int cap) {
+    static void capacity(Tensor routed, Tensor probs, Tensor experts, Tensor acc, int slot, int n, int e, int k, int cap,
+                         double reportWeight) {
         IntBuffer ex = experts.ints();
         IntBuffer out = routed.ints();
         FloatBuffer p = probs.floats();
@@ -176,17 +177,27 @@ final class CpuMoeKernels {
                 dropped++;
             }
         }
-        addScalar(acc, slot, dropped);
+        if (acc != null) {
+            addScalar(acc, slot, reportWeight * dropped);
+        }
     }
 
-    static void permute(Tensor out, Tensor rowMap, Tensor countsOut, Tensor x, Tensor routed, int n, int c, int e, int k,
-                        int capacity) {
+    static void permute(Tensor out, Tensor rowMap, Tensor countsOut, Tensor offsets, Tensor x, Tensor routed, int n, int c,
+                        int e, int k, int capacity) {
         IntBuffer ex = routed.ints();
         int[] counts = counts(ex, n, e, k);
         int[] next = new int[e];
-        for (int i = 0, at = 0; i < e; i++) {
+        IntBuffer off = offsets == null ? null : offsets.ints();
+        int at = 0;
+        for (int i = 0; i < e; i++) {
             next[i] = capacity > 0 ? i * capacity : at;
             at += counts[i];
+            if (off != null) {
+                off.put(i, next[i]);
+            }
+        }
+        if (off != null) {
+            off.put(e, capacity > 0 ? e * capacity : at);
         }
         IntBuffer map = rowMap.ints();
         FloatBuffer xs = x.floats();
