@@ -317,7 +317,7 @@ final class MoeMlp implements Mlp {
         Tensor recvCounts = null;
         if (epOn) {
             recvCounts = exchangeCounts(a, rec, m, recompute, x);
-            ep.group().allToAll(x.send.view(x.send.numel()), a.sendSplits, x.recv.view(x.recv.numel()), a.recvSplits);
+            ep.group().allToAll(head(x.send, a.sendSplits), a.sendSplits, head(x.recv, a.recvSplits), a.recvSplits);
             k.moeSortChunks(a.expertIn, a.offsets, x.recv, recvCounts, m.ep(), m.el(), c, false);
         }
         // the local experts
@@ -327,7 +327,7 @@ final class MoeMlp implements Mlp {
         k.groupedLinearForward(epOn ? x.expertOut : a.yBack, a.expertAct, down, a.offsets, m.el(), m.fl(), c);
         if (epOn) {
             k.moeSortChunks(x.recv, null, x.expertOut, recvCounts, m.ep(), m.el(), c, true);
-            ep.group().allToAll(x.recv.view(x.recv.numel()), a.recvSplits, a.yBack.view(a.yBack.numel()), a.sendSplits);
+            ep.group().allToAll(head(x.recv, a.recvSplits), a.recvSplits, head(a.yBack, a.sendSplits), a.sendSplits);
         }
         // combine, the shared expert, and the TP reduction
         k.moeUnpermute(x.combined, a.yBack, a.rowMap, a.probs, n, c, m.k());
@@ -403,7 +403,7 @@ final class MoeMlp implements Mlp {
         }
         Tensor dExpertOut = x.dYBack;
         if (epOn) {
-            ep.group().allToAll(x.dYBack.view(x.dYBack.numel()), a.sendSplits, x.recv.view(x.recv.numel()), a.recvSplits);
+            ep.group().allToAll(head(x.dYBack, a.sendSplits), a.sendSplits, head(x.recv, a.recvSplits), a.recvSplits);
             k.moeSortChunks(x.dExpertOut, null, x.recv, recvCounts, m.ep(), m.el(), c, false);
             dExpertOut = x.dExpertOut;
         }
@@ -413,7 +413,7 @@ final class MoeMlp implements Mlp {
         Tensor dPerm = x.dExpertIn;
         if (epOn) {
             k.moeSortChunks(x.recv, null, x.dExpertIn, recvCounts, m.ep(), m.el(), c, true);
-            ep.group().allToAll(x.recv.view(x.recv.numel()), a.recvSplits, x.dPerm.view(x.dPerm.numel()), a.sendSplits);
+            ep.group().allToAll(head(x.recv, a.recvSplits), a.recvSplits, head(x.dPerm, a.sendSplits), a.sendSplits);
             dPerm = x.dPerm;
         }
         k.zero(x.dIn);
@@ -428,6 +428,15 @@ final class MoeMlp implements Mlp {
         k.moeRouteBackward(x.dlogits, x.dprobs, a.logits, a.experts, a.auxGrad, zWeight, n, m.e(), m.k(), routing);
         k.linearBackward(tp.rank() == 0 ? x.dIn : null, true, dRouter, null, x.dlogits, xFull, router, n, c, m.e());
         inputMap.backward(x.dIn, din);
+    }
+
+    /** The first elements of {@code t} (a worst-case buffer) that an all-to-all of these splits moves. */
+    private static Tensor head(Tensor t, int[] splits) {
+        long n = 0;
+        for (int x : splits) {
+            n += x;
+        }
+        return t.slice(0, n);
     }
 
     @Override
