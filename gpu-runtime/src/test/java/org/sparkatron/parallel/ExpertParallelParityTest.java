@@ -72,6 +72,23 @@ class ExpertParallelParityTest {
         check(MoeRun.config(2, "\"moe_expert_capacity_factor\":1.25"), MoeRun.Setup.of(1, ep, 1, 1).micro(micro, r), "micro");
     }
 
+    /**
+     * Edge cases: every token routed to the same expert (so under EP 4 with top-1 three ranks receive no token
+     * and their experts no gradient; with capacity most assignments are dropped), and top-k equal to the
+     * number of experts (every expert takes every token).
+     */
+    @ParameterizedTest(name = "ep={0} {1}")
+    @CsvSource(delimiter = '|', value = {
+        "4 | \"num_experts_per_tok\":1                                  | one",
+        "2 | \"num_experts_per_tok\":1,\"moe_expert_capacity_factor\":1.0 | one",
+        "2 | \"num_experts_per_tok\":4                                  | one",
+        "2 | \"num_experts_per_tok\":4                                  | random",
+    })
+    void edgeCases(int ep, String extra, String data) throws Exception {
+        MoeRun.Setup s = MoeRun.Setup.of(1, ep, 1, 1);
+        check(MoeRun.config(2, extra), data.equals("one") ? s.oneTokenEverywhere() : s, "edge " + extra + " " + data);
+    }
+
     private static void check(ModelConfig cfg, MoeRun.Setup s, String what) throws Exception {
         List<List<MoeRun.Step>> ref = MoeRun.run(cfg, s.withoutEp().micro(s.micro(), Recompute.NONE));
         List<List<MoeRun.Step>> got = MoeRun.run(cfg, s);

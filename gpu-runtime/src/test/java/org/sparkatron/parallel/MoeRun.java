@@ -30,22 +30,31 @@ final class MoeRun {
     }
 
     /** A layout: sizes, sequence parallelism, micro-batches and recomputation. */
-    record Setup(int tp, int ep, int dp, int pp, boolean sp, int micro, Recompute recompute) {
+    record Setup(int tp, int ep, int dp, int pp, boolean sp, int micro, Recompute recompute, boolean oneToken) {
         static Setup of(int tp, int ep, int dp, int pp) {
-            return new Setup(tp, ep, dp, pp, false, 1, Recompute.NONE);
+            return new Setup(tp, ep, dp, pp, false, 1, Recompute.NONE, false);
         }
 
         Setup withSp() {
-            return new Setup(tp, ep, dp, pp, true, micro, recompute);
+            return new Setup(tp, ep, dp, pp, true, micro, recompute, oneToken);
         }
 
         Setup micro(int m, Recompute r) {
-            return new Setup(tp, ep, dp, pp, sp, m, r);
+            return new Setup(tp, ep, dp, pp, sp, m, r, oneToken);
+        }
+
+        /**
+         * Every sample is one token id repeated: all positions then have the same hidden state (attention over
+         * equal values returns that value), so every token picks the same experts and the other EP ranks get
+         * no tokens at all.
+         */
+        Setup oneTokenEverywhere() {
+            return new Setup(tp, ep, dp, pp, sp, micro, recompute, true);
         }
 
         /** The same world without expert parallelism: its EP ranks become data-parallel ranks. */
         Setup withoutEp() {
-            return new Setup(tp, 1, ep * dp, pp, sp, micro, recompute);
+            return new Setup(tp, 1, ep * dp, pp, sp, micro, recompute, oneToken);
         }
 
         int world() {
@@ -71,6 +80,30 @@ final class MoeRun {
         return ModelConfig.fromJson(new ObjectMapper().readTree(json));
     }
 
+    /** Samples of token 5 only. */
+    static org.sparkatron.train.SampleSource oneToken() {
+        return new org.sparkatron.train.SampleSource() {
+            private long consumed;
+
+            @Override
+            public int sampleLength() {
+                return ParityRun.SEQ + 1;
+            }
+
+            @Override
+            public boolean next(int[] out, int offset) {
+                java.util.Arrays.fill(out, offset, offset + ParityRun.SEQ + 1, 5);
+                consumed++;
+                return true;
+            }
+
+            @Override
+            public long consumed() {
+                return consumed;
+            }
+        };
+    }
+
     /** Every world rank's steps. */
     static List<List<Step>> run(ModelConfig cfg, Setup s) throws Exception {
         int world = s.world();
@@ -88,8 +121,8 @@ final class MoeRun {
                 int replicas = pg.dp().size();
                 GradientSync sync = new ExpertGradientSync(ParityRun.averaging(pg.dp()), m.params(), pg.expertDp(), replicas,
                         m.kernels());
-                Trainer tr = new Trainer(m, ParityRun.source(cfg, replica, replicas, BATCH), PipelineRun.options(BATCH, s.micro()),
-                        sync);
+                Trainer tr = new Trainer(m, s.oneToken() ? oneToken() : ParityRun.source(cfg, replica, replicas, BATCH),
+                        PipelineRun.options(BATCH, s.micro()), sync);
                 List<Step> out = new ArrayList<>();
                 for (int i = 0; i < STEPS; i++) {
                     Trainer.StepMetrics sm = tr.step();
