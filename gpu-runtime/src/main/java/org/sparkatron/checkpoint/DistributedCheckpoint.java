@@ -107,6 +107,11 @@ public final class DistributedCheckpoint {
             throws IOException {
         int tpSize = model.tensorParallel().size();
         int tpRank = model.tensorParallel().rank();
+        if (model.expertParallel().size() > 1) {
+            throw new IllegalArgumentException("expert parallel size " + model.expertParallel().size()
+                    + ": sharded checkpoints of expert-parallel models are not supported yet (ep = 1 works, TP x DP; "
+                    + "a model directory saves and loads at any EP size: TpCheckpoint)");
+        }
         if (world.size() != tpSize * dpSize) {
             throw new IllegalArgumentException("world of " + world.size() + " ranks is not TP " + tpSize + " x DP " + dpSize
                     + ": checkpoints support tensor x data parallel layouts");

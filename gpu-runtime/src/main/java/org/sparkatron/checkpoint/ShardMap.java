@@ -28,8 +28,11 @@ final class ShardMap {
         String n = local.name();
         if (n.equals("embed") || n.equals("head")) {
             s[0] = cfg.paddedVocab();
-        } else if (n.endsWith("attn.out.w") || n.endsWith("mlp.down.w")) {
-            s[1] *= tpSize;
+        } else if (n.endsWith("attn.out.w") || n.endsWith("mlp.down.w") || n.endsWith("moe.shared.down.w")
+                || n.endsWith("moe.experts.up.w")) {
+            s[1] *= tpSize; // columns; for the experts' [E, 2F, C] the F rows of each expert
+        } else if (n.endsWith("moe.experts.down.w")) {
+            s[2] *= tpSize; // [E, C, F]
         } else {
             s[0] *= tpSize;
         }
