@@ -19,6 +19,8 @@ import org.sparkatron.device.GpuProbe;
 import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.Transformer;
+import org.sparkatron.parallel.ExpertGradientSync;
+import org.sparkatron.parallel.ExpertParallel;
 import org.sparkatron.parallel.RankContext;
 import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.TpBroadcastSource;
@@ -74,10 +76,11 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         Thread watchdog = watchdog(ctx, comm, rank);
         CpuDevice cpu = new CpuDevice(); // this rank's device (one per task: several ranks may share the JVM)
         try (ProgressReporter progress = new ProgressReporter(rank == 0 ? progressEndpoint : null, secret);
-             ProcessGroups groups = ProcessGroups.create(ParallelLayout.forWorld(cfg.world(), cfg.tp, 1, 1, cfg.pp, 1), comm)) {
+             ProcessGroups groups = ProcessGroups.create(Layout.of(cfg), comm)) {
             int tpRank = groups.coords()[0];
-            int replica = groups.coords()[3];
-            RankContext rankCtx = new RankContext(cpu, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision);
+            int replica = groups.dp().rank(); // the dense data-parallel rank (ep fastest, then dp)
+            RankContext rankCtx = new RankContext(cpu, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision, null,
+                    new ExpertParallel(groups.ep(), groups.expertDp()));
             Transformer model;
             if (cfg.initFrom != null) { // each rank reads the model directory and keeps its TP shard
                 org.apache.hadoop.conf.Configuration conf = new org.apache.hadoop.conf.Configuration();
@@ -87,7 +90,14 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 model = new Transformer(cfg.model(), rankCtx);
                 model.initialize(cfg.seed);
             }
-            groups.dp().broadcast(model.params().weights(), 0);
+            // one replica's initial weights everywhere: dense ones over the DP group, experts over the expert-DP group
+            org.sparkatron.model.ParameterSet ps = model.params();
+            if (ps.expertOffset() > 0) {
+                groups.dp().broadcast(ps.weights().slice(0, ps.expertOffset()), 0);
+            }
+            if (ps.expertNumel() > 0) {
+                groups.expertDp().broadcast(ps.weights().slice(ps.expertOffset(), ps.expertNumel()), 0);
+            }
             Iterator<Tuple2<Long, int[]>> pieces = JavaConverters.asJava(data);
             SampleSource samples;
             SampleSource files = null; // a Megatron dataset this rank reads itself (closed at the end)
@@ -100,8 +110,9 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             if (cfg.tp > 1) { // only TP rank 0 of each replica was sent data; it shares every sample
                 samples = new TpBroadcastSource(tpRank == 0 ? samples : null, cfg.seqLen + 1, groups.tp());
             }
-            Trainer trainer = new Trainer(model, samples, cfg.trainerOptions(),
-                    new DataParallelSync(groups.dp(), cfg.bucketBytes));
+            org.sparkatron.train.GradientSync dense = new DataParallelSync(groups.dp(), cfg.bucketBytes);
+            Trainer trainer = new Trainer(model, samples, cfg.trainerOptions(), !model.config().isMoe() ? dense
+                    : new ExpertGradientSync(dense, model.params(), groups.expertDp(), cfg.dp, model.kernels()));
             List<String> metrics = new ArrayList<>();
             java.util.function.Consumer<String> events = msg -> { // to the executor's log; rank 0's to the driver too
                 System.err.println("[sparkatron] rank " + rank + ": " + msg);
@@ -138,7 +149,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 files.close();
             }
             comm.barrier();
-            Transformer full = cfg.tp > 1 ? TpCheckpoint.gatherFull(model, false) : model; // TP collective
+            Transformer full = cfg.tp > 1 || cfg.ep > 1 ? TpCheckpoint.gatherFull(model, false) : model; // TP/EP collective
             float[] weights = null;
             if (rank == 0) {
                 weights = full.params().downloadWeights();

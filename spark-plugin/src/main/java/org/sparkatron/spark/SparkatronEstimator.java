@@ -40,6 +40,9 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     private final IntParam pp;
     private final IntParam tensorParallel;
     private final BooleanParam sequenceParallel;
+    private final IntParam ep;
+    private final IntParam numExperts;
+    private final IntParam topK;
     private final IntParam globalBatch;
     private final IntParam microBatch;
     private final IntParam seqLen;
@@ -69,6 +72,9 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
         pp = new IntParam(this, "pp", "pipeline-parallel size (1 until the engine supports more)");
         tensorParallel = new IntParam(this, "tensorParallel", "tensor-parallel size (ranks per replica; alias of tp)");
         sequenceParallel = new BooleanParam(this, "sequenceParallel", "sequence parallelism inside each tensor-parallel group");
+        ep = new IntParam(this, "ep", "expert-parallel size (MoE models: experts split over ep of the dp replicas)");
+        numExperts = new IntParam(this, "numExperts", "experts per MoE layer (overrides the mixtral config's num_local_experts)");
+        topK = new IntParam(this, "topK", "experts per token (overrides the mixtral config's num_experts_per_tok)");
         globalBatch = new IntParam(this, "globalBatch", "samples per optimizer step over all replicas");
         microBatch = new IntParam(this, "microBatch", "samples per forward/backward on one rank");
         seqLen = new IntParam(this, "seqLen", "tokens per sample (inputs)");
@@ -98,6 +104,9 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     public IntParam pp() { return pp; }
     public IntParam tensorParallel() { return tensorParallel; }
     public BooleanParam sequenceParallel() { return sequenceParallel; }
+    public IntParam ep() { return ep; }
+    public IntParam numExperts() { return numExperts; }
+    public IntParam topK() { return topK; }
     public IntParam globalBatch() { return globalBatch; }
     public IntParam microBatch() { return microBatch; }
     public IntParam seqLen() { return seqLen; }
@@ -120,6 +129,9 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     public SparkatronEstimator setPp(int v) { set(pp, (Object) v); return this; }
     public SparkatronEstimator setTensorParallel(int v) { set(tensorParallel, (Object) v); return this; }
     public SparkatronEstimator setSequenceParallel(boolean v) { set(sequenceParallel, (Object) v); return this; }
+    public SparkatronEstimator setEp(int v) { set(ep, (Object) v); return this; }
+    public SparkatronEstimator setNumExperts(int v) { set(numExperts, (Object) v); return this; }
+    public SparkatronEstimator setTopK(int v) { set(topK, (Object) v); return this; }
     public SparkatronEstimator setGlobalBatch(int v) { set(globalBatch, (Object) v); return this; }
     public SparkatronEstimator setMicroBatch(int v) { set(microBatch, (Object) v); return this; }
     public SparkatronEstimator setSeqLen(int v) { set(seqLen, (Object) v); return this; }

@@ -44,12 +44,15 @@ public final class TrainConfig implements Serializable {
             "steps", "lr", "min_lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "seed", "input_col",
             "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format", "input_schema",
             "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over",
-            "data_split", "precision", "init_from");
+            "data_split", "precision", "init_from", "ep", "expert_parallel", "num_experts", "top_k", "moe_capacity_factor",
+            "moe_aux_loss_coeff", "moe_z_loss_coeff");
 
     private final String json; // the full, normalised config
 
     public final String modelJson;
     public final int dp, tp, pp;
+    /** Expert-parallel size: the experts of each MoE layer are split over ep of the dp replicas. */
+    public final int ep;
     /** Sequence parallelism inside each TP group (norms, dropout, residuals on token shards). */
     public final boolean sequenceParallel;
     public final int globalBatch, microBatch, seqLen, steps;
@@ -110,6 +113,7 @@ public final class TrainConfig implements Serializable {
             }
             o.set("model", m);
         }
+        m = withMoeOverrides(o, m);
         ModelConfig mc;
         try {
             mc = ModelConfig.fromJson(m);
@@ -133,6 +137,15 @@ public final class TrainConfig implements Serializable {
         this.dp = intKey(o, "dp", 1, 1);
         this.tp = intKey(o, "tp", 1, 1);
         this.pp = intKey(o, "pp", 1, 1);
+        if (o.has("expert_parallel")) { // Megatron's name for "ep"
+            JsonNode alias = o.remove("expert_parallel");
+            if (o.has("ep") && !o.get("ep").equals(alias)) {
+                throw new IllegalArgumentException("config keys 'ep' (" + o.get("ep") + ") and 'expert_parallel' (" + alias
+                        + ") disagree: give one of them");
+            }
+            o.set("ep", alias);
+        }
+        this.ep = intKey(o, "ep", 1, 1);
         this.globalBatch = intKey(o, "global_batch", 8, 1);
         this.microBatch = intKey(o, "micro_batch", Math.max(1, globalBatch / dp), 1);
         this.seqLen = intKey(o, "seq_len", Math.min(128, mc.maxPositions()), 1);
@@ -174,7 +187,45 @@ public final class TrainConfig implements Serializable {
         validate(mc);
     }
 
+    /**
+     * The job's MoE keys written into the model config: {@code num_experts} (num_local_experts), {@code top_k}
+     * (num_experts_per_tok), {@code moe_capacity_factor}, {@code moe_aux_loss_coeff}, {@code moe_z_loss_coeff};
+     * they need a {@code mixtral} model.
+     */
+    private static JsonNode withMoeOverrides(ObjectNode o, JsonNode model) {
+        String[][] keys = {{"num_experts", "num_local_experts"}, {"top_k", "num_experts_per_tok"},
+            {"moe_capacity_factor", "moe_expert_capacity_factor"}, {"moe_aux_loss_coeff", "moe_aux_loss_coeff"},
+            {"moe_z_loss_coeff", "moe_z_loss_coeff"}};
+        ObjectNode m = null;
+        for (String[] k : keys) {
+            if (!o.has(k[0])) {
+                continue;
+            }
+            if (!"mixtral".equals(model.path("model_type").asText())) {
+                throw new IllegalArgumentException("config key '" + k[0] + "' needs a mixture-of-experts model (model_type mixtral), got '"
+                        + model.path("model_type").asText() + "'");
+            }
+            if (m == null) {
+                m = ((ObjectNode) model).deepCopy();
+            }
+            m.set(k[1], o.get(k[0]));
+        }
+        if (m != null) {
+            o.set("model", m);
+            return m;
+        }
+        return model;
+    }
+
     private void validate(ModelConfig mc) {
+        if (dp % ep != 0) {
+            throw new IllegalArgumentException("ep " + ep + " does not divide dp " + dp
+                    + ": expert-parallel ranks are data-parallel replicas of the dense layers");
+        }
+        if (ep > 1 && checkpointDir != null) {
+            throw new IllegalArgumentException("checkpoint_dir with ep " + ep
+                    + ": sharded checkpoints of expert-parallel models are not supported yet (use ep 1, or no checkpoint_dir)");
+        }
         if (seqLen > mc.maxPositions()) {
             throw new IllegalArgumentException("seq_len " + seqLen + " exceeds the model's max positions " + mc.maxPositions());
         }
