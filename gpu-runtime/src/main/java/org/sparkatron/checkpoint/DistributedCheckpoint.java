@@ -9,9 +9,12 @@ import java.util.Locale;
 import java.util.Map;
 import java.util.function.Consumer;
 import org.sparkatron.comm.Communicator;
+import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.ParameterSet;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.AdamW;
+import org.sparkatron.parallel.PipelineLayout;
+import org.sparkatron.parallel.PipelineParallel;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -25,11 +28,15 @@ import org.sparkatron.tensor.Tensor;
  * ROOT/step-00000100/metadata.json               written last (see {@link CheckpointMetadata})
  * ROOT/step-00000100/model-tp00-of02.safetensors TP rank 0's parameter shards (+ the replicated parameters)
  * ROOT/step-00000100/optim-tp00-of02.safetensors TP rank 0's AdamW m and v shards
+ * ROOT/step-00000100/model-pp01of04-tp00-of02.safetensors  with pipeline parallelism: per stage and TP rank
  * ROOT/.inprogress-step-00000200/...             a save under way (or one that crashed: ignored, cleaned up)
  * </pre>
  * With data parallelism, replica {@code t mod dp} writes TP rank t's model file and replica
  * {@code (t + 1) mod dp} its optimizer file, so the writes spread over the replicas and no shard is
- * written twice. Parameters replicated over the TP group are written once, by TP rank 0.
+ * written twice. Parameters replicated over the TP group are written once, by TP rank 0. Each pipeline
+ * stage writes its own layers; a tied embedding's copy on the last stage is not written (it equals the
+ * first stage's, and loads from it). Tensors are described in their global (TP = 1) shapes by name, so a
+ * checkpoint loads under any TP, PP and DP layout.
  *
  * <h2>Atomicity</h2>
  * A save writes under {@code .inprogress-step-N}; rank 0 writes the metadata (sizes and CRC32C of every
@@ -40,8 +47,9 @@ import org.sparkatron.tensor.Tensor;
  * {@code keep}.
  *
  * <h2>Threading, blocking, failure</h2>
- * {@link #save} and {@link #resume} are collectives over the world communicator of a TP x DP layout (world
- * rank = tp + TP x dp; every rank calls them in the same order) and block on I/O and communication. A rank
+ * {@link #save} and {@link #resume} are collectives over the world communicator of a TP x DP x PP layout
+ * (world rank = tp + TP x dp + TP x DP x pp, as {@code ParallelLayout} orders them; every rank calls them in
+ * the same order) and block on I/O and communication. A rank
  * that fails to write makes every rank's save throw (the ranks agree on the outcome before committing),
  * instead of hanging. {@link #load} is local to one rank. Instances hold no per-rank state: ranks of one
  * JVM may share one.
@@ -112,11 +120,14 @@ public final class DistributedCheckpoint {
                     + ": sharded checkpoints of expert-parallel models are not supported yet (ep = 1 works, TP x DP; "
                     + "a model directory saves and loads at any EP size: TpCheckpoint)");
         }
-        if (world.size() != tpSize * dpSize) {
+        PipelineParallel pipe = model.pipeline();
+        int ppSize = pipe.size();
+        int stage = pipe.stage();
+        if (world.size() != tpSize * dpSize * ppSize) {
             throw new IllegalArgumentException("world of " + world.size() + " ranks is not TP " + tpSize + " x DP " + dpSize
-                    + ": checkpoints support tensor x data parallel layouts");
+                    + " x PP " + ppSize + ": checkpoints support tensor x data x pipeline parallel layouts");
         }
-        int dpRank = world.rank() / tpSize;
+        int dpRank = world.rank() / tpSize % dpSize;
         long step = opt.step();
         String tmp = fs.child(root, IN_PROGRESS + dirName(step));
         String prepError = null;
@@ -139,7 +150,8 @@ public final class DistributedCheckpoint {
             if (dpRank == tpRank % dpSize) {
                 LinkedHashMap<String, Tensor> t = new LinkedHashMap<>();
                 addShards(t, "model/", model, model.device().toHost(ps.weights()), tpRank, tpSize);
-                ShardFiles.Written w = ShardFiles.write(fs, fs.child(tmp, modelFile(tpRank, tpSize)), t, Map.of("step", "" + step));
+                ShardFiles.Written w = ShardFiles.write(fs, fs.child(tmp, modelFile(stage, ppSize, tpRank, tpSize)), t,
+                        Map.of("step", "" + step));
                 mine[1] = 1;
                 mine[2] = w.bytes();
                 mine[3] = w.crc();
@@ -148,7 +160,8 @@ public final class DistributedCheckpoint {
                 LinkedHashMap<String, Tensor> t = new LinkedHashMap<>();
                 addShards(t, "optim.m/", model, model.device().toHost(opt.firstMoment()), tpRank, tpSize);
                 addShards(t, "optim.v/", model, model.device().toHost(opt.secondMoment()), tpRank, tpSize);
-                ShardFiles.Written w = ShardFiles.write(fs, fs.child(tmp, optimFile(tpRank, tpSize)), t, Map.of("step", "" + step));
+                ShardFiles.Written w = ShardFiles.write(fs, fs.child(tmp, optimFile(stage, ppSize, tpRank, tpSize)), t,
+                        Map.of("step", "" + step));
                 mine[4] = 1;
                 mine[5] = w.bytes();
                 mine[6] = w.crc();
@@ -178,7 +191,7 @@ public final class DistributedCheckpoint {
         String fin = dir(step);
         if (world.rank() == 0) {
             try {
-                CheckpointMetadata meta = metadata(model, step, tpSize, dpSize, all, positions, extra);
+                CheckpointMetadata meta = metadata(model, step, tpSize, dpSize, ppSize, all, positions, extra);
                 ShardFiles.writeSmall(fs, fs.child(tmp, CheckpointMetadata.FILE), meta.toJson());
                 commit(tmp, fin);
             } catch (IOException | RuntimeException e) {
@@ -338,12 +351,23 @@ public final class DistributedCheckpoint {
         }
     }
 
-    private static String modelFile(int tpRank, int tpSize) {
-        return String.format(Locale.ROOT, "model-tp%02d-of%02d.safetensors", tpRank, tpSize);
+    private static String modelFile(int stage, int ppSize, int tpRank, int tpSize) {
+        return "model-" + shardName(stage, ppSize, tpRank, tpSize);
     }
 
-    private static String optimFile(int tpRank, int tpSize) {
-        return String.format(Locale.ROOT, "optim-tp%02d-of%02d.safetensors", tpRank, tpSize);
+    private static String optimFile(int stage, int ppSize, int tpRank, int tpSize) {
+        return "optim-" + shardName(stage, ppSize, tpRank, tpSize);
+    }
+
+    /** {@code tp00-of02.safetensors}, with {@code pp01of04-} in front under pipeline parallelism. */
+    private static String shardName(int stage, int ppSize, int tpRank, int tpSize) {
+        return (ppSize > 1 ? String.format(Locale.ROOT, "pp%02dof%02d-", stage, ppSize) : "")
+                + String.format(Locale.ROOT, "tp%02d-of%02d.safetensors", tpRank, tpSize);
+    }
+
+    /** Whether {@code p}, held by pipeline stage {@code stage}, is the tied embedding's copy on a later stage. */
+    private static boolean tiedCopy(ModelConfig cfg, ParameterSet.Param p, PipelineLayout pl, int stage) {
+        return cfg.tiedEmbeddings() && p.name().equals("embed") && !pl.isFirst(stage, 0);
     }
 
     /**
@@ -355,6 +379,9 @@ public final class DistributedCheckpoint {
         for (ParameterSet.Param p : model.params().params()) {
             if (p.tp() != ParameterSet.TpRole.SPLIT && tpRank != 0) {
                 continue; // replicated over the TP group: TP rank 0 writes it
+            }
+            if (tiedCopy(model.config(), p, model.pipeline().layout(), model.pipeline().stage())) {
+                continue; // the last stage's copy of a tied embedding: the first stage writes it
             }
             long[][] segs = ShardMap.segments(model.config(), p, tpRank, tpSize);
             long n = ShardMap.numel(ShardMap.runs(segs));
@@ -377,38 +404,47 @@ public final class DistributedCheckpoint {
         }
     }
 
-    private CheckpointMetadata metadata(Transformer model, long step, int tpSize, int dpSize, long[][] all, long[] positions,
-                                        Map<String, String> extra) {
+    private CheckpointMetadata metadata(Transformer model, long step, int tpSize, int dpSize, int ppSize, long[][] all,
+                                        long[] positions, Map<String, String> extra) {
+        ModelConfig cfg = model.config();
+        PipelineLayout pl = model.pipeline().layout();
         Map<String, CheckpointMetadata.TensorEntry> tensors = new LinkedHashMap<>();
         for (String group : new String[] {"model/", "optim.m/", "optim.v/"}) {
-            for (ParameterSet.Param p : model.params().params()) {
-                List<CheckpointMetadata.ShardEntry> shards = new ArrayList<>();
-                int owners = p.tp() == ParameterSet.TpRole.SPLIT ? tpSize : 1;
-                for (int t = 0; t < owners; t++) {
-                    List<long[]> runs = ShardMap.runs(ShardMap.segments(model.config(), p, t, tpSize));
-                    if (!runs.isEmpty()) {
-                        String file = group.equals("model/") ? modelFile(t, tpSize) : optimFile(t, tpSize);
-                        shards.add(new CheckpointMetadata.ShardEntry(file, group + p.name(), runs));
+            for (int stage = 0; stage < ppSize; stage++) {
+                for (ParameterSet.Param p : Transformer.stageParameters(cfg, tpSize, pl, stage)) {
+                    if (tiedCopy(cfg, p, pl, stage)) {
+                        continue;
                     }
+                    List<CheckpointMetadata.ShardEntry> shards = new ArrayList<>();
+                    int owners = p.tp() == ParameterSet.TpRole.SPLIT ? tpSize : 1;
+                    for (int t = 0; t < owners; t++) {
+                        List<long[]> runs = ShardMap.runs(ShardMap.segments(cfg, p, t, tpSize));
+                        if (!runs.isEmpty()) {
+                            String file = group.equals("model/") ? modelFile(stage, ppSize, t, tpSize) : optimFile(stage, ppSize, t, tpSize);
+                            shards.add(new CheckpointMetadata.ShardEntry(file, group + p.name(), runs));
+                        }
+                    }
+                    tensors.put(group + p.name(), new CheckpointMetadata.TensorEntry(ShardMap.globalShape(cfg, p, tpSize), shards));
                 }
-                tensors.put(group + p.name(),
-                        new CheckpointMetadata.TensorEntry(ShardMap.globalShape(model.config(), p, tpSize), shards));
             }
         }
         Map<String, CheckpointMetadata.FileEntry> files = new LinkedHashMap<>();
-        for (int t = 0; t < tpSize; t++) {
-            long[] m = all[t + tpSize * (t % dpSize)];
-            long[] o = all[t + tpSize * ((t + 1) % dpSize)];
-            files.put(modelFile(t, tpSize), new CheckpointMetadata.FileEntry(m[2], ShardFiles.hex(m[3])));
-            files.put(optimFile(t, tpSize), new CheckpointMetadata.FileEntry(o[5], ShardFiles.hex(o[6])));
+        int perStage = tpSize * dpSize;
+        for (int stage = 0; stage < ppSize; stage++) {
+            for (int t = 0; t < tpSize; t++) {
+                long[] m = all[stage * perStage + t + tpSize * (t % dpSize)];
+                long[] o = all[stage * perStage + t + tpSize * ((t + 1) % dpSize)];
+                files.put(modelFile(stage, ppSize, t, tpSize), new CheckpointMetadata.FileEntry(m[2], ShardFiles.hex(m[3])));
+                files.put(optimFile(stage, ppSize, t, tpSize), new CheckpointMetadata.FileEntry(o[5], ShardFiles.hex(o[6])));
+            }
         }
         long[] dataPositions = new long[dpSize];
         long total = 0;
         for (int d = 0; d < dpSize; d++) {
-            dataPositions[d] = positions[d * tpSize];
+            dataPositions[d] = positions[d * tpSize]; // TP rank 0 of the first stage of replica d
             total += dataPositions[d];
         }
-        return new CheckpointMetadata(step, total, model.trainSteps(), dataPositions, tpSize, dpSize, model.config(),
+        return new CheckpointMetadata(step, total, model.trainSteps(), dataPositions, tpSize, dpSize, ppSize, cfg,
                 extra == null ? Map.of() : extra, tensors, files);
     }
 

@@ -162,6 +162,13 @@ public interface Kernels {
     // dropped). Offsets and counts are I32 device tensors: no kernel needs them on the host. ----
 
     /**
+     * Whether this kernel set has the mixture-of-experts kernels below. A {@code Transformer} with experts
+     * refuses a device whose kernels lack them before allocating anything; the calls themselves throw
+     * {@link UnsupportedOperationException} there.
+     */
+    boolean hasMoeKernels();
+
+    /**
      * Top-k routing: {@code experts[t]} = the k highest scores of token t (ties: the lower expert id; in
      * decreasing order of score), {@code probs[t]} their weights ({@link MoeRouting}); {@code scores} (if not
      * null) [n, e] gets the scores the load-balancing loss uses: the softmax over all experts, or for sigmoid

@@ -22,11 +22,21 @@ import org.sparkatron.tensor.Tensor;
  *
  * <p>One rank's thread; stateless between calls apart from the token staging buffer.
  */
-final class StepRunner {
+public final class StepRunner {
     private final Device device;
     private final PipelineParallel pp;
     private final List<ModelChunk> chunks;
     private Tensor staging; // [2N] I32 host: one micro-batch's inputs then targets
+    private OpListener listener; // null: no timing
+
+    /** Told each operation's start and end ({@link System#nanoTime()}), after it ran: benchmarks and profiles. */
+    public interface OpListener {
+        void ran(PipelineOp op, long startNanos, long endNanos);
+    }
+
+    void setListener(OpListener listener) {
+        this.listener = listener;
+    }
 
     StepRunner(Device device, PipelineParallel pp, List<ModelChunk> chunks) {
         this.device = device;
@@ -59,6 +69,7 @@ final class StepRunner {
                 ModelChunk chunk = chunks.get(c);
                 int k = c * p + stage; // this chunk's virtual stage
                 MicroBatch x = live[c][mb];
+                long t0 = listener == null ? 0 : System.nanoTime();
                 switch (op.kind()) {
                     case RECV_FORWARD -> {
                         x = take(live, chunk, c, mb, samples, shape, mode, pass);
@@ -91,6 +102,9 @@ final class StepRunner {
                         done(live, chunk, c, mb);
                     }
                     default -> throw new IllegalStateException("unknown operation " + op);
+                }
+                if (listener != null) { // the CPU device has finished the work by now; a GPU's would need events
+                    listener.ran(op, t0, System.nanoTime());
                 }
             }
         } finally {

@@ -104,12 +104,17 @@ public final class Transformer {
      * beside the fp32 master weights). Needs the attention heads, the key/value heads and the MLP width
      * divisible by the TP size; key/value heads are never replicated, so fewer key/value heads than TP ranks
      * is refused. A model that cannot fit the device is refused before anything is allocated
-     * ({@link DeviceMemoryException}, with the bytes it needs).
+     * ({@link DeviceMemoryException}, with the bytes it needs), and so is a model with experts on a device
+     * without MoE kernels ({@link org.sparkatron.device.Kernels#hasMoeKernels()}: the CUDA device for now).
      */
     public Transformer(ModelConfig cfg, RankContext ctx) {
         TensorParallel tp = ctx.tp();
         validate(cfg, tp.size());
         validateExperts(cfg, ctx.expertParallel().size(), tp.size());
+        if (cfg.isMoe() && !ctx.kernels().hasMoeKernels()) {
+            throw new IllegalArgumentException("a mixture-of-experts model (num_local_experts " + cfg.moe().experts() + ") on "
+                    + ctx.device().name() + ": this device has no MoE kernels yet; MoE models train on the CPU device (docs/moe.md)");
+        }
         this.ep = ctx.expertParallel();
         this.cfg = cfg;
         this.ctx = ctx;
@@ -290,6 +295,14 @@ public final class Transformer {
         return bld;
     }
 
+    /**
+     * The parameters pipeline stage {@code stage} of {@code pl} holds on one rank of a TP group of
+     * {@code tpSize}, in layout order (for checkpoints, which describe every stage's shards).
+     */
+    public static List<ParameterSet.Param> stageParameters(ModelConfig cfg, int tpSize, PipelineLayout pl, int stage) {
+        return layout(cfg, tpSize, pl, stage).params();
+    }
+
     public ModelConfig config() {
         return cfg;
     }
@@ -362,6 +375,14 @@ public final class Transformer {
     /** Whether this rank needs batches: it embeds tokens (first stage) or computes the loss (last stage). */
     public boolean needsData() {
         return pp.holdsFirst() || pp.holdsLast();
+    }
+
+    /**
+     * Times every pipeline operation of the following steps (null stops it): for benchmarks and profiles.
+     * Called on the training thread after each operation.
+     */
+    public void setOpListener(StepRunner.OpListener listener) {
+        runner.setListener(listener);
     }
 
     /** What each layer keeps for its backward; takes effect from the next pass. Never changes a result. */

@@ -260,6 +260,11 @@ public final class RoundingKernels implements Kernels {
     // GEMM outputs and activation gradients are rounded as a 16-bit buffer would hold them. ----
 
     @Override
+    public boolean hasMoeKernels() {
+        return k.hasMoeKernels();
+    }
+
+    @Override
     public void moeRoute(Tensor logits, Tensor experts, Tensor probs, Tensor scores, int n, int e, int kk, MoeRouting routing) {
         k.moeRoute(logits, experts, probs, scores, n, e, kk, routing);
     }

@@ -48,20 +48,22 @@ public final class ResumableTraining {
     private final Consumer<String> log;
 
     /**
-     * @param world all ranks of a TP x DP layout (world rank = tp + TP x dp)
+     * @param world all ranks of a TP x DP x PP layout (world rank = tp + TP x dp + TP x DP x pp)
      * @param log where resume decisions (fresh start, resumed step, fallbacks) are reported
      */
     public ResumableTraining(Trainer trainer, DistributedCheckpoint ckpt, Communicator world, int dpSize, Options opt,
                              Consumer<String> log) {
         int tp = trainer.model().tensorParallel().size();
-        if (world.size() != tp * dpSize) {
-            throw new IllegalArgumentException("world of " + world.size() + " ranks is not TP " + tp + " x DP " + dpSize);
+        int pp = trainer.model().pipeline().size();
+        if (world.size() != tp * dpSize * pp) {
+            throw new IllegalArgumentException("world of " + world.size() + " ranks is not TP " + tp + " x DP " + dpSize
+                    + " x PP " + pp);
         }
         this.trainer = trainer;
         this.ckpt = ckpt;
         this.world = world;
         this.dpSize = dpSize;
-        this.dpRank = world.rank() / tp;
+        this.dpRank = world.rank() / tp % dpSize;
         this.opt = opt;
         this.log = log;
     }
@@ -103,7 +105,7 @@ public final class ResumableTraining {
                     + " samples, past the checkpoint's position " + position + ": resume needs a fresh source");
         }
         trainer.data().skip(behind);
-        log.accept("resumed from " + ckpt.dir(m.step()) + " (step " + m.step() + ", saved at TP " + m.tp() + " x DP " + m.dp()
+        log.accept("resumed from " + ckpt.dir(m.step()) + " (step " + m.step() + ", saved at TP " + m.tp() + " x DP " + m.dp() + " x PP " + m.pp()
                 + ", data position " + position + ")");
         return m.step();
     }

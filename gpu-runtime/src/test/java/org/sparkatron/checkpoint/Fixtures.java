@@ -37,10 +37,14 @@ final class Fixtures {
     }
 
     static ModelConfig config(String family, int vocab, int hidden) throws IOException {
+        return config(family, vocab, hidden, 2);
+    }
+
+    static ModelConfig config(String family, int vocab, int hidden, int layers) throws IOException {
         String json = family.equals("gpt2")
-                ? "{\"model_type\":\"gpt2\",\"n_layer\":2,\"n_embd\":" + hidden + ",\"n_head\":4,\"n_positions\":16,\"vocab_size\":"
+                ? "{\"model_type\":\"gpt2\",\"n_layer\":" + layers + ",\"n_embd\":" + hidden + ",\"n_head\":4,\"n_positions\":16,\"vocab_size\":"
                         + vocab + ",\"sparkatron_vocab_multiple\":8}"
-                : "{\"model_type\":\"llama\",\"num_hidden_layers\":2,\"hidden_size\":" + hidden + ",\"intermediate_size\":48,"
+                : "{\"model_type\":\"llama\",\"num_hidden_layers\":" + layers + ",\"hidden_size\":" + hidden + ",\"intermediate_size\":48,"
                         + "\"num_attention_heads\":8,\"num_key_value_heads\":4,\"vocab_size\":" + vocab
                         + ",\"max_position_embeddings\":16,\"tie_word_embeddings\":false,\"sparkatron_vocab_multiple\":8}";
         return ModelConfig.fromJson(new ObjectMapper().readTree(json));
@@ -75,6 +79,22 @@ final class Fixtures {
     static Place place(int tp, int dp, org.sparkatron.comm.Communicator world) {
         ProcessGroups pg = ProcessGroups.create(ParallelLayout.forWorld(tp * dp, tp, 1, 1, 1, 1), world);
         return new Place(pg, new TensorParallel(pg.tp(), false), pg.coords()[3]);
+    }
+
+    /** This rank's TP x DP x PP place (world rank = tp + TP dp + TP DP pp). */
+    static Place place(int tp, int dp, int pp, org.sparkatron.comm.Communicator world) {
+        ProcessGroups pg = ProcessGroups.create(ParallelLayout.forWorld(tp * dp * pp, tp, 1, 1, pp, 1), world);
+        return new Place(pg, new TensorParallel(pg.tp(), false), pg.coords()[3]);
+    }
+
+    /** A model initialised with seed 5 for a TP x PP place. */
+    static Transformer model(ModelConfig cfg, Place place) {
+        org.sparkatron.parallel.PipelineParallel stage = new org.sparkatron.parallel.PipelineParallel(place.groups().pp(),
+                org.sparkatron.parallel.PipelineLayout.of(cfg.layers(), place.groups().layout().pp(), 1, -1, -1),
+                place.groups().embedding());
+        Transformer m = new Transformer(cfg, new RankContext(TestDevices.create(), place.tp(), Precision.FP32, stage));
+        m.initialize(5);
+        return m;
     }
 
     static Transformer model(ModelConfig cfg, TensorParallel tp) {

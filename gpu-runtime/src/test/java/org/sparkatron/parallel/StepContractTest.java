@@ -166,6 +166,29 @@ class StepContractTest {
         }
     }
 
+    @ParameterizedTest
+    @CsvSource({"gpt2, 2, 1, NONE", "llama, 2, 2, SELECTIVE", "gpt2, 4, 1, FULL"})
+    void pipelineRanks(String family, int pp, int vpp, org.sparkatron.model.Recompute mode) throws Exception {
+        ModelConfig cfg = ParityRun.config(family, 8);
+        List<Seen> seen = LocalRanks.run(pp, (rank, world) -> {
+            try (ProcessGroups pg = ProcessGroups.create(ParallelLayout.forWorld(pp, 1, 1, 1, pp, vpp), world)) {
+                PipelineParallel stage = new PipelineParallel(pg.pp(), PipelineLayout.of(cfg.layers(), pp, vpp, -1, -1),
+                        pg.embedding());
+                Transformer m = new Transformer(cfg, new RankContext(TestDevices.create(), TensorParallel.none(), Precision.FP32,
+                        stage));
+                m.initialize(ParityRun.SEED);
+                m.setRecompute(mode);
+                m.setDropout(0.1f, 3);
+                Trainer tr = new Trainer(m, ParityRun.source(cfg, 0, 1, BATCH), PipelineRun.options(BATCH, 4),
+                        org.sparkatron.train.GradientSync.NONE);
+                return run(tr);
+            }
+        });
+        for (int r = 0; r < seen.size(); r++) {
+            check(seen.get(r), family + " pp " + pp + " vpp " + vpp + " " + mode + ", stage " + r);
+        }
+    }
+
     /** Llama-2-7B's shape: 6,738,415,616 parameters (Hugging Face's count), in 64 bits; refused where it cannot fit. */
     @Test
     void aSevenBillionParameterModelIsCountedIn64BitsAndRefusedByADeviceTooSmall() throws Exception {

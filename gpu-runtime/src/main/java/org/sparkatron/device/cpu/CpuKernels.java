@@ -667,6 +667,11 @@ public final class CpuKernels implements Kernels {
     // ---- mixture of experts: CpuMoeKernels ----
 
     @Override
+    public boolean hasMoeKernels() {
+        return true;
+    }
+
+    @Override
     public void moeRoute(Tensor logits, Tensor experts, Tensor probs, Tensor scores, int n, int e, int k, MoeRouting routing) {
         CpuMoeKernels.route(logits, experts, probs, scores, n, e, k, routing);
     }
