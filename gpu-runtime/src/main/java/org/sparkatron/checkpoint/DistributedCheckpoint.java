@@ -9,11 +9,9 @@ import java.util.Locale;
 import java.util.Map;
 import java.util.function.Consumer;
 import org.sparkatron.comm.Communicator;
-import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.ParameterSet;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.AdamW;
-import org.sparkatron.parallel.PipelineLayout;
 import org.sparkatron.parallel.PipelineParallel;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
@@ -29,14 +27,16 @@ import org.sparkatron.tensor.Tensor;
  * ROOT/step-00000100/model-tp00-of02.safetensors TP rank 0's parameter shards (+ the replicated parameters)
  * ROOT/step-00000100/optim-tp00-of02.safetensors TP rank 0's AdamW m and v shards
  * ROOT/step-00000100/model-pp01of04-tp00-of02.safetensors  with pipeline parallelism: per stage and TP rank
+ * ROOT/step-00000100/model-experts-ep01of02-tp00-of02.safetensors  with expert parallelism: per EP and TP rank
  * ROOT/.inprogress-step-00000200/...             a save under way (or one that crashed: ignored, cleaned up)
  * </pre>
  * With data parallelism, replica {@code t mod dp} writes TP rank t's model file and replica
  * {@code (t + 1) mod dp} its optimizer file, so the writes spread over the replicas and no shard is
  * written twice. Parameters replicated over the TP group are written once, by TP rank 0. Each pipeline
  * stage writes its own layers; a tied embedding's copy on the last stage is not written (it equals the
- * first stage's, and loads from it). Tensors are described in their global (TP = 1) shapes by name, so a
- * checkpoint loads under any TP, PP and DP layout.
+ * first stage's, and loads from it). Under expert parallelism the experts go to files of their own, one per
+ * EP and TP rank ({@link CheckpointLayout} says who writes what). Tensors are described in their global
+ * (TP = 1, EP = 1) shapes by name, so a checkpoint loads under any TP, PP, EP and DP layout.
  *
  * <h2>Atomicity</h2>
  * A save writes under {@code .inprogress-step-N}; rank 0 writes the metadata (sizes and CRC32C of every
@@ -115,11 +115,8 @@ public final class DistributedCheckpoint {
             throws IOException {
         int tpSize = model.tensorParallel().size();
         int tpRank = model.tensorParallel().rank();
-        if (model.expertParallel().size() > 1) {
-            throw new IllegalArgumentException("expert parallel size " + model.expertParallel().size()
-                    + ": sharded checkpoints of expert-parallel models are not supported yet (ep = 1 works, TP x DP; "
-                    + "a model directory saves and loads at any EP size: TpCheckpoint)");
-        }
+        int epSize = model.expertParallel().size();
+        int epRank = model.expertParallel().rank();
         PipelineParallel pipe = model.pipeline();
         int ppSize = pipe.size();
         int stage = pipe.stage();
@@ -127,7 +124,12 @@ public final class DistributedCheckpoint {
             throw new IllegalArgumentException("world of " + world.size() + " ranks is not TP " + tpSize + " x DP " + dpSize
                     + " x PP " + ppSize + ": checkpoints support tensor x data x pipeline parallel layouts");
         }
+        CheckpointLayout lay = new CheckpointLayout(tpSize, dpSize, ppSize, epSize);
         int dpRank = world.rank() / tpSize % dpSize;
+        if (dpRank % epSize != epRank) {
+            throw new IllegalArgumentException("world rank " + world.rank() + " is replica " + dpRank + " but EP rank " + epRank
+                    + " of " + epSize + ": checkpoints need EP ranks to be consecutive replicas (ParallelLayout's order)");
+        }
         long step = opt.step();
         String tmp = fs.child(root, IN_PROGRESS + dirName(step));
         String prepError = null;
@@ -143,28 +145,25 @@ public final class DistributedCheckpoint {
         agree(world, prepError == null, prepError, "prepare the checkpoint directory " + tmp);
 
         // This rank's files (0, 1 or 2), then everyone learns everyone's sizes and checksums.
-        long[] mine = new long[8];
+        // {error, model: written, bytes, crc, optim: 3, step, expert model: 3, expert optim: 3}
+        long[] mine = new long[14];
         String error = null;
         try {
             ParameterSet ps = model.params();
-            if (dpRank == tpRank % dpSize) {
-                LinkedHashMap<String, Tensor> t = new LinkedHashMap<>();
-                addShards(t, "model/", model, model.device().toHost(ps.weights()), tpRank, tpSize);
-                ShardFiles.Written w = ShardFiles.write(fs, fs.child(tmp, modelFile(stage, ppSize, tpRank, tpSize)), t,
-                        Map.of("step", "" + step));
-                mine[1] = 1;
-                mine[2] = w.bytes();
-                mine[3] = w.crc();
+            Boolean dense = lay.separateExperts() ? Boolean.FALSE : null; // null: every parameter
+            if (lay.writesModel(tpRank, dpRank)) {
+                writeShards(tmp, lay.modelFile(stage, tpRank), model, step, dense, mine, 1, "model/", ps.weights());
             }
-            if (dpRank == (tpRank + 1) % dpSize) {
-                LinkedHashMap<String, Tensor> t = new LinkedHashMap<>();
-                addShards(t, "optim.m/", model, model.device().toHost(opt.firstMoment()), tpRank, tpSize);
-                addShards(t, "optim.v/", model, model.device().toHost(opt.secondMoment()), tpRank, tpSize);
-                ShardFiles.Written w = ShardFiles.write(fs, fs.child(tmp, optimFile(stage, ppSize, tpRank, tpSize)), t,
-                        Map.of("step", "" + step));
-                mine[4] = 1;
-                mine[5] = w.bytes();
-                mine[6] = w.crc();
+            if (lay.writesOptim(tpRank, dpRank)) {
+                writeShards(tmp, lay.optimFile(stage, tpRank), model, step, dense, mine, 4, "optim.m/", opt.firstMoment(),
+                        "optim.v/", opt.secondMoment());
+            }
+            if (lay.writesExpertModel(tpRank, dpRank)) {
+                writeShards(tmp, lay.expertModelFile(stage, epRank, tpRank), model, step, true, mine, 8, "model/", ps.weights());
+            }
+            if (lay.writesExpertOptim(tpRank, dpRank)) {
+                writeShards(tmp, lay.expertOptimFile(stage, epRank, tpRank), model, step, true, mine, 11, "optim.m/",
+                        opt.firstMoment(), "optim.v/", opt.secondMoment());
             }
         } catch (IOException | RuntimeException e) {
             error = "rank " + world.rank() + " could not write its shards to " + tmp + ": " + e;
@@ -191,7 +190,7 @@ public final class DistributedCheckpoint {
         String fin = dir(step);
         if (world.rank() == 0) {
             try {
-                CheckpointMetadata meta = metadata(model, step, tpSize, dpSize, ppSize, all, positions, extra);
+                CheckpointMetadata meta = lay.describe(model, step, all, positions, extra);
                 ShardFiles.writeSmall(fs, fs.child(tmp, CheckpointMetadata.FILE), meta.toJson());
                 commit(tmp, fin);
             } catch (IOException | RuntimeException e) {
@@ -351,23 +350,21 @@ public final class DistributedCheckpoint {
         }
     }
 
-    private static String modelFile(int stage, int ppSize, int tpRank, int tpSize) {
-        return "model-" + shardName(stage, ppSize, tpRank, tpSize);
-    }
-
-    private static String optimFile(int stage, int ppSize, int tpRank, int tpSize) {
-        return "optim-" + shardName(stage, ppSize, tpRank, tpSize);
-    }
-
-    /** {@code tp00-of02.safetensors}, with {@code pp01of04-} in front under pipeline parallelism. */
-    private static String shardName(int stage, int ppSize, int tpRank, int tpSize) {
-        return (ppSize > 1 ? String.format(Locale.ROOT, "pp%02dof%02d-", stage, ppSize) : "")
-                + String.format(Locale.ROOT, "tp%02d-of%02d.safetensors", tpRank, tpSize);
-    }
-
-    /** Whether {@code p}, held by pipeline stage {@code stage}, is the tied embedding's copy on a later stage. */
-    private static boolean tiedCopy(ModelConfig cfg, ParameterSet.Param p, PipelineLayout pl, int stage) {
-        return cfg.tiedEmbeddings() && p.name().equals("embed") && !pl.isFirst(stage, 0);
+    /**
+     * Writes this rank's shards of the parameters ({@code experts} true: only the experts'; false: all but
+     * the experts'; null: all) of each (prefix, device block) pair to {@code file}; records written, bytes
+     * and CRC in {@code mine[at..at+2]}.
+     */
+    private void writeShards(String tmp, String file, Transformer model, long step, Boolean experts, long[] mine, int at,
+                             Object... prefixAndBlock) throws IOException {
+        LinkedHashMap<String, Tensor> t = new LinkedHashMap<>();
+        for (int i = 0; i < prefixAndBlock.length; i += 2) {
+            addShards(t, (String) prefixAndBlock[i], model, model.device().toHost((Tensor) prefixAndBlock[i + 1]), experts);
+        }
+        ShardFiles.Written w = ShardFiles.write(fs, fs.child(tmp, file), t, Map.of("step", "" + step));
+        mine[at] = 1;
+        mine[at + 1] = w.bytes();
+        mine[at + 2] = w.crc();
     }
 
     /**
@@ -375,15 +372,22 @@ public final class DistributedCheckpoint {
      * {@code Device.toHost} view) as 1-D tensors.
      */
     private static void addShards(LinkedHashMap<String, Tensor> out, String prefix, Transformer model, Tensor block,
-                                  int tpRank, int tpSize) {
+                                  Boolean experts) {
+        int tpRank = model.tensorParallel().rank();
+        int tpSize = model.tensorParallel().size();
+        int epRank = model.expertParallel().rank();
+        int epSize = model.expertParallel().size();
         for (ParameterSet.Param p : model.params().params()) {
+            if (experts != null && experts != ShardMap.isExpert(p.name())) {
+                continue; // in the other file
+            }
             if (p.tp() != ParameterSet.TpRole.SPLIT && tpRank != 0) {
                 continue; // replicated over the TP group: TP rank 0 writes it
             }
-            if (tiedCopy(model.config(), p, model.pipeline().layout(), model.pipeline().stage())) {
+            if (CheckpointLayout.tiedCopy(model.config(), p, model.pipeline().layout(), model.pipeline().stage())) {
                 continue; // the last stage's copy of a tied embedding: the first stage writes it
             }
-            long[][] segs = ShardMap.segments(model.config(), p, tpRank, tpSize);
+            long[][] segs = ShardMap.segments(model.config(), p, tpRank, tpSize, epRank, epSize);
             long n = ShardMap.numel(ShardMap.runs(segs));
             if (n == 0) {
                 continue;
@@ -402,50 +406,6 @@ public final class DistributedCheckpoint {
             }
             out.put(prefix + p.name(), t);
         }
-    }
-
-    private CheckpointMetadata metadata(Transformer model, long step, int tpSize, int dpSize, int ppSize, long[][] all,
-                                        long[] positions, Map<String, String> extra) {
-        ModelConfig cfg = model.config();
-        PipelineLayout pl = model.pipeline().layout();
-        Map<String, CheckpointMetadata.TensorEntry> tensors = new LinkedHashMap<>();
-        for (String group : new String[] {"model/", "optim.m/", "optim.v/"}) {
-            for (int stage = 0; stage < ppSize; stage++) {
-                for (ParameterSet.Param p : Transformer.stageParameters(cfg, tpSize, pl, stage)) {
-                    if (tiedCopy(cfg, p, pl, stage)) {
-                        continue;
-                    }
-                    List<CheckpointMetadata.ShardEntry> shards = new ArrayList<>();
-                    int owners = p.tp() == ParameterSet.TpRole.SPLIT ? tpSize : 1;
-                    for (int t = 0; t < owners; t++) {
-                        List<long[]> runs = ShardMap.runs(ShardMap.segments(cfg, p, t, tpSize));
-                        if (!runs.isEmpty()) {
-                            String file = group.equals("model/") ? modelFile(stage, ppSize, t, tpSize) : optimFile(stage, ppSize, t, tpSize);
-                            shards.add(new CheckpointMetadata.ShardEntry(file, group + p.name(), runs));
-                        }
-                    }
-                    tensors.put(group + p.name(), new CheckpointMetadata.TensorEntry(ShardMap.globalShape(cfg, p, tpSize), shards));
-                }
-            }
-        }
-        Map<String, CheckpointMetadata.FileEntry> files = new LinkedHashMap<>();
-        int perStage = tpSize * dpSize;
-        for (int stage = 0; stage < ppSize; stage++) {
-            for (int t = 0; t < tpSize; t++) {
-                long[] m = all[stage * perStage + t + tpSize * (t % dpSize)];
-                long[] o = all[stage * perStage + t + tpSize * ((t + 1) % dpSize)];
-                files.put(modelFile(stage, ppSize, t, tpSize), new CheckpointMetadata.FileEntry(m[2], ShardFiles.hex(m[3])));
-                files.put(optimFile(stage, ppSize, t, tpSize), new CheckpointMetadata.FileEntry(o[5], ShardFiles.hex(o[6])));
-            }
-        }
-        long[] dataPositions = new long[dpSize];
-        long total = 0;
-        for (int d = 0; d < dpSize; d++) {
-            dataPositions[d] = positions[d * tpSize]; // TP rank 0 of the first stage of replica d
-            total += dataPositions[d];
-        }
-        return new CheckpointMetadata(step, total, model.trainSteps(), dataPositions, tpSize, dpSize, ppSize, cfg,
-                extra == null ? Map.of() : extra, tensors, files);
     }
 
     /** Renames the finished directory into place; a bad leftover with the same step is moved aside first. */

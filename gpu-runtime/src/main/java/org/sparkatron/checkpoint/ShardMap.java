@@ -19,9 +19,22 @@ final class ShardMap {
     private ShardMap() {
     }
 
+    /** Whether {@code name} is a parameter of the experts (split over the expert-parallel group). */
+    static boolean isExpert(String name) {
+        return name.endsWith("moe.experts.up.w") || name.endsWith("moe.experts.down.w");
+    }
+
     /** The TP = 1 shape of a parameter whose TP-rank-local declaration is {@code local}. */
     static int[] globalShape(ModelConfig cfg, ParameterSet.Param local, int tpSize) {
+        return globalShape(cfg, local, tpSize, 1);
+    }
+
+    /** The TP = 1, EP = 1 shape of a parameter whose local declaration (TP and EP shard) is {@code local}. */
+    static int[] globalShape(ModelConfig cfg, ParameterSet.Param local, int tpSize, int epSize) {
         int[] s = local.shape().clone();
+        if (isExpert(local.name())) {
+            s[0] *= epSize; // [E/ep, ...]: this rank's experts
+        }
         if (local.tp() != TpRole.SPLIT || tpSize == 1) {
             return s;
         }
@@ -41,13 +54,18 @@ final class ShardMap {
 
     /** {@code {global, local, length}} segments of this rank's local parameter, in local order. */
     static long[][] segments(ModelConfig cfg, ParameterSet.Param local, int tpRank, int tpSize) {
-        int[] g = globalShape(cfg, local, tpSize);
+        return segments(cfg, local, tpRank, tpSize, 0, 1);
+    }
+
+    /** {@code {global, local, length}} segments of this TP and EP rank's local parameter, in local order. */
+    static long[][] segments(ModelConfig cfg, ParameterSet.Param local, int tpRank, int tpSize, int epRank, int epSize) {
+        int[] g = globalShape(cfg, local, tpSize, epSize);
         long numel = 1;
         for (int d : g) {
             numel *= d;
         }
         ParameterSet.Param full = new ParameterSet.Param(local.name(), g, 0, numel, local.decay(), local.tp());
-        return TpSegments.of(cfg, full, local, tpRank, tpSize);
+        return TpSegments.of(cfg, full, local, tpRank, tpSize, epRank, epSize);
     }
 
     /** Compresses segments (contiguous in local order) into runs {start, length, stride, count}; empty ones dropped. */

@@ -303,6 +303,11 @@ public final class Transformer {
         return layout(cfg, tpSize, pl, stage).params();
     }
 
+    /** {@link #stageParameters(ModelConfig, int, PipelineLayout, int)} on one rank of an EP group of {@code epSize}. */
+    public static List<ParameterSet.Param> stageParameters(ModelConfig cfg, int tpSize, int epSize, PipelineLayout pl, int stage) {
+        return layout(cfg, tpSize, epSize, pl, stage).params();
+    }
+
     public ModelConfig config() {
         return cfg;
     }

@@ -29,7 +29,7 @@ import org.sparkatron.train.Trainer;
  * directory (experts gathered over TP and EP, HF's {@code block_sparse_moe.experts.{e}.w1/w2/w3} names) that
  * loads at EP 4, at EP 1 with TP 2, and on one rank, each rank keeping exactly its experts' shards: every
  * layout gathers back the same weights, bitwise. Refusals: experts not divisible by EP, expert widths not
- * divisible by TP, EP without experts, and sharded checkpoints of EP > 1 (not supported yet).
+ * divisible by TP, and EP without experts. Sharded step checkpoints under EP: ExpertCheckpointTest.
  */
 @Timeout(value = 120, unit = TimeUnit.SECONDS)
 class MoeCheckpointTest {

@@ -263,10 +263,6 @@ public final class TrainConfig implements Serializable {
             throw new IllegalArgumentException("ep " + ep + " does not divide dp " + dp
                     + ": expert-parallel ranks are data-parallel replicas of the dense layers");
         }
-        if (ep > 1 && checkpointDir != null) {
-            throw new IllegalArgumentException("checkpoint_dir with ep " + ep
-                    + ": sharded checkpoints of expert-parallel models are not supported yet (use ep 1, or no checkpoint_dir)");
-        }
         if (seqLen > mc.maxPositions()) {
             throw new IllegalArgumentException("seq_len " + seqLen + " exceeds the model's max positions " + mc.maxPositions());
         }
