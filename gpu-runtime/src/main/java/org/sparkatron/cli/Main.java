@@ -57,6 +57,8 @@ public final class Main {
                     "benchmark: pipeline schedules' bubble and activation memory against theory"),
             new Command("bench-comm", "org.sparkatron.comm.bench.CommBench",
                     "benchmark: collectives' bus bandwidth against PyTorch Gloo"),
+            new Command("bench-moe", "org.sparkatron.parallel.MoeBench",
+                    "benchmark: all-to-all against PyTorch Gloo; MoE training throughput against a dense model of equal active parameters"),
             new Command("bench-data", "org.sparkatron.data.spark.DataBench",
                     "benchmark: tokenization and prepare throughput against a plain tokenizer loop"),
             new Command("bench-ckpt", "org.sparkatron.checkpoint.CheckpointBench",
