@@ -70,11 +70,12 @@ record CheckpointLayout(int tp, int dp, int pp, int ep) {
     }
 
     /**
-     * The metadata of a save: every tensor's global shape and which file holds which runs of it, the files'
+     * The metadata of a save (the dropout counter {@code dropoutSteps} as it was when the save started): every tensor's global shape and which file holds which runs of it, the files'
      * sizes and CRCs from {@code all} (each world rank's row: {error, model written, bytes, crc, optim 3, step,
      * expert model 3, expert optim 3}), the data positions from {@code positions} (one per world rank).
      */
-    CheckpointMetadata describe(Transformer model, long step, long[][] all, long[] positions, Map<String, String> extra) {
+    CheckpointMetadata describe(Transformer model, long step, long dropoutSteps, long[][] all, long[] positions,
+                                Map<String, String> extra) {
         CheckpointLayout lay = this;
         ModelConfig cfg = model.config();
         PipelineLayout pl = model.pipeline().layout();
@@ -129,7 +130,7 @@ record CheckpointLayout(int tp, int dp, int pp, int ep) {
             dataPositions[d] = positions[d * tpSize]; // TP rank 0 of the first stage of replica d
             total += dataPositions[d];
         }
-        return new CheckpointMetadata(step, total, model.trainSteps(), dataPositions, tpSize, lay.dp(), lay.pp(), epSize, cfg,
+        return new CheckpointMetadata(step, total, dropoutSteps, dataPositions, tpSize, lay.dp(), lay.pp(), epSize, cfg,
                 extra == null ? Map.of() : extra, tensors, files);
     }
 

@@ -9,10 +9,8 @@ import java.util.Locale;
 import java.util.Map;
 import java.util.function.Consumer;
 import org.sparkatron.comm.Communicator;
-import org.sparkatron.model.ParameterSet;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.AdamW;
-import org.sparkatron.parallel.PipelineParallel;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -34,9 +32,8 @@ import org.sparkatron.tensor.Tensor;
  * {@code (t + 1) mod dp} its optimizer file, so the writes spread over the replicas and no shard is
  * written twice. Parameters replicated over the TP group are written once, by TP rank 0. Each pipeline
  * stage writes its own layers; a tied embedding's copy on the last stage is not written (it equals the
- * first stage's, and loads from it). Under expert parallelism the experts go to files of their own, one per
- * EP and TP rank ({@link CheckpointLayout} says who writes what). Tensors are described in their global
- * (TP = 1, EP = 1) shapes by name, so a checkpoint loads under any TP, PP, EP and DP layout.
+ * first stage's, and loads from it). Tensors are described in their global (TP = 1) shapes by name, so a
+ * checkpoint loads under any TP, PP and DP layout.
  *
  * <h2>Atomicity</h2>
  * A save writes under {@code .inprogress-step-N}; rank 0 writes the metadata (sizes and CRC32C of every
@@ -113,84 +110,30 @@ public final class DistributedCheckpoint {
      */
     public String save(Communicator world, int dpSize, Transformer model, AdamW opt, long consumed, Map<String, String> extra)
             throws IOException {
-        int tpSize = model.tensorParallel().size();
-        int tpRank = model.tensorParallel().rank();
-        int epSize = model.expertParallel().size();
-        int epRank = model.expertParallel().rank();
-        PipelineParallel pipe = model.pipeline();
-        int ppSize = pipe.size();
-        int stage = pipe.stage();
-        if (world.size() != tpSize * dpSize * ppSize) {
-            throw new IllegalArgumentException("world of " + world.size() + " ranks is not TP " + tpSize + " x DP " + dpSize
-                    + " x PP " + ppSize + ": checkpoints support tensor x data x pipeline parallel layouts");
+        try (AsyncCheckpointer blocking = new AsyncCheckpointer(this, false)) {
+            blocking.start(world, dpSize, model, opt, consumed, extra);
+            return blocking.finish(world);
         }
-        CheckpointLayout lay = new CheckpointLayout(tpSize, dpSize, ppSize, epSize);
-        int dpRank = world.rank() / tpSize % dpSize;
-        if (dpRank % epSize != epRank) {
-            throw new IllegalArgumentException("world rank " + world.rank() + " is replica " + dpRank + " but EP rank " + epRank
-                    + " of " + epSize + ": checkpoints need EP ranks to be consecutive replicas (ParallelLayout's order)");
-        }
-        long step = opt.step();
-        String tmp = fs.child(root, IN_PROGRESS + dirName(step));
-        String prepError = null;
-        if (world.rank() == 0) {
-            try {
-                fs.mkdirs(root);
-                fs.delete(tmp); // a crashed earlier attempt at the same step
-                fs.mkdirs(tmp);
-            } catch (IOException | RuntimeException e) {
-                prepError = "rank 0 could not create " + tmp + ": " + e;
-            }
-        }
-        agree(world, prepError == null, prepError, "prepare the checkpoint directory " + tmp);
+    }
 
-        // This rank's files (0, 1 or 2), then everyone learns everyone's sizes and checksums.
-        // {error, model: written, bytes, crc, optim: 3, step, expert model: 3, expert optim: 3}
-        long[] mine = new long[14];
-        String error = null;
-        try {
-            ParameterSet ps = model.params();
-            Boolean dense = lay.separateExperts() ? Boolean.FALSE : null; // null: every parameter
-            if (lay.writesModel(tpRank, dpRank)) {
-                writeShards(tmp, lay.modelFile(stage, tpRank), model, step, dense, mine, 1, "model/", ps.weights());
-            }
-            if (lay.writesOptim(tpRank, dpRank)) {
-                writeShards(tmp, lay.optimFile(stage, tpRank), model, step, dense, mine, 4, "optim.m/", opt.firstMoment(),
-                        "optim.v/", opt.secondMoment());
-            }
-            if (lay.writesExpertModel(tpRank, dpRank)) {
-                writeShards(tmp, lay.expertModelFile(stage, epRank, tpRank), model, step, true, mine, 8, "model/", ps.weights());
-            }
-            if (lay.writesExpertOptim(tpRank, dpRank)) {
-                writeShards(tmp, lay.expertOptimFile(stage, epRank, tpRank), model, step, true, mine, 11, "optim.m/",
-                        opt.firstMoment(), "optim.v/", opt.secondMoment());
-            }
-        } catch (IOException | RuntimeException e) {
-            error = "rank " + world.rank() + " could not write its shards to " + tmp + ": " + e;
-        }
-        mine[0] = error == null ? 0 : 1;
-        mine[7] = step;
-        long[][] all = gatherRows(world, mine);
-        List<String> failed = new ArrayList<>();
-        for (int r = 0; r < all.length; r++) {
-            if (all[r][0] != 0) {
-                failed.add("" + r);
-            }
-            if (all[r][7] != step) {
-                throw new IllegalStateException("ranks disagree on the step to save: rank " + r + " is at " + all[r][7]
+    /**
+     * The commit of a save whose files every rank has written ({@code rows}: per rank {error, has model file,
+     * its bytes, its CRC, has optimizer file, bytes, CRC, step, and the same six for the expert files}): rank 0 writes the metadata and renames
+     * the directory into place; every rank learns the outcome; rank 0 then prunes. Collective.
+     */
+    String commitSave(Communicator world, Transformer model, long step, long dropoutSteps, String tmp, CheckpointLayout lay,
+                      long[][] rows, long[] positions, Map<String, String> extra) throws IOException {
+        for (int r = 0; r < rows.length; r++) {
+            if (rows[r][7] != step) {
+                throw new IllegalStateException("ranks disagree on the step to save: rank " + r + " is at " + rows[r][7]
                         + ", rank " + world.rank() + " at " + step);
             }
         }
-        if (!failed.isEmpty()) {
-            throw new IOException(error != null ? error : "checkpoint of step " + step + " not saved: rank(s) " + failed
-                    + " failed to write (see their logs); earlier checkpoints are untouched");
-        }
-        long[] positions = gatherFlat(world, new long[] {consumed});
         String commitError = null;
         String fin = dir(step);
         if (world.rank() == 0) {
             try {
-                CheckpointMetadata meta = lay.describe(model, step, all, positions, extra);
+                CheckpointMetadata meta = lay.describe(model, step, dropoutSteps, rows, positions, extra);
                 ShardFiles.writeSmall(fs, fs.child(tmp, CheckpointMetadata.FILE), meta.toJson());
                 commit(tmp, fin);
             } catch (IOException | RuntimeException e) {
@@ -347,64 +290,6 @@ public final class DistributedCheckpoint {
             } catch (IOException e) {
                 // a staged temporary copy; nothing else refers to it
             }
-        }
-    }
-
-    /**
-     * Writes this rank's shards of the parameters ({@code experts} true: only the experts'; false: all but
-     * the experts'; null: all) of each (prefix, device block) pair to {@code file}; records written, bytes
-     * and CRC in {@code mine[at..at+2]}.
-     */
-    private void writeShards(String tmp, String file, Transformer model, long step, Boolean experts, long[] mine, int at,
-                             Object... prefixAndBlock) throws IOException {
-        LinkedHashMap<String, Tensor> t = new LinkedHashMap<>();
-        for (int i = 0; i < prefixAndBlock.length; i += 2) {
-            addShards(t, (String) prefixAndBlock[i], model, model.device().toHost((Tensor) prefixAndBlock[i + 1]), experts);
-        }
-        ShardFiles.Written w = ShardFiles.write(fs, fs.child(tmp, file), t, Map.of("step", "" + step));
-        mine[at] = 1;
-        mine[at + 1] = w.bytes();
-        mine[at + 2] = w.crc();
-    }
-
-    /**
-     * Adds this TP rank's part of every parameter of the host block {@code block} (weights, m or v; a
-     * {@code Device.toHost} view) as 1-D tensors.
-     */
-    private static void addShards(LinkedHashMap<String, Tensor> out, String prefix, Transformer model, Tensor block,
-                                  Boolean experts) {
-        int tpRank = model.tensorParallel().rank();
-        int tpSize = model.tensorParallel().size();
-        int epRank = model.expertParallel().rank();
-        int epSize = model.expertParallel().size();
-        for (ParameterSet.Param p : model.params().params()) {
-            if (experts != null && experts != ShardMap.isExpert(p.name())) {
-                continue; // in the other file
-            }
-            if (p.tp() != ParameterSet.TpRole.SPLIT && tpRank != 0) {
-                continue; // replicated over the TP group: TP rank 0 writes it
-            }
-            if (CheckpointLayout.tiedCopy(model.config(), p, model.pipeline().layout(), model.pipeline().stage())) {
-                continue; // the last stage's copy of a tied embedding: the first stage writes it
-            }
-            long[][] segs = ShardMap.segments(model.config(), p, tpRank, tpSize, epRank, epSize);
-            long n = ShardMap.numel(ShardMap.runs(segs));
-            if (n == 0) {
-                continue;
-            }
-            Tensor t;
-            if (segs.length == 1 && segs[0][1] == 0 && segs[0][2] == p.numel()) {
-                t = block.slice(p.offset(), p.numel()); // the whole local tensor: no copy
-            } else {
-                t = Tensor.allocateHost(DType.F32, n);
-                java.nio.FloatBuffer dst = t.floats();
-                int at = 0;
-                for (long[] s : segs) {
-                    dst.put(at, block.slice(p.offset() + s[1], s[2]).floats(), 0, Math.toIntExact(s[2]));
-                    at += (int) s[2];
-                }
-            }
-            out.put(prefix + p.name(), t);
         }
     }
 

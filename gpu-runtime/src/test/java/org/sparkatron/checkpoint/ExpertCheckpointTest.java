@@ -15,6 +15,8 @@ import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
 import org.sparkatron.comm.Communicator;
 import org.sparkatron.comm.LocalRanks;
 import org.sparkatron.comm.ParallelLayout;
@@ -39,7 +41,8 @@ import org.sparkatron.train.Trainer;
  * Sharded checkpoints of expert-parallel runs: every EP rank's experts go to files of their own (one per EP
  * and TP rank, each written once), the checkpoint loads at other EP, TP and DP sizes and saves again with
  * every tensor (weights, AdamW m and v) bitwise what was saved, exports to a Hugging Face Mixtral directory,
- * and a run killed and resumed from its checkpoint reproduces the uninterrupted run bitwise.
+ * and a run killed and resumed from its checkpoint (saved blocking or in the background) reproduces the
+ * uninterrupted run bitwise.
  */
 @Timeout(value = 180, unit = TimeUnit.SECONDS)
 class ExpertCheckpointTest {
@@ -169,39 +172,42 @@ class ExpertCheckpointTest {
         });
     }
 
-    @Test
-    void killedAndResumedExpertParallelRunMatchesTheUninterruptedRun() throws Exception {
+    @ParameterizedTest(name = "async save {0}")
+    @ValueSource(booleans = {false, true})
+    void killedAndResumedExpertParallelRunMatchesTheUninterruptedRun(boolean async) throws Exception {
         ModelConfig cfg = config();
-        List<List<Double>> whole = run(cfg, tmp.resolve("whole"), 6, -1);
-        run(cfg, tmp.resolve("cut"), 6, 4); // killed after step 4, checkpointed every 2 steps
-        List<List<Double>> resumed = run(cfg, tmp.resolve("cut"), 6, -1);
+        List<List<Double>> whole = run(cfg, tmp.resolve("whole"), 6, -1, async);
+        run(cfg, tmp.resolve("cut"), 6, 4, async); // stopped after step 4 (saved, waited for), checkpoints every 2 steps
+        List<List<Double>> resumed = run(cfg, tmp.resolve("cut"), 6, -1, async);
         for (int rank = 0; rank < whole.size(); rank++) {
             assertEquals(whole.get(rank).subList(8, 12), resumed.get(rank), "rank " + rank + ": losses and gradient norms of steps 5, 6");
         }
     }
 
-    /** DP 4 with EP 2 (two expert-data-parallel pairs) to {@code steps}, checkpoints every 2 steps; stops after {@code killAt}. */
-    private List<List<Double>> run(ModelConfig cfg, Path root, int steps, int killAt) throws Exception {
+    /**
+     * DP 4 with EP 2 (two expert-data-parallel pairs) to {@code steps}, checkpoints every 2 steps (in the
+     * background with {@code async}); stops after {@code killAt}, whose save it waits for.
+     */
+    private List<List<Double>> run(ModelConfig cfg, Path root, int steps, int killAt, boolean async) throws Exception {
         return LocalRanks.run(4, (rank, world) -> {
             try (Rank r = Rank.of(cfg, 1, 4, 2, world)) {
                 Trainer tr = r.trainer(cfg, 21);
                 DistributedCheckpoint dc = new DistributedCheckpoint(new LocalStorage(), root.toString(), 3);
-                ResumableTraining rt = new ResumableTraining(tr, dc, world, 4, new ResumableTraining.Options(2, false, Map.of()),
-                        msg -> { });
-                long first = rt.resume() + 1;
-                List<Double> losses = new ArrayList<>();
-                for (long s = first; s <= steps; s++) {
-                    Trainer.StepMetrics m = tr.step();
-                    losses.add(m.loss());
-                    losses.add(m.gradNorm());
-                    if (s % 2 == 0) {
-                        rt.save();
+                try (ResumableTraining rt = new ResumableTraining(tr, dc, world, 4,
+                        new ResumableTraining.Options(2, false, Map.of(), async), msg -> { })) {
+                    long first = rt.resume() + 1;
+                    List<Double> losses = new ArrayList<>();
+                    for (long s = first; s <= steps; s++) {
+                        Trainer.StepMetrics m = tr.step();
+                        losses.add(m.loss());
+                        losses.add(m.gradNorm());
+                        rt.afterStep(s, s == steps || s == killAt);
+                        if (s == killAt) {
+                            break;
+                        }
                     }
-                    if (s == killAt) {
-                        break;
-                    }
+                    return losses;
                 }
-                return losses;
             }
         });
     }

@@ -4,21 +4,21 @@ import org.sparkatron.comm.ParallelLayout;
 
 /**
  * The rank layout of a job, Megatron's order {@code tp-cp-ep-dp-pp} (TP fastest): world = TP x DP x PP,
- * through the engine's {@link ParallelLayout}. The training engine runs data and tensor (+ sequence)
- * parallelism; the driver refuses PP above 1 with a clear message until pipeline parallelism lands.
- * Stateless.
+ * through the engine's {@link ParallelLayout}, and the driver's checks of it against the model and the
+ * batch, so a bad layout is refused before launch naming the numbers. Stateless.
  */
 final class Layout {
     private Layout() {
     }
 
     static ParallelLayout of(TrainConfig cfg) {
-        return ParallelLayout.of(cfg.world(), cfg.tp, 1, cfg.ep, cfg.dp / cfg.ep, cfg.pp, 1);
+        return ParallelLayout.of(cfg.world(), cfg.tp, 1, cfg.ep, cfg.dp / cfg.ep, cfg.pp, cfg.virtualPp);
     }
 
     /**
-     * The rank that receives replica {@code replica}'s data: TP rank 0 on the first pipeline stage. Its TP
-     * peers would get the batch from it by broadcast; later pipeline stages need none.
+     * The rank that receives replica {@code replica}'s data: TP rank 0 on the first pipeline stage. It
+     * broadcasts each sample to the replica's other ranks that need data (its TP peers, and the last
+     * stage's ranks, which need the targets: {@link ParallelLayout.Group#DATA}); the stages between need none.
      */
     static int dataRank(ParallelLayout layout, int replica) {
         return layout.rankOf(0, 0, replica % layout.ep(), replica / layout.ep(), 0); // the dense DP rank: ep fastest
@@ -47,12 +47,12 @@ final class Layout {
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("ep=" + cfg.ep + ": " + e.getMessage(), e);
         }
-        if (m.layers() % cfg.pp != 0) {
-            throw new IllegalArgumentException("layers " + m.layers() + " are not divisible by pp " + cfg.pp);
-        }
-        if (cfg.pp > 1) {
-            throw new IllegalArgumentException("pp=" + cfg.pp + ": the training engine supports data and tensor "
-                    + "parallelism so far (pp=1); use dp or tp for more ranks");
+        try {
+            cfg.pipelineLayout();
+            org.sparkatron.parallel.pipeline.Schedule.of(cfg.pp, cfg.virtualPp, cfg.microBatches());
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("pp=" + cfg.pp + (cfg.virtualPp > 1 ? ", virtual_pp=" + cfg.virtualPp : "")
+                    + ", " + cfg.microBatches() + " micro-batches per step: " + e.getMessage(), e);
         }
     }
 }

@@ -3,6 +3,8 @@ package org.sparkatron.spark;
 import java.util.Locale;
 import org.apache.spark.SparkConf;
 import org.sparkatron.model.MemoryEstimate;
+import org.sparkatron.model.Recompute;
+import org.sparkatron.parallel.PipelineLayout;
 
 /**
  * The driver's memory check before launch. Each rank's memory by category comes from {@link MemoryEstimate}
@@ -54,9 +56,27 @@ final class MemoryCheck {
         }
     }
 
-    /** One rank's estimate for {@code cfg} with TP size {@code tp} and micro-batches of {@code microBatch}. */
+    /**
+     * One rank's estimate for {@code cfg} with TP size {@code tp} and micro-batches of {@code microBatch}:
+     * under pipeline parallelism the stage that needs the most (activations in flight under its schedule,
+     * with the config's recompute mode).
+     */
     static MemoryEstimate estimate(TrainConfig cfg, int tp, int microBatch) {
-        return MemoryEstimate.of(cfg.model(), tp, cfg.sequenceParallel, microBatch, cfg.seqLen, cfg.precision, CPU_HALF_BYTES);
+        return estimate(cfg, tp, microBatch, cfg.recompute);
+    }
+
+    static MemoryEstimate estimate(TrainConfig cfg, int tp, int microBatch, Recompute recompute) {
+        PipelineLayout pl = cfg.pipelineLayout();
+        int microBatches = cfg.replicaBatch() / microBatch;
+        MemoryEstimate worst = null;
+        for (int stage = 0; stage < cfg.pp; stage++) {
+            MemoryEstimate e = MemoryEstimate.of(cfg.model(), tp, cfg.sequenceParallel, pl, stage, microBatches, microBatch,
+                    cfg.seqLen, cfg.precision, recompute, CPU_HALF_BYTES);
+            if (worst == null || e.total() > worst.total()) {
+                worst = e;
+            }
+        }
+        return worst;
     }
 
     /** The bytes a JVM needs for {@code ranks} ranks of {@code perRank} bytes, with Spark's reserve. */
@@ -73,8 +93,9 @@ final class MemoryCheck {
         int world = cfg.world();
         int ranks = budget.ranksPerJvm(world);
         long need = need(ranks, e.total());
-        String line = String.format(Locale.ROOT, "memory per rank (tp=%d, micro_batch %d x %d tokens, %s): %s; %s rank(s): %s of %s",
-                cfg.tp, cfg.microBatch, cfg.seqLen, cfg.precision.name().toLowerCase(Locale.ROOT), e.summary(), budget.where(world),
+        String line = String.format(Locale.ROOT, "memory per rank (tp=%d%s, micro_batch %d x %d tokens, %s): %s; %s rank(s): %s of %s",
+                cfg.tp, (cfg.pp > 1 ? ", pp=" + cfg.pp + ", its fullest stage" : "") + (cfg.recompute != Recompute.NONE
+                        ? ", recompute " + cfg.recompute.label() : ""), cfg.microBatch, cfg.seqLen, cfg.precision.name().toLowerCase(Locale.ROOT), e.summary(), budget.where(world),
                 gib(need), gib(budget.bytesPerJvm()));
         if (need <= budget.bytesPerJvm() || !budget.conf().getBoolean(CONF, true)) {
             return line;
@@ -102,15 +123,22 @@ final class MemoryCheck {
                 break;
             }
         }
+        if (cfg.recompute != Recompute.FULL) {
+            MemoryEstimate full = estimate(cfg, cfg.tp, cfg.microBatch, Recompute.FULL);
+            if (need(budget.ranksPerJvm(cfg.world()), full.total()) <= budget.bytesPerJvm()) {
+                sb.append(String.format(Locale.ROOT, "recompute=full (%s per rank; each layer keeps only its input and runs its "
+                        + "forward again in the backward), ", gib(full.total())));
+            }
+        }
         sb.append(budget.local() ? "a larger heap (SPARKATRON_JAVA_OPTS=-Xmx..., or a cluster with --master)"
                 : "more memory per executor (spark.executor.memory) or fewer ranks per executor (spark.executor.cores)");
-        sb.append(". The distributed optimizer, activation recomputation and pipeline parallelism, which would also cut it, "
-                + "are not available yet.");
+        sb.append(". Pipeline parallelism (pp) splits the layers over more ranks; the distributed optimizer, which would "
+                + "also cut it, is not available yet.");
         return sb.toString();
     }
 
     private static boolean fits(TrainConfig cfg, int tp, int microBatch, Budget budget) {
-        int world = Math.multiplyExact(cfg.dp, tp);
+        int world = Math.multiplyExact(Math.multiplyExact(cfg.dp, tp), cfg.pp);
         try {
             return need(budget.ranksPerJvm(world), estimate(cfg, tp, microBatch).total()) <= budget.bytesPerJvm();
         } catch (IllegalArgumentException | ArithmeticException invalid) { // TP not valid for the model

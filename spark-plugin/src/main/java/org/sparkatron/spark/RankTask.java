@@ -9,6 +9,7 @@ import org.apache.spark.BarrierTaskContext;
 import org.apache.spark.SparkEnv;
 import org.sparkatron.checkpoint.DistributedCheckpoint;
 import org.sparkatron.comm.Communicator;
+import org.sparkatron.comm.ParallelLayout;
 import org.sparkatron.comm.ProcessGroups;
 import org.sparkatron.data.io.HadoopCheckpointStorage;
 import org.sparkatron.device.Device;
@@ -19,7 +20,8 @@ import org.sparkatron.parallel.ExpertParallel;
 import org.sparkatron.parallel.RankContext;
 import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.TpBroadcastSource;
-import org.sparkatron.parallel.TpCheckpoint;
+import org.sparkatron.parallel.FullWeights;
+import org.sparkatron.parallel.PipelineParallel;
 import org.sparkatron.train.Evaluator;
 import org.sparkatron.train.ResumableTraining;
 import org.sparkatron.train.SampleSource;
@@ -83,12 +85,16 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         Device dev = rankDevice.device();
         Communicator comm = rankDevice.connect(ctx, secret, cfg.commTimeoutMs);
         Thread watchdog = watchdog(ctx, comm, rank);
+        ResumableTraining ckpt = null; // closed in finally: a failed attempt's background save must stop writing
         try (ProgressChannel progress = rank == 0 && pluginJob != null ? new SparkatronPlugin.Channel(pluginJob)
                 : new ProgressReporter(rank == 0 ? progressEndpoint : null, secret);
              ProcessGroups groups = ProcessGroups.create(Layout.of(cfg), comm)) {
             int tpRank = groups.coords()[0];
             int replica = groups.dp().rank(); // the dense data-parallel rank (ep fastest, then dp)
-            RankContext rankCtx = new RankContext(dev, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision, null,
+            boolean reader = tpRank == 0 && groups.coords()[4] == 0; // Layout.dataRank: reads this replica's samples
+            PipelineParallel stage = cfg.pp == 1 ? PipelineParallel.none(cfg.model().layers())
+                    : new PipelineParallel(groups.pp(), cfg.pipelineLayout(), groups.embedding());
+            RankContext rankCtx = new RankContext(dev, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision, stage,
                     new ExpertParallel(groups.ep(), groups.expertDp()));
             Transformer model;
             if (cfg.initFrom != null) { // each rank reads the model directory and keeps its TP shard
@@ -99,6 +105,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 model = new Transformer(cfg.model(), rankCtx);
                 model.initialize(cfg.seed);
             }
+            model.setRecompute(cfg.recompute);
             // one replica's initial weights everywhere: dense ones over the DP group, experts over the expert-DP group
             org.sparkatron.model.ParameterSet ps = model.params();
             if (ps.expertOffset() > 0) {
@@ -111,10 +118,10 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             SampleSource samples;
             SampleSource files = null; // a Megatron dataset this rank reads itself (closed at the end)
             SampleSource valid = null; // this replica's validation samples (TP rank 0; peers get them below)
-            if (MegatronInput.FORMAT.equals(cfg.inputFormat)) { // TP peers get their rank 0's samples below
-                files = tpRank == 0 ? MegatronInput.source(cfg, hadoopConf, replica) : null;
+            if (MegatronInput.FORMAT.equals(cfg.inputFormat)) { // the replica's other ranks get the reader's samples below
+                files = reader ? MegatronInput.source(cfg, hadoopConf, replica) : null;
                 samples = files;
-                valid = validation && tpRank == 0 ? MegatronInput.validSource(cfg, hadoopConf, replica) : null;
+                valid = validation && reader ? MegatronInput.validSource(cfg, hadoopConf, replica) : null;
             } else { // the shuffle sorts validation pieces (negative keys) before the training pieces
                 List<Tuple2<Long, int[]>> validPieces = new java.util.ArrayList<>();
                 Tuple2<Long, int[]> firstTraining = null;
@@ -130,10 +137,13 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                         : java.util.stream.Stream.concat(java.util.stream.Stream.of(firstTraining),
                         java.util.stream.StreamSupport.stream(java.util.Spliterators.spliteratorUnknownSize(pieces, 0), false)).iterator();
                 samples = new SampleStream(rest, cfg.seqLen + 1, replica, cfg.dp);
-                valid = validation && tpRank == 0 ? new SampleStream(validPieces.iterator(), cfg.seqLen + 1, replica, cfg.dp) : null;
+                valid = validation && reader ? new SampleStream(validPieces.iterator(), cfg.seqLen + 1, replica, cfg.dp) : null;
             }
-            if (cfg.tp > 1) { // only TP rank 0 of each replica was sent data; it shares every sample
-                samples = new TpBroadcastSource(tpRank == 0 ? samples : null, cfg.seqLen + 1, groups.tp());
+            // only the reader of each replica was sent data; it shares every sample with the ranks that need it
+            if (groups.data() == null) { // a stage between the first and the last: no data, only the position
+                samples = SampleSource.none(cfg.seqLen + 1);
+            } else if (groups.data().size() > 1) {
+                samples = new TpBroadcastSource(reader ? samples : null, cfg.seqLen + 1, groups.data());
             }
             DataParallelSync dpSync = new DataParallelSync(groups.dp(), cfg.bucketBytes);
             Trainer trainer = new Trainer(model, samples, cfg.trainerOptions(), !model.config().isMoe() ? dpSync
@@ -144,16 +154,18 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                     progress.report(TrainConfig.JSON.createObjectNode().put("message", msg).put("attempt", attempt).toString());
                 }
             };
-            ResumableTraining ckpt = checkpointing(cfg, trainer, comm, attempt, events, dataDescription);
-            long first = ckpt == null ? 1 : io(ckpt::resume) + 1; // a retried stage continues from the last checkpoint
+            ckpt = checkpointing(cfg, trainer, comm, attempt, events, dataDescription);
+            ResumableTraining saves = ckpt;
+            long first = saves == null ? 1 : io(saves::resume) + 1; // a retried stage continues from the last checkpoint
             Evaluator evaluator = null;
             if (validation) {
                 SampleSource v = valid;
                 if (v != null) { // Megatron's order: earlier evaluations consumed their samples
                     v.skip(cfg.evaluationsBy(first - 1) * cfg.evalIters * cfg.replicaBatch());
                 }
-                if (cfg.tp > 1) {
-                    v = new TpBroadcastSource(tpRank == 0 ? v : null, cfg.seqLen + 1, groups.tp());
+                Communicator replicaGroup = groups.get(ParallelLayout.Group.MODEL); // every stage runs the forward
+                if (replicaGroup.size() > 1) {
+                    v = new TpBroadcastSource(reader ? v : null, cfg.seqLen + 1, replicaGroup);
                 }
                 evaluator = new Evaluator(model, v, cfg.microBatch, cfg.replicaBatch() / cfg.microBatch, cfg.dp, dpSync);
             }
@@ -169,7 +181,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                     memory = trainer.memoryReport();
                     System.err.println("[sparkatron] rank " + rank + ": memory " + memory);
                     if (rank == 0) {
-                        events.accept("memory per rank: " + model.memoryEstimate(cfg.microBatch, cfg.seqLen).summary()
+                        events.accept("memory per rank: " + model.memoryEstimate(cfg.microBatch, cfg.seqLen, cfg.microBatches()).summary()
                                 + " (predicted; measured in metrics.jsonl)");
                     }
                 }
@@ -177,8 +189,12 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 if (evaluator != null && cfg.evaluatesAt(s)) { // before the checkpoint: a resume never repeats it
                     reports.eval(evaluator.run(s, cfg.evalIters));
                 }
-                if (ckpt != null && (s == cfg.steps || (cfg.checkpointEvery > 0 && s % cfg.checkpointEvery == 0))) {
-                    events.accept("checkpoint saved: " + io(ckpt::save));
+                if (saves != null) { // saves every checkpoint_every steps and at the end (async_save: in the background)
+                    long step = s;
+                    io(() -> {
+                        saves.afterStep(step, step == cfg.steps);
+                        return null;
+                    });
                 }
             }
             progress.flush(); // the driver has every line before the results arrive
@@ -189,10 +205,9 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 valid.close();
             }
             comm.barrier();
-            Transformer full = cfg.tp > 1 || cfg.ep > 1 ? TpCheckpoint.gatherFull(model, false) : model; // TP/EP collective
-            float[] weights = null;
-            if (rank == 0) {
-                weights = full.params().downloadWeights();
+            float[] weights = FullWeights.gather(model); // over TP and PP: the whole model on each replica's reader
+            if (rank != 0) {
+                weights = null;
             }
             String host = ctx.getTaskInfos()[rank].address();
             RankReport report = new RankReport(rank, attempt, host, SparkEnv.get().executorId(), device,
@@ -202,6 +217,9 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             comm.abort("rank " + rank + " failed: " + t);
             throw t;
         } finally {
+            if (ckpt != null) {
+                ckpt.close();
+            }
             watchdog.interrupt();
             comm.close();
             dev.close();
@@ -221,7 +239,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 cfg.checkpointDir, cfg.keepCheckpoints);
         return new ResumableTraining(trainer, dc, world, cfg.dp,
                 new ResumableTraining.Options(cfg.checkpointEvery, cfg.startOver && attempt == 0, java.util.Map.of("attempt", "" + attempt,
-                        TRAIN_CONFIG, cfg.resolved().toString(), DATA, data == null ? "" : data)),
+                        TRAIN_CONFIG, cfg.resolved().toString(), DATA, data == null ? "" : data), cfg.asyncSave),
                 log);
     }
 
