@@ -13,8 +13,11 @@ import java.util.concurrent.ThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
 import org.sparkatron.comm.Communicator;
 import org.sparkatron.device.Device;
+import org.sparkatron.device.MemoryKind;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.AdamW;
+import org.sparkatron.optim.DistributedOptimizer;
+import org.sparkatron.parallel.DistributedDataParallel;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -28,6 +31,10 @@ import org.sparkatron.tensor.Tensor;
  * commit leaves an {@code .inprogress-} directory that resume ignores (and the next save deletes), so the
  * previous checkpoint stays the newest usable one: the atomicity, CRC and fallback guarantees are those of
  * {@link DistributedCheckpoint#save}, which is this class in blocking mode.
+ *
+ * <p>With the distributed optimizer (a sharded {@link AdamW}) the fp32 master weights and moments are first
+ * all-gathered over the data-parallel group (the gradient block and one temporary block hold the moments until
+ * they are copied or written), so the files are those of plain data parallelism and load under any layout.
  *
  * <p>Memory: an asynchronous save keeps a copy of what this rank writes (its model and/or optimizer shard)
  * in host memory, allocated at the first save and reused; it is the price of not waiting for the disk.
@@ -137,6 +144,27 @@ public final class AsyncCheckpointer implements AutoCloseable {
         for (int r = 0; r < rows.length; r++) {
             positions[r] = rows[r][2];
         }
+        // The distributed optimizer keeps a shard of the state: the whole (fp32 master weights, moments by
+        // parameter) is all-gathered first, so the files are those of plain data parallelism and load at any DP
+        // size. The gradient block (zeroed by the next step) holds m; v takes a temporary block until the copy
+        // (asynchronous) or the write (blocking) is done, at the end of this method.
+        Tensor weights = model.params().weights();
+        Tensor mBlock = opt.firstMoment();
+        Tensor vBlock = opt.secondMoment();
+        Tensor temporary = null;
+        if (opt.sharded()) {
+            DistributedDataParallel ddp = DistributedCheckpoint.shardedBy(model);
+            if (opt.masterWeights() != null) { // the weight block holds the 16-bit rounding until the next forward
+                opt.writeMasterWeights();
+                ddp.gatherParams(weights);
+            }
+            mBlock = model.params().grads();
+            DistributedOptimizer.gatherState(opt, ddp, opt.firstMoment(), mBlock);
+            temporary = model.device().allocate(MemoryKind.OPTIMIZER, DType.F32, model.params().numel());
+            vBlock = temporary;
+            DistributedOptimizer.gatherState(opt, ddp, opt.secondMoment(), vBlock);
+        }
+        Tensor[] blocks = {weights, mBlock, vBlock};
         // up to four files: the dense model and optimizer shards, and under EP > 1 the experts' (CheckpointLayout)
         Boolean dense = lay.separateExperts() ? Boolean.FALSE : null; // null: every parameter
         List<FilePart> parts = new ArrayList<>();
@@ -165,11 +193,11 @@ public final class AsyncCheckpointer implements AutoCloseable {
                 }
                 long at = 0;
                 for (FilePart f : parts) {
-                    at = f.copy(dev, model, opt, staging, at);
+                    at = f.copy(dev, blocks, staging, at);
                 }
             } else {
                 for (FilePart f : parts) {
-                    f.views(dev, model, opt);
+                    f.views(dev, blocks);
                 }
             }
         } catch (RuntimeException e) {
@@ -198,6 +226,9 @@ public final class AsyncCheckpointer implements AutoCloseable {
             java.util.concurrent.FutureTask<long[]> now = new java.util.concurrent.FutureTask<>(write);
             now.run();
             written = now;
+        }
+        if (temporary != null) { // copied (asynchronous) or written (blocking)
+            dev.release(temporary);
         }
         // Everything the metadata records is taken now, with the copy: training changes it meanwhile.
         pending = new Pending(step, model.trainSteps(), tmp, written, model, lay, positions, extra);
@@ -301,22 +332,17 @@ public final class AsyncCheckpointer implements AutoCloseable {
             return n;
         }
 
-        private Tensor[] blocks(Transformer model, AdamW opt) {
-            return optim ? new Tensor[] {opt.firstMoment(), opt.secondMoment()} : new Tensor[] {model.params().weights()};
-        }
-
-        long copy(Device dev, Transformer model, AdamW opt, Tensor staging, long at) {
-            Tensor[] b = blocks(model, opt);
-            for (int i = 0; i < b.length; i++) {
-                at = ShardContent.copy(tensors, dev, b[i], pieces.get(i), staging, at);
+        /** {@code blocks}: the weights, m and v blocks to take the values from (whole, as the files hold them). */
+        long copy(Device dev, Tensor[] blocks, Tensor staging, long at) {
+            for (int i = 0; i < pieces.size(); i++) {
+                at = ShardContent.copy(tensors, dev, blocks[optim ? 1 + i : 0], pieces.get(i), staging, at);
             }
             return at;
         }
 
-        void views(Device dev, Transformer model, AdamW opt) {
-            Tensor[] b = blocks(model, opt);
-            for (int i = 0; i < b.length; i++) {
-                ShardContent.views(tensors, dev, b[i], pieces.get(i));
+        void views(Device dev, Tensor[] blocks) {
+            for (int i = 0; i < pieces.size(); i++) {
+                ShardContent.views(tensors, dev, blocks[optim ? 1 + i : 0], pieces.get(i));
             }
         }
     }

@@ -4,6 +4,8 @@ import java.util.Locale;
 import org.sparkatron.device.MemoryKind;
 import org.sparkatron.device.MemoryStats;
 import org.sparkatron.model.ParameterSet.TpRole;
+import org.sparkatron.parallel.DataParallel;
+import org.sparkatron.parallel.GradBuffer;
 import org.sparkatron.parallel.PipelineLayout;
 import org.sparkatron.parallel.pipeline.Schedule;
 import org.sparkatron.precision.Precision;
@@ -61,7 +63,7 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
      */
     public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, PipelineLayout pl, int stage, int microBatches,
                                     int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes) {
-        return of(cfg, tp, sp, 1, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes);
+        return of(cfg, tp, sp, 1, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, null, 1);
     }
 
     /**
@@ -71,12 +73,42 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
      */
     public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, int ep, PipelineLayout pl, int stage, int microBatches,
                                     int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes) {
+        return of(cfg, tp, sp, ep, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, null, 1);
+    }
+
+    /**
+     * {@link #of(ModelConfig, int, boolean, PipelineLayout, int, int, int, int, Precision, Recompute, int)} for a
+     * model with data parallelism inside ({@link DataParallel}: {@code dp} null for none): the parameter and
+     * gradient blocks in Megatron's buffer layout (padded under the distributed optimizer), and with the
+     * distributed optimizer AdamW's moments, and under mixed precision the fp32 master weights, for this
+     * rank's {@code 1/dpSize} shard only, the model's weight block being its 16-bit copy (Megatron's
+     * {@code 2 + 4 + 12/dp} bytes per parameter, with the 16-bit copy's element size {@code halfBytes}).
+     */
+    public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, PipelineLayout pl, int stage, int microBatches,
+                                    int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes,
+                                    DataParallel.Config dp, int dpSize) {
+        return of(cfg, tp, sp, 1, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, dp, dpSize);
+    }
+
+    /** The estimate with expert parallelism {@code ep} and data parallelism inside the model ({@code dp}) together. */
+    public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, int ep, PipelineLayout pl, int stage, int microBatches,
+                                    int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes,
+                                    DataParallel.Config dp, int dpSize) {
         Transformer.validate(cfg, tp);
         Transformer.validateExperts(cfg, ep, tp);
         boolean split = sp && tp > 1;
         ParameterSet.Builder layout = Transformer.layout(cfg, tp, ep, pl, stage);
         long numel = layout.numel();
-        long params = 4 * numel + (precision.isReduced() ? (long) halfBytes * numel : 0);
+        long owned = numel; // elements of optimizer state
+        if (dp != null) {
+            GradBuffer plan = Transformer.gradBuffer(cfg, layout.params(), pl, stage, dp, dpSize);
+            numel = plan.numel();
+            owned = plan.ownedNumel();
+        }
+        boolean shardedMaster = dp != null && dp.distributedOptimizer() && precision.isReduced();
+        long params = shardedMaster ? (long) halfBytes * numel
+                : 4 * numel + (precision.isReduced() ? (long) halfBytes * numel : 0);
+        long optimizer = (shardedMaster ? 12 : 8) * owned; // moments (and the fp32 master shard)
         long n = (long) batch * seqLen;
         if (split && n % tp != 0) {
             throw new IllegalArgumentException("sequence parallelism needs the batch's token count (batch x sequence length = "
@@ -136,7 +168,7 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
             }
             workspace += 4 * (n * c + sequenceGrads); // tp.rows, packed SP gradients
         }
-        return new MemoryEstimate(params, 4 * numel, 8 * numel, 4 * activations, workspace);
+        return new MemoryEstimate(params, 4 * numel, optimizer, 4 * activations, workspace);
     }
 
     /** One line: each kind in MiB and the total. */

@@ -41,6 +41,32 @@ public final class ExpertGradientSync implements GradientSync {
         this.kernels = kernels;
     }
 
+    /**
+     * The expert grid's reduction over data-parallel replicas {@code dp} (ep x dp ranks): the dense region
+     * averaged over {@code dp} in all-reduces of at most {@code bucketBytes} (a few large messages, not one per
+     * parameter), the experts over {@code expertDp}; the loss and the step's figures averaged over {@code dp}.
+     */
+    public static ExpertGradientSync overReplicas(Communicator dp, long bucketBytes, ParameterSet params, Communicator expertDp,
+                                                  Kernels kernels) {
+        int bucket = (int) Math.max(1, Math.min(Integer.MAX_VALUE / 4, bucketBytes / 4));
+        GradientSync dense = new GradientSync() {
+            @Override
+            public void syncGradients(Tensor grads) {
+                for (long at = 0; dp.size() > 1 && at < grads.numel(); at += bucket) {
+                    dp.allReduce(grads.slice(at, (int) Math.min(bucket, grads.numel() - at)), ReduceOp.AVG);
+                }
+            }
+
+            @Override
+            public void averageScalars(Tensor scalars) {
+                if (dp.size() > 1) {
+                    dp.allReduce(scalars, ReduceOp.AVG);
+                }
+            }
+        };
+        return new ExpertGradientSync(dense, params, expertDp, dp.size(), kernels);
+    }
+
     @Override
     public void syncGradients(Tensor grads) {
         if (expertOffset > 0) {

@@ -21,6 +21,7 @@ public final class RankContext {
     private final Precision precision;
     private final Kernels kernels;
     private final PipelineParallel pp; // null: no pipelining
+    private final DataParallel dp;     // null: gradients are the caller's to reduce (GradientSync)
     private final ExpertParallel ep;
 
     public RankContext(Device device, TensorParallel tp, Precision precision) {
@@ -29,11 +30,30 @@ public final class RankContext {
 
     /** @param pp this rank's pipeline stage, or null for no pipelining */
     public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp) {
-        this(device, tp, precision, pp, ExpertParallel.none());
+        this(device, tp, precision, pp, null, ExpertParallel.none());
+    }
+
+    /**
+     * @param pp this rank's pipeline stage, or null for no pipelining
+     * @param dp this rank's data-parallel group and gradient reduction ({@link DistributedDataParallel} in the
+     *           model), or null: the model leaves its gradients to the training loop's {@code GradientSync}
+     */
+    public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp, DataParallel dp) {
+        this(device, tp, precision, pp, dp, ExpertParallel.none());
     }
 
     /** @param ep this rank's expert-parallel groups ({@link ExpertParallel#none()}: none) */
     public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp, ExpertParallel ep) {
+        this(device, tp, precision, pp, null, ep);
+    }
+
+    /**
+     * @param pp this rank's pipeline stage, or null for no pipelining
+     * @param dp data parallelism inside the model, or null
+     * @param ep this rank's expert-parallel groups ({@link ExpertParallel#none()} or null: none)
+     */
+    public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp, DataParallel dp,
+                       ExpertParallel ep) {
         if (device == null || tp == null || precision == null) {
             throw new IllegalArgumentException("a rank context needs a device, a tensor-parallel group and a precision");
         }
@@ -41,6 +61,7 @@ public final class RankContext {
         this.tp = tp;
         this.precision = precision;
         this.pp = pp;
+        this.dp = dp;
         this.ep = ep == null ? ExpertParallel.none() : ep;
         this.kernels = RoundingKernels.wrap(device.kernels(), precision);
     }
@@ -77,37 +98,47 @@ public final class RankContext {
         return pp;
     }
 
+    /** This rank's data-parallel group and how gradients are reduced over it, or null. */
+    public DataParallel dataParallel() {
+        return dp;
+    }
+
     /** This rank's expert-parallel groups (never null; a group of one without expert parallelism). */
     public ExpertParallel expertParallel() {
         return ep;
     }
 
     /**
-     * The same rank with another tensor-parallel group, no pipelining and no expert parallelism (a whole
-     * TP = 1 copy for checkpoints).
+     * The same rank with another tensor-parallel group, no pipelining, no data and no expert parallelism (a
+     * whole TP = 1 copy for checkpoints).
      */
     public RankContext withTensorParallel(TensorParallel other) {
-        return new RankContext(device, other, precision, null, ExpertParallel.none());
+        return new RankContext(device, other, precision, null, null, ExpertParallel.none());
     }
 
     /** The same rank as a pipeline stage. */
     public RankContext withPipeline(PipelineParallel stage) {
-        return new RankContext(device, tp, precision, stage, ep);
+        return new RankContext(device, tp, precision, stage, dp, ep);
     }
 
     /** The same rank with expert-parallel groups. */
     public RankContext withExpertParallel(ExpertParallel groups) {
-        return new RankContext(device, tp, precision, pp, groups);
+        return new RankContext(device, tp, precision, pp, dp, groups);
+    }
+
+    /** The same rank with data parallelism inside the model (null: none). */
+    public RankContext withDataParallel(DataParallel group) {
+        return new RankContext(device, tp, precision, pp, group, ep);
     }
 
     /** The same rank in another precision. */
     public RankContext withPrecision(Precision other) {
-        return new RankContext(device, tp, other, pp, ep);
+        return new RankContext(device, tp, other, pp, dp, ep);
     }
 
     @Override
     public String toString() {
-        return device.name() + ", " + tp + (pp != null ? ", " + pp : "") + (ep.size() > 1 ? ", " + ep : "") + ", "
-                + precision.label();
+        return device.name() + ", " + tp + (pp != null ? ", " + pp : "") + (dp != null ? ", " + dp : "")
+                + (ep.size() > 1 ? ", " + ep : "") + ", " + precision.label();
     }
 }

@@ -66,12 +66,13 @@ final class MemoryCheck {
     }
 
     static MemoryEstimate estimate(TrainConfig cfg, int tp, int microBatch, Recompute recompute) {
+        // the engine's gradient-buffer layout, and with the distributed optimizer the optimizer state of a 1/dp shard
         PipelineLayout pl = cfg.pipelineLayout();
         int microBatches = cfg.replicaBatch() / microBatch;
         MemoryEstimate worst = null;
         for (int stage = 0; stage < cfg.pp; stage++) {
             MemoryEstimate e = MemoryEstimate.of(cfg.model(), tp, cfg.sequenceParallel, pl, stage, microBatches, microBatch,
-                    cfg.seqLen, cfg.precision, recompute, CPU_HALF_BYTES);
+                    cfg.seqLen, cfg.precision, recompute, CPU_HALF_BYTES, cfg.dataParallelConfig(), cfg.dp);
             if (worst == null || e.total() > worst.total()) {
                 worst = e;
             }
@@ -95,7 +96,8 @@ final class MemoryCheck {
         long need = need(ranks, e.total());
         String line = String.format(Locale.ROOT, "memory per rank (tp=%d%s, micro_batch %d x %d tokens, %s): %s; %s rank(s): %s of %s",
                 cfg.tp, (cfg.pp > 1 ? ", pp=" + cfg.pp + ", its fullest stage" : "") + (cfg.recompute != Recompute.NONE
-                        ? ", recompute " + cfg.recompute.label() : ""), cfg.microBatch, cfg.seqLen, cfg.precision.name().toLowerCase(Locale.ROOT), e.summary(), budget.where(world),
+                        ? ", recompute " + cfg.recompute.label() : ""), cfg.microBatch, cfg.seqLen, cfg.precision.name().toLowerCase(Locale.ROOT)
+                        + (cfg.useDistributedOptimizer ? ", optimizer state sharded over dp=" + cfg.dp : ""), e.summary(), budget.where(world),
                 gib(need), gib(budget.bytesPerJvm()));
         if (need <= budget.bytesPerJvm() || !budget.conf().getBoolean(CONF, true)) {
             return line;
@@ -132,8 +134,11 @@ final class MemoryCheck {
         }
         sb.append(budget.local() ? "a larger heap (SPARKATRON_JAVA_OPTS=-Xmx..., or a cluster with --master)"
                 : "more memory per executor (spark.executor.memory) or fewer ranks per executor (spark.executor.cores)");
-        sb.append(". Pipeline parallelism (pp) splits the layers over more ranks; the distributed optimizer, which would "
-                + "also cut it, is not available yet.");
+        sb.append(". Pipeline parallelism (pp) splits the layers over more ranks");
+        if (!cfg.useDistributedOptimizer) {
+            sb.append("; use_distributed_optimizer shards the optimizer state over the dp replicas");
+        }
+        sb.append(".");
         return sb.toString();
     }
 

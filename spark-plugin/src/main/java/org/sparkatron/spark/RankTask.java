@@ -15,6 +15,7 @@ import org.sparkatron.data.io.HadoopCheckpointStorage;
 import org.sparkatron.device.Device;
 import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.model.Transformer;
+import org.sparkatron.parallel.DataParallel;
 import org.sparkatron.parallel.ExpertGradientSync;
 import org.sparkatron.parallel.ExpertParallel;
 import org.sparkatron.parallel.RankContext;
@@ -23,6 +24,7 @@ import org.sparkatron.parallel.TpBroadcastSource;
 import org.sparkatron.parallel.FullWeights;
 import org.sparkatron.parallel.PipelineParallel;
 import org.sparkatron.train.Evaluator;
+import org.sparkatron.train.GradientSync;
 import org.sparkatron.train.ResumableTraining;
 import org.sparkatron.train.SampleSource;
 import org.sparkatron.train.Trainer;
@@ -78,6 +80,10 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         BarrierTaskContext ctx = BarrierTaskContext.get();
         int rank = ctx.partitionId();
         int attempt = ctx.stageAttemptNumber();
+        if (ctx.getTaskInfos().length != cfg.world()) { // seen when Spark re-ran only the failed tasks of a barrier stage
+            throw new IllegalStateException("attempt " + attempt + " of the training stage runs " + ctx.getTaskInfos().length
+                    + " tasks but the layout needs " + cfg.world() + " ranks (dp x tp x pp): Spark did not restart every rank");
+        }
         Blas.setThreads(cfg.threadsPerRank); // process-wide; the same value from every rank in the JVM
         // this rank's device (one per task: several ranks may share the JVM): the GPU Spark assigned, else the CPU
         RankDevice rankDevice = RankDevice.open(ctx);
@@ -94,8 +100,12 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             boolean reader = tpRank == 0 && groups.coords()[4] == 0; // Layout.dataRank: reads this replica's samples
             PipelineParallel stage = cfg.pp == 1 ? PipelineParallel.none(cfg.model().layers())
                     : new PipelineParallel(groups.pp(), cfg.pipelineLayout(), groups.embedding());
+            // data parallelism inside the engine for dense models: gradient buckets reduced during the backward,
+            // optionally ZeRO-1; a mixture-of-experts model reduces its dense gradients over the replicas and its
+            // experts over the expert-data-parallel group after the backward (ExpertGradientSync)
+            boolean moe = cfg.model().isMoe();
             RankContext rankCtx = new RankContext(dev, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision, stage,
-                    new ExpertParallel(groups.ep(), groups.expertDp()));
+                    moe ? null : new DataParallel(groups.dp(), cfg.dataParallelConfig()), new ExpertParallel(groups.ep(), groups.expertDp()));
             Transformer model;
             if (cfg.initFrom != null) { // each rank reads the model directory and keeps its TP shard
                 org.apache.hadoop.conf.Configuration conf = new org.apache.hadoop.conf.Configuration();
@@ -145,9 +155,10 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             } else if (groups.data().size() > 1) {
                 samples = new TpBroadcastSource(reader ? samples : null, cfg.seqLen + 1, groups.data());
             }
-            DataParallelSync dpSync = new DataParallelSync(groups.dp(), cfg.bucketBytes);
-            Trainer trainer = new Trainer(model, samples, cfg.trainerOptions(), !model.config().isMoe() ? dpSync
-                    : new ExpertGradientSync(dpSync, model.params(), groups.expertDp(), cfg.dp, model.kernels()));
+            // the model's buckets, or the expert grid's reduction; either averages the loss over the replicas
+            GradientSync dpSync = !moe ? model.dataParallel()
+                    : ExpertGradientSync.overReplicas(groups.dp(), cfg.bucketBytes, model.params(), groups.expertDp(), model.kernels());
+            Trainer trainer = new Trainer(model, samples, cfg.trainerOptions(), dpSync);
             java.util.function.Consumer<String> events = msg -> { // to the executor's log; rank 0's to the driver too
                 System.err.println("[sparkatron] rank " + rank + ": " + msg);
                 if (rank == 0) {
@@ -205,6 +216,9 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 valid.close();
             }
             comm.barrier();
+            if (trainer.distributedOptimizer() != null) { // the fp32 master weights, not their 16-bit rounding (DP collective)
+                trainer.distributedOptimizer().gatherMasterWeights();
+            }
             float[] weights = FullWeights.gather(model); // over TP and PP: the whole model on each replica's reader
             if (rank != 0) {
                 weights = null;

@@ -40,17 +40,19 @@ import org.apache.spark.sql.types.StructType;
  */
 public final class SparkatronEstimator extends Estimator<SparkatronModel> implements DefaultParamsWritable {
     /** The training-config keys that are not Params, and why. */
-    public static final java.util.Map<String, String> NOT_PARAMS = java.util.Map.of(
-            "input", "command line only: fit() takes the DataFrame itself",
-            "input_format", "command line only: fit() takes the DataFrame itself",
-            "input_schema", "command line only: fit() takes the DataFrame itself",
-            "fail_rank", "fault injection for the failure tests",
-            "fail_step", "fault injection for the failure tests",
-            "fail_attempts", "fault injection for the failure tests",
-            "override_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator",
-            "use_checkpoint_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator",
-            "num_layers_per_virtual_pipeline_stage", "Megatron's other way of saying virtualPp, which is the Param",
-            "recompute_granularity", "Megatron's name of recompute, which is the Param");
+    public static final java.util.Map<String, String> NOT_PARAMS = java.util.Map.ofEntries(
+            java.util.Map.entry("input", "command line only: fit() takes the DataFrame itself"),
+            java.util.Map.entry("input_format", "command line only: fit() takes the DataFrame itself"),
+            java.util.Map.entry("input_schema", "command line only: fit() takes the DataFrame itself"),
+            java.util.Map.entry("fail_rank", "fault injection for the failure tests"),
+            java.util.Map.entry("fail_step", "fault injection for the failure tests"),
+            java.util.Map.entry("fail_attempts", "fault injection for the failure tests"),
+            java.util.Map.entry("override_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator"),
+            java.util.Map.entry("use_checkpoint_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator"),
+            java.util.Map.entry("num_layers_per_virtual_pipeline_stage", "Megatron's other way of saying virtualPp, which is the Param"),
+            java.util.Map.entry("recompute_granularity", "Megatron's name of recompute, which is the Param"),
+            java.util.Map.entry("expert_parallel", "Megatron's name of ep, which is the Param"),
+            java.util.Map.entry("overlap_param_gather", "Megatron's key, accepted only as false: the parameter all-gather is not overlapped with the next forward"));
     private static final long serialVersionUID = 1L;
     private final String uid;
     private transient PrintStream progress = System.out;
@@ -69,6 +71,9 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     private final IntParam ep;
     private final IntParam numExperts;
     private final IntParam topK;
+    private final DoubleParam moeCapacityFactor;
+    private final DoubleParam moeAuxLossCoeff;
+    private final DoubleParam moeZLossCoeff;
     private final IntParam globalBatch;
     private final IntParam microBatch;
     private final IntParam seqLen;
@@ -86,6 +91,8 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     private final Param<String> initFrom;
     private final IntParam commTimeoutS;
     private final DoubleParam bucketMb;
+    private final BooleanParam useDistributedOptimizer;
+    private final BooleanParam overlapGradReduce;
     private final IntParam threadsPerRank;
     private final Param<String> checkpointDir;
     private final IntParam checkpointEvery;
@@ -124,6 +131,10 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
         ep = new IntParam(this, "ep", "expert-parallel size (MoE models: experts split over ep of the dp replicas)");
         numExperts = new IntParam(this, "numExperts", "experts per MoE layer (overrides the mixtral config's num_local_experts)");
         topK = new IntParam(this, "topK", "experts per token (overrides the mixtral config's num_experts_per_tok)");
+        moeCapacityFactor = new DoubleParam(this, "moeCapacityFactor",
+                "expert capacity factor: tokens over capacity are dropped (overrides the mixtral config's moe_expert_capacity_factor)");
+        moeAuxLossCoeff = new DoubleParam(this, "moeAuxLossCoeff", "load-balancing loss coefficient (overrides the mixtral config's)");
+        moeZLossCoeff = new DoubleParam(this, "moeZLossCoeff", "router z-loss coefficient (overrides the mixtral config's)");
         globalBatch = new IntParam(this, "globalBatch", "samples per optimizer step over all replicas");
         microBatch = new IntParam(this, "microBatch", "samples per forward/backward on one rank");
         seqLen = new IntParam(this, "seqLen", "tokens per sample (inputs)");
@@ -140,7 +151,9 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
         dropBadRows = new BooleanParam(this, "dropBadRows", "drop null/empty/out-of-vocabulary rows instead of refusing");
         initFrom = new Param<>(this, "initFrom", "Hugging Face model directory (any Hadoop path) to start from instead of the seed");
         commTimeoutS = new IntParam(this, "commTimeoutS", "communicator per-operation timeout in seconds: a stuck peer fails the stage after this (default 300)");
-        bucketMb = new DoubleParam(this, "bucketMb", "gradient all-reduce bucket size in MiB (default 25)");
+        bucketMb = new DoubleParam(this, "bucketMb", "gradient bucket size in MiB of fp32 gradients (default: Megatron's, max(40M, 1M x dp) elements)");
+        useDistributedOptimizer = new BooleanParam(this, "useDistributedOptimizer", "ZeRO-1: shard the fp32 master weights and AdamW moments over the data-parallel replicas (default false)");
+        overlapGradReduce = new BooleanParam(this, "overlapGradReduce", "reduce each gradient bucket while the backward continues (default true)");
         threadsPerRank = new IntParam(this, "threadsPerRank", "OpenBLAS threads per rank; process-wide, keep 1 with several ranks per JVM (default 1)");
         checkpointDir = new Param<>(this, "checkpointDir", "root of sharded checkpoints on any Hadoop path; a retried stage or a new job resumes from the newest (default: none)");
         checkpointEvery = new IntParam(this, "checkpointEvery", "steps between checkpoints (0: only at the end)");
@@ -178,6 +191,9 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public IntParam ep() { return ep; }
     public IntParam numExperts() { return numExperts; }
     public IntParam topK() { return topK; }
+    public DoubleParam moeCapacityFactor() { return moeCapacityFactor; }
+    public DoubleParam moeAuxLossCoeff() { return moeAuxLossCoeff; }
+    public DoubleParam moeZLossCoeff() { return moeZLossCoeff; }
     public IntParam globalBatch() { return globalBatch; }
     public IntParam microBatch() { return microBatch; }
     public IntParam seqLen() { return seqLen; }
@@ -195,6 +211,8 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public Param<String> initFrom() { return initFrom; }
     public IntParam commTimeoutS() { return commTimeoutS; }
     public DoubleParam bucketMb() { return bucketMb; }
+    public BooleanParam useDistributedOptimizer() { return useDistributedOptimizer; }
+    public BooleanParam overlapGradReduce() { return overlapGradReduce; }
     public IntParam threadsPerRank() { return threadsPerRank; }
     public Param<String> checkpointDir() { return checkpointDir; }
     public IntParam checkpointEvery() { return checkpointEvery; }
@@ -225,6 +243,9 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public SparkatronEstimator setEp(int v) { set(ep, (Object) v); return this; }
     public SparkatronEstimator setNumExperts(int v) { set(numExperts, (Object) v); return this; }
     public SparkatronEstimator setTopK(int v) { set(topK, (Object) v); return this; }
+    public SparkatronEstimator setMoeCapacityFactor(double v) { set(moeCapacityFactor, (Object) v); return this; }
+    public SparkatronEstimator setMoeAuxLossCoeff(double v) { set(moeAuxLossCoeff, (Object) v); return this; }
+    public SparkatronEstimator setMoeZLossCoeff(double v) { set(moeZLossCoeff, (Object) v); return this; }
     public SparkatronEstimator setGlobalBatch(int v) { set(globalBatch, (Object) v); return this; }
     public SparkatronEstimator setMicroBatch(int v) { set(microBatch, (Object) v); return this; }
     public SparkatronEstimator setSeqLen(int v) { set(seqLen, (Object) v); return this; }
@@ -243,6 +264,8 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public SparkatronEstimator setInitFrom(String v) { set(initFrom, v); return this; }
     public SparkatronEstimator setCommTimeoutS(int v) { set(commTimeoutS, (Object) v); return this; }
     public SparkatronEstimator setBucketMb(double v) { set(bucketMb, (Object) v); return this; }
+    public SparkatronEstimator setUseDistributedOptimizer(boolean v) { set(useDistributedOptimizer, (Object) v); return this; }
+    public SparkatronEstimator setOverlapGradReduce(boolean v) { set(overlapGradReduce, (Object) v); return this; }
     public SparkatronEstimator setThreadsPerRank(int v) { set(threadsPerRank, (Object) v); return this; }
     public SparkatronEstimator setCheckpointDir(String v) { set(checkpointDir, v); return this; }
     public SparkatronEstimator setCheckpointEvery(int v) { set(checkpointEvery, (Object) v); return this; }
