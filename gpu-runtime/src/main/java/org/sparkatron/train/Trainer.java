@@ -221,7 +221,8 @@ public final class Trainer {
         // two embedding stages shard alike, so the sums see matching shards)
         sync.syncGradients(model.params().grads());
         model.finishGradients();
-        sync.averageScalars(stepScalars.slice(LOSS, NORM)); // the loss and the MoE figures
+        // the loss, and for MoE models the MoE figures beside it (a dense model's average stays one element)
+        sync.averageScalars(stepScalars.slice(LOSS, model.config().isMoe() ? NORM : 1));
         if (scaler != null) {
             for (Tensor g : gradViews) {
                 model.kernels().scale(g, (float) (1 / lossScale)); // exact for power-of-two scales
