@@ -59,6 +59,8 @@ public final class Main {
                     "benchmark: data-parallel step time with gradient reduction overlap on and off, memory per rank against Megatron's accounting"),
             new Command("bench-comm", "org.sparkatron.comm.bench.CommBench",
                     "benchmark: collectives' bus bandwidth against PyTorch Gloo"),
+            new Command("bench-moe", "org.sparkatron.parallel.MoeBench",
+                    "benchmark: all-to-all against PyTorch Gloo; MoE training throughput against a dense model of equal active parameters"),
             new Command("bench-data", "org.sparkatron.data.spark.DataBench",
                     "benchmark: tokenization and prepare throughput against a plain tokenizer loop"),
             new Command("bench-ckpt", "org.sparkatron.checkpoint.CheckpointBench",

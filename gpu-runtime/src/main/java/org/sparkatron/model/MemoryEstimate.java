@@ -67,8 +67,17 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
      */
     public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, PipelineLayout pl, int stage, int microBatches,
                                     int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes) {
-        return of(cfg, tp, sp, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, null, 1,
-                precision == Precision.FP8 ? Fp8Recipe.defaults() : null, halfBytes == 4 ? 4 : 1);
+        return of(cfg, tp, sp, 1, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, null, 1);
+    }
+
+    /**
+     * {@link #of(ModelConfig, int, boolean, PipelineLayout, int, int, int, int, Precision, Recompute, int)} for one
+     * rank of an expert-parallel group of {@code ep} (its share of the experts; the MoE layers' dispatch
+     * buffers, sized for the worst case).
+     */
+    public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, int ep, PipelineLayout pl, int stage, int microBatches,
+                                    int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes) {
+        return of(cfg, tp, sp, ep, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, null, 1);
     }
 
     /**
@@ -82,7 +91,14 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
     public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, PipelineLayout pl, int stage, int microBatches,
                                     int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes,
                                     DataParallel.Config dp, int dpSize) {
-        return of(cfg, tp, sp, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, dp, dpSize,
+        return of(cfg, tp, sp, 1, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, dp, dpSize);
+    }
+
+    /** The estimate with expert parallelism {@code ep} and data parallelism inside the model ({@code dp}) together. */
+    public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, int ep, PipelineLayout pl, int stage, int microBatches,
+                                    int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes,
+                                    DataParallel.Config dp, int dpSize) {
+        return of(cfg, tp, sp, ep, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, dp, dpSize,
                 precision == Precision.FP8 ? Fp8Recipe.defaults() : null, halfBytes == 4 ? 4 : 1);
     }
 
@@ -93,12 +109,13 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
      *
      * @param fp8Bytes bytes per FP8 element on the target device (4 on the CPU, which stores FP8 values in fp32; 1 on a GPU)
      */
-    public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, PipelineLayout pl, int stage, int microBatches,
+    public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, int ep, PipelineLayout pl, int stage, int microBatches,
                                     int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes,
                                     DataParallel.Config dp, int dpSize, Fp8Recipe fp8, int fp8Bytes) {
         Transformer.validate(cfg, tp);
+        Transformer.validateExperts(cfg, ep, tp);
         boolean split = sp && tp > 1;
-        ParameterSet.Builder layout = Transformer.layout(cfg, tp, pl, stage);
+        ParameterSet.Builder layout = Transformer.layout(cfg, tp, ep, pl, stage);
         long numel = layout.numel();
         long owned = numel; // elements of optimizer state
         if (dp != null) {
@@ -125,24 +142,34 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
         long upWidth = layerNorm ? fl : 2 * fl;
         long qkv = n * (hl + 2 * kvl) * hd;
         long attention = n * hl * hd + (long) batch * hl * seqLen; // output and log-sum-exp
-        long fullLayer = 4 * nl * c + (layerNorm ? 4 : 2) * nl + (split ? 2 * n * c : 0) + qkv + attention + n * upWidth + n * fl;
-        long keptLayer = switch (recompute) {
-            case NONE -> fullLayer;
-            case SELECTIVE -> fullLayer - attention;
-            case FULL -> nl * c; // the output: the next layer's input
-        };
+        long attentionPart = 4 * nl * c + (layerNorm ? 4 : 2) * nl + (split ? n * c : 0) + qkv + attention;
+        long denseMlp = (split ? n * c : 0) + n * upWidth + n * fl;
+        MoeShape moe = cfg.isMoe() ? MoeShape.of(cfg, tp, ep, Math.toIntExact(n)) : null;
+        long moeMlp = moe == null ? 0 : MoeMlp.keptElements(moe, split);
+        boolean dense = BlockActivations.Shape.of(cfg, org.sparkatron.parallel.TensorParallel.none(), 1, 1).dense();
         Schedule schedule = Schedule.of(pl.stages(), pl.virtualStages(), microBatches);
-        long activations = 3 * nl * c + qkv + n * hl * hd + n * upWidth + n * fl // backward scratch
-                + (recompute == Recompute.SELECTIVE ? attention : 0) + (recompute == Recompute.FULL ? fullLayer : 0);
-        long workspace = 8 + 8 + 16                                          // model scalars, trainer step scalars
+        long activations = 3 * nl * c + qkv + n * hl * hd + (dense ? n * upWidth + n * fl : 0) // backward scratch
+                + (recompute == Recompute.SELECTIVE ? attention : 0)
+                + (recompute == Recompute.FULL ? attentionPart + (dense ? denseMlp : 0) + moeMlp : 0)
+                + (moe == null ? 0 : MoeMlp.scratchElements(moe));
+        long workspace = 8 + 8 + 40                                          // model scalars, trainer step scalars
+                + (moe == null ? 0 : 8L * MoeStep.STATS + MoeMlp.scratchWorkspaceBytes(moe)) // MoE statistics, padded counts
                 + (cfg.family().usesRope() ? 4L * cfg.maxPositions() * hd : 0) // cos and sin tables
                 + 4 * 2L * seqLen * seqLen;                                  // CPU attention scratch
         boolean holdsLast = pl.isLast(stage, pl.virtualStages() - 1);
         for (int chunk = 0; chunk < pl.virtualStages(); chunk++) {
             boolean first = pl.isFirst(stage, chunk);
             boolean last = pl.isLast(stage, chunk);
-            long layers = pl.endLayer(stage, chunk) - pl.firstLayer(stage, chunk);
-            long slot = layers * keptLayer + 2 * nl * c // input, gradient
+            long kept = 0;
+            for (int i = pl.firstLayer(stage, chunk); i < pl.endLayer(stage, chunk); i++) {
+                boolean moeLayer = cfg.moe().isMoeLayer(i);
+                kept += switch (recompute) {
+                    case NONE -> attentionPart + (moeLayer ? moeMlp : denseMlp);
+                    case SELECTIVE -> attentionPart - attention + (moeLayer ? moeMlp : denseMlp);
+                    case FULL -> nl * c; // the output: the next layer's input
+                };
+            }
+            long slot = kept + 2 * nl * c // input, gradient
                     + (last ? nl * c + (layerNorm ? 2 : 1) * nl + (split ? 2 * n * c : nl * c) : 0); // final norm, head input/grad
             activations += schedule.maxInFlight(stage, chunk) * slot;
             workspace += schedule.maxInFlight(stage, chunk) * 4 * ((first || last ? 2 * n : 0) + (last ? n : 0)); // tokens, losses
@@ -165,13 +192,19 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
             for (int i = 0; i < cfg.layers(); i++) {
                 fp8Blocks += fp8.fp8Layer(i, cfg.layers()) ? 1 : 0;
             }
-            long qkvWidth = (hl + 2 * kvl) * hd;
-            long weights = qkvWidth * c + c * hl * hd + upWidth * c + c * fl;
-            long inputs = n * (c + hl * hd + c + fl);
-            long widestOut = Math.max(Math.max(qkvWidth, upWidth), c);
+            long fh = cfg.ffnHidden() / tp;
+            long fup = cfg.family() == ModelConfig.Family.LLAMA ? 2 * fh : fh;
+            long hdim = cfg.headDim();
+            long hloc = cfg.heads() / tp;
+            long qkvWidth = (hloc + 2 * (cfg.kvHeads() / tp)) * hdim;
+            long ch = cfg.hidden();
+            long tokens = (long) batch * seqLen;
+            long weights = qkvWidth * ch + ch * hloc * hdim + fup * ch + ch * fh;
+            long inputs = tokens * (ch + hloc * hdim + ch + fh);
+            long widestOut = Math.max(Math.max(qkvWidth, fup), ch);
             params += fp8Blocks * fp8Bytes * weights;
             activationBytes += fp8Blocks * fp8Bytes * inputs;
-            workspace += Fp8State.stateBytes(fp8, 4 * fp8Blocks) + (fp8Blocks > 0 ? fp8Bytes * n * widestOut : 0);
+            workspace += Fp8State.stateBytes(fp8, 4 * fp8Blocks) + (fp8Blocks > 0 ? fp8Bytes * tokens * widestOut : 0);
         }
         return new MemoryEstimate(params, 4 * numel, optimizer, activationBytes, workspace);
     }

@@ -23,21 +23,16 @@ public final class RankContext {
     private final Kernels kernels;
     private final PipelineParallel pp; // null: no pipelining
     private final DataParallel dp;     // null: gradients are the caller's to reduce (GradientSync)
-    private final Fp8Recipe fp8;
+    private final ExpertParallel ep;
+    private final Fp8Recipe fp8;      // precision fp8: the recipe; else null
 
-    /** A rank in {@code precision}; FP8 gets Megatron's default recipe ({@link Fp8Recipe#defaults()}). */
     public RankContext(Device device, TensorParallel tp, Precision precision) {
-        this(device, tp, precision, null, null, null);
+        this(device, tp, precision, (PipelineParallel) null);
     }
 
     /** @param pp this rank's pipeline stage, or null for no pipelining */
     public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp) {
-        this(device, tp, precision, pp, null, null);
-    }
-
-    /** @param fp8 the FP8 recipe when {@code precision} is FP8 (null: the defaults); must be null otherwise */
-    public RankContext(Device device, TensorParallel tp, Precision precision, Fp8Recipe fp8) {
-        this(device, tp, precision, null, null, fp8);
+        this(device, tp, precision, pp, null, ExpertParallel.none());
     }
 
     /**
@@ -46,23 +41,35 @@ public final class RankContext {
      *           model), or null: the model leaves its gradients to the training loop's {@code GradientSync}
      */
     public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp, DataParallel dp) {
-        this(device, tp, precision, pp, dp, null);
+        this(device, tp, precision, pp, dp, ExpertParallel.none());
+    }
+
+    /** @param ep this rank's expert-parallel groups ({@link ExpertParallel#none()}: none) */
+    public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp, ExpertParallel ep) {
+        this(device, tp, precision, pp, null, ep);
     }
 
     /**
-     * @param pp  this rank's pipeline stage, or null for no pipelining
-     * @param fp8 the FP8 recipe when {@code precision} is FP8 (null: the defaults); must be null otherwise
+     * @param pp this rank's pipeline stage, or null for no pipelining
+     * @param dp data parallelism inside the model, or null
+     * @param ep this rank's expert-parallel groups ({@link ExpertParallel#none()} or null: none)
      */
-    public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp, Fp8Recipe fp8) {
-        this(device, tp, precision, pp, null, fp8);
+    public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp, DataParallel dp,
+                       ExpertParallel ep) {
+        this(device, tp, precision, pp, dp, ep, null);
+    }
+
+    /** One rank (no PP, DP or EP) in {@code precision} with the FP8 recipe {@code fp8} (see below). */
+    public RankContext(Device device, TensorParallel tp, Precision precision, Fp8Recipe fp8) {
+        this(device, tp, precision, null, null, ExpertParallel.none(), fp8);
     }
 
     /**
-     * @param pp  this rank's pipeline stage, or null for no pipelining
-     * @param dp  this rank's data-parallel group inside the model, or null (see the constructor above)
-     * @param fp8 the FP8 recipe when {@code precision} is FP8 (null: the defaults); must be null otherwise
+     * @param fp8 the FP8 recipe when {@code precision} is FP8 (null: Megatron's defaults, {@link Fp8Recipe#defaults()});
+     *            must be null otherwise. The other parameters as above.
      */
-    public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp, DataParallel dp, Fp8Recipe fp8) {
+    public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp, DataParallel dp,
+                       ExpertParallel ep, Fp8Recipe fp8) {
         if (device == null || tp == null || precision == null) {
             throw new IllegalArgumentException("a rank context needs a device, a tensor-parallel group and a precision");
         }
@@ -74,8 +81,14 @@ public final class RankContext {
         this.precision = precision;
         this.pp = pp;
         this.dp = dp;
+        this.ep = ep == null ? ExpertParallel.none() : ep;
         this.kernels = RoundingKernels.wrap(device.kernels(), precision);
         this.fp8 = precision == Precision.FP8 ? (fp8 == null ? Fp8Recipe.defaults() : fp8) : null;
+    }
+
+    /** The FP8 recipe under precision FP8, else null. */
+    public Fp8Recipe fp8Recipe() {
+        return fp8;
     }
 
     /** One rank alone (TP = 1) in fp32. */
@@ -105,11 +118,6 @@ public final class RankContext {
         return precision;
     }
 
-    /** The FP8 recipe under precision FP8, else null. */
-    public Fp8Recipe fp8Recipe() {
-        return fp8;
-    }
-
     /** This rank's pipeline stage, or null when the model is not pipelined. */
     public PipelineParallel pipeline() {
         return pp;
@@ -120,32 +128,42 @@ public final class RankContext {
         return dp;
     }
 
+    /** This rank's expert-parallel groups (never null; a group of one without expert parallelism). */
+    public ExpertParallel expertParallel() {
+        return ep;
+    }
+
     /**
-     * The same rank with another tensor-parallel group, no pipelining and no data parallelism (a whole TP = 1
-     * copy for checkpoints).
+     * The same rank with another tensor-parallel group, no pipelining, no data and no expert parallelism (a
+     * whole TP = 1 copy for checkpoints).
      */
     public RankContext withTensorParallel(TensorParallel other) {
-        return new RankContext(device, other, precision, null, null, fp8);
+        return new RankContext(device, other, precision, null, null, ExpertParallel.none(), fp8);
     }
 
     /** The same rank as a pipeline stage. */
     public RankContext withPipeline(PipelineParallel stage) {
-        return new RankContext(device, tp, precision, stage, dp, fp8);
+        return new RankContext(device, tp, precision, stage, dp, ep, fp8);
+    }
+
+    /** The same rank with expert-parallel groups. */
+    public RankContext withExpertParallel(ExpertParallel groups) {
+        return new RankContext(device, tp, precision, pp, dp, groups, fp8);
     }
 
     /** The same rank with data parallelism inside the model (null: none). */
     public RankContext withDataParallel(DataParallel group) {
-        return new RankContext(device, tp, precision, pp, group, fp8);
+        return new RankContext(device, tp, precision, pp, group, ep, fp8);
     }
 
-    /** The same rank in another precision (FP8 with this context's recipe, or the defaults). */
+    /** The same rank in another precision. */
     public RankContext withPrecision(Precision other) {
-        return new RankContext(device, tp, other, pp, dp, other == Precision.FP8 ? fp8 : null);
+        return new RankContext(device, tp, other, pp, dp, ep, other == Precision.FP8 ? fp8 : null);
     }
 
     @Override
     public String toString() {
-        return device.name() + ", " + tp + (pp != null ? ", " + pp : "") + (dp != null ? ", " + dp : "") + ", " + precision.label()
-                + (fp8 == null ? "" : " " + fp8.asMap());
+        return device.name() + ", " + tp + (pp != null ? ", " + pp : "") + (dp != null ? ", " + dp : "")
+                + (ep.size() > 1 ? ", " + ep : "") + ", " + precision.label();
     }
 }

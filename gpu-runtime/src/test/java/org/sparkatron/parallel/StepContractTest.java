@@ -67,8 +67,12 @@ class StepContractTest {
     }
 
     private static void check(Seen seen, String what) throws Exception {
+        check(seen, what, Trainer.SYNCS_PER_STEP);
+    }
+
+    private static void check(Seen seen, String what, int syncs) throws Exception {
         for (int s = 0; s < STEPS; s++) {
-            assertEquals(Trainer.SYNCS_PER_STEP, seen.syncs()[s], what + ": host synchronisations in step " + (s + 1));
+            assertEquals(syncs, seen.syncs()[s], what + ": host synchronisations in step " + (s + 1));
             if (s > 0) {
                 assertEquals(0, seen.allocs()[s], what + ": system allocations in step " + (s + 1));
                 assertEquals(seen.inUse()[0], seen.inUse()[s], what + ": device memory in use after step " + (s + 1));
@@ -116,6 +120,51 @@ class StepContractTest {
         });
         for (int r = 0; r < seen.size(); r++) {
             check(seen.get(r), family + " tp " + tp + " dp " + dp + " sp " + sp + " " + precision + ", rank " + r);
+        }
+    }
+
+    /**
+     * Mixture of experts: without expert parallelism, and with it padded to capacity, a step still waits once;
+     * dropless (or unpadded) EP adds exactly one count read per MoE layer and micro-batch, which
+     * {@link Trainer#syncsPerStep()} says. Memory equals the estimate (worst-case dispatch buffers) in every mode.
+     */
+    @ParameterizedTest(name = "ep={0} micro={1} {2} {3} {4}")
+    @CsvSource(delimiter = '|', value = {
+        "1 | 1 | NONE      | dropless | 1",
+        "1 | 2 | FULL      | capacity | 1",
+        "1 | 1 | SELECTIVE | sigmoid  | 1",
+        "2 | 2 | NONE      | dropless | 5",
+        "2 | 1 | FULL      | dropless | 3",
+        "2 | 2 | NONE      | padded   | 1",
+        "2 | 1 | NONE      | sigmoid  | 2",
+    })
+    void mixtureOfExperts(int ep, int micro, org.sparkatron.model.Recompute mode, String variant, int syncs) throws Exception {
+        String extra = switch (variant) {
+            case "capacity" -> "\"moe_expert_capacity_factor\":1.0";
+            case "padded" -> "\"moe_expert_capacity_factor\":1.0,\"moe_pad_expert_input_to_capacity\":true";
+            case "sigmoid" -> "\"scoring_func\":\"sigmoid\",\"shared_expert_intermediate_size\":16,\"moe_layer_freq\":2,"
+                    + "\"dense_intermediate_size\":40";
+            default -> "";
+        };
+        ModelConfig cfg = MoeRun.config(2, extra);
+        List<Seen> seen = LocalRanks.run(ep, (rank, world) -> {
+            try (ProcessGroups pg = ProcessGroups.create(ParallelLayout.forWorld(ep, 1, 1, ep, 1, 1), world)) {
+                RankContext ctx = new RankContext(TestDevices.create(), new TensorParallel(pg.tp(), false), Precision.FP32, null,
+                        new ExpertParallel(pg.ep(), pg.expertDp()));
+                Transformer m = new Transformer(cfg, ctx);
+                m.initialize(ParityRun.SEED);
+                m.setRecompute(mode);
+                Trainer.Options o = ParityRun.options(BATCH);
+                Trainer.Options opt = new Trainer.Options(BATCH, micro, o.schedule(), o.beta1(), o.beta2(), o.eps(), o.weightDecay(),
+                        o.gradClip());
+                Trainer tr = new Trainer(m, ParityRun.source(cfg, pg.dp().rank(), ep, BATCH), opt,
+                        new ExpertGradientSync(ParityRun.averaging(pg.dp()), m.params(), pg.expertDp(), ep, m.kernels()));
+                assertEquals(syncs, tr.syncsPerStep(), "the trainer's own count");
+                return run(tr);
+            }
+        });
+        for (int r = 0; r < seen.size(); r++) {
+            check(seen.get(r), "moe ep " + ep + " x" + micro + " " + mode + " " + variant + ", rank " + r, syncs);
         }
     }
 

@@ -53,6 +53,7 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
             java.util.Map.entry("use_checkpoint_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator"),
             java.util.Map.entry("num_layers_per_virtual_pipeline_stage", "Megatron's other way of saying virtualPp, which is the Param"),
             java.util.Map.entry("recompute_granularity", "Megatron's name of recompute, which is the Param"),
+            java.util.Map.entry("expert_parallel", "Megatron's name of ep, which is the Param"),
             java.util.Map.entry("overlap_param_gather", "Megatron's key, accepted only as false: the parameter all-gather is not overlapped with the next forward"));
     private static final long serialVersionUID = 1L;
     private final String uid;
@@ -69,6 +70,12 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     private final IntParam decoderFirstPipelineNumLayers;
     private final IntParam decoderLastPipelineNumLayers;
     private final Param<String> recompute;
+    private final IntParam ep;
+    private final IntParam numExperts;
+    private final IntParam topK;
+    private final DoubleParam moeCapacityFactor;
+    private final DoubleParam moeAuxLossCoeff;
+    private final DoubleParam moeZLossCoeff;
     private final IntParam globalBatch;
     private final IntParam microBatch;
     private final IntParam seqLen;
@@ -131,6 +138,13 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
         recompute = new Param<>(this, "recompute", "activation recomputation: none (default), selective (the attention core) or full (each layer)");
         tensorParallel = new IntParam(this, "tensorParallel", "tensor-parallel size (ranks per replica; alias of tp)");
         sequenceParallel = new BooleanParam(this, "sequenceParallel", "sequence parallelism inside each tensor-parallel group");
+        ep = new IntParam(this, "ep", "expert-parallel size (MoE models: experts split over ep of the dp replicas)");
+        numExperts = new IntParam(this, "numExperts", "experts per MoE layer (overrides the mixtral config's num_local_experts)");
+        topK = new IntParam(this, "topK", "experts per token (overrides the mixtral config's num_experts_per_tok)");
+        moeCapacityFactor = new DoubleParam(this, "moeCapacityFactor",
+                "expert capacity factor: tokens over capacity are dropped (overrides the mixtral config's moe_expert_capacity_factor)");
+        moeAuxLossCoeff = new DoubleParam(this, "moeAuxLossCoeff", "load-balancing loss coefficient (overrides the mixtral config's)");
+        moeZLossCoeff = new DoubleParam(this, "moeZLossCoeff", "router z-loss coefficient (overrides the mixtral config's)");
         globalBatch = new IntParam(this, "globalBatch", "samples per optimizer step over all replicas");
         microBatch = new IntParam(this, "microBatch", "samples per forward/backward on one rank");
         seqLen = new IntParam(this, "seqLen", "tokens per sample (inputs)");
@@ -192,6 +206,12 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public Param<String> recompute() { return recompute; }
     public IntParam tensorParallel() { return tensorParallel; }
     public BooleanParam sequenceParallel() { return sequenceParallel; }
+    public IntParam ep() { return ep; }
+    public IntParam numExperts() { return numExperts; }
+    public IntParam topK() { return topK; }
+    public DoubleParam moeCapacityFactor() { return moeCapacityFactor; }
+    public DoubleParam moeAuxLossCoeff() { return moeAuxLossCoeff; }
+    public DoubleParam moeZLossCoeff() { return moeZLossCoeff; }
     public IntParam globalBatch() { return globalBatch; }
     public IntParam microBatch() { return microBatch; }
     public IntParam seqLen() { return seqLen; }
@@ -246,6 +266,12 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public SparkatronEstimator setRecompute(String v) { set(recompute, v); return this; }
     public SparkatronEstimator setTensorParallel(int v) { set(tensorParallel, (Object) v); return this; }
     public SparkatronEstimator setSequenceParallel(boolean v) { set(sequenceParallel, (Object) v); return this; }
+    public SparkatronEstimator setEp(int v) { set(ep, (Object) v); return this; }
+    public SparkatronEstimator setNumExperts(int v) { set(numExperts, (Object) v); return this; }
+    public SparkatronEstimator setTopK(int v) { set(topK, (Object) v); return this; }
+    public SparkatronEstimator setMoeCapacityFactor(double v) { set(moeCapacityFactor, (Object) v); return this; }
+    public SparkatronEstimator setMoeAuxLossCoeff(double v) { set(moeAuxLossCoeff, (Object) v); return this; }
+    public SparkatronEstimator setMoeZLossCoeff(double v) { set(moeZLossCoeff, (Object) v); return this; }
     public SparkatronEstimator setGlobalBatch(int v) { set(globalBatch, (Object) v); return this; }
     public SparkatronEstimator setMicroBatch(int v) { set(microBatch, (Object) v); return this; }
     public SparkatronEstimator setSeqLen(int v) { set(seqLen, (Object) v); return this; }

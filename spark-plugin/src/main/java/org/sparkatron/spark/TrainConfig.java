@@ -72,12 +72,15 @@ public final class TrainConfig implements Serializable {
             "mlflow_tracking_uri", "mlflow_experiment", "mlflow_run_name", "override_lr_schedule", "use_checkpoint_lr_schedule",
             "check_token_ids", "fail_mode", "tokenizer", "virtual_pp", "num_layers_per_virtual_pipeline_stage", "decoder_first_pipeline_num_layers",
             "decoder_last_pipeline_num_layers", "recompute", "recompute_granularity",
-            "use_distributed_optimizer", "overlap_grad_reduce", "overlap_param_gather");
+            "use_distributed_optimizer", "overlap_grad_reduce", "overlap_param_gather", "ep", "expert_parallel", "num_experts",
+            "top_k", "moe_capacity_factor", "moe_aux_loss_coeff", "moe_z_loss_coeff");
 
     private final String json; // the full, normalised config
 
     public final String modelJson;
     public final int dp, tp, pp;
+    /** Expert-parallel size: the experts of each MoE layer are split over ep of the dp replicas. */
+    public final int ep;
     /**
      * Pipeline parallelism (docs/parallel.md): model chunks per pipeline rank [1; {@code virtual_pp} > 1 is
      * the interleaved schedule; Megatron's {@code num_layers_per_virtual_pipeline_stage} is accepted instead],
@@ -194,6 +197,7 @@ public final class TrainConfig implements Serializable {
         } else if (!m.isObject()) {
             throw new IllegalArgumentException("config key 'model' must be a config.json object or a path to one, got " + m);
         }
+        m = withMoeOverrides(o, m);
         ModelConfig mc;
         try {
             mc = ModelConfig.fromJson(m);
@@ -213,6 +217,15 @@ public final class TrainConfig implements Serializable {
         this.dp = intKey(o, "dp", 1, 1);
         this.tp = intKey(o, "tp", 1, 1);
         this.pp = intKey(o, "pp", 1, 1);
+        if (o.has("expert_parallel")) { // Megatron's name for "ep"
+            JsonNode alias = o.remove("expert_parallel");
+            if (o.has("ep") && !o.get("ep").equals(alias)) {
+                throw new IllegalArgumentException("config keys 'ep' (" + o.get("ep") + ") and 'expert_parallel' (" + alias
+                        + ") disagree: give one of them");
+            }
+            o.set("ep", alias);
+        }
+        this.ep = intKey(o, "ep", 1, 1);
         if (o.hasNonNull("num_layers_per_virtual_pipeline_stage")) { // Megatron's way of saying virtual_pp
             int per = intKey(o, "num_layers_per_virtual_pipeline_stage", 1, 1);
             if (mc.layers() % ((long) pp * per) != 0) {
@@ -328,11 +341,49 @@ public final class TrainConfig implements Serializable {
         validate(mc);
     }
 
+    /**
+     * The job's MoE keys written into the model config: {@code num_experts} (num_local_experts), {@code top_k}
+     * (num_experts_per_tok), {@code moe_capacity_factor}, {@code moe_aux_loss_coeff}, {@code moe_z_loss_coeff};
+     * they need a {@code mixtral} model.
+     */
+    private static JsonNode withMoeOverrides(ObjectNode o, JsonNode model) {
+        String[][] keys = {{"num_experts", "num_local_experts"}, {"top_k", "num_experts_per_tok"},
+            {"moe_capacity_factor", "moe_expert_capacity_factor"}, {"moe_aux_loss_coeff", "moe_aux_loss_coeff"},
+            {"moe_z_loss_coeff", "moe_z_loss_coeff"}};
+        ObjectNode m = null;
+        for (String[] k : keys) {
+            if (!o.has(k[0])) {
+                continue;
+            }
+            if (!"mixtral".equals(model.path("model_type").asText())) {
+                throw new IllegalArgumentException("config key '" + k[0] + "' needs a mixture-of-experts model (model_type mixtral), got '"
+                        + model.path("model_type").asText() + "'");
+            }
+            if (m == null) {
+                m = ((ObjectNode) model).deepCopy();
+            }
+            m.set(k[1], o.get(k[0]));
+        }
+        if (m != null) {
+            o.set("model", m);
+            return m;
+        }
+        return model;
+    }
+
     private void validate(ModelConfig mc) {
         long world = (long) dp * tp * pp; // 64-bit: each factor may be up to 2^31 - 1
         if (world > MAX_WORLD) {
             throw new IllegalArgumentException("world size dp x tp x pp = " + dp + " x " + tp + " x " + pp + " = " + world
                     + " is larger than " + MAX_WORLD);
+        }
+        if (dp % ep != 0) {
+            throw new IllegalArgumentException("ep " + ep + " does not divide dp " + dp
+                    + ": expert-parallel ranks are data-parallel replicas of the dense layers");
+        }
+        if (useDistributedOptimizer && mc.isMoe()) {
+            throw new IllegalArgumentException("use_distributed_optimizer with a mixture-of-experts model is not supported yet "
+                    + "(the experts' optimizer state would shard over the expert-data-parallel group); leave it false");
         }
         if (seqLen > mc.maxPositions()) {
             throw new IllegalArgumentException("seq_len " + seqLen + " exceeds the model's max positions " + mc.maxPositions());

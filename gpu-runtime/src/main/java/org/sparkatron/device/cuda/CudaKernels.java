@@ -2,6 +2,7 @@ package org.sparkatron.device.cuda;
 
 import org.sparkatron.device.Kernels;
 import org.sparkatron.precision.Fp8Format;
+import org.sparkatron.device.MoeRouting;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -313,6 +314,84 @@ public final class CudaKernels implements Kernels {
     @Override
     public void zero(Tensor x) {
         dev.zero(x);
+    }
+
+    // ---- mixture of experts: not on this device yet (docs/moe.md); a Transformer with experts refuses it first ----
+
+    @Override
+    public boolean hasMoeKernels() {
+        return false;
+    }
+
+    private UnsupportedOperationException noMoe(String kernel) {
+        return new UnsupportedOperationException(dev.name() + " has no mixture-of-experts kernels yet (" + kernel
+                + "): MoE models train on the CPU device (docs/moe.md)");
+    }
+
+    @Override
+    public void moeRoute(Tensor logits, Tensor experts, Tensor probs, Tensor scores, int n, int e, int k, MoeRouting routing) {
+        throw noMoe("moeRoute");
+    }
+
+    @Override
+    public void moeAuxLoss(Tensor scores, Tensor experts, Tensor auxGrad, Tensor acc, int slot, int n, int e, int k,
+                           float gradWeight, double reportWeight) {
+        throw noMoe("moeAuxLoss");
+    }
+
+    @Override
+    public void moeZLoss(Tensor logits, Tensor acc, int slot, int n, int e, double reportWeight) {
+        throw noMoe("moeZLoss");
+    }
+
+    @Override
+    public void moeCapacity(Tensor routed, Tensor probs, Tensor experts, Tensor acc, int slot, int n, int e, int k, int capacity,
+                            double reportWeight) {
+        throw noMoe("moeCapacity");
+    }
+
+    @Override
+    public void moePermute(Tensor out, Tensor rowMap, Tensor counts, Tensor offsets, Tensor x, Tensor routed, int n, int c, int e,
+                           int k, int capacity) {
+        throw noMoe("moePermute");
+    }
+
+    @Override
+    public void moePermuteBackward(Tensor dx, Tensor dperm, Tensor rowMap, int n, int c, int k) {
+        throw noMoe("moePermuteBackward");
+    }
+
+    @Override
+    public void moeUnpermute(Tensor out, Tensor y, Tensor rowMap, Tensor probs, int n, int c, int k) {
+        throw noMoe("moeUnpermute");
+    }
+
+    @Override
+    public void moeUnpermuteBackward(Tensor dy, Tensor dprobs, Tensor dout, Tensor y, Tensor rowMap, Tensor probs, int rows,
+                                     int n, int c, int k) {
+        throw noMoe("moeUnpermuteBackward");
+    }
+
+    @Override
+    public void moeRouteBackward(Tensor dlogits, Tensor dprobs, Tensor logits, Tensor experts, Tensor auxGrad, float zWeight,
+                                 int n, int e, int k, MoeRouting routing) {
+        throw noMoe("moeRouteBackward");
+    }
+
+    @Override
+    public void moeSortChunks(Tensor out, Tensor offsets, Tensor in, Tensor counts, int a, int b, int c, boolean inverse) {
+        throw noMoe("moeSortChunks");
+    }
+
+    @Override
+    public void groupedLinearForward(Tensor out, Tensor x, Tensor w, Tensor offsets, int groups, int in, int outF) {
+        throw noMoe("groupedLinearForward");
+    }
+
+    @Override
+    public void groupedLinearBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets, int groups, int in,
+                                      int outF) {
+        throw noMoe("groupedLinearBackward");
     }
 
     private static void requireF32(Tensor t) {
