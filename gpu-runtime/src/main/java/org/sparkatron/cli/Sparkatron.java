@@ -130,7 +130,7 @@ public final class Sparkatron {
         }
         if (precision != Precision.FP8) {
             if (!given.isEmpty()) {
-                throw new Args.UsageException("train-local: --" + given.keySet().iterator().next().replace('_', '-')
+                throw new Args.UsageException("--" + given.keySet().iterator().next().replace('_', '-')
                         + " applies to --precision fp8, not " + precision.label());
             }
             return null;
@@ -142,7 +142,7 @@ public final class Sparkatron {
             for (String key : Fp8Recipe.KEYS) {
                 m = m.replace(key, "--" + key.replace('_', '-'));
             }
-            throw new Args.UsageException("train-local: " + m);
+            throw new Args.UsageException(m);
         }
     }
 

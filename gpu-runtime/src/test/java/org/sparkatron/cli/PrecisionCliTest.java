@@ -1,6 +1,7 @@
 package org.sparkatron.cli;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import com.fasterxml.jackson.databind.JsonNode;
@@ -98,7 +99,8 @@ class PrecisionCliTest {
         SparkatronCliTest.Result r = SparkatronCliTest.run("train-local", "--model", dir.resolve("m0").toString(), "--tokens",
                 tokens.toString(), "--steps", "1", "--precision", "bf16", "--fp8-format", "e4m3", "--out", dir.resolve("o").toString());
         assertEquals(2, r.status());
-        assertTrue(r.err().contains("train-local: --fp8-format applies to --precision fp8, not bf16"), r.err());
+        assertTrue(r.err().contains("sparkatron train-local: --fp8-format applies to --precision fp8, not bf16"), r.err());
+        assertFalse(r.err().contains("train-local: train-local"), "the command named once: " + r.err());
         r = SparkatronCliTest.run("train-local", "--model", dir.resolve("m0").toString(), "--tokens", tokens.toString(), "--steps",
                 "1", "--precision", "fp8", "--fp8-amax-compute-algo", "mean", "--out", dir.resolve("o").toString());
         assertEquals(2, r.status());
