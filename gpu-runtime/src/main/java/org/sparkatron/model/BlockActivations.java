@@ -28,11 +28,18 @@ final class BlockActivations {
     final Tensor rstd2;    // [Nl]
     final Mlp.Kept mlp;    // what the MLP keeps ({@link Mlp#kept}); may be null
     final Tensor output;   // [Nl, C] resid + MLP branch: the next block's input
+    final org.sparkatron.precision.Fp8Linear.Saved[] fp8; // the FP8 GEMMs' saved inputs (precision fp8; else null)
     private final Device device;
 
     /** The buffers {@code mode} keeps for one micro-batch of the given shape, with {@code mlp}'s (null: none). */
     BlockActivations(Device device, Shape s, Recompute mode, Mlp layerMlp) {
+        this(device, s, mode, layerMlp, null);
+    }
+
+    /** As above, with the block's FP8 GEMMs' saved inputs ({@code fp8}, owned from now on; null: none). */
+    BlockActivations(Device device, Shape s, Recompute mode, Mlp layerMlp, org.sparkatron.precision.Fp8Linear.Saved[] fp8) {
         this.device = device;
+        this.fp8 = fp8;
         boolean keep = mode != Recompute.FULL;
         boolean keepAttention = mode == Recompute.NONE;
         norm1 = keep ? f32(s.nl, s.c) : null;
@@ -60,6 +67,11 @@ final class BlockActivations {
         }
         if (mlp != null) {
             mlp.release();
+        }
+        if (fp8 != null) {
+            for (org.sparkatron.precision.Fp8Linear.Saved f : fp8) {
+                f.release();
+            }
         }
     }
 

@@ -105,8 +105,8 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
 
     /**
      * With precision FP8, also the FP8 operands of the transformer layers' GEMMs under {@code fp8}: each FP8
-     * layer's weight copy (parameters), its saved input (activations; one micro-batch, as FP8 runs without
-     * pipelining), the shared output-gradient operand and the recipe state (workspace), and on a GPU
+     * layer's weight copy (parameters), its saved input (activations; per micro-batch in flight, or one per layer
+     * under full recomputation), the shared output-gradient operand and the recipe state (workspace), and on a GPU
      * ({@code fp8Bytes} 1) the backward's transposed copies of the FP8 weight, input and output gradient
      * (workspace: the largest of each).
      *
@@ -191,9 +191,19 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
         }
         long activationBytes = 4 * activations;
         if (precision == Precision.FP8) {
-            int fp8Blocks = 0;
+            int fp8Blocks = 0; // the model's: the recipe state covers them all on every stage
             for (int i = 0; i < cfg.layers(); i++) {
                 fp8Blocks += fp8.fp8Layer(i, cfg.layers()) ? 1 : 0;
+            }
+            int stageFp8 = 0;         // this stage's FP8 blocks: their weight copies
+            long savedSlots = 0;      // FP8 blocks x micro-batches in flight: the saved FP8 inputs
+            for (int chunk = 0; chunk < pl.virtualStages(); chunk++) {
+                int chunkFp8 = 0;
+                for (int i = pl.firstLayer(stage, chunk); i < pl.endLayer(stage, chunk); i++) {
+                    chunkFp8 += fp8.fp8Layer(i, cfg.layers()) ? 1 : 0;
+                }
+                stageFp8 += chunkFp8;
+                savedSlots += (long) chunkFp8 * schedule.maxInFlight(stage, chunk);
             }
             long fh = cfg.ffnHidden() / tp;
             long fup = cfg.family() == ModelConfig.Family.LLAMA ? 2 * fh : fh;
@@ -205,10 +215,12 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
             long weights = qkvWidth * ch + ch * hloc * hdim + fup * ch + ch * fh;
             long inputs = tokens * (ch + hloc * hdim + ch + fh);
             long widestOut = Math.max(Math.max(qkvWidth, fup), ch);
-            params += fp8Blocks * fp8Bytes * weights;
-            activationBytes += fp8Blocks * fp8Bytes * inputs;
-            workspace += Fp8State.stateBytes(fp8, 4 * fp8Blocks) + (fp8Blocks > 0 ? fp8Bytes * tokens * widestOut : 0);
-            if (fp8Blocks > 0 && fp8Bytes == 1) {
+            params += stageFp8 * fp8Bytes * weights;
+            // each micro-batch in flight keeps its FP8 inputs and their 4 inverse scales (Fp8Linear.Saved); under full
+            // recomputation the backward casts them again, into each layer's one buffer
+            activationBytes += recompute == Recompute.FULL ? stageFp8 * fp8Bytes * inputs : savedSlots * (fp8Bytes * inputs + 16);
+            workspace += Fp8State.stateBytes(fp8, 4 * fp8Blocks) + (stageFp8 > 0 ? fp8Bytes * tokens * widestOut : 0);
+            if (stageFp8 > 0 && fp8Bytes == 1) {
                 // a GPU's FP8 GEMMs take only "TN" operands: the backward transposes the FP8 weight, input and output
                 // gradient into three scratch buffers (CudaKernels), each as large as the largest of its kind
                 long widestIn = Math.max(ch, Math.max(hloc * hdim, fh));

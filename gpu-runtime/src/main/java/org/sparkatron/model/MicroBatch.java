@@ -42,7 +42,7 @@ final class MicroBatch {
         this.mode = mode;
         blocks = new BlockActivations[layers.size()];
         for (int i = 0; i < blocks.length; i++) {
-            blocks[i] = new BlockActivations(device, s, mode, layers.get(i).mlp());
+            blocks[i] = new BlockActivations(device, s, mode, layers.get(i).mlp(), layers.get(i).keptFp8(s, mode));
         }
         tokens = first || last ? device.allocate(MemoryKind.WORKSPACE, DType.I32, 2L * s.n()) : null;
         input = f32(s.nl(), s.c());

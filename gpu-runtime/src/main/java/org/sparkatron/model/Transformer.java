@@ -169,9 +169,6 @@ public final class Transformer {
                         + " use precision bf16");
             }
             validateFp8(cfg, tp.size(), ctx.fp8Recipe());
-            if (pp.size() > 1) {
-                throw new IllegalArgumentException(fp8WithPipelining(pp.size()));
-            }
         }
         this.params = layout.build(device);
         this.compute = separateCompute
@@ -193,7 +190,7 @@ public final class Transformer {
         int vocabLocal = cfg.paddedVocab(tp.size()) / tp.size();
         this.buffers = new RankBuffers(device, vocabLocal, pp.holdsLast());
         PipelineLayout pl = pp.layout();
-        int[] fp8Index = new int[cfg.layers()]; // each layer's position among the FP8 layers, -1 for bf16 (fp8: one stage)
+        int[] fp8Index = new int[cfg.layers()]; // each layer's position among the model's FP8 layers, -1 for bf16 (all stages)
         int fp8Blocks = 0;
         for (int i = 0; i < cfg.layers(); i++) {
             fp8Index[i] = precision == Precision.FP8 && ctx.fp8Recipe().fp8Layer(i, cfg.layers()) ? fp8Blocks++ : -1;
@@ -334,15 +331,6 @@ public final class Transformer {
                     + " GEMMs have no FP8 path); use precision bf16");
         }
         TransformerBlock.validateFp8(cfg, tpSize);
-    }
-
-    /**
-     * Why precision fp8 is refused with {@code ppSize} pipeline stages: each FP8 layer keeps the FP8 input of
-     * its last forward for its backward, which a pipeline schedule's next forward would overwrite.
-     */
-    public static String fp8WithPipelining(int ppSize) {
-        return "precision fp8 with pipeline parallelism (pp " + ppSize + ") is not supported yet: an FP8 layer keeps one"
-                + " micro-batch's FP8 input for its backward; use pp 1, or precision bf16 with pipelining";
     }
 
     /** The FP8 recipe state (scales, amax history) under precision fp8, else null. */

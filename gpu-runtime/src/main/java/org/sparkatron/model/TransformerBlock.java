@@ -35,7 +35,7 @@ import org.sparkatron.tensor.Tensor;
  * <p>The block keeps no activations itself: {@link #forward} writes what the backward needs into a
  * micro-batch's {@link BlockActivations} (what exactly depends on the {@link Recompute} mode) and
  * {@link #backward} reads it back, recomputing what was not kept into the chunk's {@link Scratch}. So any
- * number of micro-batches may be in flight (pipeline schedules), and every step of forward and backward is a
+ * number of micro-batches may be in flight (pipeline schedules; under fp8 each keeps its FP8 GEMM inputs too), and every step of forward and backward is a
  * kernel, a device copy or a TP collective on the rank's device (stream-ordered, no host access).
  */
 final class TransformerBlock {
@@ -119,6 +119,28 @@ final class TransformerBlock {
         return mlp;
     }
 
+    /**
+     * What a micro-batch keeps of this block's FP8 GEMMs (their FP8 inputs, qkv / out / up / down) under
+     * {@code mode}; null for bf16 GEMMs, and under full recomputation (the backward casts the inputs again).
+     */
+    Fp8Linear.Saved[] keptFp8(BlockActivations.Shape s, Recompute mode) {
+        if (fp8.length == 0 || mode == Recompute.FULL) {
+            return null;
+        }
+        Fp8Linear.Saved[] kept = new Fp8Linear.Saved[fp8.length];
+        for (int i = 0; i < fp8.length; i++) {
+            kept[i] = fp8[i].saved(s.n());
+        }
+        return kept;
+    }
+
+    /** Points the FP8 GEMMs at micro-batch {@code a}'s saved inputs (or their own buffers when it keeps none). */
+    private void bindFp8(BlockActivations a) {
+        for (int i = 0; i < fp8.length; i++) {
+            fp8[i].bind(a.fp8 == null ? null : a.fp8[i]);
+        }
+    }
+
     /** Declares this block's parameters (this rank's shards for a TP group of {@code tpSize}) in layout order. */
     static void declare(ParameterSet.Builder bld, ModelConfig cfg, int index, int tpSize) {
         String p = "layers." + index + ".";
@@ -154,6 +176,7 @@ final class TransformerBlock {
      * a generator) drops elements of the two branch outputs before the residual adds.
      */
     void forward(BlockActivations a, Tensor x, BlockActivations.Shape s, Scratch sc, DropKey drop) {
+        bindFp8(a);
         if (a.qkv == null) { // FULL: compute in the scratch layer, keep only the output
             forwardInto(sc.recompute, sc.recomputeMlp(mlp), a.mlp, false, a.output, x, s, sc, drop, sc.recompute.att,
                     sc.recompute.lse);
@@ -204,6 +227,7 @@ final class TransformerBlock {
      * did not keep is recomputed into {@code sc} first, with the forward's own dropout key, so bitwise the same.
      */
     void backward(BlockActivations a, Tensor x, Tensor dresid, BlockActivations.Shape s, Scratch sc, DropKey drop) {
+        bindFp8(a);
         Tensor att = a.att;
         Tensor lse = a.lse;
         Mlp.Kept mlpKept = a.mlp;

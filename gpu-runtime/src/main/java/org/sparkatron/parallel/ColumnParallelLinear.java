@@ -73,9 +73,8 @@ public final class ColumnParallelLinear {
     /**
      * Runs this layer's GEMMs through FP8 operands ({@code precision: fp8}); the caller owns {@code f} (its
      * buffers and their lifetime). The input mapping and the output gather are unchanged: under sequence
-     * parallelism the bf16 input is gathered, then cast. {@code f} keeps the FP8 input of its last forward for
-     * the backward, so one micro-batch's backward must follow its forward before the next forward (no
-     * pipelining: Transformer refuses fp8 with pipeline parallelism).
+     * parallelism the bf16 input is gathered, then cast. {@code f} keeps the FP8 input for the backward in the
+     * micro-batch's buffer it is bound to ({@link Fp8Linear#bind}), so pipeline schedules may interleave them.
      */
     public void useFp8(Fp8Linear f) {
         if (f.in() != in || f.out() != outLocal) {

@@ -15,7 +15,10 @@ import org.sparkatron.tensor.Tensor;
  * three tensors: its input ({@link #xSlot}) and weight ({@link #wSlot}), cast to E4M3, and its output
  * gradient ({@link #dySlot}), cast to the recipe's backward format. Per slot the device holds an amax
  * history {@code [len, slots]} (row 0 collects the current pass's amaxes; {@code len} is 1 for tensorwise
- * scaling), a scale and its inverse, all F32, scales starting at 1.
+ * scaling), a scale and its inverse, all F32, scales starting at 1. The state covers the whole model's FP8
+ * layers on every rank, pipeline stages included: a stage uses only its own layers' slots, and delayed
+ * scaling's MAX over the pipeline group (disjoint slots, so it changes no stage's values) keeps the others
+ * equal on all ranks.
  *
  * <ul>
  *   <li>Delayed scaling: a cast uses the slot's current scale and records the tensor's amax in row 0
@@ -162,7 +165,7 @@ public final class Fp8State implements AutoCloseable {
 
     /**
      * Ends a training pass (after its backward): under delayed scaling, the maximum of this pass's amaxes over
-     * the tensor-parallel group and the replicas, then the scale update of every slot. Nothing under
+     * the tensor-parallel group, the pipeline stages and the replicas, then the scale update of every slot. Nothing under
      * tensorwise scaling.
      */
     public void finishPass() {
@@ -172,6 +175,11 @@ public final class Fp8State implements AutoCloseable {
         Tensor current = history.slice(0, slots);
         if (ctx.tp().size() > 1) {
             ctx.tp().group().allReduce(current, ReduceOp.MAX);
+        }
+        if (ctx.pipeline() != null && ctx.pipeline().size() > 1) {
+            // each stage recorded only its own layers' amaxes (the others' slots hold 0): the MAX over the stages
+            // gives every rank the whole model's, so every rank holds the same state (one checkpoint text for all)
+            ctx.pipeline().group().allReduce(current, ReduceOp.MAX);
         }
         if (replicaMax != null) {
             replicaMax.accept(current);
@@ -189,7 +197,7 @@ public final class Fp8State implements AutoCloseable {
     /**
      * The recipe state as one line of text, exact: {@code "v1 <len> <slots> <base64>"} with the history,
      * scales and inverse scales as little-endian F32 in that order. Synchronises (checkpoints, not steps).
-     * Under delayed scaling every rank of a TP x DP layout holds the same state, so one rank's text restores all.
+     * Under delayed scaling every rank of a TP x PP x DP layout holds the same state, so one rank's text restores all.
      */
     public String saveState() {
         java.nio.ByteBuffer b = java.nio.ByteBuffer.allocate(4 * (len * slots + 2 * slots)).order(java.nio.ByteOrder.LITTLE_ENDIAN);

@@ -89,10 +89,15 @@ final class Fixtures {
 
     /** A model initialised with seed 5 for a TP x PP place. */
     static Transformer model(ModelConfig cfg, Place place) {
+        return model(cfg, place, Precision.FP32, null);
+    }
+
+    /** The same in {@code precision}, with the FP8 recipe {@code fp8} under precision fp8 (null: Megatron's defaults). */
+    static Transformer model(ModelConfig cfg, Place place, Precision precision, org.sparkatron.precision.Fp8Recipe fp8) {
         org.sparkatron.parallel.PipelineParallel stage = new org.sparkatron.parallel.PipelineParallel(place.groups().pp(),
                 org.sparkatron.parallel.PipelineLayout.of(cfg.layers(), place.groups().layout().pp(), 1, -1, -1),
                 place.groups().embedding());
-        Transformer m = new Transformer(cfg, new RankContext(TestDevices.create(), place.tp(), Precision.FP32, stage));
+        Transformer m = new Transformer(cfg, new RankContext(TestDevices.create(), place.tp(), precision, stage, null, null, fp8));
         m.initialize(5);
         return m;
     }

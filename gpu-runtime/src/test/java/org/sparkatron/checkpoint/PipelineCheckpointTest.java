@@ -18,6 +18,7 @@ import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.AdamW;
 import org.sparkatron.train.GradientSync;
+import org.sparkatron.precision.Precision;
 import org.sparkatron.train.ResumableTraining;
 import org.sparkatron.train.Trainer;
 
@@ -96,11 +97,46 @@ class PipelineCheckpointTest {
         }
     }
 
-    /** A PP 2 run to {@code steps} with checkpoints every 2 steps; stops after {@code killAt} when >= 0. */
+    /**
+     * The same under fp8 with delayed scaling (amax history 4, max): the recipe state, which every stage holds for
+     * the whole model, is saved with the checkpoint and restored on both stages, so the resumed run's losses and
+     * final recipe state are bitwise the uninterrupted run's.
+     */
+    @ParameterizedTest
+    @ValueSource(strings = {"gpt2", "llama"})
+    void killedAndResumedPp2Fp8RunMatchesTheUninterruptedRun(String family) throws Exception {
+        ModelConfig cfg = Fixtures.config(family, family.equals("gpt2") ? 67 : 61, 32, 4);
+        String[] wholeState = new String[2];
+        String[] resumedState = new String[2];
+        List<List<Double>> whole = run(cfg, tmp.resolve("whole"), 6, -1, Precision.FP8, wholeState);
+        run(cfg, tmp.resolve("cut"), 6, 4, Precision.FP8, new String[2]);
+        DistributedCheckpoint dc = new DistributedCheckpoint(new LocalStorage(), tmp.resolve("cut").toString(), 3);
+        String saved = dc.metadata(dc.dir(4)).extra().get(org.sparkatron.precision.Fp8State.CHECKPOINT_KEY);
+        assertTrue(saved != null && saved.startsWith("v1 4 48 "), "the fp8 state of all 4 layers in the checkpoint: " + saved);
+        List<List<Double>> resumed = run(cfg, tmp.resolve("cut"), 6, -1, Precision.FP8, resumedState);
+        for (int rank = 0; rank < 2; rank++) {
+            assertEquals(whole.get(rank).subList(4, 6), resumed.get(rank), "rank " + rank + ": fp8 losses of steps 5, 6");
+            assertEquals(wholeState[rank], resumedState[rank], "rank " + rank + ": recipe state after step 6");
+        }
+        assertEquals(wholeState[0], wholeState[1], "both stages hold the same recipe state");
+    }
+
     private List<List<Double>> run(ModelConfig cfg, Path root, int steps, int killAt) throws Exception {
+        return run(cfg, root, steps, killAt, Precision.FP32, new String[2]);
+    }
+
+    /**
+     * A PP 2 run to {@code steps} with checkpoints every 2 steps; stops after {@code killAt} when >= 0. Under fp8,
+     * {@code fp8State[rank]} gets each rank's final recipe state.
+     */
+    private List<List<Double>> run(ModelConfig cfg, Path root, int steps, int killAt, Precision precision, String[] fp8State)
+            throws Exception {
         return LocalRanks.run(2, (rank, world) -> {
             try (Fixtures.Place pl = Fixtures.place(1, 1, 2, world)) {
-                Transformer m = Fixtures.model(cfg, pl);
+                Transformer m = precision == Precision.FP8
+                        ? Fixtures.model(cfg, pl, precision, org.sparkatron.precision.Fp8Recipe.parse(
+                                Map.of("fp8_amax_history_len", "4", "fp8_amax_compute_algo", "max")::get))
+                        : Fixtures.model(cfg, pl);
                 m.setDropout(0.1f, 3);
                 Trainer tr = new Trainer(m, Fixtures.data(cfg, 21), Fixtures.options(2), GradientSync.NONE);
                 DistributedCheckpoint dc = new DistributedCheckpoint(new LocalStorage(), root.toString(), 3);
@@ -116,6 +152,9 @@ class PipelineCheckpointTest {
                     if (s == killAt) {
                         break;
                     }
+                }
+                if (m.fp8() != null) {
+                    fp8State[rank] = m.fp8().saveState();
                 }
                 return losses;
             }

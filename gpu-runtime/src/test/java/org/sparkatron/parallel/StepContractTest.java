@@ -169,15 +169,16 @@ class StepContractTest {
     }
 
     @ParameterizedTest
-    @CsvSource({"gpt2, 2, 1, NONE", "llama, 2, 2, SELECTIVE", "gpt2, 4, 1, FULL"})
-    void pipelineRanks(String family, int pp, int vpp, org.sparkatron.model.Recompute mode) throws Exception {
+    @CsvSource({"gpt2, 2, 1, NONE, fp32", "llama, 2, 2, SELECTIVE, fp32", "gpt2, 4, 1, FULL, fp32", "gpt2, 2, 2, NONE, fp8",
+        "llama, 2, 1, FULL, fp8", "llama, 4, 1, SELECTIVE, fp8"})
+    void pipelineRanks(String family, int pp, int vpp, org.sparkatron.model.Recompute mode, String precision) throws Exception {
         ModelConfig cfg = ParityRun.config(family, 8);
         List<Seen> seen = LocalRanks.run(pp, (rank, world) -> {
             try (ProcessGroups pg = ProcessGroups.create(ParallelLayout.forWorld(pp, 1, 1, 1, pp, vpp), world)) {
                 PipelineParallel stage = new PipelineParallel(pg.pp(), PipelineLayout.of(cfg.layers(), pp, vpp, -1, -1),
                         pg.embedding());
-                Transformer m = new Transformer(cfg, new RankContext(TestDevices.create(), TensorParallel.none(), Precision.FP32,
-                        stage));
+                Transformer m = new Transformer(cfg, new RankContext(TestDevices.create(), TensorParallel.none(),
+                        Precision.parse(precision), stage));
                 m.initialize(ParityRun.SEED);
                 m.setRecompute(mode);
                 m.setDropout(0.1f, 3);
@@ -187,7 +188,7 @@ class StepContractTest {
             }
         });
         for (int r = 0; r < seen.size(); r++) {
-            check(seen.get(r), family + " pp " + pp + " vpp " + vpp + " " + mode + ", stage " + r);
+            check(seen.get(r), family + " pp " + pp + " vpp " + vpp + " " + mode + " " + precision + ", stage " + r);
         }
     }
 

@@ -396,9 +396,6 @@ public final class TrainConfig implements Serializable {
         if (fp8 != null) { // refused here, on the driver, before any executor starts
             org.sparkatron.model.Transformer.validateFp8(mc, tp, fp8);
             org.sparkatron.precision.Fp8Linear.requireRows((long) microBatch * seqLen, "the transformer layers' FP8 GEMMs");
-            if (pp > 1) {
-                throw new IllegalArgumentException(org.sparkatron.model.Transformer.fp8WithPipelining(pp));
-            }
         }
         if (inputCol.isEmpty()) {
             throw new IllegalArgumentException("input_col must not be empty");
