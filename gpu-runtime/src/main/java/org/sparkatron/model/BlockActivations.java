@@ -21,7 +21,7 @@ final class BlockActivations {
     final Tensor gathered1; // [N, C] the all-gathered QKV input (sequence parallelism only)
     final Tensor qkv;      // [N, (Hl + 2 Hkvl) hd], after RoPE
     final Tensor att;      // [N, Hl hd]
-    final Tensor lse;      // [B, Hl, T]
+    final Tensor lse;      // [B, Hl, T] (T: this rank's rows of a sequence)
     final Tensor resid;    // [Nl, C] x + attention branch
     final Tensor norm2;    // [Nl, C]
     final Tensor mean2;    // [Nl]
@@ -65,10 +65,20 @@ final class BlockActivations {
         }
     }
 
-    /** The sizes of one micro-batch on one rank (TP shards, sequence-parallel rows). */
+    /**
+     * The sizes of one micro-batch on one rank (TP shards, sequence-parallel rows, context-parallel chunks):
+     * {@code seq} tokens per sequence, of which this rank holds {@code t} rows ({@code seq / cp}).
+     */
     record Shape(int b, int t, int n, int nl, int c, int hl, int qkvWidth, int attWidth, int upWidth, int fl,
-                 boolean sp, boolean layerNorm) {
+                 boolean sp, boolean layerNorm, int seq) {
         static Shape of(ModelConfig cfg, org.sparkatron.parallel.TensorParallel tp, int b, int t) {
+            return of(cfg, tp, org.sparkatron.parallel.ContextParallel.none(), b, t);
+        }
+
+        /** For sequences of {@code seq} tokens split over {@code cp} (refused when it does not split into 2 cp chunks). */
+        static Shape of(ModelConfig cfg, org.sparkatron.parallel.TensorParallel tp, org.sparkatron.parallel.ContextParallel cp,
+                        int b, int seq) {
+            int t = cp.localLength(seq);
             int n = Math.multiplyExact(b, t);
             int hd = cfg.headDim();
             int hl = cfg.heads() / tp.size();
@@ -76,7 +86,17 @@ final class BlockActivations {
             int fl = cfg.ffnHidden() / tp.size();
             boolean llama = cfg.family() == ModelConfig.Family.LLAMA;
             return new Shape(b, t, n, tp.localRows(n), cfg.hidden(), hl, (hl + 2 * kvl) * hd, hl * hd, llama ? 2 * fl : fl, fl,
-                    tp.sequenceParallel(), !llama);
+                    tp.sequenceParallel(), !llama, seq);
+        }
+
+        /** The head dimension. */
+        int hd() {
+            return attWidth / hl;
+        }
+
+        /** This rank's key/value heads. */
+        int kvl() {
+            return (qkvWidth - attWidth) / (2 * hd());
         }
     }
 }

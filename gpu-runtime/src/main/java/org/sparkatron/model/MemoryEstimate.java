@@ -3,7 +3,10 @@ package org.sparkatron.model;
 import java.util.Locale;
 import org.sparkatron.device.MemoryKind;
 import org.sparkatron.device.MemoryStats;
+import org.sparkatron.device.cpu.CpuKernels;
 import org.sparkatron.model.ParameterSet.TpRole;
+import org.sparkatron.parallel.AttentionCore;
+import org.sparkatron.parallel.ContextParallel;
 import org.sparkatron.parallel.PipelineLayout;
 import org.sparkatron.parallel.pipeline.Schedule;
 import org.sparkatron.precision.Precision;
@@ -21,12 +24,15 @@ import org.sparkatron.precision.Precision;
  *   <li>activations: per micro-batch in flight (as many as the pipeline schedule holds at once on each of the
  *       rank's chunks), what each layer keeps for its backward under the {@link Recompute} mode, plus the
  *       chunk's input and gradient and, on the last stage, the final norm and output layer's input and its
- *       gradient; and the rank's backward and recomputation scratch, shared by all micro-batches;</li>
+ *       gradient; and the rank's backward and recomputation scratch and its context-parallel attention's
+ *       buffers, shared by all micro-batches;</li>
  *   <li>workspace: token ids, per-token losses, a chunk of logits and the cross-entropy statistics (last
- *       stage), the sequence-parallel buffers, RoPE tables, device scalars, and the CPU attention's two
- *       {@code T x T} scratch blocks (a GPU's kernels have their own scratch; the figure is then an upper
- *       bound).</li>
+ *       stage), the sequence-parallel buffers, RoPE tables, the context-parallel position table, device
+ *       scalars, and the CPU attention's two scratch blocks of at most 256 query rows by the keys a block
+ *       attends to (a GPU's kernels have their own scratch; the figure is then an upper bound).</li>
  * </ul>
+ * Under context parallelism every per-token figure is for this rank's {@code seqLen / cp} rows of each
+ * sequence.
  * These are exactly the buffers the model allocates ({@code StepContractTest} checks the device's figures
  * against them). Immutable.
  */
@@ -46,6 +52,16 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
         };
     }
 
+    /** A rank's place in a context-parallel group: its size, its rank and how attention communicates. */
+    public record Context(int size, int rank, ContextParallel.CommType commType) {
+        /** No context parallelism. */
+        public static final Context NONE = new Context(1, 0, ContextParallel.CommType.P2P);
+
+        public static Context of(ContextParallel cp) {
+            return new Context(cp.size(), cp.rank(), cp.commType());
+        }
+    }
+
     /** One rank without pipelining, one micro-batch at a time, nothing recomputed. */
     public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, int batch, int seqLen, Precision precision,
                                     int halfBytes) {
@@ -61,12 +77,25 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
      */
     public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, PipelineLayout pl, int stage, int microBatches,
                                     int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes) {
+        return of(cfg, tp, sp, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, Context.NONE);
+    }
+
+    /**
+     * {@link #of(ModelConfig, int, boolean, PipelineLayout, int, int, int, int, Precision, Recompute, int)} for rank
+     * {@code cp.rank()} of a context-parallel group (sequences of {@code seqLen} tokens, {@code seqLen / cp} rows
+     * each on this rank).
+     */
+    public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, PipelineLayout pl, int stage, int microBatches,
+                                    int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes,
+                                    Context cp) {
         Transformer.validate(cfg, tp);
+        ContextParallel.validate(seqLen, cp.size());
+        int local = seqLen / cp.size(); // this rank's rows of each sequence
         boolean split = sp && tp > 1;
         ParameterSet.Builder layout = Transformer.layout(cfg, tp, pl, stage);
         long numel = layout.numel();
         long params = 4 * numel + (precision.isReduced() ? (long) halfBytes * numel : 0);
-        long n = (long) batch * seqLen;
+        long n = (long) batch * local;
         if (split && n % tp != 0) {
             throw new IllegalArgumentException("sequence parallelism needs the batch's token count (batch x sequence length = "
                     + n + ") divisible by the tensor-parallel size " + tp);
@@ -80,7 +109,7 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
         boolean layerNorm = cfg.family() != ModelConfig.Family.LLAMA;
         long upWidth = layerNorm ? fl : 2 * fl;
         long qkv = n * (hl + 2 * kvl) * hd;
-        long attention = n * hl * hd + (long) batch * hl * seqLen; // output and log-sum-exp
+        long attention = n * hl * hd + (long) batch * hl * local; // output and log-sum-exp
         long fullLayer = 4 * nl * c + (layerNorm ? 4 : 2) * nl + (split ? 2 * n * c : 0) + qkv + attention + n * upWidth + n * fl;
         long keptLayer = switch (recompute) {
             case NONE -> fullLayer;
@@ -89,10 +118,12 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
         };
         Schedule schedule = Schedule.of(pl.stages(), pl.virtualStages(), microBatches);
         long activations = 3 * nl * c + qkv + n * hl * hd + n * upWidth + n * fl // backward scratch
-                + (recompute == Recompute.SELECTIVE ? attention : 0) + (recompute == Recompute.FULL ? fullLayer : 0);
+                + (recompute == Recompute.SELECTIVE ? attention : 0) + (recompute == Recompute.FULL ? fullLayer : 0)
+                + AttentionCore.bufferElements(cp.commType(), cp.size(), batch, local, (int) hl, (int) kvl, (int) hd);
         long workspace = 8 + 8 + 16                                          // model scalars, trainer step scalars
                 + (cfg.family().usesRope() ? 4L * cfg.maxPositions() * hd : 0) // cos and sin tables
-                + 4 * 2L * seqLen * seqLen;                                  // CPU attention scratch
+                + (cp.size() > 1 ? 4L * local : 0)                          // CP position table
+                + 4 * 2L * cpuAttentionScratch(cp, local);                  // CPU attention scratch
         boolean holdsLast = pl.isLast(stage, pl.virtualStages() - 1);
         for (int chunk = 0; chunk < pl.virtualStages(); chunk++) {
             boolean first = pl.isFirst(stage, chunk);
@@ -116,6 +147,19 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
             workspace += 4 * (n * c + sequenceGrads); // tp.rows, packed SP gradients
         }
         return new MemoryEstimate(params, 4 * numel, 8 * numel, 4 * activations, workspace);
+    }
+
+    /**
+     * The CPU attention's scratch elements (each of two blocks): the largest block this rank computes, for
+     * {@code t} local rows per sequence. Local and ring: the causal block of its rows; all-gather: its second
+     * query chunk against the {@code (2cp - r)} chunks it sees.
+     */
+    private static long cpuAttentionScratch(Context cp, int t) {
+        if (cp.size() == 1 || cp.commType() == ContextParallel.CommType.P2P) {
+            return CpuKernels.attentionScratchElements(t, t);
+        }
+        int chunk = t / 2;
+        return CpuKernels.attentionScratchElements(chunk, (2 * cp.size() - cp.rank()) * chunk);
     }
 
     /** One line: each kind in MiB and the total. */

@@ -63,7 +63,7 @@ final class ModelChunk {
         this.layerStart = layerStart;
         this.buffers = buffers;
         for (int i = layerStart; i < layerEnd; i++) {
-            blocks.add(new TransformerBlock(cfg, ctx, compute, i, ropeCos, ropeSin, ws));
+            blocks.add(new TransformerBlock(cfg, ctx, compute, i, ropeCos, ropeSin, ws, buffers.attention()));
         }
         this.vocabLocal = cfg.paddedVocab(tp.size()) / tp.size();
         this.headName = cfg.tiedEmbeddings() ? "embed" : "head";
@@ -132,7 +132,7 @@ final class ModelChunk {
         if (first) {
             embedding.forward(mb.inputs(), n, mb.input);
             if (cfg.family() == ModelConfig.Family.GPT2) {
-                k.addPositions(mb.input, compute.weight("pos"), tp.firstLocalRow(n), s.nl(), s.t(), c); // rounded by RoundingKernels
+                k.addPositions(mb.input, compute.weight("pos"), buffers.positions(), tp.firstLocalRow(n), s.nl(), s.t(), c); // rounded
             }
         }
         lastForward = mb;
@@ -199,7 +199,7 @@ final class ModelChunk {
         }
         if (first) {
             if (cfg.family() == ModelConfig.Family.GPT2) {
-                k.positionsBackward(params.grad("pos"), mb.grad, tp.firstLocalRow(n), nl, s.t(), c);
+                k.positionsBackward(params.grad("pos"), mb.grad, buffers.positions(), tp.firstLocalRow(n), nl, s.t(), c);
             }
             embedding.backward(mb.grad, mb.inputs(), n);
         }

@@ -8,9 +8,9 @@ import org.sparkatron.precision.RoundingKernels;
 /**
  * Everything one rank computes with, passed explicitly to the model and the training loop (no rank state
  * in statics: several ranks share a JVM in Spark's local mode): its {@link Device}, the kernels the model
- * runs (the device's, wrapped to round to 16 bits under mixed precision), its tensor-parallel group and
- * the precision. Process-wide native settings (OpenBLAS's thread count) are not here: they are set once
- * per process ({@link org.sparkatron.device.cpu.Blas#setThreads}).
+ * runs (the device's, wrapped to round to 16 bits under mixed precision), its tensor-parallel group, the
+ * precision, and its pipeline and context-parallel groups. Process-wide native settings (OpenBLAS's thread
+ * count) are not here: they are set once per process ({@link org.sparkatron.device.cpu.Blas#setThreads}).
  *
  * <p>Immutable. The device belongs to whoever created it and outlives the contexts made from it; several
  * contexts may share a device (a rank's model and the full TP = 1 copy it gathers to save).
@@ -21,6 +21,7 @@ public final class RankContext {
     private final Precision precision;
     private final Kernels kernels;
     private final PipelineParallel pp; // null: no pipelining
+    private final ContextParallel cp;
 
     public RankContext(Device device, TensorParallel tp, Precision precision) {
         this(device, tp, precision, null);
@@ -28,13 +29,18 @@ public final class RankContext {
 
     /** @param pp this rank's pipeline stage, or null for no pipelining */
     public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp) {
-        if (device == null || tp == null || precision == null) {
+        this(device, tp, precision, pp, ContextParallel.none());
+    }
+
+    private RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp, ContextParallel cp) {
+        if (device == null || tp == null || precision == null || cp == null) {
             throw new IllegalArgumentException("a rank context needs a device, a tensor-parallel group and a precision");
         }
         this.device = device;
         this.tp = tp;
         this.precision = precision;
         this.pp = pp;
+        this.cp = cp;
         this.kernels = RoundingKernels.wrap(device.kernels(), precision);
     }
 
@@ -70,23 +76,37 @@ public final class RankContext {
         return pp;
     }
 
-    /** The same rank with another tensor-parallel group and no pipelining (a whole TP = 1 copy for checkpoints). */
+    /** This rank's context-parallel group ({@link ContextParallel#none()} without context parallelism). */
+    public ContextParallel contextParallel() {
+        return cp;
+    }
+
+    /**
+     * The same rank with another tensor-parallel group, no pipelining and no context parallelism (a whole TP = 1
+     * copy for checkpoints).
+     */
     public RankContext withTensorParallel(TensorParallel other) {
-        return new RankContext(device, other, precision, null);
+        return new RankContext(device, other, precision, null, ContextParallel.none());
     }
 
     /** The same rank as a pipeline stage. */
     public RankContext withPipeline(PipelineParallel stage) {
-        return new RankContext(device, tp, precision, stage);
+        return new RankContext(device, tp, precision, stage, cp);
+    }
+
+    /** The same rank with a context-parallel group: each sequence split over the group's ranks. */
+    public RankContext withContextParallel(ContextParallel group) {
+        return new RankContext(device, tp, precision, pp, group);
     }
 
     /** The same rank in another precision. */
     public RankContext withPrecision(Precision other) {
-        return new RankContext(device, tp, other, pp);
+        return new RankContext(device, tp, other, pp, cp);
     }
 
     @Override
     public String toString() {
-        return device.name() + ", " + tp + (pp != null ? ", " + pp : "") + ", " + precision.label();
+        return device.name() + ", " + tp + (pp != null ? ", " + pp : "") + (cp.size() > 1 ? ", " + cp : "") + ", "
+                + precision.label();
     }
 }
