@@ -50,19 +50,29 @@ public final class CheckpointBench {
     private CheckpointBench() {
     }
 
-    public static void main(String[] argv) throws Exception {
-        Map<String, String> a = new LinkedHashMap<>();
-        int from = argv.length > 0 && argv[0].equals("bench-ckpt") ? 1 : 0;
-        List<String> known = List.of("tp", "layers", "width", "heads", "vocab", "seq", "batch", "rounds", "dir", "no-peer", "threads");
-        for (int i = from; i < argv.length; i++) {
-            String k = argv[i].startsWith("--") ? argv[i].substring(2) : null;
-            if (k == null || !known.contains(k)) {
-                System.err.println("sparkatron bench-ckpt: unknown argument '" + argv[i] + "' (options: --" + String.join(", --", known) + ")");
-                System.exit(2);
+    static final String USAGE = String.join("\n",
+            "usage: ./sparkatron bench-ckpt [--tp 1,2] [--rounds 3] [--threads 1] [--dir DIR] [--no-peer]",
+            "         [--layers 6] [--width 384] [--heads 6] [--vocab 50304] [--seq 64] [--batch 2]",
+            "  sharded checkpoint save and load time against the training step, per TP size (docs/checkpoints.md)");
+
+    public static void main(String[] argv) {
+        org.sparkatron.cli.Cli.main("bench-ckpt", USAGE, argv, args -> {
+            Map<String, String> a = new LinkedHashMap<>();
+            List<String> known = List.of("tp", "layers", "width", "heads", "vocab", "seq", "batch", "rounds", "dir", "no-peer", "threads");
+            for (int i = 0; i < args.length; i++) {
+                String k = args[i].startsWith("--") ? args[i].substring(2) : null;
+                if (k == null || !known.contains(k)) {
+                    throw new org.sparkatron.cli.Cli.UsageException("unknown argument '" + args[i] + "' (options: --"
+                            + String.join(", --", known) + ")");
+                }
+                if (!k.equals("no-peer") && i + 1 >= args.length) {
+                    throw new org.sparkatron.cli.Cli.UsageException("option --" + k + " needs a value");
+                }
+                a.put(k, k.equals("no-peer") ? "true" : args[++i]);
             }
-            a.put(k, k.equals("no-peer") ? "true" : (i + 1 < argv.length ? argv[++i] : ""));
-        }
-        run(a, System.out);
+            run(a, System.out);
+            return org.sparkatron.cli.Cli.OK;
+        });
     }
 
     /** Per TP size: the medians of the rounds. */

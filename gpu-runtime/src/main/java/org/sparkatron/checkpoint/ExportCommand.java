@@ -23,13 +23,15 @@ public final class ExportCommand {
     private ExportCommand() {
     }
 
+    static final String USAGE = "usage: ./sparkatron export --checkpoint DIR --out MODEL_DIR [--step N]\n"
+            + "  writes one checkpoint (the step directory DIR, step N of the checkpoint root DIR, or its newest usable one)\n"
+            + "  as a Hugging Face model directory: config.json + model.safetensors";
+
     public static void main(String[] argv) {
-        try {
-            run(argv, System.out);
-        } catch (IllegalArgumentException | IOException e) {
-            System.err.println("sparkatron export: " + e.getMessage());
-            System.exit(2);
-        }
+        org.sparkatron.cli.Cli.main("export", USAGE, argv, args -> {
+            run(args, System.out);
+            return org.sparkatron.cli.Cli.OK;
+        });
     }
 
     /** Parses the arguments (after the subcommand) and exports. */

@@ -17,7 +17,7 @@ final class Args {
         for (int i = from; i < argv.length; i++) {
             String a = argv[i];
             if (!a.startsWith("--") || a.length() == 2) {
-                throw new UsageException(command + ": unexpected argument '" + a + "' (options are --name value)");
+                throw new UsageException("unexpected argument '" + a + "' (options are --name value)");
             }
             String key = a.substring(2);
             int eq = key.indexOf('=');
@@ -28,9 +28,13 @@ final class Args {
             } else if (i + 1 < argv.length) {
                 values.put(key, argv[++i]);
             } else {
-                throw new UsageException(command + ": option --" + key + " needs a value");
+                throw new UsageException("option --" + key + " needs a value");
             }
         }
+    }
+
+    String command() {
+        return command;
     }
 
     String string(String key, String dflt) {
@@ -42,7 +46,7 @@ final class Args {
         used.add(key);
         String v = values.get(key);
         if (v == null) {
-            throw new UsageException(command + ": missing required option --" + key);
+            throw new UsageException("missing required option --" + key);
         }
         return v;
     }
@@ -64,7 +68,7 @@ final class Args {
         try {
             return Integer.parseInt(v);
         } catch (NumberFormatException e) {
-            throw new UsageException(command + ": --" + key + " must be an integer, got '" + v + "'");
+            throw new UsageException("--" + key + " must be an integer, got '" + v + "'");
         }
     }
 
@@ -81,7 +85,7 @@ final class Args {
         try {
             return Double.parseDouble(v);
         } catch (NumberFormatException e) {
-            throw new UsageException(command + ": --" + key + " must be a number, got '" + v + "'");
+            throw new UsageException("--" + key + " must be a number, got '" + v + "'");
         }
     }
 
@@ -89,13 +93,15 @@ final class Args {
     void rejectUnknown() {
         for (String k : values.keySet()) {
             if (!used.contains(k)) {
-                throw new UsageException(command + ": unknown option --" + k);
+                throw new UsageException("unknown option --" + k);
             }
         }
     }
 
-    /** A command-line mistake: printed without a stack trace, exit code 2. */
-    static final class UsageException extends RuntimeException {
+    /** A command-line mistake: one line, exit status 2 ({@link Cli}). */
+    static final class UsageException extends Cli.UsageException {
+        private static final long serialVersionUID = 1L;
+
         UsageException(String message) {
             super(message);
         }

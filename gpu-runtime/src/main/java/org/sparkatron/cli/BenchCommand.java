@@ -19,8 +19,6 @@ import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.LrSchedule;
-import org.sparkatron.tensor.DType;
-import org.sparkatron.tensor.Tensor;
 import org.sparkatron.train.PackedSamples;
 import org.sparkatron.train.Trainer;
 
@@ -64,7 +62,7 @@ final class BenchCommand {
         Trainer trainer = new Trainer(model, PackedSamples.perSequence(rows, 0), new Trainer.Options(batch, 1,
                 LrSchedule.constant(3e-4), 0.9f, 0.999f, 1e-8f, 0.1f, 1.0f));
         long n = Sparkatron.savedParameters(model);
-        double flops = 6.0 * n * batch * seq + 6.0 * layers * width * (double) seq * batch * seq;
+        double flops = org.sparkatron.train.ModelFlops.perStep(model.config(), seq, batch);
         out.printf(Locale.ROOT, "work: GPT-2-style L=%d C=%d H=%d T=%d V=%d, batch %d x %d, fp32, %d threads, params=%d%n",
                 layers, width, heads, seq, vocab, batch, seq, threads, n);
         out.printf(Locale.ROOT, "FLOPs per step (6N*BT + 6*L*C*T*BT): %.1f GFLOP; each round: our median of %d steps "
@@ -85,7 +83,7 @@ final class BenchCommand {
                 times[i] = trainer.step().seconds();
             }
             ours[r] = median(times);
-            sgemms[r] = sgemmGflops();
+            sgemms[r] = org.sparkatron.train.ModelFlops.sgemmGflops(1024, 6);
             out.printf(Locale.ROOT, "round %d: sparkatron step %.4f s (%.1f tokens/s), sgemm %.1f GFLOP/s%n",
                     r + 1, ours[r], batch * seq / ours[r], sgemms[r]);
             if (havePeer) {
@@ -124,26 +122,6 @@ final class BenchCommand {
         double[] c = xs.clone();
         Arrays.sort(c);
         return c.length % 2 == 1 ? c[c.length / 2] : (c[c.length / 2 - 1] + c[c.length / 2]) / 2;
-    }
-
-    /** Best of several 1024^3 sgemm calls on the current thread count, in GFLOP/s. */
-    static double sgemmGflops() {
-        int n = 1024;
-        Tensor x = Tensor.allocateHost(DType.F32, n, n);
-        Tensor y = Tensor.allocateHost(DType.F32, n, n);
-        Tensor z = Tensor.allocateHost(DType.F32, n, n);
-        SplittableRandom rng = new SplittableRandom(1);
-        for (int i = 0; i < n * n; i++) {
-            x.floats().put(i, (float) rng.nextDouble());
-            y.floats().put(i, (float) rng.nextDouble());
-        }
-        double best = Double.MAX_VALUE;
-        for (int rep = 0; rep < 6; rep++) {
-            long t0 = System.nanoTime();
-            Blas.sgemm(false, false, 1f, x, n, n, y, n, n, 0f, z);
-            best = Math.min(best, (System.nanoTime() - t0) / 1e9);
-        }
-        return 2.0 * n * n * n / best / 1e9;
     }
 
     /** Runs the PyTorch peer; returns {step seconds, tokens/s, GFLOP/s} or null (saying why) if unavailable. */

@@ -9,65 +9,75 @@ import java.util.Map;
 import java.util.Set;
 import java.util.TreeMap;
 import org.sparkatron.checkpoint.ModelStore;
-import org.sparkatron.device.DeviceMemoryException;
 import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.precision.Precision;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
-import org.sparkatron.optim.LrSchedule;
 import org.sparkatron.train.PackedSamples;
-import org.sparkatron.train.TokenFile;
-import org.sparkatron.train.Trainer;
 
 /**
- * Entry point of {@code ./sparkatron} for the single-process subcommands: {@code init}, {@code train-local},
- * {@code score}, {@code bench} and {@code demo-local}. Errors in what the user gave (options, files, configs)
- * print one line naming the problem and exit with status 2; anything else is a bug and prints a trace.
+ * The single-process subcommands of {@code ./sparkatron} ({@link Main} dispatches here): {@code init},
+ * {@code train-local}, {@code score}, {@code bench} and {@code demo-local}. Errors and exit statuses as
+ * {@link Cli} says: one line naming the problem, 2 for what the user gave (options, files, configs).
  */
 public final class Sparkatron {
     private Sparkatron() {
     }
 
-    static final String USAGE = String.join("\n",
-            "usage: ./sparkatron <command> [options]",
-            "  init        --config CONFIG.json --seed N --out DIR",
-            "  train-local --model DIR --tokens FILE --steps N --out DIR [--lr 3e-4] [--min-lr LR/10] [--warmup 0]",
-            "              [--batch 4] [--micro-batches 1] [--seq-len T] [--weight-decay 0.1] [--grad-clip 1.0]",
-            "              [--seed 0] [--threads CORES] [--precision fp32|bf16|fp16]",
-            "  score       --model DIR --tokens FILE [--threads CORES]",
-            "  bench       [--steps 5] [--rounds 3] [--threads 2] [--no-peer] [--layers 6 --width 384 --heads 6 --seq 256 --vocab 50304 --batch 4]",
-            "  demo-local  [--steps 300] [--threads CORES]   (trains a small GPT-2 on generated data, one process)",
-            "Token files: one sequence per line, token ids separated by single spaces.");
+    private static final String INPUTS = String.join("\n",
+            "Token files: one sequence per line, token ids separated by single spaces. Text files: one document per line,",
+            "tokenized with --tokenizer or the model's saved tokenizer; prepared: a prepare output directory or a Megatron",
+            "prefix. Trained models keep their tokenizer (tokenizer.json or sparkatron_tokenizer.json).");
+
+    /** Each command's usage, printed by {@code --help}. */
+    static final Map<String, String> USAGE = Map.of(
+            "init", String.join("\n",
+                    "usage: ./sparkatron init --config CONFIG.json --seed N --out DIR [--tokenizer gpt2|tokenizer.json]",
+                    "  writes a freshly initialised model (Hugging Face config.json + model.safetensors) to DIR"),
+            "train-local", String.join("\n",
+                    "usage: ./sparkatron train-local --model DIR (--tokens FILE | --text FILE [--tokenizer T] | --prepared PATH)",
+                    "         --steps N --out DIR [--lr 3e-4] [--min-lr LR/10] [--warmup 0]",
+                    "         [--batch 4] [--micro-batches 1] [--seq-len T] [--weight-decay 0.1] [--grad-clip 1.0]",
+                    "         [--seed 0] [--threads CORES] [--precision fp32|bf16|fp16] [--log-interval STEPS/20]",
+                    "         [--valid-tokens FILE [--eval-interval STEPS/10] [--eval-iters 10]] [--tensorboard-dir DIR]",
+                    "  trains the model in DIR in this process (no Spark), prints one JSON line per step, saves to --out", INPUTS),
+            "score", String.join("\n",
+                    "usage: ./sparkatron score --model DIR (--tokens FILE | --text FILE [--tokenizer T] | --prepared PATH) [--threads CORES]",
+                    "  prints the mean next-token loss over every sequence as JSON", INPUTS),
+            "bench", String.join("\n",
+                    "usage: ./sparkatron bench [--steps 5] [--rounds 3] [--threads 2] [--no-peer]",
+                    "         [--layers 6 --width 384 --heads 6 --seq 256 --vocab 50304 --batch 4]",
+                    "  one CPU training step against PyTorch eager on the same model (docs/benchmarks.md)"),
+            "demo-local", String.join("\n",
+                    "usage: ./sparkatron demo-local [--steps 300] [--threads CORES]",
+                    "  trains a small GPT-2 on a generated language in this process, without Spark"));
 
     public static void main(String[] argv) {
-        System.exit(run(argv, System.out, System.err));
+        String cmd = argv.length == 0 ? "" : argv[0];
+        Cli.main(cmd, USAGE.getOrDefault(cmd, ""), argv, args -> dispatch(cmd, args, System.out, System.err));
     }
 
-    /** Runs a subcommand; returns the process exit status. */
+    /** Runs a subcommand ({@code argv[0]}); returns the process exit status ({@link Cli}'s). */
     public static int run(String[] argv, PrintStream out, PrintStream err) {
-        String cmd = argv.length == 0 ? "help" : argv[0];
-        try {
-            switch (cmd) {
-                case "init" -> init(new Args(cmd, argv, 1, Set.of()), out);
-                case "train-local" -> trainLocal(new Args(cmd, argv, 1, Set.of()), out);
-                case "score" -> score(new Args(cmd, argv, 1, Set.of()), out);
-                case "bench" -> BenchCommand.run(new Args(cmd, argv, 1, Set.of("no-peer")), out);
-                case "demo", "demo-local" -> DemoCommand.run(new Args(cmd, argv, 1, Set.of()), out);
-                case "help", "--help", "-h" -> out.println(USAGE);
-                default -> {
-                    err.println("sparkatron: unknown command '" + cmd + "'\n" + USAGE);
-                    return 2;
-                }
-            }
-            return 0;
-        } catch (Args.UsageException | IllegalArgumentException | DeviceMemoryException e) {
-            err.println("sparkatron " + cmd + ": " + e.getMessage());
-            return 2;
-        } catch (java.io.IOException e) {
-            err.println("sparkatron " + cmd + ": " + e);
-            return 2;
+        String cmd = argv.length == 0 ? "" : argv[0];
+        if (!USAGE.containsKey(cmd)) {
+            err.println("sparkatron: unknown command '" + cmd + "' (./sparkatron help lists the commands)");
+            return Cli.INPUT;
         }
+        return Cli.run(cmd, USAGE.get(cmd), argv, out, err, args -> dispatch(cmd, args, out, err));
+    }
+
+    private static int dispatch(String cmd, String[] args, PrintStream out, PrintStream err) throws java.io.IOException {
+        switch (cmd) {
+            case "init" -> init(new Args(cmd, args, 0, Set.of()), out);
+            case "train-local" -> TrainLocalCommand.run(new Args(cmd, args, 0, Set.of()), out, err);
+            case "score" -> score(new Args(cmd, args, 0, Set.of()), out);
+            case "bench" -> BenchCommand.run(new Args(cmd, args, 0, Set.of("no-peer")), out);
+            case "demo-local" -> DemoCommand.run(new Args(cmd, args, 0, Set.of()), out);
+            default -> throw new Cli.UsageException("unknown command '" + cmd + "' (./sparkatron help lists the commands)");
+        }
+        return Cli.OK;
     }
 
     static void setThreads(Args a) {
@@ -78,10 +88,14 @@ public final class Sparkatron {
         Path config = a.path("config");
         long seed = a.requiredInt("seed");
         Path dir = a.path("out");
+        String tokenizer = a.string("tokenizer", null);
         a.rejectUnknown();
         Transformer model = new Transformer(ModelConfig.load(config), new CpuDevice());
         model.initialize(seed);
         ModelStore.save(model, dir);
+        if (tokenizer != null) {
+            Inputs.keepTokenizer(new org.sparkatron.train.SequenceReader.Sequences(List.of(), tokenizer), dir, dir);
+        }
         out.printf(Locale.ROOT, "{\"model\": \"%s\", \"family\": \"%s\", \"parameters\": %d, \"seed\": %d}%n",
                 dir, model.config().family().name().toLowerCase(Locale.ROOT), savedParameters(model), seed);
     }
@@ -94,38 +108,6 @@ public final class Sparkatron {
             n += vocabRows ? p.numel() / p.shape()[0] * model.config().vocabSize() : p.numel();
         }
         return n;
-    }
-
-    private static void trainLocal(Args a, PrintStream out) throws java.io.IOException {
-        Path modelDir = a.path("model");
-        Path tokens = a.path("tokens");
-        int steps = a.requiredInt("steps");
-        Path outDir = a.path("out");
-        double lr = a.number("lr", 3e-4);
-        double minLr = a.number("min-lr", lr / 10);
-        int warmup = a.integer("warmup", 0);
-        int batch = a.integer("batch", 4);
-        int micro = a.integer("micro-batches", 1);
-        int seqLen = a.integer("seq-len", -1);
-        float wd = (float) a.number("weight-decay", 0.1);
-        float clip = (float) a.number("grad-clip", 1.0);
-        long seed = a.integer("seed", 0);
-        Precision precision = Precision.parse(a.string("precision", "fp32"));
-        setThreads(a);
-        a.rejectUnknown();
-        if (steps < 1) {
-            throw new IllegalArgumentException("--steps must be >= 1, got " + steps);
-        }
-        Transformer model = ModelStore.load(modelDir, new CpuDevice(), precision);
-        List<int[]> seqs = TokenFile.read(tokens, model.config().vocabSize());
-        PackedSamples data = samples(seqs, seqLen, model.config(), seed);
-        Trainer.Options opt = new Trainer.Options(batch, micro, new LrSchedule(lr, minLr, warmup, steps), 0.9f, 0.95f,
-                1e-8f, wd, clip);
-        Trainer trainer = new Trainer(model, data, opt);
-        for (int s = 0; s < steps; s++) {
-            out.println(trainer.step().toJson());
-        }
-        ModelStore.save(model, outDir);
     }
 
     /**
@@ -152,11 +134,12 @@ public final class Sparkatron {
     /** Mean next-token cross-entropy over every line, each line scored on its own (grouped by length). */
     private static void score(Args a, PrintStream out) throws java.io.IOException {
         Path modelDir = a.path("model");
-        Path tokens = a.path("tokens");
+        Inputs.Spec inputSpec = Inputs.parse(a);
         setThreads(a);
         a.rejectUnknown();
         Transformer model = ModelStore.load(modelDir, new CpuDevice());
-        List<int[]> seqs = TokenFile.read(tokens, model.config().vocabSize());
+        List<int[]> seqs = inputSpec.read(modelDir, model.config().vocabSize()).sequences();
+        String tokens = inputSpec.tokens() != null ? inputSpec.tokens() : "input sequence";
         Map<Integer, List<int[]>> byLength = new TreeMap<>();
         for (int i = 0; i < seqs.size(); i++) {
             int[] s = seqs.get(i);

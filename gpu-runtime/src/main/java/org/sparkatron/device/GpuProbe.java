@@ -28,9 +28,9 @@ import java.util.concurrent.TimeUnit;
  * ({@link #GpuProbe(List, List, Path, boolean)}).
  *
  * <p>Device choice: the CUDA device needs the driver, cuBLAS, cuBLASLt and a device node; NCCL is needed
- * only by multi-rank jobs and nvcc only to build kernels. The CUDA device itself is not implemented yet
- * (issue 8), so {@link Report#device()} is "cpu" on every machine for now, and {@link Report#reason()}
- * says why (what is missing, or that the stack is present but the CUDA device is not built).
+ * only by multi-rank jobs and nvcc only to build kernels. {@link Report#device()} says which device a rank
+ * given a GPU would use, {@link Report#reason()} why (what is missing); {@code CudaRuntime} then loads the
+ * driver to confirm.
  *
  * <p>Stateless and thread-safe; {@link #probe()} blocks for at most about 5 seconds (ldconfig).
  */
@@ -65,9 +65,12 @@ public final class GpuProbe {
             return !deviceNodes.isEmpty() && missing().stream().noneMatch(Component::requiredForCuda);
         }
 
-        /** The device a rank runs on: "cpu" (the only device implemented so far; see {@link #reason()}). */
+        /**
+         * The device a rank given a GPU would run on, judged from files alone: "cuda" when the stack is present
+         * (the CUDA device then confirms it by loading the driver, {@code CudaRuntime}), else "cpu".
+         */
         public String device() {
-            return "cpu";
+            return cudaStackPresent() ? "cuda" : "cpu";
         }
 
         /** Why that device: the missing pieces, or that the stack is present but the CUDA device is not built yet. */
@@ -84,7 +87,7 @@ public final class GpuProbe {
             if (!gaps.isEmpty()) {
                 return "cuda unavailable: missing " + String.join(", ", gaps);
             }
-            return "cuda unavailable: the GPU libraries are present but the CUDA device is not implemented yet";
+            return "cuda: the driver, cuBLAS, cuBLASLt and a GPU device node are present";
         }
 
         /** A human-readable table, one line per component, then the device line. */
@@ -226,15 +229,19 @@ public final class GpuProbe {
     }
 
     /** {@code ./sparkatron gpu-info}: prints the report; exit status 0 (a machine without a GPU is not an error). */
-    public static void main(String[] args) {
-        if (args.length > 0 && !args[0].equals("--help")) {
-            System.err.println("gpu-info takes no options, got " + String.join(" ", args));
-            System.exit(2);
-        }
-        if (args.length > 0) {
-            System.out.println("usage: ./sparkatron gpu-info   (which GPU libraries this machine has, and the device chosen)");
-            return;
-        }
-        System.out.println(system().probe().describe());
+    public static void main(String[] argv) {
+        org.sparkatron.cli.Cli.main("gpu-info", "usage: ./sparkatron gpu-info\n"
+                + "  which GPU libraries this machine has, and the device a rank would use", argv, args -> {
+                    if (args.length > 0) {
+                        throw new org.sparkatron.cli.Cli.UsageException("gpu-info takes no options, got " + String.join(" ", args));
+                    }
+                    Report report = system().probe();
+                    System.out.println(report.describe());
+                    if (report.cudaStackPresent() || org.sparkatron.device.cuda.CudaRuntime.emulationRequested()) {
+                        // the files are there: now load the driver binding (behind CudaRuntime's LinkageError probe)
+                        System.out.println(org.sparkatron.device.cuda.CudaRuntime.describe());
+                    }
+                    return org.sparkatron.cli.Cli.OK;
+                });
     }
 }

@@ -49,7 +49,20 @@ public final class PpBench {
     private PpBench() {
     }
 
-    public static void main(String[] argv) throws Exception {
+    static final String USAGE = String.join("\n",
+            "usage: ./sparkatron bench-pp [--pp 2,4] [--vpp 2] [--micro 8] [--steps 2] [--family gpt2|llama]",
+            "         [--layers 8] [--width 128] [--heads 4] [--seq 64] [--batch 2] [--vocab 2048]",
+            "  pipeline schedules (1F1B, interleaved) in one JVM: bubble against (p-1)/(v*m+p-1), and activation",
+            "  memory per recompute mode against MemoryEstimate (docs/parallel.md)");
+
+    public static void main(String[] argv) {
+        org.sparkatron.cli.Cli.main("bench-pp", USAGE, argv, args -> {
+            bench(args);
+            return org.sparkatron.cli.Cli.OK;
+        });
+    }
+
+    static void bench(String[] argv) throws Exception {
         BenchArgs a = new BenchArgs("bench-pp", argv, Set.of("pp", "vpp", "micro", "layers", "width", "heads", "seq", "batch",
                 "vocab", "family", "steps"), Set.of());
         int[] pps = a.integers("pp", 2, 4);

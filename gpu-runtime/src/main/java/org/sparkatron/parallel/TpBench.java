@@ -37,7 +37,19 @@ public final class TpBench {
     private TpBench() {
     }
 
-    public static void main(String[] args) throws Exception {
+    static final String USAGE = String.join("\n",
+            "usage: ./sparkatron bench-tp [--tp 2] [--steps 3] [--rounds 3] [--family gpt2|llama] [--sp]",
+            "         [--layers 4] [--width 256] [--heads 8] [--seq 128] [--batch 4] [--vocab 8192]",
+            "  training-step time at TP = --tp (ranks as threads, TCP on loopback) against one rank (docs/parallel.md)");
+
+    public static void main(String[] argv) {
+        org.sparkatron.cli.Cli.main("bench-tp", USAGE, argv, args -> {
+            bench(args);
+            return org.sparkatron.cli.Cli.OK;
+        });
+    }
+
+    static void bench(String[] args) throws Exception {
         Map<String, String> a = parse(args);
         int tp = Integer.parseInt(a.getOrDefault("tp", "2"));
         int steps = Integer.parseInt(a.getOrDefault("steps", "3"));

@@ -19,6 +19,9 @@ public final class TokenFile {
 
     /** Reads every sequence, checking ids against {@code vocabSize}. */
     public static List<int[]> read(Path path, int vocabSize) throws IOException {
+        if (Files.isDirectory(path)) {
+            throw new IllegalArgumentException(path + " is a directory, not a token file");
+        }
         List<int[]> out = new ArrayList<>();
         try (BufferedReader r = Files.newBufferedReader(path, StandardCharsets.UTF_8)) {
             String line;
@@ -30,6 +33,8 @@ public final class TokenFile {
                 }
                 out.add(parseLine(path, lineNo, line, vocabSize));
             }
+        } catch (java.nio.charset.CharacterCodingException e) {
+            throw new IllegalArgumentException(path + " is not UTF-8 text (a token file is lines of token ids)", e);
         }
         if (out.isEmpty()) {
             throw new IllegalArgumentException(path + ": no token sequences (the file is empty)");

@@ -59,6 +59,35 @@ class SparkatronCliTest {
     }
 
     @Test
+    void trainLocalLogsIntervalsAndEvaluatesTheValidationFile(@TempDir Path dir) throws Exception {
+        Path cfg = writeConfig(dir);
+        Path tokens = writeTokens(dir, 64);
+        Path valid = dir.resolve("valid.txt");
+        Files.write(valid, Files.readAllLines(tokens).subList(0, 16));
+        assertEquals(0, run("init", "--config", cfg.toString(), "--seed", "7", "--out", dir.resolve("m0").toString()).status());
+        Result train = run("train-local", "--model", dir.resolve("m0").toString(), "--tokens", tokens.toString(), "--steps", "12",
+                "--lr", "1e-2", "--batch", "4", "--threads", "1", "--out", dir.resolve("m1").toString(), "--log-interval", "4",
+                "--valid-tokens", valid.toString(), "--eval-interval", "6", "--eval-iters", "2", "--tensorboard-dir", dir.resolve("tb").toString());
+        assertEquals(0, train.status(), train.err());
+        List<String> out = train.lines();
+        assertEquals(14, out.size(), "12 steps and 2 evaluations: " + out);
+        JsonNode eval = JSON.readTree(out.get(13));
+        assertEquals("eval", eval.get("kind").asText());
+        assertEquals(12, eval.get("step").asInt());
+        assertEquals(8, eval.get("eval_samples").asInt(), "2 batches of 4");
+        assertEquals(out, Files.readAllLines(dir.resolve("m1/metrics.jsonl")));
+        List<String> err = List.of(train.err().split("\n"));
+        assertEquals(3, err.stream().filter(l -> l.matches("\\[sparkatron\\] step +\\d+/12 \\| loss [0-9.]+ \\| grad norm .* \\| MFU .* \\| ETA .*")).count(),
+                train.err());
+        assertEquals(2, err.stream().filter(l -> l.startsWith("[sparkatron] validation at step")).count(), train.err());
+        assertTrue(err.get(err.size() - 1).startsWith("[sparkatron] done: training loss (mean of a log interval)"), train.err());
+        assertTrue(Files.readString(dir.resolve("m1/loss.svg")).contains("data-series=\"valid\" data-points=\"2\""));
+        try (var files = Files.list(dir.resolve("tb"))) {
+            assertEquals(1, files.filter(f -> f.getFileName().toString().startsWith("events.out.tfevents.")).count());
+        }
+    }
+
+    @Test
     void initTrainScoreAsAUserWould(@TempDir Path dir) throws Exception {
         Path cfg = writeConfig(dir);
         Path tokens = writeTokens(dir, 64);
@@ -128,7 +157,7 @@ class SparkatronCliTest {
         assertTrue(r.status() == 2 && r.err().contains("bad.txt:2:3: token id 40 is outside the vocabulary of 40"), r.err());
 
         r = run("train-local", "--model", dir.resolve("m").toString(), "--steps", "1", "--out", dir.resolve("o").toString());
-        assertTrue(r.status() == 2 && r.err().contains("missing required option --tokens"), r.err());
+        assertTrue(r.status() == 2 && r.err().contains("give exactly one input: --tokens FILE"), r.err());
 
         r = run("init", "--config", cfg.toString(), "--seed", "1", "--out", dir.resolve("x").toString(), "--sede", "2");
         assertTrue(r.status() == 2 && r.err().contains("unknown option --sede"), r.err());

@@ -44,8 +44,8 @@ class GpuProbeTest {
         assertEquals(List.of(), r.missing(), r.describe());
         assertEquals(lib.resolve("libcuda.so.1"), r.found().get(GpuProbe.COMPONENTS.get(0)).orElseThrow());
         assertTrue(r.cudaStackPresent());
-        assertEquals("cpu", r.device(), "the CUDA device is not implemented yet");
-        assertTrue(r.reason().contains("not implemented"), r.reason());
+        assertEquals("cuda", r.device(), "the whole stack is present");
+        assertEquals("cuda: the driver, cuBLAS, cuBLASLt and a GPU device node are present", r.reason());
 
         Files.delete(lib.resolve("libcublas.so.13"));
         GpuProbe.Report partial = new GpuProbe(List.of(lib), List.of(bin), dev, false).probe();

@@ -9,7 +9,8 @@ import org.sparkatron.tensor.Tensor;
 /**
  * The device the engine's test suites run on: the CPU device, or the strict CPU device when the system
  * property {@code sparkatron.test.device} is {@code strict} (the build runs the model, parallel,
- * optimizer, precision and training suites a second time that way; see the gpu-runtime pom). Tests read
+ * optimizer, precision and training suites a second time that way; see the gpu-runtime pom), or the CUDA
+ * device when it is {@code cuda} (the single-rank suites, a third time, on the emulated CUDA). Tests read
  * and write device tensors only through {@link #read} and {@link #write}, which go through the device's
  * copies, so they pass on the strict device as on a GPU.
  */
@@ -17,7 +18,7 @@ public final class TestDevices {
     private TestDevices() {
     }
 
-    /** Which device the suite runs on: "cpu" or "strict". */
+    /** Which device the suite runs on: "cpu", "strict" or "cuda" (the emulated CUDA in the build, a GPU in gpu-check). */
     public static String kind() {
         return System.getProperty("sparkatron.test.device", "cpu");
     }
@@ -27,8 +28,19 @@ public final class TestDevices {
         return switch (kind()) {
             case "cpu" -> new CpuDevice();
             case "strict" -> CpuDevice.strict();
-            default -> throw new IllegalStateException("unknown sparkatron.test.device '" + kind() + "' (cpu or strict)");
+            case "cuda" -> cuda();
+            default -> throw new IllegalStateException("unknown sparkatron.test.device '" + kind() + "' (cpu, strict or cuda)");
         };
+    }
+
+    /** CUDA device 0, or a skipped test naming why CUDA is unavailable (no CUDA class loads on the CPU kinds). */
+    private static Device cuda() {
+        org.sparkatron.device.cuda.CudaRuntime.Availability a = org.sparkatron.device.cuda.CudaRuntime.availability();
+        if (!a.available()) {
+            System.err.println("CUDA device suites SKIPPED: " + a.reason());
+        }
+        org.junit.jupiter.api.Assumptions.assumeTrue(a.available(), () -> "CUDA unavailable: " + a.reason());
+        return new org.sparkatron.device.cuda.CudaDevice(0);
     }
 
     /** A device tensor's F32 contents (synchronises). */

@@ -41,7 +41,9 @@ public final class Demo {
         ObjectNode c = TrainConfig.JSON.createObjectNode();
         c.set("model", modelConfig());
         c.put("dp", 2).put("global_batch", 16).put("seq_len", 32).put("steps", steps).put("lr", 1e-2).put("min_lr", 1e-3)
-                .put("warmup_steps", Math.max(1, steps / 10)).put("weight_decay", 0.0).put("seed", 42).put("input_col", "tokens");
+                .put("warmup_steps", Math.max(1, steps / 10)).put("weight_decay", 0.0).put("seed", 42).put("input_col", "tokens")
+                .put("data_split", "95,5,0").put("eval_iters", 4); // validation on 5% of the documents, every steps/10
+
         if (output != null) {
             c.put("output", output);
         }
@@ -85,7 +87,7 @@ public final class Demo {
     private static SparkatronModel fit(SparkatronEstimator est, TrainConfig cfg, Dataset<Row> train, PrintStream out) {
         est.setDp(cfg.dp).setGlobalBatch(cfg.globalBatch).setSeqLen(cfg.seqLen).setSteps(cfg.steps).setLr(cfg.lr)
                 .setMinLr(cfg.minLr).setWarmupSteps((int) cfg.warmupSteps).setWeightDecay(cfg.weightDecay).setSeed(cfg.seed)
-                .setInputCol(cfg.inputCol).setProgress(out);
+                .setInputCol(cfg.inputCol).setDataSplit(cfg.dataSplit).setEvalIters(cfg.evalIters).setProgress(out);
         if (cfg.output != null) {
             est.setOutputPath(cfg.output);
         }
@@ -97,7 +99,10 @@ public final class Demo {
         double chance = 1.0 / VOCAB;
         out.println();
         out.println("== sparkatron demo: results ==");
-        out.printf(Locale.ROOT, "training loss      %.3f -> %.3f nats (uniform guess: ln 64 = %.3f)%n", o.firstLoss(), o.lastLoss(), Math.log(VOCAB));
+        for (String line : o.training().summary()) {
+            out.println(line);
+        }
+        out.printf(Locale.ROOT, "uniform guess      ln 64 = %.3f nats%n", Math.log(VOCAB));
         out.printf(Locale.ROOT, "held-out loss      %.3f nats, perplexity %.2f (model Transformer on unseen documents)%n",
                 o.heldOutLoss(), Math.exp(o.heldOutLoss()));
         out.printf(Locale.ROOT, "held-out accuracy  %.1f%% of next tokens at positions 2+ (chance %.1f%%)%n", 100 * o.heldOutAccuracy(), 100 * chance);

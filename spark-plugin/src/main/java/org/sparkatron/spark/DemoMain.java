@@ -2,28 +2,42 @@ package org.sparkatron.spark;
 
 import java.util.Map;
 import org.apache.spark.sql.SparkSession;
+import org.sparkatron.cli.Cli;
 import org.sparkatron.data.spark.SparkJvm;
+import org.sparkatron.data.spark.SparkOptions;
 
 /**
- * {@code ./sparkatron demo [--steps N] [--docs N] [--out DIR]}: the main job on local[2] (unless a master is
- * given with {@code spark.master}), two data-parallel CPU ranks, a generated dataset. Exits 1 when the
+ * {@code ./sparkatron demo [--steps N] [--docs N] [--out DIR] [--master URL]}: the main job on local[2] (unless a
+ * master is given, or set by spark-submit), two data-parallel CPU ranks, a generated dataset. Exits 1 when the
  * model did not learn.
  */
 public final class DemoMain {
+    static final String USAGE = String.join("\n",
+            "usage: ./sparkatron demo [--steps 300] [--docs 4000] [--out build-out/demo] [--master local[2]] [--conf spark.key=value ...]",
+            "  trains a small GPT-2 (2 layers, width 64) through the whole Spark path on generated documents, dp=2,",
+            "  then scores held-out documents and continues a prompt. Exit status 1 when it did not learn.");
+
     private DemoMain() {
     }
 
-    public static void main(String[] args) throws Exception {
-        SparkJvm.quietLogging();
-        SparkJvm.relaunchIfNeeded(DemoMain.class, args);
-        if (args.length > 0 && args[0].equals("demo")) {
-            args = java.util.Arrays.copyOfRange(args, 1, args.length);
+    public static void main(String[] argv) {
+        SparkJvm.quietLogging(argv);
+        Cli.main("demo", USAGE, argv, DemoMain::demo);
+    }
+
+    private static int demo(String[] argv) throws Exception {
+        SparkJvm.relaunchIfNeeded(DemoMain.class, argv);
+        SparkOptions sparkOptions = SparkOptions.extract(argv);
+        Map<String, String> opts = TrainConfig.parseArgs(sparkOptions.rest(), 0);
+        for (String k : opts.keySet()) {
+            if (!java.util.List.of("steps", "docs", "out").contains(k)) {
+                throw new Cli.UsageException("unknown option --" + k + " (./sparkatron demo --help)");
+            }
         }
-        Map<String, String> opts = TrainConfig.parseArgs(args, 0);
-        int steps = Integer.parseInt(opts.getOrDefault("steps", "300"));
-        int docs = Integer.parseInt(opts.getOrDefault("docs", "4000"));
+        int steps = positive(opts, "steps", 300);
+        int docs = positive(opts, "docs", 4000);
         String out = opts.getOrDefault("out", "build-out/demo");
-        SparkSession spark = TrainMain.session("sparkatron-demo", 2);
+        SparkSession spark = TrainMain.session("sparkatron-demo", 2, sparkOptions, System.out);
         boolean learned;
         try {
             System.out.println("[sparkatron] demo: GPT-2 (2 layers, width 64) on " + docs
@@ -34,6 +48,22 @@ public final class DemoMain {
         } finally {
             spark.stop();
         }
-        System.exit(learned ? 0 : 1);
+        return learned ? Cli.OK : Cli.FAILURE;
+    }
+
+    private static int positive(Map<String, String> opts, String key, int dflt) {
+        String v = opts.get(key);
+        if (v == null) {
+            return dflt;
+        }
+        try {
+            int n = Integer.parseInt(v);
+            if (n >= 1) {
+                return n;
+            }
+        } catch (NumberFormatException e) {
+            // falls through to the message below
+        }
+        throw new Cli.UsageException("--" + key + " must be a positive integer, got '" + v + "'");
     }
 }

@@ -49,9 +49,15 @@ public final class DistributedTraining {
     private DistributedTraining() {
     }
 
-    /** The outcome of a job. {@code metrics} are rank 0's per-step JSON lines of the successful attempt. */
+    /**
+     * The outcome of a job. {@code metrics} are rank 0's per-step JSON lines of the successful attempt,
+     * {@code evaluations} its validation lines ({@code "kind": "eval"}); {@code history} is the whole run's
+     * {@code metrics.jsonl} trajectory (steps and evaluations of earlier jobs of a resumed run included) and
+     * {@code summary} the closing lines comparing its first and last intervals and evaluations.
+     */
     public record Result(Transformer model, List<String> metrics, List<RankReport> ranks, long documents, long tokens,
-                         long samplesPerEpoch, long droppedRows, int epochs) {
+                         long samplesPerEpoch, long droppedRows, int epochs, List<String> evaluations, List<String> history,
+                         List<String> summary) {
         public double firstLoss() {
             return loss(metrics.get(0));
         }
@@ -69,24 +75,33 @@ public final class DistributedTraining {
         }
     }
 
+    /** The resolved config and data description saved beside the model ({@link #saveConfig}). */
+    static final String TRAIN_CONFIG_FILE = "train_config.json";
+
     /** Trains on {@code df} (column {@code cfg.inputCol}, array&lt;int&gt;); progress goes to {@code console} (may be null). */
     public static Result run(Dataset<?> df, TrainConfig cfg, PrintStream console) {
         SparkContext sc = df.sparkSession().sparkContext();
         Layout.validate(cfg);
-        checkSparkSettings(sc, cfg.world());
+        GpuScheduling.Decision gpus = GpuScheduling.decide(sc.getConf(), sc.master());
+        checkMemory(sc, cfg, gpus, console);
+        checkSparkSettings(sc, cfg.world(), gpus.profile());
         InitFrom.check(cfg, sc.hadoopConfiguration());
+        checkTokenizer(cfg, sc);
+        cfg = ResumeCheck.check(cfg, sc.hadoopConfiguration(), say(console));
         TokenData.Prepared data = TokenData.prepare(df, cfg, cfg.model().vocabSize());
         String summary = String.format(java.util.Locale.ROOT,
-                "%d documents, %d tokens, %d samples of %d tokens per epoch, %d epoch(s) for %d steps x %d samples%s",
+                "%d documents, %d tokens, %d samples of %d tokens per epoch, %d epoch(s) for %d steps x %d samples%s%s",
                 data.documents(), data.tokens(), data.samplesPerEpoch(), cfg.seqLen + 1, data.epochs(), cfg.steps, cfg.globalBatch,
+                data.validation() ? String.format(java.util.Locale.ROOT, "; validation: %d documents, %d samples per epoch (split %s)",
+                        data.validDocuments(), data.validSamplesPerEpoch(), cfg.dataSplit) : "",
                 data.droppedRows() > 0 ? "; dropped " + data.droppedRows() + " bad row(s) of column '" + cfg.inputCol + "'" : "");
         LOG.info("sparkatron: {}", summary);
         if (console != null) {
             console.println("[sparkatron] data: " + summary);
         }
         try {
-            return launch(sc, cfg, console, data.byRank().rdd(), Map.of(), new long[] {data.documents(), data.tokens(),
-                data.samplesPerEpoch(), data.droppedRows(), data.epochs()});
+            return launch(sc, cfg, console, gpus, data.byRank().rdd(), Map.of(), new long[] {data.documents(), data.tokens(),
+                data.samplesPerEpoch(), data.droppedRows(), data.epochs()}, summary, data.validation());
         } finally {
             data.cached().unpersist(false);
         }
@@ -99,28 +114,38 @@ public final class DistributedTraining {
     public static Result runMegatron(SparkSession spark, TrainConfig cfg, PrintStream console) {
         SparkContext sc = spark.sparkContext();
         Layout.validate(cfg);
-        checkSparkSettings(sc, cfg.world());
+        GpuScheduling.Decision gpus = GpuScheduling.decide(sc.getConf(), sc.master());
+        checkMemory(sc, cfg, gpus, console);
+        checkSparkSettings(sc, cfg.world(), gpus.profile());
         InitFrom.check(cfg, sc.hadoopConfiguration());
+        cfg = ResumeCheck.check(cfg, sc.hadoopConfiguration(), say(console));
         Map<String, String> hadoopConf = new HashMap<>();
         for (Map.Entry<String, String> e : sc.hadoopConfiguration()) {
             hadoopConf.put(e.getKey(), e.getValue());
         }
-        String summary = MegatronInput.validate(cfg, hadoopConf);
+        cfg = MegatronInput.withManifestTokenizer(cfg, hadoopConf); // the model keeps prepare's tokenizer
+        checkTokenizer(cfg, sc);
+        MegatronInput.Checked checked = MegatronInput.validate(cfg, hadoopConf);
+        String summary = checked.summary();
         LOG.info("sparkatron: {}", summary);
         if (console != null) {
             console.println("[sparkatron] data: " + summary);
         }
         RDD<Tuple2<Long, int[]>> none = JavaSparkContext.fromSparkContext(sc)
                 .<Tuple2<Long, int[]>>parallelize(List.of(), cfg.world()).rdd(); // one empty partition per rank
-        return launch(sc, cfg, console, none, hadoopConf, new long[] {-1, -1, -1, 0, -1});
+        return launch(sc, cfg, console, gpus, none, hadoopConf, new long[] {-1, -1, -1, 0, -1}, summary, checked.validation());
     }
 
     /** The barrier stage, the closing shuffle and the result; {@code stats}: documents, tokens, samples/epoch, dropped, epochs. */
-    private static Result launch(SparkContext sc, TrainConfig cfg, PrintStream console, RDD<Tuple2<Long, int[]>> input,
-                                 Map<String, String> hadoopConf, long[] stats) {
+    private static Result launch(SparkContext sc, TrainConfig cfg, PrintStream console, GpuScheduling.Decision gpus,
+                                 RDD<Tuple2<Long, int[]>> input, Map<String, String> hadoopConf, long[] stats, String dataSummary,
+                                 boolean validation) {
+        LOG.info("sparkatron: training stage resources: {}", gpus.reason());
         if (console != null) {
             console.println("[sparkatron] launching " + cfg.world() + " rank(s) (dp=" + cfg.dp + ", tp=" + cfg.tp
-                    + (cfg.sequenceParallel ? " +sp" : "") + ") in one barrier stage");
+                    + (cfg.sequenceParallel ? " +sp" : "") + ") in one barrier stage; " + gpus.reason() + "; " + (validation
+                    ? "validation every " + (cfg.evalInterval == 0 ? cfg.steps : cfg.evalInterval) + " steps (" + cfg.evalIters
+                    + " batches) and at the end" : "no validation split (data_split " + cfg.dataSplit + "): no evaluation"));
         }
         byte[] secret = new byte[32];
         new SecureRandom().nextBytes(secret);
@@ -129,14 +154,36 @@ public final class DistributedTraining {
         String advertise = conf.get("spark.driver.host", bind);
         String previousInterrupt = sc.getLocalProperty("spark.job.interruptOnCancel");
         String previousDescription = sc.getLocalProperty("spark.job.description");
-        // metrics.jsonl is written live, step by step, as rank 0's reports reach the driver
-        try (MetricsLog live = cfg.output == null ? null : new MetricsLog(cfg.output, sc.hadoopConfiguration());
-             ProgressServer progress = new ProgressServer(bind, advertise, secret, cfg.steps, console, live)) {
+        // metrics.jsonl, the plot, TensorBoard and MLflow are written live as rank 0's reports reach the driver
+        TrainingMonitor monitor;
+        try {
+            monitor = new TrainingMonitor(cfg, sc.hadoopConfiguration(), console, dataSummary,
+                    cfg.output != null ? new org.apache.hadoop.fs.Path(cfg.output).getName() : sc.appName());
+        } catch (IOException e) {
+            throw new IllegalArgumentException("output '" + cfg.output + "' cannot be written: " + e.getMessage(), e);
+        }
+        // with the Sparkatron plugin installed, progress comes over Spark's RPC; else through a small socket
+        SparkatronDriverPlugin plugin = SparkatronDriverPlugin.forContext(sc);
+        String pluginJob = plugin == null ? null : ProgressServer.token(secret);
+        if (plugin != null) {
+            plugin.register(pluginJob, monitor);
+            monitor.say("progress over Spark RPC (Sparkatron plugin); live page: the Spark UI's Sparkatron tab"
+                    + (sc.uiWebUrl().isDefined() ? " at " + sc.uiWebUrl().get() + "/sparkatron/" : ""));
+        }
+        try (monitor; ProgressServer progress = plugin != null ? null : new ProgressServer(bind, advertise, secret, cfg.steps, null, monitor)) {
+            if (cfg.output != null) {
+                saveConfig(cfg, dataSummary, cfg.output, sc);
+            }
             // a failed rank makes Spark kill the others; interrupting them frees their slots at once
             sc.setLocalProperty("spark.job.interruptOnCancel", "true");
             sc.setLocalProperty("spark.job.description", "sparkatron training: " + cfg.world() + " ranks, " + cfg.steps + " steps");
             RDD<Tuple2<Integer, byte[]>> ranks = input.barrier()
-                    .mapPartitions(new RankTask(cfg, secret, progress.endpoint(), hadoopConf), false, TokenData.tag(Tuple2.class));
+                    .mapPartitions(new RankTask(cfg, secret, progress == null ? null : progress.endpoint(), pluginJob, hadoopConf,
+                            validation, dataSummary), false,
+                            TokenData.tag(Tuple2.class));
+            if (gpus.profile() != null) {
+                ranks = ranks.withResources(gpus.profile()); // this stage only: one GPU per rank
+            }
             // the closing shuffle makes the barrier stage a shuffle-map stage, which Spark retries as a whole
             ShuffledRDD<Integer, byte[], byte[]> closing = new ShuffledRDD<>(ranks, new HashPartitioner(1),
                     TokenData.tag(Integer.class), TokenData.tag(byte[].class), TokenData.tag(byte[].class));
@@ -154,17 +201,39 @@ public final class DistributedTraining {
             for (RankReport r : reports) {
                 LOG.info("sparkatron: rank {}", r.describe());
             }
-            Result result = new Result(model, first.metrics(), reports, stats[0], stats[1], stats[2], stats[3], (int) stats[4]);
-            if (cfg.output != null) {
-                save(result, cfg.output, sc, live);
-                if (console != null) {
-                    console.println("[sparkatron] saved model, metrics.jsonl and ranks.json to " + cfg.output);
+            List<String> steps = new ArrayList<>();
+            List<String> evals = new ArrayList<>();
+            long firstStep = cfg.steps + 1;
+            for (String l : first.metrics()) {
+                String kind = metric(l).path("kind").asText("");
+                if (kind.isEmpty()) {
+                    steps.add(l);
+                } else if (kind.equals("eval")) {
+                    evals.add(l);
+                } else if (kind.equals("start")) {
+                    firstStep = metric(l).path("first_step").asLong();
                 }
             }
+            if (cfg.output != null) {
+                SparkatronModel.of(model).save(cfg.output, sc.hadoopConfiguration());
+                saveTokenizer(cfg.tokenizer, cfg.output, sc);
+                saveRanks(reports, cfg.output, sc);
+            }
+            monitor.catchUp(first.metrics());
+            List<String> history = monitor.finish(first.metrics(), cfg.output);
+            List<String> summary = RunSummary.lines(history, cfg.logInterval, firstStep, monitor.snapshot().lastInterval());
+            Result result = new Result(model, steps, reports, stats[0], stats[1], stats[2], stats[3], (int) stats[4], evals, history, summary);
+            if (cfg.output != null && console != null) {
+                console.println("[sparkatron] saved model, metrics.jsonl, loss.svg, train_config.json and ranks.json to " + cfg.output);
+            }
+            monitor.end(true);
             return result;
         } catch (IOException e) {
             throw new IllegalStateException("sparkatron: " + e.getMessage(), e);
         } finally {
+            if (plugin != null) {
+                plugin.unregister(pluginJob);
+            }
             sc.setLocalProperty("spark.job.interruptOnCancel", previousInterrupt);
             sc.setLocalProperty("spark.job.description", previousDescription);
         }
@@ -172,15 +241,18 @@ public final class DistributedTraining {
 
     /**
      * Refuses settings under which a barrier stage cannot start: dynamic allocation, or fewer free task
-     * slots than ranks (waiting up to {@link #SLOT_WAIT_CONF} seconds, default 60, for executors to
-     * register) -- instead of Spark's retries for about 10 minutes.
+     * slots than ranks for the training stage's resource profile ({@code null}: the default one), waiting
+     * up to {@link #SLOT_WAIT_CONF} seconds, default 60, for executors to register -- instead of Spark's
+     * retries for about 10 minutes.
      */
-    static void checkSparkSettings(SparkContext sc, int world) {
+    static void checkSparkSettings(SparkContext sc, int world, org.apache.spark.resource.ResourceProfile profile) {
         SparkConf conf = sc.getConf();
         checkDynamicAllocation(conf);
+        var rp = profile != null ? profile : sc.resourceProfileManager().defaultResourceProfile();
+        sc.resourceProfileManager().addResourceProfile(rp); // slot counting looks the profile up by id
         long waitMs = (long) (conf.getDouble(SLOT_WAIT_CONF, 60) * 1000);
         long deadline = System.currentTimeMillis() + waitMs;
-        int slots = sc.maxNumConcurrentTasks(sc.resourceProfileManager().defaultResourceProfile());
+        int slots = sc.maxNumConcurrentTasks(rp);
         while (slots < world && System.currentTimeMillis() < deadline && !sc.isLocal()) {
             try {
                 Thread.sleep(500);
@@ -188,14 +260,24 @@ public final class DistributedTraining {
                 Thread.currentThread().interrupt();
                 break;
             }
-            slots = sc.maxNumConcurrentTasks(sc.resourceProfileManager().defaultResourceProfile());
+            slots = sc.maxNumConcurrentTasks(rp);
         }
         if (slots < world) {
-            String gpu = conf.get("spark.task.resource.gpu.amount", null);
+            String gpu = profile != null ? "1 (the training stage's profile)" : conf.get("spark.task.resource.gpu.amount", null);
             throw new IllegalArgumentException("the job needs " + world + " concurrent task slots (one per rank) but the cluster "
                     + "offers " + slots + " (master " + sc.master() + ", spark.task.cpus=" + conf.get("spark.task.cpus", "1")
                     + (gpu != null ? ", spark.task.resource.gpu.amount=" + gpu : "") + "); use fewer ranks or more executors/cores"
                     + (sc.isLocal() ? " (local[N] gives N slots)" : ""));
+        }
+    }
+
+    /** The memory estimate against where the ranks run ({@link MemoryCheck}): refused before anything starts. */
+    static void checkMemory(SparkContext sc, TrainConfig cfg, GpuScheduling.Decision gpus, PrintStream console) {
+        boolean gpuPerTask = gpus.profile() != null || "1".equals(sc.getConf().get("spark.task.resource.gpu.amount", null));
+        String line = MemoryCheck.check(cfg, new MemoryCheck.Budget(sc.getConf(), sc.isLocal(), gpuPerTask));
+        LOG.info("sparkatron: {}", line);
+        if (console != null) {
+            console.println("[sparkatron] " + line);
         }
     }
 
@@ -206,20 +288,64 @@ public final class DistributedTraining {
         }
     }
 
-    /**
-     * Writes the model (HF layout), metrics.jsonl (the whole trajectory: steps before a resume come from
-     * the live reports, see {@link MetricsLog}) and ranks.json under {@code output} on its FileSystem.
-     */
-    static void save(Result r, String output, SparkContext sc, MetricsLog live) throws IOException {
-        SparkatronModel.of(r.model()).save(output, sc.hadoopConfiguration());
+    /** Refuses a tokenizer that could not be saved with the model, before training rather than after. */
+    static void checkTokenizer(TrainConfig cfg, SparkContext sc) {
+        if (cfg.tokenizer == null || cfg.tokenizer.equalsIgnoreCase("gpt2") || cfg.tokenizer.equalsIgnoreCase("gpt2-legacy")) {
+            return;
+        }
+        Map<String, String> conf = new HashMap<>();
+        for (Map.Entry<String, String> e : sc.hadoopConfiguration()) {
+            conf.put(e.getKey(), e.getValue());
+        }
+        try {
+            if (!org.sparkatron.data.io.DataPaths.exists(cfg.tokenizer, conf)) {
+                throw new IllegalArgumentException("config key 'tokenizer': '" + cfg.tokenizer + "' is neither gpt2 nor an existing tokenizer.json file");
+            }
+        } catch (IOException e) {
+            throw new IllegalArgumentException("config key 'tokenizer': cannot read '" + cfg.tokenizer + "': " + e.getMessage(), e);
+        }
+    }
+
+    /** Saves the job's tokenizer (if any) beside the model in {@code output}: text in and out without naming it again. */
+    static void saveTokenizer(String tokenizer, String output, SparkContext sc) throws IOException {
+        if (tokenizer == null) {
+            return;
+        }
+        Map<String, String> conf = new HashMap<>();
+        for (Map.Entry<String, String> e : sc.hadoopConfiguration()) {
+            conf.put(e.getKey(), e.getValue());
+        }
+        org.sparkatron.data.tokenizer.ModelTokenizer.save(tokenizer, output, conf);
+    }
+
+    /** Writes ranks.json (where each rank ran) under {@code output}. */
+    static void saveRanks(List<RankReport> reports, String output, SparkContext sc) throws IOException {
         org.apache.hadoop.fs.Path out = new org.apache.hadoop.fs.Path(output);
         FileSystem fs = out.getFileSystem(sc.hadoopConfiguration());
-        live.finish(r.metrics());
         List<String> ranks = new ArrayList<>();
-        for (RankReport rr : r.ranks()) {
+        for (RankReport rr : reports) {
             ranks.add(rr.describe());
         }
         writeLines(fs, new org.apache.hadoop.fs.Path(out, "ranks.json"), List.of("[" + String.join(",\n ", ranks) + "]"));
+    }
+
+    /** Writes {@code train_config.json}: the resolved config this job runs with and its data description. */
+    static void saveConfig(TrainConfig cfg, String data, String output, SparkContext sc) throws IOException {
+        org.apache.hadoop.fs.Path out = new org.apache.hadoop.fs.Path(output);
+        FileSystem fs = out.getFileSystem(sc.hadoopConfiguration());
+        com.fasterxml.jackson.databind.node.ObjectNode o = TrainConfig.JSON.createObjectNode();
+        o.set("config", cfg.resolved());
+        o.put("data", data);
+        writeLines(fs, new org.apache.hadoop.fs.Path(out, TRAIN_CONFIG_FILE), List.of(o.toPrettyString()));
+    }
+
+    private static java.util.function.Consumer<String> say(PrintStream console) {
+        return line -> {
+            LOG.info("sparkatron: {}", line);
+            if (console != null) {
+                console.println("[sparkatron] " + line);
+            }
+        };
     }
 
     private static void writeLines(FileSystem fs, org.apache.hadoop.fs.Path p, List<String> lines) throws IOException {

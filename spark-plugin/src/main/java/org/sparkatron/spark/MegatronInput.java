@@ -37,23 +37,48 @@ final class MegatronInput {
      * What the driver checks before launch: the files open and validate, a manifest's vocabulary fits the
      * model, and the split has a training part (too few documents are repeated over epochs, as Megatron does).
      */
-    static String validate(TrainConfig cfg, Map<String, String> hadoopConf) {
+    /** What {@link #validate} found: a one-line description, and whether there is a validation split. */
+    record Checked(String summary, boolean validation) {
+    }
+
+    static Checked validate(TrainConfig cfg, Map<String, String> hadoopConf) {
         if (cfg.input == null) {
             throw new IllegalArgumentException("config key 'input' (a prepare output directory or Megatron .bin/.idx prefixes) is missing");
         }
         Opened o = open(cfg, hadoopConf);
         try {
-            return String.format(java.util.Locale.ROOT, "Megatron dataset %s: %d file(s), %d tokens, %d training samples of %d tokens (split %s)",
-                    cfg.input, o.datasets.size(), o.tokens, o.train.length(), cfg.seqLen + 1, cfg.dataSplit);
+            if (o.valid == null && cfg.evalIntervalGiven) {
+                throw new IllegalArgumentException("eval_interval is set but data_split '" + cfg.dataSplit + "' leaves no validation "
+                        + "documents in '" + cfg.input + "' (give the validation part a weight, e.g. 90,10,0)");
+            }
+            return new Checked(String.format(java.util.Locale.ROOT, "Megatron dataset %s: %d file(s), %d tokens, %d training samples of %d tokens%s (split %s)",
+                    cfg.input, o.datasets.size(), o.tokens, o.train.length(), cfg.seqLen + 1,
+                    o.valid == null ? ", no validation split" : ", " + o.valid.length() + " validation samples", cfg.dataSplit), o.valid != null);
         } finally {
             o.close();
         }
     }
 
-    /** This replica's samples, or throws naming the file at fault. Closing the source closes the files. */
+    /** This replica's training samples, or throws naming the file at fault. Closing the source closes the files. */
     static SampleSource source(TrainConfig cfg, Map<String, String> hadoopConf, int replica) {
         Opened o = open(cfg, hadoopConf);
-        DatasetSampleSource s = new DatasetSampleSource(o.train, replica, cfg.dp, cfg.microBatch);
+        return wrap(o, new DatasetSampleSource(o.train, replica, cfg.dp, cfg.microBatch));
+    }
+
+    /**
+     * This replica's validation samples (the second part of {@code data_split}, in Megatron's order, micro-batches
+     * dealt to replicas as in training), or null when the split has no validation part.
+     */
+    static SampleSource validSource(TrainConfig cfg, Map<String, String> hadoopConf, int replica) {
+        Opened o = open(cfg, hadoopConf);
+        if (o.valid == null) {
+            o.close();
+            return null;
+        }
+        return wrap(o, new DatasetSampleSource(o.valid, replica, cfg.dp, cfg.microBatch));
+    }
+
+    private static SampleSource wrap(Opened o, DatasetSampleSource s) {
         return new SampleSource() {
             @Override
             public int sampleLength() {
@@ -82,7 +107,7 @@ final class MegatronInput {
         };
     }
 
-    private record Opened(List<IndexedDataset> datasets, long tokens, SampleDataset train) {
+    private record Opened(List<IndexedDataset> datasets, long tokens, SampleDataset train, SampleDataset valid) {
         void close() {
             for (IndexedDataset d : datasets) {
                 try {
@@ -91,6 +116,26 @@ final class MegatronInput {
                     // read-only files: nothing to lose
                 }
             }
+        }
+    }
+
+    /**
+     * {@code cfg} with the tokenizer a {@code prepare} output's manifest names, so the trained model keeps it,
+     * when the config names none and the manifest's tokenizer is built in or still readable; else unchanged.
+     */
+    static TrainConfig withManifestTokenizer(TrainConfig cfg, Map<String, String> conf) {
+        if (cfg.tokenizer != null || cfg.input == null) {
+            return cfg;
+        }
+        try {
+            if (!DataPaths.exists(DataPaths.child(cfg.input, PreparedDataset.MANIFEST), conf)) {
+                return cfg;
+            }
+            String t = PreparedDataset.read(cfg.input, conf).tokenizer();
+            boolean usable = t.equalsIgnoreCase("gpt2") || t.equalsIgnoreCase("gpt2-legacy") || (!t.isEmpty() && DataPaths.exists(t, conf));
+            return usable ? cfg.with("tokenizer", TrainConfig.JSON.getNodeFactory().textNode(t)) : cfg;
+        } catch (java.io.IOException e) {
+            return cfg; // validate() reports an unreadable manifest with its reason
         }
     }
 
@@ -126,17 +171,18 @@ final class MegatronInput {
                 }
             }
             long need = (long) cfg.steps * cfg.globalBatch;
-            SampleDataset[] splits = GptDatasetBuilder.build(datasets, weights, cfg.dataSplit, new Long[] {need, null, null},
-                    GptConfig.of(cfg.seqLen, cfg.seed), Blending.DEFAULT_SURPLUS, false);
+            long validNeed = cfg.validSamplesPerReplica() * cfg.dp; // Megatron: eval_iters x evaluations x global batch
+            SampleDataset[] splits = GptDatasetBuilder.build(datasets, weights, cfg.dataSplit, new Long[] {need, validNeed, null},
+                    GptConfig.of(cfg.seqLen, cfg.seed), Blending.DEFAULT_SURPLUS, true); // no padded partial validation sample: the loss has no mask
             if (splits[0] == null) {
                 throw new IllegalArgumentException("data_split '" + cfg.dataSplit + "' leaves no training documents in '" + cfg.input + "'");
             }
-            return new Opened(datasets, tokens, splits[0]);
+            return new Opened(datasets, tokens, splits[0], splits[1]);
         } catch (IOException e) {
-            new Opened(datasets, 0, null).close();
+            new Opened(datasets, 0, null, null).close();
             throw new IllegalArgumentException("cannot read Megatron dataset '" + cfg.input + "': " + e.getMessage(), e);
         } catch (RuntimeException e) {
-            new Opened(datasets, 0, null).close();
+            new Opened(datasets, 0, null, null).close();
             throw e;
         }
     }

@@ -13,7 +13,7 @@ import org.slf4j.LoggerFactory;
  * {@link ProgressServer}. Best effort: if the driver cannot be reached the reporter logs once and goes
  * quiet; training never waits on it beyond a 5 s connect timeout. Used by one thread.
  */
-final class ProgressReporter implements AutoCloseable {
+final class ProgressReporter implements ProgressChannel {
     private static final Logger LOG = LoggerFactory.getLogger(ProgressReporter.class);
     private Socket socket;
     private OutputStream out;
@@ -37,7 +37,8 @@ final class ProgressReporter implements AutoCloseable {
         }
     }
 
-    void report(String jsonLine) {
+    @Override
+    public void report(String jsonLine) {
         if (out == null) {
             return;
         }

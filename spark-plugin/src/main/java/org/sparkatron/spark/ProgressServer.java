@@ -119,6 +119,9 @@ final class ProgressServer implements AutoCloseable {
                 console.println("[sparkatron] " + line);
                 console.flush();
             }
+            if (listener != null) { // the job's monitor reports events too
+                listener.accept(n);
+            }
             return;
         }
         long step = n.path("step").asLong();

@@ -1,28 +1,25 @@
 package org.sparkatron.spark;
 
 import java.io.Serializable;
-import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.Iterator;
 import java.util.List;
-import java.util.Locale;
 import java.util.Map;
 import org.apache.spark.BarrierTaskContext;
 import org.apache.spark.SparkEnv;
-import org.apache.spark.resource.ResourceInformation;
 import org.sparkatron.checkpoint.DistributedCheckpoint;
 import org.sparkatron.comm.Communicator;
 import org.sparkatron.comm.ParallelLayout;
 import org.sparkatron.comm.ProcessGroups;
 import org.sparkatron.data.io.HadoopCheckpointStorage;
-import org.sparkatron.device.GpuProbe;
+import org.sparkatron.device.Device;
 import org.sparkatron.device.cpu.Blas;
-import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.parallel.RankContext;
 import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.TpBroadcastSource;
 import org.sparkatron.parallel.TpCheckpoint;
+import org.sparkatron.train.Evaluator;
 import org.sparkatron.train.ResumableTraining;
 import org.sparkatron.train.SampleSource;
 import org.sparkatron.train.Trainer;
@@ -47,20 +44,30 @@ import scala.runtime.AbstractFunction1;
 final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<Long, int[]>>,
         scala.collection.Iterator<Tuple2<Integer, byte[]>>> implements Serializable {
     private static final long serialVersionUID = 1L;
+    /** Checkpoint metadata keys: the resolved training config (JSON) and the data description of the job that saved it. */
+    static final String TRAIN_CONFIG = "train_config";
+    static final String DATA = "data";
     private final TrainConfig cfg;
     private final byte[] secret;
     private final String progressEndpoint;
     private final Map<String, String> hadoopConf; // for ranks that read their input files themselves
+    private final String pluginJob; // progress over Spark RPC under this key (the plugin is installed), else null
+    private final boolean validation; // the driver found a validation split: every rank evaluates
+    private final String dataDescription; // recorded with every checkpoint
 
-    RankTask(TrainConfig cfg, byte[] secret, String progressEndpoint) {
-        this(cfg, secret, progressEndpoint, Map.of());
-    }
-
-    RankTask(TrainConfig cfg, byte[] secret, String progressEndpoint, Map<String, String> hadoopConf) {
+    /**
+     * @param progressEndpoint the driver's {@link ProgressServer} (host:port), or null
+     * @param pluginJob        the job's key for progress over Spark RPC ({@link SparkatronPlugin}), or null
+     */
+    RankTask(TrainConfig cfg, byte[] secret, String progressEndpoint, String pluginJob, Map<String, String> hadoopConf,
+             boolean validation, String dataDescription) {
         this.cfg = cfg;
         this.secret = secret;
         this.progressEndpoint = progressEndpoint;
+        this.pluginJob = pluginJob;
         this.hadoopConf = new HashMap<>(hadoopConf);
+        this.validation = validation;
+        this.dataDescription = dataDescription;
     }
 
     @Override
@@ -68,16 +75,19 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         BarrierTaskContext ctx = BarrierTaskContext.get();
         int rank = ctx.partitionId();
         int attempt = ctx.stageAttemptNumber();
-        String device = boundDevice(ctx);
         Blas.setThreads(cfg.threadsPerRank); // process-wide; the same value from every rank in the JVM
-        Communicator comm = CommWiring.connect(ctx, secret, cfg.commTimeoutMs);
+        // this rank's device (one per task: several ranks may share the JVM): the GPU Spark assigned, else the CPU
+        RankDevice rankDevice = RankDevice.open(ctx);
+        String device = rankDevice.description();
+        Device dev = rankDevice.device();
+        Communicator comm = rankDevice.connect(ctx, secret, cfg.commTimeoutMs);
         Thread watchdog = watchdog(ctx, comm, rank);
-        CpuDevice cpu = new CpuDevice(); // this rank's device (one per task: several ranks may share the JVM)
-        try (ProgressReporter progress = new ProgressReporter(rank == 0 ? progressEndpoint : null, secret);
+        try (ProgressChannel progress = rank == 0 && pluginJob != null ? new SparkatronPlugin.Channel(pluginJob)
+                : new ProgressReporter(rank == 0 ? progressEndpoint : null, secret);
              ProcessGroups groups = ProcessGroups.create(ParallelLayout.forWorld(cfg.world(), cfg.tp, 1, 1, cfg.pp, 1), comm)) {
             int tpRank = groups.coords()[0];
             int replica = groups.coords()[3];
-            RankContext rankCtx = new RankContext(cpu, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision);
+            RankContext rankCtx = new RankContext(dev, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision);
             Transformer model;
             if (cfg.initFrom != null) { // each rank reads the model directory and keeps its TP shard
                 org.apache.hadoop.conf.Configuration conf = new org.apache.hadoop.conf.Configuration();
@@ -91,51 +101,82 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             Iterator<Tuple2<Long, int[]>> pieces = JavaConverters.asJava(data);
             SampleSource samples;
             SampleSource files = null; // a Megatron dataset this rank reads itself (closed at the end)
+            SampleSource valid = null; // this replica's validation samples (TP rank 0; peers get them below)
             if (MegatronInput.FORMAT.equals(cfg.inputFormat)) { // TP peers get their rank 0's samples below
                 files = tpRank == 0 ? MegatronInput.source(cfg, hadoopConf, replica) : null;
                 samples = files;
-            } else {
-                samples = new SampleStream(pieces, cfg.seqLen + 1, replica, cfg.dp);
+                valid = validation && tpRank == 0 ? MegatronInput.validSource(cfg, hadoopConf, replica) : null;
+            } else { // the shuffle sorts validation pieces (negative keys) before the training pieces
+                List<Tuple2<Long, int[]>> validPieces = new java.util.ArrayList<>();
+                Tuple2<Long, int[]> firstTraining = null;
+                while (pieces.hasNext()) {
+                    Tuple2<Long, int[]> p = pieces.next();
+                    if (!TokenData.isValid(p._1())) {
+                        firstTraining = p;
+                        break;
+                    }
+                    validPieces.add(new Tuple2<>(p._1() - TokenData.VALID_BASE, p._2()));
+                }
+                Iterator<Tuple2<Long, int[]>> rest = firstTraining == null ? pieces
+                        : java.util.stream.Stream.concat(java.util.stream.Stream.of(firstTraining),
+                        java.util.stream.StreamSupport.stream(java.util.Spliterators.spliteratorUnknownSize(pieces, 0), false)).iterator();
+                samples = new SampleStream(rest, cfg.seqLen + 1, replica, cfg.dp);
+                valid = validation && tpRank == 0 ? new SampleStream(validPieces.iterator(), cfg.seqLen + 1, replica, cfg.dp) : null;
             }
             if (cfg.tp > 1) { // only TP rank 0 of each replica was sent data; it shares every sample
                 samples = new TpBroadcastSource(tpRank == 0 ? samples : null, cfg.seqLen + 1, groups.tp());
             }
-            Trainer trainer = new Trainer(model, samples, cfg.trainerOptions(),
-                    new DataParallelSync(groups.dp(), cfg.bucketBytes));
-            List<String> metrics = new ArrayList<>();
+            DataParallelSync dpSync = new DataParallelSync(groups.dp(), cfg.bucketBytes);
+            Trainer trainer = new Trainer(model, samples, cfg.trainerOptions(), dpSync);
             java.util.function.Consumer<String> events = msg -> { // to the executor's log; rank 0's to the driver too
                 System.err.println("[sparkatron] rank " + rank + ": " + msg);
                 if (rank == 0) {
                     progress.report(TrainConfig.JSON.createObjectNode().put("message", msg).put("attempt", attempt).toString());
                 }
             };
-            ResumableTraining ckpt = checkpointing(cfg, trainer, comm, attempt, events);
+            ResumableTraining ckpt = checkpointing(cfg, trainer, comm, attempt, events, dataDescription);
             long first = ckpt == null ? 1 : io(ckpt::resume) + 1; // a retried stage continues from the last checkpoint
+            Evaluator evaluator = null;
+            if (validation) {
+                SampleSource v = valid;
+                if (v != null) { // Megatron's order: earlier evaluations consumed their samples
+                    v.skip(cfg.evaluationsBy(first - 1) * cfg.evalIters * cfg.replicaBatch());
+                }
+                if (cfg.tp > 1) {
+                    v = new TpBroadcastSource(tpRank == 0 ? v : null, cfg.seqLen + 1, groups.tp());
+                }
+                evaluator = new Evaluator(model, v, cfg.microBatch, cfg.replicaBatch() / cfg.microBatch, cfg.dp, dpSync);
+            }
+            RankProgress reports = new RankProgress(cfg, attempt, comm, rank == 0 ? progress::report : null);
+            reports.start(first, device);
             for (long s = first; s <= cfg.steps; s++) {
                 if (rank == cfg.failRank && s == cfg.failStep && attempt < cfg.failAttempts) {
                     throw new IllegalStateException("injected failure: rank " + rank + " at step " + s + " (attempt " + attempt + ")");
                 }
                 Trainer.StepMetrics m = trainer.step();
-                String line = m.toJson().replaceFirst("}$", String.format(Locale.ROOT, ", \"attempt\": %d}", attempt));
+                String memory = null;
                 if (s == first) { // every buffer exists now: the memory report, measured beside predicted
-                    String memory = trainer.memoryReport();
+                    memory = trainer.memoryReport();
                     System.err.println("[sparkatron] rank " + rank + ": memory " + memory);
                     if (rank == 0) {
                         events.accept("memory per rank: " + model.memoryEstimate(cfg.microBatch, cfg.seqLen).summary()
                                 + " (predicted; measured in metrics.jsonl)");
-                        line = line.replaceFirst("}$", ", \"memory\": " + memory + "}");
                     }
                 }
-                if (rank == 0) {
-                    metrics.add(line);
-                    progress.report(line);
+                reports.step(s, m, memory);
+                if (evaluator != null && cfg.evaluatesAt(s)) { // before the checkpoint: a resume never repeats it
+                    reports.eval(evaluator.run(s, cfg.evalIters));
                 }
                 if (ckpt != null && (s == cfg.steps || (cfg.checkpointEvery > 0 && s % cfg.checkpointEvery == 0))) {
                     events.accept("checkpoint saved: " + io(ckpt::save));
                 }
             }
+            progress.flush(); // the driver has every line before the results arrive
             if (files != null) {
                 files.close();
+            }
+            if (valid != null) {
+                valid.close();
             }
             comm.barrier();
             Transformer full = cfg.tp > 1 ? TpCheckpoint.gatherFull(model, false) : model; // TP collective
@@ -145,7 +186,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             }
             String host = ctx.getTaskInfos()[rank].address();
             RankReport report = new RankReport(rank, attempt, host, SparkEnv.get().executorId(), device,
-                    ProcessHandle.current().pid(), samples.consumed(), metrics, weights);
+                    ProcessHandle.current().pid(), samples.consumed(), reports.lines(), weights);
             return JavaConverters.asScala(List.of(new Tuple2<>(rank, report.toBytes())).iterator());
         } catch (Throwable t) {
             comm.abort("rank " + rank + " failed: " + t);
@@ -153,7 +194,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         } finally {
             watchdog.interrupt();
             comm.close();
-            cpu.close();
+            dev.close();
         }
     }
 
@@ -162,14 +203,15 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
      * {@code start_over} applies to the job's first attempt only: a retried stage always resumes.
      */
     private static ResumableTraining checkpointing(TrainConfig cfg, Trainer trainer, Communicator world, int attempt,
-                                                   java.util.function.Consumer<String> log) {
+                                                   java.util.function.Consumer<String> log, String data) {
         if (cfg.checkpointDir == null) {
             return null;
         }
         DistributedCheckpoint dc = new DistributedCheckpoint(HadoopCheckpointStorage.forPath(cfg.checkpointDir, null),
                 cfg.checkpointDir, cfg.keepCheckpoints);
         return new ResumableTraining(trainer, dc, world, cfg.dp,
-                new ResumableTraining.Options(cfg.checkpointEvery, cfg.startOver && attempt == 0, java.util.Map.of("attempt", "" + attempt)),
+                new ResumableTraining.Options(cfg.checkpointEvery, cfg.startOver && attempt == 0, java.util.Map.of("attempt", "" + attempt,
+                        TRAIN_CONFIG, cfg.resolved().toString(), DATA, data == null ? "" : data)),
                 log);
     }
 
@@ -184,21 +226,6 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         } catch (java.io.IOException e) {
             throw new java.io.UncheckedIOException(e.getMessage(), e);
         }
-    }
-
-    /**
-     * "cpu" when the task has no GPU; with a GPU address from Spark, that address, then the device the rank
-     * actually computes on and why, from {@link GpuProbe} (which loads nothing): e.g. "gpu:0; compute: cpu
-     * (cuda unavailable: missing libcuda.so.1 (CUDA driver))".
-     */
-    static String boundDevice(BarrierTaskContext ctx) {
-        ResourceInformation gpu = ctx.resourcesJMap().get("gpu");
-        if (gpu != null && gpu.addresses().length > 0) {
-            GpuProbe.Report probe = GpuProbe.system().probe();
-            // the address Spark assigned first (what the rank binds), then what it computes on and why
-            return "gpu:" + gpu.addresses()[0] + "; compute: " + probe.device() + " (" + probe.reason() + ")";
-        }
-        return "cpu";
     }
 
     /** Aborts the communicator when Spark kills this task, so a rank blocked in a collective returns. */

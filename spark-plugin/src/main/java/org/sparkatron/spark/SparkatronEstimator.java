@@ -10,7 +10,10 @@ import org.apache.spark.ml.param.IntParam;
 import org.apache.spark.ml.param.LongParam;
 import org.apache.spark.ml.param.Param;
 import org.apache.spark.ml.param.ParamMap;
+import org.apache.spark.ml.util.DefaultParamsReadable;
+import org.apache.spark.ml.util.DefaultParamsWritable;
 import org.apache.spark.ml.util.Identifiable$;
+import org.apache.spark.ml.util.MLReader;
 import org.apache.spark.sql.Dataset;
 import org.apache.spark.sql.types.StructType;
 
@@ -26,9 +29,26 @@ import org.apache.spark.sql.types.StructType;
  * SparkatronModel m = new SparkatronEstimator().setModelConfig(json).setDp(2).setGlobalBatch(16)
  *     .setSteps(200).setLr(3e-3).setInputCol("tokens").setOutputPath("/tmp/run").fit(df);
  * }</pre>
+ * Every {@link TrainConfig} key is a Param except those in {@link #NOT_PARAMS}, each with the reason.
+ * When {@code tokenizer} is not set and the input column came from a {@code TokenizeTransformer}, the
+ * column's metadata names the tokenizer; it is saved with the model ({@code outputPath}) and set on the
+ * returned {@link SparkatronModel}, so text goes in and comes out of it.
+ *
+ * <p>Persistence: Spark ML's {@code DefaultParamsWritable}/{@code DefaultParamsReadable}
+ * ({@code path/metadata}, as Spark's own stages), so an unfitted {@code Pipeline} saves and loads.
  * Blocking; one fit at a time per instance.
  */
-public final class SparkatronEstimator extends Estimator<SparkatronModel> {
+public final class SparkatronEstimator extends Estimator<SparkatronModel> implements DefaultParamsWritable {
+    /** The training-config keys that are not Params, and why. */
+    public static final java.util.Map<String, String> NOT_PARAMS = java.util.Map.of(
+            "input", "command line only: fit() takes the DataFrame itself",
+            "input_format", "command line only: fit() takes the DataFrame itself",
+            "input_schema", "command line only: fit() takes the DataFrame itself",
+            "fail_rank", "fault injection for the failure tests",
+            "fail_step", "fault injection for the failure tests",
+            "fail_attempts", "fault injection for the failure tests",
+            "override_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator",
+            "use_checkpoint_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator");
     private static final long serialVersionUID = 1L;
     private final String uid;
     private transient PrintStream progress = System.out;
@@ -55,6 +75,24 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     private final Param<String> outputPath;
     private final BooleanParam dropBadRows;
     private final Param<String> initFrom;
+    private final IntParam commTimeoutS;
+    private final DoubleParam bucketMb;
+    private final IntParam threadsPerRank;
+    private final Param<String> checkpointDir;
+    private final IntParam checkpointEvery;
+    private final IntParam keepCheckpoints;
+    private final BooleanParam startOver;
+    private final Param<String> precision;
+    private final Param<String> tokenizer;
+    // seeing training (docs/monitoring.md)
+    private final Param<String> dataSplit;
+    private final IntParam logInterval;
+    private final IntParam evalInterval;
+    private final IntParam evalIters;
+    private final Param<String> tensorboardDir;
+    private final Param<String> mlflowTrackingUri;
+    private final Param<String> mlflowExperiment;
+    private final Param<String> mlflowRunName;
 
     public SparkatronEstimator() {
         this(Identifiable$.MODULE$.randomUID("sparkatron"));
@@ -84,6 +122,23 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
         outputPath = new Param<>(this, "outputPath", "where the model and metrics are saved (any Hadoop path)");
         dropBadRows = new BooleanParam(this, "dropBadRows", "drop null/empty/out-of-vocabulary rows instead of refusing");
         initFrom = new Param<>(this, "initFrom", "Hugging Face model directory (any Hadoop path) to start from instead of the seed");
+        commTimeoutS = new IntParam(this, "commTimeoutS", "communicator per-operation timeout in seconds: a stuck peer fails the stage after this (default 300)");
+        bucketMb = new DoubleParam(this, "bucketMb", "gradient all-reduce bucket size in MiB (default 25)");
+        threadsPerRank = new IntParam(this, "threadsPerRank", "OpenBLAS threads per rank; process-wide, keep 1 with several ranks per JVM (default 1)");
+        checkpointDir = new Param<>(this, "checkpointDir", "root of sharded checkpoints on any Hadoop path; a retried stage or a new job resumes from the newest (default: none)");
+        checkpointEvery = new IntParam(this, "checkpointEvery", "steps between checkpoints (0: only at the end)");
+        keepCheckpoints = new IntParam(this, "keepCheckpoints", "how many checkpoints to keep, newest first (default 2)");
+        startOver = new BooleanParam(this, "startOver", "delete existing checkpoints instead of resuming from them (first attempt only)");
+        precision = new Param<>(this, "precision", "compute precision: fp32 (default), bf16, or fp16 with dynamic loss scaling");
+        tokenizer = new Param<>(this, "tokenizer", "gpt2 or a tokenizer.json path, saved with the model (default: from the input column's TokenizeTransformer metadata)");
+        dataSplit = new Param<>(this, "dataSplit", "train,validation,test weights over the documents in row order (Megatron's --split)");
+        logInterval = new IntParam(this, "logInterval", "steps per progress line (interval averages)");
+        evalInterval = new IntParam(this, "evalInterval", "steps between evaluations on the validation split");
+        evalIters = new IntParam(this, "evalIters", "global batches per evaluation");
+        tensorboardDir = new Param<>(this, "tensorboardDir", "TensorBoard log directory (any Hadoop path)");
+        mlflowTrackingUri = new Param<>(this, "mlflowTrackingUri", "MLflow tracking server (http(s)://)");
+        mlflowExperiment = new Param<>(this, "mlflowExperiment", "MLflow experiment name");
+        mlflowRunName = new Param<>(this, "mlflowRunName", "MLflow run name");
         setDefault(inputCol, "tokens");
     }
 
@@ -113,6 +168,23 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     public Param<String> outputPath() { return outputPath; }
     public BooleanParam dropBadRows() { return dropBadRows; }
     public Param<String> initFrom() { return initFrom; }
+    public IntParam commTimeoutS() { return commTimeoutS; }
+    public DoubleParam bucketMb() { return bucketMb; }
+    public IntParam threadsPerRank() { return threadsPerRank; }
+    public Param<String> checkpointDir() { return checkpointDir; }
+    public IntParam checkpointEvery() { return checkpointEvery; }
+    public IntParam keepCheckpoints() { return keepCheckpoints; }
+    public BooleanParam startOver() { return startOver; }
+    public Param<String> precision() { return precision; }
+    public Param<String> tokenizer() { return tokenizer; }
+    public Param<String> dataSplit() { return dataSplit; }
+    public IntParam logInterval() { return logInterval; }
+    public IntParam evalInterval() { return evalInterval; }
+    public IntParam evalIters() { return evalIters; }
+    public Param<String> tensorboardDir() { return tensorboardDir; }
+    public Param<String> mlflowTrackingUri() { return mlflowTrackingUri; }
+    public Param<String> mlflowExperiment() { return mlflowExperiment; }
+    public Param<String> mlflowRunName() { return mlflowRunName; }
 
     public SparkatronEstimator setModelConfig(String v) { set(modelConfig, v); return this; }
     public SparkatronEstimator setDp(int v) { set(dp, (Object) v); return this; }
@@ -136,6 +208,24 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
     public SparkatronEstimator setDropBadRows(boolean v) { set(dropBadRows, (Object) v); return this; }
     /** Starting weights: a model directory; its config.json is the model config unless modelConfig is set. */
     public SparkatronEstimator setInitFrom(String v) { set(initFrom, v); return this; }
+    public SparkatronEstimator setCommTimeoutS(int v) { set(commTimeoutS, (Object) v); return this; }
+    public SparkatronEstimator setBucketMb(double v) { set(bucketMb, (Object) v); return this; }
+    public SparkatronEstimator setThreadsPerRank(int v) { set(threadsPerRank, (Object) v); return this; }
+    public SparkatronEstimator setCheckpointDir(String v) { set(checkpointDir, v); return this; }
+    public SparkatronEstimator setCheckpointEvery(int v) { set(checkpointEvery, (Object) v); return this; }
+    public SparkatronEstimator setKeepCheckpoints(int v) { set(keepCheckpoints, (Object) v); return this; }
+    public SparkatronEstimator setStartOver(boolean v) { set(startOver, (Object) v); return this; }
+    public SparkatronEstimator setPrecision(String v) { set(precision, v); return this; }
+    public SparkatronEstimator setTokenizer(String v) { set(tokenizer, v); return this; }
+
+    public SparkatronEstimator setDataSplit(String v) { set(dataSplit, v); return this; }
+    public SparkatronEstimator setLogInterval(int v) { set(logInterval, (Object) v); return this; }
+    public SparkatronEstimator setEvalInterval(int v) { set(evalInterval, (Object) v); return this; }
+    public SparkatronEstimator setEvalIters(int v) { set(evalIters, (Object) v); return this; }
+    public SparkatronEstimator setTensorboardDir(String v) { set(tensorboardDir, v); return this; }
+    public SparkatronEstimator setMlflowTrackingUri(String v) { set(mlflowTrackingUri, v); return this; }
+    public SparkatronEstimator setMlflowExperiment(String v) { set(mlflowExperiment, v); return this; }
+    public SparkatronEstimator setMlflowRunName(String v) { set(mlflowRunName, v); return this; }
 
     /** Where progress lines go (null: only the log). */
     public SparkatronEstimator setProgress(PrintStream out) {
@@ -170,20 +260,50 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> {
             if (p == modelConfig || !isDefined(p)) {
                 continue;
             }
-            String key = p.name().replaceAll("([A-Z])", "_$1").toLowerCase(java.util.Locale.ROOT);
-            key = key.equals("output_path") ? "output" : key;
-            o.set(key, TrainConfig.JSON.valueToTree(getOrDefault(p)));
+            o.set(configKey(p.name()), TrainConfig.JSON.valueToTree(getOrDefault(p)));
         }
         return TrainConfig.fromJson(o);
+    }
+
+    /** The training-config key of a Param: its name in snake case (modelConfig and outputPath excepted). */
+    public static String configKey(String paramName) {
+        String key = paramName.replaceAll("([A-Z])", "_$1").toLowerCase(java.util.Locale.ROOT);
+        return switch (key) {
+            case "output_path" -> "output";
+            case "model_config" -> "model";
+            default -> key;
+        };
     }
 
     @Override
     public SparkatronModel fit(Dataset<?> dataset) {
         TrainConfig cfg = toConfig();
+        if (cfg.tokenizer == null) { // the tokenizer stage that made the column names itself in its metadata
+            String[] names = dataset.schema().fieldNames();
+            if (java.util.Arrays.asList(names).contains(cfg.inputCol)) {
+                var md = dataset.schema().apply(cfg.inputCol).metadata();
+                if (md.contains(org.sparkatron.data.spark.TokenizeTransformer.TOKENIZER_METADATA)) {
+                    cfg = cfg.with("tokenizer", TrainConfig.JSON.getNodeFactory().textNode(
+                            md.getString(org.sparkatron.data.spark.TokenizeTransformer.TOKENIZER_METADATA)));
+                }
+            }
+        }
         lastResult = DistributedTraining.run(dataset, cfg, progress);
-        SparkatronModel model = SparkatronModel.of(lastResult.model()).setInputCol(cfg.inputCol);
+        SparkatronModel model = SparkatronModel.of(lastResult.model()).setInputCol(cfg.inputCol).setTrainingMetrics(lastResult.metrics());
+        if (cfg.tokenizer != null) {
+            model.setTokenizer(cfg.tokenizer);
+        }
         model.setParent(this);
         return model;
+    }
+
+    /** Spark ML's reader (found by {@code Pipeline.load} through reflection). */
+    public static MLReader<SparkatronEstimator> read() {
+        return new DefaultParamsReadable<SparkatronEstimator>() { }.read();
+    }
+
+    public static SparkatronEstimator load(String path) {
+        return read().load(path);
     }
 
     @Override

@@ -15,6 +15,7 @@ import org.apache.spark.sql.types.DataType;
 import org.apache.spark.sql.types.DataTypes;
 import org.apache.spark.sql.types.StructField;
 import org.apache.spark.storage.StorageLevel;
+import org.sparkatron.data.gpt.Splits;
 import org.sparkatron.train.PackedSamples;
 import scala.Tuple2;
 import scala.reflect.ClassTag$;
@@ -41,7 +42,20 @@ final class TokenData {
 
     /** What {@link #prepare} found and built. */
     record Prepared(JavaPairRDD<Long, int[]> byRank, JavaRDD<int[]> cached, long documents, long tokens, long samplesPerEpoch,
-                    long droppedRows, int epochs) {
+                    long droppedRows, int epochs, long validDocuments, long validSamplesPerEpoch) {
+        boolean validation() {
+            return validSamplesPerEpoch > 0;
+        }
+    }
+
+    /**
+     * Validation pieces are keyed {@code VALID_BASE + g*(T+1) + offset} (negative, so the sorted shuffle hands
+     * every rank its validation samples before its training samples); {@link #isValid} tells them apart.
+     */
+    static final long VALID_BASE = Long.MIN_VALUE;
+
+    static boolean isValid(long key) {
+        return key < 0;
     }
 
     /**
@@ -95,32 +109,96 @@ final class TokenData {
         Dataset<Row> good = badRows > 0 ? rows.where(functions.not(bad)) : rows;
         JavaRDD<int[]> docs = good.select(functions.col(q)).javaRDD().map(TokenData::toIds)
                 .persist(StorageLevel.MEMORY_AND_DISK());
-        List<Long> perPartition = docs.mapPartitions(TokenData::countTokens).collect();
-        long[] starts = new long[perPartition.size() + 1];
-        for (int i = 0; i < perPartition.size(); i++) {
-            starts[i + 1] = starts[i] + perPartition.get(i);
+        // Megatron's data_split over the documents in row order: contiguous ranges for training and validation
+        List<Long> docCounts = docs.mapPartitions(it -> {
+            long c = 0;
+            for (; it.hasNext(); it.next()) {
+                c++;
+            }
+            return List.of(c).iterator();
+        }).collect();
+        long[] docStarts = new long[docCounts.size() + 1];
+        for (int i = 0; i < docCounts.size(); i++) {
+            docStarts[i + 1] = docStarts[i] + docCounts.get(i);
         }
-        long tokens = starts[perPartition.size()];
-        int t = cfg.seqLen;
-        long n = tokens < t + 1L ? 0 : (tokens - 1) / t;
-        if (n == 0) {
+        long docTotal = docStarts[docCounts.size()];
+        double[][] matrix = Splits.matrix(Splits.parse(cfg.dataSplit));
+        long[] train = range(matrix[Splits.TRAIN], docTotal);
+        long[] valid = range(matrix[Splits.VALID], docTotal);
+        if (train == null) {
             docs.unpersist(false);
-            throw new IllegalArgumentException("input column '" + col + "' holds " + tokens + " tokens in " + (total - badRows)
-                    + " usable row(s): fewer than one sample of seq_len + 1 = " + (t + 1) + " tokens");
+            throw new IllegalArgumentException("data_split '" + cfg.dataSplit + "' leaves no training documents of the " + docTotal + " rows");
         }
-        if (n > Integer.MAX_VALUE) {
-            throw new IllegalArgumentException("more than 2^31 samples per epoch (" + n + "): increase seq_len");
+        if (valid == null && cfg.evalIntervalGiven) {
+            docs.unpersist(false);
+            throw new IllegalArgumentException("eval_interval is set but data_split '" + cfg.dataSplit + "' leaves no validation "
+                    + "documents (give the validation part a weight, e.g. 90,10,0)");
         }
-        long needed = (long) cfg.steps * cfg.globalBatch;
-        int epochs = (int) ((needed + n - 1) / n);
-        SamplePieces pieces = new SamplePieces(starts, t, (int) n, epochs, needed, cfg.seed);
-        JavaPairRDD<Long, int[]> keyed = docs.mapPartitionsWithIndex(pieces, true).mapToPair(x -> x);
+        long[][] ranges = valid == null ? new long[][] {train} : new long[][] {train, valid};
+        List<long[]> perPartition = docs.mapPartitionsWithIndex((part, it) -> {
+            long[] sums = new long[ranges.length];
+            for (long d = docStarts[part]; it.hasNext(); d++) {
+                int len = it.next().length;
+                for (int r = 0; r < ranges.length; r++) {
+                    sums[r] += d >= ranges[r][0] && d < ranges[r][1] ? len : 0;
+                }
+            }
+            return List.of(sums).iterator();
+        }, true).collect();
+        int t = cfg.seqLen;
+        Stream trainStream = Stream.of(perPartition, 0, t, (long) cfg.steps * cfg.globalBatch);
+        if (trainStream.n == 0) {
+            docs.unpersist(false);
+            throw new IllegalArgumentException("input column '" + col + "' holds " + trainStream.tokens + " tokens in "
+                    + (train[1] - train[0]) + " usable row(s)" + (valid != null ? " of the training split" : "")
+                    + ": fewer than one sample of seq_len + 1 = " + (t + 1) + " tokens");
+        }
+        JavaPairRDD<Long, int[]> keyed = docs.mapPartitionsWithIndex(new SamplePieces(docStarts, train, trainStream.starts, t,
+                (int) trainStream.n, trainStream.epochs, trainStream.needed, cfg.seed, 0), true).mapToPair(x -> x);
+        Stream validStream = null;
+        if (valid != null) {
+            validStream = Stream.of(perPartition, 1, t, cfg.validSamplesPerReplica() * cfg.dp);
+            if (validStream.n == 0) {
+                docs.unpersist(false);
+                throw new IllegalArgumentException("the validation split of data_split '" + cfg.dataSplit + "' holds " + validStream.tokens
+                        + " tokens: fewer than one sample of seq_len + 1 = " + (t + 1) + " tokens");
+            }
+            keyed = keyed.union(docs.mapPartitionsWithIndex(new SamplePieces(docStarts, valid, validStream.starts, t, (int) validStream.n,
+                    validStream.epochs, validStream.needed, cfg.seed + 1, VALID_BASE), true).mapToPair(x -> x));
+        }
         ShuffledRDD<Long, int[], int[]> shuffled = new ShuffledRDD<>(keyed.rdd(), new RankPartitioner(cfg, t + 1),
                 tag(Long.class), tag(int[].class), tag(int[].class));
         shuffled.setSerializer(KryoRegistration.serializer(df.sparkSession().sparkContext().getConf()));
         shuffled.setKeyOrdering(scala.math.Ordering$.MODULE$.comparatorToOrdering(java.util.Comparator.<Long>naturalOrder()));
-        long docCount = docs.count();
-        return new Prepared(JavaPairRDD.fromRDD(shuffled, tag(Long.class), tag(int[].class)), docs, docCount, tokens, n, badRows, epochs);
+        return new Prepared(JavaPairRDD.fromRDD(shuffled, tag(Long.class), tag(int[].class)), docs, docTotal,
+                trainStream.tokens + (validStream == null ? 0 : validStream.tokens), trainStream.n, badRows, trainStream.epochs,
+                valid == null ? 0 : valid[1] - valid[0], validStream == null ? 0 : validStream.n);
+    }
+
+    /** Documents {@code [begin, end)} of a split's book-ends (Megatron's rounding), or null when it is empty. */
+    private static long[] range(double[] bookends, long docs) {
+        if (bookends == null) {
+            return null;
+        }
+        long beg = (long) Math.rint(bookends[0] * (double) docs);
+        long end = (long) Math.rint(bookends[1] * (double) docs);
+        return end > beg ? new long[] {beg, end} : null;
+    }
+
+    /** One packed token stream (a split): per-partition token offsets, samples per epoch, epochs for the samples needed. */
+    private record Stream(long[] starts, long tokens, long n, int epochs, long needed) {
+        static Stream of(List<long[]> perPartition, int split, int t, long needed) {
+            long[] starts = new long[perPartition.size() + 1];
+            for (int i = 0; i < perPartition.size(); i++) {
+                starts[i + 1] = starts[i] + perPartition.get(i)[split];
+            }
+            long tokens = starts[perPartition.size()];
+            long n = tokens < t + 1L ? 0 : (tokens - 1) / t;
+            if (n > Integer.MAX_VALUE) {
+                throw new IllegalArgumentException("more than 2^31 samples per epoch (" + n + "): increase seq_len");
+            }
+            return new Stream(starts, tokens, n, n == 0 ? 0 : (int) ((needed + n - 1) / n), needed);
+        }
     }
 
     @SuppressWarnings("unchecked")
@@ -129,20 +207,7 @@ final class TokenData {
     }
 
     private static int[] toIds(Row r) {
-        List<Integer> l = r.getList(0);
-        int[] out = new int[l.size()];
-        for (int i = 0; i < out.length; i++) {
-            out[i] = l.get(i);
-        }
-        return out;
-    }
-
-    private static Iterator<Long> countTokens(Iterator<int[]> it) {
-        long s = 0;
-        while (it.hasNext()) {
-            s += it.next().length;
-        }
-        return List.of(s).iterator();
+        return SparkatronModel.ids(r, 0); // whatever external form the array has (validated non-null above)
     }
 
     /** The seeded order of epoch {@code e}: Fisher-Yates over [0, n). Same on every JVM. */
@@ -157,20 +222,32 @@ final class TokenData {
     static final class SamplePieces implements
             org.apache.spark.api.java.function.Function2<Integer, Iterator<int[]>, Iterator<Tuple2<Long, int[]>>> {
         private static final long serialVersionUID = 1L;
+        private final long[] docStarts;
+        private final long[] docRange;
         private final long[] starts;
         private final int t;
         private final int n;
         private final int epochs;
         private final long needed;
         private final long seed;
+        private final long keyBase;
 
-        SamplePieces(long[] starts, int t, int n, int epochs, long needed, long seed) {
+        /**
+         * @param docStarts global index of each partition's first document
+         * @param docRange  the documents {@code [begin, end)} of this stream (a data_split part)
+         * @param starts    each partition's first token in this stream
+         * @param keyBase   added to every key (0 for training, {@link #VALID_BASE} for validation)
+         */
+        SamplePieces(long[] docStarts, long[] docRange, long[] starts, int t, int n, int epochs, long needed, long seed, long keyBase) {
+            this.docStarts = docStarts;
+            this.docRange = docRange;
             this.starts = starts;
             this.t = t;
             this.n = n;
             this.epochs = epochs;
             this.needed = needed;
             this.seed = seed;
+            this.keyBase = keyBase;
         }
 
         @Override
@@ -182,10 +259,12 @@ final class TokenData {
             }
             int[] local = new int[Math.toIntExact(end - begin)];
             int at = 0;
-            while (docs.hasNext()) {
-                int[] d = docs.next();
-                System.arraycopy(d, 0, local, at, d.length);
-                at += d.length;
+            for (long d = docStarts[part]; docs.hasNext(); d++) {
+                int[] doc = docs.next();
+                if (d >= docRange[0] && d < docRange[1]) {
+                    System.arraycopy(doc, 0, local, at, doc.length);
+                    at += doc.length;
+                }
             }
             // inverse permutations: sample index -> position in epoch e's order
             int[][] inv = new int[epochs][];
@@ -210,7 +289,7 @@ final class TokenData {
                 for (int e = 0; e < epochs; e++) {
                     long g = (long) e * n + inv[e][(int) i];
                     if (g < needed) {
-                        out.add(new Tuple2<>(g * (t + 1) + offset, piece));
+                        out.add(new Tuple2<>(keyBase + g * (t + 1) + offset, piece));
                     }
                 }
             }
@@ -244,7 +323,8 @@ final class TokenData {
 
         @Override
         public int getPartition(Object key) {
-            long g = (Long) key / sampleLength;
+            long k = (Long) key;
+            long g = (isValid(k) ? k - VALID_BASE : k) / sampleLength;
             return rankOfReplica[(int) (g % dp)];
         }
 

@@ -44,7 +44,9 @@ public final class TrainConfig implements Serializable {
             "steps", "lr", "min_lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "seed", "input_col",
             "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format", "input_schema",
             "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over",
-            "data_split", "precision", "init_from");
+            "data_split", "precision", "init_from", "log_interval", "eval_interval", "eval_iters", "tensorboard_dir",
+            "mlflow_tracking_uri", "mlflow_experiment", "mlflow_run_name", "override_lr_schedule", "use_checkpoint_lr_schedule",
+            "tokenizer");
 
     private final String json; // the full, normalised config
 
@@ -85,6 +87,28 @@ public final class TrainConfig implements Serializable {
     /** A Hugging Face model directory (any Hadoop path) whose weights replace the seed initialisation
      *  [none]; its config.json is the model config when {@code model} is not given ({@link InitFrom}). */
     public final String initFrom;
+    /** The tokenizer of the token ids ("gpt2" or a tokenizer.json path) [none]: saved with the output model. */
+    public final String tokenizer;
+
+    /**
+     * Seeing training (docs/monitoring.md): steps per console/TensorBoard/MLflow interval line
+     * [steps/20, between 1 and 100], steps between evaluations on the validation split [steps/10 when there
+     * is a validation split; 0 = only the final one] and global batches per evaluation [10] (Megatron's
+     * {@code --log-interval}, {@code --eval-interval}, {@code --eval-iters}).
+     */
+    public final int logInterval, evalInterval, evalIters;
+    /** Whether {@code eval_interval} was given (then a missing validation split is refused, not skipped). */
+    public final boolean evalIntervalGiven;
+    /** TensorBoard log directory (any Hadoop path) [none]. */
+    public final String tensorboardDir;
+    /** MLflow tracking server (http(s)://) [none], experiment ["sparkatron"] and run name [the output's name]. */
+    public final String mlflowTrackingUri, mlflowExperiment, mlflowRunName;
+    /**
+     * On resume with a learning-rate schedule that differs from the checkpoint's: take this job's
+     * ({@code override_lr_schedule}) or the checkpoint's ({@code use_checkpoint_lr_schedule}); neither:
+     * refused (Megatron's {@code --override-opt_param-scheduler} / {@code --use-checkpoint-opt_param-scheduler}).
+     */
+    public final boolean overrideLrSchedule, useCheckpointLrSchedule;
 
     private TrainConfig(ObjectNode o) {
         for (Iterator<String> it = o.fieldNames(); it.hasNext(); ) {
@@ -170,6 +194,23 @@ public final class TrainConfig implements Serializable {
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("config key 'precision': " + e.getMessage(), e);
         }
+        this.tokenizer = o.hasNonNull("tokenizer") ? o.get("tokenizer").asText() : null;
+        this.logInterval = intKey(o, "log_interval", Math.max(1, Math.min(100, steps / 20)), 1);
+        this.evalIntervalGiven = o.hasNonNull("eval_interval");
+        this.evalInterval = intKey(o, "eval_interval", Math.max(1, steps / 10), 0);
+        this.evalIters = intKey(o, "eval_iters", 10, 1);
+        this.tensorboardDir = o.hasNonNull("tensorboard_dir") ? o.get("tensorboard_dir").asText() : null;
+        this.mlflowTrackingUri = o.hasNonNull("mlflow_tracking_uri") ? o.get("mlflow_tracking_uri").asText() : null;
+        this.mlflowExperiment = o.path("mlflow_experiment").asText("sparkatron");
+        this.mlflowRunName = o.hasNonNull("mlflow_run_name") ? o.get("mlflow_run_name").asText() : null;
+        this.overrideLrSchedule = boolKey(o, "override_lr_schedule");
+        this.useCheckpointLrSchedule = boolKey(o, "use_checkpoint_lr_schedule");
+        if (overrideLrSchedule && useCheckpointLrSchedule) {
+            throw new IllegalArgumentException("override_lr_schedule and use_checkpoint_lr_schedule contradict each other: give one");
+        }
+        if (mlflowTrackingUri != null && !mlflowTrackingUri.startsWith("http://") && !mlflowTrackingUri.startsWith("https://")) {
+            throw new IllegalArgumentException("mlflow_tracking_uri must be an http(s):// MLflow tracking server, got '" + mlflowTrackingUri + "'");
+        }
         this.json = o.toString();
         validate(mc);
     }
@@ -252,6 +293,27 @@ public final class TrainConfig implements Serializable {
         }
     }
 
+    /**
+     * The config as this job runs it: every key with its value after defaults (the model as its
+     * normalised Hugging Face config), for {@code train_config.json}, checkpoints and MLflow params.
+     */
+    public ObjectNode resolved() {
+        ObjectNode o = toJson();
+        try {
+            o.set("model", JSON.readTree(modelJson));
+        } catch (IOException e) {
+            throw new IllegalStateException(e);
+        }
+        o.put("dp", dp).put("tp", tp).put("pp", pp).put("sequence_parallel", sequenceParallel).put("global_batch", globalBatch)
+                .put("micro_batch", microBatch).put("seq_len", seqLen).put("steps", steps).put("lr", lr).put("min_lr", minLr)
+                .put("warmup_steps", warmupSteps).put("decay_steps", schedule().decaySteps()).put("weight_decay", weightDecay)
+                .put("grad_clip", gradClip).put("seed", seed).put("precision", precision.label()).put("input_col", inputCol)
+                .put("input_format", inputFormat).put("data_split", dataSplit).put("bucket_mb", bucketBytes / 1048576.0)
+                .put("threads_per_rank", threadsPerRank).put("comm_timeout_s", commTimeoutMs / 1000).put("log_interval", logInterval)
+                .put("eval_interval", evalInterval).put("eval_iters", evalIters);
+        return o;
+    }
+
     public ModelConfig model() {
         try {
             return ModelConfig.fromJson(JSON.readTree(modelJson));
@@ -311,6 +373,41 @@ public final class TrainConfig implements Serializable {
             throw new IllegalArgumentException("config key '" + k + "' must be >= " + min + ", got " + n.asInt());
         }
         return n.asInt();
+    }
+
+    private static boolean boolKey(ObjectNode o, String k) {
+        JsonNode n = o.get(k);
+        if (n == null || n.isNull()) {
+            return false;
+        }
+        if (!n.isBoolean()) {
+            throw new IllegalArgumentException("config key '" + k + "' must be true or false, got " + n);
+        }
+        return n.asBoolean();
+    }
+
+    /** The validation samples one replica reads over the whole job: evaluations x eval_iters x its batch. */
+    public long validSamplesPerReplica() {
+        return (long) evaluations() * evalIters * replicaBatch();
+    }
+
+    /** Evaluations in the whole job: one every eval_interval steps, plus a final one unless the last step had one. */
+    public int evaluations() {
+        if (evalInterval == 0) {
+            return 1;
+        }
+        return steps / evalInterval + (steps % evalInterval == 0 ? 0 : 1);
+    }
+
+    /** Evaluations done by the end of {@code step} (at multiples of eval_interval, and at the last step). */
+    public long evaluationsBy(long step) {
+        long n = evalInterval == 0 ? 0 : step / evalInterval;
+        return step >= steps && (evalInterval == 0 || steps % evalInterval != 0) ? n + 1 : n;
+    }
+
+    /** Whether an evaluation follows {@code step}. */
+    public boolean evaluatesAt(long step) {
+        return step == steps || (evalInterval > 0 && step % evalInterval == 0);
     }
 
     private static long requireLong(ObjectNode o, String k) {

@@ -46,6 +46,10 @@ class NotebookTest {
             // 1 nat under ln 64 are far outside what an untrained model could show
             assertTrue(last < first - 1.0, first + " -> " + last);
             assertTrue(heldOut < Math.log(64) - 1.0, "held-out loss " + heldOut);
+            // the plot the notebook points at: 60 steps and the evaluations after steps 20, 40 and 60
+            String plot = Files.readString(Path.of(js.varValue(var(js, "lossPlot")).replace("\"", "")));
+            assertTrue(plot.contains("data-series=\"train-step\" data-points=\"60\"") && plot.contains("data-series=\"valid\" data-points=\"3\""),
+                    plot);
         }
     }
 

@@ -16,7 +16,9 @@ final class SharedSpark {
     }
 
     static synchronized SparkSession get() {
-        if (spark == null) {
+        if (spark == null || spark.sparkContext().isStopped()) { // a test with its own session stopped this one
+            SparkSession.clearActiveSession();
+            SparkSession.clearDefaultSession();
             spark = SparkSession.builder().master("local[4]").appName("sparkatron-tests")
                     .config("spark.ui.enabled", "false")
                     .config("spark.driver.host", "127.0.0.1")
@@ -29,6 +31,29 @@ final class SharedSpark {
             spark.sparkContext().setLogLevel("WARN");
         }
         return spark;
+    }
+
+    /** Stops the shared session (for a test that needs a session of its own); {@link #get} starts a new one. */
+    static synchronized void stop() {
+        if (spark != null) {
+            spark.stop();
+            spark = null;
+        }
+        SparkSession.getActiveSession().foreach(s -> {
+            s.stop();
+            return null;
+        });
+    }
+
+    /** The JSON objects of a JSON-lines file (blank lines skipped). */
+    static java.util.List<com.fasterxml.jackson.databind.JsonNode> jsonLines(java.nio.file.Path f) throws java.io.IOException {
+        java.util.List<com.fasterxml.jackson.databind.JsonNode> out = new java.util.ArrayList<>();
+        for (String l : java.nio.file.Files.readAllLines(f)) {
+            if (!l.isBlank()) {
+                out.add(TrainConfig.JSON.readTree(l));
+            }
+        }
+        return out;
     }
 
     /** A tiny GPT-2: 2 layers, width 32, 2 heads, 32 positions, 64-token vocabulary. */

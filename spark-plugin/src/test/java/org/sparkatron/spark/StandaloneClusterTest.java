@@ -40,6 +40,7 @@ class StandaloneClusterTest {
 
     @BeforeAll
     void startCluster() throws Exception {
+        StandaloneCluster.progress("standalone", "starting a Master and 2 Workers; three spark-submit jobs follow (minutes)");
         cluster = new StandaloneCluster(dir, "3", "5");
         data = dir.resolve("data.jsonl");
         TrainMainTest.writeJsonLines(data, SyntheticData.walks(1500, 21));
@@ -57,6 +58,7 @@ class StandaloneClusterTest {
         c.set("model", Demo.modelConfig());
         c.put("dp", 2).put("global_batch", 8).put("seq_len", 32).put("steps", steps).put("lr", 1e-2).put("min_lr", 1e-3)
                 .put("warmup_steps", 5).put("comm_timeout_s", 60)
+                .put("log_interval", 1) // a progress line every step: the kill test waits for step 5
                 .put("input", data.toString()).put("input_format", "json").put("input_schema", "tokens array<int>")
                 .put("output", dir.resolve(name).toString());
         Path file = dir.resolve(name + ".json");
@@ -100,7 +102,7 @@ class StandaloneClusterTest {
     private synchronized String reference() throws Exception {
         if (referenceLog == null) {
             Process driver = submit("train", job("train", STEPS));
-            assertTrue(driver.waitFor(400, TimeUnit.SECONDS), "driver did not finish");
+            assertTrue(cluster.await("driver-train", driver, 400), "driver did not finish");
             String log = Files.readString(cluster.log("driver-train"));
             assertEquals(0, driver.exitValue(), () -> log + cluster.diagnostics());
             referenceLog = log;
@@ -140,7 +142,7 @@ class StandaloneClusterTest {
         ProcessHandle victim = executors.get(0);
         assertTrue(victim.destroyForcibly(), "SIGKILL an executor");
         // no hang: the other rank fails fast, Spark retries the whole barrier stage on a replacement executor
-        assertTrue(driver.waitFor(400, TimeUnit.SECONDS), "driver did not finish: " + Files.readString(log) + cluster.diagnostics());
+        assertTrue(cluster.await("driver-kill", driver, 400), "driver did not finish: " + Files.readString(log) + cluster.diagnostics());
         String text = Files.readString(log);
         assertEquals(0, driver.exitValue(), () -> text + cluster.diagnostics());
         assertTrue(text.contains("(attempt 1)"), "progress of the retried attempt: " + text);
@@ -187,7 +189,7 @@ class StandaloneClusterTest {
             Thread.sleep(100);
         }
 
-        assertTrue(driver.waitFor(400, TimeUnit.SECONDS), () -> "driver did not finish: " + read(log) + cluster.diagnostics());
+        assertTrue(cluster.await("driver-resume", driver, 400), () -> "driver did not finish: " + read(log) + cluster.diagnostics());
         String text = read(log);
         assertEquals(0, driver.exitValue(), () -> text + cluster.diagnostics());
         int attempt = ranks(dir.resolve("resume")).get(0).get("attempt").asInt();

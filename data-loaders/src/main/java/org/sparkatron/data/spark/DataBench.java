@@ -41,30 +41,33 @@ public final class DataBench {
     private DataBench() {
     }
 
-    public static void main(String[] args) throws Exception {
-        SparkJvm.quietLogging();
+    static final String USAGE = "usage: ./sparkatron bench-data [--mb 300] [--peer-mb 8] [--master local[2]]\n"
+            + "  tokenization and prepare throughput on generated text against a plain tokenizer loop (docs/data.md)";
+
+    public static void main(String[] argv) {
+        SparkJvm.quietLogging(argv);
+        org.sparkatron.cli.Cli.main("bench-data", USAGE, argv, args -> {
+            bench(args);
+            return org.sparkatron.cli.Cli.OK;
+        });
+    }
+
+    private static void bench(String[] args) throws Exception {
         int mb = 300;
         double peerMb = 8;
         String master = null;
-        int first = args.length > 0 && args[0].equals("bench-data") ? 1 : 0; // ./sparkatron passes the subcommand
-        for (int i = first; i < args.length; i += 2) {
+        for (int i = 0; i < args.length; i += 2) {
             if (i + 1 >= args.length) {
-                System.err.println("bench-data: option " + args[i] + " needs a value");
-                System.exit(2);
+                throw new org.sparkatron.cli.Cli.UsageException("option " + args[i] + " needs a value");
             }
             switch (args[i]) {
                 case "--mb" -> mb = Integer.parseInt(args[i + 1]);
                 case "--peer-mb" -> peerMb = Double.parseDouble(args[i + 1]);
                 case "--master" -> master = args[i + 1];
-                default -> {
-                    System.err.println("usage: ./sparkatron bench-data [--mb 300] [--peer-mb 8] [--master local[2]]");
-                    System.exit(2);
-                }
+                default -> throw new org.sparkatron.cli.Cli.UsageException("unknown option " + args[i] + " (./sparkatron bench-data --help)");
             }
         }
-        if (SparkJvm.relaunchIfNeeded(DataBench.class, args)) {
-            return;
-        }
+        SparkJvm.relaunchIfNeeded(DataBench.class, args);
         Path dir = Files.createTempDirectory("sparkatron-bench-data");
         // Several files, so that prepare gets several partitions per core (balance, visible progress).
         Path text = dir.resolve("corpus");

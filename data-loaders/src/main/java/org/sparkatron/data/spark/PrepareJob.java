@@ -15,6 +15,7 @@ import org.apache.spark.sql.Row;
 import org.apache.spark.sql.SparkSession;
 import org.apache.spark.sql.types.StringType;
 import org.apache.spark.util.LongAccumulator;
+import org.sparkatron.cli.Cli;
 import org.sparkatron.data.indexed.IndexedDType;
 import org.sparkatron.data.io.DataPaths;
 import org.sparkatron.data.tokenizer.TextTokenizer;
@@ -28,7 +29,8 @@ import org.sparkatron.data.tokenizer.TokenizerSpec;
  *
  * <pre>
  * prepare --input PATH --format text|jsonl|parquet [--text-column text] --tokenizer gpt2|gpt2-legacy|PATH/tokenizer.json
- *         [--eod ID] --output PATH [--master local[2]] [--partitions N] [--overwrite]
+ *         [--eod ID] --output PATH [--partitions N] [--overwrite]
+ *         [--master local[*]] [--conf spark.key=value ...]
  * </pre>
  * For {@code text}, each line is a document. Failure: bad arguments, a missing input or text column, an
  * existing output (without {@code --overwrite}) are refused with a message before any work is done.
@@ -39,9 +41,9 @@ public final class PrepareJob {
 
     /** Parsed command line. */
     public record Options(String input, String format, String textColumn, String tokenizer, Integer eod, String output,
-                          String master, int partitions, boolean overwrite) {
+                          int partitions, boolean overwrite) {
         public static Options parse(String[] args) {
-            String input = null, format = null, col = "text", tok = null, out = null, master = null;
+            String input = null, format = null, col = "text", tok = null, out = null;
             Integer eod = null;
             int parts = 0;
             boolean overwrite = false;
@@ -65,7 +67,6 @@ public final class PrepareJob {
                     case "--tokenizer" -> tok = v;
                     case "--eod" -> eod = Integer.parseInt(v);
                     case "--output" -> out = v;
-                    case "--master" -> master = v;
                     case "--partitions" -> parts = Integer.parseInt(v);
                     default -> throw new IllegalArgumentException("unknown option " + a);
                 }
@@ -76,7 +77,7 @@ public final class PrepareJob {
             if (!List.of("text", "jsonl", "json", "parquet").contains(format)) {
                 throw new IllegalArgumentException("--format must be text, jsonl or parquet, got " + format);
             }
-            return new Options(input, format, col, tok, eod, out, master, parts, overwrite);
+            return new Options(input, format, col, tok, eod, out, parts, overwrite);
         }
     }
 
@@ -98,38 +99,26 @@ public final class PrepareJob {
         }
     }
 
-    static final String USAGE = "usage: ./sparkatron prepare --input PATH --format text|jsonl|parquet [--text-column text] "
-            + "--tokenizer gpt2|gpt2-legacy|PATH/tokenizer.json [--eod ID] --output PATH [--master local[2]] [--partitions N] [--overwrite]";
+    static final String USAGE = String.join("\n",
+            "usage: ./sparkatron prepare --input PATH --format text|jsonl|parquet [--text-column text]",
+            "         --tokenizer gpt2|gpt2-legacy|PATH/tokenizer.json [--eod ID] --output PATH [--partitions N] [--overwrite]",
+            "         [--master local[*]] [--conf spark.key=value ...]",
+            "  tokenizes documents (text: one per line) into a Megatron indexed dataset, one shard per partition (docs/data.md)");
 
-    public static void main(String[] args) throws Exception {
-        SparkJvm.quietLogging();
-        if (args.length == 0 || Arrays.asList(args).contains("--help")) {
-            System.out.println(USAGE);
-            return;
-        }
-        Options opt;
-        try {
-            opt = Options.parse(args);
-        } catch (IllegalArgumentException e) {
-            System.err.println("prepare: " + e.getMessage());
-            System.err.println(USAGE);
-            System.exit(2);
-            return;
-        }
-        if (SparkJvm.relaunchIfNeeded(PrepareJob.class, args)) {
-            return;
-        }
-        SparkSession spark = SparkJvm.session("sparkatron-prepare", opt.master());
-        int rc = 0;
-        try {
-            System.out.println(run(spark, opt, System.out));
-        } catch (IllegalArgumentException | IOException e) {
-            System.err.println("prepare: " + e.getMessage());
-            rc = 1;
-        } finally {
-            spark.stop();
-        }
-        System.exit(rc);
+    public static void main(String[] argv) {
+        SparkJvm.quietLogging(argv);
+        Cli.main("prepare", USAGE, argv.length == 0 ? new String[] {"--help"} : argv, args -> {
+            SparkOptions spark = SparkOptions.extract(args);
+            Options opt = Options.parse(spark.rest());
+            SparkJvm.relaunchIfNeeded(PrepareJob.class, args);
+            SparkSession session = SparkJvm.session("sparkatron-prepare", spark);
+            try {
+                System.out.println(run(session, opt, System.out));
+            } finally {
+                session.stop();
+            }
+            return Cli.OK;
+        });
     }
 
     /** Reads the input as a one-column ({@code text}) DataFrame. */

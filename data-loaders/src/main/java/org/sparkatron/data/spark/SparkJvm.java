@@ -39,8 +39,41 @@ public final class SparkJvm {
      * unless the user configured log4j2. Call before the first Spark class loads.
      */
     public static void quietLogging() {
+        quietLogging(new String[0]);
+    }
+
+    /**
+     * As {@link #quietLogging()}; log lines carry no stack traces (and Spark's task-failure warnings, whose
+     * text is a stack trace, are off) unless {@code argv} holds {@code --verbose}: the command's own error
+     * line says what failed.
+     */
+    public static void quietLogging(String[] argv) {
         if (System.getProperty("log4j2.configurationFile") == null && System.getProperty("log4j.configurationFile") == null) {
-            System.setProperty("log4j2.configurationFile", "org/sparkatron/data/spark/log4j2-cli.properties");
+            boolean verbose = java.util.Arrays.asList(argv).contains("--verbose") || Boolean.getBoolean("sparkatron.verbose");
+            System.setProperty("log4j2.configurationFile", "org/sparkatron/data/spark/log4j2-cli" + (verbose ? "-verbose" : "") + ".properties");
+            quietSparkDefaults();
+        }
+    }
+
+    /**
+     * Under {@code spark-submit} log4j2 is configured before our main runs: when that configuration is Spark's
+     * built-in default (INFO everywhere, the user named none), Spark, Hadoop and Jetty go to WARN so the
+     * progress lines are not buried under about a thousand INFO lines. A user's own log4j2 configuration is
+     * left alone. Does nothing where log4j2-core is not the logging backend.
+     */
+    private static void quietSparkDefaults() {
+        try {
+            if (!(org.apache.logging.log4j.LogManager.getContext(false) instanceof org.apache.logging.log4j.core.LoggerContext ctx)) {
+                return;
+            }
+            String source = String.valueOf(ctx.getConfiguration().getConfigurationSource().getLocation());
+            if (source.contains("log4j2-defaults.properties")) {
+                for (String name : List.of("org.apache.spark", "org.sparkproject", "org.apache.hadoop", "org.apache.parquet")) {
+                    org.apache.logging.log4j.core.config.Configurator.setLevel(name, org.apache.logging.log4j.Level.WARN);
+                }
+            }
+        } catch (LinkageError | RuntimeException e) {
+            // another logging backend: nothing to quiet here
         }
     }
 
@@ -77,16 +110,22 @@ public final class SparkJvm {
      * {@code local[*]}; the web UI off unless configured (a CLI job needs no port).
      */
     public static SparkSession session(String appName, String master) {
+        return session(appName, new SparkOptions(master, java.util.Map.of(), new String[0]));
+    }
+
+    /** As {@link #session(String, String)} with {@code options}' master and Spark settings. */
+    public static SparkSession session(String appName, SparkOptions options) {
         SparkConf conf = new SparkConf();
         SparkSession.Builder b = SparkSession.builder().appName(appName);
-        if (master != null) {
-            b.master(master);
+        if (options.master() != null) {
+            b.master(options.master());
         } else if (!conf.contains("spark.master")) {
             b.master("local[*]");
         }
-        if (!conf.contains("spark.ui.enabled")) {
+        if (!conf.contains("spark.ui.enabled") && !options.settings().containsKey("spark.ui.enabled")) {
             b.config("spark.ui.enabled", "false");
         }
+        options.settings().forEach(b::config);
         return b.getOrCreate();
     }
 }

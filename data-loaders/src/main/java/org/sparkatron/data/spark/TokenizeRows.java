@@ -62,7 +62,10 @@ final class TokenizeRows implements MapPartitionsFunction<Row, Row> {
                     values[i] = r.get(i);
                 }
                 String text = r.isNullAt(textIndex) ? null : r.getString(textIndex);
-                values[r.length()] = text == null ? null : (appendEod ? tok.encodeDocument(text) : tok.encode(text));
+                // a Scala Seq, the external type Spark's Row deserializer gives: a downstream Row stage may see
+                // this value directly when the optimizer removes the serialization between the two stages
+                values[r.length()] = text == null ? null
+                        : new scala.collection.immutable.ArraySeq.ofInt(appendEod ? tok.encodeDocument(text) : tok.encode(text));
                 return RowFactory.create(values);
             }
         };

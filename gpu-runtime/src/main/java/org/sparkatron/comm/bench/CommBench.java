@@ -45,11 +45,23 @@ public final class CommBench {
     private CommBench() {
     }
 
-    public static void main(String[] args) throws Exception {
-        if (args.length > 0 && args[0].equals("--worker")) {
-            worker(args);
+    static final String USAGE = String.join("\n",
+            "usage: ./sparkatron bench-comm [--ranks 2,4] [--max-size 256M] [--quick] [--iters 5] [--no-peer] [--peer FILE]",
+            "         [--segment 512K]",
+            "  collectives of the TCP communicator (ranks as JVMs on loopback) against PyTorch Gloo, as nccl-tests (docs/comm.md)");
+
+    public static void main(String[] argv) throws Exception {
+        if (argv.length > 0 && argv[0].equals("--worker")) {
+            worker(argv);
             return;
         }
+        org.sparkatron.cli.Cli.main("bench-comm", USAGE, argv, args -> {
+            bench(args);
+            return org.sparkatron.cli.Cli.OK;
+        });
+    }
+
+    private static void bench(String[] args) throws Exception {
         int[] worlds = {2, 4};
         long maxSize = 256L << 20;
         boolean quick = false;
@@ -57,7 +69,10 @@ public final class CommBench {
         int iters = 5;
         String peerPath = null;
         int segment = TcpOptions.defaults().segmentBytes;
-        for (int i = args.length > 0 && args[0].equals("bench-comm") ? 1 : 0; i < args.length; i++) {
+        for (int i = 0; i < args.length; i++) {
+            if (!List.of("--quick", "--no-peer").contains(args[i]) && i + 1 >= args.length) {
+                throw new org.sparkatron.cli.Cli.UsageException("option " + args[i] + " needs a value");
+            }
             switch (args[i]) {
                 case "--ranks" -> worlds = Arrays.stream(args[++i].split(",")).mapToInt(Integer::parseInt).toArray();
                 case "--max-size" -> maxSize = parseSize(args[++i]);
@@ -66,11 +81,7 @@ public final class CommBench {
                 case "--no-peer" -> peer = false;
                 case "--peer" -> peerPath = args[++i];
                 case "--segment" -> segment = (int) parseSize(args[++i]);
-                default -> {
-                    System.err.println("bench-comm: unknown option '" + args[i] + "'\nusage: ./sparkatron bench-comm "
-                            + "[--ranks 2,4] [--max-size 256M] [--quick] [--iters N] [--no-peer] [--peer FILE] [--segment 512K]");
-                    System.exit(2);
-                }
+                default -> throw new org.sparkatron.cli.Cli.UsageException("unknown option '" + args[i] + "' (./sparkatron bench-comm --help)");
             }
         }
         if (maxSize > (1L << 30)) {

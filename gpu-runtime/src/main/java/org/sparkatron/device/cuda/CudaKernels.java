@@ -1,0 +1,314 @@
+package org.sparkatron.device.cuda;
+
+import org.sparkatron.device.Kernels;
+import org.sparkatron.tensor.DType;
+import org.sparkatron.tensor.Tensor;
+
+/**
+ * {@link Kernels} on a {@link CudaDevice}: our kernels ({@code gpu-runtime/src/main/cuda}) and cuBLASLt
+ * GEMMs, all queued on the device's compute stream. Each kernel exists for F32 tensors and, where
+ * activations may be 16-bit, for BF16 (the suffix is picked from the tensor's dtype); parameters,
+ * gradients, statistics and optimizer state are F32. Reductions are deterministic (no atomics), so the same
+ * inputs give the same bits on every run.
+ *
+ * <p>Owns the device's kernel scratch (norm gradient partials, attention row terms, reduction partials),
+ * grown on demand from the device's allocator. One rank's thread; not thread-safe.
+ */
+public final class CudaKernels implements Kernels {
+    private static final int BLOCK = 256;
+    private static final int MAX_GRID = 4096;
+    /** Blocks of a per-row backward: bounds the [blocks, C] partial-sum scratch. */
+    private static final int ROW_GRID = 256;
+    /** Blocks of a two-stage reduction (the partials are added in this order: deterministic). */
+    private static final int REDUCE_GRID = 256;
+
+    private final CudaDevice dev;
+    private Tensor normScratch;
+    private Tensor attnScratch;
+    private final Tensor reducePartials;
+
+    CudaKernels(CudaDevice dev) {
+        this.dev = dev;
+        this.reducePartials = dev.allocate(DType.F64, REDUCE_GRID);
+    }
+
+    private static String sfx(Tensor t) {
+        return switch (t.dtype()) {
+            case F32 -> "_f32";
+            case BF16 -> "_bf16";
+            case F16 -> "_f16";
+            default -> throw new IllegalArgumentException("no CUDA kernel for " + t.dtype() + " tensors");
+        };
+    }
+
+    private static int grid(long work, int block) {
+        return (int) Math.min(MAX_GRID, (work + block - 1) / block);
+    }
+
+    private void each(String fn, long n, Object... args) {
+        dev.launch(fn, grid(n, BLOCK), BLOCK, 0, args);
+    }
+
+    private Tensor scratch(Tensor current, DType t, long elements, boolean norm) {
+        if (current != null && current.numel() >= elements) {
+            return current;
+        }
+        dev.release(current);
+        Tensor s = dev.allocate(t, Math.max(elements, 1));
+        if (norm) {
+            normScratch = s;
+        } else {
+            attnScratch = s;
+        }
+        return s;
+    }
+
+    // ---- linear layers through cuBLASLt (row-major tensors seen as transposed column-major matrices) ----
+
+    @Override
+    public void linearForward(Tensor out, Tensor x, Tensor w, Tensor bias, int n, int in, int outF) {
+        // out^T[O, N] = W'^T X' with W' = w^T (I x O, ld I) and X' = x^T (I x N, ld I): "TN"
+        dev.cublasLt().matmul(true, false, outF, n, in, 1f, w, 0, in, x, 0, in, 0f, out, 0, outF, bias);
+    }
+
+    @Override
+    public void linearBackward(Tensor dx, boolean accumulateDx, Tensor dw, Tensor dbias, Tensor dout, Tensor x, Tensor w,
+                               int n, int in, int outF) {
+        CublasLt lt = dev.cublasLt();
+        if (dx != null) {
+            // dx^T[I, N] = w^T[I, O] dout^T[O, N]
+            lt.matmul(false, false, in, n, outF, 1f, w, 0, in, dout, 0, outF, accumulateDx ? 1f : 0f, dx, 0, in, null);
+        }
+        // dw^T[I, O] += x^T[I, N] dout[N, O]
+        lt.matmul(false, true, in, outF, n, 1f, x, 0, in, dout, 0, outF, 1f, dw, 0, in, null);
+        if (dbias != null) {
+            each("bias_grad" + sfx(dout), outF, dbias, dout, (long) n, outF);
+        }
+    }
+
+    // ---- embeddings ----
+
+    @Override
+    public void embeddingForward(Tensor out, Tensor tokens, Tensor table, int vocabStart, int n, int c) {
+        each("embedding_forward" + sfx(out), (long) n * c, out, tokens, table, vocabStart, table.dim(0), (long) n, c);
+    }
+
+    @Override
+    public void embeddingBackward(Tensor dtable, Tensor dout, Tensor tokens, int vocabStart, int n, int c) {
+        each("embedding_backward" + sfx(dout), c, dtable, dout, tokens, vocabStart, dtable.dim(0), (long) n, c);
+    }
+
+    @Override
+    public void addPositions(Tensor x, Tensor wpe, int firstRow, int rows, int t, int c) {
+        each("add_positions" + sfx(x), (long) rows * c, x, wpe, (long) firstRow, (long) rows, t, c);
+    }
+
+    @Override
+    public void positionsBackward(Tensor dwpe, Tensor dx, int firstRow, int rows, int t, int c) {
+        each("positions_backward" + sfx(dx), (long) t * c, dwpe, dx, (long) firstRow, (long) rows, t, c);
+    }
+
+    // ---- norms ----
+
+    private static int rowGrid(long rows) {
+        return (int) Math.max(1, Math.min(ROW_GRID, rows));
+    }
+
+    @Override
+    public void layerNormForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor w, Tensor b, int n, int c, float eps) {
+        dev.launch("layernorm_forward" + sfx(x), (int) Math.min(n, 65535), BLOCK, 0, out, mean, rstd, x, w, b, (long) n, c, eps);
+    }
+
+    @Override
+    public void layerNormBackward(Tensor dx, Tensor dw, Tensor db, Tensor dout, Tensor x, Tensor w, Tensor mean, Tensor rstd,
+                                  int n, int c) {
+        int g = rowGrid(n);
+        Tensor s = scratch(normScratch, DType.F32, 2L * g * c, true);
+        Tensor pw = s.slice(0, (long) g * c);
+        Tensor pb = s.slice((long) g * c, (long) g * c);
+        dev.launch("layernorm_backward" + sfx(x), g, BLOCK, 0, dx, pw, pb, dout, x, w, mean, rstd, (long) n, c);
+        each("norm_grad_reduce", c, dw, pw, g, c);
+        each("norm_grad_reduce", c, db, pb, g, c);
+    }
+
+    @Override
+    public void rmsNormForward(Tensor out, Tensor rstd, Tensor x, Tensor w, int n, int c, float eps) {
+        dev.launch("rmsnorm_forward" + sfx(x), (int) Math.min(n, 65535), BLOCK, 0, out, rstd, x, w, (long) n, c, eps);
+    }
+
+    @Override
+    public void rmsNormBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor rstd, int n, int c) {
+        int g = rowGrid(n);
+        Tensor pw = scratch(normScratch, DType.F32, (long) g * c, true).slice(0, (long) g * c);
+        dev.launch("rmsnorm_backward" + sfx(x), g, BLOCK, 0, dx, pw, dout, x, w, rstd, (long) n, c);
+        each("norm_grad_reduce", c, dw, pw, g, c);
+    }
+
+    // ---- activations and elementwise ----
+
+    @Override
+    public void geluForward(Tensor out, Tensor x, long count) {
+        each("gelu_forward" + sfx(x), count, out, x, count);
+    }
+
+    @Override
+    public void geluBackward(Tensor dx, Tensor dout, Tensor x, long count) {
+        each("gelu_backward" + sfx(x), count, dx, dout, x, count);
+    }
+
+    @Override
+    public void swigluForward(Tensor out, Tensor gateUp, int n, int f) {
+        each("swiglu_forward" + sfx(gateUp), (long) n * f, out, gateUp, (long) n, f);
+    }
+
+    @Override
+    public void swigluBackward(Tensor dGateUp, Tensor dout, Tensor gateUp, int n, int f) {
+        each("swiglu_backward" + sfx(gateUp), (long) n * f, dGateUp, dout, gateUp, (long) n, f);
+    }
+
+    @Override
+    public void add(Tensor out, Tensor a, Tensor b, long count) {
+        each("add" + sfx(out), count, out, a, b, count);
+    }
+
+    /** {@code out[r, :] += bias} for r in [0, rows). */
+    @Override
+    public void addBias(Tensor out, Tensor bias, int rows, int cols) {
+        each("add_bias" + sfx(out), (long) rows * cols, out, bias, (long) rows, cols);
+    }
+
+    /** Dropout in place with {@code org.sparkatron.parallel.DropoutRng}'s counter-based mask (bit-identical). */
+    @Override
+    public void dropout(Tensor x, float p, long base, long firstRow, int rows, int cols) {
+        each("dropout" + sfx(x), (long) rows * cols, x, p, base, firstRow, (long) rows, cols);
+    }
+
+    /** {@code dst = round(src)} to BF16/F16: into a 16-bit tensor, or an F32 one holding the rounded values. */
+    @Override
+    public void round(Tensor dst, Tensor src, long count, DType format) {
+        if (src.dtype() != DType.F32 || (format != DType.BF16 && format != DType.F16)) {
+            throw new IllegalArgumentException("round from " + src.dtype() + " to " + format + " (F32 to BF16/F16 only)");
+        }
+        String f = format == DType.BF16 ? "bf16" : "f16";
+        if (dst.dtype() == format) {
+            each("round_f32_to_" + f, count, dst, src, count);
+        } else if (dst.dtype() == DType.F32) {
+            each("round_f32_as_" + f, count, dst, src, count);
+        } else {
+            throw new IllegalArgumentException("round into a " + dst.dtype() + " tensor (" + format + " or F32 expected)");
+        }
+    }
+
+    // ---- attention ----
+
+    @Override
+    public void rope(Tensor qkv, Tensor cos, Tensor sin, int b, int t, int heads, int kvHeads, int hd, boolean inverse) {
+        long rows = (long) b * t;
+        each("rope" + sfx(qkv), rows * (heads + kvHeads) * (hd / 2), qkv, cos, sin, rows, t, heads, kvHeads, hd, inverse ? 1 : 0);
+    }
+
+    private static void checkHeadDim(int hd) {
+        if (hd > 256) {
+            throw new IllegalArgumentException("CUDA attention supports head dimensions up to 256, got " + hd);
+        }
+    }
+
+    private static int warpGrid(long warps) {
+        return (int) ((warps + 3) / 4); // 4 warps per 128-thread block
+    }
+
+    @Override
+    public void attentionForward(Tensor out, Tensor lse, Tensor qkv, int b, int t, int heads, int kvHeads, int hd) {
+        checkHeadDim(hd);
+        dev.launch("attention_forward" + sfx(qkv), warpGrid((long) b * heads * t), 128, 0, out, lse, qkv, (long) b, t, heads, kvHeads, hd);
+    }
+
+    @Override
+    public void attentionBackward(Tensor dqkv, Tensor dout, Tensor out, Tensor lse, Tensor qkv, int b, int t, int heads,
+                                  int kvHeads, int hd) {
+        checkHeadDim(hd);
+        long rows = (long) b * heads * t;
+        Tensor delta = scratch(attnScratch, DType.F32, rows, false);
+        String s = sfx(qkv);
+        dev.launch("attention_delta" + s, warpGrid(rows), 128, 0, delta, dout, out, (long) b, t, heads, hd);
+        dev.launch("attention_backward_dq" + s, warpGrid(rows), 128, 0, dqkv, dout, lse, delta, qkv, (long) b, t, heads, kvHeads, hd);
+        dev.launch("attention_backward_dkv" + s, warpGrid((long) b * kvHeads * t), 128, 0, dqkv, dout, lse, delta, qkv, (long) b, t,
+                heads, kvHeads, hd);
+    }
+
+    // ---- cross-entropy ----
+
+    @Override
+    public void crossEntropyMax(Tensor logits, Tensor max, int rows, int valid, int ld) {
+        dev.launch("ce_max" + sfx(logits), (int) Math.max(1, Math.min(rows, 65535)), BLOCK, 0, logits, max, (long) rows, valid, ld);
+    }
+
+    @Override
+    public void crossEntropySums(Tensor logits, Tensor max, Tensor sums, Tensor targets, int vocabStart, int vocab, int rows,
+                                 int valid, int ld, boolean storeExp) {
+        dev.launch("ce_sums" + sfx(logits), (int) Math.max(1, Math.min(rows, 65535)), BLOCK, 0, logits, max, sums, targets,
+                dev.errorFlag(), vocabStart, vocab, (long) rows, valid, ld, storeExp ? 1 : 0);
+    }
+
+    @Override
+    public void crossEntropyFinish(Tensor logits, Tensor max, Tensor sums, Tensor losses, Tensor targets, int vocabStart,
+                                   int rows, int valid, int ld, boolean backward, float gradScale) {
+        dev.launch("ce_finish" + sfx(logits), (int) Math.max(1, Math.min(rows, 65535)), BLOCK, 0, logits, max, sums, losses, targets,
+                vocabStart, (long) rows, valid, ld, backward ? 1 : 0, gradScale);
+    }
+
+    // ---- optimizer and reductions ----
+
+    @Override
+    public void adamw(Tensor params, Tensor grads, Tensor m, Tensor v, long from, long count, float beta1, float beta2, float eps,
+                      float decay, float stepSize, float invSqrtBc2) {
+        each("adamw_f32", count, params, grads, m, v, from, count, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
+    }
+
+    /** {@code acc[slot] += scale * sum of x[0, count)} (squares when {@code squares}), in double; acc is F64. */
+    private void reduce(Tensor x, long count, boolean squares, Tensor acc, int slot, double scale) {
+        requireF32(x);
+        if (acc.dtype() != DType.F64) {
+            throw new IllegalArgumentException("reduction accumulator must be F64, got " + acc.dtype());
+        }
+        int g = (int) Math.max(1, Math.min(REDUCE_GRID, (count + BLOCK - 1) / BLOCK));
+        dev.launch("reduce_partial_f32", g, BLOCK, 0, x, count, squares ? 1 : 0, reducePartials);
+        dev.launch("reduce_finish", 1, 32, 0, acc, slot, reducePartials, g, scale);
+    }
+
+    /** {@code acc[slot] += sum of x^2} over all of x (F32), in double. */
+    @Override
+    public void sumOfSquares(Tensor x, Tensor acc, int slot) {
+        reduce(x, x.numel(), true, acc, slot, 1.0);
+    }
+
+    /** {@code acc[slot] += scale * sum of x[0, count)} (F32), in double. */
+    @Override
+    public void sum(Tensor x, long count, Tensor acc, int slot, double scale) {
+        reduce(x, count, false, acc, slot, scale);
+    }
+
+    @Override
+    public void scale(Tensor x, float factor) {
+        requireF32(x);
+        each("scale_f32", x.numel(), x, factor, x.numel());
+    }
+
+    @Override
+    public void fill(Tensor x, float value) {
+        requireF32(x);
+        each("fill_f32", x.numel(), x, value, x.numel());
+    }
+
+    /** All bytes of x = 0 (any dtype). */
+    @Override
+    public void zero(Tensor x) {
+        dev.zero(x);
+    }
+
+    private static void requireF32(Tensor t) {
+        if (t.dtype() != DType.F32) {
+            throw new IllegalArgumentException("expected an F32 tensor, got " + t.dtype());
+        }
+    }
+}

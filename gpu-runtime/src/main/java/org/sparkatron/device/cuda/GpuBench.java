@@ -1,0 +1,71 @@
+package org.sparkatron.device.cuda;
+
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Locale;
+import java.util.SplittableRandom;
+import org.sparkatron.model.ModelConfig;
+import org.sparkatron.model.Transformer;
+import org.sparkatron.optim.LrSchedule;
+import org.sparkatron.precision.Precision;
+import org.sparkatron.train.PackedSamples;
+import org.sparkatron.train.Trainer;
+
+/**
+ * The GPU benchmark's Sparkatron side (run by {@code ./sparkatron gpu-check} beside PyTorch eager and
+ * torch.compile on the same model, {@code gpu-runtime/src/bench/python/torch_gpt2_gpu.py}): training steps
+ * of a GPT-2 (learned positions, tanh GELU, tied embedding) in bf16 with fp32 master weights on CUDA device
+ * 0, random tokens. Prints one line in the PyTorch script's format: median step time, tokens/s, TFLOP/s and
+ * MFU against 989 TFLOP/s, FLOPs counted as 6N + 6LCT per token.
+ *
+ * <p>Usage: {@code GpuBench L D H T V B steps}
+ */
+public final class GpuBench {
+    private GpuBench() {
+    }
+
+    public static void main(String[] args) throws Exception {
+        if (args.length != 7) {
+            System.err.println("usage: GpuBench L D H T V B steps   (layers, width, heads, sequence, vocab, batch, timed steps)");
+            System.exit(2);
+        }
+        int[] a = Arrays.stream(args).mapToInt(Integer::parseInt).toArray();
+        int l = a[0], d = a[1], h = a[2], t = a[3], v = a[4], b = a[5], steps = a[6];
+        CudaRuntime.Availability av = CudaRuntime.availability();
+        if (!av.available()) {
+            System.out.println("sparkatron-cuda: CUDA unavailable (" + av.reason() + ")");
+            System.exit(1);
+        }
+        String json = String.format(Locale.ROOT, "{\"model_type\": \"gpt2\", \"n_layer\": %d, \"n_embd\": %d, \"n_head\": %d, "
+                + "\"n_positions\": %d, \"vocab_size\": %d, \"layer_norm_epsilon\": 1e-05}", l, d, h, t, v);
+        ModelConfig cfg = ModelConfig.fromJson(new com.fasterxml.jackson.databind.ObjectMapper().readTree(json));
+        SplittableRandom rng = new SplittableRandom(0);
+        List<int[]> seqs = new ArrayList<>();
+        for (int i = 0; i < 4 * b; i++) {
+            seqs.add(rng.ints(t + 1, 0, v).toArray());
+        }
+        try (CudaDevice device = new CudaDevice(0)) {
+            System.err.println("device: " + device.describe());
+            Transformer model = new Transformer(cfg, new org.sparkatron.parallel.RankContext(device,
+                    org.sparkatron.parallel.TensorParallel.none(), Precision.BF16));
+            model.initialize(1);
+            Trainer trainer = new Trainer(model, PackedSamples.perSequence(seqs, 1), Trainer.Options.defaults(b, LrSchedule.constant(3e-4)));
+            for (int i = 0; i < 2; i++) {
+                trainer.step();
+            }
+            double[] times = new double[steps];
+            for (int i = 0; i < steps; i++) {
+                long t0 = System.nanoTime();
+                trainer.step();
+                times[i] = (System.nanoTime() - t0) / 1e9;
+            }
+            Arrays.sort(times);
+            double med = times[steps / 2];
+            long n = model.params().numel();
+            double flops = 6.0 * n * b * t + 6.0 * l * d * (double) t * b * t;
+            System.out.printf(Locale.ROOT, "sparkatron-cuda params=%d step_median_s=%.4f tokens_per_s=%.0f tflops=%.1f mfu=%.1f%% (%s)%n",
+                    n, med, b * t / med, flops / med / 1e12, flops / med / 989e12 * 100, device.memory());
+        }
+    }
+}

@@ -1,0 +1,125 @@
+package org.sparkatron.spark;
+
+import java.util.Locale;
+import org.apache.spark.SparkConf;
+import org.sparkatron.model.MemoryEstimate;
+
+/**
+ * The driver's memory check before launch. Each rank's memory by category comes from {@link MemoryEstimate}
+ * (parameters, gradients, optimizer state, one micro-batch's activations, workspace, for this layout's TP
+ * shard: the figures each rank's memory report prints beside what it measured); the ranks that share a JVM
+ * need that many times it, plus Spark's own reservation, within the JVM's memory: an executor's
+ * {@code spark.executor.memory} on a cluster, this JVM's maximum heap in local mode. (The CPU device's
+ * tensors are direct buffers, which the JVM caps at the heap size unless {@code -XX:MaxDirectMemorySize}
+ * says otherwise. Ranks compute on the CPU device until the CUDA device lands; GPU memory becomes the
+ * budget then.) A job that does not fit is refused with the numbers and what would make it fit, instead
+ * of failing in the tasks. Sizes are 64-bit throughout. Stateless.
+ */
+final class MemoryCheck {
+    /** Spark's reserved memory in every JVM (its unified memory manager's 300 MiB), not the ranks'. */
+    static final long SPARK_RESERVED = 300L << 20;
+    /** {@code false} skips the check (an executor whose memory the settings do not show, e.g. set by a launcher). */
+    static final String CONF = "spark.sparkatron.memoryCheck";
+    /** The CPU device stores 16-bit values in 32-bit elements ({@link MemoryEstimate#of}'s halfBytes). */
+    private static final int CPU_HALF_BYTES = 4;
+
+    private MemoryCheck() {
+    }
+
+    /**
+     * Where the ranks of a world run: how many share one JVM and its bytes, and a phrase for messages.
+     *
+     * @param local      all ranks in this JVM (Spark's local mode)
+     * @param gpuPerTask the training stage takes one GPU per task (GPUs then bound the ranks per executor)
+     */
+    record Budget(SparkConf conf, boolean local, boolean gpuPerTask) {
+        int ranksPerJvm(int world) {
+            if (local) {
+                return world;
+            }
+            int slots = Math.max(1, conf.getInt("spark.executor.cores", 1) / Math.max(1, conf.getInt("spark.task.cpus", 1)));
+            if (gpuPerTask) {
+                slots = Math.min(slots, (int) Math.max(1, conf.getDouble("spark.executor.resource.gpu.amount", 1)));
+            }
+            return Math.min(world, slots);
+        }
+
+        long bytesPerJvm() {
+            return local ? Runtime.getRuntime().maxMemory() : conf.getSizeAsBytes("spark.executor.memory", "1g");
+        }
+
+        String where(int world) {
+            return local ? "this JVM (local mode, " + gib(bytesPerJvm()) + " heap) runs all " + world
+                    : "an executor (spark.executor.memory=" + conf.get("spark.executor.memory", "1g") + ") runs up to " + ranksPerJvm(world);
+        }
+    }
+
+    /** One rank's estimate for {@code cfg} with TP size {@code tp} and micro-batches of {@code microBatch}. */
+    static MemoryEstimate estimate(TrainConfig cfg, int tp, int microBatch) {
+        return MemoryEstimate.of(cfg.model(), tp, cfg.sequenceParallel, microBatch, cfg.seqLen, cfg.precision, CPU_HALF_BYTES);
+    }
+
+    /** The bytes a JVM needs for {@code ranks} ranks of {@code perRank} bytes, with Spark's reserve. */
+    static long need(int ranks, long perRank) {
+        return Math.addExact(Math.multiplyExact((long) ranks, perRank), SPARK_RESERVED);
+    }
+
+    /**
+     * Refuses (IllegalArgumentException) a job whose ranks do not fit their JVM; returns the line to print
+     * about a job that fits.
+     */
+    static String check(TrainConfig cfg, Budget budget) {
+        MemoryEstimate e = estimate(cfg, cfg.tp, cfg.microBatch);
+        int world = cfg.world();
+        int ranks = budget.ranksPerJvm(world);
+        long need = need(ranks, e.total());
+        String line = String.format(Locale.ROOT, "memory per rank (tp=%d, micro_batch %d x %d tokens, %s): %s; %s rank(s): %s of %s",
+                cfg.tp, cfg.microBatch, cfg.seqLen, cfg.precision.name().toLowerCase(Locale.ROOT), e.summary(), budget.where(world),
+                gib(need), gib(budget.bytesPerJvm()));
+        if (need <= budget.bytesPerJvm() || !budget.conf().getBoolean(CONF, true)) {
+            return line;
+        }
+        throw new IllegalArgumentException(String.format(Locale.ROOT,
+                "the job does not fit in memory: each rank needs %s (%s); %s rank(s), %s with Spark's %s, above %s. %s",
+                gib(e.total()), e.summary(), budget.where(world), gib(need), gib(SPARK_RESERVED), gib(budget.bytesPerJvm()),
+                suggestion(cfg, budget)));
+    }
+
+    /** What would fit: the smallest larger TP, the largest smaller micro-batch, or more memory. */
+    static String suggestion(TrainConfig cfg, Budget budget) {
+        StringBuilder sb = new StringBuilder("To fit: ");
+        for (int tp = cfg.tp + 1; tp <= cfg.model().heads(); tp++) {
+            if (fits(cfg, tp, cfg.microBatch, budget)) {
+                sb.append(String.format(Locale.ROOT, "tp=%d (%s per rank; TP splits parameters, gradients, optimizer state and most "
+                        + "activations), ", tp, gib(estimate(cfg, tp, cfg.microBatch).total())));
+                break;
+            }
+        }
+        for (int mb = cfg.microBatch - 1; mb >= 1; mb--) {
+            if ((cfg.globalBatch / cfg.dp) % mb == 0 && fits(cfg, cfg.tp, mb, budget)) {
+                sb.append(String.format(Locale.ROOT, "micro_batch=%d (%s per rank; activations scale with it, the step accumulates "
+                        + "to the same global_batch), ", mb, gib(estimate(cfg, cfg.tp, mb).total())));
+                break;
+            }
+        }
+        sb.append(budget.local() ? "a larger heap (SPARKATRON_JAVA_OPTS=-Xmx..., or a cluster with --master)"
+                : "more memory per executor (spark.executor.memory) or fewer ranks per executor (spark.executor.cores)");
+        sb.append(". The distributed optimizer, activation recomputation and pipeline parallelism, which would also cut it, "
+                + "are not available yet.");
+        return sb.toString();
+    }
+
+    private static boolean fits(TrainConfig cfg, int tp, int microBatch, Budget budget) {
+        int world = Math.multiplyExact(cfg.dp, tp);
+        try {
+            return need(budget.ranksPerJvm(world), estimate(cfg, tp, microBatch).total()) <= budget.bytesPerJvm();
+        } catch (IllegalArgumentException | ArithmeticException invalid) { // TP not valid for the model
+            return false;
+        }
+    }
+
+    static String gib(long bytes) {
+        return bytes >= (1L << 30) ? String.format(Locale.ROOT, "%.1f GiB", bytes / 1073741824.0)
+                : String.format(Locale.ROOT, "%.0f MiB", bytes / 1048576.0);
+    }
+}

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The one-call GPU check (./sparkatron gpu-check), for a machine with an NVIDIA GPU, CUDA 13 and PyTorch,
+# using what tools/gpu/prepare.sh put in build-out/gpu-check (carried there with the working tree). In
+# under 8 minutes it:
+#   1. reports the machine (nvidia-smi, java, nvcc, torch, NCCL and cuBLAS libraries found);
+#   2. builds the .cu kernels with this machine's nvcc (ptxas and the driver have the last word);
+#   3. runs the CUDA test suite (JUnit tag "cuda": every kernel against the CPU kernels with per-dtype
+#      tolerances, the 1-rank NCCL tests, the training-step tests) on the real GPU;
+#   4. runs the GPT-2 124M benchmark: Sparkatron's CUDA device beside PyTorch eager and torch.compile on
+#      the same model, same machine, same call;
+# and writes one report, $OUT/gpu-check.md (build-out/gpu-check-report/ when OUT is unset), with the logs.
+# Every section has its own time limit, so one that hangs cannot take the others with it.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+B="$ROOT/build-out/gpu-check"
+REPORT_DIR="${OUT:-$ROOT/build-out/gpu-check-report}"
+mkdir -p "$REPORT_DIR"
+R="$REPORT_DIR/gpu-check.md"
+START=$(date +%s)
+section() { echo; echo "## $1"; echo; } >> "$R"
+note() { echo "$*" | tee -a "$R"; }
+elapsed() { echo $(( $(date +%s) - START )); }
+
+echo "# Sparkatron GPU check ($(date -u +%Y-%m-%dT%H:%M:%SZ))" > "$R"
+if [ ! -d "$B/classes" ] && [ -f "$ROOT/build-out/gpu-check.tar.xz" ]; then
+  tar -C "$ROOT/build-out" -xJf "$ROOT/build-out/gpu-check.tar.xz"
+fi
+if [ ! -d "$B/classes" ]; then
+  note "build-out/gpu-check is missing: run ./sparkatron gpu-check --prepare on the CPU machine and carry build-out/gpu-check.tar.xz."
+  exit 2
+fi
+
+section "1. Machine"
+JAVA="$(command -v java || true)"
+[ -x "$B/jre/bin/java" ] && JAVA="$B/jre/bin/java"
+PY="$(command -v python3 || true)"
+for p in /opt/venv/bin/python3 "$HOME"/venv/bin/python3 /usr/local/bin/python3; do
+  if [ -x "$p" ] && "$p" -c 'import torch' 2>/dev/null; then PY="$p"; break; fi
+done
+NV_LIBS="$("$PY" - <<'EOF' 2>/dev/null
+import glob, os
+try:
+    import nvidia
+    dirs = set()
+    for root in nvidia.__path__:
+        for lib in glob.glob(os.path.join(root, '**', 'lib*.so*'), recursive=True):
+            dirs.add(os.path.dirname(lib))
+    print(':'.join(sorted(dirs)))
+except Exception:
+    pass
+EOF
+)"
+export LD_LIBRARY_PATH="${NV_LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+NVCC="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
+{
+  echo '```'
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -4
+  echo "java: $JAVA ($("$JAVA" -version 2>&1 | head -1))"
+  echo "nvcc: $NVCC ($("$NVCC" --version 2>&1 | grep -o 'release [0-9.]*'))"
+  echo "python: $PY ($("$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 | tail -1))"
+  echo "NVIDIA libraries from the Python packages: ${NV_LIBS:-none found}"
+  echo '```'
+} >> "$R"
+
+CP="$B/override:$B/classes/main:$B/classes/test:$(ls "$B"/lib/*.jar | tr '\n' ':')"
+JOPTS=(--add-modules=jdk.incubator.vector -Xmx16g "-Dorg.bytedeco.javacpp.platform.linkpath=$NV_LIBS" "-Djava.io.tmpdir=$B/tmp")
+mkdir -p "$B/tmp" "$B/override/org/sparkatron/device/cuda"
+
+section "2. Kernel build with this machine's nvcc"
+if timeout 120 env NVCC="$NVCC" bash "$ROOT/gpu-runtime/src/main/cuda/build-fatbin.sh" "$B/override/org/sparkatron/device/cuda" \
+     > "$REPORT_DIR/build.log" 2>&1 && [ -f "$B/override/org/sparkatron/device/cuda/sparkatron_kernels.fatbin" ]; then
+  note "built: $(stat -c %s "$B/override/org/sparkatron/device/cuda/sparkatron_kernels.fatbin") bytes (sm_80, sm_90, compute_90) in $(elapsed) s"
+else
+  note "FAILED (build.log below); the tests use the fatbin built on the CPU machine"
+  rm -f "$B/override/org/sparkatron/device/cuda/sparkatron_kernels.fatbin"
+  { echo '```'; tail -30 "$REPORT_DIR/build.log"; echo '```'; } >> "$R"
+fi
+
+section "3. CUDA test suite on the GPU"
+timeout 200 "$JAVA" "${JOPTS[@]}" -cp "$CP" org.junit.platform.console.ConsoleLauncher --include-tag cuda \
+  --scan-classpath "$B/classes/test" --details=tree --disable-banner --reports-dir="$REPORT_DIR/junit" \
+  > "$REPORT_DIR/tests.log" 2>&1
+TESTS_RC=$?
+{ echo '```'; grep -E 'tests (successful|failed|aborted|skipped)|✘|SKIPPED|CudaException|Caused by' "$REPORT_DIR/tests.log" | head -60; echo '```'; } >> "$R"
+note "exit status $TESTS_RC after $(elapsed) s (full log: tests.log)"
+
+section "3b. Engine suites on the CUDA device (golden models, mixed precision, loss scaling)"
+timeout 150 "$JAVA" "${JOPTS[@]}" -Dsparkatron.test.device=cuda -cp "$CP" org.junit.platform.console.ConsoleLauncher \
+  --select-class org.sparkatron.model.GoldenModelTest --select-class org.sparkatron.model.MixedPrecisionModelTest \
+  --select-class org.sparkatron.model.BadModelInputTest --select-class org.sparkatron.precision.LossScalingTest \
+  --details=tree --disable-banner --reports-dir="$REPORT_DIR/junit-engine" > "$REPORT_DIR/engine-tests.log" 2>&1
+ENGINE_RC=$?
+{ echo '```'; grep -E 'tests (successful|failed|aborted|skipped)|✘' "$REPORT_DIR/engine-tests.log" | head -30; echo '```'; } >> "$R"
+note "exit status $ENGINE_RC after $(elapsed) s (full log: engine-tests.log)"
+[ "$TESTS_RC" -eq 0 ] && TESTS_RC=$ENGINE_RC
+
+section "4. GPT-2 124M benchmark (bf16, fp32 master weights, one GPU)"
+MODEL=(12 768 12 1024 50304 16 10)
+if [ -f "$B/classes/main/org/sparkatron/device/cuda/GpuBench.class" ]; then
+  timeout 150 "$JAVA" "${JOPTS[@]}" -cp "$CP" org.sparkatron.device.cuda.GpuBench "${MODEL[@]}" > "$REPORT_DIR/bench-sparkatron.log" 2>&1
+  note "sparkatron: $(tail -1 "$REPORT_DIR/bench-sparkatron.log")"
+else
+  note "sparkatron: not run (GpuBench is not in this build: the model does not run on the CUDA device yet)"
+fi
+for mode in eager compile; do
+  timeout 150 "$PY" "$ROOT/gpu-runtime/src/bench/python/torch_gpt2_gpu.py" "${MODEL[@]}" "$mode" > "$REPORT_DIR/bench-torch-$mode.log" 2>&1
+  note "pytorch $mode: $(tail -1 "$REPORT_DIR/bench-torch-$mode.log")"
+done
+
+section "Summary"
+note "total $(elapsed) s; tests exit status $TESTS_RC"
+cat "$R"
+exit $TESTS_RC
