@@ -33,10 +33,12 @@ import org.sparkatron.tensor.Tensor;
  * </pre>
  * With data parallelism, replica {@code t mod dp} writes TP rank t's model file and replica
  * {@code (t + 1) mod dp} its optimizer file, so the writes spread over the replicas and no shard is
- * written twice. Parameters replicated over the TP group are written once, by TP rank 0. Each pipeline
+ * written twice. Context parallelism changes no shard (its ranks hold the same weights and moments, their
+ * gradients reduced over DP x CP as Megatron does): the CP x DP ranks of a shard share the writing as the DP
+ * replicas alone would, and a checkpoint resumes at any CP size. Parameters replicated over the TP group are written once, by TP rank 0. Each pipeline
  * stage writes its own layers; a tied embedding's copy on the last stage is not written (it equals the
  * first stage's, and loads from it). Tensors are described in their global (TP = 1) shapes by name, so a
- * checkpoint loads under any TP, PP and DP layout.
+ * checkpoint loads under any TP, CP, PP and DP layout.
  *
  * <h2>Atomicity</h2>
  * A save writes under {@code .inprogress-step-N}; rank 0 writes the metadata (sizes and CRC32C of every
@@ -47,8 +49,8 @@ import org.sparkatron.tensor.Tensor;
  * {@code keep}.
  *
  * <h2>Threading, blocking, failure</h2>
- * {@link #save} and {@link #resume} are collectives over the world communicator of a TP x DP x PP layout
- * (world rank = tp + TP x dp + TP x DP x pp, as {@code ParallelLayout} orders them; every rank calls them in
+ * {@link #save} and {@link #resume} are collectives over the world communicator of a TP x CP x DP x PP layout
+ * (world rank = tp + TP x (cp + CP x (dp + DP x pp)), as {@code ParallelLayout} orders them; every rank calls them in
  * the same order) and block on I/O and communication. A rank
  * that fails to write makes every rank's save throw (the ranks agree on the outcome before committing),
  * instead of hanging. {@link #load} is local to one rank. Instances hold no per-rank state: ranks of one
@@ -118,11 +120,16 @@ public final class DistributedCheckpoint {
         PipelineParallel pipe = model.pipeline();
         int ppSize = pipe.size();
         int stage = pipe.stage();
-        if (world.size() != tpSize * dpSize * ppSize) {
-            throw new IllegalArgumentException("world of " + world.size() + " ranks is not TP " + tpSize + " x DP " + dpSize
-                    + " x PP " + ppSize + ": checkpoints support tensor x data x pipeline parallel layouts");
+        int cpSize = model.contextParallel().size();
+        if (world.size() != tpSize * cpSize * dpSize * ppSize) {
+            throw new IllegalArgumentException("world of " + world.size() + " ranks is not TP " + tpSize + " x CP " + cpSize
+                    + " x DP " + dpSize + " x PP " + ppSize
+                    + ": checkpoints support tensor x context x data x pipeline parallel layouts");
         }
-        int dpRank = world.rank() / tpSize % dpSize;
+        // The CP x DP ranks of a TP shard and stage hold the same weights and moments (Megatron reduces gradients
+        // over DP x CP): they share the writing, one model and one optimizer file each, as DP replicas do alone.
+        int replicas = cpSize * dpSize;
+        int replica = world.rank() / tpSize % replicas;
         long step = opt.step();
         String tmp = fs.child(root, IN_PROGRESS + dirName(step));
         String prepError = null;
@@ -142,7 +149,7 @@ public final class DistributedCheckpoint {
         String error = null;
         try {
             ParameterSet ps = model.params();
-            if (dpRank == tpRank % dpSize) {
+            if (replica == tpRank % replicas) {
                 LinkedHashMap<String, Tensor> t = new LinkedHashMap<>();
                 addShards(t, "model/", model, model.device().toHost(ps.weights()), tpRank, tpSize);
                 ShardFiles.Written w = ShardFiles.write(fs, fs.child(tmp, modelFile(stage, ppSize, tpRank, tpSize)), t,
@@ -151,7 +158,7 @@ public final class DistributedCheckpoint {
                 mine[2] = w.bytes();
                 mine[3] = w.crc();
             }
-            if (dpRank == (tpRank + 1) % dpSize) {
+            if (replica == (tpRank + 1) % replicas) {
                 LinkedHashMap<String, Tensor> t = new LinkedHashMap<>();
                 addShards(t, "optim.m/", model, model.device().toHost(opt.firstMoment()), tpRank, tpSize);
                 addShards(t, "optim.v/", model, model.device().toHost(opt.secondMoment()), tpRank, tpSize);
@@ -186,7 +193,7 @@ public final class DistributedCheckpoint {
         String fin = dir(step);
         if (world.rank() == 0) {
             try {
-                CheckpointMetadata meta = metadata(model, step, tpSize, dpSize, ppSize, all, positions, extra);
+                CheckpointMetadata meta = metadata(model, step, tpSize, cpSize, dpSize, ppSize, all, positions, extra);
                 ShardFiles.writeSmall(fs, fs.child(tmp, CheckpointMetadata.FILE), meta.toJson());
                 commit(tmp, fin);
             } catch (IOException | RuntimeException e) {
@@ -399,8 +406,8 @@ public final class DistributedCheckpoint {
         }
     }
 
-    private CheckpointMetadata metadata(Transformer model, long step, int tpSize, int dpSize, int ppSize, long[][] all,
-                                        long[] positions, Map<String, String> extra) {
+    private CheckpointMetadata metadata(Transformer model, long step, int tpSize, int cpSize, int dpSize, int ppSize,
+                                        long[][] all, long[] positions, Map<String, String> extra) {
         ModelConfig cfg = model.config();
         PipelineLayout pl = model.pipeline().layout();
         Map<String, CheckpointMetadata.TensorEntry> tensors = new LinkedHashMap<>();
@@ -424,11 +431,12 @@ public final class DistributedCheckpoint {
             }
         }
         Map<String, CheckpointMetadata.FileEntry> files = new LinkedHashMap<>();
-        int perStage = tpSize * dpSize;
+        int replicas = cpSize * dpSize;
+        int perStage = tpSize * replicas;
         for (int stage = 0; stage < ppSize; stage++) {
             for (int t = 0; t < tpSize; t++) {
-                long[] m = all[stage * perStage + t + tpSize * (t % dpSize)];
-                long[] o = all[stage * perStage + t + tpSize * ((t + 1) % dpSize)];
+                long[] m = all[stage * perStage + t + tpSize * (t % replicas)];
+                long[] o = all[stage * perStage + t + tpSize * ((t + 1) % replicas)];
                 files.put(modelFile(stage, ppSize, t, tpSize), new CheckpointMetadata.FileEntry(m[2], ShardFiles.hex(m[3])));
                 files.put(optimFile(stage, ppSize, t, tpSize), new CheckpointMetadata.FileEntry(o[5], ShardFiles.hex(o[6])));
             }
@@ -436,7 +444,7 @@ public final class DistributedCheckpoint {
         long[] dataPositions = new long[dpSize];
         long total = 0;
         for (int d = 0; d < dpSize; d++) {
-            dataPositions[d] = positions[d * tpSize]; // TP rank 0 of the first stage of replica d
+            dataPositions[d] = positions[d * tpSize * cpSize]; // TP and CP rank 0 of the first stage of replica d
             total += dataPositions[d];
         }
         return new CheckpointMetadata(step, total, model.trainSteps(), dataPositions, tpSize, dpSize, ppSize, cfg,
