@@ -20,6 +20,8 @@ ESTIMATOR_PARAMS = [
     ("dp", _INT, "data-parallel replicas (ranks)"),
     ("tp", _INT, "tensor-parallel size (ranks per replica)"),
     ("pp", _INT, "pipeline-parallel size (1 until the engine supports more)"),
+    ("cp", _INT, "context-parallel size (ranks each sequence is split over; Megatron's context_parallel_size)"),
+    ("cpCommType", _STR, "context-parallel attention: p2p (ring, default) or all_gather"),
     ("tensorParallel", _INT, "tensor-parallel size (ranks per replica; alias of tp)"),
     ("sequenceParallel", _BOOL, "sequence parallelism inside each tensor-parallel group"),
     ("globalBatch", _INT, "samples per optimizer step over all replicas"),

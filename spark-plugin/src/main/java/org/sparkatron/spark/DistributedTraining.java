@@ -143,7 +143,8 @@ public final class DistributedTraining {
         LOG.info("sparkatron: training stage resources: {}", gpus.reason());
         if (console != null) {
             console.println("[sparkatron] launching " + cfg.world() + " rank(s) (dp=" + cfg.dp + ", tp=" + cfg.tp
-                    + (cfg.sequenceParallel ? " +sp" : "") + ") in one barrier stage; " + gpus.reason() + "; " + (validation
+                    + (cfg.sequenceParallel ? " +sp" : "") + (cfg.cp > 1 ? ", cp=" + cfg.cp + " " + cfg.cpCommType.label() : "")
+                    + ") in one barrier stage; " + gpus.reason() + "; " + (validation
                     ? "validation every " + (cfg.evalInterval == 0 ? cfg.steps : cfg.evalInterval) + " steps (" + cfg.evalIters
                     + " batches) and at the end" : "no validation split (data_split " + cfg.dataSplit + "): no evaluation"));
         }

@@ -3,11 +3,14 @@ package org.sparkatron.spark;
 import java.util.Locale;
 import org.apache.spark.SparkConf;
 import org.sparkatron.model.MemoryEstimate;
+import org.sparkatron.model.Recompute;
+import org.sparkatron.parallel.PipelineLayout;
 
 /**
  * The driver's memory check before launch. Each rank's memory by category comes from {@link MemoryEstimate}
  * (parameters, gradients, optimizer state, one micro-batch's activations, workspace, for this layout's TP
- * shard: the figures each rank's memory report prints beside what it measured); the ranks that share a JVM
+ * shard and, under context parallelism, its {@code seq_len / cp} rows of each sequence: the figures each rank's
+ * memory report prints beside what it measured); the ranks that share a JVM
  * need that many times it, plus Spark's own reservation, within the JVM's memory: an executor's
  * {@code spark.executor.memory} on a cluster, this JVM's maximum heap in local mode. (The CPU device's
  * tensors are direct buffers, which the JVM caps at the heap size unless {@code -XX:MaxDirectMemorySize}
@@ -56,7 +59,17 @@ final class MemoryCheck {
 
     /** One rank's estimate for {@code cfg} with TP size {@code tp} and micro-batches of {@code microBatch}. */
     static MemoryEstimate estimate(TrainConfig cfg, int tp, int microBatch) {
-        return MemoryEstimate.of(cfg.model(), tp, cfg.sequenceParallel, microBatch, cfg.seqLen, cfg.precision, CPU_HALF_BYTES);
+        return estimate(cfg, tp, cfg.cp, microBatch);
+    }
+
+    /**
+     * ... and CP size {@code cp}: each rank holds {@code seq_len / cp} rows of every sequence. CP rank 0 is the
+     * largest (all-gather attention: its second chunk sees the most keys), so its figures bound the others'.
+     */
+    static MemoryEstimate estimate(TrainConfig cfg, int tp, int cp, int microBatch) {
+        var model = cfg.model();
+        return MemoryEstimate.of(model, tp, cfg.sequenceParallel, PipelineLayout.single(model.layers()), 0, 1, microBatch,
+                cfg.seqLen, cfg.precision, Recompute.NONE, CPU_HALF_BYTES, new MemoryEstimate.Context(cp, 0, cfg.cpCommType));
     }
 
     /** The bytes a JVM needs for {@code ranks} ranks of {@code perRank} bytes, with Spark's reserve. */
@@ -73,8 +86,8 @@ final class MemoryCheck {
         int world = cfg.world();
         int ranks = budget.ranksPerJvm(world);
         long need = need(ranks, e.total());
-        String line = String.format(Locale.ROOT, "memory per rank (tp=%d, micro_batch %d x %d tokens, %s): %s; %s rank(s): %s of %s",
-                cfg.tp, cfg.microBatch, cfg.seqLen, cfg.precision.name().toLowerCase(Locale.ROOT), e.summary(), budget.where(world),
+        String line = String.format(Locale.ROOT, "memory per rank (tp=%d%s, micro_batch %d x %d tokens, %s): %s; %s rank(s): %s of %s",
+                cfg.tp, cfg.cp > 1 ? ", cp=" + cfg.cp : "", cfg.microBatch, cfg.seqLen, cfg.precision.name().toLowerCase(Locale.ROOT), e.summary(), budget.where(world),
                 gib(need), gib(budget.bytesPerJvm()));
         if (need <= budget.bytesPerJvm() || !budget.conf().getBoolean(CONF, true)) {
             return line;
@@ -95,6 +108,13 @@ final class MemoryCheck {
                 break;
             }
         }
+        for (int cp = cfg.cp + 1; cp <= 64; cp++) {
+            if (cfg.seqLen % (2 * cp) == 0 && fits(cfg, cfg.tp, cp, cfg.microBatch, budget)) {
+                sb.append(String.format(Locale.ROOT, "cp=%d (%s per rank; CP splits every sequence's activations over its ranks), ",
+                        cp, gib(estimate(cfg, cfg.tp, cp, cfg.microBatch).total())));
+                break;
+            }
+        }
         for (int mb = cfg.microBatch - 1; mb >= 1; mb--) {
             if ((cfg.globalBatch / cfg.dp) % mb == 0 && fits(cfg, cfg.tp, mb, budget)) {
                 sb.append(String.format(Locale.ROOT, "micro_batch=%d (%s per rank; activations scale with it, the step accumulates "
@@ -110,9 +130,13 @@ final class MemoryCheck {
     }
 
     private static boolean fits(TrainConfig cfg, int tp, int microBatch, Budget budget) {
-        int world = Math.multiplyExact(cfg.dp, tp);
+        return fits(cfg, tp, cfg.cp, microBatch, budget);
+    }
+
+    private static boolean fits(TrainConfig cfg, int tp, int cp, int microBatch, Budget budget) {
         try {
-            return need(budget.ranksPerJvm(world), estimate(cfg, tp, microBatch).total()) <= budget.bytesPerJvm();
+            int world = Math.multiplyExact(Math.multiplyExact(cfg.world() / (cfg.tp * cfg.cp), tp), cp);
+            return need(budget.ranksPerJvm(world), estimate(cfg, tp, cp, microBatch).total()) <= budget.bytesPerJvm();
         } catch (IllegalArgumentException | ArithmeticException invalid) { // TP not valid for the model
             return false;
         }

@@ -15,6 +15,7 @@ import org.sparkatron.data.io.HadoopCheckpointStorage;
 import org.sparkatron.device.Device;
 import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.model.Transformer;
+import org.sparkatron.parallel.ContextParallel;
 import org.sparkatron.parallel.RankContext;
 import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.TpBroadcastSource;
@@ -29,8 +30,8 @@ import scala.runtime.AbstractFunction1;
 
 /**
  * The body of one barrier task = one rank. Binds its device (the GPU address Spark assigned, or the CPU),
- * meets the other ranks ({@link CommWiring}) and carves its TP and DP groups out of the world
- * ({@link ProcessGroups}, TP fastest), builds its tensor-parallel shard of the model from the shipped
+ * meets the other ranks ({@link CommWiring}) and carves its TP, CP and DP groups out of the world
+ * ({@link ProcessGroups}, {@link Layout}: TP fastest), builds its tensor-parallel shard of the model from the shipped
  * config and seed, or from the {@code init_from} model directory (each DP group's rank 0 broadcasts its
  * shard so every replica starts identical), trains
  * {@code steps} steps on the samples the data shuffle delivered to TP rank 0 of its replica (which
@@ -84,10 +85,14 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         Thread watchdog = watchdog(ctx, comm, rank);
         try (ProgressChannel progress = rank == 0 && pluginJob != null ? new SparkatronPlugin.Channel(pluginJob)
                 : new ProgressReporter(rank == 0 ? progressEndpoint : null, secret);
-             ProcessGroups groups = ProcessGroups.create(ParallelLayout.forWorld(cfg.world(), cfg.tp, 1, 1, cfg.pp, 1), comm)) {
+             ProcessGroups groups = ProcessGroups.create(Layout.of(cfg), comm)) {
             int tpRank = groups.coords()[0];
             int replica = groups.coords()[3];
-            RankContext rankCtx = new RankContext(dev, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision);
+            // TP and CP rank 0 of a replica holds its data; its TP x CP peers receive every sample from it
+            boolean dataHolder = tpRank == 0 && groups.coords()[1] == 0;
+            Communicator dataGroup = groups.get(ParallelLayout.Group.TP_CP);
+            RankContext rankCtx = new RankContext(dev, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision)
+                    .withContextParallel(new ContextParallel(groups.cp(), cfg.cpCommType));
             Transformer model;
             if (cfg.initFrom != null) { // each rank reads the model directory and keeps its TP shard
                 org.apache.hadoop.conf.Configuration conf = new org.apache.hadoop.conf.Configuration();
@@ -97,15 +102,15 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 model = new Transformer(cfg.model(), rankCtx);
                 model.initialize(cfg.seed);
             }
-            groups.dp().broadcast(model.params().weights(), 0);
+            groups.dpWithCp().broadcast(model.params().weights(), 0); // replicas and CP ranks start identical
             Iterator<Tuple2<Long, int[]>> pieces = JavaConverters.asJava(data);
             SampleSource samples;
             SampleSource files = null; // a Megatron dataset this rank reads itself (closed at the end)
             SampleSource valid = null; // this replica's validation samples (TP rank 0; peers get them below)
             if (MegatronInput.FORMAT.equals(cfg.inputFormat)) { // TP peers get their rank 0's samples below
-                files = tpRank == 0 ? MegatronInput.source(cfg, hadoopConf, replica) : null;
+                files = dataHolder ? MegatronInput.source(cfg, hadoopConf, replica) : null;
                 samples = files;
-                valid = validation && tpRank == 0 ? MegatronInput.validSource(cfg, hadoopConf, replica) : null;
+                valid = validation && dataHolder ? MegatronInput.validSource(cfg, hadoopConf, replica) : null;
             } else { // the shuffle sorts validation pieces (negative keys) before the training pieces
                 List<Tuple2<Long, int[]>> validPieces = new java.util.ArrayList<>();
                 Tuple2<Long, int[]> firstTraining = null;
@@ -121,12 +126,13 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                         : java.util.stream.Stream.concat(java.util.stream.Stream.of(firstTraining),
                         java.util.stream.StreamSupport.stream(java.util.Spliterators.spliteratorUnknownSize(pieces, 0), false)).iterator();
                 samples = new SampleStream(rest, cfg.seqLen + 1, replica, cfg.dp);
-                valid = validation && tpRank == 0 ? new SampleStream(validPieces.iterator(), cfg.seqLen + 1, replica, cfg.dp) : null;
+                valid = validation && dataHolder ? new SampleStream(validPieces.iterator(), cfg.seqLen + 1, replica, cfg.dp) : null;
             }
-            if (cfg.tp > 1) { // only TP rank 0 of each replica was sent data; it shares every sample
-                samples = new TpBroadcastSource(tpRank == 0 ? samples : null, cfg.seqLen + 1, groups.tp());
+            if (dataGroup.size() > 1) { // only TP/CP rank 0 of each replica was sent data; it shares every sample
+                samples = new TpBroadcastSource(dataHolder ? samples : null, cfg.seqLen + 1, dataGroup);
             }
-            DataParallelSync dpSync = new DataParallelSync(groups.dp(), cfg.bucketBytes);
+            // gradients averaged over DP x CP, as Megatron folds CP into the data-parallel gradient reduction
+            DataParallelSync dpSync = new DataParallelSync(groups.dpWithCp(), cfg.bucketBytes);
             Trainer trainer = new Trainer(model, samples, cfg.trainerOptions(), dpSync);
             java.util.function.Consumer<String> events = msg -> { // to the executor's log; rank 0's to the driver too
                 System.err.println("[sparkatron] rank " + rank + ": " + msg);
@@ -142,8 +148,8 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 if (v != null) { // Megatron's order: earlier evaluations consumed their samples
                     v.skip(cfg.evaluationsBy(first - 1) * cfg.evalIters * cfg.replicaBatch());
                 }
-                if (cfg.tp > 1) {
-                    v = new TpBroadcastSource(tpRank == 0 ? v : null, cfg.seqLen + 1, groups.tp());
+                if (dataGroup.size() > 1) {
+                    v = new TpBroadcastSource(dataHolder ? v : null, cfg.seqLen + 1, dataGroup);
                 }
                 evaluator = new Evaluator(model, v, cfg.microBatch, cfg.replicaBatch() / cfg.microBatch, cfg.dp, dpSync);
             }

@@ -58,6 +58,8 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     private final IntParam dp;
     private final IntParam tp;
     private final IntParam pp;
+    private final IntParam cp;
+    private final Param<String> cpCommType;
     private final IntParam tensorParallel;
     private final BooleanParam sequenceParallel;
     private final IntParam globalBatch;
@@ -105,6 +107,8 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
         dp = new IntParam(this, "dp", "data-parallel replicas (ranks)");
         tp = new IntParam(this, "tp", "tensor-parallel size (ranks per replica)");
         pp = new IntParam(this, "pp", "pipeline-parallel size (1 until the engine supports more)");
+        cp = new IntParam(this, "cp", "context-parallel size (ranks each sequence is split over; Megatron's context_parallel_size)");
+        cpCommType = new Param<>(this, "cpCommType", "context-parallel attention: p2p (ring, default) or all_gather");
         tensorParallel = new IntParam(this, "tensorParallel", "tensor-parallel size (ranks per replica; alias of tp)");
         sequenceParallel = new BooleanParam(this, "sequenceParallel", "sequence parallelism inside each tensor-parallel group");
         globalBatch = new IntParam(this, "globalBatch", "samples per optimizer step over all replicas");
@@ -151,6 +155,8 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public IntParam dp() { return dp; }
     public IntParam tp() { return tp; }
     public IntParam pp() { return pp; }
+    public IntParam cp() { return cp; }
+    public Param<String> cpCommType() { return cpCommType; }
     public IntParam tensorParallel() { return tensorParallel; }
     public BooleanParam sequenceParallel() { return sequenceParallel; }
     public IntParam globalBatch() { return globalBatch; }
@@ -190,6 +196,8 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public SparkatronEstimator setDp(int v) { set(dp, (Object) v); return this; }
     public SparkatronEstimator setTp(int v) { set(tp, (Object) v); return this; }
     public SparkatronEstimator setPp(int v) { set(pp, (Object) v); return this; }
+    public SparkatronEstimator setCp(int v) { set(cp, (Object) v); return this; }
+    public SparkatronEstimator setCpCommType(String v) { set(cpCommType, v); return this; }
     public SparkatronEstimator setTensorParallel(int v) { set(tensorParallel, (Object) v); return this; }
     public SparkatronEstimator setSequenceParallel(boolean v) { set(sequenceParallel, (Object) v); return this; }
     public SparkatronEstimator setGlobalBatch(int v) { set(globalBatch, (Object) v); return this; }

@@ -13,6 +13,7 @@ import java.util.Map;
 import java.util.Set;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.optim.LrSchedule;
+import org.sparkatron.parallel.ContextParallel;
 import org.sparkatron.precision.Precision;
 import org.sparkatron.train.Trainer;
 
@@ -40,7 +41,7 @@ public final class TrainConfig implements Serializable {
     static final ObjectMapper JSON = new ObjectMapper();
 
     /** Every accepted key: anything else is refused so a typo never silently falls back to a default. */
-    public static final Set<String> KEYS = Set.of("model", "dp", "tp", "tensor_parallel", "sequence_parallel", "pp", "global_batch", "micro_batch", "seq_len",
+    public static final Set<String> KEYS = Set.of("model", "dp", "tp", "tensor_parallel", "sequence_parallel", "pp", "cp", "context_parallel_size", "cp_comm_type", "global_batch", "micro_batch", "seq_len",
             "steps", "lr", "min_lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "seed", "input_col",
             "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format", "input_schema",
             "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over",
@@ -52,6 +53,14 @@ public final class TrainConfig implements Serializable {
 
     public final String modelJson;
     public final int dp, tp, pp;
+    /**
+     * Context parallelism (docs/parallel.md): ranks each sequence is split over [1] (Megatron's
+     * {@code --context-parallel-size}; alias {@code context_parallel_size}) and how attention exchanges keys and
+     * values across them: {@code p2p} (ring attention) [default] or {@code all_gather} (Megatron's
+     * {@code --cp-comm-type}).
+     */
+    public final int cp;
+    public final ContextParallel.CommType cpCommType;
     /** Sequence parallelism inside each TP group (norms, dropout, residuals on token shards). */
     public final boolean sequenceParallel;
     public final int globalBatch, microBatch, seqLen, steps;
@@ -149,6 +158,14 @@ public final class TrainConfig implements Serializable {
             }
             o.set("tp", alias);
         }
+        if (o.has("context_parallel_size")) { // Megatron's name for "cp"
+            JsonNode alias = o.remove("context_parallel_size");
+            if (o.has("cp") && !o.get("cp").equals(alias)) {
+                throw new IllegalArgumentException("config keys 'cp' (" + o.get("cp") + ") and 'context_parallel_size' (" + alias
+                        + ") disagree: give one of them");
+            }
+            o.set("cp", alias);
+        }
         JsonNode spNode = o.get("sequence_parallel");
         if (spNode != null && !spNode.isNull() && !spNode.isBoolean()) {
             throw new IllegalArgumentException("config key 'sequence_parallel' must be true or false, got " + spNode);
@@ -157,6 +174,12 @@ public final class TrainConfig implements Serializable {
         this.dp = intKey(o, "dp", 1, 1);
         this.tp = intKey(o, "tp", 1, 1);
         this.pp = intKey(o, "pp", 1, 1);
+        this.cp = intKey(o, "cp", 1, 1);
+        try {
+            this.cpCommType = ContextParallel.CommType.parse(o.path("cp_comm_type").asText("p2p"));
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("config key 'cp_comm_type': " + e.getMessage(), e);
+        }
         this.globalBatch = intKey(o, "global_batch", 8, 1);
         this.microBatch = intKey(o, "micro_batch", Math.max(1, globalBatch / dp), 1);
         this.seqLen = intKey(o, "seq_len", Math.min(128, mc.maxPositions()), 1);
@@ -304,7 +327,8 @@ public final class TrainConfig implements Serializable {
         } catch (IOException e) {
             throw new IllegalStateException(e);
         }
-        o.put("dp", dp).put("tp", tp).put("pp", pp).put("sequence_parallel", sequenceParallel).put("global_batch", globalBatch)
+        o.put("dp", dp).put("tp", tp).put("pp", pp).put("cp", cp).put("cp_comm_type", cpCommType.label())
+                .put("sequence_parallel", sequenceParallel).put("global_batch", globalBatch)
                 .put("micro_batch", microBatch).put("seq_len", seqLen).put("steps", steps).put("lr", lr).put("min_lr", minLr)
                 .put("warmup_steps", warmupSteps).put("decay_steps", schedule().decaySteps()).put("weight_decay", weightDecay)
                 .put("grad_clip", gradClip).put("seed", seed).put("precision", precision.label()).put("input_col", inputCol)
@@ -323,7 +347,7 @@ public final class TrainConfig implements Serializable {
     }
 
     public int world() {
-        return dp * tp * pp;
+        return dp * tp * cp * pp;
     }
 
     /** Samples one replica consumes per optimizer step. */
