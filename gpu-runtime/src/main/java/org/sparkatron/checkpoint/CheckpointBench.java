@@ -18,7 +18,6 @@ import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
 import org.sparkatron.comm.Communicator;
 import org.sparkatron.comm.InProcessRendezvous;
-import org.sparkatron.comm.tcp.TcpCommunicator;
 import org.sparkatron.comm.tcp.TcpOptions;
 import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.device.cpu.CpuDevice;
@@ -253,7 +252,7 @@ public final class CheckpointBench {
             for (int r = 0; r < n; r++) {
                 int rank = r;
                 fs.add(pool.submit(() -> {
-                    try (TcpCommunicator c = TcpCommunicator.create(rank, n, rv.forRank(rank), SECRET, opts)) {
+                    try (Communicator c = org.sparkatron.comm.Communicators.connect(rank, n, rv.forRank(rank), SECRET, opts)) {
                         try {
                             return body.run(rank, c);
                         } catch (Throwable t) {

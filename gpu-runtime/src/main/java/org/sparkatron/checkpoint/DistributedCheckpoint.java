@@ -35,7 +35,8 @@ import org.sparkatron.tensor.Tensor;
  * {@code (t + 1) mod dp} its optimizer file, so the writes spread over the replicas and no shard is
  * written twice. Context parallelism changes no shard (its ranks hold the same weights and moments, their
  * gradients reduced over DP x CP as Megatron does): the CP x DP ranks of a shard share the writing as the DP
- * replicas alone would, and a checkpoint resumes at any CP size. Parameters replicated over the TP group are written once, by TP rank 0. Each pipeline
+ * replicas alone would, and a checkpoint resumes at any CP size. Parameters replicated over the TP group are
+ * written once, by TP rank 0. Each pipeline
  * stage writes its own layers; a tied embedding's copy on the last stage is not written (it equals the
  * first stage's, and loads from it). Tensors are described in their global (TP = 1) shapes by name, so a
  * checkpoint loads under any TP, CP, PP and DP layout.
@@ -115,85 +116,30 @@ public final class DistributedCheckpoint {
      */
     public String save(Communicator world, int dpSize, Transformer model, AdamW opt, long consumed, Map<String, String> extra)
             throws IOException {
-        int tpSize = model.tensorParallel().size();
-        int tpRank = model.tensorParallel().rank();
-        PipelineParallel pipe = model.pipeline();
-        int ppSize = pipe.size();
-        int stage = pipe.stage();
-        int cpSize = model.contextParallel().size();
-        if (world.size() != tpSize * cpSize * dpSize * ppSize) {
-            throw new IllegalArgumentException("world of " + world.size() + " ranks is not TP " + tpSize + " x CP " + cpSize
-                    + " x DP " + dpSize + " x PP " + ppSize
-                    + ": checkpoints support tensor x context x data x pipeline parallel layouts");
+        try (AsyncCheckpointer blocking = new AsyncCheckpointer(this, false)) {
+            blocking.start(world, dpSize, model, opt, consumed, extra);
+            return blocking.finish(world);
         }
-        // The CP x DP ranks of a TP shard and stage hold the same weights and moments (Megatron reduces gradients
-        // over DP x CP): they share the writing, one model and one optimizer file each, as DP replicas do alone.
-        int replicas = cpSize * dpSize;
-        int replica = world.rank() / tpSize % replicas;
-        long step = opt.step();
-        String tmp = fs.child(root, IN_PROGRESS + dirName(step));
-        String prepError = null;
-        if (world.rank() == 0) {
-            try {
-                fs.mkdirs(root);
-                fs.delete(tmp); // a crashed earlier attempt at the same step
-                fs.mkdirs(tmp);
-            } catch (IOException | RuntimeException e) {
-                prepError = "rank 0 could not create " + tmp + ": " + e;
-            }
-        }
-        agree(world, prepError == null, prepError, "prepare the checkpoint directory " + tmp);
+    }
 
-        // This rank's files (0, 1 or 2), then everyone learns everyone's sizes and checksums.
-        long[] mine = new long[8];
-        String error = null;
-        try {
-            ParameterSet ps = model.params();
-            if (replica == tpRank % replicas) {
-                LinkedHashMap<String, Tensor> t = new LinkedHashMap<>();
-                addShards(t, "model/", model, model.device().toHost(ps.weights()), tpRank, tpSize);
-                ShardFiles.Written w = ShardFiles.write(fs, fs.child(tmp, modelFile(stage, ppSize, tpRank, tpSize)), t,
-                        Map.of("step", "" + step));
-                mine[1] = 1;
-                mine[2] = w.bytes();
-                mine[3] = w.crc();
-            }
-            if (replica == (tpRank + 1) % replicas) {
-                LinkedHashMap<String, Tensor> t = new LinkedHashMap<>();
-                addShards(t, "optim.m/", model, model.device().toHost(opt.firstMoment()), tpRank, tpSize);
-                addShards(t, "optim.v/", model, model.device().toHost(opt.secondMoment()), tpRank, tpSize);
-                ShardFiles.Written w = ShardFiles.write(fs, fs.child(tmp, optimFile(stage, ppSize, tpRank, tpSize)), t,
-                        Map.of("step", "" + step));
-                mine[4] = 1;
-                mine[5] = w.bytes();
-                mine[6] = w.crc();
-            }
-        } catch (IOException | RuntimeException e) {
-            error = "rank " + world.rank() + " could not write its shards to " + tmp + ": " + e;
-        }
-        mine[0] = error == null ? 0 : 1;
-        mine[7] = step;
-        long[][] all = gatherRows(world, mine);
-        List<String> failed = new ArrayList<>();
-        for (int r = 0; r < all.length; r++) {
-            if (all[r][0] != 0) {
-                failed.add("" + r);
-            }
-            if (all[r][7] != step) {
-                throw new IllegalStateException("ranks disagree on the step to save: rank " + r + " is at " + all[r][7]
+    /**
+     * The commit of a save whose files every rank has written ({@code rows}: per rank {error, has model file,
+     * its bytes, its CRC, has optimizer file, bytes, CRC, step}): rank 0 writes the metadata and renames
+     * the directory into place; every rank learns the outcome; rank 0 then prunes. Collective.
+     */
+    String commitSave(Communicator world, Transformer model, long step, long dropoutSteps, String tmp, int tpSize, int dpSize,
+                      long[][] rows, long[] positions, Map<String, String> extra) throws IOException {
+        for (int r = 0; r < rows.length; r++) {
+            if (rows[r][7] != step) {
+                throw new IllegalStateException("ranks disagree on the step to save: rank " + r + " is at " + rows[r][7]
                         + ", rank " + world.rank() + " at " + step);
             }
         }
-        if (!failed.isEmpty()) {
-            throw new IOException(error != null ? error : "checkpoint of step " + step + " not saved: rank(s) " + failed
-                    + " failed to write (see their logs); earlier checkpoints are untouched");
-        }
-        long[] positions = gatherFlat(world, new long[] {consumed});
         String commitError = null;
         String fin = dir(step);
         if (world.rank() == 0) {
             try {
-                CheckpointMetadata meta = metadata(model, step, tpSize, cpSize, dpSize, ppSize, all, positions, extra);
+                CheckpointMetadata meta = metadata(model, step, dropoutSteps, tpSize, dpSize, model.pipeline().size(), rows, positions, extra);
                 ShardFiles.writeSmall(fs, fs.child(tmp, CheckpointMetadata.FILE), meta.toJson());
                 commit(tmp, fin);
             } catch (IOException | RuntimeException e) {
@@ -353,11 +299,11 @@ public final class DistributedCheckpoint {
         }
     }
 
-    private static String modelFile(int stage, int ppSize, int tpRank, int tpSize) {
+    static String modelFile(int stage, int ppSize, int tpRank, int tpSize) {
         return "model-" + shardName(stage, ppSize, tpRank, tpSize);
     }
 
-    private static String optimFile(int stage, int ppSize, int tpRank, int tpSize) {
+    static String optimFile(int stage, int ppSize, int tpRank, int tpSize) {
         return "optim-" + shardName(stage, ppSize, tpRank, tpSize);
     }
 
@@ -368,46 +314,12 @@ public final class DistributedCheckpoint {
     }
 
     /** Whether {@code p}, held by pipeline stage {@code stage}, is the tied embedding's copy on a later stage. */
-    private static boolean tiedCopy(ModelConfig cfg, ParameterSet.Param p, PipelineLayout pl, int stage) {
+    static boolean tiedCopy(ModelConfig cfg, ParameterSet.Param p, PipelineLayout pl, int stage) {
         return cfg.tiedEmbeddings() && p.name().equals("embed") && !pl.isFirst(stage, 0);
     }
 
-    /**
-     * Adds this TP rank's part of every parameter of the host block {@code block} (weights, m or v; a
-     * {@code Device.toHost} view) as 1-D tensors.
-     */
-    private static void addShards(LinkedHashMap<String, Tensor> out, String prefix, Transformer model, Tensor block,
-                                  int tpRank, int tpSize) {
-        for (ParameterSet.Param p : model.params().params()) {
-            if (p.tp() != ParameterSet.TpRole.SPLIT && tpRank != 0) {
-                continue; // replicated over the TP group: TP rank 0 writes it
-            }
-            if (tiedCopy(model.config(), p, model.pipeline().layout(), model.pipeline().stage())) {
-                continue; // the last stage's copy of a tied embedding: the first stage writes it
-            }
-            long[][] segs = ShardMap.segments(model.config(), p, tpRank, tpSize);
-            long n = ShardMap.numel(ShardMap.runs(segs));
-            if (n == 0) {
-                continue;
-            }
-            Tensor t;
-            if (segs.length == 1 && segs[0][1] == 0 && segs[0][2] == p.numel()) {
-                t = block.slice(p.offset(), p.numel()); // the whole local tensor: no copy
-            } else {
-                t = Tensor.allocateHost(DType.F32, n);
-                java.nio.FloatBuffer dst = t.floats();
-                int at = 0;
-                for (long[] s : segs) {
-                    dst.put(at, block.slice(p.offset() + s[1], s[2]).floats(), 0, Math.toIntExact(s[2]));
-                    at += (int) s[2];
-                }
-            }
-            out.put(prefix + p.name(), t);
-        }
-    }
-
-    private CheckpointMetadata metadata(Transformer model, long step, int tpSize, int cpSize, int dpSize, int ppSize,
-                                        long[][] all, long[] positions, Map<String, String> extra) {
+    private CheckpointMetadata metadata(Transformer model, long step, long dropoutSteps, int tpSize, int dpSize, int ppSize, long[][] all,
+                                        long[] positions, Map<String, String> extra) {
         ModelConfig cfg = model.config();
         PipelineLayout pl = model.pipeline().layout();
         Map<String, CheckpointMetadata.TensorEntry> tensors = new LinkedHashMap<>();
@@ -431,6 +343,7 @@ public final class DistributedCheckpoint {
             }
         }
         Map<String, CheckpointMetadata.FileEntry> files = new LinkedHashMap<>();
+        int cpSize = model.contextParallel().size(); // CP x DP ranks of a shard shared its writing (AsyncCheckpointer)
         int replicas = cpSize * dpSize;
         int perStage = tpSize * replicas;
         for (int stage = 0; stage < ppSize; stage++) {
@@ -447,7 +360,7 @@ public final class DistributedCheckpoint {
             dataPositions[d] = positions[d * tpSize * cpSize]; // TP and CP rank 0 of the first stage of replica d
             total += dataPositions[d];
         }
-        return new CheckpointMetadata(step, total, model.trainSteps(), dataPositions, tpSize, dpSize, ppSize, cfg,
+        return new CheckpointMetadata(step, total, dropoutSteps, dataPositions, tpSize, dpSize, ppSize, cfg,
                 extra == null ? Map.of() : extra, tensors, files);
     }
 

@@ -4,6 +4,7 @@ import java.io.IOException;
 import java.io.InputStream;
 import java.io.OutputStream;
 import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.nio.channels.FileChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -22,6 +23,8 @@ import org.sparkatron.tensor.Tensor;
  */
 final class ShardFiles {
     private static final int CHUNK = 8 << 20;
+    /** Written and checksummed together: small enough that the write reads what the checksum just cached. */
+    private static final int WRITE_CHUNK = 1 << 20;
 
     private ShardFiles() {
     }
@@ -30,31 +33,71 @@ final class ShardFiles {
     record Written(long bytes, long crc) {
     }
 
-    /** Writes {@code tensors} as a safetensors file at {@code target}; returns its size and CRC32C. */
+    /**
+     * Writes {@code tensors} as a safetensors file at {@code target} and returns its size and CRC32C, computed
+     * on the bytes as they are written (no second pass). On a local disk through a file channel, forced to
+     * disk before returning; elsewhere streamed to {@link CheckpointStorage#create} (whose close makes the file
+     * durable). The tensors must not change while being written.
+     */
     static Written write(CheckpointStorage fs, String target, LinkedHashMap<String, Tensor> tensors, Map<String, String> meta)
             throws IOException {
+        SafeTensorsFile.requireLittleEndianPlatform();
+        byte[] header = SafeTensorsWriter.header(tensors, meta);
+        ByteBuffer len = ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN).putLong(0, header.length);
+        CRC32C crc = new CRC32C();
+        long n = 0;
         Path local = fs.localFile(target);
         if (local != null) {
-            SafeTensors.write(local, tensors, meta);
-            return new Written(Files.size(local), crc(local));
-        }
-        Path tmp = Files.createTempFile("sparkatron-shard-", ".safetensors");
-        try {
-            SafeTensors.write(tmp, tensors, meta);
-            CRC32C crc = new CRC32C();
-            long n = 0;
-            byte[] buf = new byte[1 << 20];
-            try (InputStream in = Files.newInputStream(tmp); OutputStream out = fs.create(target)) {
-                for (int r; (r = in.read(buf)) > 0; ) {
-                    crc.update(buf, 0, r);
-                    out.write(buf, 0, r);
-                    n += r;
+            try (FileChannel ch = FileChannel.open(local, StandardOpenOption.CREATE, StandardOpenOption.WRITE,
+                    StandardOpenOption.TRUNCATE_EXISTING)) {
+                n += put(ch, crc, len);
+                n += put(ch, crc, ByteBuffer.wrap(header));
+                for (Tensor t : tensors.values()) {
+                    if (t.numel() > 0) {
+                        // Host buffers are native order, which requireLittleEndianPlatform made little-endian.
+                        n += put(ch, crc, t.hostBuffer());
+                    }
                 }
+                ch.force(true);
             }
             return new Written(n, crc.getValue());
-        } finally {
-            Files.deleteIfExists(tmp);
         }
+        byte[] chunk = new byte[1 << 20];
+        try (OutputStream out = fs.create(target)) {
+            n += put(out, crc, len, chunk);
+            n += put(out, crc, ByteBuffer.wrap(header), chunk);
+            for (Tensor t : tensors.values()) {
+                if (t.numel() > 0) {
+                    n += put(out, crc, t.hostBuffer(), chunk);
+                }
+            }
+        }
+        return new Written(n, crc.getValue());
+    }
+
+    /** Writes all of {@code b} in chunks, adding each chunk to the checksum as it goes (while it is cached). */
+    private static long put(FileChannel ch, CRC32C crc, ByteBuffer b) throws IOException {
+        long n = b.remaining();
+        while (b.hasRemaining()) {
+            ByteBuffer part = b.slice(b.position(), Math.min(WRITE_CHUNK, b.remaining()));
+            crc.update(part.duplicate());
+            while (part.hasRemaining()) {
+                ch.write(part);
+            }
+            b.position(b.position() + part.capacity());
+        }
+        return n;
+    }
+
+    private static long put(OutputStream out, CRC32C crc, ByteBuffer b, byte[] chunk) throws IOException {
+        long n = b.remaining();
+        while (b.hasRemaining()) {
+            int k = Math.min(chunk.length, b.remaining());
+            b.get(chunk, 0, k);
+            crc.update(chunk, 0, k);
+            out.write(chunk, 0, k);
+        }
+        return n;
     }
 
     /** Writes a small file whole. */

@@ -47,7 +47,13 @@ public final class ParallelLayout {
         /** first and last stage of each PP group (tied input/output embedding) */
         EMBEDDING(false, false, false, false, true),
         /** first stage of each PP group (position embedding) */
-        POSITION_EMBEDDING(false, false, false, false, true);
+        POSITION_EMBEDDING(false, false, false, false, true),
+        /**
+         * the ranks of one model replica that read batches: tp x cp on the first and the last pipeline stage
+         * (the first embeds the tokens, the last needs the targets); rank (tp 0, cp 0, first stage) first, so
+         * it can broadcast what it reads (Megatron's {@code broadcast_data}); empty on the stages between
+         */
+        DATA(true, true, false, false, true);
 
         final boolean[] mask;
 
@@ -208,7 +214,18 @@ public final class ParallelLayout {
             }
             return out;
         }
-        boolean[] mask = kind.mask;
+        if (kind == Group.DATA) { // enumeration order: tp fastest, then cp, then stage
+            for (int[] g : groupsOf(Group.DATA.mask)) {
+                out.add(Arrays.stream(g).filter(r -> coords(r)[4] == 0 || coords(r)[4] == sizes[4] - 1).toArray());
+            }
+            return out;
+        }
+        return groupsOf(kind.mask);
+    }
+
+    /** The groups spanning the dimensions {@code mask} selects, in Megatron's enumeration order. */
+    private List<int[]> groupsOf(boolean[] mask) {
+        List<int[]> out = new ArrayList<>();
         int[] stride = new int[5];
         int groupSize = 1;
         for (int i = 0, s = 1; i < 5; i++) {

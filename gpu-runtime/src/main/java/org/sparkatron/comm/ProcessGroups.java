@@ -100,6 +100,11 @@ public final class ProcessGroups implements AutoCloseable {
     }
 
     /** Null on ranks that are on neither the first nor the last pipeline stage. */
+    /** This replica's ranks that read batches (first and last stage), or null on a stage between them. */
+    public Communicator data() {
+        return comms.get(ParallelLayout.Group.DATA);
+    }
+
     public Communicator embedding() {
         return get(ParallelLayout.Group.EMBEDDING);
     }

@@ -11,7 +11,8 @@ import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import org.sparkatron.comm.InProcessRendezvous;
-import org.sparkatron.comm.tcp.TcpCommunicator;
+import org.sparkatron.comm.Communicator;
+import org.sparkatron.comm.Communicators;
 import org.sparkatron.comm.tcp.TcpOptions;
 import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.device.cpu.CpuDevice;
@@ -198,7 +199,7 @@ public final class TpBench {
             for (int r = 0; r < tp; r++) {
                 int rank = r;
                 fs.add(pool.submit(() -> {
-                    try (TcpCommunicator world = TcpCommunicator.create(rank, tp, rv.forRank(rank), secret,
+                    try (Communicator world = Communicators.connect(rank, tp, rv.forRank(rank), secret,
                             TcpOptions.loopback().withTimeouts(60_000, 300_000))) {
                         TimedCommunicator timed = new TimedCommunicator(world);
                         Transformer m = new Transformer(cfg, new RankContext(new CpuDevice(), new TensorParallel(timed, sp), Precision.FP32));

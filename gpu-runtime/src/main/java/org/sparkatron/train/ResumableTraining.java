@@ -6,6 +6,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.Optional;
 import java.util.function.Consumer;
+import org.sparkatron.checkpoint.AsyncCheckpointer;
 import org.sparkatron.checkpoint.CheckpointMetadata;
 import org.sparkatron.checkpoint.DistributedCheckpoint;
 import org.sparkatron.comm.Communicator;
@@ -21,21 +22,32 @@ import org.sparkatron.comm.Communicator;
  * <p>Data position on resume: this data-parallel replica's recorded position when the layout's DP size
  * is unchanged; otherwise the global consumed count divided over the new replicas.
  *
- * <p>Threading and blocking: the rank's training thread; {@link #resume}, {@link #run} and {@link #save}
- * are collectives over {@code world} (all ranks call them together) and block on I/O and communication.
+ * <p>Threading and blocking: the rank's training thread; {@link #resume}, {@link #run}, {@link #save} and
+ * {@link #afterStep} are collectives over {@code world} (all ranks call them together) and block on I/O and
+ * communication (with asynchronous saves: on the copy of the state, and on the final save). {@link #close}
+ * stops the background writer.
  */
-public final class ResumableTraining {
+public final class ResumableTraining implements AutoCloseable {
     /**
      * @param saveEvery steps between checkpoints (0: only at the end)
      * @param startOver ignore and delete existing checkpoints instead of resuming from them
      * @param extra strings recorded in each checkpoint's metadata
+     * @param async save in the background (Megatron's {@code --async-save}): a save started after step N
+     *     copies the state and training goes on; it is committed at the first later step where every rank
+     *     has written its files, at the latest when the next save starts or training ends. The final save
+     *     is always waited for.
      */
-    public record Options(int saveEvery, boolean startOver, Map<String, String> extra) {
+    public record Options(int saveEvery, boolean startOver, Map<String, String> extra, boolean async) {
         public Options {
             if (saveEvery < 0) {
                 throw new IllegalArgumentException("checkpoint interval must be >= 0 steps, got " + saveEvery);
             }
             extra = extra == null ? Map.of() : Map.copyOf(extra);
+        }
+
+        /** Blocking saves. */
+        public Options(int saveEvery, boolean startOver, Map<String, String> extra) {
+            this(saveEvery, startOver, extra, false);
         }
     }
 
@@ -46,6 +58,7 @@ public final class ResumableTraining {
     private final int dpRank;
     private final Options opt;
     private final Consumer<String> log;
+    private final AsyncCheckpointer saver;
 
     /**
      * @param world all ranks of a TP x CP x DP x PP layout (world rank = tp + TP x (cp + CP x (dp + DP x pp)))
@@ -67,6 +80,7 @@ public final class ResumableTraining {
         this.dpRank = world.rank() / (tp * cp) % dpSize;
         this.opt = opt;
         this.log = log;
+        this.saver = new AsyncCheckpointer(ckpt, opt.async());
     }
 
     /**
@@ -111,9 +125,44 @@ public final class ResumableTraining {
         return m.step();
     }
 
-    /** Saves a checkpoint of the current step now. */
+    /** Saves a checkpoint of the current step now and waits for its commit (after committing one in flight). */
     public String save() throws IOException {
-        return ckpt.save(world, dpSize, trainer.model(), trainer.optimizer(), trainer.data().consumed(), opt.extra());
+        String previous = saver.finish(world);
+        if (previous != null) {
+            log.accept("checkpoint saved: " + previous);
+        }
+        saver.start(world, dpSize, trainer.model(), trainer.optimizer(), trainer.data().consumed(), opt.extra());
+        return saver.finish(world);
+    }
+
+    /**
+     * What the training loop calls after every step: commits a finished background save (logging
+     * "checkpoint saved: DIR"), then at a checkpoint step (every {@code saveEvery}, and {@code last}) saves;
+     * in the background when asynchronous, except the last save, which is waited for.
+     */
+    public void afterStep(long step, boolean last) throws IOException {
+        String done = saver.poll(world);
+        if (done != null) {
+            log.accept("checkpoint saved: " + done);
+        }
+        if (last) {
+            log.accept("checkpoint saved: " + save());
+        } else if (opt.saveEvery() > 0 && step % opt.saveEvery() == 0) {
+            String previous = saver.finish(world); // a save still in flight is waited for before the next begins
+            if (previous != null) {
+                log.accept("checkpoint saved: " + previous);
+            }
+            saver.start(world, dpSize, trainer.model(), trainer.optimizer(), trainer.data().consumed(), opt.extra());
+            if (!saver.isAsync()) {
+                log.accept("checkpoint saved: " + saver.finish(world));
+            }
+        }
+    }
+
+    /** Stops the background writer; a save still in flight is abandoned (resume falls back past it). */
+    @Override
+    public void close() {
+        saver.close();
     }
 
     /**
@@ -124,20 +173,13 @@ public final class ResumableTraining {
      */
     public List<Trainer.StepMetrics> run(long totalSteps, Consumer<Trainer.StepMetrics> onStep) throws IOException {
         List<Trainer.StepMetrics> out = new ArrayList<>();
-        long lastSaved = -1;
         while (trainer.optimizer().step() < totalSteps) {
             Trainer.StepMetrics m = trainer.step();
             out.add(m);
             if (onStep != null) {
                 onStep.accept(m);
             }
-            if (opt.saveEvery() > 0 && m.step() % opt.saveEvery() == 0) {
-                save();
-                lastSaved = m.step();
-            }
-        }
-        if (lastSaved != trainer.optimizer().step() && !out.isEmpty()) {
-            save();
+            afterStep(m.step(), m.step() >= totalSteps);
         }
         return out;
     }

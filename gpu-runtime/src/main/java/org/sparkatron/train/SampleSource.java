@@ -36,4 +36,34 @@ public interface SampleSource extends AutoCloseable {
     @Override
     default void close() {
     }
+
+    /**
+     * The source of a rank that reads no samples (a pipeline stage between the first and the last): it keeps
+     * the data position through {@link #skip} and refuses {@link #next}, which such a rank never calls.
+     */
+    static SampleSource none(int sampleLength) {
+        return new SampleSource() {
+            private long consumed;
+
+            @Override
+            public int sampleLength() {
+                return sampleLength;
+            }
+
+            @Override
+            public boolean next(int[] out, int offset) {
+                throw new IllegalStateException("this rank reads no data (a pipeline stage between the first and the last)");
+            }
+
+            @Override
+            public long consumed() {
+                return consumed;
+            }
+
+            @Override
+            public void skip(long n) {
+                consumed += n;
+            }
+        };
+    }
 }

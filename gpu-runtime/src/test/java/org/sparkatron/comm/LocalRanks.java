@@ -8,11 +8,11 @@ import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
-import org.sparkatron.comm.tcp.TcpCommunicator;
 import org.sparkatron.comm.tcp.TcpOptions;
 
 /**
- * Runs n ranks as threads of this JVM, each with its own loopback {@link TcpCommunicator} (one rank: a
+ * Runs n ranks as threads of this JVM, each connected as the Spark integration connects them
+ * ({@link Communicators#connect}: a loopback TCP mesh with shared-memory collectives; one rank: a
  * {@link SelfCommunicator}). A failing rank aborts its world so the others fail fast; results come back
  * in rank order, and exceptions (the first one) are rethrown as they are, so tests can inspect them.
  */
@@ -44,7 +44,7 @@ public final class LocalRanks {
             for (int r = 0; r < n; r++) {
                 int rank = r;
                 fs.add(pool.submit(() -> {
-                    try (TcpCommunicator c = TcpCommunicator.create(rank, n, rv.forRank(rank), SECRET, opts)) {
+                    try (Communicator c = Communicators.connect(rank, n, rv.forRank(rank), SECRET, opts)) {
                         try {
                             return body.run(rank, c);
                         } catch (Throwable t) {

@@ -73,6 +73,18 @@ class ParallelLayoutTest {
     }
 
     @Test
+    void dataGroupsAreTheFirstAndLastStageOfEachReplicaReaderFirst() {
+        // tp 2 x dp 2 x pp 3: world rank = tp + 2 dp + 4 pp; the stage between reads nothing
+        ParallelLayout l = ParallelLayout.of(12, 2, 1, 1, 2, 3, 1);
+        assertGroups(l, Group.DATA, new int[] {0, 1, 8, 9}, new int[] {2, 3, 10, 11});
+        assertEquals(0, l.group(Group.DATA, 4).length);
+        assertEquals(0, l.group(Group.DATA, 7).length);
+        // one stage: the data group is the replica's TP group
+        ParallelLayout one = ParallelLayout.of(4, 2, 1, 1, 2, 1, 1);
+        assertGroups(one, Group.DATA, new int[] {0, 1}, new int[] {2, 3});
+    }
+
+    @Test
     void everyKindPartitionsTheWorldForManyShapes() {
         int[][] shapes = {{1, 1, 1, 1, 1}, {2, 3, 1, 2, 2}, {4, 1, 2, 3, 1}, {1, 2, 3, 1, 4}, {3, 1, 1, 5, 2}};
         for (int[] s : shapes) {
@@ -91,7 +103,7 @@ class ParallelLayoutTest {
                     }
                 }
                 for (int r = 0; r < world; r++) {
-                    boolean optional = kind == Group.EMBEDDING || kind == Group.POSITION_EMBEDDING;
+                    boolean optional = kind == Group.EMBEDDING || kind == Group.POSITION_EMBEDDING || kind == Group.DATA;
                     assertTrue(optional ? seen[r] <= 1 : seen[r] == 1, kind + " covers rank " + r + " once in " + l);
                 }
             }

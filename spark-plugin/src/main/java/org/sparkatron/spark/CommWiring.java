@@ -7,13 +7,14 @@ import javax.crypto.spec.SecretKeySpec;
 import org.apache.spark.BarrierTaskContext;
 import org.sparkatron.comm.CommException;
 import org.sparkatron.comm.Communicator;
+import org.sparkatron.comm.Communicators;
 import org.sparkatron.comm.Rendezvous;
 import org.sparkatron.comm.SelfCommunicator;
-import org.sparkatron.comm.tcp.TcpCommunicator;
 import org.sparkatron.comm.tcp.TcpOptions;
 
 /**
- * Brings up a rank's world communicator inside a barrier task: the ranks publish their TCP endpoints
+ * Brings up a rank's world communicator inside a barrier task ({@link Communicators#connect}: TCP across
+ * hosts, shared memory for the collectives of ranks on one host): the ranks publish their TCP endpoints
  * through {@code BarrierTaskContext.allGather} (the driver's barrier coordinator) and authenticate with a
  * key derived from the job secret and the stage attempt, so a straggler of a failed attempt can never join
  * the retry. The only class that knows which communicator implementation Spark jobs use.
@@ -70,7 +71,8 @@ final class CommWiring {
         }
         TcpOptions opts = TcpOptions.defaults().withHosts(isLoopback(host) ? "127.0.0.1" : "0.0.0.0", host)
                 .withTimeouts(Math.min(timeoutMs, 120_000), timeoutMs);
-        return TcpCommunicator.create(ctx.partitionId(), world, new BarrierRendezvous(ctx),
+        // Ranks of one host (local[N], several executors or tasks per machine) get shared-memory collectives.
+        return Communicators.connect(ctx.partitionId(), world, new BarrierRendezvous(ctx),
                 attemptKey(jobSecret, ctx.stageAttemptNumber()), opts);
     }
 

@@ -4,22 +4,22 @@ import org.sparkatron.comm.ParallelLayout;
 
 /**
  * The rank layout of a job, Megatron's order {@code tp-cp-ep-dp-pp} (TP fastest): world = TP x CP x DP x PP,
- * through the engine's {@link ParallelLayout}. The training engine runs data and tensor (+ sequence)
- * parallelism; the driver refuses PP above 1 with a clear message until pipeline parallelism lands.
- * Stateless.
+ * through the engine's {@link ParallelLayout}, and the driver's checks of it against the model and the
+ * batch, so a bad layout is refused before launch naming the numbers. Stateless.
  */
 final class Layout {
     private Layout() {
     }
 
     static ParallelLayout of(TrainConfig cfg) {
-        return ParallelLayout.of(cfg.world(), cfg.tp, cfg.cp, 1, cfg.dp, cfg.pp, 1);
+        return ParallelLayout.of(cfg.world(), cfg.tp, cfg.cp, 1, cfg.dp, cfg.pp, cfg.virtualPp);
     }
 
     /**
-     * The rank that receives replica {@code replica}'s data: TP and CP rank 0 on the first pipeline stage. Its
-     * TP x CP peers get every sample from it by broadcast (each CP rank keeps its chunks); later pipeline stages
-     * need none.
+     * The rank that receives replica {@code replica}'s data: TP and CP rank 0 on the first pipeline stage. It
+     * broadcasts each sample to the replica's other ranks that need data (its TP and CP peers, which keep their
+     * chunks of each sequence, and the last stage's ranks, which need the targets: {@link ParallelLayout.Group#DATA});
+     * the stages between need none.
      */
     static int dataRank(ParallelLayout layout, int replica) {
         return layout.rankOf(0, 0, 0, replica, 0);
@@ -50,12 +50,12 @@ final class Layout {
                     + cfg.microBatch + " x " + cfg.seqLen + (cfg.cp > 1 ? " / " + cfg.cp : "") + " tokens is not divisible by tp "
                     + cfg.tp);
         }
-        if (m.layers() % cfg.pp != 0) {
-            throw new IllegalArgumentException("layers " + m.layers() + " are not divisible by pp " + cfg.pp);
-        }
-        if (cfg.pp > 1) {
-            throw new IllegalArgumentException("pp=" + cfg.pp + ": the training engine supports data and tensor "
-                    + "parallelism so far (pp=1); use dp or tp for more ranks");
+        try {
+            cfg.pipelineLayout();
+            org.sparkatron.parallel.pipeline.Schedule.of(cfg.pp, cfg.virtualPp, cfg.microBatches());
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("pp=" + cfg.pp + (cfg.virtualPp > 1 ? ", virtual_pp=" + cfg.virtualPp : "")
+                    + ", " + cfg.microBatches() + " micro-batches per step: " + e.getMessage(), e);
         }
     }
 }

@@ -57,19 +57,39 @@ final class MemoryCheck {
         }
     }
 
-    /** One rank's estimate for {@code cfg} with TP size {@code tp} and micro-batches of {@code microBatch}. */
+    /**
+     * One rank's estimate for {@code cfg} with TP size {@code tp} and micro-batches of {@code microBatch}:
+     * under pipeline parallelism the stage that needs the most (activations in flight under its schedule,
+     * with the config's recompute mode).
+     */
     static MemoryEstimate estimate(TrainConfig cfg, int tp, int microBatch) {
-        return estimate(cfg, tp, cfg.cp, microBatch);
+        return estimate(cfg, tp, cfg.cp, microBatch, cfg.recompute);
+    }
+
+    static MemoryEstimate estimate(TrainConfig cfg, int tp, int microBatch, Recompute recompute) {
+        return estimate(cfg, tp, cfg.cp, microBatch, recompute);
+    }
+
+    static MemoryEstimate estimate(TrainConfig cfg, int tp, int cp, int microBatch) {
+        return estimate(cfg, tp, cp, microBatch, cfg.recompute);
     }
 
     /**
-     * ... and CP size {@code cp}: each rank holds {@code seq_len / cp} rows of every sequence. CP rank 0 is the
+     * ... with CP size {@code cp}: each rank holds {@code seq_len / cp} rows of every sequence. CP rank 0 is the
      * largest (all-gather attention: its second chunk sees the most keys), so its figures bound the others'.
      */
-    static MemoryEstimate estimate(TrainConfig cfg, int tp, int cp, int microBatch) {
-        var model = cfg.model();
-        return MemoryEstimate.of(model, tp, cfg.sequenceParallel, PipelineLayout.single(model.layers()), 0, 1, microBatch,
-                cfg.seqLen, cfg.precision, Recompute.NONE, CPU_HALF_BYTES, new MemoryEstimate.Context(cp, 0, cfg.cpCommType));
+    static MemoryEstimate estimate(TrainConfig cfg, int tp, int cp, int microBatch, Recompute recompute) {
+        PipelineLayout pl = cfg.pipelineLayout();
+        int microBatches = cfg.replicaBatch() / microBatch;
+        MemoryEstimate worst = null;
+        for (int stage = 0; stage < cfg.pp; stage++) {
+            MemoryEstimate e = MemoryEstimate.of(cfg.model(), tp, cfg.sequenceParallel, pl, stage, microBatches, microBatch,
+                    cfg.seqLen, cfg.precision, recompute, CPU_HALF_BYTES, new MemoryEstimate.Context(cp, 0, cfg.cpCommType));
+            if (worst == null || e.total() > worst.total()) {
+                worst = e;
+            }
+        }
+        return worst;
     }
 
     /** The bytes a JVM needs for {@code ranks} ranks of {@code perRank} bytes, with Spark's reserve. */
@@ -87,7 +107,9 @@ final class MemoryCheck {
         int ranks = budget.ranksPerJvm(world);
         long need = need(ranks, e.total());
         String line = String.format(Locale.ROOT, "memory per rank (tp=%d%s, micro_batch %d x %d tokens, %s): %s; %s rank(s): %s of %s",
-                cfg.tp, cfg.cp > 1 ? ", cp=" + cfg.cp : "", cfg.microBatch, cfg.seqLen, cfg.precision.name().toLowerCase(Locale.ROOT), e.summary(), budget.where(world),
+                cfg.tp, (cfg.cp > 1 ? ", cp=" + cfg.cp : "") + (cfg.pp > 1 ? ", pp=" + cfg.pp + ", its fullest stage" : "")
+                        + (cfg.recompute != Recompute.NONE ? ", recompute " + cfg.recompute.label() : ""), cfg.microBatch, cfg.seqLen,
+                cfg.precision.name().toLowerCase(Locale.ROOT), e.summary(), budget.where(world),
                 gib(need), gib(budget.bytesPerJvm()));
         if (need <= budget.bytesPerJvm() || !budget.conf().getBoolean(CONF, true)) {
             return line;
@@ -122,10 +144,17 @@ final class MemoryCheck {
                 break;
             }
         }
+        if (cfg.recompute != Recompute.FULL) {
+            MemoryEstimate full = estimate(cfg, cfg.tp, cfg.microBatch, Recompute.FULL);
+            if (need(budget.ranksPerJvm(cfg.world()), full.total()) <= budget.bytesPerJvm()) {
+                sb.append(String.format(Locale.ROOT, "recompute=full (%s per rank; each layer keeps only its input and runs its "
+                        + "forward again in the backward), ", gib(full.total())));
+            }
+        }
         sb.append(budget.local() ? "a larger heap (SPARKATRON_JAVA_OPTS=-Xmx..., or a cluster with --master)"
                 : "more memory per executor (spark.executor.memory) or fewer ranks per executor (spark.executor.cores)");
-        sb.append(". The distributed optimizer, activation recomputation and pipeline parallelism, which would also cut it, "
-                + "are not available yet.");
+        sb.append(". Pipeline parallelism (pp) splits the layers over more ranks; the distributed optimizer, which would "
+                + "also cut it, is not available yet.");
         return sb.toString();
     }
 

@@ -63,7 +63,7 @@ record RankDevice(Device device, String description) {
         return new RankDevice(d, c.description() + " " + d.describe());
     }
 
-    /** The world communicator: NCCL on a CUDA device (unique id through the barrier), else TCP. */
+    /** The world communicator: NCCL on a CUDA device (unique id through the barrier), else TCP (shared memory for the collectives of ranks on one host). */
     Communicator connect(BarrierTaskContext ctx, byte[] secret, long timeoutMs) {
         if (device instanceof CudaDevice cuda) {
             return NcclCommunicator.create(cuda, new CommWiring.BarrierRendezvous(ctx), Duration.ofMillis(timeoutMs));

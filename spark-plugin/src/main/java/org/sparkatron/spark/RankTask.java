@@ -19,7 +19,8 @@ import org.sparkatron.parallel.ContextParallel;
 import org.sparkatron.parallel.RankContext;
 import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.TpBroadcastSource;
-import org.sparkatron.parallel.TpCheckpoint;
+import org.sparkatron.parallel.FullWeights;
+import org.sparkatron.parallel.PipelineParallel;
 import org.sparkatron.train.Evaluator;
 import org.sparkatron.train.ResumableTraining;
 import org.sparkatron.train.SampleSource;
@@ -83,15 +84,17 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         Device dev = rankDevice.device();
         Communicator comm = rankDevice.connect(ctx, secret, cfg.commTimeoutMs);
         Thread watchdog = watchdog(ctx, comm, rank);
+        ResumableTraining ckpt = null; // closed in finally: a failed attempt's background save must stop writing
         try (ProgressChannel progress = rank == 0 && pluginJob != null ? new SparkatronPlugin.Channel(pluginJob)
                 : new ProgressReporter(rank == 0 ? progressEndpoint : null, secret);
              ProcessGroups groups = ProcessGroups.create(Layout.of(cfg), comm)) {
             int tpRank = groups.coords()[0];
             int replica = groups.coords()[3];
-            // TP and CP rank 0 of a replica holds its data; its TP x CP peers receive every sample from it
-            boolean dataHolder = tpRank == 0 && groups.coords()[1] == 0;
-            Communicator dataGroup = groups.get(ParallelLayout.Group.TP_CP);
-            RankContext rankCtx = new RankContext(dev, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision)
+            // Layout.dataRank (TP and CP rank 0 of the first stage) reads this replica's samples
+            boolean reader = tpRank == 0 && groups.coords()[1] == 0 && groups.coords()[4] == 0;
+            PipelineParallel stage = cfg.pp == 1 ? PipelineParallel.none(cfg.model().layers())
+                    : new PipelineParallel(groups.pp(), cfg.pipelineLayout(), groups.embedding());
+            RankContext rankCtx = new RankContext(dev, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision, stage)
                     .withContextParallel(new ContextParallel(groups.cp(), cfg.cpCommType));
             Transformer model;
             if (cfg.initFrom != null) { // each rank reads the model directory and keeps its TP shard
@@ -102,15 +105,16 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 model = new Transformer(cfg.model(), rankCtx);
                 model.initialize(cfg.seed);
             }
+            model.setRecompute(cfg.recompute);
             groups.dpWithCp().broadcast(model.params().weights(), 0); // replicas and CP ranks start identical
             Iterator<Tuple2<Long, int[]>> pieces = JavaConverters.asJava(data);
             SampleSource samples;
             SampleSource files = null; // a Megatron dataset this rank reads itself (closed at the end)
             SampleSource valid = null; // this replica's validation samples (TP rank 0; peers get them below)
-            if (MegatronInput.FORMAT.equals(cfg.inputFormat)) { // TP peers get their rank 0's samples below
-                files = dataHolder ? MegatronInput.source(cfg, hadoopConf, replica) : null;
+            if (MegatronInput.FORMAT.equals(cfg.inputFormat)) { // the replica's other ranks get the reader's samples below
+                files = reader ? MegatronInput.source(cfg, hadoopConf, replica) : null;
                 samples = files;
-                valid = validation && dataHolder ? MegatronInput.validSource(cfg, hadoopConf, replica) : null;
+                valid = validation && reader ? MegatronInput.validSource(cfg, hadoopConf, replica) : null;
             } else { // the shuffle sorts validation pieces (negative keys) before the training pieces
                 List<Tuple2<Long, int[]>> validPieces = new java.util.ArrayList<>();
                 Tuple2<Long, int[]> firstTraining = null;
@@ -126,10 +130,14 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                         : java.util.stream.Stream.concat(java.util.stream.Stream.of(firstTraining),
                         java.util.stream.StreamSupport.stream(java.util.Spliterators.spliteratorUnknownSize(pieces, 0), false)).iterator();
                 samples = new SampleStream(rest, cfg.seqLen + 1, replica, cfg.dp);
-                valid = validation && dataHolder ? new SampleStream(validPieces.iterator(), cfg.seqLen + 1, replica, cfg.dp) : null;
+                valid = validation && reader ? new SampleStream(validPieces.iterator(), cfg.seqLen + 1, replica, cfg.dp) : null;
             }
-            if (dataGroup.size() > 1) { // only TP/CP rank 0 of each replica was sent data; it shares every sample
-                samples = new TpBroadcastSource(dataHolder ? samples : null, cfg.seqLen + 1, dataGroup);
+            // only the reader of each replica was sent data; it shares every sample with the ranks that need it (its TP
+            // and CP peers on the first and last stage: ParallelLayout.Group.DATA)
+            if (groups.data() == null) { // a stage between the first and the last: no data, only the position
+                samples = SampleSource.none(cfg.seqLen + 1);
+            } else if (groups.data().size() > 1) {
+                samples = new TpBroadcastSource(reader ? samples : null, cfg.seqLen + 1, groups.data());
             }
             // gradients averaged over DP x CP, as Megatron folds CP into the data-parallel gradient reduction
             DataParallelSync dpSync = new DataParallelSync(groups.dpWithCp(), cfg.bucketBytes);
@@ -140,16 +148,22 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                     progress.report(TrainConfig.JSON.createObjectNode().put("message", msg).put("attempt", attempt).toString());
                 }
             };
-            ResumableTraining ckpt = checkpointing(cfg, trainer, comm, attempt, events, dataDescription);
-            long first = ckpt == null ? 1 : io(ckpt::resume) + 1; // a retried stage continues from the last checkpoint
+            ckpt = checkpointing(cfg, trainer, comm, attempt, events, dataDescription);
+            ResumableTraining saves = ckpt;
+            long first = saves == null ? 1 : io(saves::resume) + 1; // a retried stage continues from the last checkpoint
             Evaluator evaluator = null;
             if (validation) {
                 SampleSource v = valid;
                 if (v != null) { // Megatron's order: earlier evaluations consumed their samples
                     v.skip(cfg.evaluationsBy(first - 1) * cfg.evalIters * cfg.replicaBatch());
                 }
-                if (dataGroup.size() > 1) {
-                    v = new TpBroadcastSource(dataHolder ? v : null, cfg.seqLen + 1, dataGroup);
+                // every stage runs the forward; under CP the replica's CP ranks need the samples too, which the
+                // DATA group (TP x CP of the first and last stage) reaches, the stages between reading none
+                Communicator replicaGroup = cfg.cp > 1 ? groups.data() : groups.get(ParallelLayout.Group.MODEL);
+                if (replicaGroup == null) {
+                    v = SampleSource.none(cfg.seqLen + 1);
+                } else if (replicaGroup.size() > 1) {
+                    v = new TpBroadcastSource(reader ? v : null, cfg.seqLen + 1, replicaGroup);
                 }
                 evaluator = new Evaluator(model, v, cfg.microBatch, cfg.replicaBatch() / cfg.microBatch, cfg.dp, dpSync);
             }
@@ -165,7 +179,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                     memory = trainer.memoryReport();
                     System.err.println("[sparkatron] rank " + rank + ": memory " + memory);
                     if (rank == 0) {
-                        events.accept("memory per rank: " + model.memoryEstimate(cfg.microBatch, cfg.seqLen).summary()
+                        events.accept("memory per rank: " + model.memoryEstimate(cfg.microBatch, cfg.seqLen, cfg.microBatches()).summary()
                                 + " (predicted; measured in metrics.jsonl)");
                     }
                 }
@@ -173,8 +187,12 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 if (evaluator != null && cfg.evaluatesAt(s)) { // before the checkpoint: a resume never repeats it
                     reports.eval(evaluator.run(s, cfg.evalIters));
                 }
-                if (ckpt != null && (s == cfg.steps || (cfg.checkpointEvery > 0 && s % cfg.checkpointEvery == 0))) {
-                    events.accept("checkpoint saved: " + io(ckpt::save));
+                if (saves != null) { // saves every checkpoint_every steps and at the end (async_save: in the background)
+                    long step = s;
+                    io(() -> {
+                        saves.afterStep(step, step == cfg.steps);
+                        return null;
+                    });
                 }
             }
             progress.flush(); // the driver has every line before the results arrive
@@ -185,10 +203,9 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 valid.close();
             }
             comm.barrier();
-            Transformer full = cfg.tp > 1 ? TpCheckpoint.gatherFull(model, false) : model; // TP collective
-            float[] weights = null;
-            if (rank == 0) {
-                weights = full.params().downloadWeights();
+            float[] weights = FullWeights.gather(model); // over TP and PP: the whole model on each replica's reader
+            if (rank != 0) {
+                weights = null;
             }
             String host = ctx.getTaskInfos()[rank].address();
             RankReport report = new RankReport(rank, attempt, host, SparkEnv.get().executorId(), device,
@@ -198,6 +215,9 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             comm.abort("rank " + rank + " failed: " + t);
             throw t;
         } finally {
+            if (ckpt != null) {
+                ckpt.close();
+            }
             watchdog.interrupt();
             comm.close();
             dev.close();
@@ -217,7 +237,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 cfg.checkpointDir, cfg.keepCheckpoints);
         return new ResumableTraining(trainer, dc, world, cfg.dp,
                 new ResumableTraining.Options(cfg.checkpointEvery, cfg.startOver && attempt == 0, java.util.Map.of("attempt", "" + attempt,
-                        TRAIN_CONFIG, cfg.resolved().toString(), DATA, data == null ? "" : data)),
+                        TRAIN_CONFIG, cfg.resolved().toString(), DATA, data == null ? "" : data), cfg.asyncSave),
                 log);
     }
 

@@ -48,7 +48,9 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
             "fail_step", "fault injection for the failure tests",
             "fail_attempts", "fault injection for the failure tests",
             "override_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator",
-            "use_checkpoint_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator");
+            "use_checkpoint_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator",
+            "num_layers_per_virtual_pipeline_stage", "Megatron's other way of saying virtualPp, which is the Param",
+            "recompute_granularity", "Megatron's name of recompute, which is the Param");
     private static final long serialVersionUID = 1L;
     private final String uid;
     private transient PrintStream progress = System.out;
@@ -62,6 +64,10 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     private final Param<String> cpCommType;
     private final IntParam tensorParallel;
     private final BooleanParam sequenceParallel;
+    private final IntParam virtualPp;
+    private final IntParam decoderFirstPipelineNumLayers;
+    private final IntParam decoderLastPipelineNumLayers;
+    private final Param<String> recompute;
     private final IntParam globalBatch;
     private final IntParam microBatch;
     private final IntParam seqLen;
@@ -84,6 +90,7 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     private final IntParam checkpointEvery;
     private final IntParam keepCheckpoints;
     private final BooleanParam startOver;
+    private final BooleanParam asyncSave;
     private final Param<String> precision;
     private final Param<String> tokenizer;
     // seeing training (docs/monitoring.md)
@@ -106,7 +113,11 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
         modelConfig = new Param<>(this, "modelConfig", "Hugging Face config.json (JSON text or a path)");
         dp = new IntParam(this, "dp", "data-parallel replicas (ranks)");
         tp = new IntParam(this, "tp", "tensor-parallel size (ranks per replica)");
-        pp = new IntParam(this, "pp", "pipeline-parallel size (1 until the engine supports more)");
+        pp = new IntParam(this, "pp", "pipeline-parallel size (stages of layers per replica)");
+        virtualPp = new IntParam(this, "virtualPp", "model chunks per pipeline rank: the interleaved 1F1B schedule when > 1 (default 1)");
+        decoderFirstPipelineNumLayers = new IntParam(this, "decoderFirstPipelineNumLayers", "layers on the first pipeline stage (default: an even split)");
+        decoderLastPipelineNumLayers = new IntParam(this, "decoderLastPipelineNumLayers", "layers on the last pipeline stage (default: an even split)");
+        recompute = new Param<>(this, "recompute", "activation recomputation: none (default), selective (the attention core) or full (each layer)");
         cp = new IntParam(this, "cp", "context-parallel size (ranks each sequence is split over; Megatron's context_parallel_size)");
         cpCommType = new Param<>(this, "cpCommType", "context-parallel attention: p2p (ring, default) or all_gather");
         tensorParallel = new IntParam(this, "tensorParallel", "tensor-parallel size (ranks per replica; alias of tp)");
@@ -133,6 +144,7 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
         checkpointEvery = new IntParam(this, "checkpointEvery", "steps between checkpoints (0: only at the end)");
         keepCheckpoints = new IntParam(this, "keepCheckpoints", "how many checkpoints to keep, newest first (default 2)");
         startOver = new BooleanParam(this, "startOver", "delete existing checkpoints instead of resuming from them (first attempt only)");
+        asyncSave = new BooleanParam(this, "asyncSave", "save checkpoints in the background while training goes on (Megatron's --async-save; default false)");
         precision = new Param<>(this, "precision", "compute precision: fp32 (default), bf16, or fp16 with dynamic loss scaling");
         tokenizer = new Param<>(this, "tokenizer", "gpt2 or a tokenizer.json path, saved with the model (default: from the input column's TokenizeTransformer metadata)");
         dataSplit = new Param<>(this, "dataSplit", "train,validation,test weights over the documents in row order (Megatron's --split)");
@@ -155,6 +167,10 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public IntParam dp() { return dp; }
     public IntParam tp() { return tp; }
     public IntParam pp() { return pp; }
+    public IntParam virtualPp() { return virtualPp; }
+    public IntParam decoderFirstPipelineNumLayers() { return decoderFirstPipelineNumLayers; }
+    public IntParam decoderLastPipelineNumLayers() { return decoderLastPipelineNumLayers; }
+    public Param<String> recompute() { return recompute; }
     public IntParam cp() { return cp; }
     public Param<String> cpCommType() { return cpCommType; }
     public IntParam tensorParallel() { return tensorParallel; }
@@ -181,6 +197,7 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public IntParam checkpointEvery() { return checkpointEvery; }
     public IntParam keepCheckpoints() { return keepCheckpoints; }
     public BooleanParam startOver() { return startOver; }
+    public BooleanParam asyncSave() { return asyncSave; }
     public Param<String> precision() { return precision; }
     public Param<String> tokenizer() { return tokenizer; }
     public Param<String> dataSplit() { return dataSplit; }
@@ -196,6 +213,10 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public SparkatronEstimator setDp(int v) { set(dp, (Object) v); return this; }
     public SparkatronEstimator setTp(int v) { set(tp, (Object) v); return this; }
     public SparkatronEstimator setPp(int v) { set(pp, (Object) v); return this; }
+    public SparkatronEstimator setVirtualPp(int v) { set(virtualPp, (Object) v); return this; }
+    public SparkatronEstimator setDecoderFirstPipelineNumLayers(int v) { set(decoderFirstPipelineNumLayers, (Object) v); return this; }
+    public SparkatronEstimator setDecoderLastPipelineNumLayers(int v) { set(decoderLastPipelineNumLayers, (Object) v); return this; }
+    public SparkatronEstimator setRecompute(String v) { set(recompute, v); return this; }
     public SparkatronEstimator setCp(int v) { set(cp, (Object) v); return this; }
     public SparkatronEstimator setCpCommType(String v) { set(cpCommType, v); return this; }
     public SparkatronEstimator setTensorParallel(int v) { set(tensorParallel, (Object) v); return this; }
@@ -223,6 +244,7 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public SparkatronEstimator setCheckpointEvery(int v) { set(checkpointEvery, (Object) v); return this; }
     public SparkatronEstimator setKeepCheckpoints(int v) { set(keepCheckpoints, (Object) v); return this; }
     public SparkatronEstimator setStartOver(boolean v) { set(startOver, (Object) v); return this; }
+    public SparkatronEstimator setAsyncSave(boolean v) { set(asyncSave, (Object) v); return this; }
     public SparkatronEstimator setPrecision(String v) { set(precision, v); return this; }
     public SparkatronEstimator setTokenizer(String v) { set(tokenizer, v); return this; }
 

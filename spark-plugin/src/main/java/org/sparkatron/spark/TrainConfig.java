@@ -24,7 +24,9 @@ import org.sparkatron.train.Trainer;
  * {@link ModelConfig} is not serializable.
  *
  * <p>Keys (defaults in brackets): {@code model} (an HF config.json object, or a path to one),
- * {@code dp} [1], {@code tp} [1] (alias {@code tensor_parallel}), {@code sequence_parallel} [false], {@code pp} [1], {@code global_batch} [8] (samples per optimizer step over
+ * {@code dp} [1], {@code tp} [1] (alias {@code tensor_parallel}), {@code sequence_parallel} [false], {@code pp} [1]
+ * (with {@code virtual_pp}, {@code decoder_first_pipeline_num_layers}, {@code decoder_last_pipeline_num_layers}),
+ * {@code recompute} ["none"], {@code global_batch} [8] (samples per optimizer step over
  * all replicas), {@code micro_batch} [global_batch / dp] (samples per forward/backward on one rank),
  * {@code seq_len} [128], {@code steps} [100], {@code lr} [3e-4], {@code min_lr} [lr / 10],
  * {@code warmup_steps} [0], {@code decay_steps} [steps], {@code weight_decay} [0.1], {@code grad_clip} [1.0],
@@ -44,10 +46,11 @@ public final class TrainConfig implements Serializable {
     public static final Set<String> KEYS = Set.of("model", "dp", "tp", "tensor_parallel", "sequence_parallel", "pp", "cp", "context_parallel_size", "cp_comm_type", "global_batch", "micro_batch", "seq_len",
             "steps", "lr", "min_lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "seed", "input_col",
             "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format", "input_schema",
-            "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over",
+            "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over", "async_save",
             "data_split", "precision", "init_from", "log_interval", "eval_interval", "eval_iters", "tensorboard_dir",
             "mlflow_tracking_uri", "mlflow_experiment", "mlflow_run_name", "override_lr_schedule", "use_checkpoint_lr_schedule",
-            "tokenizer");
+            "tokenizer", "virtual_pp", "num_layers_per_virtual_pipeline_stage", "decoder_first_pipeline_num_layers",
+            "decoder_last_pipeline_num_layers", "recompute", "recompute_granularity");
 
     private final String json; // the full, normalised config
 
@@ -61,6 +64,15 @@ public final class TrainConfig implements Serializable {
      */
     public final int cp;
     public final ContextParallel.CommType cpCommType;
+    /**
+     * Pipeline parallelism (docs/parallel.md): model chunks per pipeline rank [1; {@code virtual_pp} > 1 is
+     * the interleaved schedule; Megatron's {@code num_layers_per_virtual_pipeline_stage} is accepted instead],
+     * and the layers of the first and the last stage [-1: an even split] (Megatron's
+     * {@code decoder_first_pipeline_num_layers} / {@code decoder_last_pipeline_num_layers}).
+     */
+    public final int virtualPp, firstStageLayers, lastStageLayers;
+    /** Activation recomputation ["none"; "selective" or "full"]; Megatron's {@code recompute_granularity} is accepted too. */
+    public final org.sparkatron.model.Recompute recompute;
     /** Sequence parallelism inside each TP group (norms, dropout, residuals on token shards). */
     public final boolean sequenceParallel;
     public final int globalBatch, microBatch, seqLen, steps;
@@ -91,6 +103,8 @@ public final class TrainConfig implements Serializable {
     public final String checkpointDir;
     public final int checkpointEvery, keepCheckpoints;
     public final boolean startOver;
+    /** Checkpoints written in the background while training goes on (Megatron's --async-save). */
+    public final boolean asyncSave;
     /** Compute precision (docs/precision.md): fp32 [default], bf16, or fp16 with dynamic loss scaling. */
     public final Precision precision;
     /** A Hugging Face model directory (any Hadoop path) whose weights replace the seed initialisation
@@ -180,6 +194,36 @@ public final class TrainConfig implements Serializable {
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("config key 'cp_comm_type': " + e.getMessage(), e);
         }
+        if (o.hasNonNull("num_layers_per_virtual_pipeline_stage")) { // Megatron's way of saying virtual_pp
+            int per = intKey(o, "num_layers_per_virtual_pipeline_stage", 1, 1);
+            if (mc.layers() % ((long) pp * per) != 0) {
+                throw new IllegalArgumentException("num_layers_per_virtual_pipeline_stage " + per + ": the " + mc.layers()
+                        + " layers are not divisible by pp " + pp + " x " + per);
+            }
+            int v = mc.layers() / (pp * per);
+            if (o.hasNonNull("virtual_pp") && intKey(o, "virtual_pp", 1, 1) != v) {
+                throw new IllegalArgumentException("config keys 'virtual_pp' (" + o.get("virtual_pp") + ") and "
+                        + "'num_layers_per_virtual_pipeline_stage' (" + per + ", so virtual_pp " + v + ") disagree: give one of them");
+            }
+            o.remove("num_layers_per_virtual_pipeline_stage");
+            o.put("virtual_pp", v);
+        }
+        this.virtualPp = intKey(o, "virtual_pp", 1, 1);
+        this.firstStageLayers = intKey(o, "decoder_first_pipeline_num_layers", -1, 1);
+        this.lastStageLayers = intKey(o, "decoder_last_pipeline_num_layers", -1, 1);
+        if (o.has("recompute_granularity")) { // Megatron's key: selective or full
+            JsonNode g = o.remove("recompute_granularity");
+            if (o.has("recompute") && !o.get("recompute").asText().equalsIgnoreCase(g.asText())) {
+                throw new IllegalArgumentException("config keys 'recompute' (" + o.get("recompute") + ") and 'recompute_granularity' ("
+                        + g + ") disagree: give one of them");
+            }
+            o.set("recompute", g);
+        }
+        try {
+            this.recompute = org.sparkatron.model.Recompute.parse(o.path("recompute").asText("none"));
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("config key 'recompute': " + e.getMessage(), e);
+        }
         this.globalBatch = intKey(o, "global_batch", 8, 1);
         this.microBatch = intKey(o, "micro_batch", Math.max(1, globalBatch / dp), 1);
         this.seqLen = intKey(o, "seq_len", Math.min(128, mc.maxPositions()), 1);
@@ -212,6 +256,7 @@ public final class TrainConfig implements Serializable {
         this.checkpointEvery = intKey(o, "checkpoint_every", 0, 0);
         this.keepCheckpoints = intKey(o, "keep_checkpoints", 2, 1);
         this.startOver = o.path("start_over").asBoolean(false);
+        this.asyncSave = o.path("async_save").asBoolean(false);
         try {
             this.precision = Precision.parse(o.path("precision").asText("fp32"));
         } catch (IllegalArgumentException e) {
@@ -328,6 +373,7 @@ public final class TrainConfig implements Serializable {
             throw new IllegalStateException(e);
         }
         o.put("dp", dp).put("tp", tp).put("pp", pp).put("cp", cp).put("cp_comm_type", cpCommType.label())
+                .put("virtual_pp", virtualPp).put("recompute", recompute.label())
                 .put("sequence_parallel", sequenceParallel).put("global_batch", globalBatch)
                 .put("micro_batch", microBatch).put("seq_len", seqLen).put("steps", steps).put("lr", lr).put("min_lr", minLr)
                 .put("warmup_steps", warmupSteps).put("decay_steps", schedule().decaySteps()).put("weight_decay", weightDecay)
@@ -348,6 +394,16 @@ public final class TrainConfig implements Serializable {
 
     public int world() {
         return dp * tp * cp * pp;
+    }
+
+    /** The layers of each pipeline stage (and virtual chunk); validates the split. */
+    public org.sparkatron.parallel.PipelineLayout pipelineLayout() {
+        return org.sparkatron.parallel.PipelineLayout.of(model().layers(), pp, virtualPp, firstStageLayers, lastStageLayers);
+    }
+
+    /** Micro-batches one replica runs per optimizer step (through the pipeline schedule when pp > 1). */
+    public int microBatches() {
+        return replicaBatch() / microBatch;
     }
 
     /** Samples one replica consumes per optimizer step. */

@@ -113,7 +113,8 @@ class RefusedInputTest {
     @Test
     void badLayoutsAndConfigs() {
         Dataset<Row> df = SyntheticData.frame(SharedSpark.get(), SyntheticData.walks(50, 1), "tokens", 1);
-        assertTrue(refusal(df, SharedSpark.config(1, 4, 2).with("pp", "2")).contains("pp=2: the training engine supports data and tensor"));
+        assertTrue(refusal(df, SharedSpark.config(1, 4, 2).with("pp", "2").with("virtual_pp", "2"))
+                .contains("pipeline size 2 x virtual 2 is larger than the 2 layers"));
         assertTrue(refusal(df, SharedSpark.config(1, 4, 2).with("tp", "4")).contains("attention heads 2 are not divisible by tp 4"));
         String sp = refusal(df, SharedSpark.config(1, 4, 2).with("micro_batch", "1").with("seq_len", "15").with("tp", "2")
                 .with("sequence_parallel", "true"));
@@ -124,7 +125,7 @@ class RefusedInputTest {
         IllegalArgumentException spKey = assertThrows(IllegalArgumentException.class,
                 () -> SharedSpark.config(1, 4, 2).with("sequence_parallel", "\"yes\""));
         assertTrue(spKey.getMessage().contains("'sequence_parallel' must be true or false"), spKey.getMessage());
-        assertTrue(refusal(df, SharedSpark.config(1, 4, 2).with("pp", "3")).contains("layers 2 are not divisible by pp 3"));
+        assertTrue(refusal(df, SharedSpark.config(1, 4, 2).with("pp", "3")).contains("pipeline size 3 is larger than the 2 layers"));
         IllegalArgumentException e;
         e = assertThrows(IllegalArgumentException.class, () -> SharedSpark.config(3, 4, 2));
         assertTrue(e.getMessage().contains("global_batch 4 is not divisible by dp 3"), e.getMessage());

@@ -58,7 +58,7 @@ class StandaloneClusterTest {
         c.set("model", Demo.modelConfig());
         c.put("dp", 2).put("global_batch", 8).put("seq_len", 32).put("steps", steps).put("lr", 1e-2).put("min_lr", 1e-3)
                 .put("warmup_steps", 5).put("comm_timeout_s", 60)
-                .put("log_interval", 1) // a progress line every step: the kill test waits for step 5
+                .put("log_interval", 1) // a progress line every step: the kill test waits for step 5 (numbers padded to the width of "150")
                 .put("input", data.toString()).put("input_format", "json").put("input_schema", "tokens array<int>")
                 .put("output", dir.resolve(name).toString());
         Path file = dir.resolve(name + ".json");
@@ -136,7 +136,7 @@ class StandaloneClusterTest {
     void anExecutorKilledMidTrainingMakesSparkRetryTheStage() throws Exception {
         Process driver = submit("kill", job("kill", 150));
         Path log = cluster.log("driver-kill");
-        cluster.awaitLog("driver-kill", driver, "[sparkatron] step 5/150", 300);
+        cluster.awaitLog("driver-kill", driver, "[sparkatron] step   5/150", 300);
         List<ProcessHandle> executors = cluster.executors();
         assertEquals(2, executors.size(), "two executor JVMs");
         ProcessHandle victim = executors.get(0);

@@ -18,16 +18,26 @@ import java.util.Map;
 import java.util.concurrent.TimeUnit;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import org.sparkatron.comm.Communicator;
+import org.sparkatron.comm.Communicators;
 import org.sparkatron.comm.FileRendezvous;
+import org.sparkatron.comm.InProcessRendezvous;
 import org.sparkatron.comm.ReduceOp;
-import org.sparkatron.comm.tcp.TcpCommunicator;
+import org.sparkatron.comm.Rendezvous;
+import org.sparkatron.comm.shm.ShmCommunicator;
+import org.sparkatron.comm.shm.ShmOptions;
 import org.sparkatron.comm.tcp.TcpOptions;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
 /**
- * {@code ./sparkatron bench-comm}: bus bandwidth of all-reduce, reduce-scatter, all-gather and all-to-all
- * of the TCP communicator, ranks as separate processes on loopback, and the Gloo peer in the same command.
+ * {@code ./sparkatron bench-comm}: bus bandwidth of all-reduce, reduce-scatter, all-gather and all-to-all,
+ * ranks as separate processes of this host (or threads of one JVM), through shared memory (what
+ * {@link Communicators#connect} picks on one host) and through TCP on loopback (what it uses across hosts),
+ * and the Gloo peer in the same command.
  *
  * <p>Definitions as nccl-tests: size = bytes of the full per-rank buffer (all-reduce: the tensor;
  * reduce-scatter: the input; all-gather: the output; all-to-all: the input), fp32 elements; time = median
@@ -36,7 +46,7 @@ import org.sparkatron.tensor.Tensor;
  *
  * <pre>
  *   ./sparkatron bench-comm [--ranks 2,4] [--max-size 256M] [--quick] [--iters N] [--no-peer] [--peer FILE]
- *                           [--segment 512K]
+ *                           [--segment 512K] [--transport shm,tcp] [--sweep shm] [--threads] [--slot 1M] [--pairs 3] [--sizes 1M,64M]
  * </pre>
  */
 public final class CommBench {
@@ -47,8 +57,9 @@ public final class CommBench {
 
     static final String USAGE = String.join("\n",
             "usage: ./sparkatron bench-comm [--ranks 2,4] [--max-size 256M] [--quick] [--iters 5] [--no-peer] [--peer FILE]",
-            "         [--segment 512K]",
-            "  collectives of the TCP communicator (ranks as JVMs on loopback) against PyTorch Gloo, as nccl-tests (docs/comm.md)");
+            "         [--segment 512K] [--transport shm,tcp] [--sweep shm] [--threads] [--slot 1M] [--pairs 3] [--sizes 1M,64M]",
+            "  collectives through shared memory and over TCP (ranks as JVMs on one host; --threads: ranks as threads",
+            "  of one JVM) against PyTorch Gloo, as nccl-tests (docs/comm.md)");
 
     public static void main(String[] argv) throws Exception {
         if (argv.length > 0 && argv[0].equals("--worker")) {
@@ -69,8 +80,14 @@ public final class CommBench {
         int iters = 5;
         String peerPath = null;
         int segment = TcpOptions.defaults().segmentBytes;
+        int slot = ShmOptions.defaults().slotBytes;
+        List<String> transports = List.of("shm", "tcp");
+        List<String> sweep = null;
+        boolean threads = false;
+        int pairs = 3;
+        List<Long> only = null;
         for (int i = 0; i < args.length; i++) {
-            if (!List.of("--quick", "--no-peer").contains(args[i]) && i + 1 >= args.length) {
+            if (!List.of("--quick", "--no-peer", "--threads").contains(args[i]) && i + 1 >= args.length) {
                 throw new org.sparkatron.cli.Cli.UsageException("option " + args[i] + " needs a value");
             }
             switch (args[i]) {
@@ -81,8 +98,22 @@ public final class CommBench {
                 case "--no-peer" -> peer = false;
                 case "--peer" -> peerPath = args[++i];
                 case "--segment" -> segment = (int) parseSize(args[++i]);
+                case "--slot" -> slot = (int) parseSize(args[++i]);
+                case "--transport" -> transports = List.of(args[++i].split(","));
+                case "--sweep" -> sweep = List.of(args[++i].split(","));
+                case "--threads" -> threads = true;
+                case "--pairs" -> pairs = Integer.parseInt(args[++i]);
+                case "--sizes" -> only = Arrays.stream(args[++i].split(",")).map(CommBench::parseSize).toList();
                 default -> throw new org.sparkatron.cli.Cli.UsageException("unknown option '" + args[i] + "' (./sparkatron bench-comm --help)");
             }
+        }
+        for (String t : transports) {
+            if (!t.equals("shm") && !t.equals("tcp")) {
+                throw new org.sparkatron.cli.Cli.UsageException("--transport takes shm and/or tcp, got '" + t + "'");
+            }
+        }
+        if (sweep == null) {
+            sweep = List.of(transports.get(0));
         }
         if (maxSize > (1L << 30)) {
             throw new IllegalArgumentException("--max-size " + maxSize + " exceeds 1 GiB (one buffer per op)");
@@ -94,23 +125,31 @@ public final class CommBench {
         if (quick && !sizes.contains(64L << 20) && maxSize >= (64L << 20)) {
             sizes.add(64L << 20);
         }
-        System.out.println("bench-comm: TCP communicator on loopback, ranks as separate JVMs, fp32, segment "
-                + human(segment) + ", " + Runtime.getRuntime().availableProcessors() + " cores on this machine");
-        System.out.printf(Locale.ROOT, "%-15s %5s %10s %11s %11s %11s%n", "op", "ranks", "size", "time_ms", "algbw_GB/s",
-                "busbw_GB/s");
-        Map<Integer, Double> ours64 = new LinkedHashMap<>();
-        for (int n : worlds) {
-            for (String line : runWorld(n, sizes, iters, segment, String.join(",", OPS))) {
-                String[] f = line.split(" ");
-                String op = f[1];
-                long size = Long.parseLong(f[2]);
-                double t = Double.parseDouble(f[3]);
-                double algbw = size / t / 1e9;
-                double factor = op.equals("all_reduce") ? 2.0 * (n - 1) / n : (double) (n - 1) / n;
-                System.out.printf(Locale.ROOT, "%-15s %5d %10s %11.3f %11.3f %11.3f%n", op, n, human(size), t * 1e3,
-                        algbw, algbw * factor);
-                if (op.equals("all_reduce") && size == (64L << 20)) {
-                    ours64.put(n, algbw * factor);
+        if (only != null) {
+            sizes = new ArrayList<>(only);
+        }
+        Setup setup = new Setup(iters, segment, slot, threads);
+        System.out.println("bench-comm: ranks as " + (threads ? "threads of one JVM" : "separate JVMs") + ", fp32, "
+                + "shared-memory slot " + human(slot) + ", TCP segment " + human(segment) + " on loopback, "
+                + Runtime.getRuntime().availableProcessors() + " cores on this machine, load average "
+                + loadAverage());
+        System.out.printf(Locale.ROOT, "%-9s %-15s %5s %10s %11s %11s %11s%n", "transport", "op", "ranks", "size", "time_ms",
+                "algbw_GB/s", "busbw_GB/s");
+        Map<String, Double> ours64 = new LinkedHashMap<>();
+        for (String transport : sweep) {
+            for (int n : worlds) {
+                for (String line : runWorld(n, sizes, String.join(",", OPS), transport, setup)) {
+                    String[] f = line.split(" ");
+                    String op = f[1];
+                    long size = Long.parseLong(f[2]);
+                    double t = Double.parseDouble(f[3]);
+                    double algbw = size / t / 1e9;
+                    double factor = op.equals("all_reduce") ? 2.0 * (n - 1) / n : (double) (n - 1) / n;
+                    System.out.printf(Locale.ROOT, "%-9s %-15s %5d %10s %11.3f %11.3f %11.3f%n", transport, op, n, human(size),
+                            t * 1e3, algbw, algbw * factor);
+                    if (op.equals("all_reduce") && size == (64L << 20)) {
+                        ours64.put(transport + n, algbw * factor);
+                    }
                 }
             }
         }
@@ -123,17 +162,19 @@ public final class CommBench {
                     : "/usr/bin/python3 cannot import torch"));
             return;
         }
-        // Shared machines drift: the ratio pairs each Gloo run with a fresh 64 MiB all-reduce run of ours
-        // right before it (three times, alternating), and compares the medians of the two kinds.
-        System.out.println("peer: /usr/bin/python3 " + script + " N 64  (torch.distributed gloo, 64 MiB fp32 all-reduce);"
-                + " paired 3 times: ours, then gloo");
+        // Shared machines drift: the ratio pairs each Gloo run with fresh 64 MiB all-reduce runs of ours right
+        // before it (alternating, --pairs times), and compares the medians of each kind.
+        System.out.println("peer: /usr/bin/python3 " + script + " N 64  (torch.distributed gloo, 64 MiB fp32 all-reduce,"
+                + " processes on loopback); paired " + pairs + " times: ours (" + String.join(", ", transports) + "), then gloo");
         for (int n : worlds) {
             List<Double> glooBw = new ArrayList<>();
-            List<Double> oursBw = new ArrayList<>();
-            for (int k = 0; k < 3; k++) {
-                for (String line : runWorld(n, List.of(64L << 20), iters, segment, "all_reduce")) {
-                    double t = Double.parseDouble(line.split(" ")[3]);
-                    oursBw.add((64L << 20) / t / 1e9 * 2.0 * (n - 1) / n);
+            Map<String, List<Double>> oursBw = new LinkedHashMap<>();
+            for (int k = 0; k < pairs; k++) {
+                for (String transport : transports) {
+                    for (String line : runWorld(n, List.of(64L << 20), "all_reduce", transport, setup)) {
+                        double t = Double.parseDouble(line.split(" ")[3]);
+                        oursBw.computeIfAbsent(transport, x -> new ArrayList<>()).add((64L << 20) / t / 1e9 * 2.0 * (n - 1) / n);
+                    }
                 }
                 String out = run(List.of("/usr/bin/python3", script.toString(), String.valueOf(n), "64"), 600);
                 Matcher m = Pattern.compile("busbw_GBps=([0-9.]+)").matcher(out);
@@ -143,14 +184,32 @@ public final class CommBench {
                 }
                 glooBw.add(Double.parseDouble(m.group(1)));
             }
-            if (glooBw.isEmpty() || oursBw.isEmpty()) {
+            if (glooBw.isEmpty()) {
                 continue;
             }
             double g = median(glooBw);
-            double o = median(oursBw);
-            System.out.printf(Locale.ROOT, "all_reduce 64 MiB, %d ranks: gloo busbw %s GB/s, sparkatron %s GB/s (sweep above: %s);"
-                            + " ratio of medians %.2fx%n", n, fmt(glooBw), fmt(oursBw),
-                    ours64.containsKey(n) ? String.format(Locale.ROOT, "%.3f", ours64.get(n)) : "n/a", o / g);
+            System.out.printf(Locale.ROOT, "all_reduce 64 MiB, %d ranks: gloo busbw %s GB/s (median %.3f)%n", n, fmt(glooBw), g);
+            for (Map.Entry<String, List<Double>> e : oursBw.entrySet()) {
+                String key = e.getKey() + n;
+                System.out.printf(Locale.ROOT, "all_reduce 64 MiB, %d ranks: sparkatron %s busbw %s GB/s (median %.3f%s);"
+                                + " ratio of medians %.2fx gloo%n", n, e.getKey(), fmt(e.getValue()), median(e.getValue()),
+                        ours64.containsKey(key) ? String.format(Locale.ROOT, ", sweep above %.3f", ours64.get(key)) : "",
+                        median(e.getValue()) / g);
+            }
+        }
+        System.out.println("load average after the run: " + loadAverage());
+    }
+
+    /** How the ranks of a run are set up. */
+    private record Setup(int iters, int segment, int slot, boolean threads) {
+    }
+
+    private static String loadAverage() {
+        try {
+            String[] f = Files.readString(Path.of("/proc/loadavg")).split(" ");
+            return f[0] + " " + f[1] + " " + f[2];
+        } catch (IOException | RuntimeException e) {
+            return "unknown";
         }
     }
 
@@ -167,10 +226,25 @@ public final class CommBench {
         return b.toString();
     }
 
-    /** Launches n worker JVMs, returns rank 0's RESULT lines. */
-    private static List<String> runWorld(int n, List<Long> sizes, int iters, int segment, String ops)
+    /** Runs n ranks (worker JVMs, or threads of this JVM), returns rank 0's RESULT lines. */
+    private static List<String> runWorld(int n, List<Long> sizes, String ops, String transport, Setup setup)
             throws Exception {
         Path dir = Files.createTempDirectory("sparkatron-bench-comm");
+        try {
+            return setup.threads() ? runThreads(dir, n, sizes, ops, transport, setup)
+                    : runProcesses(dir, n, sizes, ops, transport, setup);
+        } finally {
+            try (var files = Files.list(dir)) {
+                for (Path f : files.toList()) {
+                    Files.deleteIfExists(f);
+                }
+            }
+            Files.deleteIfExists(dir);
+        }
+    }
+
+    private static List<String> runProcesses(Path dir, int n, List<Long> sizes, String ops, String transport, Setup setup)
+            throws Exception {
         Path secret = dir.resolve("secret");
         byte[] key = new byte[32];
         new SecureRandom().nextBytes(key);
@@ -183,7 +257,8 @@ public final class CommBench {
         for (int r = 0; r < n; r++) {
             List<String> cmd = new ArrayList<>(List.of(java, "-Xmx512m", direct, "-XX:+UseParallelGC", "--add-modules=jdk.incubator.vector", "-cp",
                     System.getProperty("java.class.path"), CommBench.class.getName(), "--worker", dir.toString(),
-                    String.valueOf(r), String.valueOf(n), String.valueOf(iters), String.valueOf(segment), ops));
+                    String.valueOf(r), String.valueOf(n), String.valueOf(setup.iters()), String.valueOf(setup.segment()),
+                    String.valueOf(setup.slot()), transport, ops));
             sizes.forEach(s -> cmd.add(String.valueOf(s)));
             ProcessBuilder pb = new ProcessBuilder(cmd).redirectErrorStream(true);
             if (r > 0) {
@@ -211,35 +286,75 @@ public final class CommBench {
         return results;
     }
 
+    private static List<String> runThreads(Path dir, int n, List<Long> sizes, String ops, String transport, Setup setup)
+            throws Exception {
+        byte[] secret = new byte[32];
+        new SecureRandom().nextBytes(secret);
+        InProcessRendezvous rv = new InProcessRendezvous(n, 60_000);
+        List<String> results = java.util.Collections.synchronizedList(new ArrayList<>());
+        ExecutorService pool = Executors.newFixedThreadPool(n);
+        try {
+            List<Future<?>> fs = new ArrayList<>();
+            for (int r = 0; r < n; r++) {
+                int rank = r;
+                fs.add(pool.submit(() -> {
+                    rankBody(rank, n, rv.forRank(rank), secret, setup, transport, ops, sizes, results::add);
+                    return null;
+                }));
+            }
+            for (Future<?> f : fs) {
+                f.get(600, TimeUnit.SECONDS);
+            }
+        } finally {
+            pool.shutdownNow();
+        }
+        return results;
+    }
+
     private static void worker(String[] a) throws Exception {
         Path dir = Path.of(a[1]);
         int rank = Integer.parseInt(a[2]);
         int n = Integer.parseInt(a[3]);
-        int iters = Integer.parseInt(a[4]);
-        int segment = Integer.parseInt(a[5]);
+        Setup setup = new Setup(Integer.parseInt(a[4]), Integer.parseInt(a[5]), Integer.parseInt(a[6]), false);
         byte[] secret = HexFormat.of().parseHex(Files.readString(dir.resolve("secret")).trim());
+        List<Long> sizes = new ArrayList<>();
+        for (int i = 9; i < a.length; i++) {
+            sizes.add(Long.parseLong(a[i]));
+        }
+        rankBody(rank, n, new FileRendezvous(dir, rank, n, 60_000), secret, setup, a[7], a[8], sizes, line -> {
+            System.out.println(line);
+            System.out.flush();
+        });
+    }
+
+    /** One rank: connects, warms up, measures each op and size; rank 0 reports "RESULT op size seconds". */
+    private static void rankBody(int rank, int n, Rendezvous rv, byte[] secret, Setup setup, String transport, String ops,
+                                 List<Long> sizes, java.util.function.Consumer<String> report) {
         TcpOptions opts = TcpOptions.loopback().withTimeouts(60_000, 120_000);
-        opts = opts.withSizes(opts.maxMessageBytes, segment, opts.smallBytes);
-        try (TcpCommunicator c = TcpCommunicator.create(rank, n, new FileRendezvous(dir, rank, n, 60_000), secret, opts)) {
-            // Warm-up (JIT) on both the direct and the ring paths before anything is timed.
-            for (String op : a[6].split(",")) {
+        opts = opts.withSizes(opts.maxMessageBytes, setup.segment(), opts.smallBytes);
+        ShmOptions shm = ShmOptions.defaults().withEnabled(transport.equals("shm"))
+                .withSizes(setup.slot(), Math.min(setup.slot(), ShmOptions.defaults().smallBytes));
+        try (Communicator c = Communicators.connect(rank, n, rv, secret, opts, shm)) {
+            if (transport.equals("shm") && !(c instanceof ShmCommunicator s && s.sharedMemory())) {
+                throw new IllegalStateException("shared memory unavailable here (" + shm + ")");
+            }
+            // Warm-up (JIT) on both the small and the large paths before anything is timed.
+            for (String op : ops.split(",")) {
                 measure(c, op, 4096, 40);
                 measure(c, op, 1 << 20, 10);
             }
-            for (String op : a[6].split(",")) {
-                for (int i = 7; i < a.length; i++) {
-                    long size = Long.parseLong(a[i]);
-                    double t = measure(c, op, size, iters);
+            for (String op : ops.split(",")) {
+                for (long size : sizes) {
+                    double t = measure(c, op, size, setup.iters());
                     if (rank == 0) {
-                        System.out.printf(Locale.ROOT, "RESULT %s %d %.9f%n", op, size, t);
-                        System.out.flush();
+                        report.accept(String.format(Locale.ROOT, "RESULT %s %d %.9f", op, size, t));
                     }
                 }
             }
         }
     }
 
-    private static double measure(TcpCommunicator c, String op, long size, int iters) {
+    private static double measure(Communicator c, String op, long size, int iters) {
         int n = c.size();
         int count = (int) (size / 4 / n * n);
         Tensor full = Tensor.allocateHost(DType.F32, count);

@@ -90,8 +90,23 @@ public final class TcpCommunicator implements Communicator {
         return worldRanks[r];
     }
 
-    TcpOptions options() {
+    /** The options this communicator's world was created with. */
+    public TcpOptions options() {
         return transport.options();
+    }
+
+    /** The failure of this communicator's world (its first one), or null while it is healthy. */
+    public CommException failure() {
+        CommException f = transport.failure();
+        return f == null ? null : transport.failedOp(f);
+    }
+
+    /**
+     * Fails this communicator's world as {@link #abort} does, but naming group rank {@code peer} as the rank
+     * at fault (a transport layered on this one, e.g. shared memory, that saw {@code peer} time out).
+     */
+    public void failBecauseOf(int peer, String reason) {
+        transport.fail(new CommException(reason, worldRanks[peer]));
     }
 
     /** Connections rejected while the mesh was built (authentication failures, garbage); for monitoring. */

@@ -44,7 +44,7 @@ public final class CpuKernels implements Kernels {
     }
 
     CpuKernels(boolean simd, Device device) {
-        if (simd && !SimdKernels.available()) {
+        if (simd && !vectorModulePresent()) {
             throw new IllegalStateException("SIMD kernels need the JVM option --add-modules=jdk.incubator.vector");
         }
         this.simd = simd;
@@ -54,7 +54,15 @@ public final class CpuKernels implements Kernels {
 
     /** The Vector API is present and not turned off with {@code -Dsparkatron.simd=false}. */
     static boolean simdByDefault() {
-        return SimdKernels.available() && !"false".equals(System.getProperty("sparkatron.simd"));
+        return vectorModulePresent() && !"false".equals(System.getProperty("sparkatron.simd"));
+    }
+
+    /**
+     * True when the incubator module is in the JVM. Checked here, not in {@link SimdKernels}: calling any
+     * method of that class initialises its Vector API constants, which fails without the module.
+     */
+    static boolean vectorModulePresent() {
+        return ModuleLayer.boot().findModule("jdk.incubator.vector").isPresent();
     }
 
     /** Kernel scratch: from the device (a workspace block) or, for stand-alone kernels, host memory. */

@@ -21,7 +21,7 @@ import jdk.incubator.vector.VectorSpecies;
  * about as fast as the intrinsic, 20x {@code Math.exp}. tanh comes from exp too (JDK 17's vector
  * {@code TANH} is no intrinsic).
  *
- * <p>Only {@link CpuKernels} touches this class, and only when {@link #available()} says the module is in
+ * <p>Only {@link CpuKernels} touches this class, and only when {@link CpuKernels#vectorModulePresent()} says the module is in
  * the JVM (it needs {@code --add-modules=jdk.incubator.vector}); otherwise the scalar loops run. Offsets
  * and counts are in float elements. Stateless and thread-safe.
  */
@@ -31,11 +31,6 @@ final class SimdKernels {
     private static final float GELU_SCALE = (float) Math.sqrt(2.0 / Math.PI);
 
     private SimdKernels() {
-    }
-
-    /** True when the incubator module is present; checked without loading any Vector API class. */
-    static boolean available() {
-        return ModuleLayer.boot().findModule("jdk.incubator.vector").isPresent();
     }
 
     private static final float LOG2E = 1.44269504088896341f;

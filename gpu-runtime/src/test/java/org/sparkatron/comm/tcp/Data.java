@@ -12,16 +12,16 @@ import org.sparkatron.tensor.Tensor;
  * must then match the reference exactly whatever the reduction order. I64 inputs carry a large rank term
  * (2^33 and up) so that truncation to 32 bits would be caught.
  */
-final class Data {
+public final class Data {
     private Data() {
     }
 
-    static double value(DType dt, int rank, long i, int seed) {
+    public static double value(DType dt, int rank, long i, int seed) {
         long small = Math.floorMod(rank * 31L + i * 7L + seed * 13L, 17L) - 8;
         return dt == DType.I64 ? small + ((long) (rank + 1) << 33) : small;
     }
 
-    static void put(ByteBuffer b, DType dt, long index, double v) {
+    public static void put(ByteBuffer b, DType dt, long index, double v) {
         int i = Math.toIntExact(index);
         switch (dt) {
             case F32 -> b.putFloat(4 * i, (float) v);
@@ -33,7 +33,7 @@ final class Data {
         }
     }
 
-    static double get(ByteBuffer b, DType dt, long index) {
+    public static double get(ByteBuffer b, DType dt, long index) {
         int i = Math.toIntExact(index);
         return switch (dt) {
             case F32 -> b.getFloat(4 * i);
@@ -46,7 +46,7 @@ final class Data {
     }
 
     /** Tensor of count elements: element i = value(rank, firstIndex + i). */
-    static Tensor fill(DType dt, int count, int rank, long firstIndex, int seed) {
+    public static Tensor fill(DType dt, int count, int rank, long firstIndex, int seed) {
         Tensor t = Tensor.allocateHost(dt, count);
         ByteBuffer b = t.hostBuffer();
         for (int i = 0; i < count; i++) {
@@ -56,7 +56,7 @@ final class Data {
     }
 
     /** Sequential reduction over ranks 0..n-1 of value(r, index) (exact for the integer-valued data). */
-    static double reduce(DType dt, ReduceOp op, int n, long index, int seed) {
+    public static double reduce(DType dt, ReduceOp op, int n, long index, int seed) {
         double acc = value(dt, 0, index, seed);
         for (int r = 1; r < n; r++) {
             double v = value(dt, r, index, seed);
@@ -78,7 +78,7 @@ final class Data {
         return acc;
     }
 
-    static void check(Tensor t, long firstIndex, java.util.function.LongToDoubleFunction expected, String what) {
+    public static void check(Tensor t, long firstIndex, java.util.function.LongToDoubleFunction expected, String what) {
         ByteBuffer b = t.hostBuffer();
         for (long i = 0; i < t.numel(); i++) {
             double got = get(b, t.dtype(), i);

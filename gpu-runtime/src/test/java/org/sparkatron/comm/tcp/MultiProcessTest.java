@@ -10,19 +10,23 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
-import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
 import org.junit.jupiter.api.io.TempDir;
 
-/** Ranks as separate JVM processes meeting through a {@link org.sparkatron.comm.FileRendezvous}. */
+/**
+ * Ranks as separate JVM processes meeting through a {@link org.sparkatron.comm.FileRendezvous}, over TCP and
+ * with collectives through shared memory (processes of one host).
+ */
 class MultiProcessTest {
-    private static List<Process> launch(Path dir, int size, String mode) throws Exception {
+    private static List<Process> launch(Path dir, int size, String mode, String transport) throws Exception {
         String java = Path.of(System.getProperty("java.home"), "bin", "java").toString();
         List<Process> ps = new ArrayList<>();
         for (int r = 0; r < size; r++) {
             ProcessBuilder pb = new ProcessBuilder(java, "-Xmx256m",
                     "-cp", System.getProperty("java.class.path"), CommWorker.class.getName(), dir.toString(),
-                    String.valueOf(r), String.valueOf(size), mode);
+                    String.valueOf(r), String.valueOf(size), mode, transport);
             pb.redirectErrorStream(true);
             pb.redirectOutput(dir.resolve("out-" + r + ".txt").toFile());
             ps.add(pb.start());
@@ -44,21 +48,24 @@ class MultiProcessTest {
         }
     }
 
-    @Test
+    @ParameterizedTest(name = "{0}")
+    @ValueSource(strings = {"tcp", "shm"})
     @Timeout(120)
-    void threeProcessesRunEveryCollective(@TempDir Path dir) throws Exception {
-        List<Process> ps = launch(dir, 3, "ok");
+    void threeProcessesRunEveryCollective(String transport, @TempDir Path dir) throws Exception {
+        List<Process> ps = launch(dir, 3, "ok", transport);
         waitAll(ps);
         for (int r = 0; r < 3; r++) {
             assertEquals(0, ps.get(r).exitValue(), "rank " + r + " output:\n" + output(dir, r));
-            assertTrue(output(dir, r).contains("OK rank " + r), output(dir, r));
+            String ok = "OK rank " + r + (transport.equals("shm") ? " shm" : "") + "\n";
+            assertTrue(output(dir, r).contains(ok), output(dir, r));
         }
     }
 
-    @Test
+    @ParameterizedTest(name = "{0}")
+    @ValueSource(strings = {"tcp", "shm"})
     @Timeout(120)
-    void processKilledMidAllReduceFailsTheSurvivorsNamingIt(@TempDir Path dir) throws Exception {
-        List<Process> ps = launch(dir, 3, "die");
+    void processKilledMidAllReduceFailsTheSurvivorsNamingIt(String transport, @TempDir Path dir) throws Exception {
+        List<Process> ps = launch(dir, 3, "die", transport);
         long start = System.nanoTime();
         waitAll(ps);
         long ms = (System.nanoTime() - start) / 1_000_000L;

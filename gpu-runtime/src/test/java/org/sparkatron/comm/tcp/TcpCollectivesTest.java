@@ -22,7 +22,7 @@ import org.sparkatron.tensor.Tensor;
  * a 32 KiB small-message threshold make the ring paths (several segments per chunk, uneven chunks) run at
  * sizes that stay cheap; sizes 0, 1 and odd ones take the direct paths and the edge cases.
  */
-class TcpCollectivesTest {
+public class TcpCollectivesTest {
     private static final DType[] DTYPES = {DType.F32, DType.BF16, DType.F16, DType.I32, DType.I64};
     private static final int[] COUNTS = {0, 1, 7, 1001, 20011};
     private static final int BIG = 786_433; // 3 MiB + 4 bytes of F32: odd, several segments, ring path
@@ -61,7 +61,7 @@ class TcpCollectivesTest {
     }
 
     /** Runs every collective once on (dtype, count) and checks the result on this rank. */
-    static void exerciseAll(Communicator c, DType dt, int count, int seed) {
+    public static void exerciseAll(Communicator c, DType dt, int count, int seed) {
         int n = c.size();
         int r = c.rank();
         String at = dt + " count " + count + " rank " + r + "/" + n;

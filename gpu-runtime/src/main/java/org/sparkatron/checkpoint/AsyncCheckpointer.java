@@ -1,0 +1,274 @@
+package org.sparkatron.checkpoint;
+
+import java.io.IOException;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.Future;
+import java.util.concurrent.LinkedBlockingQueue;
+import java.util.concurrent.ThreadPoolExecutor;
+import java.util.concurrent.TimeUnit;
+import org.sparkatron.comm.Communicator;
+import org.sparkatron.device.Device;
+import org.sparkatron.model.Transformer;
+import org.sparkatron.optim.AdamW;
+import org.sparkatron.tensor.DType;
+import org.sparkatron.tensor.Tensor;
+
+/**
+ * One rank's checkpoint saves, blocking or asynchronous (Megatron's {@code --async-save}), into a
+ * {@link DistributedCheckpoint}. An asynchronous save copies the rank's shards into staging memory (one
+ * device-to-host copy per parameter; the only time the step waits), writes the files from the copy on a
+ * background thread while training goes on, and is committed later by {@link #poll} (every step) or
+ * {@link #finish}: once every rank has written its files, rank 0 writes the metadata with every file's size
+ * and CRC32C and renames the directory into place, exactly as a blocking save does. A crash before that
+ * commit leaves an {@code .inprogress-} directory that resume ignores (and the next save deletes), so the
+ * previous checkpoint stays the newest usable one: the atomicity, CRC and fallback guarantees are those of
+ * {@link DistributedCheckpoint#save}, which is this class in blocking mode.
+ *
+ * <p>Memory: an asynchronous save keeps a copy of what this rank writes (its model and/or optimizer shard)
+ * in host memory, allocated at the first save and reused; it is the price of not waiting for the disk.
+ *
+ * <p>Threading, blocking, failure: one instance per rank, used from the rank's training thread. {@link #start},
+ * {@link #poll} and {@link #finish} are collectives over the world communicator (every rank calls them at the
+ * same points); {@code start} first finishes a save still in flight. The writer thread is this instance's own
+ * (it ends after a few idle seconds, and at {@link #close}). A rank that fails to write makes every rank's
+ * {@code poll}/{@code finish} throw {@link IOException} naming it; nothing is committed and earlier
+ * checkpoints stay untouched.
+ */
+public final class AsyncCheckpointer implements AutoCloseable {
+    private final DistributedCheckpoint ckpt;
+    private final boolean async;
+    private final ThreadPoolExecutor writer;
+    private Tensor staging;
+    private Pending pending;
+
+    /** A save whose files are being written. */
+    private record Pending(long step, long dropoutSteps, String tmp, Future<long[]> written, Transformer model, int tpSize,
+                           int dpSize, long[] positions, Map<String, String> extra) {
+    }
+
+    /**
+     * @param async true: save in the background ({@link #start} returns after the copy); false: {@link #start}
+     *     writes the files itself from the live state (no copy), and {@link #finish} commits
+     */
+    public AsyncCheckpointer(DistributedCheckpoint ckpt, boolean async) {
+        this.ckpt = ckpt;
+        this.async = async;
+        if (async) {
+            writer = new ThreadPoolExecutor(1, 1, 5, TimeUnit.SECONDS, new LinkedBlockingQueue<>(), r -> {
+                Thread t = new Thread(r, "sparkatron-checkpoint-writer");
+                t.setDaemon(true);
+                return t;
+            });
+            writer.allowCoreThreadTimeOut(true);
+        } else {
+            writer = null;
+        }
+    }
+
+    public boolean isAsync() {
+        return async;
+    }
+
+    /** Whether a save is in flight (started, not yet committed). */
+    public boolean pending() {
+        return pending != null;
+    }
+
+    /**
+     * Begins saving this rank's part of the training state as step {@code opt.step()}; collective over
+     * {@code world} (a TP x DP layout: world rank = tp + TP x dp). Finishes a save still in flight first.
+     * Asynchronous: returns once the state is copied; blocking: once this rank's files are written.
+     *
+     * @param consumed this rank's data position (samples its source handed out)
+     * @param extra free-form strings kept in the metadata; the same on every rank
+     * @throws IOException if the checkpoint directory cannot be prepared (on every rank)
+     */
+    public void start(Communicator world, int dpSize, Transformer model, AdamW opt, long consumed, Map<String, String> extra)
+            throws IOException {
+        if (pending != null) {
+            finish(world);
+        }
+        int tpSize = model.tensorParallel().size();
+        int tpRank = model.tensorParallel().rank();
+        int ppSize = model.pipeline().size();
+        int stage = model.pipeline().stage();
+        int cpSize = model.contextParallel().size();
+        if (world.size() != tpSize * cpSize * dpSize * ppSize) {
+            throw new IllegalArgumentException("world of " + world.size() + " ranks is not TP " + tpSize + " x CP " + cpSize
+                    + " x DP " + dpSize + " x PP " + ppSize
+                    + ": checkpoints support tensor x context x data x pipeline parallel layouts");
+        }
+        // The CP x DP ranks of a TP shard and stage hold the same weights and moments (Megatron reduces gradients
+        // over DP x CP): they share the writing, one model and one optimizer file each, as DP replicas do alone.
+        int replicas = cpSize * dpSize;
+        int replica = world.rank() / tpSize % replicas;
+        long step = opt.step();
+        String tmp = ckpt.storage().child(ckpt.root(), DistributedCheckpoint.IN_PROGRESS + DistributedCheckpoint.dirName(step));
+        String prepError = null;
+        if (world.rank() == 0) {
+            try {
+                ckpt.storage().mkdirs(ckpt.root());
+                ckpt.storage().delete(tmp); // a crashed earlier attempt at the same step
+                ckpt.storage().mkdirs(tmp);
+            } catch (IOException | RuntimeException e) {
+                prepError = "rank 0 could not create " + tmp + ": " + e;
+            }
+        }
+        long[][] rows = DistributedCheckpoint.gatherRows(world, new long[] {prepError == null ? 0 : 1, step, consumed});
+        for (int r = 0; r < rows.length; r++) {
+            if (rows[r][0] != 0) {
+                throw new IOException(prepError != null ? prepError : "rank 0 failed to prepare " + tmp + " (see its log)");
+            }
+            if (rows[r][1] != step) {
+                throw new IllegalStateException("ranks disagree on the step to save: rank " + r + " is at " + rows[r][1]
+                        + ", rank " + world.rank() + " at " + step);
+            }
+        }
+        long[] positions = new long[rows.length];
+        for (int r = 0; r < rows.length; r++) {
+            positions[r] = rows[r][2];
+        }
+        boolean writesModel = replica == tpRank % replicas;
+        boolean writesOptim = replica == (tpRank + 1) % replicas;
+        List<ShardContent.Piece> mp = writesModel ? ShardContent.layout(model, "model/", tpRank, tpSize) : List.of();
+        List<ShardContent.Piece> mm = writesOptim ? ShardContent.layout(model, "optim.m/", tpRank, tpSize) : List.of();
+        List<ShardContent.Piece> mv = writesOptim ? ShardContent.layout(model, "optim.v/", tpRank, tpSize) : List.of();
+        LinkedHashMap<String, Tensor> modelTensors = new LinkedHashMap<>();
+        LinkedHashMap<String, Tensor> optimTensors = new LinkedHashMap<>();
+        Device dev = model.device();
+        String error = null;
+        try {
+            if (async) {
+                long need = ShardContent.numel(mp) + ShardContent.numel(mm) + ShardContent.numel(mv);
+                if (staging == null || staging.numel() < need) {
+                    staging = dev.allocateHostStaging(DType.F32, Math.max(1, need));
+                }
+                long at = ShardContent.copy(modelTensors, dev, model.params().weights(), mp, staging, 0);
+                at = ShardContent.copy(optimTensors, dev, opt.firstMoment(), mm, staging, at);
+                ShardContent.copy(optimTensors, dev, opt.secondMoment(), mv, staging, at);
+            } else {
+                ShardContent.views(modelTensors, dev, model.params().weights(), mp);
+                ShardContent.views(optimTensors, dev, opt.firstMoment(), mm);
+                ShardContent.views(optimTensors, dev, opt.secondMoment(), mv);
+            }
+        } catch (RuntimeException e) {
+            error = "rank " + world.rank() + " could not copy its state for step " + step + ": " + e;
+        }
+        String failure = error;
+        java.util.concurrent.Callable<long[]> write = () -> {
+            long[] row = new long[8];
+            row[7] = step;
+            if (failure != null) {
+                throw new IOException(failure);
+            }
+            if (writesModel) {
+                ShardFiles.Written w = ShardFiles.write(ckpt.storage(), ckpt.storage().child(tmp,
+                        DistributedCheckpoint.modelFile(stage, ppSize, tpRank, tpSize)), modelTensors, Map.of("step", "" + step));
+                row[1] = 1;
+                row[2] = w.bytes();
+                row[3] = w.crc();
+            }
+            if (writesOptim) {
+                ShardFiles.Written w = ShardFiles.write(ckpt.storage(), ckpt.storage().child(tmp,
+                        DistributedCheckpoint.optimFile(stage, ppSize, tpRank, tpSize)), optimTensors, Map.of("step", "" + step));
+                row[4] = 1;
+                row[5] = w.bytes();
+                row[6] = w.crc();
+            }
+            return row;
+        };
+        Future<long[]> written;
+        if (async) {
+            written = writer.submit(write);
+        } else {
+            java.util.concurrent.FutureTask<long[]> now = new java.util.concurrent.FutureTask<>(write);
+            now.run();
+            written = now;
+        }
+        // Everything the metadata records is taken now, with the copy: training changes it meanwhile.
+        pending = new Pending(step, model.trainSteps(), tmp, written, model, tpSize, dpSize, positions, extra);
+    }
+
+    /**
+     * Commits the save in flight if every rank has written its files; collective (one small all-gather) while a
+     * save is in flight, nothing otherwise.
+     *
+     * @return the committed checkpoint directory, or null when nothing was committed now
+     * @throws IOException if a rank failed to write (on every rank), or the commit failed
+     */
+    public String poll(Communicator world) throws IOException {
+        return pending == null ? null : complete(world, false);
+    }
+
+    /**
+     * Waits for this rank's files, then commits the save in flight; collective. Returns the committed directory,
+     * or null when no save was in flight.
+     */
+    public String finish(Communicator world) throws IOException {
+        return pending == null ? null : complete(world, true);
+    }
+
+    private String complete(Communicator world, boolean block) throws IOException {
+        Pending p = pending;
+        long[] mine = new long[9];
+        String error = null;
+        if (block || p.written().isDone()) {
+            mine[0] = 1;
+            try {
+                System.arraycopy(p.written().get(), 0, mine, 1, 8);
+            } catch (ExecutionException e) {
+                Throwable c = e.getCause();
+                error = c.getMessage() != null && c.getMessage().startsWith("rank ") ? c.getMessage()
+                        : "rank " + world.rank() + " could not write its shards to " + p.tmp() + ": " + c;
+                mine[1] = 1;
+                mine[8] = p.step();
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new IOException("interrupted while waiting for the checkpoint of step " + p.step() + " to be written", e);
+            }
+        }
+        long[][] all = DistributedCheckpoint.gatherRows(world, mine);
+        List<String> failed = new ArrayList<>();
+        for (int r = 0; r < all.length; r++) {
+            if (all[r][0] == 0) {
+                return null; // someone is still writing: try again at the next poll
+            }
+            if (all[r][1] != 0) {
+                failed.add("" + r);
+            }
+        }
+        pending = null;
+        if (!failed.isEmpty()) {
+            throw new IOException(error != null ? error : "checkpoint of step " + p.step() + " not saved: rank(s) " + failed
+                    + " failed to write (see their logs); earlier checkpoints are untouched");
+        }
+        long[][] rows = new long[all.length][];
+        for (int r = 0; r < all.length; r++) {
+            rows[r] = Arrays.copyOfRange(all[r], 1, 9);
+        }
+        return ckpt.commitSave(world, p.model(), p.step(), p.dropoutSteps(), p.tmp(), p.tpSize(), p.dpSize(), rows, p.positions(), p.extra());
+    }
+
+    /**
+     * Stops the writer thread (interrupting its I/O) and waits up to 30 s for it to end, so that an abandoned
+     * write cannot touch the directory of a later attempt's save of the same step; a save still in flight is
+     * abandoned (it never commits; resume ignores it).
+     */
+    @Override
+    public void close() {
+        pending = null;
+        if (writer != null) {
+            writer.shutdownNow();
+            try {
+                writer.awaitTermination(30, TimeUnit.SECONDS);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }
+    }
+}

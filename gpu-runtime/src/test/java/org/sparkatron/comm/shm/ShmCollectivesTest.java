@@ -1,0 +1,284 @@
+package org.sparkatron.comm.shm;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Random;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+import org.sparkatron.comm.CommException;
+import org.sparkatron.comm.Communicator;
+import org.sparkatron.comm.Communicators;
+import org.sparkatron.comm.InProcessRendezvous;
+import org.sparkatron.comm.ReduceOp;
+import org.sparkatron.comm.tcp.Data;
+import org.sparkatron.comm.tcp.TcpCollectivesTest;
+import org.sparkatron.comm.tcp.TcpOptions;
+import org.sparkatron.tensor.DType;
+import org.sparkatron.tensor.Tensor;
+
+/**
+ * The shared-memory collectives against the same sequential references as the TCP ones, ranks as threads of
+ * one JVM. 4 KiB slots and a 1 KiB small-message threshold make every algorithm run many rounds (uneven last
+ * rounds, sub-chunks of one element, both slot parities) at sizes that stay cheap.
+ */
+class ShmCollectivesTest {
+    static final byte[] SECRET = "shm-test-secret-0123456789abcdef".getBytes(StandardCharsets.UTF_8);
+    private static final DType[] DTYPES = {DType.F32, DType.BF16, DType.F16, DType.I32, DType.I64};
+    private static final int[] COUNTS = {0, 1, 7, 1001, 20011};
+
+    static ShmOptions small() {
+        return ShmOptions.defaults().withEnabled(true).withSizes(4096, 1024);
+    }
+
+    interface Body<T> {
+        T run(int rank, Communicator c) throws Exception;
+    }
+
+    /** Runs body on n ranks (threads), each connected through {@link Communicators#connect}; results by rank. */
+    static <T> List<T> run(int n, ShmOptions shm, long opTimeoutMs, Body<T> body) throws Exception {
+        InProcessRendezvous rv = new InProcessRendezvous(n, 20_000);
+        TcpOptions tcp = TcpOptions.loopback().withTimeouts(20_000, opTimeoutMs);
+        ExecutorService pool = Executors.newFixedThreadPool(n);
+        try {
+            List<Future<T>> fs = new ArrayList<>();
+            for (int r = 0; r < n; r++) {
+                int rank = r;
+                fs.add(pool.submit(() -> {
+                    try (Communicator c = Communicators.connect(rank, n, rv.forRank(rank), SECRET, tcp, shm)) {
+                        try {
+                            return body.run(rank, c);
+                        } catch (Throwable t) {
+                            c.abort("rank " + rank + " failed: " + t);
+                            throw t;
+                        }
+                    }
+                }));
+            }
+            List<T> out = new ArrayList<>();
+            Throwable first = null;
+            for (Future<T> f : fs) {
+                try {
+                    out.add(f.get(120, TimeUnit.SECONDS));
+                } catch (ExecutionException e) {
+                    // The root cause, not the CommExceptions it caused on the other ranks.
+                    if (first == null || first instanceof CommException && !(e.getCause() instanceof CommException)) {
+                        first = e.getCause();
+                    }
+                }
+            }
+            if (first != null) {
+                throw first instanceof Exception x ? x : new RuntimeException(first);
+            }
+            return out;
+        } finally {
+            pool.shutdownNow();
+        }
+    }
+
+    @ParameterizedTest(name = "group of {0}")
+    @ValueSource(ints = {2, 3, 5})
+    @Timeout(120)
+    void everyOpEveryDtypeSmallAndOddSizes(int n) throws Exception {
+        run(n, small(), 30_000, (r, c) -> {
+            assertTrue(((ShmCommunicator) c).sharedMemory(), "ranks of one JVM share a host");
+            int seed = 0;
+            for (DType dt : DTYPES) {
+                for (int count : COUNTS) {
+                    TcpCollectivesTest.exerciseAll(c, dt, count, ++seed);
+                }
+            }
+            return null;
+        });
+    }
+
+    /** The path of ranks in separate processes (staging through the segment), here with threads. */
+    @ParameterizedTest(name = "group of {0}")
+    @ValueSource(ints = {2, 4})
+    @Timeout(120)
+    void everyOpStagedThroughTheSegment(int n) throws Exception {
+        run(n, small().withDirect(false), 30_000, (r, c) -> {
+            assertTrue(((ShmCommunicator) c).sharedMemory(), "ranks of one JVM share a host");
+            int seed = 0;
+            for (DType dt : DTYPES) {
+                for (int count : COUNTS) {
+                    TcpCollectivesTest.exerciseAll(c, dt, count, ++seed);
+                }
+            }
+            return null;
+        });
+    }
+
+    @ParameterizedTest(name = "group of {0}")
+    @ValueSource(ints = {2, 4})
+    @Timeout(120)
+    void severalMegabytesWithDefaultSlots(int n) throws Exception {
+        run(n, ShmOptions.defaults().withEnabled(true), 30_000, (r, c) -> {
+            TcpCollectivesTest.exerciseAll(c, DType.F32, 786_433, 101);
+            TcpCollectivesTest.exerciseAll(c, DType.BF16, 786_433, 102);
+            return null;
+        });
+        run(n, ShmOptions.defaults().withEnabled(true).withDirect(false), 30_000, (r, c) -> {
+            TcpCollectivesTest.exerciseAll(c, DType.F32, 786_433, 103);
+            return null;
+        });
+    }
+
+    @Test
+    @Timeout(60)
+    void randomFloatsAgreeBitwiseAcrossRanksAndWithinToleranceOfDoubleSum() throws Exception {
+        int n = 4;
+        int count = 100_003;
+        List<float[]> results = run(n, small(), 30_000, (r, c) -> {
+            Tensor t = Tensor.allocateHost(DType.F32, count);
+            Random rnd = new Random(r);
+            for (int i = 0; i < count; i++) {
+                t.floats().put(i, (float) rnd.nextGaussian());
+            }
+            c.allReduce(t, ReduceOp.SUM);
+            float[] out = new float[count];
+            t.floats().get(out);
+            return out;
+        });
+        double[] exact = new double[count];
+        double[] mag = new double[count];
+        for (int r = 0; r < n; r++) {
+            Random rnd = new Random(r);
+            for (int i = 0; i < count; i++) {
+                float v = (float) rnd.nextGaussian();
+                exact[i] += v;
+                mag[i] += Math.abs(v);
+            }
+        }
+        for (int i = 0; i < count; i++) {
+            // n-1 = 3 fp32 roundings of partial sums, each at most 2^-24 relative to the running magnitude.
+            assertEquals(exact[i], results.get(0)[i], 3 * 0x1p-24 * mag[i] + 1e-30, "element " + i);
+        }
+        for (int r = 1; r < n; r++) {
+            assertArrayEquals(results.get(0), results.get(r), "rank " + r);
+        }
+    }
+
+    @Test
+    @Timeout(60)
+    void mismatchedCollectivesFailOnEveryRankWithTheSameMessageAndTheGroupStaysUsable() throws Exception {
+        List<String> errors = run(3, small(), 30_000, (r, c) -> {
+            String error = null;
+            try {
+                c.allReduce(Tensor.allocateHost(DType.F32, r == 1 ? 5000 : 4000), ReduceOp.SUM);
+            } catch (IllegalArgumentException e) {
+                error = e.getMessage();
+            }
+            try {
+                int[] send = {1, 1, 1};
+                int[] recv = {r == 2 ? 2 : 1, 1, 1};
+                c.allToAll(Tensor.allocateHost(DType.F32, 3), send, Tensor.allocateHost(DType.F32, r == 2 ? 4 : 3), recv);
+                error += " | no allToAll error";
+            } catch (IllegalArgumentException e) {
+                error += " | " + e.getMessage();
+            }
+            Tensor t = Data.fill(DType.F32, 3000, r, 0, 1);
+            c.allReduce(t, ReduceOp.SUM);
+            Data.check(t, 0, i -> Data.reduce(DType.F32, ReduceOp.SUM, 3, i, 1), "after the errors");
+            return error;
+        });
+        for (String e : errors) {
+            assertEquals(errors.get(0), e);
+        }
+        assertTrue(errors.get(0).contains("rank 1 allReduce SUM of 5000 F32 elements"), errors.get(0));
+        assertTrue(errors.get(0).contains("rank 2 expects 2 elements from rank 0, which sends it 1"), errors.get(0));
+    }
+
+    @Test
+    @Timeout(60)
+    void aRankThatNeverArrivesFailsTheOthersNamingIt() throws Exception {
+        long start = System.nanoTime();
+        List<String> outcomes = run(3, small(), 3_000, (r, c) -> {
+            try {
+                c.barrier(); // sets the segment up (over TCP)
+                if (r != 2) {
+                    c.allReduce(Tensor.allocateHost(DType.F32, 100_000), ReduceOp.SUM);
+                } else {
+                    Thread.sleep(8_000);
+                    c.barrier();
+                }
+                return "ok";
+            } catch (CommException e) {
+                return "peer " + e.peer() + ": " + e.getMessage();
+            }
+        });
+        long ms = (System.nanoTime() - start) / 1_000_000L;
+        assertTrue(outcomes.get(0).startsWith("peer 2: "), outcomes.get(0));
+        assertTrue(outcomes.get(0).contains("waiting in shared memory for rank 2"), outcomes.get(0));
+        assertTrue(outcomes.get(1).startsWith("peer 2: "), outcomes.get(1));
+        assertTrue(outcomes.get(2).startsWith("peer 2: "), "the late rank finds its world failed: " + outcomes.get(2));
+        assertTrue(ms < 30_000, "took " + ms + " ms");
+    }
+
+    @Test
+    @Timeout(60)
+    void abortOnOneRankFreesTheOthersWaitingInSharedMemory() throws Exception {
+        List<String> outcomes = run(3, small(), 30_000, (r, c) -> {
+            try {
+                c.barrier();
+                if (r == 1) {
+                    Thread.sleep(300);
+                    c.abort("rank 1 gives up");
+                    return "aborted";
+                }
+                c.allReduce(Tensor.allocateHost(DType.F32, 100_000), ReduceOp.SUM);
+                return "ok";
+            } catch (CommException e) {
+                return e.getMessage();
+            }
+        });
+        assertTrue(outcomes.get(0).contains("rank 1 gives up"), outcomes.get(0));
+        assertTrue(outcomes.get(2).contains("rank 1 gives up"), outcomes.get(2));
+    }
+
+    @Test
+    @Timeout(60)
+    void withoutAUsableDirectoryTheWorldStaysOnTcp(@org.junit.jupiter.api.io.TempDir Path tmp) throws Exception {
+        Path missing = tmp.resolve("no-such-dir");
+        run(2, small().withDir(missing), 30_000, (r, c) -> {
+            assertFalse(((ShmCommunicator) c).sharedMemory());
+            TcpCollectivesTest.exerciseAll(c, DType.F32, 1001, 3);
+            return null;
+        });
+        run(2, small().withEnabled(false), 30_000, (r, c) -> {
+            assertFalse(c instanceof ShmCommunicator, "switched off: the plain TCP communicator");
+            return null;
+        });
+    }
+
+    @Test
+    @Timeout(60)
+    void segmentsAreUnlinkedOnceMapped(@org.junit.jupiter.api.io.TempDir Path tmp) throws Exception {
+        run(3, small().withDir(tmp), 30_000, (r, c) -> {
+            Tensor t = Data.fill(DType.F32, 5000, r, 0, 2);
+            c.allReduce(t, ReduceOp.SUM);
+            if (r != 1) {
+                c.subGroup(7, new int[] {0, 2}).allReduce(t, ReduceOp.MAX);
+            }
+            c.barrier();
+            return null;
+        });
+        try (var files = Files.list(tmp)) {
+            assertEquals(List.of(), files.toList(), "nothing left behind");
+        }
+    }
+}
