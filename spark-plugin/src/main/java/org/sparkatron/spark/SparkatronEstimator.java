@@ -40,17 +40,18 @@ import org.apache.spark.sql.types.StructType;
  */
 public final class SparkatronEstimator extends Estimator<SparkatronModel> implements DefaultParamsWritable {
     /** The training-config keys that are not Params, and why. */
-    public static final java.util.Map<String, String> NOT_PARAMS = java.util.Map.of(
-            "input", "command line only: fit() takes the DataFrame itself",
-            "input_format", "command line only: fit() takes the DataFrame itself",
-            "input_schema", "command line only: fit() takes the DataFrame itself",
-            "fail_rank", "fault injection for the failure tests",
-            "fail_step", "fault injection for the failure tests",
-            "fail_attempts", "fault injection for the failure tests",
-            "override_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator",
-            "use_checkpoint_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator",
-            "num_layers_per_virtual_pipeline_stage", "Megatron's other way of saying virtualPp, which is the Param",
-            "recompute_granularity", "Megatron's name of recompute, which is the Param");
+    public static final java.util.Map<String, String> NOT_PARAMS = java.util.Map.ofEntries(
+            java.util.Map.entry("input", "command line only: fit() takes the DataFrame itself"),
+            java.util.Map.entry("input_format", "command line only: fit() takes the DataFrame itself"),
+            java.util.Map.entry("input_schema", "command line only: fit() takes the DataFrame itself"),
+            java.util.Map.entry("fail_rank", "fault injection for the failure tests"),
+            java.util.Map.entry("fail_step", "fault injection for the failure tests"),
+            java.util.Map.entry("fail_attempts", "fault injection for the failure tests"),
+            java.util.Map.entry("override_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator"),
+            java.util.Map.entry("use_checkpoint_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator"),
+            java.util.Map.entry("num_layers_per_virtual_pipeline_stage", "Megatron's other way of saying virtualPp, which is the Param"),
+            java.util.Map.entry("recompute_granularity", "Megatron's name of recompute, which is the Param"),
+            java.util.Map.entry("context_parallel_size", "Megatron's name of cp, which is the Param"));
     private static final long serialVersionUID = 1L;
     private final String uid;
     private transient PrintStream progress = System.out;
