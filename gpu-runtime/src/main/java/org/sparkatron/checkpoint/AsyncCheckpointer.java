@@ -13,8 +13,11 @@ import java.util.concurrent.ThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
 import org.sparkatron.comm.Communicator;
 import org.sparkatron.device.Device;
+import org.sparkatron.device.MemoryKind;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.AdamW;
+import org.sparkatron.optim.DistributedOptimizer;
+import org.sparkatron.parallel.DistributedDataParallel;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -28,6 +31,10 @@ import org.sparkatron.tensor.Tensor;
  * commit leaves an {@code .inprogress-} directory that resume ignores (and the next save deletes), so the
  * previous checkpoint stays the newest usable one: the atomicity, CRC and fallback guarantees are those of
  * {@link DistributedCheckpoint#save}, which is this class in blocking mode.
+ *
+ * <p>With the distributed optimizer (a sharded {@link AdamW}) the fp32 master weights and moments are first
+ * all-gathered over the data-parallel group (the gradient block and one temporary block hold the moments until
+ * they are copied or written), so the files are those of plain data parallelism and load under any layout.
  *
  * <p>Memory: an asynchronous save keeps a copy of what this rank writes (its model and/or optimizer shard)
  * in host memory, allocated at the first save and reused; it is the price of not waiting for the disk.
@@ -133,6 +140,26 @@ public final class AsyncCheckpointer implements AutoCloseable {
         for (int r = 0; r < rows.length; r++) {
             positions[r] = rows[r][2];
         }
+        // The distributed optimizer keeps a shard of the state: the whole (fp32 master weights, moments by
+        // parameter) is all-gathered first, so the files are those of plain data parallelism and load at any DP
+        // size. The gradient block (zeroed by the next step) holds m; v takes a temporary block until the copy
+        // (asynchronous) or the write (blocking) is done, at the end of this method.
+        Tensor weights = model.params().weights();
+        Tensor mBlock = opt.firstMoment();
+        Tensor vBlock = opt.secondMoment();
+        Tensor temporary = null;
+        if (opt.sharded()) {
+            DistributedDataParallel ddp = DistributedCheckpoint.shardedBy(model);
+            if (opt.masterWeights() != null) { // the weight block holds the 16-bit rounding until the next forward
+                opt.writeMasterWeights();
+                ddp.gatherParams(weights);
+            }
+            mBlock = model.params().grads();
+            DistributedOptimizer.gatherState(opt, ddp, opt.firstMoment(), mBlock);
+            temporary = model.device().allocate(MemoryKind.OPTIMIZER, DType.F32, model.params().numel());
+            vBlock = temporary;
+            DistributedOptimizer.gatherState(opt, ddp, opt.secondMoment(), vBlock);
+        }
         boolean writesModel = replica == tpRank % replicas;
         boolean writesOptim = replica == (tpRank + 1) % replicas;
         List<ShardContent.Piece> mp = writesModel ? ShardContent.layout(model, "model/", tpRank, tpSize) : List.of();
@@ -148,13 +175,13 @@ public final class AsyncCheckpointer implements AutoCloseable {
                 if (staging == null || staging.numel() < need) {
                     staging = dev.allocateHostStaging(DType.F32, Math.max(1, need));
                 }
-                long at = ShardContent.copy(modelTensors, dev, model.params().weights(), mp, staging, 0);
-                at = ShardContent.copy(optimTensors, dev, opt.firstMoment(), mm, staging, at);
-                ShardContent.copy(optimTensors, dev, opt.secondMoment(), mv, staging, at);
+                long at = ShardContent.copy(modelTensors, dev, weights, mp, staging, 0);
+                at = ShardContent.copy(optimTensors, dev, mBlock, mm, staging, at);
+                ShardContent.copy(optimTensors, dev, vBlock, mv, staging, at);
             } else {
-                ShardContent.views(modelTensors, dev, model.params().weights(), mp);
-                ShardContent.views(optimTensors, dev, opt.firstMoment(), mm);
-                ShardContent.views(optimTensors, dev, opt.secondMoment(), mv);
+                ShardContent.views(modelTensors, dev, weights, mp);
+                ShardContent.views(optimTensors, dev, mBlock, mm);
+                ShardContent.views(optimTensors, dev, vBlock, mv);
             }
         } catch (RuntimeException e) {
             error = "rank " + world.rank() + " could not copy its state for step " + step + ": " + e;
@@ -189,6 +216,9 @@ public final class AsyncCheckpointer implements AutoCloseable {
             java.util.concurrent.FutureTask<long[]> now = new java.util.concurrent.FutureTask<>(write);
             now.run();
             written = now;
+        }
+        if (temporary != null) { // copied (asynchronous) or written (blocking)
+            dev.release(temporary);
         }
         // Everything the metadata records is taken now, with the copy: training changes it meanwhile.
         pending = new Pending(step, model.trainSteps(), tmp, written, model, tpSize, dpSize, positions, extra);

@@ -35,10 +35,15 @@ import org.sparkatron.train.Trainer;
  * {@code ./sparkatron bench-ckpt [--tp 1,2] [--layers 6] [--width 384] [--vocab 50304] [--seq 64] [--batch 2]
  * [--rounds 3] [--dir DIR] [--no-peer]}: checkpoint save and load throughput (MB/s per rank) and the training
  * time lost per checkpoint, for the GPT-2-style bench model on local disk, at each TP size (ranks are
- * threads of this JVM with loopback TCP communicators, DP = 1). Each rank trains one step (so AdamW's
- * moments are real), times two more steps, then {@code rounds} x (save; load into a fresh model and
- * optimizer). Saving blocks training on every rank until the commit, so the time lost per checkpoint is the
- * save's wall time (the slowest rank's). The peer, in the same command: {@code torch.save} (to a file that
+ * threads of this JVM connected as Spark ranks are, DP = 1). Each rank trains one step (so AdamW's
+ * moments are real), times two more steps, then {@code rounds} x (blocking save; load into a fresh model and
+ * optimizer; at TP=1 the peer; then an asynchronous save). A blocking save stops training on every rank
+ * until the commit, so the time it loses is its wall time (the slowest rank's). An asynchronous save
+ * ({@link AsyncCheckpointer}) is started after a step and training goes on until it commits; per round:
+ * three plain steps (the round's baseline), the save's start (the copy) and its per-step polls (the time
+ * training is blocked), and the extra time of the steps that ran while the files were written, over the
+ * baseline (the write competes with training for cores and memory bandwidth). Time lost = blocked +
+ * extra, in steps of the baseline. The peer, alternated with our rounds: {@code torch.save} (to a file that
  * is fsynced, as our saves are) and {@code torch.load} of a state dict with the same tensors' element
  * counts, one process, with /usr/bin/python3 when torch is importable. Medians over the rounds; loads
  * follow saves, so both sides read from the page cache.
@@ -75,7 +80,8 @@ public final class CheckpointBench {
     }
 
     /** Per TP size: the medians of the rounds. */
-    record Figures(int tp, double stepS, double saveS, double loadS, long bytesPerRank, long totalBytes) {
+    record Figures(int tp, double stepS, double saveS, double loadS, long bytesPerRank, long totalBytes, double asyncBlockedS,
+                   double asyncExtraS, double asyncSteps, double asyncBaseS, double[] peer, double asyncCopyS) {
     }
 
     static void run(Map<String, String> a, PrintStream out) throws Exception {
@@ -94,36 +100,43 @@ public final class CheckpointBench {
         out.printf(Locale.ROOT, "work: GPT-2-style L=%d C=%d V=%d, fp32 weights + AdamW m and v, batch %d x %d, local disk %s, "
                 + "median of %d rounds%n", layers, width, vocab, batch, seq, dir, rounds);
         List<Long> tensorSizes = new ArrayList<>();
-        for (int tp : tps) {
-            Figures f = measure(cfg, tp, batch, seq, rounds, dir.resolve("tp" + tp));
-            if (tp == tps[0]) {
-                Transformer probe = new Transformer(cfg, new CpuDevice());
-                for (var p : probe.params().params()) {
-                    for (int copy = 0; copy < 3; copy++) { // weights, m, v
-                        tensorSizes.add(p.numel());
-                    }
-                }
+        Transformer probe = new Transformer(cfg, new CpuDevice());
+        for (var p : probe.params().params()) {
+            for (int copy = 0; copy < 3; copy++) { // weights, m, v
+                tensorSizes.add(p.numel());
             }
+        }
+        boolean peerWanted = !a.containsKey("no-peer");
+        for (int tp : tps) {
+            Figures f = measure(cfg, tp, batch, seq, rounds, dir.resolve("tp" + tp),
+                    peerWanted && tp == 1 ? tensorSizes : null, dir.resolve("peer.pt"));
             double mb = f.bytesPerRank() / 1e6;
             out.printf(Locale.ROOT, "TP=%d: checkpoint %.1f MB (%.1f MB per rank); save %.3f s = %.0f MB/s per rank; "
                             + "load %.3f s = %.0f MB/s per rank; training step %.3f s; time lost per checkpoint %.3f s (%.2f steps)%n",
                     tp, f.totalBytes() / 1e6, mb, f.saveS(), mb / f.saveS(), f.loadS(), mb / f.loadS(), f.stepS(), f.saveS(),
                     f.saveS() / f.stepS());
-            if (!a.containsKey("no-peer") && tp == 1) {
-                double[] peer = torchPeer(tensorSizes, dir.resolve("peer.pt"), rounds);
+            double lost = f.asyncBlockedS() + f.asyncExtraS();
+            out.printf(Locale.ROOT, "TP=%d async: training blocked %.3f s per checkpoint (copy %.3f s, then polls and commit), steps "
+                            + "during the write %.1f, their extra time over the round's step (%.3f s) %.3f s; time lost per checkpoint "
+                            + "%.3f s (%.2f steps) against %.2f steps blocking%n", tp, f.asyncBlockedS(), f.asyncCopyS(), f.asyncSteps(), f.asyncBaseS(),
+                    f.asyncExtraS(), lost, lost / f.asyncBaseS(), f.saveS() / f.stepS());
+            if (peerWanted && tp == 1) {
+                double[] peer = f.peer();
                 if (peer == null) {
                     out.println("peer: skipped (/usr/bin/python3 with torch not available)");
                 } else {
                     double peerMb = peer[2] / 1e6;
-                    out.printf(Locale.ROOT, "peer torch.save/torch.load (one process, %.1f MB): save %.3f s = %.0f MB/s, load %.3f s = %.0f MB/s; "
-                                    + "ratio ours/peer at TP=1 (throughput): save %.2f, load %.2f%n", peerMb, peer[0], peerMb / peer[0],
+                    out.printf(Locale.ROOT, "peer torch.save/torch.load (one process, %.1f MB, alternated with our rounds): save %.3f s = "
+                                    + "%.0f MB/s, load %.3f s = %.0f MB/s; ratio ours/peer at TP=1 (throughput): save %.2f, load %.2f%n", peerMb, peer[0], peerMb / peer[0],
                             peer[1], peerMb / peer[1], (mb / f.saveS()) / (peerMb / peer[0]), (mb / f.loadS()) / (peerMb / peer[1]));
                 }
             }
         }
     }
 
-    private static Figures measure(ModelConfig cfg, int tp, int batch, int seq, int rounds, Path root) throws Exception {
+    /** One TP size; with {@code peerSizes} (TP=1 only) a torch peer round follows each of ours. */
+    private static Figures measure(ModelConfig cfg, int tp, int batch, int seq, int rounds, Path root, List<Long> peerSizes,
+                                   Path peerFile) throws Exception {
         List<double[]> perRank = ranks(tp, (rank, world) -> {
             Transformer m = new Transformer(cfg, new RankContext(new CpuDevice(), new TensorParallel(world, false), Precision.FP32));
             m.initialize(1);
@@ -143,9 +156,16 @@ public final class CheckpointBench {
             }
             // keep every round's checkpoint: the save times measure writing and committing, not deleting the
             // previous checkpoint (keep-K cleanup), which the peer has no counterpart of
-            DistributedCheckpoint dc = new DistributedCheckpoint(new LocalStorage(), root.toString(), rounds + 1);
+            DistributedCheckpoint dc = new DistributedCheckpoint(new LocalStorage(), root.toString(), 2 * rounds + 1);
+            AsyncCheckpointer saver = new AsyncCheckpointer(dc, true); // one per rank, as in training: staging reused
             double[] save = new double[rounds];
             double[] load = new double[rounds];
+            double[] blocked = new double[rounds];
+            double[] copied = new double[rounds];
+            double[] extra = new double[rounds];
+            double[] during = new double[rounds];
+            double[] base = new double[rounds];
+            double[][] peer = peerSizes == null ? null : new double[rounds][];
             long bytes = 0;
             long total = 0;
             for (int r = 0; r < rounds; r++) {
@@ -168,26 +188,83 @@ public final class CheckpointBench {
                 if (fresh.params().weights().floats().get(17) != m.params().weights().floats().get(17)) {
                     throw new IllegalStateException("loaded weights differ from the saved ones");
                 }
+                if (peer != null) {
+                    peer[r] = torchPeer(peerSizes, peerFile, 1);
+                }
+                double[] a = asyncRound(world, trainer, saver, 200 + r);
+                copied[r] = a[4];
+                base[r] = a[0];
+                blocked[r] = a[1];
+                during[r] = a[2];
+                extra[r] = a[3];
             }
+            saver.close();
             world.barrier();
             if (rank == 0) {
                 for (long s : dc.committedSteps()) {
                     dc.storage().delete(dc.dir(s));
                 }
             }
-            return new double[] {median(steps), median(save), median(load), bytes, total};
+            double[] peerMedians = null;
+            if (peer != null && peer[0] != null) {
+                peerMedians = new double[] {median(column(peer, 0)), median(column(peer, 1)), peer[0][2]};
+            }
+            return new double[] {median(steps), median(save), median(load), bytes, total, median(blocked), median(extra),
+                median(during), median(base), peerMedians == null ? -1 : peerMedians[0], peerMedians == null ? -1 : peerMedians[1],
+                peerMedians == null ? -1 : peerMedians[2], median(copied)};
         });
-        double step = 0;
-        double save = 0;
-        double load = 0;
-        long bytes = 0;
+        double[] worst = new double[9];
         for (double[] r : perRank) { // the slowest rank: everyone waits for it
-            step = Math.max(step, r[0]);
-            save = Math.max(save, r[1]);
-            load = Math.max(load, r[2]);
-            bytes = Math.max(bytes, (long) r[3]);
+            for (int i = 0; i < worst.length; i++) {
+                worst[i] = Math.max(worst[i], r[i]);
+            }
         }
-        return new Figures(tp, step, save, load, bytes, (long) perRank.get(0)[4]);
+        double[] r0 = perRank.get(0);
+        return new Figures(tp, worst[0], worst[1], worst[2], (long) worst[3], (long) r0[4], worst[5], worst[6], worst[7], worst[8],
+                r0[9] < 0 ? null : new double[] {r0[9], r0[10], r0[11]}, perRank.stream().mapToDouble(x -> x[12]).max().orElse(0));
+    }
+
+    /**
+     * One asynchronous save between training steps: three plain steps (the baseline), the save started as
+     * step {@code step}, then steps with a poll after each until it commits. Returns {baseline step s, time
+     * blocked in start and polls s, steps run during the write, their time beyond the baseline s}.
+     */
+    private static double[] asyncRound(Communicator world, Trainer trainer, AsyncCheckpointer saver, long step) throws Exception {
+        double[] plain = new double[3];
+        for (int i = 0; i < plain.length; i++) {
+            world.barrier();
+            long t0 = System.nanoTime();
+            trainer.step();
+            plain[i] = (System.nanoTime() - t0) / 1e9;
+        }
+        double baseline = median(plain);
+        trainer.optimizer().setStep(step);
+        world.barrier();
+        long t0 = System.nanoTime();
+        saver.start(world, 1, trainer.model(), trainer.optimizer(), trainer.data().consumed(), Map.of());
+        double copy = (System.nanoTime() - t0) / 1e9;
+        double polls = 0;
+        double stepsTime = 0;
+        int steps = 0;
+        String done = null;
+        while (done == null) {
+            long s0 = System.nanoTime();
+            trainer.step();
+            stepsTime += (System.nanoTime() - s0) / 1e9;
+            steps++;
+            long p0 = System.nanoTime();
+            done = steps < 1000 ? saver.poll(world) : saver.finish(world);
+            polls += (System.nanoTime() - p0) / 1e9;
+        }
+        return new double[] {baseline, copy + polls, steps, stepsTime - steps * baseline, copy}; // negative extra: noise
+    }
+
+    private static double[] column(double[][] rows, int c) {
+        double[] out = new double[rows.length];
+        for (int i = 0; i < rows.length; i++) {
+            out[i] = rows[i][c];
+        }
+        return out;
     }
 
     /** torch.save (fsynced) and torch.load medians and the bytes written, or null without torch. */

@@ -12,7 +12,10 @@ import org.sparkatron.comm.Communicator;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.ParameterSet;
 import org.sparkatron.model.Transformer;
+import org.sparkatron.device.MemoryKind;
 import org.sparkatron.optim.AdamW;
+import org.sparkatron.optim.DistributedOptimizer;
+import org.sparkatron.parallel.DistributedDataParallel;
 import org.sparkatron.parallel.PipelineLayout;
 import org.sparkatron.parallel.PipelineParallel;
 import org.sparkatron.tensor.DType;
@@ -22,6 +25,11 @@ import org.sparkatron.tensor.Tensor;
  * Sharded training checkpoints under one root directory on any {@link CheckpointStorage}: save (every rank
  * writes only what it owns, in parallel), load under any tensor-parallel layout (each rank reads the global
  * element runs it needs), automatic resume from the newest usable checkpoint, and keeping the last K.
+ * With the distributed optimizer (a sharded {@link AdamW}) the fp32 master weights and moments are
+ * all-gathered over the data-parallel group before the write (device memory for one more parameter block,
+ * briefly), so the files are the same as without it and load under any TP, PP and DP layout, with or
+ * without the distributed optimizer; a load stages the whole moments of the rank's parameters in two
+ * temporary blocks and keeps its shard.
  *
  * <h2>Layout on storage</h2>
  * <pre>
@@ -282,7 +290,25 @@ public final class DistributedCheckpoint {
 
     private static void apply(CheckpointMetadata meta, ShardReader reader, Map<String, ShardFiles.Local> local,
                               Transformer model, AdamW opt) throws IOException {
-        reader.copy(local, model, opt);
+        if (opt != null && opt.sharded()) {
+            // the distributed optimizer: whole moments into temporary blocks, then this rank's shard of them; the
+            // fp32 master shard from the fp32 weights just loaded
+            DistributedDataParallel ddp = shardedBy(model);
+            Tensor m = model.device().zeros(MemoryKind.OPTIMIZER, DType.F32, model.params().numel());
+            Tensor v = model.device().zeros(MemoryKind.OPTIMIZER, DType.F32, model.params().numel());
+            try {
+                reader.copy(local, model.device(), model.params().weights(), m, v);
+                DistributedOptimizer.scatterState(opt, ddp, m, opt.firstMoment());
+                DistributedOptimizer.scatterState(opt, ddp, v, opt.secondMoment());
+                opt.reloadMasterWeights();
+            } finally {
+                model.device().release(m);
+                model.device().release(v);
+            }
+        } else {
+            reader.copy(local, model.device(), model.params().weights(), opt == null ? null : opt.firstMoment(),
+                    opt == null ? null : opt.secondMoment());
+        }
         if (opt != null) {
             opt.setStep(meta.step());
         }
@@ -311,6 +337,15 @@ public final class DistributedCheckpoint {
     private static String shardName(int stage, int ppSize, int tpRank, int tpSize) {
         return (ppSize > 1 ? String.format(Locale.ROOT, "pp%02dof%02d-", stage, ppSize) : "")
                 + String.format(Locale.ROOT, "tp%02d-of%02d.safetensors", tpRank, tpSize);
+    }
+
+    /** The data parallelism whose shards a sharded optimizer holds (the model's). */
+    static DistributedDataParallel shardedBy(Transformer model) {
+        DistributedDataParallel ddp = model.dataParallel();
+        if (ddp == null || !ddp.sharded()) {
+            throw new IllegalArgumentException("a sharded optimizer belongs to a model built with the distributed optimizer");
+        }
+        return ddp;
     }
 
     /** Whether {@code p}, held by pipeline stage {@code stage}, is the tied embedding's copy on a later stage. */

@@ -11,7 +11,6 @@ import java.util.Map;
 import org.sparkatron.device.Device;
 import org.sparkatron.model.ParameterSet;
 import org.sparkatron.model.Transformer;
-import org.sparkatron.optim.AdamW;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -114,12 +113,11 @@ final class ShardReader {
     }
 
     /**
-     * Copies the planned slices from the (verified, local) files into the model's weights and the
-     * optimizer's moments.
+     * Copies the planned slices from the (verified, local) files into blocks in the model's parameter layout:
+     * its weights and, when planned with the optimizer, the moments (null: not read).
      */
-    void copy(Map<String, ShardFiles.Local> local, Transformer model, AdamW opt) throws IOException {
-        Device device = model.device();
-        Tensor[] onDevice = {model.params().weights(), opt == null ? null : opt.firstMoment(), opt == null ? null : opt.secondMoment()};
+    void copy(Map<String, ShardFiles.Local> local, Device device, Tensor weights, Tensor m, Tensor v) throws IOException {
+        Tensor[] onDevice = {weights, m, v};
         Tensor[] blocks = new Tensor[onDevice.length]; // host views (the blocks themselves on the CPU device)
         for (int b = 0; b < blocks.length; b++) {
             blocks[b] = onDevice[b] == null ? null : device.toHost(onDevice[b]);

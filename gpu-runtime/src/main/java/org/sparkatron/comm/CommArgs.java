@@ -55,6 +55,28 @@ public final class CommArgs {
         return sum;
     }
 
+    /**
+     * Whether a reduce-scatter's {@code out} is exactly block {@code rank} of {@code in} (in place, as NCCL
+     * allows); false when they do not overlap; any other overlap is refused.
+     */
+    public static boolean inPlaceBlock(Tensor in, Tensor out, int rank) {
+        if (in.storage() != out.storage()) {
+            return false;
+        }
+        long a0 = in.byteOffset();
+        long a1 = a0 + in.byteSize();
+        long b0 = out.byteOffset();
+        long b1 = b0 + out.byteSize();
+        if (b1 <= a0 || a1 <= b0 || out.byteSize() == 0) {
+            return false;
+        }
+        if (b0 == a0 + rank * out.byteSize()) {
+            return true;
+        }
+        throw new IllegalArgumentException("reduceScatter output overlaps its input other than as this rank's block "
+                + rank + " (in place)");
+    }
+
     public static void numel(Tensor t, long expected, String what) {
         if (t.numel() != expected) {
             throw new IllegalArgumentException(what + " has " + t.numel() + " elements, expected " + expected);

@@ -54,7 +54,9 @@ public interface Communicator extends AutoCloseable {
 
     /**
      * {@code in} holds size() equal blocks of {@code out.numel()} elements; rank r's {@code out} becomes
-     * the reduction over all ranks of block r. {@code in} is not modified; in and out must not overlap.
+     * the reduction over all ranks of block r. Out of place (no overlap) {@code in} is not modified. In place
+     * ({@code out} is exactly block r of {@code in}, as NCCL allows and Megatron's distributed optimizer uses),
+     * the other blocks of {@code in} hold undefined partial results afterwards. Any other overlap is refused.
      */
     void reduceScatter(Tensor in, Tensor out, ReduceOp op);
 

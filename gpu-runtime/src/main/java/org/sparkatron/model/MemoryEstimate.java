@@ -7,6 +7,8 @@ import org.sparkatron.device.cpu.CpuKernels;
 import org.sparkatron.model.ParameterSet.TpRole;
 import org.sparkatron.parallel.AttentionCore;
 import org.sparkatron.parallel.ContextParallel;
+import org.sparkatron.parallel.DataParallel;
+import org.sparkatron.parallel.GradBuffer;
 import org.sparkatron.parallel.PipelineLayout;
 import org.sparkatron.parallel.pipeline.Schedule;
 import org.sparkatron.precision.Precision;
@@ -77,7 +79,7 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
      */
     public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, PipelineLayout pl, int stage, int microBatches,
                                     int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes) {
-        return of(cfg, tp, sp, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, Context.NONE);
+        return of(cfg, tp, sp, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, null, 1, Context.NONE);
     }
 
     /**
@@ -88,13 +90,46 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
     public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, PipelineLayout pl, int stage, int microBatches,
                                     int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes,
                                     Context cp) {
+        return of(cfg, tp, sp, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, null, 1, cp);
+    }
+
+    /**
+     * {@link #of(ModelConfig, int, boolean, PipelineLayout, int, int, int, int, Precision, Recompute, int)} for a
+     * model with data parallelism inside ({@link DataParallel}: {@code dp} null for none): the parameter and
+     * gradient blocks in Megatron's buffer layout (padded under the distributed optimizer), and with the
+     * distributed optimizer AdamW's moments, and under mixed precision the fp32 master weights, for this
+     * rank's {@code 1/dpSize} shard only, the model's weight block being its 16-bit copy (Megatron's
+     * {@code 2 + 4 + 12/dp} bytes per parameter, with the 16-bit copy's element size {@code halfBytes}).
+     */
+    public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, PipelineLayout pl, int stage, int microBatches,
+                                    int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes,
+                                    DataParallel.Config dp, int dpSize) {
+        return of(cfg, tp, sp, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, dp, dpSize, Context.NONE);
+    }
+
+    /**
+     * Both: data parallelism inside the model over a group of {@code dpSize} (under context parallelism the
+     * DP x CP group, which holds replicas of the same parameters), and rank {@code cp.rank()} of a CP group.
+     */
+    public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, PipelineLayout pl, int stage, int microBatches,
+                                    int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes,
+                                    DataParallel.Config dp, int dpSize, Context cp) {
         Transformer.validate(cfg, tp);
         ContextParallel.validate(seqLen, cp.size());
         int local = seqLen / cp.size(); // this rank's rows of each sequence
         boolean split = sp && tp > 1;
         ParameterSet.Builder layout = Transformer.layout(cfg, tp, pl, stage);
         long numel = layout.numel();
-        long params = 4 * numel + (precision.isReduced() ? (long) halfBytes * numel : 0);
+        long owned = numel; // elements of optimizer state
+        if (dp != null) {
+            GradBuffer plan = Transformer.gradBuffer(cfg, layout.params(), pl, stage, dp, dpSize);
+            numel = plan.numel();
+            owned = plan.ownedNumel();
+        }
+        boolean shardedMaster = dp != null && dp.distributedOptimizer() && precision.isReduced();
+        long params = shardedMaster ? (long) halfBytes * numel
+                : 4 * numel + (precision.isReduced() ? (long) halfBytes * numel : 0);
+        long optimizer = (shardedMaster ? 12 : 8) * owned; // moments (and the fp32 master shard)
         long n = (long) batch * local;
         if (split && n % tp != 0) {
             throw new IllegalArgumentException("sequence parallelism needs the batch's token count (batch x sequence length = "
@@ -146,7 +181,7 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
             }
             workspace += 4 * (n * c + sequenceGrads); // tp.rows, packed SP gradients
         }
-        return new MemoryEstimate(params, 4 * numel, 8 * numel, 4 * activations, workspace);
+        return new MemoryEstimate(params, 4 * numel, optimizer, 4 * activations, workspace);
     }
 
     /**

@@ -49,6 +49,10 @@ final class ModelChunk {
     private final ArrayDeque<MicroBatch> pool = new ArrayDeque<>();
     private final List<MicroBatch> all = new ArrayList<>();
     private MicroBatch lastForward;
+    private final int[][] layerParams; // per block: its parameters' indices (for gradient-ready reports)
+    private final int[] headParams;    // last chunk: the output layer's weight
+    private final int[] normParams;    // last chunk: the final norm
+    private final int[] embedParams;   // first chunk: embedding and positions
 
     ModelChunk(ModelConfig cfg, RankContext ctx, ParameterSet params, ParameterSet compute, int layerStart, int layerEnd,
                boolean first, boolean last, Tensor ropeCos, Tensor ropeSin, Workspace ws, RankBuffers buffers) {
@@ -72,6 +76,40 @@ final class ModelChunk {
         crossEntropy = last ? new VocabParallelCrossEntropy(ctx, vocabLocal, cfg.vocabSize()) : null;
         headInput = !last ? null : tp.sequenceParallel() ? new Mappings.GatherFromSequenceRegion(ctx)
                 : new Mappings.CopyToTensorRegion(ctx);
+        layerParams = new int[layerEnd - layerStart][];
+        for (int i = layerStart; i < layerEnd; i++) {
+            layerParams[i - layerStart] = indices(params, "layers." + i + ".", null);
+        }
+        headParams = last ? indices(params, null, headName) : new int[0];
+        normParams = last ? indices(params, "norm_f.", null) : new int[0];
+        embedParams = first ? concat(indices(params, null, "embed"), indices(params, null, "pos")) : new int[0];
+    }
+
+    /** Indices of the parameters named with {@code prefix} (or exactly {@code name}). */
+    private static int[] indices(ParameterSet params, String prefix, String name) {
+        List<Integer> out = new ArrayList<>();
+        List<ParameterSet.Param> all = params.params();
+        for (int i = 0; i < all.size(); i++) {
+            String n = all.get(i).name();
+            if (prefix != null ? n.startsWith(prefix) : n.equals(name)) {
+                out.add(i);
+            }
+        }
+        return out.stream().mapToInt(Integer::intValue).toArray();
+    }
+
+    private static int[] concat(int[] a, int[] b) {
+        int[] out = java.util.Arrays.copyOf(a, a.length + b.length);
+        System.arraycopy(b, 0, out, a.length, b.length);
+        return out;
+    }
+
+    private static void report(GradReadyHook hook, int[] params) {
+        if (hook != null) {
+            for (int p : params) {
+                hook.ready(p);
+            }
+        }
     }
 
     boolean isFirst() {
@@ -176,14 +214,17 @@ final class ModelChunk {
      * The backward of one micro-batch, after its forward. The last chunk starts from the output layer's input
      * gradient kept by the forward; others from {@code mb.grad} (received). Afterwards {@code mb.grad} holds
      * dLoss/d(this chunk's input), to send to the previous stage; parameter gradients are accumulated.
+     * {@code hook} (null: none) is told each parameter whose gradient is final: give it only for the chunk's
+     * last backward of a training step.
      */
-    void backward(MicroBatch mb) {
+    void backward(MicroBatch mb, GradReadyHook hook) {
         BlockActivations.Shape s = mb.shape;
         int n = s.n();
         int nl = s.nl();
         int c = s.c();
         TransformerBlock.Scratch scratch = buffers.scratch();
         if (last) {
+            report(hook, headParams); // its weight gradient was accumulated by the fused forward
             Tensor dnormF = tp.sequenceParallel() ? scratch.dnorm : mb.dheadX;
             headInput.backward(mb.dheadX, dnormF);
             k.zero(mb.grad);
@@ -193,15 +234,18 @@ final class ModelChunk {
                 k.layerNormBackward(mb.grad, params.grad("norm_f.w"), params.grad("norm_f.b"), dnormF, mb.output(),
                         compute.weight("norm_f.w"), mb.meanF, mb.rstdF, nl, c);
             }
+            report(hook, normParams);
         }
         for (int i = blocks.size() - 1; i >= 0; i--) {
             blocks.get(i).backward(mb.blocks[i], mb.layerInput(i), mb.grad, s, scratch, mb.drop);
+            report(hook, layerParams[i]);
         }
         if (first) {
             if (cfg.family() == ModelConfig.Family.GPT2) {
                 k.positionsBackward(params.grad("pos"), mb.grad, buffers.positions(), tp.firstLocalRow(n), nl, s.t(), c);
             }
             embedding.backward(mb.grad, mb.inputs(), n);
+            report(hook, embedParams);
         }
     }
 

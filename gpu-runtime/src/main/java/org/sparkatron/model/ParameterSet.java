@@ -138,6 +138,35 @@ public final class ParameterSet {
             return Collections.unmodifiableList(list);
         }
 
+        /**
+         * The same parameters at other offsets in blocks of {@code total} elements: a layout with gaps (Megatron's
+         * padded gradient buffer, {@link org.sparkatron.parallel.GradBuffer}). Gaps belong to no parameter.
+         * Refuses offsets that overlap or leave the block.
+         */
+        public Builder relayout(long[] offsets, long total) {
+            if (offsets.length != list.size()) {
+                throw new IllegalArgumentException(offsets.length + " offsets for " + list.size() + " parameters");
+            }
+            Builder b = new Builder();
+            long[][] spans = new long[offsets.length][];
+            for (int i = 0; i < offsets.length; i++) {
+                Param p = list.get(i);
+                if (offsets[i] < 0 || offsets[i] + p.numel() > total) {
+                    throw new IllegalArgumentException(p.name() + " at " + offsets[i] + " leaves a block of " + total + " elements");
+                }
+                b.list.add(new Param(p.name(), p.shape(), offsets[i], p.numel(), p.decay(), p.tp()));
+                spans[i] = new long[] {offsets[i], offsets[i] + p.numel()};
+            }
+            java.util.Arrays.sort(spans, (x, y) -> Long.compare(x[0], y[0]));
+            for (int i = 1; i < spans.length; i++) {
+                if (spans[i][0] < spans[i - 1][1]) {
+                    throw new IllegalArgumentException("parameters overlap at element " + spans[i][0]);
+                }
+            }
+            b.next = total;
+            return b;
+        }
+
         /** Elements declared so far: the size of the blocks {@link #build} allocates. */
         public long numel() {
             return next;

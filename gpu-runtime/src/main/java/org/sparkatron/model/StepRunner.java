@@ -31,6 +31,7 @@ public final class StepRunner {
     private Tensor staging; // [2N] I32 host: one micro-batch's inputs then targets
     private int[] positions = new int[0]; // this CP rank's positions of a sequence (context parallelism)
     private OpListener listener; // null: no timing
+    private GradReadyHook gradHook; // null: nobody waits for final gradients
 
     /** Told each operation's start and end ({@link System#nanoTime()}), after it ran: benchmarks and profiles. */
     public interface OpListener {
@@ -39,6 +40,11 @@ public final class StepRunner {
 
     void setListener(OpListener listener) {
         this.listener = listener;
+    }
+
+    /** Told, during each chunk's last backward of a training step, which parameters' gradients are final. */
+    void setGradReadyHook(GradReadyHook hook) {
+        this.gradHook = hook;
     }
 
     StepRunner(Device device, PipelineParallel pp, ContextParallel cp, List<ModelChunk> chunks) {
@@ -66,8 +72,17 @@ public final class StepRunner {
         int stage = pp.stage();
         int prev = (stage - 1 + p) % p;
         int next = (stage + 1) % p;
+        List<PipelineOp> ops = schedule.ops(stage);
+        int[] lastBackward = new int[v]; // per chunk: the index of its last backward, after which its gradients are final
+        java.util.Arrays.fill(lastBackward, -1);
+        for (int i = 0; i < ops.size(); i++) {
+            if (ops.get(i).kind() == PipelineOp.Kind.BACKWARD) {
+                lastBackward[ops.get(i).chunk()] = i;
+            }
+        }
         try {
-            for (PipelineOp op : schedule.ops(stage)) {
+            for (int i = 0; i < ops.size(); i++) {
+                PipelineOp op = ops.get(i);
                 int c = op.chunk();
                 int mb = op.microBatch();
                 ModelChunk chunk = chunks.get(c);
@@ -96,7 +111,7 @@ public final class StepRunner {
                     }
                     case RECV_BACKWARD -> g.recv(x.grad, next, tag(mb, k, 1, p * v));
                     case BACKWARD -> {
-                        chunk.backward(x);
+                        chunk.backward(x, pass.training() && i == lastBackward[c] ? gradHook : null);
                         if (chunk.isFirst()) {
                             done(live, chunk, c, mb);
                         }

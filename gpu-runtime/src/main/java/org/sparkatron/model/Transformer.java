@@ -6,6 +6,7 @@ import java.nio.FloatBuffer;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.List;
+import org.sparkatron.comm.Communicator;
 import org.sparkatron.comm.ReduceOp;
 import org.sparkatron.device.Device;
 import org.sparkatron.device.DeviceMemoryException;
@@ -14,7 +15,13 @@ import org.sparkatron.device.MemoryKind;
 import org.sparkatron.model.ParameterSet.TpRole;
 import org.sparkatron.parallel.AttentionCore;
 import org.sparkatron.parallel.ContextParallel;
+import org.sparkatron.device.cpu.CpuDevice;
+import org.sparkatron.optim.AdamW;
+import org.sparkatron.parallel.CommLane;
+import org.sparkatron.parallel.DataParallel;
+import org.sparkatron.parallel.DistributedDataParallel;
 import org.sparkatron.parallel.DropoutRng;
+import org.sparkatron.parallel.GradBuffer;
 import org.sparkatron.parallel.Mapping;
 import org.sparkatron.parallel.Mappings;
 import org.sparkatron.parallel.PipelineLayout;
@@ -94,6 +101,8 @@ public final class Transformer {
     private final List<ModelChunk> chunks = new ArrayList<>();
     private final RankBuffers buffers;
     private final StepRunner runner;
+    private final DistributedDataParallel ddp; // null: the training loop reduces gradients (GradientSync)
+    private final List<AdamW.Piece> ownedPieces; // with the distributed optimizer: this rank's gradient shard, per parameter
     private final Tensor normScratch; // F64 [1]: this rank's part of the squared gradient norm, then the sum
     private final Tensor scalars;     // F64 [1] for the synchronising convenience methods
     private final ByteBuffer scalarsHost = ByteBuffer.allocateDirect(8).order(ByteOrder.nativeOrder());
@@ -131,14 +140,23 @@ public final class Transformer {
                     + cfg.layers());
         }
         ParameterSet.Builder layout = layout(cfg, tp.size(), pp.layout(), pp.stage());
-        long weightBytes = Math.multiplyExact(layout.numel(), 4L) * (precision.isReduced() ? 3 : 2);
+        DataParallel dp = ctx.dataParallel();
+        GradBuffer plan = null;
+        if (dp != null) { // Megatron's gradient buffer order and padding
+            plan = gradBuffer(cfg, layout.params(), pp.layout(), pp.stage(), dp.config(), dp.size());
+            layout = layout.relayout(plan.offsets(), plan.numel());
+        }
+        // With the distributed optimizer under mixed precision the fp32 master weights are sharded (the
+        // optimizer keeps this rank's shard); the model's weight block is then its 16-bit copy.
+        boolean separateCompute = precision.isReduced() && !shardedMaster(dp, precision);
+        long weightBytes = Math.multiplyExact(layout.numel(), 4L) * (separateCompute ? 3 : 2);
         if (weightBytes > device.capacityBytes()) {
             throw new DeviceMemoryException(device.name(), cfg.family().name().toLowerCase(java.util.Locale.ROOT) + " model of "
                     + layout.numel() + " parameters per rank (weights and gradients"
-                    + (precision.isReduced() ? ", and a 16-bit compute copy" : "") + ")", weightBytes, device.capacityBytes());
+                    + (separateCompute ? ", and a 16-bit compute copy" : "") + ")", weightBytes, device.capacityBytes());
         }
         this.params = layout.build(device);
-        this.compute = precision.isReduced()
+        this.compute = separateCompute
                 ? params.withWeights(device.zeros(MemoryKind.PARAMETERS, DType.F32, params.numel())) : params;
         this.ws = new Workspace(device);
         this.normScratch = device.allocate(MemoryKind.WORKSPACE, DType.F64, 1);
@@ -161,6 +179,64 @@ public final class Transformer {
                     pl.isFirst(pp.stage(), c), pl.isLast(pp.stage(), c), ropeCos, ropeSin, ws, buffers));
         }
         this.runner = new StepRunner(device, pp, cp, chunks);
+        if (dp != null) {
+            boolean overlap = dp.config().overlapGradReduce() && dp.size() > 1;
+            // the CPU device's calls are done when they return: a thread of its own runs the reductions; other
+            // devices reduce on the rank's thread until they provide a communication lane
+            CommLane lane = overlap && device instanceof CpuDevice
+                    ? CommLane.thread("sparkatron-dp-" + device.name() + "-" + dp.rank()) : CommLane.inline();
+            this.ddp = new DistributedDataParallel(params, plan, new Communicator[] {dp.group()}, lane, dp.config().overlapGradReduce());
+            runner.setGradReadyHook(ddp);
+            this.ownedPieces = plan.sharded() ? AdamW.pieces(params, ddp.ownedRanges()) : null;
+        } else {
+            this.ddp = null;
+            this.ownedPieces = null;
+        }
+    }
+
+    /** Whether the fp32 master weights live sharded in the distributed optimizer (the model holds 16-bit weights). */
+    static boolean shardedMaster(DataParallel dp, Precision precision) {
+        return dp != null && dp.config().distributedOptimizer() && precision.isReduced();
+    }
+
+    /**
+     * Megatron's gradient buffer layout for the parameters {@code params} of stage {@code stage} of {@code pl}:
+     * one buffer per model chunk (its parameters in reverse order), buckets of the configured size on the
+     * first stage's first chunk only (Megatron disables bucketing elsewhere), a tied embedding split over
+     * stages in a bucket of its own.
+     */
+    static GradBuffer gradBuffer(ModelConfig cfg, List<ParameterSet.Param> params, PipelineLayout pl, int stage,
+                                 DataParallel.Config config, int dpSize) {
+        List<GradBuffer.ParamInfo> info = new ArrayList<>();
+        int last = pl.virtualStages() - 1;
+        for (ParameterSet.Param p : params) {
+            int chunk;
+            String n = p.name();
+            if (n.startsWith("layers.")) {
+                int layer = Integer.parseInt(n.substring(7, n.indexOf('.', 7)));
+                chunk = -1;
+                for (int c = 0; c <= last; c++) {
+                    if (layer >= pl.firstLayer(stage, c) && layer < pl.endLayer(stage, c)) {
+                        chunk = c;
+                    }
+                }
+            } else if ((n.equals("embed") || n.equals("pos")) && pl.isFirst(stage, 0)) {
+                chunk = 0;
+            } else {
+                chunk = last; // final norm, output layer, a tied embedding's copy on the last stage
+            }
+            boolean shared = cfg.tiedEmbeddings() && pl.stages() > 1 && n.equals("embed");
+            info.add(new GradBuffer.ParamInfo(chunk, 0, shared));
+        }
+        return GradBuffer.plan(params, info, new int[] {dpSize}, config, stage == 0);
+    }
+
+    /**
+     * This model's data parallelism ({@link DataParallel} in its context): its gradient buckets, reduced during
+     * the backward; null when the training loop reduces gradients itself.
+     */
+    public DistributedDataParallel dataParallel() {
+        return ddp;
     }
 
     /** RoPE's cos and sin tables [maxPos, hd/2] on the host (Hugging Face's rotate-half convention). */
@@ -290,8 +366,10 @@ public final class Transformer {
 
     /** {@link #memoryEstimate(int, int)} for steps of {@code microBatches} micro-batches through this rank's schedule. */
     public MemoryEstimate memoryEstimate(int b, int t, int microBatches) {
+        DataParallel dp = ctx.dataParallel();
         return MemoryEstimate.of(cfg, tp.size(), tp.sequenceParallel(), pp.layout(), pp.stage(), microBatches, b, t,
-                precision, recompute, compute.weights().dtype().bytes(), MemoryEstimate.Context.of(cp));
+                precision, recompute, compute.weights().dtype().bytes(), dp == null ? null : dp.config(), dp == null ? 1 : dp.size(),
+                MemoryEstimate.Context.of(cp));
     }
 
     /** The precision this model computes in. */
@@ -307,10 +385,16 @@ public final class Transformer {
         return compute.weights();
     }
 
-    /** Brings the 16-bit compute weights up to date with the fp32 master weights (nothing for FP32). */
+    /**
+     * Brings the 16-bit compute weights up to date with the fp32 master weights (nothing for FP32). With the
+     * distributed optimizer the weight block is itself the 16-bit copy, rounded in place (the optimizer's
+     * all-gather brings rounded values; a load or initialisation may have brought fp32 ones).
+     */
     private void refreshComputeWeights() {
         if (compute != params) {
             k.round(compute.weights(), params.weights(), params.numel(), precision.format());
+        } else if (precision.isReduced()) {
+            k.round(params.weights(), params.weights(), params.numel(), precision.format());
         }
     }
 
@@ -423,6 +507,9 @@ public final class Transformer {
      * device. The model must not be used afterwards.
      */
     public void close() {
+        if (ddp != null) {
+            ddp.close();
+        }
         for (ModelChunk c : chunks) {
             c.close();
         }
@@ -472,6 +559,9 @@ public final class Transformer {
         BlockActivations.Shape s = shape(b, t);
         refreshComputeWeights(); // every step starts here: the optimizer may have moved the master weights
         Schedule schedule = Schedule.of(pp.size(), pp.chunks(), microBatches.size());
+        if (ddp != null) {
+            ddp.beginStep();
+        }
         runner.run(schedule, microBatches, s, recompute, new StepRunner.Pass(true, gradScale, lossAcc, slot, lossWeight,
                 trainSteps, new TransformerBlock.DropKey(dropout, 0, dropoutRowOffset)));
         trainSteps += microBatches.size();
@@ -491,6 +581,9 @@ public final class Transformer {
     public double forwardBackward(int[] samples, int b, int t, float gradScale) {
         k.zero(scalars);
         forwardBackward(samples, b, t, gradScale, scalars, 0, 1.0);
+        if (ddp != null) {
+            ddp.finishGradSync(); // a complete step's gradients: reduced over the data-parallel group
+        }
         return readScalar();
     }
 
@@ -563,7 +656,15 @@ public final class Transformer {
     public void gradSquaredNorm(Tensor acc, int slot) {
         k.zero(normScratch);
         boolean skipEmbed = tiedAcrossStages() && !pp.holdsFirst();
-        if (tp.rank() == 0 && !skipEmbed) {
+        if (ownedPieces != null) { // distributed optimizer: this rank's shard of each parameter, then over the DP group
+            for (AdamW.Piece piece : ownedPieces) {
+                ParameterSet.Param p = params.params().get(piece.param());
+                if ((p.tp() == TpRole.SPLIT || tp.rank() == 0) && !(skipEmbed && p.name().equals("embed"))) {
+                    k.sumOfSquares(params.grads().slice(piece.offset(), piece.length()), normScratch, 0);
+                }
+            }
+            ddp.sumOverGroups(normScratch);
+        } else if (tp.rank() == 0 && !skipEmbed) {
             k.sumOfSquares(params.grads(), normScratch, 0);
         } else {
             for (ParameterSet.Param p : params.params()) {

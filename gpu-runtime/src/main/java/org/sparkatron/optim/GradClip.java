@@ -17,6 +17,14 @@ public final class GradClip {
      * @return the coefficient applied (1 when not clipped)
      */
     public static float clip(Kernels kernels, Tensor grads, double norm, double maxNorm) {
+        return clip(kernels, java.util.List.of(grads), norm, maxNorm);
+    }
+
+    /**
+     * {@link #clip(Kernels, Tensor, double, double)} over several views (a distributed optimizer's gradient
+     * shard, one range per bucket), with the one global norm.
+     */
+    public static float clip(Kernels kernels, java.util.List<Tensor> grads, double norm, double maxNorm) {
         if (!(maxNorm > 0) || !Double.isFinite(norm)) {
             return 1f;
         }
@@ -24,7 +32,9 @@ public final class GradClip {
         if (coef >= 1f) {
             return 1f;
         }
-        kernels.scale(grads, coef);
+        for (Tensor g : grads) {
+            kernels.scale(g, coef);
+        }
         return coef;
     }
 }

@@ -33,8 +33,10 @@ public final class FullWeights {
      * @return the whole model's weights on TP rank 0 of the first pipeline stage; null on every other rank
      */
     public static float[] gather(Transformer model) {
-        // TpCheckpoint's gathered model has the whole model's layout (PP = 1), filled with this stage's parameters
-        Transformer gathered = model.tensorParallel().size() > 1 ? TpCheckpoint.gatherFull(model, false) : model;
+        // TpCheckpoint's gathered model has the whole model's layout (PP = 1), filled with this stage's parameters;
+        // a model with data parallelism inside has the gradient buffer's layout, so it is gathered too
+        Transformer gathered = model.tensorParallel().size() > 1 || model.dataParallel() != null
+                ? TpCheckpoint.gatherFull(model, false) : model;
         try {
             if (model.tensorParallel().rank() != 0) {
                 return null;

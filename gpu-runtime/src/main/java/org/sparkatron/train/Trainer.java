@@ -9,6 +9,8 @@ import org.sparkatron.device.MemoryKind;
 import org.sparkatron.model.MemoryEstimate;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.AdamW;
+import org.sparkatron.optim.DistributedOptimizer;
+import org.sparkatron.parallel.DistributedDataParallel;
 import org.sparkatron.optim.GradClip;
 import org.sparkatron.optim.LrSchedule;
 import org.sparkatron.precision.DynamicGradScaler;
@@ -93,6 +95,9 @@ public final class Trainer {
     private final int seqLen;
     private final List<int[]> microBatches = new ArrayList<>();
     private final GradientSync sync;
+    private final DistributedDataParallel ddp;  // the model's data parallelism, or null
+    private final DistributedOptimizer distOpt; // ZeRO-1, or null
+    private final List<Tensor> gradViews;       // what clipping and unscaling touch: the block, or this rank's shard
     private final DynamicGradScaler scaler; // FP16 only
 
     /** A rank training alone. */
@@ -115,19 +120,33 @@ public final class Trainer {
             throw new IllegalArgumentException(p.needsLossScaling() ? "an fp16 model needs loss scaling settings"
                     : "loss scaling applies to fp16 only; this model computes in " + p.label());
         }
-        if (model.contextParallel().size() > 1 && sync == GradientSync.NONE) {
+        if (model.contextParallel().size() > 1 && sync == GradientSync.NONE && model.dataParallel() == null) {
             throw new IllegalArgumentException("context parallelism (cp " + model.contextParallel().size() + ") needs the gradients "
-                    + "averaged over the data-parallel x context-parallel group: pass a GradientSync over the DP_CP group");
+                    + "averaged over the data-parallel x context-parallel group: build the model with a DataParallel over the "
+                    + "DP_CP group, or pass a GradientSync over it");
         }
         this.scaler = lossScaling == null ? null : new DynamicGradScaler(lossScaling);
         this.model = model;
         this.device = model.device();
         this.stepScalars = device.allocate(MemoryKind.WORKSPACE, DType.F64, 2);
-        this.sync = sync;
+        this.ddp = model.dataParallel();
+        if (ddp != null && sync != GradientSync.NONE && sync != ddp) {
+            throw new IllegalArgumentException("this model reduces its gradients itself (data parallelism in its RankContext); "
+                    + "give the trainer no GradientSync");
+        }
+        this.sync = ddp != null ? ddp : sync;
         this.data = data;
         this.opt = opt;
         this.seqLen = data.sampleLength() - 1;
-        this.adam = new AdamW(model.params(), model.kernels(), opt.beta1(), opt.beta2(), opt.eps(), opt.weightDecay());
+        if (ddp != null && ddp.sharded()) {
+            this.distOpt = new DistributedOptimizer(model, opt.beta1(), opt.beta2(), opt.eps(), opt.weightDecay());
+            this.adam = distOpt.adam();
+            this.gradViews = ddp.ownedGradients();
+        } else {
+            this.distOpt = null;
+            this.adam = new AdamW(model.params(), model.kernels(), opt.beta1(), opt.beta2(), opt.eps(), opt.weightDecay());
+            this.gradViews = List.of(model.params().grads());
+        }
         for (int m = 0; m < opt.microBatches(); m++) {
             microBatches.add(model.needsData() ? new int[opt.batch() * data.sampleLength()] : null);
         }
@@ -144,8 +163,14 @@ public final class Trainer {
         return data;
     }
 
+    /** The optimizer state: the whole model's, or with the distributed optimizer this rank's shard. */
     public AdamW optimizer() {
         return adam;
+    }
+
+    /** The distributed optimizer (ZeRO-1), or null when every rank keeps the whole optimizer state. */
+    public DistributedOptimizer distributedOptimizer() {
+        return distOpt;
     }
 
     /** The loss scaler (FP16), or null. */
@@ -169,11 +194,17 @@ public final class Trainer {
         // the micro-batches through this rank's pipeline schedule; the loss is summed over the pipeline group
         model.forwardBackward(microBatches, opt.batch(), seqLen, lossScale / opt.microBatches(), stepScalars, LOSS,
                 1.0 / opt.microBatches());
-        model.finishGradients(); // SP norm/position gradients over the TP group, a tied embedding over its stages
+        // data parallelism: waits for the buckets reduced during the backward (Megatron's finish_grad_sync), then,
+        // as Megatron's finalize_model_grads, the SP norm/position gradients over the TP group and a tied embedding
+        // over its stages (sums: their order does not matter; with the distributed optimizer the TP ranks and the
+        // two embedding stages shard alike, so the sums see matching shards)
         sync.syncGradients(model.params().grads());
+        model.finishGradients();
         sync.averageScalars(stepScalars.slice(LOSS, 1));
         if (scaler != null) {
-            model.kernels().scale(model.params().grads(), (float) (1 / lossScale)); // exact for power-of-two scales
+            for (Tensor g : gradViews) {
+                model.kernels().scale(g, (float) (1 / lossScale)); // exact for power-of-two scales
+            }
         }
         model.gradSquaredNorm(stepScalars, NORM); // TP-replicated parameters counted once
         device.download(stepScalarsHost, stepScalars); // the step's one synchronisation
@@ -198,9 +229,13 @@ public final class Trainer {
             throw new IllegalStateException("step " + (adam.step() + 1) + ": non-finite loss " + loss + " or gradient norm "
                     + norm + "; the learning rate may be too high");
         }
-        GradClip.clip(model.kernels(), model.params().grads(), norm, opt.gradClip());
+        GradClip.clip(model.kernels(), gradViews, norm, opt.gradClip());
         double lr = opt.schedule().at(adam.step());
-        adam.update((float) lr);
+        if (distOpt != null) {
+            distOpt.update((float) lr); // this rank's shard, then the all-gather of the parameters
+        } else {
+            adam.update((float) lr);
+        }
         double secs = (System.nanoTime() - t0) / 1e9;
         long tokens = (long) opt.batch() * opt.microBatches() * seqLen;
         return new StepMetrics(adam.step(), loss, lr, norm, tokens / secs, secs, false, lossScale);

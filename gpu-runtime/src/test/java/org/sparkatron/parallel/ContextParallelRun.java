@@ -21,7 +21,8 @@ import org.sparkatron.train.Trainer;
  * Runs of the context-parallel parity tests: one rank alone, and a TP x CP x DP x PP world of ranks as threads
  * training on the same global batches of sequences of {@link #SEQ} tokens (16, so CP 4 cuts each sequence into
  * 8 chunks of 2). Each rank reports, per step, its loss, gradient norm and the gathered (full-shape) gradients
- * and weights of the parameters its stage holds, by name ({@link PipelineRun.Step}).
+ * (none under the distributed optimizer, which reduces only a rank's shard of them) and weights of the parameters
+ * its stage holds, by name ({@link PipelineRun.Step}).
  */
 final class ContextParallelRun {
     static final int SEQ = 16;
@@ -29,13 +30,18 @@ final class ContextParallelRun {
 
     /** A layout and what runs on it. */
     record Setup(int tp, int cp, ContextParallel.CommType mode, int dp, int pp, boolean sp, int batch, int micro,
-                 Recompute recompute, float dropout) {
+                 Recompute recompute, float dropout, DataParallel.Config inModel) {
         static Setup of(int tp, int cp, String mode, int dp, int pp, boolean sp) {
-            return new Setup(tp, cp, ContextParallel.CommType.parse(mode), dp, pp, sp, 2, pp > 1 ? 4 : 1, Recompute.NONE, 0f);
+            return new Setup(tp, cp, ContextParallel.CommType.parse(mode), dp, pp, sp, 2, pp > 1 ? 4 : 1, Recompute.NONE, 0f, null);
         }
 
         Setup with(Recompute r, float drop) {
-            return new Setup(tp, cp, mode, dp, pp, sp, batch, micro, r, drop);
+            return new Setup(tp, cp, mode, dp, pp, sp, batch, micro, r, drop, inModel);
+        }
+
+        /** Gradients reduced by the model's own data parallelism over DP x CP ({@code c}), not the trainer's GradientSync. */
+        Setup inModel(DataParallel.Config c) {
+            return new Setup(tp, cp, mode, dp, pp, sp, batch, micro, recompute, dropout, c);
         }
 
         int world() {
@@ -112,6 +118,9 @@ final class ContextParallelRun {
         PipelineParallel stage = new PipelineParallel(pg.pp(), PipelineLayout.of(cfg.layers(), s.pp(), 1, -1, -1), pg.embedding());
         RankContext ctx = new RankContext(TestDevices.create(), new TensorParallel(pg.tp(), s.sp()), Precision.FP32, stage)
                 .withContextParallel(new ContextParallel(pg.cp(), s.mode()));
+        if (s.inModel() != null) {
+            ctx = ctx.withDataParallel(new DataParallel(pg.dpWithCp(), s.inModel()));
+        }
         Transformer m = new Transformer(cfg, ctx);
         m.initialize(ParityRun.SEED);
         return m;
@@ -126,8 +135,10 @@ final class ContextParallelRun {
                 int dpRank = pg.coords()[3];
                 m.setDropout(s.dropout(), 99, (long) dpRank * s.batch() * SEQ);
                 m.setRecompute(s.recompute());
-                Trainer tr = new Trainer(m, source(cfg, dpRank, s.dp(), s.batch()), PipelineRun.options(s.batch(), s.micro()),
-                        ParityRun.averaging(pg.dpWithCp()));
+                Trainer tr = s.inModel() != null
+                        ? new Trainer(m, source(cfg, dpRank, s.dp(), s.batch()), PipelineRun.options(s.batch(), s.micro()))
+                        : new Trainer(m, source(cfg, dpRank, s.dp(), s.batch()), PipelineRun.options(s.batch(), s.micro()),
+                                ParityRun.averaging(pg.dpWithCp()));
                 List<PipelineRun.Step> out = new ArrayList<>();
                 for (int i = 0; i < STEPS; i++) {
                     Trainer.StepMetrics sm = tr.step();
@@ -136,8 +147,11 @@ final class ContextParallelRun {
                     Map<String, float[]> allW = PipelineRun.byName(full, false);
                     Map<String, float[]> g = new LinkedHashMap<>();
                     Map<String, float[]> w = new LinkedHashMap<>();
+                    boolean shardedGrads = s.inModel() != null && s.inModel().distributedOptimizer(); // only a shard reduced
                     for (ParameterSet.Param p : m.params().params()) { // this stage's parameters only
-                        g.put(p.name(), allG.get(p.name()));
+                        if (!shardedGrads) {
+                            g.put(p.name(), allG.get(p.name()));
+                        }
                         w.put(p.name(), allW.get(p.name()));
                     }
                     full.close();

@@ -29,17 +29,35 @@ final class PipelineRun {
 
     /** Options of a run: layout, micro-batches, recomputation, dropout, uneven first/last stages. */
     record Setup(int tp, int pp, int vpp, int dp, boolean sp, int batch, int micro, Recompute recompute, float dropout,
-                 int firstLayers, int lastLayers) {
+                 int firstLayers, int lastLayers, DataParallel.Config ddp, Precision precision, float clip) {
         static Setup of(int tp, int pp, int vpp, int dp, boolean sp) {
-            return new Setup(tp, pp, vpp, dp, sp, 2, 4, Recompute.NONE, 0f, -1, -1);
+            return new Setup(tp, pp, vpp, dp, sp, 2, 4, Recompute.NONE, 0f, -1, -1, null, Precision.FP32, ParityRun.options(2).gradClip());
         }
 
         Setup with(Recompute r, float drop) {
-            return new Setup(tp, pp, vpp, dp, sp, batch, micro, r, drop, firstLayers, lastLayers);
+            return new Setup(tp, pp, vpp, dp, sp, batch, micro, r, drop, firstLayers, lastLayers, ddp, precision, clip);
         }
 
         Setup uneven(int first, int last) {
-            return new Setup(tp, pp, vpp, dp, sp, batch, micro, recompute, dropout, first, last);
+            return new Setup(tp, pp, vpp, dp, sp, batch, micro, recompute, dropout, first, last, ddp, precision, clip);
+        }
+
+        /** Data parallelism inside the model (null: the test's all-reduce after the backward). */
+        Setup ddp(DataParallel.Config c) {
+            return new Setup(tp, pp, vpp, dp, sp, batch, micro, recompute, dropout, firstLayers, lastLayers, c, precision, clip);
+        }
+
+        Setup precision(Precision p) {
+            return new Setup(tp, pp, vpp, dp, sp, batch, micro, recompute, dropout, firstLayers, lastLayers, ddp, p, clip);
+        }
+
+        /** Gradient clipping at {@code c} (0: off). */
+        Setup clip(float c) {
+            return new Setup(tp, pp, vpp, dp, sp, batch, micro, recompute, dropout, firstLayers, lastLayers, ddp, precision, c);
+        }
+
+        Setup batches(int b, int m) {
+            return new Setup(tp, pp, vpp, dp, sp, b, m, recompute, dropout, firstLayers, lastLayers, ddp, precision, clip);
         }
     }
 
@@ -47,17 +65,21 @@ final class PipelineRun {
     }
 
     static Trainer.Options options(int batch, int micro) {
+        return options(batch, micro, ParityRun.options(batch).gradClip());
+    }
+
+    static Trainer.Options options(int batch, int micro, float clip) {
         Trainer.Options o = ParityRun.options(batch);
-        return new Trainer.Options(batch, micro, o.schedule(), o.beta1(), o.beta2(), o.eps(), o.weightDecay(), o.gradClip());
+        return new Trainer.Options(batch, micro, o.schedule(), o.beta1(), o.beta2(), o.eps(), o.weightDecay(), clip);
     }
 
     /** One rank alone: micro-batches of dp x batch samples (the DP replicas' together), same order. */
     static List<Step> reference(ModelConfig cfg, Setup s) {
-        Transformer m = new Transformer(cfg, TestDevices.create());
+        Transformer m = new Transformer(cfg, RankContext.single(TestDevices.create(), s.precision()));
         m.initialize(ParityRun.SEED);
         m.setDropout(s.dropout(), 99);
         m.setRecompute(Recompute.NONE);
-        Trainer tr = new Trainer(m, ParityRun.source(cfg, 0, 1, s.dp() * s.batch()), options(s.dp() * s.batch(), s.micro()));
+        Trainer tr = new Trainer(m, ParityRun.source(cfg, 0, 1, s.dp() * s.batch()), options(s.dp() * s.batch(), s.micro(), s.clip()));
         List<Step> out = new ArrayList<>();
         for (int i = 0; i < ParityRun.STEPS; i++) {
             Trainer.StepMetrics sm = tr.step();
@@ -74,24 +96,31 @@ final class PipelineRun {
             try (ProcessGroups pg = ProcessGroups.create(layout, comm)) {
                 PipelineParallel stage = new PipelineParallel(pg.pp(),
                         PipelineLayout.of(cfg.layers(), s.pp(), s.vpp(), s.firstLayers(), s.lastLayers()), pg.embedding());
-                RankContext ctx = new RankContext(TestDevices.create(), new TensorParallel(pg.tp(), s.sp()), Precision.FP32, stage);
+                RankContext ctx = new RankContext(TestDevices.create(), new TensorParallel(pg.tp(), s.sp()), s.precision(), stage,
+                        s.ddp() == null ? null : new DataParallel(pg.dp(), s.ddp()));
                 Transformer m = new Transformer(cfg, ctx);
                 m.initialize(ParityRun.SEED);
                 int dpRank = pg.coords()[3];
                 m.setDropout(s.dropout(), 99, (long) dpRank * s.batch() * ParityRun.SEQ);
                 m.setRecompute(s.recompute());
-                Trainer tr = new Trainer(m, ParityRun.source(cfg, dpRank, s.dp(), s.batch()), options(s.batch(), s.micro()),
-                        ParityRun.averaging(pg.dp()));
+                Trainer tr = new Trainer(m, ParityRun.source(cfg, dpRank, s.dp(), s.batch()), options(s.batch(), s.micro(), s.clip()),
+                        s.ddp() == null ? ParityRun.averaging(pg.dp()) : org.sparkatron.train.GradientSync.NONE);
+                boolean shardedGrads = s.ddp() != null && s.ddp().distributedOptimizer();
                 List<Step> out = new ArrayList<>();
                 for (int i = 0; i < ParityRun.STEPS; i++) {
                     Trainer.StepMetrics sm = tr.step();
-                    Transformer full = TpCheckpoint.gatherFull(m, true);
+                    if (tr.distributedOptimizer() != null) {
+                        tr.distributedOptimizer().gatherMasterWeights(); // compare the fp32 master weights
+                    }
+                    Transformer full = TpCheckpoint.gatherFull(m, !shardedGrads);
                     Map<String, float[]> g = new LinkedHashMap<>();
                     Map<String, float[]> w = new LinkedHashMap<>();
-                    Map<String, float[]> allG = byName(full, true);
+                    Map<String, float[]> allG = shardedGrads ? Map.of() : byName(full, true); // sharded: only a shard is reduced
                     Map<String, float[]> allW = byName(full, false);
                     for (ParameterSet.Param p : m.params().params()) { // this stage's parameters only
-                        g.put(p.name(), allG.get(p.name()));
+                        if (!shardedGrads) {
+                            g.put(p.name(), allG.get(p.name()));
+                        }
                         w.put(p.name(), allW.get(p.name()));
                     }
                     full.close();

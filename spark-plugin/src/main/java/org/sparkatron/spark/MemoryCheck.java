@@ -79,12 +79,15 @@ final class MemoryCheck {
      * largest (all-gather attention: its second chunk sees the most keys), so its figures bound the others'.
      */
     static MemoryEstimate estimate(TrainConfig cfg, int tp, int cp, int microBatch, Recompute recompute) {
+        // the engine's gradient-buffer layout, and with the distributed optimizer the optimizer state of a
+        // 1/(dp x cp) shard (the optimizer shards over DP x CP)
         PipelineLayout pl = cfg.pipelineLayout();
         int microBatches = cfg.replicaBatch() / microBatch;
         MemoryEstimate worst = null;
         for (int stage = 0; stage < cfg.pp; stage++) {
             MemoryEstimate e = MemoryEstimate.of(cfg.model(), tp, cfg.sequenceParallel, pl, stage, microBatches, microBatch,
-                    cfg.seqLen, cfg.precision, recompute, CPU_HALF_BYTES, new MemoryEstimate.Context(cp, 0, cfg.cpCommType));
+                    cfg.seqLen, cfg.precision, recompute, CPU_HALF_BYTES, cfg.dataParallelConfig(), cfg.dp * cp,
+                    new MemoryEstimate.Context(cp, 0, cfg.cpCommType));
             if (worst == null || e.total() > worst.total()) {
                 worst = e;
             }
@@ -109,7 +112,8 @@ final class MemoryCheck {
         String line = String.format(Locale.ROOT, "memory per rank (tp=%d%s, micro_batch %d x %d tokens, %s): %s; %s rank(s): %s of %s",
                 cfg.tp, (cfg.cp > 1 ? ", cp=" + cfg.cp : "") + (cfg.pp > 1 ? ", pp=" + cfg.pp + ", its fullest stage" : "")
                         + (cfg.recompute != Recompute.NONE ? ", recompute " + cfg.recompute.label() : ""), cfg.microBatch, cfg.seqLen,
-                cfg.precision.name().toLowerCase(Locale.ROOT), e.summary(), budget.where(world),
+                cfg.precision.name().toLowerCase(Locale.ROOT) + (cfg.useDistributedOptimizer ? ", optimizer state sharded over dp=" + cfg.dp
+                        + (cfg.cp > 1 ? " x cp=" + cfg.cp : "") : ""), e.summary(), budget.where(world),
                 gib(need), gib(budget.bytesPerJvm()));
         if (need <= budget.bytesPerJvm() || !budget.conf().getBoolean(CONF, true)) {
             return line;

@@ -16,12 +16,14 @@ import org.sparkatron.device.Device;
 import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.parallel.ContextParallel;
+import org.sparkatron.parallel.DataParallel;
 import org.sparkatron.parallel.RankContext;
 import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.TpBroadcastSource;
 import org.sparkatron.parallel.FullWeights;
 import org.sparkatron.parallel.PipelineParallel;
 import org.sparkatron.train.Evaluator;
+import org.sparkatron.train.GradientSync;
 import org.sparkatron.train.ResumableTraining;
 import org.sparkatron.train.SampleSource;
 import org.sparkatron.train.Trainer;
@@ -94,7 +96,10 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             boolean reader = tpRank == 0 && groups.coords()[1] == 0 && groups.coords()[4] == 0;
             PipelineParallel stage = cfg.pp == 1 ? PipelineParallel.none(cfg.model().layers())
                     : new PipelineParallel(groups.pp(), cfg.pipelineLayout(), groups.embedding());
-            RankContext rankCtx = new RankContext(dev, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision, stage)
+            // data parallelism inside the engine: gradient buckets reduced during the backward, optionally ZeRO-1, over
+            // DP x CP (Megatron folds CP into the data-parallel gradient reduction and the distributed optimizer)
+            RankContext rankCtx = new RankContext(dev, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision, stage,
+                    new DataParallel(groups.dpWithCp(), cfg.dataParallelConfig()))
                     .withContextParallel(new ContextParallel(groups.cp(), cfg.cpCommType));
             Transformer model;
             if (cfg.initFrom != null) { // each rank reads the model directory and keeps its TP shard
@@ -139,8 +144,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             } else if (groups.data().size() > 1) {
                 samples = new TpBroadcastSource(reader ? samples : null, cfg.seqLen + 1, groups.data());
             }
-            // gradients averaged over DP x CP, as Megatron folds CP into the data-parallel gradient reduction
-            DataParallelSync dpSync = new DataParallelSync(groups.dpWithCp(), cfg.bucketBytes);
+            GradientSync dpSync = model.dataParallel(); // the model's buckets; the loss averaged over the replicas
             Trainer trainer = new Trainer(model, samples, cfg.trainerOptions(), dpSync);
             java.util.function.Consumer<String> events = msg -> { // to the executor's log; rank 0's to the driver too
                 System.err.println("[sparkatron] rank " + rank + ": " + msg);
@@ -203,6 +207,9 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 valid.close();
             }
             comm.barrier();
+            if (trainer.distributedOptimizer() != null) { // the fp32 master weights, not their 16-bit rounding (DP collective)
+                trainer.distributedOptimizer().gatherMasterWeights();
+            }
             float[] weights = FullWeights.gather(model); // over TP and PP: the whole model on each replica's reader
             if (rank != 0) {
                 weights = null;

@@ -51,7 +51,8 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
             java.util.Map.entry("use_checkpoint_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator"),
             java.util.Map.entry("num_layers_per_virtual_pipeline_stage", "Megatron's other way of saying virtualPp, which is the Param"),
             java.util.Map.entry("recompute_granularity", "Megatron's name of recompute, which is the Param"),
-            java.util.Map.entry("context_parallel_size", "Megatron's name of cp, which is the Param"));
+            java.util.Map.entry("context_parallel_size", "Megatron's name of cp, which is the Param"),
+            java.util.Map.entry("overlap_param_gather", "Megatron's key, accepted only as false: the parameter all-gather is not overlapped with the next forward"));
     private static final long serialVersionUID = 1L;
     private final String uid;
     private transient PrintStream progress = System.out;
@@ -86,6 +87,8 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     private final Param<String> initFrom;
     private final IntParam commTimeoutS;
     private final DoubleParam bucketMb;
+    private final BooleanParam useDistributedOptimizer;
+    private final BooleanParam overlapGradReduce;
     private final IntParam threadsPerRank;
     private final Param<String> checkpointDir;
     private final IntParam checkpointEvery;
@@ -139,7 +142,9 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
         dropBadRows = new BooleanParam(this, "dropBadRows", "drop null/empty/out-of-vocabulary rows instead of refusing");
         initFrom = new Param<>(this, "initFrom", "Hugging Face model directory (any Hadoop path) to start from instead of the seed");
         commTimeoutS = new IntParam(this, "commTimeoutS", "communicator per-operation timeout in seconds: a stuck peer fails the stage after this (default 300)");
-        bucketMb = new DoubleParam(this, "bucketMb", "gradient all-reduce bucket size in MiB (default 25)");
+        bucketMb = new DoubleParam(this, "bucketMb", "gradient bucket size in MiB of fp32 gradients (default: Megatron's, max(40M, 1M x dp) elements)");
+        useDistributedOptimizer = new BooleanParam(this, "useDistributedOptimizer", "ZeRO-1: shard the fp32 master weights and AdamW moments over the data-parallel replicas (default false)");
+        overlapGradReduce = new BooleanParam(this, "overlapGradReduce", "reduce each gradient bucket while the backward continues (default true)");
         threadsPerRank = new IntParam(this, "threadsPerRank", "OpenBLAS threads per rank; process-wide, keep 1 with several ranks per JVM (default 1)");
         checkpointDir = new Param<>(this, "checkpointDir", "root of sharded checkpoints on any Hadoop path; a retried stage or a new job resumes from the newest (default: none)");
         checkpointEvery = new IntParam(this, "checkpointEvery", "steps between checkpoints (0: only at the end)");
@@ -193,6 +198,8 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public Param<String> initFrom() { return initFrom; }
     public IntParam commTimeoutS() { return commTimeoutS; }
     public DoubleParam bucketMb() { return bucketMb; }
+    public BooleanParam useDistributedOptimizer() { return useDistributedOptimizer; }
+    public BooleanParam overlapGradReduce() { return overlapGradReduce; }
     public IntParam threadsPerRank() { return threadsPerRank; }
     public Param<String> checkpointDir() { return checkpointDir; }
     public IntParam checkpointEvery() { return checkpointEvery; }
@@ -240,6 +247,8 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public SparkatronEstimator setInitFrom(String v) { set(initFrom, v); return this; }
     public SparkatronEstimator setCommTimeoutS(int v) { set(commTimeoutS, (Object) v); return this; }
     public SparkatronEstimator setBucketMb(double v) { set(bucketMb, (Object) v); return this; }
+    public SparkatronEstimator setUseDistributedOptimizer(boolean v) { set(useDistributedOptimizer, (Object) v); return this; }
+    public SparkatronEstimator setOverlapGradReduce(boolean v) { set(overlapGradReduce, (Object) v); return this; }
     public SparkatronEstimator setThreadsPerRank(int v) { set(threadsPerRank, (Object) v); return this; }
     public SparkatronEstimator setCheckpointDir(String v) { set(checkpointDir, v); return this; }
     public SparkatronEstimator setCheckpointEvery(int v) { set(checkpointEvery, (Object) v); return this; }

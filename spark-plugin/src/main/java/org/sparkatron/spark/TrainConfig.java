@@ -14,6 +14,7 @@ import java.util.Set;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.optim.LrSchedule;
 import org.sparkatron.parallel.ContextParallel;
+import org.sparkatron.parallel.DataParallel;
 import org.sparkatron.precision.Precision;
 import org.sparkatron.train.Trainer;
 
@@ -31,7 +32,9 @@ import org.sparkatron.train.Trainer;
  * {@code seq_len} [128], {@code steps} [100], {@code lr} [3e-4], {@code min_lr} [lr / 10],
  * {@code warmup_steps} [0], {@code decay_steps} [steps], {@code weight_decay} [0.1], {@code grad_clip} [1.0],
  * {@code seed} [1234], {@code input_col} ["tokens"], {@code drop_bad_rows} [false], {@code output} [none],
- * {@code comm_timeout_s} [300], {@code bucket_mb} [25], {@code threads_per_rank} [1], and for the command
+ * {@code comm_timeout_s} [300], {@code bucket_mb} [Megatron's default: max(40M, 1M x dp) fp32 gradient
+ * elements], {@code use_distributed_optimizer} [false], {@code overlap_grad_reduce} [true],
+ * {@code overlap_param_gather} [false; true is refused], {@code threads_per_rank} [1], and for the command
  * line only {@code input} (a path), {@code input_format} ["parquet"] and {@code input_schema} (a DDL
  * schema for sources such as json: {@code "tokens array<int>"}). With {@code input_format} "megatron" the
  * input is a Megatron indexed dataset instead ({@link MegatronInput}: a {@code prepare} output directory
@@ -50,7 +53,8 @@ public final class TrainConfig implements Serializable {
             "data_split", "precision", "init_from", "log_interval", "eval_interval", "eval_iters", "tensorboard_dir",
             "mlflow_tracking_uri", "mlflow_experiment", "mlflow_run_name", "override_lr_schedule", "use_checkpoint_lr_schedule",
             "tokenizer", "virtual_pp", "num_layers_per_virtual_pipeline_stage", "decoder_first_pipeline_num_layers",
-            "decoder_last_pipeline_num_layers", "recompute", "recompute_granularity");
+            "decoder_last_pipeline_num_layers", "recompute", "recompute_granularity",
+            "use_distributed_optimizer", "overlap_grad_reduce", "overlap_param_gather");
 
     private final String json; // the full, normalised config
 
@@ -84,7 +88,14 @@ public final class TrainConfig implements Serializable {
     public final boolean dropBadRows;
     public final String output;
     public final long commTimeoutMs;
+    /** Gradient bucket size in bytes of fp32 gradients (Megatron's {@code bucket_size} x 4). */
     public final long bucketBytes;
+    /**
+     * Data parallelism in the engine (docs/parallel.md): ZeRO-1 (Megatron's {@code use_distributed_optimizer})
+     * and whether each gradient bucket's reduction overlaps the rest of the backward
+     * ({@code overlap_grad_reduce}).
+     */
+    public final boolean useDistributedOptimizer, overlapGradReduce;
     public final int threadsPerRank;
     public final String input;
     public final String inputFormat;
@@ -239,11 +250,17 @@ public final class TrainConfig implements Serializable {
         this.dropBadRows = o.path("drop_bad_rows").asBoolean(false);
         this.output = o.hasNonNull("output") ? o.get("output").asText() : null;
         this.commTimeoutMs = 1000L * intKey(o, "comm_timeout_s", 300, 1);
-        double mb = dblKey(o, "bucket_mb", 25);
+        double mb = dblKey(o, "bucket_mb", 4.0 * DataParallel.defaultBucketElements(dp) / (1 << 20));
         if (!(mb > 0)) {
             throw new IllegalArgumentException("config key 'bucket_mb' must be > 0, got " + mb);
         }
         this.bucketBytes = Math.max(4, (long) (mb * (1 << 20)));
+        this.useDistributedOptimizer = boolKey(o, "use_distributed_optimizer");
+        this.overlapGradReduce = !o.hasNonNull("overlap_grad_reduce") || boolKey(o, "overlap_grad_reduce");
+        if (boolKey(o, "overlap_param_gather")) {
+            throw new IllegalArgumentException("overlap_param_gather is not supported: the distributed optimizer all-gathers the "
+                    + "updated parameters right after its step (set it false or leave it out)");
+        }
         this.threadsPerRank = intKey(o, "threads_per_rank", 1, 1);
         this.input = o.hasNonNull("input") ? o.get("input").asText() : null;
         this.inputFormat = o.path("input_format").asText("parquet");
@@ -379,6 +396,7 @@ public final class TrainConfig implements Serializable {
                 .put("warmup_steps", warmupSteps).put("decay_steps", schedule().decaySteps()).put("weight_decay", weightDecay)
                 .put("grad_clip", gradClip).put("seed", seed).put("precision", precision.label()).put("input_col", inputCol)
                 .put("input_format", inputFormat).put("data_split", dataSplit).put("bucket_mb", bucketBytes / 1048576.0)
+                .put("use_distributed_optimizer", useDistributedOptimizer).put("overlap_grad_reduce", overlapGradReduce)
                 .put("threads_per_rank", threadsPerRank).put("comm_timeout_s", commTimeoutMs / 1000).put("log_interval", logInterval)
                 .put("eval_interval", evalInterval).put("eval_iters", evalIters);
         return o;
@@ -390,6 +408,11 @@ public final class TrainConfig implements Serializable {
         } catch (IOException e) {
             throw new IllegalStateException(e);
         }
+    }
+
+    /** How the engine reduces gradients over the data-parallel group (Megatron's DistributedDataParallelConfig). */
+    public DataParallel.Config dataParallelConfig() {
+        return new DataParallel.Config(useDistributedOptimizer, bucketBytes / 4, overlapGradReduce);
     }
 
     public int world() {

@@ -118,6 +118,14 @@ final class Collectives {
     }
 
     /**
+     * Ring reduce-scatter in place: rank r's block of {@code b} ends fully reduced; the other blocks hold
+     * partial sums afterwards.
+     */
+    void ringReduceScatterInPlace(ByteBuffer b, DType dt, ReduceOp op, int m) {
+        ringReduceScatter(b, null, chunks(m * c.size(), c.size(), dt.bytes()), dt, op, c.nextTag());
+    }
+
+    /**
      * Ring reduce-scatter over chunks {@code off}. In place ({@code out == null}): partial sums accumulate in
      * {@code b} itself and rank r's chunk of {@code b} ends fully reduced. Out of place: {@code b} is only
      * read; partial sums live in three rotating scratch buffers (one being received, one being sent, one

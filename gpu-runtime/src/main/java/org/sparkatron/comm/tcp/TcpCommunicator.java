@@ -191,8 +191,11 @@ public final class TcpCommunicator implements Communicator {
             }
             int m = Math.toIntExact(out.numel());
             ByteBuffer o = out.hostBuffer();
+            boolean inPlace = CommArgs.inPlaceBlock(in, out, rank);
             if (out.byteSize() <= options().smallBytes) {
-                coll.directReduceScatter(in.hostBuffer(), o, in.dtype(), op, m);
+                coll.directReduceScatter(in.hostBuffer(), o, in.dtype(), op, m); // reads every input block before writing out
+            } else if (inPlace) {
+                coll.ringReduceScatterInPlace(in.hostBuffer(), in.dtype(), op, m);
             } else {
                 coll.ringReduceScatter(in.hostBuffer(), o, in.dtype(), op, m);
             }

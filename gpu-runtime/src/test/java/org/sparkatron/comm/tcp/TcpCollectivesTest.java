@@ -78,6 +78,17 @@ public class TcpCollectivesTest {
             Data.check(out, (long) r * count, i -> Data.reduce(dt, op, n, i, seed), "reduceScatter " + op + " " + at);
             Data.check(in, 0, i -> Data.value(dt, r, i, seed), "reduceScatter input untouched " + at);
         }
+        // in place (Megatron's distributed optimizer): out is this rank's block of in; other blocks are scratch.
+        for (ReduceOp op : new ReduceOp[] {ReduceOp.SUM, ReduceOp.AVG}) {
+            Tensor inOut = Data.fill(dt, n * count, r, 0, seed);
+            Tensor mine = inOut.slice((long) r * count, count);
+            c.reduceScatter(inOut, mine, op);
+            Data.check(mine, (long) r * count, i -> Data.reduce(dt, op, n, i, seed), "reduceScatter in place " + op + " " + at);
+        }
+        // all-gather in place: this rank's input is its block of the output.
+        Tensor gathered = Data.fill(dt, n * count, r, 0, seed);
+        c.allGather(gathered.slice((long) r * count, count), gathered);
+        Data.check(gathered, 0, i -> Data.value(dt, (int) (i / Math.max(1, count)), i, seed), "allGather in place " + at);
         // all-gather: rank q contributes elements [q*count, (q+1)*count) of the global index space.
         Tensor in = Data.fill(dt, count, r, (long) r * count, seed);
         Tensor out = Tensor.allocateHost(dt, n * count);
