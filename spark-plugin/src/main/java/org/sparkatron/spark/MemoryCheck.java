@@ -157,8 +157,11 @@ final class MemoryCheck {
         }
         sb.append(budget.local() ? "a larger heap (SPARKATRON_JAVA_OPTS=-Xmx..., or a cluster with --master)"
                 : "more memory per executor (spark.executor.memory) or fewer ranks per executor (spark.executor.cores)");
-        sb.append(". Pipeline parallelism (pp) splits the layers over more ranks; the distributed optimizer, which would "
-                + "also cut it, is not available yet.");
+        sb.append(". Pipeline parallelism (pp) splits the layers over more ranks");
+        if (!cfg.useDistributedOptimizer) {
+            sb.append("; use_distributed_optimizer shards the optimizer state over the dp replicas");
+        }
+        sb.append(".");
         return sb.toString();
     }
 

@@ -86,7 +86,7 @@ class MemoryCheckTest {
         assertTrue(m.contains(") runs all 2 rank(s), " + MemoryCheck.gib(MemoryCheck.need(2, per.total())) + " with Spark's 300 MiB, above "
                 + MemoryCheck.gib(Runtime.getRuntime().maxMemory())), m);
         assertTrue(m.contains("a larger heap (SPARKATRON_JAVA_OPTS=-Xmx..., or a cluster with --master)"), m);
-        assertTrue(m.contains("Pipeline parallelism (pp) splits the layers over more ranks"), m);
+        assertTrue(m.contains("Pipeline parallelism (pp) splits the layers over more ranks; use_distributed_optimizer shards"), m);
     }
 
     /** On executors the suggestions are the smallest TP and the largest micro-batch that fit, checked here. */
