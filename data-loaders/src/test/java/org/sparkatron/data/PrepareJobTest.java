@@ -181,4 +181,30 @@ class PrepareJobTest {
                     "--output", tmp.resolve("o4").toString()}), null));
         assertTrue(noTok.getMessage().contains("/no/tok.json"), noTok.getMessage());
     }
+
+    /** Issue 22: malformed JSON lines were dropped without a word; now they are counted and refused past a limit. */
+    @Test
+    void malformedJsonLinesAreCountedAndRefusedUnlessAllowed() throws Exception {
+        SparkSession spark = SparkTestSession.get();
+        Path in = tmp.resolve("mixed.jsonl");
+        StringBuilder sb = new StringBuilder();
+        for (String d : docs(5)) {
+            sb.append("{\"text\": \"").append(d).append("\"}\n");
+        }
+        sb.append("{not json at all\n").append("{\"text\": \"unterminated\n").append("{\"other\": 1}\n");
+        Files.writeString(in, sb);
+        String[] args = {"--input", in.toString(), "--format", "jsonl", "--tokenizer", "gpt2", "--output", tmp.resolve("m").toString()};
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                () -> PrepareJob.run(spark, PrepareJob.Options.parse(args), null));
+        assertTrue(e.getMessage().contains("2 line(s) are not valid JSON") && e.getMessage().contains("mixed.jsonl")
+                && e.getMessage().contains("--max-bad-lines"), e.getMessage());
+        String[] allowing = java.util.Arrays.copyOf(args, args.length + 2);
+        allowing[args.length] = "--max-bad-lines";
+        allowing[args.length + 1] = "2";
+        PrepareJob.Report r = PrepareJob.run(spark, PrepareJob.Options.parse(allowing), null);
+        assertEquals(5, r.documents());
+        assertEquals(2, r.badLines());
+        assertEquals(1, r.emptyRows(), "the valid line without 'text' is reported too");
+        assertTrue(r.toString().contains("skipped 2 malformed JSON line(s)") && r.toString().contains("skipped 1 row(s) without text"), r.toString());
+    }
 }

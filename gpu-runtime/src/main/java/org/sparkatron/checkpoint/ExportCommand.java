@@ -46,13 +46,31 @@ public final class ExportCommand {
             if (!List.of("--checkpoint", "--out", "--step").contains(k)) {
                 throw new IllegalArgumentException("unknown option " + k + " (known: --checkpoint, --out, --step)");
             }
+            if (a.containsKey(k.substring(2))) {
+                throw new IllegalArgumentException("option " + k + " is given twice");
+            }
             a.put(k.substring(2), argv[++i]);
         }
         if (!a.containsKey("checkpoint") || !a.containsKey("out")) {
             throw new IllegalArgumentException("usage: export --checkpoint DIR --out MODEL_DIR [--step N]");
         }
-        String dir = export(Paths.get(a.get("checkpoint")), Paths.get(a.get("out")),
-                a.containsKey("step") ? Long.parseLong(a.get("step")) : -1, msg -> System.err.println("sparkatron export: " + msg));
+        long step = -1; // the newest usable checkpoint
+        if (a.containsKey("step")) {
+            try {
+                step = Long.parseLong(a.get("step"));
+            } catch (NumberFormatException e) {
+                throw new IllegalArgumentException("--step must be a step number, got '" + a.get("step") + "'");
+            }
+            if (step < 0) {
+                throw new IllegalArgumentException("--step must be >= 0, got " + step + " (leave --step out for the newest checkpoint)");
+            }
+        }
+        Path checkpoint = Paths.get(a.get("checkpoint"));
+        Path target = Paths.get(a.get("out"));
+        if (checkpoint.toAbsolutePath().normalize().equals(target.toAbsolutePath().normalize())) {
+            throw new IllegalArgumentException("--out " + target + " is the checkpoint directory itself: give another directory");
+        }
+        String dir = export(checkpoint, target, step, msg -> System.err.println("sparkatron export: " + msg));
         out.printf(Locale.ROOT, "{\"checkpoint\": \"%s\", \"out\": \"%s\"}%n", dir, a.get("out"));
     }
 

@@ -101,7 +101,8 @@ public final class HfCheckpoint {
     /**
      * Loads every parameter from a Hugging Face-layout safetensors file (F32, BF16 or F16) into {@code ps}.
      *
-     * @throws IllegalArgumentException naming the file and tensor when one is missing, unexpected or misshapen
+     * @throws IllegalArgumentException naming the file and tensor when one is missing, unexpected, misshapen or
+     *     holds a NaN or an infinity (a damaged or diverged model: nothing can be trained or scored from it)
      */
     public static void load(Path file, ModelConfig cfg, ParameterSet ps) throws IOException {
         Device device = ps.device();
@@ -123,7 +124,9 @@ public final class HfCheckpoint {
                     throw new IllegalArgumentException(file + ": tensor '" + name + "' has shape " + Arrays.toString(shape)
                             + ", expected " + Arrays.toString(link.hfShape()) + " from the model config");
                 }
-                copyIn(st.readF32(name), link, ParameterSet.view(host, ps.param(link.internal())));
+                float[] values = st.readF32(name);
+                refuseNonFinite(file, name, values);
+                copyIn(values, link, ParameterSet.view(host, ps.param(link.internal())));
                 unused.remove(name);
             }
             final String pre = prefix;
@@ -161,6 +164,21 @@ public final class HfCheckpoint {
             out.put(link.hf(), t);
         }
         return out;
+    }
+
+    private static void refuseNonFinite(Path file, String name, float[] values) {
+        int bad = 0;
+        int first = -1;
+        for (int i = 0; i < values.length; i++) {
+            if (!Float.isFinite(values[i])) {
+                bad++;
+                first = first < 0 ? i : first;
+            }
+        }
+        if (bad > 0) {
+            throw new IllegalArgumentException(file + ": tensor '" + name + "' holds " + bad + " non-finite value(s) of "
+                    + values.length + " (first: " + values[first] + " at index " + first + "); the model is damaged or diverged");
+        }
     }
 
     private static void copyIn(float[] src, Link link, Tensor param) {

@@ -22,17 +22,31 @@ public final class ModelStore {
     private ModelStore() {
     }
 
-    /** Saves a whole (TP = 1) model; a tensor-parallel shard is refused (use {@code TpCheckpoint.save}). */
+    /**
+     * Saves a whole (TP = 1) model; a tensor-parallel shard is refused (use {@code TpCheckpoint.save}).
+     * Both files are written completely under temporary names first and then renamed into place, weights
+     * before config: a save that fails or is killed leaves any model already in {@code dir} as it was
+     * (at worst, killed between the two renames, new weights beside the old config, which a load refuses
+     * when the shapes differ).
+     */
     public static void save(Transformer model, Path dir) throws IOException {
         if (model.tensorParallel().size() > 1) {
             throw new IllegalArgumentException("this model holds one of " + model.tensorParallel().size()
                     + " tensor-parallel shards; save it with TpCheckpoint.save, which gathers the full weights");
         }
         Files.createDirectories(dir);
-        Path tmp = dir.resolve(CONFIG + ".tmp");
-        new ObjectMapper().writerWithDefaultPrettyPrinter().writeValue(tmp.toFile(), model.config().toJson());
-        Files.move(tmp, dir.resolve(CONFIG), StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
-        HfCheckpoint.save(dir.resolve(WEIGHTS), model.config(), model.params());
+        String unique = ".partial-" + ProcessHandle.current().pid() + "-" + System.nanoTime();
+        Path config = dir.resolve(CONFIG + unique);
+        Path weights = dir.resolve(WEIGHTS + unique);
+        try {
+            new ObjectMapper().writerWithDefaultPrettyPrinter().writeValue(config.toFile(), model.config().toJson());
+            HfCheckpoint.save(weights, model.config(), model.params());
+            Files.move(weights, dir.resolve(WEIGHTS), StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+            Files.move(config, dir.resolve(CONFIG), StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+        } finally {
+            Files.deleteIfExists(weights);
+            Files.deleteIfExists(config);
+        }
     }
 
     /** Reads the config and weights of a model directory onto {@code device} (TP = 1, fp32). */

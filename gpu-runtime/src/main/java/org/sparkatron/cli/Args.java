@@ -21,6 +21,9 @@ final class Args {
             }
             String key = a.substring(2);
             int eq = key.indexOf('=');
+            if (values.containsKey(eq > 0 ? key.substring(0, eq) : key)) {
+                throw new UsageException(command + ": option --" + (eq > 0 ? key.substring(0, eq) : key) + " is given twice");
+            }
             if (eq > 0) {
                 values.put(key.substring(0, eq), key.substring(eq + 1));
             } else if (flags.contains(key)) {

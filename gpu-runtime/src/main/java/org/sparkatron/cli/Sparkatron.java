@@ -72,7 +72,9 @@ public final class Sparkatron {
         switch (cmd) {
             case "init" -> init(new Args(cmd, args, 0, Set.of()), out);
             case "train-local" -> TrainLocalCommand.run(new Args(cmd, args, 0, Set.of()), out, err);
-            case "score" -> score(new Args(cmd, args, 0, Set.of()), out);
+            case "score" -> {
+                return score(new Args(cmd, args, 0, Set.of()), out, err);
+            }
             case "bench" -> BenchCommand.run(new Args(cmd, args, 0, Set.of("no-peer")), out);
             case "demo-local" -> DemoCommand.run(new Args(cmd, args, 0, Set.of()), out);
             default -> throw new Cli.UsageException("unknown command '" + cmd + "' (./sparkatron help lists the commands)");
@@ -111,6 +113,19 @@ public final class Sparkatron {
     }
 
     /**
+     * Refuses an output directory that is the input model's: the input would be replaced by the result
+     * (and lost if the run fails half-way through the save).
+     */
+    static void refuseOverwritingInput(Path out, Path input, String inputOption) throws java.io.IOException {
+        boolean same = out.toAbsolutePath().normalize().equals(input.toAbsolutePath().normalize())
+                || (java.nio.file.Files.exists(out) && java.nio.file.Files.exists(input) && java.nio.file.Files.isSameFile(out, input));
+        if (same) {
+            throw new IllegalArgumentException("--out " + out + " is the " + inputOption + " directory: the input model would be "
+                    + "overwritten; give another --out");
+        }
+    }
+
+    /**
      * Lines of equal length are samples as they are (T = length - 1); otherwise (or with --seq-len) all
      * lines are packed Megatron-style into samples of T + 1 tokens, T defaulting to the model's positions.
      */
@@ -132,7 +147,8 @@ public final class Sparkatron {
     }
 
     /** Mean next-token cross-entropy over every line, each line scored on its own (grouped by length). */
-    private static void score(Args a, PrintStream out) throws java.io.IOException {
+    /** Prints the mean loss as JSON; a non-finite loss is printed nowhere and returns {@link Cli#FAILURE}. */
+    private static int score(Args a, PrintStream out, PrintStream err) throws java.io.IOException {
         Path modelDir = a.path("model");
         Inputs.Spec inputSpec = Inputs.parse(a);
         setThreads(a);
@@ -170,7 +186,13 @@ public final class Sparkatron {
                 count += (long) b * t;
             }
         }
-        out.printf(Locale.ROOT, "{\"loss\": %.6f, \"tokens\": %d}%n", sum / count, count);
+        double loss = sum / count;
+        if (!Double.isFinite(loss)) { // JSON has no NaN: never print it as a result
+            err.println("sparkatron score: the loss over " + tokens + " is " + loss + " (not finite): the model overflows on this input");
+            return Cli.FAILURE;
+        }
+        out.printf(Locale.ROOT, "{\"loss\": %.6f, \"tokens\": %d}%n", loss, count);
+        return Cli.OK;
     }
 
 }

@@ -60,6 +60,7 @@ final class TrainLocalCommand {
         if (steps < 1 || logInterval < 1 || evalInterval < 0 || evalIters < 1) {
             throw new IllegalArgumentException("--steps, --log-interval and --eval-iters must be >= 1 and --eval-interval >= 0");
         }
+        Sparkatron.refuseOverwritingInput(outDir, modelDir, "--model");
         Transformer model = ModelStore.load(modelDir, new CpuDevice(), precision);
         var input = inputSpec.read(modelDir, model.config().vocabSize());
         List<int[]> seqs = input.sequences();

@@ -29,9 +29,9 @@ import org.sparkatron.train.Trainer;
  *
  * <p>Overlap. The same training steps at {@code dp} ranks with {@code overlap_grad_reduce} off (one bucket per
  * buffer, reduced after the backward) and on (buckets of {@code --bucket-mb}, each reduced on the
- * communication lane as soon as the backward finished it): the median step time of each (the slowest rank's),
- * their ratio, and per step the time the gradient reductions ran and the part the rank waited for them after
- * its backward; hidden = 1 - waited / ran. On a machine with fewer free cores than ranks plus lanes the
+ * communication lane as soon as the backward finished it), alternating the two for {@code --rounds} rounds: the
+ * median step time of each (the slowest rank's), their ratio, and per step the time the gradient reductions
+ * ran and the part the rank waited for them after its backward; hidden = 1 - waited / ran. On a machine with fewer free cores than ranks plus lanes the
  * lane competes with the backward for a core, and less is hidden.
  *
  * <p>Memory. Per rank, the bytes the device holds for parameters, gradients and optimizer state, per
@@ -45,35 +45,61 @@ public final class DpBench {
     private DpBench() {
     }
 
-    public static void main(String[] argv) throws Exception {
+    static final String USAGE = String.join("\n",
+            "usage: ./sparkatron bench-dp [--dp 2] [--bucket-mb 1] [--distributed-optimizer] [--rounds 3] [--steps 3]",
+            "         [--family gpt2|llama] [--layers 8] [--width 256] [--heads 4] [--seq 64] [--batch 2] [--micro 2] [--vocab 8192]",
+            "  data parallelism in one JVM: step time with overlap_grad_reduce off and on (alternating rounds, medians),",
+            "  the share of the gradient reduction hidden behind the backward, and memory per rank per parameter against",
+            "  Megatron's accounting (docs/parallel.md)");
+
+    public static void main(String[] argv) {
+        org.sparkatron.cli.Cli.main("bench-dp", USAGE, argv, args -> {
+            bench(args);
+            return org.sparkatron.cli.Cli.OK;
+        });
+    }
+
+    static void bench(String[] argv) throws Exception {
         BenchArgs a = new BenchArgs("bench-dp", argv, Set.of("dp", "layers", "width", "heads", "seq", "batch", "micro", "vocab",
-                "family", "steps", "bucket-mb"), Set.of("distributed-optimizer"));
+                "family", "steps", "bucket-mb", "rounds"), Set.of("distributed-optimizer"));
         int dp = a.integer("dp", 2);
         int layers = a.integer("layers", 8);
         int seq = a.integer("seq", 64);
         int batch = a.integer("batch", 2);
         int micro = a.integer("micro", 2);
-        int steps = a.integer("steps", 5);
-        double bucketMb = Double.parseDouble(a.string("bucket-mb", "1"));
+        int steps = a.integer("steps", 3);
+        int rounds = a.integer("rounds", 3);
+        double bucketMb;
+        try {
+            bucketMb = Double.parseDouble(a.string("bucket-mb", "1"));
+        } catch (NumberFormatException e) {
+            throw new IllegalArgumentException("--bucket-mb must be a number of MiB, got '" + a.string("bucket-mb", "") + "'");
+        }
         boolean distopt = a.flag("distributed-optimizer");
-        if (dp < 2 || steps < 2 || !(bucketMb > 0)) {
-            throw new IllegalArgumentException("bench-dp: --dp must be >= 2, --steps >= 2 and --bucket-mb > 0");
+        if (dp < 2 || steps < 2 || rounds < 1 || !(bucketMb > 0)) {
+            throw new IllegalArgumentException("--dp must be >= 2, --steps >= 2, --rounds >= 1 and --bucket-mb > 0");
         }
         ModelConfig cfg = BenchArgs.model(a.string("family", "gpt2"), layers, a.integer("width", 256), a.integer("heads", 4), seq,
                 a.integer("vocab", 8192));
         long bucket = (long) (bucketMb * (1 << 20) / 4);
         System.out.printf(Locale.ROOT, "bench-dp: %s L=%d C=%d T=%d, dp=%d, micro-batch %d x %d micro-batches per rank, "
-                        + "%s, %d steps (median of the last %d), %d cores%n", cfg.family().name().toLowerCase(Locale.ROOT), layers,
-                cfg.hidden(), seq, dp, batch, micro, distopt ? "distributed optimizer" : "all-reduce", steps, steps - 1,
-                Runtime.getRuntime().availableProcessors());
-        Run off = run(cfg, dp, batch, seq, micro, steps, new DataParallel.Config(distopt, bucket, false), Precision.FP32);
-        Run on = run(cfg, dp, batch, seq, micro, steps, new DataParallel.Config(distopt, bucket, true), Precision.FP32);
+                        + "%s; %d rounds alternating overlap off and on, each %d steps (the first a warm-up); medians; %d cores%n",
+                cfg.family().name().toLowerCase(Locale.ROOT), layers, cfg.hidden(), seq, dp, batch, micro,
+                distopt ? "distributed optimizer" : "all-reduce", rounds, steps, Runtime.getRuntime().availableProcessors());
+        List<Run> offs = new ArrayList<>();
+        List<Run> ons = new ArrayList<>();
+        for (int r = 0; r < rounds; r++) { // alternating: a machine whose load changes affects both alike
+            offs.add(run(cfg, dp, batch, seq, micro, steps, new DataParallel.Config(distopt, bucket, false), Precision.FP32));
+            ons.add(run(cfg, dp, batch, seq, micro, steps, new DataParallel.Config(distopt, bucket, true), Precision.FP32));
+        }
+        Run off = median(offs);
+        Run on = median(ons);
         System.out.println("overlap_grad_reduce  buckets  step ms  reduce ms/step  waited ms/step  hidden");
         for (Run r : new Run[] {off, on}) {
             System.out.printf(Locale.ROOT, "%-19s %8d %8.1f %15.1f %15.1f %7.0f%%%n", r == off ? "off" : "on", r.buckets,
                     r.stepMs, r.reduceMs, r.waitMs, Math.max(0, 100 * (1 - r.waitMs / r.reduceMs)));
         }
-        System.out.printf(Locale.ROOT, "step time overlap on / off: %.3f%n%n", on.stepMs / off.stepMs);
+        System.out.printf(Locale.ROOT, "step time overlap on / off (medians): %.3f%n%n", on.stepMs / off.stepMs);
 
         System.out.println("memory per rank (bytes per parameter: parameters + gradients + optimizer state)");
         System.out.println("setup                          dp   params   grads  optimizer   total  formula  measured/formula");
@@ -89,6 +115,15 @@ public final class DpBench {
                     p.label() + (sharded ? ", distributed optimizer" : ", plain"), n, r.params, r.grads, r.optimizer, per, formula,
                     per / formula);
         }
+    }
+
+    /** Each timing's median over rounds (memory and buckets are the same in every round). */
+    private static Run median(List<Run> runs) {
+        Run r = runs.get(0);
+        return new Run(r.buckets(), BenchArgs.median(runs.stream().mapToDouble(Run::stepMs).toArray()),
+                BenchArgs.median(runs.stream().mapToDouble(Run::reduceMs).toArray()),
+                BenchArgs.median(runs.stream().mapToDouble(Run::waitMs).toArray()), r.params(), r.grads(), r.optimizer(),
+                r.weightElementBytes());
     }
 
     /** One configuration's figures (the slowest rank's step, rank 0's memory per parameter). */

@@ -23,9 +23,9 @@ public final class TokenFile {
             throw new IllegalArgumentException(path + " is a directory, not a token file");
         }
         List<int[]> out = new ArrayList<>();
+        int lineNo = 0;
         try (BufferedReader r = Files.newBufferedReader(path, StandardCharsets.UTF_8)) {
             String line;
-            int lineNo = 0;
             while ((line = r.readLine()) != null) {
                 lineNo++;
                 if (line.isBlank()) {
@@ -34,7 +34,12 @@ public final class TokenFile {
                 out.add(parseLine(path, lineNo, line, vocabSize));
             }
         } catch (java.nio.charset.CharacterCodingException e) {
-            throw new IllegalArgumentException(path + " is not UTF-8 text (a token file is lines of token ids)", e);
+            throw new IllegalArgumentException(path + " is not UTF-8 text (a token file is lines of token ids): line " + (lineNo + 1)
+                    + " is not; a binary Megatron .bin is read by ./sparkatron train with input_format megatron", e);
+        } catch (java.nio.file.FileSystemException e) {
+            throw e; // names the file already; the CLI reports it as the user's (missing, denied)
+        } catch (IOException e) {
+            throw new IOException(path + ": cannot read the token file: " + e, e);
         }
         if (out.isEmpty()) {
             throw new IllegalArgumentException(path + ": no token sequences (the file is empty)");

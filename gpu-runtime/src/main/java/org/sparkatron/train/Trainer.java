@@ -215,7 +215,7 @@ public final class Trainer {
             // (TP sums the norm, DP averaged the gradients), so every rank takes the same decision.
             boolean overflow = !Double.isFinite(norm) || !Double.isFinite(loss);
             if (overflow && scaler.atMinimum()) {
-                throw new IllegalStateException("step " + (adam.step() + 1) + ": fp16 gradients overflow even at the minimum loss scale "
+                throw new DivergedException("step " + (adam.step() + 1) + ": fp16 gradients overflow even at the minimum loss scale "
                         + scaler.scale() + " (loss " + loss + ", gradient norm " + norm + "); the model diverged or needs bf16/fp32");
             }
             scaler.update(overflow);
@@ -226,7 +226,7 @@ public final class Trainer {
             }
         }
         if (!Double.isFinite(loss) || !Double.isFinite(norm)) {
-            throw new IllegalStateException("step " + (adam.step() + 1) + ": non-finite loss " + loss + " or gradient norm "
+            throw new DivergedException("step " + (adam.step() + 1) + ": non-finite loss " + loss + " or gradient norm "
                     + norm + "; the learning rate may be too high");
         }
         GradClip.clip(model.kernels(), gradViews, norm, opt.gradClip());

@@ -77,6 +77,32 @@ class DistributedOptimizerCheckpointTest {
         }
     }
 
+    /**
+     * An asynchronous save (Megatron's --async-save) of the sharded state at step 2, written while step 3 trains
+     * (step 3's own checkpoint is then removed), resumes bitwise: the gathered state was copied before the
+     * next step reused the gradient block.
+     */
+    @Test
+    void asyncSaveOfTheShardedStateResumesBitwise() throws Exception {
+        ModelConfig cfg = ParityRun.config("gpt2", 2);
+        Layout l = new Layout(1, 2, 1);
+        Run whole = train(cfg, l, Precision.FP32, tmp.resolve("whole").toString(), 4);
+        train(cfg, l, Precision.FP32, tmp.resolve("async").toString(), 3, 2, true);
+        Path third = tmp.resolve("async").resolve(DistributedCheckpoint.dirName(3));
+        assertTrue(java.nio.file.Files.isDirectory(third), "the final save of step 3");
+        try (java.util.stream.Stream<Path> files = java.nio.file.Files.walk(third)) {
+            files.sorted(java.util.Comparator.reverseOrder()).forEach(f -> f.toFile().delete());
+        }
+        Run resumed = train(cfg, l, Precision.FP32, tmp.resolve("async").toString(), 4);
+        assertEquals(2, resumed.losses().get(0).size(), "resumed from the asynchronous save of step 2");
+        for (int s = 0; s < 2; s++) {
+            assertEquals(whole.losses().get(0).get(2 + s), resumed.losses().get(0).get(s), 0.0, "step " + (3 + s) + ": loss");
+        }
+        for (Map.Entry<String, float[]> e : whole.weights().entrySet()) {
+            assertArrayEquals(e.getValue(), resumed.weights().get(e.getKey()), "weight " + e.getKey());
+        }
+    }
+
     /** bf16: the fp32 master shard is what the checkpoint keeps (the 16-bit weights would lose its low bits). */
     @Test
     void bf16ResumeKeepsTheFp32MasterBitwise() throws Exception {
@@ -129,6 +155,12 @@ class DistributedOptimizerCheckpointTest {
      * checkpoint under {@code root} if there is one, and saving one at the end.
      */
     private static Run train(ModelConfig cfg, Layout l, Precision precision, String root, long toStep) throws Exception {
+        return train(cfg, l, precision, root, toStep, 0, false);
+    }
+
+    /** {@link #train} saving also every {@code saveEvery} steps, in the background when {@code async}. */
+    private static Run train(ModelConfig cfg, Layout l, Precision precision, String root, long toStep, int saveEvery,
+                             boolean async) throws Exception {
         int world = l.world();
         List<Object[]> perRank = LocalRanks.run(world, (rank, comm) -> {
             ParallelLayout layout = ParallelLayout.forWorld(world, l.tp(), 1, 1, l.pp(), 1);
@@ -143,13 +175,14 @@ class DistributedOptimizerCheckpointTest {
                 int batch = GLOBAL_BATCH / l.dp();
                 Trainer tr = new Trainer(m, ParityRun.source(cfg, dpRank, l.dp(), batch), PipelineRun.options(batch, MICRO));
                 ResumableTraining rt = new ResumableTraining(tr, new DistributedCheckpoint(new LocalStorage(), root, 2), comm,
-                        l.dp(), new ResumableTraining.Options(0, false, Map.of()), msg -> {
+                        l.dp(), new ResumableTraining.Options(saveEvery, false, Map.of(), async), msg -> {
                         });
                 rt.resume();
                 List<Double> losses = new ArrayList<>();
                 for (Trainer.StepMetrics sm : rt.run(toStep, null)) {
                     losses.add(sm.loss());
                 }
+                rt.close();
                 tr.distributedOptimizer().gatherMasterWeights();
                 Transformer full = TpCheckpoint.gatherFull(m, false);
                 Map<String, float[]> all = PipelineRun.byName(full, false);

@@ -85,7 +85,9 @@ public final class DistributedTraining {
         GpuScheduling.Decision gpus = GpuScheduling.decide(sc.getConf(), sc.master());
         checkMemory(sc, cfg, gpus, console);
         checkSparkSettings(sc, cfg.world(), gpus.profile());
+        checkWritable("checkpoint_dir", cfg.checkpointDir, sc.hadoopConfiguration());
         InitFrom.check(cfg, sc.hadoopConfiguration());
+        checkNotAnInput(cfg);
         checkTokenizer(cfg, sc);
         cfg = ResumeCheck.check(cfg, sc.hadoopConfiguration(), say(console));
         TokenData.Prepared data = TokenData.prepare(df, cfg, cfg.model().vocabSize());
@@ -117,7 +119,9 @@ public final class DistributedTraining {
         GpuScheduling.Decision gpus = GpuScheduling.decide(sc.getConf(), sc.master());
         checkMemory(sc, cfg, gpus, console);
         checkSparkSettings(sc, cfg.world(), gpus.profile());
+        checkWritable("checkpoint_dir", cfg.checkpointDir, sc.hadoopConfiguration());
         InitFrom.check(cfg, sc.hadoopConfiguration());
+        checkNotAnInput(cfg);
         cfg = ResumeCheck.check(cfg, sc.hadoopConfiguration(), say(console));
         Map<String, String> hadoopConf = new HashMap<>();
         for (Map.Entry<String, String> e : sc.hadoopConfiguration()) {
@@ -127,6 +131,10 @@ public final class DistributedTraining {
         checkTokenizer(cfg, sc);
         MegatronInput.Checked checked = MegatronInput.validate(cfg, hadoopConf);
         String summary = checked.summary();
+        String scanned = TokenIdScan.check(sc, cfg, hadoopConf);
+        if (!scanned.isEmpty()) {
+            summary += "; " + scanned;
+        }
         LOG.info("sparkatron: {}", summary);
         if (console != null) {
             console.println("[sparkatron] data: " + summary);
@@ -157,13 +165,20 @@ public final class DistributedTraining {
         String advertise = conf.get("spark.driver.host", bind);
         String previousInterrupt = sc.getLocalProperty("spark.job.interruptOnCancel");
         String previousDescription = sc.getLocalProperty("spark.job.description");
+        // results go to a staging directory, moved into place when the job succeeds; it also proves now,
+        // before training, that the output can be written
+        OutputCommit commit = cfg.output == null ? null : OutputCommit.begin(cfg.output, sc.hadoopConfiguration());
         // metrics.jsonl, the plot, TensorBoard and MLflow are written live as rank 0's reports reach the driver
         TrainingMonitor monitor;
         try {
             monitor = new TrainingMonitor(cfg, sc.hadoopConfiguration(), console, dataSummary,
-                    cfg.output != null ? new org.apache.hadoop.fs.Path(cfg.output).getName() : sc.appName());
+                    cfg.output != null ? new org.apache.hadoop.fs.Path(cfg.output).getName() : sc.appName(),
+                    commit == null ? null : commit.staging());
         } catch (IOException e) {
             throw new IllegalArgumentException("output '" + cfg.output + "' cannot be written: " + e.getMessage(), e);
+        }
+        if (commit != null && !TrainingMonitor.mayResume(cfg)) {
+            monitor.say("live metrics.jsonl and loss.svg: " + commit.staging() + " (moved into " + cfg.output + " with the model)");
         }
         // with the Sparkatron plugin installed, progress comes over Spark's RPC; else through a small socket
         SparkatronDriverPlugin plugin = SparkatronDriverPlugin.forContext(sc);
@@ -173,9 +188,10 @@ public final class DistributedTraining {
             monitor.say("progress over Spark RPC (Sparkatron plugin); live page: the Spark UI's Sparkatron tab"
                     + (sc.uiWebUrl().isDefined() ? " at " + sc.uiWebUrl().get() + "/sparkatron/" : ""));
         }
-        try (monitor; ProgressServer progress = plugin != null ? null : new ProgressServer(bind, advertise, secret, cfg.steps, null, monitor)) {
-            if (cfg.output != null) {
-                saveConfig(cfg, dataSummary, cfg.output, sc);
+        try (monitor; ProgressServer progress = plugin != null ? null : new ProgressServer(bind, advertise, secret, cfg.steps, null, monitor);
+             FailFast failFast = new FailFast(sc)) {
+            if (commit != null) { // committed with the model: a failed job leaves the previous run's config beside its model
+                saveConfig(cfg, dataSummary, commit.staging(), sc);
             }
             // a failed rank makes Spark kill the others; interrupting them frees their slots at once
             sc.setLocalProperty("spark.job.interruptOnCancel", "true");
@@ -191,8 +207,12 @@ public final class DistributedTraining {
             ShuffledRDD<Integer, byte[], byte[]> closing = new ShuffledRDD<>(ranks, new HashPartitioner(1),
                     TokenData.tag(Integer.class), TokenData.tag(byte[].class), TokenData.tag(byte[].class));
             closing.setSerializer(KryoRegistration.serializer(conf));
-            List<byte[]> bytes = JavaRDD.fromRDD(closing, TokenData.tag(Tuple2.class))
-                    .map(t -> ((Tuple2<?, byte[]>) t)._2()).collect();
+            List<byte[]> bytes;
+            try {
+                bytes = JavaRDD.fromRDD(closing, TokenData.tag(Tuple2.class)).map(t -> ((Tuple2<?, byte[]>) t)._2()).collect();
+            } catch (Exception e) { // SparkException is checked to javac; a rank's DeterministicFailure: its message, not Spark's
+                throw failFast.outcome(e);
+            }
             List<RankReport> reports = new ArrayList<>();
             for (byte[] b : bytes) {
                 reports.add(RankReport.fromBytes(b));
@@ -217,13 +237,15 @@ public final class DistributedTraining {
                     firstStep = metric(l).path("first_step").asLong();
                 }
             }
-            if (cfg.output != null) {
-                SparkatronModel.of(model).save(cfg.output, sc.hadoopConfiguration());
-                saveTokenizer(cfg.tokenizer, cfg.output, sc);
-                saveRanks(reports, cfg.output, sc);
-            }
             monitor.catchUp(first.metrics());
-            List<String> history = monitor.finish(first.metrics(), cfg.output);
+            List<String> history = monitor.finish(first.metrics()); // a fresh job's history and plot: into the staging directory
+            if (commit != null) { // written to the staging directory, then moved into place
+                SparkatronModel.of(model).writeFiles(commit.staging(), sc.hadoopConfiguration());
+                saveTokenizer(cfg.tokenizer, commit.staging(), sc);
+                saveRanks(reports, commit.staging(), sc);
+                commit.commit();
+            }
+            monitor.uploadArtifacts(cfg.output);
             List<String> summary = RunSummary.lines(history, cfg.logInterval, firstStep, monitor.snapshot().lastInterval());
             Result result = new Result(model, steps, reports, stats[0], stats[1], stats[2], stats[3], (int) stats[4], evals, history, summary);
             if (cfg.output != null && console != null) {
@@ -234,6 +256,9 @@ public final class DistributedTraining {
         } catch (IOException e) {
             throw new IllegalStateException("sparkatron: " + e.getMessage(), e);
         } finally {
+            if (commit != null) {
+                commit.abort(); // a no-op after a commit; after a failure, the previous results stay as they were
+            }
             if (plugin != null) {
                 plugin.unregister(pluginJob);
             }
@@ -251,6 +276,10 @@ public final class DistributedTraining {
     static void checkSparkSettings(SparkContext sc, int world, org.apache.spark.resource.ResourceProfile profile) {
         SparkConf conf = sc.getConf();
         checkDynamicAllocation(conf);
+        String reaper = frozenRankWarning(conf, sc.isLocal());
+        if (reaper != null) {
+            LOG.warn("sparkatron: {}", reaper);
+        }
         var rp = profile != null ? profile : sc.resourceProfileManager().defaultResourceProfile();
         sc.resourceProfileManager().addResourceProfile(rp); // slot counting looks the profile up by id
         long waitMs = (long) (conf.getDouble(SLOT_WAIT_CONF, 60) * 1000);
@@ -272,6 +301,51 @@ public final class DistributedTraining {
                     + (gpu != null ? ", spark.task.resource.gpu.amount=" + gpu : "") + "); use fewer ranks or more executors/cores"
                     + (sc.isLocal() ? " (local[N] gives N slots)" : ""));
         }
+    }
+
+    /**
+     * Refuses a directory the job will write to but cannot ({@code key} names the config key): creates it if
+     * needed, then writes and deletes a probe file -- so a read-only checkpoint directory is found before
+     * training, not at the first save, on every attempt.
+     */
+    static void checkWritable(String key, String dir, org.apache.hadoop.conf.Configuration conf) {
+        if (dir == null) {
+            return;
+        }
+        org.apache.hadoop.fs.Path root = new org.apache.hadoop.fs.Path(dir);
+        org.apache.hadoop.fs.Path probe = new org.apache.hadoop.fs.Path(root, "_sparkatron_write_probe-" + java.util.UUID.randomUUID());
+        try {
+            FileSystem fs = root.getFileSystem(conf);
+            if (fs.exists(root) && !fs.getFileStatus(root).isDirectory()) {
+                throw new IllegalArgumentException(key + " '" + dir + "' is a file, not a directory");
+            }
+            if (!fs.mkdirs(root)) {
+                throw new IOException("cannot create the directory");
+            }
+            fs.create(probe, false).close();
+            fs.delete(probe, false);
+        } catch (IOException | RuntimeException e) {
+            if (e instanceof IllegalArgumentException iae && iae.getMessage().startsWith(key)) {
+                throw iae;
+            }
+            throw new IllegalArgumentException(key + " '" + dir + "' is not writable: " + e.getMessage(), e);
+        }
+    }
+
+    /**
+     * A warning when, on a cluster, a rank frozen in native code would hold its slot until it ends by itself:
+     * Spark's task reaper is off or never kills ({@code spark.task.reaper.killTimeout} -1, the default).
+     * Null when the reaper will end such a rank's executor, or in local mode (where nothing can).
+     */
+    static String frozenRankWarning(SparkConf conf, boolean local) {
+        boolean enabled = conf.getBoolean("spark.task.reaper.enabled", false);
+        long killMs = conf.getTimeAsMs("spark.task.reaper.killTimeout", "-1");
+        if (local || (enabled && killMs >= 0)) {
+            return null;
+        }
+        return "spark.task.reaper is " + (enabled ? "on without a killTimeout" : "off") + ": a rank stuck in native code or a "
+                + "GPU kernel after a failure would keep its slot and the retry would wait for it; set "
+                + "spark.task.reaper.enabled=true and spark.task.reaper.killTimeout=60s (./sparkatron train sets them)";
     }
 
     /** The memory estimate against where the ranks run ({@link MemoryCheck}): refused before anything starts. */
@@ -330,6 +404,39 @@ public final class DistributedTraining {
             ranks.add(rr.describe());
         }
         writeLines(fs, new org.apache.hadoop.fs.Path(out, "ranks.json"), List.of("[" + String.join(",\n ", ranks) + "]"));
+    }
+
+    /**
+     * Refuses an output that would overwrite an input: the training data ({@code input}, or a path under
+     * it: the model files would join the dataset) or the {@code init_from} model directory. Paths are
+     * compared normalised (local ones made absolute), not resolved through links.
+     */
+    static void checkNotAnInput(TrainConfig cfg) {
+        if (cfg.output == null) {
+            return;
+        }
+        String out = normal(cfg.output);
+        if (cfg.initFrom != null && out.equals(normal(cfg.initFrom))) {
+            throw new IllegalArgumentException("output '" + cfg.output + "' is the init_from model directory: the job would "
+                    + "overwrite its own starting model; give another output");
+        }
+        if (cfg.input != null) {
+            for (String in : cfg.input.split(",")) {
+                String i = normal(in.strip());
+                if (out.equals(i) || out.startsWith(i + "/")) {
+                    throw new IllegalArgumentException("output '" + cfg.output + "' is " + (out.equals(i) ? "" : "inside ")
+                            + "the input '" + in.strip() + "': the model files would be written into the training data; give another output");
+                }
+            }
+        }
+    }
+
+    /** A comparable form of a path: local paths absolute and normalised, others as their normalised URI. */
+    private static String normal(String path) {
+        java.net.URI u = new org.apache.hadoop.fs.Path(path).toUri().normalize();
+        String p = u.getScheme() == null || u.getScheme().equals("file")
+                ? java.nio.file.Path.of(u.getPath()).toAbsolutePath().normalize().toString() : u.toString();
+        return p.endsWith("/") && p.length() > 1 ? p.substring(0, p.length() - 1) : p;
     }
 
     /** Writes {@code train_config.json}: the resolved config this job runs with and its data description. */

@@ -67,9 +67,21 @@ final class InitFrom {
             if (!weights.getFileSystem(conf).exists(weights)) {
                 throw new IllegalArgumentException("init_from '" + cfg.initFrom + "' is not a model directory: " + ModelStore.WEIGHTS + " is missing");
             }
+            // the whole model once, here: damaged files and NaN weights are refused before launch, not on every attempt
+            load(cfg, null, conf).close();
         } catch (IOException e) {
             throw new IllegalArgumentException("init_from '" + cfg.initFrom + "': " + e.getMessage(), e);
         }
+    }
+
+    /** {@code message} with the temporary copy's paths replaced by the user's directory. */
+    static String userPaths(String message, java.nio.file.Path tmp, String userDir) {
+        if (message == null) {
+            return "";
+        }
+        String m = message.replace(tmp.toString(), userDir);
+        String real = tmp.toAbsolutePath().toString();
+        return m.replace(real, userDir);
     }
 
     /** "key A (job: B), ..." for every setting where the two configs differ; empty when equal. */
@@ -96,6 +108,9 @@ final class InitFrom {
     /**
      * Rank side: this rank's shard of the model in {@code cfg.initFrom} (copied to a local temporary
      * directory first, so any Hadoop file system works). Every rank reads the whole model transiently.
+     * With {@code rank} null (the driver's check), reads and validates the whole model and returns it (the
+     * caller closes it).
+     * Errors name the user's directory, never the temporary copy.
      */
     static Transformer load(TrainConfig cfg, RankContext rank, Configuration conf) throws IOException {
         java.nio.file.Path tmp = java.nio.file.Files.createTempDirectory("sparkatron-init");
@@ -105,7 +120,17 @@ final class InitFrom {
             for (String f : new String[] {ModelStore.CONFIG, ModelStore.WEIGHTS}) {
                 fs.copyToLocalFile(false, new Path(dir, f), new Path(tmp.resolve(f).toUri()), true);
             }
-            Transformer full = ModelStore.load(tmp, rank.device()); // fp32, TP = 1, on the rank's device
+            Transformer full;
+            try { // fp32, TP = 1, on the rank's device (the driver's check: a CPU device of its own)
+                full = ModelStore.load(tmp, rank == null ? new CpuDevice() : rank.device());
+            } catch (IllegalArgumentException e) {
+                throw new IllegalArgumentException("init_from '" + cfg.initFrom + "': " + userPaths(e.getMessage(), tmp, cfg.initFrom), e);
+            } catch (IOException e) {
+                throw new IOException(userPaths(e.getMessage(), tmp, cfg.initFrom), e);
+            }
+            if (rank == null) {
+                return full;
+            }
             try {
                 String diff = differences(full.config(), cfg.model());
                 if (!diff.isEmpty()) { // changed since the driver checked it

@@ -62,7 +62,7 @@ final class MegatronInput {
     /** This replica's training samples, or throws naming the file at fault. Closing the source closes the files. */
     static SampleSource source(TrainConfig cfg, Map<String, String> hadoopConf, int replica) {
         Opened o = open(cfg, hadoopConf);
-        return wrap(o, new DatasetSampleSource(o.train, replica, cfg.dp, cfg.microBatch));
+        return wrap(cfg, replica, o, new DatasetSampleSource(o.train, replica, cfg.dp, cfg.microBatch));
     }
 
     /**
@@ -75,10 +75,12 @@ final class MegatronInput {
             o.close();
             return null;
         }
-        return wrap(o, new DatasetSampleSource(o.valid, replica, cfg.dp, cfg.microBatch));
+        return wrap(cfg, replica, o, new DatasetSampleSource(o.valid, replica, cfg.dp, cfg.microBatch));
     }
 
-    private static SampleSource wrap(Opened o, DatasetSampleSource s) {
+    /** The samples of {@code s}, each checked against the vocabulary (a bad id is a {@link DeterministicFailure}). */
+    private static SampleSource wrap(TrainConfig cfg, int replica, Opened o, DatasetSampleSource s) {
+        int vocab = cfg.model().vocabSize();
         return new SampleSource() {
             @Override
             public int sampleLength() {
@@ -87,7 +89,18 @@ final class MegatronInput {
 
             @Override
             public boolean next(int[] out, int offset) {
-                return s.next(out, offset);
+                long sample = s.consumed();
+                boolean more = s.next(out, offset);
+                if (more) { // a bad id is in the files: every retry would read it again
+                    for (int i = offset; i < offset + s.sampleLength(); i++) {
+                        if (out[i] < 0 || out[i] >= vocab) {
+                            throw new DeterministicFailure(true, "Megatron dataset '" + cfg.input + "': sample " + sample
+                                    + " of data-parallel replica " + replica + " holds token id " + out[i] + " at position " + (i - offset)
+                                    + ", outside the model's vocabulary of " + vocab);
+                        }
+                    }
+                }
+                return more;
             }
 
             @Override
@@ -120,6 +133,32 @@ final class MegatronInput {
     }
 
     /**
+     * The dataset prefixes of {@code input} and whether their ids are known to fit the model: a
+     * {@code prepare} directory's tokenizer vocabulary is checked against the model's here; bare Megatron
+     * prefixes carry no vocabulary, so their ids need {@link TokenIdScan}.
+     */
+    record Prefixes(List<String> prefixes, boolean vocabularyChecked) {
+    }
+
+    static Prefixes prefixes(TrainConfig cfg, Map<String, String> conf) throws IOException {
+        List<String> prefixes = new ArrayList<>();
+        if (DataPaths.exists(DataPaths.child(cfg.input, PreparedDataset.MANIFEST), conf)) {
+            PreparedDataset prepared = PreparedDataset.read(cfg.input, conf);
+            if (prepared.vocabSize() > cfg.model().vocabSize()) {
+                throw new IllegalArgumentException("'" + cfg.input + "' was tokenized with a vocabulary of " + prepared.vocabSize()
+                        + " (" + prepared.tokenizer() + "); the model's vocab_size is " + cfg.model().vocabSize());
+            }
+            return new Prefixes(prepared.shardPrefixes(), true);
+        }
+        for (String p : cfg.input.split(",")) {
+            if (!p.isBlank()) {
+                prefixes.add(p.strip());
+            }
+        }
+        return new Prefixes(prefixes, false);
+    }
+
+    /**
      * {@code cfg} with the tokenizer a {@code prepare} output's manifest names, so the trained model keeps it,
      * when the config names none and the manifest's tokenizer is built in or still readable; else unchanged.
      */
@@ -142,21 +181,7 @@ final class MegatronInput {
     private static Opened open(TrainConfig cfg, Map<String, String> conf) {
         List<IndexedDataset> datasets = new ArrayList<>();
         try {
-            List<String> prefixes = new ArrayList<>();
-            if (DataPaths.exists(DataPaths.child(cfg.input, PreparedDataset.MANIFEST), conf)) {
-                PreparedDataset prepared = PreparedDataset.read(cfg.input, conf);
-                if (prepared.vocabSize() > cfg.model().vocabSize()) {
-                    throw new IllegalArgumentException("'" + cfg.input + "' was tokenized with a vocabulary of " + prepared.vocabSize()
-                            + " (" + prepared.tokenizer() + "); the model's vocab_size is " + cfg.model().vocabSize());
-                }
-                prefixes.addAll(prepared.shardPrefixes());
-            } else {
-                for (String p : cfg.input.split(",")) {
-                    if (!p.isBlank()) {
-                        prefixes.add(p.strip());
-                    }
-                }
-            }
+            List<String> prefixes = prefixes(cfg, conf).prefixes();
             long tokens = 0;
             for (String p : prefixes) {
                 IndexedDataset d = IndexedDataset.open(p, conf);

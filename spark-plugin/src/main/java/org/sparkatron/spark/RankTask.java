@@ -43,7 +43,9 @@ import scala.runtime.AbstractFunction1;
  *
  * <p>Failure: any exception aborts the communicator, so every peer fails at its next collective instead
  * of waiting; a watchdog thread does the same when Spark kills the task (another rank failed, or the
- * job was cancelled). Everything lives in this call: several ranks may run in one JVM.
+ * job was cancelled). A failure that a retry would repeat (a non-finite loss, a bad sample) is thrown as
+ * a {@link DeterministicFailure}, which the driver's {@link FailFast} turns into the job's end instead
+ * of a stage retry. Everything lives in this call: several ranks may run in one JVM.
  */
 final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<Long, int[]>>,
         scala.collection.Iterator<Tuple2<Integer, byte[]>>> implements Serializable {
@@ -179,9 +181,17 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             reports.start(first, device);
             for (long s = first; s <= cfg.steps; s++) {
                 if (rank == cfg.failRank && s == cfg.failStep && attempt < cfg.failAttempts) {
+                    if (cfg.failMode.equals("freeze")) {
+                        freeze(rank, s, attempt);
+                    }
                     throw new IllegalStateException("injected failure: rank " + rank + " at step " + s + " (attempt " + attempt + ")");
                 }
-                Trainer.StepMetrics m = trainer.step();
+                Trainer.StepMetrics m;
+                try {
+                    m = trainer.step();
+                } catch (org.sparkatron.train.DivergedException e) { // every retry would diverge the same way
+                    throw new DeterministicFailure(false, "rank " + rank + ": " + e.getMessage() + " (check lr, the data and init_from)");
+                }
                 String memory = null;
                 if (s == first) { // every buffer exists now: the memory report, measured beside predicted
                     memory = trainer.memoryReport();
@@ -224,6 +234,10 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             return JavaConverters.asScala(List.of(new Tuple2<>(rank, report.toBytes())).iterator());
         } catch (Throwable t) {
             comm.abort("rank " + rank + " failed: " + t);
+            DeterministicFailure d = DeterministicFailure.in(t);
+            if (d != null && d != t) { // its class, at the top, is what the driver's FailFast recognises
+                throw d;
+            }
             throw t;
         } finally {
             if (ckpt != null) {
@@ -232,6 +246,24 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             watchdog.interrupt();
             comm.close();
             dev.close();
+        }
+    }
+
+    /**
+     * Fault injection ({@code fail_mode: "freeze"}): blocks this thread for an hour, ignoring interrupts, as a
+     * thread stuck in native code or a GPU kernel would. Only Spark's task reaper (which ends the executor
+     * JVM) frees the slot; see docs/spark.md.
+     */
+    private static void freeze(int rank, long step, int attempt) {
+        System.err.println("[sparkatron] rank " + rank + ": injected freeze at step " + step + " (attempt " + attempt
+                + "): this thread now ignores interrupts");
+        long end = System.nanoTime() + 3600L * 1_000_000_000L;
+        while (System.nanoTime() - end < 0) {
+            try {
+                Thread.sleep(1000);
+            } catch (InterruptedException ignored) {
+                // what a stuck native call does with an interrupt: nothing
+            }
         }
     }
 

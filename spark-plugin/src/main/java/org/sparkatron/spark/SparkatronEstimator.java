@@ -47,6 +47,8 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
             java.util.Map.entry("fail_rank", "fault injection for the failure tests"),
             java.util.Map.entry("fail_step", "fault injection for the failure tests"),
             java.util.Map.entry("fail_attempts", "fault injection for the failure tests"),
+            java.util.Map.entry("fail_mode", "fault injection for the failure tests"),
+            java.util.Map.entry("check_token_ids", "command line only: Megatron input (input_format megatron), which fit() does not read"),
             java.util.Map.entry("override_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator"),
             java.util.Map.entry("use_checkpoint_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator"),
             java.util.Map.entry("num_layers_per_virtual_pipeline_stage", "Megatron's other way of saying virtualPp, which is the Param"),

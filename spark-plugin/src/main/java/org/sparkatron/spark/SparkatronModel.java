@@ -423,8 +423,23 @@ public final class SparkatronModel extends Model<SparkatronModel> implements Def
         return read().load(path);
     }
 
-    /** Saves config.json + model.safetensors (Hugging Face layout) under {@code path} on its FileSystem. */
+    /**
+     * Saves config.json + model.safetensors (Hugging Face layout) under {@code path} on its FileSystem:
+     * written under {@code path/_temporary/} and moved into place at the end ({@link OutputCommit}), so a
+     * failed save leaves a model already there untouched.
+     */
     public void save(String path, Configuration hadoopConf) throws IOException {
+        OutputCommit commit = OutputCommit.begin(path, hadoopConf);
+        try {
+            writeFiles(commit.staging(), hadoopConf);
+            commit.commit();
+        } finally {
+            commit.abort();
+        }
+    }
+
+    /** Writes config.json + model.safetensors into {@code path} directly (a staging directory). */
+    void writeFiles(String path, Configuration hadoopConf) throws IOException {
         org.apache.hadoop.fs.Path out = new org.apache.hadoop.fs.Path(path);
         FileSystem fs = out.getFileSystem(hadoopConf);
         fs.mkdirs(out);

@@ -1,5 +1,12 @@
 package org.sparkatron.spark;
 
+import static org.sparkatron.spark.ConfigKeys.bool;
+import static org.sparkatron.spark.ConfigKeys.boolKey;
+import static org.sparkatron.spark.ConfigKeys.dblKey;
+import static org.sparkatron.spark.ConfigKeys.intKey;
+import static org.sparkatron.spark.ConfigKeys.requireLong;
+import static org.sparkatron.spark.ConfigKeys.str;
+
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
@@ -11,6 +18,7 @@ import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.Map;
 import java.util.Set;
+import org.sparkatron.model.ConfigJson;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.optim.LrSchedule;
 import org.sparkatron.parallel.ContextParallel;
@@ -39,20 +47,28 @@ import org.sparkatron.train.Trainer;
  * schema for sources such as json: {@code "tokens array<int>"}). With {@code input_format} "megatron" the
  * input is a Megatron indexed dataset instead ({@link MegatronInput}: a {@code prepare} output directory
  * or comma-separated {@code .bin}/{@code .idx} prefixes) and {@code data_split} ["100,0,0"] picks the
- * training part as Megatron's {@code --split} does.
+ * training part as Megatron's {@code --split} does, and {@code check_token_ids} [true] scans bare datasets'
+ * ids before launch.
+ *
+ * <p>Every value is type- and range-checked ({@link ConfigJson}): unknown keys, keys given twice, strings
+ * where numbers or booleans belong and non-finite numbers are refused with the key and value, and the
+ * world size is computed in 64 bits.
  */
 public final class TrainConfig implements Serializable {
     private static final long serialVersionUID = 1L;
-    static final ObjectMapper JSON = new ObjectMapper();
+    static final ObjectMapper JSON = ConfigJson.MAPPER; // refuses duplicate keys
 
     /** Every accepted key: anything else is refused so a typo never silently falls back to a default. */
+    /** The largest world (dp x tp x cp x pp) a job may ask for. */
+    static final int MAX_WORLD = 4096;
+
     public static final Set<String> KEYS = Set.of("model", "dp", "tp", "tensor_parallel", "sequence_parallel", "pp", "cp", "context_parallel_size", "cp_comm_type", "global_batch", "micro_batch", "seq_len",
             "steps", "lr", "min_lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "seed", "input_col",
             "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format", "input_schema",
             "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over", "async_save",
             "data_split", "precision", "init_from", "log_interval", "eval_interval", "eval_iters", "tensorboard_dir",
             "mlflow_tracking_uri", "mlflow_experiment", "mlflow_run_name", "override_lr_schedule", "use_checkpoint_lr_schedule",
-            "tokenizer", "virtual_pp", "num_layers_per_virtual_pipeline_stage", "decoder_first_pipeline_num_layers",
+            "check_token_ids", "fail_mode", "tokenizer", "virtual_pp", "num_layers_per_virtual_pipeline_stage", "decoder_first_pipeline_num_layers",
             "decoder_last_pipeline_num_layers", "recompute", "recompute_granularity",
             "use_distributed_optimizer", "overlap_grad_reduce", "overlap_param_gather");
 
@@ -106,6 +122,9 @@ public final class TrainConfig implements Serializable {
     /** Fault injection for the failure tests: rank {@code failRank} throws at step {@code failStep} on the
      *  first {@code failAttempts} attempts of the stage (-1: never). Documented in docs/spark.md. */
     public final int failRank, failStep, failAttempts;
+    /** How the injected failure happens: "throw" [default], or "freeze": the task thread blocks and ignores
+     *  interrupts, as a thread stuck in native code or a GPU kernel would (docs/spark.md, frozen ranks). */
+    public final String failMode;
     /**
      * Checkpoints (see docs/checkpoints.md): root directory on any Hadoop path [none: no checkpoints],
      * steps between saves [0: only at the end], how many to keep [2], and whether to delete existing
@@ -121,6 +140,8 @@ public final class TrainConfig implements Serializable {
     /** A Hugging Face model directory (any Hadoop path) whose weights replace the seed initialisation
      *  [none]; its config.json is the model config when {@code model} is not given ({@link InitFrom}). */
     public final String initFrom;
+    /** With Megatron input: scan bare datasets' token ids against the vocabulary before launch [true] ({@link TokenIdScan}). */
+    public final boolean checkTokenIds;
     /** The tokenizer of the token ids ("gpt2" or a tokenizer.json path) [none]: saved with the output model. */
     public final String tokenizer;
 
@@ -152,7 +173,7 @@ public final class TrainConfig implements Serializable {
             }
         }
         JsonNode m = o.get("model");
-        this.initFrom = o.hasNonNull("init_from") ? o.get("init_from").asText() : null;
+        this.initFrom = str(o, "init_from", null);
         if ((m == null || m.isNull()) && initFrom != null) { // the model directory's config.json
             m = InitFrom.config(initFrom, new org.apache.hadoop.conf.Configuration());
             o.set("model", m);
@@ -161,12 +182,16 @@ public final class TrainConfig implements Serializable {
             throw new IllegalArgumentException("config key 'model' is missing: give a Hugging Face config.json object or a path to one");
         }
         if (m.isTextual()) {
+            byte[] bytes;
             try {
-                m = JSON.readTree(Files.readAllBytes(Path.of(m.asText())));
-            } catch (IOException e) {
-                throw new IllegalArgumentException("cannot read model config '" + o.get("model").asText() + "': " + e.getMessage(), e);
+                bytes = Files.readAllBytes(Path.of(m.asText()));
+            } catch (IOException | java.nio.file.InvalidPathException e) {
+                throw new IllegalArgumentException("cannot read model config '" + m.asText() + "': " + e, e);
             }
+            m = ConfigJson.parse(bytes, "model config '" + m.asText() + "'");
             o.set("model", m);
+        } else if (!m.isObject()) {
+            throw new IllegalArgumentException("config key 'model' must be a config.json object or a path to one, got " + m);
         }
         ModelConfig mc;
         try {
@@ -191,17 +216,13 @@ public final class TrainConfig implements Serializable {
             }
             o.set("cp", alias);
         }
-        JsonNode spNode = o.get("sequence_parallel");
-        if (spNode != null && !spNode.isNull() && !spNode.isBoolean()) {
-            throw new IllegalArgumentException("config key 'sequence_parallel' must be true or false, got " + spNode);
-        }
-        this.sequenceParallel = spNode != null && spNode.asBoolean(false);
+        this.sequenceParallel = bool(o, "sequence_parallel", false);
         this.dp = intKey(o, "dp", 1, 1);
         this.tp = intKey(o, "tp", 1, 1);
         this.pp = intKey(o, "pp", 1, 1);
         this.cp = intKey(o, "cp", 1, 1);
         try {
-            this.cpCommType = ContextParallel.CommType.parse(o.path("cp_comm_type").asText("p2p"));
+            this.cpCommType = ContextParallel.CommType.parse(str(o, "cp_comm_type", "p2p"));
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("config key 'cp_comm_type': " + e.getMessage(), e);
         }
@@ -231,7 +252,7 @@ public final class TrainConfig implements Serializable {
             o.set("recompute", g);
         }
         try {
-            this.recompute = org.sparkatron.model.Recompute.parse(o.path("recompute").asText("none"));
+            this.recompute = org.sparkatron.model.Recompute.parse(str(o, "recompute", "none"));
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("config key 'recompute': " + e.getMessage(), e);
         }
@@ -246,9 +267,9 @@ public final class TrainConfig implements Serializable {
         this.weightDecay = dblKey(o, "weight_decay", 0.1);
         this.gradClip = dblKey(o, "grad_clip", 1.0);
         this.seed = o.has("seed") ? requireLong(o, "seed") : 1234L;
-        this.inputCol = o.path("input_col").asText("tokens");
-        this.dropBadRows = o.path("drop_bad_rows").asBoolean(false);
-        this.output = o.hasNonNull("output") ? o.get("output").asText() : null;
+        this.inputCol = str(o, "input_col", "tokens");
+        this.dropBadRows = bool(o, "drop_bad_rows", false);
+        this.output = str(o, "output", null);
         this.commTimeoutMs = 1000L * intKey(o, "comm_timeout_s", 300, 1);
         double mb = dblKey(o, "bucket_mb", 4.0 * DataParallel.defaultBucketElements(dp) / (1 << 20));
         if (!(mb > 0)) {
@@ -262,32 +283,37 @@ public final class TrainConfig implements Serializable {
                     + "updated parameters right after its step (set it false or leave it out)");
         }
         this.threadsPerRank = intKey(o, "threads_per_rank", 1, 1);
-        this.input = o.hasNonNull("input") ? o.get("input").asText() : null;
-        this.inputFormat = o.path("input_format").asText("parquet");
-        this.inputSchema = o.hasNonNull("input_schema") ? o.get("input_schema").asText() : null;
-        this.dataSplit = o.path("data_split").asText("100,0,0");
-        this.failRank = o.has("fail_rank") ? o.get("fail_rank").asInt() : -1;
-        this.failStep = o.has("fail_step") ? o.get("fail_step").asInt() : -1;
-        this.failAttempts = o.has("fail_attempts") ? o.get("fail_attempts").asInt() : 0;
-        this.checkpointDir = o.hasNonNull("checkpoint_dir") ? o.get("checkpoint_dir").asText() : null;
+        this.input = str(o, "input", null);
+        this.inputFormat = str(o, "input_format", "parquet");
+        this.inputSchema = str(o, "input_schema", null);
+        this.dataSplit = str(o, "data_split", "100,0,0");
+        this.failRank = intKey(o, "fail_rank", -1, -1);
+        this.failStep = intKey(o, "fail_step", -1, -1);
+        this.failAttempts = intKey(o, "fail_attempts", 0, 0);
+        this.failMode = str(o, "fail_mode", "throw");
+        if (!failMode.equals("throw") && !failMode.equals("freeze")) {
+            throw new IllegalArgumentException("config key 'fail_mode' must be \"throw\" or \"freeze\", got \"" + failMode + "\"");
+        }
+        this.checkpointDir = str(o, "checkpoint_dir", null);
         this.checkpointEvery = intKey(o, "checkpoint_every", 0, 0);
         this.keepCheckpoints = intKey(o, "keep_checkpoints", 2, 1);
-        this.startOver = o.path("start_over").asBoolean(false);
-        this.asyncSave = o.path("async_save").asBoolean(false);
+        this.startOver = bool(o, "start_over", false);
+        this.asyncSave = bool(o, "async_save", false);
+        this.checkTokenIds = bool(o, "check_token_ids", true);
         try {
-            this.precision = Precision.parse(o.path("precision").asText("fp32"));
+            this.precision = Precision.parse(str(o, "precision", "fp32"));
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("config key 'precision': " + e.getMessage(), e);
         }
-        this.tokenizer = o.hasNonNull("tokenizer") ? o.get("tokenizer").asText() : null;
+        this.tokenizer = str(o, "tokenizer", null);
         this.logInterval = intKey(o, "log_interval", Math.max(1, Math.min(100, steps / 20)), 1);
         this.evalIntervalGiven = o.hasNonNull("eval_interval");
         this.evalInterval = intKey(o, "eval_interval", Math.max(1, steps / 10), 0);
         this.evalIters = intKey(o, "eval_iters", 10, 1);
-        this.tensorboardDir = o.hasNonNull("tensorboard_dir") ? o.get("tensorboard_dir").asText() : null;
-        this.mlflowTrackingUri = o.hasNonNull("mlflow_tracking_uri") ? o.get("mlflow_tracking_uri").asText() : null;
-        this.mlflowExperiment = o.path("mlflow_experiment").asText("sparkatron");
-        this.mlflowRunName = o.hasNonNull("mlflow_run_name") ? o.get("mlflow_run_name").asText() : null;
+        this.tensorboardDir = str(o, "tensorboard_dir", null);
+        this.mlflowTrackingUri = str(o, "mlflow_tracking_uri", null);
+        this.mlflowExperiment = str(o, "mlflow_experiment", "sparkatron");
+        this.mlflowRunName = str(o, "mlflow_run_name", null);
         this.overrideLrSchedule = boolKey(o, "override_lr_schedule");
         this.useCheckpointLrSchedule = boolKey(o, "use_checkpoint_lr_schedule");
         if (overrideLrSchedule && useCheckpointLrSchedule) {
@@ -301,6 +327,11 @@ public final class TrainConfig implements Serializable {
     }
 
     private void validate(ModelConfig mc) {
+        long world = (long) dp * tp * cp * pp; // 64-bit: each factor may be up to 2^31 - 1
+        if (world > MAX_WORLD) {
+            throw new IllegalArgumentException("world size dp x tp x " + (cp > 1 ? "cp x " : "") + "pp = " + dp + " x " + tp + " x "
+                    + (cp > 1 ? cp + " x " : "") + pp + " = " + world + " is larger than " + MAX_WORLD);
+        }
         if (seqLen > mc.maxPositions()) {
             throw new IllegalArgumentException("seq_len " + seqLen + " exceeds the model's max positions " + mc.maxPositions());
         }
@@ -328,12 +359,13 @@ public final class TrainConfig implements Serializable {
     }
 
     public static TrainConfig load(Path file) throws IOException {
-        JsonNode n;
+        byte[] bytes;
         try {
-            n = JSON.readTree(Files.readAllBytes(file));
+            bytes = Files.readAllBytes(file);
         } catch (IOException e) {
-            throw new IOException("cannot read training config " + file + ": " + e.getMessage(), e);
+            throw new IOException("cannot read training config " + file + ": " + e, e);
         }
+        JsonNode n = ConfigJson.parse(bytes, file.toString());
         try {
             return fromJson(n);
         } catch (IllegalArgumentException e) {
@@ -341,7 +373,15 @@ public final class TrainConfig implements Serializable {
         }
     }
 
-    /** This config with {@code key} set to {@code value} (parsed as JSON when it parses, else a string). */
+    /** Keys whose values are strings: a command-line value for them is never read as a number or boolean. */
+    static final Set<String> STRING_KEYS = Set.of("input_col", "output", "input", "input_format", "input_schema", "checkpoint_dir",
+            "data_split", "precision", "init_from", "tensorboard_dir", "mlflow_tracking_uri", "mlflow_experiment", "mlflow_run_name");
+
+    /**
+     * This config with {@code key} set to {@code value}, parsed as JSON when it parses, else a string (refused
+     * where a number or boolean belongs). For string keys, anything but a JSON string is the text itself
+     * ({@code --output 2024} is a directory name).
+     */
     public TrainConfig with(String key, String value) {
         JsonNode v;
         try {
@@ -350,6 +390,9 @@ public final class TrainConfig implements Serializable {
                 v = JSON.getNodeFactory().textNode(value);
             }
         } catch (IOException e) {
+            v = JSON.getNodeFactory().textNode(value);
+        }
+        if (STRING_KEYS.contains(key) && !v.isTextual()) {
             v = JSON.getNodeFactory().textNode(value);
         }
         return with(key, v);
@@ -459,34 +502,13 @@ public final class TrainConfig implements Serializable {
             if (i + 1 >= args.length) {
                 throw new IllegalArgumentException("option " + args[i] + " needs a value");
             }
-            out.put(args[i].substring(2), args[++i]);
+            String key = args[i].substring(2);
+            if (out.containsKey(key)) {
+                throw new IllegalArgumentException("option " + args[i] + " is given twice ('" + out.get(key) + "' and '" + args[i + 1] + "')");
+            }
+            out.put(key, args[++i]);
         }
         return out;
-    }
-
-    private static int intKey(ObjectNode o, String k, int dflt, int min) {
-        if (!o.hasNonNull(k)) {
-            return dflt;
-        }
-        JsonNode n = o.get(k);
-        if (!n.isIntegralNumber() || !n.canConvertToInt()) {
-            throw new IllegalArgumentException("config key '" + k + "' must be an integer, got " + n);
-        }
-        if (n.asInt() < min) {
-            throw new IllegalArgumentException("config key '" + k + "' must be >= " + min + ", got " + n.asInt());
-        }
-        return n.asInt();
-    }
-
-    private static boolean boolKey(ObjectNode o, String k) {
-        JsonNode n = o.get(k);
-        if (n == null || n.isNull()) {
-            return false;
-        }
-        if (!n.isBoolean()) {
-            throw new IllegalArgumentException("config key '" + k + "' must be true or false, got " + n);
-        }
-        return n.asBoolean();
     }
 
     /** The validation samples one replica reads over the whole job: evaluations x eval_iters x its batch. */
@@ -513,22 +535,4 @@ public final class TrainConfig implements Serializable {
         return step == steps || (evalInterval > 0 && step % evalInterval == 0);
     }
 
-    private static long requireLong(ObjectNode o, String k) {
-        JsonNode n = o.get(k);
-        if (!n.isIntegralNumber() || !n.canConvertToLong()) {
-            throw new IllegalArgumentException("config key '" + k + "' must be an integer, got " + n);
-        }
-        return n.asLong();
-    }
-
-    private static double dblKey(ObjectNode o, String k, double dflt) {
-        if (!o.hasNonNull(k)) {
-            return dflt;
-        }
-        JsonNode n = o.get(k);
-        if (!n.isNumber()) {
-            throw new IllegalArgumentException("config key '" + k + "' must be a number, got " + n);
-        }
-        return n.asDouble();
-    }
 }

@@ -48,6 +48,9 @@ public final class TrainMain {
         SparkSession session = session("sparkatron-train", cfg.world(), spark, System.out);
         try {
             run(session, cfg, System.out);
+        } catch (DeterministicFailure e) { // ended at once: a retry would fail the same way; its message, not Spark's
+            System.err.println("sparkatron train: failed: " + e.getMessage());
+            return Cli.FAILURE;
         } finally {
             session.stop();
         }
@@ -72,6 +75,7 @@ public final class TrainMain {
         if (cfg.output == null) {
             throw new IllegalArgumentException("config key 'output' (where the model is saved) is missing");
         }
+        DistributedTraining.checkNotAnInput(cfg);
         DistributedTraining.Result r = MegatronInput.FORMAT.equals(cfg.inputFormat)
                 ? DistributedTraining.runMegatron(spark, cfg, out) : DistributedTraining.run(read(spark, cfg), cfg, out);
         for (String line : r.summary()) {
@@ -97,7 +101,17 @@ public final class TrainMain {
         return df;
     }
 
-    /** The session spark-submit configured, or local[slots] when no master was given. */
+    /**
+     * Spark settings the training commands default to unless the user set them: Spark's task reaper, so a
+     * rank whose thread will not end after Spark killed it (stuck in native code or a GPU kernel) takes its
+     * executor JVM down within a minute and the retried stage gets its slot back (docs/spark.md, frozen
+     * ranks). Executors receive them from the driver; they have no effect in local mode.
+     */
+    static final Map<String, String> DEFAULTS = Map.of(
+            "spark.task.reaper.enabled", "true",
+            "spark.task.reaper.killTimeout", "60s");
+
+    /** The session spark-submit configured, or local[slots] when no master was given; {@link #DEFAULTS} added. */
     static SparkSession session(String name, int slots) {
         return session(name, slots, SparkOptions.extract(new String[0]), null);
     }
@@ -110,6 +124,11 @@ public final class TrainMain {
     static SparkSession session(String name, int slots, SparkOptions options, PrintStream console) {
         SparkConf conf = new SparkConf();
         SparkSession.Builder b = SparkSession.builder().appName(name);
+        DEFAULTS.forEach((k, v) -> { // the user's own setting (spark-submit's or --conf) wins
+            if (!conf.contains(k) && !options.settings().containsKey(k)) {
+                b.config(k, v);
+            }
+        });
         String master = options.master() != null ? options.master() : conf.get("spark.master", null);
         if (master == null) {
             master = "local[" + slots + "]";

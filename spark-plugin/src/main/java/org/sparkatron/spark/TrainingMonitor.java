@@ -24,9 +24,12 @@ import org.sparkatron.train.track.TensorBoardEvents;
 /**
  * The driver's view of one training job: every report of rank 0 (from the {@link ProgressServer} socket or
  * the plugin's RPC) goes through {@link #accept} to the console ({@link ConsoleProgress}), the run's history
- * ({@link MetricsLog}), the loss plot ({@code loss.svg} in the output, rewritten at every interval and
- * evaluation), TensorBoard ({@code tensorboard_dir}), MLflow ({@code mlflow_tracking_uri}) and the live
- * state the Spark UI page and Spark metrics read ({@link #snapshot}).
+ * ({@link MetricsLog}), the loss plot ({@code loss.svg}, rewritten at every interval and evaluation),
+ * TensorBoard ({@code tensorboard_dir}), MLflow ({@code mlflow_tracking_uri}) and the live state the Spark UI
+ * page and Spark metrics read ({@link #snapshot}). The history and the plot live in {@code liveDir}: the
+ * output itself for a job that may resume from a checkpoint (its history continues there, across jobs), else
+ * the job's staging directory ({@link OutputCommit}), so a fresh job never replaces the previous run's
+ * history beside the previous run's model until it has a model of its own to commit.
  *
  * <p>Threads: {@link #accept} is called by the progress threads, the rest by the driver thread; all are
  * synchronized. Construction is where bad tracking settings fail (an unreachable MLflow server, an unwritable
@@ -41,6 +44,8 @@ final class TrainingMonitor implements java.util.function.Consumer<JsonNode>, Au
     private final Configuration hadoopConf;
     private final ConsoleProgress console;
     private final MetricsLog history;
+    /** Where metrics.jsonl and loss.svg are written while the job runs (null: nowhere). */
+    private final String liveDir;
     private final String title;
     private TensorBoardEvents tensorboard;
     private MlflowTracking mlflow;
@@ -53,12 +58,18 @@ final class TrainingMonitor implements java.util.function.Consumer<JsonNode>, Au
     private long reports;
     private boolean plotFailed;
 
-    TrainingMonitor(TrainConfig cfg, Configuration hadoopConf, PrintStream out, String dataSummary, String runName) throws IOException {
+    /**
+     * @param staging the job's staging directory under the output ({@link OutputCommit}), or null without an
+     *                output: a job that cannot resume writes its history and plot there
+     */
+    TrainingMonitor(TrainConfig cfg, Configuration hadoopConf, PrintStream out, String dataSummary, String runName, String staging)
+            throws IOException {
         this.cfg = cfg;
         this.hadoopConf = hadoopConf;
         this.console = new ConsoleProgress(out, ConsoleProgress.isTerminal(out), cfg.steps);
-        boolean mayResume = cfg.checkpointDir != null && !cfg.startOver;
-        this.history = new MetricsLog(cfg.output, hadoopConf, mayResume);
+        boolean mayResume = mayResume(cfg);
+        this.liveDir = cfg.output == null ? null : mayResume ? cfg.output : staging;
+        this.history = new MetricsLog(liveDir, hadoopConf, mayResume);
         this.title = "sparkatron: " + (runName == null ? "training" : runName) + " (dp " + cfg.dp + ", tp " + cfg.tp + ", "
                 + cfg.steps + " steps)";
         try {
@@ -220,13 +231,23 @@ final class TrainingMonitor implements java.util.function.Consumer<JsonNode>, Au
         }
     }
 
+    /** Whether a job continues an earlier run's history: it may resume from a checkpoint. */
+    static boolean mayResume(TrainConfig cfg) {
+        return cfg.checkpointDir != null && !cfg.startOver;
+    }
+
     /**
-     * The job ended: writes the history ({@link MetricsLog#finish}), the final plot, and to MLflow the artifacts
-     * under {@code output}; returns the whole trajectory (earlier jobs' lines included).
+     * The job ended: writes the history ({@link MetricsLog#finish}) and the final plot into the live directory;
+     * returns the whole trajectory (earlier jobs' lines included). Before the output's commit.
      */
-    synchronized List<String> finish(List<String> finalLines, String output) throws IOException {
+    synchronized List<String> finish(List<String> finalLines) throws IOException {
         List<String> trajectory = history.finish(finalLines);
         plot();
+        return trajectory;
+    }
+
+    /** Uploads to MLflow the committed results under {@code output}. After the output's commit. */
+    synchronized void uploadArtifacts(String output) throws IOException {
         if (mlflow != null && output != null) {
             Path out = new Path(output);
             FileSystem fs = out.getFileSystem(hadoopConf);
@@ -251,7 +272,6 @@ final class TrainingMonitor implements java.util.function.Consumer<JsonNode>, Au
                 }
             }
         }
-        return trajectory;
     }
 
     /** Ends the sinks: the MLflow run FINISHED when {@code success}, else FAILED. */
@@ -315,13 +335,13 @@ final class TrainingMonitor implements java.util.function.Consumer<JsonNode>, Au
         }
     }
 
-    /** Rewrites {@code output/loss.svg} (written to a temporary name, then renamed over the old plot). */
+    /** Rewrites {@code loss.svg} in the live directory (written to a temporary name, then renamed over the old plot). */
     private void plot() {
-        if (cfg.output == null || plotFailed) {
+        if (liveDir == null || plotFailed) {
             return;
         }
         try {
-            Path out = new Path(cfg.output);
+            Path out = new Path(liveDir);
             FileSystem fs = out.getFileSystem(hadoopConf);
             Path tmp = new Path(out, "." + PLOT + ".tmp");
             try (OutputStream o = fs.create(tmp, true)) {

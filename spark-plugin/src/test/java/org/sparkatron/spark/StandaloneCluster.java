@@ -256,6 +256,21 @@ final class StandaloneCluster implements AutoCloseable {
         return out;
     }
 
+    /** Every executor's whole stderr (under the Workers' work directories), concatenated. */
+    String executorLogs() {
+        StringBuilder sb = new StringBuilder();
+        try (var files = Files.walk(dir)) {
+            for (Path p : (Iterable<Path>) files::iterator) {
+                if (Files.isRegularFile(p) && p.getFileName().toString().equals("stderr")) {
+                    sb.append("\n==== ").append(dir.relativize(p)).append(" ====\n").append(Files.readString(p));
+                }
+            }
+        } catch (IOException e) {
+            sb.append("(cannot read logs: ").append(e).append(")");
+        }
+        return sb.toString();
+    }
+
     /** The tail of every Worker log and executor stderr, for failure messages. */
     String diagnostics() {
         StringBuilder sb = new StringBuilder();

@@ -68,6 +68,11 @@ class StandaloneClusterTest {
 
     /** Starts spark-submit (client mode) of TrainMain with the config file. */
     private Process submit(String name, Path config, String... overrides) throws Exception {
+        return submit(name, config, List.of(), overrides);
+    }
+
+    /** As {@link #submit(String, Path, String...)}, with extra {@code --conf key=value} Spark settings. */
+    private Process submit(String name, Path config, List<String> sparkConf, String... overrides) throws Exception {
         Path appJar = Files.list(cluster.home.resolve("jars")).filter(p -> p.getFileName().toString().contains("spark-plugin"))
                 .filter(p -> !p.getFileName().toString().contains("test")).findFirst().orElseThrow();
         List<String> args = new ArrayList<>(List.of("--master", cluster.master(), "--deploy-mode", "client",
@@ -83,8 +88,11 @@ class StandaloneClusterTest {
                 "--conf", "spark.kryo.registrationRequired=true",
                 // the executors' JVM options are what users set: nothing beyond the Vector API module (our
                 // SIMD math gives the same bits in every JIT tier, so a restarted executor reproduces the run)
-                "--conf", "spark.executor.extraJavaOptions=--add-modules=jdk.incubator.vector",
-                appJar.toString(), "--config", config.toString()));
+                "--conf", "spark.executor.extraJavaOptions=--add-modules=jdk.incubator.vector"));
+        for (String c : sparkConf) {
+            args.addAll(List.of("--conf", c));
+        }
+        args.addAll(List.of(appJar.toString(), "--config", config.toString()));
         args.addAll(List.of(overrides));
         return cluster.start("driver-" + name, List.of(), "org.apache.spark.deploy.SparkSubmit", args.toArray(new String[0]));
     }
@@ -214,6 +222,57 @@ class StandaloneClusterTest {
             assertEquals(i + 1 <= last ? 0 : attempt, g.get("attempt").asInt(), got.get(i));
             assertEquals(DistributedTraining.metric(ref.get(i)).get("loss").asDouble(), g.get("loss").asDouble(), 0.0, "loss of step " + (i + 1));
         }
+    }
+
+    /**
+     * Issue 22, finding 2: a rank whose thread freezes and ignores interrupts (fault injection
+     * {@code fail_mode: "freeze"}, as a thread stuck in native code or a GPU kernel) must not hold its slot.
+     * The other rank fails at its communicator timeout (10 s), Spark kills the stage's tasks, the frozen one
+     * does not end, and Spark's task reaper (on by default for {@code ./sparkatron train}; 10 s here) takes
+     * its executor JVM down, the Worker starts a replacement, and the retried stage trains to the end.
+     * Without the reaper the retry never gets the slot (the frozen thread holds it for its hour). Deadlines
+     * are generous: on a loaded 2-core machine an executor JVM can take a minute to start.
+     */
+    @Test
+    void aFrozenRankIsEndedByTheTaskReaperAndTheRetryFinishesTheJob() throws Exception {
+        Process driver = submit("freeze", job("freeze", STEPS), List.of("spark.task.reaper.killTimeout=10s",
+                        "spark.task.reaper.pollingInterval=2s"),
+                "--fail_rank", "1", "--fail_step", "3", "--fail_attempts", "1", "--fail_mode", "freeze", "--comm_timeout_s", "10");
+        Path log = cluster.log("driver-freeze");
+        List<ProcessHandle> before = new ArrayList<>();
+        long deadline = System.currentTimeMillis() + 400_000;
+        while (before.size() < 2) { // the executors of the first attempt
+            assertTrue(driver.isAlive() && System.currentTimeMillis() < deadline, () -> "no executors: " + read(log) + cluster.diagnostics());
+            Thread.sleep(200);
+            before = cluster.executors();
+        }
+        while (!cluster.executorLogs().contains("injected freeze at step 3")) {
+            assertTrue(driver.isAlive() && System.currentTimeMillis() < deadline, () -> "no freeze: " + read(log) + cluster.diagnostics());
+            Thread.sleep(200);
+        }
+        long frozeAt = System.nanoTime();
+        // the retry may first fail to fetch the data shuffle's blocks that lived on the killed executor; Spark
+        // then recomputes them and runs another attempt (attempt 2): any retried attempt's progress counts
+        long retryDeadline = System.currentTimeMillis() + 400_000;
+        while (!read(log).contains("(attempt ")) {
+            assertTrue(driver.isAlive() && System.currentTimeMillis() < retryDeadline, () -> "no retry: " + read(log) + cluster.diagnostics());
+            Thread.sleep(200);
+        }
+        System.out.printf(java.util.Locale.ROOT, "frozen rank: the retried attempt reported its first step %.1f s after the freeze "
+                + "(comm_timeout_s 10, spark.task.reaper.killTimeout 10s)%n", (System.nanoTime() - frozeAt) / 1e9);
+        assertTrue(driver.waitFor(400, TimeUnit.SECONDS), () -> "driver did not finish: " + read(log) + cluster.diagnostics());
+        String text = read(log);
+        assertEquals(0, driver.exitValue(), () -> text + cluster.diagnostics());
+        String executors = cluster.executorLogs();
+        assertTrue(executors.contains("injected freeze at step 3"), () -> "rank 1 froze: " + cluster.diagnostics());
+        assertTrue(executors.contains("could not be stopped within 10000 ms"),
+                () -> "the task reaper ended the frozen executor: " + cluster.diagnostics());
+        long survivors = before.stream().filter(ProcessHandle::isAlive).count();
+        assertTrue(survivors <= 1, "the frozen executor's JVM is gone: " + before);
+        for (JsonNode r : ranks(dir.resolve("freeze"))) {
+            assertTrue(r.get("attempt").asInt() >= 1, "result from a retried attempt: " + r);
+        }
+        assertEquals(STEPS, Files.readAllLines(dir.resolve("freeze/metrics.jsonl")).size());
     }
 
     private static List<Long> committed(Path store) throws Exception {

@@ -30,7 +30,7 @@ import org.sparkatron.data.tokenizer.TokenizerSpec;
  * <pre>
  * prepare --input PATH --format text|jsonl|parquet [--text-column text] --tokenizer gpt2|gpt2-legacy|PATH/tokenizer.json
  *         [--eod ID] --output PATH [--partitions N] [--overwrite]
- *         [--master local[*]] [--conf spark.key=value ...]
+ *         [--max-bad-lines 0] [--master local[*]] [--conf spark.key=value ...]
  * </pre>
  * For {@code text}, each line is a document. Failure: bad arguments, a missing input or text column, an
  * existing output (without {@code --overwrite}) are refused with a message before any work is done.
@@ -41,11 +41,12 @@ public final class PrepareJob {
 
     /** Parsed command line. */
     public record Options(String input, String format, String textColumn, String tokenizer, Integer eod, String output,
-                          int partitions, boolean overwrite) {
+                          int partitions, boolean overwrite, long maxBadLines) {
         public static Options parse(String[] args) {
             String input = null, format = null, col = "text", tok = null, out = null;
             Integer eod = null;
             int parts = 0;
+            long maxBad = 0;
             boolean overwrite = false;
             for (int i = 0; i < args.length; i++) {
                 String a = args[i];
@@ -65,9 +66,10 @@ public final class PrepareJob {
                     case "--format" -> format = v.toLowerCase(Locale.ROOT);
                     case "--text-column" -> col = v;
                     case "--tokenizer" -> tok = v;
-                    case "--eod" -> eod = Integer.parseInt(v);
+                    case "--eod" -> eod = number(a, v, 0);
                     case "--output" -> out = v;
-                    case "--partitions" -> parts = Integer.parseInt(v);
+                    case "--partitions" -> parts = number(a, v, 1);
+                    case "--max-bad-lines" -> maxBad = number(a, v, 0);
                     default -> throw new IllegalArgumentException("unknown option " + a);
                 }
             }
@@ -77,12 +79,29 @@ public final class PrepareJob {
             if (!List.of("text", "jsonl", "json", "parquet").contains(format)) {
                 throw new IllegalArgumentException("--format must be text, jsonl or parquet, got " + format);
             }
-            return new Options(input, format, col, tok, eod, out, parts, overwrite);
+            return new Options(input, format, col, tok, eod, out, parts, overwrite, maxBad);
+        }
+
+        private static int number(String option, String v, int min) {
+            int n;
+            try {
+                n = Integer.parseInt(v);
+            } catch (NumberFormatException e) {
+                throw new IllegalArgumentException(option + " must be an integer, got '" + v + "'");
+            }
+            if (n < min) {
+                throw new IllegalArgumentException(option + " must be >= " + min + ", got " + n);
+            }
+            return n;
         }
     }
 
     /** What a run did. */
-    public record Report(long documents, long tokens, long textBytes, int shards, double seconds) {
+    public record Report(long documents, long tokens, long textBytes, int shards, double seconds, long badLines, long emptyRows) {
+        public Report(long documents, long tokens, long textBytes, int shards, double seconds) {
+            this(documents, tokens, textBytes, shards, seconds, 0, 0);
+        }
+
         public double megabytesPerSecond() {
             return textBytes / 1e6 / seconds;
         }
@@ -94,15 +113,17 @@ public final class PrepareJob {
         @Override
         public String toString() {
             return String.format(Locale.ROOT, "prepare: %d documents, %d tokens, %.1f MB of text in %d shards, %.1f s: "
-                    + "%.2f MB/s, %.0f tokens/s", documents, tokens, textBytes / 1e6, shards, seconds,
-                    megabytesPerSecond(), tokensPerSecond());
+                    + "%.2f MB/s, %.0f tokens/s%s%s", documents, tokens, textBytes / 1e6, shards, seconds,
+                    megabytesPerSecond(), tokensPerSecond(),
+                    badLines > 0 ? "; skipped " + badLines + " malformed JSON line(s)" : "",
+                    emptyRows > 0 ? "; skipped " + emptyRows + " row(s) without text" : "");
         }
     }
 
     static final String USAGE = String.join("\n",
             "usage: ./sparkatron prepare --input PATH --format text|jsonl|parquet [--text-column text]",
             "         --tokenizer gpt2|gpt2-legacy|PATH/tokenizer.json [--eod ID] --output PATH [--partitions N] [--overwrite]",
-            "         [--master local[*]] [--conf spark.key=value ...]",
+            "         [--max-bad-lines 0] [--master local[*]] [--conf spark.key=value ...]",
             "  tokenizes documents (text: one per line) into a Megatron indexed dataset, one shard per partition (docs/data.md)");
 
     public static void main(String[] argv) {
@@ -121,13 +142,46 @@ public final class PrepareJob {
         });
     }
 
-    /** Reads the input as a one-column ({@code text}) DataFrame. */
-    static Dataset<Row> readText(SparkSession spark, Options opt) {
+    /** Spark's column for JSON lines that do not parse (PERMISSIVE mode). */
+    static final String CORRUPT = "_corrupt_record";
+
+    /** The input as a one-column ({@code text}) DataFrame, and how many JSON lines did not parse. */
+    record Input(Dataset<Row> text, long badLines) {
+    }
+
+    /**
+     * Reads the input as a one-column ({@code text}) DataFrame. Malformed JSON lines are counted (one extra
+     * pass, only when Spark's schema inference met one) and refused when more than {@code --max-bad-lines}
+     * (default 0), naming the count, a file and an example line; otherwise skipped and reported.
+     */
+    static Input readText(SparkSession spark, Options opt) {
+        long bad = 0;
         Dataset<Row> df = switch (opt.format()) {
             case "text" -> spark.read().text(opt.input()).withColumnRenamed("value", opt.textColumn());
-            case "json", "jsonl" -> spark.read().json(opt.input());
+            case "json", "jsonl" -> spark.read().option("columnNameOfCorruptRecord", CORRUPT).json(opt.input());
             default -> spark.read().parquet(opt.input());
         };
+        if (!opt.format().equals("text") && !opt.format().equals("parquet") && Arrays.asList(df.columns()).contains(CORRUPT)) {
+            // Spark refuses a query on raw JSON whose pruned columns are only the corrupt-record one: one
+            // aggregation that also counts a data column; when no line parsed at all, read the lines as text
+            boolean noneParsed = df.columns().length == 1;
+            Dataset<Row> raw = noneParsed ? spark.read().text(opt.input()).filter("trim(value) != ''").withColumnRenamed("value", CORRUPT) : df;
+            String data = noneParsed ? CORRUPT : Arrays.stream(df.columns()).filter(c -> !c.equals(CORRUPT)).findFirst().orElseThrow();
+            Dataset<Row> named = raw.select(org.apache.spark.sql.functions.input_file_name().as("file"), raw.col(CORRUPT), raw.col(data).as("data"));
+            org.apache.spark.sql.Column isBad = named.col(CORRUPT).isNotNull();
+            Row r = named.agg(org.apache.spark.sql.functions.count_if(isBad),
+                    org.apache.spark.sql.functions.first(org.apache.spark.sql.functions.when(isBad, named.col(CORRUPT)), true),
+                    org.apache.spark.sql.functions.first(org.apache.spark.sql.functions.when(isBad, named.col("file")), true),
+                    org.apache.spark.sql.functions.count(named.col("data"))).first();
+            bad = r.getLong(0);
+            if (bad > opt.maxBadLines()) {
+                String line = r.getString(1);
+                throw new IllegalArgumentException(opt.input() + ": " + bad + " line(s) are not valid JSON, e.g. in " + r.getString(2)
+                        + ": '" + (line.length() > 80 ? line.substring(0, 80) + "..." : line.strip()) + "'; fix them, or skip up to N with "
+                        + "--max-bad-lines N");
+            }
+            df = df.filter(df.col(CORRUPT).isNull()).drop(CORRUPT); // skipped and counted, not rows without text
+        }
         if (!Arrays.asList(df.columns()).contains(opt.textColumn())) {
             throw new IllegalArgumentException(opt.input() + ": no column '" + opt.textColumn() + "'; columns are "
                     + Arrays.toString(df.columns()) + " (choose one with --text-column)");
@@ -137,7 +191,7 @@ public final class PrepareJob {
                     + df.schema().apply(opt.textColumn()).dataType().simpleString() + ", not a string");
         }
         df = df.select(opt.textColumn());
-        return opt.partitions() > 0 ? df.repartition(opt.partitions()) : df;
+        return new Input(opt.partitions() > 0 ? df.repartition(opt.partitions()) : df, bad);
     }
 
     /** Runs the job on an existing session; progress lines go to {@code progress} (null for none). */
@@ -155,18 +209,20 @@ public final class PrepareJob {
             eod = t.eodId();
         }
         IndexedDType dtype = IndexedDType.optimalFor(vocab);
-        Dataset<Row> df = readText(spark, opt);
+        Input in = readText(spark, opt);
+        Dataset<Row> df = in.text();
         JavaSparkContext jsc = JavaSparkContext.fromSparkContext(spark.sparkContext());
         LongAccumulator docs = jsc.sc().longAccumulator("prepare documents");
         LongAccumulator tokens = jsc.sc().longAccumulator("prepare tokens");
         LongAccumulator bytes = jsc.sc().longAccumulator("prepare text bytes");
+        LongAccumulator empty = jsc.sc().longAccumulator("prepare rows without text");
         long t0 = System.nanoTime();
         Thread reporter = progress == null ? null : startProgress(jsc, docs, tokens, bytes, t0, progress);
         List<ShardWriter.Shard> shards;
         try {
             jsc.setJobDescription("sparkatron prepare -> " + opt.output());
             shards = new ArrayList<>(df.javaRDD()
-                    .mapPartitionsWithIndex(new ShardWriter(spec, opt.output(), dtype, conf, docs, tokens, bytes), false)
+                    .mapPartitionsWithIndex(new ShardWriter(spec, opt.output(), dtype, conf, docs, tokens, bytes, empty), false)
                     .collect());
         } finally {
             if (reporter != null) {
@@ -182,7 +238,7 @@ public final class PrepareJob {
             t += s.tokens();
             b += s.textBytes();
         }
-        return new Report(d, t, b, shards.size(), seconds);
+        return new Report(d, t, b, shards.size(), seconds, in.badLines(), empty.value());
     }
 
     private static Thread startProgress(JavaSparkContext jsc, LongAccumulator docs, LongAccumulator tokens,

@@ -37,9 +37,10 @@ final class ShardWriter implements Function2<Integer, Iterator<Row>, Iterator<Sh
     private final LongAccumulator docs;
     private final LongAccumulator tokens;
     private final LongAccumulator bytes;
+    private final LongAccumulator empty;
 
     ShardWriter(TokenizerSpec spec, String output, IndexedDType dtype, Map<String, String> hadoopConf,
-                LongAccumulator docs, LongAccumulator tokens, LongAccumulator bytes) {
+                LongAccumulator docs, LongAccumulator tokens, LongAccumulator bytes, LongAccumulator empty) {
         this.spec = spec;
         this.output = output;
         this.dtype = dtype;
@@ -47,6 +48,7 @@ final class ShardWriter implements Function2<Integer, Iterator<Row>, Iterator<Sh
         this.docs = docs;
         this.tokens = tokens;
         this.bytes = bytes;
+        this.empty = empty;
     }
 
     static String shardName(int partition) {
@@ -62,7 +64,8 @@ final class ShardWriter implements Function2<Integer, Iterator<Row>, Iterator<Sh
         try {
             while (rows.hasNext()) {
                 Row r = rows.next();
-                if (r.isNullAt(0)) {
+                if (r.isNullAt(0)) { // counted and reported, not silently lost
+                    empty.add(1);
                     continue;
                 }
                 String text = r.getString(0);
