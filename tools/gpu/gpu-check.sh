@@ -6,8 +6,8 @@
 #   2. builds the .cu kernels with this machine's nvcc (ptxas and the driver have the last word);
 #   3. runs the CUDA test suite (JUnit tag "cuda": every kernel against the CPU kernels with per-dtype
 #      tolerances, the 1-rank NCCL tests, the training-step tests) on the real GPU;
-#   4. runs the GPT-2 124M benchmark: Sparkatron's CUDA device beside PyTorch eager and torch.compile on
-#      the same model, same machine, same call;
+#   4. runs the GPT-2 124M benchmark: Sparkatron's CUDA device (bf16, then fp8 against it) beside PyTorch
+#      eager and torch.compile on the same model, same machine, same call;
 # and writes one report, $OUT/gpu-check.md (build-out/gpu-check-report/ when OUT is unset), with the logs.
 # Every section has its own time limit, so one that hangs cannot take the others with it.
 set -uo pipefail
@@ -84,21 +84,25 @@ TESTS_RC=$?
 { echo '```'; grep -E 'tests (successful|failed|aborted|skipped)|✘|SKIPPED|CudaException|Caused by' "$REPORT_DIR/tests.log" | head -60; echo '```'; } >> "$R"
 note "exit status $TESTS_RC after $(elapsed) s (full log: tests.log)"
 
-section "3b. Engine suites on the CUDA device (golden models, mixed precision, loss scaling)"
-timeout 150 "$JAVA" "${JOPTS[@]}" -Dsparkatron.test.device=cuda -cp "$CP" org.junit.platform.console.ConsoleLauncher \
+section "3b. Engine suites on the CUDA device (golden models, mixed precision, loss scaling, fp8 kernels, recipes and 200-step parity)"
+timeout 240 "$JAVA" "${JOPTS[@]}" -Dsparkatron.test.device=cuda -Dsparkatron.test.fp8.parity=true -cp "$CP" org.junit.platform.console.ConsoleLauncher \
   --select-class org.sparkatron.model.GoldenModelTest --select-class org.sparkatron.model.MixedPrecisionModelTest \
   --select-class org.sparkatron.model.BadModelInputTest --select-class org.sparkatron.precision.LossScalingTest \
+  --select-class org.sparkatron.precision.Fp8KernelsTest --select-class org.sparkatron.precision.Fp8RecipeTest \
+  --select-class org.sparkatron.precision.Fp8TrainingTest \
   --details=tree --disable-banner --reports-dir="$REPORT_DIR/junit-engine" > "$REPORT_DIR/engine-tests.log" 2>&1
 ENGINE_RC=$?
 { echo '```'; grep -E 'tests (successful|failed|aborted|skipped)|✘' "$REPORT_DIR/engine-tests.log" | head -30; echo '```'; } >> "$R"
 note "exit status $ENGINE_RC after $(elapsed) s (full log: engine-tests.log)"
 [ "$TESTS_RC" -eq 0 ] && TESTS_RC=$ENGINE_RC
 
-section "4. GPT-2 124M benchmark (bf16, fp32 master weights, one GPU)"
+section "4. GPT-2 124M benchmark (bf16, fp32 master weights, one GPU; then fp8 against bf16)"
 MODEL=(12 768 12 1024 50304 16 10)
 if [ -f "$B/classes/main/org/sparkatron/device/cuda/GpuBench.class" ]; then
-  timeout 150 "$JAVA" "${JOPTS[@]}" -cp "$CP" org.sparkatron.device.cuda.GpuBench "${MODEL[@]}" > "$REPORT_DIR/bench-sparkatron.log" 2>&1
-  note "sparkatron: $(tail -1 "$REPORT_DIR/bench-sparkatron.log")"
+  # bf16 then fp8 (Megatron's default recipe) in one process, same weights and batches: tokens/s ratio and loss difference
+  timeout 200 "$JAVA" "${JOPTS[@]}" -cp "$CP" org.sparkatron.device.cuda.GpuBench "${MODEL[@]}" bf16,fp8 > "$REPORT_DIR/bench-sparkatron.log" 2>&1
+  grep '^sparkatron-cuda' "$REPORT_DIR/bench-sparkatron.log" | while read -r line; do note "sparkatron: $line"; done
+  grep -q 'tokens_per_s_ratio' "$REPORT_DIR/bench-sparkatron.log" || note "sparkatron: $(tail -1 "$REPORT_DIR/bench-sparkatron.log")"
 else
   note "sparkatron: not run (GpuBench is not in this build: the model does not run on the CUDA device yet)"
 fi

@@ -11,7 +11,8 @@ import org.sparkatron.train.SampleSource;
 
 /**
  * The small harness the {@code bench-*} commands share: {@code --key value} options checked against the
- * command's known keys (flags take no value), a median, synthetic samples and the benchmark model shapes.
+ * command's known keys (flags take no value; mistakes are {@code Cli.UsageException}s, which the command line
+ * prints as one line with exit status 2), a median, synthetic samples and the benchmark model shapes.
  * Kept apart from the library's code paths. Immutable after parsing.
  */
 public final class BenchArgs {
@@ -27,7 +28,7 @@ public final class BenchArgs {
         int i = args.length > 0 && args[0].equals(command) ? 1 : 0;
         for (; i < args.length; i++) {
             if (!args[i].startsWith("--")) {
-                throw new IllegalArgumentException(command + ": expected --option, got '" + args[i] + "'");
+                throw new org.sparkatron.cli.Cli.UsageException("expected --option, got '" + args[i] + "'");
             }
             String k = args[i].substring(2);
             if (flags.contains(k)) {
@@ -35,11 +36,11 @@ public final class BenchArgs {
             } else if (!known.contains(k)) {
                 Set<String> all = new TreeSet<>(known);
                 all.addAll(flags);
-                throw new IllegalArgumentException(command + ": unknown option --" + k + " (known: --" + String.join(" --", all) + ")");
+                throw new org.sparkatron.cli.Cli.UsageException("unknown option --" + k + " (known: --" + String.join(" --", all) + ")");
             } else if (i + 1 < args.length) {
                 values.put(k, args[++i]);
             } else {
-                throw new IllegalArgumentException(command + ": option --" + k + " needs a value");
+                throw new org.sparkatron.cli.Cli.UsageException("option --" + k + " needs a value");
             }
         }
     }
@@ -49,7 +50,7 @@ public final class BenchArgs {
         try {
             return v == null ? dflt : Integer.parseInt(v);
         } catch (NumberFormatException e) {
-            throw new IllegalArgumentException(command + ": --" + key + " must be an integer, got '" + v + "'");
+            throw new org.sparkatron.cli.Cli.UsageException("--" + key + " must be an integer, got '" + v + "'");
         }
     }
 
@@ -62,7 +63,7 @@ public final class BenchArgs {
         try {
             return Arrays.stream(v.split(",")).mapToInt(s -> Integer.parseInt(s.trim())).toArray();
         } catch (NumberFormatException e) {
-            throw new IllegalArgumentException(command + ": --" + key + " must be integers separated by commas, got '" + v + "'");
+            throw new org.sparkatron.cli.Cli.UsageException("--" + key + " must be integers separated by commas, got '" + v + "'");
         }
     }
 

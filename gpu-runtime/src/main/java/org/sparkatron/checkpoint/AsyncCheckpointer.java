@@ -47,6 +47,8 @@ import org.sparkatron.tensor.Tensor;
  * checkpoints stay untouched.
  */
 public final class AsyncCheckpointer implements AutoCloseable {
+    /** A rank's report of its files: {error, model file: written, bytes, CRC, optimizer file: 3, step, expert model: 3, expert optimizer: 3}. */
+    private static final int ROW = 14;
     private final DistributedCheckpoint ckpt;
     private final boolean async;
     private final ThreadPoolExecutor writer;
@@ -54,8 +56,8 @@ public final class AsyncCheckpointer implements AutoCloseable {
     private Pending pending;
 
     /** A save whose files are being written. */
-    private record Pending(long step, long dropoutSteps, String tmp, Future<long[]> written, Transformer model, int tpSize,
-                           int dpSize, long[] positions, Map<String, String> extra) {
+    private record Pending(long step, long dropoutSteps, String tmp, Future<long[]> written, Transformer model,
+                           CheckpointLayout layout, long[] positions, Map<String, String> extra) {
     }
 
     /**
@@ -100,6 +102,11 @@ public final class AsyncCheckpointer implements AutoCloseable {
         if (pending != null) {
             finish(world);
         }
+        if (model.fp8() != null) { // the FP8 recipe state of this step (the same on every rank), taken now, not at the commit
+            Map<String, String> withFp8 = new java.util.LinkedHashMap<>(extra == null ? Map.of() : extra);
+            withFp8.put(org.sparkatron.precision.Fp8State.CHECKPOINT_KEY, model.fp8().saveState());
+            extra = withFp8;
+        }
         int tpSize = model.tensorParallel().size();
         int tpRank = model.tensorParallel().rank();
         int ppSize = model.pipeline().size();
@@ -110,10 +117,16 @@ public final class AsyncCheckpointer implements AutoCloseable {
                     + " x DP " + dpSize + " x PP " + ppSize
                     + ": checkpoints support tensor x context x data x pipeline parallel layouts");
         }
-        // The CP x DP ranks of a TP shard and stage hold the same weights and moments (Megatron reduces gradients
-        // over DP x CP): they share the writing, one model and one optimizer file each, as DP replicas do alone.
-        int replicas = cpSize * dpSize;
-        int replica = world.rank() / tpSize % replicas;
+        int epSize = model.expertParallel().size();
+        int epRank = model.expertParallel().rank();
+        CheckpointLayout lay = new CheckpointLayout(tpSize, cpSize, dpSize, ppSize, epSize);
+        // the CP x DP ranks of a TP shard and stage hold the same weights and moments: they share the writing
+        int replica = world.rank() / tpSize % (cpSize * dpSize);
+        int dpRank = replica / cpSize;
+        if (dpRank % epSize != epRank) {
+            throw new IllegalArgumentException("world rank " + world.rank() + " is replica " + dpRank + " but EP rank " + epRank
+                    + " of " + epSize + ": checkpoints need EP ranks to be consecutive replicas (ParallelLayout's order)");
+        }
         long step = opt.step();
         String tmp = ckpt.storage().child(ckpt.root(), DistributedCheckpoint.IN_PROGRESS + DistributedCheckpoint.dirName(step));
         String prepError = null;
@@ -160,52 +173,58 @@ public final class AsyncCheckpointer implements AutoCloseable {
             vBlock = temporary;
             DistributedOptimizer.gatherState(opt, ddp, opt.secondMoment(), vBlock);
         }
-        boolean writesModel = replica == tpRank % replicas;
-        boolean writesOptim = replica == (tpRank + 1) % replicas;
-        List<ShardContent.Piece> mp = writesModel ? ShardContent.layout(model, "model/", tpRank, tpSize) : List.of();
-        List<ShardContent.Piece> mm = writesOptim ? ShardContent.layout(model, "optim.m/", tpRank, tpSize) : List.of();
-        List<ShardContent.Piece> mv = writesOptim ? ShardContent.layout(model, "optim.v/", tpRank, tpSize) : List.of();
-        LinkedHashMap<String, Tensor> modelTensors = new LinkedHashMap<>();
-        LinkedHashMap<String, Tensor> optimTensors = new LinkedHashMap<>();
+        Tensor[] blocks = {weights, mBlock, vBlock};
+        // up to four files: the dense model and optimizer shards, and under EP > 1 the experts' (CheckpointLayout)
+        Boolean dense = lay.separateExperts() ? Boolean.FALSE : null; // null: every parameter
+        List<FilePart> parts = new ArrayList<>();
+        if (lay.writesModel(tpRank, replica)) {
+            parts.add(new FilePart(lay.modelFile(stage, tpRank), 1, model, dense, false));
+        }
+        if (lay.writesOptim(tpRank, replica)) {
+            parts.add(new FilePart(lay.optimFile(stage, tpRank), 4, model, dense, true));
+        }
+        if (lay.writesExpertModel(tpRank, dpRank)) {
+            parts.add(new FilePart(lay.expertModelFile(stage, epRank, tpRank), 8, model, true, false));
+        }
+        if (lay.writesExpertOptim(tpRank, dpRank)) {
+            parts.add(new FilePart(lay.expertOptimFile(stage, epRank, tpRank), 11, model, true, true));
+        }
         Device dev = model.device();
         String error = null;
         try {
             if (async) {
-                long need = ShardContent.numel(mp) + ShardContent.numel(mm) + ShardContent.numel(mv);
+                long need = 0;
+                for (FilePart f : parts) {
+                    need += f.numel();
+                }
                 if (staging == null || staging.numel() < need) {
                     staging = dev.allocateHostStaging(DType.F32, Math.max(1, need));
                 }
-                long at = ShardContent.copy(modelTensors, dev, weights, mp, staging, 0);
-                at = ShardContent.copy(optimTensors, dev, mBlock, mm, staging, at);
-                ShardContent.copy(optimTensors, dev, vBlock, mv, staging, at);
+                long at = 0;
+                for (FilePart f : parts) {
+                    at = f.copy(dev, blocks, staging, at);
+                }
             } else {
-                ShardContent.views(modelTensors, dev, weights, mp);
-                ShardContent.views(optimTensors, dev, mBlock, mm);
-                ShardContent.views(optimTensors, dev, vBlock, mv);
+                for (FilePart f : parts) {
+                    f.views(dev, blocks);
+                }
             }
         } catch (RuntimeException e) {
             error = "rank " + world.rank() + " could not copy its state for step " + step + ": " + e;
         }
         String failure = error;
         java.util.concurrent.Callable<long[]> write = () -> {
-            long[] row = new long[8];
+            long[] row = new long[ROW];
             row[7] = step;
             if (failure != null) {
                 throw new IOException(failure);
             }
-            if (writesModel) {
-                ShardFiles.Written w = ShardFiles.write(ckpt.storage(), ckpt.storage().child(tmp,
-                        DistributedCheckpoint.modelFile(stage, ppSize, tpRank, tpSize)), modelTensors, Map.of("step", "" + step));
-                row[1] = 1;
-                row[2] = w.bytes();
-                row[3] = w.crc();
-            }
-            if (writesOptim) {
-                ShardFiles.Written w = ShardFiles.write(ckpt.storage(), ckpt.storage().child(tmp,
-                        DistributedCheckpoint.optimFile(stage, ppSize, tpRank, tpSize)), optimTensors, Map.of("step", "" + step));
-                row[4] = 1;
-                row[5] = w.bytes();
-                row[6] = w.crc();
+            for (FilePart f : parts) {
+                ShardFiles.Written w = ShardFiles.write(ckpt.storage(), ckpt.storage().child(tmp, f.file()), f.tensors(),
+                        Map.of("step", "" + step));
+                row[f.slot()] = 1;
+                row[f.slot() + 1] = w.bytes();
+                row[f.slot() + 2] = w.crc();
             }
             return row;
         };
@@ -221,7 +240,7 @@ public final class AsyncCheckpointer implements AutoCloseable {
             dev.release(temporary);
         }
         // Everything the metadata records is taken now, with the copy: training changes it meanwhile.
-        pending = new Pending(step, model.trainSteps(), tmp, written, model, tpSize, dpSize, positions, extra);
+        pending = new Pending(step, model.trainSteps(), tmp, written, model, lay, positions, extra);
     }
 
     /**
@@ -245,18 +264,18 @@ public final class AsyncCheckpointer implements AutoCloseable {
 
     private String complete(Communicator world, boolean block) throws IOException {
         Pending p = pending;
-        long[] mine = new long[9];
+        long[] mine = new long[ROW + 1];
         String error = null;
         if (block || p.written().isDone()) {
             mine[0] = 1;
             try {
-                System.arraycopy(p.written().get(), 0, mine, 1, 8);
+                System.arraycopy(p.written().get(), 0, mine, 1, ROW);
             } catch (ExecutionException e) {
                 Throwable c = e.getCause();
                 error = c.getMessage() != null && c.getMessage().startsWith("rank ") ? c.getMessage()
                         : "rank " + world.rank() + " could not write its shards to " + p.tmp() + ": " + c;
                 mine[1] = 1;
-                mine[8] = p.step();
+                mine[8] = p.step(); // the row's step (row[7])
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
                 throw new IOException("interrupted while waiting for the checkpoint of step " + p.step() + " to be written", e);
@@ -279,9 +298,9 @@ public final class AsyncCheckpointer implements AutoCloseable {
         }
         long[][] rows = new long[all.length][];
         for (int r = 0; r < all.length; r++) {
-            rows[r] = Arrays.copyOfRange(all[r], 1, 9);
+            rows[r] = Arrays.copyOfRange(all[r], 1, ROW + 1);
         }
-        return ckpt.commitSave(world, p.model(), p.step(), p.dropoutSteps(), p.tmp(), p.tpSize(), p.dpSize(), rows, p.positions(), p.extra());
+        return ckpt.commitSave(world, p.model(), p.step(), p.dropoutSteps(), p.tmp(), p.layout(), rows, p.positions(), p.extra());
     }
 
     /**
@@ -298,6 +317,41 @@ public final class AsyncCheckpointer implements AutoCloseable {
                 writer.awaitTermination(30, TimeUnit.SECONDS);
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
+            }
+        }
+    }
+
+    /**
+     * One file this rank writes: its name, where its size and CRC go in the rank's row, and its tensors (the
+     * model's weights, or AdamW's m and v, of the dense parameters, the experts', or all: {@link ShardContent}).
+     */
+    private record FilePart(String file, int slot, List<List<ShardContent.Piece>> pieces, boolean optim,
+                            LinkedHashMap<String, Tensor> tensors) {
+        FilePart(String file, int slot, Transformer model, Boolean experts, boolean optim) {
+            this(file, slot, optim
+                    ? List.of(ShardContent.layout(model, "optim.m/", experts), ShardContent.layout(model, "optim.v/", experts))
+                    : List.of(ShardContent.layout(model, "model/", experts)), optim, new LinkedHashMap<>());
+        }
+
+        long numel() {
+            long n = 0;
+            for (List<ShardContent.Piece> ps : pieces) {
+                n += ShardContent.numel(ps);
+            }
+            return n;
+        }
+
+        /** {@code blocks}: the weights, m and v blocks to take the values from (whole, as the files hold them). */
+        long copy(Device dev, Tensor[] blocks, Tensor staging, long at) {
+            for (int i = 0; i < pieces.size(); i++) {
+                at = ShardContent.copy(tensors, dev, blocks[optim ? 1 + i : 0], pieces.get(i), staging, at);
+            }
+            return at;
+        }
+
+        void views(Device dev, Tensor[] blocks) {
+            for (int i = 0; i < pieces.size(); i++) {
+                ShardContent.views(tensors, dev, blocks[optim ? 1 + i : 0], pieces.get(i));
             }
         }
     }

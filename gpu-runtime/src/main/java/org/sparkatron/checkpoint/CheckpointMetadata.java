@@ -24,7 +24,7 @@ import org.sparkatron.model.ModelConfig;
  * internal parameter names ({@link org.sparkatron.model.ParameterSet}).
  */
 public record CheckpointMetadata(long step, long consumedSamples, long dropoutSteps, long[] dataPositions, int tp, int dp,
-                                 int pp, ModelConfig config, Map<String, String> extra, Map<String, TensorEntry> tensors,
+                                 int pp, int ep, ModelConfig config, Map<String, String> extra, Map<String, TensorEntry> tensors,
                                  Map<String, FileEntry> files) {
     public static final String FILE = "metadata.json";
     public static final String FORMAT = "sparkatron-distributed-checkpoint";
@@ -51,7 +51,7 @@ public record CheckpointMetadata(long step, long consumedSamples, long dropoutSt
         for (long p : dataPositions) {
             pos.add(p);
         }
-        o.putObject("layout").put("tp", tp).put("dp", dp).put("pp", pp);
+        o.putObject("layout").put("tp", tp).put("dp", dp).put("pp", pp).put("ep", ep);
         o.set("config", config.toJson());
         ObjectNode ex = o.putObject("extra");
         extra.forEach(ex::put);
@@ -137,7 +137,7 @@ public record CheckpointMetadata(long step, long consumedSamples, long dropoutSt
             }
             return new CheckpointMetadata(need(o, "step", where).asLong(), need(o, "consumed_samples", where).asLong(),
                     o.path("dropout_steps").asLong(0), pos, need(layout, "tp", where).asInt(), need(layout, "dp", where).asInt(),
-                    layout.path("pp").asInt(1), cfg, extra, tensors, files);
+                    layout.path("pp").asInt(1), layout.path("ep").asInt(1), cfg, extra, tensors, files);
         } catch (IOException e) {
             if (e instanceof CheckpointException ce) {
                 throw ce;

@@ -9,15 +9,11 @@ import java.util.Locale;
 import java.util.Map;
 import java.util.function.Consumer;
 import org.sparkatron.comm.Communicator;
-import org.sparkatron.model.ModelConfig;
-import org.sparkatron.model.ParameterSet;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.device.MemoryKind;
 import org.sparkatron.optim.AdamW;
 import org.sparkatron.optim.DistributedOptimizer;
 import org.sparkatron.parallel.DistributedDataParallel;
-import org.sparkatron.parallel.PipelineLayout;
-import org.sparkatron.parallel.PipelineParallel;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -37,6 +33,7 @@ import org.sparkatron.tensor.Tensor;
  * ROOT/step-00000100/model-tp00-of02.safetensors TP rank 0's parameter shards (+ the replicated parameters)
  * ROOT/step-00000100/optim-tp00-of02.safetensors TP rank 0's AdamW m and v shards
  * ROOT/step-00000100/model-pp01of04-tp00-of02.safetensors  with pipeline parallelism: per stage and TP rank
+ * ROOT/step-00000100/model-experts-ep01of02-tp00-of02.safetensors  with expert parallelism: per EP and TP rank
  * ROOT/.inprogress-step-00000200/...             a save under way (or one that crashed: ignored, cleaned up)
  * </pre>
  * With data parallelism, replica {@code t mod dp} writes TP rank t's model file and replica
@@ -132,10 +129,10 @@ public final class DistributedCheckpoint {
 
     /**
      * The commit of a save whose files every rank has written ({@code rows}: per rank {error, has model file,
-     * its bytes, its CRC, has optimizer file, bytes, CRC, step}): rank 0 writes the metadata and renames
+     * its bytes, its CRC, has optimizer file, bytes, CRC, step, and the same six for the expert files}): rank 0 writes the metadata and renames
      * the directory into place; every rank learns the outcome; rank 0 then prunes. Collective.
      */
-    String commitSave(Communicator world, Transformer model, long step, long dropoutSteps, String tmp, int tpSize, int dpSize,
+    String commitSave(Communicator world, Transformer model, long step, long dropoutSteps, String tmp, CheckpointLayout lay,
                       long[][] rows, long[] positions, Map<String, String> extra) throws IOException {
         for (int r = 0; r < rows.length; r++) {
             if (rows[r][7] != step) {
@@ -147,7 +144,7 @@ public final class DistributedCheckpoint {
         String fin = dir(step);
         if (world.rank() == 0) {
             try {
-                CheckpointMetadata meta = metadata(model, step, dropoutSteps, tpSize, dpSize, model.pipeline().size(), rows, positions, extra);
+                CheckpointMetadata meta = lay.describe(model, step, dropoutSteps, rows, positions, extra);
                 ShardFiles.writeSmall(fs, fs.child(tmp, CheckpointMetadata.FILE), meta.toJson());
                 commit(tmp, fin);
             } catch (IOException | RuntimeException e) {
@@ -313,6 +310,10 @@ public final class DistributedCheckpoint {
             opt.setStep(meta.step());
         }
         model.setTrainSteps(meta.dropoutSteps());
+        String fp8 = meta.extra().get(org.sparkatron.precision.Fp8State.CHECKPOINT_KEY);
+        if (model.fp8() != null && fp8 != null) {
+            model.fp8().restoreState(fp8); // another FP8 layer set or history length: fresh recipe state (docs/precision.md)
+        }
     }
 
     private static void closeAll(Map<String, ShardFiles.Local> local) {
@@ -325,20 +326,6 @@ public final class DistributedCheckpoint {
         }
     }
 
-    static String modelFile(int stage, int ppSize, int tpRank, int tpSize) {
-        return "model-" + shardName(stage, ppSize, tpRank, tpSize);
-    }
-
-    static String optimFile(int stage, int ppSize, int tpRank, int tpSize) {
-        return "optim-" + shardName(stage, ppSize, tpRank, tpSize);
-    }
-
-    /** {@code tp00-of02.safetensors}, with {@code pp01of04-} in front under pipeline parallelism. */
-    private static String shardName(int stage, int ppSize, int tpRank, int tpSize) {
-        return (ppSize > 1 ? String.format(Locale.ROOT, "pp%02dof%02d-", stage, ppSize) : "")
-                + String.format(Locale.ROOT, "tp%02d-of%02d.safetensors", tpRank, tpSize);
-    }
-
     /** The data parallelism whose shards a sharded optimizer holds (the model's). */
     static DistributedDataParallel shardedBy(Transformer model) {
         DistributedDataParallel ddp = model.dataParallel();
@@ -346,57 +333,6 @@ public final class DistributedCheckpoint {
             throw new IllegalArgumentException("a sharded optimizer belongs to a model built with the distributed optimizer");
         }
         return ddp;
-    }
-
-    /** Whether {@code p}, held by pipeline stage {@code stage}, is the tied embedding's copy on a later stage. */
-    static boolean tiedCopy(ModelConfig cfg, ParameterSet.Param p, PipelineLayout pl, int stage) {
-        return cfg.tiedEmbeddings() && p.name().equals("embed") && !pl.isFirst(stage, 0);
-    }
-
-    private CheckpointMetadata metadata(Transformer model, long step, long dropoutSteps, int tpSize, int dpSize, int ppSize, long[][] all,
-                                        long[] positions, Map<String, String> extra) {
-        ModelConfig cfg = model.config();
-        PipelineLayout pl = model.pipeline().layout();
-        Map<String, CheckpointMetadata.TensorEntry> tensors = new LinkedHashMap<>();
-        for (String group : new String[] {"model/", "optim.m/", "optim.v/"}) {
-            for (int stage = 0; stage < ppSize; stage++) {
-                for (ParameterSet.Param p : Transformer.stageParameters(cfg, tpSize, pl, stage)) {
-                    if (tiedCopy(cfg, p, pl, stage)) {
-                        continue;
-                    }
-                    List<CheckpointMetadata.ShardEntry> shards = new ArrayList<>();
-                    int owners = p.tp() == ParameterSet.TpRole.SPLIT ? tpSize : 1;
-                    for (int t = 0; t < owners; t++) {
-                        List<long[]> runs = ShardMap.runs(ShardMap.segments(cfg, p, t, tpSize));
-                        if (!runs.isEmpty()) {
-                            String file = group.equals("model/") ? modelFile(stage, ppSize, t, tpSize) : optimFile(stage, ppSize, t, tpSize);
-                            shards.add(new CheckpointMetadata.ShardEntry(file, group + p.name(), runs));
-                        }
-                    }
-                    tensors.put(group + p.name(), new CheckpointMetadata.TensorEntry(ShardMap.globalShape(cfg, p, tpSize), shards));
-                }
-            }
-        }
-        Map<String, CheckpointMetadata.FileEntry> files = new LinkedHashMap<>();
-        int cpSize = model.contextParallel().size(); // CP x DP ranks of a shard shared its writing (AsyncCheckpointer)
-        int replicas = cpSize * dpSize;
-        int perStage = tpSize * replicas;
-        for (int stage = 0; stage < ppSize; stage++) {
-            for (int t = 0; t < tpSize; t++) {
-                long[] m = all[stage * perStage + t + tpSize * (t % replicas)];
-                long[] o = all[stage * perStage + t + tpSize * ((t + 1) % replicas)];
-                files.put(modelFile(stage, ppSize, t, tpSize), new CheckpointMetadata.FileEntry(m[2], ShardFiles.hex(m[3])));
-                files.put(optimFile(stage, ppSize, t, tpSize), new CheckpointMetadata.FileEntry(o[5], ShardFiles.hex(o[6])));
-            }
-        }
-        long[] dataPositions = new long[dpSize];
-        long total = 0;
-        for (int d = 0; d < dpSize; d++) {
-            dataPositions[d] = positions[d * tpSize * cpSize]; // TP and CP rank 0 of the first stage of replica d
-            total += dataPositions[d];
-        }
-        return new CheckpointMetadata(step, total, dropoutSteps, dataPositions, tpSize, dpSize, ppSize, cfg,
-                extra == null ? Map.of() : extra, tensors, files);
     }
 
     /** Renames the finished directory into place; a bad leftover with the same step is moved aside first. */

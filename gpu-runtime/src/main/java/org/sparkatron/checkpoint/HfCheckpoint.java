@@ -32,10 +32,14 @@ public final class HfCheckpoint {
     }
 
     /**
-     * One HF tensor = rows [rowOffset, rowOffset + hfShape rows) of an internal parameter, transposed for
-     * GPT-2's Conv1D.
+     * One HF tensor = the elements from {@code offset} of an internal parameter (a block of its rows, or one
+     * expert's matrix), or the whole parameter transposed for GPT-2's Conv1D.
      */
-    private record Link(String hf, String internal, int rowOffset, int[] hfShape, boolean transpose) {
+    private record Link(String hf, String internal, long offset, int[] hfShape, boolean transpose) {
+        /** The tensor starting at row {@code row} of a parameter of {@code cols} columns. */
+        static Link rows(String hf, String internal, int row, int cols, int[] hfShape) {
+            return new Link(hf, internal, (long) row * cols, hfShape, false);
+        }
     }
 
     private static List<Link> links(ModelConfig cfg) {
@@ -74,13 +78,17 @@ public final class HfCheckpoint {
                 String p = "layers." + i + ".";
                 l.add(new Link(h + "input_layernorm.weight", p + "norm1.w", 0, new int[] {c}, false));
                 l.add(new Link(h + "self_attn.q_proj.weight", p + "attn.qkv.w", 0, new int[] {q, c}, false));
-                l.add(new Link(h + "self_attn.k_proj.weight", p + "attn.qkv.w", q, new int[] {kv, c}, false));
-                l.add(new Link(h + "self_attn.v_proj.weight", p + "attn.qkv.w", q + kv, new int[] {kv, c}, false));
+                l.add(Link.rows(h + "self_attn.k_proj.weight", p + "attn.qkv.w", q, c, new int[] {kv, c}));
+                l.add(Link.rows(h + "self_attn.v_proj.weight", p + "attn.qkv.w", q + kv, c, new int[] {kv, c}));
                 l.add(new Link(h + "self_attn.o_proj.weight", p + "attn.out.w", 0, new int[] {c, q}, false));
                 l.add(new Link(h + "post_attention_layernorm.weight", p + "norm2.w", 0, new int[] {c}, false));
-                l.add(new Link(h + "mlp.gate_proj.weight", p + "mlp.up.w", 0, new int[] {f, c}, false));
-                l.add(new Link(h + "mlp.up_proj.weight", p + "mlp.up.w", f, new int[] {f, c}, false));
-                l.add(new Link(h + "mlp.down_proj.weight", p + "mlp.down.w", 0, new int[] {c, f}, false));
+                if (cfg.moe().isMoeLayer(i)) {
+                    moeLinks(l, cfg, h + "block_sparse_moe.", p + "moe.");
+                } else {
+                    l.add(new Link(h + "mlp.gate_proj.weight", p + "mlp.up.w", 0, new int[] {f, c}, false));
+                    l.add(Link.rows(h + "mlp.up_proj.weight", p + "mlp.up.w", f, c, new int[] {f, c}));
+                    l.add(new Link(h + "mlp.down_proj.weight", p + "mlp.down.w", 0, new int[] {c, f}, false));
+                }
             }
             l.add(new Link("model.norm.weight", "norm_f.w", 0, new int[] {c}, false));
             if (!cfg.tiedEmbeddings()) {
@@ -90,12 +98,45 @@ public final class HfCheckpoint {
         return l;
     }
 
+    /**
+     * Mixtral's sparse MoE block: {@code gate} (the router, [E, C]), and per expert e {@code experts.e.w1}
+     * (gate [F, C]), {@code w3} (up [F, C]) and {@code w2} (down [C, F]), which are expert e's slices of our
+     * {@code experts.up.w} [E, 2F, C] (gate rows, then up rows) and {@code experts.down.w} [E, C, F]. A shared
+     * expert (not part of Mixtral) is stored as {@code shared_expert.{gate,up,down}_proj.weight}, Qwen2-MoE's names.
+     */
+    private static void moeLinks(List<Link> l, ModelConfig cfg, String h, String p) {
+        int c = cfg.hidden();
+        int f = cfg.moe().expertFfn();
+        l.add(new Link(h + "gate.weight", p + "router.w", 0, new int[] {cfg.moe().experts(), c}, false));
+        for (int e = 0; e < cfg.moe().experts(); e++) {
+            String x = h + "experts." + e + ".";
+            l.add(new Link(x + "w1.weight", p + "experts.up.w", (long) e * 2 * f * c, new int[] {f, c}, false));
+            l.add(new Link(x + "w3.weight", p + "experts.up.w", ((long) e * 2 * f + f) * c, new int[] {f, c}, false));
+            l.add(new Link(x + "w2.weight", p + "experts.down.w", (long) e * c * f, new int[] {c, f}, false));
+        }
+        int fs = cfg.moe().sharedFfn();
+        if (fs > 0) {
+            l.add(new Link(h + "shared_expert.gate_proj.weight", p + "shared.up.w", 0, new int[] {fs, c}, false));
+            l.add(Link.rows(h + "shared_expert.up_proj.weight", p + "shared.up.w", fs, c, new int[] {fs, c}));
+            l.add(new Link(h + "shared_expert.down_proj.weight", p + "shared.down.w", 0, new int[] {c, fs}, false));
+        }
+    }
+
     /** Names in a file we knowingly skip: buffers, not parameters, and the tied output copy. */
     private static boolean ignorable(ModelConfig cfg, String name) {
         if (cfg.family() == ModelConfig.Family.GPT2) {
             return name.endsWith(".attn.bias") || name.endsWith(".attn.masked_bias") || name.equals("lm_head.weight");
         }
         return name.endsWith("rotary_emb.inv_freq") || (cfg.tiedEmbeddings() && name.equals("lm_head.weight"));
+    }
+
+    /** Every tensor name of the Hugging Face layout of {@code cfg}, in file order. */
+    public static List<String> names(ModelConfig cfg) {
+        List<String> out = new ArrayList<>();
+        for (Link link : links(cfg)) {
+            out.add(link.hf());
+        }
+        return out;
     }
 
     /**
@@ -190,11 +231,11 @@ public final class HfCheckpoint {
             int out = s[1];
             for (int i = 0; i < in; i++) {
                 for (int o = 0; o < out; o++) {
-                    dst.put((link.rowOffset() + o) * cols + i, src[i * out + o]);
+                    dst.put(o * cols + i, src[i * out + o]);
                 }
             }
         } else {
-            dst.put(link.rowOffset() * cols, src, 0, src.length);
+            dst.put(Math.toIntExact(link.offset()), src, 0, src.length);
         }
     }
 
@@ -208,13 +249,14 @@ public final class HfCheckpoint {
             int out = s[1];
             for (int i = 0; i < in; i++) {
                 for (int o = 0; o < out; o++) {
-                    dst.put(i * out + o, src.get((link.rowOffset() + o) * cols + i));
+                    dst.put(i * out + o, src.get(o * cols + i));
                 }
             }
         } else {
             int n = (int) hf.numel();
+            int at = Math.toIntExact(link.offset());
             for (int i = 0; i < n; i++) {
-                dst.put(i, src.get(link.rowOffset() * cols + i));
+                dst.put(i, src.get(at + i));
             }
         }
     }

@@ -24,17 +24,27 @@ final class ShardContent {
     private ShardContent() {
     }
 
-    /** The pieces of this TP rank under {@code prefix} ("model/", "optim.m/", "optim.v/"), in parameter order. */
-    static List<Piece> layout(Transformer model, String prefix, int tpRank, int tpSize) {
+    /**
+     * The pieces of this TP and EP rank under {@code prefix} ("model/", "optim.m/", "optim.v/"), in parameter
+     * order: of the experts' parameters only ({@code experts} true), of all others (false), or of all (null).
+     */
+    static List<Piece> layout(Transformer model, String prefix, Boolean experts) {
+        int tpRank = model.tensorParallel().rank();
+        int tpSize = model.tensorParallel().size();
+        int epRank = model.expertParallel().rank();
+        int epSize = model.expertParallel().size();
         List<Piece> out = new ArrayList<>();
         for (ParameterSet.Param p : model.params().params()) {
+            if (experts != null && experts != ShardMap.isExpert(p.name())) {
+                continue; // in the other file
+            }
             if (p.tp() != ParameterSet.TpRole.SPLIT && tpRank != 0) {
                 continue; // replicated over the TP group: TP rank 0 writes it
             }
-            if (DistributedCheckpoint.tiedCopy(model.config(), p, model.pipeline().layout(), model.pipeline().stage())) {
+            if (CheckpointLayout.tiedCopy(model.config(), p, model.pipeline().layout(), model.pipeline().stage())) {
                 continue; // the last stage's copy of a tied embedding: the first stage writes it
             }
-            long[][] segs = ShardMap.segments(model.config(), p, tpRank, tpSize);
+            long[][] segs = ShardMap.segments(model.config(), p, tpRank, tpSize, epRank, epSize);
             long n = ShardMap.numel(ShardMap.runs(segs));
             if (n > 0) {
                 out.add(new Piece(prefix + p.name(), p, segs, n));

@@ -19,17 +19,33 @@ final class ShardMap {
     private ShardMap() {
     }
 
+    /** Whether {@code name} is a parameter of the experts (split over the expert-parallel group). */
+    static boolean isExpert(String name) {
+        return name.endsWith("moe.experts.up.w") || name.endsWith("moe.experts.down.w");
+    }
+
     /** The TP = 1 shape of a parameter whose TP-rank-local declaration is {@code local}. */
     static int[] globalShape(ModelConfig cfg, ParameterSet.Param local, int tpSize) {
+        return globalShape(cfg, local, tpSize, 1);
+    }
+
+    /** The TP = 1, EP = 1 shape of a parameter whose local declaration (TP and EP shard) is {@code local}. */
+    static int[] globalShape(ModelConfig cfg, ParameterSet.Param local, int tpSize, int epSize) {
         int[] s = local.shape().clone();
+        if (isExpert(local.name())) {
+            s[0] *= epSize; // [E/ep, ...]: this rank's experts
+        }
         if (local.tp() != TpRole.SPLIT || tpSize == 1) {
             return s;
         }
         String n = local.name();
         if (n.equals("embed") || n.equals("head")) {
             s[0] = cfg.paddedVocab();
-        } else if (n.endsWith("attn.out.w") || n.endsWith("mlp.down.w")) {
-            s[1] *= tpSize;
+        } else if (n.endsWith("attn.out.w") || n.endsWith("mlp.down.w") || n.endsWith("moe.shared.down.w")
+                || n.endsWith("moe.experts.up.w")) {
+            s[1] *= tpSize; // columns; for the experts' [E, 2F, C] the F rows of each expert
+        } else if (n.endsWith("moe.experts.down.w")) {
+            s[2] *= tpSize; // [E, C, F]
         } else {
             s[0] *= tpSize;
         }
@@ -38,13 +54,18 @@ final class ShardMap {
 
     /** {@code {global, local, length}} segments of this rank's local parameter, in local order. */
     static long[][] segments(ModelConfig cfg, ParameterSet.Param local, int tpRank, int tpSize) {
-        int[] g = globalShape(cfg, local, tpSize);
+        return segments(cfg, local, tpRank, tpSize, 0, 1);
+    }
+
+    /** {@code {global, local, length}} segments of this TP and EP rank's local parameter, in local order. */
+    static long[][] segments(ModelConfig cfg, ParameterSet.Param local, int tpRank, int tpSize, int epRank, int epSize) {
+        int[] g = globalShape(cfg, local, tpSize, epSize);
         long numel = 1;
         for (int d : g) {
             numel *= d;
         }
         ParameterSet.Param full = new ParameterSet.Param(local.name(), g, 0, numel, local.decay(), local.tp());
-        return TpSegments.of(cfg, full, local, tpRank, tpSize);
+        return TpSegments.of(cfg, full, local, tpRank, tpSize, epRank, epSize);
     }
 
     /** Compresses segments (contiguous in local order) into runs {start, length, stride, count}; empty ones dropped. */

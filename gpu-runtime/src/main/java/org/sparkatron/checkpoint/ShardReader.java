@@ -15,7 +15,7 @@ import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
 /**
- * Reads one rank's part of a checkpoint saved under any TP layout into a model of this rank's layout: for
+ * Reads one rank's part of a checkpoint saved under any TP and EP layout into a model of this rank's layout: for
  * every local parameter it intersects the rank's global element segments with the saved shards' runs
  * (from the metadata alone), then copies just those slices out of the memory-mapped shard files. Vocabulary
  * padding rows that map to no global element are zeroed. Built per load; one rank's thread.
@@ -45,21 +45,23 @@ final class ShardReader {
         this.meta = meta;
         int tpRank = model.tensorParallel().rank();
         int tpSize = model.tensorParallel().size();
+        int epRank = model.expertParallel().rank();
+        int epSize = model.expertParallel().size();
         String[] groups = withOptimizer ? new String[] {"model/", "optim.m/", "optim.v/"} : new String[] {"model/"};
         for (int b = 0; b < groups.length; b++) {
             for (ParameterSet.Param p : model.params().params()) {
-                plan(b, groups[b] + p.name(), model, p, tpRank, tpSize);
+                plan(b, groups[b] + p.name(), model, p, tpRank, tpSize, epRank, epSize);
             }
         }
     }
 
-    private void plan(int block, String name, Transformer model, ParameterSet.Param p, int tpRank, int tpSize)
-            throws CheckpointException {
+    private void plan(int block, String name, Transformer model, ParameterSet.Param p, int tpRank, int tpSize, int epRank,
+                      int epSize) throws CheckpointException {
         CheckpointMetadata.TensorEntry e = meta.tensors().get(name);
         if (e == null) {
             throw new CheckpointException(dir + ": the metadata has no tensor '" + name + "'", true);
         }
-        int[] shape = ShardMap.globalShape(model.config(), p, tpSize);
+        int[] shape = ShardMap.globalShape(model.config(), p, tpSize, epSize);
         if (!Arrays.equals(shape, e.shape())) {
             throw new CheckpointException(dir + ": tensor '" + name + "' has global shape " + Arrays.toString(e.shape())
                     + ", the model needs " + Arrays.toString(shape), false);
@@ -80,7 +82,7 @@ final class ShardReader {
         for (int i = 0; i < starts.length; i++) {
             starts[i] = pieces.get(i).global();
         }
-        long[][] segs = ShardMap.segments(model.config(), p, tpRank, tpSize);
+        long[][] segs = ShardMap.segments(model.config(), p, tpRank, tpSize, epRank, epSize);
         long covered = 0;
         for (long[] s : segs) {
             covered += s[2];

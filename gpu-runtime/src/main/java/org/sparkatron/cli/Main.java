@@ -61,6 +61,8 @@ public final class Main {
                     "benchmark: context-parallel activations per rank (against 1/cp) and ring against all-gather"),
             new Command("bench-comm", "org.sparkatron.comm.bench.CommBench",
                     "benchmark: collectives' bus bandwidth against PyTorch Gloo"),
+            new Command("bench-moe", "org.sparkatron.parallel.MoeBench",
+                    "benchmark: all-to-all against PyTorch Gloo; MoE training throughput against a dense model of equal active parameters"),
             new Command("bench-data", "org.sparkatron.data.spark.DataBench",
                     "benchmark: tokenization and prepare throughput against a plain tokenizer loop"),
             new Command("bench-ckpt", "org.sparkatron.checkpoint.CheckpointBench",

@@ -11,9 +11,10 @@ import java.util.TreeMap;
 import org.sparkatron.checkpoint.ModelStore;
 import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.device.cpu.CpuDevice;
-import org.sparkatron.precision.Precision;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
+import org.sparkatron.precision.Fp8Recipe;
+import org.sparkatron.precision.Precision;
 import org.sparkatron.train.PackedSamples;
 
 /**
@@ -39,8 +40,11 @@ public final class Sparkatron {
                     "usage: ./sparkatron train-local --model DIR (--tokens FILE | --text FILE [--tokenizer T] | --prepared PATH)",
                     "         --steps N --out DIR [--lr 3e-4] [--min-lr LR/10] [--warmup 0]",
                     "         [--batch 4] [--micro-batches 1] [--seq-len T] [--weight-decay 0.1] [--grad-clip 1.0]",
-                    "         [--seed 0] [--threads CORES] [--precision fp32|bf16|fp16] [--log-interval STEPS/20]",
+                    "         [--seed 0] [--threads CORES] [--precision fp32|bf16|fp16|fp8] [--log-interval STEPS/20]",
                     "         [--valid-tokens FILE [--eval-interval STEPS/10] [--eval-iters 10]] [--tensorboard-dir DIR]",
+                    "         fp8: [--fp8-format hybrid|e4m3] [--fp8-recipe delayed|tensorwise] [--fp8-margin 0]",
+                    "         [--fp8-amax-history-len 1] [--fp8-amax-compute-algo most_recent|max]",
+                    "         [--first-last-layers-bf16 [--num-layers-at-start-in-bf16 1] [--num-layers-at-end-in-bf16 1]]",
                     "  trains the model in DIR in this process (no Spark), prints one JSON line per step, saves to --out", INPUTS),
             "score", String.join("\n",
                     "usage: ./sparkatron score --model DIR (--tokens FILE | --text FILE [--tokenizer T] | --prepared PATH) [--threads CORES]",
@@ -71,7 +75,7 @@ public final class Sparkatron {
     private static int dispatch(String cmd, String[] args, PrintStream out, PrintStream err) throws java.io.IOException {
         switch (cmd) {
             case "init" -> init(new Args(cmd, args, 0, Set.of()), out);
-            case "train-local" -> TrainLocalCommand.run(new Args(cmd, args, 0, Set.of()), out, err);
+            case "train-local" -> TrainLocalCommand.run(new Args(cmd, args, 0, Set.of("first-last-layers-bf16")), out, err);
             case "score" -> {
                 return score(new Args(cmd, args, 0, Set.of()), out, err);
             }
@@ -110,6 +114,36 @@ public final class Sparkatron {
             n += vocabRows ? p.numel() / p.shape()[0] * model.config().vocabSize() : p.numel();
         }
         return n;
+    }
+
+    /**
+     * The FP8 options of {@code train-local} (Megatron's flags: {@code --fp8-format}, {@code --fp8-recipe}, ...),
+     * or null for other precisions, where giving one is refused.
+     */
+    static Fp8Recipe fp8Options(Args a, Precision precision) {
+        Map<String, String> given = new java.util.LinkedHashMap<>();
+        for (String key : Fp8Recipe.KEYS) {
+            String v = a.string(key.replace('_', '-'), null);
+            if (v != null) {
+                given.put(key, v);
+            }
+        }
+        if (precision != Precision.FP8) {
+            if (!given.isEmpty()) {
+                throw new Args.UsageException("--" + given.keySet().iterator().next().replace('_', '-')
+                        + " applies to --precision fp8, not " + precision.label());
+            }
+            return null;
+        }
+        try {
+            return Fp8Recipe.parse(given::get);
+        } catch (IllegalArgumentException e) {
+            String m = e.getMessage();
+            for (String key : Fp8Recipe.KEYS) {
+                m = m.replace(key, "--" + key.replace('_', '-'));
+            }
+            throw new Args.UsageException(m);
+        }
     }
 
     /**

@@ -12,6 +12,9 @@ import org.sparkatron.checkpoint.ModelStore;
 import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.LrSchedule;
+import org.sparkatron.parallel.RankContext;
+import org.sparkatron.parallel.TensorParallel;
+import org.sparkatron.precision.Fp8Recipe;
 import org.sparkatron.precision.Precision;
 import org.sparkatron.train.Evaluator;
 import org.sparkatron.train.GradientSync;
@@ -50,6 +53,7 @@ final class TrainLocalCommand {
         float clip = (float) a.number("grad-clip", 1.0);
         long seed = a.integer("seed", 0);
         Precision precision = Precision.parse(a.string("precision", "fp32"));
+        Fp8Recipe fp8 = Sparkatron.fp8Options(a, precision);
         int logInterval = a.integer("log-interval", Math.max(1, Math.min(100, steps / 20)));
         String validFile = a.string("valid-tokens", null);
         int evalInterval = a.integer("eval-interval", Math.max(1, steps / 10));
@@ -61,7 +65,7 @@ final class TrainLocalCommand {
             throw new IllegalArgumentException("--steps, --log-interval and --eval-iters must be >= 1 and --eval-interval >= 0");
         }
         Sparkatron.refuseOverwritingInput(outDir, modelDir, "--model");
-        Transformer model = ModelStore.load(modelDir, new CpuDevice(), precision);
+        Transformer model = ModelStore.load(modelDir, new RankContext(new CpuDevice(), TensorParallel.none(), precision, fp8));
         var input = inputSpec.read(modelDir, model.config().vocabSize());
         List<int[]> seqs = input.sequences();
         PackedSamples data = Sparkatron.samples(seqs, seqLen, model.config(), seed);

@@ -124,6 +124,20 @@ public interface Device extends AutoCloseable {
     /** Blocks obtained from the system so far (cache misses of the allocator). */
     long systemAllocations();
 
+    /**
+     * The dtype this device keeps values of the reduced format {@code format} (BF16, F16, FP8_E4M3, FP8_E5M2) in:
+     * the format itself, or F32 holding values exactly representable in it where the device emulates the
+     * format (the CPU device emulates all of them).
+     */
+    default DType storageOf(DType format) {
+        return format;
+    }
+
+    /** Why this device cannot run FP8 GEMMs (a GPU older than sm_89), or null when it can. */
+    default String fp8Unsupported() {
+        return null;
+    }
+
     /** The memory this device can hold in all, in bytes (for up-front refusals of what cannot fit). */
     long capacityBytes();
 

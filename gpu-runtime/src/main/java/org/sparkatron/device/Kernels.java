@@ -1,6 +1,7 @@
 package org.sparkatron.device;
 
 import org.sparkatron.tensor.DType;
+import org.sparkatron.precision.Fp8Format;
 import org.sparkatron.tensor.Tensor;
 
 /**
@@ -209,4 +210,170 @@ public interface Kernels {
      * the CPU device emulates 16-bit storage).
      */
     void round(Tensor dst, Tensor src, long count, DType format);
+
+    // ---- mixture of experts (docs/moe.md). Router logits are [n, e]; a token's k choices are [n, k] rows:
+    // expert ids (I32, -1 where a capacity limit dropped the assignment) and weights (F32). A dispatch
+    // buffer holds token rows grouped by expert; rowMap [n, k] (I32) says where assignment (t, j) went (-1:
+    // dropped). Offsets and counts are I32 device tensors: no kernel needs them on the host. ----
+
+    /**
+     * Whether this kernel set has the mixture-of-experts kernels below. A {@code Transformer} with experts
+     * refuses a device whose kernels lack them before allocating anything; the calls themselves throw
+     * {@link UnsupportedOperationException} there.
+     */
+    boolean hasMoeKernels();
+
+    /**
+     * Top-k routing: {@code experts[t]} = the k highest scores of token t (ties: the lower expert id; in
+     * decreasing order of score), {@code probs[t]} their weights ({@link MoeRouting}); {@code scores} (if not
+     * null) [n, e] gets the scores the load-balancing loss uses: the softmax over all experts, or for sigmoid
+     * scores the sigmoids divided by their sum over all experts.
+     */
+    void moeRoute(Tensor logits, Tensor experts, Tensor probs, Tensor scores, int n, int e, int k, MoeRouting routing);
+
+    /**
+     * Megatron's auxiliary load-balancing loss of one layer without its coefficient,
+     * {@code E / (k n^2) * sum_e count_e * sum_t scores[t, e]} ({@code count_e}: assignments to e in
+     * {@code experts}, before any capacity drop), added times {@code reportWeight} to {@code acc[slot]} (F64).
+     * {@code auxGrad} [e] (F32) gets {@code gradWeight * E / (k n^2) * count_e}: dLoss/dscores[t, e] for every t.
+     */
+    void moeAuxLoss(Tensor scores, Tensor experts, Tensor auxGrad, Tensor acc, int slot, int n, int e, int k,
+                    float gradWeight, double reportWeight);
+
+    /** Router z-loss without its coefficient, {@code mean_t logsumexp(logits[t])^2}, times {@code reportWeight} into acc[slot]. */
+    void moeZLoss(Tensor logits, Tensor acc, int slot, int n, int e, double reportWeight);
+
+    /**
+     * Capacity (Megatron's {@code probs} drop policy): of the assignments to each expert keep the
+     * {@code capacity} with the highest weight (ties: the lower token), {@code routed} = {@code experts} with
+     * -1 and {@code probs} = 0 where dropped; the number dropped times {@code reportWeight} is added to
+     * {@code acc[slot]} (F64; acc may be null).
+     */
+    void moeCapacity(Tensor routed, Tensor probs, Tensor experts, Tensor acc, int slot, int n, int e, int k, int capacity,
+                     double reportWeight);
+
+    /**
+     * Dispatch: token rows of {@code x} [n, c] into {@code out}, grouped by expert in token order. Packed
+     * ({@code capacity} 0): expert g's rows at {@code [sum_{h<g} counts_h, ...)}; padded: at {@code g * capacity},
+     * rows past its count zero-filled. Writes {@code rowMap}, {@code counts} [e] (assignments kept per expert)
+     * and, if not null, {@code offsets} [e + 1] (where each expert's block starts; the last: its end).
+     */
+    void moePermute(Tensor out, Tensor rowMap, Tensor counts, Tensor offsets, Tensor x, Tensor routed, int n, int c, int e,
+                    int k, int capacity);
+
+    /** {@code dx[t] += sum_j dperm[rowMap[t, j]]} over kept assignments: the backward of {@link #moePermute}. */
+    void moePermuteBackward(Tensor dx, Tensor dperm, Tensor rowMap, int n, int c, int k);
+
+    /** Combine: {@code out[t] = sum_j probs[t, j] * y[rowMap[t, j]]} over kept assignments (0 for none). */
+    void moeUnpermute(Tensor out, Tensor y, Tensor rowMap, Tensor probs, int n, int c, int k);
+
+    /**
+     * Backward of {@link #moeUnpermute}: {@code dy} (its first {@code rows} rows) gets {@code probs[t, j] * dout[t]}
+     * at {@code rowMap[t, j]} and 0 elsewhere; {@code dprobs[t, j] = dout[t] . y[rowMap[t, j]]} (0 where dropped).
+     */
+    void moeUnpermuteBackward(Tensor dy, Tensor dprobs, Tensor dout, Tensor y, Tensor rowMap, Tensor probs, int rows, int n,
+                              int c, int k);
+
+    /**
+     * Backward of the router into {@code dlogits} [n, e] (overwritten): through the top-k weights
+     * ({@code dprobs}, with {@code experts} the choices before any capacity drop), through the load-balancing
+     * scores ({@code auxGrad} [e] from {@link #moeAuxLoss}; null: none) and of {@code zWeight * sum_t lse_t^2}.
+     * The scores are recomputed from {@code logits}.
+     */
+    void moeRouteBackward(Tensor dlogits, Tensor dprobs, Tensor logits, Tensor experts, Tensor auxGrad, float zWeight, int n,
+                          int e, int k, MoeRouting routing);
+
+    /**
+     * Reorders a dispatch buffer of {@code a x b} row blocks of width {@code c}, block (i, j) holding
+     * {@code counts[i b + j]} rows: from i-major order ({@code in}: all of i = 0, then i = 1, ...) to j-major
+     * ({@code out}), or back with {@code inverse}. {@code offsets} [b + 1] (may be null) gets where each j's
+     * rows start in the j-major order. Expert parallelism uses it between (source rank, local expert) and
+     * (local expert, source rank) order.
+     */
+    void moeSortChunks(Tensor out, Tensor offsets, Tensor in, Tensor counts, int a, int b, int c, boolean inverse);
+
+    /**
+     * Grouped linear layer: for each group g, rows {@code [offsets[g], offsets[g+1])} of {@code out} =
+     * those rows of {@code x} [*, in] times {@code w[g]}^T ({@code w} [groups, outF, in]); other rows untouched.
+     */
+    void groupedLinearForward(Tensor out, Tensor x, Tensor w, Tensor offsets, int groups, int in, int outF);
+
+    /** Backward of {@link #groupedLinearForward}: dx rows of each group overwritten (null: skipped); {@code dw[g] += dout^T x}. */
+    void groupedLinearBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets, int groups, int in,
+                               int outF);
+
+    // ---- FP8 (docs/precision.md): per-tensor scaled E4M3/E5M2 GEMM operands, Transformer Engine's recipes ----
+    // A device whose kernels lack them says so through supportsFp8(), and a model in precision fp8 is refused on it
+    // before anything is allocated; the defaults below then throw, naming the kernel.
+    // Recipe state is F32 device memory: amax [slots] (or the amax history [len, slots], whose row 0 collects the
+    // current pass's amaxes), scale [slots] and scaleInv [slots]. An FP8 operand holds codes of dtype FP8_E4M3 /
+    // FP8_E5M2, or (the CPU device's emulation, as for 16-bit storage) F32 holding each code's value exactly; its
+    // real value is that times scaleInv[slot].
+
+    /** Whether these kernels implement the FP8 kernels below (the CPU kernels do). */
+    default boolean supportsFp8() {
+        return false;
+    }
+
+    /** {@code amax[slot] = max(amax[slot], max |x[0, count)|)} (F32; NaN elements are ignored, as fmaxf does). */
+    default void amax(Tensor x, long count, Tensor amax, int slot) {
+        throw noFp8("amax");
+    }
+
+    private UnsupportedOperationException noFp8(String kernel) {
+        return new UnsupportedOperationException(getClass().getSimpleName() + " has no FP8 kernels (" + kernel + ")");
+    }
+
+    /**
+     * {@code dst[i]} = the FP8 code of {@code src[i] * scale[slot]} (the product in fp32), rounded to nearest even
+     * and saturated to the format's largest finite value ({@link Fp8Format#encode}).
+     * {@code dst} is of the format's dtype, or F32 receiving the codes' values. With {@code amaxOut} non-null, also
+     * {@code amaxOut[amaxSlot] = max(amaxOut[amaxSlot], max |src|)} (the fused amax of delayed scaling).
+     */
+    default void castToFp8(Tensor dst, Tensor src, long count, Fp8Format format, Tensor scale, int slot,
+                   Tensor amaxOut, int amaxSlot) {
+        throw noFp8("castToFp8");
+    }
+
+    /**
+     * Current (per-tensor) scaling, slots [from, from + count): {@code scale = fp8Max / amax} in fp32 (1 where
+     * amax is 0, infinite or NaN; {@code Float.MAX_VALUE} where the quotient overflows), {@code scaleInv = 1/scale}:
+     * Transformer Engine's {@code compute_scale_from_amax} without epsilon or power-of-two rounding.
+     */
+    default void fp8ScaleFromAmax(Tensor amax, Tensor scale, Tensor scaleInv, int from, int count, float fp8Max) {
+        throw noFp8("fp8ScaleFromAmax");
+    }
+
+    /**
+     * Delayed scaling, slots [from, from + count) of an amax history {@code [len, slots]} whose row 0 holds this
+     * pass's (reduced) amaxes, as Transformer Engine's {@code amax_and_scale_update_after_reduction}: where the
+     * current amax is non-zero the history rolls (the current amax becomes the newest entry, the oldest drops,
+     * row 0 is zeroed for the next pass) and amax = the maximum over the window ({@code useMax}) or the current
+     * amax; {@code scale = scaledMax / amax} if that amax is finite and positive, else unchanged;
+     * {@code Float.MAX_VALUE} if the quotient overflows; {@code scaleInv = 1/scale}.
+     * {@code scaledMax} is {@code fp8Max * 2^-margin}.
+     */
+    default void fp8DelayedScaling(Tensor history, Tensor scale, Tensor scaleInv, int len, int slots, int from, int count,
+                           boolean useMax, float scaledMax) {
+        throw noFp8("fp8DelayedScaling");
+    }
+
+    /**
+     * FP8 GEMM of a linear layer: {@code out[N,O] = scaleInv[xSlot] * scaleInv[wSlot] * (x8[N,I] w8[O,I]^T) + b[O]},
+     * accumulated in fp32 (cuBLASLt FP8 with per-tensor scale pointers and a bias epilogue).
+     */
+    default void fp8LinearForward(Tensor out, Tensor x8, Tensor w8, Tensor scaleInv, int xSlot, int wSlot, Tensor bias, int n,
+                          int in, int outF) {
+        throw noFp8("fp8LinearForward");
+    }
+
+    /**
+     * The backward of {@link #fp8LinearForward}: {@code dx[N,I] = sInv[dySlot] sInv[wSlot] (dy8 w8)} (overwritten, or
+     * accumulated when accumulateDx; dx may be null), {@code dw += sInv[dySlot] sInv[xSlot] (dy8^T x8)} in fp32, and
+     * {@code db += sum of dout} over rows from the unquantised gradient {@code dout} (Transformer Engine's bgrad).
+     */
+    default void fp8LinearBackward(Tensor dx, boolean accumulateDx, Tensor dw, Tensor dbias, Tensor dout, Tensor dy8, Tensor x8,
+                           Tensor w8, Tensor scaleInv, int dySlot, int xSlot, int wSlot, int n, int in, int outF) {
+        throw noFp8("fp8LinearBackward");
+    }
 }

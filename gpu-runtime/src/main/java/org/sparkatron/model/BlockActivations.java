@@ -26,14 +26,12 @@ final class BlockActivations {
     final Tensor norm2;    // [Nl, C]
     final Tensor mean2;    // [Nl]
     final Tensor rstd2;    // [Nl]
-    final Tensor gathered2; // [N, C] the all-gathered MLP input (sequence parallelism only)
-    final Tensor up;       // [N, Fl] (GPT-2) or [N, 2 Fl] (Llama: gate | up)
-    final Tensor act;      // [N, Fl]
+    final Mlp.Kept mlp;    // what the MLP keeps ({@link Mlp#kept}); may be null
     final Tensor output;   // [Nl, C] resid + MLP branch: the next block's input
     private final Device device;
 
-    /** The buffers {@code mode} keeps for one micro-batch of the given shape. */
-    BlockActivations(Device device, Shape s, Recompute mode) {
+    /** The buffers {@code mode} keeps for one micro-batch of the given shape, with {@code mlp}'s (null: none). */
+    BlockActivations(Device device, Shape s, Recompute mode, Mlp layerMlp) {
         this.device = device;
         boolean keep = mode != Recompute.FULL;
         boolean keepAttention = mode == Recompute.NONE;
@@ -48,9 +46,7 @@ final class BlockActivations {
         norm2 = keep ? f32(s.nl, s.c) : null;
         mean2 = keep && s.layerNorm ? f32(s.nl) : null;
         rstd2 = keep ? f32(s.nl) : null;
-        gathered2 = keep && s.sp ? f32(s.n, s.c) : null;
-        up = keep ? f32(s.n, s.upWidth) : null;
-        act = keep ? f32(s.n, s.fl) : null;
+        mlp = layerMlp == null ? null : layerMlp.kept(device, s, mode);
         output = f32(s.nl, s.c);
     }
 
@@ -59,25 +55,32 @@ final class BlockActivations {
     }
 
     void release() {
-        for (Tensor x : new Tensor[] {norm1, mean1, rstd1, gathered1, qkv, att, lse, resid, norm2, mean2, rstd2, gathered2, up,
-                act, output}) {
+        for (Tensor x : new Tensor[] {norm1, mean1, rstd1, gathered1, qkv, att, lse, resid, norm2, mean2, rstd2, output}) {
             device.release(x);
+        }
+        if (mlp != null) {
+            mlp.release();
         }
     }
 
     /**
      * The sizes of one micro-batch on one rank (TP shards, sequence-parallel rows, context-parallel chunks):
-     * {@code seq} tokens per sequence, of which this rank holds {@code t} rows ({@code seq / cp}).
+     * {@code seq} tokens per sequence, of which this rank holds {@code t} rows ({@code seq / cp}); {@code moe}
+     * those of the MoE layers (null for a dense model), {@code dense} whether the model has dense MLP layers.
      */
     record Shape(int b, int t, int n, int nl, int c, int hl, int qkvWidth, int attWidth, int upWidth, int fl,
-                 boolean sp, boolean layerNorm, int seq) {
+                 boolean sp, boolean layerNorm, MoeShape moe, boolean dense, int seq) {
         static Shape of(ModelConfig cfg, org.sparkatron.parallel.TensorParallel tp, int b, int t) {
-            return of(cfg, tp, org.sparkatron.parallel.ContextParallel.none(), b, t);
+            return of(cfg, tp, 1, org.sparkatron.parallel.ContextParallel.none(), b, t);
+        }
+
+        static Shape of(ModelConfig cfg, org.sparkatron.parallel.TensorParallel tp, int ep, int b, int t) {
+            return of(cfg, tp, ep, org.sparkatron.parallel.ContextParallel.none(), b, t);
         }
 
         /** For sequences of {@code seq} tokens split over {@code cp} (refused when it does not split into 2 cp chunks). */
-        static Shape of(ModelConfig cfg, org.sparkatron.parallel.TensorParallel tp, org.sparkatron.parallel.ContextParallel cp,
-                        int b, int seq) {
+        static Shape of(ModelConfig cfg, org.sparkatron.parallel.TensorParallel tp, int ep,
+                        org.sparkatron.parallel.ContextParallel cp, int b, int seq) {
             int t = cp.localLength(seq);
             int n = Math.multiplyExact(b, t);
             int hd = cfg.headDim();
@@ -85,8 +88,12 @@ final class BlockActivations {
             int kvl = cfg.kvHeads() / tp.size();
             int fl = cfg.ffnHidden() / tp.size();
             boolean llama = cfg.family() == ModelConfig.Family.LLAMA;
+            boolean dense = false;
+            for (int i = 0; i < cfg.layers(); i++) {
+                dense |= !cfg.moe().isMoeLayer(i);
+            }
             return new Shape(b, t, n, tp.localRows(n), cfg.hidden(), hl, (hl + 2 * kvl) * hd, hl * hd, llama ? 2 * fl : fl, fl,
-                    tp.sequenceParallel(), !llama, seq);
+                    tp.sequenceParallel(), !llama, cfg.isMoe() ? MoeShape.of(cfg, tp.size(), ep, n) : null, dense, seq);
         }
 
         /** The head dimension. */

@@ -11,6 +11,8 @@ import org.sparkatron.parallel.DataParallel;
 import org.sparkatron.parallel.GradBuffer;
 import org.sparkatron.parallel.PipelineLayout;
 import org.sparkatron.parallel.pipeline.Schedule;
+import org.sparkatron.precision.Fp8Recipe;
+import org.sparkatron.precision.Fp8State;
 import org.sparkatron.precision.Precision;
 
 /**
@@ -28,6 +30,8 @@ import org.sparkatron.precision.Precision;
  *       chunk's input and gradient and, on the last stage, the final norm and output layer's input and its
  *       gradient; and the rank's backward and recomputation scratch and its context-parallel attention's
  *       buffers, shared by all micro-batches;</li>
+ *   <li>FP8 (precision fp8): each FP8 layer's weight operand (parameters) and saved input operand
+ *       (activations); the recipe state and the shared gradient operand (workspace);</li>
  *   <li>workspace: token ids, per-token losses, a chunk of logits and the cross-entropy statistics (last
  *       stage), the sequence-parallel buffers, RoPE tables, the context-parallel position table, device
  *       scalars, and the CPU attention's two scratch blocks of at most 256 query rows by the keys a block
@@ -79,7 +83,17 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
      */
     public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, PipelineLayout pl, int stage, int microBatches,
                                     int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes) {
-        return of(cfg, tp, sp, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, null, 1, Context.NONE);
+        return of(cfg, tp, sp, 1, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, null, 1);
+    }
+
+    /**
+     * {@link #of(ModelConfig, int, boolean, PipelineLayout, int, int, int, int, Precision, Recompute, int)} for one
+     * rank of an expert-parallel group of {@code ep} (its share of the experts; the MoE layers' dispatch
+     * buffers, sized for the worst case).
+     */
+    public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, int ep, PipelineLayout pl, int stage, int microBatches,
+                                    int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes) {
+        return of(cfg, tp, sp, ep, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, null, 1);
     }
 
     /**
@@ -104,7 +118,7 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
     public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, PipelineLayout pl, int stage, int microBatches,
                                     int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes,
                                     DataParallel.Config dp, int dpSize) {
-        return of(cfg, tp, sp, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, dp, dpSize, Context.NONE);
+        return of(cfg, tp, sp, 1, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, dp, dpSize);
     }
 
     /**
@@ -114,11 +128,42 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
     public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, PipelineLayout pl, int stage, int microBatches,
                                     int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes,
                                     DataParallel.Config dp, int dpSize, Context cp) {
+        return of(cfg, tp, sp, 1, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, dp, dpSize,
+                precision == Precision.FP8 ? Fp8Recipe.defaults() : null, halfBytes == 4 ? 4 : 1, cp);
+    }
+
+    /** The estimate with expert parallelism {@code ep} and data parallelism inside the model ({@code dp}) together. */
+    public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, int ep, PipelineLayout pl, int stage, int microBatches,
+                                    int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes,
+                                    DataParallel.Config dp, int dpSize) {
+        return of(cfg, tp, sp, ep, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, dp, dpSize,
+                precision == Precision.FP8 ? Fp8Recipe.defaults() : null, halfBytes == 4 ? 4 : 1);
+    }
+
+    /**
+     * With precision FP8, also the FP8 operands of the transformer layers' GEMMs under {@code fp8}: each FP8
+     * layer's weight copy (parameters), its saved input (activations; one micro-batch, as FP8 runs without
+     * pipelining), the shared output-gradient operand and the recipe state (workspace).
+     *
+     * @param fp8Bytes bytes per FP8 element on the target device (4 on the CPU, which stores FP8 values in fp32; 1 on a GPU)
+     */
+    public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, int ep, PipelineLayout pl, int stage, int microBatches,
+                                    int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes,
+                                    DataParallel.Config dp, int dpSize, Fp8Recipe fp8, int fp8Bytes) {
+        return of(cfg, tp, sp, ep, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, dp, dpSize,
+                fp8, fp8Bytes, Context.NONE);
+    }
+
+    /** All of the above together, for rank {@code cp.rank()} of a context-parallel group ({@link Context#NONE}: none). */
+    public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, int ep, PipelineLayout pl, int stage, int microBatches,
+                                    int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes,
+                                    DataParallel.Config dp, int dpSize, Fp8Recipe fp8, int fp8Bytes, Context cp) {
         Transformer.validate(cfg, tp);
+        Transformer.validateExperts(cfg, ep, tp);
         ContextParallel.validate(seqLen, cp.size());
         int local = seqLen / cp.size(); // this rank's rows of each sequence
         boolean split = sp && tp > 1;
-        ParameterSet.Builder layout = Transformer.layout(cfg, tp, pl, stage);
+        ParameterSet.Builder layout = Transformer.layout(cfg, tp, ep, pl, stage);
         long numel = layout.numel();
         long owned = numel; // elements of optimizer state
         if (dp != null) {
@@ -145,17 +190,19 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
         long upWidth = layerNorm ? fl : 2 * fl;
         long qkv = n * (hl + 2 * kvl) * hd;
         long attention = n * hl * hd + (long) batch * hl * local; // output and log-sum-exp
-        long fullLayer = 4 * nl * c + (layerNorm ? 4 : 2) * nl + (split ? 2 * n * c : 0) + qkv + attention + n * upWidth + n * fl;
-        long keptLayer = switch (recompute) {
-            case NONE -> fullLayer;
-            case SELECTIVE -> fullLayer - attention;
-            case FULL -> nl * c; // the output: the next layer's input
-        };
+        long attentionPart = 4 * nl * c + (layerNorm ? 4 : 2) * nl + (split ? n * c : 0) + qkv + attention;
+        long denseMlp = (split ? n * c : 0) + n * upWidth + n * fl;
+        MoeShape moe = cfg.isMoe() ? MoeShape.of(cfg, tp, ep, Math.toIntExact(n)) : null;
+        long moeMlp = moe == null ? 0 : MoeMlp.keptElements(moe, split);
+        boolean dense = BlockActivations.Shape.of(cfg, org.sparkatron.parallel.TensorParallel.none(), 1, 1).dense();
         Schedule schedule = Schedule.of(pl.stages(), pl.virtualStages(), microBatches);
-        long activations = 3 * nl * c + qkv + n * hl * hd + n * upWidth + n * fl // backward scratch
-                + (recompute == Recompute.SELECTIVE ? attention : 0) + (recompute == Recompute.FULL ? fullLayer : 0)
+        long activations = 3 * nl * c + qkv + n * hl * hd + (dense ? n * upWidth + n * fl : 0) // backward scratch
+                + (recompute == Recompute.SELECTIVE ? attention : 0)
+                + (recompute == Recompute.FULL ? attentionPart + (dense ? denseMlp : 0) + moeMlp : 0)
+                + (moe == null ? 0 : MoeMlp.scratchElements(moe))
                 + AttentionCore.bufferElements(cp.commType(), cp.size(), batch, local, (int) hl, (int) kvl, (int) hd);
-        long workspace = 8 + 8 + 16                                          // model scalars, trainer step scalars
+        long workspace = 8 + 8 + 40                                          // model scalars, trainer step scalars
+                + (moe == null ? 0 : 8L * MoeStep.STATS + MoeMlp.scratchWorkspaceBytes(moe)) // MoE statistics, padded counts
                 + (cfg.family().usesRope() ? 4L * cfg.maxPositions() * hd : 0) // cos and sin tables
                 + (cp.size() > 1 ? 4L * local : 0)                          // CP position table
                 + 4 * 2L * cpuAttentionScratch(cp, local);                  // CPU attention scratch
@@ -163,8 +210,16 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
         for (int chunk = 0; chunk < pl.virtualStages(); chunk++) {
             boolean first = pl.isFirst(stage, chunk);
             boolean last = pl.isLast(stage, chunk);
-            long layers = pl.endLayer(stage, chunk) - pl.firstLayer(stage, chunk);
-            long slot = layers * keptLayer + 2 * nl * c // input, gradient
+            long kept = 0;
+            for (int i = pl.firstLayer(stage, chunk); i < pl.endLayer(stage, chunk); i++) {
+                boolean moeLayer = cfg.moe().isMoeLayer(i);
+                kept += switch (recompute) {
+                    case NONE -> attentionPart + (moeLayer ? moeMlp : denseMlp);
+                    case SELECTIVE -> attentionPart - attention + (moeLayer ? moeMlp : denseMlp);
+                    case FULL -> nl * c; // the output: the next layer's input
+                };
+            }
+            long slot = kept + 2 * nl * c // input, gradient
                     + (last ? nl * c + (layerNorm ? 2 : 1) * nl + (split ? 2 * n * c : nl * c) : 0); // final norm, head input/grad
             activations += schedule.maxInFlight(stage, chunk) * slot;
             workspace += schedule.maxInFlight(stage, chunk) * 4 * ((first || last ? 2 * n : 0) + (last ? n : 0)); // tokens, losses
@@ -181,7 +236,27 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
             }
             workspace += 4 * (n * c + sequenceGrads); // tp.rows, packed SP gradients
         }
-        return new MemoryEstimate(params, 4 * numel, optimizer, 4 * activations, workspace);
+        long activationBytes = 4 * activations;
+        if (precision == Precision.FP8) {
+            int fp8Blocks = 0;
+            for (int i = 0; i < cfg.layers(); i++) {
+                fp8Blocks += fp8.fp8Layer(i, cfg.layers()) ? 1 : 0;
+            }
+            long fh = cfg.ffnHidden() / tp;
+            long fup = cfg.family() == ModelConfig.Family.LLAMA ? 2 * fh : fh;
+            long hdim = cfg.headDim();
+            long hloc = cfg.heads() / tp;
+            long qkvWidth = (hloc + 2 * (cfg.kvHeads() / tp)) * hdim;
+            long ch = cfg.hidden();
+            long tokens = (long) batch * local;
+            long weights = qkvWidth * ch + ch * hloc * hdim + fup * ch + ch * fh;
+            long inputs = tokens * (ch + hloc * hdim + ch + fh);
+            long widestOut = Math.max(Math.max(qkvWidth, fup), ch);
+            params += fp8Blocks * fp8Bytes * weights;
+            activationBytes += fp8Blocks * fp8Bytes * inputs;
+            workspace += Fp8State.stateBytes(fp8, 4 * fp8Blocks) + (fp8Blocks > 0 ? fp8Bytes * tokens * widestOut : 0);
+        }
+        return new MemoryEstimate(params, 4 * numel, optimizer, activationBytes, workspace);
     }
 
     /**

@@ -35,13 +35,14 @@ final class MicroBatch {
     private final List<Request> sending = new ArrayList<>();
     private final Device device;
 
-    MicroBatch(Device device, BlockActivations.Shape s, int layers, boolean first, boolean last, Recompute mode) {
+    MicroBatch(Device device, BlockActivations.Shape s, List<TransformerBlock> layers, boolean first, boolean last,
+               Recompute mode) {
         this.device = device;
         this.shape = s;
         this.mode = mode;
-        blocks = new BlockActivations[layers];
-        for (int i = 0; i < layers; i++) {
-            blocks[i] = new BlockActivations(device, s, mode);
+        blocks = new BlockActivations[layers.size()];
+        for (int i = 0; i < blocks.length; i++) {
+            blocks[i] = new BlockActivations(device, s, mode, layers.get(i).mlp());
         }
         tokens = first || last ? device.allocate(MemoryKind.WORKSPACE, DType.I32, 2L * s.n()) : null;
         input = f32(s.nl(), s.c());

@@ -55,7 +55,8 @@ final class ModelChunk {
     private final int[] embedParams;   // first chunk: embedding and positions
 
     ModelChunk(ModelConfig cfg, RankContext ctx, ParameterSet params, ParameterSet compute, int layerStart, int layerEnd,
-               boolean first, boolean last, Tensor ropeCos, Tensor ropeSin, Workspace ws, RankBuffers buffers) {
+               boolean first, boolean last, Tensor ropeCos, Tensor ropeSin, Workspace ws, RankBuffers buffers, MoeStep moe,
+               org.sparkatron.precision.Fp8State fp8, int[] fp8Index) {
         this.cfg = cfg;
         this.device = ctx.device();
         this.k = ctx.kernels();
@@ -67,7 +68,8 @@ final class ModelChunk {
         this.layerStart = layerStart;
         this.buffers = buffers;
         for (int i = layerStart; i < layerEnd; i++) {
-            blocks.add(new TransformerBlock(cfg, ctx, compute, i, ropeCos, ropeSin, ws, buffers.attention()));
+            blocks.add(new TransformerBlock(cfg, ctx, compute, i, ropeCos, ropeSin, ws, buffers.attention(), moe, fp8,
+                    fp8 == null ? -1 : fp8Index[i]));
         }
         this.vocabLocal = cfg.paddedVocab(tp.size()) / tp.size();
         this.headName = cfg.tiedEmbeddings() ? "embed" : "head";
@@ -131,7 +133,7 @@ final class ModelChunk {
             if (mb != null) { // the shape or mode changed: the old slots are of no use any more
                 releaseAll();
             }
-            mb = new MicroBatch(device, s, blocks.size(), first, last, mode);
+            mb = new MicroBatch(device, s, blocks, first, last, mode);
             all.add(mb);
         }
         return mb;

@@ -11,7 +11,8 @@ import java.util.Set;
 /**
  * A decoder-only transformer's shape, read from a Hugging Face {@code config.json}. Two families:
  * GPT-2 (learned positions, LayerNorm, GELU-tanh, biases, tied output) and Llama (RoPE, RMSNorm, SwiGLU,
- * no biases, grouped-query attention, tied or untied output).
+ * no biases, grouped-query attention, tied or untied output), the latter optionally with mixture-of-experts
+ * MLPs ({@link MoeConfig}; Hugging Face's {@code mixtral} model type).
  *
  * <p>The vocabulary is padded internally to a multiple of {@code vocabMultiple} (Megatron's
  * {@code make-vocab-size-divisible-by}, 128 by default) so GEMMs and vocab-parallel splits are even;
@@ -29,7 +30,8 @@ public record ModelConfig(
         float normEps,
         double ropeTheta,
         boolean tiedEmbeddings,
-        int vocabMultiple) {
+        int vocabMultiple,
+        MoeConfig moe) {
 
     /** Model families; each fixes norm, activation, positions and biases. */
     public enum Family {
@@ -48,6 +50,30 @@ public record ModelConfig(
 
     public ModelConfig {
         validate(family, layers, hidden, heads, kvHeads, ffnHidden, vocabSize, maxPositions, normEps, vocabMultiple);
+        if (moe == null) {
+            moe = MoeConfig.NONE;
+        }
+        if (moe.enabled() && family != Family.LLAMA) {
+            throw new IllegalArgumentException("mixture-of-experts layers are implemented for the Llama family (Mixtral) only");
+        }
+    }
+
+    /** A dense model. */
+    public ModelConfig(Family family, int layers, int hidden, int heads, int kvHeads, int ffnHidden, int vocabSize,
+                       int maxPositions, float normEps, double ropeTheta, boolean tiedEmbeddings, int vocabMultiple) {
+        this(family, layers, hidden, heads, kvHeads, ffnHidden, vocabSize, maxPositions, normEps, ropeTheta, tiedEmbeddings,
+                vocabMultiple, MoeConfig.NONE);
+    }
+
+    /** Whether any layer is a mixture of experts. */
+    public boolean isMoe() {
+        return moe.enabled();
+    }
+
+    /** This config with another MoE part (tests and tools). */
+    public ModelConfig withMoe(MoeConfig other) {
+        return new ModelConfig(family, layers, hidden, heads, kvHeads, other.enabled() ? other.denseFfn() : ffnHidden, vocabSize,
+                maxPositions, normEps, ropeTheta, tiedEmbeddings, vocabMultiple, other);
     }
 
     public int headDim() {
@@ -145,6 +171,16 @@ public record ModelConfig(
             "intermediate_size", "vocab_size", "max_position_embeddings", "rms_norm_eps", "rope_theta", "tie_word_embeddings",
             "hidden_act", "attention_bias", "mlp_bias", "rope_scaling", "head_dim", "attention_dropout", "pretraining_tp");
 
+    /**
+     * Mixtral's keys beside Llama's (Hugging Face's MixtralConfig), and the MoE settings read from the same
+     * config ({@link MoeConfig}: Megatron's names for what Mixtral's config cannot say).
+     */
+    static final Set<String> MIXTRAL_KEYS = Set.of("num_local_experts", "num_experts_per_tok", "router_aux_loss_coef",
+            "output_router_logits", "router_jitter_noise", "sliding_window", "router_z_loss_coef", "moe_aux_loss_coeff",
+            "moe_z_loss_coeff", "moe_expert_capacity_factor", "moe_pad_expert_input_to_capacity", "moe_layer_freq",
+            "dense_intermediate_size", "shared_expert_intermediate_size", "scoring_func", "norm_topk_prob",
+            "routed_scaling_factor");
+
     public static ModelConfig load(Path configJson) throws IOException {
         byte[] bytes;
         try {
@@ -198,8 +234,11 @@ public record ModelConfig(
                         ConfigJson.requiredInt(root, "vocab_size"), positions,
                         epsilon(root, "layer_norm_epsilon", 1e-5), 0, true, vocabMultiple(root));
             }
-            case "llama": {
-                ConfigJson.refuseUnknown(root, union(HF_COMMON, LLAMA_KEYS), LLAMA_KEYS, "a llama config");
+            case "llama":
+            case "mixtral": {
+                boolean mixtral = type.equals("mixtral");
+                Set<String> own = mixtral ? union(LLAMA_KEYS, MIXTRAL_KEYS) : LLAMA_KEYS;
+                ConfigJson.refuseUnknown(root, union(HF_COMMON, own), own, mixtral ? "a mixtral config" : "a llama config");
                 int hiddenSize = ConfigJson.requiredInt(root, "hidden_size");
                 int nHeads = ConfigJson.requiredInt(root, "num_attention_heads");
                 String act = ConfigJson.string(root, "hidden_act", "silu");
@@ -216,19 +255,24 @@ public record ModelConfig(
                     throw new IllegalArgumentException("llama head_dim " + root.get("head_dim").asInt()
                             + " x num_attention_heads " + nHeads + " != hidden_size " + hiddenSize + " (not supported)");
                 }
+                if (mixtral && root.hasNonNull("sliding_window")) {
+                    throw new IllegalArgumentException("mixtral sliding_window " + root.get("sliding_window")
+                            + " is not supported (only null: full causal attention)");
+                }
                 double theta = ConfigJson.number(root, "rope_theta", 10000.0);
                 if (!(theta > 0)) {
                     throw new IllegalArgumentException("key 'rope_theta' must be > 0, got " + root.get("rope_theta"));
                 }
+                MoeConfig moe = mixtral ? MoeConfig.fromJson(root, ConfigJson.requiredInt(root, "intermediate_size")) : MoeConfig.NONE;
                 return new ModelConfig(Family.LLAMA, ConfigJson.requiredInt(root, "num_hidden_layers"), hiddenSize, nHeads,
                         ConfigJson.optionalInt(root, "num_key_value_heads", nHeads),
-                        ConfigJson.requiredInt(root, "intermediate_size"), ConfigJson.requiredInt(root, "vocab_size"),
-                        ConfigJson.requiredInt(root, "max_position_embeddings"),
+                        moe.enabled() ? moe.denseFfn() : ConfigJson.requiredInt(root, "intermediate_size"),
+                        ConfigJson.requiredInt(root, "vocab_size"), ConfigJson.requiredInt(root, "max_position_embeddings"),
                         epsilon(root, "rms_norm_eps", 1e-6), theta,
-                        ConfigJson.bool(root, "tie_word_embeddings", false), vocabMultiple(root));
+                        ConfigJson.bool(root, "tie_word_embeddings", false), vocabMultiple(root), moe);
             }
             default:
-                throw new IllegalArgumentException("unsupported model_type '" + type + "' (supported: gpt2, llama)");
+                throw new IllegalArgumentException("unsupported model_type '" + type + "' (supported: gpt2, llama, mixtral)");
         }
     }
 
@@ -281,12 +325,17 @@ public record ModelConfig(
                 o.put("n_inner", ffnHidden);
             }
         } else {
-            o.put("model_type", "llama");
-            o.putArray("architectures").add("LlamaForCausalLM");
+            o.put("model_type", moe.enabled() ? "mixtral" : "llama");
+            o.putArray("architectures").add(moe.enabled() ? "MixtralForCausalLM" : "LlamaForCausalLM");
             o.put("num_hidden_layers", layers).put("hidden_size", hidden).put("num_attention_heads", heads)
-                    .put("num_key_value_heads", kvHeads).put("intermediate_size", ffnHidden).put("vocab_size", vocabSize)
+                    .put("num_key_value_heads", kvHeads).put("intermediate_size", moe.enabled() ? moe.expertFfn() : ffnHidden)
+                    .put("vocab_size", vocabSize)
                     .put("max_position_embeddings", maxPositions).put("rms_norm_eps", normEps).put("rope_theta", ropeTheta)
                     .put("tie_word_embeddings", tiedEmbeddings).put("hidden_act", "silu");
+        }
+        if (moe.enabled()) {
+            moe.toJson(o);
+            o.putNull("sliding_window");
         }
         if (vocabMultiple != DEFAULT_VOCAB_MULTIPLE) {
             o.put("sparkatron_vocab_multiple", vocabMultiple);

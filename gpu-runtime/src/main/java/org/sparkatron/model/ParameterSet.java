@@ -50,13 +50,15 @@ public final class ParameterSet {
     private final List<Param> params;
     private final Map<String, Param> byName;
     private final long total;
+    private final long expertStart; // parameters at or after this offset belong to experts (expert parallelism)
     private final Device device;
     private final Tensor weights;
     private final Tensor grads; // null for a weights-only set
     private final boolean ownsWeights;
 
-    private ParameterSet(List<Param> params, long total, Device device, boolean withGrads) {
+    private ParameterSet(List<Param> params, long total, long expertStart, Device device, boolean withGrads) {
         this.params = Collections.unmodifiableList(params);
+        this.expertStart = expertStart;
         this.byName = new LinkedHashMap<>();
         for (Param p : params) {
             byName.put(p.name(), p);
@@ -72,6 +74,7 @@ public final class ParameterSet {
         this.params = layout.params;
         this.byName = layout.byName;
         this.total = layout.total;
+        this.expertStart = layout.expertStart;
         this.device = layout.device;
         this.weights = weights;
         this.grads = layout.grads;
@@ -116,6 +119,19 @@ public final class ParameterSet {
     public static final class Builder {
         private final List<Param> list = new ArrayList<>();
         private long next;
+        private long expertStart = -1;
+
+        /**
+         * Starts the expert region: every parameter added after this belongs to mixture-of-experts experts,
+         * which expert parallelism splits and whose gradients are reduced over the expert-data-parallel group.
+         * The region is the end of the block, so the two regions are two contiguous ranges.
+         */
+        public Builder beginExperts() {
+            if (expertStart < 0) {
+                expertStart = next;
+            }
+            return this;
+        }
 
         /** Adds a replicated parameter; 1-D parameters (biases, norm weights) are excluded from weight decay. */
         public Builder add(String name, int... shape) {
@@ -174,12 +190,12 @@ public final class ParameterSet {
 
         /** Allocates the weight and gradient blocks on {@code device}, zero-filled. */
         public ParameterSet build(Device device) {
-            return new ParameterSet(list, next, device, true);
+            return new ParameterSet(list, next, expertStart < 0 ? next : expertStart, device, true);
         }
 
         /** Allocates only the weight block (a set to load, initialise or gather weights into). */
         public ParameterSet buildWeightsOnly(Device device) {
-            return new ParameterSet(list, next, device, false);
+            return new ParameterSet(list, next, expertStart < 0 ? next : expertStart, device, false);
         }
     }
 
@@ -197,6 +213,21 @@ public final class ParameterSet {
 
     public boolean has(String name) {
         return byName.containsKey(name);
+    }
+
+    /** Where the expert region starts (elements; {@link #numel()} when there are no experts). */
+    public long expertOffset() {
+        return expertStart;
+    }
+
+    /** Elements in the expert region (0 for a dense model). */
+    public long expertNumel() {
+        return total - expertStart;
+    }
+
+    /** Whether {@code p} belongs to experts (split over the expert-parallel group). */
+    public boolean isExpert(Param p) {
+        return p.offset() >= expertStart && p.numel() > 0 && expertStart < total;
     }
 
     /** Total number of scalar parameters. */

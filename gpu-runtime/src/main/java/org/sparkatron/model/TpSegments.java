@@ -18,8 +18,18 @@ public final class TpSegments {
      * padding past the full padded vocabulary) correspond to no full element.
      */
     public static long[][] of(ModelConfig cfg, ParameterSet.Param full, ParameterSet.Param local, int rank, int size) {
+        return of(cfg, full, local, rank, size, 0, 1);
+    }
+
+    /**
+     * {@link #of(ModelConfig, ParameterSet.Param, ParameterSet.Param, int, int)} on expert-parallel rank
+     * {@code epRank} of {@code epSize}: an expert tensor's runs are those of the rank's experts
+     * {@code [epRank E/ep, (epRank+1) E/ep)}; other parameters are as at EP 1.
+     */
+    public static long[][] of(ModelConfig cfg, ParameterSet.Param full, ParameterSet.Param local, int rank, int size, int epRank,
+                              int epSize) {
         List<long[]> out = new ArrayList<>();
-        for (TpShards.Segment g : TpShards.segments(cfg, full, local, rank, size)) {
+        for (TpShards.Segment g : TpShards.segments(cfg, full, local, rank, size, epRank, epSize)) {
             for (long r = 0; r < g.rows(); r++) { // a column split is one segment per row here
                 out.add(new long[] {g.full() + r * g.fullPitch(), g.local() + r * g.localPitch(), g.length()});
             }

@@ -5,6 +5,7 @@ import java.util.List;
 import org.sparkatron.device.Device;
 import org.sparkatron.device.MemoryKind;
 import org.sparkatron.model.ParameterSet.TpRole;
+import org.sparkatron.parallel.ExpertParallel;
 import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
@@ -58,8 +59,23 @@ public final class TpShards {
 
     /** The segments of {@code full} that rank {@code rank} of {@code size} holds in {@code local}. */
     static List<Segment> segments(ModelConfig cfg, ParameterSet.Param full, ParameterSet.Param local, int rank, int size) {
+        return segments(cfg, full, local, rank, size, 0, 1);
+    }
+
+    /**
+     * The segments of {@code full} that TP rank {@code rank} of {@code size} and expert-parallel rank
+     * {@code epRank} of {@code epSize} hold in {@code local}. Experts ({@code moe.experts.*}, full
+     * {@code [E, 2F, C]} and {@code [E, C, F]}): EP rank q holds experts {@code [q E/ep, (q+1) E/ep)}, of each
+     * the TP rank's gate and up rows, or down columns, as the dense MLP splits them.
+     */
+    static List<Segment> segments(ModelConfig cfg, ParameterSet.Param full, ParameterSet.Param local, int rank, int size,
+                                  int epRank, int epSize) {
         List<Segment> out = new ArrayList<>();
         String n = full.name();
+        if (n.endsWith("moe.experts.up.w") || n.endsWith("moe.experts.down.w")) {
+            expertSegments(cfg, n.endsWith("up.w"), local, rank, size, epRank, out);
+            return out;
+        }
         if (local.tp() != TpRole.SPLIT) {
             out.add(new Segment(0, 0, full.numel()));
             return out;
@@ -84,14 +100,15 @@ public final class TpShards {
             out.add(new Segment(((long) cfg.heads() * hd + rank * kvRows) * rowLen, qRows * rowLen, kvRows * rowLen));
             out.add(new Segment(((long) (cfg.heads() + cfg.kvHeads()) * hd + rank * kvRows) * rowLen,
                     (qRows + kvRows) * rowLen, kvRows * rowLen));
-        } else if (n.endsWith("mlp.up.w") || n.endsWith("mlp.up.b")) {
+        } else if (n.endsWith("mlp.up.w") || n.endsWith("mlp.up.b") || n.endsWith("moe.shared.up.w")) {
             long rowLen = n.endsWith(".w") ? c : 1;
-            long fl = cfg.ffnHidden() / size;
+            long ffn = n.endsWith("moe.shared.up.w") ? cfg.moe().sharedFfn() : cfg.ffnHidden();
+            long fl = ffn / size;
             out.add(new Segment(rank * fl * rowLen, 0, fl * rowLen));
             if (cfg.family() == ModelConfig.Family.LLAMA) {
-                out.add(new Segment(((long) cfg.ffnHidden() + rank * fl) * rowLen, fl * rowLen, fl * rowLen));
+                out.add(new Segment((ffn + rank * fl) * rowLen, fl * rowLen, fl * rowLen));
             }
-        } else if (n.endsWith("attn.out.w") || n.endsWith("mlp.down.w")) {
+        } else if (n.endsWith("attn.out.w") || n.endsWith("mlp.down.w") || n.endsWith("moe.shared.down.w")) {
             long fullCols = full.shape()[1];
             long cols = local.shape()[1];
             out.add(new Segment(rank * cols, 0, cols, c, fullCols, cols));
@@ -101,18 +118,41 @@ public final class TpShards {
         return out;
     }
 
+    private static void expertSegments(ModelConfig cfg, boolean upW, ParameterSet.Param local, int rank, int size, int epRank,
+                                       List<Segment> out) {
+        long c = cfg.hidden();
+        long f = cfg.moe().expertFfn();
+        long fl = f / size;
+        int el = local.shape()[0];
+        for (int j = 0; j < el; j++) {
+            long g = (long) epRank * el + j;
+            if (upW) { // [E, 2F, C]: gate rows then up rows
+                out.add(new Segment((g * 2 * f + rank * fl) * c, j * 2 * fl * c, fl * c));
+                out.add(new Segment((g * 2 * f + f + rank * fl) * c, (j * 2 * fl + fl) * c, fl * c));
+            } else { // [E, C, F]: columns [r Fl, (r+1) Fl) of each of C rows
+                out.add(new Segment(g * c * f + rank * fl, j * c * fl, fl, c, f, fl));
+            }
+        }
+    }
+
     /**
      * Copies rank {@code rank}'s shard of every parameter (or gradient, with {@code grads}) from a full
      * TP = 1 set into {@code local}; local elements no full element maps to (vocabulary padding) are zeroed.
      */
     public static void scatter(ModelConfig cfg, ParameterSet full, ParameterSet local, int rank, int size, boolean grads) {
+        scatter(cfg, full, local, rank, size, 0, 1, grads);
+    }
+
+    /** {@link #scatter(ModelConfig, ParameterSet, ParameterSet, int, int, boolean)} for EP rank {@code epRank} of {@code epSize}. */
+    public static void scatter(ModelConfig cfg, ParameterSet full, ParameterSet local, int rank, int size, int epRank, int epSize,
+                               boolean grads) {
         check(full, local);
         Device d = local.device();
         for (ParameterSet.Param lp : local.params()) {
             ParameterSet.Param fp = full.param(lp.name());
             Tensor src = grads ? full.grad(lp.name()) : full.weight(lp.name());
             Tensor dst = grads ? local.grad(lp.name()) : local.weight(lp.name());
-            List<Segment> segs = segments(cfg, fp, lp, rank, size);
+            List<Segment> segs = segments(cfg, fp, lp, rank, size, epRank, epSize);
             if (lp.numel() != sum(segs)) {
                 d.kernels().zero(dst);
             }
@@ -127,6 +167,15 @@ public final class TpShards {
      * group's shards. Replicated parameters are taken from this rank's own copy. Collective.
      */
     public static void gather(ModelConfig cfg, ParameterSet local, ParameterSet full, TensorParallel tp, boolean grads) {
+        gather(cfg, local, full, tp, ExpertParallel.none(), grads);
+    }
+
+    /**
+     * {@link #gather(ModelConfig, ParameterSet, ParameterSet, TensorParallel, boolean)} under expert
+     * parallelism too: experts are gathered over the TP group, then over the EP group. Collective over both.
+     */
+    public static void gather(ModelConfig cfg, ParameterSet local, ParameterSet full, TensorParallel tp, ExpertParallel ep,
+                              boolean grads) {
         check(full, local);
         Device d = local.device();
         for (ParameterSet.Param lp : local.params()) {
@@ -140,11 +189,24 @@ public final class TpShards {
                 all = d.allocate(MemoryKind.WORKSPACE, DType.F32, lp.numel() * ranks);
                 tp.group().allGather(src.view(lp.numel()), all);
             }
-            for (int r = 0; r < ranks; r++) {
-                int rank = ranks == 1 ? tp.rank() : r;
-                long base = ranks == 1 ? 0 : r * lp.numel();
-                for (Segment seg : segments(cfg, fp, lp, rank, tp.size())) {
-                    seg.copy(d, dst, all.view(all.numel()), base, false);
+            int eps = 1;
+            if (local.isExpert(lp) && ep.size() > 1) {
+                eps = ep.size();
+                Tensor both = d.allocate(MemoryKind.WORKSPACE, DType.F32, lp.numel() * ranks * eps);
+                ep.group().allGather(all.view(all.numel()), both);
+                if (all != src) {
+                    d.release(all);
+                }
+                all = both;
+            }
+            for (int q = 0; q < eps; q++) {
+                int epRank = eps == 1 ? ep.rank() : q;
+                for (int r = 0; r < ranks; r++) {
+                    int rank = ranks == 1 ? tp.rank() : r;
+                    long base = ((long) q * ranks + (ranks == 1 ? 0 : r)) * lp.numel();
+                    for (Segment seg : segments(cfg, fp, lp, rank, tp.size(), epRank, ep.size())) {
+                        seg.copy(d, dst, all.view(all.numel()), base, false);
+                    }
                 }
             }
             if (all != src) {

@@ -21,6 +21,7 @@ import org.sparkatron.parallel.CommLane;
 import org.sparkatron.parallel.DataParallel;
 import org.sparkatron.parallel.DistributedDataParallel;
 import org.sparkatron.parallel.DropoutRng;
+import org.sparkatron.parallel.ExpertParallel;
 import org.sparkatron.parallel.GradBuffer;
 import org.sparkatron.parallel.Mapping;
 import org.sparkatron.parallel.Mappings;
@@ -31,6 +32,8 @@ import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.Workspace;
 import org.sparkatron.parallel.pipeline.ForwardOnly;
 import org.sparkatron.parallel.pipeline.Schedule;
+import org.sparkatron.precision.Fp8Recipe;
+import org.sparkatron.precision.Fp8State;
 import org.sparkatron.precision.Precision;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
@@ -105,6 +108,9 @@ public final class Transformer {
     private final List<AdamW.Piece> ownedPieces; // with the distributed optimizer: this rank's gradient shard, per parameter
     private final Tensor normScratch; // F64 [1]: this rank's part of the squared gradient norm, then the sum
     private final Tensor scalars;     // F64 [1] for the synchronising convenience methods
+    private final Fp8State fp8;       // precision fp8: the recipe state of the blocks' FP8 GEMMs; else null
+    private final ExpertParallel ep;
+    private final MoeStep moeStep;    // MoE models: the pass settings and statistics the MoE layers share
     private final ByteBuffer scalarsHost = ByteBuffer.allocateDirect(8).order(ByteOrder.nativeOrder());
     private Recompute recompute = Recompute.NONE;
     private DropoutRng dropout;
@@ -122,11 +128,18 @@ public final class Transformer {
      * beside the fp32 master weights). Needs the attention heads, the key/value heads and the MLP width
      * divisible by the TP size; key/value heads are never replicated, so fewer key/value heads than TP ranks
      * is refused. A model that cannot fit the device is refused before anything is allocated
-     * ({@link DeviceMemoryException}, with the bytes it needs).
+     * ({@link DeviceMemoryException}, with the bytes it needs), and so is a model with experts on a device
+     * without MoE kernels ({@link org.sparkatron.device.Kernels#hasMoeKernels()}: the CUDA device for now).
      */
     public Transformer(ModelConfig cfg, RankContext ctx) {
         TensorParallel tp = ctx.tp();
         validate(cfg, tp.size());
+        validateExperts(cfg, ctx.expertParallel().size(), tp.size());
+        if (cfg.isMoe() && !ctx.kernels().hasMoeKernels()) {
+            throw new IllegalArgumentException("a mixture-of-experts model (num_local_experts " + cfg.moe().experts() + ") on "
+                    + ctx.device().name() + ": this device has no MoE kernels yet; MoE models train on the CPU device (docs/moe.md)");
+        }
+        this.ep = ctx.expertParallel();
         this.cfg = cfg;
         this.ctx = ctx;
         this.device = ctx.device();
@@ -139,8 +152,13 @@ public final class Transformer {
             throw new IllegalArgumentException("the pipeline layout is for " + pp.layout().layers() + " layers, the model has "
                     + cfg.layers());
         }
-        ParameterSet.Builder layout = layout(cfg, tp.size(), pp.layout(), pp.stage());
+        ParameterSet.Builder layout = layout(cfg, tp.size(), ep.size(), pp.layout(), pp.stage());
         DataParallel dp = ctx.dataParallel();
+        if (dp != null && cfg.isMoe()) {
+            // the expert region must stay one block at the end (ExpertGradientSync); Megatron's buffer order would split it
+            throw new IllegalArgumentException("a mixture-of-experts model with data parallelism inside the model (DataParallel) "
+                    + "is not supported yet: reduce its gradients with ExpertGradientSync (no DataParallel in the RankContext)");
+        }
         GradBuffer plan = null;
         if (dp != null) { // Megatron's gradient buffer order and padding
             plan = gradBuffer(cfg, layout.params(), pp.layout(), pp.stage(), dp.config(), dp.size());
@@ -155,12 +173,27 @@ public final class Transformer {
                     + layout.numel() + " parameters per rank (weights and gradients"
                     + (separateCompute ? ", and a 16-bit compute copy" : "") + ")", weightBytes, device.capacityBytes());
         }
+        if (precision == Precision.FP8) {
+            String why = device.fp8Unsupported();
+            if (why != null) {
+                throw new IllegalArgumentException(why);
+            }
+            if (!ctx.kernels().supportsFp8()) {
+                throw new IllegalArgumentException("precision fp8: the kernels of " + device.name() + " do not implement FP8 yet;"
+                        + " use precision bf16");
+            }
+            validateFp8(cfg, tp.size(), ctx.fp8Recipe());
+            if (pp.size() > 1) {
+                throw new IllegalArgumentException(fp8WithPipelining(pp.size()));
+            }
+        }
         this.params = layout.build(device);
         this.compute = separateCompute
                 ? params.withWeights(device.zeros(MemoryKind.PARAMETERS, DType.F32, params.numel())) : params;
         this.ws = new Workspace(device);
         this.normScratch = device.allocate(MemoryKind.WORKSPACE, DType.F64, 1);
         this.scalars = device.allocate(MemoryKind.WORKSPACE, DType.F64, 1);
+        this.moeStep = cfg.isMoe() ? new MoeStep(device.zeros(MemoryKind.WORKSPACE, DType.F64, MoeStep.STATS), moeLayers(cfg)) : null;
         if (cfg.family().usesRope()) {
             Tensor[] tables = ropeTables(cfg);
             ropeCos = device.allocate(MemoryKind.WORKSPACE, DType.F32, cfg.maxPositions(), cfg.headDim() / 2);
@@ -174,9 +207,16 @@ public final class Transformer {
         int vocabLocal = cfg.paddedVocab(tp.size()) / tp.size();
         this.buffers = new RankBuffers(device, vocabLocal, pp.holdsLast(), cp, AttentionCore.of(ctx));
         PipelineLayout pl = pp.layout();
+        int[] fp8Index = new int[cfg.layers()]; // each layer's position among the FP8 layers, -1 for bf16 (fp8: one stage)
+        int fp8Blocks = 0;
+        for (int i = 0; i < cfg.layers(); i++) {
+            fp8Index[i] = precision == Precision.FP8 && ctx.fp8Recipe().fp8Layer(i, cfg.layers()) ? fp8Blocks++ : -1;
+        }
+        this.fp8 = precision == Precision.FP8 ? new Fp8State(ctx, ctx.fp8Recipe(), 4 * fp8Blocks) : null;
         for (int c = 0; c < pp.chunks(); c++) {
             chunks.add(new ModelChunk(cfg, ctx, params, compute, pl.firstLayer(pp.stage(), c), pl.endLayer(pp.stage(), c),
-                    pl.isFirst(pp.stage(), c), pl.isLast(pp.stage(), c), ropeCos, ropeSin, ws, buffers));
+                    pl.isFirst(pp.stage(), c), pl.isLast(pp.stage(), c), ropeCos, ropeSin, ws, buffers, moeStep, fp8,
+                    fp8Index));
         }
         this.runner = new StepRunner(device, pp, cp, chunks);
         if (dp != null) {
@@ -280,18 +320,89 @@ public final class Transformer {
         }
     }
 
+    /**
+     * Refuses an FP8 run of this model that cannot work, before anything is allocated: a first/last-layers
+     * split that leaves no FP8 layer, a mixture-of-experts model, or GEMM feature counts (per rank of a TP group
+     * of {@code tpSize}) that are not multiples of 16. Drivers call it before launching anything.
+     */
+    public static void validateFp8(ModelConfig cfg, int tpSize, Fp8Recipe recipe) {
+        validate(cfg, tpSize);
+        recipe.validateFor(cfg.layers());
+        if (cfg.moe().enabled()) {
+            throw new IllegalArgumentException("precision fp8 with mixture-of-experts layers is not supported yet (the experts'"
+                    + " GEMMs have no FP8 path); use precision bf16");
+        }
+        TransformerBlock.validateFp8(cfg, tpSize);
+    }
+
+    /**
+     * Why precision fp8 is refused with {@code ppSize} pipeline stages: each FP8 layer keeps the FP8 input of
+     * its last forward for its backward, which a pipeline schedule's next forward would overwrite.
+     */
+    public static String fp8WithPipelining(int ppSize) {
+        return "precision fp8 with pipeline parallelism (pp " + ppSize + ") is not supported yet: an FP8 layer keeps one"
+                + " micro-batch's FP8 input for its backward; use pp 1, or precision bf16 with pipelining";
+    }
+
+    /** The FP8 recipe state (scales, amax history) under precision fp8, else null. */
+    public Fp8State fp8() {
+        return fp8;
+    }
+
+    /**
+     * Refuses expert layouts that do not split evenly: experts not divisible by the EP size, expert and
+     * shared-expert widths not divisible by TP, EP without experts. Drivers call it before launching.
+     */
+    public static void validateExperts(ModelConfig cfg, int epSize, int tpSize) {
+        MoeConfig m = cfg.moe();
+        if (epSize < 1) {
+            throw new IllegalArgumentException("expert parallel size must be >= 1, got " + epSize);
+        }
+        if (!m.enabled()) {
+            if (epSize > 1) {
+                throw new IllegalArgumentException("expert parallel size " + epSize + " needs a model with experts (num_local_experts)");
+            }
+            return;
+        }
+        if (m.experts() % epSize != 0) {
+            throw new IllegalArgumentException("experts " + m.experts() + " not divisible by expert parallel size " + epSize);
+        }
+        if (m.expertFfn() % tpSize != 0) {
+            throw new IllegalArgumentException("expert intermediate size " + m.expertFfn() + " not divisible by tensor parallel size "
+                    + tpSize);
+        }
+        if (m.sharedFfn() % tpSize != 0) {
+            throw new IllegalArgumentException("shared expert intermediate size " + m.sharedFfn()
+                    + " not divisible by tensor parallel size " + tpSize);
+        }
+    }
+
+    /** The number of MoE layers in the whole model. */
+    static int moeLayers(ModelConfig cfg) {
+        int n = 0;
+        for (int i = 0; i < cfg.layers(); i++) {
+            n += cfg.moe().isMoeLayer(i) ? 1 : 0;
+        }
+        return n;
+    }
+
     /** The whole model's parameter layout on one rank of a TP group (no pipelining), as checkpoints store it. */
     static ParameterSet.Builder layout(ModelConfig cfg, int tpSize) {
-        return layout(cfg, tpSize, PipelineLayout.single(cfg.layers()), 0);
+        return layout(cfg, tpSize, 1, PipelineLayout.single(cfg.layers()), 0);
+    }
+
+    static ParameterSet.Builder layout(ModelConfig cfg, int tpSize, PipelineLayout pl, int stage) {
+        return layout(cfg, tpSize, 1, pl, stage);
     }
 
     /**
      * The parameters pipeline stage {@code stage} holds, for one rank of a TP group of {@code tpSize}: the
      * embedding (and GPT-2's positions) on the first stage, its chunks' layers in order, the final norm and
      * the output layer on the last stage; with tied embeddings the last stage holds a copy of the embedding
-     * as its output layer. For one stage these are the whole model's parameters in checkpoint order.
+     * as its output layer. For one stage these are the whole model's parameters in checkpoint order. The
+     * MoE layers' experts ({@code epSize} splits them) come last, as the expert region of the block.
      */
-    static ParameterSet.Builder layout(ModelConfig cfg, int tpSize, PipelineLayout pl, int stage) {
+    static ParameterSet.Builder layout(ModelConfig cfg, int tpSize, int epSize, PipelineLayout pl, int stage) {
         ParameterSet.Builder bld = ParameterSet.builder();
         int vocabRows = cfg.paddedVocab(tpSize) / tpSize;
         boolean first = pl.isFirst(stage, 0);
@@ -318,6 +429,16 @@ public final class Transformer {
                 bld.add("embed", TpRole.SPLIT, vocabRows, cfg.hidden()); // the tied copy, kept equal through its gradients
             }
         }
+        if (cfg.isMoe()) {
+            bld.beginExperts();
+            for (int c = 0; c < pl.virtualStages(); c++) {
+                for (int i = pl.firstLayer(stage, c); i < pl.endLayer(stage, c); i++) {
+                    if (cfg.moe().isMoeLayer(i)) {
+                        MoeMlp.declareExperts(bld, cfg, "layers." + i + ".", tpSize, epSize);
+                    }
+                }
+            }
+        }
         return bld;
     }
 
@@ -327,6 +448,11 @@ public final class Transformer {
      */
     public static List<ParameterSet.Param> stageParameters(ModelConfig cfg, int tpSize, PipelineLayout pl, int stage) {
         return layout(cfg, tpSize, pl, stage).params();
+    }
+
+    /** {@link #stageParameters(ModelConfig, int, PipelineLayout, int)} on one rank of an EP group of {@code epSize}. */
+    public static List<ParameterSet.Param> stageParameters(ModelConfig cfg, int tpSize, int epSize, PipelineLayout pl, int stage) {
+        return layout(cfg, tpSize, epSize, pl, stage).params();
     }
 
     public ModelConfig config() {
@@ -367,9 +493,9 @@ public final class Transformer {
     /** {@link #memoryEstimate(int, int)} for steps of {@code microBatches} micro-batches through this rank's schedule. */
     public MemoryEstimate memoryEstimate(int b, int t, int microBatches) {
         DataParallel dp = ctx.dataParallel();
-        return MemoryEstimate.of(cfg, tp.size(), tp.sequenceParallel(), pp.layout(), pp.stage(), microBatches, b, t,
+        return MemoryEstimate.of(cfg, tp.size(), tp.sequenceParallel(), ep.size(), pp.layout(), pp.stage(), microBatches, b, t,
                 precision, recompute, compute.weights().dtype().bytes(), dp == null ? null : dp.config(), dp == null ? 1 : dp.size(),
-                MemoryEstimate.Context.of(cp));
+                ctx.fp8Recipe(), device.storageOf(DType.FP8_E4M3).bytes(), MemoryEstimate.Context.of(cp));
     }
 
     /** The precision this model computes in. */
@@ -471,7 +597,7 @@ public final class Transformer {
      * starts exactly where one rank would, and the two copies of a tied embedding start equal.
      */
     public void initialize(long seed) {
-        if (tp.size() == 1 && pp.size() == 1) {
+        if (tp.size() == 1 && pp.size() == 1 && ep.size() == 1) {
             Tensor host = device.toHost(params.weights()); // the block itself on the CPU device: no copy
             ModelInit.initialize(cfg, params.params(), host, seed);
             device.fromHost(params.weights(), host);
@@ -481,7 +607,7 @@ public final class Transformer {
         Tensor host = device.toHost(full.weights());
         ModelInit.initialize(cfg, full.params(), host, seed);
         device.fromHost(full.weights(), host);
-        TpShards.scatter(cfg, full, params, tp.rank(), tp.size(), false);
+        TpShards.scatter(cfg, full, params, tp.rank(), tp.size(), ep.rank(), ep.size(), false);
         full.close();
     }
 
@@ -497,7 +623,15 @@ public final class Transformer {
         if (t > cfg.maxPositions()) {
             throw new IllegalArgumentException("sequence length " + t + " exceeds the model's " + cfg.maxPositions() + " positions");
         }
-        BlockActivations.Shape s = BlockActivations.Shape.of(cfg, tp, cp, b, t); // refuses what SP or CP cannot split
+        // refuses a token count SP cannot split, or sequences CP cannot split
+        BlockActivations.Shape s = BlockActivations.Shape.of(cfg, tp, ep.size(), cp, b, t);
+        if (fp8 != null && fp8.layers() > 0) { // FP8 GEMMs need the token rows a multiple of 16
+            int firstFp8 = 0;
+            while (!ctx.fp8Recipe().fp8Layer(firstFp8, cfg.layers())) {
+                firstFp8++;
+            }
+            org.sparkatron.precision.Fp8Linear.requireRows((long) s.n(), "layers." + firstFp8 + ".attn.qkv");
+        }
         buffers.prepare(s, recompute);
         return s;
     }
@@ -513,10 +647,16 @@ public final class Transformer {
         for (ModelChunk c : chunks) {
             c.close();
         }
+        if (fp8 != null) {
+            fp8.close();
+        }
         buffers.release();
         ws.close();
         device.release(normScratch);
         device.release(scalars);
+        if (moeStep != null) {
+            device.release(moeStep.stats);
+        }
         device.release(ropeCos);
         device.release(ropeSin);
         if (compute != params) {
@@ -559,14 +699,61 @@ public final class Transformer {
         BlockActivations.Shape s = shape(b, t);
         refreshComputeWeights(); // every step starts here: the optimizer may have moved the master weights
         Schedule schedule = Schedule.of(pp.size(), pp.chunks(), microBatches.size());
+        if (moeStep != null) {
+            k.zero(moeStep.stats);
+            moeStep.begin(true, gradScale, lossWeight);
+        }
         if (ddp != null) {
             ddp.beginStep();
+        }
+        if (fp8 != null) {
+            fp8.beginPass(true);
         }
         runner.run(schedule, microBatches, s, recompute, new StepRunner.Pass(true, gradScale, lossAcc, slot, lossWeight,
                 trainSteps, new TransformerBlock.DropKey(dropout, 0, dropoutRowOffset)));
         trainSteps += microBatches.size();
         sumOverPipeline(lossAcc.slice(slot, 1));
         averageOverContext(lossAcc.slice(slot, 1));
+        if (moeStep != null) {
+            sumOverPipeline(moeStep.stats); // each stage holds its own layers' share
+        }
+    }
+
+    /**
+     * Copies the last training pass's MoE statistics into {@code acc[slot, slot + 3)} (F64 device scalars):
+     * the auxiliary load-balancing loss and the router z-loss without their coefficients, each the mean over
+     * the model's MoE layers (and micro-batches, weighted as the loss), and the fraction of token
+     * assignments dropped by capacity. Zeros for a dense model. Device work only.
+     */
+    public void moeStatistics(Tensor acc, int slot) {
+        if (moeStep == null) {
+            k.zero(acc.slice(slot, MoeStep.STATS));
+        } else {
+            device.copy(acc.slice(slot, MoeStep.STATS), moeStep.stats);
+        }
+    }
+
+    /**
+     * Host synchronisations a training pass of {@code microBatches} micro-batches makes besides the step's one
+     * read: under expert parallelism without padding to capacity, one per MoE layer of this rank and
+     * micro-batch (the all-to-all's split sizes come from the routing); otherwise none.
+     */
+    public int hostSyncsPerPass(int microBatches) {
+        if (!cfg.isMoe() || ep.size() == 1 || cfg.moe().padToCapacity()) {
+            return 0;
+        }
+        int layers = 0;
+        for (ModelChunk c : chunks) {
+            for (int i = c.layerStart(); i < c.layerStart() + c.layers(); i++) {
+                layers += cfg.moe().isMoeLayer(i) ? 1 : 0;
+            }
+        }
+        return layers * microBatches;
+    }
+
+    /** This rank's expert-parallel groups. */
+    public ExpertParallel expertParallel() {
+        return ep;
     }
 
     /** One micro-batch: {@link #forwardBackward(List, int, int, float, Tensor, int, double)} of a list of one. */
@@ -610,8 +797,10 @@ public final class Transformer {
      * replicated parameters that act on the residual stream (norms, position embeddings) saw only this
      * rank's rows, so their gradients are summed over the TP group (forgetting this is the classic SP bug);
      * with a tied embedding split over pipeline stages, the first and the last stage sum their embedding
-     * gradients over the embedding group. Without either it does nothing. Call it exactly once per step,
-     * before the data-parallel reduction and the gradient norm.
+     * gradients over the embedding group. Under precision fp8 it then ends the step's FP8 pass
+     * ({@link Fp8State#finishPass()}: delayed scaling's amax reduction and scale update), after the data-parallel
+     * gradient reduction so its MAX all-reduce never runs beside gradient buckets. Call it exactly once per step,
+     * before the gradient norm.
      */
     public void finishGradients() {
         if (tp.sequenceParallel()) {
@@ -639,6 +828,11 @@ public final class Transformer {
         if (tiedAcrossStages()) {
             pp.embeddingGroup().allReduce(params.grad("embed"), ReduceOp.SUM);
         }
+        if (fp8 != null) {
+            // delayed scaling: the step's amaxes reduced over TP and the replicas, then the scales for the next step;
+            // here, after the gradient reduction, so no MAX all-reduce runs beside in-flight gradient buckets
+            fp8.finishPass();
+        }
     }
 
     /** A tied embedding whose input and output copies are on different pipeline stages. */
@@ -664,6 +858,17 @@ public final class Transformer {
                 }
             }
             ddp.sumOverGroups(normScratch);
+        } else if (ep.size() > 1) {
+            // dense gradients are the same on every EP rank (data-parallel for them): count them on EP rank 0;
+            // experts differ per EP rank: count every rank's, then sum over the EP group
+            for (ParameterSet.Param p : params.params()) {
+                boolean expert = params.isExpert(p);
+                if ((expert || ep.rank() == 0) && (p.tp() == TpRole.SPLIT || tp.rank() == 0)
+                        && !(skipEmbed && p.name().equals("embed"))) {
+                    k.sumOfSquares(params.grad(p.name()), normScratch, 0);
+                }
+            }
+            ep.group().allReduce(normScratch, ReduceOp.SUM);
         } else if (tp.rank() == 0 && !skipEmbed) {
             k.sumOfSquares(params.grads(), normScratch, 0);
         } else {
@@ -700,7 +905,13 @@ public final class Transformer {
         BlockActivations.Shape s = shape(b, t);
         refreshComputeWeights();
         k.zero(scalars);
+        if (moeStep != null) {
+            moeStep.begin(false, 0f, 0);
+        }
         ModelChunk lastChunk = chunks.get(chunks.size() - 1);
+        if (fp8 != null) {
+            fp8.beginPass(false);
+        }
         runner.run(new ForwardOnly(pp.size(), pp.chunks(), 1), Collections.singletonList(samples), s, recompute,
                 new StepRunner.Pass(false, 0f, scalars, 0, 1.0, 0, TransformerBlock.DropKey.NONE));
         if (lossesOut != null) {
@@ -750,10 +961,16 @@ public final class Transformer {
         BlockActivations.Shape s = shape(b, t);
         refreshComputeWeights();
         ModelChunk chunk = chunks.get(0);
+        if (moeStep != null) {
+            moeStep.begin(false, 0f, 0);
+        }
         MicroBatch mb = chunk.acquire(s, recompute);
         try {
             runner.upload(mb.tokens, samples, s);
             k.zero(scalars);
+            if (fp8 != null) {
+                fp8.beginPass(false);
+            }
             chunk.forward(mb, false, 0f, scalars, 0, 1.0);
             int n = s.n();
             int v = cfg.vocabSize();

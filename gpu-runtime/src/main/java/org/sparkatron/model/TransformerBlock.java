@@ -12,6 +12,8 @@ import org.sparkatron.parallel.RankContext;
 import org.sparkatron.parallel.RowParallelLinear;
 import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.Workspace;
+import org.sparkatron.precision.Fp8Linear;
+import org.sparkatron.precision.Fp8State;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -55,18 +57,21 @@ final class TransformerBlock {
     private final Tensor ropeSin;
     private final int hl;
     private final int kvl;
-    private final int fl;
     private final ColumnParallelLinear qkvLayer;
     private final RowParallelLinear outLayer;
-    private final ColumnParallelLinear upLayer;
-    private final RowParallelLinear downLayer;
+    private final Mlp mlp; // dense or mixture of experts
+    private final Fp8Linear[] fp8; // qkv, out, up, down under precision fp8 (empty: bf16 GEMMs)
 
     /**
      * @param index     the layer's global index (its parameter names and dropout sites)
      * @param attention the rank's attention core (shared by its layers)
+     * @param moe       the step settings MoE layers read (gradient scale, statistics)
+     * @param fp8State  the model's FP8 state, or null
+     * @param fp8Index  this block's position among the model's FP8 blocks (its GEMMs are FP8 layers
+     *                  {@code 4 fp8Index .. 4 fp8Index + 3}), or -1 for bf16 GEMMs (FP8 needs a dense MLP)
      */
     TransformerBlock(ModelConfig cfg, RankContext ctx, ParameterSet ps, int index, Tensor ropeCos, Tensor ropeSin,
-                     Workspace ws, AttentionCore attention) {
+                     Workspace ws, AttentionCore attention, MoeStep moe, Fp8State fp8State, int fp8Index) {
         TensorParallel tp = ctx.tp();
         this.cfg = cfg;
         this.cp = ctx.contextParallel();
@@ -80,21 +85,49 @@ final class TransformerBlock {
         this.ropeSin = ropeSin;
         this.hl = cfg.heads() / tp.size();
         this.kvl = cfg.kvHeads() / tp.size();
-        this.fl = cfg.ffnHidden() / tp.size();
         int c = cfg.hidden();
         int hd = cfg.headDim();
         qkvLayer = new ColumnParallelLinear(ctx, c, (hl + 2 * kvl) * hd, w("attn.qkv.w"), w("attn.qkv.b"),
                 g("attn.qkv.w"), g("attn.qkv.b"), false, ws);
         outLayer = new RowParallelLinear(ctx, hl * hd, c, w("attn.out.w"), w("attn.out.b"), g("attn.out.w"),
                 g("attn.out.b"), ws);
-        upLayer = new ColumnParallelLinear(ctx, c, upWidth(), w("mlp.up.w"), w("mlp.up.b"), g("mlp.up.w"),
-                g("mlp.up.b"), false, ws);
-        downLayer = new RowParallelLinear(ctx, fl, c, w("mlp.down.w"), w("mlp.down.b"), g("mlp.down.w"),
-                g("mlp.down.b"), ws);
+        mlp = cfg.moe().isMoeLayer(index) ? new MoeMlp(cfg, ctx, ps, p, ws, moe) : new DenseMlp(cfg, ctx, ps, p, ws);
+        if (fp8State != null && fp8Index >= 0) {
+            if (!(mlp instanceof DenseMlp dense)) {
+                throw new IllegalArgumentException("precision fp8: " + p + "mlp is a mixture of experts (no FP8 path)");
+            }
+            int fl = cfg.ffnHidden() / tp.size();
+            int upWidth = cfg.family() == ModelConfig.Family.LLAMA ? 2 * fl : fl;
+            int j = 4 * fp8Index;
+            fp8 = new Fp8Linear[] {
+                new Fp8Linear(ctx, fp8State, j, p + "attn.qkv", c, (hl + 2 * kvl) * hd),
+                new Fp8Linear(ctx, fp8State, j + 1, p + "attn.out", hl * hd, c),
+                new Fp8Linear(ctx, fp8State, j + 2, p + "mlp.up", c, upWidth),
+                new Fp8Linear(ctx, fp8State, j + 3, p + "mlp.down", fl, c)};
+            qkvLayer.useFp8(fp8[0]);
+            outLayer.useFp8(fp8[1]);
+            dense.useFp8(fp8[2], fp8[3]);
+        } else {
+            fp8 = new Fp8Linear[0];
+        }
     }
 
-    private int upWidth() {
-        return cfg.family() == ModelConfig.Family.LLAMA ? 2 * fl : fl;
+    /** Refuses FP8 GEMMs whose per-rank feature counts are not multiples of 16, before anything is allocated. */
+    static void validateFp8(ModelConfig cfg, int tpSize) {
+        int c = cfg.hidden();
+        int hd = cfg.headDim();
+        int hl = cfg.heads() / tpSize;
+        int kvl = cfg.kvHeads() / tpSize;
+        int fl = cfg.ffnHidden() / tpSize;
+        Fp8Linear.requireFeatures("attn.qkv", c, (hl + 2 * kvl) * hd);
+        Fp8Linear.requireFeatures("attn.out", hl * hd, c);
+        Fp8Linear.requireFeatures("mlp.up", c, cfg.family() == ModelConfig.Family.LLAMA ? 2 * fl : fl);
+        Fp8Linear.requireFeatures("mlp.down", fl, c);
+    }
+
+    /** The block's MLP (dense or experts); micro-batches keep its activations. */
+    Mlp mlp() {
+        return mlp;
     }
 
     /** Declares this block's parameters (this rank's shards for a TP group of {@code tpSize}) in layout order. */
@@ -103,8 +136,6 @@ final class TransformerBlock {
         int c = cfg.hidden();
         int hd = cfg.headDim();
         boolean bias = cfg.family().hasBiases();
-        int fl = cfg.ffnHidden() / tpSize;
-        int upRows = cfg.family() == ModelConfig.Family.LLAMA ? 2 * fl : fl;
         int qkvRows = (cfg.heads() + 2 * cfg.kvHeads()) / tpSize * hd;
         bld.add(p + "norm1.w", TpRole.SEQUENCE, c);
         if (bias) {
@@ -122,13 +153,10 @@ final class TransformerBlock {
         if (bias) {
             bld.add(p + "norm2.b", TpRole.SEQUENCE, c);
         }
-        bld.add(p + "mlp.up.w", TpRole.SPLIT, upRows, c);
-        if (bias) {
-            bld.add(p + "mlp.up.b", TpRole.SPLIT, upRows);
-        }
-        bld.add(p + "mlp.down.w", TpRole.SPLIT, c, fl);
-        if (bias) {
-            bld.add(p + "mlp.down.b", TpRole.REPLICATED, c);
+        if (cfg.moe().isMoeLayer(index)) {
+            MoeMlp.declare(bld, cfg, p, tpSize); // router and shared expert; the experts go to the expert region
+        } else {
+            DenseMlp.declare(bld, cfg, p, tpSize);
         }
     }
 
@@ -138,14 +166,16 @@ final class TransformerBlock {
      */
     void forward(BlockActivations a, Tensor x, BlockActivations.Shape s, Scratch sc, DropKey drop) {
         if (a.qkv == null) { // FULL: compute in the scratch layer, keep only the output
-            forwardInto(sc.recompute, a.output, x, s, sc, drop, sc.recompute.att, sc.recompute.lse);
+            forwardInto(sc.recompute, sc.recomputeMlp(mlp), a.mlp, false, a.output, x, s, sc, drop, sc.recompute.att,
+                    sc.recompute.lse);
         } else {
-            forwardInto(a, a.output, x, s, sc, drop, a.att != null ? a.att : sc.att, a.lse != null ? a.lse : sc.lse);
+            forwardInto(a, a.mlp, a.mlp, false, a.output, x, s, sc, drop, a.att != null ? a.att : sc.att,
+                    a.lse != null ? a.lse : sc.lse);
         }
     }
 
-    private void forwardInto(BlockActivations a, Tensor output, Tensor x, BlockActivations.Shape s, Scratch sc, DropKey drop,
-                             Tensor att, Tensor lse) {
+    private void forwardInto(BlockActivations a, Mlp.Kept mlpWork, Mlp.Kept mlpRecord, boolean recompute, Tensor output,
+                             Tensor x, BlockActivations.Shape s, Scratch sc, DropKey drop, Tensor att, Tensor lse) {
         int n = s.n();
         int hd = cfg.headDim();
         norm(a.norm1, a.mean1, a.rstd1, x, "norm1", s.nl());
@@ -158,13 +188,7 @@ final class TransformerBlock {
         drop(sc.branch, 0, s, drop);
         k.add(a.resid, x, sc.branch, (long) s.nl() * s.c());
         norm(a.norm2, a.mean2, a.rstd2, a.resid, "norm2", s.nl());
-        upLayer.forward(a.norm2, n, a.up, a.gathered2);
-        if (cfg.family() == ModelConfig.Family.LLAMA) {
-            k.swigluForward(a.act, a.up, n, fl);
-        } else {
-            k.geluForward(a.act, a.up, (long) n * fl);
-        }
-        downLayer.forward(a.act, n, sc.branch);
+        mlp.forward(mlpWork, mlpRecord, a.norm2, s, sc, sc.branch, recompute);
         drop(sc.branch, 1, s, drop);
         k.add(output, a.resid, sc.branch, (long) s.nl() * s.c());
     }
@@ -200,11 +224,14 @@ final class TransformerBlock {
     void backward(BlockActivations a, Tensor x, Tensor dresid, BlockActivations.Shape s, Scratch sc, DropKey drop) {
         Tensor att = a.att;
         Tensor lse = a.lse;
+        Mlp.Kept mlpKept = a.mlp;
         if (a.qkv == null) { // FULL: run the forward again into the scratch activations
+            Mlp.Kept record = a.mlp;
             a = sc.recompute;
             att = a.att;
             lse = a.lse;
-            forwardInto(a, a.output, x, s, sc, drop, att, lse);
+            mlpKept = sc.recomputeMlp(mlp);
+            forwardInto(a, mlpKept, record, true, a.output, x, s, sc, drop, att, lse);
         } else if (att == null) { // SELECTIVE: the attention core again, from the kept q, k, v
             att = sc.att;
             lse = sc.lse;
@@ -213,13 +240,7 @@ final class TransformerBlock {
         int n = s.n();
         int hd = cfg.headDim();
         // MLP branch: output = resid + dropout(down(act(up(norm2(resid)))))
-        downLayer.backward(dropBackward(dresid, sc, 1, s, drop), sc.dact, a.act, n);
-        if (cfg.family() == ModelConfig.Family.LLAMA) {
-            k.swigluBackward(sc.dup, sc.dact, a.up, n, fl);
-        } else {
-            k.geluBackward(sc.dup, sc.dact, a.up, (long) n * fl);
-        }
-        upLayer.backward(sc.dup, sc.dnorm, a.gathered2 != null ? a.gathered2 : a.norm2, n);
+        mlp.backward(mlpKept, a.norm2, dropBackward(dresid, sc, 1, s, drop), sc.dnorm, s, sc);
         normBackward(dresid, sc.dnorm, a.resid, a.mean2, a.rstd2, "norm2", s.nl()); // dresid += d through norm2
         // attention branch: resid = input + dropout(out(attention(qkv(norm1(input)))))
         outLayer.backward(dropBackward(dresid, sc, 0, s, drop), sc.datt, att, n);
@@ -259,7 +280,10 @@ final class TransformerBlock {
 
     void close() {
         qkvLayer.close();
-        upLayer.close();
+        mlp.close();
+        for (Fp8Linear f : fp8) {
+            f.close();
+        }
     }
 
     /** The dropout of one micro-batch: the generator (null: none), its step key and the replica's first row. */
@@ -278,12 +302,15 @@ final class TransformerBlock {
         final Tensor dnorm;  // [Nl, C]
         final Tensor dqkv;   // [N, (Hl + 2 Hkvl) hd]
         final Tensor datt;   // [N, Hl hd]
-        final Tensor dup;    // [N, Fl] or [N, 2 Fl]
+        final Tensor dup;    // [N, Fl] or [N, 2 Fl] (dense MLP layers)
         final Tensor dact;   // [N, Fl]
         final Tensor drop;   // [Nl, C] gradient through a dropout mask
         final Tensor att;    // [N, Hl hd] attention output (SELECTIVE; FULL uses recompute's)
         final Tensor lse;    // [B, Hl, T]
-        final BlockActivations recompute; // one layer's activations (FULL)
+        final BlockActivations recompute; // one layer's activations without its MLP's (FULL)
+        final Mlp.Kept recomputeDense;    // a dense MLP's activations (FULL, dense layers)
+        final Mlp.Kept recomputeMoe;      // an MoE MLP's activations (FULL, MoE layers)
+        final MoeMlp.Scratch moe;         // the MoE layers' shared buffers (models with experts)
         final Tensor positions; // I32 [T] global position of each of a sequence's local rows (context parallelism), or null
 
         /** @param positions the rank's position table (owned by the caller), null without context parallelism */
@@ -294,13 +321,21 @@ final class TransformerBlock {
             dnorm = f32(s.nl(), s.c());
             dqkv = f32(s.n(), s.qkvWidth());
             datt = f32(s.n(), s.attWidth());
-            dup = f32(s.n(), s.upWidth());
-            dact = f32(s.n(), s.fl());
+            dup = s.dense() ? f32(s.n(), s.upWidth()) : null;
+            dact = s.dense() ? f32(s.n(), s.fl()) : null;
             drop = f32(s.nl(), s.c());
             boolean attentionAgain = mode == Recompute.SELECTIVE; // FULL recomputes into its own layer
             att = attentionAgain ? f32(s.n(), s.attWidth()) : null;
             lse = attentionAgain ? f32(s.b(), s.hl(), s.t()) : null;
-            recompute = mode == Recompute.FULL ? new BlockActivations(device, s, Recompute.NONE) : null;
+            recompute = mode == Recompute.FULL ? new BlockActivations(device, s, Recompute.NONE, null) : null;
+            recomputeDense = mode == Recompute.FULL && s.dense() ? new DenseMlp.Activations(device, s) : null;
+            recomputeMoe = mode == Recompute.FULL && s.moe() != null ? new MoeMlp.Activations(device, s, true) : null;
+            moe = s.moe() != null ? new MoeMlp.Scratch(device, s.moe()) : null;
+        }
+
+        /** The scratch activations a FULL recomputation of {@code mlp} computes into. */
+        Mlp.Kept recomputeMlp(Mlp mlp) {
+            return mlp.isMoe() ? recomputeMoe : recomputeDense;
         }
 
         private Tensor f32(int... shape) {
@@ -313,6 +348,11 @@ final class TransformerBlock {
             }
             if (recompute != null) {
                 recompute.release();
+            }
+            for (Mlp.Kept x : new Mlp.Kept[] {recomputeDense, recomputeMoe, moe}) {
+                if (x != null) {
+                    x.release();
+                }
             }
         }
     }

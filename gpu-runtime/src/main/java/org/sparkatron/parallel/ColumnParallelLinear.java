@@ -2,6 +2,7 @@ package org.sparkatron.parallel;
 
 import org.sparkatron.device.Device;
 import org.sparkatron.device.Kernels;
+import org.sparkatron.precision.Fp8Linear;
 import org.sparkatron.device.MemoryKind;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
@@ -38,6 +39,7 @@ public final class ColumnParallelLinear {
     private final Mapping inputMap;
     private Tensor yLocal;  // [n, outLocal] (gatherOutput only): a transient of one call
     private Mapping outputMap;
+    private Fp8Linear fp8; // null: the GEMMs run in the context's precision
 
     /**
      * @param w  this rank's weight rows [outLocal, in]; {@code b}, {@code db} may be null (no bias)
@@ -66,6 +68,20 @@ public final class ColumnParallelLinear {
 
     public int outLocal() {
         return outLocal;
+    }
+
+    /**
+     * Runs this layer's GEMMs through FP8 operands ({@code precision: fp8}); the caller owns {@code f} (its
+     * buffers and their lifetime). The input mapping and the output gather are unchanged: under sequence
+     * parallelism the bf16 input is gathered, then cast. {@code f} keeps the FP8 input of its last forward for
+     * the backward, so one micro-batch's backward must follow its forward before the next forward (no
+     * pipelining: Transformer refuses fp8 with pipeline parallelism).
+     */
+    public void useFp8(Fp8Linear f) {
+        if (f.in() != in || f.out() != outLocal) {
+            throw new IllegalArgumentException("fp8 GEMM of " + f.in() + " -> " + f.out() + " for a layer of " + in + " -> " + outLocal);
+        }
+        this.fp8 = f;
     }
 
     /** Whether {@link #forward} needs a gather buffer of {@code [n, in]} (sequence parallelism). */
@@ -98,7 +114,11 @@ public final class ColumnParallelLinear {
             }
             y = yLocal;
         }
-        k.linearForward(y, xFull, w, b, n, in, outLocal);
+        if (fp8 != null) {
+            fp8.forward(y, xFull, w, b, n);
+        } else {
+            k.linearForward(y, xFull, w, b, n, in, outLocal);
+        }
         if (gatherOutput) {
             outputMap.forward(yLocal, out);
         }
@@ -118,7 +138,11 @@ public final class ColumnParallelLinear {
             outputMap.backward(dout, dy);
         }
         Tensor dxFull = tp.sequenceParallel() ? ws.get("tp.rows", n, in) : dx;
-        k.linearBackward(dxFull, false, dw, db, dy, xFull, w, n, in, outLocal);
+        if (fp8 != null) {
+            fp8.backward(dxFull, false, dw, db, dy);
+        } else {
+            k.linearBackward(dxFull, false, dw, db, dy, xFull, w, n, in, outLocal);
+        }
         inputMap.backward(dxFull, dx);
     }
 

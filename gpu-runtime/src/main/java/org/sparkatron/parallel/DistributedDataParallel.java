@@ -275,6 +275,17 @@ public final class DistributedDataParallel implements GradientSync, GradReadyHoo
         finishGradSync();
     }
 
+    /**
+     * The element-wise maximum of the FP8 amaxes over the dense data-parallel group (delayed scaling's amax
+     * reduction over the replicas, as Megatron's amax reduction group); nothing for a group of one.
+     */
+    @Override
+    public void maxOverReplicas(Tensor amaxes) {
+        if (group().size() > 1) {
+            group().allReduce(amaxes, org.sparkatron.comm.ReduceOp.MAX);
+        }
+    }
+
     /** The mean of F64 device scalars (the loss) over the dense data-parallel group. */
     @Override
     public void averageScalars(Tensor scalars) {

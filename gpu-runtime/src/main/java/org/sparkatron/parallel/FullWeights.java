@@ -13,12 +13,13 @@ import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
 /**
- * The whole model's weights in the single-rank layout (TP = 1, PP = 1: what {@code new Transformer(cfg, device)}
- * allocates, in its order) on one rank, gathered from a rank's tensor-parallel shards and pipeline stages:
+ * The whole model's weights in the single-rank layout (TP = 1, PP = 1, EP = 1: what {@code new Transformer(cfg, device)}
+ * allocates, in its order) on one rank, gathered from a rank's tensor-parallel shards, expert-parallel experts
+ * and pipeline stages:
  * how a distributed job hands its trained model to the driver.
  *
- * <p>Collective: every rank of the TP group and of the pipeline group calls {@link #gather}; TP shards are
- * gathered first (every TP rank takes part), then TP rank 0 of each later stage sends its stage's whole
+ * <p>Collective: every rank of the TP, EP and pipeline groups calls {@link #gather}; TP shards and EP experts
+ * are gathered first (every TP and EP rank takes part), then TP rank 0 of each later stage sends its stage's whole
  * weights to the first stage with a point-to-point send. Blocks until done; a dead peer surfaces as the
  * communicator's error. With tied embeddings the first stage's copy is kept (the last stage's is equal).
  */
@@ -34,9 +35,10 @@ public final class FullWeights {
      */
     public static float[] gather(Transformer model) {
         // TpCheckpoint's gathered model has the whole model's layout (PP = 1), filled with this stage's parameters;
-        // a model with data parallelism inside has the gradient buffer's layout, so it is gathered too
-        Transformer gathered = model.tensorParallel().size() > 1 || model.dataParallel() != null
-                ? TpCheckpoint.gatherFull(model, false) : model;
+        // experts are gathered over EP too, and a model with data parallelism inside has the gradient buffer's
+        // layout, so it is gathered as well
+        Transformer gathered = model.tensorParallel().size() > 1 || model.expertParallel().size() > 1
+                || model.dataParallel() != null ? TpCheckpoint.gatherFull(model, false) : model;
         try {
             if (model.tensorParallel().rank() != 0) {
                 return null;

@@ -1,6 +1,7 @@
 package org.sparkatron.parallel;
 
 import org.sparkatron.device.Kernels;
+import org.sparkatron.precision.Fp8Linear;
 import org.sparkatron.tensor.Tensor;
 
 /**
@@ -28,6 +29,7 @@ public final class RowParallelLinear {
     private final Tensor db;
     private final Workspace ws;
     private final Mapping outputMap;
+    private Fp8Linear fp8; // null: the GEMMs run in the context's precision
 
 
     /** @param w this rank's weight columns [out, inLocal] (contiguous); {@code b}, {@code db} may be null. */
@@ -48,13 +50,29 @@ public final class RowParallelLinear {
     }
 
     /**
+     * Runs this layer's GEMMs through FP8 operands ({@code precision: fp8}); the caller owns {@code f}. The
+     * partial sums are reduced in bf16 as before, and the bias is added after the reduction. As for
+     * {@link ColumnParallelLinear#useFp8}, a micro-batch's backward must follow its forward.
+     */
+    public void useFp8(Fp8Linear f) {
+        if (f.in() != inLocal || f.out() != out) {
+            throw new IllegalArgumentException("fp8 GEMM of " + f.in() + " -> " + f.out() + " for a layer of " + inLocal + " -> " + out);
+        }
+        this.fp8 = f;
+    }
+
+    /**
      * @param x [n, inLocal] this rank's input features (the caller keeps them for {@link #backward})
      * @param y [tp.localRows(n), out]
      */
     public void forward(Tensor x, int n, Tensor y) {
         int rows = tp.localRows(n);
         Tensor partial = tp.sequenceParallel() ? ws.get("tp.rows", n, out) : y;
-        k.linearForward(partial, x, w, null, n, inLocal, out);
+        if (fp8 != null) {
+            fp8.forward(partial, x, w, null, n);
+        } else {
+            k.linearForward(partial, x, w, null, n, inLocal, out);
+        }
         outputMap.forward(partial, y);
         if (b != null) {
             k.addBias(y, b, rows, out);
@@ -68,6 +86,10 @@ public final class RowParallelLinear {
     public void backward(Tensor dy, Tensor dx, Tensor x, int n) {
         Tensor dyFull = tp.sequenceParallel() ? ws.get("tp.rows", n, out) : dy;
         outputMap.backward(dy, dyFull);
-        k.linearBackward(dx, false, dw, db, dyFull, x, w, n, inLocal, out);
+        if (fp8 != null) {
+            fp8.backward(dx, false, dw, db, dyFull);
+        } else {
+            k.linearBackward(dx, false, dw, db, dyFull, x, w, n, inLocal, out);
+        }
     }
 }

@@ -6,7 +6,6 @@ import java.util.HashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
-import java.util.SplittableRandom;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
@@ -20,6 +19,7 @@ import org.sparkatron.precision.Precision;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.LrSchedule;
+import org.sparkatron.bench.BenchArgs;
 import org.sparkatron.train.SampleSource;
 import org.sparkatron.train.Trainer;
 
@@ -145,32 +145,6 @@ public final class TpBench {
         return m;
     }
 
-    private static SampleSource data(ModelConfig cfg, int seq) {
-        return new SampleSource() {
-            private final SplittableRandom rng = new SplittableRandom(0);
-            private long n;
-
-            @Override
-            public int sampleLength() {
-                return seq + 1;
-            }
-
-            @Override
-            public boolean next(int[] out, int offset) {
-                for (int i = 0; i <= seq; i++) {
-                    out[offset + i] = rng.nextInt(cfg.vocabSize());
-                }
-                n++;
-                return true;
-            }
-
-            @Override
-            public long consumed() {
-                return n;
-            }
-        };
-    }
-
     private static Trainer.Options options(int batch) {
         return Trainer.Options.defaults(batch, LrSchedule.constant(1e-3));
     }
@@ -179,7 +153,7 @@ public final class TpBench {
     private static double[] single(ModelConfig cfg, int batch, int seq, int steps) {
         Transformer m = new Transformer(cfg, new CpuDevice());
         m.initialize(1);
-        Trainer tr = new Trainer(m, data(cfg, seq), options(batch));
+        Trainer tr = new Trainer(m, BenchArgs.randomSamples(cfg, seq), options(batch));
         tr.step();
         long t0 = System.nanoTime();
         double loss = 0;
@@ -204,7 +178,7 @@ public final class TpBench {
                         TimedCommunicator timed = new TimedCommunicator(world);
                         Transformer m = new Transformer(cfg, new RankContext(new CpuDevice(), new TensorParallel(timed, sp), Precision.FP32));
                         m.initialize(1);
-                        SampleSource src = new TpBroadcastSource(rank == 0 ? data(cfg, seq) : null, seq + 1, timed);
+                        SampleSource src = new TpBroadcastSource(rank == 0 ? BenchArgs.randomSamples(cfg, seq) : null, seq + 1, timed);
                         Trainer tr = new Trainer(m, src, options(batch));
                         tr.step();
                         timed.reset();

@@ -22,13 +22,14 @@ public final class TpCheckpoint {
     /** This rank's shard of the model in {@code dir}, for the rank {@code ctx} describes. Every rank of the group calls it. */
     public static Transformer load(Path dir, RankContext ctx) throws IOException {
         TensorParallel tp = ctx.tp();
-        if (tp.size() == 1) {
+        ExpertParallel ep = ctx.expertParallel();
+        if (tp.size() == 1 && ep.size() == 1) {
             return ModelStore.load(dir, ctx);
         }
         Transformer full = ModelStore.load(dir, ctx.device()); // fp32, TP = 1: the weights as stored
         try {
             Transformer model = new Transformer(full.config(), ctx);
-            TpShards.scatter(full.config(), full.params(), model.params(), tp.rank(), tp.size(), false);
+            TpShards.scatter(full.config(), full.params(), model.params(), tp.rank(), tp.size(), ep.rank(), ep.size(), false);
             return model;
         } finally {
             full.close();
@@ -42,9 +43,10 @@ public final class TpCheckpoint {
      */
     public static Transformer gatherFull(Transformer model, boolean grads) {
         Transformer full = new Transformer(model.config(), model.context().withTensorParallel(TensorParallel.none()));
-        TpShards.gather(model.config(), model.params(), full.params(), model.tensorParallel(), false);
+        ExpertParallel ep = model.expertParallel();
+        TpShards.gather(model.config(), model.params(), full.params(), model.tensorParallel(), ep, false);
         if (grads) {
-            TpShards.gather(model.config(), model.params(), full.params(), model.tensorParallel(), true);
+            TpShards.gather(model.config(), model.params(), full.params(), model.tensorParallel(), ep, true);
         }
         return full;
     }
@@ -55,13 +57,15 @@ public final class TpCheckpoint {
      */
     public static void save(Transformer model, Path dir) throws IOException {
         TensorParallel tp = model.tensorParallel();
-        Transformer full = tp.size() == 1 ? model : gatherFull(model, false);
+        ExpertParallel ep = model.expertParallel();
+        Transformer full = tp.size() == 1 && ep.size() == 1 ? model : gatherFull(model, false);
         try {
-            if (tp.rank() == 0) {
+            if (tp.rank() == 0 && ep.rank() == 0) {
                 try {
                     ModelStore.save(full, dir);
                 } catch (IOException | RuntimeException e) {
                     tp.group().abort("TP rank 0 could not save the model to " + dir + ": " + e.getMessage());
+                    ep.group().abort("EP rank 0 could not save the model to " + dir + ": " + e.getMessage());
                     throw e;
                 }
             }
@@ -71,5 +75,6 @@ public final class TpCheckpoint {
             }
         }
         tp.group().barrier();
+        ep.group().barrier();
     }
 }

@@ -15,6 +15,9 @@ import org.sparkatron.tensor.Tensor;
  *       accumulating in fp32: Megatron's {@code --bf16}.</li>
  *   <li>{@link #FP16}: the same with IEEE half precision, whose range ends at 65504, so the loss is scaled
  *       dynamically ({@link DynamicGradScaler}): Megatron's {@code --fp16}.</li>
+ *   <li>{@link #FP8}: BF16 everywhere, except that the transformer layers' linear GEMMs take FP8 operands
+ *       (E4M3 / E5M2 with per-tensor scales, {@link Fp8Recipe}): Megatron's {@code --bf16 --fp8-format ...}
+ *       through Transformer Engine. The embedding and the output layer stay bf16, as in Megatron.</li>
  * </ul>
  * On the CPU device 16-bit storage is emulated by rounding fp32 values to the nearest 16-bit value
  * wherever a GPU kernel would store 16 bits, so CPU tests see the numerics a GPU run has.
@@ -22,9 +25,10 @@ import org.sparkatron.tensor.Tensor;
 public enum Precision {
     FP32,
     BF16,
-    FP16;
+    FP16,
+    FP8;
 
-    /** Parses {@code fp32 | bf16 | fp16} (case-insensitive); anything else is refused naming the choices. */
+    /** Parses {@code fp32 | bf16 | fp16 | fp8} (case-insensitive); anything else is refused naming the choices. */
     public static Precision parse(String s) {
         if (s != null) {
             switch (s.trim().toLowerCase(Locale.ROOT)) {
@@ -37,11 +41,14 @@ public enum Precision {
                 case "fp16", "float16", "f16", "half" -> {
                     return FP16;
                 }
+                case "fp8" -> {
+                    return FP8;
+                }
                 default -> {
                 }
             }
         }
-        throw new IllegalArgumentException("precision must be fp32, bf16 or fp16, got '" + s + "'");
+        throw new IllegalArgumentException("precision must be fp32, bf16, fp16 or fp8, got '" + s + "'");
     }
 
     /** The lower-case name used by the CLI and configs. */
@@ -49,7 +56,7 @@ public enum Precision {
         return name().toLowerCase(Locale.ROOT);
     }
 
-    /** True for the 16-bit modes, which keep a separate fp32 master copy of the weights. */
+    /** True for the 16-bit modes (FP8 included: bf16 outside its GEMMs), which keep a separate fp32 master copy of the weights. */
     public boolean isReduced() {
         return this != FP32;
     }
@@ -63,7 +70,7 @@ public enum Precision {
     public float round(float f) {
         return switch (this) {
             case FP32 -> f;
-            case BF16 -> HalfFloats.roundToBf16(f);
+            case BF16, FP8 -> HalfFloats.roundToBf16(f);
             case FP16 -> HalfFloats.roundToF16(f);
         };
     }
@@ -73,7 +80,7 @@ public enum Precision {
         switch (this) {
             case FP32 -> {
             }
-            case BF16 -> HalfFloats.roundToBf16(t, count);
+            case BF16, FP8 -> HalfFloats.roundToBf16(t, count);
             case FP16 -> HalfFloats.roundToF16(t, count);
         }
     }
@@ -83,11 +90,11 @@ public enum Precision {
         round(t, t.numel());
     }
 
-    /** The 16-bit storage format of the reduced modes (BF16, F16); F32 for fp32. */
+    /** The 16-bit storage format of the reduced modes (BF16, F16; BF16 for FP8 outside its GEMMs); F32 for fp32. */
     public DType format() {
         return switch (this) {
             case FP32 -> DType.F32;
-            case BF16 -> DType.BF16;
+            case BF16, FP8 -> DType.BF16;
             case FP16 -> DType.F16;
         };
     }

@@ -2,6 +2,7 @@ package org.sparkatron.precision;
 
 import org.sparkatron.device.AttentionBlock;
 import org.sparkatron.device.Kernels;
+import org.sparkatron.device.MoeRouting;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -35,7 +36,7 @@ public final class RoundingKernels implements Kernels {
     private final Kernels k;
     private final Precision p;
 
-    /** @param precision BF16 or FP16 (FP32 needs no wrapper and is refused, to catch a wiring mistake) */
+    /** @param precision BF16, FP16 or FP8 (bf16 storage) (FP32 needs no wrapper and is refused, to catch a wiring mistake) */
     public RoundingKernels(Kernels delegate, Precision precision) {
         if (!precision.isReduced()) {
             throw new IllegalArgumentException("RoundingKernels emulates 16-bit storage; " + precision + " needs no wrapper");
@@ -276,5 +277,134 @@ public final class RoundingKernels implements Kernels {
     @Override
     public void round(Tensor dst, Tensor src, long count, DType format) {
         k.round(dst, src, count, format);
+    }
+
+    // ---- mixture of experts: the router (logits, scores, weights, losses) stays fp32, as Megatron's
+    // moe_router_dtype fp32 keeps it; dispatched rows are copies of rounded values; combined outputs, expert
+    // GEMM outputs and activation gradients are rounded as a 16-bit buffer would hold them. ----
+
+    @Override
+    public boolean hasMoeKernels() {
+        return k.hasMoeKernels();
+    }
+
+    @Override
+    public void moeRoute(Tensor logits, Tensor experts, Tensor probs, Tensor scores, int n, int e, int kk, MoeRouting routing) {
+        k.moeRoute(logits, experts, probs, scores, n, e, kk, routing);
+    }
+
+    @Override
+    public void moeAuxLoss(Tensor scores, Tensor experts, Tensor auxGrad, Tensor acc, int slot, int n, int e, int kk,
+                           float gradWeight, double reportWeight) {
+        k.moeAuxLoss(scores, experts, auxGrad, acc, slot, n, e, kk, gradWeight, reportWeight);
+    }
+
+    @Override
+    public void moeZLoss(Tensor logits, Tensor acc, int slot, int n, int e, double reportWeight) {
+        k.moeZLoss(logits, acc, slot, n, e, reportWeight);
+    }
+
+    @Override
+    public void moeCapacity(Tensor routed, Tensor probs, Tensor experts, Tensor acc, int slot, int n, int e, int kk, int capacity,
+                            double reportWeight) {
+        k.moeCapacity(routed, probs, experts, acc, slot, n, e, kk, capacity, reportWeight);
+    }
+
+    @Override
+    public void moePermute(Tensor out, Tensor rowMap, Tensor counts, Tensor offsets, Tensor x, Tensor routed, int n, int c, int e, int kk,
+                           int capacity) {
+        k.moePermute(out, rowMap, counts, offsets, x, routed, n, c, e, kk, capacity);
+    }
+
+    @Override
+    public void moePermuteBackward(Tensor dx, Tensor dperm, Tensor rowMap, int n, int c, int kk) {
+        k.moePermuteBackward(dx, dperm, rowMap, n, c, kk);
+        round(dx, (long) n * c);
+    }
+
+    @Override
+    public void moeUnpermute(Tensor out, Tensor y, Tensor rowMap, Tensor probs, int n, int c, int kk) {
+        k.moeUnpermute(out, y, rowMap, probs, n, c, kk);
+        round(out, (long) n * c);
+    }
+
+    @Override
+    public void moeUnpermuteBackward(Tensor dy, Tensor dprobs, Tensor dout, Tensor y, Tensor rowMap, Tensor probs, int rows,
+                                     int n, int c, int kk) {
+        round(dout, (long) n * c);
+        k.moeUnpermuteBackward(dy, dprobs, dout, y, rowMap, probs, rows, n, c, kk);
+        round(dy, (long) rows * c);
+    }
+
+    @Override
+    public void moeRouteBackward(Tensor dlogits, Tensor dprobs, Tensor logits, Tensor experts, Tensor auxGrad, float zWeight,
+                                 int n, int e, int kk, MoeRouting routing) {
+        k.moeRouteBackward(dlogits, dprobs, logits, experts, auxGrad, zWeight, n, e, kk, routing);
+    }
+
+    @Override
+    public void moeSortChunks(Tensor out, Tensor offsets, Tensor in, Tensor counts, int a, int b, int c, boolean inverse) {
+        k.moeSortChunks(out, offsets, in, counts, a, b, c, inverse);
+    }
+
+    @Override
+    public void groupedLinearForward(Tensor out, Tensor x, Tensor w, Tensor offsets, int groups, int in, int outF) {
+        k.groupedLinearForward(out, x, w, offsets, groups, in, outF);
+        round(out, out.numel());
+    }
+
+    @Override
+    public void groupedLinearBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets, int groups, int in,
+                                      int outF) {
+        round(dout, dout.numel());
+        k.groupedLinearBackward(dx, dw, dout, x, w, offsets, groups, in, outF);
+        round(dx, dx == null ? 0 : dx.numel());
+    }
+
+    // ---- FP8: casts read bf16 values (rounded on entry, as for any GEMM operand); GEMM outputs are stored in bf16;
+    // amaxes, scales and weight gradients stay fp32 ----
+
+    @Override
+    public boolean supportsFp8() {
+        return k.supportsFp8();
+    }
+
+    @Override
+    public void amax(Tensor x, long count, Tensor amax, int slot) {
+        round(x, count);
+        k.amax(x, count, amax, slot);
+    }
+
+    @Override
+    public void castToFp8(Tensor dst, Tensor src, long count, Fp8Format format, Tensor scale, int slot, Tensor amaxOut,
+                          int amaxSlot) {
+        round(src, count);
+        k.castToFp8(dst, src, count, format, scale, slot, amaxOut, amaxSlot);
+    }
+
+    @Override
+    public void fp8ScaleFromAmax(Tensor amax, Tensor scale, Tensor scaleInv, int from, int count, float fp8Max) {
+        k.fp8ScaleFromAmax(amax, scale, scaleInv, from, count, fp8Max);
+    }
+
+    @Override
+    public void fp8DelayedScaling(Tensor history, Tensor scale, Tensor scaleInv, int len, int slots, int from, int count,
+                                  boolean useMax, float scaledMax) {
+        k.fp8DelayedScaling(history, scale, scaleInv, len, slots, from, count, useMax, scaledMax);
+    }
+
+    @Override
+    public void fp8LinearForward(Tensor out, Tensor x8, Tensor w8, Tensor scaleInv, int xSlot, int wSlot, Tensor bias, int n,
+                                 int in, int outF) {
+        k.fp8LinearForward(out, x8, w8, scaleInv, xSlot, wSlot, bias, n, in, outF);
+        round(out, (long) n * outF); // the GEMM's bf16 output
+    }
+
+    @Override
+    public void fp8LinearBackward(Tensor dx, boolean accumulateDx, Tensor dw, Tensor dbias, Tensor dout, Tensor dy8, Tensor x8,
+                                  Tensor w8, Tensor scaleInv, int dySlot, int xSlot, int wSlot, int n, int in, int outF) {
+        round(dout, (long) n * outF);
+        k.fp8LinearBackward(dx, accumulateDx, dw, dbias, dout, dy8, x8, w8, scaleInv, dySlot, xSlot, wSlot, n, in, outF);
+        round(dx, (long) n * in);
     }
 }

@@ -19,6 +19,13 @@ public interface GradientSync {
      */
     void averageScalars(Tensor scalars);
 
+    /**
+     * In place, the element-wise maximum over the replicas of an F32 device tensor: the FP8 amaxes of delayed
+     * scaling, reduced over data parallelism as Megatron does. Nothing for a rank alone.
+     */
+    default void maxOverReplicas(Tensor amaxes) {
+    }
+
     /** A rank training alone. */
     GradientSync NONE = new GradientSync() {
         @Override

@@ -121,7 +121,7 @@ public final class ResumableTraining implements AutoCloseable {
         }
         trainer.data().skip(behind);
         log.accept("resumed from " + ckpt.dir(m.step()) + " (step " + m.step() + ", saved at TP " + m.tp() + " x DP " + m.dp() + " x PP " + m.pp()
-                + ", data position " + position + ")");
+                + (m.ep() > 1 ? " with EP " + m.ep() : "") + ", data position " + position + ")");
         return m.step();
     }
 

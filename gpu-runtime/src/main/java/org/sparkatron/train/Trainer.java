@@ -62,17 +62,30 @@ public final class Trainer {
      * repeats the previous step's number. {@code lossScale} is the scale this step ran with (1 unless FP16).
      */
     public record StepMetrics(long step, double loss, double lr, double gradNorm, double tokensPerSecond, double seconds,
-                              boolean skipped, double lossScale) {
+                              boolean skipped, double lossScale, MoeMetrics moe) {
         /** An applied step without loss scaling. */
         public StepMetrics(long step, double loss, double lr, double gradNorm, double tokensPerSecond, double seconds) {
-            this(step, loss, lr, gradNorm, tokensPerSecond, seconds, false, 1);
+            this(step, loss, lr, gradNorm, tokensPerSecond, seconds, false, 1, null);
         }
 
-        /** One JSON object; {@code loss_scale} and {@code skipped} appear only under loss scaling (FP16). */
+        /** A step of a dense model. */
+        public StepMetrics(long step, double loss, double lr, double gradNorm, double tokensPerSecond, double seconds,
+                           boolean skipped, double lossScale) {
+            this(step, loss, lr, gradNorm, tokensPerSecond, seconds, skipped, lossScale, null);
+        }
+
+        /**
+         * One JSON object; {@code loss_scale} and {@code skipped} appear only under loss scaling (FP16), the MoE
+         * figures ({@code aux_loss}, {@code z_loss}, {@code dropped}) only for models with experts.
+         */
         public String toJson() {
             String base = String.format(java.util.Locale.ROOT,
                     "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, \"step_s\": %.4f",
                     step, loss, lr, gradNorm, tokensPerSecond, seconds);
+            if (moe != null) {
+                base += String.format(java.util.Locale.ROOT, ", \"aux_loss\": %.6f, \"z_loss\": %.6f, \"dropped\": %.6f",
+                        moe.auxLoss(), moe.zLoss(), moe.dropped());
+            }
             if (lossScale == 1 && !skipped) {
                 return base + "}";
             }
@@ -80,15 +93,28 @@ public final class Trainer {
         }
     }
 
-    /** Host synchronisations per optimizer step: the one read of loss, gradient norm and overflow. */
+    /**
+     * A step's mixture-of-experts figures, averaged over micro-batches and data-parallel replicas as the loss:
+     * Megatron's auxiliary load-balancing loss and the router z-loss, each without its coefficient and the mean
+     * over the MoE layers, and the fraction of token assignments dropped by expert capacity.
+     */
+    public record MoeMetrics(double auxLoss, double zLoss, double dropped) {
+    }
+
+    /**
+     * Host synchronisations per optimizer step: the one read of loss, gradient norm and overflow. A model
+     * with experts under expert parallelism without padding to capacity adds its MoE layers' count reads
+     * ({@link #syncsPerStep()}).
+     */
     public static final int SYNCS_PER_STEP = 1;
     private static final int LOSS = 0;
-    private static final int NORM = 1;
+    private static final int MOE = 1;  // aux, z, dropped: averaged over DP with the loss
+    private static final int NORM = 4;
 
     private final Transformer model;
     private final Device device;
     private final Tensor stepScalars; // F64 [2] on the device: loss, squared gradient norm
-    private final ByteBuffer stepScalarsHost = ByteBuffer.allocateDirect(16).order(ByteOrder.nativeOrder());
+    private final ByteBuffer stepScalarsHost = ByteBuffer.allocateDirect(40).order(ByteOrder.nativeOrder());
     private final SampleSource data;
     private final Options opt;
     private final AdamW adam;
@@ -128,7 +154,7 @@ public final class Trainer {
         this.scaler = lossScaling == null ? null : new DynamicGradScaler(lossScaling);
         this.model = model;
         this.device = model.device();
-        this.stepScalars = device.allocate(MemoryKind.WORKSPACE, DType.F64, 2);
+        this.stepScalars = device.allocate(MemoryKind.WORKSPACE, DType.F64, 5);
         this.ddp = model.dataParallel();
         if (ddp != null && sync != GradientSync.NONE && sync != ddp) {
             throw new IllegalArgumentException("this model reduces its gradients itself (data parallelism in its RankContext); "
@@ -149,6 +175,9 @@ public final class Trainer {
         }
         for (int m = 0; m < opt.microBatches(); m++) {
             microBatches.add(model.needsData() ? new int[opt.batch() * data.sampleLength()] : null);
+        }
+        if (model.fp8() != null) {
+            model.fp8().setReplicaMax(this.sync::maxOverReplicas); // delayed scaling's amaxes: MAX over TP (the model) and DP
         }
         model.prepare(opt.batch(), seqLen);
     }
@@ -194,13 +223,15 @@ public final class Trainer {
         // the micro-batches through this rank's pipeline schedule; the loss is summed over the pipeline group
         model.forwardBackward(microBatches, opt.batch(), seqLen, lossScale / opt.microBatches(), stepScalars, LOSS,
                 1.0 / opt.microBatches());
+        model.moeStatistics(stepScalars, MOE);
         // data parallelism: waits for the buckets reduced during the backward (Megatron's finish_grad_sync), then,
         // as Megatron's finalize_model_grads, the SP norm/position gradients over the TP group and a tied embedding
         // over its stages (sums: their order does not matter; with the distributed optimizer the TP ranks and the
         // two embedding stages shard alike, so the sums see matching shards)
         sync.syncGradients(model.params().grads());
         model.finishGradients();
-        sync.averageScalars(stepScalars.slice(LOSS, 1));
+        // the loss, and for MoE models the MoE figures beside it (a dense model's average stays one element)
+        sync.averageScalars(stepScalars.slice(LOSS, model.config().isMoe() ? NORM : 1));
         if (scaler != null) {
             for (Tensor g : gradViews) {
                 model.kernels().scale(g, (float) (1 / lossScale)); // exact for power-of-two scales
@@ -210,6 +241,8 @@ public final class Trainer {
         device.download(stepScalarsHost, stepScalars); // the step's one synchronisation
         double loss = stepScalarsHost.getDouble(8 * LOSS);
         double norm = Math.sqrt(stepScalarsHost.getDouble(8 * NORM));
+        MoeMetrics moe = model.config().isMoe() ? new MoeMetrics(stepScalarsHost.getDouble(8 * MOE),
+                stepScalarsHost.getDouble(8 * (MOE + 1)), stepScalarsHost.getDouble(8 * (MOE + 2))) : null;
         if (scaler != null) {
             // An inf or NaN in any gradient element on any rank makes the global norm non-finite on all ranks
             // (TP sums the norm, DP averaged the gradients), so every rank takes the same decision.
@@ -222,7 +255,8 @@ public final class Trainer {
             if (overflow) {
                 double secs = (System.nanoTime() - t0) / 1e9;
                 long tokens = (long) opt.batch() * opt.microBatches() * seqLen;
-                return new StepMetrics(adam.step(), loss, opt.schedule().at(adam.step()), norm, tokens / secs, secs, true, lossScale);
+                return new StepMetrics(adam.step(), loss, opt.schedule().at(adam.step()), norm, tokens / secs, secs, true, lossScale,
+                        moe);
             }
         }
         if (!Double.isFinite(loss) || !Double.isFinite(norm)) {
@@ -238,7 +272,16 @@ public final class Trainer {
         }
         double secs = (System.nanoTime() - t0) / 1e9;
         long tokens = (long) opt.batch() * opt.microBatches() * seqLen;
-        return new StepMetrics(adam.step(), loss, lr, norm, tokens / secs, secs, false, lossScale);
+        return new StepMetrics(adam.step(), loss, lr, norm, tokens / secs, secs, false, lossScale, moe);
+    }
+
+    /**
+     * Host synchronisations one {@link #step()} makes: {@link #SYNCS_PER_STEP}, plus under expert parallelism
+     * without padding to capacity one per MoE layer of this rank and micro-batch (the all-to-all's split sizes,
+     * {@link Transformer#hostSyncsPerPass}).
+     */
+    public int syncsPerStep() {
+        return SYNCS_PER_STEP + model.hostSyncsPerPass(opt.microBatches());
     }
 
     /**

@@ -39,7 +39,11 @@ class ResumeTest {
     }
 
     private static Trainer trainer(ModelConfig cfg) {
-        Transformer m = new Transformer(cfg, org.sparkatron.device.TestDevices.create());
+        return trainer(cfg, org.sparkatron.parallel.RankContext.single(org.sparkatron.device.TestDevices.create()));
+    }
+
+    private static Trainer trainer(ModelConfig cfg, org.sparkatron.parallel.RankContext ctx) {
+        Transformer m = new Transformer(cfg, ctx);
         m.initialize(5);
         m.setDropout(0.1f, 3);
         return new Trainer(m, Fixtures.data(cfg, 21), Fixtures.options(2));
@@ -89,6 +93,70 @@ class ResumeTest {
         assertEquals(refLoss.subList(0, 7), losses, "the first run's steps before the kill");
         assertArrayEquals(weights(ref), weights(second), "final weights");
         assertEquals(List.of(9L, 6L), ckpt.committedSteps(), "final checkpoint at the end of training");
+    }
+
+    private static org.sparkatron.parallel.RankContext fp8(String scaling) {
+        return new org.sparkatron.parallel.RankContext(org.sparkatron.device.TestDevices.create(),
+                org.sparkatron.parallel.TensorParallel.none(), org.sparkatron.precision.Precision.FP8,
+                org.sparkatron.precision.Fp8Recipe.parse(Map.of("fp8_recipe", scaling, "fp8_amax_history_len", "4",
+                        "fp8_amax_compute_algo", "max")::get));
+    }
+
+    /**
+     * FP8 with delayed scaling over a 4-pass max window: the recipe state (amax history, scales) is part of the
+     * checkpoint, so the resumed run is bitwise the uninterrupted one; resuming the same checkpoint with the
+     * recipe state reset (scales 1, empty history) does not reproduce it, so the restored state is what matters.
+     */
+    @ParameterizedTest
+    @ValueSource(strings = {"gpt2", "llama"})
+    @Timeout(value = 60, unit = TimeUnit.SECONDS)
+    void fp8RecipeStateResumesBitwise(String family) throws Exception {
+        ModelConfig cfg = Fixtures.config(family);
+        Trainer ref = trainer(cfg, fp8("delayed"));
+        List<Double> refLoss = new ArrayList<>();
+        for (int s = 0; s < TOTAL; s++) {
+            refLoss.add(ref.step().loss());
+        }
+        DistributedCheckpoint ckpt = new DistributedCheckpoint(new LocalStorage(), tmp.resolve("ckpt").toString(), 2);
+        ResumableTraining.Options opts = new ResumableTraining.Options(3, false, Map.of());
+        Trainer first = trainer(cfg, fp8("delayed"));
+        ResumableTraining run1 = new ResumableTraining(first, ckpt, new SelfCommunicator(), 1, opts, s -> { });
+        run1.resume();
+        List<Double> losses = new ArrayList<>();
+        assertThrows(Killed.class, () -> run1.run(TOTAL, m -> {
+            losses.add(m.loss());
+            if (m.step() == 5) {
+                throw new Killed(); // the last checkpoint is step 3
+            }
+        }));
+        String savedState = ckpt.metadata(ckpt.dir(3)).extra().get(org.sparkatron.precision.Fp8State.CHECKPOINT_KEY);
+        assertTrue(savedState != null && savedState.startsWith("v1 4 24 "), "fp8 state in the checkpoint: " + savedState);
+
+        Trainer second = trainer(cfg, fp8("delayed"));
+        ResumableTraining run2 = new ResumableTraining(second, ckpt, new SelfCommunicator(), 1, opts, s -> { });
+        assertEquals(3, run2.resume());
+        assertEquals(savedState, second.model().fp8().saveState(), "restored recipe state");
+        List<Double> resumed = new ArrayList<>(losses.subList(0, 3));
+        for (Trainer.StepMetrics m : run2.run(TOTAL, null)) {
+            resumed.add(m.loss());
+        }
+        assertEquals(refLoss, resumed, "loss trajectory of the resumed fp8 run");
+        assertArrayEquals(weights(ref), weights(second), "final weights");
+        assertEquals(ref.model().fp8().saveState(), second.model().fp8().saveState(), "final recipe state");
+
+        long position = ckpt.metadata(ckpt.dir(6)).dataPositions()[0];
+        Trainer reset = trainer(cfg, fp8("delayed"));
+        ckpt.load(ckpt.dir(6), reset.model(), reset.optimizer());
+        reset.data().skip(position);
+        String fresh = trainer(cfg, fp8("delayed")).model().fp8().saveState();
+        reset.model().fp8().restoreState(fresh); // the control: the same checkpoint without its recipe state
+        double lossReset = reset.step().loss();
+        Trainer restored = trainer(cfg, fp8("delayed"));
+        ckpt.load(ckpt.dir(6), restored.model(), restored.optimizer());
+        restored.data().skip(position);
+        double lossRestored = restored.step().loss();
+        assertEquals(refLoss.get(6), lossRestored, "step 7 from the step-6 checkpoint");
+        assertTrue(lossReset != lossRestored, "without the recipe state step 7 differs (" + lossReset + ")");
     }
 
     @Test

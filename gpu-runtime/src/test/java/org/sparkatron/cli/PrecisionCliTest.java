@@ -1,6 +1,7 @@
 package org.sparkatron.cli;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import com.fasterxml.jackson.databind.JsonNode;
@@ -71,8 +72,38 @@ class PrecisionCliTest {
     void unknownPrecisionIsRefused(@TempDir Path dir) throws Exception {
         Path tokens = setup(dir);
         SparkatronCliTest.Result r = SparkatronCliTest.run("train-local", "--model", dir.resolve("m0").toString(), "--tokens",
-                tokens.toString(), "--steps", "1", "--precision", "fp8", "--out", dir.resolve("o").toString());
+                tokens.toString(), "--steps", "1", "--precision", "fp4", "--out", dir.resolve("o").toString());
         assertEquals(2, r.status());
-        assertTrue(r.err().contains("precision must be fp32, bf16 or fp16, got 'fp8'"), r.err());
+        assertTrue(r.err().contains("precision must be fp32, bf16, fp16 or fp8, got 'fp4'"), r.err());
+    }
+
+    @Test
+    void fp8TrainsFromTheCommandLineWithMegatronsOptions(@TempDir Path dir) throws Exception {
+        Path tokens = setup(dir);
+        SparkatronCliTest.Result r = SparkatronCliTest.run("train-local", "--model", dir.resolve("m0").toString(), "--tokens",
+                tokens.toString(), "--steps", "25", "--lr", "1e-2", "--batch", "8", "--threads", "1", "--precision", "fp8",
+                "--fp8-format", "e4m3", "--fp8-recipe", "delayed", "--fp8-amax-history-len", "8", "--fp8-amax-compute-algo", "max",
+                "--fp8-margin", "1", "--first-last-layers-bf16", "--num-layers-at-end-in-bf16", "0", "--out",
+                dir.resolve("m-fp8").toString());
+        assertEquals(0, r.status(), r.err());
+        List<String> steps = r.lines();
+        assertEquals(25, steps.size());
+        JsonNode first = JSON.readTree(steps.get(0));
+        JsonNode last = JSON.readTree(steps.get(24));
+        assertTrue(last.get("loss").asDouble() < first.get("loss").asDouble() - 1, "fp8: loss falls: " + first + " -> " + last);
+    }
+
+    @Test
+    void fp8OptionsAreRefusedWhereTheyDoNotApplyOrAreWrong(@TempDir Path dir) throws Exception {
+        Path tokens = setup(dir);
+        SparkatronCliTest.Result r = SparkatronCliTest.run("train-local", "--model", dir.resolve("m0").toString(), "--tokens",
+                tokens.toString(), "--steps", "1", "--precision", "bf16", "--fp8-format", "e4m3", "--out", dir.resolve("o").toString());
+        assertEquals(2, r.status());
+        assertTrue(r.err().contains("sparkatron train-local: --fp8-format applies to --precision fp8, not bf16"), r.err());
+        assertFalse(r.err().contains("train-local: train-local"), "the command named once: " + r.err());
+        r = SparkatronCliTest.run("train-local", "--model", dir.resolve("m0").toString(), "--tokens", tokens.toString(), "--steps",
+                "1", "--precision", "fp8", "--fp8-amax-compute-algo", "mean", "--out", dir.resolve("o").toString());
+        assertEquals(2, r.status());
+        assertTrue(r.err().contains("train-local: --fp8-amax-compute-algo must be one of max, most_recent, got 'mean'"), r.err());
     }
 }

@@ -131,6 +131,13 @@ final class ParityRun {
                     dp.allReduce(scalars, ReduceOp.AVG);
                 }
             }
+
+            @Override
+            public void maxOverReplicas(Tensor amaxes) {
+                if (dp.size() > 1) {
+                    dp.allReduce(amaxes, ReduceOp.MAX);
+                }
+            }
         };
     }
 

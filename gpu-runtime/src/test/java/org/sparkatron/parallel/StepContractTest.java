@@ -67,8 +67,12 @@ class StepContractTest {
     }
 
     private static void check(Seen seen, String what) throws Exception {
+        check(seen, what, Trainer.SYNCS_PER_STEP);
+    }
+
+    private static void check(Seen seen, String what, int syncs) throws Exception {
         for (int s = 0; s < STEPS; s++) {
-            assertEquals(Trainer.SYNCS_PER_STEP, seen.syncs()[s], what + ": host synchronisations in step " + (s + 1));
+            assertEquals(syncs, seen.syncs()[s], what + ": host synchronisations in step " + (s + 1));
             if (s > 0) {
                 assertEquals(0, seen.allocs()[s], what + ": system allocations in step " + (s + 1));
                 assertEquals(seen.inUse()[0], seen.inUse()[s], what + ": device memory in use after step " + (s + 1));
@@ -82,7 +86,8 @@ class StepContractTest {
     }
 
     @ParameterizedTest
-    @CsvSource({"gpt2, fp32, 1, 0", "llama, fp32, 2, 0.1", "gpt2, bf16, 1, 0.1", "llama, fp16, 1, 0"})
+    @CsvSource({"gpt2, fp32, 1, 0", "llama, fp32, 2, 0.1", "gpt2, bf16, 1, 0.1", "llama, fp16, 1, 0", "gpt2, fp8, 2, 0.1",
+        "llama, fp8, 1, 0"})
     void oneRank(String family, String precision, int micro, float dropout) throws Exception {
         ModelConfig cfg = ParityRun.config(family);
         Precision p = Precision.parse(precision);
@@ -98,13 +103,14 @@ class StepContractTest {
     }
 
     @ParameterizedTest
-    @CsvSource({"gpt2, 2, 1, false", "llama, 2, 1, true", "gpt2, 2, 2, true", "llama, 1, 2, false"})
-    void tensorAndDataParallelRanks(String family, int tp, int dp, boolean sp) throws Exception {
+    @CsvSource({"gpt2, 2, 1, false, fp32", "llama, 2, 1, true, fp32", "gpt2, 2, 2, true, fp32", "llama, 1, 2, false, fp32",
+        "gpt2, 2, 2, true, fp8"})
+    void tensorAndDataParallelRanks(String family, int tp, int dp, boolean sp, String precision) throws Exception {
         ModelConfig cfg = ParityRun.config(family);
         List<Seen> seen = LocalRanks.run(tp * dp, (rank, world) -> {
             try (ProcessGroups pg = ProcessGroups.create(ParallelLayout.forWorld(tp * dp, tp, 1, 1, 1, 1), world)) {
                 Transformer m = new Transformer(cfg, new RankContext(TestDevices.create(), new TensorParallel(pg.tp(), sp),
-                        Precision.FP32));
+                        Precision.parse(precision)));
                 m.initialize(ParityRun.SEED);
                 int dpRank = pg.coords()[3];
                 Trainer tr = new Trainer(m, ParityRun.source(cfg, dpRank, dp, BATCH), ParityRun.options(BATCH),
@@ -113,7 +119,52 @@ class StepContractTest {
             }
         });
         for (int r = 0; r < seen.size(); r++) {
-            check(seen.get(r), family + " tp " + tp + " dp " + dp + " sp " + sp + ", rank " + r);
+            check(seen.get(r), family + " tp " + tp + " dp " + dp + " sp " + sp + " " + precision + ", rank " + r);
+        }
+    }
+
+    /**
+     * Mixture of experts: without expert parallelism, and with it padded to capacity, a step still waits once;
+     * dropless (or unpadded) EP adds exactly one count read per MoE layer and micro-batch, which
+     * {@link Trainer#syncsPerStep()} says. Memory equals the estimate (worst-case dispatch buffers) in every mode.
+     */
+    @ParameterizedTest(name = "ep={0} micro={1} {2} {3} {4}")
+    @CsvSource(delimiter = '|', value = {
+        "1 | 1 | NONE      | dropless | 1",
+        "1 | 2 | FULL      | capacity | 1",
+        "1 | 1 | SELECTIVE | sigmoid  | 1",
+        "2 | 2 | NONE      | dropless | 5",
+        "2 | 1 | FULL      | dropless | 3",
+        "2 | 2 | NONE      | padded   | 1",
+        "2 | 1 | NONE      | sigmoid  | 2",
+    })
+    void mixtureOfExperts(int ep, int micro, org.sparkatron.model.Recompute mode, String variant, int syncs) throws Exception {
+        String extra = switch (variant) {
+            case "capacity" -> "\"moe_expert_capacity_factor\":1.0";
+            case "padded" -> "\"moe_expert_capacity_factor\":1.0,\"moe_pad_expert_input_to_capacity\":true";
+            case "sigmoid" -> "\"scoring_func\":\"sigmoid\",\"shared_expert_intermediate_size\":16,\"moe_layer_freq\":2,"
+                    + "\"dense_intermediate_size\":40";
+            default -> "";
+        };
+        ModelConfig cfg = MoeRun.config(2, extra);
+        List<Seen> seen = LocalRanks.run(ep, (rank, world) -> {
+            try (ProcessGroups pg = ProcessGroups.create(ParallelLayout.forWorld(ep, 1, 1, ep, 1, 1), world)) {
+                RankContext ctx = new RankContext(TestDevices.create(), new TensorParallel(pg.tp(), false), Precision.FP32, null,
+                        new ExpertParallel(pg.ep(), pg.expertDp()));
+                Transformer m = new Transformer(cfg, ctx);
+                m.initialize(ParityRun.SEED);
+                m.setRecompute(mode);
+                Trainer.Options o = ParityRun.options(BATCH);
+                Trainer.Options opt = new Trainer.Options(BATCH, micro, o.schedule(), o.beta1(), o.beta2(), o.eps(), o.weightDecay(),
+                        o.gradClip());
+                Trainer tr = new Trainer(m, ParityRun.source(cfg, pg.dp().rank(), ep, BATCH), opt,
+                        new ExpertGradientSync(ParityRun.averaging(pg.dp()), m.params(), pg.expertDp(), ep, m.kernels()));
+                assertEquals(syncs, tr.syncsPerStep(), "the trainer's own count");
+                return run(tr);
+            }
+        });
+        for (int r = 0; r < seen.size(); r++) {
+            check(seen.get(r), "moe ep " + ep + " x" + micro + " " + mode + " " + variant + ", rank " + r, syncs);
         }
     }
 

@@ -212,8 +212,9 @@ class HalfFloatsTest {
         assertEquals(Precision.BF16, Precision.parse("bf16"));
         assertEquals(Precision.FP16, Precision.parse(" FP16 "));
         assertEquals(Precision.FP32, Precision.parse("fp32"));
-        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> Precision.parse("fp8"));
-        assertTrue(e.getMessage().contains("fp32, bf16 or fp16") && e.getMessage().contains("fp8"), e.getMessage());
+        assertEquals(Precision.FP8, Precision.parse("fp8"));
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> Precision.parse("fp4"));
+        assertTrue(e.getMessage().contains("fp32, bf16, fp16 or fp8") && e.getMessage().contains("fp4"), e.getMessage());
         assertThrows(IllegalArgumentException.class, () -> Precision.parse(null));
     }
 }

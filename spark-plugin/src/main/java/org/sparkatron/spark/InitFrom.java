@@ -138,7 +138,8 @@ final class InitFrom {
                 }
                 // the rank's shard (the whole model at TP 1), in a model bound to the rank's TP group
                 Transformer model = new Transformer(full.config(), rank);
-                TpShards.scatter(full.config(), full.params(), model.params(), rank.tp().rank(), rank.tp().size(), false);
+                TpShards.scatter(full.config(), full.params(), model.params(), rank.tp().rank(), rank.tp().size(),
+                        rank.expertParallel().rank(), rank.expertParallel().size(), false);
                 return model;
             } finally {
                 full.close();

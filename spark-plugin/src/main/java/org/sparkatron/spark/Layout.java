@@ -12,7 +12,7 @@ final class Layout {
     }
 
     static ParallelLayout of(TrainConfig cfg) {
-        return ParallelLayout.of(cfg.world(), cfg.tp, cfg.cp, 1, cfg.dp, cfg.pp, cfg.virtualPp);
+        return ParallelLayout.of(cfg.world(), cfg.tp, cfg.cp, cfg.ep, cfg.dp / cfg.ep, cfg.pp, cfg.virtualPp);
     }
 
     /**
@@ -22,7 +22,7 @@ final class Layout {
      * the stages between need none.
      */
     static int dataRank(ParallelLayout layout, int replica) {
-        return layout.rankOf(0, 0, 0, replica, 0);
+        return layout.rankOf(0, 0, replica % layout.ep(), replica / layout.ep(), 0); // the dense DP rank: ep fastest
     }
 
     /** Refuses layouts that are invalid for the model or that the Spark path cannot train yet. */
@@ -49,6 +49,11 @@ final class Layout {
             throw new IllegalArgumentException("sequence_parallel: micro_batch x seq_len" + (cfg.cp > 1 ? " / cp" : "") + " = "
                     + cfg.microBatch + " x " + cfg.seqLen + (cfg.cp > 1 ? " / " + cfg.cp : "") + " tokens is not divisible by tp "
                     + cfg.tp);
+        }
+        try {
+            org.sparkatron.model.Transformer.validateExperts(m, cfg.ep, cfg.tp);
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("ep=" + cfg.ep + ": " + e.getMessage(), e);
         }
         try {
             cfg.pipelineLayout();

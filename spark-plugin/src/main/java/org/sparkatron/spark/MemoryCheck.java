@@ -85,9 +85,9 @@ final class MemoryCheck {
         int microBatches = cfg.replicaBatch() / microBatch;
         MemoryEstimate worst = null;
         for (int stage = 0; stage < cfg.pp; stage++) {
-            MemoryEstimate e = MemoryEstimate.of(cfg.model(), tp, cfg.sequenceParallel, pl, stage, microBatches, microBatch,
+            MemoryEstimate e = MemoryEstimate.of(cfg.model(), tp, cfg.sequenceParallel, 1, pl, stage, microBatches, microBatch,
                     cfg.seqLen, cfg.precision, recompute, CPU_HALF_BYTES, cfg.dataParallelConfig(), cfg.dp * cp,
-                    new MemoryEstimate.Context(cp, 0, cfg.cpCommType));
+                    cfg.fp8, CPU_HALF_BYTES, new MemoryEstimate.Context(cp, 0, cfg.cpCommType));
             if (worst == null || e.total() > worst.total()) {
                 worst = e;
             }

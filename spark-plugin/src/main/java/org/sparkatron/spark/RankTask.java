@@ -17,6 +17,8 @@ import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.parallel.ContextParallel;
 import org.sparkatron.parallel.DataParallel;
+import org.sparkatron.parallel.ExpertGradientSync;
+import org.sparkatron.parallel.ExpertParallel;
 import org.sparkatron.parallel.RankContext;
 import org.sparkatron.parallel.TensorParallel;
 import org.sparkatron.parallel.TpBroadcastSource;
@@ -97,15 +99,19 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 : new ProgressReporter(rank == 0 ? progressEndpoint : null, secret);
              ProcessGroups groups = ProcessGroups.create(Layout.of(cfg), comm)) {
             int tpRank = groups.coords()[0];
-            int replica = groups.coords()[3];
+            int replica = groups.dp().rank(); // the dense data-parallel rank (ep fastest, then dp)
             // Layout.dataRank (TP and CP rank 0 of the first stage) reads this replica's samples
             boolean reader = tpRank == 0 && groups.coords()[1] == 0 && groups.coords()[4] == 0;
             PipelineParallel stage = cfg.pp == 1 ? PipelineParallel.none(cfg.model().layers())
                     : new PipelineParallel(groups.pp(), cfg.pipelineLayout(), groups.embedding());
-            // data parallelism inside the engine: gradient buckets reduced during the backward, optionally ZeRO-1, over
-            // DP x CP (Megatron folds CP into the data-parallel gradient reduction and the distributed optimizer)
+            // data parallelism inside the engine for dense models: gradient buckets reduced during the backward,
+            // optionally ZeRO-1, over DP x CP (Megatron folds CP into the data-parallel gradient reduction and the
+            // distributed optimizer); a mixture-of-experts model reduces its dense gradients over the replicas and
+            // its experts over the expert-data-parallel group after the backward (ExpertGradientSync)
+            boolean moe = cfg.model().isMoe();
             RankContext rankCtx = new RankContext(dev, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision, stage,
-                    new DataParallel(groups.dpWithCp(), cfg.dataParallelConfig()))
+                    moe ? null : new DataParallel(groups.dpWithCp(), cfg.dataParallelConfig()),
+                    new ExpertParallel(groups.ep(), groups.expertDp()), cfg.fp8)
                     .withContextParallel(new ContextParallel(groups.cp(), cfg.cpCommType));
             Transformer model;
             if (cfg.initFrom != null) { // each rank reads the model directory and keeps its TP shard
@@ -117,7 +123,15 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 model.initialize(cfg.seed);
             }
             model.setRecompute(cfg.recompute);
-            groups.dpWithCp().broadcast(model.params().weights(), 0); // replicas and CP ranks start identical
+            // one replica's initial weights everywhere: dense ones over DP x CP (replicas and CP ranks start
+            // identical), experts over the expert-DP group
+            org.sparkatron.model.ParameterSet ps = model.params();
+            if (ps.expertOffset() > 0) {
+                groups.dpWithCp().broadcast(ps.weights().slice(0, ps.expertOffset()), 0);
+            }
+            if (ps.expertNumel() > 0) {
+                groups.expertDp().broadcast(ps.weights().slice(ps.expertOffset(), ps.expertNumel()), 0);
+            }
             Iterator<Tuple2<Long, int[]>> pieces = JavaConverters.asJava(data);
             SampleSource samples;
             SampleSource files = null; // a Megatron dataset this rank reads itself (closed at the end)
@@ -150,7 +164,9 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             } else if (groups.data().size() > 1) {
                 samples = new TpBroadcastSource(reader ? samples : null, cfg.seqLen + 1, groups.data());
             }
-            GradientSync dpSync = model.dataParallel(); // the model's buckets; the loss averaged over the replicas
+            // the model's buckets, or the expert grid's reduction; either averages the loss over the replicas
+            GradientSync dpSync = !moe ? model.dataParallel()
+                    : ExpertGradientSync.overReplicas(groups.dp(), cfg.bucketBytes, model.params(), groups.expertDp(), model.kernels());
             Trainer trainer = new Trainer(model, samples, cfg.trainerOptions(), dpSync);
             java.util.function.Consumer<String> events = msg -> { // to the executor's log; rank 0's to the driver too
                 System.err.println("[sparkatron] rank " + rank + ": " + msg);

@@ -54,6 +54,7 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
             java.util.Map.entry("num_layers_per_virtual_pipeline_stage", "Megatron's other way of saying virtualPp, which is the Param"),
             java.util.Map.entry("recompute_granularity", "Megatron's name of recompute, which is the Param"),
             java.util.Map.entry("context_parallel_size", "Megatron's name of cp, which is the Param"),
+            java.util.Map.entry("expert_parallel", "Megatron's name of ep, which is the Param"),
             java.util.Map.entry("overlap_param_gather", "Megatron's key, accepted only as false: the parameter all-gather is not overlapped with the next forward"));
     private static final long serialVersionUID = 1L;
     private final String uid;
@@ -72,6 +73,12 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     private final IntParam decoderFirstPipelineNumLayers;
     private final IntParam decoderLastPipelineNumLayers;
     private final Param<String> recompute;
+    private final IntParam ep;
+    private final IntParam numExperts;
+    private final IntParam topK;
+    private final DoubleParam moeCapacityFactor;
+    private final DoubleParam moeAuxLossCoeff;
+    private final DoubleParam moeZLossCoeff;
     private final IntParam globalBatch;
     private final IntParam microBatch;
     private final IntParam seqLen;
@@ -99,6 +106,14 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     private final BooleanParam asyncSave;
     private final Param<String> precision;
     private final Param<String> tokenizer;
+    private final Param<String> fp8Format;
+    private final Param<String> fp8Recipe;
+    private final IntParam fp8Margin;
+    private final IntParam fp8AmaxHistoryLen;
+    private final Param<String> fp8AmaxComputeAlgo;
+    private final BooleanParam firstLastLayersBf16;
+    private final IntParam numLayersAtStartInBf16;
+    private final IntParam numLayersAtEndInBf16;
     // seeing training (docs/monitoring.md)
     private final Param<String> dataSplit;
     private final IntParam logInterval;
@@ -128,6 +143,13 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
         cpCommType = new Param<>(this, "cpCommType", "context-parallel attention: p2p (ring, default) or all_gather");
         tensorParallel = new IntParam(this, "tensorParallel", "tensor-parallel size (ranks per replica; alias of tp)");
         sequenceParallel = new BooleanParam(this, "sequenceParallel", "sequence parallelism inside each tensor-parallel group");
+        ep = new IntParam(this, "ep", "expert-parallel size (MoE models: experts split over ep of the dp replicas)");
+        numExperts = new IntParam(this, "numExperts", "experts per MoE layer (overrides the mixtral config's num_local_experts)");
+        topK = new IntParam(this, "topK", "experts per token (overrides the mixtral config's num_experts_per_tok)");
+        moeCapacityFactor = new DoubleParam(this, "moeCapacityFactor",
+                "expert capacity factor: tokens over capacity are dropped (overrides the mixtral config's moe_expert_capacity_factor)");
+        moeAuxLossCoeff = new DoubleParam(this, "moeAuxLossCoeff", "load-balancing loss coefficient (overrides the mixtral config's)");
+        moeZLossCoeff = new DoubleParam(this, "moeZLossCoeff", "router z-loss coefficient (overrides the mixtral config's)");
         globalBatch = new IntParam(this, "globalBatch", "samples per optimizer step over all replicas");
         microBatch = new IntParam(this, "microBatch", "samples per forward/backward on one rank");
         seqLen = new IntParam(this, "seqLen", "tokens per sample (inputs)");
@@ -153,8 +175,16 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
         keepCheckpoints = new IntParam(this, "keepCheckpoints", "how many checkpoints to keep, newest first (default 2)");
         startOver = new BooleanParam(this, "startOver", "delete existing checkpoints instead of resuming from them (first attempt only)");
         asyncSave = new BooleanParam(this, "asyncSave", "save checkpoints in the background while training goes on (Megatron's --async-save; default false)");
-        precision = new Param<>(this, "precision", "compute precision: fp32 (default), bf16, or fp16 with dynamic loss scaling");
+        precision = new Param<>(this, "precision", "fp32, bf16, fp16 or fp8 (docs/precision.md)");
         tokenizer = new Param<>(this, "tokenizer", "gpt2 or a tokenizer.json path, saved with the model (default: from the input column's TokenizeTransformer metadata)");
+        fp8Format = new Param<>(this, "fp8Format", "fp8: e4m3, or hybrid (E4M3 forward, E5M2 gradients; the default)");
+        fp8Recipe = new Param<>(this, "fp8Recipe", "fp8 scaling: delayed (the default) or tensorwise (current scaling)");
+        fp8Margin = new IntParam(this, "fp8Margin", "fp8 delayed scaling: scale = fp8 max / amax / 2^margin");
+        fp8AmaxHistoryLen = new IntParam(this, "fp8AmaxHistoryLen", "fp8 delayed scaling: passes of amax history");
+        fp8AmaxComputeAlgo = new Param<>(this, "fp8AmaxComputeAlgo", "fp8 delayed scaling: most_recent or max over the history");
+        firstLastLayersBf16 = new BooleanParam(this, "firstLastLayersBf16", "fp8: keep the first and last layers' GEMMs in bf16");
+        numLayersAtStartInBf16 = new IntParam(this, "numLayersAtStartInBf16", "with firstLastLayersBf16: layers at the start in bf16");
+        numLayersAtEndInBf16 = new IntParam(this, "numLayersAtEndInBf16", "with firstLastLayersBf16: layers at the end in bf16");
         dataSplit = new Param<>(this, "dataSplit", "train,validation,test weights over the documents in row order (Megatron's --split)");
         logInterval = new IntParam(this, "logInterval", "steps per progress line (interval averages)");
         evalInterval = new IntParam(this, "evalInterval", "steps between evaluations on the validation split");
@@ -183,6 +213,12 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public Param<String> cpCommType() { return cpCommType; }
     public IntParam tensorParallel() { return tensorParallel; }
     public BooleanParam sequenceParallel() { return sequenceParallel; }
+    public IntParam ep() { return ep; }
+    public IntParam numExperts() { return numExperts; }
+    public IntParam topK() { return topK; }
+    public DoubleParam moeCapacityFactor() { return moeCapacityFactor; }
+    public DoubleParam moeAuxLossCoeff() { return moeAuxLossCoeff; }
+    public DoubleParam moeZLossCoeff() { return moeZLossCoeff; }
     public IntParam globalBatch() { return globalBatch; }
     public IntParam microBatch() { return microBatch; }
     public IntParam seqLen() { return seqLen; }
@@ -210,6 +246,14 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public BooleanParam asyncSave() { return asyncSave; }
     public Param<String> precision() { return precision; }
     public Param<String> tokenizer() { return tokenizer; }
+    public Param<String> fp8Format() { return fp8Format; }
+    public Param<String> fp8Recipe() { return fp8Recipe; }
+    public IntParam fp8Margin() { return fp8Margin; }
+    public IntParam fp8AmaxHistoryLen() { return fp8AmaxHistoryLen; }
+    public Param<String> fp8AmaxComputeAlgo() { return fp8AmaxComputeAlgo; }
+    public BooleanParam firstLastLayersBf16() { return firstLastLayersBf16; }
+    public IntParam numLayersAtStartInBf16() { return numLayersAtStartInBf16; }
+    public IntParam numLayersAtEndInBf16() { return numLayersAtEndInBf16; }
     public Param<String> dataSplit() { return dataSplit; }
     public IntParam logInterval() { return logInterval; }
     public IntParam evalInterval() { return evalInterval; }
@@ -231,6 +275,12 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public SparkatronEstimator setCpCommType(String v) { set(cpCommType, v); return this; }
     public SparkatronEstimator setTensorParallel(int v) { set(tensorParallel, (Object) v); return this; }
     public SparkatronEstimator setSequenceParallel(boolean v) { set(sequenceParallel, (Object) v); return this; }
+    public SparkatronEstimator setEp(int v) { set(ep, (Object) v); return this; }
+    public SparkatronEstimator setNumExperts(int v) { set(numExperts, (Object) v); return this; }
+    public SparkatronEstimator setTopK(int v) { set(topK, (Object) v); return this; }
+    public SparkatronEstimator setMoeCapacityFactor(double v) { set(moeCapacityFactor, (Object) v); return this; }
+    public SparkatronEstimator setMoeAuxLossCoeff(double v) { set(moeAuxLossCoeff, (Object) v); return this; }
+    public SparkatronEstimator setMoeZLossCoeff(double v) { set(moeZLossCoeff, (Object) v); return this; }
     public SparkatronEstimator setGlobalBatch(int v) { set(globalBatch, (Object) v); return this; }
     public SparkatronEstimator setMicroBatch(int v) { set(microBatch, (Object) v); return this; }
     public SparkatronEstimator setSeqLen(int v) { set(seqLen, (Object) v); return this; }
@@ -259,6 +309,14 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public SparkatronEstimator setAsyncSave(boolean v) { set(asyncSave, (Object) v); return this; }
     public SparkatronEstimator setPrecision(String v) { set(precision, v); return this; }
     public SparkatronEstimator setTokenizer(String v) { set(tokenizer, v); return this; }
+    public SparkatronEstimator setFp8Format(String v) { set(fp8Format, v); return this; }
+    public SparkatronEstimator setFp8Recipe(String v) { set(fp8Recipe, v); return this; }
+    public SparkatronEstimator setFp8Margin(int v) { set(fp8Margin, (Object) v); return this; }
+    public SparkatronEstimator setFp8AmaxHistoryLen(int v) { set(fp8AmaxHistoryLen, (Object) v); return this; }
+    public SparkatronEstimator setFp8AmaxComputeAlgo(String v) { set(fp8AmaxComputeAlgo, v); return this; }
+    public SparkatronEstimator setFirstLastLayersBf16(boolean v) { set(firstLastLayersBf16, (Object) v); return this; }
+    public SparkatronEstimator setNumLayersAtStartInBf16(int v) { set(numLayersAtStartInBf16, (Object) v); return this; }
+    public SparkatronEstimator setNumLayersAtEndInBf16(int v) { set(numLayersAtEndInBf16, (Object) v); return this; }
 
     public SparkatronEstimator setDataSplit(String v) { set(dataSplit, v); return this; }
     public SparkatronEstimator setLogInterval(int v) { set(logInterval, (Object) v); return this; }

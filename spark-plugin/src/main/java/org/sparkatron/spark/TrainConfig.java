@@ -23,6 +23,7 @@ import org.sparkatron.model.ModelConfig;
 import org.sparkatron.optim.LrSchedule;
 import org.sparkatron.parallel.ContextParallel;
 import org.sparkatron.parallel.DataParallel;
+import org.sparkatron.precision.Fp8Recipe;
 import org.sparkatron.precision.Precision;
 import org.sparkatron.train.Trainer;
 
@@ -66,16 +67,21 @@ public final class TrainConfig implements Serializable {
             "steps", "lr", "min_lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "seed", "input_col",
             "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format", "input_schema",
             "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over", "async_save",
-            "data_split", "precision", "init_from", "log_interval", "eval_interval", "eval_iters", "tensorboard_dir",
+            "data_split", "precision", "init_from", "fp8_format", "fp8_recipe", "fp8_margin", "fp8_amax_history_len",
+            "fp8_amax_compute_algo", "first_last_layers_bf16", "num_layers_at_start_in_bf16", "num_layers_at_end_in_bf16",
+            "log_interval", "eval_interval", "eval_iters", "tensorboard_dir",
             "mlflow_tracking_uri", "mlflow_experiment", "mlflow_run_name", "override_lr_schedule", "use_checkpoint_lr_schedule",
             "check_token_ids", "fail_mode", "tokenizer", "virtual_pp", "num_layers_per_virtual_pipeline_stage", "decoder_first_pipeline_num_layers",
             "decoder_last_pipeline_num_layers", "recompute", "recompute_granularity",
-            "use_distributed_optimizer", "overlap_grad_reduce", "overlap_param_gather");
+            "use_distributed_optimizer", "overlap_grad_reduce", "overlap_param_gather", "ep", "expert_parallel", "num_experts",
+            "top_k", "moe_capacity_factor", "moe_aux_loss_coeff", "moe_z_loss_coeff");
 
     private final String json; // the full, normalised config
 
     public final String modelJson;
     public final int dp, tp, pp;
+    /** Expert-parallel size: the experts of each MoE layer are split over ep of the dp replicas. */
+    public final int ep;
     /**
      * Context parallelism (docs/parallel.md): ranks each sequence is split over [1] (Megatron's
      * {@code --context-parallel-size}; alias {@code context_parallel_size}) and how attention exchanges keys and
@@ -135,8 +141,15 @@ public final class TrainConfig implements Serializable {
     public final boolean startOver;
     /** Checkpoints written in the background while training goes on (Megatron's --async-save). */
     public final boolean asyncSave;
-    /** Compute precision (docs/precision.md): fp32 [default], bf16, or fp16 with dynamic loss scaling. */
+    /** Compute precision (docs/precision.md): fp32 [default], bf16, fp16 with dynamic loss scaling, or fp8. */
     public final Precision precision;
+    /**
+     * Under precision fp8, the recipe from Megatron's keys ({@code fp8_format} [hybrid], {@code fp8_recipe}
+     * [delayed], {@code fp8_margin} [0], {@code fp8_amax_history_len} [1], {@code fp8_amax_compute_algo}
+     * [most_recent], {@code first_last_layers_bf16} [false], {@code num_layers_at_start_in_bf16} [1],
+     * {@code num_layers_at_end_in_bf16} [1]); null otherwise (the keys are then refused).
+     */
+    public final Fp8Recipe fp8;
     /** A Hugging Face model directory (any Hadoop path) whose weights replace the seed initialisation
      *  [none]; its config.json is the model config when {@code model} is not given ({@link InitFrom}). */
     public final String initFrom;
@@ -193,6 +206,7 @@ public final class TrainConfig implements Serializable {
         } else if (!m.isObject()) {
             throw new IllegalArgumentException("config key 'model' must be a config.json object or a path to one, got " + m);
         }
+        m = withMoeOverrides(o, m);
         ModelConfig mc;
         try {
             mc = ModelConfig.fromJson(m);
@@ -226,6 +240,15 @@ public final class TrainConfig implements Serializable {
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("config key 'cp_comm_type': " + e.getMessage(), e);
         }
+        if (o.has("expert_parallel")) { // Megatron's name for "ep"
+            JsonNode alias = o.remove("expert_parallel");
+            if (o.has("ep") && !o.get("ep").equals(alias)) {
+                throw new IllegalArgumentException("config keys 'ep' (" + o.get("ep") + ") and 'expert_parallel' (" + alias
+                        + ") disagree: give one of them");
+            }
+            o.set("ep", alias);
+        }
+        this.ep = intKey(o, "ep", 1, 1);
         if (o.hasNonNull("num_layers_per_virtual_pipeline_stage")) { // Megatron's way of saying virtual_pp
             int per = intKey(o, "num_layers_per_virtual_pipeline_stage", 1, 1);
             if (mc.layers() % ((long) pp * per) != 0) {
@@ -305,6 +328,21 @@ public final class TrainConfig implements Serializable {
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("config key 'precision': " + e.getMessage(), e);
         }
+        java.util.Map<String, String> fp8Keys = new java.util.LinkedHashMap<>();
+        for (String k : Fp8Recipe.KEYS) {
+            if (o.hasNonNull(k)) {
+                fp8Keys.put(k, o.get(k).asText());
+            }
+        }
+        if (precision != Precision.FP8 && !fp8Keys.isEmpty()) {
+            throw new IllegalArgumentException("config key '" + fp8Keys.keySet().iterator().next() + "' applies to precision fp8, not "
+                    + precision.label());
+        }
+        try {
+            this.fp8 = precision == Precision.FP8 ? Fp8Recipe.parse(fp8Keys::get) : null;
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("config key " + e.getMessage(), e);
+        }
         this.tokenizer = str(o, "tokenizer", null);
         this.logInterval = intKey(o, "log_interval", Math.max(1, Math.min(100, steps / 20)), 1);
         this.evalIntervalGiven = o.hasNonNull("eval_interval");
@@ -326,11 +364,49 @@ public final class TrainConfig implements Serializable {
         validate(mc);
     }
 
+    /**
+     * The job's MoE keys written into the model config: {@code num_experts} (num_local_experts), {@code top_k}
+     * (num_experts_per_tok), {@code moe_capacity_factor}, {@code moe_aux_loss_coeff}, {@code moe_z_loss_coeff};
+     * they need a {@code mixtral} model.
+     */
+    private static JsonNode withMoeOverrides(ObjectNode o, JsonNode model) {
+        String[][] keys = {{"num_experts", "num_local_experts"}, {"top_k", "num_experts_per_tok"},
+            {"moe_capacity_factor", "moe_expert_capacity_factor"}, {"moe_aux_loss_coeff", "moe_aux_loss_coeff"},
+            {"moe_z_loss_coeff", "moe_z_loss_coeff"}};
+        ObjectNode m = null;
+        for (String[] k : keys) {
+            if (!o.has(k[0])) {
+                continue;
+            }
+            if (!"mixtral".equals(model.path("model_type").asText())) {
+                throw new IllegalArgumentException("config key '" + k[0] + "' needs a mixture-of-experts model (model_type mixtral), got '"
+                        + model.path("model_type").asText() + "'");
+            }
+            if (m == null) {
+                m = ((ObjectNode) model).deepCopy();
+            }
+            m.set(k[1], o.get(k[0]));
+        }
+        if (m != null) {
+            o.set("model", m);
+            return m;
+        }
+        return model;
+    }
+
     private void validate(ModelConfig mc) {
         long world = (long) dp * tp * cp * pp; // 64-bit: each factor may be up to 2^31 - 1
         if (world > MAX_WORLD) {
             throw new IllegalArgumentException("world size dp x tp x " + (cp > 1 ? "cp x " : "") + "pp = " + dp + " x " + tp + " x "
                     + (cp > 1 ? cp + " x " : "") + pp + " = " + world + " is larger than " + MAX_WORLD);
+        }
+        if (dp % ep != 0) {
+            throw new IllegalArgumentException("ep " + ep + " does not divide dp " + dp
+                    + ": expert-parallel ranks are data-parallel replicas of the dense layers");
+        }
+        if (useDistributedOptimizer && mc.isMoe()) {
+            throw new IllegalArgumentException("use_distributed_optimizer with a mixture-of-experts model is not supported yet "
+                    + "(the experts' optimizer state would shard over the expert-data-parallel group); leave it false");
         }
         if (seqLen > mc.maxPositions()) {
             throw new IllegalArgumentException("seq_len " + seqLen + " exceeds the model's max positions " + mc.maxPositions());
@@ -340,6 +416,13 @@ public final class TrainConfig implements Serializable {
         }
         if ((globalBatch / dp) % microBatch != 0) {
             throw new IllegalArgumentException("global_batch / dp = " + globalBatch / dp + " samples per replica is not divisible by micro_batch " + microBatch);
+        }
+        if (fp8 != null) { // refused here, on the driver, before any executor starts
+            org.sparkatron.model.Transformer.validateFp8(mc, tp, fp8);
+            org.sparkatron.precision.Fp8Linear.requireRows((long) microBatch * seqLen, "the transformer layers' FP8 GEMMs");
+            if (pp > 1) {
+                throw new IllegalArgumentException(org.sparkatron.model.Transformer.fp8WithPipelining(pp));
+            }
         }
         if (inputCol.isEmpty()) {
             throw new IllegalArgumentException("input_col must not be empty");

@@ -43,6 +43,13 @@ class EstimatorAndModelTest {
         assertEquals("/x", c.output);
         assertTrue(c.dropBadRows);
         assertEquals(2, e.copy(new org.apache.spark.ml.param.ParamMap()).toConfig().dp, "copy keeps the Params");
+        TrainConfig f = e.setPrecision("fp8").setFp8Format("e4m3").setFp8Recipe("delayed").setFp8Margin(1).setFp8AmaxHistoryLen(8)
+                .setFp8AmaxComputeAlgo("max").setFirstLastLayersBf16(true).setNumLayersAtStartInBf16(0)
+                .setNumLayersAtEndInBf16(1).toConfig();
+        assertEquals(org.sparkatron.precision.Precision.FP8, f.precision);
+        assertEquals(new org.sparkatron.precision.Fp8Recipe(org.sparkatron.precision.Fp8Recipe.Format.E4M3,
+                org.sparkatron.precision.Fp8Recipe.Scaling.DELAYED, 1, 8, org.sparkatron.precision.Fp8Recipe.AmaxAlgo.MAX, true, 0, 1),
+                f.fp8);
         IllegalArgumentException x = assertThrows(IllegalArgumentException.class, () -> new SparkatronEstimator().toConfig());
         assertTrue(x.getMessage().contains("set modelConfig"), x.getMessage());
     }

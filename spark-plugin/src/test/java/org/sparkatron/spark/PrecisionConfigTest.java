@@ -27,4 +27,43 @@ class PrecisionConfigTest {
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> parse(", \"precision\": \"int8\""));
         assertTrue(e.getMessage().contains("config key 'precision'") && e.getMessage().contains("int8"), e.getMessage());
     }
+
+    private static final String FP8_MODEL = "{\"model_type\":\"gpt2\",\"n_layer\":3,\"n_embd\":32,\"n_head\":2,"
+            + "\"n_positions\":16,\"vocab_size\":20}";
+
+    static TrainConfig parseFp8(String extra) throws Exception {
+        return TrainConfig.fromJson(new ObjectMapper().readTree("{\"model\": " + FP8_MODEL + ", \"seq_len\": 16" + extra + "}"));
+    }
+
+    @Test
+    void fp8TakesMegatronsKeysWithMegatronsDefaults() throws Exception {
+        TrainConfig d = parseFp8(", \"precision\": \"fp8\"");
+        assertEquals(Precision.FP8, d.precision);
+        assertEquals(org.sparkatron.precision.Fp8Recipe.defaults(), d.fp8);
+        TrainConfig c = parseFp8(", \"precision\": \"fp8\", \"fp8_format\": \"e4m3\", \"fp8_recipe\": \"tensorwise\","
+                + " \"fp8_margin\": 2, \"fp8_amax_history_len\": 16, \"fp8_amax_compute_algo\": \"max\","
+                + " \"first_last_layers_bf16\": true, \"num_layers_at_start_in_bf16\": 1, \"num_layers_at_end_in_bf16\": 1");
+        assertEquals(new org.sparkatron.precision.Fp8Recipe(org.sparkatron.precision.Fp8Recipe.Format.E4M3,
+                org.sparkatron.precision.Fp8Recipe.Scaling.TENSORWISE, 2, 16, org.sparkatron.precision.Fp8Recipe.AmaxAlgo.MAX,
+                true, 1, 1), c.fp8);
+        assertEquals(null, parse(", \"precision\": \"bf16\"").fp8);
+    }
+
+    @Test
+    void fp8MistakesAreRefusedOnTheDriver() throws Exception {
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                () -> parseFp8(", \"precision\": \"bf16\", \"fp8_format\": \"e4m3\""));
+        assertEquals("config key 'fp8_format' applies to precision fp8, not bf16", e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> parseFp8(", \"precision\": \"fp8\", \"fp8_recipe\": \"blockwise\""));
+        assertEquals("config key fp8_recipe must be one of current, delayed, tensorwise, got 'blockwise'", e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> TrainConfig.fromJson(new ObjectMapper().readTree("{\"model\": "
+                + FP8_MODEL.replace("\"n_embd\":32", "\"n_embd\":40") + ", \"seq_len\": 16, \"precision\": \"fp8\"}")));
+        assertTrue(e.getMessage().startsWith("precision fp8: attn.qkv is 40 -> 120 features"), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class,
+                () -> parseFp8(", \"precision\": \"fp8\", \"seq_len\": 12, \"global_batch\": 2"));
+        assertTrue(e.getMessage().contains("a micro-batch of 24 tokens"), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> parseFp8(", \"precision\": \"fp8\", \"pp\": 3, \"global_batch\": 3"));
+        assertEquals("precision fp8 with pipeline parallelism (pp 3) is not supported yet: an FP8 layer keeps one micro-batch's"
+                + " FP8 input for its backward; use pp 1, or precision bf16 with pipelining", e.getMessage());
+    }
 }

@@ -274,6 +274,12 @@ public final class CpuDevice implements Device {
         return allocator.systemAllocations();
     }
 
+    /** F32 for every reduced format: the CPU kernels compute in fp32 and round on store (docs/precision.md). */
+    @Override
+    public DType storageOf(DType format) {
+        return format.isFloatingPoint() && format != DType.F64 ? DType.F32 : format;
+    }
+
     @Override
     public long capacityBytes() {
         return allocator.capacity();

@@ -8,8 +8,10 @@ import org.sparkatron.device.AttentionBlock;
 import org.sparkatron.device.Device;
 import org.sparkatron.device.Kernels;
 import org.sparkatron.device.MemoryKind;
+import org.sparkatron.device.MoeRouting;
 import org.sparkatron.parallel.DropoutRng;
 import org.sparkatron.precision.HalfFloats;
+import org.sparkatron.precision.Fp8Format;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -112,18 +114,23 @@ public final class CpuKernels implements Kernels {
         }
         Blas.sgemm(true, false, outF, in, n, 1f, dout, 0, outF, x, 0, in, 1f, dw, 0, in);
         if (dbias != null) {
-            FloatBuffer d = dout.floats();
-            FloatBuffer db = dbias.floats();
-            double[] acc = new double[outF];
-            for (int r = 0; r < n; r++) {
-                int base = r * outF;
-                for (int j = 0; j < outF; j++) {
-                    acc[j] += d.get(base + j);
-                }
-            }
+            biasGradient(dbias, dout, n, outF);
+        }
+    }
+
+    /** {@code db += sum over rows of dout[n, outF]}, accumulated in double. */
+    void biasGradient(Tensor dbias, Tensor dout, int n, int outF) {
+        FloatBuffer d = dout.floats();
+        FloatBuffer db = dbias.floats();
+        double[] acc = new double[outF];
+        for (int r = 0; r < n; r++) {
+            int base = r * outF;
             for (int j = 0; j < outF; j++) {
-                db.put(j, (float) (db.get(j) + acc[j]));
+                acc[j] += d.get(base + j);
             }
+        }
+        for (int j = 0; j < outF; j++) {
+            db.put(j, (float) (db.get(j) + acc[j]));
         }
     }
 
@@ -702,5 +709,119 @@ public final class CpuKernels implements Kernels {
                 }
             }
         }
+    }
+
+    // ---- mixture of experts: CpuMoeKernels ----
+
+    @Override
+    public boolean hasMoeKernels() {
+        return true;
+    }
+
+    @Override
+    public void moeRoute(Tensor logits, Tensor experts, Tensor probs, Tensor scores, int n, int e, int k, MoeRouting routing) {
+        CpuMoeKernels.route(logits, experts, probs, scores, n, e, k, routing);
+    }
+
+    @Override
+    public void moeAuxLoss(Tensor scores, Tensor experts, Tensor auxGrad, Tensor acc, int slot, int n, int e, int k,
+                           float gradWeight, double reportWeight) {
+        CpuMoeKernels.auxLoss(scores, experts, auxGrad, acc, slot, n, e, k, gradWeight, reportWeight);
+    }
+
+    @Override
+    public void moeZLoss(Tensor logits, Tensor acc, int slot, int n, int e, double reportWeight) {
+        CpuMoeKernels.zLoss(logits, acc, slot, n, e, reportWeight);
+    }
+
+    @Override
+    public void moeCapacity(Tensor routed, Tensor probs, Tensor experts, Tensor acc, int slot, int n, int e, int k, int capacity,
+                            double reportWeight) {
+        CpuMoeKernels.capacity(routed, probs, experts, acc, slot, n, e, k, capacity, reportWeight);
+    }
+
+    @Override
+    public void moePermute(Tensor out, Tensor rowMap, Tensor counts, Tensor offsets, Tensor x, Tensor routed, int n, int c, int e, int k,
+                           int capacity) {
+        CpuMoeKernels.permute(out, rowMap, counts, offsets, x, routed, n, c, e, k, capacity);
+    }
+
+    @Override
+    public void moePermuteBackward(Tensor dx, Tensor dperm, Tensor rowMap, int n, int c, int k) {
+        CpuMoeKernels.permuteBackward(dx, dperm, rowMap, n, c, k);
+    }
+
+    @Override
+    public void moeUnpermute(Tensor out, Tensor y, Tensor rowMap, Tensor probs, int n, int c, int k) {
+        CpuMoeKernels.unpermute(out, y, rowMap, probs, n, c, k);
+    }
+
+    @Override
+    public void moeUnpermuteBackward(Tensor dy, Tensor dprobs, Tensor dout, Tensor y, Tensor rowMap, Tensor probs, int rows,
+                                     int n, int c, int k) {
+        CpuMoeKernels.unpermuteBackward(dy, dprobs, dout, y, rowMap, probs, rows, n, c, k);
+    }
+
+    @Override
+    public void moeRouteBackward(Tensor dlogits, Tensor dprobs, Tensor logits, Tensor experts, Tensor auxGrad, float zWeight,
+                                 int n, int e, int k, MoeRouting routing) {
+        CpuMoeKernels.routeBackward(dlogits, dprobs, logits, experts, auxGrad, zWeight, n, e, k, routing);
+    }
+
+    @Override
+    public void moeSortChunks(Tensor out, Tensor offsets, Tensor in, Tensor counts, int a, int b, int c, boolean inverse) {
+        CpuMoeKernels.sortChunks(out, offsets, in, counts, a, b, c, inverse);
+    }
+
+    @Override
+    public void groupedLinearForward(Tensor out, Tensor x, Tensor w, Tensor offsets, int groups, int in, int outF) {
+        CpuMoeKernels.groupedForward(out, x, w, offsets, groups, in, outF);
+    }
+
+    @Override
+    public void groupedLinearBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets, int groups, int in,
+                                      int outF) {
+        CpuMoeKernels.groupedBackward(dx, dw, dout, x, w, offsets, groups, in, outF);
+    }
+
+    // ---- FP8 (CpuFp8) ----
+
+    @Override
+    public boolean supportsFp8() {
+        return true;
+    }
+
+    @Override
+    public void amax(Tensor x, long count, Tensor amax, int slot) {
+        CpuFp8.amax(x, count, amax, slot);
+    }
+
+    @Override
+    public void castToFp8(Tensor dst, Tensor src, long count, Fp8Format format, Tensor scale, int slot, Tensor amaxOut,
+                          int amaxSlot) {
+        CpuFp8.castToFp8(dst, src, count, format, scale, slot, amaxOut, amaxSlot);
+    }
+
+    @Override
+    public void fp8ScaleFromAmax(Tensor amax, Tensor scale, Tensor scaleInv, int from, int count, float fp8Max) {
+        CpuFp8.scaleFromAmax(amax, scale, scaleInv, from, count, fp8Max);
+    }
+
+    @Override
+    public void fp8DelayedScaling(Tensor history, Tensor scale, Tensor scaleInv, int len, int slots, int from, int count,
+                                  boolean useMax, float scaledMax) {
+        CpuFp8.delayedScaling(history, scale, scaleInv, len, slots, from, count, useMax, scaledMax);
+    }
+
+    @Override
+    public void fp8LinearForward(Tensor out, Tensor x8, Tensor w8, Tensor scaleInv, int xSlot, int wSlot, Tensor bias, int n,
+                                 int in, int outF) {
+        CpuFp8.linearForward(out, x8, w8, scaleInv, xSlot, wSlot, bias, n, in, outF);
+    }
+
+    @Override
+    public void fp8LinearBackward(Tensor dx, boolean accumulateDx, Tensor dw, Tensor dbias, Tensor dout, Tensor dy8, Tensor x8,
+                                  Tensor w8, Tensor scaleInv, int dySlot, int xSlot, int wSlot, int n, int in, int outF) {
+        CpuFp8.linearBackward(this, dx, accumulateDx, dw, dbias, dout, dy8, x8, w8, scaleInv, dySlot, xSlot, wSlot, n, in, outF);
     }
 }

@@ -1,6 +1,8 @@
 package org.sparkatron.device.cuda;
 
 import static org.bytedeco.cuda.global.cublas.CUBLASLT_EPILOGUE_BIAS;
+import static org.bytedeco.cuda.global.cublas.CUBLASLT_MATMUL_DESC_A_SCALE_POINTER;
+import static org.bytedeco.cuda.global.cublas.CUBLASLT_MATMUL_DESC_B_SCALE_POINTER;
 import static org.bytedeco.cuda.global.cublas.CUBLASLT_EPILOGUE_DEFAULT;
 import static org.bytedeco.cuda.global.cublas.CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE;
 import static org.bytedeco.cuda.global.cublas.CUBLASLT_MATMUL_DESC_BIAS_POINTER;
@@ -15,6 +17,8 @@ import static org.bytedeco.cuda.global.cublas.CUBLAS_OP_T;
 import static org.bytedeco.cuda.global.cudart.CUDA_R_16BF;
 import static org.bytedeco.cuda.global.cudart.CUDA_R_16F;
 import static org.bytedeco.cuda.global.cudart.CUDA_R_32F;
+import static org.bytedeco.cuda.global.cudart.CUDA_R_8F_E4M3;
+import static org.bytedeco.cuda.global.cudart.CUDA_R_8F_E5M2;
 
 import java.util.HashMap;
 import java.util.Map;
@@ -38,7 +42,9 @@ import org.sparkatron.tensor.Tensor;
  * column-major terms: {@code D[m, n] = alpha op(A)[m, k] op(B)[k, n] + beta D}, optionally {@code + bias[row]}
  * fused as the epilogue. Inputs F32, BF16 or F16 (A and B of one type), D F32 or the input type, fp32
  * accumulation; F32 inputs compute in full fp32 by default (TF32 with the system property
- * {@code sparkatron.cuda.tf32=true}). The descriptors and the algorithm cuBLASLt's heuristic picks are
+ * {@code sparkatron.cuda.tf32=true}). FP8 GEMMs ({@link #matmulFp8}) take E4M3/E5M2 codes with per-tensor
+ * scale pointers, "TN" only (Hopper's FP8 kernels need A transposed and B not), fp32 accumulation with
+ * cuBLASLt's split (precise) accumulator, F32 output. The descriptors and the algorithm cuBLASLt's heuristic picks are
  * cached per shape, so a training step after the first only calls {@code cublasLtMatmul}. The workspace
  * comes from the device's allocator.
  *
@@ -47,8 +53,8 @@ import org.sparkatron.tensor.Tensor;
 final class CublasLt implements AutoCloseable {
     private static final long WORKSPACE_BYTES = 32L << 20;
 
-    private record Key(boolean transA, boolean transB, long m, long n, long k, long lda, long ldb, long ldd, DType ab, DType d,
-                       DType bias) {
+    private record Key(boolean transA, boolean transB, long m, long n, long k, long lda, long ldb, long ldd, DType a, DType b,
+                       DType d, DType bias) {
     }
 
     private static final class Plan {
@@ -65,6 +71,7 @@ final class CublasLt implements AutoCloseable {
     private final FloatPointer alpha = new FloatPointer(1);
     private final FloatPointer beta = new FloatPointer(1);
     private final LongPointer biasAddress = new LongPointer(1);
+    private final LongPointer scaleAddress = new LongPointer(1);
     private final Tensor workspace;
     private final CUstream_st stream;
     private final boolean tf32 = Boolean.getBoolean("sparkatron.cuda.tf32");
@@ -113,6 +120,8 @@ final class CublasLt implements AutoCloseable {
             case F32 -> CUDA_R_32F;
             case BF16 -> CUDA_R_16BF;
             case F16 -> CUDA_R_16F;
+            case FP8_E4M3 -> CUDA_R_8F_E4M3;
+            case FP8_E5M2 -> CUDA_R_8F_E5M2;
             default -> throw new IllegalArgumentException("cuBLASLt GEMM of " + t + " tensors is not supported");
         };
     }
@@ -132,18 +141,68 @@ final class CublasLt implements AutoCloseable {
         if (k == 0) {
             throw new IllegalArgumentException("GEMM with an empty inner dimension");
         }
-        Key key = new Key(transA, transB, m, n, k, lda, ldb, ldd, a.dtype(), d.dtype(), bias == null ? null : bias.dtype());
+        if (a.dtype().bytes() == 1) {
+            throw new IllegalArgumentException("FP8 GEMMs go through matmulFp8");
+        }
+        Key key = new Key(transA, transB, m, n, k, lda, ldb, ldd, a.dtype(), b.dtype(), d.dtype(), bias == null ? null : bias.dtype());
+        Plan p = planFor(key);
+        if (bias != null) {
+            biasAddress.put(0, bias.address());
+            check(cublas.cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, biasAddress, 8),
+                    "cublasLtMatmulDescSetAttribute(bias pointer)");
+        }
+        run(p, key, alphaValue, a, aOff, b, bOff, betaValue, d, dOff);
+    }
+
+    private Plan planFor(Key key) {
         Plan p = plans.get(key);
         if (p == null) {
             p = plan(key);
             plans.put(key, p);
         }
         device.makeCurrent();
-        if (bias != null) {
-            biasAddress.put(0, bias.address());
-            check(cublas.cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, biasAddress, 8),
-                    "cublasLtMatmulDescSetAttribute(bias pointer)");
+        return p;
+    }
+
+    /**
+     * The FP8 GEMM {@code D[m, n] = scaleA * scaleB * (A^T B) + beta D}, column-major: A is {@code [k, m]}
+     * (leading dimension lda) and used transposed, B is {@code [k, n]} (ldb), both E4M3 or E5M2 codes (not both
+     * E5M2); the scales are read on the device from {@code scales[aSlot]} and {@code scales[bSlot]} (F32) when
+     * the GEMM runs, so they may be computed by kernels queued before. D is F32 (overwritten, or accumulated
+     * with beta 1). cuBLASLt wants 16-byte aligned operands and leading dimensions that are multiples of 16;
+     * callers ensure both (Fp8Linear refuses other sizes).
+     */
+    void matmulFp8(long m, long n, long k, Tensor a, long lda, Tensor b, long ldb, Tensor scales, int aSlot, int bSlot,
+                   float betaValue, Tensor d, long ldd) {
+        if (a.dtype().bytes() != 1 || b.dtype().bytes() != 1 || (a.dtype() == DType.FP8_E5M2 && b.dtype() == DType.FP8_E5M2)) {
+            throw new IllegalArgumentException("FP8 GEMM of " + a.dtype() + " by " + b.dtype() + " (E4M3 x E4M3 or E4M3 x E5M2)");
         }
+        if (d.dtype() != DType.F32 || scales.dtype() != DType.F32) {
+            throw new IllegalArgumentException("FP8 GEMM into " + d.dtype() + " with " + scales.dtype() + " scales (F32 expected)");
+        }
+        if (m == 0 || n == 0) {
+            return;
+        }
+        if (k == 0) {
+            throw new IllegalArgumentException("GEMM with an empty inner dimension");
+        }
+        Key key = new Key(true, false, m, n, k, lda, ldb, ldd, a.dtype(), b.dtype(), d.dtype(), null);
+        Plan p = planFor(key);
+        scaleAddress.put(0, scales.address() + 4L * aSlot);
+        check(cublas.cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, scaleAddress, 8),
+                "cublasLtMatmulDescSetAttribute(A scale pointer)");
+        scaleAddress.put(0, scales.address() + 4L * bSlot);
+        check(cublas.cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, scaleAddress, 8),
+                "cublasLtMatmulDescSetAttribute(B scale pointer)");
+        run(p, key, 1f, a, 0, b, 0, betaValue, d, 0);
+    }
+
+    private void run(Plan p, Key key, float alphaValue, Tensor a, long aOff, Tensor b, long bOff, float betaValue, Tensor d, long dOff) {
+        boolean transA = key.transA();
+        boolean transB = key.transB();
+        long m = key.m();
+        long n = key.n();
+        long k = key.k();
         alpha.put(0, alphaValue);
         beta.put(0, betaValue);
         Pointer pa = at(a.address() + aOff * a.dtype().bytes());
@@ -157,7 +216,7 @@ final class CublasLt implements AutoCloseable {
 
     private Plan plan(Key key) {
         Plan p = new Plan();
-        int compute = key.ab() == DType.F32 && tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+        int compute = key.a() == DType.F32 && tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
         PointerPointer<Pointer> out = new PointerPointer<>(1);
         check(cublas.cublasLtMatmulDescCreate(out, compute, CUDA_R_32F), "cublasLtMatmulDescCreate");
         p.desc = new cublasLtMatmulDescOpaque_t(out.get(0));
@@ -173,8 +232,8 @@ final class CublasLt implements AutoCloseable {
             check(cublas.cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, v, 4),
                     "cublasLtMatmulDescSetAttribute(bias type)");
         }
-        p.a = layout(key.ab(), key.transA() ? key.k() : key.m(), key.transA() ? key.m() : key.k(), key.lda());
-        p.b = layout(key.ab(), key.transB() ? key.n() : key.k(), key.transB() ? key.k() : key.n(), key.ldb());
+        p.a = layout(key.a(), key.transA() ? key.k() : key.m(), key.transA() ? key.m() : key.k(), key.lda());
+        p.b = layout(key.b(), key.transB() ? key.n() : key.k(), key.transB() ? key.k() : key.n(), key.ldb());
         p.d = layout(key.d(), key.m(), key.n(), key.ldd());
         PointerPointer<Pointer> prefOut = new PointerPointer<>(1);
         check(cublas.cublasLtMatmulPreferenceCreate(prefOut), "cublasLtMatmulPreferenceCreate");

@@ -107,6 +107,17 @@ public final class CudaDevice implements Device {
         return CudaDriver.describe(ordinal);
     }
 
+    /**
+     * FP8 GEMMs need FP8 tensor cores: compute capability 8.9 (Ada) or newer (Hopper's sm_90 is what
+     * Transformer Engine's recipes target). Older GPUs are refused, naming the GPU.
+     */
+    @Override
+    public String fp8Unsupported() {
+        int cc = CudaDriver.computeCapability(ordinal);
+        return cc >= 89 ? null : "precision fp8 needs a GPU of compute capability 8.9 or newer (Ada, Hopper); " + name + " is "
+                + describe() + ": use precision bf16";
+    }
+
     @Override
     public CudaKernels kernels() {
         return kernels;

@@ -55,6 +55,17 @@ final class CudaDriver {
         Cu.check(JCudaDriver.cuCtxSetCurrent(context(ordinal)), "cuCtxSetCurrent(" + ordinal + ")");
     }
 
+    /** The compute capability as major * 10 + minor (90 for sm_90). */
+    static int computeCapability(int ordinal) {
+        context(ordinal);
+        CUdevice dev = new CUdevice();
+        Cu.check(JCudaDriver.cuDeviceGet(dev, ordinal), "cuDeviceGet");
+        int[] major = new int[1], minor = new int[1];
+        Cu.check(JCudaDriver.cuDeviceGetAttribute(major, jcuda.driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev), "cuDeviceGetAttribute");
+        Cu.check(JCudaDriver.cuDeviceGetAttribute(minor, jcuda.driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev), "cuDeviceGetAttribute");
+        return 10 * major[0] + minor[0];
+    }
+
     /** The device's name, compute capability and memory, e.g. "NVIDIA H200 (sm_90, 139.8 GiB)". */
     static String describe(int ordinal) {
         context(ordinal);

@@ -2,6 +2,8 @@ package org.sparkatron.device.cuda;
 
 import org.sparkatron.device.AttentionBlock;
 import org.sparkatron.device.Kernels;
+import org.sparkatron.precision.Fp8Format;
+import org.sparkatron.device.MoeRouting;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -11,6 +13,12 @@ import org.sparkatron.tensor.Tensor;
  * activations may be 16-bit, for BF16 (the suffix is picked from the tensor's dtype); parameters,
  * gradients, statistics and optimizer state are F32. Reductions are deterministic (no atomics), so the same
  * inputs give the same bits on every run.
+ *
+ * <p>FP8 (docs/precision.md): operands are FP8 codes (FP8_E4M3 / FP8_E5M2 tensors); casts, amaxes and scale
+ * updates are our kernels ({@code fp8.cu}, bit-exact against the CPU device's), GEMMs are cuBLASLt's FP8 GEMMs
+ * with the scales as device pointers. Hopper's FP8 GEMM takes only "TN" operands, so the backward first
+ * transposes the FP8 weight, input and output gradient into scratch (Transformer Engine's cast-transpose does
+ * the same, fused with the cast).
  *
  * <p>Owns the device's kernel scratch (norm gradient partials, attention row terms, reduction partials),
  * grown on demand from the device's allocator. One rank's thread; not thread-safe.
@@ -26,6 +34,8 @@ public final class CudaKernels implements Kernels {
     private final CudaDevice dev;
     private Tensor normScratch;
     private Tensor attnScratch;
+    /** FP8 transposes of the backward: the weight, the input, the output gradient. */
+    private final Tensor[] fp8Scratch = new Tensor[3];
     private final Tensor reducePartials;
 
     CudaKernels(CudaDevice dev) {
@@ -357,9 +367,188 @@ public final class CudaKernels implements Kernels {
         dev.zero(x);
     }
 
+    // ---- mixture of experts: not on this device yet (docs/moe.md); a Transformer with experts refuses it first ----
+
+    @Override
+    public boolean hasMoeKernels() {
+        return false;
+    }
+
+    private UnsupportedOperationException noMoe(String kernel) {
+        return new UnsupportedOperationException(dev.name() + " has no mixture-of-experts kernels yet (" + kernel
+                + "): MoE models train on the CPU device (docs/moe.md)");
+    }
+
+    @Override
+    public void moeRoute(Tensor logits, Tensor experts, Tensor probs, Tensor scores, int n, int e, int k, MoeRouting routing) {
+        throw noMoe("moeRoute");
+    }
+
+    @Override
+    public void moeAuxLoss(Tensor scores, Tensor experts, Tensor auxGrad, Tensor acc, int slot, int n, int e, int k,
+                           float gradWeight, double reportWeight) {
+        throw noMoe("moeAuxLoss");
+    }
+
+    @Override
+    public void moeZLoss(Tensor logits, Tensor acc, int slot, int n, int e, double reportWeight) {
+        throw noMoe("moeZLoss");
+    }
+
+    @Override
+    public void moeCapacity(Tensor routed, Tensor probs, Tensor experts, Tensor acc, int slot, int n, int e, int k, int capacity,
+                            double reportWeight) {
+        throw noMoe("moeCapacity");
+    }
+
+    @Override
+    public void moePermute(Tensor out, Tensor rowMap, Tensor counts, Tensor offsets, Tensor x, Tensor routed, int n, int c, int e,
+                           int k, int capacity) {
+        throw noMoe("moePermute");
+    }
+
+    @Override
+    public void moePermuteBackward(Tensor dx, Tensor dperm, Tensor rowMap, int n, int c, int k) {
+        throw noMoe("moePermuteBackward");
+    }
+
+    @Override
+    public void moeUnpermute(Tensor out, Tensor y, Tensor rowMap, Tensor probs, int n, int c, int k) {
+        throw noMoe("moeUnpermute");
+    }
+
+    @Override
+    public void moeUnpermuteBackward(Tensor dy, Tensor dprobs, Tensor dout, Tensor y, Tensor rowMap, Tensor probs, int rows,
+                                     int n, int c, int k) {
+        throw noMoe("moeUnpermuteBackward");
+    }
+
+    @Override
+    public void moeRouteBackward(Tensor dlogits, Tensor dprobs, Tensor logits, Tensor experts, Tensor auxGrad, float zWeight,
+                                 int n, int e, int k, MoeRouting routing) {
+        throw noMoe("moeRouteBackward");
+    }
+
+    @Override
+    public void moeSortChunks(Tensor out, Tensor offsets, Tensor in, Tensor counts, int a, int b, int c, boolean inverse) {
+        throw noMoe("moeSortChunks");
+    }
+
+    @Override
+    public void groupedLinearForward(Tensor out, Tensor x, Tensor w, Tensor offsets, int groups, int in, int outF) {
+        throw noMoe("groupedLinearForward");
+    }
+
+    @Override
+    public void groupedLinearBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets, int groups, int in,
+                                      int outF) {
+        throw noMoe("groupedLinearBackward");
+    }
+
     private static void requireF32(Tensor t) {
         if (t.dtype() != DType.F32) {
             throw new IllegalArgumentException("expected an F32 tensor, got " + t.dtype());
+        }
+    }
+
+    // ---- FP8 (fp8.cu, cuBLASLt FP8 GEMMs) ----
+
+    @Override
+    public boolean supportsFp8() {
+        return true;
+    }
+
+    @Override
+    public void amax(Tensor x, long count, Tensor amax, int slot) {
+        requireF32(x);
+        requireF32(amax);
+        if (count > 0) {
+            each("fp8_amax_f32", count, x, count, amax, slot);
+        }
+    }
+
+    @Override
+    public void castToFp8(Tensor dst, Tensor src, long count, Fp8Format format, Tensor scale, int slot, Tensor amaxOut,
+                          int amaxSlot) {
+        requireF32(src);
+        requireF32(scale);
+        if (dst.dtype() != DType.F32 && dst.dtype() != format.dtype()) {
+            throw new IllegalArgumentException("an " + format + " cast writes " + format.dtype() + " codes or F32 values, got " + dst);
+        }
+        if (amaxOut != null) {
+            amax(src, count, amaxOut, amaxSlot);
+        }
+        if (count > 0) {
+            each(dst.dtype() == DType.F32 ? "fp8_cast_values" : "fp8_cast_codes", count, dst, src, count, scale, slot,
+                    format == Fp8Format.E4M3 ? 1 : 0);
+        }
+    }
+
+    @Override
+    public void fp8ScaleFromAmax(Tensor amax, Tensor scale, Tensor scaleInv, int from, int count, float fp8Max) {
+        if (count > 0) {
+            each("fp8_scale_from_amax", count, amax, scale, scaleInv, from, count, fp8Max);
+        }
+    }
+
+    @Override
+    public void fp8DelayedScaling(Tensor history, Tensor scale, Tensor scaleInv, int len, int slots, int from, int count,
+                                  boolean useMax, float scaledMax) {
+        if (count > 0) {
+            each("fp8_delayed_scaling", count, history, scale, scaleInv, len, slots, from, count, useMax ? 1 : 0, scaledMax);
+        }
+    }
+
+    private static void requireCodes(Tensor... operands) {
+        for (Tensor t : operands) {
+            if (t.dtype() != DType.FP8_E4M3 && t.dtype() != DType.FP8_E5M2) {
+                throw new IllegalArgumentException("the CUDA FP8 GEMM takes FP8 codes (FP8_E4M3 / FP8_E5M2 tensors), got " + t);
+            }
+        }
+    }
+
+    /** {@code src [rows, cols]} transposed into scratch {@code which}, as a {@code [cols, rows]} tensor of src's dtype. */
+    private Tensor transposed(int which, Tensor src, long rows, int cols) {
+        long count = rows * cols;
+        Tensor s = fp8Scratch[which];
+        if (s == null || s.dtype() != src.dtype() || s.numel() < count) {
+            dev.release(s);
+            s = dev.allocate(src.dtype(), count);
+            fp8Scratch[which] = s;
+        }
+        Tensor t = s.slice(0, count);
+        each("fp8_transpose", count, t, src, rows, cols);
+        return t;
+    }
+
+    @Override
+    public void fp8LinearForward(Tensor out, Tensor x8, Tensor w8, Tensor scaleInv, int xSlot, int wSlot, Tensor bias, int n,
+                                 int in, int outF) {
+        requireCodes(x8, w8);
+        // out^T[O, N] = (sInv_w w8)(sInv_x x8^T): A = w8 (col-major I x O, transposed), B = x8 (col-major I x N): "TN"
+        dev.cublasLt().matmulFp8(outF, n, in, w8, in, x8, in, scaleInv, wSlot, xSlot, 0f, out, outF);
+        if (bias != null) {
+            addBias(out, bias, n, outF); // not the bias epilogue: for FP8 GEMMs with an F32 output cuBLASLt documents a bf16 bias
+        }
+    }
+
+    @Override
+    public void fp8LinearBackward(Tensor dx, boolean accumulateDx, Tensor dw, Tensor dbias, Tensor dout, Tensor dy8, Tensor x8,
+                                  Tensor w8, Tensor scaleInv, int dySlot, int xSlot, int wSlot, int n, int in, int outF) {
+        requireCodes(dy8, x8, w8);
+        requireF32(dw);
+        CublasLt lt = dev.cublasLt();
+        if (dx != null) {
+            // dx^T[I, N] = w^T[I, O] dy^T[O, N]: A = w^T (row-major [I, O] = col-major O x I, transposed), B = dy8
+            Tensor wT = transposed(0, w8, outF, in);
+            lt.matmulFp8(in, n, outF, wT, outF, dy8, outF, scaleInv, wSlot, dySlot, accumulateDx ? 1f : 0f, dx, in);
+        }
+        // dw^T[I, O] += x^T[I, N] dy[N, O]: A = x^T (row-major [I, N], transposed), B = dy^T (row-major [O, N])
+        Tensor xT = transposed(1, x8, n, in);
+        Tensor dyT = transposed(2, dy8, n, outF);
+        lt.matmulFp8(in, outF, n, xT, n, dyT, n, scaleInv, xSlot, dySlot, 1f, dw, in);
+        if (dbias != null) {
+            each("bias_grad" + sfx(dout), outF, dbias, dout, (long) n, outF);
         }
     }
 }
