@@ -31,7 +31,8 @@ import org.sparkatron.precision.Precision;
  *       gradient; and the rank's backward and recomputation scratch and its context-parallel attention's
  *       buffers, shared by all micro-batches;</li>
  *   <li>FP8 (precision fp8): each FP8 layer's weight operand (parameters) and saved input operand
- *       (activations); the recipe state and the shared gradient operand (workspace);</li>
+ *       (activations); the recipe state and the shared gradient operand (workspace), and on a GPU the transposed
+ *       operands of the backward's FP8 GEMMs (workspace);</li>
  *   <li>workspace: token ids, per-token losses, a chunk of logits and the cross-entropy statistics (last
  *       stage), the sequence-parallel buffers, RoPE tables, the context-parallel position table, device
  *       scalars, and the CPU attention's two scratch blocks of at most 256 query rows by the keys a block
@@ -143,7 +144,9 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
     /**
      * With precision FP8, also the FP8 operands of the transformer layers' GEMMs under {@code fp8}: each FP8
      * layer's weight copy (parameters), its saved input (activations; one micro-batch, as FP8 runs without
-     * pipelining), the shared output-gradient operand and the recipe state (workspace).
+     * pipelining), the shared output-gradient operand and the recipe state (workspace), and on a GPU
+     * ({@code fp8Bytes} 1) the backward's transposed copies of the FP8 weight, input and output gradient
+     * (workspace: the largest of each).
      *
      * @param fp8Bytes bytes per FP8 element on the target device (4 on the CPU, which stores FP8 values in fp32; 1 on a GPU)
      */
@@ -255,6 +258,13 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
             params += fp8Blocks * fp8Bytes * weights;
             activationBytes += fp8Blocks * fp8Bytes * inputs;
             workspace += Fp8State.stateBytes(fp8, 4 * fp8Blocks) + (fp8Blocks > 0 ? fp8Bytes * tokens * widestOut : 0);
+            if (fp8Blocks > 0 && fp8Bytes == 1) {
+                // a GPU's FP8 GEMMs take only "TN" operands: the backward transposes the FP8 weight, input and output
+                // gradient into three scratch buffers (CudaKernels), each as large as the largest of its kind
+                long widestIn = Math.max(ch, Math.max(hloc * hdim, fh));
+                long largestWeight = Math.max(Math.max(qkvWidth * ch, ch * hloc * hdim), Math.max(fup * ch, ch * fh));
+                workspace += largestWeight + tokens * widestIn + tokens * widestOut;
+            }
         }
         return new MemoryEstimate(params, 4 * numel, optimizer, activationBytes, workspace);
     }
