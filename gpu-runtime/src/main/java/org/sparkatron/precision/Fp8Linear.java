@@ -71,11 +71,6 @@ public final class Fp8Linear {
         return new Saved(device, state.operandDType(Fp8Format.E4M3), n, in);
     }
 
-    /** The bytes of {@link #saved}: FP8 elements of {@code fp8Bytes} each, and the 4-byte inverse scale. */
-    public static long savedBytes(long n, long in, int fp8Bytes) {
-        return n * in * fp8Bytes + 4;
-    }
-
     /**
      * Which micro-batch's saved input the next forward writes and the next backward reads: {@code s}, or null
      * for the layer's own buffer (one micro-batch at a time: its backward recomputes its forward first).
