@@ -371,9 +371,9 @@ public final class TrainConfig implements Serializable {
             throw new IllegalArgumentException("world size dp x tp x " + (cp > 1 ? "cp x " : "") + "pp = " + dp + " x " + tp + " x "
                     + (cp > 1 ? cp + " x " : "") + pp + " = " + world + " is larger than " + MAX_WORLD);
         }
-        if (cp > 1 && (mc.isMoe() || precision == Precision.FP8)) {
-            throw new IllegalArgumentException("cp " + cp + " with " + (mc.isMoe() ? "a mixture-of-experts model" : "precision fp8")
-                    + " is not supported yet: use cp 1 (docs/parallel.md)");
+        if (cp > 1 && mc.isMoe()) {
+            throw new IllegalArgumentException("cp " + cp + " with a mixture-of-experts model is not supported yet: use cp 1 "
+                    + "(docs/parallel.md)");
         }
         if (dp % ep != 0) {
             throw new IllegalArgumentException("ep " + ep + " does not divide dp " + dp
