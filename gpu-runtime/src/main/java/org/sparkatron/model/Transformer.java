@@ -117,7 +117,7 @@ public final class Transformer {
      * divisible by the TP size; key/value heads are never replicated, so fewer key/value heads than TP ranks
      * is refused. A model that cannot fit the device is refused before anything is allocated
      * ({@link DeviceMemoryException}, with the bytes it needs), and so is a model with experts on a device
-     * without MoE kernels ({@link org.sparkatron.device.Kernels#hasMoeKernels()}: the CUDA device for now).
+     * without MoE kernels ({@link org.sparkatron.device.Kernels#hasMoeKernels()}).
      */
     public Transformer(ModelConfig cfg, RankContext ctx) {
         TensorParallel tp = ctx.tp();
@@ -125,7 +125,7 @@ public final class Transformer {
         validateExperts(cfg, ctx.expertParallel().size(), tp.size());
         if (cfg.isMoe() && !ctx.kernels().hasMoeKernels()) {
             throw new IllegalArgumentException("a mixture-of-experts model (num_local_experts " + cfg.moe().experts() + ") on "
-                    + ctx.device().name() + ": this device has no MoE kernels yet; MoE models train on the CPU device (docs/moe.md)");
+                    + ctx.device().name() + ": this device has no MoE kernels (docs/moe.md)");
         }
         this.ep = ctx.expertParallel();
         this.cfg = cfg;
