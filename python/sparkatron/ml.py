@@ -51,6 +51,7 @@ ESTIMATOR_PARAMS = [
     ("bucketMb", _FLOAT, "gradient bucket size in MiB of fp32 gradients (default: Megatron's, max(40M, 1M x dp) elements)"),
     ("useDistributedOptimizer", _BOOL, "ZeRO-1: shard the fp32 master weights and AdamW moments over the data-parallel replicas (default false)"),
     ("overlapGradReduce", _BOOL, "reduce each gradient bucket while the backward continues (default true)"),
+    ("overlapParamGather", _BOOL, "with useDistributedOptimizer: all-gather the updated parameters during the next forward, each bucket awaited before the first layer that reads it (default false)"),
     ("threadsPerRank", _INT, "OpenBLAS threads per rank; process-wide, keep 1 with several ranks per JVM (default 1)"),
     ("checkpointDir", _STR, "root of sharded checkpoints on any Hadoop path; a retried stage or a new job resumes from the newest (default: none)"),
     ("checkpointEvery", _INT, "steps between checkpoints (0: only at the end)"),

@@ -153,6 +153,7 @@ public final class AsyncCheckpointer implements AutoCloseable {
         // parameter) is all-gathered first, so the files are those of plain data parallelism and load at any DP
         // size. The gradient block (zeroed by the next step) holds m; v takes a temporary block until the copy
         // (asynchronous) or the write (blocking) is done, at the end of this method.
+        model.finishParamGather(); // overlap_param_gather: the last step's all-gather, before the weights are read
         Tensor weights = model.params().weights();
         Tensor mBlock = opt.firstMoment();
         Tensor vBlock = opt.secondMoment();

@@ -284,6 +284,7 @@ public final class DistributedCheckpoint {
 
     private static void apply(CheckpointMetadata meta, ShardReader reader, Map<String, ShardFiles.Local> local,
                               Transformer model, AdamW opt) throws IOException {
+        model.finishParamGather(); // a gather deferred by the last step (overlap_param_gather) must not follow the load
         if (opt != null && opt.sharded()) {
             // the distributed optimizer: whole moments into temporary blocks, then this rank's shard of them; the
             // fp32 master shard from the fp32 weights just loaded

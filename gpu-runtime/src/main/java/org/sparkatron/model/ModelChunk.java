@@ -53,6 +53,7 @@ final class ModelChunk {
     private final int[] headParams;    // last chunk: the output layer's weight
     private final int[] normParams;    // last chunk: the final norm
     private final int[] embedParams;   // first chunk: embedding and positions
+    private ForwardPreHook preHook = params -> { }; // told before the forward reads parameters
 
     ModelChunk(ModelConfig cfg, RankContext ctx, ParameterSet params, ParameterSet compute, int layerStart, int layerEnd,
                boolean first, boolean last, Tensor ropeCos, Tensor ropeSin, Workspace ws, RankBuffers buffers, MoeStep moe,
@@ -104,6 +105,11 @@ final class ModelChunk {
         int[] out = java.util.Arrays.copyOf(a, a.length + b.length);
         System.arraycopy(b, 0, out, a.length, b.length);
         return out;
+    }
+
+    /** Told, during every forward, which parameters are about to be read (overlap_param_gather waits there). */
+    void setForwardPreHook(ForwardPreHook hook) {
+        this.preHook = hook;
     }
 
     private static void report(GradReadyHook hook, int[] params) {
@@ -170,6 +176,7 @@ final class ModelChunk {
         int n = s.n();
         int c = s.c();
         if (first) {
+            preHook.beforeUse(embedParams);
             embedding.forward(mb.inputs(), n, mb.input);
             if (cfg.family() == ModelConfig.Family.GPT2) {
                 k.addPositions(mb.input, compute.weight("pos"), tp.firstLocalRow(n), s.nl(), s.t(), c); // rounded by RoundingKernels
@@ -178,11 +185,14 @@ final class ModelChunk {
         lastForward = mb;
         TransformerBlock.DropKey drop = training ? mb.drop : TransformerBlock.DropKey.NONE;
         for (int i = 0; i < blocks.size(); i++) {
+            preHook.beforeUse(layerParams[i]);
             blocks.get(i).forward(mb.blocks[i], mb.layerInput(i), s, buffers.scratch(), drop);
         }
         if (!last) {
             return;
         }
+        preHook.beforeUse(normParams);
+        preHook.beforeUse(headParams);
         norm(mb);
         headInput.forward(mb.normF, mb.headX);
         Tensor head = compute.weight(headName);

@@ -212,8 +212,23 @@ public final class Transformer {
             // devices reduce on the rank's thread until they provide a communication lane
             CommLane lane = overlap && device instanceof CpuDevice
                     ? CommLane.thread("sparkatron-dp-" + device.name() + "-" + dp.rank()) : CommLane.inline();
-            this.ddp = new DistributedDataParallel(params, plan, new Communicator[] {dp.group()}, lane, dp.config().overlapGradReduce());
+            this.ddp = new DistributedDataParallel(params, plan, new Communicator[] {dp.group()}, lane, dp.config().overlapGradReduce(),
+                    dp.config().overlapParamGather());
             runner.setGradReadyHook(ddp);
+            if (ddp.overlapsParamGather()) {
+                // the weight block's buckets arrive during the forward: each waited for before the first layer that
+                // reads it, and rounded to 16 bits there (what refreshComputeWeights does for the whole block)
+                for (ModelChunk c : chunks) {
+                    c.setForwardPreHook(ddp);
+                }
+                if (precision.isReduced()) {
+                    ddp.setAfterParamGather(b -> {
+                        GradBuffer.Bucket bucket = ddp.plan().buckets().get(b);
+                        Tensor w = params.weights().slice(bucket.start(), bucket.numel());
+                        k.round(w, w, bucket.numel(), precision.format());
+                    });
+                }
+            }
             this.ownedPieces = plan.sharded() ? AdamW.pieces(params, ddp.ownedRanges()) : null;
         } else {
             this.ddp = null;
@@ -504,10 +519,25 @@ public final class Transformer {
      * all-gather brings rounded values; a load or initialisation may have brought fp32 ones).
      */
     private void refreshComputeWeights() {
+        if (ddp != null && ddp.startParamGather()) {
+            return; // overlap_param_gather: the buckets are gathered, and rounded, as the forward reaches them
+        }
         if (compute != params) {
             k.round(compute.weights(), params.weights(), params.numel(), precision.format());
         } else if (precision.isReduced()) {
             k.round(params.weights(), params.weights(), params.numel(), precision.format());
+        }
+    }
+
+    /**
+     * With {@code overlap_param_gather}: completes a parameter all-gather deferred by the last optimizer step
+     * (a collective of the data-parallel group then), so the weight block is current in full; a pass leaves
+     * none behind. Nothing to do otherwise. Code that reads the weights between a step and the next pass
+     * calls it first ({@link DistributedDataParallel#finishParamGather}).
+     */
+    public void finishParamGather() {
+        if (ddp != null) {
+            ddp.finishParamGather();
         }
     }
 
@@ -579,6 +609,7 @@ public final class Transformer {
      * starts exactly where one rank would, and the two copies of a tied embedding start equal.
      */
     public void initialize(long seed) {
+        finishParamGather(); // a deferred gather must not overwrite the new weights afterwards
         if (tp.size() == 1 && pp.size() == 1 && ep.size() == 1) {
             Tensor host = device.toHost(params.weights()); // the block itself on the CPU device: no copy
             ModelInit.initialize(cfg, params.params(), host, seed);
@@ -692,6 +723,7 @@ public final class Transformer {
         }
         runner.run(schedule, microBatches, s, recompute, new StepRunner.Pass(true, gradScale, lossAcc, slot, lossWeight,
                 trainSteps, new TransformerBlock.DropKey(dropout, 0, dropoutRowOffset)));
+        finishParamGather();
         trainSteps += microBatches.size();
         sumOverPipeline(lossAcc.slice(slot, 1));
         if (moeStep != null) {
@@ -885,6 +917,7 @@ public final class Transformer {
         }
         runner.run(new ForwardOnly(pp.size(), pp.chunks(), 1), Collections.singletonList(samples), s, recompute,
                 new StepRunner.Pass(false, 0f, scalars, 0, 1.0, 0, TransformerBlock.DropKey.NONE));
+        finishParamGather();
         if (lossesOut != null) {
             ByteBuffer host = ByteBuffer.allocateDirect(4 * s.n()).order(ByteOrder.nativeOrder());
             device.download(host, lastChunk.lastForward().losses);
@@ -917,6 +950,7 @@ public final class Transformer {
                 fp8.beginPass(false);
             }
             chunk.forward(mb, false, 0f, scalars, 0, 1.0);
+            finishParamGather();
             int n = s.n();
             int v = cfg.vocabSize();
             int vocabLocal = cfg.paddedVocab(tp.size()) / tp.size();

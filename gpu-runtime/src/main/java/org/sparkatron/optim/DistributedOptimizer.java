@@ -43,10 +43,14 @@ public final class DistributedOptimizer {
         return adam;
     }
 
-    /** One update of this rank's shard with learning rate {@code lr}, then the all-gather of the parameters. */
+    /**
+     * One update of this rank's shard with learning rate {@code lr}, then the all-gather of the parameters:
+     * at once, or with {@code overlap_param_gather} during the next forward pass
+     * ({@link DistributedDataParallel#paramsUpdated}).
+     */
     public void update(float lr) {
         adam.update(lr);
-        ddp.gatherParams(model.params().weights());
+        ddp.paramsUpdated();
     }
 
     /**
@@ -60,9 +64,11 @@ public final class DistributedOptimizer {
     /**
      * Puts the fp32 master weights into the model's weight block on every rank (each writes its shard, then the
      * buckets are all-gathered), for a save of the model in fp32 or a comparison; the next forward pass rounds
-     * them to 16 bits again. Nothing to do in fp32 (the weight block is the master). Collective.
+     * them to 16 bits again. In fp32 the weight block is the master: only a deferred parameter all-gather is
+     * completed. Collective.
      */
     public void gatherMasterWeights() {
+        ddp.finishParamGather(); // with overlap_param_gather: the weight block current first (fp32: that is all)
         if (adam.masterWeights() == null) {
             return;
         }

@@ -27,12 +27,30 @@ public final class DataParallel {
      *                             reduce-scattered, each rank updates its shard, parameters are all-gathered
      * @param bucketElements       gradient elements per bucket (Megatron's {@code bucket_size}); 0: default
      * @param overlapGradReduce    start a bucket's reduction as soon as its gradients are final
+     * @param overlapParamGather   with the distributed optimizer, all-gather the updated parameters during the
+     *                             next forward pass, bucket by bucket, each awaited just before the first layer
+     *                             that reads it (Megatron's {@code overlap_param_gather}); needs
+     *                             {@code distributedOptimizer} and {@code overlapGradReduce}, as in Megatron
      */
-    public record Config(boolean distributedOptimizer, long bucketElements, boolean overlapGradReduce) {
+    public record Config(boolean distributedOptimizer, long bucketElements, boolean overlapGradReduce,
+                         boolean overlapParamGather) {
         public Config {
             if (bucketElements < 0) {
                 throw new IllegalArgumentException("bucket size must be >= 0 elements (0: Megatron's default), got " + bucketElements);
             }
+            if (overlapParamGather && !distributedOptimizer) {
+                throw new IllegalArgumentException("overlap_param_gather needs use_distributed_optimizer: without the distributed "
+                        + "optimizer every replica updates all its parameters and there is no parameter all-gather to overlap");
+            }
+            if (overlapParamGather && !overlapGradReduce) {
+                throw new IllegalArgumentException("overlap_param_gather needs overlap_grad_reduce (as in Megatron): the parameter "
+                        + "all-gathers run on the communication lane that overlapping the gradient reduction provides");
+            }
+        }
+
+        /** Without overlapping the parameter all-gather. */
+        public Config(boolean distributedOptimizer, long bucketElements, boolean overlapGradReduce) {
+            this(distributedOptimizer, bucketElements, overlapGradReduce, false);
         }
 
         /** Megatron's defaults: plain all-reduce, default bucket size, overlapped reduction. */
@@ -41,15 +59,20 @@ public final class DataParallel {
         }
 
         public Config withDistributedOptimizer(boolean on) {
-            return new Config(on, bucketElements, overlapGradReduce);
+            return new Config(on, bucketElements, overlapGradReduce, overlapParamGather);
         }
 
         public Config withBucketElements(long elements) {
-            return new Config(distributedOptimizer, elements, overlapGradReduce);
+            return new Config(distributedOptimizer, elements, overlapGradReduce, overlapParamGather);
         }
 
         public Config withOverlap(boolean on) {
-            return new Config(distributedOptimizer, bucketElements, on);
+            return new Config(distributedOptimizer, bucketElements, on, overlapParamGather);
+        }
+
+        /** {@code overlapParamGather} on or off (on needs the distributed optimizer and overlapped reduction). */
+        public Config withOverlapParamGather(boolean on) {
+            return new Config(distributedOptimizer, bucketElements, overlapGradReduce, on);
         }
 
         /**
@@ -101,6 +124,7 @@ public final class DataParallel {
 
     @Override
     public String toString() {
-        return "DP " + group.rank() + "/" + group.size() + (config.distributedOptimizer() ? " (distributed optimizer)" : "");
+        return "DP " + group.rank() + "/" + group.size() + (config.distributedOptimizer() ? " (distributed optimizer"
+                + (config.overlapParamGather() ? ", overlapped parameter gather)" : ")") : "");
     }
 }

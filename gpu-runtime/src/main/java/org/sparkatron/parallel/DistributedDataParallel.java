@@ -4,8 +4,10 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collections;
 import java.util.List;
+import java.util.function.IntConsumer;
 import org.sparkatron.comm.Communicator;
 import org.sparkatron.comm.ReduceOp;
+import org.sparkatron.model.ForwardPreHook;
 import org.sparkatron.model.GradReadyHook;
 import org.sparkatron.model.ParameterSet;
 import org.sparkatron.tensor.Tensor;
@@ -21,6 +23,17 @@ import org.sparkatron.train.GradientSync;
  * distributed optimizer each bucket is reduce-scattered in place, so this rank's shard holds the average and
  * the rest of the bucket is scratch, and after the optimizer updated the shard {@link #gatherParams}
  * all-gathers the bucket's parameters.
+ *
+ * <p>With {@code overlap_param_gather} ({@link DataParallel.Config#overlapParamGather}) the all-gather after
+ * the optimizer step is deferred to the next forward pass, as in Megatron: {@link #paramsUpdated} only marks
+ * the weights, the pass's start ({@link #startParamGather}) issues every bucket's all-gather on the lane in
+ * the order the forward reads them (each model chunk's buckets in reverse), and the model's
+ * {@link ForwardPreHook} waits for a bucket just before the first layer that reads it, so the gathers of later
+ * layers overlap the forward of earlier ones. Between an optimizer step and the next pass the weight block is
+ * current only in this rank's shards: code that reads or replaces the weights outside a pass calls
+ * {@link #finishParamGather} first (the checkpoints, {@link TpCheckpoint#gatherFull} and the distributed
+ * optimizer's {@code gatherMasterWeights} do). The values are those of the gather after the update, bit for
+ * bit: the same bytes move, later.
  *
  * <p>Which parameters complete together is learnt in the first step, as Megatron does (its "golden" ready
  * counts: a tied embedding used twice on one rank is reported twice): the first step reduces every bucket at
@@ -38,13 +51,22 @@ import org.sparkatron.train.GradientSync;
  * the data-parallel group. A failed peer surfaces as the communicator's exception from
  * {@link #finishGradSync} (or the call that waited).
  */
-public final class DistributedDataParallel implements GradientSync, GradReadyHook {
+public final class DistributedDataParallel implements GradientSync, GradReadyHook, ForwardPreHook {
     private final ParameterSet params;
     private final GradBuffer plan;
     private final Communicator[] groups;
     private final int[] groupRanks;
     private final CommLane lane;
     private final boolean overlap;
+    private final boolean overlapParamGather;
+    private final CommLane.Pending[] gathering; // per bucket: its parameter all-gather in flight (overlap_param_gather)
+    private final int[] gatherOrder;            // buckets in the order the forward reads them
+    private IntConsumer afterGather = b -> { };  // the model's treatment of a gathered bucket (rounding to 16 bits)
+    private boolean gatherDeferred;             // the optimizer updated the shards; the gathers wait for the next pass
+    private int gathersInFlight;
+    private volatile long bucketsAwaited;       // gathers waited for, since construction (read by tests on other threads)
+    private long gatherNanos;                   // time the deferred all-gathers ran on the lane
+    private long gatherWaitNanos;               // time the forward blocked waiting for them
     private final int[] bucketOf;          // parameter -> bucket
     private final int[] counts;            // this step's ready reports per parameter
     private int[] golden;                  // the first step's, or null before it ended
@@ -59,9 +81,13 @@ public final class DistributedDataParallel implements GradientSync, GradReadyHoo
     /**
      * @param groups the reduction groups the plan's buckets name (index 0: the dense data-parallel group)
      * @param lane   where reductions run (owned: closed by {@link #close})
+     * @param overlapParamGather defer the parameter all-gather to the next forward (needs a sharded plan)
      */
     public DistributedDataParallel(ParameterSet params, GradBuffer plan, Communicator[] groups, CommLane lane,
-                                   boolean overlap) {
+                                   boolean overlap, boolean overlapParamGather) {
+        if (overlapParamGather && !plan.sharded()) {
+            throw new IllegalArgumentException("overlap_param_gather needs the distributed optimizer (a sharded gradient buffer)");
+        }
         if (params.numel() != plan.numel()) {
             throw new IllegalArgumentException("parameter block of " + params.numel() + " elements for a plan of " + plan.numel());
         }
@@ -90,6 +116,25 @@ public final class DistributedDataParallel implements GradientSync, GradReadyHoo
         this.missing = new int[plan.buckets().size()];
         this.pending = new CommLane.Pending[plan.buckets().size()];
         this.owned = plan.ownedRanges(groupRanks);
+        this.overlapParamGather = overlapParamGather;
+        this.gathering = new CommLane.Pending[plan.buckets().size()];
+        this.gatherOrder = forwardOrder(plan);
+    }
+
+    /** Each model chunk's buckets in reverse (the forward reads a chunk's parameters in declaration order), chunks in order. */
+    private static int[] forwardOrder(GradBuffer plan) {
+        List<GradBuffer.Bucket> bs = plan.buckets();
+        int[] order = new int[bs.size()];
+        int at = 0;
+        int chunks = bs.isEmpty() ? 0 : bs.get(bs.size() - 1).chunk() + 1;
+        for (int c = 0; c < chunks; c++) {
+            for (int b = bs.size() - 1; b >= 0; b--) {
+                if (bs.get(b).chunk() == c) {
+                    order[at++] = b;
+                }
+            }
+        }
+        return order;
     }
 
     /** The layout and buckets. */
@@ -329,6 +374,124 @@ public final class DistributedDataParallel implements GradientSync, GradReadyHoo
         for (CommLane.Pending w : waits) {
             w.await();
         }
+    }
+
+    /** Whether the parameter all-gather overlaps the next forward ({@code overlap_param_gather}). */
+    public boolean overlapsParamGather() {
+        return overlapParamGather;
+    }
+
+    /**
+     * What the model does with each bucket of its weight block once gathered during a pass (rounds it to its
+     * 16 bits under mixed precision); called on the rank's thread. Set by the model.
+     */
+    public void setAfterParamGather(IntConsumer afterBucket) {
+        this.afterGather = afterBucket;
+    }
+
+    /**
+     * The optimizer updated this rank's shard of the model's weight block: all-gathers every bucket now
+     * ({@link #gatherParams}), or with {@code overlap_param_gather} marks them to be gathered during the next
+     * pass. Collective over the data-parallel group (the deferred gather is, when it runs).
+     */
+    public void paramsUpdated() {
+        if (!plan.sharded()) {
+            return;
+        }
+        if (overlapParamGather) {
+            gatherDeferred = true;
+        } else {
+            gatherParams(params.weights());
+        }
+    }
+
+    /**
+     * At the start of a pass: issues the deferred all-gathers (every bucket, in the order the forward reads
+     * them) on the lane and returns true; false when none was deferred. The pass's {@link #beforeUse} calls
+     * then wait for each bucket; {@link #finishParamGather} for any left.
+     */
+    public boolean startParamGather() {
+        if (!gatherDeferred) {
+            return false;
+        }
+        gatherDeferred = false;
+        Tensor weights = params.weights();
+        for (int b : gatherOrder) {
+            GradBuffer.Bucket bucket = plan.buckets().get(b);
+            Communicator g = groups[bucket.group()];
+            gathersInFlight++;
+            if (g.size() == 1) {
+                gathering[b] = CommLane.Pending.DONE; // nothing to gather; its 16-bit rounding still follows
+                continue;
+            }
+            Tensor all = weights.slice(bucket.start(), bucket.numel());
+            Tensor mine = weights.slice(bucket.shardStart(g.rank(), g.size()), bucket.shardNumel(g.size()));
+            gathering[b] = lane.submit(() -> {
+                long t0 = System.nanoTime();
+                g.allGather(mine, all);
+                gatherNanos += System.nanoTime() - t0; // one lane thread; read by the rank after the awaits
+            });
+        }
+        return true;
+    }
+
+    /**
+     * The forward pre-hook: waits for the all-gather of every bucket holding one of {@code paramIndices} that
+     * is still in flight (and treats it, see {@link #setAfterParamGather}). Nothing to do when no gather is in
+     * flight. Rethrows a failed gather's exception.
+     */
+    @Override
+    public void beforeUse(int[] paramIndices) {
+        if (gathersInFlight == 0) {
+            return;
+        }
+        for (int p : paramIndices) {
+            int b = bucketOf[p];
+            if (b >= 0 && gathering[b] != null) {
+                awaitGather(b);
+            }
+        }
+    }
+
+    private void awaitGather(int b) {
+        CommLane.Pending w = gathering[b];
+        gathering[b] = null;
+        gathersInFlight--;
+        long t0 = System.nanoTime();
+        try {
+            w.await();
+        } finally {
+            gatherWaitNanos += System.nanoTime() - t0;
+        }
+        bucketsAwaited++;
+        afterGather.accept(b);
+    }
+
+    /**
+     * Completes the parameter all-gather: issues it if it was deferred, then waits for every bucket still in
+     * flight. Afterwards the whole weight block is current. Called at the end of every pass, and by whatever
+     * reads or replaces the weights outside one; a collective of the data-parallel group when a gather was
+     * deferred (every rank reaches it at the same point of the same sequence of steps). Nothing to do otherwise.
+     */
+    public void finishParamGather() {
+        startParamGather();
+        if (gathersInFlight == 0) {
+            return;
+        }
+        for (int b : gatherOrder) {
+            if (gathering[b] != null) {
+                awaitGather(b);
+            }
+        }
+    }
+
+    /**
+     * The deferred parameter all-gathers so far: buckets the forward waited for, nanoseconds they ran on the
+     * lane and nanoseconds the rank's thread blocked for them ({@code {buckets, gather, wait}}), for tests and
+     * benchmarks.
+     */
+    public long[] paramGatherStats() {
+        return new long[] {bucketsAwaited, gatherNanos, gatherWaitNanos};
     }
 
     /** Stops the lane. The communicators stay the caller's. */

@@ -42,6 +42,7 @@ public final class TpCheckpoint {
      * parallelism). The caller closes it.
      */
     public static Transformer gatherFull(Transformer model, boolean grads) {
+        model.finishParamGather(); // overlap_param_gather: the weights current in full (a DP collective then)
         Transformer full = new Transformer(model.config(), model.context().withTensorParallel(TensorParallel.none()));
         ExpertParallel ep = model.expertParallel();
         TpShards.gather(model.config(), model.params(), full.params(), model.tensorParallel(), ep, false);
@@ -58,6 +59,7 @@ public final class TpCheckpoint {
     public static void save(Transformer model, Path dir) throws IOException {
         TensorParallel tp = model.tensorParallel();
         ExpertParallel ep = model.expertParallel();
+        model.finishParamGather(); // overlap_param_gather: the weights current in full
         Transformer full = tp.size() == 1 && ep.size() == 1 ? model : gatherFull(model, false);
         try {
             if (tp.rank() == 0 && ep.rank() == 0) {

@@ -116,6 +116,7 @@ class GradReduceOverlapTest {
         private final Communicator inner;
         private final List<String> events;
         final AtomicInteger begun = new AtomicInteger();
+        volatile java.util.function.Consumer<Tensor> beforeGather = t -> { }; // runs on the caller's thread
 
         Recording(Communicator inner, List<String> events) {
             this.inner = inner;
@@ -153,6 +154,7 @@ class GradReduceOverlapTest {
 
         @Override
         public void allGather(Tensor in, Tensor out) {
+            beforeGather.accept(out);
             inner.allGather(in, out);
         }
 

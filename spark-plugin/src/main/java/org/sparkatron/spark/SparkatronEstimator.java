@@ -53,8 +53,7 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
             java.util.Map.entry("use_checkpoint_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator"),
             java.util.Map.entry("num_layers_per_virtual_pipeline_stage", "Megatron's other way of saying virtualPp, which is the Param"),
             java.util.Map.entry("recompute_granularity", "Megatron's name of recompute, which is the Param"),
-            java.util.Map.entry("expert_parallel", "Megatron's name of ep, which is the Param"),
-            java.util.Map.entry("overlap_param_gather", "Megatron's key, accepted only as false: the parameter all-gather is not overlapped with the next forward"));
+            java.util.Map.entry("expert_parallel", "Megatron's name of ep, which is the Param"));
     private static final long serialVersionUID = 1L;
     private final String uid;
     private transient PrintStream progress = System.out;
@@ -95,6 +94,7 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     private final DoubleParam bucketMb;
     private final BooleanParam useDistributedOptimizer;
     private final BooleanParam overlapGradReduce;
+    private final BooleanParam overlapParamGather;
     private final IntParam threadsPerRank;
     private final Param<String> checkpointDir;
     private final IntParam checkpointEvery;
@@ -164,6 +164,7 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
         bucketMb = new DoubleParam(this, "bucketMb", "gradient bucket size in MiB of fp32 gradients (default: Megatron's, max(40M, 1M x dp) elements)");
         useDistributedOptimizer = new BooleanParam(this, "useDistributedOptimizer", "ZeRO-1: shard the fp32 master weights and AdamW moments over the data-parallel replicas (default false)");
         overlapGradReduce = new BooleanParam(this, "overlapGradReduce", "reduce each gradient bucket while the backward continues (default true)");
+        overlapParamGather = new BooleanParam(this, "overlapParamGather", "with useDistributedOptimizer: all-gather the updated parameters during the next forward, each bucket awaited before the first layer that reads it (default false)");
         threadsPerRank = new IntParam(this, "threadsPerRank", "OpenBLAS threads per rank; process-wide, keep 1 with several ranks per JVM (default 1)");
         checkpointDir = new Param<>(this, "checkpointDir", "root of sharded checkpoints on any Hadoop path; a retried stage or a new job resumes from the newest (default: none)");
         checkpointEvery = new IntParam(this, "checkpointEvery", "steps between checkpoints (0: only at the end)");
@@ -231,6 +232,7 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public DoubleParam bucketMb() { return bucketMb; }
     public BooleanParam useDistributedOptimizer() { return useDistributedOptimizer; }
     public BooleanParam overlapGradReduce() { return overlapGradReduce; }
+    public BooleanParam overlapParamGather() { return overlapParamGather; }
     public IntParam threadsPerRank() { return threadsPerRank; }
     public Param<String> checkpointDir() { return checkpointDir; }
     public IntParam checkpointEvery() { return checkpointEvery; }
@@ -292,6 +294,7 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public SparkatronEstimator setBucketMb(double v) { set(bucketMb, (Object) v); return this; }
     public SparkatronEstimator setUseDistributedOptimizer(boolean v) { set(useDistributedOptimizer, (Object) v); return this; }
     public SparkatronEstimator setOverlapGradReduce(boolean v) { set(overlapGradReduce, (Object) v); return this; }
+    public SparkatronEstimator setOverlapParamGather(boolean v) { set(overlapParamGather, (Object) v); return this; }
     public SparkatronEstimator setThreadsPerRank(int v) { set(threadsPerRank, (Object) v); return this; }
     public SparkatronEstimator setCheckpointDir(String v) { set(checkpointDir, v); return this; }
     public SparkatronEstimator setCheckpointEvery(int v) { set(checkpointEvery, (Object) v); return this; }

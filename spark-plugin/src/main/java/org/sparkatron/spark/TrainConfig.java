@@ -42,7 +42,7 @@ import org.sparkatron.train.Trainer;
  * {@code seed} [1234], {@code input_col} ["tokens"], {@code drop_bad_rows} [false], {@code output} [none],
  * {@code comm_timeout_s} [300], {@code bucket_mb} [Megatron's default: max(40M, 1M x dp) fp32 gradient
  * elements], {@code use_distributed_optimizer} [false], {@code overlap_grad_reduce} [true],
- * {@code overlap_param_gather} [false; true is refused], {@code threads_per_rank} [1], and for the command
+ * {@code overlap_param_gather} [false; true needs use_distributed_optimizer and overlap_grad_reduce], {@code threads_per_rank} [1], and for the command
  * line only {@code input} (a path), {@code input_format} ["parquet"] and {@code input_schema} (a DDL
  * schema for sources such as json: {@code "tokens array<int>"}). With {@code input_format} "megatron" the
  * input is a Megatron indexed dataset instead ({@link MegatronInput}: a {@code prepare} output directory
@@ -106,9 +106,10 @@ public final class TrainConfig implements Serializable {
     /**
      * Data parallelism in the engine (docs/parallel.md): ZeRO-1 (Megatron's {@code use_distributed_optimizer})
      * and whether each gradient bucket's reduction overlaps the rest of the backward
-     * ({@code overlap_grad_reduce}).
+     * ({@code overlap_grad_reduce}), and whether the distributed optimizer's parameter all-gather overlaps the
+     * next forward ({@code overlap_param_gather}).
      */
-    public final boolean useDistributedOptimizer, overlapGradReduce;
+    public final boolean useDistributedOptimizer, overlapGradReduce, overlapParamGather;
     public final int threadsPerRank;
     public final String input;
     public final String inputFormat;
@@ -278,10 +279,8 @@ public final class TrainConfig implements Serializable {
         this.bucketBytes = Math.max(4, (long) (mb * (1 << 20)));
         this.useDistributedOptimizer = boolKey(o, "use_distributed_optimizer");
         this.overlapGradReduce = !o.hasNonNull("overlap_grad_reduce") || boolKey(o, "overlap_grad_reduce");
-        if (boolKey(o, "overlap_param_gather")) {
-            throw new IllegalArgumentException("overlap_param_gather is not supported: the distributed optimizer all-gathers the "
-                    + "updated parameters right after its step (set it false or leave it out)");
-        }
+        this.overlapParamGather = boolKey(o, "overlap_param_gather");
+        dataParallelConfig(); // refuses overlap_param_gather without the distributed optimizer or overlap_grad_reduce
         this.threadsPerRank = intKey(o, "threads_per_rank", 1, 1);
         this.input = str(o, "input", null);
         this.inputFormat = str(o, "input_format", "parquet");
@@ -499,6 +498,7 @@ public final class TrainConfig implements Serializable {
                 .put("grad_clip", gradClip).put("seed", seed).put("precision", precision.label()).put("input_col", inputCol)
                 .put("input_format", inputFormat).put("data_split", dataSplit).put("bucket_mb", bucketBytes / 1048576.0)
                 .put("use_distributed_optimizer", useDistributedOptimizer).put("overlap_grad_reduce", overlapGradReduce)
+                .put("overlap_param_gather", overlapParamGather)
                 .put("threads_per_rank", threadsPerRank).put("comm_timeout_s", commTimeoutMs / 1000).put("log_interval", logInterval)
                 .put("eval_interval", evalInterval).put("eval_iters", evalIters);
         return o;
@@ -514,7 +514,7 @@ public final class TrainConfig implements Serializable {
 
     /** How the engine reduces gradients over the data-parallel group (Megatron's DistributedDataParallelConfig). */
     public DataParallel.Config dataParallelConfig() {
-        return new DataParallel.Config(useDistributedOptimizer, bucketBytes / 4, overlapGradReduce);
+        return new DataParallel.Config(useDistributedOptimizer, bucketBytes / 4, overlapGradReduce, overlapParamGather);
     }
 
     public int world() {

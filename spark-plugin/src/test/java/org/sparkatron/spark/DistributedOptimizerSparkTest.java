@@ -14,10 +14,11 @@ import org.junit.jupiter.api.Timeout;
  * The Megatron data-parallel keys through a real Spark job ({@code local[2]}, barrier stage): with
  * {@code use_distributed_optimizer} the two replicas keep half the optimizer state each and train exactly as
  * plain data parallelism does (bitwise, with clipping off: two replicas' gradients average to the same numbers
- * whichever collective computes them, AdamW is elementwise); through the Estimator's Params
+ * whichever collective computes them, AdamW is elementwise), and so it does with {@code overlap_param_gather}
+ * (the same all-gather, during the next forward); through the Estimator's Params
  * ({@code useDistributedOptimizer}, {@code overlapGradReduce}, {@code bucketMb}) it equals one rank on the
  * combined batch within {@link DataParallelParityTest}'s tolerances (fp32 summation order only). Bad values are
- * refused on the driver, naming the key.
+ * refused on the driver, naming the key, and so is {@code overlap_param_gather} where it cannot apply.
  */
 class DistributedOptimizerSparkTest {
     @Test
@@ -27,13 +28,17 @@ class DistributedOptimizerSparkTest {
         int steps = 4;
         TrainConfig plain = SharedSpark.config(2, 8, steps).with("grad_clip", "0").with("bucket_mb", "0.02");
         DistributedTraining.Result a = DistributedTraining.run(df, plain, null);
-        DistributedTraining.Result b = DistributedTraining.run(df, plain.with("use_distributed_optimizer", "true"), null);
-        for (int s = 0; s < steps; s++) {
-            assertEquals(DistributedTraining.Result.loss(a.metrics().get(s)), DistributedTraining.Result.loss(b.metrics().get(s)), 0.0,
-                    "loss at step " + (s + 1));
+        TrainConfig distopt = plain.with("use_distributed_optimizer", "true");
+        for (TrainConfig c : new TrainConfig[] {distopt, distopt.with("overlap_param_gather", "true")}) {
+            assertEquals(c == distopt ? false : true, c.dataParallelConfig().overlapParamGather());
+            DistributedTraining.Result b = DistributedTraining.run(df, c, null);
+            for (int s = 0; s < steps; s++) {
+                assertEquals(DistributedTraining.Result.loss(a.metrics().get(s)), DistributedTraining.Result.loss(b.metrics().get(s)), 0.0,
+                        "loss at step " + (s + 1) + " of " + c.dataParallelConfig());
+            }
+            assertArrayEquals(a.model().params().downloadWeights(), b.model().params().downloadWeights(),
+                    "the trained model (fp32 master weights, standard layout) of " + c.dataParallelConfig());
         }
-        assertArrayEquals(a.model().params().downloadWeights(), b.model().params().downloadWeights(),
-                "the trained model (fp32 master weights, standard layout)");
     }
 
     @Test
@@ -73,11 +78,21 @@ class DistributedOptimizerSparkTest {
         e = assertThrows(IllegalArgumentException.class, () -> SharedSpark.config(2, 8, 2).with("overlap_grad_reduce", "1"));
         assertTrue(e.getMessage().contains("'overlap_grad_reduce' must be true or false"), e.getMessage());
         e = assertThrows(IllegalArgumentException.class, () -> SharedSpark.config(2, 8, 2).with("overlap_param_gather", "true"));
-        assertTrue(e.getMessage().startsWith("overlap_param_gather is not supported"), e.getMessage());
+        assertTrue(e.getMessage().startsWith("overlap_param_gather needs use_distributed_optimizer"), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> SharedSpark.config(2, 8, 2).with("use_distributed_optimizer", "true")
+                .with("overlap_grad_reduce", "false").with("overlap_param_gather", "true"));
+        assertTrue(e.getMessage().startsWith("overlap_param_gather needs overlap_grad_reduce"), e.getMessage());
+        TrainConfig fromParams = new SparkatronEstimator().setModelConfig(SharedSpark.tinyModel().toString()).setDp(2)
+                .setGlobalBatch(8).setSeqLen(16).setSteps(2).setUseDistributedOptimizer(true).setOverlapParamGather(true).toConfig();
+        assertTrue(fromParams.overlapParamGather && fromParams.dataParallelConfig().overlapParamGather());
+        assertEquals(true, fromParams.resolved().get("overlap_param_gather").asBoolean());
+        e = assertThrows(IllegalArgumentException.class, () -> new SparkatronEstimator().setModelConfig(SharedSpark.tinyModel().toString())
+                .setDp(2).setGlobalBatch(8).setSeqLen(16).setSteps(2).setOverlapParamGather(true).toConfig());
+        assertTrue(e.getMessage().contains("overlap_param_gather needs use_distributed_optimizer"), e.getMessage());
         e = assertThrows(IllegalArgumentException.class, () -> SharedSpark.config(2, 8, 2).with("bucket_mb", "0"));
         assertTrue(e.getMessage().contains("'bucket_mb' must be > 0"), e.getMessage());
         TrainConfig dflt = SharedSpark.config(2, 8, 2);
         assertEquals(40_000_000L * 4, dflt.bucketBytes, "Megatron's default bucket: max(40M, 1M x dp) elements");
-        assertTrue(dflt.overlapGradReduce && !dflt.useDistributedOptimizer);
+        assertTrue(dflt.overlapGradReduce && !dflt.useDistributedOptimizer && !dflt.overlapParamGather);
     }
 }
