@@ -55,11 +55,12 @@ __device__ __forceinline__ double moeScore(const float* l, int i, int sigmoid, d
 }
 
 /**
- * Top-k per token (one thread per token): the k highest scores in decreasing order, ties to the lower expert,
- * chosen by repeated selection of the best score after the previous choice in that order (no per-thread arrays).
+ * Top-k per token (one thread per token): the k highest scores (plus the expert bias, if any: it chooses, it does
+ * not weigh) in decreasing order, ties to the lower expert, chosen by repeated selection of the best value after
+ * the previous choice in that order (no per-thread arrays).
  */
-extern "C" __global__ void moe_route(const float* logits, int* experts, float* probs, float* scores, long long n, int e, int k,
-                                     int sigmoid, int normTopK, float scale) {
+extern "C" __global__ void moe_route(const float* logits, int* experts, float* probs, float* scores, const float* bias,
+                                     long long n, int e, int k, int sigmoid, int normTopK, float scale) {
     GRID_STRIDE(t, n) {
         const float* l = logits + t * e;
         double max = 0.0, sum = 1.0;
@@ -72,6 +73,7 @@ extern "C" __global__ void moe_route(const float* logits, int* experts, float* p
             double bestS = 0.0;
             for (int i = 0; i < e; i++) {
                 double s = moeScore(l, i, sigmoid, max, sum);
+                if (bias != nullptr) s += (double) bias[i];
                 bool after = s < prevS || (s == prevS && i > prevI);
                 if (after && (best < 0 || s > bestS)) {
                     best = i;
@@ -79,7 +81,7 @@ extern "C" __global__ void moe_route(const float* logits, int* experts, float* p
                 }
             }
             experts[t * k + j] = best;
-            top += bestS;
+            top += moeScore(l, best, sigmoid, max, sum);
             prevS = bestS;
             prevI = best;
         }
@@ -411,4 +413,27 @@ extern "C" __global__ void moe_chunk_offsets(const int* counts, int* offsets, in
         }
         offsets[b] = at;
     }
+}
+
+/** tally[i] += counts[i]: a step's tokens per expert, for the aux-loss-free bias. */
+extern "C" __global__ void moe_count_tokens(double* tally, const int* counts, int e) {
+    GRID_STRIDE(i, e) tally[i] += (double) counts[i];
+}
+
+/** bias[i] += rate * sign(mean(tally) - tally[i]), then tally = 0 (one block; the mean summed in order by thread 0). */
+extern "C" __global__ void moe_expert_bias_update(float* bias, double* tally, int e, float rate) {
+    __shared__ double mean;
+    if (threadIdx.x == 0) {
+        double sum = 0.0;
+        for (int i = 0; i < e; i++) sum += tally[i];
+        mean = sum / e;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < e; i += blockDim.x) {
+        double offset = mean - tally[i];
+        float sign = offset > 0.0 ? 1.f : (offset < 0.0 ? -1.f : 0.f);
+        bias[i] = bias[i] + sign * rate;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < e; i += blockDim.x) tally[i] = 0.0;
 }

@@ -153,7 +153,7 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
                 + (recompute == Recompute.FULL ? attentionPart + (dense ? denseMlp : 0) + moeMlp : 0)
                 + (moe == null ? 0 : MoeMlp.scratchElements(moe));
         long workspace = 8 + 8 + 40                                          // model scalars, trainer step scalars
-                + (moe == null ? 0 : 8L * MoeStep.STATS + MoeMlp.scratchWorkspaceBytes(moe)) // MoE statistics, padded counts
+                + (moe == null ? 0 : 8L * MoeStep.STATS + MoeMlp.scratchWorkspaceBytes(moe) + MoeStep.tallyBytes(cfg)) // MoE figures
                 + (cfg.family().usesRope() ? 4L * cfg.maxPositions() * hd : 0) // cos and sin tables
                 + 4 * 2L * seqLen * seqLen;                                  // CPU attention scratch
         boolean holdsLast = pl.isLast(stage, pl.virtualStages() - 1);

@@ -180,7 +180,8 @@ public final class Transformer {
         this.ws = new Workspace(device);
         this.normScratch = device.allocate(MemoryKind.WORKSPACE, DType.F64, 1);
         this.scalars = device.allocate(MemoryKind.WORKSPACE, DType.F64, 1);
-        this.moeStep = cfg.isMoe() ? new MoeStep(device.zeros(MemoryKind.WORKSPACE, DType.F64, MoeStep.STATS), moeLayers(cfg)) : null;
+        this.moeStep = cfg.isMoe() ? new MoeStep(device.zeros(MemoryKind.WORKSPACE, DType.F64, MoeStep.STATS), moeLayers(cfg), params,
+                cfg.moe().expertBias() ? device.zeros(MemoryKind.WORKSPACE, DType.F64, moeLayers(cfg), cfg.moe().experts()) : null) : null;
         if (cfg.family().usesRope()) {
             Tensor[] tables = ropeTables(cfg);
             ropeCos = device.allocate(MemoryKind.WORKSPACE, DType.F32, cfg.maxPositions(), cfg.headDim() / 2);
@@ -761,6 +762,33 @@ public final class Transformer {
             }
         }
         return layers * microBatches;
+    }
+
+    /**
+     * The aux-loss-free expert bias's token counts of the last training step (F64 {@code [moeLayers, E]}, rows of
+     * the layers this rank does not hold zero), for the trainer to sum over the data-parallel replicas before
+     * {@link #updateExpertBias()}; null for a model without an expert bias.
+     */
+    public Tensor expertBiasTally() {
+        return moeStep == null ? null : moeStep.tally;
+    }
+
+    /**
+     * Megatron's aux-loss-free bias update of every MoE layer this rank holds, from the (replica-summed) tally:
+     * {@code bias += rate * sign(mean count - count)}; the tally is zeroed. Device work only.
+     */
+    public void updateExpertBias() {
+        if (moeStep == null || moeStep.tally == null) {
+            return;
+        }
+        for (ModelChunk c : chunks) {
+            for (int i = c.layerStart(); i < c.layerStart() + c.layers(); i++) {
+                if (cfg.moe().isMoeLayer(i)) {
+                    k.moeExpertBiasUpdate(params.weight("layers." + i + ".moe.router.bias"), moeStep.tallyOf(cfg, i),
+                            cfg.moe().experts(), cfg.moe().biasUpdateRate());
+                }
+            }
+        }
     }
 
     /** This rank's expert-parallel groups. */

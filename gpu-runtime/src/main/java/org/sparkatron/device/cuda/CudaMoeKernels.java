@@ -66,11 +66,22 @@ final class CudaMoeKernels {
         return t == null ? (Object) 0L : t;
     }
 
-    void route(Tensor logits, Tensor experts, Tensor probs, Tensor scores, int n, int e, int k, MoeRouting r) {
+    void route(Tensor logits, Tensor experts, Tensor probs, Tensor scores, Tensor bias, int n, int e, int k, MoeRouting r) {
         require(logits, DType.F32, "route logits");
         require(experts, DType.I32, "route experts");
-        dev.launch("moe_route", grid(n, BLOCK), BLOCK, 0, logits, experts, probs, ptr(scores), (long) n, e, k, r.sigmoid() ? 1 : 0,
-                r.normTopK() ? 1 : 0, r.scale());
+        dev.launch("moe_route", grid(n, BLOCK), BLOCK, 0, logits, experts, probs, ptr(scores), ptr(bias), (long) n, e, k,
+                r.sigmoid() ? 1 : 0, r.normTopK() ? 1 : 0, r.scale());
+    }
+
+    void countTokens(Tensor tally, Tensor counts, int e) {
+        require(tally, DType.F64, "token tally");
+        dev.launch("moe_count_tokens", grid(e, BLOCK), BLOCK, 0, tally, counts, e);
+    }
+
+    void expertBiasUpdate(Tensor bias, Tensor tally, int e, float rate) {
+        require(bias, DType.F32, "expert bias");
+        require(tally, DType.F64, "token tally");
+        dev.launch("moe_expert_bias_update", 1, BLOCK, 0, bias, tally, e, rate);
     }
 
     void auxLoss(Tensor scores, Tensor experts, Tensor auxGrad, Tensor acc, int slot, int n, int e, int k, float gradWeight,

@@ -137,6 +137,69 @@ public abstract class MoeKernelsContract {
         return out;
     }
 
+    /** DeepSeek-V3's aux-loss-free routing: the bias chooses the k experts, the unbiased scores weigh them. */
+    @ParameterizedTest(name = "n={0} e={1} k={2}")
+    @CsvSource({"9, 6, 2", "5, 8, 3", "300, 8, 4"})
+    void anExpertBiasChoosesButDoesNotWeigh(int n, int e, int kk) {
+        SplittableRandom rng = new SplittableRandom(n * 5 + e);
+        double[] l = random(rng, n * e, 2);
+        double[] b = random(rng, e, 0.5);
+        MoeRouting r = new MoeRouting(true, true, 2.5f);
+        Tensor experts = i32(new int[n * kk], n, kk);
+        Tensor probs = f32(new double[n * kk], n, kk);
+        kernels().moeRoute(f32(l, n, e), experts, probs, null, f32(b, e), n, e, kk, r);
+        int[] want = new int[n * kk];
+        for (int t = 0; t < n; t++) {
+            double[] s = scores(l, t, e, true);
+            double[] biased = new double[e];
+            for (int i = 0; i < e; i++) {
+                biased[i] = s[i] + b[i];
+            }
+            System.arraycopy(topK(biased, kk), 0, want, t * kk, kk);
+        }
+        assertArrayEquals(want, ints(experts), "top-k of score + bias");
+        assertClose("weights from the unbiased scores", weights(l, want, n, e, kk, r), read(probs), 1e-7, 1e-6);
+        int[] plain = new int[n * kk];
+        for (int t = 0; t < n; t++) {
+            System.arraycopy(topK(scores(l, t, e, true), kk), 0, plain, t * kk, kk);
+        }
+        boolean differs = !java.util.Arrays.equals(plain, want);
+        assertEquals(true, differs, "the bias changed some choice (else this test would not test it)");
+    }
+
+    /** Megatron's get_updated_expert_bias: bias += rate * sign(mean - count); and the token tally it reads. */
+    @Test
+    void expertBiasMovesTowardsBalanceFromTheTally() {
+        int e = 5;
+        Tensor tally = on(Tensor.allocateHost(DType.F64, e));
+        kernels().moeCountTokens(tally, i32(new int[] {3, 0, 2, 4, 1}, e), e);
+        kernels().moeCountTokens(tally, i32(new int[] {1, 2, 0, 0, 1}, e), e); // totals 4 2 2 4 2: mean 2.8
+        double[] got = doubles(tally);
+        assertArrayEquals(new double[] {4, 2, 2, 4, 2}, got, 0, "counts accumulated");
+        double[] b0 = {0.25, -0.5, 0, 1, 0.125};
+        Tensor bias = f32(b0, e);
+        kernels().moeExpertBiasUpdate(bias, tally, e, 0.01f);
+        double[] want = new double[e];
+        for (int i = 0; i < e; i++) {
+            double c = new double[] {4, 2, 2, 4, 2}[i];
+            want[i] = (float) ((float) b0[i] + Math.signum(2.8 - c) * 0.01f);
+        }
+        assertClose("bias moved by the rate towards balance", want, read(bias), 0, 0);
+        assertArrayEquals(new double[e], doubles(tally), 0, "the tally is zeroed");
+        kernels().moeCountTokens(tally, i32(new int[] {2, 2, 2, 2, 2}, e), e);
+        kernels().moeExpertBiasUpdate(bias, tally, e, 0.01f);
+        assertClose("balanced: no change", want, read(bias), 0, 0);
+    }
+
+    private double[] doubles(Tensor t) {
+        Tensor h = back(t);
+        double[] out = new double[(int) h.numel()];
+        for (int i = 0; i < out.length; i++) {
+            out[i] = h.hostBuffer().getDouble(8 * i);
+        }
+        return out;
+    }
+
     /**
      * The router backward is the gradient of {@code sum dprobs . probs + sum_e auxGrad_e sum_t scores[t, e] +
      * zWeight sum_t lse_t^2} with the choices held fixed.
