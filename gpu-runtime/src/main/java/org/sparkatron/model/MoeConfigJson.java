@@ -39,7 +39,8 @@ final class MoeConfigJson {
     static MoeConfig read(JsonNode root, int expertFfn) {
         String score = eitherText(root, "scoring_func", "moe_router_score_function", "softmax");
         if (!score.equals("softmax") && !score.equals("sigmoid")) {
-            throw new IllegalArgumentException("router score function '" + score + "' is not supported (softmax or sigmoid)");
+            throw new IllegalArgumentException((root.hasNonNull("scoring_func") ? "scoring_func" : "moe_router_score_function") + " '"
+                    + score + "' is not supported (softmax or sigmoid)");
         }
         boolean sigmoid = score.equals("sigmoid");
         if (root.path("router_jitter_noise").asDouble(0) != 0) {

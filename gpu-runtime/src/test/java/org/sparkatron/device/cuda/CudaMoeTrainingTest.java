@@ -23,8 +23,9 @@ import org.sparkatron.train.Trainer;
 /**
  * Mixture-of-experts training steps on the CUDA device against the same steps on the CPU device, from the same
  * initial weights and batches: a Mixtral-style model (4 experts, top-2, aux and z losses) dropless, with capacity
- * dropping, padded to capacity, and with a sigmoid router, a shared expert and a dense layer between MoE layers
- * ({@code moe_layer_freq} 2). Per step: the loss, the gradient norm, the aux and z losses and the dropped fraction;
+ * dropping, padded to capacity, with a sigmoid router, a shared expert and a dense layer between MoE layers
+ * ({@code moe_layer_freq} 2), and with DeepSeek-V3's aux-loss-free expert bias (moved after every step; the
+ * weights compared after the last step include it). Per step: the loss, the gradient norm, the aux and z losses and the dropped fraction;
  * after the first step every gradient, after the last every weight; nothing allocated after the first step.
  *
  * <p>Tolerances (fp32): the devices' GEMMs sum in different orders (cuBLASLt vs OpenBLAS; the emulation's
@@ -89,6 +90,9 @@ class CudaMoeTrainingTest {
         "padded   | 2 | \"moe_expert_capacity_factor\":1.0,\"moe_pad_expert_input_to_capacity\":true",
         "sigmoid, shared expert, dense layer between | 3 | \"scoring_func\":\"sigmoid\",\"shared_expert_intermediate_size\":16,"
                 + "\"moe_layer_freq\":2,\"dense_intermediate_size\":40",
+        "expert bias (aux-loss-free), Megatron's names | 3 | \"moe_router_score_function\":\"sigmoid\","
+                + "\"moe_router_topk_scaling_factor\":2.5,\"moe_router_enable_expert_bias\":true,\"moe_router_bias_update_rate\":0.05,"
+                + "\"moe_layer_freq\":[1,0,1],\"dense_intermediate_size\":40",
     })
     void stepsMatchTheCpuDevice(String variant, int layers, String extra) throws Exception {
         ModelConfig cfg = config(layers, extra == null ? "" : extra);
