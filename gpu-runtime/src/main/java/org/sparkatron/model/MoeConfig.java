@@ -17,8 +17,8 @@ import java.util.List;
  * {@code moe_router_enable_expert_bias}, DeepSeek-V3's aux-loss-free balancing) a per-expert bias is added to
  * the scores for choosing the k experts only, and after every step moves by {@code biasUpdateRate} towards
  * balance: {@code bias_e += rate * sign(mean_count - count_e)} over the step's global token counts.
- * {@code jitterEps > 0} multiplies the router's input by uniform noise in {@code [1 - eps, 1 + eps]} while
- * training (Megatron's {@code moe_input_jitter_eps}).
+ * {@code jitterEps} (Megatron's {@code moe_input_jitter_eps}) is always 0 for now: the config reader refuses
+ * other values, as router input jitter is not implemented.
  *
  * <p>Layers: layer i is an MoE layer when {@code layerPattern} (if not empty) says so, else when
  * {@code i % layerFreq == 0} (Megatron's {@code moe_layer_freq}: an integer or a per-layer 0/1 list); the others
@@ -55,7 +55,7 @@ public record MoeConfig(int experts, int topK, int expertFfn, boolean sigmoid, b
             check(!expertBias || sigmoid, "moe_router_enable_expert_bias needs the sigmoid score function "
                     + "(moe_router_score_function sigmoid), as Megatron's router applies the bias only there");
             check(!expertBias || biasUpdateRate >= 0, "moe_router_bias_update_rate must be >= 0, got " + biasUpdateRate);
-            check(jitterEps >= 0 && jitterEps < 1, "moe_input_jitter_eps must be in [0, 1), got " + jitterEps);
+            check(jitterEps == 0, "moe_input_jitter_eps " + jitterEps + " is not supported yet (router input jitter is not implemented)");
         }
     }
 

@@ -20,8 +20,8 @@ import java.util.List;
  * {@code dense_intermediate_size} for the dense layers; {@code moe_expert_capacity_factor},
  * {@code moe_pad_expert_input_to_capacity}; {@code moe_aux_loss_coeff} (else HF's {@code router_aux_loss_coef},
  * else 0.001), {@code moe_z_loss_coeff} (else {@code router_z_loss_coef}, else 0);
- * {@code moe_router_enable_expert_bias}, {@code moe_router_bias_update_rate} (Megatron's default 1e-3);
- * {@code moe_input_jitter_eps}.
+ * {@code moe_router_enable_expert_bias}, {@code moe_router_bias_update_rate} (Megatron's default 1e-3).
+ * {@code moe_input_jitter_eps} other than 0 and {@code moe_shared_expert_gate} true are refused (not implemented).
  */
 final class MoeConfigJson {
     private MoeConfigJson() {
@@ -46,6 +46,10 @@ final class MoeConfigJson {
         if (root.path("router_jitter_noise").asDouble(0) != 0) {
             throw new IllegalArgumentException("router_jitter_noise " + root.get("router_jitter_noise") + " is not supported (only 0; "
                     + "moe_input_jitter_eps is Megatron's router input jitter)");
+        }
+        if (root.path("moe_input_jitter_eps").asDouble(0) != 0) {
+            throw new IllegalArgumentException("moe_input_jitter_eps " + root.get("moe_input_jitter_eps") + " is not supported yet (only 0 "
+                    + "or null: no router input jitter)");
         }
         if (root.path("moe_shared_expert_gate").asBoolean(false)) {
             throw new IllegalArgumentException("moe_shared_expert_gate true is not supported yet (a shared expert without a gate only)");

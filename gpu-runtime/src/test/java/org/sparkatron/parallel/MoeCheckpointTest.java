@@ -111,6 +111,8 @@ class MoeCheckpointTest {
         assertTrue(e.getMessage().contains("gives 3 layers, but num_hidden_layers is 2"), e.getMessage());
         e = assertThrows(IllegalArgumentException.class, () -> MoeRun.config(2, "\"moe_layer_freq\":\"[1,2]*1\""));
         assertTrue(e.getMessage().contains("not a list of 0/1"), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> MoeRun.config(2, "\"moe_input_jitter_eps\":0.01"));
+        assertTrue(e.getMessage().contains("moe_input_jitter_eps 0.01 is not supported yet"), e.getMessage());
         e = assertThrows(IllegalArgumentException.class, () -> MoeRun.config(2, "\"moe_shared_expert_gate\":true"));
         assertTrue(e.getMessage().contains("moe_shared_expert_gate"), e.getMessage());
     }
