@@ -110,7 +110,7 @@ public final class HfCheckpoint {
         int f = cfg.moe().expertFfn();
         l.add(new Link(h + "gate.weight", p + "router.w", 0, new int[] {cfg.moe().experts(), c}, false));
         if (cfg.moe().expertBias()) { // DeepSeek-V3's name for the aux-loss-free bias
-            l.add(new Link(h + "gate.e_score_correction_bias", p + "router.bias", 0, new int[] {cfg.moe().experts()}, false));
+            l.add(new Link(h + "gate.e_score_correction_bias", p + "router.b", 0, new int[] {cfg.moe().experts()}, false));
         }
         for (int e = 0; e < cfg.moe().experts(); e++) {
             String x = h + "experts." + e + ".";

@@ -245,7 +245,7 @@ final class MoeMlp implements Mlp {
         this.routing = new MoeRouting(moe.sigmoid(), moe.normTopK(), moe.topKScale());
         router = ps.weight(p + "moe.router.w");
         dRouter = ps.grad(p + "moe.router.w");
-        expertBias = moe.expertBias() ? step.master.weight(p + "moe.router.bias") : null;
+        expertBias = moe.expertBias() ? step.master.weight(p + "moe.router.b") : null;
         tally = moe.expertBias() ? step.tallyOf(cfg, index) : null;
         up = ps.weight(p + "moe.experts.up.w");
         dUp = ps.grad(p + "moe.experts.up.w");
@@ -265,7 +265,7 @@ final class MoeMlp implements Mlp {
         MoeConfig m = cfg.moe();
         bld.add(p + "moe.router.w", TpRole.REPLICATED, m.experts(), cfg.hidden());
         if (m.expertBias()) { // not trained (no gradient, no decay: AdamW leaves it as it is); updated from token counts
-            bld.add(p + "moe.router.bias", TpRole.REPLICATED, m.experts());
+            bld.add(p + "moe.router.b", TpRole.REPLICATED, m.experts());
         }
         if (m.sharedFfn() > 0) {
             int fsl = m.sharedFfn() / tpSize;

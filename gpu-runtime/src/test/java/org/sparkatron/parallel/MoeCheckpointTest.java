@@ -137,5 +137,17 @@ class MoeCheckpointTest {
         assertEquals(false, pre.moe().normTopK(), "pre-softmax: no renormalisation over the top k");
         ModelConfig biased = MoeRun.config(2, "\"moe_router_score_function\":\"sigmoid\",\"moe_router_enable_expert_bias\":true");
         assertEquals(1e-3f, biased.moe().biasUpdateRate(), "Megatron's default update rate");
+        try (org.sparkatron.device.cpu.CpuDevice d = new org.sparkatron.device.cpu.CpuDevice()) {
+            Transformer m = new Transformer(biased, d);
+            m.initialize(7);
+            float[] w = m.params().downloadWeights();
+            for (int layer = 0; layer < 2; layer++) {
+                org.sparkatron.model.ParameterSet.Param p = m.params().param("layers." + layer + ".moe.router.b");
+                for (long i = p.offset(); i < p.offset() + p.numel(); i++) {
+                    assertEquals(0f, w[(int) i], "the expert bias starts at zero, as Megatron's");
+                }
+            }
+            m.close();
+        }
     }
 }
