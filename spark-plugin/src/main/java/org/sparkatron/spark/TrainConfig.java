@@ -21,6 +21,7 @@ import java.util.Set;
 import org.sparkatron.model.ConfigJson;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.optim.LrSchedule;
+import org.sparkatron.parallel.ContextParallel;
 import org.sparkatron.parallel.DataParallel;
 import org.sparkatron.precision.Fp8Recipe;
 import org.sparkatron.precision.Precision;
@@ -59,10 +60,10 @@ public final class TrainConfig implements Serializable {
     static final ObjectMapper JSON = ConfigJson.MAPPER; // refuses duplicate keys
 
     /** Every accepted key: anything else is refused so a typo never silently falls back to a default. */
-    /** The largest world (dp x tp x pp) a job may ask for. */
+    /** The largest world (dp x tp x cp x pp) a job may ask for. */
     static final int MAX_WORLD = 4096;
 
-    public static final Set<String> KEYS = Set.of("model", "dp", "tp", "tensor_parallel", "sequence_parallel", "pp", "global_batch", "micro_batch", "seq_len",
+    public static final Set<String> KEYS = Set.of("model", "dp", "tp", "tensor_parallel", "sequence_parallel", "pp", "cp", "context_parallel_size", "cp_comm_type", "global_batch", "micro_batch", "seq_len",
             "steps", "lr", "min_lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "seed", "input_col",
             "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format", "input_schema",
             "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over", "async_save",
@@ -81,6 +82,14 @@ public final class TrainConfig implements Serializable {
     public final int dp, tp, pp;
     /** Expert-parallel size: the experts of each MoE layer are split over ep of the dp replicas. */
     public final int ep;
+    /**
+     * Context parallelism (docs/parallel.md): ranks each sequence is split over [1] (Megatron's
+     * {@code --context-parallel-size}; alias {@code context_parallel_size}) and how attention exchanges keys and
+     * values across them: {@code p2p} (ring attention) [default] or {@code all_gather} (Megatron's
+     * {@code --cp-comm-type}).
+     */
+    public final int cp;
+    public final ContextParallel.CommType cpCommType;
     /**
      * Pipeline parallelism (docs/parallel.md): model chunks per pipeline rank [1; {@code virtual_pp} > 1 is
      * the interleaved schedule; Megatron's {@code num_layers_per_virtual_pipeline_stage} is accepted instead],
@@ -214,10 +223,24 @@ public final class TrainConfig implements Serializable {
             }
             o.set("tp", alias);
         }
+        if (o.has("context_parallel_size")) { // Megatron's name for "cp"
+            JsonNode alias = o.remove("context_parallel_size");
+            if (o.has("cp") && !o.get("cp").equals(alias)) {
+                throw new IllegalArgumentException("config keys 'cp' (" + o.get("cp") + ") and 'context_parallel_size' (" + alias
+                        + ") disagree: give one of them");
+            }
+            o.set("cp", alias);
+        }
         this.sequenceParallel = bool(o, "sequence_parallel", false);
         this.dp = intKey(o, "dp", 1, 1);
         this.tp = intKey(o, "tp", 1, 1);
         this.pp = intKey(o, "pp", 1, 1);
+        this.cp = intKey(o, "cp", 1, 1);
+        try {
+            this.cpCommType = ContextParallel.CommType.parse(str(o, "cp_comm_type", "p2p"));
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("config key 'cp_comm_type': " + e.getMessage(), e);
+        }
         if (o.has("expert_parallel")) { // Megatron's name for "ep"
             JsonNode alias = o.remove("expert_parallel");
             if (o.has("ep") && !o.get("ep").equals(alias)) {
@@ -371,10 +394,14 @@ public final class TrainConfig implements Serializable {
     }
 
     private void validate(ModelConfig mc) {
-        long world = (long) dp * tp * pp; // 64-bit: each factor may be up to 2^31 - 1
+        long world = (long) dp * tp * cp * pp; // 64-bit: each factor may be up to 2^31 - 1
         if (world > MAX_WORLD) {
-            throw new IllegalArgumentException("world size dp x tp x pp = " + dp + " x " + tp + " x " + pp + " = " + world
-                    + " is larger than " + MAX_WORLD);
+            throw new IllegalArgumentException("world size dp x tp x " + (cp > 1 ? "cp x " : "") + "pp = " + dp + " x " + tp + " x "
+                    + (cp > 1 ? cp + " x " : "") + pp + " = " + world + " is larger than " + MAX_WORLD);
+        }
+        if (cp > 1 && (mc.isMoe() || precision == Precision.FP8)) {
+            throw new IllegalArgumentException("cp " + cp + " with " + (mc.isMoe() ? "a mixture-of-experts model" : "precision fp8")
+                    + " is not supported yet: use cp 1 (docs/parallel.md)");
         }
         if (dp % ep != 0) {
             throw new IllegalArgumentException("ep " + ep + " does not divide dp " + dp
@@ -491,7 +518,8 @@ public final class TrainConfig implements Serializable {
         } catch (IOException e) {
             throw new IllegalStateException(e);
         }
-        o.put("dp", dp).put("tp", tp).put("pp", pp).put("virtual_pp", virtualPp).put("recompute", recompute.label())
+        o.put("dp", dp).put("tp", tp).put("pp", pp).put("cp", cp).put("cp_comm_type", cpCommType.label())
+                .put("virtual_pp", virtualPp).put("recompute", recompute.label())
                 .put("sequence_parallel", sequenceParallel).put("global_batch", globalBatch)
                 .put("micro_batch", microBatch).put("seq_len", seqLen).put("steps", steps).put("lr", lr).put("min_lr", minLr)
                 .put("warmup_steps", warmupSteps).put("decay_steps", schedule().decaySteps()).put("weight_decay", weightDecay)
@@ -518,7 +546,7 @@ public final class TrainConfig implements Serializable {
     }
 
     public int world() {
-        return dp * tp * pp;
+        return dp * tp * cp * pp;
     }
 
     /** The layers of each pipeline stage (and virtual chunk); validates the split. */

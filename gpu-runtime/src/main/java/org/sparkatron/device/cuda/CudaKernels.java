@@ -1,5 +1,6 @@
 package org.sparkatron.device.cuda;
 
+import org.sparkatron.device.AttentionBlock;
 import org.sparkatron.device.Kernels;
 import org.sparkatron.precision.Fp8Format;
 import org.sparkatron.device.MoeRouting;
@@ -113,16 +114,31 @@ public final class CudaKernels implements Kernels {
     }
 
     @Override
-    public void addPositions(Tensor x, Tensor wpe, int firstRow, int rows, int t, int c) {
-        each("add_positions" + sfx(x), (long) rows * c, x, wpe, (long) firstRow, (long) rows, t, c);
+    public void addPositions(Tensor x, Tensor wpe, Tensor positions, int firstRow, int rows, int t, int c) {
+        each("add_positions" + sfx(x), (long) rows * c, x, wpe, orNull(positions), (long) firstRow, (long) rows, t, c);
     }
 
     @Override
-    public void positionsBackward(Tensor dwpe, Tensor dx, int firstRow, int rows, int t, int c) {
-        each("positions_backward" + sfx(dx), (long) t * c, dwpe, dx, (long) firstRow, (long) rows, t, c);
+    public void positionsBackward(Tensor dwpe, Tensor dx, Tensor positions, int firstRow, int rows, int t, int c) {
+        each("positions_backward" + sfx(dx), (long) t * c, dwpe, dx, orNull(positions), (long) firstRow, (long) rows, t, c);
+    }
+
+    /** A kernel's optional pointer argument: the tensor, or the null address. */
+    private static Object orNull(Tensor t) {
+        return t == null ? (Object) 0L : t;
     }
 
     // ---- norms ----
+
+    /**
+     * Threads per block for the one-block-per-row kernels (norms, cross-entropy): BLOCK, or fewer for rows
+     * narrower than BLOCK -- enough warps for one thread per element. Threads beyond the row's width would hold
+     * only zeros for the block reductions, so the results are the same bits, without idle warps (the emulated
+     * CUDA's cost is per thread).
+     */
+    private static int rowBlock(int width) {
+        return (int) Math.min(BLOCK, Math.max(32, (width + 31L) / 32 * 32));
+    }
 
     private static int rowGrid(long rows) {
         return (int) Math.max(1, Math.min(ROW_GRID, rows));
@@ -130,7 +146,7 @@ public final class CudaKernels implements Kernels {
 
     @Override
     public void layerNormForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor w, Tensor b, int n, int c, float eps) {
-        dev.launch("layernorm_forward" + sfx(x), (int) Math.min(n, 65535), BLOCK, 0, out, mean, rstd, x, w, b, (long) n, c, eps);
+        dev.launch("layernorm_forward" + sfx(x), (int) Math.min(n, 65535), rowBlock(c), 0, out, mean, rstd, x, w, b, (long) n, c, eps);
     }
 
     @Override
@@ -140,21 +156,21 @@ public final class CudaKernels implements Kernels {
         Tensor s = scratch(normScratch, DType.F32, 2L * g * c, true);
         Tensor pw = s.slice(0, (long) g * c);
         Tensor pb = s.slice((long) g * c, (long) g * c);
-        dev.launch("layernorm_backward" + sfx(x), g, BLOCK, 0, dx, pw, pb, dout, x, w, mean, rstd, (long) n, c);
+        dev.launch("layernorm_backward" + sfx(x), g, rowBlock(c), 0, dx, pw, pb, dout, x, w, mean, rstd, (long) n, c);
         each("norm_grad_reduce", c, dw, pw, g, c);
         each("norm_grad_reduce", c, db, pb, g, c);
     }
 
     @Override
     public void rmsNormForward(Tensor out, Tensor rstd, Tensor x, Tensor w, int n, int c, float eps) {
-        dev.launch("rmsnorm_forward" + sfx(x), (int) Math.min(n, 65535), BLOCK, 0, out, rstd, x, w, (long) n, c, eps);
+        dev.launch("rmsnorm_forward" + sfx(x), (int) Math.min(n, 65535), rowBlock(c), 0, out, rstd, x, w, (long) n, c, eps);
     }
 
     @Override
     public void rmsNormBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor rstd, int n, int c) {
         int g = rowGrid(n);
         Tensor pw = scratch(normScratch, DType.F32, (long) g * c, true).slice(0, (long) g * c);
-        dev.launch("rmsnorm_backward" + sfx(x), g, BLOCK, 0, dx, pw, dout, x, w, rstd, (long) n, c);
+        dev.launch("rmsnorm_backward" + sfx(x), g, rowBlock(c), 0, dx, pw, dout, x, w, rstd, (long) n, c);
         each("norm_grad_reduce", c, dw, pw, g, c);
     }
 
@@ -216,9 +232,11 @@ public final class CudaKernels implements Kernels {
     // ---- attention ----
 
     @Override
-    public void rope(Tensor qkv, Tensor cos, Tensor sin, int b, int t, int heads, int kvHeads, int hd, boolean inverse) {
+    public void rope(Tensor qkv, Tensor cos, Tensor sin, Tensor positions, int b, int t, int heads, int kvHeads, int hd,
+                     boolean inverse) {
         long rows = (long) b * t;
-        each("rope" + sfx(qkv), rows * (heads + kvHeads) * (hd / 2), qkv, cos, sin, rows, t, heads, kvHeads, hd, inverse ? 1 : 0);
+        each("rope" + sfx(qkv), rows * (heads + kvHeads) * (hd / 2), qkv, cos, sin, orNull(positions), rows, t, heads, kvHeads, hd,
+                inverse ? 1 : 0);
     }
 
     private static void checkHeadDim(int hd) {
@@ -250,17 +268,60 @@ public final class CudaKernels implements Kernels {
                 heads, kvHeads, hd);
     }
 
+    /** The block's shape as the block kernels take it (attention_block.cu's BLOCK_ARGS). */
+    private static Object[] shape(AttentionBlock b) {
+        return new Object[] {(long) b.batch(), b.heads(), b.kvHeads(), b.headDim(), b.qSeq(), b.qFirst(), b.qRows(), b.kvSeq(),
+            b.kvFirst(), b.kvRows(), b.diagonal()};
+    }
+
+    private static Object[] args(Object[] head, AttentionBlock b) {
+        Object[] s = shape(b);
+        Object[] all = java.util.Arrays.copyOf(head, head.length + s.length);
+        System.arraycopy(s, 0, all, head.length, s.length);
+        return all;
+    }
+
+    @Override
+    public void attentionBlockForward(Tensor out, Tensor lse, Tensor q, int qld, Tensor kv, int kvld, AttentionBlock blk) {
+        checkHeadDim(blk.headDim());
+        long rows = (long) blk.batch() * blk.heads() * blk.qRows();
+        dev.launch("attention_block_forward" + sfx(q), warpGrid(rows), 128, 0, args(new Object[] {out, lse, q, qld, kv, kvld}, blk));
+    }
+
+    @Override
+    public void attentionBlockBackward(Tensor dq, int dqld, Tensor dkv, int dkvld, Tensor dout, Tensor out, Tensor lse, Tensor q,
+                                       int qld, Tensor kv, int kvld, AttentionBlock blk) {
+        checkHeadDim(blk.headDim());
+        long rows = (long) blk.batch() * blk.heads() * blk.qRows();
+        if (rows == 0 || blk.kvRows() == 0) {
+            return; // no query sees a key: nothing to accumulate
+        }
+        Tensor delta = scratch(attnScratch, DType.F32, rows, false);
+        String s = sfx(q);
+        dev.launch("attention_block_delta" + s, warpGrid(rows), 128, 0, args(new Object[] {delta, dout, out}, blk));
+        dev.launch("attention_block_backward_dq" + s, warpGrid(rows), 128, 0,
+                args(new Object[] {dq, dqld, dout, lse, delta, q, qld, kv, kvld}, blk));
+        dev.launch("attention_block_backward_dkv" + s, warpGrid((long) blk.batch() * blk.kvHeads() * blk.kvRows()), 128, 0,
+                args(new Object[] {dkv, dkvld, dout, lse, delta, q, qld, kv, kvld}, blk));
+    }
+
+    @Override
+    public void attentionMerge(Tensor out, Tensor lse, Tensor partOut, Tensor partLse, AttentionBlock blk) {
+        long rows = (long) blk.batch() * blk.heads() * blk.qRows();
+        dev.launch("attention_merge" + sfx(out), warpGrid(rows), 128, 0, args(new Object[] {out, lse, partOut, partLse}, blk));
+    }
+
     // ---- cross-entropy ----
 
     @Override
     public void crossEntropyMax(Tensor logits, Tensor max, int rows, int valid, int ld) {
-        dev.launch("ce_max" + sfx(logits), (int) Math.max(1, Math.min(rows, 65535)), BLOCK, 0, logits, max, (long) rows, valid, ld);
+        dev.launch("ce_max" + sfx(logits), (int) Math.max(1, Math.min(rows, 65535)), rowBlock(valid), 0, logits, max, (long) rows, valid, ld);
     }
 
     @Override
     public void crossEntropySums(Tensor logits, Tensor max, Tensor sums, Tensor targets, int vocabStart, int vocab, int rows,
                                  int valid, int ld, boolean storeExp) {
-        dev.launch("ce_sums" + sfx(logits), (int) Math.max(1, Math.min(rows, 65535)), BLOCK, 0, logits, max, sums, targets,
+        dev.launch("ce_sums" + sfx(logits), (int) Math.max(1, Math.min(rows, 65535)), rowBlock(valid), 0, logits, max, sums, targets,
                 dev.errorFlag(), vocabStart, vocab, (long) rows, valid, ld, storeExp ? 1 : 0);
     }
 
