@@ -26,8 +26,8 @@ import org.sparkatron.train.Trainer;
  * dropping, padded to capacity, with a sigmoid router, a shared expert and a dense layer between MoE layers
  * ({@code moe_layer_freq} 2), and with DeepSeek-V3's aux-loss-free expert bias (moved after every step; the
  * weights compared after the last step include it). Per step: the loss, the gradient norm, the aux and z losses and the dropped fraction;
- * after the first step every gradient and weight, after the last the expert biases; nothing allocated after the
- * first step.
+ * after the first step every gradient and weight, after every step the expert biases; nothing allocated after
+ * the first step.
  *
  * <p>Tolerances (fp32): the devices' GEMMs sum in different orders (cuBLASLt vs OpenBLAS; the emulation's
  * cuBLASLt sums in double), so logits differ in the last bits and the routing itself is the same discrete choice
@@ -45,7 +45,7 @@ class CudaMoeTrainingTest {
 
     /**
      * What a device's run saw: per step loss, norm, aux, z, dropped; the first step's gradients and weights after
-     * it; the expert biases (if any) after the last step.
+     * it; the expert biases (if any) after every step.
      */
     record Run(double[] figures, double[] grads, double[] weights, double[] biases) {
     }
@@ -68,6 +68,7 @@ class CudaMoeTrainingTest {
             double[] figures = new double[5 * STEPS];
             double[] grads = null;
             double[] weights = null;
+            java.util.List<Double> biases = new java.util.ArrayList<>();
             long afterFirst = 0;
             for (int s = 0; s < STEPS; s++) {
                 Trainer.StepMetrics sm = tr.step();
@@ -77,6 +78,14 @@ class CudaMoeTrainingTest {
                 figures[5 * s + 2] = sm.moe().auxLoss();
                 figures[5 * s + 3] = sm.moe().zLoss();
                 figures[5 * s + 4] = sm.moe().dropped();
+                double[] now = read(device.toHost(m.params().weights()));
+                for (org.sparkatron.model.ParameterSet.Param p : m.params().params()) {
+                    if (p.name().endsWith("moe.router.b")) {
+                        for (long i = p.offset(); i < p.offset() + p.numel(); i++) {
+                            biases.add(now[(int) i]);
+                        }
+                    }
+                }
                 if (s == 0) {
                     grads = read(device.toHost(m.params().grads()));
                     weights = read(device.toHost(m.params().weights()));
@@ -84,15 +93,6 @@ class CudaMoeTrainingTest {
                 }
             }
             assertEquals(afterFirst, device.systemAllocations(), device.name() + ": MoE steps after the first allocate nothing");
-            double[] last = read(device.toHost(m.params().weights()));
-            java.util.List<Double> biases = new java.util.ArrayList<>();
-            for (org.sparkatron.model.ParameterSet.Param p : m.params().params()) {
-                if (p.name().endsWith("moe.router.b")) {
-                    for (long i = p.offset(); i < p.offset() + p.numel(); i++) {
-                        biases.add(last[(int) i]);
-                    }
-                }
-            }
             tr.close();
             m.close();
             return new Run(figures, grads, weights, biases.stream().mapToDouble(Double::doubleValue).toArray());
@@ -125,9 +125,8 @@ class CudaMoeTrainingTest {
         }
         assertClose(variant + ": gradients after step 1", cpu.grads(), gpu.grads(), 1e-6, 1e-3);
         assertClose(variant + ": weights after step 1", cpu.weights(), gpu.weights(), 1e-4, 1e-3);
-        assertClose(variant + ": expert biases after step " + STEPS + " (sign steps from equal counts)", cpu.biases(), gpu.biases(),
-                0, 0);
-        if (cfg.moe().expertBias()) {
+        assertClose(variant + ": expert biases after every step (sign steps from equal counts)", cpu.biases(), gpu.biases(), 0, 0);
+        if (cfg.moe().expertBias()) { // (at rate 0.05 this tiny router's bias dominates and flips back and forth)
             assertTrue(java.util.Arrays.stream(cpu.biases()).anyMatch(b -> b != 0), variant + ": the bias moved");
         }
         assertTrue(gpu.figures()[0] > gpu.figures()[5 * (STEPS - 1)], variant + ": the CUDA run learns");
