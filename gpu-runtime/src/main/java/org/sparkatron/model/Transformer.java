@@ -147,11 +147,10 @@ public final class Transformer {
         this.tp = tp;
         this.pp = ctx.pipeline() != null ? ctx.pipeline() : PipelineParallel.none(cfg.layers());
         this.cp = ctx.contextParallel();
-        if (cp.size() > 1 && (cfg.isMoe() || precision == Precision.FP8)) {
-            // MoE: Megatron reduces the routers' token counts over TP x CP for the load-balancing loss; FP8: the amax
-            // reductions would need the CP group too. Neither is built or tested yet.
-            throw new IllegalArgumentException("context parallelism (cp " + cp.size() + ") with "
-                    + (cfg.isMoe() ? "a mixture-of-experts model" : "precision fp8") + " is not supported yet");
+        if (cp.size() > 1 && cfg.isMoe()) {
+            // Megatron reduces the routers' token counts over TP x CP for the load-balancing loss: not built yet
+            throw new IllegalArgumentException("context parallelism (cp " + cp.size() + ") with a mixture-of-experts model "
+                    + "is not supported yet");
         }
         if (pp.layout().layers() != cfg.layers()) {
             throw new IllegalArgumentException("the pipeline layout is for " + pp.layout().layers() + " layers, the model has "

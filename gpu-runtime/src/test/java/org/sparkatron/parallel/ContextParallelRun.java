@@ -30,18 +30,24 @@ final class ContextParallelRun {
 
     /** A layout and what runs on it. */
     record Setup(int tp, int cp, ContextParallel.CommType mode, int dp, int pp, boolean sp, int batch, int micro,
-                 Recompute recompute, float dropout, DataParallel.Config inModel) {
+                 Recompute recompute, float dropout, DataParallel.Config inModel, Precision precision) {
         static Setup of(int tp, int cp, String mode, int dp, int pp, boolean sp) {
-            return new Setup(tp, cp, ContextParallel.CommType.parse(mode), dp, pp, sp, 2, pp > 1 ? 4 : 1, Recompute.NONE, 0f, null);
+            return new Setup(tp, cp, ContextParallel.CommType.parse(mode), dp, pp, sp, 2, pp > 1 ? 4 : 1, Recompute.NONE, 0f, null,
+                    Precision.FP32);
         }
 
         Setup with(Recompute r, float drop) {
-            return new Setup(tp, cp, mode, dp, pp, sp, batch, micro, r, drop, inModel);
+            return new Setup(tp, cp, mode, dp, pp, sp, batch, micro, r, drop, inModel, precision);
         }
 
         /** Gradients reduced by the model's own data parallelism over DP x CP ({@code c}), not the trainer's GradientSync. */
         Setup inModel(DataParallel.Config c) {
-            return new Setup(tp, cp, mode, dp, pp, sp, batch, micro, recompute, dropout, c);
+            return new Setup(tp, cp, mode, dp, pp, sp, batch, micro, recompute, dropout, c, precision);
+        }
+
+        /** Every rank, and the reference, in precision {@code p} (FP8: Megatron's default delayed-scaling recipe). */
+        Setup in(Precision p) {
+            return new Setup(tp, cp, mode, dp, pp, sp, batch, micro, recompute, dropout, inModel, p);
         }
 
         int world() {
@@ -101,7 +107,7 @@ final class ContextParallelRun {
 
     /** One rank alone: micro-batches of dp x batch samples (the replicas' together), the same order. */
     static List<PipelineRun.Step> reference(ModelConfig cfg, Setup s) {
-        Transformer m = new Transformer(cfg, TestDevices.create());
+        Transformer m = new Transformer(cfg, RankContext.single(TestDevices.create(), s.precision()));
         m.initialize(ParityRun.SEED);
         m.setDropout(s.dropout(), 99);
         Trainer tr = new Trainer(m, source(cfg, 0, 1, s.dp() * s.batch()), PipelineRun.options(s.dp() * s.batch(), s.micro()));
@@ -116,7 +122,7 @@ final class ContextParallelRun {
     /** This rank's model: TP, PP and CP groups from the layout, initialised from the seed. */
     static Transformer model(ModelConfig cfg, Setup s, ProcessGroups pg) {
         PipelineParallel stage = new PipelineParallel(pg.pp(), PipelineLayout.of(cfg.layers(), s.pp(), 1, -1, -1), pg.embedding());
-        RankContext ctx = new RankContext(TestDevices.create(), new TensorParallel(pg.tp(), s.sp()), Precision.FP32, stage)
+        RankContext ctx = new RankContext(TestDevices.create(), new TensorParallel(pg.tp(), s.sp()), s.precision(), stage)
                 .withContextParallel(new ContextParallel(pg.cp(), s.mode()));
         if (s.inModel() != null) {
             ctx = ctx.withDataParallel(new DataParallel(pg.dpWithCp(), s.inModel()));
@@ -128,6 +134,11 @@ final class ContextParallelRun {
 
     /** Every world rank's steps. */
     static List<List<PipelineRun.Step>> parallel(ModelConfig cfg, Setup s) throws Exception {
+        return parallel(cfg, s, null);
+    }
+
+    /** ... and, under FP8, each world rank's recipe state after the last step into {@code fp8States} (by rank). */
+    static List<List<PipelineRun.Step>> parallel(ModelConfig cfg, Setup s, Map<Integer, String> fp8States) throws Exception {
         return LocalRanks.run(s.world(), (rank, comm) -> {
             ParallelLayout layout = ParallelLayout.forWorld(s.world(), s.tp(), s.cp(), 1, s.pp(), 1);
             try (ProcessGroups pg = ProcessGroups.create(layout, comm)) {
@@ -156,6 +167,11 @@ final class ContextParallelRun {
                     }
                     full.close();
                     out.add(new PipelineRun.Step(sm.loss(), sm.gradNorm(), g, w));
+                }
+                if (fp8States != null && m.fp8() != null) {
+                    synchronized (fp8States) {
+                        fp8States.put(rank, m.fp8().saveState());
+                    }
                 }
                 tr.close();
                 m.close();

@@ -215,22 +215,10 @@ public final class TrainConfig implements Serializable {
             throw new IllegalArgumentException("model config: " + e.getMessage(), e);
         }
         this.modelJson = mc.toJson().toString();
-        if (o.has("tensor_parallel")) { // the name for "tp": one key in the normalised config
-            JsonNode alias = o.remove("tensor_parallel");
-            if (o.has("tp") && !o.get("tp").equals(alias)) {
-                throw new IllegalArgumentException("config keys 'tp' (" + o.get("tp") + ") and 'tensor_parallel' (" + alias
-                        + ") disagree: give one of them");
-            }
-            o.set("tp", alias);
-        }
-        if (o.has("context_parallel_size")) { // Megatron's name for "cp"
-            JsonNode alias = o.remove("context_parallel_size");
-            if (o.has("cp") && !o.get("cp").equals(alias)) {
-                throw new IllegalArgumentException("config keys 'cp' (" + o.get("cp") + ") and 'context_parallel_size' (" + alias
-                        + ") disagree: give one of them");
-            }
-            o.set("cp", alias);
-        }
+        ConfigKeys.alias(o, "tp", "tensor_parallel", false); // the name for "tp": one key in the normalised config
+        ConfigKeys.alias(o, "cp", "context_parallel_size", false); // Megatron's names
+        ConfigKeys.alias(o, "ep", "expert_parallel", false);
+        ConfigKeys.alias(o, "recompute", "recompute_granularity", true);
         this.sequenceParallel = bool(o, "sequence_parallel", false);
         this.dp = intKey(o, "dp", 1, 1);
         this.tp = intKey(o, "tp", 1, 1);
@@ -240,14 +228,6 @@ public final class TrainConfig implements Serializable {
             this.cpCommType = ContextParallel.CommType.parse(str(o, "cp_comm_type", "p2p"));
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("config key 'cp_comm_type': " + e.getMessage(), e);
-        }
-        if (o.has("expert_parallel")) { // Megatron's name for "ep"
-            JsonNode alias = o.remove("expert_parallel");
-            if (o.has("ep") && !o.get("ep").equals(alias)) {
-                throw new IllegalArgumentException("config keys 'ep' (" + o.get("ep") + ") and 'expert_parallel' (" + alias
-                        + ") disagree: give one of them");
-            }
-            o.set("ep", alias);
         }
         this.ep = intKey(o, "ep", 1, 1);
         if (o.hasNonNull("num_layers_per_virtual_pipeline_stage")) { // Megatron's way of saying virtual_pp
@@ -267,14 +247,6 @@ public final class TrainConfig implements Serializable {
         this.virtualPp = intKey(o, "virtual_pp", 1, 1);
         this.firstStageLayers = intKey(o, "decoder_first_pipeline_num_layers", -1, 1);
         this.lastStageLayers = intKey(o, "decoder_last_pipeline_num_layers", -1, 1);
-        if (o.has("recompute_granularity")) { // Megatron's key: selective or full
-            JsonNode g = o.remove("recompute_granularity");
-            if (o.has("recompute") && !o.get("recompute").asText().equalsIgnoreCase(g.asText())) {
-                throw new IllegalArgumentException("config keys 'recompute' (" + o.get("recompute") + ") and 'recompute_granularity' ("
-                        + g + ") disagree: give one of them");
-            }
-            o.set("recompute", g);
-        }
         try {
             this.recompute = org.sparkatron.model.Recompute.parse(str(o, "recompute", "none"));
         } catch (IllegalArgumentException e) {
@@ -399,9 +371,9 @@ public final class TrainConfig implements Serializable {
             throw new IllegalArgumentException("world size dp x tp x " + (cp > 1 ? "cp x " : "") + "pp = " + dp + " x " + tp + " x "
                     + (cp > 1 ? cp + " x " : "") + pp + " = " + world + " is larger than " + MAX_WORLD);
         }
-        if (cp > 1 && (mc.isMoe() || precision == Precision.FP8)) {
-            throw new IllegalArgumentException("cp " + cp + " with " + (mc.isMoe() ? "a mixture-of-experts model" : "precision fp8")
-                    + " is not supported yet: use cp 1 (docs/parallel.md)");
+        if (cp > 1 && mc.isMoe()) {
+            throw new IllegalArgumentException("cp " + cp + " with a mixture-of-experts model is not supported yet: use cp 1 "
+                    + "(docs/parallel.md)");
         }
         if (dp % ep != 0) {
             throw new IllegalArgumentException("ep " + ep + " does not divide dp " + dp
