@@ -22,7 +22,8 @@ import scala.Tuple2;
  * document ranges by data_split (Megatron's rounding), each range packed into one token stream where sample i
  * is tokens {@code [i*T, i*T+T+1)}, epochs ordered by the seeded permutation, global position g to replica
  * {@code g % dp} as its sample {@code g / dp}; validation samples likewise with seed + 1. Uneven partitions
- * (an empty one among them), several epochs, bad rows dropped.
+ * (an empty one among them), several epochs, bad rows dropped, split boundaries inside partitions (their token
+ * offsets sent with the counts, or fetched by a job of their own).
  */
 class TokenDataTest {
     private static final int SEQ = 16;
@@ -48,17 +49,20 @@ class TokenDataTest {
                 for (int steps : new int[] {3, 40}) { // one epoch; several
                     TrainConfig cfg = SharedSpark.config(dp, 8, steps).with("data_split", "\"" + split + "\"").with("drop_bad_rows", "true")
                             .with("eval_iters", "2").with("eval_interval", split.startsWith("100") ? "null" : "2");
-                    check(frame(rows, true), cfg, docs, rows.size() - docs.size());
-                    check(frame(rows, false), cfg, docs, rows.size() - docs.size());
+                    check(frame(rows, true), cfg, docs, rows.size() - docs.size(), TokenBlocks.INLINE_ENDS);
+                    check(frame(rows, false), cfg, docs, rows.size() - docs.size(), TokenBlocks.INLINE_ENDS);
+                    if (steps == 40 && !split.startsWith("100")) { // the split boundary's offset fetched by a job of its own
+                        check(frame(rows, true), cfg, docs, rows.size() - docs.size(), 0);
+                    }
                 }
             }
         }
     }
 
-    private void check(Dataset<Row> df, TrainConfig cfg, List<int[]> docs, long bad) {
-        TokenData.Prepared p = TokenData.prepare(df, cfg, 64);
+    private void check(Dataset<Row> df, TrainConfig cfg, List<int[]> docs, long bad, int inlineEnds) {
+        TokenData.Prepared p = TokenData.prepare(df, cfg, 64, inlineEnds);
         try {
-            String what = "dp " + cfg.dp + ", split " + cfg.dataSplit + ", steps " + cfg.steps + ", " + df.rdd().getNumPartitions() + " partitions";
+            String what = "dp " + cfg.dp + ", split " + cfg.dataSplit + ", steps " + cfg.steps + ", " + df.rdd().getNumPartitions() + " partitions, inline ends " + inlineEnds;
             int n = docs.size();
             double[][] m = org.sparkatron.data.gpt.Splits.matrix(org.sparkatron.data.gpt.Splits.parse(cfg.dataSplit));
             int[] t = org.sparkatron.data.gpt.Splits.documents(m, org.sparkatron.data.gpt.Splits.TRAIN, n);
