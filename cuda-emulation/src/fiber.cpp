@@ -19,8 +19,10 @@
 extern "C" void sparkatron_emu_fiber_switch(void** saveSp, void* newSp);
 extern "C" void sparkatron_emu_fiber_start();
 
-// x86-64 System V: save the callee-saved registers plus MXCSR / x87 control word on the old stack, switch
-// stacks, restore from the new one. A new fiber's stack is laid out so that the final `ret` lands in
+// x86-64 System V: save the callee-saved registers on the old stack, switch stacks, restore from the new
+// one. MXCSR and the x87 control word (rounding modes, exception masks) are not switched: no kernel changes
+// them, so every fiber runs with the stream thread's, and loading them on every switch (ldmxcsr, fldcw) would
+// only cost time. A new fiber's stack is laid out so that the final `ret` lands in
 // sparkatron_emu_fiber_start with the entry function in r13 and its argument in r12.
 asm(R"(
     .text
@@ -33,14 +35,8 @@ sparkatron_emu_fiber_switch:
     pushq %r13
     pushq %r14
     pushq %r15
-    subq $8, %rsp
-    stmxcsr (%rsp)
-    fnstcw 4(%rsp)
     movq %rsp, (%rdi)
     movq %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw 4(%rsp)
-    addq $8, %rsp
     popq %r15
     popq %r14
     popq %r13
@@ -67,6 +63,7 @@ enum State { RUNNABLE, WAIT_BLOCK, WAIT_WARP, DONE };
 struct Fiber {
     void* sp;
     State state;
+    unsigned warpOps;  // shuffles and votes so far: their parity picks the slot bank
     dim3 tid;
 };
 
@@ -112,6 +109,12 @@ char* stacks(size_t n) {
     return tlStacks;
 }
 
+// Stack tops 64 KiB apart share their cache sets: the fibers of a warp would evict each other's frames on
+// every switch. Each top is moved down by a different multiple of
+// a cache line (at most kColourBytes), so consecutive fibers' frames fall in different sets.
+constexpr size_t kColourBytes = 8 * 1024;
+size_t stackColour(size_t i) { return (i * 17 % (kColourBytes / 64)) * 64; }
+
 void fiberMain(Block* b) {
     b->kernel->invoke(b->args);
     b->fibers[b->current].state = DONE;
@@ -121,22 +124,26 @@ void fiberMain(Block* b) {
 
 void* initialStack(char* top, Block* b) {
     uintptr_t t = reinterpret_cast<uintptr_t>(top) & ~uintptr_t(15);
-    uint64_t* sp = reinterpret_cast<uint64_t*>(t - 64);
-    uint32_t mx;
-    uint16_t cw;
-    asm volatile("stmxcsr %0" : "=m"(mx));
-    asm volatile("fnstcw %0" : "=m"(cw));
-    std::memset(sp, 0, 64);
-    std::memcpy(sp, &mx, 4);
-    std::memcpy(reinterpret_cast<char*>(sp) + 4, &cw, 2);
-    sp[1] = 0;                                                      // r15
-    sp[2] = 0;                                                      // r14
-    sp[3] = reinterpret_cast<uint64_t>(&fiberMain);                 // r13: entry
-    sp[4] = reinterpret_cast<uint64_t>(b);                          // r12: argument
-    sp[5] = 0;                                                      // rbx
-    sp[6] = 0;                                                      // rbp
-    sp[7] = reinterpret_cast<uint64_t>(&sparkatron_emu_fiber_start);  // return address
+    // six registers and the return address: after the switch's `ret` the stack pointer is t, 16-byte aligned
+    // as the ABI wants before fiber_start's call
+    uint64_t* sp = reinterpret_cast<uint64_t*>(t - 56);
+    sp[0] = 0;                                                      // r15
+    sp[1] = 0;                                                      // r14
+    sp[2] = reinterpret_cast<uint64_t>(&fiberMain);                 // r13: entry
+    sp[3] = reinterpret_cast<uint64_t>(b);                          // r12: argument
+    sp[4] = 0;                                                      // rbx
+    sp[5] = 0;                                                      // rbp
+    sp[6] = reinterpret_cast<uint64_t>(&sparkatron_emu_fiber_start);  // return address
     return sp;
+}
+
+// A shuffle or vote writes the lane's value into a slot, waits for the warp, and reads its source lane's slot.
+// Two banks, alternating per operation: a lane can write the next operation's value only after the whole warp
+// reached that operation's barrier, i.e. after every lane read this one's, and the one after that reuses this
+// bank only after the next barrier. So one barrier per operation suffices (a single bank needed two).
+uint64_t* slotBank(Block* b, unsigned me) {
+    unsigned parity = b->fibers[me].warpOps++ & 1u;
+    return b->slots.data() + (size_t) parity * b->fibers.size();
 }
 
 void waitAt(State s) {
@@ -146,69 +153,91 @@ void waitAt(State s) {
     sparkatron_emu_fiber_switch(&f.sp, b->schedSp);
 }
 
-/** Releases barriers whose groups have all arrived; returns whether anything was released. Sets error on divergence. */
-bool release(Block& b) {
+/** Releases the block barrier if every live thread waits at it; sets error if some exited instead. */
+bool releaseBlock(Block& b) {
     size_t n = b.fibers.size();
     size_t live = 0, atBlock = 0;
     for (auto& f : b.fibers) {
         live += f.state != DONE;
         atBlock += f.state == WAIT_BLOCK;
     }
-    bool released = false;
-    if (atBlock > 0 && atBlock == live) {
-        if (live < n) {
-            b.error = "divergent __syncthreads: " + std::to_string(n - live) + " of " + std::to_string(n)
-                    + " threads exited while the others wait at a barrier";
-            return false;
-        }
-        for (auto& f : b.fibers) {
-            f.state = RUNNABLE;
-        }
-        return true;
+    if (atBlock == 0 || atBlock != live) {
+        return false;
     }
-    for (size_t w = 0; w < n; w += 32) {
-        size_t end = std::min(n, w + 32);
-        size_t waiting = 0, done = 0;
-        for (size_t i = w; i < end; i++) {
-            waiting += b.fibers[i].state == WAIT_WARP;
-            done += b.fibers[i].state == DONE;
-        }
-        if (waiting > 0 && waiting + done == end - w) {
-            if (done > 0) {
-                b.error = "divergent warp operation: lanes " + std::to_string(w) + ".." + std::to_string(end - 1)
-                        + " of the block reach a shuffle/vote/__syncwarp while " + std::to_string(done) + " exited";
-                return false;
-            }
-            for (size_t i = w; i < end; i++) {
-                b.fibers[i].state = RUNNABLE;
-            }
-            released = true;
-        }
+    if (live < n) {
+        b.error = "divergent __syncthreads: " + std::to_string(n - live) + " of " + std::to_string(n)
+                + " threads exited while the others wait at a barrier";
+        return false;
     }
-    return released;
+    for (auto& f : b.fibers) {
+        f.state = RUNNABLE;
+    }
+    return true;
 }
 
+/** Releases warp [w, end)'s barrier if all its lanes wait at it; sets error if some exited instead. */
+bool releaseWarp(Block& b, size_t w, size_t end) {
+    size_t waiting = 0, done = 0;
+    for (size_t i = w; i < end; i++) {
+        waiting += b.fibers[i].state == WAIT_WARP;
+        done += b.fibers[i].state == DONE;
+    }
+    if (waiting == 0 || waiting + done != end - w) {
+        return false;
+    }
+    if (done > 0) {
+        b.error = "divergent warp operation: lanes " + std::to_string(w) + ".." + std::to_string(end - 1)
+                + " of the block reach a shuffle/vote/__syncwarp while " + std::to_string(done) + " exited";
+        return false;
+    }
+    for (size_t i = w; i < end; i++) {
+        b.fibers[i].state = RUNNABLE;
+    }
+    return true;
+}
+
+// The scheduler runs one warp at a time: its lanes until each waits at a barrier or exits, releasing the warp's
+// own barriers (shuffles, votes, __syncwarp) as soon as all 32 lanes reach them, so only one warp's stacks are
+// in use at a time (a round over the whole block's 1024 stacks missed the caches on every switch). Then the
+// next warp; when no warp can go on, the block barrier is released if every thread waits at it. Any order that
+// respects the barriers is one a GPU may run, and the reverse order (SPARKATRON_CUDA_EMU_ORDER) still runs the
+// warps, and the lanes within a warp, the other way round.
 void runBlock(Block& b) {
     size_t n = b.fibers.size();
     char* st = stacks(n);
     for (size_t i = 0; i < n; i++) {
         Fiber& f = b.fibers[i];
         f.state = RUNNABLE;
+        f.warpOps = 0;
         f.tid = dim3{(unsigned) (i % b.bdim.x), (unsigned) (i / b.bdim.x % b.bdim.y),
                      (unsigned) (i / ((size_t) b.bdim.x * b.bdim.y))};
-        f.sp = initialStack(st + (i + 1) * kStackBytes, &b);
+        f.sp = initialStack(st + (i + 1) * kStackBytes - stackColour(i), &b);
     }
     bool rev = reverseOrder();
+    size_t warps = (n + 31) / 32;
     for (;;) {
         bool ran = false;
-        for (size_t k = 0; k < n; k++) {
-            size_t i = rev ? n - 1 - k : k;
-            if (b.fibers[i].state == RUNNABLE) {
-                b.current = (unsigned) i;
-                sparkatron_emu_fiber_switch(&b.schedSp, b.fibers[i].sp);
-                ran = true;
+        for (size_t kw = 0; kw < warps; kw++) {
+            size_t w = (rev ? warps - 1 - kw : kw) * 32;
+            size_t end = std::min(n, w + 32);
+            for (;;) {
+                for (size_t k = w; k < end; k++) {
+                    size_t i = rev ? end - 1 - (k - w) : k;
+                    if (b.fibers[i].state == RUNNABLE) {
+                        b.current = (unsigned) i;
+                        sparkatron_emu_fiber_switch(&b.schedSp, b.fibers[i].sp);
+                        ran = true;
+                        if (!b.error.empty()) {
+                            return;
+                        }
+                    }
+                }
+                bool released = releaseWarp(b, w, end);
                 if (!b.error.empty()) {
                     return;
+                }
+                if (!released) {
+                    break;
                 }
             }
         }
@@ -219,7 +248,7 @@ void runBlock(Block& b) {
         if (allDone) {
             return;
         }
-        bool released = release(b);
+        bool released = releaseBlock(b);
         if (!b.error.empty()) {
             return;
         }
@@ -243,7 +272,7 @@ void run_grid(const KernelEntry* k, dim3 grid, dim3 block, size_t smemBytes, voi
     b.bdim = block;
     b.gdim = grid;
     b.fibers.resize(threads);
-    b.slots.assign(threads, 0);
+    b.slots.assign(2 * threads, 0);
     if (tlSmem.size() < smemBytes) {
         tlSmem.resize(smemBytes);
     }
@@ -285,25 +314,24 @@ uint64_t sparkatron_emu_shfl(uint64_t bits, int srcLane, int /*width*/) {
     Block* b = tlBlock;
     unsigned me = b->current;
     unsigned warp0 = me / 32 * 32;
-    b->slots[me] = bits;
+    uint64_t* bank = slotBank(b, me);
+    bank[me] = bits;
     waitAt(WAIT_WARP);
     unsigned src = warp0 + (unsigned) srcLane;
-    uint64_t v = src < b->fibers.size() ? b->slots[src] : bits;
-    waitAt(WAIT_WARP);  // nobody overwrites a slot before every lane has read
-    return v;
+    return src < b->fibers.size() ? bank[src] : bits;
 }
 
 uint32_t sparkatron_emu_ballot(int predicate) {
     Block* b = tlBlock;
     unsigned me = b->current;
     unsigned warp0 = me / 32 * 32;
-    b->slots[me] = predicate != 0;
+    uint64_t* bank = slotBank(b, me);
+    bank[me] = predicate != 0;
     waitAt(WAIT_WARP);
     uint32_t mask = 0;
     for (unsigned i = warp0; i < warp0 + 32 && i < b->fibers.size(); i++) {
-        mask |= (b->slots[i] ? 1u : 0u) << (i - warp0);
+        mask |= (bank[i] ? 1u : 0u) << (i - warp0);
     }
-    waitAt(WAIT_WARP);
     return mask;
 }
 

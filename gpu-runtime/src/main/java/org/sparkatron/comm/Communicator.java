@@ -29,6 +29,17 @@ import org.sparkatron.tensor.Tensor;
  * collectives on one communicator must come from one thread at a time. Results of all-reduce are bitwise
  * identical on all ranks.
  *
+ * <h2>Concurrency between groups</h2>
+ * Collectives of <em>different</em> communicators (different groups of one {@link ProcessGroups}) may run
+ * at the same time from different threads: the data-parallel group's bucket reductions on a communication
+ * lane's thread while the rank's thread runs tensor- or pipeline-parallel collectives, as Megatron overlaps
+ * them. Each group's traffic is kept apart (TCP frames carry the group id, shared-memory groups have
+ * segments of their own, NCCL communicators are independent and may be on different streams). Not allowed:
+ * two collectives on one communicator at the same time (from two threads, or for NCCL on two streams that
+ * no event orders), and ranks issuing one communicator's collectives in different orders. Blocking across
+ * groups is the caller's to order: a rank must not wait in one group's collective for something its peers
+ * only do after another group's collective that this rank has not yet issued.
+ *
  * <p>Point-to-point messages are matched by (sender, tag) in FIFO order: the k-th {@code recv} from peer p
  * with tag t receives the k-th message p sent to this rank with tag t, whatever else is in flight. Sends
  * never wait for the matching receive to be posted (messages that arrive early are buffered), so any

@@ -144,4 +144,33 @@ public interface Device extends AutoCloseable {
     /** Releases all memory. Idempotent. */
     @Override
     void close();
+
+    /**
+     * Where communicator operations can run asynchronously to this rank's compute (Megatron's overlapped
+     * gradient reduction and parameter gather), or null when the device has none: the CPU device finishes
+     * every call before returning, so its callers overlap with a thread of their own. On a GPU this is a
+     * second communication stream, ordered against the compute stream by events.
+     */
+    default CommunicationQueue communicationQueue() {
+        return null;
+    }
+
+    /**
+     * An ordered queue of communicator work beside the compute stream. One rank's thread issues to it (the
+     * issuing itself returns at once); operations run in issue order. A failed operation surfaces as the
+     * communicator's exception at the device's next {@link #synchronize()} (or its next operation).
+     */
+    interface CommunicationQueue {
+        /**
+         * Issues {@code op} (calls on communicators, which queue their collectives here while it runs) after
+         * all device work issued so far; the compute issued afterwards does not wait for it.
+         */
+        Issued issue(Runnable op);
+
+        /** An issued operation. */
+        interface Issued {
+            /** Orders the compute issued from now on after the operation; never blocks the host. Call once. */
+            void orderCompute();
+        }
+    }
 }

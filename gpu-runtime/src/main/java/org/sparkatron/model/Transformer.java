@@ -13,7 +13,6 @@ import org.sparkatron.device.DeviceMemoryException;
 import org.sparkatron.device.Kernels;
 import org.sparkatron.device.MemoryKind;
 import org.sparkatron.model.ParameterSet.TpRole;
-import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.optim.AdamW;
 import org.sparkatron.parallel.CommLane;
 import org.sparkatron.parallel.DataParallel;
@@ -208,10 +207,10 @@ public final class Transformer {
         this.runner = new StepRunner(device, pp, chunks);
         if (dp != null) {
             boolean overlap = dp.config().overlapGradReduce() && dp.size() > 1;
-            // the CPU device's calls are done when they return: a thread of its own runs the reductions; other
-            // devices reduce on the rank's thread until they provide a communication lane
-            CommLane lane = overlap && device instanceof CpuDevice
-                    ? CommLane.thread("sparkatron-dp-" + device.name() + "-" + dp.rank()) : CommLane.inline();
+            // the device's communication queue (a GPU's second communication stream) runs the reductions; the CPU
+            // device's calls are done when they return, so there a thread of its own does
+            CommLane lane = overlap ? CommLane.forDevice(device, "sparkatron-dp-" + device.name() + "-" + dp.rank())
+                    : CommLane.inline();
             this.ddp = new DistributedDataParallel(params, plan, new Communicator[] {dp.group()}, lane, dp.config().overlapGradReduce(),
                     dp.config().overlapParamGather());
             runner.setGradReadyHook(ddp);

@@ -45,6 +45,27 @@ public interface CommLane extends AutoCloseable {
         };
     }
 
+    /**
+     * The lane for ranks on {@code device}: its communication queue where it has one (a GPU's second
+     * communication stream), else a thread of its own named {@code name} (the CPU device).
+     */
+    static CommLane forDevice(org.sparkatron.device.Device device, String name) {
+        org.sparkatron.device.Device.CommunicationQueue q = device.communicationQueue();
+        if (q == null) {
+            return thread(name);
+        }
+        return new CommLane() {
+            @Override
+            public Pending submit(Runnable op) {
+                return q.issue(op)::orderCompute;
+            }
+
+            @Override
+            public void close() {
+            }
+        };
+    }
+
     /** Runs each operation at once on the caller's thread: no overlap. */
     static CommLane inline() {
         return new CommLane() {

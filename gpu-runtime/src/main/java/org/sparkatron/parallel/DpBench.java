@@ -32,7 +32,11 @@ import org.sparkatron.train.Trainer;
  * communication lane as soon as the backward finished it), alternating the two for {@code --rounds} rounds: the
  * median step time of each (the slowest rank's), their ratio, and per step the time the gradient reductions
  * ran and the part the rank waited for them after its backward; hidden = 1 - waited / ran. On a machine with fewer free cores than ranks plus lanes the
- * lane competes with the backward for a core, and less is hidden.
+ * lane competes with the backward for a core, and less is hidden. With {@code --overlap-param-gather} (and
+ * {@code --distributed-optimizer}) a third configuration joins the rounds: overlapped reduction and the
+ * parameter all-gather deferred to the next forward ({@code overlap_param_gather}), with the time the gathers
+ * ran on the lane and the part the forward waited for them, and its step time against overlapped reduction
+ * alone.
  *
  * <p>Memory. Per rank, the bytes the device holds for parameters, gradients and optimizer state, per
  * parameter, beside Megatron's accounting (fp32: 4 + 4 + 8 = 16 bytes; distributed optimizer:
@@ -46,10 +50,11 @@ public final class DpBench {
     }
 
     static final String USAGE = String.join("\n",
-            "usage: ./sparkatron bench-dp [--dp 2] [--bucket-mb 1] [--distributed-optimizer] [--rounds 3] [--steps 3]",
+            "usage: ./sparkatron bench-dp [--dp 2] [--bucket-mb 1] [--distributed-optimizer [--overlap-param-gather]] [--rounds 3] [--steps 3]",
             "         [--family gpt2|llama] [--layers 8] [--width 256] [--heads 4] [--seq 64] [--batch 2] [--micro 2] [--vocab 8192]",
             "  data parallelism in one JVM: step time with overlap_grad_reduce off and on (alternating rounds, medians),",
-            "  the share of the gradient reduction hidden behind the backward, and memory per rank per parameter against",
+            "  the share of the gradient reduction hidden behind the backward (and of the parameter gather behind the forward),",
+            "  and memory per rank per parameter against",
             "  Megatron's accounting (docs/parallel.md)");
 
     public static void main(String[] argv) {
@@ -61,7 +66,7 @@ public final class DpBench {
 
     static void bench(String[] argv) throws Exception {
         BenchArgs a = new BenchArgs("bench-dp", argv, Set.of("dp", "layers", "width", "heads", "seq", "batch", "micro", "vocab",
-                "family", "steps", "bucket-mb", "rounds"), Set.of("distributed-optimizer"));
+                "family", "steps", "bucket-mb", "rounds"), Set.of("distributed-optimizer", "overlap-param-gather"));
         int dp = a.integer("dp", 2);
         int layers = a.integer("layers", 8);
         int seq = a.integer("seq", 64);
@@ -76,6 +81,10 @@ public final class DpBench {
             throw new IllegalArgumentException("--bucket-mb must be a number of MiB, got '" + a.string("bucket-mb", "") + "'");
         }
         boolean distopt = a.flag("distributed-optimizer");
+        boolean paramGather = a.flag("overlap-param-gather");
+        if (paramGather && !distopt) {
+            throw new IllegalArgumentException("--overlap-param-gather needs --distributed-optimizer (only it all-gathers parameters)");
+        }
         if (dp < 2 || steps < 2 || rounds < 1 || !(bucketMb > 0)) {
             throw new IllegalArgumentException("--dp must be >= 2, --steps >= 2, --rounds >= 1 and --bucket-mb > 0");
         }
@@ -88,9 +97,13 @@ public final class DpBench {
                 distopt ? "distributed optimizer" : "all-reduce", rounds, steps, Runtime.getRuntime().availableProcessors());
         List<Run> offs = new ArrayList<>();
         List<Run> ons = new ArrayList<>();
-        for (int r = 0; r < rounds; r++) { // alternating: a machine whose load changes affects both alike
+        List<Run> gathers = new ArrayList<>();
+        for (int r = 0; r < rounds; r++) { // alternating: a machine whose load changes affects all alike
             offs.add(run(cfg, dp, batch, seq, micro, steps, new DataParallel.Config(distopt, bucket, false), Precision.FP32));
             ons.add(run(cfg, dp, batch, seq, micro, steps, new DataParallel.Config(distopt, bucket, true), Precision.FP32));
+            if (paramGather) {
+                gathers.add(run(cfg, dp, batch, seq, micro, steps, new DataParallel.Config(distopt, bucket, true, true), Precision.FP32));
+            }
         }
         Run off = median(offs);
         Run on = median(ons);
@@ -100,6 +113,14 @@ public final class DpBench {
                     r.stepMs, r.reduceMs, r.waitMs, Math.max(0, 100 * (1 - r.waitMs / r.reduceMs)));
         }
         System.out.printf(Locale.ROOT, "step time overlap on / off (medians): %.3f%n%n", on.stepMs / off.stepMs);
+        if (paramGather) {
+            Run g = median(gathers);
+            System.out.println("overlap_param_gather (with overlap_grad_reduce)  step ms  gather ms/step  waited ms/step  hidden");
+            System.out.printf(Locale.ROOT, "%-46s %8.1f %15.1f %15.1f %7.0f%%%n", "on", g.stepMs, g.gatherMs, g.gatherWaitMs,
+                    Math.max(0, 100 * (1 - g.gatherWaitMs / g.gatherMs)));
+            System.out.printf(Locale.ROOT, "step time overlap_param_gather on / off (medians, both with overlap_grad_reduce): %.3f%n%n",
+                    g.stepMs / on.stepMs);
+        }
 
         System.out.println("memory per rank (bytes per parameter: parameters + gradients + optimizer state)");
         System.out.println("setup                          dp   params   grads  optimizer   total  formula  measured/formula");
@@ -122,13 +143,15 @@ public final class DpBench {
         Run r = runs.get(0);
         return new Run(r.buckets(), BenchArgs.median(runs.stream().mapToDouble(Run::stepMs).toArray()),
                 BenchArgs.median(runs.stream().mapToDouble(Run::reduceMs).toArray()),
-                BenchArgs.median(runs.stream().mapToDouble(Run::waitMs).toArray()), r.params(), r.grads(), r.optimizer(),
+                BenchArgs.median(runs.stream().mapToDouble(Run::waitMs).toArray()),
+                BenchArgs.median(runs.stream().mapToDouble(Run::gatherMs).toArray()),
+                BenchArgs.median(runs.stream().mapToDouble(Run::gatherWaitMs).toArray()), r.params(), r.grads(), r.optimizer(),
                 r.weightElementBytes());
     }
 
     /** One configuration's figures (the slowest rank's step, rank 0's memory per parameter). */
-    record Run(int buckets, double stepMs, double reduceMs, double waitMs, double params, double grads, double optimizer,
-               int weightElementBytes) {
+    record Run(int buckets, double stepMs, double reduceMs, double waitMs, double gatherMs, double gatherWaitMs, double params,
+               double grads, double optimizer, int weightElementBytes) {
     }
 
     private static Run run(ModelConfig cfg, int dp, int batch, int seq, int micro, int steps, DataParallel.Config ddp,
@@ -154,6 +177,7 @@ public final class DpBench {
                                 d.schedule(), d.beta1(), d.beta2(), d.eps(), d.weightDecay(), d.gradClip()));
                         tr.step(); // warm-up; learns which parameters complete together
                         long[] before = m.dataParallel().reductionNanos();
+                        long[] gatherBefore = m.dataParallel().paramGatherStats();
                         double[] times = new double[steps - 1];
                         for (int s = 0; s < steps - 1; s++) {
                             long t0 = System.nanoTime();
@@ -161,14 +185,17 @@ public final class DpBench {
                             times[s] = (System.nanoTime() - t0) / 1e6;
                         }
                         long[] after = m.dataParallel().reductionNanos();
+                        long[] gatherAfter = m.dataParallel().paramGatherStats();
                         int timed = Math.max(1, steps - 1);
                         double n = m.params().params().stream().mapToLong(org.sparkatron.model.ParameterSet.Param::numel).sum(); // unpadded
-                        double[] out = new double[4 + times.length];
+                        double[] out = new double[6 + times.length];
                         out[0] = m.dataParallel().plan().buckets().size();
                         out[1] = (after[0] - before[0]) / 1e6 / timed;
                         out[2] = (after[1] - before[1]) / 1e6 / timed;
                         out[3] = m.computeWeights().dtype().bytes();
-                        System.arraycopy(times, 0, out, 4, times.length);
+                        out[4] = (gatherAfter[1] - gatherBefore[1]) / 1e6 / timed; // deferred gathers: ran on the lane
+                        out[5] = (gatherAfter[2] - gatherBefore[2]) / 1e6 / timed; // ... and waited for by the forward
+                        System.arraycopy(times, 0, out, 6, times.length);
                         double[] mem = {device.memory().requested(MemoryKind.PARAMETERS) / n,
                                 device.memory().requested(MemoryKind.GRADIENTS) / n, device.memory().requested(MemoryKind.OPTIMIZER) / n};
                         double[] all = new double[out.length + 3];
@@ -185,11 +212,11 @@ public final class DpBench {
                 double[] o = f.get();
                 first = first == null ? o : first;
                 for (int s = 0; s < slowest.length; s++) {
-                    slowest[s] = Math.max(slowest[s], o[7 + s]);
+                    slowest[s] = Math.max(slowest[s], o[9 + s]);
                 }
             }
             double step = slowest.length == 0 ? 0 : BenchArgs.median(slowest);
-            return new Run((int) first[3], step, first[4], first[5], first[0], first[1], first[2], (int) first[6]);
+            return new Run((int) first[3], step, first[4], first[5], first[7], first[8], first[0], first[1], first[2], (int) first[6]);
         } finally {
             pool.shutdownNow();
         }

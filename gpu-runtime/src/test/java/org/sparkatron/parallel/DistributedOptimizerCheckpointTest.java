@@ -35,7 +35,8 @@ import org.sparkatron.train.Trainer;
  * four steps and resumed at the same layout computes bitwise what the uninterrupted run computes; resumed at
  * another DP size (2 to 4, 4 to 2) or another TP / PP layout it equals the uninterrupted run within the
  * data-parallel parity tolerances (only fp32 summation order differs: the global batch of 4 samples per
- * micro-batch is split over other replicas). A resume that lost the moments, or put a shard at the wrong
+ * micro-batch is split over other replicas). With {@code overlap_param_gather} (saves right after an update
+ * whose gather is deferred) the run and its resume are bitwise those of the gather after the update. A resume that lost the moments, or put a shard at the wrong
  * elements, moves weights by about a learning rate (1e-2) and fails both.
  */
 @Timeout(value = 300, unit = TimeUnit.SECONDS)
@@ -119,6 +120,34 @@ class DistributedOptimizerCheckpointTest {
         }
     }
 
+    /**
+     * With {@code overlap_param_gather} every save comes right after an update whose all-gather waits for the
+     * next forward: the save completes it first (otherwise the files would hold other replicas' stale shards).
+     * The run equals the one that gathers after the update, and its resume from step 2 equals it, bitwise.
+     */
+    @ParameterizedTest(name = "{0}, async save {1}")
+    @CsvSource({"FP32, false", "FP32, true", "BF16, false"})
+    void overlappedParameterGatherSavesAndResumesBitwise(Precision precision, boolean async) throws Exception {
+        ModelConfig cfg = ParityRun.config("gpt2", 2);
+        Layout l = new Layout(1, 2, 1);
+        DataParallel.Config overlapped = DISTOPT.withOverlapParamGather(true);
+        Run after = train(cfg, l, precision, DISTOPT, tmp.resolve("after").toString(), 4, 0, false);
+        Run whole = train(cfg, l, precision, overlapped, tmp.resolve("whole").toString(), 4, 0, false);
+        train(cfg, l, precision, overlapped, tmp.resolve("split").toString(), 2, 1, async);
+        Run resumed = train(cfg, l, precision, overlapped, tmp.resolve("split").toString(), 4, 0, false);
+        for (int rank = 0; rank < l.world(); rank++) {
+            assertEquals(after.losses().get(rank), whole.losses().get(rank), "rank " + rank + ": losses, overlapped gather or not");
+            for (int s = 0; s < 2; s++) {
+                assertEquals(whole.losses().get(rank).get(2 + s), resumed.losses().get(rank).get(s), 0.0,
+                        "rank " + rank + " step " + (3 + s) + ": resumed loss");
+            }
+        }
+        for (Map.Entry<String, float[]> e : whole.weights().entrySet()) {
+            assertArrayEquals(after.weights().get(e.getKey()), e.getValue(), "weight " + e.getKey() + ", overlapped gather or not");
+            assertArrayEquals(e.getValue(), resumed.weights().get(e.getKey()), "weight " + e.getKey() + " after the resume");
+        }
+    }
+
     @ParameterizedTest(name = "{0}: TP {1} x DP {2} x PP {3} -> TP {4} x DP {5} x PP {6}")
     @CsvSource({
         "gpt2, 1, 2, 1, 1, 4, 1",
@@ -161,6 +190,12 @@ class DistributedOptimizerCheckpointTest {
     /** {@link #train} saving also every {@code saveEvery} steps, in the background when {@code async}. */
     private static Run train(ModelConfig cfg, Layout l, Precision precision, String root, long toStep, int saveEvery,
                              boolean async) throws Exception {
+        return train(cfg, l, precision, DISTOPT, root, toStep, saveEvery, async);
+    }
+
+    /** {@link #train} with data-parallel configuration {@code ddp}. */
+    private static Run train(ModelConfig cfg, Layout l, Precision precision, DataParallel.Config ddp, String root, long toStep,
+                             int saveEvery, boolean async) throws Exception {
         int world = l.world();
         List<Object[]> perRank = LocalRanks.run(world, (rank, comm) -> {
             ParallelLayout layout = ParallelLayout.forWorld(world, l.tp(), 1, 1, l.pp(), 1);
@@ -168,7 +203,7 @@ class DistributedOptimizerCheckpointTest {
                 PipelineParallel stage = new PipelineParallel(pg.pp(), PipelineLayout.of(cfg.layers(), l.pp(), 1, -1, -1),
                         pg.embedding());
                 RankContext ctx = new RankContext(TestDevices.create(), new TensorParallel(pg.tp(), false), precision, stage,
-                        new DataParallel(pg.dp(), DISTOPT));
+                        new DataParallel(pg.dp(), ddp));
                 Transformer m = new Transformer(cfg, ctx);
                 m.initialize(ParityRun.SEED);
                 int dpRank = pg.coords()[3];

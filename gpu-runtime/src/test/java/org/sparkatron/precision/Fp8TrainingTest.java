@@ -38,7 +38,8 @@ import org.sparkatron.train.Trainer;
  * bf16 (Llama).
  *
  * <p>The 200-step runs take about a minute on two cores and run on the plain CPU device, and on a real GPU in
- * {@code ./sparkatron gpu-check} (too slow on the emulated CUDA: {@code CudaFp8Test} checks FP8 steps there); the strict
+ * {@code ./sparkatron gpu-check} (too slow on the emulated CUDA, where {@code CudaFp8Test} runs the same parity on a
+ * smaller model); the strict
  * device's host-access checks of the FP8 path run in {@link Fp8RecipeTest}, the refusal tests here and the
  * FP8 cases of {@code StepContractTest}.
  */

@@ -189,6 +189,12 @@ public final class DistributedTraining {
         }
         try (monitor; ProgressServer progress = plugin != null ? null : new ProgressServer(bind, advertise, secret, cfg.steps, null, monitor);
              FailFast failFast = new FailFast(sc)) {
+            // a rank with a deterministic failure tells the driver first (FailureNotice): the job ends before Spark retries
+            if (plugin != null) {
+                plugin.register(pluginJob, failFast);
+            } else {
+                progress.onFailure(failFast::noticed);
+            }
             if (commit != null) { // committed with the model: a failed job leaves the previous run's config beside its model
                 saveConfig(cfg, dataSummary, commit.staging(), sc);
             }

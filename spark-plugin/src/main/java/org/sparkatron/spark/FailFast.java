@@ -26,6 +26,14 @@ import org.slf4j.LoggerFactory;
  * that Spark may already have submitted is killed at once, and {@link #outcome} turns Spark's "job
  * cancelled" into the rank's own error.
  *
+ * <p>Ranks tell it first ({@link FailureNotice}, {@link #noticed}): Spark resubmits a failed barrier stage
+ * 200 ms after the failure (its {@code RESUBMIT_TIMEOUT}), while a listener learns of the failure through
+ * the asynchronous listener bus, which under load lags by more than that, so a listener alone lets Spark
+ * submit the retry before the cancellation. A rank with a deterministic failure therefore asks the driver
+ * to end the job and waits for the answer before it fails its task: the cancellation is then in the
+ * scheduler's queue before any failure of the attempt, and Spark never resubmits the stage. The listener
+ * path stays for a rank that could not reach the driver.
+ *
  * <p>It also ends every rank of a failed attempt. Spark kills the other tasks of a barrier stage when one
  * fails, except when the failure is a fetch failure (the data shuffle's blocks were on an executor that
  * died): then the attempt is abandoned but its other tasks keep running, blocked in
@@ -115,9 +123,25 @@ final class FailFast extends SparkListener implements AutoCloseable {
             return;
         }
         boolean badInput = ef.exception().isDefined() && ef.exception().get() instanceof DeterministicFailure d && d.badInput();
-        failure = new DeterministicFailure(badInput, ef.description());
-        LOG.error("sparkatron: not retrying (a retry would fail the same way): {}", ef.description());
-        sc.cancelJobsWithTag(tag, "sparkatron: not retryable: " + ef.description());
+        end(badInput, ef.description());
+    }
+
+    /**
+     * A rank's notice of its deterministic failure, before it fails its task: ends the job now. Returns once
+     * the cancellation is queued in Spark's scheduler. Called on the plugin's RPC thread or the progress
+     * server's thread.
+     */
+    void noticed(boolean badInput, String message) {
+        end(badInput, message);
+    }
+
+    private synchronized void end(boolean badInput, String message) {
+        if (failure != null) {
+            return;
+        }
+        failure = new DeterministicFailure(badInput, message);
+        LOG.error("sparkatron: not retrying (a retry would fail the same way): {}", message);
+        sc.cancelJobsWithTag(tag, "sparkatron: not retryable: " + message);
     }
 
     /**

@@ -39,8 +39,12 @@ import org.slf4j.LoggerFactory;
  * longer than {@link #MAX_LINE} bytes closes the connection. So the server holds one thread and at most
  * {@code MAX_CONNECTIONS x MAX_LINE} bytes of buffers, whatever clients do.
  *
- * <p>Threads: the listener and the console are called on the server's thread (one report at a time).
- * Best effort by design: a lost report never affects training. {@link #close} stops everything.
+ * <p>A line with a {@code failure} field is a rank's deterministic failure ({@link FailureNotice}), not a
+ * report: it goes to the failure handler ({@link #onFailure}), and then the server answers {@code ok} on the
+ * same connection, so the rank knows the driver has acted before it fails its task.
+ *
+ * <p>Threads: the listener, the failure handler and the console are called on the server's thread (one
+ * report at a time). Best effort by design: a lost report never affects training. {@link #close} stops everything.
  */
 final class ProgressServer implements AutoCloseable {
     private static final Logger LOG = LoggerFactory.getLogger(ProgressServer.class);
@@ -68,6 +72,7 @@ final class ProgressServer implements AutoCloseable {
     private volatile long firstReportNanos;
     private volatile long firstReportStep;
     private volatile boolean closed;
+    private volatile java.util.function.BiConsumer<Boolean, String> failureHandler; // (badInput, message), or null
 
     /** One client: its token bytes until authenticated, then its partial line. */
     private static final class Connection {
@@ -196,6 +201,11 @@ final class ProgressServer implements AutoCloseable {
         }
     }
 
+    /** Who handles a rank's failure notice ({@code badInput}, message) before it is acknowledged. */
+    void onFailure(java.util.function.BiConsumer<Boolean, String> handler) {
+        this.failureHandler = handler;
+    }
+
     private void read(SocketChannel c) {
         Connection conn = connections.get(c);
         if (conn == null) {
@@ -221,7 +231,7 @@ final class ProgressServer implements AutoCloseable {
                     conn.buffer = ByteBuffer.allocate(4096);
                     continue;
                 }
-                if (!takeLines(conn)) {
+                if (!takeLines(c, conn)) {
                     LOG.warn("progress endpoint: dropped {} (a line longer than {} bytes)", remote(c), MAX_LINE);
                     drop(c);
                     return;
@@ -237,13 +247,13 @@ final class ProgressServer implements AutoCloseable {
     }
 
     /** Hands over every complete line in the buffer and grows it for a partial one; false past {@link #MAX_LINE}. */
-    private boolean takeLines(Connection conn) {
+    private boolean takeLines(SocketChannel c, Connection conn) {
         ByteBuffer b = conn.buffer;
         byte[] a = b.array();
         int start = 0;
         for (int i = 0; i < b.position(); i++) {
             if (a[i] == '\n') {
-                report(new String(a, start, i - start, StandardCharsets.UTF_8));
+                report(c, new String(a, start, i - start, StandardCharsets.UTF_8));
                 start = i + 1;
             }
         }
@@ -261,7 +271,7 @@ final class ProgressServer implements AutoCloseable {
         return true;
     }
 
-    private void report(String line) {
+    private void report(SocketChannel c, String line) {
         if (line.isBlank()) {
             return;
         }
@@ -270,6 +280,19 @@ final class ProgressServer implements AutoCloseable {
             n = TrainConfig.JSON.readTree(line);
         } catch (IOException e) {
             LOG.debug("progress endpoint: dropped a line that is not JSON: {}", e.toString());
+            return;
+        }
+        if (n.has("failure")) {
+            java.util.function.BiConsumer<Boolean, String> h = failureHandler;
+            try {
+                if (h != null) {
+                    h.accept(n.path("bad_input").asBoolean(), n.path("failure").asText());
+                }
+                // 3 bytes into an idle connection's empty send buffer: a non-blocking write takes them whole
+                c.write(ByteBuffer.wrap(FailureNotice.ACK.getBytes(StandardCharsets.UTF_8)));
+            } catch (IOException | RuntimeException e) {
+                LOG.warn("progress endpoint: a failure notice: {}", e.toString());
+            }
             return;
         }
         try {

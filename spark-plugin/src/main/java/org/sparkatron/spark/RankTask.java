@@ -239,8 +239,11 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                     ProcessHandle.current().pid(), samples.consumed(), reports.lines(), weights);
             return JavaConverters.asScala(List.of(new Tuple2<>(rank, report.toBytes())).iterator());
         } catch (Throwable t) {
-            comm.abort("rank " + rank + " failed: " + t);
             DeterministicFailure d = DeterministicFailure.in(t);
+            if (d != null) { // the driver ends the job before this task fails, so Spark never resubmits the stage (FailFast)
+                FailureNotice.send(pluginJob, progressEndpoint, secret, d);
+            }
+            comm.abort("rank " + rank + " failed: " + t);
             if (d != null && d != t) { // its class, at the top, is what the driver's FailFast recognises
                 throw d;
             }

@@ -30,6 +30,7 @@ public final class SparkatronDriverPlugin implements DriverPlugin {
     private static volatile SparkatronDriverPlugin active;
 
     private final Map<String, TrainingMonitor> jobs = new ConcurrentHashMap<>();
+    private final Map<String, FailFast> failFasts = new ConcurrentHashMap<>();
     private volatile TrainingMonitor current;
     private volatile SparkContext sc;
 
@@ -87,9 +88,15 @@ public final class SparkatronDriverPlugin implements DriverPlugin {
         current = monitor;
     }
 
+    /** Routes the failure notices of job {@code key} to {@code failFast} until {@link #unregister}. */
+    void register(String key, FailFast failFast) {
+        failFasts.put(key, failFast);
+    }
+
     /** Stops routing; the job stays the one the gauges and the UI show until another starts. */
     void unregister(String key) {
         jobs.remove(key);
+        failFasts.remove(key);
     }
 
     /** The job the UI and gauges show: the running one, else the last. */
@@ -109,6 +116,13 @@ public final class SparkatronDriverPlugin implements DriverPlugin {
                 }
             }
             return null;
+        }
+        if (message instanceof SparkatronPlugin.Failure f) {
+            FailFast ff = failFasts.get(f.job());
+            if (ff != null) {
+                ff.noticed(f.badInput(), f.message());
+            }
+            return ff != null;
         }
         if (message instanceof SparkatronPlugin.Flush) {
             return Boolean.TRUE; // every earlier message of the sender was handled (one endpoint thread, in order)

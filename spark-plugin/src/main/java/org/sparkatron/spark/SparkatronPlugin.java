@@ -38,6 +38,10 @@ public final class SparkatronPlugin implements SparkPlugin {
     record Flush(String job) implements Serializable {
     }
 
+    /** Asked by a rank before it fails with a {@link DeterministicFailure}: answered once the driver acted. */
+    record Failure(String job, boolean badInput, String message) implements Serializable {
+    }
+
     private static volatile PluginContext executorContext;
 
     /** The executor side's plugin context in this JVM, or null where the plugin is not installed. */

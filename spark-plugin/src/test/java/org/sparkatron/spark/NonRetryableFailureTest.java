@@ -32,30 +32,60 @@ import org.sparkatron.model.Transformer;
  * where possible (out-of-vocabulary ids in bare Megatron datasets, a checkpoint directory that cannot be
  * written, an {@code init_from} model that is damaged or holds NaN weights, named by the user's path);
  * otherwise classified in the task (a diverged loss, a bad sample) and ended by {@link FailFast}.
+ *
+ * <p>Under load. Spark resubmits a failed barrier stage 200 ms after the failure, while listeners hear of it
+ * through the asynchronous listener bus; a listener alone (FailFast's first design) lost that race whenever
+ * the bus lagged by more than 200 ms, and Spark submitted the retry before the cancellation. Here the
+ * recorder itself makes the bus lag: it holds each failed task's event for 1.5 s before the listeners after
+ * it (FailFast among them) see it. The job must still end without a second attempt, which it does because
+ * the failing rank tells the driver first ({@link FailureNotice}) and fails its task only once the job's
+ * cancellation is queued. Each recorder counts only the stages of the jobs started while it listens, so
+ * late events of an earlier test's killed tasks cannot leak into a later test.
  */
 @Timeout(180)
 class NonRetryableFailureTest {
     @TempDir
     Path dir;
 
-    /** Stage attempts submitted, and the exception class of each failed task ("attempt N: class"), during one job. */
+    /**
+     * Stage attempts submitted, and the exception class of each failed task ("attempt N: class"), of the jobs
+     * started while it listens; it holds each failed task's event for {@link #LAG_MS} (a loaded listener bus).
+     */
     private static final class Recorder extends SparkListener {
+        static final long LAG_MS = 1500; // well past Spark's 200 ms barrier-stage resubmission delay
         final List<Integer> stageAttempts = new CopyOnWriteArrayList<>();
         final List<String> taskFailures = new CopyOnWriteArrayList<>();
+        private final java.util.Set<Integer> stages = java.util.concurrent.ConcurrentHashMap.newKeySet();
 
         long deterministic(int attempt) {
             return taskFailures.stream().filter(f -> f.equals("attempt " + attempt + ": " + DeterministicFailure.class.getName())).count();
         }
 
+        long inRetries() {
+            return taskFailures.stream().filter(f -> !f.startsWith("attempt 0:")).count();
+        }
+
+        @Override
+        public void onJobStart(org.apache.spark.scheduler.SparkListenerJobStart e) {
+            e.stageIds().foreach(id -> stages.add((Integer) id));
+        }
+
         @Override
         public void onStageSubmitted(SparkListenerStageSubmitted e) {
-            stageAttempts.add(e.stageInfo().attemptNumber());
+            if (stages.contains(e.stageInfo().stageId())) {
+                stageAttempts.add(e.stageInfo().attemptNumber());
+            }
         }
 
         @Override
         public void onTaskEnd(SparkListenerTaskEnd e) {
-            if (e.reason() instanceof ExceptionFailure ef) {
+            if (e.reason() instanceof ExceptionFailure ef && stages.contains(e.stageId())) {
                 taskFailures.add("attempt " + e.stageAttemptId() + ": " + ef.className());
+                try {
+                    Thread.sleep(LAG_MS); // the listeners after this one hear of the failure late
+                } catch (InterruptedException ie) {
+                    Thread.currentThread().interrupt();
+                }
             }
         }
     }
@@ -86,7 +116,8 @@ class NonRetryableFailureTest {
         DeterministicFailure e = failsOnce(DeterministicFailure.class, rec, () -> DistributedTraining.run(data(), cfg, null));
         assertTrue(e.getMessage().contains("non-finite loss") && e.getMessage().contains("check lr"), e.getMessage());
         assertFalse(e.badInput());
-        assertTrue(rec.deterministic(0) >= 1 && rec.deterministic(1) == 0, "one attempt diverged, none was rerun: " + rec.taskFailures);
+        // the ranks that diverged were cancelled right after their notice: their tasks end failed or killed
+        assertEquals(0, rec.inRetries(), "no task ran in a retried attempt: " + rec.taskFailures);
         assertTrue(rec.stageAttempts.stream().allMatch(a -> a == 0), "no stage was retried: attempts " + rec.stageAttempts);
     }
 
@@ -120,7 +151,8 @@ class NonRetryableFailureTest {
         IllegalArgumentException once = failsOnce(IllegalArgumentException.class, inTask,
                 () -> DistributedTraining.runMegatron(SharedSpark.get(), cfg.with("check_token_ids", "false"), null));
         assertTrue(once.getMessage().contains("holds token id 70") && once.getMessage().contains(prefix), once.getMessage());
-        assertTrue(inTask.deterministic(0) == 1 && inTask.deterministic(1) == 0, "the bad sample failed one attempt: " + inTask.taskFailures);
+        assertTrue(inTask.deterministic(0) <= 1 && inTask.inRetries() == 0, "the bad sample failed one attempt at most once, "
+                + "no retry ran: " + inTask.taskFailures);
         assertTrue(inTask.stageAttempts.stream().allMatch(a -> a == 0), "no stage was retried: attempts " + inTask.stageAttempts);
     }
 

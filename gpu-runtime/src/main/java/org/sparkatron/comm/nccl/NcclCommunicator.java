@@ -39,7 +39,11 @@ import org.sparkatron.tensor.Tensor;
  * <h2>Ordering</h2>
  * Every operation is device work: it is queued on the device's communication stream after everything the
  * rank queued on its compute stream, and later compute work waits for it (events both ways), so the
- * rank's kernels, copies and communication execute in issue order. Calls return once queued; results are
+ * rank's kernels, copies and communication execute in issue order. Issued inside an operation of the
+ * device's communication queue ({@link CudaDevice#communicationQueue()}), it is queued on that queue's
+ * stream instead and the compute waits only when the queue's caller orders it (overlapped gradient
+ * reduction). One communicator's operations must all go to one of the two (NCCL runs a communicator's
+ * collectives in issue order on every rank only within a stream): the data-parallel group's go to the queue. Calls return once queued; results are
  * visible to the host after {@link CudaDevice#synchronize()}. Uneven all-gather, all-to-all and
  * point-to-point use NCCL's grouped send/recv. NCCL matches point-to-point by order per peer, not by tag:
  * both sides must post their sends and receives to a peer in the same order, and a blocking exchange
@@ -63,7 +67,8 @@ public final class NcclCommunicator implements Communicator {
     private final int rank;
     private final int size;
     private final ncclComm comm;
-    private final CUstream_st stream;
+    private final CUstream_st commStream;  // the device's communication stream
+    private final CUstream_st queueStream; // its communication queue's
     private final NcclWatchdog watchdog;
     private final Duration timeout;
     private Tensor scratch;
@@ -75,7 +80,8 @@ public final class NcclCommunicator implements Communicator {
         this.size = size;
         this.comm = comm;
         this.timeout = timeout;
-        this.stream = new CUstream_st(at(device.communicationStreamAddress()));
+        this.commStream = new CUstream_st(at(device.communicationStreamAddress()));
+        this.queueStream = new CUstream_st(at(device.communicationQueueStreamAddress()));
         this.watchdog = new NcclWatchdog("nccl rank " + rank + "/" + size, comm, timeout);
         device.addSynchronizeCheck(this::throwIfFailed);
     }
@@ -173,6 +179,11 @@ public final class NcclCommunicator implements Communicator {
         }
     }
 
+    /** The stream this call queues on: the communication queue's inside one of its operations. */
+    private CUstream_st stream() {
+        return device.communicationStreamAddress() == commStream.address() ? commStream : queueStream;
+    }
+
     /** Queues one operation: ordered after compute, followed by the watchdog, compute ordered after it. */
     private Request issue(String what, Runnable call) {
         throwIfFailed();
@@ -205,7 +216,7 @@ public final class NcclCommunicator implements Communicator {
     @Override
     public void allReduce(Tensor t, ReduceOp reduceOp) {
         issue("allReduce(" + t.numel() + " " + t.dtype() + ")",
-                () -> check(ncclAllReduce(ptr(t), ptr(t), t.numel(), type(t), op(reduceOp), comm, stream), "ncclAllReduce"));
+                () -> check(ncclAllReduce(ptr(t), ptr(t), t.numel(), type(t), op(reduceOp), comm, stream()), "ncclAllReduce"));
     }
 
     @Override
@@ -215,7 +226,7 @@ public final class NcclCommunicator implements Communicator {
             throw new IllegalArgumentException("reduceScatter of " + in.numel() + " elements into " + size + " x " + out.numel());
         }
         issue("reduceScatter(" + in.numel() + " " + in.dtype() + ")",
-                () -> check(ncclReduceScatter(ptr(in), ptr(out), out.numel(), type(in), op(reduceOp), comm, stream), "ncclReduceScatter"));
+                () -> check(ncclReduceScatter(ptr(in), ptr(out), out.numel(), type(in), op(reduceOp), comm, stream()), "ncclReduceScatter"));
     }
 
     @Override
@@ -225,7 +236,7 @@ public final class NcclCommunicator implements Communicator {
             throw new IllegalArgumentException("allGather of " + size + " x " + in.numel() + " elements into " + out.numel());
         }
         issue("allGather(" + in.numel() + " " + in.dtype() + ")",
-                () -> check(ncclAllGather(ptr(in), ptr(out), in.numel(), type(in), comm, stream), "ncclAllGather"));
+                () -> check(ncclAllGather(ptr(in), ptr(out), in.numel(), type(in), comm, stream()), "ncclAllGather"));
     }
 
     @Override
@@ -246,7 +257,7 @@ public final class NcclCommunicator implements Communicator {
             throw new IllegalArgumentException("broadcast root " + root + " outside [0, " + size + ")");
         }
         issue("broadcast(" + t.numel() + " " + t.dtype() + ", root " + root + ")",
-                () -> check(ncclBroadcast(ptr(t), ptr(t), t.numel(), type(t), root, comm, stream), "ncclBroadcast"));
+                () -> check(ncclBroadcast(ptr(t), ptr(t), t.numel(), type(t), root, comm, stream()), "ncclBroadcast"));
     }
 
     @Override
@@ -274,10 +285,10 @@ public final class NcclCommunicator implements Communicator {
             for (int p = 0; p < size; p++) {
                 long from = sameBlock ? 0 : sendOff;
                 if (p != rank && sendCounts[p] > 0) {
-                    check(ncclSend(at(in.address() + from * eb), sendCounts[p], type(in), p, comm, stream), "ncclSend(to " + p + ")");
+                    check(ncclSend(at(in.address() + from * eb), sendCounts[p], type(in), p, comm, stream()), "ncclSend(to " + p + ")");
                 }
                 if (p != rank && recvCounts[p] > 0) {
-                    check(ncclRecv(at(out.address() + recvOff * eb), recvCounts[p], type(out), p, comm, stream), "ncclRecv(from " + p + ")");
+                    check(ncclRecv(at(out.address() + recvOff * eb), recvCounts[p], type(out), p, comm, stream()), "ncclRecv(from " + p + ")");
                 }
                 if (p == rank && recvCounts[p] > 0) {
                     if (sendCounts[p] != recvCounts[p]) {
@@ -306,7 +317,7 @@ public final class NcclCommunicator implements Communicator {
         checkPeer(peer, tag);
         return issue("send(" + t.numel() + " " + t.dtype() + " to " + peer + ")", () -> {
             check(ncclGroupStart(), "ncclGroupStart");
-            check(ncclSend(ptr(t), t.numel(), type(t), peer, comm, stream), "ncclSend(to " + peer + ")");
+            check(ncclSend(ptr(t), t.numel(), type(t), peer, comm, stream()), "ncclSend(to " + peer + ")");
             check(ncclGroupEnd(), "ncclGroupEnd");
         });
     }
@@ -316,7 +327,7 @@ public final class NcclCommunicator implements Communicator {
         checkPeer(peer, tag);
         return issue("recv(" + t.numel() + " " + t.dtype() + " from " + peer + ")", () -> {
             check(ncclGroupStart(), "ncclGroupStart");
-            check(ncclRecv(ptr(t), t.numel(), type(t), peer, comm, stream), "ncclRecv(from " + peer + ")");
+            check(ncclRecv(ptr(t), t.numel(), type(t), peer, comm, stream()), "ncclRecv(from " + peer + ")");
             check(ncclGroupEnd(), "ncclGroupEnd");
         });
     }
@@ -330,8 +341,8 @@ public final class NcclCommunicator implements Communicator {
         checkPeer(from, 0);
         return issue("sendRecv(to " + to + ", from " + from + ")", () -> {
             check(ncclGroupStart(), "ncclGroupStart");
-            check(ncclSend(ptr(send), send.numel(), type(send), to, comm, stream), "ncclSend(to " + to + ")");
-            check(ncclRecv(ptr(recv), recv.numel(), type(recv), from, comm, stream), "ncclRecv(from " + from + ")");
+            check(ncclSend(ptr(send), send.numel(), type(send), to, comm, stream()), "ncclSend(to " + to + ")");
+            check(ncclRecv(ptr(recv), recv.numel(), type(recv), from, comm, stream()), "ncclRecv(from " + from + ")");
             check(ncclGroupEnd(), "ncclGroupEnd");
         });
     }

@@ -18,8 +18,9 @@ import org.sparkatron.tensor.HostStorage;
 import org.sparkatron.tensor.Tensor;
 
 /**
- * One rank's CUDA device: the device's primary context, a compute stream and a communication stream with
- * events between them, a caching allocator over {@code cuMemAlloc}, pinned staging for uploads, our kernels
+ * One rank's CUDA device: the device's primary context, a compute stream and two communication streams with
+ * events between them (one for communicator calls that compute waits for at once, one for the
+ * {@link #communicationQueue() communication queue} whose collectives overlap the compute), a caching allocator over {@code cuMemAlloc}, pinned staging for uploads, our kernels
  * ({@link CudaKernels}) and cuBLASLt.
  *
  * <h2>Stream order</h2>
@@ -46,6 +47,8 @@ public final class CudaDevice implements Device {
     private final String name;
     private final Cu.Stream compute = new Cu.Stream();
     private final Cu.Stream comm = new Cu.Stream();
+    private final Cu.Stream lane = new Cu.Stream(); // the communication queue's: compute waits only when told
+    private boolean onLane;                         // issuing a communication-queue operation: communicators use the lane
     private final CUevent computeReady = new CUevent();
     private final CUevent commDone = new CUevent();
     private final CudaModule module;
@@ -67,6 +70,7 @@ public final class CudaDevice implements Device {
         makeCurrent();
         Cu.check(JCudaDriver.cuStreamCreate(compute, jcuda.driver.CUstream_flags.CU_STREAM_NON_BLOCKING), "cuStreamCreate(compute)");
         Cu.check(JCudaDriver.cuStreamCreate(comm, jcuda.driver.CUstream_flags.CU_STREAM_NON_BLOCKING), "cuStreamCreate(communication)");
+        Cu.check(JCudaDriver.cuStreamCreate(lane, jcuda.driver.CUstream_flags.CU_STREAM_NON_BLOCKING), "cuStreamCreate(communication queue)");
         Cu.check(JCudaDriver.cuEventCreate(computeReady, CUevent_flags.CU_EVENT_DISABLE_TIMING), "cuEventCreate");
         Cu.check(JCudaDriver.cuEventCreate(commDone, CUevent_flags.CU_EVENT_DISABLE_TIMING), "cuEventCreate");
         this.module = CudaModule.forDevice(ordinal);
@@ -312,6 +316,7 @@ public final class CudaDevice implements Device {
     public void synchronize() {
         makeCurrent();
         synchronizations++;
+        Cu.check(JCudaDriver.cuStreamSynchronize(lane), "cuStreamSynchronize(communication queue)");
         Cu.check(JCudaDriver.cuStreamSynchronize(comm), "cuStreamSynchronize(communication)");
         Cu.check(JCudaDriver.cuStreamSynchronize(compute), "cuStreamSynchronize(compute)");
         errorHost.clear();
@@ -342,14 +347,52 @@ public final class CudaDevice implements Device {
         return compute.address();
     }
 
-    /** The raw communication stream handle (for NCCL, between begin/endCommunication). */
+    /**
+     * The raw handle of the stream communicator calls queue on now (for NCCL, between begin/endCommunication):
+     * the communication queue's while one of its operations is being issued, else the communication stream.
+     */
     public long communicationStreamAddress() {
-        return comm.address();
+        return (onLane ? lane : comm).address();
     }
 
-    /** An event behind everything queued on the communication stream so far. */
+    /** The raw handle of the communication queue's stream. */
+    public long communicationQueueStreamAddress() {
+        return lane.address();
+    }
+
+    /** An event behind everything queued so far on the stream communicator calls queue on now. */
     public CudaEvent recordCommunicationEvent() {
-        return new CudaEvent(this, comm);
+        return new CudaEvent(this, onLane ? lane : comm);
+    }
+
+    /**
+     * The communication queue: a stream of its own, ordered after the compute issued before each operation
+     * by an event; the compute waits for an operation only when {@link CommunicationQueue.Issued#orderCompute} says so. While
+     * {@code op} runs, communicator calls on this device queue their collectives there instead of on the
+     * communication stream, and the compute does not wait for them. One rank's thread issues.
+     */
+    @Override
+    public CommunicationQueue communicationQueue() {
+        return op -> {
+            makeCurrent();
+            if (onLane) {
+                throw new IllegalStateException("communication-queue operations do not nest");
+            }
+            Cu.check(JCudaDriver.cuEventRecord(computeReady, compute), "cuEventRecord(compute ready)");
+            Cu.check(JCudaDriver.cuStreamWaitEvent(lane, computeReady, 0), "cuStreamWaitEvent(communication queue)");
+            onLane = true;
+            try {
+                op.run();
+            } finally {
+                onLane = false;
+            }
+            CudaEvent done = new CudaEvent(this, lane);
+            return () -> {
+                makeCurrent();
+                Cu.check(JCudaDriver.cuStreamWaitEvent(compute, done.handle(), 0), "cuStreamWaitEvent(compute after the queue)");
+                done.close(); // the wait took the event's state: destroying it now is allowed
+            };
+        };
     }
 
     /**
@@ -360,15 +403,27 @@ public final class CudaDevice implements Device {
         syncChecks.add(check);
     }
 
-    /** Orders the communication stream after everything issued on the compute stream so far. */
+    /**
+     * Orders the communication stream after everything issued on the compute stream so far (inside a
+     * communication-queue operation the queue is already ordered so).
+     */
     public void beginCommunication() {
         makeCurrent();
+        if (onLane) {
+            return;
+        }
         Cu.check(JCudaDriver.cuEventRecord(computeReady, compute), "cuEventRecord(compute ready)");
         Cu.check(JCudaDriver.cuStreamWaitEvent(comm, computeReady, 0), "cuStreamWaitEvent(communication)");
     }
 
-    /** Orders the compute stream after everything issued on the communication stream so far. */
+    /**
+     * Orders the compute stream after everything issued on the communication stream so far; inside a
+     * communication-queue operation nothing (the compute waits when the caller says).
+     */
     public void endCommunication() {
+        if (onLane) {
+            return;
+        }
         Cu.check(JCudaDriver.cuEventRecord(commDone, comm), "cuEventRecord(communication done)");
         Cu.check(JCudaDriver.cuStreamWaitEvent(compute, commDone, 0), "cuStreamWaitEvent(compute)");
     }
@@ -416,6 +471,7 @@ public final class CudaDevice implements Device {
         }
         closed = true;
         makeCurrent();
+        JCudaDriver.cuStreamSynchronize(lane);
         JCudaDriver.cuStreamSynchronize(comm);
         JCudaDriver.cuStreamSynchronize(compute);
         if (cublasLt != null) {
@@ -427,6 +483,7 @@ public final class CudaDevice implements Device {
         JCudaDriver.cuEventDestroy(commDone);
         JCudaDriver.cuStreamDestroy(compute);
         JCudaDriver.cuStreamDestroy(comm);
+        JCudaDriver.cuStreamDestroy(lane);
     }
 
     @Override

@@ -22,6 +22,11 @@ public final class CudaEvent implements AutoCloseable {
         Cu.check(JCudaDriver.cuEventRecord(event, stream), "cuEventRecord");
     }
 
+    /** The driver's event (for stream waits). */
+    CUevent handle() {
+        return event;
+    }
+
     /** True once the work before the event completed; never blocks. */
     public boolean isDone() {
         device.makeCurrent();

@@ -120,13 +120,23 @@ public final class CudaKernels implements Kernels {
 
     // ---- norms ----
 
+    /**
+     * Threads per block for the one-block-per-row kernels (norms, cross-entropy): BLOCK, or fewer for rows
+     * narrower than BLOCK -- enough warps for one thread per element. Threads beyond the row's width would hold
+     * only zeros for the block reductions, so the results are the same bits, without idle warps (the emulated
+     * CUDA's cost is per thread).
+     */
+    private static int rowBlock(int width) {
+        return (int) Math.min(BLOCK, Math.max(32, (width + 31L) / 32 * 32));
+    }
+
     private static int rowGrid(long rows) {
         return (int) Math.max(1, Math.min(ROW_GRID, rows));
     }
 
     @Override
     public void layerNormForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor w, Tensor b, int n, int c, float eps) {
-        dev.launch("layernorm_forward" + sfx(x), (int) Math.min(n, 65535), BLOCK, 0, out, mean, rstd, x, w, b, (long) n, c, eps);
+        dev.launch("layernorm_forward" + sfx(x), (int) Math.min(n, 65535), rowBlock(c), 0, out, mean, rstd, x, w, b, (long) n, c, eps);
     }
 
     @Override
@@ -136,21 +146,21 @@ public final class CudaKernels implements Kernels {
         Tensor s = scratch(normScratch, DType.F32, 2L * g * c, true);
         Tensor pw = s.slice(0, (long) g * c);
         Tensor pb = s.slice((long) g * c, (long) g * c);
-        dev.launch("layernorm_backward" + sfx(x), g, BLOCK, 0, dx, pw, pb, dout, x, w, mean, rstd, (long) n, c);
+        dev.launch("layernorm_backward" + sfx(x), g, rowBlock(c), 0, dx, pw, pb, dout, x, w, mean, rstd, (long) n, c);
         each("norm_grad_reduce", c, dw, pw, g, c);
         each("norm_grad_reduce", c, db, pb, g, c);
     }
 
     @Override
     public void rmsNormForward(Tensor out, Tensor rstd, Tensor x, Tensor w, int n, int c, float eps) {
-        dev.launch("rmsnorm_forward" + sfx(x), (int) Math.min(n, 65535), BLOCK, 0, out, rstd, x, w, (long) n, c, eps);
+        dev.launch("rmsnorm_forward" + sfx(x), (int) Math.min(n, 65535), rowBlock(c), 0, out, rstd, x, w, (long) n, c, eps);
     }
 
     @Override
     public void rmsNormBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor rstd, int n, int c) {
         int g = rowGrid(n);
         Tensor pw = scratch(normScratch, DType.F32, (long) g * c, true).slice(0, (long) g * c);
-        dev.launch("rmsnorm_backward" + sfx(x), g, BLOCK, 0, dx, pw, dout, x, w, rstd, (long) n, c);
+        dev.launch("rmsnorm_backward" + sfx(x), g, rowBlock(c), 0, dx, pw, dout, x, w, rstd, (long) n, c);
         each("norm_grad_reduce", c, dw, pw, g, c);
     }
 
@@ -250,13 +260,13 @@ public final class CudaKernels implements Kernels {
 
     @Override
     public void crossEntropyMax(Tensor logits, Tensor max, int rows, int valid, int ld) {
-        dev.launch("ce_max" + sfx(logits), (int) Math.max(1, Math.min(rows, 65535)), BLOCK, 0, logits, max, (long) rows, valid, ld);
+        dev.launch("ce_max" + sfx(logits), (int) Math.max(1, Math.min(rows, 65535)), rowBlock(valid), 0, logits, max, (long) rows, valid, ld);
     }
 
     @Override
     public void crossEntropySums(Tensor logits, Tensor max, Tensor sums, Tensor targets, int vocabStart, int vocab, int rows,
                                  int valid, int ld, boolean storeExp) {
-        dev.launch("ce_sums" + sfx(logits), (int) Math.max(1, Math.min(rows, 65535)), BLOCK, 0, logits, max, sums, targets,
+        dev.launch("ce_sums" + sfx(logits), (int) Math.max(1, Math.min(rows, 65535)), rowBlock(valid), 0, logits, max, sums, targets,
                 dev.errorFlag(), vocabStart, vocab, (long) rows, valid, ld, storeExp ? 1 : 0);
     }
 
