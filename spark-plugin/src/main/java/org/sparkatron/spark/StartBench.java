@@ -32,7 +32,7 @@ import org.sparkatron.data.spark.SparkJvm;
 import org.sparkatron.data.spark.SparkOptions;
 
 /**
- * {@code ./sparkatron bench-start [--docs 4000,4000000] [--rounds 3] [--master local[2]]}: a benchmark, not a
+ * {@code ./sparkatron bench-start [--docs 4000,4000000] [--rounds 3] [--dir DIR] [--master local[2]]}: a benchmark, not a
  * test. The time from the start of {@code fit} to the first training step with the demo's job (dp=2, 300 steps of
  * 16 x 32 tokens, data_split 95,5,0) on the demo's documents ({@link SyntheticData}): the demo's own DataFrame for
  * 4,000 documents, a Parquet directory of the same generator's documents (written once, as {@code train} reads its
@@ -46,9 +46,9 @@ import org.sparkatron.data.spark.SparkOptions;
  */
 public final class StartBench {
     static final String USAGE = String.join("\n",
-            "usage: ./sparkatron bench-start [--docs 4000,4000000] [--rounds 3] [--master local[2]]",
+            "usage: ./sparkatron bench-start [--docs 4000,4000000] [--rounds 3] [--dir DIR] [--master local[2]]",
             "  time from the start of fit to the first training step (the demo's job) and its phases, against one Spark",
-            "  pass over the same DataFrame (docs/benchmarks.md)");
+            "  pass over the same DataFrame (docs/benchmarks.md); --dir keeps the generated Parquet there for the next run");
 
     private StartBench() {
     }
@@ -61,16 +61,17 @@ public final class StartBench {
     private static int bench(String[] argv) throws Exception {
         SparkJvm.relaunchIfNeeded(StartBench.class, argv);
         SparkOptions sparkOptions = SparkOptions.extract(argv);
-        BenchArgs a = new BenchArgs("bench-start", sparkOptions.rest(), Set.of("docs", "rounds"), Set.of());
+        BenchArgs a = new BenchArgs("bench-start", sparkOptions.rest(), Set.of("docs", "rounds", "dir"), Set.of());
         int[] sizes = a.integers("docs", 4000, 4_000_000);
         int rounds = a.integer("rounds", 3);
         SparkSession spark = TrainMain.session("sparkatron-bench-start", 2, sparkOptions, System.out);
-        Path dir = Files.createTempDirectory("sparkatron-bench-start");
+        String keep = a.string("dir", null);
+        Path dir = keep != null ? Files.createDirectories(Path.of(keep)) : Files.createTempDirectory("sparkatron-bench-start");
         try {
             Timeline timeline = new Timeline();
             spark.sparkContext().addSparkListener(timeline);
-            System.out.printf(Locale.ROOT, "bench-start: %s, %d round(s); load average %.1f%n", spark.sparkContext().master(), rounds,
-                    java.lang.management.ManagementFactory.getOperatingSystemMXBean().getSystemLoadAverage());
+            System.out.printf(Locale.ROOT, "bench-start: %s, %d round(s); load average %.1f on %d cores%n", spark.sparkContext().master(),
+                    rounds, load(), Runtime.getRuntime().availableProcessors());
             for (int docs : sizes) {
                 Dataset<Row> df = frame(spark, docs, dir);
                 System.out.printf(Locale.ROOT, "%d documents, %d partitions%n", docs, df.rdd().getNumPartitions());
@@ -88,8 +89,8 @@ public final class StartBench {
                     Run run = fit(spark, df(spark, docs, dir), timeline);
                     first[r] = run.step1;
                     data[r] = run.data;
-                    System.out.printf(Locale.ROOT, "round %d: peer: one pass (sum of sizes, %d tokens) %.2f s, df.count() %.2f s%n",
-                            r + 1, tokens, pass[r], count[r]);
+                    System.out.printf(Locale.ROOT, "round %d (load average %.1f): peer: one pass (sum of sizes, %d tokens) %.2f s, "
+                            + "df.count() %.2f s%n", r + 1, load(), tokens, pass[r], count[r]);
                     System.out.printf(Locale.ROOT, "round %d: fit: first step done at %.2f s; %s%n", r + 1, run.step1, run.phases);
                 }
                 double p = BenchArgs.median(pass);
@@ -100,14 +101,16 @@ public final class StartBench {
             }
         } finally {
             spark.stop();
-            deleteTree(dir);
+            if (keep == null) {
+                deleteTree(dir);
+            }
         }
         return Cli.OK;
     }
 
     /** The DataFrame of {@code docs} documents: the demo's own for 4,000 or fewer, else Parquet written once under {@code dir}. */
     private static Dataset<Row> frame(SparkSession spark, int docs, Path dir) {
-        if (docs <= 4000) {
+        if (docs <= 4000 || Files.isDirectory(dir.resolve("docs" + docs))) {
             return df(spark, docs, dir);
         }
         long t0 = System.nanoTime();
@@ -176,6 +179,10 @@ public final class StartBench {
                         + "rank 0 started %.2f, step 1 %.2f", (console.data - t0) * s, jobs.isEmpty() ? -1 : jobs.get(before)[0],
                 (timeline.packDone - t0) * s, (timeline.barrierStart - t0) * s, (console.rankStart - t0) * s, (console.step1 - t0) * s));
         return new Run((console.step1 - t0) * s, (console.data - t0) * s, phases.toString());
+    }
+
+    private static double load() {
+        return java.lang.management.ManagementFactory.getOperatingSystemMXBean().getSystemLoadAverage();
     }
 
     private static int running(SparkContext sc) {
