@@ -24,6 +24,8 @@ ESTIMATOR_PARAMS = [
     ("decoderFirstPipelineNumLayers", _INT, "layers on the first pipeline stage (default: an even split)"),
     ("decoderLastPipelineNumLayers", _INT, "layers on the last pipeline stage (default: an even split)"),
     ("recompute", _STR, "activation recomputation: none (default), selective (the attention core) or full (each layer)"),
+    ("cp", _INT, "context-parallel size (ranks each sequence is split over; Megatron's context_parallel_size)"),
+    ("cpCommType", _STR, "context-parallel attention: p2p (ring, default) or all_gather"),
     ("tensorParallel", _INT, "tensor-parallel size (ranks per replica; alias of tp)"),
     ("sequenceParallel", _BOOL, "sequence parallelism inside each tensor-parallel group"),
     ("ep", _INT, "expert-parallel size (MoE models: experts split over ep of the dp replicas)"),

@@ -43,48 +43,68 @@ extern "C" __global__ void embedding_backward_bf16(float* dtable, const bf16* do
     embeddingBackwardImpl(dtable, dout, tokens, vocabStart, held, n, c);
 }
 
-/** x[i] += wpe[(firstRow + i) % t]. */
+/**
+ * The position of token row r of sequences of t rows: positions[r % t] (context parallelism's global
+ * positions of a rank's rows), or r % t where positions is null.
+ */
+__device__ __forceinline__ long long positionOf(const int* positions, long long r, int t) {
+    return positions ? positions[r % t] : r % t;
+}
+
+/** x[i] += wpe[pos(firstRow + i)]. */
 template <class T>
-__device__ void addPositionsImpl(T* x, const T* wpe, long long firstRow, long long rows, int t, int c) {
+__device__ void addPositionsImpl(T* x, const T* wpe, const int* positions, long long firstRow, long long rows, int t, int c) {
     GRID_STRIDE(i, rows * c) {
         long long r = i / c;
         int j = (int) (i % c);
-        long long p = (firstRow + r) % t;
+        long long p = positionOf(positions, firstRow + r, t);
         x[i] = st<T>(ld(x[i]) + ld(wpe[p * c + j]));
     }
 }
-extern "C" __global__ void add_positions_f32(float* x, const float* wpe, long long firstRow, long long rows, int t, int c) {
-    addPositionsImpl(x, wpe, firstRow, rows, t, c);
+extern "C" __global__ void add_positions_f32(float* x, const float* wpe, const int* positions, long long firstRow, long long rows,
+                                             int t, int c) {
+    addPositionsImpl(x, wpe, positions, firstRow, rows, t, c);
 }
-extern "C" __global__ void add_positions_bf16(bf16* x, const bf16* wpe, long long firstRow, long long rows, int t, int c) {
-    addPositionsImpl(x, wpe, firstRow, rows, t, c);
+extern "C" __global__ void add_positions_bf16(bf16* x, const bf16* wpe, const int* positions, long long firstRow, long long rows,
+                                              int t, int c) {
+    addPositionsImpl(x, wpe, positions, firstRow, rows, t, c);
 }
 
-/** dwpe[p, j] += sum of dx[i, j] over the rows i with (firstRow + i) % t == p, in row order. */
+/**
+ * dwpe[pos(r), j] += dx[i, j] for the block's rows i (r = firstRow + i), in row order. Thread (s, j) owns
+ * sequence slot s (rows with r % t == s) and column j; slots have distinct positions, so no two threads write
+ * one element.
+ */
 template <class T>
-__device__ void positionsBackwardImpl(float* dwpe, const T* dx, long long firstRow, long long rows, int t, int c) {
+__device__ void positionsBackwardImpl(float* dwpe, const T* dx, const int* positions, long long firstRow, long long rows, int t,
+                                      int c) {
     GRID_STRIDE(i, (long long) t * c) {
-        long long p = i / c;
+        long long slot = i / c;
         int j = (int) (i % c);
-        long long first = ((p - firstRow) % t + t) % t;  // first local row at position p
-        float s = dwpe[i];
+        long long first = ((slot - firstRow) % t + t) % t;  // first local row in this slot
+        long long at = positionOf(positions, slot, t) * c + j;
+        float s = dwpe[at];
         for (long long r = first; r < rows; r += t) s += ld(dx[r * c + j]);
-        dwpe[i] = s;
+        dwpe[at] = s;
     }
 }
-extern "C" __global__ void positions_backward_f32(float* dwpe, const float* dx, long long firstRow, long long rows, int t, int c) {
-    positionsBackwardImpl(dwpe, dx, firstRow, rows, t, c);
+extern "C" __global__ void positions_backward_f32(float* dwpe, const float* dx, const int* positions, long long firstRow,
+                                                  long long rows, int t, int c) {
+    positionsBackwardImpl(dwpe, dx, positions, firstRow, rows, t, c);
 }
-extern "C" __global__ void positions_backward_bf16(float* dwpe, const bf16* dx, long long firstRow, long long rows, int t, int c) {
-    positionsBackwardImpl(dwpe, dx, firstRow, rows, t, c);
+extern "C" __global__ void positions_backward_bf16(float* dwpe, const bf16* dx, const int* positions, long long firstRow,
+                                                   long long rows, int t, int c) {
+    positionsBackwardImpl(dwpe, dx, positions, firstRow, rows, t, c);
 }
 
 /**
  * Rotary embedding in place on the q and k heads of packed qkv rows (Hugging Face rotate-half): for pair j
- * of a head at position pos = row % t, (x1, x2) -> (x1 c - x2 s, x2 c + x1 s); inverse negates s.
+ * of a head at position pos(row) (positions[row % t], or row % t where positions is null), (x1, x2) ->
+ * (x1 c - x2 s, x2 c + x1 s); inverse negates s.
  */
 template <class T>
-__device__ void ropeImpl(T* qkv, const float* cosT, const float* sinT, long long rows, int t, int heads, int kvHeads, int hd,
+__device__ void ropeImpl(T* qkv, const float* cosT, const float* sinT, const int* positions, long long rows, int t, int heads,
+                         int kvHeads, int hd,
                          int inverse) {
     int half = hd / 2;
     int width = (heads + 2 * kvHeads) * hd;
@@ -93,7 +113,7 @@ __device__ void ropeImpl(T* qkv, const float* cosT, const float* sinT, long long
         long long r = i / ((long long) (heads + kvHeads) * half);
         int rem = (int) (i % ((long long) (heads + kvHeads) * half));
         int h = rem / half, j = rem % half;
-        int pos = (int) (r % t);
+        long long pos = positionOf(positions, r, t);
         float cs = cosT[pos * half + j];
         float sn = inverse ? -sinT[pos * half + j] : sinT[pos * half + j];
         long long base = r * width + (long long) h * hd;
@@ -102,11 +122,13 @@ __device__ void ropeImpl(T* qkv, const float* cosT, const float* sinT, long long
         qkv[base + half + j] = st<T>(x2 * cs + x1 * sn);
     }
 }
-extern "C" __global__ void rope_f32(float* qkv, const float* cosT, const float* sinT, long long rows, int t, int heads,
+extern "C" __global__ void rope_f32(float* qkv, const float* cosT, const float* sinT, const int* positions, long long rows, int t,
+                                    int heads,
                                     int kvHeads, int hd, int inverse) {
-    ropeImpl(qkv, cosT, sinT, rows, t, heads, kvHeads, hd, inverse);
+    ropeImpl(qkv, cosT, sinT, positions, rows, t, heads, kvHeads, hd, inverse);
 }
-extern "C" __global__ void rope_bf16(bf16* qkv, const float* cosT, const float* sinT, long long rows, int t, int heads,
+extern "C" __global__ void rope_bf16(bf16* qkv, const float* cosT, const float* sinT, const int* positions, long long rows, int t,
+                                     int heads,
                                      int kvHeads, int hd, int inverse) {
-    ropeImpl(qkv, cosT, sinT, rows, t, heads, kvHeads, hd, inverse);
+    ropeImpl(qkv, cosT, sinT, positions, rows, t, heads, kvHeads, hd, inverse);
 }

@@ -111,14 +111,18 @@ public final class AsyncCheckpointer implements AutoCloseable {
         int tpRank = model.tensorParallel().rank();
         int ppSize = model.pipeline().size();
         int stage = model.pipeline().stage();
-        if (world.size() != tpSize * dpSize * ppSize) {
-            throw new IllegalArgumentException("world of " + world.size() + " ranks is not TP " + tpSize + " x DP " + dpSize
-                    + " x PP " + ppSize + ": checkpoints support tensor x data x pipeline parallel layouts");
+        int cpSize = model.contextParallel().size();
+        if (world.size() != tpSize * cpSize * dpSize * ppSize) {
+            throw new IllegalArgumentException("world of " + world.size() + " ranks is not TP " + tpSize + " x CP " + cpSize
+                    + " x DP " + dpSize + " x PP " + ppSize
+                    + ": checkpoints support tensor x context x data x pipeline parallel layouts");
         }
         int epSize = model.expertParallel().size();
         int epRank = model.expertParallel().rank();
-        CheckpointLayout lay = new CheckpointLayout(tpSize, dpSize, ppSize, epSize);
-        int dpRank = world.rank() / tpSize % dpSize;
+        CheckpointLayout lay = new CheckpointLayout(tpSize, cpSize, dpSize, ppSize, epSize);
+        // the CP x DP ranks of a TP shard and stage hold the same weights and moments: they share the writing
+        int replica = world.rank() / tpSize % (cpSize * dpSize);
+        int dpRank = replica / cpSize;
         if (dpRank % epSize != epRank) {
             throw new IllegalArgumentException("world rank " + world.rank() + " is replica " + dpRank + " but EP rank " + epRank
                     + " of " + epSize + ": checkpoints need EP ranks to be consecutive replicas (ParallelLayout's order)");
@@ -174,10 +178,10 @@ public final class AsyncCheckpointer implements AutoCloseable {
         // up to four files: the dense model and optimizer shards, and under EP > 1 the experts' (CheckpointLayout)
         Boolean dense = lay.separateExperts() ? Boolean.FALSE : null; // null: every parameter
         List<FilePart> parts = new ArrayList<>();
-        if (lay.writesModel(tpRank, dpRank)) {
+        if (lay.writesModel(tpRank, replica)) {
             parts.add(new FilePart(lay.modelFile(stage, tpRank), 1, model, dense, false));
         }
-        if (lay.writesOptim(tpRank, dpRank)) {
+        if (lay.writesOptim(tpRank, replica)) {
             parts.add(new FilePart(lay.optimFile(stage, tpRank), 4, model, dense, true));
         }
         if (lay.writesExpertModel(tpRank, dpRank)) {

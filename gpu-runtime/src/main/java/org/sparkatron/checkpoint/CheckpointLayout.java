@@ -11,25 +11,39 @@ import org.sparkatron.model.Transformer;
 import org.sparkatron.parallel.PipelineLayout;
 
 /**
- * Which files a checkpoint of a TP x DP x PP layout (with EP ranks among the DP replicas) has, and which
- * world rank writes each. World rank = tp + TP x replica + TP x DP x stage ({@code ParallelLayout}'s
- * order); under expert parallelism replica = epRank + EP x expertDpRank (EP ranks are consecutive
- * replicas). Immutable.
+ * Which files a checkpoint of a TP x CP x DP x PP layout (with EP ranks among the DP replicas) has, and which
+ * world rank writes each. World rank = tp + TP x replica + TP x CP x DP x stage ({@code ParallelLayout}'s
+ * order), replica = cpRank + CP x dpRank; under expert parallelism (CP 1) dpRank = epRank + EP x expertDpRank
+ * (EP ranks are consecutive replicas). Immutable.
+ *
+ * <p>Context parallelism changes no shard: the CP ranks of a replica hold the same weights and moments
+ * (Megatron reduces gradients over DP x CP), so the CP x DP ranks of a shard share its writing as DP
+ * replicas alone do, and a checkpoint loads at any CP size.
  *
  * <p>Dense files ({@code model-tp00-of02.safetensors}, {@code optim-...}): TP rank t's shards of every
- * parameter (at EP 1) or of the non-expert parameters (EP > 1), written by replica {@code t mod DP}
- * (model) and {@code (t + 1) mod DP} (optimizer). Expert files under EP > 1
+ * parameter (at EP 1) or of the non-expert parameters (EP > 1), written by replica {@code t mod (CP x DP)}
+ * (model) and {@code (t + 1) mod (CP x DP)} (optimizer). Expert files under EP > 1
  * ({@code model-experts-ep01of02-tp00-of02.safetensors}, {@code optim-experts-...}): the experts EP rank q
  * holds, TP rank t's shards of them, written by expert-data-parallel rank {@code (t + q) mod (DP/EP)}
  * (model) and {@code (t + q + 1) mod (DP/EP)} (optimizer) of the ranks holding them, so no shard is
  * written twice and the writes spread over the replicas. Pipeline stages prefix {@code pp01of04-}.
  */
-record CheckpointLayout(int tp, int dp, int pp, int ep) {
+record CheckpointLayout(int tp, int cp, int dp, int pp, int ep) {
     CheckpointLayout {
-        if (tp < 1 || dp < 1 || pp < 1 || ep < 1 || dp % ep != 0) {
-            throw new IllegalArgumentException("checkpoint layout TP " + tp + " x DP " + dp + " x PP " + pp + " with EP " + ep
-                    + ": every size must be >= 1 and EP must divide DP");
+        if (tp < 1 || cp < 1 || dp < 1 || pp < 1 || ep < 1 || dp % ep != 0 || (cp > 1 && ep > 1)) {
+            throw new IllegalArgumentException("checkpoint layout TP " + tp + " x CP " + cp + " x DP " + dp + " x PP " + pp
+                    + " with EP " + ep + ": every size must be >= 1, EP must divide DP, and CP and EP do not combine");
         }
+    }
+
+    /** No context parallelism. */
+    CheckpointLayout(int tp, int dp, int pp, int ep) {
+        this(tp, 1, dp, pp, ep);
+    }
+
+    /** The ranks of a TP shard and stage that hold the same dense weights: CP x DP. */
+    private int replicas() {
+        return cp * dp;
     }
 
     /** Whether the experts have files of their own (EP > 1). */
@@ -37,13 +51,16 @@ record CheckpointLayout(int tp, int dp, int pp, int ep) {
         return ep > 1;
     }
 
-    /** Whether this rank (TP rank, dense replica) writes the dense model file of its stage and TP rank. */
+    /**
+     * Whether this rank (TP rank, replica {@code cpRank + CP x dpRank}) writes the dense model file of its stage
+     * and TP rank.
+     */
     boolean writesModel(int tpRank, int replica) {
-        return replica == tpRank % dp;
+        return replica == tpRank % replicas();
     }
 
     boolean writesOptim(int tpRank, int replica) {
-        return replica == (tpRank + 1) % dp;
+        return replica == (tpRank + 1) % replicas();
     }
 
     /** Whether this rank writes the expert model file of its stage, EP rank and TP rank (EP > 1). */
@@ -57,7 +74,7 @@ record CheckpointLayout(int tp, int dp, int pp, int ep) {
 
     /** The world rank that writes the dense model ({@code optim} false) or optimizer file of (stage, t). */
     int denseWriter(int stage, int t, boolean optim) {
-        return world(stage, t, (t + (optim ? 1 : 0)) % dp);
+        return world(stage, t, (t + (optim ? 1 : 0)) % replicas());
     }
 
     /** The world rank that writes the expert model or optimizer file of (stage, EP rank q, TP rank t). */
@@ -66,7 +83,7 @@ record CheckpointLayout(int tp, int dp, int pp, int ep) {
     }
 
     private int world(int stage, int t, int replica) {
-        return t + tp * replica + tp * dp * stage;
+        return t + tp * replica + tp * replicas() * stage;
     }
 
     /**
@@ -127,7 +144,7 @@ record CheckpointLayout(int tp, int dp, int pp, int ep) {
         long[] dataPositions = new long[lay.dp()];
         long total = 0;
         for (int d = 0; d < lay.dp(); d++) {
-            dataPositions[d] = positions[d * tpSize]; // TP rank 0 of the first stage of replica d
+            dataPositions[d] = positions[d * tpSize * cp]; // TP and CP rank 0 of the first stage of replica d
             total += dataPositions[d];
         }
         return new CheckpointMetadata(step, total, dropoutSteps, dataPositions, tpSize, lay.dp(), lay.pp(), epSize, cfg,

@@ -38,10 +38,13 @@ import org.sparkatron.tensor.Tensor;
  * </pre>
  * With data parallelism, replica {@code t mod dp} writes TP rank t's model file and replica
  * {@code (t + 1) mod dp} its optimizer file, so the writes spread over the replicas and no shard is
- * written twice. Parameters replicated over the TP group are written once, by TP rank 0. Each pipeline
+ * written twice. Context parallelism changes no shard (its ranks hold the same weights and moments, their
+ * gradients reduced over DP x CP as Megatron does): the CP x DP ranks of a shard share the writing as the DP
+ * replicas alone would, and a checkpoint resumes at any CP size. Parameters replicated over the TP group are
+ * written once, by TP rank 0. Each pipeline
  * stage writes its own layers; a tied embedding's copy on the last stage is not written (it equals the
  * first stage's, and loads from it). Tensors are described in their global (TP = 1) shapes by name, so a
- * checkpoint loads under any TP, PP and DP layout.
+ * checkpoint loads under any TP, CP, PP and DP layout.
  *
  * <h2>Atomicity</h2>
  * A save writes under {@code .inprogress-step-N}; rank 0 writes the metadata (sizes and CRC32C of every
@@ -52,8 +55,8 @@ import org.sparkatron.tensor.Tensor;
  * {@code keep}.
  *
  * <h2>Threading, blocking, failure</h2>
- * {@link #save} and {@link #resume} are collectives over the world communicator of a TP x DP x PP layout
- * (world rank = tp + TP x dp + TP x DP x pp, as {@code ParallelLayout} orders them; every rank calls them in
+ * {@link #save} and {@link #resume} are collectives over the world communicator of a TP x CP x DP x PP layout
+ * (world rank = tp + TP x (cp + CP x (dp + DP x pp)), as {@code ParallelLayout} orders them; every rank calls them in
  * the same order) and block on I/O and communication. A rank
  * that fails to write makes every rank's save throw (the ranks agree on the outcome before committing),
  * instead of hanging. {@link #load} is local to one rank. Instances hold no per-rank state: ranks of one

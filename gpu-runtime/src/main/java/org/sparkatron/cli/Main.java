@@ -57,6 +57,8 @@ public final class Main {
                     "benchmark: pipeline schedules' bubble and activation memory against theory"),
             new Command("bench-dp", "org.sparkatron.parallel.DpBench",
                     "benchmark: data-parallel step time with gradient reduction overlap on and off, memory per rank against Megatron's accounting"),
+            new Command("bench-cp", "org.sparkatron.parallel.CpBench",
+                    "benchmark: context-parallel activations per rank (against 1/cp) and ring against all-gather"),
             new Command("bench-comm", "org.sparkatron.comm.bench.CommBench",
                     "benchmark: collectives' bus bandwidth against PyTorch Gloo"),
             new Command("bench-moe", "org.sparkatron.parallel.MoeBench",

@@ -36,11 +36,26 @@ public interface Kernels {
     /** {@code dtable[tokens[r] - vocabStart] += dout[r]} for the ids this table holds. */
     void embeddingBackward(Tensor dtable, Tensor dout, Tensor tokens, int vocabStart, int n, int c);
 
-    /** Learned positions: {@code x[i] += wpe[(firstRow + i) % t]} for rows i of a block starting at global row firstRow. */
-    void addPositions(Tensor x, Tensor wpe, int firstRow, int rows, int t, int c);
+    /**
+     * Learned positions: {@code x[i] += wpe[pos(firstRow + i)]} for rows i of a block starting at row firstRow of
+     * {@code [B * t]} token rows, where {@code pos(r) = positions[r % t]} ({@code positions}: I32 [t], the global
+     * position of each of a sequence's t rows, which context parallelism makes non-contiguous), or {@code r % t}
+     * when {@code positions} is null.
+     */
+    void addPositions(Tensor x, Tensor wpe, Tensor positions, int firstRow, int rows, int t, int c);
 
-    /** {@code dwpe[(firstRow + i) % t] += dx[i]}: the backward of {@link #addPositions}. */
-    void positionsBackward(Tensor dwpe, Tensor dx, int firstRow, int rows, int t, int c);
+    /** {@code dwpe[pos(firstRow + i)] += dx[i]}: the backward of {@link #addPositions}. */
+    void positionsBackward(Tensor dwpe, Tensor dx, Tensor positions, int firstRow, int rows, int t, int c);
+
+    /** {@link #addPositions(Tensor, Tensor, Tensor, int, int, int, int)} with positions {@code r % t}. */
+    default void addPositions(Tensor x, Tensor wpe, int firstRow, int rows, int t, int c) {
+        addPositions(x, wpe, null, firstRow, rows, t, c);
+    }
+
+    /** {@link #positionsBackward(Tensor, Tensor, Tensor, int, int, int, int)} with positions {@code r % t}. */
+    default void positionsBackward(Tensor dwpe, Tensor dx, int firstRow, int rows, int t, int c) {
+        positionsBackward(dwpe, dx, null, firstRow, rows, t, c);
+    }
 
     // ---- norms: mean/rstd are [N] per-row statistics saved for backward ----
 
@@ -74,10 +89,18 @@ public interface Kernels {
 
     /**
      * Rotary embedding applied in place to the q and k heads of {@code qkv}, Hugging Face's rotate-half
-     * convention; {@code cos}/{@code sin} are [maxPos, hd/2] tables, position of row n is n % T.
-     * {@code inverse} applies the transpose (the backward).
+     * convention; {@code cos}/{@code sin} are [maxPos, hd/2] tables; the position of row n is
+     * {@code positions[n % t]} ({@code positions}: I32 [t], global positions of a sequence's rows under context
+     * parallelism), or {@code n % t} when {@code positions} is null. {@code inverse} applies the transpose (the
+     * backward).
      */
-    void rope(Tensor qkv, Tensor cos, Tensor sin, int b, int t, int heads, int kvHeads, int hd, boolean inverse);
+    void rope(Tensor qkv, Tensor cos, Tensor sin, Tensor positions, int b, int t, int heads, int kvHeads, int hd,
+              boolean inverse);
+
+    /** {@link #rope(Tensor, Tensor, Tensor, Tensor, int, int, int, int, int, boolean)} with positions {@code n % t}. */
+    default void rope(Tensor qkv, Tensor cos, Tensor sin, int b, int t, int heads, int kvHeads, int hd, boolean inverse) {
+        rope(qkv, cos, sin, null, b, t, heads, kvHeads, hd, inverse);
+    }
 
     /** Causal softmax attention; {@code lse} [B, H, T] keeps each row's log-sum-exp for backward. */
     void attentionForward(Tensor out, Tensor lse, Tensor qkv, int b, int t, int heads, int kvHeads, int hd);
@@ -85,6 +108,37 @@ public interface Kernels {
     /** dqkv is overwritten. Scores are recomputed one head at a time from qkv and lse. */
     void attentionBackward(Tensor dqkv, Tensor dout, Tensor out, Tensor lse, Tensor qkv, int b, int t, int heads,
                            int kvHeads, int hd);
+
+    // ---- attention in blocks (context parallelism: ring and all-gather attention) ----
+    // Queries are rows of `q` (query head h at columns [h hd, (h+1) hd), row pitch qld); keys and values are rows
+    // of `kv` (key head g at columns [g hd, ..), value head g at [(kvHeads + g) hd, ..), row pitch kvld), so the q
+    // part of a packed QKV tensor and its k|v part (a view starting at column heads*hd) serve directly, as do
+    // packed [k | v] blocks received from other ranks. Which rows take part, and the causal mask, are the block's
+    // (AttentionBlock). `out` is [batch * qSeq, heads * hd] and `lse` [batch, heads, qSeq].
+
+    /**
+     * Softmax attention of the block's query rows against its key/value rows under its mask: writes those query
+     * rows of {@code out} and their log-sum-exp (natural log of the sum of exponentials of the scaled scores) in
+     * {@code lse}; other rows are untouched. Scores are {@code q . k / sqrt(hd)}.
+     */
+    void attentionBlockForward(Tensor out, Tensor lse, Tensor q, int qld, Tensor kv, int kvld, AttentionBlock blk);
+
+    /**
+     * The block's part of the attention gradient, given the final (merged) {@code out} and {@code lse} of the query
+     * rows (flash attention's backward: each block's probabilities are {@code exp(score - lse)}, so the merge needs
+     * no backward of its own): {@code dq} (rows of the block, pitch dqld) and {@code dkv} (rows of the key/value
+     * block, [dk | dv] as kv, pitch dkvld) are ACCUMULATED.
+     */
+    void attentionBlockBackward(Tensor dq, int dqld, Tensor dkv, int dkvld, Tensor dout, Tensor out, Tensor lse, Tensor q,
+                                int qld, Tensor kv, int kvld, AttentionBlock blk);
+
+    /**
+     * Merges a partial result into an accumulated one for the block's query rows (online softmax): {@code lse' =
+     * log(exp(lse) + exp(partLse))}, {@code out' = out exp(lse - lse') + partOut exp(partLse - lse')}; a side
+     * whose lse is {@code -inf} (no visible key) contributes nothing. Only the query-side fields of {@code blk}
+     * are read; {@code partOut}/{@code partLse} are shaped as {@code out}/{@code lse}.
+     */
+    void attentionMerge(Tensor out, Tensor lse, Tensor partOut, Tensor partLse, AttentionBlock blk);
 
     // ---- softmax cross-entropy over a vocabulary that may be split across ranks ----
     // One rank's logits are [rows, ld]; its columns are ids [vocabStart, vocabStart + ld) of which the first

@@ -21,7 +21,7 @@ final class BlockActivations {
     final Tensor gathered1; // [N, C] the all-gathered QKV input (sequence parallelism only)
     final Tensor qkv;      // [N, (Hl + 2 Hkvl) hd], after RoPE
     final Tensor att;      // [N, Hl hd]
-    final Tensor lse;      // [B, Hl, T]
+    final Tensor lse;      // [B, Hl, T] (T: this rank's rows of a sequence)
     final Tensor resid;    // [Nl, C] x + attention branch
     final Tensor norm2;    // [Nl, C]
     final Tensor mean2;    // [Nl]
@@ -64,16 +64,24 @@ final class BlockActivations {
     }
 
     /**
-     * The sizes of one micro-batch on one rank (TP shards, sequence-parallel rows); {@code moe} those of the
-     * MoE layers (null for a dense model), {@code dense} whether the model has dense MLP layers.
+     * The sizes of one micro-batch on one rank (TP shards, sequence-parallel rows, context-parallel chunks):
+     * {@code seq} tokens per sequence, of which this rank holds {@code t} rows ({@code seq / cp}); {@code moe}
+     * those of the MoE layers (null for a dense model), {@code dense} whether the model has dense MLP layers.
      */
     record Shape(int b, int t, int n, int nl, int c, int hl, int qkvWidth, int attWidth, int upWidth, int fl,
-                 boolean sp, boolean layerNorm, MoeShape moe, boolean dense) {
+                 boolean sp, boolean layerNorm, MoeShape moe, boolean dense, int seq) {
         static Shape of(ModelConfig cfg, org.sparkatron.parallel.TensorParallel tp, int b, int t) {
-            return of(cfg, tp, 1, b, t);
+            return of(cfg, tp, 1, org.sparkatron.parallel.ContextParallel.none(), b, t);
         }
 
         static Shape of(ModelConfig cfg, org.sparkatron.parallel.TensorParallel tp, int ep, int b, int t) {
+            return of(cfg, tp, ep, org.sparkatron.parallel.ContextParallel.none(), b, t);
+        }
+
+        /** For sequences of {@code seq} tokens split over {@code cp} (refused when it does not split into 2 cp chunks). */
+        static Shape of(ModelConfig cfg, org.sparkatron.parallel.TensorParallel tp, int ep,
+                        org.sparkatron.parallel.ContextParallel cp, int b, int seq) {
+            int t = cp.localLength(seq);
             int n = Math.multiplyExact(b, t);
             int hd = cfg.headDim();
             int hl = cfg.heads() / tp.size();
@@ -85,7 +93,17 @@ final class BlockActivations {
                 dense |= !cfg.moe().isMoeLayer(i);
             }
             return new Shape(b, t, n, tp.localRows(n), cfg.hidden(), hl, (hl + 2 * kvl) * hd, hl * hd, llama ? 2 * fl : fl, fl,
-                    tp.sequenceParallel(), !llama, cfg.isMoe() ? MoeShape.of(cfg, tp.size(), ep, n) : null, dense);
+                    tp.sequenceParallel(), !llama, cfg.isMoe() ? MoeShape.of(cfg, tp.size(), ep, n) : null, dense, seq);
+        }
+
+        /** The head dimension. */
+        int hd() {
+            return attWidth / hl;
+        }
+
+        /** This rank's key/value heads. */
+        int kvl() {
+            return (qkvWidth - attWidth) / (2 * hd());
         }
     }
 }

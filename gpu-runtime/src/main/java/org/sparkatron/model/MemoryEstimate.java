@@ -3,7 +3,10 @@ package org.sparkatron.model;
 import java.util.Locale;
 import org.sparkatron.device.MemoryKind;
 import org.sparkatron.device.MemoryStats;
+import org.sparkatron.device.cpu.CpuKernels;
 import org.sparkatron.model.ParameterSet.TpRole;
+import org.sparkatron.parallel.AttentionCore;
+import org.sparkatron.parallel.ContextParallel;
 import org.sparkatron.parallel.DataParallel;
 import org.sparkatron.parallel.GradBuffer;
 import org.sparkatron.parallel.PipelineLayout;
@@ -25,14 +28,18 @@ import org.sparkatron.precision.Precision;
  *   <li>activations: per micro-batch in flight (as many as the pipeline schedule holds at once on each of the
  *       rank's chunks), what each layer keeps for its backward under the {@link Recompute} mode, plus the
  *       chunk's input and gradient and, on the last stage, the final norm and output layer's input and its
- *       gradient; and the rank's backward and recomputation scratch, shared by all micro-batches;</li>
+ *       gradient; and the rank's backward and recomputation scratch and its context-parallel attention's
+ *       buffers, shared by all micro-batches;</li>
  *   <li>FP8 (precision fp8): each FP8 layer's weight operand (parameters) and saved input operand
- *       (activations); the recipe state and the shared gradient operand (workspace);</li>
+ *       (activations); the recipe state and the shared gradient operand (workspace), and on a GPU the transposed
+ *       operands of the backward's FP8 GEMMs (workspace);</li>
  *   <li>workspace: token ids, per-token losses, a chunk of logits and the cross-entropy statistics (last
- *       stage), the sequence-parallel buffers, RoPE tables, device scalars, and the CPU attention's two
- *       {@code T x T} scratch blocks (a GPU's kernels have their own scratch; the figure is then an upper
- *       bound).</li>
+ *       stage), the sequence-parallel buffers, RoPE tables, the context-parallel position table, device
+ *       scalars, and the CPU attention's two scratch blocks of at most 256 query rows by the keys a block
+ *       attends to (a GPU's kernels have their own scratch; the figure is then an upper bound).</li>
  * </ul>
+ * Under context parallelism every per-token figure is for this rank's {@code seqLen / cp} rows of each
+ * sequence.
  * These are exactly the buffers the model allocates ({@code StepContractTest} checks the device's figures
  * against them). Immutable.
  */
@@ -50,6 +57,16 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
             case ACTIVATIONS -> activations;
             case WORKSPACE -> workspace;
         };
+    }
+
+    /** A rank's place in a context-parallel group: its size, its rank and how attention communicates. */
+    public record Context(int size, int rank, ContextParallel.CommType commType) {
+        /** No context parallelism. */
+        public static final Context NONE = new Context(1, 0, ContextParallel.CommType.P2P);
+
+        public static Context of(ContextParallel cp) {
+            return new Context(cp.size(), cp.rank(), cp.commType());
+        }
     }
 
     /** One rank without pipelining, one micro-batch at a time, nothing recomputed. */
@@ -81,6 +98,17 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
     }
 
     /**
+     * {@link #of(ModelConfig, int, boolean, PipelineLayout, int, int, int, int, Precision, Recompute, int)} for rank
+     * {@code cp.rank()} of a context-parallel group (sequences of {@code seqLen} tokens, {@code seqLen / cp} rows
+     * each on this rank).
+     */
+    public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, PipelineLayout pl, int stage, int microBatches,
+                                    int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes,
+                                    Context cp) {
+        return of(cfg, tp, sp, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, null, 1, cp);
+    }
+
+    /**
      * {@link #of(ModelConfig, int, boolean, PipelineLayout, int, int, int, int, Precision, Recompute, int)} for a
      * model with data parallelism inside ({@link DataParallel}: {@code dp} null for none): the parameter and
      * gradient blocks in Megatron's buffer layout (padded under the distributed optimizer), and with the
@@ -94,6 +122,17 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
         return of(cfg, tp, sp, 1, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, dp, dpSize);
     }
 
+    /**
+     * Both: data parallelism inside the model over a group of {@code dpSize} (under context parallelism the
+     * DP x CP group, which holds replicas of the same parameters), and rank {@code cp.rank()} of a CP group.
+     */
+    public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, PipelineLayout pl, int stage, int microBatches,
+                                    int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes,
+                                    DataParallel.Config dp, int dpSize, Context cp) {
+        return of(cfg, tp, sp, 1, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, dp, dpSize,
+                precision == Precision.FP8 ? Fp8Recipe.defaults() : null, halfBytes == 4 ? 4 : 1, cp);
+    }
+
     /** The estimate with expert parallelism {@code ep} and data parallelism inside the model ({@code dp}) together. */
     public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, int ep, PipelineLayout pl, int stage, int microBatches,
                                     int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes,
@@ -105,15 +144,27 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
     /**
      * With precision FP8, also the FP8 operands of the transformer layers' GEMMs under {@code fp8}: each FP8
      * layer's weight copy (parameters), its saved input (activations; one micro-batch, as FP8 runs without
-     * pipelining), the shared output-gradient operand and the recipe state (workspace).
+     * pipelining), the shared output-gradient operand and the recipe state (workspace), and on a GPU
+     * ({@code fp8Bytes} 1) the backward's transposed copies of the FP8 weight, input and output gradient
+     * (workspace: the largest of each).
      *
      * @param fp8Bytes bytes per FP8 element on the target device (4 on the CPU, which stores FP8 values in fp32; 1 on a GPU)
      */
     public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, int ep, PipelineLayout pl, int stage, int microBatches,
                                     int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes,
                                     DataParallel.Config dp, int dpSize, Fp8Recipe fp8, int fp8Bytes) {
+        return of(cfg, tp, sp, ep, pl, stage, microBatches, batch, seqLen, precision, recompute, halfBytes, dp, dpSize,
+                fp8, fp8Bytes, Context.NONE);
+    }
+
+    /** All of the above together, for rank {@code cp.rank()} of a context-parallel group ({@link Context#NONE}: none). */
+    public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, int ep, PipelineLayout pl, int stage, int microBatches,
+                                    int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes,
+                                    DataParallel.Config dp, int dpSize, Fp8Recipe fp8, int fp8Bytes, Context cp) {
         Transformer.validate(cfg, tp);
         Transformer.validateExperts(cfg, ep, tp);
+        ContextParallel.validate(seqLen, cp.size());
+        int local = seqLen / cp.size(); // this rank's rows of each sequence
         boolean split = sp && tp > 1;
         ParameterSet.Builder layout = Transformer.layout(cfg, tp, ep, pl, stage);
         long numel = layout.numel();
@@ -127,7 +178,7 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
         long params = shardedMaster ? (long) halfBytes * numel
                 : 4 * numel + (precision.isReduced() ? (long) halfBytes * numel : 0);
         long optimizer = (shardedMaster ? 12 : 8) * owned; // moments (and the fp32 master shard)
-        long n = (long) batch * seqLen;
+        long n = (long) batch * local;
         if (split && n % tp != 0) {
             throw new IllegalArgumentException("sequence parallelism needs the batch's token count (batch x sequence length = "
                     + n + ") divisible by the tensor-parallel size " + tp);
@@ -141,7 +192,7 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
         boolean layerNorm = cfg.family() != ModelConfig.Family.LLAMA;
         long upWidth = layerNorm ? fl : 2 * fl;
         long qkv = n * (hl + 2 * kvl) * hd;
-        long attention = n * hl * hd + (long) batch * hl * seqLen; // output and log-sum-exp
+        long attention = n * hl * hd + (long) batch * hl * local; // output and log-sum-exp
         long attentionPart = 4 * nl * c + (layerNorm ? 4 : 2) * nl + (split ? n * c : 0) + qkv + attention;
         long denseMlp = (split ? n * c : 0) + n * upWidth + n * fl;
         MoeShape moe = cfg.isMoe() ? MoeShape.of(cfg, tp, ep, Math.toIntExact(n)) : null;
@@ -151,11 +202,13 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
         long activations = 3 * nl * c + qkv + n * hl * hd + (dense ? n * upWidth + n * fl : 0) // backward scratch
                 + (recompute == Recompute.SELECTIVE ? attention : 0)
                 + (recompute == Recompute.FULL ? attentionPart + (dense ? denseMlp : 0) + moeMlp : 0)
-                + (moe == null ? 0 : MoeMlp.scratchElements(moe));
+                + (moe == null ? 0 : MoeMlp.scratchElements(moe))
+                + AttentionCore.bufferElements(cp.commType(), cp.size(), batch, local, (int) hl, (int) kvl, (int) hd);
         long workspace = 8 + 8 + 40                                          // model scalars, trainer step scalars
                 + (moe == null ? 0 : 8L * MoeStep.STATS + MoeMlp.scratchWorkspaceBytes(moe)) // MoE statistics, padded counts
                 + (cfg.family().usesRope() ? 4L * cfg.maxPositions() * hd : 0) // cos and sin tables
-                + 4 * 2L * seqLen * seqLen;                                  // CPU attention scratch
+                + (cp.size() > 1 ? 4L * local : 0)                          // CP position table
+                + 4 * 2L * cpuAttentionScratch(cp, local);                  // CPU attention scratch
         boolean holdsLast = pl.isLast(stage, pl.virtualStages() - 1);
         for (int chunk = 0; chunk < pl.virtualStages(); chunk++) {
             boolean first = pl.isFirst(stage, chunk);
@@ -198,15 +251,35 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
             long hloc = cfg.heads() / tp;
             long qkvWidth = (hloc + 2 * (cfg.kvHeads() / tp)) * hdim;
             long ch = cfg.hidden();
-            long tokens = (long) batch * seqLen;
+            long tokens = (long) batch * local;
             long weights = qkvWidth * ch + ch * hloc * hdim + fup * ch + ch * fh;
             long inputs = tokens * (ch + hloc * hdim + ch + fh);
             long widestOut = Math.max(Math.max(qkvWidth, fup), ch);
             params += fp8Blocks * fp8Bytes * weights;
             activationBytes += fp8Blocks * fp8Bytes * inputs;
             workspace += Fp8State.stateBytes(fp8, 4 * fp8Blocks) + (fp8Blocks > 0 ? fp8Bytes * tokens * widestOut : 0);
+            if (fp8Blocks > 0 && fp8Bytes == 1) {
+                // a GPU's FP8 GEMMs take only "TN" operands: the backward transposes the FP8 weight, input and output
+                // gradient into three scratch buffers (CudaKernels), each as large as the largest of its kind
+                long widestIn = Math.max(ch, Math.max(hloc * hdim, fh));
+                long largestWeight = Math.max(Math.max(qkvWidth * ch, ch * hloc * hdim), Math.max(fup * ch, ch * fh));
+                workspace += largestWeight + tokens * widestIn + tokens * widestOut;
+            }
         }
         return new MemoryEstimate(params, 4 * numel, optimizer, activationBytes, workspace);
+    }
+
+    /**
+     * The CPU attention's scratch elements (each of two blocks): the largest block this rank computes, for
+     * {@code t} local rows per sequence. Local and ring: the causal block of its rows; all-gather: its second
+     * query chunk against the {@code (2cp - r)} chunks it sees.
+     */
+    private static long cpuAttentionScratch(Context cp, int t) {
+        if (cp.size() == 1 || cp.commType() == ContextParallel.CommType.P2P) {
+            return CpuKernels.attentionScratchElements(t, t);
+        }
+        int chunk = t / 2;
+        return CpuKernels.attentionScratchElements(chunk, (2 * cp.size() - cp.rank()) * chunk);
     }
 
     /** One line: each kind in MiB and the total. */

@@ -69,7 +69,7 @@ final class ModelChunk {
         this.layerStart = layerStart;
         this.buffers = buffers;
         for (int i = layerStart; i < layerEnd; i++) {
-            blocks.add(new TransformerBlock(cfg, ctx, compute, i, ropeCos, ropeSin, ws, moe, fp8,
+            blocks.add(new TransformerBlock(cfg, ctx, compute, i, ropeCos, ropeSin, ws, buffers.attention(), moe, fp8,
                     fp8 == null ? -1 : fp8Index[i]));
         }
         this.vocabLocal = cfg.paddedVocab(tp.size()) / tp.size();
@@ -179,7 +179,7 @@ final class ModelChunk {
             preHook.beforeUse(embedParams);
             embedding.forward(mb.inputs(), n, mb.input);
             if (cfg.family() == ModelConfig.Family.GPT2) {
-                k.addPositions(mb.input, compute.weight("pos"), tp.firstLocalRow(n), s.nl(), s.t(), c); // rounded by RoundingKernels
+                k.addPositions(mb.input, compute.weight("pos"), buffers.positions(), tp.firstLocalRow(n), s.nl(), s.t(), c); // rounded
             }
         }
         lastForward = mb;
@@ -254,7 +254,7 @@ final class ModelChunk {
         }
         if (first) {
             if (cfg.family() == ModelConfig.Family.GPT2) {
-                k.positionsBackward(params.grad("pos"), mb.grad, tp.firstLocalRow(n), nl, s.t(), c);
+                k.positionsBackward(params.grad("pos"), mb.grad, buffers.positions(), tp.firstLocalRow(n), nl, s.t(), c);
             }
             embedding.backward(mb.grad, mb.inputs(), n);
             report(hook, embedParams);

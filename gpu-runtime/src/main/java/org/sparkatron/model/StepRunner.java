@@ -4,6 +4,7 @@ import java.nio.IntBuffer;
 import java.util.List;
 import org.sparkatron.comm.Communicator;
 import org.sparkatron.device.Device;
+import org.sparkatron.parallel.ContextParallel;
 import org.sparkatron.parallel.PipelineParallel;
 import org.sparkatron.parallel.pipeline.PipelineOp;
 import org.sparkatron.parallel.pipeline.Schedule;
@@ -26,7 +27,9 @@ public final class StepRunner {
     private final Device device;
     private final PipelineParallel pp;
     private final List<ModelChunk> chunks;
+    private final ContextParallel cp;
     private Tensor staging; // [2N] I32 host: one micro-batch's inputs then targets
+    private int[] positions = new int[0]; // this CP rank's positions of a sequence (context parallelism)
     private OpListener listener; // null: no timing
     private GradReadyHook gradHook; // null: nobody waits for final gradients
 
@@ -44,9 +47,10 @@ public final class StepRunner {
         this.gradHook = hook;
     }
 
-    StepRunner(Device device, PipelineParallel pp, List<ModelChunk> chunks) {
+    StepRunner(Device device, PipelineParallel pp, ContextParallel cp, List<ModelChunk> chunks) {
         this.device = device;
         this.pp = pp;
+        this.cp = cp;
         this.chunks = chunks;
     }
 
@@ -157,11 +161,16 @@ public final class StepRunner {
         live[c][mb] = null;
     }
 
-    /** Inputs (tokens [0, t)) then targets (tokens [1, t + 1)) of b samples of t + 1 tokens, to the device. */
+    /**
+     * Inputs (tokens [0, T)) then targets (tokens [1, T + 1)) of b samples of T + 1 tokens, to the device; under
+     * context parallelism only this rank's rows of each sequence (its two chunks, as Megatron's
+     * {@code get_batch_on_this_cp_rank} splits tokens and labels alike).
+     */
     void upload(Tensor tokens, int[] samples, BlockActivations.Shape s) {
         int b = s.b();
         int t = s.t();
         int n = s.n();
+        int seq = s.seq();
         if (samples == null) {
             throw new IllegalStateException("stage " + pp.stage() + " embeds tokens or computes the loss but was given no samples");
         }
@@ -169,9 +178,22 @@ public final class StepRunner {
             staging = device.allocateHostStaging(DType.I32, 2L * n);
         }
         IntBuffer staged = staging.ints();
-        for (int i = 0; i < b; i++) {
-            staged.put(i * t, samples, i * (t + 1), t);
-            staged.put(n + i * t, samples, i * (t + 1) + 1, t);
+        if (cp.size() == 1) {
+            for (int i = 0; i < b; i++) {
+                staged.put(i * t, samples, i * (t + 1), t);
+                staged.put(n + i * t, samples, i * (t + 1) + 1, t);
+            }
+        } else {
+            if (positions.length != t) {
+                positions = cp.positions(seq);
+            }
+            for (int i = 0; i < b; i++) {
+                for (int l = 0; l < t; l++) {
+                    int at = i * (seq + 1) + positions[l];
+                    staged.put(i * t + l, samples[at]);
+                    staged.put(n + i * t + l, samples[at + 1]);
+                }
+            }
         }
         device.upload(tokens, staging.hostBuffer());
     }

@@ -13,6 +13,8 @@ import org.sparkatron.device.DeviceMemoryException;
 import org.sparkatron.device.Kernels;
 import org.sparkatron.device.MemoryKind;
 import org.sparkatron.model.ParameterSet.TpRole;
+import org.sparkatron.parallel.AttentionCore;
+import org.sparkatron.parallel.ContextParallel;
 import org.sparkatron.optim.AdamW;
 import org.sparkatron.parallel.CommLane;
 import org.sparkatron.parallel.DataParallel;
@@ -70,9 +72,18 @@ import org.sparkatron.tensor.Tensor;
  * stage; {@link #finishGradients} sums their gradients over the embedding group, as Megatron does, so the
  * two copies stay identical, and {@link #gradSquaredNorm} counts them once.
  *
+ * <p>Context parallelism ({@link ContextParallel} in the context): every sequence of {@code T} tokens is split
+ * over the CP group, this rank taking chunks r and {@code 2cp-1-r} of {@code 2cp} ({@code T / cp} rows per
+ * sequence), for tokens, targets and positions alike; the passes take the whole samples and keep this rank's
+ * rows. Attention runs across the group ({@link AttentionCore}: ring or all-gather); everything else is per
+ * token. The reported loss is the mean over the whole sequences (averaged over the CP group); the gradients
+ * each rank accumulates are those of its own tokens' mean loss, so the trainer averages them over the
+ * data-parallel x context-parallel group (Megatron folds CP into the data-parallel gradient reduction), which
+ * gives the whole batch's gradient. CP does not split parameters.
+ *
  * <p>Threading and blocking: one rank, one thread. Every public method that computes
  * ({@link #forwardBackward}, {@link #loss}, {@link #logits}, {@link #finishGradients},
- * {@link #gradSquaredNorm}, {@link #initialize}) is a collective of the rank's TP and PP groups: all their
+ * {@link #gradSquaredNorm}, {@link #initialize}) is a collective of the rank's TP, PP and CP groups: all their
  * ranks call it with the same batch, and a failed peer makes it throw the communicator's exception.
  */
 public final class Transformer {
@@ -82,6 +93,7 @@ public final class Transformer {
     private final Kernels k;
     private final TensorParallel tp;
     private final PipelineParallel pp;
+    private final ContextParallel cp;
     private final ParameterSet params;
     private final Precision precision;
     private final ParameterSet compute; // what the layers read: params itself (fp32) or its rounded twin
@@ -134,6 +146,12 @@ public final class Transformer {
         this.k = ctx.kernels();
         this.tp = tp;
         this.pp = ctx.pipeline() != null ? ctx.pipeline() : PipelineParallel.none(cfg.layers());
+        this.cp = ctx.contextParallel();
+        if (cp.size() > 1 && cfg.isMoe()) {
+            // Megatron reduces the routers' token counts over TP x CP for the load-balancing loss: not built yet
+            throw new IllegalArgumentException("context parallelism (cp " + cp.size() + ") with a mixture-of-experts model "
+                    + "is not supported yet");
+        }
         if (pp.layout().layers() != cfg.layers()) {
             throw new IllegalArgumentException("the pipeline layout is for " + pp.layout().layers() + " layers, the model has "
                     + cfg.layers());
@@ -191,7 +209,7 @@ public final class Transformer {
             ropeSin = null;
         }
         int vocabLocal = cfg.paddedVocab(tp.size()) / tp.size();
-        this.buffers = new RankBuffers(device, vocabLocal, pp.holdsLast());
+        this.buffers = new RankBuffers(device, vocabLocal, pp.holdsLast(), cp, AttentionCore.of(ctx));
         PipelineLayout pl = pp.layout();
         int[] fp8Index = new int[cfg.layers()]; // each layer's position among the FP8 layers, -1 for bf16 (fp8: one stage)
         int fp8Blocks = 0;
@@ -204,7 +222,7 @@ public final class Transformer {
                     pl.isFirst(pp.stage(), c), pl.isLast(pp.stage(), c), ropeCos, ropeSin, ws, buffers, moeStep, fp8,
                     fp8Index));
         }
-        this.runner = new StepRunner(device, pp, chunks);
+        this.runner = new StepRunner(device, pp, cp, chunks);
         if (dp != null) {
             boolean overlap = dp.config().overlapGradReduce() && dp.size() > 1;
             // the device's communication queue (a GPU's second communication stream) runs the reductions; the CPU
@@ -496,7 +514,7 @@ public final class Transformer {
         DataParallel dp = ctx.dataParallel();
         return MemoryEstimate.of(cfg, tp.size(), tp.sequenceParallel(), ep.size(), pp.layout(), pp.stage(), microBatches, b, t,
                 precision, recompute, compute.weights().dtype().bytes(), dp == null ? null : dp.config(), dp == null ? 1 : dp.size(),
-                ctx.fp8Recipe(), device.storageOf(DType.FP8_E4M3).bytes());
+                ctx.fp8Recipe(), device.storageOf(DType.FP8_E4M3).bytes(), MemoryEstimate.Context.of(cp));
     }
 
     /** The precision this model computes in. */
@@ -546,6 +564,11 @@ public final class Transformer {
 
     public PipelineParallel pipeline() {
         return pp;
+    }
+
+    /** This rank's context-parallel group ({@link ContextParallel#none()} without context parallelism). */
+    public ContextParallel contextParallel() {
+        return cp;
     }
 
     /** Whether this rank needs batches: it embeds tokens (first stage) or computes the loss (last stage). */
@@ -635,13 +658,14 @@ public final class Transformer {
         if (t > cfg.maxPositions()) {
             throw new IllegalArgumentException("sequence length " + t + " exceeds the model's " + cfg.maxPositions() + " positions");
         }
-        BlockActivations.Shape s = BlockActivations.Shape.of(cfg, tp, ep.size(), b, t); // refuses a token count SP cannot split
+        // refuses a token count SP cannot split, or sequences CP cannot split
+        BlockActivations.Shape s = BlockActivations.Shape.of(cfg, tp, ep.size(), cp, b, t);
         if (fp8 != null && fp8.layers() > 0) { // FP8 GEMMs need the token rows a multiple of 16
             int firstFp8 = 0;
             while (!ctx.fp8Recipe().fp8Layer(firstFp8, cfg.layers())) {
                 firstFp8++;
             }
-            org.sparkatron.precision.Fp8Linear.requireRows((long) b * t, "layers." + firstFp8 + ".attn.qkv");
+            org.sparkatron.precision.Fp8Linear.requireRows((long) s.n(), "layers." + firstFp8 + ".attn.qkv");
         }
         buffers.prepare(s, recompute);
         return s;
@@ -725,6 +749,7 @@ public final class Transformer {
         finishParamGather();
         trainSteps += microBatches.size();
         sumOverPipeline(lossAcc.slice(slot, 1));
+        averageOverContext(lossAcc.slice(slot, 1));
         if (moeStep != null) {
             sumOverPipeline(moeStep.stats); // each stage holds its own layers' share
         }
@@ -788,6 +813,13 @@ public final class Transformer {
     private void sumOverPipeline(Tensor scalar) {
         if (pp.size() > 1) {
             pp.group().allReduce(scalar, ReduceOp.SUM); // only the last stage's is not zero
+        }
+    }
+
+    /** Each CP rank's loss is its own tokens' mean; they hold equal numbers of tokens, so the mean of means is the whole's. */
+    private void averageOverContext(Tensor scalar) {
+        if (cp.size() > 1) {
+            cp.group().allReduce(scalar, ReduceOp.AVG);
         }
     }
 
@@ -897,7 +929,9 @@ public final class Transformer {
 
     /**
      * Forward only: the mean cross-entropy in nats of a batch, on every rank; {@code lossesOut} (if non-null)
-     * gets each token's, on the last pipeline stage (it must be null elsewhere).
+     * gets each token's ({@code [b, t]} in sequence order), on the last pipeline stage (it must be null
+     * elsewhere). Under context parallelism the per-token losses are gathered over the CP group, so either every
+     * rank of the group passes {@code lossesOut} or none does.
      */
     public double loss(int[] samples, int b, int t, float[] lossesOut) {
         if (lossesOut != null && !pp.holdsLast()) {
@@ -918,21 +952,47 @@ public final class Transformer {
                 new StepRunner.Pass(false, 0f, scalars, 0, 1.0, 0, TransformerBlock.DropKey.NONE));
         finishParamGather();
         if (lossesOut != null) {
-            ByteBuffer host = ByteBuffer.allocateDirect(4 * s.n()).order(ByteOrder.nativeOrder());
-            device.download(host, lastChunk.lastForward().losses);
-            host.asFloatBuffer().get(lossesOut, 0, s.n());
+            tokenLosses(lastChunk.lastForward().losses, s, lossesOut);
         }
         sumOverPipeline(scalars);
+        averageOverContext(scalars);
         return readScalar();
+    }
+
+    /** This rank's per-token losses, or under CP every rank's gathered and put in sequence order, into {@code out}. */
+    private void tokenLosses(Tensor losses, BlockActivations.Shape s, float[] out) {
+        int n = s.n();
+        int size = cp.size();
+        Tensor all = losses.slice(0, n);
+        if (size > 1) {
+            all = ws.get("cp.losses", size, n).view((long) size * n);
+            cp.group().allGather(losses.slice(0, n), all);
+        }
+        ByteBuffer host = ByteBuffer.allocateDirect(4 * size * n).order(ByteOrder.nativeOrder());
+        device.download(host, all);
+        FloatBuffer f = host.asFloatBuffer();
+        if (size == 1) {
+            f.get(out, 0, n);
+            return;
+        }
+        for (int j = 0; j < size; j++) {
+            int[] pos = ContextParallel.positions(s.seq(), size, j);
+            for (int bi = 0; bi < s.b(); bi++) {
+                for (int l = 0; l < s.t(); l++) {
+                    out[bi * s.seq() + pos[l]] = f.get(j * n + bi * s.t() + l);
+                }
+            }
+        }
     }
 
     /**
      * Forward only: logits [b*t, vocabSize] (padding removed) for samples of t+1 tokens, gathered from the
-     * vocabulary shards onto every TP rank. Without pipelining only. For tests and tools.
+     * vocabulary shards onto every TP rank. Without pipelining or context parallelism only. For tests and tools.
      */
     public float[] logits(int[] samples, int b, int t) {
-        if (pp.size() > 1) {
-            throw new UnsupportedOperationException("logits() runs without pipelining; use loss() for evaluation under PP");
+        if (pp.size() > 1 || cp.size() > 1) {
+            throw new UnsupportedOperationException("logits() runs without pipelining or context parallelism; use loss() "
+                    + "for evaluation under PP or CP");
         }
         check(samples, b, t);
         BlockActivations.Shape s = shape(b, t);

@@ -4,7 +4,9 @@ import org.sparkatron.device.Device;
 import org.sparkatron.device.Kernels;
 import org.sparkatron.device.MemoryKind;
 import org.sparkatron.model.ParameterSet.TpRole;
+import org.sparkatron.parallel.AttentionCore;
 import org.sparkatron.parallel.ColumnParallelLinear;
+import org.sparkatron.parallel.ContextParallel;
 import org.sparkatron.parallel.DropoutRng;
 import org.sparkatron.parallel.RankContext;
 import org.sparkatron.parallel.RowParallelLinear;
@@ -37,12 +39,18 @@ import org.sparkatron.tensor.Tensor;
  * {@link #backward} reads it back, recomputing what was not kept into the chunk's {@link Scratch}. So any
  * number of micro-batches may be in flight (pipeline schedules), and every step of forward and backward is a
  * kernel, a device copy or a TP collective on the rank's device (stream-ordered, no host access).
+ *
+ * <p>The attention core (softmax attention of the RoPE'd q, k, v) is the rank's {@link AttentionCore}: local, or
+ * under context parallelism ring or all-gather attention over the CP group, whose rows are two chunks of each
+ * sequence; RoPE and the dropout masks then use the rows' global positions.
  */
 final class TransformerBlock {
     private final ModelConfig cfg;
     private final Kernels k;
     private final ParameterSet ps;
     private final TensorParallel tp;
+    private final ContextParallel cp;
+    private final AttentionCore attention; // the rank's: local, or ring / all-gather over the CP group
     private final String p; // parameter name prefix "layers.{i}."
     private final int index;
     private final Tensor ropeCos;
@@ -55,16 +63,19 @@ final class TransformerBlock {
     private final Fp8Linear[] fp8; // qkv, out, up, down under precision fp8 (empty: bf16 GEMMs)
 
     /**
-     * @param index    the layer's global index (its parameter names and dropout sites)
-     * @param moe      the step settings MoE layers read (gradient scale, statistics)
-     * @param fp8State the model's FP8 state, or null
-     * @param fp8Index this block's position among the model's FP8 blocks (its GEMMs are FP8 layers
-     *                 {@code 4 fp8Index .. 4 fp8Index + 3}), or -1 for bf16 GEMMs (FP8 needs a dense MLP)
+     * @param index     the layer's global index (its parameter names and dropout sites)
+     * @param attention the rank's attention core (shared by its layers)
+     * @param moe       the step settings MoE layers read (gradient scale, statistics)
+     * @param fp8State  the model's FP8 state, or null
+     * @param fp8Index  this block's position among the model's FP8 blocks (its GEMMs are FP8 layers
+     *                  {@code 4 fp8Index .. 4 fp8Index + 3}), or -1 for bf16 GEMMs (FP8 needs a dense MLP)
      */
     TransformerBlock(ModelConfig cfg, RankContext ctx, ParameterSet ps, int index, Tensor ropeCos, Tensor ropeSin,
-                     Workspace ws, MoeStep moe, Fp8State fp8State, int fp8Index) {
+                     Workspace ws, AttentionCore attention, MoeStep moe, Fp8State fp8State, int fp8Index) {
         TensorParallel tp = ctx.tp();
         this.cfg = cfg;
+        this.cp = ctx.contextParallel();
+        this.attention = attention;
         this.k = ctx.kernels();
         this.ps = ps;
         this.tp = tp;
@@ -170,9 +181,9 @@ final class TransformerBlock {
         norm(a.norm1, a.mean1, a.rstd1, x, "norm1", s.nl());
         qkvLayer.forward(a.norm1, n, a.qkv, a.gathered1);
         if (cfg.family().usesRope()) {
-            k.rope(a.qkv, ropeCos, ropeSin, s.b(), s.t(), hl, kvl, hd, false);
+            k.rope(a.qkv, ropeCos, ropeSin, sc.positions, s.b(), s.t(), hl, kvl, hd, false);
         }
-        k.attentionForward(att, lse, a.qkv, s.b(), s.t(), hl, kvl, hd);
+        attention.forward(att, lse, a.qkv, s.b(), s.t(), hl, kvl, hd);
         outLayer.forward(att, n, sc.branch);
         drop(sc.branch, 0, s, drop);
         k.add(a.resid, x, sc.branch, (long) s.nl() * s.c());
@@ -183,8 +194,15 @@ final class TransformerBlock {
     }
 
     private void drop(Tensor x, int site, BlockActivations.Shape s, DropKey d) {
-        if (d.rng() != null) {
+        if (d.rng() == null) {
+            return;
+        }
+        if (cp.size() == 1) {
             d.rng().apply(k, x, d.step(), 2 * index + site, d.rowOffset() + tp.firstLocalRow(s.n()), s.nl(), s.c());
+        } else { // this rank's rows are two chunks of each sequence: key the mask by their global rows
+            int c = s.c();
+            cp.forEachRun(tp.firstLocalRow(s.n()), s.nl(), s.seq(), (local, global, rows) -> d.rng().apply(k,
+                    x.slice((long) local * c, (long) rows * c), d.step(), 2 * index + site, d.rowOffset() + global, rows, c));
         }
     }
 
@@ -217,7 +235,7 @@ final class TransformerBlock {
         } else if (att == null) { // SELECTIVE: the attention core again, from the kept q, k, v
             att = sc.att;
             lse = sc.lse;
-            k.attentionForward(att, lse, a.qkv, s.b(), s.t(), hl, kvl, cfg.headDim());
+            attention.forward(att, lse, a.qkv, s.b(), s.t(), hl, kvl, cfg.headDim());
         }
         int n = s.n();
         int hd = cfg.headDim();
@@ -226,9 +244,9 @@ final class TransformerBlock {
         normBackward(dresid, sc.dnorm, a.resid, a.mean2, a.rstd2, "norm2", s.nl()); // dresid += d through norm2
         // attention branch: resid = input + dropout(out(attention(qkv(norm1(input)))))
         outLayer.backward(dropBackward(dresid, sc, 0, s, drop), sc.datt, att, n);
-        k.attentionBackward(sc.dqkv, sc.datt, att, lse, a.qkv, s.b(), s.t(), hl, kvl, hd);
+        attention.backward(sc.dqkv, sc.datt, att, lse, a.qkv, s.b(), s.t(), hl, kvl, hd);
         if (cfg.family().usesRope()) {
-            k.rope(sc.dqkv, ropeCos, ropeSin, s.b(), s.t(), hl, kvl, hd, true);
+            k.rope(sc.dqkv, ropeCos, ropeSin, sc.positions, s.b(), s.t(), hl, kvl, hd, true);
         }
         qkvLayer.backward(sc.dqkv, sc.dnorm, a.gathered1 != null ? a.gathered1 : a.norm1, n);
         normBackward(dresid, sc.dnorm, x, a.mean1, a.rstd1, "norm1", s.nl());
@@ -293,9 +311,12 @@ final class TransformerBlock {
         final Mlp.Kept recomputeDense;    // a dense MLP's activations (FULL, dense layers)
         final Mlp.Kept recomputeMoe;      // an MoE MLP's activations (FULL, MoE layers)
         final MoeMlp.Scratch moe;         // the MoE layers' shared buffers (models with experts)
+        final Tensor positions; // I32 [T] global position of each of a sequence's local rows (context parallelism), or null
 
-        Scratch(Device device, BlockActivations.Shape s, Recompute mode) {
+        /** @param positions the rank's position table (owned by the caller), null without context parallelism */
+        Scratch(Device device, BlockActivations.Shape s, Recompute mode, Tensor positions) {
             this.device = device;
+            this.positions = positions;
             branch = f32(s.nl(), s.c());
             dnorm = f32(s.nl(), s.c());
             dqkv = f32(s.n(), s.qkvWidth());

@@ -9,9 +9,10 @@ import org.sparkatron.precision.RoundingKernels;
 /**
  * Everything one rank computes with, passed explicitly to the model and the training loop (no rank state
  * in statics: several ranks share a JVM in Spark's local mode): its {@link Device}, the kernels the model
- * runs (the device's, wrapped to round to 16 bits under mixed precision), its tensor-parallel group and
- * the precision. Process-wide native settings (OpenBLAS's thread count) are not here: they are set once
- * per process ({@link org.sparkatron.device.cpu.Blas#setThreads}).
+ * runs (the device's, wrapped to round to 16 bits under mixed precision), its tensor-parallel group, the
+ * precision (and FP8 recipe), and its pipeline, data-, expert- and context-parallel groups. Process-wide native
+ * settings (OpenBLAS's thread count) are not here: they are set once per process
+ * ({@link org.sparkatron.device.cpu.Blas#setThreads}).
  *
  * <p>Immutable. The device belongs to whoever created it and outlives the contexts made from it; several
  * contexts may share a device (a rank's model and the full TP = 1 copy it gathers to save).
@@ -25,6 +26,7 @@ public final class RankContext {
     private final DataParallel dp;     // null: gradients are the caller's to reduce (GradientSync)
     private final ExpertParallel ep;
     private final Fp8Recipe fp8;      // precision fp8: the recipe; else null
+    private final ContextParallel cp;
 
     public RankContext(Device device, TensorParallel tp, Precision precision) {
         this(device, tp, precision, (PipelineParallel) null);
@@ -70,7 +72,12 @@ public final class RankContext {
      */
     public RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp, DataParallel dp,
                        ExpertParallel ep, Fp8Recipe fp8) {
-        if (device == null || tp == null || precision == null) {
+        this(device, tp, precision, pp, dp, ep, fp8, ContextParallel.none());
+    }
+
+    private RankContext(Device device, TensorParallel tp, Precision precision, PipelineParallel pp, DataParallel dp,
+                        ExpertParallel ep, Fp8Recipe fp8, ContextParallel cp) {
+        if (device == null || tp == null || precision == null || cp == null) {
             throw new IllegalArgumentException("a rank context needs a device, a tensor-parallel group and a precision");
         }
         if (fp8 != null && precision != Precision.FP8) {
@@ -82,6 +89,7 @@ public final class RankContext {
         this.pp = pp;
         this.dp = dp;
         this.ep = ep == null ? ExpertParallel.none() : ep;
+        this.cp = cp;
         this.kernels = RoundingKernels.wrap(device.kernels(), precision);
         this.fp8 = precision == Precision.FP8 ? (fp8 == null ? Fp8Recipe.defaults() : fp8) : null;
     }
@@ -133,8 +141,13 @@ public final class RankContext {
         return ep;
     }
 
+    /** This rank's context-parallel group ({@link ContextParallel#none()} without context parallelism). */
+    public ContextParallel contextParallel() {
+        return cp;
+    }
+
     /**
-     * The same rank with another tensor-parallel group, no pipelining, no data and no expert parallelism (a
+     * The same rank with another tensor-parallel group, no pipelining, no data, expert or context parallelism (a
      * whole TP = 1 copy for checkpoints).
      */
     public RankContext withTensorParallel(TensorParallel other) {
@@ -143,27 +156,32 @@ public final class RankContext {
 
     /** The same rank as a pipeline stage. */
     public RankContext withPipeline(PipelineParallel stage) {
-        return new RankContext(device, tp, precision, stage, dp, ep, fp8);
+        return new RankContext(device, tp, precision, stage, dp, ep, fp8, cp);
     }
 
     /** The same rank with expert-parallel groups. */
     public RankContext withExpertParallel(ExpertParallel groups) {
-        return new RankContext(device, tp, precision, pp, dp, groups, fp8);
+        return new RankContext(device, tp, precision, pp, dp, groups, fp8, cp);
     }
 
     /** The same rank with data parallelism inside the model (null: none). */
     public RankContext withDataParallel(DataParallel group) {
-        return new RankContext(device, tp, precision, pp, group, ep, fp8);
+        return new RankContext(device, tp, precision, pp, group, ep, fp8, cp);
+    }
+
+    /** The same rank with a context-parallel group: each sequence split over the group's ranks. */
+    public RankContext withContextParallel(ContextParallel group) {
+        return new RankContext(device, tp, precision, pp, dp, ep, fp8, group);
     }
 
     /** The same rank in another precision. */
     public RankContext withPrecision(Precision other) {
-        return new RankContext(device, tp, other, pp, dp, ep, other == Precision.FP8 ? fp8 : null);
+        return new RankContext(device, tp, other, pp, dp, ep, other == Precision.FP8 ? fp8 : null, cp);
     }
 
     @Override
     public String toString() {
         return device.name() + ", " + tp + (pp != null ? ", " + pp : "") + (dp != null ? ", " + dp : "")
-                + (ep.size() > 1 ? ", " + ep : "") + ", " + precision.label();
+                + (ep.size() > 1 ? ", " + ep : "") + (cp.size() > 1 ? ", " + cp : "") + ", " + precision.label();
     }
 }

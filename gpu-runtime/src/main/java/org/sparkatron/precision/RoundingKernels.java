@@ -1,5 +1,6 @@
 package org.sparkatron.precision;
 
+import org.sparkatron.device.AttentionBlock;
 import org.sparkatron.device.Kernels;
 import org.sparkatron.device.MoeRouting;
 import org.sparkatron.tensor.DType;
@@ -91,16 +92,16 @@ public final class RoundingKernels implements Kernels {
     }
 
     @Override
-    public void addPositions(Tensor x, Tensor wpe, int firstRow, int rows, int t, int c) {
+    public void addPositions(Tensor x, Tensor wpe, Tensor positions, int firstRow, int rows, int t, int c) {
         round(x, (long) rows * c);
-        k.addPositions(x, wpe, firstRow, rows, t, c);
+        k.addPositions(x, wpe, positions, firstRow, rows, t, c);
         round(x, (long) rows * c); // token + position: the sum of two 16-bit rows, stored in 16 bits
     }
 
     @Override
-    public void positionsBackward(Tensor dwpe, Tensor dx, int firstRow, int rows, int t, int c) {
+    public void positionsBackward(Tensor dwpe, Tensor dx, Tensor positions, int firstRow, int rows, int t, int c) {
         round(dx, (long) rows * c);
-        k.positionsBackward(dwpe, dx, firstRow, rows, t, c);
+        k.positionsBackward(dwpe, dx, positions, firstRow, rows, t, c);
     }
 
     @Override
@@ -165,8 +166,9 @@ public final class RoundingKernels implements Kernels {
     }
 
     @Override
-    public void rope(Tensor qkv, Tensor cos, Tensor sin, int b, int t, int heads, int kvHeads, int hd, boolean inverse) {
-        k.rope(qkv, cos, sin, b, t, heads, kvHeads, hd, inverse);
+    public void rope(Tensor qkv, Tensor cos, Tensor sin, Tensor positions, int b, int t, int heads, int kvHeads, int hd,
+                     boolean inverse) {
+        k.rope(qkv, cos, sin, positions, b, t, heads, kvHeads, hd, inverse);
         round(qkv, (long) b * t * (heads + 2L * kvHeads) * hd);
     }
 
@@ -182,6 +184,28 @@ public final class RoundingKernels implements Kernels {
         round(dout, (long) b * t * heads * hd);
         k.attentionBackward(dqkv, dout, out, lse, qkv, b, t, heads, kvHeads, hd);
         round(dqkv, (long) b * t * (heads + 2L * kvHeads) * hd);
+    }
+
+    // Attention in blocks (context parallelism): partial outputs, their merge and the gradients accumulated over
+    // blocks stay fp32, as Transformer Engine's ring attention corrects its outputs in fp32; what a 16-bit buffer
+    // holds is rounded where it is consumed (the output projection rounds its input in place; RoPE and the QKV
+    // projection's backward round the q/k/v gradient), so the values that leave the attention are 16-bit.
+
+    @Override
+    public void attentionBlockForward(Tensor out, Tensor lse, Tensor q, int qld, Tensor kv, int kvld, AttentionBlock blk) {
+        k.attentionBlockForward(out, lse, q, qld, kv, kvld, blk);
+    }
+
+    @Override
+    public void attentionBlockBackward(Tensor dq, int dqld, Tensor dkv, int dkvld, Tensor dout, Tensor out, Tensor lse,
+                                       Tensor q, int qld, Tensor kv, int kvld, AttentionBlock blk) {
+        round(dout, (long) blk.batch() * blk.qSeq() * blk.width());
+        k.attentionBlockBackward(dq, dqld, dkv, dkvld, dout, out, lse, q, qld, kv, kvld, blk);
+    }
+
+    @Override
+    public void attentionMerge(Tensor out, Tensor lse, Tensor partOut, Tensor partLse, AttentionBlock blk) {
+        k.attentionMerge(out, lse, partOut, partLse, blk);
     }
 
     // Cross-entropy reads 16-bit logits (rounded by the head's linearForward) and computes in fp32; the

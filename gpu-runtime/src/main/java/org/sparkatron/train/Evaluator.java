@@ -53,7 +53,6 @@ public final class Evaluator {
     private final GradientSync sync;
     private final int replicas;
     private final int[] tokens;
-    private final Tensor mean; // the F64 device scalar averaged over the replicas
     private final ByteBuffer meanHost = ByteBuffer.allocateDirect(8).order(ByteOrder.nativeOrder());
 
     /**
@@ -72,7 +71,6 @@ public final class Evaluator {
         this.replicas = replicas;
         this.sync = sync;
         this.tokens = new int[microBatch * data.sampleLength()];
-        this.mean = model.device().allocate(MemoryKind.WORKSPACE, DType.F64, 1);
     }
 
     /** Samples this replica reads per evaluation of {@code iters} batches (for positioning on resume). */
@@ -98,10 +96,17 @@ public final class Evaluator {
                 sum += model.loss(tokens, microBatch, t, null);
             }
         }
-        meanHost.putDouble(0, sum / ((double) iters * microBatches));
-        model.device().upload(mean, meanHost);
-        sync.averageScalars(mean);
-        model.device().download(meanHost, mean);
+        // the F64 device scalar averaged over the replicas: held only during the call, so the training step's
+        // memory (MemoryEstimate, checked against the device in the memory report) has no evaluator share
+        Tensor mean = model.device().allocate(MemoryKind.WORKSPACE, DType.F64, 1);
+        try {
+            meanHost.putDouble(0, sum / ((double) iters * microBatches));
+            model.device().upload(mean, meanHost);
+            sync.averageScalars(mean);
+            model.device().download(meanHost, mean);
+        } finally {
+            model.device().release(mean);
+        }
         double loss = meanHost.getDouble(0);
         return new Evaluation(step, loss, iters, (long) iters * microBatches * microBatch * replicas, (System.nanoTime() - t0) / 1e9);
     }

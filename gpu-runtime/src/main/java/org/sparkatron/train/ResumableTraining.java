@@ -61,22 +61,23 @@ public final class ResumableTraining implements AutoCloseable {
     private final AsyncCheckpointer saver;
 
     /**
-     * @param world all ranks of a TP x DP x PP layout (world rank = tp + TP x dp + TP x DP x pp)
+     * @param world all ranks of a TP x CP x DP x PP layout (world rank = tp + TP x (cp + CP x (dp + DP x pp)))
      * @param log where resume decisions (fresh start, resumed step, fallbacks) are reported
      */
     public ResumableTraining(Trainer trainer, DistributedCheckpoint ckpt, Communicator world, int dpSize, Options opt,
                              Consumer<String> log) {
         int tp = trainer.model().tensorParallel().size();
         int pp = trainer.model().pipeline().size();
-        if (world.size() != tp * dpSize * pp) {
-            throw new IllegalArgumentException("world of " + world.size() + " ranks is not TP " + tp + " x DP " + dpSize
-                    + " x PP " + pp);
+        int cp = trainer.model().contextParallel().size();
+        if (world.size() != tp * cp * dpSize * pp) {
+            throw new IllegalArgumentException("world of " + world.size() + " ranks is not TP " + tp + " x CP " + cp + " x DP "
+                    + dpSize + " x PP " + pp);
         }
         this.trainer = trainer;
         this.ckpt = ckpt;
         this.world = world;
         this.dpSize = dpSize;
-        this.dpRank = world.rank() / tp % dpSize;
+        this.dpRank = world.rank() / (tp * cp) % dpSize;
         this.opt = opt;
         this.log = log;
         this.saver = new AsyncCheckpointer(ckpt, opt.async());

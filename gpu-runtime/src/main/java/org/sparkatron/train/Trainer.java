@@ -29,8 +29,9 @@ import org.sparkatron.tensor.Tensor;
  * {@link DynamicGradScaler}; the gradients are unscaled before the norm, and a step whose gradients hold
  * an infinity or NaN (the global norm is then non-finite, identically on every rank) is skipped: no weight,
  * moment or step-count change, reported as {@link StepMetrics#skipped()}. An overflow at the minimum
- * scale throws (the model diverged; skipping forever would never finish). Under tensor parallelism every rank
- * of a TP group must be given the same batches.
+ * scale throws (the model diverged; skipping forever would never finish). Under tensor and context parallelism
+ * every rank of a TP x CP group must be given the same batches (each CP rank keeps its chunks of every
+ * sequence), and under context parallelism the {@link GradientSync} must average over the DP x CP group.
  *
  * <p>Synchronisation: a step issues its work to the model's device and waits for it exactly once, when it
  * reads the loss and the squared gradient norm together (one download of two F64 device scalars); the
@@ -144,6 +145,11 @@ public final class Trainer {
         if (p.needsLossScaling() != (lossScaling != null)) {
             throw new IllegalArgumentException(p.needsLossScaling() ? "an fp16 model needs loss scaling settings"
                     : "loss scaling applies to fp16 only; this model computes in " + p.label());
+        }
+        if (model.contextParallel().size() > 1 && sync == GradientSync.NONE && model.dataParallel() == null) {
+            throw new IllegalArgumentException("context parallelism (cp " + model.contextParallel().size() + ") needs the gradients "
+                    + "averaged over the data-parallel x context-parallel group: build the model with a DataParallel over the "
+                    + "DP_CP group, or pass a GradientSync over it");
         }
         this.scaler = lossScaling == null ? null : new DynamicGradScaler(lossScaling);
         this.model = model;

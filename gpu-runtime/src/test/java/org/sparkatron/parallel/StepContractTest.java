@@ -33,9 +33,9 @@ import org.sparkatron.train.Trainer;
  * (one) host synchronisation per optimizer step, no system allocation in any step after the first, device
  * memory in use unchanged from step to step, and the device's figures equal to what {@link MemoryEstimate}
  * predicts from the model's shape, for both families, every precision, micro-batches, dropout, TP with and
- * without sequence parallelism, and DP. Runs on the CPU device and, in the strict-device suite, on the
- * strict one. Also: a Llama-7B configuration is counted in 64 bits and refused, with the bytes it needs, by
- * a device that cannot hold it.
+ * without sequence parallelism, DP, PP and CP (ring and all-gather, with TP/SP and recompute). Runs on the CPU
+ * device and, in the strict-device suite, on the strict one. Also: a Llama-7B configuration is counted in 64 bits
+ * and refused, with the bytes it needs, by a device that cannot hold it.
  */
 @Timeout(value = 120, unit = TimeUnit.SECONDS)
 class StepContractTest {
@@ -188,6 +188,28 @@ class StepContractTest {
         });
         for (int r = 0; r < seen.size(); r++) {
             check(seen.get(r), family + " pp " + pp + " vpp " + vpp + " " + mode + ", stage " + r);
+        }
+    }
+
+    @ParameterizedTest
+    @CsvSource({"llama, 2, p2p, 1, false, NONE", "gpt2, 4, all_gather, 1, false, SELECTIVE", "gpt2, 2, p2p, 2, true, FULL",
+                "llama, 2, all_gather, 2, true, NONE"})
+    void contextParallelRanks(String family, int cp, String mode, int tp, boolean sp,
+                              org.sparkatron.model.Recompute recompute) throws Exception {
+        ModelConfig cfg = ContextParallelRun.config(family, 2);
+        ContextParallelRun.Setup setup = ContextParallelRun.Setup.of(tp, cp, mode, 1, 1, sp).with(recompute, 0.1f);
+        List<Seen> seen = LocalRanks.run(setup.world(), (rank, world) -> {
+            try (ProcessGroups pg = ProcessGroups.create(ParallelLayout.forWorld(setup.world(), tp, cp, 1, 1, 1), world)) {
+                Transformer m = ContextParallelRun.model(cfg, setup, pg);
+                m.setRecompute(recompute);
+                m.setDropout(0.1f, 3);
+                Trainer tr = new Trainer(m, ContextParallelRun.source(cfg, 0, 1, BATCH), ParityRun.options(BATCH),
+                        ParityRun.averaging(pg.dpWithCp()));
+                return run(tr);
+            }
+        });
+        for (int r = 0; r < seen.size(); r++) {
+            check(seen.get(r), family + " cp " + cp + " " + mode + " tp " + tp + " sp " + sp + " " + recompute + ", rank " + r);
         }
     }
 

@@ -77,9 +77,13 @@ class EvaluatorTest {
     void meanForwardLossContinuingThroughTheSamples() throws Exception {
         Transformer m = model();
         List<int[]> all = samples(16);
+        m.loss(new int[2 * (T + 1)], 2, T, null); // the model's buffers for micro-batches of 2
+        long held = m.device().memory().requested(org.sparkatron.device.MemoryKind.WORKSPACE);
         Evaluator e = new Evaluator(m, source(all, 0, 1, 2), 2, 2, 1, GradientSync.NONE);
         Evaluator.Evaluation first = e.run(10, 2); // samples 0..7
         Evaluator.Evaluation second = e.run(20, 2); // samples 8..15
+        assertEquals(held, m.device().memory().requested(org.sparkatron.device.MemoryKind.WORKSPACE),
+                "evaluations leave no device memory behind (the training step's memory report stays exact)");
         for (int k = 0; k < 2; k++) {
             double sum = 0;
             for (int b = 0; b < 4; b++) {

@@ -14,6 +14,27 @@ final class ConfigKeys {
     private ConfigKeys() {
     }
 
+    /**
+     * Moves {@code alias} (another name of {@code key}, e.g. Megatron's) onto {@code key}, so the normalised
+     * config has one key; refuses the two given with different values ({@code ignoreCase}: strings compared
+     * case-insensitively).
+     */
+    static void alias(ObjectNode o, String key, String alias, boolean ignoreCase) {
+        if (!o.has(alias)) {
+            return;
+        }
+        JsonNode a = o.remove(alias);
+        if (o.has(key)) {
+            JsonNode k = o.get(key);
+            boolean same = ignoreCase && k.isTextual() && a.isTextual() ? k.asText().equalsIgnoreCase(a.asText()) : k.equals(a);
+            if (!same) {
+                throw new IllegalArgumentException("config keys '" + key + "' (" + k + ") and '" + alias + "' (" + a
+                        + ") disagree: give one of them");
+            }
+        }
+        o.set(key, a);
+    }
+
     static int intKey(ObjectNode o, String k, int dflt, int min) {
         if (!o.hasNonNull(k)) {
             return dflt;

@@ -151,9 +151,10 @@ public final class DistributedTraining {
         LOG.info("sparkatron: training stage resources: {}", gpus.reason());
         if (console != null) {
             console.println("[sparkatron] launching " + cfg.world() + " rank(s) (dp=" + cfg.dp + ", tp=" + cfg.tp
-                    + (cfg.sequenceParallel ? " +sp" : "") + (cfg.pp > 1 ? ", pp=" + cfg.pp : "")
-                    + (cfg.virtualPp > 1 ? " x " + cfg.virtualPp + " chunks" : "")
-                    + (cfg.recompute != org.sparkatron.model.Recompute.NONE ? ", recompute " + cfg.recompute.label() : "") + ") in one barrier stage; " + gpus.reason() + "; " + (validation
+                    + (cfg.sequenceParallel ? " +sp" : "") + (cfg.cp > 1 ? ", cp=" + cfg.cp + " " + cfg.cpCommType.label() : "")
+                    + (cfg.pp > 1 ? ", pp=" + cfg.pp : "") + (cfg.virtualPp > 1 ? " x " + cfg.virtualPp + " chunks" : "")
+                    + (cfg.recompute != org.sparkatron.model.Recompute.NONE ? ", recompute " + cfg.recompute.label() : "")
+                    + ") in one barrier stage; " + gpus.reason() + "; " + (validation
                     ? "validation every " + (cfg.evalInterval == 0 ? cfg.steps : cfg.evalInterval) + " steps (" + cfg.evalIters
                     + " batches) and at the end" : "no validation split (data_split " + cfg.dataSplit + "): no evaluation"));
         }

@@ -3,7 +3,7 @@ package org.sparkatron.spark;
 import org.sparkatron.comm.ParallelLayout;
 
 /**
- * The rank layout of a job, Megatron's order {@code tp-cp-ep-dp-pp} (TP fastest): world = TP x DP x PP,
+ * The rank layout of a job, Megatron's order {@code tp-cp-ep-dp-pp} (TP fastest): world = TP x CP x DP x PP,
  * through the engine's {@link ParallelLayout}, and the driver's checks of it against the model and the
  * batch, so a bad layout is refused before launch naming the numbers. Stateless.
  */
@@ -12,13 +12,14 @@ final class Layout {
     }
 
     static ParallelLayout of(TrainConfig cfg) {
-        return ParallelLayout.of(cfg.world(), cfg.tp, 1, cfg.ep, cfg.dp / cfg.ep, cfg.pp, cfg.virtualPp);
+        return ParallelLayout.of(cfg.world(), cfg.tp, cfg.cp, cfg.ep, cfg.dp / cfg.ep, cfg.pp, cfg.virtualPp);
     }
 
     /**
-     * The rank that receives replica {@code replica}'s data: TP rank 0 on the first pipeline stage. It
-     * broadcasts each sample to the replica's other ranks that need data (its TP peers, and the last
-     * stage's ranks, which need the targets: {@link ParallelLayout.Group#DATA}); the stages between need none.
+     * The rank that receives replica {@code replica}'s data: TP and CP rank 0 on the first pipeline stage. It
+     * broadcasts each sample to the replica's other ranks that need data (its TP and CP peers, which keep their
+     * chunks of each sequence, and the last stage's ranks, which need the targets: {@link ParallelLayout.Group#DATA});
+     * the stages between need none.
      */
     static int dataRank(ParallelLayout layout, int replica) {
         return layout.rankOf(0, 0, replica % layout.ep(), replica / layout.ep(), 0); // the dense DP rank: ep fastest
@@ -27,7 +28,7 @@ final class Layout {
     /** Refuses layouts that are invalid for the model or that the Spark path cannot train yet. */
     static void validate(TrainConfig cfg) {
         if (cfg.world() > 4096) {
-            throw new IllegalArgumentException("world size dp x tp x pp = " + cfg.world() + " is larger than 4096");
+            throw new IllegalArgumentException("world size dp x tp x cp x pp = " + cfg.world() + " is larger than 4096");
         }
         var m = cfg.model();
         if (m.heads() % cfg.tp != 0) {
@@ -38,9 +39,16 @@ final class Layout {
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("tp=" + cfg.tp + ": " + e.getMessage(), e);
         }
-        if (cfg.sequenceParallel && cfg.tp > 1 && ((long) cfg.microBatch * cfg.seqLen) % cfg.tp != 0) {
-            throw new IllegalArgumentException("sequence_parallel: micro_batch x seq_len = " + cfg.microBatch + " x " + cfg.seqLen
-                    + " tokens is not divisible by tp " + cfg.tp);
+        try {
+            org.sparkatron.parallel.ContextParallel.validate(cfg.seqLen, cfg.cp);
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("cp=" + cfg.cp + ": " + e.getMessage(), e);
+        }
+        long localTokens = (long) cfg.microBatch * (cfg.seqLen / cfg.cp); // a rank's tokens per micro-batch
+        if (cfg.sequenceParallel && cfg.tp > 1 && localTokens % cfg.tp != 0) {
+            throw new IllegalArgumentException("sequence_parallel: micro_batch x seq_len" + (cfg.cp > 1 ? " / cp" : "") + " = "
+                    + cfg.microBatch + " x " + cfg.seqLen + (cfg.cp > 1 ? " / " + cfg.cp : "") + " tokens is not divisible by tp "
+                    + cfg.tp);
         }
         try {
             org.sparkatron.model.Transformer.validateExperts(m, cfg.ep, cfg.tp);

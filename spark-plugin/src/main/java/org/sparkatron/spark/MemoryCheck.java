@@ -9,7 +9,8 @@ import org.sparkatron.parallel.PipelineLayout;
 /**
  * The driver's memory check before launch. Each rank's memory by category comes from {@link MemoryEstimate}
  * (parameters, gradients, optimizer state, one micro-batch's activations, workspace, for this layout's TP
- * shard: the figures each rank's memory report prints beside what it measured); the ranks that share a JVM
+ * shard and, under context parallelism, its {@code seq_len / cp} rows of each sequence: the figures each rank's
+ * memory report prints beside what it measured); the ranks that share a JVM
  * need that many times it, plus Spark's own reservation, within the JVM's memory: an executor's
  * {@code spark.executor.memory} on a cluster, this JVM's maximum heap in local mode. (The CPU device's
  * tensors are direct buffers, which the JVM caps at the heap size unless {@code -XX:MaxDirectMemorySize}
@@ -62,18 +63,31 @@ final class MemoryCheck {
      * with the config's recompute mode).
      */
     static MemoryEstimate estimate(TrainConfig cfg, int tp, int microBatch) {
-        return estimate(cfg, tp, microBatch, cfg.recompute);
+        return estimate(cfg, tp, cfg.cp, microBatch, cfg.recompute);
     }
 
     static MemoryEstimate estimate(TrainConfig cfg, int tp, int microBatch, Recompute recompute) {
-        // the engine's gradient-buffer layout, and with the distributed optimizer the optimizer state of a 1/dp shard
+        return estimate(cfg, tp, cfg.cp, microBatch, recompute);
+    }
+
+    static MemoryEstimate estimate(TrainConfig cfg, int tp, int cp, int microBatch) {
+        return estimate(cfg, tp, cp, microBatch, cfg.recompute);
+    }
+
+    /**
+     * ... with CP size {@code cp}: each rank holds {@code seq_len / cp} rows of every sequence. CP rank 0 is the
+     * largest (all-gather attention: its second chunk sees the most keys), so its figures bound the others'.
+     */
+    static MemoryEstimate estimate(TrainConfig cfg, int tp, int cp, int microBatch, Recompute recompute) {
+        // the engine's gradient-buffer layout, and with the distributed optimizer the optimizer state of a
+        // 1/(dp x cp) shard (the optimizer shards over DP x CP)
         PipelineLayout pl = cfg.pipelineLayout();
         int microBatches = cfg.replicaBatch() / microBatch;
         MemoryEstimate worst = null;
         for (int stage = 0; stage < cfg.pp; stage++) {
             MemoryEstimate e = MemoryEstimate.of(cfg.model(), tp, cfg.sequenceParallel, 1, pl, stage, microBatches, microBatch,
-                    cfg.seqLen, cfg.precision, recompute, CPU_HALF_BYTES, cfg.dataParallelConfig(), cfg.dp,
-                    cfg.fp8, CPU_HALF_BYTES);
+                    cfg.seqLen, cfg.precision, recompute, CPU_HALF_BYTES, cfg.dataParallelConfig(), cfg.dp * cp,
+                    cfg.fp8, CPU_HALF_BYTES, new MemoryEstimate.Context(cp, 0, cfg.cpCommType));
             if (worst == null || e.total() > worst.total()) {
                 worst = e;
             }
@@ -96,9 +110,10 @@ final class MemoryCheck {
         int ranks = budget.ranksPerJvm(world);
         long need = need(ranks, e.total());
         String line = String.format(Locale.ROOT, "memory per rank (tp=%d%s, micro_batch %d x %d tokens, %s): %s; %s rank(s): %s of %s",
-                cfg.tp, (cfg.pp > 1 ? ", pp=" + cfg.pp + ", its fullest stage" : "") + (cfg.recompute != Recompute.NONE
-                        ? ", recompute " + cfg.recompute.label() : ""), cfg.microBatch, cfg.seqLen, cfg.precision.name().toLowerCase(Locale.ROOT)
-                        + (cfg.useDistributedOptimizer ? ", optimizer state sharded over dp=" + cfg.dp : ""), e.summary(), budget.where(world),
+                cfg.tp, (cfg.cp > 1 ? ", cp=" + cfg.cp : "") + (cfg.pp > 1 ? ", pp=" + cfg.pp + ", its fullest stage" : "")
+                        + (cfg.recompute != Recompute.NONE ? ", recompute " + cfg.recompute.label() : ""), cfg.microBatch, cfg.seqLen,
+                cfg.precision.name().toLowerCase(Locale.ROOT) + (cfg.useDistributedOptimizer ? ", optimizer state sharded over dp=" + cfg.dp
+                        + (cfg.cp > 1 ? " x cp=" + cfg.cp : "") : ""), e.summary(), budget.where(world),
                 gib(need), gib(budget.bytesPerJvm()));
         if (need <= budget.bytesPerJvm() || !budget.conf().getBoolean(CONF, true)) {
             return line;
@@ -116,6 +131,13 @@ final class MemoryCheck {
             if (fits(cfg, tp, cfg.microBatch, budget)) {
                 sb.append(String.format(Locale.ROOT, "tp=%d (%s per rank; TP splits parameters, gradients, optimizer state and most "
                         + "activations), ", tp, gib(estimate(cfg, tp, cfg.microBatch).total())));
+                break;
+            }
+        }
+        for (int cp = cfg.cp + 1; cp <= 64; cp++) {
+            if (cfg.seqLen % (2 * cp) == 0 && fits(cfg, cfg.tp, cp, cfg.microBatch, budget)) {
+                sb.append(String.format(Locale.ROOT, "cp=%d (%s per rank; CP splits every sequence's activations over its ranks), ",
+                        cp, gib(estimate(cfg, cfg.tp, cp, cfg.microBatch).total())));
                 break;
             }
         }
@@ -144,9 +166,13 @@ final class MemoryCheck {
     }
 
     private static boolean fits(TrainConfig cfg, int tp, int microBatch, Budget budget) {
-        int world = Math.multiplyExact(Math.multiplyExact(cfg.dp, tp), cfg.pp);
+        return fits(cfg, tp, cfg.cp, microBatch, budget);
+    }
+
+    private static boolean fits(TrainConfig cfg, int tp, int cp, int microBatch, Budget budget) {
         try {
-            return need(budget.ranksPerJvm(world), estimate(cfg, tp, microBatch).total()) <= budget.bytesPerJvm();
+            int world = Math.multiplyExact(Math.multiplyExact(cfg.world() / (cfg.tp * cfg.cp), tp), cp);
+            return need(budget.ranksPerJvm(world), estimate(cfg, tp, cp, microBatch).total()) <= budget.bytesPerJvm();
         } catch (IllegalArgumentException | ArithmeticException invalid) { // TP not valid for the model
             return false;
         }

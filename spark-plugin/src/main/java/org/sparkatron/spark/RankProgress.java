@@ -49,9 +49,9 @@ final class RankProgress {
         world.allReduce(scalar, ReduceOp.MIN);
         emit(String.format(Locale.ROOT, "{\"kind\": \"start\", \"first_step\": %d, \"steps\": %d, \"attempt\": %d, \"parameters\": %d, "
                         + "\"flops_per_step\": %.6g, \"peak_gflops_per_rank\": %.3f, \"min_peak_gflops_per_rank\": %.3f, \"world\": %d, "
-                        + "\"dp\": %d, \"tp\": %d, \"sequence_parallel\": %b, \"device\": \"%s\", \"log_interval\": %d, \"eval_interval\": %d}",
+                        + "\"dp\": %d, \"tp\": %d, \"cp\": %d, \"sequence_parallel\": %b, \"device\": \"%s\", \"log_interval\": %d, \"eval_interval\": %d}",
                 firstStep, cfg.steps, attempt, ModelFlops.parameters(cfg.model()), flopsPerStep, peakGflops, scalar.floats().get(0),
-                cfg.world(), cfg.dp, cfg.tp, cfg.sequenceParallel, device.replace("\\", "\\\\").replace("\"", "'"),
+                cfg.world(), cfg.dp, cfg.tp, cfg.cp, cfg.sequenceParallel, device.replace("\\", "\\\\").replace("\"", "'"),
                 cfg.logInterval, cfg.evalInterval));
     }
 

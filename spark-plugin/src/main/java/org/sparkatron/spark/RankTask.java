@@ -15,6 +15,7 @@ import org.sparkatron.data.io.HadoopCheckpointStorage;
 import org.sparkatron.device.Device;
 import org.sparkatron.device.cpu.Blas;
 import org.sparkatron.model.Transformer;
+import org.sparkatron.parallel.ContextParallel;
 import org.sparkatron.parallel.DataParallel;
 import org.sparkatron.parallel.ExpertGradientSync;
 import org.sparkatron.parallel.ExpertParallel;
@@ -34,8 +35,8 @@ import scala.runtime.AbstractFunction1;
 
 /**
  * The body of one barrier task = one rank. Binds its device (the GPU address Spark assigned, or the CPU),
- * meets the other ranks ({@link CommWiring}) and carves its TP and DP groups out of the world
- * ({@link ProcessGroups}, TP fastest), builds its tensor-parallel shard of the model from the shipped
+ * meets the other ranks ({@link CommWiring}) and carves its TP, CP and DP groups out of the world
+ * ({@link ProcessGroups}, {@link Layout}: TP fastest), builds its tensor-parallel shard of the model from the shipped
  * config and seed, or from the {@code init_from} model directory (each DP group's rank 0 broadcasts its
  * shard so every replica starts identical), trains
  * {@code steps} steps on the samples the data shuffle delivered to TP rank 0 of its replica (which
@@ -84,7 +85,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         int attempt = ctx.stageAttemptNumber();
         if (ctx.getTaskInfos().length != cfg.world()) { // seen when Spark re-ran only the failed tasks of a barrier stage
             throw new IllegalStateException("attempt " + attempt + " of the training stage runs " + ctx.getTaskInfos().length
-                    + " tasks but the layout needs " + cfg.world() + " ranks (dp x tp x pp): Spark did not restart every rank");
+                    + " tasks but the layout needs " + cfg.world() + " ranks (dp x tp x cp x pp): Spark did not restart every rank");
         }
         Blas.setThreads(cfg.threadsPerRank); // process-wide; the same value from every rank in the JVM
         // this rank's device (one per task: several ranks may share the JVM): the GPU Spark assigned, else the CPU
@@ -99,16 +100,19 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
              ProcessGroups groups = ProcessGroups.create(Layout.of(cfg), comm)) {
             int tpRank = groups.coords()[0];
             int replica = groups.dp().rank(); // the dense data-parallel rank (ep fastest, then dp)
-            boolean reader = tpRank == 0 && groups.coords()[4] == 0; // Layout.dataRank: reads this replica's samples
+            // Layout.dataRank (TP and CP rank 0 of the first stage) reads this replica's samples
+            boolean reader = tpRank == 0 && groups.coords()[1] == 0 && groups.coords()[4] == 0;
             PipelineParallel stage = cfg.pp == 1 ? PipelineParallel.none(cfg.model().layers())
                     : new PipelineParallel(groups.pp(), cfg.pipelineLayout(), groups.embedding());
             // data parallelism inside the engine for dense models: gradient buckets reduced during the backward,
-            // optionally ZeRO-1; a mixture-of-experts model reduces its dense gradients over the replicas and its
-            // experts over the expert-data-parallel group after the backward (ExpertGradientSync)
+            // optionally ZeRO-1, over DP x CP (Megatron folds CP into the data-parallel gradient reduction and the
+            // distributed optimizer); a mixture-of-experts model reduces its dense gradients over the replicas and
+            // its experts over the expert-data-parallel group after the backward (ExpertGradientSync)
             boolean moe = cfg.model().isMoe();
             RankContext rankCtx = new RankContext(dev, new TensorParallel(groups.tp(), cfg.sequenceParallel), cfg.precision, stage,
-                    moe ? null : new DataParallel(groups.dp(), cfg.dataParallelConfig()), new ExpertParallel(groups.ep(), groups.expertDp()),
-                    cfg.fp8);
+                    moe ? null : new DataParallel(groups.dpWithCp(), cfg.dataParallelConfig()),
+                    new ExpertParallel(groups.ep(), groups.expertDp()), cfg.fp8)
+                    .withContextParallel(new ContextParallel(groups.cp(), cfg.cpCommType));
             Transformer model;
             if (cfg.initFrom != null) { // each rank reads the model directory and keeps its TP shard
                 org.apache.hadoop.conf.Configuration conf = new org.apache.hadoop.conf.Configuration();
@@ -119,10 +123,11 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 model.initialize(cfg.seed);
             }
             model.setRecompute(cfg.recompute);
-            // one replica's initial weights everywhere: dense ones over the DP group, experts over the expert-DP group
+            // one replica's initial weights everywhere: dense ones over DP x CP (replicas and CP ranks start
+            // identical), experts over the expert-DP group
             org.sparkatron.model.ParameterSet ps = model.params();
             if (ps.expertOffset() > 0) {
-                groups.dp().broadcast(ps.weights().slice(0, ps.expertOffset()), 0);
+                groups.dpWithCp().broadcast(ps.weights().slice(0, ps.expertOffset()), 0);
             }
             if (ps.expertNumel() > 0) {
                 groups.expertDp().broadcast(ps.weights().slice(ps.expertOffset(), ps.expertNumel()), 0);
@@ -152,7 +157,8 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 samples = new SampleStream(rest, cfg.seqLen + 1, replica, cfg.dp);
                 valid = validation && reader ? new SampleStream(validPieces.iterator(), cfg.seqLen + 1, replica, cfg.dp) : null;
             }
-            // only the reader of each replica was sent data; it shares every sample with the ranks that need it
+            // only the reader of each replica was sent data; it shares every sample with the ranks that need it (its TP
+            // and CP peers on the first and last stage: ParallelLayout.Group.DATA)
             if (groups.data() == null) { // a stage between the first and the last: no data, only the position
                 samples = SampleSource.none(cfg.seqLen + 1);
             } else if (groups.data().size() > 1) {
@@ -177,8 +183,12 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
                 if (v != null) { // Megatron's order: earlier evaluations consumed their samples
                     v.skip(cfg.evaluationsBy(first - 1) * cfg.evalIters * cfg.replicaBatch());
                 }
-                Communicator replicaGroup = groups.get(ParallelLayout.Group.MODEL); // every stage runs the forward
-                if (replicaGroup.size() > 1) {
+                // every stage runs the forward; under CP the replica's CP ranks need the samples too, which the
+                // DATA group (TP x CP of the first and last stage) reaches, the stages between reading none
+                Communicator replicaGroup = cfg.cp > 1 ? groups.data() : groups.get(ParallelLayout.Group.MODEL);
+                if (replicaGroup == null) {
+                    v = SampleSource.none(cfg.seqLen + 1);
+                } else if (replicaGroup.size() > 1) {
                     v = new TpBroadcastSource(reader ? v : null, cfg.seqLen + 1, replicaGroup);
                 }
                 evaluator = new Evaluator(model, v, cfg.microBatch, cfg.replicaBatch() / cfg.microBatch, cfg.dp, dpSync);

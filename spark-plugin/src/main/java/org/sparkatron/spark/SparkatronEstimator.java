@@ -53,6 +53,7 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
             java.util.Map.entry("use_checkpoint_lr_schedule", "a resume decision for one job on the command line, not a property of the Estimator"),
             java.util.Map.entry("num_layers_per_virtual_pipeline_stage", "Megatron's other way of saying virtualPp, which is the Param"),
             java.util.Map.entry("recompute_granularity", "Megatron's name of recompute, which is the Param"),
+            java.util.Map.entry("context_parallel_size", "Megatron's name of cp, which is the Param"),
             java.util.Map.entry("expert_parallel", "Megatron's name of ep, which is the Param"));
     private static final long serialVersionUID = 1L;
     private final String uid;
@@ -63,6 +64,8 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     private final IntParam dp;
     private final IntParam tp;
     private final IntParam pp;
+    private final IntParam cp;
+    private final Param<String> cpCommType;
     private final IntParam tensorParallel;
     private final BooleanParam sequenceParallel;
     private final IntParam virtualPp;
@@ -136,6 +139,8 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
         decoderFirstPipelineNumLayers = new IntParam(this, "decoderFirstPipelineNumLayers", "layers on the first pipeline stage (default: an even split)");
         decoderLastPipelineNumLayers = new IntParam(this, "decoderLastPipelineNumLayers", "layers on the last pipeline stage (default: an even split)");
         recompute = new Param<>(this, "recompute", "activation recomputation: none (default), selective (the attention core) or full (each layer)");
+        cp = new IntParam(this, "cp", "context-parallel size (ranks each sequence is split over; Megatron's context_parallel_size)");
+        cpCommType = new Param<>(this, "cpCommType", "context-parallel attention: p2p (ring, default) or all_gather");
         tensorParallel = new IntParam(this, "tensorParallel", "tensor-parallel size (ranks per replica; alias of tp)");
         sequenceParallel = new BooleanParam(this, "sequenceParallel", "sequence parallelism inside each tensor-parallel group");
         ep = new IntParam(this, "ep", "expert-parallel size (MoE models: experts split over ep of the dp replicas)");
@@ -205,6 +210,8 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public IntParam decoderFirstPipelineNumLayers() { return decoderFirstPipelineNumLayers; }
     public IntParam decoderLastPipelineNumLayers() { return decoderLastPipelineNumLayers; }
     public Param<String> recompute() { return recompute; }
+    public IntParam cp() { return cp; }
+    public Param<String> cpCommType() { return cpCommType; }
     public IntParam tensorParallel() { return tensorParallel; }
     public BooleanParam sequenceParallel() { return sequenceParallel; }
     public IntParam ep() { return ep; }
@@ -266,6 +273,8 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
     public SparkatronEstimator setDecoderFirstPipelineNumLayers(int v) { set(decoderFirstPipelineNumLayers, (Object) v); return this; }
     public SparkatronEstimator setDecoderLastPipelineNumLayers(int v) { set(decoderLastPipelineNumLayers, (Object) v); return this; }
     public SparkatronEstimator setRecompute(String v) { set(recompute, v); return this; }
+    public SparkatronEstimator setCp(int v) { set(cp, (Object) v); return this; }
+    public SparkatronEstimator setCpCommType(String v) { set(cpCommType, v); return this; }
     public SparkatronEstimator setTensorParallel(int v) { set(tensorParallel, (Object) v); return this; }
     public SparkatronEstimator setSequenceParallel(boolean v) { set(sequenceParallel, (Object) v); return this; }
     public SparkatronEstimator setEp(int v) { set(ep, (Object) v); return this; }

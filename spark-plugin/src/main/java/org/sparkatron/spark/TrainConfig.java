@@ -21,6 +21,7 @@ import java.util.Set;
 import org.sparkatron.model.ConfigJson;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.optim.LrSchedule;
+import org.sparkatron.parallel.ContextParallel;
 import org.sparkatron.parallel.DataParallel;
 import org.sparkatron.precision.Fp8Recipe;
 import org.sparkatron.precision.Precision;
@@ -59,10 +60,10 @@ public final class TrainConfig implements Serializable {
     static final ObjectMapper JSON = ConfigJson.MAPPER; // refuses duplicate keys
 
     /** Every accepted key: anything else is refused so a typo never silently falls back to a default. */
-    /** The largest world (dp x tp x pp) a job may ask for. */
+    /** The largest world (dp x tp x cp x pp) a job may ask for. */
     static final int MAX_WORLD = 4096;
 
-    public static final Set<String> KEYS = Set.of("model", "dp", "tp", "tensor_parallel", "sequence_parallel", "pp", "global_batch", "micro_batch", "seq_len",
+    public static final Set<String> KEYS = Set.of("model", "dp", "tp", "tensor_parallel", "sequence_parallel", "pp", "cp", "context_parallel_size", "cp_comm_type", "global_batch", "micro_batch", "seq_len",
             "steps", "lr", "min_lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "seed", "input_col",
             "drop_bad_rows", "output", "comm_timeout_s", "bucket_mb", "threads_per_rank", "input", "input_format", "input_schema",
             "fail_rank", "fail_step", "fail_attempts", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "start_over", "async_save",
@@ -81,6 +82,14 @@ public final class TrainConfig implements Serializable {
     public final int dp, tp, pp;
     /** Expert-parallel size: the experts of each MoE layer are split over ep of the dp replicas. */
     public final int ep;
+    /**
+     * Context parallelism (docs/parallel.md): ranks each sequence is split over [1] (Megatron's
+     * {@code --context-parallel-size}; alias {@code context_parallel_size}) and how attention exchanges keys and
+     * values across them: {@code p2p} (ring attention) [default] or {@code all_gather} (Megatron's
+     * {@code --cp-comm-type}).
+     */
+    public final int cp;
+    public final ContextParallel.CommType cpCommType;
     /**
      * Pipeline parallelism (docs/parallel.md): model chunks per pipeline rank [1; {@code virtual_pp} > 1 is
      * the interleaved schedule; Megatron's {@code num_layers_per_virtual_pipeline_stage} is accepted instead],
@@ -206,25 +215,19 @@ public final class TrainConfig implements Serializable {
             throw new IllegalArgumentException("model config: " + e.getMessage(), e);
         }
         this.modelJson = mc.toJson().toString();
-        if (o.has("tensor_parallel")) { // the name for "tp": one key in the normalised config
-            JsonNode alias = o.remove("tensor_parallel");
-            if (o.has("tp") && !o.get("tp").equals(alias)) {
-                throw new IllegalArgumentException("config keys 'tp' (" + o.get("tp") + ") and 'tensor_parallel' (" + alias
-                        + ") disagree: give one of them");
-            }
-            o.set("tp", alias);
-        }
+        ConfigKeys.alias(o, "tp", "tensor_parallel", false); // the name for "tp": one key in the normalised config
+        ConfigKeys.alias(o, "cp", "context_parallel_size", false); // Megatron's names
+        ConfigKeys.alias(o, "ep", "expert_parallel", false);
+        ConfigKeys.alias(o, "recompute", "recompute_granularity", true);
         this.sequenceParallel = bool(o, "sequence_parallel", false);
         this.dp = intKey(o, "dp", 1, 1);
         this.tp = intKey(o, "tp", 1, 1);
         this.pp = intKey(o, "pp", 1, 1);
-        if (o.has("expert_parallel")) { // Megatron's name for "ep"
-            JsonNode alias = o.remove("expert_parallel");
-            if (o.has("ep") && !o.get("ep").equals(alias)) {
-                throw new IllegalArgumentException("config keys 'ep' (" + o.get("ep") + ") and 'expert_parallel' (" + alias
-                        + ") disagree: give one of them");
-            }
-            o.set("ep", alias);
+        this.cp = intKey(o, "cp", 1, 1);
+        try {
+            this.cpCommType = ContextParallel.CommType.parse(str(o, "cp_comm_type", "p2p"));
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("config key 'cp_comm_type': " + e.getMessage(), e);
         }
         this.ep = intKey(o, "ep", 1, 1);
         if (o.hasNonNull("num_layers_per_virtual_pipeline_stage")) { // Megatron's way of saying virtual_pp
@@ -244,14 +247,6 @@ public final class TrainConfig implements Serializable {
         this.virtualPp = intKey(o, "virtual_pp", 1, 1);
         this.firstStageLayers = intKey(o, "decoder_first_pipeline_num_layers", -1, 1);
         this.lastStageLayers = intKey(o, "decoder_last_pipeline_num_layers", -1, 1);
-        if (o.has("recompute_granularity")) { // Megatron's key: selective or full
-            JsonNode g = o.remove("recompute_granularity");
-            if (o.has("recompute") && !o.get("recompute").asText().equalsIgnoreCase(g.asText())) {
-                throw new IllegalArgumentException("config keys 'recompute' (" + o.get("recompute") + ") and 'recompute_granularity' ("
-                        + g + ") disagree: give one of them");
-            }
-            o.set("recompute", g);
-        }
         try {
             this.recompute = org.sparkatron.model.Recompute.parse(str(o, "recompute", "none"));
         } catch (IllegalArgumentException e) {
@@ -371,10 +366,14 @@ public final class TrainConfig implements Serializable {
     }
 
     private void validate(ModelConfig mc) {
-        long world = (long) dp * tp * pp; // 64-bit: each factor may be up to 2^31 - 1
+        long world = (long) dp * tp * cp * pp; // 64-bit: each factor may be up to 2^31 - 1
         if (world > MAX_WORLD) {
-            throw new IllegalArgumentException("world size dp x tp x pp = " + dp + " x " + tp + " x " + pp + " = " + world
-                    + " is larger than " + MAX_WORLD);
+            throw new IllegalArgumentException("world size dp x tp x " + (cp > 1 ? "cp x " : "") + "pp = " + dp + " x " + tp + " x "
+                    + (cp > 1 ? cp + " x " : "") + pp + " = " + world + " is larger than " + MAX_WORLD);
+        }
+        if (cp > 1 && mc.isMoe()) {
+            throw new IllegalArgumentException("cp " + cp + " with a mixture-of-experts model is not supported yet: use cp 1 "
+                    + "(docs/parallel.md)");
         }
         if (dp % ep != 0) {
             throw new IllegalArgumentException("ep " + ep + " does not divide dp " + dp
@@ -491,7 +490,8 @@ public final class TrainConfig implements Serializable {
         } catch (IOException e) {
             throw new IllegalStateException(e);
         }
-        o.put("dp", dp).put("tp", tp).put("pp", pp).put("virtual_pp", virtualPp).put("recompute", recompute.label())
+        o.put("dp", dp).put("tp", tp).put("pp", pp).put("cp", cp).put("cp_comm_type", cpCommType.label())
+                .put("virtual_pp", virtualPp).put("recompute", recompute.label())
                 .put("sequence_parallel", sequenceParallel).put("global_batch", globalBatch)
                 .put("micro_batch", microBatch).put("seq_len", seqLen).put("steps", steps).put("lr", lr).put("min_lr", minLr)
                 .put("warmup_steps", warmupSteps).put("decay_steps", schedule().decaySteps()).put("weight_decay", weightDecay)
@@ -518,7 +518,7 @@ public final class TrainConfig implements Serializable {
     }
 
     public int world() {
-        return dp * tp * pp;
+        return dp * tp * cp * pp;
     }
 
     /** The layers of each pipeline stage (and virtual chunk); validates the split. */

@@ -26,6 +26,21 @@ class ConfigValuesTest {
     }
 
     @Test
+    void megatronsNamesAreOneKeyWithOursAndMayNotDisagree() {
+        TrainConfig c = SharedSpark.config(2, 4, 2).with("expert_parallel", "2").with("model",
+                ExpertParallelSparkTest.mixtral().toString());
+        assertEquals(2, c.ep);
+        c = SharedSpark.config(1, 4, 2).with("recompute", "\"FULL\"").with("recompute_granularity", "\"full\"");
+        assertEquals(org.sparkatron.model.Recompute.FULL, c.recompute);
+        String m = assertThrows(IllegalArgumentException.class, () -> SharedSpark.config(1, 4, 2).with("recompute", "\"full\"")
+                .with("recompute_granularity", "\"selective\"")).getMessage();
+        assertEquals("config keys 'recompute' (\"full\") and 'recompute_granularity' (\"selective\") disagree: give one of them", m);
+        m = assertThrows(IllegalArgumentException.class, () -> SharedSpark.config(2, 4, 2).with("ep", "2")
+                .with("expert_parallel", "1")).getMessage();
+        assertEquals("config keys 'ep' (2) and 'expert_parallel' (1) disagree: give one of them", m);
+    }
+
+    @Test
     void stringsWhereBooleansOrNumbersBelongAreRefused() {
         String m = refusal("drop_bad_rows", "yes");
         assertTrue(m.contains("'drop_bad_rows' must be true or false") && m.contains("yes"), m);

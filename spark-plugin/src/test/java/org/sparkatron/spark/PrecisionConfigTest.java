@@ -65,5 +65,12 @@ class PrecisionConfigTest {
         e = assertThrows(IllegalArgumentException.class, () -> parseFp8(", \"precision\": \"fp8\", \"pp\": 3, \"global_batch\": 3"));
         assertEquals("precision fp8 with pipeline parallelism (pp 3) is not supported yet: an FP8 layer keeps one micro-batch's"
                 + " FP8 input for its backward; use pp 1, or precision bf16 with pipelining", e.getMessage());
+        String mixtral = "{\"model_type\":\"mixtral\",\"num_hidden_layers\":2,\"hidden_size\":32,\"intermediate_size\":32,"
+                + "\"num_attention_heads\":2,\"num_key_value_heads\":2,\"vocab_size\":64,\"max_position_embeddings\":16,"
+                + "\"num_local_experts\":4,\"num_experts_per_tok\":2}";
+        e = assertThrows(IllegalArgumentException.class, () -> TrainConfig.fromJson(new ObjectMapper().readTree("{\"model\": "
+                + mixtral + ", \"seq_len\": 16, \"precision\": \"fp8\"}")));
+        assertEquals("precision fp8 with mixture-of-experts layers is not supported yet (the experts' GEMMs have no FP8 path);"
+                + " use precision bf16", e.getMessage());
     }
 }

@@ -2,97 +2,160 @@ package org.sparkatron.device.cpu;
 
 import java.nio.ByteBuffer;
 import java.nio.FloatBuffer;
-import org.sparkatron.tensor.DType;
+import org.sparkatron.device.AttentionBlock;
 import org.sparkatron.tensor.Tensor;
 
 /**
- * Causal softmax attention on the CPU, one (sequence, head) at a time: scores by a GEMM into a
- * {@code T x T} scratch block, a row-wise softmax that keeps each row's log-sum-exp, then a GEMM with V.
- * The backward recomputes each head's probabilities from Q, K and the saved log-sum-exp (flash
- * attention's recipe), so no more than one head's scores ever exist. Grouped-query attention: query head
+ * Softmax attention on the CPU in blocks ({@link AttentionBlock}), one (sequence, head) at a time and
+ * {@link #TILE} query rows at a time: scores by a GEMM into a {@code tile x kv} scratch block (only the key
+ * columns the tile's last row may see), a row-wise softmax over each row's visible prefix that keeps the row's
+ * log-sum-exp, then a GEMM with V. The backward recomputes each tile's probabilities from Q, K and the saved
+ * log-sum-exp (flash attention's recipe), so no more than one tile of one head's scores ever exists. The
+ * unsplit causal attention is the block {@link AttentionBlock#causal}. Grouped-query attention: query head
  * {@code h} reads kv head {@code h / (heads / kvHeads)}, and kv gradients accumulate over the group.
  *
- * <p>Owned by one {@link CpuKernels} (one rank); holds that rank's scratch; not thread-safe.
+ * <p>Owned by one {@link CpuKernels} (one rank); holds that rank's scratch (two blocks of
+ * {@code min(TILE, query rows) x key rows}, grown to the largest block seen); not thread-safe.
  */
 final class CpuAttention {
+    /** Query rows whose scores are computed at once. */
+    static final int TILE = 256;
+
     private final CpuKernels kernels;
     private final boolean simd;
-    private Tensor scores;   // [T, T] one head's scores / probabilities
-    private Tensor dscores;  // [T, T] one head's dP / dS
+    private Tensor scores;   // one tile of one head's scores / probabilities
+    private Tensor dscores;  // one tile's dP / dS
 
     CpuAttention(CpuKernels kernels, boolean simd) {
         this.kernels = kernels;
         this.simd = simd;
     }
 
-    private void ensureScratch(int t) {
-        if (scores == null || scores.numel() < (long) t * t) {
-            scores = kernels.scratch(t, t, scores);
-            dscores = kernels.scratch(t, t, dscores);
+    /** Scratch elements a block needs (each of the two blocks). */
+    static long scratchElements(int qRows, int kvRows) {
+        return (long) Math.min(TILE, qRows) * kvRows;
+    }
+
+    private void ensureScratch(AttentionBlock blk) {
+        long need = scratchElements(blk.qRows(), blk.kvRows());
+        if (need > 0 && (scores == null || scores.numel() < need)) {
+            int n = Math.toIntExact(need);
+            scores = kernels.scratch(1, n, scores);
+            dscores = kernels.scratch(1, n, dscores);
         }
+    }
+
+    /** The key/value part of a packed QKV tensor: a view starting at the first key column. */
+    private static Tensor kvOf(Tensor qkv, int heads, int hd) {
+        long off = (long) heads * hd;
+        return qkv.slice(off, qkv.numel() - off);
     }
 
     /** See {@link org.sparkatron.device.Kernels#attentionForward}. */
     void forward(Tensor out, Tensor lse, Tensor qkv, int b, int t, int heads, int kvHeads, int hd) {
-        ensureScratch(t);
         int width = (heads + 2 * kvHeads) * hd;
-        int c = heads * hd;
-        int group = heads / kvHeads;
-        float scale = (float) (1.0 / Math.sqrt(hd));
-        FloatBuffer p = scores.floats();
-        FloatBuffer l = lse.floats();
-        for (int bi = 0; bi < b; bi++) {
-            long row0 = (long) bi * t * width;
-            for (int h = 0; h < heads; h++) {
-                int g = h / group;
-                long q = row0 + (long) h * hd;
-                long k = row0 + (long) (heads + g) * hd;
-                long v = row0 + (long) (heads + kvHeads + g) * hd;
-                Blas.sgemm(false, true, t, t, hd, scale, qkv, q, width, qkv, k, width, 0f, scores, 0, t);
-                int lseBase = (bi * heads + h) * t;
-                ByteBuffer pb = scores.hostBuffer();
-                for (int i = 0; i < t; i++) {
-                    int rb = i * t;
-                    float max;
-                    double sum;
-                    if (simd) {
-                        max = SimdKernels.max(pb, rb, i + 1);
-                        sum = SimdKernels.expShiftSum(pb, rb, i + 1, max, true);
-                        SimdKernels.scale(pb, rb, i + 1, (float) (1.0 / sum));
-                    } else {
-                        max = Float.NEGATIVE_INFINITY;
-                        for (int j = 0; j <= i; j++) {
-                            max = Math.max(max, p.get(rb + j));
-                        }
-                        sum = 0;
-                        for (int j = 0; j <= i; j++) {
-                            float e = (float) Math.exp(p.get(rb + j) - max);
-                            p.put(rb + j, e);
-                            sum += e;
-                        }
-                        float inv = (float) (1.0 / sum);
-                        for (int j = 0; j <= i; j++) {
-                            p.put(rb + j, p.get(rb + j) * inv);
-                        }
-                    }
-                    for (int j = i + 1; j < t; j++) {
-                        p.put(rb + j, 0f);
-                    }
-                    l.put(lseBase + i, (float) (max + Math.log(sum)));
-                }
-                Blas.sgemm(false, false, t, hd, t, 1f, scores, 0, t, qkv, v, width, 0f, out,
-                        (long) bi * t * c + (long) h * hd, c);
-            }
-        }
+        blockForward(out, lse, qkv, width, kvOf(qkv, heads, hd), width, AttentionBlock.causal(b, t, heads, kvHeads, hd));
     }
 
     /** See {@link org.sparkatron.device.Kernels#attentionBackward}. */
     void backward(Tensor dqkv, Tensor dout, Tensor out, Tensor lse, Tensor qkv, int b, int t, int heads, int kvHeads,
                   int hd) {
-        ensureScratch(t);
         int width = (heads + 2 * kvHeads) * hd;
-        int c = heads * hd;
-        int group = heads / kvHeads;
+        kernels.fill(dqkv, 0f);
+        blockBackward(dqkv, width, kvOf(dqkv, heads, hd), width, dout, out, lse, qkv, width, kvOf(qkv, heads, hd), width,
+                AttentionBlock.causal(b, t, heads, kvHeads, hd));
+    }
+
+    /** See {@link org.sparkatron.device.Kernels#attentionBlockForward}. */
+    void blockForward(Tensor out, Tensor lse, Tensor q, int qld, Tensor kv, int kvld, AttentionBlock blk) {
+        ensureScratch(blk);
+        int hd = blk.headDim();
+        int heads = blk.heads();
+        int c = blk.width();
+        int group = heads / blk.kvHeads();
+        float scale = (float) (1.0 / Math.sqrt(hd));
+        FloatBuffer l = lse.floats();
+        FloatBuffer o = out.floats();
+        for (int bi = 0; bi < blk.batch(); bi++) {
+            for (int h = 0; h < heads; h++) {
+                int g = h / group;
+                long k = (long) (bi * blk.kvSeq() + blk.kvFirst()) * kvld + (long) g * hd;
+                long v = k + (long) blk.kvHeads() * hd;
+                for (int i0 = 0; i0 < blk.qRows(); i0 += TILE) {
+                    int rows = Math.min(TILE, blk.qRows() - i0);
+                    int cols = blk.visible(i0 + rows - 1); // visibility grows with the row: the tile's last sees most
+                    long qRow = (long) bi * blk.qSeq() + blk.qFirst() + i0;
+                    long oOff = qRow * c + (long) h * hd;
+                    int lseBase = (bi * heads + h) * blk.qSeq() + blk.qFirst() + i0;
+                    if (cols == 0) { // no row of the tile sees a key
+                        for (int i = 0; i < rows; i++) {
+                            l.put(lseBase + i, Float.NEGATIVE_INFINITY);
+                            for (int d = 0; d < hd; d++) {
+                                o.put((int) (oOff + (long) i * c + d), 0f);
+                            }
+                        }
+                        continue;
+                    }
+                    Blas.sgemm(false, true, rows, cols, hd, scale, q, qRow * qld + (long) h * hd, qld, kv, k, kvld, 0f, scores, 0,
+                            cols);
+                    for (int i = 0; i < rows; i++) {
+                        l.put(lseBase + i, softmaxRow(i * cols, blk.visible(i0 + i), cols));
+                    }
+                    Blas.sgemm(false, false, rows, hd, cols, 1f, scores, 0, cols, kv, v, kvld, 0f, out, oOff, c);
+                }
+            }
+        }
+    }
+
+    /**
+     * Row {@code [rb, rb + cols)} of the scores: softmax over its first {@code vis} entries in place, zeros after;
+     * returns the log-sum-exp ({@code -inf}, and a zero row, when nothing is visible).
+     */
+    private float softmaxRow(int rb, int vis, int cols) {
+        FloatBuffer p = scores.floats();
+        float max;
+        double sum;
+        if (vis == 0) {
+            max = Float.NEGATIVE_INFINITY;
+            sum = 1;
+        } else if (simd) {
+            ByteBuffer pb = scores.hostBuffer();
+            max = SimdKernels.max(pb, rb, vis);
+            sum = SimdKernels.expShiftSum(pb, rb, vis, max, true);
+            SimdKernels.scale(pb, rb, vis, (float) (1.0 / sum));
+        } else {
+            max = Float.NEGATIVE_INFINITY;
+            for (int j = 0; j < vis; j++) {
+                max = Math.max(max, p.get(rb + j));
+            }
+            sum = 0;
+            for (int j = 0; j < vis; j++) {
+                float e = (float) Math.exp(p.get(rb + j) - max);
+                p.put(rb + j, e);
+                sum += e;
+            }
+            float inv = (float) (1.0 / sum);
+            for (int j = 0; j < vis; j++) {
+                p.put(rb + j, p.get(rb + j) * inv);
+            }
+        }
+        for (int j = vis; j < cols; j++) {
+            p.put(rb + j, 0f);
+        }
+        return (float) (max + Math.log(sum));
+    }
+
+    /** See {@link org.sparkatron.device.Kernels#attentionBlockBackward}. */
+    void blockBackward(Tensor dq, int dqld, Tensor dkv, int dkvld, Tensor dout, Tensor out, Tensor lse, Tensor q, int qld,
+                       Tensor kv, int kvld, AttentionBlock blk) {
+        if (blk.qRows() == 0 || blk.kvRows() == 0) {
+            return; // no query sees a key: nothing to accumulate
+        }
+        ensureScratch(blk);
+        int hd = blk.headDim();
+        int heads = blk.heads();
+        int c = blk.width();
+        int group = heads / blk.kvHeads();
         float scale = (float) (1.0 / Math.sqrt(hd));
         FloatBuffer p = scores.floats();
         FloatBuffer dp = dscores.floats();
@@ -101,62 +164,105 @@ final class CpuAttention {
         FloatBuffer d = dout.floats();
         ByteBuffer doutBuf = dout.hostBuffer();
         ByteBuffer outBuf = out.hostBuffer();
-        kernels.fill(dqkv, 0f);
-        for (int bi = 0; bi < b; bi++) {
-            long row0 = (long) bi * t * width;
-            long orow0 = (long) bi * t * c;
+        ByteBuffer pb = scores.hostBuffer();
+        ByteBuffer dpb = dscores.hostBuffer();
+        for (int bi = 0; bi < blk.batch(); bi++) {
             for (int h = 0; h < heads; h++) {
                 int g = h / group;
-                long q = row0 + (long) h * hd;
-                long k = row0 + (long) (heads + g) * hd;
-                long v = row0 + (long) (heads + kvHeads + g) * hd;
-                long oh = orow0 + (long) h * hd;
-                // P = exp(scale * Q K^T - lse), causal
-                Blas.sgemm(false, true, t, t, hd, scale, qkv, q, width, qkv, k, width, 0f, scores, 0, t);
-                int lseBase = (bi * heads + h) * t;
-                ByteBuffer pb = scores.hostBuffer();
-                for (int i = 0; i < t; i++) {
-                    int rb = i * t;
-                    float li = l.get(lseBase + i);
-                    if (simd) {
-                        SimdKernels.expShift(pb, rb, i + 1, li);
-                    } else {
-                        for (int j = 0; j <= i; j++) {
-                            p.put(rb + j, (float) Math.exp(p.get(rb + j) - li));
+                long kvRow0 = (long) bi * blk.kvSeq() + blk.kvFirst();
+                long k = kvRow0 * kvld + (long) g * hd;
+                long v = k + (long) blk.kvHeads() * hd;
+                long dk = kvRow0 * dkvld + (long) g * hd;
+                long dv = dk + (long) blk.kvHeads() * hd;
+                for (int i0 = 0; i0 < blk.qRows(); i0 += TILE) {
+                    int rows = Math.min(TILE, blk.qRows() - i0);
+                    int cols = blk.visible(i0 + rows - 1);
+                    if (cols == 0) {
+                        continue; // no query row of the tile sees a key: no gradient flows through this block
+                    }
+                    long qRow = (long) bi * blk.qSeq() + blk.qFirst() + i0;
+                    long qOff = qRow * qld + (long) h * hd;
+                    long oh = qRow * c + (long) h * hd;
+                    int lseBase = (bi * heads + h) * blk.qSeq() + blk.qFirst() + i0;
+                    // P = exp(scale * Q K^T - lse) on each row's visible prefix, 0 elsewhere
+                    Blas.sgemm(false, true, rows, cols, hd, scale, q, qOff, qld, kv, k, kvld, 0f, scores, 0, cols);
+                    for (int i = 0; i < rows; i++) {
+                        int rb = i * cols;
+                        int vis = blk.visible(i0 + i);
+                        float li = l.get(lseBase + i);
+                        if (simd) {
+                            SimdKernels.expShift(pb, rb, vis, li);
+                        } else {
+                            for (int j = 0; j < vis; j++) {
+                                p.put(rb + j, (float) Math.exp(p.get(rb + j) - li));
+                            }
+                        }
+                        for (int j = vis; j < cols; j++) {
+                            p.put(rb + j, 0f);
                         }
                     }
-                    for (int j = i + 1; j < t; j++) {
-                        p.put(rb + j, 0f);
+                    // dV += P^T dO ; dP = dO V^T
+                    Blas.sgemm(true, false, cols, hd, rows, 1f, scores, 0, cols, dout, oh, c, 1f, dkv, dv, dkvld);
+                    Blas.sgemm(false, true, rows, cols, hd, 1f, dout, oh, c, kv, v, kvld, 0f, dscores, 0, cols);
+                    // dS = P * (dP - rowsum(dO * O))
+                    for (int i = 0; i < rows; i++) {
+                        long ob = oh + (long) i * c;
+                        int rb = i * cols;
+                        int vis = blk.visible(i0 + i);
+                        if (simd) {
+                            float dif = (float) SimdKernels.dot(doutBuf, (int) ob, outBuf, (int) ob, hd);
+                            SimdKernels.softmaxGrad(pb, dpb, rb, vis, dif);
+                        } else {
+                            double di = 0;
+                            for (int j = 0; j < hd; j++) {
+                                di += d.get((int) (ob + j)) * o.get((int) (ob + j));
+                            }
+                            float dif = (float) di;
+                            for (int j = 0; j < vis; j++) {
+                                dp.put(rb + j, p.get(rb + j) * (dp.get(rb + j) - dif));
+                            }
+                        }
+                        for (int j = vis; j < cols; j++) {
+                            dp.put(rb + j, 0f);
+                        }
                     }
+                    // dQ += scale * dS K ; dK += scale * dS^T Q
+                    Blas.sgemm(false, false, rows, hd, cols, scale, dscores, 0, cols, kv, k, kvld, 1f, dq,
+                            qRow * dqld + (long) h * hd, dqld);
+                    Blas.sgemm(true, false, cols, hd, rows, scale, dscores, 0, cols, q, qOff, qld, 1f, dkv, dk, dkvld);
                 }
-                // dV += P^T dO ; dP = dO V^T
-                Blas.sgemm(true, false, t, hd, t, 1f, scores, 0, t, dout, oh, c, 1f, dqkv, v, width);
-                Blas.sgemm(false, true, t, t, hd, 1f, dout, oh, c, qkv, v, width, 0f, dscores, 0, t);
-                // dS = P * (dP - rowsum(dO * O))
-                ByteBuffer dpb = dscores.hostBuffer();
-                for (int i = 0; i < t; i++) {
-                    long ob = oh + (long) i * c;
-                    int rb = i * t;
-                    if (simd) {
-                        float dif = (float) SimdKernels.dot(doutBuf, (int) ob, outBuf, (int) ob, hd);
-                        SimdKernels.softmaxGrad(pb, dpb, rb, i + 1, dif);
-                    } else {
-                        double di = 0;
-                        for (int j = 0; j < hd; j++) {
-                            di += d.get((int) (ob + j)) * o.get((int) (ob + j));
-                        }
-                        float dif = (float) di;
-                        for (int j = 0; j <= i; j++) {
-                            dp.put(rb + j, p.get(rb + j) * (dp.get(rb + j) - dif));
-                        }
+            }
+        }
+    }
+
+    /** See {@link org.sparkatron.device.Kernels#attentionMerge}. Coefficients in double, values stored in fp32. */
+    static void merge(Tensor out, Tensor lse, Tensor partOut, Tensor partLse, AttentionBlock blk) {
+        FloatBuffer o = out.floats();
+        FloatBuffer l = lse.floats();
+        FloatBuffer po = partOut.floats();
+        FloatBuffer pl = partLse.floats();
+        int hd = blk.headDim();
+        int c = blk.width();
+        for (int bi = 0; bi < blk.batch(); bi++) {
+            for (int h = 0; h < blk.heads(); h++) {
+                int lseBase = (bi * blk.heads() + h) * blk.qSeq() + blk.qFirst();
+                for (int i = 0; i < blk.qRows(); i++) {
+                    float a = l.get(lseBase + i);
+                    float b = pl.get(lseBase + i);
+                    if (b == Float.NEGATIVE_INFINITY) {
+                        continue; // the partial result saw no key
                     }
-                    for (int j = i + 1; j < t; j++) {
-                        dp.put(rb + j, 0f);
+                    int row = (int) (((long) bi * blk.qSeq() + blk.qFirst() + i) * c + (long) h * hd);
+                    double m = Math.max(a, b);
+                    double merged = m + Math.log(Math.exp(a - m) + Math.exp(b - m));
+                    double wa = Math.exp(a - merged); // 0 when the accumulated side saw nothing (a = -inf)
+                    double wb = Math.exp(b - merged);
+                    for (int j = 0; j < hd; j++) {
+                        float acc = a == Float.NEGATIVE_INFINITY ? 0f : o.get(row + j);
+                        o.put(row + j, (float) (wa * acc + wb * po.get(row + j)));
                     }
+                    l.put(lseBase + i, (float) merged);
                 }
-                // dQ = scale * dS K ; dK += scale * dS^T Q
-                Blas.sgemm(false, false, t, hd, t, scale, dscores, 0, t, qkv, k, width, 0f, dqkv, q, width);
-                Blas.sgemm(true, false, t, hd, t, scale, dscores, 0, t, qkv, q, width, 1f, dqkv, k, width);
             }
         }
     }

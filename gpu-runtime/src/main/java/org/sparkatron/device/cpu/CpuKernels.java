@@ -4,6 +4,7 @@ import java.nio.ByteBuffer;
 import java.nio.FloatBuffer;
 import java.nio.IntBuffer;
 import java.nio.ShortBuffer;
+import org.sparkatron.device.AttentionBlock;
 import org.sparkatron.device.Device;
 import org.sparkatron.device.Kernels;
 import org.sparkatron.device.MemoryKind;
@@ -73,6 +74,14 @@ public final class CpuKernels implements Kernels {
         }
         device.release(previous);
         return device.allocate(MemoryKind.WORKSPACE, DType.F32, rows, cols);
+    }
+
+    /**
+     * Elements of each of the attention's two scratch blocks for a block of {@code qRows} query rows against
+     * {@code kvRows} key rows (the blocks grow to the largest block a rank computes).
+     */
+    public static long attentionScratchElements(int qRows, int kvRows) {
+        return CpuAttention.scratchElements(qRows, kvRows);
     }
 
     /** Whether the Vector API loops are in use. */
@@ -158,21 +167,28 @@ public final class CpuKernels implements Kernels {
     }
 
     @Override
-    public void addPositions(Tensor x, Tensor wpe, int firstRow, int rows, int t, int c) {
+    public void addPositions(Tensor x, Tensor wpe, Tensor positions, int firstRow, int rows, int t, int c) {
         FloatBuffer o = x.floats();
         FloatBuffer p = wpe.floats();
+        IntBuffer pos = positions == null ? null : positions.ints();
         for (int i = 0; i < rows; i++) {
-            addRow(o, i * c, p, ((firstRow + i) % t) * c, c);
+            addRow(o, i * c, p, position(pos, firstRow + i, t) * c, c);
         }
     }
 
     @Override
-    public void positionsBackward(Tensor dwpe, Tensor dx, int firstRow, int rows, int t, int c) {
+    public void positionsBackward(Tensor dwpe, Tensor dx, Tensor positions, int firstRow, int rows, int t, int c) {
         FloatBuffer d = dx.floats();
         FloatBuffer g = dwpe.floats();
+        IntBuffer pos = positions == null ? null : positions.ints();
         for (int i = 0; i < rows; i++) {
-            addRow(g, ((firstRow + i) % t) * c, d, i * c, c);
+            addRow(g, position(pos, firstRow + i, t) * c, d, i * c, c);
         }
+    }
+
+    /** The position of token row {@code r} of sequences of {@code t} rows: {@code positions[r % t]}, or r % t. */
+    private static int position(IntBuffer positions, int r, int t) {
+        return positions == null ? r % t : positions.get(r % t);
     }
 
     /** {@code dst[dstOff, +c) += src[srcOff, +c)}. */
@@ -387,16 +403,17 @@ public final class CpuKernels implements Kernels {
     }
 
     @Override
-    public void rope(Tensor qkv, Tensor cos, Tensor sin, int b, int t, int heads, int kvHeads, int hd,
+    public void rope(Tensor qkv, Tensor cos, Tensor sin, Tensor positions, int b, int t, int heads, int kvHeads, int hd,
                      boolean inverse) {
         FloatBuffer q = qkv.floats();
         FloatBuffer cs = cos.floats();
         FloatBuffer sn = sin.floats();
+        IntBuffer positionTable = positions == null ? null : positions.ints();
         int half = hd / 2;
         int width = (heads + 2 * kvHeads) * hd;
         float sign = inverse ? -1f : 1f;
         for (int r = 0; r < b * t; r++) {
-            int pos = r % t;
+            int pos = position(positionTable, r, t);
             // q heads then k heads are contiguous at the start of the row
             for (int h = 0; h < heads + kvHeads; h++) {
                 int base = r * width + h * hd;
@@ -421,6 +438,22 @@ public final class CpuKernels implements Kernels {
     public void attentionBackward(Tensor dqkv, Tensor dout, Tensor out, Tensor lse, Tensor qkv, int b, int t,
                                   int heads, int kvHeads, int hd) {
         attention.backward(dqkv, dout, out, lse, qkv, b, t, heads, kvHeads, hd);
+    }
+
+    @Override
+    public void attentionBlockForward(Tensor out, Tensor lse, Tensor q, int qld, Tensor kv, int kvld, AttentionBlock blk) {
+        attention.blockForward(out, lse, q, qld, kv, kvld, blk);
+    }
+
+    @Override
+    public void attentionBlockBackward(Tensor dq, int dqld, Tensor dkv, int dkvld, Tensor dout, Tensor out, Tensor lse,
+                                       Tensor q, int qld, Tensor kv, int kvld, AttentionBlock blk) {
+        attention.blockBackward(dq, dqld, dkv, dkvld, dout, out, lse, q, qld, kv, kvld, blk);
+    }
+
+    @Override
+    public void attentionMerge(Tensor out, Tensor lse, Tensor partOut, Tensor partLse, AttentionBlock blk) {
+        CpuAttention.merge(out, lse, partOut, partLse, blk);
     }
 
     @Override

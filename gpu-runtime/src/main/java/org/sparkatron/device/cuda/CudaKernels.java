@@ -1,5 +1,6 @@
 package org.sparkatron.device.cuda;
 
+import org.sparkatron.device.AttentionBlock;
 import org.sparkatron.device.Kernels;
 import org.sparkatron.precision.Fp8Format;
 import org.sparkatron.device.MoeRouting;
@@ -109,13 +110,18 @@ public final class CudaKernels implements Kernels {
     }
 
     @Override
-    public void addPositions(Tensor x, Tensor wpe, int firstRow, int rows, int t, int c) {
-        each("add_positions" + sfx(x), (long) rows * c, x, wpe, (long) firstRow, (long) rows, t, c);
+    public void addPositions(Tensor x, Tensor wpe, Tensor positions, int firstRow, int rows, int t, int c) {
+        each("add_positions" + sfx(x), (long) rows * c, x, wpe, orNull(positions), (long) firstRow, (long) rows, t, c);
     }
 
     @Override
-    public void positionsBackward(Tensor dwpe, Tensor dx, int firstRow, int rows, int t, int c) {
-        each("positions_backward" + sfx(dx), (long) t * c, dwpe, dx, (long) firstRow, (long) rows, t, c);
+    public void positionsBackward(Tensor dwpe, Tensor dx, Tensor positions, int firstRow, int rows, int t, int c) {
+        each("positions_backward" + sfx(dx), (long) t * c, dwpe, dx, orNull(positions), (long) firstRow, (long) rows, t, c);
+    }
+
+    /** A kernel's optional pointer argument: the tensor, or the null address. */
+    private static Object orNull(Tensor t) {
+        return t == null ? (Object) 0L : t;
     }
 
     // ---- norms ----
@@ -222,9 +228,11 @@ public final class CudaKernels implements Kernels {
     // ---- attention ----
 
     @Override
-    public void rope(Tensor qkv, Tensor cos, Tensor sin, int b, int t, int heads, int kvHeads, int hd, boolean inverse) {
+    public void rope(Tensor qkv, Tensor cos, Tensor sin, Tensor positions, int b, int t, int heads, int kvHeads, int hd,
+                     boolean inverse) {
         long rows = (long) b * t;
-        each("rope" + sfx(qkv), rows * (heads + kvHeads) * (hd / 2), qkv, cos, sin, rows, t, heads, kvHeads, hd, inverse ? 1 : 0);
+        each("rope" + sfx(qkv), rows * (heads + kvHeads) * (hd / 2), qkv, cos, sin, orNull(positions), rows, t, heads, kvHeads, hd,
+                inverse ? 1 : 0);
     }
 
     private static void checkHeadDim(int hd) {
@@ -254,6 +262,49 @@ public final class CudaKernels implements Kernels {
         dev.launch("attention_backward_dq" + s, warpGrid(rows), 128, 0, dqkv, dout, lse, delta, qkv, (long) b, t, heads, kvHeads, hd);
         dev.launch("attention_backward_dkv" + s, warpGrid((long) b * kvHeads * t), 128, 0, dqkv, dout, lse, delta, qkv, (long) b, t,
                 heads, kvHeads, hd);
+    }
+
+    /** The block's shape as the block kernels take it (attention_block.cu's BLOCK_ARGS). */
+    private static Object[] shape(AttentionBlock b) {
+        return new Object[] {(long) b.batch(), b.heads(), b.kvHeads(), b.headDim(), b.qSeq(), b.qFirst(), b.qRows(), b.kvSeq(),
+            b.kvFirst(), b.kvRows(), b.diagonal()};
+    }
+
+    private static Object[] args(Object[] head, AttentionBlock b) {
+        Object[] s = shape(b);
+        Object[] all = java.util.Arrays.copyOf(head, head.length + s.length);
+        System.arraycopy(s, 0, all, head.length, s.length);
+        return all;
+    }
+
+    @Override
+    public void attentionBlockForward(Tensor out, Tensor lse, Tensor q, int qld, Tensor kv, int kvld, AttentionBlock blk) {
+        checkHeadDim(blk.headDim());
+        long rows = (long) blk.batch() * blk.heads() * blk.qRows();
+        dev.launch("attention_block_forward" + sfx(q), warpGrid(rows), 128, 0, args(new Object[] {out, lse, q, qld, kv, kvld}, blk));
+    }
+
+    @Override
+    public void attentionBlockBackward(Tensor dq, int dqld, Tensor dkv, int dkvld, Tensor dout, Tensor out, Tensor lse, Tensor q,
+                                       int qld, Tensor kv, int kvld, AttentionBlock blk) {
+        checkHeadDim(blk.headDim());
+        long rows = (long) blk.batch() * blk.heads() * blk.qRows();
+        if (rows == 0 || blk.kvRows() == 0) {
+            return; // no query sees a key: nothing to accumulate
+        }
+        Tensor delta = scratch(attnScratch, DType.F32, rows, false);
+        String s = sfx(q);
+        dev.launch("attention_block_delta" + s, warpGrid(rows), 128, 0, args(new Object[] {delta, dout, out}, blk));
+        dev.launch("attention_block_backward_dq" + s, warpGrid(rows), 128, 0,
+                args(new Object[] {dq, dqld, dout, lse, delta, q, qld, kv, kvld}, blk));
+        dev.launch("attention_block_backward_dkv" + s, warpGrid((long) blk.batch() * blk.kvHeads() * blk.kvRows()), 128, 0,
+                args(new Object[] {dkv, dkvld, dout, lse, delta, q, qld, kv, kvld}, blk));
+    }
+
+    @Override
+    public void attentionMerge(Tensor out, Tensor lse, Tensor partOut, Tensor partLse, AttentionBlock blk) {
+        long rows = (long) blk.batch() * blk.heads() * blk.qRows();
+        dev.launch("attention_merge" + sfx(out), warpGrid(rows), 128, 0, args(new Object[] {out, lse, partOut, partLse}, blk));
     }
 
     // ---- cross-entropy ----

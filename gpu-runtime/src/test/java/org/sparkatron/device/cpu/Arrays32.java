@@ -55,7 +55,10 @@ public final class Arrays32 {
         return r;
     }
 
-    /** Asserts |actual - expected| <= atol + rtol * |expected| element-wise, naming the worst element. */
+    /**
+     * Asserts |actual - expected| <= atol + rtol * |expected| element-wise, naming the worst element; equal values
+     * pass (so an expected infinity must be met by the same infinity).
+     */
     public static void assertClose(String what, double[] expected, double[] actual, double atol, double rtol) {
         if (expected.length != actual.length) {
             fail(what + ": length " + actual.length + " != expected " + expected.length);
@@ -63,6 +66,9 @@ public final class Arrays32 {
         double worst = -1;
         int at = -1;
         for (int i = 0; i < expected.length; i++) {
+            if (actual[i] == expected[i]) {
+                continue;
+            }
             double err = Math.abs(actual[i] - expected[i]) - (atol + rtol * Math.abs(expected[i]));
             if (!(err <= 0) && (Double.isNaN(err) || err > worst)) {
                 worst = Double.isNaN(err) ? Double.POSITIVE_INFINITY : err;

@@ -89,11 +89,16 @@ final class Reference {
 
     /** Hugging Face rotate-half RoPE on the q and k heads, angles computed here in double. */
     static double[] rope(double[] qkv, int b, int t, int heads, int kvHeads, int hd, double theta) {
+        return rope(qkv, b, t, heads, kvHeads, hd, theta, null);
+    }
+
+    /** RoPE with the position of row r {@code positions[r % t]} (r % t when null). */
+    static double[] rope(double[] qkv, int b, int t, int heads, int kvHeads, int hd, double theta, int[] positions) {
         double[] y = qkv.clone();
         int width = (heads + 2 * kvHeads) * hd;
         int half = hd / 2;
         for (int r = 0; r < b * t; r++) {
-            int pos = r % t;
+            int pos = positions == null ? r % t : positions[r % t];
             for (int h = 0; h < heads + kvHeads; h++) {
                 int base = r * width + h * hd;
                 for (int j = 0; j < half; j++) {

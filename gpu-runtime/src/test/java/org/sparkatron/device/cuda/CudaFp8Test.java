@@ -233,6 +233,45 @@ class CudaFp8Test {
         assertTrue(worst <= 0.02, what);
     }
 
+    /** The memory report (measured and predicted bytes per kind) after two steps of {@code p} on the CUDA device. */
+    private static com.fasterxml.jackson.databind.JsonNode memoryAfterTwoSteps(ModelConfig cfg, Precision p) throws Exception {
+        try (CudaDevice device = CudaTests.deviceOrSkip(0)) {
+            Transformer m = new Transformer(cfg, new RankContext(device, TensorParallel.none(), p,
+                    p == Precision.FP8 ? Fp8Recipe.defaults() : null));
+            m.initialize(3);
+            Trainer tr = new Trainer(m, PackedSamples.perSequence(new MarkovCorpus(cfg.vocabSize(), 4, 1234).generate(64, 33, 1), 0),
+                    Trainer.Options.defaults(2, LrSchedule.constant(3e-3)));
+            tr.step();
+            tr.step();
+            String report = tr.memoryReport();
+            tr.close();
+            m.close();
+            return new com.fasterxml.jackson.databind.ObjectMapper().readTree(report);
+        }
+    }
+
+    /**
+     * MemoryEstimate's FP8 terms against the CUDA device's measured bytes: per memory kind, what fp8 adds to the
+     * same model in bf16 (the FP8 weight copies, the saved FP8 inputs, the gradient operand, the recipe state and
+     * the backward's three transpose scratch buffers, all 1-byte codes) equals what the estimate adds. The
+     * difference isolates the FP8 buffers: the CUDA kernels' other scratch (norm partials, reductions) is the same
+     * in both runs and not part of the estimate (whose CPU attention scratch, unused here, makes it an upper bound).
+     */
+    @ParameterizedTest(name = "{0}")
+    @CsvSource({"gpt2", "llama"})
+    void memoryEstimateMatchesTheFp8BuffersOnTheDevice(String family) throws Exception {
+        ModelConfig cfg = org.sparkatron.precision.Fp8TrainingTest.tiny(family);
+        com.fasterxml.jackson.databind.JsonNode bf16 = memoryAfterTwoSteps(cfg, Precision.BF16);
+        com.fasterxml.jackson.databind.JsonNode fp8 = memoryAfterTwoSteps(cfg, Precision.FP8);
+        for (MemoryKind kind : MemoryKind.values()) {
+            String n = kind.name().toLowerCase(java.util.Locale.ROOT);
+            long measured = fp8.get(n).asLong() - bf16.get(n).asLong();
+            long predicted = fp8.get(n + "_predicted").asLong() - bf16.get(n + "_predicted").asLong();
+            assertEquals(predicted, measured, family + " " + n + ": bytes fp8 adds, predicted vs measured; bf16 " + bf16 + ", fp8 " + fp8);
+        }
+        assertTrue(fp8.get("workspace").asLong() > bf16.get("workspace").asLong(), "fp8 adds workspace");
+    }
+
     private static double mean(double[] a, int from, int to) {
         double s = 0;
         for (int i = from; i < to; i++) {
