@@ -85,7 +85,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
         int attempt = ctx.stageAttemptNumber();
         if (ctx.getTaskInfos().length != cfg.world()) { // seen when Spark re-ran only the failed tasks of a barrier stage
             throw new IllegalStateException("attempt " + attempt + " of the training stage runs " + ctx.getTaskInfos().length
-                    + " tasks but the layout needs " + cfg.world() + " ranks (dp x tp x pp): Spark did not restart every rank");
+                    + " tasks but the layout needs " + cfg.world() + " ranks (dp x tp x cp x pp): Spark did not restart every rank");
         }
         Blas.setThreads(cfg.threadsPerRank); // process-wide; the same value from every rank in the JVM
         // this rank's device (one per task: several ranks may share the JVM): the GPU Spark assigned, else the CPU

@@ -25,10 +25,10 @@ import org.sparkatron.data.spark.SparkOptions;
 public final class TrainMain {
     static final String USAGE = String.join("\n",
             "usage: ./sparkatron train --config job.json [--key value ...] [--master URL] [--conf spark.key=value ...]",
-            "  trains on Spark: reads 'input', runs dp x tp x pp ranks in one barrier stage, saves the model to 'output'.",
+            "  trains on Spark: reads 'input', runs dp x tp x cp x pp ranks in one barrier stage, saves the model to 'output'.",
             "  --key value     overrides a config key (--steps 500 --dp 4 --output /tmp/run); keys: docs/spark.md",
             "  --master URL    Spark master (spark://host:7077, yarn, k8s://..., local[N]); default: the one spark-submit",
-            "                  set, else local[dp x tp x pp] (one thread per rank in this JVM)",
+            "                  set, else local[dp x tp x cp x pp] (one thread per rank)",
             "  --conf k=v      a Spark setting (also --spark.key value), e.g. --conf spark.executor.memory=8g",
             "  --verbose       stack traces with errors",
             "Exit status: 0 trained, 2 a refused config or input, 1 a failed job.");
