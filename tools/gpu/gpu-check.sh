@@ -86,7 +86,7 @@ note "exit status $TESTS_RC after $(elapsed) s (full log: tests.log)"
 
 section "3b. Engine suites on the CUDA device (golden models, mixed precision, loss scaling, fp8 kernels, recipes and 200-step parity)"
 timeout 240 "$JAVA" "${JOPTS[@]}" -Dsparkatron.test.device=cuda -Dsparkatron.test.fp8.parity=true -cp "$CP" org.junit.platform.console.ConsoleLauncher \
-  --select-class org.sparkatron.model.GoldenModelTest --select-class org.sparkatron.model.MixedPrecisionModelTest \
+  --select-class org.sparkatron.model.GoldenModelTest --select-class org.sparkatron.model.GoldenMoeTest --select-class org.sparkatron.model.MixedPrecisionModelTest \
   --select-class org.sparkatron.model.BadModelInputTest --select-class org.sparkatron.precision.LossScalingTest \
   --select-class org.sparkatron.precision.Fp8KernelsTest --select-class org.sparkatron.precision.Fp8RecipeTest \
   --select-class org.sparkatron.precision.Fp8TrainingTest \

@@ -102,12 +102,16 @@ public final class HfCheckpoint {
      * Mixtral's sparse MoE block: {@code gate} (the router, [E, C]), and per expert e {@code experts.e.w1}
      * (gate [F, C]), {@code w3} (up [F, C]) and {@code w2} (down [C, F]), which are expert e's slices of our
      * {@code experts.up.w} [E, 2F, C] (gate rows, then up rows) and {@code experts.down.w} [E, C, F]. A shared
-     * expert (not part of Mixtral) is stored as {@code shared_expert.{gate,up,down}_proj.weight}, Qwen2-MoE's names.
+     * expert (not part of Mixtral) is stored as {@code shared_expert.{gate,up,down}_proj.weight}, Qwen2-MoE's names, and
+     * an aux-loss-free expert bias as {@code gate.e_score_correction_bias}, DeepSeek-V3's.
      */
     private static void moeLinks(List<Link> l, ModelConfig cfg, String h, String p) {
         int c = cfg.hidden();
         int f = cfg.moe().expertFfn();
         l.add(new Link(h + "gate.weight", p + "router.w", 0, new int[] {cfg.moe().experts(), c}, false));
+        if (cfg.moe().expertBias()) { // DeepSeek-V3's name for the aux-loss-free bias
+            l.add(new Link(h + "gate.e_score_correction_bias", p + "router.b", 0, new int[] {cfg.moe().experts()}, false));
+        }
         for (int e = 0; e < cfg.moe().experts(); e++) {
             String x = h + "experts." + e + ".";
             l.add(new Link(x + "w1.weight", p + "experts.up.w", (long) e * 2 * f * c, new int[] {f, c}, false));

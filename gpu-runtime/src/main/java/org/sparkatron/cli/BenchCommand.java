@@ -47,12 +47,14 @@ final class BenchCommand {
         int threads = a.integer("threads", 2);
         int rounds = a.integer("rounds", 3);
         boolean noPeer = a.flag("no-peer");
+        boolean profile = a.flag("profile");
         a.rejectUnknown();
         Blas.setThreads(threads);
 
         ModelConfig cfg = new ModelConfig(ModelConfig.Family.GPT2, layers, width, heads, heads, 4 * width, vocab, seq,
                 1e-5f, 0, true, ModelConfig.DEFAULT_VOCAB_MULTIPLE);
-        Transformer model = new Transformer(cfg, new CpuDevice());
+        org.sparkatron.bench.KernelProfile kernels = profile ? new org.sparkatron.bench.KernelProfile() : null;
+        Transformer model = new Transformer(cfg, profile ? CpuDevice.withKernels(kernels::wrap) : new CpuDevice());
         model.initialize(0);
         SplittableRandom rng = new SplittableRandom(0);
         List<int[]> rows = new ArrayList<>();
@@ -70,6 +72,20 @@ final class BenchCommand {
                 flops / 1e9, steps, steps);
         for (int i = 0; i < 2; i++) {
             trainer.step();
+        }
+        if (profile) { // where the step's time goes, by kernel, against the sgemm rate measured right after
+            kernels.reset();
+            double[] times = new double[steps];
+            for (int i = 0; i < steps; i++) {
+                times[i] = trainer.step().seconds();
+            }
+            double total = Arrays.stream(times).sum();
+            double sgemm = org.sparkatron.train.ModelFlops.sgemmGflops(1024, 6);
+            out.printf(Locale.ROOT, "profile of %d steps: mean step %.4f s (median %.4f s), %.1f GFLOP/s = %.1f%% of sgemm 1024^3 "
+                    + "%.1f GFLOP/s (measured after the steps)%n", steps, total / steps, median(times), flops / (total / steps) / 1e9,
+                    100 * flops / (total / steps) / 1e9 / sgemm, sgemm);
+            kernels.print(out, steps, total / steps, sgemm);
+            return;
         }
         // Rounds alternate ours and the peer's so both see the same machine load; the figures kept are
         // medians over rounds.

@@ -65,6 +65,8 @@ public final class Main {
                     "benchmark: all-to-all against PyTorch Gloo; MoE training throughput against a dense model of equal active parameters"),
             new Command("bench-data", "org.sparkatron.data.spark.DataBench",
                     "benchmark: tokenization and prepare throughput against a plain tokenizer loop"),
+            new Command("bench-start", "org.sparkatron.spark.StartBench",
+                    "benchmark: time from the start of fit to the first training step, against one Spark pass over the data"),
             new Command("bench-ckpt", "org.sparkatron.checkpoint.CheckpointBench",
                     "benchmark: checkpoint save and load time against the training step"),
             new Command("help", Main.class.getName(), "this list; './sparkatron COMMAND --help' for a command's options"));

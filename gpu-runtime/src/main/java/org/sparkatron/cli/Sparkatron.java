@@ -50,9 +50,10 @@ public final class Sparkatron {
                     "usage: ./sparkatron score --model DIR (--tokens FILE | --text FILE [--tokenizer T] | --prepared PATH) [--threads CORES]",
                     "  prints the mean next-token loss over every sequence as JSON", INPUTS),
             "bench", String.join("\n",
-                    "usage: ./sparkatron bench [--steps 5] [--rounds 3] [--threads 2] [--no-peer]",
+                    "usage: ./sparkatron bench [--steps 5] [--rounds 3] [--threads 2] [--no-peer] [--profile]",
                     "         [--layers 6 --width 384 --heads 6 --seq 256 --vocab 50304 --batch 4]",
-                    "  one CPU training step against PyTorch eager on the same model (docs/benchmarks.md)"),
+                    "  one CPU training step against PyTorch eager on the same model (docs/benchmarks.md);",
+                    "  --profile: instead, where the step's time goes by kernel, against the sgemm rate"),
             "demo-local", String.join("\n",
                     "usage: ./sparkatron demo-local [--steps 300] [--threads CORES]",
                     "  trains a small GPT-2 on a generated language in this process, without Spark"));
@@ -79,7 +80,7 @@ public final class Sparkatron {
             case "score" -> {
                 return score(new Args(cmd, args, 0, Set.of()), out, err);
             }
-            case "bench" -> BenchCommand.run(new Args(cmd, args, 0, Set.of("no-peer")), out);
+            case "bench" -> BenchCommand.run(new Args(cmd, args, 0, Set.of("no-peer", "profile")), out);
             case "demo-local" -> DemoCommand.run(new Args(cmd, args, 0, Set.of()), out);
             default -> throw new Cli.UsageException("unknown command '" + cmd + "' (./sparkatron help lists the commands)");
         }

@@ -224,12 +224,33 @@ public interface Kernels {
     boolean hasMoeKernels();
 
     /**
-     * Top-k routing: {@code experts[t]} = the k highest scores of token t (ties: the lower expert id; in
+     * Top-k routing without an expert bias: {@code experts[t]} = the k highest scores of token t (ties: the lower expert id; in
      * decreasing order of score), {@code probs[t]} their weights ({@link MoeRouting}); {@code scores} (if not
      * null) [n, e] gets the scores the load-balancing loss uses: the softmax over all experts, or for sigmoid
      * scores the sigmoids divided by their sum over all experts.
      */
-    void moeRoute(Tensor logits, Tensor experts, Tensor probs, Tensor scores, int n, int e, int k, MoeRouting routing);
+    default void moeRoute(Tensor logits, Tensor experts, Tensor probs, Tensor scores, int n, int e, int k, MoeRouting routing) {
+        moeRoute(logits, experts, probs, scores, null, n, e, k, routing);
+    }
+
+    /**
+     * {@link #moeRoute(Tensor, Tensor, Tensor, Tensor, int, int, int, MoeRouting)} with an expert bias
+     * ({@code bias} [e] F32, null: none; DeepSeek-V3's aux-loss-free balancing): the k experts are those with the
+     * highest {@code score + bias} (ties: the lower expert id; in decreasing order of it), their weights the
+     * unbiased scores as without a bias.
+     */
+    void moeRoute(Tensor logits, Tensor experts, Tensor probs, Tensor scores, Tensor bias, int n, int e, int k,
+                  MoeRouting routing);
+
+    /** {@code tally[i] += counts[i]} for i in [0, e): a step's tokens per expert (tally F64, counts I32). */
+    void moeCountTokens(Tensor tally, Tensor counts, int e);
+
+    /**
+     * The aux-loss-free bias update (Megatron's {@code get_updated_expert_bias}) from a step's global token counts
+     * {@code tally} [e] (F64): {@code bias[i] += rate * sign(mean(tally) - tally[i])} (F32; 0 where equal), then
+     * {@code tally = 0}.
+     */
+    void moeExpertBiasUpdate(Tensor bias, Tensor tally, int e, float rate);
 
     /**
      * Megatron's auxiliary load-balancing loss of one layer without its coefficient,

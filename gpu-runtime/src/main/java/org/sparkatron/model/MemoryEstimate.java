@@ -205,7 +205,7 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
                 + (moe == null ? 0 : MoeMlp.scratchElements(moe))
                 + AttentionCore.bufferElements(cp.commType(), cp.size(), batch, local, (int) hl, (int) kvl, (int) hd);
         long workspace = 8 + 8 + 40                                          // model scalars, trainer step scalars
-                + (moe == null ? 0 : 8L * MoeStep.STATS + MoeMlp.scratchWorkspaceBytes(moe)) // MoE statistics, padded counts
+                + (moe == null ? 0 : 8L * MoeStep.STATS + MoeMlp.scratchWorkspaceBytes(moe) + MoeStep.tallyBytes(cfg)) // MoE figures
                 + (cfg.family().usesRope() ? 4L * cfg.maxPositions() * hd : 0) // cos and sin tables
                 + (cp.size() > 1 ? 4L * local : 0)                          // CP position table
                 + 4 * 2L * cpuAttentionScratch(cp, local);                  // CPU attention scratch

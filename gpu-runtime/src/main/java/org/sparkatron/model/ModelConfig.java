@@ -175,11 +175,7 @@ public record ModelConfig(
      * Mixtral's keys beside Llama's (Hugging Face's MixtralConfig), and the MoE settings read from the same
      * config ({@link MoeConfig}: Megatron's names for what Mixtral's config cannot say).
      */
-    static final Set<String> MIXTRAL_KEYS = Set.of("num_local_experts", "num_experts_per_tok", "router_aux_loss_coef",
-            "output_router_logits", "router_jitter_noise", "sliding_window", "router_z_loss_coef", "moe_aux_loss_coeff",
-            "moe_z_loss_coeff", "moe_expert_capacity_factor", "moe_pad_expert_input_to_capacity", "moe_layer_freq",
-            "dense_intermediate_size", "shared_expert_intermediate_size", "scoring_func", "norm_topk_prob",
-            "routed_scaling_factor");
+    static final Set<String> MIXTRAL_KEYS = Set.copyOf(MoeConfigJson.KEYS);
 
     public static ModelConfig load(Path configJson) throws IOException {
         byte[] bytes;

@@ -7,7 +7,8 @@ import org.sparkatron.tensor.Tensor;
 
 /**
  * GPT-2-style initial values, deterministic in the seed: weights N(0, 0.02), the two residual output
- * projections N(0, 0.02 / sqrt(2 L)), biases 0, norm weights 1, padded vocabulary rows 0. Values are drawn
+ * projections N(0, 0.02 / sqrt(2 L)), biases 0 (the MoE routers' expert bias {@code moe.router.b} too, as Megatron starts
+ * it), norm weights 1, padded vocabulary rows 0. Values are drawn
  * in layout order of the whole model, so every layout that keeps a part of them starts where one rank does.
  * Stateless.
  */

@@ -54,6 +54,8 @@ final class MoeMlp implements Mlp {
     private final MoeRouting routing;
     private final Tensor router;   // [E, C]
     private final Tensor dRouter;
+    private final Tensor expertBias; // [E] F32 master weights (aux-loss-free balancing), or null
+    private final Tensor tally;      // this layer's row of the step's token counts (expert bias), or null
     private final Tensor up;       // [El, 2 Fl, C]: each local expert's gate rows then up rows (this TP rank's)
     private final Tensor dUp;
     private final Tensor down;     // [El, C, Fl]
@@ -150,6 +152,8 @@ final class MoeMlp implements Mlp {
         final Tensor dSharedUp; // [N, 2 Fsl]
         final Tensor dSharedAct; // [N, Fsl]
         final Tensor padCounts; // I32 [ep El], every block full (padded to capacity, EP)
+        final Tensor auxExperts; // I32 [N, k] the top-k without the expert bias (the aux loss counts those), or null
+        final Tensor auxProbs;   // [N, k] their weights (unused)
         private final Device device;
 
         Scratch(Device device, MoeShape m) {
@@ -174,6 +178,9 @@ final class MoeMlp implements Mlp {
             dlogits = f32(m.n(), m.e());
             dSharedUp = shared ? f32(m.n(), 2 * m.sharedFl()) : null;
             dSharedAct = shared ? f32(m.n(), m.sharedFl()) : null;
+            boolean unbiasedAux = m.aux() && m.bias();
+            auxExperts = unbiasedAux ? device.allocate(MemoryKind.ACTIVATIONS, DType.I32, m.n(), m.k()) : null;
+            auxProbs = unbiasedAux ? f32(m.n(), m.k()) : null;
             if (ep && m.padded()) {
                 padCounts = device.allocate(MemoryKind.WORKSPACE, DType.I32, m.ep() * m.el());
                 ByteBuffer b = ByteBuffer.allocateDirect(4 * m.ep() * m.el()).order(ByteOrder.nativeOrder());
@@ -193,7 +200,7 @@ final class MoeMlp implements Mlp {
         @Override
         public void release() {
             for (Tensor x : new Tensor[] {send, recv, expertOut, scores, combined, sharedOut, dCombined, dYBack, dExpertOut, dAct,
-                    dUp, dExpertIn, dPerm, dIn, dprobs, dlogits, dSharedUp, dSharedAct, padCounts}) {
+                    dUp, dExpertIn, dPerm, dIn, dprobs, dlogits, dSharedUp, dSharedAct, padCounts, auxExperts, auxProbs}) {
                 device.release(x);
             }
         }
@@ -218,14 +225,15 @@ final class MoeMlp implements Mlp {
         boolean ep = m.ep() > 1;
         return (ep ? send * c + 3 * recv * c + send * c : 0) + (m.aux() ? n * m.e() : 0) + 3 * n * c
                 + (m.sharedFl() > 0 ? n * c + 3L * n * m.sharedFl() : 0) + send * c + recv * (3L * m.fl() + c)
-                + n * m.k() + n * m.e();
+                + n * m.k() + n * m.e() + (m.aux() && m.bias() ? 2L * n * m.k() : 0);
     }
 
     static long scratchWorkspaceBytes(MoeShape m) {
         return m.ep() > 1 && m.padded() ? 4L * m.ep() * m.el() : 0;
     }
 
-    MoeMlp(ModelConfig cfg, RankContext ctx, ParameterSet ps, String p, Workspace ws, MoeStep step) {
+    MoeMlp(ModelConfig cfg, RankContext ctx, ParameterSet ps, int index, Workspace ws, MoeStep step) {
+        String p = "layers." + index + ".";
         this.cfg = cfg;
         this.moe = cfg.moe();
         this.ctx = ctx;
@@ -237,6 +245,8 @@ final class MoeMlp implements Mlp {
         this.routing = new MoeRouting(moe.sigmoid(), moe.normTopK(), moe.topKScale());
         router = ps.weight(p + "moe.router.w");
         dRouter = ps.grad(p + "moe.router.w");
+        expertBias = moe.expertBias() ? step.master.weight(p + "moe.router.b") : null;
+        tally = moe.expertBias() ? step.tallyOf(cfg, index) : null;
         up = ps.weight(p + "moe.experts.up.w");
         dUp = ps.grad(p + "moe.experts.up.w");
         down = ps.weight(p + "moe.experts.down.w");
@@ -250,10 +260,13 @@ final class MoeMlp implements Mlp {
         outputMap = tp.sequenceParallel() ? new Mappings.ReduceScatterToSequenceRegion(ctx) : new Mappings.ReduceFromTensorRegion(ctx);
     }
 
-    /** The layer's dense parameters (router, shared expert), in layout order. */
+    /** The layer's dense parameters (router, its expert bias, shared expert), in layout order. */
     static void declare(ParameterSet.Builder bld, ModelConfig cfg, String p, int tpSize) {
         MoeConfig m = cfg.moe();
         bld.add(p + "moe.router.w", TpRole.REPLICATED, m.experts(), cfg.hidden());
+        if (m.expertBias()) { // not trained (no gradient, no decay: AdamW leaves it as it is); updated from token counts
+            bld.add(p + "moe.router.b", TpRole.REPLICATED, m.experts());
+        }
         if (m.sharedFfn() > 0) {
             int fsl = m.sharedFfn() / tpSize;
             bld.add(p + "moe.shared.up.w", TpRole.SPLIT, 2 * fsl, cfg.hidden());
@@ -297,9 +310,15 @@ final class MoeMlp implements Mlp {
         boolean stats = step.training && !recompute;
         // router
         k.linearForward(a.logits, xFull, router, null, n, c, m.e());
-        k.moeRoute(a.logits, a.experts, a.probs, m.aux() ? x.scores : null, n, m.e(), m.k(), routing);
+        k.moeRoute(a.logits, a.experts, a.probs, m.aux() ? x.scores : null, expertBias, n, m.e(), m.k(), routing);
         if (m.aux()) {
-            k.moeAuxLoss(x.scores, a.experts, a.auxGrad, step.stats, MoeStep.AUX, n, m.e(), m.k(),
+            // Megatron counts the aux loss's assignments by the unbiased top-k (compute_routing_scores_for_aux_loss)
+            Tensor auxChoices = a.experts;
+            if (expertBias != null) {
+                k.moeRoute(a.logits, x.auxExperts, x.auxProbs, null, null, n, m.e(), m.k(), routing);
+                auxChoices = x.auxExperts;
+            }
+            k.moeAuxLoss(x.scores, auxChoices, a.auxGrad, step.stats, MoeStep.AUX, n, m.e(), m.k(),
                     (float) (moe.auxLossCoeff() * step.gradScale), stats ? step.weight / step.moeLayers : 0);
         }
         if (m.zLoss() && stats) {
@@ -314,6 +333,9 @@ final class MoeMlp implements Mlp {
         Tensor localCounts = a.counts.slice(0, m.e());
         k.moePermute(epOn ? x.send : a.expertIn, a.rowMap, localCounts, epOn ? null : a.offsets, xFull, a.routed, n, c, m.e(),
                 m.k(), m.padded() ? m.capacity() : 0);
+        if (tally != null && stats) { // the kept assignments per expert (after any capacity drop), as Megatron counts them
+            k.moeCountTokens(tally, localCounts, m.e());
+        }
         Tensor recvCounts = null;
         if (epOn) {
             recvCounts = exchangeCounts(a, rec, m, recompute, x);

@@ -9,7 +9,9 @@ import org.sparkatron.tensor.Tensor;
  * weight of one micro-batch in the step's statistics, and the F64 device scalars they accumulate into:
  * {@link #AUX} (the auxiliary loss without its coefficient), {@link #Z} (the z-loss without its coefficient),
  * each averaged over the model's MoE layers, and {@link #DROPPED} (the fraction of token assignments dropped
- * by capacity). One rank's thread.
+ * by capacity). With an aux-loss-free expert bias ({@link MoeConfig#expertBias()}) it also holds the step's
+ * per-expert token counts of every MoE layer ({@code tally}), which the trainer sums over the data-parallel
+ * replicas and turns into the bias update ({@link Transformer#updateExpertBias()}). One rank's thread.
  */
 final class MoeStep {
     static final int AUX = 0;
@@ -19,13 +21,37 @@ final class MoeStep {
 
     final Tensor stats;    // F64 [STATS] on the rank's device
     final int moeLayers;   // in the whole model (the statistics are means over them)
+    final ParameterSet master; // the fp32 master weights: the expert bias chooses from them, never a 16-bit copy
+    final Tensor tally;    // F64 [moeLayers, E]: the training step's tokens per expert (expert bias), or null
     boolean training;
     float gradScale;
     double weight;         // a micro-batch's weight in the step's figures
 
-    MoeStep(Tensor stats, int moeLayers) {
+    MoeStep(Tensor stats, int moeLayers, ParameterSet master, Tensor tally) {
         this.stats = stats;
         this.moeLayers = moeLayers;
+        this.master = master;
+        this.tally = tally;
+    }
+
+    /** Bytes of the tally a model allocates (0 without an expert bias). */
+    static long tallyBytes(ModelConfig cfg) {
+        return cfg.moe().expertBias() ? 8L * Transformer.moeLayers(cfg) * cfg.moe().experts() : 0;
+    }
+
+    /** Layer {@code index}'s place among the model's MoE layers (its row of the tally). */
+    static int moeOrdinal(ModelConfig cfg, int index) {
+        int n = 0;
+        for (int i = 0; i < index; i++) {
+            n += cfg.moe().isMoeLayer(i) ? 1 : 0;
+        }
+        return n;
+    }
+
+    /** Layer {@code index}'s row of the tally. */
+    Tensor tallyOf(ModelConfig cfg, int index) {
+        int e = cfg.moe().experts();
+        return tally.slice((long) moeOrdinal(cfg, index) * e, e);
     }
 
     void begin(boolean training, float gradScale, double weight) {

@@ -128,7 +128,7 @@ public final class Transformer {
      * divisible by the TP size; key/value heads are never replicated, so fewer key/value heads than TP ranks
      * is refused. A model that cannot fit the device is refused before anything is allocated
      * ({@link DeviceMemoryException}, with the bytes it needs), and so is a model with experts on a device
-     * without MoE kernels ({@link org.sparkatron.device.Kernels#hasMoeKernels()}: the CUDA device for now).
+     * without MoE kernels ({@link org.sparkatron.device.Kernels#hasMoeKernels()}).
      */
     public Transformer(ModelConfig cfg, RankContext ctx) {
         TensorParallel tp = ctx.tp();
@@ -136,7 +136,7 @@ public final class Transformer {
         validateExperts(cfg, ctx.expertParallel().size(), tp.size());
         if (cfg.isMoe() && !ctx.kernels().hasMoeKernels()) {
             throw new IllegalArgumentException("a mixture-of-experts model (num_local_experts " + cfg.moe().experts() + ") on "
-                    + ctx.device().name() + ": this device has no MoE kernels yet; MoE models train on the CPU device (docs/moe.md)");
+                    + ctx.device().name() + ": this device has no MoE kernels (docs/moe.md)");
         }
         this.ep = ctx.expertParallel();
         this.cfg = cfg;
@@ -194,7 +194,8 @@ public final class Transformer {
         this.ws = new Workspace(device);
         this.normScratch = device.allocate(MemoryKind.WORKSPACE, DType.F64, 1);
         this.scalars = device.allocate(MemoryKind.WORKSPACE, DType.F64, 1);
-        this.moeStep = cfg.isMoe() ? new MoeStep(device.zeros(MemoryKind.WORKSPACE, DType.F64, MoeStep.STATS), moeLayers(cfg)) : null;
+        this.moeStep = cfg.isMoe() ? new MoeStep(device.zeros(MemoryKind.WORKSPACE, DType.F64, MoeStep.STATS), moeLayers(cfg), params,
+                cfg.moe().expertBias() ? device.zeros(MemoryKind.WORKSPACE, DType.F64, moeLayers(cfg), cfg.moe().experts()) : null) : null;
         if (cfg.family().usesRope()) {
             Tensor[] tables = ropeTables(cfg);
             ropeCos = device.allocate(MemoryKind.WORKSPACE, DType.F32, cfg.maxPositions(), cfg.headDim() / 2);
@@ -773,6 +774,33 @@ public final class Transformer {
             }
         }
         return layers * microBatches;
+    }
+
+    /**
+     * The aux-loss-free expert bias's token counts of the last training step (F64 {@code [moeLayers, E]}, rows of
+     * the layers this rank does not hold zero), for the trainer to sum over the data-parallel replicas before
+     * {@link #updateExpertBias()}; null for a model without an expert bias.
+     */
+    public Tensor expertBiasTally() {
+        return moeStep == null ? null : moeStep.tally;
+    }
+
+    /**
+     * Megatron's aux-loss-free bias update of every MoE layer this rank holds, from the (replica-summed) tally:
+     * {@code bias += rate * sign(mean count - count)}; the tally is zeroed. Device work only.
+     */
+    public void updateExpertBias() {
+        if (moeStep == null || moeStep.tally == null) {
+            return;
+        }
+        for (ModelChunk c : chunks) {
+            for (int i = c.layerStart(); i < c.layerStart() + c.layers(); i++) {
+                if (cfg.moe().isMoeLayer(i)) {
+                    k.moeExpertBiasUpdate(params.weight("layers." + i + ".moe.router.b"), moeStep.tallyOf(cfg, i),
+                            cfg.moe().experts(), cfg.moe().biasUpdateRate());
+                }
+            }
+        }
     }
 
     /** This rank's expert-parallel groups. */

@@ -91,7 +91,7 @@ final class TransformerBlock {
                 g("attn.qkv.w"), g("attn.qkv.b"), false, ws);
         outLayer = new RowParallelLinear(ctx, hl * hd, c, w("attn.out.w"), w("attn.out.b"), g("attn.out.w"),
                 g("attn.out.b"), ws);
-        mlp = cfg.moe().isMoeLayer(index) ? new MoeMlp(cfg, ctx, ps, p, ws, moe) : new DenseMlp(cfg, ctx, ps, p, ws);
+        mlp = cfg.moe().isMoeLayer(index) ? new MoeMlp(cfg, ctx, ps, index, ws, moe) : new DenseMlp(cfg, ctx, ps, p, ws);
         if (fp8State != null && fp8Index >= 0) {
             if (!(mlp instanceof DenseMlp dense)) {
                 throw new IllegalArgumentException("precision fp8: " + p + "mlp is a mixture of experts (no FP8 path)");

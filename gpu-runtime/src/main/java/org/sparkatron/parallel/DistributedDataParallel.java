@@ -340,6 +340,15 @@ public final class DistributedDataParallel implements GradientSync, GradReadyHoo
         }
     }
 
+    /** The sum of F64 device scalars (token counts) over the dense data-parallel group. */
+    @Override
+    public void sumScalars(Tensor scalars) {
+        Communicator g = groups[0];
+        if (g.size() > 1) {
+            lane.submit(() -> g.allReduce(scalars, ReduceOp.SUM)).await();
+        }
+    }
+
     /**
      * Sums an F64 device scalar over every reduction group (the squared norm of sharded gradients: each
      * rank summed its own shard).

@@ -63,6 +63,13 @@ public final class ExpertGradientSync implements GradientSync {
                     dp.allReduce(scalars, ReduceOp.AVG);
                 }
             }
+
+            @Override
+            public void sumScalars(Tensor scalars) {
+                if (dp.size() > 1) {
+                    dp.allReduce(scalars, ReduceOp.SUM);
+                }
+            }
         };
         return new ExpertGradientSync(dense, params, expertDp, dp.size(), kernels);
     }
@@ -87,5 +94,10 @@ public final class ExpertGradientSync implements GradientSync {
     @Override
     public void averageScalars(Tensor scalars) {
         dense.averageScalars(scalars);
+    }
+
+    @Override
+    public void sumScalars(Tensor scalars) {
+        dense.sumScalars(scalars);
     }
 }

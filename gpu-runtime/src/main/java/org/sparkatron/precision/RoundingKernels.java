@@ -289,8 +289,19 @@ public final class RoundingKernels implements Kernels {
     }
 
     @Override
-    public void moeRoute(Tensor logits, Tensor experts, Tensor probs, Tensor scores, int n, int e, int kk, MoeRouting routing) {
-        k.moeRoute(logits, experts, probs, scores, n, e, kk, routing);
+    public void moeRoute(Tensor logits, Tensor experts, Tensor probs, Tensor scores, Tensor bias, int n, int e, int kk,
+                         MoeRouting routing) {
+        k.moeRoute(logits, experts, probs, scores, bias, n, e, kk, routing);
+    }
+
+    @Override
+    public void moeCountTokens(Tensor tally, Tensor counts, int e) {
+        k.moeCountTokens(tally, counts, e);
+    }
+
+    @Override
+    public void moeExpertBiasUpdate(Tensor bias, Tensor tally, int e, float rate) {
+        k.moeExpertBiasUpdate(bias, tally, e, rate);
     }
 
     @Override

@@ -26,6 +26,16 @@ public interface GradientSync {
     default void maxOverReplicas(Tensor amaxes) {
     }
 
+    /**
+     * In place, the element-wise sum over the ranks whose batches make up the global batch of F64 device scalars:
+     * the step's per-expert token counts, which the aux-loss-free expert bias of MoE routers balances
+     * ({@code moe_router_enable_expert_bias}). Implementations that do not support it refuse, naming themselves.
+     */
+    default void sumScalars(Tensor scalars) {
+        throw new UnsupportedOperationException(getClass().getName() + " cannot sum scalars over its replicas, which "
+                + "moe_router_enable_expert_bias needs");
+    }
+
     /** A rank training alone. */
     GradientSync NONE = new GradientSync() {
         @Override
@@ -34,6 +44,10 @@ public interface GradientSync {
 
         @Override
         public void averageScalars(Tensor scalars) {
+        }
+
+        @Override
+        public void sumScalars(Tensor scalars) {
         }
     };
 }

@@ -232,6 +232,13 @@ public final class Trainer {
         model.finishGradients();
         // the loss, and for MoE models the MoE figures beside it (a dense model's average stays one element)
         sync.averageScalars(stepScalars.slice(LOSS, model.config().isMoe() ? NORM : 1));
+        // the aux-loss-free expert bias: the step's global tokens per expert move it (Megatron does this in
+        // finalize_model_grads, so also on a step the loss scaler then skips); AdamW leaves it alone (no gradient)
+        Tensor tally = model.expertBiasTally();
+        if (tally != null) {
+            sync.sumScalars(tally);
+            model.updateExpertBias();
+        }
         if (scaler != null) {
             for (Tensor g : gradViews) {
                 model.kernels().scale(g, (float) (1 / lossScale)); // exact for power-of-two scales

@@ -8,7 +8,8 @@ import static org.sparkatron.model.GoldenModelTest.toDouble;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import java.util.LinkedHashMap;
-import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
 import org.sparkatron.checkpoint.HfCheckpoint;
 import org.sparkatron.checkpoint.ModelStore;
 import org.sparkatron.device.Device;
@@ -22,7 +23,10 @@ import org.sparkatron.tensor.Tensor;
 /**
  * A tiny Mixtral (4 experts, top-2, two MoE layers, GQA) against Hugging Face's own {@code MixtralForCausalLM}
  * in float64 ({@code make_moe_golden.py}, docs/golden.md), with Megatron's auxiliary load-balancing loss and
- * router z-loss added to the objective: the model loads from HF's safetensors names, and the logits, the
+ * router z-loss added to the objective; and {@code mixtral-deepseek} ({@code make_moe_deepseek_golden.py}): HF's
+ * Mixtral scaffold with a reference MoE written from Megatron's router: sigmoid scores, the aux-loss-free expert
+ * bias (loaded, choosing, and moved after every step), top-k normalisation with a scaling factor, a shared
+ * expert, a dense layer between the MoE layers ({@code moe_layer_freq [1, 0, 1]}), Megatron's names for all: the model loads from HF's safetensors names, and the logits, the
  * cross-entropy, both load-balancing losses, every parameter's gradient (routers and experts included) and
  * five AdamW steps agree. Tolerances as {@link GoldenModelTest} (fp32 against float64 from the same fp32
  * weights): the routing itself is exact, because the generator refuses draws within 1e-3 of a top-k tie.
@@ -47,12 +51,13 @@ class GoldenMoeTest {
         return out;
     }
 
-    @Test
-    void logitsLossesAndGradientsMatchHuggingFaceMixtral() throws Exception {
-        try (GoldenFixture fx = GoldenFixture.load("mixtral")) {
+    @ParameterizedTest
+    @ValueSource(strings = {"mixtral", "mixtral-deepseek"})
+    void logitsLossesAndGradientsMatchTheReference(String fixture) throws Exception {
+        try (GoldenFixture fx = GoldenFixture.load(fixture)) {
             Transformer model = ModelStore.load(fx.dir(), TestDevices.create());
             assertTrue(model.config().isMoe());
-            assertEquals(4, model.config().moe().experts());
+            assertEquals(fixture.equals("mixtral") ? 4 : 6, model.config().moe().experts());
             int b = fx.batch();
             int t = fx.seqLen();
             float[] logits = model.logits(samples(fx), b, t);
@@ -65,6 +70,10 @@ class GoldenMoeTest {
             assertEquals(mean(fx.expected("aux")), stats[0], 1e-5, "auxiliary load-balancing loss, mean over layers");
             assertEquals(mean(fx.expected("z")), stats[1], 1e-5 * Math.abs(stats[1]), "router z-loss, mean over layers");
             assertEquals(0, stats[2], "dropless: nothing dropped");
+            if (model.config().moe().expertBias()) { // the tokens per expert the bias update will read
+                assertClose("tokens per expert of each MoE layer", toDouble(fx.expected("counts")),
+                        TestDevices.readDoubles(model.device(), model.expertBiasTally()), 0, 0);
+            }
 
             LinkedHashMap<String, Tensor> grads = HfCheckpoint.toHf(model.config(), model.params(), true);
             assertEquals(fx.paramNames(), grads.keySet(), "gradients of exactly HF's parameters");
@@ -74,9 +83,10 @@ class GoldenMoeTest {
         }
     }
 
-    @Test
-    void fiveAdamWStepsMatchHuggingFaceMixtral() throws Exception {
-        try (GoldenFixture fx = GoldenFixture.load("mixtral")) {
+    @ParameterizedTest
+    @ValueSource(strings = {"mixtral", "mixtral-deepseek"})
+    void fiveAdamWStepsMatchTheReference(String fixture) throws Exception {
+        try (GoldenFixture fx = GoldenFixture.load(fixture)) {
             Transformer model = ModelStore.load(fx.dir(), TestDevices.create());
             GoldenFixture.AdamW ref = fx.adamw();
             JsonNode raw = new ObjectMapper().readTree(fx.dir().resolve("adamw.json").toFile());
@@ -95,6 +105,7 @@ class GoldenMoeTest {
                 float coef = GradClip.clip(model.kernels(), model.params().grads(), norm, ref.gradClip());
                 assertEquals(ref.clipped()[step], coef < 1f, "clipping engaged at step " + (step + 1));
                 adam.update((float) ref.lr());
+                model.updateExpertBias(); // one rank: the tally is already the global count
             }
             assertEquals(ref.finalLoss(), model.loss(batch, fx.batch(), fx.seqLen(), null), 1e-4, "loss after the steps");
             LinkedHashMap<String, Tensor> weights = HfCheckpoint.toHf(model.config(), model.params(), false);

@@ -40,6 +40,10 @@ import org.sparkatron.model.Recompute;
  */
 @Timeout(value = 300, unit = TimeUnit.SECONDS)
 class ExpertParallelParityTest {
+    /** DeepSeek-V3's routing under Megatron's names: the aux-loss-free bias moves from the replicas' summed counts. */
+    private static final String BIAS = "\"moe_router_score_function\":\"sigmoid\",\"moe_router_topk_scaling_factor\":2.5,"
+            + "\"moe_router_enable_expert_bias\":true,\"moe_router_bias_update_rate\":0.05,\"moe_layer_freq\":\"([1]*1+[0]*1)\","
+            + "\"dense_intermediate_size\":40";
     private static final String SIGMOID_SHARED = "\"scoring_func\":\"sigmoid\",\"shared_expert_intermediate_size\":16,"
             + "\"moe_layer_freq\":2,\"dense_intermediate_size\":40";
 
@@ -53,12 +57,14 @@ class ExpertParallelParityTest {
         "1 | 2 | 1 | 1 | false | capacity",
         "1 | 4 | 1 | 1 | false | padded",
         "2 | 2 | 1 | 1 | false | sigmoid",
+        "1 | 2 | 2 | 1 | false | bias",
     })
     void trainsLikeTheSameWorldWithoutExpertParallelism(int tp, int ep, int dp, int pp, boolean sp, String variant) throws Exception {
         String extra = switch (variant) {
             case "capacity" -> "\"moe_expert_capacity_factor\":1.0";
             case "padded" -> "\"moe_expert_capacity_factor\":1.0,\"moe_pad_expert_input_to_capacity\":true";
             case "sigmoid" -> SIGMOID_SHARED;
+            case "bias" -> BIAS;
             default -> "";
         };
         ModelConfig cfg = MoeRun.config(pp > 1 ? 4 : 2, extra);

@@ -102,5 +102,52 @@ class MoeCheckpointTest {
         assertTrue(e.getMessage().contains("needs moe_expert_capacity_factor"), e.getMessage());
         e = assertThrows(IllegalArgumentException.class, () -> MoeRun.config(2, "\"router_jitter_noise\":0.1"));
         assertTrue(e.getMessage().contains("router_jitter_noise"), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> MoeRun.config(2, "\"moe_router_enable_expert_bias\":true"));
+        assertTrue(e.getMessage().contains("moe_router_enable_expert_bias needs the sigmoid score function"), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> MoeRun.config(2,
+                "\"scoring_func\":\"sigmoid\",\"moe_router_score_function\":\"softmax\""));
+        assertTrue(e.getMessage().contains("disagree"), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> MoeRun.config(2, "\"moe_layer_freq\":[1,0,1]"));
+        assertTrue(e.getMessage().contains("gives 3 layers, but num_hidden_layers is 2"), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> MoeRun.config(2, "\"moe_layer_freq\":\"[1,2]*1\""));
+        assertTrue(e.getMessage().contains("not a list of 0/1"), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> MoeRun.config(2, "\"moe_input_jitter_eps\":0.01"));
+        assertTrue(e.getMessage().contains("moe_input_jitter_eps 0.01 is not supported yet"), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> MoeRun.config(2, "\"moe_shared_expert_gate\":true"));
+        assertTrue(e.getMessage().contains("moe_shared_expert_gate"), e.getMessage());
+    }
+
+    /** Megatron's names read as HF's, moe_layer_freq's three forms alike, and the config written back reads the same. */
+    @Test
+    void megatronNamesAndLayerPatternsReadAlike() throws Exception {
+        ModelConfig hf = MoeRun.config(4, "\"scoring_func\":\"sigmoid\",\"routed_scaling_factor\":2.5,"
+                + "\"shared_expert_intermediate_size\":16,\"moe_layer_freq\":2,\"dense_intermediate_size\":40");
+        ModelConfig megatron = MoeRun.config(4, "\"moe_router_score_function\":\"sigmoid\",\"moe_router_topk_scaling_factor\":2.5,"
+                + "\"moe_shared_expert_intermediate_size\":16,\"moe_layer_freq\":\"([1,0]*2)\",\"dense_intermediate_size\":40");
+        ModelConfig list = MoeRun.config(4, "\"moe_router_score_function\":\"sigmoid\",\"moe_router_topk_scaling_factor\":2.5,"
+                + "\"moe_shared_expert_intermediate_size\":16,\"moe_layer_freq\":[1,0,1,0],\"dense_intermediate_size\":40");
+        for (ModelConfig c : new ModelConfig[] {hf, megatron, list}) {
+            assertTrue(c.moe().sigmoid() && c.moe().normTopK() && c.moe().topKScale() == 2.5f && c.moe().sharedFfn() == 16);
+            for (int i = 0; i < 4; i++) {
+                assertEquals(i % 2 == 0, c.moe().isMoeLayer(i), "layer " + i + " of " + c.moe());
+            }
+            assertEquals(c, ModelConfig.fromJson(c.toJson()), "round trip");
+        }
+        ModelConfig pre = MoeRun.config(2, "\"moe_router_pre_softmax\":true");
+        assertEquals(false, pre.moe().normTopK(), "pre-softmax: no renormalisation over the top k");
+        ModelConfig biased = MoeRun.config(2, "\"moe_router_score_function\":\"sigmoid\",\"moe_router_enable_expert_bias\":true");
+        assertEquals(1e-3f, biased.moe().biasUpdateRate(), "Megatron's default update rate");
+        try (org.sparkatron.device.cpu.CpuDevice d = new org.sparkatron.device.cpu.CpuDevice()) {
+            Transformer m = new Transformer(biased, d);
+            m.initialize(7);
+            float[] w = m.params().downloadWeights();
+            for (int layer = 0; layer < 2; layer++) {
+                org.sparkatron.model.ParameterSet.Param p = m.params().param("layers." + layer + ".moe.router.b");
+                for (long i = p.offset(); i < p.offset() + p.numel(); i++) {
+                    assertEquals(0f, w[(int) i], "the expert bias starts at zero, as Megatron's");
+                }
+            }
+            m.close();
+        }
     }
 }

@@ -5,10 +5,13 @@ import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import org.sparkatron.comm.Communicator;
 import org.sparkatron.comm.LocalRanks;
 import org.sparkatron.comm.ParallelLayout;
 import org.sparkatron.comm.ProcessGroups;
+import org.sparkatron.device.Device;
 import org.sparkatron.device.TestDevices;
+import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.ParameterSet;
 import org.sparkatron.model.Recompute;
@@ -104,15 +107,47 @@ final class MoeRun {
         };
     }
 
-    /** Every world rank's steps. */
+    /** A world of ranks as threads: each rank's device and world communicator. */
+    interface World {
+        /** Runs {@code body} on n ranks; their results in rank order, or the first failure rethrown. */
+        <T> List<T> run(int n, RankBody<T> body) throws Exception;
+    }
+
+    /** One rank's work. */
+    interface RankBody<T> {
+        T run(int rank, Device device, Communicator world) throws Exception;
+    }
+
+    /** The suite's device ({@link TestDevices}) on every rank, connected by {@link LocalRanks} (TCP and shared memory). */
+    static final World LOCAL = new World() {
+        @Override
+        public <T> List<T> run(int n, RankBody<T> body) throws Exception {
+            return LocalRanks.run(n, (rank, comm) -> body.run(rank, TestDevices.create(), comm));
+        }
+    };
+
+    /** The CPU device on every rank (a reference for other devices), connected as {@link #LOCAL}. */
+    static final World LOCAL_CPU = new World() {
+        @Override
+        public <T> List<T> run(int n, RankBody<T> body) throws Exception {
+            return LocalRanks.run(n, (rank, comm) -> body.run(rank, new CpuDevice(), comm));
+        }
+    };
+
+    /** Every world rank's steps, on {@link #LOCAL} ranks. */
     static List<List<Step>> run(ModelConfig cfg, Setup s) throws Exception {
+        return run(cfg, s, LOCAL);
+    }
+
+    /** Every world rank's steps, on the ranks of {@code ranks}. */
+    static List<List<Step>> run(ModelConfig cfg, Setup s, World ranks) throws Exception {
         int world = s.world();
-        return LocalRanks.run(world, (rank, comm) -> {
+        return ranks.run(world, (rank, device, comm) -> {
             ParallelLayout layout = ParallelLayout.forWorld(world, s.tp(), 1, s.ep(), s.pp(), 1);
             try (ProcessGroups pg = ProcessGroups.create(layout, comm)) {
                 PipelineParallel stage = new PipelineParallel(pg.pp(), PipelineLayout.of(cfg.layers(), s.pp(), 1, -1, -1),
                         pg.embedding());
-                RankContext ctx = new RankContext(TestDevices.create(), new TensorParallel(pg.tp(), s.sp()), Precision.FP32, stage,
+                RankContext ctx = new RankContext(device, new TensorParallel(pg.tp(), s.sp()), Precision.FP32, stage,
                         new ExpertParallel(pg.ep(), pg.expertDp()));
                 Transformer m = new Transformer(cfg, ctx);
                 m.initialize(ParityRun.SEED);

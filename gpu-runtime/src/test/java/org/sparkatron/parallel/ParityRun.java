@@ -133,6 +133,13 @@ final class ParityRun {
             }
 
             @Override
+            public void sumScalars(Tensor scalars) {
+                if (dp.size() > 1) {
+                    dp.allReduce(scalars, ReduceOp.SUM);
+                }
+            }
+
+            @Override
             public void maxOverReplicas(Tensor amaxes) {
                 if (dp.size() > 1) {
                     dp.allReduce(amaxes, ReduceOp.MAX);

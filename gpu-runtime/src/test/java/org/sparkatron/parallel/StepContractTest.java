@@ -142,8 +142,8 @@ class StepContractTest {
         String extra = switch (variant) {
             case "capacity" -> "\"moe_expert_capacity_factor\":1.0";
             case "padded" -> "\"moe_expert_capacity_factor\":1.0,\"moe_pad_expert_input_to_capacity\":true";
-            case "sigmoid" -> "\"scoring_func\":\"sigmoid\",\"shared_expert_intermediate_size\":16,\"moe_layer_freq\":2,"
-                    + "\"dense_intermediate_size\":40";
+            case "sigmoid" -> "\"moe_router_score_function\":\"sigmoid\",\"moe_shared_expert_intermediate_size\":16,"
+                    + "\"moe_layer_freq\":[1,0],\"dense_intermediate_size\":40,\"moe_router_enable_expert_bias\":true";
             default -> "";
         };
         ModelConfig cfg = MoeRun.config(2, extra);

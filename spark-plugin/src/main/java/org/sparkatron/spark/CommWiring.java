@@ -2,12 +2,15 @@ package org.sparkatron.spark;
 
 import java.nio.charset.StandardCharsets;
 import java.util.Base64;
+import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
 import javax.crypto.Mac;
 import javax.crypto.spec.SecretKeySpec;
 import org.apache.spark.BarrierTaskContext;
 import org.sparkatron.comm.CommException;
 import org.sparkatron.comm.Communicator;
 import org.sparkatron.comm.Communicators;
+import org.sparkatron.comm.InProcessRendezvous;
 import org.sparkatron.comm.Rendezvous;
 import org.sparkatron.comm.SelfCommunicator;
 import org.sparkatron.comm.tcp.TcpOptions;
@@ -18,6 +21,11 @@ import org.sparkatron.comm.tcp.TcpOptions;
  * through {@code BarrierTaskContext.allGather} (the driver's barrier coordinator) and authenticate with a
  * key derived from the job secret and the stage attempt, so a straggler of a failed attempt can never join
  * the retry. The only class that knows which communicator implementation Spark jobs use.
+ *
+ * <p>In local mode every rank is a thread of the driver's JVM, and the ranks meet in memory instead
+ * ({@link InProcessRendezvous}, one per stage attempt): a rank waiting in {@code allGather} checks for the
+ * answer once a second (Spark 4.1's {@code BarrierTaskContext} sleeps 1 s between checks), which cost every
+ * local job about a second before its first step.
  */
 final class CommWiring {
     private CommWiring() {
@@ -71,9 +79,26 @@ final class CommWiring {
         }
         TcpOptions opts = TcpOptions.defaults().withHosts(isLoopback(host) ? "127.0.0.1" : "0.0.0.0", host)
                 .withTimeouts(Math.min(timeoutMs, 120_000), timeoutMs);
-        // Ranks of one host (local[N], several executors or tasks per machine) get shared-memory collectives.
-        return Communicators.connect(ctx.partitionId(), world, new BarrierRendezvous(ctx),
-                attemptKey(jobSecret, ctx.stageAttemptNumber()), opts);
+        byte[] key = attemptKey(jobSecret, ctx.stageAttemptNumber());
+        if (!"driver".equals(org.apache.spark.SparkEnv.get().executorId())) { // SparkContext.DRIVER_IDENTIFIER: local mode
+            // Ranks of one host (several executors or tasks per machine) get shared-memory collectives.
+            return Communicators.connect(ctx.partitionId(), world, new BarrierRendezvous(ctx), key, opts);
+        }
+        // local mode: every task runs in this JVM
+        String id = Base64.getEncoder().encodeToString(key);
+        LocalMeeting m = LOCAL.compute(id, (k, v) -> v == null ? new LocalMeeting(new InProcessRendezvous(world, timeoutMs), 1)
+                : new LocalMeeting(v.rendezvous, v.ranks + 1));
+        try {
+            return Communicators.connect(ctx.partitionId(), world, m.rendezvous.forRank(ctx.partitionId()), key, opts);
+        } finally { // the last rank of the attempt to finish connecting (or failing) forgets the meeting
+            LOCAL.computeIfPresent(id, (k, v) -> v.ranks == 1 ? null : new LocalMeeting(v.rendezvous, v.ranks - 1));
+        }
+    }
+
+    /** Local mode's meetings by stage attempt key: the rendezvous and how many ranks are inside it. */
+    private static final Map<String, LocalMeeting> LOCAL = new ConcurrentHashMap<>();
+
+    private record LocalMeeting(InProcessRendezvous rendezvous, int ranks) {
     }
 
     private static boolean isLoopback(String host) {

@@ -84,7 +84,7 @@ public final class Demo {
         return new Outcome(r.firstLoss(), r.lastLoss(), heldOutLoss, (double) right / total, prompt, continuation, r);
     }
 
-    private static SparkatronModel fit(SparkatronEstimator est, TrainConfig cfg, Dataset<Row> train, PrintStream out) {
+    static SparkatronModel fit(SparkatronEstimator est, TrainConfig cfg, Dataset<Row> train, PrintStream out) {
         est.setDp(cfg.dp).setGlobalBatch(cfg.globalBatch).setSeqLen(cfg.seqLen).setSteps(cfg.steps).setLr(cfg.lr)
                 .setMinLr(cfg.minLr).setWarmupSteps((int) cfg.warmupSteps).setWeightDecay(cfg.weightDecay).setSeed(cfg.seed)
                 .setInputCol(cfg.inputCol).setDataSplit(cfg.dataSplit).setEvalIters(cfg.evalIters).setProgress(out);

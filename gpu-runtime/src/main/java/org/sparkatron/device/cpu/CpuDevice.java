@@ -41,6 +41,10 @@ public final class CpuDevice implements Device {
     private long syncs;
 
     private CpuDevice(boolean strict, boolean simd, long capacity) {
+        this(strict, simd, capacity, java.util.function.UnaryOperator.identity());
+    }
+
+    private CpuDevice(boolean strict, boolean simd, long capacity, java.util.function.UnaryOperator<Kernels> wrap) {
         this.strict = strict;
         this.name = strict ? "cpu-strict" : "cpu";
         this.allocator = new CachingAllocator<>(name, capacity, new CachingAllocator.Backend<>() {
@@ -56,7 +60,7 @@ public final class CpuDevice implements Device {
             }
         });
         this.cpuKernels = new CpuKernels(simd, this);
-        this.kernels = strict ? scoped(cpuKernels) : cpuKernels;
+        this.kernels = wrap.apply(strict ? scoped(cpuKernels) : cpuKernels);
     }
 
     /** The CPU device, with SIMD kernels where the JVM has the Vector API (see {@link CpuKernels#CpuKernels()}). */
@@ -76,6 +80,14 @@ public final class CpuDevice implements Device {
      */
     public static CpuDevice withCapacity(long capacityBytes) {
         return new CpuDevice(false, CpuKernels.simdByDefault(), capacityBytes);
+    }
+
+    /**
+     * The CPU device whose {@link #kernels()} are {@code wrap} applied to its own: for profiles (a proxy that
+     * times each call). The model reaches kernels only through {@link #kernels()}, so every call goes through it.
+     */
+    public static CpuDevice withKernels(java.util.function.UnaryOperator<Kernels> wrap) {
+        return new CpuDevice(false, CpuKernels.simdByDefault(), physicalMemory(), wrap);
     }
 
     /** The strict test device (see the class comment). */

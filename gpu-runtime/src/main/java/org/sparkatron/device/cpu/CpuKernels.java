@@ -719,8 +719,19 @@ public final class CpuKernels implements Kernels {
     }
 
     @Override
-    public void moeRoute(Tensor logits, Tensor experts, Tensor probs, Tensor scores, int n, int e, int k, MoeRouting routing) {
-        CpuMoeKernels.route(logits, experts, probs, scores, n, e, k, routing);
+    public void moeRoute(Tensor logits, Tensor experts, Tensor probs, Tensor scores, Tensor bias, int n, int e, int k,
+                         MoeRouting routing) {
+        CpuMoeKernels.route(logits, experts, probs, scores, bias, n, e, k, routing);
+    }
+
+    @Override
+    public void moeCountTokens(Tensor tally, Tensor counts, int e) {
+        CpuMoeKernels.countTokens(tally, counts, e);
+    }
+
+    @Override
+    public void moeExpertBiasUpdate(Tensor bias, Tensor tally, int e, float rate) {
+        CpuMoeKernels.expertBiasUpdate(bias, tally, e, rate);
     }
 
     @Override

@@ -42,14 +42,17 @@ final class CpuMoeKernels {
         }
     }
 
-    /** The k largest of s (ties: lower index), in decreasing order, into idx. */
-    private static void topK(double[] s, int e, int k, int[] idx) {
+    /** The k largest of s (+ bias when not null; ties: lower index), in decreasing order, into idx. */
+    private static void topK(double[] s, FloatBuffer bias, int e, int k, int[] idx) {
         boolean[] taken = new boolean[e];
         for (int j = 0; j < k; j++) {
             int best = -1;
+            double bestV = 0;
             for (int i = 0; i < e; i++) {
-                if (!taken[i] && (best < 0 || s[i] > s[best])) {
+                double v = bias == null ? s[i] : s[i] + bias.get(i);
+                if (!taken[i] && (best < 0 || v > bestV)) {
                     best = i;
+                    bestV = v;
                 }
             }
             taken[best] = true;
@@ -57,8 +60,10 @@ final class CpuMoeKernels {
         }
     }
 
-    static void route(Tensor logits, Tensor experts, Tensor probs, Tensor scoresOut, int n, int e, int k, MoeRouting r) {
+    static void route(Tensor logits, Tensor experts, Tensor probs, Tensor scoresOut, Tensor bias, int n, int e, int k,
+                      MoeRouting r) {
         FloatBuffer l = logits.floats();
+        FloatBuffer b = bias == null ? null : bias.floats();
         IntBuffer ex = experts.ints();
         FloatBuffer p = probs.floats();
         FloatBuffer so = scoresOut == null ? null : scoresOut.floats();
@@ -66,7 +71,7 @@ final class CpuMoeKernels {
         int[] idx = new int[k];
         for (int t = 0; t < n; t++) {
             scores(l, t, e, r.sigmoid(), s);
-            topK(s, e, k, idx);
+            topK(s, b, e, k, idx);
             double top = 0;
             for (int j = 0; j < k; j++) {
                 top += s[idx[j]];
@@ -423,6 +428,29 @@ final class CpuMoeKernels {
             }
             Blas.sgemm(true, false, outF, in, rows, 1f, dout, (long) r0 * outF, outF, x, (long) r0 * in, in, 1f, dw,
                     (long) g * outF * in, in);
+        }
+    }
+
+    static void countTokens(Tensor tally, Tensor counts, int e) {
+        ByteBuffer t = tally.hostBuffer();
+        IntBuffer c = counts.ints();
+        for (int i = 0; i < e; i++) {
+            t.putDouble(8 * i, t.getDouble(8 * i) + c.get(i));
+        }
+    }
+
+    static void expertBiasUpdate(Tensor bias, Tensor tally, int e, float rate) {
+        ByteBuffer t = tally.hostBuffer();
+        FloatBuffer b = bias.floats();
+        double sum = 0;
+        for (int i = 0; i < e; i++) {
+            sum += t.getDouble(8 * i);
+        }
+        double mean = sum / e;
+        for (int i = 0; i < e; i++) {
+            double offset = mean - t.getDouble(8 * i);
+            b.put(i, b.get(i) + (float) Math.signum(offset) * rate);
+            t.putDouble(8 * i, 0);
         }
     }
 

@@ -207,9 +207,13 @@ final class SimdKernels {
             FloatVector v = load(x, i);
             FloatVector v2 = v.mul(v);
             FloatVector u = v2.mul(v).mul(0.044715f).add(v).mul(GELU_SCALE);
-            // with sp = sigmoid(2u), sm = sigmoid(-2u): 0.5 (1 + tanh u) = sp, sech^2 u = 4 sp sm
-            FloatVector sp = sigmoid2(u);
-            FloatVector sm = sigmoid2(u.neg());
+            // with sp = sigmoid(2u), sm = sigmoid(-2u): 0.5 (1 + tanh u) = sp, sech^2 u = 4 sp sm; both from one
+            // exp e = exp(-2u): sp = 1 / (1 + e), sm = e sp (no cancellation). u is clamped to [-40, 40] first, so e
+            // stays finite (sm would be inf * 0 otherwise); beyond it tanh u is +-1 in float and sp, sm are 0 or 1
+            // to within 2e-35.
+            FloatVector e = exp(u.max(-40f).min(40f).mul(-2f));
+            FloatVector sp = FloatVector.broadcast(S, 1f).div(e.add(1f));
+            FloatVector sm = e.mul(sp);
             FloatVector grad = sp.add(v.mul(2f).mul(sp).mul(sm).mul(v2.mul(3f * 0.044715f).add(1f).mul(GELU_SCALE)));
             grad.mul(load(dout, i)).intoByteBuffer(dx, 4 * i, NATIVE);
         }

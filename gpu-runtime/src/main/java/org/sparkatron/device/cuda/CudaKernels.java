@@ -20,6 +20,8 @@ import org.sparkatron.tensor.Tensor;
  * transposes the FP8 weight, input and output gradient into scratch (Transformer Engine's cast-transpose does
  * the same, fused with the cast).
  *
+ * <p>Mixture-of-experts kernels: {@link CudaMoeKernels}.
+ *
  * <p>Owns the device's kernel scratch (norm gradient partials, attention row terms, reduction partials),
  * grown on demand from the device's allocator. One rank's thread; not thread-safe.
  */
@@ -37,9 +39,11 @@ public final class CudaKernels implements Kernels {
     /** FP8 transposes of the backward: the weight, the input, the output gradient. */
     private final Tensor[] fp8Scratch = new Tensor[3];
     private final Tensor reducePartials;
+    private final CudaMoeKernels moe;
 
     CudaKernels(CudaDevice dev) {
         this.dev = dev;
+        this.moe = new CudaMoeKernels(dev);
         this.reducePartials = dev.allocate(DType.F64, REDUCE_GRID);
     }
 
@@ -377,82 +381,88 @@ public final class CudaKernels implements Kernels {
         dev.zero(x);
     }
 
-    // ---- mixture of experts: not on this device yet (docs/moe.md); a Transformer with experts refuses it first ----
+    // ---- mixture of experts: CudaMoeKernels (moe.cu, grouped_gemm.cu) ----
 
     @Override
     public boolean hasMoeKernels() {
-        return false;
-    }
-
-    private UnsupportedOperationException noMoe(String kernel) {
-        return new UnsupportedOperationException(dev.name() + " has no mixture-of-experts kernels yet (" + kernel
-                + "): MoE models train on the CPU device (docs/moe.md)");
+        return true;
     }
 
     @Override
-    public void moeRoute(Tensor logits, Tensor experts, Tensor probs, Tensor scores, int n, int e, int k, MoeRouting routing) {
-        throw noMoe("moeRoute");
+    public void moeRoute(Tensor logits, Tensor experts, Tensor probs, Tensor scores, Tensor bias, int n, int e, int k,
+                         MoeRouting routing) {
+        moe.route(logits, experts, probs, scores, bias, n, e, k, routing);
+    }
+
+    @Override
+    public void moeCountTokens(Tensor tally, Tensor counts, int e) {
+        moe.countTokens(tally, counts, e);
+    }
+
+    @Override
+    public void moeExpertBiasUpdate(Tensor bias, Tensor tally, int e, float rate) {
+        moe.expertBiasUpdate(bias, tally, e, rate);
     }
 
     @Override
     public void moeAuxLoss(Tensor scores, Tensor experts, Tensor auxGrad, Tensor acc, int slot, int n, int e, int k,
                            float gradWeight, double reportWeight) {
-        throw noMoe("moeAuxLoss");
+        moe.auxLoss(scores, experts, auxGrad, acc, slot, n, e, k, gradWeight, reportWeight);
     }
 
     @Override
     public void moeZLoss(Tensor logits, Tensor acc, int slot, int n, int e, double reportWeight) {
-        throw noMoe("moeZLoss");
+        moe.zLoss(logits, acc, slot, n, e, reportWeight);
     }
 
     @Override
     public void moeCapacity(Tensor routed, Tensor probs, Tensor experts, Tensor acc, int slot, int n, int e, int k, int capacity,
                             double reportWeight) {
-        throw noMoe("moeCapacity");
+        moe.capacity(routed, probs, experts, acc, slot, n, e, k, capacity, reportWeight);
     }
 
     @Override
     public void moePermute(Tensor out, Tensor rowMap, Tensor counts, Tensor offsets, Tensor x, Tensor routed, int n, int c, int e,
                            int k, int capacity) {
-        throw noMoe("moePermute");
+        moe.permute(out, rowMap, counts, offsets, x, routed, n, c, e, k, capacity);
     }
 
     @Override
     public void moePermuteBackward(Tensor dx, Tensor dperm, Tensor rowMap, int n, int c, int k) {
-        throw noMoe("moePermuteBackward");
+        moe.permuteBackward(dx, dperm, rowMap, n, c, k);
     }
 
     @Override
     public void moeUnpermute(Tensor out, Tensor y, Tensor rowMap, Tensor probs, int n, int c, int k) {
-        throw noMoe("moeUnpermute");
+        moe.unpermute(out, y, rowMap, probs, n, c, k);
     }
 
     @Override
     public void moeUnpermuteBackward(Tensor dy, Tensor dprobs, Tensor dout, Tensor y, Tensor rowMap, Tensor probs, int rows,
                                      int n, int c, int k) {
-        throw noMoe("moeUnpermuteBackward");
+        moe.unpermuteBackward(dy, dprobs, dout, y, rowMap, probs, rows, n, c, k);
     }
 
     @Override
     public void moeRouteBackward(Tensor dlogits, Tensor dprobs, Tensor logits, Tensor experts, Tensor auxGrad, float zWeight,
                                  int n, int e, int k, MoeRouting routing) {
-        throw noMoe("moeRouteBackward");
+        moe.routeBackward(dlogits, dprobs, logits, experts, auxGrad, zWeight, n, e, k, routing);
     }
 
     @Override
     public void moeSortChunks(Tensor out, Tensor offsets, Tensor in, Tensor counts, int a, int b, int c, boolean inverse) {
-        throw noMoe("moeSortChunks");
+        moe.sortChunks(out, offsets, in, counts, a, b, c, inverse);
     }
 
     @Override
     public void groupedLinearForward(Tensor out, Tensor x, Tensor w, Tensor offsets, int groups, int in, int outF) {
-        throw noMoe("groupedLinearForward");
+        moe.groupedForward(out, x, w, offsets, groups, in, outF);
     }
 
     @Override
     public void groupedLinearBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets, int groups, int in,
                                       int outF) {
-        throw noMoe("groupedLinearBackward");
+        moe.groupedBackward(dx, dw, dout, x, w, offsets, groups, in, outF);
     }
 
     private static void requireF32(Tensor t) {

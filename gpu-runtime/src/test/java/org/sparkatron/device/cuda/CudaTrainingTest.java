@@ -2,19 +2,15 @@ package org.sparkatron.device.cuda;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
-import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-import com.fasterxml.jackson.databind.ObjectMapper;
 import org.junit.jupiter.api.Tag;
-import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
 import org.sparkatron.checkpoint.ModelStore;
 import org.sparkatron.device.Device;
 import org.sparkatron.device.cpu.CpuDevice;
 import org.sparkatron.model.GoldenFixture;
-import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.LrSchedule;
 import org.sparkatron.precision.Precision;
@@ -67,25 +63,6 @@ class CudaTrainingTest {
                 assertEquals(cpu[i], gpu[i], rtol * Math.abs(cpu[i]), family + " " + precision + " " + what);
             }
             assertTrue(gpu[0] > gpu[gpu.length - 2], "the CUDA run learns: " + gpu[0] + " -> " + gpu[gpu.length - 2]);
-        }
-    }
-
-    /** The CUDA device has no MoE kernels yet: a Mixtral model is refused with a message before anything is allocated. */
-    @Test
-    void aMixtureOfExpertsModelIsRefusedBeforeAllocating() throws Exception {
-        ModelConfig cfg = ModelConfig.fromJson(new ObjectMapper().readTree("{\"model_type\":\"mixtral\",\"num_hidden_layers\":2,"
-                + "\"hidden_size\":32,\"intermediate_size\":24,\"num_attention_heads\":4,\"num_key_value_heads\":2,"
-                + "\"vocab_size\":64,\"max_position_embeddings\":16,\"num_local_experts\":4,\"num_experts_per_tok\":2}"));
-        try (CudaDevice cuda = CudaTests.deviceOrSkip(0)) {
-            assertFalse(cuda.kernels().hasMoeKernels());
-            long before = cuda.systemAllocations();
-            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> new Transformer(cfg, cuda));
-            assertTrue(e.getMessage().contains("num_local_experts 4") && e.getMessage().contains(cuda.name())
-                    && e.getMessage().contains("no MoE kernels"), e.getMessage());
-            assertEquals(before, cuda.systemAllocations(), "refused before allocating");
-            UnsupportedOperationException u = assertThrows(UnsupportedOperationException.class,
-                    () -> cuda.kernels().moeZLoss(null, null, 0, 1, 1, 1.0));
-            assertTrue(u.getMessage().contains("moeZLoss"), u.getMessage());
         }
     }
 }
