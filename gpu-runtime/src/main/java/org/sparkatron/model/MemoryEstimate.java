@@ -36,7 +36,9 @@ import org.sparkatron.precision.Precision;
  *   <li>workspace: token ids, per-token losses, a chunk of logits and the cross-entropy statistics (last
  *       stage), the sequence-parallel buffers, RoPE tables, the context-parallel position table, device
  *       scalars, and the CPU attention's two scratch blocks of at most 256 query rows by the keys a block
- *       attends to (a GPU's kernels have their own scratch; the figure is then an upper bound).</li>
+ *       attends to. A GPU device's kernels keep scratch of their own that this does not count (the CUDA
+ *       device's 32 MiB cuBLASLt workspace, {@code CublasLt}), so there the workspace figure is a lower bound;
+ *       the CPU attention blocks it counts are then not allocated.</li>
  * </ul>
  * Under context parallelism every per-token figure is for this rank's {@code seqLen / cp} rows of each
  * sequence.
