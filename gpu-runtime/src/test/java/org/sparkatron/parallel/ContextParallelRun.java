@@ -1,6 +1,5 @@
 package org.sparkatron.parallel;
 
-import com.fasterxml.jackson.databind.ObjectMapper;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -60,49 +59,12 @@ final class ContextParallelRun {
 
     /** {@link ParityRun#config} with room for sequences of {@link #SEQ} tokens. */
     static ModelConfig config(String family, int layers) throws Exception {
-        String json = family.equals("gpt2")
-                ? "{\"model_type\":\"gpt2\",\"n_layer\":" + layers + ",\"n_embd\":32,\"n_head\":4,\"n_positions\":32,\"vocab_size\":67,"
-                        + "\"sparkatron_vocab_multiple\":8}"
-                : "{\"model_type\":\"llama\",\"num_hidden_layers\":" + layers + ",\"hidden_size\":32,\"intermediate_size\":48,"
-                        + "\"num_attention_heads\":8,\"num_key_value_heads\":4,\"vocab_size\":61,\"max_position_embeddings\":32,"
-                        + "\"tie_word_embeddings\":false,\"sparkatron_vocab_multiple\":8}";
-        return ModelConfig.fromJson(new ObjectMapper().readTree(json));
-    }
-
-    /** Deterministic samples of SEQ + 1 tokens; sample i of the whole run. */
-    static int[] sample(ModelConfig cfg, long i) {
-        int[] s = new int[SEQ + 1];
-        java.util.SplittableRandom r = new java.util.SplittableRandom(2000 + i);
-        for (int j = 0; j < s.length; j++) {
-            s[j] = r.nextInt(cfg.vocabSize());
-        }
-        return s;
+        return ParityRun.config(family, layers, 2 * SEQ);
     }
 
     /** The samples replica {@code dp} of {@code dpSize} trains on, {@code batch} per micro-batch, in run order. */
     static SampleSource source(ModelConfig cfg, int dp, int dpSize, int batch) {
-        return new SampleSource() {
-            private long consumed;
-
-            @Override
-            public int sampleLength() {
-                return SEQ + 1;
-            }
-
-            @Override
-            public boolean next(int[] out, int offset) {
-                long mb = consumed / batch;
-                long i = mb * batch * dpSize + (long) dp * batch + consumed % batch;
-                System.arraycopy(sample(cfg, i), 0, out, offset, SEQ + 1);
-                consumed++;
-                return true;
-            }
-
-            @Override
-            public long consumed() {
-                return consumed;
-            }
-        };
+        return ParityRun.source(cfg, dp, dpSize, batch, SEQ, 2000);
     }
 
     /** One rank alone: micro-batches of dp x batch samples (the replicas' together), the same order. */

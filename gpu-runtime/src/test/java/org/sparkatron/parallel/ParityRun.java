@@ -42,19 +42,29 @@ final class ParityRun {
 
     /** {@link #config(String)} with {@code layers} layers (pipeline tests need at least one per stage). */
     static ModelConfig config(String family, int layers) throws Exception {
+        return config(family, layers, 16);
+    }
+
+    /** {@link #config(String, int)} with room for {@code positions} positions. */
+    static ModelConfig config(String family, int layers, int positions) throws Exception {
         String json = family.equals("gpt2")
-                ? "{\"model_type\":\"gpt2\",\"n_layer\":" + layers + ",\"n_embd\":32,\"n_head\":4,\"n_positions\":16,\"vocab_size\":67,"
-                        + "\"sparkatron_vocab_multiple\":8}"
+                ? "{\"model_type\":\"gpt2\",\"n_layer\":" + layers + ",\"n_embd\":32,\"n_head\":4,\"n_positions\":" + positions
+                        + ",\"vocab_size\":67,\"sparkatron_vocab_multiple\":8}"
                 : "{\"model_type\":\"llama\",\"num_hidden_layers\":" + layers + ",\"hidden_size\":32,\"intermediate_size\":48,"
-                        + "\"num_attention_heads\":8,\"num_key_value_heads\":4,\"vocab_size\":61,\"max_position_embeddings\":16,"
-                        + "\"tie_word_embeddings\":false,\"sparkatron_vocab_multiple\":8}";
+                        + "\"num_attention_heads\":8,\"num_key_value_heads\":4,\"vocab_size\":61,\"max_position_embeddings\":" + positions
+                        + ",\"tie_word_embeddings\":false,\"sparkatron_vocab_multiple\":8}";
         return ModelConfig.fromJson(new ObjectMapper().readTree(json));
     }
 
     /** Deterministic samples of SEQ + 1 tokens; sample i of the whole run. */
     static int[] sample(ModelConfig cfg, long i) {
-        int[] s = new int[SEQ + 1];
-        java.util.SplittableRandom r = new java.util.SplittableRandom(1000 + i);
+        return sample(cfg, i, SEQ, 1000);
+    }
+
+    /** Sample {@code i} of {@code seq + 1} tokens, drawn from a generator seeded {@code seedBase + i}. */
+    static int[] sample(ModelConfig cfg, long i, int seq, long seedBase) {
+        int[] s = new int[seq + 1];
+        java.util.SplittableRandom r = new java.util.SplittableRandom(seedBase + i);
         for (int j = 0; j < s.length; j++) {
             s[j] = r.nextInt(cfg.vocabSize());
         }
@@ -63,19 +73,24 @@ final class ParityRun {
 
     /** The samples replica {@code dp} of {@code dpSize} trains on, {@code batch} per step. */
     static SampleSource source(ModelConfig cfg, int dp, int dpSize, int batch) {
+        return source(cfg, dp, dpSize, batch, SEQ, 1000);
+    }
+
+    /** {@link #source(ModelConfig, int, int, int)} of {@link #sample(ModelConfig, long, int, long)}'s samples. */
+    static SampleSource source(ModelConfig cfg, int dp, int dpSize, int batch, int seq, long seedBase) {
         return new SampleSource() {
             private long consumed;
 
             @Override
             public int sampleLength() {
-                return SEQ + 1;
+                return seq + 1;
             }
 
             @Override
             public boolean next(int[] out, int offset) {
                 long step = consumed / batch;
                 long i = step * batch * dpSize + (long) dp * batch + consumed % batch;
-                System.arraycopy(sample(cfg, i), 0, out, offset, SEQ + 1);
+                System.arraycopy(sample(cfg, i, seq, seedBase), 0, out, offset, seq + 1);
                 consumed++;
                 return true;
             }
