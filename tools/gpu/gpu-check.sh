@@ -67,8 +67,10 @@ NVCC="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
 } >> "$R"
 
 CP="$B/classes/main:$B/classes/test:$(ls "$B"/lib/*.jar | tr '\n' ':')"
+# JCuda extracts its native library into java.io.tmpdir without a lock: each JVM that runs at the same time as
+# another gets its own folder.
 JOPTS=(--add-modules=jdk.incubator.vector -Xmx16g "-Dorg.bytedeco.javacpp.platform.linkpath=$NV_LIBS" "-Djava.io.tmpdir=$B/tmp")
-mkdir -p "$B/tmp"
+mkdir -p "$B/tmp" "$B/tmp-engine"
 
 # 2. runs beside the tests: it checks that this machine's nvcc and ptxas accept every kernel; the tests use
 # the fatbin built on the CPU machine (the same nvcc 13.0), so their result does not depend on the build's timing.
@@ -83,7 +85,7 @@ timeout "$TEST_S" "$JAVA" "${JOPTS[@]}" -cp "$CP" org.junit.platform.console.Con
   > "$REPORT_DIR/tests.log" 2>&1 &
 TESTS_PID=$!
 
-timeout "$TEST_S" "$JAVA" "${JOPTS[@]}" -Dsparkatron.test.device=cuda -Dsparkatron.test.fp8.parity=true -cp "$CP" org.junit.platform.console.ConsoleLauncher \
+timeout "$TEST_S" "$JAVA" "${JOPTS[@]}" "-Djava.io.tmpdir=$B/tmp-engine" -Dsparkatron.test.device=cuda -Dsparkatron.test.fp8.parity=true -cp "$CP" org.junit.platform.console.ConsoleLauncher \
   --select-class org.sparkatron.model.GoldenModelTest --select-class org.sparkatron.model.GoldenMoeTest --select-class org.sparkatron.model.MixedPrecisionModelTest \
   --select-class org.sparkatron.model.BadModelInputTest --select-class org.sparkatron.precision.LossScalingTest \
   --select-class org.sparkatron.precision.Fp8KernelsTest --select-class org.sparkatron.precision.Fp8RecipeTest \
