@@ -54,6 +54,8 @@ public final class AsyncCheckpointer implements AutoCloseable {
     private final ThreadPoolExecutor writer;
     private Tensor staging;
     private Pending pending;
+    /** The last write's {wall, writer thread CPU} nanoseconds, for the benchmark; written by the writer thread. */
+    private volatile long[] lastWrite = {0, 0};
 
     /** A save whose files are being written. */
     private record Pending(long step, long dropoutSteps, String tmp, Future<long[]> written, Transformer model,
@@ -220,6 +222,8 @@ public final class AsyncCheckpointer implements AutoCloseable {
             if (failure != null) {
                 throw new IOException(failure);
             }
+            long wall0 = System.nanoTime();
+            long cpu0 = java.lang.management.ManagementFactory.getThreadMXBean().getCurrentThreadCpuTime();
             for (FilePart f : parts) {
                 ShardFiles.Written w = ShardFiles.write(ckpt.storage(), ckpt.storage().child(tmp, f.file()), f.tensors(),
                         Map.of("step", "" + step));
@@ -227,6 +231,8 @@ public final class AsyncCheckpointer implements AutoCloseable {
                 row[f.slot() + 1] = w.bytes();
                 row[f.slot() + 2] = w.crc();
             }
+            lastWrite = new long[] {System.nanoTime() - wall0,
+                java.lang.management.ManagementFactory.getThreadMXBean().getCurrentThreadCpuTime() - cpu0};
             return row;
         };
         Future<long[]> written;
@@ -302,6 +308,11 @@ public final class AsyncCheckpointer implements AutoCloseable {
             rows[r] = Arrays.copyOfRange(all[r], 1, ROW + 1);
         }
         return ckpt.commitSave(world, p.model(), p.step(), p.dropoutSteps(), p.tmp(), p.layout(), rows, p.positions(), p.extra());
+    }
+
+    /** The last completed write's {wall, CPU of the writing thread} in nanoseconds (for the benchmark). */
+    long[] lastWriteTimes() {
+        return lastWrite.clone();
     }
 
     /**
