@@ -61,6 +61,13 @@ class Fp8KernelsTest {
             float m = 0;
             for (int i = 0; i < x.length; i++) {
                 int expected = f.encode(x[i] * 37.25f);
+                if (Float.isNaN(x[i])) {
+                    // NaN * scale keeps x86's payload (0x7fc00000: E5M2 0x7e) but is the canonical 0x7fffffff on
+                    // NVIDIA GPUs (E5M2 0x7f, seen on the H200): the code must be a NaN of the format, not one code
+                    assertTrue(Float.isNaN(f.decode(b.get(i) & 0xff)), f + " element " + i + ": NaN cast to a non-NaN code " + (b.get(i) & 0xff));
+                    assertTrue(Float.isNaN(v[i]), f + " value " + i + " of NaN");
+                    continue;
+                }
                 assertEquals(expected, b.get(i) & 0xff, f + " element " + i + " = " + x[i]);
                 assertEquals(Float.floatToIntBits(f.decode(expected)), Float.floatToIntBits(v[i]), f + " value " + i);
                 m = Float.isNaN(x[i]) ? m : Math.max(m, Math.abs(x[i]));

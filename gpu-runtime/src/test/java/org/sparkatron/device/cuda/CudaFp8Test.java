@@ -76,6 +76,14 @@ class CudaFp8Test {
                     byte[] got = codes(dev, c);
                     float[] values = TestDevices.read(dev, v);
                     for (int i = 0; i < x.length; i++) {
+                        if (Float.isNaN(x[i])) {
+                            // a NaN's payload after "* scale" is the processor's: x86 keeps it, an NVIDIA GPU
+                            // returns the canonical 0x7fffffff (seen on the H200), so the E5M2 NaN codes differ;
+                            // what is required is a NaN code of the format
+                            assertTrue(Float.isNaN(f.decode(got[i] & 0xff)), f + " code " + (got[i] & 0xff) + " of NaN x " + s);
+                            assertTrue(Float.isNaN(values[i]), f + " value of NaN x " + s);
+                            continue;
+                        }
                         int want = f.encode(x[i] * s);
                         if ((got[i] & 0xff) != want) {
                             assertEquals(Integer.toHexString(want), Integer.toHexString(got[i] & 0xff),
