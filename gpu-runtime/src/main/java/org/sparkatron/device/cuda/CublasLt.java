@@ -91,6 +91,8 @@ final class CublasLt implements AutoCloseable {
     private final LongPointer biasAddress = new LongPointer(1);
     private final LongPointer scaleAddress = new LongPointer(1);
     private final Tensor workspace;
+    /** The two scales of the FP8 GEMM being queued, at 256-byte aligned places (slots 0 and 64): see matmulFp8. */
+    private final Tensor fp8Scales;
     private final CUstream_st stream;
     private final boolean tf32 = Boolean.getBoolean("sparkatron.cuda.tf32");
 
@@ -102,6 +104,7 @@ final class CublasLt implements AutoCloseable {
             throw new CudaException("cuBLASLt (libcublasLt.so.13 through JavaCPP) did not load: " + e, e);
         }
         this.workspace = device.allocate(DType.I32, WORKSPACE_BYTES / 4);
+        this.fp8Scales = device.allocate(DType.F32, 128);
         this.stream = new CUstream_st(at(device.computeStreamAddress()));
     }
 
@@ -208,8 +211,12 @@ final class CublasLt implements AutoCloseable {
         }
         Key key = new Key(true, false, m, n, k, lda, ldb, ldd, a.dtype(), b.dtype(), d.dtype(), null,
                 alignment(a.address(), b.address(), d.address()));
-        long aScale = scales.address() + 4L * aSlot;
-        long bScale = scales.address() + 4L * bSlot;
+        // cuBLASLt refused (NOT_SUPPORTED, on the H200 with cuBLAS 13) FP8 GEMMs whose scale pointers sat at 4-byte
+        // offsets into the recipe's scale table: each scale is copied, stream-ordered, to its own aligned place
+        device.copy2d(fp8Scales, 0, 1, scales, aSlot, 1, 1, 1);
+        device.copy2d(fp8Scales, 64, 1, scales, bSlot, 1, 1, 1);
+        long aScale = fp8Scales.address();
+        long bScale = fp8Scales.address() + 4L * 64;
         Plan p = planFor(key, aScale, bScale);
         setScales(p, aScale, bScale);
         run(p, key, 1f, a, 0, b, 0, betaValue, d, 0);
@@ -307,5 +314,6 @@ final class CublasLt implements AutoCloseable {
         plans.clear();
         cublas.cublasLtDestroy(handle);
         device.release(workspace);
+        device.release(fp8Scales);
     }
 }
