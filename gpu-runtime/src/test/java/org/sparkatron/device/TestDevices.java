@@ -43,9 +43,13 @@ public final class TestDevices {
         return new org.sparkatron.device.cuda.CudaDevice(0);
     }
 
-    /** True when the suite runs on a real GPU (the CUDA kind, not emulated): {@code ./sparkatron gpu-check}. */
+    /**
+     * True when CUDA runs on a real GPU, not the emulation ({@code ./sparkatron gpu-check}), whatever the suite's
+     * kind. Loads the CUDA probe: call it from CUDA tests, or after checking {@link #kind()}.
+     */
     public static boolean realGpu() {
-        return kind().equals("cuda") && !org.sparkatron.device.cuda.CudaRuntime.availability().emulated();
+        org.sparkatron.device.cuda.CudaRuntime.Availability a = org.sparkatron.device.cuda.CudaRuntime.availability();
+        return a.available() && !a.emulated();
     }
 
     /**
@@ -58,7 +62,7 @@ public final class TestDevices {
      * absolute sum at K = 64, against the 1e-5 of the largest output that fp32 accumulation meets.
      */
     public static double fp8AccumulationSlack(double absSum) {
-        return realGpu() ? absSum * 0x1p-12 : 0;
+        return kind().equals("cuda") && realGpu() ? absSum * 0x1p-12 : 0;
     }
 
     /** A device tensor's F32 contents (synchronises). */
