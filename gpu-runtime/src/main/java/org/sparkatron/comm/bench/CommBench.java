@@ -133,8 +133,8 @@ public final class CommBench {
                 + "shared-memory slot " + human(slot) + ", TCP segment " + human(segment) + " on loopback, "
                 + Runtime.getRuntime().availableProcessors() + " cores on this machine, load average "
                 + loadAverage());
-        System.out.printf(Locale.ROOT, "%-9s %-15s %5s %10s %11s %11s %11s%n", "transport", "op", "ranks", "size", "time_ms",
-                "algbw_GB/s", "busbw_GB/s");
+        System.out.printf(Locale.ROOT, "%-9s %-15s %5s %10s %11s %11s %11s %11s%n", "transport", "op", "ranks", "size", "time_ms",
+                "algbw_GB/s", "busbw_GB/s", "cpu_ms/rank");
         Map<String, Double> ours64 = new LinkedHashMap<>();
         for (String transport : sweep) {
             for (int n : worlds) {
@@ -145,8 +145,9 @@ public final class CommBench {
                     double t = Double.parseDouble(f[3]);
                     double algbw = size / t / 1e9;
                     double factor = op.equals("all_reduce") ? 2.0 * (n - 1) / n : (double) (n - 1) / n;
-                    System.out.printf(Locale.ROOT, "%-9s %-15s %5d %10s %11.3f %11.3f %11.3f%n", transport, op, n, human(size),
-                            t * 1e3, algbw, algbw * factor);
+                    double cpu = Double.parseDouble(f[4]);
+                    System.out.printf(Locale.ROOT, "%-9s %-15s %5d %10s %11.3f %11.3f %11.3f %11.3f%n", transport, op, n,
+                            human(size), t * 1e3, algbw, algbw * factor, cpu * 1e3);
                     if (op.equals("all_reduce") && size == (64L << 20)) {
                         ours64.put(transport + n, algbw * factor);
                     }
@@ -340,21 +341,26 @@ public final class CommBench {
             }
             // Warm-up (JIT) on both the small and the large paths before anything is timed.
             for (String op : ops.split(",")) {
-                measure(c, op, 4096, 40);
-                measure(c, op, 1 << 20, 10);
+                measure(c, op, 4096, 40, 1);
+                measure(c, op, 1 << 20, 10, 1);
             }
             for (String op : ops.split(",")) {
                 for (long size : sizes) {
-                    double t = measure(c, op, size, setup.iters());
+                    double[] t = measure(c, op, size, setup.iters(), setup.threads() ? n : 1);
                     if (rank == 0) {
-                        report.accept(String.format(Locale.ROOT, "RESULT %s %d %.9f", op, size, t));
+                        report.accept(String.format(Locale.ROOT, "RESULT %s %d %.9f %.9f", op, size, t[0], t[1]));
                     }
                 }
             }
         }
     }
 
-    private static double measure(Communicator c, String op, long size, int iters) {
+    /**
+     * Median wall time of one operation on this rank, and median CPU time of this rank's process over the same
+     * operation divided by {@code ranksPerProcess} (all threads: caller, TCP readers and writers, waits; a
+     * measure of work that other processes on the machine barely disturb).
+     */
+    private static double[] measure(Communicator c, String op, long size, int iters, int ranksPerProcess) {
         int n = c.size();
         int count = (int) (size / 4 / n * n);
         Tensor full = Tensor.allocateHost(DType.F32, count);
@@ -376,14 +382,30 @@ public final class CommBench {
         once.run();
         once.run();
         double[] ts = new double[reps];
+        double[] cpu = new double[reps];
         for (int i = 0; i < reps; i++) {
             c.barrier();
+            long c0 = processCpuNanos();
             long t0 = System.nanoTime();
             once.run();
             ts[i] = (System.nanoTime() - t0) / 1e9;
+            cpu[i] = (processCpuNanos() - c0) / 1e9 / ranksPerProcess;
         }
         Arrays.sort(ts);
-        return ts[reps / 2];
+        Arrays.sort(cpu);
+        return new double[] {ts[reps / 2], cpu[reps / 2]};
+    }
+
+    /** CPU time of this JVM's live threads (nanosecond clocks; the process clock here ticks in 10 ms). */
+    private static long processCpuNanos() {
+        if (!(java.lang.management.ManagementFactory.getThreadMXBean() instanceof com.sun.management.ThreadMXBean tm)) {
+            return 0;
+        }
+        long sum = 0;
+        for (long t : tm.getThreadCpuTime(tm.getAllThreadIds())) {
+            sum += Math.max(0, t);
+        }
+        return sum;
     }
 
     private static long parseSize(String s) {
