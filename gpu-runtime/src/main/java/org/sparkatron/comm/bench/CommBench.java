@@ -47,6 +47,7 @@ import org.sparkatron.tensor.Tensor;
  * <pre>
  *   ./sparkatron bench-comm [--ranks 2,4] [--max-size 256M] [--quick] [--iters N] [--no-peer] [--peer FILE]
  *                           [--segment 512K] [--transport shm,tcp] [--sweep shm] [--threads] [--slot 1M] [--pairs 3] [--sizes 1M,64M]
+ *                           [--ceiling]
  * </pre>
  */
 public final class CommBench {
@@ -58,6 +59,7 @@ public final class CommBench {
     static final String USAGE = String.join("\n",
             "usage: ./sparkatron bench-comm [--ranks 2,4] [--max-size 256M] [--quick] [--iters 5] [--no-peer] [--peer FILE]",
             "         [--segment 512K] [--transport shm,tcp] [--sweep shm] [--threads] [--slot 1M] [--pairs 3] [--sizes 1M,64M]",
+            "         [--ceiling]   (also pair the host's raw TCP and memory-copy ceilings with each Gloo run)",
             "  collectives through shared memory and over TCP (ranks as JVMs on one host; --threads: ranks as threads",
             "  of one JVM) against PyTorch Gloo, as nccl-tests (docs/comm.md)");
 
@@ -84,10 +86,11 @@ public final class CommBench {
         List<String> transports = List.of("shm", "tcp");
         List<String> sweep = null;
         boolean threads = false;
+        boolean ceiling = false;
         int pairs = 3;
         List<Long> only = null;
         for (int i = 0; i < args.length; i++) {
-            if (!List.of("--quick", "--no-peer", "--threads").contains(args[i]) && i + 1 >= args.length) {
+            if (!List.of("--quick", "--no-peer", "--threads", "--ceiling").contains(args[i]) && i + 1 >= args.length) {
                 throw new org.sparkatron.cli.Cli.UsageException("option " + args[i] + " needs a value");
             }
             switch (args[i]) {
@@ -102,6 +105,7 @@ public final class CommBench {
                 case "--transport" -> transports = List.of(args[++i].split(","));
                 case "--sweep" -> sweep = List.of(args[++i].split(","));
                 case "--threads" -> threads = true;
+                case "--ceiling" -> ceiling = true;
                 case "--pairs" -> pairs = Integer.parseInt(args[++i]);
                 case "--sizes" -> only = Arrays.stream(args[++i].split(",")).map(CommBench::parseSize).toList();
                 default -> throw new org.sparkatron.cli.Cli.UsageException("unknown option '" + args[i] + "' (./sparkatron bench-comm --help)");
@@ -166,15 +170,24 @@ public final class CommBench {
         // Shared machines drift: the ratio pairs each Gloo run with fresh 64 MiB all-reduce runs of ours right
         // before it (alternating, --pairs times), and compares the medians of each kind.
         System.out.println("peer: /usr/bin/python3 " + script + " N 64  (torch.distributed gloo, 64 MiB fp32 all-reduce,"
-                + " processes on loopback); paired " + pairs + " times: ours (" + String.join(", ", transports) + "), then gloo");
+                + " processes on loopback); paired " + pairs + " times: ours (" + String.join(", ", transports) + ")"
+                + (ceiling ? ", the host's ceilings (CommCeiling)" : "") + ", then gloo");
         for (int n : worlds) {
             List<Double> glooBw = new ArrayList<>();
             Map<String, List<Double>> oursBw = new LinkedHashMap<>();
+            Map<String, List<Double>> ceilings = new LinkedHashMap<>();
             for (int k = 0; k < pairs; k++) {
                 for (String transport : transports) {
                     for (String line : runWorld(n, List.of(64L << 20), "all_reduce", transport, setup)) {
                         double t = Double.parseDouble(line.split(" ")[3]);
                         oursBw.computeIfAbsent(transport, x -> new ArrayList<>()).add((64L << 20) / t / 1e9 * 2.0 * (n - 1) / n);
+                    }
+                }
+                if (ceiling) {
+                    for (String line : runWorld(n, List.of(64L << 20), "ceiling_tcp,ceiling_copy", "tcp", setup)) {
+                        double t = Double.parseDouble(line.split(" ")[3]);
+                        ceilings.computeIfAbsent(line.split(" ")[1], x -> new ArrayList<>())
+                                .add((64L << 20) / t / 1e9 * 2.0 * (n - 1) / n);
                     }
                 }
                 String out = run(List.of("/usr/bin/python3", script.toString(), String.valueOf(n), "64"), 600);
@@ -196,6 +209,13 @@ public final class CommBench {
                                 + " ratio of medians %.2fx gloo%n", n, e.getKey(), fmt(e.getValue()), median(e.getValue()),
                         ours64.containsKey(key) ? String.format(Locale.ROOT, ", sweep above %.3f", ours64.get(key)) : "",
                         median(e.getValue()) / g);
+            }
+            for (Map.Entry<String, List<Double>> e : ceilings.entrySet()) {
+                System.out.printf(Locale.ROOT, "all_reduce 64 MiB, %d ranks: ceiling %s, as busbw %s GB/s (median %.3f);"
+                                + " %.2fx gloo%n", n, e.getKey().equals("ceiling_tcp")
+                                ? "raw loopback TCP moving the ring's bytes (no reduction)"
+                                : "every rank copying its 64 MiB at once (the direct algorithm's memory traffic)",
+                        fmt(e.getValue()), median(e.getValue()), median(e.getValue()) / g);
             }
         }
         System.out.println("load average after the run: " + loadAverage());
@@ -338,6 +358,16 @@ public final class CommBench {
         try (Communicator c = Communicators.connect(rank, n, rv, secret, opts, shm)) {
             if (transport.equals("shm") && !(c instanceof ShmCommunicator s && s.sharedMemory())) {
                 throw new IllegalStateException("shared memory unavailable here (" + shm + ")");
+            }
+            if (ops.startsWith("ceiling")) {
+                for (String op : ops.split(",")) {
+                    double t = op.equals("ceiling_tcp") ? CommCeiling.ringBytesOverTcp(c, sizes.get(0), setup.iters())
+                            : CommCeiling.copyEverywhere(c, sizes.get(0), setup.iters());
+                    if (rank == 0) {
+                        report.accept(String.format(Locale.ROOT, "RESULT %s %d %.9f 0", op, sizes.get(0), t));
+                    }
+                }
+                return;
             }
             // Warm-up (JIT) on both the small and the large paths before anything is timed.
             for (String op : ops.split(",")) {
