@@ -113,7 +113,7 @@ section "3. CUDA test suite on the GPU"
     ok=$(sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -oE '[0-9]+ tests successful' | grep -oE '[0-9]+'); failed=$(sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -oE '[0-9]+ tests failed' | grep -oE '[0-9]+')
     aborted=$(sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -oE '[0-9]+ tests aborted' | grep -oE '[0-9]+')
     echo "${c##*.}: ${ok:-?} passed, ${failed:-?} failed, ${aborted:-?} skipped$(grep -q 'A fatal error has been detected' "$f" && echo ', JVM CRASHED: '"$(grep -m1 -A0 'Problematic frame' -A1 "$f" | tail -1)")"
-    sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -E '✘|CudaException|cublasLt\]' | head -8
+    sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -E '✘|CudaException|\[cublasLt\].*\[Error\]' | head -8
   done
   echo '```'
 } >> "$R"
