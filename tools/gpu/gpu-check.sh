@@ -141,6 +141,16 @@ if [ -f "$B/classes/main/org/sparkatron/device/cuda/GpuBench.class" ]; then
 else
   note "sparkatron: not run (GpuBench is not in this build: the model does not run on the CUDA device yet)"
 fi
+if [ -f "$B/classes/main/org/sparkatron/device/cuda/GpuBench.class" ]; then
+  # where the step's time goes: TF32 GEMMs instead of fp32 (the GEMMs' share), and sequence 256 with batch 64 (the
+  # same tokens with a quarter of the attention work per token: the attention's share)
+  timeout "$BENCH_S" "$JAVA" "${JOPTS[@]}" -Dsparkatron.cuda.tf32=true -cp "$CP" org.sparkatron.device.cuda.GpuBench 12 768 12 1024 50304 16 6 bf16 \
+    > "$REPORT_DIR/bench-sparkatron-tf32.log" 2>&1
+  note "sparkatron, TF32 GEMMs: $(grep '^sparkatron-cuda' "$REPORT_DIR/bench-sparkatron-tf32.log" | cut -d'(' -f1)"
+  timeout "$BENCH_S" "$JAVA" "${JOPTS[@]}" -cp "$CP" org.sparkatron.device.cuda.GpuBench 12 768 12 256 50304 64 6 bf16 \
+    > "$REPORT_DIR/bench-sparkatron-t256.log" 2>&1
+  note "sparkatron, sequence 256 x batch 64: $(grep '^sparkatron-cuda' "$REPORT_DIR/bench-sparkatron-t256.log" | cut -d'(' -f1)"
+fi
 for mode in ${GPU_CHECK_TORCH_MODES:-eager compile}; do
   timeout "$TORCH_S" "$PY" "$ROOT/gpu-runtime/src/bench/python/torch_gpt2_gpu.py" "${MODEL[@]}" "$mode" > "$REPORT_DIR/bench-torch-$mode.log" 2>&1
   note "pytorch $mode: $(tail -1 "$REPORT_DIR/bench-torch-$mode.log")"
