@@ -22,8 +22,8 @@ import java.util.zip.CRC32C;
  * <p>The bytes are gathered into one aligned buffer of {@link #BUFFER} bytes (a copy in user space, on the
  * writing thread) and written in whole blocks; the last block is padded and the file truncated to its length,
  * then forced to disk (the size is metadata). Where the file system refuses direct I/O (tmpfs on older
- * kernels, some network file systems) {@link #write} returns -1 before writing anything and the caller writes
- * through the page cache.
+ * kernels, some network file systems) {@link #write} returns null and the caller writes the file through the
+ * page cache.
  *
  * <p>Threading: stateless; each call uses its own buffer. Blocking: file I/O. Failure: {@link IOException}.
  */
@@ -37,27 +37,29 @@ final class DirectFileWriter {
     }
 
     /**
-     * Writes {@code parts} (their remaining bytes, in order) as the whole content of {@code file} with direct I/O,
-     * adding every byte to {@code crc}; the parts' positions are left unchanged.
+     * Writes {@code parts} (their remaining bytes, in order) as the whole content of {@code file} with direct I/O;
+     * the parts' positions are left unchanged.
      *
-     * @return the bytes written, or -1 when the file system does not support direct I/O (nothing was written and
-     *     {@code crc} is unchanged)
+     * @return the file's size and CRC32C, or null when the file system does not support direct I/O here (it
+     *     refused the open, or the first write: then the caller writes the file again through the page cache)
      */
-    static long write(Path file, List<ByteBuffer> parts, CRC32C crc) throws IOException {
+    static ShardFiles.Written write(Path file, List<ByteBuffer> parts) throws IOException {
         int align;
         FileChannel ch;
         try {
             Path dir = file.toAbsolutePath().getParent();
             align = (int) Files.getFileStore(dir).getBlockSize();
             if (align <= 0 || Integer.bitCount(align) != 1 || align > BUFFER) {
-                return -1;
+                return null;
             }
             ch = FileChannel.open(file, StandardOpenOption.CREATE, StandardOpenOption.WRITE, StandardOpenOption.TRUNCATE_EXISTING,
                     ExtendedOpenOption.DIRECT);
         } catch (UnsupportedOperationException | IOException e) {
-            return -1; // no direct I/O here (EINVAL on open, or no block size): the caller writes buffered
+            return null; // no direct I/O here (EINVAL on open, or no block size): the caller writes buffered
         }
+        CRC32C crc = new CRC32C();
         long n = 0;
+        boolean first = true;
         try (ch) {
             ByteBuffer buf = ByteBuffer.allocateDirect(BUFFER + align).alignedSlice(align);
             buf.limit(BUFFER);
@@ -72,7 +74,10 @@ final class DirectFileWriter {
                     n += k;
                     if (!buf.hasRemaining()) {
                         buf.flip();
-                        writeFully(ch, buf);
+                        if (!writeFirst(ch, buf, first)) {
+                            return null;
+                        }
+                        first = false;
                         buf.clear().limit(BUFFER);
                     }
                 }
@@ -84,12 +89,31 @@ final class DirectFileWriter {
                     buf.put((byte) 0);
                 }
                 buf.flip();
-                writeFully(ch, buf);
+                if (!writeFirst(ch, buf, first)) {
+                    return null;
+                }
             }
             ch.truncate(n);
             ch.force(true);
         }
-        return n;
+        return new ShardFiles.Written(n, crc.getValue());
+    }
+
+    /**
+     * Writes the whole buffer; false when this is the file's first write and it failed (the JDK checks the
+     * alignment against the file system's block size, which may differ from the file store's on some file
+     * systems): the caller falls back to a buffered write, which reports a real I/O error itself.
+     */
+    private static boolean writeFirst(FileChannel ch, ByteBuffer buf, boolean first) throws IOException {
+        try {
+            writeFully(ch, buf);
+            return true;
+        } catch (IOException e) {
+            if (first) {
+                return false;
+            }
+            throw e;
+        }
     }
 
     private static void writeFully(FileChannel ch, ByteBuffer buf) throws IOException {

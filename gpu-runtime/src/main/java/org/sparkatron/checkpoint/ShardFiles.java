@@ -57,9 +57,9 @@ final class ShardFiles {
                     parts.add(t.hostBuffer()); // native order, which requireLittleEndianPlatform made little-endian
                 }
             }
-            long direct = DirectFileWriter.write(local, parts, crc);
-            if (direct >= 0) {
-                return new Written(direct, crc.getValue());
+            Written direct = DirectFileWriter.write(local, parts);
+            if (direct != null) {
+                return direct;
             }
             try (FileChannel ch = FileChannel.open(local, StandardOpenOption.CREATE, StandardOpenOption.WRITE,
                     StandardOpenOption.TRUNCATE_EXISTING)) {
