@@ -84,7 +84,8 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
      * (sequence parallelism {@code sp}), training steps of {@code microBatches} micro-batches of {@code batch}
      * sequences of {@code seqLen} tokens in {@code precision} with {@code recompute}.
      *
-     * @param halfBytes bytes per element of 16-bit data on the target device (4 on the CPU, 2 on a GPU)
+     * @param halfBytes bytes per element of the model's 16-bit weights (2: BF16/F16 elements on every device; the
+     *                  overloads without {@code fp8Bytes} take 4 to mean the CPU device, whose FP8 values are fp32)
      */
     public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, PipelineLayout pl, int stage, int microBatches,
                                     int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes) {
