@@ -51,7 +51,8 @@ public final class DpBench {
     }
 
     static final String USAGE = String.join("\n",
-            "usage: ./sparkatron bench-dp [--dp 2] [--bucket-mb 1] [--distributed-optimizer [--overlap-param-gather]] [--rounds 3] [--steps 3]",
+            "usage: ./sparkatron bench-dp [--dp 2] [--bucket-mb 1] [--distributed-optimizer [--overlap-param-gather]] [--precision fp32|bf16]",
+            "         [--rounds 3] [--steps 3]",
             "         [--family gpt2|llama] [--layers 8] [--width 256] [--heads 4] [--seq 64] [--batch 2] [--micro 2] [--vocab 8192]",
             "  data parallelism in one JVM: step time with overlap_grad_reduce off and on (alternating rounds, medians),",
             "  the share of the gradient reduction hidden behind the backward (and of the parameter gather behind the forward),",
@@ -67,7 +68,11 @@ public final class DpBench {
 
     static void bench(String[] argv) throws Exception {
         BenchArgs a = new BenchArgs("bench-dp", argv, Set.of("dp", "layers", "width", "heads", "seq", "batch", "micro", "vocab",
-                "family", "steps", "bucket-mb", "rounds"), Set.of("distributed-optimizer", "overlap-param-gather"));
+                "family", "steps", "bucket-mb", "rounds", "precision"), Set.of("distributed-optimizer", "overlap-param-gather"));
+        Precision precision = Precision.parse(a.string("precision", "fp32"));
+        if (precision != Precision.FP32 && precision != Precision.BF16) {
+            throw new IllegalArgumentException("--precision must be fp32 or bf16, got " + precision.label());
+        }
         int dp = a.integer("dp", 2);
         int layers = a.integer("layers", 8);
         int seq = a.integer("seq", 64);
@@ -93,17 +98,17 @@ public final class DpBench {
                 a.integer("vocab", 8192));
         long bucket = (long) (bucketMb * (1 << 20) / 4);
         System.out.printf(Locale.ROOT, "bench-dp: %s L=%d C=%d T=%d, dp=%d, micro-batch %d x %d micro-batches per rank, "
-                        + "%s; %d rounds alternating overlap off and on, each %d steps (the first a warm-up); medians; %d cores%n",
+                        + "%s, %s; %d rounds alternating overlap off and on, each %d steps (the first a warm-up); medians; %d cores%n",
                 cfg.family().name().toLowerCase(Locale.ROOT), layers, cfg.hidden(), seq, dp, batch, micro,
-                distopt ? "distributed optimizer" : "all-reduce", rounds, steps, Runtime.getRuntime().availableProcessors());
+                distopt ? "distributed optimizer" : "all-reduce", precision.label(), rounds, steps, Runtime.getRuntime().availableProcessors());
         List<Run> offs = new ArrayList<>();
         List<Run> ons = new ArrayList<>();
         List<Run> gathers = new ArrayList<>();
         for (int r = 0; r < rounds; r++) { // alternating: a machine whose load changes affects all alike
-            offs.add(run(cfg, dp, batch, seq, micro, steps, new DataParallel.Config(distopt, bucket, false), Precision.FP32));
-            ons.add(run(cfg, dp, batch, seq, micro, steps, new DataParallel.Config(distopt, bucket, true), Precision.FP32));
+            offs.add(run(cfg, dp, batch, seq, micro, steps, new DataParallel.Config(distopt, bucket, false), precision));
+            ons.add(run(cfg, dp, batch, seq, micro, steps, new DataParallel.Config(distopt, bucket, true), precision));
             if (paramGather) {
-                gathers.add(run(cfg, dp, batch, seq, micro, steps, new DataParallel.Config(distopt, bucket, true, true), Precision.FP32));
+                gathers.add(run(cfg, dp, batch, seq, micro, steps, new DataParallel.Config(distopt, bucket, true, true), precision));
             }
         }
         Run off = median(offs);
