@@ -22,6 +22,7 @@
 #include <memory>
 #include <mutex>
 #include <random>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -289,14 +290,26 @@ int ncclCommInitRank(Comm** out, int nranks, UniqueId id, int rank) {
     return ncclSuccess;
 }
 
+// Real NCCL frees the communicator in ncclCommDestroy and ncclCommAbort: a second call on it is a use after
+// free that crashes the process inside NCCL (seen on the H200: setCommAbortFlags). The emulation names it
+// and aborts the process the same way, so the bug cannot pass here.
+static void refuseFreed(const Comm* comm, const char* call) {
+    if (comm->destroyed) {
+        emu::report(std::string(call) + " on a communicator already destroyed or aborted (a use after free in real NCCL)");
+        std::abort();
+    }
+}
+
 int ncclCommDestroy(Comm* comm) {
     if (comm == nullptr) return ncclInvalidArgument;
+    refuseFreed(comm, "ncclCommDestroy");
     comm->destroyed = true;
     return ncclSuccess;
 }
 
 int ncclCommAbort(Comm* comm) {
     if (comm == nullptr) return ncclSuccess;
+    refuseFreed(comm, "ncclCommAbort");
     {
         std::lock_guard<std::mutex> lock(comm->clique->mu);
         comm->clique->aborted = true;
@@ -309,6 +322,7 @@ int ncclCommAbort(Comm* comm) {
 
 int ncclCommGetAsyncError(Comm* comm, int* err) {
     if (comm == nullptr) return ncclInvalidArgument;
+    refuseFreed(comm, "ncclCommGetAsyncError");
     if (comm->asyncError.load() == ncclSuccess && comm->clique->aborted) comm->asyncError = ncclRemoteError;
     *err = comm->asyncError.load();
     return ncclSuccess;

@@ -12,7 +12,8 @@
 # Every section has its own time limit, so one that hangs cannot take the others with it. The kernel rebuild
 # and the two test sections run at the same time (they check correctness, not speed); the benchmarks run
 # alone after them. Limits in seconds, from the environment: GPU_CHECK_TEST_S (each test section, 200),
-# GPU_CHECK_BENCH_S (Sparkatron's benchmark, 200), GPU_CHECK_TORCH_S (each PyTorch run, 150).
+# GPU_CHECK_BENCH_S (Sparkatron's benchmark, 200), GPU_CHECK_TORCH_S (each PyTorch run, 150); GPU_CHECK_TORCH_MODES
+# ("eager compile") names the PyTorch peers to run.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 B="$ROOT/build-out/gpu-check"
@@ -79,11 +80,20 @@ mkdir -p "$B/rebuilt"
   echo $? > "$REPORT_DIR/build.rc" ) &
 BUILD_PID=$!
 
-# 3. the CUDA test suite and 3b. the engine suites on the CUDA device, side by side
-timeout "$TEST_S" "$JAVA" "${JOPTS[@]}" -cp "$CP" org.junit.platform.console.ConsoleLauncher --include-tag cuda \
-  --scan-classpath "$B/classes/test" --details=tree --disable-banner --reports-dir="$REPORT_DIR/junit" \
-  > "$REPORT_DIR/tests.log" 2>&1 &
-TESTS_PID=$!
+# 3. the CUDA test suite (one JVM per class, so that a crash in native code, which takes its JVM with it,
+# costs only that class's results) and 3b. the engine suites on the CUDA device, all side by side
+# cuBLASLt logs its errors (the reason behind a NOT_SUPPORTED) to the test logs
+export CUBLASLT_LOG_LEVEL="${CUBLASLT_LOG_LEVEL:-2}"
+CUDA_CLASSES=$(cd "$B/classes/test" && grep -rl --include='*.class' 'org/junit/jupiter/api/Tag' . | xargs grep -l 'cuda' \
+  | sed 's|^\./||; s|\.class$||; s|/|.|g' | grep -v '\$' | sort)
+mkdir -p "$REPORT_DIR/tests"
+TEST_PIDS=()
+for c in $CUDA_CLASSES; do
+  mkdir -p "$B/tmp-$c"
+  timeout "$TEST_S" "$JAVA" "${JOPTS[@]}" "-Djava.io.tmpdir=$B/tmp-$c" -cp "$CP" org.junit.platform.console.ConsoleLauncher \
+    --include-tag cuda --select-class "$c" --details=tree --disable-banner > "$REPORT_DIR/tests/$c.log" 2>&1 &
+  TEST_PIDS+=($!)
+done
 
 timeout "$TEST_S" "$JAVA" "${JOPTS[@]}" "-Djava.io.tmpdir=$B/tmp-engine" -Dsparkatron.test.device=cuda -Dsparkatron.test.fp8.parity=true -cp "$CP" org.junit.platform.console.ConsoleLauncher \
   --select-class org.sparkatron.model.GoldenModelTest --select-class org.sparkatron.model.GoldenMoeTest --select-class org.sparkatron.model.MixedPrecisionModelTest \
@@ -92,11 +102,22 @@ timeout "$TEST_S" "$JAVA" "${JOPTS[@]}" "-Djava.io.tmpdir=$B/tmp-engine" -Dspark
   --select-class org.sparkatron.precision.Fp8TrainingTest \
   --details=tree --disable-banner --reports-dir="$REPORT_DIR/junit-engine" > "$REPORT_DIR/engine-tests.log" 2>&1 &
 ENGINE_PID=$!
-wait "$TESTS_PID"; TESTS_RC=$?
+TESTS_RC=0
+for pid in "${TEST_PIDS[@]}"; do wait "$pid" || TESTS_RC=1; done
 wait "$ENGINE_PID"; ENGINE_RC=$?
 section "3. CUDA test suite on the GPU"
-{ echo '```'; grep -E 'tests (successful|failed|aborted|skipped)|✘|SKIPPED|CudaException|Caused by' "$REPORT_DIR/tests.log" | head -60; echo '```'; } >> "$R"
-note "CUDA suite: exit status $TESTS_RC (full log: tests.log)"
+{
+  echo '```'
+  for c in $CUDA_CLASSES; do
+    f="$REPORT_DIR/tests/$c.log"
+    ok=$(sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -oE '[0-9]+ tests successful' | grep -oE '[0-9]+'); failed=$(sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -oE '[0-9]+ tests failed' | grep -oE '[0-9]+')
+    aborted=$(sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -oE '[0-9]+ tests aborted' | grep -oE '[0-9]+')
+    echo "${c##*.}: ${ok:-?} passed, ${failed:-?} failed, ${aborted:-?} skipped$(grep -q 'A fatal error has been detected' "$f" && echo ', JVM CRASHED: '"$(grep -m1 -A0 'Problematic frame' -A1 "$f" | tail -1)")"
+    sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -E '✘|CudaException|cublasLt\]' | head -8
+  done
+  echo '```'
+} >> "$R"
+note "CUDA suite: exit status $TESTS_RC (logs: tests/<class>.log)"
 section "3b. Engine suites on the CUDA device (golden models, mixed precision, loss scaling, fp8 kernels, recipes and 200-step parity)"
 { echo '```'; grep -E 'tests (successful|failed|aborted|skipped)|✘' "$REPORT_DIR/engine-tests.log" | head -30; echo '```'; } >> "$R"
 note "engine suites: exit status $ENGINE_RC after $(elapsed) s (full log: engine-tests.log)"
@@ -120,7 +141,7 @@ if [ -f "$B/classes/main/org/sparkatron/device/cuda/GpuBench.class" ]; then
 else
   note "sparkatron: not run (GpuBench is not in this build: the model does not run on the CUDA device yet)"
 fi
-for mode in eager compile; do
+for mode in ${GPU_CHECK_TORCH_MODES:-eager compile}; do
   timeout "$TORCH_S" "$PY" "$ROOT/gpu-runtime/src/bench/python/torch_gpt2_gpu.py" "${MODEL[@]}" "$mode" > "$REPORT_DIR/bench-torch-$mode.log" 2>&1
   note "pytorch $mode: $(tail -1 "$REPORT_DIR/bench-torch-$mode.log")"
 done

@@ -38,7 +38,7 @@ tr ':' '\n' < build-out/gpu-runtime-test-cp.txt | while read -r jar; do
   esac
 done
 if [ ! -x "$OUT/jre/bin/java" ]; then
-  jlink --add-modules java.base,java.logging,java.management,java.naming,java.xml,jdk.unsupported,jdk.incubator.vector,java.sql \
+  jlink --add-modules java.base,java.logging,java.management,jdk.management,java.naming,java.xml,jdk.unsupported,jdk.incubator.vector,java.sql \
         --strip-debug --strip-native-debug-symbols=exclude-debuginfo-files --no-man-pages --no-header-files \
         --compress=2 --output "$OUT/jre"
 fi

@@ -3,7 +3,6 @@ package org.sparkatron.comm.nccl;
 import static org.bytedeco.cuda.global.nccl.ncclAllGather;
 import static org.bytedeco.cuda.global.nccl.ncclAllReduce;
 import static org.bytedeco.cuda.global.nccl.ncclBroadcast;
-import static org.bytedeco.cuda.global.nccl.ncclCommAbort;
 import static org.bytedeco.cuda.global.nccl.ncclCommDestroy;
 import static org.bytedeco.cuda.global.nccl.ncclCommGetAsyncError;
 import static org.bytedeco.cuda.global.nccl.ncclCommInitRank;
@@ -419,13 +418,11 @@ public final class NcclCommunicator implements Communicator {
         if (scratch != null) {
             device.release(scratch);
         }
-        if (watchdog.failure() == null) {
+        if (watchdog.release()) {
             device.makeCurrent();
             device.synchronize();
             ncclCommDestroy(comm);
-        } else {
-            ncclCommAbort(comm);
-        }
+        } // else the watchdog aborted it, which freed it: aborting again would be a use after free
     }
 
     /** Asynchronous error from NCCL (0 when none). */

@@ -29,6 +29,12 @@ final class NcclWatchdog implements AutoCloseable {
     private final Thread thread;
     private volatile String failure;
     private volatile boolean stopped;
+    /**
+     * Guarded by {@code this}: set once the communicator is aborted or handed back to be destroyed. Both free
+     * it, so nothing may touch {@code comm} afterwards: a second {@code ncclCommAbort} (an abort and then a
+     * close, say) is a use after free that kills the JVM inside NCCL.
+     */
+    private boolean released;
 
     NcclWatchdog(String name, ncclComm comm, Duration timeout) {
         this.name = name;
@@ -81,13 +87,32 @@ final class NcclWatchdog implements AutoCloseable {
     /** Aborts the communicator with {@code reason} (any thread, any number of times). */
     void abort(String reason) {
         synchronized (this) {
-            if (failure != null) {
+            if (released) {
                 return;
             }
+            released = true;
             failure = reason;
+            ncclCommAbort(comm);
         }
-        ncclCommAbort(comm);
         drain();
+    }
+
+    /**
+     * Hands the communicator back for {@code ncclCommDestroy}: true if it is still healthy and not aborted (the
+     * caller then destroys it), false if it was aborted (NCCL freed it already). After this nothing here
+     * touches it. Call after {@link #close}.
+     */
+    synchronized boolean release() {
+        if (released) {
+            return false;
+        }
+        released = true;
+        return true;
+    }
+
+    /** NCCL's asynchronous error, or 0 once the communicator is released (never a call on a freed one). */
+    private synchronized int asyncError() {
+        return released ? 0 : NcclCommunicator.asyncError(comm);
     }
 
     private void drain() {
@@ -117,7 +142,7 @@ final class NcclWatchdog implements AutoCloseable {
             } catch (InterruptedException e) {
                 return;
             }
-            int err = NcclCommunicator.asyncError(comm);
+            int err = asyncError();
             if (err != 0 && err != 7) { // 7: ncclInProgress is not an error
                 abort("NCCL reported asynchronous error " + err + " (a peer failed or the network broke)");
                 return;

@@ -10,6 +10,10 @@ import static org.bytedeco.cuda.global.cublas.CUBLASLT_MATMUL_DESC_EPILOGUE;
 import static org.bytedeco.cuda.global.cublas.CUBLASLT_MATMUL_DESC_TRANSA;
 import static org.bytedeco.cuda.global.cublas.CUBLASLT_MATMUL_DESC_TRANSB;
 import static org.bytedeco.cuda.global.cublas.CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES;
+import static org.bytedeco.cuda.global.cublas.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES;
+import static org.bytedeco.cuda.global.cublas.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES;
+import static org.bytedeco.cuda.global.cublas.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES;
+import static org.bytedeco.cuda.global.cublas.CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES;
 import static org.bytedeco.cuda.global.cublas.CUBLAS_COMPUTE_32F;
 import static org.bytedeco.cuda.global.cublas.CUBLAS_COMPUTE_32F_FAST_TF32;
 import static org.bytedeco.cuda.global.cublas.CUBLAS_OP_N;
@@ -45,16 +49,30 @@ import org.sparkatron.tensor.Tensor;
  * {@code sparkatron.cuda.tf32=true}). FP8 GEMMs ({@link #matmulFp8}) take E4M3/E5M2 codes with per-tensor
  * scale pointers, "TN" only (Hopper's FP8 kernels need A transposed and B not), fp32 accumulation with
  * cuBLASLt's split (precise) accumulator, F32 output. The descriptors and the algorithm cuBLASLt's heuristic picks are
- * cached per shape, so a training step after the first only calls {@code cublasLtMatmul}. The workspace
- * comes from the device's allocator.
+ * cached per shape and operand alignment, so a training step after the first only calls {@code cublasLtMatmul}.
+ * The heuristic is told the operands' real alignment (its default assumes 256 bytes, and an algorithm picked
+ * on that assumption refuses a less aligned view at run time) and, for FP8, sees the scale pointers set (an
+ * algorithm picked without them refuses them). The workspace comes from the device's allocator.
  *
  * <p>Owned by one device (one rank's thread); not thread-safe.
  */
 final class CublasLt implements AutoCloseable {
     private static final long WORKSPACE_BYTES = 32L << 20;
 
+    /** {@code align}: the smallest alignment in bytes (at most 256) of the A, B and D addresses. */
     private record Key(boolean transA, boolean transB, long m, long n, long k, long lda, long ldb, long ldd, DType a, DType b,
-                       DType d, DType bias) {
+                       DType d, DType bias, int align) {
+    }
+
+    /** The largest power of two up to 256 that divides every address: what the heuristic may assume. */
+    private static int alignment(long... addresses) {
+        int align = 256;
+        for (long address : addresses) {
+            while (address % align != 0) {
+                align /= 2;
+            }
+        }
+        return align;
     }
 
     private static final class Plan {
@@ -73,6 +91,8 @@ final class CublasLt implements AutoCloseable {
     private final LongPointer biasAddress = new LongPointer(1);
     private final LongPointer scaleAddress = new LongPointer(1);
     private final Tensor workspace;
+    /** The two scales of the FP8 GEMM being queued, at 256-byte aligned places (slots 0 and 64): see matmulFp8. */
+    private final Tensor fp8Scales;
     private final CUstream_st stream;
     private final boolean tf32 = Boolean.getBoolean("sparkatron.cuda.tf32");
 
@@ -84,6 +104,7 @@ final class CublasLt implements AutoCloseable {
             throw new CudaException("cuBLASLt (libcublasLt.so.13 through JavaCPP) did not load: " + e, e);
         }
         this.workspace = device.allocate(DType.I32, WORKSPACE_BYTES / 4);
+        this.fp8Scales = device.allocate(DType.F32, 128);
         this.stream = new CUstream_st(at(device.computeStreamAddress()));
     }
 
@@ -144,8 +165,9 @@ final class CublasLt implements AutoCloseable {
         if (a.dtype().bytes() == 1) {
             throw new IllegalArgumentException("FP8 GEMMs go through matmulFp8");
         }
-        Key key = new Key(transA, transB, m, n, k, lda, ldb, ldd, a.dtype(), b.dtype(), d.dtype(), bias == null ? null : bias.dtype());
-        Plan p = planFor(key);
+        Key key = new Key(transA, transB, m, n, k, lda, ldb, ldd, a.dtype(), b.dtype(), d.dtype(), bias == null ? null : bias.dtype(),
+                alignment(a.address() + aOff * a.dtype().bytes(), b.address() + bOff * b.dtype().bytes(), d.address() + dOff * d.dtype().bytes()));
+        Plan p = planFor(key, 0, 0);
         if (bias != null) {
             biasAddress.put(0, bias.address());
             check(cublas.cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, biasAddress, 8),
@@ -154,10 +176,11 @@ final class CublasLt implements AutoCloseable {
         run(p, key, alphaValue, a, aOff, b, bOff, betaValue, d, dOff);
     }
 
-    private Plan planFor(Key key) {
+    /** The cached plan for {@code key}; FP8 keys pass their scale addresses (0 otherwise), set before the heuristic. */
+    private Plan planFor(Key key, long aScale, long bScale) {
         Plan p = plans.get(key);
         if (p == null) {
-            p = plan(key);
+            p = plan(key, aScale, bScale);
             plans.put(key, p);
         }
         device.makeCurrent();
@@ -186,15 +209,26 @@ final class CublasLt implements AutoCloseable {
         if (k == 0) {
             throw new IllegalArgumentException("GEMM with an empty inner dimension");
         }
-        Key key = new Key(true, false, m, n, k, lda, ldb, ldd, a.dtype(), b.dtype(), d.dtype(), null);
-        Plan p = planFor(key);
-        scaleAddress.put(0, scales.address() + 4L * aSlot);
+        Key key = new Key(true, false, m, n, k, lda, ldb, ldd, a.dtype(), b.dtype(), d.dtype(), null,
+                alignment(a.address(), b.address(), d.address()));
+        // cuBLASLt refused (NOT_SUPPORTED, on the H200 with cuBLAS 13) FP8 GEMMs whose scale pointers sat at 4-byte
+        // offsets into the recipe's scale table: each scale is copied, stream-ordered, to its own aligned place
+        device.copy2d(fp8Scales, 0, 1, scales, aSlot, 1, 1, 1);
+        device.copy2d(fp8Scales, 64, 1, scales, bSlot, 1, 1, 1);
+        long aScale = fp8Scales.address();
+        long bScale = fp8Scales.address() + 4L * 64;
+        Plan p = planFor(key, aScale, bScale);
+        setScales(p, aScale, bScale);
+        run(p, key, 1f, a, 0, b, 0, betaValue, d, 0);
+    }
+
+    private void setScales(Plan p, long aScale, long bScale) {
+        scaleAddress.put(0, aScale);
         check(cublas.cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, scaleAddress, 8),
                 "cublasLtMatmulDescSetAttribute(A scale pointer)");
-        scaleAddress.put(0, scales.address() + 4L * bSlot);
+        scaleAddress.put(0, bScale);
         check(cublas.cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, scaleAddress, 8),
                 "cublasLtMatmulDescSetAttribute(B scale pointer)");
-        run(p, key, 1f, a, 0, b, 0, betaValue, d, 0);
     }
 
     private void run(Plan p, Key key, float alphaValue, Tensor a, long aOff, Tensor b, long bOff, float betaValue, Tensor d, long dOff) {
@@ -214,7 +248,7 @@ final class CublasLt implements AutoCloseable {
                         + a.dtype() + "->" + d.dtype() + ")");
     }
 
-    private Plan plan(Key key) {
+    private Plan plan(Key key, long aScale, long bScale) {
         Plan p = new Plan();
         int compute = key.a() == DType.F32 && tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
         PointerPointer<Pointer> out = new PointerPointer<>(1);
@@ -232,6 +266,9 @@ final class CublasLt implements AutoCloseable {
             check(cublas.cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, v, 4),
                     "cublasLtMatmulDescSetAttribute(bias type)");
         }
+        if (key.a().bytes() == 1) {
+            setScales(p, aScale, bScale);
+        }
         p.a = layout(key.a(), key.transA() ? key.k() : key.m(), key.transA() ? key.m() : key.k(), key.lda());
         p.b = layout(key.b(), key.transB() ? key.n() : key.k(), key.transB() ? key.k() : key.n(), key.ldb());
         p.d = layout(key.d(), key.m(), key.n(), key.ldd());
@@ -242,6 +279,12 @@ final class CublasLt implements AutoCloseable {
         ws.put(0, WORKSPACE_BYTES);
         check(cublas.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, ws, 8),
                 "cublasLtMatmulPreferenceSetAttribute(workspace)");
+        IntPointer align = new IntPointer(1);
+        align.put(0, key.align());
+        for (int attribute : new int[] {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
+            check(cublas.cublasLtMatmulPreferenceSetAttribute(pref, attribute, align, 4), "cublasLtMatmulPreferenceSetAttribute(alignment)");
+        }
         p.algo = new cublasLtMatmulHeuristicResult_t();
         int[] found = new int[1];
         check(cublas.cublasLtMatmulAlgoGetHeuristic(handle, p.desc, p.a, p.b, p.d, p.d, pref, 1, p.algo, found),
@@ -271,5 +314,6 @@ final class CublasLt implements AutoCloseable {
         plans.clear();
         cublas.cublasLtDestroy(handle);
         device.release(workspace);
+        device.release(fp8Scales);
     }
 }

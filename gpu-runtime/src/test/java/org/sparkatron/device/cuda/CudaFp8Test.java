@@ -40,7 +40,8 @@ import org.sparkatron.train.Trainer;
  * <p>Training tolerances: both devices cast identically, but their GEMMs sum in different orders (cuBLASLt
  * vs OpenBLAS), and a value an fp32 ulp apart can round to the neighbouring FP8 code (2^-4 relative for
  * E4M3, 16 times bf16's step) in the next cast. The first step starts from identical weights: its loss
- * within 1e-5 and its gradient norm within 1e-4 relative (measured 0 and 5e-5, the latter with E4M3
+ * within 1e-5 and its gradient norm within 1e-4 relative on the emulated CUDA (on a real GPU, whose FP8 tensor
+ * cores accumulate in about 14 bits, 1e-4 and 2e-3: see the test) (measured 0 and 5e-5, the latter with E4M3
  * gradients). Later steps compound such flips through AdamW: losses within 1e-3 and gradient norms within
  * 2e-2 relative (measured on the emulated CUDA, 2026-11-30, three steps: losses at most 6.3e-5 apart,
  * gradient norms 6.5e-3; a fourth step reached 8e-3 on the gradient norm).
@@ -76,6 +77,14 @@ class CudaFp8Test {
                     byte[] got = codes(dev, c);
                     float[] values = TestDevices.read(dev, v);
                     for (int i = 0; i < x.length; i++) {
+                        if (Float.isNaN(x[i])) {
+                            // a NaN's payload after "* scale" is the processor's: x86 keeps it, an NVIDIA GPU
+                            // returns the canonical 0x7fffffff (seen on the H200), so the E5M2 NaN codes differ;
+                            // what is required is a NaN code of the format
+                            assertTrue(Float.isNaN(f.decode(got[i] & 0xff)), f + " code " + (got[i] & 0xff) + " of NaN x " + s);
+                            assertTrue(Float.isNaN(values[i]), f + " value of NaN x " + s);
+                            continue;
+                        }
                         int want = f.encode(x[i] * s);
                         if ((got[i] & 0xff) != want) {
                             assertEquals(Integer.toHexString(want), Integer.toHexString(got[i] & 0xff),
@@ -294,7 +303,11 @@ class CudaFp8Test {
         System.out.println("CudaFp8Test " + family + " [" + spec + "] losses (grad norms) cuda/cpu:" + seen);
         for (int i = 0; i < cpu.length; i++) {
             String what = (i % 2 == 0 ? "loss" : "grad norm") + " of step " + (i / 2 + 1);
-            double rtol = i < 2 ? (i == 0 ? 1e-5 : 1e-4) : (i % 2 == 0 ? 1e-3 : 2e-2);
+            // step 1 on a real GPU: its FP8 tensor cores accumulate in about 14 bits (TestDevices.fp8AccumulationSlack),
+            // not fp32, so a few E5M2 gradient codes flip against the CPU's: measured on the H200 1.7e-5 / 2.7e-5
+            // (losses) and 5.8e-4 / 5e-7 (norms); the emulated CUDA accumulates like the CPU (measured 0 and 5e-5)
+            boolean gpu1 = TestDevices.realGpu();
+            double rtol = i < 2 ? (i == 0 ? (gpu1 ? 1e-4 : 1e-5) : (gpu1 ? 2e-3 : 1e-4)) : (i % 2 == 0 ? 1e-3 : 2e-2);
             assertEquals(cpu[i], gpu[i], rtol * Math.abs(cpu[i]), family + " fp8 " + what + ":" + seen);
         }
         assertTrue(gpu[0] > gpu[gpu.length - 2], "the CUDA run learns:" + seen);
