@@ -72,18 +72,6 @@ public final class ParameterSet {
         this.weightViews = null;
     }
 
-    private ParameterSet(ParameterSet layout, Tensor weights) {
-        this.params = layout.params;
-        this.byName = layout.byName;
-        this.total = layout.total;
-        this.expertStart = layout.expertStart;
-        this.device = layout.device;
-        this.weights = weights;
-        this.grads = layout.grads;
-        this.ownsWeights = false;
-        this.weightViews = null;
-    }
-
     private ParameterSet(ParameterSet layout, Map<String, Tensor> views) {
         this.params = layout.params;
         this.byName = layout.byName;
@@ -94,19 +82,6 @@ public final class ParameterSet {
         this.grads = layout.grads;
         this.ownsWeights = false;
         this.weightViews = views;
-    }
-
-    /**
-     * The same layout over another weight block, SHARING this set's gradient block. Mixed precision uses
-     * it: the layers compute from a 16-bit-rounded copy of the fp32 master weights while their gradients
-     * accumulate into the one fp32 gradient block.
-     */
-    public ParameterSet withWeights(Tensor otherWeights) {
-        if (otherWeights.numel() != weights.numel() || otherWeights.dtype() != DType.F32) {
-            throw new IllegalArgumentException("weight block " + otherWeights + " does not match the layout's "
-                    + weights.numel() + " fp32 elements");
-        }
-        return new ParameterSet(this, otherWeights);
     }
 
     /**
@@ -145,7 +120,7 @@ public final class ParameterSet {
 
     /**
      * Returns the blocks this set allocated to the device; call once, when nothing uses them any more. A
-     * set made by {@link #withWeights} owns nothing: its weights belong to the caller, its gradients to
+     * set made by {@link #withWeightViews} owns nothing: its views belong to the caller, its gradients to
      * the original set.
      */
     public void close() {

@@ -58,11 +58,14 @@ import org.sparkatron.tensor.Tensor;
  * forms that return a {@code double} ({@link #forwardBackward(int[], int, int, float)}, {@link #loss},
  * {@link #logits}, {@link #gradSquaredNorm()}) synchronise, for tests and tools.
  *
- * <p>Precision ({@link Precision}, docs/precision.md): {@link #params()} always holds fp32 master weights
- * and the fp32 gradient block. Under BF16/FP16 the layers compute from a second weight block, the master
- * weights rounded to 16 bits, refreshed at the start of every forward pass (so any change to the master
- * weights, by the optimizer, a checkpoint load or {@link #initialize}, is seen by the next pass), and the
- * kernels are wrapped in {@link RoundingKernels}, which rounds activations and activation gradients.
+ * <p>Precision ({@link Precision}, docs/precision.md): {@link #params()} holds fp32 master weights and the fp32
+ * gradient block. Under BF16/FP16 the layers compute from 16-bit weights in BF16/F16 elements, the master
+ * weights rounded at the start of every forward pass (so any change to the master weights, by the optimizer, a
+ * checkpoint load or {@link #initialize}, is seen by the next pass), each unit (layer, embedding, head) widened
+ * into one fp32 buffer just before its kernels read it ({@link WeightStaging}); with the distributed optimizer
+ * the weight block itself is the 16-bit copy during training and the fp32 master is the optimizer's shard
+ * ({@link #finishParamGather}). The kernels are wrapped in {@link RoundingKernels}, which rounds activations
+ * and activation gradients.
  *
  * <p>Pipeline parallelism ({@link PipelineParallel} in the context): {@link #forwardBackward(List, int, int,
  * float, Tensor, int, double)} runs Megatron's schedule for the micro-batches ({@link Schedule#of}: 1F1B, or
