@@ -225,6 +225,14 @@ int cublasLtMatmul(void* h, Desc* desc, const void* alpha, const void* A, Layout
     if (h == nullptr) return NOT_INITIALIZED;
     if (!supported(*desc, *al, *bl, *dl)) return NOT_SUPPORTED;
     if (desc->pointerMode != 0) return NOT_SUPPORTED;  // host scalars only
+    // The H200's cuBLASLt (CUDA 13) refuses FP8 scale pointers that are not 16-byte aligned (NOT_SUPPORTED from
+    // cublasLtMatmul, the heuristic having accepted them; seen with PyTorch's _scaled_mm there too)
+    for (const float* scale : {desc->aScale, desc->bScale, desc->dScale}) {
+        if (scale != nullptr && reinterpret_cast<uintptr_t>(scale) % 16 != 0) {
+            emu::report("cublasLtMatmul: an FP8 scale pointer is not 16-byte aligned (cuBLASLt returns NOT_SUPPORTED)");
+            return NOT_SUPPORTED;
+        }
+    }
     Desc d = *desc;
     Layout a = *al, b = *bl, c = *cl, o = *dl;
     uint64_t m = o.rows, n = o.cols;

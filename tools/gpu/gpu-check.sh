@@ -82,8 +82,8 @@ BUILD_PID=$!
 
 # 3. the CUDA test suite (one JVM per class, so that a crash in native code, which takes its JVM with it,
 # costs only that class's results) and 3b. the engine suites on the CUDA device, all side by side
-# cuBLASLt logs its errors (the reason behind a NOT_SUPPORTED) to the test logs
-export CUBLASLT_LOG_LEVEL="${CUBLASLT_LOG_LEVEL:-2}"
+# cuBLASLt logs its errors to the test logs (level 1; 2 and up add a line per GEMM)
+export CUBLASLT_LOG_LEVEL="${CUBLASLT_LOG_LEVEL:-1}"
 CUDA_CLASSES=$(cd "$B/classes/test" && grep -rl --include='*.class' 'org/junit/jupiter/api/Tag' . | xargs grep -l 'cuda' \
   | sed 's|^\./||; s|\.class$||; s|/|.|g' | grep -v '\$' | sort)
 mkdir -p "$REPORT_DIR/tests"
@@ -113,7 +113,7 @@ section "3. CUDA test suite on the GPU"
     ok=$(sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -oE '[0-9]+ tests successful' | grep -oE '[0-9]+'); failed=$(sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -oE '[0-9]+ tests failed' | grep -oE '[0-9]+')
     aborted=$(sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -oE '[0-9]+ tests aborted' | grep -oE '[0-9]+')
     echo "${c##*.}: ${ok:-?} passed, ${failed:-?} failed, ${aborted:-?} skipped$(grep -q 'A fatal error has been detected' "$f" && echo ', JVM CRASHED: '"$(grep -m1 -A0 'Problematic frame' -A1 "$f" | tail -1)")"
-    sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -E '✘|CudaException|cublasLt\]' | head -8
+    sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -E '✘|CudaException|\[cublasLt\].*\[Error\]' | head -8
   done
   echo '```'
 } >> "$R"
@@ -140,6 +140,16 @@ if [ -f "$B/classes/main/org/sparkatron/device/cuda/GpuBench.class" ]; then
   grep -q 'tokens_per_s_ratio' "$REPORT_DIR/bench-sparkatron.log" || note "sparkatron: $(tail -1 "$REPORT_DIR/bench-sparkatron.log")"
 else
   note "sparkatron: not run (GpuBench is not in this build: the model does not run on the CUDA device yet)"
+fi
+if [ -f "$B/classes/main/org/sparkatron/device/cuda/GpuBench.class" ]; then
+  # where the step's time goes: TF32 GEMMs instead of fp32 (the GEMMs' share), and sequence 256 with batch 64 (the
+  # same tokens with a quarter of the attention work per token: the attention's share)
+  timeout "$BENCH_S" "$JAVA" "${JOPTS[@]}" -Dsparkatron.cuda.tf32=true -cp "$CP" org.sparkatron.device.cuda.GpuBench 12 768 12 1024 50304 16 6 bf16 \
+    > "$REPORT_DIR/bench-sparkatron-tf32.log" 2>&1
+  note "sparkatron, TF32 GEMMs: $(grep '^sparkatron-cuda' "$REPORT_DIR/bench-sparkatron-tf32.log" | cut -d'(' -f1)"
+  timeout "$BENCH_S" "$JAVA" "${JOPTS[@]}" -cp "$CP" org.sparkatron.device.cuda.GpuBench 12 768 12 256 50304 64 6 bf16 \
+    > "$REPORT_DIR/bench-sparkatron-t256.log" 2>&1
+  note "sparkatron, sequence 256 x batch 64: $(grep '^sparkatron-cuda' "$REPORT_DIR/bench-sparkatron-t256.log" | cut -d'(' -f1)"
 fi
 for mode in ${GPU_CHECK_TORCH_MODES:-eager compile}; do
   timeout "$TORCH_S" "$PY" "$ROOT/gpu-runtime/src/bench/python/torch_gpt2_gpu.py" "${MODEL[@]}" "$mode" > "$REPORT_DIR/bench-torch-$mode.log" 2>&1

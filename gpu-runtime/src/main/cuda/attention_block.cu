@@ -1,13 +1,19 @@
-// Attention in blocks (context parallelism: ring and all-gather attention; see AttentionBlock.java for the
-// row layout): query rows [qFirst, qFirst + qRows) of each sequence's qSeq rows against key/value rows
-// [kvFirst, kvFirst + kvRows) of kvSeq, query row i seeing key row j iff j <= i + diagonal. Queries are rows
-// of `q` (pitch qld, head h at column h hd), keys and values rows of `kv` (pitch kvld, key head g at g hd,
-// value head g at (kvHeads + g) hd), so a packed QKV tensor and packed [k | v] blocks serve alike.
+// Causal softmax attention in blocks, grouped-query heads (query head h reads kv head h / (H / Hkv)), with
+// flash attention's memory behaviour: no T x T matrix exists anywhere; the forward streams over keys with an
+// online softmax and keeps each row's log-sum-exp, the backward recomputes probabilities from q, k and the
+// log-sum-exp. One block: query rows [qFirst, qFirst + qRows) of each sequence's qSeq rows against key/value
+// rows [kvFirst, kvFirst + kvRows) of kvSeq, query row i seeing key row j iff j <= i + diagonal (see
+// AttentionBlock.java for the row layout). Queries are rows of `q` (pitch qld, head h at column h hd), keys and
+// values rows of `kv` (pitch kvld, key head g at g hd, value head g at (kvHeads + g) hd), so a packed QKV
+// tensor and packed [k | v] blocks serve alike: the whole attention of a sequence is one block
+// (CudaKernels.attentionForward), and context parallelism's ring and all-gather attention are several.
 //
-// As attention.cu: one warp per query row (forward, delta, dq) or key row (dk, dv), head dimensions over the
-// lanes, fp32 arithmetic, every output element with one writer (deterministic, no atomics). The backward
-// ACCUMULATES into dq and dkv (a ring adds one block's share at a time); the merge combines a partial result
-// into the accumulated one with their log-sum-exps.
+// This first version gives each query row (forward, delta, dq) or key row (dk, dv) to one warp, head
+// dimensions split over the lanes (hd <= 32 * BLK_MAX_PER_LANE), fp32 arithmetic. It is correct and
+// deterministic (every output element has one writer, no atomics) but uses no tensor cores: on the H200 it is
+// about 62% of a GPT-2 124M step (docs/gpu.md); the tiled mma/wgmma kernel is the performance work that
+// remains. The backward ACCUMULATES into dq and dkv (a ring adds one block's share at a time); the merge
+// combines a partial result into the accumulated one with their log-sum-exps.
 #include "common.cuh"
 
 #define BLK_MAX_PER_LANE 8

@@ -93,6 +93,37 @@ public final class Reductions {
         }
     }
 
+    /** Elements per block of {@link #reduce}: the block being reduced stays in L1 while every source passes. */
+    private static final int REDUCE_BLOCK_BYTES = 16 << 10;
+
+    /**
+     * {@code out = first op srcs[0] op srcs[1] ...}, left to right, element-wise over {@code n} elements, and
+     * the same result also into {@code copy} when it is not null: one pass over the inputs instead of a
+     * pass per source plus a copy. Bitwise the same as copying {@code first} to {@code out}, then
+     * {@link #accumulate}-ing each source in order (it does exactly that, block by block, so each block of
+     * {@code out} is read back from L1, not from memory). {@code out} may be {@code first} at the same offset
+     * (in place); the sources and {@code copy} must not overlap {@code out}.
+     */
+    public static void reduce(DType dtype, ReduceOp op, ByteBuffer first, int firstOff, ByteBuffer[] srcs, int[] srcOffs,
+                              int n, ByteBuffer out, int outOff, ByteBuffer copy, int copyOff) {
+        int es = dtype.bytes();
+        int block = REDUCE_BLOCK_BYTES / es;
+        boolean inPlace = out == first && outOff == firstOff;
+        for (int lo = 0; lo < n; lo += block) {
+            int bl = Math.min(block, n - lo);
+            int at = lo * es;
+            if (!inPlace) {
+                out.put(outOff + at, first, firstOff + at, bl * es);
+            }
+            for (int k = 0; k < srcs.length; k++) {
+                accumulate(dtype, op, out, outOff + at, srcs[k], srcOffs[k] + at, bl);
+            }
+            if (copy != null) {
+                copy.put(copyOff + at, out, outOff + at, bl * es);
+            }
+        }
+    }
+
     /** For AVG: divides the n elements at {@code off} by {@code groupSize} (integers truncate toward zero). */
     public static void finishAverage(DType dtype, ByteBuffer buf, int off, int n, int groupSize) {
         for (int i = 0; i < n; i++) {

@@ -47,6 +47,7 @@ import org.sparkatron.tensor.Tensor;
  * <pre>
  *   ./sparkatron bench-comm [--ranks 2,4] [--max-size 256M] [--quick] [--iters N] [--no-peer] [--peer FILE]
  *                           [--segment 512K] [--transport shm,tcp] [--sweep shm] [--threads] [--slot 1M] [--pairs 3] [--sizes 1M,64M]
+ *                           [--ceiling]
  * </pre>
  */
 public final class CommBench {
@@ -58,6 +59,7 @@ public final class CommBench {
     static final String USAGE = String.join("\n",
             "usage: ./sparkatron bench-comm [--ranks 2,4] [--max-size 256M] [--quick] [--iters 5] [--no-peer] [--peer FILE]",
             "         [--segment 512K] [--transport shm,tcp] [--sweep shm] [--threads] [--slot 1M] [--pairs 3] [--sizes 1M,64M]",
+            "         [--ceiling]   (also pair the host's raw TCP and memory-copy ceilings with each Gloo run)",
             "  collectives through shared memory and over TCP (ranks as JVMs on one host; --threads: ranks as threads",
             "  of one JVM) against PyTorch Gloo, as nccl-tests (docs/comm.md)");
 
@@ -84,10 +86,11 @@ public final class CommBench {
         List<String> transports = List.of("shm", "tcp");
         List<String> sweep = null;
         boolean threads = false;
+        boolean ceiling = false;
         int pairs = 3;
         List<Long> only = null;
         for (int i = 0; i < args.length; i++) {
-            if (!List.of("--quick", "--no-peer", "--threads").contains(args[i]) && i + 1 >= args.length) {
+            if (!List.of("--quick", "--no-peer", "--threads", "--ceiling").contains(args[i]) && i + 1 >= args.length) {
                 throw new org.sparkatron.cli.Cli.UsageException("option " + args[i] + " needs a value");
             }
             switch (args[i]) {
@@ -102,6 +105,7 @@ public final class CommBench {
                 case "--transport" -> transports = List.of(args[++i].split(","));
                 case "--sweep" -> sweep = List.of(args[++i].split(","));
                 case "--threads" -> threads = true;
+                case "--ceiling" -> ceiling = true;
                 case "--pairs" -> pairs = Integer.parseInt(args[++i]);
                 case "--sizes" -> only = Arrays.stream(args[++i].split(",")).map(CommBench::parseSize).toList();
                 default -> throw new org.sparkatron.cli.Cli.UsageException("unknown option '" + args[i] + "' (./sparkatron bench-comm --help)");
@@ -133,8 +137,8 @@ public final class CommBench {
                 + "shared-memory slot " + human(slot) + ", TCP segment " + human(segment) + " on loopback, "
                 + Runtime.getRuntime().availableProcessors() + " cores on this machine, load average "
                 + loadAverage());
-        System.out.printf(Locale.ROOT, "%-9s %-15s %5s %10s %11s %11s %11s%n", "transport", "op", "ranks", "size", "time_ms",
-                "algbw_GB/s", "busbw_GB/s");
+        System.out.printf(Locale.ROOT, "%-9s %-15s %5s %10s %11s %11s %11s %11s%n", "transport", "op", "ranks", "size", "time_ms",
+                "algbw_GB/s", "busbw_GB/s", "cpu_ms/rank");
         Map<String, Double> ours64 = new LinkedHashMap<>();
         for (String transport : sweep) {
             for (int n : worlds) {
@@ -145,8 +149,9 @@ public final class CommBench {
                     double t = Double.parseDouble(f[3]);
                     double algbw = size / t / 1e9;
                     double factor = op.equals("all_reduce") ? 2.0 * (n - 1) / n : (double) (n - 1) / n;
-                    System.out.printf(Locale.ROOT, "%-9s %-15s %5d %10s %11.3f %11.3f %11.3f%n", transport, op, n, human(size),
-                            t * 1e3, algbw, algbw * factor);
+                    double cpu = Double.parseDouble(f[4]);
+                    System.out.printf(Locale.ROOT, "%-9s %-15s %5d %10s %11.3f %11.3f %11.3f %11.3f%n", transport, op, n,
+                            human(size), t * 1e3, algbw, algbw * factor, cpu * 1e3);
                     if (op.equals("all_reduce") && size == (64L << 20)) {
                         ours64.put(transport + n, algbw * factor);
                     }
@@ -165,15 +170,24 @@ public final class CommBench {
         // Shared machines drift: the ratio pairs each Gloo run with fresh 64 MiB all-reduce runs of ours right
         // before it (alternating, --pairs times), and compares the medians of each kind.
         System.out.println("peer: /usr/bin/python3 " + script + " N 64  (torch.distributed gloo, 64 MiB fp32 all-reduce,"
-                + " processes on loopback); paired " + pairs + " times: ours (" + String.join(", ", transports) + "), then gloo");
+                + " processes on loopback); paired " + pairs + " times: ours (" + String.join(", ", transports) + ")"
+                + (ceiling ? ", the host's ceilings (CommCeiling)" : "") + ", then gloo");
         for (int n : worlds) {
             List<Double> glooBw = new ArrayList<>();
             Map<String, List<Double>> oursBw = new LinkedHashMap<>();
+            Map<String, List<Double>> ceilings = new LinkedHashMap<>();
             for (int k = 0; k < pairs; k++) {
                 for (String transport : transports) {
                     for (String line : runWorld(n, List.of(64L << 20), "all_reduce", transport, setup)) {
                         double t = Double.parseDouble(line.split(" ")[3]);
                         oursBw.computeIfAbsent(transport, x -> new ArrayList<>()).add((64L << 20) / t / 1e9 * 2.0 * (n - 1) / n);
+                    }
+                }
+                if (ceiling) {
+                    for (String line : runWorld(n, List.of(64L << 20), "ceiling_tcp,ceiling_copy", "tcp", setup)) {
+                        double t = Double.parseDouble(line.split(" ")[3]);
+                        ceilings.computeIfAbsent(line.split(" ")[1], x -> new ArrayList<>())
+                                .add((64L << 20) / t / 1e9 * 2.0 * (n - 1) / n);
                     }
                 }
                 String out = run(List.of("/usr/bin/python3", script.toString(), String.valueOf(n), "64"), 600);
@@ -195,6 +209,13 @@ public final class CommBench {
                                 + " ratio of medians %.2fx gloo%n", n, e.getKey(), fmt(e.getValue()), median(e.getValue()),
                         ours64.containsKey(key) ? String.format(Locale.ROOT, ", sweep above %.3f", ours64.get(key)) : "",
                         median(e.getValue()) / g);
+            }
+            for (Map.Entry<String, List<Double>> e : ceilings.entrySet()) {
+                System.out.printf(Locale.ROOT, "all_reduce 64 MiB, %d ranks: ceiling %s, as busbw %s GB/s (median %.3f);"
+                                + " %.2fx gloo%n", n, e.getKey().equals("ceiling_tcp")
+                                ? "raw loopback TCP moving the ring's bytes (no reduction)"
+                                : "every rank copying its 64 MiB at once (the direct algorithm's memory traffic)",
+                        fmt(e.getValue()), median(e.getValue()), median(e.getValue()) / g);
             }
         }
         System.out.println("load average after the run: " + loadAverage());
@@ -338,23 +359,38 @@ public final class CommBench {
             if (transport.equals("shm") && !(c instanceof ShmCommunicator s && s.sharedMemory())) {
                 throw new IllegalStateException("shared memory unavailable here (" + shm + ")");
             }
+            if (ops.startsWith("ceiling")) {
+                for (String op : ops.split(",")) {
+                    double t = op.equals("ceiling_tcp") ? CommCeiling.ringBytesOverTcp(c, sizes.get(0), setup.iters())
+                            : CommCeiling.copyEverywhere(c, sizes.get(0), setup.iters());
+                    if (rank == 0) {
+                        report.accept(String.format(Locale.ROOT, "RESULT %s %d %.9f 0", op, sizes.get(0), t));
+                    }
+                }
+                return;
+            }
             // Warm-up (JIT) on both the small and the large paths before anything is timed.
             for (String op : ops.split(",")) {
-                measure(c, op, 4096, 40);
-                measure(c, op, 1 << 20, 10);
+                measure(c, op, 4096, 40, 1);
+                measure(c, op, 1 << 20, 10, 1);
             }
             for (String op : ops.split(",")) {
                 for (long size : sizes) {
-                    double t = measure(c, op, size, setup.iters());
+                    double[] t = measure(c, op, size, setup.iters(), setup.threads() ? n : 1);
                     if (rank == 0) {
-                        report.accept(String.format(Locale.ROOT, "RESULT %s %d %.9f", op, size, t));
+                        report.accept(String.format(Locale.ROOT, "RESULT %s %d %.9f %.9f", op, size, t[0], t[1]));
                     }
                 }
             }
         }
     }
 
-    private static double measure(Communicator c, String op, long size, int iters) {
+    /**
+     * Median wall time of one operation on this rank, and median CPU time of this rank's process over the same
+     * operation divided by {@code ranksPerProcess} (all threads: caller, TCP readers and writers, waits; a
+     * measure of work that other processes on the machine barely disturb).
+     */
+    private static double[] measure(Communicator c, String op, long size, int iters, int ranksPerProcess) {
         int n = c.size();
         int count = (int) (size / 4 / n * n);
         Tensor full = Tensor.allocateHost(DType.F32, count);
@@ -376,14 +412,30 @@ public final class CommBench {
         once.run();
         once.run();
         double[] ts = new double[reps];
+        double[] cpu = new double[reps];
         for (int i = 0; i < reps; i++) {
             c.barrier();
+            long c0 = processCpuNanos();
             long t0 = System.nanoTime();
             once.run();
             ts[i] = (System.nanoTime() - t0) / 1e9;
+            cpu[i] = (processCpuNanos() - c0) / 1e9 / ranksPerProcess;
         }
         Arrays.sort(ts);
-        return ts[reps / 2];
+        Arrays.sort(cpu);
+        return new double[] {ts[reps / 2], cpu[reps / 2]};
+    }
+
+    /** CPU time of this JVM's live threads (nanosecond clocks; the process clock here ticks in 10 ms). */
+    private static long processCpuNanos() {
+        if (!(java.lang.management.ManagementFactory.getThreadMXBean() instanceof com.sun.management.ThreadMXBean tm)) {
+            return 0;
+        }
+        long sum = 0;
+        for (long t : tm.getThreadCpuTime(tm.getAllThreadIds())) {
+            sum += Math.max(0, t);
+        }
+        return sum;
     }
 
     private static long parseSize(String s) {

@@ -11,17 +11,21 @@ import org.sparkatron.tensor.DType;
  * byte offsets. Not thread-safe (one collective at a time per group).
  *
  * <p>Every algorithm is a sequence of rounds of one shape: each rank writes its own slot of the round's
- * parity, publishes, waits for the peers it reads, reads their slots. A slot is rewritten two rounds later,
- * and by then every reader has published the round in between, which it does only after its reads, so no
- * data is overwritten while someone still needs it. The first round of every collective waits for all
- * ranks, and there each rank checks the others' descriptions (meta area) of the collective: ranks that
- * called different collectives, sizes, dtypes or counts all throw the same error instead of exchanging
- * garbage or waiting.
+ * buffer (successive rounds use the {@link ShmSegment#BUFFERS} buffers in turn), publishes, waits for the
+ * peers it reads, reads their slots. A buffer is rewritten three rounds later, and by then every reader has
+ * published a later round, which it does only after its reads, so no data is overwritten while someone
+ * still needs it. The first round of every collective waits for all ranks, and there each rank checks the
+ * others' descriptions (meta area) of the collective: ranks that called different collectives, sizes, dtypes
+ * or counts all throw the same error instead of exchanging garbage or waiting.
  *
- * <p>All-reduce, large: in each round (up to slotBytes per rank) rank r reduces the r-th of n sub-chunks
- * over all ranks (in rank order starting from its own) and publishes the result, which the others copy: each
- * element is reduced once, by one rank, so every rank gets the same bits. Every byte a rank stages is read by
- * a peer from the cache shortly after; main memory sees about one read and one write of the tensor per rank.
+ * <p>All-reduce, large: the tensor is cut into rounds of up to slotBytes per rank and each round into n
+ * parts; rank r reduces part r over all ranks (in rank order starting from its own), in one cache-blocked
+ * pass that writes the result both into its tensor and into its slot, and the others copy it from there:
+ * each element is reduced once, by one rank, so every rank gets the same bits. The rounds are pipelined with
+ * one wait each: after waiting, a rank copies the peers' results of the previous round, reduces its part of
+ * this one, stages the next one and publishes all three at once (half the waits of a wait per phase, which
+ * counts when ranks outnumber cores). Every byte a rank stages is read by a peer from the cache shortly after;
+ * main memory sees about one read and one write of the tensor per rank.
  * Small (at most smallBytes): one round in which every rank reduces everything in rank order.
  */
 final class ShmCollectives {
@@ -50,44 +54,82 @@ final class ShmCollectives {
             return;
         }
         int n = g.n;
-        int r = g.rank;
-        ShmSegment s = g.seg();
         int perRound = Math.max(n, g.slotBytes() / es);
-        for (int lo = 0, k = 0; lo < count; lo += perRound, k++) {
-            int cnt = Math.min(perRound, count - lo);
-            int base = lo * es;
-            int[] off = parts(cnt, n, es);
-            int p = g.parity();
-            ByteBuffer mine = s.slot(p, r);
-            for (int q = 0; q < n; q++) {
-                if (q != r) {
-                    mine.put(off[q], b, base + off[q], off[q + 1] - off[q]);
-                }
-            }
-            g.publish();
+        int rounds = (int) (((long) count + perRound - 1) / perRound);
+        stage(b, dt, count, perRound, 0, g.buffer());
+        g.publish();
+        for (int k = 0; k < rounds; k++) {
             g.awaitAll();
             if (k == 0) {
                 g.checkDescriptions(false);
             }
-            int len = off[r + 1] - off[r];
-            for (int i = 1; i < n; i++) {
-                Reductions.accumulate(dt, op, b, base + off[r], s.slot(p, (r + i) % n), off[r], len / es);
+            if (k > 0) {
+                copyReduced(b, dt, count, perRound, k - 1, g.buffer(2));
             }
-            mine.put(off[r], b, base + off[r], len);
+            reduceOwn(b, dt, op, count, perRound, k, g.buffer());
+            if (k + 1 < rounds) {
+                stage(b, dt, count, perRound, k + 1, g.buffer(1));
+            }
             g.publish();
-            for (int i = 1; i < n; i++) {
-                int q = (r + i) % n;
-                g.await(q);
-                b.put(base + off[q], s.slot(p, q), off[q], off[q + 1] - off[q]);
-            }
             g.nextRound();
+        }
+        g.awaitAll();
+        copyReduced(b, dt, count, perRound, rounds - 1, g.buffer(2));
+    }
+
+    /** Round k's byte offset in the tensor and its n parts' offsets relative to it (n+1 entries). */
+    private int[] roundParts(int count, int perRound, int k, int es) {
+        return parts(Math.min(perRound, count - k * perRound), g.n, es);
+    }
+
+    /** Copies the peers' parts of round k of {@code b} into this rank's buffer {@code p}. */
+    private void stage(ByteBuffer b, DType dt, int count, int perRound, int k, int p) {
+        int es = dt.bytes();
+        int base = k * perRound * es;
+        int[] off = roundParts(count, perRound, k, es);
+        ByteBuffer mine = g.seg().slot(p, g.rank);
+        for (int q = 0; q < g.n; q++) {
+            if (q != g.rank) {
+                mine.put(off[q], b, base + off[q], off[q + 1] - off[q]);
+            }
+        }
+    }
+
+    /**
+     * This rank's part of round k, reduced in rank order starting from its own tensor over the peers' buffers
+     * {@code p}, written back to the tensor and, in the same pass, to this rank's buffer for the peers to copy.
+     */
+    private void reduceOwn(ByteBuffer b, DType dt, ReduceOp op, int count, int perRound, int k, int p) {
+        int n = g.n;
+        int r = g.rank;
+        int es = dt.bytes();
+        int base = k * perRound * es;
+        int[] off = roundParts(count, perRound, k, es);
+        ByteBuffer[] srcs = new ByteBuffer[n - 1];
+        int[] srcOffs = new int[n - 1];
+        for (int i = 1; i < n; i++) {
+            srcs[i - 1] = g.seg().slot(p, (r + i) % n);
+            srcOffs[i - 1] = off[r];
+        }
+        int at = base + off[r];
+        Reductions.reduce(dt, op, b, at, srcs, srcOffs, (off[r + 1] - off[r]) / es, b, at, g.seg().slot(p, r), off[r]);
+    }
+
+    /** Copies the peers' reduced parts of round k from their buffers {@code p} into {@code b}. */
+    private void copyReduced(ByteBuffer b, DType dt, int count, int perRound, int k, int p) {
+        int es = dt.bytes();
+        int base = k * perRound * es;
+        int[] off = roundParts(count, perRound, k, es);
+        for (int i = 1; i < g.n; i++) {
+            int q = (g.rank + i) % g.n;
+            b.put(base + off[q], g.seg().slot(p, q), off[q], off[q + 1] - off[q]);
         }
     }
 
     private void smallAllReduce(ByteBuffer b, DType dt, ReduceOp op, int count) {
         ShmSegment s = g.seg();
         int bytes = count * dt.bytes();
-        int p = g.parity();
+        int p = g.buffer();
         s.slot(p, g.rank).put(0, b, 0, bytes);
         g.publish();
         g.awaitAll();
@@ -112,7 +154,7 @@ final class ShmCollectives {
         for (int lo = 0, k = 0; lo < m; lo += perRound, k++) {
             int cnt = Math.min(perRound, m - lo);
             int len = cnt * es;
-            int p = g.parity();
+            int p = g.buffer();
             ByteBuffer mine = s.slot(p, r);
             for (int q = 0; q < n; q++) {
                 if (q != r) {
@@ -124,10 +166,13 @@ final class ShmCollectives {
             if (k == 0) {
                 g.checkDescriptions(false);
             }
-            out.put(lo * es, in, (r * m + lo) * es, len);
+            ByteBuffer[] srcs = new ByteBuffer[n - 1];
+            int[] srcOffs = new int[n - 1];
             for (int i = 1; i < n; i++) {
-                Reductions.accumulate(dt, op, out, lo * es, s.slot(p, (r + i) % n), r * len, cnt);
+                srcs[i - 1] = s.slot(p, (r + i) % n);
+                srcOffs[i - 1] = r * len;
             }
+            Reductions.reduce(dt, op, in, (r * m + lo) * es, srcs, srcOffs, cnt, out, lo * es, null, 0);
             g.nextRound();
         }
     }
@@ -149,7 +194,7 @@ final class ShmCollectives {
         int k = 0;
         do {
             int lo = k * perRound;
-            int p = g.parity();
+            int p = g.buffer();
             int mine = Math.max(0, Math.min(perRound, counts[r] - lo));
             if (mine > 0) {
                 s.slot(p, r).put(0, out, off[r] + lo * es, mine * es);
@@ -181,7 +226,7 @@ final class ShmCollectives {
         int perRound = g.slotBytes() / es;
         for (int lo = 0, k = 0; lo < count; lo += perRound, k++) {
             int len = Math.min(perRound, count - lo) * es;
-            int p = g.parity();
+            int p = g.buffer();
             if (r == root) {
                 s.slot(p, r).put(0, b, lo * es, len);
             }
@@ -231,7 +276,7 @@ final class ShmCollectives {
         int perPair = Math.max(1, g.slotBytes() / (n * es));
         int region = perPair * es;
         for (long lo = 0; lo < max; lo += perPair) {
-            int p = g.parity();
+            int p = g.buffer();
             ByteBuffer mine = s.slot(p, r);
             for (int q = 0; q < n; q++) {
                 int c = (int) Math.max(0, Math.min(perPair, sendCounts[q] - lo));

@@ -11,7 +11,7 @@ import org.sparkatron.comm.tcp.TcpCommunicator;
 
 /**
  * The shared-memory state of one group on one rank: its mapped {@link ShmSegment}, this rank's progress
- * counter and the round parity. Set up on the group's first collective (so creating a group still sends
+ * counter and the round counter. Set up on the group's first collective (so creating a group still sends
  * nothing): group rank 0 creates the file, the others map it, and the members agree over TCP whether every
  * one of them succeeded; if one did not (no space in {@code /dev/shm}), the whole group keeps using TCP.
  * Once all have mapped it the file is unlinked, so a crashed job leaves nothing behind.
@@ -50,6 +50,7 @@ final class ShmGroup implements AutoCloseable {
     private ShmSegment seg;
     private boolean fallback;
     private long seq;
+    /** Rounds so far modulo ShmSegment.BUFFERS: the staging buffer of the current round. */
     private int round;
     /** Collectives begun on this group: the parity of the description area in use. */
     private long ops;
@@ -256,14 +257,24 @@ final class ShmGroup implements AutoCloseable {
 
     // ---- progress ----------------------------------------------------------------------------------------
 
-    /** Parity of the current round (which of the two slots each rank uses). */
-    int parity() {
-        return round & 1;
+    /**
+     * Which of the {@link ShmSegment#BUFFERS} staging buffers the current round uses (successive rounds take
+     * them in turn, across collectives too). A round of the lockstep collectives writes its buffer, publishes,
+     * waits, reads; the pipelined all-reduce (see ShmCollectives) lets a round's buffer be read until the end
+     * of the next round, so a buffer is reused only three rounds later, when every reader provably moved on.
+     */
+    int buffer() {
+        return round;
     }
 
-    /** Ends a round: the next one uses the other slots. */
+    /** The buffer {@code ahead} rounds after the current one. */
+    int buffer(int ahead) {
+        return (round + ahead) % ShmSegment.BUFFERS;
+    }
+
+    /** Ends a round: the next one uses the next buffers. */
     void nextRound() {
-        round++;
+        round = (round + 1) % ShmSegment.BUFFERS;
     }
 
     /** Marks this rank's writes so far as done (release). */

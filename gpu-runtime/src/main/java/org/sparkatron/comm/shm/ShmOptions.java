@@ -13,8 +13,8 @@ import java.nio.file.Path;
  *       {@code sparkatron.comm.shm} or the environment variable {@code SPARKATRON_COMM_SHM} is "false".</li>
  *   <li>{@code dir}: a RAM-backed directory for the segments ({@code /dev/shm}); null = none usable, which
  *       disables the transport (a disk-backed file would turn collectives into disk writes).</li>
- *   <li>{@code slotBytes}: bytes each rank stages per round (two rounds in flight: a group of n ranks maps
- *       2 x n x slotBytes). Large enough that a 64 MiB all-reduce takes few rounds, small enough that a
+ *   <li>{@code slotBytes}: bytes each rank stages per round (each rank has three staging buffers, used by
+ *       successive rounds in turn: a group of n ranks maps 3 x n x slotBytes). Large enough that a 64 MiB all-reduce takes few rounds, small enough that a
  *       round's working set stays in the last-level cache.</li>
  *   <li>{@code smallBytes}: at or below this many bytes an all-reduce is one round in which every rank
  *       reduces the whole buffer (latency-optimal) instead of each reducing its share (bandwidth-optimal).</li>

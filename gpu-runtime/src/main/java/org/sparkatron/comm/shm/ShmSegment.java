@@ -19,7 +19,7 @@ import java.nio.file.attribute.PosixFilePermissions;
  *   n flag lines of 128 bytes   rank q's progress counter (a long), written only by q, with release/acquire
  *   2 x n meta areas            rank q's description of its collectives, alternating: 4 words op, dtype and
  *                               sizes, 4 words of addresses, 2 x n words of counts
- *   2 x n slots                 rank q's staging buffer for even and odd rounds, slotBytes each
+ *   3 x n slots                 rank q's staging buffers, used in turn by successive rounds, slotBytes each
  * </pre>
  * Each rank writes only its own line, meta area and slots; everyone reads everyone's. The flag lines are 128
  * bytes apart so that no two ranks' counters share a cache line (or an adjacent-line prefetch pair).
@@ -32,6 +32,8 @@ import java.nio.file.attribute.PosixFilePermissions;
 final class ShmSegment implements AutoCloseable {
     private static final VarHandle LONGS = MethodHandles.byteBufferViewVarHandle(long[].class, ByteOrder.nativeOrder());
     static final int LINE = 128;
+    /** Staging buffers per rank: a round's buffer is rewritten three rounds later (see ShmGroup#buffer). */
+    static final int BUFFERS = 3;
 
     final int n;
     final int slotBytes;
@@ -50,8 +52,8 @@ final class ShmSegment implements AutoCloseable {
         this.metaStride = align(metaLongs * 8, LINE);
         this.metaOff = n * LINE;
         int slotsOff = slotsOffset(n);
-        this.slots = new ByteBuffer[2][n];
-        for (int p = 0; p < 2; p++) {
+        this.slots = new ByteBuffer[BUFFERS][n];
+        for (int p = 0; p < BUFFERS; p++) {
             for (int q = 0; q < n; q++) {
                 slots[p][q] = map.slice(slotsOff + (p * n + q) * slotBytes, slotBytes).order(ByteOrder.nativeOrder());
             }
@@ -68,7 +70,7 @@ final class ShmSegment implements AutoCloseable {
 
     /** Bytes of the file for n ranks and this slot size; throws if it does not fit one mapping. */
     static long bytes(int n, int slotBytes) {
-        long total = slotsOffset(n) + 2L * n * slotBytes;
+        long total = slotsOffset(n) + (long) BUFFERS * n * slotBytes;
         if (total > Integer.MAX_VALUE) {
             throw new IllegalArgumentException("shared-memory segment for " + n + " ranks with " + slotBytes
                     + "-byte slots would exceed 2 GiB");
@@ -131,7 +133,7 @@ final class ShmSegment implements AutoCloseable {
         map.putLong(metaOff + (2 * q + p) * metaStride + 8 * i, v);
     }
 
-    /** Rank q's slot for rounds of parity p (a shared view: use absolute offsets only). */
+    /** Rank q's staging buffer p (0..BUFFERS-1; a shared view: use absolute offsets only). */
     ByteBuffer slot(int p, int q) {
         return slots[p][q];
     }

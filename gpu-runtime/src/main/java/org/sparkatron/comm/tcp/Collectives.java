@@ -84,8 +84,9 @@ final class Collectives {
         int rsTag = c.nextTag();
         int agTag = c.nextTag();
         List<List<Op>> agRecvs = postAgRecvs(b, off, segBytes(dt.bytes()), agTag);
-        ringReduceScatter(b, null, off, dt, op, rsTag);
-        runAg(b, off, segBytes(dt.bytes()), agTag, agRecvs);
+        List<Op> ownSent = new ArrayList<>();
+        ringReduceScatter(b, null, off, dt, op, rsTag, agTag, ownSent);
+        runAg(b, off, segBytes(dt.bytes()), agTag, agRecvs, ownSent);
     }
 
     // ---- reduce-scatter ----------------------------------------------------------------------------------
@@ -114,7 +115,7 @@ final class Collectives {
     }
 
     void ringReduceScatter(ByteBuffer in, ByteBuffer out, DType dt, ReduceOp op, int m) {
-        ringReduceScatter(in, out, chunks(m * c.size(), c.size(), dt.bytes()), dt, op, c.nextTag());
+        ringReduceScatter(in, out, chunks(m * c.size(), c.size(), dt.bytes()), dt, op, c.nextTag(), -1, null);
     }
 
     /**
@@ -122,16 +123,20 @@ final class Collectives {
      * partial sums afterwards.
      */
     void ringReduceScatterInPlace(ByteBuffer b, DType dt, ReduceOp op, int m) {
-        ringReduceScatter(b, null, chunks(m * c.size(), c.size(), dt.bytes()), dt, op, c.nextTag());
+        ringReduceScatter(b, null, chunks(m * c.size(), c.size(), dt.bytes()), dt, op, c.nextTag(), -1, null);
     }
 
     /**
      * Ring reduce-scatter over chunks {@code off}. In place ({@code out == null}): partial sums accumulate in
      * {@code b} itself and rank r's chunk of {@code b} ends fully reduced. Out of place: {@code b} is only
      * read; partial sums live in three rotating scratch buffers (one being received, one being sent, one
-     * being reduced) and the last step lands in {@code out}.
+     * being reduced) and the last step lands in {@code out}. With {@code ownSent} (all-reduce, in place), each
+     * segment of this rank's chunk goes to the right as the first step of the all-gather (tag {@code agTag})
+     * as soon as it is fully reduced, instead of after the whole reduce-scatter: the two phases overlap and
+     * the links never idle between them. The sends are added to {@code ownSent}.
      */
-    private void ringReduceScatter(ByteBuffer b, ByteBuffer out, int[] off, DType dt, ReduceOp op, int tag) {
+    private void ringReduceScatter(ByteBuffer b, ByteBuffer out, int[] off, DType dt, ReduceOp op, int tag, int agTag,
+                                   List<Op> ownSent) {
         int n = c.size();
         int r = c.rank();
         int es = dt.bytes();
@@ -181,6 +186,8 @@ final class Collectives {
                     Reductions.accumulate(dt, op, b, o, rb, so, len / es);
                     if (s + 1 < n - 1) {
                         sends.get(s + 1).add(c.sendTo(right, tag, b.slice(o, len)));
+                    } else if (ownSent != null) {
+                        ownSent.add(c.sendTo(right, agTag, b.slice(o, len)));
                     }
                 } else {
                     Reductions.accumulate(dt, op, rb, so, b, o, len / es);
@@ -229,7 +236,7 @@ final class Collectives {
     /** In-place ring all-gather of the blocks {@code off} of {@code b}; all receives are posted up front. */
     void ringAllGather(ByteBuffer b, int[] off, int es, int tag) {
         List<List<Op>> recvs = postAgRecvs(b, off, segBytes(es), tag);
-        runAg(b, off, segBytes(es), tag, recvs);
+        runAg(b, off, segBytes(es), tag, recvs, null);
     }
 
     /** Receives of all-gather step s (chunk r-s-1 from the left), straight into {@code b}. */
@@ -249,14 +256,21 @@ final class Collectives {
         return recvs;
     }
 
-    /** Sends chunk r, then forwards each received segment of steps 0..n-3 to the right as it lands. */
-    private void runAg(ByteBuffer b, int[] off, int seg, int tag, List<List<Op>> recvs) {
+    /**
+     * Sends chunk r (unless {@code ownSent} holds those sends already), then forwards each received segment of
+     * steps 0..n-3 to the right as it lands.
+     */
+    private void runAg(ByteBuffer b, int[] off, int seg, int tag, List<List<Op>> recvs, List<Op> ownSent) {
         int n = c.size();
         int r = c.rank();
         int right = mod(r + 1, n);
         List<Op> sends = new ArrayList<>();
-        for (int o = off[r]; o < off[r + 1]; o += seg) {
-            sends.add(c.sendTo(right, tag, b.slice(o, Math.min(seg, off[r + 1] - o))));
+        if (ownSent != null) {
+            sends.addAll(ownSent);
+        } else {
+            for (int o = off[r]; o < off[r + 1]; o += seg) {
+                sends.add(c.sendTo(right, tag, b.slice(o, Math.min(seg, off[r + 1] - o))));
+            }
         }
         for (int s = 0; s < n - 1; s++) {
             int ch = mod(r - s - 1, n);

@@ -258,23 +258,30 @@ public final class CudaKernels implements Kernels {
         return (int) ((warps + 3) / 4); // 4 warps per 128-thread block
     }
 
+    /**
+     * The whole causal attention is one block of the block kernels (attention_block.cu): queries are the q columns
+     * of the packed QKV rows, keys and values the columns after them, all at the packed row pitch.
+     */
     @Override
     public void attentionForward(Tensor out, Tensor lse, Tensor qkv, int b, int t, int heads, int kvHeads, int hd) {
-        checkHeadDim(hd);
-        dev.launch("attention_forward" + sfx(qkv), warpGrid((long) b * heads * t), 128, 0, out, lse, qkv, (long) b, t, heads, kvHeads, hd);
+        int width = (heads + 2 * kvHeads) * hd;
+        attentionBlockForward(out, lse, qkv, width, kvColumns(qkv, heads, hd), width, AttentionBlock.causal(b, t, heads, kvHeads, hd));
     }
 
+    /** The block kernels' backward accumulates: dqkv is zeroed first, so it holds exactly this call's gradients. */
     @Override
     public void attentionBackward(Tensor dqkv, Tensor dout, Tensor out, Tensor lse, Tensor qkv, int b, int t, int heads,
                                   int kvHeads, int hd) {
-        checkHeadDim(hd);
-        long rows = (long) b * heads * t;
-        Tensor delta = scratch(attnScratch, DType.F32, rows, false);
-        String s = sfx(qkv);
-        dev.launch("attention_delta" + s, warpGrid(rows), 128, 0, delta, dout, out, (long) b, t, heads, hd);
-        dev.launch("attention_backward_dq" + s, warpGrid(rows), 128, 0, dqkv, dout, lse, delta, qkv, (long) b, t, heads, kvHeads, hd);
-        dev.launch("attention_backward_dkv" + s, warpGrid((long) b * kvHeads * t), 128, 0, dqkv, dout, lse, delta, qkv, (long) b, t,
-                heads, kvHeads, hd);
+        int width = (heads + 2 * kvHeads) * hd;
+        zero(dqkv);
+        attentionBlockBackward(dqkv, width, kvColumns(dqkv, heads, hd), width, dout, out, lse, qkv, width, kvColumns(qkv, heads, hd),
+                width, AttentionBlock.causal(b, t, heads, kvHeads, hd));
+    }
+
+    /** The packed QKV tensor seen from its first key column (the block kernels' key/value operand). */
+    private static Tensor kvColumns(Tensor qkv, int heads, int hd) {
+        long q = (long) heads * hd;
+        return qkv.slice(q, qkv.numel() - q);
     }
 
     /** The block's shape as the block kernels take it (attention_block.cu's BLOCK_ARGS). */
