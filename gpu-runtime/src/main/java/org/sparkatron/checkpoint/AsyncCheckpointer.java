@@ -202,9 +202,11 @@ public final class AsyncCheckpointer implements AutoCloseable {
         // step's updates (Trainer, AdamW and the expert-bias update wait for ParameterSet.awaitReaders): the writer
         // thread copies them while the next forward and backward run, and training does not wait for the copy.
         // Elsewhere (a GPU; the strict test device; the distributed optimizer, whose gathered moments live in the
-        // gradient block and a temporary) the training thread copies them here.
-        boolean copyOnWriter = async && temporary == null && dev instanceof org.sparkatron.device.cpu.CpuDevice cpu
-                && !cpu.isStrict();
+        // gradient block and a temporary, and whose 16-bit weight block the next pass replaces) the training
+        // thread copies them here. (Without the distributed optimizer the weight block is the fp32 master, never
+        // replaced: the 16-bit compute copy is a separate tensor.)
+        boolean copyOnWriter = async && temporary == null && weights.dtype() == DType.F32
+                && dev instanceof org.sparkatron.device.cpu.CpuDevice cpu && !cpu.isStrict();
         long need = 0;
         for (FilePart f : parts) {
             need += f.numel();

@@ -211,6 +211,13 @@ public interface Kernels {
      */
     void round(Tensor dst, Tensor src, long count, DType format);
 
+    /**
+     * {@code dst[0, count) = src[0, count)}: 16-bit values (BF16 or F16 elements) widened exactly into F32
+     * elements, the inverse of {@link #round} into a 16-bit tensor. The model's 16-bit weights are widened so,
+     * one layer at a time, into the fp32 buffer its kernels read (docs/precision.md).
+     */
+    void widen(Tensor dst, Tensor src, long count);
+
     // ---- mixture of experts (docs/moe.md). Router logits are [n, e]; a token's k choices are [n, k] rows:
     // expert ids (I32, -1 where a capacity limit dropped the assignment) and weights (F32). A dispatch
     // buffer holds token rows grouped by expert; rowMap [n, k] (I32) says where assignment (t, j) went (-1:

@@ -22,8 +22,9 @@ import org.sparkatron.precision.Precision;
  *
  * <ul>
  *   <li>parameters: fp32 master weights of this rank's stage and TP shard, plus under BF16/FP16 the 16-bit
- *       compute copy ({@code halfBytes} per element: 4 on the CPU device, which stores 16-bit values in
- *       fp32; 2 on a GPU);</li>
+ *       compute copy ({@code halfBytes} per element: 2, real BF16/F16 elements on every device); with the
+ *       distributed optimizer under mixed precision only the 16-bit weights (the fp32 master shard is optimizer
+ *       state);</li>
  *   <li>gradients: fp32, one per parameter; optimizer: AdamW's two fp32 moments;</li>
  *   <li>activations: per micro-batch in flight (as many as the pipeline schedule holds at once on each of the
  *       rank's chunks), what each layer keeps for its backward under the {@link Recompute} mode, plus the
@@ -33,7 +34,8 @@ import org.sparkatron.precision.Precision;
  *   <li>FP8 (precision fp8): each FP8 layer's weight operand (parameters) and saved input operand
  *       (activations); the recipe state and the shared gradient operand (workspace), and on a GPU the transposed
  *       operands of the backward's FP8 GEMMs (workspace);</li>
- *   <li>workspace: token ids, per-token losses, a chunk of logits and the cross-entropy statistics (last
+ *   <li>workspace: under BF16/FP16 the fp32 buffer the largest unit's 16-bit weights (a layer, the embedding,
+ *       the output layer) are widened into before its kernels read them ({@code WeightStaging}); token ids, per-token losses, a chunk of logits and the cross-entropy statistics (last
  *       stage), the sequence-parallel buffers, RoPE tables, the context-parallel position table, device
  *       scalars, and the CPU attention's two scratch blocks of at most 256 query rows by the keys a block
  *       attends to. A GPU device's kernels keep scratch of their own that this does not count (the CUDA
@@ -82,7 +84,8 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
      * (sequence parallelism {@code sp}), training steps of {@code microBatches} micro-batches of {@code batch}
      * sequences of {@code seqLen} tokens in {@code precision} with {@code recompute}.
      *
-     * @param halfBytes bytes per element of 16-bit data on the target device (4 on the CPU, 2 on a GPU)
+     * @param halfBytes bytes per element of the model's 16-bit weights (2: BF16/F16 elements on every device; the
+     *                  overloads without {@code fp8Bytes} take 4 to mean the CPU device, whose FP8 values are fp32)
      */
     public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, PipelineLayout pl, int stage, int microBatches,
                                     int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes) {
@@ -171,10 +174,12 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
         ParameterSet.Builder layout = Transformer.layout(cfg, tp, ep, pl, stage);
         long numel = layout.numel();
         long owned = numel; // elements of optimizer state
+        java.util.List<ParameterSet.Param> placed = layout.params();
         if (dp != null) {
             GradBuffer plan = Transformer.gradBuffer(cfg, layout.params(), pl, stage, dp, dpSize);
             numel = plan.numel();
             owned = plan.ownedNumel();
+            placed = layout.relayout(plan.offsets(), plan.numel()).params();
         }
         boolean shardedMaster = dp != null && dp.distributedOptimizer() && precision.isReduced();
         long params = shardedMaster ? (long) halfBytes * numel
@@ -210,7 +215,8 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
                 + (moe == null ? 0 : 8L * MoeStep.STATS + MoeMlp.scratchWorkspaceBytes(moe) + MoeStep.tallyBytes(cfg)) // MoE figures
                 + (cfg.family().usesRope() ? 4L * cfg.maxPositions() * hd : 0) // cos and sin tables
                 + (cp.size() > 1 ? 4L * local : 0)                          // CP position table
-                + 4 * 2L * cpuAttentionScratch(cp, local);                  // CPU attention scratch
+                + 4 * 2L * cpuAttentionScratch(cp, local)                   // CPU attention scratch
+                + (precision.isReduced() ? 4 * WeightStaging.scratchElements(placed) : 0); // one unit's weights widened to fp32
         boolean holdsLast = pl.isLast(stage, pl.virtualStages() - 1);
         for (int chunk = 0; chunk < pl.virtualStages(); chunk++) {
             boolean first = pl.isFirst(stage, chunk);

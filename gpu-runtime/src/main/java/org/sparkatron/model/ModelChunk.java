@@ -36,6 +36,7 @@ final class ModelChunk {
     private final TensorParallel tp;
     private final ParameterSet params;
     private final ParameterSet compute;
+    private final WeightStaging staging; // mixed precision: widens each unit's 16-bit weights before it is read; else null
     private final boolean first;
     private final boolean last;
     private final int layerStart;
@@ -55,7 +56,8 @@ final class ModelChunk {
     private final int[] embedParams;   // first chunk: embedding and positions
     private ForwardPreHook preHook = params -> { }; // told before the forward reads parameters
 
-    ModelChunk(ModelConfig cfg, RankContext ctx, ParameterSet params, ParameterSet compute, int layerStart, int layerEnd,
+    ModelChunk(ModelConfig cfg, RankContext ctx, ParameterSet params, ParameterSet compute, WeightStaging staging,
+               int layerStart, int layerEnd,
                boolean first, boolean last, Tensor ropeCos, Tensor ropeSin, Workspace ws, RankBuffers buffers, MoeStep moe,
                org.sparkatron.precision.Fp8State fp8, int[] fp8Index) {
         this.cfg = cfg;
@@ -64,6 +66,7 @@ final class ModelChunk {
         this.tp = ctx.tp();
         this.params = params;
         this.compute = compute;
+        this.staging = staging;
         this.first = first;
         this.last = last;
         this.layerStart = layerStart;
@@ -105,6 +108,13 @@ final class ModelChunk {
         int[] out = java.util.Arrays.copyOf(a, a.length + b.length);
         System.arraycopy(b, 0, out, a.length, b.length);
         return out;
+    }
+
+    /** Makes unit {@code unit}'s weights readable through {@code compute} (mixed precision: widens them; see WeightStaging). */
+    private void stage(String unit) {
+        if (staging != null) {
+            staging.use(unit);
+        }
     }
 
     /** Told, during every forward, which parameters are about to be read (overlap_param_gather waits there). */
@@ -177,8 +187,10 @@ final class ModelChunk {
         int c = s.c();
         if (first) {
             preHook.beforeUse(embedParams);
+            stage("embed");
             embedding.forward(mb.inputs(), n, mb.input);
             if (cfg.family() == ModelConfig.Family.GPT2) {
+                stage("pos");
                 k.addPositions(mb.input, compute.weight("pos"), buffers.positions(), tp.firstLocalRow(n), s.nl(), s.t(), c); // rounded
             }
         }
@@ -186,6 +198,7 @@ final class ModelChunk {
         TransformerBlock.DropKey drop = training ? mb.drop : TransformerBlock.DropKey.NONE;
         for (int i = 0; i < blocks.size(); i++) {
             preHook.beforeUse(layerParams[i]);
+            stage("layers." + (layerStart + i));
             blocks.get(i).forward(mb.blocks[i], mb.layerInput(i), s, buffers.scratch(), drop);
         }
         if (!last) {
@@ -193,8 +206,10 @@ final class ModelChunk {
         }
         preHook.beforeUse(normParams);
         preHook.beforeUse(headParams);
+        stage("norm_f");
         norm(mb);
         headInput.forward(mb.normF, mb.headX);
+        stage(headName);
         Tensor head = compute.weight(headName);
         Tensor dhead = params.grad(headName);
         Tensor logits = buffers.logits();
@@ -240,6 +255,7 @@ final class ModelChunk {
             Tensor dnormF = tp.sequenceParallel() ? scratch.dnorm : mb.dheadX;
             headInput.backward(mb.dheadX, dnormF);
             k.zero(mb.grad);
+            stage("norm_f");
             if (cfg.family() == ModelConfig.Family.LLAMA) {
                 k.rmsNormBackward(mb.grad, params.grad("norm_f.w"), dnormF, mb.output(), compute.weight("norm_f.w"), mb.rstdF, nl, c);
             } else {
@@ -249,6 +265,7 @@ final class ModelChunk {
             report(hook, normParams);
         }
         for (int i = blocks.size() - 1; i >= 0; i--) {
+            stage("layers." + (layerStart + i)); // the backward reads the weights again (and a recomputation does)
             blocks.get(i).backward(mb.blocks[i], mb.layerInput(i), mb.grad, s, scratch, mb.drop);
             report(hook, layerParams[i]);
         }

@@ -52,9 +52,10 @@ public final class ParameterSet {
     private final long total;
     private final long expertStart; // parameters at or after this offset belong to experts (expert parallelism)
     private final Device device;
-    private final Tensor weights;
+    private Tensor weights; // replaced only by the model, between passes (replaceWeights)
     private final Tensor grads; // null for a weights-only set
     private final boolean ownsWeights;
+    private final Map<String, Tensor> weightViews; // withWeightViews: each parameter's own view; else null
     /** Counted down when another thread has finished reading the training state (see {@link #holdUpdatesUntil}). */
     private volatile java.util.concurrent.CountDownLatch readers;
 
@@ -70,30 +71,48 @@ public final class ParameterSet {
         this.weights = device.zeros(MemoryKind.PARAMETERS, DType.F32, total);
         this.grads = withGrads ? device.zeros(MemoryKind.GRADIENTS, DType.F32, total) : null;
         this.ownsWeights = true;
+        this.weightViews = null;
     }
 
-    private ParameterSet(ParameterSet layout, Tensor weights) {
+    private ParameterSet(ParameterSet layout, Map<String, Tensor> views) {
         this.params = layout.params;
         this.byName = layout.byName;
         this.total = layout.total;
         this.expertStart = layout.expertStart;
         this.device = layout.device;
-        this.weights = weights;
+        this.weights = null;
         this.grads = layout.grads;
         this.ownsWeights = false;
+        this.weightViews = views;
     }
 
     /**
-     * The same layout over another weight block, SHARING this set's gradient block. Mixed precision uses
-     * it: the layers compute from a 16-bit-rounded copy of the fp32 master weights while their gradients
-     * accumulate into the one fp32 gradient block.
+     * The same layout, SHARING this set's gradient block, whose {@link #weight(String)} is {@code views}' tensor
+     * of that name (every parameter needs one) and which has no whole weight block: the layers under mixed
+     * precision read their weights through views of a staging buffer ({@code WeightStaging}).
      */
-    public ParameterSet withWeights(Tensor otherWeights) {
-        if (otherWeights.numel() != weights.numel() || otherWeights.dtype() != DType.F32) {
-            throw new IllegalArgumentException("weight block " + otherWeights + " does not match the layout's "
-                    + weights.numel() + " fp32 elements");
+    public ParameterSet withWeightViews(Map<String, Tensor> views) {
+        for (Param p : params) {
+            if (!views.containsKey(p.name())) {
+                throw new IllegalArgumentException("no weight view for " + p.name());
+            }
         }
-        return new ParameterSet(this, otherWeights);
+        return new ParameterSet(this, views);
+    }
+
+    /**
+     * Replaces the weight block by {@code block} (same element count, any floating dtype), returning the old one
+     * to the caller: the model switches the block between fp32 and 16-bit elements under the distributed
+     * optimizer (see {@code Transformer#finishParamGather}). Views taken of the old block are stale afterwards.
+     */
+    Tensor replaceWeights(Tensor block) {
+        if (!ownsWeights || block.numel() != total) {
+            throw new IllegalArgumentException("weight block " + block + " does not replace the " + total + " elements of "
+                    + (ownsWeights ? "this set" : "a set that does not own its weights"));
+        }
+        Tensor old = weights;
+        weights = block;
+        return old;
     }
 
     /** The device both blocks live on. */
@@ -103,7 +122,7 @@ public final class ParameterSet {
 
     /**
      * Returns the blocks this set allocated to the device; call once, when nothing uses them any more. A
-     * set made by {@link #withWeights} owns nothing: its weights belong to the caller, its gradients to
+     * set made by {@link #withWeightViews} owns nothing: its views belong to the caller, its gradients to
      * the original set.
      */
     public void close() {
@@ -237,8 +256,15 @@ public final class ParameterSet {
         return total;
     }
 
-    /** The whole weight block (flat). */
+    /**
+     * The whole weight block (flat): F32 elements, except under the distributed optimizer with mixed precision,
+     * where during training it holds the 16-bit weights in BF16/F16 elements ({@code Transformer#finishParamGather}
+     * makes it F32 for code outside a pass).
+     */
     public Tensor weights() {
+        if (weightViews != null) {
+            throw new IllegalStateException("this parameter set has per-parameter weight views, no whole weight block");
+        }
         return weights;
     }
 
@@ -251,6 +277,10 @@ public final class ParameterSet {
     }
 
     public Tensor weight(String name) {
+        if (weightViews != null) {
+            param(name); // refuses unknown names as for a block
+            return weightViews.get(name);
+        }
         return view(weights, param(name));
     }
 
@@ -263,6 +293,7 @@ public final class ParameterSet {
         if (values.length != total) {
             throw new IllegalArgumentException(values.length + " weights for a layout of " + total);
         }
+        requireF32Block();
         ByteBuffer b = ByteBuffer.allocateDirect(Math.multiplyExact(4, values.length)).order(ByteOrder.nativeOrder());
         b.asFloatBuffer().put(values);
         device.upload(weights, b);
@@ -270,6 +301,7 @@ public final class ParameterSet {
 
     /** The whole weight block as an array (synchronises; for tools and reports, not training steps). */
     public float[] downloadWeights() {
+        requireF32Block();
         ByteBuffer b = ByteBuffer.allocateDirect(Math.toIntExact(Math.multiplyExact(4L, total))).order(ByteOrder.nativeOrder());
         device.download(b, weights);
         float[] out = new float[(int) total];
@@ -306,6 +338,13 @@ public final class ParameterSet {
             throw new IllegalStateException("interrupted while an asynchronous checkpoint copies the training state", e);
         }
         readers = null;
+    }
+
+    private void requireF32Block() {
+        if (weights().dtype() != DType.F32) {
+            throw new IllegalStateException("the weight block holds " + weights.dtype() + " elements between training passes: "
+                    + "call Transformer.finishParamGather() first");
+        }
     }
 
     /** Zeroes the gradient block (a kernel, stream-ordered). */

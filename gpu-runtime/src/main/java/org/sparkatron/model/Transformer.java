@@ -58,11 +58,14 @@ import org.sparkatron.tensor.Tensor;
  * forms that return a {@code double} ({@link #forwardBackward(int[], int, int, float)}, {@link #loss},
  * {@link #logits}, {@link #gradSquaredNorm()}) synchronise, for tests and tools.
  *
- * <p>Precision ({@link Precision}, docs/precision.md): {@link #params()} always holds fp32 master weights
- * and the fp32 gradient block. Under BF16/FP16 the layers compute from a second weight block, the master
- * weights rounded to 16 bits, refreshed at the start of every forward pass (so any change to the master
- * weights, by the optimizer, a checkpoint load or {@link #initialize}, is seen by the next pass), and the
- * kernels are wrapped in {@link RoundingKernels}, which rounds activations and activation gradients.
+ * <p>Precision ({@link Precision}, docs/precision.md): {@link #params()} holds fp32 master weights and the fp32
+ * gradient block. Under BF16/FP16 the layers compute from 16-bit weights in BF16/F16 elements, the master
+ * weights rounded at the start of every forward pass (so any change to the master weights, by the optimizer, a
+ * checkpoint load or {@link #initialize}, is seen by the next pass), each unit (layer, embedding, head) widened
+ * into one fp32 buffer just before its kernels read it ({@link WeightStaging}); with the distributed optimizer
+ * the weight block itself is the 16-bit copy during training and the fp32 master is the optimizer's shard
+ * ({@link #finishParamGather}). The kernels are wrapped in {@link RoundingKernels}, which rounds activations
+ * and activation gradients.
  *
  * <p>Pipeline parallelism ({@link PipelineParallel} in the context): {@link #forwardBackward(List, int, int,
  * float, Tensor, int, double)} runs Megatron's schedule for the micro-batches ({@link Schedule#of}: 1F1B, or
@@ -96,7 +99,9 @@ public final class Transformer {
     private final ContextParallel cp;
     private final ParameterSet params;
     private final Precision precision;
-    private final ParameterSet compute; // what the layers read: params itself (fp32) or its rounded twin
+    private final ParameterSet compute; // what the layers read: params itself (fp32) or views of the staging buffer
+    private final Tensor half;          // mixed precision without a sharded master: the 16-bit weights (BF16/F16); else null
+    private final WeightStaging staging; // mixed precision: the fp32 buffer one unit's 16-bit weights are widened into
     private final Workspace ws;
     private final Tensor ropeCos; // [maxPos, hd/2] (Llama only)
     private final Tensor ropeSin;
@@ -171,7 +176,8 @@ public final class Transformer {
         // With the distributed optimizer under mixed precision the fp32 master weights are sharded (the
         // optimizer keeps this rank's shard); the model's weight block is then its 16-bit copy.
         boolean separateCompute = precision.isReduced() && !shardedMaster(dp, precision);
-        long weightBytes = Math.multiplyExact(layout.numel(), 4L) * (separateCompute ? 3 : 2);
+        long weightBytes = Math.multiplyExact(layout.numel(), 4L) * 2 + (separateCompute ? 2 * layout.numel() : 0)
+                + (precision.isReduced() ? 4 * WeightStaging.scratchElements(layout.params()) : 0);
         if (weightBytes > device.capacityBytes()) {
             throw new DeviceMemoryException(device.name(), cfg.family().name().toLowerCase(java.util.Locale.ROOT) + " model of "
                     + layout.numel() + " parameters per rank (weights and gradients"
@@ -189,8 +195,9 @@ public final class Transformer {
             validateFp8(cfg, tp.size(), ctx.fp8Recipe());
         }
         this.params = layout.build(device);
-        this.compute = separateCompute
-                ? params.withWeights(device.zeros(MemoryKind.PARAMETERS, DType.F32, params.numel())) : params;
+        this.half = separateCompute ? device.zeros(MemoryKind.PARAMETERS, precision.format(), params.numel()) : null;
+        this.staging = precision.isReduced() ? new WeightStaging(device, k, params.params()) : null;
+        this.compute = staging != null ? params.withWeightViews(staging.views()) : params;
         this.ws = new Workspace(device);
         this.normScratch = device.allocate(MemoryKind.WORKSPACE, DType.F64, 1);
         this.scalars = device.allocate(MemoryKind.WORKSPACE, DType.F64, 1);
@@ -216,7 +223,7 @@ public final class Transformer {
         }
         this.fp8 = precision == Precision.FP8 ? new Fp8State(ctx, ctx.fp8Recipe(), 4 * fp8Blocks) : null;
         for (int c = 0; c < pp.chunks(); c++) {
-            chunks.add(new ModelChunk(cfg, ctx, params, compute, pl.firstLayer(pp.stage(), c), pl.endLayer(pp.stage(), c),
+            chunks.add(new ModelChunk(cfg, ctx, params, compute, staging, pl.firstLayer(pp.stage(), c), pl.endLayer(pp.stage(), c),
                     pl.isFirst(pp.stage(), c), pl.isLast(pp.stage(), c), ropeCos, ropeSin, ws, buffers, moeStep, fp8,
                     fp8Index));
         }
@@ -232,16 +239,9 @@ public final class Transformer {
             runner.setGradReadyHook(ddp);
             if (ddp.overlapsParamGather()) {
                 // the weight block's buckets arrive during the forward: each waited for before the first layer that
-                // reads it, and rounded to 16 bits there (what refreshComputeWeights does for the whole block)
+                // reads it (under mixed precision they arrive as 16-bit elements: refreshComputeWeights)
                 for (ModelChunk c : chunks) {
                     c.setForwardPreHook(ddp);
-                }
-                if (precision.isReduced()) {
-                    ddp.setAfterParamGather(b -> {
-                        GradBuffer.Bucket bucket = ddp.plan().buckets().get(b);
-                        Tensor w = params.weights().slice(bucket.start(), bucket.numel());
-                        k.round(w, w, bucket.numel(), precision.format());
-                    });
                 }
             }
             this.ownedPieces = plan.sharded() ? AdamW.pieces(params, ddp.ownedRanges()) : null;
@@ -502,7 +502,7 @@ public final class Transformer {
     public MemoryEstimate memoryEstimate(int b, int t, int microBatches) {
         DataParallel dp = ctx.dataParallel();
         return MemoryEstimate.of(cfg, tp.size(), tp.sequenceParallel(), ep.size(), pp.layout(), pp.stage(), microBatches, b, t,
-                precision, recompute, compute.weights().dtype().bytes(), dp == null ? null : dp.config(), dp == null ? 1 : dp.size(),
+                precision, recompute, precision.format().bytes(), dp == null ? null : dp.config(), dp == null ? 1 : dp.size(),
                 ctx.fp8Recipe(), device.storageOf(DType.FP8_E4M3).bytes(), MemoryEstimate.Context.of(cp));
     }
 
@@ -512,36 +512,66 @@ public final class Transformer {
     }
 
     /**
-     * The weights the layers compute from: {@link #params()}'s weights for FP32, else their 16-bit-rounded
-     * copy as of the last forward pass. For tests and tools.
+     * The weights the layers compute from: {@link #params()}'s weights for FP32, else the 16-bit weights (BF16 or
+     * F16 elements) as of the last pass. For tests and tools.
      */
     public Tensor computeWeights() {
-        return compute.weights();
+        return staging == null ? params.weights() : half != null ? half : params.weights();
+    }
+
+    /** Bytes of the fp32 buffer the 16-bit weights are widened into, one unit at a time (0 in fp32). */
+    public long weightStagingBytes() {
+        return staging == null ? 0 : staging.bytes();
     }
 
     /**
      * Brings the 16-bit compute weights up to date with the fp32 master weights (nothing for FP32). With the
-     * distributed optimizer the weight block is itself the 16-bit copy, rounded in place (the optimizer's
-     * all-gather brings rounded values; a load or initialisation may have brought fp32 ones).
+     * distributed optimizer the weight block is itself the 16-bit copy: kept in BF16/F16 elements from the
+     * first pass on (the update rounds each rank's shard into it and the all-gather moves 16-bit elements);
+     * when it holds fp32 values (set from outside: a load, an initialisation, {@link #finishParamGather}) they
+     * are rounded into a new 16-bit block first, and the fp32 block goes back to the device.
      */
     private void refreshComputeWeights() {
-        if (ddp != null && ddp.startParamGather()) {
-            return; // overlap_param_gather: the buckets are gathered, and rounded, as the forward reaches them
+        if (staging == null) {
+            if (ddp != null) {
+                ddp.startParamGather(); // overlap_param_gather: the buckets are gathered as the forward reaches them
+            }
+            return;
         }
-        if (compute != params) {
-            k.round(compute.weights(), params.weights(), params.numel(), precision.format());
-        } else if (precision.isReduced()) {
-            k.round(params.weights(), params.weights(), params.numel(), precision.format());
+        if (half != null) {
+            k.round(half, params.weights(), params.numel(), precision.format());
+        } else if (params.weights().dtype() == DType.F32) {
+            completeParamGather(); // (a gather deferred over an fp32 block: none after a pass; completed to be sure)
+            Tensor block = device.allocate(MemoryKind.PARAMETERS, precision.format(), params.numel());
+            k.round(block, params.weights(), params.numel(), precision.format());
+            device.release(params.replaceWeights(block));
+        } else if (ddp != null) {
+            ddp.startParamGather();
         }
+        staging.invalidate(half != null ? half : params.weights());
     }
 
     /**
-     * With {@code overlap_param_gather}: completes a parameter all-gather deferred by the last optimizer step
-     * (a collective of the data-parallel group then), so the weight block is current in full; a pass leaves
-     * none behind. Nothing to do otherwise. Code that reads the weights between a step and the next pass
-     * calls it first ({@link DistributedDataParallel#finishParamGather}).
+     * Completes the parameter all-gather deferred by the last optimizer step ({@code overlap_param_gather}; a
+     * collective of the data-parallel group then), so the weight block is current in full; a pass leaves none
+     * behind. Under the distributed optimizer with mixed precision, whose weight block holds 16-bit elements
+     * during training, it also widens the block (exactly) to fp32 elements, so code outside a pass reads and
+     * writes fp32 weights as in every other mode; the next pass rounds them into 16-bit elements again. Code
+     * that reads or replaces the weights between a step and the next pass calls it first (checkpoint save and
+     * load, {@link #initialize}, {@link TpCheckpoint#gatherFull}, {@code DistributedOptimizer.gatherMasterWeights}).
+     * Nothing to do otherwise.
      */
     public void finishParamGather() {
+        completeParamGather();
+        if (staging != null && half == null && params.weights().dtype() != DType.F32) {
+            Tensor block = device.allocate(MemoryKind.PARAMETERS, DType.F32, params.numel());
+            k.widen(block, params.weights(), params.numel());
+            device.release(params.replaceWeights(block));
+        }
+    }
+
+    /** {@link DistributedDataParallel#finishParamGather}: the weight block current in full, in its element type. */
+    private void completeParamGather() {
         if (ddp != null) {
             ddp.finishParamGather();
         }
@@ -683,8 +713,9 @@ public final class Transformer {
         }
         device.release(ropeCos);
         device.release(ropeSin);
-        if (compute != params) {
-            device.release(compute.weights());
+        device.release(half);
+        if (staging != null) {
+            staging.close();
         }
         params.close();
     }
@@ -735,7 +766,7 @@ public final class Transformer {
         }
         runner.run(schedule, microBatches, s, recompute, new StepRunner.Pass(true, gradScale, lossAcc, slot, lossWeight,
                 trainSteps, new TransformerBlock.DropKey(dropout, 0, dropoutRowOffset)));
-        finishParamGather();
+        completeParamGather();
         trainSteps += microBatches.size();
         sumOverPipeline(lossAcc.slice(slot, 1));
         averageOverContext(lossAcc.slice(slot, 1));
@@ -967,7 +998,7 @@ public final class Transformer {
         }
         runner.run(new ForwardOnly(pp.size(), pp.chunks(), 1), Collections.singletonList(samples), s, recompute,
                 new StepRunner.Pass(false, 0f, scalars, 0, 1.0, 0, TransformerBlock.DropKey.NONE));
-        finishParamGather();
+        completeParamGather();
         if (lossesOut != null) {
             tokenLosses(lastChunk.lastForward().losses, s, lossesOut);
         }
@@ -1026,7 +1057,7 @@ public final class Transformer {
                 fp8.beginPass(false);
             }
             chunk.forward(mb, false, 0f, scalars, 0, 1.0);
-            finishParamGather();
+            completeParamGather();
             int n = s.n();
             int v = cfg.vocabSize();
             int vocabLocal = cfg.paddedVocab(tp.size()) / tp.size();
@@ -1036,6 +1067,9 @@ public final class Transformer {
             Tensor local = ws.get("logits.local", rows0, vocabLocal);
             for (int r0 = 0; r0 < n; r0 += rows0) {
                 int rows = Math.min(rows0, n - r0);
+                if (staging != null) {
+                    staging.use(cfg.tiedEmbeddings() ? "embed" : "head"); // the forward left it widened; to be sure
+                }
                 k.linearForward(local, mb.headX.narrowRows(r0, rows), compute.weight(cfg.tiedEmbeddings() ? "embed" : "head"), null,
                         rows, cfg.hidden(), vocabLocal);
                 Tensor full = ws.get("logits.full", rows, vp);

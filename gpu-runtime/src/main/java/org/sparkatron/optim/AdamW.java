@@ -174,16 +174,24 @@ public final class AdamW {
     }
 
     /**
-     * Takes the master weights from the weight block (after the model's weights were set from outside: an
-     * initialisation or a load without optimizer state; Megatron's {@code reload_model_params}). Nothing to do
+     * Takes the master weights from the weight block (fp32 elements, or 16-bit ones widened exactly), after the
+     * model's weights were set from outside: an initialisation or a load without optimizer state (Megatron's
+     * {@code reload_model_params}). Nothing to do
      * without a separate master. Stream-ordered device copies.
      */
     public void reloadMasterWeights() {
         if (master == null) {
             return;
         }
+        Tensor block = params.weights(); // fp32 values, or 16-bit elements (widened exactly)
         for (Piece pc : pieces) {
-            params.device().copy(master.slice(pc.stateOffset(), pc.length()), params.weights().slice(pc.offset(), pc.length()));
+            Tensor to = master.slice(pc.stateOffset(), pc.length());
+            Tensor from = block.slice(pc.offset(), pc.length());
+            if (block.dtype() == DType.F32) {
+                params.device().copy(to, from);
+            } else {
+                kernels.widen(to, from, pc.length());
+            }
         }
     }
 
@@ -191,6 +199,10 @@ public final class AdamW {
     public void writeMasterWeights() {
         if (master == null) {
             return;
+        }
+        if (params.weights().dtype() != DType.F32) {
+            throw new IllegalStateException("the weight block holds " + params.weights().dtype() + " elements: call "
+                    + "Transformer.finishParamGather() before writing the fp32 master weights into it");
         }
         for (Piece pc : pieces) {
             params.device().copy(params.weights().slice(pc.offset(), pc.length()), master.slice(pc.stateOffset(), pc.length()));

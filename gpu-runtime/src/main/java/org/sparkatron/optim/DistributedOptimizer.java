@@ -68,7 +68,7 @@ public final class DistributedOptimizer {
      * completed. Collective.
      */
     public void gatherMasterWeights() {
-        ddp.finishParamGather(); // with overlap_param_gather: the weight block current first (fp32: that is all)
+        model.finishParamGather(); // the weight block current (overlap_param_gather) and in fp32 elements (fp32: that is all)
         if (adam.masterWeights() == null) {
             return;
         }

@@ -39,18 +39,20 @@ import org.sparkatron.train.Trainer;
  * alone.
  *
  * <p>Memory. Per rank, the bytes the device holds for parameters, gradients and optimizer state, per
- * parameter, beside Megatron's accounting (fp32: 4 + 4 + 8 = 16 bytes; distributed optimizer:
- * {@code h + 4 + 12/dp} with mixed precision, {@code 4 + 4 + 8/dp} in fp32, {@code h} the 16-bit copy's
- * element size on this device: 4 on the CPU, which keeps 16-bit values in fp32 elements). The measured figure
- * includes Megatron's padding of the distributed optimizer's buffers (parameters to 64 elements, buckets to
- * lcm(dp, 128)).
+ * parameter, beside Megatron's accounting (fp32: 4 + 4 + 8 = 16 bytes; bf16 without sharding: 2 + 4 + 4 + 8 = 18;
+ * distributed optimizer: {@code 2 + 4 + 12/dp} with bf16, {@code 4 + 4 + 8/dp} in fp32), measured after training
+ * steps (the 16-bit weights are BF16 elements then). The measured figure includes Megatron's padding of the
+ * distributed optimizer's buffers (parameters to 64 elements, buckets to lcm(dp, 128)). Beside it, the fp32
+ * buffer one unit's 16-bit weights are widened into before its kernels read them (workspace, not in Megatron's
+ * accounting), per parameter.
  */
 public final class DpBench {
     private DpBench() {
     }
 
     static final String USAGE = String.join("\n",
-            "usage: ./sparkatron bench-dp [--dp 2] [--bucket-mb 1] [--distributed-optimizer [--overlap-param-gather]] [--rounds 3] [--steps 3]",
+            "usage: ./sparkatron bench-dp [--dp 2] [--bucket-mb 1] [--distributed-optimizer [--overlap-param-gather]] [--precision fp32|bf16]",
+            "         [--rounds 3] [--steps 3]",
             "         [--family gpt2|llama] [--layers 8] [--width 256] [--heads 4] [--seq 64] [--batch 2] [--micro 2] [--vocab 8192]",
             "  data parallelism in one JVM: step time with overlap_grad_reduce off and on (alternating rounds, medians),",
             "  the share of the gradient reduction hidden behind the backward (and of the parameter gather behind the forward),",
@@ -66,7 +68,11 @@ public final class DpBench {
 
     static void bench(String[] argv) throws Exception {
         BenchArgs a = new BenchArgs("bench-dp", argv, Set.of("dp", "layers", "width", "heads", "seq", "batch", "micro", "vocab",
-                "family", "steps", "bucket-mb", "rounds"), Set.of("distributed-optimizer", "overlap-param-gather"));
+                "family", "steps", "bucket-mb", "rounds", "precision"), Set.of("distributed-optimizer", "overlap-param-gather"));
+        Precision precision = Precision.parse(a.string("precision", "fp32"));
+        if (precision != Precision.FP32 && precision != Precision.BF16) {
+            throw new IllegalArgumentException("--precision must be fp32 or bf16, got " + precision.label());
+        }
         int dp = a.integer("dp", 2);
         int layers = a.integer("layers", 8);
         int seq = a.integer("seq", 64);
@@ -92,17 +98,17 @@ public final class DpBench {
                 a.integer("vocab", 8192));
         long bucket = (long) (bucketMb * (1 << 20) / 4);
         System.out.printf(Locale.ROOT, "bench-dp: %s L=%d C=%d T=%d, dp=%d, micro-batch %d x %d micro-batches per rank, "
-                        + "%s; %d rounds alternating overlap off and on, each %d steps (the first a warm-up); medians; %d cores%n",
+                        + "%s, %s; %d rounds alternating overlap off and on, each %d steps (the first a warm-up); medians; %d cores%n",
                 cfg.family().name().toLowerCase(Locale.ROOT), layers, cfg.hidden(), seq, dp, batch, micro,
-                distopt ? "distributed optimizer" : "all-reduce", rounds, steps, Runtime.getRuntime().availableProcessors());
+                distopt ? "distributed optimizer" : "all-reduce", precision.label(), rounds, steps, Runtime.getRuntime().availableProcessors());
         List<Run> offs = new ArrayList<>();
         List<Run> ons = new ArrayList<>();
         List<Run> gathers = new ArrayList<>();
         for (int r = 0; r < rounds; r++) { // alternating: a machine whose load changes affects all alike
-            offs.add(run(cfg, dp, batch, seq, micro, steps, new DataParallel.Config(distopt, bucket, false), Precision.FP32));
-            ons.add(run(cfg, dp, batch, seq, micro, steps, new DataParallel.Config(distopt, bucket, true), Precision.FP32));
+            offs.add(run(cfg, dp, batch, seq, micro, steps, new DataParallel.Config(distopt, bucket, false), precision));
+            ons.add(run(cfg, dp, batch, seq, micro, steps, new DataParallel.Config(distopt, bucket, true), precision));
             if (paramGather) {
-                gathers.add(run(cfg, dp, batch, seq, micro, steps, new DataParallel.Config(distopt, bucket, true, true), Precision.FP32));
+                gathers.add(run(cfg, dp, batch, seq, micro, steps, new DataParallel.Config(distopt, bucket, true, true), precision));
             }
         }
         Run off = median(offs);
@@ -122,19 +128,22 @@ public final class DpBench {
                     g.stepMs / on.stepMs);
         }
 
-        System.out.println("memory per rank (bytes per parameter: parameters + gradients + optimizer state)");
-        System.out.println("setup                          dp   params   grads  optimizer   total  formula  measured/formula");
-        for (Object[] c : new Object[][] {{Precision.FP32, false, 1}, {Precision.FP32, true, dp}, {Precision.BF16, true, dp}}) {
+        System.out.println("memory per rank (bytes per parameter: parameters + gradients + optimizer state; "
+                + "fp32 staging: workspace, one unit's weights widened)");
+        System.out.println("setup                          dp   params   grads  optimizer   total  formula  measured/formula  fp32 staging");
+        for (Object[] c : new Object[][] {{Precision.FP32, false, 1}, {Precision.BF16, false, 1}, {Precision.FP32, true, dp},
+                {Precision.BF16, true, dp}}) {
             Precision p = (Precision) c[0];
             boolean sharded = (Boolean) c[1];
             int n = (Integer) c[2];
             Run r = run(cfg, n, batch, seq, micro, 1, new DataParallel.Config(sharded, 0, true), p);
-            double h = sharded && p.isReduced() ? r.weightElementBytes : 4;
-            double formula = sharded ? (p.isReduced() ? h + 4 + 12.0 / n : 4 + 4 + 8.0 / n) : 16;
+            // Megatron's accounting: 16-bit weights 2 bytes, fp32 gradients 4, Adam's m and v 8 and, in mixed precision,
+            // the fp32 master 4; the distributed optimizer shards the last two over dp
+            double formula = sharded ? (p.isReduced() ? 2 + 4 + 12.0 / n : 4 + 4 + 8.0 / n) : (p.isReduced() ? 18 : 16);
             double per = r.params + r.grads + r.optimizer;
-            System.out.printf(Locale.ROOT, "%-30s %2d %8.2f %7.2f %10.2f %7.2f %8.2f %17.3f%n",
+            System.out.printf(Locale.ROOT, "%-30s %2d %8.2f %7.2f %10.2f %7.2f %8.2f %17.3f %13.2f%n",
                     p.label() + (sharded ? ", distributed optimizer" : ", plain"), n, r.params, r.grads, r.optimizer, per, formula,
-                    per / formula);
+                    per / formula, r.staging);
         }
     }
 
@@ -146,12 +155,12 @@ public final class DpBench {
                 BenchArgs.median(runs.stream().mapToDouble(Run::waitMs).toArray()),
                 BenchArgs.median(runs.stream().mapToDouble(Run::gatherMs).toArray()),
                 BenchArgs.median(runs.stream().mapToDouble(Run::gatherWaitMs).toArray()), r.params(), r.grads(), r.optimizer(),
-                r.weightElementBytes());
+                r.staging());
     }
 
     /** One configuration's figures (the slowest rank's step, rank 0's memory per parameter). */
     record Run(int buckets, double stepMs, double reduceMs, double waitMs, double gatherMs, double gatherWaitMs, double params,
-               double grads, double optimizer, int weightElementBytes) {
+               double grads, double optimizer, double staging) {
     }
 
     private static Run run(ModelConfig cfg, int dp, int batch, int seq, int micro, int steps, DataParallel.Config ddp,
@@ -192,7 +201,7 @@ public final class DpBench {
                         out[0] = m.dataParallel().plan().buckets().size();
                         out[1] = (after[0] - before[0]) / 1e6 / timed;
                         out[2] = (after[1] - before[1]) / 1e6 / timed;
-                        out[3] = m.computeWeights().dtype().bytes();
+                        out[3] = m.weightStagingBytes() / n;
                         out[4] = (gatherAfter[1] - gatherBefore[1]) / 1e6 / timed; // deferred gathers: ran on the lane
                         out[5] = (gatherAfter[2] - gatherBefore[2]) / 1e6 / timed; // ... and waited for by the forward
                         System.arraycopy(times, 0, out, 6, times.length);
@@ -216,7 +225,7 @@ public final class DpBench {
                 }
             }
             double step = slowest.length == 0 ? 0 : BenchArgs.median(slowest);
-            return new Run((int) first[3], step, first[4], first[5], first[7], first[8], first[0], first[1], first[2], (int) first[6]);
+            return new Run((int) first[3], step, first[4], first[5], first[7], first[8], first[0], first[1], first[2], first[6]);
         } finally {
             pool.shutdownNow();
         }

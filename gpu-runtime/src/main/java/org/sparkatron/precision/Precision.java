@@ -19,8 +19,9 @@ import org.sparkatron.tensor.Tensor;
  *       (E4M3 / E5M2 with per-tensor scales, {@link Fp8Recipe}): Megatron's {@code --bf16 --fp8-format ...}
  *       through Transformer Engine. The embedding and the output layer stay bf16, as in Megatron.</li>
  * </ul>
- * On the CPU device 16-bit storage is emulated by rounding fp32 values to the nearest 16-bit value
- * wherever a GPU kernel would store 16 bits, so CPU tests see the numerics a GPU run has.
+ * On the CPU device 16-bit activations are emulated by rounding fp32 values to the nearest 16-bit value
+ * wherever a GPU kernel would store 16 bits, so CPU tests see the numerics a GPU run has; the model's 16-bit
+ * weights are real BF16/F16 elements on every device.
  */
 public enum Precision {
     FP32,

@@ -279,6 +279,11 @@ public final class RoundingKernels implements Kernels {
         k.round(dst, src, count, format);
     }
 
+    @Override
+    public void widen(Tensor dst, Tensor src, long count) {
+        k.widen(dst, src, count);
+    }
+
     // ---- mixture of experts: the router (logits, scores, weights, losses) stays fp32, as Megatron's
     // moe_router_dtype fp32 keeps it; dispatched rows are copies of rounded values; combined outputs, expert
     // GEMM outputs and activation gradients are rounded as a 16-bit buffer would hold them. ----

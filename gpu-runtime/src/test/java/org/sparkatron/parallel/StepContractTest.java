@@ -126,19 +126,24 @@ class StepContractTest {
     /**
      * Mixture of experts: without expert parallelism, and with it padded to capacity, a step still waits once;
      * dropless (or unpadded) EP adds exactly one count read per MoE layer and micro-batch, which
-     * {@link Trainer#syncsPerStep()} says. Memory equals the estimate (worst-case dispatch buffers) in every mode.
+     * {@link Trainer#syncsPerStep()} says. Memory equals the estimate (worst-case dispatch buffers) in every mode;
+     * in bf16 with the expert weights (in the expert region at the block's end) widened with their layer's into
+     * the fp32 staging buffer.
      */
-    @ParameterizedTest(name = "ep={0} micro={1} {2} {3} {4}")
+    @ParameterizedTest(name = "ep={0} micro={1} {2} {3} {4} {5}")
     @CsvSource(delimiter = '|', value = {
-        "1 | 1 | NONE      | dropless | 1",
-        "1 | 2 | FULL      | capacity | 1",
-        "1 | 1 | SELECTIVE | sigmoid  | 1",
-        "2 | 2 | NONE      | dropless | 5",
-        "2 | 1 | FULL      | dropless | 3",
-        "2 | 2 | NONE      | padded   | 1",
-        "2 | 1 | NONE      | sigmoid  | 2",
+        "1 | 1 | NONE      | dropless | 1 | fp32",
+        "1 | 2 | FULL      | capacity | 1 | fp32",
+        "1 | 1 | SELECTIVE | sigmoid  | 1 | fp32",
+        "2 | 2 | NONE      | dropless | 5 | fp32",
+        "2 | 1 | FULL      | dropless | 3 | fp32",
+        "2 | 2 | NONE      | padded   | 1 | fp32",
+        "2 | 1 | NONE      | sigmoid  | 2 | fp32",
+        "2 | 2 | FULL      | dropless | 5 | bf16",
+        "1 | 1 | SELECTIVE | sigmoid  | 1 | bf16",
     })
-    void mixtureOfExperts(int ep, int micro, org.sparkatron.model.Recompute mode, String variant, int syncs) throws Exception {
+    void mixtureOfExperts(int ep, int micro, org.sparkatron.model.Recompute mode, String variant, int syncs, String precision)
+            throws Exception {
         String extra = switch (variant) {
             case "capacity" -> "\"moe_expert_capacity_factor\":1.0";
             case "padded" -> "\"moe_expert_capacity_factor\":1.0,\"moe_pad_expert_input_to_capacity\":true";
@@ -149,8 +154,8 @@ class StepContractTest {
         ModelConfig cfg = MoeRun.config(2, extra);
         List<Seen> seen = LocalRanks.run(ep, (rank, world) -> {
             try (ProcessGroups pg = ProcessGroups.create(ParallelLayout.forWorld(ep, 1, 1, ep, 1, 1), world)) {
-                RankContext ctx = new RankContext(TestDevices.create(), new TensorParallel(pg.tp(), false), Precision.FP32, null,
-                        new ExpertParallel(pg.ep(), pg.expertDp()));
+                RankContext ctx = new RankContext(TestDevices.create(), new TensorParallel(pg.tp(), false), Precision.parse(precision),
+                        null, new ExpertParallel(pg.ep(), pg.expertDp()));
                 Transformer m = new Transformer(cfg, ctx);
                 m.initialize(ParityRun.SEED);
                 m.setRecompute(mode);
@@ -164,7 +169,7 @@ class StepContractTest {
             }
         });
         for (int r = 0; r < seen.size(); r++) {
-            check(seen.get(r), "moe ep " + ep + " x" + micro + " " + mode + " " + variant + ", rank " + r, syncs);
+            check(seen.get(r), "moe ep " + ep + " x" + micro + " " + mode + " " + variant + " " + precision + ", rank " + r, syncs);
         }
     }
 

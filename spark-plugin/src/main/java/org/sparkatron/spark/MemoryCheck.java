@@ -23,8 +23,10 @@ final class MemoryCheck {
     static final long SPARK_RESERVED = 300L << 20;
     /** {@code false} skips the check (an executor whose memory the settings do not show, e.g. set by a launcher). */
     static final String CONF = "spark.sparkatron.memoryCheck";
-    /** The CPU device stores 16-bit values in 32-bit elements ({@link MemoryEstimate#of}'s halfBytes). */
-    private static final int CPU_HALF_BYTES = 4;
+    /** The model's 16-bit weights are BF16/F16 elements on every device ({@link MemoryEstimate#of}'s halfBytes). */
+    private static final int HALF_BYTES = 2;
+    /** The CPU device stores FP8 values in 32-bit elements ({@link MemoryEstimate#of}'s fp8Bytes). */
+    private static final int CPU_FP8_BYTES = 4;
 
     private MemoryCheck() {
     }
@@ -86,8 +88,8 @@ final class MemoryCheck {
         MemoryEstimate worst = null;
         for (int stage = 0; stage < cfg.pp; stage++) {
             MemoryEstimate e = MemoryEstimate.of(cfg.model(), tp, cfg.sequenceParallel, 1, pl, stage, microBatches, microBatch,
-                    cfg.seqLen, cfg.precision, recompute, CPU_HALF_BYTES, cfg.dataParallelConfig(), cfg.dp * cp,
-                    cfg.fp8, CPU_HALF_BYTES, new MemoryEstimate.Context(cp, 0, cfg.cpCommType));
+                    cfg.seqLen, cfg.precision, recompute, HALF_BYTES, cfg.dataParallelConfig(), cfg.dp * cp,
+                    cfg.fp8, CPU_FP8_BYTES, new MemoryEstimate.Context(cp, 0, cfg.cpCommType));
             if (worst == null || e.total() > worst.total()) {
                 worst = e;
             }

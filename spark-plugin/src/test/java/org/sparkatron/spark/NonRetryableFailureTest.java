@@ -51,7 +51,7 @@ class NonRetryableFailureTest {
      * Stage attempts submitted, and the exception class of each failed task ("attempt N: class"), of the jobs
      * started while it listens; it holds each failed task's event for {@link #LAG_MS} (a loaded listener bus).
      */
-    private static final class Recorder extends SparkListener {
+    static final class Recorder extends SparkListener {
         static final long LAG_MS = 1500; // well past Spark's 200 ms barrier-stage resubmission delay
         final List<Integer> stageAttempts = new CopyOnWriteArrayList<>();
         final List<String> taskFailures = new CopyOnWriteArrayList<>();
@@ -91,7 +91,11 @@ class NonRetryableFailureTest {
     }
 
     private static <T extends Throwable> T failsOnce(Class<T> type, Recorder rec, org.junit.jupiter.api.function.Executable job) {
-        SparkContext sc = SharedSpark.get().sparkContext();
+        return failsOnce(SharedSpark.get().sparkContext(), type, rec, job);
+    }
+
+    /** Runs {@code job} on {@code sc}, which must fail with {@code type}, with {@code rec} listening (and lagging the bus). */
+    static <T extends Throwable> T failsOnce(SparkContext sc, Class<T> type, Recorder rec, org.junit.jupiter.api.function.Executable job) {
         sc.addSparkListener(rec);
         try {
             return assertThrows(type, job);

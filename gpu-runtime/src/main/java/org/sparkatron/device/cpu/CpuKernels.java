@@ -711,6 +711,23 @@ public final class CpuKernels implements Kernels {
         }
     }
 
+    @Override
+    public void widen(Tensor dst, Tensor src, long count) {
+        if (dst.dtype() != DType.F32 || (src.dtype() != DType.BF16 && src.dtype() != DType.F16)) {
+            throw new IllegalArgumentException("widen from BF16 or F16 into F32, got " + src + " -> " + dst);
+        }
+        boolean bf16 = src.dtype() == DType.BF16;
+        for (long at = 0; at < count; at += WINDOW) {
+            int len = (int) Math.min(WINDOW, count - at);
+            ShortBuffer in = src.slice(at, len).hostBuffer().asShortBuffer();
+            FloatBuffer out = dst.slice(at, len).hostBuffer().asFloatBuffer();
+            for (int i = 0; i < len; i++) {
+                short h = in.get(i);
+                out.put(i, bf16 ? HalfFloats.bf16ToFloat(h) : HalfFloats.f16ToFloat(h));
+            }
+        }
+    }
+
     // ---- mixture of experts: CpuMoeKernels ----
 
     @Override

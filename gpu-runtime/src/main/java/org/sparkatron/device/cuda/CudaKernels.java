@@ -229,6 +229,15 @@ public final class CudaKernels implements Kernels {
         }
     }
 
+    /** {@code dst = src}: BF16/F16 elements widened exactly into F32 ones. */
+    @Override
+    public void widen(Tensor dst, Tensor src, long count) {
+        if (dst.dtype() != DType.F32 || (src.dtype() != DType.BF16 && src.dtype() != DType.F16)) {
+            throw new IllegalArgumentException("widen from " + src.dtype() + " into " + dst.dtype() + " (BF16/F16 to F32 only)");
+        }
+        each(src.dtype() == DType.BF16 ? "widen_bf16_to_f32" : "widen_f16_to_f32", count, dst, src, count);
+    }
+
     // ---- attention ----
 
     @Override
