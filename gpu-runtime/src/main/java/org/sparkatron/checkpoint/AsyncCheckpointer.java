@@ -57,6 +57,8 @@ public final class AsyncCheckpointer implements AutoCloseable {
     private final ThreadPoolExecutor writer;
     private Tensor staging; // guarded by this: the training thread or the writer allocates it
     private Pending pending;
+    /** The writer's copy of the save in flight (counted down when done), or null. */
+    private java.util.concurrent.CountDownLatch pendingCopy;
     /** The last write's {wall, writer thread CPU} nanoseconds, for the benchmark; written by the writer thread. */
     private volatile long[] lastWrite = {0, 0};
     /** Tests: the writer thread's first action for each save (to hold it before it copies or writes). */
@@ -265,6 +267,7 @@ public final class AsyncCheckpointer implements AutoCloseable {
             if (copied != null) {
                 model.params().holdUpdatesUntil(copied);
             }
+            pendingCopy = copied;
             try {
                 written = writer.submit(write);
             } catch (RuntimeException e) { // rejected: the writer was closed
@@ -384,6 +387,9 @@ public final class AsyncCheckpointer implements AutoCloseable {
     @Override
     public void close() {
         pending = null;
+        if (pendingCopy != null) { // an abandoned save never holds training's next update
+            pendingCopy.countDown();
+        }
         if (writer != null) {
             writer.shutdownNow();
             try {
