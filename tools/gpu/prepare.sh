@@ -39,7 +39,7 @@ tr ':' '\n' < build-out/gpu-runtime-test-cp.txt | while read -r jar; do
 done
 if [ ! -x "$OUT/jre/bin/java" ]; then
   jlink --add-modules java.base,java.logging,java.management,jdk.management,java.naming,java.xml,jdk.unsupported,jdk.incubator.vector,java.sql \
-        --strip-debug --strip-native-debug-symbols=exclude-debuginfo-files --no-man-pages --no-header-files \
+        --strip-java-debug-attributes --strip-native-debug-symbols=exclude-debuginfo-files --no-man-pages --no-header-files \
         --compress=2 --output "$OUT/jre"
 fi
 tar -C "$ROOT/build-out" -cJf "$ROOT/build-out/gpu-check.tar.xz" gpu-check

@@ -24,8 +24,11 @@ import org.sparkatron.tensor.Tensor;
 /**
  * One rank's checkpoint saves, blocking or asynchronous (Megatron's {@code --async-save}), into a
  * {@link DistributedCheckpoint}. An asynchronous save copies the rank's shards into staging memory (one
- * device-to-host copy per parameter; the only time the step waits), writes the files from the copy on a
- * background thread while training goes on, and is committed later by {@link #poll} (every step) or
+ * device-to-host copy per parameter; on the CPU device without the distributed optimizer the writer thread
+ * makes this copy while the next step's forward and backward run, and that step's updates wait for it
+ * through {@link org.sparkatron.model.ParameterSet#awaitReaders}; elsewhere the training thread makes it, and
+ * it is the only time the step waits), writes the files from the copy on a background thread while training
+ * goes on, and is committed later by {@link #poll} (every step) or
  * {@link #finish}: once every rank has written its files, rank 0 writes the metadata with every file's size
  * and CRC32C and renames the directory into place, exactly as a blocking save does. A crash before that
  * commit leaves an {@code .inprogress-} directory that resume ignores (and the next save deletes), so the
@@ -52,8 +55,12 @@ public final class AsyncCheckpointer implements AutoCloseable {
     private final DistributedCheckpoint ckpt;
     private final boolean async;
     private final ThreadPoolExecutor writer;
-    private Tensor staging;
+    private Tensor staging; // guarded by this: the training thread or the writer allocates it
     private Pending pending;
+    /** The last write's {wall, writer thread CPU} nanoseconds, for the benchmark; written by the writer thread. */
+    private volatile long[] lastWrite = {0, 0};
+    /** Tests: the writer thread's first action for each save (to hold it before it copies or writes). */
+    volatile Runnable writerStartsForTest;
 
     /** A save whose files are being written. */
     private record Pending(long step, long dropoutSteps, String tmp, Future<long[]> written, Transformer model,
@@ -191,47 +198,81 @@ public final class AsyncCheckpointer implements AutoCloseable {
             parts.add(new FilePart(lay.expertOptimFile(stage, epRank, tpRank), 11, model, true, true));
         }
         Device dev = model.device();
+        // On the CPU device the blocks are host memory and the live weights and moments change only in the next
+        // step's updates (Trainer, AdamW and the expert-bias update wait for ParameterSet.awaitReaders): the writer
+        // thread copies them while the next forward and backward run, and training does not wait for the copy.
+        // Elsewhere (a GPU; the strict test device; the distributed optimizer, whose gathered moments live in the
+        // gradient block and a temporary, and whose 16-bit weight block the next pass replaces) the training
+        // thread copies them here. (Without the distributed optimizer the weight block is the fp32 master, never
+        // replaced: the 16-bit compute copy is a separate tensor.)
+        boolean copyOnWriter = async && temporary == null && weights.dtype() == DType.F32
+                && dev instanceof org.sparkatron.device.cpu.CpuDevice cpu && !cpu.isStrict();
+        long need = 0;
+        for (FilePart f : parts) {
+            need += f.numel();
+        }
         String error = null;
         try {
-            if (async) {
-                long need = 0;
-                for (FilePart f : parts) {
-                    need += f.numel();
-                }
-                if (staging == null || staging.numel() < need) {
-                    staging = dev.allocateHostStaging(DType.F32, Math.max(1, need));
-                }
-                long at = 0;
-                for (FilePart f : parts) {
-                    at = f.copy(dev, blocks, staging, at);
-                }
-            } else {
+            if (!async) {
                 for (FilePart f : parts) {
                     f.views(dev, blocks);
+                }
+            } else if (!copyOnWriter) {
+                Tensor buf = staging(dev, need);
+                long at = 0;
+                for (FilePart f : parts) {
+                    at = f.copy(dev, blocks, buf, at);
                 }
             }
         } catch (RuntimeException e) {
             error = "rank " + world.rank() + " could not copy its state for step " + step + ": " + e;
         }
         String failure = error;
+        long stagingNumel = need;
+        java.util.concurrent.CountDownLatch copied = copyOnWriter ? new java.util.concurrent.CountDownLatch(1) : null;
+        int rank = world.rank();
         java.util.concurrent.Callable<long[]> write = () -> {
-            long[] row = new long[ROW];
-            row[7] = step;
-            if (failure != null) {
-                throw new IOException(failure);
+            try {
+                Runnable hook = writerStartsForTest;
+                if (hook != null) {
+                    hook.run();
+                }
+                if (failure != null) {
+                    throw new IOException(failure);
+                }
+                if (copied != null) {
+                    try {
+                        Tensor buf = staging(dev, stagingNumel); // the first save's allocation too is off the training thread
+                        long at = 0;
+                        for (FilePart f : parts) {
+                            at = f.copyOnHost(blocks, buf, at);
+                        }
+                    } catch (RuntimeException e) {
+                        throw new IOException("rank " + rank + " could not copy its state for step " + step + ": " + e, e);
+                    } finally {
+                        copied.countDown(); // training may change the state now
+                    }
+                }
+                return writeFiles(parts, tmp, step);
+            } finally {
+                if (copied != null) {
+                    copied.countDown(); // whatever failed: training never waits for a save that will not copy
+                }
             }
-            for (FilePart f : parts) {
-                ShardFiles.Written w = ShardFiles.write(ckpt.storage(), ckpt.storage().child(tmp, f.file()), f.tensors(),
-                        Map.of("step", "" + step));
-                row[f.slot()] = 1;
-                row[f.slot() + 1] = w.bytes();
-                row[f.slot() + 2] = w.crc();
-            }
-            return row;
         };
         Future<long[]> written;
         if (async) {
-            written = writer.submit(write);
+            if (copied != null) {
+                model.params().holdUpdatesUntil(copied);
+            }
+            try {
+                written = writer.submit(write);
+            } catch (RuntimeException e) { // rejected: the writer was closed
+                if (copied != null) {
+                    copied.countDown();
+                }
+                throw e;
+            }
         } else {
             java.util.concurrent.FutureTask<long[]> now = new java.util.concurrent.FutureTask<>(write);
             now.run();
@@ -242,6 +283,32 @@ public final class AsyncCheckpointer implements AutoCloseable {
         }
         // Everything the metadata records is taken now, with the copy: training changes it meanwhile.
         pending = new Pending(step, model.trainSteps(), tmp, written, model, lay, positions, extra);
+    }
+
+    /** The staging memory, at least {@code numel} floats: kept from the first asynchronous save on. */
+    private synchronized Tensor staging(Device dev, long numel) {
+        if (staging == null || staging.numel() < numel) {
+            staging = dev.allocateHostStaging(DType.F32, Math.max(1, numel));
+        }
+        return staging;
+    }
+
+    /** Writes this rank's files of a save and returns its row of sizes and checksums (any thread). */
+    private long[] writeFiles(List<FilePart> parts, String tmp, long step) throws IOException {
+        long[] row = new long[ROW];
+        row[7] = step;
+        long wall0 = System.nanoTime();
+        long cpu0 = java.lang.management.ManagementFactory.getThreadMXBean().getCurrentThreadCpuTime();
+        for (FilePart f : parts) {
+            ShardFiles.Written w = ShardFiles.write(ckpt.storage(), ckpt.storage().child(tmp, f.file()), f.tensors(),
+                    Map.of("step", "" + step));
+            row[f.slot()] = 1;
+            row[f.slot() + 1] = w.bytes();
+            row[f.slot() + 2] = w.crc();
+        }
+        lastWrite = new long[] {System.nanoTime() - wall0,
+            java.lang.management.ManagementFactory.getThreadMXBean().getCurrentThreadCpuTime() - cpu0};
+        return row;
     }
 
     /**
@@ -304,6 +371,11 @@ public final class AsyncCheckpointer implements AutoCloseable {
         return ckpt.commitSave(world, p.model(), p.step(), p.dropoutSteps(), p.tmp(), p.layout(), rows, p.positions(), p.extra());
     }
 
+    /** The last completed write's {wall, CPU of the writing thread} in nanoseconds (for the benchmark). */
+    long[] lastWriteTimes() {
+        return lastWrite.clone();
+    }
+
     /**
      * Stops the writer thread (interrupting its I/O) and waits up to 30 s for it to end, so that an abandoned
      * write cannot touch the directory of a later attempt's save of the same step; a save still in flight is
@@ -346,6 +418,14 @@ public final class AsyncCheckpointer implements AutoCloseable {
         long copy(Device dev, Tensor[] blocks, Tensor staging, long at) {
             for (int i = 0; i < pieces.size(); i++) {
                 at = ShardContent.copy(tensors, dev, blocks[optim ? 1 + i : 0], pieces.get(i), staging, at);
+            }
+            return at;
+        }
+
+        /** As {@link #copy}, by host memory copies: for blocks in host memory, on any thread. */
+        long copyOnHost(Tensor[] blocks, Tensor staging, long at) {
+            for (int i = 0; i < pieces.size(); i++) {
+                at = ShardContent.copyOnHost(tensors, blocks[optim ? 1 + i : 0], pieces.get(i), staging, at);
             }
             return at;
         }

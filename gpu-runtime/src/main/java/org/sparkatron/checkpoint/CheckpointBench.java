@@ -256,6 +256,9 @@ public final class CheckpointBench {
             done = steps < 1000 ? saver.poll(world) : saver.finish(world);
             polls += (System.nanoTime() - p0) / 1e9;
         }
+        long[] w = saver.lastWriteTimes();
+        System.out.printf(Locale.ROOT, "  async round: baseline %.3f s, copy %.3f s, polls %.3f s, %d steps %.3f s, writer wall %.3f s cpu %.3f s, load %s%n",
+                baseline, copy, polls, steps, stepsTime, w[0] / 1e9, w[1] / 1e9, Files.readString(Path.of("/proc/loadavg")).trim());
         return new double[] {baseline, copy + polls, steps, stepsTime - steps * baseline, copy}; // negative extra: noise
     }
 

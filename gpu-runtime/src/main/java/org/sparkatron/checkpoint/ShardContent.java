@@ -86,6 +86,26 @@ final class ShardContent {
     }
 
     /**
+     * As {@link #copy}, for a {@code block} in host memory (the CPU device's), by memory copies on the calling
+     * thread (an asynchronous checkpoint's writer): no device call, so the device's own state (its count of
+     * synchronisations) stays the training thread's.
+     */
+    static long copyOnHost(LinkedHashMap<String, Tensor> out, Tensor block, List<Piece> pieces, Tensor staging, long at) {
+        try (org.sparkatron.device.HostAccess.Scope s = org.sparkatron.device.HostAccess.enter()) {
+            for (Piece pc : pieces) {
+                long start = at;
+                for (long[] seg : pc.segments()) {
+                    staging.slice(at, seg[2]).hostBuffer().duplicate()
+                            .put(block.slice(pc.param().offset() + seg[1], seg[2]).hostBuffer().duplicate());
+                    at += seg[2];
+                }
+                out.put(pc.name(), staging.slice(start, pc.numel()));
+            }
+        }
+        return at;
+    }
+
+    /**
      * Copies the pieces of the device block {@code block} into {@code staging} (host memory of the device's
      * fastest kind) from element {@code at} on, one device-to-host copy per segment, and adds views of the copy.
      *

@@ -17,7 +17,8 @@ import org.sparkatron.tensor.Tensor;
 
 /**
  * Moves shard files between memory and a {@link CheckpointStorage}, with a CRC32C of every file's bytes.
- * On a local disk shards are written in place and memory-mapped for reading; on any other storage they are
+ * On a local disk shards are written in place (with direct I/O where the file system allows it:
+ * {@link DirectFileWriter}) and memory-mapped for reading; on any other storage they are
  * staged through a temporary local file (written, then streamed up; streamed down, then mapped), so the
  * safetensors code only ever sees local files. Stateless and thread-safe.
  */
@@ -35,8 +36,8 @@ final class ShardFiles {
 
     /**
      * Writes {@code tensors} as a safetensors file at {@code target} and returns its size and CRC32C, computed
-     * on the bytes as they are written (no second pass). On a local disk through a file channel, forced to
-     * disk before returning; elsewhere streamed to {@link CheckpointStorage#create} (whose close makes the file
+     * on the bytes as they are written (no second pass). On a local disk with direct I/O (else through a file
+     * channel and the page cache), forced to disk before returning; elsewhere streamed to {@link CheckpointStorage#create} (whose close makes the file
      * durable). The tensors must not change while being written.
      */
     static Written write(CheckpointStorage fs, String target, LinkedHashMap<String, Tensor> tensors, Map<String, String> meta)
@@ -48,6 +49,18 @@ final class ShardFiles {
         long n = 0;
         Path local = fs.localFile(target);
         if (local != null) {
+            java.util.List<ByteBuffer> parts = new java.util.ArrayList<>();
+            parts.add(len);
+            parts.add(ByteBuffer.wrap(header));
+            for (Tensor t : tensors.values()) {
+                if (t.numel() > 0) {
+                    parts.add(t.hostBuffer()); // native order, which requireLittleEndianPlatform made little-endian
+                }
+            }
+            Written direct = DirectFileWriter.write(local, parts);
+            if (direct != null) {
+                return direct;
+            }
             try (FileChannel ch = FileChannel.open(local, StandardOpenOption.CREATE, StandardOpenOption.WRITE,
                     StandardOpenOption.TRUNCATE_EXISTING)) {
                 n += put(ch, crc, len);

@@ -56,6 +56,8 @@ public final class ParameterSet {
     private final Tensor grads; // null for a weights-only set
     private final boolean ownsWeights;
     private final Map<String, Tensor> weightViews; // withWeightViews: each parameter's own view; else null
+    /** Counted down when another thread has finished reading the training state (see {@link #holdUpdatesUntil}). */
+    private volatile java.util.concurrent.CountDownLatch readers;
 
     private ParameterSet(List<Param> params, long total, long expertStart, Device device, boolean withGrads) {
         this.params = Collections.unmodifiableList(params);
@@ -305,6 +307,37 @@ public final class ParameterSet {
         float[] out = new float[(int) total];
         b.asFloatBuffer().get(out);
         return out;
+    }
+
+    /**
+     * Declares that another thread reads the weight block (and the optimizer's moments) until {@code done} is
+     * counted down: an asynchronous checkpoint copies the live training state on its writer thread while the
+     * next step's forward and backward run (which only read them). Whatever changes them next, the optimizer
+     * update or the expert-bias update, first calls {@link #awaitReaders}. One reader at a time (a new hold
+     * replaces a finished one).
+     */
+    public void holdUpdatesUntil(java.util.concurrent.CountDownLatch done) {
+        readers = done;
+    }
+
+    /**
+     * Waits until a reader declared by {@link #holdUpdatesUntil} is done (at once when there is none); called
+     * on the training thread before the weights or the optimizer state change.
+     *
+     * @throws IllegalStateException if the thread is interrupted while waiting (the interrupt stays set)
+     */
+    public void awaitReaders() {
+        java.util.concurrent.CountDownLatch r = readers;
+        if (r == null) {
+            return;
+        }
+        try {
+            r.await();
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new IllegalStateException("interrupted while an asynchronous checkpoint copies the training state", e);
+        }
+        readers = null;
     }
 
     private void requireF32Block() {

@@ -824,6 +824,7 @@ public final class Transformer {
         if (moeStep == null || moeStep.tally == null) {
             return;
         }
+        params.awaitReaders(); // the router biases are weights: an asynchronous checkpoint may still be copying them
         for (ModelChunk c : chunks) {
             for (int i = c.layerStart(); i < c.layerStart() + c.layers(); i++) {
                 if (cfg.moe().isMoeLayer(i)) {

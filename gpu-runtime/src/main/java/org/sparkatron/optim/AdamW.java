@@ -223,6 +223,7 @@ public final class AdamW {
 
     /** One update with learning rate {@code lr}; gradients are read as they are (clip them before). */
     public void update(float lr) {
+        params.awaitReaders(); // an asynchronous checkpoint's copy of the weights and moments (Trainer waits earlier)
         step++;
         double bc1 = 1 - Math.pow(beta1, step);
         double bc2 = 1 - Math.pow(beta2, step);

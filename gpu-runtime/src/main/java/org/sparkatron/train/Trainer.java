@@ -223,6 +223,9 @@ public final class Trainer {
         // the micro-batches through this rank's pipeline schedule; the loss is summed over the pipeline group
         model.forwardBackward(microBatches, opt.batch(), seqLen, lossScale / opt.microBatches(), stepScalars, LOSS,
                 1.0 / opt.microBatches());
+        // an asynchronous checkpoint started after the last step may still be copying the weights and moments
+        // (the forward and backward only read them): nothing below changes them before it is done
+        model.params().awaitReaders();
         model.moeStatistics(stepScalars, MOE);
         // data parallelism: waits for the buckets reduced during the backward (Megatron's finish_grad_sync), then,
         // as Megatron's finalize_model_grads, the SP norm/position gradients over the TP group and a tied embedding

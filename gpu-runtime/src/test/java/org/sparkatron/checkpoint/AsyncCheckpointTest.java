@@ -60,6 +60,51 @@ class AsyncCheckpointTest {
         return all;
     }
 
+    /**
+     * On the CPU device the writer thread copies the live state while the next step's forward and backward run;
+     * that step's update must wait for the copy. The writer is held before it copies: the next step does not get
+     * past its backward, and the checkpoint holds step 2's state (without the wait it would hold step 3's).
+     * On the other devices the training thread copies in {@code start}, and the step is not held.
+     */
+    @Test
+    @Timeout(value = 60, unit = TimeUnit.SECONDS)
+    void theNextStepsUpdateWaitsUntilTheWriterHasCopiedTheState() throws Exception {
+        ModelConfig cfg = Fixtures.config("gpt2");
+        Trainer t = trainer(cfg);
+        t.step();
+        t.step();
+        float[] atStep2 = state(t.model(), t.optimizer());
+        DistributedCheckpoint dc = new DistributedCheckpoint(new LocalStorage(), tmp.resolve("ckpt").toString(), 2);
+        SelfCommunicator world = new SelfCommunicator();
+        boolean copiedByWriter = t.model().device() instanceof org.sparkatron.device.cpu.CpuDevice cpu && !cpu.isStrict();
+        CountDownLatch gate = new CountDownLatch(1);
+        java.util.concurrent.ExecutorService trainingThread = java.util.concurrent.Executors.newSingleThreadExecutor();
+        try (AsyncCheckpointer saver = new AsyncCheckpointer(dc, true)) {
+            saver.writerStartsForTest = () -> {
+                try {
+                    gate.await();
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                }
+            };
+            saver.start(world, 1, t.model(), t.optimizer(), t.data().consumed(), Map.of());
+            java.util.concurrent.Future<Trainer.StepMetrics> step3 = trainingThread.submit(t::step);
+            if (copiedByWriter) {
+                Thread.sleep(1500); // a step of this model takes milliseconds: it is waiting
+                assertFalse(step3.isDone(), "step 3 updated the weights before the writer copied step 2's");
+            }
+            gate.countDown();
+            assertEquals(3, step3.get(30, TimeUnit.SECONDS).step());
+            assertFalse(java.util.Arrays.equals(atStep2, state(t.model(), t.optimizer())), "step 3 was taken");
+            assertEquals(dc.dir(2), saver.finish(world));
+        } finally {
+            trainingThread.shutdownNow();
+        }
+        Trainer fresh = trainer(cfg);
+        dc.load(dc.dir(2), fresh.model(), fresh.optimizer());
+        assertArrayEquals(atStep2, state(fresh.model(), fresh.optimizer()), "the checkpoint holds step 2's state");
+    }
+
     @Test
     @Timeout(value = 60, unit = TimeUnit.SECONDS)
     void trainingGoesOnWhileTheFilesAreWrittenAndTheCheckpointHoldsItsStepsState() throws Exception {

@@ -126,6 +126,43 @@ class SixteenBitWeightsTest {
         }
     }
 
+    /**
+     * A mixture-of-experts layer's experts lie in the expert region at the block's end, apart from the layer's
+     * other weights: its unit is widened from two runs of the block. The bf16 model's logits stay within
+     * MixedPrecisionModelTest's bound (15 unit roundoffs of the largest logit) of the fp32 model's, which a view
+     * into the wrong run (another layer's or the padding's weights) would break by far.
+     */
+    @org.junit.jupiter.api.Test
+    void expertWeightsAreWidenedWithTheirLayer() throws Exception {
+        ModelConfig cfg = MoeRun.config(2, "");
+        Transformer f32 = new Transformer(cfg, RankContext.single(TestDevices.create()));
+        Transformer half = new Transformer(cfg, RankContext.single(TestDevices.create(), Precision.BF16));
+        f32.initialize(ParityRun.SEED);
+        half.initialize(ParityRun.SEED);
+        ParameterSet ps = half.params();
+        assertTrue(ps.param("layers.0.moe.experts.up.w").offset() > ps.param("layers.1.attn.qkv.w").offset(),
+                "layer 0's experts lie after layer 1's attention");
+        int b = 2;
+        int t = 8;
+        int[] samples = new int[b * (t + 1)];
+        for (int i = 0; i < samples.length; i++) {
+            samples[i] = (i * 7 + 3) % cfg.vocabSize();
+        }
+        float[] want = f32.logits(samples, b, t);
+        float[] got = half.logits(samples, b, t);
+        double scale = 0;
+        double err = 0;
+        for (int i = 0; i < want.length; i++) {
+            scale = Math.max(scale, Math.abs(want[i]));
+            err = Math.max(err, Math.abs(want[i] - got[i]));
+        }
+        double u = Math.scalb(1.0, -9); // bf16's unit roundoff
+        assertTrue(err > 1e-5 * scale, "bf16 logits differ from fp32 by more than fp32 noise: " + err);
+        assertTrue(err <= 15 * u * scale, "bf16 logits within 15u of the largest logit: " + err + " vs " + scale);
+        f32.close();
+        half.close();
+    }
+
     /** The elements of the largest unit (a layer's parameters, the embedding, ...), padding between them included. */
     private static long largestUnit(ParameterSet ps) {
         java.util.Map<String, long[]> span = new java.util.HashMap<>();

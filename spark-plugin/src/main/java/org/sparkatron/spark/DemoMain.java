@@ -37,6 +37,11 @@ public final class DemoMain {
         int steps = positive(opts, "steps", 300);
         int docs = positive(opts, "docs", 4000);
         String out = opts.getOrDefault("out", "build-out/demo");
+        if (sparkOptions.master() == null || sparkOptions.master().startsWith("local")) {
+            // the ranks run in this JVM: the JIT compiles their training path while Spark starts (JitWarmup)
+            TrainConfig demo = Demo.config(steps, out);
+            org.sparkatron.train.JitWarmup.start(demo.model(), demo.seqLen);
+        }
         SparkSession spark = TrainMain.session("sparkatron-demo", 2, sparkOptions, System.out);
         boolean learned;
         try {

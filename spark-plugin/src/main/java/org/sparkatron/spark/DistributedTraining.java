@@ -83,6 +83,7 @@ public final class DistributedTraining {
         SparkContext sc = df.sparkSession().sparkContext();
         Layout.validate(cfg);
         GpuScheduling.Decision gpus = GpuScheduling.decide(sc.getConf(), sc.master());
+        warmUp(sc, cfg, gpus);
         checkMemory(sc, cfg, gpus, console);
         checkSparkSettings(sc, cfg.world(), gpus.profile());
         checkWritable("checkpoint_dir", cfg.checkpointDir, sc.hadoopConfiguration());
@@ -117,6 +118,7 @@ public final class DistributedTraining {
         SparkContext sc = spark.sparkContext();
         Layout.validate(cfg);
         GpuScheduling.Decision gpus = GpuScheduling.decide(sc.getConf(), sc.master());
+        warmUp(sc, cfg, gpus);
         checkMemory(sc, cfg, gpus, console);
         checkSparkSettings(sc, cfg.world(), gpus.profile());
         checkWritable("checkpoint_dir", cfg.checkpointDir, sc.hadoopConfiguration());
@@ -352,6 +354,16 @@ public final class DistributedTraining {
         return "spark.task.reaper is " + (enabled ? "on without a killTimeout" : "off") + ": a rank stuck in native code or a "
                 + "GPU kernel after a failure would keep its slot and the retry would wait for it; set "
                 + "spark.task.reaper.enabled=true and spark.task.reaper.killTimeout=60s (./sparkatron train sets them)";
+    }
+
+    /**
+     * Local mode with CPU ranks: the ranks will run in this JVM, so the JIT compiles the training path while the
+     * data is prepared ({@link JitWarmup}; the ranks stop it when they start).
+     */
+    private static void warmUp(SparkContext sc, TrainConfig cfg, GpuScheduling.Decision gpus) {
+        if (sc.isLocal() && gpus.profile() == null) {
+            org.sparkatron.train.JitWarmup.start(cfg.model(), cfg.seqLen);
+        }
     }
 
     /** The memory estimate against where the ranks run ({@link MemoryCheck}): refused before anything starts. */

@@ -42,6 +42,7 @@ final class RankProgress {
 
     /** Measures this rank's peak (sgemm on its BLAS threads) and reports where training starts. Collective. */
     void start(long firstStep, String device) {
+        org.sparkatron.train.JitWarmup.awaitStopped(2000); // it would take cores from the measurement (its current step ends in about a second)
         double peakGflops = ModelFlops.sgemmPeakGflops();
         double flopsPerStep = ModelFlops.perStep(cfg.model(), cfg.seqLen, cfg.globalBatch);
         interval = new IntervalStats(cfg.globalBatch, cfg.seqLen, flopsPerStep, cfg.world(), peakGflops * 1e9);

@@ -87,6 +87,7 @@ final class RankTask extends AbstractFunction1<scala.collection.Iterator<Tuple2<
             throw new IllegalStateException("attempt " + attempt + " of the training stage runs " + ctx.getTaskInfos().length
                     + " tasks but the layout needs " + cfg.world() + " ranks (dp x tp x cp x pp): Spark did not restart every rank");
         }
+        org.sparkatron.train.JitWarmup.stop(); // local mode: the driver's warm-up gives the cores to the ranks
         Blas.setThreads(cfg.threadsPerRank); // process-wide; the same value from every rank in the JVM
         // this rank's device (one per task: several ranks may share the JVM): the GPU Spark assigned, else the CPU
         RankDevice rankDevice = RankDevice.open(ctx);

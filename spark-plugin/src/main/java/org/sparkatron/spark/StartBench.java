@@ -42,7 +42,9 @@ import org.sparkatron.data.spark.SparkOptions;
  *
  * <p>Peer, in the same rounds (alternating with the fit): one Spark pass over the same DataFrame that reads the
  * token column ({@code sum(size(tokens))}), and a bare {@code df.count()}. Medians over the rounds; the first round
- * of the first size runs in a cold JVM, as {@code ./sparkatron demo} does.
+ * of the first size runs in a cold JVM, as {@code ./sparkatron demo} does. Before the rounds, Spark's own fixed cost
+ * in this fresh JVM: the session's start and its first SQL job (a trivial sum over {@code spark.range}), then the
+ * same job again.
  */
 public final class StartBench {
     static final String USAGE = String.join("\n",
@@ -64,7 +66,18 @@ public final class StartBench {
         BenchArgs a = new BenchArgs("bench-start", sparkOptions.rest(), Set.of("docs", "rounds", "dir"), Set.of());
         int[] sizes = a.integers("docs", 4000, 4_000_000);
         int rounds = a.integer("rounds", 3);
+        long jvmStart = java.lang.management.ManagementFactory.getRuntimeMXBean().getStartTime();
+        long s0 = System.nanoTime();
         SparkSession spark = TrainMain.session("sparkatron-bench-start", 2, sparkOptions, System.out);
+        double sessionS = (System.nanoTime() - s0) / 1e9;
+        // Spark's own fixed cost in a fresh JVM, before anything of ours runs: the first SQL job (class loading,
+        // code generation, the JIT), measured on a trivial job, then the same job again
+        s0 = System.nanoTime();
+        spark.range(1000).selectExpr("sum(id)").collect();
+        double firstJobS = (System.nanoTime() - s0) / 1e9;
+        s0 = System.nanoTime();
+        spark.range(1000).selectExpr("sum(id)").collect();
+        double secondJobS = (System.nanoTime() - s0) / 1e9;
         String keep = a.string("dir", null);
         Path dir = keep != null ? Files.createDirectories(Path.of(keep)) : Files.createTempDirectory("sparkatron-bench-start");
         try {
@@ -72,6 +85,9 @@ public final class StartBench {
             spark.sparkContext().addSparkListener(timeline);
             System.out.printf(Locale.ROOT, "bench-start: %s, %d round(s); load average %.1f on %d cores%n", spark.sparkContext().master(),
                     rounds, load(), Runtime.getRuntime().availableProcessors());
+            System.out.printf(Locale.ROOT, "Spark in this fresh JVM: session started in %.2f s (%.2f s after the JVM started); its first "
+                    + "SQL job (spark.range(1000) summed) %.2f s, the same job again %.2f s%n", sessionS,
+                    (System.currentTimeMillis() - jvmStart) / 1e3 - firstJobS - secondJobS, firstJobS, secondJobS);
             for (int docs : sizes) {
                 Dataset<Row> df = frame(spark, docs, dir);
                 System.out.printf(Locale.ROOT, "%d documents, %d partitions%n", docs, df.rdd().getNumPartitions());

@@ -156,6 +156,24 @@ final class TokenBlocks {
     }
 
     /**
+     * For each of {@code epochs} epochs of {@code n} samples, each sample's position in that epoch's seeded order
+     * ({@link TokenData#permutation} inverted). Computed once on the driver and sent with the packing function:
+     * every packing task needs it for its own samples, and a permutation cannot be computed in part (Fisher-Yates
+     * is sequential); each task used to compute all of it.
+     */
+    static int[][] epochPositions(int n, int epochs, long seed) {
+        int[][] inv = new int[epochs][];
+        for (int e = 0; e < epochs; e++) {
+            int[] perm = TokenData.permutation(n, seed, e);
+            inv[e] = new int[n];
+            for (int p = 0; p < n; p++) {
+                inv[e][perm[p]] = p;
+            }
+        }
+        return inv;
+    }
+
+    /**
      * Cuts one partition's share of a token stream (a data_split part) into pieces of samples: key
      * {@code keyBase + g*(T+1) + offset} for global position g (see {@link TokenData}) and the piece's offset
      * inside its sample; value the tokens. Reads the partition's block in place: one copy per piece.
@@ -168,26 +186,28 @@ final class TokenBlocks {
         private final long[] starts;
         private final int t;
         private final int n;
-        private final int epochs;
+        private final int[][] positions;
         private final long needed;
-        private final long seed;
         private final long keyBase;
 
         /**
          * @param docStarts global index of each partition's first usable document
          * @param docRange  the documents {@code [begin, end)} of this stream (a data_split part)
          * @param starts    each partition's first token in this stream
+         * @param positions {@link #epochPositions} of this stream, computed once on the driver (shipped with this
+         *     function in the stage's task binary, which Spark broadcasts; a function is Java-serialized, so no Kryo
+         *     registration is needed whatever the session's serializer)
          * @param keyBase   added to every key (0 for training, {@link TokenData#VALID_BASE} for validation)
          */
-        SamplePieces(long[] docStarts, long[] docRange, long[] starts, int t, int n, int epochs, long needed, long seed, long keyBase) {
+        SamplePieces(long[] docStarts, long[] docRange, long[] starts, int t, int n,
+                     int[][] positions, long needed, long keyBase) {
             this.docStarts = docStarts;
             this.docRange = docRange;
             this.starts = starts;
             this.t = t;
             this.n = n;
-            this.epochs = epochs;
+            this.positions = positions;
             this.needed = needed;
-            this.seed = seed;
             this.keyBase = keyBase;
         }
 
@@ -202,15 +222,8 @@ final class TokenBlocks {
             // this stream's documents in the block are contiguous: its tokens are one range of the block
             int firstDoc = (int) Math.max(0, docRange[0] - docStarts[part]);
             int base = tokenBase(b) + end(b, firstDoc);
-            // inverse permutations: sample index -> position in epoch e's order
-            int[][] inv = new int[epochs][];
-            for (int e = 0; e < epochs; e++) {
-                int[] perm = TokenData.permutation(n, seed, e);
-                inv[e] = new int[n];
-                for (int p = 0; p < n; p++) {
-                    inv[e][perm[p]] = p;
-                }
-            }
+            int[][] inv = positions; // sample index -> position in epoch e's order
+            int epochs = inv.length;
             List<scala.Tuple2<Long, int[]>> out = new ArrayList<>();
             // samples i whose token range [i*t, i*t+t] overlaps [begin, end)
             long first = Math.max(0, (begin - 1) / t);

@@ -135,8 +135,10 @@ final class TokenData {
                     + (train[1] - train[0]) + " usable row(s)" + (valid != null ? " of the training split" : "")
                     + ": fewer than one sample of seq_len + 1 = " + (t + 1) + " tokens");
         }
+        // each epoch's sample order, computed once here and sent with the packing function to its tasks
         JavaPairRDD<Long, int[]> keyed = blocks.mapPartitionsWithIndex(new TokenBlocks.SamplePieces(docStarts, train, trainStream.starts, t,
-                (int) trainStream.n, trainStream.epochs, trainStream.needed, cfg.seed, 0), true).mapToPair(x -> x);
+                (int) trainStream.n, TokenBlocks.epochPositions((int) trainStream.n, trainStream.epochs, cfg.seed),
+                trainStream.needed, 0), true).mapToPair(x -> x);
         Stream validStream = null;
         if (valid != null) {
             validStream = Stream.of(perPartition, 1, t, cfg.validSamplesPerReplica() * cfg.dp);
@@ -146,7 +148,8 @@ final class TokenData {
                         + " tokens: fewer than one sample of seq_len + 1 = " + (t + 1) + " tokens");
             }
             keyed = keyed.union(blocks.mapPartitionsWithIndex(new TokenBlocks.SamplePieces(docStarts, valid, validStream.starts, t,
-                    (int) validStream.n, validStream.epochs, validStream.needed, cfg.seed + 1, VALID_BASE), true).mapToPair(x -> x));
+                    (int) validStream.n, TokenBlocks.epochPositions((int) validStream.n, validStream.epochs, cfg.seed + 1),
+                    validStream.needed, VALID_BASE), true).mapToPair(x -> x));
         }
         ShuffledRDD<Long, int[], int[]> shuffled = new ShuffledRDD<>(keyed.rdd(), new RankPartitioner(cfg, t + 1),
                 tag(Long.class), tag(int[].class), tag(int[].class));
