@@ -56,6 +56,7 @@ final class ShmCollectives {
         int n = g.n;
         int perRound = Math.max(n, g.slotBytes() / es);
         int rounds = (int) (((long) count + perRound - 1) / perRound);
+        // Round k uses the current buffer; g.buffer(1) is the next round's, g.buffer(2) the previous one's.
         stage(b, dt, count, perRound, 0, g.buffer());
         g.publish();
         for (int k = 0; k < rounds; k++) {
