@@ -1,5 +1,6 @@
 package org.sparkatron.checkpoint;
 
+import org.sparkatron.model.ModelLayout;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -102,7 +103,7 @@ record CheckpointLayout(int tp, int cp, int dp, int pp, int ep) {
         for (String group : new String[] {"model/", "optim.m/", "optim.v/"}) {
             boolean optim = !group.equals("model/");
             for (int stage = 0; stage < lay.pp(); stage++) {
-                for (ParameterSet.Param p : Transformer.stageParameters(cfg, tpSize, epSize, pl, stage)) {
+                for (ParameterSet.Param p : ModelLayout.stageParameters(cfg, tpSize, epSize, pl, stage)) {
                     if (tiedCopy(cfg, p, pl, stage)) {
                         continue;
                     }

@@ -166,17 +166,17 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
     public static MemoryEstimate of(ModelConfig cfg, int tp, boolean sp, int ep, PipelineLayout pl, int stage, int microBatches,
                                     int batch, int seqLen, Precision precision, Recompute recompute, int halfBytes,
                                     DataParallel.Config dp, int dpSize, Fp8Recipe fp8, int fp8Bytes, Context cp) {
-        Transformer.validate(cfg, tp);
-        Transformer.validateExperts(cfg, ep, tp);
+        ModelLayout.validate(cfg, tp);
+        ModelLayout.validateExperts(cfg, ep, tp);
         ContextParallel.validate(seqLen, cp.size());
         int local = seqLen / cp.size(); // this rank's rows of each sequence
         boolean split = sp && tp > 1;
-        ParameterSet.Builder layout = Transformer.layout(cfg, tp, ep, pl, stage);
+        ParameterSet.Builder layout = ModelLayout.layout(cfg, tp, ep, pl, stage);
         long numel = layout.numel();
         long owned = numel; // elements of optimizer state
         java.util.List<ParameterSet.Param> placed = layout.params();
         if (dp != null) {
-            GradBuffer plan = Transformer.gradBuffer(cfg, layout.params(), pl, stage, dp, dpSize);
+            GradBuffer plan = ModelLayout.gradBuffer(cfg, layout.params(), pl, stage, dp, dpSize);
             numel = plan.numel();
             owned = plan.ownedNumel();
             placed = layout.relayout(plan.offsets(), plan.numel()).params();

@@ -36,7 +36,7 @@ final class MoeStep {
 
     /** Bytes of the tally a model allocates (0 without an expert bias). */
     static long tallyBytes(ModelConfig cfg) {
-        return cfg.moe().expertBias() ? 8L * Transformer.moeLayers(cfg) * cfg.moe().experts() : 0;
+        return cfg.moe().expertBias() ? 8L * ModelLayout.moeLayers(cfg) * cfg.moe().experts() : 0;
     }
 
     /** Layer {@code index}'s place among the model's MoE layers (its row of the tally). */

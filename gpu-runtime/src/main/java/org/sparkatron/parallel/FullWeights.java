@@ -1,9 +1,9 @@
 package org.sparkatron.parallel;
 
+import org.sparkatron.model.ModelLayout;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.List;
-import org.sparkatron.comm.Communicator;
 import org.sparkatron.device.Device;
 import org.sparkatron.device.MemoryKind;
 import org.sparkatron.model.ModelConfig;
@@ -48,7 +48,7 @@ public final class FullWeights {
             if (pp.size() == 1) {
                 return gathered.params().downloadWeights();
             }
-            List<ParameterSet.Param> mine = Transformer.stageParameters(cfg, 1, pp.layout(), pp.stage());
+            List<ParameterSet.Param> mine = ModelLayout.stageParameters(cfg, 1, pp.layout(), pp.stage());
             float[] values = collect(mine, gathered);
             if (pp.stage() > 0) {
                 Device dev = model.device();
@@ -86,7 +86,7 @@ public final class FullWeights {
     /** On the first stage: receives every later stage's weights and places each parameter by name. */
     private static float[] assemble(ModelConfig cfg, PipelineParallel pp, List<ParameterSet.Param> firstParams, float[] firstValues,
                                     Device dev) {
-        List<ParameterSet.Param> whole = Transformer.stageParameters(cfg, 1, PipelineLayout.single(cfg.layers()), 0);
+        List<ParameterSet.Param> whole = ModelLayout.stageParameters(cfg, 1, PipelineLayout.single(cfg.layers()), 0);
         ParameterSet.Param lastParam = whole.get(whole.size() - 1);
         float[] out = new float[Math.toIntExact(lastParam.offset() + lastParam.numel())];
         java.util.Map<String, ParameterSet.Param> target = new java.util.HashMap<>();
@@ -94,7 +94,7 @@ public final class FullWeights {
         java.util.Set<String> filled = new java.util.HashSet<>();
         place(firstParams, firstValues, target, filled, out);
         for (int s = 1; s < pp.size(); s++) {
-            List<ParameterSet.Param> ps = Transformer.stageParameters(cfg, 1, pp.layout(), s);
+            List<ParameterSet.Param> ps = ModelLayout.stageParameters(cfg, 1, pp.layout(), s);
             ParameterSet.Param lp = ps.get(ps.size() - 1);
             long n = lp.offset() + lp.numel();
             Tensor buf = dev.allocate(MemoryKind.WORKSPACE, DType.F32, n);

@@ -1,5 +1,6 @@
 package org.sparkatron.parallel;
 
+import org.sparkatron.model.ModelLayout;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
@@ -88,11 +89,11 @@ class MoeCheckpointTest {
     @Test
     void impossibleExpertLayoutsAreRefusedNamingTheNumbers() throws Exception {
         ModelConfig cfg = MoeRun.config(2, "");
-        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> Transformer.validateExperts(cfg, 3, 1));
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> ModelLayout.validateExperts(cfg, 3, 1));
         assertEquals("experts 4 not divisible by expert parallel size 3", e.getMessage());
-        e = assertThrows(IllegalArgumentException.class, () -> Transformer.validateExperts(cfg, 1, 5));
+        e = assertThrows(IllegalArgumentException.class, () -> ModelLayout.validateExperts(cfg, 1, 5));
         assertEquals("expert intermediate size 24 not divisible by tensor parallel size 5", e.getMessage());
-        e = assertThrows(IllegalArgumentException.class, () -> Transformer.validateExperts(ParityRun.config("llama"), 2, 1));
+        e = assertThrows(IllegalArgumentException.class, () -> ModelLayout.validateExperts(ParityRun.config("llama"), 2, 1));
         assertTrue(e.getMessage().contains("needs a model with experts"), e.getMessage());
         e = assertThrows(IllegalArgumentException.class, () -> MoeRun.config(2, "\"num_experts_per_tok\":5"));
         assertTrue(e.getMessage().contains("num_experts_per_tok 5 must be in [1, num_local_experts = 4]"), e.getMessage());

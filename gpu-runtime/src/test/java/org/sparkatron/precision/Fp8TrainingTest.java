@@ -1,5 +1,6 @@
 package org.sparkatron.precision;
 
+import org.sparkatron.model.ModelLayout;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -162,7 +163,7 @@ public class Fp8TrainingTest {
         String why = "precision fp8 with mixture-of-experts layers is not supported yet (the experts' GEMMs have no FP8 path);"
                 + " use precision bf16";
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
-                () -> Transformer.validateFp8(moe, 1, Fp8Recipe.defaults()));
+                () -> ModelLayout.validateFp8(moe, 1, Fp8Recipe.defaults()));
         assertEquals(why, e.getMessage());
         Device d = TestDevices.create(); // every device: the CUDA device has MoE kernels, so precision is what refuses
         long before = d.systemAllocations();

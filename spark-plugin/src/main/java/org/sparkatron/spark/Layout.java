@@ -1,5 +1,6 @@
 package org.sparkatron.spark;
 
+import org.sparkatron.model.ModelLayout;
 import org.sparkatron.comm.ParallelLayout;
 
 /**
@@ -35,7 +36,7 @@ final class Layout {
             throw new IllegalArgumentException("attention heads " + m.heads() + " are not divisible by tp " + cfg.tp);
         }
         try {
-            org.sparkatron.model.Transformer.validate(m, cfg.tp);
+            org.sparkatron.model.ModelLayout.validate(m, cfg.tp);
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("tp=" + cfg.tp + ": " + e.getMessage(), e);
         }
@@ -51,7 +52,7 @@ final class Layout {
                     + cfg.tp);
         }
         try {
-            org.sparkatron.model.Transformer.validateExperts(m, cfg.ep, cfg.tp);
+            org.sparkatron.model.ModelLayout.validateExperts(m, cfg.ep, cfg.tp);
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("ep=" + cfg.ep + ": " + e.getMessage(), e);
         }

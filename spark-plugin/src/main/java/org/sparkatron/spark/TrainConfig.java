@@ -1,5 +1,6 @@
 package org.sparkatron.spark;
 
+import org.sparkatron.model.ModelLayout;
 import static org.sparkatron.spark.ConfigKeys.bool;
 import static org.sparkatron.spark.ConfigKeys.boolKey;
 import static org.sparkatron.spark.ConfigKeys.dblKey;
@@ -393,7 +394,7 @@ public final class TrainConfig implements Serializable {
             throw new IllegalArgumentException("global_batch / dp = " + globalBatch / dp + " samples per replica is not divisible by micro_batch " + microBatch);
         }
         if (fp8 != null) { // refused here, on the driver, before any executor starts
-            org.sparkatron.model.Transformer.validateFp8(mc, tp, fp8);
+            org.sparkatron.model.ModelLayout.validateFp8(mc, tp, fp8);
             org.sparkatron.precision.Fp8Linear.requireRows((long) microBatch * seqLen, "the transformer layers' FP8 GEMMs");
         }
         if (inputCol.isEmpty()) {
