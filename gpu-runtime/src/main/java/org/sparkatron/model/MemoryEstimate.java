@@ -215,7 +215,7 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
                 + (moe == null ? 0 : 8L * MoeStep.STATS + MoeMlp.scratchWorkspaceBytes(moe) + MoeStep.tallyBytes(cfg)) // MoE figures
                 + (cfg.family().usesRope() ? 4L * cfg.maxPositions() * hd : 0) // cos and sin tables
                 + (cp.size() > 1 ? 4L * local : 0)                          // CP position table
-                + 4 * 2L * cpuAttentionScratch(cp, local)                   // CPU attention scratch
+                + 4 * 2L * cpuAttentionScratch(cp, local, (long) batch * kvl) // CPU attention scratch
                 + (precision.isReduced() ? 4 * WeightStaging.scratchElements(placed) : 0); // one unit's weights widened to fp32
         boolean holdsLast = pl.isLast(stage, pl.virtualStages() - 1);
         for (int chunk = 0; chunk < pl.virtualStages(); chunk++) {
@@ -290,16 +290,16 @@ public record MemoryEstimate(long parameters, long gradients, long optimizer, lo
     }
 
     /**
-     * The CPU attention's scratch elements (each of two blocks): the largest block this rank computes, for
-     * {@code t} local rows per sequence. Local and ring: the causal block of its rows; all-gather: its second
+     * The CPU attention's scratch elements (each of two kinds): the largest block this rank computes, for
+     * {@code t} local rows per sequence, once per thread it runs on ({@code units}: sequences x local kv heads). Local and ring: the causal block of its rows; all-gather: its second
      * query chunk against the {@code (2cp - r)} chunks it sees.
      */
-    private static long cpuAttentionScratch(Context cp, int t) {
+    private static long cpuAttentionScratch(Context cp, int t, long units) {
         if (cp.size() == 1 || cp.commType() == ContextParallel.CommType.P2P) {
-            return CpuKernels.attentionScratchElements(t, t);
+            return CpuKernels.attentionScratchElements(t, t, units);
         }
         int chunk = t / 2;
-        return CpuKernels.attentionScratchElements(chunk, (2 * cp.size() - cp.rank()) * chunk);
+        return CpuKernels.attentionScratchElements(chunk, (2 * cp.size() - cp.rank()) * chunk, units);
     }
 
     /** One line: each kind in MiB and the total. */

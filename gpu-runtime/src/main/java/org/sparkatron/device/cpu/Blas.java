@@ -69,13 +69,24 @@ public final class Blas {
     public static void sgemm(boolean transA, boolean transB, int m, int n, int k, float alpha,
                              Tensor a, long aOff, int lda, Tensor b, long bOff, int ldb,
                              float beta, Tensor c, long cOff, int ldc) {
+        sgemm(false, transA, transB, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
+    }
+
+    /**
+     * As {@link #sgemm(boolean, boolean, int, int, int, float, Tensor, long, int, Tensor, long, int, float, Tensor,
+     * long, int)}, on the calling thread alone when {@code oneThread}: for GEMMs issued from several threads of
+     * one kernel at once ({@link CpuWorkers}), which must not each fan out onto OpenBLAS's shared workers.
+     */
+    static void sgemm(boolean oneThread, boolean transA, boolean transB, int m, int n, int k, float alpha,
+                      Tensor a, long aOff, int lda, Tensor b, long bOff, int ldb,
+                      float beta, Tensor c, long cOff, int ldc) {
         if (m == 0 || n == 0) {
             return;
         }
         check(a, aOff, transA ? k : m, transA ? m : k, lda, "A");
         check(b, bOff, transB ? n : k, transB ? k : n, ldb, "B");
         check(c, cOff, m, n, ldc, "C");
-        useThreadsFor(2L * m * n * k);
+        useThreadsFor(oneThread ? 0 : 2L * m * n * k);
         openblas_nolapack.cblas_sgemm(openblas_nolapack.CblasRowMajor,
                 transA ? openblas_nolapack.CblasTrans : openblas_nolapack.CblasNoTrans,
                 transB ? openblas_nolapack.CblasTrans : openblas_nolapack.CblasNoTrans,

@@ -14,8 +14,12 @@ import org.sparkatron.tensor.Tensor;
  * unsplit causal attention is the block {@link AttentionBlock#causal}. Grouped-query attention: query head
  * {@code h} reads kv head {@code h / (heads / kvHeads)}, and kv gradients accumulate over the group.
  *
+ * <p>Parallel: the (sequence, kv head) units are split into contiguous ranges over {@link #parts} threads
+ * ({@link CpuWorkers}); a unit's query heads run in order on one thread, so the kv gradients accumulated over a
+ * group and every other result are the same bits for any thread count.
+ *
  * <p>Owned by one {@link CpuKernels} (one rank); holds that rank's scratch (two blocks of
- * {@code min(TILE, query rows) x key rows}, grown to the largest block seen); not thread-safe.
+ * {@code min(TILE, query rows) x key rows} per part, grown to the largest block seen); not thread-safe.
  */
 final class CpuAttention {
     /** Query rows whose scores are computed at once. */
@@ -23,26 +27,56 @@ final class CpuAttention {
 
     private final CpuKernels kernels;
     private final boolean simd;
-    private Tensor scores;   // one tile of one head's scores / probabilities
-    private Tensor dscores;  // one tile's dP / dS
+    private Tensor[] scores = new Tensor[0];   // per part: one tile of one head's scores / probabilities
+    private Tensor[] dscores = new Tensor[0];  // per part: one tile's dP / dS
 
     CpuAttention(CpuKernels kernels, boolean simd) {
         this.kernels = kernels;
         this.simd = simd;
     }
 
-    /** Scratch elements a block needs (each of the two blocks). */
-    static long scratchElements(int qRows, int kvRows) {
-        return (long) Math.min(TILE, qRows) * kvRows;
+    /**
+     * Threads a block of {@code units} (sequence, kv head) pairs runs on: the rank's thread budget
+     * ({@link Blas#threads()}), at most one per unit.
+     */
+    static int parts(long units) {
+        return (int) Math.max(1, Math.min(Blas.threads(), units));
     }
 
-    private void ensureScratch(AttentionBlock blk) {
-        long need = scratchElements(blk.qRows(), blk.kvRows());
-        if (need > 0 && (scores == null || scores.numel() < need)) {
-            int n = Math.toIntExact(need);
-            scores = kernels.scratch(1, n, scores);
-            dscores = kernels.scratch(1, n, dscores);
+    /** Scratch elements a block needs (each of the two kinds, all parts together). */
+    static long scratchElements(int qRows, int kvRows, long units) {
+        return parts(units) * (long) Math.min(TILE, qRows) * kvRows;
+    }
+
+    private int ensureScratch(AttentionBlock blk) {
+        int parts = parts((long) blk.batch() * blk.kvHeads());
+        long need = (long) Math.min(TILE, blk.qRows()) * blk.kvRows();
+        if (scores.length < parts) {
+            scores = java.util.Arrays.copyOf(scores, parts);
+            dscores = java.util.Arrays.copyOf(dscores, parts);
         }
+        for (int p = 0; p < parts; p++) {
+            if (need > 0 && (scores[p] == null || scores[p].numel() < need)) {
+                int n = Math.toIntExact(need);
+                scores[p] = kernels.scratch(1, n, scores[p]);
+                dscores[p] = kernels.scratch(1, n, dscores[p]);
+            }
+        }
+        return parts;
+    }
+
+    /** Runs {@code unit(bi, g, part)} for every (sequence, kv head) of the block, split over {@code parts}. */
+    private static void forUnits(AttentionBlock blk, int parts, UnitBody unit) {
+        int units = blk.batch() * blk.kvHeads();
+        CpuWorkers.run(parts, p -> {
+            for (int u = units * p / parts, end = units * (p + 1) / parts; u < end; u++) {
+                unit.run(u / blk.kvHeads(), u % blk.kvHeads(), p);
+            }
+        });
+    }
+
+    private interface UnitBody {
+        void run(int bi, int g, int part);
     }
 
     /** The key/value part of a packed QKV tensor: a view starting at the first key column. */
@@ -68,7 +102,7 @@ final class CpuAttention {
 
     /** See {@link org.sparkatron.device.Kernels#attentionBlockForward}. */
     void blockForward(Tensor out, Tensor lse, Tensor q, int qld, Tensor kv, int kvld, AttentionBlock blk) {
-        ensureScratch(blk);
+        int parts = ensureScratch(blk);
         int hd = blk.headDim();
         int heads = blk.heads();
         int c = blk.width();
@@ -76,9 +110,9 @@ final class CpuAttention {
         float scale = (float) (1.0 / Math.sqrt(hd));
         FloatBuffer l = lse.floats();
         FloatBuffer o = out.floats();
-        for (int bi = 0; bi < blk.batch(); bi++) {
-            for (int h = 0; h < heads; h++) {
-                int g = h / group;
+        forUnits(blk, parts, (bi, g, part) -> {
+            Tensor sc = scores[part];
+            for (int h = g * group; h < (g + 1) * group; h++) {
                 long k = (long) (bi * blk.kvSeq() + blk.kvFirst()) * kvld + (long) g * hd;
                 long v = k + (long) blk.kvHeads() * hd;
                 for (int i0 = 0; i0 < blk.qRows(); i0 += TILE) {
@@ -96,22 +130,22 @@ final class CpuAttention {
                         }
                         continue;
                     }
-                    Blas.sgemm(false, true, rows, cols, hd, scale, q, qRow * qld + (long) h * hd, qld, kv, k, kvld, 0f, scores, 0,
+                    Blas.sgemm(parts > 1, false, true, rows, cols, hd, scale, q, qRow * qld + (long) h * hd, qld, kv, k, kvld, 0f, sc, 0,
                             cols);
                     for (int i = 0; i < rows; i++) {
-                        l.put(lseBase + i, softmaxRow(i * cols, blk.visible(i0 + i), cols));
+                        l.put(lseBase + i, softmaxRow(sc, i * cols, blk.visible(i0 + i), cols));
                     }
-                    Blas.sgemm(false, false, rows, hd, cols, 1f, scores, 0, cols, kv, v, kvld, 0f, out, oOff, c);
+                    Blas.sgemm(parts > 1, false, false, rows, hd, cols, 1f, sc, 0, cols, kv, v, kvld, 0f, out, oOff, c);
                 }
             }
-        }
+        });
     }
 
     /**
      * Row {@code [rb, rb + cols)} of the scores: softmax over its first {@code vis} entries in place, zeros after;
      * returns the log-sum-exp ({@code -inf}, and a zero row, when nothing is visible).
      */
-    private float softmaxRow(int rb, int vis, int cols) {
+    private float softmaxRow(Tensor scores, int rb, int vis, int cols) {
         FloatBuffer p = scores.floats();
         float max;
         double sum;
@@ -151,24 +185,25 @@ final class CpuAttention {
         if (blk.qRows() == 0 || blk.kvRows() == 0) {
             return; // no query sees a key: nothing to accumulate
         }
-        ensureScratch(blk);
+        int parts = ensureScratch(blk);
         int hd = blk.headDim();
         int heads = blk.heads();
         int c = blk.width();
         int group = heads / blk.kvHeads();
         float scale = (float) (1.0 / Math.sqrt(hd));
-        FloatBuffer p = scores.floats();
-        FloatBuffer dp = dscores.floats();
         FloatBuffer l = lse.floats();
         FloatBuffer o = out.floats();
         FloatBuffer d = dout.floats();
         ByteBuffer doutBuf = dout.hostBuffer();
         ByteBuffer outBuf = out.hostBuffer();
-        ByteBuffer pb = scores.hostBuffer();
-        ByteBuffer dpb = dscores.hostBuffer();
-        for (int bi = 0; bi < blk.batch(); bi++) {
-            for (int h = 0; h < heads; h++) {
-                int g = h / group;
+        forUnits(blk, parts, (bi, g, part) -> {
+            Tensor sc = scores[part];
+            Tensor dsc = dscores[part];
+            FloatBuffer p = sc.floats();
+            FloatBuffer dp = dsc.floats();
+            ByteBuffer pb = sc.hostBuffer();
+            ByteBuffer dpb = dsc.hostBuffer();
+            for (int h = g * group; h < (g + 1) * group; h++) { // in order: the group's dK, dV sum over its heads
                 long kvRow0 = (long) bi * blk.kvSeq() + blk.kvFirst();
                 long k = kvRow0 * kvld + (long) g * hd;
                 long v = k + (long) blk.kvHeads() * hd;
@@ -185,7 +220,7 @@ final class CpuAttention {
                     long oh = qRow * c + (long) h * hd;
                     int lseBase = (bi * heads + h) * blk.qSeq() + blk.qFirst() + i0;
                     // P = exp(scale * Q K^T - lse) on each row's visible prefix, 0 elsewhere
-                    Blas.sgemm(false, true, rows, cols, hd, scale, q, qOff, qld, kv, k, kvld, 0f, scores, 0, cols);
+                    Blas.sgemm(parts > 1, false, true, rows, cols, hd, scale, q, qOff, qld, kv, k, kvld, 0f, sc, 0, cols);
                     for (int i = 0; i < rows; i++) {
                         int rb = i * cols;
                         int vis = blk.visible(i0 + i);
@@ -202,8 +237,8 @@ final class CpuAttention {
                         }
                     }
                     // dV += P^T dO ; dP = dO V^T
-                    Blas.sgemm(true, false, cols, hd, rows, 1f, scores, 0, cols, dout, oh, c, 1f, dkv, dv, dkvld);
-                    Blas.sgemm(false, true, rows, cols, hd, 1f, dout, oh, c, kv, v, kvld, 0f, dscores, 0, cols);
+                    Blas.sgemm(parts > 1, true, false, cols, hd, rows, 1f, sc, 0, cols, dout, oh, c, 1f, dkv, dv, dkvld);
+                    Blas.sgemm(parts > 1, false, true, rows, cols, hd, 1f, dout, oh, c, kv, v, kvld, 0f, dsc, 0, cols);
                     // dS = P * (dP - rowsum(dO * O))
                     for (int i = 0; i < rows; i++) {
                         long ob = oh + (long) i * c;
@@ -227,12 +262,12 @@ final class CpuAttention {
                         }
                     }
                     // dQ += scale * dS K ; dK += scale * dS^T Q
-                    Blas.sgemm(false, false, rows, hd, cols, scale, dscores, 0, cols, kv, k, kvld, 1f, dq,
+                    Blas.sgemm(parts > 1, false, false, rows, hd, cols, scale, dsc, 0, cols, kv, k, kvld, 1f, dq,
                             qRow * dqld + (long) h * hd, dqld);
-                    Blas.sgemm(true, false, cols, hd, rows, scale, dscores, 0, cols, q, qOff, qld, 1f, dkv, dk, dkvld);
+                    Blas.sgemm(parts > 1, true, false, cols, hd, rows, scale, dsc, 0, cols, q, qOff, qld, 1f, dkv, dk, dkvld);
                 }
             }
-        }
+        });
     }
 
     /** See {@link org.sparkatron.device.Kernels#attentionMerge}. Coefficients in double, values stored in fp32. */

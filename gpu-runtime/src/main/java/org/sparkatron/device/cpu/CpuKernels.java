@@ -77,11 +77,12 @@ public final class CpuKernels implements Kernels {
     }
 
     /**
-     * Elements of each of the attention's two scratch blocks for a block of {@code qRows} query rows against
-     * {@code kvRows} key rows (the blocks grow to the largest block a rank computes).
+     * Elements of each of the attention's two kinds of scratch for a block of {@code qRows} query rows against
+     * {@code kvRows} key rows over {@code units} (sequence, kv head) pairs: one block per thread the attention
+     * runs on (the blocks grow to the largest block a rank computes).
      */
-    public static long attentionScratchElements(int qRows, int kvRows) {
-        return CpuAttention.scratchElements(qRows, kvRows);
+    public static long attentionScratchElements(int qRows, int kvRows, long units) {
+        return CpuAttention.scratchElements(qRows, kvRows, units);
     }
 
     /** Whether the Vector API loops are in use. */
@@ -122,16 +123,18 @@ public final class CpuKernels implements Kernels {
     void biasGradient(Tensor dbias, Tensor dout, int n, int outF) {
         FloatBuffer d = dout.floats();
         FloatBuffer db = dbias.floats();
-        double[] acc = new double[outF];
-        for (int r = 0; r < n; r++) {
-            int base = r * outF;
-            for (int j = 0; j < outF; j++) {
-                acc[j] += d.get(base + j);
+        CpuWorkers.forRows(outF, n, (j0, j1) -> { // columns: each still summed over the rows in row order
+            double[] acc = new double[j1 - j0];
+            for (int r = 0; r < n; r++) {
+                int base = r * outF;
+                for (int j = j0; j < j1; j++) {
+                    acc[j - j0] += d.get(base + j);
+                }
             }
-        }
-        for (int j = 0; j < outF; j++) {
-            db.put(j, (float) (db.get(j) + acc[j]));
-        }
+            for (int j = j0; j < j1; j++) {
+                db.put(j, (float) (db.get(j) + acc[j - j0]));
+            }
+        });
     }
 
     @Override
@@ -207,7 +210,8 @@ public final class CpuKernels implements Kernels {
         FloatBuffer bs = b.floats();
         FloatBuffer ms = mean.floats();
         FloatBuffer rs = rstd.floats();
-        for (int r = 0; r < n; r++) {
+        CpuWorkers.forRows(n, 3L * c, (r0, r1) -> {
+        for (int r = r0; r < r1; r++) {
             int base = r * c;
             double sum = 0;
             for (int j = 0; j < c; j++) {
@@ -226,6 +230,7 @@ public final class CpuKernels implements Kernels {
             ms.put(r, m);
             rs.put(r, s);
         }
+        });
     }
 
     @Override
@@ -239,35 +244,49 @@ public final class CpuKernels implements Kernels {
         FloatBuffer ws = w.floats();
         FloatBuffer ms = mean.floats();
         FloatBuffer rs = rstd.floats();
-        double[] dwAcc = new double[c];
-        double[] dbAcc = new double[c];
-        for (int r = 0; r < n; r++) {
-            int base = r * c;
-            float m = ms.get(r);
-            float s = rs.get(r);
-            // dnorm = dout * w; dx = s * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat))
-            double dnormMean = 0;
-            double dnormXhatMean = 0;
-            for (int j = 0; j < c; j++) {
-                float xhat = (xs.get(base + j) - m) * s;
-                float dnorm = d.get(base + j) * ws.get(j);
-                dnormMean += dnorm;
-                dnormXhatMean += dnorm * xhat;
-                dwAcc[j] += d.get(base + j) * xhat;
-                dbAcc[j] += d.get(base + j);
+        // dx row by row; dw and db column by column, each column summed over the rows in row order (as one
+        // thread would), so the split never changes a bit
+        CpuWorkers.forRows(n, 3L * c, (r0, r1) -> {
+            for (int r = r0; r < r1; r++) {
+                int base = r * c;
+                float m = ms.get(r);
+                float s = rs.get(r);
+                // dnorm = dout * w; dx = s * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat))
+                double dnormMean = 0;
+                double dnormXhatMean = 0;
+                for (int j = 0; j < c; j++) {
+                    float xhat = (xs.get(base + j) - m) * s;
+                    float dnorm = d.get(base + j) * ws.get(j);
+                    dnormMean += dnorm;
+                    dnormXhatMean += dnorm * xhat;
+                }
+                float a = (float) (dnormMean / c);
+                float bcoef = (float) (dnormXhatMean / c);
+                for (int j = 0; j < c; j++) {
+                    float xhat = (xs.get(base + j) - m) * s;
+                    float dnorm = d.get(base + j) * ws.get(j);
+                    dxs.put(base + j, dxs.get(base + j) + s * (dnorm - a - xhat * bcoef));
+                }
             }
-            float a = (float) (dnormMean / c);
-            float bcoef = (float) (dnormXhatMean / c);
-            for (int j = 0; j < c; j++) {
-                float xhat = (xs.get(base + j) - m) * s;
-                float dnorm = d.get(base + j) * ws.get(j);
-                dxs.put(base + j, dxs.get(base + j) + s * (dnorm - a - xhat * bcoef));
+        });
+        CpuWorkers.forRows(c, 2L * n, (j0, j1) -> {
+            double[] dwAcc = new double[j1 - j0];
+            double[] dbAcc = new double[j1 - j0];
+            for (int r = 0; r < n; r++) {
+                int base = r * c;
+                float m = ms.get(r);
+                float s = rs.get(r);
+                for (int j = j0; j < j1; j++) {
+                    float xhat = (xs.get(base + j) - m) * s;
+                    dwAcc[j - j0] += d.get(base + j) * xhat;
+                    dbAcc[j - j0] += d.get(base + j);
+                }
             }
-        }
-        for (int j = 0; j < c; j++) {
-            dws.put(j, (float) (dws.get(j) + dwAcc[j]));
-            dbs.put(j, (float) (dbs.get(j) + dbAcc[j]));
-        }
+            for (int j = j0; j < j1; j++) {
+                dws.put(j, (float) (dws.get(j) + dwAcc[j - j0]));
+                dbs.put(j, (float) (dbs.get(j) + dbAcc[j - j0]));
+            }
+        });
     }
 
     @Override
@@ -325,36 +344,42 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public void geluForward(Tensor out, Tensor x, long count) {
-        if (simd) {
-            SimdKernels.geluForward(out.hostBuffer(), x.hostBuffer(), Math.toIntExact(count));
-            return;
-        }
-        FloatBuffer o = out.floats();
-        FloatBuffer xs = x.floats();
-        for (int i = 0; i < count; i++) {
-            float v = xs.get(i);
-            float u = GELU_SCALE * (v + 0.044715f * v * v * v);
-            o.put(i, 0.5f * v * (1f + (float) Math.tanh(u)));
-        }
+        int n = Math.toIntExact(count);
+        CpuWorkers.forRange(n, 1, (from, to) -> {
+            if (simd) {
+                SimdKernels.geluForward(out.hostBuffer(), x.hostBuffer(), from, to);
+                return;
+            }
+            FloatBuffer o = out.floats();
+            FloatBuffer xs = x.floats();
+            for (int i = from; i < to; i++) {
+                float v = xs.get(i);
+                float u = GELU_SCALE * (v + 0.044715f * v * v * v);
+                o.put(i, 0.5f * v * (1f + (float) Math.tanh(u)));
+            }
+        });
     }
 
     @Override
     public void geluBackward(Tensor dx, Tensor dout, Tensor x, long count) {
-        if (simd) {
-            SimdKernels.geluBackward(dx.hostBuffer(), dout.hostBuffer(), x.hostBuffer(), Math.toIntExact(count));
-            return;
-        }
-        FloatBuffer dxs = dx.floats();
-        FloatBuffer d = dout.floats();
-        FloatBuffer xs = x.floats();
-        for (int i = 0; i < count; i++) {
-            float v = xs.get(i);
-            float u = GELU_SCALE * (v + 0.044715f * v * v * v);
-            float th = (float) Math.tanh(u);
-            float sech2 = 1f - th * th;
-            float grad = 0.5f * (1f + th) + 0.5f * v * sech2 * GELU_SCALE * (1f + 3f * 0.044715f * v * v);
-            dxs.put(i, grad * d.get(i));
-        }
+        int n = Math.toIntExact(count);
+        CpuWorkers.forRange(n, 2, (from, to) -> {
+            if (simd) {
+                SimdKernels.geluBackward(dx.hostBuffer(), dout.hostBuffer(), x.hostBuffer(), from, to);
+                return;
+            }
+            FloatBuffer dxs = dx.floats();
+            FloatBuffer d = dout.floats();
+            FloatBuffer xs = x.floats();
+            for (int i = from; i < to; i++) {
+                float v = xs.get(i);
+                float u = GELU_SCALE * (v + 0.044715f * v * v * v);
+                float th = (float) Math.tanh(u);
+                float sech2 = 1f - th * th;
+                float grad = 0.5f * (1f + th) + 0.5f * v * sech2 * GELU_SCALE * (1f + 3f * 0.044715f * v * v);
+                dxs.put(i, grad * d.get(i));
+            }
+        });
     }
 
     @Override
@@ -461,7 +486,8 @@ public final class CpuKernels implements Kernels {
         FloatBuffer z = logits.floats();
         ByteBuffer zb = simd ? logits.hostBuffer() : null;
         FloatBuffer m = max.floats();
-        for (int r = 0; r < rows; r++) {
+        CpuWorkers.forRows(rows, valid, (r0, r1) -> {
+        for (int r = r0; r < r1; r++) {
             int base = r * ld;
             float mx = Float.NEGATIVE_INFINITY;
             if (simd && valid > 0) {
@@ -473,6 +499,7 @@ public final class CpuKernels implements Kernels {
             }
             m.put(r, mx);
         }
+        });
     }
 
     @Override
@@ -483,7 +510,8 @@ public final class CpuKernels implements Kernels {
         FloatBuffer m = max.floats();
         FloatBuffer s = sums.floats();
         IntBuffer tg = targets.ints();
-        for (int r = 0; r < rows; r++) {
+        CpuWorkers.forRows(rows, valid, (r0, r1) -> {
+        for (int r = r0; r < r1; r++) {
             int target = tg.get(r);
             if (target < 0 || target >= vocab) {
                 throw new IllegalArgumentException("target id " + target + " at row " + r + " is outside the vocabulary of " + vocab);
@@ -507,6 +535,7 @@ public final class CpuKernels implements Kernels {
             s.put(2 * r, (float) sum);
             s.put(2 * r + 1, zTarget);
         }
+        });
     }
 
     @Override
@@ -518,7 +547,8 @@ public final class CpuKernels implements Kernels {
         FloatBuffer s = sums.floats();
         FloatBuffer ls = losses.floats();
         IntBuffer tg = targets.ints();
-        for (int r = 0; r < rows; r++) {
+        CpuWorkers.forRows(rows, backward ? valid : 1, (r0, r1) -> {
+        for (int r = r0; r < r1; r++) {
             double sum = s.get(2 * r);
             ls.put(r, (float) (m.get(r) + Math.log(sum) - s.get(2 * r + 1)));
             if (!backward) {
@@ -541,6 +571,7 @@ public final class CpuKernels implements Kernels {
                 z.put(base + j, 0f); // padding: no gradient
             }
         }
+        });
     }
 
     // ---- optimizer and gradient utilities (flat blocks, processed in windows of at most 2^28 elements) ----
@@ -550,17 +581,23 @@ public final class CpuKernels implements Kernels {
                       float eps, float decay, float stepSize, float invSqrtBc2) {
         for (long at = from, end = from + count; at < end; at += WINDOW) {
             int len = (int) Math.min(WINDOW, end - at);
-            ByteBuffer p = params.slice(at, len).hostBuffer();
-            ByteBuffer g = grads.slice(at, len).hostBuffer();
-            ByteBuffer mb = m.slice(at, len).hostBuffer();
-            ByteBuffer vb = v.slice(at, len).hostBuffer();
-            if (simd) {
-                SimdKernels.adamw(p, g, mb, vb, 0, len, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
-            } else {
-                for (int i = 0; i < len; i++) {
-                    adamwScalar(p, g, mb, vb, i, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
+            Tensor pw = params.slice(at, len);
+            Tensor gw = grads.slice(at, len);
+            Tensor mw = m.slice(at, len);
+            Tensor vw = v.slice(at, len);
+            CpuWorkers.forRange(len, 4, (i0, i1) -> {
+                ByteBuffer p = pw.hostBuffer();
+                ByteBuffer g = gw.hostBuffer();
+                ByteBuffer mb = mw.hostBuffer();
+                ByteBuffer vb = vw.hostBuffer();
+                if (simd) {
+                    SimdKernels.adamw(p, g, mb, vb, i0, i1, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
+                } else {
+                    for (int i = i0; i < i1; i++) {
+                        adamwScalar(p, g, mb, vb, i, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
+                    }
                 }
-            }
+            });
         }
     }
 
@@ -620,14 +657,16 @@ public final class CpuKernels implements Kernels {
         for (long at = 0, n = x.numel(); at < n; at += WINDOW) {
             int len = (int) Math.min(WINDOW, n - at);
             Tensor w = x.slice(at, len);
-            if (simd) {
-                SimdKernels.scale(w.hostBuffer(), 0, len, factor);
-            } else {
-                FloatBuffer f = w.floats();
-                for (int i = 0; i < len; i++) {
-                    f.put(i, f.get(i) * factor);
+            CpuWorkers.forRange(len, 1, (from, to) -> {
+                if (simd) {
+                    SimdKernels.scale(w.hostBuffer(), from, to - from, factor);
+                } else {
+                    FloatBuffer f = w.floats();
+                    for (int i = from; i < to; i++) {
+                        f.put(i, f.get(i) * factor);
+                    }
                 }
-            }
+            });
         }
     }
 

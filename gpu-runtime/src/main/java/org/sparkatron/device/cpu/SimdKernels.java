@@ -187,23 +187,25 @@ final class SimdKernels {
         return FloatVector.broadcast(S, 1f).div(exp(u.mul(-2f)).add(1f));
     }
 
-    static void geluForward(ByteBuffer out, ByteBuffer x, int n) {
-        int i = 0;
-        for (int upper = S.loopBound(n); i < upper; i += S.length()) {
+    /** GELU (tanh form) of elements [from, to); {@code from} a multiple of the vector length. */
+    static void geluForward(ByteBuffer out, ByteBuffer x, int from, int to) {
+        int i = from;
+        for (int upper = from + S.loopBound(to - from); i < upper; i += S.length()) {
             FloatVector v = load(x, i);
             FloatVector u = v.mul(v).mul(v).mul(0.044715f).add(v).mul(GELU_SCALE);
             v.mul(sigmoid2(u)).intoByteBuffer(out, 4 * i, NATIVE); // 0.5 v (1 + tanh u)
         }
-        for (; i < n; i++) {
+        for (; i < to; i++) {
             float v = x.getFloat(4 * i);
             float u = GELU_SCALE * (v + 0.044715f * v * v * v);
             out.putFloat(4 * i, 0.5f * v * (1f + (float) Math.tanh(u)));
         }
     }
 
-    static void geluBackward(ByteBuffer dx, ByteBuffer dout, ByteBuffer x, int n) {
-        int i = 0;
-        for (int upper = S.loopBound(n); i < upper; i += S.length()) {
+    /** GELU's backward on elements [from, to); {@code from} a multiple of the vector length. */
+    static void geluBackward(ByteBuffer dx, ByteBuffer dout, ByteBuffer x, int from, int to) {
+        int i = from;
+        for (int upper = from + S.loopBound(to - from); i < upper; i += S.length()) {
             FloatVector v = load(x, i);
             FloatVector v2 = v.mul(v);
             FloatVector u = v2.mul(v).mul(0.044715f).add(v).mul(GELU_SCALE);
@@ -217,7 +219,7 @@ final class SimdKernels {
             FloatVector grad = sp.add(v.mul(2f).mul(sp).mul(sm).mul(v2.mul(3f * 0.044715f).add(1f).mul(GELU_SCALE)));
             grad.mul(load(dout, i)).intoByteBuffer(dx, 4 * i, NATIVE);
         }
-        for (; i < n; i++) {
+        for (; i < to; i++) {
             float v = x.getFloat(4 * i);
             float th = (float) Math.tanh(GELU_SCALE * (v + 0.044715f * v * v * v));
             float grad = 0.5f * (1f + th) + 0.5f * v * (1f - th * th) * GELU_SCALE * (1f + 3f * 0.044715f * v * v);

@@ -1,0 +1,207 @@
+package org.sparkatron.device.cpu;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.sparkatron.device.cpu.Arrays32.f32;
+import static org.sparkatron.device.cpu.Arrays32.i32;
+import static org.sparkatron.device.cpu.Arrays32.random;
+import static org.sparkatron.device.cpu.Arrays32.read;
+
+import java.util.ArrayList;
+import java.util.List;
+import java.util.SplittableRandom;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.function.Function;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+import org.sparkatron.tensor.Tensor;
+
+/**
+ * The CPU kernels that split their work over threads ({@link CpuWorkers}) give the same bits for 1, 2 and 3
+ * threads (the rank's thread budget, {@link Blas#setThreads}), on shapes that do split (uneven parts, vector
+ * tails in the last part); and the splitting itself: every part runs, on different threads, and a part's
+ * exception reaches the caller after all parts ended. Exactness is the contract (a resumed run must
+ * reproduce an uninterrupted one whatever thread count it gets), so comparisons are bitwise; accuracy
+ * against the double-precision reference is {@link CpuKernelsTest}'s.
+ */
+class CpuWorkersTest {
+    private int threadsBefore;
+
+    @BeforeEach
+    void remember() {
+        threadsBefore = Blas.threads();
+    }
+
+    @AfterEach
+    void restore() {
+        Blas.setThreads(Math.max(1, threadsBefore)); // OpenBLAS answers -1 before anyone set a count
+    }
+
+    /** Runs {@code kernel} on fresh inputs at 1, 2 and 3 threads and checks every output's bits agree. */
+    private static void sameBitsForAnyThreads(String what, Function<Integer, List<Tensor>> kernel) {
+        List<double[]> single = null;
+        for (int threads = 1; threads <= 3; threads++) {
+            Blas.setThreads(threads);
+            List<double[]> outs = new ArrayList<>();
+            for (Tensor t : kernel.apply(threads)) {
+                outs.add(read(t));
+            }
+            if (single == null) {
+                single = outs;
+                continue;
+            }
+            for (int i = 0; i < outs.size(); i++) {
+                assertArrayEquals(single.get(i), outs.get(i), what + ": output " + i + " differs at " + threads + " threads");
+            }
+        }
+    }
+
+    @ParameterizedTest(name = "simd={0}")
+    @ValueSource(booleans = {true, false})
+    void elementwiseKernels(boolean simd) {
+        CpuKernels k = new CpuKernels(simd);
+        int n = 100_003; // three parts of multiples of 64 and a last one with a vector tail
+        SplittableRandom rng = new SplittableRandom(1);
+        double[] x = random(rng, n, 4), d = random(rng, n, 1), g = random(rng, n, 1), m = random(rng, n, 0.1);
+        double[] v = random(rng, n, 0.01);
+        for (int i = 0; i < n; i++) {
+            v[i] = Math.abs(v[i]);
+        }
+        sameBitsForAnyThreads("gelu", threads -> {
+            Tensor out = f32(new double[n], n), dx = f32(new double[n], n), xt = f32(x, n), dt = f32(d, n);
+            k.geluForward(out, xt, n);
+            k.geluBackward(dx, dt, xt, n);
+            return List.of(out, dx);
+        });
+        sameBitsForAnyThreads("adamw and scale", threads -> {
+            Tensor pt = f32(x, n), gt = f32(g, n), mt = f32(m, n), vt = f32(v, n);
+            k.adamw(pt, gt, mt, vt, 5, n - 9, 0.9f, 0.95f, 1e-8f, 0.999f, 1e-2f, 1.3f);
+            k.scale(gt, 0.37f);
+            return List.of(pt, mt, vt, gt);
+        });
+    }
+
+    @ParameterizedTest(name = "simd={0}")
+    @ValueSource(booleans = {true, false})
+    void rowKernels(boolean simd) {
+        CpuKernels k = new CpuKernels(simd);
+        SplittableRandom rng = new SplittableRandom(2);
+        int rows = 301, c = 384, in = 96, outF = 500;
+        double[] x = random(rng, rows * c, 2), w = random(rng, c, 1), b = random(rng, c, 1), dout = random(rng, rows * c, 1);
+        sameBitsForAnyThreads("layer norm", threads -> {
+            Tensor out = f32(new double[rows * c], rows, c), mean = f32(new double[rows], rows), rstd = f32(new double[rows], rows);
+            Tensor xt = f32(x, rows, c), wt = f32(w, c);
+            k.layerNormForward(out, mean, rstd, xt, wt, f32(b, c), rows, c, 1e-5f);
+            Tensor dx = f32(dout, rows, c), dw = f32(b, c), db = f32(w, c); // accumulate onto non-zero gradients
+            k.layerNormBackward(dx, dw, db, f32(dout, rows, c), xt, wt, mean, rstd, rows, c);
+            return List.of(out, mean, rstd, dx, dw, db);
+        });
+        double[] xin = random(rng, rows * in, 1), wl = random(rng, outF * in, 1), dy = random(rng, rows * outF, 1);
+        sameBitsForAnyThreads("linear backward with bias", threads -> {
+            Tensor dx = f32(new double[rows * in], rows, in), dw = f32(new double[outF * in], outF, in);
+            Tensor dbias = f32(random(new SplittableRandom(3), outF, 1), outF);
+            k.linearBackward(dx, false, dw, dbias, f32(dy, rows, outF), f32(xin, rows, in), f32(wl, outF, in), rows, in, outF);
+            return List.of(dx, dw, dbias);
+        });
+        int ceRows = 41, vocab = 5000, ld = 5008;
+        double[] logits = random(rng, ceRows * ld, 5);
+        int[] targets = new int[ceRows];
+        for (int r = 0; r < ceRows; r++) {
+            targets[r] = rng.nextInt(vocab);
+        }
+        sameBitsForAnyThreads("cross-entropy", threads -> {
+            Tensor z = f32(logits, ceRows, ld), max = f32(new double[ceRows], ceRows), sums = f32(new double[2 * ceRows], 2 * ceRows);
+            Tensor losses = f32(new double[ceRows], ceRows), tg = i32(targets, ceRows);
+            k.crossEntropyMax(z, max, ceRows, vocab, ld);
+            k.crossEntropySums(z, max, sums, tg, 0, vocab, ceRows, vocab, ld, true);
+            k.crossEntropyFinish(z, max, sums, losses, tg, 0, ceRows, vocab, ld, true, 0.25f);
+            return List.of(z, max, sums, losses);
+        });
+    }
+
+    @ParameterizedTest(name = "simd={0}")
+    @ValueSource(booleans = {true, false})
+    void attention(boolean simd) {
+        CpuKernels k = new CpuKernels(simd);
+        int b = 3, t = 70, heads = 4, kvHeads = 2, hd = 16; // 6 (sequence, kv head) units, two query heads each
+        int width = (heads + 2 * kvHeads) * hd, c = heads * hd;
+        SplittableRandom rng = new SplittableRandom(4);
+        double[] qkv = random(rng, b * t * width, 1), dout = random(rng, b * t * c, 1);
+        sameBitsForAnyThreads("attention", threads -> {
+            Tensor out = f32(new double[b * t * c], b * t, c), lse = f32(new double[b * heads * t], b * heads * t);
+            Tensor q = f32(qkv, b * t, width), dq = f32(new double[b * t * width], b * t, width);
+            k.attentionForward(out, lse, q, b, t, heads, kvHeads, hd);
+            k.attentionBackward(dq, f32(dout, b * t, c), out, lse, q, b, t, heads, kvHeads, hd);
+            return List.of(out, lse, dq);
+        });
+    }
+
+    @Test
+    void badTargetInALaterPartReachesTheCaller() {
+        Blas.setThreads(3);
+        CpuKernels k = new CpuKernels(true);
+        int rows = 60, vocab = 4096;
+        double[] logits = random(new SplittableRandom(5), rows * vocab, 1);
+        int[] targets = new int[rows];
+        targets[rows - 1] = vocab + 7; // in the last part, not the caller's
+        Tensor z = f32(logits, rows, vocab), max = f32(new double[rows], rows);
+        k.crossEntropyMax(z, max, rows, vocab, vocab);
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> k.crossEntropySums(z, max,
+                f32(new double[2 * rows], 2 * rows), i32(targets, rows), 0, vocab, rows, vocab, vocab, false));
+        assertTrue(e.getMessage().contains("target id " + (vocab + 7) + " at row " + (rows - 1)), e.getMessage());
+    }
+
+    @Test
+    void partsRunOnSeveralThreadsAndAllFinishBeforeReturn() {
+        Blas.setThreads(3);
+        ConcurrentHashMap<Integer, String> ran = new ConcurrentHashMap<>();
+        CpuWorkers.run(3, p -> {
+            if (p == 2) {
+                sleep(50); // a slow part: run() must still wait for it
+            }
+            ran.put(p, Thread.currentThread().getName());
+        });
+        assertEquals(3, ran.size());
+        assertEquals(Thread.currentThread().getName(), ran.get(0), "part 0 runs on the caller");
+        assertTrue(ran.get(1).startsWith("sparkatron-cpu-kernels-") && ran.get(2).startsWith("sparkatron-cpu-kernels-"), ran.toString());
+        // the split follows the thread budget and the work: one part for small work, never more than the budget
+        assertEquals(1, CpuWorkers.parts(1000, 1000));
+        assertEquals(3, CpuWorkers.parts(1L << 30, 1000));
+        assertEquals(2, CpuWorkers.parts(1L << 30, 2));
+        Blas.setThreads(1);
+        assertEquals(1, CpuWorkers.parts(1L << 30, 1000));
+    }
+
+    @Test
+    void interruptedCallerStillWaitsForItsParts() throws Exception {
+        Blas.setThreads(2);
+        boolean[] partDone = new boolean[1];
+        boolean[] sawInterrupt = new boolean[1];
+        Thread caller = new Thread(() -> {
+            Thread.currentThread().interrupt();
+            CpuWorkers.run(2, p -> {
+                if (p == 1) {
+                    sleep(100);
+                    partDone[0] = true;
+                }
+            });
+            sawInterrupt[0] = Thread.currentThread().isInterrupted() && partDone[0];
+        });
+        caller.start();
+        caller.join(10_000);
+        assertTrue(sawInterrupt[0], "run() returned before its part ended, or lost the interrupt");
+    }
+
+    private static void sleep(long ms) {
+        try {
+            Thread.sleep(ms);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+    }
+}
