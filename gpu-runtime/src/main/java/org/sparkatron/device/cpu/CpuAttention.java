@@ -23,7 +23,7 @@ import org.sparkatron.tensor.Tensor;
  */
 final class CpuAttention {
     /** Query rows whose scores are computed at once. */
-    static final int TILE = 256;
+    static final int TILE = 64;
 
     private final CpuKernels kernels;
     private final boolean simd;

@@ -93,14 +93,12 @@ public final class CpuKernels implements Kernels {
     @Override
     public void linearForward(Tensor out, Tensor x, Tensor w, Tensor bias, int n, int in, int outF) {
         float beta = 0f;
-        if (bias != null) {
+        if (bias != null) { // every row starts as the bias; the GEMM adds onto it (beta 1)
             FloatBuffer o = out.floats();
-            FloatBuffer bb = bias.floats();
+            float[] b = new float[outF];
+            bias.floats().get(0, b);
             for (int r = 0; r < n; r++) {
-                int base = r * outF;
-                for (int j = 0; j < outF; j++) {
-                    o.put(base + j, bb.get(j));
-                }
+                o.put(r * outF, b); // bulk copy
             }
             beta = 1f;
         }
