@@ -31,13 +31,24 @@ public final class KernelProfile {
             } catch (InvocationTargetException e) {
                 throw e.getCause();
             } finally {
-                long[] acc = byKernel.computeIfAbsent(method.getName(), x -> new long[3]);
+                long[] acc = byKernel.computeIfAbsent(key(method.getName(), args), x -> new long[3]);
                 acc[0]++;
                 acc[1] += System.nanoTime() - t0;
                 acc[2] += flops(method.getName(), args);
             }
         };
         return (Kernels) Proxy.newProxyInstance(Kernels.class.getClassLoader(), new Class<?>[] {Kernels.class}, h);
+    }
+
+    /** The table's row: the kernel, and for the linear layers their shape ({@code rows x in -> out}). */
+    private static String key(String name, Object[] a) {
+        if (name.equals("linearForward")) {
+            return name + " " + a[4] + "x" + a[5] + "->" + a[6];
+        }
+        if (name.equals("linearBackward")) {
+            return name + " " + a[7] + "x" + a[8] + "->" + a[9];
+        }
+        return name;
     }
 
     private static long flops(String name, Object[] a) {
@@ -67,7 +78,7 @@ public final class KernelProfile {
         double inKernels = 0;
         double small = 0;
         int smallCount = 0;
-        out.printf(Locale.ROOT, "%-22s %8s %10s %7s %10s %9s%n", "kernel", "calls", "ms/step", "share", "GFLOP/s", "of sgemm");
+        out.printf(Locale.ROOT, "%-36s %8s %10s %7s %10s %9s%n", "kernel", "calls", "ms/step", "share", "GFLOP/s", "of sgemm");
         for (Map.Entry<String, long[]> e : rows) {
             long[] v = e.getValue();
             double ms = v[1] / 1e6 / steps;
@@ -79,11 +90,24 @@ public final class KernelProfile {
             }
             String rate = v[2] == 0 ? "" : String.format(Locale.ROOT, "%10.1f %8.1f%%", v[2] / (v[1] / 1e9) / 1e9,
                     100 * v[2] / (v[1] / 1e9) / 1e9 / sgemmGflops);
-            out.printf(Locale.ROOT, "%-22s %8.1f %10.1f %6.1f%% %s%n", e.getKey(), v[0] / (double) steps, ms, 100 * ms / stepMs, rate);
+            out.printf(Locale.ROOT, "%-36s %8.1f %10.1f %6.1f%% %s%n", e.getKey(), v[0] / (double) steps, ms, 100 * ms / stepMs, rate);
         }
         if (smallCount > 0) {
-            out.printf(Locale.ROOT, "%-22s %8s %10.1f %6.1f%%%n", smallCount + " others", "", small, 100 * small / stepMs);
+            out.printf(Locale.ROOT, "%-36s %8s %10.1f %6.1f%%%n", smallCount + " others", "", small, 100 * small / stepMs);
         }
-        out.printf(Locale.ROOT, "%-22s %8s %10.1f %6.1f%%%n", "outside kernels", "", stepMs - inKernels, 100 * (stepMs - inKernels) / stepMs);
+        out.printf(Locale.ROOT, "%-36s %8s %10.1f %6.1f%%%n", "outside kernels", "", stepMs - inKernels, 100 * (stepMs - inKernels) / stepMs);
+        long nanos = 0;
+        long flops = 0;
+        for (long[] v : byKernel.values()) {
+            if (v[2] > 0) {
+                nanos += v[1];
+                flops += v[2];
+            }
+        }
+        if (flops > 0) {
+            double gflops = flops / (nanos / 1e9) / 1e9;
+            out.printf(Locale.ROOT, "%-36s %8s %10.1f %6.1f%% %10.1f %8.1f%%%n", "all linear layers (GEMMs)", "",
+                    nanos / 1e6 / steps, 100 * nanos / 1e6 / steps / stepMs, gflops, 100 * gflops / sgemmGflops);
+        }
     }
 }

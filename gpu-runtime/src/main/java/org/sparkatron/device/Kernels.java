@@ -164,6 +164,19 @@ public interface Kernels {
     void crossEntropyFinish(Tensor logits, Tensor max, Tensor sums, Tensor losses, Tensor targets, int vocabStart,
                             int rows, int valid, int ld, boolean backward, float gradScale);
 
+    /**
+     * The unsplit cross-entropy (one rank holds the whole vocabulary, {@code vocabStart} 0): max, sums (storing
+     * the exponentials when {@code backward}) and finish, with the same results as the three calls in turn. A
+     * device may fuse them row by row (the CPU does: a row of logits is read from memory once instead of three
+     * times); this default makes the three calls.
+     */
+    default void crossEntropy(Tensor logits, Tensor max, Tensor sums, Tensor losses, Tensor targets, int vocab, int rows,
+                              int valid, int ld, boolean backward, float gradScale) {
+        crossEntropyMax(logits, max, rows, valid, ld);
+        crossEntropySums(logits, max, sums, targets, 0, vocab, rows, valid, ld, backward);
+        crossEntropyFinish(logits, max, sums, losses, targets, 0, rows, valid, ld, backward, gradScale);
+    }
+
     // ---- optimizer and gradient utilities over flat fp32 blocks ----
 
     /**

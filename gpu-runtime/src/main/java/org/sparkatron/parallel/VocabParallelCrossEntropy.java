@@ -69,6 +69,10 @@ public final class VocabParallelCrossEntropy {
         prepare(rows);
         Tensor mx = maxes.slice(0, rows);
         Tensor sm = sums.slice(0, 2 * rows);
+        if (tp.size() == 1) { // nothing to reduce between the three: one fused call
+            kernels.crossEntropy(logits, mx, sm, losses, targets, vocab, rows, validLocal, vocabLocal, backward, gradScale);
+            return;
+        }
         kernels.crossEntropyMax(logits, mx, rows, validLocal, vocabLocal);
         if (tp.size() > 1) {
             tp.group().allReduce(mx, ReduceOp.MAX);

@@ -481,11 +481,78 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public void crossEntropyMax(Tensor logits, Tensor max, int rows, int valid, int ld) {
-        FloatBuffer z = logits.floats();
-        ByteBuffer zb = simd ? logits.hostBuffer() : null;
-        FloatBuffer m = max.floats();
+        CrossEntropyRows ce = new CrossEntropyRows(logits, max, null, null, null, 0, 0, valid, ld);
         CpuWorkers.forRows(rows, valid, (r0, r1) -> {
-        for (int r = r0; r < r1; r++) {
+            for (int r = r0; r < r1; r++) {
+                ce.max(r);
+            }
+        });
+    }
+
+    @Override
+    public void crossEntropySums(Tensor logits, Tensor max, Tensor sums, Tensor targets, int vocabStart, int vocab,
+                                 int rows, int valid, int ld, boolean storeExp) {
+        CrossEntropyRows ce = new CrossEntropyRows(logits, max, sums, null, targets, vocabStart, vocab, valid, ld);
+        CpuWorkers.forRows(rows, valid, (r0, r1) -> {
+            for (int r = r0; r < r1; r++) {
+                ce.sums(r, storeExp);
+            }
+        });
+    }
+
+    @Override
+    public void crossEntropyFinish(Tensor logits, Tensor max, Tensor sums, Tensor losses, Tensor targets, int vocabStart,
+                                   int rows, int valid, int ld, boolean backward, float gradScale) {
+        CrossEntropyRows ce = new CrossEntropyRows(logits, max, sums, losses, targets, vocabStart, 0, valid, ld);
+        CpuWorkers.forRows(rows, backward ? valid : 1, (r0, r1) -> {
+            for (int r = r0; r < r1; r++) {
+                ce.finish(r, backward, gradScale);
+            }
+        });
+    }
+
+    /** Row by row: the row's logits stay in this core's cache between the three steps. Same bits as the three calls. */
+    @Override
+    public void crossEntropy(Tensor logits, Tensor max, Tensor sums, Tensor losses, Tensor targets, int vocab, int rows,
+                             int valid, int ld, boolean backward, float gradScale) {
+        CrossEntropyRows ce = new CrossEntropyRows(logits, max, sums, losses, targets, 0, vocab, valid, ld);
+        CpuWorkers.forRows(rows, valid, (r0, r1) -> {
+            for (int r = r0; r < r1; r++) {
+                ce.max(r);
+                ce.sums(r, backward);
+                ce.finish(r, backward, gradScale);
+            }
+        });
+    }
+
+    /** One row at a time of the cross-entropy kernels (see {@link Kernels#crossEntropySums} for the layouts). */
+    private final class CrossEntropyRows {
+        private final FloatBuffer z;
+        private final ByteBuffer zb;
+        private final FloatBuffer m;
+        private final FloatBuffer s;
+        private final FloatBuffer ls;
+        private final IntBuffer tg;
+        private final int vocabStart;
+        private final int vocab;
+        private final int valid;
+        private final int ld;
+
+        CrossEntropyRows(Tensor logits, Tensor max, Tensor sums, Tensor losses, Tensor targets, int vocabStart, int vocab,
+                         int valid, int ld) {
+            this.z = logits.floats();
+            this.zb = simd ? logits.hostBuffer() : null;
+            this.m = max.floats();
+            this.s = sums == null ? null : sums.floats();
+            this.ls = losses == null ? null : losses.floats();
+            this.tg = targets == null ? null : targets.ints();
+            this.vocabStart = vocabStart;
+            this.vocab = vocab;
+            this.valid = valid;
+            this.ld = ld;
+        }
+
+        void max(int r) {
             int base = r * ld;
             float mx = Float.NEGATIVE_INFINITY;
             if (simd && valid > 0) {
@@ -497,19 +564,8 @@ public final class CpuKernels implements Kernels {
             }
             m.put(r, mx);
         }
-        });
-    }
 
-    @Override
-    public void crossEntropySums(Tensor logits, Tensor max, Tensor sums, Tensor targets, int vocabStart, int vocab,
-                                 int rows, int valid, int ld, boolean storeExp) {
-        FloatBuffer z = logits.floats();
-        ByteBuffer zb = simd ? logits.hostBuffer() : null;
-        FloatBuffer m = max.floats();
-        FloatBuffer s = sums.floats();
-        IntBuffer tg = targets.ints();
-        CpuWorkers.forRows(rows, valid, (r0, r1) -> {
-        for (int r = r0; r < r1; r++) {
+        void sums(int r, boolean storeExp) {
             int target = tg.get(r);
             if (target < 0 || target >= vocab) {
                 throw new IllegalArgumentException("target id " + target + " at row " + r + " is outside the vocabulary of " + vocab);
@@ -533,24 +589,12 @@ public final class CpuKernels implements Kernels {
             s.put(2 * r, (float) sum);
             s.put(2 * r + 1, zTarget);
         }
-        });
-    }
 
-    @Override
-    public void crossEntropyFinish(Tensor logits, Tensor max, Tensor sums, Tensor losses, Tensor targets, int vocabStart,
-                                   int rows, int valid, int ld, boolean backward, float gradScale) {
-        FloatBuffer z = logits.floats();
-        ByteBuffer zb = simd ? logits.hostBuffer() : null;
-        FloatBuffer m = max.floats();
-        FloatBuffer s = sums.floats();
-        FloatBuffer ls = losses.floats();
-        IntBuffer tg = targets.ints();
-        CpuWorkers.forRows(rows, backward ? valid : 1, (r0, r1) -> {
-        for (int r = r0; r < r1; r++) {
+        void finish(int r, boolean backward, float gradScale) {
             double sum = s.get(2 * r);
             ls.put(r, (float) (m.get(r) + Math.log(sum) - s.get(2 * r + 1)));
             if (!backward) {
-                continue;
+                return;
             }
             int base = r * ld;
             float scale = (float) (gradScale / sum); // the logits hold exp(z - max): scaled, they are gradScale * softmax
@@ -569,7 +613,6 @@ public final class CpuKernels implements Kernels {
                 z.put(base + j, 0f); // padding: no gradient
             }
         }
-        });
     }
 
     // ---- optimizer and gradient utilities (flat blocks, processed in windows of at most 2^28 elements) ----

@@ -331,6 +331,19 @@ class CpuKernelsTest {
                 assertClose("cross-entropy loss (rank " + p + ", backward " + backward + ")", ref, read(losses), 1e-5, 1e-5);
                 grad = Arrays32.concat(grad, read(parts[p]));
             }
+            if (split == 0) { // the fused call gives the three calls' bits: losses, logits (gradient), max and sums
+                Tensor fz = f32(z, rows, vPadded);
+                Tensor fMax = Tensor.allocateHost(DType.F32, rows);
+                Tensor fSums = Tensor.allocateHost(DType.F32, rows, 2);
+                Tensor fLosses = Tensor.allocateHost(DType.F32, rows);
+                Tensor losses = Tensor.allocateHost(DType.F32, rows);
+                k.crossEntropyFinish(f32(z, rows, vPadded), maxes[0], sums[0], losses, targets, 0, rows, v, vPadded, false, scale);
+                k.crossEntropy(fz, fMax, fSums, fLosses, targets, v, rows, v, vPadded, backward, scale);
+                assertClose("fused cross-entropy logits", grad, read(fz), 0, 0);
+                assertClose("fused cross-entropy losses", read(losses), read(fLosses), 0, 0);
+                assertClose("fused cross-entropy max", read(maxes[0]), read(fMax), 0, 0);
+                assertClose("fused cross-entropy sums", read(sums[0]), read(fSums), 0, 0);
+            }
             if (!backward) {
                 assertClose("forward leaves the logits as they were", z, regroup(grad, rows, vPadded, starts), 0, 0);
             } else {
