@@ -9,24 +9,38 @@ import org.sparkatron.tensor.Tensor;
  * Single-precision GEMM on off-heap memory through OpenBLAS (JavaCPP presets, the {@code nolapack} build
  * only, so the process holds one copy of OpenBLAS).
  *
- * <p>Operands are passed by address: nothing is copied through the Java heap. OpenBLAS's thread count is
- * process-wide ({@link #setThreads}); with several ranks per JVM give each rank one thread. Calls are
- * thread-safe and blocking.
+ * <p>Operands are passed by address: nothing is copied through the Java heap. Calls are thread-safe and
+ * blocking.
  *
- * <p>Small GEMMs (under {@link #SMALL_GEMM_FLOPS}, such as one attention head's score matrix) run on one
- * thread: OpenBLAS's fork/join per call costs more than it saves there, and on a busy machine its
- * spinning workers made attention 10-40x slower (measured here: 22 ms per layer on one thread against
- * 250-860 ms on two, with other processes on the cores). Thread counts never change results: OpenBLAS
- * splits M and N across threads, never the K reduction.
+ * <p>Threads: OpenBLAS itself always runs single-threaded; a large GEMM is split into row (M) or column (N)
+ * blocks that run as parts on {@link CpuWorkers}, the same threads the other CPU kernels use, up to the rank's
+ * budget {@link #threads()} ({@link #setThreads}: process-wide, every rank of a JVM sets the same value, its
+ * {@code threads_per_rank}). One pool instead of two: OpenBLAS's own workers spin for about 2^28 cycles
+ * (~0.1 s) after each threaded call and took the second core from the split kernels running between GEMMs.
+ * Measured on the 2-core VM, same profile command (docs/benchmarks.md): the step 1.84-1.97 s with OpenBLAS's
+ * threading (with {@code OPENBLAS_THREAD_TIMEOUT=4} too), 1.56-1.58 s with this split; the attention 190 ms
+ * against 90, the GEMMs 129 GFLOP/s against 141-145.
+ *
+ * <p>Small GEMMs (under {@link #SMALL_GEMM_FLOPS}, such as one attention head's score matrix) are not split:
+ * handing them over costs more than it saves.
+ *
+ * <p>Determinism: a given thread count gives the same bits every time. A different count can change a large
+ * GEMM's last bits: OpenBLAS's kernel rounds an element differently depending on where it falls in the block it
+ * is given (checked: any M or N split point, and OpenBLAS's own threading as well, changes 3-8% of the elements
+ * of the model's products by an ulp or so). So a bitwise resume needs the same {@code threads_per_rank}.
  */
 public final class Blas {
-    /** GEMMs below this many flops (2 m n k) use one thread. */
+    /** GEMMs below this many flops (2 m n k) are not split. */
     static final long SMALL_GEMM_FLOPS = 64L << 20;
+    /** Split points fall on multiples of this many rows or columns (OpenBLAS's micro-tile edges). */
+    private static final int SPLIT_ALIGN = 16;
 
-    // OpenBLAS's own state is process-wide, so these are too: the thread count asked for, and the one
-    // last set. A race between ranks only costs speed (an extra set, or a call at the other count).
-    private static volatile int configured = openblas_nolapack.blas_get_num_threads();
-    private static volatile int current = configured;
+    static {
+        openblas_nolapack.blas_set_num_threads(1); // never OpenBLAS's own workers; see the class comment
+    }
+
+    // The rank's thread budget: process-wide like the OpenBLAS count it replaces, set alike by every rank.
+    private static volatile int threads = Runtime.getRuntime().availableProcessors();
 
     private Blas() {
     }
@@ -38,27 +52,17 @@ public final class Blas {
         }
     }
 
-    /** Sets OpenBLAS's worker-thread count for the whole process. */
+    /** Sets the threads a large GEMM (and a CPU kernel, {@link CpuWorkers}) may use, for the whole process. */
     public static void setThreads(int threads) {
         if (threads < 1) {
             throw new IllegalArgumentException("BLAS thread count must be >= 1, got " + threads);
         }
-        configured = threads;
-        current = threads;
-        openblas_nolapack.blas_set_num_threads(threads);
+        Blas.threads = threads;
     }
 
-    /** The thread count large GEMMs use. */
+    /** The thread count large GEMMs use (the number of available processors until {@link #setThreads}). */
     public static int threads() {
-        return configured;
-    }
-
-    private static void useThreadsFor(long flops) {
-        int want = flops < SMALL_GEMM_FLOPS ? 1 : configured;
-        if (want != current) {
-            current = want;
-            openblas_nolapack.blas_set_num_threads(want);
-        }
+        return threads;
     }
 
     /**
@@ -74,8 +78,8 @@ public final class Blas {
 
     /**
      * As {@link #sgemm(boolean, boolean, int, int, int, float, Tensor, long, int, Tensor, long, int, float, Tensor,
-     * long, int)}, on the calling thread alone when {@code oneThread}: for GEMMs issued from several threads of
-     * one kernel at once ({@link CpuWorkers}), which must not each fan out onto OpenBLAS's shared workers.
+     * long, int)}, on the calling thread alone when {@code oneThread}: for GEMMs issued from the parts of a
+     * kernel that is already split over the threads ({@link CpuWorkers}).
      */
     static void sgemm(boolean oneThread, boolean transA, boolean transB, int m, int n, int k, float alpha,
                       Tensor a, long aOff, int lda, Tensor b, long bOff, int ldb,
@@ -86,14 +90,47 @@ public final class Blas {
         check(a, aOff, transA ? k : m, transA ? m : k, lda, "A");
         check(b, bOff, transB ? n : k, transB ? k : n, ldb, "B");
         check(c, cOff, m, n, ldc, "C");
-        useThreadsFor(oneThread ? 0 : 2L * m * n * k);
+        boolean splitM = m >= n; // split the longer side: each part packs all of the other operand
+        int side = splitM ? m : n;
+        int parts = oneThread || 2L * m * n * k < SMALL_GEMM_FLOPS ? 1
+                : Math.max(1, Math.min(threads, side / (4 * SPLIT_ALIGN)));
+        if (parts == 1) {
+            call(transA, transB, m, n, k, alpha, a.address() + 4 * aOff, lda, b.address() + 4 * bOff, ldb, beta,
+                    c.address() + 4 * cOff, ldc);
+            return;
+        }
+        CpuWorkers.run(parts, p -> {
+            int from = splitPoint(side, parts, p);
+            int to = splitPoint(side, parts, p + 1);
+            if (from == to) {
+                return;
+            }
+            if (splitM) { // rows [from, to) of C and of op(A)
+                long aAt = aOff + (transA ? from : (long) from * lda);
+                call(transA, transB, to - from, n, k, alpha, a.address() + 4 * aAt, lda, b.address() + 4 * bOff, ldb,
+                        beta, c.address() + 4 * (cOff + (long) from * ldc), ldc);
+            } else { // columns [from, to) of C and of op(B)
+                long bAt = bOff + (transB ? (long) from * ldb : from);
+                call(transA, transB, m, to - from, k, alpha, a.address() + 4 * aOff, lda, b.address() + 4 * bAt, ldb,
+                        beta, c.address() + 4 * (cOff + from), ldc);
+            }
+        });
+    }
+
+    /** Start of part {@code p} of {@code parts} over {@code side} rows or columns, on a multiple of the alignment. */
+    private static int splitPoint(int side, int parts, int p) {
+        if (p >= parts) {
+            return side;
+        }
+        return (int) ((long) side * p / parts) / SPLIT_ALIGN * SPLIT_ALIGN;
+    }
+
+    private static void call(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda,
+                             long b, int ldb, float beta, long c, int ldc) {
         openblas_nolapack.cblas_sgemm(openblas_nolapack.CblasRowMajor,
                 transA ? openblas_nolapack.CblasTrans : openblas_nolapack.CblasNoTrans,
                 transB ? openblas_nolapack.CblasTrans : openblas_nolapack.CblasNoTrans,
-                m, n, k, alpha,
-                new At(a.address() + 4 * aOff), lda,
-                new At(b.address() + 4 * bOff), ldb,
-                beta, new At(c.address() + 4 * cOff), ldc);
+                m, n, k, alpha, new At(a), lda, new At(b), ldb, beta, new At(c), ldc);
     }
 
     /** Whole-matrix form: shapes taken from 2-D views (rows, cols) of each tensor. */

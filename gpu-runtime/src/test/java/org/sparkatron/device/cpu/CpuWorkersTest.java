@@ -24,10 +24,10 @@ import org.sparkatron.tensor.Tensor;
 /**
  * The CPU kernels that split their work over threads ({@link CpuWorkers}) give the same bits for 1, 2 and 3
  * threads (the rank's thread budget, {@link Blas#setThreads}), on shapes that do split (uneven parts, vector
- * tails in the last part); and the splitting itself: every part runs, on different threads, and a part's
- * exception reaches the caller after all parts ended. Exactness is the contract (a resumed run must
- * reproduce an uninterrupted one whatever thread count it gets), so comparisons are bitwise; accuracy
- * against the double-precision reference is {@link CpuKernelsTest}'s.
+ * tails in the last part): their parts never share a reduction, so comparisons are bitwise (accuracy against
+ * the double-precision reference is {@link CpuKernelsTest}'s). Large GEMMs split too: checked against the
+ * reference at each thread count and bitwise from call to call. And the splitting itself: every part runs, on
+ * different threads, and a part's exception reaches the caller after all parts ended.
  */
 class CpuWorkersTest {
     private int threadsBefore;
@@ -39,7 +39,7 @@ class CpuWorkersTest {
 
     @AfterEach
     void restore() {
-        Blas.setThreads(Math.max(1, threadsBefore)); // OpenBLAS answers -1 before anyone set a count
+        Blas.setThreads(threadsBefore);
     }
 
     /** Runs {@code kernel} on fresh inputs at 1, 2 and 3 threads and checks every output's bits agree. */
@@ -122,6 +122,57 @@ class CpuWorkersTest {
             k.crossEntropyFinish(z, max, sums, losses, tg, 0, ceRows, vocab, ld, true, 0.25f);
             return List.of(z, max, sums, losses);
         });
+    }
+
+    /**
+     * Large GEMMs split into row or column blocks over 1, 2 and 3 threads (each transpose, both sides, offsets and
+     * strides): each against the double-precision product (fp32 over K = 320 terms of order 1: error below
+     * about K * 6e-8 * sum|ab| ~ 1e-5 relative, atol 1e-4 for sums near 0), and the same bits on a second call
+     * with the same thread count. Across thread counts the bits may differ: OpenBLAS's single-threaded kernel
+     * rounds an element differently depending on where it falls in the block it is given (its own threading did
+     * the same).
+     */
+    @ParameterizedTest(name = "transA={0} transB={1} m={2} n={3}")
+    @org.junit.jupiter.params.provider.CsvSource({"false,false,301,517", "false,true,517,301", "true,false,301,517",
+            "true,true,517,301", "false,true,1024,385"})
+    void gemm(boolean transA, boolean transB, int m, int n) {
+        int k = 320;
+        int lda = (transA ? m : k) + 3;
+        int ldb = (transB ? k : n) + 5;
+        int ldc = n + 7;
+        float alpha = 0.75f;
+        float beta = 0.5f;
+        SplittableRandom rng = new SplittableRandom(m + n);
+        double[] a = random(rng, (transA ? k : m) * lda + 11, 1), b = random(rng, (transB ? n : k) * ldb + 13, 1);
+        double[] c = random(rng, m * ldc + 17, 1);
+        double[] expected = c.clone();
+        for (int i = 0; i < m; i++) {
+            for (int j = 0; j < n; j++) {
+                double sum = 0;
+                for (int l = 0; l < k; l++) {
+                    double ail = a[11 + (transA ? l * lda + i : i * lda + l)];
+                    double blj = b[13 + (transB ? j * ldb + l : l * ldb + j)];
+                    sum += ail * blj;
+                }
+                expected[17 + i * ldc + j] = alpha * sum + beta * c[17 + i * ldc + j];
+            }
+        }
+        assertTrue(2L * m * n * k >= Blas.SMALL_GEMM_FLOPS, "the shape must be large enough to split");
+        for (int threads = 1; threads <= 3; threads++) {
+            Blas.setThreads(threads);
+            double[] first = null;
+            for (int call = 0; call < 2; call++) {
+                Tensor ct = f32(c, c.length);
+                Blas.sgemm(transA, transB, m, n, k, alpha, f32(a, a.length), 11, lda, f32(b, b.length), 13, ldb, beta, ct, 17, ldc);
+                double[] got = read(ct);
+                if (first == null) {
+                    first = got;
+                    Arrays32.assertClose("sgemm at " + threads + " threads", expected, got, 1e-4, 1e-5);
+                } else {
+                    assertArrayEquals(first, got, "sgemm at " + threads + " threads: a second call differs");
+                }
+            }
+        }
     }
 
     @ParameterizedTest(name = "simd={0}")
