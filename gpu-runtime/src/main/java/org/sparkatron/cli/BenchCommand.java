@@ -80,7 +80,7 @@ final class BenchCommand {
                 times[i] = trainer.step().seconds();
             }
             double total = Arrays.stream(times).sum();
-            double sgemm = org.sparkatron.train.ModelFlops.sgemmGflops(1024, 6);
+            double sgemm = org.sparkatron.train.ModelFlops.sgemmCeilingGflops(1024, 6);
             out.printf(Locale.ROOT, "profile of %d steps: mean step %.4f s (median %.4f s), %.1f GFLOP/s = %.1f%% of sgemm 1024^3 "
                     + "%.1f GFLOP/s (measured after the steps)%n", steps, total / steps, median(times), flops / (total / steps) / 1e9,
                     100 * flops / (total / steps) / 1e9 / sgemm, sgemm);
@@ -99,7 +99,7 @@ final class BenchCommand {
                 times[i] = trainer.step().seconds();
             }
             ours[r] = median(times);
-            sgemms[r] = org.sparkatron.train.ModelFlops.sgemmGflops(1024, 6);
+            sgemms[r] = org.sparkatron.train.ModelFlops.sgemmCeilingGflops(1024, 6);
             out.printf(Locale.ROOT, "round %d: sparkatron step %.4f s (%.1f tokens/s), sgemm %.1f GFLOP/s%n",
                     r + 1, ours[r], batch * seq / ours[r], sgemms[r]);
             if (havePeer) {

@@ -133,6 +133,23 @@ public final class Blas {
                 m, n, k, alpha, new At(a), lda, new At(b), ldb, beta, new At(c), ldc);
     }
 
+    /**
+     * For benchmarks' ceilings only: square {@code C = A B} ({@code n x n}) on OpenBLAS's own worker threads
+     * ({@link #threads()} of them), as a program calling OpenBLAS directly would run it; OpenBLAS is back to one
+     * thread when it returns. Not for concurrent use with other GEMMs.
+     */
+    public static void sgemmOnOpenBlasThreads(Tensor a, Tensor b, Tensor c, int n) {
+        check(a, 0, n, n, n, "A");
+        check(b, 0, n, n, n, "B");
+        check(c, 0, n, n, n, "C");
+        openblas_nolapack.blas_set_num_threads(threads);
+        try {
+            call(false, false, n, n, n, 1f, a.address(), n, b.address(), n, 0f, c.address(), n);
+        } finally {
+            openblas_nolapack.blas_set_num_threads(1);
+        }
+    }
+
     /** Whole-matrix form: shapes taken from 2-D views (rows, cols) of each tensor. */
     public static void sgemm(boolean transA, boolean transB, float alpha, Tensor a, int aRows, int aCols,
                              Tensor b, int bRows, int bCols, float beta, Tensor c) {
