@@ -84,6 +84,13 @@ public final class Blas {
     static void sgemm(boolean oneThread, boolean transA, boolean transB, int m, int n, int k, float alpha,
                       Tensor a, long aOff, int lda, Tensor b, long bOff, int ldb,
                       float beta, Tensor c, long cOff, int ldc) {
+        sgemm(oneThread ? 1 : threads, transA, transB, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
+    }
+
+    /** As the public form, on at most {@code maxThreads} threads (two GEMMs running side by side share the budget). */
+    static void sgemm(int maxThreads, boolean transA, boolean transB, int m, int n, int k, float alpha,
+                      Tensor a, long aOff, int lda, Tensor b, long bOff, int ldb,
+                      float beta, Tensor c, long cOff, int ldc) {
         if (m == 0 || n == 0) {
             return;
         }
@@ -92,8 +99,7 @@ public final class Blas {
         check(c, cOff, m, n, ldc, "C");
         boolean splitM = m >= n; // split the longer side: each part packs all of the other operand
         int side = splitM ? m : n;
-        int parts = oneThread || 2L * m * n * k < SMALL_GEMM_FLOPS ? 1
-                : Math.max(1, Math.min(threads, side / (4 * SPLIT_ALIGN)));
+        int parts = 2L * m * n * k < SMALL_GEMM_FLOPS ? 1 : Math.max(1, Math.min(maxThreads, side / (4 * SPLIT_ALIGN)));
         if (parts == 1) {
             call(transA, transB, m, n, k, alpha, a.address() + 4 * aOff, lda, b.address() + 4 * bOff, ldb, beta,
                     c.address() + 4 * cOff, ldc);

@@ -5,6 +5,7 @@ import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.atomic.AtomicInteger;
+import org.sparkatron.device.HostAccess;
 
 /**
  * Runs a CPU kernel's independent parts on several threads: the calling (rank) thread takes part 0, the
@@ -25,6 +26,8 @@ import java.util.concurrent.atomic.AtomicInteger;
  * Blocking: {@link #run} waits for every part even when the calling thread is interrupted (the parts write
  * into the caller's tensors, which must not be released under them) and then restores the interrupt flag.
  * Failure: the first exception of any part is rethrown on the calling thread once all parts have ended.
+ * The caller's {@link HostAccess} mark (inside a device kernel) is carried to the parts, so the strict device
+ * lets them touch its memory exactly when it lets the caller.
  */
 final class CpuWorkers {
     /** Below this many elements per part the work stays on fewer threads. */
@@ -65,9 +68,18 @@ final class CpuWorkers {
             return;
         }
         Future<?>[] others = new Future<?>[parts - 1];
+        boolean deviceWork = HostAccess.allowed(); // the strict device's mark is per thread: carry it to the parts
         for (int p = 1; p < parts; p++) {
             int part = p;
-            others[p - 1] = POOL.submit(() -> body.run(part));
+            others[p - 1] = POOL.submit(() -> {
+                if (!deviceWork) {
+                    body.run(part);
+                    return;
+                }
+                try (HostAccess.Scope a = HostAccess.enter()) {
+                    body.run(part);
+                }
+            });
         }
         Throwable failure = null;
         try {

@@ -91,7 +91,7 @@ class CpuWorkersTest {
     void rowKernels(boolean simd) {
         CpuKernels k = new CpuKernels(simd);
         SplittableRandom rng = new SplittableRandom(2);
-        int rows = 301, c = 384, in = 96, outF = 500;
+        int rows = 301, c = 384, in = 256, outF = 520; // the linear backward's two GEMMs (2 rows in outF >= 64 M) pair up
         double[] x = random(rng, rows * c, 2), w = random(rng, c, 1), b = random(rng, c, 1), dout = random(rng, rows * c, 1);
         sameBitsForAnyThreads("layer norm", threads -> {
             Tensor out = f32(new double[rows * c], rows, c), mean = f32(new double[rows], rows), rstd = f32(new double[rows], rows);
@@ -102,6 +102,8 @@ class CpuWorkersTest {
             return List.of(out, mean, rstd, dx, dw, db);
         });
         double[] xin = random(rng, rows * in, 1), wl = random(rng, outF * in, 1), dy = random(rng, rows * outF, 1);
+        assertTrue(2L * rows * in * outF >= Blas.SMALL_GEMM_FLOPS);
+        // at 2 and 3 threads dx and dw run side by side, each whole on one thread: the bits of one thread
         sameBitsForAnyThreads("linear backward with bias", threads -> {
             Tensor dx = f32(new double[rows * in], rows, in), dw = f32(new double[outF * in], outF, in);
             Tensor dbias = f32(random(new SplittableRandom(3), outF, 1), outF);
