@@ -54,7 +54,7 @@ ESTIMATOR_PARAMS = [
     ("useDistributedOptimizer", _BOOL, "ZeRO-1: shard the fp32 master weights and AdamW moments over the data-parallel replicas (default false)"),
     ("overlapGradReduce", _BOOL, "reduce each gradient bucket while the backward continues (default true)"),
     ("overlapParamGather", _BOOL, "with useDistributedOptimizer: all-gather the updated parameters during the next forward, each bucket awaited before the first layer that reads it (default false)"),
-    ("threadsPerRank", _INT, "OpenBLAS threads per rank; process-wide, keep 1 with several ranks per JVM (default 1)"),
+    ("threadsPerRank", _INT, "threads each rank's CPU kernels and GEMMs use; process-wide, keep 1 with several ranks per JVM; a bitwise resume needs the same value (default 1)"),
     ("checkpointDir", _STR, "root of sharded checkpoints on any Hadoop path; a retried stage or a new job resumes from the newest (default: none)"),
     ("checkpointEvery", _INT, "steps between checkpoints (0: only at the end)"),
     ("keepCheckpoints", _INT, "how many checkpoints to keep, newest first (default 2)"),

@@ -170,7 +170,7 @@ public final class SparkatronEstimator extends Estimator<SparkatronModel> implem
         useDistributedOptimizer = new BooleanParam(this, "useDistributedOptimizer", "ZeRO-1: shard the fp32 master weights and AdamW moments over the data-parallel replicas (default false)");
         overlapGradReduce = new BooleanParam(this, "overlapGradReduce", "reduce each gradient bucket while the backward continues (default true)");
         overlapParamGather = new BooleanParam(this, "overlapParamGather", "with useDistributedOptimizer: all-gather the updated parameters during the next forward, each bucket awaited before the first layer that reads it (default false)");
-        threadsPerRank = new IntParam(this, "threadsPerRank", "OpenBLAS threads per rank; process-wide, keep 1 with several ranks per JVM (default 1)");
+        threadsPerRank = new IntParam(this, "threadsPerRank", "threads each rank's CPU kernels and GEMMs use; process-wide, keep 1 with several ranks per JVM; a bitwise resume needs the same value (default 1)");
         checkpointDir = new Param<>(this, "checkpointDir", "root of sharded checkpoints on any Hadoop path; a retried stage or a new job resumes from the newest (default: none)");
         checkpointEvery = new IntParam(this, "checkpointEvery", "steps between checkpoints (0: only at the end)");
         keepCheckpoints = new IntParam(this, "keepCheckpoints", "how many checkpoints to keep, newest first (default 2)");
