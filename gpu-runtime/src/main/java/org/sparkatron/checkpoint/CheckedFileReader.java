@@ -12,13 +12,14 @@ import java.util.zip.CRC32C;
 /**
  * Reads a local checkpoint file once, front to back, computing the CRC32C of all its bytes and copying the byte
  * ranges a load needs into their destinations as it goes (one pass over the file instead of a checksum pass and
- * a copy pass). The file is memory-mapped in windows of {@link #WINDOW} bytes, each unmapped when done; every
- * {@link #PIECE} is copied into a small scratch buffer (the only access to the mapping, a copy that turns a
- * file truncated under us into an error instead of a crash), checksummed there and copied on into the
- * destinations that overlap it, while it is still in the cache. Why a mapping and not {@code read}: measured on
- * this project's VM, copying a 360 MB file from the page cache into memory took 0.15-0.30 s with 8 MiB reads and
- * 0.08-0.15 s through a mapping (the kernel maps cached pages instead of copying them), and about the same from
- * the disk either way (docs/checkpoints.md).
+ * a copy pass). The file goes by windows of {@link #WINDOW} bytes: a window already in the page cache (all its pages,
+ * by {@code mincore}) is copied from a mapping of it, any other with positional {@code read}s; either way every
+ * {@link #PIECE} lands in a small scratch buffer (the only access to the mapping: a copy, which turns a file truncated
+ * under us into an error instead of a crash), is checksummed there and copied on into the destinations that overlap
+ * it while it is still in the core's cache. Why both: measured on this project's VM (360 MB, medians of 7), a file in
+ * the page cache took 0.11 s through mappings and 0.21 s with reads (a mapping maps the cached pages, a read copies
+ * them), a file not in the cache 0.50 s through mappings (page faults read ahead less, and synchronously) and 0.34 s
+ * with reads (docs/checkpoints.md).
  *
  * <p>Destinations are written before the checksum is known: a caller must not use them unless {@link #read}
  * returns normally (a {@link CheckpointException} means the file is corrupted or changed while read, and the
@@ -50,12 +51,22 @@ final class CheckedFileReader {
      *     than written"), a target lies beyond its end, or the checksum differs ("corrupted")
      */
     static void read(FileChannel ch, String name, long bytes, String expectedCrc, List<Target> targets) throws IOException {
-        read(ch, name, bytes, expectedCrc, targets, WINDOW, PIECE);
+        read(ch, name, bytes, expectedCrc, targets, WINDOW, PIECE, Source.BY_RESIDENCY);
     }
 
-    /** {@link #read(FileChannel, String, long, String, List)} with other window and piece sizes (tests: their edges). */
-    static void read(FileChannel ch, String name, long bytes, String expectedCrc, List<Target> targets, int window, int piece)
-            throws IOException {
+    /** How a window's bytes are fetched. */
+    enum Source {
+        /** From the mapping when the window is all in the page cache ({@code mincore}), else with {@code read}. */
+        BY_RESIDENCY,
+        /** Always from the mapping (tests). */
+        MAPPED,
+        /** Always with {@code read} (tests). */
+        READ
+    }
+
+    /** {@link #read(FileChannel, String, long, String, List)} with other window and piece sizes and sources (tests). */
+    static void read(FileChannel ch, String name, long bytes, String expectedCrc, List<Target> targets, int window, int piece,
+                     Source source) throws IOException {
         long size = ch.size();
         if (size != bytes) {
             throw sizeError(name, size, bytes);
@@ -75,11 +86,14 @@ final class CheckedFileReader {
         try {
             for (; w < bytes; w += window) {
                 int wlen = (int) Math.min(window, bytes - w);
-                MappedByteBuffer map = ch.map(FileChannel.MapMode.READ_ONLY, w, wlen);
+                MappedByteBuffer map = source == Source.READ ? null : ch.map(FileChannel.MapMode.READ_ONLY, w, wlen);
                 try {
-                    first = scatter(map, w, wlen, piece, scratch, crc, sorted, first);
+                    boolean mapped = source == Source.MAPPED || source == Source.BY_RESIDENCY && map.isLoaded();
+                    first = scatter(mapped ? map : null, ch, name, w, wlen, bytes, piece, scratch, crc, sorted, first);
                 } finally {
-                    Unmapper.unmap(map);
+                    if (map != null) {
+                        Unmapper.unmap(map);
+                    }
                 }
             }
         } catch (InternalError e) {
@@ -98,17 +112,29 @@ final class CheckedFileReader {
     }
 
     /**
-     * One mapped window: per piece, copied into {@code scratch}, checksummed there, then copied into the targets that
-     * overlap it. Returns the new index of the first target not yet done.
+     * One window: per piece, copied into {@code scratch} (from {@code map}, or when it is null read from {@code ch}),
+     * checksummed there, then copied into the targets that overlap it. Returns the new index of the first target not
+     * yet done.
      */
-    private static int scatter(MappedByteBuffer map, long w, int wlen, int piece, ByteBuffer scratch, CRC32C crc,
-                               List<Target> sorted, int first) {
+    private static int scatter(MappedByteBuffer map, FileChannel ch, String name, long w, int wlen, long bytes, int piece,
+                               ByteBuffer scratch, CRC32C crc, List<Target> sorted, int first) throws IOException {
         for (int p = 0; p < wlen; p += piece) {
             int k = Math.min(piece, wlen - p);
             long from = w + p;
             long to = from + k;
-            scratch.clear().put(0, map, p, k);
-            crc.update(scratch.limit(k));
+            scratch.clear().limit(k);
+            if (map != null) {
+                scratch.put(0, map, p, k);
+            } else {
+                while (scratch.hasRemaining()) {
+                    if (ch.read(scratch, from + scratch.position()) < 0) {
+                        throw new CheckpointException(name + ": truncated while being read (at byte " + (from + scratch.position())
+                                + " of " + bytes + ")", true);
+                    }
+                }
+                scratch.flip();
+            }
+            crc.update(scratch);
             while (first < sorted.size() && sorted.get(first).end() <= from) {
                 first++;
             }

@@ -21,12 +21,15 @@ import java.util.SplittableRandom;
 import java.util.zip.CRC32C;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.EnumSource;
 
 /**
- * {@link CheckedFileReader}: the targets receive exactly the file's bytes at their offsets (across window and piece
- * edges, overlapping each other, at the file's end, with a non-zero buffer position, empty), whatever they do not
- * cover is still checksummed (a flipped byte there is "corrupted"), and a wrong size, a target beyond the end and
- * a file truncated while it is read are errors naming the file.
+ * {@link CheckedFileReader}, through mappings, with reads and choosing by residency: the targets receive exactly the
+ * file's bytes at their offsets (across window and piece edges, overlapping each other, at the file's end, with a
+ * non-zero buffer position, empty), whatever they do not cover is still checksummed (a flipped byte there is
+ * "corrupted"), and a wrong size, a target beyond the end and a file truncated while it is read (either way) are
+ * errors naming the file.
  */
 class CheckedFileReaderTest {
     private static final int WINDOW = 3 * 4096 + 4096; // 16 KiB windows, 1000-byte pieces: many edges in a small file
@@ -57,14 +60,15 @@ class CheckedFileReaderTest {
         return new CheckedFileReader.Target(offset, b);
     }
 
-    private void read(List<CheckedFileReader.Target> targets, String crc) throws IOException {
+    private void read(List<CheckedFileReader.Target> targets, String crc, CheckedFileReader.Source source) throws IOException {
         try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
-            CheckedFileReader.read(ch, file.toString(), data.length, crc, targets, WINDOW, PIECE);
+            CheckedFileReader.read(ch, file.toString(), data.length, crc, targets, WINDOW, PIECE, source);
         }
     }
 
-    @Test
-    void targetsGetTheFilesBytesAndTheWholeFileIsChecked() throws Exception {
+    @ParameterizedTest
+    @EnumSource(CheckedFileReader.Source.class)
+    void targetsGetTheFilesBytesAndTheWholeFileIsChecked(CheckedFileReader.Source source) throws Exception {
         write(5 * WINDOW + 123);
         List<CheckedFileReader.Target> targets = new ArrayList<>();
         targets.add(target(0, 8, true, 0)); // the start
@@ -74,7 +78,7 @@ class CheckedFileReaderTest {
         targets.add(target(4 * WINDOW, 0, true, 0)); // empty
         targets.add(target(999, 2, true, 0)); // across a piece edge
         read(new ArrayList<>(List.of(targets.get(3), targets.get(0), targets.get(2), targets.get(1), targets.get(5),
-                targets.get(4))), crc()); // in no particular order
+                targets.get(4))), crc(), source); // in no particular order
         for (CheckedFileReader.Target t : targets) {
             ByteBuffer b = t.dst().duplicate();
             byte[] got = new byte[b.remaining()];
@@ -83,16 +87,17 @@ class CheckedFileReaderTest {
             assertArrayEquals(want, got, "target at " + t.offset());
             assertEquals(t.dst().limit() - got.length, t.dst().position(), "the target's position is left as it was");
         }
-        read(List.of(), crc()); // no targets: a pure check
+        read(List.of(), crc(), source); // no targets: a pure check
     }
 
-    @Test
-    void aFlippedByteOutsideEveryTargetIsCorruption() throws Exception {
+    @ParameterizedTest
+    @EnumSource(CheckedFileReader.Source.class)
+    void aFlippedByteOutsideEveryTargetIsCorruption(CheckedFileReader.Source source) throws Exception {
         write(2 * WINDOW + 5);
         String good = crc();
         data[WINDOW + 3] ^= 1;
         Files.write(file, data);
-        CheckpointException e = assertThrows(CheckpointException.class, () -> read(List.of(target(0, 100, true, 0)), good));
+        CheckpointException e = assertThrows(CheckpointException.class, () -> read(List.of(target(0, 100, true, 0)), good, source));
         assertTrue(e.getMessage().contains(file.toString()) && e.getMessage().contains("corrupted: CRC32C "), e.getMessage());
     }
 
@@ -101,33 +106,37 @@ class CheckedFileReaderTest {
         write(10_000);
         try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
             CheckpointException shorter = assertThrows(CheckpointException.class,
-                    () -> CheckedFileReader.read(ch, "F", 10_001, crc(), List.of(), WINDOW, PIECE));
+                    () -> CheckedFileReader.read(ch, "F", 10_001, crc(), List.of()));
             assertEquals("F: truncated: 10000 bytes, the metadata says 10001", shorter.getMessage());
             CheckpointException longer = assertThrows(CheckpointException.class,
-                    () -> CheckedFileReader.read(ch, "F", 9_999, crc(), List.of(), WINDOW, PIECE));
+                    () -> CheckedFileReader.read(ch, "F", 9_999, crc(), List.of()));
             assertEquals("F: longer than written: 10000 bytes, the metadata says 9999", longer.getMessage());
             CheckpointException beyond = assertThrows(CheckpointException.class,
-                    () -> CheckedFileReader.read(ch, "F", 10_000, crc(), List.of(target(9_990, 11, true, 0)), WINDOW, PIECE));
+                    () -> CheckedFileReader.read(ch, "F", 10_000, crc(), List.of(target(9_990, 11, true, 0))));
             assertTrue(beyond.getMessage().startsWith("F: bytes 9990..10001 are beyond the file's end"), beyond.getMessage());
         }
     }
 
-    @Test
-    void aFileTruncatedWhileItIsReadIsAnErrorNotACrash() throws Exception {
+    @ParameterizedTest
+    @EnumSource(value = CheckedFileReader.Source.class, names = {"MAPPED", "READ"})
+    void aFileTruncatedWhileItIsReadIsAnErrorNotACrash(CheckedFileReader.Source source) throws Exception {
         write(4 * WINDOW);
         try (FileChannel real = FileChannel.open(file, StandardOpenOption.READ, StandardOpenOption.WRITE)) {
-            FileChannel truncating = new TruncatingChannel(real, 2); // cut to one page once the second window is mapped
+            // cut to one page once the second window is mapped, or after 20 pieces were read
+            FileChannel truncating = new TruncatingChannel(real, source == CheckedFileReader.Source.MAPPED ? 2 : 20);
             CheckpointException e = assertThrows(CheckpointException.class,
                     () -> CheckedFileReader.read(truncating, "F", data.length, crc(), List.of(target(0, data.length, true, 0)),
-                            WINDOW, PIECE));
-            assertTrue(e.getMessage().startsWith("F: truncated while being read (at byte " + WINDOW + " of "), e.getMessage());
+                            WINDOW, PIECE, source));
+            // MAPPED: the second window's first piece; READ: 17 pieces a window, so after the 20th the second window's fourth
+            long at = source == CheckedFileReader.Source.MAPPED ? WINDOW : WINDOW + 3 * PIECE;
+            assertTrue(e.getMessage().startsWith("F: truncated while being read (at byte " + at + " of "), e.getMessage());
         }
     }
 
-    /** A file channel that truncates its file to 4096 bytes right after its {@code n}-th mapping. */
+    /** A file channel that truncates its file to 4096 bytes right after its {@code n}-th mapping or positional read. */
     private static final class TruncatingChannel extends FileChannel {
         private final FileChannel ch;
-        private int maps;
+        private int events;
         private final int truncateAfter;
 
         TruncatingChannel(FileChannel ch, int truncateAfter) {
@@ -138,10 +147,14 @@ class CheckedFileReaderTest {
         @Override
         public MappedByteBuffer map(MapMode mode, long position, long size) throws IOException {
             MappedByteBuffer m = ch.map(mode, position, size);
-            if (++maps == truncateAfter) {
+            event();
+            return m;
+        }
+
+        private void event() throws IOException {
+            if (++events == truncateAfter) {
                 ch.truncate(4096);
             }
-            return m;
         }
 
         @Override
@@ -203,7 +216,9 @@ class CheckedFileReaderTest {
 
         @Override
         public int read(ByteBuffer dst, long position) throws IOException {
-            return ch.read(dst, position);
+            int n = ch.read(dst, position);
+            event();
+            return n;
         }
 
         @Override
