@@ -1,15 +1,14 @@
 package org.sparkatron.bench;
 
 import java.io.PrintStream;
-import java.lang.reflect.InvocationHandler;
-import java.lang.reflect.InvocationTargetException;
-import java.lang.reflect.Proxy;
 import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
+import org.sparkatron.device.KernelProxy;
 import org.sparkatron.device.Kernels;
+import org.sparkatron.device.MoeKernels;
 
 /**
  * Where a step's time goes by kernel: a proxy around a CPU device's {@link Kernels} that adds up the wall time
@@ -22,22 +21,20 @@ import org.sparkatron.device.Kernels;
 public final class KernelProfile {
     private final Map<String, long[]> byKernel = new HashMap<>(); // name -> {calls, nanos, flops}
 
-    /** {@code k} with every call timed into this profile. */
+    /** {@code k} with every call timed into this profile, its MoE kernels' ({@link Kernels#moe()}) as {@code moe.<name>}. */
     public Kernels wrap(Kernels k) {
-        InvocationHandler h = (proxy, method, args) -> {
+        return KernelProxy.wrap(k, (method, args, call) -> {
             long t0 = System.nanoTime();
             try {
-                return method.invoke(k, args);
-            } catch (InvocationTargetException e) {
-                throw e.getCause();
+                return call.proceed();
             } finally {
-                long[] acc = byKernel.computeIfAbsent(method.getName(), x -> new long[3]);
+                String name = method.getDeclaringClass() == MoeKernels.class ? "moe." + method.getName() : method.getName();
+                long[] acc = byKernel.computeIfAbsent(name, x -> new long[3]);
                 acc[0]++;
                 acc[1] += System.nanoTime() - t0;
-                acc[2] += flops(method.getName(), args);
+                acc[2] += flops(name, args);
             }
-        };
-        return (Kernels) Proxy.newProxyInstance(Kernels.class.getClassLoader(), new Class<?>[] {Kernels.class}, h);
+        });
     }
 
     private static long flops(String name, Object[] a) {
@@ -67,7 +64,7 @@ public final class KernelProfile {
         double inKernels = 0;
         double small = 0;
         int smallCount = 0;
-        out.printf(Locale.ROOT, "%-22s %8s %10s %7s %10s %9s%n", "kernel", "calls", "ms/step", "share", "GFLOP/s", "of sgemm");
+        out.printf(Locale.ROOT, "%-26s %8s %10s %7s %10s %9s%n", "kernel", "calls", "ms/step", "share", "GFLOP/s", "of sgemm");
         for (Map.Entry<String, long[]> e : rows) {
             long[] v = e.getValue();
             double ms = v[1] / 1e6 / steps;
@@ -79,11 +76,11 @@ public final class KernelProfile {
             }
             String rate = v[2] == 0 ? "" : String.format(Locale.ROOT, "%10.1f %8.1f%%", v[2] / (v[1] / 1e9) / 1e9,
                     100 * v[2] / (v[1] / 1e9) / 1e9 / sgemmGflops);
-            out.printf(Locale.ROOT, "%-22s %8.1f %10.1f %6.1f%% %s%n", e.getKey(), v[0] / (double) steps, ms, 100 * ms / stepMs, rate);
+            out.printf(Locale.ROOT, "%-26s %8.1f %10.1f %6.1f%% %s%n", e.getKey(), v[0] / (double) steps, ms, 100 * ms / stepMs, rate);
         }
         if (smallCount > 0) {
-            out.printf(Locale.ROOT, "%-22s %8s %10.1f %6.1f%%%n", smallCount + " others", "", small, 100 * small / stepMs);
+            out.printf(Locale.ROOT, "%-26s %8s %10.1f %6.1f%%%n", smallCount + " others", "", small, 100 * small / stepMs);
         }
-        out.printf(Locale.ROOT, "%-22s %8s %10.1f %6.1f%%%n", "outside kernels", "", stepMs - inKernels, 100 * (stepMs - inKernels) / stepMs);
+        out.printf(Locale.ROOT, "%-26s %8s %10.1f %6.1f%%%n", "outside kernels", "", stepMs - inKernels, 100 * (stepMs - inKernels) / stepMs);
     }
 }
