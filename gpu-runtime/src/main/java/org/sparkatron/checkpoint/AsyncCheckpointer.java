@@ -28,11 +28,12 @@ import org.sparkatron.tensor.Tensor;
  * makes this copy while the next step's forward and backward run, and that step's updates wait for it
  * through {@link org.sparkatron.model.ParameterSet#awaitReaders}; elsewhere the training thread makes it, and
  * it is the only time the step waits), writes the files from the copy on a background thread while training
- * goes on, and is committed later by {@link #poll} (every step) or
- * {@link #finish}: once every rank has written its files, rank 0 writes the metadata with every file's size
- * and CRC32C and renames the directory into place, exactly as a blocking save does. A crash before that
- * commit leaves an {@code .inprogress-} directory that resume ignores (and the next save deletes), so the
- * previous checkpoint stays the newest usable one: the atomicity, CRC and fallback guarantees are those of
+ * goes on, and is committed through {@link #poll} (every step) or {@link #finish}: at the first poll that
+ * finds every rank's files written, rank 0's writer thread writes the metadata with every file's size and CRC32C,
+ * renames the directory into place and deletes checkpoints beyond the newest K, exactly as a blocking save does
+ * on the training thread; a later poll tells every rank the outcome. A crash before the rename leaves an
+ * {@code .inprogress-} directory that resume ignores (and the next save deletes), so the previous checkpoint
+ * stays the newest usable one: the atomicity, CRC and fallback guarantees are those of
  * {@link DistributedCheckpoint#save}, which is this class in blocking mode.
  *
  * <p>With the distributed optimizer (a sharded {@link AdamW}) the fp32 master weights and moments are first
@@ -47,7 +48,9 @@ import org.sparkatron.tensor.Tensor;
  * same points); {@code start} first finishes a save still in flight. The writer thread is this instance's own
  * (it ends after a few idle seconds, and at {@link #close}). A rank that fails to write makes every rank's
  * {@code poll}/{@code finish} throw {@link IOException} naming it; nothing is committed and earlier
- * checkpoints stay untouched.
+ * checkpoints stay untouched. A commit that fails on rank 0's writer thread (the metadata, the rename, or deleting
+ * old checkpoints) makes every rank's next {@code poll}/{@code finish} (or {@code start}, which finishes first)
+ * throw it; {@link #close} abandons a save in flight and its outcome.
  */
 public final class AsyncCheckpointer implements AutoCloseable {
     /** A rank's report of its files: {error, model file: written, bytes, CRC, optimizer file: 3, step, expert model: 3, expert optimizer: 3}. */
@@ -57,6 +60,10 @@ public final class AsyncCheckpointer implements AutoCloseable {
     private final ThreadPoolExecutor writer;
     private Tensor staging; // guarded by this: the training thread or the writer allocates it
     private Pending pending;
+    /** Once every rank's files are written: rank 0's commit on the writer thread (its error, or null), done elsewhere. */
+    private Future<String> committing;
+    /** A blocking save's directory, committed on the training thread. */
+    private String committedDir;
     /** The writer's copy of the save in flight (counted down when done), or null. */
     private java.util.concurrent.CountDownLatch pendingCopy;
     /** The last write's {wall, writer thread CPU} nanoseconds, for the benchmark; written by the writer thread. */
@@ -315,10 +322,11 @@ public final class AsyncCheckpointer implements AutoCloseable {
     }
 
     /**
-     * Commits the save in flight if every rank has written its files; collective (one small all-gather) while a
-     * save is in flight, nothing otherwise.
+     * Advances the save in flight without waiting: once every rank has written its files, rank 0's writer thread
+     * commits it, and a later poll returns its directory; collective (one small all-gather) while a save is in
+     * flight, nothing otherwise.
      *
-     * @return the committed checkpoint directory, or null when nothing was committed now
+     * @return the committed checkpoint directory (once, at the poll that learns of the commit), or null
      * @throws IOException if a rank failed to write (on every rank), or the commit failed
      */
     public String poll(Communicator world) throws IOException {
@@ -326,14 +334,33 @@ public final class AsyncCheckpointer implements AutoCloseable {
     }
 
     /**
-     * Waits for this rank's files, then commits the save in flight; collective. Returns the committed directory,
-     * or null when no save was in flight.
+     * Waits for this rank's files and for the commit of the save in flight; collective. Returns the committed
+     * directory, or null when no save was in flight.
+     *
+     * @throws IOException if a rank failed to write (on every rank), or the commit failed
      */
     public String finish(Communicator world) throws IOException {
         return pending == null ? null : complete(world, true);
     }
 
     private String complete(Communicator world, boolean block) throws IOException {
+        if (committing == null) {
+            if (!collectWritten(world, block)) {
+                return null; // someone is still writing: try again at the next poll
+            }
+            if (!block && committing != null) {
+                return null; // rank 0's writer has just begun the commit: its outcome is for the next poll
+            }
+        }
+        return committed(world, block);
+    }
+
+    /**
+     * The first half of a commit: every rank reports whether its files are written (one all-gather). Once all are,
+     * rank 0 hands the metadata, the rename and the pruning to its writer thread ({@link #committed} learns the
+     * outcome); a blocking save commits on this thread instead. Returns whether the files are all written.
+     */
+    private boolean collectWritten(Communicator world, boolean block) throws IOException {
         Pending p = pending;
         long[] mine = new long[ROW + 1];
         String error = null;
@@ -356,14 +383,14 @@ public final class AsyncCheckpointer implements AutoCloseable {
         List<String> failed = new ArrayList<>();
         for (int r = 0; r < all.length; r++) {
             if (all[r][0] == 0) {
-                return null; // someone is still writing: try again at the next poll
+                return false;
             }
             if (all[r][1] != 0) {
                 failed.add("" + r);
             }
         }
-        pending = null;
         if (!failed.isEmpty()) {
+            pending = null;
             throw new IOException(error != null ? error : "checkpoint of step " + p.step() + " not saved: rank(s) " + failed
                     + " failed to write (see their logs); earlier checkpoints are untouched");
         }
@@ -371,7 +398,65 @@ public final class AsyncCheckpointer implements AutoCloseable {
         for (int r = 0; r < all.length; r++) {
             rows[r] = Arrays.copyOfRange(all[r], 1, ROW + 1);
         }
-        return ckpt.commitSave(world, p.model(), p.step(), p.dropoutSteps(), p.tmp(), p.layout(), rows, p.positions(), p.extra());
+        if (!async) {
+            pending = null;
+            committedDir = ckpt.commitSave(world, p.model(), p.step(), p.dropoutSteps(), p.tmp(), p.layout(), rows, p.positions(),
+                    p.extra());
+            return true;
+        }
+        DistributedCheckpoint.requireStep(world, rows, p.step());
+        java.util.concurrent.Callable<String> commit = () -> {
+            String failure = ckpt.publish(p.model(), p.step(), p.dropoutSteps(), p.tmp(), p.layout(), rows, p.positions(), p.extra());
+            if (failure != null) {
+                return failure;
+            }
+            try {
+                ckpt.prune();
+                return null;
+            } catch (IOException | RuntimeException e) {
+                return "checkpoint " + ckpt.dir(p.step()) + " was committed, but rank 0 could not delete older checkpoints: " + e;
+            }
+        };
+        committing = world.rank() == 0 ? writer.submit(commit) : java.util.concurrent.CompletableFuture.completedFuture(null);
+        return true;
+    }
+
+    /**
+     * The second half: every rank learns whether rank 0's commit is done and how it went (one all-gather); a blocking
+     * call waits for it. Returns the committed directory, or null while rank 0 is still committing.
+     *
+     * @throws IOException on every rank when rank 0's commit failed
+     */
+    private String committed(Communicator world, boolean block) throws IOException {
+        Pending p = pending;
+        if (committing == null) { // a blocking save, committed on this thread
+            String dir = committedDir;
+            committedDir = null;
+            return dir;
+        }
+        String error = null;
+        long state = 0; // 0: committing, 1: committed, 2: failed
+        if (block || committing.isDone()) {
+            try {
+                error = committing.get();
+            } catch (ExecutionException e) {
+                error = "rank 0 could not commit " + ckpt.dir(p.step()) + ": " + e.getCause();
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new IOException("interrupted while waiting for the checkpoint of step " + p.step() + " to be committed", e);
+            }
+            state = error == null ? 1 : 2;
+        }
+        long[] all = DistributedCheckpoint.gatherFlat(world, new long[] {state});
+        if (all[0] == 0) {
+            return null;
+        }
+        pending = null;
+        committing = null;
+        if (all[0] == 2) {
+            throw new IOException(error != null ? error : "rank 0 could not commit " + ckpt.dir(p.step()) + " (see its log)");
+        }
+        return ckpt.dir(p.step());
     }
 
     /** The last completed write's {wall, CPU of the writing thread} in nanoseconds (for the benchmark). */
@@ -387,6 +472,7 @@ public final class AsyncCheckpointer implements AutoCloseable {
     @Override
     public void close() {
         pending = null;
+        committing = null;
         if (pendingCopy != null) { // an abandoned save never holds training's next update
             pendingCopy.countDown();
         }
