@@ -3,7 +3,6 @@ package org.sparkatron.checkpoint;
 import java.io.IOException;
 import java.util.ArrayList;
 import java.util.Arrays;
-import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ExecutionException;
@@ -193,18 +192,18 @@ public final class AsyncCheckpointer implements AutoCloseable {
         Tensor[] blocks = {weights, mBlock, vBlock};
         // up to four files: the dense model and optimizer shards, and under EP > 1 the experts' (CheckpointLayout)
         Boolean dense = lay.separateExperts() ? Boolean.FALSE : null; // null: every parameter
-        List<FilePart> parts = new ArrayList<>();
+        List<ShardFilePart> parts = new ArrayList<>();
         if (lay.writesModel(tpRank, replica)) {
-            parts.add(new FilePart(lay.modelFile(stage, tpRank), 1, model, dense, false));
+            parts.add(new ShardFilePart(lay.modelFile(stage, tpRank), 1, model, dense, false));
         }
         if (lay.writesOptim(tpRank, replica)) {
-            parts.add(new FilePart(lay.optimFile(stage, tpRank), 4, model, dense, true));
+            parts.add(new ShardFilePart(lay.optimFile(stage, tpRank), 4, model, dense, true));
         }
         if (lay.writesExpertModel(tpRank, dpRank)) {
-            parts.add(new FilePart(lay.expertModelFile(stage, epRank, tpRank), 8, model, true, false));
+            parts.add(new ShardFilePart(lay.expertModelFile(stage, epRank, tpRank), 8, model, true, false));
         }
         if (lay.writesExpertOptim(tpRank, dpRank)) {
-            parts.add(new FilePart(lay.expertOptimFile(stage, epRank, tpRank), 11, model, true, true));
+            parts.add(new ShardFilePart(lay.expertOptimFile(stage, epRank, tpRank), 11, model, true, true));
         }
         Device dev = model.device();
         // On the CPU device the blocks are host memory and the live weights and moments change only in the next
@@ -217,19 +216,19 @@ public final class AsyncCheckpointer implements AutoCloseable {
         boolean copyOnWriter = async && temporary == null && weights.dtype() == DType.F32
                 && dev instanceof org.sparkatron.device.cpu.CpuDevice cpu && !cpu.isStrict();
         long need = 0;
-        for (FilePart f : parts) {
+        for (ShardFilePart f : parts) {
             need += f.numel();
         }
         String error = null;
         try {
             if (!async) {
-                for (FilePart f : parts) {
+                for (ShardFilePart f : parts) {
                     f.views(dev, blocks);
                 }
             } else if (!copyOnWriter) {
                 Tensor buf = staging(dev, need);
                 long at = 0;
-                for (FilePart f : parts) {
+                for (ShardFilePart f : parts) {
                     at = f.copy(dev, blocks, buf, at);
                 }
             }
@@ -253,7 +252,7 @@ public final class AsyncCheckpointer implements AutoCloseable {
                     try {
                         Tensor buf = staging(dev, stagingNumel); // the first save's allocation too is off the training thread
                         long at = 0;
-                        for (FilePart f : parts) {
+                        for (ShardFilePart f : parts) {
                             at = f.copyOnHost(blocks, buf, at);
                         }
                     } catch (RuntimeException e) {
@@ -304,12 +303,12 @@ public final class AsyncCheckpointer implements AutoCloseable {
     }
 
     /** Writes this rank's files of a save and returns its row of sizes and checksums (any thread). */
-    private long[] writeFiles(List<FilePart> parts, String tmp, long step) throws IOException {
+    private long[] writeFiles(List<ShardFilePart> parts, String tmp, long step) throws IOException {
         long[] row = new long[ROW];
         row[7] = step;
         long wall0 = System.nanoTime();
         long cpu0 = java.lang.management.ManagementFactory.getThreadMXBean().getCurrentThreadCpuTime();
-        for (FilePart f : parts) {
+        for (ShardFilePart f : parts) {
             ShardFiles.Written w = ShardFiles.write(ckpt.storage(), ckpt.storage().child(tmp, f.file()), f.tensors(),
                     Map.of("step", "" + step));
             row[f.slot()] = 1;
@@ -482,49 +481,6 @@ public final class AsyncCheckpointer implements AutoCloseable {
                 writer.awaitTermination(30, TimeUnit.SECONDS);
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
-            }
-        }
-    }
-
-    /**
-     * One file this rank writes: its name, where its size and CRC go in the rank's row, and its tensors (the
-     * model's weights, or AdamW's m and v, of the dense parameters, the experts', or all: {@link ShardContent}).
-     */
-    private record FilePart(String file, int slot, List<List<ShardContent.Piece>> pieces, boolean optim,
-                            LinkedHashMap<String, Tensor> tensors) {
-        FilePart(String file, int slot, Transformer model, Boolean experts, boolean optim) {
-            this(file, slot, optim
-                    ? List.of(ShardContent.layout(model, "optim.m/", experts), ShardContent.layout(model, "optim.v/", experts))
-                    : List.of(ShardContent.layout(model, "model/", experts)), optim, new LinkedHashMap<>());
-        }
-
-        long numel() {
-            long n = 0;
-            for (List<ShardContent.Piece> ps : pieces) {
-                n += ShardContent.numel(ps);
-            }
-            return n;
-        }
-
-        /** {@code blocks}: the weights, m and v blocks to take the values from (whole, as the files hold them). */
-        long copy(Device dev, Tensor[] blocks, Tensor staging, long at) {
-            for (int i = 0; i < pieces.size(); i++) {
-                at = ShardContent.copy(tensors, dev, blocks[optim ? 1 + i : 0], pieces.get(i), staging, at);
-            }
-            return at;
-        }
-
-        /** As {@link #copy}, by host memory copies: for blocks in host memory, on any thread. */
-        long copyOnHost(Tensor[] blocks, Tensor staging, long at) {
-            for (int i = 0; i < pieces.size(); i++) {
-                at = ShardContent.copyOnHost(tensors, blocks[optim ? 1 + i : 0], pieces.get(i), staging, at);
-            }
-            return at;
-        }
-
-        void views(Device dev, Tensor[] blocks) {
-            for (int i = 0; i < pieces.size(); i++) {
-                ShardContent.views(tensors, dev, blocks[optim ? 1 + i : 0], pieces.get(i));
             }
         }
     }
