@@ -1,15 +1,14 @@
 package org.sparkatron.bench;
 
 import java.io.PrintStream;
-import java.lang.reflect.InvocationHandler;
-import java.lang.reflect.InvocationTargetException;
-import java.lang.reflect.Proxy;
 import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
+import org.sparkatron.device.KernelProxy;
 import org.sparkatron.device.Kernels;
+import org.sparkatron.device.MoeKernels;
 
 /**
  * Where a step's time goes by kernel: a proxy around a CPU device's {@link Kernels} that adds up the wall time
@@ -22,22 +21,20 @@ import org.sparkatron.device.Kernels;
 public final class KernelProfile {
     private final Map<String, long[]> byKernel = new HashMap<>(); // name -> {calls, nanos, flops}
 
-    /** {@code k} with every call timed into this profile. */
+    /** {@code k} with every call timed into this profile, its MoE kernels' ({@link Kernels#moe()}) as {@code moe.<name>}. */
     public Kernels wrap(Kernels k) {
-        InvocationHandler h = (proxy, method, args) -> {
+        return KernelProxy.wrap(k, (method, args, call) -> {
             long t0 = System.nanoTime();
             try {
-                return method.invoke(k, args);
-            } catch (InvocationTargetException e) {
-                throw e.getCause();
+                return call.proceed();
             } finally {
-                long[] acc = byKernel.computeIfAbsent(key(method.getName(), args), x -> new long[3]);
+                String name = method.getDeclaringClass() == MoeKernels.class ? "moe." + method.getName() : method.getName();
+                long[] acc = byKernel.computeIfAbsent(key(name, args), x -> new long[3]);
                 acc[0]++;
                 acc[1] += System.nanoTime() - t0;
-                acc[2] += flops(method.getName(), args);
+                acc[2] += flops(name, args);
             }
-        };
-        return (Kernels) Proxy.newProxyInstance(Kernels.class.getClassLoader(), new Class<?>[] {Kernels.class}, h);
+        });
     }
 
     /** The table's row: the kernel, and for the linear layers their shape ({@code rows x in -> out}). */

@@ -7,6 +7,7 @@ import org.sparkatron.comm.Communicator;
 import org.sparkatron.comm.ReduceOp;
 import org.sparkatron.device.Device;
 import org.sparkatron.device.Kernels;
+import org.sparkatron.device.MoeKernels;
 import org.sparkatron.device.MemoryKind;
 import org.sparkatron.device.MoeRouting;
 import org.sparkatron.model.ParameterSet.TpRole;
@@ -48,6 +49,7 @@ final class MoeMlp implements Mlp {
     private final RankContext ctx;
     private final Device device;
     private final Kernels k;
+    private final MoeKernels moeKernels;
     private final TensorParallel tp;
     private final ExpertParallel ep;
     private final MoeStep step;
@@ -239,6 +241,7 @@ final class MoeMlp implements Mlp {
         this.ctx = ctx;
         this.device = ctx.device();
         this.k = ctx.kernels();
+        this.moeKernels = k.moe();
         this.tp = ctx.tp();
         this.ep = ctx.expertParallel();
         this.step = step;
@@ -310,49 +313,49 @@ final class MoeMlp implements Mlp {
         boolean stats = step.training && !recompute;
         // router
         k.linearForward(a.logits, xFull, router, null, n, c, m.e());
-        k.moeRoute(a.logits, a.experts, a.probs, m.aux() ? x.scores : null, expertBias, n, m.e(), m.k(), routing);
+        moeKernels.route(a.logits, a.experts, a.probs, m.aux() ? x.scores : null, expertBias, n, m.e(), m.k(), routing);
         if (m.aux()) {
             // Megatron counts the aux loss's assignments by the unbiased top-k (compute_routing_scores_for_aux_loss)
             Tensor auxChoices = a.experts;
             if (expertBias != null) {
-                k.moeRoute(a.logits, x.auxExperts, x.auxProbs, null, null, n, m.e(), m.k(), routing);
+                moeKernels.route(a.logits, x.auxExperts, x.auxProbs, null, null, n, m.e(), m.k(), routing);
                 auxChoices = x.auxExperts;
             }
-            k.moeAuxLoss(x.scores, auxChoices, a.auxGrad, step.stats, MoeStep.AUX, n, m.e(), m.k(),
+            moeKernels.auxLoss(x.scores, auxChoices, a.auxGrad, step.stats, MoeStep.AUX, n, m.e(), m.k(),
                     (float) (moe.auxLossCoeff() * step.gradScale), stats ? step.weight / step.moeLayers : 0);
         }
         if (m.zLoss() && stats) {
-            k.moeZLoss(a.logits, step.stats, MoeStep.Z, n, m.e(), step.weight / step.moeLayers);
+            moeKernels.zLoss(a.logits, step.stats, MoeStep.Z, n, m.e(), step.weight / step.moeLayers);
         }
         if (m.capacity() > 0) { // the drop count is a statistic of a training pass's first forward only
-            k.moeCapacity(a.routed, a.probs, a.experts, stats ? step.stats : null, MoeStep.DROPPED, n, m.e(), m.k(),
+            moeKernels.capacity(a.routed, a.probs, a.experts, stats ? step.stats : null, MoeStep.DROPPED, n, m.e(), m.k(),
                     m.capacity(), stats ? step.weight / ((double) step.moeLayers * n * m.k()) : 0);
         }
         // dispatch
         boolean epOn = m.ep() > 1;
         Tensor localCounts = a.counts.slice(0, m.e());
-        k.moePermute(epOn ? x.send : a.expertIn, a.rowMap, localCounts, epOn ? null : a.offsets, xFull, a.routed, n, c, m.e(),
+        moeKernels.permute(epOn ? x.send : a.expertIn, a.rowMap, localCounts, epOn ? null : a.offsets, xFull, a.routed, n, c, m.e(),
                 m.k(), m.padded() ? m.capacity() : 0);
         if (tally != null && stats) { // the kept assignments per expert (after any capacity drop), as Megatron counts them
-            k.moeCountTokens(tally, localCounts, m.e());
+            moeKernels.countTokens(tally, localCounts, m.e());
         }
         Tensor recvCounts = null;
         if (epOn) {
             recvCounts = exchangeCounts(a, rec, m, recompute, x);
             ep.group().allToAll(head(x.send, a.sendSplits), a.sendSplits, head(x.recv, a.recvSplits), a.recvSplits);
-            k.moeSortChunks(a.expertIn, a.offsets, x.recv, recvCounts, m.ep(), m.el(), c, false);
+            moeKernels.sortChunks(a.expertIn, a.offsets, x.recv, recvCounts, m.ep(), m.el(), c, false);
         }
         // the local experts
         int rows = m.recvRows();
-        k.groupedLinearForward(a.expertUp, a.expertIn, up, a.offsets, m.el(), c, 2 * m.fl());
+        moeKernels.groupedLinearForward(a.expertUp, a.expertIn, up, a.offsets, m.el(), c, 2 * m.fl());
         k.swigluForward(a.expertAct, a.expertUp, rows, m.fl());
-        k.groupedLinearForward(epOn ? x.expertOut : a.yBack, a.expertAct, down, a.offsets, m.el(), m.fl(), c);
+        moeKernels.groupedLinearForward(epOn ? x.expertOut : a.yBack, a.expertAct, down, a.offsets, m.el(), m.fl(), c);
         if (epOn) {
-            k.moeSortChunks(x.recv, null, x.expertOut, recvCounts, m.ep(), m.el(), c, true);
+            moeKernels.sortChunks(x.recv, null, x.expertOut, recvCounts, m.ep(), m.el(), c, true);
             ep.group().allToAll(head(x.recv, a.recvSplits), a.recvSplits, head(a.yBack, a.sendSplits), a.sendSplits);
         }
         // combine, the shared expert, and the TP reduction
-        k.moeUnpermute(x.combined, a.yBack, a.rowMap, a.probs, n, c, m.k());
+        moeKernels.unpermute(x.combined, a.yBack, a.rowMap, a.probs, n, c, m.k());
         if (m.sharedFl() > 0) {
             k.linearForward(a.sharedUpOut, xFull, sharedUp, null, n, c, 2 * m.sharedFl());
             k.swigluForward(a.sharedAct, a.sharedUpOut, n, m.sharedFl());
@@ -419,27 +422,27 @@ final class MoeMlp implements Mlp {
         Tensor recvCounts = !epOn ? null : m.padded() ? x.padCounts : a.counts.slice(m.e(), m.ep() * m.el());
         outputMap.backward(dout, x.dCombined);
         // combine: gradients of the expert outputs and of the weights (partial over TP: summed)
-        k.moeUnpermuteBackward(x.dYBack, x.dprobs, x.dCombined, a.yBack, a.rowMap, a.probs, m.sendRows(), n, c, m.k());
+        moeKernels.unpermuteBackward(x.dYBack, x.dprobs, x.dCombined, a.yBack, a.rowMap, a.probs, m.sendRows(), n, c, m.k());
         if (tp.size() > 1) {
             tp.group().allReduce(x.dprobs, ReduceOp.SUM);
         }
         Tensor dExpertOut = x.dYBack;
         if (epOn) {
             ep.group().allToAll(head(x.dYBack, a.sendSplits), a.sendSplits, head(x.recv, a.recvSplits), a.recvSplits);
-            k.moeSortChunks(x.dExpertOut, null, x.recv, recvCounts, m.ep(), m.el(), c, false);
+            moeKernels.sortChunks(x.dExpertOut, null, x.recv, recvCounts, m.ep(), m.el(), c, false);
             dExpertOut = x.dExpertOut;
         }
-        k.groupedLinearBackward(x.dAct, dDown, dExpertOut, a.expertAct, down, a.offsets, m.el(), m.fl(), c);
+        moeKernels.groupedLinearBackward(x.dAct, dDown, dExpertOut, a.expertAct, down, a.offsets, m.el(), m.fl(), c);
         k.swigluBackward(x.dUp, x.dAct, a.expertUp, m.recvRows(), m.fl());
-        k.groupedLinearBackward(x.dExpertIn, dUp, x.dUp, a.expertIn, up, a.offsets, m.el(), c, 2 * m.fl());
+        moeKernels.groupedLinearBackward(x.dExpertIn, dUp, x.dUp, a.expertIn, up, a.offsets, m.el(), c, 2 * m.fl());
         Tensor dPerm = x.dExpertIn;
         if (epOn) {
-            k.moeSortChunks(x.recv, null, x.dExpertIn, recvCounts, m.ep(), m.el(), c, true);
+            moeKernels.sortChunks(x.recv, null, x.dExpertIn, recvCounts, m.ep(), m.el(), c, true);
             ep.group().allToAll(head(x.recv, a.recvSplits), a.recvSplits, head(x.dPerm, a.sendSplits), a.sendSplits);
             dPerm = x.dPerm;
         }
         k.zero(x.dIn);
-        k.moePermuteBackward(x.dIn, dPerm, a.rowMap, n, c, m.k());
+        moeKernels.permuteBackward(x.dIn, dPerm, a.rowMap, n, c, m.k());
         if (m.sharedFl() > 0) {
             k.linearBackward(x.dSharedAct, false, dSharedDown, null, x.dCombined, a.sharedAct, sharedDown, n, m.sharedFl(), c);
             k.swigluBackward(x.dSharedUp, x.dSharedAct, a.sharedUpOut, n, m.sharedFl());
@@ -447,7 +450,7 @@ final class MoeMlp implements Mlp {
         }
         // the router: identical on every TP rank, so its input gradient joins the reduction from rank 0 only
         float zWeight = m.zLoss() ? (float) (moe.zLossCoeff() * step.gradScale / n) : 0f;
-        k.moeRouteBackward(x.dlogits, x.dprobs, a.logits, a.experts, a.auxGrad, zWeight, n, m.e(), m.k(), routing);
+        moeKernels.routeBackward(x.dlogits, x.dprobs, a.logits, a.experts, a.auxGrad, zWeight, n, m.e(), m.k(), routing);
         k.linearBackward(tp.rank() == 0 ? x.dIn : null, true, dRouter, null, x.dlogits, xFull, router, n, c, m.e());
         inputMap.backward(x.dIn, din);
     }

@@ -633,7 +633,7 @@ public final class Transformer {
         for (ModelChunk c : chunks) {
             for (int i = c.layerStart(); i < c.layerStart() + c.layers(); i++) {
                 if (cfg.moe().isMoeLayer(i)) {
-                    k.moeExpertBiasUpdate(params.weight("layers." + i + ".moe.router.b"), moeStep.tallyOf(cfg, i),
+                    k.moe().expertBiasUpdate(params.weight("layers." + i + ".moe.router.b"), moeStep.tallyOf(cfg, i),
                             cfg.moe().experts(), cfg.moe().biasUpdateRate());
                 }
             }

@@ -2,7 +2,7 @@ package org.sparkatron.precision;
 
 import org.sparkatron.device.AttentionBlock;
 import org.sparkatron.device.Kernels;
-import org.sparkatron.device.MoeRouting;
+import org.sparkatron.device.MoeKernels;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -28,13 +28,15 @@ import org.sparkatron.tensor.Tensor;
  *       {@link #sum}, {@link #scale}, {@link #fill}, {@link #zero}, {@link #round} pass through unchanged). Inside a fused kernel intermediates stay
  *       fp32 (GEMMs accumulate in fp32; softmax statistics are fp32).</li>
  * </ul>
- * Weights are not rounded here: the model computes from a rounded copy of its fp32 master weights.
+ * Weights are not rounded here: the model computes from a rounded copy of its fp32 master weights. The
+ * mixture-of-experts kernels of {@link #moe()} round likewise ({@link RoundingMoeKernels}).
  *
  * <p>Threading: as the wrapped kernels (one rank's thread); stateless itself.
  */
 public final class RoundingKernels implements Kernels {
     private final Kernels k;
     private final Precision p;
+    private MoeKernels moe;
 
     /** @param precision BF16, FP16 or FP8 (bf16 storage) (FP32 needs no wrapper and is refused, to catch a wiring mistake) */
     public RoundingKernels(Kernels delegate, Precision precision) {
@@ -59,7 +61,8 @@ public final class RoundingKernels implements Kernels {
         return k;
     }
 
-    private void round(Tensor t, long count) {
+    /** Rounds {@code t[0, count)} in place to the precision's 16-bit format (nothing for a null tensor). */
+    void round(Tensor t, long count) {
         if (t != null) {
             k.round(t, t, count, p.format());
         }
@@ -284,9 +287,7 @@ public final class RoundingKernels implements Kernels {
         k.widen(dst, src, count);
     }
 
-    // ---- mixture of experts: the router (logits, scores, weights, losses) stays fp32, as Megatron's
-    // moe_router_dtype fp32 keeps it; dispatched rows are copies of rounded values; combined outputs, expert
-    // GEMM outputs and activation gradients are rounded as a 16-bit buffer would hold them. ----
+    // ---- mixture of experts: RoundingMoeKernels, made on the first moe() (the delegate may have none) ----
 
     @Override
     public boolean hasMoeKernels() {
@@ -294,87 +295,11 @@ public final class RoundingKernels implements Kernels {
     }
 
     @Override
-    public void moeRoute(Tensor logits, Tensor experts, Tensor probs, Tensor scores, Tensor bias, int n, int e, int kk,
-                         MoeRouting routing) {
-        k.moeRoute(logits, experts, probs, scores, bias, n, e, kk, routing);
-    }
-
-    @Override
-    public void moeCountTokens(Tensor tally, Tensor counts, int e) {
-        k.moeCountTokens(tally, counts, e);
-    }
-
-    @Override
-    public void moeExpertBiasUpdate(Tensor bias, Tensor tally, int e, float rate) {
-        k.moeExpertBiasUpdate(bias, tally, e, rate);
-    }
-
-    @Override
-    public void moeAuxLoss(Tensor scores, Tensor experts, Tensor auxGrad, Tensor acc, int slot, int n, int e, int kk,
-                           float gradWeight, double reportWeight) {
-        k.moeAuxLoss(scores, experts, auxGrad, acc, slot, n, e, kk, gradWeight, reportWeight);
-    }
-
-    @Override
-    public void moeZLoss(Tensor logits, Tensor acc, int slot, int n, int e, double reportWeight) {
-        k.moeZLoss(logits, acc, slot, n, e, reportWeight);
-    }
-
-    @Override
-    public void moeCapacity(Tensor routed, Tensor probs, Tensor experts, Tensor acc, int slot, int n, int e, int kk, int capacity,
-                            double reportWeight) {
-        k.moeCapacity(routed, probs, experts, acc, slot, n, e, kk, capacity, reportWeight);
-    }
-
-    @Override
-    public void moePermute(Tensor out, Tensor rowMap, Tensor counts, Tensor offsets, Tensor x, Tensor routed, int n, int c, int e, int kk,
-                           int capacity) {
-        k.moePermute(out, rowMap, counts, offsets, x, routed, n, c, e, kk, capacity);
-    }
-
-    @Override
-    public void moePermuteBackward(Tensor dx, Tensor dperm, Tensor rowMap, int n, int c, int kk) {
-        k.moePermuteBackward(dx, dperm, rowMap, n, c, kk);
-        round(dx, (long) n * c);
-    }
-
-    @Override
-    public void moeUnpermute(Tensor out, Tensor y, Tensor rowMap, Tensor probs, int n, int c, int kk) {
-        k.moeUnpermute(out, y, rowMap, probs, n, c, kk);
-        round(out, (long) n * c);
-    }
-
-    @Override
-    public void moeUnpermuteBackward(Tensor dy, Tensor dprobs, Tensor dout, Tensor y, Tensor rowMap, Tensor probs, int rows,
-                                     int n, int c, int kk) {
-        round(dout, (long) n * c);
-        k.moeUnpermuteBackward(dy, dprobs, dout, y, rowMap, probs, rows, n, c, kk);
-        round(dy, (long) rows * c);
-    }
-
-    @Override
-    public void moeRouteBackward(Tensor dlogits, Tensor dprobs, Tensor logits, Tensor experts, Tensor auxGrad, float zWeight,
-                                 int n, int e, int kk, MoeRouting routing) {
-        k.moeRouteBackward(dlogits, dprobs, logits, experts, auxGrad, zWeight, n, e, kk, routing);
-    }
-
-    @Override
-    public void moeSortChunks(Tensor out, Tensor offsets, Tensor in, Tensor counts, int a, int b, int c, boolean inverse) {
-        k.moeSortChunks(out, offsets, in, counts, a, b, c, inverse);
-    }
-
-    @Override
-    public void groupedLinearForward(Tensor out, Tensor x, Tensor w, Tensor offsets, int groups, int in, int outF) {
-        k.groupedLinearForward(out, x, w, offsets, groups, in, outF);
-        round(out, out.numel());
-    }
-
-    @Override
-    public void groupedLinearBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets, int groups, int in,
-                                      int outF) {
-        round(dout, dout.numel());
-        k.groupedLinearBackward(dx, dw, dout, x, w, offsets, groups, in, outF);
-        round(dx, dx == null ? 0 : dx.numel());
+    public MoeKernels moe() {
+        if (moe == null) {
+            moe = new RoundingMoeKernels(k.moe(), this);
+        }
+        return moe;
     }
 
     // ---- FP8: casts read bf16 values (rounded on entry, as for any GEMM operand); GEMM outputs are stored in bf16;

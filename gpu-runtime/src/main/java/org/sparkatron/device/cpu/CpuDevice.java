@@ -3,14 +3,12 @@ package org.sparkatron.device.cpu;
 import static org.sparkatron.tensor.HostStorage.at;
 
 import java.lang.management.ManagementFactory;
-import java.lang.reflect.InvocationHandler;
-import java.lang.reflect.InvocationTargetException;
-import java.lang.reflect.Proxy;
 import java.nio.ByteBuffer;
 import org.bytedeco.javacpp.Pointer;
 import org.sparkatron.device.CachingAllocator;
 import org.sparkatron.device.Device;
 import org.sparkatron.device.HostAccess;
+import org.sparkatron.device.KernelProxy;
 import org.sparkatron.device.Kernels;
 import org.sparkatron.device.MemoryKind;
 import org.sparkatron.device.MemoryStats;
@@ -84,7 +82,8 @@ public final class CpuDevice implements Device {
 
     /**
      * The CPU device whose {@link #kernels()} are {@code wrap} applied to its own: for profiles (a proxy that
-     * times each call). The model reaches kernels only through {@link #kernels()}, so every call goes through it.
+     * times each call; {@link KernelProxy} makes one that sees the MoE kernels too). The model reaches kernels only
+     * through {@link #kernels()}, so every call goes through it.
      */
     public static CpuDevice withKernels(java.util.function.UnaryOperator<Kernels> wrap) {
         return new CpuDevice(false, CpuKernels.simdByDefault(), physicalMemory(), wrap);
@@ -108,16 +107,16 @@ public final class CpuDevice implements Device {
         return Long.MAX_VALUE;
     }
 
-    /** Kernels that run inside a host-access scope (the strict device's memory checks every access). */
+    /**
+     * Kernels that run inside a host-access scope (the strict device's memory checks every access), the MoE
+     * kernels of {@link Kernels#moe()} too.
+     */
     private static Kernels scoped(Kernels k) {
-        InvocationHandler h = (proxy, method, args) -> {
+        return KernelProxy.wrap(k, (kernel, args, call) -> {
             try (HostAccess.Scope s = HostAccess.enter()) {
-                return method.invoke(k, args);
-            } catch (InvocationTargetException e) {
-                throw e.getCause();
+                return call.proceed();
             }
-        };
-        return (Kernels) Proxy.newProxyInstance(Kernels.class.getClassLoader(), new Class<?>[] {Kernels.class}, h);
+        });
     }
 
     @Override

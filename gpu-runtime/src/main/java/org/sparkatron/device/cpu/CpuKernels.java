@@ -8,7 +8,7 @@ import org.sparkatron.device.AttentionBlock;
 import org.sparkatron.device.Device;
 import org.sparkatron.device.Kernels;
 import org.sparkatron.device.MemoryKind;
-import org.sparkatron.device.MoeRouting;
+import org.sparkatron.device.MoeKernels;
 import org.sparkatron.parallel.DropoutRng;
 import org.sparkatron.precision.HalfFloats;
 import org.sparkatron.precision.Fp8Format;
@@ -822,7 +822,9 @@ public final class CpuKernels implements Kernels {
         }
     }
 
-    // ---- mixture of experts: CpuMoeKernels ----
+    // ---- mixture of experts: CpuMoeKernels (stateless, so one per kernel set costs nothing) ----
+
+    private final CpuMoeKernels moe = new CpuMoeKernels();
 
     @Override
     public boolean hasMoeKernels() {
@@ -830,80 +832,8 @@ public final class CpuKernels implements Kernels {
     }
 
     @Override
-    public void moeRoute(Tensor logits, Tensor experts, Tensor probs, Tensor scores, Tensor bias, int n, int e, int k,
-                         MoeRouting routing) {
-        CpuMoeKernels.route(logits, experts, probs, scores, bias, n, e, k, routing);
-    }
-
-    @Override
-    public void moeCountTokens(Tensor tally, Tensor counts, int e) {
-        CpuMoeKernels.countTokens(tally, counts, e);
-    }
-
-    @Override
-    public void moeExpertBiasUpdate(Tensor bias, Tensor tally, int e, float rate) {
-        CpuMoeKernels.expertBiasUpdate(bias, tally, e, rate);
-    }
-
-    @Override
-    public void moeAuxLoss(Tensor scores, Tensor experts, Tensor auxGrad, Tensor acc, int slot, int n, int e, int k,
-                           float gradWeight, double reportWeight) {
-        CpuMoeKernels.auxLoss(scores, experts, auxGrad, acc, slot, n, e, k, gradWeight, reportWeight);
-    }
-
-    @Override
-    public void moeZLoss(Tensor logits, Tensor acc, int slot, int n, int e, double reportWeight) {
-        CpuMoeKernels.zLoss(logits, acc, slot, n, e, reportWeight);
-    }
-
-    @Override
-    public void moeCapacity(Tensor routed, Tensor probs, Tensor experts, Tensor acc, int slot, int n, int e, int k, int capacity,
-                            double reportWeight) {
-        CpuMoeKernels.capacity(routed, probs, experts, acc, slot, n, e, k, capacity, reportWeight);
-    }
-
-    @Override
-    public void moePermute(Tensor out, Tensor rowMap, Tensor counts, Tensor offsets, Tensor x, Tensor routed, int n, int c, int e, int k,
-                           int capacity) {
-        CpuMoeKernels.permute(out, rowMap, counts, offsets, x, routed, n, c, e, k, capacity);
-    }
-
-    @Override
-    public void moePermuteBackward(Tensor dx, Tensor dperm, Tensor rowMap, int n, int c, int k) {
-        CpuMoeKernels.permuteBackward(dx, dperm, rowMap, n, c, k);
-    }
-
-    @Override
-    public void moeUnpermute(Tensor out, Tensor y, Tensor rowMap, Tensor probs, int n, int c, int k) {
-        CpuMoeKernels.unpermute(out, y, rowMap, probs, n, c, k);
-    }
-
-    @Override
-    public void moeUnpermuteBackward(Tensor dy, Tensor dprobs, Tensor dout, Tensor y, Tensor rowMap, Tensor probs, int rows,
-                                     int n, int c, int k) {
-        CpuMoeKernels.unpermuteBackward(dy, dprobs, dout, y, rowMap, probs, rows, n, c, k);
-    }
-
-    @Override
-    public void moeRouteBackward(Tensor dlogits, Tensor dprobs, Tensor logits, Tensor experts, Tensor auxGrad, float zWeight,
-                                 int n, int e, int k, MoeRouting routing) {
-        CpuMoeKernels.routeBackward(dlogits, dprobs, logits, experts, auxGrad, zWeight, n, e, k, routing);
-    }
-
-    @Override
-    public void moeSortChunks(Tensor out, Tensor offsets, Tensor in, Tensor counts, int a, int b, int c, boolean inverse) {
-        CpuMoeKernels.sortChunks(out, offsets, in, counts, a, b, c, inverse);
-    }
-
-    @Override
-    public void groupedLinearForward(Tensor out, Tensor x, Tensor w, Tensor offsets, int groups, int in, int outF) {
-        CpuMoeKernels.groupedForward(out, x, w, offsets, groups, in, outF);
-    }
-
-    @Override
-    public void groupedLinearBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets, int groups, int in,
-                                      int outF) {
-        CpuMoeKernels.groupedBackward(dx, dw, dout, x, w, offsets, groups, in, outF);
+    public MoeKernels moe() {
+        return moe;
     }
 
     // ---- FP8 (CpuFp8) ----

@@ -3,22 +3,20 @@ package org.sparkatron.device.cpu;
 import java.nio.ByteBuffer;
 import java.nio.FloatBuffer;
 import java.nio.IntBuffer;
+import org.sparkatron.device.MoeKernels;
 import org.sparkatron.device.MoeRouting;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
 /**
- * The mixture-of-experts kernels of {@link CpuKernels} (the contracts are on
- * {@link org.sparkatron.device.Kernels}): routing, load-balancing losses, capacity, dispatch and combine,
+ * The mixture-of-experts kernels of {@link CpuKernels} (its {@link CpuKernels#moe()}; the contracts are on
+ * {@link MoeKernels}): routing, load-balancing losses, capacity, dispatch and combine,
  * chunk reordering for expert parallelism, and grouped GEMMs through OpenBLAS. Router arithmetic is done in
  * double per token and stored in float; row sums are accumulated in a fixed order, so results are
  * deterministic. Device-side counts and offsets are read here, inside the kernel, as a GPU kernel would.
  * Stateless; every call runs to completion.
  */
-final class CpuMoeKernels {
-    private CpuMoeKernels() {
-    }
-
+final class CpuMoeKernels implements MoeKernels {
     /** The scores of one token: softmax over all experts, or sigmoids. */
     private static void scores(FloatBuffer logits, int t, int e, boolean sigmoid, double[] s) {
         int base = t * e;
@@ -60,7 +58,8 @@ final class CpuMoeKernels {
         }
     }
 
-    static void route(Tensor logits, Tensor experts, Tensor probs, Tensor scoresOut, Tensor bias, int n, int e, int k,
+    @Override
+    public void route(Tensor logits, Tensor experts, Tensor probs, Tensor scoresOut, Tensor bias, int n, int e, int k,
                       MoeRouting r) {
         FloatBuffer l = logits.floats();
         FloatBuffer b = bias == null ? null : bias.floats();
@@ -103,7 +102,8 @@ final class CpuMoeKernels {
         return counts;
     }
 
-    static void auxLoss(Tensor scores, Tensor experts, Tensor auxGrad, Tensor acc, int slot, int n, int e, int k,
+    @Override
+    public void auxLoss(Tensor scores, Tensor experts, Tensor auxGrad, Tensor acc, int slot, int n, int e, int k,
                         float gradWeight, double reportWeight) {
         int[] counts = counts(experts.ints(), n, e, k);
         FloatBuffer s = scores.floats();
@@ -135,7 +135,8 @@ final class CpuMoeKernels {
         return max + Math.log(sum);
     }
 
-    static void zLoss(Tensor logits, Tensor acc, int slot, int n, int e, double reportWeight) {
+    @Override
+    public void zLoss(Tensor logits, Tensor acc, int slot, int n, int e, double reportWeight) {
         FloatBuffer l = logits.floats();
         double z = 0;
         for (int t = 0; t < n; t++) {
@@ -145,7 +146,8 @@ final class CpuMoeKernels {
         addScalar(acc, slot, reportWeight * z / n);
     }
 
-    static void capacity(Tensor routed, Tensor probs, Tensor experts, Tensor acc, int slot, int n, int e, int k, int cap,
+    @Override
+    public void capacity(Tensor routed, Tensor probs, Tensor experts, Tensor acc, int slot, int n, int e, int k, int cap,
                          double reportWeight) {
         IntBuffer ex = experts.ints();
         IntBuffer out = routed.ints();
@@ -187,7 +189,8 @@ final class CpuMoeKernels {
         }
     }
 
-    static void permute(Tensor out, Tensor rowMap, Tensor countsOut, Tensor offsets, Tensor x, Tensor routed, int n, int c,
+    @Override
+    public void permute(Tensor out, Tensor rowMap, Tensor countsOut, Tensor offsets, Tensor x, Tensor routed, int n, int c,
                         int e, int k, int capacity) {
         IntBuffer ex = routed.ints();
         int[] counts = counts(ex, n, e, k);
@@ -235,7 +238,8 @@ final class CpuMoeKernels {
         }
     }
 
-    static void permuteBackward(Tensor dx, Tensor dperm, Tensor rowMap, int n, int c, int k) {
+    @Override
+    public void permuteBackward(Tensor dx, Tensor dperm, Tensor rowMap, int n, int c, int k) {
         IntBuffer map = rowMap.ints();
         FloatBuffer d = dx.floats();
         FloatBuffer dp = dperm.floats();
@@ -251,7 +255,8 @@ final class CpuMoeKernels {
         }
     }
 
-    static void unpermute(Tensor out, Tensor y, Tensor rowMap, Tensor probs, int n, int c, int k) {
+    @Override
+    public void unpermute(Tensor out, Tensor y, Tensor rowMap, Tensor probs, int n, int c, int k) {
         IntBuffer map = rowMap.ints();
         FloatBuffer o = out.floats();
         FloatBuffer ys = y.floats();
@@ -272,7 +277,8 @@ final class CpuMoeKernels {
         }
     }
 
-    static void unpermuteBackward(Tensor dy, Tensor dprobs, Tensor dout, Tensor y, Tensor rowMap, Tensor probs, int rows,
+    @Override
+    public void unpermuteBackward(Tensor dy, Tensor dprobs, Tensor dout, Tensor y, Tensor rowMap, Tensor probs, int rows,
                                   int n, int c, int k) {
         IntBuffer map = rowMap.ints();
         FloatBuffer d = dy.floats();
@@ -303,7 +309,8 @@ final class CpuMoeKernels {
         }
     }
 
-    static void routeBackward(Tensor dlogits, Tensor dprobs, Tensor logits, Tensor experts, Tensor auxGrad, float zWeight,
+    @Override
+    public void routeBackward(Tensor dlogits, Tensor dprobs, Tensor logits, Tensor experts, Tensor auxGrad, float zWeight,
                               int n, int e, int k, MoeRouting r) {
         FloatBuffer l = logits.floats();
         FloatBuffer dl = dlogits.floats();
@@ -359,7 +366,8 @@ final class CpuMoeKernels {
         }
     }
 
-    static void sortChunks(Tensor out, Tensor offsets, Tensor in, Tensor countsT, int a, int b, int c, boolean inverse) {
+    @Override
+    public void sortChunks(Tensor out, Tensor offsets, Tensor in, Tensor countsT, int a, int b, int c, boolean inverse) {
         IntBuffer cnt = countsT.ints();
         int[] counts = new int[a * b];
         for (int i = 0; i < a * b; i++) {
@@ -401,7 +409,8 @@ final class CpuMoeKernels {
         }
     }
 
-    static void groupedForward(Tensor out, Tensor x, Tensor w, Tensor offsets, int groups, int in, int outF) {
+    @Override
+    public void groupedLinearForward(Tensor out, Tensor x, Tensor w, Tensor offsets, int groups, int in, int outF) {
         IntBuffer off = offsets.ints();
         for (int g = 0; g < groups; g++) {
             int r0 = off.get(g);
@@ -413,7 +422,8 @@ final class CpuMoeKernels {
         }
     }
 
-    static void groupedBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets, int groups, int in,
+    @Override
+    public void groupedLinearBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets, int groups, int in,
                                 int outF) {
         IntBuffer off = offsets.ints();
         for (int g = 0; g < groups; g++) {
@@ -431,7 +441,8 @@ final class CpuMoeKernels {
         }
     }
 
-    static void countTokens(Tensor tally, Tensor counts, int e) {
+    @Override
+    public void countTokens(Tensor tally, Tensor counts, int e) {
         ByteBuffer t = tally.hostBuffer();
         IntBuffer c = counts.ints();
         for (int i = 0; i < e; i++) {
@@ -439,7 +450,8 @@ final class CpuMoeKernels {
         }
     }
 
-    static void expertBiasUpdate(Tensor bias, Tensor tally, int e, float rate) {
+    @Override
+    public void expertBiasUpdate(Tensor bias, Tensor tally, int e, float rate) {
         ByteBuffer t = tally.hostBuffer();
         FloatBuffer b = bias.floats();
         double sum = 0;

@@ -3,7 +3,7 @@ package org.sparkatron.device.cuda;
 import org.sparkatron.device.AttentionBlock;
 import org.sparkatron.device.Kernels;
 import org.sparkatron.precision.Fp8Format;
-import org.sparkatron.device.MoeRouting;
+import org.sparkatron.device.MoeKernels;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
@@ -397,7 +397,7 @@ public final class CudaKernels implements Kernels {
         dev.zero(x);
     }
 
-    // ---- mixture of experts: CudaMoeKernels (moe.cu, grouped_gemm.cu) ----
+    // ---- mixture of experts: CudaMoeKernels (moe.cu, grouped_gemm.cu), on the same compute stream ----
 
     @Override
     public boolean hasMoeKernels() {
@@ -405,80 +405,8 @@ public final class CudaKernels implements Kernels {
     }
 
     @Override
-    public void moeRoute(Tensor logits, Tensor experts, Tensor probs, Tensor scores, Tensor bias, int n, int e, int k,
-                         MoeRouting routing) {
-        moe.route(logits, experts, probs, scores, bias, n, e, k, routing);
-    }
-
-    @Override
-    public void moeCountTokens(Tensor tally, Tensor counts, int e) {
-        moe.countTokens(tally, counts, e);
-    }
-
-    @Override
-    public void moeExpertBiasUpdate(Tensor bias, Tensor tally, int e, float rate) {
-        moe.expertBiasUpdate(bias, tally, e, rate);
-    }
-
-    @Override
-    public void moeAuxLoss(Tensor scores, Tensor experts, Tensor auxGrad, Tensor acc, int slot, int n, int e, int k,
-                           float gradWeight, double reportWeight) {
-        moe.auxLoss(scores, experts, auxGrad, acc, slot, n, e, k, gradWeight, reportWeight);
-    }
-
-    @Override
-    public void moeZLoss(Tensor logits, Tensor acc, int slot, int n, int e, double reportWeight) {
-        moe.zLoss(logits, acc, slot, n, e, reportWeight);
-    }
-
-    @Override
-    public void moeCapacity(Tensor routed, Tensor probs, Tensor experts, Tensor acc, int slot, int n, int e, int k, int capacity,
-                            double reportWeight) {
-        moe.capacity(routed, probs, experts, acc, slot, n, e, k, capacity, reportWeight);
-    }
-
-    @Override
-    public void moePermute(Tensor out, Tensor rowMap, Tensor counts, Tensor offsets, Tensor x, Tensor routed, int n, int c, int e,
-                           int k, int capacity) {
-        moe.permute(out, rowMap, counts, offsets, x, routed, n, c, e, k, capacity);
-    }
-
-    @Override
-    public void moePermuteBackward(Tensor dx, Tensor dperm, Tensor rowMap, int n, int c, int k) {
-        moe.permuteBackward(dx, dperm, rowMap, n, c, k);
-    }
-
-    @Override
-    public void moeUnpermute(Tensor out, Tensor y, Tensor rowMap, Tensor probs, int n, int c, int k) {
-        moe.unpermute(out, y, rowMap, probs, n, c, k);
-    }
-
-    @Override
-    public void moeUnpermuteBackward(Tensor dy, Tensor dprobs, Tensor dout, Tensor y, Tensor rowMap, Tensor probs, int rows,
-                                     int n, int c, int k) {
-        moe.unpermuteBackward(dy, dprobs, dout, y, rowMap, probs, rows, n, c, k);
-    }
-
-    @Override
-    public void moeRouteBackward(Tensor dlogits, Tensor dprobs, Tensor logits, Tensor experts, Tensor auxGrad, float zWeight,
-                                 int n, int e, int k, MoeRouting routing) {
-        moe.routeBackward(dlogits, dprobs, logits, experts, auxGrad, zWeight, n, e, k, routing);
-    }
-
-    @Override
-    public void moeSortChunks(Tensor out, Tensor offsets, Tensor in, Tensor counts, int a, int b, int c, boolean inverse) {
-        moe.sortChunks(out, offsets, in, counts, a, b, c, inverse);
-    }
-
-    @Override
-    public void groupedLinearForward(Tensor out, Tensor x, Tensor w, Tensor offsets, int groups, int in, int outF) {
-        moe.groupedForward(out, x, w, offsets, groups, in, outF);
-    }
-
-    @Override
-    public void groupedLinearBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets, int groups, int in,
-                                      int outF) {
-        moe.groupedBackward(dx, dw, dout, x, w, offsets, groups, in, outF);
+    public MoeKernels moe() {
+        return moe;
     }
 
     private static void requireF32(Tensor t) {

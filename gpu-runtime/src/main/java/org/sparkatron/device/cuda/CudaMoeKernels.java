@@ -1,12 +1,13 @@
 package org.sparkatron.device.cuda;
 
+import org.sparkatron.device.MoeKernels;
 import org.sparkatron.device.MoeRouting;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
 /**
- * The mixture-of-experts kernels of {@link CudaKernels} ({@code moe.cu}, {@code grouped_gemm.cu}; contracts on
- * {@link org.sparkatron.device.Kernels}), queued on the device's compute stream. Nothing here reads device
+ * The mixture-of-experts kernels of {@link CudaKernels} (its {@link CudaKernels#moe()}: {@code moe.cu},
+ * {@code grouped_gemm.cu}; contracts on {@link MoeKernels}), queued on the device's compute stream. Nothing here reads device
  * memory on the host: counts and offsets stay on the device, and the grouped GEMMs read their group offsets
  * there. Router arithmetic is per token in double in the CPU device's order, so the top-k choices and weights
  * are the CPU's; reductions add fixed partials in order and every output has one writer, so results are
@@ -16,7 +17,7 @@ import org.sparkatron.tensor.Tensor;
  * demand from the device's allocator (so a step after the first allocates nothing) and freed with the device.
  * One rank's thread; not thread-safe.
  */
-final class CudaMoeKernels {
+final class CudaMoeKernels implements MoeKernels {
     private static final int BLOCK = 256;
     private static final int MAX_GRID = 4096;
     /** Blocks of the z-loss reduction (its partials are added in this order). */
@@ -66,25 +67,29 @@ final class CudaMoeKernels {
         return t == null ? (Object) 0L : t;
     }
 
-    void route(Tensor logits, Tensor experts, Tensor probs, Tensor scores, Tensor bias, int n, int e, int k, MoeRouting r) {
+    @Override
+    public void route(Tensor logits, Tensor experts, Tensor probs, Tensor scores, Tensor bias, int n, int e, int k, MoeRouting r) {
         require(logits, DType.F32, "route logits");
         require(experts, DType.I32, "route experts");
         dev.launch("moe_route", grid(n, BLOCK), BLOCK, 0, logits, experts, probs, ptr(scores), ptr(bias), (long) n, e, k,
                 r.sigmoid() ? 1 : 0, r.normTopK() ? 1 : 0, r.scale());
     }
 
-    void countTokens(Tensor tally, Tensor counts, int e) {
+    @Override
+    public void countTokens(Tensor tally, Tensor counts, int e) {
         require(tally, DType.F64, "token tally");
         dev.launch("moe_count_tokens", grid(e, BLOCK), BLOCK, 0, tally, counts, e);
     }
 
-    void expertBiasUpdate(Tensor bias, Tensor tally, int e, float rate) {
+    @Override
+    public void expertBiasUpdate(Tensor bias, Tensor tally, int e, float rate) {
         require(bias, DType.F32, "expert bias");
         require(tally, DType.F64, "token tally");
         dev.launch("moe_expert_bias_update", 1, BLOCK, 0, bias, tally, e, rate);
     }
 
-    void auxLoss(Tensor scores, Tensor experts, Tensor auxGrad, Tensor acc, int slot, int n, int e, int k, float gradWeight,
+    @Override
+    public void auxLoss(Tensor scores, Tensor experts, Tensor auxGrad, Tensor acc, int slot, int n, int e, int k, float gradWeight,
                  double reportWeight) {
         require(acc, DType.F64, "aux loss accumulator");
         double factor = (double) e / ((double) k * n * n);
@@ -93,7 +98,8 @@ final class CudaMoeKernels {
         dev.launch("reduce_finish", 1, 32, 0, acc, slot, p, e, reportWeight * factor);
     }
 
-    void zLoss(Tensor logits, Tensor acc, int slot, int n, int e, double reportWeight) {
+    @Override
+    public void zLoss(Tensor logits, Tensor acc, int slot, int n, int e, double reportWeight) {
         require(acc, DType.F64, "z-loss accumulator");
         int g = Math.min(Z_GRID, grid(n, BLOCK));
         Tensor p = partials(g);
@@ -101,7 +107,8 @@ final class CudaMoeKernels {
         dev.launch("reduce_finish", 1, 32, 0, acc, slot, p, g, reportWeight / n);
     }
 
-    void capacity(Tensor routed, Tensor probs, Tensor experts, Tensor acc, int slot, int n, int e, int k, int cap,
+    @Override
+    public void capacity(Tensor routed, Tensor probs, Tensor experts, Tensor acc, int slot, int n, int e, int k, int cap,
                   double reportWeight) {
         Tensor p = partials(e);
         dev.launch("moe_capacity", blocks(e), BLOCK, 0, routed, probs, experts, p, (long) n * k, e, cap);
@@ -111,7 +118,8 @@ final class CudaMoeKernels {
         }
     }
 
-    void permute(Tensor out, Tensor rowMap, Tensor counts, Tensor offsets, Tensor x, Tensor routed, int n, int c, int e, int k,
+    @Override
+    public void permute(Tensor out, Tensor rowMap, Tensor counts, Tensor offsets, Tensor x, Tensor routed, int n, int c, int e, int k,
                  int capacity) {
         require(x, DType.F32, "permute input");
         long nk = (long) n * k;
@@ -129,15 +137,18 @@ final class CudaMoeKernels {
         }
     }
 
-    void permuteBackward(Tensor dx, Tensor dperm, Tensor rowMap, int n, int c, int k) {
+    @Override
+    public void permuteBackward(Tensor dx, Tensor dperm, Tensor rowMap, int n, int c, int k) {
         dev.launch("moe_permute_backward", grid((long) n * c, BLOCK), BLOCK, 0, dx, dperm, rowMap, (long) n, c, k);
     }
 
-    void unpermute(Tensor out, Tensor y, Tensor rowMap, Tensor probs, int n, int c, int k) {
+    @Override
+    public void unpermute(Tensor out, Tensor y, Tensor rowMap, Tensor probs, int n, int c, int k) {
         dev.launch("moe_unpermute", grid((long) n * c, BLOCK), BLOCK, 0, out, y, rowMap, probs, (long) n, c, k);
     }
 
-    void unpermuteBackward(Tensor dy, Tensor dprobs, Tensor dout, Tensor y, Tensor rowMap, Tensor probs, int rows, int n, int c,
+    @Override
+    public void unpermuteBackward(Tensor dy, Tensor dprobs, Tensor dout, Tensor y, Tensor rowMap, Tensor probs, int rows, int n, int c,
                            int k) {
         if (rows > 0) {
             dev.zero(dy.slice(0, (long) rows * c)); // rows no assignment reaches are 0
@@ -146,13 +157,15 @@ final class CudaMoeKernels {
         dev.launch("moe_unpermute_backward", blocks(nk), ROW_BLOCK, 0, dy, dprobs, dout, y, rowMap, probs, nk, c, k);
     }
 
-    void routeBackward(Tensor dlogits, Tensor dprobs, Tensor logits, Tensor experts, Tensor auxGrad, float zWeight, int n, int e,
+    @Override
+    public void routeBackward(Tensor dlogits, Tensor dprobs, Tensor logits, Tensor experts, Tensor auxGrad, float zWeight, int n, int e,
                        int k, MoeRouting r) {
         dev.launch("moe_route_backward", grid(n, BLOCK), BLOCK, 0, dlogits, dprobs, logits, experts, ptr(auxGrad), zWeight, (long) n,
                 e, k, r.sigmoid() ? 1 : 0, r.normTopK() ? 1 : 0, r.scale());
     }
 
-    void sortChunks(Tensor out, Tensor offsets, Tensor in, Tensor counts, int a, int b, int c, boolean inverse) {
+    @Override
+    public void sortChunks(Tensor out, Tensor offsets, Tensor in, Tensor counts, int a, int b, int c, boolean inverse) {
         require(in, DType.F32, "chunk reordering");
         int chunks = a * b;
         // parts per chunk: about as many blocks as the buffer has 256-element pieces per chunk, at least one
@@ -174,7 +187,8 @@ final class CudaMoeKernels {
         return (n + GEMM_TILE - 1) / GEMM_TILE;
     }
 
-    void groupedForward(Tensor out, Tensor x, Tensor w, Tensor offsets, int groups, int in, int outF) {
+    @Override
+    public void groupedLinearForward(Tensor out, Tensor x, Tensor w, Tensor offsets, int groups, int in, int outF) {
         require(x, DType.F32, "grouped GEMM input");
         require(w, DType.F32, "grouped GEMM weight");
         int lanes = lanes(x, in, groups);
@@ -182,7 +196,8 @@ final class CudaMoeKernels {
                 outF, lanes);
     }
 
-    void groupedBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets, int groups, int in, int outF) {
+    @Override
+    public void groupedLinearBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets, int groups, int in, int outF) {
         require(dout, DType.F32, "grouped GEMM output gradient");
         if (dx != null) {
             int lanes = lanes(dout, outF, groups);

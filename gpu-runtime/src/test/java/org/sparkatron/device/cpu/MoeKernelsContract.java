@@ -10,13 +10,14 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
 import org.sparkatron.device.Kernels;
+import org.sparkatron.device.MoeKernels;
 import org.sparkatron.device.MoeRouting;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
 
 /**
  * The mixture-of-experts kernels of a device against plain double-precision references written here from the
- * contracts in {@link org.sparkatron.device.Kernels} (Mixtral's and Megatron's formulas); the router backward
+ * contracts in {@link MoeKernels} (Mixtral's and Megatron's formulas); the router backward
  * against central finite differences (h = 1e-6 in double) of the objective it differentiates. Edge cases: every
  * token to one expert, top-k equal to the number of experts, experts with no tokens, capacity ties. Each device
  * runs it: {@link MoeKernelsTest} (the CPU device), {@code CudaMoeKernelsTest} (the CUDA device). Inputs are
@@ -29,6 +30,11 @@ import org.sparkatron.tensor.Tensor;
 public abstract class MoeKernelsContract {
     /** The kernels under test. */
     protected abstract Kernels kernels();
+
+    /** Their mixture-of-experts kernels, the ones under test here. */
+    private MoeKernels moe() {
+        return kernels().moe();
+    }
 
     /** The device's copy of a host tensor. */
     protected abstract Tensor on(Tensor host);
@@ -114,7 +120,7 @@ public abstract class MoeKernelsContract {
         Tensor experts = i32(new int[n * kk], n, kk);
         Tensor probs = f32(new double[n * kk], n, kk);
         Tensor scores = f32(new double[n * e], n, e);
-        kernels().moeRoute(f32(l, n, e), experts, probs, scores, n, e, kk, r);
+        moe().route(f32(l, n, e), experts, probs, scores, n, e, kk, r);
         int[] want = new int[n * kk];
         double[] aux = new double[n * e];
         for (int t = 0; t < n; t++) {
@@ -147,7 +153,7 @@ public abstract class MoeKernelsContract {
         MoeRouting r = new MoeRouting(true, true, 2.5f);
         Tensor experts = i32(new int[n * kk], n, kk);
         Tensor probs = f32(new double[n * kk], n, kk);
-        kernels().moeRoute(f32(l, n, e), experts, probs, null, f32(b, e), n, e, kk, r);
+        moe().route(f32(l, n, e), experts, probs, null, f32(b, e), n, e, kk, r);
         int[] want = new int[n * kk];
         for (int t = 0; t < n; t++) {
             double[] s = scores(l, t, e, true);
@@ -172,13 +178,13 @@ public abstract class MoeKernelsContract {
     void expertBiasMovesTowardsBalanceFromTheTally() {
         int e = 5;
         Tensor tally = on(Tensor.allocateHost(DType.F64, e));
-        kernels().moeCountTokens(tally, i32(new int[] {3, 0, 2, 4, 1}, e), e);
-        kernels().moeCountTokens(tally, i32(new int[] {1, 2, 0, 0, 1}, e), e); // totals 4 2 2 4 2: mean 2.8
+        moe().countTokens(tally, i32(new int[] {3, 0, 2, 4, 1}, e), e);
+        moe().countTokens(tally, i32(new int[] {1, 2, 0, 0, 1}, e), e); // totals 4 2 2 4 2: mean 2.8
         double[] got = doubles(tally);
         assertArrayEquals(new double[] {4, 2, 2, 4, 2}, got, 0, "counts accumulated");
         double[] b0 = {0.25, -0.5, 0, 1, 0.125};
         Tensor bias = f32(b0, e);
-        kernels().moeExpertBiasUpdate(bias, tally, e, 0.01f);
+        moe().expertBiasUpdate(bias, tally, e, 0.01f);
         double[] want = new double[e];
         for (int i = 0; i < e; i++) {
             double c = new double[] {4, 2, 2, 4, 2}[i];
@@ -186,8 +192,8 @@ public abstract class MoeKernelsContract {
         }
         assertClose("bias moved by the rate towards balance", want, read(bias), 0, 0);
         assertArrayEquals(new double[e], doubles(tally), 0, "the tally is zeroed");
-        kernels().moeCountTokens(tally, i32(new int[] {2, 2, 2, 2, 2}, e), e);
-        kernels().moeExpertBiasUpdate(bias, tally, e, 0.01f);
+        moe().countTokens(tally, i32(new int[] {2, 2, 2, 2, 2}, e), e);
+        moe().expertBiasUpdate(bias, tally, e, 0.01f);
         assertClose("balanced: no change", want, read(bias), 0, 0);
     }
 
@@ -215,10 +221,10 @@ public abstract class MoeKernelsContract {
         double zw = 0.3;
         MoeRouting r = new MoeRouting(sigmoid, norm, 1.5f);
         Tensor experts = i32(new int[n * kk], n, kk);
-        kernels().moeRoute(f32(l, n, e), experts, f32(new double[n * kk], n, kk), null, n, e, kk, r);
+        moe().route(f32(l, n, e), experts, f32(new double[n * kk], n, kk), null, n, e, kk, r);
         int[] ex = ints(experts);
         Tensor dl = f32(new double[n * e], n, e);
-        kernels().moeRouteBackward(dl, f32(dp, n, kk), f32(l, n, e), experts, f32(ag, e), (float) zw, n, e, kk, r);
+        moe().routeBackward(dl, f32(dp, n, kk), f32(l, n, e), experts, f32(ag, e), (float) zw, n, e, kk, r);
         double[] fd = new double[n * e];
         double h = 1e-6;
         for (int i = 0; i < n * e; i++) {
@@ -265,11 +271,11 @@ public abstract class MoeKernelsContract {
         Tensor logits = f32(l, n, e);
         Tensor experts = i32(new int[n * kk], n, kk);
         Tensor scores = f32(new double[n * e], n, e);
-        kernels().moeRoute(logits, experts, f32(new double[n * kk], n, kk), scores, n, e, kk, new MoeRouting(false, true, 1f));
+        moe().route(logits, experts, f32(new double[n * kk], n, kk), scores, n, e, kk, new MoeRouting(false, true, 1f));
         Tensor acc = f64(2);
         Tensor grad = f32(new double[e], e);
-        kernels().moeAuxLoss(scores, experts, grad, acc, 0, n, e, kk, 0.5f, 2.0);
-        kernels().moeZLoss(logits, acc, 1, n, e, 3.0);
+        moe().auxLoss(scores, experts, grad, acc, 0, n, e, kk, 0.5f, 2.0);
+        moe().zLoss(logits, acc, 1, n, e, 3.0);
         int[] count = new int[e];
         for (int x : ints(experts)) {
             count[x]++;
@@ -306,7 +312,7 @@ public abstract class MoeKernelsContract {
         Tensor routed = i32(new int[4], 4, 1);
         Tensor probs = f32(p, 4, 1);
         Tensor acc = f64(1);
-        kernels().moeCapacity(routed, probs, i32(ex, 4, 1), acc, 0, 4, 3, 1, 2, 1.0);
+        moe().capacity(routed, probs, i32(ex, 4, 1), acc, 0, 4, 3, 1, 2, 1.0);
         assertArrayEquals(new int[] {1, -1, 1, -1}, ints(routed));
         assertClose("dropped weights are zero", new double[] {0.5, 0, 0.75, 0}, read(probs), 0, 0);
         assertEquals(2.0, scalar(acc, 0), "two assignments dropped");
@@ -329,7 +335,7 @@ public abstract class MoeKernelsContract {
         Tensor map = i32(new int[n * kk], n, kk);
         Tensor counts = i32(new int[e], e);
         Tensor offsets = i32(new int[e + 1], e + 1);
-        kernels().moePermute(out, map, counts, offsets, f32(x, n, c), i32(routed, n, kk), n, c, e, kk, capacity);
+        moe().permute(out, map, counts, offsets, f32(x, n, c), i32(routed, n, kk), n, c, e, kk, capacity);
         int[] cnt = new int[e];
         for (int v : routed) {
             if (v >= 0) {
@@ -368,10 +374,10 @@ public abstract class MoeKernelsContract {
         double[] y = random(rng, rows * c, 1);
         double[] d = random(rng, n * c, 1);
         Tensor comb = f32(new double[n * c], n, c);
-        kernels().moeUnpermute(comb, f32(y, rows, c), map, f32(p, n, kk), n, c, kk);
+        moe().unpermute(comb, f32(y, rows, c), map, f32(p, n, kk), n, c, kk);
         Tensor dy = f32(random(rng, rows * c, 9), rows, c); // garbage: the backward must overwrite every row
         Tensor dprobs = f32(new double[n * kk], n, kk);
-        kernels().moeUnpermuteBackward(dy, dprobs, f32(d, n, c), f32(y, rows, c), map, f32(p, n, kk), rows, n, c, kk);
+        moe().unpermuteBackward(dy, dprobs, f32(d, n, c), f32(y, rows, c), map, f32(p, n, kk), rows, n, c, kk);
         double lhs = dot(read(comb), d);
         double rhs = dot(y, read(dy));
         assertEquals(lhs, rhs, 1e-5, "combine's backward is its adjoint");
@@ -388,7 +394,7 @@ public abstract class MoeKernelsContract {
         // permute's backward: <permute(x), z> = <x, permuteBackward(z)>
         double[] z = random(rng, rows * c, 1);
         Tensor dx = f32(new double[n * c], n, c);
-        kernels().moePermuteBackward(dx, f32(z, rows, c), map, n, c, kk);
+        moe().permuteBackward(dx, f32(z, rows, c), map, n, c, kk);
         assertEquals(dot(o, z), dot(x, read(dx)), 1e-5, "permute's backward is its adjoint");
     }
 
@@ -413,18 +419,18 @@ public abstract class MoeKernelsContract {
         }
         Tensor out = f32(new double[rows * c], rows, c);
         Tensor off = i32(new int[b + 1], b + 1);
-        kernels().moeSortChunks(out, off, f32(in, rows, c), i32(counts, a * b), a, b, c, false);
+        moe().sortChunks(out, off, f32(in, rows, c), i32(counts, a * b), a, b, c, false);
         assertArrayEquals(new int[] {0, 3, 8}, ints(off), "expert 0 has 2 + 1 + 0 rows, expert 1 0 + 3 + 2");
         // i-major rows: (0,0)=0,1 (0,1)=- (1,0)=2 (1,1)=3,4,5 (2,0)=- (2,1)=6,7; j-major: 0,1,2 | 3,4,5,6,7
         double[] want = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
         assertClose("j-major", want, read(out), 0, 0);
         Tensor back = f32(new double[rows * c], rows, c);
-        kernels().moeSortChunks(back, null, out, i32(counts, a * b), a, b, c, true);
+        moe().sortChunks(back, null, out, i32(counts, a * b), a, b, c, true);
         assertClose("round trip", in, read(back), 0, 0);
         int[] counts2 = {1, 1, 1, 1, 1, 1};
         double[] in2 = {0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5};
         Tensor out2 = f32(new double[12], 6, 2);
-        kernels().moeSortChunks(out2, null, f32(in2, 6, 2), i32(counts2, 6), 3, 2, 2, false);
+        moe().sortChunks(out2, null, f32(in2, 6, 2), i32(counts2, 6), 3, 2, 2, false);
         assertClose("transposed blocks", new double[] {0, 0, 2, 2, 4, 4, 1, 1, 3, 3, 5, 5}, read(out2), 0, 0);
     }
 
@@ -442,7 +448,7 @@ public abstract class MoeKernelsContract {
         double[] initial = new double[rows * outF];
         initial[7 * outF] = 42;
         Tensor out = f32(initial, rows, outF);
-        kernels().groupedLinearForward(out, f32(x, rows, in), f32(w, groups, outF, in), i32(off, groups + 1), groups, in, outF);
+        moe().groupedLinearForward(out, f32(x, rows, in), f32(w, groups, outF, in), i32(off, groups + 1), groups, in, outF);
         double[] want = new double[rows * outF];
         double[] wantDx = new double[rows * in];
         double[] wantDw = new double[groups * outF * in];
@@ -461,7 +467,7 @@ public abstract class MoeKernelsContract {
         assertClose("grouped forward", want, read(out), 1e-5, 1e-5);
         Tensor dx = f32(new double[rows * in], rows, in);
         Tensor dw = f32(new double[groups * outF * in], groups, outF, in);
-        kernels().groupedLinearBackward(dx, dw, f32(dout, rows, outF), f32(x, rows, in), f32(w, groups, outF, in), i32(off, groups + 1),
+        moe().groupedLinearBackward(dx, dw, f32(dout, rows, outF), f32(x, rows, in), f32(w, groups, outF, in), i32(off, groups + 1),
                 groups, in, outF);
         assertClose("grouped dx", wantDx, read(dx), 1e-5, 1e-5);
         assertClose("grouped dw (group 1 had no rows: zero)", wantDw, read(dw), 1e-5, 1e-5);
@@ -477,12 +483,12 @@ public abstract class MoeKernelsContract {
         }
         Tensor experts = i32(new int[n], n, 1);
         Tensor probs = f32(new double[n], n, 1);
-        kernels().moeRoute(f32(l, n, e), experts, probs, null, n, e, 1, new MoeRouting(false, true, 1f));
+        moe().route(f32(l, n, e), experts, probs, null, n, e, 1, new MoeRouting(false, true, 1f));
         assertArrayEquals(new int[] {2, 2, 2, 2}, ints(experts));
         assertClose("renormalised over one expert: weight 1", new double[] {1, 1, 1, 1}, read(probs), 0, 0);
         Tensor all = i32(new int[n * e], n, e);
         Tensor pAll = f32(new double[n * e], n, e);
-        kernels().moeRoute(f32(l, n, e), all, pAll, null, n, e, e, new MoeRouting(false, true, 1f));
+        moe().route(f32(l, n, e), all, pAll, null, n, e, e, new MoeRouting(false, true, 1f));
         double[] pa = read(pAll);
         for (int t = 0; t < n; t++) {
             assertEquals(1.0, pa[t * e] + pa[t * e + 1] + pa[t * e + 2], 1e-6, "top-k of all experts: the softmax itself");

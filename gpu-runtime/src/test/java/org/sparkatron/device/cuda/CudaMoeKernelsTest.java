@@ -91,24 +91,24 @@ class CudaMoeKernelsTest extends MoeKernelsContract {
         Tensor experts = i32(new int[n * kk], n, kk);
         Tensor probs = f32(new double[n * kk], n, kk);
         Tensor scores = f32(new double[n * e], n, e);
-        cpu.moeRoute(logits, experts, probs, scores, n, e, kk, r);
+        cpu.moe().route(logits, experts, probs, scores, n, e, kk, r);
         Tensor dLogits = up(dev, logits);
         Tensor dExperts = dev.allocate(DType.I32, n, kk);
         Tensor dProbs = dev.allocate(DType.F32, n, kk);
         Tensor dScores = dev.allocate(DType.F32, n, e);
-        k.moeRoute(dLogits, dExperts, dProbs, dScores, n, e, kk, r);
+        k.moe().route(dLogits, dExperts, dProbs, dScores, n, e, kk, r);
         assertArrayEquals(ints(experts), downInts(dExperts), "top-k choices");
         assertClose("weights", read(probs), down(dev, dProbs), 1e-7, 1e-6);
         assertClose("scores", read(scores), down(dev, dScores), 1e-7, 1e-6);
 
         Tensor acc = Tensor.allocateHost(DType.F64, 2);
         Tensor grad = f32(new double[e], e);
-        cpu.moeAuxLoss(scores, experts, grad, acc, 0, n, e, kk, 0.25f, 3.0);
-        cpu.moeZLoss(logits, acc, 1, n, e, 0.5);
+        cpu.moe().auxLoss(scores, experts, grad, acc, 0, n, e, kk, 0.25f, 3.0);
+        cpu.moe().zLoss(logits, acc, 1, n, e, 0.5);
         Tensor dAcc = up(dev, Tensor.allocateHost(DType.F64, 2));
         Tensor dGrad = dev.allocate(DType.F32, e);
-        k.moeAuxLoss(dScores, dExperts, dGrad, dAcc, 0, n, e, kk, 0.25f, 3.0);
-        k.moeZLoss(dLogits, dAcc, 1, n, e, 0.5);
+        k.moe().auxLoss(dScores, dExperts, dGrad, dAcc, 0, n, e, kk, 0.25f, 3.0);
+        k.moe().zLoss(dLogits, dAcc, 1, n, e, 0.5);
         Tensor got = dev.toHost(dAcc);
         assertEquals(acc.hostBuffer().getDouble(0), got.hostBuffer().getDouble(0), 1e-12 * Math.abs(acc.hostBuffer().getDouble(0)), "aux");
         assertEquals(acc.hostBuffer().getDouble(8), got.hostBuffer().getDouble(8), 1e-12 * Math.abs(acc.hostBuffer().getDouble(8)), "z");
@@ -116,12 +116,12 @@ class CudaMoeKernelsTest extends MoeKernelsContract {
 
         Tensor dprobs = f32(random(rng, n * kk, 1), n, kk);
         Tensor dl = f32(new double[n * e], n, e);
-        cpu.moeRouteBackward(dl, dprobs, logits, experts, grad, 0.05f, n, e, kk, r);
+        cpu.moe().routeBackward(dl, dprobs, logits, experts, grad, 0.05f, n, e, kk, r);
         Tensor dDl = dev.allocate(DType.F32, n, e);
-        k.moeRouteBackward(dDl, up(dev, dprobs), dLogits, dExperts, dGrad, 0.05f, n, e, kk, r);
+        k.moe().routeBackward(dDl, up(dev, dprobs), dLogits, dExperts, dGrad, 0.05f, n, e, kk, r);
         assertClose("router backward", read(dl), down(dev, dDl), 1e-7, 1e-6);
-        k.moeRouteBackward(dDl, up(dev, dprobs), dLogits, dExperts, null, 0f, n, e, kk, r);
-        cpu.moeRouteBackward(dl, dprobs, logits, experts, null, 0f, n, e, kk, r);
+        k.moe().routeBackward(dDl, up(dev, dprobs), dLogits, dExperts, null, 0f, n, e, kk, r);
+        cpu.moe().routeBackward(dl, dprobs, logits, experts, null, 0f, n, e, kk, r);
         assertClose("router backward without aux and z", read(dl), down(dev, dDl), 1e-7, 1e-6);
     }
 
@@ -149,10 +149,10 @@ class CudaMoeKernelsTest extends MoeKernelsContract {
         Tensor dRouted = dExperts;
         if (capacity > 0) {
             routed = i32(new int[n * kk], n, kk);
-            cpu.moeCapacity(routed, probs, experts, acc, 0, n, e, kk, capacity, 0.5);
+            cpu.moe().capacity(routed, probs, experts, acc, 0, n, e, kk, capacity, 0.5);
             dRouted = dev.allocate(DType.I32, n, kk);
             Tensor dAcc = up(dev, Tensor.allocateHost(DType.F64, 1));
-            k.moeCapacity(dRouted, dProbs, dExperts, dAcc, 0, n, e, kk, capacity, 0.5);
+            k.moe().capacity(dRouted, dProbs, dExperts, dAcc, 0, n, e, kk, capacity, 0.5);
             assertArrayEquals(ints(routed), downInts(dRouted), "the same assignments dropped");
             assertClose("dropped weights zeroed", read(probs), down(dev, dProbs), 0, 0);
             assertEquals(acc.hostBuffer().getDouble(0), dev.toHost(dAcc).hostBuffer().getDouble(0), "dropped count");
@@ -164,12 +164,12 @@ class CudaMoeKernelsTest extends MoeKernelsContract {
             Tensor map = i32(new int[n * kk], n, kk);
             Tensor counts = i32(new int[e], e);
             Tensor offsets = i32(new int[e + 1], e + 1);
-            cpu.moePermute(out, map, counts, offsets, f32(x, n, c), routed, n, c, e, kk, pad);
+            cpu.moe().permute(out, map, counts, offsets, f32(x, n, c), routed, n, c, e, kk, pad);
             Tensor dOut = up(dev, f32(random(rng, rows * c, 9), rows, c)); // garbage where no row lands is not compared
             Tensor dMap = dev.allocate(DType.I32, n, kk);
             Tensor dCounts = dev.allocate(DType.I32, e);
             Tensor dOffsets = dev.allocate(DType.I32, e + 1);
-            k.moePermute(dOut, dMap, dCounts, dOffsets, up(dev, f32(x, n, c)), dRouted, n, c, e, kk, pad);
+            k.moe().permute(dOut, dMap, dCounts, dOffsets, up(dev, f32(x, n, c)), dRouted, n, c, e, kk, pad);
             String what = pad > 0 ? " (padded)" : " (packed)";
             assertArrayEquals(ints(map), downInts(dMap), "row map" + what);
             assertArrayEquals(ints(counts), downInts(dCounts), "counts" + what);
@@ -178,29 +178,29 @@ class CudaMoeKernelsTest extends MoeKernelsContract {
             double[] want = java.util.Arrays.copyOf(read(out), used * c);
             assertClose("dispatched rows" + what, want, java.util.Arrays.copyOf(down(dev, dOut), used * c), 0, 0);
             // the same call without offsets (expert parallelism's packed send buffer)
-            k.moePermute(dOut, dMap, dCounts, null, up(dev, f32(x, n, c)), dRouted, n, c, e, kk, pad);
+            k.moe().permute(dOut, dMap, dCounts, null, up(dev, f32(x, n, c)), dRouted, n, c, e, kk, pad);
             assertArrayEquals(ints(map), downInts(dMap), "row map without offsets" + what);
 
             double[] y = random(rng, rows * c, 1);
             double[] g = random(rng, n * c, 1);
             Tensor comb = f32(new double[n * c], n, c);
-            cpu.moeUnpermute(comb, f32(y, rows, c), map, probs, n, c, kk);
+            cpu.moe().unpermute(comb, f32(y, rows, c), map, probs, n, c, kk);
             Tensor dComb = dev.allocate(DType.F32, n, c);
-            k.moeUnpermute(dComb, up(dev, f32(y, rows, c)), dMap, dProbs, n, c, kk);
+            k.moe().unpermute(dComb, up(dev, f32(y, rows, c)), dMap, dProbs, n, c, kk);
             assertClose("combine" + what, read(comb), down(dev, dComb), 1e-6, 1e-6);
             Tensor dy = f32(new double[rows * c], rows, c);
             Tensor dprobs = f32(new double[n * kk], n, kk);
-            cpu.moeUnpermuteBackward(dy, dprobs, f32(g, n, c), f32(y, rows, c), map, probs, rows, n, c, kk);
+            cpu.moe().unpermuteBackward(dy, dprobs, f32(g, n, c), f32(y, rows, c), map, probs, rows, n, c, kk);
             Tensor dDy = up(dev, f32(random(rng, rows * c, 9), rows, c)); // garbage: every row is overwritten
             Tensor dDprobs = dev.allocate(DType.F32, n, kk);
-            k.moeUnpermuteBackward(dDy, dDprobs, up(dev, f32(g, n, c)), up(dev, f32(y, rows, c)), dMap, dProbs, rows, n, c, kk);
+            k.moe().unpermuteBackward(dDy, dDprobs, up(dev, f32(g, n, c)), up(dev, f32(y, rows, c)), dMap, dProbs, rows, n, c, kk);
             assertClose("combine backward dy" + what, read(dy), down(dev, dDy), 0, 0);
             assertClose("combine backward dprobs" + what, read(dprobs), down(dev, dDprobs), 1e-6, 1e-6);
             double[] dx0 = random(rng, n * c, 1);
             Tensor dx = f32(dx0, n, c);
-            cpu.moePermuteBackward(dx, f32(y, rows, c), map, n, c, kk);
+            cpu.moe().permuteBackward(dx, f32(y, rows, c), map, n, c, kk);
             Tensor dDx = up(dev, f32(dx0, n, c));
-            k.moePermuteBackward(dDx, up(dev, f32(y, rows, c)), dMap, n, c, kk);
+            k.moe().permuteBackward(dDx, up(dev, f32(y, rows, c)), dMap, n, c, kk);
             assertClose("dispatch backward (accumulated)" + what, read(dx), down(dev, dDx), 1e-6, 1e-6);
         }
     }
@@ -217,10 +217,10 @@ class CudaMoeKernelsTest extends MoeKernelsContract {
         for (boolean inverse : new boolean[] {false, true}) {
             Tensor out = f32(new double[rows * c], rows, c);
             Tensor off = i32(new int[b + 1], b + 1);
-            cpu.moeSortChunks(out, inverse ? null : off, f32(in, rows, c), i32(counts, a * b), a, b, c, inverse);
+            cpu.moe().sortChunks(out, inverse ? null : off, f32(in, rows, c), i32(counts, a * b), a, b, c, inverse);
             Tensor dOut = dev.allocate(DType.F32, rows, c);
             Tensor dOff = dev.allocate(DType.I32, b + 1);
-            k.moeSortChunks(dOut, inverse ? null : dOff, up(dev, f32(in, rows, c)), up(dev, i32(counts, a * b)), a, b, c, inverse);
+            k.moe().sortChunks(dOut, inverse ? null : dOff, up(dev, f32(in, rows, c)), up(dev, i32(counts, a * b)), a, b, c, inverse);
             assertClose("reordered rows, inverse=" + inverse, read(out), down(dev, dOut), 0, 0);
             if (!inverse) {
                 assertArrayEquals(ints(off), downInts(dOff), "expert offsets");
@@ -242,27 +242,27 @@ class CudaMoeKernelsTest extends MoeKernelsContract {
         double[] dout = random(rng, rows * outF, 1);
         double[] out0 = random(rng, rows * outF, 1);
         Tensor out = f32(out0, rows, outF);
-        cpu.groupedLinearForward(out, f32(x, rows, in), f32(w, groups, outF, in), i32(off, groups + 1), groups, in, outF);
+        cpu.moe().groupedLinearForward(out, f32(x, rows, in), f32(w, groups, outF, in), i32(off, groups + 1), groups, in, outF);
         Tensor dOut = up(dev, f32(out0, rows, outF));
         Tensor dX = up(dev, f32(x, rows, in));
         Tensor dW = up(dev, f32(w, groups, outF, in));
         Tensor dOff = up(dev, i32(off, groups + 1));
-        k.groupedLinearForward(dOut, dX, dW, dOff, groups, in, outF);
+        k.moe().groupedLinearForward(dOut, dX, dW, dOff, groups, in, outF);
         assertClose("grouped forward (rows outside the groups untouched)", read(out), down(dev, dOut), 2e-5, 2e-5);
 
         double[] dw0 = random(rng, groups * outF * in, 1);
         double[] dx0 = random(rng, rows * in, 1);
         Tensor gx = f32(dx0, rows, in);
         Tensor gw = f32(dw0, groups, outF, in);
-        cpu.groupedLinearBackward(gx, gw, f32(dout, rows, outF), f32(x, rows, in), f32(w, groups, outF, in), i32(off, groups + 1),
+        cpu.moe().groupedLinearBackward(gx, gw, f32(dout, rows, outF), f32(x, rows, in), f32(w, groups, outF, in), i32(off, groups + 1),
                 groups, in, outF);
         Tensor dGx = up(dev, f32(dx0, rows, in));
         Tensor dGw = up(dev, f32(dw0, groups, outF, in));
-        k.groupedLinearBackward(dGx, dGw, up(dev, f32(dout, rows, outF)), dX, dW, dOff, groups, in, outF);
+        k.moe().groupedLinearBackward(dGx, dGw, up(dev, f32(dout, rows, outF)), dX, dW, dOff, groups, in, outF);
         assertClose("grouped dx", read(gx), down(dev, dGx), 2e-5, 2e-5);
         assertClose("grouped dw (accumulated; the empty group's untouched)", read(gw), down(dev, dGw), 2e-5, 2e-5);
         Tensor dGw2 = up(dev, f32(dw0, groups, outF, in));
-        k.groupedLinearBackward(null, dGw2, up(dev, f32(dout, rows, outF)), dX, dW, dOff, groups, in, outF);
+        k.moe().groupedLinearBackward(null, dGw2, up(dev, f32(dout, rows, outF)), dX, dW, dOff, groups, in, outF);
         assertClose("grouped dw without dx", read(gw), down(dev, dGw2), 2e-5, 2e-5);
     }
 }
