@@ -431,12 +431,18 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public void add(Tensor out, Tensor a, Tensor b, long count) {
-        FloatBuffer o = out.floats();
-        FloatBuffer as = a.floats();
-        FloatBuffer bs = b.floats();
-        for (int i = 0; i < count; i++) {
-            o.put(i, as.get(i) + bs.get(i));
-        }
+        CpuWorkers.forRange(Math.toIntExact(count), 1, (from, to) -> {
+            if (simd) {
+                SimdKernels.add(out.hostBuffer(), a.hostBuffer(), b.hostBuffer(), from, to);
+                return;
+            }
+            FloatBuffer o = out.floats();
+            FloatBuffer as = a.floats();
+            FloatBuffer bs = b.floats();
+            for (int i = from; i < to; i++) {
+                o.put(i, as.get(i) + bs.get(i));
+            }
+        });
     }
 
     @Override
@@ -674,7 +680,7 @@ public final class CpuKernels implements Kernels {
             int len = (int) Math.min(WINDOW, n - at);
             Tensor w = x.slice(at, len);
             if (simd) {
-                s += SimdKernels.sumOfSquares(w.hostBuffer(), len);
+                s += sumOfSquaresSimd(w, len);
             } else {
                 FloatBuffer f = w.floats();
                 for (int i = 0; i < len; i++) {
@@ -684,6 +690,28 @@ public final class CpuKernels implements Kernels {
             }
         }
         addScalar(acc, slot, s);
+    }
+
+    /**
+     * {@link SimdKernels#sumOfSquares} with its chunks on the rank's threads: each chunk's partial sum as one
+     * thread would compute it, added in chunk order, then the tail; the same bits for any thread count.
+     */
+    private static double sumOfSquaresSimd(Tensor w, int len) {
+        int upper = SimdKernels.vectorBound(len);
+        int chunks = (upper + SimdKernels.SQUARES_CHUNK - 1) / SimdKernels.SQUARES_CHUNK;
+        double[] partial = new double[chunks];
+        CpuWorkers.forRows(chunks, SimdKernels.SQUARES_CHUNK, (c0, c1) -> {
+            java.nio.ByteBuffer b = w.hostBuffer();
+            for (int c = c0; c < c1; c++) {
+                int from = c * SimdKernels.SQUARES_CHUNK;
+                partial[c] = SimdKernels.sumOfSquaresChunk(b, from, Math.min(upper, from + SimdKernels.SQUARES_CHUNK));
+            }
+        });
+        double total = 0;
+        for (double p : partial) {
+            total += p;
+        }
+        return SimdKernels.addSquares(w.hostBuffer(), upper, len, total);
     }
 
     @Override
@@ -749,15 +777,17 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public void addBias(Tensor out, Tensor bias, int rows, int cols) {
-        FloatBuffer o = out.floats();
         float[] b = new float[cols];
         bias.floats().get(0, b);
-        for (int r = 0; r < rows; r++) {
-            int base = r * cols;
-            for (int j = 0; j < cols; j++) {
-                o.put(base + j, o.get(base + j) + b[j]);
+        CpuWorkers.forRows(rows, cols, (r0, r1) -> {
+            FloatBuffer o = out.floats();
+            for (int r = r0; r < r1; r++) {
+                int base = r * cols;
+                for (int j = 0; j < cols; j++) {
+                    o.put(base + j, o.get(base + j) + b[j]);
+                }
             }
-        }
+        });
     }
 
     @Override

@@ -154,6 +154,17 @@ final class SimdKernels {
         }
     }
 
+    /** {@code out[i] = a[i] + b[i]} for elements [from, to) (the scalar tail adds alike: same bits). */
+    static void add(ByteBuffer out, ByteBuffer a, ByteBuffer b, int from, int to) {
+        int i = from;
+        for (int upper = from + S.loopBound(to - from); i < upper; i += S.length()) {
+            load(a, i).add(load(b, i)).intoByteBuffer(out, 4 * i, NATIVE);
+        }
+        for (; i < to; i++) {
+            out.putFloat(4 * i, a.getFloat(4 * i) + b.getFloat(4 * i));
+        }
+    }
+
     /** Softmax backward on one row: {@code dp = p * (dp - d)}. */
     static void softmaxGrad(ByteBuffer p, ByteBuffer dp, int off, int n, float d) {
         int i = 0;
@@ -245,20 +256,38 @@ final class SimdKernels {
         }
     }
 
+    /** Elements per partial sum of {@link #sumOfSquares}: fp32 lanes flushed into double this often. */
+    static final int SQUARES_CHUNK = 4096;
+
     static double sumOfSquares(ByteBuffer b, int n) {
-        // per-vector fp32 partial sums flushed into double every 4096 elements to bound rounding error
+        // per-vector fp32 partial sums flushed into double every SQUARES_CHUNK elements to bound rounding error;
+        // CpuKernels computes the chunks on several threads and adds them in this same order
         double total = 0;
-        int i = 0;
-        int upper = S.loopBound(n);
-        while (i < upper) {
-            FloatVector acc = FloatVector.zero(S);
-            for (int stop = Math.min(upper, i + 4096); i < stop; i += S.length()) {
-                FloatVector x = load(b, i);
-                acc = x.fma(x, acc);
-            }
-            total += sumLanes(acc);
+        int upper = vectorBound(n);
+        for (int i = 0; i < upper; i += SQUARES_CHUNK) {
+            total += sumOfSquaresChunk(b, i, Math.min(upper, i + SQUARES_CHUNK));
         }
-        for (; i < n; i++) {
+        return addSquares(b, upper, n, total);
+    }
+
+    /** Where the vector loop over {@code n} elements ends and the scalar tail begins. */
+    static int vectorBound(int n) {
+        return S.loopBound(n);
+    }
+
+    /** One chunk's sum of squares, [from, to) a whole number of vectors. */
+    static double sumOfSquaresChunk(ByteBuffer b, int from, int to) {
+        FloatVector acc = FloatVector.zero(S);
+        for (int i = from; i < to; i += S.length()) {
+            FloatVector x = load(b, i);
+            acc = x.fma(x, acc);
+        }
+        return sumLanes(acc);
+    }
+
+    /** {@code total} plus the squares of [from, n), each added in order in double (the scalar tail). */
+    static double addSquares(ByteBuffer b, int from, int n, double total) {
+        for (int i = from; i < n; i++) {
             double x = b.getFloat(4 * i);
             total += x * x;
         }

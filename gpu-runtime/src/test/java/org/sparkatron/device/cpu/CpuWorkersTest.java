@@ -49,7 +49,7 @@ class CpuWorkersTest {
             Blas.setThreads(threads);
             List<double[]> outs = new ArrayList<>();
             for (Tensor t : kernel.apply(threads)) {
-                outs.add(read(t));
+                outs.add(t.dtype() == org.sparkatron.tensor.DType.F64 ? doubles(t) : read(t));
             }
             if (single == null) {
                 single = outs;
@@ -78,6 +78,21 @@ class CpuWorkersTest {
             k.geluBackward(dx, dt, xt, n);
             return List.of(out, dx);
         });
+        sameBitsForAnyThreads("add, bias, sum of squares", threads -> {
+            Tensor out = f32(new double[n], n), gt = f32(g, n);
+            k.add(out, f32(x, n), f32(d, n), n);
+            k.addBias(gt, f32(java.util.Arrays.copyOf(m, 1009), 1009), n / 1009, 1009);
+            Tensor acc = Tensor.allocateHost(org.sparkatron.tensor.DType.F64, 2);
+            k.sumOfSquares(f32(x, n), acc, 1);
+            return List.of(out, gt, acc);
+        });
+        // the chunked sum of squares adds as SimdKernels' single loop does
+        if (simd) {
+            Tensor acc = Tensor.allocateHost(org.sparkatron.tensor.DType.F64, 1);
+            Blas.setThreads(3);
+            k.sumOfSquares(f32(x, n), acc, 0);
+            assertEquals(SimdKernels.sumOfSquares(f32(x, n).hostBuffer(), n), acc.hostBuffer().getDouble(0));
+        }
         sameBitsForAnyThreads("adamw and scale", threads -> {
             Tensor pt = f32(x, n), gt = f32(g, n), mt = f32(m, n), vt = f32(v, n);
             k.adamw(pt, gt, mt, vt, 5, n - 9, 0.9f, 0.95f, 1e-8f, 0.999f, 1e-2f, 1.3f);
@@ -248,6 +263,14 @@ class CpuWorkersTest {
         caller.start();
         caller.join(10_000);
         assertTrue(sawInterrupt[0], "run() returned before its part ended, or lost the interrupt");
+    }
+
+    private static double[] doubles(Tensor t) {
+        double[] d = new double[(int) t.numel()];
+        for (int i = 0; i < d.length; i++) {
+            d[i] = t.hostBuffer().getDouble(8 * i);
+        }
+        return d;
     }
 
     private static void sleep(long ms) {
