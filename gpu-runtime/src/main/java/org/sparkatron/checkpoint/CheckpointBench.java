@@ -45,8 +45,11 @@ import org.sparkatron.train.Trainer;
  * baseline (the write competes with training for cores and memory bandwidth). Time lost = blocked +
  * extra, in steps of the baseline. The peer, alternated with our rounds: {@code torch.save} (to a file that
  * is fsynced, as our saves are) and {@code torch.load} of a state dict with the same tensors' element
- * counts, one process, with /usr/bin/python3 when torch is importable. Medians over the rounds; loads
- * follow saves, so both sides read from the page cache.
+ * counts, one process, with /usr/bin/python3 when torch is importable ({@link TorchSavePeer}). Loads, ours and the
+ * peer's alike, three times per round, each into fresh memory: with the files just dropped from the page cache
+ * ({@link PageCache}; the first read after the save), dropped again (from disk, read once before: on a VM whose
+ * host caches what the guest read or wrote through its cache, this is what equalises our direct-I/O files with the
+ * peer's buffered ones), and from the page cache. Medians over the rounds.
  */
 public final class CheckpointBench {
     private static final byte[] SECRET = "sparkatron-bench-ckpt-secret-0123".getBytes(StandardCharsets.UTF_8);
@@ -80,8 +83,13 @@ public final class CheckpointBench {
     }
 
     /** Per TP size: the medians of the rounds. */
-    record Figures(int tp, double stepS, double saveS, double loadS, long bytesPerRank, long totalBytes, double asyncBlockedS,
-                   double asyncExtraS, double asyncSteps, double asyncBaseS, double[] peer, double asyncCopyS) {
+    record Figures(int tp, double stepS, double saveS, double loadFirstS, double loadColdS, double loadWarmS, long bytesPerRank, long totalBytes,
+                   double asyncBlockedS, double asyncExtraS, double asyncSteps, double asyncBaseS, double asyncCopyS,
+                   int residentAfterEviction, int samples, Peer peer) {
+    }
+
+    /** The torch peer's medians over the rounds, and the most pages found cached after an eviction. */
+    record Peer(double saveS, double loadFirstS, double loadColdS, double loadWarmS, long bytes, int residentAfterEviction) {
     }
 
     static void run(Map<String, String> a, PrintStream out) throws Exception {
@@ -111,33 +119,48 @@ public final class CheckpointBench {
             Figures f = measure(cfg, tp, batch, seq, rounds, dir.resolve("tp" + tp),
                     peerWanted && tp == 1 ? tensorSizes : null, dir.resolve("peer.pt"));
             double mb = f.bytesPerRank() / 1e6;
-            out.printf(Locale.ROOT, "TP=%d: checkpoint %.1f MB (%.1f MB per rank); save %.3f s = %.0f MB/s per rank; "
-                            + "load %.3f s = %.0f MB/s per rank; training step %.3f s; time lost per checkpoint %.3f s (%.2f steps)%n",
-                    tp, f.totalBytes() / 1e6, mb, f.saveS(), mb / f.saveS(), f.loadS(), mb / f.loadS(), f.stepS(), f.saveS(),
-                    f.saveS() / f.stepS());
+            out.printf(Locale.ROOT, "TP=%d: checkpoint %.1f MB (%.1f MB per rank); save %.3f s = %.0f MB/s per rank; training step %.3f s; "
+                            + "time lost per checkpoint %.3f s (%.2f steps)%n", tp, f.totalBytes() / 1e6, mb, f.saveS(), mb / f.saveS(),
+                    f.stepS(), f.saveS(), f.saveS() / f.stepS());
+            out.printf(Locale.ROOT, "TP=%d load per rank: first after the save, evicted from the page cache %.3f s = %.0f MB/s; evicted again "
+                            + "(from disk) %.3f s = %.0f MB/s; from the page cache %.3f s = %.0f MB/s%n", tp, f.loadFirstS(),
+                    mb / f.loadFirstS(), f.loadColdS(), mb / f.loadColdS(), f.loadWarmS(), mb / f.loadWarmS());
             double lost = f.asyncBlockedS() + f.asyncExtraS();
             out.printf(Locale.ROOT, "TP=%d async: training blocked %.3f s per checkpoint (copy %.3f s, then polls and commit), steps "
                             + "during the write %.1f, their extra time over the round's step (%.3f s) %.3f s; time lost per checkpoint "
                             + "%.3f s (%.2f steps) against %.2f steps blocking%n", tp, f.asyncBlockedS(), f.asyncCopyS(), f.asyncSteps(), f.asyncBaseS(),
                     f.asyncExtraS(), lost, lost / f.asyncBaseS(), f.saveS() / f.stepS());
             if (peerWanted && tp == 1) {
-                double[] peer = f.peer();
+                Peer peer = f.peer();
                 if (peer == null) {
                     out.println("peer: skipped (/usr/bin/python3 with torch not available)");
                 } else {
-                    double peerMb = peer[2] / 1e6;
+                    double peerMb = peer.bytes() / 1e6;
                     out.printf(Locale.ROOT, "peer torch.save/torch.load (one process, %.1f MB, alternated with our rounds): save %.3f s = "
-                                    + "%.0f MB/s, load %.3f s = %.0f MB/s; ratio ours/peer at TP=1 (throughput): save %.2f, load %.2f%n", peerMb, peer[0], peerMb / peer[0],
-                            peer[1], peerMb / peer[1], (mb / f.saveS()) / (peerMb / peer[0]), (mb / f.loadS()) / (peerMb / peer[1]));
+                                    + "%.0f MB/s; load first after the save, evicted %.3f s = %.0f MB/s; evicted again (from disk) %.3f s = "
+                                    + "%.0f MB/s; from the page cache %.3f s = %.0f MB/s%n", peerMb, peer.saveS(), peerMb / peer.saveS(),
+                            peer.loadFirstS(), peerMb / peer.loadFirstS(), peer.loadColdS(), peerMb / peer.loadColdS(), peer.loadWarmS(),
+                            peerMb / peer.loadWarmS());
+                    out.printf(Locale.ROOT, "ratio ours/peer at TP=1 (throughput): save %.2f; load from disk %.2f, from the page cache %.2f "
+                                    + "(first load after the save %.2f)%n", (mb / f.saveS()) / (peerMb / peer.saveS()),
+                            (mb / f.loadColdS()) / (peerMb / peer.loadColdS()), (mb / f.loadWarmS()) / (peerMb / peer.loadWarmS()),
+                            (mb / f.loadFirstS()) / (peerMb / peer.loadFirstS()));
                 }
             }
+            out.printf(Locale.ROOT, "TP=%d page cache after each eviction (dd iflag=nocache), most over the rounds: ours %d of %d sampled "
+                    + "pages resident%s%n", tp, f.residentAfterEviction(), f.samples(), f.peer() == null ? ""
+                    : ", peer's " + f.peer().residentAfterEviction() + " of " + PageCache.samples(1));
         }
     }
 
-    /** One TP size; with {@code peerSizes} (TP=1 only) a torch peer round follows each of ours. */
+    /**
+     * One TP size; with {@code peerSizes} (TP=1 only) a torch peer round follows each of ours. Each round's load
+     * runs twice into a fresh model and optimizer: first with the checkpoint's files dropped from the page cache
+     * (rank 0 evicts them between barriers), then again, from the cache.
+     */
     private static Figures measure(ModelConfig cfg, int tp, int batch, int seq, int rounds, Path root, List<Long> peerSizes,
                                    Path peerFile) throws Exception {
-        List<double[]> perRank = ranks(tp, (rank, world) -> {
+        List<Figures> perRank = ranks(tp, (rank, world) -> {
             Transformer m = new Transformer(cfg, new RankContext(new CpuDevice(), new TensorParallel(world, false), Precision.FP32));
             m.initialize(1);
             SplittableRandom rng = new SplittableRandom(7);
@@ -159,13 +182,17 @@ public final class CheckpointBench {
             DistributedCheckpoint dc = new DistributedCheckpoint(new LocalStorage(), root.toString(), 2 * rounds + 1);
             AsyncCheckpointer saver = new AsyncCheckpointer(dc, true); // one per rank, as in training: staging reused
             double[] save = new double[rounds];
-            double[] load = new double[rounds];
+            double[] loadFirst = new double[rounds];
+            double[] loadCold = new double[rounds];
+            double[] loadWarm = new double[rounds];
             double[] blocked = new double[rounds];
             double[] copied = new double[rounds];
             double[] extra = new double[rounds];
             double[] during = new double[rounds];
             double[] base = new double[rounds];
-            double[][] peer = peerSizes == null ? null : new double[rounds][];
+            List<TorchSavePeer.Round> peer = new ArrayList<>();
+            int resident = 0;
+            int samples = 0;
             long bytes = 0;
             long total = 0;
             for (int r = 0; r < rounds; r++) {
@@ -176,20 +203,22 @@ public final class CheckpointBench {
                 save[r] = (System.nanoTime() - t0) / 1e9;
                 bytes = Files.size(Path.of(saved, String.format(Locale.ROOT, "model-tp%02d-of%02d.safetensors", rank, tp)))
                         + Files.size(Path.of(saved, String.format(Locale.ROOT, "optim-tp%02d-of%02d.safetensors", rank, tp)));
-                try (var files = Files.list(Path.of(saved))) {
-                    total = files.mapToLong(p -> p.toFile().length()).sum();
+                List<Path> files;
+                try (var list = Files.list(Path.of(saved))) {
+                    files = list.filter(f -> f.toString().endsWith(".safetensors")).sorted().toList();
                 }
-                Transformer fresh = new Transformer(cfg, new RankContext(new CpuDevice(), new TensorParallel(world, false), Precision.FP32));
-                AdamW adam = new AdamW(fresh.params(), fresh.kernels(), opt.beta1(), opt.beta2(), opt.eps(), opt.weightDecay());
-                world.barrier();
-                t0 = System.nanoTime();
-                dc.load(saved, fresh, adam);
-                load[r] = (System.nanoTime() - t0) / 1e9;
-                if (fresh.params().weights().floats().get(17) != m.params().weights().floats().get(17)) {
-                    throw new IllegalStateException("loaded weights differ from the saved ones");
-                }
-                if (peer != null) {
-                    peer[r] = torchPeer(peerSizes, peerFile, 1);
+                total = files.stream().mapToLong(f -> f.toFile().length()).sum();
+                samples = PageCache.samples(files.size());
+                resident = Math.max(resident, evict(world, rank, files));
+                loadFirst[r] = timedLoad(cfg, world, dc, saved, opt, m);
+                resident = Math.max(resident, evict(world, rank, files));
+                loadCold[r] = timedLoad(cfg, world, dc, saved, opt, m);
+                loadWarm[r] = timedLoad(cfg, world, dc, saved, opt, m);
+                if (peerSizes != null) {
+                    TorchSavePeer.Round p = TorchSavePeer.round(peerSizes, peerFile);
+                    if (p != null) {
+                        peer.add(p);
+                    }
                 }
                 double[] a = asyncRound(world, trainer, saver, 200 + r);
                 copied[r] = a[4];
@@ -205,23 +234,48 @@ public final class CheckpointBench {
                     dc.storage().delete(dc.dir(s));
                 }
             }
-            double[] peerMedians = null;
-            if (peer != null && peer[0] != null) {
-                peerMedians = new double[] {median(column(peer, 0)), median(column(peer, 1)), peer[0][2]};
-            }
-            return new double[] {median(steps), median(save), median(load), bytes, total, median(blocked), median(extra),
-                median(during), median(base), peerMedians == null ? -1 : peerMedians[0], peerMedians == null ? -1 : peerMedians[1],
-                peerMedians == null ? -1 : peerMedians[2], median(copied)};
+            Peer peerMedians = peer.isEmpty() ? null : new Peer(median(peer, TorchSavePeer.Round::saveS),
+                    median(peer, TorchSavePeer.Round::loadFirstS), median(peer, TorchSavePeer.Round::loadColdS), median(peer, TorchSavePeer.Round::loadWarmS), peer.get(0).bytes(),
+                    peer.stream().mapToInt(TorchSavePeer.Round::residentAfterEviction).max().orElse(0));
+            return new Figures(tp, median(steps), median(save), median(loadFirst), median(loadCold), median(loadWarm), bytes, total, median(blocked),
+                    median(extra), median(during), median(base), median(copied), resident, samples, peerMedians);
         });
-        double[] worst = new double[9];
-        for (double[] r : perRank) { // the slowest rank: everyone waits for it
-            for (int i = 0; i < worst.length; i++) {
-                worst[i] = Math.max(worst[i], r[i]);
-            }
+        Figures r0 = perRank.get(0);
+        java.util.function.ToDoubleFunction<java.util.function.ToDoubleFunction<Figures>> worst =
+            g -> perRank.stream().mapToDouble(g).max().orElse(0); // the slowest rank: everyone waits for it
+        return new Figures(tp, worst.applyAsDouble(Figures::stepS), worst.applyAsDouble(Figures::saveS),
+                worst.applyAsDouble(Figures::loadFirstS), worst.applyAsDouble(Figures::loadColdS), worst.applyAsDouble(Figures::loadWarmS),
+                (long) worst.applyAsDouble(Figures::bytesPerRank), r0.totalBytes(), worst.applyAsDouble(Figures::asyncBlockedS),
+                worst.applyAsDouble(Figures::asyncExtraS), worst.applyAsDouble(Figures::asyncSteps),
+                worst.applyAsDouble(Figures::asyncBaseS), worst.applyAsDouble(Figures::asyncCopyS), r0.residentAfterEviction(),
+                r0.samples(), r0.peer());
+    }
+
+    /** Rank 0 drops {@code files} from the page cache between barriers; returns the pages found cached after (rank 0). */
+    private static int evict(Communicator world, int rank, List<Path> files) throws IOException, InterruptedException {
+        world.barrier();
+        int resident = 0;
+        if (rank == 0) {
+            PageCache.evict(files);
+            resident = PageCache.residentSamples(files);
         }
-        double[] r0 = perRank.get(0);
-        return new Figures(tp, worst[0], worst[1], worst[2], (long) worst[3], (long) r0[4], worst[5], worst[6], worst[7], worst[8],
-                r0[9] < 0 ? null : new double[] {r0[9], r0[10], r0[11]}, perRank.stream().mapToDouble(x -> x[12]).max().orElse(0));
+        world.barrier();
+        return resident;
+    }
+
+    /** A load of {@code dir} into a fresh model and optimizer, timed between barriers; checks a weight against {@code m}'s. */
+    private static double timedLoad(ModelConfig cfg, Communicator world, DistributedCheckpoint dc, String dir, Trainer.Options opt,
+                                    Transformer m) throws IOException {
+        Transformer fresh = new Transformer(cfg, new RankContext(new CpuDevice(), new TensorParallel(world, false), Precision.FP32));
+        AdamW adam = new AdamW(fresh.params(), fresh.kernels(), opt.beta1(), opt.beta2(), opt.eps(), opt.weightDecay());
+        world.barrier();
+        long t0 = System.nanoTime();
+        dc.load(dir, fresh, adam);
+        double s = (System.nanoTime() - t0) / 1e9;
+        if (fresh.params().weights().floats().get(17) != m.params().weights().floats().get(17)) {
+            throw new IllegalStateException("loaded weights differ from the saved ones");
+        }
+        return s;
     }
 
     /**
@@ -262,49 +316,8 @@ public final class CheckpointBench {
         return new double[] {baseline, copy + polls, steps, stepsTime - steps * baseline, copy}; // negative extra: noise
     }
 
-    private static double[] column(double[][] rows, int c) {
-        double[] out = new double[rows.length];
-        for (int i = 0; i < rows.length; i++) {
-            out[i] = rows[i][c];
-        }
-        return out;
-    }
-
-    /** torch.save (fsynced) and torch.load medians and the bytes written, or null without torch. */
-    private static double[] torchPeer(List<Long> sizes, Path file, int rounds) throws IOException, InterruptedException {
-        String script = String.join("\n",
-                "import sys, os, time, json, statistics",
-                "import torch",
-                "torch.set_num_threads(1)",
-                "sizes = json.loads(sys.argv[1]); path = sys.argv[2]; rounds = int(sys.argv[3])",
-                "g = torch.Generator().manual_seed(0)",
-                "sd = {'t%d' % i: torch.randn(n, generator=g) for i, n in enumerate(sizes)}",
-                "save, load = [], []",
-                "for r in range(rounds):",
-                "    t = time.perf_counter()",
-                "    with open(path, 'wb') as f:",
-                "        torch.save(sd, f); f.flush(); os.fsync(f.fileno())",
-                "    save.append(time.perf_counter() - t)",
-                "    t = time.perf_counter()",
-                "    back = torch.load(path)",
-                "    load.append(time.perf_counter() - t)",
-                "    assert torch.equal(back['t0'], sd['t0'])",
-                "print(statistics.median(save), statistics.median(load), os.path.getsize(path))",
-                "os.remove(path)");
-        if (!Files.isExecutable(Path.of("/usr/bin/python3"))) {
-            return null;
-        }
-        Process p = new ProcessBuilder("/usr/bin/python3", "-c", script, sizes.toString(), file.toString(), String.valueOf(rounds))
-                .redirectErrorStream(true).start();
-        String outText = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8).trim();
-        if (!p.waitFor(600, TimeUnit.SECONDS) || p.exitValue() != 0) {
-            if (outText.contains("No module named 'torch'")) {
-                return null;
-            }
-            throw new IOException("the torch peer failed: " + outText);
-        }
-        String[] last = outText.lines().reduce((x, y) -> y).orElse("").trim().split("\\s+");
-        return new double[] {Double.parseDouble(last[0]), Double.parseDouble(last[1]), Double.parseDouble(last[2])};
+    private static <T> double median(List<T> rows, java.util.function.ToDoubleFunction<T> f) {
+        return median(rows.stream().mapToDouble(f).toArray());
     }
 
     private static double median(double[] xs) {
@@ -313,12 +326,12 @@ public final class CheckpointBench {
         return s.length % 2 == 1 ? s[s.length / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
     }
 
-    private interface Body {
-        double[] run(int rank, Communicator world) throws Exception;
+    private interface Body<T> {
+        T run(int rank, Communicator world) throws Exception;
     }
 
     /** {@code n} ranks as threads with loopback TCP communicators (one: a self communicator). */
-    private static List<double[]> ranks(int n, Body body) throws Exception {
+    private static <T> List<T> ranks(int n, Body<T> body) throws Exception {
         if (n == 1) {
             try (Communicator c = new org.sparkatron.comm.SelfCommunicator()) {
                 return List.of(body.run(0, c));
@@ -328,7 +341,7 @@ public final class CheckpointBench {
         TcpOptions opts = TcpOptions.loopback().withTimeouts(60_000, 600_000);
         ExecutorService pool = Executors.newFixedThreadPool(n);
         try {
-            List<Future<double[]>> fs = new ArrayList<>();
+            List<Future<T>> fs = new ArrayList<>();
             for (int r = 0; r < n; r++) {
                 int rank = r;
                 fs.add(pool.submit(() -> {
@@ -342,8 +355,8 @@ public final class CheckpointBench {
                     }
                 }));
             }
-            List<double[]> out = new ArrayList<>();
-            for (Future<double[]> f : fs) {
+            List<T> out = new ArrayList<>();
+            for (Future<T> f : fs) {
                 out.add(f.get());
             }
             return out;

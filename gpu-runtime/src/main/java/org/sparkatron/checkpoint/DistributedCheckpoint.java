@@ -3,16 +3,13 @@ package org.sparkatron.checkpoint;
 import java.io.IOException;
 import java.util.ArrayList;
 import java.util.Collections;
-import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.function.Consumer;
 import org.sparkatron.comm.Communicator;
 import org.sparkatron.model.Transformer;
-import org.sparkatron.device.MemoryKind;
 import org.sparkatron.optim.AdamW;
-import org.sparkatron.optim.DistributedOptimizer;
 import org.sparkatron.parallel.DistributedDataParallel;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
@@ -176,34 +173,30 @@ public final class DistributedCheckpoint {
 
     /**
      * Loads a checkpoint into this rank's model (and optimizer moments and step, unless {@code opt} is null),
-     * whatever the TP layout it was saved with; also restores the dropout counter. Verifies the size and
-     * CRC32C of every file it reads. Local to this rank (no communication); the data position is the
-     * caller's (see {@link CheckpointMetadata#dataPositions()}).
+     * whatever the TP layout it was saved with; also restores the dropout counter. Reads every file it needs once,
+     * straight into the model's blocks, checking its size and CRC32C as it goes; nothing else (step, counter) changes
+     * unless all are intact. Local to this rank (no communication); the data position is the caller's (see
+     * {@link CheckpointMetadata#dataPositions()}).
      *
-     * @throws CheckpointException naming the file and problem for a damaged or mismatched checkpoint
+     * @throws CheckpointException naming the file and problem for a damaged or mismatched checkpoint; when a file
+     *     was damaged the weights and moments hold unspecified values (load a checkpoint over them, or discard them)
      */
     public CheckpointMetadata load(String dir, Transformer model, AdamW opt) throws IOException {
         CheckpointMetadata meta = metadata(dir);
         meta.requireModel(model.config(), dir);
         ShardReader reader = new ShardReader(dir, meta, model, opt != null);
-        Map<String, ShardFiles.Local> local = fetch(dir, meta, reader);
-        try {
-            apply(meta, reader, local, model, opt);
-        } finally {
-            closeAll(local);
-        }
-        return meta;
+        return CheckpointLoad.read(fs, dir, meta, reader, model, opt).finish();
     }
 
     /**
-     * Automatic resume, collective over {@code world}: every rank checks the newest committed checkpoint
-     * (metadata, model match, size and CRC32C of the files it needs); if every rank finds it usable, all
-     * load it; if any finds it damaged, all fall back to the next older one, and {@code log} says which
-     * and why. A checkpoint for another model is never skipped silently: every rank throws.
+     * Automatic resume, collective over {@code world}: every rank reads the newest committed checkpoint
+     * (metadata, model match, size and CRC32C of the files it needs, checked as they are read); if every rank read
+     * it intact, all take it; if any found damage, all fall back to the next older one (read over the first), and
+     * {@code log} says which and why. A checkpoint for another model is never skipped silently: every rank throws.
      *
      * @return the loaded checkpoint's metadata, or empty when the root holds no committed checkpoint
      * @throws CheckpointException when checkpoints exist but none is usable (naming each problem), or one
-     *     is for another model
+     *     is for another model; then the model's weights and moments hold unspecified values
      */
     public java.util.Optional<CheckpointMetadata> resume(Communicator world, Transformer model, AdamW opt, Consumer<String> log)
             throws IOException {
@@ -219,16 +212,14 @@ public final class DistributedCheckpoint {
         List<String> problems = new ArrayList<>();
         for (long step : steps) {
             String dir = dir(step);
-            CheckpointMetadata meta = null;
-            ShardReader reader = null;
-            Map<String, ShardFiles.Local> local = new LinkedHashMap<>();
+            CheckpointLoad loaded = null;
             String problem = null;
             int status = 0;
             try {
-                meta = metadata(dir);
+                CheckpointMetadata meta = metadata(dir);
                 meta.requireModel(model.config(), dir);
-                reader = new ShardReader(dir, meta, model, opt != null);
-                local = fetch(dir, meta, reader);
+                ShardReader reader = new ShardReader(dir, meta, model, opt != null);
+                loaded = CheckpointLoad.read(fs, dir, meta, reader, model, opt);
             } catch (CheckpointException e) {
                 problem = e.getMessage();
                 status = e.fallbackAllowed() ? 1 : 2;
@@ -241,7 +232,9 @@ public final class DistributedCheckpoint {
             int worstRank = -1;
             for (int r = 0; r < all.length; r++) {
                 if (all[r][0] != step) {
-                    closeAll(local);
+                    if (loaded != null) {
+                        loaded.abandon();
+                    }
                     throw new IOException("ranks disagree on the checkpoint to try: rank " + r + " tried step " + all[r][0]
                             + ", rank " + world.rank() + " step " + step);
                 }
@@ -251,14 +244,11 @@ public final class DistributedCheckpoint {
                 }
             }
             if (worst == 0) {
-                try {
-                    apply(meta, reader, local, model, opt);
-                } finally {
-                    closeAll(local);
-                }
-                return java.util.Optional.of(meta);
+                return java.util.Optional.of(loaded.finish());
             }
-            closeAll(local);
+            if (loaded != null) {
+                loaded.abandon();
+            }
             String why = problem != null ? problem : dir + " unusable on rank " + worstRank + " (see its log)";
             if (worst == 2) {
                 throw new CheckpointException(why, false);
@@ -270,61 +260,6 @@ public final class DistributedCheckpoint {
             throw new CheckpointException("no usable checkpoint under " + root + ": " + String.join("; ", problems), false);
         }
         return java.util.Optional.empty();
-    }
-
-    private Map<String, ShardFiles.Local> fetch(String dir, CheckpointMetadata meta, ShardReader reader) throws IOException {
-        Map<String, ShardFiles.Local> local = new LinkedHashMap<>();
-        try {
-            for (String f : reader.files()) {
-                local.put(f, ShardFiles.fetchVerified(fs, fs.child(dir, f), meta.files().get(f)));
-            }
-        } catch (IOException | RuntimeException e) {
-            closeAll(local);
-            throw e;
-        }
-        return local;
-    }
-
-    private static void apply(CheckpointMetadata meta, ShardReader reader, Map<String, ShardFiles.Local> local,
-                              Transformer model, AdamW opt) throws IOException {
-        model.finishParamGather(); // a gather deferred by the last step (overlap_param_gather) must not follow the load
-        if (opt != null && opt.sharded()) {
-            // the distributed optimizer: whole moments into temporary blocks, then this rank's shard of them; the
-            // fp32 master shard from the fp32 weights just loaded
-            DistributedDataParallel ddp = shardedBy(model);
-            Tensor m = model.device().zeros(MemoryKind.OPTIMIZER, DType.F32, model.params().numel());
-            Tensor v = model.device().zeros(MemoryKind.OPTIMIZER, DType.F32, model.params().numel());
-            try {
-                reader.copy(local, model.device(), model.params().weights(), m, v);
-                DistributedOptimizer.scatterState(opt, ddp, m, opt.firstMoment());
-                DistributedOptimizer.scatterState(opt, ddp, v, opt.secondMoment());
-                opt.reloadMasterWeights();
-            } finally {
-                model.device().release(m);
-                model.device().release(v);
-            }
-        } else {
-            reader.copy(local, model.device(), model.params().weights(), opt == null ? null : opt.firstMoment(),
-                    opt == null ? null : opt.secondMoment());
-        }
-        if (opt != null) {
-            opt.setStep(meta.step());
-        }
-        model.setTrainSteps(meta.dropoutSteps());
-        String fp8 = meta.extra().get(org.sparkatron.precision.Fp8State.CHECKPOINT_KEY);
-        if (model.fp8() != null && fp8 != null) {
-            model.fp8().restoreState(fp8); // another FP8 layer set or history length: fresh recipe state (docs/precision.md)
-        }
-    }
-
-    private static void closeAll(Map<String, ShardFiles.Local> local) {
-        for (ShardFiles.Local l : local.values()) {
-            try {
-                l.close();
-            } catch (IOException e) {
-                // a staged temporary copy; nothing else refers to it
-            }
-        }
     }
 
     /** The data parallelism whose shards a sharded optimizer holds (the model's). */

@@ -128,51 +128,47 @@ final class ShardFiles {
     }
 
     /**
-     * A local, verified copy of a checkpoint file: the size and CRC32C must match {@code expected}.
+     * A local copy of a checkpoint file to read: on a local disk the file itself (its size checked; its CRC32C is
+     * checked as it is read, {@link CheckedFileReader}); on other storage a temporary copy streamed down, whose
+     * size and CRC32C are checked before it is returned (so a damaged remote file is refused before any of it is
+     * used, naming the remote path).
      *
      * @throws CheckpointException naming the file when it is missing, truncated, longer, or corrupted
      */
-    static Local fetchVerified(CheckpointStorage fs, String path, CheckpointMetadata.FileEntry expected) throws IOException {
+    static Local fetch(CheckpointStorage fs, String path, CheckpointMetadata.FileEntry expected) throws IOException {
         if (!fs.exists(path)) {
             throw new CheckpointException(path + ": missing (the metadata lists it)", true);
         }
         long len = fs.length(path);
         if (len != expected.bytes()) {
-            throw new CheckpointException(path + ": " + (len < expected.bytes() ? "truncated" : "longer than written")
-                    + ": " + len + " bytes, the metadata says " + expected.bytes(), true);
+            throw CheckedFileReader.sizeError(path, len, expected.bytes());
         }
         Path local = fs.localFile(path);
-        boolean temp = local == null;
-        long crc;
-        if (temp) {
-            local = Files.createTempFile("sparkatron-shard-", ".safetensors");
-            CRC32C c = new CRC32C();
-            byte[] buf = new byte[1 << 20];
-            try (InputStream in = fs.open(path); OutputStream out = Files.newOutputStream(local)) {
-                for (int r; (r = in.read(buf)) > 0; ) {
-                    c.update(buf, 0, r);
-                    out.write(buf, 0, r);
-                }
-            } catch (IOException e) {
-                Files.deleteIfExists(local);
-                throw e;
-            }
-            crc = c.getValue();
-        } else {
-            crc = crc(local);
+        if (local != null) {
+            return new Local(local, false, path);
         }
-        if (!hex(crc).equals(expected.crc32c())) {
-            if (temp) {
-                Files.deleteIfExists(local);
+        local = Files.createTempFile("sparkatron-shard-", ".safetensors");
+        CRC32C c = new CRC32C();
+        byte[] buf = new byte[1 << 20];
+        try (InputStream in = fs.open(path); OutputStream out = Files.newOutputStream(local)) {
+            for (int r; (r = in.read(buf)) > 0; ) {
+                c.update(buf, 0, r);
+                out.write(buf, 0, r);
             }
-            throw new CheckpointException(path + ": corrupted: CRC32C " + hex(crc) + ", the metadata says "
+        } catch (IOException e) {
+            Files.deleteIfExists(local);
+            throw e;
+        }
+        if (!hex(c.getValue()).equals(expected.crc32c())) {
+            Files.deleteIfExists(local);
+            throw new CheckpointException(path + ": corrupted: CRC32C " + hex(c.getValue()) + ", the metadata says "
                     + expected.crc32c(), true);
         }
-        return new Local(local, temp);
+        return new Local(local, true, path);
     }
 
-    /** A local file to read, deleted on close when it is a staged copy. */
-    record Local(Path path, boolean temporary) implements AutoCloseable {
+    /** A local file to read, named {@code name} in errors, deleted on close when it is a staged copy. */
+    record Local(Path path, boolean temporary, String name) implements AutoCloseable {
         @Override
         public void close() throws IOException {
             if (temporary) {

@@ -1,7 +1,8 @@
 package org.sparkatron.checkpoint;
 
 import java.io.IOException;
-import java.nio.FloatBuffer;
+import java.nio.channels.FileChannel;
+import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Comparator;
@@ -115,10 +116,15 @@ final class ShardReader {
     }
 
     /**
-     * Copies the planned slices from the (verified, local) files into blocks in the model's parameter layout:
-     * its weights and, when planned with the optimizer, the moments (null: not read).
+     * Reads the planned slices from the (local) files into blocks in the model's parameter layout: its weights and,
+     * when planned with the optimizer, the moments (null: not read). Each file is read once, its CRC32C checked
+     * as it is read ({@link CheckedFileReader}); the slices go straight into the blocks (on the CPU device: the
+     * blocks themselves).
+     *
+     * @throws CheckpointException naming the file when it is damaged (then the blocks hold unspecified values:
+     *     the caller must not use them; they are fully rewritten by the next successful read)
      */
-    void copy(Map<String, ShardFiles.Local> local, Device device, Tensor weights, Tensor m, Tensor v) throws IOException {
+    void read(Map<String, ShardFiles.Local> local, Device device, Tensor weights, Tensor m, Tensor v) throws IOException {
         Tensor[] onDevice = {weights, m, v};
         Tensor[] blocks = new Tensor[onDevice.length]; // host views (the blocks themselves on the CPU device)
         for (int b = 0; b < blocks.length; b++) {
@@ -132,20 +138,11 @@ final class ShardReader {
             }
         }
         for (Map.Entry<String, List<Op>> f : opsByFile.entrySet()) {
-            String path = local.get(f.getKey()).path().toString();
-            try (SafeTensorsFile st = SafeTensors.open(local.get(f.getKey()).path())) {
-                Map<String, FloatBuffer> views = new LinkedHashMap<>();
-                for (Op op : f.getValue()) {
-                    FloatBuffer src = views.get(op.key());
-                    if (src == null) {
-                        src = view(st, f.getKey(), op.key(), path);
-                        views.put(op.key(), src);
-                    }
-                    blocks[op.block()].slice(op.dst(), op.len()).floats().put(0, src, Math.toIntExact(op.src()),
-                            Math.toIntExact(op.len()));
-                }
-            } catch (SafeTensorsFormatException e) {
-                throw new CheckpointException(dir + "/" + f.getKey() + ": not a valid safetensors file: " + e.getMessage(), e, true);
+            ShardFiles.Local file = local.get(f.getKey());
+            CheckpointMetadata.FileEntry expected = meta.files().get(f.getKey());
+            try (FileChannel ch = FileChannel.open(file.path(), StandardOpenOption.READ)) {
+                List<CheckedFileReader.Target> targets = targets(ch, f.getKey(), file, expected, f.getValue(), blocks);
+                CheckedFileReader.read(ch, file.name(), expected.bytes(), expected.crc32c(), targets);
             }
         }
         for (int b = 0; b < blocks.length; b++) {
@@ -155,15 +152,54 @@ final class ShardReader {
         }
     }
 
-    private FloatBuffer view(SafeTensorsFile st, String file, String key, String path) throws CheckpointException {
-        if (!st.contains(key)) {
+    /**
+     * The byte ranges of {@code file} the ops need, after checking its header against the metadata. A header that
+     * does not parse or does not match is reported as the corruption it is when the file's checksum differs too.
+     */
+    private List<CheckedFileReader.Target> targets(FileChannel ch, String fileName, ShardFiles.Local file, CheckpointMetadata.FileEntry expected,
+                                                   List<Op> ops, Tensor[] blocks) throws IOException {
+        long size = ch.size();
+        if (size != expected.bytes()) {
+            throw CheckedFileReader.sizeError(file.name(), size, expected.bytes());
+        }
+        Map<String, SafeTensorsHeader.Info> entries = new LinkedHashMap<>();
+        long dataStart;
+        try {
+            SafeTensorsHeader h = SafeTensorsHeader.read(file.path(), ch, size);
+            for (SafeTensorsHeader.Info i : h.tensors()) {
+                entries.put(i.name(), i);
+            }
+            dataStart = h.dataStart();
+            for (Op op : ops) {
+                check(entries.get(op.key()), fileName, op.key());
+            }
+        } catch (SafeTensorsFormatException | CheckpointException e) {
+            String crc = ShardFiles.hex(ShardFiles.crc(file.path()));
+            if (!crc.equals(expected.crc32c())) {
+                throw new CheckpointException(file.name() + ": corrupted: CRC32C " + crc + ", the metadata says " + expected.crc32c(), e, true);
+            }
+            if (e instanceof CheckpointException ce) {
+                throw ce;
+            }
+            throw new CheckpointException(file.name() + ": not a valid safetensors file: " + e.getMessage(), e, true);
+        }
+        List<CheckedFileReader.Target> targets = new ArrayList<>(ops.size());
+        for (Op op : ops) {
+            long at = dataStart + entries.get(op.key()).begin() + op.src() * Float.BYTES;
+            targets.add(new CheckedFileReader.Target(at, blocks[op.block()].slice(op.dst(), op.len()).hostBuffer()));
+        }
+        return targets;
+    }
+
+    private void check(SafeTensorsHeader.Info e, String file, String key) throws CheckpointException {
+        if (e == null) {
             throw new CheckpointException(dir + "/" + file + ": has no tensor '" + key + "' (the metadata says it does)", true);
         }
         long want = keyNumel.get(file + "\u0000" + key);
-        if (st.dtype(key) != DType.F32 || st.numel(key) != want) {
-            throw new CheckpointException(dir + "/" + file + ": tensor '" + key + "' is " + st.dtype(key) + " of "
-                    + st.numel(key) + " elements, the metadata says F32 of " + want, true);
+        long numel = SafeTensorsHeader.numel(e.shape());
+        if (e.dtype() != DType.F32 || numel != want) {
+            throw new CheckpointException(dir + "/" + file + ": tensor '" + key + "' is " + e.dtype() + " of " + numel
+                    + " elements, the metadata says F32 of " + want, true);
         }
-        return st.tensor(key).floats();
     }
 }

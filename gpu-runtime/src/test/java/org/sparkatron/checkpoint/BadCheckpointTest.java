@@ -21,6 +21,7 @@ import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 import org.sparkatron.comm.LocalRanks;
 import org.sparkatron.comm.SelfCommunicator;
+import org.sparkatron.device.TestDevices;
 import org.sparkatron.model.ModelConfig;
 import org.sparkatron.model.Transformer;
 import org.sparkatron.optim.AdamW;
@@ -39,6 +40,8 @@ class BadCheckpointTest {
     private ModelConfig cfg;
     private DistributedCheckpoint ckpt;
     private float[] weightsAtStep1;
+    private float[] firstMomentAtStep1;
+    private float[] secondMomentAtStep1;
 
     @BeforeEach
     void twoCheckpoints() throws Exception {
@@ -48,6 +51,8 @@ class BadCheckpointTest {
         t.step();
         save(t);
         weightsAtStep1 = weights(t.model());
+        firstMomentAtStep1 = TestDevices.read(t.model().device(), t.optimizer().firstMoment());
+        secondMomentAtStep1 = TestDevices.read(t.model().device(), t.optimizer().secondMoment());
         t.step();
         save(t);
     }
@@ -71,7 +76,10 @@ class BadCheckpointTest {
         return tmp.resolve("ckpt").resolve(DistributedCheckpoint.dirName(step)).resolve(name);
     }
 
-    /** Resume falls back to step 1 after step 2 was damaged, logging why; returns that log line. */
+    /**
+     * Resume falls back to step 1 after step 2 was damaged, logging why; returns that log line. The weights and
+     * moments are step 1's although step 2's intact files were read into them first.
+     */
     private String assertFallsBackToStep1() throws IOException {
         Trainer t = trainer();
         List<String> log = new ArrayList<>();
@@ -79,6 +87,8 @@ class BadCheckpointTest {
         assertEquals(1, m.step());
         assertEquals(1, t.optimizer().step());
         assertArrayEquals(weightsAtStep1, weights(t.model()));
+        assertArrayEquals(firstMomentAtStep1, TestDevices.read(t.model().device(), t.optimizer().firstMoment()));
+        assertArrayEquals(secondMomentAtStep1, TestDevices.read(t.model().device(), t.optimizer().secondMoment()));
         assertEquals(1, log.size(), log.toString());
         assertTrue(log.get(0).contains(DistributedCheckpoint.dirName(2)) && log.get(0).contains("falling back"), log.get(0));
         return log.get(0);
@@ -98,6 +108,20 @@ class BadCheckpointTest {
         String msg = loadStep2().getMessage();
         assertTrue(msg.contains("model-tp00-of01.safetensors") && msg.contains("truncated"), msg);
         assertTrue(assertFallsBackToStep1().contains("truncated"));
+    }
+
+    @Test
+    void aDamagedHeaderIsReportedAsTheCorruptionItIs() throws Exception {
+        Path f = file(2, "model-tp00-of01.safetensors");
+        byte[] b = Files.readAllBytes(f);
+        String header = new String(b, 8, 200, java.nio.charset.StandardCharsets.ISO_8859_1);
+        int at = 8 + header.indexOf("\"data_offsets\"");
+        assertTrue(at > 8, header);
+        b[at + 1] = 'x'; // "data_offsets" -> "xata_offsets": the header no longer parses as a safetensors header
+        Files.write(f, b);
+        String msg = loadStep2().getMessage();
+        assertTrue(msg.contains("model-tp00-of01.safetensors") && msg.contains("corrupted") && msg.contains("CRC32C"), msg);
+        assertTrue(assertFallsBackToStep1().contains("corrupted"));
     }
 
     @Test
