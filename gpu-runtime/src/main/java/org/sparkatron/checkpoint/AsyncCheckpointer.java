@@ -3,7 +3,6 @@ package org.sparkatron.checkpoint;
 import java.io.IOException;
 import java.util.ArrayList;
 import java.util.Arrays;
-import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ExecutionException;
@@ -28,11 +27,12 @@ import org.sparkatron.tensor.Tensor;
  * makes this copy while the next step's forward and backward run, and that step's updates wait for it
  * through {@link org.sparkatron.model.ParameterSet#awaitReaders}; elsewhere the training thread makes it, and
  * it is the only time the step waits), writes the files from the copy on a background thread while training
- * goes on, and is committed later by {@link #poll} (every step) or
- * {@link #finish}: once every rank has written its files, rank 0 writes the metadata with every file's size
- * and CRC32C and renames the directory into place, exactly as a blocking save does. A crash before that
- * commit leaves an {@code .inprogress-} directory that resume ignores (and the next save deletes), so the
- * previous checkpoint stays the newest usable one: the atomicity, CRC and fallback guarantees are those of
+ * goes on, and is committed through {@link #poll} (every step) or {@link #finish}: at the first poll that
+ * finds every rank's files written, rank 0's writer thread writes the metadata with every file's size and CRC32C,
+ * renames the directory into place and deletes checkpoints beyond the newest K, exactly as a blocking save does
+ * on the training thread; a later poll tells every rank the outcome. A crash before the rename leaves an
+ * {@code .inprogress-} directory that resume ignores (and the next save deletes), so the previous checkpoint
+ * stays the newest usable one: the atomicity, CRC and fallback guarantees are those of
  * {@link DistributedCheckpoint#save}, which is this class in blocking mode.
  *
  * <p>With the distributed optimizer (a sharded {@link AdamW}) the fp32 master weights and moments are first
@@ -47,7 +47,9 @@ import org.sparkatron.tensor.Tensor;
  * same points); {@code start} first finishes a save still in flight. The writer thread is this instance's own
  * (it ends after a few idle seconds, and at {@link #close}). A rank that fails to write makes every rank's
  * {@code poll}/{@code finish} throw {@link IOException} naming it; nothing is committed and earlier
- * checkpoints stay untouched.
+ * checkpoints stay untouched. A commit that fails on rank 0's writer thread (the metadata, the rename, or deleting
+ * old checkpoints) makes every rank's next {@code poll}/{@code finish} (or {@code start}, which finishes first)
+ * throw it; {@link #close} abandons a save in flight and its outcome.
  */
 public final class AsyncCheckpointer implements AutoCloseable {
     /** A rank's report of its files: {error, model file: written, bytes, CRC, optimizer file: 3, step, expert model: 3, expert optimizer: 3}. */
@@ -57,6 +59,10 @@ public final class AsyncCheckpointer implements AutoCloseable {
     private final ThreadPoolExecutor writer;
     private Tensor staging; // guarded by this: the training thread or the writer allocates it
     private Pending pending;
+    /** Once every rank's files are written: rank 0's commit on the writer thread (its error, or null), done elsewhere. */
+    private Future<String> committing;
+    /** A blocking save's directory, committed on the training thread. */
+    private String committedDir;
     /** The writer's copy of the save in flight (counted down when done), or null. */
     private java.util.concurrent.CountDownLatch pendingCopy;
     /** The last write's {wall, writer thread CPU} nanoseconds, for the benchmark; written by the writer thread. */
@@ -186,18 +192,18 @@ public final class AsyncCheckpointer implements AutoCloseable {
         Tensor[] blocks = {weights, mBlock, vBlock};
         // up to four files: the dense model and optimizer shards, and under EP > 1 the experts' (CheckpointLayout)
         Boolean dense = lay.separateExperts() ? Boolean.FALSE : null; // null: every parameter
-        List<FilePart> parts = new ArrayList<>();
+        List<ShardFilePart> parts = new ArrayList<>();
         if (lay.writesModel(tpRank, replica)) {
-            parts.add(new FilePart(lay.modelFile(stage, tpRank), 1, model, dense, false));
+            parts.add(new ShardFilePart(lay.modelFile(stage, tpRank), 1, model, dense, false));
         }
         if (lay.writesOptim(tpRank, replica)) {
-            parts.add(new FilePart(lay.optimFile(stage, tpRank), 4, model, dense, true));
+            parts.add(new ShardFilePart(lay.optimFile(stage, tpRank), 4, model, dense, true));
         }
         if (lay.writesExpertModel(tpRank, dpRank)) {
-            parts.add(new FilePart(lay.expertModelFile(stage, epRank, tpRank), 8, model, true, false));
+            parts.add(new ShardFilePart(lay.expertModelFile(stage, epRank, tpRank), 8, model, true, false));
         }
         if (lay.writesExpertOptim(tpRank, dpRank)) {
-            parts.add(new FilePart(lay.expertOptimFile(stage, epRank, tpRank), 11, model, true, true));
+            parts.add(new ShardFilePart(lay.expertOptimFile(stage, epRank, tpRank), 11, model, true, true));
         }
         Device dev = model.device();
         // On the CPU device the blocks are host memory and the live weights and moments change only in the next
@@ -210,19 +216,19 @@ public final class AsyncCheckpointer implements AutoCloseable {
         boolean copyOnWriter = async && temporary == null && weights.dtype() == DType.F32
                 && dev instanceof org.sparkatron.device.cpu.CpuDevice cpu && !cpu.isStrict();
         long need = 0;
-        for (FilePart f : parts) {
+        for (ShardFilePart f : parts) {
             need += f.numel();
         }
         String error = null;
         try {
             if (!async) {
-                for (FilePart f : parts) {
+                for (ShardFilePart f : parts) {
                     f.views(dev, blocks);
                 }
             } else if (!copyOnWriter) {
                 Tensor buf = staging(dev, need);
                 long at = 0;
-                for (FilePart f : parts) {
+                for (ShardFilePart f : parts) {
                     at = f.copy(dev, blocks, buf, at);
                 }
             }
@@ -246,7 +252,7 @@ public final class AsyncCheckpointer implements AutoCloseable {
                     try {
                         Tensor buf = staging(dev, stagingNumel); // the first save's allocation too is off the training thread
                         long at = 0;
-                        for (FilePart f : parts) {
+                        for (ShardFilePart f : parts) {
                             at = f.copyOnHost(blocks, buf, at);
                         }
                     } catch (RuntimeException e) {
@@ -297,12 +303,12 @@ public final class AsyncCheckpointer implements AutoCloseable {
     }
 
     /** Writes this rank's files of a save and returns its row of sizes and checksums (any thread). */
-    private long[] writeFiles(List<FilePart> parts, String tmp, long step) throws IOException {
+    private long[] writeFiles(List<ShardFilePart> parts, String tmp, long step) throws IOException {
         long[] row = new long[ROW];
         row[7] = step;
         long wall0 = System.nanoTime();
         long cpu0 = java.lang.management.ManagementFactory.getThreadMXBean().getCurrentThreadCpuTime();
-        for (FilePart f : parts) {
+        for (ShardFilePart f : parts) {
             ShardFiles.Written w = ShardFiles.write(ckpt.storage(), ckpt.storage().child(tmp, f.file()), f.tensors(),
                     Map.of("step", "" + step));
             row[f.slot()] = 1;
@@ -315,10 +321,11 @@ public final class AsyncCheckpointer implements AutoCloseable {
     }
 
     /**
-     * Commits the save in flight if every rank has written its files; collective (one small all-gather) while a
-     * save is in flight, nothing otherwise.
+     * Advances the save in flight without waiting: once every rank has written its files, rank 0's writer thread
+     * commits it, and a later poll returns its directory; collective (one small all-gather) while a save is in
+     * flight, nothing otherwise.
      *
-     * @return the committed checkpoint directory, or null when nothing was committed now
+     * @return the committed checkpoint directory (once, at the poll that learns of the commit), or null
      * @throws IOException if a rank failed to write (on every rank), or the commit failed
      */
     public String poll(Communicator world) throws IOException {
@@ -326,14 +333,33 @@ public final class AsyncCheckpointer implements AutoCloseable {
     }
 
     /**
-     * Waits for this rank's files, then commits the save in flight; collective. Returns the committed directory,
-     * or null when no save was in flight.
+     * Waits for this rank's files and for the commit of the save in flight; collective. Returns the committed
+     * directory, or null when no save was in flight.
+     *
+     * @throws IOException if a rank failed to write (on every rank), or the commit failed
      */
     public String finish(Communicator world) throws IOException {
         return pending == null ? null : complete(world, true);
     }
 
     private String complete(Communicator world, boolean block) throws IOException {
+        if (committing == null) {
+            if (!collectWritten(world, block)) {
+                return null; // someone is still writing: try again at the next poll
+            }
+            if (!block && committing != null) {
+                return null; // rank 0's writer has just begun the commit: its outcome is for the next poll
+            }
+        }
+        return committed(world, block);
+    }
+
+    /**
+     * The first half of a commit: every rank reports whether its files are written (one all-gather). Once all are,
+     * rank 0 hands the metadata, the rename and the pruning to its writer thread ({@link #committed} learns the
+     * outcome); a blocking save commits on this thread instead. Returns whether the files are all written.
+     */
+    private boolean collectWritten(Communicator world, boolean block) throws IOException {
         Pending p = pending;
         long[] mine = new long[ROW + 1];
         String error = null;
@@ -356,14 +382,14 @@ public final class AsyncCheckpointer implements AutoCloseable {
         List<String> failed = new ArrayList<>();
         for (int r = 0; r < all.length; r++) {
             if (all[r][0] == 0) {
-                return null; // someone is still writing: try again at the next poll
+                return false;
             }
             if (all[r][1] != 0) {
                 failed.add("" + r);
             }
         }
-        pending = null;
         if (!failed.isEmpty()) {
+            pending = null;
             throw new IOException(error != null ? error : "checkpoint of step " + p.step() + " not saved: rank(s) " + failed
                     + " failed to write (see their logs); earlier checkpoints are untouched");
         }
@@ -371,7 +397,65 @@ public final class AsyncCheckpointer implements AutoCloseable {
         for (int r = 0; r < all.length; r++) {
             rows[r] = Arrays.copyOfRange(all[r], 1, ROW + 1);
         }
-        return ckpt.commitSave(world, p.model(), p.step(), p.dropoutSteps(), p.tmp(), p.layout(), rows, p.positions(), p.extra());
+        if (!async) {
+            pending = null;
+            committedDir = ckpt.commitSave(world, p.model(), p.step(), p.dropoutSteps(), p.tmp(), p.layout(), rows, p.positions(),
+                    p.extra());
+            return true;
+        }
+        DistributedCheckpoint.requireStep(world, rows, p.step());
+        java.util.concurrent.Callable<String> commit = () -> {
+            String failure = ckpt.publish(p.model(), p.step(), p.dropoutSteps(), p.tmp(), p.layout(), rows, p.positions(), p.extra());
+            if (failure != null) {
+                return failure;
+            }
+            try {
+                ckpt.prune();
+                return null;
+            } catch (IOException | RuntimeException e) {
+                return "checkpoint " + ckpt.dir(p.step()) + " was committed, but rank 0 could not delete older checkpoints: " + e;
+            }
+        };
+        committing = world.rank() == 0 ? writer.submit(commit) : java.util.concurrent.CompletableFuture.completedFuture(null);
+        return true;
+    }
+
+    /**
+     * The second half: every rank learns whether rank 0's commit is done and how it went (one all-gather); a blocking
+     * call waits for it. Returns the committed directory, or null while rank 0 is still committing.
+     *
+     * @throws IOException on every rank when rank 0's commit failed
+     */
+    private String committed(Communicator world, boolean block) throws IOException {
+        Pending p = pending;
+        if (committing == null) { // a blocking save, committed on this thread
+            String dir = committedDir;
+            committedDir = null;
+            return dir;
+        }
+        String error = null;
+        long state = 0; // 0: committing, 1: committed, 2: failed
+        if (block || committing.isDone()) {
+            try {
+                error = committing.get();
+            } catch (ExecutionException e) {
+                error = "rank 0 could not commit " + ckpt.dir(p.step()) + ": " + e.getCause();
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new IOException("interrupted while waiting for the checkpoint of step " + p.step() + " to be committed", e);
+            }
+            state = error == null ? 1 : 2;
+        }
+        long[] all = DistributedCheckpoint.gatherFlat(world, new long[] {state});
+        if (all[0] == 0) {
+            return null;
+        }
+        pending = null;
+        committing = null;
+        if (all[0] == 2) {
+            throw new IOException(error != null ? error : "rank 0 could not commit " + ckpt.dir(p.step()) + " (see its log)");
+        }
+        return ckpt.dir(p.step());
     }
 
     /** The last completed write's {wall, CPU of the writing thread} in nanoseconds (for the benchmark). */
@@ -387,6 +471,7 @@ public final class AsyncCheckpointer implements AutoCloseable {
     @Override
     public void close() {
         pending = null;
+        committing = null;
         if (pendingCopy != null) { // an abandoned save never holds training's next update
             pendingCopy.countDown();
         }
@@ -396,49 +481,6 @@ public final class AsyncCheckpointer implements AutoCloseable {
                 writer.awaitTermination(30, TimeUnit.SECONDS);
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
-            }
-        }
-    }
-
-    /**
-     * One file this rank writes: its name, where its size and CRC go in the rank's row, and its tensors (the
-     * model's weights, or AdamW's m and v, of the dense parameters, the experts', or all: {@link ShardContent}).
-     */
-    private record FilePart(String file, int slot, List<List<ShardContent.Piece>> pieces, boolean optim,
-                            LinkedHashMap<String, Tensor> tensors) {
-        FilePart(String file, int slot, Transformer model, Boolean experts, boolean optim) {
-            this(file, slot, optim
-                    ? List.of(ShardContent.layout(model, "optim.m/", experts), ShardContent.layout(model, "optim.v/", experts))
-                    : List.of(ShardContent.layout(model, "model/", experts)), optim, new LinkedHashMap<>());
-        }
-
-        long numel() {
-            long n = 0;
-            for (List<ShardContent.Piece> ps : pieces) {
-                n += ShardContent.numel(ps);
-            }
-            return n;
-        }
-
-        /** {@code blocks}: the weights, m and v blocks to take the values from (whole, as the files hold them). */
-        long copy(Device dev, Tensor[] blocks, Tensor staging, long at) {
-            for (int i = 0; i < pieces.size(); i++) {
-                at = ShardContent.copy(tensors, dev, blocks[optim ? 1 + i : 0], pieces.get(i), staging, at);
-            }
-            return at;
-        }
-
-        /** As {@link #copy}, by host memory copies: for blocks in host memory, on any thread. */
-        long copyOnHost(Tensor[] blocks, Tensor staging, long at) {
-            for (int i = 0; i < pieces.size(); i++) {
-                at = ShardContent.copyOnHost(tensors, blocks[optim ? 1 + i : 0], pieces.get(i), staging, at);
-            }
-            return at;
-        }
-
-        void views(Device dev, Tensor[] blocks) {
-            for (int i = 0; i < pieces.size(); i++) {
-                ShardContent.views(tensors, dev, blocks[optim ? 1 + i : 0], pieces.get(i));
             }
         }
     }

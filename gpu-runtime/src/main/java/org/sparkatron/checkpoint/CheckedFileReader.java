@@ -98,8 +98,9 @@ final class CheckedFileReader {
             }
         } catch (InternalError e) {
             // SIGBUS on a page beyond a file truncated after the size check; the JVM reports it as this error, at the
-            // access or (asynchronously) soon after it, so it is caught around the whole window
-            throw new CheckpointException(name + ": truncated while being read (at byte " + w + " of " + bytes + ")", e, true);
+            // access or (asynchronously) soon after it, so it is caught around the whole loop and names no exact byte
+            throw new CheckpointException(name + ": truncated while being read (by byte " + Math.min(w + window, bytes) + " of " + bytes
+                    + ")", e, true);
         }
         if (ch.size() != bytes) {
             throw new CheckpointException(name + ": truncated while being read (" + ch.size() + " bytes left of " + bytes + ")",

@@ -127,32 +127,51 @@ public final class DistributedCheckpoint {
     /**
      * The commit of a save whose files every rank has written ({@code rows}: per rank {error, has model file,
      * its bytes, its CRC, has optimizer file, bytes, CRC, step, and the same six for the expert files}): rank 0 writes the metadata and renames
-     * the directory into place; every rank learns the outcome; rank 0 then prunes. Collective.
+     * the directory into place; every rank learns the outcome; rank 0 then prunes. Collective, on the calling thread.
      */
     String commitSave(Communicator world, Transformer model, long step, long dropoutSteps, String tmp, CheckpointLayout lay,
                       long[][] rows, long[] positions, Map<String, String> extra) throws IOException {
-        for (int r = 0; r < rows.length; r++) {
-            if (rows[r][7] != step) {
-                throw new IllegalStateException("ranks disagree on the step to save: rank " + r + " is at " + rows[r][7]
-                        + ", rank " + world.rank() + " at " + step);
-            }
-        }
+        requireStep(world, rows, step);
         String commitError = null;
         String fin = dir(step);
         if (world.rank() == 0) {
-            try {
-                CheckpointMetadata meta = lay.describe(model, step, dropoutSteps, rows, positions, extra);
-                ShardFiles.writeSmall(fs, fs.child(tmp, CheckpointMetadata.FILE), meta.toJson());
-                commit(tmp, fin);
-            } catch (IOException | RuntimeException e) {
-                commitError = "rank 0 could not commit " + fin + ": " + e;
-            }
+            commitError = publish(model, step, dropoutSteps, tmp, lay, rows, positions, extra);
         }
         agree(world, commitError == null, commitError, "commit " + fin);
         if (world.rank() == 0) {
             prune();
         }
         return fin;
+    }
+
+    /** Every rank's row is for {@code step}. */
+    static void requireStep(Communicator world, long[][] rows, long step) {
+        for (int r = 0; r < rows.length; r++) {
+            if (rows[r][7] != step) {
+                throw new IllegalStateException("ranks disagree on the step to save: rank " + r + " is at " + rows[r][7]
+                        + ", rank " + world.rank() + " at " + step);
+            }
+        }
+    }
+
+    /**
+     * Rank 0's part of a commit, on any thread: writes the metadata (durably: {@link CheckpointStorage#create}'s close)
+     * and renames {@code tmp} to the step's directory. Until the rename the save is an {@code .inprogress-} directory,
+     * which resume ignores, so a crash at any point leaves the previous checkpoint the newest usable one.
+     *
+     * @return null when committed, else the error (the directory is left aside, uncommitted)
+     */
+    String publish(Transformer model, long step, long dropoutSteps, String tmp, CheckpointLayout lay, long[][] rows,
+                   long[] positions, Map<String, String> extra) {
+        String fin = dir(step);
+        try {
+            CheckpointMetadata meta = lay.describe(model, step, dropoutSteps, rows, positions, extra);
+            ShardFiles.writeSmall(fs, fs.child(tmp, CheckpointMetadata.FILE), meta.toJson());
+            commit(tmp, fin);
+            return null;
+        } catch (IOException | RuntimeException e) {
+            return "rank 0 could not commit " + fin + ": " + e;
+        }
     }
 
     /**
@@ -284,8 +303,8 @@ public final class DistributedCheckpoint {
         }
     }
 
-    /** Deletes committed checkpoints beyond the newest {@code keep}, and leftovers of crashed saves. */
-    private void prune() throws IOException {
+    /** Deletes committed checkpoints beyond the newest {@code keep}, and leftovers of crashed saves. Any thread. */
+    void prune() throws IOException {
         List<Long> steps = committedSteps();
         for (int i = keep; i < steps.size(); i++) {
             fs.delete(dir(steps.get(i)));

@@ -34,8 +34,9 @@ import org.sparkatron.train.Trainer;
  * files are written, the checkpoint holds the state of the step it was started at, it commits only once
  * every rank wrote its files (with the same metadata, sizes and CRC32C as a blocking save), a failed write
  * fails every rank and keeps the earlier checkpoints, and a run that dies with a save in flight resumes from
- * the previous checkpoint and ends bitwise where the uninterrupted run ends. {@link AsyncSaveKillTest} kills
- * a real process in the middle of the write.
+ * the previous checkpoint and ends bitwise where the uninterrupted run ends; a commit that fails on rank 0's
+ * writer thread fails every rank's next poll or finish. {@link AsyncSaveKillTest} kills a real process in the middle
+ * of the write and in the middle of the commit.
  */
 class AsyncCheckpointTest {
     @TempDir
@@ -189,6 +190,52 @@ class AsyncCheckpointTest {
         DistributedCheckpoint dc = new DistributedCheckpoint(new LocalStorage(), root.toString(), 3);
         assertEquals(List.of(1L), dc.committedSteps(), "the failed save committed nothing");
         assertTrue(Files.exists(root.resolve(".inprogress-step-00000002")), "its files stay aside until the next save");
+    }
+
+    @Test
+    @Timeout(value = 60, unit = TimeUnit.SECONDS)
+    void aCommitThatFailsOnRankZerosWriterFailsEveryRanksNextPollOrFinishAndTheEarlierCheckpointStays() throws Exception {
+        ModelConfig cfg = Fixtures.config("gpt2");
+        Path root = tmp.resolve("ckpt");
+        List<String> errors = LocalRanks.run(2, (rank, world) -> {
+            try (Fixtures.Place place = Fixtures.place(2, 1, world)) {
+                Transformer m = Fixtures.model(cfg, place.tp());
+                Trainer t = new Trainer(m, Fixtures.data(cfg, 3), Fixtures.options(2));
+                t.step();
+                // every rename (the commit on rank 0's writer thread) fails, except step 1's
+                DistributedCheckpoint dc = new DistributedCheckpoint(new SlowStorage(0, null, null, p -> { }, from -> {
+                    if (!from.endsWith(DistributedCheckpoint.dirName(1))) {
+                        throw new IllegalStateException("injected rename failure of " + from);
+                    }
+                }), root.toString(), 3);
+                try (AsyncCheckpointer saver = new AsyncCheckpointer(dc, true)) {
+                    saver.start(world, 1, m, t.optimizer(), t.data().consumed(), Map.of());
+                    assertEquals(dc.dir(1), saver.finish(world));
+                    t.step();
+                    saver.start(world, 1, m, t.optimizer(), t.data().consumed(), Map.of());
+                    IOException byPoll = assertThrows(IOException.class, () -> {
+                        while (saver.poll(world) == null) {
+                            t.step(); // keeps training until the outcome is known
+                        }
+                    });
+                    assertFalse(saver.pending());
+                    t.optimizer().setStep(7);
+                    saver.start(world, 1, m, t.optimizer(), t.data().consumed(), Map.of());
+                    IOException byFinish = assertThrows(IOException.class, () -> saver.finish(world));
+                    assertFalse(saver.pending());
+                    return byPoll.getMessage() + " | " + byFinish.getMessage();
+                }
+            }
+        });
+        assertTrue(errors.get(0).contains("rank 0 could not commit " + root.resolve("step-00000002"))
+                && errors.get(0).contains("injected rename failure"), errors.get(0));
+        assertTrue(errors.get(0).contains("rank 0 could not commit " + root.resolve("step-00000007")), errors.get(0));
+        assertTrue(errors.get(1).contains("rank 0 could not commit " + root.resolve("step-00000002") + " (see its log)"),
+                errors.get(1));
+        assertTrue(errors.get(1).contains("rank 0 could not commit " + root.resolve("step-00000007") + " (see its log)"),
+                errors.get(1));
+        DistributedCheckpoint dc = new DistributedCheckpoint(new LocalStorage(), root.toString(), 3);
+        assertEquals(List.of(1L), dc.committedSteps(), "the failed commits committed nothing");
     }
 
     @Test

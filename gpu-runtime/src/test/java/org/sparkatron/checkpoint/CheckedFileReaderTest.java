@@ -127,9 +127,11 @@ class CheckedFileReaderTest {
             CheckpointException e = assertThrows(CheckpointException.class,
                     () -> CheckedFileReader.read(truncating, "F", data.length, crc(), List.of(target(0, data.length, true, 0)),
                             WINDOW, PIECE, source));
-            // MAPPED: the second window's first piece; READ: 17 pieces a window, so after the 20th the second window's fourth
-            long at = source == CheckedFileReader.Source.MAPPED ? WINDOW : WINDOW + 3 * PIECE;
-            assertTrue(e.getMessage().startsWith("F: truncated while being read (at byte " + at + " of "), e.getMessage());
+            assertTrue(e.getMessage().startsWith("F: truncated while being read ("), e.getMessage());
+            if (source == CheckedFileReader.Source.READ) { // 17 pieces a window, so after the 20th the second window's fourth
+                assertEquals("F: truncated while being read (at byte " + (WINDOW + 3 * PIECE) + " of " + data.length + ")",
+                        e.getMessage());
+            } // MAPPED: the JVM reports the fault when it gets to it, maybe a window later
         }
     }
 

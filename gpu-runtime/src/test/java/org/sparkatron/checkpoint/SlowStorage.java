@@ -10,8 +10,9 @@ import java.util.function.Consumer;
 
 /**
  * A local directory seen as remote storage (no local path, so saves stream through {@link #create}), whose
- * shard files are written slowly or held until a latch opens, and that can fail the file of one name: what
- * the asynchronous-save tests need to catch a save in the middle of its write.
+ * shard files are written slowly or held until a latch opens, that can fail the file of one name, and that can
+ * hold a rename (a commit): what the asynchronous-save tests need to catch a save in the middle of its write or
+ * of its commit.
  */
 final class SlowStorage implements CheckpointStorage {
     private final LocalStorage local = new LocalStorage();
@@ -19,14 +20,22 @@ final class SlowStorage implements CheckpointStorage {
     private final CountDownLatch gate;
     private final String failName;
     private final Consumer<String> onCreate;
+    private final Consumer<String> beforeRename;
+
+    /** As {@link #SlowStorage(long, CountDownLatch, String, Consumer, Consumer)} with nothing before a rename. */
+    SlowStorage(long nanosPer64k, CountDownLatch gate, String failName, Consumer<String> onCreate) {
+        this(nanosPer64k, gate, failName, onCreate, from -> { });
+    }
 
     /**
      * @param nanosPer64k pause after each 64 KiB written to a shard file
      * @param gate shard writes wait for it before their first byte (null: no wait)
      * @param failName a shard file whose name contains this fails with an IOException (null: none)
      * @param onCreate told the path of every shard file as its write begins
+     * @param beforeRename told the source path of every rename (a commit) before it happens; it may block
      */
-    SlowStorage(long nanosPer64k, CountDownLatch gate, String failName, Consumer<String> onCreate) {
+    SlowStorage(long nanosPer64k, CountDownLatch gate, String failName, Consumer<String> onCreate, Consumer<String> beforeRename) {
+        this.beforeRename = beforeRename;
         this.nanosPer64k = nanosPer64k;
         this.gate = gate;
         this.failName = failName;
@@ -102,6 +111,7 @@ final class SlowStorage implements CheckpointStorage {
 
     @Override
     public void rename(String from, String to) throws IOException {
+        beforeRename.accept(from);
         local.rename(from, to);
     }
 
