@@ -4,6 +4,8 @@ import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.MappedByteBuffer;
 import java.nio.channels.FileChannel;
+import java.nio.file.Path;
+import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
 import java.util.Comparator;
 import java.util.List;
@@ -57,10 +59,18 @@ final class CheckedFileReader {
      * @throws CheckpointException naming the file when its size differs from {@code bytes} ("truncated", "longer
      *     than written"), a target lies beyond its end, or the checksum differs ("corrupted")
      */
-    static void read(FileChannel ch, String name, long bytes, String expectedCrc, List<Target> targets) throws IOException {
+    static void read(Path file, String name, long bytes, String expectedCrc, List<Target> targets) throws IOException {
         int threads = Math.min(MAX_THREADS, Runtime.getRuntime().availableProcessors());
         int parts = (int) Math.max(1, Math.min(threads, bytes / MIN_PART));
-        read(ch, name, bytes, expectedCrc, targets, WINDOW, PIECE, Source.BY_RESIDENCY, parts);
+        try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
+            read(ch, () -> FileChannel.open(file, StandardOpenOption.READ), name, bytes, expectedCrc, targets, WINDOW, PIECE,
+                    Source.BY_RESIDENCY, parts);
+        }
+    }
+
+    /** Opens another channel on the file (each part reads through its own: the kernel reads ahead per open file). */
+    interface Opener {
+        FileChannel open() throws IOException;
     }
 
     /** How a window's bytes are fetched. */
@@ -77,10 +87,11 @@ final class CheckedFileReader {
      * {@link #read(FileChannel, String, long, String, List)} with other window and piece sizes, sources and numbers of
      * parts (tests). The file is split into {@code parts} consecutive ranges read at once, the first on the calling
      * thread, each other on a thread of its own, each with its own checksum; the checksums are combined
-     * ({@link Crc32cCombine}). Every thread has ended when this returns or throws.
+     * ({@link Crc32cCombine}). The first part reads through {@code ch}, the others through channels from {@code opener}
+     * (closed when done). Every thread has ended when this returns or throws.
      */
-    static void read(FileChannel ch, String name, long bytes, String expectedCrc, List<Target> targets, int window, int piece,
-                     Source source, int parts) throws IOException {
+    static void read(FileChannel ch, Opener opener, String name, long bytes, String expectedCrc, List<Target> targets, int window,
+                     int piece, Source source, int parts) throws IOException {
         long size = ch.size();
         if (size != bytes) {
             throw sizeError(name, size, bytes);
@@ -103,8 +114,11 @@ final class CheckedFileReader {
         for (int i = 1; i < parts; i++) {
             long from = starts[i];
             long to = starts[i + 1];
-            java.util.concurrent.FutureTask<Long> task = new java.util.concurrent.FutureTask<>(
-                    () -> range(ch, name, bytes, from, to, window, piece, source, sorted));
+            java.util.concurrent.FutureTask<Long> task = new java.util.concurrent.FutureTask<>(() -> {
+                try (FileChannel own = opener.open()) {
+                    return range(own, name, bytes, from, to, window, piece, source, sorted);
+                }
+            });
             Thread t = new Thread(task, "sparkatron-checkpoint-read");
             t.setDaemon(true);
             others.add(task);

@@ -68,7 +68,8 @@ class CheckedFileReaderTest {
             }
         }
         try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
-            CheckedFileReader.read(ch, file.toString(), data.length, crc, targets, WINDOW, PIECE, source, parts);
+            CheckedFileReader.read(ch, () -> FileChannel.open(file, StandardOpenOption.READ), file.toString(), data.length, crc, targets,
+                    WINDOW, PIECE, source, parts);
         }
     }
 
@@ -119,17 +120,15 @@ class CheckedFileReaderTest {
     @Test
     void wrongSizesAndTargetsBeyondTheEndAreRefused() throws Exception {
         write(10_000);
-        try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
-            CheckpointException shorter = assertThrows(CheckpointException.class,
-                    () -> CheckedFileReader.read(ch, "F", 10_001, crc(), List.of()));
-            assertEquals("F: truncated: 10000 bytes, the metadata says 10001", shorter.getMessage());
-            CheckpointException longer = assertThrows(CheckpointException.class,
-                    () -> CheckedFileReader.read(ch, "F", 9_999, crc(), List.of()));
-            assertEquals("F: longer than written: 10000 bytes, the metadata says 9999", longer.getMessage());
-            CheckpointException beyond = assertThrows(CheckpointException.class,
-                    () -> CheckedFileReader.read(ch, "F", 10_000, crc(), List.of(target(9_990, 11, true, 0))));
-            assertTrue(beyond.getMessage().startsWith("F: bytes 9990..10001 are beyond the file's end"), beyond.getMessage());
-        }
+        CheckpointException shorter = assertThrows(CheckpointException.class,
+                () -> CheckedFileReader.read(file, "F", 10_001, crc(), List.of()));
+        assertEquals("F: truncated: 10000 bytes, the metadata says 10001", shorter.getMessage());
+        CheckpointException longer = assertThrows(CheckpointException.class,
+                () -> CheckedFileReader.read(file, "F", 9_999, crc(), List.of()));
+        assertEquals("F: longer than written: 10000 bytes, the metadata says 9999", longer.getMessage());
+        CheckpointException beyond = assertThrows(CheckpointException.class,
+                () -> CheckedFileReader.read(file, "F", 10_000, crc(), List.of(target(9_990, 11, true, 0))));
+        assertTrue(beyond.getMessage().startsWith("F: bytes 9990..10001 are beyond the file's end"), beyond.getMessage());
     }
 
     @ParameterizedTest
@@ -140,7 +139,7 @@ class CheckedFileReaderTest {
             // cut to one page once the second window is mapped, or after 20 pieces were read
             FileChannel truncating = new TruncatingChannel(real, source == CheckedFileReader.Source.MAPPED ? 2 : 20);
             CheckpointException e = assertThrows(CheckpointException.class,
-                    () -> CheckedFileReader.read(truncating, "F", data.length, crc(), List.of(target(0, data.length, true, 0)),
+                    () -> CheckedFileReader.read(truncating, () -> null, "F", data.length, crc(), List.of(target(0, data.length, true, 0)),
                             WINDOW, PIECE, source, 1));
             assertTrue(e.getMessage().startsWith("F: truncated while being read ("), e.getMessage());
             if (source == CheckedFileReader.Source.READ) { // 17 pieces a window, so after the 20th the second window's fourth
