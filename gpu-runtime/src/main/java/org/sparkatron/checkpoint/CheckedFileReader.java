@@ -53,8 +53,8 @@ final class CheckedFileReader {
     }
 
     /**
-     * Reads {@code ch} (a file of {@code bytes} bytes, named {@code name} in errors) into the targets and checks its
-     * CRC32C against {@code expectedCrc} (8 lower-case hex digits).
+     * Reads {@code file} ({@code bytes} bytes, named {@code name} in errors) into the targets and checks its CRC32C
+     * against {@code expectedCrc} (8 lower-case hex digits).
      *
      * @throws CheckpointException naming the file when its size differs from {@code bytes} ("truncated", "longer
      *     than written"), a target lies beyond its end, or the checksum differs ("corrupted")
@@ -84,7 +84,7 @@ final class CheckedFileReader {
     }
 
     /**
-     * {@link #read(FileChannel, String, long, String, List)} with other window and piece sizes, sources and numbers of
+     * {@link #read(Path, String, long, String, List)} with other window and piece sizes, sources and numbers of
      * parts (tests). The file is split into {@code parts} consecutive ranges read at once, the first on the calling
      * thread, each other on a thread of its own, each with its own checksum; the checksums are combined
      * ({@link Crc32cCombine}). The first part reads through {@code ch}, the others through channels from {@code opener}
