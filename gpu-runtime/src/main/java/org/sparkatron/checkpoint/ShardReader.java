@@ -140,10 +140,11 @@ final class ShardReader {
         for (Map.Entry<String, List<Op>> f : opsByFile.entrySet()) {
             ShardFiles.Local file = local.get(f.getKey());
             CheckpointMetadata.FileEntry expected = meta.files().get(f.getKey());
+            List<CheckedFileReader.Target> targets;
             try (FileChannel ch = FileChannel.open(file.path(), StandardOpenOption.READ)) {
-                List<CheckedFileReader.Target> targets = targets(ch, f.getKey(), file, expected, f.getValue(), blocks);
-                CheckedFileReader.read(ch, file.name(), expected.bytes(), expected.crc32c(), targets);
+                targets = targets(ch, f.getKey(), file, expected, f.getValue(), blocks);
             }
+            CheckedFileReader.read(file.path(), file.name(), expected.bytes(), expected.crc32c(), targets);
         }
         for (int b = 0; b < blocks.length; b++) {
             if (onDevice[b] != null) {

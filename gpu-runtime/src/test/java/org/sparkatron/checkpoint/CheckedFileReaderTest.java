@@ -28,8 +28,8 @@ import org.junit.jupiter.params.provider.EnumSource;
  * {@link CheckedFileReader}, through mappings, with reads and choosing by residency: the targets receive exactly the
  * file's bytes at their offsets (across window and piece edges, overlapping each other, at the file's end, with a
  * non-zero buffer position, empty), whatever they do not cover is still checksummed (a flipped byte there is
- * "corrupted"), and a wrong size, a target beyond the end and a file truncated while it is read (either way) are
- * errors naming the file.
+ * "corrupted"), on one thread and on three, and a wrong size, a target beyond the end and a file truncated while it is
+ * read (either way) are errors naming the file.
  */
 class CheckedFileReaderTest {
     private static final int WINDOW = 3 * 4096 + 4096; // 16 KiB windows, 1000-byte pieces: many edges in a small file
@@ -60,9 +60,16 @@ class CheckedFileReaderTest {
         return new CheckedFileReader.Target(offset, b);
     }
 
-    private void read(List<CheckedFileReader.Target> targets, String crc, CheckedFileReader.Source source) throws IOException {
+    private void read(List<CheckedFileReader.Target> targets, String crc, CheckedFileReader.Source source, int parts)
+            throws IOException {
+        for (CheckedFileReader.Target t : targets) { // zeros first: what a read leaves out shows
+            for (int i = t.dst().position(); i < t.dst().limit(); i++) {
+                t.dst().put(i, (byte) 0);
+            }
+        }
         try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
-            CheckedFileReader.read(ch, file.toString(), data.length, crc, targets, WINDOW, PIECE, source);
+            CheckedFileReader.read(ch, () -> FileChannel.open(file, StandardOpenOption.READ), file.toString(), data.length, crc, targets,
+                    WINDOW, PIECE, source, parts);
         }
     }
 
@@ -77,8 +84,15 @@ class CheckedFileReaderTest {
         targets.add(target(data.length - 77, 77, true, 3)); // the end
         targets.add(target(4 * WINDOW, 0, true, 0)); // empty
         targets.add(target(999, 2, true, 0)); // across a piece edge
-        read(new ArrayList<>(List.of(targets.get(3), targets.get(0), targets.get(2), targets.get(1), targets.get(5),
-                targets.get(4))), crc(), source); // in no particular order
+        for (int parts : new int[] {1, 3}) { // one thread, and three (boundaries inside windows and targets)
+            read(new ArrayList<>(List.of(targets.get(3), targets.get(0), targets.get(2), targets.get(1), targets.get(5),
+                    targets.get(4))), crc(), source, parts); // in no particular order
+            check(targets);
+            read(List.of(), crc(), source, parts); // no targets: a pure check
+        }
+    }
+
+    private void check(List<CheckedFileReader.Target> targets) {
         for (CheckedFileReader.Target t : targets) {
             ByteBuffer b = t.dst().duplicate();
             byte[] got = new byte[b.remaining()];
@@ -87,7 +101,6 @@ class CheckedFileReaderTest {
             assertArrayEquals(want, got, "target at " + t.offset());
             assertEquals(t.dst().limit() - got.length, t.dst().position(), "the target's position is left as it was");
         }
-        read(List.of(), crc(), source); // no targets: a pure check
     }
 
     @ParameterizedTest
@@ -97,24 +110,25 @@ class CheckedFileReaderTest {
         String good = crc();
         data[WINDOW + 3] ^= 1;
         Files.write(file, data);
-        CheckpointException e = assertThrows(CheckpointException.class, () -> read(List.of(target(0, 100, true, 0)), good, source));
-        assertTrue(e.getMessage().contains(file.toString()) && e.getMessage().contains("corrupted: CRC32C "), e.getMessage());
+        for (int parts : new int[] {1, 3}) {
+            CheckpointException e = assertThrows(CheckpointException.class,
+                    () -> read(List.of(target(0, 100, true, 0)), good, source, parts));
+            assertTrue(e.getMessage().contains(file.toString()) && e.getMessage().contains("corrupted: CRC32C "), e.getMessage());
+        }
     }
 
     @Test
     void wrongSizesAndTargetsBeyondTheEndAreRefused() throws Exception {
         write(10_000);
-        try (FileChannel ch = FileChannel.open(file, StandardOpenOption.READ)) {
-            CheckpointException shorter = assertThrows(CheckpointException.class,
-                    () -> CheckedFileReader.read(ch, "F", 10_001, crc(), List.of()));
-            assertEquals("F: truncated: 10000 bytes, the metadata says 10001", shorter.getMessage());
-            CheckpointException longer = assertThrows(CheckpointException.class,
-                    () -> CheckedFileReader.read(ch, "F", 9_999, crc(), List.of()));
-            assertEquals("F: longer than written: 10000 bytes, the metadata says 9999", longer.getMessage());
-            CheckpointException beyond = assertThrows(CheckpointException.class,
-                    () -> CheckedFileReader.read(ch, "F", 10_000, crc(), List.of(target(9_990, 11, true, 0))));
-            assertTrue(beyond.getMessage().startsWith("F: bytes 9990..10001 are beyond the file's end"), beyond.getMessage());
-        }
+        CheckpointException shorter = assertThrows(CheckpointException.class,
+                () -> CheckedFileReader.read(file, "F", 10_001, crc(), List.of()));
+        assertEquals("F: truncated: 10000 bytes, the metadata says 10001", shorter.getMessage());
+        CheckpointException longer = assertThrows(CheckpointException.class,
+                () -> CheckedFileReader.read(file, "F", 9_999, crc(), List.of()));
+        assertEquals("F: longer than written: 10000 bytes, the metadata says 9999", longer.getMessage());
+        CheckpointException beyond = assertThrows(CheckpointException.class,
+                () -> CheckedFileReader.read(file, "F", 10_000, crc(), List.of(target(9_990, 11, true, 0))));
+        assertTrue(beyond.getMessage().startsWith("F: bytes 9990..10001 are beyond the file's end"), beyond.getMessage());
     }
 
     @ParameterizedTest
@@ -125,8 +139,8 @@ class CheckedFileReaderTest {
             // cut to one page once the second window is mapped, or after 20 pieces were read
             FileChannel truncating = new TruncatingChannel(real, source == CheckedFileReader.Source.MAPPED ? 2 : 20);
             CheckpointException e = assertThrows(CheckpointException.class,
-                    () -> CheckedFileReader.read(truncating, "F", data.length, crc(), List.of(target(0, data.length, true, 0)),
-                            WINDOW, PIECE, source));
+                    () -> CheckedFileReader.read(truncating, () -> null, "F", data.length, crc(), List.of(target(0, data.length, true, 0)),
+                            WINDOW, PIECE, source, 1));
             assertTrue(e.getMessage().startsWith("F: truncated while being read ("), e.getMessage());
             if (source == CheckedFileReader.Source.READ) { // 17 pieces a window, so after the 20th the second window's fourth
                 assertEquals("F: truncated while being read (at byte " + (WINDOW + 3 * PIECE) + " of " + data.length + ")",
