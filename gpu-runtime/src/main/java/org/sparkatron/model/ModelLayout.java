@@ -7,6 +7,8 @@ import org.sparkatron.model.ParameterSet.TpRole;
 import org.sparkatron.parallel.DataParallel;
 import org.sparkatron.parallel.GradBuffer;
 import org.sparkatron.parallel.PipelineLayout;
+import org.sparkatron.parallel.PipelineParallel;
+import org.sparkatron.parallel.RankContext;
 import org.sparkatron.precision.Fp8Recipe;
 import org.sparkatron.tensor.DType;
 import org.sparkatron.tensor.Tensor;
@@ -94,6 +96,52 @@ public final class ModelLayout {
         if (cfg.ffnHidden() % tpSize != 0) {
             throw new IllegalArgumentException("MLP hidden size " + cfg.ffnHidden() + " not divisible by tensor parallel size " + tpSize);
         }
+    }
+
+    /**
+     * Refuses, before anything is allocated, a model this rank cannot hold in its context: shapes that do not
+     * split over its TP and EP groups ({@link #validate}, {@link #validateExperts}), experts on kernels without
+     * MoE kernels, experts with context parallelism or with data parallelism inside the model (neither built
+     * yet), a pipeline layout for another number of layers.
+     */
+    static void validateRank(ModelConfig cfg, RankContext ctx) {
+        validate(cfg, ctx.tp().size());
+        validateExperts(cfg, ctx.expertParallel().size(), ctx.tp().size());
+        if (cfg.isMoe() && !ctx.kernels().hasMoeKernels()) {
+            throw new IllegalArgumentException("a mixture-of-experts model (num_local_experts " + cfg.moe().experts() + ") on "
+                    + ctx.device().name() + ": this device has no MoE kernels (docs/moe.md)");
+        }
+        if (ctx.contextParallel().size() > 1 && cfg.isMoe()) {
+            // Megatron reduces the routers' token counts over TP x CP for the load-balancing loss: not built yet
+            throw new IllegalArgumentException("context parallelism (cp " + ctx.contextParallel().size() + ") with a "
+                    + "mixture-of-experts model is not supported yet");
+        }
+        PipelineParallel pp = ctx.pipeline(); // null: one stage, which holds every layer
+        if (pp != null && pp.layout().layers() != cfg.layers()) {
+            throw new IllegalArgumentException("the pipeline layout is for " + pp.layout().layers() + " layers, the model has "
+                    + cfg.layers());
+        }
+        if (ctx.dataParallel() != null && cfg.isMoe()) {
+            // the expert region must stay one block at the end (ExpertGradientSync); Megatron's buffer order would split it
+            throw new IllegalArgumentException("a mixture-of-experts model with data parallelism inside the model (DataParallel) "
+                    + "is not supported yet: reduce its gradients with ExpertGradientSync (no DataParallel in the RankContext)");
+        }
+    }
+
+    /**
+     * {@link #validateFp8(ModelConfig, int, Fp8Recipe)} on this rank's device and kernels: a device that cannot run
+     * FP8 GEMMs says why, and kernels without the FP8 kernels are refused, before anything is allocated.
+     */
+    static void validateFp8(ModelConfig cfg, RankContext ctx) {
+        String why = ctx.device().fp8Unsupported();
+        if (why != null) {
+            throw new IllegalArgumentException(why);
+        }
+        if (!ctx.kernels().supportsFp8()) {
+            throw new IllegalArgumentException("precision fp8: the kernels of " + ctx.device().name() + " do not implement FP8 yet;"
+                    + " use precision bf16");
+        }
+        validateFp8(cfg, ctx.tp().size(), ctx.fp8Recipe());
     }
 
     /**

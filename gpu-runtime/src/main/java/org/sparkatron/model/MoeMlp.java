@@ -3,7 +3,6 @@ package org.sparkatron.model;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.IntBuffer;
-import org.sparkatron.comm.Communicator;
 import org.sparkatron.comm.ReduceOp;
 import org.sparkatron.device.Device;
 import org.sparkatron.device.Kernels;

@@ -1,9 +1,12 @@
 package org.sparkatron.model;
 
+import java.util.ArrayList;
+import java.util.List;
+import org.sparkatron.device.MoeKernels;
 import org.sparkatron.tensor.Tensor;
 
 /**
- * What the MoE layers of one rank need to know about the pass they run in, set by {@link Transformer} before
+ * What the MoE layers of one rank need to know about the pass they run in, set by {@link ModelPasses} before
  * it runs a schedule: whether it trains (the load-balancing losses then add to the gradients and the
  * statistics), the gradient scale of a micro-batch ({@code gradScale}: 1/m, times the fp16 loss scale), the
  * weight of one micro-batch in the step's statistics, and the F64 device scalars they accumulate into:
@@ -52,6 +55,31 @@ final class MoeStep {
     Tensor tallyOf(ModelConfig cfg, int index) {
         int e = cfg.moe().experts();
         return tally.slice((long) moeOrdinal(cfg, index) * e, e);
+    }
+
+    /** The MoE layers of {@code chunks} (this rank's), in order. */
+    static List<Integer> heldLayers(ModelConfig cfg, List<ModelChunk> chunks) {
+        List<Integer> layers = new ArrayList<>();
+        for (ModelChunk c : chunks) {
+            for (int i = c.layerStart(); i < c.layerStart() + c.layers(); i++) {
+                if (cfg.moe().isMoeLayer(i)) {
+                    layers.add(i);
+                }
+            }
+        }
+        return layers;
+    }
+
+    /** See {@link Transformer#updateExpertBias()}: the update of this rank's MoE layers (in {@code chunks}). */
+    void updateExpertBias(ModelConfig cfg, List<ModelChunk> chunks, MoeKernels kernels) {
+        if (tally == null) {
+            return;
+        }
+        master.awaitReaders(); // the router biases are weights: an asynchronous checkpoint may still be copying them
+        for (int i : heldLayers(cfg, chunks)) {
+            kernels.expertBiasUpdate(master.weight("layers." + i + ".moe.router.b"), tallyOf(cfg, i), cfg.moe().experts(),
+                    cfg.moe().biasUpdateRate());
+        }
     }
 
     void begin(boolean training, float gradScale, double weight) {
