@@ -10,6 +10,7 @@ import java.util.ArrayList;
 import java.util.Comparator;
 import java.util.List;
 import java.util.zip.CRC32C;
+import org.sparkatron.tensor.Unmapper;
 
 /**
  * Reads a local checkpoint file once, front to back, computing the CRC32C of all its bytes and copying the byte

@@ -8,6 +8,7 @@ import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
+import org.sparkatron.tensor.Unmapper;
 
 /**
  * For {@code bench-ckpt}: drops files from the page cache so that a load reads the disk, and checks that it did.

@@ -3,7 +3,6 @@ package org.sparkatron.comm.shm;
 import java.io.IOException;
 import java.lang.invoke.MethodHandles;
 import java.lang.invoke.VarHandle;
-import java.lang.reflect.Field;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.MappedByteBuffer;
@@ -12,6 +11,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.nio.file.attribute.PosixFilePermissions;
+import org.sparkatron.tensor.Unmapper;
 
 /**
  * One memory-mapped file shared by the n ranks of a group on one host. Layout (all offsets aligned):
@@ -145,39 +145,6 @@ final class ShmSegment implements AutoCloseable {
             return;
         }
         closed = true;
-        Unmapper.unmap(map);
-    }
-
-    /** Frees a mapping without waiting for the garbage collector (JDK 17: sun.misc.Unsafe.invokeCleaner). */
-    private static final class Unmapper {
-        private static final Object UNSAFE;
-        private static final java.lang.reflect.Method INVOKE_CLEANER;
-
-        static {
-            Object u = null;
-            java.lang.reflect.Method m = null;
-            try {
-                Class<?> c = Class.forName("sun.misc.Unsafe");
-                Field f = c.getDeclaredField("theUnsafe");
-                f.setAccessible(true);
-                u = f.get(null);
-                m = c.getMethod("invokeCleaner", ByteBuffer.class);
-            } catch (ReflectiveOperationException | RuntimeException e) {
-                // Left to the garbage collector.
-            }
-            UNSAFE = u;
-            INVOKE_CLEANER = m;
-        }
-
-        static void unmap(MappedByteBuffer b) {
-            if (INVOKE_CLEANER == null) {
-                return;
-            }
-            try {
-                INVOKE_CLEANER.invoke(UNSAFE, b);
-            } catch (ReflectiveOperationException | RuntimeException e) {
-                // Left to the garbage collector.
-            }
-        }
+        Unmapper.unmap(map); // now, not when the garbage collector finds it
     }
 }

@@ -1,4 +1,4 @@
-package org.sparkatron.checkpoint;
+package org.sparkatron.tensor;
 
 import java.lang.reflect.Field;
 import java.lang.reflect.Method;
@@ -9,10 +9,10 @@ import java.nio.MappedByteBuffer;
  * Frees a file mapping now instead of when the garbage collector finds it (JDK 17: {@code sun.misc.Unsafe.invokeCleaner},
  * from the {@code jdk.unsupported} module; without it the mapping is left to the collector). Why: a mapping keeps the
  * file's pages in memory and, once the file is deleted (an old checkpoint pruned), its disk space too. The buffer
- * and every view of it must not be used afterwards. Stateless, thread-safe. (comm.shm's {@code ShmSegment} has the
- * same for its segments.)
+ * and every view of it must not be used afterwards. Used for checkpoint reads and shared-memory segments. Stateless,
+ * thread-safe.
  */
-final class Unmapper {
+public final class Unmapper {
     private static final Object UNSAFE;
     private static final Method INVOKE_CLEANER;
 
@@ -35,7 +35,7 @@ final class Unmapper {
     private Unmapper() {
     }
 
-    static void unmap(MappedByteBuffer b) {
+    public static void unmap(MappedByteBuffer b) {
         if (INVOKE_CLEANER == null) {
             return;
         }
