@@ -216,142 +216,23 @@ public final class CpuKernels implements Kernels {
     @Override
     public void layerNormForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor w, Tensor b, int n, int c,
                                  float eps) {
-        FloatBuffer o = out.floats();
-        FloatBuffer xs = x.floats();
-        FloatBuffer ws = w.floats();
-        FloatBuffer bs = b.floats();
-        FloatBuffer ms = mean.floats();
-        FloatBuffer rs = rstd.floats();
-        CpuWorkers.forRows(n, 3L * c, (r0, r1) -> {
-        for (int r = r0; r < r1; r++) {
-            int base = r * c;
-            double sum = 0;
-            for (int j = 0; j < c; j++) {
-                sum += xs.get(base + j);
-            }
-            float m = (float) (sum / c);
-            double var = 0;
-            for (int j = 0; j < c; j++) {
-                float dv = xs.get(base + j) - m;
-                var += dv * dv;
-            }
-            float s = (float) (1.0 / Math.sqrt(var / c + eps));
-            for (int j = 0; j < c; j++) {
-                o.put(base + j, (xs.get(base + j) - m) * s * ws.get(j) + bs.get(j));
-            }
-            ms.put(r, m);
-            rs.put(r, s);
-        }
-        });
+        CpuNorms.layerNormForward(out, mean, rstd, x, w, b, n, c, eps);
     }
 
     @Override
     public void layerNormBackward(Tensor dx, Tensor dw, Tensor db, Tensor dout, Tensor x, Tensor w, Tensor mean,
                                   Tensor rstd, int n, int c) {
-        FloatBuffer dxs = dx.floats();
-        FloatBuffer dws = dw.floats();
-        FloatBuffer dbs = db.floats();
-        FloatBuffer d = dout.floats();
-        FloatBuffer xs = x.floats();
-        FloatBuffer ws = w.floats();
-        FloatBuffer ms = mean.floats();
-        FloatBuffer rs = rstd.floats();
-        // dx row by row; dw and db column by column, each column summed over the rows in row order (as one
-        // thread would), so the split never changes a bit
-        CpuWorkers.forRows(n, 3L * c, (r0, r1) -> {
-            for (int r = r0; r < r1; r++) {
-                int base = r * c;
-                float m = ms.get(r);
-                float s = rs.get(r);
-                // dnorm = dout * w; dx = s * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat))
-                double dnormMean = 0;
-                double dnormXhatMean = 0;
-                for (int j = 0; j < c; j++) {
-                    float xhat = (xs.get(base + j) - m) * s;
-                    float dnorm = d.get(base + j) * ws.get(j);
-                    dnormMean += dnorm;
-                    dnormXhatMean += dnorm * xhat;
-                }
-                float a = (float) (dnormMean / c);
-                float bcoef = (float) (dnormXhatMean / c);
-                for (int j = 0; j < c; j++) {
-                    float xhat = (xs.get(base + j) - m) * s;
-                    float dnorm = d.get(base + j) * ws.get(j);
-                    dxs.put(base + j, dxs.get(base + j) + s * (dnorm - a - xhat * bcoef));
-                }
-            }
-        });
-        CpuWorkers.forRows(c, 2L * n, (j0, j1) -> {
-            double[] dwAcc = new double[j1 - j0];
-            double[] dbAcc = new double[j1 - j0];
-            for (int r = 0; r < n; r++) {
-                int base = r * c;
-                float m = ms.get(r);
-                float s = rs.get(r);
-                for (int j = j0; j < j1; j++) {
-                    float xhat = (xs.get(base + j) - m) * s;
-                    dwAcc[j - j0] += d.get(base + j) * xhat;
-                    dbAcc[j - j0] += d.get(base + j);
-                }
-            }
-            for (int j = j0; j < j1; j++) {
-                dws.put(j, (float) (dws.get(j) + dwAcc[j - j0]));
-                dbs.put(j, (float) (dbs.get(j) + dbAcc[j - j0]));
-            }
-        });
+        CpuNorms.layerNormBackward(dx, dw, db, dout, x, w, mean, rstd, n, c);
     }
 
     @Override
     public void rmsNormForward(Tensor out, Tensor rstd, Tensor x, Tensor w, int n, int c, float eps) {
-        FloatBuffer o = out.floats();
-        FloatBuffer xs = x.floats();
-        FloatBuffer ws = w.floats();
-        FloatBuffer rs = rstd.floats();
-        for (int r = 0; r < n; r++) {
-            int base = r * c;
-            double ss = 0;
-            for (int j = 0; j < c; j++) {
-                float v = xs.get(base + j);
-                ss += v * v;
-            }
-            float s = (float) (1.0 / Math.sqrt(ss / c + eps));
-            for (int j = 0; j < c; j++) {
-                o.put(base + j, xs.get(base + j) * s * ws.get(j));
-            }
-            rs.put(r, s);
-        }
+        CpuNorms.rmsNormForward(out, rstd, x, w, n, c, eps);
     }
 
     @Override
     public void rmsNormBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor rstd, int n, int c) {
-        FloatBuffer dxs = dx.floats();
-        FloatBuffer dws = dw.floats();
-        FloatBuffer d = dout.floats();
-        FloatBuffer xs = x.floats();
-        FloatBuffer ws = w.floats();
-        FloatBuffer rs = rstd.floats();
-        double[] dwAcc = new double[c];
-        for (int r = 0; r < n; r++) {
-            int base = r * c;
-            float s = rs.get(r);
-            // y = x * s * w, s = (mean(x^2)+eps)^-1/2: dx = s * (dnorm - xhat * mean(dnorm * xhat))
-            double dot = 0;
-            for (int j = 0; j < c; j++) {
-                float xhat = xs.get(base + j) * s;
-                float dnorm = d.get(base + j) * ws.get(j);
-                dot += dnorm * xhat;
-                dwAcc[j] += d.get(base + j) * xhat;
-            }
-            float k = (float) (dot / c);
-            for (int j = 0; j < c; j++) {
-                float xhat = xs.get(base + j) * s;
-                float dnorm = d.get(base + j) * ws.get(j);
-                dxs.put(base + j, dxs.get(base + j) + s * (dnorm - xhat * k));
-            }
-        }
-        for (int j = 0; j < c; j++) {
-            dws.put(j, (float) (dws.get(j) + dwAcc[j]));
-        }
+        CpuNorms.rmsNormBackward(dx, dw, dout, x, w, rstd, n, c);
     }
 
     @Override
@@ -501,7 +382,7 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public void crossEntropyMax(Tensor logits, Tensor max, int rows, int valid, int ld) {
-        CrossEntropyRows ce = new CrossEntropyRows(logits, max, null, null, null, 0, 0, valid, ld);
+        CpuCrossEntropyRows ce = new CpuCrossEntropyRows(simd, logits, max, null, null, null, 0, 0, valid, ld);
         CpuWorkers.forRows(rows, valid, (r0, r1) -> {
             for (int r = r0; r < r1; r++) {
                 ce.max(r);
@@ -512,7 +393,7 @@ public final class CpuKernels implements Kernels {
     @Override
     public void crossEntropySums(Tensor logits, Tensor max, Tensor sums, Tensor targets, int vocabStart, int vocab,
                                  int rows, int valid, int ld, boolean storeExp) {
-        CrossEntropyRows ce = new CrossEntropyRows(logits, max, sums, null, targets, vocabStart, vocab, valid, ld);
+        CpuCrossEntropyRows ce = new CpuCrossEntropyRows(simd, logits, max, sums, null, targets, vocabStart, vocab, valid, ld);
         CpuWorkers.forRows(rows, valid, (r0, r1) -> {
             for (int r = r0; r < r1; r++) {
                 ce.sums(r, storeExp);
@@ -523,7 +404,7 @@ public final class CpuKernels implements Kernels {
     @Override
     public void crossEntropyFinish(Tensor logits, Tensor max, Tensor sums, Tensor losses, Tensor targets, int vocabStart,
                                    int rows, int valid, int ld, boolean backward, float gradScale) {
-        CrossEntropyRows ce = new CrossEntropyRows(logits, max, sums, losses, targets, vocabStart, 0, valid, ld);
+        CpuCrossEntropyRows ce = new CpuCrossEntropyRows(simd, logits, max, sums, losses, targets, vocabStart, 0, valid, ld);
         CpuWorkers.forRows(rows, backward ? valid : 1, (r0, r1) -> {
             for (int r = r0; r < r1; r++) {
                 ce.finish(r, backward, gradScale);
@@ -535,7 +416,7 @@ public final class CpuKernels implements Kernels {
     @Override
     public void crossEntropy(Tensor logits, Tensor max, Tensor sums, Tensor losses, Tensor targets, int vocab, int rows,
                              int valid, int ld, boolean backward, float gradScale) {
-        CrossEntropyRows ce = new CrossEntropyRows(logits, max, sums, losses, targets, 0, vocab, valid, ld);
+        CpuCrossEntropyRows ce = new CpuCrossEntropyRows(simd, logits, max, sums, losses, targets, 0, vocab, valid, ld);
         CpuWorkers.forRows(rows, valid, (r0, r1) -> {
             for (int r = r0; r < r1; r++) {
                 ce.max(r);
@@ -543,96 +424,6 @@ public final class CpuKernels implements Kernels {
                 ce.finish(r, backward, gradScale);
             }
         });
-    }
-
-    /** One row at a time of the cross-entropy kernels (see {@link Kernels#crossEntropySums} for the layouts). */
-    private final class CrossEntropyRows {
-        private final FloatBuffer z;
-        private final ByteBuffer zb;
-        private final FloatBuffer m;
-        private final FloatBuffer s;
-        private final FloatBuffer ls;
-        private final IntBuffer tg;
-        private final int vocabStart;
-        private final int vocab;
-        private final int valid;
-        private final int ld;
-
-        CrossEntropyRows(Tensor logits, Tensor max, Tensor sums, Tensor losses, Tensor targets, int vocabStart, int vocab,
-                         int valid, int ld) {
-            this.z = logits.floats();
-            this.zb = simd ? logits.hostBuffer() : null;
-            this.m = max.floats();
-            this.s = sums == null ? null : sums.floats();
-            this.ls = losses == null ? null : losses.floats();
-            this.tg = targets == null ? null : targets.ints();
-            this.vocabStart = vocabStart;
-            this.vocab = vocab;
-            this.valid = valid;
-            this.ld = ld;
-        }
-
-        void max(int r) {
-            int base = r * ld;
-            float mx = Float.NEGATIVE_INFINITY;
-            if (simd && valid > 0) {
-                mx = SimdKernels.max(zb, base, valid);
-            } else {
-                for (int j = 0; j < valid; j++) {
-                    mx = Math.max(mx, z.get(base + j));
-                }
-            }
-            m.put(r, mx);
-        }
-
-        void sums(int r, boolean storeExp) {
-            int target = tg.get(r);
-            if (target < 0 || target >= vocab) {
-                throw new IllegalArgumentException("target id " + target + " at row " + r + " is outside the vocabulary of " + vocab);
-            }
-            int base = r * ld;
-            int local = target - vocabStart;
-            float zTarget = local >= 0 && local < valid ? z.get(base + local) : 0f; // read before exp overwrites it
-            float shift = m.get(r);
-            double sum = 0;
-            if (valid > 0 && simd) {
-                sum = SimdKernels.expShiftSum(zb, base, valid, shift, storeExp);
-            } else {
-                for (int j = 0; j < valid; j++) {
-                    float e = (float) Math.exp(z.get(base + j) - shift);
-                    if (storeExp) {
-                        z.put(base + j, e);
-                    }
-                    sum += e;
-                }
-            }
-            s.put(2 * r, (float) sum);
-            s.put(2 * r + 1, zTarget);
-        }
-
-        void finish(int r, boolean backward, float gradScale) {
-            double sum = s.get(2 * r);
-            ls.put(r, (float) (m.get(r) + Math.log(sum) - s.get(2 * r + 1)));
-            if (!backward) {
-                return;
-            }
-            int base = r * ld;
-            float scale = (float) (gradScale / sum); // the logits hold exp(z - max): scaled, they are gradScale * softmax
-            if (simd && valid > 0) {
-                SimdKernels.scale(zb, base, valid, scale);
-            } else {
-                for (int j = 0; j < valid; j++) {
-                    z.put(base + j, z.get(base + j) * scale);
-                }
-            }
-            int local = tg.get(r) - vocabStart;
-            if (local >= 0 && local < valid) {
-                z.put(base + local, z.get(base + local) - gradScale);
-            }
-            for (int j = valid; j < ld; j++) {
-                z.put(base + j, 0f); // padding: no gradient
-            }
-        }
     }
 
     // ---- optimizer and gradient utilities (flat blocks, processed in windows of at most 2^28 elements) ----

@@ -1,0 +1,151 @@
+package org.sparkatron.device.cpu;
+
+import java.nio.FloatBuffer;
+import org.sparkatron.tensor.Tensor;
+
+/**
+ * LayerNorm and RMSNorm on the CPU, for {@link CpuKernels} (see {@link org.sparkatron.device.Kernels} for each
+ * kernel's contract). Rows run on the rank's threads ({@link CpuWorkers}); the weight gradients are summed over
+ * the rows column by column, each column in row order, so the split never changes a bit. Stateless.
+ */
+final class CpuNorms {
+    private CpuNorms() {
+    }
+
+    static void layerNormForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor w, Tensor b, int n, int c,
+                                 float eps) {
+        FloatBuffer o = out.floats();
+        FloatBuffer xs = x.floats();
+        FloatBuffer ws = w.floats();
+        FloatBuffer bs = b.floats();
+        FloatBuffer ms = mean.floats();
+        FloatBuffer rs = rstd.floats();
+        CpuWorkers.forRows(n, 3L * c, (r0, r1) -> {
+            for (int r = r0; r < r1; r++) {
+                int base = r * c;
+                double sum = 0;
+                for (int j = 0; j < c; j++) {
+                    sum += xs.get(base + j);
+                }
+                float m = (float) (sum / c);
+                double var = 0;
+                for (int j = 0; j < c; j++) {
+                    float dv = xs.get(base + j) - m;
+                    var += dv * dv;
+                }
+                float s = (float) (1.0 / Math.sqrt(var / c + eps));
+                for (int j = 0; j < c; j++) {
+                    o.put(base + j, (xs.get(base + j) - m) * s * ws.get(j) + bs.get(j));
+                }
+                ms.put(r, m);
+                rs.put(r, s);
+            }
+        });
+    }
+
+    static void layerNormBackward(Tensor dx, Tensor dw, Tensor db, Tensor dout, Tensor x, Tensor w, Tensor mean,
+                                  Tensor rstd, int n, int c) {
+        FloatBuffer dxs = dx.floats();
+        FloatBuffer dws = dw.floats();
+        FloatBuffer dbs = db.floats();
+        FloatBuffer d = dout.floats();
+        FloatBuffer xs = x.floats();
+        FloatBuffer ws = w.floats();
+        FloatBuffer ms = mean.floats();
+        FloatBuffer rs = rstd.floats();
+        // dx row by row; dw and db column by column, each column summed over the rows in row order (as one
+        // thread would), so the split never changes a bit
+        CpuWorkers.forRows(n, 3L * c, (r0, r1) -> {
+            for (int r = r0; r < r1; r++) {
+                int base = r * c;
+                float m = ms.get(r);
+                float s = rs.get(r);
+                // dnorm = dout * w; dx = s * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat))
+                double dnormMean = 0;
+                double dnormXhatMean = 0;
+                for (int j = 0; j < c; j++) {
+                    float xhat = (xs.get(base + j) - m) * s;
+                    float dnorm = d.get(base + j) * ws.get(j);
+                    dnormMean += dnorm;
+                    dnormXhatMean += dnorm * xhat;
+                }
+                float a = (float) (dnormMean / c);
+                float bcoef = (float) (dnormXhatMean / c);
+                for (int j = 0; j < c; j++) {
+                    float xhat = (xs.get(base + j) - m) * s;
+                    float dnorm = d.get(base + j) * ws.get(j);
+                    dxs.put(base + j, dxs.get(base + j) + s * (dnorm - a - xhat * bcoef));
+                }
+            }
+        });
+        CpuWorkers.forRows(c, 2L * n, (j0, j1) -> {
+            double[] dwAcc = new double[j1 - j0];
+            double[] dbAcc = new double[j1 - j0];
+            for (int r = 0; r < n; r++) {
+                int base = r * c;
+                float m = ms.get(r);
+                float s = rs.get(r);
+                for (int j = j0; j < j1; j++) {
+                    float xhat = (xs.get(base + j) - m) * s;
+                    dwAcc[j - j0] += d.get(base + j) * xhat;
+                    dbAcc[j - j0] += d.get(base + j);
+                }
+            }
+            for (int j = j0; j < j1; j++) {
+                dws.put(j, (float) (dws.get(j) + dwAcc[j - j0]));
+                dbs.put(j, (float) (dbs.get(j) + dbAcc[j - j0]));
+            }
+        });
+    }
+
+    static void rmsNormForward(Tensor out, Tensor rstd, Tensor x, Tensor w, int n, int c, float eps) {
+        FloatBuffer o = out.floats();
+        FloatBuffer xs = x.floats();
+        FloatBuffer ws = w.floats();
+        FloatBuffer rs = rstd.floats();
+        for (int r = 0; r < n; r++) {
+            int base = r * c;
+            double ss = 0;
+            for (int j = 0; j < c; j++) {
+                float v = xs.get(base + j);
+                ss += v * v;
+            }
+            float s = (float) (1.0 / Math.sqrt(ss / c + eps));
+            for (int j = 0; j < c; j++) {
+                o.put(base + j, xs.get(base + j) * s * ws.get(j));
+            }
+            rs.put(r, s);
+        }
+    }
+
+    static void rmsNormBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor rstd, int n, int c) {
+        FloatBuffer dxs = dx.floats();
+        FloatBuffer dws = dw.floats();
+        FloatBuffer d = dout.floats();
+        FloatBuffer xs = x.floats();
+        FloatBuffer ws = w.floats();
+        FloatBuffer rs = rstd.floats();
+        double[] dwAcc = new double[c];
+        for (int r = 0; r < n; r++) {
+            int base = r * c;
+            float s = rs.get(r);
+            // y = x * s * w, s = (mean(x^2)+eps)^-1/2: dx = s * (dnorm - xhat * mean(dnorm * xhat))
+            double dot = 0;
+            for (int j = 0; j < c; j++) {
+                float xhat = xs.get(base + j) * s;
+                float dnorm = d.get(base + j) * ws.get(j);
+                dot += dnorm * xhat;
+                dwAcc[j] += d.get(base + j) * xhat;
+            }
+            float k = (float) (dot / c);
+            for (int j = 0; j < c; j++) {
+                float xhat = xs.get(base + j) * s;
+                float dnorm = d.get(base + j) * ws.get(j);
+                dxs.put(base + j, dxs.get(base + j) + s * (dnorm - xhat * k));
+            }
+        }
+        for (int j = 0; j < c; j++) {
+            dws.put(j, (float) (dws.get(j) + dwAcc[j]));
+        }
+    }
+}
