@@ -37,8 +37,8 @@ import org.sparkatron.precision.Precision;
  *   <li>workspace: under BF16/FP16 the fp32 buffer the largest unit's 16-bit weights (a layer, the embedding,
  *       the output layer) are widened into before its kernels read them ({@code WeightStaging}); token ids, per-token losses, a chunk of logits and the cross-entropy statistics (last
  *       stage), the sequence-parallel buffers, RoPE tables, the context-parallel position table, device
- *       scalars, and the CPU attention's two scratch blocks of at most 256 query rows by the keys a block
- *       attends to. A GPU device's kernels keep scratch of their own that this does not count (the CUDA
+ *       scalars, and the CPU attention's two scratch blocks of at most 64 query rows by the keys a block
+ *       attends to, one pair per thread it runs on. A GPU device's kernels keep scratch of their own that this does not count (the CUDA
  *       device's 32 MiB cuBLASLt workspace, {@code CublasLt}), so there the workspace figure is a lower bound;
  *       the CPU attention blocks it counts are then not allocated.</li>
  * </ul>
