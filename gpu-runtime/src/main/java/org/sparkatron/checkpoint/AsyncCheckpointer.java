@@ -112,16 +112,26 @@ public final class AsyncCheckpointer implements AutoCloseable {
      * @param extra free-form strings kept in the metadata; the same on every rank
      * @throws IOException if the checkpoint directory cannot be prepared (on every rank)
      */
+    /**
+     * The metadata's {@code extra} key holding the CPU thread budget per rank a CPU run saved with
+     * ({@link org.sparkatron.device.cpu.Blas#threads()}): a resume with another count continues correctly but not
+     * bit for bit, since a large GEMM's last bits depend on the thread count.
+     */
+    public static final String CPU_THREADS_KEY = "cpu_threads_per_rank";
+
     public void start(Communicator world, int dpSize, Transformer model, AdamW opt, long consumed, Map<String, String> extra)
             throws IOException {
         if (pending != null) {
             finish(world);
         }
+        Map<String, String> kept = new java.util.LinkedHashMap<>(extra == null ? Map.of() : extra);
         if (model.fp8() != null) { // the FP8 recipe state of this step (the same on every rank), taken now, not at the commit
-            Map<String, String> withFp8 = new java.util.LinkedHashMap<>(extra == null ? Map.of() : extra);
-            withFp8.put(org.sparkatron.precision.Fp8State.CHECKPOINT_KEY, model.fp8().saveState());
-            extra = withFp8;
+            kept.put(org.sparkatron.precision.Fp8State.CHECKPOINT_KEY, model.fp8().saveState());
         }
+        if (model.device() instanceof org.sparkatron.device.cpu.CpuDevice) { // a GEMM's last bits depend on it
+            kept.put(CPU_THREADS_KEY, Integer.toString(org.sparkatron.device.cpu.Blas.threads()));
+        }
+        extra = kept;
         int tpSize = model.tensorParallel().size();
         int tpRank = model.tensorParallel().rank();
         int ppSize = model.pipeline().size();

@@ -122,6 +122,15 @@ public final class ResumableTraining implements AutoCloseable {
         trainer.data().skip(behind);
         log.accept("resumed from " + ckpt.dir(m.step()) + " (step " + m.step() + ", saved at TP " + m.tp() + " x DP " + m.dp() + " x PP " + m.pp()
                 + (m.ep() > 1 ? " with EP " + m.ep() : "") + ", data position " + position + ")");
+        String savedThreads = m.extra().get(org.sparkatron.checkpoint.AsyncCheckpointer.CPU_THREADS_KEY);
+        int threads = org.sparkatron.device.cpu.Blas.threads();
+        if (savedThreads != null && trainer.model().device() instanceof org.sparkatron.device.cpu.CpuDevice
+                && !savedThreads.equals(Integer.toString(threads))) {
+            log.accept("note: the checkpoint was saved with " + savedThreads + " CPU threads per rank, this run has "
+                    + threads + ": training continues correctly, but not bit for bit as the saved run would have"
+                    + " (a large GEMM's last bits depend on the thread count; set threads_per_rank to " + savedThreads
+                    + " for that)");
+        }
         return m.step();
     }
 

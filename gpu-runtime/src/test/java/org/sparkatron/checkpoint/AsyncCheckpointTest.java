@@ -274,4 +274,39 @@ class AsyncCheckpointTest {
         assertArrayEquals(state(ref.model(), ref.optimizer()), state(second.model(), second.optimizer()));
         assertEquals(List.of(9L, 6L), dc.committedSteps(), "steps 6 (async) and 9 (the final save, waited for)");
     }
+
+    /** The CPU thread budget a run saved with is in the checkpoint; a resume with another says what that means. */
+    @Test
+    @Timeout(value = 90, unit = TimeUnit.SECONDS)
+    void aResumeWithAnotherCpuThreadCountSaysItWillNotBeBitwiseAndOneWithTheSameSaysNothing() throws Exception {
+        int before = org.sparkatron.device.cpu.Blas.threads();
+        try {
+            ModelConfig cfg = Fixtures.config("llama");
+            String root = tmp.resolve("threads").toString();
+            DistributedCheckpoint dc = new DistributedCheckpoint(new LocalStorage(), root, 2);
+            ResumableTraining.Options every3 = new ResumableTraining.Options(3, false, Map.of(), true);
+            List<String> log = Collections.synchronizedList(new ArrayList<>());
+            org.sparkatron.device.cpu.Blas.setThreads(1);
+            try (ResumableTraining run = new ResumableTraining(trainer(cfg), dc, new SelfCommunicator(), 1, every3, log::add)) {
+                assertEquals(0, run.resume());
+                run.run(3, m -> { });
+            }
+            assertEquals("1", dc.metadata(dc.dir(3)).extra().get(AsyncCheckpointer.CPU_THREADS_KEY));
+            org.sparkatron.device.cpu.Blas.setThreads(2);
+            log.clear();
+            try (ResumableTraining run = new ResumableTraining(trainer(cfg), dc, new SelfCommunicator(), 1, every3, log::add)) {
+                assertEquals(3, run.resume());
+            }
+            assertTrue(log.stream().anyMatch(l -> l.contains("saved with 1 CPU threads per rank, this run has 2")
+                    && l.contains("not bit for bit")), log.toString());
+            org.sparkatron.device.cpu.Blas.setThreads(1);
+            log.clear();
+            try (ResumableTraining run = new ResumableTraining(trainer(cfg), dc, new SelfCommunicator(), 1, every3, log::add)) {
+                assertEquals(3, run.resume());
+            }
+            assertTrue(log.stream().noneMatch(l -> l.contains("CPU threads per rank")), log.toString());
+        } finally {
+            org.sparkatron.device.cpu.Blas.setThreads(before);
+        }
+    }
 }
