@@ -73,21 +73,13 @@ public final class Blas {
     public static void sgemm(boolean transA, boolean transB, int m, int n, int k, float alpha,
                              Tensor a, long aOff, int lda, Tensor b, long bOff, int ldb,
                              float beta, Tensor c, long cOff, int ldc) {
-        sgemm(false, transA, transB, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
+        sgemm(threads, transA, transB, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
     }
 
     /**
-     * As {@link #sgemm(boolean, boolean, int, int, int, float, Tensor, long, int, Tensor, long, int, float, Tensor,
-     * long, int)}, on the calling thread alone when {@code oneThread}: for GEMMs issued from the parts of a
-     * kernel that is already split over the threads ({@link CpuWorkers}).
+     * As the public form, on at most {@code maxThreads} threads: 1 for GEMMs issued from the parts of a kernel
+     * already split over the threads ({@link CpuWorkers}); two GEMMs running side by side share the budget.
      */
-    static void sgemm(boolean oneThread, boolean transA, boolean transB, int m, int n, int k, float alpha,
-                      Tensor a, long aOff, int lda, Tensor b, long bOff, int ldb,
-                      float beta, Tensor c, long cOff, int ldc) {
-        sgemm(oneThread ? 1 : threads, transA, transB, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
-    }
-
-    /** As the public form, on at most {@code maxThreads} threads (two GEMMs running side by side share the budget). */
     static void sgemm(int maxThreads, boolean transA, boolean transB, int m, int n, int k, float alpha,
                       Tensor a, long aOff, int lda, Tensor b, long bOff, int ldb,
                       float beta, Tensor c, long cOff, int ldc) {

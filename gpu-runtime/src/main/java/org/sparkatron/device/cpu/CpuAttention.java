@@ -130,12 +130,12 @@ final class CpuAttention {
                         }
                         continue;
                     }
-                    Blas.sgemm(parts > 1, false, true, rows, cols, hd, scale, q, qRow * qld + (long) h * hd, qld, kv, k, kvld, 0f, sc, 0,
+                    Blas.sgemm(parts > 1 ? 1 : Blas.threads(), false, true, rows, cols, hd, scale, q, qRow * qld + (long) h * hd, qld, kv, k, kvld, 0f, sc, 0,
                             cols);
                     for (int i = 0; i < rows; i++) {
                         l.put(lseBase + i, softmaxRow(sc, i * cols, blk.visible(i0 + i), cols));
                     }
-                    Blas.sgemm(parts > 1, false, false, rows, hd, cols, 1f, sc, 0, cols, kv, v, kvld, 0f, out, oOff, c);
+                    Blas.sgemm(parts > 1 ? 1 : Blas.threads(), false, false, rows, hd, cols, 1f, sc, 0, cols, kv, v, kvld, 0f, out, oOff, c);
                 }
             }
         });
@@ -220,7 +220,7 @@ final class CpuAttention {
                     long oh = qRow * c + (long) h * hd;
                     int lseBase = (bi * heads + h) * blk.qSeq() + blk.qFirst() + i0;
                     // P = exp(scale * Q K^T - lse) on each row's visible prefix, 0 elsewhere
-                    Blas.sgemm(parts > 1, false, true, rows, cols, hd, scale, q, qOff, qld, kv, k, kvld, 0f, sc, 0, cols);
+                    Blas.sgemm(parts > 1 ? 1 : Blas.threads(), false, true, rows, cols, hd, scale, q, qOff, qld, kv, k, kvld, 0f, sc, 0, cols);
                     for (int i = 0; i < rows; i++) {
                         int rb = i * cols;
                         int vis = blk.visible(i0 + i);
@@ -237,8 +237,8 @@ final class CpuAttention {
                         }
                     }
                     // dV += P^T dO ; dP = dO V^T
-                    Blas.sgemm(parts > 1, true, false, cols, hd, rows, 1f, sc, 0, cols, dout, oh, c, 1f, dkv, dv, dkvld);
-                    Blas.sgemm(parts > 1, false, true, rows, cols, hd, 1f, dout, oh, c, kv, v, kvld, 0f, dsc, 0, cols);
+                    Blas.sgemm(parts > 1 ? 1 : Blas.threads(), true, false, cols, hd, rows, 1f, sc, 0, cols, dout, oh, c, 1f, dkv, dv, dkvld);
+                    Blas.sgemm(parts > 1 ? 1 : Blas.threads(), false, true, rows, cols, hd, 1f, dout, oh, c, kv, v, kvld, 0f, dsc, 0, cols);
                     // dS = P * (dP - rowsum(dO * O))
                     for (int i = 0; i < rows; i++) {
                         long ob = oh + (long) i * c;
@@ -262,9 +262,9 @@ final class CpuAttention {
                         }
                     }
                     // dQ += scale * dS K ; dK += scale * dS^T Q
-                    Blas.sgemm(parts > 1, false, false, rows, hd, cols, scale, dsc, 0, cols, kv, k, kvld, 1f, dq,
+                    Blas.sgemm(parts > 1 ? 1 : Blas.threads(), false, false, rows, hd, cols, scale, dsc, 0, cols, kv, k, kvld, 1f, dq,
                             qRow * dqld + (long) h * hd, dqld);
-                    Blas.sgemm(parts > 1, true, false, cols, hd, rows, scale, dsc, 0, cols, q, qOff, qld, 1f, dkv, dk, dkvld);
+                    Blas.sgemm(parts > 1 ? 1 : Blas.threads(), true, false, cols, hd, rows, scale, dsc, 0, cols, q, qOff, qld, 1f, dkv, dk, dkvld);
                 }
             }
         });

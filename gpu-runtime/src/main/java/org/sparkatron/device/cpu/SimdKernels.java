@@ -256,19 +256,12 @@ final class SimdKernels {
         }
     }
 
-    /** Elements per partial sum of {@link #sumOfSquares}: fp32 lanes flushed into double this often. */
+    /**
+     * Elements per partial sum of a sum of squares: per-vector fp32 partial sums are flushed into double this often
+     * to bound rounding error (chunks from {@link #sumOfSquaresChunk}, added in chunk order, then the tail by
+     * {@link #addSquares}; CpuKernels computes the chunks on several threads).
+     */
     static final int SQUARES_CHUNK = 4096;
-
-    static double sumOfSquares(ByteBuffer b, int n) {
-        // per-vector fp32 partial sums flushed into double every SQUARES_CHUNK elements to bound rounding error;
-        // CpuKernels computes the chunks on several threads and adds them in this same order
-        double total = 0;
-        int upper = vectorBound(n);
-        for (int i = 0; i < upper; i += SQUARES_CHUNK) {
-            total += sumOfSquaresChunk(b, i, Math.min(upper, i + SQUARES_CHUNK));
-        }
-        return addSquares(b, upper, n, total);
-    }
 
     /** Where the vector loop over {@code n} elements ends and the scalar tail begins. */
     static int vectorBound(int n) {

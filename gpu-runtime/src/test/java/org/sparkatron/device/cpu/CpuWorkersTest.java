@@ -91,7 +91,7 @@ class CpuWorkersTest {
             Tensor acc = Tensor.allocateHost(org.sparkatron.tensor.DType.F64, 1);
             Blas.setThreads(3);
             k.sumOfSquares(f32(x, n), acc, 0);
-            assertEquals(SimdKernels.sumOfSquares(f32(x, n).hostBuffer(), n), acc.hostBuffer().getDouble(0));
+            assertEquals(serialSumOfSquares(f32(x, n).hostBuffer(), n), acc.hostBuffer().getDouble(0));
         }
         sameBitsForAnyThreads("adamw and scale", threads -> {
             Tensor pt = f32(x, n), gt = f32(g, n), mt = f32(m, n), vt = f32(v, n);
@@ -263,6 +263,16 @@ class CpuWorkersTest {
         caller.start();
         caller.join(10_000);
         assertTrue(sawInterrupt[0], "run() returned before its part ended, or lost the interrupt");
+    }
+
+    /** The sum of squares as one thread adds it: chunk after chunk, then the tail. */
+    private static double serialSumOfSquares(java.nio.ByteBuffer b, int n) {
+        double total = 0;
+        int upper = SimdKernels.vectorBound(n);
+        for (int i = 0; i < upper; i += SimdKernels.SQUARES_CHUNK) {
+            total += SimdKernels.sumOfSquaresChunk(b, i, Math.min(upper, i + SimdKernels.SQUARES_CHUNK));
+        }
+        return SimdKernels.addSquares(b, upper, n, total);
     }
 
     private static double[] doubles(Tensor t) {
