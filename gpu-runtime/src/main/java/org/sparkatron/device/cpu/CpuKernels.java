@@ -137,7 +137,9 @@ public final class CpuKernels implements Kernels {
         FloatBuffer db = dbias.floats();
         CpuWorkers.forRows(outF, n, (j0, j1) -> { // columns: each still summed over the rows in row order
             double[] acc = new double[j1 - j0];
-            for (int r = 0; r < n; r++) {
+            if (simd) {
+                SimdNorms.columnSums(dout.hostBuffer(), n, outF, j0, j1, acc);
+            } else for (int r = 0; r < n; r++) {
                 int base = r * outF;
                 for (int j = j0; j < j1; j++) {
                     acc[j - j0] += d.get(base + j);
@@ -216,23 +218,23 @@ public final class CpuKernels implements Kernels {
     @Override
     public void layerNormForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor w, Tensor b, int n, int c,
                                  float eps) {
-        CpuNorms.layerNormForward(out, mean, rstd, x, w, b, n, c, eps);
+        CpuNorms.layerNormForward(simd, out, mean, rstd, x, w, b, n, c, eps);
     }
 
     @Override
     public void layerNormBackward(Tensor dx, Tensor dw, Tensor db, Tensor dout, Tensor x, Tensor w, Tensor mean,
                                   Tensor rstd, int n, int c) {
-        CpuNorms.layerNormBackward(dx, dw, db, dout, x, w, mean, rstd, n, c);
+        CpuNorms.layerNormBackward(simd, dx, dw, db, dout, x, w, mean, rstd, n, c);
     }
 
     @Override
     public void rmsNormForward(Tensor out, Tensor rstd, Tensor x, Tensor w, int n, int c, float eps) {
-        CpuNorms.rmsNormForward(out, rstd, x, w, n, c, eps);
+        CpuNorms.rmsNormForward(simd, out, rstd, x, w, n, c, eps);
     }
 
     @Override
     public void rmsNormBackward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor rstd, int n, int c) {
-        CpuNorms.rmsNormBackward(dx, dw, dout, x, w, rstd, n, c);
+        CpuNorms.rmsNormBackward(simd, dx, dw, dout, x, w, rstd, n, c);
     }
 
     @Override

@@ -116,6 +116,14 @@ class CpuWorkersTest {
             k.layerNormBackward(dx, dw, db, f32(dout, rows, c), xt, wt, mean, rstd, rows, c);
             return List.of(out, mean, rstd, dx, dw, db);
         });
+        sameBitsForAnyThreads("rms norm", threads -> {
+            Tensor out = f32(new double[rows * c], rows, c), rstd = f32(new double[rows], rows);
+            Tensor xt = f32(x, rows, c), wt = f32(w, c);
+            k.rmsNormForward(out, rstd, xt, wt, rows, c, 1e-5f);
+            Tensor dx = f32(dout, rows, c), dw = f32(b, c);
+            k.rmsNormBackward(dx, dw, f32(dout, rows, c), xt, wt, rstd, rows, c);
+            return List.of(out, rstd, dx, dw);
+        });
         double[] xin = random(rng, rows * in, 1), wl = random(rng, outF * in, 1), dy = random(rng, rows * outF, 1);
         assertTrue(2L * rows * in * outF >= Blas.SMALL_GEMM_FLOPS);
         // at 2 and 3 threads dx and dw run side by side, each whole on one thread: the bits of one thread
@@ -188,6 +196,44 @@ class CpuWorkersTest {
                 } else {
                     assertArrayEquals(first, got, "sgemm at " + threads + " threads: a second call differs");
                 }
+            }
+        }
+    }
+
+    /**
+     * The column sums (LayerNorm's dw and db, RMSNorm's dw, a linear layer's bias gradient) keep one double per
+     * column added over the rows in row order, vector lanes as the scalar loop: the SIMD and scalar kernels give
+     * the same bits, given the same row statistics. 389 columns: whole vector blocks, a half block and a tail.
+     */
+    @Test
+    void simdColumnSumsEqualTheScalarLoops() {
+        CpuKernels simd = new CpuKernels(true);
+        CpuKernels scalar = new CpuKernels(false);
+        SplittableRandom rng = new SplittableRandom(6);
+        int rows = 77, c = 389;
+        double[] x = random(rng, rows * c, 2), w = random(rng, c, 1), dout = random(rng, rows * c, 1);
+        double[] mean = random(rng, rows, 0.1), rstd = random(rng, rows, 0.5);
+        for (int r = 0; r < rows; r++) {
+            rstd[r] = 1 + Math.abs(rstd[r]);
+        }
+        for (int threads = 1; threads <= 2; threads++) {
+            Blas.setThreads(threads);
+            List<double[]> got = new ArrayList<>();
+            for (CpuKernels k : List.of(simd, scalar)) {
+                Tensor dw = f32(w, c), db = f32(w, c), rdw = f32(w, c), bias = f32(w, c);
+                k.layerNormBackward(f32(new double[rows * c], rows, c), dw, db, f32(dout, rows, c), f32(x, rows, c), f32(w, c),
+                        f32(mean, rows), f32(rstd, rows), rows, c);
+                k.rmsNormBackward(f32(new double[rows * c], rows, c), rdw, f32(dout, rows, c), f32(x, rows, c), f32(w, c),
+                        f32(rstd, rows), rows, c);
+                k.biasGradient(bias, f32(dout, rows, c), rows, c);
+                got.add(read(dw));
+                got.add(read(db));
+                got.add(read(rdw));
+                got.add(read(bias));
+            }
+            String[] names = {"layer norm dw", "layer norm db", "rms norm dw", "bias gradient"};
+            for (int i = 0; i < 4; i++) {
+                assertArrayEquals(got.get(4 + i), got.get(i), names[i] + ": SIMD and scalar differ at " + threads + " threads");
             }
         }
     }
