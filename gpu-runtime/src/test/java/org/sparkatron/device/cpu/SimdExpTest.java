@@ -48,4 +48,26 @@ class SimdExpTest {
         assertTrue(worstUlps <= 2, "worst error " + worstUlps + " ulp");
         assertTrue(Float.isNaN(SimdKernels.exp(Float.NaN)));
     }
+
+    /**
+     * The special inputs, vector and scalar alike: NaN of either sign gives NaN (the clamp works on the bits and
+     * would otherwise map it to a number), infinities and huge values saturate, -0 gives 1.
+     */
+    @Test
+    void specialValues() {
+        float negativeNaN = Float.intBitsToFloat(0xffc00000); // the NaN x86 arithmetic produces
+        float[] in = {Float.NaN, negativeNaN, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY, 1e30f, -1e30f, -0f, 89.5f,
+                -88.5f, Float.intBitsToFloat(0x7f800001)};
+        float[] want = {Float.NaN, Float.NaN, Float.POSITIVE_INFINITY, 0f, Float.POSITIVE_INFINITY, 0f, 1f,
+                Float.POSITIVE_INFINITY, 0f, Float.NaN};
+        int lanes = FloatVector.SPECIES_PREFERRED.length();
+        for (int i = 0; i < in.length; i++) {
+            float[] x = new float[lanes];
+            java.util.Arrays.fill(x, in[i]);
+            float vector = SimdKernels.exp(FloatVector.fromArray(FloatVector.SPECIES_PREFERRED, x, 0)).toArray()[lanes - 1];
+            float scalar = SimdKernels.exp(in[i]);
+            assertEquals(want[i], vector, "vector exp(" + in[i] + ")");
+            assertEquals(want[i], scalar, "scalar exp(" + in[i] + ")");
+        }
+    }
 }
