@@ -49,7 +49,12 @@ public final class DistributedOptimizer {
      * ({@link DistributedDataParallel#paramsUpdated}).
      */
     public void update(float lr) {
-        adam.update(lr);
+        update(lr, 1f);
+    }
+
+    /** As {@link #update(float)}, reading the gradient shard times {@code gradScale} ({@link AdamW#update(float, float)}). */
+    public void update(float lr, float gradScale) {
+        adam.update(lr, gradScale);
         ddp.paramsUpdated();
     }
 
