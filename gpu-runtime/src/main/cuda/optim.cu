@@ -4,11 +4,10 @@
 #include "common.cuh"
 
 extern "C" __global__ void adamw_f32(float* p, const float* g, float* m, float* v, long long from, long long count, float beta1,
-                                     float beta2, float eps, float decay, float stepSize, float invSqrtBc2,
-                                     float gradScale) {
+                                     float beta2, float eps, float decay, float stepSize, float invSqrtBc2) {
     GRID_STRIDE(k, count) {
         long long i = from + k;
-        float gi = g[i] * gradScale; // the clipping coefficient, read with the gradient (Kernels.adamw)
+        float gi = g[i];
         float mi = beta1 * m[i] + (1 - beta1) * gi;
         float vi = beta2 * v[i] + (1 - beta2) * gi * gi;
         m[i] = mi;

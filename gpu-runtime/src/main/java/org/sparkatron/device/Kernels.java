@@ -180,22 +180,13 @@ public interface Kernels {
     // ---- optimizer and gradient utilities over flat fp32 blocks ----
 
     /**
-     * AdamW on elements [from, from + count) of the flat parameter block and its gradient and moment blocks, with
-     * {@code g = gradScale * grads} (fp32 product; the gradient-clipping coefficient, applied as the gradient is
-     * read so no separate pass scales it, which leaves the stored gradients unclipped):
+     * AdamW on elements [from, from + count) of the flat parameter block and its gradient and moment blocks:
      * {@code m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p = p * decay - stepSize * m / (sqrt(v) * invSqrtBc2 + eps)},
      * with {@code decay = 1 - lr wd} (or 1), {@code stepSize = lr / (1 - b1^t)}, {@code invSqrtBc2 = 1 / sqrt(1 - b2^t)}.
-     * Bit for bit the same as {@link #scale} by {@code gradScale} followed by the update. Flat blocks may hold more
-     * than 2^31 elements.
+     * Flat blocks may hold more than 2^31 elements.
      */
     void adamw(Tensor params, Tensor grads, Tensor m, Tensor v, long from, long count, float beta1, float beta2,
-               float eps, float decay, float stepSize, float invSqrtBc2, float gradScale);
-
-    /** {@link #adamw(Tensor, Tensor, Tensor, Tensor, long, long, float, float, float, float, float, float, float)} with gradients as they are. */
-    default void adamw(Tensor params, Tensor grads, Tensor m, Tensor v, long from, long count, float beta1, float beta2,
-                       float eps, float decay, float stepSize, float invSqrtBc2) {
-        adamw(params, grads, m, v, from, count, beta1, beta2, eps, decay, stepSize, invSqrtBc2, 1f);
-    }
+               float eps, float decay, float stepSize, float invSqrtBc2);
 
     /** {@code acc[slot] += sum of x^2} over all of {@code x} (F32), accumulated in double; {@code acc} is F64. */
     void sumOfSquares(Tensor x, Tensor acc, int slot);

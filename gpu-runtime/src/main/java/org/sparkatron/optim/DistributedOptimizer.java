@@ -49,12 +49,7 @@ public final class DistributedOptimizer {
      * ({@link DistributedDataParallel#paramsUpdated}).
      */
     public void update(float lr) {
-        update(lr, 1f);
-    }
-
-    /** As {@link #update(float)}, reading the gradient shard times {@code gradScale} ({@link AdamW#update(float, float)}). */
-    public void update(float lr, float gradScale) {
-        adam.update(lr, gradScale);
+        adam.update(lr);
         ddp.paramsUpdated();
     }
 

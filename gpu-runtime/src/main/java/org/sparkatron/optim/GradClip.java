@@ -25,25 +25,16 @@ public final class GradClip {
      * shard, one range per bucket), with the one global norm.
      */
     public static float clip(Kernels kernels, java.util.List<Tensor> grads, double norm, double maxNorm) {
-        float coef = coefficient(norm, maxNorm);
-        if (coef != 1f) {
-            for (Tensor g : grads) {
-                kernels.scale(g, coef);
-            }
-        }
-        return coef;
-    }
-
-    /**
-     * The coefficient {@link #clip} would scale by, without scaling: for an optimizer that applies it as it reads
-     * the gradients ({@link AdamW#update(float, float)}), which saves a pass over them. 1 when not clipped (no
-     * limit, a norm within it, or a non-finite norm).
-     */
-    public static float coefficient(double norm, double maxNorm) {
         if (!(maxNorm > 0) || !Double.isFinite(norm)) {
             return 1f;
         }
         float coef = (float) (maxNorm / (norm + 1e-6));
-        return coef >= 1f ? 1f : coef;
+        if (coef >= 1f) {
+            return 1f;
+        }
+        for (Tensor g : grads) {
+            kernels.scale(g, coef);
+        }
+        return coef;
     }
 }

@@ -236,8 +236,8 @@ public final class RoundingKernels implements Kernels {
 
     @Override
     public void adamw(Tensor params, Tensor grads, Tensor m, Tensor v, long from, long count, float beta1, float beta2,
-                      float eps, float decay, float stepSize, float invSqrtBc2, float gradScale) {
-        k.adamw(params, grads, m, v, from, count, beta1, beta2, eps, decay, stepSize, invSqrtBc2, gradScale);
+                      float eps, float decay, float stepSize, float invSqrtBc2) {
+        k.adamw(params, grads, m, v, from, count, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
     }
 
     @Override

@@ -123,7 +123,7 @@ public final class Trainer {
     private final GradientSync sync;
     private final DistributedDataParallel ddp;  // the model's data parallelism, or null
     private final DistributedOptimizer distOpt; // ZeRO-1, or null
-    private final List<Tensor> gradViews;       // what unscaling touches (AdamW applies clipping as it reads): the block, or this rank's shard
+    private final List<Tensor> gradViews;       // what clipping and unscaling touch: the block, or this rank's shard
     private final DynamicGradScaler scaler; // FP16 only
 
     /** A rank training alone. */
@@ -273,13 +273,12 @@ public final class Trainer {
             throw new DivergedException("step " + (adam.step() + 1) + ": non-finite loss " + loss + " or gradient norm "
                     + norm + "; the learning rate may be too high");
         }
-        // clipping is applied by AdamW as it reads the gradients (the same bits as scaling them first, one pass less)
-        float clip = GradClip.coefficient(norm, opt.gradClip());
+        GradClip.clip(model.kernels(), gradViews, norm, opt.gradClip());
         double lr = opt.schedule().at(adam.step());
         if (distOpt != null) {
-            distOpt.update((float) lr, clip); // this rank's shard, then the all-gather of the parameters
+            distOpt.update((float) lr); // this rank's shard, then the all-gather of the parameters
         } else {
-            adam.update((float) lr, clip);
+            adam.update((float) lr);
         }
         double secs = (System.nanoTime() - t0) / 1e9;
         long tokens = (long) opt.batch() * opt.microBatches() * seqLen;

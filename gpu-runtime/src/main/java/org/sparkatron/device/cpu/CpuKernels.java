@@ -432,7 +432,7 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public void adamw(Tensor params, Tensor grads, Tensor m, Tensor v, long from, long count, float beta1, float beta2,
-                      float eps, float decay, float stepSize, float invSqrtBc2, float gradScale) {
+                      float eps, float decay, float stepSize, float invSqrtBc2) {
         for (long at = from, end = from + count; at < end; at += WINDOW) {
             int len = (int) Math.min(WINDOW, end - at);
             Tensor pw = params.slice(at, len);
@@ -445,10 +445,10 @@ public final class CpuKernels implements Kernels {
                 ByteBuffer mb = mw.hostBuffer();
                 ByteBuffer vb = vw.hostBuffer();
                 if (simd) {
-                    SimdKernels.adamw(p, g, mb, vb, i0, i1, beta1, beta2, eps, decay, stepSize, invSqrtBc2, gradScale);
+                    SimdKernels.adamw(p, g, mb, vb, i0, i1, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
                 } else {
                     for (int i = i0; i < i1; i++) {
-                        adamwScalar(p, g, mb, vb, i, beta1, beta2, eps, decay, stepSize, invSqrtBc2, gradScale);
+                        adamwScalar(p, g, mb, vb, i, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
                     }
                 }
             });
@@ -456,9 +456,9 @@ public final class CpuKernels implements Kernels {
     }
 
     static void adamwScalar(ByteBuffer p, ByteBuffer g, ByteBuffer m, ByteBuffer v, int i, float beta1, float beta2,
-                            float eps, float decay, float stepSize, float invSqrtBc2, float gradScale) {
+                            float eps, float decay, float stepSize, float invSqrtBc2) {
         int at = 4 * i;
-        float gi = g.getFloat(at) * gradScale;
+        float gi = g.getFloat(at);
         float mi = beta1 * m.getFloat(at) + (1 - beta1) * gi;
         float vi = beta2 * v.getFloat(at) + (1 - beta2) * gi * gi;
         m.putFloat(at, mi);

@@ -253,10 +253,10 @@ final class SimdKernels {
 
     /** One AdamW update of elements [from, to); see {@link CpuKernels#adamw}. */
     static void adamw(ByteBuffer p, ByteBuffer g, ByteBuffer m, ByteBuffer v, int from, int to, float beta1, float beta2,
-                      float eps, float decay, float stepSize, float invSqrtBc2, float gradScale) {
+                      float eps, float decay, float stepSize, float invSqrtBc2) {
         int i = from;
         for (int upper = from + S.loopBound(to - from); i < upper; i += S.length()) {
-            FloatVector gi = load(g, i).mul(gradScale);
+            FloatVector gi = load(g, i);
             FloatVector mi = load(m, i).mul(beta1).add(gi.mul(1 - beta1));
             FloatVector vi = load(v, i).mul(beta2).add(gi.mul(gi).mul(1 - beta2));
             mi.intoByteBuffer(m, 4 * i, NATIVE);
@@ -265,7 +265,7 @@ final class SimdKernels {
             load(p, i).mul(decay).sub(mi.mul(stepSize).div(denom)).intoByteBuffer(p, 4 * i, NATIVE);
         }
         for (; i < to; i++) {
-            CpuKernels.adamwScalar(p, g, m, v, i, beta1, beta2, eps, decay, stepSize, invSqrtBc2, gradScale);
+            CpuKernels.adamwScalar(p, g, m, v, i, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
         }
     }
 

@@ -352,8 +352,8 @@ public final class CudaKernels implements Kernels {
 
     @Override
     public void adamw(Tensor params, Tensor grads, Tensor m, Tensor v, long from, long count, float beta1, float beta2, float eps,
-                      float decay, float stepSize, float invSqrtBc2, float gradScale) {
-        each("adamw_f32", count, params, grads, m, v, from, count, beta1, beta2, eps, decay, stepSize, invSqrtBc2, gradScale);
+                      float decay, float stepSize, float invSqrtBc2) {
+        each("adamw_f32", count, params, grads, m, v, from, count, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
     }
 
     /** {@code acc[slot] += scale * sum of x[0, count)} (squares when {@code squares}), in double; acc is F64. */

@@ -337,8 +337,8 @@ class CudaKernelsTest {
         }
         Tensor pt = f32(p, n), gt = f32(g, n), mt = f32(m, n), vt = f32(v, n);
         Tensor dp = up(dev, pt), dg = up(dev, gt), dm = up(dev, mt), dv = up(dev, vt);
-        cpu.adamw(pt, gt, mt, vt, 3, 990, 0.9f, 0.95f, 1e-8f, 0.999f, 0.01f, 1.2f, 0.6f);
-        k.adamw(dp, dg, dm, dv, 3, 990, 0.9f, 0.95f, 1e-8f, 0.999f, 0.01f, 1.2f, 0.6f);
+        cpu.adamw(pt, gt, mt, vt, 3, 990, 0.9f, 0.95f, 1e-8f, 0.999f, 0.01f, 1.2f);
+        k.adamw(dp, dg, dm, dv, 3, 990, 0.9f, 0.95f, 1e-8f, 0.999f, 0.01f, 1.2f);
         assertClose("adamw p", read(pt), down(dev, dp), 1e-7, 1e-6);
         assertClose("adamw m", read(mt), down(dev, dm), 1e-8, 1e-6);
         assertClose("adamw v", read(vt), down(dev, dv), 1e-10, 1e-6);
