@@ -34,8 +34,8 @@ final class CpuFp8 {
         requireF32(x, "amax input");
         requireF32(amax, "amax");
         float m = 0f;
-        for (long at = 0; at < count; at += CpuKernels.WINDOW) {
-            int len = (int) Math.min(CpuKernels.WINDOW, count - at);
+        for (long at = 0; at < count; at += CpuFlatKernels.WINDOW) {
+            int len = (int) Math.min(CpuFlatKernels.WINDOW, count - at);
             FloatBuffer f = x.slice(at, len).floats();
             for (int i = 0; i < len; i++) {
                 float a = Math.abs(f.get(i));
@@ -58,8 +58,8 @@ final class CpuFp8 {
         float s = scale.floats().get(slot);
         boolean codes = dst.dtype() != DType.F32;
         float m = 0f;
-        for (long at = 0; at < count; at += CpuKernels.WINDOW) {
-            int len = (int) Math.min(CpuKernels.WINDOW, count - at);
+        for (long at = 0; at < count; at += CpuFlatKernels.WINDOW) {
+            int len = (int) Math.min(CpuFlatKernels.WINDOW, count - at);
             FloatBuffer in = src.slice(at, len).floats();
             if (codes) {
                 ByteBuffer out = dst.slice(at, len).hostBuffer();

@@ -81,7 +81,7 @@ final class SimdKernels {
     }
 
     /** The lanes of {@code v} added left to right in double: the same order compiled or not. */
-    private static double sumLanes(FloatVector v) {
+    static double sumLanes(FloatVector v) {
         float[] lanes = v.toArray();
         double s = 0;
         for (float f : lanes) {
@@ -90,7 +90,7 @@ final class SimdKernels {
         return s;
     }
 
-    private static FloatVector load(ByteBuffer b, int i) {
+    static FloatVector load(ByteBuffer b, int i) {
         return FloatVector.fromByteBuffer(S, b, 4 * i, NATIVE);
     }
 
@@ -265,7 +265,7 @@ final class SimdKernels {
             load(p, i).mul(decay).sub(mi.mul(stepSize).div(denom)).intoByteBuffer(p, 4 * i, NATIVE);
         }
         for (; i < to; i++) {
-            CpuKernels.adamwScalar(p, g, m, v, i, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
+            CpuFlatKernels.adamwScalar(p, g, m, v, i, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
         }
     }
 

@@ -1,5 +1,8 @@
 package org.sparkatron.device.cpu;
 
+import static org.sparkatron.device.cpu.SimdKernels.load;
+import static org.sparkatron.device.cpu.SimdKernels.sumLanes;
+
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import jdk.incubator.vector.DoubleVector;
@@ -39,23 +42,12 @@ final class SimdNorms {
     private SimdNorms() {
     }
 
-    private static FloatVector load(ByteBuffer b, int i) {
-        return FloatVector.fromByteBuffer(S, b, 4 * i, NATIVE);
-    }
 
     /** Half {@code part} (0 or 1) of a float vector's lanes, widened to double. */
     private static DoubleVector wide(FloatVector v, int part) {
         return (DoubleVector) v.convertShape(VectorOperators.F2D, D, part);
     }
 
-    private static double sumLanes(FloatVector v) {
-        float[] lanes = v.toArray();
-        double s = 0;
-        for (float f : lanes) {
-            s += f;
-        }
-        return s;
-    }
 
     /**
      * LayerNorm of one row of {@code c} elements at {@code base}: writes the normalized, scaled and shifted
