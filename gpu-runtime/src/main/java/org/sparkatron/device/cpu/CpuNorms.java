@@ -7,7 +7,9 @@ import org.sparkatron.tensor.Tensor;
 /**
  * LayerNorm and RMSNorm on the CPU, for {@link CpuKernels} (see {@link org.sparkatron.device.Kernels} for each
  * kernel's contract). Rows run on the rank's threads ({@link CpuWorkers}); the weight gradients are summed over
- * the rows column by column, each column in row order, so the split never changes a bit. Stateless.
+ * the rows column by column, each column in row order, so the split never changes a bit. With {@code simd} the
+ * loops are {@link SimdNorms}' (the same column sums bit for bit; a row's statistics summed in vector lanes,
+ * so the normalised rows differ from the scalar loops' in the last bits). Stateless.
  */
 final class CpuNorms {
     private CpuNorms() {
