@@ -95,7 +95,7 @@ final class CpuAttention {
     void backward(Tensor dqkv, Tensor dout, Tensor out, Tensor lse, Tensor qkv, int b, int t, int heads, int kvHeads,
                   int hd) {
         int width = (heads + 2 * kvHeads) * hd;
-        kernels.fill(dqkv, 0f);
+        kernels.zero(dqkv); // a memset: the gradient is accumulated over the tiles
         blockBackward(dqkv, width, kvOf(dqkv, heads, hd), width, dout, out, lse, qkv, width, kvOf(qkv, heads, hd), width,
                 AttentionBlock.causal(b, t, heads, kvHeads, hd));
     }

@@ -21,6 +21,13 @@ import jdk.incubator.vector.VectorSpecies;
  * about as fast as the intrinsic, 20x {@code Math.exp}. tanh comes from exp too (JDK 17's vector
  * {@code TANH} is no intrinsic).
  *
+ * <p>Writing a loop here (JDK 17's C2, measured; docs/benchmarks.md, issue 23 third part): use the preferred
+ * species only (one loop of another shape in the JVM made the others 2x slower); keep a loop body's Vector API
+ * calls few, broadcasting constants before the loop, because C2 stops inlining after about 18,000 IR nodes and
+ * a call left out of line boxes its vectors every iteration; check a new loop with
+ * {@code -XX:+UnlockDiagnosticVMOptions -XX:+PrintInlining} (no {@code NodeCountInliningCutoff} or
+ * {@code failed to inline (intrinsic)} inside it) in the plain bench as well as the profile.
+ *
  * <p>Only {@link CpuKernels} touches this class, and only when {@link CpuKernels#vectorModulePresent()} says the module is in
  * the JVM (it needs {@code --add-modules=jdk.incubator.vector}); otherwise the scalar loops run. Offsets
  * and counts are in float elements. Stateless and thread-safe.
