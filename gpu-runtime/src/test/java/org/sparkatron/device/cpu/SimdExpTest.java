@@ -70,4 +70,33 @@ class SimdExpTest {
             assertEquals(want[i], scalar, "scalar exp(" + in[i] + ")");
         }
     }
+
+    /**
+     * The cheaper forms give exp's exact bits on their domains: {@link SimdKernels#expNonPositive} below 88.7
+     * (NaN, -inf and the underflow band included), {@link SimdKernels#expClamped} inside exp's clamp range.
+     */
+    @Test
+    void cheaperFormsAgreeWithExpOnTheirDomains() {
+        SplittableRandom rng = new SplittableRandom(5);
+        int lanes = FloatVector.SPECIES_PREFERRED.length();
+        float[] x = new float[lanes];
+        float[] special = {Float.NaN, Float.NEGATIVE_INFINITY, -1e30f, -88.5f, -0f, 0f, 88.7f};
+        for (int trial = 0; trial < 20000; trial++) {
+            for (int i = 0; i < lanes; i++) {
+                x[i] = trial < special.length ? special[trial] : (float) (rng.nextDouble() * 178 - 89.3);
+            }
+            FloatVector v = FloatVector.fromArray(FloatVector.SPECIES_PREFERRED, x, 0);
+            float[] full = SimdKernels.exp(v).toArray();
+            float[] nonPositive = SimdKernels.expNonPositive(v).toArray();
+            float[] clamped = SimdKernels.expClamped(v).toArray();
+            for (int i = 0; i < lanes; i++) {
+                assertEquals(Float.floatToRawIntBits(full[i]), Float.floatToRawIntBits(nonPositive[i]),
+                        "expNonPositive(" + x[i] + ")");
+                if (x[i] >= -87.68f && x[i] <= 88.37f) {
+                    assertEquals(Float.floatToRawIntBits(full[i]), Float.floatToRawIntBits(clamped[i]),
+                            "expClamped(" + x[i] + ")");
+                }
+            }
+        }
+    }
 }
