@@ -32,6 +32,11 @@ import org.sparkatron.tensor.Tensor;
 public final class Blas {
     /** GEMMs below this many flops (2 m n k) are not split. */
     static final long SMALL_GEMM_FLOPS = 64L << 20;
+    /**
+     * A beta = 0 product with at least this many elements of C has C zeroed by memset and runs as beta = 1 (see
+     * {@link #call}); smaller ones (in cache) keep OpenBLAS's own zeroing.
+     */
+    static final long MEMSET_C_ELEMENTS = 1L << 18;
     /** Split points fall on multiples of this many rows or columns (OpenBLAS's micro-tile edges). */
     private static final int SPLIT_ALIGN = 16;
 
@@ -123,8 +128,25 @@ public final class Blas {
         return (int) ((long) side * p / parts) / SPLIT_ALIGN * SPLIT_ALIGN;
     }
 
+    /**
+     * One OpenBLAS call. With beta = 0, OpenBLAS zeroes C in a pass of its own (sgemm_beta, stores that first read
+     * each line) and then runs the same kernel as for beta = 1 on the zeros; for a C beyond the caches glibc's
+     * memset (non-temporal stores) does that pass in half the time: the logits' product, 1024 x 50304 on two
+     * threads, 230 ms as beta = 0 against 222 as memset and beta = 1 (docs/benchmarks.md). The same kernel on the
+     * same zeros: the same bits, NaN or anything else in C beforehand ignored (BlasTest).
+     */
     private static void call(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda,
                              long b, int ldb, float beta, long c, int ldc) {
+        if (beta == 0f && (long) m * n >= MEMSET_C_ELEMENTS) {
+            if (ldc == n) {
+                org.bytedeco.javacpp.Pointer.memset(org.sparkatron.tensor.HostStorage.at(c), 0, 4L * m * n);
+            } else {
+                for (int r = 0; r < m; r++) {
+                    org.bytedeco.javacpp.Pointer.memset(org.sparkatron.tensor.HostStorage.at(c + 4L * r * ldc), 0, 4L * n);
+                }
+            }
+            beta = 1f;
+        }
         openblas_nolapack.cblas_sgemm(openblas_nolapack.CblasRowMajor,
                 transA ? openblas_nolapack.CblasTrans : openblas_nolapack.CblasNoTrans,
                 transB ? openblas_nolapack.CblasTrans : openblas_nolapack.CblasNoTrans,

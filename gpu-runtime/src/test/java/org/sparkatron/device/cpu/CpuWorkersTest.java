@@ -201,6 +201,40 @@ class CpuWorkersTest {
     }
 
     /**
+     * A large beta = 0 product runs as memset and beta = 1 ({@link Blas#MEMSET_C_ELEMENTS}): the same bits as
+     * OpenBLAS's own beta = 0 call, whatever C held before (NaN here), and the gap between rows (ldc > n) untouched.
+     */
+    @ParameterizedTest(name = "ldc gap {0}")
+    @ValueSource(ints = {0, 7})
+    void largeBetaZeroProductIsOpenBlasBits(int gap) {
+        int m = 600, n = 517, k = 96, ldc = n + gap;
+        assertTrue((long) m * n >= Blas.MEMSET_C_ELEMENTS, "C must be large enough for the memset path");
+        SplittableRandom rng = new SplittableRandom(7);
+        Tensor a = f32(random(rng, m * k, 1), m * k);
+        Tensor b = f32(random(rng, k * n, 1), k * n);
+        double[] init = new double[m * ldc];
+        java.util.Arrays.fill(init, Double.NaN);
+        for (int i = 0; i < m; i++) {
+            for (int j = n; j < ldc; j++) {
+                init[i * ldc + j] = 42; // the gap between rows
+            }
+        }
+        Tensor ours = f32(init, init.length);
+        Tensor theirs = f32(init, init.length);
+        Blas.setThreads(1);
+        Blas.sgemm(false, false, m, n, k, 0.75f, a, 0, k, b, 0, n, 0f, ours, 0, ldc);
+        org.bytedeco.openblas.global.openblas_nolapack.cblas_sgemm(org.bytedeco.openblas.global.openblas_nolapack.CblasRowMajor,
+                org.bytedeco.openblas.global.openblas_nolapack.CblasNoTrans, org.bytedeco.openblas.global.openblas_nolapack.CblasNoTrans,
+                m, n, k, 0.75f, new org.bytedeco.javacpp.FloatPointer(a.hostBuffer().asFloatBuffer()), k,
+                new org.bytedeco.javacpp.FloatPointer(b.hostBuffer().asFloatBuffer()), n, 0f,
+                new org.bytedeco.javacpp.FloatPointer(theirs.hostBuffer().asFloatBuffer()), ldc);
+        assertArrayEquals(read(theirs), read(ours), "memset + beta 1 against OpenBLAS's beta 0");
+        if (gap > 0) {
+            assertEquals(42.0, read(ours)[n], "the gap after row 0");
+        }
+    }
+
+    /**
      * The column sums (LayerNorm's dw and db, RMSNorm's dw, a linear layer's bias gradient) keep one double per
      * column added over the rows in row order, vector lanes as the scalar loop: the SIMD and scalar kernels give
      * the same bits, given the same row statistics. 389 columns: whole vector blocks, a half block and a tail.
