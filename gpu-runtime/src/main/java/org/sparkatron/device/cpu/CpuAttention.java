@@ -173,9 +173,7 @@ final class CpuAttention {
                 p.put(rb + j, p.get(rb + j) * inv);
             }
         }
-        for (int j = vis; j < cols; j++) {
-            p.put(rb + j, 0f);
-        }
+        zeroRange(p, rb + vis, rb + cols);
         return (float) (max + Math.log(sum));
     }
 
@@ -232,9 +230,7 @@ final class CpuAttention {
                                 p.put(rb + j, (float) Math.exp(p.get(rb + j) - li));
                             }
                         }
-                        for (int j = vis; j < cols; j++) {
-                            p.put(rb + j, 0f);
-                        }
+                        zeroRange(p, rb + vis, rb + cols);
                     }
                     // dV += P^T dO ; dP = dO V^T
                     Blas.sgemm(parts > 1 ? 1 : Blas.threads(), true, false, cols, hd, rows, 1f, sc, 0, cols, dout, oh, c, 1f, dkv, dv, dkvld);
@@ -257,9 +253,7 @@ final class CpuAttention {
                                 dp.put(rb + j, p.get(rb + j) * (dp.get(rb + j) - dif));
                             }
                         }
-                        for (int j = vis; j < cols; j++) {
-                            dp.put(rb + j, 0f);
-                        }
+                        zeroRange(dp, rb + vis, rb + cols);
                     }
                     // dQ += scale * dS K ; dK += scale * dS^T Q
                     Blas.sgemm(parts > 1 ? 1 : Blas.threads(), false, false, rows, hd, cols, scale, dsc, 0, cols, kv, k, kvld, 1f, dq,
@@ -268,6 +262,15 @@ final class CpuAttention {
                 }
             }
         });
+    }
+
+    private static final float[] ZEROS = new float[1024]; // read-only: the source of bulk zero fills
+
+    /** Zeroes elements [from, to) of a row (the masked tail of a tile's row) by bulk copies, not one put each. */
+    private static void zeroRange(FloatBuffer f, int from, int to) {
+        for (int at = from; at < to; at += ZEROS.length) {
+            f.put(at, ZEROS, 0, Math.min(ZEROS.length, to - at));
+        }
     }
 
     /** See {@link org.sparkatron.device.Kernels#attentionMerge}. Coefficients in double, values stored in fp32. */

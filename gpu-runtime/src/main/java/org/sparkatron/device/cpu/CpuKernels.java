@@ -1,5 +1,6 @@
 package org.sparkatron.device.cpu;
 
+import java.nio.ByteBuffer;
 import java.nio.FloatBuffer;
 import java.nio.IntBuffer;
 import org.sparkatron.device.AttentionBlock;
@@ -463,6 +464,16 @@ public final class CpuKernels implements Kernels {
 
     @Override
     public void addBias(Tensor out, Tensor bias, int rows, int cols) {
+        if (simd) {
+            ByteBuffer o = out.hostBuffer();
+            ByteBuffer b = bias.hostBuffer();
+            CpuWorkers.forRows(rows, cols, (r0, r1) -> {
+                for (int r = r0; r < r1; r++) {
+                    SimdKernels.addToRow(o, r * cols, b, cols);
+                }
+            });
+            return;
+        }
         float[] b = new float[cols];
         bias.floats().get(0, b);
         CpuWorkers.forRows(rows, cols, (r0, r1) -> {

@@ -193,6 +193,17 @@ final class SimdKernels {
         }
     }
 
+    /** {@code out[off + j] += bias[j]} for j in [0, n) (a bias added to one row; the scalar tail alike: same bits). */
+    static void addToRow(ByteBuffer out, int off, ByteBuffer bias, int n) {
+        int j = 0;
+        for (int upper = S.loopBound(n); j < upper; j += S.length()) {
+            load(out, off + j).add(load(bias, j)).intoByteBuffer(out, 4 * (off + j), NATIVE);
+        }
+        for (; j < n; j++) {
+            out.putFloat(4 * (off + j), out.getFloat(4 * (off + j)) + bias.getFloat(4 * j));
+        }
+    }
+
     /** Softmax backward on one row: {@code dp = p * (dp - d)}. */
     static void softmaxGrad(ByteBuffer p, ByteBuffer dp, int off, int n, float d) {
         int i = 0;
