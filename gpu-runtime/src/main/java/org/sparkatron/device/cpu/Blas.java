@@ -1,8 +1,10 @@
 package org.sparkatron.device.cpu;
 
 import org.bytedeco.javacpp.FloatPointer;
+import org.bytedeco.javacpp.Pointer;
 import org.bytedeco.openblas.global.openblas_nolapack;
 import org.sparkatron.tensor.DType;
+import org.sparkatron.tensor.HostStorage;
 import org.sparkatron.tensor.Tensor;
 
 /**
@@ -130,19 +132,20 @@ public final class Blas {
 
     /**
      * One OpenBLAS call. With beta = 0, OpenBLAS zeroes C in a pass of its own (sgemm_beta, stores that first read
-     * each line) and then runs the same kernel as for beta = 1 on the zeros; for a C beyond the caches glibc's
-     * memset (non-temporal stores) does that pass in half the time: the logits' product, 1024 x 50304 on two
-     * threads, 230 ms as beta = 0 against 222 as memset and beta = 1 (docs/benchmarks.md). The same kernel on the
-     * same zeros: the same bits, NaN or anything else in C beforehand ignored (BlasTest).
+     * each line) and then runs the same kernel as for beta = 1 on the zeros; for a C beyond the core's L2 glibc's
+     * memset (rep stosb; non-temporal stores for the largest) does that pass faster: the logits' product, 1024 x
+     * 50304 on two threads, 230 ms as beta = 0 against 222 as memset and beta = 1; mid-size products 1% faster
+     * (docs/benchmarks.md). The same kernel on the same zeros: the same bits, NaN or anything else in C beforehand
+     * ignored (CpuWorkersTest).
      */
     private static void call(boolean transA, boolean transB, int m, int n, int k, float alpha, long a, int lda,
                              long b, int ldb, float beta, long c, int ldc) {
         if (beta == 0f && (long) m * n >= MEMSET_C_ELEMENTS) {
             if (ldc == n) {
-                org.bytedeco.javacpp.Pointer.memset(org.sparkatron.tensor.HostStorage.at(c), 0, 4L * m * n);
+                Pointer.memset(HostStorage.at(c), 0, 4L * m * n);
             } else {
                 for (int r = 0; r < m; r++) {
-                    org.bytedeco.javacpp.Pointer.memset(org.sparkatron.tensor.HostStorage.at(c + 4L * r * ldc), 0, 4L * n);
+                    Pointer.memset(HostStorage.at(c + 4L * r * ldc), 0, 4L * n);
                 }
             }
             beta = 1f;
