@@ -104,7 +104,7 @@ public final class Blas {
                     c.address() + 4 * cOff, ldc);
             return;
         }
-        CpuWorkers.run(parts, p -> {
+        CpuWorkers.runPieces(parts, parts, (p, slot) -> {
             int from = splitPoint(side, parts, p);
             int to = splitPoint(side, parts, p + 1);
             if (from == to) {

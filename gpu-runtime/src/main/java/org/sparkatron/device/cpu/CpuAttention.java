@@ -27,8 +27,8 @@ final class CpuAttention {
 
     private final CpuKernels kernels;
     private final boolean simd;
-    private Tensor[] scores = new Tensor[0];   // per part: one tile of one head's scores / probabilities
-    private Tensor[] dscores = new Tensor[0];  // per part: one tile's dP / dS
+    private Tensor[] scores = new Tensor[0];   // per thread (slot): one tile of one head's scores / probabilities
+    private Tensor[] dscores = new Tensor[0];  // per thread (slot): one tile's dP / dS
 
     CpuAttention(CpuKernels kernels, boolean simd) {
         this.kernels = kernels;
@@ -65,14 +65,13 @@ final class CpuAttention {
         return parts;
     }
 
-    /** Runs {@code unit(bi, g, part)} for every (sequence, kv head) of the block, split over {@code parts}. */
+    /**
+     * Runs {@code unit(bi, g, slot)} for every (sequence, kv head) of the block, one unit a piece on up to
+     * {@code parts} threads, {@code slot} the thread's scratch (see {@link CpuWorkers}).
+     */
     private static void forUnits(AttentionBlock blk, int parts, UnitBody unit) {
         int units = blk.batch() * blk.kvHeads();
-        CpuWorkers.run(parts, p -> {
-            for (int u = units * p / parts, end = units * (p + 1) / parts; u < end; u++) {
-                unit.run(u / blk.kvHeads(), u % blk.kvHeads(), p);
-            }
-        });
+        CpuWorkers.runPieces(parts, units, (u, slot) -> unit.run(u / blk.kvHeads(), u % blk.kvHeads(), slot));
     }
 
     private interface UnitBody {

@@ -112,7 +112,7 @@ public final class CpuKernels implements Kernels {
             // dx and dw side by side, each on half the threads: two whole GEMMs block better than two halves of
             // each (measured: 1024 x 384 -> 1152 126-129 vs 132-152 GFLOP/s, docs/benchmarks.md)
             int half = threads / 2;
-            CpuWorkers.run(2, p -> {
+            CpuWorkers.runPieces(2, 2, (p, slot) -> {
                 if (p == 0) {
                     Blas.sgemm(half, false, false, n, in, outF, 1f, dout, 0, outF, w, 0, in, accumulateDx ? 1f : 0f, dx, 0, in);
                 } else {

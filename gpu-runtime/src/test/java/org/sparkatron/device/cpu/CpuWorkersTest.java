@@ -305,19 +305,32 @@ class CpuWorkersTest {
     }
 
     @Test
-    void partsRunOnSeveralThreadsAndAllFinishBeforeReturn() {
+    void everyPieceRunsOnceOnSeveralThreadsAndAllFinishBeforeReturn() {
         Blas.setThreads(3);
-        ConcurrentHashMap<Integer, String> ran = new ConcurrentHashMap<>();
-        CpuWorkers.run(3, p -> {
-            if (p == 2) {
-                sleep(50); // a slow part: run() must still wait for it
+        int pieces = 40;
+        java.util.concurrent.atomic.AtomicIntegerArray runs = new java.util.concurrent.atomic.AtomicIntegerArray(pieces);
+        ConcurrentHashMap<Integer, String> slotThread = new ConcurrentHashMap<>();
+        java.util.concurrent.atomic.AtomicBoolean slotShared = new java.util.concurrent.atomic.AtomicBoolean();
+        java.util.concurrent.atomic.AtomicIntegerArray busy = new java.util.concurrent.atomic.AtomicIntegerArray(3);
+        CpuWorkers.runPieces(3, pieces, (p, slot) -> {
+            if (busy.incrementAndGet(slot) != 1) {
+                slotShared.set(true); // two pieces at once in one slot: per-slot scratch would be overwritten
             }
-            ran.put(p, Thread.currentThread().getName());
+            String before = slotThread.putIfAbsent(slot, Thread.currentThread().getName());
+            if (before != null && !before.equals(Thread.currentThread().getName())) {
+                slotShared.set(true);
+            }
+            sleep(p == pieces - 1 ? 60 : 2); // a slow last piece (a helper's first): runPieces must still wait for it
+            runs.incrementAndGet(p);
+            busy.decrementAndGet(slot);
         });
-        assertEquals(3, ran.size());
-        assertEquals(Thread.currentThread().getName(), ran.get(0), "part 0 runs on the caller");
-        assertTrue(ran.get(1).startsWith("sparkatron-cpu-kernels-") && ran.get(2).startsWith("sparkatron-cpu-kernels-"), ran.toString());
-        // the split follows the thread budget and the work: one part for small work, never more than the budget
+        for (int p = 0; p < pieces; p++) {
+            assertEquals(1, runs.get(p), "piece " + p + " ran " + runs.get(p) + " times");
+        }
+        assertTrue(!slotShared.get(), "a slot was used by two threads or two pieces at once: " + slotThread);
+        assertEquals(Thread.currentThread().getName(), slotThread.get(0), "slot 0 is the caller");
+        assertTrue(slotThread.size() >= 2, "the pieces ran on one thread only: " + slotThread);
+        // the split follows the thread budget and the work: one thread for small work, never more than the budget
         assertEquals(1, CpuWorkers.parts(1000, 1000));
         assertEquals(3, CpuWorkers.parts(1L << 30, 1000));
         assertEquals(2, CpuWorkers.parts(1L << 30, 2));
@@ -326,23 +339,96 @@ class CpuWorkersTest {
     }
 
     @Test
-    void interruptedCallerStillWaitsForItsParts() throws Exception {
+    void callersOnSeveralThreadsShareTheHelpers() throws Exception {
+        // several ranks of one JVM split their kernels at the same time: every piece of every call runs exactly once
+        Blas.setThreads(3);
+        int callers = 4, calls = 300, pieces = 7;
+        java.util.concurrent.atomic.AtomicLong wrong = new java.util.concurrent.atomic.AtomicLong();
+        List<Thread> threads = new ArrayList<>();
+        for (int c = 0; c < callers; c++) {
+            Thread t = new Thread(() -> {
+                for (int call = 0; call < calls; call++) {
+                    java.util.concurrent.atomic.AtomicIntegerArray runs = new java.util.concurrent.atomic.AtomicIntegerArray(pieces);
+                    CpuWorkers.runPieces(3, pieces, (p, slot) -> runs.incrementAndGet(p));
+                    for (int p = 0; p < pieces; p++) {
+                        if (runs.get(p) != 1) {
+                            wrong.incrementAndGet();
+                        }
+                    }
+                }
+            });
+            threads.add(t);
+            t.start();
+        }
+        for (Thread t : threads) {
+            t.join(60_000);
+            assertTrue(!t.isAlive(), "a caller is still waiting for its pieces");
+        }
+        assertEquals(0, wrong.get(), "pieces that did not run exactly once");
+    }
+
+    @Test
+    void theCallerTakesOverPiecesOfAHelperThatIsLateOrSlow() {
+        // one slow piece on the helper (it takes pieces from the back) while the caller runs through the rest:
+        // the caller must not wait for a fixed half of the list
         Blas.setThreads(2);
-        boolean[] partDone = new boolean[1];
+        int pieces = 20;
+        ConcurrentHashMap<Integer, String> ranOn = new ConcurrentHashMap<>();
+        CpuWorkers.runPieces(2, pieces, (p, slot) -> {
+            ranOn.put(p, Thread.currentThread().getName());
+            if (slot == 1) {
+                sleep(300);
+            }
+        });
+        long onCaller = ranOn.values().stream().filter(Thread.currentThread().getName()::equals).count();
+        assertEquals(pieces, ranOn.size());
+        assertTrue(onCaller >= pieces - 2, "the caller ran only " + onCaller + " of " + pieces + " pieces: " + ranOn);
+    }
+
+    @Test
+    void aFailingPieceStopsTheRestAndReachesTheCaller() {
+        Blas.setThreads(2);
+        java.util.concurrent.atomic.AtomicInteger started = new java.util.concurrent.atomic.AtomicInteger();
+        IllegalStateException e = assertThrows(IllegalStateException.class, () -> CpuWorkers.runPieces(2, 1000, (p, slot) -> {
+            started.incrementAndGet();
+            if (p == 0) {
+                throw new IllegalStateException("piece 0 failed");
+            }
+            sleep(1);
+        }));
+        assertEquals("piece 0 failed", e.getMessage());
+        assertTrue(started.get() < 100, started.get() + " pieces started after the failure");
+    }
+
+    @Test
+    void interruptedCallerStillWaitsForItsPieces() throws Exception {
+        Blas.setThreads(2);
+        java.util.concurrent.atomic.AtomicBoolean helperStarted = new java.util.concurrent.atomic.AtomicBoolean();
+        boolean[] pieceDone = new boolean[1];
         boolean[] sawInterrupt = new boolean[1];
         Thread caller = new Thread(() -> {
             Thread.currentThread().interrupt();
-            CpuWorkers.run(2, p -> {
-                if (p == 1) {
-                    sleep(100);
-                    partDone[0] = true;
+            CpuWorkers.runPieces(2, 2, (p, slot) -> {
+                if (p == 0) { // the caller's: hold on until the helper is inside piece 1
+                    long deadline = System.nanoTime() + 5_000_000_000L;
+                    while (!helperStarted.get() && System.nanoTime() < deadline) {
+                        Thread.onSpinWait();
+                    }
+                } else {
+                    helperStarted.set(true);
+                    long until = System.nanoTime() + 100_000_000L; // 100 ms of work the caller must wait for
+                    while (System.nanoTime() < until) {
+                        Thread.onSpinWait();
+                    }
+                    pieceDone[0] = true;
                 }
             });
-            sawInterrupt[0] = Thread.currentThread().isInterrupted() && partDone[0];
+            sawInterrupt[0] = Thread.currentThread().isInterrupted() && pieceDone[0];
         });
         caller.start();
         caller.join(10_000);
-        assertTrue(sawInterrupt[0], "run() returned before its part ended, or lost the interrupt");
+        assertTrue(helperStarted.get(), "the helper never took piece 1");
+        assertTrue(sawInterrupt[0], "runPieces() returned before the helper's piece ended, or lost the interrupt");
     }
 
     /** The sum of squares as one thread adds it: chunk after chunk, then the tail. */
