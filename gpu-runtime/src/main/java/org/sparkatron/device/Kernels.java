@@ -188,6 +188,21 @@ public interface Kernels {
     void adamw(Tensor params, Tensor grads, Tensor m, Tensor v, long from, long count, float beta1, float beta2,
                float eps, float decay, float stepSize, float invSqrtBc2);
 
+    /**
+     * {@link #adamw} on the gradients multiplied by {@code gradScale} (global-norm clipping folded into the update):
+     * {@code grads[from, from + count)} are first multiplied by {@code gradScale} in place, with the bits
+     * {@link #scale} gives, then the update reads them. A device may fuse the two passes (the CPU does: one read
+     * and write of the gradients fewer a step); the default runs the two kernels. {@code gradScale} 1 is exactly
+     * {@link #adamw}.
+     */
+    default void adamwScaled(Tensor params, Tensor grads, Tensor m, Tensor v, long from, long count, float gradScale,
+                             float beta1, float beta2, float eps, float decay, float stepSize, float invSqrtBc2) {
+        if (gradScale != 1f) {
+            scale(grads.slice(from, count), gradScale);
+        }
+        adamw(params, grads, m, v, from, count, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
+    }
+
     /** {@code acc[slot] += sum of x^2} over all of {@code x} (F32), accumulated in double; {@code acc} is F64. */
     void sumOfSquares(Tensor x, Tensor acc, int slot);
 

@@ -223,6 +223,16 @@ public final class AdamW {
 
     /** One update with learning rate {@code lr}; gradients are read as they are (clip them before). */
     public void update(float lr) {
+        update(lr, 1f);
+    }
+
+    /**
+     * One update with learning rate {@code lr} on the gradients multiplied by {@code gradScale} (a clipping
+     * coefficient, {@link GradClip#coefficient}): each piece's gradients are scaled in place as the update reads
+     * them ({@link org.sparkatron.device.Kernels#adamwScaled}), so afterwards they hold the clipped values, as
+     * after {@link GradClip#clip} and {@link #update(float)}.
+     */
+    public void update(float lr, float gradScale) {
         params.awaitReaders(); // an asynchronous checkpoint's copy of the weights and moments (Trainer waits earlier)
         step++;
         double bc1 = 1 - Math.pow(beta1, step);
@@ -235,12 +245,13 @@ public final class AdamW {
             float decay = par.decay() ? 1f - lr * weightDecay : 1f;
             long n = pc.length();
             if (master == null && pc.offset() == pc.stateOffset()) { // whole-block layout: as before, one view each
-                kernels.adamw(params.weights(), grads, m, v, pc.offset(), n, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
+                kernels.adamwScaled(params.weights(), grads, m, v, pc.offset(), n, gradScale, beta1, beta2, eps, decay,
+                        stepSize, invSqrtBc2);
                 continue;
             }
             Tensor w = master != null ? master.slice(pc.stateOffset(), n) : params.weights().slice(pc.offset(), n);
-            kernels.adamw(w, grads.slice(pc.offset(), n), m.slice(pc.stateOffset(), n), v.slice(pc.stateOffset(), n), 0, n,
-                    beta1, beta2, eps, decay, stepSize, invSqrtBc2);
+            kernels.adamwScaled(w, grads.slice(pc.offset(), n), m.slice(pc.stateOffset(), n), v.slice(pc.stateOffset(), n), 0,
+                    n, gradScale, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
             if (master != null) {
                 kernels.round(params.weights().slice(pc.offset(), n), w, n, masterFormat);
             }

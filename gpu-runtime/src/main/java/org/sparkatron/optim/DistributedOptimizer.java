@@ -49,7 +49,12 @@ public final class DistributedOptimizer {
      * ({@link DistributedDataParallel#paramsUpdated}).
      */
     public void update(float lr) {
-        adam.update(lr);
+        update(lr, 1f);
+    }
+
+    /** {@link #update(float)} on this rank's gradient shard multiplied by {@code gradScale} ({@link AdamW#update(float, float)}). */
+    public void update(float lr, float gradScale) {
+        adam.update(lr, gradScale);
         ddp.paramsUpdated();
     }
 

@@ -25,16 +25,25 @@ public final class GradClip {
      * shard, one range per bucket), with the one global norm.
      */
     public static float clip(Kernels kernels, java.util.List<Tensor> grads, double norm, double maxNorm) {
+        float coef = coefficient(norm, maxNorm);
+        if (coef != 1f) {
+            for (Tensor g : grads) {
+                kernels.scale(g, coef);
+            }
+        }
+        return coef;
+    }
+
+    /**
+     * The factor {@link #clip} would scale the gradients by: {@code maxNorm / (norm + 1e-6)} when below 1, else 1
+     * (also for a non-finite norm or no clipping, {@code maxNorm <= 0}). For an optimizer that applies it as it
+     * reads the gradients ({@link AdamW#update(float, float)}), saving the separate pass over them.
+     */
+    public static float coefficient(double norm, double maxNorm) {
         if (!(maxNorm > 0) || !Double.isFinite(norm)) {
             return 1f;
         }
         float coef = (float) (maxNorm / (norm + 1e-6));
-        if (coef >= 1f) {
-            return 1f;
-        }
-        for (Tensor g : grads) {
-            kernels.scale(g, coef);
-        }
-        return coef;
+        return coef >= 1f ? 1f : coef;
     }
 }

@@ -273,12 +273,15 @@ public final class Trainer {
             throw new DivergedException("step " + (adam.step() + 1) + ": non-finite loss " + loss + " or gradient norm "
                     + norm + "; the learning rate may be too high");
         }
-        GradClip.clip(model.kernels(), gradViews, norm, opt.gradClip());
+        // clipping folded into the update: the optimizer scales each gradient as it reads it (one pass over the
+        // gradients fewer), and the gradients end up clipped as GradClip.clip would leave them. Its pieces cover
+        // gradViews: the whole block, or this rank's shard, each parameter's range (padding holds zeros).
+        float clip = GradClip.coefficient(norm, opt.gradClip());
         double lr = opt.schedule().at(adam.step());
         if (distOpt != null) {
-            distOpt.update((float) lr); // this rank's shard, then the all-gather of the parameters
+            distOpt.update((float) lr, clip); // this rank's shard, then the all-gather of the parameters
         } else {
-            adam.update((float) lr);
+            adam.update((float) lr, clip);
         }
         double secs = (System.nanoTime() - t0) / 1e9;
         long tokens = (long) opt.batch() * opt.microBatches() * seqLen;

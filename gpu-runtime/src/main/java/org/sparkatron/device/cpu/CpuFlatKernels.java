@@ -23,8 +23,9 @@ final class CpuFlatKernels {
     private CpuFlatKernels() {
     }
 
-    static void adamw(boolean simd, Tensor params, Tensor grads, Tensor m, Tensor v, long from, long count, float beta1,
-                      float beta2, float eps, float decay, float stepSize, float invSqrtBc2) {
+    /** See {@link org.sparkatron.device.Kernels#adamwScaled}: gradients times {@code gradScale} (written back) when it is not 1. */
+    static void adamw(boolean simd, Tensor params, Tensor grads, Tensor m, Tensor v, long from, long count, float gradScale,
+                      float beta1, float beta2, float eps, float decay, float stepSize, float invSqrtBc2) {
         for (long at = from, end = from + count; at < end; at += WINDOW) {
             int len = (int) Math.min(WINDOW, end - at);
             Tensor pw = params.slice(at, len);
@@ -37,20 +38,24 @@ final class CpuFlatKernels {
                 ByteBuffer mb = mw.hostBuffer();
                 ByteBuffer vb = vw.hostBuffer();
                 if (simd) {
-                    SimdKernels.adamw(p, g, mb, vb, i0, i1, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
+                    SimdKernels.adamw(p, g, mb, vb, i0, i1, gradScale, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
                 } else {
                     for (int i = i0; i < i1; i++) {
-                        adamwScalar(p, g, mb, vb, i, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
+                        adamwScalar(p, g, mb, vb, i, gradScale, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
                     }
                 }
             });
         }
     }
 
-    static void adamwScalar(ByteBuffer p, ByteBuffer g, ByteBuffer m, ByteBuffer v, int i, float beta1, float beta2,
-                            float eps, float decay, float stepSize, float invSqrtBc2) {
+    static void adamwScalar(ByteBuffer p, ByteBuffer g, ByteBuffer m, ByteBuffer v, int i, float gradScale, float beta1,
+                            float beta2, float eps, float decay, float stepSize, float invSqrtBc2) {
         int at = 4 * i;
         float gi = g.getFloat(at);
+        if (gradScale != 1f) {
+            gi *= gradScale;
+            g.putFloat(at, gi);
+        }
         float mi = beta1 * m.getFloat(at) + (1 - beta1) * gi;
         float vi = beta2 * v.getFloat(at) + (1 - beta2) * gi * gi;
         m.putFloat(at, mi);

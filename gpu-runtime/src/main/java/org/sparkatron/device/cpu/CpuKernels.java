@@ -432,7 +432,15 @@ public final class CpuKernels implements Kernels {
     @Override
     public void adamw(Tensor params, Tensor grads, Tensor m, Tensor v, long from, long count, float beta1, float beta2,
                       float eps, float decay, float stepSize, float invSqrtBc2) {
-        CpuFlatKernels.adamw(simd, params, grads, m, v, from, count, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
+        CpuFlatKernels.adamw(simd, params, grads, m, v, from, count, 1f, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
+    }
+
+    @Override
+    public void adamwScaled(Tensor params, Tensor grads, Tensor m, Tensor v, long from, long count, float gradScale,
+                            float beta1, float beta2, float eps, float decay, float stepSize, float invSqrtBc2) {
+        // one pass over the gradients instead of scale() then adamw(): the clipping pass read and wrote all of them
+        CpuFlatKernels.adamw(simd, params, grads, m, v, from, count, gradScale, beta1, beta2, eps, decay, stepSize,
+                invSqrtBc2);
     }
 
     @Override

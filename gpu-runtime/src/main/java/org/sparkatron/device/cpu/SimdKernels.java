@@ -291,11 +291,16 @@ final class SimdKernels {
     }
 
     /** One AdamW update of elements [from, to); see {@link CpuKernels#adamw}. */
-    static void adamw(ByteBuffer p, ByteBuffer g, ByteBuffer m, ByteBuffer v, int from, int to, float beta1, float beta2,
-                      float eps, float decay, float stepSize, float invSqrtBc2) {
+    static void adamw(ByteBuffer p, ByteBuffer g, ByteBuffer m, ByteBuffer v, int from, int to, float gradScale,
+                      float beta1, float beta2, float eps, float decay, float stepSize, float invSqrtBc2) {
+        boolean rescale = gradScale != 1f;
         int i = from;
         for (int upper = from + S.loopBound(to - from); i < upper; i += S.length()) {
             FloatVector gi = load(g, i);
+            if (rescale) { // the clipped gradient, as scale() would have left it
+                gi = gi.mul(gradScale);
+                gi.intoByteBuffer(g, 4 * i, NATIVE);
+            }
             FloatVector mi = load(m, i).mul(beta1).add(gi.mul(1 - beta1));
             FloatVector vi = load(v, i).mul(beta2).add(gi.mul(gi).mul(1 - beta2));
             mi.intoByteBuffer(m, 4 * i, NATIVE);
@@ -304,7 +309,7 @@ final class SimdKernels {
             load(p, i).mul(decay).sub(mi.mul(stepSize).div(denom)).intoByteBuffer(p, 4 * i, NATIVE);
         }
         for (; i < to; i++) {
-            CpuFlatKernels.adamwScalar(p, g, m, v, i, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
+            CpuFlatKernels.adamwScalar(p, g, m, v, i, gradScale, beta1, beta2, eps, decay, stepSize, invSqrtBc2);
         }
     }
 

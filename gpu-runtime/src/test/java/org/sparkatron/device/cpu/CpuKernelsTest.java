@@ -61,6 +61,32 @@ class CpuKernelsTest {
         assertClose("adamw p", ep, read(pt), 1e-6, 1e-5);
     }
 
+    /**
+     * Clipping folded into the update ({@code adamwScaled}) gives exactly the bits of {@code scale} on the
+     * gradients then {@code adamw}: the same float products, the scaled gradients written back. Elements outside
+     * the range stay untouched; 1003 elements leave a scalar tail after the vector loop.
+     */
+    @ParameterizedTest(name = "adamwScaled n={0} gradScale={1}")
+    @CsvSource({"1,0.3", "1003,0.3", "1003,1", "37,0.71"})
+    void adamwScaledIsScaleThenAdamw(int n, float gradScale) {
+        SplittableRandom rng = new SplittableRandom(n + 5);
+        double[] p = random(rng, n, 1), g = random(rng, n, 1), m = random(rng, n, 0.1), v = random(rng, n, 0.01);
+        for (int i = 0; i < n; i++) {
+            v[i] = Math.abs(v[i]);
+        }
+        int from = n > 2 ? 1 : 0;
+        int count = n > 2 ? n - 2 : n;
+        Tensor p1 = f32(p, n), g1 = f32(g, n), m1 = f32(m, n), v1 = f32(v, n);
+        k.scale(g1.slice(from, count), gradScale);
+        k.adamw(p1, g1, m1, v1, from, count, 0.9f, 0.95f, 1e-8f, 0.999f, 0.011f, 1.3f);
+        Tensor p2 = f32(p, n), g2 = f32(g, n), m2 = f32(m, n), v2 = f32(v, n);
+        k.adamwScaled(p2, g2, m2, v2, from, count, gradScale, 0.9f, 0.95f, 1e-8f, 0.999f, 0.011f, 1.3f);
+        assertClose("params", read(p1), read(p2), 0, 0);
+        assertClose("gradients, clipped in place", read(g1), read(g2), 0, 0);
+        assertClose("first moment", read(m1), read(m2), 0, 0);
+        assertClose("second moment", read(v1), read(v2), 0, 0);
+    }
+
     @ParameterizedTest(name = "sumOfSquares / scale / fill n={0}")
     @CsvSource({"0", "1", "17", "100003"})
     void reductionsAndFills(int n) {
