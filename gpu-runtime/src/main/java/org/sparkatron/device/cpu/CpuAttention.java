@@ -19,7 +19,7 @@ import org.sparkatron.tensor.Tensor;
  * group and every other result are the same bits for any thread count.
  *
  * <p>Owned by one {@link CpuKernels} (one rank); holds that rank's scratch (two blocks of
- * {@code min(TILE, query rows) x key rows} per part, grown to the largest block seen); not thread-safe.
+ * {@code min(TILE, query rows) x key rows} per thread it runs on, grown to the largest block seen); not thread-safe.
  */
 final class CpuAttention {
     /** Query rows whose scores are computed at once. */

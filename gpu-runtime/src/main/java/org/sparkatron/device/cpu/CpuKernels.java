@@ -110,7 +110,8 @@ public final class CpuKernels implements Kernels {
         int threads = Blas.threads();
         if (dx != null && threads >= 2 && 2L * n * in * outF >= Blas.SMALL_GEMM_FLOPS) {
             // dx and dw side by side, each on half the threads: two whole GEMMs block better than two halves of
-            // each (measured: 1024 x 384 -> 1152 126-129 vs 132-152 GFLOP/s, docs/benchmarks.md)
+            // each (measured: 1024 x 384 -> 1152 126-129 vs 132-152 GFLOP/s, docs/benchmarks.md); the caller takes
+            // dx, a helper dw, and dw too falls to the caller if no helper has taken it by then (CpuWorkers)
             int half = threads / 2;
             CpuWorkers.runPieces(2, 2, (p, slot) -> {
                 if (p == 0) {
