@@ -343,12 +343,14 @@ class CudaKernelsTest {
         assertClose("adamw m", read(mt), down(dev, dm), 1e-8, 1e-6);
         assertClose("adamw v", read(vt), down(dev, dv), 1e-10, 1e-6);
         // clipping folded into the update: the device's default (scale, then adamw) against the CPU's fused loop
-        cpu.adamwScaled(pt, gt, mt, vt, 3, 990, 0.4f, 0.9f, 0.95f, 1e-8f, 0.999f, 0.01f, 1.2f);
-        k.adamwScaled(dp, dg, dm, dv, 3, 990, 0.4f, 0.9f, 0.95f, 1e-8f, 0.999f, 0.01f, 1.2f);
-        assertClose("adamwScaled g", read(gt), down(dev, dg), 0, 0); // one float product each
-        assertClose("adamwScaled p", read(pt), down(dev, dp), 1e-7, 1e-6);
-        assertClose("adamwScaled m", read(mt), down(dev, dm), 1e-8, 1e-6);
-        assertClose("adamwScaled v", read(vt), down(dev, dv), 1e-10, 1e-6);
+        Tensor sp = f32(p, n), sg = f32(g, n), sm = f32(m, n), sv = f32(v, n);
+        Tensor dsp = up(dev, sp), dsg = up(dev, sg), dsm = up(dev, sm), dsv = up(dev, sv);
+        cpu.adamwScaled(sp, sg, sm, sv, 3, 990, 0.4f, 0.9f, 0.95f, 1e-8f, 0.999f, 0.01f, 1.2f);
+        k.adamwScaled(dsp, dsg, dsm, dsv, 3, 990, 0.4f, 0.9f, 0.95f, 1e-8f, 0.999f, 0.01f, 1.2f);
+        assertClose("adamwScaled g", read(sg), down(dev, dsg), 0, 0); // one float product each
+        assertClose("adamwScaled p", read(sp), down(dev, dsp), 1e-7, 1e-6);
+        assertClose("adamwScaled m", read(sm), down(dev, dsm), 1e-8, 1e-6);
+        assertClose("adamwScaled v", read(sv), down(dev, dsv), 1e-10, 1e-6);
 
         double ss = 0, s = 0;
         for (double e : g) {
