@@ -39,6 +39,11 @@ final class HostMap {
         this.jvm = jvm;
     }
 
+    /** The lowest world rank of {@code worldRank}'s verified host group, or -1 (no shared memory: a host of its own). */
+    int hostOf(int worldRank) {
+        return host[worldRank];
+    }
+
     /** Whether the ranks are threads of one JVM (then they may read and write each other's tensors). */
     boolean sameJvm(int[] worldRanks) {
         for (int r : worldRanks) {

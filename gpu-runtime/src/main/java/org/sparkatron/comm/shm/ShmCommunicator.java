@@ -20,7 +20,8 @@ import org.sparkatron.tensor.Tensor;
  *
  * <p>Created by {@link org.sparkatron.comm.Communicators#connect}; {@link #subGroup} decides per group
  * (a tensor-parallel group inside one host of a multi-host job uses shared memory, the data-parallel group
- * across hosts TCP). Results of all-reduce are bitwise identical on every rank, as required, but may differ
+ * across hosts TCP; a group across hosts with several ranks on a host all-reduces in two levels,
+ * {@link HostHierarchy}: through memory within each host, over TCP between one rank per host). Results of all-reduce are bitwise identical on every rank, as required, but may differ
  * in the last bits from the TCP rings' (the reduction order differs, as between NCCL's algorithms).
  *
  * <p>Threading, blocking, ordering and failure: as {@link Communicator} specifies. The segment of a group is
@@ -34,6 +35,8 @@ public final class ShmCommunicator implements Communicator {
     private final ShmCollectives coll;
     /** Non-null when the group's ranks are threads of this JVM: collectives without staging. */
     private final DirectCollectives direct;
+    /** Non-null when the group spans hosts and some host holds two or more of its ranks: all-reduce in two levels. */
+    private final HostHierarchy hierarchy;
 
     ShmCommunicator(TcpCommunicator tcp, HostMap hosts, ShmOptions opts, int groupId) {
         this.tcp = tcp;
@@ -45,10 +48,12 @@ public final class ShmCommunicator implements Communicator {
             group = new ShmGroup(tcp, opts.dir.resolve(hosts.prefix + "g" + groupId), opts);
             coll = new ShmCollectives(group);
             direct = opts.direct && hosts.sameJvm(world) ? new DirectCollectives(group) : null;
+            hierarchy = null;
         } else {
             group = null;
             coll = null;
             direct = null;
+            hierarchy = HostHierarchy.of(tcp, hosts, opts, groupId);
         }
     }
 
@@ -83,6 +88,11 @@ public final class ShmCommunicator implements Communicator {
 
     @Override
     public void allReduce(Tensor t, ReduceOp op) {
+        if (hierarchy != null && hierarchy.takes(t)) {
+            CommArgs.host(t, "allReduce");
+            hierarchy.allReduce(t, op);
+            return;
+        }
         if (!shmFor(t, "allReduce") || t.numel() == 0) {
             tcp.allReduce(t, op);
             return;
@@ -276,11 +286,15 @@ public final class ShmCommunicator implements Communicator {
         if (group != null) {
             group.close();
         }
+        if (hierarchy != null) {
+            hierarchy.close();
+        }
         tcp.close();
     }
 
     @Override
     public String toString() {
-        return "rank " + rank() + " of " + size() + (group != null ? " (shared memory, " + opts + ")" : " (TCP)");
+        return "rank " + rank() + " of " + size() + (group != null ? " (shared memory, " + opts + ")"
+                : hierarchy != null ? " (TCP between hosts, shared memory within: " + hierarchy + ")" : " (TCP)");
     }
 }

@@ -51,6 +51,12 @@ class ShmCollectivesTest {
 
     /** Runs body on n ranks (threads), each connected through {@link Communicators#connect}; results by rank. */
     static <T> List<T> run(int n, ShmOptions shm, long opTimeoutMs, Body<T> body) throws Exception {
+        return run(n, r -> shm, opTimeoutMs, body);
+    }
+
+    /** As {@link #run(int, ShmOptions, long, Body)} with each rank's own options (another directory: another host). */
+    static <T> List<T> run(int n, java.util.function.IntFunction<ShmOptions> shmOf, long opTimeoutMs, Body<T> body)
+            throws Exception {
         InProcessRendezvous rv = new InProcessRendezvous(n, 20_000);
         TcpOptions tcp = TcpOptions.loopback().withTimeouts(20_000, opTimeoutMs);
         ExecutorService pool = Executors.newFixedThreadPool(n);
@@ -59,7 +65,7 @@ class ShmCollectivesTest {
             for (int r = 0; r < n; r++) {
                 int rank = r;
                 fs.add(pool.submit(() -> {
-                    try (Communicator c = Communicators.connect(rank, n, rv.forRank(rank), SECRET, tcp, shm)) {
+                    try (Communicator c = Communicators.connect(rank, n, rv.forRank(rank), SECRET, tcp, shmOf.apply(rank))) {
                         try {
                             return body.run(rank, c);
                         } catch (Throwable t) {
@@ -104,6 +110,52 @@ class ShmCollectivesTest {
             }
             return null;
         });
+    }
+
+    /**
+     * Two hosts emulated by two shared-memory directories (ranks 0, 1 see one, ranks 2, 3 the other, as two
+     * machines' {@code /dev/shm}s): the world all-reduces in two levels ({@link HostHierarchy}), every op and
+     * dtype still against the sequential references, large enough for the hierarchy and small enough for the flat
+     * exchange; a sub-group across the hosts (ranks 1, 2, 3: one alone on its host) too; and the result is the
+     * same bits on every rank.
+     */
+    @Test
+    @Timeout(120)
+    void acrossTwoHostsAllReduceInTwoLevels(@org.junit.jupiter.api.io.TempDir Path tmp) throws Exception {
+        Path hostA = Files.createDirectory(tmp.resolve("host-a"));
+        Path hostB = Files.createDirectory(tmp.resolve("host-b"));
+        int big = Math.toIntExact(HostHierarchy.MIN_BYTES / 2 + 3); // >= MIN_BYTES for every dtype of 2 bytes or more
+        List<long[]> sums = run(4, r -> small().withDir(r < 2 ? hostA : hostB), 30_000, (r, c) -> {
+            ShmCommunicator s = (ShmCommunicator) c;
+            assertFalse(s.sharedMemory(), "the world spans two hosts");
+            assertTrue(s.toString().contains("TCP between hosts"), s.toString());
+            int seed = 100;
+            for (DType dt : DTYPES) {
+                for (int count : new int[] {0, 7, big}) {
+                    TcpCollectivesTest.exerciseAll(c, dt, count, ++seed);
+                }
+            }
+            Communicator across = r == 0 ? null : c.subGroup(7, new int[] {1, 2, 3});
+            if (across != null) {
+                assertTrue(across.toString().contains("TCP between hosts"), across.toString());
+                TcpCollectivesTest.exerciseAll(across, DType.F32, big, ++seed);
+                across.close();
+            }
+            Tensor t = Tensor.allocateHost(DType.F32, big);
+            Random rng = new Random(r);
+            for (int i = 0; i < big; i++) {
+                t.hostBuffer().putFloat(4 * i, (float) rng.nextGaussian());
+            }
+            c.allReduce(t, ReduceOp.SUM);
+            long[] bits = new long[1];
+            for (int i = 0; i < big; i++) {
+                bits[0] = bits[0] * 31 + Float.floatToRawIntBits(t.hostBuffer().getFloat(4 * i));
+            }
+            return bits;
+        });
+        for (long[] b : sums) {
+            assertEquals(sums.get(0)[0], b[0], "the two-level all-reduce gave different bits on different ranks");
+        }
     }
 
     /** The path of ranks in separate processes (staging through the segment), here with threads. */

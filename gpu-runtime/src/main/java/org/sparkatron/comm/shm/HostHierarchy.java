@@ -1,0 +1,110 @@
+package org.sparkatron.comm.shm;
+
+import org.sparkatron.comm.Communicator;
+import org.sparkatron.comm.ReduceOp;
+import org.sparkatron.comm.Reductions;
+import org.sparkatron.comm.tcp.TcpCommunicator;
+import org.sparkatron.device.HostAccess;
+import org.sparkatron.tensor.Tensor;
+
+/**
+ * A group whose ranks span hosts, at least one host holding two or more of them: its all-reduce in two levels,
+ * as NCCL's and Horovod's hierarchical all-reduce. The ranks of each host reduce through shared memory, one
+ * rank per host (the lowest) all-reduces the host sums over TCP with the other hosts' leaders, and each leader
+ * broadcasts the result to its host through shared memory.
+ *
+ * <p>Why: the flat TCP ring sends {@code 2 (n - 1) / n} of the tensor from every rank to the next, so the link
+ * between two hosts that each hold {@code k} ranks carries {@code 2 (n - 1) / n} of it in each direction where the
+ * ring crosses (1.5 for n = 4, k = 2); the leaders' ring carries {@code 2 (h - 1) / h} over h hosts (1 for two
+ * hosts), and the copies within a host go through memory. Results are identical on every rank (the leaders'
+ * result is broadcast), and may differ in the last bits from the flat ring's (another reduction order).
+ *
+ * <p>Sub-groups: the host's ranks and the leaders are TCP sub-groups of the group (no socket opened, nothing sent)
+ * with ids {@link #GROUP_ID_BASE} + 2 x the group's id (+ 1 for the leaders); the host's is a shared-memory group
+ * set up by its first collective. Threading, blocking and failure: as {@link Communicator}; a failure anywhere
+ * fails the world and so these sub-groups' waits too.
+ */
+final class HostHierarchy implements AutoCloseable {
+    /** Sub-group ids of the hierarchy start here, above those of {@link org.sparkatron.comm.ProcessGroups}. */
+    static final int GROUP_ID_BASE = 1 << 29;
+    /** All-reduces of at least this many bytes go through the hierarchy; below, the flat one-round exchange. */
+    static final long MIN_BYTES = 256 << 10;
+
+    private final int size;
+    /** This host's ranks of the group (null when this rank is alone on its host). */
+    private final ShmCommunicator local;
+    /** The hosts' lowest ranks (null when this rank is not one). */
+    private final Communicator leaders;
+
+    private HostHierarchy(int size, ShmCommunicator local, Communicator leaders) {
+        this.size = size;
+        this.local = local;
+        this.leaders = leaders;
+    }
+
+    /**
+     * The hierarchy of {@code group}, or null when no host holds two of its ranks (or one host holds all: a
+     * shared-memory group). Local: needs only the host map every rank already has.
+     */
+    static HostHierarchy of(TcpCommunicator group, HostMap hosts, ShmOptions opts, int groupId) {
+        int n = group.size();
+        int[] host = new int[n]; // a host's key: its verified leader's world rank, or -(world rank + 1) alone
+        for (int r = 0; r < n; r++) {
+            int w = group.worldRank(r);
+            host[r] = hosts.hostOf(w) >= 0 ? hosts.hostOf(w) : -(w + 1);
+        }
+        int me = group.rank();
+        int[] mine = java.util.stream.IntStream.range(0, n).filter(r -> host[r] == host[me]).toArray();
+        int[] heads = java.util.stream.IntStream.range(0, n)
+                .filter(r -> java.util.stream.IntStream.range(0, r).noneMatch(q -> host[q] == host[r])).toArray();
+        boolean shared = java.util.stream.IntStream.range(0, n)
+                .anyMatch(r -> java.util.stream.IntStream.range(0, r).anyMatch(q -> host[q] == host[r]));
+        if (!shared || heads.length < 2 || groupId >= (Integer.MAX_VALUE - GROUP_ID_BASE) / 2) {
+            return null;
+        }
+        int base = GROUP_ID_BASE + 2 * groupId;
+        ShmCommunicator local = mine.length > 1
+                ? new ShmCommunicator((TcpCommunicator) group.subGroup(base, mine), hosts, opts, base) : null;
+        Communicator leaders = mine[0] == me ? group.subGroup(base + 1, heads) : null;
+        return new HostHierarchy(n, local, leaders);
+    }
+
+    /** Whether an all-reduce of {@code t} goes through the hierarchy. */
+    boolean takes(Tensor t) {
+        return t.byteSize() >= MIN_BYTES;
+    }
+
+    /** The group's all-reduce of {@code t} in two levels (see the class comment). */
+    void allReduce(Tensor t, ReduceOp op) {
+        ReduceOp partial = op == ReduceOp.AVG ? ReduceOp.SUM : op;
+        if (local != null) {
+            local.allReduce(t, partial); // through memory: every rank of the host holds the host's sum
+        }
+        if (leaders != null) {
+            leaders.allReduce(t, partial); // over TCP, one rank per host
+        }
+        if (local != null) {
+            local.broadcast(t, 0); // the leader is the host's lowest rank: rank 0 of the local group
+        }
+        if (op == ReduceOp.AVG) {
+            try (HostAccess.Scope access = HostAccess.enter()) {
+                Reductions.finishAverage(t.dtype(), t.hostBuffer(), 0, Math.toIntExact(t.numel()), size);
+            }
+        }
+    }
+
+    @Override
+    public void close() {
+        if (local != null) {
+            local.close();
+        }
+        if (leaders != null) {
+            leaders.close();
+        }
+    }
+
+    @Override
+    public String toString() {
+        return "hosts: " + (local != null ? local.size() : 1) + " ranks here" + (leaders != null ? ", leader" : "");
+    }
+}
