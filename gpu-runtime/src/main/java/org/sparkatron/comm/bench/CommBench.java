@@ -60,6 +60,8 @@ public final class CommBench {
             "usage: ./sparkatron bench-comm [--ranks 2,4] [--max-size 256M] [--quick] [--iters 5] [--no-peer] [--peer FILE]",
             "         [--segment 512K] [--transport shm,tcp] [--sweep shm] [--threads] [--slot 1M] [--pairs 3] [--sizes 1M,64M]",
             "         [--ceiling]   (also pair the host's raw TCP and memory-copy ceilings with each Gloo run)",
+            "       ./sparkatron bench-comm --two-hosts RATE [--ranks 4] [--pairs 3]   (root: two hosts emulated by a network",
+            "         namespace and a veth link shaped to RATE, e.g. 2gbit; all-reduce across them against Gloo, docs/comm.md)",
             "  collectives through shared memory and over TCP (ranks as JVMs on one host; --threads: ranks as threads",
             "  of one JVM) against PyTorch Gloo, as nccl-tests (docs/comm.md)");
 
@@ -75,6 +77,10 @@ public final class CommBench {
     }
 
     private static void bench(String[] args) throws Exception {
+        if (Arrays.asList(args).contains("--two-hosts")) {
+            EmulatedHosts.bench(args);
+            return;
+        }
         int[] worlds = {2, 4};
         long maxSize = 256L << 20;
         boolean quick = false;
@@ -222,10 +228,15 @@ public final class CommBench {
     }
 
     /** How the ranks of a run are set up. */
-    private record Setup(int iters, int segment, int slot, boolean threads) {
+    record Setup(int iters, int segment, int slot, boolean threads) {
     }
 
-    private static String loadAverage() {
+    /** A worker's TCP address (bind and advertise) when set: the emulated hosts' (EmulatedHosts); loopback otherwise. */
+    static final String HOST_PROPERTY = "sparkatron.bench.host";
+    /** A worker's shared-memory directory when set: one per emulated host. */
+    static final String SHM_DIR_PROPERTY = "sparkatron.bench.shm-dir";
+
+    static String loadAverage() {
         try {
             String[] f = Files.readString(Path.of("/proc/loadavg")).split(" ");
             return f[0] + " " + f[1] + " " + f[2];
@@ -234,12 +245,12 @@ public final class CommBench {
         }
     }
 
-    private static double median(List<Double> xs) {
+    static double median(List<Double> xs) {
         double[] a = xs.stream().mapToDouble(Double::doubleValue).sorted().toArray();
         return a.length % 2 == 1 ? a[a.length / 2] : (a[a.length / 2 - 1] + a[a.length / 2]) / 2;
     }
 
-    private static String fmt(List<Double> xs) {
+    static String fmt(List<Double> xs) {
         StringBuilder b = new StringBuilder();
         for (double x : xs) {
             b.append(b.length() == 0 ? "" : "/").append(String.format(Locale.ROOT, "%.3f", x));
@@ -266,6 +277,16 @@ public final class CommBench {
 
     private static List<String> runProcesses(Path dir, int n, List<Long> sizes, String ops, String transport, Setup setup)
             throws Exception {
+        return runProcesses(dir, n, sizes, ops, transport, setup, r -> List.of(), r -> List.of());
+    }
+
+    /**
+     * Worker JVMs, rank r's command prefixed by {@code prefix.apply(r)} (such as {@code ip netns exec NS}) and given
+     * the JVM options {@code props.apply(r)} ({@link #HOST_PROPERTY}, {@link #SHM_DIR_PROPERTY}).
+     */
+    static List<String> runProcesses(Path dir, int n, List<Long> sizes, String ops, String transport, Setup setup,
+                                     java.util.function.IntFunction<List<String>> prefix,
+                                     java.util.function.IntFunction<List<String>> props) throws Exception {
         Path secret = dir.resolve("secret");
         byte[] key = new byte[32];
         new SecureRandom().nextBytes(key);
@@ -276,8 +297,10 @@ public final class CommBench {
         String direct = "-XX:MaxDirectMemorySize=" + Math.max(1L << 30, 6 * max);
         List<Process> ps = new ArrayList<>();
         for (int r = 0; r < n; r++) {
-            List<String> cmd = new ArrayList<>(List.of(java, "-Xmx512m", direct, "-XX:+UseParallelGC", "--add-modules=jdk.incubator.vector", "-cp",
-                    System.getProperty("java.class.path"), CommBench.class.getName(), "--worker", dir.toString(),
+            List<String> cmd = new ArrayList<>(prefix.apply(r));
+            cmd.addAll(List.of(java, "-Xmx512m", direct, "-XX:+UseParallelGC", "--add-modules=jdk.incubator.vector"));
+            cmd.addAll(props.apply(r));
+            cmd.addAll(List.of("-cp", System.getProperty("java.class.path"), CommBench.class.getName(), "--worker", dir.toString(),
                     String.valueOf(r), String.valueOf(n), String.valueOf(setup.iters()), String.valueOf(setup.segment()),
                     String.valueOf(setup.slot()), transport, ops));
             sizes.forEach(s -> cmd.add(String.valueOf(s)));
@@ -353,10 +376,19 @@ public final class CommBench {
                                  List<Long> sizes, java.util.function.Consumer<String> report) {
         TcpOptions opts = TcpOptions.loopback().withTimeouts(60_000, 120_000);
         opts = opts.withSizes(opts.maxMessageBytes, setup.segment(), opts.smallBytes);
+        String host = System.getProperty(HOST_PROPERTY);
+        if (host != null) {
+            opts = opts.withHosts(host, host);
+        }
         ShmOptions shm = ShmOptions.defaults().withEnabled(transport.equals("shm"))
                 .withSizes(setup.slot(), Math.min(setup.slot(), ShmOptions.defaults().smallBytes));
+        String shmDir = System.getProperty(SHM_DIR_PROPERTY);
+        if (shmDir != null) {
+            shm = shm.withDir(Path.of(shmDir));
+        }
         try (Communicator c = Communicators.connect(rank, n, rv, secret, opts, shm)) {
-            if (transport.equals("shm") && !(c instanceof ShmCommunicator s && s.sharedMemory())) {
+            boolean viaMemory = c instanceof ShmCommunicator s && (s.sharedMemory() || s.hierarchical());
+            if (transport.equals("shm") && !viaMemory) {
                 throw new IllegalStateException("shared memory unavailable here (" + shm + ")");
             }
             if (ops.startsWith("ceiling")) {
@@ -471,7 +503,7 @@ public final class CommBench {
         return null;
     }
 
-    private static boolean torchAvailable() {
+    static boolean torchAvailable() {
         try {
             return run(List.of("/usr/bin/python3", "-c", "import torch.distributed"), 120) != null;
         } catch (Exception e) {
@@ -479,7 +511,7 @@ public final class CommBench {
         }
     }
 
-    private static String run(List<String> cmd, int timeoutS) throws IOException, InterruptedException {
+    static String run(List<String> cmd, int timeoutS) throws IOException, InterruptedException {
         Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
         String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
         if (!p.waitFor(timeoutS, TimeUnit.SECONDS) || p.exitValue() != 0) {

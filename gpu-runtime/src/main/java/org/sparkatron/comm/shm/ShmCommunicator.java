@@ -67,6 +67,11 @@ public final class ShmCommunicator implements Communicator {
         return group != null;
     }
 
+    /** Whether this group spans hosts and all-reduces in two levels ({@link HostHierarchy}). */
+    public boolean hierarchical() {
+        return hierarchy != null;
+    }
+
     /** The TCP communicator underneath (point-to-point, failure state). */
     public TcpCommunicator tcp() {
         return tcp;
