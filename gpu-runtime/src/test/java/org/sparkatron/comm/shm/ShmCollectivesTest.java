@@ -135,6 +135,9 @@ class ShmCollectivesTest {
                     TcpCollectivesTest.exerciseAll(c, dt, count, ++seed);
                 }
             }
+            // two hosts pipeline in chunks of at least 1 MiB: 3 uneven ones here
+            TcpCollectivesTest.exerciseAll(c, DType.F32, (3 << 20) / 4 + 5, ++seed);
+            TcpCollectivesTest.exerciseAll(c, DType.BF16, (3 << 20) / 2 + 3, ++seed);
             Communicator across = r == 0 ? null : c.subGroup(7, new int[] {1, 2, 3});
             if (across != null) {
                 assertTrue(across.toString().contains("TCP between hosts"), across.toString());
