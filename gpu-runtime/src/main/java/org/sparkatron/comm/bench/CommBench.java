@@ -485,6 +485,14 @@ public final class CommBench {
         if (explicit != null) {
             return Files.isRegularFile(Path.of(explicit)) ? Path.of(explicit) : null;
         }
+        return findScript("../shared/peers/torch_gloo_allreduce.py", "gpu-runtime/src/test/python/torch_gloo_allreduce.py");
+    }
+
+    /**
+     * The first of {@code relative} (paths from the project's root) that exists, looked up from the working
+     * directory and from the root this class was loaded from (a build's gpu-runtime/target/classes); null if none.
+     */
+    static Path findScript(String... relative) {
         List<Path> roots = new ArrayList<>();
         roots.add(Path.of("").toAbsolutePath());
         for (String e : System.getProperty("java.class.path").split(java.io.File.pathSeparator)) {
@@ -493,8 +501,8 @@ public final class CommBench {
             }
         }
         for (Path root : roots) {
-            for (Path p : new Path[] {root.resolve("../shared/peers/torch_gloo_allreduce.py"),
-                    root.resolve("gpu-runtime/src/test/python/torch_gloo_allreduce.py")}) {
+            for (String r : relative) {
+                Path p = root.resolve(r);
                 if (Files.isRegularFile(p)) {
                     return p.normalize();
                 }

@@ -147,19 +147,7 @@ final class EmulatedHosts {
         if (!CommBench.torchAvailable()) {
             return null;
         }
-        List<Path> roots = new ArrayList<>(List.of(Path.of("").toAbsolutePath())); // the clone, as CommBench's peer
-        for (String e : System.getProperty("java.class.path").split(java.io.File.pathSeparator)) {
-            if (e.endsWith("gpu-runtime/target/classes") || e.endsWith("gpu-runtime/target/classes/")) {
-                roots.add(Path.of(e).toAbsolutePath().getParent().getParent().getParent());
-            }
-        }
-        for (Path root : roots) {
-            Path p = root.resolve("gpu-runtime/src/bench/python/torch_gloo_allreduce_rank.py");
-            if (Files.isRegularFile(p)) {
-                return p.normalize();
-            }
-        }
-        return null;
+        return CommBench.findScript("gpu-runtime/src/bench/python/torch_gloo_allreduce_rank.py");
     }
 
     private static void setup(String rate) throws IOException, InterruptedException {
