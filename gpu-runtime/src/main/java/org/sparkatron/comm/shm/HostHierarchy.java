@@ -72,9 +72,8 @@ final class HostHierarchy implements AutoCloseable {
         int[] mine = java.util.stream.IntStream.range(0, n).filter(r -> host[r] == host[me]).toArray();
         int[] heads = java.util.stream.IntStream.range(0, n)
                 .filter(r -> java.util.stream.IntStream.range(0, r).noneMatch(q -> host[q] == host[r])).toArray();
-        boolean shared = java.util.stream.IntStream.range(0, n)
-                .anyMatch(r -> java.util.stream.IntStream.range(0, r).anyMatch(q -> host[q] == host[r]));
-        if (!shared || heads.length < 2 || groupId >= (Integer.MAX_VALUE - GROUP_ID_BASE) / 2) {
+        // fewer heads than ranks: some host holds two of them; one head: all on one host (a shared-memory group)
+        if (heads.length == n || heads.length < 2 || groupId >= (Integer.MAX_VALUE - GROUP_ID_BASE) / 2) {
             return null;
         }
         int base = GROUP_ID_BASE + 2 * groupId;

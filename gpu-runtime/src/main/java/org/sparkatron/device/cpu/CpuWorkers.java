@@ -113,7 +113,6 @@ final class CpuWorkers {
 
     /** The pieces of one {@link #runPieces} call: a list taken from both ends, and a count of those ended. */
     private static final class Job {
-        private final int pieces;
         private final Piece body;
         private int front;
         private int back;
@@ -123,7 +122,6 @@ final class CpuWorkers {
         private volatile boolean complete;
 
         Job(int pieces, Piece body) {
-            this.pieces = pieces;
             this.body = body;
             this.back = pieces - 1;
         }
