@@ -60,8 +60,9 @@ public final class CommBench {
             "usage: ./sparkatron bench-comm [--ranks 2,4] [--max-size 256M] [--quick] [--iters 5] [--no-peer] [--peer FILE]",
             "         [--segment 512K] [--transport shm,tcp] [--sweep shm] [--threads] [--slot 1M] [--pairs 3] [--sizes 1M,64M]",
             "         [--ceiling]   (also pair the host's raw TCP and memory-copy ceilings with each Gloo run)",
-            "       ./sparkatron bench-comm --two-hosts RATE [--ranks 4] [--pairs 3]   (root: two hosts emulated by a network",
-            "         namespace and a veth link shaped to RATE, e.g. 2gbit; all-reduce across them against Gloo, docs/comm.md)",
+            "       ./sparkatron bench-comm --two-hosts RATE [--ranks 4] [--pairs 3] [--op all_reduce]   (root: two hosts",
+            "         emulated by a network namespace and a veth link shaped to RATE, e.g. 2gbit; all_reduce, reduce_scatter",
+            "         or all_gather across them against Gloo, docs/comm.md)",
             "  collectives through shared memory and over TCP (ranks as JVMs on one host; --threads: ranks as threads",
             "  of one JVM) against PyTorch Gloo, as nccl-tests (docs/comm.md)");
 

@@ -24,7 +24,8 @@ import org.sparkatron.tensor.Tensor;
  * result is broadcast), and may differ in the last bits from the flat ring's (another reduction order).
  *
  * <p>Sub-groups: the host's ranks and the leaders are TCP sub-groups of the group (no socket opened, nothing sent)
- * with ids {@link #GROUP_ID_BASE} + 2 x the group's id (+ 1 for the leaders); the host's is a shared-memory group
+ * with ids {@link #GROUP_ID_BASE} + 3 x the group's id (+ 1 for the leaders, + 2 for the pairs of {@link HostPairs},
+ * one id for all pairs since they share no rank); the host's is a shared-memory group
  * set up by its first collective. Threading, blocking and failure: as {@link Communicator}; a failure anywhere
  * fails the world and so these sub-groups' waits too.
  */
@@ -40,6 +41,35 @@ final class HostHierarchy implements AutoCloseable {
      */
     static final int CHUNKS = 8;
 
+    /**
+     * Relative sizes of a large two-host all-reduce's chunks ({@link #RAMP_MIN_BYTES} and up): small at both ends,
+     * because nothing crosses the link while the first chunk is reduced in memory, and nothing but the last chunk's
+     * add and broadcast is left once it has crossed; in the middle, chunks as large as {@link #CHUNKS} even ones.
+     * Memory moves data about ten times faster than the link, so each chunk may be several times its predecessor.
+     */
+    private static final int[] RAMP = {1, 4, 8, 8, 8, 8, 8, 8, 8, 4, 1};
+    /** From this size on, chunks follow {@link #RAMP} (its smallest chunk, a 66th of the tensor, then 248 KiB or more). */
+    static final long RAMP_MIN_BYTES = 16L << 20;
+
+    /** Element offsets of a two-host all-reduce's chunks of a tensor of {@code n} elements, {@code bytes} bytes. */
+    static long[] chunkBounds(long n, long bytes) {
+        int[] weights;
+        if (bytes >= RAMP_MIN_BYTES) {
+            weights = RAMP;
+        } else {
+            weights = new int[(int) Math.max(1, Math.min(CHUNKS, bytes / (1 << 20)))];
+            java.util.Arrays.fill(weights, 1);
+        }
+        int total = java.util.Arrays.stream(weights).sum();
+        long[] at = new long[weights.length + 1];
+        long sum = 0;
+        for (int c = 0; c < weights.length; c++) {
+            sum += weights[c];
+            at[c + 1] = n * sum / total;
+        }
+        return at;
+    }
+
     private final int size;
     /** How many hosts the group spans. */
     private final int hosts;
@@ -50,11 +80,15 @@ final class HostHierarchy implements AutoCloseable {
     /** The hosts' lowest ranks (null when this rank is not one). */
     private final Communicator leaders;
 
-    private HostHierarchy(int size, int hosts, ShmCommunicator local, Communicator leaders) {
+    /** Non-null when the group is spread evenly over two hosts. */
+    private final HostPairs pairs;
+
+    private HostHierarchy(int size, int hosts, ShmCommunicator local, Communicator leaders, HostPairs pairs) {
         this.size = size;
         this.hosts = hosts;
         this.local = local;
         this.leaders = leaders;
+        this.pairs = pairs;
     }
 
     /**
@@ -73,14 +107,26 @@ final class HostHierarchy implements AutoCloseable {
         int[] heads = java.util.stream.IntStream.range(0, n)
                 .filter(r -> java.util.stream.IntStream.range(0, r).noneMatch(q -> host[q] == host[r])).toArray();
         // fewer heads than ranks: some host holds two of them; one head: all on one host (a shared-memory group)
-        if (heads.length == n || heads.length < 2 || groupId >= (Integer.MAX_VALUE - GROUP_ID_BASE) / 2) {
+        if (heads.length == n || heads.length < 2 || groupId >= (Integer.MAX_VALUE - GROUP_ID_BASE) / 3) {
             return null;
         }
-        int base = GROUP_ID_BASE + 2 * groupId;
+        int base = GROUP_ID_BASE + 3 * groupId;
         ShmCommunicator local = mine.length > 1
                 ? new ShmCommunicator((TcpCommunicator) group.subGroup(base, mine), hosts, opts, base) : null;
         Communicator leaders = mine[0] == me ? group.subGroup(base + 1, heads) : null;
-        return new HostHierarchy(n, heads.length, local, leaders);
+        HostPairs pairs = null;
+        if (heads.length == 2 && 2 * mine.length == n) { // two hosts, as many ranks on each: pair them
+            int[] theirs = java.util.stream.IntStream.range(0, n).filter(r -> host[r] != host[me]).toArray();
+            int j = java.util.Arrays.binarySearch(mine, me);
+            int[] both = {Math.min(me, theirs[j]), Math.max(me, theirs[j])};
+            pairs = new HostPairs(n, mine, theirs, local, group.subGroup(base + 2, both)); // one id for every pair: disjoint ranks
+        }
+        return new HostHierarchy(n, heads.length, local, leaders, pairs);
+    }
+
+    /** Reduce-scatter and all-gather in two levels, when the group is spread evenly over two hosts; else null. */
+    HostPairs pairs() {
+        return pairs;
     }
 
     /** Whether an all-reduce of {@code t} goes through the hierarchy. */
@@ -120,11 +166,8 @@ final class HostHierarchy implements AutoCloseable {
      */
     private void twoHosts(Tensor t, ReduceOp op) {
         long n = t.numel();
-        int chunks = (int) Math.max(1, Math.min(CHUNKS, t.byteSize() / (1 << 20)));
-        long[] at = new long[chunks + 1];
-        for (int c = 0; c <= chunks; c++) {
-            at[c] = n * c / chunks;
-        }
+        long[] at = chunkBounds(n, t.byteSize());
+        int chunks = at.length - 1;
         Request[] sent = new Request[chunks];
         Request[] received = new Request[chunks];
         Tensor other = null;
@@ -164,6 +207,9 @@ final class HostHierarchy implements AutoCloseable {
 
     @Override
     public void close() {
+        if (pairs != null) {
+            pairs.close();
+        }
         if (local != null) {
             local.close();
         }
@@ -174,6 +220,7 @@ final class HostHierarchy implements AutoCloseable {
 
     @Override
     public String toString() {
-        return "hosts: " + (local != null ? local.size() : 1) + " ranks here" + (leaders != null ? ", leader" : "");
+        return "hosts: " + (local != null ? local.size() : 1) + " ranks here" + (leaders != null ? ", leader" : "")
+                + (pairs != null ? ", " + pairs : "");
     }
 }

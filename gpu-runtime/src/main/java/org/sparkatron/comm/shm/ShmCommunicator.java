@@ -35,7 +35,10 @@ public final class ShmCommunicator implements Communicator {
     private final ShmCollectives coll;
     /** Non-null when the group's ranks are threads of this JVM: collectives without staging. */
     private final DirectCollectives direct;
-    /** Non-null when the group spans hosts and some host holds two or more of its ranks: all-reduce in two levels. */
+    /**
+     * Non-null when the group spans hosts and some host holds two or more of its ranks: all-reduce in two levels,
+     * and reduce-scatter and all-gather too when two hosts hold as many ranks each ({@link HostPairs}).
+     */
     private final HostHierarchy hierarchy;
 
     ShmCommunicator(TcpCommunicator tcp, HostMap hosts, ShmOptions opts, int groupId) {
@@ -130,6 +133,18 @@ public final class ShmCommunicator implements Communicator {
 
     @Override
     public void reduceScatter(Tensor in, Tensor out, ReduceOp op) {
+        HostPairs pairs = hierarchy != null ? hierarchy.pairs() : null;
+        if (pairs != null && pairs.takes(in)) {
+            try (HostAccess.Scope access = HostAccess.enter()) {
+                CommArgs.host(in, "reduceScatter input");
+                CommArgs.host(out, "reduceScatter output");
+                CommArgs.sameDType(in, out);
+                CommArgs.numel(in, out.numel() * size(), "reduceScatter input");
+                CommArgs.inPlaceBlock(in, out, rank()); // refuses any other overlap
+                pairs.reduceScatter(in, out, op);
+            }
+            return;
+        }
         if (!shmFor(in, "reduceScatter input") || out.numel() == 0 || in.dtype() != out.dtype()
                 || in.numel() != out.numel() * size()) {
             tcp.reduceScatter(in, out, op);
@@ -165,6 +180,19 @@ public final class ShmCommunicator implements Communicator {
 
     @Override
     public void allGatherV(Tensor in, Tensor out, int[] counts) {
+        HostPairs pairs = hierarchy != null ? hierarchy.pairs() : null;
+        if (pairs != null && Arrays.stream(counts).allMatch(c -> c == counts[0]) && pairs.takes(out)) {
+            try (HostAccess.Scope access = HostAccess.enter()) {
+                CommArgs.host(in, "allGather input");
+                CommArgs.host(out, "allGather output");
+                CommArgs.sameDType(in, out);
+                CommArgs.counts(counts, size(), "counts");
+                CommArgs.numel(in, counts[rank()], "allGather input of rank " + rank());
+                CommArgs.numel(out, (long) counts[0] * size(), "allGather output");
+                pairs.allGather(in, out);
+            }
+            return;
+        }
         if (!shmFor(in, "allGather input")) {
             tcp.allGatherV(in, out, counts);
             return;

@@ -9,6 +9,7 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
 import java.util.Random;
 import java.util.concurrent.ExecutionException;
@@ -138,6 +139,16 @@ class ShmCollectivesTest {
             // two hosts pipeline in chunks of at least 1 MiB: 3 uneven ones here
             TcpCollectivesTest.exerciseAll(c, DType.F32, (3 << 20) / 4 + 5, ++seed);
             TcpCollectivesTest.exerciseAll(c, DType.BF16, (3 << 20) / 2 + 3, ++seed);
+            // reduce-scatter and all-gather through pairs of ranks (2 + 2), 3 chunks of 1 MiB a pair over the link
+            TcpCollectivesTest.exerciseAll(c, DType.F32, (3 << 20) / 8 + 5, ++seed);
+            // from 16 MiB on, chunks ramp up and down (HostHierarchy.RAMP): 11 of them here, the ends 248 KiB
+            int ramped = Math.toIntExact(HostHierarchy.RAMP_MIN_BYTES / 4 + 5);
+            for (ReduceOp op : new ReduceOp[] {ReduceOp.SUM, ReduceOp.MAX}) {
+                Tensor t = Data.fill(DType.F32, ramped, r, 0, ++seed);
+                c.allReduce(t, op);
+                int sd = seed;
+                Data.check(t, 0, i -> Data.reduce(DType.F32, op, 4, i, sd), "ramped all-reduce " + op + " rank " + r);
+            }
             Communicator across = r == 0 ? null : c.subGroup(7, new int[] {1, 2, 3});
             if (across != null) {
                 assertTrue(across.toString().contains("TCP between hosts"), across.toString());
@@ -158,6 +169,53 @@ class ShmCollectivesTest {
         });
         for (long[] b : sums) {
             assertEquals(sums.get(0)[0], b[0], "the two-level all-reduce gave different bits on different ranks");
+        }
+    }
+
+    /** Hosts holding every other rank (Spark places barrier tasks as it likes): pairs are 0-1, 2-3, 4-5. */
+    @Test
+    @Timeout(120)
+    void acrossTwoHostsInterleavedReduceScatterAndAllGatherInPairs(@org.junit.jupiter.api.io.TempDir Path tmp)
+            throws Exception {
+        Path hostA = Files.createDirectory(tmp.resolve("host-a"));
+        Path hostB = Files.createDirectory(tmp.resolve("host-b"));
+        run(6, r -> small().withDir(r % 2 == 0 ? hostA : hostB), 30_000, (r, c) -> {
+            assertTrue(c.toString().contains("paired with rank " + (r ^ 1)), c.toString());
+            int seed = 500;
+            for (DType dt : new DType[] {DType.F32, DType.BF16, DType.I64}) {
+                TcpCollectivesTest.exerciseAll(c, dt, (3 << 20) / 6 / dt.bytes() + 1, ++seed);
+            }
+            Communicator uneven = r == 5 ? null : c.subGroup(9, new int[] {0, 1, 2, 3, 4}); // 3 + 2: no pairs
+            if (uneven != null) {
+                assertFalse(uneven.toString().contains("paired"), uneven.toString());
+                TcpCollectivesTest.exerciseAll(uneven, DType.F32, (1 << 20) / 5 + 1, ++seed);
+                uneven.close();
+            }
+            return null;
+        });
+    }
+
+    @Test
+    void twoHostChunksCoverTheTensorAndRampAtTheEnds() {
+        for (long n : new long[] {0, 1, 7, 262_144, (3 << 20) / 4 + 5, (16 << 20) / 4, (64 << 20) / 4 + 3}) {
+            long bytes = 4 * n;
+            long[] at = HostHierarchy.chunkBounds(n, bytes);
+            assertEquals(0, at[0]);
+            assertEquals(n, at[at.length - 1]);
+            for (int c = 0; c + 1 < at.length; c++) {
+                assertTrue(at[c] <= at[c + 1], "bounds in order at " + c + " for " + n);
+                assertTrue(n == 0 || at[c] < at[c + 1], "no empty chunk at " + c + " for " + n);
+            }
+            if (bytes >= HostHierarchy.RAMP_MIN_BYTES) {
+                int last = at.length - 2;
+                long middle = at[at.length / 2 + 1] - at[at.length / 2];
+                assertTrue(at[1] - at[0] <= middle / 8 + 1 && at[last + 1] - at[last] <= middle / 8 + 1,
+                        "small first and last chunks for " + n + ": " + Arrays.toString(at));
+                assertTrue(4 * (at[1] - at[0]) >= (248 << 10), "the smallest chunk is 248 KiB or more for " + n);
+            } else {
+                assertTrue(at.length - 1 <= HostHierarchy.CHUNKS && (at.length == 2 || 4 * (at[1] - at[0]) >= (1 << 20) - 4),
+                        "up to " + HostHierarchy.CHUNKS + " even chunks of 1 MiB or more: " + Arrays.toString(at));
+            }
         }
     }
 
